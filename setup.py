@@ -1,0 +1,37 @@
+"""Build script: compiles the Cython/C fast path unless MESHKIT_NO_EXTENSIONS=1.
+
+Everything declarative lives in pyproject.toml; this file only describes the
+extension modules, because their sources and flags are computed.
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PKG = os.path.join("src", "meshkit")
+
+
+def extensions() -> list[Extension]:
+    if os.environ.get("MESHKIT_NO_EXTENSIONS") == "1":
+        return []
+    from Cython.Build import cythonize
+
+    csrc = os.path.join(PKG, "csrc")
+    c_files = sorted(
+        os.path.join(csrc, name) for name in os.listdir(os.path.join(HERE, csrc)) if name.endswith(".c")
+    )
+    fastpath = Extension(
+        "meshkit._fastpath",
+        sources=[os.path.join(PKG, "_fastpath.pyx"), *c_files],
+        include_dirs=[os.path.join(PKG, "includes")],
+        extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+    )
+    return cythonize(
+        [fastpath],
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+        include_path=[os.path.join(PKG, "includes"), PKG],
+    )
+
+
+setup(ext_modules=extensions())

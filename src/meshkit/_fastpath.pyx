@@ -1,0 +1,10 @@
+# cython: language_level=3
+"""meshkit's compiled fast path: the connection table and the TCP relay engine.
+
+Each part lives in its own .pxi (the Python-facing class) over a C file in csrc/ whose
+declarations are in includes/*.pxd. The pure-Python twins are meshkit.lb.conntable and
+meshkit.l4.relay; tests run both and compare them.
+"""
+
+include "_ctable.pxi"
+include "_relay.pxi"

@@ -6,6 +6,7 @@ missing extension falls back silently, as aiohttp and yarl do.
 
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 
@@ -19,7 +20,6 @@ def load_fastpath() -> ModuleType | None:
     if extensions_disabled():
         return None
     try:
-        from meshkit import _fastpath
+        return importlib.import_module("meshkit._fastpath")
     except ImportError:
         return None
-    return _fastpath

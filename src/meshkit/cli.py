@@ -14,8 +14,10 @@ import traceback
 from collections.abc import Coroutine
 from typing import Annotated, Any
 
-import click
 import typer
+
+# typer 0.29 carries its own click; its exceptions are only importable from here (pinned).
+from typer._click.exceptions import ClickException, UsageError
 
 from meshkit import __version__
 from meshkit.errors import FlagError, MeshkitError
@@ -74,17 +76,23 @@ def ingress(
     ] = None,
     backends_file: Annotated[
         str | None,
-        typer.Option("--backends-file", help="File of HOST[:PORT][ weight=N] lines; re-read on SIGHUP."),
+        typer.Option(
+            "--backends-file", help="File of HOST[:PORT][ weight=N] lines; re-read on SIGHUP."
+        ),
     ] = None,
     policy: Annotated[
         str, typer.Option(help="round_robin, least_conn, random or maglev.")
     ] = "round_robin",
-    health_interval: Annotated[str, typer.Option(help="Time between TCP health probes (0s: off).")] = "2s",
+    health_interval: Annotated[
+        str, typer.Option(help="Time between TCP health probes (0s: off).")
+    ] = "2s",
     health_timeout: Annotated[str, typer.Option(help="Time a probe may take.")] = "1s",
     rise: Annotated[int, typer.Option(help="Good probes in a row to bring a backend back.")] = 2,
     fall: Annotated[int, typer.Option(help="Failures in a row to take a backend out.")] = 3,
     connect_timeout: Annotated[str, typer.Option(help="Time a backend connect may take.")] = "3s",
-    idle_timeout: Annotated[str, typer.Option(help="Close flows idle this long (0s: never).")] = "300s",
+    idle_timeout: Annotated[
+        str, typer.Option(help="Close flows idle this long (0s: never).")
+    ] = "300s",
     retries: Annotated[int, typer.Option(help="Other backends to try when a connect fails.")] = 2,
     proxy_protocol: Annotated[
         str | None, typer.Option(help="Send a PROXY protocol header (v1 or v2) to backends.")
@@ -159,15 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rv = app(args=argv, prog_name="meshkit", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
-    except click.exceptions.NoArgsIsHelpError as exc:
+    except UsageError as exc:  # also NoArgsIsHelpError: help was shown, still a usage error
         exc.show()
         return 2
-    except click.exceptions.UsageError as exc:
+    except ClickException as exc:
         exc.show()
-        return 2
-    except click.exceptions.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
         print("Aborted.", file=sys.stderr)
         return 130
     except MeshkitError as exc:

@@ -1,0 +1,582 @@
+/* relay.c - the TCP relay engine behind meshkit's L4 ingress (API in includes/relay.h).
+ *
+ * Design notes (the pure-Python twin, meshkit/l4/relay.py, follows the same steps):
+ *
+ * - Every socket is registered once, edge-triggered, for IN|OUT|RDHUP, and never modified
+ *   afterwards: the engine remembers per socket whether it may be readable/writable and
+ *   clears that only when the kernel says EAGAIN (or a read/write came back short, after
+ *   which the kernel is bound to signal a new edge). So the keep-alive ping-pong path costs
+ *   one recv and one send per message and no epoll_ctl at all.
+ * - Bytes are read into one shared scratch buffer and sent on at once. Only what the
+ *   destination did not take is copied into a per-direction buffer (from a small pool), and
+ *   while that is non-empty the source is not read: at most bufsize bytes wait per direction.
+ * - A pair that used its read budget in one poll is carried over to the next poll and an
+ *   eventfd in the epoll set is made readable, so the owner's loop calls poll() again after
+ *   serving everything else.
+ * - Idle expiry scans the pairs only once the earliest possible deadline has passed.
+ */
+#define _GNU_SOURCE
+#include "relay.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define RELAY_MAX_EVENTS 256
+#define RELAY_READ_BUDGET 16 /* reads per direction per poll before yielding to the loop */
+#define RELAY_POOL_MAX 64
+#define RELAY_WAKE_TOKEN UINT64_MAX
+#define RELAY_IDLE_SLACK 1e-6 /* scan a little early rather than miss a deadline to rounding */
+
+typedef struct relay_dir {
+    char *buf;     /* bytes the destination has not taken yet; NULL when none */
+    uint32_t off;
+    uint32_t len;
+    uint64_t bytes; /* delivered to the destination, preamble excluded */
+    uint8_t eof;    /* the source sent FIN */
+    uint8_t shut;   /* FIN passed on to the destination */
+} relay_dir_t;
+
+typedef struct relay_pair {
+    int fd[2]; /* 0 = client, 1 = backend; direction d reads fd[d] and writes fd[1 - d] */
+    uint32_t gen;
+    uint8_t active;
+    uint8_t queued;
+    uint8_t failed;
+    uint8_t readable[2];
+    uint8_t writable[2];
+    uint8_t hup[2]; /* the peer's FIN (or an error) is queued behind the data */
+    uint32_t pre_left; /* preamble bytes still at the front of dir[0] */
+    double idle;
+    double last;
+    relay_dir_t dir[2];
+} relay_pair_t;
+
+typedef struct relay_ref {
+    uint32_t idx;
+    uint32_t gen;
+} relay_ref_t;
+
+struct relay {
+    int epfd;
+    int wakefd;
+    uint8_t wake_armed;
+    size_t bufsize;
+    char *scratch;
+    relay_pair_t *pairs;
+    uint32_t cap;    /* allocated slots */
+    uint32_t used;   /* slots ever handed out; ids below this exist */
+    uint32_t nopen;
+    uint32_t *free_ids; /* LIFO of finished slots, so ids stay small */
+    uint32_t nfree;
+    char **pool;
+    uint32_t npool;
+    relay_ref_t *queue; /* pairs to pump in this poll: 2 * cap (carry + fresh events) */
+    uint32_t nqueue;
+    relay_ref_t *carry; /* pairs that ran out of budget: cap */
+    uint32_t ncarry;
+    relay_finished_t *fin; /* cap */
+    uint32_t nfin;
+    double next_idle_check;
+};
+
+enum { PUMP_IDLE, PUMP_MORE, PUMP_DONE, PUMP_RESET };
+
+static uint64_t make_token(uint32_t idx, uint32_t gen, int side)
+{
+    return ((uint64_t)gen << 32) | ((uint64_t)idx << 1) | (uint64_t)side;
+}
+
+static char *take_buffer(relay_t *r)
+{
+    if (r->npool)
+        return r->pool[--r->npool];
+    return malloc(r->bufsize);
+}
+
+static void give_buffer(relay_t *r, char *buf)
+{
+    if (r->npool < RELAY_POOL_MAX)
+        r->pool[r->npool++] = buf;
+    else
+        free(buf);
+}
+
+static void release_dir(relay_t *r, relay_dir_t *dir)
+{
+    if (dir->buf) {
+        give_buffer(r, dir->buf);
+        dir->buf = NULL;
+    }
+    dir->off = dir->len = 0;
+}
+
+static ssize_t send_bytes(int fd, const char *buf, size_t len)
+{
+    ssize_t n;
+    do {
+        n = send(fd, buf, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+static ssize_t recv_bytes(int fd, char *buf, size_t len)
+{
+    ssize_t n;
+    do {
+        n = recv(fd, buf, len, MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+static int is_again(int err)
+{
+    return err == EAGAIN || err == EWOULDBLOCK;
+}
+
+static void count_sent(relay_pair_t *p, int d, size_t n)
+{
+    if (d == 0 && p->pre_left) {
+        size_t k = n < p->pre_left ? n : p->pre_left;
+        p->pre_left -= (uint32_t)k;
+        n -= k;
+    }
+    p->dir[d].bytes += n;
+}
+
+/* Moves bytes in direction d until EAGAIN, EOF, a full buffer or the budget.
+ * Returns 0 (waiting on the kernel), 1 (budget used up, more to do) or -1 (socket error). */
+static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
+{
+    relay_dir_t *dir = &p->dir[d];
+    int src = p->fd[d], dst = p->fd[1 - d];
+    int budget = RELAY_READ_BUDGET;
+
+    for (;;) {
+        if (dir->len) {
+            if (!p->writable[1 - d])
+                return 0;
+            ssize_t n = send_bytes(dst, dir->buf + dir->off, dir->len);
+            if (n < 0) {
+                if (!is_again(errno))
+                    return -1;
+                p->writable[1 - d] = 0;
+                return 0;
+            }
+            *progressed = 1;
+            count_sent(p, d, (size_t)n);
+            dir->off += (uint32_t)n;
+            dir->len -= (uint32_t)n;
+            if (dir->len) {
+                /* A short send left SOCK_NOSPACE set: EPOLLOUT will come when there is room. */
+                p->writable[1 - d] = 0;
+                return 0;
+            }
+            release_dir(r, dir);
+            continue;
+        }
+        if (dir->eof) {
+            if (!dir->shut) {
+                if (shutdown(dst, SHUT_WR) < 0)
+                    return -1;
+                dir->shut = 1;
+            }
+            return 0;
+        }
+        if (!p->readable[d])
+            return 0;
+        if (budget-- == 0)
+            return 1;
+        ssize_t n = recv_bytes(src, r->scratch, r->bufsize);
+        if (n < 0) {
+            if (!is_again(errno))
+                return -1;
+            p->readable[d] = 0;
+            return 0;
+        }
+        *progressed = 1;
+        if (n == 0) {
+            dir->eof = 1;
+            continue;
+        }
+        /* A short stream read drained the socket; later data raises a new edge. This saves
+         * the recv that would only say EAGAIN on every ping-pong message. Not so when a FIN
+         * is queued: recv stops in front of it and no new edge will come for it. */
+        if ((size_t)n < r->bufsize && !p->hup[d])
+            p->readable[d] = 0;
+        size_t sent = 0;
+        if (p->writable[1 - d]) {
+            ssize_t m = send_bytes(dst, r->scratch, (size_t)n);
+            if (m < 0) {
+                if (!is_again(errno))
+                    return -1;
+                m = 0;
+            }
+            sent = (size_t)m;
+            count_sent(p, d, sent);
+            if (sent < (size_t)n)
+                p->writable[1 - d] = 0;
+        }
+        if (sent < (size_t)n) {
+            dir->buf = take_buffer(r);
+            if (!dir->buf) {
+                errno = ENOMEM;
+                return -1;
+            }
+            memcpy(dir->buf, r->scratch + sent, (size_t)n - sent);
+            dir->off = 0;
+            dir->len = (uint32_t)((size_t)n - sent);
+            return 0;
+        }
+    }
+}
+
+static int pump_pair(relay_t *r, relay_pair_t *p, double now)
+{
+    int progressed = 0, more = 0;
+    if (p->failed)
+        return PUMP_RESET;
+    for (int d = 0; d < 2; d++) {
+        int rc = pump_direction(r, p, d, &progressed);
+        if (rc < 0)
+            return PUMP_RESET;
+        more |= rc;
+    }
+    if (progressed)
+        p->last = now;
+    if (p->dir[0].shut && p->dir[1].shut)
+        return PUMP_DONE;
+    return more ? PUMP_MORE : PUMP_IDLE;
+}
+
+static void close_socket(relay_t *r, int fd, int abort)
+{
+    if (abort) {
+        /* Linger 0 turns the close into an RST, so the peer learns of the reset. */
+        struct linger lg = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    /* The fd may have been dup'ed elsewhere; without DEL its events would keep coming. */
+    epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
+    close(fd);
+}
+
+static void finish_pair(relay_t *r, uint32_t idx, int reason, relay_finished_t *rec)
+{
+    relay_pair_t *p = &r->pairs[idx];
+    close_socket(r, p->fd[0], reason == RELAY_RESET);
+    close_socket(r, p->fd[1], reason == RELAY_RESET);
+    release_dir(r, &p->dir[0]);
+    release_dir(r, &p->dir[1]);
+    rec->pair_id = (int32_t)idx;
+    rec->reason = reason;
+    rec->bytes_c2b = p->dir[0].bytes;
+    rec->bytes_b2c = p->dir[1].bytes;
+    p->active = 0;
+    p->queued = 0;
+    p->gen++;
+    r->free_ids[r->nfree++] = idx;
+    r->nopen--;
+}
+
+static void expire_idle(relay_t *r, double now)
+{
+    double next = INFINITY;
+    for (uint32_t i = 0; i < r->used; i++) {
+        relay_pair_t *p = &r->pairs[i];
+        if (!p->active || !(p->idle > 0))
+            continue;
+        if (p->last <= now - p->idle)
+            finish_pair(r, i, RELAY_IDLE, &r->fin[r->nfin++]);
+        else if (p->last + p->idle < next)
+            next = p->last + p->idle;
+    }
+    r->next_idle_check = next - RELAY_IDLE_SLACK;
+}
+
+static void set_wake(relay_t *r, int want)
+{
+    uint64_t v = 1;
+    if (want && !r->wake_armed) {
+        if (write(r->wakefd, &v, sizeof v) == (ssize_t)sizeof v)
+            r->wake_armed = 1;
+    } else if (!want && r->wake_armed) {
+        if (read(r->wakefd, &v, sizeof v) == (ssize_t)sizeof v || errno == EAGAIN)
+            r->wake_armed = 0;
+    }
+}
+
+static int grow_slots(relay_t *r)
+{
+    uint32_t cap = r->cap ? r->cap * 2 : 64;
+    void *p;
+    if (!(p = realloc(r->pairs, (size_t)cap * sizeof *r->pairs)))
+        return -1;
+    r->pairs = p;
+    if (!(p = realloc(r->free_ids, (size_t)cap * sizeof *r->free_ids)))
+        return -1;
+    r->free_ids = p;
+    if (!(p = realloc(r->queue, (size_t)cap * 2 * sizeof *r->queue)))
+        return -1;
+    r->queue = p;
+    if (!(p = realloc(r->carry, (size_t)cap * sizeof *r->carry)))
+        return -1;
+    r->carry = p;
+    if (!(p = realloc(r->fin, (size_t)cap * sizeof *r->fin)))
+        return -1;
+    r->fin = p;
+    memset(r->pairs + r->cap, 0, (size_t)(cap - r->cap) * sizeof *r->pairs);
+    r->cap = cap;
+    return 0;
+}
+
+relay_t *relay_create(size_t bufsize)
+{
+    if (bufsize == 0 || bufsize > UINT32_MAX / 2) {
+        errno = EINVAL;
+        return NULL;
+    }
+    relay_t *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->epfd = r->wakefd = -1;
+    r->bufsize = bufsize;
+    r->next_idle_check = INFINITY;
+    r->scratch = malloc(bufsize);
+    r->pool = calloc(RELAY_POOL_MAX, sizeof *r->pool);
+    if (!r->scratch || !r->pool || grow_slots(r) < 0)
+        goto fail;
+    r->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (r->epfd < 0)
+        goto fail;
+    r->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->wakefd < 0)
+        goto fail;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = RELAY_WAKE_TOKEN};
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->wakefd, &ev) < 0)
+        goto fail;
+    return r;
+fail: {
+    int err = errno;
+    relay_destroy(r);
+    errno = err;
+    return NULL;
+}
+}
+
+void relay_destroy(relay_t *r)
+{
+    if (!r)
+        return;
+    for (uint32_t i = 0; i < r->used; i++) {
+        relay_pair_t *p = &r->pairs[i];
+        if (p->active) {
+            close(p->fd[0]);
+            close(p->fd[1]);
+            free(p->dir[0].buf);
+            free(p->dir[1].buf);
+        }
+    }
+    for (uint32_t i = 0; i < r->npool; i++)
+        free(r->pool[i]);
+    if (r->epfd >= 0)
+        close(r->epfd);
+    if (r->wakefd >= 0)
+        close(r->wakefd);
+    free(r->pool);
+    free(r->scratch);
+    free(r->pairs);
+    free(r->free_ids);
+    free(r->queue);
+    free(r->carry);
+    free(r->fin);
+    free(r);
+}
+
+int relay_fileno(const relay_t *r)
+{
+    return r->epfd;
+}
+
+int relay_add_pair(relay_t *r, int client_fd, int backend_fd, double idle_timeout, double now,
+                   const char *preamble, size_t preamble_len)
+{
+    int err;
+    uint32_t idx;
+    if (client_fd < 0 || backend_fd < 0 || client_fd == backend_fd ||
+        preamble_len > r->bufsize) {
+        err = EINVAL;
+        goto fail;
+    }
+    if (r->nfree) {
+        idx = r->free_ids[--r->nfree];
+    } else {
+        if (r->used == r->cap && grow_slots(r) < 0) {
+            err = ENOMEM;
+            goto fail;
+        }
+        idx = r->used++;
+    }
+    relay_pair_t *p = &r->pairs[idx];
+    uint32_t gen = p->gen;
+    memset(p, 0, sizeof *p);
+    p->gen = gen;
+    p->fd[0] = client_fd;
+    p->fd[1] = backend_fd;
+    p->idle = idle_timeout;
+    p->last = now;
+    if (preamble_len) {
+        p->dir[0].buf = take_buffer(r);
+        if (!p->dir[0].buf) {
+            err = ENOMEM;
+            goto unslot;
+        }
+        memcpy(p->dir[0].buf, preamble, preamble_len);
+        p->dir[0].len = (uint32_t)preamble_len;
+        p->pre_left = (uint32_t)preamble_len;
+    }
+    for (int side = 0; side < 2; side++) {
+        /* ET from the start: EPOLL_CTL_ADD reports what is already ready. */
+        struct epoll_event ev = {
+            .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+            .data.u64 = make_token(idx, gen, side),
+        };
+        if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, p->fd[side], &ev) < 0) {
+            err = errno;
+            if (side == 1)
+                epoll_ctl(r->epfd, EPOLL_CTL_DEL, p->fd[0], NULL);
+            release_dir(r, &p->dir[0]);
+            goto unslot;
+        }
+    }
+    p->active = 1;
+    r->nopen++;
+    if (idle_timeout > 0 && now + idle_timeout - RELAY_IDLE_SLACK < r->next_idle_check)
+        r->next_idle_check = now + idle_timeout - RELAY_IDLE_SLACK;
+    return (int)idx;
+unslot:
+    r->free_ids[r->nfree++] = idx;
+fail:
+    if (client_fd >= 0)
+        close(client_fd);
+    if (backend_fd >= 0 && backend_fd != client_fd)
+        close(backend_fd);
+    return -err;
+}
+
+int relay_poll(relay_t *r, double now, const relay_finished_t **out)
+{
+    struct epoll_event evs[RELAY_MAX_EVENTS];
+    int n;
+
+    r->nfin = 0;
+    r->nqueue = 0;
+    for (uint32_t i = 0; i < r->ncarry; i++)
+        r->queue[r->nqueue++] = r->carry[i];
+    r->ncarry = 0;
+
+    do {
+        n = epoll_wait(r->epfd, evs, RELAY_MAX_EVENTS, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+
+    for (int i = 0; i < n; i++) {
+        uint64_t tok = evs[i].data.u64;
+        if (tok == RELAY_WAKE_TOKEN)
+            continue;
+        uint32_t idx = (uint32_t)(tok & 0xffffffffu) >> 1, gen = (uint32_t)(tok >> 32);
+        int side = (int)(tok & 1);
+        if (idx >= r->used)
+            continue;
+        relay_pair_t *p = &r->pairs[idx];
+        if (!p->active || p->gen != gen)
+            continue;
+        uint32_t e = evs[i].events;
+        if (e & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            p->readable[side] = 1;
+        if (e & (EPOLLOUT | EPOLLHUP | EPOLLERR))
+            p->writable[side] = 1;
+        if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+            p->hup[side] = 1;
+        if (e & EPOLLERR) {
+            /* Caught here because no read or write may be pending to report it (e.g. the
+             * client half-closed and then reset while the backend is still thinking). */
+            int soerr = 0;
+            socklen_t sl = sizeof soerr;
+            if (getsockopt(p->fd[side], SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr)
+                p->failed = 1;
+        }
+        if (!p->queued) {
+            p->queued = 1;
+            r->queue[r->nqueue++] = (relay_ref_t){idx, gen};
+        }
+    }
+
+    for (uint32_t i = 0; i < r->nqueue; i++) {
+        relay_ref_t ref = r->queue[i];
+        relay_pair_t *p = &r->pairs[ref.idx];
+        if (!p->active || p->gen != ref.gen)
+            continue;
+        p->queued = 0;
+        switch (pump_pair(r, p, now)) {
+        case PUMP_MORE:
+            p->queued = 1;
+            r->carry[r->ncarry++] = ref;
+            break;
+        case PUMP_DONE:
+            finish_pair(r, ref.idx, RELAY_DONE, &r->fin[r->nfin++]);
+            break;
+        case PUMP_RESET:
+            finish_pair(r, ref.idx, RELAY_RESET, &r->fin[r->nfin++]);
+            break;
+        default:
+            break;
+        }
+    }
+
+    if (now >= r->next_idle_check)
+        expire_idle(r, now);
+    set_wake(r, r->ncarry > 0);
+    *out = r->fin;
+    return (int)r->nfin;
+}
+
+int relay_close_pair(relay_t *r, int pair_id, int reason, relay_finished_t *out)
+{
+    if (pair_id < 0 || (uint32_t)pair_id >= r->used || !r->pairs[pair_id].active)
+        return 0;
+    finish_pair(r, (uint32_t)pair_id, reason, out);
+    return 1;
+}
+
+int relay_close_all(relay_t *r, const relay_finished_t **out)
+{
+    r->nfin = 0;
+    r->ncarry = 0;
+    for (uint32_t i = 0; i < r->used; i++)
+        if (r->pairs[i].active)
+            finish_pair(r, i, RELAY_CLOSED, &r->fin[r->nfin++]);
+    set_wake(r, 0);
+    *out = r->fin;
+    return (int)r->nfin;
+}
+
+int relay_get_stats(const relay_t *r, int pair_id, uint64_t *c2b, uint64_t *b2c)
+{
+    if (pair_id < 0 || (uint32_t)pair_id >= r->used || !r->pairs[pair_id].active)
+        return 0;
+    *c2b = r->pairs[pair_id].dir[0].bytes;
+    *b2c = r->pairs[pair_id].dir[1].bytes;
+    return 1;
+}
+
+size_t relay_count_pairs(const relay_t *r)
+{
+    return r->nopen;
+}

@@ -1,0 +1,30 @@
+# Declarations of the TCP relay engine's C API (relay.h); the Python class is in _relay.pxi.
+from libc.stdint cimport int32_t, uint64_t
+
+
+cdef extern from "relay.h" nogil:
+    enum relay_reason:
+        RELAY_DONE
+        RELAY_RESET
+        RELAY_IDLE
+        RELAY_CLOSED
+
+    ctypedef struct relay_finished_t:
+        int32_t pair_id
+        int32_t reason
+        uint64_t bytes_c2b
+        uint64_t bytes_b2c
+
+    ctypedef struct relay_t:
+        pass
+
+    relay_t *relay_create(size_t bufsize)
+    void relay_destroy(relay_t *r)
+    int relay_fileno(const relay_t *r)
+    int relay_add_pair(relay_t *r, int client_fd, int backend_fd, double idle_timeout,
+                       double now, const char *preamble, size_t preamble_len)
+    int relay_poll(relay_t *r, double now, const relay_finished_t **out)
+    int relay_close_pair(relay_t *r, int pair_id, int reason, relay_finished_t *out)
+    int relay_close_all(relay_t *r, const relay_finished_t **out)
+    int relay_get_stats(const relay_t *r, int pair_id, uint64_t *c2b, uint64_t *b2c)
+    size_t relay_count_pairs(const relay_t *r)

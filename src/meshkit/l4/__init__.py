@@ -1,0 +1,1 @@
+"""TCP/UDP proxying: ingress and virtual-IP load balancing."""

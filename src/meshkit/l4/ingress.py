@@ -1,0 +1,797 @@
+"""The I/O shell of `meshkit ingress`: listeners, backend connects, health probes, reloads.
+
+Decisions live elsewhere: which backend gets a flow is the connection table's (meshkit.lb),
+moving bytes is the relay engine's (meshkit.l4.relay, C or pure Python), health flips are
+HealthState's, argument parsing is meshkit.l4.spec's. This module wires them to sockets on
+one event loop. Hot-path callbacks use add_reader/add_writer on sockets this module owns,
+never transports, so that the relay engine can take the file descriptors over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshkit.errors import FlagError, MeshkitError
+from meshkit.l4 import proxyproto
+from meshkit.l4.health import HealthState
+from meshkit.l4.metrics import MetricFamily, metrics_response, render
+from meshkit.l4.relay import make_relay
+from meshkit.l4.spec import BackendSpec, Publish, parse_backends_file
+from meshkit.lb import ConnTable
+
+log = logging.getLogger("meshkit.ingress")
+
+TCP = 6
+UDP = 17
+ACCEPT_BATCH = 64
+UDP_BATCH = 64
+UDP_MAX = 65535
+
+
+@dataclass
+class IngressConfig:
+    publishes: list[Publish]
+    backends: list[BackendSpec]
+    backends_file: str | None = None
+    policy: str = "round_robin"
+    health_interval: float = 2.0
+    health_timeout: float = 1.0
+    rise: int = 2
+    fall: int = 3
+    connect_timeout: float = 3.0
+    idle_timeout: float = 300.0
+    retries: int = 2
+    proxy_protocol: str | None = None
+    max_conns: int | None = None
+    metrics: tuple[str, int] | None = None
+    grace_period: float = 10.0
+
+
+@dataclass
+class Endpoint:
+    """One backend address as probed and counted: (ip, port) after resolution."""
+
+    name: str  # the user's spelling, HOST:PORT, for logs and metrics
+    ip: str
+    port: int
+    family: int
+    weight: int
+    health: HealthState
+    connect_failures: int = 0
+    removed: bool = False  # taken out by a reload; open flows drain
+    users: list[tuple[Listener, int]] = field(default_factory=list)  # (listener, backend id)
+
+
+def backend_id_for(ip: str, port: int, taken: set[int]) -> int:
+    """A stable id from the address, so every node numbers a backend alike (Maglev needs it)."""
+    bid = zlib.crc32(f"{ip}|{port}".encode())
+    while bid in taken:
+        bid = (bid + 1) & 0xFFFFFFFF
+    return bid
+
+
+def fmt_addr(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+class Listener:
+    """One --publish: a bound socket, its connection table and its backends' ids."""
+
+    def __init__(self, ingress: Ingress, publish: Publish) -> None:
+        self.ingress = ingress
+        self.publish = publish
+        self.table = ConnTable(ingress.config.policy)
+        self.by_id: dict[int, Endpoint] = {}
+        self.sock: socket.socket | None = None
+        self.accepting = False
+        self.local_ip = publish.host
+        self.udp_flows: dict[tuple[int, str, int, str, int], UdpFlow] = {}
+
+    @property
+    def name(self) -> str:
+        p = self.publish
+        return f"{fmt_addr(p.host, p.published)}/{p.proto}"
+
+    def open(self) -> None:
+        p = self.publish
+        family = socket.AF_INET6 if ":" in p.host else socket.AF_INET
+        kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(family, kind)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            sock.bind((p.host, p.published))
+            if kind == socket.SOCK_STREAM:
+                sock.listen(4096)
+        except OSError as exc:
+            sock.close()
+            reason = "port already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise FlagError(
+                "--publish",
+                f"{fmt_addr(p.host, p.published)}:{p.target}/{p.proto}",
+                f"cannot listen on {fmt_addr(p.host, p.published)}/{p.proto}: {reason}",
+            ) from None
+        sock.setblocking(False)
+        self.sock = sock
+        if p.host in ("0.0.0.0", "::"):
+            self.local_ip = p.host
+
+    def start(self) -> None:
+        assert self.sock is not None
+        self.accepting = True
+        if self.publish.proto == "tcp":
+            self.ingress.loop.add_reader(self.sock.fileno(), self.on_accept)
+        else:
+            self.ingress.loop.add_reader(self.sock.fileno(), self.on_datagrams)
+
+    def pause(self) -> None:
+        if self.accepting and self.sock is not None:
+            self.ingress.loop.remove_reader(self.sock.fileno())
+            self.accepting = False
+
+    def close(self) -> None:
+        self.pause()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        for flow in list(self.udp_flows.values()):
+            flow.close()
+        self.udp_flows.clear()
+
+    # -- TCP ---------------------------------------------------------------------------------
+
+    def on_accept(self) -> None:
+        ing = self.ingress
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(ACCEPT_BATCH):
+            if ing.max_conns is not None and ing.open_flows >= ing.max_conns:
+                # Leave the rest in the kernel's backlog; resumed when a flow ends.
+                ing.pause_accepting()
+                return
+            try:
+                client, addr = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept on %s: %s; pausing for 1s", self.name, exc.strerror)
+                    self.pause()
+                    ing.loop.call_later(1.0, self.resume_if_running)
+                    return
+                continue  # ECONNABORTED and the like concern one client only
+            client.setblocking(False)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            TcpConnect(self, client, addr[0], addr[1]).start()
+
+    def resume_if_running(self) -> None:
+        if not self.ingress.stopping and not self.accepting and self.sock is not None:
+            self.start()
+
+    # -- UDP ---------------------------------------------------------------------------------
+
+    def on_datagrams(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        ing = self.ingress
+        now = ing.loop.time()
+        lip, lport = self.local_ip, self.publish.published
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = sock.recvfrom(UDP_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            cip, cport = addr[0], addr[1]
+            bid = self.table.lookup(UDP, cip, cport, lip, lport, now)
+            if bid is None:
+                ing.count_no_backend(self)
+                continue
+            key = (UDP, cip, cport, lip, lport)
+            flow = self.udp_flows.get(key)
+            if flow is None:
+                if ing.max_conns is not None and ing.open_flows >= ing.max_conns:
+                    self.table.release(UDP, cip, cport, lip, lport)
+                    continue
+                try:
+                    flow = UdpFlow(self, key, self.by_id[bid], bid, (cip, cport))
+                except OSError as exc:
+                    self.table.release(UDP, cip, cport, lip, lport)
+                    ing.passive_failure(self.by_id[bid], exc.strerror or str(exc))
+                    continue
+                self.udp_flows[key] = flow
+            flow.send(data)
+
+    def drop_udp_flow(self, key: tuple[int, str, int, str, int]) -> None:
+        flow = self.udp_flows.pop(key, None)
+        if flow is not None:
+            flow.close()
+
+
+class UdpFlow:
+    """One client's datagrams to one backend, over a connected socket so replies find it."""
+
+    def __init__(
+        self,
+        listener: Listener,
+        key: tuple[int, str, int, str, int],
+        ep: Endpoint,
+        bid: int,
+        client: tuple[str, int],
+    ) -> None:
+        self.listener = listener
+        self.key = key
+        self.endpoint = ep
+        self.bid = bid
+        self.client = client
+        self.bytes = 0
+        self.sock = socket.socket(ep.family, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        try:
+            self.sock.connect((ep.ip, ep.port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.header = b""
+        ing = listener.ingress
+        if ing.config.proxy_protocol == "v2":
+            self.header = proxyproto.encode_v2(
+                "udp", client, (listener.local_ip, listener.publish.published)
+            )
+        ing.open_flows += 1
+        ing.loop.add_reader(self.sock.fileno(), self.on_reply)
+
+    def send(self, data: bytes) -> None:
+        try:
+            self.sock.send(self.header + data if self.header else data)
+            self.bytes += len(data)
+        except (BlockingIOError, InterruptedError):
+            pass  # UDP may drop; the client retries as it would on any network
+        except OSError as exc:
+            self.fail(exc)
+
+    def on_reply(self) -> None:
+        lsock = self.listener.sock
+        ing = self.listener.ingress
+        for _ in range(UDP_BATCH):
+            try:
+                data = self.sock.recv(UDP_MAX)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.fail(exc)
+                return
+            self.bytes += len(data)
+            if lsock is not None:
+                with contextlib.suppress(OSError):
+                    lsock.sendto(data, self.client)
+        # A reply keeps the flow alive as much as a request does.
+        self.listener.table.lookup(*self.key, ing.loop.time())
+
+    def fail(self, exc: OSError) -> None:
+        # ECONNREFUSED here is the ICMP port-unreachable of a dead UDP backend.
+        self.listener.ingress.passive_failure(self.endpoint, exc.strerror or str(exc))
+        self.listener.table.release(*self.key)
+        self.listener.drop_udp_flow(self.key)
+
+    def close(self) -> None:
+        ing = self.listener.ingress
+        if self.sock.fileno() >= 0:
+            ing.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            ing.open_flows -= 1
+            if self.bid in self.listener.by_id:
+                self.listener.table.add_bytes(self.bid, self.bytes)
+            self.bytes = 0
+            ing.maybe_resume()
+
+
+class TcpConnect:
+    """Connects an accepted client to a backend, retrying elsewhere, then hands off to the relay."""
+
+    def __init__(self, listener: Listener, client: socket.socket, cip: str, cport: int) -> None:
+        self.listener = listener
+        self.client = client
+        self.cip = cip
+        self.cport = cport
+        self.tries = 0
+        self.tried: set[int] = set()
+        self.bsock: socket.socket | None = None
+        self.bid = -1
+        self.timer: asyncio.TimerHandle | None = None
+        listener.ingress.open_flows += 1
+
+    @property
+    def key(self) -> tuple[int, str, int, str, int]:
+        return (TCP, self.cip, self.cport, self.listener.local_ip, self.listener.publish.published)
+
+    def start(self) -> None:
+        ing = self.listener.ingress
+        table = self.listener.table
+        key = self.key
+        bid = table.lookup(*key, ing.loop.time())
+        if bid is not None and bid in self.tried:
+            # A retry: the policy chose the backend that just failed (Maglev always would);
+            # take the next untried up backend instead so the retry means something.
+            table.release(*key)
+            bid = self.pick_untried()
+            if bid is not None:
+                table.assign(*key, bid, ing.loop.time())
+        if bid is None:
+            ing.count_no_backend(self.listener)
+            self.abort()
+            return
+        self.bid = bid
+        self.tried.add(bid)
+        ep = self.listener.by_id[bid]
+        bsock = socket.socket(ep.family, socket.SOCK_STREAM)
+        bsock.setblocking(False)
+        bsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.bsock = bsock
+        err = bsock.connect_ex((ep.ip, ep.port))
+        if err == 0:
+            self.connected()
+        elif err == errno.EINPROGRESS:
+            ing.loop.add_writer(bsock.fileno(), self.on_writable)
+            self.timer = ing.loop.call_later(ing.config.connect_timeout, self.on_timeout)
+        else:
+            self.failed(os.strerror(err))
+
+    def pick_untried(self) -> int | None:
+        table = self.listener.table
+        for bid in table.backends():
+            if bid not in self.tried and table.is_up(bid):
+                return bid
+        return None
+
+    def on_writable(self) -> None:
+        bsock = self.bsock
+        assert bsock is not None
+        ing = self.listener.ingress
+        ing.loop.remove_writer(bsock.fileno())
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        err = bsock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.failed(os.strerror(err))
+        else:
+            self.connected()
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        if self.bsock is not None:
+            self.listener.ingress.loop.remove_writer(self.bsock.fileno())
+        self.failed(f"connect timed out after {self.listener.ingress.config.connect_timeout:g}s")
+
+    def failed(self, reason: str) -> None:
+        ing = self.listener.ingress
+        if self.bsock is not None:
+            self.bsock.close()
+            self.bsock = None
+        self.listener.table.release(*self.key)
+        ep = self.listener.by_id.get(self.bid)
+        if ep is not None:
+            ing.passive_failure(ep, reason)
+        if self.tries < ing.config.retries and not ing.stopping:
+            self.tries += 1
+            self.start()
+        else:
+            log.warning(
+                "%s: client %s: no backend answered after %d tries (last: %s: %s)",
+                self.listener.name,
+                fmt_addr(self.cip, self.cport),
+                self.tries + 1,
+                ep.name if ep else "?",
+                reason,
+            )
+            self.abort()
+
+    def abort(self) -> None:
+        self.client.close()
+        ing = self.listener.ingress
+        ing.open_flows -= 1
+        ing.maybe_resume()
+
+    def connected(self) -> None:
+        ing = self.listener.ingress
+        bsock = self.bsock
+        assert bsock is not None
+        ep = self.listener.by_id[self.bid]
+        if ep.health.up:
+            ep.health.record(True)  # a good connect ends a streak of passive failures
+        preamble = b""
+        pp = ing.config.proxy_protocol
+        if pp is not None:
+            lip = self.listener.local_ip
+            if lip in ("0.0.0.0", "::"):
+                lip = self.client.getsockname()[0]
+            dst = (lip, self.listener.publish.published)
+            src = (self.cip, self.cport)
+            preamble = (
+                proxyproto.encode_v1("tcp", src, dst)
+                if pp == "v1"
+                else proxyproto.encode_v2("tcp", src, dst)
+            )
+        pair = ing.relay.add(
+            self.client.detach(),
+            bsock.detach(),
+            ing.config.idle_timeout,
+            ing.loop.time(),
+            preamble,
+        )
+        self.bsock = None
+        ing.pairs[pair] = (self.listener, self.key, self.bid)
+        ing.pair_of[(self.listener, self.key)] = pair
+
+
+class Ingress:
+    """The whole process: listeners, the relay, health probes, signals and metrics."""
+
+    def __init__(self, config: IngressConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.max_conns = config.max_conns
+        self.relay = make_relay()
+        self.listeners = [Listener(self, p) for p in config.publishes]
+        self.endpoints: dict[tuple[str, int], Endpoint] = {}
+        self.pairs: dict[int, tuple[Listener, tuple[int, str, int, str, int], int]] = {}
+        self.pair_of: dict[tuple[Listener, tuple[int, str, int, str, int]], int] = {}
+        self.open_flows = 0
+        self.stopping = False
+        self.no_backend = 0
+        self.stopped = asyncio.Event()
+        self.tasks: list[asyncio.Task[Any]] = []
+        self.metrics_server: asyncio.AbstractServer | None = None
+        self.reload_lock = asyncio.Lock()
+        self._last_no_backend_log = -1e9
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    async def resolve(
+        self, specs: list[BackendSpec], flag: str
+    ) -> list[tuple[BackendSpec, str, int]]:
+        """(spec, ip, family) per backend; an unresolvable name is an error naming it."""
+        out = []
+        for spec in specs:
+            try:
+                infos = await self.loop.getaddrinfo(
+                    spec.host, None, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+                )
+            except socket.gaierror as exc:
+                raise FlagError(
+                    flag, spec.host, f"cannot resolve {spec.host!r}: {exc.strerror}"
+                ) from None
+            family, _, _, _, sockaddr = infos[0]
+            out.append((spec, str(sockaddr[0]), int(family)))
+        return out
+
+    def apply_backends(self, resolved: list[tuple[BackendSpec, str, int]]) -> None:
+        """Make every listener's table match `resolved`; open flows of kept backends stay put."""
+        weights: dict[tuple[str, int], int] = {}
+        for lst in self.listeners:
+            for spec, ip, family in resolved:
+                port = spec.port if spec.port is not None else lst.publish.target
+                addr = (ip, port)
+                weights[addr] = spec.weight
+                ep = self.endpoints.get(addr)
+                if ep is None:
+                    ep = Endpoint(
+                        fmt_addr(spec.host, port),
+                        ip,
+                        port,
+                        family,
+                        spec.weight,
+                        HealthState(self.config.rise, self.config.fall, up=True),
+                    )
+                    self.endpoints[addr] = ep
+                bid = next((b for owner, b in ep.users if owner is lst), None)
+                if bid is None:
+                    bid = backend_id_for(ip, port, set(lst.by_id))
+                    lst.table.add_backend(bid, spec.weight, ep.health.up)
+                    lst.by_id[bid] = ep
+                    ep.users.append((lst, bid))
+                elif ep.weight != spec.weight:
+                    lst.table.set_weight(bid, spec.weight)
+        for addr, ep in list(self.endpoints.items()):
+            if addr in weights:
+                ep.weight = weights[addr]
+                continue
+            # Gone from the file: no new flows; open TCP flows drain on their own.
+            for lst, bid in ep.users:
+                for key in lst.table.remove_backend(bid):
+                    if key[0] == UDP:
+                        lst.drop_udp_flow(key)
+                lst.by_id.pop(bid, None)
+            ep.users.clear()
+            ep.removed = True
+            del self.endpoints[addr]
+            log.info("backend %s removed; its open flows drain", ep.name)
+
+    async def start(self) -> None:
+        cfg = self.config
+        specs = list(cfg.backends)
+        flag = "--backend"
+        if cfg.backends_file is not None:
+            specs = parse_backends_file(cfg.backends_file)
+            flag = "--backends-file"
+        resolved = await self.resolve(specs, flag)
+        for lst in self.listeners:
+            lst.open()
+        self.apply_backends(resolved)
+        self.loop.add_reader(self.relay.fileno(), self.on_relay)
+        for lst in self.listeners:
+            lst.start()
+            log.info(
+                "listening on %s -> %d backend(s), policy %s", lst.name, len(lst.by_id), cfg.policy
+            )
+        if cfg.metrics is not None:
+            host, port = cfg.metrics
+            try:
+                self.metrics_server = await asyncio.start_server(self.serve_metrics, host, port)
+            except OSError as exc:
+                raise FlagError(
+                    "--metrics", fmt_addr(host, port), f"cannot listen: {exc.strerror}"
+                ) from None
+            log.info("metrics on http://%s/metrics", fmt_addr(host, port))
+        self.tasks.append(self.loop.create_task(self.tick()))
+        if cfg.health_interval > 0:
+            self.tasks.append(self.loop.create_task(self.probe_forever()))
+
+    # -- flows -------------------------------------------------------------------------------
+
+    def on_relay(self) -> None:
+        self.finish(self.relay.poll(self.loop.time()))
+
+    def finish(self, finished: list[tuple[int, int, int, str]]) -> None:
+        for pair, up, down, _reason in finished:
+            entry = self.pairs.pop(pair, None)
+            if entry is None:
+                continue
+            lst, key, bid = entry
+            self.pair_of.pop((lst, key), None)
+            lst.table.release(*key)
+            if bid in lst.by_id:
+                lst.table.add_bytes(bid, up + down)
+            self.open_flows -= 1
+        if finished:
+            self.maybe_resume()
+            if self.stopping and self.open_flows <= 0:
+                self.stopped.set()
+
+    def maybe_resume(self) -> None:
+        if self.stopping or self.max_conns is None or self.open_flows >= self.max_conns:
+            return
+        for lst in self.listeners:
+            if not lst.accepting and lst.sock is not None:
+                lst.start()
+
+    def pause_accepting(self) -> None:
+        for lst in self.listeners:
+            if lst.publish.proto == "tcp":
+                lst.pause()
+
+    def count_no_backend(self, lst: Listener) -> None:
+        self.no_backend += 1
+        now = self.loop.time()
+        if now - self._last_no_backend_log > 5:
+            self._last_no_backend_log = now
+            log.warning("%s: no backend is up; refusing new flows", lst.name)
+
+    def passive_failure(self, ep: Endpoint, reason: str) -> None:
+        ep.connect_failures += 1
+        self.health_result(ep, False, reason)
+
+    def health_result(self, ep: Endpoint, ok: bool, reason: str) -> None:
+        if ep.removed:
+            return
+        flipped = ep.health.record(ok)
+        if flipped is None:
+            return
+        if flipped:
+            log.info("backend %s is up (%d good checks)", ep.name, self.config.rise)
+        else:
+            log.warning(
+                "backend %s is down (%d failed checks, last: %s)", ep.name, self.config.fall, reason
+            )
+        for lst, bid in ep.users:
+            gone = lst.table.set_up(bid, flipped)
+            for key in gone:
+                if key[0] == UDP:
+                    lst.drop_udp_flow(key)
+                    continue
+                pair = self.pair_of.get((lst, key))
+                if pair is not None:
+                    done = self.relay.close(pair)
+                    if done is not None:
+                        self.finish([done])
+
+    async def probe_forever(self) -> None:
+        while not self.stopping:
+            eps = [
+                ep
+                for ep in self.endpoints.values()
+                if any(lst.publish.proto == "tcp" for lst, _ in ep.users)
+            ]
+            await asyncio.gather(*(self.probe(ep) for ep in eps))
+            await asyncio.sleep(self.config.health_interval)
+
+    async def probe(self, ep: Endpoint) -> None:
+        sock = socket.socket(ep.family, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        reason = ""
+        try:
+            await asyncio.wait_for(
+                self.loop.sock_connect(sock, (ep.ip, ep.port)), self.config.health_timeout
+            )
+            ok = True
+        except asyncio.TimeoutError:
+            ok, reason = False, f"no answer within {self.config.health_timeout:g}s"
+        except OSError as exc:
+            ok, reason = False, exc.strerror or str(exc)
+        finally:
+            sock.close()
+        self.health_result(ep, ok, reason)
+
+    async def tick(self) -> None:
+        """Once a second: idle expiry in the relay and in the UDP flow table."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.loop.time()
+            self.finish(self.relay.poll(now))
+            idle = self.config.idle_timeout
+            if idle > 0:
+                for lst in self.listeners:
+                    if lst.publish.proto == "udp":
+                        for key, _bid in lst.table.expire(now, idle):
+                            lst.drop_udp_flow(key)
+
+    # -- reload, metrics, stop -----------------------------------------------------------------
+
+    async def reload(self) -> None:
+        if self.config.backends_file is None:
+            log.info("SIGHUP: no --backends-file to re-read")
+            return
+        async with self.reload_lock:
+            try:
+                specs = parse_backends_file(self.config.backends_file)
+                resolved = await self.resolve(specs, "--backends-file")
+            except MeshkitError as exc:
+                log.error("reload failed, keeping the running backends: %s", exc)
+                return
+            self.apply_backends(resolved)
+            log.info("reloaded %s: %d backend(s)", self.config.backends_file, len(resolved))
+
+    async def serve_metrics(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            asyncio.TimeoutError,
+            ConnectionError,
+        ):
+            head = b""
+        writer.write(metrics_response(head, render(self.metric_families())))
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    def metric_families(self) -> list[MetricFamily]:
+        live: dict[tuple[Listener, int], int] = {}
+        for pair, (lst, _key, bid) in self.pairs.items():
+            st = self.relay.stats(pair)
+            if st is not None:
+                live[(lst, bid)] = live.get((lst, bid), 0) + st[0] + st[1]
+        for lst in self.listeners:
+            for flow in lst.udp_flows.values():
+                live[(lst, flow.bid)] = live.get((lst, flow.bid), 0) + flow.bytes
+        fams = {
+            "up": MetricFamily(
+                "meshkit_ingress_backend_up", "1 when the backend is healthy.", "gauge", []
+            ),
+            "active": MetricFamily(
+                "meshkit_ingress_flows_active", "Open flows per backend.", "gauge", []
+            ),
+            "total": MetricFamily(
+                "meshkit_ingress_flows_total", "Flows sent to a backend.", "counter", []
+            ),
+            "bytes": MetricFamily(
+                "meshkit_ingress_bytes_total", "Bytes relayed both ways per backend.", "counter", []
+            ),
+            "fail": MetricFamily(
+                "meshkit_ingress_connect_failures_total",
+                "Failed connects and passive failures per backend.",
+                "counter",
+                [],
+            ),
+        }
+        for lst in self.listeners:
+            for bid, ep in sorted(lst.by_id.items(), key=lambda kv: kv[1].name):
+                labels = {"listener": lst.name, "backend": ep.name}
+                active, total, nbytes = lst.table.stats(bid)
+                fams["up"].samples.append((labels, 1 if lst.table.is_up(bid) else 0))
+                fams["active"].samples.append((labels, active))
+                fams["total"].samples.append((labels, total))
+                fams["bytes"].samples.append((labels, nbytes + live.get((lst, bid), 0)))
+                fams["fail"].samples.append((labels, ep.connect_failures))
+        nob = MetricFamily(
+            "meshkit_ingress_no_backend_total",
+            "Flows refused because no backend was up.",
+            "counter",
+            [({}, self.no_backend)],
+        )
+        return [*fams.values(), nob]
+
+    async def stop(self, grace: float) -> None:
+        self.stopping = True
+        for lst in self.listeners:
+            lst.close()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        for task in self.tasks:
+            task.cancel()
+        if self.open_flows > 0 and grace > 0:
+            log.info("draining %d open flow(s) for up to %gs", self.open_flows, grace)
+            # Keep expiring idle pairs while we wait.
+            deadline = self.loop.time() + grace
+            while self.open_flows > 0 and self.loop.time() < deadline:
+                self.finish(self.relay.poll(self.loop.time()))
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(
+                        self.stopped.wait(), min(1.0, deadline - self.loop.time())
+                    )
+        self.finish(self.relay.close_all())
+        self.loop.remove_reader(self.relay.fileno())
+
+
+async def run_ingress(config: IngressConfig) -> None:
+    loop = asyncio.get_running_loop()
+    ing = Ingress(config, loop)
+    try:
+        await ing.start()
+    except BaseException:
+        for lst in ing.listeners:
+            lst.close()
+        raise
+    done = asyncio.Event()
+    signals: list[int] = []
+
+    def on_term(sig: int) -> None:
+        if signals:  # a second signal: stop waiting for open flows
+            ing.config.grace_period = 0
+            ing.stopped.set()
+        signals.append(sig)
+        done.set()
+
+    handlers: list[tuple[int, Callable[..., None]]] = [
+        (signal.SIGTERM, lambda: on_term(signal.SIGTERM)),
+        (signal.SIGINT, lambda: on_term(signal.SIGINT)),
+        (signal.SIGHUP, lambda: ing.tasks.append(loop.create_task(ing.reload()))),
+    ]
+    for sig, handler in handlers:
+        loop.add_signal_handler(sig, handler)
+    try:
+        await done.wait()
+        log.info("%s: stopping", signal.Signals(signals[0]).name)
+        await ing.stop(ing.config.grace_period)
+    finally:
+        for sig, _ in handlers:
+            loop.remove_signal_handler(sig)
+    log.info("stopped")

@@ -1,0 +1,420 @@
+"""The TCP relay engine: moves bytes both ways between (client, backend) socket pairs.
+
+The L4 ingress connects a client to a backend and hands both non-blocking sockets to a relay.
+The relay owns an epoll fd; the owner registers it with ``loop.add_reader(relay.fileno(), ...)``
+and calls ``relay.poll(loop.time())`` when it is readable and from a ~1 s timer (idle expiry).
+The relay never runs a thread of its own.
+
+``PyRelay`` is the pure-Python twin of the compiled ``meshkit._fastpath.Relay`` (csrc/relay.c)
+and follows the same steps, so both give the same results; ``make_relay`` picks one.
+
+How it works (both implementations):
+
+- Sockets are registered once, edge-triggered, for IN|OUT|RDHUP. The engine keeps its own
+  "may be readable/writable" flags and clears one only on EAGAIN or a short read/write (after
+  which the kernel signals a new edge), so ping-pong traffic costs no epoll_ctl calls.
+- Bytes are sent on as soon as they are read; only what the destination did not take waits
+  in a per-direction buffer, and while it waits the source is not read (at most ``bufsize``
+  bytes per direction).
+- A pair that used its read budget in one poll is carried to the next one, and an eventfd in
+  the epoll set keeps ``fileno()`` readable until then, so one busy pair cannot starve the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import math
+import os
+import select
+import socket
+import struct
+from typing import Protocol
+
+from meshkit._ext import load_fastpath
+
+__all__ = ["Finished", "PyRelay", "RelayLike", "make_relay"]
+
+# (pair_id, bytes_client_to_backend, bytes_backend_to_client, reason); reason is one of
+# "done", "reset", "idle", "closed".
+Finished = tuple[int, int, int, str]
+
+_MAX_EVENTS = 256
+_READ_BUDGET = 16  # reads per direction per poll before yielding to the loop
+_IDLE_SLACK = 1e-6  # scan a little early rather than miss a deadline to rounding
+_WAKE = -1
+_REGISTER = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_WRITE_EVENTS = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+_HUP_EVENTS = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_LINGER_RST = struct.pack("ii", 1, 0)
+_SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
+_RECV_FLAGS = socket.MSG_DONTWAIT
+
+_IDLE, _MORE, _DONE, _RESET = range(4)
+
+
+class RelayLike(Protocol):
+    """The API shared by the compiled Relay and PyRelay."""
+
+    def fileno(self) -> int: ...
+
+    def add(
+        self,
+        client_fd: int,
+        backend_fd: int,
+        idle_timeout: float,
+        now: float,
+        preamble: bytes = b"",
+    ) -> int: ...
+
+    def poll(self, now: float) -> list[Finished]: ...
+
+    def close(self, pair_id: int) -> Finished | None: ...
+
+    def stats(self, pair_id: int) -> tuple[int, int] | None: ...
+
+    def __len__(self) -> int: ...
+
+    def close_all(self) -> list[Finished]: ...
+
+
+class _Dir:
+    __slots__ = ("buf", "eof", "nbytes", "shut")
+
+    def __init__(self) -> None:
+        self.buf: memoryview | None = None  # bytes the destination has not taken yet
+        self.nbytes = 0  # delivered to the destination, preamble excluded
+        self.eof = False  # the source sent FIN
+        self.shut = False  # FIN passed on to the destination
+
+
+class _Pair:
+    __slots__ = (
+        "dirs",
+        "failed",
+        "hup",
+        "idle",
+        "last",
+        "pre_left",
+        "queued",
+        "readable",
+        "socks",
+        "writable",
+    )
+
+    def __init__(self, socks: tuple[socket.socket, socket.socket], idle: float, now: float):
+        self.socks = socks  # 0 = client, 1 = backend; direction d reads d, writes 1 - d
+        self.idle = idle
+        self.last = now
+        self.readable = [False, False]
+        self.writable = [False, False]
+        self.hup = [False, False]  # the peer's FIN (or an error) is queued behind the data
+        self.dirs = (_Dir(), _Dir())
+        self.pre_left = 0  # preamble bytes still at the front of dirs[0]
+        self.queued = False
+        self.failed = False
+
+
+def _adopt(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+class PyRelay:
+    """Pure-Python relay engine with the same API and behaviour as the compiled Relay."""
+
+    def __init__(self, bufsize: int = 65536) -> None:
+        if bufsize <= 0:
+            raise ValueError("bufsize must be positive")
+        self._bufsize = bufsize
+        self._ep = select.epoll()
+        self._wakefd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._ep.register(self._wakefd, select.EPOLLIN)
+        self._wake_armed = False
+        self._pairs: list[_Pair | None] = []
+        self._free: list[int] = []  # LIFO of finished ids, so ids stay small
+        self._by_fd: dict[int, tuple[int, int]] = {}
+        self._carry: list[tuple[int, _Pair]] = []
+        self._open = 0
+        self._next_idle_check = math.inf
+
+    def __del__(self) -> None:
+        # Matches the C engine: dropping the relay closes whatever it still owns.
+        try:
+            for pair in self._pairs:
+                if pair is not None:
+                    for sock in pair.socks:
+                        sock.close()
+            self._ep.close()
+            os.close(self._wakefd)
+        except (AttributeError, OSError):
+            pass
+
+    def fileno(self) -> int:
+        return self._ep.fileno()
+
+    def __len__(self) -> int:
+        return self._open
+
+    def add(
+        self,
+        client_fd: int,
+        backend_fd: int,
+        idle_timeout: float,
+        now: float,
+        preamble: bytes = b"",
+    ) -> int:
+        if (
+            client_fd < 0
+            or backend_fd < 0
+            or client_fd == backend_fd
+            or (len(preamble) > self._bufsize)
+        ):
+            for fd in {client_fd, backend_fd}:
+                if fd >= 0:
+                    _close_fd(fd)
+            raise ValueError("invalid fds or preamble longer than bufsize (both fds are closed)")
+        socks: list[socket.socket] = []
+        registered: list[int] = []
+        try:
+            for fd in (client_fd, backend_fd):
+                socks.append(_adopt(fd))
+            for sock in socks:
+                # EPOLL_CTL_ADD reports what is already ready, as a first edge.
+                self._ep.register(sock.fileno(), _REGISTER)
+                registered.append(sock.fileno())
+        except OSError:
+            for fd in registered:
+                self._ep.unregister(fd)
+            for sock in socks:
+                sock.close()
+            for fd in (client_fd, backend_fd)[len(socks) :]:
+                _close_fd(fd)
+            raise
+        pair = _Pair((socks[0], socks[1]), idle_timeout, now)
+        if preamble:
+            pair.dirs[0].buf = memoryview(bytes(preamble))
+            pair.pre_left = len(preamble)
+        if self._free:
+            pid = self._free.pop()
+            self._pairs[pid] = pair
+        else:
+            pid = len(self._pairs)
+            self._pairs.append(pair)
+        self._by_fd[client_fd] = (pid, 0)
+        self._by_fd[backend_fd] = (pid, 1)
+        self._open += 1
+        if idle_timeout > 0:
+            self._next_idle_check = min(self._next_idle_check, now + idle_timeout - _IDLE_SLACK)
+        return pid
+
+    def poll(self, now: float) -> list[Finished]:
+        finished: list[Finished] = []
+        queue = self._carry
+        self._carry = []
+        for ev_fd, events in self._ep.poll(0, _MAX_EVENTS):
+            ref = self._by_fd.get(ev_fd)
+            if ref is None:
+                continue
+            pid, side = ref
+            pair = self._pairs[pid]
+            assert pair is not None
+            if events & _READ_EVENTS:
+                pair.readable[side] = True
+            if events & _WRITE_EVENTS:
+                pair.writable[side] = True
+            if events & _HUP_EVENTS:
+                pair.hup[side] = True
+            if events & select.EPOLLERR:
+                # Caught here because no read or write may be pending to report it.
+                try:
+                    if pair.socks[side].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                        pair.failed = True
+                except OSError:
+                    pair.failed = True
+            if not pair.queued:
+                pair.queued = True
+                queue.append((pid, pair))
+        for pid, pair in queue:
+            if self._pairs[pid] is not pair:
+                continue  # finished (and maybe replaced) since it was queued
+            pair.queued = False
+            state = self._pump_pair(pair, now)
+            if state == _MORE:
+                pair.queued = True
+                self._carry.append((pid, pair))
+            elif state == _DONE:
+                finished.append(self._finish(pid, "done"))
+            elif state == _RESET:
+                finished.append(self._finish(pid, "reset"))
+        if now >= self._next_idle_check:
+            self._expire_idle(now, finished)
+        self._set_wake(bool(self._carry))
+        return finished
+
+    def close(self, pair_id: int) -> Finished | None:
+        if not 0 <= pair_id < len(self._pairs) or self._pairs[pair_id] is None:
+            return None
+        return self._finish(pair_id, "closed")
+
+    def stats(self, pair_id: int) -> tuple[int, int] | None:
+        if not 0 <= pair_id < len(self._pairs):
+            return None
+        pair = self._pairs[pair_id]
+        if pair is None:
+            return None
+        return (pair.dirs[0].nbytes, pair.dirs[1].nbytes)
+
+    def close_all(self) -> list[Finished]:
+        self._carry = []
+        done = [
+            self._finish(pid, "closed") for pid, pair in enumerate(self._pairs) if pair is not None
+        ]
+        self._set_wake(False)
+        return done
+
+    def _pump_pair(self, pair: _Pair, now: float) -> int:
+        if pair.failed:
+            return _RESET
+        more = False
+        progressed = False
+        for d in (0, 1):
+            try:
+                rc, moved = self._pump_direction(pair, d)
+            except OSError:
+                return _RESET
+            more = more or rc
+            progressed = progressed or moved
+        if progressed:
+            pair.last = now
+        if pair.dirs[0].shut and pair.dirs[1].shut:
+            return _DONE
+        return _MORE if more else _IDLE
+
+    def _pump_direction(self, pair: _Pair, d: int) -> tuple[bool, bool]:
+        """(budget used up, bytes or EOF moved); socket errors propagate as OSError."""
+        dr = pair.dirs[d]
+        src = pair.socks[d]
+        dst = pair.socks[1 - d]
+        budget = _READ_BUDGET
+        progressed = False
+        bufsize = self._bufsize
+        while True:
+            if dr.buf is not None:
+                if not pair.writable[1 - d]:
+                    return False, progressed
+                try:
+                    n = dst.send(dr.buf, _SEND_FLAGS)
+                except BlockingIOError:
+                    pair.writable[1 - d] = False
+                    return False, progressed
+                progressed = True
+                self._count_sent(pair, d, n)
+                if n < len(dr.buf):
+                    # A short send means the socket is full; EPOLLOUT follows when it drains.
+                    dr.buf = dr.buf[n:]
+                    pair.writable[1 - d] = False
+                    return False, progressed
+                dr.buf = None
+                continue
+            if dr.eof:
+                if not dr.shut:
+                    dst.shutdown(socket.SHUT_WR)
+                    dr.shut = True
+                return False, progressed
+            if not pair.readable[d]:
+                return False, progressed
+            if budget == 0:
+                return True, progressed
+            budget -= 1
+            try:
+                data = src.recv(bufsize, _RECV_FLAGS)
+            except BlockingIOError:
+                pair.readable[d] = False
+                return False, progressed
+            progressed = True
+            if not data:
+                dr.eof = True
+                continue
+            # A short stream read drained the socket; later data raises a new edge. Not so
+            # when a FIN is queued: recv stops in front of it and no new edge will come for it.
+            if len(data) < bufsize and not pair.hup[d]:
+                pair.readable[d] = False
+            sent = 0
+            if pair.writable[1 - d]:
+                try:
+                    sent = dst.send(data, _SEND_FLAGS)
+                except BlockingIOError:
+                    sent = 0
+                self._count_sent(pair, d, sent)
+                if sent < len(data):
+                    pair.writable[1 - d] = False
+            if sent < len(data):
+                dr.buf = memoryview(data)[sent:]
+                return False, progressed
+
+    @staticmethod
+    def _count_sent(pair: _Pair, d: int, n: int) -> None:
+        if d == 0 and pair.pre_left:
+            k = min(n, pair.pre_left)
+            pair.pre_left -= k
+            n -= k
+        pair.dirs[d].nbytes += n
+
+    def _finish(self, pid: int, reason: str) -> Finished:
+        pair = self._pairs[pid]
+        assert pair is not None
+        for sock in pair.socks:
+            fd = sock.fileno()
+            if reason == "reset":
+                # Linger 0 turns the close into an RST, so the peer learns of the reset.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            try:
+                self._ep.unregister(fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EBADF):
+                    raise
+            self._by_fd.pop(fd, None)
+            sock.close()
+        pair.queued = False
+        self._pairs[pid] = None
+        self._free.append(pid)
+        self._open -= 1
+        return (pid, pair.dirs[0].nbytes, pair.dirs[1].nbytes, reason)
+
+    def _expire_idle(self, now: float, finished: list[Finished]) -> None:
+        nxt = math.inf
+        for pid, pair in enumerate(self._pairs):
+            if pair is None or not pair.idle > 0:
+                continue
+            if pair.last <= now - pair.idle:
+                finished.append(self._finish(pid, "idle"))
+            else:
+                nxt = min(nxt, pair.last + pair.idle)
+        self._next_idle_check = nxt - _IDLE_SLACK
+
+    def _set_wake(self, want: bool) -> None:
+        if want and not self._wake_armed:
+            os.eventfd_write(self._wakefd, 1)
+            self._wake_armed = True
+        elif not want and self._wake_armed:
+            with contextlib.suppress(BlockingIOError):
+                os.eventfd_read(self._wakefd)
+            self._wake_armed = False
+
+
+def make_relay(bufsize: int = 65536) -> RelayLike:
+    """The compiled Relay when the fast path is available, else PyRelay."""
+    fastpath = load_fastpath()
+    if fastpath is not None:
+        relay: RelayLike = fastpath.Relay(bufsize)
+        return relay
+    return PyRelay(bufsize)

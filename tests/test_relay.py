@@ -1,0 +1,597 @@
+"""The TCP relay engine, run against real sockets for both the C Relay and PyRelay."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meshkit._ext import load_fastpath
+from meshkit.l4.relay import Finished, PyRelay, RelayLike, make_relay
+
+_fastpath = load_fastpath()
+RelayFactory = Callable[..., RelayLike]
+
+
+def _c_relay(bufsize: int = 65536) -> RelayLike:
+    assert _fastpath is not None
+    relay: RelayLike = _fastpath.Relay(bufsize)
+    return relay
+
+
+IMPLS = [
+    pytest.param(
+        _c_relay,
+        id="c",
+        marks=pytest.mark.skipif(_fastpath is None, reason="meshkit._fastpath not built"),
+    ),
+    pytest.param(PyRelay, id="py"),
+]
+
+
+@pytest.fixture(params=IMPLS)
+def new_relay(request: pytest.FixtureRequest) -> RelayFactory:
+    factory: RelayFactory = request.param
+    return factory
+
+
+@pytest.fixture(scope="module")
+def listener() -> Iterator[socket.socket]:
+    lsock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    yield lsock
+    lsock.close()
+
+
+def tcp_pair(listener: socket.socket) -> tuple[socket.socket, socket.socket]:
+    """(connecting end, accepted end) of a fresh loopback TCP connection."""
+    a = socket.create_connection(listener.getsockname())
+    b, _ = listener.accept()
+    return a, b
+
+
+@dataclass
+class Link:
+    """One relayed pair: the real client's socket and the real backend's socket."""
+
+    pid: int
+    client: socket.socket
+    backend: socket.socket
+
+    def close(self) -> None:
+        self.client.close()
+        self.backend.close()
+
+
+def link(
+    relay: RelayLike,
+    listener: socket.socket,
+    idle: float = 0.0,
+    now: float | None = None,
+    preamble: bytes = b"",
+    before_add: Callable[[socket.socket, socket.socket], None] | None = None,
+) -> Link:
+    client, relay_client = tcp_pair(listener)
+    relay_backend, backend = tcp_pair(listener)
+    if before_add is not None:
+        before_add(client, backend)
+    relay_client.setblocking(False)
+    relay_backend.setblocking(False)
+    pid = relay.add(
+        relay_client.detach(),
+        relay_backend.detach(),
+        idle,
+        time.monotonic() if now is None else now,
+        preamble,
+    )
+    return Link(pid, client, backend)
+
+
+@dataclass
+class Driver:
+    """Polls a relay the way the ingress does: when its fd is readable."""
+
+    relay: RelayLike
+    finished: list[Finished] = field(default_factory=list)
+
+    def step(self, timeout: float = 0.01, now: float | None = None) -> None:
+        select.select([self.relay.fileno()], [], [], timeout)
+        self.finished += self.relay.poll(time.monotonic() if now is None else now)
+
+    def until(self, cond: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise TimeoutError("relay did not get there in time")
+            self.step()
+
+    def result(self, pid: int) -> Finished | None:
+        for fin in self.finished:
+            if fin[0] == pid:
+                return fin
+        return None
+
+    def wait_finished(self, pid: int, timeout: float = 30.0) -> Finished:
+        self.until(lambda: self.result(pid) is not None, timeout)
+        fin = self.result(pid)
+        assert fin is not None
+        return fin
+
+
+def recv_exact(drv: Driver, sock: socket.socket, n: int) -> bytes:
+    sock.setblocking(False)
+    got = bytearray()
+
+    def have() -> bool:
+        try:
+            while len(got) < n:
+                chunk = sock.recv(n - len(got))
+                if not chunk:
+                    break
+                got.extend(chunk)
+        except BlockingIOError:
+            pass
+        return len(got) >= n
+
+    drv.until(have)
+    return bytes(got)
+
+
+def recv_eof(drv: Driver, sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    got = bytearray()
+    eof = False
+
+    def done() -> bool:
+        nonlocal eof
+        try:
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    eof = True
+                    return True
+                got.extend(chunk)
+        except BlockingIOError:
+            return False
+
+    drv.until(done)
+    assert eof
+    return bytes(got)
+
+
+def exchange(
+    relay: RelayLike,
+    lk: Link,
+    c2b: list[bytes],
+    b2c: list[bytes],
+    timeout: float = 30.0,
+) -> tuple[bytes, bytes, Finished]:
+    """Both peers send their chunks, then shut their write side and read to EOF."""
+    drv = Driver(relay)
+    ends = [lk.client, lk.backend]
+    outgoing = [list(c2b), list(b2c)]
+    received = [bytearray(), bytearray()]
+    shut = [False, False]
+    eof = [False, False]
+    for s in ends:
+        s.setblocking(False)
+    deadline = time.monotonic() + timeout
+    while not (all(eof) and drv.result(lk.pid) is not None):
+        if time.monotonic() > deadline:
+            raise TimeoutError("exchange did not finish")
+        for i, s in enumerate(ends):
+            while outgoing[i]:
+                try:
+                    n = s.send(outgoing[i][0])
+                except BlockingIOError:
+                    break
+                if n < len(outgoing[i][0]):
+                    outgoing[i][0] = outgoing[i][0][n:]
+                    break
+                outgoing[i].pop(0)
+            if not outgoing[i] and not shut[i]:
+                s.shutdown(socket.SHUT_WR)
+                shut[i] = True
+            try:
+                while not eof[i]:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        eof[i] = True
+                    received[i].extend(chunk)
+            except BlockingIOError:
+                pass
+        writers = [s for i, s in enumerate(ends) if outgoing[i]]
+        readers = [s for i, s in enumerate(ends) if not eof[i]]
+        select.select([relay.fileno(), *readers], writers, [], 0.01)
+        drv.finished += relay.poll(time.monotonic())
+    fin = drv.result(lk.pid)
+    assert fin is not None
+    return bytes(received[1]), bytes(received[0]), fin
+
+
+def test_make_relay_picks_an_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
+    relay = make_relay()
+    assert isinstance(relay, PyRelay) == (_fastpath is None)
+    monkeypatch.setenv("MESHKIT_NO_EXTENSIONS", "1")
+    assert isinstance(make_relay(), PyRelay)
+
+
+def test_relays_bytes_both_ways(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay()
+    drv = Driver(relay)
+    lk = link(relay, listener)
+    assert len(relay) == 1
+    lk.client.sendall(b"hello backend")
+    assert recv_exact(drv, lk.backend, 13) == b"hello backend"
+    lk.backend.sendall(b"hi client")
+    assert recv_exact(drv, lk.client, 9) == b"hi client"
+    assert relay.stats(lk.pid) == (13, 9)
+    # keep-alive style ping-pong on the same pair
+    for i in range(200):
+        msg = b"ping %d" % i
+        lk.client.sendall(msg)
+        assert recv_exact(drv, lk.backend, len(msg)) == msg
+        lk.backend.sendall(msg.upper())
+        assert recv_exact(drv, lk.client, len(msg)) == msg.upper()
+    lk.client.shutdown(socket.SHUT_WR)
+    assert recv_eof(drv, lk.backend) == b""
+    lk.backend.shutdown(socket.SHUT_WR)
+    assert recv_eof(drv, lk.client) == b""
+    fin = drv.wait_finished(lk.pid)
+    sent = 13 + sum(len(b"ping %d" % i) for i in range(200))
+    assert fin == (lk.pid, sent, sent - 4, "done")
+    assert len(relay) == 0
+    assert relay.stats(lk.pid) is None
+    lk.close()
+
+
+def test_large_transfer_with_slow_reader(new_relay: RelayFactory, listener: socket.socket) -> None:
+    bufsize = 65536
+    relay = new_relay(bufsize)
+    drv = Driver(relay)
+    lk = link(relay, listener)
+    block = os.urandom(1 << 20)
+    total = 50 * len(block)
+    expected = hashlib.sha256(block * 50).hexdigest()
+    lk.client.setblocking(True)
+    lk.backend.setblocking(True)
+    sender_done = threading.Event()
+    start_reading = threading.Event()
+    got = {"n": 0, "hash": ""}
+
+    def send() -> None:
+        for _ in range(50):
+            lk.client.sendall(block)
+        lk.client.shutdown(socket.SHUT_WR)
+        sender_done.set()
+
+    def read() -> None:
+        start_reading.wait()
+        h = hashlib.sha256()
+        while True:
+            chunk = lk.backend.recv(16384)
+            if not chunk:
+                break
+            h.update(chunk)
+            got["n"] += len(chunk)
+        got["hash"] = h.hexdigest()
+        lk.backend.close()
+
+    threads = [threading.Thread(target=send), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    try:
+        # The reader is stalled: once the kernel buffers fill, the relay must stop reading.
+        stalled_at = -1
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for _ in range(20):
+                drv.step(0.005)
+            stats = relay.stats(lk.pid)
+            assert stats is not None
+            if stats[0] == stalled_at:
+                break
+            stalled_at = stats[0]
+        assert 0 < stalled_at < total
+        assert not sender_done.is_set()
+        # Nothing gets lost in the relay's buffer while the destination is full.
+        for _ in range(10):
+            drv.step(0.01)
+        assert relay.stats(lk.pid) == (stalled_at, 0)
+        start_reading.set()
+        fin = drv.wait_finished(lk.pid, timeout=120)
+    finally:
+        start_reading.set()
+        for t in threads:
+            t.join(timeout=120)
+    assert fin[1:] == (total, 0, "done")
+    assert got["n"] == total
+    assert got["hash"] == expected
+    lk.client.close()
+
+
+def test_half_close_reply_after_eof(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay()
+    drv = Driver(relay)
+    lk = link(relay, listener)
+    lk.client.sendall(b"request")
+    lk.client.shutdown(socket.SHUT_WR)
+    # The backend sees the request and then EOF, and only then answers.
+    assert recv_eof(drv, lk.backend) == b"request"
+    assert relay.stats(lk.pid) == (7, 0)
+    assert drv.result(lk.pid) is None
+    lk.backend.sendall(b"the reply")
+    lk.backend.close()
+    assert recv_eof(drv, lk.client) == b"the reply"
+    assert drv.wait_finished(lk.pid) == (lk.pid, 7, 9, "done")
+    lk.client.close()
+
+
+def _abort(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_reset_from_backend_resets_client(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay()
+    drv = Driver(relay)
+    lk = link(relay, listener)
+    lk.client.sendall(b"abc")
+    assert recv_exact(drv, lk.backend, 3) == b"abc"
+    _abort(lk.backend)
+    assert drv.wait_finished(lk.pid) == (lk.pid, 3, 0, "reset")
+    assert len(relay) == 0
+    # The reset is passed on as an RST, not a polite FIN.
+    lk.client.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        lk.client.recv(10)
+    lk.client.close()
+
+
+def test_reset_from_client_after_half_close(
+    new_relay: RelayFactory, listener: socket.socket
+) -> None:
+    """No read or write is pending on the client when its RST arrives: EPOLLERR must catch it."""
+    relay = new_relay()
+    drv = Driver(relay)
+    lk = link(relay, listener)
+    lk.client.sendall(b"q")
+    lk.client.shutdown(socket.SHUT_WR)
+    assert recv_eof(drv, lk.backend) == b"q"
+    _abort(lk.client)
+    assert drv.wait_finished(lk.pid) == (lk.pid, 1, 0, "reset")
+    lk.backend.settimeout(5)
+    with pytest.raises((ConnectionResetError, BrokenPipeError)):
+        lk.backend.send(b"late reply" * 1000)
+        lk.backend.recv(10)
+    lk.backend.close()
+
+
+def test_idle_expiry(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay()
+    drv = Driver(relay)
+    t0 = 1000.0
+    lk = link(relay, listener, idle=5.0, now=t0)
+    forever = link(relay, listener, idle=0.0, now=t0)
+    drv.step(now=t0 + 1)
+    assert drv.finished == []
+    # Traffic at t0 + 3 moves the deadline of that pair to t0 + 8.
+    lk.client.sendall(b"x")
+    lk.client.setblocking(False)
+    lk.backend.setblocking(False)
+    deadline = time.monotonic() + 10
+    while relay.stats(lk.pid) != (1, 0):
+        assert time.monotonic() < deadline
+        drv.step(now=t0 + 3)
+    assert lk.backend.recv(10) == b"x"
+    drv.step(0, now=t0 + 7.9)
+    assert drv.finished == []
+    drv.step(0, now=t0 + 8.0)
+    assert drv.finished == [(lk.pid, 1, 0, "idle")]
+    assert recv_eof(Driver(relay), lk.client) == b""
+    # idle_timeout <= 0: never expires
+    drv.step(0, now=t0 + 1e9)
+    assert len(relay) == 1
+    assert relay.stats(forever.pid) == (0, 0)
+    relay.close_all()
+    lk.close()
+    forever.close()
+
+
+def test_close_pair(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay()
+    drv = Driver(relay)
+    a = link(relay, listener)
+    b = link(relay, listener)
+    a.client.sendall(b"12345")
+    assert recv_exact(drv, a.backend, 5) == b"12345"
+    assert relay.close(a.pid) == (a.pid, 5, 0, "closed")
+    assert relay.close(a.pid) is None
+    assert relay.close(12345) is None
+    assert relay.stats(a.pid) is None
+    assert len(relay) == 1
+    assert recv_eof(drv, a.client) == b""
+    assert recv_eof(drv, a.backend) == b""
+    # the other pair is untouched and the freed id is handed out again
+    b.client.sendall(b"still here")
+    assert recv_exact(drv, b.backend, 10) == b"still here"
+    c = link(relay, listener)
+    assert c.pid == a.pid
+    assert sorted(relay.close_all()) == sorted([(b.pid, 10, 0, "closed"), (c.pid, 0, 0, "closed")])
+    assert len(relay) == 0
+    assert relay.close_all() == []
+    for lk in (a, b, c):
+        lk.close()
+
+
+def test_preamble_first_and_not_counted(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay()
+    header = b"PROXY TCP4 192.0.2.1 198.51.100.2 40000 80\r\n"
+
+    def client_speaks_first(client: socket.socket, backend: socket.socket) -> None:
+        client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+
+    lk = link(relay, listener, preamble=header, before_add=client_speaks_first)
+    got, back, fin = exchange(relay, lk, [b"more"], [b"HTTP/1.0 200 OK\r\n\r\n"])
+    assert got == header + b"GET / HTTP/1.0\r\n\r\nmore"
+    assert back == b"HTTP/1.0 200 OK\r\n\r\n"
+    assert fin == (lk.pid, 22, 19, "done")
+    lk.close()
+
+
+def test_add_rejects_oversized_preamble(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay(64)
+    with pytest.raises(ValueError):
+        link(relay, listener, preamble=b"x" * 65)
+    assert len(relay) == 0
+
+
+def test_many_pairs(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay(4096)
+    drv = Driver(relay)
+    links = [link(relay, listener) for _ in range(150)]
+    assert sorted(lk.pid for lk in links) == list(range(150))
+    assert len(relay) == 150
+    for i, lk in enumerate(links):
+        lk.client.sendall(b"c%d" % i * 100)
+        lk.backend.sendall(b"b%d" % i * 50)
+    for i, lk in enumerate(links):
+        assert recv_exact(drv, lk.backend, len(b"c%d" % i) * 100) == b"c%d" % i * 100
+        assert recv_exact(drv, lk.client, len(b"b%d" % i) * 50) == b"b%d" % i * 50
+        lk.client.shutdown(socket.SHUT_WR)
+        lk.backend.shutdown(socket.SHUT_WR)
+    drv.until(lambda: len(drv.finished) == 150)
+    assert len(relay) == 0
+    for i, lk in enumerate(links):
+        assert drv.result(lk.pid) == (
+            lk.pid,
+            len(b"c%d" % i) * 100,
+            len(b"b%d" % i) * 50,
+            "done",
+        )
+        lk.close()
+
+
+def test_busy_pair_yields_and_keeps_fd_readable(
+    new_relay: RelayFactory, listener: socket.socket
+) -> None:
+    """A burst larger than one poll's budget is carried over, and fileno() says so."""
+    relay = new_relay(1024)
+    lk = link(relay, listener)
+    lk.client.sendall(os.urandom(1 << 20))
+    time.sleep(0.05)
+    select.select([relay.fileno()], [], [], 1)
+    relay.poll(time.monotonic())
+    stats = relay.stats(lk.pid)
+    assert stats is not None and 0 < stats[0] < 1 << 20
+    readable, _, _ = select.select([relay.fileno()], [], [], 0)
+    assert readable
+    got, _, fin = exchange(relay, lk, [], [])
+    assert len(got) == 1 << 20
+    assert fin[1:] == (1 << 20, 0, "done")
+    lk.close()
+
+
+def test_asyncio_integration(new_relay: RelayFactory, listener: socket.socket) -> None:
+    """The ingress's way: add_reader on fileno(), poll() from the callback and a timer."""
+
+    async def main() -> list[Finished]:
+        loop = asyncio.get_running_loop()
+        relay = new_relay()
+        finished: list[Finished] = []
+        all_done = asyncio.Event()
+
+        def on_ready() -> None:
+            finished.extend(relay.poll(loop.time()))
+            if len(finished) == 3:
+                all_done.set()
+
+        loop.add_reader(relay.fileno(), on_ready)
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(0.05)
+                on_ready()
+
+        ticker = asyncio.create_task(tick())
+        links = [link(relay, listener, idle=5.0, now=loop.time()) for _ in range(2)]
+        idler = link(relay, listener, idle=0.2, now=loop.time())
+        for lk in [*links, idler]:
+            lk.client.setblocking(False)
+            lk.backend.setblocking(False)
+
+        async def echo(lk: Link) -> None:
+            while data := await loop.sock_recv(lk.backend, 65536):
+                await loop.sock_sendall(lk.backend, data)
+            lk.backend.shutdown(socket.SHUT_WR)
+
+        async def client(lk: Link) -> bytes:
+            got = bytearray()
+            for i in range(50):
+                msg = b"message %d" % i
+                await loop.sock_sendall(lk.client, msg)
+                while len(got) < sum(len(b"message %d" % j) for j in range(i + 1)):
+                    got += await loop.sock_recv(lk.client, 65536)
+            lk.client.shutdown(socket.SHUT_WR)
+            assert await loop.sock_recv(lk.client, 10) == b""
+            return bytes(got)
+
+        echoes = [asyncio.create_task(echo(lk)) for lk in links]
+        replies = await asyncio.gather(*(client(lk) for lk in links))
+        await asyncio.gather(*echoes)
+        await asyncio.wait_for(all_done.wait(), 10)
+        ticker.cancel()
+        loop.remove_reader(relay.fileno())
+        expected = b"".join(b"message %d" % i for i in range(50))
+        assert replies == [expected, expected]
+        for lk in [*links, idler]:
+            lk.close()
+        return finished
+
+    finished = asyncio.run(main())
+    reasons = sorted(f[3] for f in finished)
+    assert reasons == ["done", "done", "idle"]
+
+
+chunks = st.lists(st.binary(min_size=1, max_size=3000), max_size=12)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    c2b=chunks,
+    b2c=chunks,
+    bufsize=st.sampled_from([1, 7, 512, 4096, 65536]),
+    preamble=st.binary(max_size=1),
+)
+def test_c_and_python_agree(
+    listener: socket.socket, c2b: list[bytes], b2c: list[bytes], bufsize: int, preamble: bytes
+) -> None:
+    factories: list[RelayFactory] = [PyRelay]
+    if _fastpath is not None:
+        factories.append(_c_relay)
+    results = []
+    for factory in factories:
+        relay = factory(bufsize)
+        lk = link(relay, listener, preamble=preamble)
+        got_backend, got_client, fin = exchange(relay, lk, c2b, b2c)
+        lk.close()
+        assert got_backend == preamble + b"".join(c2b)
+        assert got_client == b"".join(b2c)
+        assert fin == (lk.pid, len(b"".join(c2b)), len(b"".join(b2c)), "done")
+        assert len(relay) == 0
+        results.append((got_backend, got_client, fin))
+    assert all(r == results[0] for r in results)

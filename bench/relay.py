@@ -6,6 +6,14 @@ Measures, over one relayed pair on loopback:
 - ping-pong: round trips per second of 100-byte messages (keep-alive request/response),
 - bulk: MB/s of a one-way transfer (the receiver acknowledges EOF with one byte).
 
+And new connections per second (like wrk with `Connection: close`): a client keeps
+CONNS_INFLIGHT connections going, each sends a request, reads the reply to EOF and closes; the
+backend answers and closes. Two ways to take a new connection, each with C Relay and PyRelay:
+- "accept+connect": relay.accept() on the listening socket and relay.connect() to the backend
+  (the engine makes and watches the backend socket),
+- "python path": sock.accept(), a Python backend socket, connect_ex, loop.add_writer and a
+  call_later timer until connected, SO_ERROR, then relay.add() (what the ingress did before).
+
 When haproxy is installed it is measured too (mode tcp, one thread), as the yardstick the
 ingress is held to.
 
@@ -19,14 +27,16 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import select
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
+from typing import Any, cast
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
@@ -35,6 +45,9 @@ from meshkit.l4.relay import PyRelay, RelayLike
 
 MSG = 100
 CHUNK = 256 * 1024
+CONNS_INFLIGHT = 32
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
+REPLY = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
 
 
 def nodelay(sock: socket.socket) -> socket.socket:
@@ -59,6 +72,74 @@ def sink_server(lsock: socket.socket) -> None:
             pass
         conn.sendall(b"k")
         conn.close()
+
+
+def close_server(lsock: socket.socket) -> None:
+    """Answers each request and closes (HTTP with Connection: close), on an event loop."""
+
+    class Answer(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = cast(asyncio.Transport, transport)
+
+        def data_received(self, data: bytes) -> None:
+            self.transport.write(REPLY)
+            self.transport.close()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Answer, sock=lsock, backlog=4096)
+        await server.serve_forever()
+
+    run_loop(main())
+
+
+def conns_client(addr: tuple[str, int], seconds: float, out: Connection) -> None:
+    """Keeps CONNS_INFLIGHT request/reply/close connections going; sends connections/s."""
+    ep = select.epoll()
+    socks: dict[int, tuple[socket.socket, bytearray]] = {}
+
+    def start() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock.connect_ex(addr)
+        socks[sock.fileno()] = (sock, bytearray())
+        ep.register(sock.fileno(), select.EPOLLOUT)
+
+    for _ in range(CONNS_INFLIGHT):
+        start()
+    n = errors = 0
+    start_t = time.perf_counter()
+    end = start_t + seconds
+    while time.perf_counter() < end:
+        for fd, ev in ep.poll(0.5):
+            sock, got = socks[fd]
+            if ev & select.EPOLLOUT:
+                try:
+                    sock.send(REQUEST)
+                except OSError:
+                    errors += 1
+                else:
+                    ep.modify(fd, select.EPOLLIN)
+                    continue
+            else:
+                try:
+                    while chunk := sock.recv(4096):
+                        got += chunk
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    errors += 1
+                else:
+                    if got == REPLY:
+                        n += 1
+                    else:
+                        errors += 1
+            ep.unregister(fd)
+            del socks[fd]
+            sock.close()
+            start()
+    out.send(n / (time.perf_counter() - start_t) if not errors else -float(errors))
+    for sock, _ in socks.values():
+        sock.close()
 
 
 def pingpong_client(addr: tuple[str, int], seconds: float, out: Connection) -> None:
@@ -92,8 +173,17 @@ def bulk_client(addr: tuple[str, int], total: int, out: Connection) -> None:
     sock.close()
 
 
-def listen() -> socket.socket:
-    return socket.create_server(("127.0.0.1", 0), backlog=8)
+def listen(backlog: int = 8) -> socket.socket:
+    return socket.create_server(("127.0.0.1", 0), backlog=backlog)
+
+
+def run_loop(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
 
 
 def free_port() -> int:
@@ -190,17 +280,116 @@ def relay_pair(relay: RelayLike, front: socket.socket, backend: tuple[str, int])
         await finished.wait()
         loop.remove_reader(relay.fileno())
 
-    try:
-        import uvloop
+    run_loop(main())
 
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+
+def run_conns(make: Callable[[], RelayLike] | None, engine_path: bool, seconds: float) -> float:
+    """New connections/s through a relay taking them one of two ways (direct when make is None)."""
+    backend = listen(4096)
+    srv = mp.Process(target=close_server, args=(backend,), daemon=True)
+    srv.start()
+    front = listen(4096) if make is not None else None
+    target = (front or backend).getsockname()
+    rx, tx = mp.Pipe(duplex=False)
+    cli = mp.Process(target=conns_client, args=(target, seconds, tx), daemon=True)
+    proxy = None
+    if make is not None and front is not None:
+        proxy = mp.Process(
+            target=serve_conns, args=(make, engine_path, front, backend.getsockname()), daemon=True
+        )
+        proxy.start()
+    cli.start()
+    result = float(rx.recv())
+    cli.join()
+    for proc in (proxy, srv):
+        if proc is not None:
+            proc.terminate()
+            proc.join()
+    backend.close()
+    if front is not None:
+        front.close()
+    if result < 0:
+        raise RuntimeError(f"{-result:.0f} connections failed")
+    return result
+
+
+def serve_conns(
+    make: Callable[[], RelayLike],
+    engine_path: bool,
+    front: socket.socket,
+    backend: tuple[str, int],
+) -> None:
+    """An ingress-like proxy for new connections, until terminated."""
+    relay = make()
+    front.setblocking(False)
+    ip, port = backend
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_relay() -> None:
+            for pid, _, _, reason in relay.poll(loop.time()):
+                if reason == "connect":
+                    relay.close(pid)
+
+        def on_accept_engine() -> None:
+            now = loop.time()
+            for fd, _peer_ip, _peer_port in relay.accept(front.fileno()):
+                relay.connect(fd, ip, port, 60.0, now)
+
+        def on_accept_python() -> None:
+            for _ in range(64):
+                try:
+                    client, _ = front.accept()
+                except BlockingIOError:
+                    return
+                client.setblocking(False)
+                nodelay(client)
+                upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                upstream.setblocking(False)
+                nodelay(upstream)
+                upstream.connect_ex(backend)
+                PendingConnect(client, upstream)
+
+        class PendingConnect:
+            def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+                self.client, self.upstream = client, upstream
+                loop.add_writer(upstream.fileno(), self.on_writable)
+                self.timer = loop.call_later(3.0, self.on_timeout)
+
+            def on_writable(self) -> None:
+                loop.remove_writer(self.upstream.fileno())
+                self.timer.cancel()
+                if self.upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    self.client.close()
+                    self.upstream.close()
+                    return
+                relay.add(self.client.detach(), self.upstream.detach(), 60.0, loop.time())
+
+            def on_timeout(self) -> None:
+                loop.remove_writer(self.upstream.fileno())
+                self.client.close()
+                self.upstream.close()
+
+        loop.add_reader(relay.fileno(), on_relay)
+        loop.add_reader(front.fileno(), on_accept_engine if engine_path else on_accept_python)
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                on_relay()
+
+        await tick()
+
+    run_loop(main())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="finish in under 10 seconds")
+    ap.add_argument(
+        "--only-conns", action="store_true", help="measure only new connections per second"
+    )
     args = ap.parse_args()
     seconds = 1.0 if args.quick else 3.0
     bulk = (1 << 30) if args.quick else (4 << 30)
@@ -212,6 +401,9 @@ def main() -> None:
         print("meshkit._fastpath is not built: C Relay skipped")
     impls.append(("PyRelay", PyRelay, bulk // 4))
 
+    conns_table(fastpath, seconds)
+    if args.only_conns:
+        return
     pp: dict[str, float] = {}
     mbs: dict[str, float] = {}
     names = [name for name, _, _ in impls]
@@ -240,6 +432,31 @@ def main() -> None:
             f"C Relay vs haproxy: ping-pong {pp['C Relay'] / pp['haproxy']:.2f}x,"
             f" bulk {mbs['C Relay'] / mbs['haproxy']:.2f}x"
         )
+
+
+def conns_table(fastpath: Any, seconds: float) -> None:
+    makers: list[tuple[str, Callable[[], RelayLike]]] = []
+    if fastpath is not None:
+        makers.append(("C Relay", fastpath.Relay))
+    makers.append(("PyRelay", PyRelay))
+    rows: list[tuple[str, float]] = [("direct", run_conns(None, True, seconds))]
+    for name, make in makers:
+        rows.append((f"{name} accept+connect", run_conns(make, True, seconds)))
+        rows.append((f"{name} python path", run_conns(make, False, seconds)))
+    if shutil.which("haproxy"):
+        rows.append(("haproxy", run_haproxy(close_server, conns_client, seconds)))
+    base = dict(rows)
+    print(f"new connections/s ({CONNS_INFLIGHT} in flight, request, reply, close):")
+    for name, rate in rows:
+        print(f"  {name:26} {rate:10,.0f} conn/s {rate / base['direct']:6.2f} of direct")
+    for name, _ in makers:
+        new, old = base[f"{name} accept+connect"], base[f"{name} python path"]
+        line = f"  {name}: accept+connect vs python path {new / old:.2f}x"
+        if "haproxy" in base:
+            hap = base["haproxy"]
+            line += f", vs haproxy {new / hap:.2f}x (python path {old / hap:.2f}x)"
+        print(line)
+    print()
 
 
 if __name__ == "__main__":

@@ -158,6 +158,22 @@ def test_every_request_succeeds_when_backend_dies_mid_run(
     assert curl_many(port, 20) == ["b"] * 20
 
 
+def test_maglev_keeps_a_client_on_one_backend_and_retries_elsewhere(
+    spawn: Spawn, fastpath_env: dict[str, str]
+) -> None:
+    b = start_backends(spawn, ["a", "b", "c"])
+    args = [arg for port, _ in b.values() for arg in ("--backend", f"127.0.0.1:{port}")]
+    port, _ = start_ingress(spawn, fastpath_env, *args, "--policy", "maglev",
+                            "--health-interval", "10s", "--fall", "100")
+    names = set(curl_many(port, 10))
+    assert len(names) == 1  # one client address, one backend
+    (chosen,) = names
+    b[chosen][1].stop()
+    # Maglev keeps choosing the dead backend; each connect retry must go to another one.
+    after = curl_many(port, 10)
+    assert len(after) == 10 and chosen not in after
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_proxy_protocol_reaches_backend(
     spawn: Spawn, fastpath_env: dict[str, str], version: str

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import select
@@ -594,4 +595,521 @@ def test_c_and_python_agree(
         assert fin == (lk.pid, len(b"".join(c2b)), len(b"".join(b2c)), "done")
         assert len(relay) == 0
         results.append((got_backend, got_client, fin))
+    assert all(r == results[0] for r in results)
+
+
+# --- accept() and connect(): the engine makes the sockets itself --------------------------
+
+
+def _listen(host: str = "127.0.0.1", backlog: int = 128) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    lsock = socket.socket(family, socket.SOCK_STREAM)
+    lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    lsock.bind((host, 0))
+    lsock.listen(backlog)
+    lsock.setblocking(False)
+    return lsock
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def dead_port() -> Iterator[int]:
+    """A loopback port that is bound but not listening: connects to it are refused."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    yield s.getsockname()[1]
+    s.close()
+
+
+@pytest.fixture
+def full_backend() -> Iterator[tuple[str, int]]:
+    """A listener whose accept queue is full, so that new SYNs are dropped (never connects)."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(lsock.getsockname())
+        fillers.append(s)
+    time.sleep(0.05)
+    yield lsock.getsockname()
+    for s in fillers:
+        s.close()
+    lsock.close()
+
+
+def _accept_all(lsock: socket.socket, n: int, timeout: float = 10.0) -> list[socket.socket]:
+    got: list[socket.socket] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n:
+        assert time.monotonic() < deadline, "backend did not see the connection"
+        select.select([lsock], [], [], 0.05)
+        try:
+            conn, _ = lsock.accept()
+        except BlockingIOError:
+            continue
+        conn.setblocking(False)
+        got.append(conn)
+    return got
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def _check_accepted(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    assert not os.get_blocking(fd)
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    return sock
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        pytest.param(
+            "::1", marks=pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+        ),
+    ],
+)
+def test_accept_returns_fds_and_peers(new_relay: RelayFactory, host: str) -> None:
+    relay = new_relay()
+    lsock = _listen(host)
+    assert relay.accept(lsock.fileno()) == []
+    clients = [socket.create_connection(lsock.getsockname()[:2]) for _ in range(5)]
+    time.sleep(0.05)
+    got = relay.accept(lsock.fileno(), 3)
+    got += relay.accept(lsock.fileno())
+    assert len(got) == 5
+    assert relay.accept(lsock.fileno()) == []
+    peers = sorted((ip, port) for _, ip, port in got)
+    assert peers == sorted(c.getsockname()[:2] for c in clients)
+    for (fd, _, _), c in zip(
+        sorted(got, key=lambda g: g[2]),
+        sorted(clients, key=lambda c: c.getsockname()[1]),
+        strict=True,
+    ):
+        sock = _check_accepted(fd)
+        c.sendall(b"hi")
+        sock.setblocking(True)
+        assert sock.recv(2) == b"hi"
+        sock.close()
+        c.close()
+    assert len(relay) == 0
+    lsock.close()
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6")
+def test_accept_ipv4_mapped_peer(new_relay: RelayFactory) -> None:
+    relay = new_relay()
+    lsock = socket.socket(socket.AF_INET6)
+    lsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    lsock.bind(("::", 0))
+    lsock.listen(8)
+    lsock.setblocking(False)
+    c = socket.create_connection(("127.0.0.1", lsock.getsockname()[1]))
+    time.sleep(0.05)
+    [(fd, ip, port)] = relay.accept(lsock.fileno())
+    assert (ip, port) == ("::ffff:127.0.0.1", c.getsockname()[1])
+    os.close(fd)
+    c.close()
+    lsock.close()
+
+
+def test_accept_errors(new_relay: RelayFactory) -> None:
+    relay = new_relay()
+    s = socket.socket()
+    s.setblocking(False)
+    with pytest.raises(OSError) as exc:
+        relay.accept(s.fileno())  # not listening
+    assert exc.value.errno == errno.EINVAL
+    with pytest.raises(ValueError):
+        relay.accept(s.fileno(), 0)
+    assert _fd_open(s.fileno())  # the listening socket stays the caller's
+    s.close()
+
+
+def _client_end(listener: socket.socket) -> tuple[socket.socket, int]:
+    """(the real client, the fd the relay gets for it)."""
+    client, relay_client = tcp_pair(listener)
+    relay_client.setblocking(False)
+    return client, relay_client.detach()
+
+
+def test_connect_relays_with_preamble_first(
+    new_relay: RelayFactory, listener: socket.socket
+) -> None:
+    relay = new_relay()
+    backend_l = _listen()
+    client, cfd = _client_end(listener)
+    header = b"PROXY TCP4 192.0.2.1 198.51.100.2 40000 80\r\n"
+    pid = relay.connect(cfd, "127.0.0.1", backend_l.getsockname()[1], 5.0, time.monotonic(), header)
+    assert len(relay) == 1
+    assert relay.stats(pid) == (0, 0)
+    assert relay.connect_error(pid) == 0
+    # The client speaks (and half-closes) before the backend connection is even accepted.
+    client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    [backend] = _accept_all(backend_l, 1)
+    lk = Link(pid, client, backend)
+    got, back, fin = exchange(relay, lk, [b"more"], [b"HTTP/1.0 200 OK\r\n\r\n"])
+    assert got == header + b"GET / HTTP/1.0\r\n\r\nmore"
+    assert back == b"HTTP/1.0 200 OK\r\n\r\n"
+    assert fin == (pid, 22, 19, "done")
+    assert len(relay) == 0
+    lk.close()
+    backend_l.close()
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback")
+def test_connect_ipv6_backend(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay()
+    backend_l = _listen("::1")
+    client, cfd = _client_end(listener)
+    pid = relay.connect(cfd, "::1", backend_l.getsockname()[1], 0.0, time.monotonic())
+    [backend] = _accept_all(backend_l, 1)
+    got, back, fin = exchange(relay, Link(pid, client, backend), [b"six"], [b"ok"])
+    assert (got, back, fin) == (b"six", b"ok", (pid, 3, 2, "done"))
+    client.close()
+    backend.close()
+    backend_l.close()
+
+
+def test_connect_refused_then_retry(
+    new_relay: RelayFactory, listener: socket.socket, dead_port: int
+) -> None:
+    relay = new_relay()
+    drv = Driver(relay)
+    client, cfd = _client_end(listener)
+    pid = relay.connect(cfd, "127.0.0.1", dead_port, 5.0, time.monotonic(), b"pre1|")
+    fin = drv.wait_finished(pid)
+    assert fin == (pid, 0, 0, "connect")
+    assert relay.connect_error(pid) == errno.ECONNREFUSED
+    assert len(relay) == 1
+    assert relay.stats(pid) == (0, 0)
+    # The client is still connected: no EOF, no reset, and it may keep talking.
+    assert _fd_open(cfd)
+    client.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        client.recv(10)
+    client.sendall(b"early")
+    for _ in range(5):
+        drv.step(0.01)
+    assert drv.finished == [fin]
+    with pytest.raises(ValueError):
+        relay.retry(pid, "not an ip", 80, time.monotonic())
+    backend_l = _listen()
+    drv.finished.clear()
+    relay.retry(pid, "127.0.0.1", backend_l.getsockname()[1], time.monotonic(), b"pre2|")
+    assert relay.connect_error(pid) == 0
+    with pytest.raises(ValueError):  # only a FAILED pair can be retried
+        relay.retry(pid, "127.0.0.1", backend_l.getsockname()[1], time.monotonic())
+    [backend] = _accept_all(backend_l, 1)
+    assert recv_exact(drv, backend, 10) == b"pre2|early"
+    backend.sendall(b"reply")
+    assert recv_exact(drv, client, 5) == b"reply"
+    assert relay.stats(pid) == (5, 5)
+    got, back, fin = exchange(relay, Link(pid, client, backend), [b"!"], [b"?"])
+    assert (got, back, fin) == (b"!", b"?", (pid, 6, 6, "done"))
+    client.close()
+    backend.close()
+    backend_l.close()
+
+
+def test_connect_fails_at_once(new_relay: RelayFactory, listener: socket.socket) -> None:
+    """connect() itself fails (TCP to a multicast address): reported by the next poll."""
+    relay = new_relay()
+    client, cfd = _client_end(listener)
+    pid = relay.connect(cfd, "224.0.0.1", 80, 5.0, 1000.0)
+    assert len(relay) == 1
+    assert relay.connect_error(pid) == 0  # not reported yet
+    readable, _, _ = select.select([relay.fileno()], [], [], 1)
+    assert readable
+    assert relay.poll(1000.0) == [(pid, 0, 0, "connect")]
+    assert relay.connect_error(pid) == errno.ENETUNREACH
+    assert relay.poll(1000.0) == []
+    readable, _, _ = select.select([relay.fileno()], [], [], 0)
+    assert not readable
+    assert relay.close(pid) == (pid, 0, 0, "closed")
+    client.close()
+
+
+def test_connect_timeout(
+    new_relay: RelayFactory, listener: socket.socket, full_backend: tuple[str, int]
+) -> None:
+    relay = new_relay()
+    t0 = 1000.0
+    client, cfd = _client_end(listener)
+    pid = relay.connect(cfd, *full_backend, 0.05, t0, connect_timeout=0.2)
+    forever, cfd2 = _client_end(listener)
+    pid2 = relay.connect(cfd2, *full_backend, 0.05, t0, connect_timeout=0)
+    time.sleep(0.05)
+    # connecting pairs are governed by connect_timeout only, not by the idle timeout
+    assert relay.poll(t0 + 0.19) == []
+    assert relay.poll(t0 + 0.2) == [(pid, 0, 0, "connect")]
+    assert relay.connect_error(pid) == errno.ETIMEDOUT
+    assert relay.poll(t0 + 1e9) == []
+    assert relay.connect_error(pid2) == 0
+    assert len(relay) == 2
+    assert sorted(relay.close_all()) == [(pid, 0, 0, "closed"), (pid2, 0, 0, "closed")]
+    for c in (client, forever):
+        c.settimeout(5)
+        assert c.recv(10) == b""
+        c.close()
+
+
+def test_close_failed_and_connecting_pairs(
+    new_relay: RelayFactory,
+    listener: socket.socket,
+    dead_port: int,
+    full_backend: tuple[str, int],
+) -> None:
+    relay = new_relay()
+    drv = Driver(relay)
+    failed, cfd = _client_end(listener)
+    pid = relay.connect(cfd, "127.0.0.1", dead_port, 0.0, time.monotonic())
+    assert drv.wait_finished(pid)[3] == "connect"
+    connecting, cfd2 = _client_end(listener)
+    pid2 = relay.connect(cfd2, *full_backend, 0.0, time.monotonic(), b"x")
+    assert relay.close(pid) == (pid, 0, 0, "closed")
+    assert relay.close(pid) is None
+    assert relay.connect_error(pid) == 0
+    assert relay.stats(pid) is None
+    assert not _fd_open(cfd) or cfd == cfd2
+    assert recv_eof(drv, failed) == b""
+    assert relay.close(pid2) == (pid2, 0, 0, "closed")
+    assert recv_eof(drv, connecting) == b""
+    assert len(relay) == 0
+    with pytest.raises(ValueError):
+        relay.retry(pid, "127.0.0.1", dead_port, time.monotonic())
+    failed.close()
+    connecting.close()
+
+
+def test_connect_rejects_bad_arguments(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay(64)
+    client, cfd = _client_end(listener)
+    bad = [
+        ("localhost", 80, b""),
+        ("127.0.0.1\0", 80, b""),
+        ("1.2.3", 80, b""),
+        ("fe80::1%lo", 80, b""),
+        ("127.0.0.1", 0, b""),
+        ("127.0.0.1", 65536, b""),
+        ("127.0.0.1", -1, b""),
+        ("127.0.0.1", 80, b"x" * 65),
+    ]
+    for ip, port, pre in bad:
+        with pytest.raises(ValueError):
+            relay.connect(cfd, ip, port, 0.0, time.monotonic(), pre)
+        assert _fd_open(cfd)  # not taken
+    with pytest.raises(ValueError):
+        relay.connect(-1, "127.0.0.1", 80, 0.0, time.monotonic())
+    assert len(relay) == 0
+    with pytest.raises(ValueError):
+        relay.retry(0, "127.0.0.1", 80, time.monotonic())
+    assert relay.connect_error(0) == 0
+    assert relay.connect_error(-5) == 0
+    os.close(cfd)
+    client.close()
+
+
+def test_idle_counts_from_relaying(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay()
+    t0 = 1000.0
+    backend_l = _listen()
+    client, cfd = _client_end(listener)
+    pid = relay.connect(cfd, "127.0.0.1", backend_l.getsockname()[1], 5.0, t0)
+    [backend] = _accept_all(backend_l, 1)
+    # The connect completes in a poll 100 s later; the idle clock starts there.
+    select.select([relay.fileno()], [], [], 1)
+    assert relay.poll(t0 + 100) == []
+    assert relay.poll(t0 + 104.9) == []
+    assert relay.poll(t0 + 105) == [(pid, 0, 0, "idle")]
+    client.close()
+    backend.close()
+    backend_l.close()
+
+
+def test_client_reset_while_connecting(new_relay: RelayFactory, listener: socket.socket) -> None:
+    relay = new_relay()
+    drv = Driver(relay)
+    backend_l = _listen()
+    client, cfd = _client_end(listener)
+    pid = relay.connect(cfd, "127.0.0.1", backend_l.getsockname()[1], 0.0, time.monotonic())
+    client.sendall(b"abc")
+    _abort(client)
+    time.sleep(0.05)
+    [backend] = _accept_all(backend_l, 1)
+    assert drv.wait_finished(pid) == (pid, 0, 0, "reset")
+    backend.settimeout(5)
+    with pytest.raises(ConnectionResetError):
+        backend.recv(10)
+    backend.close()
+    backend_l.close()
+
+
+def test_accept_and_connect_many(new_relay: RelayFactory) -> None:
+    """The ingress's new-connection path: accept + connect, backend answers and closes."""
+    relay = new_relay(4096)
+    front = _listen()
+    backend_l = _listen()
+    n = 60
+    stop = threading.Event()
+
+    def backend_server() -> None:
+        backend_l.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = backend_l.accept()
+            except (TimeoutError, BlockingIOError):
+                continue
+            conn.setblocking(True)
+            req = conn.recv(100)
+            conn.sendall(b"re:" + req)
+            conn.close()
+
+    server = threading.Thread(target=backend_server)
+    server.start()
+    replies: list[bytes] = []
+
+    def clients() -> None:
+        for i in range(n):
+            with socket.create_connection(front.getsockname()) as c:
+                c.sendall(b"%d" % i)
+                c.shutdown(socket.SHUT_WR)
+                data = b""
+                while chunk := c.recv(100):
+                    data += chunk
+                replies.append(data)
+
+    cl = threading.Thread(target=clients)
+    cl.start()
+    drv = Driver(relay)
+    accepted = 0
+    try:
+        deadline = time.monotonic() + 30
+        while len([f for f in drv.finished if f[3] == "done"]) < n:
+            assert time.monotonic() < deadline
+            select.select([relay.fileno(), front.fileno()], [], [], 0.01)
+            for fd, ip, _port in relay.accept(front.fileno()):
+                assert ip == "127.0.0.1"
+                relay.connect(fd, "127.0.0.1", backend_l.getsockname()[1], 10.0, time.monotonic())
+                accepted += 1
+            drv.finished += relay.poll(time.monotonic())
+    finally:
+        stop.set()
+        cl.join(30)
+        server.join(30)
+    assert accepted == n
+    assert replies == [b"re:%d" % i for i in range(n)]
+    assert len(relay) == 0
+    front.close()
+    backend_l.close()
+
+
+@dataclass
+class _Targets:
+    live: socket.socket
+    dead: int
+
+
+def _drive_connects(
+    relay: RelayLike, listener: socket.socket, tg: _Targets, ops: list[tuple[str, int, str]]
+) -> list[object]:
+    """Runs ops against relay and returns everything observable, for C/Python comparison."""
+    out: list[object] = []
+    pairs: dict[int, socket.socket] = {}  # open pair id -> its client (ids are reused)
+    clients: list[socket.socket] = []
+    drv = Driver(relay)
+    addr = {"live": "127.0.0.1", "dead": "127.0.0.1", "unreachable": "224.0.0.1"}
+    backends: list[socket.socket] = []
+
+    def port(target: str) -> int:
+        return tg.live.getsockname()[1] if target == "live" else tg.dead
+
+    def settle(pid: int, client: socket.socket, target: str) -> None:
+        if target == "live":
+            backends.extend(_accept_all(tg.live, 1))
+            client.sendall(b"p")
+            drv.until(lambda: relay.stats(pid) == (1, 0) or drv.result(pid) is not None)
+        else:
+            drv.until(lambda: drv.result(pid) is not None)
+
+    for op, idx, target in ops:
+        if op == "connect":
+            client, cfd = _client_end(listener)
+            pid = relay.connect(cfd, addr[target], port(target), 0.0, time.monotonic())
+            pairs[pid] = client
+            clients.append(client)
+            drv.finished.clear()
+            settle(pid, client, target)
+            out.append(("connect", pid, list(drv.finished), relay.connect_error(pid)))
+        elif not pairs:
+            continue
+        elif op == "retry":
+            pid = sorted(pairs)[idx % len(pairs)]
+            client = pairs[pid]
+            drv.finished.clear()
+            try:
+                relay.retry(pid, addr[target], port(target), time.monotonic())
+            except ValueError:
+                out.append(("retry", pid, "ValueError"))
+                continue
+            settle(pid, client, target)
+            out.append(("retry", pid, list(drv.finished), relay.connect_error(pid)))
+        else:
+            pid = sorted(pairs)[idx % len(pairs)]
+            del pairs[pid]
+            out.append(("close", pid, relay.close(pid)))
+        out.append(("len", len(relay)))
+    out.append(("all", sorted(relay.close_all())))
+    for client in clients:
+        client.close()
+    for b in backends:
+        b.close()
+    return out
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["connect", "connect", "retry", "close"]),
+            st.integers(0, 10),
+            st.sampled_from(["live", "dead", "unreachable"]),
+        ),
+        max_size=10,
+    )
+)
+def test_c_and_python_agree_on_connects(
+    listener: socket.socket, dead_port: int, ops: list[tuple[str, int, str]]
+) -> None:
+    factories: list[RelayFactory] = [PyRelay]
+    if _fastpath is not None:
+        factories.append(_c_relay)
+    live = _listen()
+    results = [
+        _drive_connects(factory(), listener, _Targets(live, dead_port), ops)
+        for factory in factories
+    ]
+    live.close()
     assert all(r == results[0] for r in results)

@@ -6,7 +6,10 @@ from meshkit.includes cimport relay as crelay
 
 import os as _relay_os
 
-_RELAY_REASONS = ("done", "reset", "idle", "closed")
+_RELAY_REASONS = ("done", "reset", "idle", "closed", "connect")
+# Accepts per relay_accept() call; accept() loops for more.
+cdef enum:
+    _RELAY_ACCEPT_CHUNK = 64
 
 
 cdef inline object _relay_record(const crelay.relay_finished_t *rec):
@@ -15,6 +18,19 @@ cdef inline object _relay_record(const crelay.relay_finished_t *rec):
 
 cdef inline object _relay_oserror(int err):
     return OSError(err, _relay_os.strerror(err))
+
+
+cdef inline bytes _relay_ip(str ip):
+    cdef bytes raw = ip.encode("ascii", "replace")
+    if b"\0" in raw or b"?" in raw:
+        raise ValueError(f"not an IPv4 or IPv6 address: {ip!r}")
+    return raw
+
+
+cdef inline int _relay_port(object port) except -1:
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be 1-65535, not {port!r}")
+    return <int>port
 
 
 cdef class Relay:
@@ -59,6 +75,61 @@ cdef class Relay:
                     "invalid fds or preamble longer than bufsize (both fds are closed)")
             raise _relay_oserror(-rc)
         return rc
+
+    def accept(self, int listen_fd, int max_count=64) -> list:
+        cdef crelay.relay_accepted_t peers[_RELAY_ACCEPT_CHUNK]
+        cdef int n, i, want
+        cdef list out = []
+        if max_count < 1:
+            raise ValueError("max_count must be positive")
+        while max_count > 0:
+            want = max_count if max_count < _RELAY_ACCEPT_CHUNK else _RELAY_ACCEPT_CHUNK
+            with nogil:
+                n = crelay.relay_accept(listen_fd, peers, want)
+            if n < 0:
+                if out:
+                    break
+                raise _relay_oserror(-n)
+            for i in range(n):
+                out.append((peers[i].fd, peers[i].ip.decode("ascii"), peers[i].port))
+            if n < want:
+                break
+            max_count -= n
+        return out
+
+    def connect(self, int client_fd, str ip not None, port, double idle_timeout, double now,
+                bytes preamble not None = b"", double connect_timeout=3.0) -> int:
+        cdef bytes raw = _relay_ip(ip)
+        cdef int cport = _relay_port(port)
+        cdef int rc
+        self._enter()
+        rc = crelay.relay_connect_pair(self._r, client_fd, raw, cport, idle_timeout, now,
+                                       preamble, len(preamble), connect_timeout)
+        if rc < 0:
+            if rc == -22:  # EINVAL
+                raise ValueError(
+                    f"invalid fd, address {ip!r} or preamble longer than bufsize"
+                    " (client_fd is not taken)")
+            raise _relay_oserror(-rc)
+        return rc
+
+    def retry(self, int pair_id, str ip not None, port, double now,
+              bytes preamble not None = b"", double connect_timeout=3.0) -> None:
+        cdef bytes raw = _relay_ip(ip)
+        cdef int cport = _relay_port(port)
+        cdef int rc
+        self._enter()
+        rc = crelay.relay_retry_pair(self._r, pair_id, raw, cport, now,
+                                     preamble, len(preamble), connect_timeout)
+        if rc < 0:
+            if rc == -22:  # EINVAL
+                raise ValueError(
+                    f"pair {pair_id} is not a failed connect, or invalid address {ip!r}"
+                    " or preamble longer than bufsize")
+            raise _relay_oserror(-rc)
+
+    def connect_error(self, int pair_id) -> int:
+        return crelay.relay_connect_error(self._r, pair_id)
 
     def poll(self, double now) -> list:
         cdef const crelay.relay_finished_t *recs = NULL

@@ -14,12 +14,20 @@
  *   eventfd in the epoll set is made readable, so the owner's loop calls poll() again after
  *   serving everything else.
  * - Idle expiry scans the pairs only once the earliest possible deadline has passed.
+ * - relay_connect_pair() registers the connecting backend socket like any other; its first
+ *   EPOLLOUT (or ERR/HUP) edge marks the end of the connect, SO_ERROR says how it went, and
+ *   the same writable flag then serves the relaying. Connect deadlines share the idle scan.
+ *   A connect that fails at once is queued like a pair carried over, so that the next poll
+ *   reports it: the caller sees every connect failure the same way.
  */
 #define _GNU_SOURCE
 #include "relay.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -48,10 +56,13 @@ typedef struct relay_pair {
     uint8_t active;
     uint8_t queued;
     uint8_t failed;
+    uint8_t state; /* enum relay_state */
     uint8_t readable[2];
     uint8_t writable[2];
     uint8_t hup[2]; /* the peer's FIN (or an error) is queued behind the data */
     uint32_t pre_left; /* preamble bytes still at the front of dir[0] */
+    int conn_err;      /* CONNECTING: a failure not yet reported; FAILED: the failure */
+    double conn_deadline;
     double idle;
     double last;
     relay_dir_t dir[2];
@@ -270,7 +281,8 @@ static void finish_pair(relay_t *r, uint32_t idx, int reason, relay_finished_t *
 {
     relay_pair_t *p = &r->pairs[idx];
     close_socket(r, p->fd[0], reason == RELAY_RESET);
-    close_socket(r, p->fd[1], reason == RELAY_RESET);
+    if (p->fd[1] >= 0)
+        close_socket(r, p->fd[1], reason == RELAY_RESET);
     release_dir(r, &p->dir[0]);
     release_dir(r, &p->dir[1]);
     rec->pair_id = (int32_t)idx;
@@ -284,17 +296,145 @@ static void finish_pair(relay_t *r, uint32_t idx, int reason, relay_finished_t *
     r->nopen--;
 }
 
+static void set_wake(relay_t *r, int want);
+
+static void note_deadline(relay_t *r, double deadline)
+{
+    if (deadline - RELAY_IDLE_SLACK < r->next_idle_check)
+        r->next_idle_check = deadline - RELAY_IDLE_SLACK;
+}
+
+/* The connect of a CONNECTING pair failed: back to just the client, and a record. */
+static void connect_failed(relay_t *r, uint32_t idx, int err)
+{
+    relay_pair_t *p = &r->pairs[idx];
+    relay_finished_t *rec = &r->fin[r->nfin++];
+    if (p->fd[1] >= 0) {
+        close_socket(r, p->fd[1], 0);
+        p->fd[1] = -1;
+    }
+    release_dir(r, &p->dir[0]);
+    p->pre_left = 0;
+    p->readable[1] = p->writable[1] = p->hup[1] = 0;
+    p->state = RELAY_ST_FAILED;
+    p->conn_err = err;
+    rec->pair_id = (int32_t)idx;
+    rec->reason = RELAY_CONNECT;
+    rec->bytes_c2b = p->dir[0].bytes;
+    rec->bytes_b2c = p->dir[1].bytes;
+}
+
+/* A CONNECTING pair with news: 1 if it now relays, 0 if it still waits or just failed. */
+static int connect_done(relay_t *r, uint32_t idx, relay_pair_t *p, double now)
+{
+    int err = p->conn_err;
+    if (p->state != RELAY_ST_CONNECTING)
+        return 0;
+    if (!err) {
+        if (!p->writable[1] && !p->hup[1])
+            return 0;
+        socklen_t sl = sizeof err;
+        if (getsockopt(p->fd[1], SOL_SOCKET, SO_ERROR, &err, &sl) < 0)
+            err = errno;
+    }
+    if (err) {
+        connect_failed(r, idx, err);
+        return 0;
+    }
+    p->state = RELAY_ST_RELAYING;
+    p->last = now;
+    if (p->idle > 0)
+        note_deadline(r, now + p->idle);
+    return 1;
+}
+
+/* Starts the backend connect of pair idx (client registered, state about to be CONNECTING).
+ * Any failure is kept in conn_err and the pair queued, so that the next poll reports it. */
+static void start_connect(relay_t *r, uint32_t idx, const struct sockaddr *sa, socklen_t salen,
+                          double now, double connect_timeout)
+{
+    relay_pair_t *p = &r->pairs[idx];
+    int err, one = 1;
+    p->fd[1] = -1;
+    p->conn_err = 0;
+    p->state = RELAY_ST_CONNECTING;
+    p->conn_deadline = connect_timeout > 0 ? now + connect_timeout : INFINITY;
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        err = errno;
+        goto failed;
+    }
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (connect(fd, sa, salen) < 0 && errno != EINPROGRESS && errno != EINTR) {
+        err = errno;
+        close(fd);
+        goto failed;
+    }
+    struct epoll_event ev = {
+        .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+        .data.u64 = make_token(idx, p->gen, 1),
+    };
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        err = errno;
+        close(fd);
+        goto failed;
+    }
+    p->fd[1] = fd;
+    if (connect_timeout > 0)
+        note_deadline(r, p->conn_deadline);
+    return;
+failed:
+    p->conn_err = err ? err : EIO;
+    p->conn_deadline = INFINITY;
+    if (!p->queued) {
+        p->queued = 1;
+        r->carry[r->ncarry++] = (relay_ref_t){idx, p->gen};
+    }
+    set_wake(r, 1);
+}
+
+static int parse_addr(const char *ip, int port, struct sockaddr_storage *ss, socklen_t *len)
+{
+    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+    if (!ip || port < 1 || port > 65535)
+        return -1;
+    memset(ss, 0, sizeof *ss);
+    if (inet_pton(AF_INET, ip, &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        *len = sizeof *a4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, ip, &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        *len = sizeof *a6;
+        return 0;
+    }
+    return -1;
+}
+
 static void expire_idle(relay_t *r, double now)
 {
     double next = INFINITY;
     for (uint32_t i = 0; i < r->used; i++) {
         relay_pair_t *p = &r->pairs[i];
-        if (!p->active || !(p->idle > 0))
+        if (!p->active)
             continue;
-        if (p->last <= now - p->idle)
-            finish_pair(r, i, RELAY_IDLE, &r->fin[r->nfin++]);
-        else if (p->last + p->idle < next)
-            next = p->last + p->idle;
+        if (p->state == RELAY_ST_RELAYING) {
+            if (!(p->idle > 0))
+                continue;
+            if (p->last <= now - p->idle)
+                finish_pair(r, i, RELAY_IDLE, &r->fin[r->nfin++]);
+            else if (p->last + p->idle < next)
+                next = p->last + p->idle;
+        } else if (p->state == RELAY_ST_CONNECTING) {
+            if (p->conn_deadline <= now)
+                connect_failed(r, i, ETIMEDOUT);
+            else if (p->conn_deadline < next)
+                next = p->conn_deadline;
+        }
     }
     r->next_idle_check = next - RELAY_IDLE_SLACK;
 }
@@ -377,7 +517,8 @@ void relay_destroy(relay_t *r)
         relay_pair_t *p = &r->pairs[i];
         if (p->active) {
             close(p->fd[0]);
-            close(p->fd[1]);
+            if (p->fd[1] >= 0)
+                close(p->fd[1]);
             free(p->dir[0].buf);
             free(p->dir[1].buf);
         }
@@ -504,14 +645,18 @@ int relay_poll(relay_t *r, double now, const relay_finished_t **out)
             p->writable[side] = 1;
         if (e & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))
             p->hup[side] = 1;
-        if (e & EPOLLERR) {
+        if ((e & EPOLLERR) && (side == 0 || p->state == RELAY_ST_RELAYING)) {
             /* Caught here because no read or write may be pending to report it (e.g. the
-             * client half-closed and then reset while the backend is still thinking). */
+             * client half-closed and then reset while the backend is still thinking).
+             * A connecting backend's SO_ERROR is the connect's result: connect_done(). */
             int soerr = 0;
             socklen_t sl = sizeof soerr;
             if (getsockopt(p->fd[side], SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0 || soerr)
                 p->failed = 1;
         }
+        /* Not relaying: the flags above wait for the connect; only the backend has news. */
+        if (p->state != RELAY_ST_RELAYING && (side == 0 || p->state == RELAY_ST_FAILED))
+            continue;
         if (!p->queued) {
             p->queued = 1;
             r->queue[r->nqueue++] = (relay_ref_t){idx, gen};
@@ -524,6 +669,8 @@ int relay_poll(relay_t *r, double now, const relay_finished_t **out)
         if (!p->active || p->gen != ref.gen)
             continue;
         p->queued = 0;
+        if (p->state != RELAY_ST_RELAYING && !connect_done(r, ref.idx, p, now))
+            continue;
         switch (pump_pair(r, p, now)) {
         case PUMP_MORE:
             p->queued = 1;
@@ -565,6 +712,150 @@ int relay_close_all(relay_t *r, const relay_finished_t **out)
     set_wake(r, 0);
     *out = r->fin;
     return (int)r->nfin;
+}
+
+int relay_accept(int listen_fd, relay_accepted_t *out, int max_count)
+{
+    int n = 0, tries = 0;
+    /* Skipped connections count as tries, so a socket that fails every accept the same way
+     * cannot keep the caller here. */
+    while (n < max_count && tries < max_count) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int fd = accept4(listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            int err = errno;
+            if (err == EINTR)
+                continue;
+            if (is_again(err))
+                break;
+            tries++;
+            switch (err) {
+            case ECONNABORTED:
+            case EPROTO:
+            case EPERM:
+            case ENETDOWN:
+            case ENETUNREACH:
+            case EHOSTDOWN:
+            case EHOSTUNREACH:
+            case ENONET:
+            case ENOPROTOOPT:
+            case ETIMEDOUT:
+            case ECONNRESET:
+                continue; /* that connection's problem, not the listener's */
+            default:
+                return n ? n : -err;
+            }
+        }
+        tries++;
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        relay_accepted_t *a = &out[n++];
+        a->fd = fd;
+        a->port = 0;
+        a->ip[0] = '\0';
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+            inet_ntop(AF_INET, &a4->sin_addr, a->ip, sizeof a->ip);
+            a->port = ntohs(a4->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+            inet_ntop(AF_INET6, &a6->sin6_addr, a->ip, sizeof a->ip);
+            a->port = ntohs(a6->sin6_port);
+        }
+    }
+    return n;
+}
+
+static int take_slot(relay_t *r, uint32_t *idx)
+{
+    if (r->nfree) {
+        *idx = r->free_ids[--r->nfree];
+        return 0;
+    }
+    if (r->used == r->cap && grow_slots(r) < 0)
+        return -1;
+    *idx = r->used++;
+    return 0;
+}
+
+static int set_preamble(relay_t *r, relay_pair_t *p, const char *preamble, size_t preamble_len)
+{
+    if (!preamble_len)
+        return 0;
+    p->dir[0].buf = take_buffer(r);
+    if (!p->dir[0].buf)
+        return -1;
+    memcpy(p->dir[0].buf, preamble, preamble_len);
+    p->dir[0].len = (uint32_t)preamble_len;
+    p->pre_left = (uint32_t)preamble_len;
+    return 0;
+}
+
+int relay_connect_pair(relay_t *r, int client_fd, const char *ip, int port, double idle_timeout,
+                       double now, const char *preamble, size_t preamble_len,
+                       double connect_timeout)
+{
+    struct sockaddr_storage ss;
+    socklen_t salen;
+    uint32_t idx;
+    int err;
+    if (client_fd < 0 || preamble_len > r->bufsize || parse_addr(ip, port, &ss, &salen) < 0)
+        return -EINVAL;
+    if (take_slot(r, &idx) < 0)
+        return -ENOMEM;
+    relay_pair_t *p = &r->pairs[idx];
+    uint32_t gen = p->gen;
+    memset(p, 0, sizeof *p);
+    p->gen = gen;
+    p->fd[0] = client_fd;
+    p->fd[1] = -1;
+    p->idle = idle_timeout;
+    p->last = now;
+    if (set_preamble(r, p, preamble, preamble_len) < 0) {
+        err = ENOMEM;
+        goto unslot;
+    }
+    struct epoll_event ev = {
+        .events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
+        .data.u64 = make_token(idx, gen, 0),
+    };
+    if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, client_fd, &ev) < 0) {
+        err = errno;
+        release_dir(r, &p->dir[0]);
+        goto unslot;
+    }
+    p->active = 1;
+    r->nopen++;
+    start_connect(r, idx, (struct sockaddr *)&ss, salen, now, connect_timeout);
+    return (int)idx;
+unslot:
+    r->free_ids[r->nfree++] = idx;
+    return -err;
+}
+
+int relay_retry_pair(relay_t *r, int pair_id, const char *ip, int port, double now,
+                     const char *preamble, size_t preamble_len, double connect_timeout)
+{
+    struct sockaddr_storage ss;
+    socklen_t salen;
+    if (pair_id < 0 || (uint32_t)pair_id >= r->used || !r->pairs[pair_id].active ||
+        r->pairs[pair_id].state != RELAY_ST_FAILED || preamble_len > r->bufsize ||
+        parse_addr(ip, port, &ss, &salen) < 0)
+        return -EINVAL;
+    relay_pair_t *p = &r->pairs[pair_id];
+    if (set_preamble(r, p, preamble, preamble_len) < 0)
+        return -ENOMEM;
+    start_connect(r, (uint32_t)pair_id, (struct sockaddr *)&ss, salen, now, connect_timeout);
+    return 0;
+}
+
+int relay_connect_error(const relay_t *r, int pair_id)
+{
+    if (pair_id < 0 || (uint32_t)pair_id >= r->used || !r->pairs[pair_id].active ||
+        r->pairs[pair_id].state != RELAY_ST_FAILED)
+        return 0;
+    return r->pairs[pair_id].conn_err;
 }
 
 int relay_get_stats(const relay_t *r, int pair_id, uint64_t *c2b, uint64_t *b2c)

@@ -1,7 +1,9 @@
 /* relay.h - C API of meshkit's TCP relay engine.
  *
  * The engine moves bytes both ways between pairs of connected, non-blocking sockets (a client
- * and the backend the ingress picked for it). It owns one epoll fd that the caller's event
+ * and the backend the ingress picked for it). It can also accept the clients and make the
+ * backend connections itself (relay_accept, relay_connect_pair), so the caller handles no
+ * socket of its own per connection. It owns one epoll fd that the caller's event
  * loop watches; every call runs on the caller's thread (the engine never starts a thread),
  * and relay_poll() touches no Python object, so a wrapper may run it without the GIL.
  * One relay_t must not be used from two threads at once.
@@ -20,7 +22,27 @@ enum relay_reason {
     RELAY_RESET = 1,  /* a socket error (ECONNRESET, EPIPE, ...) on either side */
     RELAY_IDLE = 2,   /* no bytes either way for the pair's idle timeout */
     RELAY_CLOSED = 3, /* relay_close_pair() or relay_close_all() */
+    RELAY_CONNECT = 4, /* the backend connect failed; the pair stays, FAILED (see below) */
 };
+
+/* Pair states. A pair made by relay_add_pair() starts RELAYING; one made by
+ * relay_connect_pair() starts CONNECTING and becomes RELAYING when the connect succeeds, or
+ * FAILED (backend fd closed, client fd kept open, a RELAY_CONNECT record from relay_poll())
+ * when it does not. A FAILED pair waits for relay_retry_pair() or relay_close_pair(). */
+enum relay_state {
+    RELAY_ST_RELAYING = 0,
+    RELAY_ST_CONNECTING = 1,
+    RELAY_ST_FAILED = 2,
+};
+
+/* One accepted connection: the fd (non-blocking, close-on-exec, TCP_NODELAY) and the peer's
+ * address as inet_ntop() text ("" and 0 for a peer that is not IPv4/IPv6). */
+#define RELAY_IP_TEXT 46 /* INET6_ADDRSTRLEN */
+typedef struct relay_accepted {
+    int fd;
+    uint16_t port;
+    char ip[RELAY_IP_TEXT];
+} relay_accepted_t;
 
 typedef struct relay_finished {
     int32_t pair_id;
@@ -46,20 +68,48 @@ int relay_fileno(const relay_t *r);
 int relay_add_pair(relay_t *r, int client_fd, int backend_fd, double idle_timeout, double now,
                    const char *preamble, size_t preamble_len);
 
-/* Handles every ready event, then expires idle pairs. Returns how many pairs finished
+/* Accepts up to max_count connections from the non-blocking listening socket listen_fd
+ * until EAGAIN, into out[]. EINTR is retried; errors that concern one connection only
+ * (ECONNABORTED, EPROTO, ENETDOWN, EHOSTUNREACH, EPERM, ...) skip it. Any other error
+ * (EMFILE, ENFILE, ENOBUFS, ENOMEM, EBADF, ...) stops: -errno when nothing was accepted,
+ * else the count. Returns the count (0 when nothing is pending); the caller owns the fds. */
+int relay_accept(int listen_fd, relay_accepted_t *out, int max_count);
+
+/* Starts a non-blocking connect to ip (IPv4 or IPv6 text, as inet_pton reads it) and port
+ * and makes a CONNECTING pair of client_fd and the new backend socket (TCP_NODELAY). When
+ * the connect succeeds the pair starts relaying (preamble first, idle timeout counted from
+ * then); when it fails, or has not finished connect_timeout seconds after now (if
+ * connect_timeout > 0; ETIMEDOUT), relay_poll() reports a RELAY_CONNECT record. A failure
+ * of socket() or connect() itself is reported the same way, by the next relay_poll().
+ * Returns the pair id (>= 0), having taken client_fd; or -errno without taking client_fd:
+ * -EINVAL for a bad ip, port (1-65535), fd or a preamble longer than bufsize. */
+int relay_connect_pair(relay_t *r, int client_fd, const char *ip, int port, double idle_timeout,
+                       double now, const char *preamble, size_t preamble_len,
+                       double connect_timeout);
+
+/* A FAILED pair connects again, to ip and port, with the same client, id and idle timeout.
+ * 0 on success, else -errno and the pair stays FAILED: -EINVAL when the pair is unknown or
+ * not FAILED, or for a bad ip, port or preamble. */
+int relay_retry_pair(relay_t *r, int pair_id, const char *ip, int port, double now,
+                     const char *preamble, size_t preamble_len, double connect_timeout);
+
+/* errno of the connect failure of a FAILED pair (ETIMEDOUT for a timeout), else 0. */
+int relay_connect_error(const relay_t *r, int pair_id);
+
+/* Handles every ready event, then expires idle pairs and connect timeouts. Returns how many pairs finished
  * (records in *out, valid until the next call into the relay) or -errno. */
 int relay_poll(relay_t *r, double now, const relay_finished_t **out);
 
-/* Closes one pair now with the given reason; 1 and *out filled, or 0 if pair_id is unknown. */
+/* Closes one pair now (in any state) with the given reason; 1 and *out filled, or 0 if pair_id is unknown. */
 int relay_close_pair(relay_t *r, int pair_id, int reason, relay_finished_t *out);
 
 /* Closes every pair (reason RELAY_CLOSED); returns the count, records in *out as above. */
 int relay_close_all(relay_t *r, const relay_finished_t **out);
 
-/* Live byte counts of a pair: 1 and the counts, or 0 if pair_id is unknown. */
+/* Live byte counts of a pair (0 before it relays): 1 and the counts, or 0 if pair_id is unknown. */
 int relay_get_stats(const relay_t *r, int pair_id, uint64_t *c2b, uint64_t *b2c);
 
-/* Number of open pairs. */
+/* Number of open pairs, in any state. */
 size_t relay_count_pairs(const relay_t *r);
 
 #endif /* MESHKIT_RELAY_H */

@@ -1,5 +1,5 @@
 # Declarations of the TCP relay engine's C API (relay.h); the Python class is in _relay.pxi.
-from libc.stdint cimport int32_t, uint64_t
+from libc.stdint cimport int32_t, uint16_t, uint64_t
 
 
 cdef extern from "relay.h" nogil:
@@ -8,6 +8,15 @@ cdef extern from "relay.h" nogil:
         RELAY_RESET
         RELAY_IDLE
         RELAY_CLOSED
+        RELAY_CONNECT
+
+    enum:
+        RELAY_IP_TEXT
+
+    ctypedef struct relay_accepted_t:
+        int fd
+        uint16_t port
+        char ip[RELAY_IP_TEXT]
 
     ctypedef struct relay_finished_t:
         int32_t pair_id
@@ -23,6 +32,13 @@ cdef extern from "relay.h" nogil:
     int relay_fileno(const relay_t *r)
     int relay_add_pair(relay_t *r, int client_fd, int backend_fd, double idle_timeout,
                        double now, const char *preamble, size_t preamble_len)
+    int relay_accept(int listen_fd, relay_accepted_t *out, int max_count)
+    int relay_connect_pair(relay_t *r, int client_fd, const char *ip, int port,
+                           double idle_timeout, double now, const char *preamble,
+                           size_t preamble_len, double connect_timeout)
+    int relay_retry_pair(relay_t *r, int pair_id, const char *ip, int port, double now,
+                         const char *preamble, size_t preamble_len, double connect_timeout)
+    int relay_connect_error(const relay_t *r, int pair_id)
     int relay_poll(relay_t *r, double now, const relay_finished_t **out)
     int relay_close_pair(relay_t *r, int pair_id, int reason, relay_finished_t *out)
     int relay_close_all(relay_t *r, const relay_finished_t **out)

@@ -156,25 +156,56 @@ class Listener:
         sock = self.sock
         if sock is None:
             return
-        for _ in range(ACCEPT_BATCH):
-            if ing.max_conns is not None and ing.open_flows >= ing.max_conns:
+        budget = ACCEPT_BATCH
+        if ing.max_conns is not None:
+            budget = min(budget, ing.max_conns - ing.open_flows)
+            if budget <= 0:
                 # Leave the rest in the kernel's backlog; resumed when a flow ends.
                 ing.pause_accepting()
                 return
+        try:
+            accepted = ing.relay.accept(sock.fileno(), budget)
+        except OSError as exc:
+            log.error("accept on %s: %s; pausing for 1s", self.name, exc.strerror)
+            self.pause()
+            ing.loop.call_later(1.0, self.resume_if_running)
+            return
+        now = ing.loop.time()
+        for fd, cip, cport in accepted:
+            self.open_flow(fd, cip, cport, now)
+
+    def open_flow(self, fd: int, cip: str, cport: int, now: float) -> None:
+        """Give an accepted client a backend and let the relay connect to it."""
+        ing = self.ingress
+        key = (TCP, cip, cport, self.local_ip, self.publish.published)
+        bid = self.table.lookup(*key, now)
+        if bid is None:
+            ing.count_no_backend(self)
+            os.close(fd)
+            return
+        ep = self.by_id[bid]
+        flow = TcpFlow(self, key, bid, self.preamble(fd, cip, cport))
+        pair = ing.relay.connect(fd, ep.ip, ep.port, ing.config.idle_timeout, now, flow.preamble,
+                                 ing.config.connect_timeout)
+        ing.open_flows += 1
+        ing.pairs[pair] = flow
+        ing.pair_of[(self, key)] = pair
+
+    def preamble(self, fd: int, cip: str, cport: int) -> bytes:
+        pp = self.ingress.config.proxy_protocol
+        if pp is None:
+            return b""
+        lip = self.local_ip
+        if lip in ("0.0.0.0", "::"):
+            s = socket.socket(fileno=fd)
             try:
-                client, addr = sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.error("accept on %s: %s; pausing for 1s", self.name, exc.strerror)
-                    self.pause()
-                    ing.loop.call_later(1.0, self.resume_if_running)
-                    return
-                continue  # ECONNABORTED and the like concern one client only
-            client.setblocking(False)
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            TcpConnect(self, client, addr[0], addr[1]).start()
+                lip = s.getsockname()[0]
+            finally:
+                s.detach()
+        src, dst = (cip, cport), (lip, self.publish.published)
+        if pp == "v1":
+            return proxyproto.encode_v1("tcp", src, dst)
+        return proxyproto.encode_v2("tcp", src, dst)
 
     def resume_if_running(self) -> None:
         if not self.ingress.stopping and not self.accepting and self.sock is not None:
@@ -300,143 +331,16 @@ class UdpFlow:
             ing.maybe_resume()
 
 
-class TcpConnect:
-    """Connects an accepted client to a backend, retrying elsewhere, then hands off to the relay."""
+@dataclass
+class TcpFlow:
+    """What the ingress remembers of one relay pair: where it came in and which backend has it."""
 
-    def __init__(self, listener: Listener, client: socket.socket, cip: str, cport: int) -> None:
-        self.listener = listener
-        self.client = client
-        self.cip = cip
-        self.cport = cport
-        self.tries = 0
-        self.tried: set[int] = set()
-        self.bsock: socket.socket | None = None
-        self.bid = -1
-        self.timer: asyncio.TimerHandle | None = None
-        listener.ingress.open_flows += 1
-
-    @property
-    def key(self) -> tuple[int, str, int, str, int]:
-        return (TCP, self.cip, self.cport, self.listener.local_ip, self.listener.publish.published)
-
-    def start(self) -> None:
-        ing = self.listener.ingress
-        table = self.listener.table
-        key = self.key
-        bid = table.lookup(*key, ing.loop.time())
-        if bid is not None and bid in self.tried:
-            # A retry: the policy chose the backend that just failed (Maglev always would);
-            # take the next untried up backend instead so the retry means something.
-            table.release(*key)
-            bid = self.pick_untried()
-            if bid is not None:
-                table.assign(*key, bid, ing.loop.time())
-        if bid is None:
-            ing.count_no_backend(self.listener)
-            self.abort()
-            return
-        self.bid = bid
-        self.tried.add(bid)
-        ep = self.listener.by_id[bid]
-        bsock = socket.socket(ep.family, socket.SOCK_STREAM)
-        bsock.setblocking(False)
-        bsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.bsock = bsock
-        err = bsock.connect_ex((ep.ip, ep.port))
-        if err == 0:
-            self.connected()
-        elif err == errno.EINPROGRESS:
-            ing.loop.add_writer(bsock.fileno(), self.on_writable)
-            self.timer = ing.loop.call_later(ing.config.connect_timeout, self.on_timeout)
-        else:
-            self.failed(os.strerror(err))
-
-    def pick_untried(self) -> int | None:
-        table = self.listener.table
-        for bid in table.backends():
-            if bid not in self.tried and table.is_up(bid):
-                return bid
-        return None
-
-    def on_writable(self) -> None:
-        bsock = self.bsock
-        assert bsock is not None
-        ing = self.listener.ingress
-        ing.loop.remove_writer(bsock.fileno())
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        err = bsock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self.failed(os.strerror(err))
-        else:
-            self.connected()
-
-    def on_timeout(self) -> None:
-        self.timer = None
-        if self.bsock is not None:
-            self.listener.ingress.loop.remove_writer(self.bsock.fileno())
-        self.failed(f"connect timed out after {self.listener.ingress.config.connect_timeout:g}s")
-
-    def failed(self, reason: str) -> None:
-        ing = self.listener.ingress
-        if self.bsock is not None:
-            self.bsock.close()
-            self.bsock = None
-        self.listener.table.release(*self.key)
-        ep = self.listener.by_id.get(self.bid)
-        if ep is not None:
-            ing.passive_failure(ep, reason)
-        if self.tries < ing.config.retries and not ing.stopping:
-            self.tries += 1
-            self.start()
-        else:
-            log.warning(
-                "%s: client %s: no backend answered after %d tries (last: %s: %s)",
-                self.listener.name,
-                fmt_addr(self.cip, self.cport),
-                self.tries + 1,
-                ep.name if ep else "?",
-                reason,
-            )
-            self.abort()
-
-    def abort(self) -> None:
-        self.client.close()
-        ing = self.listener.ingress
-        ing.open_flows -= 1
-        ing.maybe_resume()
-
-    def connected(self) -> None:
-        ing = self.listener.ingress
-        bsock = self.bsock
-        assert bsock is not None
-        ep = self.listener.by_id[self.bid]
-        if ep.health.up:
-            ep.health.record(True)  # a good connect ends a streak of passive failures
-        preamble = b""
-        pp = ing.config.proxy_protocol
-        if pp is not None:
-            lip = self.listener.local_ip
-            if lip in ("0.0.0.0", "::"):
-                lip = self.client.getsockname()[0]
-            dst = (lip, self.listener.publish.published)
-            src = (self.cip, self.cport)
-            preamble = (
-                proxyproto.encode_v1("tcp", src, dst)
-                if pp == "v1"
-                else proxyproto.encode_v2("tcp", src, dst)
-            )
-        pair = ing.relay.add(
-            self.client.detach(),
-            bsock.detach(),
-            ing.config.idle_timeout,
-            ing.loop.time(),
-            preamble,
-        )
-        self.bsock = None
-        ing.pairs[pair] = (self.listener, self.key, self.bid)
-        ing.pair_of[(self.listener, self.key)] = pair
+    listener: Listener
+    key: tuple[int, str, int, str, int]
+    bid: int
+    preamble: bytes
+    tries: int = 0
+    tried: set[int] = field(default_factory=set)
 
 
 class Ingress:
@@ -449,7 +353,7 @@ class Ingress:
         self.relay = make_relay()
         self.listeners = [Listener(self, p) for p in config.publishes]
         self.endpoints: dict[tuple[str, int], Endpoint] = {}
-        self.pairs: dict[int, tuple[Listener, tuple[int, str, int, str, int], int]] = {}
+        self.pairs: dict[int, TcpFlow] = {}
         self.pair_of: dict[tuple[Listener, tuple[int, str, int, str, int]], int] = {}
         self.open_flows = 0
         self.stopping = False
@@ -558,20 +462,63 @@ class Ingress:
         self.finish(self.relay.poll(self.loop.time()))
 
     def finish(self, finished: list[tuple[int, int, int, str]]) -> None:
-        for pair, up, down, _reason in finished:
-            entry = self.pairs.pop(pair, None)
-            if entry is None:
+        for pair, up, down, reason in finished:
+            flow = self.pairs.get(pair)
+            if flow is None:
                 continue
-            lst, key, bid = entry
-            self.pair_of.pop((lst, key), None)
-            lst.table.release(*key)
-            if bid in lst.by_id:
-                lst.table.add_bytes(bid, up + down)
+            lst = flow.listener
+            if reason == "connect" and self.retry(pair, flow):
+                continue
+            del self.pairs[pair]
+            self.pair_of.pop((lst, flow.key), None)
+            lst.table.release(*flow.key)
+            ep = lst.by_id.get(flow.bid)
+            if ep is not None:
+                lst.table.add_bytes(flow.bid, up + down)
+                if down and ep.health.consecutive_failures and ep.health.up:
+                    ep.health.record(True)  # it answered: a streak of passive failures ends
             self.open_flows -= 1
         if finished:
             self.maybe_resume()
             if self.stopping and self.open_flows <= 0:
                 self.stopped.set()
+
+    def retry(self, pair: int, flow: TcpFlow) -> bool:
+        """After a failed connect: try another backend (True), or give up (False, pair closed)."""
+        lst = flow.listener
+        reason = os.strerror(self.relay.connect_error(pair))
+        lst.table.release(*flow.key)
+        failed = lst.by_id.get(flow.bid)
+        if failed is not None:
+            self.passive_failure(failed, reason)
+        flow.tried.add(flow.bid)
+        bid: int | None = None
+        if flow.tries < self.config.retries and not self.stopping:
+            now = self.loop.time()
+            bid = lst.table.lookup(*flow.key, now)
+            if bid is not None and bid in flow.tried:
+                # The policy chose a backend that just failed (Maglev always would): take the
+                # next untried up backend instead, so that the retry means something.
+                lst.table.release(*flow.key)
+                bid = next((b for b in lst.table.backends()
+                            if b not in flow.tried and lst.table.is_up(b)), None)
+                if bid is not None:
+                    lst.table.assign(*flow.key, bid, now)
+            if bid is not None:
+                ep = lst.by_id[bid]
+                flow.bid, flow.tries = bid, flow.tries + 1
+                self.relay.retry(pair, ep.ip, ep.port, now, flow.preamble,
+                                 self.config.connect_timeout)
+                return True
+        log.warning(
+            "%s: client %s: no backend answered after %d tries (last: %s: %s)",
+            lst.name, fmt_addr(flow.key[1], flow.key[2]), flow.tries + 1,
+            failed.name if failed else "?", reason,
+        )
+        # Keep the flow's books straight: the table no longer holds it, the relay still does.
+        flow.bid = -1
+        self.relay.close(pair)
+        return False
 
     def maybe_resume(self) -> None:
         if self.stopping or self.max_conns is None or self.open_flows >= self.max_conns:
@@ -695,13 +642,14 @@ class Ingress:
 
     def metric_families(self) -> list[MetricFamily]:
         live: dict[tuple[Listener, int], int] = {}
-        for pair, (lst, _key, bid) in self.pairs.items():
+        for pair, flow in self.pairs.items():
             st = self.relay.stats(pair)
             if st is not None:
-                live[(lst, bid)] = live.get((lst, bid), 0) + st[0] + st[1]
+                k = (flow.listener, flow.bid)
+                live[k] = live.get(k, 0) + st[0] + st[1]
         for lst in self.listeners:
-            for flow in lst.udp_flows.values():
-                live[(lst, flow.bid)] = live.get((lst, flow.bid), 0) + flow.bytes
+            for udp in lst.udp_flows.values():
+                live[(lst, udp.bid)] = live.get((lst, udp.bid), 0) + udp.bytes
         fams = {
             "up": MetricFamily(
                 "meshkit_ingress_backend_up", "1 when the backend is healthy.", "gauge", []

@@ -1,6 +1,8 @@
 """The TCP relay engine: moves bytes both ways between (client, backend) socket pairs.
 
-The L4 ingress connects a client to a backend and hands both non-blocking sockets to a relay.
+The L4 ingress accepts clients with ``relay.accept(listen_fd)`` and hands each one to
+``relay.connect(client_fd, ip, port, ...)``, which connects to the backend and relays once
+connected (``relay.add`` takes two sockets that are already connected).
 The relay owns an epoll fd; the owner registers it with ``loop.add_reader(relay.fileno(), ...)``
 and calls ``relay.poll(loop.time())`` when it is readable and from a ~1 s timer (idle expiry).
 The relay never runs a thread of its own.
@@ -18,6 +20,12 @@ How it works (both implementations):
   bytes per direction).
 - A pair that used its read budget in one poll is carried to the next one, and an eventfd in
   the epoll set keeps ``fileno()`` readable until then, so one busy pair cannot starve the loop.
+- ``connect`` registers the connecting backend socket like any other: its first EPOLLOUT (or
+  ERR/HUP) edge ends the connect and SO_ERROR says how it went. A failed connect, one that
+  times out (ETIMEDOUT) and one that fails at once (socket()/connect() errors, reported by the
+  next poll) all come back from ``poll`` as ``(pair_id, 0, 0, "connect")``: the backend socket
+  is closed, the client stays open in the engine, and the pair waits, FAILED, for ``retry``
+  (another backend) or ``close``. ``connect_error(pair_id)`` tells the errno.
 """
 
 from __future__ import annotations
@@ -33,11 +41,13 @@ from typing import Protocol
 
 from meshkit._ext import load_fastpath
 
-__all__ = ["Finished", "PyRelay", "RelayLike", "make_relay"]
+__all__ = ["Accepted", "Finished", "PyRelay", "RelayLike", "make_relay"]
 
 # (pair_id, bytes_client_to_backend, bytes_backend_to_client, reason); reason is one of
-# "done", "reset", "idle", "closed".
+# "done", "reset", "idle", "closed", and "connect" (the pair stays open, see the module doc).
 Finished = tuple[int, int, int, str]
+# (fd, peer ip text, peer port) of an accepted client.
+Accepted = tuple[int, str, int]
 
 _MAX_EVENTS = 256
 _READ_BUDGET = 16  # reads per direction per poll before yielding to the loop
@@ -52,6 +62,35 @@ _SEND_FLAGS = socket.MSG_NOSIGNAL | socket.MSG_DONTWAIT
 _RECV_FLAGS = socket.MSG_DONTWAIT
 
 _IDLE, _MORE, _DONE, _RESET = range(4)
+# Pair states; relaying is 0 so that the hot path tests it as a plain truth value.
+_RELAYING, _CONNECTING, _FAILED = range(3)
+_CONNECT_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+# accept() errors that concern one connection only: skip it and go on.
+_ACCEPT_SKIP = frozenset(
+    (
+        errno.ECONNABORTED,
+        errno.EPROTO,
+        errno.EPERM,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENONET,
+        errno.ENOPROTOOPT,
+        errno.ETIMEDOUT,
+        errno.ECONNRESET,
+    )
+)
+
+
+def _closed_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.close()
+    return sock
+
+
+# Stands in for the backend socket of a pair that has none (connect failed); fileno() is -1.
+_NO_SOCKET = _closed_socket()
 
 
 class RelayLike(Protocol):
@@ -78,6 +117,31 @@ class RelayLike(Protocol):
 
     def close_all(self) -> list[Finished]: ...
 
+    def accept(self, listen_fd: int, max_count: int = 64) -> list[Accepted]: ...
+
+    def connect(
+        self,
+        client_fd: int,
+        ip: str,
+        port: int,
+        idle_timeout: float,
+        now: float,
+        preamble: bytes = b"",
+        connect_timeout: float = 3.0,
+    ) -> int: ...
+
+    def connect_error(self, pair_id: int) -> int: ...
+
+    def retry(
+        self,
+        pair_id: int,
+        ip: str,
+        port: int,
+        now: float,
+        preamble: bytes = b"",
+        connect_timeout: float = 3.0,
+    ) -> None: ...
+
 
 class _Dir:
     __slots__ = ("buf", "eof", "nbytes", "shut")
@@ -91,6 +155,8 @@ class _Dir:
 
 class _Pair:
     __slots__ = (
+        "conn_deadline",
+        "conn_err",
         "dirs",
         "failed",
         "hup",
@@ -100,10 +166,11 @@ class _Pair:
         "queued",
         "readable",
         "socks",
+        "state",
         "writable",
     )
 
-    def __init__(self, socks: tuple[socket.socket, socket.socket], idle: float, now: float):
+    def __init__(self, socks: list[socket.socket], idle: float, now: float):
         self.socks = socks  # 0 = client, 1 = backend; direction d reads d, writes 1 - d
         self.idle = idle
         self.last = now
@@ -114,6 +181,9 @@ class _Pair:
         self.pre_left = 0  # preamble bytes still at the front of dirs[0]
         self.queued = False
         self.failed = False
+        self.state = _RELAYING
+        self.conn_err = 0  # connecting: a failure not yet reported; failed: the failure
+        self.conn_deadline = math.inf
 
 
 def _adopt(fd: int) -> socket.socket:
@@ -125,6 +195,19 @@ def _adopt(fd: int) -> socket.socket:
 def _close_fd(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
+
+
+def _parse_addr(ip: str, port: int) -> tuple[socket.AddressFamily, tuple[str, int]]:
+    """The family and connect() address of ip (as inet_pton reads it) and port 1-65535."""
+    if not 0 < port < 65536:
+        raise ValueError(f"port must be 1-65535, not {port!r}")
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, ip)
+        except (OSError, ValueError):
+            continue
+        return family, (ip, port)
+    raise ValueError(f"not an IPv4 or IPv6 address: {ip!r}")
 
 
 class PyRelay:
@@ -198,7 +281,7 @@ class PyRelay:
             for fd in (client_fd, backend_fd)[len(socks) :]:
                 _close_fd(fd)
             raise
-        pair = _Pair((socks[0], socks[1]), idle_timeout, now)
+        pair = _Pair([socks[0], socks[1]], idle_timeout, now)
         if preamble:
             pair.dirs[0].buf = memoryview(bytes(preamble))
             pair.pre_left = len(preamble)
@@ -214,6 +297,184 @@ class PyRelay:
         if idle_timeout > 0:
             self._next_idle_check = min(self._next_idle_check, now + idle_timeout - _IDLE_SLACK)
         return pid
+
+    def accept(self, listen_fd: int, max_count: int = 64) -> list[Accepted]:
+        if max_count < 1:
+            raise ValueError("max_count must be positive")
+        out: list[Accepted] = []
+        tries = 0  # skipped connections count too, as in the C engine
+        lsock = socket.socket(fileno=listen_fd)
+        try:
+            while len(out) < max_count and tries < max_count:
+                try:
+                    conn, addr = lsock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    tries += 1
+                    if exc.errno in _ACCEPT_SKIP:
+                        continue
+                    if out:
+                        break
+                    raise
+                tries += 1
+                conn.setblocking(False)
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if conn.family in (socket.AF_INET, socket.AF_INET6):
+                    out.append((conn.detach(), addr[0], addr[1]))
+                else:
+                    out.append((conn.detach(), "", 0))
+        finally:
+            lsock.detach()
+        return out
+
+    def connect(
+        self,
+        client_fd: int,
+        ip: str,
+        port: int,
+        idle_timeout: float,
+        now: float,
+        preamble: bytes = b"",
+        connect_timeout: float = 3.0,
+    ) -> int:
+        family, addr = _parse_addr(ip, port)
+        if client_fd < 0 or len(preamble) > self._bufsize:
+            raise ValueError(
+                f"invalid fd, address {ip!r} or preamble longer than bufsize"
+                " (client_fd is not taken)"
+            )
+        client = _adopt(client_fd)
+        try:
+            self._ep.register(client_fd, _REGISTER)
+        except OSError:
+            client.detach()
+            raise
+        pair = _Pair([client, _NO_SOCKET], idle_timeout, now)
+        if preamble:
+            pair.dirs[0].buf = memoryview(bytes(preamble))
+            pair.pre_left = len(preamble)
+        if self._free:
+            pid = self._free.pop()
+            self._pairs[pid] = pair
+        else:
+            pid = len(self._pairs)
+            self._pairs.append(pair)
+        self._by_fd[client_fd] = (pid, 0)
+        self._open += 1
+        self._start_connect(pid, pair, family, addr, now, connect_timeout)
+        return pid
+
+    def retry(
+        self,
+        pair_id: int,
+        ip: str,
+        port: int,
+        now: float,
+        preamble: bytes = b"",
+        connect_timeout: float = 3.0,
+    ) -> None:
+        pair = self._pairs[pair_id] if 0 <= pair_id < len(self._pairs) else None
+        try:
+            family, addr = _parse_addr(ip, port)
+        except ValueError:
+            pair = None
+        if pair is None or pair.state != _FAILED or len(preamble) > self._bufsize:
+            raise ValueError(
+                f"pair {pair_id} is not a failed connect, or invalid address {ip!r}"
+                " or preamble longer than bufsize"
+            )
+        if preamble:
+            pair.dirs[0].buf = memoryview(bytes(preamble))
+            pair.pre_left = len(preamble)
+        self._start_connect(pair_id, pair, family, addr, now, connect_timeout)
+
+    def connect_error(self, pair_id: int) -> int:
+        pair = self._pairs[pair_id] if 0 <= pair_id < len(self._pairs) else None
+        if pair is None or pair.state != _FAILED:
+            return 0
+        return pair.conn_err
+
+    def _start_connect(
+        self,
+        pid: int,
+        pair: _Pair,
+        family: socket.AddressFamily,
+        addr: tuple[str, int],
+        now: float,
+        connect_timeout: float,
+    ) -> None:
+        """Starts the backend connect; a failure waits in conn_err for the next poll."""
+        pair.conn_err = 0
+        pair.state = _CONNECTING
+        pair.conn_deadline = now + connect_timeout if connect_timeout > 0 else math.inf
+        try:
+            sock = socket.socket(family, _CONNECT_TYPE)
+        except OSError as exc:
+            err = exc.errno or errno.EIO
+        else:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            err = sock.connect_ex(addr)
+            if err in (0, errno.EINPROGRESS, errno.EINTR):
+                try:
+                    self._ep.register(sock.fileno(), _REGISTER)
+                except OSError as exc:
+                    err = exc.errno or errno.EIO
+                else:
+                    pair.socks[1] = sock
+                    self._by_fd[sock.fileno()] = (pid, 1)
+                    if connect_timeout > 0:
+                        self._note_deadline(pair.conn_deadline)
+                    return
+            sock.close()
+        pair.conn_err = err
+        pair.conn_deadline = math.inf
+        if not pair.queued:
+            pair.queued = True
+            self._carry.append((pid, pair))
+        self._set_wake(True)
+
+    def _connect_done(self, pid: int, pair: _Pair, now: float, finished: list[Finished]) -> bool:
+        """A connecting pair with news: True if it now relays (failures go to finished)."""
+        if pair.state != _CONNECTING:
+            return False
+        err = pair.conn_err
+        if not err:
+            if not (pair.writable[1] or pair.hup[1]):
+                return False
+            try:
+                err = pair.socks[1].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except OSError as exc:
+                err = exc.errno or errno.EIO
+        if err:
+            finished.append(self._connect_failed(pid, pair, err))
+            return False
+        pair.state = _RELAYING
+        pair.last = now
+        if pair.idle > 0:
+            self._note_deadline(now + pair.idle)
+        return True
+
+    def _connect_failed(self, pid: int, pair: _Pair, err: int) -> Finished:
+        sock = pair.socks[1]
+        fd = sock.fileno()
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                self._ep.unregister(fd)
+            self._by_fd.pop(fd, None)
+            sock.close()
+        pair.socks[1] = _NO_SOCKET
+        pair.dirs[0].buf = None
+        pair.pre_left = 0
+        pair.readable[1] = pair.writable[1] = pair.hup[1] = False
+        pair.state = _FAILED
+        pair.conn_err = err
+        return (pid, pair.dirs[0].nbytes, pair.dirs[1].nbytes, "connect")
+
+    def _note_deadline(self, deadline: float) -> None:
+        self._next_idle_check = min(self._next_idle_check, deadline - _IDLE_SLACK)
 
     def poll(self, now: float) -> list[Finished]:
         finished: list[Finished] = []
@@ -232,13 +493,17 @@ class PyRelay:
                 pair.writable[side] = True
             if events & _HUP_EVENTS:
                 pair.hup[side] = True
-            if events & select.EPOLLERR:
+            if events & select.EPOLLERR and (side == 0 or not pair.state):
                 # Caught here because no read or write may be pending to report it.
+                # A connecting backend's SO_ERROR is the connect's result: _connect_done.
                 try:
                     if pair.socks[side].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
                         pair.failed = True
                 except OSError:
                     pair.failed = True
+            # Not relaying: the flags above wait for the connect; only the backend has news.
+            if pair.state and (side == 0 or pair.state == _FAILED):
+                continue
             if not pair.queued:
                 pair.queued = True
                 queue.append((pid, pair))
@@ -246,6 +511,8 @@ class PyRelay:
             if self._pairs[pid] is not pair:
                 continue  # finished (and maybe replaced) since it was queued
             pair.queued = False
+            if pair.state and not self._connect_done(pid, pair, now, finished):
+                continue
             state = self._pump_pair(pair, now)
             if state == _MORE:
                 pair.queued = True
@@ -373,6 +640,8 @@ class PyRelay:
         assert pair is not None
         for sock in pair.socks:
             fd = sock.fileno()
+            if fd < 0:
+                continue  # no backend socket: the connect failed
             if reason == "reset":
                 # Linger 0 turns the close into an RST, so the peer learns of the reset.
                 with contextlib.suppress(OSError):
@@ -393,12 +662,20 @@ class PyRelay:
     def _expire_idle(self, now: float, finished: list[Finished]) -> None:
         nxt = math.inf
         for pid, pair in enumerate(self._pairs):
-            if pair is None or not pair.idle > 0:
+            if pair is None:
                 continue
-            if pair.last <= now - pair.idle:
-                finished.append(self._finish(pid, "idle"))
-            else:
-                nxt = min(nxt, pair.last + pair.idle)
+            if pair.state == _RELAYING:
+                if not pair.idle > 0:
+                    continue
+                if pair.last <= now - pair.idle:
+                    finished.append(self._finish(pid, "idle"))
+                else:
+                    nxt = min(nxt, pair.last + pair.idle)
+            elif pair.state == _CONNECTING:
+                if pair.conn_deadline <= now:
+                    finished.append(self._connect_failed(pid, pair, errno.ETIMEDOUT))
+                else:
+                    nxt = min(nxt, pair.conn_deadline)
         self._next_idle_check = nxt - _IDLE_SLACK
 
     def _set_wake(self, want: bool) -> None:

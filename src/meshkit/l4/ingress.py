@@ -96,6 +96,7 @@ class Listener:
         self.accepting = False
         self.local_ip = publish.host
         self.udp_flows: dict[tuple[int, str, int, str, int], UdpFlow] = {}
+        self.pair_of: dict[tuple[int, str, int, str, int], int] = {}  # TCP flow -> relay pair
 
     @property
     def name(self) -> str:
@@ -184,12 +185,19 @@ class Listener:
             os.close(fd)
             return
         ep = self.by_id[bid]
-        flow = TcpFlow(self, key, bid, self.preamble(fd, cip, cport))
-        pair = ing.relay.connect(fd, ep.ip, ep.port, ing.config.idle_timeout, now, flow.preamble,
-                                 ing.config.connect_timeout)
+        flow = TcpFlow(self, key, bid, self.preamble(fd, cip, cport) if ing.proxy_protocol else b"")
+        try:
+            pair = ing.relay.connect(fd, ep.ip, ep.port, ing.idle_timeout, now, flow.preamble,
+                                     ing.connect_timeout)
+        except OSError as exc:  # out of memory or descriptors: this client only
+            log.error("%s: cannot relay client %s: %s", self.name, fmt_addr(cip, cport),
+                      exc.strerror or exc)
+            self.table.release(*key)
+            os.close(fd)
+            return
         ing.open_flows += 1
         ing.pairs[pair] = flow
-        ing.pair_of[(self, key)] = pair
+        self.pair_of[key] = pair
 
     def preamble(self, fd: int, cip: str, cport: int) -> bytes:
         pp = self.ingress.config.proxy_protocol
@@ -340,7 +348,7 @@ class TcpFlow:
     bid: int
     preamble: bytes
     tries: int = 0
-    tried: set[int] = field(default_factory=set)
+    tried: tuple[int, ...] = ()  # backends whose connect failed (retries are rare)
 
 
 class Ingress:
@@ -350,11 +358,14 @@ class Ingress:
         self.config = config
         self.loop = loop
         self.max_conns = config.max_conns
+        # Read on every new flow; kept flat to spare the hot path two attribute lookups.
+        self.proxy_protocol = config.proxy_protocol
+        self.idle_timeout = config.idle_timeout
+        self.connect_timeout = config.connect_timeout
         self.relay = make_relay()
         self.listeners = [Listener(self, p) for p in config.publishes]
         self.endpoints: dict[tuple[str, int], Endpoint] = {}
         self.pairs: dict[int, TcpFlow] = {}
-        self.pair_of: dict[tuple[Listener, tuple[int, str, int, str, int]], int] = {}
         self.open_flows = 0
         self.stopping = False
         self.no_backend = 0
@@ -470,7 +481,7 @@ class Ingress:
             if reason == "connect" and self.retry(pair, flow):
                 continue
             del self.pairs[pair]
-            self.pair_of.pop((lst, flow.key), None)
+            lst.pair_of.pop(flow.key, None)
             lst.table.release(*flow.key)
             ep = lst.by_id.get(flow.bid)
             if ep is not None:
@@ -491,7 +502,7 @@ class Ingress:
         failed = lst.by_id.get(flow.bid)
         if failed is not None:
             self.passive_failure(failed, reason)
-        flow.tried.add(flow.bid)
+        flow.tried += (flow.bid,)
         bid: int | None = None
         if flow.tries < self.config.retries and not self.stopping:
             now = self.loop.time()
@@ -561,7 +572,7 @@ class Ingress:
                 if key[0] == UDP:
                     lst.drop_udp_flow(key)
                     continue
-                pair = self.pair_of.get((lst, key))
+                pair = lst.pair_of.get(key)
                 if pair is not None:
                     done = self.relay.close(pair)
                     if done is not None:

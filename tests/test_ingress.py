@@ -259,6 +259,42 @@ def wait_stderr_or_ready(proc: Proc) -> None:
     assert proc.popen.poll() is None, proc.stderr()
 
 
+def test_idle_flows_are_closed(spawn: Spawn, fastpath_env: dict[str, str]) -> None:
+    b = start_backends(spawn, ["a"])
+    mport = free_port()
+    port, _ = start_ingress(spawn, fastpath_env, "--backend", f"127.0.0.1:{b['a'][0]}",
+                            "--idle-timeout", "1s", "--metrics", f"127.0.0.1:{mport}")
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        assert http_get(s) == "a"
+        s.settimeout(10)
+        started = time.monotonic()
+        assert s.recv(100) == b""  # the ingress closed the idle flow
+        assert time.monotonic() - started < 5
+    pub = free_port(socket.SOCK_DGRAM)
+    uport = free_port(socket.SOCK_DGRAM)
+    wait_stderr_or_ready(spawn(backend_argv(uport, "u", "--udp")))
+    mp = free_port()
+    ing = spawn(ingress_argv("--publish", f"127.0.0.1:{pub}:53/udp", "--backend",
+                             f"127.0.0.1:{uport}", "--idle-timeout", "1s", "--metrics",
+                             f"127.0.0.1:{mp}"), fastpath_env)
+    wait_stderr(ing, "listening")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+        c.settimeout(5)
+        c.sendto(b"x", ("127.0.0.1", pub))
+        assert c.recvfrom(100)[0] == b"u:x"
+
+    def active() -> int:
+        line = next(x for x in curl(mp, "/metrics").splitlines()
+                    if x.startswith("meshkit_ingress_flows_active"))
+        return int(line.rsplit(" ", 1)[1])
+
+    assert active() == 1
+    deadline = time.monotonic() + 5
+    while active() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert active() == 0  # the UDP flow expired
+
+
 def test_metrics_count_flows_per_backend(spawn: Spawn, fastpath_env: dict[str, str]) -> None:
     b = start_backends(spawn, ["a", "b"])
     mport = free_port()

@@ -48,6 +48,7 @@ typedef struct relay_dir {
     uint64_t bytes; /* delivered to the destination, preamble excluded */
     uint8_t eof;    /* the source sent FIN */
     uint8_t shut;   /* FIN passed on to the destination */
+    uint8_t waited; /* the FIN waited one poll for the other way's (see pump_direction) */
 } relay_dir_t;
 
 typedef struct relay_pair {
@@ -193,8 +194,19 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
         }
         if (dir->eof) {
             if (!dir->shut) {
-                if (shutdown(dst, SHUT_WR) < 0)
-                    return -1;
+                const relay_dir_t *other = &p->dir[1 - d];
+                /* When the other way has ended too, the pair is done and the close that
+                 * follows sends this FIN (nothing is left unread on dst). Most short-lived
+                 * connections end with both FINs a moment apart, so a first EOF waits one
+                 * poll for the other before paying for a shutdown(2). */
+                if (!(other->eof && !other->len)) {
+                    if (!dir->waited) {
+                        dir->waited = 1;
+                        return 1;
+                    }
+                    if (shutdown(dst, SHUT_WR) < 0)
+                        return -1;
+                }
                 dir->shut = 1;
             }
             return 0;
@@ -272,8 +284,8 @@ static void close_socket(relay_t *r, int fd, int abort)
         struct linger lg = {1, 0};
         setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
-    /* The fd may have been dup'ed elsewhere; without DEL its events would keep coming. */
-    epoll_ctl(r->epfd, EPOLL_CTL_DEL, fd, NULL);
+    /* No EPOLL_CTL_DEL: the engine owns its fds (never dup'ed), so close() drops the epoll
+     * entry with the file, and events already fetched are fenced off by the pair's gen. */
     close(fd);
 }
 
@@ -333,9 +345,13 @@ static int connect_done(relay_t *r, uint32_t idx, relay_pair_t *p, double now)
     if (!err) {
         if (!p->writable[1] && !p->hup[1])
             return 0;
-        socklen_t sl = sizeof err;
-        if (getsockopt(p->fd[1], SOL_SOCKET, SO_ERROR, &err, &sl) < 0)
-            err = errno;
+        /* A plain EPOLLOUT edge is a completed connect; only ERR/HUP/RDHUP need SO_ERROR
+         * to tell a refusal from a peer that connected and closed at once. */
+        if (p->hup[1]) {
+            socklen_t sl = sizeof err;
+            if (getsockopt(p->fd[1], SOL_SOCKET, SO_ERROR, &err, &sl) < 0)
+                err = errno;
+        }
     }
     if (err) {
         connect_failed(r, idx, err);

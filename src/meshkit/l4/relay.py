@@ -144,13 +144,14 @@ class RelayLike(Protocol):
 
 
 class _Dir:
-    __slots__ = ("buf", "eof", "nbytes", "shut")
+    __slots__ = ("buf", "eof", "nbytes", "shut", "waited")
 
     def __init__(self) -> None:
         self.buf: memoryview | None = None  # bytes the destination has not taken yet
         self.nbytes = 0  # delivered to the destination, preamble excluded
         self.eof = False  # the source sent FIN
         self.shut = False  # FIN passed on to the destination
+        self.waited = False  # the FIN waited one poll for the other way's
 
 
 class _Pair:
@@ -444,10 +445,12 @@ class PyRelay:
         if not err:
             if not (pair.writable[1] or pair.hup[1]):
                 return False
-            try:
-                err = pair.socks[1].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            except OSError as exc:
-                err = exc.errno or errno.EIO
+            # A plain EPOLLOUT edge is a completed connect; ERR/HUP need SO_ERROR.
+            if pair.hup[1]:
+                try:
+                    err = pair.socks[1].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                except OSError as exc:
+                    err = exc.errno or errno.EIO
         if err:
             finished.append(self._connect_failed(pid, pair, err))
             return False
@@ -593,7 +596,14 @@ class PyRelay:
                 continue
             if dr.eof:
                 if not dr.shut:
-                    dst.shutdown(socket.SHUT_WR)
+                    # When the other way has ended too, the pair is done and its close sends
+                    # this FIN; a first EOF waits one poll for the other (see relay.c).
+                    other = pair.dirs[1 - d]
+                    if not (other.eof and other.buf is None):
+                        if not dr.waited:
+                            dr.waited = True
+                            return True, progressed
+                        dst.shutdown(socket.SHUT_WR)
                     dr.shut = True
                 return False, progressed
             if not pair.readable[d]:

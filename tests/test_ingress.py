@@ -205,11 +205,16 @@ def test_sighup_reloads_backends_file_without_dropping_flows(
         wait_stderr(ing, "reloaded")
         assert set(curl_many(port, 5)) == {"c"}
         assert http_get(kept) == "a"  # the open flow was not dropped
+        # An empty file (caught half-written, most often) keeps the running set too.
+        f.write_text("# nothing yet\n")
+        ing.signal(signal.SIGHUP)
+        wait_stderr(ing, "no backends in it")
+        assert set(curl_many(port, 3)) == {"c"}
         # A broken file keeps the running set and says why.
         f.write_text("127.0.0.1:notaport\n")
         ing.signal(signal.SIGHUP)
-        wait_stderr(ing, "reload failed")
-        assert f"{f}:1" in ing.stderr()
+        wait_stderr(ing, f"{f}:1")
+        assert "reload failed" in ing.stderr()
         assert set(curl_many(port, 3)) == {"c"}
         assert http_get(kept) == "a"
 
@@ -402,6 +407,30 @@ def test_bad_input_names_the_flag(args: list[str], flag: str, code: int) -> None
     assert out.returncode == code, out.stderr
     assert flag in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_empty_backends_file_is_refused_at_start(tmp_path: Path) -> None:
+    f = tmp_path / "backends"
+    f.write_text("\n# none\n")
+    out = run_cli("ingress", "--publish", "8080:80", "--backends-file", str(f))
+    assert out.returncode == 1
+    assert f"{f}: no backends" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_ipv6_publish_and_backend(spawn: Spawn, fastpath_env: dict[str, str]) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    port = free_port()
+    bport = free_port()
+    backend = spawn([*backend_argv(bport, "six", "--proxy-protocol"), "--host", "::1"])
+    wait_tcp(bport, backend, host="::1")
+    ing = spawn(ingress_argv("--publish", f"[::1]:{port}:80", "--backend", f"[::1]:{bport}",
+                             "--proxy-protocol", "v2"), fastpath_env)
+    wait_tcp(port, ing, host="::1")
+    with socket.socket(socket.AF_INET6) as s:
+        s.connect(("::1", port))
+        local_port = s.getsockname()[1]
+        assert http_get(s) == f"six ::1:{local_port}"
 
 
 def test_port_in_use_is_named() -> None:

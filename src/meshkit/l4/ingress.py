@@ -442,7 +442,7 @@ class Ingress:
         specs = list(cfg.backends)
         flag = "--backend"
         if cfg.backends_file is not None:
-            specs = parse_backends_file(cfg.backends_file)
+            specs = self.read_backends_file()
             flag = "--backends-file"
         resolved = await self.resolve(specs, flag)
         for lst in self.listeners:
@@ -620,13 +620,24 @@ class Ingress:
 
     # -- reload, metrics, stop -----------------------------------------------------------------
 
+    def read_backends_file(self) -> list[BackendSpec]:
+        path = self.config.backends_file
+        assert path is not None
+        specs = parse_backends_file(path)
+        if not specs:
+            # Most often a file caught half-written; refusing keeps traffic flowing.
+            raise MeshkitError(
+                f"{path}: no backends in it (write one HOST[:PORT][ weight=N] a line)"
+            )
+        return specs
+
     async def reload(self) -> None:
         if self.config.backends_file is None:
             log.info("SIGHUP: no --backends-file to re-read")
             return
         async with self.reload_lock:
             try:
-                specs = parse_backends_file(self.config.backends_file)
+                specs = self.read_backends_file()
                 resolved = await self.resolve(specs, "--backends-file")
             except MeshkitError as exc:
                 log.error("reload failed, keeping the running backends: %s", exc)

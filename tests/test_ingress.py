@@ -174,6 +174,23 @@ def test_maglev_keeps_a_client_on_one_backend_and_retries_elsewhere(
     assert len(after) == 10 and chosen not in after
 
 
+def test_passively_failed_backend_gets_another_try(spawn: Spawn,
+                                                    fastpath_env: dict[str, str]) -> None:
+    """With no active probe (--health-interval 0s) a refused backend must not stay out forever."""
+    b = start_backends(spawn, ["a", "b"])
+    args = [arg for port, _ in b.values() for arg in ("--backend", f"127.0.0.1:{port}")]
+    port, ing = start_ingress(spawn, fastpath_env, *args, "--health-interval", "0s",
+                              "--fall", "1", "--fail-timeout", "1s")
+    a_port, a_proc = b["a"]
+    a_proc.stop()
+    assert set(curl_many(port, 4)) == {"b"}
+    wait_stderr(ing, "is down")
+    proc = spawn(backend_argv(a_port, "a"))
+    wait_tcp(a_port, proc)
+    wait_stderr(ing, "back in rotation")
+    assert set(curl_many(port, 4)) == {"a", "b"}
+
+
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_proxy_protocol_reaches_backend(
     spawn: Spawn, fastpath_env: dict[str, str], version: str

@@ -101,6 +101,10 @@ def ingress(
     metrics: Annotated[
         str | None, typer.Option(help="Serve Prometheus metrics on IP:PORT at /metrics.")
     ] = None,
+    fail_timeout: Annotated[
+        str,
+        typer.Option(help="Time a passively failed backend stays out when no probe watches it."),
+    ] = "10s",
     grace_period: Annotated[
         str, typer.Option(help="On SIGTERM, time open flows get to finish.")
     ] = "10s",
@@ -146,6 +150,7 @@ def ingress(
         max_conns=None if max_conns is None else _positive("--max-conns", max_conns),
         metrics=None if metrics is None else spec.parse_hostport(metrics, "--metrics"),
         grace_period=spec.parse_duration(grace_period, "--grace-period"),
+        fail_timeout=spec.parse_duration(fail_timeout, "--fail-timeout"),
     )
     if config.connect_timeout <= 0:
         raise FlagError("--connect-timeout", connect_timeout, "must be more than 0s")

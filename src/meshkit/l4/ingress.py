@@ -55,6 +55,9 @@ class IngressConfig:
     max_conns: int | None = None
     metrics: tuple[str, int] | None = None
     grace_period: float = 10.0
+    # How long a backend taken out by passive failures alone stays out when no active probe
+    # watches it (UDP backends, or --health-interval 0s).
+    fail_timeout: float = 10.0
 
 
 @dataclass
@@ -566,8 +569,31 @@ class Ingress:
             log.warning(
                 "backend %s is down (%d failed checks, last: %s)", ep.name, self.config.fall, reason
             )
+            if not self.probed(ep):
+                # Nothing would ever bring it back: give it another chance after a while, as
+                # Caddy's fail_timeout does; a backend still refusing goes down again.
+                delay = self.config.fail_timeout
+                log.info("backend %s gets another try in %gs (no active health check)",
+                         ep.name, delay)
+                self.loop.call_later(delay, self.revive, ep)
+        self.set_endpoint_up(ep, flipped)
+
+    def probed(self, ep: Endpoint) -> bool:
+        """Whether active probes watch this endpoint (TCP backends, with checks on)."""
+        return self.config.health_interval > 0 and any(
+            lst.publish.proto == "tcp" for lst, _ in ep.users
+        )
+
+    def revive(self, ep: Endpoint) -> None:
+        if ep.removed or ep.health.up or self.stopping:
+            return
+        ep.health = HealthState(self.config.rise, self.config.fall, up=True)
+        log.info("backend %s is back in rotation on trial", ep.name)
+        self.set_endpoint_up(ep, True)
+
+    def set_endpoint_up(self, ep: Endpoint, up: bool) -> None:
         for lst, bid in ep.users:
-            gone = lst.table.set_up(bid, flipped)
+            gone = lst.table.set_up(bid, up)
             for key in gone:
                 if key[0] == UDP:
                     lst.drop_udp_flow(key)
@@ -580,11 +606,7 @@ class Ingress:
 
     async def probe_forever(self) -> None:
         while not self.stopping:
-            eps = [
-                ep
-                for ep in self.endpoints.values()
-                if any(lst.publish.proto == "tcp" for lst, _ in ep.users)
-            ]
+            eps = [ep for ep in self.endpoints.values() if self.probed(ep)]
             await asyncio.gather(*(self.probe(ep) for ep in eps))
             await asyncio.sleep(self.config.health_interval)
 

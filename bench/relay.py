@@ -8,9 +8,12 @@ Measures, over one relayed pair on loopback:
 
 And new connections per second (like wrk with `Connection: close`): a client keeps
 CONNS_INFLIGHT connections going, each sends a request, reads the reply to EOF and closes; the
-backend answers and closes. Two ways to take a new connection, each with C Relay and PyRelay:
-- "accept+connect": relay.accept() on the listening socket and relay.connect() to the backend
-  (the engine makes and watches the backend socket),
+backend answers and closes. Three ways to take a new connection, each with C Relay and PyRelay:
+- "serve": relay.serve() (the fast lane): accept, connection-table lookup (round robin over one
+  backend) and backend connect all inside the engine, flow released by the engine at the end,
+- "accept+connect": relay.accept() on the listening socket, table.lookup() of the flow in
+  Python, relay.connect() to the backend (the engine makes and watches the backend socket),
+  and table.release() when poll() reports the pair finished (what the ingress does today),
 - "python path": sock.accept(), a Python backend socket, connect_ex, loop.add_writer and a
   call_later timer until connected, SO_ERROR, then relay.add() (what the ingress did before).
 
@@ -42,6 +45,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from meshkit._ext import load_fastpath
 from meshkit.l4.relay import PyRelay, RelayLike
+from meshkit.lb.conntable import PyConnTable
 
 MSG = 100
 CHUNK = 256 * 1024
@@ -283,8 +287,8 @@ def relay_pair(relay: RelayLike, front: socket.socket, backend: tuple[str, int])
     run_loop(main())
 
 
-def run_conns(make: Callable[[], RelayLike] | None, engine_path: bool, seconds: float) -> float:
-    """New connections/s through a relay taking them one of two ways (direct when make is None)."""
+def run_conns(make: Callable[[], RelayLike] | None, mode: str, seconds: float) -> float:
+    """New connections/s through a relay taking them in `mode` (direct when make is None)."""
     backend = listen(4096)
     srv = mp.Process(target=close_server, args=(backend,), daemon=True)
     srv.start()
@@ -295,7 +299,7 @@ def run_conns(make: Callable[[], RelayLike] | None, engine_path: bool, seconds: 
     proxy = None
     if make is not None and front is not None:
         proxy = mp.Process(
-            target=serve_conns, args=(make, engine_path, front, backend.getsockname()), daemon=True
+            target=serve_conns, args=(make, mode, front, backend.getsockname()), daemon=True
         )
         proxy.start()
     cli.start()
@@ -315,27 +319,54 @@ def run_conns(make: Callable[[], RelayLike] | None, engine_path: bool, seconds: 
 
 def serve_conns(
     make: Callable[[], RelayLike],
-    engine_path: bool,
+    mode: str,
     front: socket.socket,
     backend: tuple[str, int],
 ) -> None:
-    """An ingress-like proxy for new connections, until terminated."""
+    """An ingress-like proxy for new connections, until terminated.
+
+    mode: "serve" (relay.serve), "engine" (relay.accept + table.lookup + relay.connect) or
+    "python" (Python sockets, then relay.add)."""
     relay = make()
+    fastpath = load_fastpath()
+    table: PyConnTable
+    if fastpath is not None and isinstance(relay, fastpath.Relay):
+        table = fastpath.ConnTable("round_robin")
+    else:
+        table = PyConnTable("round_robin")
+    table.add_backend(1)
+    table.set_address(1, *backend)
     front.setblocking(False)
     ip, port = backend
+    fip, fport = front.getsockname()
+    flows: dict[int, tuple[int, str, int, str, int]] = {}
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
 
         def on_relay() -> None:
-            for pid, _, _, reason in relay.poll(loop.time()):
+            for pid, up, down, reason in relay.poll(loop.time()):
+                key = flows.pop(pid, None)
+                if key is not None:
+                    table.release(*key)
+                    table.add_bytes(1, up + down)
                 if reason == "connect":
+                    flow = relay.flow_of(pid)
+                    if flow is not None:
+                        table.release(*flow[0])
                     relay.close(pid)
+
+        def on_accept_serve() -> None:
+            relay.serve(front.fileno(), table, fip, fport, 60.0, 3.0, loop.time())
 
         def on_accept_engine() -> None:
             now = loop.time()
-            for fd, _peer_ip, _peer_port in relay.accept(front.fileno()):
-                relay.connect(fd, ip, port, 60.0, now)
+            for fd, peer_ip, peer_port in relay.accept(front.fileno()):
+                key = (6, peer_ip, peer_port, fip, fport)
+                if table.lookup(*key, now) is None:
+                    os.close(fd)
+                    continue
+                flows[relay.connect(fd, ip, port, 60.0, now)] = key
 
         def on_accept_python() -> None:
             for _ in range(64):
@@ -372,7 +403,12 @@ def serve_conns(
                 self.upstream.close()
 
         loop.add_reader(relay.fileno(), on_relay)
-        loop.add_reader(front.fileno(), on_accept_engine if engine_path else on_accept_python)
+        handlers = {
+            "serve": on_accept_serve,
+            "engine": on_accept_engine,
+            "python": on_accept_python,
+        }
+        loop.add_reader(front.fileno(), handlers[mode])
 
         async def tick() -> None:
             while True:
@@ -439,10 +475,11 @@ def conns_table(fastpath: Any, seconds: float) -> None:
     if fastpath is not None:
         makers.append(("C Relay", fastpath.Relay))
     makers.append(("PyRelay", PyRelay))
-    rows: list[tuple[str, float]] = [("direct", run_conns(None, True, seconds))]
+    rows: list[tuple[str, float]] = [("direct", run_conns(None, "engine", seconds))]
     for name, make in makers:
-        rows.append((f"{name} accept+connect", run_conns(make, True, seconds)))
-        rows.append((f"{name} python path", run_conns(make, False, seconds)))
+        rows.append((f"{name} serve", run_conns(make, "serve", seconds)))
+        rows.append((f"{name} accept+connect", run_conns(make, "engine", seconds)))
+        rows.append((f"{name} python path", run_conns(make, "python", seconds)))
     if shutil.which("haproxy"):
         rows.append(("haproxy", run_haproxy(close_server, conns_client, seconds)))
     base = dict(rows)
@@ -450,11 +487,18 @@ def conns_table(fastpath: Any, seconds: float) -> None:
     for name, rate in rows:
         print(f"  {name:26} {rate:10,.0f} conn/s {rate / base['direct']:6.2f} of direct")
     for name, _ in makers:
+        fast = base[f"{name} serve"]
         new, old = base[f"{name} accept+connect"], base[f"{name} python path"]
-        line = f"  {name}: accept+connect vs python path {new / old:.2f}x"
+        line = (
+            f"  {name}: serve vs accept+connect {fast / new:.2f}x,"
+            f" accept+connect vs python path {new / old:.2f}x"
+        )
         if "haproxy" in base:
             hap = base["haproxy"]
-            line += f", vs haproxy {new / hap:.2f}x (python path {old / hap:.2f}x)"
+            line += (
+                f", vs haproxy: serve {fast / hap:.2f}x, accept+connect {new / hap:.2f}x"
+                f" (python path {old / hap:.2f}x)"
+            )
         print(line)
     print()
 

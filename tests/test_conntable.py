@@ -564,3 +564,42 @@ def test_integer_arguments_convert_like_operator_index(impl: Any) -> None:
         t.stats(1.0)
     assert t.lookup(6, "192.0.2.1", True, "198.51.100.1", 80, 0) == 1
     assert t.remove_backend(1) == [(6, "192.0.2.1", 1, "198.51.100.1", 80)]
+
+
+# ---- backend addresses (where the relay's serve() connects) ---------------------------------
+
+
+def test_set_address_and_address(impl: Any) -> None:
+    t = impl()
+    t.add_backend(1)
+    t.add_backend(2)
+    assert t.address(1) is None
+    t.set_address(1, "10.0.0.1", 8080)
+    t.set_address(2, "2001:DB8:0:0::1", 443)
+    assert t.address(1) == ("10.0.0.1", 8080)
+    assert t.address(2) == ("2001:db8::1", 443)
+    t.set_address(1, "::ffff:1.2.3.4", 1)
+    assert t.address(1) == ("::ffff:102:304", 1)
+    with pytest.raises(KeyError):
+        t.set_address(3, "10.0.0.1", 80)
+    with pytest.raises(KeyError):
+        t.address(3)
+    for ip, port in [
+        ("nope", 80),
+        ("10.0.0.1\0", 80),
+        ("10.0.0.1", 0),
+        ("10.0.0.1", 65536),
+        ("10.0.0.1", -1),
+    ]:
+        with pytest.raises(ValueError):
+            t.set_address(1, ip, port)
+    with pytest.raises(TypeError):
+        t.set_address(1, "10.0.0.1", 80.0)
+    assert t.address(1) == ("::ffff:102:304", 1)
+    # Removing a backend forgets its address; set_up and set_weight keep it.
+    t.set_up(2, False)
+    t.set_weight(2, 3)
+    assert t.address(2) == ("2001:db8::1", 443)
+    t.remove_backend(2)
+    t.add_backend(2)
+    assert t.address(2) is None

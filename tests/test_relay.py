@@ -1113,3 +1113,329 @@ def test_c_and_python_agree_on_connects(
     ]
     live.close()
     assert all(r == results[0] for r in results)
+
+
+# --- serve(): the fast lane (accept, table lookup and connect all inside the engine) ---------
+
+try:
+    from meshkit._fastpath import ConnTable as _CConnTable
+except ImportError:  # pragma: no cover - the extension is built in CI
+    _CConnTable = None
+from meshkit.lb.conntable import PyConnTable  # noqa: E402
+
+SERVE_IMPLS = [
+    pytest.param(
+        (_c_relay, _CConnTable),
+        id="c",
+        marks=pytest.mark.skipif(_fastpath is None, reason="meshkit._fastpath not built"),
+    ),
+    pytest.param((PyRelay, PyConnTable), id="py"),
+]
+ServeImpl = tuple[RelayFactory, Callable[..., PyConnTable]]
+
+
+@pytest.fixture(params=SERVE_IMPLS)
+def served(request: pytest.FixtureRequest) -> ServeImpl:
+    impl: ServeImpl = request.param
+    return impl
+
+
+@dataclass
+class _Lane:
+    """A front listener, a relay and a table whose backends listen on real sockets."""
+
+    relay: RelayLike
+    table: PyConnTable
+    front: socket.socket
+    backends: dict[int, socket.socket]
+    drv: Driver
+    clients: list[socket.socket] = field(default_factory=list)
+
+    def connect_clients(self, n: int) -> list[socket.socket]:
+        new = [socket.create_connection(self.front.getsockname()) for _ in range(n)]
+        self.clients += new
+        return new
+
+    def serve(self, max_count: int = 64) -> tuple[int, int]:
+        ip, port = self.front.getsockname()
+        return self.relay.serve(
+            self.front.fileno(), self.table, ip, port, 10.0, 3.0, time.monotonic(), max_count
+        )
+
+    def serve_all(self, n: int) -> tuple[int, int]:
+        """Serves until n clients were taken (their SYNs may still be on the way)."""
+        acc = ref = 0
+        deadline = time.monotonic() + 10
+        while acc < n:
+            assert time.monotonic() < deadline, "clients did not arrive"
+            select.select([self.front], [], [], 0.05)
+            a, r = self.serve()
+            acc += a
+            ref += r
+        return acc, ref
+
+    def close(self) -> None:
+        for s in [*self.clients, self.front, *self.backends.values()]:
+            s.close()
+
+
+def _lane(
+    impl: ServeImpl, policy: str = "round_robin", backends: tuple[int, ...] = (1, 2)
+) -> _Lane:
+    make_relay_, make_table = impl
+    relay = make_relay_()
+    table = make_table(policy)
+    socks = {}
+    for bid in backends:
+        socks[bid] = _listen()
+        table.add_backend(bid)
+        table.set_address(bid, *socks[bid].getsockname())
+    return _Lane(relay, table, _listen(), socks, Driver(relay))
+
+
+def test_serve_spreads_relays_and_releases(served: ServeImpl) -> None:
+    lane = _lane(served)
+    relay, table = lane.relay, lane.table
+    n = 6
+    clients = lane.connect_clients(n)
+    assert lane.serve_all(n) == (n, 0)
+    assert len(relay) == n and len(table) == n
+    assert table.stats(1)[:2] == (3, 3) and table.stats(2)[:2] == (3, 3)
+    conns = {bid: _accept_all(lane.backends[bid], 3) for bid in (1, 2)}
+    for i, c in enumerate(clients):
+        c.sendall(b"req-%d" % i)
+        c.shutdown(socket.SHUT_WR)
+    for socks in conns.values():
+        for s in socks:
+            req = recv_eof(lane.drv, s)
+            assert req.startswith(b"req-")
+            s.sendall(b"re:" + req)
+            s.close()
+    for i, c in enumerate(clients):
+        assert recv_eof(lane.drv, c) == b"re:req-%d" % i
+    lane.drv.until(lambda: len(relay) == 0)
+    assert sorted(f[3] for f in lane.drv.finished) == ["done"] * n
+    assert all(f[1] == 5 and f[2] == 8 for f in lane.drv.finished)
+    assert len(table) == 0
+    assert table.stats(1) == (0, 3, 3 * 13) and table.stats(2) == (0, 3, 3 * 13)
+    assert relay.live_bytes(table) == {}
+    lane.close()
+
+
+def test_serve_without_backend_closes_and_counts(served: ServeImpl) -> None:
+    lane = _lane(served, backends=(1,))
+    relay, table = lane.relay, lane.table
+    table.set_up(1, False)
+    (client,) = lane.connect_clients(1)
+    assert lane.serve_all(1) == (1, 1)
+    assert len(relay) == 0 and len(table) == 0
+    client.settimeout(5)
+    assert client.recv(10) == b""
+    # A backend that is up but has no address counts as no backend; its flow is undone.
+    table.add_backend(2)
+    table.set_up(1, True)
+    table.remove_backend(1)
+    lane.connect_clients(2)
+    assert lane.serve_all(2) == (2, 2)
+    assert table.stats(2) == (0, 2, 0) and len(table) == 0
+    assert relay.serve(lane.front.fileno(), table, "127.0.0.1", 80, 1.0, 1.0, 0.0) == (0, 0)
+    lane.close()
+
+
+def test_serve_connect_failure_retry_elsewhere(served: ServeImpl, dead_port: int) -> None:
+    lane = _lane(served, backends=(2,))
+    relay, table = lane.relay, lane.table
+    table.add_backend(1)  # round robin picks 1 first: it refuses connections
+    table.set_address(1, "127.0.0.1", dead_port)
+    (client,) = lane.connect_clients(1)
+    assert lane.serve_all(1) == (1, 0)
+    lane.drv.until(lambda: bool(lane.drv.finished))
+    ((pid, c2b, b2c, reason),) = lane.drv.finished
+    assert (c2b, b2c, reason) == (0, 0, "connect")
+    assert relay.connect_error(pid) == errno.ECONNREFUSED
+    flow = relay.flow_of(pid)
+    assert flow is not None
+    key, bid = flow
+    cport = client.getsockname()[1]
+    assert key == (6, "127.0.0.1", cport, *lane.front.getsockname()) and bid == 1
+    # The engine left the flow alone; the owner moves it to backend 2.
+    assert table.find(*key) == 1
+    assert table.release(*key) == 1
+    now = time.monotonic()
+    table.assign(*key, 2, now)
+    addr = table.address(2)
+    assert addr is not None
+    relay.retry(pid, *addr, now, backend_id=2)
+    assert relay.flow_of(pid) == (key, 2)
+    (backend,) = _accept_all(lane.backends[2], 1)
+    client.sendall(b"hello")
+    assert recv_exact(lane.drv, backend, 5) == b"hello"
+    assert relay.live_bytes(table) == {2: 5}
+    backend.sendall(b"hi")
+    assert recv_exact(lane.drv, client, 2) == b"hi"
+    client.close()
+    backend.close()
+    lane.drv.until(lambda: len(relay) == 0)
+    assert lane.drv.finished[-1] == (pid, 5, 2, "done")
+    assert len(table) == 0
+    assert table.stats(1) == (0, 1, 0) and table.stats(2) == (0, 1, 7)
+    assert relay.flow_of(pid) is None
+    lane.close()
+
+
+def test_failed_served_pair_closed_by_owner_releases_nothing(
+    served: ServeImpl, dead_port: int
+) -> None:
+    lane = _lane(served, backends=())
+    relay, table = lane.relay, lane.table
+    table.add_backend(1)
+    table.set_address(1, "127.0.0.1", dead_port)
+    lane.connect_clients(1)
+    lane.serve_all(1)
+    lane.drv.until(lambda: bool(lane.drv.finished))
+    pid = lane.drv.finished[0][0]
+    assert len(table) == 1  # the owner's now
+    assert relay.close_backend(table, 1) == []  # not the engine's to close
+    assert relay.close(pid) == (pid, 0, 0, "closed")
+    assert len(table) == 1 and table.stats(1) == (1, 1, 0)
+    lane.close()
+
+
+def test_close_backend_and_live_bytes(served: ServeImpl) -> None:
+    lane = _lane(served)
+    relay, table = lane.relay, lane.table
+    clients = lane.connect_clients(4)
+    lane.serve_all(4)
+    conns = {bid: _accept_all(lane.backends[bid], 2) for bid in (1, 2)}
+    # Round robin: clients 0 and 2 went to backend 1, 1 and 3 to backend 2.
+    for i, c in enumerate(clients):
+        c.sendall(b"x" * (i + 1))
+    for socks in conns.values():
+        for s in socks:
+            recv_exact(lane.drv, s, 1)
+    lane.drv.until(lambda: relay.live_bytes(table) == {1: 1 + 3, 2: 2 + 4})
+    ids = sorted(relay.flow_of(p)[1] for p in range(4) if relay.flow_of(p) is not None)  # type: ignore[index]
+    assert ids == [1, 1, 2, 2]
+    done = relay.close_backend(table, 1)
+    assert sorted(f[3] for f in done) == ["closed", "closed"]
+    assert sorted(f[1] for f in done) == [1, 3]
+    assert table.stats(1) == (0, 2, 4) and table.stats(2)[0] == 2
+    assert len(relay) == 2 and len(table) == 2
+    assert relay.live_bytes(table) == {2: 6}
+    assert relay.close_backend(table, 1) == []
+    for s in conns[1]:
+        recv_eof(lane.drv, s)  # closed by the engine
+    rest = relay.close_all()
+    assert len(rest) == 2 and len(table) == 0
+    assert table.stats(2) == (0, 2, 6)
+    lane.close()
+
+
+def test_serve_needs_the_matching_table(served: ServeImpl) -> None:
+    make_relay_, make_table = served
+    relay = make_relay_()
+    other = _CConnTable if make_table is PyConnTable else PyConnTable
+    lsock = _listen()
+    if other is not None:
+        with pytest.raises(TypeError):
+            relay.serve(lsock.fileno(), other(), "127.0.0.1", 80, 1.0, 1.0, 0.0)
+    table = make_table()
+    with pytest.raises(ValueError):
+        relay.serve(lsock.fileno(), table, "nope", 80, 1.0, 1.0, 0.0)
+    with pytest.raises(ValueError):
+        relay.serve(lsock.fileno(), table, "127.0.0.1", 80, 1.0, 1.0, 0.0, 0)
+    with pytest.raises(OSError):
+        relay.serve(-1, table, "127.0.0.1", 80, 1.0, 1.0, 0.0)
+    assert relay.flow_of(0) is None and relay.flow_of(-1) is None
+    assert relay.live_bytes(table) == {}
+    lsock.close()
+
+
+def test_served_pairs_keep_their_table_alive(served: ServeImpl) -> None:
+    import gc
+
+    lane = _lane(served, backends=(1,))
+    relay = lane.relay
+    lane.connect_clients(1)
+    lane.serve_all(1)
+    (conn,) = _accept_all(lane.backends[1], 1)
+    table_ref = lane.table
+    lane.table = None  # type: ignore[assignment]
+    del table_ref
+    gc.collect()
+    lane.clients[0].sendall(b"abc")
+    assert recv_exact(lane.drv, conn, 3) == b"abc"
+    (fin,) = relay.close_all()
+    assert fin[1:] == (3, 0, "closed")
+    conn.close()
+    lane.close()
+
+
+def _serve_script(impl: ServeImpl, dead: int) -> list[object]:
+    """A scripted run of serve() and table changes; everything observable, for comparison."""
+    lane = _lane(impl, policy="least_conn", backends=(1, 2))
+    relay, table = lane.relay, lane.table
+    table.add_backend(3, weight=2)  # no address: refused
+    table.add_backend(4)
+    table.set_address(4, "127.0.0.1", dead)
+    out: list[object] = []
+    accepted: dict[int, list[socket.socket]] = {1: [], 2: []}
+
+    def snapshot(tag: str) -> None:
+        out.append((tag, len(relay), len(table), [table.stats(b) for b in table.backends()]))
+
+    def step(n: int, max_count: int = 64) -> None:
+        lane.connect_clients(n)
+        deadline = time.monotonic() + 10
+        got = [0, 0]
+        while got[0] < n:
+            assert time.monotonic() < deadline
+            select.select([lane.front], [], [], 0.05)
+            a, r = lane.serve(max_count)
+            out.append(("serve", a, r))
+            got[0] += a
+            got[1] += r
+        # Settle every connect: the live backends see theirs, the dead one's fail.
+        for bid in (1, 2):
+            expected = table.stats(bid)[0]
+            while len(accepted[bid]) < expected:
+                accepted[bid] += _accept_all(lane.backends[bid], expected - len(accepted[bid]))
+        if table.is_up(4):
+            want = table.stats(4)[0]
+            lane.drv.until(lambda: sum(f[3] == "connect" for f in lane.drv.finished) >= want)
+        for pid, *_rest, reason in lane.drv.finished:
+            if reason == "connect":
+                flow = relay.flow_of(pid)
+                assert flow is not None
+                out.append(("failed", flow[1]))
+                table.release(*flow[0])  # the owner gives up on it
+                relay.close(pid)
+        lane.drv.finished.clear()
+        snapshot(f"step{n}")
+
+    step(5)
+    step(3, max_count=2)
+    table.set_up(4, False)
+    table.set_address(3, "127.0.0.1", lane.backends[2].getsockname()[1])
+    step(4)
+    out.append(("closed", sorted(f[3] for f in relay.close_backend(table, 1))))
+    snapshot("after close_backend")
+    table.set_up(1, False)
+    table.set_up(2, False)
+    table.set_up(3, False)
+    step(2)
+    out.append(("all", len(relay.close_all())))
+    snapshot("end")
+    for socks in accepted.values():
+        for s in socks:
+            s.close()
+    lane.close()
+    return out
+
+
+def test_c_and_python_agree_on_serve(dead_port: int) -> None:
+    if _fastpath is None:
+        pytest.skip("meshkit._fastpath not built")
+    results = [_serve_script(impl.values[0], dead_port) for impl in SERVE_IMPLS]
+    assert results[0] == results[1]
+    assert ("failed", 4) in results[0]

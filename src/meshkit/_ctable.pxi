@@ -202,6 +202,30 @@ cdef class ConnTable:
         if c.ct_add_bytes(self._t, _ct_known_id(backend_id), <uint64_t>n) == c.CT_ENOENT:
             raise KeyError(backend_id)
 
+    def set_address(self, backend_id, str ip not None, port):
+        cdef uint32_t bid = _ct_known_id(backend_id)
+        cdef uint8_t addr[16]
+        cdef uint8_t family
+        if c.ct_get_backend(self._t, bid) == NULL:
+            raise KeyError(backend_id)
+        _ct_parse_addr(ip, addr, &family)
+        cdef long p = _ct_check_port(port)
+        if p == 0:
+            raise ValueError(f"port {port} out of range 1..65535")
+        if c.ct_set_address(self._t, bid, addr, family, <uint16_t>p) != c.CT_OK:
+            raise KeyError(backend_id)
+
+    def address(self, backend_id):
+        cdef uint8_t addr[16]
+        cdef int family = 0
+        cdef uint16_t port = 0
+        cdef int rc = c.ct_get_address(self._t, _ct_known_id(backend_id), addr, &family, &port)
+        if rc == c.CT_ENOENT:
+            raise KeyError(backend_id)
+        if rc == 0:
+            return None
+        return (_ct_format_addr(addr, family), port)
+
     def stats(self, backend_id):
         cdef const c.ct_backend *b = self._backend(backend_id)
         return (b.active, b.total, b.bytes)

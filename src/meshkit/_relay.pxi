@@ -1,6 +1,6 @@
 # The TCP relay engine's Python face (C core in csrc/relay.c, twin in meshkit/l4/relay.py).
 # Included by _fastpath.pyx, so module-level names here carry a _relay prefix.
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.errno cimport errno
 from meshkit.includes cimport relay as crelay
 
@@ -39,6 +39,13 @@ cdef class Relay:
     cdef crelay.relay_t *_r
     # poll() runs without the GIL; a second thread must not enter the engine meanwhile.
     cdef bint _busy
+    # id(table) -> ConnTable of every table with served pairs: the engine calls into their
+    # C tables, so they must live as long as those pairs. Pruned when _epoch moves.
+    cdef dict _tables
+    cdef uint64_t _epoch
+
+    def __init__(self, bufsize: int = 65536) -> None:
+        pass
 
     def __cinit__(self, Py_ssize_t bufsize=65536):
         if bufsize <= 0:
@@ -46,9 +53,7 @@ cdef class Relay:
         self._r = crelay.relay_create(<size_t>bufsize)
         if self._r is NULL:
             raise _relay_oserror(errno)
-
-    def __init__(self, bufsize: int = 65536) -> None:
-        pass
+        self._tables = {}
 
     def __dealloc__(self):
         if self._r is not NULL:
@@ -114,10 +119,14 @@ cdef class Relay:
         return rc
 
     def retry(self, int pair_id, str ip not None, port, double now,
-              bytes preamble not None = b"", double connect_timeout=3.0) -> None:
+              bytes preamble not None = b"", double connect_timeout=3.0, *,
+              backend_id=None) -> None:
         cdef bytes raw = _relay_ip(ip)
         cdef int cport = _relay_port(port)
         cdef int rc
+        cdef uint32_t bid = 0
+        if backend_id is not None:
+            bid = _ct_known_id(backend_id)
         self._enter()
         rc = crelay.relay_retry_pair(self._r, pair_id, raw, cport, now,
                                      preamble, len(preamble), connect_timeout)
@@ -127,6 +136,8 @@ cdef class Relay:
                     f"pair {pair_id} is not a failed connect, or invalid address {ip!r}"
                     " or preamble longer than bufsize")
             raise _relay_oserror(-rc)
+        if backend_id is not None:
+            crelay.relay_set_backend(self._r, pair_id, bid)
 
     def connect_error(self, int pair_id) -> int:
         return crelay.relay_connect_error(self._r, pair_id)
@@ -135,21 +146,90 @@ cdef class Relay:
         cdef const crelay.relay_finished_t *recs = NULL
         cdef int n, i
         self._enter()
-        self._busy = True
-        with nogil:
+        if self._tables:
+            # Served pairs update their ConnTable as they finish: keep the GIL, so that no
+            # other thread uses the table meanwhile.
             n = crelay.relay_poll(self._r, now, &recs)
-        self._busy = False
+        else:
+            self._busy = True
+            with nogil:
+                n = crelay.relay_poll(self._r, now, &recs)
+            self._busy = False
         if n < 0:
             raise _relay_oserror(-n)
         if n == 0:
             return []
-        return [_relay_record(&recs[i]) for i in range(n)]
+        out = [_relay_record(&recs[i]) for i in range(n)]
+        self._prune()
+        return out
+
+    cdef int _prune(self) except -1:
+        cdef uint64_t epoch = crelay.relay_table_epoch(self._r)
+        cdef ConnTable table
+        if epoch == self._epoch:
+            return 0
+        self._epoch = epoch
+        for key, table in list(self._tables.items()):
+            if not crelay.relay_table_pairs(self._r, table._t):
+                del self._tables[key]
+        return 0
+
+    def serve(self, int listen_fd, ConnTable table not None, str dst_ip not None, dst_port,
+              double idle_timeout, double connect_timeout, double now,
+              int max_count=64) -> tuple:
+        cdef c.ct_key dst
+        cdef int refused = 0, n
+        if max_count < 1:
+            raise ValueError("max_count must be positive")
+        _ct_make_key(&dst, 6, "0.0.0.0", 0, dst_ip, dst_port)
+        self._enter()
+        key = id(table)
+        if key not in self._tables:
+            self._tables[key] = table
+        n = crelay.relay_serve(self._r, listen_fd, table._t, &dst, idle_timeout,
+                               connect_timeout, now, max_count, &refused)
+        if not crelay.relay_table_pairs(self._r, table._t):
+            del self._tables[key]
+        if n < 0:
+            raise _relay_oserror(-n)
+        return (n, refused)
+
+    def flow_of(self, int pair_id):
+        cdef c.ct_key k
+        cdef uint32_t bid
+        if not crelay.relay_flow_of(self._r, pair_id, &k, &bid):
+            return None
+        return (_ct_flow_key(&k), bid)
+
+    def close_backend(self, ConnTable table not None, backend_id) -> list:
+        cdef const crelay.relay_finished_t *recs = NULL
+        cdef int n, i
+        cdef uint32_t bid
+        try:
+            bid = _ct_known_id(backend_id)
+        except KeyError:
+            return []
+        self._enter()
+        n = crelay.relay_close_backend(self._r, table._t, bid, &recs)
+        out = [_relay_record(&recs[i]) for i in range(n)]
+        self._prune()
+        return out
+
+    def live_bytes(self, ConnTable table not None) -> dict:
+        cdef uint32_t i, bid
+        cdef uint64_t nbytes
+        cdef dict out = {}
+        for i in range(crelay.relay_slots(self._r)):
+            if crelay.relay_served_bytes(self._r, i, table._t, &bid, &nbytes):
+                out[bid] = out.get(bid, 0) + nbytes
+        return out
 
     def close(self, int pair_id):
         cdef crelay.relay_finished_t rec
         self._enter()
         if not crelay.relay_close_pair(self._r, pair_id, crelay.RELAY_CLOSED, &rec):
             return None
+        self._prune()
         return _relay_record(&rec)
 
     def stats(self, int pair_id):
@@ -167,4 +247,6 @@ cdef class Relay:
         cdef int n, i
         self._enter()
         n = crelay.relay_close_all(self._r, &recs)
-        return [_relay_record(&recs[i]) for i in range(n)]
+        out = [_relay_record(&recs[i]) for i in range(n)]
+        self._prune()
+        return out

@@ -2,6 +2,7 @@
  * Definitions of every policy are in includes/ctable.h; PyConnTable mirrors them exactly. */
 #include "ctable.h"
 
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -429,6 +430,48 @@ int ct_add_bytes(ct_table *t, uint32_t id, uint64_t nbytes)
         return CT_ENOENT;
     b->bytes += nbytes;
     return CT_OK;
+}
+
+int ct_set_address(ct_table *t, uint32_t id, const uint8_t *addr, int family, uint16_t port)
+{
+    ct_backend *b = find_backend(t, id);
+    if (!b)
+        return CT_ENOENT;
+    if (port == 0 || (family != 4 && family != 6))
+        return CT_EINVAL;
+    memset(&b->addr, 0, sizeof b->addr);
+    if (family == 4) {
+        b->addr.in4.sin_family = AF_INET;
+        b->addr.in4.sin_port = htons(port);
+        memcpy(&b->addr.in4.sin_addr, addr, 4);
+        b->addrlen = sizeof b->addr.in4;
+    } else {
+        b->addr.in6.sin6_family = AF_INET6;
+        b->addr.in6.sin6_port = htons(port);
+        memcpy(&b->addr.in6.sin6_addr, addr, 16);
+        b->addrlen = sizeof b->addr.in6;
+    }
+    return CT_OK;
+}
+
+int ct_get_address(const ct_table *t, uint32_t id, uint8_t *addr, int *family, uint16_t *port)
+{
+    const ct_backend *b = find_backend(t, id);
+    if (!b)
+        return CT_ENOENT;
+    if (!b->addrlen)
+        return 0;
+    memset(addr, 0, 16);
+    if (b->addr.sa.sa_family == AF_INET) {
+        memcpy(addr, &b->addr.in4.sin_addr, 4);
+        *family = 4;
+        *port = ntohs(b->addr.in4.sin_port);
+    } else {
+        memcpy(addr, &b->addr.in6.sin6_addr, 16);
+        *family = 6;
+        *port = ntohs(b->addr.in6.sin6_port);
+    }
+    return 1;
 }
 
 const ct_backend *ct_get_backend(const ct_table *t, uint32_t id)

@@ -67,7 +67,15 @@ typedef struct relay_pair {
     double idle;
     double last;
     relay_dir_t dir[2];
+    uint32_t tab;     /* served pairs: 1 + index of their table in r->tabs; else 0 */
+    uint32_t backend; /* served pairs: the backend their flow is on */
+    ct_key key;       /* served pairs: their flow */
 } relay_pair_t;
+
+typedef struct relay_tab {
+    ct_table *t; /* NULL: a free entry */
+    uint32_t npairs;
+} relay_tab_t;
 
 typedef struct relay_ref {
     uint32_t idx;
@@ -95,6 +103,9 @@ struct relay {
     relay_finished_t *fin; /* cap */
     uint32_t nfin;
     double next_idle_check;
+    relay_tab_t *tabs; /* tables of served pairs */
+    uint32_t ntabs;
+    uint64_t tab_epoch;
 };
 
 enum { PUMP_IDLE, PUMP_MORE, PUMP_DONE, PUMP_RESET };
@@ -289,9 +300,27 @@ static void close_socket(relay_t *r, int fd, int abort)
     close(fd);
 }
 
+/* A served pair is finishing: its flow ends (unless FAILED: the owner has it). */
+static void end_flow(relay_t *r, relay_pair_t *p)
+{
+    relay_tab_t *tb = &r->tabs[p->tab - 1];
+    if (p->state != RELAY_ST_FAILED) {
+        uint32_t b;
+        ct_release(tb->t, &p->key, &b);
+        ct_add_bytes(tb->t, p->backend, p->dir[0].bytes + p->dir[1].bytes);
+    }
+    p->tab = 0;
+    if (--tb->npairs == 0) {
+        tb->t = NULL;
+        r->tab_epoch++;
+    }
+}
+
 static void finish_pair(relay_t *r, uint32_t idx, int reason, relay_finished_t *rec)
 {
     relay_pair_t *p = &r->pairs[idx];
+    if (p->tab)
+        end_flow(r, p);
     close_socket(r, p->fd[0], reason == RELAY_RESET);
     if (p->fd[1] >= 0)
         close_socket(r, p->fd[1], reason == RELAY_RESET);
@@ -552,6 +581,7 @@ void relay_destroy(relay_t *r)
     free(r->queue);
     free(r->carry);
     free(r->fin);
+    free(r->tabs);
     free(r);
 }
 
@@ -730,42 +760,59 @@ int relay_close_all(relay_t *r, const relay_finished_t **out)
     return (int)r->nfin;
 }
 
+/* The next connection: its fd (non-blocking, close-on-exec, TCP_NODELAY) and peer address;
+ * -EAGAIN when none is pending or max_tries is used up (skipped connections count as tries,
+ * so a socket that fails every accept the same way cannot keep the caller here); -errno for
+ * an error that concerns the listener (EMFILE, ENFILE, ENOBUFS, ENOMEM, EBADF, ...). */
+static int accept_next(int listen_fd, struct sockaddr_storage *ss, int *tries, int max_tries)
+{
+    while (*tries < max_tries) {
+        socklen_t sl = sizeof *ss;
+        int fd = accept4(listen_fd, (struct sockaddr *)ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd >= 0) {
+            int one = 1;
+            (*tries)++;
+            if (sl < sizeof ss->ss_family)
+                ss->ss_family = AF_UNSPEC;
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            return fd;
+        }
+        int err = errno;
+        if (err == EINTR)
+            continue;
+        if (is_again(err))
+            return -EAGAIN;
+        (*tries)++;
+        switch (err) {
+        case ECONNABORTED:
+        case EPROTO:
+        case EPERM:
+        case ENETDOWN:
+        case ENETUNREACH:
+        case EHOSTDOWN:
+        case EHOSTUNREACH:
+        case ENONET:
+        case ENOPROTOOPT:
+        case ETIMEDOUT:
+        case ECONNRESET:
+            continue; /* that connection's problem, not the listener's */
+        default:
+            return -err;
+        }
+    }
+    return -EAGAIN;
+}
+
 int relay_accept(int listen_fd, relay_accepted_t *out, int max_count)
 {
     int n = 0, tries = 0;
-    /* Skipped connections count as tries, so a socket that fails every accept the same way
-     * cannot keep the caller here. */
-    while (n < max_count && tries < max_count) {
+    while (n < max_count) {
         struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        int fd = accept4(listen_fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (fd < 0) {
-            int err = errno;
-            if (err == EINTR)
-                continue;
-            if (is_again(err))
-                break;
-            tries++;
-            switch (err) {
-            case ECONNABORTED:
-            case EPROTO:
-            case EPERM:
-            case ENETDOWN:
-            case ENETUNREACH:
-            case EHOSTDOWN:
-            case EHOSTUNREACH:
-            case ENONET:
-            case ENOPROTOOPT:
-            case ETIMEDOUT:
-            case ECONNRESET:
-                continue; /* that connection's problem, not the listener's */
-            default:
-                return n ? n : -err;
-            }
-        }
-        tries++;
-        int one = 1;
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        int fd = accept_next(listen_fd, &ss, &tries, max_count);
+        if (fd == -EAGAIN)
+            break;
+        if (fd < 0)
+            return n ? n : fd;
         relay_accepted_t *a = &out[n++];
         a->fd = fd;
         a->port = 0;
@@ -808,16 +855,13 @@ static int set_preamble(relay_t *r, relay_pair_t *p, const char *preamble, size_
     return 0;
 }
 
-int relay_connect_pair(relay_t *r, int client_fd, const char *ip, int port, double idle_timeout,
-                       double now, const char *preamble, size_t preamble_len,
-                       double connect_timeout)
+/* A new open pair of just client_fd (registered), ready for start_connect(): 0 and *out, or
+ * -errno without taking client_fd. */
+static int client_pair(relay_t *r, int client_fd, double idle_timeout, double now,
+                       const char *preamble, size_t preamble_len, uint32_t *out)
 {
-    struct sockaddr_storage ss;
-    socklen_t salen;
     uint32_t idx;
     int err;
-    if (client_fd < 0 || preamble_len > r->bufsize || parse_addr(ip, port, &ss, &salen) < 0)
-        return -EINVAL;
     if (take_slot(r, &idx) < 0)
         return -ENOMEM;
     relay_pair_t *p = &r->pairs[idx];
@@ -843,11 +887,28 @@ int relay_connect_pair(relay_t *r, int client_fd, const char *ip, int port, doub
     }
     p->active = 1;
     r->nopen++;
-    start_connect(r, idx, (struct sockaddr *)&ss, salen, now, connect_timeout);
-    return (int)idx;
+    *out = idx;
+    return 0;
 unslot:
     r->free_ids[r->nfree++] = idx;
     return -err;
+}
+
+int relay_connect_pair(relay_t *r, int client_fd, const char *ip, int port, double idle_timeout,
+                       double now, const char *preamble, size_t preamble_len,
+                       double connect_timeout)
+{
+    struct sockaddr_storage ss;
+    socklen_t salen;
+    uint32_t idx;
+    int err;
+    if (client_fd < 0 || preamble_len > r->bufsize || parse_addr(ip, port, &ss, &salen) < 0)
+        return -EINVAL;
+    err = client_pair(r, client_fd, idle_timeout, now, preamble, preamble_len, &idx);
+    if (err < 0)
+        return err;
+    start_connect(r, idx, (struct sockaddr *)&ss, salen, now, connect_timeout);
+    return (int)idx;
 }
 
 int relay_retry_pair(relay_t *r, int pair_id, const char *ip, int port, double now,
@@ -886,4 +947,175 @@ int relay_get_stats(const relay_t *r, int pair_id, uint64_t *c2b, uint64_t *b2c)
 size_t relay_count_pairs(const relay_t *r)
 {
     return r->nopen;
+}
+
+
+/* ---- the fast lane ------------------------------------------------------------------------ */
+
+/* 1 + the index of t in r->tabs (added if new), or 0 when out of memory. */
+static uint32_t tab_ref(relay_t *r, ct_table *t)
+{
+    uint32_t free_slot = 0;
+    for (uint32_t i = 0; i < r->ntabs; i++) {
+        if (r->tabs[i].t == t)
+            return i + 1;
+        if (!r->tabs[i].t && !free_slot)
+            free_slot = i + 1;
+    }
+    if (!free_slot) {
+        relay_tab_t *tabs = realloc(r->tabs, (r->ntabs + 1) * sizeof *tabs);
+        if (!tabs)
+            return 0;
+        r->tabs = tabs;
+        free_slot = ++r->ntabs;
+    }
+    r->tabs[free_slot - 1] = (relay_tab_t){t, 0};
+    return free_slot;
+}
+
+/* The flow key's source from the peer's address: 1, or 0 when it is not IPv4/IPv6. */
+static int key_from_peer(ct_key *key, const struct sockaddr_storage *ss)
+{
+    memset(key->src, 0, sizeof key->src);
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)ss;
+        memcpy(key->src, &a4->sin_addr, 4);
+        key->src_family = 4;
+        key->sport = ntohs(a4->sin_port);
+        return 1;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)ss;
+        memcpy(key->src, &a6->sin6_addr, 16);
+        key->src_family = 6;
+        key->sport = ntohs(a6->sin6_port);
+        return 1;
+    }
+    return 0;
+}
+
+int relay_serve(relay_t *r, int listen_fd, ct_table *t, const ct_key *dst, double idle_timeout,
+                double connect_timeout, double now, int max_count, int *refused)
+{
+    int n = 0, tries = 0;
+    ct_key key = *dst;
+    key.proto = 6;
+    key.pad = 0;
+    *refused = 0;
+    while (n < max_count) {
+        struct sockaddr_storage ss;
+        int fd = accept_next(listen_fd, &ss, &tries, max_count);
+        if (fd == -EAGAIN)
+            break;
+        if (fd < 0)
+            return n ? n : fd;
+        uint32_t bid, idx, ti;
+        const ct_backend *b = NULL;
+        int rc = 0;
+        if (key_from_peer(&key, &ss))
+            rc = ct_lookup(t, &key, now, &bid);
+        if (rc == 1) {
+            b = ct_get_backend(t, bid);
+            if (!b || !b->addrlen) {
+                ct_release(t, &key, &bid);
+                b = NULL;
+            }
+        }
+        if (!b) {
+            close(fd);
+            (*refused)++;
+            n++;
+            continue;
+        }
+        int err = 0;
+        if (!(ti = tab_ref(r, t)))
+            err = -ENOMEM;
+        else
+            err = client_pair(r, fd, idle_timeout, now, NULL, 0, &idx);
+        if (err < 0) {
+            ct_release(t, &key, &bid);
+            close(fd);
+            return n ? n : err;
+        }
+        n++;
+        relay_pair_t *p = &r->pairs[idx];
+        p->tab = ti;
+        p->backend = bid;
+        p->key = key;
+        r->tabs[ti - 1].npairs++;
+        start_connect(r, idx, &b->addr.sa, b->addrlen, now, connect_timeout);
+    }
+    return n;
+}
+
+static relay_pair_t *served_pair(const relay_t *r, int pair_id)
+{
+    if (pair_id < 0 || (uint32_t)pair_id >= r->used || !r->pairs[pair_id].active ||
+        !r->pairs[pair_id].tab)
+        return NULL;
+    return &r->pairs[pair_id];
+}
+
+int relay_flow_of(const relay_t *r, int pair_id, ct_key *key, uint32_t *backend)
+{
+    const relay_pair_t *p = served_pair(r, pair_id);
+    if (!p)
+        return 0;
+    *key = p->key;
+    *backend = p->backend;
+    return 1;
+}
+
+int relay_set_backend(relay_t *r, int pair_id, uint32_t backend)
+{
+    relay_pair_t *p = served_pair(r, pair_id);
+    if (!p)
+        return 0;
+    p->backend = backend;
+    return 1;
+}
+
+int relay_close_backend(relay_t *r, const ct_table *t, uint32_t backend,
+                        const relay_finished_t **out)
+{
+    r->nfin = 0;
+    for (uint32_t i = 0; i < r->used; i++) {
+        relay_pair_t *p = &r->pairs[i];
+        if (p->active && p->tab && r->tabs[p->tab - 1].t == t && p->backend == backend &&
+            p->state != RELAY_ST_FAILED)
+            finish_pair(r, i, RELAY_CLOSED, &r->fin[r->nfin++]);
+    }
+    *out = r->fin;
+    return (int)r->nfin;
+}
+
+size_t relay_table_pairs(const relay_t *r, const ct_table *t)
+{
+    for (uint32_t i = 0; i < r->ntabs; i++)
+        if (r->tabs[i].t == t)
+            return r->tabs[i].npairs;
+    return 0;
+}
+
+uint64_t relay_table_epoch(const relay_t *r)
+{
+    return r->tab_epoch;
+}
+
+int relay_served_bytes(const relay_t *r, uint32_t i, const ct_table *t, uint32_t *backend,
+                       uint64_t *bytes)
+{
+    if (i >= r->used)
+        return 0;
+    const relay_pair_t *p = &r->pairs[i];
+    if (!p->active || !p->tab || r->tabs[p->tab - 1].t != t || p->state == RELAY_ST_FAILED)
+        return 0;
+    *backend = p->backend;
+    *bytes = p->dir[0].bytes + p->dir[1].bytes;
+    return 1;
+}
+
+uint32_t relay_slots(const relay_t *r)
+{
+    return r->used;
 }

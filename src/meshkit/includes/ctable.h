@@ -47,8 +47,10 @@
 #ifndef MESHKIT_CTABLE_H
 #define MESHKIT_CTABLE_H
 
+#include <netinet/in.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #define CT_MAGLEV_SIZE 65537u
 
@@ -82,6 +84,12 @@ typedef struct ct_backend {
     uint64_t active;
     uint64_t total;
     uint64_t bytes;    /* wraps modulo 2^64 */
+    union {            /* where the backend listens (ct_set_address), for the relay's connect */
+        struct sockaddr sa;
+        struct sockaddr_in in4;
+        struct sockaddr_in6 in6;
+    } addr;
+    socklen_t addrlen; /* 0: no address set */
 } ct_backend;
 
 typedef struct ct_table ct_table;
@@ -96,6 +104,12 @@ int ct_remove_backend(ct_table *t, uint32_t id, ct_flow **out, size_t *n_out);
 int ct_set_up(ct_table *t, uint32_t id, int up, ct_flow **out, size_t *n_out);
 int ct_set_weight(ct_table *t, uint32_t id, uint32_t weight);
 int ct_add_bytes(ct_table *t, uint32_t id, uint64_t nbytes);
+/* Remembers where backend `id` listens: addr (network order, 4 bytes used for family 4, 16 for
+ * family 6) and port (host order, 1-65535). CT_OK; CT_ENOENT unknown backend; CT_EINVAL. */
+int ct_set_address(ct_table *t, uint32_t id, const uint8_t *addr, int family, uint16_t port);
+/* 1 and the address as above (addr needs 16 bytes; an IPv4 one is zero-padded); 0 when none is
+ * set; CT_ENOENT unknown backend. */
+int ct_get_address(const ct_table *t, uint32_t id, uint8_t *addr, int *family, uint16_t *port);
 /* NULL when unknown; the pointer is valid until the next add/remove of a backend. */
 const ct_backend *ct_get_backend(const ct_table *t, uint32_t id);
 size_t ct_backend_count(const ct_table *t);

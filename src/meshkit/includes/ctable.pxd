@@ -53,6 +53,9 @@ cdef extern from "ctable.h" nogil:
     int ct_set_up(ct_table *t, uint32_t id, int up, ct_flow **out, size_t *n_out)
     int ct_set_weight(ct_table *t, uint32_t id, uint32_t weight)
     int ct_add_bytes(ct_table *t, uint32_t id, uint64_t nbytes)
+    int ct_set_address(ct_table *t, uint32_t id, const uint8_t *addr, int family, uint16_t port)
+    int ct_get_address(const ct_table *t, uint32_t id, uint8_t *addr, int *family,
+                       uint16_t *port)
     const ct_backend *ct_get_backend(const ct_table *t, uint32_t id)
     size_t ct_backend_count(const ct_table *t)
     const ct_backend *ct_backend_at(const ct_table *t, size_t i)

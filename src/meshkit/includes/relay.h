@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ctable.h"
+
 /* Why a pair finished; the order matches the reason strings of the Python API. */
 enum relay_reason {
     RELAY_DONE = 0,   /* both directions reached EOF and were flushed */
@@ -108,6 +110,50 @@ int relay_close_all(relay_t *r, const relay_finished_t **out);
 
 /* Live byte counts of a pair (0 before it relays): 1 and the counts, or 0 if pair_id is unknown. */
 int relay_get_stats(const relay_t *r, int pair_id, uint64_t *c2b, uint64_t *b2c);
+
+/* The fast lane: accepts up to max_count clients as relay_accept() does (same errno rules)
+ * and, for each, without leaving C: builds the flow key (proto 6, the peer's address and port,
+ * then dst's address and port; dst is a template whose src/sport are ignored), places it with
+ * ct_lookup(t, key, now) and starts the connect to the backend's address (ct_set_address) as
+ * relay_connect_pair() does (no preamble). A client is closed at once and counted in *refused
+ * when no backend is up, when the picked backend has no address (its flow is released again)
+ * or when its peer is not IPv4/IPv6. Returns how many clients were accepted (refused ones
+ * included), or -errno when an error stopped it before any was accepted.
+ *
+ * A served pair remembers t, its key and backend id. When it finishes for any reason (done,
+ * reset, idle, closed) the engine calls ct_release(t, key) and ct_add_bytes(t, backend,
+ * c2b + b2c) before reporting it. Not for a FAILED pair: from its RELAY_CONNECT record until
+ * relay_retry_pair() the flow is the owner's (it releases/places it itself and names the new
+ * backend with relay_set_backend()); a FAILED pair closed by the owner releases nothing.
+ * The table must outlive every served pair on it (relay_table_pairs() tells how many). */
+int relay_serve(relay_t *r, int listen_fd, ct_table *t, const ct_key *dst, double idle_timeout,
+                double connect_timeout, double now, int max_count, int *refused);
+
+/* The key and backend of a served pair: 1, or 0 for an unknown or unserved pair. */
+int relay_flow_of(const relay_t *r, int pair_id, ct_key *key, uint32_t *backend);
+
+/* Names the backend a served pair is on now (after the owner placed its flow elsewhere for a
+ * retry); 1, or 0 for an unknown or unserved pair. */
+int relay_set_backend(relay_t *r, int pair_id, uint32_t backend);
+
+/* Closes every served, not FAILED pair of t on backend (reason RELAY_CLOSED, flows released
+ * as above); returns the count, records in *out (valid until the next call). */
+int relay_close_backend(relay_t *r, const ct_table *t, uint32_t backend,
+                        const relay_finished_t **out);
+
+/* Open served pairs on table t, in any state. */
+size_t relay_table_pairs(const relay_t *r, const ct_table *t);
+
+/* Goes up by one whenever the last served pair of some table finishes. */
+uint64_t relay_table_epoch(const relay_t *r);
+
+/* Bytes so far of pair i (any id below relay_slots()) if it is served on t and not FAILED:
+ * 1, its backend and c2b + b2c; else 0. */
+int relay_served_bytes(const relay_t *r, uint32_t i, const ct_table *t, uint32_t *backend,
+                       uint64_t *bytes);
+
+/* Pair ids below this may exist. */
+uint32_t relay_slots(const relay_t *r);
 
 /* Number of open pairs, in any state. */
 size_t relay_count_pairs(const relay_t *r);

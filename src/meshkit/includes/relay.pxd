@@ -1,5 +1,7 @@
 # Declarations of the TCP relay engine's C API (relay.h); the Python class is in _relay.pxi.
-from libc.stdint cimport int32_t, uint16_t, uint64_t
+from libc.stdint cimport int32_t, uint16_t, uint32_t, uint64_t
+
+from meshkit.includes.ctable cimport ct_key, ct_table
 
 
 cdef extern from "relay.h" nogil:
@@ -44,3 +46,15 @@ cdef extern from "relay.h" nogil:
     int relay_close_all(relay_t *r, const relay_finished_t **out)
     int relay_get_stats(const relay_t *r, int pair_id, uint64_t *c2b, uint64_t *b2c)
     size_t relay_count_pairs(const relay_t *r)
+    int relay_serve(relay_t *r, int listen_fd, ct_table *t, const ct_key *dst,
+                    double idle_timeout, double connect_timeout, double now, int max_count,
+                    int *refused)
+    int relay_flow_of(const relay_t *r, int pair_id, ct_key *key, uint32_t *backend)
+    int relay_set_backend(relay_t *r, int pair_id, uint32_t backend)
+    int relay_close_backend(relay_t *r, const ct_table *t, uint32_t backend,
+                            const relay_finished_t **out)
+    size_t relay_table_pairs(const relay_t *r, const ct_table *t)
+    uint64_t relay_table_epoch(const relay_t *r)
+    int relay_served_bytes(const relay_t *r, uint32_t i, const ct_table *t, uint32_t *backend,
+                           uint64_t *bytes)
+    uint32_t relay_slots(const relay_t *r)

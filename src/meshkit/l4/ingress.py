@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import os
 import signal
@@ -167,15 +168,26 @@ class Listener:
                 # Leave the rest in the kernel's backlog; resumed when a flow ends.
                 ing.pause_accepting()
                 return
+        now = ing.loop.time()
         try:
-            accepted = ing.relay.accept(sock.fileno(), budget)
+            if ing.proxy_protocol is None:
+                # The fast lane: accept, pick, connect and (later) release all in C, with no
+                # Python work per connection unless its connect fails.
+                accepted, refused = ing.relay.serve(
+                    sock.fileno(), self.table, self.local_ip, self.publish.published,
+                    ing.idle_timeout, ing.connect_timeout, now, budget,
+                )
+                ing.open_flows += accepted - refused
+                if refused:
+                    ing.count_no_backend(self, refused)
+                return
+            clients = ing.relay.accept(sock.fileno(), budget)
         except OSError as exc:
             log.error("accept on %s: %s; pausing for 1s", self.name, exc.strerror)
             self.pause()
             ing.loop.call_later(1.0, self.resume_if_running)
             return
-        now = ing.loop.time()
-        for fd, cip, cport in accepted:
+        for fd, cip, cport in clients:
             self.open_flow(fd, cip, cport, now)
 
     def open_flow(self, fd: int, cip: str, cport: int, now: float) -> None:
@@ -367,6 +379,12 @@ class Ingress:
         self.connect_timeout = config.connect_timeout
         self.relay = make_relay()
         self.listeners = [Listener(self, p) for p in config.publishes]
+        # Served flows' keys name the listener by its (canonical) address and port.
+        self.tcp_listeners = {
+            (ipaddress.ip_address(lst.local_ip).compressed, lst.publish.published): lst
+            for lst in self.listeners
+            if lst.publish.proto == "tcp"
+        }
         self.endpoints: dict[tuple[str, int], Endpoint] = {}
         self.pairs: dict[int, TcpFlow] = {}
         self.open_flows = 0
@@ -421,6 +439,7 @@ class Ingress:
                 if bid is None:
                     bid = backend_id_for(ip, port, set(lst.by_id))
                     lst.table.add_backend(bid, spec.weight, ep.health.up)
+                    lst.table.set_address(bid, ip, port)
                     lst.by_id[bid] = ep
                     ep.users.append((lst, bid))
                 elif ep.weight != spec.weight:
@@ -477,13 +496,17 @@ class Ingress:
 
     def finish(self, finished: list[tuple[int, int, int, str]]) -> None:
         for pair, up, down, reason in finished:
-            flow = self.pairs.get(pair)
+            flow = self.pairs.pop(pair, None)
             if flow is None:
+                # A served pair: the relay released its flow and counted its bytes.
+                if reason == "connect" and self.retry_served(pair):
+                    continue
+                self.open_flows -= 1
                 continue
             lst = flow.listener
             if reason == "connect" and self.retry(pair, flow):
+                self.pairs[pair] = flow
                 continue
-            del self.pairs[pair]
             lst.pair_of.pop(flow.key, None)
             lst.table.release(*flow.key)
             ep = lst.by_id.get(flow.bid)
@@ -496,6 +519,15 @@ class Ingress:
             self.maybe_resume()
             if self.stopping and self.open_flows <= 0:
                 self.stopped.set()
+
+    def retry_served(self, pair: int) -> bool:
+        """A served pair's connect failed: its flow is ours until retry() hands it back."""
+        info = self.relay.flow_of(pair)
+        lst = None if info is None else self.tcp_listeners.get((info[0][3], info[0][4]))
+        if info is None or lst is None:
+            self.relay.close(pair)
+            return False
+        return self.retry(pair, TcpFlow(lst, info[0], info[1], b""))
 
     def retry(self, pair: int, flow: TcpFlow) -> bool:
         """After a failed connect: try another backend (True), or give up (False, pair closed)."""
@@ -522,7 +554,7 @@ class Ingress:
                 ep = lst.by_id[bid]
                 flow.bid, flow.tries = bid, flow.tries + 1
                 self.relay.retry(pair, ep.ip, ep.port, now, flow.preamble,
-                                 self.config.connect_timeout)
+                                 self.config.connect_timeout, backend_id=bid)
                 return True
         log.warning(
             "%s: client %s: no backend answered after %d tries (last: %s: %s)",
@@ -546,8 +578,8 @@ class Ingress:
             if lst.publish.proto == "tcp":
                 lst.pause()
 
-    def count_no_backend(self, lst: Listener) -> None:
-        self.no_backend += 1
+    def count_no_backend(self, lst: Listener, n: int = 1) -> None:
+        self.no_backend += n
         now = self.loop.time()
         if now - self._last_no_backend_log > 5:
             self._last_no_backend_log = now
@@ -593,6 +625,9 @@ class Ingress:
 
     def set_endpoint_up(self, ep: Endpoint, up: bool) -> None:
         for lst, bid in ep.users:
+            if not up:
+                # Served pairs first: the relay releases their flows as it closes them.
+                self.finish(self.relay.close_backend(lst.table, bid))
             gone = lst.table.set_up(bid, up)
             for key in gone:
                 if key[0] == UDP:
@@ -692,6 +727,9 @@ class Ingress:
                 k = (flow.listener, flow.bid)
                 live[k] = live.get(k, 0) + st[0] + st[1]
         for lst in self.listeners:
+            if lst.publish.proto == "tcp":
+                for bid, nbytes in self.relay.live_bytes(lst.table).items():
+                    live[(lst, bid)] = live.get((lst, bid), 0) + nbytes
             for udp in lst.udp_flows.values():
                 live[(lst, udp.bid)] = live.get((lst, udp.bid), 0) + udp.bytes
         fams = {

@@ -26,6 +26,18 @@ How it works (both implementations):
   next poll) all come back from ``poll`` as ``(pair_id, 0, 0, "connect")``: the backend socket
   is closed, the client stays open in the engine, and the pair waits, FAILED, for ``retry``
   (another backend) or ``close``. ``connect_error(pair_id)`` tells the errno.
+
+The fast lane, ``serve(listen_fd, table, dst_ip, dst_port, ...)``, does the whole common path
+of a new connection inside the engine: accept, ``table.lookup`` of the flow key built from the
+peer's address, and the connect to the backend's address (``table.set_address``). A client
+for which no backend is up (or whose backend has no address) is closed at once and counted.
+When a served pair finishes (done, reset, idle, closed, close_all, close_backend) the engine
+releases its flow and adds its bytes to its backend in the table before reporting it. A
+served pair whose connect failed is reported as usual and its flow is then the owner's (it
+releases it and places the retry with ``table.lookup``/``assign``) until ``retry(...,
+backend_id=...)`` hands it back; so the engine releases nothing for a FAILED pair.
+``flow_of(pair_id)`` gives a served pair's (key, backend id). The compiled Relay serves only
+with the compiled ConnTable, PyRelay only with PyConnTable.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import math
+import operator
 import os
 import select
 import socket
@@ -40,6 +53,7 @@ import struct
 from typing import Protocol
 
 from meshkit._ext import load_fastpath
+from meshkit.lb.conntable import FlowKey, PyConnTable, format_addr, parse_addr
 
 __all__ = ["Accepted", "Finished", "PyRelay", "RelayLike", "make_relay"]
 
@@ -140,7 +154,27 @@ class RelayLike(Protocol):
         now: float,
         preamble: bytes = b"",
         connect_timeout: float = 3.0,
+        *,
+        backend_id: int | None = None,
     ) -> None: ...
+
+    def serve(
+        self,
+        listen_fd: int,
+        table: PyConnTable,
+        dst_ip: str,
+        dst_port: int,
+        idle_timeout: float,
+        connect_timeout: float,
+        now: float,
+        max_count: int = 64,
+    ) -> tuple[int, int]: ...
+
+    def flow_of(self, pair_id: int) -> tuple[FlowKey, int] | None: ...
+
+    def close_backend(self, table: PyConnTable, backend_id: int) -> list[Finished]: ...
+
+    def live_bytes(self, table: PyConnTable) -> dict[int, int]: ...
 
 
 class _Dir:
@@ -156,18 +190,21 @@ class _Dir:
 
 class _Pair:
     __slots__ = (
+        "backend",
         "conn_deadline",
         "conn_err",
         "dirs",
         "failed",
         "hup",
         "idle",
+        "key",
         "last",
         "pre_left",
         "queued",
         "readable",
         "socks",
         "state",
+        "table",
         "writable",
     )
 
@@ -185,6 +222,9 @@ class _Pair:
         self.state = _RELAYING
         self.conn_err = 0  # connecting: a failure not yet reported; failed: the failure
         self.conn_deadline = math.inf
+        self.table: PyConnTable | None = None  # served pairs: their table, key and backend
+        self.key: FlowKey = (6, "", 0, "", 0)
+        self.backend = 0
 
 
 def _adopt(fd: int) -> socket.socket:
@@ -375,7 +415,10 @@ class PyRelay:
         now: float,
         preamble: bytes = b"",
         connect_timeout: float = 3.0,
+        *,
+        backend_id: int | None = None,
     ) -> None:
+        bid = None if backend_id is None else _known_id(backend_id)
         pair = self._pairs[pair_id] if 0 <= pair_id < len(self._pairs) else None
         try:
             family, addr = _parse_addr(ip, port)
@@ -390,6 +433,8 @@ class PyRelay:
             pair.dirs[0].buf = memoryview(bytes(preamble))
             pair.pre_left = len(preamble)
         self._start_connect(pair_id, pair, family, addr, now, connect_timeout)
+        if bid is not None and pair.table is not None:
+            pair.backend = bid
 
     def connect_error(self, pair_id: int) -> int:
         pair = self._pairs[pair_id] if 0 <= pair_id < len(self._pairs) else None
@@ -648,6 +693,11 @@ class PyRelay:
     def _finish(self, pid: int, reason: str) -> Finished:
         pair = self._pairs[pid]
         assert pair is not None
+        table = pair.table
+        if table is not None and pair.state != _FAILED:
+            table.release(*pair.key)
+            with contextlib.suppress(KeyError):
+                table.add_bytes(pair.backend, pair.dirs[0].nbytes + pair.dirs[1].nbytes)
         for sock in pair.socks:
             fd = sock.fileno()
             if fd < 0:
@@ -668,6 +718,113 @@ class PyRelay:
         self._free.append(pid)
         self._open -= 1
         return (pid, pair.dirs[0].nbytes, pair.dirs[1].nbytes, reason)
+
+    def serve(
+        self,
+        listen_fd: int,
+        table: PyConnTable,
+        dst_ip: str,
+        dst_port: int,
+        idle_timeout: float,
+        connect_timeout: float,
+        now: float,
+        max_count: int = 64,
+    ) -> tuple[int, int]:
+        if not isinstance(table, PyConnTable):
+            raise TypeError(f"PyRelay.serve needs a PyConnTable, not {type(table).__name__}")
+        if max_count < 1:
+            raise ValueError("max_count must be positive")
+        table.find(6, "0.0.0.0", 0, dst_ip, dst_port)  # checks dst as the C key builder does
+        dst = format_addr(parse_addr(dst_ip))
+        dport = operator.index(dst_port)
+        if listen_fd < 0:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        n = refused = tries = 0
+        lsock = socket.socket(fileno=listen_fd)
+        try:
+            while n < max_count and tries < max_count:
+                try:
+                    conn, addr = lsock.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    tries += 1
+                    if exc.errno in _ACCEPT_SKIP:
+                        continue
+                    if n:
+                        break
+                    raise
+                tries += 1
+                n += 1
+                with contextlib.suppress(OSError):
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                target = None
+                bid: int | None = None
+                key: FlowKey = (6, "", 0, dst, dport)
+                if conn.family in (socket.AF_INET, socket.AF_INET6):
+                    src = format_addr(parse_addr(addr[0].partition("%")[0]))
+                    key = (6, src, addr[1], dst, dport)
+                    bid = table.lookup(*key, now)
+                    if bid is not None:
+                        target = table._connect_addr(bid)
+                        if target is None:
+                            table.release(*key)
+                if target is None or bid is None:
+                    conn.close()
+                    refused += 1
+                    continue
+                conn.setblocking(False)
+                fd = conn.detach()
+                try:
+                    self._ep.register(fd, _REGISTER)
+                except OSError:
+                    table.release(*key)
+                    _close_fd(fd)
+                    n -= 1
+                    if n:
+                        break
+                    raise
+                pair = _Pair([_adopt(fd), _NO_SOCKET], idle_timeout, now)
+                pair.table = table
+                pair.key = key
+                pair.backend = bid
+                if self._free:
+                    pid = self._free.pop()
+                    self._pairs[pid] = pair
+                else:
+                    pid = len(self._pairs)
+                    self._pairs.append(pair)
+                self._by_fd[fd] = (pid, 0)
+                self._open += 1
+                self._start_connect(pid, pair, target[0], target[1], now, connect_timeout)
+        finally:
+            lsock.detach()
+        return (n, refused)
+
+    def flow_of(self, pair_id: int) -> tuple[FlowKey, int] | None:
+        pair = self._pairs[pair_id] if 0 <= pair_id < len(self._pairs) else None
+        if pair is None or pair.table is None:
+            return None
+        return (pair.key, pair.backend)
+
+    def close_backend(self, table: PyConnTable, backend_id: int) -> list[Finished]:
+        return [
+            self._finish(pid, "closed")
+            for pid, pair in enumerate(self._pairs)
+            if pair is not None
+            and pair.table is table
+            and pair.backend == backend_id
+            and pair.state != _FAILED
+        ]
+
+    def live_bytes(self, table: PyConnTable) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for pair in self._pairs:
+            if pair is not None and pair.table is table and pair.state != _FAILED:
+                out[pair.backend] = (
+                    out.get(pair.backend, 0) + pair.dirs[0].nbytes + pair.dirs[1].nbytes
+                )
+        return out
 
     def _expire_idle(self, now: float, finished: list[Finished]) -> None:
         nxt = math.inf
@@ -696,6 +853,17 @@ class PyRelay:
             with contextlib.suppress(BlockingIOError):
                 os.eventfd_read(self._wakefd)
             self._wake_armed = False
+
+
+def _known_id(backend_id: int) -> int:
+    """A backend id as the table holds it (KeyError for what no table can hold)."""
+    try:
+        bid = operator.index(backend_id)
+    except TypeError:
+        raise KeyError(backend_id) from None
+    if not 0 <= bid <= 0xFFFFFFFF:
+        raise KeyError(backend_id)
+    return bid
 
 
 def make_relay(bufsize: int = 65536) -> RelayLike:

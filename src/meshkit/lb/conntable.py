@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import operator
 import struct
-from socket import AF_INET, AF_INET6, inet_ntop, inet_pton
+from socket import AF_INET, AF_INET6, AddressFamily, inet_ntop, inet_pton
 
 FlowKey = tuple[int, str, int, str, int]
 POLICIES = ("round_robin", "least_conn", "random", "maglev")
@@ -151,6 +151,8 @@ class PyConnTable:
         self._flows: dict[_Key, _Flow] = {}
         self._maglev: list[int] = []
         self._maglev_stale = True
+        # backend id -> (family, (canonical ip, port)): where it listens (set_address)
+        self._addrs: dict[int, tuple[AddressFamily, tuple[str, int]]] = {}
 
     @property
     def policy(self) -> str:
@@ -190,6 +192,7 @@ class PyConnTable:
         if b.up:
             self._maglev_stale = True
         del self._backends[b.id]
+        self._addrs.pop(b.id, None)
         self._ids.remove(b.id)
         return dropped
 
@@ -221,6 +224,25 @@ class PyConnTable:
             raise ValueError(f"nbytes {nbytes} out of range 0..{_MASK64}")
         b = self._get(backend_id)
         b.bytes = (b.bytes + n) & _MASK64
+
+    def set_address(self, backend_id: int, ip: str, port: int) -> None:
+        """Remember where the backend listens (the relay's serve() connects there)."""
+        b = self._get(backend_id)
+        packed = parse_addr(ip)
+        p = _check_port(port)
+        if p == 0:
+            raise ValueError(f"port {port} out of range 1..65535")
+        family = AF_INET if len(packed) == 4 else AF_INET6
+        self._addrs[b.id] = (family, (format_addr(packed), p))
+
+    def address(self, backend_id: int) -> tuple[str, int] | None:
+        b = self._get(backend_id)
+        entry = self._addrs.get(b.id)
+        return None if entry is None else entry[1]
+
+    def _connect_addr(self, backend_id: int) -> tuple[AddressFamily, tuple[str, int]] | None:
+        """(family, connect() address) of a backend, for PyRelay.serve."""
+        return self._addrs.get(backend_id)
 
     def stats(self, backend_id: int) -> tuple[int, int, int]:
         b = self._get(backend_id)

@@ -317,6 +317,29 @@ def test_idle_flows_are_closed(spawn: Spawn, fastpath_env: dict[str, str]) -> No
     assert active() == 0  # the UDP flow expired
 
 
+def test_udp_refusals_do_not_take_out_tcp_on_the_same_port(
+    spawn: Spawn, fastpath_env: dict[str, str]
+) -> None:
+    """iperf3's case: TCP control and UDP data on one port are two services."""
+    b = start_backends(spawn, ["t"])  # TCP only: UDP to this port is refused by ICMP
+    bport = b["t"][0]
+    pub = free_port()
+    ing = spawn(ingress_argv("--publish", f"127.0.0.1:{pub}:{bport}/tcp",
+                             "--publish", f"127.0.0.1:{pub}:{bport}/udp",
+                             "--backend", "127.0.0.1", "--fall", "1"), fastpath_env)
+    wait_tcp(pub, ing)
+    with socket.create_connection(("127.0.0.1", pub)) as kept:
+        assert http_get(kept) == "t"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            for _ in range(5):
+                c.sendto(b"x", ("127.0.0.1", pub))
+                time.sleep(0.05)
+        wait_stderr(ing, f"127.0.0.1:{bport}/udp is down")
+        assert http_get(kept) == "t"  # the TCP flow was not closed
+        assert curl_many(pub, 3) == ["t"] * 3
+    assert f"127.0.0.1:{bport} is down" not in ing.stderr()
+
+
 def test_metrics_count_flows_per_backend(spawn: Spawn, fastpath_env: dict[str, str]) -> None:
     b = start_backends(spawn, ["a", "b"])
     mport = free_port()

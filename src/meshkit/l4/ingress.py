@@ -385,7 +385,9 @@ class Ingress:
             for lst in self.listeners
             if lst.publish.proto == "tcp"
         }
-        self.endpoints: dict[tuple[str, int], Endpoint] = {}
+        # Keyed by protocol too: TCP and UDP on one port are two services, and a UDP
+        # service's ICMP refusals must never take the TCP one out (nor the other way round).
+        self.endpoints: dict[tuple[str, int, str], Endpoint] = {}
         self.pairs: dict[int, TcpFlow] = {}
         self.open_flows = 0
         self.stopping = False
@@ -418,16 +420,17 @@ class Ingress:
 
     def apply_backends(self, resolved: list[tuple[BackendSpec, str, int]]) -> None:
         """Make every listener's table match `resolved`; open flows of kept backends stay put."""
-        weights: dict[tuple[str, int], int] = {}
+        weights: dict[tuple[str, int, str], int] = {}
         for lst in self.listeners:
+            proto = lst.publish.proto
             for spec, ip, family in resolved:
                 port = spec.port if spec.port is not None else lst.publish.target
-                addr = (ip, port)
+                addr = (ip, port, proto)
                 weights[addr] = spec.weight
                 ep = self.endpoints.get(addr)
                 if ep is None:
                     ep = Endpoint(
-                        fmt_addr(spec.host, port),
+                        fmt_addr(spec.host, port) + ("/udp" if proto == "udp" else ""),
                         ip,
                         port,
                         family,

@@ -695,6 +695,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_guarded(
+    run_fn: Callable[[argparse.Namespace, Path], Results], args: argparse.Namespace, prefix: str
+) -> Results | int:
+    """Run a benchmark in a temp dir that is always removed; an exit code when it failed.
+
+    SIGTERM unwinds like Ctrl-C, so every process the run started is stopped by its pid."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        return run_fn(args, tmp)
+    except BenchError as exc:
+        log(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
@@ -705,21 +729,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    tmp = Path(tempfile.mkdtemp(prefix="meshkit-bench-ingress-"))
-    try:
-        results = run(args, tmp)
-    except BenchError as exc:
-        log(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    results = run_guarded(run, args, "meshkit-bench-ingress-")
+    if isinstance(results, int):
+        return results
     all_met = report(results, args)
     if args.json:
         write_json(results, args, args.json)

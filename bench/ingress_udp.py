@@ -37,11 +37,9 @@ import os
 import select
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -61,6 +59,7 @@ from ingress import (
     log,
     meshkit_env,
     pin,
+    run_guarded,
     tail,
     wait_port,
 )
@@ -721,21 +720,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    tmp = Path(tempfile.mkdtemp(prefix="meshkit-bench-ingress-udp-"))
-    try:
-        results = run(args, tmp)
-    except BenchError as exc:
-        log(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    results = run_guarded(run, args, "meshkit-bench-ingress-udp-")
+    if isinstance(results, int):
+        return results
     report(results, args)
     if args.json:
         write_json(results, args, args.json)

@@ -163,7 +163,7 @@ class Listener:
             return
         budget = ACCEPT_BATCH
         if ing.max_conns is not None:
-            budget = min(budget, ing.max_conns - ing.open_flows)
+            budget = min(budget, ing.max_conns - ing.open_flows())
             if budget <= 0:
                 # Leave the rest in the kernel's backlog; resumed when a flow ends.
                 ing.pause_accepting()
@@ -173,11 +173,10 @@ class Listener:
             if ing.proxy_protocol is None:
                 # The fast lane: accept, pick, connect and (later) release all in C, with no
                 # Python work per connection unless its connect fails.
-                accepted, refused = ing.relay.serve(
+                _accepted, refused = ing.relay.serve(
                     sock.fileno(), self.table, self.local_ip, self.publish.published,
                     ing.idle_timeout, ing.connect_timeout, now, budget,
                 )
-                ing.open_flows += accepted - refused
                 if refused:
                     ing.count_no_backend(self, refused)
                 return
@@ -210,7 +209,6 @@ class Listener:
             self.table.release(*key)
             os.close(fd)
             return
-        ing.open_flows += 1
         ing.pairs[pair] = flow
         self.pair_of[key] = pair
 
@@ -258,7 +256,7 @@ class Listener:
             key = (UDP, cip, cport, lip, lport)
             flow = self.udp_flows.get(key)
             if flow is None:
-                if ing.max_conns is not None and ing.open_flows >= ing.max_conns:
+                if ing.max_conns is not None and ing.open_flows() >= ing.max_conns:
                     self.table.release(UDP, cip, cport, lip, lport)
                     continue
                 try:
@@ -306,7 +304,6 @@ class UdpFlow:
             self.header = proxyproto.encode_v2(
                 "udp", client, (listener.local_ip, listener.publish.published)
             )
-        ing.open_flows += 1
         ing.loop.add_reader(self.sock.fileno(), self.on_reply)
 
     def send(self, data: bytes) -> None:
@@ -347,7 +344,6 @@ class UdpFlow:
         if self.sock.fileno() >= 0:
             ing.loop.remove_reader(self.sock.fileno())
             self.sock.close()
-            ing.open_flows -= 1
             if self.bid in self.listener.by_id:
                 self.listener.table.add_bytes(self.bid, self.bytes)
             self.bytes = 0
@@ -389,7 +385,6 @@ class Ingress:
         # service's ICMP refusals must never take the TCP one out (nor the other way round).
         self.endpoints: dict[tuple[str, int, str], Endpoint] = {}
         self.pairs: dict[int, TcpFlow] = {}
-        self.open_flows = 0
         self.stopping = False
         self.no_backend = 0
         self.stopped = asyncio.Event()
@@ -502,9 +497,8 @@ class Ingress:
             flow = self.pairs.pop(pair, None)
             if flow is None:
                 # A served pair: the relay released its flow and counted its bytes.
-                if reason == "connect" and self.retry_served(pair):
-                    continue
-                self.open_flows -= 1
+                if reason == "connect":
+                    self.retry_served(pair)
                 continue
             lst = flow.listener
             if reason == "connect" and self.retry(pair, flow):
@@ -517,10 +511,9 @@ class Ingress:
                 lst.table.add_bytes(flow.bid, up + down)
                 if down and ep.health.consecutive_failures and ep.health.up:
                     ep.health.record(True)  # it answered: a streak of passive failures ends
-            self.open_flows -= 1
         if finished:
             self.maybe_resume()
-            if self.stopping and self.open_flows <= 0:
+            if self.stopping and self.open_flows() <= 0:
                 self.stopped.set()
 
     def retry_served(self, pair: int) -> bool:
@@ -569,8 +562,12 @@ class Ingress:
         self.relay.close(pair)
         return False
 
+    def open_flows(self) -> int:
+        """TCP pairs in the relay (connecting ones too) and UDP flows: what --max-conns caps."""
+        return len(self.relay) + sum(len(lst.udp_flows) for lst in self.listeners)
+
     def maybe_resume(self) -> None:
-        if self.stopping or self.max_conns is None or self.open_flows >= self.max_conns:
+        if self.stopping or self.max_conns is None or self.open_flows() >= self.max_conns:
             return
         for lst in self.listeners:
             if not lst.accepting and lst.sock is not None:
@@ -780,11 +777,11 @@ class Ingress:
             self.metrics_server.close()
         for task in self.tasks:
             task.cancel()
-        if self.open_flows > 0 and grace > 0:
-            log.info("draining %d open flow(s) for up to %gs", self.open_flows, grace)
+        if self.open_flows() > 0 and grace > 0:
+            log.info("draining %d open flow(s) for up to %gs", self.open_flows(), grace)
             # Keep expiring idle pairs while we wait.
             deadline = self.loop.time() + grace
-            while self.open_flows > 0 and self.loop.time() < deadline:
+            while self.open_flows() > 0 and self.loop.time() < deadline:
                 self.finish(self.relay.poll(self.loop.time()))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(

@@ -574,27 +574,27 @@ def test_set_address_and_address(impl: Any) -> None:
     t.add_backend(1)
     t.add_backend(2)
     assert t.address(1) is None
-    t.set_address(1, "10.0.0.1", 8080)
+    t.set_address(1, "192.0.2.10", 8080)
     t.set_address(2, "2001:DB8:0:0::1", 443)
-    assert t.address(1) == ("10.0.0.1", 8080)
+    assert t.address(1) == ("192.0.2.10", 8080)
     assert t.address(2) == ("2001:db8::1", 443)
     t.set_address(1, "::ffff:1.2.3.4", 1)
     assert t.address(1) == ("::ffff:102:304", 1)
     with pytest.raises(KeyError):
-        t.set_address(3, "10.0.0.1", 80)
+        t.set_address(3, "192.0.2.10", 80)
     with pytest.raises(KeyError):
         t.address(3)
     for ip, port in [
         ("nope", 80),
-        ("10.0.0.1\0", 80),
-        ("10.0.0.1", 0),
-        ("10.0.0.1", 65536),
-        ("10.0.0.1", -1),
+        ("192.0.2.10\0", 80),
+        ("192.0.2.10", 0),
+        ("192.0.2.10", 65536),
+        ("192.0.2.10", -1),
     ]:
         with pytest.raises(ValueError):
             t.set_address(1, ip, port)
     with pytest.raises(TypeError):
-        t.set_address(1, "10.0.0.1", 80.0)
+        t.set_address(1, "192.0.2.10", 80.0)
     assert t.address(1) == ("::ffff:102:304", 1)
     # Removing a backend forgets its address; set_up and set_weight keep it.
     t.set_up(2, False)

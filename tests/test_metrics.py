@@ -20,14 +20,14 @@ def test_render_basic() -> None:
             "meshkit_ingress_flows_total",
             "Flows sent to a backend.",
             "counter",
-            [({"backend": "10.0.0.1:80", "publish": "8080/tcp"}, 12), ({"backend": "b"}, 0.0)],
+            [({"backend": "198.51.100.1:80", "publish": "8080/tcp"}, 12), ({"backend": "b"}, 0.0)],
         ),
         MetricFamily("meshkit_ingress_backend_up", "1 when healthy.", "gauge", [({}, 1.0)]),
     ]
     assert render(families) == (
         "# HELP meshkit_ingress_flows_total Flows sent to a backend.\n"
         "# TYPE meshkit_ingress_flows_total counter\n"
-        'meshkit_ingress_flows_total{backend="10.0.0.1:80",publish="8080/tcp"} 12\n'
+        'meshkit_ingress_flows_total{backend="198.51.100.1:80",publish="8080/tcp"} 12\n'
         'meshkit_ingress_flows_total{backend="b"} 0\n'
         "# HELP meshkit_ingress_backend_up 1 when healthy.\n"
         "# TYPE meshkit_ingress_backend_up gauge\n"

@@ -27,10 +27,10 @@ def test_signature_constant() -> None:
 
 def test_v1_known_tcp4() -> None:
     # The example from HAProxy's proxy-protocol.txt.
-    line = b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n"
-    assert encode_v1("tcp", ("192.168.0.1", 56324), ("192.168.0.11", 443)) == line
+    line = b"PROXY TCP4 203.0.113.1 203.0.113.11 56324 443\r\n"
+    assert encode_v1("tcp", ("203.0.113.1", 56324), ("203.0.113.11", 443)) == line
     assert parse(line + b"GET / HTTP/1.1\r\n") == (
-        ProxyHeader(1, "PROXY", "tcp", ("192.168.0.1", 56324), ("192.168.0.11", 443)),
+        ProxyHeader(1, "PROXY", "tcp", ("203.0.113.1", 56324), ("203.0.113.11", 443)),
         len(line),
     )
 
@@ -53,11 +53,11 @@ def test_v1_longest_line_fits() -> None:
 
 
 def test_v1_mixed_families_map_v4_into_v6() -> None:
-    assert encode_v1("tcp", ("10.0.0.1", 5000), ("::1", 80)) == (
-        b"PROXY TCP6 ::ffff:a00:1 ::1 5000 80\r\n"
+    assert encode_v1("tcp", ("198.51.100.1", 5000), ("::1", 80)) == (
+        b"PROXY TCP6 ::ffff:c633:6401 ::1 5000 80\r\n"
     )
-    assert encode_v1("tcp", ("::1", 5000), ("10.0.0.1", 80)) == (
-        b"PROXY TCP6 ::1 ::ffff:a00:1 5000 80\r\n"
+    assert encode_v1("tcp", ("::1", 5000), ("198.51.100.1", 80)) == (
+        b"PROXY TCP6 ::1 ::ffff:c633:6401 5000 80\r\n"
     )
 
 
@@ -144,9 +144,9 @@ def test_v2_known_tcp4() -> None:
 
 
 def test_v2_known_udp4() -> None:
-    data = encode_v2("udp", ("10.0.0.1", 53), ("10.0.0.2", 5353))
+    data = encode_v2("udp", ("198.51.100.1", 53), ("198.51.100.2", 5353))
     assert data[12:16] == b"\x21\x12\x00\x0c"
-    assert data[16:] == bytes([10, 0, 0, 1, 10, 0, 0, 2]) + struct.pack("!HH", 53, 5353)
+    assert data[16:] == bytes([198, 51, 100, 1, 198, 51, 100, 2]) + struct.pack("!HH", 53, 5353)
 
 
 def test_v2_known_tcp6_and_udp6() -> None:
@@ -223,7 +223,7 @@ def test_v2_invalid(data: bytes, match: str) -> None:
 @pytest.mark.parametrize(
     "full",
     [
-        b"PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n",
+        b"PROXY TCP4 203.0.113.1 203.0.113.11 56324 443\r\n",
         b"PROXY UNKNOWN\r\n",
         encode_v2("tcp", ("1.2.3.4", 1), ("5.6.7.8", 2)),
         encode_v2("udp", ("::1", 1), ("::2", 2)),

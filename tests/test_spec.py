@@ -34,7 +34,7 @@ ports = st.integers(1, 65535)
         ("53:5353/UDP", Publish("0.0.0.0", 53, 5353, "udp")),
         ("1:65535/Tcp", Publish("0.0.0.0", 1, 65535, "tcp")),
         ("127.0.0.1:8080:80", Publish("127.0.0.1", 8080, 80, "tcp")),
-        ("10.1.2.3:9000:9000/udp", Publish("10.1.2.3", 9000, 9000, "udp")),
+        ("198.51.100.3:9000:9000/udp", Publish("198.51.100.3", 9000, 9000, "udp")),
         ("[::1]:8080:80", Publish("::1", 8080, 80, "tcp")),
         ("[::]:443:8443/tcp", Publish("::", 443, 8443, "tcp")),
         ("[2001:DB8::0001]:80:80", Publish("2001:db8::1", 80, 80, "tcp")),
@@ -131,8 +131,8 @@ def test_publish_never_crashes(text: str) -> None:
         ("Web.Example.COM", BackendSpec("web.example.com", None)),
         ("web.example.com.:80", BackendSpec("web.example.com.", 80)),
         ("my_svc-1", BackendSpec("my_svc-1", None)),
-        ("10.0.0.5", BackendSpec("10.0.0.5", None)),
-        ("10.0.0.5:81", BackendSpec("10.0.0.5", 81)),
+        ("198.51.100.5", BackendSpec("198.51.100.5", None)),
+        ("198.51.100.5:81", BackendSpec("198.51.100.5", 81)),
         ("[::1]:80", BackendSpec("::1", 80)),
         ("[2001:db8::1]", BackendSpec("2001:db8::1", None)),
         ("fe80::1", BackendSpec("fe80::1", None)),
@@ -154,7 +154,7 @@ def test_backend_valid(text: str, expected: BackendSpec) -> None:
         ("web:0", "port 0 is out of range 1-65535"),
         ("web:65536", "port 65536 is out of range 1-65535"),
         ("web:http", "port 'http' is not a number"),
-        ("10.0.0.256", "not a valid host name or IP address"),
+        ("198.51.100.256", "not a valid host name or IP address"),
         ("1.2.3", "not a valid host name or IP address"),
         ("-web", "not a valid host name"),
         ("we b", "not a valid host name"),
@@ -163,7 +163,7 @@ def test_backend_valid(text: str, expected: BackendSpec) -> None:
         ("[::1", "missing ']'"),
         ("[::1]80", "expected HOST[:PORT]"),
         ("[web]:80", "is not an IP address"),
-        ("[10.0.0.1]:80", "brackets are only for IPv6"),
+        ("[198.51.100.1]:80", "brackets are only for IPv6"),
         ("::1:80:x", "is not an IP address"),
         ("web weight=2", "not a valid host name"),
     ],
@@ -202,14 +202,14 @@ def test_backends_text() -> None:
         "web1:8080\n"
         "  web2   weight=3   # bigger box\n"
         "[::1]:81 weight=65535\n"
-        "10.0.0.9\tweight=1\r\n"
+        "198.51.100.9\tweight=1\r\n"
         "   \t  \n"
     )
     assert parse_backends_text(text, "b.txt") == [
         BackendSpec("web1", 8080, 1),
         BackendSpec("web2", None, 3),
         BackendSpec("::1", 81, 65535),
-        BackendSpec("10.0.0.9", None, 1),
+        BackendSpec("198.51.100.9", None, 1),
     ]
 
 

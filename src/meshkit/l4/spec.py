@@ -88,7 +88,7 @@ def _hostname(text: str) -> str:
         pass
     name = text[:-1] if text.endswith(".") else text
     labels = name.split(".")
-    # An all-numeric last label is never a DNS name; it is a mistyped IPv4 address (10.0.0.256).
+    # An all-numeric last label is never a DNS name; it is a mistyped IPv4 address (192.0.2.256).
     if len(name) > 253 or labels[-1].isdigit() or not all(_LABEL.fullmatch(x) for x in labels):
         raise _Invalid(f"{text!r} is not a valid host name or IP address")
     return text.lower()

@@ -98,6 +98,8 @@ class Listener:
         self.by_id: dict[int, Endpoint] = {}
         self.sock: socket.socket | None = None
         self.accepting = False
+        # The flow keys' destination: the published address (a wildcard for a wildcard
+        # listener; the PROXY header asks the socket for the real one).
         self.local_ip = publish.host
         self.udp_flows: dict[tuple[int, str, int, str, int], UdpFlow] = {}
         self.pair_of: dict[tuple[int, str, int, str, int], int] = {}  # TCP flow -> relay pair
@@ -129,8 +131,6 @@ class Listener:
             ) from None
         sock.setblocking(False)
         self.sock = sock
-        if p.host in ("0.0.0.0", "::"):
-            self.local_ip = p.host
 
     def start(self) -> None:
         assert self.sock is not None
@@ -190,7 +190,9 @@ class Listener:
             self.open_flow(fd, cip, cport, now)
 
     def open_flow(self, fd: int, cip: str, cport: int, now: float) -> None:
-        """Give an accepted client a backend and let the relay connect to it."""
+        """Give an accepted client a backend and let the relay connect to it.
+
+        The route for --proxy-protocol, whose header is built here; the rest take serve()."""
         ing = self.ingress
         key = (TCP, cip, cport, self.local_ip, self.publish.published)
         bid = self.table.lookup(*key, now)
@@ -199,7 +201,7 @@ class Listener:
             os.close(fd)
             return
         ep = self.by_id[bid]
-        flow = TcpFlow(self, key, bid, self.preamble(fd, cip, cport) if ing.proxy_protocol else b"")
+        flow = TcpFlow(self, key, bid, self.preamble(fd, cip, cport))
         try:
             pair = ing.relay.connect(fd, ep.ip, ep.port, ing.idle_timeout, now, flow.preamble,
                                      ing.connect_timeout)

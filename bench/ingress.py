@@ -674,12 +674,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="CPU for nginx / iperf3 -s (default: proxy's)",
     )
     args = p.parse_args(argv)
+    settle_args(p, args)
+    if args.duration < 1 or args.rounds < 1:
+        p.error("--duration must be >= 1 and --rounds >= 1")
+    return args
+
+
+def settle_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Defaults that depend on --quick, and the CPU placement, shared by the ingress benches."""
     if args.duration is None:
         args.duration = 3.0 if args.quick else 10.0
     if args.rounds is None:
         args.rounds = 1 if args.quick else 5
-    if args.duration < 1 or args.rounds < 1:
-        p.error("--duration must be >= 1 and --rounds >= 1")
     cpus = sorted(os.sched_getaffinity(0))
     if args.proxy_core is None:
         args.proxy_core = cpus[0]
@@ -692,7 +698,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: usable CPUs are {cpus}")
     if len(cpus) < 2:
         log(f"warning: only CPU {cpus} usable; proxies and clients share a core")
-    return args
 
 
 def run_guarded(

@@ -60,6 +60,7 @@ from ingress import (
     meshkit_env,
     pin,
     run_guarded,
+    settle_args,
     tail,
     wait_port,
 )
@@ -677,24 +678,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="CPU for the echo / iperf3 server (default: proxy's)",
     )
     args = p.parse_args(argv)
-    if args.duration is None:
-        args.duration = 3.0 if args.quick else 10.0
-    if args.rounds is None:
-        args.rounds = 1 if args.quick else 5
+    settle_args(p, args)
     if args.duration < 1 or args.rounds < 1 or args.flows < 1 or args.timeout <= 0:
         p.error("--duration must be >= 1, --rounds and --flows >= 1, --timeout > 0")
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.proxy_core is None:
-        args.proxy_core = cpus[0]
-    if args.client_core is None:
-        args.client_core = cpus[1] if len(cpus) > 1 else cpus[0]
-    if args.backend_core is None:
-        args.backend_core = args.proxy_core
-    for name in ("proxy_core", "client_core", "backend_core"):
-        if getattr(args, name) not in cpus:
-            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: usable CPUs are {cpus}")
-    if len(cpus) < 2:
-        log(f"warning: only CPU {cpus} usable; proxies and clients share a core")
     return args
 
 

@@ -72,6 +72,10 @@ def start_backends(spawn: Spawn, names: list[str], *flags: str) -> dict[str, tup
     return out
 
 
+def backend_flags(backends: dict[str, tuple[int, Proc]]) -> list[str]:
+    return [arg for port, _ in backends.values() for arg in ("--backend", f"127.0.0.1:{port}")]
+
+
 def start_ingress(spawn: Spawn, env: dict[str, str], *args: str) -> tuple[int, Proc]:
     port = free_port()
     proc = spawn(ingress_argv("--publish", f"127.0.0.1:{port}:80", *args), env)
@@ -118,7 +122,7 @@ def test_weighted_round_robin_from_file(
 
 def test_killed_backend_leaves_and_rejoins(spawn: Spawn, fastpath_env: dict[str, str]) -> None:
     b = start_backends(spawn, ["a", "b", "c"])
-    args = [arg for port, _ in b.values() for arg in ("--backend", f"127.0.0.1:{port}")]
+    args = backend_flags(b)
     interval, fall, rise = 0.2, 2, 2
     port, ing = start_ingress(
         spawn,
@@ -151,7 +155,7 @@ def test_every_request_succeeds_when_backend_dies_mid_run(
     spawn: Spawn, fastpath_env: dict[str, str]
 ) -> None:
     b = start_backends(spawn, ["a", "b"])
-    args = [arg for port, _ in b.values() for arg in ("--backend", f"127.0.0.1:{port}")]
+    args = backend_flags(b)
     port, _ = start_ingress(spawn, fastpath_env, *args, "--health-interval", "10s")
     b["a"][1].stop()
     # No probe has run yet: passive failures and retries alone keep every request whole.
@@ -162,7 +166,7 @@ def test_maglev_keeps_a_client_on_one_backend_and_retries_elsewhere(
     spawn: Spawn, fastpath_env: dict[str, str]
 ) -> None:
     b = start_backends(spawn, ["a", "b", "c"])
-    args = [arg for port, _ in b.values() for arg in ("--backend", f"127.0.0.1:{port}")]
+    args = backend_flags(b)
     port, _ = start_ingress(spawn, fastpath_env, *args, "--policy", "maglev",
                             "--health-interval", "10s", "--fall", "100")
     names = set(curl_many(port, 10))
@@ -178,7 +182,7 @@ def test_passively_failed_backend_gets_another_try(spawn: Spawn,
                                                     fastpath_env: dict[str, str]) -> None:
     """With no active probe (--health-interval 0s) a refused backend must not stay out forever."""
     b = start_backends(spawn, ["a", "b"])
-    args = [arg for port, _ in b.values() for arg in ("--backend", f"127.0.0.1:{port}")]
+    args = backend_flags(b)
     port, ing = start_ingress(spawn, fastpath_env, *args, "--health-interval", "0s",
                               "--fall", "1", "--fail-timeout", "1s")
     a_port, a_proc = b["a"]
@@ -343,7 +347,7 @@ def test_udp_refusals_do_not_take_out_tcp_on_the_same_port(
 def test_metrics_count_flows_per_backend(spawn: Spawn, fastpath_env: dict[str, str]) -> None:
     b = start_backends(spawn, ["a", "b"])
     mport = free_port()
-    args = [arg for port, _ in b.values() for arg in ("--backend", f"127.0.0.1:{port}")]
+    args = backend_flags(b)
     port, _ = start_ingress(spawn, fastpath_env, *args, "--metrics", f"127.0.0.1:{mport}")
     curl_many(port, 10)
     text = curl(mport, "/metrics")
@@ -402,7 +406,7 @@ def test_max_conns_queues_instead_of_refusing(spawn: Spawn, fastpath_env: dict[s
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 def test_wrk_through_ingress_has_no_errors(spawn: Spawn, fastpath_env: dict[str, str]) -> None:
     b = start_backends(spawn, ["a", "b"])
-    args = [arg for port, _ in b.values() for arg in ("--backend", f"127.0.0.1:{port}")]
+    args = backend_flags(b)
     port, _ = start_ingress(spawn, fastpath_env, *args)
     out = subprocess.run(
         ["wrk", "-t1", "-c20", "-d1s", f"http://127.0.0.1:{port}/"],

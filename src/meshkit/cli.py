@@ -160,6 +160,14 @@ def ingress(
     run_loop(run_ingress(config))
 
 
+# Sub-commands of each area live beside the code they drive.
+from meshkit.cluster.cli import node_app  # noqa: E402
+from meshkit.web.cli import web_app  # noqa: E402
+
+app.add_typer(node_app, name="node")
+app.add_typer(web_app)
+
+
 def run_loop(coro: Coroutine[Any, Any, None]) -> None:
     """Run a coroutine on uvloop, the one event loop of every meshkit process."""
     import uvloop

@@ -1,0 +1,177 @@
+"""Caddyfile tokens, the Dispenser directives read their arguments through, and parse errors.
+
+The lexer (meshkit.web.caddyfile.lexer) turns text into Tokens; the parser groups them into
+site blocks and, per site, into the tokens of each directive. A directive's `parse` function
+gets a Dispenser over every occurrence of that directive in one site and walks it Caddy-style:
+
+    def parse(d: Dispenser, site: Site) -> RedirConfig:
+        rules = []
+        while d.next():              # on the directive's name, once per occurrence
+            args = d.remaining_args()  # the rest of that line
+            for _ in d.block():       # each line of a { ... } block after it, if any
+                name = d.val()        # first token of the block line
+                more = d.remaining_args()
+        ...
+        raise d.arg_err()  /  raise d.err("message")   # errors carry file:line and the token
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from meshkit.errors import MeshkitError
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    file: str  # the file it came from ("Caddyfile", a path, "stdin" or "<command line>")
+    line: int  # 1-based
+    text: str  # quotes removed, escapes applied
+    quoted: bool = False  # was written in double quotes (so `{` inside is not a brace)
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+class CaddyfileError(MeshkitError):
+    """A Caddyfile mistake: the message names the file, the line and the token."""
+
+    def __init__(self, file: str, line: int, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.message = message
+        super().__init__(f"{file}:{line} - {message}")
+
+
+class Dispenser:
+    """A cursor over a directive's tokens (all occurrences of it in one site)."""
+
+    def __init__(self, tokens: list[Token], name: str = "") -> None:
+        self.tokens = tokens
+        self.name = name or (tokens[0].text if tokens else "")
+        self.cursor = -1
+        self._nesting = 0
+
+    # --- moving -------------------------------------------------------------------------
+    def next(self) -> bool:
+        """Move to the next token, whatever line it is on."""
+        if self.cursor < len(self.tokens) - 1:
+            self.cursor += 1
+            return True
+        return False
+
+    def next_arg(self) -> bool:
+        """Move to the next token only if it is on the same line (and is not an opening
+        brace); False at the end of the line."""
+        if self.cursor < 0:
+            return self.next()
+        if self.cursor >= len(self.tokens) - 1:
+            return False
+        cur, nxt = self.tokens[self.cursor], self.tokens[self.cursor + 1]
+        if nxt.file != cur.file or nxt.line != cur.line + self._newlines(cur):
+            return False
+        if nxt.text == "{" and not nxt.quoted:
+            return False
+        self.cursor += 1
+        return True
+
+    def next_line(self) -> bool:
+        """Move to the next token only if it is on a later line."""
+        if self.cursor < 0:
+            return self.next()
+        if self.cursor >= len(self.tokens) - 1:
+            return False
+        cur, nxt = self.tokens[self.cursor], self.tokens[self.cursor + 1]
+        if nxt.file != cur.file or nxt.line > cur.line + self._newlines(cur):
+            self.cursor += 1
+            return True
+        return False
+
+    def block(self) -> Iterator[None]:
+        """Iterate the lines of a `{ ... }` block that opens at the end of the current line,
+        leaving the cursor on the first token of each block line. No block: no iterations."""
+        if not self._open_block():
+            return
+        while self.next():
+            tok = self.tokens[self.cursor]
+            if tok.text == "}" and not tok.quoted:
+                return
+            if tok.text == "{" and not tok.quoted:
+                raise self.err("unexpected '{': blocks cannot be nested here")
+            yield
+            # skip whatever the directive left unread on this block line
+            while self.next_arg():
+                pass
+        raise self.eof_err()
+
+    def _open_block(self) -> bool:
+        if self.cursor >= len(self.tokens) - 1:
+            return False
+        cur, nxt = self.tokens[self.cursor], self.tokens[self.cursor + 1]
+        if nxt.text != "{" or nxt.quoted:
+            return False
+        if nxt.file != cur.file or nxt.line != cur.line + self._newlines(cur):
+            return False
+        self.cursor += 1
+        return True
+
+    @staticmethod
+    def _newlines(tok: Token) -> int:
+        # a quoted token may span lines; the next token's line counts from its end
+        return tok.text.count("\n") if tok.quoted else 0
+
+    # --- reading ------------------------------------------------------------------------
+    def val(self) -> str:
+        if 0 <= self.cursor < len(self.tokens):
+            return self.tokens[self.cursor].text
+        return ""
+
+    def token(self) -> Token:
+        if 0 <= self.cursor < len(self.tokens):
+            return self.tokens[self.cursor]
+        return self.tokens[-1] if self.tokens else Token("Caddyfile", 0, "")
+
+    def line(self) -> int:
+        return self.token().line
+
+    def args(self, count: int) -> list[str] | None:
+        """Exactly `count` more arguments on this line, or None (cursor left where it was)."""
+        start = self.cursor
+        out: list[str] = []
+        for _ in range(count):
+            if not self.next_arg():
+                self.cursor = start
+                return None
+            out.append(self.val())
+        return out
+
+    def remaining_args(self) -> list[str]:
+        out: list[str] = []
+        while self.next_arg():
+            out.append(self.val())
+        return out
+
+    # --- errors -------------------------------------------------------------------------
+    def err(self, message: str) -> CaddyfileError:
+        tok = self.token()
+        return CaddyfileError(tok.file, tok.line, message)
+
+    def arg_err(self) -> CaddyfileError:
+        """Wrong number or shape of arguments at the current token."""
+        tok = self.token()
+        if tok.text == "{" and not tok.quoted:
+            return CaddyfileError(tok.file, tok.line, "unexpected '{'")
+        return CaddyfileError(
+            tok.file, tok.line, f"wrong argument count or unexpected line ending after {tok.text!r}"
+        )
+
+    def syntax_err(self, expected: str) -> CaddyfileError:
+        tok = self.token()
+        return CaddyfileError(
+            tok.file, tok.line, f"syntax error: unexpected token {tok.text!r}, expecting {expected!r}"
+        )
+
+    def eof_err(self) -> CaddyfileError:
+        tok = self.token()
+        return CaddyfileError(tok.file, tok.line, "unexpected end of file (missing '}'?)")

@@ -17,7 +17,7 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Protocol, Union
+from typing import Protocol
 
 # Reason phrases for status lines and for the default error body "<code> <text>\n".
 STATUS_TEXT: dict[int, str] = {s.value: s.phrase for s in HTTPStatus}
@@ -224,7 +224,7 @@ class FileBody:
     release: Callable[[], None] | None = None
 
 
-ResponseBody = Union[bytes, FileBody, AsyncIterator[bytes]]
+ResponseBody = bytes | FileBody | AsyncIterator[bytes]
 
 
 @dataclass(eq=False)
@@ -257,11 +257,15 @@ class Response:
         )
 
     @classmethod
-    def text(cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8") -> Response:
-        return cls(status=status, headers=Headers([("Content-Type", content_type)]), body=text.encode())
+    def text(
+        cls, status: int, text: str, content_type: str = "text/plain; charset=utf-8"
+    ) -> Response:
+        return cls(
+            status=status, headers=Headers([("Content-Type", content_type)]), body=text.encode()
+        )
 
 
-HandlerResult = Union[Response, Awaitable[Response]]
+HandlerResult = Response | Awaitable[Response]
 
 
 class Handler(Protocol):

@@ -169,7 +169,9 @@ class Dispenser:
     def syntax_err(self, expected: str) -> CaddyfileError:
         tok = self.token()
         return CaddyfileError(
-            tok.file, tok.line, f"syntax error: unexpected token {tok.text!r}, expecting {expected!r}"
+            tok.file,
+            tok.line,
+            f"syntax error: unexpected token {tok.text!r}, expecting {expected!r}",
         )
 
     def eof_err(self) -> CaddyfileError:

@@ -52,8 +52,11 @@ class Directive:
 REGISTRY: dict[str, Directive] = {}
 
 
-def register(name: str, parse: Callable[[Dispenser, Site], Any],
-             build: Callable[[Any, Handler, Site], Handler]) -> None:
+def register(
+    name: str,
+    parse: Callable[[Dispenser, Site], Any],
+    build: Callable[[Any, Handler, Site], Handler],
+) -> None:
     if name not in ORDER:
         raise ValueError(f"directive {name!r} has no place in ORDER")
     REGISTRY[name] = Directive(name, parse, build)

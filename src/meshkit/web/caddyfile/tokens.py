@@ -18,7 +18,7 @@ gets a Dispenser over every occurrence of that directive in one site and walks i
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshkit.errors import MeshkitError
 
@@ -29,9 +29,23 @@ class Token:
     line: int  # 1-based
     text: str  # quotes removed, escapes applied
     quoted: bool = False  # was written in double quotes (so `{` inside is not a brace)
+    # Which import placed the token here (0: none). Tokens spliced in from a snippet keep the
+    # file and lines of the snippet's definition, so file and line alone cannot tell where a
+    # line ends (`import s` twice in a row gives two copies of the same lines): a change of
+    # splice is a new line too. Not part of equality.
+    splice: int = field(default=0, compare=False)
 
     def where(self) -> str:
         return f"{self.file}:{self.line}"
+
+
+def same_line(cur: Token, nxt: Token) -> bool:
+    """Whether `nxt` continues the line `cur` is on (a quoted token may span lines)."""
+    return (
+        nxt.file == cur.file
+        and nxt.splice == cur.splice
+        and nxt.line == cur.line + (cur.text.count("\n") if cur.quoted else 0)
+    )
 
 
 class CaddyfileError(MeshkitError):
@@ -69,7 +83,7 @@ class Dispenser:
         if self.cursor >= len(self.tokens) - 1:
             return False
         cur, nxt = self.tokens[self.cursor], self.tokens[self.cursor + 1]
-        if nxt.file != cur.file or nxt.line != cur.line + self._newlines(cur):
+        if not same_line(cur, nxt):
             return False
         if nxt.text == "{" and not nxt.quoted:
             return False
@@ -83,7 +97,7 @@ class Dispenser:
         if self.cursor >= len(self.tokens) - 1:
             return False
         cur, nxt = self.tokens[self.cursor], self.tokens[self.cursor + 1]
-        if nxt.file != cur.file or nxt.line > cur.line + self._newlines(cur):
+        if not same_line(cur, nxt):
             self.cursor += 1
             return True
         return False
@@ -111,15 +125,10 @@ class Dispenser:
         cur, nxt = self.tokens[self.cursor], self.tokens[self.cursor + 1]
         if nxt.text != "{" or nxt.quoted:
             return False
-        if nxt.file != cur.file or nxt.line != cur.line + self._newlines(cur):
+        if not same_line(cur, nxt):
             return False
         self.cursor += 1
         return True
-
-    @staticmethod
-    def _newlines(tok: Token) -> int:
-        # a quoted token may span lines; the next token's line counts from its end
-        return tok.text.count("\n") if tok.quoted else 0
 
     # --- reading ------------------------------------------------------------------------
     def val(self) -> str:

@@ -12,10 +12,13 @@ from build. `git` runs beside the server, not in the chain.
 
 from __future__ import annotations
 
+import difflib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from meshkit.errors import MeshkitError
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.message import Handler
 from meshkit.web.site import Site
@@ -65,3 +68,94 @@ def register(
 def passthrough(config: Any, next: Handler, site: Site) -> Handler:
     """`build` for directives that only configure the site."""
     return next
+
+
+# --- loading the directive modules and checking names ------------------------------------
+
+# Directives of Caddy v1 (and its popular plugins) that meshkit does not have: naming one is
+# a clear "not available" rather than "unknown".
+NOT_IN_MESHKIT = {
+    "bind",
+    "templates",
+    "markdown",
+    "timeouts",
+    "realip",
+    "push",
+    "websocket",
+    "pprof",
+    "expvar",
+    "request_id",
+    "on",
+    "startup",
+    "shutdown",
+    "maxrequestbody",
+    "cors",
+    "ipfilter",
+    "ratelimit",
+    "jwt",
+    "minify",
+    "prometheus",
+    "expires",
+    "cache",
+    "webdav",
+    "upload",
+    "filemanager",
+    "cgi",
+}
+
+_loaded = False
+
+
+def load_all() -> None:
+    """Import every directive module that exists (each registers itself)."""
+    global _loaded
+    if _loaded:
+        return
+    for name in ORDER:
+        module = f"{__name__}.{name}"
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:  # the module exists but something it imports does not
+                raise
+    _loaded = True
+
+
+def check_directive(name: str) -> str | None:
+    """None when `name` is a directive this meshkit can parse, else the error message."""
+    if name in REGISTRY:
+        return None
+    if name in ORDER or name in NOT_IN_MESHKIT:
+        return f"directive {name!r} is not available in this version of meshkit"
+    if name == "tls":
+        return "directive 'tls': TLS is not supported yet (meshkit serves http:// only)"
+    close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown directive {name!r}{hint}"
+
+
+# --- the chain ------------------------------------------------------------------------------
+
+# runs beside the server (started by the app), not as a link of the chain
+NOT_IN_CHAIN = {"git"}
+
+
+def build_chain(site: Site, last: Handler | None = None) -> Handler:
+    """The site's handler: each configured directive's handler wrapped around the file server
+    (or `last`) in ORDER, the first in ORDER outermost, whatever order the file used."""
+    if last is None:
+        from meshkit.web.fileserver import build_fileserver
+
+        last = build_fileserver(site)
+    handler = last
+    for name in reversed(ORDER):
+        if name in NOT_IN_CHAIN or name not in site.directives:
+            continue
+        config = site.directives[name]
+        if config is None:
+            continue
+        directive = REGISTRY.get(name)
+        if directive is None:
+            raise MeshkitError(f"directive {name!r} is not available in this version of meshkit")
+        handler = directive.build(config, handler, site)
+    return handler

@@ -1,0 +1,265 @@
+"""Caddyfile text or file -> Sites, every directive parsed; every mistake collected.
+
+    config = load_file("Caddyfile", Defaults(port=8080))     # or load_text / load_lines /
+    if config.errors: ...                                      # default_config / load_stdin
+    sites = config.sites
+
+Each site block becomes one Site: its addresses (default port from Defaults), then each
+directive's `parse` in the fixed ORDER (so `root` is set before the others look at it), then
+the root made absolute (relative to the working directory, as in Caddy). The Caddyfile and the
+files it imports are hidden from the file server. Errors are CaddyfileErrors naming file:line;
+`-validate` prints them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
+
+from meshkit.errors import MeshkitError
+from meshkit.web import directives
+from meshkit.web.caddyfile.address import AddressError, parse_address
+from meshkit.web.caddyfile.lexer import expand_env_token, lex
+from meshkit.web.caddyfile.parser import ParseResult, ServerBlock, parse_text, parse_tokens
+from meshkit.web.caddyfile.tokens import CaddyfileError, Dispenser, Token
+from meshkit.web.site import DEFAULT_PORT, Address, Site
+
+COMMAND_LINE = "<command line>"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What `-host`, `-port` and `-root` set: the default site's host, the port of every
+    address that names none, and the root of every site without a `root`."""
+
+    host: str = ""
+    port: int = DEFAULT_PORT
+    root: str = "."
+
+
+@dataclass
+class Config:
+    sites: list[Site] = field(default_factory=list)
+    errors: list[CaddyfileError] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)  # real paths of the Caddyfile and imports
+    source: str = ""  # "Caddyfile", a path, "stdin", "<command line>" or "<default>"
+
+    def raise_errors(self) -> None:
+        if self.errors:
+            raise CaddyfileErrors(self.errors)
+
+
+class CaddyfileErrors(MeshkitError):
+    """Every mistake found in a configuration, one per line."""
+
+    def __init__(self, errors: list[CaddyfileError]) -> None:
+        self.errors = list(errors)
+        if len(self.errors) == 1:
+            message = str(self.errors[0])
+        else:
+            message = f"{len(self.errors)} errors in the configuration:" + "".join(
+                f"\n  {e}" for e in self.errors
+            )
+        super().__init__(message)
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def load_text(
+    text: str,
+    file: str = "Caddyfile",
+    *,
+    path: str | None = None,
+    defaults: Defaults | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """A Caddyfile's text. `file` names it in messages; `path` is where it lives (imports
+    resolve beside it; None: the working directory)."""
+    directives.load_all()
+    parsed = parse_text(
+        text, file, path=path, check_directive=directives.check_directive, environ=environ
+    )
+    return _build(parsed, defaults or Defaults(), file)
+
+
+def load_file(
+    path: str, *, defaults: Defaults | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise MeshkitError(f"cannot read the Caddyfile {path!r}: {reason}") from None
+    return load_text(text, path, path=path, defaults=defaults, environ=environ)
+
+
+def load_lines(
+    lines: list[str],
+    *,
+    defaults: Defaults | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Command-line arguments as the directive lines of the default site
+    (`meshkit web browse "log access.log"`): argument N is line N of "<command line>"."""
+    d = defaults or Defaults()
+    env = os.environ if environ is None else environ
+    directives.load_all()
+    # lex each argument alone so that argument N starts on line N
+    body: list[Token] = []
+    line = 1
+    for arg in lines:
+        try:
+            toks = lex(arg, COMMAND_LINE)
+        except CaddyfileError as exc:
+            err = CaddyfileError(COMMAND_LINE, exc.line + line - 1, exc.message)
+            return Config(errors=[err], source=COMMAND_LINE)
+        for t in toks:
+            tok = Token(COMMAND_LINE, t.line + line - 1, t.text, t.quoted)
+            body.append(expand_env_token(tok, env))
+        line += arg.count("\n") + 1
+    address = _default_address(d)
+    tokens = [
+        Token(COMMAND_LINE, 0, address, True),
+        Token(COMMAND_LINE, 0, "{"),
+        *body,
+        Token(COMMAND_LINE, line, "}"),
+    ]
+    parsed = parse_tokens(
+        tokens, COMMAND_LINE, check_directive=directives.check_directive, environ=env
+    )
+    return _build(parsed, d, COMMAND_LINE)
+
+
+def default_config(defaults: Defaults | None = None) -> Config:
+    """No Caddyfile: one site at the default address serving the root folder."""
+    d = defaults or Defaults()
+    directives.load_all()
+    try:
+        address = parse_address(_default_address(d), d.port)
+    except AddressError as exc:
+        raise MeshkitError(str(exc)) from None
+    site = Site(addresses=[address], root=os.path.abspath(d.root))
+    return Config(sites=[site], source="<default>")
+
+
+def _default_address(d: Defaults) -> str:
+    host = f"[{d.host}]" if ":" in d.host and not d.host.startswith("[") else d.host
+    return f"{host}:{d.port}"
+
+
+# --- blocks -> sites --------------------------------------------------------------------------
+
+
+def _build(parsed: ParseResult, defaults: Defaults, source: str) -> Config:
+    config = Config(
+        errors=list(parsed.errors),
+        warnings=list(parsed.warnings),
+        files=list(parsed.files),
+        source=source,
+    )
+    seen: dict[tuple[str, int, str], Token] = {}
+    for block in parsed.blocks:
+        site = _site(block, defaults, config)
+        if site is None:
+            continue
+        for addr, key in zip(site.addresses, _address_keys(block, site), strict=True):
+            k = (addr.host, addr.port, addr.path)
+            if k in seen:
+                config.errors.append(
+                    CaddyfileError(
+                        key.file,
+                        key.line,
+                        f"duplicate site address {addr.original!r} (already at {seen[k].where()})",
+                    )
+                )
+            else:
+                seen[k] = key
+        config.sites.append(site)
+    if not parsed.blocks and not config.errors:
+        config.errors.append(
+            CaddyfileError(source, 1, "no site is defined (a site block starts with its address)")
+        )
+    # in reading order: the Caddyfile's lines first, then each imported file's
+    config.errors.sort(key=lambda e: (e.file != source, e.file, e.line))
+    return config
+
+
+def _address_keys(block: ServerBlock, site: Site) -> list[Token]:
+    by_text = {k.text: k for k in block.keys}
+    return [by_text.get(a.original, block.keys[0]) for a in site.addresses]
+
+
+def _site(block: ServerBlock, defaults: Defaults, config: Config) -> Site | None:
+    addresses: list[Address] = []
+    for key in block.keys:
+        try:
+            addresses.append(parse_address(key.text, defaults.port))
+        except AddressError as exc:
+            config.errors.append(CaddyfileError(key.file, key.line, str(exc)))
+    site = Site(
+        addresses=addresses,
+        root=defaults.root,
+        config_path=config.files[0] if config.files else None,
+        hidden=list(config.files),
+    )
+    for name in directives.ORDER:
+        toks = block.tokens.get(name)
+        directive = directives.REGISTRY.get(name)
+        if not toks or directive is None:
+            continue
+        try:
+            site.directives[name] = directive.parse(Dispenser(toks, name), site)
+        except CaddyfileError as exc:
+            config.errors.append(exc)
+    site.root = os.path.abspath(site.root)
+    return site if addresses else None
+
+
+# --- configuration as JSON (golden tests, `-validate --json`) --------------------------------
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON data for a parsed configuration: dataclasses (and other objects) as dicts
+    of their fields, tuples and sets as lists, patterns as their source, functions by name."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((to_jsonable(v) for v in value), key=repr)
+    if isinstance(value, re.Pattern):
+        return value.pattern
+    if isinstance(value, enum.Enum):
+        return to_jsonable(value.value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.decode("latin-1")
+    if callable(value):
+        return f"<{getattr(value, '__qualname__', type(value).__qualname__)}>"
+    if hasattr(value, "__dict__"):
+        return {"__type__": type(value).__qualname__, **to_jsonable(vars(value))}
+    slots = getattr(type(value), "__slots__", None)
+    if isinstance(slots, tuple | list) and slots:
+        fields = {s: getattr(value, s) for s in slots if hasattr(value, s)}
+        return {"__type__": type(value).__qualname__, **to_jsonable(fields)}
+    return repr(value)
+
+
+def site_to_dict(site: Site) -> dict[str, Any]:
+    out = to_jsonable(site)
+    assert isinstance(out, dict)
+    return out

@@ -1,0 +1,51 @@
+"""ext .EXT...: for a request path with no extension and no trailing slash, try the listed
+extensions in order and rewrite the path to the first `path + ext` that is an existing file
+inside the root (`/about` -> `/about.html`). Paths the file server would refuse are left alone.
+"""
+
+from __future__ import annotations
+
+from meshkit.web.caddyfile.tokens import Dispenser
+from meshkit.web.directives import register
+from meshkit.web.filecache import Entry
+from meshkit.web.fileserver import fileserver_for
+from meshkit.web.message import Handler, HandlerResult, Request
+from meshkit.web.site import Site
+
+
+def parse(d: Dispenser, site: Site) -> list[str]:
+    exts: list[str] = []
+    while d.next():
+        args = d.remaining_args()
+        if not args:
+            raise d.arg_err()
+        for ext in args:
+            if not ext.startswith(".") or len(ext) < 2 or "/" in ext or "\x00" in ext:
+                raise d.err(f"extension {ext!r} must start with a dot, like .html")
+            if ext not in exts:
+                exts.append(ext)
+        for _ in d.block():
+            raise d.err("ext takes no block")
+    return exts
+
+
+def build(config: list[str], next: Handler, site: Site) -> Handler:
+    exts = tuple(config)
+    files = fileserver_for(site)
+
+    def ext_handler(req: Request) -> HandlerResult:
+        p = req.path
+        if p and not p.endswith("/") and "." not in p[p.rfind("/") + 1 :]:
+            base = files.fs_path(req)
+            if base is not None:
+                for ext in exts:
+                    e = files.lookup(base + ext)
+                    if isinstance(e, Entry) and not e.is_dir:
+                        req.path = p + ext
+                        break
+        return next(req)
+
+    return ext_handler
+
+
+register("ext", parse, build)

@@ -1,0 +1,235 @@
+"""basicauth: HTTP Basic authentication (Caddy v1).
+
+    basicauth USER PASSWORD                 # protects the whole site
+    basicauth PATH USER PASSWORD
+    basicauth USER PASSWORD {
+        PATH                                # or `path PATH`; one per line
+        realm REALM                         # default "Restricted"
+    }
+
+PASSWORD is the password itself, or `htpasswd=FILE` to take USER's entry from an Apache
+htpasswd file (bcrypt, {SHA}, $apr1$ or plain; relative to the site root, never served, read
+again when it changes). Paths are base paths (plain prefixes). OPTIONS requests pass (CORS
+preflights carry no credentials). A protected request without matching credentials gets 401
+with `WWW-Authenticate: Basic realm="REALM"`; an authenticated one sets {user}.
+
+Secrets are compared in constant time. bcrypt is slow on purpose, so its checks run in a
+thread and the handler answers later; a successful check is remembered (by a SHA-256 of the
+credentials) so the next requests with them answer at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from meshkit.web import htpasswd
+from meshkit.web.caddyfile.tokens import Dispenser
+from meshkit.web.directives import register
+from meshkit.web.message import Handler, HandlerResult, Headers, Request, Response
+from meshkit.web.site import Site
+
+DEFAULT_REALM = "Restricted"
+HTPASSWD_PREFIX = "htpasswd="
+CACHE_SIZE = 1024
+
+
+@dataclass
+class BasicAuthRule:
+    username: str
+    password: str  # the password, or htpasswd=FILE
+    resources: list[str] = field(default_factory=list)
+    realm: str = ""
+
+
+@dataclass
+class BasicAuthConfig:
+    rules: list[BasicAuthRule] = field(default_factory=list)
+
+
+def htpasswd_path(site: Site, password: str) -> str:
+    return os.path.abspath(os.path.join(site.root, password[len(HTPASSWD_PREFIX) :]))
+
+
+def parse(d: Dispenser, site: Site) -> BasicAuthConfig:
+    config = BasicAuthConfig()
+    while d.next():
+        args = d.remaining_args()
+        if len(args) == 2:
+            rule = BasicAuthRule(args[0], args[1])
+        elif len(args) == 3:
+            rule = BasicAuthRule(args[1], args[2], [args[0]])
+        else:
+            raise d.arg_err()
+        if rule.password.startswith(HTPASSWD_PREFIX):
+            path = htpasswd_path(site, rule.password)
+            try:
+                users = htpasswd.HtpasswdFile(path).users()
+            except (OSError, htpasswd.HtpasswdError) as e:
+                raise d.err(f"cannot read htpasswd file: {e}") from None
+            if rule.username not in users:
+                raise d.err(f"user {rule.username!r} not found in {path}")
+            if path not in site.hidden:
+                site.hidden.append(path)
+        for _ in d.block():
+            name = d.val()
+            more = d.remaining_args()
+            if not more:
+                rule.resources.append(name)
+            elif len(more) == 1 and name == "path":
+                rule.resources.append(more[0])
+            elif len(more) == 1 and name == "realm":
+                if rule.realm:
+                    raise d.err("realm can only be given once")
+                rule.realm = more[0]
+            elif len(more) == 1:
+                raise d.err(f'expecting "path" or "realm", got {name!r}')
+            else:
+                raise d.arg_err()
+        if not rule.resources:
+            rule.resources.append("/")
+        config.rules.append(rule)
+    return config
+
+
+def credentials(request: Request) -> tuple[str, str] | None:
+    """(user, password) from an `Authorization: Basic ...` header, or None."""
+    value = request.headers.get("Authorization")
+    if not value:
+        return None
+    scheme, _, token = value.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        raw = base64.b64decode(token.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    text = raw.decode("utf-8", "surrogateescape")
+    user, sep, password = text.partition(":")
+    if not sep:
+        return None
+    return user, password
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).digest()
+
+
+class _Rule:
+    __slots__ = ("file", "password", "realm", "resources", "user_digest", "username")
+
+    def __init__(self, rule: BasicAuthRule, site: Site) -> None:
+        self.username = rule.username
+        self.user_digest = _digest(rule.username)
+        self.resources = tuple(rule.resources)
+        self.realm = (rule.realm or DEFAULT_REALM).replace('"', '\\"')
+        self.file: htpasswd.HtpasswdFile | None = None
+        self.password = rule.password
+        if rule.password.startswith(HTPASSWD_PREFIX):
+            self.file = htpasswd.HtpasswdFile(htpasswd_path(site, rule.password))
+
+    def entry(self) -> str | None:
+        """The stored secret: the password itself, or the htpasswd entry."""
+        if self.file is None:
+            return None
+        return self.file.entry(self.username)
+
+
+class BasicAuth:
+    def __init__(self, config: BasicAuthConfig, next: Handler, site: Site) -> None:
+        self.next = next
+        self.rules = [_Rule(r, site) for r in config.rules]
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+
+    def __call__(self, request: Request) -> HandlerResult:
+        if request.method == "OPTIONS":
+            return self.next(request)
+        path = request.path
+        matching = [r for r in self.rules if path.startswith(r.resources)]
+        if not matching:
+            return self.next(request)
+        given = credentials(request)
+        slow: list[tuple[_Rule, str]] = []
+        if given is not None:
+            user, password = given
+            user_digest = _digest(user)
+            for rule in matching:
+                if not hmac.compare_digest(user_digest, rule.user_digest):
+                    continue
+                entry = rule.entry()
+                if rule.file is None:
+                    ok = hmac.compare_digest(_digest(password), _digest(rule.password))
+                elif entry is None:
+                    ok = False
+                elif htpasswd.is_slow(entry):
+                    if self._remembered(rule, entry, password):
+                        ok = True
+                    else:
+                        slow.append((rule, entry))
+                        continue
+                else:
+                    ok = htpasswd.verify(entry, password)
+                if ok:
+                    return self._pass(request, user)
+            if slow:
+                return self._check_later(request, matching, user, password, slow)
+        return self._deny(matching)
+
+    def _key(self, rule: _Rule, entry: str, password: str) -> bytes:
+        return hashlib.sha256(
+            b"\0".join(
+                s.encode("utf-8", "surrogateescape") for s in (rule.username, entry, password)
+            )
+        ).digest()
+
+    def _remembered(self, rule: _Rule, entry: str, password: str) -> bool:
+        key = self._key(rule, entry, password)
+        if key in self._verified:
+            self._verified.move_to_end(key)
+            return True
+        return False
+
+    def _remember(self, rule: _Rule, entry: str, password: str) -> None:
+        self._verified[self._key(rule, entry, password)] = None
+        while len(self._verified) > CACHE_SIZE:
+            self._verified.popitem(last=False)
+
+    async def _check_later(
+        self,
+        request: Request,
+        matching: list[_Rule],
+        user: str,
+        password: str,
+        slow: list[tuple[_Rule, str]],
+    ) -> Response:
+        loop = asyncio.get_running_loop()
+        for rule, entry in slow:
+            ok = await loop.run_in_executor(None, htpasswd.verify, entry, password)
+            if ok:
+                self._remember(rule, entry, password)
+                result = self._pass(request, user)
+                if isinstance(result, Response):
+                    return result
+                return await result
+        return self._deny(matching)
+
+    def _pass(self, request: Request, user: str) -> HandlerResult:
+        request.vars["user"] = user
+        return self.next(request)
+
+    def _deny(self, matching: list[_Rule]) -> Response:
+        realm = matching[-1].realm
+        return Response.error(401, Headers([("WWW-Authenticate", f'Basic realm="{realm}"')]))
+
+
+def build(config: BasicAuthConfig, next: Handler, site: Site) -> Handler:
+    return BasicAuth(config, next, site)
+
+
+register("basicauth", parse, build)

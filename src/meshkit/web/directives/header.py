@@ -1,0 +1,127 @@
+"""header: set, add or remove response header fields (Caddy v1).
+
+    header PATH NAME VALUE          # set NAME (replacing what the response had)
+    header PATH +NAME VALUE         # add a field, keeping the others
+    header PATH -NAME               # remove NAME
+    header PATH {
+        NAME VALUE
+        +NAME VALUE
+        -NAME
+    }
+
+PATH is a base path (plain prefix); every matching rule applies, in file order. Values may
+hold placeholders, request ({host}, {>Origin}...) and response ({<Content-Type}). The changes
+are made to the response on its way out, so they win over what the inner handlers set
+(Caddy v1 set fields before the inner handlers ran and let them be overwritten).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meshkit.web.caddyfile.tokens import Dispenser
+from meshkit.web.directives import register
+from meshkit.web.message import Handler, HandlerResult, Request, Response, then
+from meshkit.web.placeholders import Template, compile_template
+from meshkit.web.site import Site
+
+
+@dataclass
+class HeaderOp:
+    name: str  # with its + or - prefix, as written
+    value: str = ""
+
+
+@dataclass
+class HeaderRule:
+    path: str
+    headers: list[HeaderOp] = field(default_factory=list)
+
+
+@dataclass
+class HeaderConfig:
+    rules: list[HeaderRule] = field(default_factory=list)
+
+
+def _op(d: Dispenser, name: str, values: list[str]) -> HeaderOp:
+    if name.startswith("-"):
+        if len(name) < 2:
+            raise d.err("header -NAME needs a field name")
+        if values:
+            raise d.err(f"header {name} removes a field and takes no value")
+        return HeaderOp(name)
+    bare = name[1:] if name.startswith("+") else name
+    if not bare:
+        raise d.err("header +NAME needs a field name")
+    if len(values) != 1:
+        raise d.err(f"header {name} needs exactly one value")
+    if any(ch in bare for ch in " \t:\r\n"):
+        raise d.err(f"invalid header field name {bare!r}")
+    return HeaderOp(name, values[0])
+
+
+def parse(d: Dispenser, site: Site) -> HeaderConfig:
+    config = HeaderConfig()
+    by_path: dict[str, HeaderRule] = {}
+    while d.next():
+        args = d.remaining_args()
+        if not args:
+            raise d.arg_err()
+        path = args[0]
+        rule = by_path.get(path)
+        if rule is None:
+            rule = by_path[path] = HeaderRule(path)
+            config.rules.append(rule)
+        had_block = False
+        for _ in d.block():
+            had_block = True
+            name = d.val()
+            rule.headers.append(_op(d, name, d.remaining_args()))
+        if len(args) > 1:
+            if had_block:
+                raise d.err("header takes either NAME VALUE or a block, not both")
+            rule.headers.append(_op(d, args[1], args[2:]))
+        elif not had_block:
+            raise d.arg_err()
+    return config
+
+
+class _Op:
+    __slots__ = ("kind", "name", "value")
+
+    def __init__(self, op: HeaderOp) -> None:
+        if op.name[0] in "+-":
+            self.kind, self.name = op.name[0], op.name[1:]
+        else:
+            self.kind, self.name = "=", op.name
+        self.value: Template = compile_template(op.value)
+
+
+def build(config: HeaderConfig, next: Handler, site: Site) -> Handler:
+    rules = [(r.path, [_Op(op) for op in r.headers]) for r in config.rules]
+
+    def header_handler(request: Request) -> HandlerResult:
+        path = request.path
+        ops = [op for base, rule_ops in rules if path.startswith(base) for op in rule_ops]
+        if not ops:
+            return next(request)
+
+        def apply(response: Response) -> Response:
+            headers = response.headers
+            for op in ops:
+                if op.kind == "-":
+                    headers.remove(op.name)
+                    continue
+                value = op.value.render(request, response)
+                if op.kind == "+":
+                    headers.add(op.name, value)
+                else:
+                    headers.set(op.name, value)
+            return response
+
+        return then(next(request), apply)
+
+    return header_handler
+
+
+register("header", parse, build)

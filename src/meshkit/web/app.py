@@ -1,0 +1,388 @@
+"""`meshkit web` as a process: configuration -> listeners -> signals.
+
+    options = WebOptions(conf="Caddyfile", defaults=Defaults(port=8080))
+    config = load_config(options)      # CaddyfileErrors when anything is wrong
+    uvloop.run(serve(options, config))
+
+The sites are grouped by port (meshkit listens on every address of a port, as Caddy v1 did
+without `bind`): one HttpServer per port with a Router in front of the sites' handler chains.
+The header limit of a port is the smallest `limits header` of its sites (the Host header that
+picks a site comes after the limit applies).
+
+Signals: SIGUSR1 re-reads the configuration and swaps it in without dropping connections
+(ports that stay get the new router; new ports are bound first; ports that go away drain);
+a configuration with errors, or one whose new ports cannot be bound, keeps the old one running
+and logs why. SIGTERM/SIGINT stop accepting and let responses in flight finish for the grace
+period (a second signal stops at once). SIGQUIT exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from meshkit.errors import FlagError, MeshkitError
+from meshkit.web.caddyfile.load import (
+    CaddyfileErrors,
+    Config,
+    Defaults,
+    default_config,
+    load_file,
+    load_lines,
+    load_text,
+)
+from meshkit.web.directives import build_chain
+from meshkit.web.message import Handler
+from meshkit.web.router import Route, Router
+from meshkit.web.server import HttpServer
+from meshkit.web.site import Site
+
+log = logging.getLogger("meshkit.web")
+
+DEFAULT_HEADER_LIMIT = 1 << 20
+DEFAULT_CADDYFILE = "Caddyfile"
+
+
+@dataclass
+class WebOptions:
+    conf: str | None = None  # a path, "stdin", or None (./Caddyfile if there is one)
+    lines: list[str] = field(default_factory=list)  # directive lines for the default site
+    defaults: Defaults = field(default_factory=Defaults)
+    pidfile: str | None = None
+    grace: float = 5.0  # seconds responses in flight get on SIGTERM/SIGINT
+    listen_host: str = "0.0.0.0"  # every IPv4 address
+    stdin_text: str | None = None  # what `-conf stdin` read (kept for reloads)
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def load_config(options: WebOptions, stdin: TextIO | None = None) -> Config:
+    """Where the configuration comes from: command-line lines, -conf FILE|stdin, ./Caddyfile,
+    or the default site. The Config may hold errors; the caller decides what to do."""
+    if options.lines and options.conf:
+        raise FlagError(
+            "-conf", options.conf, "give either -conf or directive lines on the command line"
+        )
+    if options.lines:
+        return load_lines(options.lines, defaults=options.defaults)
+    if options.conf == "stdin":
+        if options.stdin_text is None:
+            src = stdin if stdin is not None else sys.stdin
+            if src.isatty():
+                raise FlagError("-conf", "stdin", "standard input is a terminal, not a pipe")
+            options.stdin_text = src.read()
+        return load_text(options.stdin_text, "stdin", defaults=options.defaults)
+    if options.conf:
+        if not os.path.exists(options.conf):
+            raise FlagError("-conf", options.conf, "no such file")
+        return load_file(options.conf, defaults=options.defaults)
+    if os.path.isfile(DEFAULT_CADDYFILE):
+        # reloads read this same file (and fail if it is gone, keeping what runs)
+        options.conf = DEFAULT_CADDYFILE
+        return load_file(DEFAULT_CADDYFILE, defaults=options.defaults)
+    return default_config(options.defaults)
+
+
+@dataclass
+class PortPlan:
+    port: int
+    routes: list[Route]
+    header_limit: int
+
+    def router(self) -> Router:
+        return Router(self.routes)
+
+
+def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict[int, PortPlan]:
+    """port -> the routes (each site's chain, built now) and the header limit of that port.
+    Raises MeshkitError when a site's handlers cannot be built."""
+    config.raise_errors()
+    ports: dict[int, PortPlan] = {}
+    for site in config.sites:
+        handler = build(site)
+        for address in site.addresses:
+            p = ports.setdefault(address.port, PortPlan(address.port, [], 0))
+            p.routes.append(Route(address, handler))
+            if site.header_limit:
+                p.header_limit = (
+                    min(p.header_limit, site.header_limit) if p.header_limit else site.header_limit
+                )
+    for p in ports.values():
+        p.header_limit = p.header_limit or DEFAULT_HEADER_LIMIT
+    return ports
+
+
+def site_urls(config: Config) -> list[str]:
+    out = []
+    for site in config.sites:
+        for a in site.addresses:
+            host = f"[{a.host}]" if ":" in a.host else a.host
+            port = "" if a.port == 80 else f":{a.port}"
+            out.append(f"http://{host}{port}{'' if a.path == '/' else a.path}")
+    return out
+
+
+def configure_logging(dest: str | None, level: int = logging.INFO) -> None:
+    """The process log (-log): stderr (default), stdout, or a file appended to."""
+    handler: logging.Handler
+    if dest in (None, "", "stderr"):
+        handler = logging.StreamHandler(sys.stderr)
+    elif dest == "stdout":
+        handler = logging.StreamHandler(sys.stdout)
+    else:
+        assert dest is not None
+        try:
+            handler = logging.FileHandler(dest, encoding="utf-8")
+        except OSError as exc:
+            raise FlagError("-log", dest, exc.strerror or str(exc)) from None
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+# --- the running process ------------------------------------------------------------------
+
+
+class _Listener:
+    """One port and the server accepting on it."""
+
+    def __init__(self, port: int, server: HttpServer, limit: int) -> None:
+        self.port = port
+        self.server = server
+        self.header_limit = limit
+
+
+def set_header_limit(server: HttpServer, limit: int) -> None:
+    """Change a running server's header limit (connections read new heads against it).
+
+    The listening socket cannot be handed to a second server: a dup()ed listening socket
+    that one server stops watching keeps firing in uvloop's epoll and spins the loop."""
+    setter = getattr(server, "set_header_limit", None)
+    if callable(setter):
+        setter(limit)
+    else:
+        server._header_limit = limit  # the server reads it for every request head
+
+
+class WebApp:
+    def __init__(self, options: WebOptions) -> None:
+        self.options = options
+        self.listeners: dict[int, _Listener] = {}
+        self.servers: set[HttpServer] = set()  # every server not closed yet (draining too)
+        self.draining: set[asyncio.Task[None]] = set()
+        self.stopping = False
+        self.reloading = False
+
+    async def start(self, ports: dict[int, PortPlan]) -> None:
+        opened: list[_Listener] = []
+        try:
+            for p in sorted(ports.values(), key=lambda p: p.port):
+                opened.append(await self._open(p))
+        except BaseException:
+            for lst in opened:
+                lst.server.close_now()
+            raise
+        for lst in opened:
+            self.listeners[lst.port] = lst
+            log.info("listening on %s:%d", self.options.listen_host, lst.port)
+
+    async def _open(self, p: PortPlan) -> _Listener:
+        server = HttpServer(p.router(), header_limit=p.header_limit)
+        try:
+            await server.listen(self.options.listen_host, p.port)
+        except BaseException:
+            server.close_now()
+            raise
+        self.servers.add(server)
+        return _Listener(p.port, server, p.header_limit)
+
+    async def reload(self) -> bool:
+        """Swap in the configuration as it is now; False (old one kept) when it is broken."""
+        if self.stopping:
+            return False
+        if self.reloading:
+            log.warning("reload: a reload is already running; ignoring this one")
+            return False
+        self.reloading = True
+        try:
+            return await self._reload()
+        except Exception:  # a bug, not a bad configuration: say so, keep serving
+            log.exception("reload failed (internal error), keeping the running configuration")
+            return False
+        finally:
+            self.reloading = False
+
+    async def _reload(self) -> bool:
+        log.info("reload: reading the configuration again")
+        loop = asyncio.get_running_loop()
+        try:
+            config = await loop.run_in_executor(None, load_config, self.options)
+            for w in config.warnings:
+                log.warning("%s", w)
+            ports = plan(config)
+        except CaddyfileErrors as exc:
+            for e in exc.errors:
+                log.error("reload failed, keeping the running configuration: %s", e)
+            return False
+        except MeshkitError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return False
+        # bind the new ports first: if one fails, nothing changes
+        new: dict[int, _Listener] = {}
+        try:
+            for port, p in sorted(ports.items()):
+                if port not in self.listeners:
+                    new[port] = await self._open(p)
+        except MeshkitError as exc:
+            for lst in new.values():
+                lst.server.close_now()
+                self.servers.discard(lst.server)
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            return False
+        for port, lst in list(self.listeners.items()):
+            p2 = ports.get(port)
+            if p2 is None:  # the port is gone: stop accepting, let its connections finish
+                log.info("reload: no site on port %d any more; closing it", port)
+                del self.listeners[port]
+                self._drain(lst)
+            else:
+                if p2.header_limit != lst.header_limit:
+                    set_header_limit(lst.server, p2.header_limit)
+                    lst.header_limit = p2.header_limit
+                lst.server.set_handler(p2.router())
+        for port, lst in new.items():
+            self.listeners[port] = lst
+            log.info("listening on %s:%d", self.options.listen_host, port)
+        log.info("reload: done (%d site(s) on %d port(s))", len(config.sites), len(ports))
+        return True
+
+    def _drain(self, lst: _Listener) -> None:
+        async def drain() -> None:
+            await lst.server.shutdown(self.options.grace)
+            self.servers.discard(lst.server)
+
+        task = asyncio.get_running_loop().create_task(drain())
+        self.draining.add(task)
+        task.add_done_callback(self.draining.discard)
+
+    async def shutdown(self, grace: float) -> None:
+        self.stopping = True
+        lsts = list(self.listeners.values())
+        self.listeners.clear()
+        await asyncio.gather(
+            *(lst.server.shutdown(grace) for lst in lsts), *self.draining, return_exceptions=True
+        )
+
+    def close_now(self) -> None:
+        self.stopping = True
+        for server in list(self.servers):
+            server.close_now()
+        self.servers.clear()
+        self.listeners.clear()
+        for task in self.draining:
+            task.cancel()
+
+    def open_connections(self) -> int:
+        return sum(server.open_connections for server in self.servers)
+
+
+def write_pidfile(path: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise FlagError("-pidfile", path, exc.strerror or str(exc)) from None
+
+
+def remove_pidfile(path: str) -> None:
+    with contextlib.suppress(OSError):
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return  # another process wrote it since
+        os.unlink(path)
+
+
+async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> int:
+    """Run until a signal ends the process; returns the exit code."""
+    ports = plan(config)
+    app = WebApp(options)
+    await app.start(ports)
+    if not quiet:
+        for url in site_urls(config):
+            print(url, flush=True)
+    if options.pidfile:
+        try:
+            write_pidfile(options.pidfile)
+        except BaseException:
+            app.close_now()
+            raise
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_stop(sig: signal.Signals) -> None:
+        if not stop.done():
+            stop.set_result(sig)
+        else:  # a second SIGTERM/SIGINT: do not wait any longer
+            log.info("%s again: closing every connection now", sig.name)
+            app.close_now()
+
+    def on_reload() -> None:
+        log.info("SIGUSR1: reloading")
+        task = loop.create_task(app.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    def on_quit() -> None:
+        log.info("SIGQUIT: exiting at once")
+        app.close_now()
+        if options.pidfile:
+            remove_pidfile(options.pidfile)
+        with contextlib.suppress(Exception):  # access log lines already written stay
+            from meshkit.web.logfile import flush_all
+
+            flush_all()
+        logging.shutdown()
+        os._exit(0)
+
+    handlers: list[tuple[signal.Signals, Callable[[], None]]] = [
+        (signal.SIGTERM, lambda: on_stop(signal.SIGTERM)),
+        (signal.SIGINT, lambda: on_stop(signal.SIGINT)),
+        (signal.SIGUSR1, on_reload),
+        (signal.SIGQUIT, on_quit),
+    ]
+    for sig, fn in handlers:
+        loop.add_signal_handler(sig, fn)
+    try:
+        sig = await stop
+        n = app.open_connections()
+        log.info(
+            "%s: shutting down (%d open connection(s), up to %gs to finish)",
+            sig.name,
+            n,
+            options.grace,
+        )
+        for task in list(reloads):
+            task.cancel()
+        await app.shutdown(options.grace)
+        log.info("stopped")
+        return 0
+    finally:
+        for sig, _ in handlers:
+            loop.remove_signal_handler(sig)
+        app.close_now()
+        if options.pidfile:
+            remove_pidfile(options.pidfile)

@@ -609,7 +609,7 @@ class Agent:
         if self._server_ctx is not None:
             from meshkit.cluster import pki
 
-            pki._load_identity(self._server_ctx, identity)
+            pki.reload_identity(self._server_ctx, identity)
         for client in list(self._clients.values()):
             await client.close()
         self._clients.clear()

@@ -138,6 +138,10 @@ class Api:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self._ca: tuple[str, ClusterCA] | None = None
+        # Every heartbeat reply carries the manager list; rebuilding it from all nodes on each
+        # beat made a beat cost grow with the cluster, so it is kept until the state changes.
+        self._managers_key: tuple[int, int] = (0, -1)
+        self._managers_list: list[str] = []
         self._handlers: dict[str, Callable[[Peer, dict[str, Any]], Awaitable[Any]]] = {
             "ca_bundle": self.ca_bundle,
             "join": self.join,
@@ -248,7 +252,12 @@ class Api:
         return await store.submit(cmd)
 
     def _managers(self) -> list[str]:
-        return [m.api_addr for m in self.state.managers()]
+        st = self.state
+        key = (id(st), st.index)
+        if key != self._managers_key:
+            self._managers_list = [m.api_addr for m in st.managers()]
+            self._managers_key = key
+        return self._managers_list
 
     # -- unauthenticated ----------------------------------------------------------------------
 

@@ -1,0 +1,591 @@
+#!/usr/bin/env python3
+"""Static files: meshkit web vs nginx and Caddy 2, side by side in one run.
+
+nginx (one worker, ``sendfile on``, ``access_log off``), Caddy 2 (``GOMAXPROCS=1``,
+``file_server browse`` and ``encode gzip``) and meshkit serve the same directory, each pinned
+to the server core; wrk (``-t1 -c64``) runs alone on the client core. Cases:
+
+1. small   ``GET /`` (index.html), a 120-byte file           requests/s   goal >= 1.0x nginx
+2. large   ``GET /1mib.bin``, a 1 MiB file                   GB/s         goal >= 0.9x nginx
+3. gzip    ``GET /page.html`` (64 KiB of HTML) with ``Accept-Encoding: gzip``   requests/s
+4. browse  ``GET /dir/``, a listing of 200 files             requests/s
+
+Rounds interleave nginx, caddy, meshkit per case; the table shows medians and ratios.
+GB/s is requests/s x body bytes / 1e9.
+
+How meshkit runs (``--meshkit-mode``):
+
+- ``web`` (the default when ``meshkit web`` exists): ``meshkit web -conf FILE`` with a
+  Caddyfile (``root``, ``gzip``, ``browse``);
+- ``server``: this script started again as ``--serve PORT ROOT``, a bare HttpServer with a
+  minimal cached-FileBody handler (no directives: gzip and browse are not measured). It
+  measures the HTTP server and send path alone and is labelled "meshkit (server only)".
+
+``meshkit_command()`` is the hook that builds meshkit's argv; ``--meshkit-cmd`` overrides
+the prefix (e.g. an installed ``meshkit``).
+
+    python bench/web_static.py                 # 5 rounds x 10 s per case and server
+    python bench/web_static.py --quick         # smoke test: 1 round x 2 s
+    python bench/web_static.py --meshkit-mode server --cases small,large
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ingress import (
+    BUSY_WARN,
+    HOST,
+    SRC_DIR,
+    BenchError,
+    Procs,
+    Results,
+    Sample,
+    background_busy,
+    free_port,
+    log,
+    meshkit_env,
+    pin,
+    run_guarded,
+    wait_port,
+)
+
+REQUIRED_TOOLS = ("nginx", "caddy", "wrk")
+TARGETS = ("nginx", "caddy", "meshkit")
+SMALL_SIZE = 120
+LARGE_SIZE = 1 << 20
+BROWSE_FILES = 200
+
+# Measured by the issue author on the reference machine.
+ISSUE = {"small": {"nginx": 33_000.0, "caddy": 8_900.0}, "large": {"nginx": 2.63, "caddy": 1.58}}
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    title: str
+    path: str
+    unit: str  # "req/s" or "GB/s"
+    goal: float | None  # minimum meshkit/nginx ratio, None: reported only
+    headers: tuple[str, ...] = ()
+    needs_directives: bool = False
+
+
+CASES = (
+    Case("small", f"{SMALL_SIZE}-byte index.html (GET /)", "/", "req/s", 1.0),
+    Case("large", "1 MiB file", "/1mib.bin", "GB/s", 0.9),
+    Case(
+        "gzip",
+        "gzip, 64 KiB HTML",
+        "/page.html",
+        "req/s",
+        None,
+        ("Accept-Encoding: gzip",),
+        True,
+    ),
+    Case("browse", f"browse, {BROWSE_FILES} files", "/dir/", "req/s", None, (), True),
+)
+
+
+# --------------------------------------------------------------------------- content
+
+
+def make_site(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    small = b"<!doctype html><title>meshkit</title><p>" + b"x" * SMALL_SIZE
+    (root / "index.html").write_bytes(small[: SMALL_SIZE - 5] + b"</p>\n")
+    (root / "1mib.bin").write_bytes(os.urandom(LARGE_SIZE))
+    rows = "".join(
+        f"<tr><td>{i}</td><td>row {i} of a table that compresses well</td></tr>\n"
+        for i in range(1200)
+    )
+    page = f"<!doctype html><html><body><table>{rows}</table></body></html>\n".encode()
+    (root / "page.html").write_bytes(page[: 64 * 1024])
+    d = root / "dir"
+    d.mkdir(exist_ok=True)
+    for i in range(BROWSE_FILES):
+        (d / f"file-{i:04d}.txt").write_bytes(b"x" * (i * 37 % 5000))
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
+    prefix = procs.tmp / "nginx"
+    (prefix / "logs").mkdir(parents=True)
+    port = free_port()
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""{user}daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; multi_accept on; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    types {{ text/html html; text/plain txt; application/octet-stream bin; }}
+    default_type application/octet-stream;
+    gzip on;
+    gzip_types text/plain;
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        root {root};
+        location / {{ autoindex on; }}
+    }}
+}}
+"""
+    )
+    cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
+    proc, logfile = procs.start("nginx", cmd, core)
+    wait_port(port, proc, "nginx", logfile)
+    return port
+
+
+def start_caddy(procs: Procs, core: int | None, root: Path) -> int:
+    home = procs.tmp / "caddy"
+    home.mkdir()
+    port = free_port()
+    conf = home / "Caddyfile"
+    conf.write_text(
+        f"""{{
+    admin off
+    auto_https off
+}}
+http://{HOST}:{port} {{
+    bind {HOST}
+    root * {root}
+    encode gzip
+    file_server browse
+}}
+"""
+    )
+    env = {
+        **os.environ,
+        "GOMAXPROCS": "1",
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+    }
+    cmd = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
+    proc, logfile = procs.start("caddy", cmd, core, env=env)
+    wait_port(port, proc, "caddy", logfile)
+    return port
+
+
+def meshkit_web_available(env: dict[str, str]) -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-m", "meshkit", "web", "--help"],
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    return probe.returncode == 0 and b"-conf" in probe.stdout
+
+
+def meshkit_command(args: argparse.Namespace, port: int, root: Path, tmp: Path) -> list[str]:
+    """The argv that starts meshkit serving root on HOST:port (the integration hook).
+
+    mode "web": `meshkit web -conf FILE` with a Caddyfile equivalent to the nginx and Caddy
+    configurations; mode "server": this script's --serve (HttpServer + a FileBody handler).
+    """
+    prefix = (
+        shlex.split(args.meshkit_cmd) if args.meshkit_cmd else [sys.executable, "-m", "meshkit"]
+    )
+    if args.meshkit_mode == "server":
+        return [sys.executable, os.path.abspath(__file__), "--serve", str(port), str(root)]
+    conf = tmp / "Caddyfile"
+    conf.write_text(f"{HOST}:{port} {{\n    root {root}\n    gzip\n    browse /dir\n}}\n")
+    return [*prefix, "web", "-conf", str(conf), "-quiet"]
+
+
+def start_meshkit(procs: Procs, core: int | None, root: Path, args: argparse.Namespace) -> int:
+    port = free_port()
+    cmd = meshkit_command(args, port, root, procs.tmp)
+    env = meshkit_env(args.no_extensions)
+    proc, logfile = procs.start("meshkit", cmd, core, env=env)
+    wait_port(port, proc, "meshkit (" + shlex.join(cmd) + ")", logfile, timeout=30)
+    return port
+
+
+def check(port: int, name: str, case: Case) -> None:
+    """One request of the case must succeed with the expected body."""
+    try:
+        conn = http.client.HTTPConnection(HOST, port, timeout=5)
+        headers = dict(h.split(": ", 1) for h in case.headers)
+        conn.request("GET", case.path, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        encoding = resp.getheader("Content-Encoding")
+        conn.close()
+    except (OSError, http.client.HTTPException) as exc:
+        raise BenchError(f"GET {case.path} via {name} on {HOST}:{port} failed: {exc!r}") from exc
+    problem = ""
+    if resp.status != 200:
+        problem = f"status {resp.status}"
+    elif case.key == "small" and len(body) != SMALL_SIZE:
+        problem = f"{len(body)} bytes, expected {SMALL_SIZE}"
+    elif case.key == "large" and len(body) != LARGE_SIZE:
+        problem = f"{len(body)} bytes, expected {LARGE_SIZE}"
+    elif case.key == "gzip" and encoding != "gzip":
+        problem = f"Content-Encoding {encoding!r}, expected gzip"
+    elif case.key == "browse" and b"file-0199.txt" not in body:
+        problem = "the listing lacks file-0199.txt"
+    if problem:
+        raise BenchError(f"GET {case.path} via {name} on {HOST}:{port}: {problem}")
+
+
+# --------------------------------------------------------------------------- client
+
+_WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
+_WRK_ERRORS = re.compile(r"Socket errors:.*|Non-2xx or 3xx responses:.*")
+
+
+def run_wrk(port: int, case: Case, duration: float, core: int | None, conns: int) -> Sample:
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "5s"]
+    for h in case.headers:
+        cmd += ["-H", h]
+    cmd.append(f"http://{HOST}:{port}{case.path}")
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        preexec_fn=pin(core),
+        timeout=duration + 60,
+        check=False,
+    )
+    match = _WRK_RATE.search(proc.stdout)
+    if proc.returncode != 0 or not match:
+        raise BenchError(
+            f"{shlex.join(cmd)} failed (status {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+        )
+    errors = "; ".join(m.group(0).strip() for m in _WRK_ERRORS.finditer(proc.stdout))
+    rate = float(match.group(1))
+    if case.unit == "GB/s":
+        rate = rate * LARGE_SIZE / 1e9
+    return Sample(rate, errors)
+
+
+# --------------------------------------------------------------------------- run
+
+
+def fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "GB/s":
+        return f"{value:.2f} GB/s"
+    return f"{value / 1000:.1f}k req/s"
+
+
+def selected_cases(args: argparse.Namespace) -> list[Case]:
+    cases = [c for c in CASES if c.key in args.cases]
+    if args.meshkit_mode == "server":
+        skipped = [c.key for c in cases if c.needs_directives]
+        if skipped:
+            log(f"meshkit runs as a bare HttpServer: skipping {', '.join(skipped)}")
+        cases = [c for c in cases if not c.needs_directives]
+    return cases
+
+
+def run(args: argparse.Namespace, tmp: Path) -> Results:
+    procs = Procs(tmp)
+    results = Results()
+    root = tmp / "www"
+    make_site(root)
+    cores = {args.server_core, args.client_core}
+    cases = selected_cases(args)
+    try:
+        ports: dict[str, int] = {}
+        if "nginx" in args.targets:
+            ports["nginx"] = start_nginx(procs, args.server_core, root)
+        if "caddy" in args.targets:
+            ports["caddy"] = start_caddy(procs, args.server_core, root)
+        if "meshkit" in args.targets:
+            ports["meshkit"] = start_meshkit(procs, args.server_core, root, args)
+        log(f"servers: {ports} (server CPU {args.server_core}, wrk CPU {args.client_core})")
+        for case in cases:
+            for name, port in ports.items():
+                check(port, name, case)
+                run_wrk(port, case, 1, args.client_core, args.connections)  # warm-up
+            for r in range(1, args.rounds + 1):
+                for name, port in ports.items():
+                    busy = background_busy(cores)
+                    sample = run_wrk(port, case, args.duration, args.client_core, args.connections)
+                    sample.background = busy
+                    results.add(case.key, name, sample)
+                    notes = [sample.errors] if sample.errors else []
+                    if busy > BUSY_WARN:
+                        notes.append(f"CPU already {busy:.0f}% busy before the run")
+                    extra = f"  ({'; '.join(notes)})" if notes else ""
+                    log(
+                        f"  round {r} {case.key:<7} {name:<8} {fmt(sample.value, case.unit)}{extra}"
+                    )
+    finally:
+        procs.stop_all()
+    return results
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def fmt_ratio(value: float | None) -> str:
+    # Truncated, not rounded, so that a shown 0.90x never reads as a miss.
+    return "-" if value is None else f"{math.floor(value * 100) / 100:.2f}x"
+
+
+def report(results: Results, args: argparse.Namespace) -> bool:
+    """Print the table; return whether every goal was met."""
+    label = "meshkit" if args.meshkit_mode == "web" else "meshkit (server only)"
+    header = ("case", "nginx", "caddy", label, f"{label}/nginx", f"{label}/caddy", "goal")
+    rows: list[tuple[str, ...]] = []
+    all_met = True
+    for case in selected_cases(args):
+        ng = results.median(case.key, "nginx")
+        cd = results.median(case.key, "caddy")
+        mk = results.median(case.key, "meshkit")
+        r_ng = ratio(mk, ng)
+        if case.goal is None:
+            verdict = "reported"
+        elif r_ng is None:
+            verdict = f">= {case.goal:.1f}x nginx"
+        else:
+            met = r_ng >= case.goal
+            all_met = all_met and met
+            verdict = f">= {case.goal:.1f}x nginx {'met' if met else 'MISSED'}"
+        rows.append(
+            (
+                case.title,
+                fmt(ng, case.unit),
+                fmt(cd, case.unit),
+                fmt(mk, case.unit),
+                fmt_ratio(r_ng),
+                fmt_ratio(ratio(mk, cd)),
+                verdict,
+            )
+        )
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    print()
+    print(
+        f"static files: {args.rounds} round(s) x {args.duration:g} s, wrk -t1 -c{args.connections},"
+        f" medians; servers on CPU {args.server_core}, wrk on CPU {args.client_core}"
+        + (", MESHKIT_NO_EXTENSIONS=1" if args.no_extensions else "")
+    )
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+    for case in selected_cases(args):
+        per = results.samples.get(case.key, {})
+        paired = [
+            f"{m.value / n.value:.2f}"
+            for n, m in zip(per.get("nginx", []), per.get("meshkit", []), strict=False)
+            if n.value
+        ]
+        if len(paired) > 1:
+            print(f"{case.key} meshkit/nginx per round: {' '.join(paired)}")
+    print(
+        "(issue author's reference machine: small nginx 33.0k, Caddy 8.9k req/s; "
+        "1 MiB nginx 2.63, Caddy 1.58 GB/s)"
+    )
+    errors = [
+        f"{metric}/{target}: {s.errors}"
+        for metric, per_target in results.samples.items()
+        for target, samples in per_target.items()
+        for s in samples
+        if s.errors
+    ]
+    if errors:
+        print("client-reported errors:")
+        for e in errors:
+            print(f"  {e}")
+    every = [s for per in results.samples.values() for ss in per.values() for s in ss]
+    noisy = [s for s in every if s.background > BUSY_WARN]
+    if noisy:
+        print(
+            f"warning: {len(noisy)} of {len(every)} runs started while a CPU in use was more "
+            f"than {BUSY_WARN:.0f}% busy with other work; compare ratios, not absolute numbers"
+        )
+    return all_met
+
+
+def write_json(results: Results, args: argparse.Namespace, path: Path) -> None:
+    out: dict[str, Any] = {
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "connections": args.connections,
+        "meshkit_mode": args.meshkit_mode,
+        "no_extensions": args.no_extensions,
+        "cases": {},
+    }
+    for case in selected_cases(args):
+        entry: dict[str, Any] = {"unit": case.unit, "goal_ratio_nginx": case.goal}
+        for target, samples in results.samples.get(case.key, {}).items():
+            entry[target] = {
+                "median": results.median(case.key, target),
+                "samples": [s.value for s in samples],
+                "errors": [s.errors for s in samples if s.errors],
+            }
+        entry["ratio_nginx"] = ratio(
+            results.median(case.key, "meshkit"), results.median(case.key, "nginx")
+        )
+        entry["ratio_caddy"] = ratio(
+            results.median(case.key, "meshkit"), results.median(case.key, "caddy")
+        )
+        out["cases"][case.key] = entry
+    path.write_text(json.dumps(out, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- --serve
+
+
+def serve(port: int, root: Path) -> None:
+    """The "server" mode: HttpServer with a minimal handler that keeps files open and small
+    files in memory (FileBody with data), as a static file server would."""
+    if str(SRC_DIR) not in sys.path:
+        sys.path.insert(0, str(SRC_DIR))
+    import uvloop
+
+    from meshkit.web.message import FileBody, Headers, Request, Response
+    from meshkit.web.server import HttpServer
+
+    cache: dict[str, tuple[int, int, bytes | None, Headers]] = {}
+
+    def handler(request: Request) -> Response:
+        entry = cache.get(request.path)
+        if entry is None:
+            name = root / (request.path.lstrip("/") or "index.html")
+            if ".." in request.path.split("/") or not name.is_file():
+                return Response.error(404)
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+            size = os.fstat(fd).st_size
+            data = os.pread(fd, size, 0) if size <= 16384 else None
+            ctype = "text/html" if name.suffix == ".html" else "application/octet-stream"
+            entry = (fd, size, data, Headers([("Content-Type", ctype)]))
+            cache[request.path] = entry
+        fd, size, data, headers = entry
+        return Response(200, headers.copy(), FileBody(fd, 0, size, size, data=data))
+
+    async def main() -> None:
+        server = HttpServer(handler)
+        await server.listen(HOST, port)
+        log(
+            f"meshkit HttpServer (server-only bench mode) on {HOST}:{port}, "
+            f"{'compiled' if server.compiled else 'pure-Python'} send path"
+        )
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Static files: meshkit web vs nginx and Caddy 2 (one core each, wrk on "
+        "another): medians and ratios."
+    )
+    p.add_argument("--quick", action="store_true", help="one round of 2 s each (smoke test)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per run (default 10)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument("--json", type=Path, default=None, help="also write results to FILE")
+    p.add_argument(
+        "--cases",
+        default=",".join(c.key for c in CASES),
+        help="comma-separated subset of " + ", ".join(c.key for c in CASES),
+    )
+    p.add_argument(
+        "--targets", default=",".join(TARGETS), help="comma-separated subset of nginx,caddy,meshkit"
+    )
+    p.add_argument(
+        "--meshkit-mode",
+        choices=("auto", "web", "server"),
+        default="auto",
+        help="web: `meshkit web -conf FILE`; server: a bare HttpServer; auto: web if available",
+    )
+    p.add_argument("--meshkit-cmd", default=None, help="command prefix (default python -m meshkit)")
+    p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
+    p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
+    p.add_argument("--server-core", type=int, default=None, help="CPU for the servers")
+    p.add_argument("--client-core", type=int, default=None, help="CPU for wrk")
+    p.add_argument("--serve", nargs=2, metavar=("PORT", "ROOT"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.serve:
+        return args
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 10.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 5
+    if args.duration < 1 or args.rounds < 1:
+        p.error("--duration must be >= 1 and --rounds >= 1")
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = set(args.cases) - {c.key for c in CASES}
+    if unknown:
+        p.error(f"--cases: unknown {', '.join(sorted(unknown))}")
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if set(args.targets) - set(TARGETS):
+        p.error(f"--targets: choose from {', '.join(TARGETS)}")
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.server_core is None:
+        args.server_core = cpus[0]
+    if args.client_core is None:
+        args.client_core = cpus[1] if len(cpus) > 1 else cpus[0]
+    for name in ("server_core", "client_core"):
+        if getattr(args, name) not in cpus:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: usable CPUs are {cpus}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve:
+        serve(int(args.serve[0]), Path(args.serve[1]))
+        return 0
+    needed = [t for t in REQUIRED_TOOLS if t == "wrk" or t in args.targets]
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        log(
+            f"error: required tool(s) not found on PATH: {', '.join(missing)} "
+            "(Debian: apt-get install nginx-light caddy wrk)"
+        )
+        return 2
+    if args.meshkit_mode == "auto":
+        web = "meshkit" in args.targets and meshkit_web_available(meshkit_env(args.no_extensions))
+        args.meshkit_mode = "web" if web else "server"
+        log(f"meshkit mode: {args.meshkit_mode}")
+    results = run_guarded(partial(run), args, "meshkit-bench-web-")
+    if isinstance(results, int):
+        return results
+    all_met = report(results, args)
+    if args.json:
+        write_json(results, args, args.json)
+    if args.check_goals and "meshkit" in args.targets and not all_met:
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

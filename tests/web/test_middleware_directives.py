@@ -589,6 +589,12 @@ def test_header_single_line_and_paths(tmp_path: Path) -> None:
     assert other.headers["X-Frame-Options"] == "DENY"
 
 
+def test_header_minus_server_leaves_an_empty_server_field(tmp_path: Path) -> None:
+    # the server sends no Server field when its value is empty (it adds its own otherwise)
+    resp = call(chain("    header / -Server", tmp_path), req("/"))
+    assert resp.headers.get_all("Server") == [""]
+
+
 def test_header_async_next_and_errors(tmp_path: Path) -> None:
     handler = chain("    header / X-A 1", tmp_path, async_next(Echo(lambda r: Response.error(404))))
     result = handler(req("/"))

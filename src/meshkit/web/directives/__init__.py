@@ -26,8 +26,8 @@ from meshkit.web.site import Site
 ORDER = [
     "root",
     "index",
+    "log",  # outside limits (unlike Caddy): the requests limits refuses are logged too
     "limits",
-    "log",
     "rewrite",
     "ext",
     "gzip",

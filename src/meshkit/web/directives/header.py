@@ -110,7 +110,12 @@ def build(config: HeaderConfig, next: Handler, site: Site) -> Handler:
             headers = response.headers
             for op in ops:
                 if op.kind == "-":
-                    headers.remove(op.name)
+                    if op.name.lower() == "server":
+                        # the server adds Server: meshkit to responses without one; an empty
+                        # value is its sign to send none
+                        headers.set("Server", "")
+                    else:
+                        headers.remove(op.name)
                     continue
                 value = op.value.render(request, response)
                 if op.kind == "+":

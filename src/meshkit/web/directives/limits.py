@@ -18,7 +18,6 @@ import re
 from dataclasses import dataclass, field
 
 from meshkit.web.caddyfile.tokens import Dispenser
-from meshkit.web.directives import log as log_directive
 from meshkit.web.directives import register
 from meshkit.web.message import Handler, HandlerResult, Request, Response
 from meshkit.web.site import BodyLimit, Site
@@ -120,9 +119,6 @@ def build(config: LimitsConfig, next: Handler, site: Site) -> Handler:
     limits = list(config.body)
     if not limits:
         return next
-    # limits runs outside log in the chain: requests it refuses are still logged
-    watch = log_directive.watcher(site)
-
     def limits_handler(request: Request) -> HandlerResult:
         limit = body_limit(limits, request.path)
         if limit is not None:
@@ -131,8 +127,6 @@ def build(config: LimitsConfig, next: Handler, site: Site) -> Handler:
             if length is not None and length > limit:
                 response = Response.error(413)
                 response.close = True  # the body is not read: do not try to reuse the stream
-                if watch is not None:
-                    watch(request)
                 return response
         return next(request)
 

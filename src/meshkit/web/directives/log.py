@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshkit.web.caddyfile.tokens import CaddyfileError, Dispenser
@@ -207,24 +206,11 @@ def build(config: LogConfig, next: Handler, site: Site) -> Handler:
 
         request.on_complete.append(complete)
 
-    # handlers outside log in the chain (limits) answer some requests before log sees them;
-    # they call this so those requests are logged too
-    site.__dict__[WATCH_KEY] = watch
-
     def log_handler(request: Request) -> HandlerResult:
         watch(request)
         return next(request)
 
     return log_handler
-
-
-WATCH_KEY = "_log_watch"
-
-
-def watcher(site: Site) -> Callable[[Request], None] | None:
-    """The built log directive's `watch(request)` for this site, if it has one."""
-    fn = site.__dict__.get(WATCH_KEY)
-    return fn if callable(fn) else None
 
 
 register("log", parse, build)

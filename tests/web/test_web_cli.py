@@ -148,8 +148,23 @@ def test_default_site_without_index_answers(web: type[Web], tmp_path: Path) -> N
     port = free_port()
     w = web(["-port", str(port)], tmp_path)
     w.wait_port(port)
-    code, _ = curl(port, "/")
+    code, body = curl(port, "/")
     assert code == 200  # the welcome page, not a bare 404
+    assert "meshkit web is running" in body and "Caddyfile" in body
+    assert str(tmp_path) in body  # it says which folder is served
+
+
+def test_first_run_from_the_story(web: type[Web], tmp_path: Path) -> None:
+    # STORY.md part 2: run it in a folder, get a welcome page, drop in a file, fetch it
+    port = free_port()
+    w = web(["-port", str(port)], tmp_path)
+    w.wait_port(port)
+    assert "welcome" not in curl(port, "/missing.txt")[1].lower()
+    assert curl(port, "/missing.txt")[0] == 404
+    (tmp_path / "foo.txt").write_text("foo\n")
+    assert curl(port, "/foo.txt") == (200, "foo\n")
+    (tmp_path / "index.html").write_text("<h1>mine</h1>\n")
+    assert curl(port, "/") == (200, "<h1>mine</h1>\n")  # the welcome page steps aside
 
 
 def test_root_flag(web: type[Web], site: Path) -> None:

@@ -5,11 +5,18 @@ pysyncobj 0.3.17 imports its `win_inet_pton` shim on every platform, and that sh
 In an agent that runs raft beside the connection table, the ingress and DNS on one loop,
 that broke every `socket.inet_ntop` call (meshkit's own pure-Python connection table among
 them). Import pysyncobj only through this module: it puts the real function back.
+
+It also caps the frames a raft peer may announce. pysyncobj reads a 4-byte length (native
+order, signed) and buffers that many bytes before it checks the message's authentication, so
+anyone who reaches the raft port could make a manager hold up to 2 GiB. Its own messages stay
+far below the cap: log entries go in batches of 64 KiB and snapshots in parts.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
+from typing import Any
 
 _inet_ntop = socket.inet_ntop
 _inet_pton = socket.inet_pton
@@ -20,9 +27,34 @@ from pysyncobj import (  # noqa: E402  (must come after saving the socket functi
     SyncObjConf,
     SyncObjConsumer,
     replicated,
+    tcp_connection,
 )
 
 socket.inet_ntop = _inet_ntop
 socket.inet_pton = _inet_pton
 
-__all__ = ["FAIL_REASON", "SyncObj", "SyncObjConf", "SyncObjConsumer", "replicated"]
+MAX_RAFT_FRAME = 64 << 20  # bytes a peer may announce before it has proven the raft secret
+
+_parse_message = tcp_connection.TcpConnection._TcpConnection__processParseMessage
+
+
+def _parse_capped_message(conn: Any) -> Any:
+    buf = conn._TcpConnection__readBuffer
+    if len(buf) >= 4:
+        (length,) = struct.unpack("i", buf[:4])
+        if length < 0 or length > MAX_RAFT_FRAME:
+            conn.disconnect()
+            return None
+    return _parse_message(conn)
+
+
+tcp_connection.TcpConnection._TcpConnection__processParseMessage = _parse_capped_message
+
+__all__ = [
+    "FAIL_REASON",
+    "MAX_RAFT_FRAME",
+    "SyncObj",
+    "SyncObjConf",
+    "SyncObjConsumer",
+    "replicated",
+]

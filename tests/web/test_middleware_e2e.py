@@ -7,14 +7,11 @@ One test (at least) per directive and per status code the directives answer with
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import os
 import re
 import shutil
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,80 +25,15 @@ from meshkit.web.caddyfile.load import load_text
 from meshkit.web.directives import build_chain
 from meshkit.web.fileserver import build_fileserver
 from meshkit.web.htpasswd import apr1
-from meshkit.web.message import Handler, HandlerResult, Request
-from meshkit.web.server import HttpServer
+from meshkit.web.message import HandlerResult, Request
 from peers import Proc, free_port, wait_tcp
+
+from .e2e_util import Reply, Running, curl
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 
 INDEX = b"<html><body>" + b"hello middleware " * 400 + b"</body></html>\n"
 BIG = os.urandom(350_000).hex().encode()  # 700 kB of compressible text: streamed when gzipped
-
-
-class Running:
-    """An HttpServer on its own event loop in a thread, on an ephemeral 127.0.0.1 port."""
-
-    def __init__(self, handler: Handler, header_limit: int | None = None) -> None:
-        try:
-            import uvloop
-
-            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        except ImportError:  # pragma: no cover
-            self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        if header_limit:
-            self.server = HttpServer(handler, header_limit=header_limit)
-        else:
-            self.server = HttpServer(handler)
-        asyncio.run_coroutine_threadsafe(self.server.listen("127.0.0.1", 0), self.loop).result(10)
-        self.port = self.server.addresses()[0][1]
-
-    def close(self) -> None:
-        fut = asyncio.run_coroutine_threadsafe(self.server.shutdown(1.0), self.loop)
-        try:
-            fut.result(10)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def curl(port: int, path: str, *args: str, tmp: Path) -> Reply:
-    head, out = tmp / "head.txt", tmp / "body.bin"
-    for p in (head, out):
-        if p.exists():
-            p.unlink()
-    cmd = [
-        "curl",
-        "-sS",
-        "--http1.1",
-        "--max-time",
-        "20",
-        "-D",
-        str(head),
-        "-o",
-        str(out),
-        *args,
-        f"http://127.0.0.1:{port}{path}",
-    ]
-    subprocess.run(cmd, check=True, timeout=30)
-    blocks = head.read_bytes().decode("latin-1").split("\r\n\r\n")
-    lines = [b for b in blocks if b.strip()][-1].split("\r\n")  # after any 100 Continue
-    status = int(lines[0].split()[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    return Reply(status, headers, out.read_bytes() if out.exists() else b"")
 
 
 def wait_for_text(path: Path, pattern: str, timeout: float = 10.0) -> str:

@@ -3,91 +3,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
 import shutil
-import subprocess
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from meshkit.web.caddyfile.load import load_file, load_text
 from meshkit.web.directives import build_chain
-from meshkit.web.message import Handler
-from meshkit.web.server import HttpServer
+
+from . import e2e_util
+from .e2e_util import Reply, Running
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 
 SECRET = b"TOP SECRET outside the root\n"
 
 
-class Running:
-    """An HttpServer on its own event loop in a thread, on an ephemeral 127.0.0.1 port."""
-
-    def __init__(self, handler: Handler) -> None:
-        try:
-            import uvloop
-
-            self.loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-        except ImportError:  # pragma: no cover
-            self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.server = HttpServer(handler)
-        asyncio.run_coroutine_threadsafe(self.server.listen("127.0.0.1", 0), self.loop).result(10)
-        self.port = self.server.addresses()[0][1]
-
-    def close(self) -> None:
-        fut = asyncio.run_coroutine_threadsafe(self.server.shutdown(1.0), self.loop)
-        try:
-            fut.result(10)
-        finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(10)
-            self.loop.close()
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
 def curl(port: int, path: str, *args: str, tmp: Path) -> Reply:
-    head = tmp / "head.txt"
-    out = tmp / "body.bin"
-    for p in (head, out):
-        if p.exists():
-            p.unlink()
-    cmd = [
-        "curl",
-        "-sS",
-        "--http1.1",
-        "--path-as-is",
-        "--max-time",
-        "20",
-        "-D",
-        str(head),
-        "-o",
-        str(out),
-        *args,
-        f"http://127.0.0.1:{port}{path}",
-    ]
-    subprocess.run(cmd, check=True, timeout=30)
-    lines = head.read_bytes().decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    return Reply(status, headers, out.read_bytes() if out.exists() else b"")
+    return e2e_util.curl(port, path, *args, tmp=tmp, path_as_is=True)
 
 
 @pytest.fixture

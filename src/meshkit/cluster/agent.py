@@ -173,6 +173,8 @@ class Agent:
         self._tcp: RpcServer | None = None
         self._server_ctx: Any = None
         self._stop = asyncio.Event()
+        self._leader_api_key: tuple[int, int, str | None] = (0, -1, None)
+        self._leader_api: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Future[None]] = set()
         self._clients: dict[str, RpcClient] = {}
@@ -223,11 +225,16 @@ class Agent:
     def leader_api_addr(self) -> str | None:
         if self.store is None or self.store.state is None:
             return None
-        leader = self.store.leader
-        for m in self.store.state.managers():
-            if m.raft_addr == leader:
-                return m.api_addr
-        return None
+        st, leader = self.store.state, self.store.leader
+        # asked on every heartbeat: scanning all nodes each time made a beat's cost grow
+        # with the cluster, so the answer is kept until the state or the leader changes
+        key = (id(st), st.index, leader)
+        if key != self._leader_api_key:
+            self._leader_api = next(
+                (m.api_addr for m in st.managers() if m.raft_addr == leader), None
+            )
+            self._leader_api_key = key
+        return self._leader_api
 
     def manager_status(self, node: cstate.NodeRecord) -> str:
         if node.role != "manager" or self.store is None:
@@ -298,11 +305,21 @@ class Agent:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        # Python 3.11's wait_for can swallow a cancel that lands in the same loop turn as the
+        # result it waited for; the loops then go on. So cancel until they have ended.
+        pending = {t for t in self._tasks if not t.done()}
+        for _ in range(50):
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
+        for t in pending:
+            log.warning("task %s did not stop", t.get_name())
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            if t.done() and not t.cancelled():
+                with contextlib.suppress(Exception):
+                    t.result()
         for client in list(self._clients.values()):
             await client.close()
         self._clients.clear()
@@ -415,7 +432,7 @@ class Agent:
 
     async def _manager_loop(self) -> None:
         """Leader duties: statuses from the beats, raft members from the managers."""
-        while True:
+        while not self._stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), min(0.5, self.period / 2))
             self._check_now.clear()
@@ -447,7 +464,7 @@ class Agent:
 
     async def _flush_loop(self) -> None:
         """Followers pass the beats they took to the leader, about once a second."""
-        while True:
+        while not self._stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._flush_now.wait(), min(1.0, self.period / 3))
             self._flush_now.clear()
@@ -529,7 +546,7 @@ class Agent:
     # -- heartbeats ----------------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 reply = await self._beat()
             except RpcError as exc:
@@ -580,7 +597,7 @@ class Agent:
     # -- certificates and roles ----------------------------------------------------------------
 
     async def _renew_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             renew_at = self.identity.renew_at(self._rng)
             while time.time() < renew_at:
                 await asyncio.sleep(min(5.0, max(0.05, renew_at - time.time())))

@@ -115,6 +115,43 @@ def test_get_head_and_fields(serve: Callable[..., ServerThread]) -> None:
     assert head.status == 200 and head.header("Content-Length") == "5" and head.body == b""
 
 
+def test_server_field_kept_replaced_or_omitted(serve: Callable[..., ServerThread]) -> None:
+    """The server adds `Server: meshkit` only when the response has no Server field; a Server
+    field set to "" (what `header / -Server` sets) means none is sent at all."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"streamed"
+
+    def handler(request: Request) -> Response:
+        h = Headers([("Content-Type", "text/plain")])
+        if request.path.startswith("/other"):
+            h.set("Server", "other")
+        elif request.path.startswith("/none"):
+            h.set("Server", "")
+        body: bytes | AsyncIterator[bytes] = b"x"
+        if request.path.endswith("/stream"):
+            body = chunks()
+        return Response(200, h, body)
+
+    st = serve(handler)
+    with connect(st.port) as sock:
+        reader = Reader(sock)
+        for path, want in [
+            ("/", ["meshkit"]),
+            ("/other", ["other"]),
+            ("/none", []),
+            ("/none/stream", []),
+            ("/other/stream", ["other"]),
+            ("/stream", ["meshkit"]),
+        ]:
+            for method in ("GET", "HEAD"):
+                sock.sendall(get(path).replace(b"GET", method.encode(), 1))
+                reply = reader.response(method=method)
+                assert reply.status == 200
+                got = [v for k, v in reply.headers if k.lower() == "server"]
+                assert got == want, (path, method)
+
+
 def test_absolute_form_host_wins(serve: Callable[..., ServerThread]) -> None:
     st = serve(echo_path)
     reply, _ = request(st.port, b"GET http://b.example:81/p?q HTTP/1.1\r\nHost: a\r\n\r\n")

@@ -383,7 +383,8 @@ def serialize_head(
 ) -> bytes:
     """The response's status line and headers, ending with the empty line.
 
-    Adds Server (unless set), Date (unless set), Content-Length (when `content_length` is
+    Adds Server (unless set; a Server field set to "" is dropped and none is added: that is
+    how `header / -Server` removes it), Date (unless set), Content-Length (when `content_length` is
     given and the handler set none), Transfer-Encoding: chunked (when `chunked`), and
     Connection: close / keep-alive (close when not `keep_alive`; keep-alive for HTTP/1.0
     clients that keep the connection). The status line always says HTTP/1.1 (RFC 9110);
@@ -397,6 +398,8 @@ def serialize_head(
         low = name.lower()
         if low == "server":
             has_server = True
+            if not value:
+                continue  # an empty Server field means "send none" (`header / -Server`)
         elif low == "date":
             has_date = True
         elif low == "content-length":

@@ -160,7 +160,7 @@ class EmptyBody:
         return data
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Request:
     """One parsed HTTP request, as handlers see it.
 
@@ -170,6 +170,7 @@ class Request:
     placeholders ({user}, {upstream}, {rewrite_uri}...).
     """
 
+    # meshkit.web.server builds requests with positional arguments: keep this order
     method: str
     uri: str
     path: str
@@ -204,7 +205,7 @@ class Request:
         return host.rsplit(":", 1)[0] if ":" in host else host
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class FileBody:
     """A response body sent from a file with sendfile(2).
 
@@ -222,12 +223,19 @@ class FileBody:
     size: int
     data: bytes | None = None
     release: Callable[[], None] | None = None
+    # Takes one more reference on the fd (each acquire() is balanced by a release()): lets
+    # the server keep the fd open for a response it remembers (see Response.validators).
+    acquire: Callable[[], None] | None = None
 
 
 ResponseBody = bytes | FileBody | AsyncIterator[bytes]
 
+# What a file-derived response depends on besides the request head: (path, st_ino, st_dev,
+# st_size, st_mtime_ns, st_ctime_ns) per file or folder whose state decided it.
+Validator = tuple[str, int, int, int, int, int]
 
-@dataclass(eq=False)
+
+@dataclass(eq=False, slots=True)
 class Response:
     """What a handler answers.
 
@@ -242,6 +250,14 @@ class Response:
     body: ResponseBody = b""
     default_error: bool = False
     close: bool = False  # close the connection after this response
+    # Set by the file server: the response is a function of the request head alone and of
+    # the files named here, for as long as each still stats the same (os.stat of the path:
+    # same inode, device, size, mtime_ns and ctime_ns). The server may then answer a later
+    # request with the very same head bytes from a copy after re-checking these files, without
+    # running the handlers again. Handlers that make a response depend on anything else (the
+    # client address, the time, a side effect such as an access log line) must not pass one
+    # with validators on; the Router clears them for sites with such directives.
+    validators: tuple[Validator, ...] | None = None
 
     @classmethod
     def error(cls, status: int, headers: Headers | None = None) -> Response:

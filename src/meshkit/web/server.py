@@ -25,6 +25,12 @@ Per connection (class _Conn):
   a keep-alive connection idle for `idle_timeout` is closed, a body read that waits
   `read_timeout` closes the connection, as does a client that takes nothing of a blocked
   response for `idle_timeout`.
+- Responses remembered (meshkit.web.respcache): when the handler marks a file response
+  as depending only on the request head and some files (Response.validators; the file
+  server does, and the Router keeps the mark for static sites only), the server keeps its
+  wire form keyed by the exact bytes of the read that held that one request head. A later
+  read of the same bytes between requests is answered from it after one stat per file,
+  without the parser or the handlers (the Date is redone each second).
 - Closing after a response shuts down the write side first and discards what the client
   still sends for a moment ("lingering close"), so that the client reads the response
   instead of a reset.
@@ -59,6 +65,7 @@ from meshkit.web.message import (
     Request,
     Response,
 )
+from meshkit.web.respcache import MAX_HEAD, CachedResponse, ResponseCache
 from meshkit.web.sendfile import SEND_AGAIN, SEND_DONE, SendPath, load_send_path
 
 __all__ = ["HttpServer"]
@@ -337,6 +344,12 @@ class _Conn:
         self._dkind = _DL_FIRST
         self._write_since = 0.0
         self.requests = 0
+        # the response cache (meshkit.web.respcache): the bytes of this read when they may
+        # be one whole request head to remember, messages begun in this read, and the
+        # response to remember once the read turns out to have held just that request
+        self._key: bytes | None = None
+        self._feed_msgs = 0
+        self._cand: CachedResponse | None = None
 
     # ------------------------------------------------------------------ reading
 
@@ -377,6 +390,26 @@ class _Conn:
             return
         if self._stopped:
             return
+        server = self._server
+        if (
+            server._caching
+            and data[-4:] == b"\r\n\r\n"
+            and len(data) <= MAX_HEAD
+            and not (self._in_message or self._queue or self._out or self._streaming)
+            and not (self._no_more or server._shutting)
+        ):
+            # Between requests, and the read ends like a request head: maybe one answered
+            # before, from a file that has not changed since.
+            hit = server._cache.entries.get(data)
+            if hit is not None:
+                if hit.valid():
+                    self._answer_cached(hit)
+                    return
+                server._cache.drop(data)
+            self._key = data
+        else:
+            self._key = None
+        self._feed_msgs = 0
         self._began_in_feed = False
         try:
             self._parser.feed_data(data)
@@ -396,6 +429,11 @@ class _Conn:
                 log.debug("bad request from %s:%s: %s", self._remote_addr, self._remote_port, exc)
             self._refuse_request(status)
             return
+        finally:
+            cand = self._cand
+            if cand is not None:
+                self._cand = None
+                self._remember(data, cand)
         if self._in_head and not self._began_in_feed:
             # A head still incomplete after more reads: httptools holds its partial field
             # out of our sight, so count what arrives (the read it began in is not counted,
@@ -423,6 +461,7 @@ class _Conn:
     # -- httptools callbacks
 
     def on_message_begin(self) -> None:
+        self._feed_msgs += 1
         self._url = b""
         self._headers = []
         self._head_raw = 0
@@ -475,20 +514,22 @@ class _Conn:
         else:
             body = self._body = _RequestBody(self, framing)
         self._dkind = _DL_NONE
+        # positional (in Request's field order): half the cost of keywords, per request
         request = Request(
-            method=method,
-            uri=self._url.decode("latin-1"),
-            path=target.path,
-            query=target.query,
-            version=version,
-            headers=Headers(items),
-            body=body,
-            host=host,
-            remote_addr=self._remote_addr,
-            remote_port=self._remote_port,
-            server_addr=self._local_addr,
-            server_port=self._local_port,
-            start_time=self._start_time,
+            method,
+            self._url.decode("latin-1"),
+            target.path,
+            target.query,
+            version,
+            Headers(items),
+            body,
+            "http",
+            host,
+            self._remote_addr,
+            self._remote_port,
+            self._local_addr,
+            self._local_port,
+            self._start_time,
         )
         if self._body is not None:
             self._body._request = request
@@ -503,6 +544,16 @@ class _Conn:
             log.exception("handler failed for %s %s", method, request.uri)
             result = _server_error()
         if type(result) is Response or isinstance(result, Response):
+            if (
+                result.validators is not None
+                and self._key is not None
+                and keep
+                and self._feed_msgs == 1
+                and framing.kind == BODY_NONE
+                and not request.on_complete
+            ):
+                # maybe remembered, once the read turns out to hold just this request
+                self._cand = ResponseCache.make(result, version, method)
             if not self._queue and not self._streaming:
                 self._write_response(request, result, keep)
             else:
@@ -538,6 +589,62 @@ class _Conn:
                 self._close_gracefully()
             raise _Refused
         if not (self._queue or self._out or self._streaming):
+            self._went_idle()
+
+    # ------------------------------------------------------------------ response cache
+
+    def _remember(self, data: bytes, cand: CachedResponse) -> None:
+        """Keep `cand` for the request head `data` if this read held exactly that one whole
+        request (so that the same bytes next time mean the same request)."""
+        if (
+            self._key is data
+            and self._feed_msgs == 1
+            and not self._in_message
+            and not self._closed
+            and self._server._caching
+        ):
+            self._server._cache.put(data, cand)
+        else:
+            cand.close()
+
+    def _answer_cached(self, hit: CachedResponse) -> None:
+        """Answer the request head just read with a remembered response (checked valid)."""
+        second = int(time.time())
+        wire = hit.wire if hit.second == second else hit.refresh(second)
+        self.requests += 1
+        server = self._server
+        if hit.fd < 0:
+            try:
+                sent, state = self._send_bytes(self._fd, wire, 0)
+            except OSError:
+                self._abort()
+                return
+            if state == SEND_DONE:
+                self._deadline = server._now + server._idle_timeout
+                self._dkind = _DL_IDLE
+                return
+            job = _Job(wire)
+            job.off = job.sent = sent
+            job.finishes = True
+            self._dkind = _DL_NONE
+            self._out.append(job)
+            self._write_since = self._loop.time()
+            if not self._writing:
+                self._writing = True
+                self._loop.add_writer(self._fd, self._on_writable)
+            return
+        assert hit.acquire is not None
+        hit.acquire()
+        job = _Job(wire)
+        job.head_len = len(wire)
+        job.fd = hit.fd
+        job.file_off = hit.file_off
+        job.file_left = hit.file_left
+        job.release = hit.release
+        job.finishes = True
+        self._dkind = _DL_NONE
+        self._emit(job)
+        if not self._closed and not self._busy():
             self._went_idle()
 
     # ------------------------------------------------------------------ dispatch
@@ -1122,6 +1229,9 @@ class HttpServer:
         self._read_timeout = read_timeout
         self._max_discard = max_discard
         self._send: SendPath = load_send_path()
+        # responses remembered by request head (handlers that mark theirs as such only)
+        self._cache = ResponseCache()
+        self._caching = bool(getattr(handler, "validated_responses", False))
         self._listeners: list[socket.socket] = []
         self._conns: set[_Conn] = set()
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -1138,6 +1248,7 @@ class HttpServer:
     def set_header_limit(self, limit: int) -> None:
         """Change the header limit; request heads read from now on are held to it."""
         self._header_limit = limit
+        self._cache.clear()  # a remembered head may be over the new limit
 
     @property
     def compiled(self) -> bool:
@@ -1148,6 +1259,8 @@ class HttpServer:
         """Use handler for requests whose head completes from now on (a config reload);
         open connections stay open and requests already dispatched finish as they are."""
         self._handler = handler
+        self._caching = bool(getattr(handler, "validated_responses", False))
+        self._cache.clear()
 
     async def listen(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
         """Accept connections on host:port ("" or "0.0.0.0" for every IPv4 address, "::" for
@@ -1289,6 +1402,7 @@ class HttpServer:
     def close_now(self) -> None:
         """Close the listening sockets and every connection at once."""
         self._shutting = True
+        self._cache.clear()
         if self._loop is None:
             return
         self._close_listeners()

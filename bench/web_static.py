@@ -16,7 +16,11 @@ GB/s is requests/s x body bytes / 1e9.
 How meshkit runs (``--meshkit-mode``):
 
 - ``web`` (the default when ``meshkit web`` exists): ``meshkit web -conf FILE`` with a
-  Caddyfile (``root``, ``gzip``, ``browse``);
+  Caddyfile (``root``, ``gzip``, ``browse``). Such a site is "static" (see
+  meshkit.web.respcache): wrk's repeated request heads are answered from remembered
+  responses after one stat(2) of the file per request, as any client repeating a request
+  would be; a site with other directives (``log``, ``header``...) runs its handlers for
+  every request;
 - ``server``: this script started again as ``--serve PORT ROOT``, a bare HttpServer with a
   minimal cached-FileBody handler (no directives: gzip and browse are not measured). It
   measures the HTTP server and send path alone and is labelled "meshkit (server only)".

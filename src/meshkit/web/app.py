@@ -40,7 +40,7 @@ from meshkit.web.caddyfile.load import (
 )
 from meshkit.web.directives import build_chain
 from meshkit.web.message import Handler
-from meshkit.web.router import Route, Router
+from meshkit.web.router import Route, Router, site_is_static
 from meshkit.web.server import HttpServer
 from meshkit.web.site import Site
 
@@ -108,9 +108,10 @@ def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict
     ports: dict[int, PortPlan] = {}
     for site in config.sites:
         handler = build(site)
+        static = site_is_static(site.directives)
         for address in site.addresses:
             p = ports.setdefault(address.port, PortPlan(address.port, [], 0))
-            p.routes.append(Route(address, handler))
+            p.routes.append(Route(address, handler, static))
             if site.header_limit:
                 p.header_limit = (
                     min(p.header_limit, site.header_limit) if p.header_limit else site.header_limit
@@ -319,16 +320,6 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
     """Run until a signal ends the process; returns the exit code."""
     ports = plan(config)
     app = WebApp(options)
-    await app.start(ports)
-    if not quiet:
-        for url in site_urls(config):
-            print(url, flush=True)
-    if options.pidfile:
-        try:
-            write_pidfile(options.pidfile)
-        except BaseException:
-            app.close_now()
-            raise
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
     reloads: set[asyncio.Task[bool]] = set()
@@ -341,6 +332,9 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
             app.close_now()
 
     def on_reload() -> None:
+        if not app.listeners:
+            log.warning("SIGUSR1 before the ports were open: ignored")
+            return
         log.info("SIGUSR1: reloading")
         task = loop.create_task(app.reload())
         reloads.add(task)
@@ -366,7 +360,15 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
     ]
     for sig, fn in handlers:
         loop.add_signal_handler(sig, fn)
+    # The handlers are in place before the ports open: a signal sent as soon as a port
+    # answers must not find Python's default SIGINT/SIGTERM behaviour.
     try:
+        await app.start(ports)
+        if not quiet:
+            for url in site_urls(config):
+                print(url, flush=True)
+        if options.pidfile:
+            write_pidfile(options.pidfile)
         sig = await stop
         n = app.open_connections()
         log.info(

@@ -72,6 +72,7 @@ class Entry:
         "real",
         "refs",
         "siblings",
+        "sig",
         "size",
     )
 
@@ -97,6 +98,8 @@ class Entry:
         # which precompressed siblings (.br, .gz) exist, as of the parent folder's
         # (mtime_ns, ino): (mtime_ns, ino, has_br, has_gz); kept by the file server
         self.siblings: tuple[int, int, bool, bool] | None = None
+        # what `same()` compares, with the path: a response validator (message.Validator)
+        self.sig = (path, self.ino, self.dev, self.size, self.mtime_ns, self.ctime_ns)
 
     def same(self, st: os.stat_result) -> bool:
         return (

@@ -33,7 +33,7 @@ import weakref
 from urllib.parse import urlsplit
 
 from meshkit.web.filecache import Entry, FileCache, Forbidden
-from meshkit.web.message import FileBody, Headers, Request, Response
+from meshkit.web.message import FileBody, Headers, Request, Response, Validator
 from meshkit.web.mimetypes import DEFAULT_TYPE, sniff, type_by_extension, with_charset
 from meshkit.web.site import Site
 from meshkit.web.welcome import render_welcome
@@ -218,6 +218,10 @@ def _accepts(header: str, coding: str) -> bool:
 class FileServer:
     """The handler; also the site's shared view of its files for browse and ext."""
 
+    # Its responses carry validators only when they depend on nothing but the request head
+    # and those files (see Response.validators): the server may answer repeats from a copy.
+    validated_responses = True
+
     def __init__(self, site: Site, cache: FileCache | None = None) -> None:
         self.site = site
         self.root = os.path.abspath(site.root)
@@ -225,6 +229,7 @@ class FileServer:
         self.cache = cache if cache is not None else FileCache(self.root)
         self.index_files = tuple(site.index_files)
         self.index_set = frozenset(site.index_files)
+        self.first_index = "/" + self.index_files[0] if self.index_files else "/"
         self.hidden = hidden_paths(site)
         self.internal = tuple(site.internal)
         self.mime = {k.lower(): with_charset(v) for k, v in site.mime.items()}
@@ -268,7 +273,14 @@ class FileServer:
 
     @staticmethod
     def siblings(e: Entry) -> tuple[bool, bool]:
-        """Whether `e.path + ".br"` and `+ ".gz"` may exist (then looked up for real).
+        """Whether `e.path + ".br"` and `+ ".gz"` may exist (see _siblings)."""
+        has_br, has_gz, _ = FileServer._siblings(e)
+        return has_br, has_gz
+
+    @staticmethod
+    def _siblings(e: Entry) -> tuple[bool, bool, Validator | None]:
+        """Whether `e.path + ".br"` and `+ ".gz"` may exist (then looked up for real), and
+        the folder as a response validator (None while its last change is too recent).
 
         Remembered per entry against the parent folder's mtime and inode: adding, removing
         or renaming a sibling changes the folder's mtime, so one stat of the folder replaces
@@ -278,16 +290,27 @@ class FileServer:
         try:
             st = os.stat(parent)
         except OSError:
-            return True, True
+            return True, True, None
+        # the folder as a response validator: only once its state is old enough to trust
+        folder: Validator | None = (
+            parent,
+            st.st_ino,
+            st.st_dev,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        )
         s = e.siblings
         if s is not None and s[0] == st.st_mtime_ns and s[1] == st.st_ino:
-            return s[2], s[3]
+            return s[2], s[3], folder
         lexists = os.path.lexists
         has_br = lexists(e.path + ".br")
         has_gz = lexists(e.path + ".gz")
         if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
             e.siblings = (st.st_mtime_ns, st.st_ino, has_br, has_gz)
-        return has_br, has_gz
+        else:
+            folder = None
+        return has_br, has_gz, folder
 
     def content_type(self, e: Entry) -> str:
         ct = e.ctype
@@ -328,7 +351,10 @@ class FileServer:
                 return Response.error(404)
             if not isinstance(ie, Entry):
                 return Response.error(403)
-            return self.serve(req, ie)
+            # Which index file answers depends on the folder only when an earlier index name
+            # could appear in it; the first name's own stat says everything.
+            first = ("" if fs == "/" else fs) + self.first_index
+            return self.serve(req, ie, None if ie.path == first else e)
         if not internal:
             if path.endswith("/"):
                 p, q = _orig_raw(req)
@@ -342,8 +368,17 @@ class FileServer:
                         return _moved(p[: len(p) - len(name)], q)
         return self.serve(req, e)
 
-    def serve(self, req: Request, e: Entry) -> Response:
-        """Answer with the file of entry `e` (conditional and range requests included)."""
+    def serve(self, req: Request, e: Entry, folder: Entry | None = None) -> Response:
+        """Answer with the file of entry `e` (conditional and range requests included).
+
+        The 200/206/304 response carries validators (Response.validators): `e` (and the
+        precompressed sibling served instead, and their folder when siblings were looked
+        for), and `folder` when the caller's choice of `e` depended on it (an index file)."""
+        deps: list[Validator] | None = [e.sig]
+        if folder is not None:
+            # a folder changed within the last clock tick may change again unseen
+            racy = time.time_ns() - max(folder.mtime_ns, folder.ctime_ns) <= _RACY_NS
+            deps = None if racy else [folder.sig, e.sig]
         ctype = e.ctype or self.content_type(e)
         # one pass over the request's fields for the few that matter here
         ae = im = ius = inm = ims = rng = ir = None
@@ -372,7 +407,11 @@ class FileServer:
             and ("br" in ae or "gzip" in ae)
             and not e.path.endswith((".br", ".gz"))
         ):
-            has_br, has_gz = self.siblings(e)
+            has_br, has_gz, parent = self._siblings(e)
+            if parent is None:
+                deps = None
+            elif deps is not None:
+                deps.append(parent)
             if has_br and "br" in ae and _accepts(ae, "br"):
                 se = self.lookup(e.path + ".br")
                 if isinstance(se, Entry) and not se.is_dir:
@@ -381,6 +420,8 @@ class FileServer:
                 se = self.lookup(e.path + ".gz")
                 if isinstance(se, Entry) and not se.is_dir:
                     e, encoding = se, "gzip"
+            if encoding is not None and deps is not None:
+                deps.append(e.sig)
 
         etag = e.etag
         # --- preconditions (RFC 9110 section 13.2.2) ---
@@ -393,13 +434,13 @@ class FileServer:
                 return self._precondition_failed(etag)
         if inm is not None:
             if _etag_match(inm, etag, weak=True):
-                return self._not_modified(e, encoding)
+                return self._not_modified(e, encoding, deps)
         elif ims is not None:
             if ims == e.last_modified:
-                return self._not_modified(e, encoding)
+                return self._not_modified(e, encoding, deps)
             t = _http_time(ims)
             if t is not None and e.mtime <= t:
-                return self._not_modified(e, encoding)
+                return self._not_modified(e, encoding, deps)
 
         h = Headers(
             [
@@ -416,11 +457,7 @@ class FileServer:
         status = 200
         offset = 0
         length = size
-        if (
-            rng is not None
-            and req.method == "GET"
-            and (ir is None or self._if_range_ok(ir, e))
-        ):
+        if rng is not None and req.method == "GET" and (ir is None or self._if_range_ok(ir, e)):
             ranges = parse_range(rng, size)
             if ranges is not None:
                 if not ranges:
@@ -436,7 +473,8 @@ class FileServer:
         if data is not None and length != size:
             data = data[offset : offset + length]
         e.acquire()
-        return Response(status, h, FileBody(e.fd, offset, length, size, data, e.release))
+        body = FileBody(e.fd, offset, length, size, data, e.release, e.acquire)
+        return Response(status, h, body, validators=tuple(deps) if deps is not None else None)
 
     @staticmethod
     def _if_range_ok(value: str, e: Entry) -> bool:
@@ -448,11 +486,14 @@ class FileServer:
         return value == e.last_modified
 
     @staticmethod
-    def _not_modified(e: Entry, encoding: str | None) -> Response:
+    def _not_modified(
+        e: Entry, encoding: str | None, deps: list[Validator] | None = None
+    ) -> Response:
         h = Headers([("ETag", e.etag), ("Last-Modified", e.last_modified)])
         if encoding is not None:
             h.add("Vary", "Accept-Encoding")
-        return Response(304, h, b"")
+        validators = tuple(deps) if deps is not None else None
+        return Response(304, h, b"", validators=validators)
 
     @staticmethod
     def _precondition_failed(etag: str) -> Response:

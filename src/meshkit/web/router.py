@@ -19,8 +19,30 @@ from meshkit.web.site import Address
 
 @dataclass(frozen=True)
 class Route:
+    """A site address and its handler chain. `static`: the chain has only directives whose
+    handlers leave a file response a function of the request head and the files (root,
+    index, mime, gzip, browse; see STATIC_DIRECTIVES), so the validators the file server
+    puts on a response may stay on it (Response.validators); otherwise the router clears
+    them."""
+
     address: Address
     handler: Handler
+    static: bool = False
+
+
+# Directives that keep a site "static" (Route.static): configuration only, or handlers that
+# answer from the request head and the files alone, with no per-request side effect.
+STATIC_DIRECTIVES = frozenset({"root", "index", "mime", "gzip", "browse"})
+
+
+def site_is_static(directives: dict[str, object]) -> bool:
+    """Whether a site with these directives (name -> parsed config) is static: each one is
+    in STATIC_DIRECTIVES, or its parsed config says so with a true `keeps_static` attribute
+    (e.g. a `header` directive whose values have no placeholders could)."""
+    return all(
+        name in STATIC_DIRECTIVES or getattr(config, "keeps_static", False) is True
+        for name, config in directives.items()
+    )
 
 
 def normalize_host(host: str) -> str:
@@ -49,9 +71,15 @@ def host_candidates(host: str) -> list[str]:
 class Router:
     """Pick a route for a request; calling the router runs the chosen site's handler."""
 
+    # Responses keep validators only from routes that are `static` (see Route).
+    validated_responses = True
+
     def __init__(self, routes: Iterable[Route] = ()) -> None:
         self._hosts: dict[str, list[Route]] = {}
-        self._only: Handler | None = None  # one site for every host and path: no lookup
+        self._only: Route | None = None  # one site for every host and path: no lookup
+        # Host header as received -> the candidate hosts' routes, in order (memoised: a
+        # port sees the same few Host values over and over)
+        self._by_host: dict[str, list[Route]] = {}
         for route in routes:
             self.add(route)
 
@@ -63,27 +91,40 @@ class Router:
         everything = [r for rs in self._hosts.values() for r in rs]
         only = everything[0] if len(everything) == 1 else None
         catch_all = only is not None and only.address.host == "" and only.address.path == "/"
-        self._only = only.handler if only is not None and catch_all else None
+        self._only = only if only is not None and catch_all else None
+        self._by_host = {}
 
     @property
     def routes(self) -> list[Route]:
         return [r for routes in self._hosts.values() for r in routes]
 
+    def _candidates(self, host: str) -> list[Route]:
+        found = self._by_host.get(host)
+        if found is None:
+            hosts = self._hosts
+            found = []
+            for candidate in host_candidates(normalize_host(host)):
+                found.extend(hosts.get(candidate, ()))
+            if len(self._by_host) >= 1024:
+                self._by_host.clear()
+            self._by_host[host] = found
+        return found
+
     def match(self, host: str, path: str) -> Route | None:
-        hosts = self._hosts
-        for candidate in host_candidates(normalize_host(host)):
-            routes = hosts.get(candidate)
-            if routes is None:
-                continue
-            for route in routes:
-                if path.startswith(route.address.path):
-                    return route
+        for route in self._candidates(host):
+            if path.startswith(route.address.path):
+                return route
         return None
 
     def __call__(self, request: Request, /) -> HandlerResult:
-        if self._only is not None:
-            return self._only(request)
-        route = self.match(request.host, request.path)
+        route = self._only
         if route is None:
-            return Response.error(404)
-        return route.handler(request)
+            for route in self._candidates(request.host):
+                if request.path.startswith(route.address.path):
+                    break
+            else:
+                return Response.error(404)
+        result = route.handler(request)
+        if not route.static and isinstance(result, Response):
+            result.validators = None
+        return result

@@ -59,6 +59,7 @@ from ingress import (
     log,
     meshkit_env,
     pin,
+    report_errors_and_noise,
     run_guarded,
     settle_args,
     tail,
@@ -584,27 +585,7 @@ def report(results: Results, args: argparse.Namespace) -> None:
             f"request/reply datagrams timed out after {args.timeout:g} s and resent "
             f"(sum over rounds): {', '.join(parts)}"
         )
-    errors = [
-        f"{metric}/{target}: {s.errors}"
-        for metric, per_target in results.samples.items()
-        for target, samples in per_target.items()
-        for s in samples
-        if s.errors
-    ]
-    if errors:
-        print("client-reported errors:")
-        for e in errors:
-            print(f"  {e}")
-    every = [
-        s for k, per in results.samples.items() if k != "loss" for ss in per.values() for s in ss
-    ]
-    noisy = [s for s in every if s.background > BUSY_WARN]
-    if noisy:
-        print(
-            f"warning: {len(noisy)} of {len(every)} runs started while a CPU in use was more "
-            f"than {BUSY_WARN:.0f}% busy with other work; compare ratios, not absolute numbers, "
-            "and consider more --rounds"
-        )
+    report_errors_and_noise(results, skip=("loss",))
 
 
 def write_json(results: Results, args: argparse.Namespace, path: Path) -> None:

@@ -67,6 +67,7 @@ from ingress import (
     log,
     meshkit_env,
     pin,
+    report_errors_and_noise,
     run_guarded,
     wait_port,
 )
@@ -416,24 +417,7 @@ def report(results: Results, args: argparse.Namespace) -> bool:
         "(issue author's reference machine: small nginx 33.0k, Caddy 8.9k req/s; "
         "1 MiB nginx 2.63, Caddy 1.58 GB/s)"
     )
-    errors = [
-        f"{metric}/{target}: {s.errors}"
-        for metric, per_target in results.samples.items()
-        for target, samples in per_target.items()
-        for s in samples
-        if s.errors
-    ]
-    if errors:
-        print("client-reported errors:")
-        for e in errors:
-            print(f"  {e}")
-    every = [s for per in results.samples.values() for ss in per.values() for s in ss]
-    noisy = [s for s in every if s.background > BUSY_WARN]
-    if noisy:
-        print(
-            f"warning: {len(noisy)} of {len(every)} runs started while a CPU in use was more "
-            f"than {BUSY_WARN:.0f}% busy with other work; compare ratios, not absolute numbers"
-        )
+    report_errors_and_noise(results)
     return all_met
 
 

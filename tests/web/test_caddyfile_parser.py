@@ -649,7 +649,6 @@ def test_chain_unavailable_directive() -> None:
 
 
 def test_chain_defaults_to_the_file_server(tmp_path: Path) -> None:
-    pytest.importorskip("meshkit.web.fileserver")
     (tmp_path / "index.html").write_text("hello")
     site = Site([Address(":80")], root=str(tmp_path))
     h = directives.build_chain(site)

@@ -264,10 +264,12 @@ def test_plan_marks_static_sites(tmp_path: Path) -> None:
     text = (
         f"127.0.0.1:8001 {{\n root {tmp_path}\n gzip\n browse /d\n}}\n"
         f"127.0.0.1:8002 {{\n root {tmp_path}\n log stdout\n}}\n"
+        f"127.0.0.1:8003 {{\n root {tmp_path}\n log stdout\n header / X-A b\n}}\n"
     )
     ports = plan(load_text(text, "Caddyfile"))
     assert [r.static for r in ports[8001].routes] == [True]
-    assert [r.static for r in ports[8002].routes] == [False]
+    assert [r.static for r in ports[8002].routes] == [True]  # log is replayed on hits
+    assert [r.static for r in ports[8003].routes] == [False]
 
 
 def test_cache_bounds_and_release(tmp_path: Path) -> None:
@@ -386,7 +388,181 @@ def test_site_is_static() -> None:
 
     assert site_is_static({})
     assert site_is_static({"root": "/srv", "gzip": object(), "browse": [], "mime": {}})
-    assert not site_is_static({"root": "/srv", "log": object()})
+    assert site_is_static({"root": "/srv", "log": object()})
+    assert not site_is_static({"root": "/srv", "log": object(), "rewrite": object()})
     assert site_is_static({"root": "/srv", "header": Config(True)})
     assert not site_is_static({"header": Config(False)})
     assert not site_is_static({"header": Config("yes")})  # only a real True counts
+
+
+# -- sites with an access log: answered from the cache, every answer still logged
+
+
+class CountingRouter:
+    """A port's Router, counting the requests that reach it."""
+
+    validated_responses = True
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.calls = 0
+
+    def __call__(self, req: Request) -> object:
+        self.calls += 1
+        return self.router(req)
+
+
+def logged_site(tmp_path: Path, log: str, extra: str = "") -> CountingRouter:
+    text = f":8000 {{\n root {tmp_path / 'www'}\n {log}\n{extra}}}\n"
+    ports = plan(load_text(text, "Caddyfile"))
+    return CountingRouter(ports[8000].router())
+
+
+def log_lines(path: Path, n: int) -> list[str]:
+    assert wait_until(lambda: path.exists() and path.read_text().count("\n") >= n)
+    lines = path.read_text().splitlines()
+    assert len(lines) == n, lines
+    return lines
+
+
+def www(tmp_path: Path) -> None:
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "a.txt").write_bytes(b"hello")
+    (tmp_path / "www" / "big.bin").write_bytes(b"b" * 300_000)
+    old(tmp_path / "www")
+
+
+def test_logged_site_hits_write_the_same_line(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    www(tmp_path)
+    logfile = tmp_path / "access.log"
+    h = logged_site(tmp_path, f"log {logfile}")
+    st = serve(h)
+    with connect(st.port) as sock:
+        reader = Reader(sock)
+        for _ in range(3):
+            assert fetch(reader, sock, get("/a.txt")) == (200, b"hello")
+        head = get("/a.txt").replace(b"GET", b"HEAD", 1)
+        for _ in range(2):
+            sock.sendall(head)
+            assert reader.response(method="HEAD").body == b""
+    assert h.calls == 2 and len(st.server._cache) == 2
+    lines = log_lines(logfile, 5)
+
+    def strip_when(line: str) -> str:
+        before, rest = line.split(" [", 1)
+        return before + " [] " + rest.split("] ", 1)[1]
+
+    assert [strip_when(x) for x in lines] == [
+        '127.0.0.1 - - [] "GET /a.txt HTTP/1.1" 200 5'
+    ] * 3 + ['127.0.0.1 - - [] "HEAD /a.txt HTTP/1.1" 200 0'] * 2
+
+
+def test_logged_site_hits_carry_their_own_connection(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    www(tmp_path)
+    logfile = tmp_path / "access.log"
+    fmt = '"{remote} {port} {method} {uri} {proto} {status} {size} {>User-Agent} {latency_ms}"'
+    h = logged_site(tmp_path, f"log / {logfile} {fmt}")
+    st = serve(h)
+    ua = "User-Agent: t/1\r\n"
+    ports = []
+    for _ in range(2):
+        with connect(st.port) as sock:
+            reader = Reader(sock)
+            for _ in range(2):
+                assert fetch(reader, sock, get("/a.txt", extra=ua)) == (200, b"hello")
+                reply_big = fetch(reader, sock, get("/big.bin", extra=ua))
+                assert reply_big == (200, b"b" * 300_000)  # sendfile from the cache
+            ports.append(sock.getsockname()[1])
+    assert h.calls == 2
+    lines = log_lines(logfile, 8)
+    want = []
+    for port in ports:
+        for _ in range(2):
+            want.append(f"127.0.0.1 {port} GET /a.txt HTTP/1.1 200 5 t/1")
+            want.append(f"127.0.0.1 {port} GET /big.bin HTTP/1.1 200 300000 t/1")
+    assert [x.rsplit(" ", 1)[0] for x in lines] == want
+    assert all(x.rsplit(" ", 1)[1].isdigit() for x in lines)
+
+
+def test_logged_site_except_and_ipmask(serve: Callable[..., ServerThread], tmp_path: Path) -> None:
+    www(tmp_path)
+    (tmp_path / "www" / "skip").mkdir()
+    (tmp_path / "www" / "skip" / "s.txt").write_bytes(b"s")
+    old(tmp_path / "www", tmp_path / "www" / "skip")
+    logfile = tmp_path / "access.log"
+    h = logged_site(
+        tmp_path,
+        f'log / {logfile} "{{remote}} {{uri}}" {{\n ipmask 255.255.0.0\n except /skip\n }}',
+    )
+    st = serve(h)
+    with connect(st.port) as sock:
+        reader = Reader(sock)
+        for _ in range(2):
+            assert fetch(reader, sock, get("/skip/s.txt")) == (200, b"s")
+            assert fetch(reader, sock, get("/a.txt")) == (200, b"hello")
+    assert h.calls == 2
+    assert log_lines(logfile, 2) == ["127.0.0.0 /a.txt"] * 2
+
+
+def test_logged_site_reload_drops_old_log(
+    serve: Callable[..., ServerThread], tmp_path: Path
+) -> None:
+    www(tmp_path)
+    first, second = tmp_path / "one.log", tmp_path / "two.log"
+    h1 = logged_site(tmp_path, f'log / {first} "{{uri}}"')
+    st = serve(h1)
+    with connect(st.port) as sock:
+        reader = Reader(sock)
+        for _ in range(2):
+            assert fetch(reader, sock, get("/a.txt")) == (200, b"hello")
+        assert len(st.server._cache) == 1
+        h2 = logged_site(tmp_path, f'log / {second} "{{uri}} 2"')
+        st.run(lambda: st.server.set_handler(h2))
+        assert len(st.server._cache) == 0
+        for _ in range(2):
+            assert fetch(reader, sock, get("/a.txt")) == (200, b"hello")
+    assert h1.calls == 1 and h2.calls == 1
+    assert log_lines(second, 2) == ["/a.txt 2"] * 2
+    assert log_lines(first, 2) == ["/a.txt"] * 2
+
+
+@pytest.mark.parametrize(
+    "extra",
+    ["header / X-A b\n", "basicauth /nope u p\n", "rewrite /x /a.txt\n", "redir /y /a.txt\n"],
+)
+def test_logged_site_with_other_directives_is_not_cached(
+    serve: Callable[..., ServerThread], tmp_path: Path, extra: str
+) -> None:
+    www(tmp_path)
+    logfile = tmp_path / "access.log"
+    h = logged_site(tmp_path, f'log / {logfile} "{{uri}}"', " " + extra)
+    st = serve(h)
+    with connect(st.port) as sock:
+        reader = Reader(sock)
+        for _ in range(3):
+            assert fetch(reader, sock, get("/a.txt")) == (200, b"hello")
+    assert h.calls == 3 and len(st.server._cache) == 0
+    assert log_lines(logfile, 3) == ["/a.txt"] * 3
+
+
+def test_cached_entry_copies_the_request(tmp_path: Path) -> None:
+    seen: list[tuple[Request, int]] = []
+    req = Request("GET", "/a", "/a", remote_addr="10.0.0.1", remote_port=1, start_time=5.0)
+    req.vars["k"] = "v"
+    req.on_complete.append(lambda r, resp, n: seen.append((r, n)))
+    resp = Response(200, Headers([("X", "1")]), b"abc", validators=())
+    entry = ResponseCache.make(resp, "1.1", "GET", req)
+    assert entry is not None and entry.callbacks and entry.response is not None
+    req.vars["request_id"] = "first"  # set by a callback after the entry was made
+    copy = entry.for_hit("10.0.0.2", 2, "127.0.0.1", 80, 9.0)
+    assert copy is not req and copy.headers is req.headers
+    assert (copy.remote_addr, copy.remote_port, copy.start_time) == ("10.0.0.2", 2, 9.0)
+    assert copy.vars == {"k": "v"} and copy.on_complete == req.on_complete
+    assert (req.remote_addr, req.remote_port, req.start_time) == ("10.0.0.1", 1, 5.0)
+    assert entry.response.status == 200 and entry.response.headers.get("X") == "1"
+    plain = ResponseCache.make(resp, "1.1", "GET", Request("GET", "/a", "/a"))
+    assert plain is not None and plain.callbacks == () and plain.request is None

@@ -255,8 +255,10 @@ class Response:
     # same inode, device, size, mtime_ns and ctime_ns). The server may then answer a later
     # request with the very same head bytes from a copy after re-checking these files, without
     # running the handlers again. Handlers that make a response depend on anything else (the
-    # client address, the time, a side effect such as an access log line) must not pass one
-    # with validators on; the Router clears them for sites with such directives.
+    # client address, the time) must not pass one with validators on; the Router clears them
+    # for sites with such directives. Side effects are allowed only through
+    # request.on_complete (the access log): the server replays those callbacks on each hit
+    # with a per-hit copy of the request (see router.REPLAYABLE_DIRECTIVES).
     validators: tuple[Validator, ...] | None = None
 
     @classmethod

@@ -9,6 +9,12 @@ from the copy: after one os.stat per validator shows each file unchanged, and wi
 header of the current second. Any difference (a changed file, a new head, a reload) goes the
 whole way through the parser and the handlers again.
 
+A site whose only per-request side effect is an access log (the `log` directive; see
+meshkit.web.router.site_is_static) is remembered too: the entry keeps the request it was made
+from and that request's on_complete callbacks, and each answer from the copy calls them with
+a fresh copy of that request carrying the new client address, port and start time (the
+request head bytes being the same, everything else about the request is too).
+
 This module is the bookkeeping (no sockets): what is remembered, how it is checked, and the
 bounds; meshkit.web.server decides when a request may be answered from it.
 """
@@ -19,7 +25,7 @@ import os
 from collections.abc import Callable
 
 from meshkit.web import http1
-from meshkit.web.message import FileBody, Headers, Response, Validator
+from meshkit.web.message import FileBody, Headers, Request, Response, Validator
 
 __all__ = ["MAX_BODY", "MAX_HEAD", "CachedResponse", "ResponseCache"]
 
@@ -36,16 +42,20 @@ class CachedResponse:
     __slots__ = (
         "acquire",
         "body",
+        "callbacks",
         "fd",
         "file_left",
         "file_off",
         "headers",
         "length",
         "release",
+        "request",
+        "response",
         "second",
         "size",
         "status",
         "validators",
+        "vars",
         "version",
         "wire",
     )
@@ -83,6 +93,55 @@ class CachedResponse:
         self.second = -1
         self.wire = b""  # head + body for `second`
         self.size = 2 * len(body) + 1024  # the body may be shared; the wire copy is not
+        # Completion callbacks to call for each answer (see attach): the request the entry
+        # was made from (never changed here), its vars as the handlers left them, and the
+        # response as the callbacks see it (status and headers; no body).
+        self.callbacks: tuple[Callable[[Request, Response, int], None], ...] = ()
+        self.request: Request | None = None
+        self.vars: dict[str, str] = {}
+        self.response: Response | None = None
+
+    def attach(self, request: Request, response: Response) -> None:
+        """Keep `request`'s on_complete callbacks, to be called for every answer from this
+        entry with a copy of the request made by for_hit (called before they first run, so
+        that what they may set in request.vars is not copied)."""
+        self.callbacks = tuple(request.on_complete)
+        self.request = request
+        self.vars = dict(request.vars)
+        self.response = Response(response.status, response.headers, b"")
+        self.size += 1024
+
+    def for_hit(
+        self,
+        remote_addr: str,
+        remote_port: int,
+        server_addr: str,
+        server_port: int,
+        start_time: float,
+    ) -> Request:
+        """A copy of the remembered request for one answer: the same head, this
+        connection's addresses, this start time, fresh vars and the same callbacks."""
+        r = self.request
+        assert r is not None
+        return Request(
+            r.method,
+            r.uri,
+            r.path,
+            r.query,
+            r.version,
+            r.headers,
+            r.body,
+            r.scheme,
+            r.host,
+            remote_addr,
+            remote_port,
+            server_addr,
+            server_port,
+            start_time,
+            r.original_uri,
+            dict(self.vars) if self.vars else {},
+            list(self.callbacks),
+        )
 
     def valid(self) -> bool:
         """Does every file the response depends on still stat the same?"""
@@ -139,10 +198,20 @@ class ResponseCache:
         return len(self.entries)
 
     @staticmethod
-    def make(response: Response, version: str, method: str) -> CachedResponse | None:
+    def make(
+        response: Response, version: str, method: str, request: Request | None = None
+    ) -> CachedResponse | None:
         """A CachedResponse for a keep-alive response to a request of this version and
         method, or None when it cannot be remembered (no validators, a streamed body, a
-        large in-memory body, a status other than 200/206/304)."""
+        large in-memory body, a status other than 200/206/304). When `request` has
+        on_complete callbacks, the entry keeps them (CachedResponse.attach)."""
+        entry = ResponseCache._make(response, version, method)
+        if entry is not None and request is not None and request.on_complete:
+            entry.attach(request, response)
+        return entry
+
+    @staticmethod
+    def _make(response: Response, version: str, method: str) -> CachedResponse | None:
         validators = response.validators
         if validators is None or response.close:
             return None

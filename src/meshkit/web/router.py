@@ -21,9 +21,10 @@ from meshkit.web.site import Address
 class Route:
     """A site address and its handler chain. `static`: the chain has only directives whose
     handlers leave a file response a function of the request head and the files (root,
-    index, mime, gzip, browse; see STATIC_DIRECTIVES), so the validators the file server
-    puts on a response may stay on it (Response.validators); otherwise the router clears
-    them."""
+    index, mime, gzip, browse; see STATIC_DIRECTIVES), plus possibly ones whose only
+    per-request effect is an on_complete callback that may be replayed for a later identical
+    request head (log; see REPLAYABLE_DIRECTIVES), so the validators the file server puts on
+    a response may stay on it (Response.validators); otherwise the router clears them."""
 
     address: Address
     handler: Handler
@@ -34,13 +35,22 @@ class Route:
 # answer from the request head and the files alone, with no per-request side effect.
 STATIC_DIRECTIVES = frozenset({"root", "index", "mime", "gzip", "browse"})
 
+# Directives that keep a site static as long as the server replays their request.on_complete
+# callbacks for each request answered from a remembered response (with a copy of the request
+# that carries the new client address, port and start time; see meshkit.web.respcache): the
+# access log, whose line depends on the request head, those and the response alone.
+REPLAYABLE_DIRECTIVES = frozenset({"log"})
+
 
 def site_is_static(directives: dict[str, object]) -> bool:
     """Whether a site with these directives (name -> parsed config) is static: each one is
-    in STATIC_DIRECTIVES, or its parsed config says so with a true `keeps_static` attribute
-    (e.g. a `header` directive whose values have no placeholders could)."""
+    in STATIC_DIRECTIVES or REPLAYABLE_DIRECTIVES, or its parsed config says so with a true
+    `keeps_static` attribute (e.g. a `header` directive whose values have no placeholders
+    could)."""
     return all(
-        name in STATIC_DIRECTIVES or getattr(config, "keeps_static", False) is True
+        name in STATIC_DIRECTIVES
+        or name in REPLAYABLE_DIRECTIVES
+        or getattr(config, "keeps_static", False) is True
         for name, config in directives.items()
     )
 

@@ -30,7 +30,9 @@ Per connection (class _Conn):
   server does, and the Router keeps the mark for static sites only), the server keeps its
   wire form keyed by the exact bytes of the read that held that one request head. A later
   read of the same bytes between requests is answered from it after one stat per file,
-  without the parser or the handlers (the Date is redone each second).
+  without the parser or the handlers (the Date is redone each second). The request's
+  on_complete callbacks (an access log) are kept with it and called for each such answer
+  with a copy of the request carrying this client's address and start time.
 - Closing after a response shuts down the write side first and discards what the client
   still sends for a moment ("lingering close"), so that the client reads the response
   instead of a reset.
@@ -550,10 +552,11 @@ class _Conn:
                 and keep
                 and self._feed_msgs == 1
                 and framing.kind == BODY_NONE
-                and not request.on_complete
             ):
-                # maybe remembered, once the read turns out to hold just this request
-                self._cand = ResponseCache.make(result, version, method)
+                # maybe remembered, once the read turns out to hold just this request (with
+                # its on_complete callbacks, e.g. an access log: only routes whose every
+                # directive is static or replayable keep validators; see Router)
+                self._cand = ResponseCache.make(result, version, method, request)
             if not self._queue and not self._streaming:
                 self._write_response(request, result, keep)
             else:
@@ -608,23 +611,41 @@ class _Conn:
             cand.close()
 
     def _answer_cached(self, hit: CachedResponse) -> None:
-        """Answer the request head just read with a remembered response (checked valid)."""
-        second = int(time.time())
+        """Answer the request head just read with a remembered response (checked valid);
+        the entry's on_complete callbacks (if any) get a copy of its request with this
+        connection's addresses and this start time."""
+        now = time.time()
+        second = int(now)
         wire = hit.wire if hit.second == second else hit.refresh(second)
         self.requests += 1
         server = self._server
+        request: Request | None = None
+        if hit.callbacks:
+            request = hit.for_hit(
+                self._remote_addr, self._remote_port, self._local_addr, self._local_port, now
+            )
         if hit.fd < 0:
+            head_len = len(wire) - len(hit.body)
             try:
                 sent, state = self._send_bytes(self._fd, wire, 0)
             except OSError:
+                if request is not None:
+                    assert hit.response is not None
+                    _complete(request, hit.response, 0)
                 self._abort()
                 return
             if state == SEND_DONE:
                 self._deadline = server._now + server._idle_timeout
                 self._dkind = _DL_IDLE
+                if request is not None:
+                    assert hit.response is not None
+                    _complete(request, hit.response, sent - head_len)
                 return
             job = _Job(wire)
             job.off = job.sent = sent
+            job.head_len = head_len
+            job.request = request
+            job.response = hit.response
             job.finishes = True
             self._dkind = _DL_NONE
             self._out.append(job)
@@ -641,6 +662,8 @@ class _Conn:
         job.file_off = hit.file_off
         job.file_left = hit.file_left
         job.release = hit.release
+        job.request = request
+        job.response = hit.response
         job.finishes = True
         self._dkind = _DL_NONE
         self._emit(job)

@@ -551,18 +551,18 @@ def test_logged_site_with_other_directives_is_not_cached(
 
 def test_cached_entry_copies_the_request(tmp_path: Path) -> None:
     seen: list[tuple[Request, int]] = []
-    req = Request("GET", "/a", "/a", remote_addr="10.0.0.1", remote_port=1, start_time=5.0)
+    req = Request("GET", "/a", "/a", remote_addr="192.0.2.1", remote_port=1, start_time=5.0)
     req.vars["k"] = "v"
     req.on_complete.append(lambda r, resp, n: seen.append((r, n)))
     resp = Response(200, Headers([("X", "1")]), b"abc", validators=())
     entry = ResponseCache.make(resp, "1.1", "GET", req)
     assert entry is not None and entry.callbacks and entry.response is not None
     req.vars["request_id"] = "first"  # set by a callback after the entry was made
-    copy = entry.for_hit("10.0.0.2", 2, "127.0.0.1", 80, 9.0)
+    copy = entry.for_hit("192.0.2.2", 2, "127.0.0.1", 80, 9.0)
     assert copy is not req and copy.headers is req.headers
-    assert (copy.remote_addr, copy.remote_port, copy.start_time) == ("10.0.0.2", 2, 9.0)
+    assert (copy.remote_addr, copy.remote_port, copy.start_time) == ("192.0.2.2", 2, 9.0)
     assert copy.vars == {"k": "v"} and copy.on_complete == req.on_complete
-    assert (req.remote_addr, req.remote_port, req.start_time) == ("10.0.0.1", 1, 5.0)
+    assert (req.remote_addr, req.remote_port, req.start_time) == ("192.0.2.1", 1, 5.0)
     assert entry.response.status == 200 and entry.response.headers.get("X") == "1"
     plain = ResponseCache.make(resp, "1.1", "GET", Request("GET", "/a", "/a"))
     assert plain is not None and plain.callbacks == () and plain.request is None

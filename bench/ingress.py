@@ -385,11 +385,21 @@ _WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
 _WRK_ERRORS = re.compile(r"Socket errors:.*|Non-2xx or 3xx responses:.*")
 
 
-def run_wrk(port: int, duration: float, close: bool, core: int | None) -> Sample:
-    cmd = ["wrk", "-t1", "-c50", f"-d{max(1, round(duration))}s", "--timeout", "5s"]
-    if close:
-        cmd += ["-H", "Connection: close"]
-    cmd.append(f"http://{HOST}:{port}/")
+def run_wrk(
+    port: int,
+    duration: float,
+    close: bool,
+    core: int | None,
+    *,
+    path: str = "/",
+    headers: Sequence[str] = (),
+    conns: int = 50,
+) -> Sample:
+    """One wrk run (one thread) pinned to `core`; requests/s and any errors it reported."""
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "5s"]
+    for h in (*headers, *(["Connection: close"] if close else [])):
+        cmd += ["-H", h]
+    cmd.append(f"http://{HOST}:{port}{path}")
     proc = subprocess.run(
         cmd,
         capture_output=True,
@@ -593,7 +603,6 @@ def report(results: Results, args: argparse.Namespace) -> bool:
     return all_met
 
 
-
 def report_errors_and_noise(results: Results, skip: Sequence[str] = ()) -> None:
     """Print what clients reported as errors, and warn when runs started on a busy machine
     (metrics in `skip` are left out of the warning)."""
@@ -618,6 +627,7 @@ def report_errors_and_noise(results: Results, skip: Sequence[str] = ()) -> None:
             f"than {BUSY_WARN:.0f}% busy with other work; compare ratios, not absolute numbers, "
             "and consider more --rounds"
         )
+
 
 def write_json(results: Results, args: argparse.Namespace, path: Path) -> None:
     out: dict[str, Any] = {

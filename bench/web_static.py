@@ -41,7 +41,6 @@ import http.client
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -66,9 +65,9 @@ from ingress import (
     free_port,
     log,
     meshkit_env,
-    pin,
     report_errors_and_noise,
     run_guarded,
+    run_wrk,
     wait_port,
 )
 
@@ -266,33 +265,12 @@ def check(port: int, name: str, case: Case) -> None:
 
 # --------------------------------------------------------------------------- client
 
-_WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
-_WRK_ERRORS = re.compile(r"Socket errors:.*|Non-2xx or 3xx responses:.*")
 
-
-def run_wrk(port: int, case: Case, duration: float, core: int | None, conns: int) -> Sample:
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "5s"]
-    for h in case.headers:
-        cmd += ["-H", h]
-    cmd.append(f"http://{HOST}:{port}{case.path}")
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        preexec_fn=pin(core),
-        timeout=duration + 60,
-        check=False,
-    )
-    match = _WRK_RATE.search(proc.stdout)
-    if proc.returncode != 0 or not match:
-        raise BenchError(
-            f"{shlex.join(cmd)} failed (status {proc.returncode}):\n{proc.stdout}{proc.stderr}"
-        )
-    errors = "; ".join(m.group(0).strip() for m in _WRK_ERRORS.finditer(proc.stdout))
-    rate = float(match.group(1))
+def run_case(port: int, case: Case, duration: float, core: int | None, conns: int) -> Sample:
+    sample = run_wrk(port, duration, False, core, path=case.path, headers=case.headers, conns=conns)
     if case.unit == "GB/s":
-        rate = rate * LARGE_SIZE / 1e9
-    return Sample(rate, errors)
+        sample.value = sample.value * LARGE_SIZE / 1e9
+    return sample
 
 
 # --------------------------------------------------------------------------- run
@@ -335,11 +313,11 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
         for case in cases:
             for name, port in ports.items():
                 check(port, name, case)
-                run_wrk(port, case, 1, args.client_core, args.connections)  # warm-up
+                run_case(port, case, 1, args.client_core, args.connections)  # warm-up
             for r in range(1, args.rounds + 1):
                 for name, port in ports.items():
                     busy = background_busy(cores)
-                    sample = run_wrk(port, case, args.duration, args.client_core, args.connections)
+                    sample = run_case(port, case, args.duration, args.client_core, args.connections)
                     sample.background = busy
                     results.add(case.key, name, sample)
                     notes = [sample.errors] if sample.errors else []

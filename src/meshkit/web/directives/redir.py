@@ -102,38 +102,29 @@ def parse(d: Dispenser, site: Site) -> RedirConfig:
                 rule = RedirRule("/", "", conditions=conditions)
                 if args:
                     _set_code(d, rule, args[0])
-                if len(inside) == 1:
-                    rule.to = inside[0]
-                elif len(inside) == 2:
-                    if _is_code(inside[1]):
-                        rule.to = inside[0]
-                        _set_code(d, rule, inside[1])
-                    else:
-                        rule.from_path, rule.to = inside
-                elif len(inside) == 3:
-                    rule.from_path, rule.to = inside[0], inside[1]
-                    _set_code(d, rule, inside[2])
-                else:
-                    raise d.arg_err()
-                save(rule)
+                save(_read_rule(d, rule, inside))
                 d.cursor = saved
             continue
-        rule = RedirRule("/", "", conditions=conditions)
-        if len(args) == 1:
-            rule.to = args[0]
-        elif len(args) == 2:
-            if _is_code(args[1]):
-                rule.to = args[0]
-                _set_code(d, rule, args[1])
-            else:
-                rule.from_path, rule.to = args
-        elif len(args) == 3:
-            rule.from_path, rule.to = args[0], args[1]
-            _set_code(d, rule, args[2])
-        else:
-            raise d.arg_err()
-        save(rule)
+        save(_read_rule(d, RedirRule("/", "", conditions=conditions), args))
     return config
+
+
+def _read_rule(d: Dispenser, rule: RedirRule, args: list[str]) -> RedirRule:
+    """Fill `rule` from `TO`, `TO CODE`, `FROM TO` or `FROM TO CODE`."""
+    if len(args) == 1:
+        rule.to = args[0]
+    elif len(args) == 2:
+        if _is_code(args[1]):
+            rule.to = args[0]
+            _set_code(d, rule, args[1])
+        else:
+            rule.from_path, rule.to = args
+    elif len(args) == 3:
+        rule.from_path, rule.to = args[0], args[1]
+        _set_code(d, rule, args[2])
+    else:
+        raise d.arg_err()
+    return rule
 
 
 def location(request: Request, to: str) -> str:

@@ -42,7 +42,7 @@ from meshkit.web.directives import build_chain
 from meshkit.web.message import Handler
 from meshkit.web.router import Route, Router, site_is_static
 from meshkit.web.server import HttpServer
-from meshkit.web.site import Site
+from meshkit.web.site import Background, Site
 
 log = logging.getLogger("meshkit.web")
 
@@ -96,6 +96,8 @@ class PortPlan:
     port: int
     routes: list[Route]
     header_limit: int
+    # what the sites on this port run beside the server (git pulls, health checks)
+    background: list[Background] = field(default_factory=list)
 
     def router(self) -> Router:
         return Router(self.routes)
@@ -107,11 +109,14 @@ def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict
     config.raise_errors()
     ports: dict[int, PortPlan] = {}
     for site in config.sites:
+        site.background.clear()  # build() adds them again
         handler = build(site)
         static = site_is_static(site.directives)
-        for address in site.addresses:
+        for i, address in enumerate(site.addresses):
             p = ports.setdefault(address.port, PortPlan(address.port, [], 0))
             p.routes.append(Route(address, handler, static))
+            if i == 0:  # a site with several addresses runs its work once
+                p.background.extend(site.background)
             if site.header_limit:
                 p.header_limit = (
                     min(p.header_limit, site.header_limit) if p.header_limit else site.header_limit
@@ -186,6 +191,23 @@ class WebApp:
         self.draining: set[asyncio.Task[None]] = set()
         self.stopping = False
         self.reloading = False
+        self.background: list[Background] = []  # started, of the configuration in use
+
+    async def _start_background(self, ports: dict[int, PortPlan]) -> None:
+        started = [b for p in sorted(ports.values(), key=lambda p: p.port) for b in p.background]
+        for b in started:
+            try:
+                await b.start()
+            except Exception:  # a bug in the work, not in serving: say so and serve on
+                log.exception("starting %r failed", b)
+        self.background = started
+
+    async def _stop_background(self, items: list[Background]) -> None:
+        for b in items:
+            try:
+                await b.stop()
+            except Exception:
+                log.exception("stopping %r failed", b)
 
     async def start(self, ports: dict[int, PortPlan]) -> None:
         opened: list[_Listener] = []
@@ -199,6 +221,7 @@ class WebApp:
         for lst in opened:
             self.listeners[lst.port] = lst
             log.info("listening on %s:%d", self.options.listen_host, lst.port)
+        await self._start_background(ports)
 
     async def _open(self, p: PortPlan) -> _Listener:
         server = HttpServer(p.router(), header_limit=p.header_limit)
@@ -267,6 +290,9 @@ class WebApp:
         for port, lst in new.items():
             self.listeners[port] = lst
             log.info("listening on %s:%d", self.options.listen_host, port)
+        old = self.background
+        await self._start_background(ports)
+        await self._stop_background(old)
         log.info("reload: done (%d site(s) on %d port(s))", len(config.sites), len(ports))
         return True
 
@@ -283,6 +309,8 @@ class WebApp:
         self.stopping = True
         lsts = list(self.listeners.values())
         self.listeners.clear()
+        old, self.background = self.background, []
+        await self._stop_background(old)
         await asyncio.gather(
             *(lst.server.shutdown(grace) for lst in lsts), *self.draining, return_exceptions=True
         )

@@ -9,7 +9,7 @@ order. Everything here is plain data; there is no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 DEFAULT_PORT = 2015
 DEFAULT_INDEX = [
@@ -39,6 +39,17 @@ class BodyLimit:
     size: int  # bytes
 
 
+class Background(Protocol):
+    """Work a directive runs beside the server for as long as its site is served (git pulls,
+    proxy health checks). `build` adds it to `Site.background`; the app starts it once the
+    site's ports are open and stops it when the site goes away (reload, shutdown). Neither
+    call may raise for a failure of the work itself: that is logged."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 @dataclass
 class Site:
     addresses: list[Address]
@@ -54,3 +65,5 @@ class Site:
     # name -> the parsed config of each directive present (in the fixed order); what
     # `meshkit web -validate --json` and the golden tests print
     directives: dict[str, Any] = field(default_factory=dict)
+    # filled by the directives' build(): what runs beside the server for this site
+    background: list[Background] = field(default_factory=list)

@@ -136,10 +136,6 @@ def check_directive(name: str) -> str | None:
 
 # --- the chain ------------------------------------------------------------------------------
 
-# runs beside the server (started by the app), not as a link of the chain
-NOT_IN_CHAIN = {"git"}
-
-
 def build_chain(site: Site, last: Handler | None = None) -> Handler:
     """The site's handler: each configured directive's handler wrapped around the file server
     (or `last`) in ORDER, the first in ORDER outermost, whatever order the file used."""
@@ -149,7 +145,7 @@ def build_chain(site: Site, last: Handler | None = None) -> Handler:
         last = build_fileserver(site)
     handler = last
     for name in reversed(ORDER):
-        if name in NOT_IN_CHAIN or name not in site.directives:
+        if name not in site.directives:
             continue
         config = site.directives[name]
         if config is None:

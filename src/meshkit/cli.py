@@ -162,9 +162,11 @@ def ingress(
 
 # Sub-commands of each area live beside the code they drive.
 from meshkit.cluster.cli import node_app  # noqa: E402
+from meshkit.cluster.service_cli import service_app  # noqa: E402
 from meshkit.web.cli import web_app  # noqa: E402
 
 app.add_typer(node_app, name="node")
+app.add_typer(service_app, name="service")
 app.add_typer(web_app)
 
 

@@ -7,106 +7,15 @@ host's namespace; its Unix socket is a file, so the CLI reaches every agent from
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-import textwrap
-import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cluster.labutil import Lab, until
 
 import netns
 
-ENV = {"MESHKIT_RAFT_TICK": "0.02"}
-
 pytestmark = pytest.mark.root
-
-
-def until(what: Callable[[], Any], timeout: float = 30.0, msg: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = what()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {msg}: last {last!r}")
-
-
-class Lab:
-    def __init__(self, lab: netns.NetnsLab) -> None:
-        self.lab = lab
-        self.root = Path(tempfile.mkdtemp(prefix="mkn-"))
-        self.procs: dict[str, netns.Spawned] = {}
-
-    def sock(self, host: str) -> str:
-        return str(self.root / f"{host}.sock")
-
-    def data(self, host: str) -> Path:
-        return self.root / host
-
-    def node(self, host: str, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "meshkit", "node", *args, "--host", self.sock(host)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, **ENV},
-        )
-
-    def ok(self, host: str, *args: str) -> str:
-        r = self.node(host, *args)
-        assert r.returncode == 0, f"{host}: node {' '.join(args)}: {r.stderr}"
-        return r.stdout
-
-    def ls(self, host: str) -> dict[str, dict[str, Any]]:
-        return {n["Hostname"]: n for n in json.loads(self.ok(host, "ls", "--format", "json"))}
-
-    def leader(self, host: str) -> str | None:
-        r = self.node(host, "ls", "--format", "json")
-        if r.returncode != 0:
-            return None
-        for n in json.loads(r.stdout):
-            if n["ManagerStatus"] == "Leader":
-                return str(n["Hostname"])
-        return None
-
-    def start(self, host: str, *args: str) -> None:
-        argv = [sys.executable, "-m", "meshkit", "node", *args]
-        argv += ["--data-dir", str(self.data(host)), "--host", self.sock(host)]
-        self.procs[host] = self.lab.spawn(host, argv, env=ENV)
-        self.wait_up(host)
-
-    def wait_up(self, host: str) -> None:
-        def up() -> bool:
-            proc = self.procs[host]
-            if proc.popen.poll() is not None:
-                raise AssertionError(f"{host} exited:\n{proc.output()[-3000:]}")
-            return self.node(host, "inspect", "self").returncode == 0 or (
-                self.node(host, "ls").returncode == 1
-                and "not a swarm manager" in self.node(host, "ls").stderr
-            )
-
-        until(up, 40, f"{host} up")
-
-    def kill(self, host: str) -> None:
-        proc = self.procs[host]
-        proc.popen.kill()
-        proc.popen.wait(10)
-
-    def python(self, host: str, code: str) -> subprocess.CompletedProcess[str]:
-        return self.lab.run(host, [sys.executable, "-c", textwrap.dedent(code)], check=False)
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            self.lab.stop(proc)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture

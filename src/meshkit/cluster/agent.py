@@ -47,6 +47,7 @@ from typing import Any
 from meshkit import __version__
 from meshkit.cluster import state as cstate
 from meshkit.cluster.api import Api
+from meshkit.cluster.dispatch import Dispatch
 from meshkit.cluster.pki import (
     NodeIdentity,
     client_ssl_context,
@@ -187,6 +188,7 @@ class Agent:
         self._leaving = False
         self._rng = random.Random()
         self.period = cfg.heartbeat_period
+        self.dispatch = Dispatch(self)
 
     # -- properties ----------------------------------------------------------------------------
 
@@ -201,6 +203,15 @@ class Agent:
     @property
     def is_manager(self) -> bool:
         return self.store is not None
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def executor(self) -> Any:
+        """This node's task executor (meshkit.cluster.executor.Executor), once started."""
+        return self.dispatch.executor
 
     @property
     def state(self) -> cstate.ClusterState | None:
@@ -285,11 +296,17 @@ class Agent:
             if self._init_cluster is not None:
                 await self._bootstrap(self._init_cluster)
                 self._init_cluster = None
+            # every node serves task_logs to the managers, so workers listen too
+            await self._listen_tcp()
+            await self.dispatch.start_executor()
             self._tasks = [
                 asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
                 asyncio.create_task(self._renew_loop(), name="renew"),
                 asyncio.create_task(self._manager_loop(), name="manager"),
                 asyncio.create_task(self._flush_loop(), name="beats"),
+            ]
+            self._tasks += [
+                asyncio.create_task(fn(), name=name) for name, fn in self.dispatch.loops()
             ]
             if self._on_ready is not None:
                 self._on_ready(self)
@@ -323,7 +340,16 @@ class Agent:
         for client in list(self._clients.values()):
             await client.close()
         self._clients.clear()
+        # Tasks keep running over an agent restart (the next agent adopts them); a node that
+        # leaves the cluster stops them.
+        try:
+            await self.dispatch.close_executor(stop_tasks=self._leaving)
+        except Exception:
+            log.exception("stopping the task executor failed")
         await self._stop_manager(wipe=False)
+        if self._tcp is not None:
+            await self._tcp.close()
+            self._tcp = None
         if self._local is not None:
             await self._local.close()
         if self._leaving:
@@ -370,13 +396,23 @@ class Agent:
         self.store = store
         self.liveness = cstate.Liveness(self.period, MISSED_BEATS)
         self._was_leader = False
+        try:
+            await self._listen_tcp()
+        except MeshkitError:
+            store.close()
+            self.store = None
+            raise
+
+    async def _listen_tcp(self) -> None:
+        """The API port (mutual TLS): manager methods on managers, task logs on every node.
+        It stays open over role changes."""
+        if self._tcp is not None:
+            return
         self._server_ctx = server_ssl_context(self.identity)
         tcp = RpcServer(self.api.dispatch_tcp)
         try:
             await tcp.listen_tcp(self.cfg.listen_host, self.cfg.listen_port, self._server_ctx)
         except OSError as exc:
-            store.close()
-            self.store = None
             raise MeshkitError(
                 f"cannot listen on {self.cfg.listen_host}:{self.cfg.listen_port}: "
                 f"{exc.strerror or exc}"
@@ -384,9 +420,6 @@ class Agent:
         self._tcp = tcp
 
     async def _stop_manager(self, wipe: bool) -> None:
-        if self._tcp is not None:
-            await self._tcp.close()
-            self._tcp = None
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -395,6 +428,9 @@ class Agent:
 
     def _on_applied(self, cmd: Any, result: dict[str, Any]) -> None:
         op = cmd.get("op")
+        if op != "set_addr":
+            self.api.services.applied(cmd)
+            self.dispatch.applied(cmd)
         if op == "set_status" and cmd.get("left"):
             for node_id in cmd.get("statuses", {}):
                 self.liveness.mark_down(node_id)
@@ -515,6 +551,37 @@ class Agent:
                 self._clients.pop(addr, None)
                 await client.close()
             raise
+
+    async def call_node(
+        self, node: cstate.NodeRecord, method: str, params: dict[str, Any], timeout: float = 10.0
+    ) -> Any:
+        """Call a method every node serves (task_logs) on `node`, with this node's certificate."""
+        if node.id == self.node_id:
+            peer = Peer(identity=self.identity.peer, address="self")
+            return await self.api.dispatch_tcp(peer, method, params)
+        addr = f"node:{node.api_addr}"
+        client = self._clients.get(addr)
+        if client is None or client.closed:
+            ctx = client_ssl_context(self.identity, self.identity.ca_pem)
+            client = await RpcClient.connect_tcp(
+                node.addr, node.api_port, ctx, timeout, expect_cluster=self.cluster_id
+            )
+            other = self._clients.get(addr)
+            if other is not None and not other.closed:
+                await client.close()
+                client = other
+            else:
+                self._clients[addr] = client
+        try:
+            return await client.call(method, params, timeout)
+        except RpcError as exc:
+            if exc.code in ("unreachable", "timeout"):
+                self._clients.pop(addr, None)
+                await client.close()
+            raise
+
+    async def submit_task_status(self, updates: list[dict[str, Any]]) -> None:
+        await self.dispatch.submit_task_status(updates)
 
     def _manager_targets(self) -> list[str]:
         """Managers to try, in order: the leader first when known, then the rest rotated."""

@@ -37,6 +37,11 @@ Authorization on the TCP port, by method:
     beats         {"seen": [node_id]}                  -> {}   (managers pass on the beats
                                                                they took to the leader)
     cluster_status {}                                  -> raft status of the answering manager
+    service_*     see meshkit.cluster.service_api
+
+Services and tasks (meshkit.cluster.service_api): the service_* methods are manager methods;
+tasks_watch and task_report take any node certificate whose CN is the node asked about;
+task_logs is served by every node (workers too) to managers only.
 
 On the local Unix socket every manager method above is open (on a worker they fail with
 code "not_manager" and swarm's "This node is not a swarm manager..." text), plus:
@@ -63,6 +68,12 @@ from meshkit import __version__
 from meshkit.cluster import state as cstate
 from meshkit.cluster.pki import ClusterCA, PkiError
 from meshkit.cluster.rpc import Peer, RpcError
+from meshkit.cluster.service_api import (
+    NODE_SERVED_METHODS,
+    NODE_TASK_METHODS,
+    SERVICE_METHODS,
+    ServiceMethods,
+)
 from meshkit.cluster.store import NoQuorum, StoreError
 from meshkit.cluster.tokens import (
     TokenError,
@@ -72,6 +83,7 @@ from meshkit.cluster.tokens import (
     parse_token,
     token_matches,
 )
+from meshkit.errors import FlagError
 
 if TYPE_CHECKING:
     from meshkit.cluster.agent import Agent
@@ -79,19 +91,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNAUTHENTICATED = frozenset({"ca_bundle", "join"})
-NODE_METHODS = frozenset({"heartbeat", "renew", "leave"})
-MANAGER_METHODS = frozenset(
-    {
-        "node_ls",
-        "node_inspect",
-        "node_update",
-        "node_promote",
-        "node_demote",
-        "node_rm",
-        "join_token",
-        "beats",
-        "cluster_status",
-    }
+NODE_METHODS = frozenset({"heartbeat", "renew", "leave"}) | NODE_TASK_METHODS
+MANAGER_METHODS = (
+    frozenset(
+        {
+            "node_ls",
+            "node_inspect",
+            "node_update",
+            "node_promote",
+            "node_demote",
+            "node_rm",
+            "join_token",
+            "beats",
+            "cluster_status",
+        }
+    )
+    | SERVICE_METHODS
 )
 LOCAL_METHODS = frozenset({"info", "leave"})
 
@@ -129,6 +144,10 @@ def _translate(exc: Exception) -> RpcError:
         return RpcError("token", str(exc))
     if isinstance(exc, PkiError):
         return RpcError("bad_request", str(exc))
+    from meshkit.cluster.services import SpecError
+
+    if isinstance(exc, (SpecError, FlagError)):
+        return RpcError("bad_request", str(exc))
     raise exc
 
 
@@ -142,6 +161,7 @@ class Api:
         # beat made a beat cost grow with the cluster, so it is kept until the state changes.
         self._managers_key: tuple[int, int] = (0, -1)
         self._managers_list: list[str] = []
+        self.services = ServiceMethods(self)
         self._handlers: dict[str, Callable[[Peer, dict[str, Any]], Awaitable[Any]]] = {
             "ca_bundle": self.ca_bundle,
             "join": self.join,
@@ -157,6 +177,8 @@ class Api:
             "beats": self.beats,
             "cluster_status": self.cluster_status,
         }
+        for name in SERVICE_METHODS | NODE_TASK_METHODS | NODE_SERVED_METHODS:
+            self._handlers[name] = getattr(self.services, name)
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -174,12 +196,19 @@ class Api:
                     f"{method} needs a node certificate of this cluster "
                     f"(from {peer.address}: {'none' if ident is None else 'another cluster'})",
                 )
-            if method in MANAGER_METHODS and not ident.is_manager:
+            if (method in MANAGER_METHODS or method in NODE_SERVED_METHODS) and not (
+                ident.is_manager
+            ):
                 raise RpcError(
                     "forbidden",
                     f"{method} is for managers only: node {ident.node_id} presented a "
                     f"{ident.role} certificate",
                 )
+        if method in NODE_SERVED_METHODS:  # every node serves these, workers too
+            try:
+                return await handler(peer, params)
+            except Exception as exc:
+                raise _translate(exc) from None
         await self.agent.wait_state()
         if not self.agent.is_manager:
             raise RpcError("not_manager", cstate.NOT_A_MANAGER)
@@ -206,6 +235,8 @@ class Api:
                 return self.agent.info()
             if method == "leave":
                 return await self.agent.leave(bool(params.get("force")))
+            if method in NODE_SERVED_METHODS:
+                return await self._handlers[method](peer, params)
             if method in MANAGER_METHODS or method == "join_token":
                 await self.agent.wait_state()
                 if not self.agent.is_manager:

@@ -19,6 +19,17 @@ Commands (``op``, then fields):
     set_status    statuses {node_id: "ready"|"down"}, left?, now  (left: the node said so)
     set_addr      node_id, addr, api_port, raft_port, version, hostname, now
     rotate_token  role, secret, now
+    service_create         service: {...service record...}, now   (names are unique)
+    service_update         service_id, spec, rollback?, now   (version += 1, update starts)
+    service_rm             service_id, now   (its tasks get desired state "remove")
+    service_update_status  service_id, update_status, now
+    tasks_write            create?, desired?, node?, status?, remove?, now  (the orchestrator's)
+    task_status            updates [{id, state, message, error, exit_code, pid, healthy,
+                           started_at?}], now   (workers' reports; forward-only)
+
+Services and tasks are plain JSON dicts (shapes in meshkit.cluster.services). A task's state
+only moves forward and a terminal state is final; its desired state only moves forward too
+(running, shutdown, remove), so replaying a tasks_write or task_status changes nothing.
 
 The heartbeat liveness tracker (`Liveness`) is a state machine driven by the clock the caller
 passes in: the leader feeds it beats and asks it which replicated statuses are out of date.
@@ -32,6 +43,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from meshkit.cluster import services as sv
 from meshkit.errors import MeshkitError
 
 ROLES = ("worker", "manager")
@@ -106,6 +118,8 @@ class ClusterState:
     heartbeat_period: float = 5.0
     cert_lifetime: float = 90 * 86400.0
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     index: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -330,6 +344,183 @@ def _op_rotate_token(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, A
     return {"role": role}
 
 
+# -- services and tasks ------------------------------------------------------------------------
+
+
+def _spec(spec: Any) -> dict[str, Any]:
+    try:
+        return sv.check_spec(spec)
+    except sv.SpecError as exc:
+        raise CommandError(f"invalid service spec: {exc}") from None
+
+
+def _service(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    service_id = str(cmd.get("service_id", ""))
+    svc = state.services.get(service_id)
+    if svc is None:
+        raise CommandError(f"no such service: {service_id}")
+    return svc
+
+
+def _name_taken(state: ClusterState, name: str, but: str = "") -> bool:
+    return any(s["spec"]["name"] == name and s["id"] != but for s in state.services.values())
+
+
+def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    record = cmd.get("service")
+    if not isinstance(record, Mapping) or not record.get("id"):
+        raise CommandError("service_create needs a service record with an id")
+    spec = _spec(record.get("spec"))
+    service_id = str(record["id"])
+    if service_id in state.services:
+        raise CommandError(f"service {service_id} already exists")
+    if _name_taken(state, spec["name"]):
+        raise CommandError(f"service {spec['name']} already exists (names are unique)")
+    now = _now(cmd)
+    state.services[service_id] = {
+        "id": service_id,
+        "spec": spec,
+        "previous_spec": None,
+        "version": int(record.get("version") or 1),
+        "created_at": float(record.get("created_at") or now),
+        "updated_at": float(record.get("updated_at") or now),
+        "update_status": None,
+    }
+    return {"service_id": service_id, "name": spec["name"]}
+
+
+def _op_service_update(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    svc = _service(state, cmd)
+    now = _now(cmd)
+    rollback = bool(cmd.get("rollback"))
+    if rollback:
+        if not svc.get("previous_spec"):
+            raise CommandError(f"service {svc['spec']['name']} does not have a previous spec")
+        spec = _spec(svc["previous_spec"])
+    else:
+        spec = _spec(cmd.get("spec"))
+    old = svc["spec"]
+    if spec["mode"] != old["mode"]:
+        raise CommandError(
+            f"service {old['name']}: the mode cannot change ({old['mode']} to {spec['mode']})"
+        )
+    if spec["name"] != old["name"] and _name_taken(state, spec["name"], but=svc["id"]):
+        raise CommandError(f"service {spec['name']} already exists (names are unique)")
+    svc["previous_spec"] = old
+    svc["spec"] = spec
+    svc["version"] = int(svc["version"]) + 1
+    svc["updated_at"] = now
+    svc["update_status"] = {
+        "state": "rollback_started" if rollback else "updating",
+        "started_at": now,
+        "completed_at": None,
+        "message": "rollback in progress" if rollback else "update in progress",
+    }
+    return {"service_id": svc["id"], "version": svc["version"]}
+
+
+def _op_service_rm(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    svc = _service(state, cmd)
+    del state.services[svc["id"]]
+    for task in state.tasks.values():
+        if task["service_id"] == svc["id"] and task["desired_state"] != "remove":
+            task["desired_state"] = "remove"
+    return {"service_id": svc["id"], "name": svc["spec"]["name"]}
+
+
+def _op_service_update_status(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    status = cmd.get("update_status")
+    if status is not None:
+        if not isinstance(status, Mapping) or status.get("state") not in sv.UPDATE_STATES:
+            raise CommandError(f"invalid update status {status!r}")
+        status = dict(status)
+    svc = state.services.get(str(cmd.get("service_id", "")))
+    # The service may have been removed after the orchestrator planned this: nothing to do.
+    if svc is None:
+        return {"changed": False}
+    changed = svc.get("update_status") != status
+    svc["update_status"] = status
+    return {"changed": changed}
+
+
+def _set_status(task: dict[str, Any], update: Mapping[str, Any], now: float) -> bool:
+    """One forward-only state report; True when the task changed.
+
+    An earlier state is ignored and a terminal state is final. A report of the current state
+    refreshes its details (health, pid, message) without counting as a state change.
+    """
+    new_state = update.get("state", task["state"])
+    if new_state not in sv.STATE_INDEX:
+        raise CommandError(f"task {task['id']}: unknown state {new_state!r}")
+    current = sv.STATE_INDEX[task["state"]]
+    target = sv.STATE_INDEX[new_state]
+    if target < current or task["state"] in sv.TERMINAL:
+        return False
+    before = dict(task)
+    if target > current:
+        task["state"] = new_state
+        task["updated_at"] = now
+    for key in ("message", "error", "exit_code", "pid", "healthy", "started_at"):
+        if key in update:
+            task[key] = update[key]
+    return task != before
+
+
+def _op_tasks_write(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    now = _now(cmd)
+    created, changed = [], 0
+    new_tasks = []
+    for raw in cmd.get("create") or []:
+        try:
+            new_tasks.append(sv.check_task(raw))
+        except sv.SpecError as exc:
+            raise CommandError(str(exc)) from None
+    desired = dict(cmd.get("desired") or {})
+    for value in desired.values():
+        if value not in sv.DESIRED_INDEX:
+            raise CommandError(f"invalid desired state {value!r}")
+    for new in new_tasks:
+        # A replayed write, or one planned for a service removed since: skip it.
+        if new["id"] in state.tasks or new["service_id"] not in state.services:
+            continue
+        state.tasks[new["id"]] = new
+        created.append(new["id"])
+    for task_id, node_id in dict(cmd.get("node") or {}).items():
+        task: dict[str, Any] | None = state.tasks.get(task_id)
+        if task is None or task["node_id"] or node_id not in state.nodes:
+            continue
+        if sv.STATE_INDEX[task["state"]] >= sv.STATE_INDEX["assigned"]:
+            continue
+        task.update(node_id=node_id, state="assigned", message="assigned", error="", updated_at=now)
+        changed += 1
+    for task_id, value in desired.items():
+        task = state.tasks.get(task_id)
+        if task is not None and sv.DESIRED_INDEX[value] > sv.DESIRED_INDEX[task["desired_state"]]:
+            task["desired_state"] = value
+            changed += 1
+    for update in cmd.get("status") or []:
+        task = state.tasks.get(str(update.get("id", "")))
+        if task is not None and _set_status(task, update, now):
+            changed += 1
+    removed = 0
+    for task_id in cmd.get("remove") or []:
+        if state.tasks.pop(task_id, None) is not None:
+            removed += 1
+    return {"created": created, "changed": changed, "removed": removed}
+
+
+def _op_task_status(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    now = _now(cmd)
+    changed = []
+    for update in cmd.get("updates") or []:
+        if not isinstance(update, Mapping):
+            raise CommandError(f"a task status update is an object, got {update!r}")
+        task = state.tasks.get(str(update.get("id", "")))
+        if task is not None and _set_status(task, update, now):
+            changed.append(task["id"])
+    return {"changed": changed}
+
+
 _HANDLERS = {
     "init": _op_init,
     "add_node": _op_add_node,
@@ -340,13 +531,30 @@ _HANDLERS = {
     "set_status": _op_set_status,
     "set_addr": _op_set_addr,
     "rotate_token": _op_rotate_token,
+    "service_create": _op_service_create,
+    "service_update": _op_service_update,
+    "service_rm": _op_service_rm,
+    "service_update_status": _op_service_update_status,
+    "tasks_write": _op_tasks_write,
+    "task_status": _op_task_status,
 }
 
 COMMANDS = tuple(_HANDLERS)
 
 # Commands that leave the same state when applied twice: a write whose outcome is unknown
 # (the raft leader changed under it) may be sent again.
-IDEMPOTENT = frozenset({"update_node", "set_role", "set_status", "set_addr", "rotate_token"})
+IDEMPOTENT = frozenset(
+    {
+        "update_node",
+        "set_role",
+        "set_status",
+        "set_addr",
+        "rotate_token",
+        "service_update_status",
+        "tasks_write",
+        "task_status",
+    }
+)
 
 
 # -- views -------------------------------------------------------------------------------------

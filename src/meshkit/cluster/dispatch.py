@@ -1,0 +1,250 @@
+"""The agent's service loops: the leader's orchestrator, and every node's task assignment.
+
+- Orchestrator (raft leader only): after every applied change (coalesced for a few
+  milliseconds) and when the last plan asked to be woken, run the pure planner
+  (meshkit.cluster.orchestrator.plan) on the replicated state and commit what it returns, one
+  command at a time, so that the next plan sees the result of the last one.
+- Assignment (every node): a long poll (`tasks_watch`) to a manager, or to this node's own API
+  when it is a manager, returns the tasks assigned to this node whenever they change; they go
+  to the executor's `sync()`.
+- Reports (every node): what the executor reports is queued and sent in batches
+  (`task_report`) to a manager; a manager commits the batches of all its nodes as one
+  `task_status` command about every REPORT_BATCH seconds. A batch that cannot be delivered is
+  kept and sent again (states only move forward, so a repeat is harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from meshkit.cluster.rpc import Peer, RpcError
+from meshkit.errors import MeshkitError
+
+if TYPE_CHECKING:
+    from meshkit.cluster.agent import Agent
+    from meshkit.cluster.executor import Executor
+
+log = logging.getLogger("meshkit.cluster.dispatch")
+
+PLAN_COALESCE = 0.02
+"""Seconds the orchestrator waits after a change for more changes before planning."""
+
+PLAN_TICK = 1.0
+"""Seconds between plans when nothing changes (timers: restart delays, update monitors)."""
+
+REPORT_BATCH = 0.05
+"""Seconds reports are gathered before they are sent (node) or committed (manager)."""
+
+WATCH_WAIT = 20.0
+
+
+class Dispatch:
+    """The service loops of one agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.executor: Executor | None = None
+        self.plan_now = asyncio.Event()
+        self._outbox: list[dict[str, Any]] = []
+        self._outbox_ready = asyncio.Event()
+        # manager side: updates from nodes waiting for one task_status commit
+        self._commit_batch: list[dict[str, Any]] = []
+        self._commit_waiters: list[asyncio.Future[None]] = []
+        self._commit_kick = asyncio.Event()
+        self.plans = 0  # plans run (for tests and the bench)
+
+    # -- executor ------------------------------------------------------------------------------
+
+    async def start_executor(self) -> None:
+        from meshkit.cluster.executor import Executor
+
+        self.executor = Executor(
+            self.agent.data_dir, self.agent.node_id, self.agent.cfg.hostname, self.report
+        )
+        await self.executor.start()
+
+    async def close_executor(self, stop_tasks: bool) -> None:
+        if self.executor is not None:
+            await self.executor.close(stop_tasks)
+
+    def report(self, updates: list[dict[str, Any]]) -> None:
+        """The executor's callback."""
+        self._outbox.extend(updates)
+        self._outbox_ready.set()
+
+    def loops(self) -> list[tuple[str, Callable[[], Any]]]:
+        return [
+            ("orchestrator", self.orchestrate_loop),
+            ("assignments", self.watch_loop),
+            ("reports", self.report_loop),
+            ("task-status", self.commit_loop),
+        ]
+
+    # -- leader: the orchestrator --------------------------------------------------------------
+
+    def applied(self, cmd: dict[str, Any]) -> None:
+        self.plan_now.set()
+
+    async def orchestrate_loop(self) -> None:
+        from meshkit.cluster.api import new_node_id
+        from meshkit.cluster.orchestrator import plan
+
+        wake_at: float | None = None
+        while not self.agent.stopping:
+            timeout = PLAN_TICK
+            if wake_at is not None:
+                timeout = min(timeout, max(0.0, wake_at - time.time()))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.plan_now.wait(), timeout)
+            await asyncio.sleep(PLAN_COALESCE)
+            self.plan_now.clear()
+            store = self.agent.store
+            if store is None or not store.is_leader or not store.has_quorum:
+                wake_at = None
+                continue
+            st = store.state
+            if not st.initialized:
+                continue
+            try:
+                p = plan(st, time.time(), new_node_id)
+            except Exception:  # a planner bug must not stop the leader's other work
+                log.exception("orchestrator: planning failed")
+                await asyncio.sleep(1.0)
+                continue
+            self.plans += 1
+            wake_at = p.wake_at
+            for cmd in p.commands:
+                cmd.setdefault("now", time.time())
+                try:
+                    await store.submit(cmd)
+                except MeshkitError as exc:
+                    log.warning("orchestrator: cannot commit %s: %s", cmd.get("op"), exc)
+                    self.plan_now.set()  # plan again from what the state holds now
+                    break
+
+    # -- every node: assignments ---------------------------------------------------------------
+
+    async def _watch_once(self, epoch: str | None, version: int | None) -> dict[str, Any]:
+        agent = self.agent
+        params = {
+            "node_id": agent.node_id,
+            "epoch": epoch,
+            "version": version,
+            "wait": WATCH_WAIT,
+        }
+        st = agent.state
+        if agent.is_manager and st is not None and st.initialized:
+            peer = Peer(identity=agent.identity.peer, address="self")
+            return dict(await agent.api.services.tasks_watch(peer, params))
+        errors = []
+        for addr in agent._manager_targets():
+            try:
+                return dict(
+                    await agent.call_manager(addr, "tasks_watch", params, timeout=WATCH_WAIT + 10)
+                )
+            except RpcError as exc:
+                errors.append(f"{addr}: {exc.message}")
+                agent._manager_idx += 1
+        raise RpcError("unreachable", "no manager answered: " + "; ".join(errors or ["none"]))
+
+    async def watch_loop(self) -> None:
+        epoch: str | None = None
+        version: int | None = None
+        while not self.agent.stopping:
+            if self.executor is None:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                reply = await self._watch_once(epoch, version)
+            except RpcError as exc:
+                log.debug("task assignments: %s", exc.message)
+                epoch = version = None
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:
+                log.exception("task assignments failed")
+                epoch = version = None
+                await asyncio.sleep(1.0)
+                continue
+            epoch, version = reply.get("epoch"), reply.get("version")
+            try:
+                self.executor.sync(list(reply.get("tasks") or []))
+            except Exception:
+                log.exception("executor: sync failed")
+                await asyncio.sleep(1.0)
+
+    # -- every node: reports -------------------------------------------------------------------
+
+    async def report_loop(self) -> None:
+        agent = self.agent
+        while not agent.stopping:
+            await self._outbox_ready.wait()
+            await asyncio.sleep(REPORT_BATCH)
+            self._outbox_ready.clear()
+            batch, self._outbox = self._outbox, []
+            if not batch:
+                continue
+            try:
+                if agent.is_manager:
+                    await self.submit_task_status(batch)
+                else:
+                    errors = []
+                    for addr in agent._manager_targets():
+                        try:
+                            await agent.call_manager(
+                                addr, "task_report", {"node_id": agent.node_id, "updates": batch}
+                            )
+                            break
+                        except RpcError as exc:
+                            errors.append(f"{addr}: {exc.message}")
+                            agent._manager_idx += 1
+                    else:
+                        raise RpcError("unreachable", "; ".join(errors or ["no manager known"]))
+            except (MeshkitError, OSError) as exc:
+                log.warning("task reports not delivered (%d kept): %s", len(batch), exc)
+                self._outbox[:0] = batch
+                self._outbox_ready.set()
+                await asyncio.sleep(1.0)
+
+    # -- managers: committing reports ----------------------------------------------------------
+
+    async def submit_task_status(self, updates: list[dict[str, Any]]) -> None:
+        """Commit node reports; batches of every node go in one raft entry."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commit_batch.extend(updates)
+        self._commit_waiters.append(fut)
+        self._commit_kick.set()
+        await fut
+
+    async def commit_loop(self) -> None:
+        while not self.agent.stopping:
+            await self._commit_kick.wait()
+            await asyncio.sleep(REPORT_BATCH)
+            self._commit_kick.clear()
+            batch, self._commit_batch = self._commit_batch, []
+            waiters, self._commit_waiters = self._commit_waiters, []
+            if not batch:
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+                continue
+            store = self.agent.store
+            try:
+                if store is None:
+                    raise RpcError("not_manager", "this node is no longer a manager")
+                await store.submit({"op": "task_status", "updates": batch, "now": time.time()})
+            except (MeshkitError, OSError) as exc:
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(
+                            exc if isinstance(exc, MeshkitError) else MeshkitError(str(exc))
+                        )
+                continue
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)

@@ -489,13 +489,13 @@ def test_load_sites_with_root_and_index(tmp_path: Path, monkeypatch: pytest.Monk
 def test_load_collects_every_error() -> None:
     src = (
         "https://a.test {\n  root\n  nope\n}\n"
-        "b.test:99999 {\n  index\n  proxy / 127.0.0.1:9000\n  tls off\n}\n"
+        "b.test:99999 {\n  index\n  cors /\n  tls off\n}\n"
         ":80 {\n  root /a /b\n}\n"
     )
     c = load_text(src)
     msgs = [str(e) for e in c.errors]
     assert "Caddyfile:3 - unknown directive 'nope'" in msgs
-    assert "Caddyfile:7 - directive 'proxy' is not available in this version of meshkit" in msgs
+    assert "Caddyfile:7 - directive 'cors' is not available in this version of meshkit" in msgs
     assert any(
         m.startswith("Caddyfile:8 - directive 'tls': TLS is not supported yet") for m in msgs
     )
@@ -637,12 +637,19 @@ def test_chain_link_may_answer() -> None:
     assert isinstance(resp, Response) and resp.body == b"log,status,"
 
 
-def test_chain_skips_none_and_git(monkeypatch: pytest.MonkeyPatch) -> None:
-    site = Site([Address(":80")], directives={"git": {"repo": "x"}, "status": None})
+def test_chain_skips_none_and_git_without_hooks() -> None:
+    from meshkit.web.directives.git import GitDirectiveConfig
+    from meshkit.web.gitdeploy import GitConfig
+
+    config = GitDirectiveConfig([GitConfig("x", "/srv/x")])
+    site = Site([Address(":80")], directives={"git": config, "status": None})
     assert directives.build_chain(site, last) is last
+    assert len(site.background) == 1  # the puller runs beside the server
 
 
-def test_chain_unavailable_directive() -> None:
+def test_chain_unavailable_directive(monkeypatch: pytest.MonkeyPatch) -> None:
+    directives.load_all()
+    monkeypatch.delitem(directives.REGISTRY, "fastcgi")
     site = Site([Address(":80")], directives={"fastcgi": {"x": 1}})
     with pytest.raises(MeshkitError, match="'fastcgi' is not available"):
         directives.build_chain(site, last)

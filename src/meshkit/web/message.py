@@ -14,6 +14,7 @@ lets a middleware post-process either kind without caring which it got.
 from __future__ import annotations
 
 import inspect
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -260,6 +261,10 @@ class Response:
     # request.on_complete (the access log): the server replays those callbacks on each hit
     # with a per-hit copy of the request (see router.REPLAYABLE_DIRECTIVES).
     validators: tuple[Validator, ...] | None = None
+    # For a 101 answer to an Upgrade request: once the head is written the server lets go of
+    # the connection and calls this with the socket (now the callee's to close) and the bytes
+    # the client sent after its request head. Connection/Upgrade headers are sent as given.
+    upgrade: Callable[[socket.socket, bytes], Awaitable[None]] | None = None
 
     @classmethod
     def error(cls, status: int, headers: Headers | None = None) -> Response:

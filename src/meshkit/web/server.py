@@ -273,10 +273,12 @@ class _Job:
         "request",
         "response",
         "sent",
+        "upgrade",
     )
 
     def __init__(self, data: bytes) -> None:
         self.data = data
+        self.upgrade: Any = None  # a 101 head: hand the connection over once written
         self.off = 0
         self.fd = -1
         self.file_off = 0
@@ -352,6 +354,7 @@ class _Conn:
         self._key: bytes | None = None
         self._feed_msgs = 0
         self._cand: CachedResponse | None = None
+        self._upgrade_rest: bytes | None = None  # set once the client asked to upgrade
 
     # ------------------------------------------------------------------ reading
 
@@ -415,8 +418,10 @@ class _Conn:
         self._began_in_feed = False
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # CONNECT or an Upgrade the handler did not take: the rest is not HTTP/1.1.
+        except httptools.HttpParserUpgrade as exc:
+            # CONNECT or an Upgrade: the rest is not HTTP/1.1. A handler may take the
+            # connection over with a 101 (Response.upgrade), getting these bytes too.
+            self._upgrade_rest = data[exc.args[0] :]
             self._stopped = True
             self._close_when_done()
             return
@@ -759,6 +764,9 @@ class _Conn:
             if keep and not self._reading:
                 self._update_reading()  # reading may have paused on the unread body
         send_body = method != "HEAD" and status >= 200 and status != 204 and status != 304
+        if response.upgrade is not None and status == 101:
+            self._write_upgrade(request, response)
+            return
         if type(body) is bytes:
             try:
                 head = http1.cached_head(status, response.headers, len(body), keep, request.version)
@@ -807,6 +815,52 @@ class _Conn:
             self._write_response(request, response, keep)
         else:
             self._start_stream(request, response, body, keep, send_body)
+
+    def _write_upgrade(self, request: Request, response: Response) -> None:
+        """A 101 with a taker: write the head (with Connection/Upgrade), then hand over."""
+        if self._upgrade_rest is None:
+            # the request did not ask to upgrade (or the parser went on reading HTTP)
+            log.error(
+                "handler answered 101 to %s %s, which asked for no upgrade",
+                request.method,
+                request.uri,
+            )
+            self._write_response(request, _bad_gateway(), False)
+            return
+        upgrade = request.headers.get("Upgrade") or ""
+        headers = response.headers.copy()
+        wanted = headers.get("Upgrade") or upgrade
+        headers.remove("Upgrade")
+        try:
+            head = http1.serialize_head(101, headers, content_length=None, keep_alive=True)
+        except ValueError:
+            log.error("response to %s %s has CR/LF in a header", request.method, request.uri)
+            self._write_response(request, _server_error(), False)
+            return
+        extra = f"Connection: Upgrade\r\nUpgrade: {wanted}\r\n\r\n".encode("latin-1", "replace")
+        job = _Job(head[:-2] + extra)
+        job.head_len = len(job.data)
+        job.upgrade = response.upgrade
+        job.finishes = True
+        job.request = request
+        job.response = response
+        self._emit(job)
+
+    def _hand_over(self, upgrade: Any) -> None:
+        """Let go of the socket (without closing it) and run the upgrade taker on it."""
+        rest = self._upgrade_rest or b""
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+        self._closed = True
+        self._no_more = self._stopped = True
+        self._drop_slots()
+        sock = self._sock
+        self._server._conn_closed(self)
+        self._loop.create_task(_run_upgrade(upgrade, sock, rest))
 
     def _send_small(
         self,
@@ -876,13 +930,23 @@ class _Conn:
         keep: bool,
         send_body: bool,
     ) -> None:
-        chunked = send_body and request.version == "1.1"
-        if send_body and not chunked:
-            keep = False  # HTTP/1.0: the body ends when the connection does
         headers = response.headers
-        if send_body:
+        # A stream that knows its length (an int `content_length` attribute on the body, as
+        # the proxy's streamed bodies have) goes out plain under that Content-Length; any
+        # other stream is chunked, whatever Content-Length a handler set.
+        length = getattr(body, "content_length", None) if send_body else None
+        if type(length) is int and length >= 0:
+            chunked = False
             headers = headers.copy()
-            headers.remove("Content-Length")
+            headers.set("Content-Length", str(length))
+        else:
+            length = None
+            chunked = send_body and request.version == "1.1"
+            if send_body and not chunked:
+                keep = False  # HTTP/1.0: the body ends when the connection does
+            if send_body:
+                headers = headers.copy()
+                headers.remove("Content-Length")
         head = http1.serialize_head(
             response.status,
             headers,
@@ -903,7 +967,7 @@ class _Conn:
             return
         self._streaming = True
         self._emit(_Job(head))
-        self._loop.create_task(self._stream(request, response, body, chunked, keep))
+        self._loop.create_task(self._stream(request, response, body, chunked, keep, length))
 
     async def _stream(
         self,
@@ -912,6 +976,7 @@ class _Conn:
         body: AsyncIterator[bytes],
         chunked: bool,
         keep: bool,
+        length: int | None = None,
     ) -> None:
         sent = 0
         ok = False
@@ -923,11 +988,13 @@ class _Conn:
                     continue
                 data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if chunked else bytes(chunk)
                 sent += len(chunk)
+                if length is not None and sent > length:
+                    break  # longer than its Content-Length: cut off (closes below)
                 self._emit(_Job(data))
                 if self._out:
                     await self._drained()
             else:
-                ok = True
+                ok = length is None or sent == length
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -1058,6 +1125,11 @@ class _Conn:
         if job.finishes and job.request is not None and job.response is not None:
             body_sent = job.body_base + max(0, job.sent - job.head_len)
             _complete(job.request, job.response, body_sent)
+        if job.upgrade is not None:
+            upgrade, job.upgrade = job.upgrade, None
+            if ok and not self._closed:
+                self._hand_over(upgrade)
+            return
         if ok and (job.close_after or (job.finishes and self._close_pending and not self._busy())):
             self._close_gracefully()
 
@@ -1211,6 +1283,19 @@ def _complete(request: Request, response: Response, body_sent: int) -> None:
             callback(request, response, body_sent)
         except Exception:
             log.exception("on_complete callback failed for %s %s", request.method, request.uri)
+
+
+async def _run_upgrade(upgrade: Any, sock: socket.socket, rest: bytes) -> None:
+    try:
+        await upgrade(sock, rest)
+    except Exception:
+        log.exception("upgraded connection failed")
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def _bad_gateway() -> Response:
+    return Response.error(502)
 
 
 def _server_error() -> Response:

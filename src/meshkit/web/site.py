@@ -66,4 +66,4 @@ class Site:
     # `meshkit web -validate --json` and the golden tests print
     directives: dict[str, Any] = field(default_factory=dict)
     # filled by the directives' build(): what runs beside the server for this site
-    background: list[Background] = field(default_factory=list)
+    background: list[Background] = field(default_factory=list, metadata={"json": False})

@@ -27,6 +27,9 @@ ORDER = [
     "root",
     "index",
     "log",  # outside limits (unlike Caddy): the requests limits refuses are logged too
+    # before basicauth, rewrite and redir: a site's own protections must not answer its
+    # deploy webhook (which checks its secret itself)
+    "git",
     "limits",
     "rewrite",
     "ext",
@@ -41,7 +44,6 @@ ORDER = [
     "proxy",
     "fastcgi",
     "browse",
-    "git",
 ]
 
 

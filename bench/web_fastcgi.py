@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""FastCGI: meshkit web `fastcgi` vs nginx `fastcgi_pass`, both to the same php-fpm pool.
+
+nginx (one worker, ``fastcgi_keep_conn on`` with an upstream ``keepalive`` cache) and
+``meshkit web`` (``fastcgi / ENDPOINT php``, which keeps connections too) are pinned to the
+server core; php-fpm 8.2 (``pm = static``, as many children as wrk has connections, so no
+kept connection ever starves another) and wrk (``-t1``) run on the other core. Cases:
+
+1. hello  ``GET /hello.php``  -> ``Hello World\\n``                     goal >= 1.0x nginx
+2. page   ``GET /page.php``   -> 16 KiB of HTML from str_repeat          reported
+3. unix   ``GET /hello.php`` over php-fpm's unix socket                 reported
+
+Rounds interleave nginx and meshkit per case; the table shows medians and ratios.
+Everything started here lives in a temporary directory and is stopped by pid.
+
+    python bench/web_fastcgi.py              # 5 rounds x 10 s per case and server
+    python bench/web_fastcgi.py --quick      # smoke test: 1 round x 2 s, hello only
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import math
+import os
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ingress import (
+    BUSY_WARN,
+    HOST,
+    BenchError,
+    Procs,
+    Results,
+    Sample,
+    background_busy,
+    free_port,
+    log,
+    meshkit_env,
+    report_errors_and_noise,
+    run_guarded,
+    run_wrk,
+    wait_port,
+)
+
+PHP_FPM = "/usr/sbin/php-fpm8.2"
+TARGETS = ("nginx", "meshkit")
+PAGE_SIZE = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Case:
+    key: str
+    title: str
+    path: str
+    unix: bool
+    goal: float | None  # minimum meshkit/nginx ratio; None: reported only
+
+
+CASES = (
+    Case("hello", "Hello World (TCP 127.0.0.1)", "/hello.php", False, 1.0),
+    Case("page", f"{PAGE_SIZE // 1024} KiB page (TCP)", "/page.php", False, None),
+    Case("unix", "Hello World (unix socket)", "/hello.php", True, None),
+)
+
+
+def make_site(root: Path) -> None:
+    root.mkdir(parents=True)
+    (root / "hello.php").write_text('<?php echo "Hello World\\n"; ?>')
+    (root / "page.php").write_text(f"<?php echo str_repeat('x', {PAGE_SIZE});")
+
+
+def start_php_fpm(procs: Procs, core: int | None, children: int) -> tuple[int, Path]:
+    prefix = procs.tmp / "php-fpm"
+    prefix.mkdir()
+    port = free_port()
+    sock = prefix / "php.sock"
+    pool = f"pm = static\npm.max_children = {children}\npm.max_requests = 0\n"
+    conf = prefix / "php-fpm.conf"
+    conf.write_text(
+        f"[global]\npid = {prefix}/php-fpm.pid\nerror_log = {prefix}/error.log\n"
+        "daemonize = no\n"
+        f"[tcp]\nlisten = {HOST}:{port}\nlisten.backlog = 4096\n{pool}"
+        f"[unix]\nlisten = {sock}\nlisten.backlog = 4096\n{pool}"
+    )
+    proc, logfile = procs.start("php-fpm", [PHP_FPM, "-F", "-R", "-y", str(conf)], core)
+    wait_port(port, proc, "php-fpm", logfile)
+    deadline = time.monotonic() + 10
+    while not sock.exists():
+        if time.monotonic() > deadline:
+            raise BenchError(f"php-fpm never made {sock}")
+        time.sleep(0.05)
+    return port, sock
+
+
+def start_nginx(
+    procs: Procs, core: int | None, root: Path, endpoint: str, name: str, keepalive: int
+) -> int:
+    prefix = procs.tmp / name
+    (prefix / "logs").mkdir(parents=True)
+    port = free_port()
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""{user}daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {prefix}/body;
+    fastcgi_temp_path {prefix}/fastcgi;
+    proxy_temp_path {prefix}/proxy;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream php {{ server {endpoint}; keepalive {keepalive}; }}
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        root {root};
+        location ~ \\.php$ {{
+            fastcgi_pass php;
+            fastcgi_keep_conn on;
+            fastcgi_param SCRIPT_FILENAME $document_root$fastcgi_script_name;
+            fastcgi_param SCRIPT_NAME $fastcgi_script_name;
+            fastcgi_param DOCUMENT_ROOT $document_root;
+            fastcgi_param DOCUMENT_URI $document_uri;
+            fastcgi_param REQUEST_URI $request_uri;
+            fastcgi_param QUERY_STRING $query_string;
+            fastcgi_param REQUEST_METHOD $request_method;
+            fastcgi_param CONTENT_TYPE $content_type;
+            fastcgi_param CONTENT_LENGTH $content_length;
+            fastcgi_param SERVER_PROTOCOL $server_protocol;
+            fastcgi_param GATEWAY_INTERFACE CGI/1.1;
+            fastcgi_param SERVER_SOFTWARE nginx;
+            fastcgi_param REMOTE_ADDR $remote_addr;
+            fastcgi_param REMOTE_PORT $remote_port;
+            fastcgi_param SERVER_ADDR $server_addr;
+            fastcgi_param SERVER_PORT $server_port;
+            fastcgi_param SERVER_NAME $server_name;
+        }}
+    }}
+}}
+"""
+    )
+    cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
+    proc, logfile = procs.start(name, cmd, core)
+    wait_port(port, proc, name, logfile)
+    return port
+
+
+def start_meshkit(
+    procs: Procs, core: int | None, root: Path, endpoint: str, name: str, no_ext: bool
+) -> int:
+    port = free_port()
+    conf = procs.tmp / f"{name}.Caddyfile"
+    conf.write_text(f"{HOST}:{port} {{\n    root {root}\n    fastcgi / {endpoint} php\n}}\n")
+    cmd = [sys.executable, "-m", "meshkit", "web", "-conf", str(conf), "-quiet"]
+    proc, logfile = procs.start(name, cmd, core, env=meshkit_env(no_ext))
+    wait_port(port, proc, name, logfile, timeout=30)
+    return port
+
+
+def check(port: int, name: str, case: Case) -> None:
+    try:
+        conn = http.client.HTTPConnection(HOST, port, timeout=10)
+        conn.request("GET", case.path)
+        resp = conn.getresponse()
+        body = resp.read()
+        conn.close()
+    except (OSError, http.client.HTTPException) as exc:
+        raise BenchError(f"GET {case.path} via {name} on {HOST}:{port} failed: {exc!r}") from exc
+    want = b"x" * PAGE_SIZE if case.key == "page" else b"Hello World\n"
+    if resp.status != 200 or body != want:
+        raise BenchError(
+            f"GET {case.path} via {name} on {HOST}:{port}: status {resp.status}, "
+            f"{len(body)} bytes {body[:60]!r}"
+        )
+
+
+def run(args: argparse.Namespace, tmp: Path) -> Results:
+    procs = Procs(tmp)
+    results = Results()
+    root = tmp / "www"
+    make_site(root)
+    cores = {args.server_core, args.client_core}
+    cases = [c for c in CASES if c.key in args.cases]
+    try:
+        fpm_port, sock = start_php_fpm(procs, args.client_core, args.connections)
+        tcp, unix = f"{HOST}:{fpm_port}", str(sock)
+        ports: dict[tuple[str, bool], int] = {}
+        for is_unix in sorted({c.unix for c in cases}):
+            tag = "-unix" if is_unix else ""
+            if "nginx" in args.targets:
+                endpoint = f"unix:{unix}" if is_unix else tcp
+                ports["nginx", is_unix] = start_nginx(
+                    procs, args.server_core, root, endpoint, "nginx" + tag, args.connections // 2
+                )
+            if "meshkit" in args.targets:
+                endpoint = f"unix:{unix}" if is_unix else tcp
+                ports["meshkit", is_unix] = start_meshkit(
+                    procs, args.server_core, root, endpoint, "meshkit" + tag, args.no_extensions
+                )
+        log(
+            f"servers: {ports} (server CPU {args.server_core}, php-fpm + wrk CPU "
+            f"{args.client_core})"
+        )
+        for case in cases:
+            targets = [(t, ports[t, case.unix]) for t in args.targets]
+            for name, port in targets:
+                check(port, name, case)
+                run_wrk(port, 1, False, args.client_core, path=case.path, conns=args.connections)
+            for r in range(1, args.rounds + 1):
+                for name, port in targets:
+                    busy = background_busy(cores)
+                    sample: Sample = run_wrk(
+                        port,
+                        args.duration,
+                        False,
+                        args.client_core,
+                        path=case.path,
+                        conns=args.connections,
+                    )
+                    sample.background = busy
+                    results.add(case.key, name, sample)
+                    notes = [sample.errors] if sample.errors else []
+                    if busy > BUSY_WARN:
+                        notes.append(f"CPU already {busy:.0f}% busy before the run")
+                    extra = f"  ({'; '.join(notes)})" if notes else ""
+                    log(f"  round {r} {case.key:<6} {name:<8} {sample.value:,.0f} req/s{extra}")
+    finally:
+        procs.stop_all()
+    return results
+
+
+def fmt_ratio(value: float | None) -> str:
+    # truncated, not rounded, so that a shown 1.00x never reads as a miss
+    return "-" if value is None else f"{math.floor(value * 100) / 100:.2f}x"
+
+
+def report(results: Results, args: argparse.Namespace) -> bool:
+    print()
+    print(f"{'case':<32} {'nginx':>14} {'meshkit':>14} {'ratio':>8} {'goal':>7}")
+    met = True
+    for case in CASES:
+        if case.key not in args.cases:
+            continue
+        n = results.median(case.key, "nginx")
+        m = results.median(case.key, "meshkit")
+        ratio = m / n if m is not None and n else None
+        goal = f">={case.goal:.1f}x" if case.goal else "-"
+        if case.goal and ratio is not None and ratio < case.goal:
+            met = False
+            goal += " MISS"
+        print(f"{case.title:<32} {_fmt(n):>14} {_fmt(m):>14} {fmt_ratio(ratio):>8} {goal:>7}")
+    samples = [s.value for per in results.samples.values() for ss in per.values() for s in ss]
+    if len(samples) > 1:
+        print(
+            f"(medians of {args.rounds} round(s) x {args.duration:g} s, wrk -t1 "
+            f"-c{args.connections}; spread of all runs: {statistics.pstdev(samples):,.0f})"
+        )
+    report_errors_and_noise(results)
+    return met
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1000:.1f}k req/s"
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="FastCGI: meshkit web vs nginx fastcgi_pass to one php-fpm (each server "
+        "on the same core, php-fpm and wrk on another): medians and ratios."
+    )
+    p.add_argument("--quick", action="store_true", help="one round of 2 s, hello only")
+    p.add_argument("--duration", type=float, default=None, help="seconds per run (default 10)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
+    p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    p.add_argument("--cases", default=None, help="comma-separated subset of hello,page,unix")
+    p.add_argument("--targets", default=",".join(TARGETS), help="subset of nginx,meshkit")
+    p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
+    p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
+    p.add_argument("--server-core", type=int, default=None, help="CPU for nginx and meshkit")
+    p.add_argument("--client-core", type=int, default=None, help="CPU for php-fpm and wrk")
+    args = p.parse_args(argv)
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 10.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 5
+    if args.cases is None:
+        args.cases = "hello" if args.quick else ",".join(c.key for c in CASES)
+    if args.duration < 1 or args.rounds < 1 or args.connections < 2:
+        p.error("--duration must be >= 1, --rounds >= 1 and --connections >= 2")
+    args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = set(args.cases) - {c.key for c in CASES}
+    if unknown:
+        p.error(f"--cases: unknown {', '.join(sorted(unknown))}")
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not args.targets or set(args.targets) - set(TARGETS):
+        p.error("--targets: choose from nginx,meshkit")
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.server_core is None:
+        args.server_core = cpus[0]
+    if args.client_core is None:
+        args.client_core = cpus[1] if len(cpus) > 1 else cpus[0]
+    for name in ("server_core", "client_core"):
+        if getattr(args, name) not in cpus:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: usable CPUs are {cpus}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    needed = ["wrk", *(["nginx"] if "nginx" in args.targets else [])]
+    missing = [t for t in needed if shutil.which(t) is None]
+    if not os.access(PHP_FPM, os.X_OK):
+        missing.append(PHP_FPM)
+    if missing:
+        log(
+            f"error: required tool(s) not found: {', '.join(missing)} "
+            "(Debian: apt-get install nginx-light wrk php8.2-fpm)"
+        )
+        return 2
+    results = run_guarded(run, args, "meshkit-bench-fastcgi-")
+    if isinstance(results, int):
+        return results
+    met = report(results, args)
+    if args.check_goals and "meshkit" in args.targets and not met:
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

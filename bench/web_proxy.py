@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Reverse proxy: meshkit web `proxy` vs nginx `proxy_pass` and Caddy 2 `reverse_proxy`.
+
+One nginx backend answers `GET /` with a small fixed body (pinned to the client core, beside
+wrk, so that the proxy core runs nothing but the proxy). nginx (one worker, an upstream
+keep-alive pool of 64), Caddy 2 (GOMAXPROCS=1) and meshkit (`meshkit web -conf FILE` with
+`proxy / BACKEND`) each run pinned to the server core in turn; wrk (-t1) measures requests/s
+through each. Rounds interleave the three; the table prints medians and ratios.
+
+Goal: meshkit >= 1.0x nginx (measured here before: nginx 22.9k requests/s, Caddy 4.3k).
+`--quick` is one short round (a CI smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import sys
+import urllib.request
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from ingress import (
+    HOST,
+    SRC_DIR,
+    BenchError,
+    Procs,
+    Results,
+    free_port,
+    log,
+    run_guarded,
+    run_wrk,
+    wait_port,
+)
+
+TARGETS = ("nginx", "caddy", "meshkit")
+BODY = "hello from the backend, a small body of about one hundred bytes................"
+ISSUE = {"nginx": 22_900.0, "caddy": 4_300.0}
+
+
+def _nginx_conf(prefix: Path, server: str) -> Path:
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = prefix / "nginx.conf"
+    conf.write_text(
+        f"""{user}daemon off;
+master_process off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/logs/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; multi_accept on; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+{server}
+}}
+"""
+    )
+    return conf
+
+
+def start_backend(procs: Procs, core: int | None) -> int:
+    port = free_port()
+    server = f"""    server {{
+        listen {HOST}:{port} backlog=4096;
+        location / {{ default_type text/plain; return 200 "{BODY}"; }}
+    }}"""
+    prefix = procs.tmp / "backend"
+    conf = _nginx_conf(prefix, server)
+    cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
+    proc, logfile = procs.start("backend", cmd, core)
+    wait_port(port, proc, "nginx backend", logfile)
+    return port
+
+
+def start_nginx_proxy(procs: Procs, core: int | None, backend: int) -> int:
+    port = free_port()
+    server = f"""    upstream backend {{ server {HOST}:{backend}; keepalive 64; }}
+    server {{
+        listen {HOST}:{port} backlog=4096;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}"""
+    prefix = procs.tmp / "nginx"
+    conf = _nginx_conf(prefix, server)
+    cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
+    proc, logfile = procs.start("nginx", cmd, core)
+    wait_port(port, proc, "nginx proxy", logfile)
+    return port
+
+
+def start_caddy(procs: Procs, core: int | None, backend: int) -> int:
+    home = procs.tmp / "caddy"
+    home.mkdir()
+    port = free_port()
+    conf = home / "Caddyfile"
+    conf.write_text(
+        f"{{\n    admin off\n    auto_https off\n}}\nhttp://{HOST}:{port} {{\n"
+        f"    bind {HOST}\n    reverse_proxy {HOST}:{backend}\n}}\n"
+    )
+    env = {
+        **os.environ,
+        "GOMAXPROCS": "1",
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+    }
+    cmd = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
+    proc, logfile = procs.start("caddy", cmd, core, env=env)
+    wait_port(port, proc, "caddy", logfile)
+    return port
+
+
+def start_meshkit(procs: Procs, core: int | None, backend: int, args: argparse.Namespace) -> int:
+    port = free_port()
+    conf = procs.tmp / "Caddyfile"
+    conf.write_text(f"{HOST}:{port} {{\n    proxy / {HOST}:{backend}\n}}\n")
+    env = dict(os.environ)
+    # this tree's meshkit, also when an older one is installed
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = f"{SRC_DIR}{os.pathsep}{old}" if old else str(SRC_DIR)
+    if args.no_extensions:
+        env["MESHKIT_NO_EXTENSIONS"] = "1"
+    cmd = [sys.executable, "-m", "meshkit", "web", "-conf", str(conf), "-quiet"]
+    proc, logfile = procs.start("meshkit", cmd, core, env=env)
+    wait_port(port, proc, "meshkit web", logfile, timeout=30)
+    return port
+
+
+def check(port: int, name: str) -> None:
+    with urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=5) as reply:
+        body = reply.read().decode()
+    if body != BODY:
+        raise BenchError(f"{name} answered {body[:80]!r} instead of the backend's body")
+
+
+def run(args: argparse.Namespace, tmp: Path) -> Results:
+    procs = Procs(tmp)
+    results = Results()
+    try:
+        backend = start_backend(procs, args.client_core)
+        ports: dict[str, int] = {}
+        if "nginx" in args.targets:
+            ports["nginx"] = start_nginx_proxy(procs, args.server_core, backend)
+        if "caddy" in args.targets:
+            ports["caddy"] = start_caddy(procs, args.server_core, backend)
+        if "meshkit" in args.targets:
+            ports["meshkit"] = start_meshkit(procs, args.server_core, backend, args)
+        log(
+            f"proxies: {ports}, backend {backend} (proxy CPU {args.server_core}, "
+            f"wrk+backend CPU {args.client_core})"
+        )
+        for name, port in ports.items():
+            check(port, name)
+            run_wrk(port, 1, False, args.client_core, conns=args.connections)  # warm-up
+        for r in range(1, args.rounds + 1):
+            for name, port in ports.items():
+                sample = run_wrk(
+                    port, args.duration, False, args.client_core, conns=args.connections
+                )
+                results.add("small", name, sample)
+                extra = f"  ({sample.errors})" if sample.errors else ""
+                log(f"  round {r} small  {name:<8} {sample.value:>10.0f} req/s{extra}")
+    finally:
+        procs.stop_all()
+    return results
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    if a is None or not b:
+        return "-"
+    return f"{math.floor(a / b * 100) / 100:.2f}x"
+
+
+def report(results: Results, args: argparse.Namespace) -> bool:
+    med = {t: results.median("small", t) for t in TARGETS}
+    print(
+        "\nproxy, small GET through one upstream (requests/s, medians of "
+        f"{args.rounds} x {args.duration:g}s)"
+    )
+    print(f"{'target':<10}{'req/s':>12}{'vs nginx':>10}{'vs caddy':>10}")
+    for t in TARGETS:
+        if med[t] is None:
+            continue
+        print(
+            f"{t:<10}{med[t]:>12.0f}{_ratio(med[t], med['nginx']):>10}"
+            f"{_ratio(med[t], med['caddy']):>10}"
+        )
+    print(
+        f"(measured before: nginx {ISSUE['nginx']:.0f}, caddy {ISSUE['caddy']:.0f}; "
+        "goal meshkit >= 1.0x nginx)"
+    )
+    m, n = med.get("meshkit"), med.get("nginx")
+    return m is None or n is None or m >= n
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="one round of 2 s each (smoke test)")
+    p.add_argument("--duration", type=float, default=None, help="seconds per run (default 10)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument("--targets", default=",".join(TARGETS), help="subset of nginx,caddy,meshkit")
+    p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
+    p.add_argument("--check-goals", action="store_true", help="exit 3 when the goal is missed")
+    p.add_argument("--server-core", type=int, default=None, help="CPU for the proxies")
+    p.add_argument("--client-core", type=int, default=None, help="CPU for wrk and the backend")
+    args = p.parse_args(argv)
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 10.0
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 5
+    if args.duration < 1 or args.rounds < 1:
+        p.error("--duration must be >= 1 and --rounds >= 1")
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if set(args.targets) - set(TARGETS):
+        p.error(f"--targets: choose from {', '.join(TARGETS)}")
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.server_core is None:
+        args.server_core = cpus[0]
+    if args.client_core is None:
+        args.client_core = cpus[1] if len(cpus) > 1 else cpus[0]
+    for name in ("server_core", "client_core"):
+        if getattr(args, name) not in cpus:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: usable CPUs are {cpus}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    needed = ["wrk", "nginx", *(["caddy"] if "caddy" in args.targets else [])]
+    missing = [tool for tool in needed if shutil.which(tool) is None]
+    if missing:
+        log(f"error: required tool(s) not found on PATH: {', '.join(missing)}")
+        return 2
+    results = run_guarded(partial(run), args, "meshkit-bench-proxy-")
+    if isinstance(results, int):
+        return results
+    met = report(results, args)
+    if args.check_goals and not met:
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""fastcgi: hand requests to a FastCGI responder such as php-fpm (Caddy v1).
+
+    fastcgi PATH ENDPOINT [php] {
+        root DIR                # DOCUMENT_ROOT / SCRIPT_FILENAME base (default: the site root)
+        ext .php                # a path ending in it goes to FastCGI
+        split .php...           # where SCRIPT_NAME ends and PATH_INFO starts
+        index index.php...      # index files tried for folder paths
+        env NAME VALUE          # extra variables; placeholders ({host}, {>Header}...) work
+        except PATH...          # base paths that are never FastCGI's
+        upstream ENDPOINT       # more responders, round robin (once per line)
+        connect_timeout 60s     # Caddy v1's defaults: 60s each
+        read_timeout 60s
+        send_timeout 60s
+    }
+
+ENDPOINT is `host:port`, `[v6]:port` or `unix:/path/to.sock`. The `php` preset means
+`ext .php`, `split .php`, `index index.php`. Which requests go to FastCGI and what they see is
+described in meshkit.web.fastcgi.env (note the safe split); the others fall through to the next
+handler, normally the file server. php-fpm unreachable is a 502, no reply within read_timeout
+a 504, both logged with the endpoint on the "meshkit.web" logger, as is the script's stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat as stat_mod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from meshkit.web.caddyfile.tokens import Dispenser
+from meshkit.web.directives import register
+from meshkit.web.fastcgi import records
+from meshkit.web.fastcgi.client import (
+    Client,
+    FastCGIError,
+    Reply,
+    StreamBody,
+    Timeouts,
+    parse_endpoint,
+)
+from meshkit.web.fastcgi.env import Target, build_env, route
+from meshkit.web.fileserver import clean_path
+from meshkit.web.message import Handler, HandlerResult, Request, Response
+from meshkit.web.placeholders import Template, compile_template
+from meshkit.web.site import Site
+
+DEFAULT_TIMEOUT = 60.0
+SMALL_BODY = 65536  # request bodies up to this are read first and sent in the same write
+PHP_PRESET = {"ext": ".php", "split": [".php"], "index": ["index.php"]}
+
+
+@dataclass
+class FastCGIRule:
+    path: str
+    endpoints: list[str]
+    root: str = ""  # "" = the site root
+    ext: str = ""
+    split: list[str] = field(default_factory=list)
+    index: list[str] = field(default_factory=list)
+    env: list[tuple[str, str]] = field(default_factory=list)
+    except_paths: list[str] = field(default_factory=list)
+    connect_timeout: float = DEFAULT_TIMEOUT
+    read_timeout: float = DEFAULT_TIMEOUT
+    send_timeout: float = DEFAULT_TIMEOUT
+
+
+@dataclass
+class FastCGIConfig:
+    rules: list[FastCGIRule] = field(default_factory=list)
+
+
+# --- parsing --------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a Go duration (`60s`, `1m30s`, `500ms`, `0`), or None if it is not one."""
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    if not text:
+        return None
+    while pos < len(text):
+        m = _DURATION_PART.match(text, pos)
+        if m is None:
+            return None
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    return total
+
+
+def _endpoint(d: Dispenser, text: str) -> str:
+    try:
+        parse_endpoint(text)
+    except ValueError as e:
+        raise d.err(str(e)) from None
+    return text
+
+
+def _base_path(d: Dispenser, text: str, what: str) -> str:
+    if not text.startswith("/"):
+        raise d.err(f"{what} {text!r} must start with '/'")
+    return text
+
+
+def _one(d: Dispenser, more: list[str]) -> str:
+    if len(more) != 1:
+        raise d.arg_err()
+    return more[0]
+
+
+def _extension(d: Dispenser, text: str, what: str) -> str:
+    if not text.startswith(".") or len(text) < 2 or "/" in text:
+        raise d.err(f"invalid {what} {text!r} (an extension such as .php)")
+    return text
+
+
+def parse(d: Dispenser, site: Site) -> FastCGIConfig:
+    config = FastCGIConfig()
+    while d.next():
+        args = d.remaining_args()
+        if len(args) not in (2, 3):
+            raise d.arg_err()
+        rule = FastCGIRule(path=_base_path(d, args[0], "path"), endpoints=[_endpoint(d, args[1])])
+        if len(args) == 3:
+            if args[2] != "php":
+                raise d.err(f"unknown fastcgi preset {args[2]!r} (the only preset is php)")
+            rule.ext = str(PHP_PRESET["ext"])
+            rule.split = [".php"]
+            rule.index = ["index.php"]
+        for _ in d.block():
+            name = d.val()
+            more = d.remaining_args()
+            if name == "root":
+                rule.root = _one(d, more)
+            elif name == "ext":
+                rule.ext = _extension(d, _one(d, more), "ext")
+            elif name == "split":
+                if not more:
+                    raise d.arg_err()
+                rule.split = [_extension(d, s, "split") for s in more]
+            elif name == "index":
+                if not more:
+                    raise d.arg_err()
+                for f in more:
+                    if "/" in f or f in (".", ".."):
+                        raise d.err(f"index {f!r} must be a file name")
+                rule.index = more
+            elif name == "env":
+                if len(more) != 2:
+                    raise d.arg_err()
+                rule.env.append((more[0], more[1]))
+            elif name == "except":
+                if not more:
+                    raise d.arg_err()
+                rule.except_paths.extend(_base_path(d, p, "except path") for p in more)
+            elif name == "upstream":
+                rule.endpoints.append(_endpoint(d, _one(d, more)))
+            elif name in ("connect_timeout", "read_timeout", "send_timeout"):
+                text = _one(d, more)
+                seconds = parse_duration(text)
+                if seconds is None:
+                    raise d.err(f"invalid {name} {text!r} (a duration such as 60s or 1m30s)")
+                if seconds <= 0:
+                    raise d.err(f"{name} must be more than 0, got {text!r}")
+                setattr(rule, name, seconds)
+            else:
+                raise d.err(
+                    f"unknown fastcgi option {name!r} (expecting root, ext, split, index, env, "
+                    "except, upstream, connect_timeout, read_timeout or send_timeout)"
+                )
+        config.rules.append(rule)
+    return config
+
+
+# --- the handler ----------------------------------------------------------------------------
+
+
+class _Rule:
+    __slots__ = (
+        "base",
+        "client",
+        "document_root",
+        "env_dynamic",
+        "env_static",
+        "except_paths",
+        "ext",
+        "index",
+        "site_root",
+        "split",
+    )
+
+    def __init__(self, rule: FastCGIRule, site: Site) -> None:
+        self.base = rule.path
+        self.site_root = os.path.abspath(site.root)
+        root = rule.root or site.root
+        self.document_root = os.path.normpath(os.path.join(self.site_root, root))
+        self.ext = rule.ext
+        self.split = tuple(rule.split)
+        self.index = tuple(rule.index)
+        self.except_paths = tuple(rule.except_paths)
+        self.env_static: list[tuple[bytes, bytes]] = []
+        self.env_dynamic: list[tuple[bytes, Template]] = []
+        for name, value in rule.env:
+            key = name.encode("utf-8", "surrogateescape")
+            tpl = compile_template(value)
+            if tpl.static is not None:
+                self.env_static.append((key, tpl.static.encode("utf-8", "surrogateescape")))
+            else:
+                self.env_dynamic.append((key, tpl))
+        self.client = Client(
+            [parse_endpoint(e) for e in rule.endpoints],
+            Timeouts(rule.connect_timeout, rule.read_timeout, rule.send_timeout),
+        )
+
+    def is_file(self, url_path: str) -> bool:
+        try:
+            st = os.stat(os.path.join(self.site_root, url_path.lstrip("/")))
+        except (OSError, ValueError):
+            return False
+        return stat_mod.S_ISREG(st.st_mode)
+
+    def extra_env(self, request: Request) -> list[tuple[bytes, bytes]]:
+        if not self.env_dynamic:
+            return self.env_static
+        out = list(self.env_static)
+        for key, tpl in self.env_dynamic:
+            out.append((key, tpl.render(request).encode("utf-8", "surrogateescape")))
+        return out
+
+
+class _Pools:
+    """Closes the rules' kept connections when the site goes away (reload, shutdown)."""
+
+    def __init__(self, rules: list[_Rule]) -> None:
+        self.rules = rules
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        for rule in self.rules:
+            rule.client.close()
+
+
+class FastCGIHandler:
+    def __init__(self, config: FastCGIConfig, next: Handler, site: Site) -> None:
+        self.next = next
+        self.rules = [_Rule(r, site) for r in config.rules]
+
+    def __call__(self, request: Request) -> HandlerResult:
+        path = request.path
+        for rule in self.rules:
+            if not path.startswith(rule.base):
+                continue
+            clean = clean_path(path)
+            if clean is None:
+                break  # the file server refuses it
+            target = route(
+                clean,
+                base=rule.base,
+                ext=rule.ext,
+                splits=rule.split,
+                index_files=rule.index,
+                except_paths=rule.except_paths,
+                is_file=rule.is_file,
+            )
+            if target is not None:
+                return self._serve(rule, request, target)
+        return self.next(request)
+
+    async def _serve(self, rule: _Rule, request: Request, target: Target) -> Response:
+        body = request.body
+        length = body.length
+        stdin: bytes | None = None
+        streamed = None
+        if length is None or length <= SMALL_BODY:
+            # chunked bodies are read whole first: PHP needs CONTENT_LENGTH up front
+            stdin = await body.read_all() if length != 0 else b""
+            content_length: int | None = len(stdin)
+            if not stdin and "Content-Length" not in request.headers and length == 0:
+                content_length = None
+        else:
+            streamed = body
+            content_length = length
+        env = build_env(
+            request,
+            target,
+            document_root=rule.document_root,
+            content_length=content_length,
+            extra=rule.extra_env(request),
+        )
+        try:
+            reply: Reply = await rule.client.request(
+                records.encode_pairs(env),
+                streamed,
+                stdin,
+                head_only=request.method == "HEAD",
+            )
+        except FastCGIError as e:
+            return Response.error(e.status)
+        if request.method == "HEAD" and "Content-Length" not in reply.headers:
+            if isinstance(reply.body, StreamBody):
+                await reply.body.aclose()
+            # an empty bytes body would make the server announce Content-Length: 0, which is
+            # not the length a GET would get; a stream leaves the length out
+            return Response(reply.status, reply.headers, _nothing())
+        return Response(reply.status, reply.headers, reply.body)
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator
+
+
+def build(config: FastCGIConfig, next: Handler, site: Site) -> Handler:
+    handler = FastCGIHandler(config, next, site)
+    site.background.append(_Pools(handler.rules))
+    return handler
+
+
+register("fastcgi", parse, build)

@@ -1,0 +1,190 @@
+"""proxy: reverse proxy and load balancer (Caddy v1).
+
+    proxy FROM TO... {
+        policy random|least_conn|round_robin|ip_hash|first|uri_hash|header NAME
+        fail_timeout D; max_fails N; max_conns N; try_duration D; try_interval D
+        health_check PATH; health_check_interval D; health_check_timeout D
+        health_check_port P; health_check_contains STR
+        header_upstream NAME VALUE (+NAME adds, -NAME removes); header_downstream ...
+        keepalive N; timeout D; without PREFIX; except PATHS...; upstream ADDR
+        transparent; websocket; insecure_skip_verify
+    }
+
+Defaults are Caddy v1's (policy random, fail_timeout 0 = passive checks off, max_fails 1,
+try_duration 0, try_interval 250ms, health_check_interval 30s, health_check_timeout 60s,
+timeout 30s) except keepalive: 32 idle connections per upstream rather than v1's 2, since a
+busy proxy otherwise opens a connection per request beyond two in flight. Several blocks may
+share a site; the longest FROM prefix wins. The work is in meshkit.web.proxy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from meshkit.lb.pick import POLICIES
+from meshkit.web.caddyfile.tokens import Dispenser
+from meshkit.web.directives import register
+from meshkit.web.message import Handler
+from meshkit.web.proxy.handler import HeaderOp, ProxyRule, build_handler, make_route
+from meshkit.web.proxy.health import HealthChecker
+from meshkit.web.proxy.upstream import parse_upstreams
+from meshkit.web.site import Site
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass
+class ProxyConfig:
+    rules: list[ProxyRule] = field(default_factory=list)
+
+
+def parse_duration(d: Dispenser, text: str) -> float:
+    """A Go duration (`250ms`, `1m30s`, `0`) in seconds, or a Caddyfile error."""
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise d.err(f"invalid duration {text!r} (expecting e.g. 250ms, 10s, 1m30s)")
+    return total
+
+
+def _int(d: Dispenser, text: str, what: str, low: int = 0, high: int = 1 << 31) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise d.err(f"invalid {what} {text!r} (expecting a whole number {low}-{high})")
+    return int(text)
+
+
+def _one(d: Dispenser) -> str:
+    if not d.next_arg():
+        raise d.arg_err()
+    return d.val()
+
+
+def _header_op(d: Dispenser) -> HeaderOp:
+    args = d.remaining_args()
+    if not args:
+        raise d.arg_err()
+    name = args[0]
+    if name.startswith("-"):
+        if len(args) != 1:
+            raise d.arg_err()
+        return HeaderOp("del", name[1:])
+    if len(args) != 2:
+        raise d.arg_err()
+    if name.startswith("+"):
+        return HeaderOp("add", name[1:], args[1])
+    return HeaderOp("set", name, args[1])
+
+
+def _add_upstreams(d: Dispenser, rule: ProxyRule, texts: list[str]) -> None:
+    for text in texts:
+        try:
+            rule.upstreams.extend(parse_upstreams(text))
+        except ValueError as exc:
+            raise d.err(str(exc)) from None
+
+
+def parse(d: Dispenser, site: Site) -> ProxyConfig:
+    config = ProxyConfig()
+    while d.next():
+        args = d.remaining_args()
+        if not args:
+            raise d.arg_err()
+        rule = ProxyRule(from_path=args[0], upstreams=[])
+        _add_upstreams(d, rule, args[1:])
+        for _ in d.block():
+            _block_line(d, rule)
+        if not rule.upstreams:
+            raise d.err(f"proxy {rule.from_path}: no upstream given")
+        if rule.health_check_port and all(u.scheme == "unix" for u in rule.upstreams):
+            raise d.err("health_check_port has no meaning for unix upstreams")
+        for other in config.rules:
+            if other.from_path == rule.from_path:
+                raise d.err(f"duplicate proxy block for {rule.from_path!r}")
+        config.rules.append(rule)
+    return config
+
+
+def _block_line(d: Dispenser, rule: ProxyRule) -> None:
+    name = d.val()
+    if name == "policy":
+        policy = _one(d)
+        if policy not in POLICIES:
+            raise d.err(f"unknown policy {policy!r} (expecting one of {', '.join(POLICIES)})")
+        rule.policy = policy
+        if policy == "header":
+            rule.policy_header = _one(d)
+        elif d.next_arg():
+            raise d.arg_err()
+    elif name in ("fail_timeout", "try_duration", "try_interval", "timeout"):
+        setattr(rule, name, parse_duration(d, _one(d)))
+    elif name in ("health_check_interval", "health_check_timeout"):
+        value = parse_duration(d, _one(d))
+        if value <= 0:
+            raise d.err(f"{name} must be above 0")
+        setattr(rule, name, value)
+    elif name == "max_fails":
+        rule.max_fails = _int(d, _one(d), "max_fails", 1)
+    elif name == "max_conns":
+        rule.max_conns = _int(d, _one(d), "max_conns")
+    elif name == "keepalive":
+        rule.keepalive = _int(d, _one(d), "keepalive")
+    elif name == "health_check":
+        path = _one(d)
+        rule.health_check = path if path.startswith("/") else "/" + path
+    elif name == "health_check_port":
+        rule.health_check_port = _int(d, _one(d), "health_check_port", 1, 65535)
+    elif name == "health_check_contains":
+        rule.health_check_contains = _one(d)
+    elif name == "header_upstream":
+        rule.header_upstream.append(_header_op(d))
+    elif name == "header_downstream":
+        rule.header_downstream.append(_header_op(d))
+    elif name == "without":
+        rule.without = _one(d)
+    elif name == "except":
+        paths = d.remaining_args()
+        if not paths:
+            raise d.arg_err()
+        rule.except_paths.extend(p if p.startswith("/") else "/" + p for p in paths)
+    elif name == "upstream":
+        texts = d.remaining_args()
+        if not texts:
+            raise d.arg_err()
+        _add_upstreams(d, rule, texts)
+    elif name in ("transparent", "websocket", "insecure_skip_verify"):
+        if d.next_arg():
+            raise d.arg_err()
+        setattr(rule, name, True)
+    else:
+        raise d.err(f"unknown proxy property {name!r}")
+
+
+def build(config: ProxyConfig, next: Handler, site: Site) -> Handler:
+    routes = []
+    for rule in config.rules:
+        route = make_route(rule)
+        routes.append(route)
+        if rule.health_check:
+            site.background.append(
+                HealthChecker(
+                    rule.upstreams,
+                    route.picker,
+                    rule.health_check,
+                    rule.health_check_interval,
+                    rule.health_check_timeout,
+                    rule.health_check_port,
+                    rule.health_check_contains,
+                )
+            )
+    return build_handler(routes, next)
+
+
+register("proxy", parse, build)

@@ -1,0 +1,10 @@
+"""FastCGI for `meshkit web`: the record layer, the CGI environment, the response head and
+the connection pool that talks to php-fpm and other FastCGI responders.
+
+    records.py   sans-IO record encoder/decoder (FastCGI 1.0 wire format)
+    env.py       the CGI/1.1 environment and the split-path rules (pure functions)
+    response.py  parsing the CGI header block a script writes on STDOUT (sans-IO)
+    client.py    the I/O shell: pooled keep-conn connections over TCP and unix sockets
+
+The `fastcgi` Caddyfile directive (meshkit.web.directives.fastcgi) puts them together.
+"""

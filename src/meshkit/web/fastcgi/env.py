@@ -1,0 +1,201 @@
+"""Which requests go to FastCGI, how their path splits, and the CGI environment: pure functions.
+
+Routing (Caddy v1's rules, with the split made safe):
+
+- the path must start with the rule's base path and with none of its `except` paths;
+- a folder path (ending in `/`) tries the index files (`index.php` with the php preset) and
+  continues with the first that exists; a folder without one is not FastCGI's;
+- the path splits into SCRIPT_NAME and PATH_INFO at the first split extension (`.php`) that is
+  followed by `/` or ends the path. `index.php.phpinfo.php` therefore splits only at its very
+  end (Caddy #758 split at the first `.php` anywhere), and `/upload.jpg/x.php` names the script
+  `/upload.jpg/x.php`;
+- the script must exist as a regular file under the root: a path whose script part does not
+  exist never reaches php-fpm, so php-fpm's cgi.fix_pathinfo can never walk back from
+  `/upload.jpg/x.php` to run `upload.jpg` as PHP;
+- then, as in Caddy v1, the request goes to FastCGI when it has PATH_INFO or ends with the
+  rule's `ext` (always, when no ext is set).
+
+Without a `split`, a rule hands every request under its path to the FastCGI application, with
+an empty SCRIPT_NAME and the whole path as PATH_INFO (a generic FastCGI app has no script file).
+
+The environment is the CGI/1.1 set plus what php-fpm expects (DOCUMENT_ROOT, DOCUMENT_URI,
+SCRIPT_FILENAME, SCRIPT_NAME, REQUEST_URI as received, PATH_INFO and, with PATH_INFO,
+PATH_TRANSLATED), the `env` lines of the rule, then each request header as HTTP_NAME.
+Header names holding `_` are left out (HTTP_X_USER could otherwise be forged by sending
+`X_User` beside `X-User`), and so is `Proxy` (httpoxy: it would become HTTP_PROXY).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from meshkit.web.message import Request
+
+SERVER_SOFTWARE = b"meshkit"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a request goes: the script's URL path and the rest of the path after it."""
+
+    script_name: str  # e.g. /blog/index.php ("" for a rule without split)
+    path_info: str  # e.g. /2024/hello ("" when the path ends at the script)
+
+
+def split_script(path: str, splits: Sequence[str]) -> tuple[str, str] | None:
+    """(script_name, path_info) of `path`, split right after the first split extension that
+    ends a path segment (followed by `/` or the end), case-insensitively; None when no split
+    extension ends a segment."""
+    low = path.lower()
+    best = -1
+    for ext in splits:
+        ext = ext.lower()
+        start = low.find(ext)
+        while start >= 0:
+            stop = start + len(ext)
+            if stop == len(low) or low[stop] == "/":
+                if best < 0 or stop < best:
+                    best = stop
+                break
+            start = low.find(ext, start + 1)
+    if best < 0:
+        return None
+    return path[:best], path[best:]
+
+
+def route(
+    path: str,
+    *,
+    base: str,
+    ext: str,
+    splits: Sequence[str],
+    index_files: Sequence[str],
+    except_paths: Sequence[str],
+    is_file: Callable[[str], bool],
+) -> Target | None:
+    """The FastCGI target of a (clean, decoded) request path, or None when the request is
+    not for this rule. `is_file(url_path)` says whether the path names a regular file under
+    the site root; it is the only I/O, passed in."""
+    if not path.startswith(base):
+        return None
+    for skip in except_paths:
+        if path.startswith(skip):
+            return None
+    if not splits:
+        return Target("", path)
+    fpath = path
+    if path.endswith("/"):
+        for name in index_files:
+            candidate = path + name
+            if split_script(candidate, splits) is not None and is_file(candidate):
+                fpath = candidate
+                break
+        else:
+            return None
+    parts = split_script(fpath, splits)
+    if parts is None:
+        return None
+    script, info = parts
+    if not is_file(script):
+        return None
+    if info or fpath.endswith(ext):
+        return Target(script, info)
+    return None
+
+
+# header name as received -> its HTTP_ variable name, or None for headers not passed on
+_HTTP_KEYS: dict[str, bytes | None] = {}
+_SKIPPED = frozenset(("content-type", "content-length", "proxy"))
+
+
+def _http_key(name: str) -> bytes | None:
+    key: bytes | None = None
+    if "_" not in name and name.lower() not in _SKIPPED:
+        key = ("HTTP_" + name.upper().replace("-", "_")).encode("latin-1", "replace")
+    if len(_HTTP_KEYS) < 1024:  # names come from clients: bound what is remembered
+        _HTTP_KEYS[name] = key
+    return key
+
+
+def _join(root: str, url_path: str) -> str:
+    # the URL path is clean (no `.`/`..` segments): a plain join keeps it under root
+    if not url_path:
+        return root
+    return posixpath.join(root, url_path.lstrip("/"))
+
+
+def _b(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def build_env(
+    request: Request,
+    target: Target,
+    *,
+    document_root: str,
+    content_length: int | None,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> list[tuple[bytes, bytes]]:
+    """The FastCGI PARAMS of one request as (name, value) byte pairs; `extra` (the rule's
+    `env` lines, already rendered) comes last.
+
+    Paths are sent as UTF-8; header values as the latin-1 bytes they came in as."""
+    script = target.script_name
+    info = target.path_info
+    headers = request.headers
+    remote = _b(request.remote_addr)
+    env: list[tuple[bytes, bytes]] = [
+        (b"GATEWAY_INTERFACE", b"CGI/1.1"),
+        (b"SERVER_SOFTWARE", SERVER_SOFTWARE),
+        (b"SERVER_PROTOCOL", b"HTTP/" + request.version.encode("latin-1")),
+        (b"SERVER_NAME", _b(request.hostonly)),
+        (b"SERVER_ADDR", _b(request.server_addr)),
+        (b"SERVER_PORT", b"%d" % request.server_port),
+        (b"REMOTE_ADDR", remote),
+        (b"REMOTE_HOST", remote),
+        (b"REMOTE_PORT", b"%d" % request.remote_port),
+        (b"REQUEST_METHOD", request.method.encode("latin-1")),
+        (b"REQUEST_SCHEME", request.scheme.encode("latin-1")),
+        (b"REQUEST_URI", _b(request.original_uri or request.uri)),
+        (b"QUERY_STRING", _b(request.query)),
+        (b"DOCUMENT_ROOT", _b(document_root)),
+        (b"DOCUMENT_URI", _b(script)),
+        (b"SCRIPT_NAME", _b(script)),
+        (b"SCRIPT_FILENAME", _b(_join(document_root, script))),
+        (b"PATH_INFO", _b(info)),
+    ]
+    if info:
+        env.append((b"PATH_TRANSLATED", _b(_join(document_root, info))))
+    if request.scheme == "https":
+        env.append((b"HTTPS", b"on"))
+    user = request.vars.get("user")
+    if user:
+        env.append((b"REMOTE_USER", _b(user)))
+        env.append((b"AUTH_TYPE", b"Basic"))
+    if content_length is not None:
+        env.append((b"CONTENT_LENGTH", b"%d" % content_length))
+    ctype = headers.get("Content-Type")
+    if ctype is not None:
+        env.append((b"CONTENT_TYPE", ctype.encode("latin-1", "replace")))
+    seen: dict[bytes, int] = {}
+    keys = _HTTP_KEYS
+    for name, value in headers:
+        key = keys.get(name, b"")
+        if key == b"":
+            key = _http_key(name)
+        if key is None:
+            continue
+        raw = value.encode("latin-1", "replace")
+        at = seen.get(key)
+        if at is None:
+            seen[key] = len(env)
+            env.append((key, raw))
+        else:
+            # repeated fields fold into one, comma-separated (RFC 9110 5.3); cookies use "; "
+            sep = b"; " if key == b"HTTP_COOKIE" else b", "
+            env[at] = (key, env[at][1] + sep + raw)
+    # last, so that they win: php-fpm keeps the last value of a repeated name
+    env.extend(extra)
+    return env

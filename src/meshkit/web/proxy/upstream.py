@@ -1,0 +1,105 @@
+"""Upstream addresses of the `proxy` directive and the balancer state they share.
+
+Addresses: `host:port`, `host` (port 80), `http://host[:port]`, `https://host[:port]` (443),
+`unix:/path/to.sock`, and port ranges `host:8080-8085` (one upstream per port). Parsing is
+pure; a bad address raises ValueError with a message naming it (the directive turns that into
+a Caddyfile error at file:line).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+__all__ = ["MAX_RANGE", "Upstream", "parse_upstreams"]
+
+MAX_RANGE = 1024  # ports in one `host:a-b` range: more is surely a typo
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """One place requests can go."""
+
+    scheme: str  # "http", "https" or "unix"
+    host: str  # hostname or IP (no brackets); "" for unix
+    port: int  # 0 for unix
+    path: str = ""  # the socket path for unix
+
+    @property
+    def name(self) -> str:
+        """How logs and {upstream} name it."""
+        if self.scheme == "unix":
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        prefix = "https://" if self.scheme == "https" else ""
+        return f"{prefix}{host}:{self.port}"
+
+    @property
+    def host_header(self) -> str:
+        """The Host sent upstream when `transparent` is off (Caddy v1: the upstream's)."""
+        if self.scheme == "unix":
+            return "localhost"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def _port(text: str, what: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"invalid port {text!r} in upstream {what!r} (expecting 1-65535)")
+    return int(text)
+
+
+def parse_upstreams(text: str) -> list[Upstream]:
+    """One upstream address as written in the Caddyfile (a port range gives several)."""
+    original = text
+    if text.startswith("unix:"):
+        path = text[5:]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path.startswith("/"):
+            raise ValueError(f"unix upstream {original!r} needs an absolute socket path")
+        return [Upstream("unix", "", 0, path)]
+    scheme = "http"
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(
+                f"unsupported scheme {scheme!r} in upstream {original!r} (expecting http or https)"
+            )
+    if "/" in text.rstrip("/") or "?" in text:
+        raise ValueError(f"upstream {original!r} must not have a path (use `without` instead)")
+    text = text.rstrip("/")
+    if not text:
+        raise ValueError(f"upstream {original!r} has no host")
+    default = 443 if scheme == "https" else 80
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"missing ']' in upstream {original!r}")
+        host, rest = text[1:end], text[end + 1 :]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address in upstream {original!r}") from None
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"unexpected {rest!r} after the address in upstream {original!r}")
+        ports = rest[1:]
+    else:
+        host, _, ports = text.partition(":")
+        if ":" in ports:
+            raise ValueError(f"write IPv6 upstreams in brackets, not {original!r}")
+        if not host:
+            raise ValueError(f"upstream {original!r} has no host")
+    if not ports:
+        return [Upstream(scheme, host, default)]
+    if "-" in ports:
+        lo_text, _, hi_text = ports.partition("-")
+        lo, hi = _port(lo_text, original), _port(hi_text, original)
+        if hi < lo:
+            raise ValueError(f"port range {ports!r} of upstream {original!r} runs backwards")
+        if hi - lo + 1 > MAX_RANGE:
+            raise ValueError(f"port range {ports!r} of upstream {original!r} is over {MAX_RANGE}")
+        return [Upstream(scheme, host, p) for p in range(lo, hi + 1)]
+    return [Upstream(scheme, host, _port(ports, original))]

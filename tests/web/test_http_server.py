@@ -868,3 +868,30 @@ def test_open_connections_property() -> None:
     assert server.open_connections == 0
     assert server.addresses() == []
     server.close_now()
+
+
+def test_future_results_answer_in_order(serve: Callable[..., ServerThread]) -> None:
+    """A handler may return a plain asyncio.Future (answered from protocol callbacks): the
+    server waits on it without a task, keeps pipelined responses in order, turns an
+    exception into 500 and a non-Response into 500."""
+    def handler(request: Request) -> object:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[object] = loop.create_future()
+        delay = {"/slow": 0.05, "/fast": 0.0}.get(request.path, 0.01)
+        if request.path == "/boom":
+            loop.call_later(delay, fut.set_exception, RuntimeError("boom"))
+        elif request.path == "/notaresponse":
+            loop.call_later(delay, fut.set_result, "text")
+        else:
+            loop.call_later(delay, fut.set_result, text(request.path))
+        return fut
+
+    st = serve(handler)
+    with connect(st.port) as sock:
+        reader = Reader(sock)
+        sock.sendall(get("/slow") + get("/fast") + get("/boom") + get("/notaresponse") + get("/x"))
+        assert reader.response().body == b"/slow"
+        assert reader.response().body == b"/fast"
+        assert reader.response().status == 500
+        assert reader.response().status == 500
+        assert reader.response().body == b"/x"

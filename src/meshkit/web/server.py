@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import time
@@ -302,7 +303,8 @@ class _Slot:
         self.request = request
         self.keep = keep
         self.response: Response | None = None
-        self.task: asyncio.Task[None] | None = None
+        # the task awaiting the handler's result, or the handler's own Future (see on_result)
+        self.task: asyncio.Future[Any] | None = None
 
 
 class _Conn:
@@ -574,7 +576,14 @@ class _Conn:
         self._queue.append(slot)
         if len(self._queue) >= _MAX_PIPELINE:
             self._update_reading()
-        slot.task = self._loop.create_task(self._await_response(slot, result))
+        if isinstance(result, asyncio.Future):
+            # A handler that answers from protocol callbacks (the proxy's and FastCGI's fast
+            # paths) returns a plain Future: waiting on it with a callback instead of a task
+            # saves a task, a coroutine and a loop turn per request.
+            slot.task = result
+            result.add_done_callback(functools.partial(self._future_done, slot))
+        else:
+            slot.task = self._loop.create_task(self._await_response(slot, result))
 
     def on_body(self, data: bytes) -> None:
         body = self._body
@@ -677,6 +686,32 @@ class _Conn:
 
     # ------------------------------------------------------------------ dispatch
 
+    def _future_done(self, slot: _Slot, fut: asyncio.Future[Response]) -> None:
+        if fut.cancelled():
+            return  # the connection went away and cancelled it (_drop_slots)
+        exc = fut.exception()
+        response: Response
+        if exc is None:
+            result = fut.result()
+            if isinstance(result, Response):
+                response = result
+            else:
+                exc = TypeError(f"handler returned {type(result).__name__}, not a Response")
+        if exc is not None:
+            if isinstance(exc, BodyTooLarge):
+                response = _too_large()
+            else:
+                if self._closed:
+                    return
+                log.error(
+                    "handler failed for %s %s",
+                    slot.request.method,
+                    slot.request.uri,
+                    exc_info=(type(exc), exc, exc.__traceback__),
+                )
+                response = _server_error()
+        self._take_response(slot, response)
+
     async def _await_response(self, slot: _Slot, result: Awaitable[Response]) -> None:
         try:
             response = await result
@@ -691,6 +726,9 @@ class _Conn:
                 return
             log.exception("handler failed for %s %s", slot.request.method, slot.request.uri)
             response = _server_error()
+        self._take_response(slot, response)
+
+    def _take_response(self, slot: _Slot, response: Response) -> None:
         slot.task = None
         if self._closed or slot not in self._queue:
             # The connection went away meanwhile: nothing will write this response.

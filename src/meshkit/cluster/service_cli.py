@@ -90,6 +90,12 @@ def human_duration(seconds: float) -> str:
     return f"{h // 24 // 365} years"
 
 
+def one_line(error: str) -> str:
+    """An error on one table line: its lines joined with " | " (the whole text stays in
+    `inspect` and `ps --format json`)."""
+    return " | ".join(x.strip() for x in error.splitlines() if x.strip())
+
+
 def current_state(task: dict[str, Any], now: float) -> str:
     state = str(task["State"]).capitalize()
     when = task.get("UpdatedAt") or task.get("CreatedAt") or now
@@ -154,7 +160,13 @@ def progress(reply: dict[str, Any], version: int) -> tuple[list[str], bool, int,
         text = f"{label}: {state:<10} {bar}"
         failed = [x for x in slots.get(key, []) if x["State"] in ("failed", "rejected")]
         if failed and (state != "running" or not t["Current"]):
-            text += f"  {failed[0]['Error'] or failed[0]['State']}"
+            err = failed[0]["Error"].splitlines()
+            # the last line of a failure's stderr says most (e.g. the exception)
+            text += "  " + (
+                err[0] + (f" ... {err[-1].strip()}" if len(err) > 1 else "")
+                if err
+                else failed[0]["State"]
+            )
         lines.append(text)
     old_running = any(
         t["State"] == "running" and not t["Current"] for tasks in slots.values() for t in tasks
@@ -168,7 +180,7 @@ def follow(host: str | None, service: str, version: int, quiet: bool) -> None:
     CONVERGE_STABLE seconds); Ctrl-C stops following, not the service."""
     tty = sys.stdout.isatty() and not quiet
     drawn = 0
-    last: list[str] = []
+    shown: dict[int, str] = {}  # without a terminal: each line once, when it changes
     stable_since: float | None = None
     try:
         while True:
@@ -186,9 +198,11 @@ def follow(host: str | None, service: str, version: int, quiet: bool) -> None:
                 sys.stdout.write("\n".join(out) + "\n")
                 sys.stdout.flush()
                 drawn = len(out)
-            elif not quiet and out != last:
-                typer.echo("\n".join(out))
-            last = out
+            elif not quiet:
+                for i, line in enumerate(out):
+                    if i and shown.get(i) != line:
+                        typer.echo(line)
+                        shown[i] = line
             if status.get("state") in ("paused", "rollback_paused"):
                 raise MeshkitError(
                     f"update paused for service {service}: {status.get('message', '')}"
@@ -335,7 +349,7 @@ def ps_rows(
         ts = sorted(groups[key], key=lambda t: t.get("CreatedAt", 0.0), reverse=True)
         for i, t in enumerate(ts):
             name = t["Name"] if i == 0 else f" \\_ {t['Name']}"
-            err = t["Error"]
+            err = one_line(t["Error"])
             rows.append(
                 [
                     t["ID"] if no_trunc else t["ID"][:12],

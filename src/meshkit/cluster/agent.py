@@ -526,31 +526,8 @@ class Agent:
     async def call_manager(
         self, addr: str, method: str, params: dict[str, Any], timeout: float = 5.0
     ) -> Any:
-        client = self._clients.get(addr)
-        if client is None or client.closed:
-            host, port = split_addr(addr)
-            ctx = client_ssl_context(self.identity, self.identity.ca_pem)
-            client = await RpcClient.connect_tcp(
-                host,
-                port,
-                ctx,
-                timeout,
-                expect_role="manager",
-                expect_cluster=self.cluster_id,
-            )
-            other = self._clients.get(addr)
-            if other is not None and not other.closed:  # another call connected meanwhile
-                await client.close()
-                client = other
-            else:
-                self._clients[addr] = client
-        try:
-            return await client.call(method, params, timeout)
-        except RpcError as exc:
-            if exc.code in ("unreachable", "timeout"):
-                self._clients.pop(addr, None)
-                await client.close()
-            raise
+        host, port = split_addr(addr)
+        return await self._call(addr, host, port, "manager", method, params, timeout)
 
     async def call_node(
         self, node: cstate.NodeRecord, method: str, params: dict[str, Any], timeout: float = 10.0
@@ -559,24 +536,38 @@ class Agent:
         if node.id == self.node_id:
             peer = Peer(identity=self.identity.peer, address="self")
             return await self.api.dispatch_tcp(peer, method, params)
-        addr = f"node:{node.api_addr}"
-        client = self._clients.get(addr)
+        key = f"node:{node.api_addr}"  # apart from the manager clients: no role expected
+        return await self._call(key, node.addr, node.api_port, None, method, params, timeout)
+
+    async def _call(
+        self,
+        key: str,
+        host: str,
+        port: int,
+        role: str | None,
+        method: str,
+        params: dict[str, Any],
+        timeout: float,
+    ) -> Any:
+        """One call over a kept mutual-TLS connection (made on first use, dropped when the
+        peer is unreachable or times out)."""
+        client = self._clients.get(key)
         if client is None or client.closed:
             ctx = client_ssl_context(self.identity, self.identity.ca_pem)
             client = await RpcClient.connect_tcp(
-                node.addr, node.api_port, ctx, timeout, expect_cluster=self.cluster_id
+                host, port, ctx, timeout, expect_role=role, expect_cluster=self.cluster_id
             )
-            other = self._clients.get(addr)
-            if other is not None and not other.closed:
+            other = self._clients.get(key)
+            if other is not None and not other.closed:  # another call connected meanwhile
                 await client.close()
                 client = other
             else:
-                self._clients[addr] = client
+                self._clients[key] = client
         try:
             return await client.call(method, params, timeout)
         except RpcError as exc:
             if exc.code in ("unreachable", "timeout"):
-                self._clients.pop(addr, None)
+                self._clients.pop(key, None)
                 await client.close()
             raise
 

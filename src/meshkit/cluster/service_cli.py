@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from meshkit.cluster.cli import HostOpt
 from meshkit.errors import FlagError, MeshkitError
 
 service_app = typer.Typer(
@@ -27,15 +28,6 @@ service_app = typer.Typer(
     no_args_is_help=True,
 )
 
-HostOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--host",
-        "-H",
-        help="Agent socket (path or unix:///path); default MESHKIT_HOST or "
-        "/run/meshkit/meshkit.sock.",
-    ),
-]
 DetachOpt = Annotated[
     bool,
     typer.Option("--detach", "-d", help="Return at once instead of following the service."),
@@ -111,9 +103,17 @@ def _spec_from(flags: dict[str, Any]) -> dict[str, Any]:
     return build_spec(flags)
 
 
-def _common_flags(**kw: Any) -> dict[str, Any]:
-    """Drop what was not given, so that the spec functions see only the user's flags."""
-    return {k: v for k, v in kw.items() if v is not None and v != [] and v is not False}
+_NOT_SPEC_FLAGS = frozenset({"detach", "quiet", "host", "service"})
+
+
+def _spec_flags(params: dict[str, Any]) -> dict[str, Any]:
+    """A command's parameters (its locals() on entry) as the raw flags the spec functions
+    take: only the spec's own flags, and only those the user gave."""
+    return {
+        k: v
+        for k, v in params.items()
+        if k not in _NOT_SPEC_FLAGS and v is not None and v != [] and v is not False
+    }
 
 
 # -- progress ------------------------------------------------------------------------------------
@@ -273,36 +273,7 @@ def create(
     host: HostOpt = None,
 ) -> None:
     """Create a service: `meshkit service create --name web --replicas 2 -- CMD ARGS...`."""
-    flags = _common_flags(
-        name=name,
-        replicas=replicas,
-        mode=mode,
-        network=network,
-        publish=publish,
-        port=port,
-        env=env,
-        workdir=workdir,
-        user=user,
-        constraint=constraint,
-        restart_condition=restart_condition,
-        restart_delay=restart_delay,
-        restart_max_attempts=restart_max_attempts,
-        restart_window=restart_window,
-        health_cmd=health_cmd,
-        health_interval=health_interval,
-        health_timeout=health_timeout,
-        health_retries=health_retries,
-        health_start_period=health_start_period,
-        update_parallelism=update_parallelism,
-        update_delay=update_delay,
-        update_failure_action=update_failure_action,
-        update_monitor=update_monitor,
-        update_max_failure_ratio=update_max_failure_ratio,
-        update_order=update_order,
-        stop_grace_period=stop_grace_period,
-        endpoint_mode=endpoint_mode,
-        command=command,
-    )
+    flags = _spec_flags(locals())
     spec = _spec_from(flags)
     reply = _call(host, "service_create", {"spec": spec})
     typer.echo(reply["id"])
@@ -482,47 +453,18 @@ def update(
     host: HostOpt = None,
 ) -> None:
     """Change a service; its tasks are replaced by a rolling update."""
+    flags = _spec_flags(locals())  # first: nothing but the parameters in locals() yet
     import shlex
 
     from meshkit.cluster.services import update_spec
 
-    argv: list[str] | None = None
     if args is not None:
         try:
-            argv = shlex.split(args)  # Docker splits --args the way a shell would
+            flags["args"] = shlex.split(args)  # Docker splits --args the way a shell would
         except ValueError as exc:
             raise FlagError("--args", args, str(exc)) from None
-        if not argv:
+        if not flags["args"]:
             raise FlagError("--args", args, "the command line is empty")
-    flags = _common_flags(
-        replicas=replicas,
-        args=argv,
-        env_add=env_add,
-        env_rm=env_rm,
-        constraint_add=constraint_add,
-        constraint_rm=constraint_rm,
-        publish_add=publish_add,
-        publish_rm=publish_rm,
-        workdir=workdir,
-        user=user,
-        restart_condition=restart_condition,
-        restart_delay=restart_delay,
-        restart_max_attempts=restart_max_attempts,
-        restart_window=restart_window,
-        health_cmd=health_cmd,
-        health_interval=health_interval,
-        health_timeout=health_timeout,
-        health_retries=health_retries,
-        health_start_period=health_start_period,
-        update_parallelism=update_parallelism,
-        update_delay=update_delay,
-        update_failure_action=update_failure_action,
-        update_monitor=update_monitor,
-        update_max_failure_ratio=update_max_failure_ratio,
-        update_order=update_order,
-        stop_grace_period=stop_grace_period,
-        force=force,
-    )
     current = _call(host, "service_inspect", {"service": service})
     spec = update_spec(current["spec"], flags)
     if spec == current["spec"] and not force:

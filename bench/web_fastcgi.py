@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""FastCGI: meshkit web `fastcgi` vs nginx `fastcgi_pass`, both to the same php-fpm pool.
+"""FastCGI: meshkit web `fastcgi` vs nginx `fastcgi_pass`, each to a php-fpm pool of its own.
 
-nginx (one worker, ``fastcgi_keep_conn on`` with an upstream ``keepalive`` cache) and
-``meshkit web`` (``fastcgi / ENDPOINT php``, which keeps connections too) are pinned to the
-server core; php-fpm 8.2 (``pm = static``, as many children as wrk has connections, so no
-kept connection ever starves another) and wrk (``-t1``) run on the other core. Cases:
+nginx (one worker, ``fastcgi_keep_conn on`` with an upstream ``keepalive`` cache as large as
+wrk's connection count) and ``meshkit web`` (``fastcgi / ENDPOINT php``, which keeps
+connections too) are pinned to the server core; php-fpm 8.2 and wrk (``-t1``) run on the
+other core. Each server and transport has its own php-fpm pool (``pm = static``, as many
+children as wrk has connections): a php-fpm child serves one connection until it closes, so
+the kept connections of one server, idle while the other one runs, would otherwise hold
+children the other one waits for. Cases:
 
 1. hello  ``GET /hello.php``  -> ``Hello World\\n``                     goal >= 1.0x nginx
 2. page   ``GET /page.php``   -> 16 KiB of HTML from str_repeat          reported
 3. unix   ``GET /hello.php`` over php-fpm's unix socket                 reported
 
-Rounds interleave nginx and meshkit per case; the table shows medians and ratios.
+Rounds interleave nginx and meshkit per case; the table shows medians and ratios, and each
+server's CPU time per request (user + system, from /proc/PID/stat around each run): the number
+to compare when other work on the machine makes the request rates noisy.
 Everything started here lives in a temporary directory and is stopped by pid.
 
     python bench/web_fastcgi.py              # 5 rounds x 10 s per case and server
@@ -77,27 +82,43 @@ def make_site(root: Path) -> None:
     (root / "page.php").write_text(f"<?php echo str_repeat('x', {PAGE_SIZE});")
 
 
-def start_php_fpm(procs: Procs, core: int | None, children: int) -> tuple[int, Path]:
+def start_php_fpm(
+    procs: Procs, core: int | None, children: int, pools: Sequence[tuple[str, bool]]
+) -> dict[tuple[str, bool], str]:
+    """One php-fpm master with a pool per (server, over a unix socket?): the endpoint of each
+    (`HOST:PORT` or `unix:PATH`)."""
     prefix = procs.tmp / "php-fpm"
     prefix.mkdir()
-    port = free_port()
-    sock = prefix / "php.sock"
-    pool = f"pm = static\npm.max_children = {children}\npm.max_requests = 0\n"
+    settings = f"pm = static\npm.max_children = {children}\npm.max_requests = 0\n"
+    text = f"[global]\npid = {prefix}/php-fpm.pid\nerror_log = {prefix}/error.log\ndaemonize = no\n"
+    endpoints: dict[tuple[str, bool], str] = {}
+    ports: list[int] = []
+    socks: list[Path] = []
+    for target, is_unix in pools:
+        name = f"{target}-{'unix' if is_unix else 'tcp'}"
+        if is_unix:
+            sock = prefix / f"{name}.sock"
+            socks.append(sock)
+            endpoints[target, is_unix] = f"unix:{sock}"
+            listen = str(sock)
+        else:
+            port = free_port()
+            ports.append(port)
+            endpoints[target, is_unix] = f"{HOST}:{port}"
+            listen = f"{HOST}:{port}"
+        text += f"[{name}]\nlisten = {listen}\nlisten.backlog = 4096\n{settings}"
     conf = prefix / "php-fpm.conf"
-    conf.write_text(
-        f"[global]\npid = {prefix}/php-fpm.pid\nerror_log = {prefix}/error.log\n"
-        "daemonize = no\n"
-        f"[tcp]\nlisten = {HOST}:{port}\nlisten.backlog = 4096\n{pool}"
-        f"[unix]\nlisten = {sock}\nlisten.backlog = 4096\n{pool}"
-    )
+    conf.write_text(text)
     proc, logfile = procs.start("php-fpm", [PHP_FPM, "-F", "-R", "-y", str(conf)], core)
-    wait_port(port, proc, "php-fpm", logfile)
+    for port in ports:
+        wait_port(port, proc, "php-fpm", logfile)
     deadline = time.monotonic() + 10
-    while not sock.exists():
-        if time.monotonic() > deadline:
-            raise BenchError(f"php-fpm never made {sock}")
-        time.sleep(0.05)
-    return port, sock
+    for sock in socks:
+        while not sock.exists():
+            if time.monotonic() > deadline:
+                raise BenchError(f"php-fpm never made {sock}")
+            time.sleep(0.05)
+    return endpoints
 
 
 def start_nginx(
@@ -157,6 +178,7 @@ http {{
     cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
     proc, logfile = procs.start(name, cmd, core)
     wait_port(port, proc, name, logfile)
+    PIDS[port] = proc.pid
     return port
 
 
@@ -169,7 +191,18 @@ def start_meshkit(
     cmd = [sys.executable, "-m", "meshkit", "web", "-conf", str(conf), "-quiet"]
     proc, logfile = procs.start(name, cmd, core, env=meshkit_env(no_ext))
     wait_port(port, proc, name, logfile, timeout=30)
+    PIDS[port] = proc.pid
     return port
+
+
+PIDS: dict[int, int] = {}  # server port -> the pid serving it (one process each)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check(port: int, name: str, case: Case) -> None:
@@ -197,20 +230,33 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     cores = {args.server_core, args.client_core}
     cases = [c for c in CASES if c.key in args.cases]
     try:
-        fpm_port, sock = start_php_fpm(procs, args.client_core, args.connections)
-        tcp, unix = f"{HOST}:{fpm_port}", str(sock)
+        transports = sorted({c.unix for c in cases})
+        endpoints = start_php_fpm(
+            procs,
+            args.client_core,
+            args.connections,
+            [(t, u) for u in transports for t in args.targets],
+        )
         ports: dict[tuple[str, bool], int] = {}
-        for is_unix in sorted({c.unix for c in cases}):
+        for is_unix in transports:
             tag = "-unix" if is_unix else ""
             if "nginx" in args.targets:
-                endpoint = f"unix:{unix}" if is_unix else tcp
                 ports["nginx", is_unix] = start_nginx(
-                    procs, args.server_core, root, endpoint, "nginx" + tag, args.connections // 2
+                    procs,
+                    args.server_core,
+                    root,
+                    endpoints["nginx", is_unix],
+                    "nginx" + tag,
+                    args.connections,
                 )
             if "meshkit" in args.targets:
-                endpoint = f"unix:{unix}" if is_unix else tcp
                 ports["meshkit", is_unix] = start_meshkit(
-                    procs, args.server_core, root, endpoint, "meshkit" + tag, args.no_extensions
+                    procs,
+                    args.server_core,
+                    root,
+                    endpoints["meshkit", is_unix],
+                    "meshkit" + tag,
+                    args.no_extensions,
                 )
         log(
             f"servers: {ports} (server CPU {args.server_core}, php-fpm + wrk CPU "
@@ -224,6 +270,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             for r in range(1, args.rounds + 1):
                 for name, port in targets:
                     busy = background_busy(cores)
+                    cpu0 = cpu_seconds(PIDS[port])
                     sample: Sample = run_wrk(
                         port,
                         args.duration,
@@ -232,8 +279,12 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                         path=case.path,
                         conns=args.connections,
                     )
+                    cpu = cpu_seconds(PIDS[port]) - cpu0
                     sample.background = busy
                     results.add(case.key, name, sample)
+                    served = sample.value * args.duration
+                    if served:
+                        results.add(CPU + case.key, name, Sample(cpu / served * 1e6))
                     notes = [sample.errors] if sample.errors else []
                     if busy > BUSY_WARN:
                         notes.append(f"CPU already {busy:.0f}% busy before the run")
@@ -249,9 +300,15 @@ def fmt_ratio(value: float | None) -> str:
     return "-" if value is None else f"{math.floor(value * 100) / 100:.2f}x"
 
 
+CPU = "cpu:"  # metric prefix: CPU microseconds per request
+
+
 def report(results: Results, args: argparse.Namespace) -> bool:
     print()
-    print(f"{'case':<32} {'nginx':>14} {'meshkit':>14} {'ratio':>8} {'goal':>7}")
+    print(
+        f"{'case':<32} {'nginx':>14} {'meshkit':>14} {'ratio':>8} {'goal':>7}"
+        f" {'CPU/req nginx':>14} {'meshkit':>8}"
+    )
     met = True
     for case in CASES:
         if case.key not in args.cases:
@@ -263,19 +320,34 @@ def report(results: Results, args: argparse.Namespace) -> bool:
         if case.goal and ratio is not None and ratio < case.goal:
             met = False
             goal += " MISS"
-        print(f"{case.title:<32} {_fmt(n):>14} {_fmt(m):>14} {fmt_ratio(ratio):>8} {goal:>7}")
-    samples = [s.value for per in results.samples.values() for ss in per.values() for s in ss]
+        cn = results.median(CPU + case.key, "nginx")
+        cm = results.median(CPU + case.key, "meshkit")
+        print(
+            f"{case.title:<32} {_fmt(n):>14} {_fmt(m):>14} {fmt_ratio(ratio):>8} {goal:>7}"
+            f" {_us(cn):>14} {_us(cm):>8}"
+        )
+    samples = [
+        s.value
+        for metric, per in results.samples.items()
+        if not metric.startswith(CPU)
+        for ss in per.values()
+        for s in ss
+    ]
     if len(samples) > 1:
         print(
             f"(medians of {args.rounds} round(s) x {args.duration:g} s, wrk -t1 "
             f"-c{args.connections}; spread of all runs: {statistics.pstdev(samples):,.0f})"
         )
-    report_errors_and_noise(results)
+    report_errors_and_noise(results, [m for m in results.samples if m.startswith(CPU)])
     return met
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value / 1000:.1f}k req/s"
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} us"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -5,7 +5,9 @@ One nginx backend answers `GET /` with a small fixed body (pinned to the client 
 wrk, so that the proxy core runs nothing but the proxy). nginx (one worker, an upstream
 keep-alive pool of 64), Caddy 2 (GOMAXPROCS=1) and meshkit (`meshkit web -conf FILE` with
 `proxy / BACKEND`) each run pinned to the server core in turn; wrk (-t1) measures requests/s
-through each. Rounds interleave the three; the table prints medians and ratios.
+through each. Rounds interleave the three; the table prints medians and ratios, and each
+proxy's CPU time per request (user + system, from /proc/PID/stat around each run): the number
+to compare when other work on the machine makes the request rates noisy.
 
 Goal: meshkit >= 1.0x nginx (measured here before: nginx 22.9k requests/s, Caddy 4.3k).
 `--quick` is one short round (a CI smoke run).
@@ -31,6 +33,7 @@ from ingress import (
     BenchError,
     Procs,
     Results,
+    Sample,
     free_port,
     log,
     run_guarded,
@@ -96,6 +99,7 @@ def start_nginx_proxy(procs: Procs, core: int | None, backend: int) -> int:
     cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
     proc, logfile = procs.start("nginx", cmd, core)
     wait_port(port, proc, "nginx proxy", logfile)
+    PIDS[port] = proc.pid
     return port
 
 
@@ -118,6 +122,7 @@ def start_caddy(procs: Procs, core: int | None, backend: int) -> int:
     cmd = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
     proc, logfile = procs.start("caddy", cmd, core, env=env)
     wait_port(port, proc, "caddy", logfile)
+    PIDS[port] = proc.pid
     return port
 
 
@@ -134,7 +139,19 @@ def start_meshkit(procs: Procs, core: int | None, backend: int, args: argparse.N
     cmd = [sys.executable, "-m", "meshkit", "web", "-conf", str(conf), "-quiet"]
     proc, logfile = procs.start("meshkit", cmd, core, env=env)
     wait_port(port, proc, "meshkit web", logfile, timeout=30)
+    PIDS[port] = proc.pid
     return port
+
+
+PIDS: dict[int, int] = {}  # proxy port -> the pid serving it (one process each)
+CPU = "cpu"  # the metric of CPU microseconds per request
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def check(port: int, name: str) -> None:
@@ -165,12 +182,19 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             run_wrk(port, 1, False, args.client_core, conns=args.connections)  # warm-up
         for r in range(1, args.rounds + 1):
             for name, port in ports.items():
+                cpu0 = cpu_seconds(PIDS[port])
                 sample = run_wrk(
                     port, args.duration, False, args.client_core, conns=args.connections
                 )
+                cpu = cpu_seconds(PIDS[port]) - cpu0
                 results.add("small", name, sample)
+                per = cpu / (sample.value * args.duration) * 1e6 if sample.value else 0.0
+                results.add(CPU, name, Sample(per))
                 extra = f"  ({sample.errors})" if sample.errors else ""
-                log(f"  round {r} small  {name:<8} {sample.value:>10.0f} req/s{extra}")
+                log(
+                    f"  round {r} small  {name:<8} {sample.value:>10.0f} req/s"
+                    f" {per:>6.0f} us CPU/request{extra}"
+                )
     finally:
         procs.stop_all()
     return results
@@ -184,17 +208,19 @@ def _ratio(a: float | None, b: float | None) -> str:
 
 def report(results: Results, args: argparse.Namespace) -> bool:
     med = {t: results.median("small", t) for t in TARGETS}
+    cpu = {t: results.median(CPU, t) for t in TARGETS}
     print(
         "\nproxy, small GET through one upstream (requests/s, medians of "
         f"{args.rounds} x {args.duration:g}s)"
     )
-    print(f"{'target':<10}{'req/s':>12}{'vs nginx':>10}{'vs caddy':>10}")
+    print(f"{'target':<10}{'req/s':>12}{'vs nginx':>10}{'vs caddy':>10}{'CPU/req':>10}")
     for t in TARGETS:
         if med[t] is None:
             continue
+        us = cpu[t]
         print(
             f"{t:<10}{med[t]:>12.0f}{_ratio(med[t], med['nginx']):>10}"
-            f"{_ratio(med[t], med['caddy']):>10}"
+            f"{_ratio(med[t], med['caddy']):>10}{'-' if us is None else f'{us:.0f} us':>10}"
         )
     print(
         f"(measured before: nginx {ISSUE['nginx']:.0f}, caddy {ISSUE['caddy']:.0f}; "

@@ -183,3 +183,64 @@ def test_head_incomplete_then_complete() -> None:
 def test_head_errors(buf: bytes, message: str) -> None:
     with pytest.raises(HeadError, match=message):
         parse_head(buf)
+
+
+# --- whole_reply, the one-read shortcut, against the Decoder ----------------------------------
+
+_RECORD = st.tuples(
+    st.sampled_from([records.STDOUT] * 4 + [records.STDERR, records.END_REQUEST, 11]),
+    st.sampled_from([1] * 6 + [2]),
+    st.binary(max_size=40),
+    st.integers(0, 9),  # padding: any amount is legal
+)
+
+
+def _raw(rtype: int, rid: int, content: bytes, pad: int) -> bytes:
+    return (
+        bytes([1, rtype])
+        + rid.to_bytes(2, "big")
+        + len(content).to_bytes(2, "big")
+        + (bytes([pad, 0]) + content + b"\0" * pad)
+    )
+
+
+@given(st.lists(_RECORD, max_size=6), st.integers(0, 8), st.booleans())
+def test_whole_reply_agrees_with_the_decoder(
+    recs: list[tuple[int, int, bytes, int]], cut: int, end: bool
+) -> None:
+    if end:
+        recs = [*recs, (records.END_REQUEST, 1, bytes(range(8)), 0)]
+    data = b"".join(_raw(*r) for r in recs)
+    data = data[: len(data) - cut] if cut and data else data
+    got = records.whole_reply(data)
+    decoder = Decoder()
+    try:
+        decoded = decoder.feed(data)
+    except ProtocolError:
+        assert got is None
+        return
+    # whole and alone: STDOUT records for request 1, then one END_REQUEST ending the data
+    simple = (
+        bool(decoded)
+        and not decoder.pending
+        and decoded[-1].type == records.END_REQUEST
+        and len(decoded[-1].content) >= 8
+        and all(r.request_id == 1 for r in decoded)
+        and all(r.type == records.STDOUT for r in decoded[:-1])
+    )
+    if not simple:
+        assert got is None
+        return
+    assert got is not None
+    stdout, end_request = got
+    assert stdout == b"".join(r.content for r in decoded[:-1])
+    assert end_request == records.parse_end_request(decoded[-1].content)
+
+
+def test_encode_request_shortcut_matches_the_general_encoding() -> None:
+    for params in (b"\x01\x01ab", b"x" * 65535, b"y" * 70000, b""):
+        for stdin in (b"", b"body", None):
+            want = records.begin_request(1) + records.encode_stream(records.PARAMS, 1, params)
+            if stdin is not None:
+                want += records.encode_stream(records.STDIN, 1, stdin)
+            assert records.encode_request(1, params, stdin) == want

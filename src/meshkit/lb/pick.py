@@ -11,9 +11,11 @@ exactly as the ingress does:
                                       max_conns
 
 Each request in flight is one flow of the table (released when the exchange ends), so
-least_conn sees the requests in flight. A Picker also holds each upstream's up/down state:
-down when an active health check says so, or (passive checks, when fail_timeout > 0) while
-it has `max_fails` failures younger than fail_timeout. Time comes in as `now` arguments.
+least_conn sees the requests in flight; with a single upstream there is no choice to make
+and no flow (only the up/down state and max_conns apply). A Picker also holds each
+upstream's up/down state: down when an active health check says so, or (passive checks,
+when fail_timeout > 0) while it has `max_fails` failures younger than fail_timeout. Time
+comes in as `now` arguments.
 """
 
 from __future__ import annotations
@@ -51,11 +53,12 @@ def _hash_source(key: str) -> str:
 
 
 class Ticket:
-    """One request's hold on an upstream (its flow in the table)."""
+    """One request's hold on an upstream (its flow in the table; no table for a picker of
+    one upstream)."""
 
     __slots__ = ("done", "index", "seq", "src", "table")
 
-    def __init__(self, index: int, src: str, seq: int, table: PyConnTable) -> None:
+    def __init__(self, index: int, src: str, seq: int, table: PyConnTable | None) -> None:
         self.index = index
         self.src = src
         self.seq = seq
@@ -182,6 +185,12 @@ class Picker:
         max_conns and not in `exclude`. Give the ticket back with release()."""
         if now >= self._next_expiry:
             self.tick(now)
+        if self.count == 1:
+            # one upstream: every policy picks it when it is available (no flow needed)
+            if not self._available(0, exclude):
+                return None
+            self._active[0] += 1
+            return Ticket(0, "", 0, None)
         seq = self._seq = (self._seq + 1) & 0xFFFFFFFF
         sport, dport = seq & 0xFFFF, seq >> 16
         policy = self.policy
@@ -230,5 +239,7 @@ class Picker:
         index = ticket.index
         if self._active[index] > 0:
             self._active[index] -= 1
+        if ticket.table is None:
+            return
         seq = ticket.seq
         ticket.table.release(_TCP, ticket.src, seq & 0xFFFF, _DST, seq >> 16)

@@ -18,15 +18,22 @@ ENDPOINT is `host:port`, `[v6]:port` or `unix:/path/to.sock`. The `php` preset m
 described in meshkit.web.fastcgi.env (note the safe split); the others fall through to the next
 handler, normally the file server. php-fpm unreachable is a 502, no reply within read_timeout
 a 504, both logged with the endpoint on the "meshkit.web" logger, as is the script's stderr.
+
+A request without a body is written at once (Client.start) and answered through a plain
+Future from the connection's callbacks; one with a body is read (or streamed) by a coroutine.
+What is the same for every request of a rule is encoded once, and the rest of a request's
+PARAMS is remembered by everything it is made of except the client's address (_Rule.params).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import stat as stat_mod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
@@ -39,7 +46,14 @@ from meshkit.web.fastcgi.client import (
     Timeouts,
     parse_endpoint,
 )
-from meshkit.web.fastcgi.env import Target, build_env, route
+from meshkit.web.fastcgi.env import (
+    Target,
+    remote_env,
+    request_env,
+    request_key,
+    route,
+    static_env,
+)
 from meshkit.web.fileserver import clean_path
 from meshkit.web.message import Handler, HandlerResult, Request, Response
 from meshkit.web.placeholders import Template, compile_template
@@ -47,6 +61,8 @@ from meshkit.web.site import Site
 
 DEFAULT_TIMEOUT = 60.0
 SMALL_BODY = 65536  # request bodies up to this are read first and sent in the same write
+PARAMS_REMEMBERED = 1024  # encoded request PARAMS kept (see _Rule.params)
+PARAMS_REMEMBER_BELOW = 4096  # bytes: PARAMS of bigger requests are encoded every time
 PHP_PRESET = {"ext": ".php", "split": [".php"], "index": ["index.php"]}
 
 
@@ -198,6 +214,10 @@ class _Rule:
         "except_paths",
         "ext",
         "index",
+        "known",
+        "params_prefix",
+        "params_suffix",
+        "remotes",
         "site_root",
         "split",
     )
@@ -224,10 +244,19 @@ class _Rule:
             [parse_endpoint(e) for e in rule.endpoints],
             Timeouts(rule.connect_timeout, rule.read_timeout, rule.send_timeout),
         )
+        # PARAMS encoded once: the same for every request of this rule
+        self.params_prefix = records.encode_pairs(static_env(self.document_root))
+        self.params_suffix = b"" if self.env_dynamic else records.encode_pairs(self.env_static)
+        self.known: dict[tuple[Any, ...], bytes] = {}  # see params()
+        self.remotes: dict[tuple[str, int], bytes] = {}  # a client's encoded REMOTE_*
 
     def is_file(self, url_path: str) -> bool:
+        # asked afresh each time: a remembered answer could send php-fpm a script that is
+        # gone, which is what the safe split is there to prevent
+        root = self.site_root
+        path = url_path.lstrip("/")
         try:
-            st = os.stat(os.path.join(self.site_root, url_path.lstrip("/")))
+            st = os.stat(root + path if root.endswith("/") else root + "/" + path)
         except (OSError, ValueError):
             return False
         return stat_mod.S_ISREG(st.st_mode)
@@ -239,6 +268,39 @@ class _Rule:
         for key, tpl in self.env_dynamic:
             out.append((key, tpl.render(request).encode("utf-8", "surrogateescape")))
         return out
+
+    def params(self, request: Request, target: Target, content_length: int | None) -> bytes:
+        """The encoded PARAMS of a request (meshkit.web.fastcgi.env.build_env's pairs).
+
+        The part after the client's address is remembered by request_key: clients repeat
+        the same requests (same headers) over and over, and encoding them is most of the
+        work."""
+        remote = self.remotes.get((request.remote_addr, request.remote_port))
+        if remote is None:
+            remote = records.encode_pairs(remote_env(request))
+            if len(self.remotes) >= PARAMS_REMEMBERED:
+                self.remotes.clear()
+            self.remotes[(request.remote_addr, request.remote_port)] = remote
+        if self.env_dynamic:
+            rest = records.encode_pairs(
+                request_env(request, target, self.document_root, content_length)
+            ) + records.encode_pairs(self.extra_env(request))
+            return self.params_prefix + remote + rest
+        key = request_key(request, target, content_length)
+        known = self.known.get(key)
+        if known is None:
+            known = (
+                records.encode_pairs(
+                    request_env(request, target, self.document_root, content_length)
+                )
+                + self.params_suffix
+            )
+            # the key holds the request's fields: remember small requests only
+            if len(known) <= PARAMS_REMEMBER_BELOW:
+                if len(self.known) >= PARAMS_REMEMBERED:
+                    self.known.clear()
+                self.known[key] = known
+        return self.params_prefix + remote + known
 
 
 class _Pools:
@@ -259,6 +321,7 @@ class FastCGIHandler:
     def __init__(self, config: FastCGIConfig, next: Handler, site: Site) -> None:
         self.next = next
         self.rules = [_Rule(r, site) for r in config.rules]
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self, request: Request) -> HandlerResult:
         path = request.path
@@ -278,8 +341,25 @@ class FastCGIHandler:
                 is_file=rule.is_file,
             )
             if target is not None:
+                if request.body.length == 0:
+                    return self._start(rule, request, target)
                 return self._serve(rule, request, target)
         return self.next(request)
+
+    def _start(self, rule: _Rule, request: Request, target: Target) -> HandlerResult:
+        """A request without a body: sent at once (on a kept connection), answered through
+        a Future resolved from the connection's callbacks."""
+        content_length = 0 if "Content-Length" in request.headers else None
+        head_only = request.method == "HEAD"
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            # asked once: get_running_loop() costs a getpid() system call each time
+            loop = self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Response] = loop.create_future()
+        rule.client.start(
+            rule.params(request, target, content_length), head_only, _Answer(fut, head_only)
+        )
+        return fut
 
     async def _serve(self, rule: _Rule, request: Request, target: Target) -> Response:
         body = request.body
@@ -295,29 +375,45 @@ class FastCGIHandler:
         else:
             streamed = body
             content_length = length
-        env = build_env(
-            request,
-            target,
-            document_root=rule.document_root,
-            content_length=content_length,
-            extra=rule.extra_env(request),
-        )
+        head_only = request.method == "HEAD"
         try:
             reply: Reply = await rule.client.request(
-                records.encode_pairs(env),
-                streamed,
-                stdin,
-                head_only=request.method == "HEAD",
+                rule.params(request, target, content_length), streamed, stdin, head_only
             )
         except FastCGIError as e:
             return Response.error(e.status)
-        if request.method == "HEAD" and "Content-Length" not in reply.headers:
-            if isinstance(reply.body, StreamBody):
-                await reply.body.aclose()
-            # an empty bytes body would make the server announce Content-Length: 0, which is
-            # not the length a GET would get; a stream leaves the length out
-            return Response(reply.status, reply.headers, _nothing())
-        return Response(reply.status, reply.headers, reply.body)
+        return _response(reply, head_only)
+
+
+def _response(reply: Reply | FastCGIError, head_only: bool) -> Response:
+    """What the client gets for a reply (or a failed exchange)."""
+    if isinstance(reply, FastCGIError):
+        return Response.error(reply.status)
+    if head_only and "Content-Length" not in reply.headers:
+        if isinstance(reply.body, StreamBody):
+            reply.body.close()
+        # an empty bytes body would make the server announce Content-Length: 0, which is
+        # not the length a GET would get; a stream leaves the length out
+        return Response(reply.status, reply.headers, _nothing())
+    return Response(reply.status, reply.headers, reply.body)
+
+
+class _Answer:
+    """Resolves a request's Future with the Response for its reply."""
+
+    __slots__ = ("fut", "head_only")
+
+    def __init__(self, fut: asyncio.Future[Response], head_only: bool) -> None:
+        self.fut = fut
+        self.head_only = head_only
+
+    def __call__(self, reply: Reply | FastCGIError) -> None:
+        if self.fut.done():
+            # cancelled: the client went away; a streamed reply's connection is dropped
+            if isinstance(reply, Reply) and isinstance(reply.body, StreamBody):
+                reply.body.close()
+            return
+        self.fut.set_result(_response(reply, self.head_only))
 
 
 async def _nothing() -> AsyncIterator[bytes]:

@@ -12,9 +12,10 @@
 
 Defaults are Caddy v1's (policy random, fail_timeout 0 = passive checks off, max_fails 1,
 try_duration 0, try_interval 250ms, health_check_interval 30s, health_check_timeout 60s,
-timeout 30s) except keepalive: 32 idle connections per upstream rather than v1's 2, since a
-busy proxy otherwise opens a connection per request beyond two in flight. Several blocks may
-share a site; the longest FROM prefix wins. The work is in meshkit.web.proxy.
+timeout 30s) except keepalive: 128 idle connections per upstream rather than v1's 2, since a
+busy proxy otherwise opens (and closes) a connection per request beyond that many in
+flight. Several blocks may share a site; the longest FROM prefix wins. The work is in
+meshkit.web.proxy.
 """
 
 from __future__ import annotations

@@ -27,6 +27,14 @@ client is slower than the script.
 
 Errors are FastCGIError with the HTTP status to answer: 502 when the responder cannot be
 reached or breaks the protocol, 504 when it does not answer within read_timeout.
+
+Two ways in, one exchange: `Client.request()` (a coroutine: dials, waits for a kept
+connection, streams request bodies, retries a stale connection) and `Client.start()`, which
+sends a request without a body synchronously on a kept connection and calls back from the
+connection's data_received once the reply head (or the whole small reply) is in, so that the
+handler can answer through a plain Future with no task per request. Both turn what came back
+into a Reply with the same `_reply()`. Read timeouts are deadlines checked by one sweep per
+client (meshkit.web.proxy.deadlines), not a timer per wait.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -44,6 +52,7 @@ from meshkit.lb import ConnTable
 from meshkit.web.fastcgi import records
 from meshkit.web.fastcgi.response import Head, HeadError, parse_head
 from meshkit.web.message import Body, Headers
+from meshkit.web.proxy.deadlines import Deadlines
 
 log = logging.getLogger("meshkit.web")
 
@@ -125,6 +134,7 @@ class Upstream:
     __slots__ = (
         "cap",
         "completed",
+        "deadlines",
         "dialling",
         "endpoint",
         "fresh",
@@ -134,8 +144,9 @@ class Upstream:
         "waiters",
     )
 
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, deadlines: Deadlines | None = None) -> None:
         self.endpoint = endpoint
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
         self.idle: list[_Conn] = []
         self.open = 0  # connections dialled and not yet closed
         self.dialling = 0
@@ -207,9 +218,11 @@ class _Conn(asyncio.Protocol):
         self.write_paused = False
         self.drain: asyncio.Future[None] | None = None
         self.sock: Any = None  # the TCP socket (None for unix sockets)
+        self.deadline = 0.0
+        self.timeout = 0.0
 
     def _reset(self) -> None:
-        self.buf = bytearray()
+        self.buf = b""  # STDOUT before the end of the head
         self.head: Head | None = None
         self.chunks: deque[bytes] = deque()
         self.queued = 0
@@ -218,6 +231,8 @@ class _Conn(asyncio.Protocol):
         self.error: FastCGIError | None = None
         self.got_data = False
         self.waiter: asyncio.Future[None] | None = None
+        # the synchronous exchange waiting for its reply head (Client.start)
+        self.on_ready: Callable[[_Conn], None] | None = None
         self.read_paused = False
         self.stderr: list[bytes] = []
 
@@ -231,20 +246,25 @@ class _Conn(asyncio.Protocol):
         if not self.got_data:
             self.got_data = True
             self._not_fresh()
+        if self.head is None and not self.buf and not self.decoder.pending:
+            whole = records.whole_reply(data)
+            if whole is not None and self._take_whole(*whole):
+                return
         try:
             recs = self.decoder.feed(data)
         except records.ProtocolError as e:
             self._fail(FastCGIError(502, f"FastCGI protocol error from {self._name()}: {e}"))
             return
         for rec in recs:
-            rtype = rec.type
+            rtype = rec[0]
             if rtype == records.STDOUT:
-                if rec.content:
+                content = rec[2]
+                if content:
                     if self.head is None:
-                        self.buf += rec.content
+                        self.buf = self.buf + content if self.buf else content
                     else:
-                        self.chunks.append(rec.content)
-                        self.queued += len(rec.content)
+                        self.chunks.append(content)
+                        self.queued += len(content)
             elif rtype == records.STDERR:
                 if rec.content:
                     self.stderr.append(rec.content)
@@ -277,8 +297,8 @@ class _Conn(asyncio.Protocol):
                 return
             if head is not None:
                 self.head = head
-                rest = bytes(self.buf[head.body_start :])
-                self.buf = bytearray()
+                rest = self.buf[head.body_start :]
+                self.buf = b""
                 if rest:
                     self.chunks.append(rest)
                     self.queued += len(rest)
@@ -288,11 +308,30 @@ class _Conn(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 self.sock.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         if self.head is not None or self.ended:
-            _wake(self.waiter)
+            self._notify()
             if self.queued > HIGH_WATER and not self.read_paused and not self.ended:
                 self.read_paused = True
                 assert self.transport is not None
                 self.transport.pause_reading()
+
+    def _take_whole(self, stdout: bytes, end: records.EndRequest) -> bool:
+        """A whole reply in one read (records.whole_reply); False leaves it to the Decoder
+        (a head that is not whole or not valid: the general path reports it)."""
+        try:
+            head = parse_head(stdout)
+        except HeadError:
+            return False
+        if head is None:
+            return False
+        self.head = head
+        rest = stdout[head.body_start :]
+        if rest:
+            self.chunks.append(rest)
+            self.queued = len(rest)
+        self.end = end
+        self.ended = True
+        self._notify()
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone()
@@ -300,7 +339,7 @@ class _Conn(asyncio.Protocol):
             self.error = FastCGIError(
                 502, f"FastCGI connection to {self._name()} closed before the response ended"
             )
-        _wake(self.waiter)
+        self._notify()
         _wake(self.drain)
 
     def pause_writing(self) -> None:
@@ -321,7 +360,23 @@ class _Conn(asyncio.Protocol):
         if self.error is None:
             self.error = error
         self.close()
-        _wake(self.waiter)
+        self._notify()
+
+    def _notify(self) -> None:
+        """Something new arrived (head, body, end) or the exchange failed."""
+        ready = self.on_ready
+        if ready is None:
+            _wake(self.waiter)
+        elif self.head is not None or self.ended or self.error is not None:
+            self.on_ready = None
+            self.upstream.deadlines.watched.discard(self)
+            ready(self)
+
+    def time_out(self) -> None:
+        """No reply within the read timeout (the Deadlines sweep): 504."""
+        self._fail(
+            FastCGIError(504, f"FastCGI read from {self._name()} timed out after {self.timeout:g}s")
+        )
 
     def _log_stderr(self) -> None:
         text = b"".join(self.stderr).decode("utf-8", "replace").strip()
@@ -399,14 +454,16 @@ class _Conn(asyncio.Protocol):
             self.drain = None
 
     async def wait(self, timeout: float) -> None:
-        """Until something new arrived (head, body, end) or the exchange failed."""
+        """Until something new arrived (head, body, end) or the exchange failed (a 504
+        FastCGIError in self.error after `timeout` seconds without anything)."""
         fut = self.loop.create_future()
         self.waiter = fut
-        timer = self.loop.call_later(timeout, _wake, fut)
+        deadlines = self.upstream.deadlines
+        deadlines.watch(self, timeout)
         try:
             await fut
         finally:
-            timer.cancel()
+            deadlines.unwatch(self)
             self.waiter = None
 
     def resume_reading(self) -> None:
@@ -448,11 +505,6 @@ class StreamBody:
             if self._done:
                 raise StopAsyncIteration
             await conn.wait(self._timeout)
-            if not (conn.chunks or conn.ended or conn.error):
-                self._finish(False)
-                msg = f"FastCGI read from {conn._name()} timed out after {self._timeout:g}s"
-                log.error("%s", msg)
-                raise FastCGIError(504, msg)
 
     def _finish(self, ok: bool) -> None:
         if self._done:
@@ -465,6 +517,10 @@ class StreamBody:
 
     async def aclose(self) -> None:
         """The client went away: drop the connection (php-fpm may still be writing)."""
+        self.close()
+
+    def close(self) -> None:
+        """aclose() without awaiting: keep the connection only if the reply had ended."""
         self._finish(self._conn.ended and not self._conn.chunks and self._conn.error is None)
 
 
@@ -481,7 +537,8 @@ class Client:
     def __init__(self, endpoints: list[Endpoint], timeouts: Timeouts | None = None) -> None:
         if not endpoints:
             raise ValueError("a FastCGI client needs at least one endpoint")
-        self.upstreams = [Upstream(e) for e in endpoints]
+        self.deadlines = Deadlines()
+        self.upstreams = [Upstream(e, self.deadlines) for e in endpoints]
         self.timeouts = timeouts or Timeouts()
         self._table = None
         self._seq = 0
@@ -508,6 +565,7 @@ class Client:
     def close(self) -> None:
         for up in self.upstreams:
             up.close()
+        self.deadlines.close()
 
     async def _dial(self, up: Upstream) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -542,14 +600,15 @@ class Client:
         body: Body | None,
         stdin: bytes | None = None,
         head_only: bool = False,
+        order: list[Upstream] | None = None,
     ) -> Reply:
         """Send one request (`params` from records.encode_pairs) and wait for its head.
 
         The request body is `stdin` when given (already read), else streamed from `body`
         (None: no body). `head_only` (a HEAD request) keeps the script's Content-Length on
-        the empty body."""
+        the empty body. `order` is the upstreams to try (default: the next in turn first)."""
         last: FastCGIError | None = None
-        for up in self._order():
+        for up in order or self._order():
             try:
                 return await self._on_upstream(up, params, body, stdin, head_only)
             except FastCGIError as e:
@@ -630,22 +689,21 @@ class Client:
                 conn.send(records.encode_request(REQUEST_ID, params, None))
                 streamed = True
                 await self._send_body(conn, body)
-            while conn.head is None and not conn.ended:
-                if conn.error is not None:
-                    break
+            while conn.head is None and not conn.ended and conn.error is None:
                 await conn.wait(timeouts.read)
-                if conn.head is None and not conn.ended and conn.error is None:
-                    raise FastCGIError(
-                        504,
-                        f"FastCGI read from {up.endpoint.text} timed out after {timeouts.read:g}s",
-                    )
             if conn.error is not None:
-                if reused and not conn.got_data and not streamed:
+                if _stale(conn, reused) and not streamed:
                     raise _Retry
                 raise conn.error
         except BaseException:
             conn.close()
             raise
+        return self._reply(conn, head_only)
+
+    def _reply(self, conn: _Conn, head_only: bool) -> Reply:
+        """The Reply of an exchange whose head (or end) is in, without error: a bytes body
+        when the reply has ended (the connection is kept), else a stream."""
+        up = conn.upstream
         end = conn.end
         if end is not None and end.protocol_status != records.REQUEST_COMPLETE:
             text = records.PROTOCOL_STATUS_TEXT.get(end.protocol_status, str(end.protocol_status))
@@ -667,7 +725,32 @@ class Client:
                 # never promise bytes that are not there: the server counts them itself
                 headers.remove("Content-Length")
             return Reply(head.status, headers, data)
-        return Reply(head.status, headers, StreamBody(conn, timeouts.read))
+        return Reply(head.status, headers, StreamBody(conn, self.timeouts.read))
+
+    def start(
+        self, params: bytes, head_only: bool, done: Callable[[Reply | FastCGIError], None]
+    ) -> None:
+        """Send a request without a body; `done` gets the Reply (or the FastCGIError, logged).
+
+        With a kept connection idle, the request is written at once and `done` is called
+        from the connection's callbacks (no task); a kept connection found closed is retried
+        on a fresh one, and without an idle connection the request goes through request()."""
+        order = self._order()
+        up = order[0]
+        idle = up.idle
+        conn = None
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                break
+            conn = None
+        ready = _Ready(self, params, head_only, done)
+        if conn is None:
+            ready.fall_back(order)
+            return
+        conn.on_ready = ready
+        up.deadlines.watch(conn, self.timeouts.read)
+        conn.send(records.encode_request(REQUEST_ID, params, b""))
 
     async def _send_body(self, conn: _Conn, body: Body) -> None:
         send_timeout = self.timeouts.send
@@ -680,6 +763,70 @@ class Client:
                 break
             conn.send(records.encode_record(records.STDIN, REQUEST_ID, chunk))
             await conn.drained(send_timeout)
+
+
+def _stale(conn: _Conn, reused: bool) -> bool:
+    """A failed exchange on a kept connection the responder had closed before it read the
+    request (nothing came back, and not a timeout): worth sending again on a new one."""
+    error = conn.error
+    return reused and not conn.got_data and (error is None or error.status != 504)
+
+
+class _Ready:
+    """What Client.start() does once its connection has the reply head or failed."""
+
+    __slots__ = ("client", "done", "head_only", "params")
+
+    def __init__(
+        self,
+        client: Client,
+        params: bytes,
+        head_only: bool,
+        done: Callable[[Reply | FastCGIError], None],
+    ) -> None:
+        self.client = client
+        self.params = params
+        self.head_only = head_only
+        self.done = done
+
+    def __call__(self, conn: _Conn) -> None:
+        error = conn.error
+        if error is not None:
+            conn.close()
+            if _stale(conn, True):
+                self.fall_back()
+                return
+            log.error("%s", error.message)
+            self.done(error)
+            return
+        try:
+            reply = self.client._reply(conn, self.head_only)
+        except FastCGIError as e:
+            log.error("%s", e.message)
+            self.done(e)
+            return
+        self.done(reply)
+
+    def fall_back(self, order: list[Upstream] | None = None) -> None:
+        """Run the request through Client.request() (dialling, retrying) in a task."""
+        client = self.client
+        task = asyncio.get_running_loop().create_task(
+            client.request(self.params, None, b"", self.head_only, order)
+        )
+        task.add_done_callback(self._retried)
+
+    def _retried(self, task: asyncio.Task[Reply]) -> None:
+        if task.cancelled():
+            self.done(FastCGIError(502, "FastCGI request cancelled"))
+            return
+        exc = task.exception()
+        if isinstance(exc, FastCGIError):
+            self.done(exc)  # request() logged it
+        elif exc is not None:
+            log.error("FastCGI request failed: %r", exc)
+            self.done(FastCGIError(502, f"FastCGI request failed: {exc!r}"))
+        else:
+            self.done(task.result())
 
 
 async def collect(body: bytes | AsyncIterator[bytes]) -> bytes:

@@ -27,9 +27,9 @@ Header names holding `_` are left out (HTTP_X_USER could otherwise be forged by 
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from meshkit.web.message import Request
 
@@ -123,46 +123,80 @@ def _join(root: str, url_path: str) -> str:
     # the URL path is clean (no `.`/`..` segments): a plain join keeps it under root
     if not url_path:
         return root
-    return posixpath.join(root, url_path.lstrip("/"))
+    rest = url_path.lstrip("/")
+    return root + rest if root.endswith("/") else root + "/" + rest
 
 
 def _b(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def build_env(
-    request: Request,
-    target: Target,
-    *,
-    document_root: str,
-    content_length: int | None,
-    extra: Sequence[tuple[bytes, bytes]] = (),
-) -> list[tuple[bytes, bytes]]:
-    """The FastCGI PARAMS of one request as (name, value) byte pairs; `extra` (the rule's
-    `env` lines, already rendered) comes last.
+_PROTOCOLS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
-    Paths are sent as UTF-8; header values as the latin-1 bytes they came in as."""
-    script = target.script_name
-    info = target.path_info
-    headers = request.headers
-    remote = _b(request.remote_addr)
-    env: list[tuple[bytes, bytes]] = [
+
+def static_env(document_root: str) -> list[tuple[bytes, bytes]]:
+    """The PARAMS that are the same for every request of a rule (sent first; a rule can
+    encode them once)."""
+    return [
         (b"GATEWAY_INTERFACE", b"CGI/1.1"),
         (b"SERVER_SOFTWARE", SERVER_SOFTWARE),
-        (b"SERVER_PROTOCOL", b"HTTP/" + request.version.encode("latin-1")),
-        (b"SERVER_NAME", _b(request.hostonly)),
-        (b"SERVER_ADDR", _b(request.server_addr)),
-        (b"SERVER_PORT", b"%d" % request.server_port),
+        (b"DOCUMENT_ROOT", _b(document_root)),
+    ]
+
+
+def remote_env(request: Request) -> list[tuple[bytes, bytes]]:
+    """The PARAMS naming the client (kept apart: they change with every connection)."""
+    remote = _b(request.remote_addr)
+    return [
         (b"REMOTE_ADDR", remote),
         (b"REMOTE_HOST", remote),
         (b"REMOTE_PORT", b"%d" % request.remote_port),
+    ]
+
+
+def request_key(request: Request, target: Target, content_length: int | None) -> tuple[Any, ...]:
+    """Everything request_env() reads: equal keys give equal PARAMS (for memoizing)."""
+    return (
+        target,
+        request.method,
+        request.uri,
+        request.original_uri,
+        request.query,
+        request.version,
+        request.host,
+        request.server_addr,
+        request.server_port,
+        request.scheme,
+        request.vars.get("user"),
+        content_length,
+        *request.headers._items,
+    )
+
+
+def request_env(
+    request: Request,
+    target: Target,
+    document_root: str,
+    content_length: int | None,
+) -> list[tuple[bytes, bytes]]:
+    """The PARAMS that depend on the request but not on the client's address (after
+    static_env and remote_env, before the rule's `env`); see request_key."""
+    script = target.script_name
+    info = target.path_info
+    headers = request.headers
+    version = request.version
+    script_b = _b(script)
+    env: list[tuple[bytes, bytes]] = [
+        (b"SERVER_PROTOCOL", _PROTOCOLS.get(version) or b"HTTP/" + version.encode("latin-1")),
+        (b"SERVER_NAME", _b(request.hostonly)),
+        (b"SERVER_ADDR", _b(request.server_addr)),
+        (b"SERVER_PORT", b"%d" % request.server_port),
         (b"REQUEST_METHOD", request.method.encode("latin-1")),
         (b"REQUEST_SCHEME", request.scheme.encode("latin-1")),
         (b"REQUEST_URI", _b(request.original_uri or request.uri)),
         (b"QUERY_STRING", _b(request.query)),
-        (b"DOCUMENT_ROOT", _b(document_root)),
-        (b"DOCUMENT_URI", _b(script)),
-        (b"SCRIPT_NAME", _b(script)),
+        (b"DOCUMENT_URI", script_b),
+        (b"SCRIPT_NAME", script_b),
         (b"SCRIPT_FILENAME", _b(_join(document_root, script))),
         (b"PATH_INFO", _b(info)),
     ]
@@ -176,16 +210,17 @@ def build_env(
         env.append((b"AUTH_TYPE", b"Basic"))
     if content_length is not None:
         env.append((b"CONTENT_LENGTH", b"%d" % content_length))
-    ctype = headers.get("Content-Type")
-    if ctype is not None:
-        env.append((b"CONTENT_TYPE", ctype.encode("latin-1", "replace")))
     seen: dict[bytes, int] = {}
+    typed = False
     keys = _HTTP_KEYS
     for name, value in headers:
         key = keys.get(name, b"")
         if key == b"":
             key = _http_key(name)
         if key is None:
+            if not typed and name.lower() == "content-type":
+                typed = True  # the first one, as Headers.get would
+                env.append((b"CONTENT_TYPE", value.encode("latin-1", "replace")))
             continue
         raw = value.encode("latin-1", "replace")
         at = seen.get(key)
@@ -196,6 +231,24 @@ def build_env(
             # repeated fields fold into one, comma-separated (RFC 9110 5.3); cookies use "; "
             sep = b"; " if key == b"HTTP_COOKIE" else b", "
             env[at] = (key, env[at][1] + sep + raw)
-    # last, so that they win: php-fpm keeps the last value of a repeated name
+    return env
+
+
+def build_env(
+    request: Request,
+    target: Target,
+    *,
+    document_root: str,
+    content_length: int | None,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+) -> list[tuple[bytes, bytes]]:
+    """The FastCGI PARAMS of one request as (name, value) byte pairs: static_env,
+    remote_env, request_env, then `extra` (the rule's `env` lines, already rendered) last,
+    so that they win (php-fpm keeps the last value of a repeated name).
+
+    Paths are sent as UTF-8; header values as the latin-1 bytes they came in as."""
+    env = static_env(document_root)
+    env += remote_env(request)
+    env += request_env(request, target, document_root, content_length)
     env.extend(extra)
     return env

@@ -93,6 +93,10 @@ class Record(NamedTuple):
         return f"Record({name}, {self.request_id}, {self.content!r})"
 
 
+# Record(...) runs the namedtuple's Python __new__; tuple.__new__ makes the same object in C
+_new_tuple = tuple.__new__
+
+
 class EndRequest(NamedTuple):
     app_status: int
     protocol_status: int
@@ -200,12 +204,53 @@ def encode_request(
     """A whole RESPONDER request in one buffer: BEGIN_REQUEST, the PARAMS stream (`params`
     is encode_pairs() output) and, unless `stdin` is None (streamed afterwards), the whole
     STDIN stream."""
+    n = len(params)
+    if request_id == 1 and keep_conn and 0 < n <= MAX_CONTENT:
+        # the everyday request: one PARAMS record, its pieces made once
+        pad = -n & 7
+        head = b"".join(
+            (_BEGIN_1, _HEADER.pack(VERSION, PARAMS, 1, n, pad), params, _PADS[pad], _END_PARAMS_1)
+        )
+        if stdin is None:
+            return head
+        return head + (encode_stream(STDIN, 1, stdin) if stdin else _END_STDIN_1)
     head = begin_request(request_id, RESPONDER, keep_conn) + encode_stream(
         PARAMS, request_id, params
     )
     if stdin is None:
         return head
     return head + encode_stream(STDIN, request_id, stdin)
+
+
+def whole_reply(data: bytes) -> tuple[bytes, EndRequest] | None:
+    """(STDOUT, END_REQUEST) of a reply to request 1 that `data` holds whole and alone:
+    STDOUT records, then END_REQUEST ending `data` (the usual small answer in one read).
+    None for anything else (other records, a partial record, a bad header...), which the
+    Decoder then handles (and reports)."""
+    out: list[bytes] = []
+    pos, end = 0, len(data)
+    unpack = _HEADER.unpack_from
+    while end - pos >= HEADER_LEN:
+        version, rtype, rid, clen, plen = unpack(data, pos)
+        stop = pos + HEADER_LEN + clen
+        if version != VERSION or rid != 1 or stop + plen > end:
+            return None
+        if rtype == STDOUT:
+            if clen:
+                out.append(data[pos + HEADER_LEN : stop])
+        elif rtype == END_REQUEST and clen >= 8 and stop + plen == end:
+            app, proto = _END_BODY.unpack_from(data, pos + HEADER_LEN)
+            stdout = out[0] if len(out) == 1 else b"".join(out)
+            return stdout, _new_tuple(EndRequest, (app, proto))
+        else:
+            return None
+        pos = stop + plen
+    return None
+
+
+_BEGIN_1 = begin_request(1, RESPONDER, True)
+_END_PARAMS_1 = _HEADER.pack(VERSION, PARAMS, 1, 0, 0)
+_END_STDIN_1 = _HEADER.pack(VERSION, STDIN, 1, 0, 0)
 
 
 def parse_end_request(content: bytes) -> EndRequest:
@@ -256,7 +301,7 @@ class Decoder:
             stop = pos + HEADER_LEN + clen
             if stop + plen > end:
                 break
-            out.append(Record(rtype, rid, buf[pos + HEADER_LEN : stop]))
+            out.append(_new_tuple(Record, (rtype, rid, buf[pos + HEADER_LEN : stop])))
             pos = stop + plen
         self._buf = buf[pos:] if pos < end else b""
         return out

@@ -52,11 +52,32 @@ def parse_head(buf: bytes | bytearray) -> Head | None:
         return None
     if end > MAX_HEAD:
         raise HeadError(f"response head longer than {MAX_HEAD} bytes")
+    raw = bytes(buf[:end])
+    known = _KNOWN.get(raw)
+    if known is None:
+        known = _parse_fields(raw)
+        if end <= KNOWN_BELOW:
+            if len(_KNOWN) >= KNOWN_MAX:
+                _KNOWN.clear()
+            _KNOWN[raw] = known
+    status, items, length = known
+    # a Headers of its own: handlers after us may change it
+    return Head(status, Headers(items), body, length)
+
+
+# Scripts write the same few heads over and over: their parsed fields, by the head's bytes.
+_KNOWN: dict[bytes, tuple[int, list[tuple[str, str]], int | None]] = {}
+KNOWN_MAX = 256
+KNOWN_BELOW = 2048  # bytes: longer heads are parsed every time (bounds the memory held)
+
+
+def _parse_fields(raw: bytes) -> tuple[int, list[tuple[str, str]], int | None]:
+    end = len(raw)
     status = 0
     location = False
     length: int | None = None
     items: list[tuple[str, str]] = []
-    text = bytes(buf[:end]).decode("latin-1")
+    text = raw.decode("latin-1")
     for line in text.split("\n") if end else ():
         line = line.rstrip("\r")
         if not line:
@@ -84,4 +105,4 @@ def parse_head(buf: bytes | bytearray) -> Head | None:
         items.append((name, value))
     if not status:
         status = 302 if location else 200
-    return Head(status, Headers(items), body, length)
+    return status, items, length

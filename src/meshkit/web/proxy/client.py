@@ -8,6 +8,19 @@ Request bodies stream upstream as they arrive (chunked when the client sent them
 
 A response to an Upgrade request that says 101 keeps its connection out of the pool: the
 caller relays it (meshkit.web.proxy.tunnel).
+
+Two ways to run an exchange share the connection, the parser and the error rules:
+
+- `exchange()`, a coroutine: dials when no kept connection is idle, streams request bodies,
+  retries a stale kept connection on a fresh one;
+- `_Conn.start()`, synchronous, on a kept connection taken with `Pool.take_idle()`: the head
+  is written at once and `on_ready(conn)` is called from data_received (or on failure) once
+  the response head is in; the handler turns that into the Response of a plain Future, with
+  no task and no coroutine per request.
+
+No timer per request: every exchange in flight has a deadline on its connection, and one
+sweep per proxy block (meshkit.web.proxy.deadlines) fails those past it with
+UpstreamTimeout.
 """
 
 from __future__ import annotations
@@ -15,14 +28,17 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Any
 
 import httptools
 
 from meshkit.web.message import Body
+from meshkit.web.proxy.deadlines import Deadlines
 from meshkit.web.proxy.upstream import Upstream
 
 __all__ = [
     "ConnectFailed",
+    "Deadlines",
     "Pool",
     "Reply",
     "Stream",
@@ -52,6 +68,55 @@ class UpstreamBroken(UpstreamError):
     """The upstream closed or spoke bad HTTP mid-exchange (502)."""
 
 
+# An upstream answers with the same few heads over and over (the Date changes each second):
+# parsed ones by their bytes. The header lists are shared: never changed in place.
+_HEADS: dict[bytes, tuple[int, list[tuple[str, str]], int, bool]] = {}
+HEADS_REMEMBERED = 256
+REMEMBER_BELOW = 2048  # bytes: longer heads are parsed every time (bounds the memory held)
+
+
+def _simple_head(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | None:
+    """(status, fields, Content-Length, keep-alive) of a plain HTTP/1.1 response head (no
+    CR/LF), or None for anything the parser must judge: interim and bodiless statuses,
+    no or a bad Content-Length, Transfer-Encoding, malformed or folded lines."""
+    if not raw.startswith(b"HTTP/1.1 "):
+        return None
+    text = raw.decode("latin-1")
+    lines = text.split("\r\n")
+    first = lines[0]
+    code = first[9:12]
+    if (
+        not code.isdigit()
+        or code[0] == "1"
+        or code in ("204", "304")
+        or (len(first) > 12 and first[12] != " ")
+        or text.count("\n") != len(lines) - 1
+        or text.count("\r") != len(lines) - 1
+    ):
+        return None
+    length = -1
+    keep = True
+    headers: list[tuple[str, str]] = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or " " in name or "\t" in name:
+            return None
+        low = name.lower()
+        value = value.lstrip(" \t")  # trailing blanks stay, as httptools keeps them
+        if low == "content-length":
+            if length >= 0 or not value.rstrip(" \t").isdigit():
+                return None
+            length = int(value)
+        elif low == "transfer-encoding":
+            return None
+        elif low == "connection" and "close" in value.lower():
+            keep = False
+        headers.append((name, value))
+    if length < 0:
+        return None
+    return int(code), headers, length, keep
+
+
 class _Conn(asyncio.Protocol):
     """One connection to an upstream and the response being read on it."""
 
@@ -63,7 +128,8 @@ class _Conn(asyncio.Protocol):
         self.body_waiter: asyncio.Future[None] | None = None
         self.drain_waiter: asyncio.Future[None] | None = None
         self.status = 0
-        self.headers: list[tuple[bytes, bytes]] = []
+        self.headers: list[tuple[str, str]] = []  # as received, latin-1
+        self.fed = False
         self.body: list[bytes] = []
         self.buffered = 0
         self.head_done = False
@@ -78,6 +144,10 @@ class _Conn(asyncio.Protocol):
         self.upgrade_rest: bytes | None = None
         self.error: UpstreamError | None = None
         self.framed = True  # the body has a length or is chunked (else it ends at close)
+        self.deadline = 0.0
+        self.timeout = 0.0
+        # the synchronous exchange waiting for its response head (see start())
+        self.on_ready: Callable[[_Conn], None] | None = None
 
     def begin(self, head_only: bool) -> None:
         self.status = 0
@@ -87,6 +157,17 @@ class _Conn(asyncio.Protocol):
         self.head_done = self.done = self.interim = False
         self.head_only = head_only
         self.got_bytes = False
+        self.fed = False  # bytes of this response went to the parser
+        self.error = None
+
+    def start(self, head: bytes, head_only: bool, on_ready: Callable[[_Conn], None]) -> None:
+        """Send a request without a body on this (kept) connection; `on_ready(self)` is
+        called once the response head is in or the exchange failed (self.error set)."""
+        self.begin(head_only)
+        self.on_ready = on_ready
+        self.pool.deadlines.watch(self, self.pool.timeout)
+        assert self.transport is not None
+        self.transport.write(head)
 
     # -- asyncio.Protocol
 
@@ -96,6 +177,10 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        if not self.fed and self._whole(data):
+            self._wake()
+            return
+        self.fed = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -107,6 +192,37 @@ class _Conn(asyncio.Protocol):
             self.keep = False
             self.close()
         self._wake()
+
+    def _whole(self, data: bytes) -> bool:
+        """Take `data` as one whole plain response (HTTP/1.1, a Content-Length and exactly
+        that many body bytes: the usual small answer) without the parser's callbacks; False
+        leaves anything else, untouched, to the parser."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or self.head_only:
+            return False
+        raw = data[:end]
+        known = _HEADS.get(raw)
+        if known is None:
+            known = _simple_head(raw)
+            if known is None:
+                return False
+            if end <= REMEMBER_BELOW:
+                if len(_HEADS) >= HEADS_REMEMBERED:
+                    _HEADS.clear()
+                _HEADS[raw] = known
+        status, headers, length, keep = known
+        body_start = end + 4
+        if len(data) - body_start != length:
+            return False
+        self.status = status
+        self.headers = headers
+        self.head_done = self.done = True
+        self.framed = True
+        self.keep = self.keep and keep
+        if length:
+            self.body.append(data[body_start:])
+            self.buffered = length
+        return True
 
     def eof_received(self) -> bool | None:
         return None
@@ -135,8 +251,12 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks
 
+    def on_message_begin(self) -> None:
+        # a list of its own: the one _whole() left may be shared with _HEADS
+        self.headers = []
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -148,7 +268,7 @@ class _Conn(asyncio.Protocol):
         self.head_done = True
         self.keep = self.keep and bool(self.parser.should_keep_alive())
         self.framed = status == 101 or any(
-            n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self.headers
+            n.lower() in ("content-length", "transfer-encoding") for n, _ in self.headers
         )
         if self.head_only or status == 204 or status == 304:
             self.framed = True
@@ -176,6 +296,13 @@ class _Conn(asyncio.Protocol):
     # -- helpers
 
     def _wake(self) -> None:
+        ready = self.on_ready
+        if ready is not None:
+            if self.head_done or self.error is not None:
+                self.on_ready = None
+                self.pool.deadlines.watched.discard(self)
+                ready(self)
+            return
         w = self.waiter
         if w is not None and not w.done() and (self.head_done or self.error is not None):
             w.set_result(None)
@@ -191,6 +318,15 @@ class _Conn(asyncio.Protocol):
             self.read_paused = False
             self.transport.resume_reading()
         return data
+
+    def time_out(self) -> None:
+        """The deadline passed (Deadlines): fail the exchange with UpstreamTimeout."""
+        if self.error is None:
+            self.error = UpstreamTimeout(
+                f"{self.pool.upstream.name} did not answer within {self.timeout:g}s"
+            )
+        self.close()
+        self._wake()
 
     async def drained(self) -> None:
         if self.write_paused and not self.closed:
@@ -212,12 +348,24 @@ class Pool:
         keepalive: int,
         connect_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.upstream = upstream
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
+        self.timeout = connect_timeout  # for start(): the block's `timeout`
         self.ssl_context = ssl_context
+        self.deadlines = deadlines if deadlines is not None else Deadlines()
         self.idle: list[_Conn] = []
+
+    def take_idle(self) -> _Conn | None:
+        """A kept connection, newest first, or None (then dial with connect())."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+        return None
 
     async def acquire(self) -> tuple[_Conn, bool]:
         """A connection to send one request on, and whether it was reused."""
@@ -256,6 +404,7 @@ class Pool:
             conn.close()
             return
         conn.waiter = conn.body_waiter = None
+        conn.on_ready = None
         self.idle.append(conn)
 
     def forget(self, conn: _Conn) -> None:
@@ -276,7 +425,7 @@ class Reply:
     def __init__(
         self,
         status: int,
-        headers: list[tuple[bytes, bytes]],
+        headers: list[tuple[str, str]],
         body: bytes | Stream,
         conn: _Conn | None,
     ) -> None:
@@ -306,13 +455,27 @@ async def _send_body(conn: _Conn, body: Body, chunked: bool) -> None:
         conn.close()
 
 
-def _on_timeout(conn: _Conn, fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        conn.error = UpstreamTimeout(
-            f"{conn.pool.upstream.name} did not answer within {conn.pool.connect_timeout:g}s"
-        )
-        conn.close()
-        fut.set_result(None)
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))
+
+
+def may_retry(conn: _Conn, reused: bool, method: str, has_body: bool) -> bool:
+    """Whether a failed exchange may be sent again on a fresh connection: a kept connection
+    the upstream had closed (nothing came back, no timeout) for an idempotent request
+    without a body."""
+    return (
+        reused
+        and not has_body
+        and not conn.got_bytes
+        and method in IDEMPOTENT
+        and not isinstance(conn.error, UpstreamTimeout)
+    )
+
+
+def broken(conn: _Conn) -> UpstreamError:
+    """The error of a failed exchange (its connection closed)."""
+    error = conn.error or UpstreamBroken("the upstream closed the connection")
+    conn.close()
+    return error
 
 
 async def exchange(
@@ -323,17 +486,23 @@ async def exchange(
     head_only: bool,
     timeout: float,
     done: Callable[[bool], None],
+    method: str = "GET",
+    fresh: bool = False,
 ) -> Reply:
     """Send one request (its head already serialized) and read the response head.
 
     `done(ok)` is called once the exchange is over: with the reply for a bytes body, after
-    the last piece for a streamed one (ok False when it broke off). Raises ConnectFailed
-    (nothing was sent), UpstreamTimeout or UpstreamBroken."""
+    the last piece for a streamed one (ok False when it broke off). `fresh` dials a new
+    connection rather than reusing a kept one. Raises ConnectFailed (nothing was sent),
+    UpstreamTimeout or UpstreamBroken."""
     loop = asyncio.get_running_loop()
-    conn, reused = await pool.acquire()
+    if fresh:
+        conn, reused = await pool.connect(), False
+    else:
+        conn, reused = await pool.acquire()
+    deadlines = pool.deadlines
     while True:
         conn.begin(head_only)
-        conn.error = None
         transport = conn.transport
         assert transport is not None
         transport.write(head)
@@ -341,7 +510,7 @@ async def exchange(
         if body is not None:
             sender = loop.create_task(_send_body(conn, body, chunked))
         fut = conn.waiter = loop.create_future()
-        handle = loop.call_later(timeout, _on_timeout, conn, fut)
+        deadlines.watch(conn, timeout)
         try:
             if not (conn.head_done or conn.error is not None or conn.closed):
                 await fut
@@ -349,36 +518,37 @@ async def exchange(
             conn.close()
             raise
         finally:
-            handle.cancel()
+            deadlines.unwatch(conn)
             conn.waiter = None
         if conn.head_done:
             break
         if sender is not None:
             sender.cancel()
-        error = conn.error or UpstreamBroken("the upstream closed the connection")
-        conn.close()
-        if (
-            reused
-            and body is None
-            and not conn.got_bytes
-            and not isinstance(error, UpstreamTimeout)
-        ):
+        retry = may_retry(conn, reused, method, body is not None)
+        error = broken(conn)
+        if retry:
             # an idle keep-alive connection the upstream had closed: try a fresh one once
             conn, reused = await pool.connect(), False
             continue
         raise error
+    return finish(conn, sender, done)
+
+
+def finish(conn: _Conn, sender: Any, done: Callable[[bool], None]) -> Reply:
+    """The Reply of an exchange whose response head is in: the connection goes back to the
+    pool at once when the whole body came with it, else the body is streamed."""
     if conn.status == 101:
         done(True)
         return Reply(101, conn.headers, b"", conn)
     if conn.done:
         data = conn.take_body()
         if sender is None or sender.done():
-            pool.put(conn)
+            conn.pool.put(conn)
         else:
             conn.close()  # answered before the whole request body was sent
         done(True)
         return Reply(conn.status, conn.headers, data, None)
-    return Reply(conn.status, conn.headers, Stream(_stream(conn, sender, timeout, done)), None)
+    return Reply(conn.status, conn.headers, Stream(_stream(conn, sender, conn.timeout, done)), None)
 
 
 class Stream:
@@ -408,6 +578,7 @@ async def _stream(
     done: Callable[[bool], None],
 ) -> AsyncGenerator[bytes, None]:
     loop = asyncio.get_running_loop()
+    deadlines = conn.pool.deadlines
     ok = False
     try:
         while True:
@@ -420,11 +591,11 @@ async def _stream(
             if conn.error is not None or conn.closed:
                 raise conn.error or UpstreamBroken("the upstream closed the connection")
             fut = conn.body_waiter = loop.create_future()
-            handle = loop.call_later(timeout, _on_timeout, conn, fut)
+            deadlines.watch(conn, timeout)
             try:
                 await fut
             finally:
-                handle.cancel()
+                deadlines.unwatch(conn)
                 conn.body_waiter = None
     finally:
         if ok and (sender is None or sender.done()):

@@ -256,12 +256,11 @@ def http_check(port: int, name: str) -> None:
 # --------------------------------------------------------------------------- servers
 
 
-def start_nginx(procs: Procs, core: int | None) -> int:
-    prefix = procs.tmp / "nginx"
-    (prefix / "www").mkdir(parents=True)
-    (prefix / "logs").mkdir()
-    (prefix / "www" / "index.html").write_bytes(b"x" * (BODY_SIZE - 1) + b"\n")
-    port = free_port()
+def write_nginx_conf(prefix: Path, http: str) -> Path:
+    """`prefix`/nginx.conf for the anchors: one worker in the foreground (stopped by pid), no
+    access log, keep-alive without limits; `http` goes inside the http block (servers,
+    upstreams, settings of that bench)."""
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
     user = "user root;\n" if os.geteuid() == 0 else ""
     conf = prefix / "nginx.conf"
     conf.write_text(
@@ -276,16 +275,33 @@ http {{
     access_log off;
     keepalive_requests 100000000;
     keepalive_timeout 300s;
-    default_type text/html;
+{http}}}
+"""
+    )
+    return conf
+
+
+def nginx_argv(prefix: Path, conf: Path) -> list[str]:
+    return ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
+
+
+def start_nginx(procs: Procs, core: int | None) -> int:
+    prefix = procs.tmp / "nginx"
+    (prefix / "www").mkdir(parents=True)
+    (prefix / "logs").mkdir()
+    (prefix / "www" / "index.html").write_bytes(b"x" * (BODY_SIZE - 1) + b"\n")
+    port = free_port()
+    conf = write_nginx_conf(
+        prefix,
+        f"""    default_type text/html;
     server {{
         listen {HOST}:{port} backlog=4096;
         root {prefix}/www;
         location / {{ }}
     }}
-}}
-"""
+""",
     )
-    cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
+    cmd = nginx_argv(prefix, conf)
     proc, logfile = procs.start("nginx", cmd, core)
     wait_port(port, proc, "nginx", logfile)
     http_check(port, "nginx")

@@ -49,10 +49,12 @@ from ingress import (
     free_port,
     log,
     meshkit_env,
+    nginx_argv,
     report_errors_and_noise,
     run_guarded,
     run_wrk,
     wait_port,
+    write_nginx_conf,
 )
 
 PHP_FPM = "/usr/sbin/php-fpm8.2"
@@ -127,21 +129,9 @@ def start_nginx(
     prefix = procs.tmp / name
     (prefix / "logs").mkdir(parents=True)
     port = free_port()
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"""{user}daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 16384; multi_accept on; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-    client_body_temp_path {prefix}/body;
+    conf = write_nginx_conf(
+        prefix,
+        f"""    client_body_temp_path {prefix}/body;
     fastcgi_temp_path {prefix}/fastcgi;
     proxy_temp_path {prefix}/proxy;
     uwsgi_temp_path {prefix}/uwsgi;
@@ -172,10 +162,9 @@ http {{
             fastcgi_param SERVER_NAME $server_name;
         }}
     }}
-}}
-"""
+""",
     )
-    cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
+    cmd = nginx_argv(prefix, conf)
     proc, logfile = procs.start(name, cmd, core)
     wait_port(port, proc, name, logfile)
     PIDS[port] = proc.pid

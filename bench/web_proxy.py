@@ -36,9 +36,11 @@ from ingress import (
     Sample,
     free_port,
     log,
+    nginx_argv,
     run_guarded,
     run_wrk,
     wait_port,
+    write_nginx_conf,
 )
 
 TARGETS = ("nginx", "caddy", "meshkit")
@@ -47,26 +49,7 @@ ISSUE = {"nginx": 22_900.0, "caddy": 4_300.0}
 
 
 def _nginx_conf(prefix: Path, server: str) -> Path:
-    (prefix / "logs").mkdir(parents=True, exist_ok=True)
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"""{user}daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 16384; multi_accept on; }}
-http {{
-    access_log off;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
-{server}
-}}
-"""
-    )
-    return conf
+    return write_nginx_conf(prefix, server + "\n")
 
 
 def start_backend(procs: Procs, core: int | None) -> int:
@@ -77,7 +60,7 @@ def start_backend(procs: Procs, core: int | None) -> int:
     }}"""
     prefix = procs.tmp / "backend"
     conf = _nginx_conf(prefix, server)
-    cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
+    cmd = nginx_argv(prefix, conf)
     proc, logfile = procs.start("backend", cmd, core)
     wait_port(port, proc, "nginx backend", logfile)
     return port
@@ -96,7 +79,7 @@ def start_nginx_proxy(procs: Procs, core: int | None, backend: int) -> int:
     }}"""
     prefix = procs.tmp / "nginx"
     conf = _nginx_conf(prefix, server)
-    cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
+    cmd = nginx_argv(prefix, conf)
     proc, logfile = procs.start("nginx", cmd, core)
     wait_port(port, proc, "nginx proxy", logfile)
     PIDS[port] = proc.pid

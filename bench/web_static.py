@@ -65,10 +65,12 @@ from ingress import (
     free_port,
     log,
     meshkit_env,
+    nginx_argv,
     report_errors_and_noise,
     run_guarded,
     run_wrk,
     wait_port,
+    write_nginx_conf,
 )
 
 REQUIRED_TOOLS = ("nginx", "caddy", "wrk")
@@ -135,22 +137,10 @@ def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
     prefix = procs.tmp / "nginx"
     (prefix / "logs").mkdir(parents=True)
     port = free_port()
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = prefix / "nginx.conf"
-    conf.write_text(
-        f"""{user}daemon off;
-master_process off;
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/logs/error.log warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 16384; multi_accept on; }}
-http {{
-    access_log off;
-    sendfile on;
+    conf = write_nginx_conf(
+        prefix,
+        f"""    sendfile on;
     tcp_nopush on;
-    keepalive_requests 100000000;
-    keepalive_timeout 300s;
     types {{ text/html html; text/plain txt; application/octet-stream bin; }}
     default_type application/octet-stream;
     gzip on;
@@ -160,10 +150,9 @@ http {{
         root {root};
         location / {{ autoindex on; }}
     }}
-}}
-"""
+""",
     )
-    cmd = ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
+    cmd = nginx_argv(prefix, conf)
     proc, logfile = procs.start("nginx", cmd, core)
     wait_port(port, proc, "nginx", logfile)
     return port

@@ -46,6 +46,8 @@ SCRIPTS = {
     "length.php": "<?php header('Content-Length: 6'); echo \"sized\\n\";",
     "big.php": "<?php for ($i = 0; $i < 400; $i++) { echo str_repeat(chr(65 + $i % 26), 4096);"
     " flush(); }",
+    "bigsized.php": "<?php header('Content-Length: ' . (400 * 4096));"
+    " for ($i = 0; $i < 400; $i++) { echo str_repeat(chr(65 + $i % 26), 4096); flush(); }",
     "stderr.php": "<?php error_log('oops on stderr'); echo \"logged\\n\";",
     "slow.php": '<?php sleep(3); echo "late\\n";',
     "upload.jpg": '<?php echo "PWNED\\n"; ?>',
@@ -273,6 +275,14 @@ def test_big_response_streamed(env: Env) -> None:
     expected = b"".join(bytes([65 + i % 26]) * 4096 for i in range(400))
     assert r.body == expected
     assert r.headers.get("transfer-encoding") == "chunked"
+
+
+def test_big_response_with_its_length_streamed_plain(env: Env) -> None:
+    r = env.get("/bigsized.php")
+    assert r.status == 200
+    assert r.body == b"".join(bytes([65 + i % 26]) * 4096 for i in range(400))
+    assert r.headers["content-length"] == str(400 * 4096)  # the script's, kept
+    assert "transfer-encoding" not in r.headers
 
 
 def test_big_response_to_a_slow_client(env: Env) -> None:

@@ -476,12 +476,15 @@ class _Conn(asyncio.Protocol):
 class StreamBody:
     """The body of a streamed FastCGI reply, as an async iterator the server writes out."""
 
-    __slots__ = ("_conn", "_done", "_timeout")
+    __slots__ = ("_conn", "_done", "_timeout", "content_length")
 
-    def __init__(self, conn: _Conn, timeout: float) -> None:
+    def __init__(self, conn: _Conn, timeout: float, content_length: int | None = None) -> None:
         self._conn = conn
         self._timeout = timeout
         self._done = False
+        # the script's own Content-Length: the server sends the stream plain under it (and
+        # closes the connection should the script send more or less), not chunked
+        self.content_length = content_length
 
     def __aiter__(self) -> StreamBody:
         return self
@@ -725,7 +728,9 @@ class Client:
                 # never promise bytes that are not there: the server counts them itself
                 headers.remove("Content-Length")
             return Reply(head.status, headers, data)
-        return Reply(head.status, headers, StreamBody(conn, self.timeouts.read))
+        return Reply(
+            head.status, headers, StreamBody(conn, self.timeouts.read, head.content_length)
+        )
 
     def start(
         self, params: bytes, head_only: bool, done: Callable[[Reply | FastCGIError], None]

@@ -209,7 +209,12 @@ class Api:
                 return await handler(peer, params)
             except Exception as exc:
                 raise _translate(exc) from None
-        await self.agent.wait_state()
+        if self.agent.store is not None:
+            # A manager whose raft store is still loading: wait a little. Without a store
+            # (a worker, or a manager between roles: the API port stays open over role
+            # changes) answer at once, so that the caller moves on to another manager
+            # instead of missing its heartbeats here.
+            await self.agent.wait_state()
         if not self.agent.is_manager:
             raise RpcError("not_manager", cstate.NOT_A_MANAGER)
         if method in MANAGER_METHODS and peer.identity is not None:

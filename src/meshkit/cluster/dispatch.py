@@ -43,6 +43,22 @@ REPORT_BATCH = 0.05
 WATCH_WAIT = 20.0
 
 
+def compact(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One update per task, later fields over earlier ones: states only move forward, so the
+    merged update says all the separate ones did (and a node cut off from the managers
+    keeps one entry per task, not one per report)."""
+    from meshkit.cluster.services import TERMINAL
+
+    merged: dict[str, dict[str, Any]] = {}
+    for u in updates:
+        tid = str(u.get("id"))
+        if tid not in merged:
+            merged[tid] = dict(u)
+        elif merged[tid].get("state") not in TERMINAL:  # an end state is final, as in apply
+            merged[tid].update(u)
+    return list(merged.values())
+
+
 class Dispatch:
     """The service loops of one agent."""
 
@@ -186,7 +202,7 @@ class Dispatch:
             await self._outbox_ready.wait()
             await asyncio.sleep(REPORT_BATCH)
             self._outbox_ready.clear()
-            batch, self._outbox = self._outbox, []
+            batch, self._outbox = compact(self._outbox), []
             if not batch:
                 continue
             try:
@@ -226,7 +242,7 @@ class Dispatch:
             await self._commit_kick.wait()
             await asyncio.sleep(REPORT_BATCH)
             self._commit_kick.clear()
-            batch, self._commit_batch = self._commit_batch, []
+            batch, self._commit_batch = compact(self._commit_batch), []
             waiters, self._commit_waiters = self._commit_waiters, []
             if not batch:
                 for w in waiters:

@@ -734,6 +734,24 @@ def settle_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         log(f"warning: only CPU {cpus} usable; proxies and clients share a core")
 
 
+def settle_server_args(
+    p: argparse.ArgumentParser, args: argparse.Namespace, targets: Sequence[str]
+) -> None:
+    """--targets as a list (only known ones) and the server/client CPU placement, shared by
+    the web benches: the servers on the first usable CPU, the clients on the second."""
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not args.targets or set(args.targets) - set(targets):
+        p.error(f"--targets: choose from {', '.join(targets)}")
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.server_core is None:
+        args.server_core = cpus[0]
+    if args.client_core is None:
+        args.client_core = cpus[1] if len(cpus) > 1 else cpus[0]
+    for name in ("server_core", "client_core"):
+        if getattr(args, name) not in cpus:
+            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: usable CPUs are {cpus}")
+
+
 def run_guarded(
     run_fn: Callable[[argparse.Namespace, Path], Results], args: argparse.Namespace, prefix: str
 ) -> Results | int:

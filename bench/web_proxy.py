@@ -39,6 +39,7 @@ from ingress import (
     nginx_argv,
     run_guarded,
     run_wrk,
+    settle_server_args,
     wait_port,
     write_nginx_conf,
 )
@@ -231,17 +232,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.rounds = 1 if args.quick else 5
     if args.duration < 1 or args.rounds < 1:
         p.error("--duration must be >= 1 and --rounds >= 1")
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if set(args.targets) - set(TARGETS):
-        p.error(f"--targets: choose from {', '.join(TARGETS)}")
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.server_core is None:
-        args.server_core = cpus[0]
-    if args.client_core is None:
-        args.client_core = cpus[1] if len(cpus) > 1 else cpus[0]
-    for name in ("server_core", "client_core"):
-        if getattr(args, name) not in cpus:
-            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: usable CPUs are {cpus}")
+    settle_server_args(p, args, TARGETS)
     return args
 
 

@@ -69,6 +69,7 @@ from ingress import (
     report_errors_and_noise,
     run_guarded,
     run_wrk,
+    settle_server_args,
     wait_port,
     write_nginx_conf,
 )
@@ -500,17 +501,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.cases) - {c.key for c in CASES}
     if unknown:
         p.error(f"--cases: unknown {', '.join(sorted(unknown))}")
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if set(args.targets) - set(TARGETS):
-        p.error(f"--targets: choose from {', '.join(TARGETS)}")
-    cpus = sorted(os.sched_getaffinity(0))
-    if args.server_core is None:
-        args.server_core = cpus[0]
-    if args.client_core is None:
-        args.client_core = cpus[1] if len(cpus) > 1 else cpus[0]
-    for name in ("server_core", "client_core"):
-        if getattr(args, name) not in cpus:
-            p.error(f"--{name.replace('_', '-')} {getattr(args, name)}: usable CPUs are {cpus}")
+    settle_server_args(p, args, TARGETS)
     return args
 
 

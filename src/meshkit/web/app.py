@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -345,23 +344,9 @@ def remove_pidfile(path: str) -> None:
         os.unlink(path)
 
 
-def tune_gc() -> None:
-    """Fewer garbage collections while serving.
-
-    Every request allocates a handful of container objects (request, headers, response) that
-    die young and hold no cycles, so the default young-generation threshold (700) runs a
-    collection every few dozen requests; everything loaded before serving (modules, the
-    configuration) is moved out of the collector's sight with gc.freeze(). Cycles are still
-    collected, only less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
-
-
 async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> int:
     """Run until a signal ends the process; returns the exit code."""
     ports = plan(config)
-    tune_gc()
     app = WebApp(options)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()

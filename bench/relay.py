@@ -41,7 +41,10 @@ from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+try:
+    import meshkit  # noqa: F401  (the installed one, with its compiled fast path)
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 from meshkit._ext import load_fastpath
 from meshkit.l4.relay import PyRelay, RelayLike

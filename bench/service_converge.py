@@ -39,7 +39,13 @@ from pathlib import Path
 from typing import Any
 
 SRC_DIR = Path(__file__).resolve().parent.parent / "src"
-sys.path.insert(0, str(SRC_DIR))
+try:
+    import meshkit  # noqa: F401  (the installed one, with its compiled fast path)
+
+    INSTALLED = True
+except ImportError:  # run from a checkout without installing
+    INSTALLED = False
+    sys.path.insert(0, str(SRC_DIR))
 
 from meshkit.cluster.rpc import RpcClient, RpcError  # noqa: E402
 from meshkit.cluster.services import build_spec  # noqa: E402
@@ -91,7 +97,7 @@ class Agent:
             sub = ["init", *common, "--dispatcher-heartbeat", "1s"]
         else:
             sub = ["join", "--token", join[0], *common, join[1]]
-        env = {**os.environ, "PYTHONPATH": str(SRC_DIR)}
+        env = dict(os.environ) if INSTALLED else {**os.environ, "PYTHONPATH": str(SRC_DIR)}
         with self.logfile.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshkit", "node", *sub],

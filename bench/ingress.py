@@ -281,6 +281,30 @@ http {{
     return conf
 
 
+def start_caddy_site(procs: Procs, core: int | None, site: str) -> tuple[int, Any]:
+    """Caddy 2 on one core (GOMAXPROCS=1), admin API and automatic HTTPS off, serving one
+    http:// site on a free port with `site` (its directives) inside; its port and process."""
+    home = procs.tmp / "caddy"
+    home.mkdir()
+    port = free_port()
+    conf = home / "Caddyfile"
+    conf.write_text(
+        f"{{\n    admin off\n    auto_https off\n}}\n"
+        f"http://{HOST}:{port} {{\n    bind {HOST}\n{site}}}\n"
+    )
+    env = {
+        **os.environ,
+        "GOMAXPROCS": "1",
+        "HOME": str(home),
+        "XDG_DATA_HOME": str(home / "data"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+    }
+    cmd = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
+    proc, logfile = procs.start("caddy", cmd, core, env=env)
+    wait_port(port, proc, "caddy", logfile)
+    return port, proc
+
+
 def nginx_argv(prefix: Path, conf: Path) -> list[str]:
     return ["nginx", "-p", str(prefix), "-e", str(prefix / "logs" / "error.log"), "-c", str(conf)]
 

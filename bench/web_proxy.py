@@ -40,6 +40,7 @@ from ingress import (
     run_guarded,
     run_wrk,
     settle_server_args,
+    start_caddy_site,
     wait_port,
     write_nginx_conf,
 )
@@ -88,24 +89,7 @@ def start_nginx_proxy(procs: Procs, core: int | None, backend: int) -> int:
 
 
 def start_caddy(procs: Procs, core: int | None, backend: int) -> int:
-    home = procs.tmp / "caddy"
-    home.mkdir()
-    port = free_port()
-    conf = home / "Caddyfile"
-    conf.write_text(
-        f"{{\n    admin off\n    auto_https off\n}}\nhttp://{HOST}:{port} {{\n"
-        f"    bind {HOST}\n    reverse_proxy {HOST}:{backend}\n}}\n"
-    )
-    env = {
-        **os.environ,
-        "GOMAXPROCS": "1",
-        "HOME": str(home),
-        "XDG_DATA_HOME": str(home / "data"),
-        "XDG_CONFIG_HOME": str(home / "config"),
-    }
-    cmd = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
-    proc, logfile = procs.start("caddy", cmd, core, env=env)
-    wait_port(port, proc, "caddy", logfile)
+    port, proc = start_caddy_site(procs, core, f"    reverse_proxy {HOST}:{backend}\n")
     PIDS[port] = proc.pid
     return port
 

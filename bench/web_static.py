@@ -70,6 +70,7 @@ from ingress import (
     run_guarded,
     run_wrk,
     settle_server_args,
+    start_caddy_site,
     wait_port,
     write_nginx_conf,
 )
@@ -160,34 +161,8 @@ def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
 
 
 def start_caddy(procs: Procs, core: int | None, root: Path) -> int:
-    home = procs.tmp / "caddy"
-    home.mkdir()
-    port = free_port()
-    conf = home / "Caddyfile"
-    conf.write_text(
-        f"""{{
-    admin off
-    auto_https off
-}}
-http://{HOST}:{port} {{
-    bind {HOST}
-    root * {root}
-    encode gzip
-    file_server browse
-}}
-"""
-    )
-    env = {
-        **os.environ,
-        "GOMAXPROCS": "1",
-        "HOME": str(home),
-        "XDG_DATA_HOME": str(home / "data"),
-        "XDG_CONFIG_HOME": str(home / "config"),
-    }
-    cmd = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
-    proc, logfile = procs.start("caddy", cmd, core, env=env)
-    wait_port(port, proc, "caddy", logfile)
-    return port
+    site = f"    root * {root}\n    encode gzip\n    file_server browse\n"
+    return start_caddy_site(procs, core, site)[0]
 
 
 def meshkit_web_available(env: dict[str, str]) -> bool:

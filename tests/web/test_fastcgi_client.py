@@ -111,21 +111,25 @@ def test_keep_conn_reuses_one_connection(tmp_path: Path) -> None:
     run(main())
 
 
+def once_per_connection() -> Behaviour:
+    """A responder that answers the first request of each connection and drops the second
+    one with the connection, as php-fpm does when it restarts or recycles a child."""
+    count = 0
+
+    async def behave(writer: asyncio.StreamWriter, p: dict[bytes, bytes]) -> bool:
+        nonlocal count
+        count += 1
+        if count % 2 == 0:
+            return False
+        writer.write(reply(b"ok"))
+        return True
+
+    return behave
+
+
 def test_redial_when_the_kept_connection_was_closed() -> None:
     async def main() -> None:
-        count = 0
-
-        async def once_per_conn(writer: asyncio.StreamWriter, p: dict[bytes, bytes]) -> bool:
-            # the first request of each connection is answered, the second one is dropped
-            # with the connection, as when php-fpm restarts or recycles a child
-            nonlocal count
-            count += 1
-            if count % 2 == 0:
-                return False
-            writer.write(reply(b"ok"))
-            return True
-
-        r = Responder(once_per_conn)
+        r = Responder(once_per_connection())
         ep = await r.start_tcp()
         client = Client([parse_endpoint(ep)])
         for _ in range(3):

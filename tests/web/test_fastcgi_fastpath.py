@@ -29,7 +29,15 @@ from meshkit.web.fastcgi.env import Target, build_env
 from meshkit.web.message import HandlerResult, Headers, Request, Response
 
 from .e2e_util import Running
-from .test_fastcgi_client import Behaviour, Responder, hello, params, reply, run
+from .test_fastcgi_client import (
+    Behaviour,
+    Responder,
+    hello,
+    once_per_connection,
+    params,
+    reply,
+    run,
+)
 
 
 async def started(client: Client, p: bytes, head_only: bool = False) -> Reply:
@@ -69,17 +77,7 @@ def test_start_reuses_the_kept_connection() -> None:
 
 def test_start_redials_when_the_kept_connection_was_closed() -> None:
     async def main() -> None:
-        count = 0
-
-        async def once_per_conn(writer: asyncio.StreamWriter, p: dict[bytes, bytes]) -> bool:
-            nonlocal count
-            count += 1
-            if count % 2 == 0:
-                return False  # the second request of a connection: dropped with it
-            writer.write(reply(b"ok"))
-            return True
-
-        r = Responder(once_per_conn)
+        r = Responder(once_per_connection())
         client = Client([parse_endpoint(await r.start_tcp())])
         for _ in range(3):
             assert (await started(client, params())).body == b"ok"

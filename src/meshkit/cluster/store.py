@@ -149,6 +149,11 @@ class RaftStore:
         self._member_change: str | None = None
         self._leaving: dict[str, float] = {}
         self._waiting: set[asyncio.Future[tuple[Any, int]]] = set()
+        # submit()s in flight by their command id: a command this replica has applied is
+        # committed, so its submit is answered then, even if raft's own callback (which on a
+        # follower waits for the leader's word) never comes because the command itself made
+        # this node stop being a manager (a manager demoting itself)
+        self._by_cid: dict[str, asyncio.Future[tuple[Any, int]]] = {}
         self.slowest_tick = 0.0
         self._closed = False
         self.on_applied: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
@@ -343,6 +348,7 @@ class RaftStore:
         if self._obj is None or self._loop is None:
             raise StoreError("the raft store is not running")
         deadline = time.monotonic() + (timeout or self.timings.commit_timeout)
+        cmd = {**cmd, "cid": os.urandom(8).hex()}
         while True:
             if self._obj is None:
                 raise StoreError("the raft store stopped (this node is no longer a manager)")
@@ -358,6 +364,7 @@ class RaftStore:
             self.kick()
             remaining = deadline - time.monotonic()
             self._waiting.add(fut)
+            self._by_cid[cmd["cid"]] = fut
             try:
                 res, err = await asyncio.wait_for(fut, max(remaining, 0.01))
             except asyncio.TimeoutError:
@@ -368,6 +375,7 @@ class RaftStore:
                 ) from None
             finally:
                 self._waiting.discard(fut)
+                self._by_cid.pop(cmd["cid"], None)
             if err == FAIL_REASON.SUCCESS:
                 break
             retry = err in _RETRY or (
@@ -385,6 +393,9 @@ class RaftStore:
         return dict(result.get("ok") or {})
 
     def _applied(self, cmd: Mapping[str, Any], result: dict[str, Any]) -> None:
+        fut = self._by_cid.get(str(cmd.get("cid")))
+        if fut is not None and not fut.done():
+            fut.set_result((result, FAIL_REASON.SUCCESS))
         if self.on_applied is not None:
             self.on_applied(cmd, result)
 

@@ -24,6 +24,7 @@ import pytest
 
 import meshkit
 from meshkit.web.gitdeploy import GitConfig, GitPuller, github_signature
+from meshkit.web.gitdeploy.schedule import State
 from peers import Proc, free_port, wait_tcp
 
 from .e2e_util import Reply, curl
@@ -328,7 +329,9 @@ def test_puller_then_failures_then_long_and_stop(
             text = captured.text()
             assert "then `sh -c echo broken build >&2; exit 3` exited 3:\nbroken build" in text
             assert "then `no-such-program-here` could not start" in text
-            # a hook during the idle time pulls at once
+            # a hook during the idle time pulls at once (the then commands are logged a
+            # moment before the puller is back to idle)
+            await until(lambda: puller.schedule.state is State.IDLE, "the puller idle", captured)
             repo.commit({"index.html": "version 2\n"}, "v2")
             assert puller.request_pull() == "now"
             await until(

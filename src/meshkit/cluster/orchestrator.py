@@ -332,11 +332,15 @@ class _ServicePlanner:
         size = int(cfg["parallelism"]) or len(dirty_keys)
         for key in dirty_keys[:size]:
             occ = self.occupants(key)
-            if cfg["order"] == "start-first":
-                self.new_task(key, self.carried_restarts(key))
-            else:
-                for t in occ:
+            # start-first overlaps a new task only with old ones placed on a node; an old task
+            # still waiting for a node (all nodes down, say) is replaced, or each update would
+            # pile up another
+            placed = [t for t in occ if t["node_id"] and not r.terminal(t)]
+            for t in occ:
+                if cfg["order"] != "start-first" or t not in placed:
                     r.set_desired(t, "shutdown")
+            if cfg["order"] == "start-first" and placed:
+                self.new_task(key, self.carried_restarts(key))
 
     def set_update_status(
         self, state: str, message: str, old: Mapping[str, Any], completed_at: float | None = None

@@ -162,11 +162,14 @@ def ingress(
 
 # Sub-commands of each area live beside the code they drive.
 from meshkit.cluster.cli import node_app  # noqa: E402
+from meshkit.cluster.network_cli import doctor, network_app  # noqa: E402
 from meshkit.cluster.service_cli import service_app  # noqa: E402
 from meshkit.web.cli import web_app  # noqa: E402
 
 app.add_typer(node_app, name="node")
 app.add_typer(service_app, name="service")
+app.add_typer(network_app, name="network")
+app.command("doctor")(doctor)
 app.add_typer(web_app)
 
 

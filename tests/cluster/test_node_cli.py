@@ -338,7 +338,8 @@ def test_ls_everywhere(cluster: Cluster) -> None:
         out = m.ok("ls")
         lines = out.splitlines()
         assert lines[0].split() == [
-            "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER", "STATUS", "ENGINE", "VERSION"
+            "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER", "STATUS", "ENGINE", "VERSION",
+            "OVERLAY",
         ]  # fmt: skip
         assert len(lines) == 6
         mine = [ln for ln in lines if " * " in ln]

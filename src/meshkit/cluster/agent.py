@@ -57,6 +57,7 @@ from meshkit.cluster.pki import (
 from meshkit.cluster.rpc import Peer, RpcClient, RpcError, RpcServer
 from meshkit.cluster.store import RaftStore, RaftTimings
 from meshkit.errors import MeshkitError
+from meshkit.net.overlay import NodeOverlay
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,8 @@ class Agent:
         self._leaving = False
         self._rng = random.Random()
         self.period = cfg.heartbeat_period
+        self._overlay_commits: dict[str, dict[str, Any]] = {}
+        self.overlay = NodeOverlay(cfg.node_id, cfg.advertise_addr)
         self.dispatch = Dispatch(self)
 
     # -- properties ----------------------------------------------------------------------------
@@ -270,6 +273,9 @@ class Agent:
             or self.identity.role == "worker",
             "version": __version__,
             "raft": None if self.store is None else self.store.status(),
+            "overlay": self.overlay.report(),
+            "overlay_nodes": self.overlay.nodes(),
+            "overlay_stats": self.overlay.stats(),
             "cert_not_after": self.identity.not_after,
         }
 
@@ -346,6 +352,11 @@ class Agent:
             await self.dispatch.close_executor(stop_tasks=self._leaving)
         except Exception:
             log.exception("stopping the task executor failed")
+        # a kernel overlay forwards on while the agent restarts; leaving takes it down
+        try:
+            await self.overlay.close(remove=self._leaving)
+        except Exception:
+            log.exception("stopping the overlay failed")
         await self._stop_manager(wipe=False)
         if self._tcp is not None:
             await self._tcp.close()
@@ -428,6 +439,7 @@ class Agent:
 
     def _on_applied(self, cmd: Any, result: dict[str, Any]) -> None:
         op = cmd.get("op")
+        self.api.networks.applied(cmd)
         if op != "set_addr":
             self.api.services.applied(cmd)
             self.dispatch.applied(cmd)
@@ -448,6 +460,22 @@ class Agent:
         node = st.nodes.get(self.node_id)
         if node is not None and node.role != self.identity.role:
             self._spawn(self._change_role(node.role))
+
+    def note_overlay(self, node_id: str, overlay: dict[str, Any]) -> None:
+        """A node's overlay report changed: commit it (once per distinct report in flight)."""
+        if self._overlay_commits.get(node_id) == overlay:
+            return
+        self._overlay_commits[node_id] = overlay
+        self._spawn(self._commit_overlay(node_id, overlay))
+
+    async def _commit_overlay(self, node_id: str, overlay: dict[str, Any]) -> None:
+        try:
+            await self.api._submit({"op": "set_overlay", "node_id": node_id, "overlay": overlay})
+        except Exception as exc:  # the next beat that still differs tries again
+            log.debug("overlay report of %s not committed: %s", node_id, exc)
+        finally:
+            if self._overlay_commits.get(node_id) == overlay:
+                del self._overlay_commits[node_id]
 
     def note_beat(self, node_id: str) -> None:
         """A heartbeat this manager took (or was told about by another manager)."""
@@ -621,7 +649,8 @@ class Agent:
             await asyncio.sleep(self.period)
 
     async def _beat(self) -> dict[str, Any] | None:
-        params = {"node_id": self.node_id, "status": {"version": __version__}}
+        status: dict[str, Any] = {"version": __version__, "overlay": self.overlay.report()}
+        params = {"node_id": self.node_id, "status": status}
         if self.is_manager and (self.store is not None and self.store.is_leader):
             peer = Peer(identity=self.identity.peer, address="self")
             return dict(await self.api.heartbeat(peer, params))

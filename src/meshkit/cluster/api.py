@@ -19,8 +19,9 @@ Authorization on the TCP port, by method:
 
 - any node certificate of this cluster (worker or manager):
 
-    heartbeat  {"node_id", "status"?: {...}}  -> {"period", "managers", "leader", "role",
-               "availability"}   the certificate's CN must equal node_id
+    heartbeat  {"node_id", "status"?: {"version", "overlay"?}}  -> {"period", "managers",
+               "leader", "role", "availability"}   the certificate's CN must equal node_id; a
+               changed overlay report is committed (set_overlay) in the background
     renew      {"node_id", "csr"} -> {"cert", "ca", "role", "managers", "raft_secret"?,
                "raft_peers"?}    a new certificate with the role the cluster state says
     leave      {"node_id"} -> {}   a worker leaving: marked Down at once
@@ -38,6 +39,7 @@ Authorization on the TCP port, by method:
                                                                they took to the leader)
     cluster_status {}                                  -> raft status of the answering manager
     service_*     see meshkit.cluster.service_api
+    network_*, overlay_pairs, netmap_watch   see meshkit.cluster.network_api
 
 Services and tasks (meshkit.cluster.service_api): the service_* methods are manager methods;
 tasks_watch and task_report take any node certificate whose CN is the node asked about;
@@ -66,6 +68,12 @@ from typing import TYPE_CHECKING, Any
 
 from meshkit import __version__
 from meshkit.cluster import state as cstate
+from meshkit.cluster.network_api import (
+    NETWORK_METHODS,
+    NODE_NET_METHODS,
+    NetworkMethods,
+    pair_rows,
+)
 from meshkit.cluster.pki import ClusterCA, PkiError
 from meshkit.cluster.rpc import Peer, RpcError
 from meshkit.cluster.service_api import (
@@ -84,6 +92,7 @@ from meshkit.cluster.tokens import (
     token_matches,
 )
 from meshkit.errors import FlagError
+from meshkit.net.doctor_report import overlay_column
 
 if TYPE_CHECKING:
     from meshkit.cluster.agent import Agent
@@ -91,7 +100,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 UNAUTHENTICATED = frozenset({"ca_bundle", "join"})
-NODE_METHODS = frozenset({"heartbeat", "renew", "leave"}) | NODE_TASK_METHODS
+NODE_METHODS = frozenset({"heartbeat", "renew", "leave"}) | NODE_TASK_METHODS | NODE_NET_METHODS
 MANAGER_METHODS = (
     frozenset(
         {
@@ -107,6 +116,7 @@ MANAGER_METHODS = (
         }
     )
     | SERVICE_METHODS
+    | NETWORK_METHODS
 )
 LOCAL_METHODS = frozenset({"info", "leave"})
 
@@ -179,6 +189,9 @@ class Api:
         }
         for name in SERVICE_METHODS | NODE_TASK_METHODS | NODE_SERVED_METHODS:
             self._handlers[name] = getattr(self.services, name)
+        self.networks = NetworkMethods(self)
+        for name in NETWORK_METHODS | NODE_NET_METHODS:
+            self._handlers[name] = getattr(self.networks, name)
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -375,6 +388,10 @@ class Api:
     async def heartbeat(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = self._caller(peer, params)
         self.agent.note_beat(node.id)
+        status = params.get("status")
+        overlay = status.get("overlay") if isinstance(status, dict) else None
+        if isinstance(overlay, dict) and overlay != node.overlay:
+            self.agent.note_overlay(node.id, overlay)
         st = self.state
         return {
             "period": st.heartbeat_period,
@@ -415,13 +432,13 @@ class Api:
         st = self.state
         nodes = sorted(st.nodes.values(), key=lambda n: (n.hostname, n.id))
         self_id = self.agent.node_id if peer.local else ""
-        return {
-            "self": self_id,
-            "nodes": [
-                cstate.node_view(n, self_id=self_id, manager_status=self.agent.manager_status(n))
-                for n in nodes
-            ],
-        }
+        views = []
+        pairs = pair_rows(st) if st.networks else []
+        for n in nodes:
+            view = cstate.node_view(n, self_id=self_id, manager_status=self.agent.manager_status(n))
+            view["Overlay"] = overlay_column(n.id, pairs) if pairs else "-"
+            views.append(view)
+        return {"self": self_id, "nodes": views}
 
     async def node_inspect(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = self._node_ref(peer, params)

@@ -445,10 +445,19 @@ def _node_row(view: dict[str, Any]) -> list[str]:
         view["Availability"],
         view["ManagerStatus"],
         view["EngineVersion"],
+        view.get("Overlay", "-"),
     ]
 
 
-NODE_HEADERS = ["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS", "ENGINE VERSION"]
+NODE_HEADERS = [
+    "ID",
+    "HOSTNAME",
+    "STATUS",
+    "AVAILABILITY",
+    "MANAGER STATUS",
+    "ENGINE VERSION",
+    "OVERLAY",
+]
 
 
 @node_app.command("ls")

@@ -7,6 +7,8 @@
 - Assignment (every node): a long poll (`tasks_watch`) to a manager, or to this node's own API
   when it is a manager, returns the tasks assigned to this node whenever they change; they go
   to the executor's `sync()`.
+- Network map (every node): a long poll (`netmap_watch`) like the assignments; each map goes
+  to the node's overlay (meshkit.net.overlay), which builds networks and programs peers.
 - Reports (every node): what the executor reports is queued and sent in batches
   (`task_report`) to a manager; a manager commits the batches of all its nodes as one
   `task_status` command about every REPORT_BATCH seconds. A batch that cannot be delivered is
@@ -80,7 +82,11 @@ class Dispatch:
         from meshkit.cluster.executor import Executor
 
         self.executor = Executor(
-            self.agent.data_dir, self.agent.node_id, self.agent.cfg.hostname, self.report
+            self.agent.data_dir,
+            self.agent.node_id,
+            self.agent.cfg.hostname,
+            self.report,
+            overlay=self.agent.overlay,
         )
         await self.executor.start()
 
@@ -99,6 +105,7 @@ class Dispatch:
             ("assignments", self.watch_loop),
             ("reports", self.report_loop),
             ("task-status", self.commit_loop),
+            ("netmap", self.netmap_loop),
         ]
 
     # -- leader: the orchestrator --------------------------------------------------------------
@@ -145,7 +152,9 @@ class Dispatch:
 
     # -- every node: assignments ---------------------------------------------------------------
 
-    async def _watch_once(self, epoch: str | None, version: int | None) -> dict[str, Any]:
+    async def _watch_once(
+        self, epoch: str | None, version: int | None, method: str = "tasks_watch"
+    ) -> dict[str, Any]:
         agent = self.agent
         params = {
             "node_id": agent.node_id,
@@ -156,13 +165,13 @@ class Dispatch:
         st = agent.state
         if agent.is_manager and st is not None and st.initialized:
             peer = Peer(identity=agent.identity.peer, address="self")
+            if method == "netmap_watch":
+                return dict(await agent.api.networks.netmap_watch(peer, params))
             return dict(await agent.api.services.tasks_watch(peer, params))
         errors = []
         for addr in agent._manager_targets():
             try:
-                return dict(
-                    await agent.call_manager(addr, "tasks_watch", params, timeout=WATCH_WAIT + 10)
-                )
+                return dict(await agent.call_manager(addr, method, params, timeout=WATCH_WAIT + 10))
             except RpcError as exc:
                 errors.append(f"{addr}: {exc.message}")
                 agent._manager_idx += 1
@@ -192,6 +201,33 @@ class Dispatch:
                 self.executor.sync(list(reply.get("tasks") or []))
             except Exception:
                 log.exception("executor: sync failed")
+                await asyncio.sleep(1.0)
+
+    # -- every node: the overlay ---------------------------------------------------------------
+
+    async def netmap_loop(self) -> None:
+        """Follow the network map and build this node's overlay from it."""
+        epoch: str | None = None
+        version: int | None = None
+        while not self.agent.stopping:
+            try:
+                reply = await self._watch_once(epoch, version, "netmap_watch")
+            except RpcError as exc:
+                log.debug("network map: %s", exc.message)
+                epoch = version = None
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:
+                log.exception("network map watch failed")
+                epoch = version = None
+                await asyncio.sleep(1.0)
+                continue
+            epoch, version = reply.get("epoch"), reply.get("version")
+            try:
+                await self.agent.overlay.apply(dict(reply.get("netmap") or {}))
+            except Exception:
+                log.exception("overlay: applying the network map failed")
+                epoch = version = None  # try the whole map again
                 await asyncio.sleep(1.0)
 
     # -- every node: reports -------------------------------------------------------------------

@@ -141,8 +141,10 @@ class Executor:
         node_id: str,
         hostname: str,
         report: Callable[[list[dict[str, Any]]], None],
+        overlay: Any = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.overlay = overlay  # meshkit.net.overlay.NodeOverlay: plugs tasks into networks
         self.tasks_dir = self.data_dir / TASKS_DIR
         self.node_id = node_id
         self.hostname = hostname
@@ -413,6 +415,23 @@ class Executor:
                     },
                 )
                 return False
+            attachments = list(t.record.get("networks") or [])
+            if attachments and self.overlay is not None:
+                from meshkit.net.overlay import OverlayError
+
+                try:
+                    await self.overlay.attach(t.id, t.netns, attachments)
+                except OverlayError as exc:
+                    await self._remove_netns(t)
+                    self._finish(
+                        t,
+                        {
+                            "state": "rejected",
+                            "message": "rejected",
+                            "error": f"cannot attach the task to its networks: {exc}",
+                        },
+                    )
+                    return False
             if t.stop.is_set():
                 await self._remove_netns(t)
                 self._finish(t, {"state": "shutdown", "message": "shutdown"})

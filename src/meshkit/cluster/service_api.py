@@ -160,6 +160,10 @@ def task_view(
         "SpecVersion": task.get("spec_version", 0),
         "Current": current is not None and spec == current,
         "Ports": ports_text(spec.get("ports") or []),
+        "Networks": [
+            {"Name": a.get("name", ""), "ID": a.get("id", ""), "Addr": a.get("addr", "")}
+            for a in task.get("networks") or []
+        ],
     }
 
 

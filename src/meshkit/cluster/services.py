@@ -356,6 +356,7 @@ _TASK_DEFAULTS: dict[str, Any] = {
     "updated_at": 0.0,
     "started_at": None,
     "restarts": [],
+    "networks": [],  # attachments, given in the state (meshkit.cluster.netstate)
 }
 
 

@@ -26,6 +26,13 @@ Commands (``op``, then fields):
     tasks_write            create?, desired?, node?, status?, remove?, now  (the orchestrator's)
     task_status            updates [{id, state, message, error, exit_code, pid, healthy,
                            started_at?}], now   (workers' reports; forward-only)
+    network_create         network: {id, name, driver, subnet?, gateway?, mtu, dataplane,
+                           labels}, now   (subnet, VNI and node endpoints allocated here)
+    network_rm             network_id   (refused while a service or task uses it)
+    set_overlay            node_id, overlay   (a node's overlay report, from its heartbeat)
+
+Networks, their address books and the network map live in meshkit.cluster.netstate: a new
+task gets its addresses in tasks_write, and gives them back when it ends or is removed.
 
 Services and tasks are plain JSON dicts (shapes in meshkit.cluster.services). A task's state
 only moves forward and a terminal state is final; its desired state only moves forward too
@@ -39,10 +46,11 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from meshkit.cluster import netstate
 from meshkit.cluster import services as sv
 from meshkit.errors import MeshkitError
 
@@ -83,6 +91,7 @@ class NodeRecord:
     status: str = READY
     created_at: float = 0.0
     updated_at: float = 0.0
+    overlay: dict[str, Any] = field(default_factory=dict)  # the node's last overlay report
 
     @property
     def api_addr(self) -> str:
@@ -120,6 +129,7 @@ class ClusterState:
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
     index: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +236,7 @@ def _op_init(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     new.nodes = {node.id: node}
     new.index = state.index
     state.__dict__.update(new.__dict__)
+    netstate.node_added(state, node.id)
     return {"cluster_id": state.cluster_id, "node_id": node.id}
 
 
@@ -234,6 +245,7 @@ def _op_add_node(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     if node.id in state.nodes:
         raise CommandError(f"node {node.id} already exists")
     state.nodes[node.id] = node
+    netstate.node_added(state, node.id)
     return {"node_id": node.id}
 
 
@@ -291,6 +303,7 @@ def _op_remove_node(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, An
             "shut it down, make it leave, or use --force"
         )
     del state.nodes[node.id]
+    netstate.node_removed(state, node.id)
     return {"node_id": node.id}
 
 
@@ -302,6 +315,7 @@ def _op_leave(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
             "the cluster state would be lost; use --force to leave anyway"
         )
     del state.nodes[node.id]
+    netstate.node_removed(state, node.id)
     return {"node_id": node.id}
 
 
@@ -443,7 +457,9 @@ def _op_service_update_status(state: ClusterState, cmd: Mapping[str, Any]) -> di
     return {"changed": changed}
 
 
-def _set_status(task: dict[str, Any], update: Mapping[str, Any], now: float) -> bool:
+def _set_status(
+    state: ClusterState, task: dict[str, Any], update: Mapping[str, Any], now: float
+) -> bool:
     """One forward-only state report; True when the task changed.
 
     An earlier state is ignored and a terminal state is final. A report of the current state
@@ -460,6 +476,8 @@ def _set_status(task: dict[str, Any], update: Mapping[str, Any], now: float) -> 
     if target > current:
         task["state"] = new_state
         task["updated_at"] = now
+    if task["state"] in sv.TERMINAL and task.get("networks"):
+        netstate.release_task(state, task["id"])  # its addresses go back
     for key in ("message", "error", "exit_code", "pid", "healthy", "started_at"):
         if key in update:
             task[key] = update[key]
@@ -483,6 +501,10 @@ def _op_tasks_write(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, An
         # A replayed write, or one planned for a service removed since: skip it.
         if new["id"] in state.tasks or new["service_id"] not in state.services:
             continue
+        if new.get("state") not in sv.TERMINAL and not new.get("networks"):
+            error = netstate.attach_task(state, new)
+            if error:
+                new.update(state="rejected", message="rejected", error=error, updated_at=now)
         state.tasks[new["id"]] = new
         created.append(new["id"])
     for task_id, node_id in dict(cmd.get("node") or {}).items():
@@ -500,11 +522,12 @@ def _op_tasks_write(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, An
             changed += 1
     for update in cmd.get("status") or []:
         task = state.tasks.get(str(update.get("id", "")))
-        if task is not None and _set_status(task, update, now):
+        if task is not None and _set_status(state, task, update, now):
             changed += 1
     removed = 0
     for task_id in cmd.get("remove") or []:
         if state.tasks.pop(task_id, None) is not None:
+            netstate.release_task(state, task_id)
             removed += 1
     return {"created": created, "changed": changed, "removed": removed}
 
@@ -516,9 +539,21 @@ def _op_task_status(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, An
         if not isinstance(update, Mapping):
             raise CommandError(f"a task status update is an object, got {update!r}")
         task = state.tasks.get(str(update.get("id", "")))
-        if task is not None and _set_status(task, update, now):
+        if task is not None and _set_status(state, task, update, now):
             changed.append(task["id"])
     return {"changed": changed}
+
+
+def _net(
+    handler: Callable[[Any, Mapping[str, Any]], dict[str, Any]],
+) -> Callable[[ClusterState, Mapping[str, Any]], dict[str, Any]]:
+    def run(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return handler(state, cmd)
+        except netstate.NetError as exc:
+            raise CommandError(str(exc)) from None
+
+    return run
 
 
 _HANDLERS = {
@@ -537,6 +572,9 @@ _HANDLERS = {
     "service_update_status": _op_service_update_status,
     "tasks_write": _op_tasks_write,
     "task_status": _op_task_status,
+    "network_create": _net(netstate.op_network_create),
+    "network_rm": _net(netstate.op_network_rm),
+    "set_overlay": _net(netstate.set_overlay),
 }
 
 COMMANDS = tuple(_HANDLERS)
@@ -553,6 +591,7 @@ IDEMPOTENT = frozenset(
         "service_update_status",
         "tasks_write",
         "task_status",
+        "set_overlay",
     }
 )
 

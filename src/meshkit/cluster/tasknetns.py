@@ -14,12 +14,18 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
+ETC_NETNS = Path("/etc/netns")
 NAME_PREFIX = "mk-"
 CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SLAVE = 0x80000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -43,6 +49,26 @@ def setns(fd: int) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns: {os.strerror(err)}")
+
+
+def resolv_conf_for(name: str) -> bytes | None:
+    """/etc/netns/<name>/resolv.conf when the overlay wrote one (as bytes, for a preexec_fn)."""
+    path = ETC_NETNS / name / "resolv.conf"
+    return bytes(path) if path.is_file() else None
+
+
+def bind_resolv_conf(path: bytes) -> None:
+    """In a child before exec: a mount namespace of its own (mounts not propagated back),
+    with `path` bound over /etc/resolv.conf."""
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+    if _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount --make-rslave /: {os.strerror(err)}")
+    if _libc.mount(path, b"/etc/resolv.conf", None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"bind {path.decode()} over /etc/resolv.conf: {os.strerror(err)}")
 
 
 async def _ip(*args: str) -> tuple[int, str]:
@@ -99,7 +125,9 @@ def kill_inside(name: str) -> int:
 
 
 async def delete(name: str) -> None:
-    """Kill what is left inside ``name`` and delete it; a missing namespace is fine."""
+    """Kill what is left inside ``name`` and delete it (with its /etc/netns folder); a missing
+    namespace is fine."""
+    shutil.rmtree(ETC_NETNS / name, ignore_errors=True)
     if not netns_path(name).exists():
         return
     await asyncio.to_thread(kill_inside, name)

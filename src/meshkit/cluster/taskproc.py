@@ -159,16 +159,22 @@ def plan_shell(spec: Mapping[str, Any], hostname: str, command: str) -> LaunchPl
     return LaunchPlan(["/bin/sh", "-c", command], "/bin/sh", env, cwd, identity)
 
 
-def _child_setup(netns_fd: int | None, identity: Identity) -> Callable[[], None]:
+def _child_setup(
+    netns_fd: int | None, identity: Identity, resolv: bytes | None = None
+) -> Callable[[], None]:
     """The preexec_fn: enter the namespace while still root, then drop to the task's user.
 
     Popen's own user/group switch happens before preexec_fn, which would leave the child
-    without the right to setns(2); so both happen here, in that order."""
+    without the right to setns(2); so both happen here, in that order. With `resolv` (the
+    path of the namespace's resolv.conf), the child gets a mount namespace of its own where
+    that file is bound over /etc/resolv.conf, as `ip netns exec` does."""
 
     def setup() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         if netns_fd is not None:
             tasknetns.setns(netns_fd)
+        if resolv is not None:
+            tasknetns.bind_resolv_conf(resolv)
         if identity.gid is not None:
             os.setgroups(list(identity.groups or (identity.gid,)))
             os.setgid(identity.gid)
@@ -187,6 +193,7 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start ``plan`` as a new session leader; LaunchError when exec or the setup fails."""
     netns_fd = os.open(tasknetns.netns_path(netns), os.O_RDONLY) if netns else None
+    resolv = tasknetns.resolv_conf_for(netns) if netns else None
     try:
         return subprocess.Popen(
             plan.argv,
@@ -198,7 +205,7 @@ def spawn(
             env=plan.env,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_child_setup(netns_fd, plan.identity),
+            preexec_fn=_child_setup(netns_fd, plan.identity, resolv),
         )
     except OSError as exc:
         raise LaunchError(f"exec: {plan.argv[0]!r}: {exc.strerror or exc}") from None

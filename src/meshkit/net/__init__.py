@@ -1,0 +1,1 @@
+"""Overlay networking: IPAM, netlink plumbing, the VXLAN data planes, probes and diagnosis."""

@@ -1,0 +1,436 @@
+"""One node's overlay: builds what the network map asks for on this node, plugs tasks into it,
+probes the peers through it, and reports what it found.
+
+For every network of the cluster, this node has a namespace ``mkn-<network id 8>-<node id 8>``
+holding the bridge ``br0`` (MTU = the overlay MTU, the network's gateway address and this
+node's own endpoint address, its MAC derived from the endpoint address) and the VXLAN port:
+a kernel VXLAN link ``vx-<vni>`` or a TAP ``tap-<vni>`` served by meshkit's userspace data
+plane (``meshkit.net.dataplane``), whichever the network asks for and this kernel can do.
+
+Peers come from cluster state only: for every endpoint (a node's own, or a task's) on another
+node, a static FDB entry (MAC -> that node's underlay address) and an ARP-proxy neighbour entry
+(IP -> MAC), replaced whenever the map changes, so an address reused on another node never
+keeps an entry pointing at the old one. Nothing is flooded across nodes.
+
+Probes (``meshkit.net.prober``) run over each network between the nodes' endpoint addresses,
+plus a TCP connect to each peer's API port for the control plane; `report()` gives the
+summary that rides on the heartbeats and ends up in `node ls` and `meshkit doctor`.
+
+Netlink work runs in worker threads (``asyncio.to_thread``), never on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshkit.net import ipam
+
+log = logging.getLogger("meshkit.net.overlay")
+
+BRIDGE = "br0"
+NS_PREFIX = "mkn-"
+RESOLV_DIR = Path("/etc/netns")
+RESOLV_CONF = "nameserver 127.0.0.11\noptions ndots:0\n"
+CONTROL_EVERY = 5.0
+ATTACH_WAIT = 15.0
+
+
+class OverlayError(Exception):
+    """A network could not be built or a task not plugged in; the message says which and why."""
+
+
+def netns_for(net_id: str, node_id: str) -> str:
+    """The namespace holding one network's bridge and VXLAN port on one node."""
+    return f"{NS_PREFIX}{net_id[:8]}-{node_id[:8]}"
+
+
+def peer_tables(
+    net: Mapping[str, Any], node_id: str, nodes: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(fdb mac -> peer underlay address, neigh ip -> mac) for one network's endpoints on
+    other nodes; this node's own endpoints are reached through the bridge."""
+    fdb: dict[str, str] = {}
+    neigh: dict[str, str] = {}
+    for ep in net["endpoints"]:
+        if ep["node_id"] == node_id or ep["node_id"] not in nodes:
+            continue
+        fdb[ep["mac"]] = str(nodes[ep["node_id"]]["addr"])
+        neigh[ep["ip"]] = ep["mac"]
+    return fdb, neigh
+
+
+def my_endpoint(net: Mapping[str, Any], node_id: str) -> str | None:
+    for ep in net["endpoints"]:
+        if ep["node_id"] == node_id and not ep["task_id"]:
+            return str(ep["ip"])
+    return None
+
+
+@dataclass
+class _Net:
+    """What this node built for one network."""
+
+    id: str
+    name: str
+    vni: int
+    subnet: str
+    ns: str
+    plane: str
+    mtu: int
+    endpoint: str
+    dev: str
+    tap_fd: int | None = None
+    probe: Any = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    tables: tuple[dict[str, str], dict[str, str]] = field(default_factory=lambda: ({}, {}))
+
+
+class NodeOverlay:
+    """The overlay of one node, driven by the network map the agent receives."""
+
+    def __init__(self, node_id: str, addr: str, *, control_port_of: Any = None) -> None:
+        self.node_id = node_id
+        self.addr = addr
+        self._nets: dict[str, _Net] = {}
+        self._errors: dict[str, str] = {}
+        self._map: dict[str, Any] = {"nodes": {}, "networks": {}, "data_path_port": 4789}
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+        self._checks: list[Any] | None = None
+        self._dataplane: Any = None
+        self._control: dict[str, bool] = {}
+        self._control_task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- the map -------------------------------------------------------------------------------
+
+    async def apply(self, netmap: Mapping[str, Any]) -> None:
+        """Make this node's overlay what `netmap` says (idempotent; errors are kept per network
+        and reported, so one broken network does not stop the others)."""
+        async with self._lock:
+            self._map = dict(netmap)
+            if self._control_task is None and not self._closed:
+                self._control_task = asyncio.get_running_loop().create_task(self._control_loop())
+            wanted = dict(netmap.get("networks") or {})
+            for net_id in [n for n in self._nets if n not in wanted]:
+                await self._remove(self._nets.pop(net_id))
+            for net_id in [n for n in self._errors if n not in wanted]:
+                del self._errors[net_id]
+            for net_id, net in wanted.items():
+                try:
+                    built = self._nets.get(net_id)
+                    if built is None:
+                        built = await self._build(net)
+                        self._nets[net_id] = built
+                    await self._program(built, net)
+                    self._errors.pop(net_id, None)
+                    built.ready.set()
+                except OverlayError as exc:
+                    if self._errors.get(net_id) != str(exc):
+                        log.error("overlay network %s: %s", net.get("name"), exc)
+                    self._errors[net_id] = str(exc)
+            self._changed.set()
+
+    async def _kernel_checks(self) -> list[Any]:
+        if self._checks is None:
+            from meshkit.net import kernelcheck
+
+            self._checks = await asyncio.to_thread(kernelcheck.check_kernel)
+        return self._checks or []
+
+    async def _build(self, net: Mapping[str, Any]) -> _Net:
+        from meshkit.net import kernelcheck, links
+
+        endpoint = my_endpoint(net, self.node_id)
+        if endpoint is None:
+            raise OverlayError(f"this node has no address on network {net['name']} (subnet full?)")
+        checks = await self._kernel_checks()
+        try:
+            plane, _why = kernelcheck.choose_dataplane(checks, str(net.get("dataplane") or "auto"))
+        except Exception as exc:  # the asked-for data plane is impossible here
+            raise OverlayError(str(exc)) from None
+        ns = netns_for(net["id"], self.node_id)
+        port = int(self._map.get("data_path_port") or 4789)
+        vni = int(net["vni"])
+        prefix = net["subnet"].split("/")[1]
+        try:
+            ifname, underlay_mtu = await asyncio.to_thread(links.underlay_for, self.addr)
+            mtu = ipam.overlay_mtu(underlay_mtu, int(net.get("mtu") or 0))
+            await asyncio.to_thread(links.ensure_netns, ns)
+
+            def bridge() -> None:
+                with links.NsLinks(ns) as nl:
+                    nl.ensure_bridge(
+                        BRIDGE,
+                        mtu=mtu,
+                        mac=ipam.mac_for(endpoint),
+                        addrs=[f"{net['gateway']}/{prefix}", f"{endpoint}/{prefix}"],
+                    )
+
+            await asyncio.to_thread(bridge)
+            built = _Net(
+                id=net["id"],
+                name=net["name"],
+                vni=vni,
+                subnet=net["subnet"],
+                ns=ns,
+                plane=plane,
+                mtu=mtu,
+                endpoint=endpoint,
+                dev=f"vx-{vni}" if plane == "kernel" else f"tap-{vni}",
+            )
+            if plane == "kernel":
+                await asyncio.to_thread(
+                    links.create_vxlan,
+                    ns,
+                    built.dev,
+                    vni=vni,
+                    port=port,
+                    local=self.addr,
+                    underlay_ifname=ifname,
+                    mtu=mtu,
+                    bridge=BRIDGE,
+                )
+            else:
+                await self._build_tap(built, port)
+        except links.LinkError as exc:
+            raise OverlayError(str(exc)) from None
+        except OSError as exc:
+            raise OverlayError(f"network {net['name']}: {exc}") from None
+        from meshkit.net.probe import PROBE_PORT
+        from meshkit.net.prober import ProbeSocket
+
+        try:
+            built.probe = await ProbeSocket.open(
+                ns, endpoint, PROBE_PORT, node_id=self.node_id, max_size=mtu
+            )
+        except OSError as exc:
+            log.warning("overlay network %s: no probes: %s", net["name"], exc)
+        log.info(
+            "overlay network %s (vni %d) up in %s: %s data plane, mtu %d",
+            net["name"],
+            vni,
+            ns,
+            plane,
+            mtu,
+        )
+        return built
+
+    async def _build_tap(self, built: _Net, port: int) -> None:
+        from meshkit.net import dataplane, links
+
+        if self._dataplane is None:
+            dp = dataplane.UserspaceDataplane(self.addr, port)
+            dp.start()
+            self._dataplane = dp
+
+        # a leftover TAP of an earlier agent run sits in the namespace: replace it
+        def fresh_tap() -> int:
+            with links.NsLinks(built.ns) as nl:
+                nl.delete_link(built.dev)
+            fd = dataplane.open_tap(built.dev)
+            try:
+                links.move_link(built.dev, built.ns, bridge=BRIDGE, mtu=built.mtu)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+
+        built.tap_fd = await asyncio.to_thread(fresh_tap)
+        self._dataplane.add_network(built.vni, built.tap_fd)
+
+    async def _program(self, built: _Net, net: Mapping[str, Any]) -> None:
+        from meshkit.net import links
+
+        nodes = self._map.get("nodes") or {}
+        tables = peer_tables(net, self.node_id, nodes)
+        if tables != built.tables:
+            fdb, neigh = tables
+            if built.plane == "kernel":
+
+                def sync() -> int:
+                    with links.NsLinks(built.ns) as nl:
+                        return links.sync_fdb_neigh(nl, built.dev, fdb, neigh)
+
+                try:
+                    await asyncio.to_thread(sync)
+                except links.LinkError as exc:
+                    raise OverlayError(str(exc)) from None
+            else:
+                self._dataplane.set_peers(built.vni, fdb, neigh)
+            built.tables = tables
+        if built.probe is not None:
+            peers = {
+                ep["node_id"]: ep["ip"]
+                for ep in net["endpoints"]
+                if not ep["task_id"] and ep["node_id"] != self.node_id and ep["node_id"] in nodes
+            }
+            built.probe.set_peers(peers)
+
+    async def _remove(self, built: _Net) -> None:
+        from meshkit.net import links
+
+        if built.probe is not None:
+            built.probe.close()
+        if built.plane == "userspace" and self._dataplane is not None:
+            self._dataplane.remove_network(built.vni)
+        if built.tap_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(built.tap_fd)
+        try:
+            await asyncio.to_thread(links.delete_netns, built.ns)
+        except links.LinkError as exc:
+            log.warning("overlay network %s: %s", built.name, exc)
+        if not any(n.plane == "userspace" for n in self._nets.values()) and self._dataplane:
+            self._dataplane.close()
+            self._dataplane = None
+        log.info("overlay network %s removed from this node", built.name)
+
+    # -- tasks ---------------------------------------------------------------------------------
+
+    async def attach(self, task_id: str, task_ns: str, attachments: list[dict[str, Any]]) -> None:
+        """Plug a task's namespace into each of its networks (eth0, eth1, ...), with its address,
+        the overlay MTU and a resolv.conf naming 127.0.0.11."""
+        from meshkit.net import links
+
+        for idx, att in enumerate(attachments):
+            built = await self._wait_ready(att["id"], att.get("name", att["id"]))
+
+            def plug(built: _Net = built, idx: int = idx, att: dict[str, Any] = att) -> None:
+                with links.NsLinks(built.ns) as nl:
+                    nl.ensure_veth_to_task(
+                        bridge=BRIDGE,
+                        local_ifname=f"v{task_id[:11]}{idx}",
+                        task_ns=task_ns,
+                        task_ifname=f"eth{idx}",
+                        mac=att["mac"],
+                        addr_cidr=att["addr"],
+                        mtu=built.mtu,
+                    )
+
+            try:
+                await asyncio.to_thread(plug)
+            except links.LinkError as exc:
+                raise OverlayError(f"network {att.get('name')}: {exc}") from None
+        if attachments:
+            await asyncio.to_thread(write_resolv_conf, task_ns)
+
+    async def _wait_ready(self, net_id: str, name: str) -> _Net:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ATTACH_WAIT
+        while True:
+            built = self._nets.get(net_id)
+            if built is not None and built.ready.is_set():
+                return built
+            if net_id in self._errors:
+                raise OverlayError(f"network {name}: {self._errors[net_id]}")
+            left = deadline - loop.time()
+            if left <= 0:
+                raise OverlayError(
+                    f"network {name} is not set up on this node yet (no network map from a "
+                    "manager?)"
+                )
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, 1.0))
+
+    # -- probes and reports --------------------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        from meshkit.net.prober import control_reachable
+
+        while not self._closed:
+            nodes = dict(self._map.get("nodes") or {})
+            peers = {nid: n for nid, n in nodes.items() if nid != self.node_id}
+            if peers and self._nets:
+                results = await asyncio.gather(
+                    *(
+                        control_reachable(str(n["addr"]), int(n.get("api_port") or 2377), 2.0)
+                        for n in peers.values()
+                    ),
+                    return_exceptions=True,
+                )
+                self._control = {nid: ok is True for nid, ok in zip(peers, results, strict=True)}
+            await asyncio.sleep(CONTROL_EVERY)
+
+    def report(self) -> dict[str, Any]:
+        """This node's overlay in a few stable facts (no timings, so that it changes, and is
+        committed, only when something flips)."""
+        planes = {net_id: b.plane for net_id, b in self._nets.items()}
+        distinct = sorted(set(planes.values()))
+        peers: dict[str, dict[str, Any]] = {}
+        for built in self._nets.values():
+            if built.probe is None:
+                continue
+            for peer_id, res in built.probe.results().items():
+                facts = {
+                    "control": self._control.get(peer_id),
+                    "vxlan": res.reachable,
+                    "mtu": res.path_mtu,
+                    "overlay_mtu": built.mtu,
+                    "network": built.name,
+                }
+                old = peers.get(peer_id)
+                # across networks: a peer counts as reachable when any network reaches it
+                if old is None or (old["vxlan"] is not True and res.reachable is True):
+                    peers[peer_id] = facts
+        for peer_id, ok in self._control.items():
+            peers.setdefault(
+                peer_id,
+                {"control": ok, "vxlan": None, "mtu": None, "overlay_mtu": None, "network": ""},
+            )
+        out: dict[str, Any] = {
+            "dataplane": "/".join(distinct),
+            "dataplanes": planes,
+            "peers": peers,
+        }
+        if self._errors:
+            out["errors"] = dict(self._errors)
+        return out
+
+    def nodes(self) -> dict[str, Any]:
+        """The nodes of the last network map: id -> {addr, api_port, hostname}."""
+        return dict(self._map.get("nodes") or {})
+
+    def stats(self) -> dict[str, Any]:
+        """Data-plane counters (userspace) for `meshkit doctor --json`."""
+        if self._dataplane is None:
+            return {}
+        return dict(self._dataplane.stats())
+
+    async def close(self, remove: bool) -> None:
+        """Stop probing; with `remove`, also take this node's networks down (leaving the
+        cluster). Without it, kernel networks keep forwarding while the agent restarts."""
+        self._closed = True
+        if self._control_task is not None:
+            self._control_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._control_task
+        async with self._lock:
+            for built in self._nets.values():
+                if built.probe is not None:
+                    built.probe.close()
+                    built.probe = None
+            if remove:
+                for net_id in list(self._nets):
+                    await self._remove(self._nets.pop(net_id))
+            if self._dataplane is not None:
+                self._dataplane.close()
+                self._dataplane = None
+
+
+def write_resolv_conf(task_ns: str) -> None:
+    """/etc/netns/<ns>/resolv.conf, which `ip netns exec` and the task's launcher bind over
+    /etc/resolv.conf, so names resolve through the DNS server at 127.0.0.11."""
+    folder = RESOLV_DIR / task_ns
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / ".resolv.conf.tmp"
+    tmp.write_text(RESOLV_CONF)
+    os.replace(tmp, folder / "resolv.conf")

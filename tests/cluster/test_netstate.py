@@ -39,7 +39,7 @@ def test_create_allocates_subnet_vni_and_node_endpoints() -> None:
     assert other["vni"] == 4097 and other["subnet"] == "198.18.200.0/29"
     with pytest.raises(cs.CommandError, match="network with name front already exists"):
         _net(st, "front", "p" * 25)
-    with pytest.raises(cs.CommandError, match="overlaps the subnet 198.19.0.0/24"):
+    with pytest.raises(cs.CommandError, match=r"overlaps the subnet 198\.19\.0\.0/24"):
         _net(st, "x", "q" * 25, subnet="198.19.0.128/25")
     with pytest.raises(cs.CommandError, match="invalid data plane 'fast'"):
         _net(st, "y", "r" * 25, dataplane="fast")

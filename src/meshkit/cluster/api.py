@@ -437,6 +437,10 @@ class Api:
         for n in nodes:
             view = cstate.node_view(n, self_id=self_id, manager_status=self.agent.manager_status(n))
             view["Overlay"] = overlay_column(n.id, pairs) if pairs else "-"
+            broken = (n.overlay or {}).get("errors") or {}
+            if broken:
+                names = sorted(st.networks.get(k, {}).get("name", k) for k in broken)
+                view["Overlay"] = f"cannot build {', '.join(names)} (see meshkit doctor)"
             views.append(view)
         return {"self": self_id, "nodes": views}
 

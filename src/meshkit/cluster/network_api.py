@@ -100,6 +100,15 @@ def pair_rows(st: Any) -> list[dict[str, Any]]:
                 port=port,
                 dataplane=str(report.get("dataplane") or ""),
             )
+            broken = (dst.overlay or {}).get("errors") or {}
+            if row["vxlan"] is not True and broken:
+                # the peer could not build its side: say that rather than blame the path
+                net_id, error = sorted(broken.items())[0]
+                name = st.networks.get(net_id, {}).get("name", net_id)
+                row["verdict"] = (
+                    f"{src.addr} -> {dst.addr}: {dst.hostname or dst.addr} could not build "
+                    f"network {name}: {error}"
+                )
             rows.append(row)
     return rows
 

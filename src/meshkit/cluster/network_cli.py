@@ -163,6 +163,7 @@ def doctor(
         dataplane = f"none: {exc}"
     missing = kernelcheck.missing_words(checks)
     pairs: list[dict[str, Any]] = []
+    errors: list[str] = []
     note = ""
     try:
         info = _call(host, "info")
@@ -171,14 +172,24 @@ def doctor(
         note = f"No meshkit agent answers here ({exc}); only the kernel was checked."
     if info is not None:
         if info.get("role") == "manager":
-            pairs = list(_call(host, "overlay_pairs")["pairs"])
+            reply = _call(host, "overlay_pairs")
+            pairs = list(reply["pairs"])
+            for node in sorted(reply["nodes"].values(), key=lambda n: n["hostname"]):
+                for net_id, error in sorted(((node["overlay"] or {}).get("errors") or {}).items()):
+                    errors.append(
+                        f"{node['hostname'] or node['addr']}: network {net_id[:12]}: {error}"
+                    )
         else:
             pairs = own_pairs(info)
+            for net_id, error in sorted(((info.get("overlay") or {}).get("errors") or {}).items()):
+                errors.append(f"{info.get('hostname')}: network {net_id[:12]}: {error}")
             note = "This node is a worker: only its own probes are shown (run doctor on a "
             note += "manager for every pair)."
     if as_json:
         out = doctor_report.doctor_json(pairs, checks, dataplane=dataplane)
         out["missing"] = missing
+        out["network_errors"] = errors
+        out["ok"] = bool(out["ok"]) and not errors
         if info is not None:
             out["stats"] = info.get("overlay_stats") or {}
         if note:
@@ -188,6 +199,8 @@ def doctor(
     text = doctor_report.render_doctor(pairs, checks, dataplane=dataplane)
     if missing:
         text += "\n" + "\n".join(missing) + "\n"
+    if errors:
+        text += "\nNetworks a node could not build:\n" + "\n".join(errors) + "\n"
     if note:
         text += "\n" + note + "\n"
     typer.echo(text, nl=False)

@@ -386,6 +386,8 @@ class NodeOverlay:
                 peer_id,
                 {"control": ok, "vxlan": None, "mtu": None, "overlay_mtu": None, "network": ""},
             )
+        if not planes and not peers and not self._errors:
+            return {}  # no overlay here: nothing to commit on every node's first beat
         out: dict[str, Any] = {
             "dataplane": "/".join(distinct),
             "dataplanes": planes,

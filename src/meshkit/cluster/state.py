@@ -457,9 +457,7 @@ def _op_service_update_status(state: ClusterState, cmd: Mapping[str, Any]) -> di
     return {"changed": changed}
 
 
-def _set_status(
-    state: ClusterState, task: dict[str, Any], update: Mapping[str, Any], now: float
-) -> bool:
+def _set_status(task: dict[str, Any], update: Mapping[str, Any], now: float) -> bool:
     """One forward-only state report; True when the task changed.
 
     An earlier state is ignored and a terminal state is final. A report of the current state
@@ -476,12 +474,16 @@ def _set_status(
     if target > current:
         task["state"] = new_state
         task["updated_at"] = now
-    if task["state"] in sv.TERMINAL and task.get("networks"):
-        netstate.release_task(state, task["id"])  # its addresses go back
     for key in ("message", "error", "exit_code", "pid", "healthy", "started_at"):
         if key in update:
             task[key] = update[key]
     return task != before
+
+
+def _release_if_ended(state: ClusterState, task: dict[str, Any]) -> None:
+    """A task that ended gives its overlay addresses back."""
+    if task["state"] in sv.TERMINAL and task.get("networks"):
+        netstate.release_task(state, task["id"])
 
 
 def _op_tasks_write(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
@@ -522,8 +524,9 @@ def _op_tasks_write(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, An
             changed += 1
     for update in cmd.get("status") or []:
         task = state.tasks.get(str(update.get("id", "")))
-        if task is not None and _set_status(state, task, update, now):
+        if task is not None and _set_status(task, update, now):
             changed += 1
+            _release_if_ended(state, task)
     removed = 0
     for task_id in cmd.get("remove") or []:
         if state.tasks.pop(task_id, None) is not None:
@@ -539,8 +542,9 @@ def _op_task_status(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, An
         if not isinstance(update, Mapping):
             raise CommandError(f"a task status update is an object, got {update!r}")
         task = state.tasks.get(str(update.get("id", "")))
-        if task is not None and _set_status(state, task, update, now):
+        if task is not None and _set_status(task, update, now):
             changed.append(task["id"])
+            _release_if_ended(state, task)
     return {"changed": changed}
 
 

@@ -34,4 +34,11 @@ def extensions() -> list[Extension]:
     )
 
 
-setup(ext_modules=extensions())
+def cffi_modules() -> list[str]:
+    """The cffi builders (userspace VXLAN data plane), unless extensions are off."""
+    if os.environ.get("MESHKIT_NO_EXTENSIONS") == "1":
+        return []
+    return [os.path.join(PKG, "net", "vxlan_build.py") + ":ffibuilder"]
+
+
+setup(ext_modules=extensions(), cffi_modules=cffi_modules())

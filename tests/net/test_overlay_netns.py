@@ -35,6 +35,7 @@ pytestmark = pytest.mark.root
 HOSTS = ("m1", "w1", "w2")
 UNDERLAY_MTU = 1400
 BIG = 50 * 1024 * 1024
+HOST_RESOLV = Path("/etc/resolv.conf").read_text() if Path("/etc/resolv.conf").exists() else ""
 
 
 class Cluster(Lab):
@@ -219,6 +220,10 @@ def test_tasks_on_two_nodes_reach_each_other(cluster: Cluster, served: Path, pla
         assert any(a["local"] == addr(pair[0]) for a in link["addr_info"])
         resolv = in_ns(cluster, pair[0]["Node"], task_ns(pair[0]), "cat", "/etc/resolv.conf").stdout
         assert "nameserver 127.0.0.11" in resolv
+        # the task process itself sees it (its own mount namespace), the host keeps its own
+        seen = Path(f"/proc/{pair[0]['Pid']}/root/etc/resolv.conf").read_text()
+        assert seen.startswith("nameserver 127.0.0.11")
+        assert Path("/etc/resolv.conf").read_text() == HOST_RESOLV
         inspect = json.loads(cluster.cli_ok("network", "inspect", net))[0]
         assert inspect["Options"]["dataplane"] == plane
 

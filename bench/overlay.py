@@ -1,0 +1,314 @@
+#!/usr/bin/env python3
+"""Overlay throughput: plain underlay vs kernel VXLAN vs meshkit's userspace VXLAN, side by side.
+
+Two hosts are network namespaces on a veth underlay (tests/netns.py, 198.18.0.0/24). Each
+overlay under test has, per host, a network namespace with a bridge ``br0`` holding the VXLAN
+port (a kernel ``vxlan`` link made in the host namespace and moved in, or a TAP served by a
+``runner`` process of this file in the host namespace) and a veth to a task namespace whose
+``eth0`` has the task IP (203.0.113.1 / .2). Peers are static (FDB + neighbour entries, no
+learning, no flooding); every overlay has its own VNI and UDP port, so all are built once and
+measured interleaved (underlay, kernel, c, underlay, ...), ``--rounds`` times; medians and the
+ratio userspace/kernel are printed.
+
+Measurements: ``iperf3 -c TASK -t D --json`` TCP Gbit/s (receiver side), and small frames
+``iperf3 -u -l 64 -b 0`` received packets/s.
+
+    python bench/overlay.py                  # 3 rounds x 5 s, underlay/kernel/c
+    python bench/overlay.py --quick          # smoke: 1 round x 2 s (about 20 s in all)
+    python bench/overlay.py --python         # also the pure-Python twin (slow)
+    python bench/overlay.py --mtu 1400       # underlay MTU (overlay = MTU - 50)
+
+``python bench/overlay.py runner ...`` is the data-plane process one host runs (also used by
+tests/net/test_dataplane_e2e.py): it opens the TAP, serves it with UserspaceDataplane, writes
+its stats as JSON to ``--stats`` every 0.2 s and once more when SIGTERM stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+TASK_IPS = ("203.0.113.1", "203.0.113.2")
+TASK_PREFIX = 24
+
+
+def task_mac(ip: str) -> str:
+    """02:4d:<4 IP bytes>, the project's MAC-from-IP rule."""
+    return "02:4d:" + ":".join(f"{int(o):02x}" for o in ip.split("."))
+
+
+# ---------------------------------------------------------------------------- runner
+
+
+def runner_main(argv: list[str]) -> int:
+    """Serve one TAP on this host until SIGTERM (see the module docstring)."""
+    from meshkit.net.dataplane import UserspaceDataplane, open_tap
+
+    ap = argparse.ArgumentParser(prog="overlay.py runner")
+    ap.add_argument("--impl", choices=("c", "python"), required=True)
+    ap.add_argument("--bind", required=True)
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--tap", required=True)
+    ap.add_argument("--vni", type=int, required=True)
+    ap.add_argument("--fdb", default="{}", help="JSON {mac: peer underlay ip}")
+    ap.add_argument("--neigh", default="{}", help="JSON {ip: mac}")
+    ap.add_argument("--stats", required=True, help="file the stats JSON is written to")
+    args = ap.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stats_path = Path(args.stats)
+
+    def dump(plane: UserspaceDataplane) -> None:
+        tmp = stats_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(plane.stats()))
+        tmp.replace(stats_path)
+
+    tap = open_tap(args.tap)
+    try:
+        with UserspaceDataplane(args.bind, args.port, args.impl) as plane:
+            plane.add_network(args.vni, tap)
+            plane.set_peers(args.vni, json.loads(args.fdb), json.loads(args.neigh))
+            plane.start()
+            dump(plane)
+            while not stop.wait(0.2):
+                dump(plane)
+            plane.remove_network(args.vni)
+            dump(plane)
+    finally:
+        os.close(tap)
+    return 0
+
+
+# ---------------------------------------------------------------------------- topology
+
+
+def sh(*argv: str, timeout: float = 30.0) -> str:
+    """Run a command; RuntimeError with its output when it fails."""
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+TX_CSUM_OFF = """
+import ctypes, fcntl, socket, struct, sys
+value = ctypes.create_string_buffer(struct.pack("II", 0x17, 0))  # ETHTOOL_STXCSUM, off
+ifreq = struct.pack("16sP16x", sys.argv[1].encode(), ctypes.addressof(value))
+fcntl.ioctl(socket.socket(), 0x8946, ifreq)  # SIOCETHTOOL
+"""
+
+
+def tx_checksum_off(ns: str, dev: str) -> None:
+    """Turn off TX checksum offload of ``dev`` in ``ns`` (no ethtool binary here).
+
+    Why: over a veth underlay the kernel never computes an offloaded inner checksum (veth
+    hands CHECKSUM_PARTIAL packets on as they are), so a kernel VXLAN port would send inner
+    TCP segments with unfilled checksums to a userspace peer, which reads them from a plain UDP
+    socket and writes them into its TAP as they came. A physical NIC fills them in."""
+    sh("ip", "netns", "exec", ns, sys.executable, "-c", TX_CSUM_OFF, dev)
+
+
+@dataclass
+class Overlay:
+    """One overlay between hosts h0 and h1; ``kinds`` per host: "kernel", "c" or "python"."""
+
+    lab: Any  # netns.NetnsLab
+    kinds: tuple[str, str]
+    vni: int
+    port: int
+    mtu: int  # overlay MTU
+    tag: str
+    namespaces: list[str] = field(default_factory=list)
+    runners: list[Any] = field(default_factory=list)
+    stats_files: list[Path] = field(default_factory=list)
+
+    def netns(self, i: int) -> str:
+        return f"{self.lab.prefix}-{self.tag}{i}n"
+
+    def task(self, i: int) -> str:
+        """The task namespace of side i (where iperf3, ping run)."""
+        return f"{self.lab.prefix}-{self.tag}{i}t"
+
+    def build(self) -> None:
+        hosts = [self.lab.hosts["h0"], self.lab.hosts["h1"]]
+        for i, kind in enumerate(self.kinds):
+            other = 1 - i
+            peer_ip, peer_mac = TASK_IPS[other], task_mac(TASK_IPS[other])
+            ns, task, host = self.netns(i), self.task(i), hosts[i]
+            for name in (ns, task):
+                sh("ip", "netns", "add", name)
+                self.namespaces.append(name)
+                sh("ip", "-n", name, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "link", "add", "br0", "mtu", str(self.mtu), "type", "bridge")
+            if kind == "kernel":
+                port = f"vx{self.vni}"
+                sh("ip", "-n", host.netns, "link", "add", port, "type", "vxlan", "id",
+                   str(self.vni), "local", host.address, "dstport", str(self.port),
+                   "nolearning", "proxy")  # fmt: skip
+            else:
+                port = f"tap{self.vni}"
+                stats = self.lab._tmp / f"{self.tag}{i}.json"
+                self.stats_files.append(stats)
+                self.runners.append(self.lab.spawn(host.name, [
+                    sys.executable, str(HERE / "overlay.py"), "runner", "--impl", kind,
+                    "--bind", host.address, "--port", str(self.port), "--tap", port,
+                    "--vni", str(self.vni),
+                    "--fdb", json.dumps({peer_mac: hosts[other].address}),
+                    "--neigh", json.dumps({peer_ip: peer_mac}),
+                    "--stats", str(stats)]))  # fmt: skip
+                deadline = time.monotonic() + 20
+                while not stats.exists():
+                    if time.monotonic() > deadline or self.runners[-1].popen.poll() is not None:
+                        raise RuntimeError(f"runner on {host.name} did not start:\n"
+                                           f"{self.runners[-1].output()}")  # fmt: skip
+                    time.sleep(0.05)
+            sh("ip", "-n", host.netns, "link", "set", port, "netns", ns)
+            sh("ip", "-n", ns, "link", "set", port, "mtu", str(self.mtu), "master", "br0", "up")
+            if kind == "kernel":
+                sh("bridge", "-n", ns, "fdb", "append", peer_mac, "dev", port, "dst",
+                   hosts[other].address, "self", "permanent")  # fmt: skip
+                sh("ip", "-n", ns, "neigh", "add", peer_ip, "lladdr", peer_mac, "dev", port,
+                   "nud", "permanent")  # fmt: skip
+                if self.kinds[other] != "kernel":
+                    tx_checksum_off(ns, port)
+            sh("ip", "-n", ns, "link", "add", "t0", "mtu", str(self.mtu), "type", "veth",
+               "peer", "name", "eth0", "netns", task)  # fmt: skip
+            sh("ip", "-n", ns, "link", "set", "t0", "master", "br0", "up")
+            sh("ip", "-n", ns, "link", "set", "br0", "up")
+            sh("ip", "-n", task, "link", "set", "eth0", "address", task_mac(TASK_IPS[i]),
+               "mtu", str(self.mtu), "up")  # fmt: skip
+            sh("ip", "-n", task, "addr", "add", f"{TASK_IPS[i]}/{TASK_PREFIX}", "dev", "eth0")
+
+    def stats(self, i: int) -> dict[str, Any]:
+        """The latest stats the runner of side i wrote (userspace sides only)."""
+        path = self.lab._tmp / f"{self.tag}{i}.json"
+        return dict(json.loads(path.read_text()))
+
+    def close(self) -> None:
+        """Stop the runners, every process left in our namespaces (by pid), then the
+        namespaces themselves."""
+        for runner in self.runners:
+            self.lab.stop(runner)
+        for ns in self.namespaces:
+            out = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+            for pid in out.stdout.split():
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+        for ns in reversed(self.namespaces):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+        self.namespaces.clear()
+
+
+@contextlib.contextmanager
+def two_hosts(mtu: int) -> Iterator[Any]:
+    """A NetnsLab with hosts h0, h1 whose underlay links have the given MTU."""
+    import netns
+
+    reason = netns.available()
+    if reason:
+        raise SystemExit(f"cannot build the lab: {reason}")
+    with netns.NetnsLab() as lab:
+        lab.add_host("h0", mtu=mtu)
+        lab.add_host("h1", mtu=mtu)
+        yield lab
+
+
+# ---------------------------------------------------------------------------- bench
+
+
+def iperf(server_ns: str, client_ns: str, dst: str, seconds: float, udp: bool) -> float:
+    """Gbit/s (TCP) or received packets/s (UDP, 64-byte payloads) of one iperf3 run."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, "iperf3", "-s", "-1", "-p", "5201"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(0.3)
+        argv = ["ip", "netns", "exec", client_ns, "iperf3", "-c", dst, "-p", "5201", "-t",
+                str(seconds), "--json"]  # fmt: skip
+        if udp:
+            argv += ["-u", "-l", "64", "-b", "0"]
+        out = json.loads(sh(*argv, timeout=seconds + 30))
+        end = out["end"]
+        if udp:
+            s = end["sum"]
+            return float(s["packets"] - s["lost_packets"]) / float(s["seconds"])
+        return float(end["sum_received"]["bits_per_second"]) / 1e9
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(5)
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+
+
+def bench_main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--quick", action="store_true", help="1 round x 2 s, for CI smoke")
+    ap.add_argument("--python", action="store_true", help="also the pure-Python twin (slow)")
+    ap.add_argument("--mtu", type=int, default=1500, help="underlay MTU (overlay = MTU - 50)")
+    ap.add_argument("--json", help="write the samples here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.duration = 1, 2.0
+    kinds = ["kernel", "c"] + (["python"] if args.python else [])
+    samples: dict[tuple[str, str], list[float]] = {}
+    with two_hosts(args.mtu) as lab:
+        overlays: dict[str, Overlay] = {}
+        try:
+            for n, kind in enumerate(kinds):
+                ov = Overlay(lab, (kind, kind), 4096 + n, 4789 + n, args.mtu - 50, kind[0])
+                overlays[kind] = ov
+                ov.build()
+            targets: list[tuple[str, str, str, str]] = [
+                ("underlay", lab.hosts["h1"].netns, lab.hosts["h0"].netns, lab.addr("h1"))
+            ] + [(k, o.task(1), o.task(0), TASK_IPS[1]) for k, o in overlays.items()]
+            for rnd in range(args.rounds):
+                for name, srv, cli, dst in targets:
+                    for metric, udp in (("tcp_gbps", False), ("udp64_pps", True)):
+                        if name == "python" and udp:
+                            continue
+                        value = iperf(srv, cli, dst, args.duration, udp)
+                        samples.setdefault((name, metric), []).append(value)
+                        print(f"round {rnd + 1} {name:8} {metric:9} {value:,.2f}", flush=True)
+        finally:
+            for ov in overlays.values():
+                ov.close()
+    med = {key: statistics.median(v) for key, v in samples.items()}
+    print(f"\nmedians of {args.rounds} round(s) x {args.duration:g} s, underlay MTU {args.mtu}:")
+    for (name, metric), value in sorted(med.items()):
+        print(f"  {name:8} {metric:9} {value:>14,.2f}")
+    for metric in ("tcp_gbps", "udp64_pps"):
+        kern = med.get(("kernel", metric))
+        for user in ("c", "python"):
+            val = med.get((user, metric))
+            if kern and val is not None:
+                print(f"ratio {user}/kernel {metric}: {val / kern:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps({f"{k[0]}/{k[1]}": v for k, v in samples.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "runner":
+        sys.exit(runner_main(sys.argv[2:]))
+    sys.exit(bench_main(sys.argv[1:]))

@@ -1,0 +1,131 @@
+/* vxlan.h - C API of meshkit's userspace VXLAN data plane (RFC 7348).
+ *
+ * One plane owns: the caller's UDP socket (bound to the node's underlay address and the
+ * data-path port; the plane never closes it), any number of networks (VNI -> TAP fd; the plane
+ * never closes TAP fds either), and per network an FDB (inner MAC -> peer underlay IPv4) and a
+ * neighbour table (inner IPv4 -> MAC) used by the ARP proxy.
+ *
+ * Two threads run once vx_plane_start() is called, both without touching Python:
+ *   TX: epoll over every TAP fd + an eventfd; reads frames, answers ARP requests for known
+ *       neighbours back into the TAP, drops broadcast/multicast/unknown unicast (no flooding),
+ *       prepends the VXLAN header and sends batches with sendmmsg.
+ *   RX: recvmmsg batches from the UDP socket, checks them, writes inner frames to the VNI's TAP.
+ * Tables are replaced under a writer-preferring rwlock that the threads hold (as readers) only
+ * while handling one batch, never while blocked, so a change never shows a torn table and
+ * never waits for traffic.
+ *
+ * Byte order: VNIs and IPv4 addresses cross this API in HOST order (uint32_t), except the
+ * packed entry arrays of vx_plane_set_peers(), which hold addresses in NETWORK order (as they
+ * appear on the wire). On the wire the VXLAN header is 8 bytes: flags (0x08 = I bit), 3 reserved
+ * bytes, the 24-bit VNI in network order (bytes 4..6), 1 reserved byte.
+ *
+ * The pure-Python twin with identical behaviour is meshkit/net/dataplane_py.py, its sans-IO
+ * pieces meshkit/net/vxlan_wire.py.
+ */
+#ifndef MESHKIT_VXLAN_H
+#define MESHKIT_VXLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define VX_HEADER_LEN 8
+#define VX_ETH_HLEN 14
+#define VX_ARP_FRAME_LEN 42 /* Ethernet header + ARP for IPv4 over Ethernet, unpadded */
+#define VX_BATCH 64
+#define VX_MAX_FRAME 65535 /* largest frame read from a TAP or datagram received */
+
+/* Why a frame or datagram was dropped; the order matches DROP_REASONS in vxlan_wire.py. */
+enum vx_drop {
+    VX_DROP_SHORT = 0,          /* datagram < 8 + 14 bytes, or TAP frame < 14 bytes */
+    VX_DROP_BAD_FLAGS = 1,      /* the I bit (0x08 in byte 0) is not set */
+    VX_DROP_UNKNOWN_VNI = 2,    /* no network with the datagram's VNI */
+    VX_DROP_UNKNOWN_PEER = 3,   /* datagram from an address that is in no FDB */
+    VX_DROP_NO_FDB = 4,         /* unicast frame to a MAC not in the VNI's FDB */
+    VX_DROP_BROADCAST = 5,      /* broadcast or multicast frame (never flooded) */
+    VX_DROP_ARP_NO_NEIGH = 6,   /* ARP request for an IP not in the neighbour table */
+    VX_DROP_TAP_WRITE = 7,      /* writing a frame to a TAP failed or was short */
+    VX_DROP_TAP_READ = 8,       /* reading a TAP failed (other than EAGAIN/EINTR) */
+    VX_DROP_SEND = 9,           /* sendmmsg failed for a datagram (ENOBUFS, EAGAIN past retry, ...) */
+    VX_DROP_TOO_BIG = 10,       /* the datagram would exceed what UDP carries (EMSGSIZE) */
+    VX_DROP_RECV = 11,          /* recvmmsg reported an error */
+    VX_DROP_COUNT = 12,
+};
+
+/* What the TX path decided for one frame read from a TAP (vx_route_frame). */
+enum vx_action {
+    VX_ACT_SEND = 0,      /* encapsulate and send to *peer_ip */
+    VX_ACT_ARP_REPLY = 1, /* write the ARP reply (in out) back to the TAP */
+    VX_ACT_DROP = 2,      /* dropped, *drop says why */
+};
+
+typedef struct vx_plane vx_plane_t;
+
+/* Counters of one peer (an underlay IPv4 that appears in some FDB); ip in host order. */
+typedef struct {
+    uint32_t ip;
+    uint64_t tx_frames;
+    uint64_t tx_bytes; /* inner frame bytes, without the VXLAN/UDP/IP headers */
+    uint64_t rx_frames;
+    uint64_t rx_bytes;
+} vx_peer_stats_t;
+
+/* ---- sans-IO pieces (also used by the threads; exposed so tests compare them to Python) ---- */
+
+/* Write the 8-byte header for `vni` (host order, < 2^24) into out. */
+void vx_encode_header(uint8_t *out, uint32_t vni);
+
+/* Check a received datagram: -1 when it is good (*vni set, inner frame = buf[8:len]), else the
+ * vx_drop reason (VX_DROP_SHORT or VX_DROP_BAD_FLAGS). Reserved bits are ignored (RFC 7348). */
+int vx_check_datagram(const uint8_t *buf, size_t len, uint32_t *vni);
+
+/* Decide what to do with a TAP frame given one network's tables, passed as packed arrays
+ * (fdb: n_fdb entries of 6-byte MAC + 4-byte IPv4 in network order; neigh: n_neigh entries of
+ * 4-byte IPv4 in network order + 6-byte MAC). Returns a vx_action; for VX_ACT_SEND *peer_ip
+ * (host order), for VX_ACT_ARP_REPLY out[0..42) holds the reply, for VX_ACT_DROP *drop. This
+ * builds temporary tables, so it is for tests; the threads use the same logic on their tables.
+ * Returns -1 with errno ENOMEM when the tables cannot be allocated. */
+int vx_route_frame(const uint8_t *frame, size_t len, const uint8_t *fdb, size_t n_fdb,
+                   const uint8_t *neigh, size_t n_neigh, uint32_t *peer_ip, uint8_t *out,
+                   int *drop);
+
+/* The name of a vx_drop reason ("short", "bad_flags", ...), or NULL when out of range. */
+const char *vx_drop_name(int reason);
+
+/* ---- the plane ---- */
+
+/* A new, stopped plane using udp_fd (a bound IPv4 UDP socket; made non-blocking here; never
+ * closed by the plane). Datagrams are sent to each peer at the socket's own port. NULL with
+ * errno set on failure. */
+vx_plane_t *vx_plane_new(int udp_fd);
+
+/* Add a network: VNI (host order, < 2^24) -> tap_fd (made non-blocking; never closed by the
+ * plane). -1 with errno EEXIST (VNI or fd already used), EINVAL, ENOMEM or an epoll errno. */
+int vx_plane_add_network(vx_plane_t *p, uint32_t vni, int tap_fd);
+
+/* Remove a network; when it returns, no thread uses its TAP fd any more, so the caller may
+ * close it. -1 with errno ENOENT when the VNI is unknown. */
+int vx_plane_remove_network(vx_plane_t *p, uint32_t vni);
+
+/* Replace a network's FDB and neighbour table with the given sets (packed as for
+ * vx_route_frame). -1 with errno ENOENT (unknown VNI) or ENOMEM; on error nothing changed. */
+int vx_plane_set_peers(vx_plane_t *p, uint32_t vni, const uint8_t *fdb, size_t n_fdb,
+                       const uint8_t *neigh, size_t n_neigh);
+
+/* Start the TX and RX threads. -1 with errno EALREADY when started, or pthread's error. */
+int vx_plane_start(vx_plane_t *p);
+
+/* Wake both threads and join them; idempotent. The plane may be started again. */
+void vx_plane_stop(vx_plane_t *p);
+
+/* Stop, then free everything the plane made (epoll fd, eventfd, tables, buffers). */
+void vx_plane_free(vx_plane_t *p);
+
+/* Number of peers (for sizing the vx_plane_read_stats output). */
+size_t vx_plane_peer_count(vx_plane_t *p);
+
+/* Copy up to cap peers' counters into out and VX_DROP_COUNT drop counters into drops; also
+ * the number of ARP replies the proxy wrote into *arp_replies. Returns the peers copied. */
+size_t vx_plane_read_stats(vx_plane_t *p, vx_peer_stats_t *out, size_t cap, uint64_t *drops,
+                           uint64_t *arp_replies);
+
+#endif /* MESHKIT_VXLAN_H */

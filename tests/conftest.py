@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import netns
 from peers import Proc
 
 
@@ -27,3 +28,18 @@ def spawn() -> Iterator[Callable[..., Proc]]:
     yield start
     for proc in procs:
         proc.stop()
+
+
+@pytest.fixture
+def netns_lab() -> Iterator[netns.NetnsLab]:
+    """An empty lab (hub + bridge); add hosts with ``lab.add_host(name)`` or
+    ``lab.add_hosts(n)``. Everything it made is removed after the test, also when the test
+    fails. Skipped where namespaces cannot be made (not root, no iproute2)."""
+    reason = netns.available()
+    if reason is not None:
+        pytest.skip(reason)
+    lab = netns.NetnsLab()
+    try:
+        yield lab
+    finally:
+        lab.close()

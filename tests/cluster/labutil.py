@@ -92,6 +92,40 @@ class Lab:
         proc.popen.kill()
         proc.popen.wait(10)
 
+    def cli(
+        self, *args: str, host: str = "m1", timeout: float = 90
+    ) -> subprocess.CompletedProcess[str]:
+        """`meshkit ARGS...` against the agent on `host` (`--host` goes before any `--`)."""
+        argv = list(args)
+        at = argv.index("--") if "--" in argv else len(argv)
+        argv[at:at] = ["--host", self.sock(host)]
+        return subprocess.run(
+            [sys.executable, "-m", "meshkit", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, **ENV, "COLUMNS": "250"},
+        )
+
+    def cli_ok(self, *args: str, host: str = "m1") -> str:
+        r = self.cli(*args, host=host)
+        assert r.returncode == 0, f"meshkit {' '.join(args)}: {r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    def tasks(self, name: str) -> list[dict[str, Any]]:
+        return list(json.loads(self.cli_ok("service", "ps", name, "--format", "json")))
+
+    def running(self, name: str) -> list[dict[str, Any]]:
+        return [
+            t
+            for t in self.tasks(name)
+            if t["State"] == "running" and t["DesiredState"] == "running"
+        ]
+
+    def rm_service(self, name: str) -> None:
+        self.cli("service", "rm", name)
+        until(lambda: self.cli("service", "ps", name).returncode != 0, 30, f"{name} removed")
+
     def python(self, host: str, code: str) -> subprocess.CompletedProcess[str]:
         return self.lab.run(host, [sys.executable, "-c", textwrap.dedent(code)], check=False)
 

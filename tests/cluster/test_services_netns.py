@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.cluster.labutil import ENV, Lab, until
+from tests.cluster.labutil import Lab, until
 
 import netns
 
@@ -30,40 +30,16 @@ class Cluster(Lab):
     def service(
         self, *args: str, host: str = "m1", timeout: float = 90
     ) -> subprocess.CompletedProcess[str]:
-        sub, rest = args[0], list(args[1:])
-        return subprocess.run(
-            [sys.executable, "-m", "meshkit", "service", sub, "--host", self.sock(host), *rest],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, **ENV, "COLUMNS": "200"},
-        )
+        return self.cli("service", *args, host=host, timeout=timeout)
 
     def svc_ok(self, *args: str, host: str = "m1") -> str:
-        r = self.service(*args, host=host)
-        assert r.returncode == 0, f"service {' '.join(args)}: {r.stdout}\n{r.stderr}"
-        return r.stdout
-
-    def tasks(self, name: str) -> list[dict[str, Any]]:
-        return list(json.loads(self.svc_ok("ps", name, "--format", "json")))
-
-    def running(self, name: str) -> list[dict[str, Any]]:
-        return [
-            t
-            for t in self.tasks(name)
-            if t["State"] == "running" and t["DesiredState"] == "running"
-        ]
+        return self.cli_ok("service", *args, host=host)
 
     def hostnames(self) -> dict[str, str]:
         return {n["ID"]: n["Hostname"] for n in json.loads(self.ok("m1", "ls", "--format", "json"))}
 
     def rm(self, name: str) -> None:
-        self.service("rm", name)
-
-        def gone() -> bool:
-            return self.service("ps", name).returncode != 0
-
-        until(gone, 30, f"{name} removed")
+        self.rm_service(name)
 
 
 @pytest.fixture(scope="module")

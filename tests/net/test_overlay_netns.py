@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cluster.labutil import ENV, Lab, until
+from tests.cluster.labutil import Lab, until
 from tests.net.test_links import ping
 from tests.net.test_probe_io import drop_udp_port_program
 
@@ -39,39 +39,6 @@ HOST_RESOLV = Path("/etc/resolv.conf").read_text() if Path("/etc/resolv.conf").e
 
 
 class Cluster(Lab):
-    def cli(
-        self, *args: str, host: str = "m1", timeout: float = 90
-    ) -> subprocess.CompletedProcess[str]:
-        argv = list(args)
-        at = argv.index("--") if "--" in argv else len(argv)
-        argv[at:at] = ["--host", self.sock(host)]
-        return subprocess.run(
-            [sys.executable, "-m", "meshkit", *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**os.environ, **ENV, "COLUMNS": "250"},
-        )
-
-    def cli_ok(self, *args: str, host: str = "m1") -> str:
-        r = self.cli(*args, host=host)
-        assert r.returncode == 0, f"meshkit {' '.join(args)}: {r.stdout}\n{r.stderr}"
-        return r.stdout
-
-    def tasks(self, name: str) -> list[dict[str, Any]]:
-        return list(json.loads(self.cli_ok("service", "ps", name, "--format", "json")))
-
-    def running(self, name: str) -> list[dict[str, Any]]:
-        return [
-            t
-            for t in self.tasks(name)
-            if t["State"] == "running" and t["DesiredState"] == "running"
-        ]
-
-    def rm_service(self, name: str) -> None:
-        self.cli("service", "rm", name)
-        until(lambda: self.cli("service", "ps", name).returncode != 0, 30, f"{name} removed")
-
     def rm_network(self, name: str) -> None:
         # tasks give their addresses back once they have ended
         until(lambda: self.cli("network", "rm", name).returncode == 0, 30, f"network {name} rm")

@@ -111,6 +111,25 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+def print_listing(
+    items: Sequence[dict[str, Any]],
+    fmt: str,
+    quiet: bool,
+    headers: Sequence[str],
+    row: Callable[[dict[str, Any]], Sequence[str]],
+) -> None:
+    """An `ls` command's output: short IDs with -q, JSON, or Docker's table."""
+    if fmt not in ("table", "json"):
+        raise FlagError("--format", fmt, "expected table or json")
+    if quiet:
+        for item in items:
+            typer.echo(item["ID"][:12])
+    elif fmt == "json":
+        typer.echo(json.dumps(list(items), indent=4))
+    else:
+        typer.echo(table(headers, [row(item) for item in items]))
+
+
 def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=4, sort_keys=False))
 

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from meshkit.cluster.rpc import Peer, RpcError
@@ -177,58 +177,54 @@ class Dispatch:
                 agent._manager_idx += 1
         raise RpcError("unreachable", "no manager answered: " + "; ".join(errors or ["none"]))
 
-    async def watch_loop(self) -> None:
+    async def _follow(
+        self, method: str, what: str, take: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        """Long-poll `method` and hand every answer to `take`; a failed `take` asks again for
+        the whole answer (the version is forgotten) after a second."""
         epoch: str | None = None
         version: int | None = None
         while not self.agent.stopping:
-            if self.executor is None:
-                await asyncio.sleep(0.1)
-                continue
             try:
-                reply = await self._watch_once(epoch, version)
+                reply = await self._watch_once(epoch, version, method)
             except RpcError as exc:
-                log.debug("task assignments: %s", exc.message)
+                log.debug("%s: %s", what, exc.message)
                 epoch = version = None
                 await asyncio.sleep(1.0)
                 continue
             except Exception:
-                log.exception("task assignments failed")
+                log.exception("%s: watch failed", what)
                 epoch = version = None
                 await asyncio.sleep(1.0)
                 continue
             epoch, version = reply.get("epoch"), reply.get("version")
             try:
-                self.executor.sync(list(reply.get("tasks") or []))
+                await take(reply)
             except Exception:
-                log.exception("executor: sync failed")
+                log.exception("%s: applying failed", what)
+                epoch = version = None
                 await asyncio.sleep(1.0)
+
+    async def watch_loop(self) -> None:
+        """Follow this node's task assignments into the executor."""
+        while self.executor is None and not self.agent.stopping:
+            await asyncio.sleep(0.1)
+
+        async def take(reply: dict[str, Any]) -> None:
+            if self.executor is not None:
+                self.executor.sync(list(reply.get("tasks") or []))
+
+        await self._follow("tasks_watch", "task assignments", take)
 
     # -- every node: the overlay ---------------------------------------------------------------
 
     async def netmap_loop(self) -> None:
         """Follow the network map and build this node's overlay from it."""
-        epoch: str | None = None
-        version: int | None = None
-        while not self.agent.stopping:
-            try:
-                reply = await self._watch_once(epoch, version, "netmap_watch")
-            except RpcError as exc:
-                log.debug("network map: %s", exc.message)
-                epoch = version = None
-                await asyncio.sleep(1.0)
-                continue
-            except Exception:
-                log.exception("network map watch failed")
-                epoch = version = None
-                await asyncio.sleep(1.0)
-                continue
-            epoch, version = reply.get("epoch"), reply.get("version")
-            try:
-                await self.agent.overlay.apply(dict(reply.get("netmap") or {}))
-            except Exception:
-                log.exception("overlay: applying the network map failed")
-                epoch = version = None  # try the whole map again
-                await asyncio.sleep(1.0)
+
+        async def take(reply: dict[str, Any]) -> None:
+            await self.agent.overlay.apply(dict(reply.get("netmap") or {}))
+
+        await self._follow("netmap_watch", "network map", take)
 
     # -- every node: reports -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meshkit.cluster.cli import HostOpt, table
+from meshkit.cluster.cli import HostOpt, print_listing
 from meshkit.errors import FlagError
 
 network_app = typer.Typer(
@@ -113,17 +113,12 @@ def ls(
     host: HostOpt = None,
 ) -> None:
     """List networks: NETWORK ID, NAME, DRIVER, SCOPE."""
-    if fmt not in ("table", "json"):
+    if fmt not in ("table", "json"):  # before asking the agent
         raise FlagError("--format", fmt, "expected table or json")
     nets = _call(host, "network_ls")["networks"]
-    if quiet:
-        for n in nets:
-            typer.echo(n["ID"][:12])
-    elif fmt == "json":
-        typer.echo(json.dumps(nets, indent=4))
-    else:
-        rows = [[n["ID"][:12], n["Name"], n["Driver"], n["Scope"]] for n in nets]
-        typer.echo(table(LS_HEADERS, rows))
+    print_listing(
+        nets, fmt, quiet, LS_HEADERS, lambda n: [n["ID"][:12], n["Name"], n["Driver"], n["Scope"]]
+    )
 
 
 @network_app.command()

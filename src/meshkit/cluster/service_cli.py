@@ -288,20 +288,18 @@ def ls(
     host: HostOpt = None,
 ) -> None:
     """List services: ID, NAME, MODE, REPLICAS, COMMAND, PORTS."""
-    if fmt not in ("table", "json"):
+    from meshkit.cluster.cli import print_listing
+
+    if fmt not in ("table", "json"):  # before asking the agent
         raise FlagError("--format", fmt, "expected table or json")
     services = _call(host, "service_ls")["services"]
-    if quiet:
-        for s in services:
-            typer.echo(s["ID"][:12])
-    elif fmt == "json":
-        typer.echo(json.dumps(services, indent=4))
-    else:
-        rows = [
-            [s["ID"][:12], s["Name"], s["Mode"], s["Replicas"], s["Command"], s["Ports"]]
-            for s in services
-        ]
-        typer.echo(_table(["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"], rows))
+    print_listing(
+        services,
+        fmt,
+        quiet,
+        ["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"],
+        lambda s: [s["ID"][:12], s["Name"], s["Mode"], s["Replicas"], s["Command"], s["Ports"]],
+    )
 
 
 def ps_rows(

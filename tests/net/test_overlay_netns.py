@@ -281,6 +281,12 @@ def test_doctor_names_a_blocked_vxlan_path(cluster: Cluster) -> None:
         table = cluster.cli_ok("node", "ls")
         assert "OVERLAY" in table.splitlines()[0]
 
+        # a worker has no cluster state: its doctor shows its own probes
+        mine = json.loads(cluster.cli_ok("doctor", "--json", host="w1"))
+        assert mine["pairs"] and all(p["source"] == w1 for p in mine["pairs"])
+        assert all(p["health"] == "vxlan-blocked" for p in mine["pairs"]), mine["pairs"]
+        assert "worker" in mine["note"]
+
         unblock_vxlan(cluster, "w1")
         until(all_ok, 30, "the pairs clear after unblocking")
     finally:
@@ -355,3 +361,28 @@ def test_reused_address_moves_its_fdb_entry(cluster: Cluster, plane: str) -> Non
             cluster.cli("service", "rm", svc)
         cluster.rm_network(net)
     until(lambda: not os.path.exists(f"/run/netns/{ns_m1}"), 20, "m1's namespace removed")
+
+
+def test_a_task_on_two_networks_gets_one_interface_on_each(cluster: Cluster) -> None:
+    cluster.cli_ok("network", "create", "--subnet", "198.18.210.0/24", "left")
+    cluster.cli_ok("network", "create", "--subnet", "198.18.211.0/24", "--opt", "mtu=1200", "right")
+    try:
+        cluster.cli_ok("service", "create", "--name", "both", "--network", "left",
+                       "--network", "right", "--constraint", "node.hostname==w1",
+                       "--", "sleep", "1000")  # fmt: skip
+        task = cluster.running("both")[0]
+        nets = {n["Name"]: n["Addr"] for n in task["Networks"]}
+        assert nets["left"].startswith("198.18.210.") and nets["right"].startswith("198.18.211.")
+        for ifname, net, mtu in (("eth0", "left", UNDERLAY_MTU - 50), ("eth1", "right", 1200)):
+            shown = in_ns(cluster, "w1", task_ns(task), "ip", "-j", "addr", "show", ifname)
+            assert shown.returncode == 0, shown.stderr
+            link = json.loads(shown.stdout)[0]
+            assert link["mtu"] == mtu
+            ip, prefix = nets[net].split("/")
+            assert any(
+                a["local"] == ip and a["prefixlen"] == int(prefix) for a in link["addr_info"]
+            )
+    finally:
+        cluster.cli("service", "rm", "both")
+        cluster.rm_network("left")
+        cluster.rm_network("right")

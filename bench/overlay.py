@@ -19,8 +19,10 @@ Measurements: ``iperf3 -c TASK -t D --json`` TCP Gbit/s (receiver side), and sma
     python bench/overlay.py --mtu 1400       # underlay MTU (overlay = MTU - 50)
 
 ``python bench/overlay.py runner ...`` is the data-plane process one host runs (also used by
-tests/net/test_dataplane_e2e.py): it opens the TAP, serves it with UserspaceDataplane, writes
-its stats as JSON to ``--stats`` every 0.2 s and once more when SIGTERM stops it.
+tests/net/test_dataplane_e2e.py): it opens the TAP with ``UserspaceDataplane.open_tap`` (for
+the C plane: IFF_VNET_HDR, so TSO/checksum offloads and UDP GSO/GRO are on; ``--plain-tap``
+opens it plain), serves it, writes its stats as JSON to ``--stats`` every 0.2 s and once more
+when SIGTERM stops it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +49,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 TASK_IPS = ("203.0.113.1", "203.0.113.2")
 TASK_PREFIX = 24
+SO_NO_CHECK = 11
 
 
 def task_mac(ip: str) -> str:
@@ -69,6 +73,11 @@ def runner_main(argv: list[str]) -> int:
     ap.add_argument("--fdb", default="{}", help="JSON {mac: peer underlay ip}")
     ap.add_argument("--neigh", default="{}", help="JSON {ip: mac}")
     ap.add_argument("--stats", required=True, help="file the stats JSON is written to")
+    ap.add_argument("--plain-tap", action="store_true",
+                    help="open the TAP without IFF_VNET_HDR (no offloads)")
+    ap.add_argument("--udp-no-check", action="store_true",
+                    help="send UDP without checksums (SO_NO_CHECK), which makes the kernel "
+                         "refuse UDP_SEGMENT: exercises the one-datagram-per-segment path")
     args = ap.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -79,9 +88,11 @@ def runner_main(argv: list[str]) -> int:
         tmp.write_text(json.dumps(plane.stats()))
         tmp.replace(stats_path)
 
-    tap = open_tap(args.tap)
-    try:
-        with UserspaceDataplane(args.bind, args.port, args.impl) as plane:
+    with UserspaceDataplane(args.bind, args.port, args.impl) as plane:
+        if args.udp_no_check:  # a test hook on the plane's own socket, before it runs
+            plane._sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        tap = open_tap(args.tap) if args.plain_tap else plane.open_tap(args.tap)
+        try:
             plane.add_network(args.vni, tap)
             plane.set_peers(args.vni, json.loads(args.fdb), json.loads(args.neigh))
             plane.start()
@@ -90,8 +101,9 @@ def runner_main(argv: list[str]) -> int:
                 dump(plane)
             plane.remove_network(args.vni)
             dump(plane)
-    finally:
-        os.close(tap)
+        finally:
+            plane.close()  # its threads stop before the fd they read may be reused
+            os.close(tap)
     return 0
 
 
@@ -134,6 +146,11 @@ class Overlay:
     port: int
     mtu: int  # overlay MTU
     tag: str
+    plain_tap: bool = False  # runners open their TAPs without IFF_VNET_HDR (no offloads)
+    udp_no_check: bool = False  # runners send without UDP checksums: no UDP_SEGMENT
+    # a kernel port facing a userspace one gets TX checksum offload off (see tx_checksum_off);
+    # False keeps it on, which a C runner with a vnet TAP copes with (DATA_VALID on receive)
+    kernel_csum_off: bool = True
     namespaces: list[str] = field(default_factory=list)
     runners: list[Any] = field(default_factory=list)
     stats_files: list[Path] = field(default_factory=list)
@@ -171,7 +188,9 @@ class Overlay:
                     "--vni", str(self.vni),
                     "--fdb", json.dumps({peer_mac: hosts[other].address}),
                     "--neigh", json.dumps({peer_ip: peer_mac}),
-                    "--stats", str(stats)]))  # fmt: skip
+                    "--stats", str(stats),
+                    *(["--plain-tap"] if self.plain_tap else []),
+                    *(["--udp-no-check"] if self.udp_no_check else [])]))  # fmt: skip
                 deadline = time.monotonic() + 20
                 while not stats.exists():
                     if time.monotonic() > deadline or self.runners[-1].popen.poll() is not None:
@@ -185,7 +204,7 @@ class Overlay:
                    hosts[other].address, "self", "permanent")  # fmt: skip
                 sh("ip", "-n", ns, "neigh", "add", peer_ip, "lladdr", peer_mac, "dev", port,
                    "nud", "permanent")  # fmt: skip
-                if self.kinds[other] != "kernel":
+                if self.kinds[other] != "kernel" and self.kernel_csum_off:
                     tx_checksum_off(ns, port)
             sh("ip", "-n", ns, "link", "add", "t0", "mtu", str(self.mtu), "type", "veth",
                "peer", "name", "eth0", "netns", task)  # fmt: skip

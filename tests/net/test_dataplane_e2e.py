@@ -169,3 +169,84 @@ def test_runner_reports_bad_input(netns_lab: Any) -> None:
                                 "/nonexistent/x.json"], check=False)  # fmt: skip
     assert proc.returncode != 0
     assert "peers of VNI 4096: invalid MAC address '02:4d:zz:00:00:01'" in proc.stderr
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("plain_tap", [False, True], ids=["offloads", "plain-tap"])
+def test_bulk_transfer_with_offloads(netns_lab: Any, plain_tap: bool) -> None:
+    """C <-> C over an underlay MTU of 1400: a 16 MB TCP transfer arrives intact (sha256)
+    with TSO/UDP GSO on the sender and UDP GRO/GSO super-frames on the receiver, or with the
+    TAPs opened plain; counters count segments, not super-frames."""
+    if load_vxlan_ffi() is None:
+        pytest.skip("meshkit._vxlan_ffi not built or disabled")
+    netns_lab.add_host("h0", mtu=1400)
+    netns_lab.add_host("h1", mtu=1400)
+    ov = overlay.Overlay(netns_lab, ("c", "c"), 4096, 4789, 1350, "g", plain_tap=plain_tap)
+    try:
+        ov.build()
+        ping(ov, 0)
+        transfer(ov, 16 << 20)
+        sender, receiver = fresh_stats(ov, 0), fresh_stats(ov, 1)
+        h0, h1 = netns_lab.addr("h0"), netns_lab.addr("h1")
+        sent, got = sender["peers"][h1], receiver["peers"][h0]
+        # every inner frame fits the overlay MTU: 16 MB needs at least 16 MB / 1350 segments
+        assert sent["tx_frames"] >= (16 << 20) // 1350, sender
+        assert got["rx_frames"] >= (16 << 20) // 1350, receiver
+        assert sent["tx_bytes"] > 16 << 20 and got["rx_bytes"] > 16 << 20
+        for stats in (sender, receiver):
+            assert stats["drops"]["bad_gso"] == stats["drops"]["tap_write_error"] == 0, stats
+        if plain_tap:
+            assert sender["offload"]["tso_frames"] == receiver["offload"]["gro_writes"] == 0
+        else:
+            assert sender["offload"]["tso_frames"] > 0, sender
+            assert sender["offload"]["gso_sends"] > 0, sender
+            assert receiver["offload"]["gro_writes"] > 0, receiver
+    finally:
+        ov.close()
+
+
+@pytest.mark.root
+def test_udp_gso_refused_falls_back(netns_lab: Any) -> None:
+    """A socket sending without UDP checksums (SO_NO_CHECK) makes the kernel refuse
+    UDP_SEGMENT: the plane remembers it, sends one datagram per segment, and the transfer
+    still arrives intact."""
+    if load_vxlan_ffi() is None:
+        pytest.skip("meshkit._vxlan_ffi not built or disabled")
+    netns_lab.add_host("h0")
+    netns_lab.add_host("h1")
+    ov = overlay.Overlay(netns_lab, ("c", "c"), 4096, 4789, 1450, "f", udp_no_check=True)
+    try:
+        ov.build()
+        ping(ov, 0)
+        transfer(ov, 8 << 20)
+        sender = fresh_stats(ov, 0)
+        assert sender["offload"]["udp_gso"] == 0, sender
+        assert sender["offload"]["tso_frames"] > 0, sender
+        assert sender["peers"][netns_lab.addr("h1")]["tx_frames"] >= (8 << 20) // 1450, sender
+        assert sender["drops"]["send_error"] == sender["drops"]["bad_gso"] == 0, sender
+    finally:
+        ov.close()
+
+
+@pytest.mark.root
+def test_kernel_to_c_with_checksum_offload_on(netns_lab: Any) -> None:
+    """A kernel VXLAN port left with TX checksum offload on sends inner TCP segments with
+    unfinished checksums over veth; the C plane writes them into its vnet TAP as
+    CHECKSUM_PARTIAL (NEEDS_CSUM with the pseudo-header sum), which the task's stack accepts.
+    Only small transfers: with offload on, the kernel port also keeps TSO, and over veth its
+    TCP super-frames reach the UDP socket unsegmented (one datagram larger than the MTU, its
+    MSS lost), which no userspace receiver can pass on; a physical NIC segments them."""
+    if load_vxlan_ffi() is None:
+        pytest.skip("meshkit._vxlan_ffi not built or disabled")
+    netns_lab.add_host("h0")
+    netns_lab.add_host("h1")
+    ov = overlay.Overlay(netns_lab, ("kernel", "c"), 4096, 4789, 1450, "k",
+                         kernel_csum_off=False)  # fmt: skip
+    try:
+        ov.build()
+        ping(ov, 0)
+        transfer(ov, 1024)
+        stats = fresh_stats(ov, 1)
+        assert stats["peers"][netns_lab.addr("h0")]["rx_frames"] >= 4, stats
+    finally:
+        ov.close()

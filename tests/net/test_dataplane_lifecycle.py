@@ -109,3 +109,53 @@ def test_bad_arguments() -> None:
         plane.add_network(1 << 24, 0)
     with pytest.raises(DataplaneError, match="invalid TAP name"):
         open_tap("a-name-longer-than-15")
+
+
+def tap_flags(fd: int) -> int:
+    import fcntl
+    import struct
+
+    return int(struct.unpack_from("16xH", fcntl.ioctl(fd, 0x800454D2, bytes(40)))[0])
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("impl", IMPLS)
+def test_open_tap_matches_the_plane(impl: str) -> None:
+    """``UserspaceDataplane.open_tap`` opens the TAP with IFF_VNET_HDR for the C plane and
+    plain for the twin; each plane serves its own kind; the twin refuses a vnet TAP by name."""
+    if os.geteuid() != 0:
+        pytest.skip("TAP devices need root")
+    fds_before = open_fds()
+    name = f"mko{os.getpid() % 100000}{impl[0]}"
+    with UserspaceDataplane("127.0.0.1", free_port(), impl) as plane:
+        tap = plane.open_tap(name)
+        try:
+            vnet = bool(tap_flags(tap) & 0x4000)
+            assert vnet == (impl == "c")
+            plane.add_network(4096, tap)
+            plane.start()
+            plane.set_peers(4096, {"02:4d:cb:00:71:01": "127.0.0.2"}, {})
+            plane.remove_network(4096)
+            assert plane.stats()["offload"]["udp_gro"] == (1 if impl == "c" else 0)
+        finally:
+            plane.close()
+            os.close(tap)
+        with pytest.raises(DataplaneError, match="invalid TAP name"):
+            plane.open_tap("")
+    if impl == "python":
+        vnet_tap = _open_vnet_tap(name)
+        try:
+            with (
+                UserspaceDataplane("127.0.0.1", free_port(), "python") as plane,
+                pytest.raises(DataplaneError, match=f"TAP fd {vnet_tap} for VNI 7 .*IFF_VNET_HDR"),
+            ):
+                plane.add_network(7, vnet_tap)
+        finally:
+            os.close(vnet_tap)
+    assert open_fds() == fds_before
+
+
+def _open_vnet_tap(name: str) -> int:
+    from meshkit.net import dataplane
+
+    return dataplane._open_tap(name, dataplane.IFF_TAP | dataplane.IFF_NO_PI | 0x4000)

@@ -5,6 +5,17 @@
  * never closes TAP fds either), and per network an FDB (inner MAC -> peer underlay IPv4) and a
  * neighbour table (inner IPv4 -> MAC) used by the ARP proxy.
  *
+ * Offloads: a TAP opened with IFF_VNET_HDR (seen with TUNGETIFF when it is added) gets
+ * TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4). TX then reads a virtio_net_hdr before each frame:
+ * NEEDS_CSUM is finished in userspace, a GSO_TCPV4 super-frame is cut into MSS-sized TCP
+ * segments, each with its own VXLAN header, sent as ONE datagram train with a UDP_SEGMENT
+ * cmsg (or one datagram each when the kernel refuses UDP_SEGMENT, remembered). RX asks for
+ * UDP_GRO, splits what arrives at the cmsg's gso_size, and writes to such a TAP runs of
+ * consecutive segments of one TCP flow as one GSO_TCPV4 super-frame (NEEDS_CSUM), a lone
+ * TCP/UDP datagram as NEEDS_CSUM too (the outer UDP checksum covered it; tun ignores
+ * DATA_VALID on write), anything else with no flags. Plain TAPs get plain frames. Counters
+ * count segments (inner frames), never super-frames.
+ *
  * Two threads run once vx_plane_start() is called, both without touching Python:
  *   TX: epoll over every TAP fd + an eventfd; reads frames, answers ARP requests for known
  *       neighbours back into the TAP, drops broadcast/multicast/unknown unicast (no flooding),
@@ -33,6 +44,9 @@
 #define VX_ARP_FRAME_LEN 42 /* Ethernet header + ARP for IPv4 over Ethernet, unpadded */
 #define VX_BATCH 64
 #define VX_MAX_FRAME 65535 /* largest frame read from a TAP or datagram received */
+#define VX_VNET_HDR_LEN 10 /* struct virtio_net_hdr before each frame of an IFF_VNET_HDR TAP */
+#define VX_GRO_MAX_SEGS 64 /* most frames coalesced into one super-frame written to a TAP */
+#define VX_GSO_MAX_SEGS 64 /* most segments sent in one UDP_SEGMENT datagram */
 
 /* Why a frame or datagram was dropped; the order matches DROP_REASONS in vxlan_wire.py. */
 enum vx_drop {
@@ -48,7 +62,8 @@ enum vx_drop {
     VX_DROP_SEND = 9,           /* sendmmsg failed for a datagram (ENOBUFS, EAGAIN past retry, ...) */
     VX_DROP_TOO_BIG = 10,       /* the datagram would exceed what UDP carries (EMSGSIZE) */
     VX_DROP_RECV = 11,          /* recvmmsg reported an error */
-    VX_DROP_COUNT = 12,
+    VX_DROP_BAD_GSO = 12,       /* a TAP frame with a virtio header we cannot honour */
+    VX_DROP_COUNT = 13,
 };
 
 /* What the TX path decided for one frame read from a TAP (vx_route_frame). */
@@ -91,6 +106,26 @@ int vx_route_frame(const uint8_t *frame, size_t len, const uint8_t *fdb, size_t 
 /* The name of a vx_drop reason ("short", "bad_flags", ...), or NULL when out of range. */
 const char *vx_drop_name(int reason);
 
+/* Finish a CHECKSUM_PARTIAL frame: the ones-complement sum of frame[csum_start:] (whose
+ * checksum field holds the pseudo-header sum) goes, complemented, at csum_start+csum_offset
+ * (0 sent as 0xffff). -1 when the offsets do not fit the frame. */
+int vx_finish_csum(uint8_t *frame, size_t len, size_t csum_start, size_t csum_offset);
+
+/* Cut a TCP/IPv4 TSO frame (untagged Ethernet) into segments of at most mss payload bytes,
+ * written back to back into out (cap bytes): headers copied, IPv4 total length, id (+1 per
+ * segment) and checksum fixed, TCP seq advanced, FIN/PSH only on the last, CWR only on the
+ * first, full TCP checksum. Returns the segment count (*seg_len = length of every segment but
+ * the last), or -1 when the frame is not TCP/IPv4, mss is 0 or out is too small. */
+int vx_tso_segment(const uint8_t *frame, size_t len, size_t mss, uint8_t *out, size_t cap,
+                   size_t *seg_len);
+
+/* Coalesce n received frames (packed back to back, lengths in lens) as the RX path does for
+ * a vnet TAP: each output item is a 10-byte virtio_net_hdr (native byte order) + frame,
+ * packed into out (cap bytes), its length in out_lens. Returns the item count, or -1 with
+ * errno ENOSPC (out too small) or ENOMEM. */
+int vx_gro_coalesce(const uint8_t *frames, const size_t *lens, size_t n, uint8_t *out,
+                    size_t cap, size_t *out_lens);
+
 /* ---- the plane ---- */
 
 /* A new, stopped plane using udp_fd (a bound IPv4 UDP socket; made non-blocking here; never
@@ -127,5 +162,12 @@ size_t vx_plane_peer_count(vx_plane_t *p);
  * the number of ARP replies the proxy wrote into *arp_replies. Returns the peers copied. */
 size_t vx_plane_read_stats(vx_plane_t *p, vx_peer_stats_t *out, size_t cap, uint64_t *drops,
                            uint64_t *arp_replies);
+
+/* Offload counters, VX_OFFLOAD_COUNT of them into out, in this order: TSO super-frames read
+ * from TAPs, UDP_SEGMENT datagram trains sent, received datagram buffers that held more than
+ * one datagram (UDP GRO), GSO super-frames written to TAPs, and whether UDP_SEGMENT and
+ * UDP_GRO are in use (1/0). */
+#define VX_OFFLOAD_COUNT 6
+void vx_plane_offload_stats(vx_plane_t *p, uint64_t *out);
 
 #endif /* MESHKIT_VXLAN_H */

@@ -5,6 +5,11 @@ node's underlay address and the data-path port, and runs the C plane (meshkit._v
 built from meshkit/_vxlan.c) unless MESHKIT_NO_EXTENSIONS=1 or the module is missing, when
 it runs the pure-Python twin (dataplane_py). Both behave the same; see vxlan_wire for the rules.
 
+``UserspaceDataplane.open_tap`` opens a TAP the way the chosen plane reads it: with
+IFF_VNET_HDR for the C plane, which then uses TSO/checksum offloads from the TAP, UDP GSO/GRO
+on the socket and GSO super-frames into the TAP (see includes/vxlan.h); plain for the twin.
+The module-level ``open_tap`` always opens a plain TAP, which both planes serve.
+
 TAP fds stay the caller's: ``add_network`` makes them non-blocking, ``remove_network`` and
 ``close`` never close them (after ``remove_network`` returns no thread touches the fd, so the
 caller may close it). The plane closes only what it opened: its UDP socket and its own
@@ -31,13 +36,20 @@ __all__ = ["DataplaneError", "UserspaceDataplane", "load_vxlan_ffi", "open_tap"]
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
 SOCKET_BUFFER = 4 << 20  # room for a few batches of full-size datagrams per direction
+VNET_OFFLOADS = True  # UserspaceDataplane.open_tap asks for IFF_VNET_HDR for the C plane
 
 
 def open_tap(name: str) -> int:
     """A new TAP device ``name`` (IFF_TAP | IFF_NO_PI) in the caller's namespace; its fd.
 
-    The device lives while the fd is open. DataplaneError names the device when it fails."""
+    The device lives while the fd is open. DataplaneError names the device when it fails.
+    ``UserspaceDataplane.open_tap`` opens it the way a given plane serves it fastest."""
+    return _open_tap(name, IFF_TAP | IFF_NO_PI)
+
+
+def _open_tap(name: str, flags: int) -> int:
     if not name or len(name) > 15 or "/" in name or any(c.isspace() for c in name):
         raise DataplaneError(f"invalid TAP name {name!r}: 1..15 characters, no '/' or spaces")
     try:
@@ -45,7 +57,7 @@ def open_tap(name: str) -> int:
     except OSError as exc:
         raise DataplaneError(f"cannot open /dev/net/tun for TAP {name}: {exc.strerror}") from None
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
     except OSError as exc:
         os.close(fd)
         raise DataplaneError(f"cannot create TAP {name}: {exc.strerror}") from None
@@ -72,6 +84,7 @@ class _Plane(Protocol):
     def stop(self) -> None: ...
     def close(self) -> None: ...
     def stats(self) -> tuple[dict[str, dict[str, int]], dict[str, int], int]: ...
+    def offload_stats(self) -> dict[str, int]: ...
 
 
 class _CPlane:
@@ -90,6 +103,10 @@ class _CPlane:
         if tuple(names) != wire.DROP_REASONS:  # the C enum and the Python list must agree
             self.close()
             raise DataplaneError(f"C drop reasons {names} differ from {wire.DROP_REASONS}")
+        if len(wire.OFFLOAD_STATS) != self._lib.VX_OFFLOAD_COUNT:
+            self.close()
+            raise DataplaneError(f"C has {self._lib.VX_OFFLOAD_COUNT} offload counters, "
+                                 f"Python names {len(wire.OFFLOAD_STATS)}")  # fmt: skip
 
     def _strerror(self) -> str:
         return os.strerror(self._ffi.errno)
@@ -145,6 +162,11 @@ class _CPlane:
         }
         return peers, dict(zip(wire.DROP_REASONS, drops, strict=True)), int(arp[0])
 
+    def offload_stats(self) -> dict[str, int]:
+        out = self._ffi.new("uint64_t[]", self._lib.VX_OFFLOAD_COUNT)
+        self._lib.vx_plane_offload_stats(self._p, out)
+        return {name: int(out[i]) for i, name in enumerate(wire.OFFLOAD_STATS)}
+
 
 class UserspaceDataplane:
     """TAP <-> VXLAN/UDP for any number of networks, C or pure Python (see the module doc)."""
@@ -184,6 +206,16 @@ class UserspaceDataplane:
             raise
         self.implementation = self._plane.implementation
         self._closed = False
+
+    def open_tap(self, name: str) -> int:
+        """A new TAP ``name`` opened the way this plane serves it: with IFF_VNET_HDR for the
+        C plane (TSO/checksum offloads, GSO super-frames on receive), plain for the Python
+        twin. Pass the fd to ``add_network``; the caller closes it. DataplaneError names the
+        device when it fails."""
+        flags = IFF_TAP | IFF_NO_PI
+        if self.implementation == "c" and VNET_OFFLOADS:
+            flags |= IFF_VNET_HDR
+        return _open_tap(name, flags)
 
     def add_network(self, vni: int, tap_fd: int) -> None:
         """Serve network ``vni`` through ``tap_fd`` (made non-blocking, never closed here)."""
@@ -226,10 +258,13 @@ class UserspaceDataplane:
 
     def stats(self) -> dict[str, Any]:
         """``{"peers": {ip: {tx_frames, tx_bytes, rx_frames, rx_bytes}}, "drops": {reason: n},
-        "arp_replies": n, "implementation": "c" | "python"}``."""
+        "arp_replies": n, "implementation": "c" | "python", "offload": {name: n}}``; offload
+        counts TSO frames read, UDP_SEGMENT trains sent, GRO buffers received, GSO super-frames
+        written, and whether UDP GSO/GRO are on (1/0)."""
         peers, drops, arp = self._plane.stats()
         return {"peers": peers, "drops": drops, "arp_replies": arp,
-                "implementation": self.implementation}  # fmt: skip
+                "implementation": self.implementation,
+                "offload": self._plane.offload_stats()}  # fmt: skip
 
     def __enter__(self) -> UserspaceDataplane:
         return self

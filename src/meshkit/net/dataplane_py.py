@@ -1,6 +1,7 @@
 """The pure-Python twin of the C VXLAN data plane (meshkit/_vxlan.c): same rules, same
 counters, two Python threads. It only needs to be correct, not fast; the rules themselves are
-the sans-IO functions of vxlan_wire.
+the sans-IO functions of vxlan_wire. It reads plain TAPs only (no IFF_VNET_HDR, so no
+offloads) and refuses a vnet TAP by name.
 
 Threads: TX waits (selectors) on every TAP fd plus a wake pipe, reads frames and routes them
 (send / ARP reply / drop); RX waits on the UDP socket plus the wake pipe and delivers good
@@ -12,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import selectors
 import socket
+import struct
 import threading
 from dataclasses import dataclass, field
 
@@ -23,6 +26,19 @@ from meshkit.net import vxlan_wire as wire
 BATCH = 64
 MAX_FRAME = 65535
 TX_ROUND_FRAMES = 256
+
+
+TUNGETIFF = 0x800454D2
+IFF_VNET_HDR = 0x4000
+
+
+def _tap_flags(fd: int) -> int:
+    """The flags a TAP fd was opened with; 0 for anything that is not a TUN/TAP fd."""
+    try:
+        ifr = fcntl.ioctl(fd, TUNGETIFF, bytes(40))
+    except OSError:
+        return 0
+    return int(struct.unpack_from("16xH", ifr)[0])
 
 
 class DataplaneError(Exception):
@@ -75,6 +91,9 @@ class PyDataplane:
     def add_network(self, vni: int, tap_fd: int) -> None:
         """Serve ``tap_fd`` as network ``vni``; the fd is made non-blocking, never closed."""
         wire.check_vni(vni)
+        if _tap_flags(tap_fd) & IFF_VNET_HDR:
+            raise DataplaneError(f"TAP fd {tap_fd} for VNI {vni} was opened with IFF_VNET_HDR, "
+                                 "which the Python data plane does not read; open it plain")
         with self._lock:
             for net in self._nets.values():
                 if net.vni == vni:
@@ -162,6 +181,10 @@ class PyDataplane:
         with self._lock:
             peers = {ip: dict(vars(p)) for ip, p in self._peers.items()}
             return peers, dict(self._drops), self._arp_replies
+
+    def offload_stats(self) -> dict[str, int]:
+        """The twin uses no offloads: all zero."""
+        return dict.fromkeys(wire.OFFLOAD_STATS, 0)
 
     def _tx_running(self) -> bool:
         return bool(self._threads) and self._threads[0].is_alive()

@@ -235,7 +235,8 @@ class NodeOverlay:
         def fresh_tap() -> int:
             with links.NsLinks(built.ns) as nl:
                 nl.delete_link(built.dev)
-            fd = dataplane.open_tap(built.dev)
+            # the plane opens the TAP the way it reads it (with a virtio header and TSO for C)
+            fd = int(self._dataplane.open_tap(built.dev))
             try:
                 links.move_link(built.dev, built.ns, bridge=BRIDGE, mtu=built.mtu)
             except BaseException:

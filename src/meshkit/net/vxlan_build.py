@@ -16,7 +16,10 @@ _PKG = os.path.join("src", "meshkit")
 CDEF = """
 #define VX_HEADER_LEN 8
 #define VX_ARP_FRAME_LEN 42
-#define VX_DROP_COUNT 12
+#define VX_DROP_COUNT 13
+#define VX_VNET_HDR_LEN 10
+#define VX_GRO_MAX_SEGS 64
+#define VX_OFFLOAD_COUNT 6
 
 typedef struct vx_plane vx_plane_t;
 typedef struct {
@@ -33,6 +36,11 @@ int vx_route_frame(const uint8_t *frame, size_t len, const uint8_t *fdb, size_t 
                    const uint8_t *neigh, size_t n_neigh, uint32_t *peer_ip, uint8_t *out,
                    int *drop);
 const char *vx_drop_name(int reason);
+int vx_finish_csum(uint8_t *frame, size_t len, size_t csum_start, size_t csum_offset);
+int vx_tso_segment(const uint8_t *frame, size_t len, size_t mss, uint8_t *out, size_t cap,
+                   size_t *seg_len);
+int vx_gro_coalesce(const uint8_t *frames, const size_t *lens, size_t n, uint8_t *out,
+                    size_t cap, size_t *out_lens);
 
 vx_plane_t *vx_plane_new(int udp_fd);
 int vx_plane_add_network(vx_plane_t *p, uint32_t vni, int tap_fd);
@@ -45,6 +53,7 @@ void vx_plane_free(vx_plane_t *p);
 size_t vx_plane_peer_count(vx_plane_t *p);
 size_t vx_plane_read_stats(vx_plane_t *p, vx_peer_stats_t *out, size_t cap, uint64_t *drops,
                            uint64_t *arp_replies);
+void vx_plane_offload_stats(vx_plane_t *p, uint64_t *out);
 """
 
 ffibuilder = FFI()

@@ -45,7 +45,10 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE.parent / "src"))
+try:
+    import meshkit  # noqa: F401  (the installed one, with its compiled data plane)
+except ImportError:  # run from a checkout without installing
+    sys.path.insert(0, str(HERE.parent / "src"))
 
 TASK_IPS = ("203.0.113.1", "203.0.113.2")
 TASK_PREFIX = 24

@@ -126,6 +126,22 @@ class Lab:
         self.cli("service", "rm", name)
         until(lambda: self.cli("service", "ps", name).returncode != 0, 30, f"{name} removed")
 
+    def start_cluster(self, manager: str, workers: tuple[str, ...]) -> None:
+        """`manager` inits a cluster (heartbeat 1 s) and the workers join it, each on its lab
+        host of the same name; returns once every node is listed."""
+        ip = self.lab.addr
+        self.start(
+            manager, "init", "--advertise-addr", ip(manager), "--hostname", manager,
+            "--dispatcher-heartbeat", "1s",
+        )  # fmt: skip
+        token = self.ok(manager, "join-token", "-q", "worker").strip()
+        for w in workers:
+            self.start(
+                w, "join", "--token", token, f"{ip(manager)}:2377", "--advertise-addr", ip(w),
+                "--hostname", w,
+            )  # fmt: skip
+        until(lambda: len(self.ls(manager)) == 1 + len(workers), 30, "every node listed")
+
     def python(self, host: str, code: str) -> subprocess.CompletedProcess[str]:
         return self.lab.run(host, [sys.executable, "-c", textwrap.dedent(code)], check=False)
 

@@ -52,18 +52,7 @@ def cluster() -> Iterator[Cluster]:
     try:
         for h in HOSTS:
             nl.add_host(h)
-        ip = nl.addr
-        c.start(
-            "m1", "init", "--advertise-addr", ip("m1"), "--hostname", "m1",
-            "--dispatcher-heartbeat", "1s",
-        )  # fmt: skip
-        token = c.ok("m1", "join-token", "-q", "worker").strip()
-        for w in ("w1", "w2"):
-            c.start(
-                w, "join", "--token", token, f"{ip('m1')}:2377", "--advertise-addr", ip(w),
-                "--hostname", w,
-            )  # fmt: skip
-        until(lambda: len(c.ls("m1")) == 3, 30, "three nodes")
+        c.start_cluster("m1", ("w1", "w2"))
         yield c
     finally:
         try:

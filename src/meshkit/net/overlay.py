@@ -95,7 +95,7 @@ class _Net:
 class NodeOverlay:
     """The overlay of one node, driven by the network map the agent receives."""
 
-    def __init__(self, node_id: str, addr: str, *, control_port_of: Any = None) -> None:
+    def __init__(self, node_id: str, addr: str) -> None:
         self.node_id = node_id
         self.addr = addr
         self._nets: dict[str, _Net] = {}
@@ -147,6 +147,7 @@ class NodeOverlay:
 
     async def _build(self, net: Mapping[str, Any]) -> _Net:
         from meshkit.net import kernelcheck, links
+        from meshkit.net.dataplane import DataplaneError
 
         endpoint = my_endpoint(net, self.node_id)
         if endpoint is None:
@@ -202,7 +203,8 @@ class NodeOverlay:
                 await self._build_tap(built, port)
         except links.LinkError as exc:
             raise OverlayError(str(exc)) from None
-        except OSError as exc:
+        except (OSError, DataplaneError) as exc:
+            # e.g. the data-path port is held by the kernel's VXLAN socket of another network
             raise OverlayError(f"network {net['name']}: {exc}") from None
         from meshkit.net.probe import PROBE_PORT
         from meshkit.net.prober import ProbeSocket
@@ -265,7 +267,12 @@ class NodeOverlay:
                 except links.LinkError as exc:
                     raise OverlayError(str(exc)) from None
             else:
-                self._dataplane.set_peers(built.vni, fdb, neigh)
+                from meshkit.net.dataplane import DataplaneError
+
+                try:
+                    self._dataplane.set_peers(built.vni, fdb, neigh)
+                except DataplaneError as exc:
+                    raise OverlayError(f"userspace data plane: {exc}") from None
             built.tables = tables
         if built.probe is not None:
             peers = {

@@ -375,3 +375,31 @@ def test_a_task_on_two_networks_gets_one_interface_on_each(cluster: Cluster) -> 
         cluster.cli("service", "rm", "both")
         cluster.rm_network("left")
         cluster.rm_network("right")
+
+
+def test_one_data_plane_per_port_on_a_node(cluster: Cluster) -> None:
+    """The kernel's VXLAN socket and meshkit's cannot share udp/4789: `auto` follows the plane
+    a node already runs, and a network asking for the other one is named as unbuildable."""
+    cluster.cli_ok("network", "create", "--dataplane", "userspace", "user1")
+    cluster.cli_ok("network", "create", "user2")  # auto
+    cluster.cli_ok("network", "create", "--dataplane", "kernel", "kern1")
+    try:
+
+        def planes(net: str) -> set[str]:
+            view = json.loads(cluster.cli_ok("network", "inspect", net))[0]
+            return set(view["DataPlanes"].values())
+
+        until(lambda: planes("user2") == {"userspace"}, 30, "auto follows userspace")
+
+        def refused() -> list[str]:
+            report = json.loads(cluster.cli_ok("doctor", "--json"))
+            return [e for e in report["network_errors"] if "network kern1:" in e]
+
+        errors = until(lambda: len(refused()) == 3 and refused(), 30, "kern1 refused everywhere")
+        assert all("udp/4789 is taken by the userspace data plane of network user" in e
+                   for e in errors)  # fmt: skip
+        nodes = json.loads(cluster.cli_ok("node", "ls", "--format", "json"))
+        assert all(n["Overlay"].startswith("cannot build kern1") for n in nodes)
+    finally:
+        for net in ("kern1", "user2", "user1"):
+            cluster.rm_network(net)

@@ -103,11 +103,9 @@ def pair_rows(st: Any) -> list[dict[str, Any]]:
             broken = (dst.overlay or {}).get("errors") or {}
             if row["vxlan"] is not True and broken:
                 # the peer could not build its side: say that rather than blame the path
-                net_id, error = sorted(broken.items())[0]
-                name = st.networks.get(net_id, {}).get("name", net_id)
+                _net_id, error = sorted(broken.items())[0]  # the text names the network
                 row["verdict"] = (
-                    f"{src.addr} -> {dst.addr}: {dst.hostname or dst.addr} could not build "
-                    f"network {name}: {error}"
+                    f"{src.addr} -> {dst.addr}: {dst.hostname or dst.addr} could not build {error}"
                 )
             rows.append(row)
     return rows

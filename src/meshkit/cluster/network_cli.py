@@ -170,14 +170,12 @@ def doctor(
             reply = _call(host, "overlay_pairs")
             pairs = list(reply["pairs"])
             for node in sorted(reply["nodes"].values(), key=lambda n: n["hostname"]):
-                for net_id, error in sorted(((node["overlay"] or {}).get("errors") or {}).items()):
-                    errors.append(
-                        f"{node['hostname'] or node['addr']}: network {net_id[:12]}: {error}"
-                    )
+                for _net_id, error in sorted(((node["overlay"] or {}).get("errors") or {}).items()):
+                    errors.append(f"{node['hostname'] or node['addr']}: {error}")
         else:
             pairs = own_pairs(info)
-            for net_id, error in sorted(((info.get("overlay") or {}).get("errors") or {}).items()):
-                errors.append(f"{info.get('hostname')}: network {net_id[:12]}: {error}")
+            for _net_id, error in sorted(((info.get("overlay") or {}).get("errors") or {}).items()):
+                errors.append(f"{info.get('hostname')}: {error}")
             note = "This node is a worker: only its own probes are shown (run doctor on a "
             note += "manager for every pair)."
     if as_json:

@@ -133,9 +133,12 @@ class NodeOverlay:
                     self._errors.pop(net_id, None)
                     built.ready.set()
                 except OverlayError as exc:
-                    if self._errors.get(net_id) != str(exc):
-                        log.error("overlay network %s: %s", net.get("name"), exc)
-                    self._errors[net_id] = str(exc)
+                    text = str(exc)
+                    if not text.startswith(f"network {net.get('name')}: "):
+                        text = f"network {net.get('name')}: {text}"
+                    if self._errors.get(net_id) != text:
+                        log.error("overlay %s", text)
+                    self._errors[net_id] = text
             self._changed.set()
 
     async def _kernel_checks(self) -> list[Any]:
@@ -153,12 +156,26 @@ class NodeOverlay:
         if endpoint is None:
             raise OverlayError(f"this node has no address on network {net['name']} (subnet full?)")
         checks = await self._kernel_checks()
-        try:
-            plane, _why = kernelcheck.choose_dataplane(checks, str(net.get("dataplane") or "auto"))
-        except Exception as exc:  # the asked-for data plane is impossible here
-            raise OverlayError(str(exc)) from None
-        ns = netns_for(net["id"], self.node_id)
+        asked = str(net.get("dataplane") or "auto")
         port = int(self._map.get("data_path_port") or 4789)
+        # one data plane per data-path port on a node: the kernel's VXLAN socket and meshkit's
+        # cannot share it, so `auto` follows what this node already runs
+        running = {n.plane: n.name for n in self._nets.values()}
+        if asked == "auto" and len(running) == 1:
+            plane = next(iter(running))
+        else:
+            try:
+                plane, _why = kernelcheck.choose_dataplane(checks, asked)
+            except Exception as exc:  # the asked-for data plane is impossible here
+                raise OverlayError(str(exc)) from None
+        other = "kernel" if plane == "userspace" else "userspace"
+        if other in running:
+            raise OverlayError(
+                f"the {plane} data plane cannot start on this node: udp/{port} is taken by the "
+                f"{other} data plane of network {running[other]} (a node runs one data plane per "
+                f"data-path port; create the network with --dataplane {other} or auto)"
+            )
+        ns = netns_for(net["id"], self.node_id)
         vni = int(net["vni"])
         prefix = net["subnet"].split("/")[1]
         try:

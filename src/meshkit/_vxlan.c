@@ -100,49 +100,46 @@ static size_t table_size(size_t n)
     return size;
 }
 
-static void free_fdb(struct fdb *t)
+/* The open-addressing slot array of a table for n entries (*mask = slots - 1); NULL when out
+ * of memory. Both tables are {mask, slots}, so they share this and free_table(). */
+static void *alloc_slots(size_t n, size_t slot_size, size_t *mask)
 {
-    if (t) {
-        free(t->slots);
-        free(t);
-    }
+    size_t size = table_size(n);
+    void *slots = calloc(size, slot_size);
+    if (slots)
+        *mask = size - 1;
+    return slots;
 }
 
-static void free_neigh(struct neigh *t)
-{
-    if (t) {
-        free(t->slots);
-        free(t);
-    }
-}
+#define free_table(t)                                                                          \
+    do {                                                                                       \
+        if (t) {                                                                               \
+            free((t)->slots);                                                                  \
+            free(t);                                                                           \
+        }                                                                                      \
+    } while (0)
+
+static void free_fdb(struct fdb *t) { free_table(t); }
+
+static void free_neigh(struct neigh *t) { free_table(t); }
 
 static struct fdb *alloc_fdb(size_t n)
 {
     struct fdb *t = calloc(1, sizeof(*t));
-    if (!t)
-        return NULL;
-    size_t size = table_size(n);
-    t->slots = calloc(size, sizeof(*t->slots));
-    if (!t->slots) {
+    if (t && !(t->slots = alloc_slots(n, sizeof(*t->slots), &t->mask))) {
         free(t);
-        return NULL;
+        t = NULL;
     }
-    t->mask = size - 1;
     return t;
 }
 
 static struct neigh *alloc_neigh(size_t n)
 {
     struct neigh *t = calloc(1, sizeof(*t));
-    if (!t)
-        return NULL;
-    size_t size = table_size(n);
-    t->slots = calloc(size, sizeof(*t->slots));
-    if (!t->slots) {
+    if (t && !(t->slots = alloc_slots(n, sizeof(*t->slots), &t->mask))) {
         free(t);
-        return NULL;
+        t = NULL;
     }
-    t->mask = size - 1;
     return t;
 }
 

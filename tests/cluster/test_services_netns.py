@@ -17,9 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.cluster.labutil import Lab, until
-
-import netns
+from tests.cluster.labutil import Lab, lab_cluster, until
 
 pytestmark = pytest.mark.root
 
@@ -44,21 +42,8 @@ class Cluster(Lab):
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    reason = netns.available()
-    if reason is not None:
-        pytest.skip(reason)
-    nl = netns.NetnsLab()
-    c = Cluster(nl)
-    try:
-        for h in HOSTS:
-            nl.add_host(h)
-        c.start_cluster("m1", ("w1", "w2"))
+    with lab_cluster(Cluster, HOSTS) as c:
         yield c
-    finally:
-        try:
-            c.close()
-        finally:
-            nl.close()
 
 
 def pid_alive(pid: int) -> bool:

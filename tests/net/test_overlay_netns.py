@@ -24,11 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cluster.labutil import Lab, until
+from tests.cluster.labutil import Lab, lab_cluster, until
 from tests.net.test_links import ping
 from tests.net.test_probe_io import drop_udp_port_program
-
-import netns
 
 pytestmark = pytest.mark.root
 
@@ -43,41 +41,11 @@ class Cluster(Lab):
         # tasks give their addresses back once they have ended
         until(lambda: self.cli("network", "rm", name).returncode == 0, 30, f"network {name} rm")
 
-    def node_ids(self) -> dict[str, str]:
-        nodes = json.loads(self.cli_ok("node", "ls", "--format", "json"))
-        return {n["Hostname"]: n["ID"] for n in nodes}
-
-
-def _overlay_namespaces(node_ids: list[str]) -> list[str]:
-    try:
-        names = os.listdir("/run/netns")
-    except OSError:
-        return []
-    return [n for n in names if n.startswith("mkn-") and any(n.endswith(i[:8]) for i in node_ids)]
-
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    reason = netns.available()
-    if reason is not None:
-        pytest.skip(reason)
-    nl = netns.NetnsLab()
-    c = Cluster(nl)
-    ids: list[str] = []
-    try:
-        for h in HOSTS:
-            nl.add_host(h, mtu=UNDERLAY_MTU)
-        c.start_cluster("m1", ("w1", "w2"))
-        ids = list(c.node_ids().values())
+    with lab_cluster(Cluster, HOSTS, mtu=UNDERLAY_MTU) as c:
         yield c
-    finally:
-        try:
-            c.close()
-        finally:
-            nl.close()
-            # agents leave their overlays up over a restart; the lab is gone for good
-            for name in _overlay_namespaces(ids):
-                subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
 def task_ns(task: dict[str, Any]) -> str:

@@ -56,7 +56,7 @@ LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warn
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _check_format(fmt: str) -> str:
+def check_format(fmt: str) -> str:
     if fmt not in ("table", "json"):
         raise FlagError("--format", fmt, "expected table or json")
     return fmt
@@ -118,9 +118,8 @@ def print_listing(
     headers: Sequence[str],
     row: Callable[[dict[str, Any]], Sequence[str]],
 ) -> None:
-    """An `ls` command's output: short IDs with -q, JSON, or Docker's table."""
-    if fmt not in ("table", "json"):
-        raise FlagError("--format", fmt, "expected table or json")
+    """An `ls` command's output: short IDs with -q, JSON, or Docker's table (`fmt` checked
+    with check_format before the agent was asked)."""
     if quiet:
         for item in items:
             typer.echo(item["ID"][:12])
@@ -486,7 +485,7 @@ def ls(
     host: HostOpt = None,
 ) -> None:
     """List the nodes of the cluster (on a manager)."""
-    _check_format(fmt)
+    check_format(fmt)
     reply = _call(host, "node_ls")
     nodes = reply["nodes"]
     if quiet:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meshkit.cluster.cli import HostOpt, print_listing
+from meshkit.cluster.cli import HostOpt, check_format, print_listing
 from meshkit.errors import FlagError
 
 network_app = typer.Typer(
@@ -113,8 +113,7 @@ def ls(
     host: HostOpt = None,
 ) -> None:
     """List networks: NETWORK ID, NAME, DRIVER, SCOPE."""
-    if fmt not in ("table", "json"):  # before asking the agent
-        raise FlagError("--format", fmt, "expected table or json")
+    check_format(fmt)  # before asking the agent
     nets = _call(host, "network_ls")["networks"]
     print_listing(
         nets, fmt, quiet, LS_HEADERS, lambda n: [n["ID"][:12], n["Name"], n["Driver"], n["Scope"]]

@@ -288,10 +288,9 @@ def ls(
     host: HostOpt = None,
 ) -> None:
     """List services: ID, NAME, MODE, REPLICAS, COMMAND, PORTS."""
-    from meshkit.cluster.cli import print_listing
+    from meshkit.cluster.cli import check_format, print_listing
 
-    if fmt not in ("table", "json"):  # before asking the agent
-        raise FlagError("--format", fmt, "expected table or json")
+    check_format(fmt)  # before asking the agent
     services = _call(host, "service_ls")["services"]
     print_listing(
         services,

@@ -56,19 +56,22 @@ def test_tasks_hold_addresses_until_they_end_and_rm_refuses_meanwhile() -> None:
     cs.apply(st, {"op": "service_create", "service": sv.new_service(SID, spec, 2.0), "now": 2.0})
     task = sv.new_task("k" * 25, st.services[SID], 1, 3.0)
     cs.apply(st, {"op": "tasks_write", "create": [task], "node": {"k" * 25: M1}, "now": 3.0})
+    # the service's VIP came first (.3), the task gets the next address
+    assert st.services[SID]["vips"] == {NID: "198.19.0.3"}
     att = st.tasks["k" * 25]["networks"]
     assert att == [
-        {"id": NID, "name": "front", "addr": "198.19.0.3/24", "mac": "02:4d:c6:13:00:03"}
+        {"id": NID, "name": "front", "addr": "198.19.0.4/24", "mac": "02:4d:c6:13:00:04"}
     ]
     # replaying the write keeps the one address
     cs.apply(st, {"op": "tasks_write", "create": [task], "now": 3.0})
-    assert list(netstate.ipam.owners(st.networks[NID]["ipam"], "task:")) == ["198.19.0.3"]
+    assert list(netstate.ipam.owners(st.networks[NID]["ipam"], "task:")) == ["198.19.0.4"]
     nm = netstate.netmap(st)
     eps = nm["networks"][NID]["endpoints"]
-    assert {e["ip"] for e in eps} == {"198.19.0.2", "198.19.0.3"}
+    assert {e["ip"] for e in eps} == {"198.19.0.2", "198.19.0.4"}
     with pytest.raises(cs.CommandError, match="in use by service web"):
         cs.apply(st, {"op": "network_rm", "network_id": "front"})
     cs.apply(st, {"op": "service_rm", "service_id": SID, "now": 4.0})
+    assert not netstate.ipam.owners(st.networks[NID]["ipam"], "vip:")
     with pytest.raises(cs.CommandError, match=r"in use by 1 task\(s\)"):
         cs.apply(st, {"op": "network_rm", "network_id": "front"})
     cs.apply(st, {"op": "task_status", "updates": [{"id": "k" * 25, "state": "shutdown"}]})
@@ -80,14 +83,19 @@ def test_tasks_hold_addresses_until_they_end_and_rm_refuses_meanwhile() -> None:
 
 def test_a_full_network_rejects_the_task_with_the_reason() -> None:
     st = _state()
-    _net(st, subnet="198.18.200.0/29")  # .1 gateway, .2 m1: four left
+    _net(st, subnet="198.18.200.0/29")  # .1 gateway, .2 m1, .3 the VIP: three left
     spec = sv.build_spec({"name": "web", "command": ["srv"], "network": [NID]})
     cs.apply(st, {"op": "service_create", "service": sv.new_service(SID, spec, 2.0), "now": 2.0})
-    tasks = [sv.new_task(f"{i}" * 25, st.services[SID], i, 3.0) for i in range(1, 6)]
+    tasks = [sv.new_task(f"{i}" * 25, st.services[SID], i, 3.0) for i in range(1, 5)]
     cs.apply(st, {"op": "tasks_write", "create": tasks, "now": 3.0})
     states = [st.tasks[t["id"]]["state"] for t in tasks]
-    assert states == ["pending"] * 4 + ["rejected"]
-    assert "no free address is left in 198.18.200.0/29" in st.tasks["5" * 25]["error"]
+    assert states == ["pending"] * 3 + ["rejected"]
+    assert "no free address is left in 198.18.200.0/29" in st.tasks["4" * 25]["error"]
+    # a second vip-mode service on the full network is refused whole, naming why
+    other = sv.build_spec({"name": "api", "command": ["srv"], "network": [NID]})
+    with pytest.raises(cs.CommandError, match="no address for the service's VIP"):
+        cs.apply(st, {"op": "service_create", "service": sv.new_service("a" * 25, other, 4.0)})
+    assert "a" * 25 not in st.services
 
 
 def test_overlay_reports_are_kept_on_the_node() -> None:
@@ -96,3 +104,48 @@ def test_overlay_reports_are_kept_on_the_node() -> None:
     assert cs.apply(st, {"op": "set_overlay", "node_id": M1, "overlay": report})["changed"]
     assert not cs.apply(st, {"op": "set_overlay", "node_id": M1, "overlay": report})["changed"]
     assert st.nodes[M1].overlay == report
+
+
+def test_publishing_services_share_the_ingress_network_and_get_vips_on_each_network() -> None:
+    st = _state()
+    _net(st)
+    with pytest.raises(cs.CommandError, match="routing mesh's network"):
+        _net(st, "ingress", "i" * 25)
+    spec = sv.build_spec(
+        {"name": "web", "command": ["srv"], "network": ["front"], "publish": ["8091:80"]}
+    )
+    cs.apply(st, {"op": "service_create", "service": sv.new_service(SID, spec, 2.0), "now": 2.0})
+    ingress = netstate.ingress_network(st)
+    assert ingress is not None and ingress["name"] == "ingress" and ingress["ingress"]
+    assert ingress["subnet"] == "198.19.1.0/24"
+    assert st.services[SID]["vips"] == {NID: "198.19.0.3", ingress["id"]: "198.19.1.3"}
+    task = sv.new_task("k" * 25, st.services[SID], 1, 3.0)
+    cs.apply(st, {"op": "tasks_write", "create": [task], "node": {"k" * 25: M1}, "now": 3.0})
+    assert [a["name"] for a in st.tasks["k" * 25]["networks"]] == ["front", "ingress"]
+    # the network stays while a service publishes through it
+    with pytest.raises(cs.CommandError, match="in use by service web"):
+        cs.apply(st, {"op": "network_rm", "network_id": "ingress"})
+    # a second publishing service reuses it; dnsrr holds no VIP
+    rr = sv.build_spec(
+        {"name": "rr", "command": ["srv"], "network": ["front"], "endpoint_mode": "dnsrr",
+         "publish": ["mode=host,published=8092,target=80"]}
+    )
+    cs.apply(st, {"op": "service_create", "service": sv.new_service("r" * 25, rr, 4.0)})
+    assert len(st.networks) == 2 and st.services["r" * 25]["vips"] == {}
+    # an update that stops publishing gives the ingress VIP back and keeps the other
+    plain = sv.build_spec({"name": "web", "command": ["srv"], "network": ["front"]})
+    cs.apply(st, {"op": "service_update", "service_id": SID, "spec": plain, "now": 5.0})
+    assert st.services[SID]["vips"] == {NID: "198.19.0.3"}
+    assert not netstate.ipam.owners(ingress["ipam"], "vip:")
+    cs.apply(st, {"op": "task_status", "updates": [{"id": "k" * 25, "state": "running"}]})
+    svcmap = netstate.netmap(st)["services"]
+    assert svcmap[SID]["vips"] == {NID: "198.19.0.3"}
+    assert svcmap[SID]["tasks"] == [
+        {"id": "k" * 25, "name": "web.1", "slot": 1, "node_id": M1, "up": True,
+         "addrs": {NID: "198.19.0.4", ingress["id"]: "198.19.1.4"}}
+    ]
+    assert svcmap["r" * 25]["ports"] == [
+        {"target": 80, "published": 8092, "protocol": "tcp", "mode": "host",
+         "proxy_protocol": False}
+    ]
+    assert cs.ClusterState.from_dict(st.to_dict()).to_dict() == st.to_dict()

@@ -11,9 +11,12 @@ A network record (``state.networks[id]``)::
 
 A task of a service with networks gets, when it is created, one attachment per network:
 ``task["networks"] = [{"id", "name", "addr": "ip/prefix", "mac"}]``; the addresses go back to
-the book when the task reaches an end state or is removed. Every node gets an endpoint address
-on every network (its bridge's address, which the overlay probes use), from the moment the
-node or the network is added.
+the book when the task reaches an end state or is removed. A service that publishes a port in
+ingress mode is on the cluster's own ``ingress`` network too (made with the first such service,
+as Docker's routing mesh has one), and so are its tasks. A service in vip endpoint mode holds
+one virtual IP per network, ``service["vips"] = {network id: ip}``, owned "vip:<service id>".
+Every node gets an endpoint address on every network (its bridge's address, which the overlay
+probes use), from the moment the node or the network is added.
 
 Everything here runs inside `apply()` on every manager, so it reads nothing but the state and
 the command. Errors are `NetError`; the state module turns them into the caller's error.
@@ -25,11 +28,12 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from meshkit.cluster.services import TERMINAL
+from meshkit.cluster.services import TERMINAL, task_is_up, task_name
 from meshkit.errors import MeshkitError
 from meshkit.net import ipam
 
 DATAPLANES = ("auto", "kernel", "userspace")
+INGRESS = "ingress"  # the routing mesh's network, made by the cluster itself
 DRIVERS = ("overlay",)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -103,6 +107,16 @@ def op_network_create(state: Any, cmd: Mapping[str, Any]) -> dict[str, Any]:
         raise NetError(f"network {req['id']} already exists")
     if any(n["name"] == req["name"] for n in networks.values()):
         raise NetError(f"network with name {req['name']} already exists")
+    if req["name"] == INGRESS and not cmd.get("ingress"):
+        raise NetError(
+            "the name ingress is the routing mesh's network, which the cluster makes itself "
+            "for services that publish ports"
+        )
+    return _create(state, req, cmd)
+
+
+def _create(state: Any, req: dict[str, Any], cmd: Mapping[str, Any]) -> dict[str, Any]:
+    networks: dict[str, dict[str, Any]] = state.networks
     taken = [n["subnet"] for n in networks.values()]
     try:
         if req["subnet"]:
@@ -128,18 +142,44 @@ def op_network_create(state: Any, cmd: Mapping[str, Any]) -> dict[str, Any]:
         created_at=float(cmd.get("now", 0.0)),
         ipam=book,
         endpoints=endpoints,
+        ingress=bool(cmd.get("ingress")),
     )
     networks[record["id"]] = record
     return {"id": record["id"], "name": record["name"], "subnet": subnet, "vni": vni}
 
 
+def publishes_ingress(spec: Mapping[str, Any]) -> bool:
+    """Whether a service (or task) spec publishes a port through the routing mesh."""
+    return any(
+        p.get("mode") == "ingress" and p.get("published") for p in spec.get("ports") or []
+    )
+
+
+def spec_networks(state: Any, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The networks a service or task spec is on: its own, then the ingress network when it
+    publishes through the routing mesh (NetError for a network that does not exist)."""
+    nets = [find_network(state.networks, str(ref)) for ref in spec.get("networks") or []]
+    if publishes_ingress(spec):
+        ingress = ingress_network(state)
+        if ingress is None:
+            raise NetError("the ingress network does not exist")
+        if all(n["id"] != ingress["id"] for n in nets):
+            nets.append(ingress)
+    return nets
+
+
+def ingress_network(state: Any) -> dict[str, Any] | None:
+    return next((n for n in state.networks.values() if n.get("ingress")), None)
+
+
 def users(state: Any, net: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """(services whose spec names the network, tasks holding an address on it)."""
+    """(services on the network, tasks holding an address on it)."""
     services = sorted(
         s["spec"]["name"]
         for s in state.services.values()
         if net["name"] in (s["spec"].get("networks") or [])
         or net["id"] in (s["spec"].get("networks") or [])
+        or (net.get("ingress") and publishes_ingress(s["spec"]))
     )
     tasks = sorted(ipam.owners(net["ipam"], "task:").values())
     return services, tasks
@@ -186,13 +226,16 @@ def attach_task(state: Any, task: dict[str, Any]) -> str:
     """Give a new task an address on each network of its spec (in place); "" or the error
     that makes the task impossible (its addresses are then not held)."""
     attachments = []
-    for ref in (task.get("spec") or {}).get("networks") or []:
+    try:
+        nets = spec_networks(state, task.get("spec") or {})
+    except NetError as exc:
+        return str(exc)
+    for net in nets:
         try:
-            net = find_network(state.networks, str(ref))
             ip = ipam.allocate(net["ipam"], net["subnet"], f"task:{task['id']}")
-        except (NetError, ipam.IpamError) as exc:
+        except ipam.IpamError as exc:
             release_task(state, task["id"])
-            return f"network {ref}: {exc}"
+            return f"network {net['name']}: {exc}"
         attachments.append(
             {
                 "id": net["id"],
@@ -203,6 +246,56 @@ def attach_task(state: Any, task: dict[str, Any]) -> str:
         )
     task["networks"] = attachments
     return ""
+
+
+def ensure_ingress(state: Any, spec: Mapping[str, Any], cmd: Mapping[str, Any]) -> None:
+    """Make the ingress network for the first service that publishes through the routing
+    mesh. Its id comes from the command's service id, so every manager makes the same one."""
+    if not publishes_ingress(spec) or ingress_network(state) is not None:
+        return
+    seed = str(cmd.get("service_id") or (cmd.get("service") or {}).get("id") or "")
+    req = check_request({"id": f"ingress{seed}"[:25], "name": INGRESS})
+    if req["id"] in state.networks:
+        raise NetError(f"network {req['id']} already exists")
+    if any(n["name"] == INGRESS for n in state.networks.values()):
+        raise NetError(
+            "a network named ingress exists but is not the routing mesh's; remove it first"
+        )
+    _create(state, req, {"ingress": True, "now": cmd.get("now", 0.0)})
+
+
+def assign_vips(state: Any, svc: dict[str, Any]) -> None:
+    """Give a vip-mode service one virtual IP on each of its networks (kept across updates,
+    given back for networks it left, all of them in dnsrr mode). NetError, with nothing
+    allocated, when a network is full."""
+    spec = svc["spec"]
+    owner = f"vip:{svc['id']}"
+    old: dict[str, str] = dict(svc.get("vips") or {})
+    wanted = spec_networks(state, spec) if spec.get("endpoint_mode", "vip") == "vip" else []
+    new: dict[str, str] = {}
+    fresh: list[dict[str, Any]] = []
+    for net in wanted:
+        if net["id"] in old and net["ipam"]["addrs"].get(old[net["id"]]) == owner:
+            new[net["id"]] = old[net["id"]]
+            continue
+        try:
+            new[net["id"]] = ipam.allocate(net["ipam"], net["subnet"], owner)
+        except ipam.IpamError as exc:
+            for done in fresh:
+                ipam.release(done["ipam"], owner)
+            raise NetError(
+                f"network {net['name']}: no address for the service's VIP: {exc}"
+            ) from None
+        fresh.append(net)
+    for net_id in old:
+        if net_id not in new and net_id in state.networks:
+            ipam.release(state.networks[net_id]["ipam"], owner)
+    svc["vips"] = new
+
+
+def release_vips(state: Any, service_id: str) -> None:
+    for net in state.networks.values():
+        ipam.release(net["ipam"], f"vip:{service_id}")
 
 
 def release_task(state: Any, task_id: str) -> None:
@@ -240,7 +333,7 @@ def netmap(state: Any) -> dict[str, Any]:
         ]
         nets[net["id"]] = {
             k: net[k] for k in ("id", "name", "subnet", "gateway", "vni", "mtu", "dataplane")
-        } | {"endpoints": endpoints}
+        } | {"endpoints": endpoints, "ingress": bool(net.get("ingress"))}
     if nets:
         for task in state.tasks.values():
             if not task.get("networks") or not task.get("node_id"):
@@ -258,7 +351,55 @@ def netmap(state: Any) -> dict[str, Any]:
                             "task_id": task["id"],
                         }
                     )
-    return {"data_path_port": state.data_path_port, "nodes": nodes, "networks": nets}
+    return {
+        "data_path_port": state.data_path_port,
+        "nodes": nodes,
+        "networks": nets,
+        "services": service_map(state, nodes),
+    }
+
+
+def service_map(state: Any, nodes: Mapping[str, Any]) -> dict[str, Any]:
+    """What DNS, the VIPs and the published ports are built from on every node: each service,
+    its VIPs and its tasks placed on a node and not ended, with whether each may take traffic."""
+
+    out: dict[str, Any] = {}
+    for svc in state.services.values():
+        spec = svc["spec"]
+        out[svc["id"]] = {
+            "id": svc["id"],
+            "name": spec["name"],
+            "endpoint_mode": spec.get("endpoint_mode", "vip"),
+            "ports": [
+                {
+                    "target": p["target"],
+                    "published": p["published"],
+                    "protocol": p["protocol"],
+                    "mode": p["mode"],
+                    "proxy_protocol": bool(p.get("proxy_protocol")),
+                }
+                for p in spec.get("ports") or []
+            ],
+            "vips": dict(svc.get("vips") or {}),
+            "tasks": [],
+        }
+    for task in sorted(state.tasks.values(), key=lambda t: (t.get("slot") or 0, t["id"])):
+        entry = out.get(task["service_id"])
+        if entry is None or task["state"] in TERMINAL or task.get("node_id") not in nodes:
+            continue
+        entry["tasks"].append(
+            {
+                "id": task["id"],
+                "name": task_name(task),
+                "slot": int(task.get("slot") or 0),
+                "node_id": task["node_id"],
+                "up": task_is_up(task) and task.get("desired_state") == "running",
+                "addrs": {
+                    att["id"]: att["addr"].split("/")[0] for att in task.get("networks") or []
+                },
+            }
+        )
+    return out
 
 
 def network_view(state: Any, net: Mapping[str, Any]) -> dict[str, Any]:

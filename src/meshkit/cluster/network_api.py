@@ -52,6 +52,8 @@ _MAP_OPS = frozenset(
         "task_status",
         "network_create",
         "network_rm",
+        "service_create",
+        "service_update",
         "service_rm",
     }
 )

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from meshkit.cluster import state as cstate
 from meshkit.cluster.rpc import Peer, RpcError
+from meshkit.cluster.services import task_name
 
 if TYPE_CHECKING:
     from meshkit.cluster.api import Api
@@ -87,13 +88,6 @@ def find_service(st: cstate.ClusterState, ref: str) -> dict[str, Any]:
 def tasks_of(st: cstate.ClusterState, service_id: str) -> list[dict[str, Any]]:
     tasks: dict[str, dict[str, Any]] = st.tasks  # type: ignore[attr-defined]
     return [t for t in tasks.values() if t["service_id"] == service_id]
-
-
-def task_name(task: Mapping[str, Any]) -> str:
-    """`svc.slot` for replicated services, `svc.nodeid` for global ones (Docker's names)."""
-    if task.get("slot"):
-        return f"{task['service_name']}.{task['slot']}"
-    return f"{task['service_name']}.{task.get('node_id') or '?'}"
 
 
 def ports_text(ports: list[Mapping[str, Any]]) -> str:
@@ -268,6 +262,18 @@ class ServiceMethods:
         svc = find_service(st, _ref(params))
         out = dict(svc)
         out["view"] = service_view(st, svc)
+        networks = getattr(st, "networks", {}) or {}
+        out["Endpoint"] = {
+            "Mode": svc["spec"].get("endpoint_mode", "vip"),
+            "VirtualIPs": [
+                {
+                    "NetworkID": net_id,
+                    "Network": (networks.get(net_id) or {}).get("name", ""),
+                    "Addr": ip,
+                }
+                for net_id, ip in sorted((svc.get("vips") or {}).items())
+            ],
+        }
         return out
 
     async def service_ps(self, peer: Peer, params: dict[str, Any]) -> Any:

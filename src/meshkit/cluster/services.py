@@ -377,6 +377,13 @@ def is_terminal(task: Mapping[str, Any]) -> bool:
     return task["state"] in TERMINAL
 
 
+def task_name(task: Mapping[str, Any]) -> str:
+    """`svc.slot` for replicated services, `svc.nodeid` for global ones (Docker's names)."""
+    if task.get("slot"):
+        return f"{task['service_name']}.{task['slot']}"
+    return f"{task['service_name']}.{task.get('node_id') or '?'}"
+
+
 def task_is_up(task: Mapping[str, Any]) -> bool:
     """Whether the task may take traffic: running, and healthy when it has a health check."""
     if task.get("state") != "running":

@@ -391,7 +391,7 @@ def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
     if _name_taken(state, spec["name"]):
         raise CommandError(f"service {spec['name']} already exists (names are unique)")
     now = _now(cmd)
-    state.services[service_id] = {
+    svc = {
         "id": service_id,
         "spec": spec,
         "previous_spec": None,
@@ -399,8 +399,20 @@ def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
         "created_at": float(record.get("created_at") or now),
         "updated_at": float(record.get("updated_at") or now),
         "update_status": None,
+        "vips": {},
     }
+    _endpoints(state, svc, cmd)
+    state.services[service_id] = svc
     return {"service_id": service_id, "name": spec["name"]}
+
+
+def _endpoints(state: ClusterState, svc: dict[str, Any], cmd: Mapping[str, Any]) -> None:
+    """The routing mesh's network and the service's VIPs for its (new) spec."""
+    try:
+        netstate.ensure_ingress(state, svc["spec"], dict(cmd, service_id=svc["id"]))
+        netstate.assign_vips(state, svc)
+    except netstate.NetError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _op_service_update(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
@@ -420,8 +432,13 @@ def _op_service_update(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
         )
     if spec["name"] != old["name"] and _name_taken(state, spec["name"], but=svc["id"]):
         raise CommandError(f"service {spec['name']} already exists (names are unique)")
-    svc["previous_spec"] = old
     svc["spec"] = spec
+    try:
+        _endpoints(state, svc, cmd)
+    except CommandError:
+        svc["spec"] = old
+        raise
+    svc["previous_spec"] = old
     svc["version"] = int(svc["version"]) + 1
     svc["updated_at"] = now
     svc["update_status"] = {
@@ -436,6 +453,7 @@ def _op_service_update(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
 def _op_service_rm(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     svc = _service(state, cmd)
     del state.services[svc["id"]]
+    netstate.release_vips(state, svc["id"])
     for task in state.tasks.values():
         if task["service_id"] == svc["id"] and task["desired_state"] != "remove":
             task["desired_state"] = "remove"

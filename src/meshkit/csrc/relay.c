@@ -1081,8 +1081,14 @@ int relay_close_backend(relay_t *r, const ct_table *t, uint32_t backend,
     r->nfin = 0;
     for (uint32_t i = 0; i < r->used; i++) {
         relay_pair_t *p = &r->pairs[i];
-        if (p->active && p->tab && r->tabs[p->tab - 1].t == t && p->backend == backend &&
-            p->state != RELAY_ST_FAILED)
+        if (!p->active || !p->tab || r->tabs[p->tab - 1].t != t || p->backend != backend ||
+            p->state == RELAY_ST_FAILED)
+            continue;
+        /* A pair still connecting has sent its client nothing: it fails like a refused
+         * connect, so that its owner retries it on another backend. */
+        if (p->state == RELAY_ST_CONNECTING)
+            connect_failed(r, i, ECONNABORTED);
+        else
             finish_pair(r, i, RELAY_CLOSED, &r->fin[r->nfin++]);
     }
     *out = r->fin;

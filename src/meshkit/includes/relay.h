@@ -137,7 +137,9 @@ int relay_flow_of(const relay_t *r, int pair_id, ct_key *key, uint32_t *backend)
 int relay_set_backend(relay_t *r, int pair_id, uint32_t backend);
 
 /* Closes every served, not FAILED pair of t on backend (reason RELAY_CLOSED, flows released
- * as above); returns the count, records in *out (valid until the next call). */
+ * as above), except that a pair still connecting fails as a refused connect would (reason
+ * RELAY_CONNECT, ECONNABORTED), for a retry elsewhere; returns the count, records in *out
+ * (valid until the next call). */
 int relay_close_backend(relay_t *r, const ct_table *t, uint32_t backend,
                         const relay_finished_t **out);
 

@@ -29,6 +29,7 @@ from meshkit.l4.metrics import MetricFamily, metrics_response, render
 from meshkit.l4.relay import make_relay
 from meshkit.l4.spec import BackendSpec, Publish, parse_backends_file
 from meshkit.lb import ConnTable
+from meshkit.net.nsock import NetnsRef, entered
 
 log = logging.getLogger("meshkit.ingress")
 
@@ -113,7 +114,8 @@ class Listener:
         p = self.publish
         family = socket.AF_INET6 if ":" in p.host else socket.AF_INET
         kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
-        sock = socket.socket(family, kind)
+        with entered(self.ingress.listen_ns):
+            sock = socket.socket(family, kind)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
@@ -173,10 +175,11 @@ class Listener:
             if ing.proxy_protocol is None:
                 # The fast lane: accept, pick, connect and (later) release all in C, with no
                 # Python work per connection unless its connect fails.
-                _accepted, refused = ing.relay.serve(
-                    sock.fileno(), self.table, self.local_ip, self.publish.published,
-                    ing.idle_timeout, ing.connect_timeout, now, budget,
-                )
+                with entered(ing.backend_ns):  # the backend sockets the relay makes
+                    _accepted, refused = ing.relay.serve(
+                        sock.fileno(), self.table, self.local_ip, self.publish.published,
+                        ing.idle_timeout, ing.connect_timeout, now, budget,
+                    )
                 if refused:
                     ing.count_no_backend(self, refused)
                 return
@@ -203,8 +206,9 @@ class Listener:
         ep = self.by_id[bid]
         flow = TcpFlow(self, key, bid, self.preamble(fd, cip, cport))
         try:
-            pair = ing.relay.connect(fd, ep.ip, ep.port, ing.idle_timeout, now, flow.preamble,
-                                     ing.connect_timeout)
+            with entered(ing.backend_ns):
+                pair = ing.relay.connect(fd, ep.ip, ep.port, ing.idle_timeout, now,
+                                         flow.preamble, ing.connect_timeout)
         except OSError as exc:  # out of memory or descriptors: this client only
             log.error("%s: cannot relay client %s: %s", self.name, fmt_addr(cip, cport),
                       exc.strerror or exc)
@@ -293,7 +297,8 @@ class UdpFlow:
         self.bid = bid
         self.client = client
         self.bytes = 0
-        self.sock = socket.socket(ep.family, socket.SOCK_DGRAM)
+        with entered(listener.ingress.backend_ns):
+            self.sock = socket.socket(ep.family, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
         try:
             self.sock.connect((ep.ip, ep.port))
@@ -367,9 +372,21 @@ class TcpFlow:
 class Ingress:
     """The whole process: listeners, the relay, health probes, signals and metrics."""
 
-    def __init__(self, config: IngressConfig, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        config: IngressConfig,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        listen_ns: NetnsRef | None = None,
+        backend_ns: NetnsRef | None = None,
+    ) -> None:
         self.config = config
         self.loop = loop
+        # Where the listening sockets and the backend sockets are made (None: this thread's
+        # own namespace): a VIP listens and connects inside an overlay network's namespace, a
+        # routing-mesh port listens on the host and connects inside the ingress network's.
+        self.listen_ns = listen_ns
+        self.backend_ns = backend_ns
         self.max_conns = config.max_conns
         # Read on every new flow; kept flat to spare the hot path two attribute lookups.
         self.proxy_protocol = config.proxy_protocol
@@ -415,8 +432,13 @@ class Ingress:
             out.append((spec, str(sockaddr[0]), int(family)))
         return out
 
-    def apply_backends(self, resolved: list[tuple[BackendSpec, str, int]]) -> None:
-        """Make every listener's table match `resolved`; open flows of kept backends stay put."""
+    def apply_backends(
+        self, resolved: list[tuple[BackendSpec, str, int]], *, close_removed: bool = False
+    ) -> None:
+        """Make every listener's table match `resolved`; open flows of kept backends stay put.
+
+        Open flows of a backend that left drain on their own, or are closed at once with
+        `close_removed` (a task that went down: its flows would only hang)."""
         weights: dict[tuple[str, int, str], int] = {}
         for lst in self.listeners:
             proto = lst.publish.proto
@@ -449,6 +471,8 @@ class Ingress:
                 ep.weight = weights[addr]
                 continue
             # Gone from the file: no new flows; open TCP flows drain on their own.
+            if close_removed:
+                self.set_endpoint_up(ep, False)
             for lst, bid in ep.users:
                 for key in lst.table.remove_backend(bid):
                     if key[0] == UDP:
@@ -457,7 +481,8 @@ class Ingress:
             ep.users.clear()
             ep.removed = True
             del self.endpoints[addr]
-            log.info("backend %s removed; its open flows drain", ep.name)
+            log.info("backend %s removed; its open flows %s", ep.name,
+                     "are closed" if close_removed else "drain")
 
     async def start(self) -> None:
         cfg = self.config
@@ -551,8 +576,9 @@ class Ingress:
             if bid is not None:
                 ep = lst.by_id[bid]
                 flow.bid, flow.tries = bid, flow.tries + 1
-                self.relay.retry(pair, ep.ip, ep.port, now, flow.preamble,
-                                 self.config.connect_timeout, backend_id=bid)
+                with entered(self.backend_ns):
+                    self.relay.retry(pair, ep.ip, ep.port, now, flow.preamble,
+                                     self.config.connect_timeout, backend_id=bid)
                 return True
         log.warning(
             "%s: client %s: no backend answered after %d tries (last: %s: %s)",
@@ -648,7 +674,8 @@ class Ingress:
             await asyncio.sleep(self.config.health_interval)
 
     async def probe(self, ep: Endpoint) -> None:
-        sock = socket.socket(ep.family, socket.SOCK_STREAM)
+        with entered(self.backend_ns):
+            sock = socket.socket(ep.family, socket.SOCK_STREAM)
         sock.setblocking(False)
         reason = ""
         try:

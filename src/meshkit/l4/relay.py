@@ -808,14 +808,20 @@ class PyRelay:
         return (pair.key, pair.backend)
 
     def close_backend(self, table: PyConnTable, backend_id: int) -> list[Finished]:
-        return [
-            self._finish(pid, "closed")
-            for pid, pair in enumerate(self._pairs)
-            if pair is not None
-            and pair.table is table
-            and pair.backend == backend_id
-            and pair.state != _FAILED
-        ]
+        out = []
+        for pid, pair in enumerate(self._pairs):
+            if (
+                pair is None
+                or pair.table is not table
+                or pair.backend != backend_id
+                or pair.state == _FAILED
+            ):
+                continue
+            if pair.state == _CONNECTING:  # fails as a refused connect: retried elsewhere
+                out.append(self._connect_failed(pid, pair, errno.ECONNABORTED))
+            else:
+                out.append(self._finish(pid, "closed"))
+        return out
 
     def live_bytes(self, table: PyConnTable) -> dict[int, int]:
         out: dict[int, int] = {}

@@ -57,6 +57,7 @@ from meshkit.cluster.pki import (
 from meshkit.cluster.rpc import Peer, RpcClient, RpcError, RpcServer
 from meshkit.cluster.store import RaftStore, RaftTimings
 from meshkit.errors import MeshkitError
+from meshkit.net.mesh import NodeMesh
 from meshkit.net.overlay import NodeOverlay
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,7 @@ class Agent:
         self.period = cfg.heartbeat_period
         self._overlay_commits: dict[str, dict[str, Any]] = {}
         self.overlay = NodeOverlay(cfg.node_id, cfg.advertise_addr)
+        self.mesh = NodeMesh(cfg.node_id)
         self.dispatch = Dispatch(self)
 
     # -- properties ----------------------------------------------------------------------------
@@ -276,6 +278,7 @@ class Agent:
             "overlay": self.overlay.report(),
             "overlay_nodes": self.overlay.nodes(),
             "overlay_stats": self.overlay.stats(),
+            "mesh": self.mesh.report(),
             "cert_not_after": self.identity.not_after,
         }
 
@@ -352,6 +355,10 @@ class Agent:
             await self.dispatch.close_executor(stop_tasks=self._leaving)
         except Exception:
             log.exception("stopping the task executor failed")
+        try:
+            await self.mesh.close()
+        except Exception:
+            log.exception("stopping the service mesh failed")
         # a kernel overlay forwards on while the agent restarts; leaving takes it down
         try:
             await self.overlay.close(remove=self._leaving)

@@ -87,6 +87,7 @@ class Dispatch:
             self.agent.cfg.hostname,
             self.report,
             overlay=self.agent.overlay,
+            mesh=self.agent.mesh,
         )
         await self.executor.start()
 
@@ -222,7 +223,13 @@ class Dispatch:
         """Follow the network map and build this node's overlay from it."""
 
         async def take(reply: dict[str, Any]) -> None:
-            await self.agent.overlay.apply(dict(reply.get("netmap") or {}))
+            netmap = dict(reply.get("netmap") or {})
+            overlay, mesh = self.agent.overlay, self.agent.mesh
+            # the mesh lets go of networks that leave (its sockets would keep their
+            # namespaces), the overlay follows the map, then the mesh builds on what is up
+            await mesh.apply(netmap, overlay.built() & set(netmap.get("networks") or {}))
+            await overlay.apply(netmap)
+            await mesh.apply(netmap, overlay.built())
 
         await self._follow("netmap_watch", "network map", take)
 

@@ -142,9 +142,11 @@ class Executor:
         hostname: str,
         report: Callable[[list[dict[str, Any]]], None],
         overlay: Any = None,
+        mesh: Any = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.overlay = overlay  # meshkit.net.overlay.NodeOverlay: plugs tasks into networks
+        self.mesh = mesh  # meshkit.net.mesh.NodeMesh: the DNS server of each task on a network
         self.tasks_dir = self.data_dir / TASKS_DIR
         self.node_id = node_id
         self.hostname = hostname
@@ -236,6 +238,7 @@ class Executor:
             await asyncio.gather(*supervisors, return_exceptions=True)
             for t in self._tasks.values():
                 if t.netns is not None:
+                    self._let_go(t)
                     with contextlib.suppress(tasknetns.NetnsError):
                         await tasknetns.delete(t.netns)
         else:
@@ -394,7 +397,8 @@ class Executor:
             self._save(t)
             self._finish(t, {"state": "rejected", "message": "rejected", "error": str(exc)})
             return False
-        if t.spec.get("networks"):
+        if t.spec.get("networks") or t.record.get("networks"):
+            # (the routing mesh's ingress network is in the record, not the spec)
             t.netns = tasknetns.netns_name(t.id)
         # the namespace is on record before it exists, so a crash in between still reaps it
         self._save(t)
@@ -421,6 +425,8 @@ class Executor:
 
                 try:
                     await self.overlay.attach(t.id, t.netns, attachments)
+                    if self.mesh is not None:
+                        await self.mesh.task_attached(t.id, t.netns)
                 except OverlayError as exc:
                     await self._remove_netns(t)
                     self._finish(
@@ -573,9 +579,15 @@ class Executor:
         error = taskproc.describe_exit(status, taskproc.tail_text(data))
         return {"state": "failed", "message": "failed", "error": error, "exit_code": code}
 
+    def _let_go(self, t: _Task) -> None:
+        """The DNS server's sockets would keep the task's namespace alive: close them first."""
+        if self.mesh is not None:
+            self.mesh.task_detached(t.id)
+
     async def _remove_netns(self, t: _Task) -> None:
         if t.netns is None:
             return
+        self._let_go(t)
         try:
             await tasknetns.delete(t.netns)
         except tasknetns.NetnsError:

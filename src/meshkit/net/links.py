@@ -485,6 +485,35 @@ class NsLinks:
         with _step(f"set bridge {name} up", self.ns):
             self._ipr.link("set", index=idx, state="up")
 
+    def set_route_source(self, ifname: str, subnet: str, src: str) -> None:
+        """Make connections to ``subnet`` over ``ifname`` leave from ``src``.
+
+        The bridge of an overlay holds the gateway (the same on every node) and the node's own
+        endpoint address; a connection a node makes into the overlay (a VIP's or the routing
+        mesh's relay) must leave from the endpoint address, which is unique, or replies would
+        go to whichever node answers for the gateway."""
+        idx = self._require(ifname, f"set the source of {subnet}")
+        net = ipaddress.ip_network(subnet, strict=False)
+        with _step(f"route {subnet} dev {ifname} src {src}", self.ns):
+            self._ipr.route("replace", dst=str(net.network_address), dst_len=net.prefixlen,
+                            oif=idx, prefsrc=src, scope=253, proto=2)  # fmt: skip
+
+    def sync_host_addresses(self, ifname: str, wanted: set[str]) -> None:
+        """Make the /32 addresses of ``ifname`` exactly ``wanted`` (the VIPs a node answers
+        for itself); its other addresses are left alone."""
+        idx = self._require(ifname, "set host addresses")
+        have = {c.split("/")[0] for c in self.addresses(ifname) if c.endswith("/32")}
+        for ip in sorted(have - wanted):
+            with _step(f"remove address {ip}/32 from {ifname}", self.ns):
+                try:
+                    self._ipr.addr("del", index=idx, address=ip, prefixlen=32)
+                except NetlinkError as exc:
+                    if _errno_of(exc) != errno.EADDRNOTAVAIL:
+                        raise
+        for ip in sorted(wanted - have):
+            with _step(f"add address {ip}/32 to {ifname}", self.ns):
+                self._ipr.addr("replace", index=idx, address=ip, prefixlen=32)
+
     def ensure_veth_to_task(
         self,
         *,

@@ -191,6 +191,7 @@ class NodeOverlay:
                         mac=ipam.mac_for(endpoint),
                         addrs=[f"{net['gateway']}/{prefix}", f"{endpoint}/{prefix}"],
                     )
+                    nl.set_route_source(BRIDGE, net["subnet"], endpoint)
 
             await asyncio.to_thread(bridge)
             built = _Net(
@@ -421,6 +422,10 @@ class NodeOverlay:
         if self._errors:
             out["errors"] = dict(self._errors)
         return out
+
+    def built(self) -> set[str]:
+        """The networks whose namespace, bridge and VXLAN port are up on this node."""
+        return {net_id for net_id, n in self._nets.items() if n.ready.is_set()}
 
     def nodes(self) -> dict[str, Any]:
         """The nodes of the last network map: id -> {addr, api_port, hostname}."""

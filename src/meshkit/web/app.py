@@ -40,6 +40,7 @@ from meshkit.web.caddyfile.load import (
 )
 from meshkit.web.directives import build_chain
 from meshkit.web.message import Handler
+from meshkit.web.proxy.services import ServiceDirectory
 from meshkit.web.router import Route, Router, site_is_static
 from meshkit.web.server import HttpServer
 from meshkit.web.site import Background, Site
@@ -59,6 +60,8 @@ class WebOptions:
     grace: float = 5.0  # seconds responses in flight get on SIGTERM/SIGINT
     listen_host: str = "0.0.0.0"  # every IPv4 address
     stdin_text: str | None = None  # what `-conf stdin` read (kept for reloads)
+    # the node agent's services when it runs the server (service:// upstreams)
+    directory: ServiceDirectory | None = None
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -71,23 +74,26 @@ def load_config(options: WebOptions, stdin: TextIO | None = None) -> Config:
         raise FlagError(
             "-conf", options.conf, "give either -conf or directive lines on the command line"
         )
+    directory = options.directory
     if options.lines:
-        return load_lines(options.lines, defaults=options.defaults)
+        return load_lines(options.lines, defaults=options.defaults, directory=directory)
     if options.conf == "stdin":
         if options.stdin_text is None:
             src = stdin if stdin is not None else sys.stdin
             if src.isatty():
                 raise FlagError("-conf", "stdin", "standard input is a terminal, not a pipe")
             options.stdin_text = src.read()
-        return load_text(options.stdin_text, "stdin", defaults=options.defaults)
+        return load_text(
+            options.stdin_text, "stdin", defaults=options.defaults, directory=directory
+        )
     if options.conf:
         if not os.path.exists(options.conf):
             raise FlagError("-conf", options.conf, "no such file")
-        return load_file(options.conf, defaults=options.defaults)
+        return load_file(options.conf, defaults=options.defaults, directory=directory)
     if os.path.isfile(DEFAULT_CADDYFILE):
         # reloads read this same file (and fail if it is gone, keeping what runs)
         options.conf = DEFAULT_CADDYFILE
-        return load_file(DEFAULT_CADDYFILE, defaults=options.defaults)
+        return load_file(DEFAULT_CADDYFILE, defaults=options.defaults, directory=directory)
     return default_config(options.defaults)
 
 
@@ -184,8 +190,10 @@ def set_header_limit(server: HttpServer, limit: int) -> None:
 
 
 class WebApp:
-    def __init__(self, options: WebOptions) -> None:
+    def __init__(self, options: WebOptions, load: Callable[[], Config] | None = None) -> None:
         self.options = options
+        # what a reload reads (run in an executor): the options' configuration by default
+        self.load: Callable[[], Config] = load or (lambda: load_config(options))
         self.listeners: dict[int, _Listener] = {}
         self.servers: set[HttpServer] = set()  # every server not closed yet (draining too)
         self.draining: set[asyncio.Task[None]] = set()
@@ -253,7 +261,7 @@ class WebApp:
         log.info("reload: reading the configuration again")
         loop = asyncio.get_running_loop()
         try:
-            config = await loop.run_in_executor(None, load_config, self.options)
+            config = await loop.run_in_executor(None, self.load)
             for w in config.warnings:
                 log.warning("%s", w)
             ports = plan(config)

@@ -9,7 +9,10 @@ order. Everything here is plain data; there is no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from meshkit.web.proxy.services import ServiceDirectory
 
 DEFAULT_PORT = 2015
 DEFAULT_INDEX = [
@@ -67,3 +70,6 @@ class Site:
     directives: dict[str, Any] = field(default_factory=dict)
     # filled by the directives' build(): what runs beside the server for this site
     background: list[Background] = field(default_factory=list, metadata={"json": False})
+    # the node agent's services when the server runs inside one (service:// upstreams);
+    # None for plain `meshkit web`
+    services: ServiceDirectory | None = field(default=None, metadata={"json": False})

@@ -20,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshkit.errors import MeshkitError
 from meshkit.web import directives
@@ -29,6 +29,9 @@ from meshkit.web.caddyfile.lexer import expand_env_token, lex
 from meshkit.web.caddyfile.parser import ParseResult, ServerBlock, parse_text, parse_tokens
 from meshkit.web.caddyfile.tokens import CaddyfileError, Dispenser, Token
 from meshkit.web.site import DEFAULT_PORT, Address, Site
+
+if TYPE_CHECKING:
+    from meshkit.web.proxy.services import ServiceDirectory
 
 COMMAND_LINE = "<command line>"
 
@@ -80,18 +83,24 @@ def load_text(
     path: str | None = None,
     defaults: Defaults | None = None,
     environ: Mapping[str, str] | None = None,
+    directory: ServiceDirectory | None = None,
 ) -> Config:
     """A Caddyfile's text. `file` names it in messages; `path` is where it lives (imports
-    resolve beside it; None: the working directory)."""
+    resolve beside it; None: the working directory). `directory`: the node agent's services,
+    when the server runs inside one (without it a service:// upstream is an error)."""
     directives.load_all()
     parsed = parse_text(
         text, file, path=path, check_directive=directives.check_directive, environ=environ
     )
-    return _build(parsed, defaults or Defaults(), file)
+    return _build(parsed, defaults or Defaults(), file, directory)
 
 
 def load_file(
-    path: str, *, defaults: Defaults | None = None, environ: Mapping[str, str] | None = None
+    path: str,
+    *,
+    defaults: Defaults | None = None,
+    environ: Mapping[str, str] | None = None,
+    directory: ServiceDirectory | None = None,
 ) -> Config:
     try:
         with open(path, encoding="utf-8") as f:
@@ -99,7 +108,7 @@ def load_file(
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise MeshkitError(f"cannot read the Caddyfile {path!r}: {reason}") from None
-    return load_text(text, path, path=path, defaults=defaults, environ=environ)
+    return load_text(text, path, path=path, defaults=defaults, environ=environ, directory=directory)
 
 
 def load_lines(
@@ -107,6 +116,7 @@ def load_lines(
     *,
     defaults: Defaults | None = None,
     environ: Mapping[str, str] | None = None,
+    directory: ServiceDirectory | None = None,
 ) -> Config:
     """Command-line arguments as the directive lines of the default site
     (`meshkit web browse "log access.log"`): argument N is line N of "<command line>"."""
@@ -136,7 +146,7 @@ def load_lines(
     parsed = parse_tokens(
         tokens, COMMAND_LINE, check_directive=directives.check_directive, environ=env
     )
-    return _build(parsed, d, COMMAND_LINE)
+    return _build(parsed, d, COMMAND_LINE, directory)
 
 
 def default_config(defaults: Defaults | None = None) -> Config:
@@ -159,7 +169,12 @@ def _default_address(d: Defaults) -> str:
 # --- blocks -> sites --------------------------------------------------------------------------
 
 
-def _build(parsed: ParseResult, defaults: Defaults, source: str) -> Config:
+def _build(
+    parsed: ParseResult,
+    defaults: Defaults,
+    source: str,
+    directory: ServiceDirectory | None = None,
+) -> Config:
     config = Config(
         errors=list(parsed.errors),
         warnings=list(parsed.warnings),
@@ -168,7 +183,7 @@ def _build(parsed: ParseResult, defaults: Defaults, source: str) -> Config:
     )
     seen: dict[tuple[str, int, str], Token] = {}
     for block in parsed.blocks:
-        site = _site(block, defaults, config)
+        site = _site(block, defaults, config, directory)
         if site is None:
             continue
         for addr, key in zip(site.addresses, _address_keys(block, site), strict=True):
@@ -198,7 +213,12 @@ def _address_keys(block: ServerBlock, site: Site) -> list[Token]:
     return [by_text.get(a.original, block.keys[0]) for a in site.addresses]
 
 
-def _site(block: ServerBlock, defaults: Defaults, config: Config) -> Site | None:
+def _site(
+    block: ServerBlock,
+    defaults: Defaults,
+    config: Config,
+    directory: ServiceDirectory | None = None,
+) -> Site | None:
     addresses: list[Address] = []
     for key in block.keys:
         try:
@@ -210,6 +230,7 @@ def _site(block: ServerBlock, defaults: Defaults, config: Config) -> Site | None
         root=defaults.root,
         config_path=config.files[0] if config.files else None,
         hidden=list(config.files),
+        services=directory,
     )
     for name in directives.ORDER:
         toks = block.tokens.get(name)

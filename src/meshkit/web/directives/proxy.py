@@ -10,6 +10,10 @@
         transparent; websocket; insecure_skip_verify
     }
 
+An upstream may be `service://NAME:PORT`: the up tasks of a swarm service, followed live
+(meshkit.web.proxy.services), when the server runs inside a node agent (`meshkit node init
+--web Caddyfile`); plain `meshkit web` refuses it at the line that names it.
+
 Defaults are Caddy v1's (policy random, fail_timeout 0 = passive checks off, max_fails 1,
 try_duration 0, try_interval 250ms, health_check_interval 30s, health_check_timeout 60s,
 timeout 30s) except keepalive: 128 idle connections per upstream rather than v1's 2, since a
@@ -84,12 +88,20 @@ def _header_op(d: Dispenser) -> HeaderOp:
     return HeaderOp("set", name, args[1])
 
 
-def _add_upstreams(d: Dispenser, rule: ProxyRule, texts: list[str]) -> None:
+NO_DIRECTORY = (
+    "service:// upstreams need the web server to run inside a node agent (meshkit node init --web)"
+)
+
+
+def _add_upstreams(d: Dispenser, site: Site, rule: ProxyRule, texts: list[str]) -> None:
     for text in texts:
         try:
-            rule.upstreams.extend(parse_upstreams(text))
+            found = parse_upstreams(text)
         except ValueError as exc:
             raise d.err(str(exc)) from None
+        if site.services is None and any(u.scheme == "service" for u in found):
+            raise d.err(NO_DIRECTORY)
+        rule.upstreams.extend(found)
 
 
 def parse(d: Dispenser, site: Site) -> ProxyConfig:
@@ -99,9 +111,9 @@ def parse(d: Dispenser, site: Site) -> ProxyConfig:
         if not args:
             raise d.arg_err()
         rule = ProxyRule(from_path=args[0], upstreams=[])
-        _add_upstreams(d, rule, args[1:])
+        _add_upstreams(d, site, rule, args[1:])
         for _ in d.block():
-            _block_line(d, rule)
+            _block_line(d, site, rule)
         if not rule.upstreams:
             raise d.err(f"proxy {rule.from_path}: no upstream given")
         if rule.health_check_port and all(u.scheme == "unix" for u in rule.upstreams):
@@ -113,7 +125,7 @@ def parse(d: Dispenser, site: Site) -> ProxyConfig:
     return config
 
 
-def _block_line(d: Dispenser, rule: ProxyRule) -> None:
+def _block_line(d: Dispenser, site: Site, rule: ProxyRule) -> None:
     name = d.val()
     if name == "policy":
         policy = _one(d)
@@ -159,7 +171,7 @@ def _block_line(d: Dispenser, rule: ProxyRule) -> None:
         texts = d.remaining_args()
         if not texts:
             raise d.arg_err()
-        _add_upstreams(d, rule, texts)
+        _add_upstreams(d, site, rule, texts)
     elif name in ("transparent", "websocket", "insecure_skip_verify"):
         if d.next_arg():
             raise d.arg_err()
@@ -171,20 +183,22 @@ def _block_line(d: Dispenser, rule: ProxyRule) -> None:
 def build(config: ProxyConfig, next: Handler, site: Site) -> Handler:
     routes = []
     for rule in config.rules:
-        route = make_route(rule)
+        route = make_route(rule, site.services)
         routes.append(route)
         if rule.health_check:
-            site.background.append(
-                HealthChecker(
-                    rule.upstreams,
-                    route.picker,
-                    rule.health_check,
-                    rule.health_check_interval,
-                    rule.health_check_timeout,
-                    rule.health_check_port,
-                    rule.health_check_contains,
-                )
+            checker = HealthChecker(
+                route,
+                rule.health_check,
+                rule.health_check_interval,
+                rule.health_check_timeout,
+                rule.health_check_port,
+                rule.health_check_contains,
+                route.socket_for,
             )
+            route.on_change = checker.poke
+            site.background.append(checker)
+        # the block follows its services and lets its connections go when it is replaced
+        site.background.append(route)
     return build_handler(routes, next)
 
 

@@ -26,6 +26,7 @@ UpstreamTimeout.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -349,6 +350,7 @@ class Pool:
         connect_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
         deadlines: Deadlines | None = None,
+        socket_for: Callable[[str, int], socket.socket] | None = None,
     ) -> None:
         self.upstream = upstream
         self.keepalive = keepalive
@@ -356,6 +358,8 @@ class Pool:
         self.timeout = connect_timeout  # for start(): the block's `timeout`
         self.ssl_context = ssl_context
         self.deadlines = deadlines if deadlines is not None else Deadlines()
+        # makes the sockets of a service's task upstream (ServiceDirectory.socket_for)
+        self.socket_for = socket_for
         self.idle: list[_Conn] = []
 
     def take_idle(self) -> _Conn | None:
@@ -377,8 +381,10 @@ class Pool:
         return await self.connect(), False
 
     async def connect(self) -> _Conn:
-        loop = asyncio.get_running_loop()
         up = self.upstream
+        if up.service and self.socket_for is not None:
+            return await self._connect_service()
+        loop = asyncio.get_running_loop()
         try:
             if up.scheme == "unix":
                 coro = loop.create_unix_connection(lambda: _Conn(self), up.path)
@@ -396,6 +402,42 @@ class Pool:
         except (OSError, ssl.SSLError) as exc:
             raise ConnectFailed(f"cannot connect to {up.name}: {exc}") from None
         return conn
+
+    async def _connect_service(self) -> _Conn:
+        """Dial a service's task on a socket from the directory (made in the namespace the
+        task is reachable from), then run the usual protocol on it."""
+        loop = asyncio.get_running_loop()
+        up = self.upstream
+        assert self.socket_for is not None
+        family = socket.AF_INET6 if ":" in up.host else socket.AF_INET
+        try:
+            sock = self.socket_for(up.service, family)
+        except Exception as exc:  # the directory's failure (namespace gone...), not ours
+            raise ConnectFailed(
+                f"cannot make a socket for service {up.service!r} ({up.name}): {exc}"
+            ) from None
+        try:
+            sock.setblocking(False)
+            await asyncio.wait_for(
+                loop.sock_connect(sock, (up.host, up.port)), self.connect_timeout
+            )
+            _, conn = await loop.create_connection(lambda: _Conn(self), sock=sock)
+        except asyncio.TimeoutError:
+            sock.close()
+            raise ConnectFailed(f"connecting to {up.name} timed out") from None
+        except OSError as exc:
+            sock.close()
+            raise ConnectFailed(f"cannot connect to {up.name}: {exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+        return conn
+
+    def retire(self) -> None:
+        """The upstream left the set: close its idle connections now and those in use as
+        their exchanges end."""
+        self.keepalive = 0
+        self.close()
 
     def put(self, conn: _Conn) -> None:
         if conn.closed:

@@ -24,10 +24,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkit.errors import MeshkitError
 from meshkit.lb.pick import Picker, Ticket
 from meshkit.web.message import Handler, HandlerResult, Headers, Request, Response
 from meshkit.web.placeholders import Template, compile_template
 from meshkit.web.proxy.client import (
+    IDEMPOTENT,
     ConnectFailed,
     Deadlines,
     Pool,
@@ -40,10 +42,11 @@ from meshkit.web.proxy.client import (
     finish,
     may_retry,
 )
+from meshkit.web.proxy.services import ServiceDirectory, expand
 from meshkit.web.proxy.tunnel import relay
 from meshkit.web.proxy.upstream import Upstream
 
-__all__ = ["HeaderOp", "ProxyRule", "build_handler"]
+__all__ = ["HeaderOp", "ProxyRule", "UpstreamSet", "build_handler", "make_route"]
 
 log = logging.getLogger("meshkit.web")
 
@@ -127,55 +130,204 @@ def _ssl_context(insecure: bool) -> ssl.SSLContext:
     return ctx
 
 
-class _Route:
-    """A parsed rule made ready to serve: pools, picker, compiled header operations and the
-    per-upstream static tail of the request head."""
+class UpstreamSet:
+    """The upstreams a block serves over at one moment, with their pools, the picker over
+    them and the request heads made for them. A block whose upstreams follow a service gets
+    a new set at every change; a request keeps the set it picked from (its ticket's indexes
+    are that set's), so a change never mixes two sets in one exchange."""
 
-    def __init__(self, rule: ProxyRule) -> None:
+    __slots__ = ("heads", "hosts", "names", "picker", "pools", "upstreams")
+
+    def __init__(self, upstreams: list[Upstream], pools: list[Pool], picker: Picker | None):
+        self.upstreams = upstreams
+        self.pools = pools
+        self.picker = picker  # None when there is no upstream at all (a service with no task)
+        # `Host: ...\r\n` per upstream (transparent sends the client's Host instead)
+        self.hosts = [f"Host: {u.host_header}\r\n" for u in upstreams]
+        self.names = [u.name for u in upstreams]
+        # request heads by everything they are made of (see _Route.head_for)
+        self.heads: dict[tuple[Any, ...], tuple[bytes, str | None]] = {}
+
+
+class _Route:
+    """A parsed rule made ready to serve: its current UpstreamSet, compiled header
+    operations, and what a new set inherits (health-check verdicts, passive failures)."""
+
+    def __init__(self, rule: ProxyRule, directory: ServiceDirectory | None = None) -> None:
         self.rule = rule
         self.from_path = rule.from_path
         self.excepts = [e for e in rule.except_paths]
-        self.upstreams = rule.upstreams
-        ctx = None
+        self.templates = rule.upstreams
+        self.directory = directory
+        self.dynamic = any(u.scheme == "service" for u in rule.upstreams)
+        if self.dynamic and directory is None:
+            raise MeshkitError(
+                f"proxy {rule.from_path}: service:// upstreams need the web server to run"
+                " inside a node agent (meshkit node init --web)"
+            )
+        self.ssl_context = None
         if any(u.scheme == "https" for u in rule.upstreams):
-            ctx = _ssl_context(rule.insecure_skip_verify)
+            self.ssl_context = _ssl_context(rule.insecure_skip_verify)
         self.deadlines = Deadlines()
-        self.pools = [
-            Pool(u, rule.keepalive, rule.timeout, ctx, self.deadlines) for u in rule.upstreams
-        ]
-        self.picker = Picker(
-            len(rule.upstreams),
-            rule.policy,
-            max_conns=rule.max_conns,
-            max_fails=rule.max_fails,
-            fail_timeout=rule.fail_timeout,
-        )
+        self.socket_for = directory.socket_for if directory is not None else None
+        # what the health check said of upstreams now down, and the expiry times of the
+        # passive failures of each: a new set starts from them
+        self.unhealthy: set[Upstream] = set()
+        self.fails: dict[Upstream, list[float]] = {}
+        # told when the set changes (a health check probes newcomers at once)
+        self.on_change: Callable[[], None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+        self.set = self._make_set(self._current(), None, 0.0)
         self.up_ops = _Ops(rule.header_upstream) if rule.header_upstream else None
         self.down_ops = _Ops(rule.header_downstream) if rule.header_downstream else None
         self.header_name = rule.policy_header
         self.without = rule.without
         self.transparent = rule.transparent
         self.close_upstream = rule.keepalive <= 0
-        # `Host: ...\r\n` per upstream (transparent sends the client's Host instead)
-        self.hosts = [f"Host: {u.host_header}\r\n" for u in rule.upstreams]
-        self.names = [u.name for u in rule.upstreams]
         # the client's fields for each upstream head seen lately (see response_for)
         self.filtered: dict[int, tuple[list[tuple[str, str]], list[tuple[str, str]], str | None]]
         self.filtered = {}
-        # request heads by everything they are made of (see head_for)
-        self.heads: dict[tuple[Any, ...], tuple[bytes, str | None]] = {}
+
+    # ---- the upstream set ---------------------------------------------------------------
+
+    def _current(self) -> list[Upstream]:
+        if not self.dynamic:
+            return list(self.templates)
+        assert self.directory is not None
+        upstreams, bad = expand(self.templates, self.directory.endpoints)
+        for complaint in bad:
+            log.warning("proxy %s: %s", self.from_path, complaint)
+        return upstreams
+
+    def _make_set(
+        self, upstreams: list[Upstream], old: UpstreamSet | None, now: float
+    ) -> UpstreamSet:
+        rule = self.rule
+        kept: dict[Upstream, Pool] = {}
+        if old is not None:
+            kept = dict(zip(old.upstreams, old.pools, strict=True))
+        pools = []
+        for u in upstreams:
+            pool = kept.pop(u, None)  # an upstream that stays keeps its connections
+            if pool is None:
+                pool = Pool(
+                    u,
+                    rule.keepalive,
+                    rule.timeout,
+                    self.ssl_context,
+                    self.deadlines,
+                    self.socket_for,
+                )
+            pools.append(pool)
+        for gone in kept.values():
+            gone.retire()
+        picker = None
+        if upstreams:
+            picker = Picker(
+                len(upstreams),
+                rule.policy,
+                max_conns=rule.max_conns,
+                max_fails=rule.max_fails,
+                fail_timeout=rule.fail_timeout,
+            )
+            for i, u in enumerate(upstreams):
+                if u in self.unhealthy:
+                    picker.set_healthy(i, False)
+                for until in self.fails.get(u, ()):
+                    if until > now:
+                        picker.fail(i, until - rule.fail_timeout)
+        return UpstreamSet(upstreams, pools, picker)
+
+    def refresh(self, now: float) -> bool:
+        """Follow the services' tasks as the directory has them now; whether the set changed.
+        An upstream that left gets no new request, and its idle connections are closed."""
+        upstreams = self._current()
+        old = self.set
+        if upstreams == old.upstreams:
+            return False
+        present = set(upstreams)
+        self.unhealthy &= present
+        for u in [u for u in self.fails if u not in present]:
+            del self.fails[u]
+        self.set = self._make_set(upstreams, old, now)
+        left = [u.name for u in old.upstreams if u not in present]
+        joined = [u.name for u in upstreams if u not in set(old.upstreams)]
+        log.info(
+            "proxy %s: upstreams now %s (left: %s; joined: %s)",
+            self.from_path,
+            ", ".join(u.name for u in upstreams) or "none",
+            ", ".join(left) or "none",
+            ", ".join(joined) or "none",
+        )
+        if self.on_change is not None:
+            self.on_change()
+        return True
+
+    def set_healthy(self, upstream: Upstream, healthy: bool) -> None:
+        """What the active health check found of `upstream` (kept across sets)."""
+        if healthy:
+            self.unhealthy.discard(upstream)
+        else:
+            self.unhealthy.add(upstream)
+        current = self.set
+        if current.picker is not None and upstream in current.upstreams:
+            current.picker.set_healthy(current.upstreams.index(upstream), healthy)
+
+    def upstreams_now(self) -> list[Upstream]:
+        return self.set.upstreams
+
+    async def start(self) -> None:
+        """Background.start: follow the directory (a block with service:// upstreams)."""
+        if self.dynamic and self._unsubscribe is None:
+            assert self.directory is not None
+            loop = asyncio.get_running_loop()
+            self._unsubscribe = self.directory.subscribe(lambda: self._changed(loop))
+            for t in self.templates:
+                if t.scheme == "service" and not self.directory.known(t.host):
+                    log.warning(
+                        "proxy %s: no service %r (yet): 502 until it has an up task",
+                        self.from_path,
+                        t.host,
+                    )
+            self.refresh(loop.time())  # what changed between the build and now
+
+    def _changed(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            self.refresh(loop.time())
+        except Exception:  # the directory's callback must not break on our account
+            log.exception("proxy %s: following the services failed", self.from_path)
+
+    async def stop(self) -> None:
+        """Background.stop: the block is no longer served (reload, stop): stop following,
+        and let its kept connections go (those in use close when their exchange ends)."""
+        unsubscribe, self._unsubscribe = self._unsubscribe, None
+        if unsubscribe is not None:
+            unsubscribe()
+        for pool in self.set.pools:
+            pool.retire()
+
+    def describe_empty(self) -> str:
+        """Why a block has no upstream at all (only a service's can have none)."""
+        names = [t.host for t in self.templates if t.scheme == "service"]
+        directory = self.directory
+        unknown = [n for n in names if directory is not None and not directory.known(n)]
+        if unknown:
+            return "no such service: " + ", ".join(unknown)
+        return "no up task of service " + ", ".join(names)
+
+    # ---- requests -----------------------------------------------------------------------
 
     def matches(self, path: str) -> bool:
         if not path.startswith(self.from_path):
             return False
         return not self.excepts or all(not path.startswith(e) for e in self.excepts)
 
-    def head_for(self, request: Request, index: int) -> tuple[bytes, str | None]:
-        """The request head for upstream `index`, and the protocol the client asked to
-        upgrade to (None when it did not). Remembered by what it is made of (clients repeat
-        the same requests) unless header_upstream may use placeholders."""
+    def head_for(self, uset: UpstreamSet, request: Request, index: int) -> tuple[bytes, str | None]:
+        """The request head for upstream `index` of `uset`, and the protocol the client
+        asked to upgrade to (None when it did not). Remembered by what it is made of
+        (clients repeat the same requests) unless header_upstream may use placeholders."""
         if self.up_ops is not None:
-            return self._make_head(request, index)
+            return self._make_head(uset, request, index)
         key = (
             index,
             request.method,
@@ -187,17 +339,20 @@ class _Route:
             request.body.length is None,
             *request.headers._items,
         )
-        known = self.heads.get(key)
+        heads = uset.heads
+        known = heads.get(key)
         if known is None:
-            known = self._make_head(request, index)
+            known = self._make_head(uset, request, index)
             # the key holds the request's fields: remember small requests only
             if len(known[0]) <= _REMEMBER_BELOW:
-                if len(self.heads) >= _REMEMBERED:
-                    self.heads.clear()
-                self.heads[key] = known
+                if len(heads) >= _REMEMBERED:
+                    heads.clear()
+                heads[key] = known
         return known
 
-    def _make_head(self, request: Request, index: int) -> tuple[bytes, str | None]:
+    def _make_head(
+        self, uset: UpstreamSet, request: Request, index: int
+    ) -> tuple[bytes, str | None]:
         uri = request.uri
         if self.without and uri.startswith(self.without):
             uri = uri[len(self.without) :]
@@ -215,7 +370,7 @@ class _Route:
         remote = request.remote_addr
         forwarded = f"{xff}, {remote}" if xff else remote
         if self.up_ops is not None:
-            return self._head_with_ops(request, index, uri, kept, forwarded, upgrade), upgrade
+            return self._head_with_ops(uset, request, index, uri, kept, forwarded, upgrade), upgrade
         parts = [request.method, " ", uri, " HTTP/1.1\r\n"]
         for name, value in kept:
             parts += (name, ": ", value, "\r\n")
@@ -232,7 +387,7 @@ class _Route:
                 "\r\n",
             )
         else:
-            parts.append(self.hosts[index])
+            parts.append(uset.hosts[index])
         parts += ("X-Forwarded-For: ", forwarded, "\r\n")
         if request.body.length is None:
             parts.append("Transfer-Encoding: chunked\r\n")
@@ -245,6 +400,7 @@ class _Route:
 
     def _head_with_ops(
         self,
+        uset: UpstreamSet,
         request: Request,
         index: int,
         uri: str,
@@ -261,7 +417,7 @@ class _Route:
             extra.append(("X-Forwarded-Proto", request.scheme))
             extra.append(("X-Forwarded-Port", str(request.server_port)))
         else:
-            extra.append(("Host", self.upstreams[index].host_header))
+            extra.append(("Host", uset.upstreams[index].host_header))
         extra.append(("X-Forwarded-For", forwarded))
         if request.body.length is None:
             extra.append(("Transfer-Encoding", "chunked"))
@@ -301,19 +457,39 @@ class _Route:
             self.down_ops.apply(headers, request)
         return Response(reply.status, headers, body)
 
-    def failed(self, request: Request, ticket: Ticket, exc: UpstreamError, now: float) -> int:
+    def failed(
+        self, uset: UpstreamSet, request: Request, ticket: Ticket, exc: UpstreamError, now: float
+    ) -> int:
         """Account for and log a failed exchange; the status it means (502 or 504)."""
-        picker = self.picker
-        picker.release(ticket)
-        picker.fail(ticket.index, now)
+        assert uset.picker is not None
+        uset.picker.release(ticket)
+        self.fail(uset, ticket.index, now)
         log.error(
             "proxy to %s for %s %s failed: %s",
-            self.upstreams[ticket.index].name,
+            uset.names[ticket.index],
             request.method,
             request.uri,
             exc,
         )
         return 504 if isinstance(exc, UpstreamTimeout) else 502
+
+    def fail(self, uset: UpstreamSet, index: int, now: float) -> None:
+        """A passive failure of upstream `index` of `uset`: counted in the set in use now
+        (the upstream's index there may differ) and kept for the sets to come."""
+        fail_timeout = self.rule.fail_timeout
+        if fail_timeout <= 0:
+            return
+        upstream = uset.upstreams[index]
+        if self.dynamic:
+            kept = [t for t in self.fails.get(upstream, ()) if t > now]
+            kept.append(now + fail_timeout)
+            self.fails[upstream] = kept
+        current = self.set
+        if current is uset:
+            assert uset.picker is not None
+            uset.picker.fail(index, now)
+        elif current.picker is not None and upstream in current.upstreams:
+            current.picker.fail(current.upstreams.index(upstream), now)
 
 
 def _downstream(raw: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], str | None]:
@@ -375,18 +551,20 @@ class _Fast:
     """A request sent synchronously on a kept connection, answered through a plain Future
     from the connection's data_received (no task, no coroutine)."""
 
-    __slots__ = ("fut", "handler", "request", "route", "ticket")
+    __slots__ = ("fut", "handler", "request", "route", "ticket", "uset")
 
     def __init__(
         self,
         handler: ProxyHandler,
         route: _Route,
+        uset: UpstreamSet,
         request: Request,
         ticket: Ticket,
         fut: asyncio.Future[Response],
     ) -> None:
         self.handler = handler
         self.route = route
+        self.uset = uset
         self.request = request
         self.ticket = ticket
         self.fut = fut
@@ -394,6 +572,8 @@ class _Fast:
     def __call__(self, conn: Any) -> None:
         fut = self.fut
         route = self.route
+        picker = self.uset.picker
+        assert picker is not None
         if fut.done():
             # cancelled: the client went away; keep the connection if the answer is whole
             if conn.error is None and conn.done and conn.status != 101:
@@ -401,7 +581,7 @@ class _Fast:
                 conn.pool.put(conn)
             else:
                 conn.close()
-            route.picker.release(self.ticket)
+            picker.release(self.ticket)
             return
         if conn.error is None:
             reply = finish(conn, None, self.done)
@@ -412,25 +592,31 @@ class _Fast:
             fut.set_result(route.response_for(self.request, reply))
             return
         request = self.request
-        if may_retry(conn, True, request.method, False):
+        gone = self.uset.upstreams[self.ticket.index] not in route.set.upstreams
+        if may_retry(conn, True, request.method, False) or (
+            gone and _retriable(request.method, None, conn.error)
+        ):
+            # a stale kept connection (dialled again), or a task that left the set
+            # meanwhile (serve() picks again from the set now)
             broken(conn)
             loop = fut.get_loop()
-            task = loop.create_task(self.handler.serve(route, request, self.ticket, True))
+            serving = self.handler.serve(route, request, (self.uset, self.ticket), True)
+            task = loop.create_task(serving)
             task.add_done_callback(functools.partial(_pass_on, fut))
             fut.add_done_callback(functools.partial(_cancel_with, task))
             return
         exc = broken(conn)
-        fut.set_result(_gateway_error(route.failed(request, self.ticket, exc, _now(fut))))
+        status = route.failed(self.uset, request, self.ticket, exc, _now(fut))
+        fut.set_result(_gateway_error(status))
 
     def done(self, ok: bool) -> None:
         ticket = self.ticket
-        self.route.picker.release(ticket)
+        uset = self.uset
+        assert uset.picker is not None
+        uset.picker.release(ticket)
         if not ok:
-            log.error(
-                "proxy: the response body from %s broke off",
-                self.route.upstreams[ticket.index].name,
-            )
-            self.route.picker.fail(ticket.index, _now(self.fut))
+            log.error("proxy: the response body from %s broke off", uset.names[ticket.index])
+            self.route.fail(uset, ticket.index, _now(self.fut))
 
 
 def _now(fut: asyncio.Future[Any]) -> float:
@@ -476,88 +662,125 @@ class ProxyHandler:
         if loop is None or loop.is_closed():
             # asked once: get_running_loop() costs a getpid() system call each time
             loop = self._loop = asyncio.get_running_loop()
-        ticket = route.picker.pick(
+        uset = route.set
+        picker = uset.picker
+        if picker is None:
+            return self.serve(route, request)  # waits out try_duration, or answers 502
+        ticket = picker.pick(
             loop.time(),
             client_ip=request.remote_addr,
             uri=request.uri,
             header_value=request.headers.get(route.header_name) if route.header_name else None,
         )
         if ticket is None:
-            return self.serve(route, request)  # waits out try_duration, or answers 502
+            return self.serve(route, request)
         index = ticket.index
-        conn = route.pools[index].take_idle()
+        pool = uset.pools[index]
+        conn = pool.take_idle()
         if conn is None:
-            return self.serve(route, request, ticket)
-        head, upgrade = route.head_for(request, index)
+            return self.serve(route, request, (uset, ticket))
+        head, upgrade = route.head_for(uset, request, index)
         if upgrade is not None:
-            route.pools[index].put(conn)
-            return self.serve(route, request, ticket)
-        request.vars["upstream"] = route.names[index]
+            pool.put(conn)
+            return self.serve(route, request, (uset, ticket))
+        request.vars["upstream"] = uset.names[index]
         fut: asyncio.Future[Response] = loop.create_future()
-        conn.start(head, request.method == "HEAD", _Fast(self, route, request, ticket, fut))
+        conn.start(head, request.method == "HEAD", _Fast(self, route, uset, request, ticket, fut))
         return fut
 
     async def serve(
-        self, route: _Route, request: Request, first: Ticket | None = None, fresh: bool = False
+        self,
+        route: _Route,
+        request: Request,
+        first: tuple[UpstreamSet, Ticket] | None = None,
+        fresh: bool = False,
     ) -> Response:
         """The general path: dialling, request bodies, upgrades, retries within
-        try_duration. `first` is a ticket already picked; `fresh` dials for its first try."""
+        try_duration. `first` is a ticket already picked (and the set it is of); `fresh`
+        dials for its first try. Each try picks from the block's set as it is then, so a
+        retry never goes to an upstream that left meanwhile."""
         loop = asyncio.get_running_loop()
         rule = route.rule
-        picker = route.picker
         start = loop.time()
         deadline = start + rule.try_duration
-        exclude: set[int] = set()
+        tried: set[Upstream] = set()  # failed to connect this time round
+        left = 0  # tries sent again because their upstream left the set meanwhile
         header_value = request.headers.get(route.header_name) if route.header_name else None
         method = request.method
         body = None if request.body.length == 0 else request.body
         chunked = request.body.length is None
         status = 502
+        pending = first
         while True:
-            if first is not None:
-                ticket, first = first, None
-            else:
-                picked = picker.pick(
-                    loop.time(),
-                    client_ip=request.remote_addr,
-                    uri=request.uri,
-                    header_value=header_value,
-                    exclude=exclude,
-                )
+            ticket: Ticket | None = None
+            if pending is not None:
+                (uset, held), pending = pending, None
+                current = route.set
+                if uset is current or uset.upstreams[held.index] in current.upstreams:
+                    ticket = held
+                else:  # it left the set since it was picked: pick again from the set now
+                    assert uset.picker is not None
+                    uset.picker.release(held)
+            if ticket is None:
+                uset = route.set
+                picker = uset.picker
+                picked = None
+                if picker is not None:
+                    exclude = {i for i, u in enumerate(uset.upstreams) if u in tried}
+                    picked = picker.pick(
+                        loop.time(),
+                        client_ip=request.remote_addr,
+                        uri=request.uri,
+                        header_value=header_value,
+                        exclude=exclude,
+                    )
                 if picked is None:
-                    if exclude and loop.time() < deadline:
-                        exclude.clear()
+                    # Caddy v1: keep looking for an available upstream until try_duration
+                    if loop.time() < deadline:
+                        tried.clear()
                         await asyncio.sleep(rule.try_interval)
                         continue
-                    if not exclude:
+                    if not tried:
+                        why = route.describe_empty() if picker is None else "none is up"
                         log.error(
-                            "proxy %s: no upstream available for %s %s",
+                            "proxy %s: no upstream available for %s %s (%s)",
                             route.from_path,
                             method,
                             request.uri,
+                            why,
                         )
                     return _gateway_error(status)
                 ticket = picked
             index = ticket.index
-            upstream = route.upstreams[index]
-            request.vars["upstream"] = upstream.name
-            head, upgrade = route.head_for(request, index)
+            upstream = uset.upstreams[index]
+            request.vars["upstream"] = uset.names[index]
+            head, upgrade = route.head_for(uset, request, index)
             try:
                 reply = await exchange(
-                    route.pools[index],
+                    uset.pools[index],
                     head,
                     body,
                     chunked,
                     method == "HEAD",
                     rule.timeout,
-                    _done(picker, ticket, upstream, loop),
+                    _done(route, uset, ticket, loop),
                     method,
                     fresh,
                 )
             except UpstreamError as exc:
-                status = route.failed(request, ticket, exc, loop.time())
+                status = route.failed(uset, request, ticket, exc, loop.time())
                 if isinstance(exc, ConnectFailed) and loop.time() < deadline:
-                    exclude.add(index)
+                    tried.add(upstream)
+                    fresh = False
+                    continue
+                if (
+                    left < _LEFT_RETRIES
+                    and upstream not in route.set.upstreams
+                    and (isinstance(exc, ConnectFailed) or _retriable(method, body, exc))
+                ):
+                    # a task that left the set while the request went to it (stopping):
+                    # the request is owed to the tasks still there, at once
+                    left += 1
                     fresh = False
                     continue
                 return _gateway_error(status)
@@ -568,6 +791,15 @@ class ProxyHandler:
                     reply.conn.close()
                     return _gateway_error(502)
             return response
+
+
+_LEFT_RETRIES = 3  # a request is sent again this often when its upstream left the set
+
+
+def _retriable(method: str, body: Any, exc: UpstreamError) -> bool:
+    """Whether a failed exchange may be sent again elsewhere: an idempotent request without
+    a body, and no timeout (a slow upstream may still be working on it)."""
+    return body is None and method in IDEMPOTENT and not isinstance(exc, UpstreamTimeout)
 
 
 def _taker(conn: Any) -> Callable[[socket.socket, bytes], Awaitable[None]]:
@@ -581,13 +813,14 @@ def _taker(conn: Any) -> Callable[[socket.socket, bytes], Awaitable[None]]:
 
 
 def _done(
-    picker: Picker, ticket: Ticket, upstream: Upstream, loop: asyncio.AbstractEventLoop
+    route: _Route, uset: UpstreamSet, ticket: Ticket, loop: asyncio.AbstractEventLoop
 ) -> Callable[[bool], None]:
     def done(ok: bool) -> None:
-        picker.release(ticket)
+        assert uset.picker is not None
+        uset.picker.release(ticket)
         if not ok:
-            log.error("proxy: the response body from %s broke off", upstream.name)
-            picker.fail(ticket.index, loop.time())
+            log.error("proxy: the response body from %s broke off", uset.names[ticket.index])
+            route.fail(uset, ticket.index, loop.time())
 
     return done
 
@@ -596,5 +829,7 @@ def build_handler(routes: list[_Route], next: Handler) -> ProxyHandler:
     return ProxyHandler(routes, next)
 
 
-def make_route(rule: ProxyRule) -> _Route:
-    return _Route(rule)
+def make_route(rule: ProxyRule, directory: ServiceDirectory | None = None) -> _Route:
+    """A block ready to serve; MeshkitError when it has service:// upstreams and no
+    directory to follow them with."""
+    return _Route(rule, directory)

@@ -4,8 +4,12 @@ Every `health_check_interval` each upstream gets `GET health_check` (on `health_
 if set) over a fresh connection; a 2xx or 3xx answer (whose body holds
 `health_check_contains`, if set) within `health_check_timeout` is healthy. Each result goes
 through a meshkit.l4.health.HealthState (rise 1, fall 1: Caddy v1 flips on one result), and a
-flip sets the upstream up or down in the block's Picker, so a down upstream comes back as soon
-as a check passes again.
+flip tells the block (Checked.set_healthy), so a down upstream comes back as soon as a check
+passes again.
+
+The upstreams checked are the block's as they are at each round: those of a service follow
+its tasks, and a change starts a round at once (a task that joins is probed without waiting
+out the interval; the state of one that left is forgotten).
 """
 
 from __future__ import annotations
@@ -13,43 +17,54 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from meshkit.l4.health import HealthState
-from meshkit.lb.pick import Picker
 from meshkit.web.proxy.client import Pool, UpstreamError, exchange
 from meshkit.web.proxy.upstream import Upstream
 
-__all__ = ["HealthChecker"]
+__all__ = ["Checked", "HealthChecker"]
 
 log = logging.getLogger("meshkit.web")
+
+
+class Checked(Protocol):
+    """What a health checker checks: a proxy block (meshkit.web.proxy.handler)."""
+
+    def upstreams_now(self) -> list[Upstream]: ...
+
+    def set_healthy(self, upstream: Upstream, healthy: bool) -> None: ...
 
 
 class HealthChecker:
     def __init__(
         self,
-        upstreams: list[Upstream],
-        picker: Picker,
+        checked: Checked,
         path: str,
         interval: float,
         timeout: float,
         port: int = 0,
         contains: str = "",
+        socket_for: Callable[[str, int], socket.socket] | None = None,
     ) -> None:
-        self.picker = picker
+        self.checked = checked
         self.path = path if path.startswith("/") else "/" + path
         self.interval = interval
         self.timeout = timeout
+        self.port = port
         self.contains = contains.encode()
-        self.states = [HealthState(1, 1) for _ in upstreams]
-        self.pools = [
-            Pool(replace(u, port=port) if port and u.scheme != "unix" else u, 0, timeout)
-            for u in upstreams
-        ]
+        self.socket_for = socket_for
+        self.states: dict[Upstream, HealthState] = {}
+        self.pools: dict[Upstream, Pool] = {}
         self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
 
     async def start(self) -> None:
         if self._task is None:
+            self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -59,14 +74,40 @@ class HealthChecker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.gather(*(self.check(i) for i in range(len(self.pools))))
-            await asyncio.sleep(self.interval)
+    def poke(self) -> None:
+        """The upstreams changed: check them now rather than after the interval."""
+        if self._wake is not None:
+            self._wake.set()
 
-    async def check(self, index: int) -> bool:
+    async def _run(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while True:
+            wake.clear()
+            await self.check_all()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.interval)
+
+    async def check_all(self) -> None:
+        """One round: every upstream the block has now."""
+        upstreams = self.checked.upstreams_now()
+        present = set(upstreams)
+        for gone in [u for u in self.states if u not in present]:
+            del self.states[gone]
+            del self.pools[gone]
+        await asyncio.gather(*(self.check(u) for u in upstreams))
+
+    def _pool(self, up: Upstream) -> Pool:
+        pool = self.pools.get(up)
+        if pool is None:
+            target = replace(up, port=self.port) if self.port and up.scheme != "unix" else up
+            pool = self.pools[up] = Pool(target, 0, self.timeout, socket_for=self.socket_for)
+            self.states[up] = HealthState(1, 1)
+        return pool
+
+    async def check(self, upstream: Upstream) -> bool:
         """Probe one upstream now and apply the result; whether it was healthy."""
-        pool = self.pools[index]
+        pool = self._pool(upstream)
         up = pool.upstream
         head = (
             f"GET {self.path} HTTP/1.1\r\nHost: {up.host_header}\r\n"
@@ -88,11 +129,14 @@ class HealthChecker:
             why = str(exc)
         except Exception as exc:  # a broken probe must not end the checks
             why = f"{type(exc).__name__}: {exc}"
-        flip = self.states[index].record(ok)
+        state = self.states.get(upstream)
+        if state is None:  # left while it was being probed
+            return ok
+        flip = state.record(ok)
         if flip is not None:
-            self.picker.set_healthy(index, flip)
-            state = "up" if flip else "down"
-            log.warning("proxy health check: %s is %s (%s)", up.name, state, why)
+            self.checked.set_healthy(upstream, flip)
+            verdict = "up" if flip else "down"
+            log.warning("proxy health check: %s is %s (%s)", up.name, verdict, why)
         return ok
 
 

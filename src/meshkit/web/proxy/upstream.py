@@ -1,7 +1,10 @@
 """Upstream addresses of the `proxy` directive and the balancer state they share.
 
 Addresses: `host:port`, `host` (port 80), `http://host[:port]`, `https://host[:port]` (443),
-`unix:/path/to.sock`, and port ranges `host:8080-8085` (one upstream per port). Parsing is
+`unix:/path/to.sock`, port ranges `host:8080-8085` (one upstream per port), and
+`service://NAME:PORT`: a template standing for the up tasks of a swarm service (scheme
+"service", host NAME), which meshkit.web.proxy.services expands into one plain upstream per
+task IP (with `service` set: the Host sent upstream is the service's name). Parsing is
 pure; a bad address raises ValueError with a message naming it (the directive turns that into
 a Caddyfile error at file:line).
 """
@@ -9,27 +12,35 @@ a Caddyfile error at file:line).
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
-__all__ = ["MAX_RANGE", "Upstream", "parse_upstreams"]
+__all__ = ["MAX_RANGE", "SERVICE_NAME", "Upstream", "parse_upstreams"]
 
 MAX_RANGE = 1024  # ports in one `host:a-b` range: more is surely a typo
+# what `meshkit service create --name` accepts (a DNS label, as swarm's service names)
+SERVICE_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
     """One place requests can go."""
 
-    scheme: str  # "http", "https" or "unix"
+    scheme: str  # "http", "https", "unix", or "service" (a template: host is the NAME)
     host: str  # hostname or IP (no brackets); "" for unix
     port: int  # 0 for unix
     path: str = ""  # the socket path for unix
+    # the service a task's upstream stands for ("" for plain ones): dialled on the
+    # directory's sockets, and named in the Host header. Runtime detail, not config.
+    service: str = field(default="", metadata={"json": False})
 
     @property
     def name(self) -> str:
         """How logs and {upstream} name it."""
         if self.scheme == "unix":
             return f"unix:{self.path}"
+        if self.scheme == "service":
+            return f"service://{self.host}:{self.port}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         prefix = "https://" if self.scheme == "https" else ""
         return f"{prefix}{host}:{self.port}"
@@ -39,6 +50,9 @@ class Upstream:
         """The Host sent upstream when `transparent` is off (Caddy v1: the upstream's)."""
         if self.scheme == "unix":
             return "localhost"
+        if self.service:
+            # as a client inside the cluster would write it: http://NAME[:PORT]/
+            return self.service if self.port == 80 else f"{self.service}:{self.port}"
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
         return host if self.port == default else f"{host}:{self.port}"
@@ -60,13 +74,16 @@ def parse_upstreams(text: str) -> list[Upstream]:
         if not path.startswith("/"):
             raise ValueError(f"unix upstream {original!r} needs an absolute socket path")
         return [Upstream("unix", "", 0, path)]
+    if text[:10].lower() == "service://":
+        return [_service(text[10:], original)]
     scheme = "http"
     if "://" in text:
         scheme, _, text = text.partition("://")
         scheme = scheme.lower()
         if scheme not in ("http", "https"):
             raise ValueError(
-                f"unsupported scheme {scheme!r} in upstream {original!r} (expecting http or https)"
+                f"unsupported scheme {scheme!r} in upstream {original!r}"
+                " (expecting http, https or service)"
             )
     if "/" in text.rstrip("/") or "?" in text:
         raise ValueError(f"upstream {original!r} must not have a path (use `without` instead)")
@@ -103,3 +120,25 @@ def parse_upstreams(text: str) -> list[Upstream]:
             raise ValueError(f"port range {ports!r} of upstream {original!r} is over {MAX_RANGE}")
         return [Upstream(scheme, host, p) for p in range(lo, hi + 1)]
     return [Upstream(scheme, host, _port(ports, original))]
+
+
+def _service(text: str, original: str) -> Upstream:
+    """The template of `service://NAME:PORT` (`text` is what follows the scheme)."""
+    name, sep, port = text.rstrip("/").partition(":")
+    if "/" in name or "/" in port or "?" in text:
+        raise ValueError(f"upstream {original!r} must not have a path (use `without` instead)")
+    if not name:
+        raise ValueError(f"upstream {original!r} names no service (expecting service://NAME:PORT)")
+    if not SERVICE_NAME.fullmatch(name):
+        raise ValueError(
+            f"invalid service name {name!r} in upstream {original!r} (expecting letters,"
+            " digits and inner dashes, at most 63: a service's --name)"
+        )
+    if not sep or not port:
+        raise ValueError(
+            f"upstream {original!r} needs the port the service's tasks listen on"
+            f" (service://{name}:PORT)"
+        )
+    if "-" in port:
+        raise ValueError(f"port ranges are not supported for service upstreams ({original!r})")
+    return Upstream("service", name, _port(port, original))

@@ -240,3 +240,16 @@ def test_task_is_up() -> None:
     t["healthy"] = False
     assert not sv.task_is_up(t)
     assert not sv.task_is_up({"state": "starting", "healthy": None, "spec": {}})
+
+
+def test_port_names_what_the_tasks_serve_for_the_vip() -> None:
+    spec = sv.build_spec(
+        {"name": "e", "command": ["x"], "port": ["7000", "7000/udp"], "publish": ["8091:7000"]}
+    )
+    # 7000/tcp is already there, published; 7000/udp only serves the VIP
+    assert [(p["target"], p["protocol"], p["published"]) for p in spec["ports"]] == [
+        (7000, "tcp", 8091),
+        (7000, "udp", None),
+    ]
+    with pytest.raises(FlagError, match="--port.*publish with --publish"):
+        sv.build_spec({"name": "e", "command": ["x"], "port": ["80:7000"]})

@@ -752,6 +752,15 @@ def build_spec(flags: Mapping[str, Any]) -> dict[str, Any]:
     spec["constraints"] = _constraints(flags, "constraint")
     spec["networks"] = list(dict.fromkeys(_list(flags, "network")))
     spec["ports"] = [parse_publish(p) for p in _list(flags, "publish")]
+    for text in _list(flags, "port"):
+        port = parse_publish(text, "--port")
+        if port["published"] is not None:
+            raise FlagError("--port", text, "names a port the tasks serve; publish with --publish")
+        if not any(
+            (p["target"], p["protocol"]) == (port["target"], port["protocol"])
+            for p in spec["ports"]
+        ):
+            spec["ports"].append(port)
     _apply_common(spec, flags, create=True)
     return _checked(spec)
 

@@ -149,3 +149,7 @@ def test_publishing_services_share_the_ingress_network_and_get_vips_on_each_netw
          "proxy_protocol": False}
     ]
     assert cs.ClusterState.from_dict(st.to_dict()).to_dict() == st.to_dict()
+    # the ingress network goes once nothing publishes through it and its last task ended
+    assert netstate.ingress_network(st) is not None
+    cs.apply(st, {"op": "task_status", "updates": [{"id": "k" * 25, "state": "shutdown"}]})
+    assert netstate.ingress_network(st) is None and list(st.networks) == [NID]

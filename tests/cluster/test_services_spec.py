@@ -251,5 +251,5 @@ def test_port_names_what_the_tasks_serve_for_the_vip() -> None:
         (7000, "tcp", 8091),
         (7000, "udp", None),
     ]
-    with pytest.raises(FlagError, match="--port.*publish with --publish"):
+    with pytest.raises(FlagError, match=r"--port.*publish with --publish"):
         sv.build_spec({"name": "e", "command": ["x"], "port": ["80:7000"]})

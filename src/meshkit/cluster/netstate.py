@@ -291,16 +291,31 @@ def assign_vips(state: Any, svc: dict[str, Any]) -> None:
         if net_id not in new and net_id in state.networks:
             ipam.release(state.networks[net_id]["ipam"], owner)
     svc["vips"] = new
+    drop_unused_ingress(state)
 
 
 def release_vips(state: Any, service_id: str) -> None:
     for net in state.networks.values():
         ipam.release(net["ipam"], f"vip:{service_id}")
+    drop_unused_ingress(state)
 
 
 def release_task(state: Any, task_id: str) -> None:
     for net in state.networks.values():
         ipam.release(net["ipam"], f"task:{task_id}")
+    drop_unused_ingress(state)
+
+
+def drop_unused_ingress(state: Any) -> None:
+    """The ingress network goes with the last service publishing through it, once no task or
+    VIP holds an address on it (the next such service makes it again, on the data plane the
+    nodes run then)."""
+    net = ingress_network(state)
+    if net is None or any(publishes_ingress(s["spec"]) for s in state.services.values()):
+        return
+    if ipam.owners(net["ipam"], "task:") or ipam.owners(net["ipam"], "vip:"):
+        return
+    del state.networks[net["id"]]
 
 
 def set_overlay(state: Any, cmd: Mapping[str, Any]) -> dict[str, Any]:

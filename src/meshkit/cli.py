@@ -58,6 +58,12 @@ def setup_logging(level: str = "info") -> None:
     )
 
 
+def _agent_socket(host: str | None) -> str:
+    from meshkit.cluster.client import socket_path
+
+    return socket_path(host)
+
+
 def _positive(flag: str, value: int, minimum: int = 1) -> int:
     if value < minimum:
         raise FlagError(flag, str(value), f"must be at least {minimum}")
@@ -78,6 +84,22 @@ def ingress(
         str | None,
         typer.Option(
             "--backends-file", help="File of HOST[:PORT][ weight=N] lines; re-read on SIGHUP."
+        ),
+    ] = None,
+    service: Annotated[
+        str | None,
+        typer.Option(
+            "--service",
+            help="A cluster service: its up tasks are the backends, fed live by this node's "
+            "agent (see --host).",
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="The node agent's socket for --service (default $MESHKIT_HOST or "
+            "/run/meshkit/meshkit.sock).",
         ),
     ] = None,
     policy: Annotated[
@@ -121,10 +143,18 @@ def ingress(
         if (p.host, p.published, p.proto) in seen:
             raise FlagError("--publish", f"{p.published}/{p.proto}", "published twice")
         seen.add((p.host, p.published, p.proto))
-    if backend and backends_file:
-        raise FlagError("--backends-file", backends_file, "use either --backend or --backends-file")
-    if not backend and not backends_file:
-        raise FlagError("--backend", "", "give at least one --backend or a --backends-file")
+    if sum(1 for given in (backend, backends_file, service) if given) > 1:
+        raise FlagError(
+            "--service" if service else "--backends-file",
+            service or backends_file or "",
+            "use one of --backend, --backends-file or --service",
+        )
+    if not backend and not backends_file and not service:
+        raise FlagError(
+            "--backend", "", "give at least one --backend, a --backends-file or a --service"
+        )
+    if host is not None and service is None:
+        raise FlagError("--host", host, "only goes with --service")
     backends = [spec.parse_backend(b) for b in backend or []]
     if policy not in POLICIES:
         raise FlagError("--policy", policy, f"expected one of {', '.join(POLICIES)}")
@@ -151,6 +181,8 @@ def ingress(
         metrics=None if metrics is None else spec.parse_hostport(metrics, "--metrics"),
         grace_period=spec.parse_duration(grace_period, "--grace-period"),
         fail_timeout=spec.parse_duration(fail_timeout, "--fail-timeout"),
+        service=service,
+        agent_socket=_agent_socket(host) if service else "",
     )
     if config.connect_timeout <= 0:
         raise FlagError("--connect-timeout", connect_timeout, "must be more than 0s")

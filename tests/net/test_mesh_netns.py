@@ -69,7 +69,7 @@ def site(tmp_path: Path) -> Path:
 
 
 def dig(c: Cluster, task: dict[str, Any], *args: str) -> list[str]:
-    r = c.in_task(task, "dig", "+short", "+time=2", "+tries=1", *args)
+    r = c.in_task(task, "dig", "+short", "+time=3", "+tries=2", *args)
     if r.returncode != 0:
         return [f"FAILED: {r.stdout.strip()} {r.stderr.strip()}"]
     return [line for line in r.stdout.splitlines() if line]
@@ -116,7 +116,7 @@ def test_the_story_vip_dns_and_routing_mesh(cluster: Cluster, site: Path, plane:
         webs, client = web_and_client(c, net, site, "--publish", "8091:8080")
         vip = c.vip("web", net)
         # the VIP from 127.0.0.11, as the story's `dig mynginx`
-        assert until(lambda: dig(c, client, "web") == [vip], 20, "dig web")
+        wait_dig(c, client, "web", [vip])
         # 20 requests through the VIP: all answered, the two pages in turn
         pages = [curl(c, client, "http://web:8080/") for _ in range(20)]
         assert not [p for p in pages if p.startswith("FAILED")], pages
@@ -151,3 +151,179 @@ def test_the_story_vip_dns_and_routing_mesh(cluster: Cluster, site: Path, plane:
         for svc in ("client", "web"):
             c.rm_service(svc)
         c.rm_network(net)
+
+
+ECHO = str(Path(__file__).with_name("mesh_echo.py"))
+ASK = (
+    "import socket, sys\n"
+    "host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]\n"
+    "if proto == 'udp':\n"
+    "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)\n"
+    "    s.sendto(b'hi', (host, port)); print(s.recv(200).decode())\n"
+    "else:\n"
+    "    s = socket.create_connection((host, port), 3); s.settimeout(3)\n"
+    "    print(s.recv(200).decode().strip())\n"
+)
+
+
+def ask(c: Cluster, task: dict[str, Any], host: str, port: int, proto: str = "tcp") -> str:
+    """One exchange with mesh_echo.py from inside a task (names resolve through 127.0.0.11)."""
+    r = c.in_task(task, sys.executable, "-c", ASK, host, str(port), proto)
+    return r.stdout.strip() if r.returncode == 0 else f"FAILED: {r.stderr.strip()[-300:]}"
+
+
+def host_ask(c: Cluster, host: str, addr: str, port: int) -> str:
+    r = c.lab.run(host, [sys.executable, "-c", ASK, addr, str(port), "tcp"], check=False)
+    return r.stdout.strip() if r.returncode == 0 else f"FAILED: {r.stderr.strip()[-300:]}"
+
+
+def wait_dig(c: Cluster, task: dict[str, Any], name: str, want: list[str]) -> None:
+    """Wait until `dig name` in the task gives `want`; else fail with what dig and the task's
+    agent said."""
+    try:
+        until(lambda: dig(c, task, name) == want, 20, f"dig {name} = {want}")
+    except AssertionError:
+        from meshkit.cluster.client import call
+
+        mesh = call(c.sock(task["Node"]), "info").get("mesh")
+        raise AssertionError(
+            f"dig {name} never gave {want}:\n{dig_full(c, task, name)}\n"
+            f"sockets: {c.in_task(task, 'ss', '-lunp').stdout}\n"
+            f"mesh: {json.dumps(mesh)[:3000]}\n"
+            f"agent log:\n{c.procs[task['Node']].output()[-4000:]}"
+        ) from None
+
+
+def dig_full(c: Cluster, task: dict[str, Any], *args: str) -> str:
+    return c.in_task(task, "dig", "+time=3", "+tries=2", *args).stdout
+
+
+def test_names_dnsrr_udp_host_mode_and_proxy_protocol(cluster: Cluster) -> None:
+    c = cluster
+    net = "names"
+    c.cli_ok("network", "create", "-d", "overlay", "--dataplane", "kernel", net)
+    made = ["echo", "rr", "pp", "hostmode", "client"]
+    try:
+        common = ("--network", net, "--constraint", "node.hostname!=w2")
+        c.cli_ok(
+            "service", "create", "--name", "echo", "--replicas", "2", *common,
+            "--port", "7000", "--port", "7000/udp", "--", sys.executable, ECHO, "7000",
+        )  # fmt: skip
+        c.cli_ok(
+            "service", "create", "--name", "rr", "--replicas", "2", *common,
+            "--endpoint-mode", "dnsrr", "--", sys.executable, ECHO, "7001",
+        )  # fmt: skip
+        c.cli_ok(
+            "service", "create", "--name", "pp", *common, "--publish",
+            "published=8093,target=7002,proxy-protocol=true", "--",
+            sys.executable, ECHO, "7002", "--proxy-protocol",
+        )  # fmt: skip
+        c.cli_ok(
+            "service", "create", "--name", "hostmode", "--network", net,
+            "--constraint", "node.hostname==w1",
+            "--publish", "mode=host,published=8094,target=7003",
+            "--", sys.executable, ECHO, "7003",
+        )  # fmt: skip
+        c.cli_ok(
+            "service", "create", "--name", "client", "--network", net,
+            "--constraint", "node.hostname==m1", "--", "sleep", "3600",
+        )  # fmt: skip
+        for name, n in (("echo", 2), ("rr", 2), ("pp", 1), ("hostmode", 1), ("client", 1)):
+            until(lambda name=name, n=n: len(c.running(name)) == n, 60, f"{name} running")
+        client = c.running("client")[0]
+        echo_ips = sorted(t["Networks"][0]["Addr"].split("/")[0] for t in c.running("echo"))
+        rr_ips = sorted(t["Networks"][0]["Addr"].split("/")[0] for t in c.running("rr"))
+        vip = c.vip("echo", net)
+
+        # names: the VIP, tasks.NAME, dnsrr, a task's name, SRV, PTR, NXDOMAIN
+        wait_dig(c, client, "echo", [vip])
+        assert sorted(dig(c, client, "tasks.echo")) == echo_ips
+        assert sorted(dig(c, client, "rr")) == rr_ips
+        assert sorted(dig(c, client, "tasks.rr")) == rr_ips
+        slot1 = next(t for t in c.running("echo") if t["Name"] == "echo.1")
+        assert dig(c, client, "echo.1") == [slot1["Networks"][0]["Addr"].split("/")[0]]
+        srv = dig(c, client, "SRV", "_7000._tcp.echo")
+        assert sorted(line.split()[2] for line in srv) == ["7000", "7000"], srv
+        assert dig(c, client, "-x", vip) == ["echo."]
+        assert "status: NXDOMAIN" in dig_full(c, client, "nosuch")
+        assert dig(c, client, "AAAA", "echo") == []
+        # TCP and UDP through the VIP reach both tasks
+        tcp = {ask(c, client, "echo", 7000).split(" from ")[0] for _ in range(6)}
+        assert tcp == {"node m1", "node w1"}, tcp
+        udp = {ask(c, client, "echo", 7000, "udp") for _ in range(8)}
+        assert udp == {"node m1", "node w1"}, udp
+        # PROXY protocol v2: the task sees w2's own address, not the relaying node's
+        w2 = c.lab.addr("w2")
+        for host in ("m1", "w2"):
+            got = until(
+                lambda h=host: ok(host_ask(c, "w2", c.lab.addr(h), 8093)), 20, "8093 answers"
+            )
+            assert got.endswith(f"from {w2}"), got
+        # host mode: only the node running the task listens, straight to its task
+        assert until(lambda: ok(host_ask(c, "w2", c.lab.addr("w1"), 8094)), 20, "8094 on w1")
+        assert host_ask(c, "w2", c.lab.addr("m1"), 8094).startswith("FAILED")
+        # a task that goes away leaves tasks.NAME at once, and the VIP keeps answering
+        c.cli_ok("service", "scale", "echo=1")
+        until(lambda: len(dig(c, client, "tasks.echo")) == 1, 10, "tasks.echo shrinks")
+        assert ask(c, client, "echo", 7000).startswith("node ")
+    finally:
+        for svc in made:
+            c.rm_service(svc)
+        c.rm_network(net)
+
+
+def test_the_agents_web_server_follows_a_service(cluster: Cluster, site: Path) -> None:
+    """`node run --web Caddyfile` on w2 (no task there): a proxy to service://web:8080 reaches
+    the replicas on m1 and w1 in turn, and a replica that goes away is taken out at once."""
+    c = cluster
+    net = "webnet"
+    # (not in the replicas' folder: `meshkit web` there would take it as its own Caddyfile)
+    conf = site / "conf"
+    conf.mkdir()
+    caddyfile = conf / "Caddyfile"
+    caddyfile.write_text(":8095\nproxy / service://web:8080 {\n    policy round_robin\n}\n")
+    c.cli_ok("network", "create", "-d", "overlay", "--dataplane", "kernel", net)
+    try:
+        c.cli_ok(
+            "service", "create", "--name", "web", "--replicas", "2", "--network", net,
+            "--constraint", "node.hostname!=w2", "--workdir", str(site), "--port", "8080",
+            "--", "/bin/sh", "-c", PAGE_CMD,
+        )  # fmt: skip
+        until(lambda: len(c.running("web")) == 2, 60, "web running")
+        # a broken Caddyfile is refused with its file:line before the agent restarts
+        bad = conf / "Bad"
+        bad.write_text(":8096\nproxy / service://web\n")
+        r = c.node("w2", "run", "--data-dir", str(c.data("w2")), "--web", str(bad))
+        assert r.returncode != 0 and f"{bad}:2" in r.stderr, r.stderr
+        c.kill("w2")
+        c.start("w2", "run", "--web", str(caddyfile))
+        url = f"http://{c.lab.addr('w2')}:8095/"
+        pages = [until(lambda: ok(host_curl(c, "m1", url)), 30, "8095 on w2") for _ in range(6)]
+        assert set(pages) == {"node m1", "node w1"}, (pages, c.procs["w2"].output()[-3000:])
+        # the same relay as the routing mesh, as a process of its own fed by w2's agent
+        ingress = c.lab.spawn(
+            "w2",
+            [sys.executable, "-m", "meshkit", "ingress", "--publish", "8097:8080",
+             "--service", "web", "--host", c.sock("w2")],
+        )  # fmt: skip
+        try:
+            relayed = f"http://{c.lab.addr('w2')}:8097/"
+            got = {
+                until(lambda: ok(host_curl(c, "m1", relayed)), 30, "8097 on w2") for _ in range(6)
+            }
+            assert got == {"node m1", "node w1"}, (got, ingress.output())
+            c.cli_ok("service", "scale", "web=1")
+            until(lambda: len(c.running("web")) == 1, 30, "web scaled to 1")
+            left = c.running("web")[0]["Node"]
+            after = [host_curl(c, "m1", url) for _ in range(10)]
+            assert after == [f"node {left}"] * 10, after
+            relayed_after = [host_curl(c, "m1", relayed) for _ in range(10)]
+            assert relayed_after == [f"node {left}"] * 10, (relayed_after, ingress.output())
+        finally:
+            c.lab.stop(ingress)
+    finally:
+        c.rm_service("web")
+        c.rm_network(net)
+        # w2 goes back to its agent without a web server
+        c.kill("w2")
+        c.start("w2", "run")

@@ -89,6 +89,7 @@ class NodeConfig:
     socket: str = DEFAULT_SOCKET
     managers: list[str] = field(default_factory=list)
     heartbeat_period: float = 5.0
+    web: str = ""  # a Caddyfile the agent serves on its own loop (`--web`)
 
     @classmethod
     def load(cls, data_dir: Path) -> NodeConfig:
@@ -193,6 +194,7 @@ class Agent:
         self._overlay_commits: dict[str, dict[str, Any]] = {}
         self.overlay = NodeOverlay(cfg.node_id, cfg.advertise_addr)
         self.mesh = NodeMesh(cfg.node_id)
+        self.web: Any = None  # meshkit.web.embedded.EmbeddedWeb with `--web`
         self.dispatch = Dispatch(self)
 
     # -- properties ----------------------------------------------------------------------------
@@ -313,10 +315,12 @@ class Agent:
                 asyncio.create_task(self._renew_loop(), name="renew"),
                 asyncio.create_task(self._manager_loop(), name="manager"),
                 asyncio.create_task(self._flush_loop(), name="beats"),
+                asyncio.create_task(self._lag_loop(), name="lag"),
             ]
             self._tasks += [
                 asyncio.create_task(fn(), name=name) for name, fn in self.dispatch.loops()
             ]
+            await self._start_web()
             if self._on_ready is not None:
                 self._on_ready(self)
             log.info(
@@ -329,6 +333,28 @@ class Agent:
             await self._stop.wait()
         finally:
             await self._shutdown()
+
+    async def _start_web(self) -> None:
+        """The Caddyfile of `--web`, served on this loop; SIGHUP re-reads it. A Caddyfile
+        broken since the node was made stops the agent with the reasons (file:line)."""
+        if not self.cfg.web:
+            return
+        from meshkit.web.embedded import start_embedded
+
+        self.web = await start_embedded(self.cfg.web, self.mesh)
+        log.info(
+            "web server: %s on port(s) %s",
+            self.cfg.web,
+            ", ".join(str(p) for p in self.web.ports),
+        )
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: self._spawn(self._reload_web())
+            )
+
+    async def _reload_web(self) -> None:
+        if self.web is not None and await self.web.reload():
+            log.info("web server: %s reloaded", self.cfg.web)
 
     async def _shutdown(self) -> None:
         # Python 3.11's wait_for can swallow a cancel that lands in the same loop turn as the
@@ -355,6 +381,12 @@ class Agent:
             await self.dispatch.close_executor(stop_tasks=self._leaving)
         except Exception:
             log.exception("stopping the task executor failed")
+        if self.web is not None:
+            try:
+                await self.web.stop(2.0)
+            except Exception:
+                log.exception("stopping the web server failed")
+            self.web = None
         try:
             await self.mesh.close()
         except Exception:
@@ -532,6 +564,17 @@ class Agent:
                     log.info("node status: %s", ", ".join(f"{k} {v}" for k, v in changes.items()))
                 except MeshkitError as exc:
                     log.warning("cannot record node status: %s", exc)
+
+    async def _lag_loop(self) -> None:
+        """Say when the event loop was held up: every DNS answer, relay and heartbeat of this
+        node waits while it is."""
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            before = loop.time()
+            await asyncio.sleep(0.1)
+            late = loop.time() - before - 0.1
+            if late > 0.5:
+                log.warning("the event loop was held up for %.1fs", late)
 
     async def _flush_loop(self) -> None:
         """Followers pass the beats they took to the leader, about once a second."""
@@ -857,6 +900,7 @@ class NodeOptions:
     raft_port: int | None = None
     advertise_addr: str = ""
     hostname: str = ""
+    web: str = ""
 
     @property
     def effective_raft_port(self) -> int:
@@ -923,6 +967,7 @@ def init_node(
         socket=opts.socket,
         managers=[f"{advertise}:{opts.listen_port}"],
         heartbeat_period=heartbeat_period,
+        web=opts.web,
     )
     return cfg, identity, cluster
 
@@ -990,6 +1035,7 @@ async def join_node(
         socket=opts.socket,
         managers=[str(m) for m in reply.get("managers") or []],
         heartbeat_period=float(reply.get("period") or 5.0),
+        web=opts.web,
     )
     cfg.save(opts.data_dir)
     return cfg, identity, peers

@@ -118,7 +118,7 @@ MANAGER_METHODS = (
     | SERVICE_METHODS
     | NETWORK_METHODS
 )
-LOCAL_METHODS = frozenset({"info", "leave"})
+LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"})
 
 _ID_ALPHABET = string.digits + string.ascii_lowercase
 
@@ -253,6 +253,12 @@ class Api:
                 return self.agent.info()
             if method == "leave":
                 return await self.agent.leave(bool(params.get("force")))
+            if method == "mesh_watch":
+                return await self.agent.mesh.watch(
+                    str(params.get("service") or ""),
+                    params.get("version"),
+                    min(60.0, float(params.get("wait") or 20.0)),
+                )
             if method in NODE_SERVED_METHODS:
                 return await self._handlers[method](peer, params)
             if method in MANAGER_METHODS or method == "join_token":

@@ -248,6 +248,40 @@ def _run_agent(
 # -- init / join / run -------------------------------------------------------------------------
 
 
+def _web_file(path: str | None) -> str:
+    """The Caddyfile of `--web` as an absolute path, checked now (file:line errors) so that a
+    broken one stops the command before a node is made or started."""
+    if path is None or path == "":
+        return ""
+    from meshkit.web.caddyfile.load import load_file
+
+    full = os.path.abspath(path)
+    try:
+        config = load_file(full, directory=_ParseOnly())
+    except MeshkitError as exc:
+        raise FlagError("--web", path, str(exc)) from None
+    if config.errors:
+        raise FlagError("--web", path, "; ".join(str(e) for e in config.errors))
+    return full
+
+
+class _ParseOnly:
+    """A service directory for checking a Caddyfile: service:// upstreams are allowed (the
+    agent's own directory fills them once it runs)."""
+
+    def known(self, service: str) -> bool:
+        return False
+
+    def endpoints(self, service: str) -> list[str]:
+        return []
+
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return lambda: None
+
+    def socket_for(self, service: str, family: int) -> Any:
+        raise OSError(f"service {service} is not known while checking the Caddyfile")
+
+
 @node_app.command()
 def init(
     advertise_addr: Annotated[
@@ -277,6 +311,14 @@ def init(
     ] = "2160h",
     hostname: Annotated[
         str | None, typer.Option(help="Name shown in `node ls` (default: the host name).")
+    ] = None,
+    web: Annotated[
+        str | None,
+        typer.Option(
+            "--web",
+            help="A Caddyfile the agent serves on its own loop (proxy upstreams may be "
+            "service://NAME:PORT).",
+        ),
     ] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     host: HostOpt = None,
@@ -323,6 +365,7 @@ def init(
         raft_port=raft_port,
         advertise_addr=advertise_addr or "",
         hostname=hostname or "",
+        web=_web_file(web),
     )
     cfg, identity, cluster = ag.init_node(
         opts,
@@ -371,6 +414,14 @@ def join(
     hostname: Annotated[
         str | None, typer.Option(help="Name shown in `node ls` (default: the host name).")
     ] = None,
+    web: Annotated[
+        str | None,
+        typer.Option(
+            "--web",
+            help="A Caddyfile the agent serves on its own loop (proxy upstreams may be "
+            "service://NAME:PORT).",
+        ),
+    ] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     host: HostOpt = None,
     log_level: LogLevelOpt = "info",
@@ -397,6 +448,7 @@ def join(
         raft_port=raft_port,
         advertise_addr=advertise_addr or "",
         hostname=hostname or "",
+        web=_web_file(web),
     )
     cfg, identity, peers = asyncio.run(ag.join_node(opts, token, (mhost, mport)))
 
@@ -412,6 +464,14 @@ def join(
 @node_app.command()
 def run(
     data_dir: DataDirOpt = "/var/lib/meshkit",
+    web: Annotated[
+        str | None,
+        typer.Option(
+            "--web",
+            help="A Caddyfile the agent serves on its own loop (proxy upstreams may be "
+            "service://NAME:PORT).",
+        ),
+    ] = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     host: HostOpt = None,
     log_level: LogLevelOpt = "info",
@@ -423,6 +483,10 @@ def run(
     cfg, identity = ag.load_node(Path(data_dir))
     if host is not None or os.environ.get("MESHKIT_HOST"):
         cfg.socket = _socket_for(host)
+    if web is not None:
+        cfg.web = _web_file(web)
+    elif cfg.web:
+        _web_file(cfg.web)
 
     def ready_text(agent: Any) -> str:
         return f"Node {agent.node_id} is running as a {agent.identity.role}.\n"

@@ -333,6 +333,8 @@ class Executor:
             and taskproc.start_time(t.pid) == t.start_ticks
         ):
             t.supervisor = asyncio.get_running_loop().create_task(self._run(t, adopted=True))
+            if t.netns is not None and self.mesh is not None:
+                await self.mesh.task_attached(t.id, t.netns)  # its DNS server, again
             update: dict[str, Any] = {
                 "id": t.id,
                 "state": "running",

@@ -60,6 +60,9 @@ class IngressConfig:
     # How long a backend taken out by passive failures alone stays out when no active probe
     # watches it (UDP backends, or --health-interval 0s).
     fail_timeout: float = 10.0
+    # --service: the backends are this cluster service's up tasks, fed by the node agent
+    service: str | None = None
+    agent_socket: str = ""
 
 
 @dataclass
@@ -829,6 +832,12 @@ async def run_ingress(config: IngressConfig) -> None:
         for lst in ing.listeners:
             lst.close()
         raise
+    feed = None
+    if config.service is not None:
+        from meshkit.l4.servicefeed import ServiceFeed
+
+        feed = ServiceFeed(ing, config.service, config.agent_socket)
+        ing.tasks.append(loop.create_task(feed.run()))
     done = asyncio.Event()
     signals: list[int] = []
 
@@ -853,4 +862,6 @@ async def run_ingress(config: IngressConfig) -> None:
     finally:
         for sig, _ in handlers:
             loop.remove_signal_handler(sig)
+        if feed is not None:
+            feed.close()
     log.info("stopped")

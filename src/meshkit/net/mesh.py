@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import socket
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -74,7 +75,6 @@ class NodeMesh:
         self._vips: dict[str, frozenset[str]] = {}
         self._dns: dict[str, DnsServer] = {}
         self._dns_errors: dict[str, str] = {}
-        self._detached: set[str] = set()
         self._conflicts: dict[str, str] = {}
         self._subscribers: list[Callable[[], None]] = []
         self._lock = asyncio.Lock()
@@ -83,6 +83,8 @@ class NodeMesh:
         self._connect_timeout = connect_timeout
         self._refs: dict[str, nsock.NetnsRef] = {}  # namespaces web upstream sockets are made in
         self._closed = False
+        self._version = 0  # counts the maps applied, for watch()
+        self._changed = asyncio.Event()
 
     # -- the map -----------------------------------------------------------------------------
 
@@ -108,9 +110,11 @@ class NodeMesh:
             await self._sync_vips(plan.vips)
             for rp in plan.relays.values():
                 await self._sync_relay(rp)
-            await self._sync_dns(plan.dns_tasks)
             for ns in [n for n in self._refs if n not in plan.vips]:
                 self._refs.pop(ns).close()
+        self._version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
         for callback in list(self._subscribers):
             try:
                 callback()
@@ -206,37 +210,28 @@ class NodeMesh:
             log.exception("mesh: closing %s failed", _describe(relay.plan))
         log.info("mesh: %s closed", _describe(relay.plan))
 
-    async def _sync_dns(self, wanted: Mapping[str, str]) -> None:
-        for task_id in [t for t in self._dns if t not in wanted]:
-            self._close_dns(task_id)
-        for task_id in [t for t in self._dns_errors if t not in wanted]:
-            del self._dns_errors[task_id]
-        self._detached &= set(wanted)
-        for task_id, ns in wanted.items():
-            if task_id not in self._dns and task_id not in self._detached:
-                await self._open_dns(task_id, ns, quiet_if_missing=True)
-
     # -- tasks (the executor calls these around a task's namespace) -------------------------
+    # The executor owns the tasks' namespaces, so it alone opens and closes their DNS servers:
+    # the network map may lag behind a namespace made or removed a moment ago.
 
     async def task_attached(self, task_id: str, ns: str) -> None:
-        """A task's namespace is on its networks: serve its DNS before its process starts."""
-        self._detached.discard(task_id)
-        if task_id not in self._dns:
-            await self._open_dns(task_id, ns, quiet_if_missing=False)
+        """A task's namespace is on its networks (or was adopted after an agent restart):
+        serve its DNS, before its process starts."""
+        if task_id not in self._dns and not self._closed:
+            await self._open_dns(task_id, ns)
 
     def task_detached(self, task_id: str) -> None:
         """A task's namespace is about to go: let go of it (open sockets would keep it)."""
-        self._detached.add(task_id)
         self._close_dns(task_id)
+        self._dns_errors.pop(task_id, None)
 
-    async def _open_dns(self, task_id: str, ns: str, *, quiet_if_missing: bool) -> None:
+    async def _open_dns(self, task_id: str, ns: str) -> None:
         try:
             ref = nsock.NetnsRef.open_name(ns)
         except nsock.NetnsError as exc:
-            if not quiet_if_missing:
-                self._dns_errors[task_id] = str(exc)
-                log.error("mesh: DNS of task %s: %s", task_id, exc)
-            return  # not made yet: the executor calls task_attached once it is
+            self._dns_errors[task_id] = str(exc)
+            log.error("mesh: DNS of task %s: %s", task_id, exc)
+            return
         if self._forwarder is None:
             self._forwarder = Forwarder(self._dns_upstreams)
         server = DnsServer(
@@ -285,6 +280,22 @@ class NodeMesh:
         if ref is None:
             ref = self._refs[ns] = nsock.NetnsRef.open_name(ns)
         return nsock.socket_in(ref, family, socket.SOCK_STREAM)
+
+    async def watch(self, service: str, version: Any, wait: float) -> dict[str, Any]:
+        """A long poll for `meshkit ingress --service` (another process on this node): where
+        the service's up tasks are, answered at once when `version` is not the current one,
+        else when the map changes or after `wait` seconds."""
+        if version == self._version and not self._closed:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), wait)
+        found = meshplan.service_backends(self._map, self.node_id, service, self._built)
+        return {
+            "version": self._version,
+            "known": self.known(service),
+            "netns": "" if found is None else found[0],
+            "backends": [] if found is None else list(found[1]),
+            "agent_pid": os.getpid(),
+        }
 
     # -- reports -----------------------------------------------------------------------------
 

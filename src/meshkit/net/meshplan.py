@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshkit.cluster.tasknetns import netns_name as task_ns
 from meshkit.net.overlay import netns_for as overlay_ns
 
 HOST = ""  # the namespace the agent runs in
@@ -54,8 +53,6 @@ class MeshPlan:
     relays: dict[str, RelayPlan] = field(default_factory=dict)
     # overlay namespace -> the VIPs its bridge holds
     vips: dict[str, frozenset[str]] = field(default_factory=dict)
-    # local tasks on a network (they get a DNS server at 127.0.0.11): task id -> namespace
-    dns_tasks: dict[str, str] = field(default_factory=dict)
     # published ports two services ask for: "8091/tcp" -> why it is not served
     conflicts: dict[str, str] = field(default_factory=dict)
 
@@ -83,16 +80,12 @@ def plan(netmap: Mapping[str, Any], node_id: str, built: set[str] | None = None)
     ingress_id = next((nid for nid, n in networks.items() if n.get("ingress")), None)
     relays: dict[str, RelayPlan] = {}
     vips: dict[str, set[str]] = {overlay_ns(nid, node_id): set() for nid in have}
-    dns: dict[str, str] = {}
     conflicts: dict[str, str] = {}
     published: dict[str, str] = {}  # "8091/tcp" -> service name holding it
 
     for sid in sorted(services):
         svc = services[sid]
         name = str(svc.get("name") or sid)
-        for task in svc.get("tasks") or []:
-            if task.get("node_id") == node_id and task.get("addrs"):
-                dns[task["id"]] = task_ns(task["id"])
         # the VIPs: one relay per network, listening on the VIP for every port of the service
         targets = sorted({(int(p["target"]), str(p["protocol"])) for p in _ports(svc)})
         for net_id, vip in sorted((svc.get("vips") or {}).items()):
@@ -149,7 +142,6 @@ def plan(netmap: Mapping[str, Any], node_id: str, built: set[str] | None = None)
     return MeshPlan(
         relays=relays,
         vips={ns: frozenset(v) for ns, v in vips.items()},
-        dns_tasks=dns,
         conflicts=conflicts,
     )
 

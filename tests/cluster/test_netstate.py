@@ -125,6 +125,10 @@ def test_publishing_services_share_the_ingress_network_and_get_vips_on_each_netw
     # the network stays while a service publishes through it
     with pytest.raises(cs.CommandError, match="in use by service web"):
         cs.apply(st, {"op": "network_rm", "network_id": "ingress"})
+    # a published port is one service's
+    twin = sv.build_spec({"name": "twin", "command": ["srv"], "publish": ["8091:81"]})
+    with pytest.raises(cs.CommandError, match="port 8091/tcp is already published by service web"):
+        cs.apply(st, {"op": "service_create", "service": sv.new_service("t" * 25, twin, 4.0)})
     # a second publishing service reuses it; dnsrr holds no VIP
     rr = sv.build_spec(
         {"name": "rr", "command": ["srv"], "network": ["front"], "endpoint_mode": "dnsrr",

@@ -262,6 +262,18 @@ def test_names_dnsrr_udp_host_mode_and_proxy_protocol(cluster: Cluster) -> None:
         # host mode: only the node running the task listens, straight to its task
         assert until(lambda: ok(host_ask(c, "w2", c.lab.addr("w1"), 8094)), 20, "8094 on w1")
         assert host_ask(c, "w2", c.lab.addr("m1"), 8094).startswith("FAILED")
+        # doctor shows the node's relays, and a published port something else holds there
+        blocker = c.lab.spawn("w1", [sys.executable, "-m", "http.server", "8096"])
+        try:
+            until(lambda: ok(host_curl(c, "w2", f"http://{c.lab.addr('w1')}:8096/")), 20, "blocker")
+            c.cli_ok("service", "update", "--publish-add", "8096:7000", "echo")
+            doctor = until(
+                lambda: "8096" in (d := c.cli("doctor", host="w1").stdout) and d, 30, "doctor"
+            )
+            assert "Service mesh on this node:" in doctor and "echo" in doctor, doctor
+            assert "cannot listen on 0.0.0.0:8096/tcp: port already in use" in doctor, doctor
+        finally:
+            c.lab.stop(blocker)
         # a task that goes away leaves tasks.NAME at once, and the VIP keeps answering
         c.cli_ok("service", "scale", "echo=1")
         until(lambda: len(dig(c, client, "tasks.echo")) == 1, 10, "tasks.echo shrinks")

@@ -184,6 +184,8 @@ def doctor(
         out["ok"] = bool(out["ok"]) and not errors
         if info is not None:
             out["stats"] = info.get("overlay_stats") or {}
+            out["mesh"] = info.get("mesh") or {}
+            out["ok"] = bool(out["ok"]) and not mesh_problems(out["mesh"])
         if note:
             out["note"] = note
         typer.echo(json.dumps(out, indent=4))
@@ -193,9 +195,44 @@ def doctor(
         text += "\n" + "\n".join(missing) + "\n"
     if errors:
         text += "\nNetworks a node could not build:\n" + "\n".join(errors) + "\n"
+    if info is not None:
+        text += mesh_text(info.get("mesh") or {})
     if note:
         text += "\n" + note + "\n"
     typer.echo(text, nl=False)
+
+
+def mesh_problems(mesh: dict[str, Any]) -> list[str]:
+    """What keeps this node's VIPs, published ports or task DNS servers from working."""
+    out = [f"{r['key']}: {r['error']}" for r in mesh.get("relays") or [] if r.get("error")]
+    out += [f"DNS of task {t}: {e}" for t, e in sorted((mesh.get("dns_errors") or {}).items())]
+    out += list((mesh.get("conflicts") or {}).values())
+    return out
+
+
+def mesh_text(mesh: dict[str, Any]) -> str:
+    """This node's relays (VIPs and published ports) as a table, then what is wrong."""
+    from meshkit.cluster.cli import table
+
+    relays = [r for r in mesh.get("relays") or [] if not r.get("error")]
+    text = ""
+    if relays:
+        rows = [
+            [
+                r.get("service", ""),
+                r.get("kind", ""),
+                ", ".join(r.get("listen") or []),
+                f"{r.get('up', 0)}/{len(r.get('backends') or [])}",
+                str(r.get("flows", 0)),
+            ]
+            for r in relays
+        ]
+        text += "\nService mesh on this node:\n"
+        text += table(["SERVICE", "KIND", "LISTEN", "TASKS UP", "FLOWS"], rows) + "\n"
+    problems = mesh_problems(mesh)
+    if problems:
+        text += "\nService mesh problems:\n" + "\n".join(problems) + "\n"
+    return text
 
 
 def own_pairs(info: dict[str, Any]) -> list[dict[str, Any]]:

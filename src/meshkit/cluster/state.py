@@ -407,7 +407,22 @@ def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
 
 
 def _endpoints(state: ClusterState, svc: dict[str, Any], cmd: Mapping[str, Any]) -> None:
-    """The routing mesh's network and the service's VIPs for its (new) spec."""
+    """The routing mesh's network and the service's VIPs for its (new) spec; a published port
+    another service holds is refused (every node listens on it)."""
+    for port in svc["spec"].get("ports") or []:
+        if not port.get("published"):
+            continue
+        for other in state.services.values():
+            if other["id"] == svc["id"]:
+                continue
+            if any(
+                (p.get("published"), p.get("protocol")) == (port["published"], port["protocol"])
+                for p in other["spec"].get("ports") or []
+            ):
+                raise CommandError(
+                    f"port {port['published']}/{port['protocol']} is already published by "
+                    f"service {other['spec']['name']}"
+                )
     try:
         netstate.ensure_ingress(state, svc["spec"], dict(cmd, service_id=svc["id"]))
         netstate.assign_vips(state, svc)

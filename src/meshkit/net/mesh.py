@@ -23,7 +23,7 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from meshkit.errors import MeshkitError
+from meshkit.errors import FlagError, MeshkitError
 from meshkit.l4.ingress import Ingress, IngressConfig
 from meshkit.l4.spec import BackendSpec, Publish
 from meshkit.net import meshplan, nsock
@@ -33,6 +33,7 @@ from meshkit.net.dnsserver import DnsServer, Forwarder
 log = logging.getLogger("meshkit.mesh")
 
 BRIDGE = "br0"
+RETRY = 5.0  # seconds between tries of a relay that could not start
 
 
 class _Relay:
@@ -83,19 +84,24 @@ class NodeMesh:
         self._connect_timeout = connect_timeout
         self._refs: dict[str, nsock.NetnsRef] = {}  # namespaces web upstream sockets are made in
         self._closed = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_task: asyncio.Task[None] | None = None
         self._version = 0  # counts the maps applied, for watch()
         self._changed = asyncio.Event()
 
     # -- the map -----------------------------------------------------------------------------
 
-    async def apply(self, netmap: Mapping[str, Any], built: set[str]) -> None:
-        """Make VIPs, relays and DNS servers what the map says, over the networks this node
-        has up (`built`). Errors are kept per relay and reported; the others go on."""
+    async def apply(self, netmap: Mapping[str, Any] | None, built: set[str] | None) -> None:
+        """Make VIPs and relays what the map says, over the networks this node has up
+        (`built`); None: the last ones again. Errors are kept per relay and reported; the
+        others go on."""
         async with self._lock:
             if self._closed:
                 return
-            self._map = netmap
-            self._built = set(built)
+            if netmap is not None and built is not None:
+                self._map = netmap
+                self._built = set(built)
+            netmap = self._map
             self._directory = Directory.from_netmap(netmap)
             plan = meshplan.plan(netmap, self.node_id, self._built)
             for slot, why in plan.conflicts.items():
@@ -112,6 +118,9 @@ class NodeMesh:
                 await self._sync_relay(rp)
             for ns in [n for n in self._refs if n not in plan.vips]:
                 self._refs.pop(ns).close()
+        if self._relay_errors and self._retry is None and not self._closed:
+            # e.g. a published port another program held may be free by then
+            self._retry = asyncio.get_running_loop().call_later(RETRY, self._retry_now)
         self._version += 1
         self._changed.set()
         self._changed = asyncio.Event()
@@ -120,6 +129,11 @@ class NodeMesh:
                 callback()
             except Exception:
                 log.exception("mesh: a subscriber failed")
+
+    def _retry_now(self) -> None:
+        self._retry = None
+        if not self._closed:
+            self._retry_task = asyncio.get_running_loop().create_task(self.apply(None, None))
 
     async def _sync_vips(self, wanted: Mapping[str, frozenset[str]]) -> None:
         from meshkit.net import links
@@ -149,7 +163,8 @@ class NodeMesh:
             try:
                 have = await self._open_relay(rp)
             except (MeshkitError, OSError) as exc:
-                text = f"{_describe(rp)}: {exc}"
+                # (the relay's own errors are worded for `meshkit ingress` flags)
+                text = f"{_describe(rp)}: {exc.reason if isinstance(exc, FlagError) else exc}"
                 if self._relay_errors.get(rp.key) != text:
                     log.error("mesh: %s", text)
                 self._relay_errors[rp.key] = text
@@ -328,6 +343,9 @@ class NodeMesh:
         return out
 
     async def close(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         async with self._lock:
             self._closed = True
             for key in list(self._relays):

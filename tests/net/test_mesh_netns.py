@@ -122,6 +122,16 @@ def test_the_story_vip_dns_and_routing_mesh(cluster: Cluster, site: Path, plane:
         assert not [p for p in pages if p.startswith("FAILED")], pages
         assert set(pages) == {"node m1", "node w1"}, pages
         assert all(a != b for a, b in itertools.pairwise(pages)), pages
+        # the client's node answered the VIP's ARP itself (its own bridge's MAC)
+        net_id = json.loads(c.cli_ok("network", "inspect", net))[0]["ID"]
+        bridge_ns = f"mkn-{net_id[:8]}-{c.node_ids()['m1'][:8]}"
+        agent = str(c.procs["m1"].popen.pid)
+        br0 = subprocess.run(
+            ["nsenter", "-t", agent, "-m", "ip", "-n", bridge_ns, "-j", "link", "show", "br0"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        neigh = c.in_task(client, "ip", "-j", "neigh", "show", vip).stdout
+        assert json.loads(neigh)[0]["lladdr"] == json.loads(br0)[0]["address"], (neigh, br0)
         # the published port on every node, also w2 which has no task
         for host in HOSTS:
             url = f"http://{c.lab.addr(host)}:8091/"

@@ -51,6 +51,14 @@ DataDirOpt = Annotated[
     str, typer.Option("--data-dir", help="Where the node keeps its identity and state.")
 ]
 LogLevelOpt = Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")]
+WebOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--web",
+        help="A Caddyfile the agent serves on its own loop (proxy upstreams may be "
+        "service://NAME:PORT).",
+    ),
+]
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -312,14 +320,7 @@ def init(
     hostname: Annotated[
         str | None, typer.Option(help="Name shown in `node ls` (default: the host name).")
     ] = None,
-    web: Annotated[
-        str | None,
-        typer.Option(
-            "--web",
-            help="A Caddyfile the agent serves on its own loop (proxy upstreams may be "
-            "service://NAME:PORT).",
-        ),
-    ] = None,
+    web: WebOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     host: HostOpt = None,
     log_level: LogLevelOpt = "info",
@@ -414,14 +415,7 @@ def join(
     hostname: Annotated[
         str | None, typer.Option(help="Name shown in `node ls` (default: the host name).")
     ] = None,
-    web: Annotated[
-        str | None,
-        typer.Option(
-            "--web",
-            help="A Caddyfile the agent serves on its own loop (proxy upstreams may be "
-            "service://NAME:PORT).",
-        ),
-    ] = None,
+    web: WebOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     host: HostOpt = None,
     log_level: LogLevelOpt = "info",
@@ -464,14 +458,7 @@ def join(
 @node_app.command()
 def run(
     data_dir: DataDirOpt = "/var/lib/meshkit",
-    web: Annotated[
-        str | None,
-        typer.Option(
-            "--web",
-            help="A Caddyfile the agent serves on its own loop (proxy upstreams may be "
-            "service://NAME:PORT).",
-        ),
-    ] = None,
+    web: WebOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     host: HostOpt = None,
     log_level: LogLevelOpt = "info",

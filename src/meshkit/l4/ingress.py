@@ -495,8 +495,13 @@ class Ingress:
             specs = self.read_backends_file()
             flag = "--backends-file"
         resolved = await self.resolve(specs, flag)
-        for lst in self.listeners:
-            lst.open()
+        try:
+            for lst in self.listeners:
+                lst.open()
+        except BaseException:  # the ones already open are closed: nothing half-made stays
+            for lst in self.listeners:
+                lst.close()
+            raise
         self.apply_backends(resolved)
         self.loop.add_reader(self.relay.fileno(), self.on_relay)
         for lst in self.listeners:
@@ -826,12 +831,7 @@ class Ingress:
 async def run_ingress(config: IngressConfig) -> None:
     loop = asyncio.get_running_loop()
     ing = Ingress(config, loop)
-    try:
-        await ing.start()
-    except BaseException:
-        for lst in ing.listeners:
-            lst.close()
-        raise
+    await ing.start()
     feed = None
     if config.service is not None:
         from meshkit.l4.servicefeed import ServiceFeed

@@ -201,12 +201,7 @@ class NodeMesh:
             ing = Ingress(
                 config, asyncio.get_running_loop(), listen_ns=listen_ns, backend_ns=backend_ns
             )
-            try:
-                await ing.start()
-            except BaseException:
-                for lst in ing.listeners:
-                    lst.close()
-                raise
+            await ing.start()
         except BaseException:
             for ref in refs:
                 ref.close()

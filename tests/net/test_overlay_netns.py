@@ -263,8 +263,9 @@ def _fdb(c: Cluster, host: str, ns: str, dev: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("plane", ["kernel", "userspace"])
 def test_reused_address_moves_its_fdb_entry(cluster: Cluster, plane: str) -> None:
-    """A /29 has room for the gateway, three node endpoints and two tasks: the third task
-    reuses the first one's address, on another node, and m1's entries follow it."""
+    """A /29 has room for the gateway, three node endpoints and two tasks (dnsrr services
+    hold no VIP): the third task reuses the first one's address, on another node, and m1's
+    entries follow it."""
     net = f"tiny-{plane}"
     cluster.cli_ok(
         "network", "create", "--subnet", "198.18.200.0/29", "--dataplane", plane, net
@@ -272,10 +273,11 @@ def test_reused_address_moves_its_fdb_entry(cluster: Cluster, plane: str) -> Non
     ids = cluster.node_ids()
     netid = json.loads(cluster.cli_ok("network", "inspect", net))[0]["ID"]
     ns_m1 = f"mkn-{netid[:8]}-{ids['m1'][:8]}"
+    rr = ("--endpoint-mode", "dnsrr", "--network", net)
     try:
-        cluster.cli_ok("service", "create", "--name", "client", "--network", net,
+        cluster.cli_ok("service", "create", "--name", "client", *rr,
                        "--constraint", "node.hostname==m1", "--", "sleep", "1000")  # fmt: skip
-        cluster.cli_ok("service", "create", "--name", "first", "--network", net,
+        cluster.cli_ok("service", "create", "--name", "first", *rr,
                        "--constraint", "node.hostname==w1", "--", "sleep", "1000")  # fmt: skip
         first = cluster.running("first")[0]
         client = cluster.running("client")[0]
@@ -287,7 +289,7 @@ def test_reused_address_moves_its_fdb_entry(cluster: Cluster, plane: str) -> Non
         reused = addr(first)
         assert until(lambda: ping_from(cluster, client, reused), 20, "the first task answers")
         cluster.rm_service("first")
-        cluster.cli_ok("service", "create", "--name", "second", "--network", net,
+        cluster.cli_ok("service", "create", "--name", "second", *rr,
                        "--constraint", "node.hostname==w2", "--", "sleep", "1000")  # fmt: skip
         second = cluster.running("second")[0]
         assert addr(second) == reused
@@ -304,7 +306,7 @@ def test_reused_address_moves_its_fdb_entry(cluster: Cluster, plane: str) -> Non
             stats = json.loads(cluster.cli_ok("doctor", "--json"))["stats"]
             assert stats["peers"][w2]["tx_frames"] > 0, stats
         # a full network: the next task is rejected with the reason
-        r = cluster.cli("service", "create", "--name", "third", "--detach", "--network", net,
+        r = cluster.cli("service", "create", "--name", "third", "--detach", *rr,
                         "--", "sleep", "1000")  # fmt: skip
         assert r.returncode == 0, r.stderr
         until(lambda: any("no free address" in t["Error"] for t in cluster.tasks("third")), 20,

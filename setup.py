@@ -19,7 +19,9 @@ def extensions() -> list[Extension]:
 
     csrc = os.path.join(PKG, "csrc")
     c_files = sorted(
-        os.path.join(csrc, name) for name in os.listdir(os.path.join(HERE, csrc)) if name.endswith(".c")
+        os.path.join(csrc, name)
+        for name in os.listdir(os.path.join(HERE, csrc))
+        if name.endswith(".c")
     )
     fastpath = Extension(
         "meshkit._fastpath",
@@ -41,4 +43,10 @@ def cffi_modules() -> list[str]:
     return [os.path.join(PKG, "net", "vxlan_build.py") + ":ffibuilder"]
 
 
-setup(ext_modules=extensions(), cffi_modules=cffi_modules())
+setup(
+    ext_modules=extensions(),
+    cffi_modules=cffi_modules(),
+    # MANIFEST.in puts the C/Cython sources in the sdist; they are build inputs only, and the
+    # wheel carries just the compiled modules.
+    exclude_package_data={"": ["*.c", "*.h", "*.pyx", "*.pxd", "*.pxi"]},
+)

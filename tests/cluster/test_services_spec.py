@@ -253,3 +253,11 @@ def test_port_names_what_the_tasks_serve_for_the_vip() -> None:
     ]
     with pytest.raises(FlagError, match=r"--port.*publish with --publish"):
         sv.build_spec({"name": "e", "command": ["x"], "port": ["80:7000"]})
+
+
+def test_publish_proxy_protocol_is_v2() -> None:
+    port = sv.parse_publish("8091:80,proxy-protocol=v2")
+    assert port["proxy_protocol"] is True and port["published"] == 8091
+    assert sv.parse_publish("published=1,target=2,proxy-protocol=true")["proxy_protocol"] is True
+    with pytest.raises(FlagError, match="sends PROXY protocol v2"):
+        sv.parse_publish("8091:80,proxy-protocol=v1")

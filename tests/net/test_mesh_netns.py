@@ -225,7 +225,7 @@ def test_names_dnsrr_udp_host_mode_and_proxy_protocol(cluster: Cluster) -> None:
         )  # fmt: skip
         c.cli_ok(
             "service", "create", "--name", "pp", *common, "--publish",
-            "published=8093,target=7002,proxy-protocol=true", "--",
+            "8093:7002,proxy-protocol=v2", "--",
             sys.executable, ECHO, "7002", "--proxy-protocol",
         )  # fmt: skip
         c.cli_ok(

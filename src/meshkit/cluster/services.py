@@ -585,7 +585,7 @@ def _constraints(flags: Mapping[str, Any], key: str) -> list[str]:
 
 def parse_publish(text: str, flag: str = "--publish") -> dict[str, Any]:
     """`8080:80`, `8080:80/udp`, `80`, `mode=host,8081:81/udp` or the long form
-    `published=8080,target=80,protocol=udp,mode=host,proxy-protocol=true`."""
+    `published=8080,target=80,protocol=udp,mode=host,proxy-protocol=v2` (or true)."""
     port: dict[str, Any] = {
         "protocol": "tcp",
         "target": None,
@@ -625,9 +625,14 @@ def parse_publish(text: str, flag: str = "--publish") -> dict[str, Any]:
         elif key == "mode":
             port["mode"] = value
         elif key == "proxy_protocol":
-            if value.lower() not in ("true", "false", "1", "0"):
-                raise FlagError(flag, text, f"proxy-protocol is true or false, not {value!r}")
-            port["proxy_protocol"] = value.lower() in ("true", "1")
+            if value.lower() == "v1":
+                raise FlagError(
+                    flag, text, "the routing mesh sends PROXY protocol v2 (it carries UDP "
+                    "too); use proxy-protocol=v2"
+                )
+            if value.lower() not in ("v2", "true", "false", "1", "0"):
+                raise FlagError(flag, text, f"proxy-protocol is v2, true or false, not {value!r}")
+            port["proxy_protocol"] = value.lower() in ("v2", "true", "1")
         else:
             raise FlagError(flag, text, f"unknown field {key!r}")
     if port["protocol"] not in PROTOCOLS:

@@ -71,6 +71,7 @@ class NodeMesh:
         self._map: Mapping[str, Any] = {}
         self._built: set[str] = set()
         self._directory = Directory.from_netmap({})
+        self._directory_of: Mapping[str, Any] | None = None  # the map it was built from
         self._relays: dict[str, _Relay] = {}
         self._relay_errors: dict[str, str] = {}
         self._vips: dict[str, frozenset[str]] = {}
@@ -102,7 +103,9 @@ class NodeMesh:
                 self._map = netmap
                 self._built = set(built)
             netmap = self._map
-            self._directory = Directory.from_netmap(netmap)
+            if netmap is not self._directory_of:  # apply runs twice per map (see dispatch)
+                self._directory = Directory.from_netmap(netmap)
+                self._directory_of = netmap
             plan = meshplan.plan(netmap, self.node_id, self._built)
             for slot, why in plan.conflicts.items():
                 if self._conflicts.get(slot) != why:

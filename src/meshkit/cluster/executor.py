@@ -237,10 +237,7 @@ class Executor:
                 t.stop.set()
             await asyncio.gather(*supervisors, return_exceptions=True)
             for t in self._tasks.values():
-                if t.netns is not None:
-                    self._let_go(t)
-                    with contextlib.suppress(tasknetns.NetnsError):
-                        await tasknetns.delete(t.netns)
+                await self._remove_netns(t)
         else:
             for sup in supervisors:
                 sup.cancel()

@@ -24,6 +24,7 @@ from meshkit.web.http1 import (
     wants_keep_alive,
 )
 from meshkit.web.message import Headers
+from meshkit.web.paths import canonical_path
 
 
 def framing_status(headers: list[tuple[bytes, bytes]]) -> int:
@@ -126,8 +127,13 @@ def test_parse_target_forms() -> None:
     assert parse_target(b"http://h.example?q=1") == http1.Target("/", "q=1", "h.example")
     assert parse_target(b"*", "OPTIONS").path == "*"
     assert parse_target(b"h.example:443", "CONNECT").authority == "h.example:443"
-    # `..` is kept for the file server to resolve; an encoded slash decodes.
-    assert parse_target(b"/a/../b%2fc").path == "/a/../b/c"
+    # the path is canonical: decoded once, dot segments resolved, slashes merged (issue 16)
+    assert parse_target(b"/a/../b%2fc").path == "/b/c"
+    assert parse_target(b"//a/./b//%2e%2e/c/").path == "/a/c/"
+    with pytest.raises(HttpError):
+        parse_target(b"/a/../../etc/passwd")
+    with pytest.raises(HttpError):
+        parse_target(b"/%2e%2e/etc/passwd")
 
 
 @pytest.mark.parametrize(
@@ -156,8 +162,13 @@ def test_parse_target_refused(uri: bytes) -> None:
 def test_parse_target_roundtrip(text: str) -> None:
     from urllib.parse import quote
 
-    t = parse_target(b"/" + quote(text, safe="").encode())
-    assert t.path == "/" + text
+    # every character (`/` and `.` too) encoded: the path decodes once, then is canonical
+    try:
+        t = parse_target(b"/" + quote(text, safe="").encode())
+    except HttpError:
+        assert canonical_path("/" + text) is None  # only a `..` above the root is refused
+        return
+    assert t.path == canonical_path("/" + text)
 
 
 def head_fields(raw: bytes) -> list[tuple[str, str]]:

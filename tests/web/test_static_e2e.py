@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +204,19 @@ def test_welcome_page_over_http(tmp_path: Path) -> None:
         assert curl(running.port, "/nothing", tmp=tmp_path).status == 404
     finally:
         running.close()
+
+
+def test_two_range_fields_use_the_first(srv: Running, tmp_path: Path) -> None:
+    """Issue 16: with two Range fields the first holds, as nginx does, never the last."""
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(
+            b"GET /hello.txt HTTP/1.1\r\nHost: 127.0.0.1\r\nRange: bytes=0-1\r\n"
+            b"Range: bytes=5-6\r\nConnection: close\r\n\r\n"
+        )
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 206 ")
+    assert b"Content-Range: bytes 0-1/13" in head
+    assert body == b"he"

@@ -393,9 +393,13 @@ class FileServer:
             elif slot == 2:
                 ims = v
             elif slot == 3:
-                rng = v
+                # Range and If-Range are singletons: a repeated one is ignored and the first
+                # holds, as nginx does (issue 16), never the last one a proxy may have added
+                if rng is None:
+                    rng = v
             elif slot == 4:
-                ir = v
+                if ir is None:
+                    ir = v
             elif slot == 5:
                 im = v
             elif slot == 6:

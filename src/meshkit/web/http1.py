@@ -6,8 +6,9 @@ The server (meshkit.web.server) feeds bytes to httptools and asks this module wh
   a request past another HTTP hop (Content-Length together with Transfer-Encoding, repeated
   Content-Length fields, Content-Length that is not a plain decimal, a Transfer-Encoding that
   does not end in a single ``chunked``);
-- ``parse_target(uri)``: the request-target split into decoded path, query and the authority
-  of an absolute-form target, refusing NUL bytes and paths that do not decode;
+- ``parse_target(uri)``: the request-target split into the canonical path (decoded once, dot
+  segments resolved, slashes merged: meshkit.web.paths), the query and the authority of an
+  absolute-form target, refusing NUL bytes, paths that do not decode or that climb above `/`;
 - ``wants_keep_alive(version, connection)``: HTTP/1.0 and 1.1 persistence rules;
 - ``serialize_head(...)``: the status line and header block, with Content-Length, Date,
   ``Server: meshkit`` and Connection added as needed; ``body_allowed`` for HEAD/1xx/204/304;
@@ -19,6 +20,7 @@ Everything here is pure: bytes and data in, bytes and decisions out.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -26,6 +28,7 @@ from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from meshkit.web.message import Headers, status_text
+from meshkit.web.paths import canonical_path
 
 __all__ = [
     "BODY_CHUNKED",
@@ -43,6 +46,7 @@ __all__ = [
     "parse_target",
     "scan_head",
     "serialize_head",
+    "valid_host",
     "wants_keep_alive",
 ]
 
@@ -97,7 +101,8 @@ _HEADS_SEEN_SIZE = 4096  # larger header blocks are not memoised
 def scan_head(headers: list[tuple[bytes, bytes]], version: str) -> Head:
     """Decode a request's header fields and take every framing decision in one pass.
 
-    Raises HttpError(400) for a missing (HTTP/1.1) or repeated Host and for everything
+    Raises HttpError(400) for a missing (HTTP/1.1), repeated or malformed Host (see
+    valid_host) and for everything
     check_framing() refuses. Memoised on the exact fields (a client sends the same header
     block request after request).
     """
@@ -142,9 +147,26 @@ def _scan_head(headers: list[tuple[bytes, bytes]], version: str) -> Head:
                 special = True
     if hosts > 1 or (hosts == 0 and version == "1.1"):
         raise HttpError(400, "missing or repeated Host")
+    if hosts and not valid_host(host):
+        raise HttpError(400, "invalid Host")
     framing = check_framing(headers) if special else NO_BODY
     keep = version == "1.1" if connection is None else wants_keep_alive(version, connection)
     return items, host, keep, framing, size
+
+
+# RFC 3986 host [":" port]: a reg-name (IPv4 addresses are reg-names too: unreserved,
+# pct-encoded and sub-delims characters) or an IP literal in brackets (an IPv6 address, with
+# an RFC 6874 zone); the port digits may be empty.
+_HOST = re.compile(
+    r"(?:[A-Za-z0-9\-._~%!$&'()*+,;=]+|\[[0-9A-Fa-f:.]+(?:%25[A-Za-z0-9\-._~%]+)?\])"
+    r"(?::[0-9]*)?"
+)
+
+
+def valid_host(value: str) -> bool:
+    """Whether a Host field value is a host[:port] (an empty one is not: nginx refuses it,
+    and no site can match it; a space, `/`, `@` or a bracket out of place neither)."""
+    return _HOST.fullmatch(value) is not None
 
 
 def check_framing(headers: list[tuple[bytes, bytes]]) -> Framing:
@@ -188,7 +210,7 @@ def check_framing(headers: list[tuple[bytes, bytes]]) -> Framing:
 
 
 class Target(NamedTuple):
-    """A request-target split up: `path` percent-decoded, `query` as received (without `?`),
+    """A request-target split up: `path` canonical, `query` as received (without `?`),
     `authority` the host[:port] of an absolute-form target ("" otherwise)."""
 
     path: str
@@ -204,7 +226,8 @@ def parse_target(uri: bytes, method: str = "GET") -> Target:
     """Split and decode a request-target (origin-, absolute-, authority- or asterisk-form).
 
     Raises HttpError(400) for NUL (raw or %00), bad %-escapes or invalid UTF-8 in the path,
-    and targets of none of the forms. `..` segments are kept: the file server resolves them.
+    a path whose `..` segments climb above the root, and targets of none of the forms. The
+    path is canonical (meshkit.web.paths): every matcher and the file server see one form.
     Results are memoised (static sites see the same targets over and over).
     """
     key = (uri, method)
@@ -255,7 +278,10 @@ def _parse_target(uri: bytes, method: str) -> Target:
         path = decoded.decode("utf-8")
     except UnicodeDecodeError:
         raise HttpError(400, "path is not UTF-8") from None
-    return Target(path, _latin1(query), _latin1(authority))
+    canonical = canonical_path(path)
+    if canonical is None:
+        raise HttpError(400, "path climbs above the root")
+    return Target(canonical, _latin1(query), _latin1(authority))
 
 
 def _valid_escapes(raw: bytes) -> bool:

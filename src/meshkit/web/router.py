@@ -11,9 +11,10 @@ that host has a matching path, the next candidate host is tried. No site at all:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meshkit.web.message import Handler, HandlerResult, Request, Response
+from meshkit.web.paths import clamp_path
 from meshkit.web.site import Address
 
 
@@ -94,6 +95,9 @@ class Router:
             self.add(route)
 
     def add(self, route: Route) -> None:
+        path = clamp_path(route.address.path)
+        if path != route.address.path:
+            route = replace(route, address=replace(route.address, path=path))
         routes = self._hosts.setdefault(route.address.host.lower(), [])
         routes.append(route)
         # longest path first, so the first prefix match is the longest

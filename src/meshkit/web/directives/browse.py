@@ -27,7 +27,7 @@ import json
 import os
 import stat as stat_mod
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from html import escape
 from string import Template
 from urllib.parse import parse_qs, quote
@@ -37,6 +37,7 @@ from meshkit.web.directives import register
 from meshkit.web.filecache import Entry, is_within
 from meshkit.web.fileserver import INTERNAL_VAR, FileServer, clean_path, fileserver_for
 from meshkit.web.message import Handler, HandlerResult, Headers, Request, Response
+from meshkit.web.paths import clamp_path
 from meshkit.web.site import Site
 
 SORTS = ("name", "namedirfirst", "size", "time")
@@ -168,6 +169,7 @@ def parse(d: Dispenser, site: Site) -> list[dict[str, str | None]]:
 class BrowseHandler:
     def __init__(self, rules: list[Rule], next: Handler, files: FileServer) -> None:
         # longest path first, so the most specific browse wins
+        rules = [replace(r, path=clamp_path(r.path)) for r in rules]
         self.rules = sorted(rules, key=lambda r: len(r.path), reverse=True)
         self.next = next
         self.files = files

@@ -56,6 +56,7 @@ from meshkit.web.fastcgi.env import (
 )
 from meshkit.web.fileserver import clean_path
 from meshkit.web.message import Handler, HandlerResult, Request, Response
+from meshkit.web.paths import clamp_path
 from meshkit.web.placeholders import Template, compile_template
 from meshkit.web.site import Site
 
@@ -223,14 +224,14 @@ class _Rule:
     )
 
     def __init__(self, rule: FastCGIRule, site: Site) -> None:
-        self.base = rule.path
+        self.base = clamp_path(rule.path)
         self.site_root = os.path.abspath(site.root)
         root = rule.root or site.root
         self.document_root = os.path.normpath(os.path.join(self.site_root, root))
         self.ext = rule.ext
         self.split = tuple(rule.split)
         self.index = tuple(rule.index)
-        self.except_paths = tuple(rule.except_paths)
+        self.except_paths = tuple(clamp_path(p) for p in rule.except_paths)
         self.env_static: list[tuple[bytes, bytes]] = []
         self.env_dynamic: list[tuple[bytes, Template]] = []
         for name, value in rule.env:

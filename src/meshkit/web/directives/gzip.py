@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.message import FileBody, Handler, HandlerResult, Request, Response, then
+from meshkit.web.paths import clamp_path
 from meshkit.web.site import Site
 
 DEFAULT_EXTENSIONS = [
@@ -419,7 +420,7 @@ class _Rule:
         exts = rule.ext or DEFAULT_EXTENSIONS
         self.all_ext = WILDCARD in exts
         self.exts = frozenset(exts)
-        self.not_paths = tuple(rule.not_paths)
+        self.not_paths = tuple(clamp_path(p) for p in rule.not_paths)
         self.level = rule.level
         self.min_length = rule.min_length
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.message import Handler, HandlerResult, Request, Response, then
+from meshkit.web.paths import clamp_path
 from meshkit.web.placeholders import Template, compile_template
 from meshkit.web.site import Site
 
@@ -98,7 +99,7 @@ class _Op:
 
 
 def build(config: HeaderConfig, next: Handler, site: Site) -> Handler:
-    rules = [(r.path, [_Op(op) for op in r.headers]) for r in config.rules]
+    rules = [(clamp_path(r.path), [_Op(op) for op in r.headers]) for r in config.rules]
 
     def header_handler(request: Request) -> HandlerResult:
         path = request.path

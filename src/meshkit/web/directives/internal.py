@@ -17,6 +17,7 @@ from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.fileserver import INTERNAL_VAR, clean_path
 from meshkit.web.message import Handler, HandlerResult, Request, Response
+from meshkit.web.paths import clamp_path
 from meshkit.web.site import Site
 
 MAX_REDIRECTS = 10
@@ -66,7 +67,7 @@ _pending: set[asyncio.Task[object]] = set()
 
 class InternalHandler:
     def __init__(self, paths: list[str], next: Handler) -> None:
-        self.paths = tuple(paths)
+        self.paths = tuple(clamp_path(p) for p in paths)
         self.next = next
 
     def __call__(self, req: Request) -> HandlerResult:
@@ -104,7 +105,7 @@ class InternalHandler:
         path, _, query = target.strip().partition("?")
         if not path.startswith("/"):
             return Response.error(500)
-        req.path = unquote(path)
+        req.path = clamp_path(unquote(path))
         req.query = query
         req.uri = path + ("?" + query if query else "")
         req.vars[INTERNAL_VAR] = "1"

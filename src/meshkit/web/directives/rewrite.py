@@ -29,6 +29,7 @@ from urllib.parse import quote, unquote
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.message import Handler, HandlerResult, Request
+from meshkit.web.paths import clamp_path
 from meshkit.web.placeholders import (
     CompiledConditions,
     Condition,
@@ -138,7 +139,7 @@ class _Compiled:
     __slots__ = ("base", "conditions", "exts", "must_use", "negate", "regexp", "start", "to")
 
     def __init__(self, rule: RewriteRule) -> None:
-        self.base = rule.base
+        self.base = clamp_path(rule.base)
         self.regexp = re.compile(rule.regexp) if rule.regexp else None
         self.negate = rule.negate
         self.to: list[tuple[Template, bool]] = [
@@ -150,7 +151,7 @@ class _Compiled:
         ]
         self.must_use = any(use for _, use in self.exts)
         # the regexp sees the path from the base on, keeping the base's trailing slash
-        self.start = len(rule.base) - 1 if rule.base.endswith("/") else len(rule.base)
+        self.start = len(self.base) - 1 if self.base.endswith("/") else len(self.base)
 
     def ext_ok(self, path: str) -> bool:
         if not self.exts:
@@ -201,7 +202,9 @@ def _exists(root: str, path: str, folder: bool) -> bool:
 
 def apply_rewrite(request: Request, path: str, query: str | None) -> None:
     """Point `request` at `path` (encoded form, as rendered) and maybe a new query."""
-    decoded = unquote(path)
+    # decoding may reveal `%2e%2e` or `%2f`: fold again so that later matchers and the file
+    # server see the canonical path (meshkit.web.paths)
+    decoded = clamp_path(unquote(path))
     request.path = decoded
     if query is not None:
         request.query = query

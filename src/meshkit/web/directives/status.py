@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.message import Handler, HandlerResult, Request, Response
+from meshkit.web.paths import clamp_path
 from meshkit.web.site import Site
 
 
@@ -73,7 +74,7 @@ def parse(d: Dispenser, site: Site) -> StatusConfig:
 
 
 def build(config: StatusConfig, next: Handler, site: Site) -> Handler:
-    rules = sorted(((r.path, r.code) for r in config.rules), key=lambda r: -len(r[0]))
+    rules = sorted(((clamp_path(r.path), r.code) for r in config.rules), key=lambda r: -len(r[0]))
 
     def status_handler(request: Request) -> HandlerResult:
         path = request.path

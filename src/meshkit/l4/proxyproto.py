@@ -57,12 +57,25 @@ def _check_port(port: int) -> int:
     return port
 
 
+def _unmapped(ip: _IP) -> ipaddress.IPv4Address | None:
+    """The IPv4 address `ip` is (itself, or the a.b.c.d of ::ffff:a.b.c.d), else None."""
+    if isinstance(ip, ipaddress.IPv4Address):
+        return ip
+    return ip.ipv4_mapped
+
+
 def _pair(src: Address, dst: Address) -> tuple[_IP, _IP]:
-    """Both addresses in one family. A v4/v6 mix (a dual-stack listener) maps the v4 side to
+    """Both addresses in one family. When both are IPv4 (an IPv4 client of a dual-stack
+    `[::]` listener shows as ::ffff:a.b.c.d on both sides) they go as AF_INET/TCP4: a
+    backend (an allow list, a log, X-Forwarded-For) must see the client as the IPv4
+    address it is, as HAProxy and nginx send it. A real v4/v6 mix maps the v4 side to
     ::ffff:a.b.c.d rather than sending UNKNOWN, so the backend still learns the client."""
     s, d = _sock_ip(src[0]), _sock_ip(dst[0])
     _check_port(src[1])
     _check_port(dst[1])
+    s4, d4 = _unmapped(s), _unmapped(d)
+    if s4 is not None and d4 is not None:
+        return s4, d4
     if s.version != d.version:
         if s.version == 4:
             s = ipaddress.IPv6Address(f"::ffff:{s}")

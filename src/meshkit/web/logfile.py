@@ -90,6 +90,17 @@ class LogSink(Protocol):
     def close(self) -> None: ...
 
 
+# Characters no log line may hold as they are: C0 controls but HTAB, DEL, and the other
+# line breaks of str.splitlines() (SyslogSink splits at them). The access log escapes its
+# values already (meshkit.web.placeholders.log_escape); this is for every other writer.
+_LINE_BREAKERS = re.compile("[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _hex(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02X}" if code < 0x100 else f"\\u{code:04X}"
+
+
 class _Buffered:
     """Buffer lines and flush them from the loop (or at once without a running loop)."""
 
@@ -102,6 +113,10 @@ class _Buffered:
         self._lock = threading.Lock()
 
     def write(self, line: str) -> None:
+        if _LINE_BREAKERS.search(line) is not None:
+            # one call, one line: whatever a writer put in (the error log's request path),
+            # a control character cannot start a forged line or drive a terminal
+            line = _LINE_BREAKERS.sub(_hex, line)
         self._buf.append(line + "\n")
         self._buffered += len(line) + 1
         if self._buffered >= FLUSH_AT:

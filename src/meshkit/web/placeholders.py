@@ -13,6 +13,11 @@ Values set by directives live in `request.vars` (`{user}` from basicauth, `{upst
 proxy) and override built-in names; `extra` (rewrite's `{1}`, log's masked `{remote}`) overrides
 both.
 
+A template compiled with `escape=True` (the access log's) writes each substituted value with
+`log_escape`: control characters, `"` and `\\` become `\\xHH` as nginx's `escape=default`
+writes them, so a `%0a` in a path or a `"` in a User-Agent cannot forge a log line or a
+field. Other uses (header values, redirects, rewrites) get the values as they are.
+
 This module also holds `if A OP B` conditions (used by redir and rewrite), which compare
 rendered placeholders.
 """
@@ -46,6 +51,27 @@ class RenderContext:
 
 
 Getter = Callable[[Request, RenderContext], str]
+
+
+# --- log escaping ---------------------------------------------------------------------------
+
+# What a value must not bring into a log line as it is: C0 controls and DEL (a newline forges
+# a line, ESC drives terminals), `"` and `\\` (they delimit and escape fields in the common
+# and combined formats), and the other characters str.splitlines() breaks at (NEL, LS, PS:
+# the syslog sink splits lines that way).
+_LOG_UNSAFE = re.compile('[\x00-\x1f\x7f"\\\\\x85\u2028\u2029]')
+
+
+def _hex(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02X}" if code < 0x100 else f"\\u{code:04X}"
+
+
+def log_escape(value: str) -> str:
+    """`value` safe inside a log line: nginx's escape=default (`\\xHH`, upper case)."""
+    if _LOG_UNSAFE.search(value) is None:
+        return value  # the usual case: nothing to replace, no new string
+    return _LOG_UNSAFE.sub(_hex, value)
 
 
 # --- time formatting ------------------------------------------------------------------------
@@ -311,11 +337,12 @@ def parse_parts(fmt: str) -> list[tuple[bool, str]]:
 class Template:
     """A format string compiled into literal and placeholder parts."""
 
-    __slots__ = ("empty", "fmt", "names", "parts", "static")
+    __slots__ = ("empty", "escape", "fmt", "names", "parts", "static")
 
-    def __init__(self, fmt: str, empty: str = "") -> None:
+    def __init__(self, fmt: str, empty: str = "", escape: bool = False) -> None:
         self.fmt = fmt
         self.empty = empty
+        self.escape = escape  # log_escape each substituted value (log lines)
         parts: list[Part] = []
         names: list[str] = []
         for is_ph, text in parse_parts(fmt):
@@ -350,6 +377,7 @@ class Template:
             return self.static
         ctx = RenderContext(response, size, latency, now if now is not None else time.time())
         empty = self.empty
+        escape = self.escape
         variables = request.vars
         out: list[str] = []
         append = out.append
@@ -364,17 +392,23 @@ class Template:
                 value = variables[name]
             else:
                 value = get(request, ctx)
-            append(value if value else empty)
+            if not value:
+                append(empty)
+            elif escape:
+                append(log_escape(value))
+            else:
+                append(value)
         return "".join(out)
 
     def __repr__(self) -> str:
-        return f"Template({self.fmt!r}, empty={self.empty!r})"
+        return f"Template({self.fmt!r}, empty={self.empty!r}, escape={self.escape!r})"
 
 
 @lru_cache(maxsize=1024)
-def compile_template(fmt: str, empty: str = "") -> Template:
-    """The compiled Template of `fmt` (cached: the same format compiles once)."""
-    return Template(fmt, empty)
+def compile_template(fmt: str, empty: str = "", escape: bool = False) -> Template:
+    """The compiled Template of `fmt` (cached: the same format compiles once); `escape`
+    for a log line's (see log_escape)."""
+    return Template(fmt, empty, escape)
 
 
 def replace(

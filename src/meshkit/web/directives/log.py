@@ -12,10 +12,11 @@
         except PATH...              # base paths not logged
     }
 
-FILE may be `stdout`, `stderr` or `syslog`. Empty values are written as `-`. The line is
-written once the response has been sent (from request.on_complete), so {status}, {size} and
-{latency} are what the client got. A request is logged by the rules of the longest matching
-PATH (each rule may have several outputs).
+FILE may be `stdout`, `stderr` or `syslog`. Empty values are written as `-`; control
+characters, `"` and `\\` in a value are written as `\\xHH` (nginx's escape=default). The
+line is written once the response has been sent (from request.on_complete), so {status},
+{size} and {latency} are what the client got. A request is logged by the rules of the
+longest matching PATH (each rule may have several outputs).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from meshkit.web.logfile import (
     roller_option_error,
 )
 from meshkit.web.message import Handler, HandlerResult, Request, Response
+from meshkit.web.paths import clamp_path
 from meshkit.web.placeholders import Template, compile_template
 from meshkit.web.site import Site
 
@@ -144,9 +146,11 @@ class _Writer:
     __slots__ = ("exceptions", "sink", "template", "v4", "v6")
 
     def __init__(self, entry: LogEntry, sink: LogSink) -> None:
-        self.template: Template = compile_template(entry.format, EMPTY)
+        # escape=True: a value (a decoded `%0a` in {path}, a `"` in {>User-Agent}) must not
+        # forge a line or a field
+        self.template: Template = compile_template(entry.format, EMPTY, escape=True)
         self.sink = sink
-        self.exceptions = tuple(entry.exceptions)
+        self.exceptions = tuple(clamp_path(p) for p in entry.exceptions)
         self.v4 = ipaddress.IPv4Address(entry.ipmask_v4) if entry.ipmask_v4 else None
         self.v6 = ipaddress.IPv6Address(entry.ipmask_v6) if entry.ipmask_v6 else None
 
@@ -179,7 +183,7 @@ def _open(entry: LogEntry) -> LogSink:
 def build(config: LogConfig, next: Handler, site: Site) -> Handler:
     groups: dict[str, list[_Writer]] = {}
     for entry in config.entries:
-        groups.setdefault(entry.path, []).append(_Writer(entry, _open(entry)))
+        groups.setdefault(clamp_path(entry.path), []).append(_Writer(entry, _open(entry)))
     rules = sorted(groups.items(), key=lambda item: len(item[0]), reverse=True)
 
     def watch(request: Request) -> None:

@@ -18,6 +18,16 @@ Two ways to run an exchange share the connection, the parser and the error rules
   the response head is in; the handler turns that into the Response of a plain Future, with
   no task and no coroutine per request.
 
+An upstream's response head is held to MAX_HEAD bytes and MAX_FIELDS fields, and a field
+value with a control character (NUL, a bare CR or LF, DEL...) is refused: all three end the
+exchange with UpstreamBroken (502), as nginx answers, rather than pass on a head that could
+split the client's response or make the server buffer without bound.
+
+A request body that fails on the client's side (malformed chunked framing, a connection
+closed mid-body, the `limits` size) ends the exchange with ClientBodyFailed: the upstream
+connection is closed without the last chunk (so the upstream cannot take a short body as
+whole) and the client gets 400 (413 past a limit), not a 502 blamed on the upstream.
+
 No timer per request: every exchange in flight has a deadline on its connection, and one
 sweep per proxy block (meshkit.web.proxy.deadlines) fails those past it with
 UpstreamTimeout.
@@ -26,6 +36,7 @@ UpstreamTimeout.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -33,11 +44,14 @@ from typing import Any
 
 import httptools
 
-from meshkit.web.message import Body
+from meshkit.web.message import Body, BodyTooLarge
 from meshkit.web.proxy.deadlines import Deadlines
 from meshkit.web.proxy.upstream import Upstream
 
 __all__ = [
+    "MAX_FIELDS",
+    "MAX_HEAD",
+    "ClientBodyFailed",
     "ConnectFailed",
     "Deadlines",
     "Pool",
@@ -69,6 +83,26 @@ class UpstreamBroken(UpstreamError):
     """The upstream closed or spoke bad HTTP mid-exchange (502)."""
 
 
+class ClientBodyFailed(UpstreamError):
+    """Reading the client's request body failed while it went upstream: the client's fault,
+    not the upstream's (no passive failure, no retry). `status` is the answer: 413 past
+    the body limit, else 400."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# Bounds on an upstream's response head: generous next to nginx's 4-8 KiB proxy_buffer_size,
+# small enough that an upstream cannot make the proxy hold megabytes per exchange.
+MAX_HEAD = 64 * 1024  # bytes of status line and fields
+MAX_FIELDS = 256
+
+# Control characters a field value must not hold (HTAB is allowed, RFC 9110 5.5); the
+# fast head parser leaves such a head to httptools, which refuses it.
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 # An upstream answers with the same few heads over and over (the Date changes each second):
 # parsed ones by their bytes. The header lists are shared: never changed in place.
 _HEADS: dict[bytes, tuple[int, list[tuple[str, str]], int, bool]] = {}
@@ -80,10 +114,12 @@ def _simple_head(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | N
     """(status, fields, Content-Length, keep-alive) of a plain HTTP/1.1 response head (no
     CR/LF), or None for anything the parser must judge: interim and bodiless statuses,
     no or a bad Content-Length, Transfer-Encoding, malformed or folded lines."""
-    if not raw.startswith(b"HTTP/1.1 "):
+    if not raw.startswith(b"HTTP/1.1 ") or len(raw) > MAX_HEAD:
         return None
     text = raw.decode("latin-1")
     lines = text.split("\r\n")
+    if len(lines) > MAX_FIELDS + 1:
+        return None
     first = lines[0]
     code = first[9:12]
     if (
@@ -99,6 +135,8 @@ def _simple_head(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | N
     keep = True
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
+        if _CTL.search(line) is not None:
+            return None  # the parser refuses it (a NUL in a value...)
         name, sep, value = line.partition(":")
         if not sep or not name or " " in name or "\t" in name:
             return None
@@ -116,6 +154,10 @@ def _simple_head(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | N
     if length < 0:
         return None
     return int(code), headers, length, keep
+
+
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing a response head past the limits."""
 
 
 class _Conn(asyncio.Protocol):
@@ -140,6 +182,7 @@ class _Conn(asyncio.Protocol):
         self.keep = True
         self.closed = False
         self.got_bytes = False
+        self.head_size = 0  # bytes of the response head so far (see MAX_HEAD)
         self.read_paused = False
         self.write_paused = False
         self.upgrade_rest: bytes | None = None
@@ -158,6 +201,7 @@ class _Conn(asyncio.Protocol):
         self.head_done = self.done = self.interim = False
         self.head_only = head_only
         self.got_bytes = False
+        self.head_size = 0
         self.fed = False  # bytes of this response went to the parser
         self.error = None
 
@@ -188,10 +232,21 @@ class _Conn(asyncio.Protocol):
             self.upgrade_rest = data[exc.args[0] :]
             self.done = True
         except httptools.HttpParserError as exc:
-            if not self.done:
+            if not self.done and self.error is None:
                 self.error = UpstreamBroken(f"bad HTTP from the upstream: {exc}")
             self.keep = False
             self.close()
+        else:
+            if not self.head_done and self.error is None:
+                # a head still incomplete: httptools holds its partial field out of our
+                # sight, so count what came (a head spanning reads is bounded too)
+                self.head_size += len(data)
+                if self.head_size > MAX_HEAD:
+                    self.error = UpstreamBroken(
+                        f"the upstream's response head is over {MAX_HEAD} bytes"
+                    )
+                    self.keep = False
+                    self.close()
         self._wake()
 
     def _whole(self, data: bytes) -> bool:
@@ -257,7 +312,16 @@ class _Conn(asyncio.Protocol):
         self.headers = []
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        headers = self.headers
+        headers.append((name.decode("latin-1"), value.decode("latin-1")))
+        if not self.head_done:
+            self.head_size += len(name) + len(value) + 4
+            if len(headers) > MAX_FIELDS or self.head_size > MAX_HEAD:
+                self.error = UpstreamBroken(
+                    f"the upstream's response head is over {MAX_HEAD} bytes"
+                    f" or {MAX_FIELDS} fields"
+                )
+                raise _HeadTooLarge  # stops the parser (data_received closes)
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -492,9 +556,17 @@ async def _send_body(conn: _Conn, body: Body, chunked: bool) -> None:
                 await conn.drained()
         if chunked and not conn.closed:
             transport.write(b"0\r\n\r\n")
-    except Exception:
-        # the client went away mid-body: the upstream must not take a short body as whole
+    except Exception as exc:
+        # The client's body broke off or was malformed (e.g. a Content-Length trailer,
+        # which httptools refuses after the last chunk was parsed but before the message
+        # completes), or went past `limits`: close without the last chunk so the upstream
+        # cannot take a short body as whole, and say whose fault it was so that the client
+        # gets 400/413 rather than a 502 that marks a sound upstream as failed.
+        if conn.error is None and not conn.head_done:
+            status = 413 if isinstance(exc, BodyTooLarge) else 400
+            conn.error = ClientBodyFailed(f"the client's request body failed: {exc!r}", status)
         conn.close()
+        conn._wake()
 
 
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"))

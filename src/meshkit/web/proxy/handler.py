@@ -11,6 +11,12 @@ Everything else (dialling, request bodies, upgrades, retries within try_duration
 kept connection re-dialled) runs in the `serve` coroutine. Both share the head building, the
 header rules and the error mapping (`_Route`). Errors name the upstream in the
 log (logger "meshkit.web") only; the client gets the plain 502/504 page.
+
+What goes upstream is always an origin-form target made from the canonical `request.path`
+(meshkit.web.paths) re-encoded, plus the query: never the target as received, so an
+absolute-form target (`GET http://other.example/x`) or a raw `/api/../secret` cannot make
+the upstream see another resource than the one the proxy's own scope (and every directive
+before it, basicauth included) judged. FROM, `except` and `without` paths are canonical too.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from meshkit.errors import MeshkitError
 from meshkit.lb.pick import Picker, Ticket
 from meshkit.web.message import Handler, HandlerResult, Headers, Request, Response
+from meshkit.web.paths import clamp_path
 from meshkit.web.placeholders import Template, compile_template
 from meshkit.web.proxy.client import (
     IDEMPOTENT,
+    ClientBodyFailed,
     ConnectFailed,
     Deadlines,
     Pool,
@@ -155,8 +164,10 @@ class _Route:
 
     def __init__(self, rule: ProxyRule, directory: ServiceDirectory | None = None) -> None:
         self.rule = rule
-        self.from_path = rule.from_path
-        self.excepts = [e for e in rule.except_paths]
+        # matched against the canonical request path: `/api/./private` or `/api//private`
+        # in a Caddyfile must mean `/api/private`, or an `except` would never match
+        self.from_path = _scope(rule.from_path)
+        self.excepts = [_scope(e) for e in rule.except_paths]
         self.templates = rule.upstreams
         self.directory = directory
         self.dynamic = any(u.scheme == "service" for u in rule.upstreams)
@@ -181,7 +192,7 @@ class _Route:
         self.up_ops = _Ops(rule.header_upstream) if rule.header_upstream else None
         self.down_ops = _Ops(rule.header_downstream) if rule.header_downstream else None
         self.header_name = rule.policy_header
-        self.without = rule.without
+        self.without = _scope(rule.without) if rule.without else ""
         self.transparent = rule.transparent
         self.close_upstream = rule.keepalive <= 0
         # the client's fields for each upstream head seen lately (see response_for)
@@ -331,7 +342,8 @@ class _Route:
         key = (
             index,
             request.method,
-            request.uri,
+            request.path,
+            request.query,
             request.remote_addr,
             request.host,
             request.scheme,
@@ -353,11 +365,12 @@ class _Route:
     def _make_head(
         self, uset: UpstreamSet, request: Request, index: int
     ) -> tuple[bytes, str | None]:
-        uri = request.uri
-        if self.without and uri.startswith(self.without):
-            uri = uri[len(self.without) :]
-            if not uri.startswith("/"):
-                uri = "/" + uri
+        path = request.path  # canonical (never request.uri: see the module's doc)
+        if self.without and path.startswith(self.without):
+            path = path[len(self.without) :]
+            if not path.startswith("/"):
+                path = "/" + path
+        uri = _encoded(path) + ("?" + request.query if request.query else "")
         kept, xff, connection, upgrade_to = _copied(request.headers, _SKIP)
         if connection:
             # the fields the client's Connection names are hop-by-hop too (rare: scan again)
@@ -490,6 +503,32 @@ class _Route:
             uset.picker.fail(index, now)
         elif current.picker is not None and upstream in current.upstreams:
             current.picker.fail(current.upstreams.index(upstream), now)
+
+
+def _scope(path: str) -> str:
+    """A configured path (FROM, `except`, `without`) in the canonical form request paths
+    have; one not starting with `/` is left alone (it never matches, as in Caddy v1)."""
+    return clamp_path(path) if path.startswith("/") else path
+
+
+# What stays unencoded in the path sent upstream: unreserved characters (quote keeps
+# letters, digits and `_.-~` always), `/`, and the sub-delims, `:` and `@` that RFC 3986
+# allows in a segment. Everything else (`%`, `?`, `#`, spaces, CTLs, non-ASCII) is
+# percent-encoded, so the upstream decodes back exactly the canonical path.
+_PATH_SAFE = "/:@!$&'()*+,;=~"
+
+
+@functools.lru_cache(maxsize=4096)
+def _encoded(path: str) -> str:
+    """The canonical path percent-encoded for the request line (cached: clients repeat)."""
+    return quote(path, safe=_PATH_SAFE)
+
+
+def _target(request: Request) -> str:
+    """The origin-form target sent upstream (and hashed by uri_hash): canonical path and
+    query. `without` is applied on top of it when the head is made."""
+    query = request.query
+    return _encoded(request.path) + ("?" + query if query else "")
 
 
 def _downstream(raw: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], str | None]:
@@ -669,7 +708,7 @@ class ProxyHandler:
         ticket = picker.pick(
             loop.time(),
             client_ip=request.remote_addr,
-            uri=request.uri,
+            uri=_target(request),
             header_value=request.headers.get(route.header_name) if route.header_name else None,
         )
         if ticket is None:
@@ -730,7 +769,7 @@ class ProxyHandler:
                     picked = picker.pick(
                         loop.time(),
                         client_ip=request.remote_addr,
-                        uri=request.uri,
+                        uri=_target(request),
                         header_value=header_value,
                         exclude=exclude,
                     )
@@ -767,6 +806,14 @@ class ProxyHandler:
                     method,
                     fresh,
                 )
+            except ClientBodyFailed as exc:
+                # the client's body, not the upstream, failed: no passive failure, no retry
+                assert uset.picker is not None
+                uset.picker.release(ticket)
+                log.info(
+                    "proxy to %s for %s %s: %s", uset.names[index], method, request.uri, exc
+                )
+                return _gateway_error(exc.status)
             except UpstreamError as exc:
                 status = route.failed(uset, request, ticket, exc, loop.time())
                 if isinstance(exc, ConnectFailed) and loop.time() < deadline:

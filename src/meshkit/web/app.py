@@ -6,8 +6,9 @@
 
 The sites are grouped by port (meshkit listens on every address of a port, as Caddy v1 did
 without `bind`): one HttpServer per port with a Router in front of the sites' handler chains.
-The header limit of a port is the smallest `limits header` of its sites (the Host header that
-picks a site comes after the limit applies).
+The head limits of a port (bytes, default 64 KiB; fields, default 100; bytes of one field line,
+default 8 KiB) are the smallest `limits header|header_fields|header_line` of its sites (the
+Host header that picks a site comes after the limits apply).
 
 Signals: SIGUSR1 re-reads the configuration and swaps it in without dropping connections
 (ports that stay get the new router; new ports are bound first; ports that go away drain);
@@ -39,15 +40,19 @@ from meshkit.web.caddyfile.load import (
     load_text,
 )
 from meshkit.web.directives import build_chain
+from meshkit.web.directives.limits import LimitsConfig
 from meshkit.web.message import Handler
 from meshkit.web.proxy.services import ServiceDirectory
 from meshkit.web.router import Route, Router, site_is_static
-from meshkit.web.server import HttpServer
+from meshkit.web.server import DEFAULT_MAX_FIELD_LINE, DEFAULT_MAX_FIELDS, HttpServer
 from meshkit.web.site import Background, Site
 
 log = logging.getLogger("meshkit.web")
 
-DEFAULT_HEADER_LIMIT = 1 << 20
+# a request head's bytes unless `limits header` says otherwise: nginx allows 32 KiB (4 x 8k
+# large_client_header_buffers), Go's 1 MiB was more than any client sends and let one head
+# of 100 fields of 8 KiB hold the loop (issue 16)
+DEFAULT_HEADER_LIMIT = 64 << 10
 DEFAULT_CADDYFILE = "Caddyfile"
 
 
@@ -102,6 +107,10 @@ class PortPlan:
     port: int
     routes: list[Route]
     header_limit: int
+    # header fields per request head and bytes per field line: the smallest `limits
+    # header_fields` / `header_line` of the port's sites, else the server's defaults
+    max_fields: int = DEFAULT_MAX_FIELDS
+    max_field_line: int = DEFAULT_MAX_FIELD_LINE
     # what the sites on this port run beside the server (git pulls, health checks)
     background: list[Background] = field(default_factory=list)
 
@@ -114,7 +123,10 @@ def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict
     Raises MeshkitError when a site's handlers cannot be built."""
     config.raise_errors()
     ports: dict[int, PortPlan] = {}
+    fields: dict[int, int] = {}
+    lines: dict[int, int] = {}
     for site in config.sites:
+        limits = site.directives.get("limits")
         site.background.clear()  # build() adds them again
         handler = build(site)
         static = site_is_static(site.directives)
@@ -127,8 +139,19 @@ def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict
                 p.header_limit = (
                     min(p.header_limit, site.header_limit) if p.header_limit else site.header_limit
                 )
-    for p in ports.values():
+            if isinstance(limits, LimitsConfig):
+                if limits.header_fields:
+                    fields[address.port] = min(
+                        fields.get(address.port, limits.header_fields), limits.header_fields
+                    )
+                if limits.header_line:
+                    lines[address.port] = min(
+                        lines.get(address.port, limits.header_line), limits.header_line
+                    )
+    for port, p in ports.items():
         p.header_limit = p.header_limit or DEFAULT_HEADER_LIMIT
+        p.max_fields = fields.get(port, DEFAULT_MAX_FIELDS)
+        p.max_field_line = lines.get(port, DEFAULT_MAX_FIELD_LINE)
     return ports
 
 
@@ -232,7 +255,12 @@ class WebApp:
         await self._start_background(ports)
 
     async def _open(self, p: PortPlan) -> _Listener:
-        server = HttpServer(p.router(), header_limit=p.header_limit)
+        server = HttpServer(
+            p.router(),
+            header_limit=p.header_limit,
+            max_fields=p.max_fields,
+            max_field_line=p.max_field_line,
+        )
         try:
             await server.listen(self.options.listen_host, p.port)
         except BaseException:
@@ -294,6 +322,7 @@ class WebApp:
                 if p2.header_limit != lst.header_limit:
                     set_header_limit(lst.server, p2.header_limit)
                     lst.header_limit = p2.header_limit
+                lst.server.set_limits(max_fields=p2.max_fields, max_field_line=p2.max_field_line)
                 lst.server.set_handler(p2.router())
         for port, lst in new.items():
             self.listeners[port] = lst

@@ -71,7 +71,7 @@ from meshkit.web.message import (
 from meshkit.web.respcache import MAX_HEAD, CachedResponse, ResponseCache
 from meshkit.web.sendfile import SEND_AGAIN, SEND_DONE, SendPath, load_send_path
 
-__all__ = ["HttpServer"]
+__all__ = ["DEFAULT_MAX_FIELDS", "DEFAULT_MAX_FIELD_LINE", "HttpServer"]
 
 log = logging.getLogger("meshkit.web")
 
@@ -81,6 +81,10 @@ _FILE_BUDGET = 8 << 20  # file bytes per send before yielding to the loop
 _SMALL_BODY = 65536  # bytes bodies up to this size go out in one send with the head
 _BODY_BUFFER = 262144  # buffered, unread request body bytes before reading pauses
 _MAX_PIPELINE = 64  # responses waiting in order before reading pauses
+# Request head limits besides the total size: fields per head (Apache's LimitRequestFields
+# and Go's default) and bytes per field line (nginx's large_client_header_buffers 8k).
+DEFAULT_MAX_FIELDS = 100
+DEFAULT_MAX_FIELD_LINE = 8192
 _LINGER = 2.0  # seconds to discard input after a closing response
 _LINGER_BYTES = 1 << 20
 
@@ -295,9 +299,12 @@ class _Job:
 
 
 class _Slot:
-    """A response to be written in request order; `response` is None until it is ready."""
+    """A response to be written in request order; `response` is None until it is ready.
 
-    __slots__ = ("keep", "request", "response", "task")
+    `deferred`: the request waits for its turn to reach the handler (see _may_dispatch);
+    `awaited`: the handler answered with an awaitable (an upstream exchange, typically)."""
+
+    __slots__ = ("awaited", "deferred", "keep", "request", "response", "task")
 
     def __init__(self, request: Request, keep: bool) -> None:
         self.request = request
@@ -305,6 +312,8 @@ class _Slot:
         self.response: Response | None = None
         # the task awaiting the handler's result, or the handler's own Future (see on_result)
         self.task: asyncio.Future[Any] | None = None
+        self.deferred = False
+        self.awaited = False
 
 
 class _Conn:
@@ -335,8 +344,13 @@ class _Conn:
         self._start_time = 0.0
         self._body: _RequestBody | None = None
         self._queue: deque[_Slot] = deque()
+        # requests of _queue not handed to the handler yet (in order), and how many slots of
+        # _queue wait on an awaitable: the bound on upstream work per connection
+        self._deferred: deque[_Slot] = deque()
+        self._awaited = 0
         self._out: deque[_Job] = deque()
         self._streaming = False
+        self._stream_task: asyncio.Task[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._reading = False
         self._writing = False
@@ -490,10 +504,22 @@ class _Conn:
         self._url = url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # Sizes are checked once the head is complete (scan_head) and, for a head that
-        # spans reads, by _on_readable. Trailer fields of a chunked body land in a list
-        # that on_headers_complete has already let go of: they are ignored.
-        self._headers.append((name, value))
+        # The field count and each field line are checked here, as fields arrive, so that a
+        # head of a huge number of small fields is refused after the first few hundred
+        # rather than parsed whole (the total size is checked once the head is complete,
+        # and for a head that spans reads by _on_readable). Trailer fields of a chunked
+        # body (after the head) are ignored.
+        if not self._in_head:
+            return
+        headers = self._headers
+        server = self._server
+        if (
+            len(headers) >= server._max_fields
+            or len(name) + len(value) + 2 > server._max_field_line
+        ):
+            self._refuse = 431
+            raise _Refused
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._no_more:
@@ -545,13 +571,18 @@ class _Conn:
         self.requests += 1
         if not keep:
             self._no_more = True  # later pipelined requests are not answered
-        try:
-            result = server._handler(request)
-        except BodyTooLarge:
-            result = _too_large()
-        except Exception:
-            log.exception("handler failed for %s %s", method, request.uri)
-            result = _server_error()
+        if self._deferred or not self._may_dispatch():
+            # An upstream exchange of this connection is pending while another response is
+            # being written (or two are pending): this request waits its turn, so that a
+            # pipelining client cannot fan out into many upstream connections at once.
+            slot = _Slot(request, keep)
+            slot.deferred = True
+            self._queue.append(slot)
+            self._deferred.append(slot)
+            if len(self._queue) >= _MAX_PIPELINE:
+                self._update_reading()
+            return
+        result = self._call_handler(request)
         if type(result) is Response or isinstance(result, Response):
             if (
                 result.validators is not None
@@ -576,6 +607,21 @@ class _Conn:
         self._queue.append(slot)
         if len(self._queue) >= _MAX_PIPELINE:
             self._update_reading()
+        self._await_result(slot, result)
+
+    def _call_handler(self, request: Request) -> Any:
+        """The handler's result for request: a Response or an awaitable of one."""
+        try:
+            return self._server._handler(request)
+        except BodyTooLarge:
+            return _too_large()
+        except Exception:
+            log.exception("handler failed for %s %s", request.method, request.uri)
+            return _server_error()
+
+    def _await_result(self, slot: _Slot, result: Any) -> None:
+        slot.awaited = True
+        self._awaited += 1
         if isinstance(result, asyncio.Future):
             # A handler that answers from protocol callbacks (the proxy's and FastCGI's fast
             # paths) returns a plain Future: waiting on it with a callback instead of a task
@@ -584,6 +630,31 @@ class _Conn:
             result.add_done_callback(functools.partial(self._future_done, slot))
         else:
             slot.task = self._loop.create_task(self._await_response(slot, result))
+
+    def _may_dispatch(self) -> bool:
+        """Whether a request may reach the handler now. Awaited results (proxy, FastCGI)
+        of one connection run in order, at most one ahead of the response being written:
+        two exchanges in flight at most, as nginx and Caddy (which serve the requests of a
+        connection one after the other) come close to; synchronous answers (static files)
+        keep their fast path while no exchange is pending."""
+        n = self._awaited
+        return n == 0 or (n == 1 and not (self._out or self._streaming))
+
+    def _dispatch_deferred(self) -> bool:
+        """Hand waiting requests to the handler, in order, while _may_dispatch allows;
+        whether any was."""
+        deferred = self._deferred
+        dispatched = False
+        while deferred and not self._closed and self._may_dispatch():
+            slot = deferred.popleft()
+            slot.deferred = False
+            dispatched = True
+            result = self._call_handler(slot.request)
+            if type(result) is Response or isinstance(result, Response):
+                slot.response = result
+            else:
+                self._await_result(slot, result)
+        return dispatched
 
     def on_body(self, data: bytes) -> None:
         body = self._body
@@ -732,22 +803,27 @@ class _Conn:
         slot.task = None
         if self._closed or slot not in self._queue:
             # The connection went away meanwhile: nothing will write this response.
-            if isinstance(response.body, FileBody):
-                _release(response.body)
+            _discard_body(response.body)
             _complete(slot.request, response, 0)
             return
         slot.response = response
         self._flush_queue()
 
     def _flush_queue(self) -> None:
-        queue = self._queue
-        while queue and not self._streaming and not self._closed:
-            slot = queue[0]
-            response = slot.response
-            if response is None:
-                return
-            queue.popleft()
-            self._write_response(slot.request, response, slot.keep)
+        # self._queue, not a local: a closing response empties it (_drop_slots)
+        while not self._closed:
+            queue = self._queue
+            while queue and not self._streaming and not self._closed:
+                slot = queue[0]
+                response = slot.response
+                if response is None:
+                    break
+                queue.popleft()
+                if slot.awaited:
+                    self._awaited -= 1
+                self._write_response(slot.request, response, slot.keep)
+            if not self._deferred or not self._dispatch_deferred():
+                break
         if not self._closed:
             self._update_reading()
             if not self._busy():
@@ -996,16 +1072,16 @@ class _Conn:
         if not keep:
             self._no_more = True
         if not send_body:
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                self._loop.create_task(_quietly(aclose()))
+            _discard_body(body)
             job = _Job(head)
             job.head_len = len(head)
             self._finish_response(job, request, response, keep)
             return
         self._streaming = True
         self._emit(_Job(head))
-        self._loop.create_task(self._stream(request, response, body, chunked, keep, length))
+        self._stream_task = self._loop.create_task(
+            self._stream(request, response, body, chunked, keep, length)
+        )
 
     async def _stream(
         self,
@@ -1034,7 +1110,9 @@ class _Conn:
             else:
                 ok = length is None or sent == length
         except asyncio.CancelledError:
-            raise
+            if not self._closed:
+                raise
+            # cancelled by _abort: the body is closed below, the request completed
         except Exception:
             if not self._closed:
                 log.exception("response body of %s %s failed", request.method, request.uri)
@@ -1044,6 +1122,7 @@ class _Conn:
                 with contextlib.suppress(Exception):
                     await aclose()
         self._streaming = False
+        self._stream_task = None
         if self._closed:
             _complete(request, response, sent)
             return
@@ -1149,6 +1228,9 @@ class _Conn:
         drain = self._drain
         if drain is not None and not drain.done():
             drain.set_result(None)
+        if self._deferred:
+            self._flush_queue()  # the next waiting request may go to the handler now
+            return
         self._update_reading()
         if not self._busy():
             self._went_idle()
@@ -1263,14 +1345,17 @@ class _Conn:
     def _drop_slots(self) -> None:
         """Forget responses that will not be written: cancel their handlers, release their
         files and tell their on_complete callbacks (0 bytes sent)."""
-        queue, self._queue = self._queue, deque()
+        queue = list(self._queue)
+        self._queue.clear()  # in place: _flush_queue may be iterating it
+        self._deferred.clear()
+        self._awaited = 0
         for slot in queue:
             if slot.task is not None:
-                slot.task.cancel()
+                _cancel(self._loop, slot.task)
             response = slot.response
             if response is not None:
-                if isinstance(response.body, FileBody):
-                    _release(response.body)
+                # a streamed body (a proxied response) holds its upstream connection
+                _discard_body(response.body)
                 _complete(slot.request, response, 0)
 
     def _abort(self) -> None:
@@ -1291,6 +1376,11 @@ class _Conn:
         for job in out:
             self._job_done(job, False)
         self._drop_slots()
+        stream = self._stream_task
+        if stream is not None and not stream.done():
+            # it may be waiting for the upstream, not for us: stop it now, which releases
+            # its upstream connection, rather than at the upstream's next piece
+            _cancel(self._loop, stream)
         if self._body is not None:
             self._body.fail(ConnectionResetError("connection closed"))
         if self._waiting_body is not None:
@@ -1302,9 +1392,54 @@ class _Conn:
         self._server._conn_closed(self)
 
 
-async def _quietly(aw: Awaitable[Any]) -> None:
-    with contextlib.suppress(Exception):
-        await aw
+def _cancel(loop: asyncio.AbstractEventLoop, task: asyncio.Future[Any]) -> None:
+    """Cancel a handler's Future at once, a task of ours after its first step: a task
+    cancelled before it ever ran never runs its coroutine, so the `finally` that closes a
+    streamed body (or the handler's own clean-up) would never run either."""
+    if isinstance(task, asyncio.Task):
+        loop.call_soon(task.cancel)
+    else:
+        task.cancel()
+
+
+_DISCARDING: set[asyncio.Task[None]] = set()  # strong references to _abandon tasks
+
+
+def _discard_body(body: Any) -> None:
+    """Let go of the body of a response that will not be written: a file body is released,
+    a streamed one closed (which closes the upstream connection of a proxied response)."""
+    if isinstance(body, FileBody):
+        _release(body)
+    elif not isinstance(body, bytes | bytearray | memoryview) and (
+        hasattr(body, "__anext__") or hasattr(body, "aclose")
+    ):
+        task = asyncio.get_running_loop().create_task(_abandon(body))
+        _DISCARDING.add(task)
+        task.add_done_callback(_DISCARDING.discard)
+
+
+async def _abandon(body: Any) -> None:
+    """Close a streamed body nobody will read. aclose() alone is not enough: an async
+    generator that was never started ignores it (its `finally` never runs), which is what
+    the proxy's Stream is built on, so its upstream connection would stay open until the
+    upstream closes it. Start the body, stop it at its first wait, then aclose() it."""
+    anext = getattr(body, "__anext__", None)
+    if anext is not None:
+        step: asyncio.Future[Any] | None
+        try:
+            step = asyncio.ensure_future(anext())
+        except Exception:
+            step = None
+        if step is not None:
+            await asyncio.sleep(0)  # the step runs up to its first wait (or its end)
+            if not step.done():
+                step.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await step
+    aclose = getattr(body, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 def _release(body: FileBody) -> None:
@@ -1350,6 +1485,9 @@ class HttpServer:
     """An HTTP/1.1 server for one handler, on as many addresses as `listen` is called with.
 
     header_limit: bytes of request line and header fields before 431 (and close);
+    max_fields: header fields a request head may have, max_field_line: bytes of one field
+    (`name: value`), both checked as fields arrive (431 and close past either, as nginx's
+    large_client_header_buffers and Apache's LimitRequestFields do);
     header_timeout: seconds a request head may take before 408 (and close); a new connection
     that sends nothing in that time is closed; idle_timeout: seconds a keep-alive connection
     may stay idle (and a blocked response may make no progress); read_timeout: seconds a
@@ -1363,6 +1501,8 @@ class HttpServer:
         handler: Handler,
         *,
         header_limit: int = 1 << 20,
+        max_fields: int = DEFAULT_MAX_FIELDS,
+        max_field_line: int = DEFAULT_MAX_FIELD_LINE,
         header_timeout: float = 10.0,
         idle_timeout: float = 120.0,
         read_timeout: float = 60.0,
@@ -1370,6 +1510,8 @@ class HttpServer:
     ) -> None:
         self._handler = handler
         self._header_limit = header_limit
+        self._max_fields = max_fields
+        self._max_field_line = max_field_line
         self._header_timeout = header_timeout
         self._idle_timeout = idle_timeout
         self._read_timeout = read_timeout
@@ -1395,6 +1537,41 @@ class HttpServer:
         """Change the header limit; request heads read from now on are held to it."""
         self._header_limit = limit
         self._cache.clear()  # a remembered head may be over the new limit
+
+    def set_limits(
+        self,
+        *,
+        header_limit: int | None = None,
+        max_fields: int | None = None,
+        max_field_line: int | None = None,
+    ) -> None:
+        """Change the request head limits given (a reload); heads read from now on are held
+        to them."""
+        if header_limit is not None:
+            self._header_limit = header_limit
+        if max_fields is not None:
+            self._max_fields = max_fields
+        if max_field_line is not None:
+            self._max_field_line = max_field_line
+        self._cache.clear()  # a remembered head may be over the new limits
+
+    def set_timeouts(
+        self,
+        *,
+        header: float | None = None,
+        idle: float | None = None,
+        read: float | None = None,
+    ) -> None:
+        """Change the timeouts given (seconds; see the class); connections pick them up as
+        their deadlines are next set."""
+        if header is not None:
+            self._header_timeout = header
+        if idle is not None:
+            self._idle_timeout = idle
+        if read is not None:
+            self._read_timeout = read
+        tick = min(self._header_timeout, self._idle_timeout, self._read_timeout) / 4
+        self._tick = max(0.01, min(1.0, tick))
 
     @property
     def compiled(self) -> bool:

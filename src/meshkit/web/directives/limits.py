@@ -3,13 +3,17 @@
     limits SIZE                    # header and body (every path) limit
     limits {
         header SIZE
+        header_fields N            # meshkit: header fields per request head (default 100)
+        header_line SIZE           # meshkit: bytes of one `name: value` field (default 8KB)
         body [PATH] SIZE           # PATH a base path (plain prefix), "/" when left out
     }
 
 SIZE is a number with an optional unit B, KB, MB or GB (powers of 1024, any case); 0 is not
 allowed. The header limit goes to `site.header_limit` (the server enforces it); the body limit
 of the longest matching path goes to `request.body.limit`, and a request whose Content-Length
-is already over it gets 413 at once.
+is already over it gets 413 at once. `header_fields` and `header_line` (not in Caddy v1, whose
+`limits` has only header and body) are kept in the LimitsConfig for the server of the site's
+port (the smallest of its sites wins, as for `header`); a head over any of the three gets 431.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ class PathLimit:
 @dataclass
 class LimitsConfig:
     header: int | None = None
+    header_fields: int | None = None
+    header_line: int | None = None
     body: list[PathLimit] = field(default_factory=list)  # longest path first
 
 
@@ -87,6 +93,16 @@ def parse(d: Dispenser, site: Site) -> LimitsConfig:
                 if len(more) != 1:
                     raise d.arg_err()
                 config.header = _size(d, more[0])
+            elif kind == "header_fields":
+                if len(more) != 1:
+                    raise d.arg_err()
+                if not more[0].isdigit() or int(more[0]) < 1:
+                    raise d.err(f"header_fields {more[0]!r} must be a whole number above 0")
+                config.header_fields = int(more[0])
+            elif kind == "header_line":
+                if len(more) != 1:
+                    raise d.arg_err()
+                config.header_line = _size(d, more[0])
             elif kind == "body":
                 if len(more) == 1:
                     add_body("/", _size(d, more[0]))
@@ -95,7 +111,10 @@ def parse(d: Dispenser, site: Site) -> LimitsConfig:
                 else:
                     raise d.arg_err()
             else:
-                raise d.err(f"unknown limits option {kind!r} (expecting header or body)")
+                raise d.err(
+                    f"unknown limits option {kind!r} "
+                    "(expecting header, header_fields, header_line or body)"
+                )
         if not had_block:
             raise d.arg_err()
     config.body = sorted(

@@ -492,7 +492,7 @@ class Ingress:
         specs = list(cfg.backends)
         flag = "--backend"
         if cfg.backends_file is not None:
-            specs = self.read_backends_file()
+            specs = await self.read_backends_file()
             flag = "--backends-file"
         resolved = await self.resolve(specs, flag)
         try:
@@ -714,10 +714,12 @@ class Ingress:
 
     # -- reload, metrics, stop -----------------------------------------------------------------
 
-    def read_backends_file(self) -> list[BackendSpec]:
+    async def read_backends_file(self) -> list[BackendSpec]:
         path = self.config.backends_file
         assert path is not None
-        specs = parse_backends_file(path)
+        # In an executor: a reload reads the file while flows are being relayed on this loop
+        # (the read itself is capped and refuses FIFOs and devices, see meshkit.safefile).
+        specs = await self.loop.run_in_executor(None, parse_backends_file, path)
         if not specs:
             # Most often a file caught half-written; refusing keeps traffic flowing.
             raise MeshkitError(
@@ -731,7 +733,7 @@ class Ingress:
             return
         async with self.reload_lock:
             try:
-                specs = self.read_backends_file()
+                specs = await self.read_backends_file()
                 resolved = await self.resolve(specs, "--backends-file")
             except MeshkitError as exc:
                 log.error("reload failed, keeping the running backends: %s", exc)

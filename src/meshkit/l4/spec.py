@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from meshkit.errors import FlagError, MeshkitError
+from meshkit.safefile import MIB, FileReadError, read_text_file
 
 __all__ = [
+    "BACKENDS_FILE_MAX",
     "BackendSpec",
     "Publish",
     "parse_backend",
@@ -22,6 +24,7 @@ __all__ = [
     "parse_duration",
     "parse_hostport",
     "parse_publish",
+    "read_backends_file",
 ]
 
 PUBLISH_FORM = "expected [IP:]PUBLISHED:TARGET[/tcp|/udp]"
@@ -233,16 +236,26 @@ def parse_backends_text(text: str, source: str) -> list[BackendSpec]:
     return backends
 
 
-def parse_backends_file(path: str) -> list[BackendSpec]:
-    """Read and parse a backends file; a missing or unreadable file is a MeshkitError."""
+# A backends file is a list of HOST[:PORT] lines; 1 MiB holds tens of thousands of them, and
+# the cap keeps a file pointed at /dev/zero (or one that keeps growing) from eating memory.
+BACKENDS_FILE_MAX = MIB
+
+
+def read_backends_file(path: str) -> str:
+    """The text of a backends file: a regular file (symlinks followed) of at most
+    BACKENDS_FILE_MAX bytes of UTF-8. A FIFO or device is refused rather than read (it would
+    block or never end). The only I/O in this module; callers on an event loop run it in an
+    executor."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise MeshkitError(f"{path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise MeshkitError(f"{path}: not UTF-8 text (byte {exc.start})") from None
-    return parse_backends_text(text, path)
+        return read_text_file(path, BACKENDS_FILE_MAX, "backends file")
+    except FileReadError as exc:
+        raise MeshkitError(f"{path}: {exc.reason}") from None
+
+
+def parse_backends_file(path: str) -> list[BackendSpec]:
+    """Read and parse a backends file; a missing, unreadable, oversized or non-regular file is
+    a MeshkitError naming it."""
+    return parse_backends_text(read_backends_file(path), path)
 
 
 # --- durations and listen addresses ------------------------------------------------------

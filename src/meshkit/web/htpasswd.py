@@ -1,8 +1,13 @@
 """Password checks for basicauth: plain, htpasswd files with bcrypt, {SHA} and $apr1$ entries.
 
 Every comparison of secrets is constant-time (hmac.compare_digest over digests of equal
-length, so not even the length of a plain password leaks). bcrypt is deliberately slow, so
-`is_slow()` tells a caller to run it off the event loop; APR1, SHA1 and plain are fast.
+length, so not even the length of a plain password leaks). bcrypt is deliberately slow and
+APR1/MD5-crypt (1000 MD5 rounds in Python, about 2 ms) is not cheap either, so `is_slow()`
+tells a caller to run them off the event loop; SHA1 and plain take microseconds.
+
+`dummy_for(entry)` is an entry of the same kind (and bcrypt cost) for a password nobody
+knows: checking a password of an unknown user against it costs what checking a known user's
+does, so the time of a 401 does not tell whether the user exists (what Caddy 2 does too).
 
 Hash formats (as Apache's htpasswd writes them):
     $2y$ / $2a$ / $2b$...   bcrypt (the `bcrypt` package; passwords past 72 bytes are cut, as
@@ -20,10 +25,17 @@ import base64
 import hashlib
 import hmac
 import os
+import secrets
 import time
 from dataclasses import dataclass
 
 import bcrypt
+
+from meshkit.safefile import MIB, FileReadError, read_regular_file
+
+# An htpasswd file holds one short line per user: 4 MiB is tens of thousands of users, and
+# the cap (with the regular-file check) keeps a FIFO or a device from hanging the reader.
+MAX_FILE_BYTES = 4 * MIB
 
 ITOA64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -101,8 +113,53 @@ def kind(hashed: str) -> str:
 
 
 def is_slow(hashed: str) -> bool:
-    """Checking this entry takes long enough (bcrypt) to belong off the event loop."""
-    return kind(hashed) == "bcrypt"
+    """Checking this entry takes long enough (bcrypt, APR1/MD5-crypt: milliseconds) to
+    belong off the event loop."""
+    return kind(hashed) in ("bcrypt", "apr1", "md5")
+
+
+def _bcrypt_cost(hashed: str) -> int:
+    try:
+        cost = int(hashed.split("$")[2])
+    except (IndexError, ValueError):
+        return 12
+    return cost if 4 <= cost <= 31 else 12
+
+
+# kind (and bcrypt cost) -> a dummy entry; made once, on first use (for bcrypt that takes as
+# long as one check, so callers make it off the event loop: verify_dummy does both there)
+_dummies: dict[str, str] = {}
+
+
+def dummy_for(hashed: str) -> str:
+    """An entry of the same kind as `hashed` (for bcrypt: the same cost) for a random
+    password. Verifying any password against it fails, in the time a real check takes."""
+    k = kind(hashed)
+    key = f"bcrypt-{_bcrypt_cost(hashed)}" if k == "bcrypt" else k
+    dummy = _dummies.get(key)
+    if dummy is not None:
+        return dummy
+    pw = secrets.token_urlsafe(16)
+    if k == "bcrypt":
+        dummy = bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=_bcrypt_cost(hashed))).decode()
+    elif k == "apr1":
+        dummy = apr1(pw)
+    elif k == "md5":
+        md5_salt = "".join(ITOA64[b & 0x3F] for b in os.urandom(8))
+        dummy = md5_crypt(pw.encode(), md5_salt.encode(), b"$1$")
+    elif k == "sha":
+        dummy = sha1_entry(pw)
+    else:
+        dummy = pw
+    _dummies[key] = dummy
+    return dummy
+
+
+def verify_dummy(hashed: str, password: str) -> bool:
+    """Spend the time of verify(hashed, password) without knowing a real entry; always
+    False. For a user that does not exist."""
+    verify(dummy_for(hashed), password)
+    return False
 
 
 def verify(hashed: str, password: str) -> bool:
@@ -164,8 +221,12 @@ class HtpasswdFile:
     def load(self) -> dict[str, str]:
         """Read the file now; raises OSError or HtpasswdError."""
         st = os.stat(self.path)
-        with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
-            users = parse(f.read(), self.path)
+        try:
+            data = read_regular_file(self.path, MAX_FILE_BYTES, "htpasswd file")
+        except FileReadError as exc:
+            # callers catch OSError (and keep the users they had)
+            raise OSError(exc.reason) from None
+        users = parse(data.decode("utf-8", "surrogateescape"), self.path)
         self._loaded = _Loaded(st.st_mtime_ns, st.st_size, users)
         return users
 

@@ -8,7 +8,12 @@ Each site block becomes one Site: its addresses (default port from Defaults), th
 directive's `parse` in the fixed ORDER (so `root` is set before the others look at it), then
 the root made absolute (relative to the working directory, as in Caddy). The Caddyfile and the
 files it imports are hidden from the file server. Errors are CaddyfileErrors naming file:line;
-`-validate` prints them all.
+`-validate` prints them all. Messages never repeat the text of an imported file (redact.py):
+`import /etc/shadow` is an error naming the file and line, not the hashes.
+
+Files are read with meshkit.safefile (parser.read_caddyfile): a regular file of at most 1 MiB
+(MAX_FILE_BYTES), UTF-8 without control characters. A FIFO, /dev/zero or a folder given as the
+Caddyfile is an error at once, never a hang or an endless read.
 """
 
 from __future__ import annotations
@@ -23,10 +28,18 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
 from meshkit.errors import MeshkitError
+from meshkit.safefile import FileReadError
 from meshkit.web import directives
 from meshkit.web.caddyfile.address import AddressError, parse_address
 from meshkit.web.caddyfile.lexer import expand_env_token, lex
-from meshkit.web.caddyfile.parser import ParseResult, ServerBlock, parse_text, parse_tokens
+from meshkit.web.caddyfile.parser import (
+    ParseResult,
+    ServerBlock,
+    parse_text,
+    parse_tokens,
+    read_caddyfile,
+)
+from meshkit.web.caddyfile.redact import Redactor, words_of
 from meshkit.web.caddyfile.tokens import CaddyfileError, Dispenser, Token
 from meshkit.web.site import DEFAULT_PORT, Address, Site
 
@@ -92,7 +105,7 @@ def load_text(
     parsed = parse_text(
         text, file, path=path, check_directive=directives.check_directive, environ=environ
     )
-    return _build(parsed, defaults or Defaults(), file, directory)
+    return _build(parsed, defaults or Defaults(), file, directory, text)
 
 
 def load_file(
@@ -103,11 +116,9 @@ def load_file(
     directory: ServiceDirectory | None = None,
 ) -> Config:
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise MeshkitError(f"cannot read the Caddyfile {path!r}: {reason}") from None
+        text = read_caddyfile(path)
+    except FileReadError as exc:
+        raise MeshkitError(f"cannot read the Caddyfile {path!r}: {exc.reason}") from None
     return load_text(text, path, path=path, defaults=defaults, environ=environ, directory=directory)
 
 
@@ -146,7 +157,7 @@ def load_lines(
     parsed = parse_tokens(
         tokens, COMMAND_LINE, check_directive=directives.check_directive, environ=env
     )
-    return _build(parsed, d, COMMAND_LINE, directory)
+    return _build(parsed, d, COMMAND_LINE, directory, "\n".join(lines))
 
 
 def default_config(defaults: Defaults | None = None) -> Config:
@@ -170,6 +181,57 @@ def _default_address(d: Defaults) -> str:
 
 
 def _build(
+    parsed: ParseResult,
+    defaults: Defaults,
+    source: str,
+    directory: ServiceDirectory | None = None,
+    main_text: str = "",
+) -> Config:
+    config = _build_sites(parsed, defaults, source, directory)
+    if parsed.imported:
+        _redact(config, parsed, main_text)
+    return config
+
+
+def _redact(config: Config, parsed: ParseResult, main_text: str) -> None:
+    """Take the text of imported files out of every message (see redact.py)."""
+    suspect = {f: t for f, t in parsed.imported.items() if not _looks_like_caddyfile(t)}
+    if not suspect:
+        return
+    known = words_of([main_text])
+    known.update(directives.REGISTRY)
+    known.update(("{", "}", "import"))
+    redactor = Redactor(suspect, words_of(suspect.values()), known)
+    config.errors = [redactor.error(e) for e in config.errors]
+    config.warnings = [redactor.message(w, False) for w in config.warnings]
+
+
+def _looks_like_caddyfile(text: str) -> bool:
+    """Whether an imported file starts the way a Caddyfile (or a piece of one) does: with a
+    directive, an import, a snippet definition, or a line that opens a block. Such a file's
+    errors are quoted as usual; any other file (/etc/shadow, a key, an env file) could be a
+    secret, and its text is kept out of messages."""
+    head = text[:4096]
+    if len(text) > len(head):
+        head = head[: head.rfind("\n") + 1]
+    try:
+        toks = lex(head, "imported")
+    except CaddyfileError:
+        return False
+    if not toks:
+        return not text[len(head) :].strip()  # an empty file has nothing to leak
+    first = toks[0]
+    if first.quoted:
+        return False
+    if first.text in directives.REGISTRY or first.text == "import":
+        return True
+    if len(first.text) > 2 and first.text.startswith("(") and first.text.endswith(")"):
+        return True
+    last = [t for t in toks if t.line == first.line][-1]
+    return last is not first and last.text == "{" and not last.quoted
+
+
+def _build_sites(
     parsed: ParseResult,
     defaults: Defaults,
     source: str,

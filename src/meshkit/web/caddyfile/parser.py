@@ -15,6 +15,12 @@ beside the importing file; a glob holds at most one `*` and matching nothing onl
 missing literal file is an error; an import cycle is an error, not a hang. `{$VAR}` and
 `{%VAR%}` are replaced in every token as files are read.
 
+Files are read with meshkit.safefile: only regular files (a FIFO or /dev/zero is refused, not
+read), at most MAX_FILE_BYTES each and MAX_TOTAL_BYTES for the Caddyfile and all its imports
+together. An imported file must be UTF-8 text without control characters; the texts of
+imported files are kept in ParseResult.imported so that messages can avoid repeating them
+(see redact.py).
+
 Mistakes are collected, not only the first: an unknown directive or a bad import is recorded
 and parsing goes on; only broken structure (an unmatched brace) stops the file.
 """
@@ -22,14 +28,43 @@ and parsing goes on; only broken structure (an unmatched brace) stops the file.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from meshkit.safefile import MIB, FileReadError, describe_size, read_text_file
 from meshkit.web.caddyfile.lexer import expand_env_token, lex
 from meshkit.web.caddyfile.tokens import CaddyfileError, Token, same_line
 
 MAX_IMPORT_DEPTH = 64
 MAX_TOKENS = 1_000_000
+# A Caddyfile is a few KiB; 1 MiB per file is generous, and caps what `import /dev/zero`-like
+# mistakes (or a glob over a folder of big files) can make the parser hold.
+MAX_FILE_BYTES = MIB
+MAX_TOTAL_BYTES = 16 * MIB
+
+# Control characters (other than the white space \t \n \v \f \r) mean binary data, not a
+# Caddyfile (NUL-separated /proc/self/environ, key material, images).
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f]")
+
+
+def binary_line(text: str) -> int | None:
+    """The line of the first control character in `text`, or None for plain text."""
+    m = _CONTROL.search(text)
+    return None if m is None else text.count("\n", 0, m.start()) + 1
+
+
+def read_caddyfile(path: str, what: str = "Caddyfile") -> str:
+    """A Caddyfile's (or an imported file's) text: a regular UTF-8 text file of at most
+    MAX_FILE_BYTES. Raises FileReadError."""
+    text = read_text_file(path, MAX_FILE_BYTES, what)
+    line = binary_line(text)
+    if line is not None:
+        raise FileReadError(
+            path, what, f"not a Caddyfile (binary data: a control character on line {line})"
+        )
+    return text
+
 
 # name -> None when the directive is known, else the error message for it
 DirectiveCheck = Callable[[str], "str | None"]
@@ -48,6 +83,8 @@ class ParseResult:
     errors: list[CaddyfileError] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # real paths of every file read, root first
+    # display name -> text of each imported file (not the root): what messages must not repeat
+    imported: dict[str, str] = field(default_factory=dict)
 
 
 class _Stop(Exception):
@@ -116,6 +153,7 @@ class Parser:
         self.snippets: dict[str, list[Token]] = {}
         self.snippet_chains: dict[str, tuple[str, ...]] = {}
         self.splices = 0
+        self.bytes_read = 0  # of imported files, against MAX_TOTAL_BYTES
         self.result = ParseResult()
         if root:
             self.result.files.append(root)
@@ -123,6 +161,7 @@ class Parser:
     # --- driver ---------------------------------------------------------------------------
     def run(self, result: ParseResult) -> ParseResult:
         result.files.extend(f for f in self.result.files if f not in result.files)
+        result.imported.update(self.result.imported)
         self.result = result
         try:
             while self.i < len(self.tokens):
@@ -379,13 +418,23 @@ class Parser:
             if not os.path.isabs(pattern):
                 rel = os.path.relpath(match, base)
                 display = os.path.normpath(os.path.join(os.path.dirname(imp.file), rel))
+            if self.bytes_read >= MAX_TOTAL_BYTES:
+                self.error(
+                    arg,
+                    f"cannot import {pattern!r}: the imports already add up to the "
+                    f"{describe_size(MAX_TOTAL_BYTES)} limit",
+                )
+                break
             try:
-                with open(match, encoding="utf-8") as f:
-                    text = f.read()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-                self.error(arg, f"cannot import {pattern!r}: {reason}")
+                text = read_caddyfile(match, "Caddyfile import")
+            except FileReadError as exc:
+                # exc.reason names no content: a non-Caddyfile is refused by kind, not quoted
+                shown = pattern if "*" not in pattern else match
+                self.error(arg, f"cannot import {shown!r}: {exc.reason}")
                 continue
+            self.bytes_read += len(text)
+            # recorded before lexing, so that even lexer errors cannot quote it later
+            self.result.imported[display] = text
             try:
                 toks = lex(text, display)
             except CaddyfileError as exc:

@@ -13,9 +13,13 @@ again when it changes). Paths are base paths (plain prefixes). OPTIONS requests 
 preflights carry no credentials). A protected request without matching credentials gets 401
 with `WWW-Authenticate: Basic realm="REALM"`; an authenticated one sets {user}.
 
-Secrets are compared in constant time. bcrypt is slow on purpose, so its checks run in a
-thread and the handler answers later; a successful check is remembered (by a SHA-256 of the
-credentials) so the next requests with them answer at once.
+Secrets are compared in constant time. bcrypt and APR1 are slow (on purpose, or by their
+1000 rounds), so their checks run in a thread and the handler answers later; a successful
+check is remembered (by a SHA-256 of the credentials) so the next requests with them answer
+at once. A user that no rule knows (or that left the htpasswd file) gets a password check all
+the same, against a dummy entry of the kind (and bcrypt cost) the first matching rule uses
+(htpasswd.dummy_for, as Caddy 2 does), in the same thread pool: a 401 takes as long for an
+unknown user as for a wrong password, so its timing does not tell which users exist.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from meshkit.web import htpasswd
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.message import Handler, HandlerResult, Headers, Request, Response
+from meshkit.web.paths import clamp_path
 from meshkit.web.site import Site
 
 DEFAULT_REALM = "Restricted"
@@ -122,15 +127,24 @@ def _digest(text: str) -> bytes:
 
 
 class _Rule:
-    __slots__ = ("file", "password", "realm", "resources", "user_digest", "username")
+    __slots__ = (
+        "file",
+        "password",
+        "password_digest",
+        "realm",
+        "resources",
+        "user_digest",
+        "username",
+    )
 
     def __init__(self, rule: BasicAuthRule, site: Site) -> None:
         self.username = rule.username
         self.user_digest = _digest(rule.username)
-        self.resources = tuple(rule.resources)
+        self.resources = tuple(clamp_path(r) for r in rule.resources)
         self.realm = (rule.realm or DEFAULT_REALM).replace('"', '\\"')
         self.file: htpasswd.HtpasswdFile | None = None
         self.password = rule.password
+        self.password_digest = _digest(rule.password)
         if rule.password.startswith(HTPASSWD_PREFIX):
             self.file = htpasswd.HtpasswdFile(htpasswd_path(site, rule.password))
 
@@ -139,6 +153,16 @@ class _Rule:
         if self.file is None:
             return None
         return self.file.entry(self.username)
+
+    def model_entry(self) -> str | None:
+        """An entry whose kind a dummy check for an unknown user copies: this rule's user's
+        entry, else any entry of the file; None for a plain password."""
+        if self.file is None:
+            return None
+        entry = self.entry()
+        if entry is None:
+            entry = next(iter(self.file.users().values()), None)
+        return entry
 
 
 class BasicAuth:
@@ -155,30 +179,52 @@ class BasicAuth:
         if not matching:
             return self.next(request)
         given = credentials(request)
+        if given is None:
+            return self._deny(matching)
+        user, password = given
+        user_digest = _digest(user)
         slow: list[tuple[_Rule, str]] = []
-        if given is not None:
-            user, password = given
-            user_digest = _digest(user)
-            for rule in matching:
-                if not hmac.compare_digest(user_digest, rule.user_digest):
-                    continue
-                entry = rule.entry()
-                if rule.file is None:
-                    ok = hmac.compare_digest(_digest(password), _digest(rule.password))
-                elif entry is None:
-                    ok = False
-                elif htpasswd.is_slow(entry):
-                    if self._remembered(rule, entry, password):
-                        ok = True
-                    else:
-                        slow.append((rule, entry))
-                        continue
-                else:
-                    ok = htpasswd.verify(entry, password)
-                if ok:
+        checked = False  # was the password checked against anything of this user's?
+        for rule in matching:
+            if not hmac.compare_digest(user_digest, rule.user_digest):
+                continue
+            if rule.file is None:
+                checked = True
+                if hmac.compare_digest(_digest(password), rule.password_digest):
                     return self._pass(request, user)
-            if slow:
-                return self._check_later(request, matching, user, password, slow)
+                continue
+            entry = rule.entry()
+            if entry is None:
+                continue  # the user left the htpasswd file: as if unknown
+            checked = True
+            if htpasswd.is_slow(entry):
+                if self._remembered(rule, entry, password):
+                    return self._pass(request, user)
+                slow.append((rule, entry))
+            elif htpasswd.verify(entry, password):
+                return self._pass(request, user)
+        if slow:
+            return self._check_later(request, matching, user, password, slow)
+        if not checked:
+            return self._check_unknown(matching, password)
+        return self._deny(matching)
+
+    def _check_unknown(self, matching: list[_Rule], password: str) -> HandlerResult:
+        """No rule has this user: spend what checking a known user's password would cost
+        (a dummy entry of the same kind), then refuse."""
+        rule = matching[0]
+        model = rule.model_entry()
+        if model is None:  # a plain password: the constant-time compare is the check
+            hmac.compare_digest(_digest(password), rule.password_digest)
+            return self._deny(matching)
+        if not htpasswd.is_slow(model):
+            htpasswd.verify_dummy(model, password)
+            return self._deny(matching)
+        return self._dummy_later(matching, model, password)
+
+    async def _dummy_later(self, matching: list[_Rule], model: str, password: str) -> Response:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, htpasswd.verify_dummy, model, password)
         return self._deny(matching)
 
     def _key(self, rule: _Rule, entry: str, password: str) -> bytes:

@@ -6,6 +6,7 @@ Every TLS test runs on the standard asyncio loop and on uvloop (what the agent u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -682,3 +683,155 @@ def test_rpc_error_is_a_meshkit_error() -> None:
     assert json.loads(json.dumps({"c": err.code})) == {"c": "forbidden"}
     assert isinstance(PkiError("x"), MeshkitError)
     assert rpc.MITM_MESSAGE.startswith("the manager's CA")
+
+
+# ------------------------------------------------------------------ clients without a certificate
+
+
+async def _tls_anon(port: int, ca: ClusterCA) -> Any:
+    """A raw TLS connection that presents no client certificate (as a joining node)."""
+    return await asyncio.open_connection(
+        HOST, port, ssl=client_ssl_context(None, ca.bundle_pem), server_hostname=""
+    )
+
+
+def test_a_join_frame_fits_the_unauthenticated_frame_cap() -> None:
+    from meshkit.cluster.pki import new_node_key_and_csr
+
+    _, csr = new_node_key_and_csr("pending")
+    frame = encode_frame(
+        {
+            "id": 1,
+            "method": "join",
+            "params": {
+                "token": str(new_token(b"-----BEGIN CERTIFICATE-----")),
+                "csr": csr.decode(),
+                "hostname": "h" * 253,
+                "advertise_addr": "198.18.0.1",
+                "version": "1.0.0",
+                "api_port": 2377,
+                "raft_port": 2378,
+            },
+        }
+    )
+    assert len(frame) * 8 < rpc.UNAUTH_MAX_FRAME
+
+
+def test_unauthenticated_client_cannot_announce_a_big_frame(
+    run: Any, ca: ClusterCA, manager: NodeIdentity, worker: NodeIdentity, caplog: Any
+) -> None:
+    """Issue 16 #3: without a certificate a 16 MiB announcement is refused from the header;
+    a certificate holder may still send frames far above the small cap."""
+
+    async def body() -> None:
+        server, port = await start(ca, manager)
+        try:
+            reader, writer = await _tls_anon(port, ca)
+            writer.write(struct.pack(">I", 16 * 1024 * 1024 - 1) + b"x" * 1000)
+            await writer.drain()
+            started = time.monotonic()
+            assert await read_until_closed(reader) == b""
+            assert time.monotonic() - started < 5
+            writer.close()
+            async with await RpcClient.connect_tcp(
+                HOST, port, client_ssl_context(worker, ca.bundle_pem)
+            ) as client:
+                big = "y" * (1024 * 1024)
+                assert await client.call("echo", {"value": big}) == big
+        finally:
+            await server.close()
+
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+        run(body())
+    assert "exceeds the 65536-byte cap" in caplog.text
+
+
+def test_unauthenticated_client_must_send_whole_frames_in_time(
+    run: Any, ca: ClusterCA, manager: NodeIdentity, caplog: Any
+) -> None:
+    """A frame trickled in byte by byte does not keep the connection open."""
+
+    async def body() -> None:
+        server, port = await start(ca, manager, unauth_timeout=0.6)
+        try:
+            reader, writer = await _tls_anon(port, ca)
+            frame = encode_frame({"id": 1, "method": "ca_bundle", "params": {}})
+            writer.write(struct.pack(">I", 60000) + b"{")  # announced, held back
+            await writer.drain()
+
+            async def trickle() -> None:
+                with contextlib.suppress(OSError, ConnectionError):
+                    for _ in range(40):
+                        await asyncio.sleep(0.1)
+                        writer.write(b" ")
+                        await writer.drain()
+
+            feeder = asyncio.ensure_future(trickle())
+            started = time.monotonic()
+            assert await read_until_closed(reader) == b""
+            assert time.monotonic() - started < 3.0
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
+            writer.close()
+            # whole frames in time are served, and the connection then stays for the timeout
+            reader, writer = await _tls_anon(port, ca)
+            writer.write(frame)
+            await writer.drain()
+            decoder = FrameDecoder()
+            got: list[dict[str, Any]] = []
+            while not got:
+                got = decoder.feed(await asyncio.wait_for(reader.read(65536), 10))
+            assert got[0]["result"]["bundle"] == ca.bundle_pem.decode()
+            assert await read_until_closed(reader) == b""  # closed after 0.6 s of silence
+            writer.close()
+        finally:
+            await server.close()
+
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+        run(body())
+    assert "no whole frame within 0.6 s" in caplog.text
+
+
+def test_unauthenticated_connections_are_capped(
+    run: Any, ca: ClusterCA, manager: NodeIdentity, worker: NodeIdentity, caplog: Any
+) -> None:
+    """Past the cap a new connection without a certificate is closed at once; certificate
+    holders are not counted and still get in."""
+
+    async def body() -> None:
+        server, port = await start(ca, manager, max_unauth=3)
+        try:
+            held = [await _tls_anon(port, ca) for _ in range(3)]
+            for _ in range(100):
+                if server.unauthenticated == 3:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.unauthenticated == 3
+            reader, writer = await _tls_anon(port, ca)
+            started = time.monotonic()
+            assert await read_until_closed(reader) == b""
+            assert time.monotonic() - started < 5
+            writer.close()
+            async with await RpcClient.connect_tcp(
+                HOST, port, client_ssl_context(worker, ca.bundle_pem)
+            ) as client:
+                assert await client.call("echo", {"value": 1}) == 1
+            # one goes away: a new one is served again
+            held[0][1].close()
+            for _ in range(100):
+                if server.unauthenticated == 2:
+                    break
+                await asyncio.sleep(0.02)
+            async with await RpcClient.connect_tcp(
+                HOST, port, client_ssl_context(None, ca.bundle_pem)
+            ) as anon:
+                assert (await anon.call("ca_bundle"))["bundle"] == ca.bundle_pem.decode()
+            for _, w in held[1:]:
+                w.close()
+        finally:
+            await server.close()
+
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+        run(body())
+    assert "connections without a certificate are open (the cap)" in caplog.text

@@ -17,7 +17,11 @@ Data dir (default /var/lib/meshkit, mode 0700):
     node.json        who this node is: node id, cluster id, role, hostname, addresses and
                      ports, the local socket, the managers it knows (API addresses)
     certs/           node.crt, node.key (0600), ca-bundle.crt: the node's identity
-    raft/            managers only: journal, dump (raft snapshot), peers.json, secret (0600)
+    raft/            managers only: journal, dump (raft snapshot), peers.json, secret,
+                     datakey (the cluster data key the state's secrets are sealed with)
+
+Every file in it is 0600 and every directory 0700 (`meshkit.cluster.files`); the agent
+repairs the modes when it starts.
     agent.pid        with --detach: the agent's pid
     agent.log        with --detach: its log
 
@@ -48,6 +52,7 @@ from meshkit import __version__
 from meshkit.cluster import state as cstate
 from meshkit.cluster.api import Api
 from meshkit.cluster.dispatch import Dispatch
+from meshkit.cluster.files import make_private_dir, secure_tree, write_private
 from meshkit.cluster.pki import (
     NodeIdentity,
     client_ssl_context,
@@ -55,6 +60,13 @@ from meshkit.cluster.pki import (
     server_ssl_context,
 )
 from meshkit.cluster.rpc import Peer, RpcClient, RpcError, RpcServer
+from meshkit.cluster.sealing import (
+    DATA_KEY_FILE,
+    Sealer,
+    load_data_key,
+    new_data_key,
+    save_data_key,
+)
 from meshkit.cluster.store import RaftStore, RaftTimings
 from meshkit.errors import MeshkitError
 from meshkit.net.mesh import NodeMesh
@@ -107,10 +119,7 @@ class NodeConfig:
         return cls(**{k: v for k, v in data.items() if k in names})
 
     def save(self, data_dir: Path) -> None:
-        path = Path(data_dir) / NODE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
+        write_private(Path(data_dir) / NODE_FILE, json.dumps(asdict(self), indent=2) + "\n")
 
 
 def raft_timings_from_env() -> RaftTimings:
@@ -127,11 +136,8 @@ def raft_timings_from_env() -> RaftTimings:
 
 
 def write_secret(path: Path, secret: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secret)
+    make_private_dir(path.parent)
+    write_private(path, secret)
 
 
 def wipe_node(data_dir: Path) -> None:
@@ -167,6 +173,7 @@ class Agent:
         self.cfg = cfg
         self.identity = identity
         self.timings = timings or raft_timings_from_env()
+        self._sealer: Sealer | None = None
         self.api = Api(self)
         self.store: RaftStore | None = None
         self.liveness = cstate.Liveness(cfg.heartbeat_period, MISSED_BEATS)
@@ -300,6 +307,9 @@ class Agent:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         try:
+            # Everything in the data dir is the agent's alone (keys, the raft journal):
+            # also repairs the modes of a data dir an older version wrote.
+            await asyncio.get_running_loop().run_in_executor(None, secure_tree, self.data_dir)
             self._local = RpcServer(self.api.dispatch_local)
             await self._local.listen_unix(self.cfg.socket, 0o660)
             if self.identity.role == "manager":
@@ -468,6 +478,14 @@ class Agent:
                 f"{exc.strerror or exc}"
             ) from None
         self._tcp = tcp
+
+    @property
+    def sealer(self) -> Sealer:
+        """Opens and seals the state's secrets with this manager's cluster data key (read
+        from raft/datakey; a node without it can open only plain values)."""
+        if self._sealer is None or not self._sealer.key:
+            self._sealer = Sealer(load_data_key(self.data_dir / RAFT_DIR / DATA_KEY_FILE))
+        return self._sealer
 
     async def _stop_manager(self, wipe: bool) -> None:
         if self.store is not None:
@@ -791,9 +809,13 @@ class Agent:
                 # A new raft member starts empty: the leader sends it the log or a snapshot.
                 shutil.rmtree(self.data_dir / RAFT_DIR, ignore_errors=True)
                 write_secret(self.data_dir / RAFT_DIR / SECRET_FILE, str(reply["raft_secret"]))
+                if reply.get("data_key"):
+                    save_data_key(self.data_dir / RAFT_DIR / DATA_KEY_FILE, reply["data_key"])
+                self._sealer = None
                 await self._start_manager([str(p) for p in reply.get("raft_peers") or []])
             elif new_role == "worker" and self.store is not None:
                 await self._stop_manager(wipe=True)
+                self._sealer = None
             self.cfg.role = new_role
             self.cfg.save(self.data_dir)
             log.info("this node is now a %s", new_role)
@@ -884,9 +906,7 @@ def check_data_dir_free(data_dir: Path) -> None:
 
 
 def prepare_data_dir(data_dir: Path) -> None:
-    d = Path(data_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
+    make_private_dir(Path(data_dir))
 
 
 @dataclass
@@ -940,6 +960,8 @@ def init_node(
     identity.save(opts.data_dir / CERT_DIR)
     raft_secret = new_raft_secret()
     write_secret(opts.data_dir / RAFT_DIR / SECRET_FILE, raft_secret)
+    data_key = new_data_key()
+    save_data_key(opts.data_dir / RAFT_DIR / DATA_KEY_FILE, data_key)
     cluster = cstate.ClusterState(
         cluster_id=cluster_id,
         created_at=time.time(),
@@ -955,6 +977,8 @@ def init_node(
         cert_lifetime=cert_lifetime,
     ).to_dict()
     del cluster["nodes"]
+    # The journal's first entry is this dict: its secrets go in sealed (see sealing.py).
+    Sealer(data_key).seal_fields(cluster)
     cfg = NodeConfig(
         node_id=node_id,
         cluster_id=cluster_id,
@@ -1022,6 +1046,8 @@ async def join_node(
     peers: list[str] = []
     if identity.role == "manager":
         write_secret(opts.data_dir / RAFT_DIR / SECRET_FILE, str(reply["raft_secret"]))
+        if reply.get("data_key"):
+            save_data_key(opts.data_dir / RAFT_DIR / DATA_KEY_FILE, str(reply["data_key"]))
         peers = [str(p) for p in reply.get("raft_peers") or []]
     cfg = NodeConfig(
         node_id=identity.node_id,

@@ -53,6 +53,11 @@ code "not_manager" and swarm's "This node is not a swarm manager..." text), plus
     leave  {"force"}     -> {"left": true}   this node leaves the cluster; the agent stops
                              and removes its certificate and state from the data dir
 
+Parameters: every method's are checked against its schema in `meshkit.cluster.params` before
+its handler runs (after the authorization check); a missing or bad one is refused with code
+bad_request and a message naming it, e.g. ``invalid join parameter api_port: 1000000 is not
+a port (1-65535)``.
+
 Error codes (RpcError.code): unauthenticated, forbidden, not_manager, not_found,
 bad_request, conflict, no_quorum, token, unavailable (plus rpc's own).
 """
@@ -74,8 +79,10 @@ from meshkit.cluster.network_api import (
     NetworkMethods,
     pair_rows,
 )
+from meshkit.cluster.params import ParamError, check_params, printable
 from meshkit.cluster.pki import ClusterCA, PkiError
 from meshkit.cluster.rpc import Peer, RpcError
+from meshkit.cluster.sealing import SealError
 from meshkit.cluster.service_api import (
     NODE_SERVED_METHODS,
     NODE_TASK_METHODS,
@@ -142,6 +149,8 @@ def _str(params: dict[str, Any], key: str, *, required: bool = True) -> str:
 def _translate(exc: Exception) -> RpcError:
     if isinstance(exc, RpcError):
         return exc
+    if isinstance(exc, ParamError):
+        return RpcError("bad_request", str(exc))
     if isinstance(exc, NoQuorum):
         return RpcError("no_quorum", str(exc))
     if isinstance(exc, cstate.NodeNotFound):
@@ -217,6 +226,11 @@ class Api:
                     f"{method} is for managers only: node {ident.node_id} presented a "
                     f"{ident.role} certificate",
                 )
+        try:
+            check_params(method, params)
+        except ParamError as exc:
+            log.info("refused %s from %s: %s", method, peer.address, exc)
+            raise _translate(exc) from None
         if method in NODE_SERVED_METHODS:  # every node serves these, workers too
             try:
                 return await handler(peer, params)
@@ -249,6 +263,7 @@ class Api:
         if not peer.local:
             raise RpcError("forbidden", "local methods only on the agent's Unix socket")
         try:
+            check_params(method, params, local=True)
             if method == "info":
                 return self.agent.info()
             if method == "leave":
@@ -257,7 +272,7 @@ class Api:
                 return await self.agent.mesh.watch(
                     str(params.get("service") or ""),
                     params.get("version"),
-                    min(60.0, float(params.get("wait") or 20.0)),
+                    min(60.0, float(params.get("wait") or 20.0)),  # checked: a number
                 )
             if method in NODE_SERVED_METHODS:
                 return await self._handlers[method](peer, params)
@@ -282,11 +297,27 @@ class Api:
     def ca(self) -> ClusterCA:
         st = self.state
         if self._ca is None or self._ca[0] != st.ca_key_pem:
+            key_pem = self.unseal(st.ca_key_pem)
             self._ca = (
                 st.ca_key_pem,
-                ClusterCA.from_pem(st.ca_cert_pem.encode(), st.ca_key_pem.encode()),
+                ClusterCA.from_pem(st.ca_cert_pem.encode(), key_pem.encode()),
             )
         return self._ca[1]
+
+    def unseal(self, value: str) -> str:
+        """A secret of the state in clear (they are kept sealed: see sealing.py)."""
+        try:
+            return self.agent.sealer.open(value)
+        except SealError as exc:
+            raise RpcError("unavailable", str(exc)) from None
+
+    def _manager_secrets(self, st: cstate.ClusterState) -> dict[str, Any]:
+        """What a manager needs to take part in raft and read the state's secrets."""
+        return {
+            "raft_secret": self.unseal(st.raft_secret),
+            "raft_peers": [m.raft_addr for m in st.managers()],
+            "data_key": self.agent.sealer.key,
+        }
 
     def digest(self) -> str:
         return ca_digest(self.state.ca_cert_pem.encode())
@@ -331,8 +362,8 @@ class Api:
                 "(the token belongs to another cluster)",
             )
         # Both comparisons always run: the time taken does not say which one matched.
-        as_manager = token_matches(text, format_token(digest, st.manager_secret))
-        as_worker = token_matches(text, format_token(digest, st.worker_secret))
+        as_manager = token_matches(text, format_token(digest, self.unseal(st.manager_secret)))
+        as_worker = token_matches(text, format_token(digest, self.unseal(st.worker_secret)))
         if not (as_manager or as_worker):
             raise RpcError(
                 "token",
@@ -353,7 +384,7 @@ class Api:
             hostname=_str(params, "hostname", required=False) or node_id[:12],
             role=role,
             addr=addr,
-            api_port=int(params.get("api_port") or 2377),
+            api_port=int(params.get("api_port") or 2377),  # checked: a port (params.py)
             raft_port=int(params.get("raft_port") or 2378),
             version=_str(params, "version", required=False) or "unknown",
             created_at=now,
@@ -361,7 +392,7 @@ class Api:
         )
         await self._submit({"op": "add_node", "node": record.to_dict(), "now": now})
         self.agent.note_beat(node_id)
-        log.info("node %s (%s, %s) joined as a %s", node_id, record.hostname, addr, role)
+        log.info("node %s (%s, %s) joined as a %s", node_id, printable(record.hostname), addr, role)
         result: dict[str, Any] = {
             "node_id": node_id,
             "role": role,
@@ -373,8 +404,7 @@ class Api:
             "period": st.heartbeat_period,
         }
         if role == "manager":
-            result["raft_secret"] = st.raft_secret
-            result["raft_peers"] = [m.raft_addr for m in st.managers()]
+            result.update(self._manager_secrets(st))
         return result
 
     # -- any node ------------------------------------------------------------------------------
@@ -421,8 +451,7 @@ class Api:
             "period": st.heartbeat_period,
         }
         if node.role == "manager":
-            result["raft_secret"] = st.raft_secret
-            result["raft_peers"] = [m.raft_addr for m in st.managers()]
+            result.update(self._manager_secrets(st))
         return result
 
     async def node_leave(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -487,11 +516,15 @@ class Api:
         if role not in cstate.ROLES:
             raise RpcError("bad_request", f"unknown role {role!r}: expected worker or manager")
         if params.get("rotate"):
-            await self._submit({"op": "rotate_token", "role": role, "secret": new_secret()})
+            try:  # the journal keeps the command: the new secret goes in sealed
+                sealed = self.agent.sealer.seal(new_secret())
+            except SealError as exc:
+                raise RpcError("unavailable", str(exc)) from None
+            await self._submit({"op": "rotate_token", "role": role, "secret": sealed})
         st = self.state
         return {
             "role": role,
-            "token": format_token(self.digest(), st.secret_for(role)),
+            "token": format_token(self.digest(), self.unseal(st.secret_for(role))),
             "addr": self.agent.api_addr,
         }
 

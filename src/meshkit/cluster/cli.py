@@ -107,8 +107,15 @@ def _socket_for(host: str | None) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Docker's tabwriter layout: columns padded to the widest cell, 3 spaces between."""
+    """Docker's tabwriter layout: columns padded to the widest cell, 3 spaces between.
+
+    Cells come from the cluster state, partly from what nodes and clients sent: control
+    characters are shown as ``\\xHH`` so that no value can forge a row or colour the terminal.
+    """
+    from meshkit.cluster.params import printable
+
     widths = [len(h) for h in headers]
+    rows = [[printable(c) for c in row] for row in rows]
     for row in rows:
         for i, cell in enumerate(row):
             widths[i] = max(widths[i], len(cell))
@@ -170,6 +177,7 @@ def _run_agent(
 ) -> None:
     """Run the agent in the foreground, or detached with a pid and a log file."""
     from meshkit.cli import run_loop, setup_logging
+    from meshkit.cluster.files import write_private
 
     if not detach:
         setup_logging(log_level)
@@ -216,10 +224,10 @@ def _run_agent(
     try:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
-        logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(logfd, 1)
         os.dup2(logfd, 2)
-        pid_path.write_text(f"{os.getpid()}\n")
+        write_private(pid_path, f"{os.getpid()}\n")
         setup_logging(log_level)
         sent = False
 
@@ -381,7 +389,8 @@ def init(
         from meshkit.cluster.tokens import ca_digest, format_token
 
         st = agent.state
-        token = format_token(ca_digest(st.ca_cert_pem.encode()), st.worker_secret)
+        secret = agent.sealer.open(st.worker_secret)
+        token = format_token(ca_digest(st.ca_cert_pem.encode()), secret)
         return (
             f"Swarm initialized: current node ({agent.node_id}) is now a manager.\n\n"
             + _join_text("worker", token, agent.api_addr)

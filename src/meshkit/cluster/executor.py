@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from meshkit.cluster import tasklogs, tasknetns, taskproc
+from meshkit.cluster.files import write_private
 from meshkit.cluster.procwatch import open_pidfd, wait_pidfd
 from meshkit.cluster.services import TERMINAL
 from meshkit.cluster.taskhealth import (
@@ -278,9 +279,7 @@ class Executor:
             "final": t.final,
         }
         t.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = t.dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, t.dir / STATE_FILE)
+        write_private(t.dir / STATE_FILE, json.dumps(data))
 
     def _finish(self, t: _Task, update: dict[str, Any]) -> None:
         """Record and report the terminal state of ``t``."""

@@ -259,10 +259,13 @@ class ClusterCA:
         )
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``ca.crt`` (0644) and ``ca.key`` (0600) to ``directory``, each atomically."""
+        """Write ``ca.crt`` and ``ca.key`` (both 0600: they live in a private data dir) to
+        ``directory`` (made 0700), each atomically."""
         d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
         write_atomic(d / CA_KEY_FILE, self.key_pem, 0o600)
-        write_atomic(d / CA_CERT_FILE, self.cert_pem, 0o644)
+        write_atomic(d / CA_CERT_FILE, self.cert_pem, 0o600)
 
     @property
     def cert(self) -> x509.Certificate:
@@ -506,11 +509,14 @@ class NodeIdentity:
         return (d / NODE_CERT_FILE).exists() and (d / NODE_KEY_FILE).exists()
 
     def save(self, directory: str | os.PathLike[str]) -> None:
-        """Write key (0600), CA bundle and certificate atomically, the certificate last."""
+        """Write key, CA bundle and certificate (all 0600, in ``directory`` made 0700)
+        atomically, the certificate last."""
         d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
         write_atomic(d / NODE_KEY_FILE, self.key_pem, 0o600)
-        write_atomic(d / NODE_CA_FILE, self.ca_pem, 0o644)
-        write_atomic(d / NODE_CERT_FILE, self.cert_pem, 0o644)
+        write_atomic(d / NODE_CA_FILE, self.ca_pem, 0o600)  # the data dir is private
+        write_atomic(d / NODE_CERT_FILE, self.cert_pem, 0o600)
 
     @property
     def lifetime(self) -> float:

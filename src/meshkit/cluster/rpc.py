@@ -11,6 +11,14 @@ come in any order. Frames are capped (16 MiB by default). Whatever is not a fram
 an oversized length, plain HTTP, a failed or slow TLS handshake) closes that one connection
 with a log line at INFO; the server and its other connections carry on.
 
+Clients without a certificate (on a TCP port; they may only call ``ca_bundle`` and ``join``)
+get tighter limits, so that nobody can make the agent hold memory before proving anything:
+frames of at most ``UNAUTH_MAX_FRAME`` (64 KiB; a join with its CSR is about 1 KiB), each
+frame complete within ``UNAUTH_TIMEOUT`` (10 s) of the last one (partial bytes do not count
+as activity), and at most ``MAX_UNAUTH_CONNECTIONS`` (64) such connections at once: past
+the cap a new one is closed at once. Certificate holders and the Unix socket keep the
+limits above.
+
 ``RpcServer`` hands every request to one ``dispatch(peer, method, params)`` coroutine. The
 ``Peer`` says who asked: ``identity`` is the verified node certificate's CN/OU/O (None when
 the client sent no certificate, or on the Unix socket) and ``local`` is True only on the
@@ -40,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshkit.cluster.params import printable
 from meshkit.cluster.pki import PeerIdentity, TrustError, client_ssl_context, peer_identity
 from meshkit.cluster.tokens import JoinToken, ca_digest
 from meshkit.errors import MeshkitError
@@ -54,6 +63,15 @@ HANDSHAKE_TIMEOUT = 10.0
 
 IDLE_TIMEOUT = 300.0
 """Seconds a connection may stay silent (with no request being served) before it is closed."""
+
+UNAUTH_MAX_FRAME = 64 * 1024
+"""Largest frame accepted from a client without a certificate (a join frame is ~1 KiB)."""
+
+UNAUTH_TIMEOUT = 10.0
+"""Seconds a client without a certificate has for each whole frame (and stays when idle)."""
+
+MAX_UNAUTH_CONNECTIONS = 64
+"""Connections without a certificate open at once; past this a new one is closed at once."""
 
 CALL_TIMEOUT = 30.0
 """Default seconds a call waits for its reply."""
@@ -243,6 +261,9 @@ class RpcServer:
         idle_timeout: float = IDLE_TIMEOUT,
         max_frame: int = MAX_FRAME,
         max_inflight: int = MAX_INFLIGHT,
+        unauth_max_frame: int = UNAUTH_MAX_FRAME,
+        unauth_timeout: float = UNAUTH_TIMEOUT,
+        max_unauth: int = MAX_UNAUTH_CONNECTIONS,
     ) -> None:
         """A server that is not listening yet (see ``listen_tcp`` and ``listen_unix``)."""
         self._dispatch = dispatch
@@ -250,6 +271,10 @@ class RpcServer:
         self.idle_timeout = idle_timeout
         self.max_frame = max_frame
         self.max_inflight = max_inflight
+        self.unauth_max_frame = unauth_max_frame
+        self.unauth_timeout = unauth_timeout
+        self.max_unauth = max_unauth
+        self._unauth = 0  # connections without a certificate being served now
         self._servers: list[asyncio.AbstractServer] = []
         self._listeners: list[tuple[socket.socket, asyncio.Task[None]]] = []
         self._connections: set[asyncio.Task[None]] = set()
@@ -260,6 +285,11 @@ class RpcServer:
     def connections(self) -> int:
         """Connections open right now."""
         return len(self._connections)
+
+    @property
+    def unauthenticated(self) -> int:
+        """TCP connections without a client certificate being served right now."""
+        return self._unauth
 
     async def listen_tcp(
         self, host: str, port: int, ssl_ctx: ssl.SSLContext | None
@@ -464,8 +494,44 @@ class RpcServer:
         uid = _peer_uid(writer) if local else None
         peer = Peer(identity=identity, address=address, local=local, uid=uid)
         log.debug("connection from %s (identity %s)", address, identity)
+        if local or identity is not None:
+            await self._serve_peer(reader, writer, peer, self.max_frame, self.idle_timeout, False)
+            return
+        # No certificate: anyone on the network. Cap how many such connections there are and
+        # what each may make the agent hold (see the module doc).
+        if self._unauth >= self.max_unauth:
+            log.info(
+                "refused connection from %s: %d connections without a certificate are open "
+                "(the cap)",
+                address,
+                self._unauth,
+            )
+            return
+        self._unauth += 1
+        try:
+            await self._serve_peer(
+                reader, writer, peer, self.unauth_max_frame, self.unauth_timeout, True
+            )
+        finally:
+            self._unauth -= 1
 
-        decoder = FrameDecoder(self.max_frame)
+    async def _serve_peer(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: Peer,
+        max_frame: int,
+        idle_timeout: float,
+        whole_frames: bool,
+    ) -> None:
+        """Read frames and dispatch requests until the connection ends.
+
+        ``whole_frames``: only complete frames (and finished requests) count as activity for
+        the idle timer, so a frame trickled in byte by byte must still arrive within
+        ``idle_timeout``.
+        """
+        address = peer.address
+        decoder = FrameDecoder(max_frame)
         inflight: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.max_inflight)
         write_lock = asyncio.Lock()
@@ -483,15 +549,23 @@ class RpcServer:
 
         def check_idle() -> None:
             nonlocal timer, idle
-            due = last_activity + self.idle_timeout
+            due = last_activity + idle_timeout
             now = loop.time()
             if inflight or now < due:
-                timer = loop.call_later(max(due - now, 0.0) or self.idle_timeout, check_idle)
+                timer = loop.call_later(max(due - now, 0.0) or idle_timeout, check_idle)
                 return
             idle = True
+            if whole_frames and decoder.buffered:
+                log.info(
+                    "closing connection from %s: no whole frame within %g s "
+                    "(%d bytes of a partial frame)",
+                    address,
+                    idle_timeout,
+                    decoder.buffered,
+                )
             writer.close()  # the pending read then ends
 
-        timer = loop.call_later(self.idle_timeout, check_idle)
+        timer = loop.call_later(idle_timeout, check_idle)
         try:
             while True:
                 try:
@@ -504,12 +578,15 @@ class RpcServer:
                     if idle:
                         log.debug("closed idle connection from %s", address)
                     return
-                touch()
+                if not whole_frames:
+                    touch()
                 try:
                     messages = decoder.feed(data)
                 except FrameError as exc:
                     log.info("closing connection from %s: %s", address, exc)
                     return
+                if messages and whole_frames:
+                    touch()
                 for message in messages:
                     request = _check_request(message)
                     if isinstance(request, str):
@@ -550,12 +627,17 @@ class RpcServer:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("RPC %s from %s failed", method, peer.address)
+            log.exception("RPC %s from %s failed", printable(method, 80), peer.address)
             reply = _error_reply(req_id, RpcError("internal", str(exc) or type(exc).__name__))
         try:
             frame = encode_frame(reply, self.max_frame)
         except (FrameError, ValueError, TypeError) as exc:
-            log.error("RPC %s from %s: cannot send the result: %s", method, peer.address, exc)
+            log.error(
+                "RPC %s from %s: cannot send the result: %s",
+                printable(method, 80),
+                peer.address,
+                exc,
+            )
             frame = encode_frame(
                 _error_reply(req_id, RpcError("internal", f"cannot send the result: {exc}"))
             )

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from meshkit.cluster import state as cstate
+from meshkit.cluster.files import make_private_dir, secure_tree, write_private
 from meshkit.cluster.raftlib import (
     FAIL_REASON,
     SyncObj,
@@ -171,8 +172,8 @@ class RaftStore:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.directory.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.directory, 0o700)
+        make_private_dir(self.directory)
+        secure_tree(self.directory)  # journal/dump of an older version may be 0644
         peers = self.saved_peers(self.directory)
         if peers is None:
             peers = self._initial_peers
@@ -277,10 +278,10 @@ class RaftStore:
         if peers == self._saved_peers:
             return
         self._saved_peers = peers
-        path = self.directory / "peers.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"self": self.self_addr, "peers": sorted(peers)}))
-        os.replace(tmp, path)
+        write_private(
+            self.directory / "peers.json",
+            json.dumps({"self": self.self_addr, "peers": sorted(peers)}),
+        )
 
     # -- reads ---------------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshkit.cluster.files import private_opener, write_private
+
 STREAMS = ("stdout", "stderr")
 MAX_BYTES = 10 * 1024 * 1024
 KEEP_FILES = 3
@@ -44,7 +46,7 @@ def open_streams(task_dir: Path) -> dict[str, int]:
             fds[stream] = os.open(
                 log_path(task_dir, stream),
                 os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                0o640,
+                0o600,  # in the private data dir
             )
     except OSError:
         for fd in fds.values():
@@ -64,9 +66,7 @@ def _read_positions(task_dir: Path) -> dict[str, int]:
 
 
 def _write_positions(task_dir: Path, positions: dict[str, int]) -> None:
-    tmp = task_dir / (POSITIONS_FILE + ".tmp")
-    tmp.write_text(json.dumps(positions))
-    os.replace(tmp, task_dir / POSITIONS_FILE)
+    write_private(task_dir / POSITIONS_FILE, json.dumps(positions))
 
 
 def rotate(task_dir: Path, max_bytes: int = MAX_BYTES, keep: int = KEEP_FILES) -> list[str]:
@@ -86,7 +86,7 @@ def rotate(task_dir: Path, max_bytes: int = MAX_BYTES, keep: int = KEEP_FILES) -
                 os.replace(older, log_path(task_dir, stream, index))
         first = log_path(task_dir, stream, 1)
         if keep > 1:
-            with open(live, "rb") as src, open(first, "wb") as dst:
+            with open(live, "rb") as src, open(first, "wb", opener=private_opener) as dst:
                 shutil.copyfileobj(src, dst)
                 copied = dst.tell()
         else:

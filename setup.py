@@ -40,7 +40,7 @@ def cffi_modules() -> list[str]:
     """The cffi builders (userspace VXLAN data plane), unless extensions are off."""
     if os.environ.get("MESHKIT_NO_EXTENSIONS") == "1":
         return []
-    return [os.path.join(PKG, "net", "vxlan_build.py") + ":ffibuilder"]
+    return [os.path.join(PKG, "net", "vxlan", "build.py") + ":ffibuilder"]
 
 
 setup(

@@ -87,18 +87,18 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(SRC_DIR))
 
-from meshkit.cluster.pki import (  # noqa: E402
+from meshkit.cluster.rpc.pki import (  # noqa: E402
     NodeIdentity,
     client_ssl_context,
     new_node_key_and_csr,
 )
-from meshkit.cluster.rpc import (  # noqa: E402
+from meshkit.cluster.rpc.tokens import parse_token  # noqa: E402
+from meshkit.cluster.rpc.transport import (  # noqa: E402
     RpcClient,
     RpcError,
     check_ca_bundle,
     fetch_ca_bundle,
 )
-from meshkit.cluster.tokens import parse_token  # noqa: E402
 
 
 class BenchError(Exception):

@@ -609,7 +609,7 @@ class MeshLab:
             if alive(pid):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-        from meshkit.cluster.tasknetns import netns_name
+        from meshkit.base.netns import netns_name
 
         for tid in self.task_ids:
             sh(["ip", "netns", "del", netns_name(tid)])

@@ -65,7 +65,7 @@ def task_mac(ip: str) -> str:
 
 def runner_main(argv: list[str]) -> int:
     """Serve one TAP on this host until SIGTERM (see the module docstring)."""
-    from meshkit.net.dataplane import UserspaceDataplane, open_tap
+    from meshkit.net.vxlan.plane import UserspaceDataplane, open_tap
 
     ap = argparse.ArgumentParser(prog="overlay.py runner")
     ap.add_argument("--impl", choices=("c", "python"), required=True)

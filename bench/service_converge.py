@@ -47,8 +47,8 @@ except ImportError:  # run from a checkout without installing
     INSTALLED = False
     sys.path.insert(0, str(SRC_DIR))
 
-from meshkit.cluster.rpc import RpcClient, RpcError  # noqa: E402
-from meshkit.cluster.services import build_spec  # noqa: E402
+from meshkit.cluster.model.services import build_spec  # noqa: E402
+from meshkit.cluster.rpc.transport import RpcClient, RpcError  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

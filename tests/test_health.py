@@ -1,4 +1,4 @@
-"""Tests for meshkit.l4.health: rise/fall hysteresis."""
+"""Tests for meshkit.lb.health: rise/fall hysteresis."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshkit.l4.health import HealthState
+from meshkit.lb.health import HealthState
 
 
 def test_starts_up_by_default() -> None:

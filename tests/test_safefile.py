@@ -1,4 +1,4 @@
-"""meshkit.safefile: only regular files, never more than the cap, never a hang."""
+"""meshkit.base.safefile: only regular files, never more than the cap, never a hang."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.errors import MeshkitError
-from meshkit.safefile import KIB, FileReadError, read_regular_file, read_text_file
+from meshkit.base.errors import MeshkitError
+from meshkit.base.safefile import KIB, FileReadError, read_regular_file, read_text_file
 
 
 def quickly(fn: Callable[[], object], timeout: float = 5.0) -> object:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshkit.errors import FlagError, MeshkitError
+from meshkit.base.errors import FlagError, MeshkitError
 from meshkit.l4.spec import (
     BackendSpec,
     Publish,

@@ -102,8 +102,8 @@ def test_five_hosts(lab: Lab) -> None:
         "w1",
         f"""
         import asyncio, socket
-        from meshkit.cluster.pki import NodeIdentity, client_ssl_context
-        from meshkit.cluster.rpc import RpcClient, RpcError
+        from meshkit.cluster.rpc.pki import NodeIdentity, client_ssl_context
+        from meshkit.cluster.rpc.transport import RpcClient, RpcError
         ident = NodeIdentity.load({str(certs)!r})
         async def main():
             c = await RpcClient.connect_tcp({ip("m2")!r}, 2377,

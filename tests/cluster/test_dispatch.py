@@ -1,5 +1,5 @@
-"""The agent's report batching (meshkit.cluster.dispatch.compact): one update per task, and
-applying the compacted batch ends in the same state as applying every report in turn."""
+"""The agent's report batching (meshkit.cluster.node.service_loops.compact): one update per
+task, and applying the compacted batch ends in the same state as applying every report in turn."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshkit.cluster import state as cstate
-from meshkit.cluster.dispatch import compact
-from meshkit.cluster.services import TASK_STATES
+from meshkit.cluster.model import state as cstate
+from meshkit.cluster.model.services import TASK_STATES
+from meshkit.cluster.node.service_loops import compact
 
 
 def test_compact_keeps_one_update_per_task_in_first_seen_order() -> None:

@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 import uvloop
 
-from meshkit.cluster import tasknetns, taskproc
-from meshkit.cluster.api import new_node_id
-from meshkit.cluster.executor import ERR_DOWN, ERR_NOT_STARTED, Executor
+from meshkit.base import netns as tasknetns
+from meshkit.cluster.api.nodes import new_node_id
+from meshkit.cluster.tasks import process as taskproc
+from meshkit.cluster.tasks.executor import ERR_DOWN, ERR_NOT_STARTED, Executor
 
 pytestmark = pytest.mark.root
 

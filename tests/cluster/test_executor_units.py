@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.cluster import tasklogs, taskproc
-from meshkit.cluster.executor import plan_sync
-from meshkit.cluster.taskhealth import HealthConfig, HealthTracker, ProbeResult
+from meshkit.cluster.tasks import logs as tasklogs
+from meshkit.cluster.tasks import process as taskproc
+from meshkit.cluster.tasks.executor import plan_sync
+from meshkit.cluster.tasks.health import HealthConfig, HealthTracker, ProbeResult
 
 
 def _task(task_id: str, desired: str = "running", state: str = "assigned") -> dict[str, object]:

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 from tests.cluster.test_node_cli import Agent, Cluster, token, until
 
-from meshkit.cluster import params as cparams
-from meshkit.cluster.api import Api
-from meshkit.cluster.cli import table
-from meshkit.cluster.pki import NodeIdentity, client_ssl_context, new_node_key_and_csr
-from meshkit.cluster.rpc import RpcClient, RpcError
-from meshkit.cluster.sealing import PREFIX, Sealer, SealError, new_data_key
-from meshkit.cluster.tokens import parse_token
+from meshkit.cli.node import table
+from meshkit.cluster.api import params as cparams
+from meshkit.cluster.api.nodes import Api
+from meshkit.cluster.raft.sealing import PREFIX, Sealer, SealError, new_data_key
+from meshkit.cluster.rpc.pki import NodeIdentity, client_ssl_context, new_node_key_and_csr
+from meshkit.cluster.rpc.tokens import parse_token
+from meshkit.cluster.rpc.transport import RpcClient, RpcError
 
 # --------------------------------------------------------------------------- units
 

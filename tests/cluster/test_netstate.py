@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from meshkit.cluster import netstate
-from meshkit.cluster import services as sv
-from meshkit.cluster import state as cs
+from meshkit.cluster.model import networks as netstate
+from meshkit.cluster.model import services as sv
+from meshkit.cluster.model import state as cs
 
 M1, W1 = "m" * 25, "w" * 25
 SID, NID = "s" * 25, "n" * 25

@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from meshkit.cluster import client as mkclient
-from meshkit.cluster.pki import NodeIdentity, client_ssl_context
-from meshkit.cluster.rpc import RpcClient, RpcError
+from meshkit.cluster.rpc import local as mkclient
+from meshkit.cluster.rpc.pki import NodeIdentity, client_ssl_context
+from meshkit.cluster.rpc.transport import RpcClient, RpcError
 
 PERIOD = "1s"  # heartbeat period in these tests: Down after 3 s without a beat
 ENV = {"MESHKIT_RAFT_TICK": "0.02"}
@@ -226,7 +226,7 @@ def test_meshkit_host_env_picks_the_socket(tmp_path: Path) -> None:
 
 
 def test_default_pool_is_not_private() -> None:
-    from meshkit.cluster.cli import DEFAULT_POOL
+    from meshkit.cli.node import DEFAULT_POOL
 
     assert DEFAULT_POOL.startswith("198.1")
     assert "RFC 2544" in " ".join(meshkit("node", "init", "--help").stdout.split())

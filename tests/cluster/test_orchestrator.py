@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshkit.cluster import services as sv
-from meshkit.cluster import state as cs
-from meshkit.cluster.orchestrator import plan
+from meshkit.cluster.model import services as sv
+from meshkit.cluster.model import state as cs
+from meshkit.cluster.model.orchestrator import plan
 
 M1, W1, W2 = "m" * 25, "a" * 25, "b" * 25
 

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshkit.cluster import pki
-from meshkit.cluster.pki import (
+from meshkit.cluster.rpc import pki
+from meshkit.cluster.rpc.pki import (
     ClusterCA,
     NodeIdentity,
     PeerIdentity,

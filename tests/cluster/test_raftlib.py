@@ -14,7 +14,7 @@ def test_importing_the_store_keeps_the_real_inet_ntop() -> None:
     # in a fresh interpreter: this test process may have imported pysyncobj already
     code = (
         "import socket; real = socket.inet_ntop\n"
-        "import meshkit.cluster.store\n"
+        "import meshkit.cluster.raft.store\n"
         "assert socket.inet_ntop is real, socket.inet_ntop\n"
         "print(socket.inet_ntop(socket.AF_INET, bytes([192, 0, 2, 1])))\n"
     )
@@ -23,14 +23,14 @@ def test_importing_the_store_keeps_the_real_inet_ntop() -> None:
 
 
 def test_inet_ntop_works_in_this_process() -> None:
-    import meshkit.cluster.store  # noqa: F401
+    import meshkit.cluster.raft.store  # noqa: F401
 
     assert socket.inet_ntop(socket.AF_INET6, bytes(16)) == "::"
 
 
 def test_a_stranger_announcing_a_huge_frame_is_cut_off(tmp_path: Path) -> None:
     """Before the cap, pysyncobj waited for (and buffered) all 2 GiB a stranger announced."""
-    from meshkit.cluster.store import RaftStore, RaftTimings
+    from meshkit.cluster.raft.store import RaftStore, RaftTimings
 
     timings = RaftTimings(tick=0.01, election_min=0.3, election_max=0.8, append_period=0.05)
 

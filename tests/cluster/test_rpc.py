@@ -24,8 +24,9 @@ import uvloop
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshkit.cluster import rpc
-from meshkit.cluster.pki import (
+from meshkit.base.errors import MeshkitError
+from meshkit.cluster.rpc import transport as rpc
+from meshkit.cluster.rpc.pki import (
     ClusterCA,
     NodeIdentity,
     PkiError,
@@ -33,7 +34,8 @@ from meshkit.cluster.pki import (
     client_ssl_context,
     server_ssl_context,
 )
-from meshkit.cluster.rpc import (
+from meshkit.cluster.rpc.tokens import new_token
+from meshkit.cluster.rpc.transport import (
     FrameDecoder,
     FrameError,
     Peer,
@@ -44,8 +46,6 @@ from meshkit.cluster.rpc import (
     encode_frame,
     fetch_ca_bundle,
 )
-from meshkit.cluster.tokens import new_token
-from meshkit.errors import MeshkitError
 
 HOST = "127.0.0.1"
 
@@ -314,7 +314,7 @@ def test_certificate_from_another_ca_is_refused_at_handshake(
         finally:
             await server.close()
 
-    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc.transport"):
         run(body())
     assert "client certificate refused" in caplog.text
 
@@ -322,7 +322,7 @@ def test_certificate_from_another_ca_is_refused_at_handshake(
 def test_expired_certificate_is_refused(
     run: Any, ca: ClusterCA, manager: NodeIdentity, caplog: Any
 ) -> None:
-    from meshkit.cluster.pki import new_node_key_and_csr
+    from meshkit.cluster.rpc.pki import new_node_key_and_csr
 
     key, csr = new_node_key_and_csr("old-node")
     cert = ca.sign_csr(csr, "old-node", "worker", lifetime=60, now=time.time() - 7200)
@@ -344,7 +344,7 @@ def test_expired_certificate_is_refused(
         finally:
             await server.close()
 
-    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc.transport"):
         run(body())
     assert "expired" in caplog.text
 
@@ -401,7 +401,7 @@ def test_bad_input_closes_only_that_connection(
         finally:
             await server.close()
 
-    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc.transport"):
         run(body())
     assert "refused connection from" in caplog.text or "closing connection from" in caplog.text
     if kind == "http":
@@ -420,7 +420,7 @@ def test_silent_client_is_cut_at_the_handshake_timeout(
         finally:
             await server.close()
 
-    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc.transport"):
         run(body())
     assert "refused connection from" in caplog.text
 
@@ -483,7 +483,7 @@ def test_many_calls_in_flight_and_errors(
         finally:
             await server.close()
 
-    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc.transport"):
         run(body())
     assert "kaboom in dispatch" in caplog.text
     assert "Traceback" in caplog.text
@@ -696,7 +696,7 @@ async def _tls_anon(port: int, ca: ClusterCA) -> Any:
 
 
 def test_a_join_frame_fits_the_unauthenticated_frame_cap() -> None:
-    from meshkit.cluster.pki import new_node_key_and_csr
+    from meshkit.cluster.rpc.pki import new_node_key_and_csr
 
     _, csr = new_node_key_and_csr("pending")
     frame = encode_frame(
@@ -741,7 +741,7 @@ def test_unauthenticated_client_cannot_announce_a_big_frame(
         finally:
             await server.close()
 
-    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc.transport"):
         run(body())
     assert "exceeds the 65536-byte cap" in caplog.text
 
@@ -788,7 +788,7 @@ def test_unauthenticated_client_must_send_whole_frames_in_time(
         finally:
             await server.close()
 
-    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc.transport"):
         run(body())
     assert "no whole frame within 0.6 s" in caplog.text
 
@@ -832,6 +832,6 @@ def test_unauthenticated_connections_are_capped(
         finally:
             await server.close()
 
-    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc"):
+    with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc.transport"):
         run(body())
     assert "connections without a certificate are open (the cap)" in caplog.text

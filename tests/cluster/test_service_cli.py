@@ -8,9 +8,9 @@ from unittest import mock
 
 import pytest
 
-import meshkit.cluster.service_cli as sc
+import meshkit.cli.service as sc
 from meshkit.cli import main
-from meshkit.cluster.services import build_spec
+from meshkit.cluster.model.services import build_spec
 
 
 class Recorder:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from meshkit.cluster import services as sv
-from meshkit.cluster.state import NodeRecord
-from meshkit.errors import FlagError
+from meshkit.base.errors import FlagError
+from meshkit.cluster.model import services as sv
+from meshkit.cluster.model.state import NodeRecord
 
 
 def test_build_spec_defaults_are_swarms() -> None:

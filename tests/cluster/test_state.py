@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from meshkit.cluster import state as cs
+from meshkit.cluster.model import state as cs
 
 M1 = "m" * 25
 M2 = "n" * 25

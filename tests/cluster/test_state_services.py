@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from meshkit.cluster import services as sv
-from meshkit.cluster import state as cs
+from meshkit.cluster.model import services as sv
+from meshkit.cluster.model import state as cs
 
 M1 = "m" * 25
 SID = "s" * 25

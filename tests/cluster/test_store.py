@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.cluster import state as cs
-from meshkit.cluster.store import NoQuorum, RaftStore, RaftTimings
+from meshkit.cluster.model import state as cs
+from meshkit.cluster.raft.store import NoQuorum, RaftStore, RaftTimings
 
 TIMINGS = RaftTimings(tick=0.01, election_min=0.3, election_max=0.8, append_period=0.05, retry=0.3)
 SECRET = "test-raft-secret"

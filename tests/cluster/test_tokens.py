@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshkit.cluster import tokens
-from meshkit.cluster.tokens import (
+from meshkit.cluster.rpc import tokens
+from meshkit.cluster.rpc.tokens import (
     TOKEN_PREFIX,
     JoinToken,
     TokenError,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from meshkit.net.dataplane import load_vxlan_ffi
+from meshkit.net.vxlan.plane import load_vxlan_ffi
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))

@@ -10,8 +10,8 @@ import threading
 
 import pytest
 
-from meshkit.net import vxlan_wire as wire
-from meshkit.net.dataplane import DataplaneError, UserspaceDataplane, load_vxlan_ffi, open_tap
+from meshkit.net.vxlan import wire
+from meshkit.net.vxlan.plane import DataplaneError, UserspaceDataplane, load_vxlan_ffi, open_tap
 
 IMPLS = [
     pytest.param("c", marks=pytest.mark.skipif(load_vxlan_ffi() is None, reason="no C plane")),
@@ -156,6 +156,6 @@ def test_open_tap_matches_the_plane(impl: str) -> None:
 
 
 def _open_vnet_tap(name: str) -> int:
-    from meshkit.net import dataplane
+    from meshkit.net.vxlan import plane as dataplane
 
     return dataplane._open_tap(name, dataplane.IFF_TAP | dataplane.IFF_NO_PI | 0x4000)

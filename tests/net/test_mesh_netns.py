@@ -193,7 +193,7 @@ def wait_dig(c: Cluster, task: dict[str, Any], name: str, want: list[str]) -> No
     try:
         until(lambda: dig(c, task, name) == want, 20, f"dig {name} = {want}")
     except AssertionError:
-        from meshkit.cluster.client import call
+        from meshkit.cluster.rpc.local import call
 
         mesh = call(c.sock(task["Node"]), "info").get("mesh")
         raise AssertionError(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshkit.net import meshplan
-from meshkit.net.meshplan import Listen
+from meshkit.mesh import plan as meshplan
+from meshkit.mesh.plan import Listen
 
 N1, N2 = "a" * 25, "b" * 25  # nodes
 FRONT, ING = "f" * 25, "i" * 25  # networks

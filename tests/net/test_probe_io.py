@@ -18,7 +18,7 @@ import uvloop
 
 import netns
 from meshkit.net.probe import PROBE_PORT, REPLY, REQUEST, decode, encode
-from meshkit.net.prober import ProbeError, ProbeSocket, control_reachable
+from meshkit.net.probe_io import ProbeError, ProbeSocket, control_reachable
 
 pytestmark = pytest.mark.root
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshkit.net import vxlan_wire as wire
-from meshkit.net.dataplane import load_vxlan_ffi
+from meshkit.net.vxlan import wire
+from meshkit.net.vxlan.plane import load_vxlan_ffi
 
 ffi_mod = load_vxlan_ffi()
 needs_c = pytest.mark.skipif(ffi_mod is None, reason="meshkit._vxlan_ffi not built or disabled")

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshkit.errors import MeshkitError
+from meshkit.base.errors import MeshkitError
 from meshkit.web import directives
 from meshkit.web.caddyfile.address import AddressError, parse_address
 from meshkit.web.caddyfile.load import (

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.errors import MeshkitError
+from meshkit.base.errors import MeshkitError
 from meshkit.web.caddyfile.load import CaddyfileErrors, Defaults
 from meshkit.web.embedded import start_embedded
 from peers import free_port

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from meshkit._ext import load_fastpath
-from meshkit.errors import MeshkitError
+from meshkit.base.errors import MeshkitError
 from meshkit.web.message import (
     BodyTooLarge,
     FileBody,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.errors import MeshkitError
+from meshkit.base.errors import MeshkitError
 from meshkit.web.caddyfile.load import load_file, load_text
 from meshkit.web.caddyfile.parser import MAX_FILE_BYTES
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from meshkit.errors import MeshkitError
+from meshkit.base.errors import MeshkitError
 from meshkit.web.caddyfile.load import load_text
 from meshkit.web.directives import build_chain
 from meshkit.web.message import HandlerResult, Headers, Request, Response

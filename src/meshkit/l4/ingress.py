@@ -22,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshkit.errors import FlagError, MeshkitError
+from meshkit.base.errors import FlagError, MeshkitError
 from meshkit.l4 import proxyproto
-from meshkit.l4.health import HealthState
 from meshkit.l4.metrics import MetricFamily, metrics_response, render
 from meshkit.l4.relay import make_relay
 from meshkit.l4.spec import BackendSpec, Publish, parse_backends_file
 from meshkit.lb import ConnTable
+from meshkit.lb.health import HealthState
 from meshkit.net.nsock import NetnsRef, entered
 
 log = logging.getLogger("meshkit.ingress")
@@ -718,7 +718,7 @@ class Ingress:
         path = self.config.backends_file
         assert path is not None
         # In an executor: a reload reads the file while flows are being relayed on this loop
-        # (the read itself is capped and refuses FIFOs and devices, see meshkit.safefile).
+        # (the read itself is capped and refuses FIFOs and devices, see meshkit.base.safefile).
         specs = await self.loop.run_in_executor(None, parse_backends_file, path)
         if not specs:
             # Most often a file caught half-written; refusing keeps traffic flowing.
@@ -836,7 +836,7 @@ async def run_ingress(config: IngressConfig) -> None:
     await ing.start()
     feed = None
     if config.service is not None:
-        from meshkit.l4.servicefeed import ServiceFeed
+        from meshkit.cluster.node.servicefeed import ServiceFeed
 
         feed = ServiceFeed(ing, config.service, config.agent_socket)
         ing.tasks.append(loop.create_task(feed.run()))

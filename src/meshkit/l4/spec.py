@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from meshkit.errors import FlagError, MeshkitError
-from meshkit.safefile import MIB, FileReadError, read_text_file
+from meshkit.base.errors import FlagError, MeshkitError
+from meshkit.base.safefile import MIB, FileReadError, read_text_file
 
 __all__ = [
     "BACKENDS_FILE_MAX",

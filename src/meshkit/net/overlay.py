@@ -5,14 +5,14 @@ For every network of the cluster, this node has a namespace ``mkn-<network id 8>
 holding the bridge ``br0`` (MTU = the overlay MTU, the network's gateway address and this
 node's own endpoint address, its MAC derived from the endpoint address) and the VXLAN port:
 a kernel VXLAN link ``vx-<vni>`` or a TAP ``tap-<vni>`` served by meshkit's userspace data
-plane (``meshkit.net.dataplane``), whichever the network asks for and this kernel can do.
+plane (``meshkit.net.vxlan.plane``), whichever the network asks for and this kernel can do.
 
 Peers come from cluster state only: for every endpoint (a node's own, or a task's) on another
 node, a static FDB entry (MAC -> that node's underlay address) and an ARP-proxy neighbour entry
 (IP -> MAC), replaced whenever the map changes, so an address reused on another node never
 keeps an entry pointing at the old one. Nothing is flooded across nodes.
 
-Probes (``meshkit.net.prober``) run over each network between the nodes' endpoint addresses,
+Probes (``meshkit.net.probe_io``) run over each network between the nodes' endpoint addresses,
 plus a TCP connect to each peer's API port for the control plane; `report()` gives the
 summary that rides on the heartbeats and ends up in `node ls` and `meshkit doctor`.
 
@@ -150,7 +150,7 @@ class NodeOverlay:
 
     async def _build(self, net: Mapping[str, Any]) -> _Net:
         from meshkit.net import kernelcheck, links
-        from meshkit.net.dataplane import DataplaneError
+        from meshkit.net.vxlan.plane import DataplaneError
 
         endpoint = my_endpoint(net, self.node_id)
         if endpoint is None:
@@ -225,7 +225,7 @@ class NodeOverlay:
             # e.g. the data-path port is held by the kernel's VXLAN socket of another network
             raise OverlayError(f"network {net['name']}: {exc}") from None
         from meshkit.net.probe import PROBE_PORT
-        from meshkit.net.prober import ProbeSocket
+        from meshkit.net.probe_io import ProbeSocket
 
         try:
             built.probe = await ProbeSocket.open(
@@ -244,7 +244,8 @@ class NodeOverlay:
         return built
 
     async def _build_tap(self, built: _Net, port: int) -> None:
-        from meshkit.net import dataplane, links
+        from meshkit.net import links
+        from meshkit.net.vxlan import plane as dataplane
 
         if self._dataplane is None:
             dp = dataplane.UserspaceDataplane(self.addr, port)
@@ -285,7 +286,7 @@ class NodeOverlay:
                 except links.LinkError as exc:
                     raise OverlayError(str(exc)) from None
             else:
-                from meshkit.net.dataplane import DataplaneError
+                from meshkit.net.vxlan.plane import DataplaneError
 
                 try:
                     self._dataplane.set_peers(built.vni, fdb, neigh)
@@ -370,7 +371,7 @@ class NodeOverlay:
     # -- probes and reports --------------------------------------------------------------------
 
     async def _control_loop(self) -> None:
-        from meshkit.net.prober import control_reachable
+        from meshkit.net.probe_io import control_reachable
 
         while not self._closed:
             nodes = dict(self._map.get("nodes") or {})

@@ -4,7 +4,7 @@ Every node's agent answers and sends small UDP datagrams between node endpoint I
 each overlay network, so a probe from node A to node B crosses the encapsulated (VXLAN) path.
 This module holds no I/O: ``encode``/``decode`` turn a ``Probe`` into bytes and back, and
 ``PeerProbe`` decides, for one peer on one network, what to send when and what the answers
-(or their absence) say. ``meshkit.net.prober`` is the asyncio shell around it.
+(or their absence) say. ``meshkit.net.probe_io`` is the asyncio shell around it.
 
 The datagram (network byte order)::
 

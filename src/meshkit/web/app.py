@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from meshkit.errors import FlagError, MeshkitError
+from meshkit.base.errors import FlagError, MeshkitError
 from meshkit.web.caddyfile.load import (
     CaddyfileErrors,
     Config,

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import bcrypt
 
-from meshkit.safefile import MIB, FileReadError, read_regular_file
+from meshkit.base.safefile import MIB, FileReadError, read_regular_file
 
 # An htpasswd file holds one short line per user: 4 MiB is tens of thousands of users, and
 # the cap (with the regular-file check) keeps a FIFO or a device from hanging the reader.

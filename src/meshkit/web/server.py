@@ -56,7 +56,7 @@ from typing import Any
 
 import httptools
 
-from meshkit.errors import MeshkitError
+from meshkit.base.errors import MeshkitError
 from meshkit.web import http1
 from meshkit.web.http1 import BODY_NONE, CONTINUE_BYTES, Framing, HttpError
 from meshkit.web.message import (

@@ -11,7 +11,7 @@ files it imports are hidden from the file server. Errors are CaddyfileErrors nam
 `-validate` prints them all. Messages never repeat the text of an imported file (redact.py):
 `import /etc/shadow` is an error naming the file and line, not the hashes.
 
-Files are read with meshkit.safefile (parser.read_caddyfile): a regular file of at most 1 MiB
+Files are read with meshkit.base.safefile (parser.read_caddyfile): a regular file of at most 1 MiB
 (MAX_FILE_BYTES), UTF-8 without control characters. A FIFO, /dev/zero or a folder given as the
 Caddyfile is an error at once, never a hang or an endless read.
 """
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
-from meshkit.errors import MeshkitError
-from meshkit.safefile import FileReadError
+from meshkit.base.errors import MeshkitError
+from meshkit.base.safefile import FileReadError
 from meshkit.web import directives
 from meshkit.web.caddyfile.address import AddressError, parse_address
 from meshkit.web.caddyfile.lexer import expand_env_token, lex

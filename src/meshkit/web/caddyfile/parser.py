@@ -15,7 +15,7 @@ beside the importing file; a glob holds at most one `*` and matching nothing onl
 missing literal file is an error; an import cycle is an error, not a hang. `{$VAR}` and
 `{%VAR%}` are replaced in every token as files are read.
 
-Files are read with meshkit.safefile: only regular files (a FIFO or /dev/zero is refused, not
+Files are read with meshkit.base.safefile: only regular files (a FIFO or /dev/zero is refused, not
 read), at most MAX_FILE_BYTES each and MAX_TOTAL_BYTES for the Caddyfile and all its imports
 together. An imported file must be UTF-8 text without control characters; the texts of
 imported files are kept in ParseResult.imported so that messages can avoid repeating them
@@ -32,7 +32,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from meshkit.safefile import MIB, FileReadError, describe_size, read_text_file
+from meshkit.base.safefile import MIB, FileReadError, describe_size, read_text_file
 from meshkit.web.caddyfile.lexer import expand_env_token, lex
 from meshkit.web.caddyfile.tokens import CaddyfileError, Token, same_line
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from meshkit.errors import MeshkitError
+from meshkit.base.errors import MeshkitError
 
 
 @dataclass(frozen=True, slots=True)

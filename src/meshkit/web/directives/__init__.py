@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from meshkit.errors import MeshkitError
+from meshkit.base.errors import MeshkitError
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.message import Handler
 from meshkit.web.site import Site

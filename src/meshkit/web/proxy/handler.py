@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from meshkit.errors import MeshkitError
+from meshkit.base.errors import MeshkitError
 from meshkit.lb.pick import Picker, Ticket
 from meshkit.web.message import Handler, HandlerResult, Headers, Request, Response
 from meshkit.web.paths import clamp_path

@@ -3,7 +3,7 @@
 Every `health_check_interval` each upstream gets `GET health_check` (on `health_check_port`
 if set) over a fresh connection; a 2xx or 3xx answer (whose body holds
 `health_check_contains`, if set) within `health_check_timeout` is healthy. Each result goes
-through a meshkit.l4.health.HealthState (rise 1, fall 1: Caddy v1 flips on one result), and a
+through a meshkit.lb.health.HealthState (rise 1, fall 1: Caddy v1 flips on one result), and a
 flip tells the block (Checked.set_healthy), so a down upstream comes back as soon as a check
 passes again.
 
@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-from meshkit.l4.health import HealthState
+from meshkit.lb.health import HealthState
 from meshkit.web.proxy.client import Pool, UpstreamError, exchange
 from meshkit.web.proxy.upstream import Upstream
 

@@ -1,0 +1,544 @@
+"""`meshkit service` commands: flags in, tables and progress out; the work is on the managers.
+
+Every command asks the local agent over its Unix socket (`--host`, MESHKIT_HOST, default
+/run/meshkit/meshkit.sock), which must be a manager. Flags are turned into a service spec here
+(meshkit.cluster.model.services.build_spec / update_spec, errors name the flag) before anything is
+sent. `create`, `update`, `scale` and `rollback` then follow the service until it converges, as
+Docker 17.10+ does, with one progress line per slot (or per node for a global service), unless
+`--detach`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import typer
+
+from meshkit.base.errors import FlagError, MeshkitError
+from meshkit.cli.node import HostOpt
+
+service_app = typer.Typer(
+    name="service",
+    help="Services: tasks (processes) scheduled across the nodes.",
+    no_args_is_help=True,
+)
+
+DetachOpt = Annotated[
+    bool,
+    typer.Option("--detach", "-d", help="Return at once instead of following the service."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print less.")]
+
+CONVERGE_STABLE = 1.0
+"""Seconds every task must keep running before the service counts as converged."""
+
+POLL = 0.25
+
+
+def _call(host: str | None, method: str, params: dict[str, Any] | None = None) -> Any:
+    from meshkit.cluster.rpc.local import call
+
+    return call(host, method, params)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    from meshkit.cli.node import table
+
+    return table(headers, rows)
+
+
+# -- human-readable times (Docker's units.HumanDuration) -----------------------------------------
+
+
+def human_duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    m = s // 60
+    if m == 1:
+        return "About a minute"
+    if m < 60:
+        return f"{m} minutes"
+    h = round(s / 3600)
+    if h == 1:
+        return "About an hour"
+    if h < 48:
+        return f"{h} hours"
+    if h < 24 * 7 * 2:
+        return f"{h // 24} days"
+    if h < 24 * 30 * 2:
+        return f"{h // 24 // 7} weeks"
+    if h < 24 * 365 * 2:
+        return f"{h // 24 // 30} months"
+    return f"{h // 24 // 365} years"
+
+
+def one_line(error: str) -> str:
+    """An error on one table line: its lines joined with " | " (the whole text stays in
+    `inspect` and `ps --format json`)."""
+    return " | ".join(x.strip() for x in error.splitlines() if x.strip())
+
+
+def current_state(task: dict[str, Any], now: float) -> str:
+    state = str(task["State"]).capitalize()
+    when = task.get("UpdatedAt") or task.get("CreatedAt") or now
+    return f"{state} {human_duration(max(0.0, now - when))} ago"
+
+
+# -- flags -> spec -------------------------------------------------------------------------------
+
+
+def _spec_from(flags: dict[str, Any]) -> dict[str, Any]:
+    from meshkit.cluster.model.services import build_spec
+
+    return build_spec(flags)
+
+
+_NOT_SPEC_FLAGS = frozenset({"detach", "quiet", "host", "service"})
+
+
+def _spec_flags(params: dict[str, Any]) -> dict[str, Any]:
+    """A command's parameters (its locals() on entry) as the raw flags the spec functions
+    take: only the spec's own flags, and only those the user gave."""
+    return {
+        k: v
+        for k, v in params.items()
+        if k not in _NOT_SPEC_FLAGS and v is not None and v != [] and v is not False
+    }
+
+
+# -- progress ------------------------------------------------------------------------------------
+
+
+def _slots(reply: dict[str, Any]) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """slot key -> tasks of that slot, newest first; and the number of slots wanted."""
+    svc = reply["service"]
+    slots: dict[str, list[dict[str, Any]]] = {}
+    for t in reply["tasks"]:
+        key = str(t["Slot"]) if t["Slot"] else t["NodeID"]
+        slots.setdefault(key, []).append(t)
+    for tasks in slots.values():
+        tasks.sort(key=lambda t: t.get("CreatedAt", 0.0), reverse=True)
+    return slots, int(svc["Desired"])
+
+
+def progress(reply: dict[str, Any], version: int) -> tuple[list[str], bool, int, int]:
+    """The progress lines, whether every slot runs the current version, done and wanted."""
+    slots, desired = _slots(reply)
+    mode = reply["service"]["Mode"]
+    lines = []
+    done = 0
+    keys = sorted(slots, key=lambda k: (len(k), k))
+    if mode == "replicated":
+        keys = [str(i) for i in range(1, desired + 1)]
+    bar_width = 50
+    for i, key in enumerate(keys, 1):
+        tasks = [t for t in slots.get(key, []) if t["DesiredState"] == "running"]
+        current = [t for t in tasks if t["Current"]]
+        t = current[0] if current else (tasks[0] if tasks else None)
+        label = f"{i}/{len(keys)}" if mode == "replicated" else (key[:12] or "?")
+        if t is None:
+            lines.append(f"{label}: waiting")
+            continue
+        state = t["State"]
+        order = ["new", "pending", "assigned", "accepted", "preparing", "starting", "running"]
+        step = order.index(state) + 1 if state in order else 0
+        if state == "running" and t["Current"]:
+            done += 1
+        filled = bar_width * step // len(order)
+        bar = "[" + "=" * max(0, filled - 1) + (">" if filled else "") + " " * (bar_width - filled)
+        bar += "]"
+        text = f"{label}: {state:<10} {bar}"
+        failed = [x for x in slots.get(key, []) if x["State"] in ("failed", "rejected")]
+        if failed and (state != "running" or not t["Current"]):
+            err = failed[0]["Error"].splitlines()
+            # the last line of a failure's stderr says most (e.g. the exception)
+            text += "  " + (
+                err[0] + (f" ... {err[-1].strip()}" if len(err) > 1 else "")
+                if err
+                else failed[0]["State"]
+            )
+        lines.append(text)
+    old_running = any(
+        t["State"] == "running" and not t["Current"] for tasks in slots.values() for t in tasks
+    )
+    converged = done == len(keys) and not old_running
+    return lines, converged, done, len(keys)
+
+
+def follow(host: str | None, service: str, version: int, quiet: bool) -> None:
+    """Print progress until the service converges (every slot running the new version for
+    CONVERGE_STABLE seconds); Ctrl-C stops following, not the service."""
+    tty = sys.stdout.isatty() and not quiet
+    drawn = 0
+    shown: dict[int, str] = {}  # without a terminal: each line once, when it changes
+    stable_since: float | None = None
+    try:
+        while True:
+            reply = _call(host, "service_ps", {"service": service})
+            svc = reply["service"]
+            status = svc.get("UpdateStatus") or {}
+            lines, converged, done, total = progress(reply, max(version, int(svc["Version"])))
+            head = f"overall progress: {done} out of {total} tasks"
+            out = [head, *lines]
+            if status.get("state") in ("paused", "rollback_paused"):
+                out.append(f"update paused: {status.get('message', '')}")
+            if tty:
+                if drawn:
+                    sys.stdout.write(f"\x1b[{drawn}F\x1b[J")
+                sys.stdout.write("\n".join(out) + "\n")
+                sys.stdout.flush()
+                drawn = len(out)
+            elif not quiet:
+                for i, line in enumerate(out):
+                    if i and shown.get(i) != line:
+                        typer.echo(line)
+                        shown[i] = line
+            if status.get("state") in ("paused", "rollback_paused"):
+                raise MeshkitError(
+                    f"update paused for service {service}: {status.get('message', '')}"
+                )
+            now = time.monotonic()
+            if converged:
+                stable_since = stable_since or now
+                if now - stable_since >= CONVERGE_STABLE:
+                    if not quiet:
+                        typer.echo("verify: Service converged")
+                    return
+            else:
+                stable_since = None
+            time.sleep(POLL)
+    except KeyboardInterrupt:
+        typer.echo("Operation continuing in background.", err=True)
+        typer.echo(f"Use `meshkit service ps {service}` to check progress.", err=True)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+ListOpt = list[str] | None
+
+
+@service_app.command(
+    context_settings={"allow_interspersed_args": False, "ignore_unknown_options": False}
+)
+def create(
+    command: Annotated[list[str], typer.Argument(help="The command and its arguments.")],
+    name: Annotated[str | None, typer.Option("--name", help="Service name.")] = None,
+    replicas: Annotated[str | None, typer.Option("--replicas", help="Number of tasks.")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="replicated or global.")] = None,
+    network: Annotated[ListOpt, typer.Option("--network", help="Attach to a network.")] = None,
+    publish: Annotated[
+        ListOpt,
+        typer.Option("--publish", "-p", help="[mode=ingress|host,]PUBLISHED:TARGET[/tcp|/udp]"),
+    ] = None,
+    port: Annotated[ListOpt, typer.Option("--port", help="TARGET[/proto] served by tasks.")] = None,
+    env: Annotated[ListOpt, typer.Option("--env", "-e", help="K=V in the environment.")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w", help="Working dir.")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="user[:group]")] = None,
+    constraint: Annotated[
+        ListOpt, typer.Option("--constraint", help="node.hostname==x, node.labels.k!=v...")
+    ] = None,
+    restart_condition: Annotated[
+        str | None, typer.Option("--restart-condition", help="any, on-failure or none.")
+    ] = None,
+    restart_delay: Annotated[str | None, typer.Option("--restart-delay")] = None,
+    restart_max_attempts: Annotated[str | None, typer.Option("--restart-max-attempts")] = None,
+    restart_window: Annotated[str | None, typer.Option("--restart-window")] = None,
+    health_cmd: Annotated[str | None, typer.Option("--health-cmd")] = None,
+    health_interval: Annotated[str | None, typer.Option("--health-interval")] = None,
+    health_timeout: Annotated[str | None, typer.Option("--health-timeout")] = None,
+    health_retries: Annotated[str | None, typer.Option("--health-retries")] = None,
+    health_start_period: Annotated[str | None, typer.Option("--health-start-period")] = None,
+    update_parallelism: Annotated[str | None, typer.Option("--update-parallelism")] = None,
+    update_delay: Annotated[str | None, typer.Option("--update-delay")] = None,
+    update_failure_action: Annotated[str | None, typer.Option("--update-failure-action")] = None,
+    update_monitor: Annotated[str | None, typer.Option("--update-monitor")] = None,
+    update_max_failure_ratio: Annotated[
+        str | None, typer.Option("--update-max-failure-ratio")
+    ] = None,
+    update_order: Annotated[str | None, typer.Option("--update-order")] = None,
+    stop_grace_period: Annotated[str | None, typer.Option("--stop-grace-period")] = None,
+    endpoint_mode: Annotated[str | None, typer.Option("--endpoint-mode")] = None,
+    detach: DetachOpt = False,
+    quiet: QuietOpt = False,
+    host: HostOpt = None,
+) -> None:
+    """Create a service: `meshkit service create --name web --replicas 2 -- CMD ARGS...`."""
+    flags = _spec_flags(locals())
+    spec = _spec_from(flags)
+    reply = _call(host, "service_create", {"spec": spec})
+    typer.echo(reply["id"])
+    if not detach:
+        follow(host, reply["id"], 1, quiet)
+
+
+@service_app.command("ls")
+def ls(
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the IDs.")] = False,
+    host: HostOpt = None,
+) -> None:
+    """List services: ID, NAME, MODE, REPLICAS, COMMAND, PORTS."""
+    from meshkit.cli.node import check_format, print_listing
+
+    check_format(fmt)  # before asking the agent
+    services = _call(host, "service_ls")["services"]
+    print_listing(
+        services,
+        fmt,
+        quiet,
+        ["ID", "NAME", "MODE", "REPLICAS", "COMMAND", "PORTS"],
+        lambda s: [s["ID"][:12], s["Name"], s["Mode"], s["Replicas"], s["Command"], s["Ports"]],
+    )
+
+
+def ps_rows(
+    tasks: list[dict[str, Any]], now: float, no_trunc: bool, width: int | None
+) -> tuple[list[str], list[list[str]]]:
+    """`service ps` rows: slots in order, the newest task first, older ones under ` \\_ `.
+    The ERROR column is the whole error with --no-trunc or when `width` is None (not a
+    terminal), else cut to what the terminal width leaves for it (never under 40 chars)."""
+    headers = ["ID", "NAME", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "PORTS"]
+    groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for t in tasks:
+        key = (int(t["Slot"]), "" if t["Slot"] else t["NodeID"])
+        groups.setdefault(key, []).append(t)
+    rows: list[list[str]] = []
+    for key in sorted(groups):
+        ts = sorted(groups[key], key=lambda t: t.get("CreatedAt", 0.0), reverse=True)
+        for i, t in enumerate(ts):
+            name = t["Name"] if i == 0 else f" \\_ {t['Name']}"
+            err = one_line(t["Error"])
+            rows.append(
+                [
+                    t["ID"] if no_trunc else t["ID"][:12],
+                    name,
+                    t["Node"],
+                    str(t["DesiredState"]).capitalize(),
+                    current_state(t, now),
+                    f'"{err}"' if err else "",
+                    t["Ports"],
+                ]
+            )
+    if not no_trunc and width is not None:
+        fixed = sum(max(len(headers[i]), *(len(r[i]) for r in rows)) + 3 for i in (0, 1, 2, 3, 4))
+        ports = max([len("PORTS"), *(len(r[6]) for r in rows)])
+        room = max(40, width - fixed - ports - 3)
+        for r in rows:
+            if len(r[5]) > room:
+                r[5] = r[5][: room - 4] + '..."'
+    return headers, rows
+
+
+@service_app.command("ps")
+def ps(
+    service: Annotated[str, typer.Argument(help="Service name or id.")],
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Whole ids and errors.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the task IDs.")] = False,
+    host: HostOpt = None,
+) -> None:
+    """List the tasks of a service, with the history of each slot."""
+    if fmt not in ("table", "json"):
+        raise FlagError("--format", fmt, "expected table or json")
+    reply = _call(host, "service_ps", {"service": service})
+    tasks = reply["tasks"]
+    if quiet:
+        for t in tasks:
+            typer.echo(t["ID"] if no_trunc else t["ID"][:12])
+        return
+    if fmt == "json":
+        typer.echo(json.dumps(tasks, indent=4))
+        return
+    width = shutil.get_terminal_size((0, 0)).columns if sys.stdout.isatty() else None
+    headers, rows = ps_rows(tasks, time.time(), no_trunc, width or None)
+    typer.echo(_table(headers, rows))
+
+
+@service_app.command()
+def inspect(
+    services: Annotated[list[str], typer.Argument(help="Service names or ids.")],
+    pretty: Annotated[bool, typer.Option("--pretty", help="Human-readable.")] = False,
+    host: HostOpt = None,
+) -> None:
+    """Show services in detail, as JSON (tasks with their whole errors)."""
+    out = []
+    for ref in services:
+        svc = _call(host, "service_inspect", {"service": ref})
+        svc["tasks"] = _call(host, "service_ps", {"service": ref})["tasks"]
+        out.append(svc)
+    if pretty:
+        for svc in out:
+            spec = svc["spec"]
+            typer.echo(f"ID:\t\t{svc['id']}\nName:\t\t{spec['name']}")
+            typer.echo(f"Mode:\t\t{spec['mode'].capitalize()}")
+            if spec["mode"] == "replicated":
+                typer.echo(f" Replicas:\t{spec.get('replicas')}")
+            typer.echo(f"Command:\t{' '.join(spec['command'])}")
+            for t in svc["tasks"]:
+                if t["Error"]:
+                    typer.echo(f"Task {t['Name']} ({t['ID'][:12]}): {t['Error']}")
+        return
+    typer.echo(json.dumps(out, indent=4))
+
+
+@service_app.command()
+def scale(
+    pairs: Annotated[list[str], typer.Argument(help="SERVICE=REPLICAS ...")],
+    detach: DetachOpt = False,
+    host: HostOpt = None,
+) -> None:
+    """Set the number of tasks of replicated services."""
+    wanted: list[tuple[str, int]] = []
+    for pair in pairs:
+        ref, sep, num = pair.partition("=")
+        if not sep or not ref or not num.isdigit():
+            raise FlagError("SERVICE=REPLICAS", pair, "expected e.g. web=3")
+        wanted.append((ref, int(num)))
+    for ref, count in wanted:
+        reply = _call(host, "service_scale", {"service": ref, "replicas": count})
+        typer.echo(f"{ref} scaled to {count}")
+        if not detach:
+            follow(host, reply["id"], int(reply["version"]), False)
+
+
+@service_app.command(context_settings={"allow_interspersed_args": True})
+def update(
+    service: Annotated[str, typer.Argument(help="Service name or id.")],
+    replicas: Annotated[str | None, typer.Option("--replicas")] = None,
+    args: Annotated[str | None, typer.Option("--args", help="The new command line.")] = None,
+    env_add: Annotated[ListOpt, typer.Option("--env-add")] = None,
+    env_rm: Annotated[ListOpt, typer.Option("--env-rm")] = None,
+    constraint_add: Annotated[ListOpt, typer.Option("--constraint-add")] = None,
+    constraint_rm: Annotated[ListOpt, typer.Option("--constraint-rm")] = None,
+    publish_add: Annotated[ListOpt, typer.Option("--publish-add")] = None,
+    publish_rm: Annotated[ListOpt, typer.Option("--publish-rm")] = None,
+    workdir: Annotated[str | None, typer.Option("--workdir", "-w")] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u")] = None,
+    restart_condition: Annotated[str | None, typer.Option("--restart-condition")] = None,
+    restart_delay: Annotated[str | None, typer.Option("--restart-delay")] = None,
+    restart_max_attempts: Annotated[str | None, typer.Option("--restart-max-attempts")] = None,
+    restart_window: Annotated[str | None, typer.Option("--restart-window")] = None,
+    health_cmd: Annotated[str | None, typer.Option("--health-cmd")] = None,
+    health_interval: Annotated[str | None, typer.Option("--health-interval")] = None,
+    health_timeout: Annotated[str | None, typer.Option("--health-timeout")] = None,
+    health_retries: Annotated[str | None, typer.Option("--health-retries")] = None,
+    health_start_period: Annotated[str | None, typer.Option("--health-start-period")] = None,
+    update_parallelism: Annotated[str | None, typer.Option("--update-parallelism")] = None,
+    update_delay: Annotated[str | None, typer.Option("--update-delay")] = None,
+    update_failure_action: Annotated[str | None, typer.Option("--update-failure-action")] = None,
+    update_monitor: Annotated[str | None, typer.Option("--update-monitor")] = None,
+    update_max_failure_ratio: Annotated[
+        str | None, typer.Option("--update-max-failure-ratio")
+    ] = None,
+    update_order: Annotated[str | None, typer.Option("--update-order")] = None,
+    stop_grace_period: Annotated[str | None, typer.Option("--stop-grace-period")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace the tasks even unchanged.")] = (
+        False
+    ),
+    detach: DetachOpt = False,
+    quiet: QuietOpt = False,
+    host: HostOpt = None,
+) -> None:
+    """Change a service; its tasks are replaced by a rolling update."""
+    flags = _spec_flags(locals())  # first: nothing but the parameters in locals() yet
+    import shlex
+
+    from meshkit.cluster.model.services import update_spec
+
+    if args is not None:
+        try:
+            flags["args"] = shlex.split(args)  # Docker splits --args the way a shell would
+        except ValueError as exc:
+            raise FlagError("--args", args, str(exc)) from None
+        if not flags["args"]:
+            raise FlagError("--args", args, "the command line is empty")
+    current = _call(host, "service_inspect", {"service": service})
+    spec = update_spec(current["spec"], flags)
+    if spec == current["spec"] and not force:
+        typer.echo(current["id"])
+        typer.echo("service unchanged (use --force to replace its tasks anyway)", err=True)
+        return
+    reply = _call(host, "service_update", {"service": current["id"], "spec": spec})
+    typer.echo(current["spec"]["name"])
+    if not detach:
+        follow(host, current["id"], int(reply["version"]), quiet)
+
+
+@service_app.command()
+def rollback(
+    service: Annotated[str, typer.Argument(help="Service name or id.")],
+    detach: DetachOpt = False,
+    quiet: QuietOpt = False,
+    host: HostOpt = None,
+) -> None:
+    """Go back to the service's previous spec."""
+    reply = _call(host, "service_rollback", {"service": service})
+    typer.echo(service)
+    if not detach:
+        follow(host, reply["id"], int(reply["version"]), quiet)
+
+
+@service_app.command("rm")
+def rm(
+    services: Annotated[list[str], typer.Argument(help="Service names or ids.")],
+    host: HostOpt = None,
+) -> None:
+    """Remove services (their tasks are stopped)."""
+    failed = []
+    for ref in services:
+        try:
+            _call(host, "service_rm", {"service": ref})
+            typer.echo(ref)
+        except MeshkitError as exc:
+            failed.append(f"{ref}: {exc}")
+    if failed:
+        raise MeshkitError("; ".join(failed))
+
+
+@service_app.command()
+def logs(
+    service: Annotated[str, typer.Argument(help="Service name or id.")],
+    follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
+    tail: Annotated[str, typer.Option("--tail", help="Last lines of each task, or all.")] = ("all"),
+    no_task_ids: Annotated[bool, typer.Option("--no-task-ids")] = False,
+    host: HostOpt = None,
+) -> None:
+    """Print the output of every task of a service, from every node."""
+    n: int | None = None
+    if tail != "all":
+        if not tail.isdigit():
+            raise FlagError("--tail", tail, "expected a number of lines or all")
+        n = int(tail)
+    since: dict[str, Any] = {}
+    first = True
+    try:
+        while True:
+            reply = _call(
+                host,
+                "service_logs",
+                {"service": service, "tail": n if first else None, "since": since},
+            )
+            first = False
+            for err in reply.get("errors") or []:
+                typer.echo(f"error: {err}", err=True)
+            for name, stream, text in reply["lines"]:
+                label = name.split("@")[0] if not no_task_ids else name.split(".")[0]
+                node = name.split("@")[1] if "@" in name else ""
+                line = f"{label}@{node}    | {text}"
+                typer.echo(line, err=stream == "stderr")
+            since = reply.get("since") or since
+            if not follow_:
+                return
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return

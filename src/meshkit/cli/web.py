@@ -1,0 +1,147 @@
+"""`meshkit web`: Caddy v1's command line (single-dash long flags; `--conf` works too).
+
+    meshkit web                          # ./Caddyfile, or serve . at 0.0.0.0:2015
+    meshkit web -conf /etc/Caddyfile     # or -conf stdin (a pipe)
+    meshkit web -port 8080 browse "log access.log"   # directive lines for the default site
+    meshkit web -validate                # "Caddyfile is valid", or every error (exit 1)
+
+click accepts single-dash long options once they are declared by that name, so each flag is
+declared as both `-name` and `--name`; no argv rewriting is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from meshkit.base.errors import FlagError
+
+web_app = typer.Typer()
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise FlagError("-port", value, "expected a port number from 1 to 65535")
+    return int(value)
+
+
+def _host(value: str) -> str:
+    from meshkit.web.caddyfile.address import AddressError, parse_address
+
+    if not value:
+        return ""
+    inner = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    probe = f"[{inner}]" if ":" in inner else inner
+    try:
+        parse_address(probe)
+    except AddressError as exc:
+        raise FlagError("-host", value, str(exc)) from None
+    return inner
+
+
+@web_app.command(
+    "web",
+    help="Caddyfile web server (Caddy v1 grammar): static files, vhosts, the directive chain.",
+)
+def web(
+    lines: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="DIRECTIVE_LINES",
+            help='Caddyfile lines for the default site, e.g. browse "log access.log".',
+            show_default=False,
+        ),
+    ] = None,
+    conf: Annotated[
+        str | None,
+        typer.Option(
+            "-conf", "--conf", metavar="FILE", help="Caddyfile to load, or 'stdin' for a pipe."
+        ),
+    ] = None,
+    port: Annotated[
+        str, typer.Option("-port", "--port", metavar="PORT", help="Default port of the sites.")
+    ] = "2015",
+    host: Annotated[
+        str, typer.Option("-host", "--host", metavar="HOST", help="Host name of the default site.")
+    ] = "",
+    root: Annotated[
+        str,
+        typer.Option("-root", "--root", metavar="DIR", help="Root folder of sites without `root`."),
+    ] = ".",
+    validate: Annotated[
+        bool,
+        typer.Option("-validate", "--validate", help="Check the configuration and exit."),
+    ] = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("-json", "--json", help="With -validate: print the configuration as JSON."),
+    ] = False,
+    log: Annotated[
+        str,
+        typer.Option(
+            "-log", "--log", metavar="DEST", help="Process log: stdout, stderr or a file."
+        ),
+    ] = "stderr",
+    pidfile: Annotated[
+        str | None,
+        typer.Option("-pidfile", "--pidfile", metavar="FILE", help="Write the process id here."),
+    ] = None,
+    grace: Annotated[
+        str,
+        typer.Option(
+            "-grace",
+            "--grace",
+            metavar="DURATION",
+            help="On SIGTERM/SIGINT, time responses may finish.",
+        ),
+    ] = "5s",
+    quiet: Annotated[
+        bool, typer.Option("-quiet", "--quiet", help="Do not print the sites at start.")
+    ] = False,
+) -> None:
+    """Serve sites from a Caddyfile."""
+    from meshkit.l4.spec import parse_duration
+    from meshkit.web.caddyfile.load import Defaults, site_to_dict
+
+    if root == "":
+        raise FlagError("-root", root, "must not be empty")
+    if as_json and not validate:
+        raise FlagError("-json", "true", "only goes with -validate")
+    from meshkit.web import app
+
+    options = app.WebOptions(
+        conf=conf,
+        lines=list(lines or []),
+        defaults=Defaults(host=_host(host), port=_port(port), root=root),
+        pidfile=pidfile,
+        grace=parse_duration(grace, "-grace"),
+    )
+    if not validate:
+        app.configure_logging(log)
+    config = app.load_config(options)
+    if validate:
+        for w in config.warnings:
+            print(f"Warning: {w}", file=sys.stderr)
+        if config.errors:
+            for e in config.errors:
+                print(f"Error: {e}", file=sys.stderr)
+            raise typer.Exit(1)
+        if as_json:
+            print(json.dumps([site_to_dict(s) for s in config.sites], indent=2))
+        else:
+            print("Caddyfile is valid")
+        return
+    for w in config.warnings:
+        app.log.warning("%s", w)
+    config.raise_errors()
+    from meshkit.cli import run_loop
+
+    async def main() -> None:
+        code = await app.serve(options, config, quiet=quiet)
+        if code:
+            raise typer.Exit(code)
+
+    run_loop(main())

@@ -1,0 +1,548 @@
+"""The agent's RPC methods, their parameters, and who may call them.
+
+Transport: framed JSON RPC (`meshkit.cluster.rpc.transport`) on the manager port (TLS, default 2377,
+node certificates from the cluster CA) and on the agent's local Unix socket (default
+/run/meshkit/meshkit.sock, mode 0660: its file mode is the local authorization).
+
+Authorization on the TCP port, by method:
+
+- none (no client certificate needed; a joining node has none yet):
+
+    ca_bundle  {}  -> {"bundle": pem}
+    join       {"token", "csr", "hostname", "advertise_addr", "version",
+                "api_port"?, "raft_port"?}
+               -> {"node_id", "role", "addr" (as recorded), "cert", "ca", "cluster_id",
+                   "managers": ["ip:port"], "period",
+                   "raft_secret" and "raft_peers": ["ip:raftport"] (managers only)}
+               The token's secret decides the role (constant-time compare with both); a
+               wrong, rotated-away or foreign token is refused before anything is written.
+
+- any node certificate of this cluster (worker or manager):
+
+    heartbeat  {"node_id", "status"?: {"version", "overlay"?}}  -> {"period", "managers",
+               "leader", "role", "availability"}   the certificate's CN must equal node_id; a
+               changed overlay report is committed (set_overlay) in the background
+    renew      {"node_id", "csr"} -> {"cert", "ca", "role", "managers", "raft_secret"?,
+               "raft_peers"?}    a new certificate with the role the cluster state says
+    leave      {"node_id"} -> {}   a worker leaving: marked Down at once
+
+- a manager certificate only (a worker's is refused with code "forbidden"):
+
+    node_ls       {}                                   -> {"self", "nodes": [node view]}
+    node_inspect  {"node"}                             -> node view
+    node_update   {"node", "availability"?, "label_add"?: {k: v}, "label_rm"?: [k]}
+                                                       -> {"node_id"}
+    node_promote  {"node"} / node_demote {"node"}      -> {"node_id", "changed"}
+    node_rm       {"node", "force"}                    -> {"node_id"}
+    join_token    {"role", "rotate"}                   -> {"role", "token", "addr"}
+    beats         {"seen": [node_id]}                  -> {}   (managers pass on the beats
+                                                               they took to the leader)
+    cluster_status {}                                  -> raft status of the answering manager
+    service_*     see meshkit.cluster.api.services
+    network_*, overlay_pairs, netmap_watch   see meshkit.cluster.api.networks
+
+Services and tasks (meshkit.cluster.api.services): the service_* methods are manager methods;
+tasks_watch and task_report take any node certificate whose CN is the node asked about;
+task_logs is served by every node (workers too) to managers only.
+
+On the local Unix socket every manager method above is open (on a worker they fail with
+code "not_manager" and swarm's "This node is not a swarm manager..." text), plus:
+
+    info   {}            -> {"node_id", "role", "cluster_id", "hostname", "addr", "managers",
+                             "initialized", "version"}
+    leave  {"force"}     -> {"left": true}   this node leaves the cluster; the agent stops
+                             and removes its certificate and state from the data dir
+
+Parameters: every method's are checked against its schema in `meshkit.cluster.api.params` before
+its handler runs (after the authorization check); a missing or bad one is refused with code
+bad_request and a message naming it, e.g. ``invalid join parameter api_port: 1000000 is not
+a port (1-65535)``.
+
+Error codes (RpcError.code): unauthenticated, forbidden, not_manager, not_found,
+bad_request, conflict, no_quorum, token, unavailable (plus rpc's own).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from meshkit import __version__
+from meshkit.base.errors import FlagError
+from meshkit.cluster.api.networks import (
+    NETWORK_METHODS,
+    NODE_NET_METHODS,
+    NetworkMethods,
+    pair_rows,
+)
+from meshkit.cluster.api.params import ParamError, check_params, printable
+from meshkit.cluster.api.services import (
+    NODE_SERVED_METHODS,
+    NODE_TASK_METHODS,
+    SERVICE_METHODS,
+    ServiceMethods,
+)
+from meshkit.cluster.model import state as cstate
+from meshkit.cluster.raft.sealing import SealError
+from meshkit.cluster.raft.store import NoQuorum, StoreError
+from meshkit.cluster.rpc.pki import ClusterCA, PkiError
+from meshkit.cluster.rpc.tokens import (
+    TokenError,
+    ca_digest,
+    format_token,
+    new_secret,
+    parse_token,
+    token_matches,
+)
+from meshkit.cluster.rpc.transport import Peer, RpcError
+from meshkit.net.doctor_report import overlay_column
+
+if TYPE_CHECKING:
+    from meshkit.cluster.node.agent import Agent
+
+log = logging.getLogger(__name__)
+
+UNAUTHENTICATED = frozenset({"ca_bundle", "join"})
+NODE_METHODS = frozenset({"heartbeat", "renew", "leave"}) | NODE_TASK_METHODS | NODE_NET_METHODS
+MANAGER_METHODS = (
+    frozenset(
+        {
+            "node_ls",
+            "node_inspect",
+            "node_update",
+            "node_promote",
+            "node_demote",
+            "node_rm",
+            "join_token",
+            "beats",
+            "cluster_status",
+        }
+    )
+    | SERVICE_METHODS
+    | NETWORK_METHODS
+)
+LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"})
+
+_ID_ALPHABET = string.digits + string.ascii_lowercase
+
+
+def new_node_id() -> str:
+    """25 random base-36 characters, the shape of a swarm node id."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(25))
+
+
+def _str(params: dict[str, Any], key: str, *, required: bool = True) -> str:
+    value = params.get(key)
+    if value is None or value == "":
+        if required:
+            raise RpcError("bad_request", f"missing parameter {key!r}")
+        return ""
+    if not isinstance(value, str):
+        raise RpcError("bad_request", f"parameter {key!r} must be a string")
+    return value
+
+
+def _translate(exc: Exception) -> RpcError:
+    if isinstance(exc, RpcError):
+        return exc
+    if isinstance(exc, ParamError):
+        return RpcError("bad_request", str(exc))
+    if isinstance(exc, NoQuorum):
+        return RpcError("no_quorum", str(exc))
+    if isinstance(exc, cstate.NodeNotFound):
+        return RpcError("not_found", str(exc))
+    if isinstance(exc, cstate.CommandError):
+        return RpcError("conflict", str(exc))
+    if isinstance(exc, StoreError):
+        return RpcError("unavailable", str(exc))
+    if isinstance(exc, TokenError):
+        return RpcError("token", str(exc))
+    if isinstance(exc, PkiError):
+        return RpcError("bad_request", str(exc))
+    from meshkit.cluster.model.services import SpecError
+
+    if isinstance(exc, (SpecError, FlagError)):
+        return RpcError("bad_request", str(exc))
+    raise exc
+
+
+class Api:
+    """Method handlers over one agent's state."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self._ca: tuple[str, ClusterCA] | None = None
+        # Every heartbeat reply carries the manager list; rebuilding it from all nodes on each
+        # beat made a beat cost grow with the cluster, so it is kept until the state changes.
+        self._managers_key: tuple[int, int] = (0, -1)
+        self._managers_list: list[str] = []
+        self.services = ServiceMethods(self)
+        self._handlers: dict[str, Callable[[Peer, dict[str, Any]], Awaitable[Any]]] = {
+            "ca_bundle": self.ca_bundle,
+            "join": self.join,
+            "heartbeat": self.heartbeat,
+            "renew": self.renew,
+            "node_ls": self.node_ls,
+            "node_inspect": self.node_inspect,
+            "node_update": self.node_update,
+            "node_promote": self.node_promote,
+            "node_demote": self.node_demote,
+            "node_rm": self.node_rm,
+            "join_token": self.join_token,
+            "beats": self.beats,
+            "cluster_status": self.cluster_status,
+        }
+        for name in SERVICE_METHODS | NODE_TASK_METHODS | NODE_SERVED_METHODS:
+            self._handlers[name] = getattr(self.services, name)
+        self.networks = NetworkMethods(self)
+        for name in NETWORK_METHODS | NODE_NET_METHODS:
+            self._handlers[name] = getattr(self.networks, name)
+
+    # -- dispatch ------------------------------------------------------------------------------
+
+    async def dispatch_tcp(self, peer: Peer, method: str, params: dict[str, Any]) -> Any:
+        handler = self._handlers.get(method)
+        if method == "leave":
+            handler = self.node_leave
+        if handler is None:
+            raise RpcError("bad_request", f"unknown method {method!r}")
+        if method not in UNAUTHENTICATED:
+            ident = peer.identity
+            if ident is None or ident.cluster_id != self.agent.cluster_id:
+                raise RpcError(
+                    "unauthenticated",
+                    f"{method} needs a node certificate of this cluster "
+                    f"(from {peer.address}: {'none' if ident is None else 'another cluster'})",
+                )
+            if (method in MANAGER_METHODS or method in NODE_SERVED_METHODS) and not (
+                ident.is_manager
+            ):
+                raise RpcError(
+                    "forbidden",
+                    f"{method} is for managers only: node {ident.node_id} presented a "
+                    f"{ident.role} certificate",
+                )
+        try:
+            check_params(method, params)
+        except ParamError as exc:
+            log.info("refused %s from %s: %s", method, peer.address, exc)
+            raise _translate(exc) from None
+        if method in NODE_SERVED_METHODS:  # every node serves these, workers too
+            try:
+                return await handler(peer, params)
+            except Exception as exc:
+                raise _translate(exc) from None
+        if self.agent.store is not None:
+            # A manager whose raft store is still loading: wait a little. Without a store
+            # (a worker, or a manager between roles: the API port stays open over role
+            # changes) answer at once, so that the caller moves on to another manager
+            # instead of missing its heartbeats here.
+            await self.agent.wait_state()
+        if not self.agent.is_manager:
+            raise RpcError("not_manager", cstate.NOT_A_MANAGER)
+        if method in MANAGER_METHODS and peer.identity is not None:
+            # A demoted manager's certificate is still valid until it is renewed: the state
+            # has the last word.
+            caller = self.state.nodes.get(peer.identity.node_id)
+            if caller is None or caller.role != "manager":
+                raise RpcError(
+                    "forbidden",
+                    f"{method} is for managers only: node {peer.identity.node_id} is not a "
+                    "manager of this cluster any more",
+                )
+        try:
+            return await handler(peer, params)
+        except Exception as exc:
+            raise _translate(exc) from None
+
+    async def dispatch_local(self, peer: Peer, method: str, params: dict[str, Any]) -> Any:
+        if not peer.local:
+            raise RpcError("forbidden", "local methods only on the agent's Unix socket")
+        try:
+            check_params(method, params, local=True)
+            if method == "info":
+                return self.agent.info()
+            if method == "leave":
+                return await self.agent.leave(bool(params.get("force")))
+            if method == "mesh_watch":
+                return await self.agent.mesh.watch(
+                    str(params.get("service") or ""),
+                    params.get("version"),
+                    min(60.0, float(params.get("wait") or 20.0)),  # checked: a number
+                )
+            if method in NODE_SERVED_METHODS:
+                return await self._handlers[method](peer, params)
+            if method in MANAGER_METHODS or method == "join_token":
+                await self.agent.wait_state()
+                if not self.agent.is_manager:
+                    raise RpcError("not_manager", cstate.NOT_A_MANAGER)
+                return await self._handlers[method](peer, params)
+        except Exception as exc:
+            raise _translate(exc) from None
+        raise RpcError("bad_request", f"unknown method {method!r}")
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> cstate.ClusterState:
+        st = self.agent.state
+        if st is None or not st.initialized:
+            raise RpcError("unavailable", "this manager has not loaded the cluster state yet")
+        return st
+
+    def ca(self) -> ClusterCA:
+        st = self.state
+        if self._ca is None or self._ca[0] != st.ca_key_pem:
+            key_pem = self.unseal(st.ca_key_pem)
+            self._ca = (
+                st.ca_key_pem,
+                ClusterCA.from_pem(st.ca_cert_pem.encode(), key_pem.encode()),
+            )
+        return self._ca[1]
+
+    def unseal(self, value: str) -> str:
+        """A secret of the state in clear (they are kept sealed: see sealing.py)."""
+        try:
+            return self.agent.sealer.open(value)
+        except SealError as exc:
+            raise RpcError("unavailable", str(exc)) from None
+
+    def _manager_secrets(self, st: cstate.ClusterState) -> dict[str, Any]:
+        """What a manager needs to take part in raft and read the state's secrets."""
+        return {
+            "raft_secret": self.unseal(st.raft_secret),
+            "raft_peers": [m.raft_addr for m in st.managers()],
+            "data_key": self.agent.sealer.key,
+        }
+
+    def digest(self) -> str:
+        return ca_digest(self.state.ca_cert_pem.encode())
+
+    def _node_ref(self, peer: Peer, params: dict[str, Any]) -> cstate.NodeRecord:
+        ref = _str(params, "node")
+        if ref == "self":
+            ref = (
+                self.agent.node_id if peer.local or peer.identity is None else peer.identity.node_id
+            )
+        return cstate.resolve_node(self.state, ref)
+
+    async def _submit(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        store = self.agent.store
+        if store is None:
+            raise RpcError("not_manager", cstate.NOT_A_MANAGER)
+        cmd.setdefault("now", time.time())
+        return await store.submit(cmd)
+
+    def _managers(self) -> list[str]:
+        st = self.state
+        key = (id(st), st.index)
+        if key != self._managers_key:
+            self._managers_list = [m.api_addr for m in st.managers()]
+            self._managers_key = key
+        return self._managers_list
+
+    # -- unauthenticated ----------------------------------------------------------------------
+
+    async def ca_bundle(self, peer: Peer, params: dict[str, Any]) -> Any:
+        return {"bundle": self.state.ca_cert_pem}
+
+    async def join(self, peer: Peer, params: dict[str, Any]) -> Any:
+        st = self.state
+        text = _str(params, "token")
+        token = parse_token(text)
+        digest = self.digest()
+        if not secrets.compare_digest(token.digest, digest):
+            raise RpcError(
+                "token",
+                "invalid join token: its CA digest does not match this cluster's CA "
+                "(the token belongs to another cluster)",
+            )
+        # Both comparisons always run: the time taken does not say which one matched.
+        as_manager = token_matches(text, format_token(digest, self.unseal(st.manager_secret)))
+        as_worker = token_matches(text, format_token(digest, self.unseal(st.worker_secret)))
+        if not (as_manager or as_worker):
+            raise RpcError(
+                "token",
+                "invalid join token: it is not a current token of this cluster "
+                "(it may have been rotated); ask a manager for "
+                "`meshkit node join-token worker` or `manager`",
+            )
+        role = "manager" if as_manager else "worker"
+        csr = _str(params, "csr").encode()
+        addr = _str(params, "advertise_addr", required=False)
+        if not addr:
+            addr = peer.address.rsplit(":", 1)[0].strip("[]")
+        node_id = new_node_id()
+        cert = self.ca().sign_csr(csr, node_id, role, st.cert_lifetime)
+        now = time.time()
+        record = cstate.NodeRecord(
+            id=node_id,
+            hostname=_str(params, "hostname", required=False) or node_id[:12],
+            role=role,
+            addr=addr,
+            api_port=int(params.get("api_port") or 2377),  # checked: a port (params.py)
+            raft_port=int(params.get("raft_port") or 2378),
+            version=_str(params, "version", required=False) or "unknown",
+            created_at=now,
+            updated_at=now,
+        )
+        await self._submit({"op": "add_node", "node": record.to_dict(), "now": now})
+        self.agent.note_beat(node_id)
+        log.info("node %s (%s, %s) joined as a %s", node_id, printable(record.hostname), addr, role)
+        result: dict[str, Any] = {
+            "node_id": node_id,
+            "role": role,
+            "addr": addr,
+            "cert": cert.decode(),
+            "ca": st.ca_cert_pem,
+            "cluster_id": st.cluster_id,
+            "managers": self._managers(),
+            "period": st.heartbeat_period,
+        }
+        if role == "manager":
+            result.update(self._manager_secrets(st))
+        return result
+
+    # -- any node ------------------------------------------------------------------------------
+
+    def _caller(self, peer: Peer, params: dict[str, Any]) -> cstate.NodeRecord:
+        node_id = _str(params, "node_id")
+        if peer.identity is not None and peer.identity.node_id != node_id:
+            raise RpcError(
+                "forbidden",
+                f"node {peer.identity.node_id} cannot speak for node {node_id}",
+            )
+        node = self.state.nodes.get(node_id)
+        if node is None:
+            raise RpcError("not_found", f"node {node_id} is not part of this cluster (removed?)")
+        return node
+
+    async def heartbeat(self, peer: Peer, params: dict[str, Any]) -> Any:
+        node = self._caller(peer, params)
+        self.agent.note_beat(node.id)
+        status = params.get("status")
+        overlay = status.get("overlay") if isinstance(status, dict) else None
+        if isinstance(overlay, dict) and overlay != node.overlay:
+            self.agent.note_overlay(node.id, overlay)
+        st = self.state
+        return {
+            "period": st.heartbeat_period,
+            "managers": self._managers(),
+            "leader": self.agent.leader_api_addr(),
+            "role": node.role,
+            "availability": node.availability,
+        }
+
+    async def renew(self, peer: Peer, params: dict[str, Any]) -> Any:
+        node = self._caller(peer, params)
+        st = self.state
+        cert = self.ca().sign_csr(
+            _str(params, "csr").encode(), node.id, node.role, st.cert_lifetime
+        )
+        result: dict[str, Any] = {
+            "cert": cert.decode(),
+            "ca": st.ca_cert_pem,
+            "role": node.role,
+            "managers": self._managers(),
+            "period": st.heartbeat_period,
+        }
+        if node.role == "manager":
+            result.update(self._manager_secrets(st))
+        return result
+
+    async def node_leave(self, peer: Peer, params: dict[str, Any]) -> Any:
+        node = self._caller(peer, params)
+        if node.role == "manager":
+            raise RpcError("forbidden", "a manager leaves through its own agent")
+        await self._submit({"op": "set_status", "statuses": {node.id: cstate.DOWN}, "left": True})
+        return {}
+
+    # -- managers ------------------------------------------------------------------------------
+
+    async def node_ls(self, peer: Peer, params: dict[str, Any]) -> Any:
+        st = self.state
+        nodes = sorted(st.nodes.values(), key=lambda n: (n.hostname, n.id))
+        self_id = self.agent.node_id if peer.local else ""
+        views = []
+        pairs = pair_rows(st) if st.networks else []
+        for n in nodes:
+            view = cstate.node_view(n, self_id=self_id, manager_status=self.agent.manager_status(n))
+            view["Overlay"] = overlay_column(n.id, pairs) if pairs else "-"
+            broken = (n.overlay or {}).get("errors") or {}
+            if broken:
+                names = sorted(st.networks.get(k, {}).get("name", k) for k in broken)
+                view["Overlay"] = f"cannot build {', '.join(names)} (see meshkit doctor)"
+            views.append(view)
+        return {"self": self_id, "nodes": views}
+
+    async def node_inspect(self, peer: Peer, params: dict[str, Any]) -> Any:
+        node = self._node_ref(peer, params)
+        self_id = self.agent.node_id if peer.local else ""
+        return cstate.node_view(
+            node, self_id=self_id, manager_status=self.agent.manager_status(node)
+        )
+
+    async def node_update(self, peer: Peer, params: dict[str, Any]) -> Any:
+        node = self._node_ref(peer, params)
+        cmd: dict[str, Any] = {"op": "update_node", "node_id": node.id}
+        if params.get("availability"):
+            cmd["availability"] = _str(params, "availability")
+        if params.get("label_add"):
+            cmd["label_add"] = dict(params["label_add"])
+        if params.get("label_rm"):
+            cmd["label_rm"] = list(params["label_rm"])
+        return await self._submit(cmd)
+
+    async def node_promote(self, peer: Peer, params: dict[str, Any]) -> Any:
+        node = self._node_ref(peer, params)
+        return await self._submit({"op": "set_role", "node_id": node.id, "role": "manager"})
+
+    async def node_demote(self, peer: Peer, params: dict[str, Any]) -> Any:
+        node = self._node_ref(peer, params)
+        return await self._submit({"op": "set_role", "node_id": node.id, "role": "worker"})
+
+    async def node_rm(self, peer: Peer, params: dict[str, Any]) -> Any:
+        node = self._node_ref(peer, params)
+        return await self._submit(
+            {"op": "remove_node", "node_id": node.id, "force": bool(params.get("force"))}
+        )
+
+    async def join_token(self, peer: Peer, params: dict[str, Any]) -> Any:
+        role = _str(params, "role")
+        if role not in cstate.ROLES:
+            raise RpcError("bad_request", f"unknown role {role!r}: expected worker or manager")
+        if params.get("rotate"):
+            try:  # the journal keeps the command: the new secret goes in sealed
+                sealed = self.agent.sealer.seal(new_secret())
+            except SealError as exc:
+                raise RpcError("unavailable", str(exc)) from None
+            await self._submit({"op": "rotate_token", "role": role, "secret": sealed})
+        st = self.state
+        return {
+            "role": role,
+            "token": format_token(self.digest(), self.unseal(st.secret_for(role))),
+            "addr": self.agent.api_addr,
+        }
+
+    async def beats(self, peer: Peer, params: dict[str, Any]) -> Any:
+        seen = params.get("seen") or []
+        if not isinstance(seen, list):
+            raise RpcError("bad_request", "seen must be a list of node ids")
+        for node_id in seen:
+            if isinstance(node_id, str):
+                self.agent.note_beat(node_id)
+        return {}
+
+    async def cluster_status(self, peer: Peer, params: dict[str, Any]) -> Any:
+        store = self.agent.store
+        if store is None:
+            raise RpcError("not_manager", cstate.NOT_A_MANAGER)
+        return store.status()
+
+
+def local_version() -> str:
+    return __version__

@@ -1,0 +1,720 @@
+"""Cluster state and the commands raft applies to it (sans-IO).
+
+The replicated state is a `ClusterState`: the cluster's settings, its token secrets, the raft
+secret, the CA, and one `NodeRecord` per node. Every change is a command, a plain dict with an
+``"op"`` key, applied by `apply()` on every manager in the same order. `apply()` is
+deterministic: it reads nothing but the state and the command (times come inside the command,
+stamped by the manager that proposed it), so every replica ends in the same state. A command
+that cannot be applied raises `CommandError`, the same way on every replica; the store turns
+that into the caller's error.
+
+Commands (``op``, then fields):
+
+    init          cluster: {...ClusterState fields...}, node: {...NodeRecord...}
+    add_node      node: {...NodeRecord...}
+    update_node   node_id, availability?, label_add? {k: v}, label_rm? [k], now
+    set_role      node_id, role, now        (refuses to demote the last manager)
+    remove_node   node_id, force, now       (a manager: demote first; Ready: needs force)
+    leave         node_id, force, now       (a node leaving on its own: managers too)
+    set_status    statuses {node_id: "ready"|"down"}, left?, now  (left: the node said so)
+    set_addr      node_id, addr, api_port, raft_port, version, hostname, now
+    rotate_token  role, secret, now
+    service_create         service: {...service record...}, now   (names are unique)
+    service_update         service_id, spec, rollback?, now   (version += 1, update starts)
+    service_rm             service_id, now   (its tasks get desired state "remove")
+    service_update_status  service_id, update_status, now
+    tasks_write            create?, desired?, node?, status?, remove?, now  (the orchestrator's)
+    task_status            updates [{id, state, message, error, exit_code, pid, healthy,
+                           started_at?}], now   (workers' reports; forward-only)
+    network_create         network: {id, name, driver, subnet?, gateway?, mtu, dataplane,
+                           labels}, now   (subnet, VNI and node endpoints allocated here)
+    network_rm             network_id   (refused while a service or task uses it)
+    set_overlay            node_id, overlay   (a node's overlay report, from its heartbeat)
+
+Networks, their address books and the network map live in meshkit.cluster.model.networks: a new
+task gets its addresses in tasks_write, and gives them back when it ends or is removed.
+
+Services and tasks are plain JSON dicts (shapes in meshkit.cluster.model.services). A task's state
+only moves forward and a terminal state is final; its desired state only moves forward too
+(running, shutdown, remove), so replaying a tasks_write or task_status changes nothing.
+
+The heartbeat liveness tracker (`Liveness`) is a state machine driven by the clock the caller
+passes in: the leader feeds it beats and asks it which replicated statuses are out of date.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from meshkit.base.errors import MeshkitError
+from meshkit.cluster.model import networks as netstate
+from meshkit.cluster.model import services as sv
+
+ROLES = ("worker", "manager")
+AVAILABILITIES = ("active", "pause", "drain")
+READY = "ready"
+DOWN = "down"
+
+# Docker's node ids: 25 lower-case base-36 characters.
+NODE_ID_RE = re.compile(r"^[0-9a-z]{25}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+
+NOT_A_MANAGER = (
+    "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster "
+    "state. Please run this command on a manager node or promote the current node to a manager."
+)
+
+
+class CommandError(MeshkitError):
+    """A command that the state refuses; the same on every replica."""
+
+
+class NodeNotFound(CommandError):
+    pass
+
+
+@dataclass
+class NodeRecord:
+    id: str
+    hostname: str
+    role: str
+    addr: str
+    api_port: int = 2377
+    raft_port: int = 2378
+    availability: str = "active"
+    labels: dict[str, str] = field(default_factory=dict)
+    version: str = ""
+    status: str = READY
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    overlay: dict[str, Any] = field(default_factory=dict)  # the node's last overlay report
+
+    @property
+    def api_addr(self) -> str:
+        return f"{self.addr}:{self.api_port}"
+
+    @property
+    def raft_addr(self) -> str:
+        return f"{self.addr}:{self.raft_port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NodeRecord:
+        names = {f.name for f in fields(cls)}
+        rec = cls(**{k: copy.deepcopy(v) for k, v in data.items() if k in names})
+        check_node(rec)
+        return rec
+
+
+@dataclass
+class ClusterState:
+    cluster_id: str = ""
+    created_at: float = 0.0
+    ca_cert_pem: str = ""
+    ca_key_pem: str = ""
+    worker_secret: str = ""
+    manager_secret: str = ""
+    raft_secret: str = ""
+    default_addr_pool: list[str] = field(default_factory=list)
+    default_addr_pool_mask_length: int = 24
+    data_path_port: int = 4789
+    heartbeat_period: float = 5.0
+    cert_lifetime: float = 90 * 86400.0
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["nodes"] = {k: v.to_dict() for k, v in self.nodes.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClusterState:
+        names = {f.name for f in fields(cls)} - {"nodes"}
+        state = cls(**{k: copy.deepcopy(v) for k, v in data.items() if k in names})
+        state.nodes = {k: NodeRecord.from_dict(v) for k, v in data.get("nodes", {}).items()}
+        return state
+
+    @property
+    def initialized(self) -> bool:
+        return bool(self.cluster_id)
+
+    def managers(self) -> list[NodeRecord]:
+        return sorted((n for n in self.nodes.values() if n.role == "manager"), key=lambda n: n.id)
+
+    def secret_for(self, role: str) -> str:
+        return self.manager_secret if role == "manager" else self.worker_secret
+
+
+def check_node(rec: NodeRecord) -> None:
+    if rec.role not in ROLES:
+        raise CommandError(f"invalid role {rec.role!r}: expected worker or manager")
+    if rec.availability not in AVAILABILITIES:
+        raise CommandError(
+            f"invalid availability {rec.availability!r}: expected active, pause or drain"
+        )
+    if not rec.id:
+        raise CommandError("a node needs an id")
+
+
+def check_label_key(key: str) -> None:
+    if not _LABEL_KEY_RE.match(key):
+        raise CommandError(
+            f"invalid label key {key!r}: letters, digits, '.', '_', '/' and '-', "
+            "starting and ending with a letter or digit"
+        )
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """K=V (or K alone, an empty value) as `node update --label-add` takes it."""
+    key, _, value = text.partition("=")
+    check_label_key(key)
+    return key, value
+
+
+# -- node references ---------------------------------------------------------------------------
+
+
+def resolve_node(state: ClusterState, ref: str) -> NodeRecord:
+    """A node by full id, unique id prefix, or hostname, as Docker resolves them."""
+    if ref in state.nodes:
+        return state.nodes[ref]
+    by_name = [n for n in state.nodes.values() if n.hostname == ref]
+    if len(by_name) == 1:
+        return by_name[0]
+    if len(by_name) > 1:
+        raise CommandError(f"node {ref} is ambiguous ({len(by_name)} matches)")
+    by_prefix = [n for n in state.nodes.values() if ref and n.id.startswith(ref)]
+    if len(by_prefix) == 1:
+        return by_prefix[0]
+    if len(by_prefix) > 1:
+        raise CommandError(f"node {ref} is ambiguous ({len(by_prefix)} matches)")
+    raise NodeNotFound(f"node {ref} not found")
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def apply(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply one command to `state` in place; returns the command's result.
+
+    Raises CommandError (and leaves the state unchanged) for a command the state refuses.
+    """
+    op = cmd.get("op")
+    handler = _HANDLERS.get(str(op))
+    if handler is None:
+        raise CommandError(f"unknown command {op!r}")
+    if op != "init" and not state.initialized:
+        raise CommandError("this cluster is not initialized")
+    result = handler(state, cmd)
+    state.index += 1
+    return result
+
+
+def _now(cmd: Mapping[str, Any]) -> float:
+    return float(cmd.get("now", 0.0))
+
+
+def _op_init(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    if state.initialized:
+        raise CommandError(f"this cluster is already initialized (cluster id {state.cluster_id})")
+    new = ClusterState.from_dict(cmd["cluster"])
+    if not new.cluster_id:
+        raise CommandError("init needs a cluster id")
+    node = NodeRecord.from_dict(cmd["node"])
+    if node.role != "manager":
+        raise CommandError("the first node of a cluster is a manager")
+    new.nodes = {node.id: node}
+    new.index = state.index
+    state.__dict__.update(new.__dict__)
+    netstate.node_added(state, node.id)
+    return {"cluster_id": state.cluster_id, "node_id": node.id}
+
+
+def _op_add_node(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    node = NodeRecord.from_dict(cmd["node"])
+    if node.id in state.nodes:
+        raise CommandError(f"node {node.id} already exists")
+    state.nodes[node.id] = node
+    netstate.node_added(state, node.id)
+    return {"node_id": node.id}
+
+
+def _op_update_node(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    node = resolve_node(state, str(cmd["node_id"]))
+    availability = cmd.get("availability")
+    if availability is not None and availability not in AVAILABILITIES:
+        raise CommandError(
+            f"invalid availability {availability!r}: expected active, pause or drain"
+        )
+    label_add = dict(cmd.get("label_add") or {})
+    label_rm = list(cmd.get("label_rm") or [])
+    for key in list(label_add) + label_rm:
+        check_label_key(str(key))
+    missing = [k for k in label_rm if k not in node.labels and k not in label_add]
+    if missing:
+        raise CommandError(f"key {missing[0]} doesn't exist in node's labels")
+    if availability is not None:
+        node.availability = availability
+    for key in label_rm:
+        node.labels.pop(key, None)
+    node.labels.update({str(k): str(v) for k, v in label_add.items()})
+    node.updated_at = _now(cmd)
+    return {"node_id": node.id}
+
+
+def _op_set_role(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    node = resolve_node(state, str(cmd["node_id"]))
+    role = str(cmd["role"])
+    if role not in ROLES:
+        raise CommandError(f"invalid role {role!r}: expected worker or manager")
+    if node.role == role:
+        return {"node_id": node.id, "changed": False}
+    if role == "worker" and len(state.managers()) <= 1:
+        raise CommandError(
+            f"attempting to demote the last manager of the swarm: node {node.id} is the only "
+            "manager; promote another node first"
+        )
+    node.role = role
+    node.updated_at = _now(cmd)
+    return {"node_id": node.id, "changed": True}
+
+
+def _op_remove_node(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    node = resolve_node(state, str(cmd["node_id"]))
+    force = bool(cmd.get("force"))
+    if node.role == "manager":
+        raise CommandError(
+            f"rejected removal of node {node.id}: it is a manager; "
+            f"demote it first with `meshkit node demote {node.id}`"
+        )
+    if node.status == READY and not force:
+        raise CommandError(
+            f"node {node.id} is not down and can't be removed; "
+            "shut it down, make it leave, or use --force"
+        )
+    del state.nodes[node.id]
+    netstate.node_removed(state, node.id)
+    return {"node_id": node.id}
+
+
+def _op_leave(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    node = resolve_node(state, str(cmd["node_id"]))
+    if node.role == "manager" and len(state.managers()) <= 1 and not cmd.get("force"):
+        raise CommandError(
+            "you are attempting to leave the swarm on a node that is its last manager: "
+            "the cluster state would be lost; use --force to leave anyway"
+        )
+    del state.nodes[node.id]
+    netstate.node_removed(state, node.id)
+    return {"node_id": node.id}
+
+
+def _op_set_status(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    changed = []
+    for node_id, status in dict(cmd["statuses"]).items():
+        if status not in (READY, DOWN):
+            raise CommandError(f"invalid status {status!r}")
+        node = state.nodes.get(node_id)
+        if node is not None and node.status != status:
+            node.status = status
+            node.updated_at = _now(cmd)
+            changed.append(node_id)
+    return {"changed": sorted(changed)}
+
+
+def _op_set_addr(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    node = resolve_node(state, str(cmd["node_id"]))
+    for key in ("addr", "hostname", "version"):
+        if cmd.get(key):
+            setattr(node, key, str(cmd[key]))
+    for key in ("api_port", "raft_port"):
+        if cmd.get(key):
+            setattr(node, key, int(cmd[key]))
+    node.updated_at = _now(cmd)
+    return {"node_id": node.id}
+
+
+def _op_rotate_token(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    role = str(cmd["role"])
+    secret = str(cmd["secret"])
+    if role not in ROLES:
+        raise CommandError(f"invalid role {role!r}: expected worker or manager")
+    if not secret:
+        raise CommandError("a token needs a secret")
+    if role == "manager":
+        state.manager_secret = secret
+    else:
+        state.worker_secret = secret
+    return {"role": role}
+
+
+# -- services and tasks ------------------------------------------------------------------------
+
+
+def _spec(spec: Any) -> dict[str, Any]:
+    try:
+        return sv.check_spec(spec)
+    except sv.SpecError as exc:
+        raise CommandError(f"invalid service spec: {exc}") from None
+
+
+def _service(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    service_id = str(cmd.get("service_id", ""))
+    svc = state.services.get(service_id)
+    if svc is None:
+        raise CommandError(f"no such service: {service_id}")
+    return svc
+
+
+def _name_taken(state: ClusterState, name: str, but: str = "") -> bool:
+    return any(s["spec"]["name"] == name and s["id"] != but for s in state.services.values())
+
+
+def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    record = cmd.get("service")
+    if not isinstance(record, Mapping) or not record.get("id"):
+        raise CommandError("service_create needs a service record with an id")
+    spec = _spec(record.get("spec"))
+    service_id = str(record["id"])
+    if service_id in state.services:
+        raise CommandError(f"service {service_id} already exists")
+    if _name_taken(state, spec["name"]):
+        raise CommandError(f"service {spec['name']} already exists (names are unique)")
+    now = _now(cmd)
+    svc = {
+        "id": service_id,
+        "spec": spec,
+        "previous_spec": None,
+        "version": int(record.get("version") or 1),
+        "created_at": float(record.get("created_at") or now),
+        "updated_at": float(record.get("updated_at") or now),
+        "update_status": None,
+        "vips": {},
+    }
+    _endpoints(state, svc, cmd)
+    state.services[service_id] = svc
+    return {"service_id": service_id, "name": spec["name"]}
+
+
+def _endpoints(state: ClusterState, svc: dict[str, Any], cmd: Mapping[str, Any]) -> None:
+    """The routing mesh's network and the service's VIPs for its (new) spec; a published port
+    another service holds is refused (every node listens on it)."""
+    for port in svc["spec"].get("ports") or []:
+        if not port.get("published"):
+            continue
+        for other in state.services.values():
+            if other["id"] == svc["id"]:
+                continue
+            if any(
+                (p.get("published"), p.get("protocol")) == (port["published"], port["protocol"])
+                for p in other["spec"].get("ports") or []
+            ):
+                raise CommandError(
+                    f"port {port['published']}/{port['protocol']} is already published by "
+                    f"service {other['spec']['name']}"
+                )
+    try:
+        netstate.ensure_ingress(state, svc["spec"], dict(cmd, service_id=svc["id"]))
+        netstate.assign_vips(state, svc)
+    except netstate.NetError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _op_service_update(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    svc = _service(state, cmd)
+    now = _now(cmd)
+    rollback = bool(cmd.get("rollback"))
+    if rollback:
+        if not svc.get("previous_spec"):
+            raise CommandError(f"service {svc['spec']['name']} does not have a previous spec")
+        spec = _spec(svc["previous_spec"])
+    else:
+        spec = _spec(cmd.get("spec"))
+    old = svc["spec"]
+    if spec["mode"] != old["mode"]:
+        raise CommandError(
+            f"service {old['name']}: the mode cannot change ({old['mode']} to {spec['mode']})"
+        )
+    if spec["name"] != old["name"] and _name_taken(state, spec["name"], but=svc["id"]):
+        raise CommandError(f"service {spec['name']} already exists (names are unique)")
+    svc["spec"] = spec
+    try:
+        _endpoints(state, svc, cmd)
+    except CommandError:
+        svc["spec"] = old
+        raise
+    svc["previous_spec"] = old
+    svc["version"] = int(svc["version"]) + 1
+    svc["updated_at"] = now
+    svc["update_status"] = {
+        "state": "rollback_started" if rollback else "updating",
+        "started_at": now,
+        "completed_at": None,
+        "message": "rollback in progress" if rollback else "update in progress",
+    }
+    return {"service_id": svc["id"], "version": svc["version"]}
+
+
+def _op_service_rm(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    svc = _service(state, cmd)
+    del state.services[svc["id"]]
+    netstate.release_vips(state, svc["id"])
+    for task in state.tasks.values():
+        if task["service_id"] == svc["id"] and task["desired_state"] != "remove":
+            task["desired_state"] = "remove"
+    return {"service_id": svc["id"], "name": svc["spec"]["name"]}
+
+
+def _op_service_update_status(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    status = cmd.get("update_status")
+    if status is not None:
+        if not isinstance(status, Mapping) or status.get("state") not in sv.UPDATE_STATES:
+            raise CommandError(f"invalid update status {status!r}")
+        status = dict(status)
+    svc = state.services.get(str(cmd.get("service_id", "")))
+    # The service may have been removed after the orchestrator planned this: nothing to do.
+    if svc is None:
+        return {"changed": False}
+    changed = svc.get("update_status") != status
+    svc["update_status"] = status
+    return {"changed": changed}
+
+
+def _set_status(task: dict[str, Any], update: Mapping[str, Any], now: float) -> bool:
+    """One forward-only state report; True when the task changed.
+
+    An earlier state is ignored and a terminal state is final. A report of the current state
+    refreshes its details (health, pid, message) without counting as a state change.
+    """
+    new_state = update.get("state", task["state"])
+    if new_state not in sv.STATE_INDEX:
+        raise CommandError(f"task {task['id']}: unknown state {new_state!r}")
+    current = sv.STATE_INDEX[task["state"]]
+    target = sv.STATE_INDEX[new_state]
+    if target < current or task["state"] in sv.TERMINAL:
+        return False
+    before = dict(task)
+    if target > current:
+        task["state"] = new_state
+        task["updated_at"] = now
+    for key in ("message", "error", "exit_code", "pid", "healthy", "started_at"):
+        if key in update:
+            task[key] = update[key]
+    return task != before
+
+
+def _release_if_ended(state: ClusterState, task: dict[str, Any]) -> None:
+    """A task that ended gives its overlay addresses back."""
+    if task["state"] in sv.TERMINAL and task.get("networks"):
+        netstate.release_task(state, task["id"])
+
+
+def _op_tasks_write(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    now = _now(cmd)
+    created, changed = [], 0
+    new_tasks = []
+    for raw in cmd.get("create") or []:
+        try:
+            new_tasks.append(sv.check_task(raw))
+        except sv.SpecError as exc:
+            raise CommandError(str(exc)) from None
+    desired = dict(cmd.get("desired") or {})
+    for value in desired.values():
+        if value not in sv.DESIRED_INDEX:
+            raise CommandError(f"invalid desired state {value!r}")
+    for new in new_tasks:
+        # A replayed write, or one planned for a service removed since: skip it.
+        if new["id"] in state.tasks or new["service_id"] not in state.services:
+            continue
+        if new.get("state") not in sv.TERMINAL and not new.get("networks"):
+            error = netstate.attach_task(state, new)
+            if error:
+                new.update(state="rejected", message="rejected", error=error, updated_at=now)
+        state.tasks[new["id"]] = new
+        created.append(new["id"])
+    for task_id, node_id in dict(cmd.get("node") or {}).items():
+        task: dict[str, Any] | None = state.tasks.get(task_id)
+        if task is None or task["node_id"] or node_id not in state.nodes:
+            continue
+        if sv.STATE_INDEX[task["state"]] >= sv.STATE_INDEX["assigned"]:
+            continue
+        task.update(node_id=node_id, state="assigned", message="assigned", error="", updated_at=now)
+        changed += 1
+    for task_id, value in desired.items():
+        task = state.tasks.get(task_id)
+        if task is not None and sv.DESIRED_INDEX[value] > sv.DESIRED_INDEX[task["desired_state"]]:
+            task["desired_state"] = value
+            changed += 1
+    for update in cmd.get("status") or []:
+        task = state.tasks.get(str(update.get("id", "")))
+        if task is not None and _set_status(task, update, now):
+            changed += 1
+            _release_if_ended(state, task)
+    removed = 0
+    for task_id in cmd.get("remove") or []:
+        if state.tasks.pop(task_id, None) is not None:
+            netstate.release_task(state, task_id)
+            removed += 1
+    return {"created": created, "changed": changed, "removed": removed}
+
+
+def _op_task_status(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    now = _now(cmd)
+    changed = []
+    for update in cmd.get("updates") or []:
+        if not isinstance(update, Mapping):
+            raise CommandError(f"a task status update is an object, got {update!r}")
+        task = state.tasks.get(str(update.get("id", "")))
+        if task is not None and _set_status(task, update, now):
+            changed.append(task["id"])
+            _release_if_ended(state, task)
+    return {"changed": changed}
+
+
+def _net(
+    handler: Callable[[Any, Mapping[str, Any]], dict[str, Any]],
+) -> Callable[[ClusterState, Mapping[str, Any]], dict[str, Any]]:
+    def run(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return handler(state, cmd)
+        except netstate.NetError as exc:
+            raise CommandError(str(exc)) from None
+
+    return run
+
+
+_HANDLERS = {
+    "init": _op_init,
+    "add_node": _op_add_node,
+    "update_node": _op_update_node,
+    "set_role": _op_set_role,
+    "remove_node": _op_remove_node,
+    "leave": _op_leave,
+    "set_status": _op_set_status,
+    "set_addr": _op_set_addr,
+    "rotate_token": _op_rotate_token,
+    "service_create": _op_service_create,
+    "service_update": _op_service_update,
+    "service_rm": _op_service_rm,
+    "service_update_status": _op_service_update_status,
+    "tasks_write": _op_tasks_write,
+    "task_status": _op_task_status,
+    "network_create": _net(netstate.op_network_create),
+    "network_rm": _net(netstate.op_network_rm),
+    "set_overlay": _net(netstate.set_overlay),
+}
+
+COMMANDS = tuple(_HANDLERS)
+
+# Commands that leave the same state when applied twice: a write whose outcome is unknown
+# (the raft leader changed under it) may be sent again.
+IDEMPOTENT = frozenset(
+    {
+        "update_node",
+        "set_role",
+        "set_status",
+        "set_addr",
+        "rotate_token",
+        "service_update_status",
+        "tasks_write",
+        "task_status",
+        "set_overlay",
+    }
+)
+
+
+# -- views -------------------------------------------------------------------------------------
+
+
+def node_view(node: NodeRecord, *, self_id: str = "", manager_status: str = "") -> dict[str, Any]:
+    """The JSON shape of one node in `node ls --format json` and `node inspect`."""
+    return {
+        "ID": node.id,
+        "Self": node.id == self_id,
+        "Hostname": node.hostname,
+        "Status": "Ready" if node.status == READY else "Down",
+        "Availability": node.availability.capitalize(),
+        "ManagerStatus": manager_status,
+        "Role": node.role,
+        "Addr": node.addr,
+        "APIPort": node.api_port,
+        "RaftPort": node.raft_port,
+        "Labels": dict(sorted(node.labels.items())),
+        "EngineVersion": node.version,
+        "CreatedAt": node.created_at,
+        "UpdatedAt": node.updated_at,
+    }
+
+
+# -- liveness ----------------------------------------------------------------------------------
+
+
+class Liveness:
+    """Which nodes have sent a heartbeat recently, driven by the clock the caller passes.
+
+    A node is alive while its last beat is at most `misses` periods old. Nodes never heard
+    from since `start()` count as seen at that moment (a new leader gives every node a full
+    grace time before it calls any of them Down).
+    """
+
+    def __init__(self, period: float, misses: int = 3) -> None:
+        if period <= 0:
+            raise ValueError("period must be positive")
+        self.period = period
+        self.misses = misses
+        self.started_at = 0.0
+        self.last_seen: dict[str, float] = {}
+
+    @property
+    def grace(self) -> float:
+        return self.period * self.misses
+
+    def start(self, now: float) -> None:
+        self.started_at = now
+        self.last_seen.clear()
+
+    def beat(self, node_id: str, now: float) -> bool:
+        """Record a beat; True when the node was not alive just before it."""
+        was_alive = self.alive(node_id, now)
+        prev = self.last_seen.get(node_id, 0.0)
+        self.last_seen[node_id] = max(prev, now)
+        return not was_alive
+
+    def forget(self, node_id: str) -> None:
+        self.last_seen.pop(node_id, None)
+
+    def mark_down(self, node_id: str) -> None:
+        """A node that said it is leaving: Down now, Ready again only at a new beat."""
+        self.last_seen[node_id] = float("-inf")
+
+    def alive(self, node_id: str, now: float) -> bool:
+        seen = self.last_seen.get(node_id, self.started_at)
+        return now - seen <= self.grace
+
+    def changes(self, statuses: Mapping[str, str], now: float) -> dict[str, str]:
+        """The statuses that differ from what the beats say: {node_id: "ready"|"down"}."""
+        out: dict[str, str] = {}
+        for node_id, status in statuses.items():
+            want = READY if self.alive(node_id, now) else DOWN
+            if want != status:
+                out[node_id] = want
+        return out
+
+    def next_deadline(self, node_ids: Iterable[str], now: float) -> float | None:
+        """The earliest time a node that is alive now would turn Down, if none beats."""
+        times = [
+            self.last_seen.get(n, self.started_at) + self.grace
+            for n in node_ids
+            if self.alive(n, now)
+        ]
+        return min(times) if times else None

@@ -1,0 +1,1 @@
+"""The node agent and its parts: bootstrap, manager client, service loops, feeds."""

@@ -1,0 +1,305 @@
+"""The agent's service loops: the leader's orchestrator, and every node's task assignment.
+
+- Orchestrator (raft leader only): after every applied change (coalesced for a few
+  milliseconds) and when the last plan asked to be woken, run the pure planner
+  (meshkit.cluster.model.orchestrator.plan) on the replicated state and commit what it returns, one
+  command at a time, so that the next plan sees the result of the last one.
+- Assignment (every node): a long poll (`tasks_watch`) to a manager, or to this node's own API
+  when it is a manager, returns the tasks assigned to this node whenever they change; they go
+  to the executor's `sync()`.
+- Network map (every node): a long poll (`netmap_watch`) like the assignments; each map goes
+  to the node's overlay (meshkit.net.overlay), which builds networks and programs peers.
+- Reports (every node): what the executor reports is queued and sent in batches
+  (`task_report`) to a manager; a manager commits the batches of all its nodes as one
+  `task_status` command about every REPORT_BATCH seconds. A batch that cannot be delivered is
+  kept and sent again (states only move forward, so a repeat is harmless).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from meshkit.base.errors import MeshkitError
+from meshkit.cluster.rpc.transport import Peer, RpcError
+
+if TYPE_CHECKING:
+    from meshkit.cluster.node.agent import Agent
+    from meshkit.cluster.tasks.executor import Executor
+
+log = logging.getLogger("meshkit.cluster.node.service_loops")
+
+PLAN_COALESCE = 0.02
+"""Seconds the orchestrator waits after a change for more changes before planning."""
+
+PLAN_TICK = 1.0
+"""Seconds between plans when nothing changes (timers: restart delays, update monitors)."""
+
+REPORT_BATCH = 0.05
+"""Seconds reports are gathered before they are sent (node) or committed (manager)."""
+
+WATCH_WAIT = 20.0
+
+
+def compact(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One update per task, later fields over earlier ones: states only move forward, so the
+    merged update says all the separate ones did (and a node cut off from the managers
+    keeps one entry per task, not one per report)."""
+    from meshkit.cluster.model.services import TERMINAL
+
+    merged: dict[str, dict[str, Any]] = {}
+    for u in updates:
+        tid = str(u.get("id"))
+        if tid not in merged:
+            merged[tid] = dict(u)
+        elif merged[tid].get("state") not in TERMINAL:  # an end state is final, as in apply
+            merged[tid].update(u)
+    return list(merged.values())
+
+
+class Dispatch:
+    """The service loops of one agent."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.executor: Executor | None = None
+        self.plan_now = asyncio.Event()
+        self._outbox: list[dict[str, Any]] = []
+        self._outbox_ready = asyncio.Event()
+        # manager side: updates from nodes waiting for one task_status commit
+        self._commit_batch: list[dict[str, Any]] = []
+        self._commit_waiters: list[asyncio.Future[None]] = []
+        self._commit_kick = asyncio.Event()
+        self.plans = 0  # plans run (for tests and the bench)
+
+    # -- executor ------------------------------------------------------------------------------
+
+    async def start_executor(self) -> None:
+        from meshkit.cluster.tasks.executor import Executor
+
+        self.executor = Executor(
+            self.agent.data_dir,
+            self.agent.node_id,
+            self.agent.cfg.hostname,
+            self.report,
+            overlay=self.agent.overlay,
+            mesh=self.agent.mesh,
+        )
+        await self.executor.start()
+
+    async def close_executor(self, stop_tasks: bool) -> None:
+        if self.executor is not None:
+            await self.executor.close(stop_tasks)
+
+    def report(self, updates: list[dict[str, Any]]) -> None:
+        """The executor's callback."""
+        self._outbox.extend(updates)
+        self._outbox_ready.set()
+
+    def loops(self) -> list[tuple[str, Callable[[], Any]]]:
+        return [
+            ("orchestrator", self.orchestrate_loop),
+            ("assignments", self.watch_loop),
+            ("reports", self.report_loop),
+            ("task-status", self.commit_loop),
+            ("netmap", self.netmap_loop),
+        ]
+
+    # -- leader: the orchestrator --------------------------------------------------------------
+
+    def applied(self, cmd: dict[str, Any]) -> None:
+        self.plan_now.set()
+
+    async def orchestrate_loop(self) -> None:
+        from meshkit.cluster.api.nodes import new_node_id
+        from meshkit.cluster.model.orchestrator import plan
+
+        wake_at: float | None = None
+        while not self.agent.stopping:
+            timeout = PLAN_TICK
+            if wake_at is not None:
+                timeout = min(timeout, max(0.0, wake_at - time.time()))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.plan_now.wait(), timeout)
+            await asyncio.sleep(PLAN_COALESCE)
+            self.plan_now.clear()
+            store = self.agent.store
+            if store is None or not store.is_leader or not store.has_quorum:
+                wake_at = None
+                continue
+            st = store.state
+            if not st.initialized:
+                continue
+            try:
+                p = plan(st, time.time(), new_node_id)
+            except Exception:  # a planner bug must not stop the leader's other work
+                log.exception("orchestrator: planning failed")
+                await asyncio.sleep(1.0)
+                continue
+            self.plans += 1
+            wake_at = p.wake_at
+            for cmd in p.commands:
+                cmd.setdefault("now", time.time())
+                try:
+                    await store.submit(cmd)
+                except MeshkitError as exc:
+                    log.warning("orchestrator: cannot commit %s: %s", cmd.get("op"), exc)
+                    self.plan_now.set()  # plan again from what the state holds now
+                    break
+
+    # -- every node: assignments ---------------------------------------------------------------
+
+    async def _watch_once(
+        self, epoch: str | None, version: int | None, method: str = "tasks_watch"
+    ) -> dict[str, Any]:
+        agent = self.agent
+        params = {
+            "node_id": agent.node_id,
+            "epoch": epoch,
+            "version": version,
+            "wait": WATCH_WAIT,
+        }
+        st = agent.state
+        if agent.is_manager and st is not None and st.initialized:
+            peer = Peer(identity=agent.identity.peer, address="self")
+            if method == "netmap_watch":
+                return dict(await agent.api.networks.netmap_watch(peer, params))
+            return dict(await agent.api.services.tasks_watch(peer, params))
+        errors = []
+        for addr in agent._manager_targets():
+            try:
+                return dict(await agent.call_manager(addr, method, params, timeout=WATCH_WAIT + 10))
+            except RpcError as exc:
+                errors.append(f"{addr}: {exc.message}")
+                agent._manager_idx += 1
+        raise RpcError("unreachable", "no manager answered: " + "; ".join(errors or ["none"]))
+
+    async def _follow(
+        self, method: str, what: str, take: Callable[[dict[str, Any]], Awaitable[None]]
+    ) -> None:
+        """Long-poll `method` and hand every answer to `take`; a failed `take` asks again for
+        the whole answer (the version is forgotten) after a second."""
+        epoch: str | None = None
+        version: int | None = None
+        while not self.agent.stopping:
+            try:
+                reply = await self._watch_once(epoch, version, method)
+            except RpcError as exc:
+                log.debug("%s: %s", what, exc.message)
+                epoch = version = None
+                await asyncio.sleep(1.0)
+                continue
+            except Exception:
+                log.exception("%s: watch failed", what)
+                epoch = version = None
+                await asyncio.sleep(1.0)
+                continue
+            epoch, version = reply.get("epoch"), reply.get("version")
+            try:
+                await take(reply)
+            except Exception:
+                log.exception("%s: applying failed", what)
+                epoch = version = None
+                await asyncio.sleep(1.0)
+
+    async def watch_loop(self) -> None:
+        """Follow this node's task assignments into the executor."""
+        while self.executor is None and not self.agent.stopping:
+            await asyncio.sleep(0.1)
+
+        async def take(reply: dict[str, Any]) -> None:
+            if self.executor is not None:
+                self.executor.sync(list(reply.get("tasks") or []))
+
+        await self._follow("tasks_watch", "task assignments", take)
+
+    # -- every node: the overlay ---------------------------------------------------------------
+
+    async def netmap_loop(self) -> None:
+        """Follow the network map and build this node's overlay from it."""
+
+        async def take(reply: dict[str, Any]) -> None:
+            netmap = dict(reply.get("netmap") or {})
+            overlay, mesh = self.agent.overlay, self.agent.mesh
+            # the mesh lets go of networks that leave (its sockets would keep their
+            # namespaces), the overlay follows the map, then the mesh builds on what is up
+            await mesh.apply(netmap, overlay.built() & set(netmap.get("networks") or {}))
+            await overlay.apply(netmap)
+            await mesh.apply(netmap, overlay.built())
+
+        await self._follow("netmap_watch", "network map", take)
+
+    # -- every node: reports -------------------------------------------------------------------
+
+    async def report_loop(self) -> None:
+        agent = self.agent
+        while not agent.stopping:
+            await self._outbox_ready.wait()
+            await asyncio.sleep(REPORT_BATCH)
+            self._outbox_ready.clear()
+            batch, self._outbox = compact(self._outbox), []
+            if not batch:
+                continue
+            try:
+                if agent.is_manager:
+                    await self.submit_task_status(batch)
+                else:
+                    errors = []
+                    for addr in agent._manager_targets():
+                        try:
+                            await agent.call_manager(
+                                addr, "task_report", {"node_id": agent.node_id, "updates": batch}
+                            )
+                            break
+                        except RpcError as exc:
+                            errors.append(f"{addr}: {exc.message}")
+                            agent._manager_idx += 1
+                    else:
+                        raise RpcError("unreachable", "; ".join(errors or ["no manager known"]))
+            except (MeshkitError, OSError) as exc:
+                log.warning("task reports not delivered (%d kept): %s", len(batch), exc)
+                self._outbox[:0] = batch
+                self._outbox_ready.set()
+                await asyncio.sleep(1.0)
+
+    # -- managers: committing reports ----------------------------------------------------------
+
+    async def submit_task_status(self, updates: list[dict[str, Any]]) -> None:
+        """Commit node reports; batches of every node go in one raft entry."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commit_batch.extend(updates)
+        self._commit_waiters.append(fut)
+        self._commit_kick.set()
+        await fut
+
+    async def commit_loop(self) -> None:
+        while not self.agent.stopping:
+            await self._commit_kick.wait()
+            await asyncio.sleep(REPORT_BATCH)
+            self._commit_kick.clear()
+            batch, self._commit_batch = compact(self._commit_batch), []
+            waiters, self._commit_waiters = self._commit_waiters, []
+            if not batch:
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(None)
+                continue
+            store = self.agent.store
+            try:
+                if store is None:
+                    raise RpcError("not_manager", "this node is no longer a manager")
+                await store.submit({"op": "task_status", "updates": batch, "now": time.time()})
+            except (MeshkitError, OSError) as exc:
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(
+                            exc if isinstance(exc, MeshkitError) else MeshkitError(str(exc))
+                        )
+                continue
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)

@@ -1,0 +1,459 @@
+"""The raft-replicated cluster state: pysyncobj driven from the agent's event loop.
+
+Every manager runs one `RaftStore`. It wraps a pysyncobj `SyncObj` with ``autoTick=False``;
+the store ticks it from the asyncio loop with ``doTick(0)`` (its poller never waits) every
+`RaftTimings.tick` seconds, and at once after a write is submitted, so nothing blocks the loop.
+
+- Commands are the dicts of `meshkit.cluster.model.state`; `submit()` hands one to raft and resolves
+  when it is committed and applied locally. A follower's command goes to the leader over
+  pysyncobj's own connection (leader forwarding), so any manager accepts writes.
+- Reads (`state`) answer from the local replica, also without quorum.
+- Without quorum a write fails at once with "no quorum: N of M managers reachable".
+- On disk, in the store's directory: ``journal`` (the raft log, with term and vote), ``dump``
+  (the full-state snapshot pysyncobj writes on log compaction) and ``peers.json`` (the raft
+  members last seen, so a restarted manager knows its partners before it replays the log).
+- Membership is dynamic: the leader's `reconcile_members()` adds or removes one raft member at
+  a time until the members match the managers in the state; a leader that must go transfers
+  its leadership first.
+- Raft traffic is encrypted and authenticated with the cluster's raft secret (pysyncobj's
+  ``password``: Fernet with a PBKDF2-derived key); a peer without it cannot connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshkit.base.errors import MeshkitError
+from meshkit.base.files import make_private_dir, secure_tree, write_private
+from meshkit.cluster.model import state as cstate
+from meshkit.cluster.raft.lib import (
+    FAIL_REASON,
+    SyncObj,
+    SyncObjConf,
+    SyncObjConsumer,
+    replicated,
+)
+
+log = logging.getLogger(__name__)
+
+
+SLOW_TICK = 0.05
+"""A raft tick longer than this (seconds) is logged: ticks must never block the loop."""
+
+
+class StoreError(MeshkitError):
+    """A write the replicated store could not commit."""
+
+
+class NoQuorum(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class RaftTimings:
+    """pysyncobj timings; the defaults elect a new leader in 1-2 s."""
+
+    tick: float = 0.02
+    election_min: float = 0.4
+    election_max: float = 1.4
+    append_period: float = 0.1
+    connection_timeout: float = 3.5
+    retry: float = 0.5
+    leader_fallback: float = 4.0
+    commit_timeout: float = 8.0
+    remove_grace: float = 1.0
+    compact_entries: int = 500  # raft entries between snapshots
+    compact_seconds: float = 600.0
+
+
+_FAIL_TEXT = {
+    FAIL_REASON.QUEUE_FULL: "the raft command queue is full",
+    FAIL_REASON.MISSING_LEADER: "no raft leader is known yet (an election is under way)",
+    FAIL_REASON.DISCARDED: "the raft leader changed and the write was discarded; try again",
+    FAIL_REASON.NOT_LEADER: "the raft leader changed before the write was committed; try again",
+    FAIL_REASON.LEADER_CHANGED: "the raft leader changed before the write was committed; try again",
+    FAIL_REASON.REQUEST_DENIED: "the raft leader refused the request",
+    FAIL_REASON.UNKNOWN_OUTCOME: "the outcome of the write is unknown (the raft leader "
+    "restarted); check the state and try again",
+}
+# Never committed: safe to send again.
+_RETRY = (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER)
+# Maybe committed: sent again only when applying twice does what applying once does.
+_RETRY_IF_IDEMPOTENT = (
+    FAIL_REASON.LEADER_CHANGED,
+    FAIL_REASON.DISCARDED,
+    FAIL_REASON.UNKNOWN_OUTCOME,
+)
+
+
+class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
+    """The replicated object: one ClusterState, changed only by `apply_command`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = cstate.ClusterState()
+        self.on_applied: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
+
+    @replicated  # type: ignore[misc,untyped-decorator]
+    def apply_command(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = {"ok": cstate.apply(self.state, cmd)}
+        except cstate.CommandError as exc:
+            result = {"error": str(exc), "kind": type(exc).__name__}
+        except Exception as exc:  # a bug must not stop the replica applying the log
+            log.exception("raft command %r failed", cmd.get("op"))
+            result = {"error": f"internal error applying {cmd.get('op')}: {exc}"}
+        if self.on_applied is not None:
+            try:
+                self.on_applied(cmd, result)
+            except Exception:
+                log.exception("state change hook failed")
+        return result
+
+    def _serialize(self) -> dict[str, Any]:
+        return self.state.to_dict()
+
+    def _deserialize(self, data: dict[str, Any]) -> None:
+        self.state = cstate.ClusterState.from_dict(data)
+
+
+class RaftStore:
+    """One manager's raft replica of the cluster state."""
+
+    def __init__(
+        self,
+        self_addr: str,
+        peers: list[str],
+        directory: Path,
+        secret: str,
+        timings: RaftTimings | None = None,
+    ) -> None:
+        self.self_addr = self_addr
+        self.directory = Path(directory)
+        self.timings = timings or RaftTimings()
+        self._initial_peers = [p for p in peers if p != self_addr]
+        self._secret = secret
+        self._machine = _StateMachine()
+        self._obj: SyncObj | None = None
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._saved_peers: set[str] | None = None
+        self._member_change: str | None = None
+        self._leaving: dict[str, float] = {}
+        self._waiting: set[asyncio.Future[tuple[Any, int]]] = set()
+        # submit()s in flight by their command id: a command this replica has applied is
+        # committed, so its submit is answered then, even if raft's own callback (which on a
+        # follower waits for the leader's word) never comes because the command itself made
+        # this node stop being a manager (a manager demoting itself)
+        self._by_cid: dict[str, asyncio.Future[tuple[Any, int]]] = {}
+        self.slowest_tick = 0.0
+        self._closed = False
+        self.on_applied: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
+        self._machine.on_applied = self._applied
+
+    # -- life cycle ----------------------------------------------------------------------------
+
+    @staticmethod
+    def saved_peers(directory: Path) -> list[str] | None:
+        try:
+            data = json.loads((Path(directory) / "peers.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return [str(p) for p in data.get("peers", [])]
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        make_private_dir(self.directory)
+        secure_tree(self.directory)  # journal/dump of an older version may be 0644
+        peers = self.saved_peers(self.directory)
+        if peers is None:
+            peers = self._initial_peers
+        peers = [p for p in peers if p != self.self_addr]
+        t = self.timings
+        conf = SyncObjConf(
+            autoTick=False,
+            journalFile=str(self.directory / "journal"),
+            fullDumpFile=str(self.directory / "dump"),
+            dynamicMembershipChange=True,
+            password=self._secret,
+            bindAddress=self.self_addr,
+            maxBindRetries=1,
+            useFork=False,
+            appendEntriesUseBatch=False,
+            commandsWaitLeader=False,  # no leader: fail now (and retry here), never apply late
+            raftMinTimeout=t.election_min,
+            raftMaxTimeout=t.election_max,
+            appendEntriesPeriod=t.append_period,
+            connectionTimeout=t.connection_timeout,
+            connectionRetryTime=t.retry,
+            leaderFallbackTimeout=t.leader_fallback,
+            logCompactionMinEntries=t.compact_entries,
+            logCompactionMinTime=t.compact_seconds,
+        )
+        try:
+            conf.validate()
+        except AssertionError:
+            raise StoreError(f"invalid raft timings: {t}") from None
+
+        # PBKDF2 for the raft secret and the bind take a little while: not on the loop.
+        def make() -> SyncObj:
+            # pysyncobj logs a traceback of its own for a failed bind: the error says it all.
+            plog = logging.getLogger("pysyncobj.syncobj")
+            level = plog.level
+            plog.setLevel(logging.CRITICAL)
+            try:
+                return SyncObj(self.self_addr, peers, conf, consumers=[self._machine])
+            finally:
+                plog.setLevel(level)
+
+        try:
+            self._obj = await self._loop.run_in_executor(None, make)
+        except Exception as exc:
+            why = "cannot bind (is the raft port in use?)" if "Bind" in str(exc) else str(exc)
+            raise StoreError(f"cannot start raft on {self.self_addr}: {why}") from exc
+        self._save_peers()
+        self._schedule()
+
+    def close(self) -> None:
+        self._closed = True
+        for fut in self._waiting:
+            if not fut.done():
+                fut.set_exception(
+                    StoreError("the raft store stopped (this node is no longer a manager)")
+                )
+        self._waiting.clear()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        if self._soon is not None:
+            self._soon.cancel()
+        if self._obj is not None:
+            try:
+                self._obj.destroy()
+            except Exception:
+                log.exception("closing raft")
+            self._obj = None
+
+    def _schedule(self) -> None:
+        assert self._loop is not None
+        if not self._closed:
+            self._tick_handle = self._loop.call_later(self.timings.tick, self._tick)
+
+    def _tick(self) -> None:
+        self._tick_once()
+        self._schedule()
+
+    def _tick_once(self) -> None:
+        self._soon = None
+        if self._obj is None:
+            return
+        started = time.monotonic()
+        try:
+            self._obj.doTick(0.0)
+        except Exception:
+            log.exception("raft tick failed")
+        took = time.monotonic() - started
+        self.slowest_tick = max(self.slowest_tick, took)
+        if took > SLOW_TICK:
+            log.warning("a raft tick held the event loop for %.0f ms", took * 1000)
+        self._save_peers()
+
+    def kick(self) -> None:
+        """Tick at the next loop iteration (after a write, so it leaves at once)."""
+        if self._loop is not None and self._soon is None and not self._closed:
+            self._soon = self._loop.call_soon(self._tick_once)
+
+    def _save_peers(self) -> None:
+        if self._obj is None:
+            return
+        peers = {n.id for n in self._obj.otherNodes}
+        if peers == self._saved_peers:
+            return
+        self._saved_peers = peers
+        write_private(
+            self.directory / "peers.json",
+            json.dumps({"self": self.self_addr, "peers": sorted(peers)}),
+        )
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> cstate.ClusterState:
+        return self._machine.state
+
+    @property
+    def is_leader(self) -> bool:
+        return self._obj is not None and bool(self._obj._isLeader())
+
+    @property
+    def leader(self) -> str | None:
+        if self._obj is None:
+            return None
+        node = self._obj._getLeader()
+        return None if node is None else str(node.id)
+
+    @property
+    def members(self) -> list[str]:
+        """Every raft member's address, this one included."""
+        if self._obj is None:
+            return [self.self_addr]
+        return sorted({n.id for n in self._obj.otherNodes} | {self.self_addr})
+
+    def connected(self, addr: str) -> bool:
+        if addr == self.self_addr:
+            return True
+        if self._obj is None:
+            return False
+        return any(n.id == addr and self._obj.isNodeConnected(n) for n in self._obj.otherNodes)
+
+    def reachable(self) -> tuple[int, int]:
+        members = self.members
+        return sum(1 for m in members if self.connected(m)), len(members)
+
+    @property
+    def has_quorum(self) -> bool:
+        n, m = self.reachable()
+        return n >= m // 2 + 1
+
+    def no_quorum(self) -> NoQuorum:
+        n, m = self.reachable()
+        return NoQuorum(f"no quorum: {n} of {m} managers reachable")
+
+    def status(self) -> dict[str, Any]:
+        n, m = self.reachable()
+        return {
+            "self": self.self_addr,
+            "leader": self.leader,
+            "is_leader": self.is_leader,
+            "members": self.members,
+            "reachable": n,
+            "has_quorum": n >= m // 2 + 1,
+            "commit_index": 0 if self._obj is None else self._obj.raftCommitIndex,
+            "last_applied": 0 if self._obj is None else self._obj.raftLastApplied,
+            "term": 0 if self._obj is None else self._obj.raftCurrentTerm,
+            "slowest_tick_ms": round(self.slowest_tick * 1000, 3),
+        }
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def submit(self, cmd: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """Commit one command; its result, or StoreError/NoQuorum/CommandError."""
+        if self._obj is None or self._loop is None:
+            raise StoreError("the raft store is not running")
+        deadline = time.monotonic() + (timeout or self.timings.commit_timeout)
+        cmd = {**cmd, "cid": os.urandom(8).hex()}
+        while True:
+            if self._obj is None:
+                raise StoreError("the raft store stopped (this node is no longer a manager)")
+            if not self.has_quorum:
+                raise self.no_quorum()
+            fut: asyncio.Future[tuple[Any, int]] = self._loop.create_future()
+
+            def done(res: Any, err: int, fut: asyncio.Future[tuple[Any, int]] = fut) -> None:
+                if not fut.done():
+                    fut.set_result((res, err))
+
+            self._machine.apply_command(cmd, callback=done)
+            self.kick()
+            remaining = deadline - time.monotonic()
+            self._waiting.add(fut)
+            self._by_cid[cmd["cid"]] = fut
+            try:
+                res, err = await asyncio.wait_for(fut, max(remaining, 0.01))
+            except asyncio.TimeoutError:
+                if not self.has_quorum:
+                    raise self.no_quorum() from None
+                raise StoreError(
+                    f"timed out waiting for the raft leader to commit {cmd.get('op')}"
+                ) from None
+            finally:
+                self._waiting.discard(fut)
+                self._by_cid.pop(cmd["cid"], None)
+            if err == FAIL_REASON.SUCCESS:
+                break
+            retry = err in _RETRY or (
+                err in _RETRY_IF_IDEMPOTENT and cmd.get("op") in cstate.IDEMPOTENT
+            )
+            if retry and time.monotonic() + 0.2 < deadline:
+                await asyncio.sleep(0.2)
+                continue
+            raise StoreError(_FAIL_TEXT.get(err, f"raft write failed (reason {err})"))
+        result = dict(res or {})
+        if "error" in result:
+            if result.get("kind") == "NodeNotFound":
+                raise cstate.NodeNotFound(result["error"])
+            raise cstate.CommandError(result["error"])
+        return dict(result.get("ok") or {})
+
+    def _applied(self, cmd: Mapping[str, Any], result: dict[str, Any]) -> None:
+        fut = self._by_cid.get(str(cmd.get("cid")))
+        if fut is not None and not fut.done():
+            fut.set_result((result, FAIL_REASON.SUCCESS))
+        if self.on_applied is not None:
+            self.on_applied(cmd, result)
+
+    # -- membership ----------------------------------------------------------------------------
+
+    def reconcile_members(self, desired: set[str]) -> str | None:
+        """On the leader: one step towards raft members == `desired`; what it did, if anything.
+
+        Adds before it removes (a cluster growing from 1 to 2 keeps its quorum as long as it
+        can), one change at a time (pysyncobj refuses a second before the first commits).
+        """
+        if self._obj is None or not self.is_leader or self._member_change is not None:
+            return None
+        current = set(self.members)
+        to_add = sorted(desired - current)
+        to_remove = sorted(current - desired - {self.self_addr})
+        if to_add:
+            addr = to_add[0]
+            self._member_change = addr
+            self._obj.addNodeToCluster(addr, callback=self._member_done)
+            self.kick()
+            return f"add {addr}"
+        now = time.monotonic()
+        for addr in list(self._leaving):
+            if addr not in to_remove:
+                del self._leaving[addr]
+        # A member on its way out first learns that its removal (its demotion) is committed:
+        # it must have the entries and see the commit index before raft drops it.
+        ready = []
+        for addr in to_remove:
+            since = self._leaving.setdefault(addr, now)
+            caught_up = self._match_index(addr) >= self._obj.raftCommitIndex
+            if now - since >= self.timings.remove_grace and (caught_up or not self.connected(addr)):
+                ready.append(addr)
+        if ready:
+            addr = ready[0]
+            self._leaving.pop(addr, None)
+            self._member_change = addr
+            self._obj.removeNodeFromCluster(addr, callback=self._member_done)
+            self.kick()
+            return f"remove {addr}"
+        if to_remove:
+            return "waiting to remove " + ", ".join(to_remove)
+        if self.self_addr not in desired and len(current) > 1:
+            self._obj.transferLeadership()
+            self.kick()
+            return "transfer leadership"
+        return None
+
+    def _match_index(self, addr: str) -> int:
+        if self._obj is None:
+            return 0
+        return int(self._obj.getStatus().get(f"match_idx_server_{addr}", 0) or 0)
+
+    def _member_done(self, res: Any, err: int) -> None:
+        if err != FAIL_REASON.SUCCESS:
+            log.info("raft membership change %s: %s", self._member_change, _FAIL_TEXT.get(err, err))
+        else:
+            log.info("raft membership change %s committed", self._member_change)
+        self._member_change = None

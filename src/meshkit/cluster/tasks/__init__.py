@@ -1,0 +1,1 @@
+"""Running tasks on a node: the executor, processes, health checks, logs."""

@@ -167,6 +167,10 @@ def caddyfile(root: Path, port: int, fpm: PhpFpm, backend: Backend) -> str:
     proxy /api 127.0.0.1:{backend.port} {{
         except /api/private
     }}
+    limits {{
+        body /upload 10
+    }}
+    redir /old /pub/ok.txt 301
 }}
 """
 
@@ -335,3 +339,25 @@ def test_generated_paths_never_bypass_a_scope(site: Site, raw: str) -> None:
 def test_absolute_form_is_matched_on_its_canonical_path(site: Site) -> None:
     status, _, body = raw_get(site.port, "http://127.0.0.1//secret/./s.txt")
     assert status == 401 and SECRET not in body
+
+
+def raw_request(port: int, head: str, body: bytes = b"") -> int:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(head.encode("latin-1") + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+@pytest.mark.parametrize("raw", ["/upload/x", "//upload/x", "/a/../upload/x", "/%2e/upload/x"])
+def test_body_limits_hold_on_the_canonical_path(site: Site, raw: str) -> None:
+    head = (f"POST {raw} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 20\r\n"
+            "Connection: close\r\n\r\n")
+    assert raw_request(site.port, head, b"x" * 20) == 413
+
+
+@pytest.mark.parametrize("raw", ["/old", "//old", "/x/../old", "/./old"])
+def test_redir_matches_the_canonical_path(site: Site, raw: str) -> None:
+    status, fields, _ = raw_get(site.port, raw)
+    assert status == 301 and fields["location"].endswith("/pub/ok.txt")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.message import Handler, HandlerResult, Request, Response
+from meshkit.web.paths import clamp_path
 from meshkit.web.site import BodyLimit, Site
 
 UNITS = {"": 1, "B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
@@ -135,7 +136,11 @@ def body_limit(limits: list[PathLimit], path: str) -> int | None:
 
 
 def build(config: LimitsConfig, next: Handler, site: Site) -> Handler:
-    limits = list(config.body)
+    limits = sorted(
+        (PathLimit(clamp_path(pl.path), pl.size) for pl in config.body),
+        key=lambda pl: len(pl.path),
+        reverse=True,
+    )
     if not limits:
         return next
     def limits_handler(request: Request) -> HandlerResult:

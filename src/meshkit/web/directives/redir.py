@@ -25,6 +25,7 @@ from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.directives.rewrite import parse_condition
 from meshkit.web.message import Handler, HandlerResult, Headers, Request, Response, status_text
+from meshkit.web.paths import clamp_path
 from meshkit.web.placeholders import CompiledConditions, Conditions, Template, compile_template
 from meshkit.web.site import Site
 
@@ -162,7 +163,8 @@ class _Rule:
     __slots__ = ("code", "conditions", "from_path", "meta", "to")
 
     def __init__(self, rule: RedirRule) -> None:
-        self.from_path = rule.from_path
+        # `/` means every path; any other FROM is matched exactly, on the canonical path
+        self.from_path = clamp_path(rule.from_path) if rule.from_path != "/" else "/"
         self.to: Template = compile_template(rule.to)
         self.code = rule.code
         self.meta = rule.meta

@@ -1,4 +1,4 @@
-"""The one canonical form of a request path, and path-scope matching on it (sans-IO).
+"""The one canonical form of a request path, which every path matcher compares against (sans-IO).
 
 Every matcher in `meshkit web` (site addresses, each directive's path scope, `internal`,
 rewrite and redir conditions, proxy and fastcgi routing with their `except` lists) and the
@@ -13,7 +13,7 @@ A path whose `..` segments climb above the root has no canonical form: the serve
 
 from __future__ import annotations
 
-__all__ = ["canonical_path", "clamp_path", "in_scope"]
+__all__ = ["canonical_path", "clamp_path"]
 
 
 def canonical_path(path: str) -> str | None:
@@ -56,9 +56,3 @@ def clamp_path(path: str) -> str:
     folded = _fold(path if path.startswith("/") else "/" + path, True)
     assert folded is not None  # clamping never gives up
     return folded
-
-
-def in_scope(path: str, base: str) -> bool:
-    """Caddy v1's path match: a plain prefix test of the canonical request path against a
-    canonical base (`/api` matches `/api/x` and also `/apix`, as in Caddy v1)."""
-    return path.startswith(base)

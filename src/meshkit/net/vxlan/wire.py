@@ -101,16 +101,6 @@ def check_datagram(data: bytes) -> tuple[int, bytes] | str:
     return int.from_bytes(data[4:7], "big"), data[HEADER_LEN:]
 
 
-def pack_fdb(fdb: Mapping[str, str]) -> bytes:
-    """FDB text mapping (MAC -> peer IPv4) as 10-byte entries: MAC, IPv4 in network order."""
-    return b"".join(mac_to_bytes(mac) + ip_to_bytes(ip) for mac, ip in fdb.items())
-
-
-def pack_neigh(neigh: Mapping[str, str]) -> bytes:
-    """Neighbour text mapping (IPv4 -> MAC) as 10-byte entries: IPv4 in network order, MAC."""
-    return b"".join(ip_to_bytes(ip) + mac_to_bytes(mac) for ip, mac in neigh.items())
-
-
 @dataclass(frozen=True)
 class Tables:
     """One network's tables in wire form: MAC bytes -> peer IPv4 text, IPv4 bytes -> MAC bytes."""
@@ -176,14 +166,6 @@ def build_arp_reply(request: bytes, mac: bytes) -> bytes:
         + sender_mac
         + sender_ip
     )
-
-
-def arp_reply_for(request: bytes, neigh: Mapping[bytes, bytes]) -> bytes | None:
-    """The ARP proxy: a reply when ``request`` asks for an IPv4 in ``neigh``, else None."""
-    target = arp_request_target(request)
-    if target is None or target not in neigh:
-        return None
-    return build_arp_reply(request, neigh[target])
 
 
 def route_frame(frame: bytes, tables: Tables) -> Action:

@@ -1,0 +1,190 @@
+"""The side of a server connection that carries out its state changes: firing the
+transitions of meshkit.web.connstate, deadlines, closing (gracefully or at once) and handing
+the socket to an upgrade taker.
+
+Lifecycle is a base of meshkit.web.connection.Connection (one object, no extra call on the
+hot path); the decisions themselves are in connstate's table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+from collections import deque
+from typing import Any
+
+from meshkit.web.connstate import CLOSE_IF_IDLE, ConnState, Event, transition
+from meshkit.web.output import (
+    DL_BODY,
+    DL_HEAD,
+    DL_IDLE,
+    DL_LINGER,
+    DL_NONE,
+    _cancel,
+    _run_upgrade,
+)
+from meshkit.web.pipeline import Pipeline
+from meshkit.web.reqbody import RequestBody
+
+log = logging.getLogger("meshkit.web")
+
+_LINGER = 2.0  # seconds to discard input after a closing response
+
+_HEAD = ConnState.HEAD
+_CLOSING_BODY = ConnState.CLOSING_BODY
+_CLOSING = ConnState.CLOSING
+_LINGERING = ConnState.LINGERING
+_UPGRADED = ConnState.UPGRADED
+
+
+class Lifecycle(Pipeline):
+    """State changes, deadlines and closing of a connection."""
+
+    _waiting_body: RequestBody | None
+
+    @property
+    def state(self) -> ConnState:
+        return self._state
+
+    def _fire(self, event: Event) -> int:
+        """Move to the state that `event` leads to; the actions to take (connstate)."""
+        self._state, actions = transition(self._state, event)
+        return actions
+
+    def _max_discard(self) -> int:
+        return self._server._max_discard
+
+    def _busy(self) -> bool:
+        return bool(self._queue or self._out or self._streaming)
+
+    def _went_idle(self) -> None:
+        """Nothing is being answered: wait for the next request (or close if asked to)."""
+        state = self._state
+        if state >= _LINGERING:
+            return
+        in_message = _HEAD <= state <= _CLOSING_BODY
+        if not in_message and (state == _CLOSING or self._server._shutting):
+            self._close_gracefully()
+            return
+        if in_message:
+            if state != _HEAD:
+                self._deadline = self._loop.time() + self._server._read_timeout
+                self._dkind = DL_BODY
+        else:
+            self._deadline = self._server._now + self._server._idle_timeout
+            self._dkind = DL_IDLE
+
+    def _body_waiting(self, body: RequestBody, waiting: bool) -> None:
+        if waiting:
+            self._waiting_body = body
+            self._deadline = self._loop.time() + self._server._read_timeout
+            self._dkind = DL_BODY
+            self._update_reading()
+        elif self._waiting_body is body:
+            self._waiting_body = None
+            if self._dkind == DL_BODY:
+                self._dkind = DL_NONE
+
+    def _close_when_done(self) -> None:
+        if self._state >= _LINGERING:
+            return
+        if self._fire(Event.CLOSE_WHEN_DONE) & CLOSE_IF_IDLE and not self._busy():
+            self._close_gracefully()
+        else:
+            self._update_reading()
+
+    def _close_gracefully(self) -> None:
+        """Shut down our side, then discard input for a moment before closing (so that the
+        client reads the response rather than a reset)."""
+        if self._state >= _LINGERING:
+            return
+        self._drop_slots()
+        self._fire(Event.LINGER)
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._abort()
+            return
+        self._deadline = self._loop.time() + min(_LINGER, self._server._idle_timeout)
+        self._dkind = DL_LINGER
+        self._update_reading()
+
+    def check_deadline(self, now: float) -> None:
+        if self._out and now - self._write_since > self._server._idle_timeout:
+            log.debug("client %s:%s stopped reading; closing", self._remote_addr, self._remote_port)
+            self._abort()
+            return
+        kind = self._dkind
+        if kind == DL_NONE or now < self._deadline:
+            return
+        if kind == DL_HEAD:
+            if self._busy() or self._state != _HEAD:
+                self._close_when_done()
+            else:
+                self._refuse_request(408)
+        elif kind == DL_BODY:
+            body = self._waiting_body
+            if body is not None:
+                body.fail(TimeoutError("timed out reading the request body"))
+            self._abort()
+        else:
+            self._abort()
+
+    def begin_shutdown(self) -> None:
+        if self._state >= _LINGERING:
+            return
+        if not self._busy():
+            self._abort()  # idle, or a request head that has not reached a handler yet
+        else:
+            self._fire(Event.CLOSE_WHEN_DONE)
+
+    def _hand_over(self, upgrade: Any) -> None:
+        """Let go of the socket (without closing it) and run the upgrade taker on it."""
+        rest = self._upgrade_rest or b""
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+        self._fire(Event.HAND_OVER)
+        self._drop_slots()
+        sock = self._sock
+        self._server._conn_closed(self)
+        self._loop.create_task(_run_upgrade(upgrade, sock, rest))
+
+    def _abort(self) -> None:
+        """Close the socket now and fail whatever was still in progress."""
+        if self._state >= _UPGRADED:
+            return
+        self._fire(Event.ABORT)
+        if self._reading:
+            self._loop.remove_reader(self._fd)
+            self._reading = False
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        out, self._out = self._out, deque()
+        for job in out:
+            self._job_done(job, False)
+        self._drop_slots()
+        stream = self._stream_task
+        if stream is not None and not stream.done():
+            # it may be waiting for the upstream, not for us: stop it now, which releases
+            # its upstream connection, rather than at the upstream's next piece
+            _cancel(self._loop, stream)
+        if self._body is not None:
+            self._body.fail(ConnectionResetError("connection closed"))
+        if self._waiting_body is not None:
+            self._waiting_body.fail(ConnectionResetError("connection closed"))
+        drain = self._drain
+        if drain is not None and not drain.done():
+            drain.set_exception(ConnectionResetError("connection closed"))
+            drain.exception()  # retrieved: nobody may be waiting any more
+        self._server._conn_closed(self)

@@ -24,7 +24,7 @@ import pytest
 import uvloop
 
 from meshkit.base import netns as tasknetns
-from meshkit.cluster.api.nodes import new_node_id
+from meshkit.cluster.api.common import new_node_id
 from meshkit.cluster.tasks import process as taskproc
 from meshkit.cluster.tasks.executor import ERR_DOWN, ERR_NOT_STARTED, Executor
 

@@ -1,3 +1,4 @@
-"""The agent's RPC methods by area (nodes, networks, services), their parameter schemas and who may
-call them.
+"""The node's RPC methods by area (nodes.py with the dispatch and who may call what, networks.py,
+services.py), their parameter schemas (params.py), what they share (common.py), and the
+`NodeContext` protocol through which they reach the node they run on (context.py).
 """

@@ -25,13 +25,12 @@ import contextlib
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from meshkit.cluster.api.common import caller, loaded_state, new_node_id
+from meshkit.cluster.api.context import NodeContext
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.rpc.transport import Peer, RpcError
-
-if TYPE_CHECKING:
-    from meshkit.cluster.api.nodes import Api
 
 NETWORK_METHODS = frozenset(
     {"network_create", "network_ls", "network_inspect", "network_rm", "overlay_pairs"}
@@ -114,10 +113,10 @@ def pair_rows(st: Any) -> list[dict[str, Any]]:
 
 
 class NetworkMethods:
-    """The network methods of one agent's API."""
+    """The network methods of one node's API."""
 
-    def __init__(self, api: Api) -> None:
-        self.api = api
+    def __init__(self, node: NodeContext) -> None:
+        self.node = node
         self.epoch = os.urandom(6).hex()
         self.version = 0
         self._map: dict[str, Any] | None = None
@@ -128,7 +127,7 @@ class NetworkMethods:
     def applied(self, cmd: Mapping[str, Any]) -> None:
         if cmd.get("op") not in _MAP_OPS:
             return
-        st = self.api.agent.state
+        st = self.node.state
         if st is None or not st.initialized:
             return
         new = netstate.netmap(st)
@@ -144,24 +143,22 @@ class NetworkMethods:
 
     def current(self) -> dict[str, Any]:
         if self._map is None:
-            self._map = netstate.netmap(self.api.state)
+            self._map = netstate.netmap(loaded_state(self.node))
         return self._map
 
     # -- managers ------------------------------------------------------------------------------
 
     async def network_create(self, peer: Peer, params: dict[str, Any]) -> Any:
-        from meshkit.cluster.api.nodes import new_node_id
-
         req = dict(params)
         req["id"] = new_node_id()
         try:
             req = netstate.check_request(req)
         except netstate.NetError as exc:
             raise RpcError("bad_request", str(exc)) from None
-        return await self.api._submit({"op": "network_create", "network": req, "now": time.time()})
+        return await self.node.submit({"op": "network_create", "network": req, "now": time.time()})
 
     async def network_ls(self, peer: Peer, params: dict[str, Any]) -> Any:
-        st = self.api.state
+        st = loaded_state(self.node)
         views = [netstate.network_view(st, n) for n in st.networks.values()]
         views.sort(key=lambda v: v["Name"])
         return {"networks": views}
@@ -171,19 +168,19 @@ class NetworkMethods:
         if not isinstance(ref, str) or not ref:
             raise RpcError("bad_request", "missing parameter 'network'")
         try:
-            return netstate.find_network(self.api.state.networks, ref)
+            return netstate.find_network(loaded_state(self.node).networks, ref)
         except netstate.NetError as exc:
             raise RpcError("not_found", str(exc)) from None
 
     async def network_inspect(self, peer: Peer, params: dict[str, Any]) -> Any:
-        return netstate.network_view(self.api.state, self._find(params))
+        return netstate.network_view(loaded_state(self.node), self._find(params))
 
     async def network_rm(self, peer: Peer, params: dict[str, Any]) -> Any:
         net = self._find(params)
-        return await self.api._submit({"op": "network_rm", "network_id": net["id"]})
+        return await self.node.submit({"op": "network_rm", "network_id": net["id"]})
 
     async def overlay_pairs(self, peer: Peer, params: dict[str, Any]) -> Any:
-        st = self.api.state
+        st = loaded_state(self.node)
         nodes = {
             n.id: {
                 "hostname": n.hostname,
@@ -198,7 +195,7 @@ class NetworkMethods:
     # -- nodes ---------------------------------------------------------------------------------
 
     async def netmap_watch(self, peer: Peer, params: dict[str, Any]) -> Any:
-        self.api._caller(peer, params)
+        caller(self.node, peer, params)
         wait = min(float(params.get("wait") or WATCH_WAIT), 60.0)
         if params.get("epoch") == self.epoch and params.get("version") == self.version:
             version = self.version

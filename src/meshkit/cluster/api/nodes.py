@@ -1,4 +1,4 @@
-"""The agent's RPC methods, their parameters, and who may call them.
+"""The node methods of the API, the dispatch of every method, and who may call which.
 
 Transport: framed JSON RPC (`meshkit.cluster.rpc.transport`) on the manager port (TLS, default 2377,
 node certificates from the cluster CA) and on the agent's local Unix socket (default
@@ -48,10 +48,14 @@ task_logs is served by every node (workers too) to managers only.
 On the local Unix socket every manager method above is open (on a worker they fail with
 code "not_manager" and swarm's "This node is not a swarm manager..." text), plus:
 
-    info   {}            -> {"node_id", "role", "cluster_id", "hostname", "addr", "managers",
-                             "initialized", "version"}
-    leave  {"force"}     -> {"left": true}   this node leaves the cluster; the agent stops
-                             and removes its certificate and state from the data dir
+    info   {}            -> {"node_id", "role", "cluster_id", "hostname", "addr", "api_addr",
+                             "managers", "initialized", "version", "raft", "overlay",
+                             "overlay_nodes", "overlay_stats", "mesh", "cert_not_after"}
+    leave  {"force"}     -> {"left": true, "node_id"}   this node leaves the cluster; the agent
+                             stops and removes its certificate and state from the data dir
+    mesh_watch {"service", "version"?, "wait"?}
+                         -> {"version", "known", "netns", "backends": [ip], "agent_pid"}
+                             a long poll for `meshkit ingress --service` (meshkit.mesh.node)
 
 Parameters: every method's are checked against its schema in `meshkit.cluster.api.params` before
 its handler runs (after the authorization check); a missing or bad one is refused with code
@@ -66,13 +70,13 @@ from __future__ import annotations
 
 import logging
 import secrets
-import string
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from meshkit import __version__
 from meshkit.base.errors import FlagError
+from meshkit.cluster.api.common import caller, loaded_state, new_node_id, str_param
+from meshkit.cluster.api.context import NodeContext
 from meshkit.cluster.api.networks import (
     NETWORK_METHODS,
     NODE_NET_METHODS,
@@ -101,9 +105,6 @@ from meshkit.cluster.rpc.tokens import (
 from meshkit.cluster.rpc.transport import Peer, RpcError
 from meshkit.net.doctor_report import overlay_column
 
-if TYPE_CHECKING:
-    from meshkit.cluster.node.agent import Agent
-
 log = logging.getLogger(__name__)
 
 UNAUTHENTICATED = frozenset({"ca_bundle", "join"})
@@ -126,24 +127,6 @@ MANAGER_METHODS = (
     | NETWORK_METHODS
 )
 LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"})
-
-_ID_ALPHABET = string.digits + string.ascii_lowercase
-
-
-def new_node_id() -> str:
-    """25 random base-36 characters, the shape of a swarm node id."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(25))
-
-
-def _str(params: dict[str, Any], key: str, *, required: bool = True) -> str:
-    value = params.get(key)
-    if value is None or value == "":
-        if required:
-            raise RpcError("bad_request", f"missing parameter {key!r}")
-        return ""
-    if not isinstance(value, str):
-        raise RpcError("bad_request", f"parameter {key!r} must be a string")
-    return value
 
 
 def _translate(exc: Exception) -> RpcError:
@@ -171,16 +154,17 @@ def _translate(exc: Exception) -> RpcError:
 
 
 class Api:
-    """Method handlers over one agent's state."""
+    """Every method of one node's API: the node methods here, the service and network methods
+    in their areas; `dispatch_tcp` and `dispatch_local` check who may call what."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, node: NodeContext) -> None:
+        self.node = node
         self._ca: tuple[str, ClusterCA] | None = None
         # Every heartbeat reply carries the manager list; rebuilding it from all nodes on each
         # beat made a beat cost grow with the cluster, so it is kept until the state changes.
         self._managers_key: tuple[int, int] = (0, -1)
         self._managers_list: list[str] = []
-        self.services = ServiceMethods(self)
+        self.services = ServiceMethods(node)
         self._handlers: dict[str, Callable[[Peer, dict[str, Any]], Awaitable[Any]]] = {
             "ca_bundle": self.ca_bundle,
             "join": self.join,
@@ -198,11 +182,16 @@ class Api:
         }
         for name in SERVICE_METHODS | NODE_TASK_METHODS | NODE_SERVED_METHODS:
             self._handlers[name] = getattr(self.services, name)
-        self.networks = NetworkMethods(self)
+        self.networks = NetworkMethods(node)
         for name in NETWORK_METHODS | NODE_NET_METHODS:
             self._handlers[name] = getattr(self.networks, name)
 
     # -- dispatch ------------------------------------------------------------------------------
+
+    async def call_as(self, peer: Peer, method: str, params: dict[str, Any]) -> Any:
+        """`method`'s handler, with no authorization or parameter check: for the node calling
+        its own API."""
+        return await self._handlers[method](peer, params)
 
     async def dispatch_tcp(self, peer: Peer, method: str, params: dict[str, Any]) -> Any:
         handler = self._handlers.get(method)
@@ -212,7 +201,7 @@ class Api:
             raise RpcError("bad_request", f"unknown method {method!r}")
         if method not in UNAUTHENTICATED:
             ident = peer.identity
-            if ident is None or ident.cluster_id != self.agent.cluster_id:
+            if ident is None or ident.cluster_id != self.node.cluster_id:
                 raise RpcError(
                     "unauthenticated",
                     f"{method} needs a node certificate of this cluster "
@@ -236,13 +225,13 @@ class Api:
                 return await handler(peer, params)
             except Exception as exc:
                 raise _translate(exc) from None
-        if self.agent.store is not None:
+        if self.node.is_manager:
             # A manager whose raft store is still loading: wait a little. Without a store
             # (a worker, or a manager between roles: the API port stays open over role
             # changes) answer at once, so that the caller moves on to another manager
             # instead of missing its heartbeats here.
-            await self.agent.wait_state()
-        if not self.agent.is_manager:
+            await self.node.wait_state()
+        if not self.node.is_manager:
             raise RpcError("not_manager", cstate.NOT_A_MANAGER)
         if method in MANAGER_METHODS and peer.identity is not None:
             # A demoted manager's certificate is still valid until it is renewed: the state
@@ -265,11 +254,11 @@ class Api:
         try:
             check_params(method, params, local=True)
             if method == "info":
-                return self.agent.info()
+                return self.node.info()
             if method == "leave":
-                return await self.agent.leave(bool(params.get("force")))
+                return await self.node.leave(bool(params.get("force")))
             if method == "mesh_watch":
-                return await self.agent.mesh.watch(
+                return await self.node.mesh.watch(
                     str(params.get("service") or ""),
                     params.get("version"),
                     min(60.0, float(params.get("wait") or 20.0)),  # checked: a number
@@ -277,8 +266,8 @@ class Api:
             if method in NODE_SERVED_METHODS:
                 return await self._handlers[method](peer, params)
             if method in MANAGER_METHODS or method == "join_token":
-                await self.agent.wait_state()
-                if not self.agent.is_manager:
+                await self.node.wait_state()
+                if not self.node.is_manager:
                     raise RpcError("not_manager", cstate.NOT_A_MANAGER)
                 return await self._handlers[method](peer, params)
         except Exception as exc:
@@ -289,10 +278,7 @@ class Api:
 
     @property
     def state(self) -> cstate.ClusterState:
-        st = self.agent.state
-        if st is None or not st.initialized:
-            raise RpcError("unavailable", "this manager has not loaded the cluster state yet")
-        return st
+        return loaded_state(self.node)
 
     def ca(self) -> ClusterCA:
         st = self.state
@@ -307,7 +293,7 @@ class Api:
     def unseal(self, value: str) -> str:
         """A secret of the state in clear (they are kept sealed: see sealing.py)."""
         try:
-            return self.agent.sealer.open(value)
+            return self.node.sealer.open(value)
         except SealError as exc:
             raise RpcError("unavailable", str(exc)) from None
 
@@ -316,26 +302,19 @@ class Api:
         return {
             "raft_secret": self.unseal(st.raft_secret),
             "raft_peers": [m.raft_addr for m in st.managers()],
-            "data_key": self.agent.sealer.key,
+            "data_key": self.node.sealer.key,
         }
 
     def digest(self) -> str:
         return ca_digest(self.state.ca_cert_pem.encode())
 
     def _node_ref(self, peer: Peer, params: dict[str, Any]) -> cstate.NodeRecord:
-        ref = _str(params, "node")
+        ref = str_param(params, "node")
         if ref == "self":
             ref = (
-                self.agent.node_id if peer.local or peer.identity is None else peer.identity.node_id
+                self.node.node_id if peer.local or peer.identity is None else peer.identity.node_id
             )
         return cstate.resolve_node(self.state, ref)
-
-    async def _submit(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        store = self.agent.store
-        if store is None:
-            raise RpcError("not_manager", cstate.NOT_A_MANAGER)
-        cmd.setdefault("now", time.time())
-        return await store.submit(cmd)
 
     def _managers(self) -> list[str]:
         st = self.state
@@ -352,7 +331,7 @@ class Api:
 
     async def join(self, peer: Peer, params: dict[str, Any]) -> Any:
         st = self.state
-        text = _str(params, "token")
+        text = str_param(params, "token")
         token = parse_token(text)
         digest = self.digest()
         if not secrets.compare_digest(token.digest, digest):
@@ -372,8 +351,8 @@ class Api:
                 "`meshkit node join-token worker` or `manager`",
             )
         role = "manager" if as_manager else "worker"
-        csr = _str(params, "csr").encode()
-        addr = _str(params, "advertise_addr", required=False)
+        csr = str_param(params, "csr").encode()
+        addr = str_param(params, "advertise_addr", required=False)
         if not addr:
             addr = peer.address.rsplit(":", 1)[0].strip("[]")
         node_id = new_node_id()
@@ -381,17 +360,17 @@ class Api:
         now = time.time()
         record = cstate.NodeRecord(
             id=node_id,
-            hostname=_str(params, "hostname", required=False) or node_id[:12],
+            hostname=str_param(params, "hostname", required=False) or node_id[:12],
             role=role,
             addr=addr,
             api_port=int(params.get("api_port") or 2377),  # checked: a port (params.py)
             raft_port=int(params.get("raft_port") or 2378),
-            version=_str(params, "version", required=False) or "unknown",
+            version=str_param(params, "version", required=False) or "unknown",
             created_at=now,
             updated_at=now,
         )
-        await self._submit({"op": "add_node", "node": record.to_dict(), "now": now})
-        self.agent.note_beat(node_id)
+        await self.node.submit({"op": "add_node", "node": record.to_dict(), "now": now})
+        self.node.note_beat(node_id)
         log.info("node %s (%s, %s) joined as a %s", node_id, printable(record.hostname), addr, role)
         result: dict[str, Any] = {
             "node_id": node_id,
@@ -409,39 +388,27 @@ class Api:
 
     # -- any node ------------------------------------------------------------------------------
 
-    def _caller(self, peer: Peer, params: dict[str, Any]) -> cstate.NodeRecord:
-        node_id = _str(params, "node_id")
-        if peer.identity is not None and peer.identity.node_id != node_id:
-            raise RpcError(
-                "forbidden",
-                f"node {peer.identity.node_id} cannot speak for node {node_id}",
-            )
-        node = self.state.nodes.get(node_id)
-        if node is None:
-            raise RpcError("not_found", f"node {node_id} is not part of this cluster (removed?)")
-        return node
-
     async def heartbeat(self, peer: Peer, params: dict[str, Any]) -> Any:
-        node = self._caller(peer, params)
-        self.agent.note_beat(node.id)
+        node = caller(self.node, peer, params)
+        self.node.note_beat(node.id)
         status = params.get("status")
         overlay = status.get("overlay") if isinstance(status, dict) else None
         if isinstance(overlay, dict) and overlay != node.overlay:
-            self.agent.note_overlay(node.id, overlay)
+            self.node.note_overlay(node.id, overlay)
         st = self.state
         return {
             "period": st.heartbeat_period,
             "managers": self._managers(),
-            "leader": self.agent.leader_api_addr(),
+            "leader": self.node.leader_api_addr(),
             "role": node.role,
             "availability": node.availability,
         }
 
     async def renew(self, peer: Peer, params: dict[str, Any]) -> Any:
-        node = self._caller(peer, params)
+        node = caller(self.node, peer, params)
         st = self.state
         cert = self.ca().sign_csr(
-            _str(params, "csr").encode(), node.id, node.role, st.cert_lifetime
+            str_param(params, "csr").encode(), node.id, node.role, st.cert_lifetime
         )
         result: dict[str, Any] = {
             "cert": cert.decode(),
@@ -455,10 +422,12 @@ class Api:
         return result
 
     async def node_leave(self, peer: Peer, params: dict[str, Any]) -> Any:
-        node = self._caller(peer, params)
+        node = caller(self.node, peer, params)
         if node.role == "manager":
             raise RpcError("forbidden", "a manager leaves through its own agent")
-        await self._submit({"op": "set_status", "statuses": {node.id: cstate.DOWN}, "left": True})
+        await self.node.submit(
+            {"op": "set_status", "statuses": {node.id: cstate.DOWN}, "left": True}
+        )
         return {}
 
     # -- managers ------------------------------------------------------------------------------
@@ -466,11 +435,11 @@ class Api:
     async def node_ls(self, peer: Peer, params: dict[str, Any]) -> Any:
         st = self.state
         nodes = sorted(st.nodes.values(), key=lambda n: (n.hostname, n.id))
-        self_id = self.agent.node_id if peer.local else ""
+        self_id = self.node.node_id if peer.local else ""
         views = []
         pairs = pair_rows(st) if st.networks else []
         for n in nodes:
-            view = cstate.node_view(n, self_id=self_id, manager_status=self.agent.manager_status(n))
+            view = cstate.node_view(n, self_id=self_id, manager_status=self.node.manager_status(n))
             view["Overlay"] = overlay_column(n.id, pairs) if pairs else "-"
             broken = (n.overlay or {}).get("errors") or {}
             if broken:
@@ -481,51 +450,51 @@ class Api:
 
     async def node_inspect(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = self._node_ref(peer, params)
-        self_id = self.agent.node_id if peer.local else ""
+        self_id = self.node.node_id if peer.local else ""
         return cstate.node_view(
-            node, self_id=self_id, manager_status=self.agent.manager_status(node)
+            node, self_id=self_id, manager_status=self.node.manager_status(node)
         )
 
     async def node_update(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = self._node_ref(peer, params)
         cmd: dict[str, Any] = {"op": "update_node", "node_id": node.id}
         if params.get("availability"):
-            cmd["availability"] = _str(params, "availability")
+            cmd["availability"] = str_param(params, "availability")
         if params.get("label_add"):
             cmd["label_add"] = dict(params["label_add"])
         if params.get("label_rm"):
             cmd["label_rm"] = list(params["label_rm"])
-        return await self._submit(cmd)
+        return await self.node.submit(cmd)
 
     async def node_promote(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = self._node_ref(peer, params)
-        return await self._submit({"op": "set_role", "node_id": node.id, "role": "manager"})
+        return await self.node.submit({"op": "set_role", "node_id": node.id, "role": "manager"})
 
     async def node_demote(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = self._node_ref(peer, params)
-        return await self._submit({"op": "set_role", "node_id": node.id, "role": "worker"})
+        return await self.node.submit({"op": "set_role", "node_id": node.id, "role": "worker"})
 
     async def node_rm(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = self._node_ref(peer, params)
-        return await self._submit(
+        return await self.node.submit(
             {"op": "remove_node", "node_id": node.id, "force": bool(params.get("force"))}
         )
 
     async def join_token(self, peer: Peer, params: dict[str, Any]) -> Any:
-        role = _str(params, "role")
+        role = str_param(params, "role")
         if role not in cstate.ROLES:
             raise RpcError("bad_request", f"unknown role {role!r}: expected worker or manager")
         if params.get("rotate"):
             try:  # the journal keeps the command: the new secret goes in sealed
-                sealed = self.agent.sealer.seal(new_secret())
+                sealed = self.node.sealer.seal(new_secret())
             except SealError as exc:
                 raise RpcError("unavailable", str(exc)) from None
-            await self._submit({"op": "rotate_token", "role": role, "secret": sealed})
+            await self.node.submit({"op": "rotate_token", "role": role, "secret": sealed})
         st = self.state
         return {
             "role": role,
             "token": format_token(self.digest(), self.unseal(st.secret_for(role))),
-            "addr": self.agent.api_addr,
+            "addr": self.node.api_addr,
         }
 
     async def beats(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -534,15 +503,8 @@ class Api:
             raise RpcError("bad_request", "seen must be a list of node ids")
         for node_id in seen:
             if isinstance(node_id, str):
-                self.agent.note_beat(node_id)
+                self.node.note_beat(node_id)
         return {}
 
     async def cluster_status(self, peer: Peer, params: dict[str, Any]) -> Any:
-        store = self.agent.store
-        if store is None:
-            raise RpcError("not_manager", cstate.NOT_A_MANAGER)
-        return store.status()
-
-
-def local_version() -> str:
-    return __version__
+        return self.node.raft_status()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshkit.base.errors import MeshkitError
+from meshkit.base.text import printable as printable  # re-exported: the API's callers use it
 
 Check = Callable[[Any], None]
 """Raises `Invalid` (with why) when a value is not acceptable."""
@@ -41,15 +42,6 @@ MAX_NAME = 256  # references to nodes, services, networks; label keys
 MAX_TEXT = 4096  # label values, epochs, tokens
 MAX_CSR = 16 * 1024
 MAX_ITEMS = 10_000  # list and map lengths
-
-
-def printable(value: object, limit: int = 0) -> str:
-    """``str(value)`` with control characters written as ``\\xHH`` (and cut to ``limit``
-    characters with an ellipsis when ``limit`` is set): safe in a table cell or a log line."""
-    text = value if isinstance(value, str) else str(value)
-    if limit and len(text) > limit:
-        text = text[:limit] + "..."
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 class Invalid(Exception):

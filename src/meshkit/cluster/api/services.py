@@ -32,20 +32,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from meshkit.cluster.api.common import caller, loaded_state, new_node_id
+from meshkit.cluster.api.context import NodeContext
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.model.services import task_name
 from meshkit.cluster.rpc.transport import Peer, RpcError
-
-if TYPE_CHECKING:
-    from meshkit.cluster.api.nodes import Api
-
-log = logging.getLogger("meshkit.cluster.model.services")
 
 SERVICE_METHODS = frozenset(
     {
@@ -189,10 +185,10 @@ def touched_nodes(st: cstate.ClusterState, cmd: Mapping[str, Any]) -> set[str] |
 
 
 class ServiceMethods:
-    """The service and task methods of one agent's API."""
+    """The service and task methods of one node's API."""
 
-    def __init__(self, api: Api) -> None:
-        self.api = api
+    def __init__(self, node: NodeContext) -> None:
+        self.node = node
         self.epoch = os.urandom(6).hex()  # versions below count from this process's start
         self._versions: dict[str, int] = {}
         self._all_version = 0
@@ -201,7 +197,7 @@ class ServiceMethods:
     # -- change notification (called by the agent for every applied command) -------------------
 
     def applied(self, cmd: Mapping[str, Any]) -> None:
-        st = self.api.agent.state
+        st = self.node.state
         if st is None:
             return
         nodes = touched_nodes(st, cmd)
@@ -224,18 +220,17 @@ class ServiceMethods:
     # -- managers ------------------------------------------------------------------------------
 
     async def service_create(self, peer: Peer, params: dict[str, Any]) -> Any:
-        from meshkit.cluster.api.nodes import new_node_id
         from meshkit.cluster.model.services import check_spec, new_service
 
         spec = params.get("spec")
         if not isinstance(spec, dict):
             raise RpcError("bad_request", "missing parameter 'spec'")
         spec = check_spec(spec)
-        st = self.api.state
+        st = loaded_state(self.node)
         self._check_networks(st, spec)
         now = time.time()
         record = new_service(new_node_id(), spec, now)
-        await self.api._submit({"op": "service_create", "service": record, "now": now})
+        await self.node.submit({"op": "service_create", "service": record, "now": now})
         return {"id": record["id"], "name": spec["name"]}
 
     def _check_networks(self, st: cstate.ClusterState, spec: Mapping[str, Any]) -> None:
@@ -251,14 +246,14 @@ class ServiceMethods:
                 )
 
     async def service_ls(self, peer: Peer, params: dict[str, Any]) -> Any:
-        st = self.api.state
+        st = loaded_state(self.node)
         services: dict[str, dict[str, Any]] = st.services  # type: ignore[attr-defined]
         views = [service_view(st, s) for s in services.values()]
         views.sort(key=lambda v: v["Name"])
         return {"services": views}
 
     async def service_inspect(self, peer: Peer, params: dict[str, Any]) -> Any:
-        st = self.api.state
+        st = loaded_state(self.node)
         svc = find_service(st, _ref(params))
         out = dict(svc)
         out["view"] = service_view(st, svc)
@@ -277,7 +272,7 @@ class ServiceMethods:
         return out
 
     async def service_ps(self, peer: Peer, params: dict[str, Any]) -> Any:
-        st = self.api.state
+        st = loaded_state(self.node)
         from meshkit.cluster.model.services import task_spec
 
         svc = find_service(st, _ref(params))
@@ -290,7 +285,7 @@ class ServiceMethods:
 
         if not rollback:
             spec = check_spec(spec)
-            self._check_networks(self.api.state, spec)
+            self._check_networks(loaded_state(self.node), spec)
         cmd: dict[str, Any] = {
             "op": "service_update",
             "service_id": svc["id"],
@@ -298,19 +293,19 @@ class ServiceMethods:
             "rollback": rollback,
             "now": time.time(),
         }
-        await self.api._submit(cmd)
-        new = self.api.state.services.get(svc["id"], {})  # type: ignore[attr-defined]
+        await self.node.submit(cmd)
+        new = loaded_state(self.node).services.get(svc["id"], {})  # type: ignore[attr-defined]
         return {"id": svc["id"], "version": new.get("version", 0)}
 
     async def service_update(self, peer: Peer, params: dict[str, Any]) -> Any:
-        svc = find_service(self.api.state, _ref(params))
+        svc = find_service(loaded_state(self.node), _ref(params))
         spec = params.get("spec")
         if not isinstance(spec, dict):
             raise RpcError("bad_request", "missing parameter 'spec'")
         return await self._update(svc, spec, rollback=False)
 
     async def service_scale(self, peer: Peer, params: dict[str, Any]) -> Any:
-        svc = find_service(self.api.state, _ref(params))
+        svc = find_service(loaded_state(self.node), _ref(params))
         replicas = params.get("replicas")
         if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
             raise RpcError(
@@ -326,7 +321,7 @@ class ServiceMethods:
         return await self._update(svc, spec, rollback=False)
 
     async def service_rollback(self, peer: Peer, params: dict[str, Any]) -> Any:
-        svc = find_service(self.api.state, _ref(params))
+        svc = find_service(loaded_state(self.node), _ref(params))
         if not svc.get("previous_spec"):
             raise RpcError(
                 "bad_request", f"service {svc['spec']['name']} does not have a previous spec"
@@ -334,12 +329,12 @@ class ServiceMethods:
         return await self._update(svc, dict(svc["previous_spec"]), rollback=True)
 
     async def service_rm(self, peer: Peer, params: dict[str, Any]) -> Any:
-        svc = find_service(self.api.state, _ref(params))
-        await self.api._submit({"op": "service_rm", "service_id": svc["id"], "now": time.time()})
+        svc = find_service(loaded_state(self.node), _ref(params))
+        await self.node.submit({"op": "service_rm", "service_id": svc["id"], "now": time.time()})
         return {"id": svc["id"], "name": svc["spec"]["name"]}
 
     async def service_logs(self, peer: Peer, params: dict[str, Any]) -> Any:
-        st = self.api.state
+        st = loaded_state(self.node)
         svc = find_service(st, _ref(params))
         tail = params.get("tail")
         since: dict[str, Any] = params.get("since") or {}
@@ -362,7 +357,7 @@ class ServiceMethods:
                 "since": {t["id"]: since[t["id"]] for t in tasks if t["id"] in since},
             }
             try:
-                reply = await self.api.agent.call_node(node, "task_logs", req)
+                reply = await self.node.call_node(node, "task_logs", req)
             except RpcError as exc:
                 errors.append(f"node {node.hostname} ({node.addr}): {exc.message}")
                 for t in tasks:
@@ -384,7 +379,7 @@ class ServiceMethods:
     # -- nodes ---------------------------------------------------------------------------------
 
     async def tasks_watch(self, peer: Peer, params: dict[str, Any]) -> Any:
-        node = self.api._caller(peer, params)
+        node = caller(self.node, peer, params)
         version = params.get("version")
         wait = min(float(params.get("wait") or WATCH_WAIT), 60.0)
         if params.get("epoch") == self.epoch and version == self.version_for(node.id):
@@ -394,7 +389,7 @@ class ServiceMethods:
                         self._changed.wait_for(lambda: self.version_for(node.id) != version),
                         wait,
                     )
-        st = self.api.state
+        st = loaded_state(self.node)
         return {
             "tasks": node_assignment(st, node.id),
             "version": self.version_for(node.id),
@@ -402,11 +397,11 @@ class ServiceMethods:
         }
 
     async def task_report(self, peer: Peer, params: dict[str, Any]) -> Any:
-        node = self.api._caller(peer, params)
+        node = caller(self.node, peer, params)
         updates = params.get("updates")
         if not isinstance(updates, list):
             raise RpcError("bad_request", "missing parameter 'updates'")
-        st = self.api.state
+        st = loaded_state(self.node)
         tasks: dict[str, dict[str, Any]] = st.tasks  # type: ignore[attr-defined]
         # a node reports only on its own tasks
         mine = [
@@ -416,13 +411,13 @@ class ServiceMethods:
         ]
         if not mine:
             return {}
-        await self.api.agent.submit_task_status(mine)
+        await self.node.submit_task_status(mine)
         return {}
 
     # -- served by every node -----------------------------------------------------------------
 
     async def task_logs(self, peer: Peer, params: dict[str, Any]) -> Any:
-        executor = self.api.agent.executor
+        executor = self.node.executor
         if executor is None:
             raise RpcError("unavailable", "this node runs no task executor")
         ids = params.get("tasks") or []

@@ -1,12 +1,13 @@
-"""The agent's service loops: the leader's orchestrator, and every node's task assignment.
+"""`ServiceLoops`: the leader's orchestrator, and every node's task assignments, network map
+and task reports.
 
 - Orchestrator (raft leader only): after every applied change (coalesced for a few
   milliseconds) and when the last plan asked to be woken, run the pure planner
   (meshkit.cluster.model.orchestrator.plan) on the replicated state and commit what it returns, one
   command at a time, so that the next plan sees the result of the last one.
-- Assignment (every node): a long poll (`tasks_watch`) to a manager, or to this node's own API
-  when it is a manager, returns the tasks assigned to this node whenever they change; they go
-  to the executor's `sync()`.
+- Assignment (every node): a long poll (`tasks_watch`) to a manager (by the one failover rule
+  of meshkit.cluster.node.managers), or to this node's own API when it is a manager, returns
+  the tasks assigned to this node whenever they change; they go to the executor's `sync()`.
 - Network map (every node): a long poll (`netmap_watch`) like the assignments; each map goes
   to the node's overlay (meshkit.net.overlay), which builds networks and programs peers.
 - Reports (every node): what the executor reports is queued and sent in batches
@@ -25,13 +26,14 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from meshkit.base.errors import MeshkitError
-from meshkit.cluster.rpc.transport import Peer, RpcError
+from meshkit.cluster.api.common import new_node_id
+from meshkit.cluster.api.context import NodeContext
+from meshkit.cluster.rpc.transport import RpcError
 
 if TYPE_CHECKING:
-    from meshkit.cluster.node.agent import Agent
     from meshkit.cluster.tasks.executor import Executor
 
-log = logging.getLogger("meshkit.cluster.node.service_loops")
+log = logging.getLogger(__name__)
 
 PLAN_COALESCE = 0.02
 """Seconds the orchestrator waits after a change for more changes before planning."""
@@ -61,11 +63,11 @@ def compact(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
-class Dispatch:
-    """The service loops of one agent."""
+class ServiceLoops:
+    """The service loops of one node, and its task executor."""
 
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, node: NodeContext) -> None:
+        self.node = node
         self.executor: Executor | None = None
         self.plan_now = asyncio.Event()
         self._outbox: list[dict[str, Any]] = []
@@ -74,7 +76,6 @@ class Dispatch:
         self._commit_batch: list[dict[str, Any]] = []
         self._commit_waiters: list[asyncio.Future[None]] = []
         self._commit_kick = asyncio.Event()
-        self.plans = 0  # plans run (for tests and the bench)
 
     # -- executor ------------------------------------------------------------------------------
 
@@ -82,12 +83,12 @@ class Dispatch:
         from meshkit.cluster.tasks.executor import Executor
 
         self.executor = Executor(
-            self.agent.data_dir,
-            self.agent.node_id,
-            self.agent.cfg.hostname,
+            self.node.data_dir,
+            self.node.node_id,
+            self.node.hostname,
             self.report,
-            overlay=self.agent.overlay,
-            mesh=self.agent.mesh,
+            overlay=self.node.overlay,
+            mesh=self.node.mesh,
         )
         await self.executor.start()
 
@@ -115,11 +116,11 @@ class Dispatch:
         self.plan_now.set()
 
     async def orchestrate_loop(self) -> None:
-        from meshkit.cluster.api.nodes import new_node_id
         from meshkit.cluster.model.orchestrator import plan
 
+        node = self.node
         wake_at: float | None = None
-        while not self.agent.stopping:
+        while not node.stopping:
             timeout = PLAN_TICK
             if wake_at is not None:
                 timeout = min(timeout, max(0.0, wake_at - time.time()))
@@ -127,11 +128,10 @@ class Dispatch:
                 await asyncio.wait_for(self.plan_now.wait(), timeout)
             await asyncio.sleep(PLAN_COALESCE)
             self.plan_now.clear()
-            store = self.agent.store
-            if store is None or not store.is_leader or not store.has_quorum:
+            st = node.state
+            if not (node.is_manager and node.is_leader and node.has_quorum) or st is None:
                 wake_at = None
                 continue
-            st = store.state
             if not st.initialized:
                 continue
             try:
@@ -140,12 +140,10 @@ class Dispatch:
                 log.exception("orchestrator: planning failed")
                 await asyncio.sleep(1.0)
                 continue
-            self.plans += 1
             wake_at = p.wake_at
             for cmd in p.commands:
-                cmd.setdefault("now", time.time())
                 try:
-                    await store.submit(cmd)
+                    await node.submit(cmd)
                 except MeshkitError as exc:
                     log.warning("orchestrator: cannot commit %s: %s", cmd.get("op"), exc)
                     self.plan_now.set()  # plan again from what the state holds now
@@ -156,27 +154,17 @@ class Dispatch:
     async def _watch_once(
         self, epoch: str | None, version: int | None, method: str = "tasks_watch"
     ) -> dict[str, Any]:
-        agent = self.agent
+        node = self.node
         params = {
-            "node_id": agent.node_id,
+            "node_id": node.node_id,
             "epoch": epoch,
             "version": version,
             "wait": WATCH_WAIT,
         }
-        st = agent.state
-        if agent.is_manager and st is not None and st.initialized:
-            peer = Peer(identity=agent.identity.peer, address="self")
-            if method == "netmap_watch":
-                return dict(await agent.api.networks.netmap_watch(peer, params))
-            return dict(await agent.api.services.tasks_watch(peer, params))
-        errors = []
-        for addr in agent._manager_targets():
-            try:
-                return dict(await agent.call_manager(addr, method, params, timeout=WATCH_WAIT + 10))
-            except RpcError as exc:
-                errors.append(f"{addr}: {exc.message}")
-                agent._manager_idx += 1
-        raise RpcError("unreachable", "no manager answered: " + "; ".join(errors or ["none"]))
+        st = node.state
+        if node.is_manager and st is not None and st.initialized:
+            return dict(await node.call_self(method, params))
+        return dict(await node.ask_managers(method, params, timeout=WATCH_WAIT + 10))
 
     async def _follow(
         self, method: str, what: str, take: Callable[[dict[str, Any]], Awaitable[None]]
@@ -185,7 +173,7 @@ class Dispatch:
         the whole answer (the version is forgotten) after a second."""
         epoch: str | None = None
         version: int | None = None
-        while not self.agent.stopping:
+        while not self.node.stopping:
             try:
                 reply = await self._watch_once(epoch, version, method)
             except RpcError as exc:
@@ -208,7 +196,7 @@ class Dispatch:
 
     async def watch_loop(self) -> None:
         """Follow this node's task assignments into the executor."""
-        while self.executor is None and not self.agent.stopping:
+        while self.executor is None and not self.node.stopping:
             await asyncio.sleep(0.1)
 
         async def take(reply: dict[str, Any]) -> None:
@@ -224,7 +212,7 @@ class Dispatch:
 
         async def take(reply: dict[str, Any]) -> None:
             netmap = dict(reply.get("netmap") or {})
-            overlay, mesh = self.agent.overlay, self.agent.mesh
+            overlay, mesh = self.node.overlay, self.node.mesh
             # the mesh lets go of networks that leave (its sockets would keep their
             # namespaces), the overlay follows the map, then the mesh builds on what is up
             await mesh.apply(netmap, overlay.built() & set(netmap.get("networks") or {}))
@@ -236,8 +224,8 @@ class Dispatch:
     # -- every node: reports -------------------------------------------------------------------
 
     async def report_loop(self) -> None:
-        agent = self.agent
-        while not agent.stopping:
+        node = self.node
+        while not node.stopping:
             await self._outbox_ready.wait()
             await asyncio.sleep(REPORT_BATCH)
             self._outbox_ready.clear()
@@ -245,21 +233,12 @@ class Dispatch:
             if not batch:
                 continue
             try:
-                if agent.is_manager:
+                if node.is_manager:
                     await self.submit_task_status(batch)
                 else:
-                    errors = []
-                    for addr in agent._manager_targets():
-                        try:
-                            await agent.call_manager(
-                                addr, "task_report", {"node_id": agent.node_id, "updates": batch}
-                            )
-                            break
-                        except RpcError as exc:
-                            errors.append(f"{addr}: {exc.message}")
-                            agent._manager_idx += 1
-                    else:
-                        raise RpcError("unreachable", "; ".join(errors or ["no manager known"]))
+                    await node.ask_managers(
+                        "task_report", {"node_id": node.node_id, "updates": batch}
+                    )
             except (MeshkitError, OSError) as exc:
                 log.warning("task reports not delivered (%d kept): %s", len(batch), exc)
                 self._outbox[:0] = batch
@@ -277,7 +256,7 @@ class Dispatch:
         await fut
 
     async def commit_loop(self) -> None:
-        while not self.agent.stopping:
+        while not self.node.stopping:
             await self._commit_kick.wait()
             await asyncio.sleep(REPORT_BATCH)
             self._commit_kick.clear()
@@ -288,11 +267,10 @@ class Dispatch:
                     if not w.done():
                         w.set_result(None)
                 continue
-            store = self.agent.store
             try:
-                if store is None:
+                if not self.node.is_manager:
                     raise RpcError("not_manager", "this node is no longer a manager")
-                await store.submit({"op": "task_status", "updates": batch, "now": time.time()})
+                await self.node.submit({"op": "task_status", "updates": batch, "now": time.time()})
             except (MeshkitError, OSError) as exc:
                 for w in waiters:
                     if not w.done():

@@ -19,7 +19,7 @@ from typing import Any
 from meshkit.l4.spec import BackendSpec
 from meshkit.net.nsock import NETNS_DIR, NetnsError, NetnsRef
 
-log = logging.getLogger("meshkit.ingress")
+log = logging.getLogger(__name__)
 
 WAIT = 20.0
 

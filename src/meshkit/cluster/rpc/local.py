@@ -1,7 +1,8 @@
 """How the CLI reaches the local agent: its Unix socket, one call at a time.
 
-The socket is `--host` (a path, or unix:///path), else MESHKIT_HOST, else
-/run/meshkit/meshkit.sock.
+The socket is `--host` (a path, or unix:///path), else MESHKIT_HOST, else DEFAULT_SOCKET (the
+agent's default too: the constant lives here so that the CLI and `ingress --service` reach the
+agent without importing it).
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ import os
 from typing import Any
 
 from meshkit.base.errors import FlagError
-from meshkit.cluster.node.agent import DEFAULT_SOCKET
-from meshkit.cluster.rpc.transport import RpcClient, RpcError
+from meshkit.cluster.rpc.transport import RpcClient
 
 HOST_ENV = "MESHKIT_HOST"
+DEFAULT_SOCKET = "/run/meshkit/meshkit.sock"
 
 
 def socket_path(host: str | None) -> str:
@@ -45,13 +46,3 @@ def call(
     """Call `method` on the local agent; RpcError (a MeshkitError) on failure."""
     path = socket_path(host)
     return asyncio.run(call_async(path, method, params, timeout))
-
-
-def try_call(host: str | None, method: str, params: dict[str, Any] | None = None) -> Any:
-    """Like call(), None when the agent cannot be reached."""
-    try:
-        return call(host, method, params, timeout=5.0)
-    except RpcError as exc:
-        if exc.code == "unreachable":
-            return None
-        raise

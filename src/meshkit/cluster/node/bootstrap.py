@@ -1,0 +1,223 @@
+"""Making a node: `node init` (a new cluster), `node join` (through a manager), `node run`
+(the node a data dir holds). Each returns what the agent starts from."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from meshkit import __version__
+from meshkit.base.errors import MeshkitError
+from meshkit.base.files import make_private_dir
+from meshkit.cluster.model import state as cstate
+from meshkit.cluster.node.config import (
+    CERT_DIR,
+    DEFAULT_PORT,
+    NODE_FILE,
+    RAFT_DIR,
+    SECRET_FILE,
+    NodeConfig,
+    wipe_node,
+    write_secret,
+)
+from meshkit.cluster.raft.sealing import DATA_KEY_FILE, Sealer, new_data_key, save_data_key
+from meshkit.cluster.rpc.local import DEFAULT_SOCKET
+from meshkit.cluster.rpc.pki import NodeIdentity, client_ssl_context, new_node_key_and_csr
+from meshkit.cluster.rpc.transport import RpcClient, RpcError
+
+
+def default_advertise_addr(listen_host: str) -> str:
+    """The advertise address when none is given: the listen IP, else the source address of
+    the route towards the outside (no packet is sent)."""
+    if listen_host not in ("", "0.0.0.0", "::"):
+        return listen_host
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))  # TEST-NET-1: only picks the route, sends nothing
+            return str(s.getsockname()[0])
+        except OSError:
+            raise MeshkitError(
+                "could not choose an IP address to advertise (no default route): "
+                "use --advertise-addr"
+            ) from None
+
+
+def check_data_dir_free(data_dir: Path) -> None:
+    if (Path(data_dir) / NODE_FILE).exists():
+        raise MeshkitError(
+            f"This node is already part of a cluster (data dir {data_dir}). Start its agent "
+            f"with `meshkit node run --data-dir {data_dir}`, or leave the cluster first with "
+            "`meshkit node leave`."
+        )
+
+
+def prepare_data_dir(data_dir: Path) -> None:
+    make_private_dir(Path(data_dir))
+
+
+@dataclass
+class NodeOptions:
+    """What `node init` / `node join` were told (flags already checked)."""
+
+    data_dir: Path
+    socket: str = DEFAULT_SOCKET
+    listen_host: str = "0.0.0.0"
+    listen_port: int = DEFAULT_PORT
+    raft_port: int | None = None
+    advertise_addr: str = ""
+    hostname: str = ""
+    web: str = ""
+
+    @property
+    def effective_raft_port(self) -> int:
+        return self.raft_port if self.raft_port else self.listen_port + 1
+
+    @property
+    def effective_hostname(self) -> str:
+        return self.hostname or socket.gethostname()
+
+
+def init_node(
+    opts: NodeOptions,
+    *,
+    default_addr_pool: list[str],
+    mask_length: int,
+    data_path_port: int,
+    heartbeat_period: float,
+    cert_lifetime: float,
+) -> tuple[NodeConfig, NodeIdentity, dict[str, Any]]:
+    """Make the cluster's CA, secrets and the first manager's identity in the data dir.
+
+    node.json is written only once the agent has committed the `init` command, so a failed
+    start leaves a data dir that `init` may use again.
+    """
+    from meshkit.cluster.api.common import new_node_id
+    from meshkit.cluster.rpc.pki import ClusterCA
+    from meshkit.cluster.rpc.tokens import new_raft_secret, new_secret
+
+    check_data_dir_free(opts.data_dir)
+    prepare_data_dir(opts.data_dir)
+    wipe_node(opts.data_dir)
+    advertise = opts.advertise_addr or default_advertise_addr(opts.listen_host)
+    cluster_id = new_node_id()
+    node_id = new_node_id()
+    ca = ClusterCA.create(cluster_id)
+    identity = ca.issue_identity(node_id, "manager", cert_lifetime)
+    identity.save(opts.data_dir / CERT_DIR)
+    raft_secret = new_raft_secret()
+    write_secret(opts.data_dir / RAFT_DIR / SECRET_FILE, raft_secret)
+    data_key = new_data_key()
+    save_data_key(opts.data_dir / RAFT_DIR / DATA_KEY_FILE, data_key)
+    cluster = cstate.ClusterState(
+        cluster_id=cluster_id,
+        created_at=time.time(),
+        ca_cert_pem=ca.cert_pem.decode(),
+        ca_key_pem=ca.key_pem.decode(),
+        worker_secret=new_secret(),
+        manager_secret=new_secret(),
+        raft_secret=raft_secret,
+        default_addr_pool=default_addr_pool,
+        default_addr_pool_mask_length=mask_length,
+        data_path_port=data_path_port,
+        heartbeat_period=heartbeat_period,
+        cert_lifetime=cert_lifetime,
+    ).to_dict()
+    del cluster["nodes"]
+    # The journal's first entry is this dict: its secrets go in sealed (see sealing.py).
+    Sealer(data_key).seal_fields(cluster)
+    cfg = NodeConfig(
+        node_id=node_id,
+        cluster_id=cluster_id,
+        role="manager",
+        hostname=opts.effective_hostname,
+        advertise_addr=advertise,
+        listen_host=opts.listen_host,
+        listen_port=opts.listen_port,
+        raft_port=opts.effective_raft_port,
+        socket=opts.socket,
+        managers=[f"{advertise}:{opts.listen_port}"],
+        heartbeat_period=heartbeat_period,
+        web=opts.web,
+    )
+    return cfg, identity, cluster
+
+
+async def join_node(
+    opts: NodeOptions, token_text: str, manager: tuple[str, int], attempts: int = 5
+) -> tuple[NodeConfig, NodeIdentity, list[str]]:
+    """Join through `manager`: check its CA against the token, send a CSR, keep the result."""
+    from meshkit.cluster.rpc.tokens import parse_token
+    from meshkit.cluster.rpc.transport import check_ca_bundle, fetch_ca_bundle
+
+    check_data_dir_free(opts.data_dir)
+    token = parse_token(token_text)
+    host, port = manager
+    bundle = b""
+    for attempt in range(attempts):
+        try:
+            bundle = await fetch_ca_bundle(host, port, timeout=5.0)
+            break
+        except RpcError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(1.0)
+    check_ca_bundle(bundle, token)
+    key_pem, csr_pem = new_node_key_and_csr("pending")
+    listen_host = opts.listen_host
+    advertise = opts.advertise_addr
+    if not advertise and listen_host not in ("", "0.0.0.0", "::"):
+        advertise = listen_host
+    ctx = client_ssl_context(None, bundle)
+    client = await RpcClient.connect_tcp(host, port, ctx, 10.0, expect_role="manager")
+    try:
+        reply = await client.call(
+            "join",
+            {
+                "token": token_text.strip(),
+                "csr": csr_pem.decode(),
+                "hostname": opts.effective_hostname,
+                "advertise_addr": advertise,
+                "version": __version__,
+                "api_port": opts.listen_port,
+                "raft_port": opts.effective_raft_port,
+            },
+            timeout=20.0,
+        )
+    finally:
+        await client.close()
+    identity = NodeIdentity.from_cert(reply["cert"].encode(), key_pem, bundle)
+    prepare_data_dir(opts.data_dir)
+    wipe_node(opts.data_dir)
+    identity.save(opts.data_dir / CERT_DIR)
+    peers: list[str] = []
+    if identity.role == "manager":
+        write_secret(opts.data_dir / RAFT_DIR / SECRET_FILE, str(reply["raft_secret"]))
+        if reply.get("data_key"):
+            save_data_key(opts.data_dir / RAFT_DIR / DATA_KEY_FILE, str(reply["data_key"]))
+        peers = [str(p) for p in reply.get("raft_peers") or []]
+    cfg = NodeConfig(
+        node_id=identity.node_id,
+        cluster_id=identity.cluster_id,
+        role=identity.role,
+        hostname=opts.effective_hostname,
+        advertise_addr=str(reply.get("addr") or advertise),
+        listen_host=listen_host,
+        listen_port=opts.listen_port,
+        raft_port=opts.effective_raft_port,
+        socket=opts.socket,
+        managers=[str(m) for m in reply.get("managers") or []],
+        heartbeat_period=float(reply.get("period") or 5.0),
+        web=opts.web,
+    )
+    cfg.save(opts.data_dir)
+    return cfg, identity, peers
+
+
+def load_node(data_dir: Path) -> tuple[NodeConfig, NodeIdentity]:
+    cfg = NodeConfig.load(data_dir)
+    identity = NodeIdentity.load(Path(data_dir) / CERT_DIR)
+    return cfg, identity

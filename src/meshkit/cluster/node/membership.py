@@ -1,0 +1,150 @@
+"""`Membership`: a manager's side of the heartbeats, and the leader's duties over the members.
+
+Every manager takes beats; a follower passes the beats it took to the leader about once a
+second (`beats`). The leader counts them (`Liveness`): 3 missed beats make a node Down, a new
+beat makes it Ready again; it also keeps the raft members equal to the managers in the state,
+and commits the overlay reports that came with the beats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from meshkit.base.errors import MeshkitError
+from meshkit.cluster.api.context import NodeContext
+from meshkit.cluster.model import state as cstate
+from meshkit.cluster.node.config import NodeConfig
+from meshkit.cluster.node.managers import ManagerClient
+from meshkit.cluster.node.roles import Roles
+from meshkit.cluster.rpc.transport import RpcError
+
+log = logging.getLogger(__name__)
+
+MISSED_BEATS = 3
+
+
+class Membership:
+    """Beats taken, node statuses and raft members, on a manager."""
+
+    def __init__(
+        self,
+        node: NodeContext,
+        cfg: NodeConfig,
+        roles: Roles,
+        managers: ManagerClient,
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self.node = node
+        self.cfg = cfg
+        self.roles = roles
+        self.managers = managers
+        self._spawn = spawn
+        self.liveness = cstate.Liveness(cfg.heartbeat_period, MISSED_BEATS)
+        self._was_leader = False
+        self._pending_beats: set[str] = set()
+        self._overlay_commits: dict[str, dict[str, Any]] = {}
+        self.check_now = asyncio.Event()  # statuses or members may have changed: look now
+        self._flush_now = asyncio.Event()
+
+    def reset(self) -> None:
+        """A replica (re)started: counts start again."""
+        self.liveness = cstate.Liveness(self.cfg.heartbeat_period, MISSED_BEATS)
+        self._was_leader = False
+
+    def note_beat(self, node_id: str) -> None:
+        """A heartbeat this manager took (or was told about by another manager)."""
+        store, st = self.roles.store, self.node.state
+        if store is None or st is None:
+            return
+        now = time.monotonic()
+        if store.is_leader:
+            revived = self.liveness.beat(node_id, now)
+            record = st.nodes.get(node_id)
+            if revived or (record is not None and record.status != cstate.READY):
+                self.check_now.set()
+        else:
+            self._pending_beats.add(node_id)
+            record = st.nodes.get(node_id)
+            if record is not None and record.status != cstate.READY:
+                self._flush_now.set()
+
+    def note_overlay(self, node_id: str, overlay: dict[str, Any]) -> None:
+        """A node's overlay report changed: commit it (once per distinct report in flight)."""
+        if self._overlay_commits.get(node_id) == overlay:
+            return
+        self._overlay_commits[node_id] = overlay
+        self._spawn(self._commit_overlay(node_id, overlay))
+
+    async def _commit_overlay(self, node_id: str, overlay: dict[str, Any]) -> None:
+        try:
+            await self.node.submit({"op": "set_overlay", "node_id": node_id, "overlay": overlay})
+        except Exception as exc:  # the next beat that still differs tries again
+            log.debug("overlay report of %s not committed: %s", node_id, exc)
+        finally:
+            if self._overlay_commits.get(node_id) == overlay:
+                del self._overlay_commits[node_id]
+
+    async def leader_loop(self) -> None:
+        """Leader duties: statuses from the beats, raft members from the managers."""
+        while not self.node.stopping:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self.check_now.wait(), min(0.5, self.cfg.heartbeat_period / 2)
+                )
+            self.check_now.clear()
+            store, st = self.roles.store, self.node.state
+            if store is None or st is None or not st.initialized:
+                self._was_leader = False
+                continue
+            if store.is_leader and not self._was_leader:
+                self.liveness = cstate.Liveness(st.heartbeat_period, MISSED_BEATS)
+                self.liveness.start(time.monotonic())
+                self.liveness.beat(self.node.node_id, time.monotonic())
+                log.info("this node (%s) is now the raft leader", self.node.node_id)
+            self._was_leader = store.is_leader
+            if not store.is_leader:
+                continue
+            self.liveness.beat(self.node.node_id, time.monotonic())
+            store.reconcile_members({m.raft_addr for m in st.managers()})
+            changes = self.liveness.changes(
+                {n.id: n.status for n in st.nodes.values()}, time.monotonic()
+            )
+            if changes and store.has_quorum:
+                try:
+                    await store.submit(
+                        {"op": "set_status", "statuses": changes, "now": time.time()}
+                    )
+                    log.info("node status: %s", ", ".join(f"{k} {v}" for k, v in changes.items()))
+                except MeshkitError as exc:
+                    log.warning("cannot record node status: %s", exc)
+
+    async def flush_loop(self) -> None:
+        """Followers pass the beats they took to the leader, about once a second."""
+        while not self.node.stopping:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(
+                    self._flush_now.wait(), min(1.0, self.cfg.heartbeat_period / 3)
+                )
+            self._flush_now.clear()
+            store = self.roles.store
+            if not self._pending_beats or store is None or store.is_leader:
+                if store is not None and store.is_leader:
+                    for node_id in self._pending_beats:
+                        self.note_beat(node_id)
+                self._pending_beats.clear()
+                continue
+            leader = self.roles.leader_api_addr()
+            if leader is None:
+                continue
+            seen = sorted(self._pending_beats)
+            self._pending_beats.clear()
+            try:
+                await self.managers.call(leader, "beats", {"seen": seen}, timeout=3)
+            except RpcError as exc:
+                log.debug("passing beats to %s: %s", leader, exc)
+                self._pending_beats.update(seen)

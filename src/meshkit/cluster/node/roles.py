@@ -1,0 +1,202 @@
+"""`Roles`: the raft replica a manager runs (start, stop, the first commit of a new cluster) and
+the changes between worker and manager that the cluster state asks for.
+
+A role change renews the certificate first (the new one carries the new role), then starts or
+stops the replica, then writes node.json. A leader about to be demoted first hands leadership to
+another manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from meshkit import __version__
+from meshkit.base.errors import MeshkitError
+from meshkit.cluster.api.context import NodeContext
+from meshkit.cluster.model import state as cstate
+from meshkit.cluster.node.config import RAFT_DIR, SECRET_FILE, NodeConfig, write_secret
+from meshkit.cluster.node.renewal import Renewal
+from meshkit.cluster.raft.sealing import DATA_KEY_FILE, Sealer, load_data_key, save_data_key
+from meshkit.cluster.raft.store import RaftStore, RaftTimings
+from meshkit.cluster.rpc.transport import RpcError
+
+log = logging.getLogger(__name__)
+
+Applied = Callable[[Any, dict[str, Any]], None]
+
+
+class Roles:
+    """This node's raft replica, and its moves between the worker and manager roles."""
+
+    def __init__(
+        self,
+        node: NodeContext,
+        cfg: NodeConfig,
+        renewal: Renewal,
+        timings: RaftTimings,
+        *,
+        on_applied: Applied,
+        on_started: Callable[[], Awaitable[None]],
+        spawn: Callable[[Coroutine[Any, Any, None]], None],
+    ) -> None:
+        self.node = node
+        self.cfg = cfg
+        self.renewal = renewal
+        self.timings = timings
+        self._on_applied = on_applied
+        self._on_started = on_started  # the replica is up: listen, reset the beat counts
+        self._spawn = spawn
+        self.store: RaftStore | None = None
+        self._sealer: Sealer | None = None
+        self._leader_api_key: tuple[int, int, str | None] = (0, -1, None)
+        self._leader_api: str | None = None
+
+    @property
+    def raft_dir(self) -> Path:
+        return self.node.data_dir / RAFT_DIR
+
+    @property
+    def raft_addr(self) -> str:
+        return f"{self.cfg.advertise_addr}:{self.cfg.raft_port}"
+
+    # -- the replica ---------------------------------------------------------------------------
+
+    async def start_manager(self, peers: list[str]) -> None:
+        secret_path = self.raft_dir / SECRET_FILE
+        try:
+            secret = secret_path.read_text().strip()
+        except OSError as exc:
+            raise MeshkitError(f"cannot read the raft secret {secret_path}: {exc}") from None
+        store = RaftStore(self.raft_addr, peers, self.raft_dir, secret, self.timings)
+        store.on_applied = self._on_applied
+        await store.start()
+        self.store = store
+        try:
+            await self._on_started()
+        except MeshkitError:
+            store.close()
+            self.store = None
+            raise
+
+    async def stop_manager(self, wipe: bool) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        if wipe:
+            shutil.rmtree(self.raft_dir, ignore_errors=True)
+
+    @property
+    def sealer(self) -> Sealer:
+        """Opens and seals the state's secrets with this manager's cluster data key (read
+        from raft/datakey; a node without it can open only plain values)."""
+        if self._sealer is None or not self._sealer.key:
+            self._sealer = Sealer(load_data_key(self.raft_dir / DATA_KEY_FILE))
+        return self._sealer
+
+    async def bootstrap(self, cluster: dict[str, Any]) -> None:
+        """The first manager: wait to lead the one-member raft, then commit `init`."""
+        assert self.store is not None
+        deadline = time.monotonic() + 30
+        while not self.store.is_leader:
+            if time.monotonic() > deadline:
+                raise MeshkitError("the new cluster's raft did not elect this node leader")
+            await asyncio.sleep(0.05)
+        now = time.time()
+        record = cstate.NodeRecord(
+            id=self.node.node_id,
+            hostname=self.cfg.hostname,
+            role="manager",
+            addr=self.cfg.advertise_addr,
+            api_port=self.cfg.listen_port,
+            raft_port=self.cfg.raft_port,
+            version=__version__,
+            created_at=now,
+            updated_at=now,
+        )
+        await self.store.submit(
+            {"op": "init", "cluster": cluster, "node": record.to_dict(), "now": now}
+        )
+        self.cfg.managers = [self.node.api_addr]
+        self.cfg.save(self.node.data_dir)
+
+    # -- what the replica says about the managers ----------------------------------------------
+
+    def leader_api_addr(self) -> str | None:
+        if self.store is None or self.store.state is None:
+            return None
+        st, leader = self.store.state, self.store.leader
+        # asked on every heartbeat: scanning all nodes each time made a beat's cost grow
+        # with the cluster, so the answer is kept until the state or the leader changes
+        key = (id(st), st.index, leader)
+        if key != self._leader_api_key:
+            self._leader_api = next(
+                (m.api_addr for m in st.managers() if m.raft_addr == leader), None
+            )
+            self._leader_api_key = key
+        return self._leader_api
+
+    def manager_status(self, node: cstate.NodeRecord) -> str:
+        if node.role != "manager" or self.store is None:
+            return ""
+        if node.raft_addr == self.store.leader:
+            return "Leader"
+        if self.store.connected(node.raft_addr):
+            return "Reachable"
+        return "Unreachable"
+
+    # -- role changes --------------------------------------------------------------------------
+
+    def check_own_role(self) -> None:
+        """After a set_role: change roles when the state gives this node another one."""
+        st = self.node.state
+        if st is None:
+            return
+        record = st.nodes.get(self.node.node_id)
+        if record is not None and record.role != self.node.identity.role:
+            self._spawn(self.change_role(record.role))
+
+    async def change_role(self, role: str) -> None:
+        async with self.renewal.lock:
+            if role == self.node.identity.role and (role == "manager") == (self.store is not None):
+                return
+            log.info("role change: %s -> %s", self.node.identity.role, role)
+            if role == "worker":
+                await self._hand_over_leadership()
+            try:
+                reply = await self.renewal.renew()
+            except (RpcError, MeshkitError) as exc:
+                log.warning("role change to %s: renewal failed: %s", role, exc)
+                return
+            new_role = self.node.identity.role
+            if new_role == "manager" and self.store is None:
+                # A new raft member starts empty: the leader sends it the log or a snapshot.
+                shutil.rmtree(self.raft_dir, ignore_errors=True)
+                write_secret(self.raft_dir / SECRET_FILE, str(reply["raft_secret"]))
+                if reply.get("data_key"):
+                    save_data_key(self.raft_dir / DATA_KEY_FILE, reply["data_key"])
+                self._sealer = None
+                await self.start_manager([str(p) for p in reply.get("raft_peers") or []])
+            elif new_role == "worker" and self.store is not None:
+                await self.stop_manager(wipe=True)
+                self._sealer = None
+            self.cfg.role = new_role
+            self.cfg.save(self.node.data_dir)
+            log.info("this node is now a %s", new_role)
+
+    async def _hand_over_leadership(self, timeout: float = 5.0) -> None:
+        """A leader about to stop being a manager first makes another manager leader."""
+        deadline = time.monotonic() + timeout
+        while self.store is not None and self.store.is_leader and time.monotonic() < deadline:
+            st = self.node.state
+            others = set() if st is None else {m.raft_addr for m in st.managers()}
+            others.discard(self.raft_addr)
+            if not others:
+                return
+            self.store.reconcile_members(others)
+            await asyncio.sleep(0.2)

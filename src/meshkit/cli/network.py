@@ -212,7 +212,7 @@ def mesh_problems(mesh: dict[str, Any]) -> list[str]:
 
 def mesh_text(mesh: dict[str, Any]) -> str:
     """This node's relays (VIPs and published ports) as a table, then what is wrong."""
-    from meshkit.cli.node import table
+    from meshkit.base.table import table
 
     relays = [r for r in mesh.get("relays") or [] if not r.get("error")]
     text = ""

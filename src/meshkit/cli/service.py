@@ -2,7 +2,7 @@
 
 Every command asks the local agent over its Unix socket (`--host`, MESHKIT_HOST, default
 /run/meshkit/meshkit.sock), which must be a manager. Flags are turned into a service spec here
-(meshkit.cluster.model.services.build_spec / update_spec, errors name the flag) before anything is
+(meshkit.cli.servicespec.build_spec / update_spec, errors name the flag) before anything is
 sent. `create`, `update`, `scale` and `rollback` then follow the service until it converges, as
 Docker 17.10+ does, with one progress line per slot (or per node for a global service), unless
 `--detach`.
@@ -14,7 +14,6 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
@@ -44,12 +43,6 @@ def _call(host: str | None, method: str, params: dict[str, Any] | None = None) -
     from meshkit.cluster.rpc.local import call
 
     return call(host, method, params)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    from meshkit.cli.node import table
-
-    return table(headers, rows)
 
 
 # -- human-readable times (Docker's units.HumanDuration) -----------------------------------------
@@ -98,7 +91,7 @@ def current_state(task: dict[str, Any], now: float) -> str:
 
 
 def _spec_from(flags: dict[str, Any]) -> dict[str, Any]:
-    from meshkit.cluster.model.services import build_spec
+    from meshkit.cli.servicespec import build_spec
 
     return build_spec(flags)
 
@@ -359,9 +352,11 @@ def ps(
     if fmt == "json":
         typer.echo(json.dumps(tasks, indent=4))
         return
+    from meshkit.base.table import table
+
     width = shutil.get_terminal_size((0, 0)).columns if sys.stdout.isatty() else None
     headers, rows = ps_rows(tasks, time.time(), no_trunc, width or None)
-    typer.echo(_table(headers, rows))
+    typer.echo(table(headers, rows))
 
 
 @service_app.command()
@@ -453,7 +448,7 @@ def update(
     flags = _spec_flags(locals())  # first: nothing but the parameters in locals() yet
     import shlex
 
-    from meshkit.cluster.model.services import update_spec
+    from meshkit.cli.servicespec import update_spec
 
     if args is not None:
         try:

@@ -20,16 +20,18 @@ import socket
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from meshkit.base.errors import FlagError, MeshkitError
+from meshkit.base.errors import MeshkitError
+from meshkit.base.netns import NetnsRef, entered
+from meshkit.base.runtime import Signals
 from meshkit.l4 import proxyproto
+from meshkit.l4.errors import IngressError
 from meshkit.l4.metrics import MetricFamily, metrics_response, render
 from meshkit.l4.relay import make_relay
 from meshkit.l4.spec import BackendSpec, Publish, parse_backends_file
 from meshkit.lb import ConnTable
 from meshkit.lb.health import HealthState
-from meshkit.net.nsock import NetnsRef, entered
 
 log = logging.getLogger("meshkit.ingress")
 
@@ -60,9 +62,15 @@ class IngressConfig:
     # How long a backend taken out by passive failures alone stays out when no active probe
     # watches it (UDP backends, or --health-interval 0s).
     fail_timeout: float = 10.0
-    # --service: the backends are this cluster service's up tasks, fed by the node agent
-    service: str | None = None
-    agent_socket: str = ""
+
+
+class BackendSource(Protocol):
+    """Keeps an Ingress's backends current from elsewhere (e.g. a cluster service's up tasks,
+    meshkit.cluster.node.servicefeed), through `Ingress.apply_backends`."""
+
+    async def run(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -129,7 +137,7 @@ class Listener:
         except OSError as exc:
             sock.close()
             reason = "port already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise FlagError(
+            raise IngressError(
                 "--publish",
                 f"{fmt_addr(p.host, p.published)}:{p.target}/{p.proto}",
                 f"cannot listen on {fmt_addr(p.host, p.published)}/{p.proto}: {reason}",
@@ -428,7 +436,7 @@ class Ingress:
                     spec.host, None, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
                 )
             except socket.gaierror as exc:
-                raise FlagError(
+                raise IngressError(
                     flag, spec.host, f"cannot resolve {spec.host!r}: {exc.strerror}"
                 ) from None
             family, _, _, _, sockaddr = infos[0]
@@ -514,7 +522,7 @@ class Ingress:
             try:
                 self.metrics_server = await asyncio.start_server(self.serve_metrics, host, port)
             except OSError as exc:
-                raise FlagError(
+                raise IngressError(
                     "--metrics", fmt_addr(host, port), f"cannot listen: {exc.strerror}"
                 ) from None
             log.info("metrics on http://%s/metrics", fmt_addr(host, port))
@@ -830,40 +838,36 @@ class Ingress:
         self.loop.remove_reader(self.relay.fileno())
 
 
-async def run_ingress(config: IngressConfig) -> None:
+async def run_ingress(
+    config: IngressConfig, source: Callable[[Ingress], BackendSource] | None = None
+) -> None:
+    """The `meshkit ingress` process: serve until SIGTERM/SIGINT; `source` (if given) is made
+    for the started Ingress and feeds its backends."""
     loop = asyncio.get_running_loop()
     ing = Ingress(config, loop)
     await ing.start()
     feed = None
-    if config.service is not None:
-        from meshkit.cluster.node.servicefeed import ServiceFeed
-
-        feed = ServiceFeed(ing, config.service, config.agent_socket)
+    if source is not None:
+        feed = source(ing)
         ing.tasks.append(loop.create_task(feed.run()))
-    done = asyncio.Event()
-    signals: list[int] = []
 
-    def on_term(sig: int) -> None:
-        if signals:  # a second signal: stop waiting for open flows
-            ing.config.grace_period = 0
-            ing.stopped.set()
-        signals.append(sig)
-        done.set()
+    def on_again(_sig: signal.Signals) -> None:  # a second signal: stop waiting for open flows
+        ing.config.grace_period = 0
+        ing.stopped.set()
 
-    handlers: list[tuple[int, Callable[..., None]]] = [
-        (signal.SIGTERM, lambda: on_term(signal.SIGTERM)),
-        (signal.SIGINT, lambda: on_term(signal.SIGINT)),
-        (signal.SIGHUP, lambda: ing.tasks.append(loop.create_task(ing.reload()))),
-    ]
-    for sig, handler in handlers:
-        loop.add_signal_handler(sig, handler)
+    signals = Signals(
+        loop,
+        on_again=on_again,
+        on_reload=lambda: ing.tasks.append(loop.create_task(ing.reload())),
+        reload_signal=signal.SIGHUP,
+    )
+    signals.install()
     try:
-        await done.wait()
-        log.info("%s: stopping", signal.Signals(signals[0]).name)
+        sig = await signals.stopped()
+        log.info("%s: stopping", sig.name)
         await ing.stop(ing.config.grace_period)
     finally:
-        for sig, _ in handlers:
-            loop.remove_signal_handler(sig)
+        signals.remove()
         if feed is not None:
             feed.close()
     log.info("stopped")

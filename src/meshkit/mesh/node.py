@@ -23,7 +23,8 @@ import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from meshkit.base.errors import FlagError, MeshkitError
+from meshkit.base.errors import MeshkitError
+from meshkit.l4.errors import IngressError
 from meshkit.l4.ingress import Ingress, IngressConfig
 from meshkit.l4.spec import BackendSpec, Publish
 from meshkit.mesh import plan as meshplan
@@ -167,8 +168,8 @@ class NodeMesh:
             try:
                 have = await self._open_relay(rp)
             except (MeshkitError, OSError) as exc:
-                # (the relay's own errors are worded for `meshkit ingress` flags)
-                text = f"{_describe(rp)}: {exc.reason if isinstance(exc, FlagError) else exc}"
+                # (the relay's own errors name `meshkit ingress` flags: say the reason alone)
+                text = f"{_describe(rp)}: {exc.reason if isinstance(exc, IngressError) else exc}"
                 if self._relay_errors.get(rp.key) != text:
                     log.error("mesh: %s", text)
                 self._relay_errors[rp.key] = text

@@ -36,10 +36,11 @@ from typing import Any, TypedDict, TypeVar
 from pyroute2 import IPRoute  # type: ignore[import-untyped]
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
+from meshkit.base.netns import CLONE_NEWNET, setns
+
 NETNS_DIR = "/run/netns"
 NETNS_RUN_B = NETNS_DIR.encode()
 
-_CLONE_NEWNET = 0x40000000
 _MS_BIND = 4096
 _MS_REC = 16384
 _MS_SHARED = 1 << 20
@@ -88,10 +89,6 @@ def _check(rc: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _setns(fd: int) -> None:
-    _check(_libc.setns(fd, _CLONE_NEWNET), "setns")
-
-
 def _netns_path(name: str) -> str:
     """/run/netns/<name>, refusing names that would leave that directory."""
     if not name or "/" in name or name in (".", "..") or "\0" in name:
@@ -136,7 +133,7 @@ def in_netns(name: str, fn: Callable[[], T]) -> T:
 
     def entered() -> T:
         try:
-            _setns(fd)
+            setns(fd)  # NetnsError is an OSError: worded below as before
         except OSError as exc:
             raise LinkError(
                 f"enter network namespace {name}: {os.strerror(exc.errno or 0)}"
@@ -277,7 +274,7 @@ def ensure_netns(name: str) -> None:
 
         def make() -> None:
             # unshare() gives only this throwaway thread the new namespace
-            _check(_libc.unshare(_CLONE_NEWNET), "unshare")
+            _check(_libc.unshare(CLONE_NEWNET), "unshare")
             src = f"/proc/self/task/{threading.get_native_id()}/ns/net".encode()
             _check(_libc.mount(src, path.encode(), b"none", _MS_BIND, None), "mount")
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from meshkit.base.errors import FlagError, MeshkitError
+from meshkit.base.runtime import Signals, setup_logging
 from meshkit.web.caddyfile.load import (
     CaddyfileErrors,
     Config,
@@ -167,25 +168,7 @@ def site_urls(config: Config) -> list[str]:
 
 def configure_logging(dest: str | None, level: int = logging.INFO) -> None:
     """The process log (-log): stderr (default), stdout, or a file appended to."""
-    handler: logging.Handler
-    if dest in (None, "", "stderr"):
-        handler = logging.StreamHandler(sys.stderr)
-    elif dest == "stdout":
-        handler = logging.StreamHandler(sys.stdout)
-    else:
-        assert dest is not None
-        try:
-            handler = logging.FileHandler(dest, encoding="utf-8")
-        except OSError as exc:
-            raise FlagError("-log", dest, exc.strerror or str(exc)) from None
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
+    setup_logging(level, dest, flag="-log")
 
 
 # --- the running process ------------------------------------------------------------------
@@ -386,15 +369,11 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
     ports = plan(config)
     app = WebApp(options)
     loop = asyncio.get_running_loop()
-    stop = loop.create_future()
     reloads: set[asyncio.Task[bool]] = set()
 
-    def on_stop(sig: signal.Signals) -> None:
-        if not stop.done():
-            stop.set_result(sig)
-        else:  # a second SIGTERM/SIGINT: do not wait any longer
-            log.info("%s again: closing every connection now", sig.name)
-            app.close_now()
+    def on_again(sig: signal.Signals) -> None:  # a second SIGTERM/SIGINT: do not wait
+        log.info("%s again: closing every connection now", sig.name)
+        app.close_now()
 
     def on_reload() -> None:
         if not app.listeners:
@@ -417,14 +396,14 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
         logging.shutdown()
         os._exit(0)
 
-    handlers: list[tuple[signal.Signals, Callable[[], None]]] = [
-        (signal.SIGTERM, lambda: on_stop(signal.SIGTERM)),
-        (signal.SIGINT, lambda: on_stop(signal.SIGINT)),
-        (signal.SIGUSR1, on_reload),
-        (signal.SIGQUIT, on_quit),
-    ]
-    for sig, fn in handlers:
-        loop.add_signal_handler(sig, fn)
+    signals = Signals(
+        loop,
+        on_again=on_again,
+        on_reload=on_reload,
+        reload_signal=signal.SIGUSR1,
+        extra={signal.SIGQUIT: on_quit},
+    )
+    signals.install()
     # The handlers are in place before the ports open: a signal sent as soon as a port
     # answers must not find Python's default SIGINT/SIGTERM behaviour.
     try:
@@ -434,7 +413,7 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
                 print(url, flush=True)
         if options.pidfile:
             write_pidfile(options.pidfile)
-        sig = await stop
+        sig = await signals.stopped()
         n = app.open_connections()
         log.info(
             "%s: shutting down (%d open connection(s), up to %gs to finish)",
@@ -448,8 +427,7 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
         log.info("stopped")
         return 0
     finally:
-        for sig, _ in handlers:
-            loop.remove_signal_handler(sig)
+        signals.remove()
         app.close_now()
         if options.pidfile:
             remove_pidfile(options.pidfile)

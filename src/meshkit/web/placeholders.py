@@ -34,6 +34,8 @@ from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, quote_plus, unquote
 
+# go_duration is re-exported: {latency} is the one placeholder that prints a duration.
+from meshkit.base.durations import go_duration as go_duration
 from meshkit.web.message import Request, Response
 
 # {when}: Go's "02/Jan/2006:15:04:05 -0700" in local time.
@@ -100,42 +102,6 @@ def format_when(now: float) -> str:
 
 def format_when_iso(now: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(now)))
-
-
-def _frac(value: int, unit: int) -> str:
-    whole, rest = divmod(value, unit)
-    if not rest:
-        return str(whole)
-    digits = len(str(unit)) - 1
-    return f"{whole}." + f"{rest:0{digits}d}".rstrip("0")
-
-
-def go_duration(seconds: float) -> str:
-    """A duration as Go prints it after Caddy's rounding: `1.234ms`, `56µs`, `2.5s`, `1m3.2s`."""
-    ns = round(seconds * 1e9)
-    neg = ns < 0
-    ns = abs(ns)
-    if ns >= 1_000_000:
-        ns = (ns + 500_000) // 1_000_000 * 1_000_000
-    elif ns >= 1_000:
-        ns = (ns + 500) // 1_000 * 1_000
-    if ns == 0:
-        return "0s"
-    if ns < 1_000:
-        text = f"{ns}ns"
-    elif ns < 1_000_000:
-        text = _frac(ns, 1_000) + "µs"
-    elif ns < 1_000_000_000:
-        text = _frac(ns, 1_000_000) + "ms"
-    else:
-        hours, rest = divmod(ns, 3_600_000_000_000)
-        minutes, rest = divmod(rest, 60_000_000_000)
-        text = _frac(rest, 1_000_000_000) + "s"
-        if hours or minutes:
-            text = f"{minutes}m" + text
-        if hours:
-            text = f"{hours}h" + text
-    return "-" + text if neg else text
 
 
 # --- request values -------------------------------------------------------------------------
@@ -359,10 +325,6 @@ class Template:
         if not names:
             self.static = "".join(p for p in parts if isinstance(p, str))
 
-    @property
-    def has_placeholders(self) -> bool:
-        return self.static is None
-
     def render(
         self,
         request: Request,
@@ -515,8 +477,3 @@ def _compile_if(cond: Condition) -> Callable[[Request], bool]:
         return fn(a.render(req), b.render(req)) != neg
 
     return check
-
-
-def path_matches(path: str, base: str) -> bool:
-    """Caddy v1's base-path match: a plain prefix (`/foo` matches `/foobar`)."""
-    return path.startswith(base)

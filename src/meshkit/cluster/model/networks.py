@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshkit.base.errors import MeshkitError
+from meshkit.cluster.model.records import ClusterState
 from meshkit.cluster.model.services import TERMINAL, task_is_up, task_name
 from meshkit.net import ipam
 
@@ -98,7 +99,7 @@ def check_request(req: Mapping[str, Any]) -> dict[str, Any]:
 # -- commands ----------------------------------------------------------------------------------
 
 
-def op_network_create(state: Any, cmd: Mapping[str, Any]) -> dict[str, Any]:
+def op_network_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     req = check_request(cmd["network"])
     networks: dict[str, dict[str, Any]] = state.networks
     if not req["id"]:
@@ -115,7 +116,7 @@ def op_network_create(state: Any, cmd: Mapping[str, Any]) -> dict[str, Any]:
     return _create(state, req, cmd)
 
 
-def _create(state: Any, req: dict[str, Any], cmd: Mapping[str, Any]) -> dict[str, Any]:
+def _create(state: ClusterState, req: dict[str, Any], cmd: Mapping[str, Any]) -> dict[str, Any]:
     networks: dict[str, dict[str, Any]] = state.networks
     taken = [n["subnet"] for n in networks.values()]
     try:
@@ -155,7 +156,7 @@ def publishes_ingress(spec: Mapping[str, Any]) -> bool:
     )
 
 
-def spec_networks(state: Any, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
+def spec_networks(state: ClusterState, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The networks a service or task spec is on: its own, then the ingress network when it
     publishes through the routing mesh (NetError for a network that does not exist)."""
     nets = [find_network(state.networks, str(ref)) for ref in spec.get("networks") or []]
@@ -168,11 +169,11 @@ def spec_networks(state: Any, spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     return nets
 
 
-def ingress_network(state: Any) -> dict[str, Any] | None:
+def ingress_network(state: ClusterState) -> dict[str, Any] | None:
     return next((n for n in state.networks.values() if n.get("ingress")), None)
 
 
-def users(state: Any, net: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+def users(state: ClusterState, net: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     """(services on the network, tasks holding an address on it)."""
     services = sorted(
         s["spec"]["name"]
@@ -185,7 +186,7 @@ def users(state: Any, net: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     return services, tasks
 
 
-def op_network_rm(state: Any, cmd: Mapping[str, Any]) -> dict[str, Any]:
+def op_network_rm(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     net = find_network(state.networks, str(cmd["network_id"]))
     services, tasks = users(state, net)
     if services:
@@ -205,7 +206,7 @@ def op_network_rm(state: Any, cmd: Mapping[str, Any]) -> dict[str, Any]:
 # -- bookkeeping on node and task commands -----------------------------------------------------
 
 
-def node_added(state: Any, node_id: str) -> None:
+def node_added(state: ClusterState, node_id: str) -> None:
     """A new node gets its endpoint on every network (a full network leaves it without one)."""
     for net in state.networks.values():
         if node_id in net["endpoints"]:
@@ -216,13 +217,13 @@ def node_added(state: Any, node_id: str) -> None:
             continue
 
 
-def node_removed(state: Any, node_id: str) -> None:
+def node_removed(state: ClusterState, node_id: str) -> None:
     for net in state.networks.values():
         net["endpoints"].pop(node_id, None)
         ipam.release(net["ipam"], f"node:{node_id}")
 
 
-def attach_task(state: Any, task: dict[str, Any]) -> str:
+def attach_task(state: ClusterState, task: dict[str, Any]) -> str:
     """Give a new task an address on each network of its spec (in place); "" or the error
     that makes the task impossible (its addresses are then not held)."""
     attachments = []
@@ -248,7 +249,7 @@ def attach_task(state: Any, task: dict[str, Any]) -> str:
     return ""
 
 
-def ensure_ingress(state: Any, spec: Mapping[str, Any], cmd: Mapping[str, Any]) -> None:
+def ensure_ingress(state: ClusterState, spec: Mapping[str, Any], cmd: Mapping[str, Any]) -> None:
     """Make the ingress network for the first service that publishes through the routing
     mesh. Its id comes from the command's service id, so every manager makes the same one."""
     if not publishes_ingress(spec) or ingress_network(state) is not None:
@@ -264,7 +265,7 @@ def ensure_ingress(state: Any, spec: Mapping[str, Any], cmd: Mapping[str, Any]) 
     _create(state, req, {"ingress": True, "now": cmd.get("now", 0.0)})
 
 
-def assign_vips(state: Any, svc: dict[str, Any]) -> None:
+def assign_vips(state: ClusterState, svc: dict[str, Any]) -> None:
     """Give a vip-mode service one virtual IP on each of its networks (kept across updates,
     given back for networks it left, all of them in dnsrr mode). NetError, with nothing
     allocated, when a network is full."""
@@ -294,19 +295,19 @@ def assign_vips(state: Any, svc: dict[str, Any]) -> None:
     drop_unused_ingress(state)
 
 
-def release_vips(state: Any, service_id: str) -> None:
+def release_vips(state: ClusterState, service_id: str) -> None:
     for net in state.networks.values():
         ipam.release(net["ipam"], f"vip:{service_id}")
     drop_unused_ingress(state)
 
 
-def release_task(state: Any, task_id: str) -> None:
+def release_task(state: ClusterState, task_id: str) -> None:
     for net in state.networks.values():
         ipam.release(net["ipam"], f"task:{task_id}")
     drop_unused_ingress(state)
 
 
-def drop_unused_ingress(state: Any) -> None:
+def drop_unused_ingress(state: ClusterState) -> None:
     """The ingress network goes with the last service publishing through it, once no task or
     VIP holds an address on it (the next such service makes it again, on the data plane the
     nodes run then)."""
@@ -318,7 +319,7 @@ def drop_unused_ingress(state: Any) -> None:
     del state.networks[net["id"]]
 
 
-def set_overlay(state: Any, cmd: Mapping[str, Any]) -> dict[str, Any]:
+def set_overlay(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     """A node's overlay report (data planes, probe results), kept on its node record."""
     node = state.nodes.get(str(cmd["node_id"]))
     if node is None:
@@ -332,7 +333,7 @@ def set_overlay(state: Any, cmd: Mapping[str, Any]) -> dict[str, Any]:
 # -- the network map -----------------------------------------------------------------------------
 
 
-def netmap(state: Any) -> dict[str, Any]:
+def netmap(state: ClusterState) -> dict[str, Any]:
     """What every node's overlay is built from: the networks, each node's underlay address and
     every endpoint (node endpoints, and tasks assigned to a node and not ended yet)."""
     nodes = {
@@ -374,7 +375,7 @@ def netmap(state: Any) -> dict[str, Any]:
     }
 
 
-def service_map(state: Any, nodes: Mapping[str, Any]) -> dict[str, Any]:
+def service_map(state: ClusterState, nodes: Mapping[str, Any]) -> dict[str, Any]:
     """What DNS, the VIPs and the published ports are built from on every node: each service,
     its VIPs and its tasks placed on a node and not ended, with whether each may take traffic."""
 
@@ -417,7 +418,7 @@ def service_map(state: Any, nodes: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def network_view(state: Any, net: Mapping[str, Any]) -> dict[str, Any]:
+def network_view(state: ClusterState, net: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON shape of `network inspect` (Docker's names where Docker has the field)."""
     services, tasks = users(state, net)
     planes = {}

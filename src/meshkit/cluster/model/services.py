@@ -1,9 +1,8 @@
-"""Services and tasks: the record shapes, spec defaults and checks, constraints, CLI flags.
+"""Services and tasks: the record shapes, spec defaults and checks, constraints.
 
 A service spec is what the user asked for (swarm's defaults fill the rest); `check_spec()`
-turns any spec dict into a complete, valid one or raises `SpecError` naming the field.
-`build_spec()` / `update_spec()` turn the raw values of `service create` / `service update`
-flags into a spec and raise `FlagError` naming the flag as the user typed it. Task records are
+turns any spec dict into a complete, valid one or raises `SpecError` naming the field. (The
+flags of `service create`/`update` become a spec in meshkit.cli.servicespec.) Task records are
 plain JSON dicts; `new_task()` makes one, `task_is_up()` says whether it may take traffic.
 Everything here is pure: no clock, no I/O.
 """
@@ -14,12 +13,10 @@ import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from meshkit.base.errors import FlagError, MeshkitError
-
-if TYPE_CHECKING:
-    from meshkit.cluster.model.state import NodeRecord
+from meshkit.base.errors import MeshkitError
+from meshkit.cluster.model.records import NodeRecord
 
 TASK_STATES = (
     "new",
@@ -73,13 +70,10 @@ TASK_SPEC_KEYS = (
 )
 
 # Service names are DNS labels: tasks find each other by them.
-_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-_ENV_KEY_RE = re.compile(r"^[^=\s]+$")
+NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+ENV_KEY_RE = re.compile(r"^[^=\s]+$")
 _LABEL_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
 _CONSTRAINT_VALUE_RE = re.compile(r"^[A-Za-z0-9:\-_\s.*()?+\[\]\\^$|/@]*$")
-
-
-_REPLICAS_GLOBAL = "replicas can only be used with replicated mode"
 
 
 class SpecError(MeshkitError):
@@ -215,7 +209,7 @@ def check_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise SpecError(f"a service spec is an object, got {spec!r}")
     out = _section(copy.deepcopy(dict(spec)), default_spec(), "spec")
     name = out["name"]
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.match(name):
         raise SpecError(
             f"name: invalid service name {name!r}: 1 to 63 letters, digits and '-', "
             "not starting or ending with '-'"
@@ -230,7 +224,7 @@ def check_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     out["env"] = _strings(out["env"], "env")
     for item in out["env"]:
         key = item.partition("=")[0]
-        if "=" not in item or not _ENV_KEY_RE.match(key):
+        if "=" not in item or not ENV_KEY_RE.match(key):
             raise SpecError(f"env: {item!r} is not KEY=VALUE")
     for key in ("workdir", "user"):
         if not isinstance(out[key], str):
@@ -456,367 +450,3 @@ def node_matches(node: NodeRecord, constraints: Iterable[str | Constraint]) -> b
         if equal != (c.op == "=="):
             return False
     return True
-
-
-# -- CLI flags -> spec -------------------------------------------------------------------------
-
-_DURATION_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """Go/Docker durations ("1m30s", "500ms", "1.5h") or plain seconds ("5"); ValueError."""
-    text = text.strip()
-    if not text:
-        raise ValueError("empty duration")
-    if text.startswith("-"):
-        raise ValueError("a duration cannot be negative")
-    try:
-        seconds = float(text)
-    except ValueError:
-        pos, seconds = 0, 0.0
-        for m in _DURATION_RE.finditer(text):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _UNIT[m.group(2)]
-            pos = m.end()
-        if pos != len(text) or pos == 0:
-            raise ValueError("expected a duration like 5s, 500ms, 1m30s or 2h") from None
-    if seconds < 0 or seconds != seconds or seconds == float("inf"):
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-def _flag_name(key: str) -> str:
-    return "--" + key.replace("_", "-")
-
-
-def _given(flags: Mapping[str, Any], key: str) -> bool:
-    value = flags.get(key)
-    if value is None:
-        return False
-    return not (isinstance(value, (list, tuple)) and not value)
-
-
-def _text(flags: Mapping[str, Any], key: str) -> str:
-    return str(flags[key]).strip()
-
-
-def _list(flags: Mapping[str, Any], key: str) -> list[str]:
-    value = flags.get(key)
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value]
-    return [str(v) for v in value]
-
-
-def _flag_int(flags: Mapping[str, Any], key: str, minimum: int = 0) -> int:
-    raw = flags[key]
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise FlagError(_flag_name(key), str(raw), "expected a whole number") from None
-    if value < minimum:
-        raise FlagError(_flag_name(key), str(raw), f"must be {minimum} or more")
-    return value
-
-
-def _flag_float(flags: Mapping[str, Any], key: str) -> float:
-    raw = flags[key]
-    try:
-        value = float(str(raw).strip())
-    except ValueError:
-        raise FlagError(_flag_name(key), str(raw), "expected a number") from None
-    if not 0.0 <= value <= 1.0:
-        raise FlagError(_flag_name(key), str(raw), "expected a number from 0 to 1")
-    return value
-
-
-def _flag_duration(flags: Mapping[str, Any], key: str) -> float:
-    raw = flags[key]
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        raw = str(raw)
-    try:
-        return parse_duration(str(raw))
-    except ValueError as exc:
-        raise FlagError(_flag_name(key), str(raw), str(exc)) from None
-
-
-def _flag_choice(flags: Mapping[str, Any], key: str, choices: Sequence[str]) -> str:
-    value = _text(flags, key)
-    if value not in choices:
-        raise FlagError(_flag_name(key), value, f"expected {', '.join(choices)}")
-    return value
-
-
-def _env_items(flags: Mapping[str, Any], key: str) -> list[str]:
-    out = []
-    for item in _list(flags, key):
-        name = item.partition("=")[0]
-        if "=" not in item or not _ENV_KEY_RE.match(name):
-            raise FlagError(_flag_name(key), item, "expected KEY=VALUE")
-        out.append(item)
-    return out
-
-
-def _merge_env(env: list[str], add: list[str]) -> list[str]:
-    """Later values win; each key keeps the place it first had."""
-    order: list[str] = []
-    values: dict[str, str] = {}
-    for item in [*env, *add]:
-        key = item.partition("=")[0]
-        if key not in values:
-            order.append(key)
-        values[key] = item
-    return [values[k] for k in order]
-
-
-def _constraints(flags: Mapping[str, Any], key: str) -> list[str]:
-    out = []
-    for text in _list(flags, key):
-        try:
-            c = parse_constraint(text)
-        except ValueError as exc:
-            raise FlagError(_flag_name(key), text, str(exc)) from None
-        out.append(str(c))
-    return out
-
-
-def parse_publish(text: str, flag: str = "--publish") -> dict[str, Any]:
-    """`8080:80`, `8080:80/udp`, `80`, `mode=host,8081:81/udp` or the long form
-    `published=8080,target=80,protocol=udp,mode=host,proxy-protocol=v2` (or true)."""
-    port: dict[str, Any] = {
-        "protocol": "tcp",
-        "target": None,
-        "published": None,
-        "mode": "ingress",
-        "proxy_protocol": False,
-    }
-
-    def number(value: str, what: str) -> int:
-        if not value.isdigit() or not 1 <= int(value) <= 65535:
-            raise FlagError(flag, text, f"{what} {value!r} is not a port number (1-65535)")
-        return int(value)
-
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            raise FlagError(flag, text, "empty field")
-        key, eq, value = part.partition("=")
-        if not eq:
-            spec, _, proto = part.partition("/")
-            if proto:
-                port["protocol"] = proto
-            published, colon, target = spec.rpartition(":")
-            if colon:
-                if ":" in published:
-                    raise FlagError(flag, text, "expected [PUBLISHED:]TARGET[/PROTOCOL]")
-                port["published"] = number(published, "published port") if published else None
-            port["target"] = number(target, "target port")
-            continue
-        key = key.strip().replace("-", "_")
-        value = value.strip()
-        if key == "published":
-            port["published"] = number(value, "published port")
-        elif key == "target":
-            port["target"] = number(value, "target port")
-        elif key == "protocol":
-            port["protocol"] = value
-        elif key == "mode":
-            port["mode"] = value
-        elif key == "proxy_protocol":
-            if value.lower() == "v1":
-                raise FlagError(
-                    flag, text, "the routing mesh sends PROXY protocol v2 (it carries UDP "
-                    "too); use proxy-protocol=v2"
-                )
-            if value.lower() not in ("v2", "true", "false", "1", "0"):
-                raise FlagError(flag, text, f"proxy-protocol is v2, true or false, not {value!r}")
-            port["proxy_protocol"] = value.lower() in ("v2", "true", "1")
-        else:
-            raise FlagError(flag, text, f"unknown field {key!r}")
-    if port["protocol"] not in PROTOCOLS:
-        raise FlagError(flag, text, f"protocol {port['protocol']!r} is not tcp or udp")
-    if port["mode"] not in PORT_MODES:
-        raise FlagError(flag, text, f"mode {port['mode']!r} is not ingress or host")
-    if port["target"] is None:
-        raise FlagError(flag, text, "no target port")
-    return port
-
-
-def _apply_common(spec: dict[str, Any], flags: Mapping[str, Any], *, create: bool) -> None:
-    """Flags with the same meaning for create and update."""
-    for key in ("workdir", "user"):
-        if _given(flags, key):
-            spec[key] = str(flags[key])
-    if _given(flags, "endpoint_mode"):
-        spec["endpoint_mode"] = _flag_choice(flags, "endpoint_mode", ENDPOINT_MODES)
-    if _given(flags, "stop_grace_period"):
-        spec["stop_grace_period"] = _flag_duration(flags, "stop_grace_period")
-    restart = spec["restart"]
-    if _given(flags, "restart_condition"):
-        restart["condition"] = _flag_choice(flags, "restart_condition", RESTART_CONDITIONS)
-    for key in ("restart_delay", "restart_window"):
-        if _given(flags, key):
-            restart[key[len("restart_") :]] = _flag_duration(flags, key)
-    if _given(flags, "restart_max_attempts"):
-        restart["max_attempts"] = _flag_int(flags, "restart_max_attempts")
-    for section in ("update", "rollback"):
-        cfg = spec[section]
-        p = section + "_"
-        if _given(flags, p + "parallelism"):
-            cfg["parallelism"] = _flag_int(flags, p + "parallelism")
-        for key in ("delay", "monitor"):
-            if _given(flags, p + key):
-                cfg[key] = _flag_duration(flags, p + key)
-        if _given(flags, p + "failure_action"):
-            actions = FAILURE_ACTIONS if section == "update" else ("pause", "continue")
-            cfg["failure_action"] = _flag_choice(flags, p + "failure_action", actions)
-        if _given(flags, p + "max_failure_ratio"):
-            cfg["max_failure_ratio"] = _flag_float(flags, p + "max_failure_ratio")
-        if _given(flags, p + "order"):
-            cfg["order"] = _flag_choice(flags, p + "order", UPDATE_ORDERS)
-    _apply_health(spec, flags, create=create)
-
-
-def _apply_health(spec: dict[str, Any], flags: Mapping[str, Any], *, create: bool) -> None:
-    health_keys = (
-        "health_cmd",
-        "health_interval",
-        "health_timeout",
-        "health_retries",
-        "health_start_period",
-    )
-    touched = [k for k in health_keys if _given(flags, k)]
-    if flags.get("no_healthcheck"):
-        if touched:
-            raise FlagError(
-                "--no-healthcheck", "true", f"cannot be used with {_flag_name(touched[0])}"
-            )
-        spec["health"] = None
-        return
-    if not touched:
-        return
-    health = dict(spec["health"] or default_health())
-    if _given(flags, "health_cmd"):
-        health["cmd"] = str(flags["health_cmd"])
-        if not health["cmd"].strip():
-            raise FlagError("--health-cmd", health["cmd"], "empty command")
-    for key in ("interval", "timeout", "start_period"):
-        if _given(flags, "health_" + key):
-            health[key] = _flag_duration(flags, "health_" + key)
-            if key != "start_period" and health[key] <= 0:
-                raise FlagError(
-                    _flag_name("health_" + key), str(flags["health_" + key]), "must be more than 0"
-                )
-    if _given(flags, "health_retries"):
-        health["retries"] = _flag_int(flags, "health_retries", minimum=1)
-    if not health["cmd"]:
-        raise FlagError(
-            _flag_name(touched[0]), str(flags[touched[0]]), "needs --health-cmd as well"
-        )
-    spec["health"] = health
-
-
-def _checked(spec: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return check_spec(spec)
-    except SpecError as exc:
-        # Flags were checked one by one; what is left is a combination (e.g. no command).
-        field = str(exc).partition(":")[0].split(".")[0].split("[")[0]
-        flag = {
-            "constraints": "--constraint",
-            "networks": "--network",
-            "ports": "--publish",
-            "command": "COMMAND",
-        }.get(field, _flag_name(field))
-        raise FlagError(flag, "", str(exc)) from None
-
-
-def build_spec(flags: Mapping[str, Any]) -> dict[str, Any]:
-    """The service spec of `service create` from its raw flag values; FlagError when wrong."""
-    spec = default_spec()
-    name = _text(flags, "name") if _given(flags, "name") else ""
-    if not name:
-        raise FlagError("--name", "", "a service needs a name")
-    if not _NAME_RE.match(name):
-        raise FlagError(
-            "--name", name, "1 to 63 letters, digits and '-', not starting or ending with '-'"
-        )
-    spec["name"] = name
-    if _given(flags, "mode"):
-        spec["mode"] = _flag_choice(flags, "mode", MODES)
-    if _given(flags, "replicas"):
-        if spec["mode"] == "global":
-            raise FlagError("--replicas", str(flags["replicas"]), _REPLICAS_GLOBAL)
-        spec["replicas"] = _flag_int(flags, "replicas")
-    spec["command"] = _list(flags, "command")
-    if not spec["command"]:
-        raise FlagError("COMMAND", "", "a service needs a command to run (after --)")
-    spec["env"] = _merge_env([], _env_items(flags, "env"))
-    spec["constraints"] = _constraints(flags, "constraint")
-    spec["networks"] = list(dict.fromkeys(_list(flags, "network")))
-    spec["ports"] = [parse_publish(p) for p in _list(flags, "publish")]
-    for text in _list(flags, "port"):
-        port = parse_publish(text, "--port")
-        if port["published"] is not None:
-            raise FlagError("--port", text, "names a port the tasks serve; publish with --publish")
-        if not any(
-            (p["target"], p["protocol"]) == (port["target"], port["protocol"])
-            for p in spec["ports"]
-        ):
-            spec["ports"].append(port)
-    _apply_common(spec, flags, create=True)
-    return _checked(spec)
-
-
-def _port_key(text: str, flag: str) -> tuple[int, str]:
-    """`--publish-rm` names a port by target, `80` or `80/udp` (or a whole publish text)."""
-    if "," in text or "=" in text or ":" in text:
-        p = parse_publish(text, flag)
-        return p["target"], p["protocol"]
-    target, _, proto = text.partition("/")
-    if not target.isdigit():
-        raise FlagError(flag, text, "expected TARGET[/PROTOCOL]")
-    proto = proto or "tcp"
-    if proto not in PROTOCOLS:
-        raise FlagError(flag, text, f"protocol {proto!r} is not tcp or udp")
-    return int(target), proto
-
-
-def update_spec(spec: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
-    """The new spec of `service update` from the current one and the raw flag values."""
-    out = check_spec(spec)
-    if _given(flags, "mode") and _text(flags, "mode") != out["mode"]:
-        raise FlagError("--mode", _text(flags, "mode"), "the mode of a service cannot change")
-    if _given(flags, "name") and _text(flags, "name") != out["name"]:
-        raise FlagError("--name", _text(flags, "name"), "a service cannot be renamed")
-    if _given(flags, "replicas"):
-        if out["mode"] == "global":
-            raise FlagError("--replicas", str(flags["replicas"]), _REPLICAS_GLOBAL)
-        out["replicas"] = _flag_int(flags, "replicas")
-    for key in ("command", "args"):
-        if _given(flags, key):
-            out["command"] = _list(flags, key)
-    removed = set(_list(flags, "env_rm"))
-    env = [e for e in out["env"] if e.partition("=")[0] not in removed]
-    out["env"] = _merge_env(env, _env_items(flags, "env_add"))
-    drop = set(_constraints(flags, "constraint_rm"))
-    kept = [c for c in out["constraints"] if c not in drop]
-    out["constraints"] = list(dict.fromkeys(kept + _constraints(flags, "constraint_add")))
-    gone = set(_list(flags, "network_rm"))
-    nets = [n for n in out["networks"] if n not in gone]
-    out["networks"] = list(dict.fromkeys(nets + _list(flags, "network_add")))
-    rm_ports = {_port_key(t, "--publish-rm") for t in _list(flags, "publish_rm")}
-    ports = [p for p in out["ports"] if (p["target"], p["protocol"]) not in rm_ports]
-    for text in _list(flags, "publish_add"):
-        new = parse_publish(text, "--publish-add")
-        ports = [
-            p for p in ports if (p["target"], p["protocol"]) != (new["target"], new["protocol"])
-        ]
-        ports.append(new)
-    out["ports"] = ports
-    _apply_common(out, flags, create=False)
-    if flags.get("force"):
-        out["force_update"] = int(out["force_update"]) + 1
-    return _checked(out)

@@ -46,12 +46,17 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshkit.base.errors import MeshkitError
-from meshkit.cluster.api.params import printable
-from meshkit.cluster.rpc.pki import PeerIdentity, TrustError, client_ssl_context, peer_identity
-from meshkit.cluster.rpc.tokens import JoinToken, ca_digest
+from meshkit.base.text import printable
+
+if TYPE_CHECKING:
+    from meshkit.cluster.rpc.pki import PeerIdentity
+    from meshkit.cluster.rpc.tokens import JoinToken
+
+# The PKI (and with it `cryptography`) is imported only where a certificate is handled, so that
+# the CLI's calls over the Unix socket and `ingress --service` never load it.
 
 log = logging.getLogger("meshkit.cluster.rpc.transport")
 
@@ -490,6 +495,8 @@ class RpcServer:
         identity: PeerIdentity | None = None
         ssl_object = writer.get_extra_info("ssl_object")
         if ssl_object is not None:
+            from meshkit.cluster.rpc.pki import peer_identity
+
             identity = peer_identity(ssl_object.getpeercert(binary_form=True))
         uid = _peer_uid(writer) if local else None
         peer = Peer(identity=identity, address=address, local=local, uid=uid)
@@ -718,8 +725,11 @@ class RpcClient:
         self._lost: str | None = None
         self._write_lock = asyncio.Lock()
         ssl_object = writer.get_extra_info("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        self.server_identity: PeerIdentity | None = peer_identity(der)
+        self.server_identity: PeerIdentity | None = None
+        if ssl_object is not None:
+            from meshkit.cluster.rpc.pki import peer_identity
+
+            self.server_identity = peer_identity(ssl_object.getpeercert(binary_form=True))
         """CN/OU/O of the server's certificate (meaningful only when it was verified)."""
         self._reader_task = asyncio.create_task(self._read_loop(), name=f"rpc reader {address}")
 
@@ -913,6 +923,8 @@ class RpcClient:
 async def fetch_ca_bundle(host: str, port: int, timeout: float = 10.0) -> bytes:
     """The CA bundle a manager serves (method ``ca_bundle``), fetched over TLS *without*
     verifying the manager: check it with ``check_ca_bundle`` before trusting it."""
+    from meshkit.cluster.rpc.pki import client_ssl_context
+
     client = await RpcClient.connect_tcp(host, port, client_ssl_context(None, None), timeout)
     try:
         result = await client.call(CA_BUNDLE_METHOD, {}, timeout)
@@ -927,5 +939,8 @@ async def fetch_ca_bundle(host: str, port: int, timeout: float = 10.0) -> bytes:
 
 def check_ca_bundle(bundle: bytes, token: JoinToken) -> None:
     """Raise TrustError unless the bundle's digest is the one the join token pins."""
+    from meshkit.cluster.rpc.pki import TrustError
+    from meshkit.cluster.rpc.tokens import ca_digest
+
     if not hmac.compare_digest(ca_digest(bundle), token.digest):
         raise TrustError(MITM_MESSAGE)

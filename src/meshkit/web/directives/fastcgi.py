@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import stat as stat_mod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from meshkit.base.durations import DurationError, parse_duration
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.fastcgi import records
@@ -88,34 +88,6 @@ class FastCGIConfig:
 
 
 # --- parsing --------------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNITS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
-
-
-def parse_duration(text: str) -> float | None:
-    """Seconds in a Go duration (`60s`, `1m30s`, `500ms`, `0`), or None if it is not one."""
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    if not text:
-        return None
-    while pos < len(text):
-        m = _DURATION_PART.match(text, pos)
-        if m is None:
-            return None
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    return total
 
 
 def _endpoint(d: Dispenser, text: str) -> str:
@@ -187,9 +159,10 @@ def parse(d: Dispenser, site: Site) -> FastCGIConfig:
                 rule.endpoints.append(_endpoint(d, _one(d, more)))
             elif name in ("connect_timeout", "read_timeout", "send_timeout"):
                 text = _one(d, more)
-                seconds = parse_duration(text)
-                if seconds is None:
-                    raise d.err(f"invalid {name} {text!r} (a duration such as 60s or 1m30s)")
+                try:
+                    seconds = parse_duration(text, name)
+                except DurationError as exc:
+                    raise d.err(str(exc)) from None
                 if seconds <= 0:
                     raise d.err(f"{name} must be more than 0, got {text!r}")
                 setattr(rule, name, seconds)

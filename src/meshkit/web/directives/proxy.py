@@ -24,9 +24,9 @@ meshkit.web.proxy.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from meshkit.base import durations
 from meshkit.lb.pick import POLICIES
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
@@ -36,28 +36,18 @@ from meshkit.web.proxy.health import HealthChecker
 from meshkit.web.proxy.upstream import parse_upstreams
 from meshkit.web.site import Site
 
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
 
 @dataclass
 class ProxyConfig:
     rules: list[ProxyRule] = field(default_factory=list)
 
 
-def parse_duration(d: Dispenser, text: str) -> float:
-    """A Go duration (`250ms`, `1m30s`, `0`) in seconds, or a Caddyfile error."""
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos != len(text) or not text:
-        raise d.err(f"invalid duration {text!r} (expecting e.g. 250ms, 10s, 1m30s)")
-    return total
+def parse_duration(d: Dispenser, name: str, text: str) -> float:
+    """A Go duration (`250ms`, `1m30s`, `0`) in seconds, or a Caddyfile error at file:line."""
+    try:
+        return durations.parse_duration(text, name)
+    except durations.DurationError as exc:
+        raise d.err(str(exc)) from None
 
 
 def _int(d: Dispenser, text: str, what: str, low: int = 0, high: int = 1 << 31) -> int:
@@ -137,9 +127,9 @@ def _block_line(d: Dispenser, site: Site, rule: ProxyRule) -> None:
         elif d.next_arg():
             raise d.arg_err()
     elif name in ("fail_timeout", "try_duration", "try_interval", "timeout"):
-        setattr(rule, name, parse_duration(d, _one(d)))
+        setattr(rule, name, parse_duration(d, name, _one(d)))
     elif name in ("health_check_interval", "health_check_timeout"):
-        value = parse_duration(d, _one(d))
+        value = parse_duration(d, name, _one(d))
         if value <= 0:
             raise d.err(f"{name} must be above 0")
         setattr(rule, name, value)

@@ -1,0 +1,141 @@
+"""The records of the replicated cluster state: nodes, the state itself, and their checks.
+
+Kept apart from the commands (meshkit.cluster.model.state) so that the services and networks
+rules can name these types without importing the module that applies commands to them.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from meshkit.base.errors import MeshkitError
+
+ROLES = ("worker", "manager")
+AVAILABILITIES = ("active", "pause", "drain")
+READY = "ready"
+DOWN = "down"
+
+# Docker's node ids: 25 lower-case base-36 characters.
+NODE_ID_RE = re.compile(r"^[0-9a-z]{25}$")
+_LABEL_KEY_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,126}[A-Za-z0-9])?$")
+
+NOT_A_MANAGER = (
+    "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster "
+    "state. Please run this command on a manager node or promote the current node to a manager."
+)
+
+
+class CommandError(MeshkitError):
+    """A command that the state refuses; the same on every replica."""
+
+
+class NodeNotFound(CommandError):
+    pass
+
+
+@dataclass
+class NodeRecord:
+    id: str
+    hostname: str
+    role: str
+    addr: str
+    api_port: int = 2377
+    raft_port: int = 2378
+    availability: str = "active"
+    labels: dict[str, str] = field(default_factory=dict)
+    version: str = ""
+    status: str = READY
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    overlay: dict[str, Any] = field(default_factory=dict)  # the node's last overlay report
+
+    @property
+    def api_addr(self) -> str:
+        return f"{self.addr}:{self.api_port}"
+
+    @property
+    def raft_addr(self) -> str:
+        return f"{self.addr}:{self.raft_port}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NodeRecord:
+        names = {f.name for f in fields(cls)}
+        rec = cls(**{k: copy.deepcopy(v) for k, v in data.items() if k in names})
+        check_node(rec)
+        return rec
+
+
+@dataclass
+class ClusterState:
+    cluster_id: str = ""
+    created_at: float = 0.0
+    ca_cert_pem: str = ""
+    ca_key_pem: str = ""
+    worker_secret: str = ""
+    manager_secret: str = ""
+    raft_secret: str = ""
+    default_addr_pool: list[str] = field(default_factory=list)
+    default_addr_pool_mask_length: int = 24
+    data_path_port: int = 4789
+    heartbeat_period: float = 5.0
+    cert_lifetime: float = 90 * 86400.0
+    nodes: dict[str, NodeRecord] = field(default_factory=dict)
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    index: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["nodes"] = {k: v.to_dict() for k, v in self.nodes.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ClusterState:
+        names = {f.name for f in fields(cls)} - {"nodes"}
+        state = cls(**{k: copy.deepcopy(v) for k, v in data.items() if k in names})
+        state.nodes = {k: NodeRecord.from_dict(v) for k, v in data.get("nodes", {}).items()}
+        return state
+
+    @property
+    def initialized(self) -> bool:
+        return bool(self.cluster_id)
+
+    def managers(self) -> list[NodeRecord]:
+        return sorted((n for n in self.nodes.values() if n.role == "manager"), key=lambda n: n.id)
+
+    def secret_for(self, role: str) -> str:
+        return self.manager_secret if role == "manager" else self.worker_secret
+
+
+def check_node(rec: NodeRecord) -> None:
+    if rec.role not in ROLES:
+        raise CommandError(f"invalid role {rec.role!r}: expected worker or manager")
+    if rec.availability not in AVAILABILITIES:
+        raise CommandError(
+            f"invalid availability {rec.availability!r}: expected active, pause or drain"
+        )
+    if not rec.id:
+        raise CommandError("a node needs an id")
+
+
+def check_label_key(key: str) -> None:
+    if not _LABEL_KEY_RE.match(key):
+        raise CommandError(
+            f"invalid label key {key!r}: letters, digits, '.', '_', '/' and '-', "
+            "starting and ending with a letter or digit"
+        )
+
+
+def parse_label(text: str) -> tuple[str, str]:
+    """K=V (or K alone, an empty value) as `node update --label-add` takes it."""
+    key, _, value = text.partition("=")
+    check_label_key(key)
+    return key, value

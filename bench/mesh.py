@@ -3,7 +3,7 @@
 two-node meshkit cluster built from network namespaces.
 
 The lab (tests/netns.py, underlay 198.18.0.0/24): hosts ``m1`` (manager) and ``w1`` (worker)
-run agents (``meshkit node init/join`` under ``ip netns exec``, as tests/cluster/labutil.py
+run agents (``meshkit node init/join`` under ``ip netns exec``, as tests/support/labutil.py
 does); a third host ``cl`` runs no agent and stands for a client outside the cluster. Then:
 
     meshkit network create -d overlay --dataplane kernel|userspace meshbench
@@ -60,7 +60,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-for extra in (REPO / "tests", REPO):  # netns.py, and tests.cluster.labutil
+for extra in (REPO / "tests", REPO):  # tests/support (netns, labutil)
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 try:
@@ -363,9 +363,8 @@ class MeshLab:
     all of it, in the order that leaves nothing behind."""
 
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
-        from tests.cluster.labutil import Lab
-
-        import netns  # type: ignore[import-not-found]
+        from support import netns  # type: ignore[import-not-found]
+        from support.labutil import Lab
 
         self.args = args
         self.tmp = tmp

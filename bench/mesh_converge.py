@@ -2,7 +2,7 @@
 """How fast a service's DNS answers follow a task that dies: kill -9 a task's process, then ask
 `tasks.NAME` at 127.0.0.11 from a client task until the dead task is gone from the answer.
 
-A 3-node cluster of namespace hosts (tests/cluster/labutil.py), an overlay network, a service of
+A 3-node cluster of namespace hosts (tests/support/labutil.py), an overlay network, a service of
 two `python -m http.server` replicas and a client task; each round kills one replica (the
 restarted one must be back before the next round). Prints every round and the median. The time
 includes one `dig` run (about 30 ms here) per poll. No anchor: Docker's embedded DNS is not on
@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench/mesh_converge.py: needs root (network namespaces)", file=sys.stderr)
         return 2
-    from tests.cluster.labutil import lab_cluster, until
-    from tests.net.test_mesh_netns import Cluster, dig
+    from support.labutil import lab_cluster
+    from support.meshlab import Cluster, dig
+    from support.polling import until
 
     site = Path(tempfile.mkdtemp(prefix="mkbench-"))
     with lab_cluster(Cluster, ("m1", "w1", "w2")) as c:

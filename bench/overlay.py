@@ -240,7 +240,7 @@ class Overlay:
 @contextlib.contextmanager
 def two_hosts(mtu: int) -> Iterator[Any]:
     """A NetnsLab with hosts h0, h1 whose underlay links have the given MTU."""
-    import netns
+    from support import netns
 
     reason = netns.available()
     if reason:

@@ -47,7 +47,7 @@ except ImportError:  # run from a checkout without installing
     INSTALLED = False
     sys.path.insert(0, str(SRC_DIR))
 
-from meshkit.cluster.model.services import build_spec  # noqa: E402
+from meshkit.cli.servicespec import build_spec  # noqa: E402
 from meshkit.cluster.rpc.transport import RpcClient, RpcError  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -6,8 +6,21 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-import netns
-from peers import Proc
+from support import netns
+from support.peers import Proc
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`impl`: each of a module's twin implementations in turn (its IMPLS list of pytest.param,
+    the C one skipped when the extension is not built), for tests that compare C and Python."""
+    explicit = any(
+        "impl" in str(mark.args[0]) for mark in metafunc.definition.iter_markers("parametrize")
+    )
+    if "impl" in metafunc.fixturenames and not explicit and "impl" not in vars(metafunc.module):
+        impls = getattr(metafunc.module, "IMPLS", None)
+        if impls is None:
+            raise pytest.UsageError(f"{metafunc.module.__name__} uses `impl` without an IMPLS list")
+        metafunc.parametrize("impl", impls)
 
 
 @pytest.fixture(params=["c", "python"])

@@ -11,9 +11,10 @@ import sys
 from typing import Any
 
 import pytest
-from tests.cluster.labutil import Lab, until
 
-import netns
+from support import netns
+from support.labutil import Lab
+from support.polling import until
 
 pytestmark = pytest.mark.root
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cluster.test_node_cli import Agent, Cluster, token, until
 
 from meshkit.cli.node import table
 from meshkit.cluster.api import params as cparams
@@ -28,6 +27,8 @@ from meshkit.cluster.raft.sealing import PREFIX, Sealer, SealError, new_data_key
 from meshkit.cluster.rpc.pki import NodeIdentity, client_ssl_context, new_node_key_and_csr
 from meshkit.cluster.rpc.tokens import parse_token
 from meshkit.cluster.rpc.transport import RpcClient, RpcError
+from support.agents import Agent, Cluster, token
+from support.polling import until
 
 # --------------------------------------------------------------------------- units
 

@@ -8,8 +8,8 @@ import textwrap
 
 import pytest
 
-import netns
-from netns import NetnsError, NetnsLab
+from support import netns
+from support.netns import NetnsError, NetnsLab
 
 pytestmark = pytest.mark.root
 

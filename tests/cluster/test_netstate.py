@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from meshkit.cli import servicespec
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.model import services as sv
 from meshkit.cluster.model import state as cs
@@ -52,7 +53,7 @@ def test_create_allocates_subnet_vni_and_node_endpoints() -> None:
 def test_tasks_hold_addresses_until_they_end_and_rm_refuses_meanwhile() -> None:
     st = _state()
     _net(st)
-    spec = sv.build_spec({"name": "web", "command": ["srv"], "network": ["front"]})
+    spec = servicespec.build_spec({"name": "web", "command": ["srv"], "network": ["front"]})
     cs.apply(st, {"op": "service_create", "service": sv.new_service(SID, spec, 2.0), "now": 2.0})
     task = sv.new_task("k" * 25, st.services[SID], 1, 3.0)
     cs.apply(st, {"op": "tasks_write", "create": [task], "node": {"k" * 25: M1}, "now": 3.0})
@@ -84,7 +85,7 @@ def test_tasks_hold_addresses_until_they_end_and_rm_refuses_meanwhile() -> None:
 def test_a_full_network_rejects_the_task_with_the_reason() -> None:
     st = _state()
     _net(st, subnet="198.18.200.0/29")  # .1 gateway, .2 m1, .3 the VIP: three left
-    spec = sv.build_spec({"name": "web", "command": ["srv"], "network": [NID]})
+    spec = servicespec.build_spec({"name": "web", "command": ["srv"], "network": [NID]})
     cs.apply(st, {"op": "service_create", "service": sv.new_service(SID, spec, 2.0), "now": 2.0})
     tasks = [sv.new_task(f"{i}" * 25, st.services[SID], i, 3.0) for i in range(1, 5)]
     cs.apply(st, {"op": "tasks_write", "create": tasks, "now": 3.0})
@@ -92,7 +93,7 @@ def test_a_full_network_rejects_the_task_with_the_reason() -> None:
     assert states == ["pending"] * 3 + ["rejected"]
     assert "no free address is left in 198.18.200.0/29" in st.tasks["4" * 25]["error"]
     # a second vip-mode service on the full network is refused whole, naming why
-    other = sv.build_spec({"name": "api", "command": ["srv"], "network": [NID]})
+    other = servicespec.build_spec({"name": "api", "command": ["srv"], "network": [NID]})
     with pytest.raises(cs.CommandError, match="no address for the service's VIP"):
         cs.apply(st, {"op": "service_create", "service": sv.new_service("a" * 25, other, 4.0)})
     assert "a" * 25 not in st.services
@@ -111,7 +112,7 @@ def test_publishing_services_share_the_ingress_network_and_get_vips_on_each_netw
     _net(st)
     with pytest.raises(cs.CommandError, match="routing mesh's network"):
         _net(st, "ingress", "i" * 25)
-    spec = sv.build_spec(
+    spec = servicespec.build_spec(
         {"name": "web", "command": ["srv"], "network": ["front"], "publish": ["8091:80"]}
     )
     cs.apply(st, {"op": "service_create", "service": sv.new_service(SID, spec, 2.0), "now": 2.0})
@@ -126,18 +127,18 @@ def test_publishing_services_share_the_ingress_network_and_get_vips_on_each_netw
     with pytest.raises(cs.CommandError, match="in use by service web"):
         cs.apply(st, {"op": "network_rm", "network_id": "ingress"})
     # a published port is one service's
-    twin = sv.build_spec({"name": "twin", "command": ["srv"], "publish": ["8091:81"]})
+    twin = servicespec.build_spec({"name": "twin", "command": ["srv"], "publish": ["8091:81"]})
     with pytest.raises(cs.CommandError, match="port 8091/tcp is already published by service web"):
         cs.apply(st, {"op": "service_create", "service": sv.new_service("t" * 25, twin, 4.0)})
     # a second publishing service reuses it; dnsrr holds no VIP
-    rr = sv.build_spec(
+    rr = servicespec.build_spec(
         {"name": "rr", "command": ["srv"], "network": ["front"], "endpoint_mode": "dnsrr",
          "publish": ["mode=host,published=8092,target=80"]}
     )
     cs.apply(st, {"op": "service_create", "service": sv.new_service("r" * 25, rr, 4.0)})
     assert len(st.networks) == 2 and st.services["r" * 25]["vips"] == {}
     # an update that stops publishing gives the ingress VIP back and keeps the other
-    plain = sv.build_spec({"name": "web", "command": ["srv"], "network": ["front"]})
+    plain = servicespec.build_spec({"name": "web", "command": ["srv"], "network": ["front"]})
     cs.apply(st, {"op": "service_update", "service_id": SID, "spec": plain, "now": 5.0})
     assert st.services[SID]["vips"] == {NID: "198.19.0.3"}
     assert not netstate.ipam.owners(ingress["ipam"], "vip:")

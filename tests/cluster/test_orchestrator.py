@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meshkit.cli import servicespec
 from meshkit.cluster.model import services as sv
 from meshkit.cluster.model import state as cs
 from meshkit.cluster.model.orchestrator import plan
@@ -44,7 +45,7 @@ class Sim:
         return cs.apply(self.st, {"now": self.now, **cmd})
 
     def create(self, **flags: Any) -> str:
-        spec = sv.build_spec({"command": ["srv"], **flags})
+        spec = servicespec.build_spec({"command": ["srv"], **flags})
         sid = next(self._ids)
         self.do({"op": "service_create", "service": sv.new_service(sid, spec, self.now)})
         return sid
@@ -290,7 +291,7 @@ def test_rank_prefers_fewest_tasks_and_avoids_failing_nodes() -> None:
 
 
 def _update(sim: Sim, sid: str, **flags: Any) -> None:
-    spec = sv.update_spec(sim.st.services[sid]["spec"], flags)
+    spec = servicespec.update_spec(sim.st.services[sid]["spec"], flags)
     sim.do({"op": "service_update", "service_id": sid, "spec": spec})
 
 

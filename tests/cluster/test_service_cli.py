@@ -10,7 +10,7 @@ import pytest
 
 import meshkit.cli.service as sc
 from meshkit.cli import main
-from meshkit.cluster.model.services import build_spec
+from meshkit.cli.servicespec import build_spec
 
 
 class Recorder:

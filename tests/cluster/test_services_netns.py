@@ -17,7 +17,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.cluster.labutil import Lab, lab_cluster, until
+
+from support.labutil import Lab, lab_cluster
+from support.polling import until
 
 pytestmark = pytest.mark.root
 

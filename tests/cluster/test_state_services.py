@@ -6,6 +6,7 @@ import copy
 
 import pytest
 
+from meshkit.cli import servicespec
 from meshkit.cluster.model import services as sv
 from meshkit.cluster.model import state as cs
 
@@ -17,7 +18,7 @@ def _state() -> cs.ClusterState:
     st = cs.ClusterState()
     node = cs.NodeRecord(id=M1, hostname="mgr", role="manager", addr="198.18.0.1").to_dict()
     cs.apply(st, {"op": "init", "cluster": {"cluster_id": "c" * 25}, "node": node, "now": 1.0})
-    spec = sv.build_spec({"name": "web", "command": ["srv"], "replicas": "2"})
+    spec = servicespec.build_spec({"name": "web", "command": ["srv"], "replicas": "2"})
     cs.apply(st, {"op": "service_create", "service": sv.new_service(SID, spec, 2.0), "now": 2.0})
     return st
 

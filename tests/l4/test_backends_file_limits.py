@@ -21,7 +21,7 @@ import pytest
 
 from meshkit.base.errors import MeshkitError
 from meshkit.l4.spec import BACKENDS_FILE_MAX, parse_backends_file
-from peers import Proc, backend_argv, free_port, ingress_argv, wait_stderr, wait_tcp
+from support.peers import Proc, backend_argv, free_port, ingress_argv, wait_stderr, wait_tcp
 
 Spawn = Callable[..., Proc]
 

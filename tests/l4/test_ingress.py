@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from peers import (
+from support.peers import (
     Proc,
     backend_argv,
     free_port,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from meshkit.l4 import proxyproto
-from peers import Proc, backend_argv, free_port, ingress_argv, wait_tcp
+from support.peers import Proc, backend_argv, free_port, ingress_argv, wait_tcp
 
 MAPPED_SRC = ("::ffff:127.0.0.1", 40000)
 MAPPED_DST = ("::ffff:127.0.0.2", 80)

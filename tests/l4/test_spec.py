@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshkit.base.errors import FlagError, MeshkitError
+from meshkit.base.errors import FlagError, InvalidValue, MeshkitError
 from meshkit.l4.spec import (
     BackendSpec,
     Publish,
@@ -75,7 +75,7 @@ def test_publish_valid(text: str, expected: Publish) -> None:
     ],
 )
 def test_publish_invalid(text: str, reason: str) -> None:
-    with pytest.raises(FlagError) as info:
+    with pytest.raises(InvalidValue) as info:
         parse_publish(text)
     assert info.value.flag == "--publish"
     assert info.value.value == text
@@ -84,7 +84,7 @@ def test_publish_invalid(text: str, reason: str) -> None:
 
 
 def test_publish_error_names_given_flag() -> None:
-    with pytest.raises(FlagError, match="for -p: "):
+    with pytest.raises(InvalidValue, match="for -p: "):
         parse_publish("nope", flag="-p")
 
 
@@ -113,7 +113,7 @@ def test_publish_roundtrip(host: object, published: int, target: int, proto: str
 def test_publish_never_crashes(text: str) -> None:
     try:
         got = parse_publish(text)
-    except FlagError as exc:
+    except InvalidValue as exc:
         assert exc.reason
         return
     assert 1 <= got.published <= 65535 and 1 <= got.target <= 65535
@@ -169,7 +169,7 @@ def test_backend_valid(text: str, expected: BackendSpec) -> None:
     ],
 )
 def test_backend_invalid(text: str, reason: str) -> None:
-    with pytest.raises(FlagError) as info:
+    with pytest.raises(InvalidValue) as info:
         parse_backend(text)
     assert info.value.flag == "--backend"
     assert reason in info.value.reason
@@ -179,7 +179,7 @@ def test_backend_invalid(text: str, reason: str) -> None:
 def test_backend_never_crashes(text: str) -> None:
     try:
         got = parse_backend(text)
-    except FlagError:
+    except InvalidValue:
         return
     assert got.port is None or 1 <= got.port <= 65535
     assert got.host
@@ -344,9 +344,9 @@ def test_duration_valid(text: str, seconds: float) -> None:
     ("text", "reason"),
     [
         ("", "expected a duration"),
-        ("5", "missing unit"),
-        ("1.5", "missing unit"),
-        ("1s5", "missing unit"),
+        ("5", "a number needs a unit (ns, us, ms, s, m, h), e.g. 5s"),
+        ("1.5", "a number needs a unit"),
+        ("1s5", "a number needs a unit"),
         ("-1s", "must not be negative"),
         ("-0", "must not be negative"),
         ("1d", "unknown unit 'd'"),
@@ -362,7 +362,7 @@ def test_duration_valid(text: str, seconds: float) -> None:
     ],
 )
 def test_duration_invalid(text: str, reason: str) -> None:
-    with pytest.raises(FlagError) as info:
+    with pytest.raises(InvalidValue) as info:
         parse_duration(text, "--health-interval")
     assert info.value.flag == "--health-interval"
     assert reason in info.value.reason
@@ -384,7 +384,7 @@ def test_duration_roundtrip(h: int, m: int, s: int, ms: int) -> None:
 def test_duration_never_crashes(text: str) -> None:
     try:
         got = parse_duration(text, "--x")
-    except FlagError:
+    except InvalidValue:
         return
     assert got >= 0
 
@@ -424,7 +424,7 @@ def test_hostport_valid(text: str, expected: tuple[str, int]) -> None:
     ],
 )
 def test_hostport_invalid(text: str, reason: str) -> None:
-    with pytest.raises(FlagError) as info:
+    with pytest.raises(InvalidValue) as info:
         parse_hostport(text, "--metrics")
     assert info.value.flag == "--metrics"
     assert reason in info.value.reason
@@ -440,6 +440,6 @@ def test_hostport_roundtrip(host: object, port: int) -> None:
 def test_hostport_never_crashes(text: str) -> None:
     try:
         host, port = parse_hostport(text, "--metrics")
-    except FlagError:
+    except InvalidValue:
         return
     assert host and 1 <= port <= 65535

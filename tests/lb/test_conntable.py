@@ -34,11 +34,6 @@ IMPLS = [
 ]
 
 
-@pytest.fixture(params=IMPLS)
-def impl(request: pytest.FixtureRequest) -> Any:
-    return request.param
-
-
 def new_flows(t: Any, n: int, now: float = 0.0, src: str = "192.0.2.1") -> list[int | None]:
     return [t.lookup(6, src, 1024 + i, "198.51.100.1", 80, now) for i in range(n)]
 

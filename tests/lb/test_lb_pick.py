@@ -27,11 +27,6 @@ IMPLS = [
 ]
 
 
-@pytest.fixture(params=IMPLS)
-def impl(request: pytest.FixtureRequest) -> Any:
-    return request.param
-
-
 def _pick(p: Picker, **kw: Any) -> Ticket:
     t = p.pick(0.0, **kw)
     assert t is not None

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-import netns
 from meshkit.net import kernelcheck as kc
 from meshkit.net.kernelcheck import Check, DataplaneUnavailable
+from support import netns
 
 ALL_OK = [Check(name, True, "made") for name in kc.LABELS]
 

@@ -4,13 +4,11 @@ neighbour entries (no learning, no flooding), and the sync that fixes moby#52661
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import os
 import re
 import secrets
-import socket
 import struct
 import subprocess
 from collections.abc import Callable, Iterator
@@ -18,9 +16,10 @@ from dataclasses import dataclass
 
 import pytest
 
-import netns
 from meshkit.net import links
 from meshkit.net.links import LinkError, NsLinks
+from support import netns
+from support.nettools import ping
 
 OVERLAY = ipaddress.ip_network("198.19.10.0/24")
 GATEWAY = "198.19.10.1/24"
@@ -65,39 +64,6 @@ def bridge_fdb(ns: str, dev: str) -> list[dict[str, object]]:
     out = subprocess.run(["bridge", "-n", ns, "-j", "fdb", "show", "dev", dev],
                          capture_output=True, text=True, check=True)  # fmt: skip
     return json.loads(out.stdout or "[]")  # type: ignore[no-any-return]
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
-def ping(ns: str, dst: str, tries: int = 10) -> bool:
-    """True when ``dst`` answers an ICMP echo sent from inside namespace ``ns``."""
-
-    def run() -> bool:
-        ident = secrets.randbits(16)
-        with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
-            sock.settimeout(0.3)
-            for seq in range(tries):
-                head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-                body = b"meshkit-links-test"
-                pkt = struct.pack("!BBHHH", 8, 0, _checksum(head + body), ident, seq) + body
-                sock.sendto(pkt, (dst, 0))
-                with contextlib.suppress(TimeoutError):
-                    while True:
-                        data, (src, _) = sock.recvfrom(2048)
-                        hl = (data[0] & 0x0F) * 4
-                        kind, _, _, rid, _ = struct.unpack("!BBHHH", data[hl : hl + 8])
-                        if src == dst and kind == 0 and rid == ident:
-                            return True
-        return False
-
-    return links.in_netns(ns, run)
 
 
 # ---------------------------------------------------------------------- pure parts

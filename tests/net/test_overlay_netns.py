@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cluster.labutil import Lab, lab_cluster, until
-from tests.net.test_links import ping
-from tests.net.test_probe_io import drop_udp_port_program
+
+from support.labutil import Lab, lab_cluster
+from support.nettools import drop_udp_port_program, ping
+from support.polling import until
 
 pytestmark = pytest.mark.root
 

@@ -16,32 +16,14 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
-import netns
 from meshkit.net.probe import PROBE_PORT, REPLY, REQUEST, decode, encode
 from meshkit.net.probe_io import ProbeError, ProbeSocket, control_reachable
+from support import netns
+from support.nettools import drop_udp_port_program
 
 pytestmark = pytest.mark.root
 
 FAST = {"interval": 0.5, "timeout": 0.5, "tick": 0.1}
-
-
-def drop_udp_port_program(port: int) -> str:
-    """Classic BPF for a direct-action tc filter: drop IPv4 UDP to ``port``, pass the rest.
-    (This kernel has cls_bpf but neither flower nor the gact drop action.)"""
-    insns = [
-        (0x28, 0, 0, 12),  # ldh [12]             ethertype
-        (0x15, 0, 8, 0x0800),  # jeq IPv4 else pass
-        (0x30, 0, 0, 23),  # ldb [23]             IP protocol
-        (0x15, 0, 6, 17),  # jeq UDP else pass
-        (0x28, 0, 0, 20),  # ldh [20]             fragment offset
-        (0x45, 4, 0, 0x1FFF),  # jset: a later fragment has no UDP header: pass
-        (0xB1, 0, 0, 14),  # ldxb 4*([14]&0xf)    IP header length
-        (0x48, 0, 0, 16),  # ldh [x+16]           UDP destination port
-        (0x15, 0, 1, port),  # jeq port else pass
-        (0x06, 0, 0, 2),  # ret TC_ACT_SHOT
-        (0x06, 0, 0, 0),  # ret TC_ACT_OK
-    ]
-    return ",".join([str(len(insns)), *(f"{c} {jt} {jf} {k}" for c, jt, jf, k in insns)])
 
 
 def run(*argv: str) -> None:

@@ -1,41 +1,27 @@
 """Node agents as processes on 127.0.0.1 (their own data dirs and sockets), and clusters of them."""
 
 from __future__ import annotations
-import asyncio
+
 import json
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-import pytest
-from meshkit.cluster.rpc import local as mkclient
-from meshkit.cluster.rpc.pki import NodeIdentity, client_ssl_context
-from meshkit.cluster.rpc.transport import RpcClient, RpcError
 
+from meshkit.cluster.rpc import local as mkclient
+from meshkit.cluster.rpc.pki import NodeIdentity
+from meshkit.cluster.rpc.transport import RpcError
+from support.polling import until
 
 PERIOD = "1s"  # heartbeat period in these tests: Down after 3 s without a beat
 
 
 ENV = {"MESHKIT_RAFT_TICK": "0.02"}
-
-
-def until(what: Callable[[], Any], timeout: float = 30.0, msg: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = what()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {msg}: last {last!r}")
 
 
 class Agent:
@@ -146,5 +132,18 @@ class Cluster:
 
 def token(a: Agent, role: str) -> str:
     return a.ok("join-token", "-q", role).strip()
+
+
+
+
+def meshkit(
+    *args: str, host: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "meshkit", *args]
+    if host is not None:
+        argv += ["--host", host]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, env={**os.environ, **ENV}
+    )
 
 

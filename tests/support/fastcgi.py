@@ -1,15 +1,13 @@
 """A scripted FastCGI responder (a fake php-fpm) and the helpers that drive it."""
 
 from __future__ import annotations
+
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-import pytest
-from meshkit.web.fastcgi import records
-from meshkit.web.fastcgi.client import Client, FastCGIError, StreamBody, Timeouts, parse_endpoint
-from peers import free_port
 
+from meshkit.web.fastcgi import records
+from support.peers import free_port
 
 Behaviour = Callable[[asyncio.StreamWriter, dict[bytes, bytes]], Awaitable[bool]]
 

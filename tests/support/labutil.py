@@ -11,28 +11,17 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-import netns
+from support import netns
+from support.polling import until
 
 ENV = {"MESHKIT_RAFT_TICK": "0.02"}
 L = TypeVar("L", bound="Lab")
-
-
-def until(what: Callable[[], Any], timeout: float = 30.0, msg: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = what()
-        if last:
-            return last
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {msg}: last {last!r}")
 
 
 class Lab:

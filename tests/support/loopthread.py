@@ -1,25 +1,15 @@
 """An event loop on a thread, and a service directory to resolve service:// upstreams from."""
 
 from __future__ import annotations
+
 import asyncio
-import logging
 import socket
-import subprocess
-import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
-import pytest
-import uvloop
-from meshkit.web.caddyfile.load import load_text
-from meshkit.web.embedded import EmbeddedWeb, start_embedded
-from meshkit.web.message import HandlerResult, Request, Response
-from meshkit.web.server import HttpServer
-from peers import free_port
-from .e2e_util import curl
 
+import uvloop
 
 T = TypeVar("T")
 

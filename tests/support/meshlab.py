@@ -1,18 +1,13 @@
 """A cluster of namespace hosts with the service mesh on, and dig against its DNS."""
 
 from __future__ import annotations
-import itertools
+
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-import pytest
-from support.labutil import Lab, lab_cluster, until
+
+from support.labutil import Lab
+from support.polling import until
 
 
 class Cluster(Lab):

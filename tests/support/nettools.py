@@ -1,21 +1,13 @@
 """Small network probes for the namespace tests: ping, a UDP-dropping program."""
 
 from __future__ import annotations
+
 import contextlib
-import ipaddress
-import json
-import os
-import re
 import secrets
 import socket
 import struct
-import subprocess
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-import pytest
-from support import netns
+
 from meshkit.net import links
-from meshkit.net.links import LinkError, NsLinks
 
 
 def _checksum(data: bytes) -> int:
@@ -51,16 +43,6 @@ def ping(ns: str, dst: str, tries: int = 10) -> bool:
     return links.in_netns(ns, run)
 
 
-import asyncio
-import os
-import socket
-import subprocess
-from collections.abc import Awaitable, Callable
-import pytest
-import uvloop
-from support import netns
-from meshkit.net.probe import PROBE_PORT, REPLY, REQUEST, decode, encode
-from meshkit.net.probe_io import ProbeError, ProbeSocket, control_reachable
 
 
 def drop_udp_port_program(port: int) -> str:

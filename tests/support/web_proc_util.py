@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from peers import Proc, free_port, wait_tcp
+from support.peers import Proc, free_port, wait_tcp
 
 
 @contextmanager

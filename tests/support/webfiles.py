@@ -1,17 +1,16 @@
 """Calling the file server and the directive chain without sockets: requests, sites, bodies."""
 
 from __future__ import annotations
+
 import asyncio
 import os
-import stat
 from collections.abc import Iterable
 from pathlib import Path
-import pytest
-from meshkit.web import filecache
-from meshkit.web.filecache import FileCache, base36
-from meshkit.web.fileserver import FileServer, build_fileserver, parse_range
+
+from meshkit.web.caddyfile.load import load_text
+from meshkit.web.caddyfile.tokens import Token
+from meshkit.web.fileserver import FileServer, build_fileserver
 from meshkit.web.message import FileBody, Headers, Request, Response, resolve
-from meshkit.web.mimetypes import sniff, type_by_extension
 from meshkit.web.site import Address, Site
 
 
@@ -70,22 +69,7 @@ def get(fs: object, path: str, **kw: object) -> tuple[Response, bytes]:
     return resp, body_of(resp)
 
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
-import pytest
-from meshkit.web.caddyfile.load import load_text
-from meshkit.web.caddyfile.tokens import CaddyfileError, Dispenser, Token
-from meshkit.web.directives import build_chain
-from meshkit.web.directives import ext as ext_d
-from meshkit.web.directives import index as index_d
-from meshkit.web.directives import internal as internal_d
-from meshkit.web.directives import mime as mime_d
-from meshkit.web.directives import root as root_d
-from meshkit.web.fileserver import INTERNAL_VAR, build_fileserver
-from meshkit.web.message import FileBody, Handler, HandlerResult, Headers, Request, Response
-from meshkit.web.site import DEFAULT_INDEX, Site
-from .test_fileserver import body_of, call, make_site, req
+
 
 
 def tokens(text: str, file: str = "Caddyfile") -> list[Token]:

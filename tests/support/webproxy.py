@@ -1,18 +1,13 @@
 """A proxy handler against a real upstream, for the proxy tests."""
 
 from __future__ import annotations
+
 import asyncio
-import logging
-import socket
-import subprocess
-from collections.abc import Iterator
-from pathlib import Path
-import pytest
-from meshkit.base.errors import MeshkitError
+
 from meshkit.web.caddyfile.load import load_text
 from meshkit.web.directives import build_chain
-from meshkit.web.message import HandlerResult, Headers, Request, Response
-from .e2e_util import Running, curl
+from meshkit.web.message import HandlerResult, Request, Response
+from support.e2e_util import Running
 
 
 def _proxy(text: str) -> Running:

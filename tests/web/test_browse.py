@@ -14,9 +14,7 @@ from meshkit.web.directives import browse as browse_d
 from meshkit.web.directives import build_chain
 from meshkit.web.directives.browse import human_size, rfc3339
 from meshkit.web.message import Handler
-
-from .test_files_directives import site_from, tokens
-from .test_fileserver import body_of, call, make_site, req
+from support.webfiles import body_of, call, make_site, req, site_from, tokens
 
 JSON = ("Accept", "application/json")
 

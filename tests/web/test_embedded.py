@@ -14,10 +14,9 @@ import pytest
 from meshkit.base.errors import MeshkitError
 from meshkit.web.caddyfile.load import CaddyfileErrors, Defaults
 from meshkit.web.embedded import start_embedded
-from peers import free_port
-
-from .e2e_util import curl
-from .test_proxy_service import Directory, LoopThread
+from support.e2e_util import curl
+from support.loopthread import Directory, LoopThread
+from support.peers import free_port
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from meshkit.base.durations import DurationError, parse_duration
 from meshkit.web.caddyfile.load import load_text
-from meshkit.web.directives.fastcgi import FastCGIConfig, FastCGIRule, parse_duration
+from meshkit.web.directives.fastcgi import FastCGIConfig, FastCGIRule
 from meshkit.web.fastcgi.client import Endpoint, parse_endpoint
 from meshkit.web.fastcgi.env import Target, build_env, route, split_script
 from meshkit.web.message import EmptyBody, Headers, Request
@@ -206,12 +207,14 @@ def test_parse_endpoint() -> None:
 
 
 def test_parse_duration() -> None:
+    # fastcgi's timeouts take the one duration grammar (meshkit.base.durations) since issue 17.
     assert parse_duration("60s") == 60
     assert parse_duration("1m30s") == 90
     assert parse_duration("500ms") == 0.5
     assert parse_duration("0") == 0
     for bad in ("", "60", "1x", "s", "1.5.s"):
-        assert parse_duration(bad) is None
+        with pytest.raises(DurationError):
+            parse_duration(bad)
 
 
 # --- the Caddyfile --------------------------------------------------------------------------
@@ -265,7 +268,11 @@ def test_caddyfile_php_preset_and_block(tmp_path: Path) -> None:
         ("fastcgi / 127.0.0.1:9000 {\n  ext php\n}\n", 3, "invalid ext 'php'"),
         ("fastcgi / 127.0.0.1:9000 {\n\n  split\n}\n", 4, "wrong argument count"),
         ("fastcgi / 127.0.0.1:9000 {\n  env ONLY\n}\n", 3, "wrong argument count"),
-        ("fastcgi / 127.0.0.1:9000 {\n  read_timeout 60\n}\n", 3, "invalid read_timeout '60'"),
+        (
+            "fastcgi / 127.0.0.1:9000 {\n  read_timeout 60\n}\n",
+            3,
+            'invalid duration "60" for read_timeout: a number needs a unit',
+        ),
         ("fastcgi / 127.0.0.1:9000 {\n  send_timeout 0\n}\n", 3, "must be more than 0"),
         ("fastcgi / 127.0.0.1:9000 {\n  upstream nowhere\n}\n", 3, "endpoint 'nowhere'"),
         ("fastcgi / 127.0.0.1:9000 {\n  except static\n}\n", 3, "must start with '/'"),

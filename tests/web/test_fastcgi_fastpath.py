@@ -27,9 +27,8 @@ from meshkit.web.fastcgi.client import (
 )
 from meshkit.web.fastcgi.env import Target, build_env
 from meshkit.web.message import HandlerResult, Headers, Request, Response
-
-from .e2e_util import Running
-from .test_fastcgi_client import (
+from support.e2e_util import Running
+from support.fastcgi import (
     Behaviour,
     Responder,
     hello,

@@ -21,10 +21,9 @@ import pytest
 
 from meshkit.web.caddyfile.load import load_text
 from meshkit.web.directives import build_chain
-from peers import Proc, free_port, wait_tcp
-
-from .e2e_util import Reply, Running, curl
-from .php_fpm import PhpFpm, php_fpm
+from support.e2e_util import Reply, Running, curl
+from support.peers import Proc, free_port, wait_tcp
+from support.php_fpm import PhpFpm, php_fpm
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 

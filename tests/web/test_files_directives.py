@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from meshkit.web.caddyfile.load import load_text
-from meshkit.web.caddyfile.tokens import CaddyfileError, Dispenser, Token
+from meshkit.web.caddyfile.tokens import CaddyfileError, Dispenser
 from meshkit.web.directives import build_chain
 from meshkit.web.directives import ext as ext_d
 from meshkit.web.directives import index as index_d
@@ -20,16 +20,7 @@ from meshkit.web.directives import root as root_d
 from meshkit.web.fileserver import INTERNAL_VAR, build_fileserver
 from meshkit.web.message import FileBody, Handler, HandlerResult, Headers, Request, Response
 from meshkit.web.site import DEFAULT_INDEX, Site
-
-from .test_fileserver import body_of, call, make_site, req
-
-
-def tokens(text: str, file: str = "Caddyfile") -> list[Token]:
-    """Tokens of a simple directive text (no quotes): one per word, lines numbered from 1."""
-    out: list[Token] = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        out.extend(Token(file, n, word) for word in line.split())
-    return out
+from support.webfiles import body_of, call, make_site, req, site_from, tokens
 
 
 def parse(module: object, text: str, site: Site | None = None) -> tuple[object, Site]:
@@ -43,13 +34,6 @@ def parse_err(module: object, text: str) -> CaddyfileError:
     with pytest.raises(CaddyfileError) as info:
         parse(module, text)
     return info.value
-
-
-def site_from(text: str) -> Site:
-    config = load_text(text)
-    assert not config.errors, config.errors
-    assert len(config.sites) == 1
-    return config.sites[0]
 
 
 # --- root ----------------------------------------------------------------------------------

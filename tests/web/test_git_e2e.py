@@ -25,9 +25,8 @@ import pytest
 import meshkit
 from meshkit.web.gitdeploy import GitConfig, GitPuller, github_signature
 from meshkit.web.gitdeploy.schedule import State
-from peers import Proc, free_port, wait_tcp
-
-from .e2e_util import Reply, curl
+from support.e2e_util import Reply, curl
+from support.peers import Proc, free_port, wait_tcp
 
 pytestmark = pytest.mark.skipif(
     shutil.which("git") is None or shutil.which("curl") is None, reason="needs git and curl"

@@ -15,9 +15,8 @@ from meshkit.web.caddyfile.load import load_text
 from meshkit.web.directives.limits import LimitsConfig
 from meshkit.web.message import Request, Response
 from meshkit.web.server import DEFAULT_MAX_FIELD_LINE, DEFAULT_MAX_FIELDS
-
-from .httpserver_util import ServerThread, request
-from .web_proc_util import exchange, static_site
+from support.httpserver_util import ServerThread, request
+from support.web_proc_util import exchange, static_site
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from meshkit.web.http1 import HttpError, scan_head, valid_host
-
-from .web_proc_util import exchange, static_site
+from support.web_proc_util import exchange, static_site
 
 
 @pytest.fixture

@@ -27,19 +27,16 @@ from meshkit.web.message import (
     Response,
 )
 from meshkit.web.server import HttpServer
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from httpserver_util import (  # noqa: E402
+from support import httpserver_util
+from support.httpserver_util import (
     HOST,
     Reader,
     ServerThread,
     connect,
     get,
     request,
-    wait_until,
 )
+from support.polling import wait_until
 
 _fastpath = load_fastpath()
 HAVE_C = _fastpath is not None and hasattr(_fastpath, "send_head_and_file")
@@ -827,8 +824,7 @@ def test_curl_keepalive_and_upload(serve: Callable[..., ServerThread], tmp_path:
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk not installed")
 def test_wrk_no_errors(serve: Callable[..., ServerThread], tmp_path: Path) -> None:
     (tmp_path / "index.html").write_bytes(b"x" * 120)
-    sys.path.insert(0, str(HERE))
-    from httpserver_util import cached_file_handler
+    from support.httpserver_util import cached_file_handler
 
     st = serve(cached_file_handler(tmp_path))
     out = subprocess.run(
@@ -847,14 +843,14 @@ def test_wrk_no_errors(serve: Callable[..., ServerThread], tmp_path: Path) -> No
 def test_child_process_both_send_paths(
     fastpath_env: dict[str, str], spawn: Callable[..., object], tmp_path: Path
 ) -> None:
-    from peers import free_port, wait_tcp
+    from support.peers import free_port, wait_tcp
 
     content = os.urandom(1 << 20)
     (tmp_path / "big.bin").write_bytes(content)
     (tmp_path / "index.html").write_bytes(b"<p>hi</p>\n")
     port = free_port()
     proc = spawn(
-        [sys.executable, str(HERE / "httpserver_util.py"), str(port), str(tmp_path)],
+        [sys.executable, str(httpserver_util.__file__), str(port), str(tmp_path)],
         fastpath_env,
     )
     wait_tcp(port, proc)  # type: ignore[arg-type]

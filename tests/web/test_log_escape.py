@@ -14,7 +14,7 @@ from pathlib import Path
 from meshkit.web.logfile import StreamSink
 from meshkit.web.message import Headers, Request
 from meshkit.web.placeholders import compile_template, log_escape
-from peers import Proc, free_port, wait_tcp
+from support.peers import Proc, free_port, wait_tcp
 
 
 def _wait_lines(path: Path, n: int, timeout: float = 10.0) -> list[str]:

@@ -26,9 +26,8 @@ from meshkit.web.directives import build_chain
 from meshkit.web.fileserver import build_fileserver
 from meshkit.web.htpasswd import apr1
 from meshkit.web.message import HandlerResult, Request
-from peers import Proc, free_port, wait_tcp
-
-from .e2e_util import Reply, Running, curl
+from support.e2e_util import Reply, Running, curl
+from support.peers import Proc, free_port, wait_tcp
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 

@@ -23,9 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshkit.web.paths import canonical_path, clamp_path
-from peers import Proc, free_port, wait_tcp
-
-from .php_fpm import PhpFpm, php_fpm, php_fpm_binary
+from support.peers import Proc, free_port, wait_tcp
+from support.php_fpm import PhpFpm, php_fpm, php_fpm_binary
 
 SECRET = b"SECRET-7f3a basicauth protects this"
 FORBIDDEN = b"FORBIDDEN-91c0 status 403 covers this"

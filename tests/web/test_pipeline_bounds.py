@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from peers import Proc, free_port, wait_tcp
-
-from .httpserver_util import Reader, wait_until
+from support.httpserver_util import Reader
+from support.peers import Proc, free_port, wait_tcp
+from support.polling import wait_until
 
 BODY_SIZE = 256 * 1024
 

@@ -13,10 +13,9 @@ import pytest
 
 from meshkit.base.errors import MeshkitError
 from meshkit.web.caddyfile.load import load_text
-from meshkit.web.directives import build_chain
 from meshkit.web.message import HandlerResult, Headers, Request, Response
-
-from .e2e_util import Running, curl
+from support.e2e_util import Running, curl
+from support.webproxy import _close, _proxy
 
 
 def _backend(name: str) -> Running:
@@ -56,27 +55,6 @@ def backends() -> Iterator[list[Running]]:
     finally:
         for r in run:
             r.close()
-
-
-def _proxy(text: str) -> Running:
-    config = load_text(text)
-    config.raise_errors()
-    site = config.sites[0]
-
-    def last(request: Request) -> HandlerResult:
-        return Response.text(200, "fileserver\n")
-
-    running = Running(build_chain(site, last))
-    for bg in site.background:
-        asyncio.run_coroutine_threadsafe(bg.start(), running.loop).result(5)
-    running.background = site.background  # type: ignore[attr-defined]
-    return running
-
-
-def _close(running: Running) -> None:
-    for bg in getattr(running, "background", []):
-        asyncio.run_coroutine_threadsafe(bg.stop(), running.loop).result(5)
-    running.close()
 
 
 @pytest.fixture
@@ -323,7 +301,10 @@ def test_websocket_echo(make_proxy, tmp_path: Path) -> None:  # type: ignore[no-
     "text,message",
     [
         ("proxy / 127.0.0.1:1 {\n policy fastest\n}", "Caddyfile:3 - unknown policy 'fastest'"),
-        ("proxy / 127.0.0.1:1 {\n try_duration 5x\n}", "Caddyfile:3 - invalid duration '5x'"),
+        (
+            "proxy / 127.0.0.1:1 {\n try_duration 5x\n}",
+            'Caddyfile:3 - invalid duration "5x" for try_duration',
+        ),
         ("proxy /api", "Caddyfile:2 - proxy /api: no upstream given"),
         ("proxy / 127.0.0.1:9-2", "Caddyfile:2 - port range '9-2'"),
         ("proxy / 127.0.0.1:1 {\n bogus 1\n}", "Caddyfile:3 - unknown proxy property 'bogus'"),

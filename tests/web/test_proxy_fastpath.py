@@ -19,8 +19,7 @@ from meshkit.web.message import Headers, Request
 from meshkit.web.proxy.client import Pool, _Conn, _simple_head
 from meshkit.web.proxy.deadlines import Deadlines
 from meshkit.web.proxy.upstream import Upstream
-
-from .test_proxy_e2e import _close, _proxy
+from support.webproxy import _close, _proxy
 
 BIG = 3_000_000
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from peers import Proc, free_port, wait_tcp
+from support.peers import Proc, free_port, wait_tcp
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
 

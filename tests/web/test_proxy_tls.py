@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .e2e_util import curl
-from .test_proxy_e2e import _close, _proxy
+from support.e2e_util import curl
+from support.webproxy import _close, _proxy
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 

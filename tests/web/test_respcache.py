@@ -4,7 +4,6 @@ while their files stat the same; on real sockets with both send paths."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,11 +19,8 @@ from meshkit.web.message import FileBody, Headers, Request, Response
 from meshkit.web.respcache import CachedResponse, ResponseCache
 from meshkit.web.router import Route, Router, site_is_static
 from meshkit.web.site import Address, Site
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from httpserver_util import Reader, ServerThread, connect, get, wait_until  # noqa: E402
+from support.httpserver_util import Reader, ServerThread, connect, get
+from support.polling import wait_until
 
 _fastpath = load_fastpath()
 HAVE_C = _fastpath is not None and hasattr(_fastpath, "send_head_and_file")

@@ -15,9 +15,8 @@ import pytest
 
 from meshkit.web.caddyfile.load import load_file, load_text
 from meshkit.web.directives import build_chain
-
-from . import e2e_util
-from .e2e_util import Reply, Running
+from support import e2e_util
+from support.e2e_util import Reply, Running
 
 pytestmark = pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl")
 

@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshkit.web.fileserver import INTERNAL_VAR, clean_path
-
-from .test_fileserver import body_of, call, get, req, server
+from support.webfiles import body_of, call, get, req, server
 
 SECRET = b"TOP SECRET outside the root\n"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from peers import free_port
+from support.peers import free_port
 
 MESHKIT = [sys.executable, "-m", "meshkit"]
 

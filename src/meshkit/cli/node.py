@@ -8,7 +8,6 @@ existing data dir again. Every other command asks the local agent over its Unix 
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
 import os
@@ -84,7 +83,7 @@ def _ip(flag: str, text: str) -> str:
 
 
 def _listen(flag: str, text: str) -> tuple[str, int]:
-    from meshkit.l4.spec import parse_hostport
+    from meshkit.base.hostport import parse_hostport
 
     if ":" not in text:
         text = f"{text}:2377"
@@ -107,23 +106,10 @@ def _socket_for(host: str | None) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """Docker's tabwriter layout: columns padded to the widest cell, 3 spaces between.
+    """Docker's table layout; kept here for the callers that import it (meshkit.base.table)."""
+    from meshkit.base.table import table as base_table
 
-    Cells come from the cluster state, partly from what nodes and clients sent: control
-    characters are shown as ``\\xHH`` so that no value can forge a row or colour the terminal.
-    """
-    from meshkit.cluster.api.params import printable
-
-    widths = [len(h) for h in headers]
-    rows = [[printable(c) for c in row] for row in rows]
-    for row in rows:
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = []
-    for row in [list(headers), *[list(r) for r in rows]]:
-        cells = [c.ljust(widths[i]) for i, c in enumerate(row)]
-        lines.append("   ".join(cells).rstrip())
-    return "\n".join(lines)
+    return base_table(headers, rows)
 
 
 def print_listing(
@@ -334,8 +320,9 @@ def init(
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Make a new cluster with this node as its first manager, and run its agent."""
+    from meshkit.base.durations import parse_duration
     from meshkit.cluster.node import agent as ag
-    from meshkit.l4.spec import parse_duration
+    from meshkit.cluster.node import bootstrap
 
     listen_host, listen_port = _listen("--listen-addr", listen_addr)
     if advertise_addr is not None:
@@ -366,7 +353,7 @@ def init(
     if lifetime < 1:
         raise FlagError("--cert-expiry", cert_expiry, "must be at least 1s")
     _check_log_level(log_level)
-    opts = ag.NodeOptions(
+    opts = bootstrap.NodeOptions(
         data_dir=Path(data_dir),
         socket=_socket_for(host),
         listen_host=listen_host,
@@ -376,7 +363,7 @@ def init(
         hostname=hostname or "",
         web=_web_file(web),
     )
-    cfg, identity, cluster = ag.init_node(
+    cfg, identity, cluster = bootstrap.init_node(
         opts,
         default_addr_pool=pools,
         mask_length=default_addr_pool_mask_length,
@@ -430,8 +417,9 @@ def join(
     log_level: LogLevelOpt = "info",
 ) -> None:
     """Join a cluster as a worker or manager (the token decides), and run the agent."""
+    from meshkit.base.hostport import parse_hostport
     from meshkit.cluster.node import agent as ag
-    from meshkit.l4.spec import parse_hostport
+    from meshkit.cluster.node import bootstrap
 
     target = manager if ":" in manager.strip("[]").split("]")[-1] else f"{manager}:2377"
     mhost, mport = parse_hostport(target, "MANAGER")
@@ -443,7 +431,7 @@ def join(
     _check_log_level(log_level)
     if not token.strip():
         raise FlagError("--token", token, "a join token is required")
-    opts = ag.NodeOptions(
+    opts = bootstrap.NodeOptions(
         data_dir=Path(data_dir),
         socket=_socket_for(host),
         listen_host=listen_host,
@@ -453,7 +441,9 @@ def join(
         hostname=hostname or "",
         web=_web_file(web),
     )
-    cfg, identity, peers = asyncio.run(ag.join_node(opts, token, (mhost, mport)))
+    import asyncio
+
+    cfg, identity, peers = asyncio.run(bootstrap.join_node(opts, token, (mhost, mport)))
 
     def ready_text(agent: Any) -> str:
         return f"This node joined a swarm as a {agent.identity.role}.\n"
@@ -474,9 +464,10 @@ def run(
 ) -> None:
     """Start the agent of a node that already joined (after a reboot or a stop)."""
     from meshkit.cluster.node import agent as ag
+    from meshkit.cluster.node import bootstrap
 
     _check_log_level(log_level)
-    cfg, identity = ag.load_node(Path(data_dir))
+    cfg, identity = bootstrap.load_node(Path(data_dir))
     if host is not None or os.environ.get("MESHKIT_HOST"):
         cfg.socket = _socket_for(host)
     if web is not None:

@@ -103,7 +103,7 @@ def web(
     ] = False,
 ) -> None:
     """Serve sites from a Caddyfile."""
-    from meshkit.l4.spec import parse_duration
+    from meshkit.base.durations import parse_duration
     from meshkit.web.caddyfile.load import Defaults, site_to_dict
 
     if root == "":

@@ -253,7 +253,9 @@ class Agent:
     def _manager_directory(self) -> tuple[list[str], str | None]:
         """For the ManagerClient: the other managers (from the state on a manager, else from
         node.json) and the leader's API address."""
-        managers = [m for m in self.cfg.managers if m != self.api_addr or not self.is_manager]
+        # never this node itself: as a worker its own API refuses (its certificate says worker),
+        # and as a manager whose replica is still catching up its state may be stale
+        managers = [m for m in self.cfg.managers if m != self.api_addr]
         st = self.state
         if st is not None:
             managers = [m.api_addr for m in st.managers() if m.id != self.node_id]

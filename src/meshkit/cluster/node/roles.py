@@ -163,6 +163,13 @@ class Roles:
 
     async def change_role(self, role: str) -> None:
         async with self.renewal.lock:
+            st = self.node.state
+            record = st.nodes.get(self.node.node_id) if st is not None else None
+            if record is not None and record.role != role:
+                # A replica replaying the log passes through this node's earlier roles (a
+                # promote after a demote shows `worker` for a moment): act on the role the
+                # state holds now, not on the one that scheduled this change.
+                role = record.role
             if role == self.node.identity.role and (role == "manager") == (self.store is not None):
                 return
             log.info("role change: %s -> %s", self.node.identity.role, role)

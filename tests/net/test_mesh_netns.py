@@ -294,6 +294,8 @@ def test_the_agents_web_server_follows_a_service(cluster: Cluster, site: Path) -
         c.kill("w2")
         c.start("w2", "run", "--web", str(caddyfile))
         url = f"http://{c.lab.addr('w2')}:8095/"
+        # the first answers may come before w2's agent has the network map (502: no up task)
+        until(lambda: host_curl(c, "m1", url).startswith("node "), 30, "8095 on w2")
         pages = [until(lambda: ok(host_curl(c, "m1", url)), 30, "8095 on w2") for _ in range(6)]
         assert set(pages) == {"node m1", "node w1"}, (pages, c.procs["w2"].output()[-3000:])
         # the same relay as the routing mesh, as a process of its own fed by w2's agent

@@ -3,43 +3,56 @@
 Decisions live elsewhere: which backend gets a flow is the connection table's (meshkit.lb),
 moving bytes is the relay engine's (meshkit.l4.relay, C or pure Python), health flips are
 HealthState's, argument parsing is meshkit.l4.spec's. This module wires them to sockets on
-one event loop. Hot-path callbacks use add_reader/add_writer on sockets this module owns,
+one event loop. Hot-path callbacks use add_reader/add_writer on sockets these modules own,
 never transports, so that the relay engine can take the file descriptors over.
+
+``Ingress`` here (set-up, backends from flags, a file or a ``BackendSource``, relay pairs
+ending and retried, reload, stop) is made of parts next to it: ``listeners`` (one per
+--publish, TCP and UDP), ``endpoints`` (the backends as probed and counted),
+``ingress_health`` (probes and passive failures) and ``ingress_metrics`` (/metrics).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import logging
 import os
 import signal
 import socket
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meshkit.base.errors import MeshkitError
 from meshkit.base.netns import NetnsRef, entered
 from meshkit.base.runtime import Signals
-from meshkit.l4 import proxyproto
+from meshkit.l4.endpoints import Endpoint, backend_id_for, fmt_addr
 from meshkit.l4.errors import IngressError
-from meshkit.l4.metrics import MetricFamily, metrics_response, render
+from meshkit.l4.ingress_health import BackendHealth
+from meshkit.l4.ingress_metrics import IngressMetrics
+from meshkit.l4.listeners import TCP, UDP, Listener, TcpFlow, UdpFlow
 from meshkit.l4.relay import make_relay
 from meshkit.l4.spec import BackendSpec, Publish, parse_backends_file
-from meshkit.lb import ConnTable
 from meshkit.lb.health import HealthState
 
-log = logging.getLogger("meshkit.ingress")
+__all__ = [
+    "TCP",
+    "UDP",
+    "BackendSource",
+    "Endpoint",
+    "Ingress",
+    "IngressConfig",
+    "Listener",
+    "TcpFlow",
+    "UdpFlow",
+    "backend_id_for",
+    "fmt_addr",
+    "run_ingress",
+]
 
-TCP = 6
-UDP = 17
-ACCEPT_BATCH = 64
-UDP_BATCH = 64
-UDP_MAX = 65535
+log = logging.getLogger("meshkit.ingress")
 
 
 @dataclass
@@ -73,314 +86,7 @@ class BackendSource(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass
-class Endpoint:
-    """One backend address as probed and counted: (ip, port) after resolution."""
-
-    name: str  # the user's spelling, HOST:PORT, for logs and metrics
-    ip: str
-    port: int
-    family: int
-    weight: int
-    health: HealthState
-    connect_failures: int = 0
-    removed: bool = False  # taken out by a reload; open flows drain
-    users: list[tuple[Listener, int]] = field(default_factory=list)  # (listener, backend id)
-
-
-def backend_id_for(ip: str, port: int, taken: set[int]) -> int:
-    """A stable id from the address, so every node numbers a backend alike (Maglev needs it)."""
-    bid = zlib.crc32(f"{ip}|{port}".encode())
-    while bid in taken:
-        bid = (bid + 1) & 0xFFFFFFFF
-    return bid
-
-
-def fmt_addr(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
-
-
-class Listener:
-    """One --publish: a bound socket, its connection table and its backends' ids."""
-
-    def __init__(self, ingress: Ingress, publish: Publish) -> None:
-        self.ingress = ingress
-        self.publish = publish
-        self.table = ConnTable(ingress.config.policy)
-        self.by_id: dict[int, Endpoint] = {}
-        self.sock: socket.socket | None = None
-        self.accepting = False
-        # The flow keys' destination: the published address (a wildcard for a wildcard
-        # listener; the PROXY header asks the socket for the real one).
-        self.local_ip = publish.host
-        self.udp_flows: dict[tuple[int, str, int, str, int], UdpFlow] = {}
-        self.pair_of: dict[tuple[int, str, int, str, int], int] = {}  # TCP flow -> relay pair
-
-    @property
-    def name(self) -> str:
-        p = self.publish
-        return f"{fmt_addr(p.host, p.published)}/{p.proto}"
-
-    def open(self) -> None:
-        p = self.publish
-        family = socket.AF_INET6 if ":" in p.host else socket.AF_INET
-        kind = socket.SOCK_STREAM if p.proto == "tcp" else socket.SOCK_DGRAM
-        with entered(self.ingress.listen_ns):
-            sock = socket.socket(family, kind)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            sock.bind((p.host, p.published))
-            if kind == socket.SOCK_STREAM:
-                sock.listen(4096)
-        except OSError as exc:
-            sock.close()
-            reason = "port already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            raise IngressError(
-                "--publish",
-                f"{fmt_addr(p.host, p.published)}:{p.target}/{p.proto}",
-                f"cannot listen on {fmt_addr(p.host, p.published)}/{p.proto}: {reason}",
-            ) from None
-        sock.setblocking(False)
-        self.sock = sock
-
-    def start(self) -> None:
-        assert self.sock is not None
-        self.accepting = True
-        if self.publish.proto == "tcp":
-            self.ingress.loop.add_reader(self.sock.fileno(), self.on_accept)
-        else:
-            self.ingress.loop.add_reader(self.sock.fileno(), self.on_datagrams)
-
-    def pause(self) -> None:
-        if self.accepting and self.sock is not None:
-            self.ingress.loop.remove_reader(self.sock.fileno())
-            self.accepting = False
-
-    def close(self) -> None:
-        self.pause()
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        for flow in list(self.udp_flows.values()):
-            flow.close()
-        self.udp_flows.clear()
-
-    # -- TCP ---------------------------------------------------------------------------------
-
-    def on_accept(self) -> None:
-        ing = self.ingress
-        sock = self.sock
-        if sock is None:
-            return
-        budget = ACCEPT_BATCH
-        if ing.max_conns is not None:
-            budget = min(budget, ing.max_conns - ing.open_flows())
-            if budget <= 0:
-                # Leave the rest in the kernel's backlog; resumed when a flow ends.
-                ing.pause_accepting()
-                return
-        now = ing.loop.time()
-        try:
-            if ing.proxy_protocol is None:
-                # The fast lane: accept, pick, connect and (later) release all in C, with no
-                # Python work per connection unless its connect fails.
-                with entered(ing.backend_ns):  # the backend sockets the relay makes
-                    _accepted, refused = ing.relay.serve(
-                        sock.fileno(), self.table, self.local_ip, self.publish.published,
-                        ing.idle_timeout, ing.connect_timeout, now, budget,
-                    )
-                if refused:
-                    ing.count_no_backend(self, refused)
-                return
-            clients = ing.relay.accept(sock.fileno(), budget)
-        except OSError as exc:
-            log.error("accept on %s: %s; pausing for 1s", self.name, exc.strerror)
-            self.pause()
-            ing.loop.call_later(1.0, self.resume_if_running)
-            return
-        for fd, cip, cport in clients:
-            self.open_flow(fd, cip, cport, now)
-
-    def open_flow(self, fd: int, cip: str, cport: int, now: float) -> None:
-        """Give an accepted client a backend and let the relay connect to it.
-
-        The route for --proxy-protocol, whose header is built here; the rest take serve()."""
-        ing = self.ingress
-        key = (TCP, cip, cport, self.local_ip, self.publish.published)
-        bid = self.table.lookup(*key, now)
-        if bid is None:
-            ing.count_no_backend(self)
-            os.close(fd)
-            return
-        ep = self.by_id[bid]
-        flow = TcpFlow(self, key, bid, self.preamble(fd, cip, cport))
-        try:
-            with entered(ing.backend_ns):
-                pair = ing.relay.connect(fd, ep.ip, ep.port, ing.idle_timeout, now,
-                                         flow.preamble, ing.connect_timeout)
-        except OSError as exc:  # out of memory or descriptors: this client only
-            log.error("%s: cannot relay client %s: %s", self.name, fmt_addr(cip, cport),
-                      exc.strerror or exc)
-            self.table.release(*key)
-            os.close(fd)
-            return
-        ing.pairs[pair] = flow
-        self.pair_of[key] = pair
-
-    def preamble(self, fd: int, cip: str, cport: int) -> bytes:
-        pp = self.ingress.config.proxy_protocol
-        if pp is None:
-            return b""
-        lip = self.local_ip
-        if lip in ("0.0.0.0", "::"):
-            s = socket.socket(fileno=fd)
-            try:
-                lip = s.getsockname()[0]
-            finally:
-                s.detach()
-        src, dst = (cip, cport), (lip, self.publish.published)
-        if pp == "v1":
-            return proxyproto.encode_v1("tcp", src, dst)
-        return proxyproto.encode_v2("tcp", src, dst)
-
-    def resume_if_running(self) -> None:
-        if not self.ingress.stopping and not self.accepting and self.sock is not None:
-            self.start()
-
-    # -- UDP ---------------------------------------------------------------------------------
-
-    def on_datagrams(self) -> None:
-        sock = self.sock
-        if sock is None:
-            return
-        ing = self.ingress
-        now = ing.loop.time()
-        lip, lport = self.local_ip, self.publish.published
-        for _ in range(UDP_BATCH):
-            try:
-                data, addr = sock.recvfrom(UDP_MAX)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                continue
-            cip, cport = addr[0], addr[1]
-            bid = self.table.lookup(UDP, cip, cport, lip, lport, now)
-            if bid is None:
-                ing.count_no_backend(self)
-                continue
-            key = (UDP, cip, cport, lip, lport)
-            flow = self.udp_flows.get(key)
-            if flow is None:
-                if ing.max_conns is not None and ing.open_flows() >= ing.max_conns:
-                    self.table.release(UDP, cip, cport, lip, lport)
-                    continue
-                try:
-                    flow = UdpFlow(self, key, self.by_id[bid], bid, (cip, cport))
-                except OSError as exc:
-                    self.table.release(UDP, cip, cport, lip, lport)
-                    ing.passive_failure(self.by_id[bid], exc.strerror or str(exc))
-                    continue
-                self.udp_flows[key] = flow
-            flow.send(data)
-
-    def drop_udp_flow(self, key: tuple[int, str, int, str, int]) -> None:
-        flow = self.udp_flows.pop(key, None)
-        if flow is not None:
-            flow.close()
-
-
-class UdpFlow:
-    """One client's datagrams to one backend, over a connected socket so replies find it."""
-
-    def __init__(
-        self,
-        listener: Listener,
-        key: tuple[int, str, int, str, int],
-        ep: Endpoint,
-        bid: int,
-        client: tuple[str, int],
-    ) -> None:
-        self.listener = listener
-        self.key = key
-        self.endpoint = ep
-        self.bid = bid
-        self.client = client
-        self.bytes = 0
-        with entered(listener.ingress.backend_ns):
-            self.sock = socket.socket(ep.family, socket.SOCK_DGRAM)
-        self.sock.setblocking(False)
-        try:
-            self.sock.connect((ep.ip, ep.port))
-        except OSError:
-            self.sock.close()
-            raise
-        self.header = b""
-        ing = listener.ingress
-        if ing.config.proxy_protocol == "v2":
-            self.header = proxyproto.encode_v2(
-                "udp", client, (listener.local_ip, listener.publish.published)
-            )
-        ing.loop.add_reader(self.sock.fileno(), self.on_reply)
-
-    def send(self, data: bytes) -> None:
-        try:
-            self.sock.send(self.header + data if self.header else data)
-            self.bytes += len(data)
-        except (BlockingIOError, InterruptedError):
-            pass  # UDP may drop; the client retries as it would on any network
-        except OSError as exc:
-            self.fail(exc)
-
-    def on_reply(self) -> None:
-        lsock = self.listener.sock
-        ing = self.listener.ingress
-        for _ in range(UDP_BATCH):
-            try:
-                data = self.sock.recv(UDP_MAX)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self.fail(exc)
-                return
-            self.bytes += len(data)
-            if lsock is not None:
-                with contextlib.suppress(OSError):
-                    lsock.sendto(data, self.client)
-        # A reply keeps the flow alive as much as a request does.
-        self.listener.table.lookup(*self.key, ing.loop.time())
-
-    def fail(self, exc: OSError) -> None:
-        # ECONNREFUSED here is the ICMP port-unreachable of a dead UDP backend.
-        self.listener.ingress.passive_failure(self.endpoint, exc.strerror or str(exc))
-        self.listener.table.release(*self.key)
-        self.listener.drop_udp_flow(self.key)
-
-    def close(self) -> None:
-        ing = self.listener.ingress
-        if self.sock.fileno() >= 0:
-            ing.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            if self.bid in self.listener.by_id:
-                self.listener.table.add_bytes(self.bid, self.bytes)
-            self.bytes = 0
-            ing.maybe_resume()
-
-
-@dataclass
-class TcpFlow:
-    """What the ingress remembers of one relay pair: where it came in and which backend has it."""
-
-    listener: Listener
-    key: tuple[int, str, int, str, int]
-    bid: int
-    preamble: bytes
-    tries: int = 0
-    tried: tuple[int, ...] = ()  # backends whose connect failed (retries are rare)
-
-
-class Ingress:
+class Ingress(BackendHealth, IngressMetrics):
     """The whole process: listeners, the relay, health probes, signals and metrics."""
 
     def __init__(
@@ -629,84 +335,6 @@ class Ingress:
             self._last_no_backend_log = now
             log.warning("%s: no backend is up; refusing new flows", lst.name)
 
-    def passive_failure(self, ep: Endpoint, reason: str) -> None:
-        ep.connect_failures += 1
-        self.health_result(ep, False, reason)
-
-    def health_result(self, ep: Endpoint, ok: bool, reason: str) -> None:
-        if ep.removed:
-            return
-        flipped = ep.health.record(ok)
-        if flipped is None:
-            return
-        if flipped:
-            log.info("backend %s is up (%d good checks)", ep.name, self.config.rise)
-        else:
-            log.warning(
-                "backend %s is down (%d failed checks, last: %s)", ep.name, self.config.fall, reason
-            )
-            if not self.probed(ep):
-                # Nothing would ever bring it back: give it another chance after a while, as
-                # Caddy's fail_timeout does; a backend still refusing goes down again.
-                delay = self.config.fail_timeout
-                log.info("backend %s gets another try in %gs (no active health check)",
-                         ep.name, delay)
-                self.loop.call_later(delay, self.revive, ep)
-        self.set_endpoint_up(ep, flipped)
-
-    def probed(self, ep: Endpoint) -> bool:
-        """Whether active probes watch this endpoint (TCP backends, with checks on)."""
-        return self.config.health_interval > 0 and any(
-            lst.publish.proto == "tcp" for lst, _ in ep.users
-        )
-
-    def revive(self, ep: Endpoint) -> None:
-        if ep.removed or ep.health.up or self.stopping:
-            return
-        ep.health = HealthState(self.config.rise, self.config.fall, up=True)
-        log.info("backend %s is back in rotation on trial", ep.name)
-        self.set_endpoint_up(ep, True)
-
-    def set_endpoint_up(self, ep: Endpoint, up: bool) -> None:
-        for lst, bid in ep.users:
-            if not up:
-                # Served pairs first: the relay releases their flows as it closes them.
-                self.finish(self.relay.close_backend(lst.table, bid))
-            gone = lst.table.set_up(bid, up)
-            for key in gone:
-                if key[0] == UDP:
-                    lst.drop_udp_flow(key)
-                    continue
-                pair = lst.pair_of.get(key)
-                if pair is not None:
-                    done = self.relay.close(pair)
-                    if done is not None:
-                        self.finish([done])
-
-    async def probe_forever(self) -> None:
-        while not self.stopping:
-            eps = [ep for ep in self.endpoints.values() if self.probed(ep)]
-            await asyncio.gather(*(self.probe(ep) for ep in eps))
-            await asyncio.sleep(self.config.health_interval)
-
-    async def probe(self, ep: Endpoint) -> None:
-        with entered(self.backend_ns):
-            sock = socket.socket(ep.family, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        reason = ""
-        try:
-            await asyncio.wait_for(
-                self.loop.sock_connect(sock, (ep.ip, ep.port)), self.config.health_timeout
-            )
-            ok = True
-        except asyncio.TimeoutError:
-            ok, reason = False, f"no answer within {self.config.health_timeout:g}s"
-        except OSError as exc:
-            ok, reason = False, exc.strerror or str(exc)
-        finally:
-            sock.close()
-        self.health_result(ep, ok, reason)
-
     async def tick(self) -> None:
         """Once a second: idle expiry in the relay and in the UDP flow table."""
         while True:
@@ -720,7 +348,7 @@ class Ingress:
                         for key, _bid in lst.table.expire(now, idle):
                             lst.drop_udp_flow(key)
 
-    # -- reload, metrics, stop -----------------------------------------------------------------
+    # -- reload, stop (health: ingress_health, metrics: ingress_metrics) -------------------
 
     async def read_backends_file(self) -> list[BackendSpec]:
         path = self.config.backends_file
@@ -748,73 +376,6 @@ class Ingress:
                 return
             self.apply_backends(resolved)
             log.info("reloaded %s: %d backend(s)", self.config.backends_file, len(resolved))
-
-    async def serve_metrics(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
-        except (
-            asyncio.IncompleteReadError,
-            asyncio.LimitOverrunError,
-            asyncio.TimeoutError,
-            ConnectionError,
-        ):
-            head = b""
-        writer.write(metrics_response(head, render(self.metric_families())))
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        writer.close()
-
-    def metric_families(self) -> list[MetricFamily]:
-        live: dict[tuple[Listener, int], int] = {}
-        for pair, flow in self.pairs.items():
-            st = self.relay.stats(pair)
-            if st is not None:
-                k = (flow.listener, flow.bid)
-                live[k] = live.get(k, 0) + st[0] + st[1]
-        for lst in self.listeners:
-            if lst.publish.proto == "tcp":
-                for bid, nbytes in self.relay.live_bytes(lst.table).items():
-                    live[(lst, bid)] = live.get((lst, bid), 0) + nbytes
-            for udp in lst.udp_flows.values():
-                live[(lst, udp.bid)] = live.get((lst, udp.bid), 0) + udp.bytes
-        fams = {
-            "up": MetricFamily(
-                "meshkit_ingress_backend_up", "1 when the backend is healthy.", "gauge", []
-            ),
-            "active": MetricFamily(
-                "meshkit_ingress_flows_active", "Open flows per backend.", "gauge", []
-            ),
-            "total": MetricFamily(
-                "meshkit_ingress_flows_total", "Flows sent to a backend.", "counter", []
-            ),
-            "bytes": MetricFamily(
-                "meshkit_ingress_bytes_total", "Bytes relayed both ways per backend.", "counter", []
-            ),
-            "fail": MetricFamily(
-                "meshkit_ingress_connect_failures_total",
-                "Failed connects and passive failures per backend.",
-                "counter",
-                [],
-            ),
-        }
-        for lst in self.listeners:
-            for bid, ep in sorted(lst.by_id.items(), key=lambda kv: kv[1].name):
-                labels = {"listener": lst.name, "backend": ep.name}
-                active, total, nbytes = lst.table.stats(bid)
-                fams["up"].samples.append((labels, 1 if lst.table.is_up(bid) else 0))
-                fams["active"].samples.append((labels, active))
-                fams["total"].samples.append((labels, total))
-                fams["bytes"].samples.append((labels, nbytes + live.get((lst, bid), 0)))
-                fams["fail"].samples.append((labels, ep.connect_failures))
-        nob = MetricFamily(
-            "meshkit_ingress_no_backend_total",
-            "Flows refused because no backend was up.",
-            "counter",
-            [({}, self.no_backend)],
-        )
-        return [*fams.values(), nob]
 
     async def stop(self, grace: float) -> None:
         self.stopping = True

@@ -1,0 +1,269 @@
+"""The life of one task: accepted -> preparing -> starting -> running, supervised until it
+exits, is stopped (SIGTERM to its group, SIGKILL after the grace period) or turns unhealthy,
+then its namespace removed and one terminal state reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+from meshkit.base import netns as tasknetns
+from meshkit.base.procwatch import open_pidfd, wait_pidfd
+from meshkit.cluster.tasks import logs as tasklogs
+from meshkit.cluster.tasks import process as taskproc
+from meshkit.cluster.tasks.health import (
+    HealthConfig,
+    HealthTracker,
+    ProbeResult,
+    Verdict,
+    run_probe,
+)
+from meshkit.cluster.tasks.reporting import Reporter, TaskRun
+
+log = logging.getLogger(__name__)
+
+ERR_UNSUPERVISED = "exited while not supervised by this agent; exit code unknown"
+
+
+class TaskLifecycle:
+    """Launches and supervises tasks on this node; the executor decides which, this says how.
+
+    ``overlay`` (meshkit.net.overlay.NodeOverlay) plugs tasks into networks; ``mesh``
+    (meshkit.mesh.node.NodeMesh) runs the DNS server of each task on a network.
+    """
+
+    def __init__(self, hostname: str, reporter: Reporter, overlay: Any, mesh: Any) -> None:
+        self.hostname = hostname
+        self.reporter = reporter
+        self.overlay = overlay
+        self.mesh = mesh
+
+    async def launch(self, t: TaskRun) -> bool:
+        """accepted -> preparing -> starting -> running; False when it ended before running."""
+        self.reporter.emit([{"id": t.id, "state": "preparing", "message": "preparing"}])
+        try:
+            plan = taskproc.plan_launch(t.spec, self.hostname)
+        except taskproc.LaunchError as exc:
+            self.reporter.save(t)
+            self.reporter.finish(t, {"state": "rejected", "message": "rejected", "error": str(exc)})
+            return False
+        if t.spec.get("networks") or t.record.get("networks"):
+            # (the routing mesh's ingress network is in the record, not the spec)
+            t.netns = tasknetns.netns_name(t.id)
+        # the namespace is on record before it exists, so a crash in between still reaps it
+        self.reporter.save(t)
+        if t.stop.is_set():
+            self.reporter.finish(t, {"state": "shutdown", "message": "shutdown"})
+            return False
+        if t.netns is not None:
+            try:
+                await tasknetns.create(t.netns)
+            except tasknetns.NetnsError as exc:
+                await self.remove_netns(t)
+                self.reporter.finish(
+                    t,
+                    {
+                        "state": "rejected",
+                        "message": "rejected",
+                        "error": f"cannot make the task's network namespace: {exc}",
+                    },
+                )
+                return False
+            attachments = list(t.record.get("networks") or [])
+            if attachments and self.overlay is not None:
+                from meshkit.net.overlay import OverlayError
+
+                try:
+                    await self.overlay.attach(t.id, t.netns, attachments)
+                    if self.mesh is not None:
+                        await self.mesh.task_attached(t.id, t.netns)
+                except OverlayError as exc:
+                    await self.remove_netns(t)
+                    self.reporter.finish(
+                        t,
+                        {
+                            "state": "rejected",
+                            "message": "rejected",
+                            "error": f"cannot attach the task to its networks: {exc}",
+                        },
+                    )
+                    return False
+            if t.stop.is_set():
+                await self.remove_netns(t)
+                self.reporter.finish(t, {"state": "shutdown", "message": "shutdown"})
+                return False
+        self.reporter.emit([{"id": t.id, "state": "starting", "message": "starting"}])
+        fds = tasklogs.open_streams(t.dir)
+        try:
+            t.popen = taskproc.spawn(
+                plan, stdout=fds["stdout"], stderr=fds["stderr"], netns=t.netns
+            )
+        except taskproc.LaunchError as exc:
+            await self.remove_netns(t)
+            self.reporter.finish(t, {"state": "rejected", "message": "rejected", "error": str(exc)})
+            return False
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        t.pid = t.popen.pid
+        t.start_ticks = taskproc.start_time(t.pid)
+        t.started_at = time.time()
+        self.reporter.save(t)
+        self.reporter.emit(
+            [
+                {
+                    "id": t.id,
+                    "state": "running",
+                    "message": "started",
+                    "pid": t.pid,
+                    "started_at": t.started_at,
+                }
+            ]
+        )
+        return True
+
+    async def supervise(self, t: TaskRun) -> None:
+        """Wait for the end (exit, stop request, unhealthy), then clean up and report it."""
+        assert t.pid is not None
+        loop = asyncio.get_running_loop()
+        pidfd = open_pidfd(t.pid)
+        exit_wait: asyncio.Future[None]
+        if pidfd is None:
+            exit_wait = loop.create_future()
+            exit_wait.set_result(None)
+        else:
+            exit_wait = loop.create_task(wait_pidfd(pidfd))
+        stop_wait = loop.create_task(t.stop.wait())
+        health = HealthConfig.from_spec(t.spec.get("health"))
+        checks = loop.create_task(self.health(t, health)) if health is not None else None
+        waits: set[asyncio.Future[Any]] = {exit_wait, stop_wait}
+        if checks is not None:
+            waits.add(checks)
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            verdict: Verdict | None = None
+            if not exit_wait.done():
+                if checks is not None and checks.done() and not checks.cancelled():
+                    verdict = checks.result()
+                    self.reporter.emit([{"id": t.id, "state": "running", "healthy": False}])
+                await self.terminate(t, exit_wait)
+            else:
+                # one of the two may have fired at the same moment as the exit
+                if checks is not None and checks.done() and not checks.cancelled():
+                    verdict = checks.result()
+            stopped = t.stop.is_set() and verdict is None
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                # the leader is not reaped yet (a zombie), so the group id is still its own
+                os.killpg(t.pid, signal.SIGKILL)
+            status = reap(t.pid, t.popen)
+            t.exited = True
+        finally:
+            for job in (stop_wait, checks, exit_wait):
+                if job is not None and not job.done():
+                    job.cancel()
+            for job in (stop_wait, checks, exit_wait):
+                if job is not None:
+                    with contextlib.suppress(BaseException):
+                        await job
+            if pidfd is not None:
+                os.close(pidfd)
+        await self.remove_netns(t)
+        code = None if status is None else taskproc.exit_code_of(status)
+        if verdict is not None:
+            self.reporter.finish(
+                t,
+                {
+                    "state": "failed",
+                    "message": "unhealthy",
+                    "error": verdict.error,
+                    "exit_code": code,
+                    "healthy": False,
+                },
+            )
+        elif stopped:
+            self.reporter.finish(t, {"state": "shutdown", "message": "shutdown", "exit_code": code})
+        elif status is None:
+            self.reporter.finish(
+                t, {"state": "failed", "message": "failed", "error": ERR_UNSUPERVISED}
+            )
+        else:
+            self.reporter.finish(t, self.exit_outcome(t, status))
+
+    async def terminate(self, t: TaskRun, exit_wait: asyncio.Future[None]) -> None:
+        """SIGTERM to the group, SIGKILL after the grace period; returns once the leader ended."""
+        assert t.pid is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(t.pid, signal.SIGTERM)
+        await asyncio.wait({exit_wait}, timeout=t.grace)
+        if not exit_wait.done():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(t.pid, signal.SIGKILL)
+            await exit_wait
+
+    async def health(self, t: TaskRun, config: HealthConfig) -> Verdict:
+        """Probe every interval until the task is unhealthy; reports the first success."""
+        loop = asyncio.get_running_loop()
+        elapsed = 0.0 if t.started_at is None else max(0.0, time.time() - t.started_at)
+        tracker = HealthTracker(config, loop.time() - elapsed)
+        plan: taskproc.LaunchPlan | None = None
+        while True:
+            await asyncio.sleep(config.interval)
+            try:
+                plan = plan or taskproc.plan_shell(t.spec, self.hostname, config.cmd)
+            except taskproc.LaunchError as exc:
+                # e.g. the user was removed after an agent restart: the check cannot run
+                result = ProbeResult(False, f"could not run the check: {exc}")
+            else:
+                result = await run_probe(config, plan, t.netns)
+            verdict = tracker.feed(result, loop.time())
+            if verdict is None:
+                continue
+            if not verdict.healthy:
+                return verdict
+            self.reporter.emit([{"id": t.id, "state": "running", "healthy": True}])
+
+    def exit_outcome(self, t: TaskRun, status: int) -> dict[str, Any]:
+        """complete / failed for a task that ended by itself with Popen-style ``status``."""
+        code = taskproc.exit_code_of(status)
+        if status == 0:
+            return {"state": "complete", "message": "finished", "exit_code": 0}
+        data = tasklogs.read_tail_bytes(t.dir, "stderr", taskproc.STDERR_TAIL_BYTES * 4)
+        error = taskproc.describe_exit(status, taskproc.tail_text(data))
+        return {"state": "failed", "message": "failed", "error": error, "exit_code": code}
+
+    def let_go(self, t: TaskRun) -> None:
+        """The DNS server's sockets would keep the task's namespace alive: close them first."""
+        if self.mesh is not None:
+            self.mesh.task_detached(t.id)
+
+    async def remove_netns(self, t: TaskRun) -> None:
+        if t.netns is None:
+            return
+        self.let_go(t)
+        try:
+            await tasknetns.delete(t.netns)
+        except tasknetns.NetnsError:
+            log.exception("executor: task %s: cannot remove its namespace", t.id)
+
+
+def reap(pid: int, popen: subprocess.Popen[bytes] | None = None) -> int | None:
+    """The exit status (Popen style: -N for signal N) of an ended process, when it is our
+    child; None when another process (init, after an agent restart) reaps it."""
+    if popen is not None:
+        return popen.wait()
+    try:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    if waited == 0:
+        return None
+    if os.WIFSIGNALED(status):
+        return -os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)

@@ -10,11 +10,12 @@ Simulated worker nodes run in this process, on one uvloop loop: each one joins f
 (``join`` with the worker token and a CSR, over TLS, through the managers in turn), gets its
 own certificate, and then heartbeats every period (the managers' ``--dispatcher-heartbeat``,
 default 5 s, re-read from every reply; phases spread evenly at random) the way the agent's
-worker does (``Agent._beat`` / ``_manager_targets`` / ``_ask_managers``): it keeps the manager
-list of its join reply (then of each heartbeat reply), starts at index ``randrange(65536)`` of
-it, calls ``heartbeat {"node_id", "status"}`` with mutual TLS (``RpcClient``, 5 s timeout),
-and when a manager is unreachable, times out or answers unavailable/not_manager it moves its
-index on and tries the next manager in the same beat. A follower passes the beats it takes to
+worker does (its heartbeat through ``meshkit.cluster.node.managers.ManagerClient.ask``): it
+keeps the manager list of its join reply (then of each heartbeat reply), starts at index
+``randrange(65536)`` of it, calls ``heartbeat {"node_id", "status"}`` with mutual TLS
+(``RpcClient``, 5 s timeout), and when a manager answers with one of the agent's
+``FAILOVER_CODES`` (unreachable, timeout, unavailable, not_manager, ...) it moves its index
+on and tries the next manager in the same beat. A follower passes the beats it takes to
 the leader in batches (``beats``), about once a second.
 
 For each fleet size (grown in place: none (the idle baseline), 100, then 400 more, then 500
@@ -76,8 +77,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SRC_DIR = REPO_ROOT / "src"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-CALL_TIMEOUT = 5.0  # the agent's call_manager default, for connects and heartbeats
-RETRY_CODES = ("unreachable", "timeout", "unavailable", "not_manager")  # as _ask_managers
+CALL_TIMEOUT = 5.0  # ManagerClient.ask's default, for connects and heartbeats
 GOAL_NODES = 1000
 GOAL_PCT = 50.0
 BUSY_WARN = 20.0  # % of the managers' core taken by other work before we warn
@@ -87,6 +87,7 @@ try:
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(SRC_DIR))
 
+from meshkit.cluster.node.managers import FAILOVER_CODES  # noqa: E402
 from meshkit.cluster.rpc.pki import (  # noqa: E402
     NodeIdentity,
     client_ssl_context,
@@ -448,7 +449,7 @@ class SimNode:
     node_id: str
     ctx: Any  # its mutual-TLS client context
     managers: list[str]  # API addresses, from the join reply, then from heartbeat replies
-    manager_idx: int  # as Agent._manager_idx: random start, moved on when a manager fails
+    manager_idx: int  # as ManagerClient._rotation: random start, moved on when a manager fails
     clients: dict[str, RpcClient] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
 
@@ -516,7 +517,7 @@ class Fleet:
         return node.managers[node.manager_idx % len(node.managers)]
 
     async def _call(self, node: SimNode, addr: str, params: dict[str, Any]) -> Any:
-        """Agent.call_manager: one connection per manager, dropped when it fails."""
+        """As ManagerClient: one connection per manager, dropped when it fails."""
         client = node.clients.get(addr)
         if client is None or client.closed:
             host, port = split_addr(addr)
@@ -538,7 +539,7 @@ class Fleet:
             raise
 
     async def beat(self, node: SimNode) -> None:
-        """One heartbeat: Agent._beat / _manager_targets / _ask_managers of a worker."""
+        """One heartbeat of a worker: ManagerClient.targets and .ask, by its failover rule."""
         stats = self.stats
         stats.sent += 1
         started = time.perf_counter()
@@ -549,7 +550,7 @@ class Fleet:
             try:
                 reply = await self._call(node, addr, params)
             except RpcError as exc:
-                if exc.code not in RETRY_CODES:
+                if exc.code not in FAILOVER_CODES:
                     stats.failed += 1
                     stats.errors[exc.code] = stats.errors.get(exc.code, 0) + 1
                     return

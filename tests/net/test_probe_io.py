@@ -8,6 +8,7 @@ poll with a deadline and nothing asserts how long anything took.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from meshkit.net.probe import PROBE_PORT, REPLY, REQUEST, decode, encode
 from meshkit.net.probe_io import ProbeError, ProbeSocket, control_reachable
 from support import netns
 from support.nettools import drop_udp_port_program
+from support.polling import eventually_async
 
 pytestmark = pytest.mark.root
 
@@ -41,16 +43,8 @@ def unblock(ns: str) -> None:
     run("ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", "eth0", "clsact")
 
 
-async def wait_until(
-    cond: Callable[[], bool], what: Callable[[], str], limit: float = 40.0
-) -> None:
-    """Poll ``cond`` until it holds; fail naming ``what()`` when ``limit`` seconds pass."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + limit
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"gave up waiting: {what()}")
-        await asyncio.sleep(0.05)
+# poll until a condition holds, failing with what() after 40 s
+wait_until = functools.partial(eventually_async, timeout=40.0)
 
 
 def thread_netns() -> int:

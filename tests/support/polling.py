@@ -1,7 +1,10 @@
-"""Waiting for a condition in the tests: one loop, two ways to end it."""
+"""Waiting for a condition in the tests: one polling loop, in the ways a test wants it to end
+(the value, a yes/no, or an AssertionError naming what did not happen), and one for coroutines.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,3 +33,36 @@ def wait_until(pred: Callable[[], bool], timeout: float = 10.0, interval: float 
             return True
         time.sleep(interval)
     return pred()
+
+
+def _failure(what: str | Callable[[], str], timeout: float) -> AssertionError:
+    return AssertionError(f"not within {timeout:g}s: {what() if callable(what) else what}")
+
+
+def eventually(
+    check: Callable[[], object],
+    what: str | Callable[[], str],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+) -> None:
+    """Poll `check` until it holds; AssertionError naming `what` after `timeout` seconds
+    (`what` may be a function, called then: e.g. to add what a process logged)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise _failure(what, timeout)
+        time.sleep(interval)
+
+
+async def eventually_async(
+    check: Callable[[], object],
+    what: str | Callable[[], str],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+) -> None:
+    """`eventually` inside a coroutine: sleeps with asyncio.sleep, so the loop runs on."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise _failure(what, timeout)
+        await asyncio.sleep(interval)

@@ -25,6 +25,7 @@ import pytest
 import meshkit
 from meshkit.web.gitdeploy import GitConfig, GitPuller, github_signature
 from meshkit.web.gitdeploy.schedule import State
+from support import polling
 from support.e2e_util import Reply, curl
 from support.peers import Proc, free_port, wait_tcp
 
@@ -145,12 +146,9 @@ def start_web(tmp_path: Path, repo: Repo) -> Iterator[Callable[[str], Web]]:
 
 
 def eventually(check: Callable[[], bool], what: str, proc: Proc, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen; meshkit web said:\n{proc.stderr()}")
+    polling.eventually(
+        check, lambda: f"{what} did not happen; meshkit web said:\n{proc.stderr()}", timeout, 0.1
+    )
 
 
 def serves(web: Web, text: bytes) -> Callable[[], bool]:
@@ -295,12 +293,9 @@ def captured() -> Iterator[Captured]:
 
 
 async def until(check: Callable[[], bool], what: str, log: Captured, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{what} did not happen; log:\n{log.text()}")
+    await polling.eventually_async(
+        check, lambda: f"{what} did not happen; log:\n{log.text()}", timeout
+    )
 
 
 def test_puller_then_failures_then_long_and_stop(

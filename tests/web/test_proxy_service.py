@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from meshkit.web.server import HttpServer
 from support.e2e_util import curl
 from support.loopthread import Directory, LoopThread
 from support.peers import free_port
+from support.polling import eventually
 
 
 class Backends:
@@ -134,16 +135,6 @@ class Lab:
             self.backend_loop.close()
 
 
-def _wait(pred: Callable[[], bool], what: str) -> None:
-    import time
-
-    deadline = time.monotonic() + 10
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within 10s: {what}")
-        time.sleep(0.02)
-
-
 # --- following the tasks -----------------------------------------------------------------
 
 
@@ -164,7 +155,7 @@ def test_requests_follow_the_tasks(lab: Lab) -> None:
     # b2 has kept connections from the proxy; when it leaves they are closed at once
     assert lab.backends.open_connections("127.0.0.2") > 0
     lab.directory.set("web", ["127.0.0.3", "127.0.0.4"])
-    _wait(lambda: lab.backends.open_connections("127.0.0.2") == 0, "b2's connections closed")
+    eventually(lambda: lab.backends.open_connections("127.0.0.2") == 0, "b2's connections closed")
     assert set(lab.names(8)) == {"b3", "b4"}
 
 
@@ -185,7 +176,7 @@ def test_removing_a_task_mid_load_fails_no_request(lab: Lab) -> None:
         for _ in range(4)
     ]
     try:
-        _wait(lambda: lab.backends.served["127.0.0.2"] >= 10, "load reaches b2")
+        eventually(lambda: lab.backends.served["127.0.0.2"] >= 10, "load reaches b2")
         lab.directory.set("web", ["127.0.0.3"])  # b2 leaves, then stops (its requests end)
         lab.backends.stop("127.0.0.2")
         lab.directory.set("web", ["127.0.0.3", "127.0.0.4"])  # b4 joins
@@ -241,7 +232,7 @@ def test_try_duration_waits_for_a_task(lab: Lab) -> None:
     )
     try:
         # the request is in the proxy, waiting (not answered 502)
-        _wait(lambda: lab.web_loop.run(lambda: _open(lab)) > 0, "the request is in")
+        eventually(lambda: lab.web_loop.run(lambda: _open(lab)) > 0, "the request is in")
         assert waiting.poll() is None
         lab.directory.set("web", ["127.0.0.2"])
         out, _ = waiting.communicate(timeout=30)
@@ -296,13 +287,13 @@ def test_health_checks_follow_the_tasks(lab: Lab) -> None:
         " health_check /health\n health_check_interval 1h\n}}\n"
     )
     # checked at start; the next round is an hour away: a change alone must trigger one
-    _wait(lambda: set(lab.names(4)) == {"b2"}, "b3 taken out by its health check")
+    eventually(lambda: set(lab.names(4)) == {"b2"}, "b3 taken out by its health check")
     lab.backends.sick.add("127.0.0.4")
     lab.directory.set("web", ["127.0.0.2", "127.0.0.3", "127.0.0.4"])
-    _wait(lambda: set(lab.names(6)) == {"b2"}, "the newcomer b4 checked at once")
+    eventually(lambda: set(lab.names(6)) == {"b2"}, "the newcomer b4 checked at once")
     lab.backends.sick.clear()
     lab.directory.set("web", ["127.0.0.3", "127.0.0.4"])  # b2 leaves: a round runs
-    _wait(lambda: set(lab.names(6)) == {"b3", "b4"}, "b3 and b4 back after passing")
+    eventually(lambda: set(lab.names(6)) == {"b3", "b4"}, "b3 and b4 back after passing")
 
 
 # --- configuration errors ------------------------------------------------------------------

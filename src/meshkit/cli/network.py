@@ -12,7 +12,8 @@ from typing import Annotated, Any
 import typer
 
 from meshkit.base.errors import FlagError
-from meshkit.cli.node import HostOpt, check_format, print_listing
+from meshkit.cli.node import FormatOpt, HostOpt, IdsOnlyOpt, check_format, print_listing
+from meshkit.cli.node import agent_call as _call
 
 network_app = typer.Typer(
     name="network",
@@ -21,12 +22,6 @@ network_app = typer.Typer(
 )
 
 LS_HEADERS = ["NETWORK ID", "NAME", "DRIVER", "SCOPE"]
-
-
-def _call(host: str | None, method: str, params: dict[str, Any] | None = None) -> Any:
-    from meshkit.cluster.rpc.local import call
-
-    return call(host, method, params)
 
 
 def parse_opts(opts: list[str]) -> dict[str, Any]:
@@ -108,8 +103,8 @@ def create(
 
 @network_app.command("ls")
 def ls(
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the IDs.")] = False,
+    fmt: FormatOpt = "table",
+    quiet: IdsOnlyOpt = False,
     host: HostOpt = None,
 ) -> None:
     """List networks: NETWORK ID, NAME, DRIVER, SCOPE."""

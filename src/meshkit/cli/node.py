@@ -46,6 +46,7 @@ HostOpt = Annotated[
     ),
 ]
 FormatOpt = Annotated[str, typer.Option("--format", help="table or json.")]
+IdsOnlyOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only the IDs.")]
 DataDirOpt = Annotated[
     str, typer.Option("--data-dir", help="Where the node keeps its identity and state.")
 ]
@@ -134,10 +135,14 @@ def _print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=4, sort_keys=False))
 
 
-def _call(host: str | None, method: str, params: dict[str, Any] | None = None) -> Any:
+def agent_call(host: str | None, method: str, params: dict[str, Any] | None = None) -> Any:
+    """One call to the local agent's API (its client loaded on demand: a light CLI)."""
     from meshkit.cluster.rpc.local import call
 
     return call(host, method, params)
+
+
+_call = agent_call
 
 
 def join_command(token: str, addr: str) -> str:
@@ -532,7 +537,7 @@ NODE_HEADERS = [
 @node_app.command("ls")
 def ls(
     fmt: FormatOpt = "table",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the IDs.")] = False,
+    quiet: IdsOnlyOpt = False,
     host: HostOpt = None,
 ) -> None:
     """List the nodes of the cluster (on a manager)."""
@@ -566,12 +571,13 @@ def promote(
     host: HostOpt = None,
 ) -> None:
     """Make workers managers."""
-    for ref in nodes:
-        reply = _call(host, "node_promote", {"node": ref})
-        if reply.get("changed"):
-            typer.echo(f"Node {ref} promoted to a manager in the swarm.")
-        else:
-            typer.echo(f"Node {ref} is already a manager.")
+    _change_roles(
+        host,
+        nodes,
+        "node_promote",
+        "Node {} promoted to a manager in the swarm.",
+        "Node {} is already a manager.",
+    )
 
 
 @node_app.command()
@@ -580,12 +586,22 @@ def demote(
     host: HostOpt = None,
 ) -> None:
     """Make managers workers (never the last manager)."""
+    _change_roles(
+        host,
+        nodes,
+        "node_demote",
+        "Manager {} demoted in the swarm.",
+        "Node {} is already a worker.",
+    )
+
+
+def _change_roles(
+    host: str | None, nodes: list[str], method: str, changed: str, unchanged: str
+) -> None:
+    """promote/demote: one call per node, and Docker's line for what it did (or not)."""
     for ref in nodes:
-        reply = _call(host, "node_demote", {"node": ref})
-        if reply.get("changed"):
-            typer.echo(f"Manager {ref} demoted in the swarm.")
-        else:
-            typer.echo(f"Node {ref} is already a worker.")
+        reply = _call(host, method, {"node": ref})
+        typer.echo((changed if reply.get("changed") else unchanged).format(ref))
 
 
 @node_app.command("rm")

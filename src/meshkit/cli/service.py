@@ -19,7 +19,8 @@ from typing import Annotated, Any
 import typer
 
 from meshkit.base.errors import FlagError, MeshkitError
-from meshkit.cli.node import HostOpt
+from meshkit.cli.node import FormatOpt, HostOpt, IdsOnlyOpt
+from meshkit.cli.node import agent_call as _call
 
 service_app = typer.Typer(
     name="service",
@@ -33,16 +34,27 @@ DetachOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print less.")]
 
+# flags `service create` and `service update` share (values checked by cli/servicespec.py)
+RestartDelayOpt = Annotated[str | None, typer.Option("--restart-delay")]
+RestartMaxAttemptsOpt = Annotated[str | None, typer.Option("--restart-max-attempts")]
+RestartWindowOpt = Annotated[str | None, typer.Option("--restart-window")]
+HealthCmdOpt = Annotated[str | None, typer.Option("--health-cmd")]
+HealthIntervalOpt = Annotated[str | None, typer.Option("--health-interval")]
+HealthTimeoutOpt = Annotated[str | None, typer.Option("--health-timeout")]
+HealthRetriesOpt = Annotated[str | None, typer.Option("--health-retries")]
+HealthStartPeriodOpt = Annotated[str | None, typer.Option("--health-start-period")]
+UpdateParallelismOpt = Annotated[str | None, typer.Option("--update-parallelism")]
+UpdateDelayOpt = Annotated[str | None, typer.Option("--update-delay")]
+UpdateFailureActionOpt = Annotated[str | None, typer.Option("--update-failure-action")]
+UpdateMonitorOpt = Annotated[str | None, typer.Option("--update-monitor")]
+UpdateMaxFailureRatioOpt = Annotated[str | None, typer.Option("--update-max-failure-ratio")]
+UpdateOrderOpt = Annotated[str | None, typer.Option("--update-order")]
+StopGracePeriodOpt = Annotated[str | None, typer.Option("--stop-grace-period")]
+
 CONVERGE_STABLE = 1.0
 """Seconds every task must keep running before the service counts as converged."""
 
 POLL = 0.25
-
-
-def _call(host: str | None, method: str, params: dict[str, Any] | None = None) -> Any:
-    from meshkit.cluster.rpc.local import call
-
-    return call(host, method, params)
 
 
 # -- human-readable times (Docker's units.HumanDuration) -----------------------------------------
@@ -243,23 +255,21 @@ def create(
     restart_condition: Annotated[
         str | None, typer.Option("--restart-condition", help="any, on-failure or none.")
     ] = None,
-    restart_delay: Annotated[str | None, typer.Option("--restart-delay")] = None,
-    restart_max_attempts: Annotated[str | None, typer.Option("--restart-max-attempts")] = None,
-    restart_window: Annotated[str | None, typer.Option("--restart-window")] = None,
-    health_cmd: Annotated[str | None, typer.Option("--health-cmd")] = None,
-    health_interval: Annotated[str | None, typer.Option("--health-interval")] = None,
-    health_timeout: Annotated[str | None, typer.Option("--health-timeout")] = None,
-    health_retries: Annotated[str | None, typer.Option("--health-retries")] = None,
-    health_start_period: Annotated[str | None, typer.Option("--health-start-period")] = None,
-    update_parallelism: Annotated[str | None, typer.Option("--update-parallelism")] = None,
-    update_delay: Annotated[str | None, typer.Option("--update-delay")] = None,
-    update_failure_action: Annotated[str | None, typer.Option("--update-failure-action")] = None,
-    update_monitor: Annotated[str | None, typer.Option("--update-monitor")] = None,
-    update_max_failure_ratio: Annotated[
-        str | None, typer.Option("--update-max-failure-ratio")
-    ] = None,
-    update_order: Annotated[str | None, typer.Option("--update-order")] = None,
-    stop_grace_period: Annotated[str | None, typer.Option("--stop-grace-period")] = None,
+    restart_delay: RestartDelayOpt = None,
+    restart_max_attempts: RestartMaxAttemptsOpt = None,
+    restart_window: RestartWindowOpt = None,
+    health_cmd: HealthCmdOpt = None,
+    health_interval: HealthIntervalOpt = None,
+    health_timeout: HealthTimeoutOpt = None,
+    health_retries: HealthRetriesOpt = None,
+    health_start_period: HealthStartPeriodOpt = None,
+    update_parallelism: UpdateParallelismOpt = None,
+    update_delay: UpdateDelayOpt = None,
+    update_failure_action: UpdateFailureActionOpt = None,
+    update_monitor: UpdateMonitorOpt = None,
+    update_max_failure_ratio: UpdateMaxFailureRatioOpt = None,
+    update_order: UpdateOrderOpt = None,
+    stop_grace_period: StopGracePeriodOpt = None,
     endpoint_mode: Annotated[str | None, typer.Option("--endpoint-mode")] = None,
     detach: DetachOpt = False,
     quiet: QuietOpt = False,
@@ -276,8 +286,8 @@ def create(
 
 @service_app.command("ls")
 def ls(
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the IDs.")] = False,
+    fmt: FormatOpt = "table",
+    quiet: IdsOnlyOpt = False,
     host: HostOpt = None,
 ) -> None:
     """List services: ID, NAME, MODE, REPLICAS, COMMAND, PORTS."""
@@ -420,23 +430,21 @@ def update(
     workdir: Annotated[str | None, typer.Option("--workdir", "-w")] = None,
     user: Annotated[str | None, typer.Option("--user", "-u")] = None,
     restart_condition: Annotated[str | None, typer.Option("--restart-condition")] = None,
-    restart_delay: Annotated[str | None, typer.Option("--restart-delay")] = None,
-    restart_max_attempts: Annotated[str | None, typer.Option("--restart-max-attempts")] = None,
-    restart_window: Annotated[str | None, typer.Option("--restart-window")] = None,
-    health_cmd: Annotated[str | None, typer.Option("--health-cmd")] = None,
-    health_interval: Annotated[str | None, typer.Option("--health-interval")] = None,
-    health_timeout: Annotated[str | None, typer.Option("--health-timeout")] = None,
-    health_retries: Annotated[str | None, typer.Option("--health-retries")] = None,
-    health_start_period: Annotated[str | None, typer.Option("--health-start-period")] = None,
-    update_parallelism: Annotated[str | None, typer.Option("--update-parallelism")] = None,
-    update_delay: Annotated[str | None, typer.Option("--update-delay")] = None,
-    update_failure_action: Annotated[str | None, typer.Option("--update-failure-action")] = None,
-    update_monitor: Annotated[str | None, typer.Option("--update-monitor")] = None,
-    update_max_failure_ratio: Annotated[
-        str | None, typer.Option("--update-max-failure-ratio")
-    ] = None,
-    update_order: Annotated[str | None, typer.Option("--update-order")] = None,
-    stop_grace_period: Annotated[str | None, typer.Option("--stop-grace-period")] = None,
+    restart_delay: RestartDelayOpt = None,
+    restart_max_attempts: RestartMaxAttemptsOpt = None,
+    restart_window: RestartWindowOpt = None,
+    health_cmd: HealthCmdOpt = None,
+    health_interval: HealthIntervalOpt = None,
+    health_timeout: HealthTimeoutOpt = None,
+    health_retries: HealthRetriesOpt = None,
+    health_start_period: HealthStartPeriodOpt = None,
+    update_parallelism: UpdateParallelismOpt = None,
+    update_delay: UpdateDelayOpt = None,
+    update_failure_action: UpdateFailureActionOpt = None,
+    update_monitor: UpdateMonitorOpt = None,
+    update_max_failure_ratio: UpdateMaxFailureRatioOpt = None,
+    update_order: UpdateOrderOpt = None,
+    stop_grace_period: StopGracePeriodOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the tasks even unchanged.")] = (
         False
     ),

@@ -6,7 +6,7 @@ change; `answer(directory, query_wire, task_id, tcp=...)` then decides, per quer
 `Answer` (the reply's wire bytes, ready to send), a `Forward` (a name that is not ours: the I/O
 shell sends it to the host's resolvers) and None (a packet to drop).
 
-What a task sees (swarm's embedded DNS, see DESIGN.md):
+What a task sees (as Docker swarm's embedded DNS answers it):
   NAME                    the service's VIP on each shared network (vip mode), or the IPs of
                           its up tasks (dnsrr)
   tasks.NAME              the IPs of the service's up tasks

@@ -13,8 +13,8 @@ Input is plain data the agent gathers:
 - kernel check rows: mappings ``{"name", "ok", "detail"}``, ``(name, ok, detail)`` tuples or
   objects with those attributes.
 
-Output: Docker-style text tables (upper-case headers, columns two spaces apart, the last
-column never cut), a JSON-able dict for ``--json``, and ``overlay_column`` for ``node ls``.
+Output: Docker-style text tables (meshkit.base.table with columns two spaces apart, the
+last column never cut), a JSON-able dict for ``--json``, and ``overlay_column`` for ``node ls``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from meshkit.base.table import table as base_table
 from meshkit.net.verdict import Health, PairFacts, judge
 
 PAIR_HEADERS = ("SOURCE", "TARGET", "CONTROL", "VXLAN", "PATH MTU", "VERDICT")
@@ -39,18 +40,8 @@ _SHORT = {
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
-    """Columns padded to their widest cell, two spaces apart, no trailing blanks."""
-    body = [list(r) for r in rows]
-    widths = [len(h) for h in headers]
-    for row in body:
-        if len(row) != len(headers):
-            raise ValueError(f"table row {row!r} has {len(row)} cells, not {len(headers)}")
-        for i, cell in enumerate(row):
-            widths[i] = max(widths[i], len(cell))
-    lines = []
-    for row in [list(headers), *body]:
-        lines.append(GAP.join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
-    return "\n".join(lines)
+    """meshkit.base.table's table with the doctor's two-space gap."""
+    return base_table(headers, rows, gap=GAP)
 
 
 def yes_no(value: bool | None) -> str:

@@ -142,15 +142,19 @@ class Lifecycle(Pipeline):
         else:
             self._fire(Event.CLOSE_WHEN_DONE)
 
-    def _hand_over(self, upgrade: Any) -> None:
-        """Let go of the socket (without closing it) and run the upgrade taker on it."""
-        rest = self._upgrade_rest or b""
+    def _unwatch(self) -> None:
+        """Stop the loop watching the socket (reading and writing)."""
         if self._reading:
             self._loop.remove_reader(self._fd)
             self._reading = False
         if self._writing:
             self._loop.remove_writer(self._fd)
             self._writing = False
+
+    def _hand_over(self, upgrade: Any) -> None:
+        """Let go of the socket (without closing it) and run the upgrade taker on it."""
+        rest = self._upgrade_rest or b""
+        self._unwatch()
         self._fire(Event.HAND_OVER)
         self._drop_slots()
         sock = self._sock
@@ -162,12 +166,7 @@ class Lifecycle(Pipeline):
         if self._state >= _UPGRADED:
             return
         self._fire(Event.ABORT)
-        if self._reading:
-            self._loop.remove_reader(self._fd)
-            self._reading = False
-        if self._writing:
-            self._loop.remove_writer(self._fd)
-            self._writing = False
+        self._unwatch()
         with contextlib.suppress(OSError):
             self._sock.close()
         out, self._out = self._out, deque()

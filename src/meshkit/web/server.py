@@ -1,8 +1,8 @@
 """The HTTP/1.1 server of `meshkit web`: uvloop + httptools, sockets owned by the server.
 
 Why the server owns its sockets: uvloop has no loop.sendfile() and refuses add_writer() on a
-socket that belongs to a transport (see DESIGN.md, "Known constraints"). So the server
-creates the listening sockets itself and watches them and every accepted connection with
+socket that belongs to a transport (RuntimeError). So the server creates the listening
+sockets itself and watches them and every accepted connection with
 loop.add_reader(); it reads with recv(), feeds httptools, and writes with the send path of
 meshkit.web.sendfile (the compiled send()/sendfile(2) loop of meshkit._fastpath, or its
 pure-Python twin), calling loop.add_writer() only when the socket buffer is full.

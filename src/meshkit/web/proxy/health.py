@@ -28,7 +28,7 @@ from meshkit.web.proxy.upstream import Upstream
 
 __all__ = ["Checked", "HealthChecker"]
 
-log = logging.getLogger("meshkit.web")
+log = logging.getLogger(__name__)
 
 
 class Checked(Protocol):

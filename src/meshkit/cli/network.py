@@ -69,6 +69,13 @@ def create(
         str, typer.Option(help="auto, kernel or userspace: who carries the VXLAN packets.")
     ] = "auto",
     label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE.")] = None,
+    internal: Annotated[
+        bool,
+        typer.Option(
+            "--internal",
+            help="No way out: tasks get no gateway interface for this network (as Docker's).",
+        ),
+    ] = False,
     host: HostOpt = None,
 ) -> None:
     """Create an overlay network (prints its ID)."""
@@ -97,6 +104,8 @@ def create(
         "labels": parse_labels(label or []),
         **parse_opts(opt or []),
     }
+    if internal:
+        params["internal"] = True
     reply = _call(host, "network_create", params)
     typer.echo(reply["id"])
 

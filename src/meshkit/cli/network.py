@@ -162,6 +162,7 @@ def doctor(
     missing = kernelcheck.missing_words(checks)
     pairs: list[dict[str, Any]] = []
     errors: list[str] = []
+    gateways: list[tuple[str, dict[str, Any] | None]] = []
     note = ""
     try:
         info = _call(host, "info")
@@ -175,17 +176,25 @@ def doctor(
             for node in sorted(reply["nodes"].values(), key=lambda n: n["hostname"]):
                 for _net_id, error in sorted(((node["overlay"] or {}).get("errors") or {}).items()):
                     errors.append(f"{node['hostname'] or node['addr']}: {error}")
+                gateways.append(
+                    (node["hostname"] or node["addr"], (node["overlay"] or {}).get("gateway"))
+                )
         else:
             pairs = own_pairs(info)
             for _net_id, error in sorted(((info.get("overlay") or {}).get("errors") or {}).items()):
                 errors.append(f"{info.get('hostname')}: {error}")
+            gateways.append(
+                (str(info.get("hostname") or ""), (info.get("overlay") or {}).get("gateway"))
+            )
             note = "This node is a worker: only its own probes are shown (run doctor on a "
             note += "manager for every pair)."
     if as_json:
         out = doctor_report.doctor_json(pairs, checks, dataplane=dataplane)
         out["missing"] = missing
         out["network_errors"] = errors
+        out["gateways"] = {name: gw for name, gw in gateways}
         out["ok"] = bool(out["ok"]) and not errors
+        out["ok"] = out["ok"] and all(gw is None or gw.get("ok") for _n, gw in gateways)
         if info is not None:
             out["stats"] = info.get("overlay_stats") or {}
             out["mesh"] = info.get("mesh") or {}
@@ -199,6 +208,9 @@ def doctor(
         text += "\n" + "\n".join(missing) + "\n"
     if errors:
         text += "\nNetworks a node could not build:\n" + "\n".join(errors) + "\n"
+    if gateways:
+        text += "\nGateway (tasks' outbound access):\n" + doctor_report.gateway_table(gateways)
+        text += "\n"
     if info is not None:
         text += mesh_text(info.get("mesh") or {})
     if note:

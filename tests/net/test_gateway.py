@@ -108,3 +108,10 @@ def test_without_nft_the_gateway_names_what_is_missing() -> None:
     assert not out["ready"] and not out["status"]["ok"], out
     assert any("no nft binary" in m for m in out["status"]["missing"]), out
     assert shutil.which("ip")
+
+
+def test_no_gateway_on_loopback_nodes_or_when_switched_off() -> None:
+    assert gw.gateway_wanted("198.18.0.10", {})
+    assert not gw.gateway_wanted("127.0.0.1", {})
+    assert not gw.gateway_wanted("198.18.0.10", {"MESHKIT_GATEWAY": "off"})
+    assert gw.gateway_wanted("198.18.0.10", {"MESHKIT_GATEWAY": "on"})

@@ -20,6 +20,9 @@ was when the gateway is removed. All of it is made idempotently when the first n
 names the node's subnet, and removed when the node leaves the cluster (a plain agent restart
 keeps it: the tasks, adopted by the next agent, keep their way out).
 
+A node advertised on a loopback address, or run with ``MESHKIT_GATEWAY=off``, has no gateway
+(several agents sharing one namespace, as one-host test clusters do, would share one bridge).
+
 When ``nft`` is missing or nf_tables NAT is refused, one line says so in the agent's log and
 tasks start without a gateway interface (no way out, but everything else works). ``status()``
 is what ``meshkit doctor`` shows per node: the NAT rule present, forwarding on, and by name
@@ -57,6 +60,19 @@ IP_FORWARD = Path("/proc/sys/net/ipv4/ip_forward")
 BOOK_FILE = "gateway.json"
 NFT_TIMEOUT = 10.0
 TASK_NETNS_DIR = Path("/run/netns")
+
+
+def gateway_wanted(advertise_addr: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether a node builds a gateway: not with ``MESHKIT_GATEWAY=off`` (or 0, no, false),
+    and not for a node advertised on a loopback address (several agents of a one-host test
+    cluster share one namespace, and nothing outside could be reached through them anyway)."""
+    value = (os.environ if env is None else env).get("MESHKIT_GATEWAY", "").strip().lower()
+    if value in ("off", "0", "no", "false"):
+        return False
+    try:
+        return not ipaddress.ip_address(advertise_addr).is_loopback
+    except ValueError:
+        return True
 
 
 class GatewayError(Exception):

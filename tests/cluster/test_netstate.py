@@ -158,3 +158,26 @@ def test_publishing_services_share_the_ingress_network_and_get_vips_on_each_netw
     assert netstate.ingress_network(st) is not None
     cs.apply(st, {"op": "task_status", "updates": [{"id": "k" * 25, "state": "shutdown"}]})
     assert netstate.ingress_network(st) is None and list(st.networks) == [NID]
+
+
+def test_each_node_gets_a_gateway_subnet_from_the_end_of_the_pool() -> None:
+    st = _state()
+    assert st.gateway_subnets == {M1: "198.19.255.0/24"}
+    joined = cs.NodeRecord(id=W1, hostname="w1", role="worker", addr="198.18.0.2")
+    cs.apply(st, {"op": "add_node", "node": joined.to_dict()})
+    assert st.gateway_subnets[W1] == "198.19.254.0/24"
+    # overlays are numbered from the start and never take a gateway subnet
+    assert _net(st)["subnet"] == "198.19.0.0/24"
+    clash = r"198\.19\.254\.0/24 of the gateway bridge of node w1"
+    with pytest.raises(cs.CommandError, match=clash):
+        _net(st, "x", "q" * 25, subnet="198.19.254.0/24")
+    internal = _net(st, "back", "o" * 25, internal=True)
+    assert internal["internal"] is True and not st.networks[NID]["internal"]
+    m = netstate.netmap(st)
+    assert m["gateways"] == {M1: "198.19.255.0/24", W1: "198.19.254.0/24"}
+    assert m["networks"]["o" * 25]["internal"] and not m["networks"][NID]["internal"]
+    assert netstate.network_view(st, internal)["Internal"] is True
+    cs.apply(st, {"op": "set_status", "statuses": {W1: "down"}})
+    cs.apply(st, {"op": "remove_node", "node_id": W1})
+    assert st.gateway_subnets == {M1: "198.19.255.0/24"}
+    assert cs.ClusterState.from_dict(st.to_dict()).to_dict() == st.to_dict()

@@ -504,3 +504,31 @@ def test_parse_resolv_conf(tmp_path: Path) -> None:
     conf.write_text("nameserver 127.0.0.11\n")
     assert Forwarder(resolv_conf=str(conf)).upstreams == []
     assert Forwarder(resolv_conf=str(tmp_path / "missing")).upstreams == []
+
+
+def test_forwarder_follows_resolv_conf_changes(tmp_path: Path) -> None:
+    from meshkit.net import dnsserver
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 192.0.2.1\n")
+    fwd = Forwarder(resolv_conf=str(conf))
+    assert fwd.upstreams == [("192.0.2.1", 53)]
+
+    async def refresh() -> None:
+        fwd._resolv_checked = -1e9  # past the once-a-second limit
+        await fwd.refresh()
+
+    conf.write_text("nameserver 198.51.100.7\nnameserver 127.0.0.11\nnameserver 192.0.2.9\n")
+    os.utime(conf, ns=(1, 1))  # a different mtime even on a coarse clock
+    asyncio.run(refresh())
+    assert fwd.upstreams == [("198.51.100.7", 53), ("192.0.2.9", 53)]
+    # unchanged: not read again
+    fwd.upstreams = [("203.0.113.1", 53)]
+    asyncio.run(refresh())
+    assert fwd.upstreams == [("203.0.113.1", 53)]
+    # fixed upstreams never look at a file
+    fixed = Forwarder([("192.0.2.2", 53)], resolv_conf=str(conf))
+    conf.write_text("nameserver 192.0.2.3\n")
+    asyncio.run(fixed.refresh())
+    assert fixed.upstreams == [("192.0.2.2", 53)]
+    assert dnsserver.RESOLV_RECHECK > 0

@@ -82,3 +82,12 @@ def test_mac_and_mtu() -> None:
     assert ipam.overlay_mtu(1500) == 1450
     assert ipam.overlay_mtu(1400) == 1350
     assert ipam.overlay_mtu(1500, 1300) == 1300
+
+
+def test_carve_from_top_takes_the_last_free_subnet() -> None:
+    pools = ["198.18.0.0/23", "198.19.0.0/23"]
+    assert ipam.carve_subnet(pools, 24, [], from_top=True) == "198.19.1.0/24"
+    assert ipam.carve_subnet(pools, 24, ["198.19.1.0/24"], from_top=True) == "198.19.0.0/24"
+    taken = ["198.19.0.0/23"]
+    assert ipam.carve_subnet(pools, 24, taken, from_top=True) == "198.18.1.0/24"
+    assert ipam.carve_subnet(pools, 24, taken) == "198.18.0.0/24"

@@ -69,6 +69,13 @@ def create(
         str, typer.Option(help="auto, kernel or userspace: who carries the VXLAN packets.")
     ] = "auto",
     label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE.")] = None,
+    internal: Annotated[
+        bool,
+        typer.Option(
+            "--internal",
+            help="No way out: tasks get no gateway interface for this network (as Docker's).",
+        ),
+    ] = False,
     host: HostOpt = None,
 ) -> None:
     """Create an overlay network (prints its ID)."""
@@ -97,6 +104,8 @@ def create(
         "labels": parse_labels(label or []),
         **parse_opts(opt or []),
     }
+    if internal:
+        params["internal"] = True
     reply = _call(host, "network_create", params)
     typer.echo(reply["id"])
 
@@ -153,6 +162,7 @@ def doctor(
     missing = kernelcheck.missing_words(checks)
     pairs: list[dict[str, Any]] = []
     errors: list[str] = []
+    gateways: list[tuple[str, dict[str, Any] | None]] = []
     note = ""
     try:
         info = _call(host, "info")
@@ -166,17 +176,25 @@ def doctor(
             for node in sorted(reply["nodes"].values(), key=lambda n: n["hostname"]):
                 for _net_id, error in sorted(((node["overlay"] or {}).get("errors") or {}).items()):
                     errors.append(f"{node['hostname'] or node['addr']}: {error}")
+                gateways.append(
+                    (node["hostname"] or node["addr"], (node["overlay"] or {}).get("gateway"))
+                )
         else:
             pairs = own_pairs(info)
             for _net_id, error in sorted(((info.get("overlay") or {}).get("errors") or {}).items()):
                 errors.append(f"{info.get('hostname')}: {error}")
+            gateways.append(
+                (str(info.get("hostname") or ""), (info.get("overlay") or {}).get("gateway"))
+            )
             note = "This node is a worker: only its own probes are shown (run doctor on a "
             note += "manager for every pair)."
     if as_json:
         out = doctor_report.doctor_json(pairs, checks, dataplane=dataplane)
         out["missing"] = missing
         out["network_errors"] = errors
+        out["gateways"] = {name: gw for name, gw in gateways}
         out["ok"] = bool(out["ok"]) and not errors
+        out["ok"] = out["ok"] and all(gw is None or gw.get("ok") for _n, gw in gateways)
         if info is not None:
             out["stats"] = info.get("overlay_stats") or {}
             out["mesh"] = info.get("mesh") or {}
@@ -190,6 +208,9 @@ def doctor(
         text += "\n" + "\n".join(missing) + "\n"
     if errors:
         text += "\nNetworks a node could not build:\n" + "\n".join(errors) + "\n"
+    if gateways:
+        text += "\nGateway (tasks' outbound access):\n" + doctor_report.gateway_table(gateways)
+        text += "\n"
     if info is not None:
         text += mesh_text(info.get("mesh") or {})
     if note:

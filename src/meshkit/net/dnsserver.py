@@ -10,6 +10,10 @@ its listening socket); every query is decided by `dnsnames.answer` against the c
 /etc/resolv.conf, from the agent's namespace with plain sockets: UDP with a timeout per upstream
 then the next one, TCP for queries that came over TCP, each query on its own socket (a random
 source port and its own id, so one slow upstream never holds up another client's answer).
+The resolv.conf is followed, not read once: before forwarding, at most once a second, its
+mtime, size and inode are looked at (in a worker thread) and the file read again when one
+changed. The sockets are made in the agent's (the node's) namespace, so the node's resolvers
+are reached the way the node reaches them, whatever the task's own routes.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import secrets
 import socket
 import struct
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -37,6 +43,17 @@ log = logging.getLogger("meshkit.net.dnsserver")
 DNS_ADDR = "127.0.0.11"
 DNS_PORT = 53
 RESOLV_CONF = "/etc/resolv.conf"
+RESOLV_RECHECK = 1.0  # seconds between two looks at the resolv.conf's mtime
+
+
+def _resolv_signature(path: str) -> tuple[int, int, int] | None:
+    """(mtime ns, size, inode) of the resolv.conf, None when it is missing: a change of any
+    of them (an edit, or a resolver manager replacing the file) means read it again."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 UPSTREAM_TIMEOUT = 2.0
 # A TCP client that sends nothing for this long is dropped (RFC 7766 suggests some seconds).
 TCP_IDLE_TIMEOUT = 10.0
@@ -103,27 +120,67 @@ class Forwarder:
         timeout: float = UPSTREAM_TIMEOUT,
         resolv_conf: str = RESOLV_CONF,
     ) -> None:
+        # with no fixed upstreams, the resolv.conf is followed: read again when its mtime,
+        # size or inode changes (checked at most every RESOLV_RECHECK seconds, off the loop)
+        self._resolv_conf = resolv_conf if upstreams is None else None
+        self._resolv_sig: tuple[int, int, int] | None = None
+        self._resolv_checked = -1e9
+        self.upstreams: list[Upstream] = []
         if upstreams is None:
-            try:
-                with open(resolv_conf, encoding="utf-8", errors="replace") as f:
-                    upstreams = parse_resolv_conf(f.read())
-            except OSError as exc:
-                log.warning("DNS forwarding: cannot read %s: %s", resolv_conf, exc.strerror)
-                upstreams = []
-            if not upstreams:
-                log.warning(
-                    "DNS forwarding: no usable nameserver in %s; names outside the cluster "
-                    "get SERVFAIL",
-                    resolv_conf,
-                )
-        self.upstreams = list(upstreams)
+            self._reload(_resolv_signature(resolv_conf), log_missing=True)
+        else:
+            self.upstreams = list(upstreams)
         self.timeout = timeout
+
+    def _reload(self, sig: tuple[int, int, int] | None, *, log_missing: bool) -> None:
+        """Read the resolv.conf again (its signature is `sig`)."""
+        assert self._resolv_conf is not None
+        path = self._resolv_conf
+        self._resolv_sig = sig
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                upstreams = parse_resolv_conf(f.read())
+        except OSError as exc:
+            log.warning("DNS forwarding: cannot read %s: %s", path, exc.strerror)
+            upstreams = []
+        if not upstreams and (log_missing or self.upstreams):
+            log.warning(
+                "DNS forwarding: no usable nameserver in %s; names outside the cluster "
+                "get SERVFAIL",
+                path,
+            )
+        elif not log_missing and upstreams != self.upstreams:
+            log.info(
+                "DNS forwarding: %s changed; forwarding to %s",
+                path,
+                ", ".join(f"{h}:{p}" for h, p in upstreams),
+            )
+        self.upstreams = upstreams
+
+    def _check_resolv_conf(self) -> None:
+        """Re-read the resolv.conf when it changed (runs in a worker thread)."""
+        if self._resolv_conf is None:
+            return
+        sig = _resolv_signature(self._resolv_conf)
+        if sig != self._resolv_sig:
+            self._reload(sig, log_missing=False)
+
+    async def refresh(self) -> None:
+        """Follow changes to the resolv.conf (at most one stat every RESOLV_RECHECK s)."""
+        if self._resolv_conf is None:
+            return
+        now = time.monotonic()
+        if now - self._resolv_checked < RESOLV_RECHECK:
+            return
+        self._resolv_checked = now
+        await asyncio.to_thread(self._check_resolv_conf)
 
     async def query(self, query: dns.message.Message, *, tcp: bool) -> bytes | None:
         """The upstream's reply, with the client's id, or None when every upstream failed.
 
         A SERVFAIL or REFUSED from one upstream makes the next one be tried; the last such
         reply is returned when no upstream does better."""
+        await self.refresh()
         client_id = query.id
         fallback: bytes | None = None
         for upstream in self.upstreams:

@@ -188,3 +188,28 @@ def overlay_column(node_id: str, pairs: Iterable[Mapping[str, Any]]) -> str:
         more = len(peers) - PEERS_SHOWN
         parts.append(f"{words} {prep} {shown}" + (f" +{more} more" if more > 0 else ""))
     return "; ".join(parts)
+
+
+GATEWAY_HEADERS = ("NODE", "BRIDGE", "SUBNET", "NAT", "FORWARDING", "OUTBOUND")
+
+
+def gateway_table(gateways: Sequence[tuple[str, Mapping[str, Any] | None]]) -> str:
+    """Per node, whether tasks get out through its gateway bridge, and what is missing.
+    ``gateways``: (node name, the node's gateway status or None when it sent none)."""
+    rows = []
+    for name, gw in gateways:
+        if gw is None:
+            rows.append([name, "-", "-", "-", "-", "unknown (no report from this node yet)"])
+            continue
+        missing = list(gw.get("missing") or [])
+        rows.append(
+            [
+                name,
+                str(gw.get("bridge") or "-"),
+                str(gw.get("subnet") or "-"),
+                yes_no(gw.get("nat")),
+                yes_no(gw.get("forwarding")),
+                "ok" if gw.get("ok") else "no: " + "; ".join(missing),
+            ]
+        )
+    return table(GATEWAY_HEADERS, rows)

@@ -60,15 +60,23 @@ def check_subnet(text: str, taken: Iterable[str]) -> str:
     return str(net)
 
 
-def carve_subnet(pools: Iterable[str], mask_length: int, taken: Iterable[str]) -> str:
-    """The first /mask_length subnet of the pools that overlaps no taken subnet."""
+def carve_subnet(
+    pools: Iterable[str], mask_length: int, taken: Iterable[str], *, from_top: bool = False
+) -> str:
+    """The first /mask_length subnet of the pools that overlaps no taken subnet; with
+    `from_top`, the last one (the last pool first, from its end): the nodes' gateway subnets
+    come from there, so overlays keep being numbered from the start of the pools."""
     taken = list(taken)
     pools = list(pools)
-    for pool in pools:
+    for pool in reversed(pools) if from_top else pools:
         pool_net = ipaddress.ip_network(pool, strict=False)
         if not isinstance(pool_net, ipaddress.IPv4Network) or mask_length < pool_net.prefixlen:
             continue
-        for candidate in pool_net.subnets(new_prefix=mask_length):
+        count = 1 << (mask_length - pool_net.prefixlen)
+        size = 1 << (32 - mask_length)
+        base = int(pool_net.network_address)
+        for i in range(count - 1, -1, -1) if from_top else range(count):
+            candidate = ipaddress.IPv4Network((base + i * size, mask_length))
             if _overlapping(candidate, taken) is None:
                 return str(candidate)
     raise IpamError(

@@ -16,6 +16,10 @@ Probes (``meshkit.net.probe_io``) run over each network between the nodes' endpo
 plus a TCP connect to each peer's API port for the control plane; `report()` gives the
 summary that rides on the heartbeats and ends up in `node ls` and `meshkit doctor`.
 
+A task with a network that is not internal also gets ``gw0`` on the node's gateway bridge
+(``meshkit.net.gateway``: its default route, masqueraded by the node); the gateway is built
+from the map's ``gateways`` entry for this node and removed when the node leaves.
+
 Netlink work runs in worker threads (``asyncio.to_thread``), never on the loop.
 """
 
@@ -95,9 +99,11 @@ class _Net:
 class NodeOverlay:
     """The overlay of one node, driven by the network map the agent receives."""
 
-    def __init__(self, node_id: str, addr: str) -> None:
+    def __init__(self, node_id: str, addr: str, gateway: Any = None) -> None:
         self.node_id = node_id
         self.addr = addr
+        # meshkit.net.gateway.NodeGateway: the node's gateway bridge (None: no outbound access)
+        self.gateway = gateway
         self._nets: dict[str, _Net] = {}
         self._errors: dict[str, str] = {}
         self._map: dict[str, Any] = {"nodes": {}, "networks": {}, "data_path_port": 4789}
@@ -118,6 +124,9 @@ class NodeOverlay:
             self._map = dict(netmap)
             if self._control_task is None and not self._closed:
                 self._control_task = asyncio.get_running_loop().create_task(self._control_loop())
+            gw_subnet = (netmap.get("gateways") or {}).get(self.node_id)
+            if self.gateway is not None and gw_subnet and not self._closed:
+                await self.gateway.ensure(str(gw_subnet))
             wanted = dict(netmap.get("networks") or {})
             for net_id in [n for n in self._nets if n not in wanted]:
                 await self._remove(self._nets.pop(net_id))
@@ -348,6 +357,24 @@ class NodeOverlay:
                 raise OverlayError(f"network {att.get('name')}: {exc}") from None
         if attachments:
             await asyncio.to_thread(write_resolv_conf, task_ns)
+        if self.gateway is not None and self.wants_gateway(attachments):
+            from meshkit.net.gateway import GatewayError
+
+            try:
+                await self.gateway.attach(task_id, task_ns)
+            except GatewayError as exc:
+                # the task still runs, on its overlays, without a way out
+                log.error("gateway: %s", exc)
+
+    def wants_gateway(self, attachments: list[dict[str, Any]]) -> bool:
+        """A task gets the gateway interface when one of its networks is not internal."""
+        nets = self._map.get("networks") or {}
+        return any(not (nets.get(att["id"]) or {}).get("internal") for att in attachments)
+
+    async def detach(self, task_id: str) -> None:
+        """The task's namespace is gone: its gateway address is free again."""
+        if self.gateway is not None:
+            await self.gateway.release(task_id)
 
     async def _wait_ready(self, net_id: str, name: str) -> _Net:
         loop = asyncio.get_running_loop()
@@ -385,6 +412,8 @@ class NodeOverlay:
                     return_exceptions=True,
                 )
                 self._control = {nid: ok is True for nid, ok in zip(peers, results, strict=True)}
+            if self.gateway is not None:
+                await self.gateway.check()
             await asyncio.sleep(CONTROL_EVERY)
 
     def report(self) -> dict[str, Any]:
@@ -413,13 +442,18 @@ class NodeOverlay:
                 peer_id,
                 {"control": ok, "vxlan": None, "mtu": None, "overlay_mtu": None, "network": ""},
             )
-        if not planes and not peers and not self._errors:
+        gateway = self.gateway.status() if self.gateway is not None else None
+        if gateway is not None and not gateway["subnet"] and not self._map.get("gateways"):
+            gateway = None  # no network map yet (or a cluster without gateway subnets)
+        if not planes and not peers and not self._errors and gateway is None:
             return {}  # no overlay here: nothing to commit on every node's first beat
         out: dict[str, Any] = {
             "dataplane": "/".join(distinct),
             "dataplanes": planes,
             "peers": peers,
         }
+        if gateway is not None:
+            out["gateway"] = gateway
         if self._errors:
             out["errors"] = dict(self._errors)
         return out
@@ -454,6 +488,8 @@ class NodeOverlay:
             if remove:
                 for net_id in list(self._nets):
                     await self._remove(self._nets.pop(net_id))
+                if self.gateway is not None:
+                    await self.gateway.remove()
             if self._dataplane is not None:
                 self._dataplane.close()
                 self._dataplane = None

@@ -3,7 +3,8 @@ every node's overlay follows.
 
 Manager methods (a manager certificate, or the local socket of a manager):
 
-    network_create   {"name", "driver"?, "subnet"?, "gateway"?, "mtu"?, "dataplane"?, "labels"?}
+    network_create   {"name", "driver"?, "subnet"?, "gateway"?, "mtu"?, "dataplane"?, "labels"?,
+                      "internal"?}
                      -> {"id", "name", "subnet", "vni"}
     network_ls       {}                 -> {"networks": [network view]}
     network_inspect  {"network"}        -> network view

@@ -355,6 +355,7 @@ TCP_PARAMS: dict[str, Schema] = {
         "dataplane": opt(string(64)),
         "labels": opt(map_of(name, short_text, 1000)),
         "mtu": opt(integer(0, 65535)),
+        "internal": opt(boolean),
     },
     "network_ls": {},
     "network_inspect": _NETWORK_REF,

@@ -18,6 +18,14 @@ one virtual IP per network, ``service["vips"] = {network id: ip}``, owned "vip:<
 Every node gets an endpoint address on every network (its bridge's address, which the overlay
 probes use), from the moment the node or the network is added.
 
+Every node also gets a subnet of its own for its gateway bridge (``state.gateway_subnets``,
+node id -> CIDR): one /mask-length of the cluster's address pools, carved from the end of the
+pools (overlays are carved from the start) and counted as taken by both, so a gateway subnet
+never overlaps an overlay subnet or another node's. With the default pool 198.19.0.0/16 the
+first node gets 198.19.255.0/24, the next 198.19.254.0/24, and so on. A task with at least
+one network that is not ``internal`` gets an address on its node's gateway bridge (handed out
+by the node itself, meshkit.net.gateway) and its default route through it.
+
 Everything here runs inside `apply()` on every manager, so it reads nothing but the state and
 the command. Errors are `NetError`; the state module turns them into the caller's error.
 """
@@ -84,6 +92,7 @@ def check_request(req: Mapping[str, Any]) -> dict[str, Any]:
         "mtu": mtu,
         "dataplane": dataplane,
         "labels": {str(k): str(v) for k, v in dict(req.get("labels") or {}).items()},
+        "internal": bool(req.get("internal")),
     }
     try:
         if out["subnet"]:
@@ -116,11 +125,24 @@ def op_network_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, 
     return _create(state, req, cmd)
 
 
+def taken_subnets(state: ClusterState) -> list[str]:
+    """Every subnet of the pools in use: the networks' and the nodes' gateway subnets."""
+    return [n["subnet"] for n in state.networks.values()] + list(state.gateway_subnets.values())
+
+
 def _create(state: ClusterState, req: dict[str, Any], cmd: Mapping[str, Any]) -> dict[str, Any]:
     networks: dict[str, dict[str, Any]] = state.networks
-    taken = [n["subnet"] for n in networks.values()]
+    taken = taken_subnets(state)
     try:
         if req["subnet"]:
+            gw_net = ipam.parse_subnet(req["subnet"])
+            for node_id, gw in sorted(state.gateway_subnets.items()):
+                if gw_net.overlaps(ipam.parse_subnet(gw)):
+                    node = state.nodes.get(node_id)
+                    raise NetError(
+                        f"network {req['name']}: subnet {gw_net} overlaps the subnet {gw} of "
+                        f"the gateway bridge of node {node.hostname if node else node_id}"
+                    )
             subnet = ipam.check_subnet(req["subnet"], taken)
         else:
             subnet = ipam.carve_subnet(
@@ -207,7 +229,9 @@ def op_network_rm(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]
 
 
 def node_added(state: ClusterState, node_id: str) -> None:
-    """A new node gets its endpoint on every network (a full network leaves it without one)."""
+    """A new node gets its gateway subnet and its endpoint on every network (full pools or a
+    full network leave it without one; its tasks then get no way out, or no address there)."""
+    ensure_gateway_subnet(state, node_id)
     for net in state.networks.values():
         if node_id in net["endpoints"]:
             continue
@@ -217,7 +241,25 @@ def node_added(state: ClusterState, node_id: str) -> None:
             continue
 
 
+def ensure_gateway_subnet(state: ClusterState, node_id: str) -> str:
+    """The node's gateway subnet, carved now when it has none ("" when the pools are full)."""
+    if node_id in state.gateway_subnets:
+        return state.gateway_subnets[node_id]
+    try:
+        subnet = ipam.carve_subnet(
+            state.default_addr_pool,
+            state.default_addr_pool_mask_length,
+            taken_subnets(state),
+            from_top=True,
+        )
+    except ipam.IpamError:
+        return ""
+    state.gateway_subnets[node_id] = subnet
+    return subnet
+
+
 def node_removed(state: ClusterState, node_id: str) -> None:
+    state.gateway_subnets.pop(node_id, None)
     for net in state.networks.values():
         net["endpoints"].pop(node_id, None)
         ipam.release(net["ipam"], f"node:{node_id}")
@@ -349,7 +391,11 @@ def netmap(state: ClusterState) -> dict[str, Any]:
         ]
         nets[net["id"]] = {
             k: net[k] for k in ("id", "name", "subnet", "gateway", "vni", "mtu", "dataplane")
-        } | {"endpoints": endpoints, "ingress": bool(net.get("ingress"))}
+        } | {
+            "endpoints": endpoints,
+            "ingress": bool(net.get("ingress")),
+            "internal": bool(net.get("internal")),
+        }
     if nets:
         for task in state.tasks.values():
             if not task.get("networks") or not task.get("node_id"):
@@ -370,6 +416,7 @@ def netmap(state: ClusterState) -> dict[str, Any]:
     return {
         "data_path_port": state.data_path_port,
         "nodes": nodes,
+        "gateways": {nid: s for nid, s in state.gateway_subnets.items() if nid in nodes},
         "networks": nets,
         "services": service_map(state, nodes),
     }
@@ -431,6 +478,7 @@ def network_view(state: ClusterState, net: Mapping[str, Any]) -> dict[str, Any]:
         "Name": net["name"],
         "Driver": net["driver"],
         "Scope": "swarm",
+        "Internal": bool(net.get("internal")),
         "Created": net["created_at"],
         "IPAM": {"Config": [{"Subnet": net["subnet"], "Gateway": net["gateway"]}]},
         "Options": {

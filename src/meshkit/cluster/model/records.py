@@ -90,6 +90,9 @@ class ClusterState:
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     networks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # each node's gateway bridge subnet (meshkit_gwbr), carved from the address pools like an
+    # overlay subnet so that the two never overlap: node id -> CIDR
+    gateway_subnets: dict[str, str] = field(default_factory=dict)
     index: int = 0
 
     def to_dict(self) -> dict[str, Any]:

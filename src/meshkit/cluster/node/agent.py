@@ -45,6 +45,7 @@ from meshkit.cluster.rpc import pki
 from meshkit.cluster.rpc.pki import NodeIdentity, server_ssl_context
 from meshkit.cluster.rpc.transport import Peer, RpcError, RpcServer
 from meshkit.mesh.node import NodeMesh
+from meshkit.net.gateway import NodeGateway, gateway_wanted
 from meshkit.net.overlay import NodeOverlay
 
 if TYPE_CHECKING:
@@ -80,7 +81,11 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self._bg: set[asyncio.Future[None]] = set()
         self._leaving = False
-        self._overlay = NodeOverlay(cfg.node_id, cfg.advertise_addr)
+        self._overlay = NodeOverlay(
+            cfg.node_id,
+            cfg.advertise_addr,
+            gateway=NodeGateway(self._data_dir) if gateway_wanted(cfg.advertise_addr) else None,
+        )
         self._mesh = NodeMesh(cfg.node_id)
         # the parts, each in its own module; they reach the node through NodeContext
         self.api = Api(self)

@@ -251,6 +251,9 @@ class TaskLifecycle:
             await tasknetns.delete(t.netns)
         except tasknetns.NetnsError:
             log.exception("executor: task %s: cannot remove its namespace", t.id)
+            return
+        if self.overlay is not None:
+            await self.overlay.detach(t.id)
 
 
 def reap(pid: int, popen: subprocess.Popen[bytes] | None = None) -> int | None:

@@ -255,8 +255,9 @@ def _build_sites(
     )
     seen: dict[tuple[str, int, str], Token] = {}
     ports: dict[int, tuple[TLSConfig | None, Token]] = {}
+    acme: list[str] = []  # addresses Caddy v1 would serve with automatic HTTPS
     for block in parsed.blocks:
-        site = _site(block, defaults, config, directory)
+        site = _site(block, defaults, config, directory, acme)
         if site is None:
             continue
         _check_port_tls(site, _address_keys(block, site), ports, config)
@@ -273,6 +274,14 @@ def _build_sites(
             else:
                 seen[k] = key
         config.sites.append(site)
+    if acme:
+        more = f" and {len(acme) - 3} more" if len(acme) > 3 else ""
+        config.warnings.append(
+            f"{NO_ACME}: {len(acme)} site address(es) with a host name and no port are served "
+            f"over plain HTTP on port {defaults.port}, as before: {', '.join(acme[:3])}{more} "
+            "(add `tls CERT_FILE KEY_FILE` or `tls self_signed` for HTTPS; write http:// to "
+            "say plain HTTP is meant)"
+        )
     if not parsed.blocks and not config.errors:
         config.errors.append(
             CaddyfileError(source, 1, "no site is defined (a site block starts with its address)")
@@ -292,6 +301,7 @@ def _site(
     defaults: Defaults,
     config: Config,
     directory: ServiceDirectory | None = None,
+    acme: list[str] | None = None,
 ) -> Site | None:
     addresses: list[Address] = []
     for key in block.keys:
@@ -319,14 +329,16 @@ def _site(
             config.errors.append(exc)
     site.root = os.path.abspath(site.root)
     if addresses:
-        _apply_tls(site, _address_keys(block, site), config)
+        acme = [] if acme is None else acme
+        _apply_tls(site, _address_keys(block, site), config, acme)
     return site if addresses else None
 
 
-def _apply_tls(site: Site, keys: list[Token], config: Config) -> None:
+def _apply_tls(site: Site, keys: list[Token], config: Config, acme_seen: list[str]) -> None:
     """Each address of a site with `tls` (not off) becomes https; an https address without
     a certificate, or a plain address that Caddy v1 would serve with automatic HTTPS, says
-    that ACME is not available (an error, and a warning that it stays plain HTTP)."""
+    that ACME is not available (an error; or, for the latter, an entry in `acme_seen`, which
+    becomes one warning that they stay plain HTTP)."""
     tls = site.directives.get("tls")
     on = isinstance(tls, TLSConfig) and not tls.off
     acme: list[Address] = []
@@ -357,14 +369,9 @@ def _apply_tls(site: Site, keys: list[Token], config: Config) -> None:
             acme.append(addr)
         out.append(addr)
     site.addresses = out
-    if acme:
-        key = keys[site.addresses.index(acme[0])]
-        names = ", ".join(a.host for a in acme)
-        config.warnings.append(
-            f"{key.file}:{key.line} - {names}: {NO_ACME}; serving it over plain HTTP on "
-            f"port {acme[0].port} (add `tls CERT_FILE KEY_FILE` or `tls self_signed` for "
-            "HTTPS, or write http:// to say plain HTTP is meant)"
-        )
+    for addr in acme:
+        key = keys[site.addresses.index(addr)]
+        acme_seen.append(f"{addr.host} ({key.where()})")
 
 
 def _real_name(host: str) -> bool:

@@ -109,9 +109,7 @@ def check_pair(d: Dispenser, cert: str, key: str) -> None:
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)
         if "MISMATCH" in str(reason).upper():
-            raise d.err(
-                f"tls: the key {key!r} does not match the certificate {cert!r}"
-            ) from None
+            raise d.err(f"tls: the key {key!r} does not match the certificate {cert!r}") from None
         raise d.err(f"tls: cannot load {cert!r} with key {key!r}: {reason}") from None
 
 
@@ -197,7 +195,9 @@ def _option(d: Dispenser, cfg: TLSConfig) -> None:
                 raise d.err(f"tls: cipher {a} is not offered by this OpenSSL (3DES is insecure)")
             openssl = CIPHERS.get(a.upper())
             if openssl is None:
-                raise d.err(f"tls: unknown cipher {a!r} (Caddy's names, e.g. {next(iter(CIPHERS))})")
+                raise d.err(
+                    f"tls: unknown cipher {a!r} (Caddy's names, e.g. {next(iter(CIPHERS))})"
+                )
             try:
                 ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(openssl)
             except ssl.SSLError:

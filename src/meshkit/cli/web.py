@@ -75,9 +75,7 @@ def web(
     ] = "80",
     https_port: Annotated[
         str,
-        typer.Option(
-            "-https-port", "--https-port", metavar="PORT", help="Port of https:// sites."
-        ),
+        typer.Option("-https-port", "--https-port", metavar="PORT", help="Port of https:// sites."),
     ] = "443",
     host: Annotated[
         str, typer.Option("-host", "--host", metavar="HOST", help="Host name of the default site.")

@@ -180,10 +180,7 @@ class HttpsRedirect:
 
     def __call__(self, request: Request) -> Response:
         host = request.host or ""
-        if host.startswith("["):
-            host = host[: host.find("]") + 1]
-        else:
-            host = host.partition(":")[0]
+        host = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
         headers = Headers()
         headers.set("Location", f"https://{host}{self.suffix}{request.uri}")
         headers.set("Connection", "close")

@@ -18,6 +18,7 @@ the plain path pays nothing for TLS:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -129,10 +130,8 @@ class TlsSocket:
         return not self._pending
 
     def _flush_quietly(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._flush()
-        except OSError:
-            pass
 
     def send_bytes(self, fd: int, data: Any, off: int) -> tuple[int, int]:
         if not self._flush():
@@ -181,10 +180,9 @@ class TlsSocket:
         if not self._wclosed:
             self._wclosed = True
             if self._ready:
-                try:
+                # SSLWantReadError: the peer's close_notify is not awaited
+                with contextlib.suppress(ssl.SSLError, ValueError):
                     self._obj.unwrap()
-                except (ssl.SSLError, ValueError):
-                    pass  # SSLWantReadError: the peer's close_notify is not awaited
                 self._flush_quietly()
         self._raw.shutdown(how)
 

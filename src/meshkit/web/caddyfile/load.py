@@ -175,9 +175,7 @@ def default_config(defaults: Defaults | None = None) -> Config:
     except AddressError as exc:
         raise MeshkitError(str(exc)) from None
     site = Site(addresses=[address], root=os.path.abspath(d.root))
-    return Config(
-        sites=[site], source="<default>", http_port=d.http_port, https_port=d.https_port
-    )
+    return Config(sites=[site], source="<default>", http_port=d.http_port, https_port=d.https_port)
 
 
 def _default_address(d: Defaults) -> str:
@@ -397,10 +395,7 @@ def _check_port_tls(
     tls = site.directives.get("tls")
     mine = tls if isinstance(tls, TLSConfig) and not tls.off else None
     for addr, key in zip(site.addresses, keys, strict=True):
-        if addr.scheme != "https":
-            mine_here = None
-        else:
-            mine_here = mine
+        mine_here = None if addr.scheme != "https" else mine
         first = ports.setdefault(addr.port, (mine_here, key))
         other, where = first
         if where is key:

@@ -478,9 +478,7 @@ def test_bad_tls_options(tmp_path: Path, block: str, message: str) -> None:
     r = _validate(
         tmp_path, f"https://a.test:8443 {{\n  tls self_signed {{\n    {block}\n  }}\n}}\n"
     )
-    assert r.returncode == 1 and f"Caddyfile:3 - tls: " in r.stderr and message in r.stderr, (
-        r.stderr
-    )
+    assert r.returncode == 1 and "Caddyfile:3 - tls: " in r.stderr and message in r.stderr, r.stderr
 
 
 def test_good_tls_options_and_load(tmp_path: Path, certs: Certs) -> None:

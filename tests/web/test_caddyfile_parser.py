@@ -445,9 +445,6 @@ def test_default_port() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("https://example.com", "TLS is not supported yet"),
-        ("example.com:443", "TLS is not supported yet"),
-        ("example.com:https", "TLS is not supported yet"),
         ("http://example.com:443", "scheme http:// and port 443 do not go together"),
         ("https://example.com:80", "scheme https:// and port 80 do not go together"),
         ("http://example.com:https", "scheme specified twice"),
@@ -471,6 +468,28 @@ def test_bad_addresses(text: str, message: str) -> None:
 
 
 # --- loading into Sites -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "port"),
+    [
+        ("https://example.com", 443),
+        ("example.com:443", 443),
+        ("example.com:https", 443),
+        ("https://example.com:8443", 8443),
+    ],
+)
+def test_https_addresses(text: str, port: int) -> None:
+    a = parse_address(text)
+    assert (a.scheme, a.host, a.port) == ("https", "example.com", port)
+
+
+def test_http_and_https_ports_move() -> None:
+    assert parse_address("https://example.com", 2015, 8080, 8443).port == 8443
+    assert parse_address("http://example.com", 2015, 8080, 8443).port == 8080
+    assert parse_address("example.com:8443", 2015, 8080, 8443).scheme == "https"
+    with pytest.raises(AddressError, match="do not go together"):
+        parse_address("http://example.com:8443", 2015, 8080, 8443)
 
 
 def test_load_sites_with_root_and_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -497,17 +516,18 @@ def test_load_collects_every_error() -> None:
     assert "Caddyfile:3 - unknown directive 'nope'" in msgs
     assert "Caddyfile:7 - directive 'cors' is not available in this version of meshkit" in msgs
     assert any(
-        m.startswith("Caddyfile:8 - directive 'tls': TLS is not supported yet") for m in msgs
+        m.startswith("Caddyfile:1 - site address 'https://a.test': it needs a certificate")
+        and "automatic HTTPS (ACME) is not available yet" in m
+        for m in msgs
     )
-    assert any(m.startswith("Caddyfile:1 - site address 'https://a.test': TLS") for m in msgs)
     assert any(m.startswith("Caddyfile:5 - site address 'b.test:99999'") for m in msgs)
     assert any(m.startswith("Caddyfile:2 - ") for m in msgs)  # root without a path
     assert any(m.startswith("Caddyfile:6 - ") for m in msgs)  # index without files
     assert any(m.startswith("Caddyfile:11 - ") for m in msgs)  # root with two paths
-    assert len(msgs) == 8
+    assert len(msgs) == 7, msgs
     with pytest.raises(CaddyfileErrors) as exc:
         c.raise_errors()
-    assert str(exc.value).count("\n") == 8 and "8 errors" in str(exc.value)
+    assert str(exc.value).count("\n") == 7 and "7 errors" in str(exc.value)
 
 
 def test_unknown_directive_suggests() -> None:

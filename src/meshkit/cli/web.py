@@ -22,9 +22,9 @@ from meshkit.base.errors import FlagError
 web_app = typer.Typer()
 
 
-def _port(value: str) -> int:
+def _port(value: str, flag: str = "-port") -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
-        raise FlagError("-port", value, "expected a port number from 1 to 65535")
+        raise FlagError(flag, value, "expected a port number from 1 to 65535")
     return int(value)
 
 
@@ -64,6 +64,19 @@ def web(
     port: Annotated[
         str, typer.Option("-port", "--port", metavar="PORT", help="Default port of the sites.")
     ] = "2015",
+    http_port: Annotated[
+        str,
+        typer.Option(
+            "-http-port",
+            "--http-port",
+            metavar="PORT",
+            help="Port of http:// sites and of the HTTP->HTTPS redirects.",
+        ),
+    ] = "80",
+    https_port: Annotated[
+        str,
+        typer.Option("-https-port", "--https-port", metavar="PORT", help="Port of https:// sites."),
+    ] = "443",
     host: Annotated[
         str, typer.Option("-host", "--host", metavar="HOST", help="Host name of the default site.")
     ] = "",
@@ -115,7 +128,13 @@ def web(
     options = app.WebOptions(
         conf=conf,
         lines=list(lines or []),
-        defaults=Defaults(host=_host(host), port=_port(port), root=root),
+        defaults=Defaults(
+            host=_host(host),
+            port=_port(port),
+            root=root,
+            http_port=_port(http_port, "-http-port"),
+            https_port=_port(https_port, "-https-port"),
+        ),
         pidfile=pidfile,
         grace=parse_duration(grace, "-grace"),
     )

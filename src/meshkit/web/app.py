@@ -42,11 +42,13 @@ from meshkit.web.caddyfile.load import (
 )
 from meshkit.web.directives import build_chain
 from meshkit.web.directives.limits import LimitsConfig
-from meshkit.web.message import Handler
+from meshkit.web.directives.tls import TLSConfig
+from meshkit.web.message import Handler, Headers, Request, Response
 from meshkit.web.proxy.services import ServiceDirectory
 from meshkit.web.router import Route, Router, site_is_static
 from meshkit.web.server import DEFAULT_MAX_FIELD_LINE, DEFAULT_MAX_FIELDS, HttpServer
-from meshkit.web.site import Background, Site
+from meshkit.web.site import Address, Background, Site
+from meshkit.web.tlsctx import TlsListener, build_listener
 
 log = logging.getLogger("meshkit.web")
 
@@ -114,6 +116,8 @@ class PortPlan:
     max_field_line: int = DEFAULT_MAX_FIELD_LINE
     # what the sites on this port run beside the server (git pulls, health checks)
     background: list[Background] = field(default_factory=list)
+    # HTTPS: the port's certificates (meshkit.web.tlsctx); None: plain HTTP
+    tls: TlsListener | None = None
 
     def router(self) -> Router:
         return Router(self.routes)
@@ -126,7 +130,15 @@ def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict
     ports: dict[int, PortPlan] = {}
     fields: dict[int, int] = {}
     lines: dict[int, int] = {}
+    secure: dict[int, list[tuple[list[str], TLSConfig]]] = {}
     for site in config.sites:
+        tls = site.directives.get("tls")
+        if isinstance(tls, TLSConfig) and not tls.off:
+            by_port: dict[int, list[str]] = {}
+            for a in site.addresses:
+                by_port.setdefault(a.port, []).append(a.host)
+            for port, hosts in by_port.items():
+                secure.setdefault(port, []).append((hosts, tls))
         limits = site.directives.get("limits")
         site.background.clear()  # build() adds them again
         handler = build(site)
@@ -149,6 +161,9 @@ def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict
                     lines[address.port] = min(
                         lines.get(address.port, limits.header_line), limits.header_line
                     )
+    for port, sites in secure.items():
+        ports[port].tls = build_listener(sites)
+    _add_https_redirects(config, ports)
     for port, p in ports.items():
         p.header_limit = p.header_limit or DEFAULT_HEADER_LIMIT
         p.max_fields = fields.get(port, DEFAULT_MAX_FIELDS)
@@ -156,13 +171,54 @@ def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict
     return ports
 
 
+class HttpsRedirect:
+    """Caddy's HTTP->HTTPS redirect site: 301 to the same host, path and query over https
+    (on `port`, written only when it is not 443)."""
+
+    def __init__(self, port: int) -> None:
+        self.suffix = "" if port == 443 else f":{port}"
+
+    def __call__(self, request: Request) -> Response:
+        host = request.host or ""
+        host = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
+        headers = Headers()
+        headers.set("Location", f"https://{host}{self.suffix}{request.uri}")
+        headers.set("Connection", "close")
+        return Response(status=301, headers=headers, close=True)
+
+
+def _add_https_redirects(config: Config, ports: dict[int, PortPlan]) -> None:
+    """For each HTTPS site on the https port with a host name, a site on the http port that
+    redirects to it, unless a site on the http port already answers for that host."""
+    http_port, https_port = config.http_port, config.https_port
+    p = ports.get(https_port)
+    if p is None or p.tls is None:
+        return
+    taken = {r.address.host for r in ports[http_port].routes} if http_port in ports else set()
+    if "" in taken:
+        return  # a catch-all plain site on the http port answers every host already
+    hosts: list[str] = []
+    for route in p.routes:
+        host = route.address.host
+        if host and host not in taken and host not in hosts:
+            hosts.append(host)
+    if not hosts:
+        return
+    plain = ports.setdefault(http_port, PortPlan(http_port, [], 0))
+    handler = HttpsRedirect(https_port)
+    for host in hosts:
+        address = Address(original=f"http://{host}", scheme="http", host=host, port=http_port)
+        plain.routes.append(Route(address, handler, False))
+
+
 def site_urls(config: Config) -> list[str]:
     out = []
     for site in config.sites:
         for a in site.addresses:
             host = f"[{a.host}]" if ":" in a.host else a.host
-            port = "" if a.port == 80 else f":{a.port}"
-            out.append(f"http://{host}{port}{'' if a.path == '/' else a.path}")
+            default = 443 if a.scheme == "https" else 80
+            port = "" if a.port == default else f":{a.port}"
+            out.append(f"{a.scheme}://{host}{port}{'' if a.path == '/' else a.path}")
     return out
 
 
@@ -234,7 +290,8 @@ class WebApp:
             raise
         for lst in opened:
             self.listeners[lst.port] = lst
-            log.info("listening on %s:%d", self.options.listen_host, lst.port)
+            scheme = "https" if lst.server.tls else "http"
+            log.info("listening on %s:%d (%s)", self.options.listen_host, lst.port, scheme)
         await self._start_background(ports)
 
     async def _open(self, p: PortPlan) -> _Listener:
@@ -243,6 +300,7 @@ class WebApp:
             header_limit=p.header_limit,
             max_fields=p.max_fields,
             max_field_line=p.max_field_line,
+            tls=p.tls.context if p.tls is not None else None,
         )
         try:
             await server.listen(self.options.listen_host, p.port)
@@ -306,6 +364,7 @@ class WebApp:
                     set_header_limit(lst.server, p2.header_limit)
                     lst.header_limit = p2.header_limit
                 lst.server.set_limits(max_fields=p2.max_fields, max_field_line=p2.max_field_line)
+                lst.server.set_tls(p2.tls.context if p2.tls is not None else None)
                 lst.server.set_handler(p2.router())
         for port, lst in new.items():
             self.listeners[port] = lst

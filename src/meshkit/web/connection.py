@@ -85,6 +85,8 @@ class _Refused(Exception):
 class Connection(Lifecycle):
     """One client connection: its fields, reading and parsing (the rest is in its bases)."""
 
+    _scheme = "http"  # "https" on a connection the server wrapped in TLS (meshkit.web.tlssock)
+
     def __init__(
         self,
         server: ServerSide,
@@ -331,7 +333,7 @@ class Connection(Lifecycle):
             version,
             Headers(items),
             body,
-            "http",
+            self._scheme,
             host,
             self._remote_addr,
             self._remote_port,

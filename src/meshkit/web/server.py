@@ -36,6 +36,7 @@ import contextlib
 import errno
 import logging
 import socket
+import ssl
 from typing import Any
 
 from meshkit.base.errors import MeshkitError
@@ -44,6 +45,7 @@ from meshkit.web.message import Handler
 from meshkit.web.reqbody import BadRequestBody
 from meshkit.web.respcache import ResponseCache
 from meshkit.web.sendfile import SendPath, load_send_path
+from meshkit.web.tlssock import TlsSocket
 
 __all__ = ["DEFAULT_MAX_FIELDS", "DEFAULT_MAX_FIELD_LINE", "BadRequestBody", "HttpServer"]
 
@@ -82,8 +84,12 @@ class HttpServer:
         idle_timeout: float = 120.0,
         read_timeout: float = 60.0,
         max_discard: int = 1 << 20,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._handler = handler
+        # HTTPS: every accepted socket is wrapped in a TlsSocket (meshkit.web.tlssock) that
+        # stands in for both the socket and the send path; None: plain HTTP, untouched
+        self._tls = tls
         self._header_limit = header_limit
         self._max_fields = max_fields
         self._max_field_line = max_field_line
@@ -147,6 +153,14 @@ class HttpServer:
             self._read_timeout = read
         tick = min(self._header_timeout, self._idle_timeout, self._read_timeout) / 4
         self._tick = max(0.01, min(1.0, tick))
+
+    def set_tls(self, tls: ssl.SSLContext | None) -> None:
+        """Serve connections accepted from now on with this context (None: plain HTTP)."""
+        self._tls = tls
+
+    @property
+    def tls(self) -> bool:
+        return self._tls is not None
 
     @property
     def compiled(self) -> bool:
@@ -241,7 +255,12 @@ class HttpServer:
             except OSError:
                 sock.close()
                 continue
-            conn = Connection(self, self._loop, self._send, sock, remote, local)
+            if self._tls is None:
+                conn = Connection(self, self._loop, self._send, sock, remote, local)
+            else:
+                tsock = TlsSocket(sock, self._tls)
+                conn = Connection(self, self._loop, tsock, tsock, remote, local)  # type: ignore[arg-type]
+                conn._scheme = "https"
             self._conns.add(conn)
             conn.start()
 

@@ -34,6 +34,9 @@ class Address:
     host: str = ""  # lower-cased; may start with "*." (wildcard label)
     port: int = DEFAULT_PORT
     path: str = "/"  # the base path the site answers under (longest prefix wins)
+    # how it was written (Caddy v1's automatic HTTPS looks at these), not part of the config
+    scheme_given: bool = field(default=False, compare=False, metadata={"json": False})
+    implicit_port: bool = field(default=False, compare=False, metadata={"json": False})
 
 
 @dataclass

@@ -7,8 +7,10 @@
   label. IPv6 hosts are written in brackets and kept without them.
 - The path (default `/`) is a plain prefix the site answers under.
 
-meshkit has no TLS yet: https (by scheme, or by port 443 without a scheme) is refused with
-an error that says so, never served as plain http.
+- https (by scheme, or by the https port without a scheme) gives an Address with scheme
+  "https"; the caddyfile loader decides where its certificate comes from (the `tls`
+  directive; automatic HTTPS from an ACME CA is not available yet). `-http-port` and
+  `-https-port` change the ports the schemes stand for (80 and 443).
 """
 
 from __future__ import annotations
@@ -23,14 +25,18 @@ HTTPS_PORT = 443
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
 _HOST_RE = re.compile(rf"^(\*\.)*{_LABEL}(\.{_LABEL})*\.?$")
-NO_TLS = "TLS is not supported yet: serve this site over http:// (meshkit has no HTTPS)"
 
 
 class AddressError(ValueError):
     """A malformed site address; the message names it."""
 
 
-def parse_address(text: str, default_port: int = DEFAULT_PORT) -> Address:
+def parse_address(
+    text: str,
+    default_port: int = DEFAULT_PORT,
+    http_port: int = HTTP_PORT,
+    https_port: int = HTTPS_PORT,
+) -> Address:
     """One site address. Raises AddressError with a message naming the address."""
     original = text
     scheme = ""
@@ -54,10 +60,10 @@ def parse_address(text: str, default_port: int = DEFAULT_PORT) -> Address:
         raise AddressError(f"site address {original!r}: scheme specified twice")
     if port_text == "http":
         scheme, port_text = "http", ""
-        port: int | None = HTTP_PORT
+        port: int | None = http_port
     elif port_text == "https":
         scheme, port_text = "https", ""
-        port = HTTPS_PORT
+        port = https_port
     elif port_text == "":
         port = None
     else:
@@ -71,15 +77,24 @@ def parse_address(text: str, default_port: int = DEFAULT_PORT) -> Address:
         raise AddressError(
             f"site address {original!r}: unsupported scheme {scheme!r} (expected http)"
         )
+    implicit = port is None and not scheme
     if port is None:
-        port = {"http": HTTP_PORT, "https": HTTPS_PORT}.get(scheme, default_port)
-    if (scheme == "http" and port == HTTPS_PORT) or (scheme == "https" and port == HTTP_PORT):
+        port = {"http": http_port, "https": https_port}.get(scheme, default_port)
+    if (scheme == "http" and port == https_port) or (scheme == "https" and port == http_port):
         raise AddressError(
             f"site address {original!r}: scheme {scheme}:// and port {port} do not go together"
         )
-    if scheme == "https" or (scheme == "" and port == HTTPS_PORT):
-        raise AddressError(f"site address {original!r}: {NO_TLS}")
-    return Address(original=original, scheme="http", host=host, port=port, path=path)
+    if scheme == "" and port == https_port:
+        scheme = "https"
+    return Address(
+        original=original,
+        scheme=scheme or "http",
+        host=host,
+        port=port,
+        path=path,
+        scheme_given=bool(scheme) and "://" in original,
+        implicit_port=implicit,
+    )
 
 
 def _split_host_port(hostport: str, original: str) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from meshkit.base.errors import MeshkitError
 from meshkit.base.safefile import FileReadError
 from meshkit.web import directives
-from meshkit.web.caddyfile.address import AddressError, parse_address
+from meshkit.web.caddyfile.address import HTTP_PORT, HTTPS_PORT, AddressError, parse_address
 from meshkit.web.caddyfile.lexer import expand_env_token, lex
 from meshkit.web.caddyfile.parser import (
     ParseResult,
@@ -41,6 +42,7 @@ from meshkit.web.caddyfile.parser import (
 )
 from meshkit.web.caddyfile.redact import Redactor, words_of
 from meshkit.web.caddyfile.tokens import CaddyfileError, Dispenser, Token
+from meshkit.web.directives.tls import NO_ACME, TLSConfig
 from meshkit.web.site import DEFAULT_PORT, Address, Site
 
 if TYPE_CHECKING:
@@ -57,6 +59,8 @@ class Defaults:
     host: str = ""
     port: int = DEFAULT_PORT
     root: str = "."
+    http_port: int = HTTP_PORT  # -http-port: the port of http:// (and of HTTPS redirects)
+    https_port: int = HTTPS_PORT  # -https-port: the port of https://
 
 
 @dataclass
@@ -66,6 +70,8 @@ class Config:
     warnings: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)  # real paths of the Caddyfile and imports
     source: str = ""  # "Caddyfile", a path, "stdin", "<command line>" or "<default>"
+    http_port: int = HTTP_PORT  # where HTTP->HTTPS redirect sites go (Defaults.http_port)
+    https_port: int = HTTPS_PORT
 
     def raise_errors(self) -> None:
         if self.errors:
@@ -165,11 +171,11 @@ def default_config(defaults: Defaults | None = None) -> Config:
     d = defaults or Defaults()
     directives.load_all()
     try:
-        address = parse_address(_default_address(d), d.port)
+        address = parse_address(_default_address(d), d.port, d.http_port, d.https_port)
     except AddressError as exc:
         raise MeshkitError(str(exc)) from None
     site = Site(addresses=[address], root=os.path.abspath(d.root))
-    return Config(sites=[site], source="<default>")
+    return Config(sites=[site], source="<default>", http_port=d.http_port, https_port=d.https_port)
 
 
 def _default_address(d: Defaults) -> str:
@@ -242,12 +248,17 @@ def _build_sites(
         warnings=list(parsed.warnings),
         files=list(parsed.files),
         source=source,
+        http_port=defaults.http_port,
+        https_port=defaults.https_port,
     )
     seen: dict[tuple[str, int, str], Token] = {}
+    ports: dict[int, tuple[TLSConfig | None, Token]] = {}
+    acme: list[str] = []  # addresses Caddy v1 would serve with automatic HTTPS
     for block in parsed.blocks:
-        site = _site(block, defaults, config, directory)
+        site = _site(block, defaults, config, directory, acme)
         if site is None:
             continue
+        _check_port_tls(site, _address_keys(block, site), ports, config)
         for addr, key in zip(site.addresses, _address_keys(block, site), strict=True):
             k = (addr.host, addr.port, addr.path)
             if k in seen:
@@ -261,6 +272,14 @@ def _build_sites(
             else:
                 seen[k] = key
         config.sites.append(site)
+    if acme:
+        more = f" and {len(acme) - 3} more" if len(acme) > 3 else ""
+        config.warnings.append(
+            f"{NO_ACME}: {len(acme)} site address(es) with a host name and no port are served "
+            f"over plain HTTP on port {defaults.port}, as before: {', '.join(acme[:3])}{more} "
+            "(add `tls CERT_FILE KEY_FILE` or `tls self_signed` for HTTPS; write http:// to "
+            "say plain HTTP is meant)"
+        )
     if not parsed.blocks and not config.errors:
         config.errors.append(
             CaddyfileError(source, 1, "no site is defined (a site block starts with its address)")
@@ -280,11 +299,14 @@ def _site(
     defaults: Defaults,
     config: Config,
     directory: ServiceDirectory | None = None,
+    acme: list[str] | None = None,
 ) -> Site | None:
     addresses: list[Address] = []
     for key in block.keys:
         try:
-            addresses.append(parse_address(key.text, defaults.port))
+            addresses.append(
+                parse_address(key.text, defaults.port, defaults.http_port, defaults.https_port)
+            )
         except AddressError as exc:
             config.errors.append(CaddyfileError(key.file, key.line, str(exc)))
     site = Site(
@@ -304,7 +326,100 @@ def _site(
         except CaddyfileError as exc:
             config.errors.append(exc)
     site.root = os.path.abspath(site.root)
+    if addresses:
+        acme = [] if acme is None else acme
+        _apply_tls(site, _address_keys(block, site), config, acme)
     return site if addresses else None
+
+
+def _apply_tls(site: Site, keys: list[Token], config: Config, acme_seen: list[str]) -> None:
+    """Each address of a site with `tls` (not off) becomes https; an https address without
+    a certificate, or a plain address that Caddy v1 would serve with automatic HTTPS, says
+    that ACME is not available (an error; or, for the latter, an entry in `acme_seen`, which
+    becomes one warning that they stay plain HTTP)."""
+    tls = site.directives.get("tls")
+    on = isinstance(tls, TLSConfig) and not tls.off
+    acme: list[Address] = []
+    out: list[Address] = []
+    for addr, key in zip(site.addresses, keys, strict=True):
+        if on:
+            if addr.scheme == "http" and addr.scheme_given:
+                config.errors.append(
+                    CaddyfileError(
+                        key.file,
+                        key.line,
+                        f"site address {addr.original!r} is http:// but the site has a tls "
+                        "directive (write https:// or drop the scheme)",
+                    )
+                )
+            addr = dataclasses.replace(addr, scheme="https")
+        elif addr.scheme == "https":
+            why = (
+                "`tls off` turns HTTPS off"
+                if isinstance(tls, TLSConfig)
+                else f"it needs a certificate and {NO_ACME}; add `tls CERT_FILE KEY_FILE`, "
+                "`tls self_signed` or `tls { load DIR }`"
+            )
+            config.errors.append(
+                CaddyfileError(key.file, key.line, f"site address {addr.original!r}: {why}")
+            )
+        elif tls is None and addr.implicit_port and _real_name(addr.host):
+            acme.append(addr)
+        out.append(addr)
+    site.addresses = out
+    for addr in acme:
+        key = keys[site.addresses.index(addr)]
+        acme_seen.append(f"{addr.host} ({key.where()})")
+
+
+def _real_name(host: str) -> bool:
+    """A host Caddy v1 would get a certificate for: not empty, localhost, a wildcard or an
+    IP address."""
+    if not host or host == "localhost" or host.endswith(".localhost") or "*" in host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return True
+    return False
+
+
+def _check_port_tls(
+    site: Site,
+    keys: list[Token],
+    ports: dict[int, tuple[TLSConfig | None, Token]],
+    config: Config,
+) -> None:
+    """One port is either HTTPS or plain, and its HTTPS sites agree on the handshake's
+    options (one handshake comes before the Host header that picks the site)."""
+    tls = site.directives.get("tls")
+    mine = tls if isinstance(tls, TLSConfig) and not tls.off else None
+    for addr, key in zip(site.addresses, keys, strict=True):
+        mine_here = None if addr.scheme != "https" else mine
+        first = ports.setdefault(addr.port, (mine_here, key))
+        other, where = first
+        if where is key:
+            continue
+        if (other is None) != (mine_here is None):
+            config.errors.append(
+                CaddyfileError(
+                    key.file,
+                    key.line,
+                    f"site address {addr.original!r}: port {addr.port} is "
+                    f"{'plain HTTP' if mine_here is None else 'HTTPS'} here but "
+                    f"{'HTTPS' if mine_here is None else 'plain HTTP'} at {where.where()}",
+                )
+            )
+        elif other is not None and mine_here is not None and other.options() != mine_here.options():
+            config.errors.append(
+                CaddyfileError(
+                    key.file,
+                    key.line,
+                    f"site address {addr.original!r}: its tls options (protocols, ciphers, "
+                    f"curves, clients, alpn) differ from those of the site at {where.where()}, "
+                    f"which shares port {addr.port}",
+                )
+            )
 
 
 # --- configuration as JSON (golden tests, `-validate --json`) --------------------------------

@@ -24,6 +24,7 @@ from meshkit.web.message import Handler
 from meshkit.web.site import Site
 
 ORDER = [
+    "tls",  # configuration only (the listener's certificates and options)
     "root",
     "index",
     "log",  # outside limits (unlike Caddy): the requests limits refuses are logged too
@@ -129,8 +130,6 @@ def check_directive(name: str) -> str | None:
         return None
     if name in ORDER or name in NOT_IN_MESHKIT:
         return f"directive {name!r} is not available in this version of meshkit"
-    if name == "tls":
-        return "directive 'tls': TLS is not supported yet (meshkit serves http:// only)"
     close = difflib.get_close_matches(name, list(REGISTRY), n=1, cutoff=0.75)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown directive {name!r}{hint}"

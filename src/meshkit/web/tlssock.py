@@ -1,0 +1,190 @@
+"""TLS on a socket the server owns: ssl.SSLObject over two memory BIOs.
+
+A TlsSocket stands in for both the connection's socket and its send path (meshkit.web.
+sendfile's interface), so the HTTP/1.1 connection code is the same over TLS and plain TCP and
+the plain path pays nothing for TLS:
+
+- recv(n): reads ciphertext from the socket, drives the handshake (non-blocking: a partial
+  ClientHello just waits for more; the connection's first deadline, the header timeout,
+  closes a handshake that stalls) and returns the plaintext there is, raising BlockingIOError
+  when there is none yet (as a socket with nothing to read does), OSError when the peer is
+  not speaking TLS (after the one-line 400 Go's server answers plain HTTP with);
+- send_bytes(fd, data, off) / send_head_and_file(fd, head, file_fd, off, length): encrypt
+  and send; a file is read in 64 KiB pieces (no kTLS on this kernel, so no sendfile under
+  TLS). Ciphertext the socket does not take waits in `_pending`, and SEND_AGAIN is returned
+  until it has gone, so the output path's write jobs finish only once their bytes are out;
+- shutdown(how): close_notify, then the socket's own shutdown; close(), fileno().
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import ssl
+from typing import Any
+
+from meshkit.web.sendfile import SEND_AGAIN, SEND_DONE, SEND_TRUNCATED
+
+__all__ = ["HTTP_TO_HTTPS", "TlsSocket"]
+
+log = logging.getLogger("meshkit.web")
+
+_CHUNK = 65536  # plaintext per TLS write (four 16 KiB records); file bytes per pread
+# What Go's net/http answers plain HTTP sent to an HTTPS port with.
+HTTP_TO_HTTPS = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+_HTTP_STARTS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO", b"DELET", b"PATCH", b"CONNE")
+
+
+class TlsSocket:
+    """One server-side TLS connection on a non-blocking socket (see the module)."""
+
+    compiled = False
+    tls = True
+
+    __slots__ = ("_in", "_obj", "_out", "_pending", "_raw", "_ready", "_wclosed")
+
+    def __init__(self, raw: socket.socket, ctx: ssl.SSLContext) -> None:
+        self._raw = raw
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._obj = ctx.wrap_bio(self._in, self._out, server_side=True)
+        self._pending = b""  # ciphertext the socket has not taken yet
+        self._ready = False  # the handshake is done
+        self._wclosed = False  # close_notify sent: what arrives now is discarded by the caller
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject:
+        return self._obj
+
+    # -- reading
+
+    def recv(self, n: int) -> bytes:
+        data = self._raw.recv(n)  # BlockingIOError and OSError go to the caller as they are
+        if not data or self._wclosed:
+            return data
+        obj = self._obj
+        if not self._ready:
+            if data[:5] in _HTTP_STARTS and self._obj.pending() == 0 and not self._in.pending:
+                self._answer_plain_http()
+                raise ConnectionAbortedError("plain HTTP sent to an HTTPS port")
+            self._in.write(data)
+            try:
+                obj.do_handshake()
+            except ssl.SSLWantReadError:
+                self._flush()
+                raise BlockingIOError from None
+            except ssl.SSLError as exc:
+                self._flush_quietly()  # the alert, if OpenSSL made one
+                log.debug("TLS handshake failed: %s", exc)
+                raise ConnectionAbortedError(f"TLS handshake failed: {exc}") from None
+            self._ready = True
+        else:
+            self._in.write(data)
+        parts = []
+        while True:
+            try:
+                chunk = obj.read(n)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                break  # close_notify: the socket's EOF follows
+            except ssl.SSLError as exc:
+                log.debug("TLS read failed: %s", exc)
+                raise ConnectionAbortedError(f"TLS error: {exc}") from None
+            if not chunk:
+                break
+            parts.append(chunk)
+        self._flush()  # TLS 1.3 session tickets, alerts
+        if not parts:
+            raise BlockingIOError
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _answer_plain_http(self) -> None:
+        try:
+            self._raw.send(HTTP_TO_HTTPS)
+            self._raw.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    # -- writing
+
+    def _flush(self) -> bool:
+        """Send the ciphertext there is; whether all of it went (OSError on a dead socket)."""
+        out = self._out
+        if out.pending:
+            more = out.read()
+            self._pending = self._pending + more if self._pending else more
+        pending = self._pending
+        if not pending:
+            return True
+        try:
+            sent = self._raw.send(pending)
+        except (BlockingIOError, InterruptedError):
+            return False
+        self._pending = pending[sent:] if sent < len(pending) else b""
+        return not self._pending
+
+    def _flush_quietly(self) -> None:
+        with contextlib.suppress(OSError):
+            self._flush()
+
+    def send_bytes(self, fd: int, data: Any, off: int) -> tuple[int, int]:
+        if not self._flush():
+            return 0, SEND_AGAIN
+        total = len(data)
+        pos = off
+        view = memoryview(data)
+        write = self._obj.write
+        while pos < total:
+            end = pos + _CHUNK if total - pos > _CHUNK else total
+            write(view[pos:end])
+            pos = end
+            if not self._flush():
+                return pos - off, SEND_AGAIN
+        return pos - off, SEND_DONE
+
+    def send_head_and_file(
+        self, fd: int, head: bytes, file_fd: int, offset: int, length: int
+    ) -> tuple[int, int]:
+        if not self._flush():
+            return 0, SEND_AGAIN
+        sent = 0
+        write = self._obj.write
+        if head:
+            write(head)
+            sent = len(head)
+            if not self._flush():
+                return sent, SEND_AGAIN
+        left = length
+        while left > 0:
+            chunk = os.pread(file_fd, _CHUNK if left > _CHUNK else left, offset)
+            if not chunk:
+                return sent, SEND_TRUNCATED
+            write(chunk)
+            got = len(chunk)
+            sent += got
+            offset += got
+            left -= got
+            if not self._flush():
+                return sent, SEND_AGAIN
+        return sent, SEND_DONE
+
+    # -- closing
+
+    def shutdown(self, how: int) -> None:
+        if not self._wclosed:
+            self._wclosed = True
+            if self._ready:
+                # SSLWantReadError: the peer's close_notify is not awaited
+                with contextlib.suppress(ssl.SSLError, ValueError):
+                    self._obj.unwrap()
+                self._flush_quietly()
+        self._raw.shutdown(how)
+
+    def close(self) -> None:
+        self._raw.close()

@@ -828,8 +828,6 @@ def _networks(
         elif external and not isinstance(ext, dict):
             name = key
         names[key] = name
-        if key not in used:
-            continue
         request: dict[str, Any] = {}
         if not external:
             driver = _text(ctx, cfg.get("driver", "overlay"), (*path, "driver"))
@@ -863,7 +861,8 @@ def _networks(
 
             if not NET_NAME_RE.match(name):
                 raise ctx.error(path, f"invalid network name {name!r}")
-        plans.append(NetworkPlan(key, name, external, request))
+        if key in used:  # every declared network is checked; the used ones are made
+            plans.append(NetworkPlan(key, name, external, request))
     return plans, names
 
 

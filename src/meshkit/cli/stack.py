@@ -48,18 +48,20 @@ def _read(path: str) -> str:
         return f.read()
 
 
+def _of_stack(views: list[dict[str, Any]], stack: str) -> list[dict[str, Any]]:
+    """The views labelled with `stack`, checked here too: an agent from before the label
+    filter answers with everything, and a prune must never reach another stack's service."""
+    return [v for v in views if (v.get("Labels") or {}).get(LABEL) == stack]
+
+
 def _services(host: str | None, stack: str) -> list[dict[str, Any]]:
-    views: list[dict[str, Any]] = _call(host, "service_ls", {"label": f"{LABEL}={stack}"})[
-        "services"
-    ]
-    return views
+    reply = _call(host, "service_ls", {"label": f"{LABEL}={stack}"})
+    return _of_stack(reply["services"], stack)
 
 
 def _networks(host: str | None, stack: str) -> list[dict[str, Any]]:
-    views: list[dict[str, Any]] = _call(host, "network_ls", {"label": f"{LABEL}={stack}"})[
-        "networks"
-    ]
-    return views
+    reply = _call(host, "network_ls", {"label": f"{LABEL}={stack}"})
+    return _of_stack(reply["networks"], stack)
 
 
 @stack_app.command()
@@ -138,8 +140,9 @@ def ls(fmt: FormatOpt = "table", host: HostOpt = None) -> None:
     _check_format(fmt)
     counts: dict[str, int] = {}
     for svc in _call(host, "service_ls", {"label": LABEL})["services"]:
-        stack = (svc.get("Labels") or {}).get(LABEL, "")
-        counts[stack] = counts.get(stack, 0) + 1
+        stack = (svc.get("Labels") or {}).get(LABEL)
+        if stack:
+            counts[stack] = counts.get(stack, 0) + 1
     rows = [{"Name": k, "Services": str(v)} for k, v in sorted(counts.items())]
     if fmt == "json":
         typer.echo(json.dumps(rows, indent=4))
@@ -222,7 +225,7 @@ def rm(
     failed = []
     for stack in names:
         services = _services(host, stack)
-        networks = [n for n in _networks(host, stack)]
+        networks = _networks(host, stack)
         if not services and not networks:
             failed.append(f"nothing found in stack: {stack}")
             continue

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("pysyncobj", "cryptography", "pydantic", "uvloop", "asyncio")
+HEAVY = ("pysyncobj", "cryptography", "pydantic", "uvloop", "asyncio", "yaml")
 
 # Runs meshkit's main() on argv and prints, on the last line, which heavy packages and which
 # meshkit modules were imported by then.
@@ -27,7 +27,7 @@ try:
 finally:
     print(json.dumps(sorted(m for m in sys.modules
         if m.split(".")[0] in ("pysyncobj", "cryptography", "pydantic", "uvloop", "asyncio",
-                               "typer")
+                               "typer", "yaml")
         or m.startswith("meshkit."))), flush=True)
 sys.exit(rc)
 """
@@ -68,7 +68,9 @@ def test_version_imports_nothing_but_the_cli_package() -> None:
     assert {m for m in mods if m.startswith("meshkit.")} == {"meshkit.cli"}
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["service", "--help"], ["ingress", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["service", "--help"], ["ingress", "--help"], ["stack", "--help"]]
+)
 def test_help_loads_no_machinery(argv: list[str]) -> None:
     rc, mods = _run(*argv)
     assert rc == 0

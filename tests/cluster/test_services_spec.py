@@ -268,3 +268,17 @@ def test_publish_proxy_protocol_is_v2() -> None:
     )
     with pytest.raises(FlagError, match="sends PROXY protocol v2"):
         servicespec.parse_publish("8091:80,proxy-protocol=v1")
+
+
+def test_labels_are_checked_and_stay_out_of_the_task_spec() -> None:
+    spec = sv.check_spec({"name": "app_web", "command": ["true"], "labels": {"a.b/c": "1"}})
+    assert spec["labels"] == {"a.b/c": "1"} and "labels" not in sv.task_spec(spec)
+    assert sv.check_spec({"name": "w", "command": ["true"]})["labels"] == {}
+    for bad in ({"k": 1}, {"": "v"}, {"a=b": "v"}, ["a=b"]):
+        with pytest.raises(sv.SpecError, match="labels"):
+            sv.check_spec({"name": "w", "command": ["true"], "labels": bad})
+    for name in ("_app", "app_", "a" * 64):
+        with pytest.raises(sv.SpecError, match="invalid service name"):
+            sv.check_spec({"name": name, "command": ["true"]})
+    assert sv.has_label({"k": "v"}, "k") and sv.has_label({"k": "v"}, "k=v")
+    assert not sv.has_label({"k": "v"}, "k=w") and not sv.has_label({}, "k")

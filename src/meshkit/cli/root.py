@@ -68,6 +68,7 @@ LAZY: dict[str, tuple[str, str, str]] = {
     "node": ("meshkit.cli.node", "node_app", "group"),
     "service": ("meshkit.cli.service", "service_app", "group"),
     "network": ("meshkit.cli.network", "network_app", "group"),
+    "stack": ("meshkit.cli.stack", "stack_app", "group"),
     "web": ("meshkit.cli.web", "web_app", "app"),
 }
 

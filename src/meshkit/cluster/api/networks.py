@@ -6,7 +6,7 @@ Manager methods (a manager certificate, or the local socket of a manager):
     network_create   {"name", "driver"?, "subnet"?, "gateway"?, "mtu"?, "dataplane"?, "labels"?,
                       "internal"?}
                      -> {"id", "name", "subnet", "vni"}
-    network_ls       {}                 -> {"networks": [network view]}
+    network_ls       {"label"?}         -> {"networks": [network view]}  (label: KEY or KEY=VALUE)
     network_inspect  {"network"}        -> network view
     network_rm       {"network"}        -> {"id", "name"}
     overlay_pairs    {}                 -> {"pairs": [pair row], "nodes": {id: {hostname, addr,
@@ -160,7 +160,14 @@ class NetworkMethods:
 
     async def network_ls(self, peer: Peer, params: dict[str, Any]) -> Any:
         st = loaded_state(self.node)
-        views = [netstate.network_view(st, n) for n in st.networks.values()]
+        from meshkit.cluster.model.services import has_label
+
+        label = params.get("label")
+        views = [
+            netstate.network_view(st, n)
+            for n in st.networks.values()
+            if not label or has_label(n.get("labels") or {}, label)
+        ]
         views.sort(key=lambda v: v["Name"])
         return {"networks": views}
 

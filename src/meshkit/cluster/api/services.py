@@ -3,7 +3,8 @@
 Managers (manager certificate on TCP, or the local Unix socket of a manager):
 
     service_create   {"spec"}                          -> {"id", "name"}
-    service_ls       {}                                -> {"services": [service view]}
+    service_ls       {"label"?}                        -> {"services": [service view]}
+                     `label` keeps the services with that label: KEY or KEY=VALUE
     service_inspect  {"service"}                       -> the service record, with "tasks"
     service_ps       {"service"}                       -> {"service", "tasks": [task view]}
     service_update   {"service", "spec"}               -> {"id", "version"}
@@ -121,6 +122,7 @@ def service_view(st: cstate.ClusterState, svc: Mapping[str, Any]) -> dict[str, A
         "Ports": ports_text(spec.get("ports") or []),
         "Version": svc.get("version", 0),
         "UpdateStatus": svc.get("update_status"),
+        "Labels": dict(spec.get("labels") or {}),
     }
 
 
@@ -247,8 +249,15 @@ class ServiceMethods:
 
     async def service_ls(self, peer: Peer, params: dict[str, Any]) -> Any:
         st = loaded_state(self.node)
+        from meshkit.cluster.model.services import has_label
+
         services: dict[str, dict[str, Any]] = st.services  # type: ignore[attr-defined]
-        views = [service_view(st, s) for s in services.values()]
+        label = params.get("label")
+        views = [
+            service_view(st, s)
+            for s in services.values()
+            if not label or has_label(s["spec"].get("labels") or {}, label)
+        ]
         views.sort(key=lambda v: v["Name"])
         return {"services": views}
 

@@ -69,8 +69,11 @@ TASK_SPEC_KEYS = (
     "force_update",
 )
 
-# Service names are DNS labels: tasks find each other by them.
-NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+# Service names are DNS labels: tasks find each other by them. '_' is allowed inside, as
+# Docker allows it: stacks name their services STACK_SERVICE.
+NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
+LABEL_KEY_RE = re.compile(r"^[^=\s]{1,256}$")
+MAX_LABEL_VALUE = 4096
 ENV_KEY_RE = re.compile(r"^[^=\s]+$")
 _LABEL_CONSTRAINT_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$")
 _CONSTRAINT_VALUE_RE = re.compile(r"^[A-Za-z0-9:\-_\s.*()?+\[\]\\^$|/@]*$")
@@ -121,6 +124,7 @@ def default_spec() -> dict[str, Any]:
         "rollback": default_update(),
         "stop_grace_period": 10.0,
         "force_update": 0,
+        "labels": {},
     }
 
 
@@ -271,7 +275,31 @@ def check_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     out["rollback"] = _check_update(out["rollback"], "rollback")
     out["stop_grace_period"] = _num(out["stop_grace_period"], "stop_grace_period")
     out["force_update"] = _num(out["force_update"], "force_update", integer=True)
+    out["labels"] = check_labels(out["labels"], "labels")
     return out
+
+
+def check_labels(value: Any, where: str = "labels") -> dict[str, str]:
+    """Service labels (`com.docker.stack.namespace=NAME`...): a map of text to text. They
+    describe the service; tasks do not carry them, so changing one restarts nothing."""
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{where}: expected an object of KEY: VALUE, got {value!r}")
+    out: dict[str, str] = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not LABEL_KEY_RE.match(key):
+            raise SpecError(f"{where}: invalid label name {key!r}")
+        if not isinstance(val, str) or len(val) > MAX_LABEL_VALUE:
+            raise SpecError(f"{where}.{key}: expected text of at most {MAX_LABEL_VALUE} chars")
+        out[key] = val
+    return out
+
+
+def has_label(labels: Mapping[str, Any], selector: str) -> bool:
+    """Docker's `--filter label=KEY` / `label=KEY=VALUE` test."""
+    key, eq, value = selector.partition("=")
+    if key not in labels:
+        return False
+    return not eq or str(labels[key]) == value
 
 
 def task_spec(spec: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,925 @@
+"""Compose files (format 3) -> the networks and service specs of a stack (pure).
+
+`load_stack()` takes the files' texts (name and contents), the environment to interpolate
+`${VAR}` from, the stack's name and a reader for `env_file`s, and returns a `Stack`: the
+networks to create (or that must exist), the checked service specs and the warnings to print.
+Nothing here talks to an agent; `meshkit.cli.stack` does the deploying, as docker/cli's
+compose loader and convert package sit in front of the swarm API.
+
+A compose file describes processes here, not images: a service runs `entrypoint` + `command`
+(or `x-meshkit-command`, which wins, so that one file can serve Docker and meshkit). Keys fall
+into four groups, all named by their path in errors and warnings:
+
+- translated: the keys of `SERVICE_KEYS` marked "use" and everything under `deploy`;
+- refused, "not supported yet" (what runs would differ from what the file says): `resources`,
+  `volumes`, `hostname`, `dns`, `network_mode`, a `stop_signal` other than SIGTERM, ...;
+- refused until `meshkit secret` is merged: `secrets` and `configs`;
+- ignored with a warning (container-only settings, as `docker stack deploy` ignores `build`):
+  `cap_add`, `container_name`, `depends_on`, `restart`, `logging`, ...;
+
+and a key compose's version 3 schema does not have is an error, as Docker's schema check
+makes it. Every error names the file, the line and the path: `app.yml:12: services.web.cap_ad:
+unknown key`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from meshkit.base.durations import DurationError, parse_duration
+from meshkit.base.errors import InvalidValue, MeshkitError
+from meshkit.cluster.model.services import (
+    ENDPOINT_MODES,
+    ENV_KEY_RE,
+    NAME_RE,
+    SpecError,
+    check_port,
+    check_spec,
+    default_health,
+    default_spec,
+    parse_constraint,
+)
+
+__all__ = [
+    "MESHKIT_LABEL",
+    "STACK_LABEL",
+    "NetworkPlan",
+    "Stack",
+    "StackError",
+    "load_stack",
+    "parse_compose",
+    "stack_labels",
+]
+
+STACK_LABEL = "com.docker.stack.namespace"
+MESHKIT_LABEL = "meshkit.stack"
+SECRETS_REFUSED = "secrets in stacks need meshkit secret (not available in this build)"
+CONFIGS_REFUSED = "configs in stacks need meshkit config (not available in this build)"
+
+STACK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+_SERVICE_KEY_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+
+Path = tuple[str | int, ...]
+
+# -- what each key of a service does ---------------------------------------------------------
+USE = "use"
+NOT_YET = "not supported yet"
+IGNORED = "ignored: not supported"
+
+SERVICE_KEYS: dict[str, str] = {
+    # translated into the spec
+    "command": USE, "entrypoint": USE, "environment": USE, "env_file": USE, "working_dir": USE,
+    "user": USE, "deploy": USE, "ports": USE, "expose": USE, "networks": USE,
+    "healthcheck": USE, "stop_grace_period": USE, "stop_signal": USE, "image": USE,
+    "secrets": USE, "configs": USE,
+    # what runs would differ from the file: refused by name
+    "volumes": NOT_YET, "hostname": NOT_YET, "dns": NOT_YET, "dns_search": NOT_YET,
+    "network_mode": NOT_YET, "devices": NOT_YET, "extra_hosts": NOT_YET, "ulimits": NOT_YET,
+    "tmpfs": NOT_YET, "sysctls": NOT_YET, "userns_mode": NOT_YET, "pid": NOT_YET,
+    "ipc": NOT_YET, "privileged": NOT_YET, "read_only": NOT_YET, "shm_size": NOT_YET,
+    # container settings with no meaning for a process (Docker ignores several in stacks)
+    "build": IGNORED, "cap_add": IGNORED, "cap_drop": IGNORED, "cgroup_parent": IGNORED,
+    "container_name": IGNORED, "credential_spec": IGNORED, "depends_on": IGNORED,
+    "domainname": IGNORED, "external_links": IGNORED, "init": IGNORED, "isolation": IGNORED,
+    "labels": IGNORED, "links": IGNORED, "logging": IGNORED, "mac_address": IGNORED,
+    "restart": IGNORED, "security_opt": IGNORED, "stdin_open": IGNORED, "tty": IGNORED,
+}  # fmt: skip
+
+DEPLOY_KEYS = frozenset(
+    {
+        "mode", "replicas", "labels", "placement", "update_config", "rollback_config",
+        "restart_policy", "resources", "endpoint_mode",
+    }
+)  # fmt: skip
+UPDATE_KEYS = frozenset(
+    {"parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"}
+)
+RESTART_KEYS = frozenset({"condition", "delay", "max_attempts", "window"})
+HEALTH_KEYS = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
+PLACEMENT_KEYS = frozenset({"constraints", "preferences", "max_replicas_per_node"})
+PORT_KEYS = frozenset({"target", "published", "protocol", "mode"})
+NETWORK_KEYS = frozenset(
+    {"driver", "driver_opts", "ipam", "external", "internal", "attachable", "labels", "name"}
+)
+TOP_KEYS = frozenset({"version", "services", "networks", "volumes", "secrets", "configs"})
+
+
+class StackError(MeshkitError):
+    """A compose file that cannot be deployed; the message names the file, line and path."""
+
+    exit_code = 2
+
+
+@dataclass
+class NetworkPlan:
+    """One network of the stack: `name` in the cluster; created from `request` (the
+    network_create parameters) unless `external`, when it must exist already."""
+
+    key: str
+    name: str
+    external: bool
+    request: dict[str, Any]
+
+
+@dataclass
+class Stack:
+    name: str
+    networks: list[NetworkPlan]
+    services: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+
+
+def stack_labels(stack: str) -> dict[str, str]:
+    return {STACK_LABEL: stack, MESHKIT_LABEL: stack}
+
+
+# -- YAML with lines -------------------------------------------------------------------------
+
+_INT = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""", re.X
+)
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
+
+class _Loader(yaml.SafeLoader):  # type: ignore[misc]
+    """YAML 1.1 as PyYAML reads it, minus base-60 numbers: `8080:80` stays text (Docker's
+    YAML reader never made it 484880), and duplicate keys are errors."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+@dataclass
+class Doc:
+    """One parsed file: its data and, for each path in it, the line it starts on."""
+
+    name: str
+    data: dict[str, Any]
+    lines: dict[Path, int]
+
+
+def _walk_lines(node: yaml.Node, path: Path, out: dict[Path, int], name: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key, value in node.value:
+            k = key.value if isinstance(key, yaml.ScalarNode) else str(key.value)
+            if k == "<<":
+                continue
+            if k in seen:
+                where = ".".join(str(p) for p in (*path, k))
+                raise StackError(f"{name}:{key.start_mark.line + 1}: {where}: duplicate key")
+            seen.add(k)
+            here = (*path, k)
+            out[here] = key.start_mark.line + 1
+            _walk_lines(value, here, out, name)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            here = (*path, i)
+            out[here] = value.start_mark.line + 1
+            _walk_lines(value, here, out, name)
+
+
+def parse_compose(name: str, text: str) -> Doc:
+    """One compose file's text -> Doc; StackError with the line when it is not YAML."""
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            lines: dict[Path, int] = {}
+            if node is not None:
+                _walk_lines(node, (), lines, name)
+                data = loader.construct_document(node)
+            else:
+                data = None
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise StackError(f"{name}{line}: not a YAML file: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise StackError(f"{name}: not a YAML file: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise StackError(f"{name}:1: a compose file is a mapping of keys (version, services...)")
+    return Doc(name, data, lines)
+
+
+# -- interpolation ---------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$(?:(?P<esc>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*)|)")
+_BRACED = re.compile(
+    r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?|:\+|\+)(?P<arg>.*))?$", re.S
+)
+
+
+def interpolate(text: str, env: Mapping[str, str], warn: Callable[[str], None]) -> str:
+    """`${VAR}`, `$VAR`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`, `${VAR?error}`,
+    `${VAR:+alt}`, `${VAR+alt}`, and `$$` for a `$`, as compose does. ValueError when a
+    `${...}` is malformed or a required variable is missing."""
+
+    def one(m: re.Match[str]) -> str:
+        if m.group("esc"):
+            return "$"
+        name = m.group("named")
+        if name is not None:
+            return _lookup(name, env, warn)
+        braced = m.group("braced")
+        if braced is None:
+            raise ValueError(f"invalid interpolation format in {text!r}: a lone '$' (write $$)")
+        b = _BRACED.match(braced)
+        if b is None:
+            raise ValueError(f"invalid interpolation format in {text!r}: ${{{braced}}}")
+        name, op, arg = b.group("name"), b.group("op"), b.group("arg") or ""
+        value = env.get(name)
+        if op is None:
+            return _lookup(name, env, warn)
+        if op in (":-", "-"):
+            unset = value is None or (op == ":-" and value == "")
+            return arg if unset else str(value)
+        if op in (":?", "?"):
+            unset = value is None or (op == ":?" and value == "")
+            if unset:
+                raise ValueError(f"required variable {name} is missing a value: {arg}")
+            return str(value)
+        setv = value is not None and (op == "+" or value != "")
+        return arg if setv else ""
+
+    return _VAR.sub(one, text)
+
+
+def _lookup(name: str, env: Mapping[str, str], warn: Callable[[str], None]) -> str:
+    if name in env:
+        return str(env[name])
+    warn(f"The {name} variable is not set. Defaulting to a blank string.")
+    return ""
+
+
+def _interpolate_tree(
+    value: Any, path: Path, env: Mapping[str, str], where: Callable[[Path], str],
+    warnings: list[str],
+) -> Any:  # fmt: skip
+    if isinstance(value, str):
+        try:
+            return interpolate(value, env, lambda w: warnings.append(f"{where(path)}: {w}"))
+        except ValueError as exc:
+            raise StackError(f"{where(path)}: {exc}") from None
+    if isinstance(value, dict):
+        return {k: _interpolate_tree(v, (*path, k), env, where, warnings) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate_tree(v, (*path, i), env, where, warnings) for i, v in enumerate(value)]
+    return value
+
+
+# -- merging several files (later files override, as docker stack deploy -c A -c B) ----------
+
+
+def _merge(base: Any, over: Any, path: Path) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = _merge(base[k], v, (*path, k)) if k in base else v
+        return out
+    if (
+        isinstance(base, list)
+        and isinstance(over, list)
+        and len(path) == 3
+        and path[0] == "services"
+        and path[2] in ("ports", "expose", "secrets", "configs", "volumes", "dns")
+    ):
+        # lists Docker merges by entry: the base's entries the override does not repeat
+        return [b for b in base if b not in over] + list(over)
+    return over
+
+
+def _normalise_service(svc: Any) -> Any:
+    """Lists that are really maps (environment, labels, networks) as maps, so that merging
+    works per key."""
+    if not isinstance(svc, dict):
+        return svc
+    out = dict(svc)
+    if isinstance(out.get("environment"), list):
+        env: dict[str, Any] = {}
+        for item in out["environment"]:
+            k, eq, v = str(item).partition("=")
+            env[k] = v if eq else None
+        out["environment"] = env
+    if isinstance(out.get("networks"), list):
+        out["networks"] = {str(n): None for n in out["networks"]}
+    deploy = out.get("deploy")
+    if isinstance(deploy, dict) and isinstance(deploy.get("labels"), list):
+        deploy = dict(deploy)
+        deploy["labels"] = _label_map(deploy["labels"])
+        out["deploy"] = deploy
+    return out
+
+
+def _label_map(items: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items:
+        k, _, v = str(item).partition("=")
+        out[k] = v
+    return out
+
+
+# -- the translation -------------------------------------------------------------------------
+
+
+class _Ctx:
+    """Locations for messages: the file and line of a path, from the last file that set it."""
+
+    def __init__(self) -> None:
+        self.locs: dict[Path, tuple[str, int]] = {}
+        self.first = ""
+        self.warnings: list[str] = []
+
+    def add(self, doc: Doc) -> None:
+        self.first = self.first or doc.name
+        for path, line in doc.lines.items():
+            self.locs[path] = (doc.name, line)
+
+    def where(self, path: Path) -> str:
+        p = tuple(path)
+        while p and p not in self.locs:
+            p = p[:-1]
+        name, line = self.locs.get(p, (self.first, 0))
+        text = ".".join(str(x) for x in path) if path else "(top)"
+        return f"{name}:{line}: {text}" if line else f"{name}: {text}"
+
+    def error(self, path: Path, reason: str) -> StackError:
+        return StackError(f"{self.where(path)}: {reason}")
+
+    def warn(self, path: Path, reason: str) -> None:
+        self.warnings.append(f"{self.where(path)}: {reason}")
+
+
+def _text(ctx: _Ctx, value: Any, path: Path) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ctx.error(path, f"expected text, got {_kind(value)}")
+    return str(value)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return "true/false"
+    return {dict: "a mapping", list: "a list", str: "text", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _mapping(
+    ctx: _Ctx, value: Any, path: Path, keys: frozenset[str] | None = None
+) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ctx.error(path, f"expected a mapping, got {_kind(value)}")
+    if keys is not None:
+        for k in value:
+            if k not in keys and not str(k).startswith("x-"):
+                raise ctx.error((*path, k), "unknown key (not in compose file format 3)")
+    return value
+
+
+def _words(ctx: _Ctx, value: Any, path: Path) -> list[str]:
+    """`command`-like values: a list, or a string split as a shell would."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [_text(ctx, v, (*path, i)) for i, v in enumerate(value)]
+    text = _text(ctx, value, path)
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise ctx.error(path, f"cannot split {text!r} into words: {exc}") from None
+
+
+def _duration(ctx: _Ctx, value: Any, path: Path) -> float:
+    text = _text(ctx, value, path)
+    try:
+        return parse_duration(text)
+    except DurationError as exc:
+        raise ctx.error(path, f"invalid duration {text!r}: {exc.reason}") from None
+
+
+def _int(ctx: _Ctx, value: Any, path: Path, minimum: int = 0) -> int:
+    if isinstance(value, bool):
+        raise ctx.error(path, "expected a whole number, got true/false")
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        raise ctx.error(path, f"expected a whole number, got {value!r}") from None
+    if n < minimum:
+        raise ctx.error(path, f"must be {minimum} or more, got {n}")
+    return n
+
+
+def _choice(ctx: _Ctx, value: Any, path: Path, choices: Sequence[str]) -> str:
+    text = _text(ctx, value, path)
+    if text not in choices:
+        raise ctx.error(path, f"{text!r} is not one of {', '.join(choices)}")
+    return text
+
+
+def _str_map(ctx: _Ctx, value: Any, path: Path) -> dict[str, str]:
+    if isinstance(value, list):
+        value = _label_map(value)
+    out: dict[str, str] = {}
+    for k, v in _mapping(ctx, value, path).items():
+        out[str(k)] = "" if v is None else _text(ctx, v, (*path, k))
+    return out
+
+
+def _environment(
+    ctx: _Ctx, svc: Mapping[str, Any], path: Path, env: Mapping[str, str],
+    read: Callable[[str], str], base_dir: str,
+) -> list[str]:  # fmt: skip
+    values: dict[str, str] = {}
+    files = svc.get("env_file")
+    if files is not None:
+        names = [files] if isinstance(files, str) else files
+        if not isinstance(names, list):
+            raise ctx.error((*path, "env_file"), "expected a file name or a list of them")
+        for i, f in enumerate(names):
+            fpath = (*path, "env_file", i) if isinstance(files, list) else (*path, "env_file")
+            fname = os.path.join(base_dir, _text(ctx, f, fpath))
+            try:
+                text = read(fname)
+            except OSError as exc:
+                raise ctx.error(fpath, f"cannot read {fname}: {exc.strerror or exc}") from None
+            for n, line in enumerate(text.splitlines(), 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                k, eq, v = line.partition("=")
+                k = k.strip()
+                if not ENV_KEY_RE.match(k):
+                    raise ctx.error(fpath, f"{fname}:{n}: {line!r} is not KEY=VALUE")
+                if eq:
+                    values[k] = v
+                elif k in env:
+                    values[k] = env[k]
+    raw = svc.get("environment")
+    if raw is not None:
+        epath = (*path, "environment")
+        for k, v in _mapping(ctx, raw, epath).items():
+            key = str(k)
+            if not ENV_KEY_RE.match(key):
+                raise ctx.error((*epath, key), f"{key!r} is not a variable name")
+            if v is None:
+                if key in env:  # `- NAME` alone: from the deploying shell, as Docker
+                    values[key] = env[key]
+                continue
+            if isinstance(v, bool):
+                values[key] = "true" if v else "false"
+            else:
+                values[key] = _text(ctx, v, (*epath, key))
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+_PORT_RANGE = re.compile(
+    r"^(?:(?P<p1>\d+)(?:-(?P<p2>\d+))?:)?(?P<t1>\d+)(?:-(?P<t2>\d+))?(?P<proto>/[A-Za-z]+)?$"
+)
+
+
+def _short_ports(ctx: _Ctx, value: Any, path: Path) -> list[dict[str, Any]]:
+    """`"8080:80"`, `80`, `"8080:80/udp"`, ranges `"8000-8001:80-81"` -> spec ports."""
+    from meshkit.cli.servicespec import parse_publish
+
+    text = _text(ctx, value, path)
+    m = _PORT_RANGE.match(text)
+    if m is not None and (m.group("p2") or m.group("t2")):
+        t1, t2 = int(m.group("t1")), int(m.group("t2") or m.group("t1"))
+        proto = m.group("proto") or ""
+        targets = list(range(t1, t2 + 1))
+        if m.group("p1"):
+            p1, p2 = int(m.group("p1")), int(m.group("p2") or m.group("p1"))
+            published: list[int | None] = list(range(p1, p2 + 1))
+            if len(published) != len(targets):
+                raise ctx.error(path, f"{text!r}: the two ranges differ in length")
+        else:
+            published = [None] * len(targets)
+        texts = [
+            f"{p}:{t}{proto}" if p else f"{t}{proto}"
+            for p, t in zip(published, targets, strict=True)
+        ]
+    else:
+        texts = [text]
+    out = []
+    for t in texts:
+        try:
+            out.append(parse_publish(t, ".".join(str(p) for p in path)))
+        except InvalidValue as exc:
+            raise ctx.error(path, f"invalid port {text!r}: {exc.reason}") from None
+    return out
+
+
+def _ports(ctx: _Ctx, svc: Mapping[str, Any], path: Path) -> list[dict[str, Any]]:
+    ports: list[dict[str, Any]] = []
+    raw = svc.get("ports")
+    if raw is not None:
+        if not isinstance(raw, list):
+            raise ctx.error((*path, "ports"), f"expected a list, got {_kind(raw)}")
+        for i, item in enumerate(raw):
+            ipath = (*path, "ports", i)
+            if isinstance(item, dict):
+                _mapping(ctx, item, ipath, PORT_KEYS)
+                if "target" not in item:
+                    raise ctx.error(ipath, "a port needs a target")
+                port: dict[str, Any] = {
+                    "target": _int(ctx, item["target"], (*ipath, "target"), 1),
+                    "published": None,
+                    "protocol": _choice(
+                        ctx, item.get("protocol", "tcp"), (*ipath, "protocol"), ("tcp", "udp")
+                    ),
+                    "mode": _choice(
+                        ctx, item.get("mode", "ingress"), (*ipath, "mode"), ("ingress", "host")
+                    ),
+                }
+                if item.get("published") is not None:
+                    port["published"] = _int(ctx, item["published"], (*ipath, "published"), 1)
+                try:
+                    ports.append(check_port(port))
+                except SpecError as exc:
+                    raise ctx.error(ipath, str(exc)) from None
+            else:
+                ports.extend(_short_ports(ctx, item, ipath))
+    for i, item in enumerate(svc.get("expose") or []):
+        ipath = (*path, "expose", i)
+        for p in _short_ports(ctx, item, ipath):
+            if p["published"] is not None:
+                raise ctx.error(ipath, "expose names a port the tasks serve; publish in ports")
+            if not any((q["target"], q["protocol"]) == (p["target"], p["protocol"]) for q in ports):
+                ports.append(p)
+    return ports
+
+
+def _health(ctx: _Ctx, value: Any, path: Path) -> dict[str, Any] | None:
+    hc = _mapping(ctx, value, path, HEALTH_KEYS)
+    if hc.get("disable") is True:
+        return None
+    test = hc.get("test")
+    if test is None:
+        raise ctx.error(path, "a healthcheck needs a test (or disable: true)")
+    tpath = (*path, "test")
+    if isinstance(test, list):
+        words = [_text(ctx, w, (*tpath, i)) for i, w in enumerate(test)]
+        if not words:
+            raise ctx.error(tpath, "an empty test")
+        if words[0] == "NONE":
+            return None
+        if words[0] == "CMD-SHELL" and len(words) == 2:
+            cmd = words[1]
+        elif words[0] == "CMD" and len(words) > 1:
+            cmd = shlex.join(words[1:])
+        else:
+            raise ctx.error(
+                tpath, 'expected ["CMD", ARGS...], ["CMD-SHELL", "COMMAND"] or ["NONE"]'
+            )
+    else:
+        cmd = _text(ctx, test, tpath)
+    if not cmd.strip():
+        raise ctx.error(tpath, "an empty test")
+    health = default_health()
+    health["cmd"] = cmd
+    for key in ("interval", "timeout", "start_period"):
+        if hc.get(key) is not None:
+            health[key] = _duration(ctx, hc[key], (*path, key))
+            if key != "start_period" and health[key] <= 0:
+                raise ctx.error((*path, key), "must be more than 0")
+    if hc.get("retries") is not None:
+        health["retries"] = _int(ctx, hc["retries"], (*path, "retries"), 1)
+    return health
+
+
+def _update_cfg(ctx: _Ctx, value: Any, path: Path, rollback: bool) -> dict[str, Any]:
+    cfg = _mapping(ctx, value, path, UPDATE_KEYS)
+    out: dict[str, Any] = {}
+    if "parallelism" in cfg:
+        out["parallelism"] = _int(ctx, cfg["parallelism"], (*path, "parallelism"))
+    for key in ("delay", "monitor"):
+        if key in cfg:
+            out[key] = _duration(ctx, cfg[key], (*path, key))
+    if "failure_action" in cfg:
+        actions = ("pause", "continue") if rollback else ("pause", "continue", "rollback")
+        out["failure_action"] = _choice(
+            ctx, cfg["failure_action"], (*path, "failure_action"), actions
+        )
+    if "max_failure_ratio" in cfg:
+        try:
+            ratio = float(cfg["max_failure_ratio"])
+        except (TypeError, ValueError):
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:
+            raise ctx.error((*path, "max_failure_ratio"), "expected a number from 0 to 1")
+        out["max_failure_ratio"] = ratio
+    if "order" in cfg:
+        out["order"] = _choice(ctx, cfg["order"], (*path, "order"), ("stop-first", "start-first"))
+    return out
+
+
+def _deploy(ctx: _Ctx, value: Any, path: Path, spec: dict[str, Any]) -> None:
+    d = _mapping(ctx, value, path, DEPLOY_KEYS)
+    if "mode" in d:
+        spec["mode"] = _choice(ctx, d["mode"], (*path, "mode"), ("replicated", "global"))
+    if d.get("replicas") is not None:
+        if spec["mode"] == "global":
+            raise ctx.error((*path, "replicas"), "replicas can only be used with replicated mode")
+        spec["replicas"] = _int(ctx, d["replicas"], (*path, "replicas"))
+    if d.get("resources"):
+        raise ctx.error((*path, "resources"), f"{NOT_YET}: meshkit sets no CPU or memory limits")
+    if "endpoint_mode" in d:
+        spec["endpoint_mode"] = _choice(
+            ctx, d["endpoint_mode"], (*path, "endpoint_mode"), ENDPOINT_MODES
+        )
+    if "labels" in d:
+        spec["labels"].update(_str_map(ctx, d["labels"], (*path, "labels")))
+    pl = _mapping(ctx, d.get("placement"), (*path, "placement"), PLACEMENT_KEYS)
+    for key in ("preferences", "max_replicas_per_node"):
+        if pl.get(key):
+            raise ctx.error((*path, "placement", key), NOT_YET)
+    cons = pl.get("constraints")
+    if cons is not None:
+        cpath = (*path, "placement", "constraints")
+        if not isinstance(cons, list):
+            raise ctx.error(cpath, f"expected a list, got {_kind(cons)}")
+        for i, c in enumerate(cons):
+            try:
+                spec["constraints"].append(str(parse_constraint(_text(ctx, c, (*cpath, i)))))
+            except ValueError as exc:
+                raise ctx.error((*cpath, i), str(exc)) from None
+    for key, section in (("update_config", "update"), ("rollback_config", "rollback")):
+        if key in d:
+            spec[section].update(_update_cfg(ctx, d[key], (*path, key), section == "rollback"))
+    if "restart_policy" in d:
+        rpath = (*path, "restart_policy")
+        rp = _mapping(ctx, d["restart_policy"], rpath, RESTART_KEYS)
+        if "condition" in rp:
+            spec["restart"]["condition"] = _choice(
+                ctx, rp["condition"], (*rpath, "condition"), ("none", "on-failure", "any")
+            )
+        for key in ("delay", "window"):
+            if rp.get(key) is not None:
+                spec["restart"][key] = _duration(ctx, rp[key], (*rpath, key))
+        if rp.get("max_attempts") is not None:
+            spec["restart"]["max_attempts"] = _int(
+                ctx, rp["max_attempts"], (*rpath, "max_attempts")
+            )
+
+
+def _refs(ctx: _Ctx, value: Any, path: Path, top: Mapping[str, Any], what: str) -> None:
+    """Parse a service's `secrets`/`configs` (short names or long form) and check they are
+    declared, so that the error that follows is about meshkit, not about the file."""
+    if not isinstance(value, list):
+        raise ctx.error(path, f"expected a list, got {_kind(value)}")
+    for i, item in enumerate(value):
+        ipath = (*path, i)
+        if isinstance(item, dict):
+            _mapping(ctx, item, ipath, frozenset({"source", "target", "uid", "gid", "mode"}))
+            source = _text(ctx, item.get("source"), (*ipath, "source"))
+        else:
+            source = _text(ctx, item, ipath)
+        if source not in top:
+            raise ctx.error(
+                ipath, f"undefined {what[:-1]} {source!r} (declare it under top-level {what})"
+            )
+
+
+def _service(
+    ctx: _Ctx, stack: str, key: str, svc: Any, top: Mapping[str, Any],
+    net_names: Mapping[str, str], env: Mapping[str, str], read: Callable[[str], str],
+    base_dir: str,
+) -> dict[str, Any]:  # fmt: skip
+    path: Path = ("services", key)
+    if not _SERVICE_KEY_RE.match(key):
+        raise ctx.error(path, "a service name is letters, digits, '.', '_' and '-'")
+    svc = _mapping(ctx, svc, path)
+    for k in svc:
+        kind = SERVICE_KEYS.get(k)
+        if str(k).startswith("x-"):
+            continue
+        if kind is None:
+            raise ctx.error((*path, k), "unknown key (not in compose file format 3)")
+        if kind == NOT_YET:
+            raise ctx.error((*path, k), f"{NOT_YET}: meshkit runs processes on the host")
+        if kind == IGNORED:
+            ctx.warn((*path, k), IGNORED)
+    spec = default_spec()
+    name = f"{stack}_{key}"
+    if not NAME_RE.match(name):
+        raise ctx.error(
+            path, f"the service name {name!r} is not a DNS label (at most 63 letters, digits, "
+            "'_' and '-')",
+        )  # fmt: skip
+    spec["name"] = name
+    if "x-meshkit-command" in svc:
+        command = _words(ctx, svc["x-meshkit-command"], (*path, "x-meshkit-command"))
+    else:
+        command = _words(ctx, svc.get("entrypoint"), (*path, "entrypoint")) + _words(
+            ctx, svc.get("command"), (*path, "command")
+        )
+    if "image" in svc:
+        if not command:
+            raise ctx.error(
+                (*path, "image"), "meshkit runs processes, not images: give the process to run "
+                "in command (or x-meshkit-command)",
+            )  # fmt: skip
+        ctx.warn((*path, "image"), "ignored: meshkit runs the service's command as a process")
+    if not command:
+        raise ctx.error(path, "no command: give command (or entrypoint, or x-meshkit-command)")
+    spec["command"] = command
+    spec["env"] = _environment(ctx, svc, path, env, read, base_dir)
+    if svc.get("working_dir") is not None:
+        spec["workdir"] = _text(ctx, svc["working_dir"], (*path, "working_dir"))
+    if svc.get("user") is not None:
+        spec["user"] = _text(ctx, svc["user"], (*path, "user"))
+    if svc.get("stop_grace_period") is not None:
+        spec["stop_grace_period"] = _duration(
+            ctx, svc["stop_grace_period"], (*path, "stop_grace_period")
+        )
+    if svc.get("stop_signal") is not None:
+        sig = _text(ctx, svc["stop_signal"], (*path, "stop_signal")).upper()
+        if sig not in ("SIGTERM", "TERM", "15"):
+            raise ctx.error(
+                (*path, "stop_signal"), f"{NOT_YET}: tasks are stopped with SIGTERM, then SIGKILL"
+            )
+    if svc.get("healthcheck") is not None:
+        spec["health"] = _health(ctx, svc["healthcheck"], (*path, "healthcheck"))
+    _deploy(ctx, svc.get("deploy"), (*path, "deploy"), spec)
+    spec["labels"].update(stack_labels(stack))
+    spec["ports"] = _ports(ctx, svc, path)
+    nets = svc.get("networks")
+    npath = (*path, "networks")
+    if nets is None or nets == {}:
+        spec["networks"] = [net_names["default"]]
+    else:
+        for n, opts in _mapping(ctx, nets, npath).items():
+            if n not in net_names:
+                raise ctx.error(
+                    (*npath, n), f"undefined network {n!r} (declare it under top-level networks)"
+                )
+            spec["networks"].append(net_names[n])
+            o = _mapping(
+                ctx,
+                opts,
+                (*npath, n),
+                frozenset({"aliases", "ipv4_address", "ipv6_address", "priority"}),
+            )
+            for k in o:
+                if k in ("ipv4_address", "ipv6_address"):
+                    raise ctx.error((*npath, n, k), NOT_YET)
+                ctx.warn((*npath, n, k), IGNORED)
+    for what, message in (("secrets", SECRETS_REFUSED), ("configs", CONFIGS_REFUSED)):
+        if svc.get(what):
+            _refs(ctx, svc[what], (*path, what), top.get(what) or {}, what)
+            raise ctx.error((*path, what), message)
+    try:
+        return check_spec(spec)
+    except SpecError as exc:
+        raise ctx.error(path, str(exc)) from None
+
+
+def _networks(
+    ctx: _Ctx, stack: str, top: Mapping[str, Any], used: set[str]
+) -> tuple[list[NetworkPlan], dict[str, str]]:
+    declared = _mapping(ctx, top.get("networks"), ("networks",))
+    plans: list[NetworkPlan] = []
+    names: dict[str, str] = {}
+    keys = list(declared)
+    if "default" not in declared:
+        keys.append("default")
+    for key in keys:
+        path: Path = ("networks", key)
+        cfg = _mapping(ctx, declared.get(key), path, NETWORK_KEYS)
+        ext = cfg.get("external")
+        external = bool(ext)
+        name = f"{stack}_{key}"
+        if isinstance(ext, dict):
+            _mapping(ctx, ext, (*path, "external"), frozenset({"name"}))
+            if ext.get("name"):
+                name = _text(ctx, ext["name"], (*path, "external", "name"))
+        elif ext is not None and not isinstance(ext, bool):
+            raise ctx.error((*path, "external"), "expected true, false or {name: NAME}")
+        if cfg.get("name"):
+            name = _text(ctx, cfg["name"], (*path, "name"))
+        elif external and not isinstance(ext, dict):
+            name = key
+        names[key] = name
+        request: dict[str, Any] = {}
+        if not external:
+            driver = _text(ctx, cfg.get("driver", "overlay"), (*path, "driver"))
+            if driver != "overlay":
+                raise ctx.error(
+                    (*path, "driver"), f"{driver!r}: meshkit makes overlay networks only"
+                )
+            if cfg.get("driver_opts"):
+                raise ctx.error((*path, "driver_opts"), NOT_YET)
+            if cfg.get("attachable"):
+                ctx.warn((*path, "attachable"), IGNORED)
+            ipam = _mapping(ctx, cfg.get("ipam"), (*path, "ipam"), frozenset({"driver", "config"}))
+            request = {"name": name, "driver": "overlay"}
+            if ipam.get("driver") not in (None, "default"):
+                raise ctx.error((*path, "ipam", "driver"), NOT_YET)
+            conf = ipam.get("config") or []
+            if not isinstance(conf, list) or len(conf) > 1:
+                raise ctx.error((*path, "ipam", "config"), "expected a list of one {subnet: CIDR}")
+            if conf:
+                c = _mapping(ctx, conf[0], (*path, "ipam", "config", 0), frozenset({"subnet"}))
+                if c.get("subnet"):
+                    request["subnet"] = _text(
+                        ctx, c["subnet"], (*path, "ipam", "config", 0, "subnet")
+                    )
+            if cfg.get("internal"):
+                request["internal"] = True
+            labels = _str_map(ctx, cfg.get("labels"), (*path, "labels"))
+            labels.update(stack_labels(stack))
+            request["labels"] = labels
+            from meshkit.cluster.model.networks import NAME_RE as NET_NAME_RE
+
+            if not NET_NAME_RE.match(name):
+                raise ctx.error(path, f"invalid network name {name!r}")
+        if key in used:  # every declared network is checked; the used ones are made
+            plans.append(NetworkPlan(key, name, external, request))
+    return plans, names
+
+
+def load_stack(
+    sources: Sequence[tuple[str, str]],
+    env: Mapping[str, str],
+    stack: str,
+    read: Callable[[str], str] | None = None,
+) -> Stack:
+    """The stack `stack` from compose files [(name, text)], later files overriding earlier
+    ones; `env` for `${VAR}`; `read(path)` reads an env_file (relative paths are taken from
+    the directory of the first file, as Docker does). StackError names what is wrong."""
+    if not STACK_NAME_RE.match(stack):
+        raise StackError(
+            f"invalid stack name {stack!r}: letters, digits, '_' and '-', starting with a "
+            "letter or digit"
+        )
+    if not sources:
+        raise StackError("no compose file: give one with -c FILE")
+    ctx = _Ctx()
+    merged: dict[str, Any] = {}
+    for name, text in sources:
+        doc = parse_compose(name, text)
+        ctx.add(doc)
+        data = _mapping(ctx, doc.data, (), None)
+        for k in data:
+            if k not in TOP_KEYS and not str(k).startswith("x-"):
+                raise ctx.error((k,), "unknown key (not in compose file format 3)")
+        version = data.get("version")
+        if version is not None and not str(version).startswith("3"):
+            raise ctx.error(
+                ("version",), f"version {version!r}: stack deploy reads compose file format 3"
+            )
+        data = _interpolate_tree(data, (), env, ctx.where, ctx.warnings)
+        services = _mapping(ctx, data.get("services"), ("services",))
+        data["services"] = {k: _normalise_service(v) for k, v in services.items()}
+        merged = _merge(merged, data, ())
+    services = _mapping(ctx, merged.get("services"), ("services",))
+    if not services:
+        raise ctx.error(("services",), "the stack has no services")
+    for what in ("volumes", "secrets", "configs"):
+        _mapping(ctx, merged.get(what), (what,))
+    if merged.get("volumes"):
+        ctx.warn(("volumes",), "ignored: meshkit has no volumes; services using one are refused")
+    used: set[str] = set()
+    for v in services.values():
+        nets = v.get("networks") if isinstance(v, dict) else None
+        used.update(nets or {"default": None})
+    plans, names = _networks(ctx, stack, merged, used)
+    reader = read if read is not None else _no_reader
+    base_dir = os.path.dirname(sources[0][0])
+    specs = [
+        _service(ctx, stack, key, svc, merged, names, env, reader, base_dir)
+        for key, svc in services.items()
+    ]
+    return Stack(stack, plans, specs, ctx.warnings)
+
+
+def _no_reader(path: str) -> str:
+    raise OSError(f"no file reader given for {path}")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshkit.base.errors import MeshkitError
+from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model.records import NodeRecord
 
 TASK_STATES = (
@@ -67,6 +68,8 @@ TASK_SPEC_KEYS = (
     "networks",
     "ports",
     "force_update",
+    "secrets",
+    "configs",
 )
 
 # Service names are DNS labels: tasks find each other by them.
@@ -121,6 +124,8 @@ def default_spec() -> dict[str, Any]:
         "rollback": default_update(),
         "stop_grace_period": 10.0,
         "force_update": 0,
+        "secrets": [],
+        "configs": [],
     }
 
 
@@ -271,6 +276,11 @@ def check_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     out["rollback"] = _check_update(out["rollback"], "rollback")
     out["stop_grace_period"] = _num(out["stop_grace_period"], "stop_grace_period")
     out["force_update"] = _num(out["force_update"], "force_update", integer=True)
+    for kind in ("secret", "config"):
+        try:
+            out[kind + "s"] = secretrules.check_refs(kind, out[kind + "s"])
+        except secretrules.RefError as exc:
+            raise SpecError(str(exc)) from None
     return out
 
 

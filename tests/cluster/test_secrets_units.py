@@ -12,7 +12,7 @@ from meshkit.cli import servicespec
 from meshkit.cluster.model import secrets as rules
 from meshkit.cluster.model import services as sv
 from meshkit.cluster.model import state as cs
-from meshkit.cluster.raft.sealing import SealError, Sealer, new_data_key
+from meshkit.cluster.raft.sealing import Sealer, SealError, new_data_key
 
 M1 = "m" * 25
 SID = "s" * 25
@@ -67,14 +67,14 @@ def test_create_ls_rm_and_in_use() -> None:
     spec = servicespec.build_spec(
         {"name": "app", "command": ["sh"], "secret": ["src=nope,target=db"]}
     )
-    with pytest.raises(cs.CommandError, match="^secret not found: nope$"):
+    with pytest.raises(cs.CommandError, match=r"^secret not found: nope$"):
         cs.apply(st, {"op": "service_create", "service": sv.new_service(SID, spec, 3.0)})
     spec = servicespec.build_spec(
         {"name": "app", "command": ["sh"], "secret": ["db"], "config": ["src=db,target=/etc/x"]}
     )
     cs.apply(st, {"op": "service_create", "service": sv.new_service(SID, spec, 3.0)})
     with pytest.raises(
-        cs.CommandError, match="^secret 'db' is in use by the following service: app$"
+        cs.CommandError, match=r"^secret 'db' is in use by the following service: app$"
     ):
         cs.apply(st, {"op": "secret_rm", "kind": "secret", "id": "i" * 25})
     with pytest.raises(cs.CommandError, match="config 'db' is in use"):

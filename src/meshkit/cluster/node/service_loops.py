@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from meshkit.base.errors import MeshkitError
 from meshkit.cluster.api.common import new_node_id
 from meshkit.cluster.api.context import NodeContext
+from meshkit.cluster.node.managers import FAILOVER_CODES
 from meshkit.cluster.rpc.transport import RpcError
 
 if TYPE_CHECKING:
@@ -89,8 +90,22 @@ class ServiceLoops:
             self.report,
             overlay=self.node.overlay,
             mesh=self.node.mesh,
+            fetch_files=self.fetch_files,
         )
         await self.executor.start()
+
+    async def fetch_files(self, task_id: str) -> dict[str, Any]:
+        """A task's secrets and configs, from a manager (this one first, when it is one)."""
+        params = {"node_id": self.node.node_id, "task_id": task_id}
+        if self.node.is_manager and self.node.state is not None:
+            try:
+                result: dict[str, Any] = await self.node.call_self("task_secrets", params)
+                return result
+            except RpcError as exc:
+                if exc.code not in FAILOVER_CODES:
+                    raise
+        result = await self.node.ask_managers("task_secrets", params)
+        return dict(result)
 
     async def close_executor(self, stop_tasks: bool) -> None:
         if self.executor is not None:

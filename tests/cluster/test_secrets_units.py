@@ -3,16 +3,22 @@ references of a service spec and their flags, and the AES-GCM sealing of values.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
+from typing import Any
 
 import pytest
 
 from meshkit.base.errors import FlagError
 from meshkit.cli import servicespec
+from meshkit.cluster.api.secrets import SecretMethods
 from meshkit.cluster.model import secrets as rules
 from meshkit.cluster.model import services as sv
 from meshkit.cluster.model import state as cs
 from meshkit.cluster.raft.sealing import Sealer, SealError, new_data_key
+from meshkit.cluster.rpc.pki import PeerIdentity
+from meshkit.cluster.rpc.transport import Peer, RpcError
 
 M1 = "m" * 25
 SID = "s" * 25
@@ -145,3 +151,50 @@ def test_secret_values_are_sealed_with_aes_gcm_under_the_data_key() -> None:
         Sealer(new_data_key()).open_bytes(sealed, "id1")
     with pytest.raises(SealError, match="no cluster data key"):
         Sealer("").seal_bytes(b"x", "id1")
+
+
+class _Node:
+    """The little of a NodeContext the secret methods use."""
+
+    def __init__(self, st: cs.ClusterState, key: str) -> None:
+        self.state = st
+        self.sealer = Sealer(key)
+
+    async def submit(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return cs.apply(self.state, cmd)
+
+
+def test_task_secrets_only_for_the_callers_assigned_task() -> None:
+    st = _state()
+    w1, w2 = "w" * 25, "v" * 25
+    for nid in (w1, w2):
+        node = cs.NodeRecord(id=nid, hostname=nid[:2], role="worker", addr="198.18.0.2")
+        cs.apply(st, {"op": "add_node", "node": node.to_dict()})
+    api = SecretMethods(_Node(st, new_data_key()))  # type: ignore[arg-type]
+    me = Peer(identity=PeerIdentity(M1, "manager", "c" * 25), address="self")
+    data = base64.b64encode(b"pw-123").decode()
+    asyncio.run(api.secret_create(me, {"name": "db", "data": data}))
+    rec = next(iter(st.secrets.values()))
+    assert rec["data"].startswith("aesgcm1:") and "pw-123" not in json.dumps(st.to_dict())
+    spec = servicespec.build_spec({"name": "app", "command": ["sh"], "secret": ["db"]})
+    cs.apply(st, {"op": "service_create", "service": sv.new_service(SID, spec, 3.0)})
+    task = sv.new_task("t" * 25, st.services[SID], 1, 4.0)
+    cs.apply(st, {"op": "tasks_write", "create": [task], "node": {task["id"]: w1}})
+
+    def ask(node_id: str, caller_id: str) -> Any:
+        peer = Peer(identity=PeerIdentity(caller_id, "worker", "c" * 25), address="x")
+        params = {"node_id": node_id, "task_id": task["id"]}
+        return asyncio.run(api.task_secrets(peer, params))
+
+    got = ask(w1, w1)
+    assert base64.b64decode(got["secrets"][0]["data"]) == b"pw-123"
+    assert got["secrets"][0]["target"] == "db" and got["configs"] == []
+    with pytest.raises(RpcError, match="is not assigned to node"):
+        ask(w2, w2)  # a node without the task gets nothing
+    with pytest.raises(RpcError, match="cannot speak for node"):
+        ask(w1, w2)  # nor by naming another node
+    cs.apply(st, {"op": "tasks_write", "desired": {task["id"]: "shutdown"}})
+    with pytest.raises(RpcError, match="is not to run"):
+        ask(w1, w1)
+    view = asyncio.run(api.secret_inspect(me, {"secret": "db"}))
+    assert "Data" not in view and "pw-123" not in json.dumps(view)

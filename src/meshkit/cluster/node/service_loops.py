@@ -64,6 +64,10 @@ def compact(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
+FETCH_TRIES = 4
+"""Tries of task_secrets on a refusal that a lagging manager may give (forbidden)."""
+
+
 class ServiceLoops:
     """The service loops of one node, and its task executor."""
 
@@ -104,8 +108,16 @@ class ServiceLoops:
             except RpcError as exc:
                 if exc.code not in FAILOVER_CODES:
                     raise
-        result = await self.node.ask_managers("task_secrets", params)
-        return dict(result)
+        for attempt in range(FETCH_TRIES):
+            try:
+                result = await self.node.ask_managers("task_secrets", params)
+                return dict(result)
+            except RpcError as exc:
+                # the manager that answered may not have applied the assignment yet
+                if exc.code != "forbidden" or attempt == FETCH_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def close_executor(self, stop_tasks: bool) -> None:
         if self.executor is not None:

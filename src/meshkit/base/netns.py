@@ -20,11 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import os
 import shutil
 import signal
+import stat
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
@@ -32,6 +35,8 @@ ETC_NETNS = Path("/etc/netns")
 NAME_PREFIX = "mk-"
 CLONE_NEWNET = 0x40000000
 CLONE_NEWNS = 0x00020000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 0x80000
@@ -140,18 +145,90 @@ def resolv_conf_for(name: str) -> bytes | None:
     return bytes(path) if path.is_file() else None
 
 
-def bind_resolv_conf(path: bytes) -> None:
-    """In a child before exec: a mount namespace of its own (mounts not propagated back),
-    with `path` bound over /etc/resolv.conf."""
+def _mount(src: bytes, dst: bytes, fstype: bytes | None, flags: int, data: bytes | None) -> None:
+    if _libc.mount(src, dst, fstype, flags, data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {src.decode()} on {dst.decode()}: {os.strerror(err)}")
+
+
+def private_mounts() -> None:
+    """In a child before exec: a mount namespace of its own (mounts not propagated back)."""
     if _libc.unshare(CLONE_NEWNS) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
     if _libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"mount --make-rslave /: {os.strerror(err)}")
+
+
+def bind_resolv_conf(path: bytes) -> None:
+    """In a child before exec, in its own mount namespace: `path` bound over
+    /etc/resolv.conf."""
     if _libc.mount(path, b"/etc/resolv.conf", None, MS_BIND, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"bind {path.decode()} over /etc/resolv.conf: {os.strerror(err)}")
+
+
+@dataclass(frozen=True)
+class TaskFile:
+    """A secret or config for a task: its absolute path in the task, bytes and owner."""
+
+    path: str
+    data: bytes
+    uid: int
+    gid: int
+    mode: int
+
+
+RUN = "/run"
+CONFIG_STAGE = "/run/.meshkit-configs"
+
+
+def place_files(files: list[TaskFile]) -> None:
+    """In a child before exec, in its own mount namespace: a tmpfs over /run holding the
+    files, the host's /run entries bound back into it (so the task still sees them; the
+    host's /run itself is untouched), then each file under /run written there and each file
+    elsewhere (a config) bound over its target, which must exist. The tmpfs lives as long as
+    the task's mount namespace: its last process gone, the files are gone."""
+    fd = os.open(RUN, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        names = os.listdir(fd)
+        _mount(b"tmpfs", RUN.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=755")
+        for name in names:
+            src = f"/proc/self/fd/{fd}/{name}"
+            dst = f"{RUN}/{name}"
+            st = os.lstat(src)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(src), dst)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(dst, 0o755)
+            else:
+                os.close(os.open(dst, os.O_CREAT | os.O_WRONLY, 0o600))
+            _mount(src.encode(), dst.encode(), None, MS_BIND | MS_REC, None)
+    finally:
+        os.close(fd)
+    host_entries = set(names)
+    for i, f in enumerate(files):
+        parts = f.path.split("/")
+        in_run = len(parts) > 3 and parts[1] == "run" and parts[2] not in host_entries
+        target = f.path if in_run else f"{CONFIG_STAGE}/{i}"
+        os.makedirs(os.path.dirname(target), mode=0o755, exist_ok=True)
+        out = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            os.write(out, f.data)  # tmpfs: one write takes it whole
+            os.fchown(out, f.uid, f.gid)
+            os.fchmod(out, f.mode)
+        finally:
+            os.close(out)
+        if not in_run:
+            if not os.path.isfile(f.path):
+                raise OSError(
+                    errno.ENOENT,
+                    f"config target {f.path} is not a file on this node (a config is bound "
+                    "over an existing file, or placed in a new folder under /run)",
+                )
+            _mount(target.encode(), f.path.encode(), None, MS_BIND, None)
 
 
 async def _ip(*args: str) -> tuple[int, str]:

@@ -69,6 +69,8 @@ LAZY: dict[str, tuple[str, str, str]] = {
     "service": ("meshkit.cli.service", "service_app", "group"),
     "network": ("meshkit.cli.network", "network_app", "group"),
     "stack": ("meshkit.cli.stack", "stack_app", "group"),
+    "secret": ("meshkit.cli.secret", "secret_app", "group"),
+    "config": ("meshkit.cli.secret", "config_app", "group"),
     "web": ("meshkit.cli.web", "web_app", "app"),
 }
 

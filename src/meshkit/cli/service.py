@@ -271,6 +271,22 @@ def create(
     update_order: UpdateOrderOpt = None,
     stop_grace_period: StopGracePeriodOpt = None,
     endpoint_mode: Annotated[str | None, typer.Option("--endpoint-mode")] = None,
+    secret: Annotated[
+        ListOpt,
+        typer.Option(
+            "--secret",
+            help="src=NAME[,target=T,uid=U,gid=G,mode=0400]: a file at "
+            "/run/secrets/T in each task.",
+        ),
+    ] = None,
+    config: Annotated[
+        ListOpt,
+        typer.Option(
+            "--config",
+            help="src=NAME[,target=/path,uid=U,gid=G,mode=0444]: a file "
+            "at /path in each task (default /run/configs/NAME).",
+        ),
+    ] = None,
     detach: DetachOpt = False,
     quiet: QuietOpt = False,
     host: HostOpt = None,
@@ -427,6 +443,10 @@ def update(
     constraint_rm: Annotated[ListOpt, typer.Option("--constraint-rm")] = None,
     publish_add: Annotated[ListOpt, typer.Option("--publish-add")] = None,
     publish_rm: Annotated[ListOpt, typer.Option("--publish-rm")] = None,
+    secret_add: Annotated[ListOpt, typer.Option("--secret-add", help="As --secret.")] = None,
+    secret_rm: Annotated[ListOpt, typer.Option("--secret-rm", help="A secret's name.")] = None,
+    config_add: Annotated[ListOpt, typer.Option("--config-add", help="As --config.")] = None,
+    config_rm: Annotated[ListOpt, typer.Option("--config-rm", help="A config's name.")] = None,
     workdir: Annotated[str | None, typer.Option("--workdir", "-w")] = None,
     user: Annotated[str | None, typer.Option("--user", "-u")] = None,
     restart_condition: Annotated[str | None, typer.Option("--restart-condition")] = None,

@@ -14,6 +14,7 @@ from typing import Any
 from meshkit.base.durations import DurationError, parse_duration
 from meshkit.base.errors import FlagError
 from meshkit.base.publish import parse_port_config
+from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model.services import (
     ENDPOINT_MODES,
     ENV_KEY_RE,
@@ -29,7 +30,7 @@ from meshkit.cluster.model.services import (
     parse_constraint,
 )
 
-__all__ = ["build_spec", "parse_publish", "update_spec"]
+__all__ = ["build_spec", "parse_file_ref", "parse_publish", "update_spec"]
 
 _REPLICAS_GLOBAL = "replicas can only be used with replicated mode"
 
@@ -142,6 +143,56 @@ def parse_publish(text: str, flag: str = "--publish") -> dict[str, Any]:
     }
 
 
+_REF_KEYS = {"source": "source", "src": "source", "target": "target", "uid": "uid", "gid": "gid"}
+
+
+def parse_file_ref(text: str, kind: str, flag: str = "") -> dict[str, Any]:
+    """`--secret NAME` or `--secret src=NAME,target=T,uid=U,gid=G,mode=0400` (Docker's
+    grammar; `--config` the same) as a checked reference of the service spec."""
+    flag = flag or f"--{kind}"
+    ref: dict[str, Any] = {}
+    if "=" not in text:
+        ref["source"] = text.strip()
+    else:
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            key = key.strip().lower()
+            if not sep:
+                raise FlagError(flag, text, f"{part!r}: expected KEY=VALUE")
+            if key == "mode":
+                try:
+                    ref["mode"] = int(value, 8)
+                except ValueError:
+                    raise FlagError(flag, text, f"mode {value!r} is not an octal mode") from None
+            elif key in _REF_KEYS:
+                ref[_REF_KEYS[key]] = value
+            else:
+                raise FlagError(
+                    flag, text, f"unknown field {key!r} (source, target, uid, gid, mode)"
+                )
+    if not ref.get("source"):
+        raise FlagError(flag, text, f"a {kind} reference needs source=NAME")
+    try:
+        return secretrules.check_ref(kind, ref, kind)
+    except secretrules.RefError as exc:
+        raise FlagError(flag, text, str(exc).removeprefix(kind + ".")) from None
+
+
+def _refs(flags: Mapping[str, Any], key: str, kind: str) -> list[dict[str, Any]]:
+    return [parse_file_ref(t, kind, _flag_name(key)) for t in _list(flags, key)]
+
+
+def _update_refs(out: dict[str, Any], flags: Mapping[str, Any], kind: str) -> None:
+    """`--secret-rm NAME` (every reference to it) then `--secret-add REF` (one with the same
+    target is replaced): rotation is `--secret-rm old --secret-add src=new,target=same`."""
+    gone = set(_list(flags, kind + "_rm"))
+    refs = [r for r in out[kind + "s"] if r["source"] not in gone]
+    for new in _refs(flags, kind + "_add", kind):
+        refs = [r for r in refs if r["target"] != new["target"]]
+        refs.append(new)
+    out[kind + "s"] = refs
+
+
 def _apply_common(spec: dict[str, Any], flags: Mapping[str, Any], *, create: bool) -> None:
     """Flags with the same meaning for create and update."""
     for key in ("workdir", "user"):
@@ -227,6 +278,8 @@ def _checked(spec: dict[str, Any]) -> dict[str, Any]:
             "networks": "--network",
             "ports": "--publish",
             "command": "COMMAND",
+            "secrets": "--secret",
+            "configs": "--config",
         }.get(field, _flag_name(field))
         raise FlagError(flag, "", str(exc)) from None
 
@@ -264,6 +317,8 @@ def build_spec(flags: Mapping[str, Any]) -> dict[str, Any]:
             for p in spec["ports"]
         ):
             spec["ports"].append(port)
+    spec["secrets"] = _refs(flags, "secret", "secret")
+    spec["configs"] = _refs(flags, "config", "config")
     _apply_common(spec, flags, create=True)
     return _checked(spec)
 
@@ -306,6 +361,8 @@ def update_spec(spec: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, 
         ]
         ports.append(new)
     out["ports"] = ports
+    _update_refs(out, flags, "secret")
+    _update_refs(out, flags, "config")
     _apply_common(out, flags, create=False)
     if flags.get("force"):
         out["force_update"] = int(out["force_update"]) + 1

@@ -40,6 +40,8 @@ Authorization on the TCP port, by method:
     cluster_status {}                                  -> raft status of the answering manager
     service_*     see meshkit.cluster.api.services
     network_*, overlay_pairs, netmap_watch   see meshkit.cluster.api.networks
+    secret_*, config_*, task_secrets         see meshkit.cluster.api.secrets (task_secrets:
+                  any node certificate, only for a task assigned to that node)
 
 Services and tasks (meshkit.cluster.api.services): the service_* methods are manager methods;
 tasks_watch and task_report take any node certificate whose CN is the node asked about;
@@ -50,7 +52,8 @@ code "not_manager" and swarm's "This node is not a swarm manager..." text), plus
 
     info   {}            -> {"node_id", "role", "cluster_id", "hostname", "addr", "api_addr",
                              "managers", "initialized", "version", "raft", "overlay",
-                             "overlay_nodes", "overlay_stats", "mesh", "cert_not_after"}
+                             "overlay_nodes", "overlay_stats", "mesh", "cert_not_after",
+                             "secrets": {name: [task id]} (what this node holds)}
     leave  {"force"}     -> {"left": true, "node_id"}   this node leaves the cluster; the agent
                              stops and removes its certificate and state from the data dir
     mesh_watch {"service", "version"?, "wait"?}
@@ -84,6 +87,7 @@ from meshkit.cluster.api.networks import (
     pair_rows,
 )
 from meshkit.cluster.api.params import ParamError, check_params, printable
+from meshkit.cluster.api.secrets import NODE_SECRET_METHODS, SECRET_METHODS, SecretMethods
 from meshkit.cluster.api.services import (
     NODE_SERVED_METHODS,
     NODE_TASK_METHODS,
@@ -108,7 +112,12 @@ from meshkit.net.doctor_report import overlay_column
 log = logging.getLogger(__name__)
 
 UNAUTHENTICATED = frozenset({"ca_bundle", "join"})
-NODE_METHODS = frozenset({"heartbeat", "renew", "leave"}) | NODE_TASK_METHODS | NODE_NET_METHODS
+NODE_METHODS = (
+    frozenset({"heartbeat", "renew", "leave"})
+    | NODE_TASK_METHODS
+    | NODE_NET_METHODS
+    | NODE_SECRET_METHODS
+)
 MANAGER_METHODS = (
     frozenset(
         {
@@ -125,6 +134,7 @@ MANAGER_METHODS = (
     )
     | SERVICE_METHODS
     | NETWORK_METHODS
+    | SECRET_METHODS
 )
 LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"})
 
@@ -185,6 +195,9 @@ class Api:
         self.networks = NetworkMethods(node)
         for name in NETWORK_METHODS | NODE_NET_METHODS:
             self._handlers[name] = getattr(self.networks, name)
+        self.secrets = SecretMethods(node)
+        for name in SECRET_METHODS | NODE_SECRET_METHODS:
+            self._handlers[name] = getattr(self.secrets, name)
 
     # -- dispatch ------------------------------------------------------------------------------
 

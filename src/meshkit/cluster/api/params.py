@@ -361,6 +361,24 @@ TCP_PARAMS: dict[str, Schema] = {
     "network_inspect": _NETWORK_REF,
     "network_rm": _NETWORK_REF,
     "overlay_pairs": {},
+    "task_secrets": {"node_id": req(node_id), "task_id": req(name)},
+    **{
+        f"{kind}_{verb}": schema
+        for kind in ("secret", "config")
+        for verb, schema in (
+            (
+                "create",
+                {
+                    "name": req(string(64)),  # Docker's name rule is the handler's
+                    "data": req(string(2 * 1024 * 1024)),  # base64; the size rule is the handler's
+                    "labels": opt(map_of(name, short_text, 1000)),
+                },
+            ),
+            ("ls", {}),
+            ("inspect", {kind: req(name)}),
+            ("rm", {kind: req(name)}),
+        )
+    },
 }
 """Parameters of the methods on the manager port (TLS)."""
 

@@ -93,6 +93,9 @@ class ClusterState:
     # each node's gateway bridge subnet (meshkit_gwbr), carved from the address pools like an
     # overlay subnet so that the two never overlap: node id -> CIDR
     gateway_subnets: dict[str, str] = field(default_factory=dict)
+    # secrets (values sealed) and configs by id (meshkit.cluster.model.secrets)
+    secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     index: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshkit.base.errors import MeshkitError
+from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model.records import NodeRecord
 
 TASK_STATES = (
@@ -67,6 +68,8 @@ TASK_SPEC_KEYS = (
     "networks",
     "ports",
     "force_update",
+    "secrets",
+    "configs",
 )
 
 # Service names are DNS labels: tasks find each other by them. '_' is allowed inside, as
@@ -125,6 +128,8 @@ def default_spec() -> dict[str, Any]:
         "stop_grace_period": 10.0,
         "force_update": 0,
         "labels": {},
+        "secrets": [],
+        "configs": [],
     }
 
 
@@ -276,6 +281,11 @@ def check_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
     out["stop_grace_period"] = _num(out["stop_grace_period"], "stop_grace_period")
     out["force_update"] = _num(out["force_update"], "force_update", integer=True)
     out["labels"] = check_labels(out["labels"], "labels")
+    for kind in ("secret", "config"):
+        try:
+            out[kind + "s"] = secretrules.check_refs(kind, out[kind + "s"])
+        except secretrules.RefError as exc:
+            raise SpecError(str(exc)) from None
     return out
 
 

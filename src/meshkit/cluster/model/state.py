@@ -30,6 +30,11 @@ Commands (``op``, then fields):
                            labels}, now   (subnet, VNI and node endpoints allocated here)
     network_rm             network_id   (refused while a service or task uses it)
     set_overlay            node_id, overlay   (a node's overlay report, from its heartbeat)
+    secret_create          kind (secret|config), record {id, name, labels, size, data}, now
+    secret_rm              kind, id   (refused while a service uses it, naming the services)
+
+Secrets and configs, and the rules of the references services make to them, live in
+meshkit.cluster.model.secrets: a service naming one that does not exist is refused.
 
 Networks, their address books and the network map live in meshkit.cluster.model.networks: a new
 task gets its addresses in tasks_write, and gives them back when it ends or is removed.
@@ -48,6 +53,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from meshkit.cluster.model import networks as netstate
+from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model import services as sv
 from meshkit.cluster.model.records import (
     AVAILABILITIES,
@@ -297,6 +303,7 @@ def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
         raise CommandError(f"service {service_id} already exists")
     if _name_taken(state, spec["name"]):
         raise CommandError(f"service {spec['name']} already exists (names are unique)")
+    _refs_exist(state, spec)
     now = _now(cmd)
     svc = {
         "id": service_id,
@@ -311,6 +318,25 @@ def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
     _endpoints(state, svc, cmd)
     state.services[service_id] = svc
     return {"service_id": service_id, "name": spec["name"]}
+
+
+def _refs_exist(state: ClusterState, spec: Mapping[str, Any]) -> None:
+    """Every secret and config the spec names must exist (Docker's "secret not found: X")."""
+    missing = secretrules.missing_refs(state, spec)
+    if missing:
+        raise CommandError(missing)
+
+
+def _secret_op(
+    handler: Callable[[Any, Mapping[str, Any]], dict[str, Any]],
+) -> Callable[[ClusterState, Mapping[str, Any]], dict[str, Any]]:
+    def run(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return handler(state, cmd)
+        except secretrules.RefError as exc:
+            raise CommandError(str(exc)) from None
+
+    return run
 
 
 def _endpoints(state: ClusterState, svc: dict[str, Any], cmd: Mapping[str, Any]) -> None:
@@ -354,6 +380,7 @@ def _op_service_update(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
         )
     if spec["name"] != old["name"] and _name_taken(state, spec["name"], but=svc["id"]):
         raise CommandError(f"service {spec['name']} already exists (names are unique)")
+    _refs_exist(state, spec)
     svc["spec"] = spec
     try:
         _endpoints(state, svc, cmd)
@@ -519,6 +546,8 @@ _HANDLERS = {
     "network_create": _net(netstate.op_network_create),
     "network_rm": _net(netstate.op_network_rm),
     "set_overlay": _net(netstate.set_overlay),
+    "secret_create": _secret_op(secretrules.op_create),
+    "secret_rm": _secret_op(secretrules.op_rm),
 }
 
 COMMANDS = tuple(_HANDLERS)

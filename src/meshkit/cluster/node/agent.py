@@ -242,6 +242,8 @@ class Agent:
             "overlay_stats": self._overlay.stats(),
             "mesh": self._mesh.report(),
             "cert_not_after": self._identity.not_after,
+            # the secrets this node holds (its live tasks' tmpfs): name -> task ids
+            "secrets": {} if self.executor is None else self.executor.secrets_held(),
         }
 
     async def leave(self, force: bool) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from meshkit.base.errors import MeshkitError
 from meshkit.cluster.api.common import new_node_id
 from meshkit.cluster.api.context import NodeContext
+from meshkit.cluster.node.managers import FAILOVER_CODES
 from meshkit.cluster.rpc.transport import RpcError
 
 if TYPE_CHECKING:
@@ -63,6 +64,10 @@ def compact(updates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
+FETCH_TRIES = 4
+"""Tries of task_secrets on a refusal that a lagging manager may give (forbidden)."""
+
+
 class ServiceLoops:
     """The service loops of one node, and its task executor."""
 
@@ -89,8 +94,30 @@ class ServiceLoops:
             self.report,
             overlay=self.node.overlay,
             mesh=self.node.mesh,
+            fetch_files=self.fetch_files,
         )
         await self.executor.start()
+
+    async def fetch_files(self, task_id: str) -> dict[str, Any]:
+        """A task's secrets and configs, from a manager (this one first, when it is one)."""
+        params = {"node_id": self.node.node_id, "task_id": task_id}
+        if self.node.is_manager and self.node.state is not None:
+            try:
+                result: dict[str, Any] = await self.node.call_self("task_secrets", params)
+                return result
+            except RpcError as exc:
+                if exc.code not in FAILOVER_CODES:
+                    raise
+        for attempt in range(FETCH_TRIES):
+            try:
+                result = await self.node.ask_managers("task_secrets", params)
+                return dict(result)
+            except RpcError as exc:
+                # the manager that answered may not have applied the assignment yet
+                if exc.code != "forbidden" or attempt == FETCH_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def close_executor(self, stop_tasks: bool) -> None:
         if self.executor is not None:

@@ -8,8 +8,12 @@ callback, in the order accepted, preparing, starting, running, then one terminal
 
 A task runs as the leader of its own session (its process group), with exactly the env of
 its spec over a minimal base, its workdir and user, stdin on /dev/null and stdout/stderr
-appended straight to files in its state dir (see ``tasklogs``). A task with networks gets
-its own network namespace (``tasknetns``), loopback only until the overlay plugs into it.
+appended straight to files in its state dir (see ``tasklogs``). A task with secrets or
+configs gets them from a manager just before it starts (``fetch_files``: the task_secrets RPC
+over mutual TLS), in memory only, and finds them on a tmpfs over /run in its own mount
+namespace (/run/secrets/TARGET; configs at their target): never on this node's disk.
+A task with networks gets its own network namespace (``tasknetns``), loopback only until
+the overlay plugs into it.
 Stopping sends SIGTERM to the group and SIGKILL after ``stop_grace_period``; when the task's
 main process ends, what is left of its group and its namespace is killed and removed.
 
@@ -44,7 +48,7 @@ from typing import Any
 from meshkit.base import netns as tasknetns
 from meshkit.cluster.tasks import logs as tasklogs
 from meshkit.cluster.tasks import process as taskproc
-from meshkit.cluster.tasks.lifecycle import ERR_UNSUPERVISED, TaskLifecycle, reap
+from meshkit.cluster.tasks.lifecycle import ERR_UNSUPERVISED, FetchFiles, TaskLifecycle, reap
 from meshkit.cluster.tasks.reconcile import (
     STOP_DESIRED,
     TERMINAL_STATES,
@@ -90,12 +94,13 @@ class Executor:
         report: Callable[[list[dict[str, Any]]], None],
         overlay: Any = None,
         mesh: Any = None,
+        fetch_files: FetchFiles | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.tasks_dir = self.data_dir / TASKS_DIR
         self.node_id = node_id
         self._reporter = Reporter(report)
-        self._life = TaskLifecycle(hostname, self._reporter, overlay, mesh)
+        self._life = TaskLifecycle(hostname, self._reporter, overlay, mesh, fetch_files)
         self._tasks: dict[str, TaskRun] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._rotator: asyncio.Task[None] | None = None
@@ -178,6 +183,16 @@ class Executor:
             lines.extend([stream, line] for line in got)
             positions[stream] = end
         return {"lines": lines, "since": positions}
+
+    def secrets_held(self) -> dict[str, list[str]]:
+        """The secrets this node holds: those of its live tasks (each on the task's own
+        tmpfs), by name -> task ids. A node without such a task holds none."""
+        held: dict[str, list[str]] = {}
+        for task_id, t in sorted(self._tasks.items()):
+            if t.live:
+                for ref in t.spec.get("secrets") or []:
+                    held.setdefault(str(ref.get("source")), []).append(task_id)
+        return held
 
     def running(self) -> list[str]:
         """Ids of the tasks whose process is alive."""

@@ -6,12 +6,14 @@ then its namespace removed and one terminal state reported.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshkit.base import netns as tasknetns
@@ -29,6 +31,9 @@ from meshkit.cluster.tasks.reporting import Reporter, TaskRun
 
 log = logging.getLogger(__name__)
 
+FetchFiles = Callable[[str], Awaitable[dict[str, Any]]]
+"""Asks a manager for a task's secrets and configs (the task_secrets RPC) by task id."""
+
 ERR_UNSUPERVISED = "exited while not supervised by this agent; exit code unknown"
 
 
@@ -39,11 +44,44 @@ class TaskLifecycle:
     (meshkit.mesh.node.NodeMesh) runs the DNS server of each task on a network.
     """
 
-    def __init__(self, hostname: str, reporter: Reporter, overlay: Any, mesh: Any) -> None:
+    def __init__(
+        self,
+        hostname: str,
+        reporter: Reporter,
+        overlay: Any,
+        mesh: Any,
+        fetch_files: FetchFiles | None = None,
+    ) -> None:
         self.hostname = hostname
         self.reporter = reporter
         self.overlay = overlay
         self.mesh = mesh
+        self.fetch_files = fetch_files
+
+    async def task_files(self, t: TaskRun) -> list[tasknetns.TaskFile]:
+        """The secrets and configs of a task, fetched from a manager now (kept in memory only,
+        until the task's process holds them on its tmpfs); RuntimeError says why not."""
+        spec = t.spec
+        if not spec.get("secrets") and not spec.get("configs"):
+            return []
+        if self.fetch_files is None:
+            raise RuntimeError("this node cannot fetch secrets (no manager client)")
+        reply = await self.fetch_files(t.id)
+        files = []
+        for kind, base in (("secrets", "/run/secrets/"), ("configs", "")):
+            for f in reply.get(kind) or []:
+                files.append(
+                    tasknetns.TaskFile(
+                        path=base + str(f["target"]),
+                        data=base64.b64decode(f["data"]),
+                        uid=int(f["uid"]),
+                        gid=int(f["gid"]),
+                        mode=int(f["mode"]),
+                    )
+                )
+        names = [str(f["name"]) for f in reply.get("secrets") or []]
+        log.info("task %s: received secrets: %s", t.id, ", ".join(names) or "none")
+        return files
 
     async def launch(self, t: TaskRun) -> bool:
         """accepted -> preparing -> starting -> running; False when it ended before running."""
@@ -99,11 +137,25 @@ class TaskLifecycle:
                 await self.remove_netns(t)
                 self.reporter.finish(t, {"state": "shutdown", "message": "shutdown"})
                 return False
+        try:
+            files = await self.task_files(t)
+        except Exception as exc:
+            await self.remove_netns(t)
+            message = getattr(exc, "message", None) or str(exc)
+            self.reporter.finish(
+                t,
+                {
+                    "state": "rejected",
+                    "message": "rejected",
+                    "error": f"cannot get the task's secrets and configs: {message}",
+                },
+            )
+            return False
         self.reporter.emit([{"id": t.id, "state": "starting", "message": "starting"}])
         fds = tasklogs.open_streams(t.dir)
         try:
             t.popen = taskproc.spawn(
-                plan, stdout=fds["stdout"], stderr=fds["stderr"], netns=t.netns
+                plan, stdout=fds["stdout"], stderr=fds["stderr"], netns=t.netns, files=files
             )
         except taskproc.LaunchError as exc:
             await self.remove_netns(t)
@@ -112,6 +164,7 @@ class TaskLifecycle:
         finally:
             for fd in fds.values():
                 os.close(fd)
+            del files  # the task's tmpfs holds them now; the agent keeps no copy
         t.pid = t.popen.pid
         t.start_ticks = taskproc.start_time(t.pid)
         t.started_at = time.time()

@@ -160,21 +160,34 @@ def plan_shell(spec: Mapping[str, Any], hostname: str, command: str) -> LaunchPl
 
 
 def _child_setup(
-    netns_fd: int | None, identity: Identity, resolv: bytes | None = None
+    netns_fd: int | None,
+    identity: Identity,
+    resolv: bytes | None = None,
+    files: list[tasknetns.TaskFile] | None = None,
 ) -> Callable[[], None]:
     """The preexec_fn: enter the namespace while still root, then drop to the task's user.
 
     Popen's own user/group switch happens before preexec_fn, which would leave the child
     without the right to setns(2); so both happen here, in that order. With `resolv` (the
     path of the namespace's resolv.conf), the child gets a mount namespace of its own where
-    that file is bound over /etc/resolv.conf, as `ip netns exec` does."""
+    that file is bound over /etc/resolv.conf, as `ip netns exec` does. With `files` (secrets
+    and configs) it gets one in any case, with a tmpfs over /run holding them
+    (`tasknetns.place_files`)."""
 
     def setup() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
         if netns_fd is not None:
             tasknetns.setns(netns_fd)
+        if resolv is not None or files:
+            tasknetns.private_mounts()
         if resolv is not None:
             tasknetns.bind_resolv_conf(resolv)
+        if files:
+            try:
+                tasknetns.place_files(files)
+            except OSError as exc:  # the task's stderr log says why
+                os.write(2, f"meshkit: cannot place the task's secrets: {exc}\n".encode())
+                raise
         if identity.gid is not None:
             os.setgroups(list(identity.groups or (identity.gid,)))
             os.setgid(identity.gid)
@@ -190,6 +203,7 @@ def spawn(
     stdout: int,
     stderr: int,
     netns: str | None = None,
+    files: list[tasknetns.TaskFile] | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start ``plan`` as a new session leader; LaunchError when exec or the setup fails."""
     netns_fd = os.open(tasknetns.netns_path(netns), os.O_RDONLY) if netns else None
@@ -205,7 +219,7 @@ def spawn(
             env=plan.env,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_child_setup(netns_fd, plan.identity, resolv),
+            preexec_fn=_child_setup(netns_fd, plan.identity, resolv, files),
         )
     except OSError as exc:
         raise LaunchError(f"exec: {plan.argv[0]!r}: {exc.strerror or exc}") from None

@@ -1,15 +1,27 @@
-"""The ingress's backends as probed and counted (``Endpoint``), their stable ids and names."""
+"""The ingress's backends as probed and counted (``Endpoint``), their stable ids and names,
+and what they know of the listeners that use them (``ListenerLike``)."""
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from meshkit.l4.spec import Publish
+from meshkit.lb.conntable import FlowKey, PyConnTable
 from meshkit.lb.health import HealthState
 
-if TYPE_CHECKING:
-    from meshkit.l4.listeners import Listener
+
+class ListenerLike(Protocol):
+    """What the ingress's parts use of a backend's listeners through ``Endpoint.users``
+    (meshkit.l4.listeners.Listener, which holds these as plain attributes)."""
+
+    publish: Publish
+    table: PyConnTable
+    by_id: dict[int, Endpoint]
+    pair_of: dict[FlowKey, int]  # TCP flow -> relay pair
+
+    def drop_udp_flow(self, key: FlowKey) -> None: ...
 
 
 @dataclass
@@ -24,7 +36,7 @@ class Endpoint:
     health: HealthState
     connect_failures: int = 0
     removed: bool = False  # taken out by a reload; open flows drain
-    users: list[tuple[Listener, int]] = field(default_factory=list)  # (listener, backend id)
+    users: list[tuple[ListenerLike, int]] = field(default_factory=list)  # (listener, backend id)
 
 
 def backend_id_for(ip: str, port: int, taken: set[int]) -> int:

@@ -9,7 +9,8 @@ never transports, so that the relay engine can take the file descriptors over.
 ``Ingress`` here (set-up, backends from flags, a file or a ``BackendSource``, relay pairs
 ending and retried, reload, stop) is made of parts next to it: ``listeners`` (one per
 --publish, TCP and UDP), ``endpoints`` (the backends as probed and counted),
-``ingress_health`` (probes and passive failures) and ``ingress_metrics`` (/metrics).
+``ingress_health`` (probes and passive failures) and ``ingress_metrics`` (/metrics), with
+``IngressConfig`` in ``config``.
 """
 
 from __future__ import annotations
@@ -22,19 +23,19 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from meshkit.base.errors import MeshkitError
 from meshkit.base.netns import NetnsRef, entered
 from meshkit.base.runtime import Signals
+from meshkit.l4.config import IngressConfig
 from meshkit.l4.endpoints import Endpoint, backend_id_for, fmt_addr
 from meshkit.l4.errors import IngressError
 from meshkit.l4.ingress_health import BackendHealth
 from meshkit.l4.ingress_metrics import IngressMetrics
 from meshkit.l4.listeners import TCP, UDP, Listener, TcpFlow, UdpFlow
 from meshkit.l4.relay import make_relay
-from meshkit.l4.spec import BackendSpec, Publish, parse_backends_file
+from meshkit.l4.spec import BackendSpec, parse_backends_file
 from meshkit.lb.health import HealthState
 
 __all__ = [
@@ -53,28 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("meshkit.ingress")
-
-
-@dataclass
-class IngressConfig:
-    publishes: list[Publish]
-    backends: list[BackendSpec]
-    backends_file: str | None = None
-    policy: str = "round_robin"
-    health_interval: float = 2.0
-    health_timeout: float = 1.0
-    rise: int = 2
-    fall: int = 3
-    connect_timeout: float = 3.0
-    idle_timeout: float = 300.0
-    retries: int = 2
-    proxy_protocol: str | None = None
-    max_conns: int | None = None
-    metrics: tuple[str, int] | None = None
-    grace_period: float = 10.0
-    # How long a backend taken out by passive failures alone stays out when no active probe
-    # watches it (UDP backends, or --health-interval 0s).
-    fail_timeout: float = 10.0
 
 
 class BackendSource(Protocol):
@@ -190,11 +169,11 @@ class Ingress(BackendHealth, IngressMetrics):
             # Gone from the file: no new flows; open TCP flows drain on their own.
             if close_removed:
                 self.set_endpoint_up(ep, False)
-            for lst, bid in ep.users:
-                for key in lst.table.remove_backend(bid):
+            for owner, bid in ep.users:
+                for key in owner.table.remove_backend(bid):
                     if key[0] == UDP:
-                        lst.drop_udp_flow(key)
-                lst.by_id.pop(bid, None)
+                        owner.drop_udp_flow(key)
+                owner.by_id.pop(bid, None)
             ep.users.clear()
             ep.removed = True
             del self.endpoints[addr]

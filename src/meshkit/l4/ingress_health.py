@@ -11,12 +11,12 @@ import socket
 from typing import TYPE_CHECKING
 
 from meshkit.base.netns import NetnsRef, entered
+from meshkit.l4.config import IngressConfig
 from meshkit.l4.endpoints import Endpoint
 from meshkit.l4.listeners import UDP
 from meshkit.lb.health import HealthState
 
 if TYPE_CHECKING:
-    from meshkit.l4.ingress import IngressConfig
     from meshkit.l4.relay import RelayLike
 
 log = logging.getLogger("meshkit.ingress")

@@ -11,17 +11,20 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from meshkit.base.netns import entered
+from meshkit.base.netns import NetnsRef, entered
 from meshkit.l4 import proxyproto
+from meshkit.l4.config import IngressConfig
 from meshkit.l4.endpoints import Endpoint, fmt_addr
 from meshkit.l4.errors import IngressError
 from meshkit.l4.spec import Publish
 from meshkit.lb import ConnTable
 
 if TYPE_CHECKING:
-    from meshkit.l4.ingress import Ingress
+    import asyncio
+
+    from meshkit.l4.relay import RelayLike
 
 log = logging.getLogger("meshkit.ingress")
 
@@ -32,10 +35,37 @@ UDP_BATCH = 64
 UDP_MAX = 65535
 
 
+class IngressLike(Protocol):
+    """What listeners and their flows use of the ingress that owns them
+    (meshkit.l4.ingress.Ingress, whose own attributes and methods these are)."""
+
+    config: IngressConfig
+    loop: asyncio.AbstractEventLoop
+    listen_ns: NetnsRef | None
+    backend_ns: NetnsRef | None
+    relay: RelayLike
+    max_conns: int | None
+    proxy_protocol: str | None
+    idle_timeout: float
+    connect_timeout: float
+    pairs: dict[int, TcpFlow]
+    stopping: bool
+
+    def open_flows(self) -> int: ...
+
+    def pause_accepting(self) -> None: ...
+
+    def maybe_resume(self) -> None: ...
+
+    def count_no_backend(self, lst: Listener, n: int = 1) -> None: ...
+
+    def passive_failure(self, ep: Endpoint, reason: str) -> None: ...
+
+
 class Listener:
     """One --publish: a bound socket, its connection table and its backends' ids."""
 
-    def __init__(self, ingress: Ingress, publish: Publish) -> None:
+    def __init__(self, ingress: IngressLike, publish: Publish) -> None:
         self.ingress = ingress
         self.publish = publish
         self.table = ConnTable(ingress.config.policy)

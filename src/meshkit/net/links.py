@@ -19,9 +19,9 @@ function ``plan_entries``; ``sync_fdb_neigh`` applies its plan.
 
 The parts: ``netlink`` (LinkError and its wording, checks), ``netns_named`` (named
 namespaces, ``in_netns``), ``nslinks`` (``NsLinks``: bridges, addresses and routes, veth
-pairs, FDB and neighbour entries in one namespace); here, what is made in the caller's
-namespace (VXLAN links, moved TAPs) and the FDB/neighbour sync. Every name is importable
-from here.
+pairs, FDB and neighbour entries in one namespace; ``ensure_netns``, which brings up a new
+namespace's ``lo`` with it); here, what is made in the caller's namespace (VXLAN links,
+moved TAPs) and the FDB/neighbour sync. Every name is importable from here.
 """
 
 from __future__ import annotations
@@ -39,11 +39,10 @@ from meshkit.net.netns_named import (
     NETNS_DIR,
     caller_netns_label,
     delete_netns,
-    ensure_netns,
     in_netns,
     open_netns,
 )
-from meshkit.net.nslinks import LinkInfo, NsLinks
+from meshkit.net.nslinks import LinkInfo, NsLinks, ensure_netns
 
 __all__ = [
     "NETNS_DIR",

@@ -138,12 +138,12 @@ def _share_rundir() -> None:
         bound = True
 
 
-def ensure_netns(name: str) -> None:
-    """Make network namespace ``name`` (/run/netns/<name>, like ``ip netns add``) with
-    ``lo`` up; an existing one is kept, a stale unmounted file is replaced."""
+def make_netns(name: str) -> None:
+    """Make network namespace ``name`` (/run/netns/<name>, like ``ip netns add``); an
+    existing one is kept, a stale unmounted file is replaced. Its ``lo`` is left as the
+    kernel made it: ``ensure_netns`` (meshkit.net.nslinks, with the links) brings it up."""
     path = netns_path(name)
     if _is_netns_mount(path):
-        _lo_up(name)
         return
     with step(f"create network namespace {name}", NETNS_DIR):
         _share_rundir()
@@ -168,14 +168,6 @@ def ensure_netns(name: str) -> None:
                     with contextlib.suppress(OSError):
                         os.unlink(path)
                     raise
-    _lo_up(name)
-
-
-def _lo_up(name: str) -> None:
-    from meshkit.net.nslinks import NsLinks
-
-    with NsLinks(name) as ns:
-        ns.set_up("lo")
 
 
 def delete_netns(name: str) -> None:

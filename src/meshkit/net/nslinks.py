@@ -1,6 +1,7 @@
 """``NsLinks``: an open netlink handle on one named network namespace, and what the overlay
 does with it there: bridges and their addresses and routes, veth pairs into task namespaces,
-ports on a bridge, static FDB and neighbour entries.
+ports on a bridge, static FDB and neighbour entries; and ``ensure_netns``, a named namespace
+(meshkit.net.netns_named) with its ``lo`` up.
 
 A netlink socket made inside a namespace keeps talking to that namespace, so an ``NsLinks``
 handle is just such a socket given to pyroute2.
@@ -31,7 +32,12 @@ from meshkit.net.netlink import (
     norm_mac,
     step,
 )
-from meshkit.net.netns_named import caller_netns_label, netlink_socket_in, open_netns
+from meshkit.net.netns_named import (
+    caller_netns_label,
+    make_netns,
+    netlink_socket_in,
+    open_netns,
+)
 
 _IFF_UP = 0x1
 _NTF_SELF = 0x02
@@ -395,3 +401,11 @@ class NsLinks:
             except NetlinkError as exc:
                 if errno_of(exc) != errno.ENOENT:
                     raise
+
+
+def ensure_netns(name: str) -> None:
+    """Make network namespace ``name`` (/run/netns/<name>, like ``ip netns add``) with
+    ``lo`` up; an existing one is kept, a stale unmounted file is replaced."""
+    make_netns(name)
+    with NsLinks(name) as ns:
+        ns.set_up("lo")

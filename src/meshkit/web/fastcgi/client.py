@@ -76,7 +76,9 @@ class Client:
         if not endpoints:
             raise ValueError("a FastCGI client needs at least one endpoint")
         self.deadlines = Deadlines()
-        self.upstreams = [Upstream(e, self.deadlines) for e in endpoints]
+        self.upstreams: list[Upstream[Connection]] = [
+            Upstream(e, self.deadlines) for e in endpoints
+        ]
         self.timeouts = timeouts or Timeouts()
         self._table = None
         self._seq = 0
@@ -87,7 +89,7 @@ class Client:
             for i in range(len(self.upstreams)):
                 self._table.add_backend(i)
 
-    def _order(self) -> list[Upstream]:
+    def _order(self) -> list[Upstream[Connection]]:
         ups = self.upstreams
         table = self._table
         if table is None:
@@ -105,7 +107,7 @@ class Client:
             up.close()
         self.deadlines.close()
 
-    async def _dial(self, up: Upstream) -> Connection:
+    async def _dial(self, up: Upstream[Connection]) -> Connection:
         loop = asyncio.get_running_loop()
         ep = up.endpoint
         conn = Connection(up, loop)
@@ -138,7 +140,7 @@ class Client:
         body: Body | None,
         stdin: bytes | None = None,
         head_only: bool = False,
-        order: list[Upstream] | None = None,
+        order: list[Upstream[Connection]] | None = None,
     ) -> Reply:
         """Send one request (`params` from records.encode_pairs) and wait for its head.
 
@@ -159,7 +161,7 @@ class Client:
 
     async def _on_upstream(
         self,
-        up: Upstream,
+        up: Upstream[Connection],
         params: bytes,
         body: Body | None,
         stdin: bytes | None,
@@ -184,7 +186,7 @@ class Client:
             except _Retry:
                 continue
 
-    async def _wait_for_conn(self, up: Upstream) -> Connection | None:
+    async def _wait_for_conn(self, up: Upstream[Connection]) -> Connection | None:
         """A kept connection handed over by a finished request, or None: dial."""
         fut: asyncio.Future[Connection | None] = asyncio.get_running_loop().create_future()
         up.waiters.append(fut)
@@ -347,7 +349,7 @@ class _Ready:
             return
         self.done(reply)
 
-    def fall_back(self, order: list[Upstream] | None = None) -> None:
+    def fall_back(self, order: list[Upstream[Connection]] | None = None) -> None:
         """Run the request through Client.request() (dialling, retrying) in a task."""
         client = self.client
         task = asyncio.get_running_loop().create_task(

@@ -49,7 +49,7 @@ def _wake(fut: asyncio.Future[None] | None) -> None:
 class Connection(asyncio.Protocol):
     """One connection to a responder and the state of the exchange running on it."""
 
-    def __init__(self, upstream: Upstream, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, upstream: Upstream[Connection], loop: asyncio.AbstractEventLoop) -> None:
         self.upstream = upstream
         self.loop = loop
         self.transport: asyncio.Transport | None = None

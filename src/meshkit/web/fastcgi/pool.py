@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from meshkit.web.proxy.deadlines import Deadlines
 
 if TYPE_CHECKING:
-    from meshkit.web.fastcgi.connection import Connection
     from meshkit.web.fastcgi.endpoint import Endpoint
 
 MAX_IDLE = 256  # kept connections per upstream
@@ -32,8 +31,18 @@ STARVE_CHECK = 0.05  # seconds
 PROBE_EVERY = 1024  # exchanges between tries of one more connection than the learnt cap
 
 
-class Upstream:
-    """One responder and its idle connections."""
+class Kept(Protocol):
+    """What the pool does with a connection it keeps (meshkit.web.fastcgi.connection's
+    Connection): close it."""
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Kept)
+
+
+class Upstream(Generic[C]):
+    """One responder and its idle connections (of type C: Upstream[Connection])."""
 
     __slots__ = (
         "cap",
@@ -51,16 +60,16 @@ class Upstream:
     def __init__(self, endpoint: Endpoint, deadlines: Deadlines | None = None) -> None:
         self.endpoint = endpoint
         self.deadlines = deadlines if deadlines is not None else Deadlines()
-        self.idle: list[Connection] = []
+        self.idle: list[C] = []
         self.open = 0  # connections dialled and not yet closed
         self.dialling = 0
         self.completed = 0  # exchanges ended cleanly
         # connections whose first request awaits its first reply byte -> `completed` when
         # that request was sent
-        self.fresh: dict[Connection, int] = {}
+        self.fresh: dict[C, int] = {}
         self.cap = 0  # connections the responder serves at once, once learnt (0: unknown)
         # requests waiting for a kept connection (None: dial, there is room again)
-        self.waiters: deque[asyncio.Future[Connection | None]] = deque()
+        self.waiters: deque[asyncio.Future[C | None]] = deque()
         self.timer: asyncio.TimerHandle | None = None
 
     def watch(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -79,7 +88,7 @@ class Upstream:
     def full(self) -> bool:
         return bool(self.cap) and self.open + self.dialling >= self.cap
 
-    def hand_over(self, conn: Connection | None) -> bool:
+    def hand_over(self, conn: C | None) -> bool:
         """Give a kept connection (or leave to dial) to the first waiting request."""
         while self.waiters:
             fut = self.waiters.popleft()

@@ -14,16 +14,29 @@ before it, basicauth included) judged.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from meshkit.web.message import Headers, Request, Response
 from meshkit.web.placeholders import Template, compile_template
 from meshkit.web.proxy.client import Reply, Stream
 from meshkit.web.proxy.rules import HeaderOp, ProxyRule, scope
+from meshkit.web.proxy.upstream import Upstream
 
-if TYPE_CHECKING:
-    from meshkit.web.proxy.route import UpstreamSet
+
+class UpstreamSetLike(Protocol):
+    """What ``Heads`` uses of a route's set of upstreams (meshkit.web.proxy.route.UpstreamSet,
+    which holds these as plain slots)."""
+
+    @property
+    def upstreams(self) -> list[Upstream]: ...
+
+    @property
+    def hosts(self) -> list[str]: ...  # `Host: ...\r\n` per upstream
+
+    @property
+    def heads(self) -> dict[tuple[Any, ...], tuple[bytes, str | None]]: ...  # remembered heads
+
 
 # Hop-by-hop fields (RFC 9110 7.6.1): never forwarded either way.
 HOP = frozenset(
@@ -148,7 +161,9 @@ class Heads:
         self.filtered: dict[int, tuple[list[tuple[str, str]], list[tuple[str, str]], str | None]]
         self.filtered = {}
 
-    def head_for(self, uset: UpstreamSet, request: Request, index: int) -> tuple[bytes, str | None]:
+    def head_for(
+        self, uset: UpstreamSetLike, request: Request, index: int
+    ) -> tuple[bytes, str | None]:
         """The request head for upstream `index` of `uset`, and the protocol the client
         asked to upgrade to (None when it did not). Remembered by what it is made of
         (clients repeat the same requests) unless header_upstream may use placeholders."""
@@ -178,7 +193,7 @@ class Heads:
         return known
 
     def _make_head(
-        self, uset: UpstreamSet, request: Request, index: int
+        self, uset: UpstreamSetLike, request: Request, index: int
     ) -> tuple[bytes, str | None]:
         path = request.path  # canonical (never request.uri: see the module's doc)
         if self.without and path.startswith(self.without):
@@ -228,7 +243,7 @@ class Heads:
 
     def _head_with_ops(
         self,
-        uset: UpstreamSet,
+        uset: UpstreamSetLike,
         request: Request,
         index: int,
         uri: str,

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from meshkit.cli.stackfile import (
-    SECRETS_REFUSED,
+    FilePlan,
     Stack,
     StackError,
     interpolate,
@@ -248,8 +248,20 @@ def test_image_is_ignored_with_a_command_and_refused_without() -> None:
         ("healthcheck: {interval: 5s}", "services.web.healthcheck", "needs a test"),
         ("environment: ['BAD KEY=1']", "services.web.environment.BAD KEY", "not a variable"),
         ("env_file: missing.env", "services.web.env_file", "cannot read /s/missing.env"),
-        ("secrets: [db_pw]", "services.web.secrets", SECRETS_REFUSED),
-        ("configs: [site]", "services.web.configs", "meshkit config"),
+        ("secrets: db_pw", "services.web.secrets", "expected a list"),
+        ("secrets: [{target: x}]", "services.web.secrets.0", "needs a source"),
+        ("secrets: [{source: db_pw, mode: 1000}]", "services.web.secrets.0.mode",
+         "not a file mode"),
+        ("secrets: [{source: db_pw, mode: '9'}]", "services.web.secrets.0.mode",
+         "not an octal mode"),
+        ("secrets: [{source: db_pw, target: a/b}]", "services.web.secrets.0.target",
+         "must be a file name"),
+        ("secrets: [{source: db_pw, uid: me}]", "services.web.secrets.0.uid",
+         "not a numeric id"),
+        ("secrets: [{source: db_pw, mask: 1}]", "services.web.secrets.0.mask", "unknown key"),
+        ("configs: [{source: site, target: /a/../b}]", "services.web.configs.0.target",
+         "absolute file path"),
+        ("configs: [nope]", "services.web.configs.0", "undefined config 'nope'"),
     ],
 )  # fmt: skip
 def test_errors_name_file_line_service_and_key(body: str, where: str, says: str) -> None:
@@ -262,9 +274,94 @@ def test_errors_name_file_line_service_and_key(body: str, where: str, says: str)
     assert says in msg, msg
 
 
-def test_a_secret_that_is_not_declared_is_named_before_the_refusal() -> None:
+def test_a_secret_that_is_not_declared_is_named() -> None:
     msg = error("services:\n  web:\n    command: 'true'\n    secrets: [nope]\n")
     assert msg.startswith("/s/f0.yml:4: services.web.secrets.0: undefined secret 'nope'")
+    assert "declare it under top-level secrets" in msg
+
+
+def test_secrets_and_configs_short_and_long_forms_with_docker_names() -> None:
+    st = load("""
+        services:
+          web:
+            command: x
+            secrets:
+              - db_pw
+              - {source: api_key, target: key, uid: 100, gid: "101", mode: 0400}
+              - source: tls
+                target: /run/secrets/tls.pem
+            configs:
+              - site
+              - {source: site, target: /etc/web.conf, mode: 0440}
+              - {source: other, target: rel.conf}
+          worker:
+            command: y
+            secrets: [db_pw]
+        secrets:
+          db_pw: {file: ./pw.txt}
+          api_key: {external: true}
+          tls: {external: {name: shared_tls}}
+          spare: {file: /abs/never-used}
+        configs:
+          site: {file: conf/site.conf, labels: {tier: front}}
+          other: {file: o.conf, name: custom_other}
+    """)
+    web = svc(st, "web")
+    mode = 0o444
+    assert web["secrets"] == [
+        {"source": "app_db_pw", "target": "db_pw", "uid": "0", "gid": "0", "mode": mode},
+        {"source": "api_key", "target": "key", "uid": "100", "gid": "101", "mode": 0o400},
+        {"source": "shared_tls", "target": "tls.pem", "uid": "0", "gid": "0", "mode": mode},
+    ]
+    assert web["configs"] == [
+        {"source": "app_site", "target": "/run/configs/site", "uid": "0", "gid": "0",
+         "mode": mode},
+        {"source": "app_site", "target": "/etc/web.conf", "uid": "0", "gid": "0",
+         "mode": 0o440},
+        {"source": "custom_other", "target": "/run/configs/rel.conf", "uid": "0", "gid": "0",
+         "mode": mode},
+    ]  # fmt: skip
+    assert svc(st, "worker")["secrets"] == [web["secrets"][0]]
+    # the used ones are planned, once each; files from the first compose file's folder
+    assert st.secrets == [
+        FilePlan("secret", "db_pw", "app_db_pw", False, "/s/./pw.txt", LABELS,
+                 "/s/f0.yml:18: secrets.db_pw"),
+        FilePlan("secret", "api_key", "api_key", True, "", LABELS,
+                 "/s/f0.yml:19: secrets.api_key"),
+        FilePlan("secret", "tls", "shared_tls", True, "", LABELS, "/s/f0.yml:20: secrets.tls"),
+    ]  # fmt: skip
+    assert [(c.name, c.file, c.labels) for c in st.configs] == [
+        ("app_site", "/s/conf/site.conf", {"tier": "front", **LABELS}),
+        ("custom_other", "/s/o.conf", LABELS),
+    ]
+    assert st.warnings == []
+    # a service without secrets has none; a stack without any plans none
+    plain = load("services:\n  web: {command: x}\n")
+    assert svc(plain, "web")["secrets"] == [] and plain.secrets == plain.configs == []
+
+
+@pytest.mark.parametrize(
+    ("top", "where", "says"),
+    [
+        ("secrets:\n  s: {external: true, file: ./x}", "secrets.s.file", "external secret has no"),
+        ("secrets:\n  s: {}", "secrets.s", "needs file: PATH (or external: true)"),
+        ("secrets:\n  s: {file: x, driver: vault}", "secrets.s.driver", "not supported yet"),
+        ("secrets:\n  s: {file: x, name: 'bad/name'}", "secrets.s.name", "invalid name"),
+        ("secrets:\n  s: {external: yes please}", "secrets.s.external", "expected true"),
+        ("secrets:\n  s: {file: x, size: 3}", "secrets.s.size", "unknown key"),
+        ("configs:\n  s: {file: x, template_driver: golang}", "configs.s.template_driver",
+         "not supported yet"),
+    ],
+)  # fmt: skip
+def test_top_level_secret_and_config_errors(top: str, where: str, says: str) -> None:
+    msg = error("services:\n  web: {command: x}\n" + top + "\n")
+    assert msg.startswith("/s/f0.yml:4: " + where + ": "), msg
+    assert says in msg, msg
+
+
+def test_a_generated_secret_name_follows_docker_rules() -> None:
+    msg = error("services:\n  web: {command: x}\nsecrets:\n  " + "k" * 70 + ": {file: x}\n")
+    assert msg.startswith("/s/f0.yml:4: secrets." + "k" * 70 + ": the secret name 'app_kkk")
 
 
 def test_warned_keys_are_named_by_path_never_dropped_silently() -> None:

@@ -30,7 +30,7 @@ from meshkit.cluster.model.services import (
     parse_constraint,
 )
 
-__all__ = ["build_spec", "parse_file_ref", "parse_publish", "update_spec"]
+__all__ = ["build_spec", "file_ref", "parse_file_ref", "parse_publish", "update_spec"]
 
 _REPLICAS_GLOBAL = "replicas can only be used with replicated mode"
 
@@ -146,36 +146,50 @@ def parse_publish(text: str, flag: str = "--publish") -> dict[str, Any]:
 _REF_KEYS = {"source": "source", "src": "source", "target": "target", "uid": "uid", "gid": "gid"}
 
 
+def file_ref(kind: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """One secret (config) reference from its fields, `source` (or `src`), `target`, `uid`,
+    `gid`, `mode` (a number, or octal text): the grammar `--secret`/`--config` and a compose
+    file's `secrets:`/`configs:` share. Docker's defaults filled and checked (the model's
+    check_ref); ValueError says which field is wrong."""
+    ref: dict[str, Any] = {}
+    for raw_key, value in fields.items():
+        key = str(raw_key).strip().lower()
+        if key == "mode":
+            if isinstance(value, str):
+                try:
+                    value = int(value, 8)
+                except ValueError:
+                    raise ValueError(f"mode {value!r} is not an octal mode") from None
+            ref["mode"] = value
+        elif key in _REF_KEYS:
+            ref[_REF_KEYS[key]] = value if value is None or isinstance(value, str) else str(value)
+        else:
+            raise ValueError(f"unknown field {key!r} (source, target, uid, gid, mode)")
+    if not ref.get("source"):
+        raise ValueError(f"a {kind} reference needs source=NAME")
+    try:
+        return secretrules.check_ref(kind, ref, kind)
+    except secretrules.RefError as exc:
+        raise ValueError(str(exc).removeprefix(kind + ".")) from None
+
+
 def parse_file_ref(text: str, kind: str, flag: str = "") -> dict[str, Any]:
     """`--secret NAME` or `--secret src=NAME,target=T,uid=U,gid=G,mode=0400` (Docker's
     grammar; `--config` the same) as a checked reference of the service spec."""
     flag = flag or f"--{kind}"
-    ref: dict[str, Any] = {}
+    fields: dict[str, str] = {}
     if "=" not in text:
-        ref["source"] = text.strip()
+        fields["source"] = text.strip()
     else:
         for part in text.split(","):
             key, sep, value = part.partition("=")
-            key = key.strip().lower()
             if not sep:
                 raise FlagError(flag, text, f"{part!r}: expected KEY=VALUE")
-            if key == "mode":
-                try:
-                    ref["mode"] = int(value, 8)
-                except ValueError:
-                    raise FlagError(flag, text, f"mode {value!r} is not an octal mode") from None
-            elif key in _REF_KEYS:
-                ref[_REF_KEYS[key]] = value
-            else:
-                raise FlagError(
-                    flag, text, f"unknown field {key!r} (source, target, uid, gid, mode)"
-                )
-    if not ref.get("source"):
-        raise FlagError(flag, text, f"a {kind} reference needs source=NAME")
+            fields[key] = value
     try:
-        return secretrules.check_ref(kind, ref, kind)
-    except secretrules.RefError as exc:
-        raise FlagError(flag, text, str(exc).removeprefix(kind + ".")) from None
+        return file_ref(kind, fields)
+    except ValueError as exc:
+        raise FlagError(flag, text, str(exc)) from None
 
 
 def _refs(flags: Mapping[str, Any], key: str, kind: str) -> list[dict[str, Any]]:

@@ -3,8 +3,16 @@
 The file becomes specs in meshkit.cli.stackfile (pure); this module reads the files, asks the
 local agent (a manager) what the stack has now, and makes the difference with the service and
 network methods every other command uses. A stack's services are `STACK_SERVICE`, its
-networks `STACK_NETWORK`, and all of them carry the label `com.docker.stack.namespace=STACK`
-(and `meshkit.stack=STACK`), by which `ls`, `ps`, `services` and `rm` find them.
+networks `STACK_NETWORK`, its secrets and configs `STACK_KEY`, and all of them carry the label
+`com.docker.stack.namespace=STACK` (and `meshkit.stack=STACK`), by which `ls`, `ps`,
+`services` and `rm` find them.
+
+Secrets and configs are made before the networks and services, once: as in Docker their data
+cannot change in place. A redeploy reads each file again and compares it with what the cluster
+holds without showing either: a config's data is read back; a secret's never is, so a stack
+secret carries the label `meshkit.stack.digest` (a salted SHA-256 of its bytes; whoever may
+read labels may run a task that reads the secret). Different content is refused, naming the
+secret: rename it in the file, as Docker advises.
 
 Redeploying updates only the services whose spec changed (with their update policy: a rolling
 update when the task part changed, nothing restarted when only replicas or labels did). As
@@ -14,18 +22,25 @@ deploy names them.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 import sys
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from meshkit.base.errors import FlagError, MeshkitError
 from meshkit.cli.node import FormatOpt, HostOpt
 from meshkit.cli.node import agent_call as _call
+
+if TYPE_CHECKING:  # the compose reader (and PyYAML) load with `stack deploy` only
+    from meshkit.cli.stackfile import FilePlan
 
 stack_app = typer.Typer(
     name="stack",
@@ -35,7 +50,9 @@ stack_app = typer.Typer(
 
 NameArg = Annotated[str, typer.Argument(help="Stack name.")]
 LABEL = "com.docker.stack.namespace"
+DIGEST_LABEL = "meshkit.stack.digest"
 NETWORK_RM_WAIT = 30.0
+FILE_RM_WAIT = 5.0
 
 
 def _check_format(fmt: str) -> None:
@@ -62,6 +79,98 @@ def _services(host: str | None, stack: str) -> list[dict[str, Any]]:
 def _networks(host: str | None, stack: str) -> list[dict[str, Any]]:
     reply = _call(host, "network_ls", {"label": f"{LABEL}={stack}"})
     return _of_stack(reply["networks"], stack)
+
+
+def _files_of(host: str | None, kind: str, stack: str) -> list[dict[str, Any]]:
+    return _of_stack(_call(host, f"{kind}_ls")[kind + "s"], stack)
+
+
+def _digest(data: bytes, salt: str | None = None) -> str:
+    salt = salt if salt is not None else secrets.token_hex(8)
+    return f"sha256:{salt}:{hashlib.sha256(salt.encode() + data).hexdigest()}"
+
+
+def _same_content(host: str | None, plan: FilePlan, have: dict[str, Any], data: bytes) -> bool:
+    """Whether the secret (config) `have` holds `data`, compared without printing either; a
+    secret made by hand (no digest label) with the same size is taken as it is, with a
+    warning."""
+    if have.get("Size") not in (None, len(data)):
+        return False
+    if plan.kind == "config":
+        view = _call(host, "config_inspect", {"config": have["ID"]})
+        return hmac.compare_digest(base64.b64decode(view.get("Data") or ""), data)
+    label = (have.get("Labels") or {}).get(DIGEST_LABEL, "")
+    algo, _, rest = label.partition(":")
+    salt, _, _hex = rest.partition(":")
+    if algo != "sha256" or not _hex:
+        typer.echo(
+            f"warning: secret {plan.name} exists and was not made by stack deploy: its content "
+            f"cannot be compared with {plan.file}; it is used as it is",
+            err=True,
+        )
+        return True
+    return hmac.compare_digest(_digest(data, salt), label)
+
+
+def _read_file(plan: FilePlan) -> bytes:
+    from meshkit.cluster.model import secrets as rules
+
+    try:
+        with open(plan.file, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise MeshkitError(
+            f"{plan.where}: cannot read {plan.file}: {exc.strerror or exc}"
+        ) from None
+    try:
+        rules.check_size(plan.kind, len(data))
+    except rules.RefError as exc:
+        raise MeshkitError(f"{plan.where}: {plan.file}: {exc}") from None
+    return data
+
+
+def _check_files(host: str | None, plans: list[FilePlan]) -> list[tuple[FilePlan, bytes]]:
+    """The secrets and configs to create, with their data, after every check (external ones
+    exist, files are readable, existing ones unchanged): a refused deploy changes nothing."""
+    existing: dict[str, dict[str, dict[str, Any]]] = {}
+    todo: list[tuple[FilePlan, bytes]] = []
+    for plan in plans:
+        if plan.kind not in existing:
+            views = _call(host, f"{plan.kind}_ls")[plan.kind + "s"]
+            existing[plan.kind] = {v["Name"]: v for v in views}
+        have = existing[plan.kind].get(plan.name)
+        if plan.external:
+            if have is None:
+                raise MeshkitError(
+                    f"{plan.where}: {plan.kind} {plan.name} is declared as external but does "
+                    f"not exist (make it with `meshkit {plan.kind} create {plan.name} FILE`)"
+                )
+            continue
+        data = _read_file(plan)
+        if have is None:
+            todo.append((plan, data))
+        elif not _same_content(host, plan, have, data):
+            raise MeshkitError(
+                f"{plan.where}: {plan.kind} {plan.name} already exists with other content "
+                f"than {plan.file}; a {plan.kind}'s data cannot be updated in place (only its "
+                f"labels): rename it (a new key, or name: in the file), redeploy, then "
+                f"remove {plan.name}"
+            )
+    return todo
+
+
+def _create_files(host: str | None, todo: list[tuple[FilePlan, bytes]]) -> None:
+    for plan, data in todo:
+        typer.echo(f"Creating {plan.kind} {plan.name}")
+        labels = dict(plan.labels)
+        if plan.kind == "secret":
+            labels[DIGEST_LABEL] = _digest(data)
+        params = {
+            "name": plan.name,
+            "data": base64.b64encode(data).decode("ascii"),
+            "labels": labels,
+        }
+        _call(host, f"{plan.kind}_create", params)
 
 
 @stack_app.command()
@@ -91,6 +200,7 @@ def deploy(
     for w in plan.warnings:
         typer.echo(f"warning: {w}", err=True)
 
+    files = _check_files(host, plan.secrets + plan.configs)
     existing_nets = {n["Name"] for n in _call(host, "network_ls")["networks"]}
     for net in plan.networks:
         if net.external:
@@ -103,6 +213,7 @@ def deploy(
         if net.name not in existing_nets:
             typer.echo(f"Creating network {net.name}")
             _call(host, "network_create", net.request)
+    _create_files(host, files)
 
     current = {s["Name"]: s for s in _services(host, name)}
     for spec in plan.services:
@@ -221,34 +332,43 @@ def rm(
     names: Annotated[list[str], typer.Argument(help="Stack names.")],
     host: HostOpt = None,
 ) -> None:
-    """Remove stacks: their services, then their networks."""
+    """Remove stacks: their services, then their secrets and configs, then their networks."""
     failed = []
     for stack in names:
         services = _services(host, stack)
         networks = _networks(host, stack)
-        if not services and not networks:
+        files = {kind: _files_of(host, kind, stack) for kind in ("secret", "config")}
+        if not services and not networks and not any(files.values()):
             failed.append(f"nothing found in stack: {stack}")
             continue
         for svc in services:
             typer.echo(f"Removing service {svc['Name']}")
             _call(host, "service_rm", {"service": svc["ID"]})
+        for kind, views in files.items():
+            for view in views:
+                typer.echo(f"Removing {kind} {view['Name']}")
+                try:
+                    _remove(host, kind, view["ID"], FILE_RM_WAIT)
+                except MeshkitError as exc:
+                    failed.append(f"{kind} {view['Name']}: {exc}")
         for net in networks:
             typer.echo(f"Removing network {net['Name']}")
             try:
-                _remove_network(host, net["ID"])
+                _remove(host, "network", net["ID"], NETWORK_RM_WAIT)
             except MeshkitError as exc:
                 failed.append(f"network {net['Name']}: {exc}")
     if failed:
         raise MeshkitError("; ".join(failed))
 
 
-def _remove_network(host: str | None, net_id: str) -> None:
+def _remove(host: str | None, kind: str, ref: str, wait: float) -> None:
     """A network stays in use until the removed services' tasks have let go of their
-    addresses: wait for that, a while."""
-    deadline = time.monotonic() + NETWORK_RM_WAIT
+    addresses, a secret until the manager asked has applied the services' removal: wait for
+    that, a while."""
+    deadline = time.monotonic() + wait
     while True:
         try:
-            _call(host, "network_rm", {"network": net_id})
+            _call(host, f"{kind}_rm", {kind: ref})
             return
         except MeshkitError as exc:
             if "in use" not in str(exc) or time.monotonic() > deadline:

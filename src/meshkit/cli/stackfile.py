@@ -13,13 +13,21 @@ into four groups, all named by their path in errors and warnings:
 - translated: the keys of `SERVICE_KEYS` marked "use" and everything under `deploy`;
 - refused, "not supported yet" (what runs would differ from what the file says): `resources`,
   `volumes`, `hostname`, `dns`, `network_mode`, a `stop_signal` other than SIGTERM, ...;
-- refused until `meshkit secret` is merged: `secrets` and `configs`;
 - ignored with a warning (container-only settings, as `docker stack deploy` ignores `build`):
   `cap_add`, `container_name`, `depends_on`, `restart`, `logging`, ...;
 
 and a key compose's version 3 schema does not have is an error, as Docker's schema check
 makes it. Every error names the file, the line and the path: `app.yml:12: services.web.cap_ad:
 unknown key`.
+
+Top-level `secrets`/`configs` are planned as networks are: a `file:` one becomes a `FilePlan`
+to create (named `STACK_KEY`, or its `name:`; labelled with the stack) and an `external` one
+must exist. The plan holds the file's path, not its bytes: the CLI reads it, compares it with
+what the cluster has and creates what is missing. A service's references (short `- KEY` or
+long `{source, target, uid, gid, mode}`) go through the grammar of `--secret`/`--config`
+(meshkit.cli.servicespec.file_ref) with compose's defaults: a secret's target is the key
+(`/run/secrets/KEY`); a config's is `/run/configs/KEY` (Docker's `/KEY` is in a container's
+root, a process's root is the host's).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import yaml
 
 from meshkit.base.durations import DurationError, parse_duration
 from meshkit.base.errors import InvalidValue, MeshkitError
+from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model.services import (
     ENDPOINT_MODES,
     ENV_KEY_RE,
@@ -50,6 +59,7 @@ from meshkit.cluster.model.services import (
 __all__ = [
     "MESHKIT_LABEL",
     "STACK_LABEL",
+    "FilePlan",
     "NetworkPlan",
     "Stack",
     "StackError",
@@ -60,8 +70,6 @@ __all__ = [
 
 STACK_LABEL = "com.docker.stack.namespace"
 MESHKIT_LABEL = "meshkit.stack"
-SECRETS_REFUSED = "secrets in stacks need meshkit secret (not available in this build)"
-CONFIGS_REFUSED = "configs in stacks need meshkit config (not available in this build)"
 
 STACK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SERVICE_KEY_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -109,6 +117,10 @@ NETWORK_KEYS = frozenset(
     {"driver", "driver_opts", "ipam", "external", "internal", "attachable", "labels", "name"}
 )
 TOP_KEYS = frozenset({"version", "services", "networks", "volumes", "secrets", "configs"})
+FILE_KEYS = frozenset(
+    {"file", "external", "name", "labels", "driver", "driver_opts", "template_driver"}
+)
+REF_KEYS = frozenset({"source", "target", "uid", "gid", "mode"})
 
 
 class StackError(MeshkitError):
@@ -129,11 +141,29 @@ class NetworkPlan:
 
 
 @dataclass
+class FilePlan:
+    """One secret or config (`kind`) of the stack: `name` in the cluster. Unless `external`
+    (then it must exist already), created with `labels` from the bytes of `file` (relative
+    paths are taken from the first compose file's folder); `where` is `file:line: path`, for
+    the CLI's messages."""
+
+    kind: str
+    key: str
+    name: str
+    external: bool
+    file: str
+    labels: dict[str, str]
+    where: str
+
+
+@dataclass
 class Stack:
     name: str
     networks: list[NetworkPlan]
     services: list[dict[str, Any]]
     warnings: list[str] = field(default_factory=list)
+    secrets: list[FilePlan] = field(default_factory=list)
+    configs: list[FilePlan] = field(default_factory=list)
 
 
 def stack_labels(stack: str) -> dict[str, str]:
@@ -690,26 +720,104 @@ def _deploy(ctx: _Ctx, value: Any, path: Path, spec: dict[str, Any]) -> None:
             )
 
 
-def _refs(ctx: _Ctx, value: Any, path: Path, top: Mapping[str, Any], what: str) -> None:
-    """Parse a service's `secrets`/`configs` (short names or long form) and check they are
-    declared, so that the error that follows is about meshkit, not about the file."""
+def _refs(
+    ctx: _Ctx, value: Any, path: Path, names: Mapping[str, str], what: str
+) -> list[dict[str, Any]]:
+    """A service's `secrets`/`configs`, short (`- KEY`) or long (`source`, `target`, `uid`,
+    `gid`, `mode`), as the spec's references to the cluster's names; the defaults are
+    compose's, by KEY rather than the cluster's name: a secret's target is KEY
+    (`/run/secrets/KEY`), a config's `/run/configs/KEY` (where Docker has `/KEY`: a container's
+    root; a relative config target is taken from /run/configs)."""
+    from meshkit.cli.servicespec import file_ref
+
+    kind = what[:-1]
     if not isinstance(value, list):
         raise ctx.error(path, f"expected a list, got {_kind(value)}")
+    refs = []
     for i, item in enumerate(value):
         ipath = (*path, i)
+        fields: dict[str, Any] = {}
         if isinstance(item, dict):
-            _mapping(ctx, item, ipath, frozenset({"source", "target", "uid", "gid", "mode"}))
-            source = _text(ctx, item.get("source"), (*ipath, "source"))
+            _mapping(ctx, item, ipath, REF_KEYS)
+            if item.get("source") is None:
+                raise ctx.error(ipath, f"a {kind} reference needs a source")
+            source = _text(ctx, item["source"], (*ipath, "source"))
+            fields = {k: v for k, v in item.items() if k in REF_KEYS and v is not None}
         else:
             source = _text(ctx, item, ipath)
-        if source not in top:
+        if source not in names:
             raise ctx.error(
-                ipath, f"undefined {what[:-1]} {source!r} (declare it under top-level {what})"
+                ipath, f"undefined {kind} {source!r} (declare it under top-level {what})"
             )
+        target = _text(ctx, fields["target"], (*ipath, "target")) if "target" in fields else ""
+        target = target or source
+        if kind == "config" and not target.startswith("/"):
+            # Docker's `/KEY` is the root of a container; a process's root is the host's,
+            # where a config can only be bound over an existing file: meshkit's own default
+            target = f"{secretrules.CONFIGS_DIR}/{target}"
+        fields.update(source=names[source], target=target)
+        try:
+            refs.append(file_ref(kind, fields))
+        except ValueError as exc:
+            key = str(exc).split(":")[0].split(" ")[0]  # "mode: ...", "uid: ..."
+            where = (*ipath, key) if isinstance(item, dict) and key in item else ipath
+            raise ctx.error(where, str(exc)) from None
+    return refs
+
+
+def _files(
+    ctx: _Ctx, stack: str, what: str, top: Mapping[str, Any], used: set[str], base_dir: str
+) -> tuple[list[FilePlan], dict[str, str]]:
+    """Top-level `secrets` or `configs`: every one checked, the used ones planned; and the
+    cluster name of each key."""
+    kind = what[:-1]
+    declared = _mapping(ctx, top.get(what), (what,))
+    plans: list[FilePlan] = []
+    names: dict[str, str] = {}
+    for key in declared:
+        path: Path = (what, str(key))
+        cfg = _mapping(ctx, declared[key], path, FILE_KEYS)
+        for k in ("driver", "driver_opts", "template_driver"):
+            if cfg.get(k):
+                raise ctx.error((*path, k), f"{NOT_YET}: a {kind} is the bytes of a file")
+        ext = cfg.get("external")
+        external = bool(ext)
+        name = ""
+        if isinstance(ext, dict):
+            _mapping(ctx, ext, (*path, "external"), frozenset({"name"}))
+            if ext.get("name"):
+                name = _text(ctx, ext["name"], (*path, "external", "name"))
+        elif ext is not None and not isinstance(ext, bool):
+            raise ctx.error((*path, "external"), "expected true, false or {name: NAME}")
+        if cfg.get("name"):
+            name = _text(ctx, cfg["name"], (*path, "name"))
+        name = name or (str(key) if external else f"{stack}_{key}")
+        try:
+            secretrules.check_name(name)
+        except secretrules.RefError as exc:
+            where = (*path, "name") if "name" in cfg else path
+            raise ctx.error(where, f"the {kind} name {name!r}: {exc}") from None
+        names[str(key)] = name
+        file = ""
+        if external:
+            if cfg.get("file") is not None:
+                raise ctx.error((*path, "file"), f"an external {kind} has no file")
+        else:
+            if cfg.get("file") is None:
+                raise ctx.error(path, f"a {kind} needs file: PATH (or external: true)")
+            file = _text(ctx, cfg["file"], (*path, "file"))
+            if not file:
+                raise ctx.error((*path, "file"), "an empty path")
+            file = os.path.join(base_dir, file)
+        labels = _str_map(ctx, cfg.get("labels"), (*path, "labels"))
+        labels.update(stack_labels(stack))
+        if str(key) in used:
+            plans.append(FilePlan(kind, str(key), name, external, file, labels, ctx.where(path)))
+    return plans, names
 
 
 def _service(
-    ctx: _Ctx, stack: str, key: str, svc: Any, top: Mapping[str, Any],
+    ctx: _Ctx, stack: str, key: str, svc: Any, file_names: Mapping[str, Mapping[str, str]],
     net_names: Mapping[str, str], env: Mapping[str, str], read: Callable[[str], str],
     base_dir: str,
 ) -> dict[str, Any]:  # fmt: skip
@@ -792,10 +900,9 @@ def _service(
                 if k in ("ipv4_address", "ipv6_address"):
                     raise ctx.error((*npath, n, k), NOT_YET)
                 ctx.warn((*npath, n, k), IGNORED)
-    for what, message in (("secrets", SECRETS_REFUSED), ("configs", CONFIGS_REFUSED)):
-        if svc.get(what):
-            _refs(ctx, svc[what], (*path, what), top.get(what) or {}, what)
-            raise ctx.error((*path, what), message)
+    for what in ("secrets", "configs"):
+        if svc.get(what) is not None:
+            spec[what] = _refs(ctx, svc[what], (*path, what), file_names[what], what)
     try:
         return check_spec(spec)
     except SpecError as exc:
@@ -914,11 +1021,21 @@ def load_stack(
     plans, names = _networks(ctx, stack, merged, used)
     reader = read if read is not None else _no_reader
     base_dir = os.path.dirname(sources[0][0])
+    files: dict[str, list[FilePlan]] = {}
+    file_names: dict[str, dict[str, str]] = {}
+    for what in ("secrets", "configs"):
+        refs_used = {
+            str(r.get("source") if isinstance(r, dict) else r)
+            for v in services.values()
+            if isinstance(v, dict) and isinstance(v.get(what), list)
+            for r in v[what]
+        }
+        files[what], file_names[what] = _files(ctx, stack, what, merged, refs_used, base_dir)
     specs = [
-        _service(ctx, stack, key, svc, merged, names, env, reader, base_dir)
+        _service(ctx, stack, key, svc, file_names, names, env, reader, base_dir)
         for key, svc in services.items()
     ]
-    return Stack(stack, plans, specs, ctx.warnings)
+    return Stack(stack, plans, specs, ctx.warnings, files["secrets"], files["configs"])
 
 
 def _no_reader(path: str) -> str:

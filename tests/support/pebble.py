@@ -35,6 +35,17 @@ class Pebble:
     mgmt: int
     proc: Proc
     out: Path  # pebble's stdout: its log of orders and issued certificates
+    dns_mgmt: int = 0  # pebble-challtestsrv's management API (e.g. /set-servfail)
+
+    def servfail(self, host: str) -> None:
+        """DNS answers SERVFAIL for `host`: its validation fails."""
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.dns_mgmt}/set-servfail",
+            data=json.dumps({"host": host}).encode(),
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10):
+            pass
 
     def root(self, dest: Path) -> Path:
         ctx = ssl.create_default_context(cafile=str(self.trust))
@@ -108,7 +119,7 @@ def run_pebble(
         )
         wait_tcp(port, pebble)
         wait_tcp(mgmt, pebble)
-        yield Pebble(f"https://127.0.0.1:{port}/dir", cert, mgmt, pebble, out)
+        yield Pebble(f"https://127.0.0.1:{port}/dir", cert, mgmt, pebble, out, chall_mgmt)
     finally:
         if pebble is not None:
             pebble.stop()

@@ -7,8 +7,8 @@ paths (`fastpath_env`: the compiled one and its pure-Python twin)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import http.server
+import json
 import os
 import socket
 import ssl

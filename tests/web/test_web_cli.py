@@ -263,8 +263,7 @@ def test_validate_lists_every_error(site: Path) -> None:
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 5, r.stderr
     assert (
-        f"Error: {conf}:1 - site address 'https://a.test': it needs a certificate: add "
-        in r.stderr
+        f"Error: {conf}:1 - site address 'https://a.test': it needs a certificate: add " in r.stderr
         and "or -agree for one from the ACME CA (automatic HTTPS (ACME) is not on)" in r.stderr
     )
     assert f"Error: {conf}:5 - unknown directive 'gzp'" in r.stderr

@@ -243,3 +243,24 @@ def test_ca_unreachable_logs_and_serves_the_other_sites(
         )
     finally:
         proc.stop()
+
+
+def test_sigterm_does_not_wait_for_a_silent_ca(tmp_path: Path, ports: Ports, www: Path) -> None:
+    silent = socket.socket()  # accepts connections (the kernel's backlog), never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        url = f"https://127.0.0.1:{silent.getsockname()[1]}/dir"
+        proc = web(tmp_path, f"a.test {{\n root {www}\n}}\n", url, ports, tmp_path / "none.pem",
+                   "-catimeout", "60s")  # fmt: skip
+        try:
+            wait_log(proc, "a.test has none; asking")
+            time.sleep(0.5)
+            started = time.monotonic()
+            proc.signal(15)
+            assert proc.wait(20) == 0
+            assert time.monotonic() - started < 15, proc.stderr()
+        finally:
+            proc.stop()
+    finally:
+        silent.close()

@@ -21,9 +21,11 @@ import contextlib
 import datetime
 import logging
 import os
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from meshkit.acme.client import Problem, Settings, check_pair, obtain
 from meshkit.acme.storage import Storage
@@ -38,6 +40,38 @@ RENEW_BEFORE = 30 * 86400.0
 CHECK_EVERY = 12 * 3600.0
 RETRY_FIRST = 60.0
 RETRY_MAX = 3600.0
+
+
+T = TypeVar("T")
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
+    """fn(*args) in a daemon thread of its own: an order waiting on a silent CA (up to
+    -catimeout per request) neither holds the loop nor keeps the process from exiting on
+    SIGTERM, as a thread of the default executor would (it is joined at exit)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def done(result: T | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(done, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(done, result, None)
+
+    threading.Thread(target=run, name="meshkit-acme", daemon=True).start()
+    return await fut
 
 
 def _env(name: str, default: float) -> float:
@@ -109,8 +143,8 @@ class AcmeManager:
                 why = "has none" if not_after is None else "is due for renewal"
                 log.info("ACME: %s %s; asking %s", w.name, why, settings.ca)
                 try:
-                    chain, key, end = await loop.run_in_executor(
-                        None, obtain, settings, storage, w.name, w.key_type, hub
+                    chain, key, end = await in_daemon_thread(
+                        obtain, settings, storage, w.name, w.key_type, hub
                     )
                     await loop.run_in_executor(
                         None, self._store, storage, w, settings, chain, key, end

@@ -20,13 +20,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from acme import challenges, client, crypto_util, errors, messages
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ObjectIdentifier
+from cryptography.x509.oid import NameOID, ObjectIdentifier
 from josepy.jwk import JWK, JWKRSA
 
+from acme import challenges, client, crypto_util, errors, messages
 from meshkit.acme.storage import Storage
 
 __all__ = [
@@ -177,8 +177,19 @@ def alpn_certificate(name: str, key_authorization: str) -> tuple[bytes, bytes]:
     digest = hashlib.sha256(key_authorization.encode()).digest()
     ext = x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest)
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = crypto_util.make_self_signed_cert(
-        key, [name], extensions=[x509.Extension(ACME_IDENTIFIER, True, ext)]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(ext, critical=True)
+        .sign(key, hashes.SHA256())
     )
     return cert.public_bytes(serialization.Encoding.PEM), _pem(key)
 

@@ -264,3 +264,26 @@ def test_sigterm_does_not_wait_for_a_silent_ca(tmp_path: Path, ports: Ports, www
             proc.stop()
     finally:
         silent.close()
+
+
+def test_a_reload_obtains_certificates_for_new_names(
+    tmp_path: Path, ca: Pebble, ports: Ports, www: Path
+) -> None:
+    text = f"a.test {{\n root {www}\n}}\n"
+    proc = web(tmp_path, text, ca.directory, ports, ca.trust)
+    try:
+        wait_log(proc, "certificate for a.test obtained")
+        (tmp_path / "Caddyfile").write_text(text + f"b.test {{\n root {www}\n}}\n")
+        proc.signal(10)  # SIGUSR1
+        wait_log(proc, "certificate for b.test obtained")
+        root = ca.root(tmp_path / "root.pem")
+        for name in ("a.test", "b.test"):
+            r = subprocess.run(
+                ["curl", "-sS", "--max-time", "10", "--cacert", str(root), "--resolve",
+                 f"{name}:{ports.https}:127.0.0.1", f"https://{name}:{ports.https}/"],
+                capture_output=True, text=True, timeout=30,
+            )  # fmt: skip
+            assert r.returncode == 0 and r.stdout == "hello over acme\n", (name, r.stderr)
+        assert ca.orders() == 2
+    finally:
+        proc.stop()

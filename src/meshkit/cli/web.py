@@ -205,7 +205,7 @@ def web(
     config.raise_errors()
     from meshkit.web.autotls import wanted
 
-    if wanted(config):
+    if wanted(config) or agree or email:  # with -agree, a reload may add the first name
         _with_acme(
             options,
             email=email,

@@ -517,7 +517,7 @@ def test_load_collects_every_error() -> None:
     assert "Caddyfile:7 - directive 'cors' is not available in this version of meshkit" in msgs
     assert any(
         m.startswith("Caddyfile:1 - site address 'https://a.test': it needs a certificate")
-        and "automatic HTTPS (ACME) is not available yet" in m
+        and "-agree for one from the ACME CA (automatic HTTPS (ACME) is not on)" in m
         for m in msgs
     )
     assert any(m.startswith("Caddyfile:5 - site address 'b.test:99999'") for m in msgs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import os
 import socket
 import ssl
@@ -448,18 +449,34 @@ def test_validate_names_a_missing_file_and_a_mismatched_key(tmp_path: Path, cert
 @pytest.mark.parametrize(
     "tls",
     [
-        "tls admin@a.test",
-        "tls {\n    ca https://acme.example/dir\n  }",
         "tls self_signed {\n    must_staple\n  }",
         "tls self_signed {\n    max_certs 10\n  }",
         "tls self_signed {\n    ask http://127.0.0.1:1/ok\n  }",
+        "tls {\n    dns cloudflare\n  }",
     ],
 )
-def test_acme_options_are_refused(tmp_path: Path, tls: str) -> None:
+def test_acme_options_not_there_yet_are_refused(tmp_path: Path, tls: str) -> None:
     r = _validate(tmp_path, f"https://a.test:8443 {{\n  {tls}\n}}\n")
     assert r.returncode == 1
-    assert "automatic HTTPS (ACME) is not available yet" in r.stderr
+    assert "is not available yet (automatic HTTPS has HTTP-01 and TLS-ALPN-01 only)" in r.stderr
     assert f"{tmp_path / 'Caddyfile'}:" in r.stderr
+
+
+def test_tls_email_asks_for_automatic_https(tmp_path: Path) -> None:
+    r = _validate(
+        tmp_path, "a.test {\n  tls admin@a.test {\n    ca https://acme.test/dir\n  }\n}\n"
+    )
+    assert (r.returncode, r.stdout) == (0, "Caddyfile is valid\n"), r.stderr
+    assert "Warning" not in r.stderr
+
+
+def test_tls_without_a_certificate_needs_agree_or_an_email(tmp_path: Path) -> None:
+    r = _validate(tmp_path, "a.test {\n  tls {\n    ca https://acme.test/dir\n  }\n}\n")
+    assert r.returncode == 1
+    assert "asks for automatic HTTPS, which is not on: give -agree" in r.stderr
+    r = _validate(tmp_path, "localhost {\n  tls admin@a.test\n}\n")
+    assert r.returncode == 1
+    assert "automatic HTTPS gets certificates for host names only" in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -499,8 +516,8 @@ def test_a_bare_hostname_warns_that_it_stays_plain_http(tmp_path: Path) -> None:
     r = _validate(tmp_path, "example.test {\n  root .\n}\n")
     assert r.returncode == 0
     warnings = [line for line in r.stderr.splitlines() if line.startswith("Warning: ")]
-    assert len(warnings) == 1 and "automatic HTTPS (ACME) is not available yet" in warnings[0]
-    assert "plain HTTP on port 2015" in warnings[0]
+    assert len(warnings) == 1 and "automatic HTTPS (ACME) is not on" in warnings[0]
+    assert "plain HTTP on port 2015" in warnings[0] and "give -agree" in warnings[0]
 
 
 def test_sites_of_one_port_must_agree(tmp_path: Path) -> None:
@@ -513,3 +530,15 @@ def test_sites_of_one_port_must_agree(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "differ from those of the site at" in r.stderr
     assert "port 8443 is plain HTTP here but HTTPS" in r.stderr
+
+
+def test_agree_turns_automatic_https_on_for_host_names_only(tmp_path: Path) -> None:
+    text = "a.test {\n  root .\n}\nlocalhost {\n  root .\n}\nhttp://b.test {\n  root .\n}\n"
+    r = _validate(tmp_path, text, "-agree", "-json", "-https-port", "8443")
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr
+    sites = json.loads(r.stdout)
+    addrs = [(a["scheme"], a["host"], a["port"]) for s in sites for a in s["addresses"]]
+    assert addrs == [("https", "a.test", 8443), ("http", "localhost", 2015), ("http", "b.test", 80)]
+    assert sites[0]["directives"]["tls"]["acme"] is True
+    assert "tls" not in sites[1]["directives"]

@@ -263,8 +263,8 @@ def test_validate_lists_every_error(site: Path) -> None:
     errors = [line for line in r.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 5, r.stderr
     assert (
-        f"Error: {conf}:1 - site address 'https://a.test': it needs a certificate and "
-        "automatic HTTPS (ACME) is not available yet" in r.stderr
+        f"Error: {conf}:1 - site address 'https://a.test': it needs a certificate: add " in r.stderr
+        and "or -agree for one from the ACME CA (automatic HTTPS (ACME) is not on)" in r.stderr
     )
     assert f"Error: {conf}:5 - unknown directive 'gzp'" in r.stderr
     assert f"Error: {conf}:9 - duplicate site address ':8080'" in r.stderr
@@ -294,7 +294,7 @@ def test_start_with_errors_exits_1(site: Path) -> None:
 
 def test_https_without_certificate_is_refused(site: Path) -> None:
     r = run(["-conf", "stdin"], site, stdin="https://example.test {\n}\n")
-    assert r.returncode == 1 and "automatic HTTPS (ACME) is not available yet" in r.stderr
+    assert r.returncode == 1 and "automatic HTTPS (ACME) is not on" in r.stderr
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,45 @@ def web(
     quiet: Annotated[
         bool, typer.Option("-quiet", "--quiet", help="Do not print the sites at start.")
     ] = False,
+    agree: Annotated[
+        bool,
+        typer.Option(
+            "-agree",
+            "--agree",
+            help="Agree to the ACME CA's terms: turns automatic HTTPS on for sites with host "
+            "names (so does -email).",
+        ),
+    ] = False,
+    email: Annotated[
+        str,
+        typer.Option(
+            "-email", "--email", metavar="EMAIL", help="ACME account email (default CA account)."
+        ),
+    ] = "",
+    ca: Annotated[
+        str,
+        typer.Option("-ca", "--ca", metavar="URL", help="ACME CA directory URL."),
+    ] = "",
+    catimeout: Annotated[
+        str,
+        typer.Option(
+            "-catimeout", "--catimeout", metavar="DURATION", help="Timeout of requests to the CA."
+        ),
+    ] = "30s",
+    disable_http_challenge: Annotated[
+        bool,
+        typer.Option(
+            "-disable-http-challenge", "--disable-http-challenge", help="No ACME HTTP-01."
+        ),
+    ] = False,
+    disable_tls_alpn_challenge: Annotated[
+        bool,
+        typer.Option(
+            "-disable-tls-alpn-challenge",
+            "--disable-tls-alpn-challenge",
+            help="No ACME TLS-ALPN-01.",
+        ),
+    ] = False,
 ) -> None:
     """Serve sites from a Caddyfile."""
     from meshkit.base.durations import parse_duration
@@ -123,6 +162,13 @@ def web(
         raise FlagError("-root", root, "must not be empty")
     if as_json and not validate:
         raise FlagError("-json", "true", "only goes with -validate")
+    if ca and not ca.startswith(("https://", "http://")):
+        raise FlagError("-ca", ca, "expected the ACME directory's URL")
+    if email and "@" not in email:
+        raise FlagError("-email", email, "expected an email address")
+    ca_timeout = parse_duration(catimeout, "-catimeout")
+    if ca_timeout <= 0:
+        raise FlagError("-catimeout", catimeout, "must be more than 0")
     from meshkit.web import app
 
     options = app.WebOptions(
@@ -134,6 +180,7 @@ def web(
             root=root,
             http_port=_port(http_port, "-http-port"),
             https_port=_port(https_port, "-https-port"),
+            auto_https=agree or bool(email),
         ),
         pidfile=pidfile,
         grace=parse_duration(grace, "-grace"),
@@ -156,6 +203,17 @@ def web(
     for w in config.warnings:
         app.log.warning("%s", w)
     config.raise_errors()
+    from meshkit.web.autotls import wanted
+
+    if wanted(config) or agree or email:  # with -agree, a reload may add the first name
+        _with_acme(
+            options,
+            email=email,
+            ca=ca,
+            timeout=ca_timeout,
+            http01=not disable_http_challenge,
+            alpn01=not disable_tls_alpn_challenge,
+        )
     from meshkit.cli import run_loop
 
     async def main() -> None:
@@ -164,3 +222,33 @@ def web(
             raise typer.Exit(code)
 
     run_loop(main())
+
+
+def _with_acme(
+    options: object, *, email: str, ca: str, timeout: float, http01: bool, alpn01: bool
+) -> None:
+    """Give the web server an ACME client (meshkit.acme) and the hub it fills."""
+    import os
+
+    from meshkit.acme.client import DEFAULT_CA, Settings
+    from meshkit.acme.manager import AcmeManager
+    from meshkit.web.app import WebOptions
+    from meshkit.web.autotls import CertHub
+
+    assert isinstance(options, WebOptions)
+    if not (http01 or alpn01):
+        raise FlagError(
+            "-disable-tls-alpn-challenge",
+            "true",
+            "with -disable-http-challenge too, automatic HTTPS has no challenge left to answer",
+        )
+    settings = Settings(
+        ca=ca or DEFAULT_CA,
+        email=email,
+        timeout=timeout,
+        http01=http01,
+        alpn01=alpn01,
+        ca_roots=os.environ.get("MESHKIT_ACME_CA_ROOTS", ""),
+    )
+    options.hub = CertHub(http_challenge=http01, alpn_challenge=alpn01)
+    options.issuer = AcmeManager(settings)

@@ -31,6 +31,7 @@ from typing import TextIO
 
 from meshkit.base.errors import FlagError, MeshkitError
 from meshkit.base.runtime import Signals, setup_logging
+from meshkit.web.autotls import CertHub, ChallengeFront, Issuer, wanted
 from meshkit.web.caddyfile.load import (
     CaddyfileErrors,
     Config,
@@ -70,6 +71,10 @@ class WebOptions:
     stdin_text: str | None = None  # what `-conf stdin` read (kept for reloads)
     # the node agent's services when it runs the server (service:// upstreams)
     directory: ServiceDirectory | None = None
+    # automatic HTTPS: what gets the certificates (meshkit.acme.AcmeManager) and where they
+    # and the challenge answers go; None: ACME sites are an error at plan()
+    issuer: Issuer | None = None
+    hub: CertHub | None = None
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -118,14 +123,22 @@ class PortPlan:
     background: list[Background] = field(default_factory=list)
     # HTTPS: the port's certificates (meshkit.web.tlsctx); None: plain HTTP
     tls: TlsListener | None = None
+    # the http port under automatic HTTPS: ACME HTTP-01 answers come before the sites
+    challenges: CertHub | None = None
 
-    def router(self) -> Router:
-        return Router(self.routes)
+    def router(self) -> Handler:
+        router = Router(self.routes)
+        return router if self.challenges is None else ChallengeFront(router, self.challenges)
 
 
-def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict[int, PortPlan]:
+def plan(
+    config: Config,
+    build: Callable[[Site], Handler] = build_chain,
+    hub: CertHub | None = None,
+) -> dict[int, PortPlan]:
     """port -> the routes (each site's chain, built now) and the header limit of that port.
-    Raises MeshkitError when a site's handlers cannot be built."""
+    Raises MeshkitError when a site's handlers cannot be built. `hub`: where automatic-HTTPS
+    sites get their certificates and the CA's challenges their answers."""
     config.raise_errors()
     ports: dict[int, PortPlan] = {}
     fields: dict[int, int] = {}
@@ -136,7 +149,8 @@ def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict
         if isinstance(tls, TLSConfig) and not tls.off:
             by_port: dict[int, list[str]] = {}
             for a in site.addresses:
-                by_port.setdefault(a.port, []).append(a.host)
+                if a.scheme == "https":
+                    by_port.setdefault(a.port, []).append(a.host)
             for port, hosts in by_port.items():
                 secure.setdefault(port, []).append((hosts, tls))
         limits = site.directives.get("limits")
@@ -162,8 +176,12 @@ def plan(config: Config, build: Callable[[Site], Handler] = build_chain) -> dict
                         lines.get(address.port, limits.header_line), limits.header_line
                     )
     for port, sites in secure.items():
-        ports[port].tls = build_listener(sites)
+        ports[port].tls = build_listener(sites, hub)
     _add_https_redirects(config, ports)
+    if hub is not None and hub.http_challenge and any(p.tls and p.tls.auto for p in ports.values()):
+        http = ports.setdefault(config.http_port, PortPlan(config.http_port, [], 0))
+        if http.tls is None:
+            http.challenges = hub
     for port, p in ports.items():
         p.header_limit = p.header_limit or DEFAULT_HEADER_LIMIT
         p.max_fields = fields.get(port, DEFAULT_MAX_FIELDS)
@@ -333,7 +351,7 @@ class WebApp:
             config = await loop.run_in_executor(None, self.load)
             for w in config.warnings:
                 log.warning("%s", w)
-            ports = plan(config)
+            ports = plan(config, hub=self.options.hub)
         except CaddyfileErrors as exc:
             for e in exc.errors:
                 log.error("reload failed, keeping the running configuration: %s", e)
@@ -372,6 +390,8 @@ class WebApp:
         old = self.background
         await self._start_background(ports)
         await self._stop_background(old)
+        if self.options.issuer is not None:
+            self.options.issuer.update(wanted(config))
         log.info("reload: done (%d site(s) on %d port(s))", len(config.sites), len(ports))
         return True
 
@@ -425,7 +445,7 @@ def remove_pidfile(path: str) -> None:
 
 async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> int:
     """Run until a signal ends the process; returns the exit code."""
-    ports = plan(config)
+    ports = plan(config, hub=options.hub)
     app = WebApp(options)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[bool]] = set()
@@ -467,6 +487,8 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
     # answers must not find Python's default SIGINT/SIGTERM behaviour.
     try:
         await app.start(ports)
+        if options.issuer is not None and options.hub is not None:
+            options.issuer.start(options.hub, wanted(config))
         if not quiet:
             for url in site_urls(config):
                 print(url, flush=True)
@@ -482,6 +504,8 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
         )
         for task in list(reloads):
             task.cancel()
+        if options.issuer is not None:
+            await options.issuer.stop()
         await app.shutdown(options.grace)
         log.info("stopped")
         return 0

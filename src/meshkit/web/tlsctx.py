@@ -13,6 +13,13 @@ leftmost label as `*` (`*.example.com`).
 `tls self_signed` certificates are made with the `openssl` command (meshkit's web layer
 does not load the `cryptography` package, see docs/ARCHITECTURE.md), valid 7 days, for the
 site's names, and kept for the life of the process (a reload reuses them).
+
+Automatic HTTPS (meshkit.web.autotls): the names of a port's ACME sites are the listener's
+`auto` set; their contexts arrive later through `put` (the CertHub swaps them in by name,
+also from the ACME client's thread). Until one arrives, a handshake for such a name gets the
+port's default context; on a port with ACME sites only, that one has no certificate, and
+the client gets a TLS alert (never another site's certificate). A pending TLS-ALPN-01
+challenge (`challenges`) answers before any certificate.
 """
 
 from __future__ import annotations
@@ -25,11 +32,12 @@ import subprocess
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from meshkit.base.errors import MeshkitError
 from meshkit.web.directives.tls import PROTOCOLS, TLSConfig
 
-__all__ = ["TlsListener", "build_listener", "self_signed_pair"]
+__all__ = ["TlsListener", "build_listener", "challenge_context", "self_signed_pair"]
 
 _KEY_ARGS = {
     "p256": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
@@ -47,11 +55,29 @@ class TlsListener:
 
     context: ssl.SSLContext
     by_name: dict[str, ssl.SSLContext] = field(default_factory=dict)
+    # automatic HTTPS: the names whose certificates come from the CertHub, the handshake
+    # options of their contexts, and the hub's pending TLS-ALPN-01 answers (name -> context)
+    auto: set[str] = field(default_factory=set)
+    auto_cfg: TLSConfig | None = None
+    challenges: dict[str, object] = field(default_factory=dict)
+
+    def __hash__(self) -> int:  # held in a WeakSet by the hub
+        return id(self)
+
+    def put(self, name: str, cert_pem: bytes, key_pem: bytes) -> None:
+        """Serve this pair for `name` from the next handshake on (any thread)."""
+        ctx = _context(self.auto_cfg or TLSConfig())
+        _load(ctx, cert_pem, key_pem)
+        self.by_name[name] = ctx
 
     def pick(self, name: str | None) -> ssl.SSLContext | None:
         if not name:
             return None
         name = name.lower().rstrip(".")
+        if self.challenges:
+            answer = self.challenges.get(name)
+            if isinstance(answer, ssl.SSLContext):
+                return answer
         ctx = self.by_name.get(name)
         if ctx is None:
             _, dot, rest = name.partition(".")
@@ -104,6 +130,15 @@ def _is_ip(name: str) -> bool:
     return True
 
 
+def challenge_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
+    """The context of a TLS-ALPN-01 answer (RFC 8737): its certificate, `acme-tls/1` only."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(["acme-tls/1"])
+    _load(ctx, cert_pem, key_pem)
+    return ctx
+
+
 def _context(cfg: TLSConfig) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = PROTOCOLS[cfg.min_version]
@@ -149,12 +184,28 @@ def _load(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
         ctx.load_cert_chain(cert, key)
 
 
-def build_listener(sites: list[tuple[list[str], TLSConfig]]) -> TlsListener:
+class CertSource(Protocol):
+    """What a port needs of meshkit.web.autotls's CertHub: to be told about the listener
+    whose automatic-HTTPS names it fills (a Protocol, so that this module stays below it)."""
+
+    def attach(self, listener: TlsListener) -> None: ...
+
+
+def build_listener(
+    sites: list[tuple[list[str], TLSConfig]], hub: CertSource | None = None
+) -> TlsListener:
     """The contexts of one HTTPS port from its sites (their host names and `tls` configs),
-    in order. Raises MeshkitError when a certificate cannot be loaded."""
+    in order. Raises MeshkitError when a certificate cannot be loaded. ACME sites' names
+    are left to `hub` (meshkit.web.autotls), which must be given when there are any."""
     contexts: list[ssl.SSLContext] = []
     by_name: dict[str, ssl.SSLContext] = {}
+    auto: set[str] = set()
+    auto_cfg: TLSConfig | None = None
     for hosts, cfg in sites:
+        if cfg.acme:
+            auto.update(h.lower() for h in hosts)
+            auto_cfg = auto_cfg or cfg
+            continue
         try:
             mine: list[tuple[ssl.SSLContext, list[str]]] = []
             for cert, key in cfg.pairs:
@@ -174,9 +225,13 @@ def build_listener(sites: list[tuple[list[str], TLSConfig]]) -> TlsListener:
             contexts.append(ctx)
             for n in names:
                 by_name.setdefault(n.lower().rstrip("."), ctx)
+    if auto and hub is None:
+        raise MeshkitError("automatic HTTPS sites but no ACME client to get their certificates")
     if not contexts:
-        raise MeshkitError("an HTTPS port without a certificate")
-    listener = TlsListener(contexts[0], by_name)
+        if auto_cfg is None:
+            raise MeshkitError("an HTTPS port without a certificate")
+        contexts.append(_context(auto_cfg))  # no certificate: a TLS alert until one comes
+    listener = TlsListener(contexts[0], by_name, auto, auto_cfg)
 
     def on_sni(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         ctx = listener.pick(name)
@@ -185,4 +240,6 @@ def build_listener(sites: list[tuple[list[str], TLSConfig]]) -> TlsListener:
         return None
 
     contexts[0].sni_callback = on_sni  # type: ignore[assignment]
+    if hub is not None and auto:
+        hub.attach(listener)
     return listener

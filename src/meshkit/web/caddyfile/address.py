@@ -9,7 +9,7 @@
 
 - https (by scheme, or by the https port without a scheme) gives an Address with scheme
   "https"; the caddyfile loader decides where its certificate comes from (the `tls`
-  directive; automatic HTTPS from an ACME CA is not available yet). `-http-port` and
+  directive, or automatic HTTPS from an ACME CA with -agree). `-http-port` and
   `-https-port` change the ports the schemes stand for (80 and 443).
 """
 

@@ -61,6 +61,9 @@ class Defaults:
     root: str = "."
     http_port: int = HTTP_PORT  # -http-port: the port of http:// (and of HTTPS redirects)
     https_port: int = HTTPS_PORT  # -https-port: the port of https://
+    # automatic HTTPS (ACME) for sites with host names: on when -agree or -email was given
+    # (Caddy v1 asked on a terminal; meshkit never prompts)
+    auto_https: bool = False
 
 
 @dataclass
@@ -275,10 +278,11 @@ def _build_sites(
     if acme:
         more = f" and {len(acme) - 3} more" if len(acme) > 3 else ""
         config.warnings.append(
-            f"{NO_ACME}: {len(acme)} site address(es) with a host name and no port are served "
-            f"over plain HTTP on port {defaults.port}, as before: {', '.join(acme[:3])}{more} "
-            "(add `tls CERT_FILE KEY_FILE` or `tls self_signed` for HTTPS; write http:// to "
-            "say plain HTTP is meant)"
+            f"{NO_ACME} (it needs -agree or an email: -email or `tls EMAIL`): {len(acme)} "
+            f"site address(es) with a host name and no port are served over plain HTTP on "
+            f"port {defaults.port}: {', '.join(acme[:3])}{more} (give -agree for "
+            "certificates from the ACME CA, or `tls CERT_FILE KEY_FILE`; write http:// to say "
+            "plain HTTP is meant)"
         )
     if not parsed.blocks and not config.errors:
         config.errors.append(
@@ -328,21 +332,50 @@ def _site(
     site.root = os.path.abspath(site.root)
     if addresses:
         acme = [] if acme is None else acme
-        _apply_tls(site, _address_keys(block, site), config, acme)
+        _apply_tls(site, _address_keys(block, site), config, acme, defaults)
     return site if addresses else None
 
 
-def _apply_tls(site: Site, keys: list[Token], config: Config, acme_seen: list[str]) -> None:
-    """Each address of a site with `tls` (not off) becomes https; an https address without
-    a certificate, or a plain address that Caddy v1 would serve with automatic HTTPS, says
-    that ACME is not available (an error; or, for the latter, an entry in `acme_seen`, which
-    becomes one warning that they stay plain HTTP)."""
+def _apply_tls(
+    site: Site,
+    keys: list[Token],
+    config: Config,
+    acme_seen: list[str],
+    defaults: Defaults | None = None,
+) -> None:
+    """Each address of a site with `tls` (not off) becomes https. Automatic HTTPS (Caddy
+    v1's rules): an address with a real host name (not localhost, an IP or a wildcard), not
+    http://, with no port or the https port, of a site without `tls` or with a `tls` that
+    names no certificate, is served over https on the https port with a certificate from the
+    ACME CA, when -agree or an email (-email, `tls EMAIL`) says the CA's terms are accepted.
+    Without that, such addresses stay plain HTTP (an entry in `acme_seen`, which becomes one
+    warning), and an https address without a certificate is an error."""
+    d = defaults or Defaults(http_port=config.http_port, https_port=config.https_port)
     tls = site.directives.get("tls")
-    on = isinstance(tls, TLSConfig) and not tls.off
+    cfg = tls if isinstance(tls, TLSConfig) else None
+    on = cfg is not None and not cfg.off
+    consent = d.auto_https or (cfg is not None and bool(cfg.email))
+    if cfg is not None and cfg.acme and not consent:
+        config.errors.append(
+            CaddyfileError(
+                keys[0].file,
+                keys[0].line,
+                f"tls ({cfg.where}) names no certificate, so it asks for automatic HTTPS, "
+                f"which is not on: give -agree (the ACME CA's terms) or an email (-email or "
+                "`tls EMAIL`), or `tls CERT_FILE KEY_FILE` / `tls self_signed`",
+            )
+        )
+        on = False
     acme: list[Address] = []
     out: list[Address] = []
     for addr, key in zip(site.addresses, keys, strict=True):
+        qualifies = (
+            _real_name(addr.host)
+            and not (addr.scheme == "http" and addr.scheme_given)
+            and (addr.implicit_port or addr.port == d.https_port or addr.scheme == "https")
+        )
         if on:
+            assert cfg is not None
             if addr.scheme == "http" and addr.scheme_given:
                 config.errors.append(
                     CaddyfileError(
@@ -352,17 +385,39 @@ def _apply_tls(site: Site, keys: list[Token], config: Config, acme_seen: list[st
                         "directive (write https:// or drop the scheme)",
                     )
                 )
-            addr = dataclasses.replace(addr, scheme="https")
+            elif cfg.acme and not _real_name(addr.host):
+                config.errors.append(
+                    CaddyfileError(
+                        key.file,
+                        key.line,
+                        f"site address {addr.original!r}: automatic HTTPS gets certificates "
+                        "for host names only (not localhost, an IP address, a wildcard or no "
+                        "host); give `tls CERT_FILE KEY_FILE` or `tls self_signed`",
+                    )
+                )
+            port = d.https_port if cfg.acme and addr.implicit_port else addr.port
+            addr = dataclasses.replace(addr, scheme="https", port=port)
+        elif cfg is None and qualifies and d.auto_https:
+            if "tls" not in site.directives:
+                site.directives["tls"] = TLSConfig(acme=True, where=key.where())
+            port = d.https_port if addr.implicit_port else addr.port
+            addr = dataclasses.replace(addr, scheme="https", port=port)
         elif addr.scheme == "https":
             why = (
                 "`tls off` turns HTTPS off"
-                if isinstance(tls, TLSConfig)
-                else f"it needs a certificate and {NO_ACME}; add `tls CERT_FILE KEY_FILE`, "
+                if cfg is not None and cfg.off
+                else "it needs a certificate: add `tls CERT_FILE KEY_FILE`, "
                 "`tls self_signed` or `tls { load DIR }`"
+                + (
+                    f", or -agree for one from the ACME CA ({NO_ACME})"
+                    if _real_name(addr.host)
+                    else ""
+                )
             )
-            config.errors.append(
-                CaddyfileError(key.file, key.line, f"site address {addr.original!r}: {why}")
-            )
+            if not (cfg is not None and cfg.acme):
+                config.errors.append(
+                    CaddyfileError(key.file, key.line, f"site address {addr.original!r}: {why}")
+                )
         elif tls is None and addr.implicit_port and _real_name(addr.host):
             acme.append(addr)
         out.append(addr)

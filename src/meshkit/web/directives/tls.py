@@ -3,7 +3,8 @@
     tls off                         # plain HTTP, even on an https:// address's port
     tls CERT_FILE KEY_FILE          # this certificate (PEM chain) and key
     tls self_signed                 # an in-memory certificate for the site's names, 7 days
-    tls [CERT KEY] {
+    tls EMAIL                       # automatic HTTPS (ACME) with this account email
+    tls [CERT KEY | EMAIL] {
         protocols MIN [MAX]         # tls1.2 (default min) | tls1.3
         ciphers NAME...             # Caddy's TLS 1.2 suite names (TLS 1.3 suites are fixed)
         curves NAME                 # one of x25519 p256 p384 p521 (Python's ssl sets one)
@@ -11,13 +12,15 @@
         clients [request|require|verify_if_given] CA_FILE...
         alpn PROTO...               # default http/1.1 (HTTP/2 is not available yet)
         load DIR                    # every certificate/key pair found in the folder
+        ca URL                      # the ACME directory (automatic HTTPS)
     }
 
 The certificate and key files are checked here, so that `meshkit web -validate` names a
-missing file or a key that does not belong to its certificate with Caddyfile:LINE. The
-options of automatic HTTPS (`tls EMAIL`, `ca`, `must_staple`, `max_certs`, `ask`, and a
-`tls` that names no certificate) are read and refused: meshkit has no ACME client yet.
-Building the SSL contexts is meshkit.web.tlsctx's job.
+missing file or a key that does not belong to its certificate with Caddyfile:LINE. A `tls`
+that names no certificate (`tls EMAIL`, `tls { ca URL }`) asks for automatic HTTPS: the site's
+certificates come from an ACME CA (meshkit.acme, wired by `meshkit web`; see
+meshkit.web.autotls). `must_staple`, `max_certs`, `ask`, `dns` and `wildcard` are read and
+refused (not available yet). Building the SSL contexts is meshkit.web.tlsctx's job.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import passthrough, register
 from meshkit.web.site import Site
 
-NO_ACME = "automatic HTTPS (ACME) is not available yet"
+NO_ACME = "automatic HTTPS (ACME) is not on"
+NOT_YET = "is not available yet (automatic HTTPS has HTTP-01 and TLS-ALPN-01 only)"
 
 PROTOCOLS = {"tls1.2": ssl.TLSVersion.TLSv1_2, "tls1.3": ssl.TLSVersion.TLSv1_3}
 _OLD_PROTOCOLS = ("ssl3.0", "tls1.0", "tls1.1")
@@ -78,6 +82,10 @@ class TLSConfig:
     client_cas: list[str] = field(default_factory=list)
     alpn: list[str] = field(default_factory=lambda: ["http/1.1"])
     where: str = ""  # file:line of the first tls line, for messages about the port
+    # automatic HTTPS: certificates from an ACME CA (meshkit.web.autotls)
+    acme: bool = False
+    email: str = ""  # `tls EMAIL`: the ACME account's email ("" : -email, or none)
+    ca: str = ""  # `ca URL`: the ACME directory ("" : -ca, or the default CA)
 
     def options(self) -> tuple[object, ...]:
         """What must be the same for every site of one port (one handshake serves them)."""
@@ -151,7 +159,7 @@ def parse(d: Dispenser, site: Site) -> TLSConfig:
         elif len(args) == 1 and args[0] == "self_signed":
             cfg.self_signed = True
         elif len(args) == 1 and "@" in args[0]:
-            raise d.err(f"tls {args[0]}: {NO_ACME} (give CERT_FILE KEY_FILE or self_signed)")
+            cfg.email = args[0]
         elif len(args) == 2:
             cfg.cert = _file(d, args[0], "certificate")
             cfg.key = _file(d, args[1], "key")
@@ -164,9 +172,11 @@ def parse(d: Dispenser, site: Site) -> TLSConfig:
     if cfg.off:
         return cfg
     if not (cfg.pairs or cfg.self_signed):
+        cfg.acme = True  # no certificate named: automatic HTTPS (the loader checks the rest)
+    elif cfg.email or cfg.ca:
         raise d.err(
-            f"tls without a certificate needs {NO_ACME}: give CERT_FILE KEY_FILE, "
-            "self_signed or `load DIR`"
+            f"tls: {'an email' if cfg.email else 'ca'} is for automatic HTTPS, but this tls "
+            "names its certificate"
         )
     if PROTOCOLS[cfg.min_version] > PROTOCOLS[cfg.max_version]:
         raise d.err(f"tls: protocols {cfg.min_version} {cfg.max_version}: min is above max")
@@ -252,8 +262,14 @@ def _option(d: Dispenser, cfg: TLSConfig) -> None:
             for cert, key in pairs_in(d, folder):
                 check_pair(d, cert, key)
                 cfg.pairs.append((cert, key))
-    elif name in ("ca", "must_staple", "max_certs", "ask", "dns", "wildcard", "email"):
-        raise d.err(f"tls: {name}: {NO_ACME}")
+    elif name == "ca":
+        if len(args) != 1:
+            raise d.arg_err()
+        if not args[0].startswith(("https://", "http://")):
+            raise d.err(f"tls: ca {args[0]!r}: expected the ACME directory's URL")
+        cfg.ca = args[0]
+    elif name in ("must_staple", "max_certs", "ask", "dns", "wildcard", "email"):
+        raise d.err(f"tls: {name} {NOT_YET}")
     else:
         raise d.err(f"tls: unknown option {name!r}")
 

@@ -1,0 +1,221 @@
+"""AcmeManager: the web server's Issuer (meshkit.web.autotls). One task per host name:
+
+1. a stored certificate (meshkit.acme.storage) that is still valid and matches its key is
+   served at once (an expired one, or one whose key is not its own, is never served);
+2. a name without one, or within the renewal window (30 days before expiry, as Caddy v1),
+   gets a new certificate from the CA: the order runs in an executor thread (the `acme`
+   package blocks), the result is stored (0600) and swapped into every listener serving
+   the name, so renewals need no restart;
+3. then it sleeps until the next check (every 12 hours, or the renewal time if sooner).
+
+A failure (the CA unreachable, a rejected order, a failed challenge) is logged with what the
+CA said and retried with backoff (1 minute doubling to 1 hour; rate limits wait the hour);
+other names go on. Tests shorten the clocks with MESHKIT_ACME_RENEW_BEFORE,
+MESHKIT_ACME_CHECK_EVERY and MESHKIT_ACME_RETRY (Go durations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from meshkit.acme.client import Problem, Settings, check_pair, obtain
+from meshkit.acme.storage import Storage
+from meshkit.base.durations import parse_duration
+from meshkit.web.autotls import CertHub, Wanted
+
+__all__ = ["AcmeManager"]
+
+log = logging.getLogger("meshkit.acme")
+
+RENEW_BEFORE = 30 * 86400.0
+CHECK_EVERY = 12 * 3600.0
+RETRY_FIRST = 60.0
+RETRY_MAX = 3600.0
+
+
+T = TypeVar("T")
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
+    """fn(*args) in a daemon thread of its own: an order waiting on a silent CA (up to
+    -catimeout per request) neither holds the loop nor keeps the process from exiting on
+    SIGTERM, as a thread of the default executor would (it is joined at exit)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def done(result: T | None, exc: BaseException | None) -> None:
+        if fut.done():
+            return
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(done, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(done, result, None)
+
+    threading.Thread(target=run, name="meshkit-acme", daemon=True).start()
+    return await fut
+
+
+def _env(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return parse_duration(value, name) if value else default
+
+
+class AcmeManager:
+    def __init__(self, settings: Settings, root: Path | None = None) -> None:
+        self.settings = settings
+        self.root = root
+        self.renew_before = _env("MESHKIT_ACME_RENEW_BEFORE", RENEW_BEFORE)
+        self.check_every = _env("MESHKIT_ACME_CHECK_EVERY", CHECK_EVERY)
+        self.retry_first = _env("MESHKIT_ACME_RETRY", RETRY_FIRST)
+        self.hub: CertHub | None = None
+        self.tasks: dict[Wanted, asyncio.Task[None]] = {}
+
+    def start(self, hub: CertHub, names: Sequence[Wanted]) -> None:
+        self.hub = hub
+        self.update(names)
+
+    def update(self, names: Sequence[Wanted]) -> None:
+        want = set(names)
+        for w, task in list(self.tasks.items()):
+            if w not in want:
+                task.cancel()
+                del self.tasks[w]
+        loop = asyncio.get_running_loop()
+        for w in names:
+            if w not in self.tasks:
+                self.tasks[w] = loop.create_task(self._keep(w), name=f"acme {w.name}")
+
+    async def stop(self) -> None:
+        tasks = list(self.tasks.values())
+        self.tasks.clear()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+
+    def _settings(self, w: Wanted) -> Settings:
+        s = self.settings
+        if w.email or w.ca:
+            from dataclasses import replace
+
+            s = replace(s, email=w.email or s.email, ca=w.ca or s.ca)
+        return s
+
+    async def _keep(self, w: Wanted) -> None:
+        try:
+            await self._keep_inner(w)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug: say so; the other names go on
+            log.exception("ACME: managing the certificate of %s failed", w.name)
+
+    async def _keep_inner(self, w: Wanted) -> None:
+        assert self.hub is not None
+        hub = self.hub
+        loop = asyncio.get_running_loop()
+        settings = self._settings(w)
+        storage = Storage(settings.ca, self.root)
+        not_after = await loop.run_in_executor(None, self._load_stored, storage, w.name, hub)
+        delay = self.retry_first
+        while True:
+            now = time.time()
+            if not_after is None or now >= not_after - self.renew_before:
+                why = "has none" if not_after is None else "is due for renewal"
+                log.info("ACME: %s %s; asking %s", w.name, why, settings.ca)
+                try:
+                    chain, key, end = await in_daemon_thread(
+                        obtain, settings, storage, w.name, w.key_type, hub
+                    )
+                    await loop.run_in_executor(
+                        None, self._store, storage, w, settings, chain, key, end
+                    )
+                except Problem as exc:
+                    wait = RETRY_MAX if exc.rate_limited else delay
+                    log.error(
+                        "ACME: no certificate for %s: %s; retrying in %gs%s",
+                        w.name,
+                        exc,
+                        wait,
+                        "" if not_after is None else " (the current one is served meanwhile)",
+                    )
+                    await asyncio.sleep(wait)
+                    delay = min(delay * 2, RETRY_MAX)
+                    continue
+                not_after = end.timestamp()
+                delay = self.retry_first
+                log.info(
+                    "ACME: certificate for %s obtained, valid until %s; serving it",
+                    w.name,
+                    end.isoformat(),
+                )
+            wait = max(1.0, min(self.check_every, not_after - self.renew_before - time.time()))
+            await asyncio.sleep(wait)
+
+    def _load_stored(self, storage: Storage, name: str, hub: CertHub) -> float | None:
+        found = storage.load_site(name)
+        if found is None:
+            return None
+        chain, key, _meta = found
+        try:
+            end = check_pair(chain, key)
+        except ValueError as exc:
+            log.warning("ACME: the stored certificate of %s is not used (%s)", name, exc)
+            return None
+        if end <= datetime.datetime.now(datetime.timezone.utc):
+            log.warning(
+                "ACME: the stored certificate of %s expired at %s; not serving it",
+                name,
+                end.isoformat(),
+            )
+            return None
+        try:
+            hub.install([name], chain, key)
+        except Exception as exc:
+            log.warning("ACME: the stored certificate of %s cannot be loaded: %s", name, exc)
+            return None
+        log.info(
+            "ACME: serving the stored certificate of %s (valid until %s, %s)",
+            name,
+            end.isoformat(),
+            storage.site_dir(name),
+        )
+        return end.timestamp()
+
+    def _store(
+        self,
+        storage: Storage,
+        w: Wanted,
+        settings: Settings,
+        chain: bytes,
+        key: bytes,
+        end: datetime.datetime,
+    ) -> None:
+        assert self.hub is not None
+        self.hub.install([w.name], chain, key)
+        meta = {
+            "names": [w.name],
+            "ca": settings.ca,
+            "not_after": end.isoformat(),
+            "obtained": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        }
+        storage.save_site(w.name, chain, key, meta)

@@ -8,13 +8,8 @@ from typing import Any
 
 import pytest
 
-from meshkit.cli.stackfile import (
-    FilePlan,
-    Stack,
-    StackError,
-    interpolate,
-    load_stack,
-)
+from meshkit.cli.composefile import StackError, interpolate
+from meshkit.cli.stackfile import FilePlan, Stack, load_stack
 
 LABELS = {"com.docker.stack.namespace": "app", "meshkit.stack": "app"}
 

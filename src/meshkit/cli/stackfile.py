@@ -7,18 +7,10 @@ Nothing here talks to an agent; `meshkit.cli.stack` does the deploying, as docke
 compose loader and convert package sit in front of the swarm API.
 
 A compose file describes processes here, not images: a service runs `entrypoint` + `command`
-(or `x-meshkit-command`, which wins, so that one file can serve Docker and meshkit). Keys fall
-into four groups, all named by their path in errors and warnings:
-
-- translated: the keys of `SERVICE_KEYS` marked "use" and everything under `deploy`;
-- refused, "not supported yet" (what runs would differ from what the file says): `resources`,
-  `volumes`, `hostname`, `dns`, `network_mode`, a `stop_signal` other than SIGTERM, ...;
-- ignored with a warning (container-only settings, as `docker stack deploy` ignores `build`):
-  `cap_add`, `container_name`, `depends_on`, `restart`, `logging`, ...;
-
-and a key compose's version 3 schema does not have is an error, as Docker's schema check
-makes it. Every error names the file, the line and the path: `app.yml:12: services.web.cap_ad:
-unknown key`.
+(or `x-meshkit-command`, which wins, so that one file can serve Docker and meshkit). What each
+key does (translated, refused by name, ignored with a warning) is in
+meshkit.cli.composekeys; every error names the file, the line and the path: `app.yml:12:
+services.web.cap_ad: unknown key`.
 
 Top-level `secrets`/`configs` are planned as networks are: a `file:` one becomes a `FilePlan`
 to create (named `STACK_KEY`, or its `name:`; labelled with the stack) and an `external` one
@@ -39,10 +31,33 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from meshkit.base.durations import DurationError, parse_duration
-from meshkit.base.errors import InvalidValue, MeshkitError
+from meshkit.base.errors import InvalidValue
+from meshkit.cli.composefile import (
+    Doc,
+    Path,
+    StackError,
+    interpolate_tree,
+    label_map,
+    merge,
+    normalise_service,
+    parse_compose,
+)
+from meshkit.cli.composekeys import (
+    DEPLOY_KEYS,
+    FILE_KEYS,
+    HEALTH_KEYS,
+    IGNORED,
+    NETWORK_KEYS,
+    NOT_YET,
+    PLACEMENT_KEYS,
+    PORT_KEYS,
+    REF_KEYS,
+    RESTART_KEYS,
+    SERVICE_KEYS,
+    TOP_KEYS,
+    UPDATE_KEYS,
+)
 from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model.services import (
     ENDPOINT_MODES,
@@ -73,60 +88,6 @@ MESHKIT_LABEL = "meshkit.stack"
 
 STACK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SERVICE_KEY_RE = re.compile(r"^[A-Za-z0-9._-]+$")
-
-Path = tuple[str | int, ...]
-
-# -- what each key of a service does ---------------------------------------------------------
-USE = "use"
-NOT_YET = "not supported yet"
-IGNORED = "ignored: not supported"
-
-SERVICE_KEYS: dict[str, str] = {
-    # translated into the spec
-    "command": USE, "entrypoint": USE, "environment": USE, "env_file": USE, "working_dir": USE,
-    "user": USE, "deploy": USE, "ports": USE, "expose": USE, "networks": USE,
-    "healthcheck": USE, "stop_grace_period": USE, "stop_signal": USE, "image": USE,
-    "secrets": USE, "configs": USE,
-    # what runs would differ from the file: refused by name
-    "volumes": NOT_YET, "hostname": NOT_YET, "dns": NOT_YET, "dns_search": NOT_YET,
-    "network_mode": NOT_YET, "devices": NOT_YET, "extra_hosts": NOT_YET, "ulimits": NOT_YET,
-    "tmpfs": NOT_YET, "sysctls": NOT_YET, "userns_mode": NOT_YET, "pid": NOT_YET,
-    "ipc": NOT_YET, "privileged": NOT_YET, "read_only": NOT_YET, "shm_size": NOT_YET,
-    # container settings with no meaning for a process (Docker ignores several in stacks)
-    "build": IGNORED, "cap_add": IGNORED, "cap_drop": IGNORED, "cgroup_parent": IGNORED,
-    "container_name": IGNORED, "credential_spec": IGNORED, "depends_on": IGNORED,
-    "domainname": IGNORED, "external_links": IGNORED, "init": IGNORED, "isolation": IGNORED,
-    "labels": IGNORED, "links": IGNORED, "logging": IGNORED, "mac_address": IGNORED,
-    "restart": IGNORED, "security_opt": IGNORED, "stdin_open": IGNORED, "tty": IGNORED,
-}  # fmt: skip
-
-DEPLOY_KEYS = frozenset(
-    {
-        "mode", "replicas", "labels", "placement", "update_config", "rollback_config",
-        "restart_policy", "resources", "endpoint_mode",
-    }
-)  # fmt: skip
-UPDATE_KEYS = frozenset(
-    {"parallelism", "delay", "failure_action", "monitor", "max_failure_ratio", "order"}
-)
-RESTART_KEYS = frozenset({"condition", "delay", "max_attempts", "window"})
-HEALTH_KEYS = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
-PLACEMENT_KEYS = frozenset({"constraints", "preferences", "max_replicas_per_node"})
-PORT_KEYS = frozenset({"target", "published", "protocol", "mode"})
-NETWORK_KEYS = frozenset(
-    {"driver", "driver_opts", "ipam", "external", "internal", "attachable", "labels", "name"}
-)
-TOP_KEYS = frozenset({"version", "services", "networks", "volumes", "secrets", "configs"})
-FILE_KEYS = frozenset(
-    {"file", "external", "name", "labels", "driver", "driver_opts", "template_driver"}
-)
-REF_KEYS = frozenset({"source", "target", "uid", "gid", "mode"})
-
-
-class StackError(MeshkitError):
-    """A compose file that cannot be deployed; the message names the file, line and path."""
-
-    exit_code = 2
 
 
 @dataclass
@@ -168,209 +129,6 @@ class Stack:
 
 def stack_labels(stack: str) -> dict[str, str]:
     return {STACK_LABEL: stack, MESHKIT_LABEL: stack}
-
-
-# -- YAML with lines -------------------------------------------------------------------------
-
-_INT = re.compile(
-    r"""^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$""", re.X
-)
-_FLOAT = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?
-    |[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-
-
-class _Loader(yaml.SafeLoader):  # type: ignore[misc]
-    """YAML 1.1 as PyYAML reads it, minus base-60 numbers: `8080:80` stays text (Docker's
-    YAML reader never made it 484880), and duplicate keys are errors."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [
-        (tag, rx)
-        for tag, rx in resolvers
-        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-    ]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
-
-
-@dataclass
-class Doc:
-    """One parsed file: its data and, for each path in it, the line it starts on."""
-
-    name: str
-    data: dict[str, Any]
-    lines: dict[Path, int]
-
-
-def _walk_lines(node: yaml.Node, path: Path, out: dict[Path, int], name: str) -> None:
-    if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for key, value in node.value:
-            k = key.value if isinstance(key, yaml.ScalarNode) else str(key.value)
-            if k == "<<":
-                continue
-            if k in seen:
-                where = ".".join(str(p) for p in (*path, k))
-                raise StackError(f"{name}:{key.start_mark.line + 1}: {where}: duplicate key")
-            seen.add(k)
-            here = (*path, k)
-            out[here] = key.start_mark.line + 1
-            _walk_lines(value, here, out, name)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            here = (*path, i)
-            out[here] = value.start_mark.line + 1
-            _walk_lines(value, here, out, name)
-
-
-def parse_compose(name: str, text: str) -> Doc:
-    """One compose file's text -> Doc; StackError with the line when it is not YAML."""
-    try:
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            lines: dict[Path, int] = {}
-            if node is not None:
-                _walk_lines(node, (), lines, name)
-                data = loader.construct_document(node)
-            else:
-                data = None
-        finally:
-            loader.dispose()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise StackError(f"{name}{line}: not a YAML file: {exc.problem or exc}") from None
-    except yaml.YAMLError as exc:
-        raise StackError(f"{name}: not a YAML file: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise StackError(f"{name}:1: a compose file is a mapping of keys (version, services...)")
-    return Doc(name, data, lines)
-
-
-# -- interpolation ---------------------------------------------------------------------------
-
-_VAR = re.compile(r"\$(?:(?P<esc>\$)|\{(?P<braced>[^}]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*)|)")
-_BRACED = re.compile(
-    r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|-|:\?|\?|:\+|\+)(?P<arg>.*))?$", re.S
-)
-
-
-def interpolate(text: str, env: Mapping[str, str], warn: Callable[[str], None]) -> str:
-    """`${VAR}`, `$VAR`, `${VAR:-default}`, `${VAR-default}`, `${VAR:?error}`, `${VAR?error}`,
-    `${VAR:+alt}`, `${VAR+alt}`, and `$$` for a `$`, as compose does. ValueError when a
-    `${...}` is malformed or a required variable is missing."""
-
-    def one(m: re.Match[str]) -> str:
-        if m.group("esc"):
-            return "$"
-        name = m.group("named")
-        if name is not None:
-            return _lookup(name, env, warn)
-        braced = m.group("braced")
-        if braced is None:
-            raise ValueError(f"invalid interpolation format in {text!r}: a lone '$' (write $$)")
-        b = _BRACED.match(braced)
-        if b is None:
-            raise ValueError(f"invalid interpolation format in {text!r}: ${{{braced}}}")
-        name, op, arg = b.group("name"), b.group("op"), b.group("arg") or ""
-        value = env.get(name)
-        if op is None:
-            return _lookup(name, env, warn)
-        if op in (":-", "-"):
-            unset = value is None or (op == ":-" and value == "")
-            return arg if unset else str(value)
-        if op in (":?", "?"):
-            unset = value is None or (op == ":?" and value == "")
-            if unset:
-                raise ValueError(f"required variable {name} is missing a value: {arg}")
-            return str(value)
-        setv = value is not None and (op == "+" or value != "")
-        return arg if setv else ""
-
-    return _VAR.sub(one, text)
-
-
-def _lookup(name: str, env: Mapping[str, str], warn: Callable[[str], None]) -> str:
-    if name in env:
-        return str(env[name])
-    warn(f"The {name} variable is not set. Defaulting to a blank string.")
-    return ""
-
-
-def _interpolate_tree(
-    value: Any, path: Path, env: Mapping[str, str], where: Callable[[Path], str],
-    warnings: list[str],
-) -> Any:  # fmt: skip
-    if isinstance(value, str):
-        try:
-            return interpolate(value, env, lambda w: warnings.append(f"{where(path)}: {w}"))
-        except ValueError as exc:
-            raise StackError(f"{where(path)}: {exc}") from None
-    if isinstance(value, dict):
-        return {k: _interpolate_tree(v, (*path, k), env, where, warnings) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_interpolate_tree(v, (*path, i), env, where, warnings) for i, v in enumerate(value)]
-    return value
-
-
-# -- merging several files (later files override, as docker stack deploy -c A -c B) ----------
-
-
-def _merge(base: Any, over: Any, path: Path) -> Any:
-    if isinstance(base, dict) and isinstance(over, dict):
-        out = dict(base)
-        for k, v in over.items():
-            out[k] = _merge(base[k], v, (*path, k)) if k in base else v
-        return out
-    if (
-        isinstance(base, list)
-        and isinstance(over, list)
-        and len(path) == 3
-        and path[0] == "services"
-        and path[2] in ("ports", "expose", "secrets", "configs", "volumes", "dns")
-    ):
-        # lists Docker merges by entry: the base's entries the override does not repeat
-        return [b for b in base if b not in over] + list(over)
-    return over
-
-
-def _normalise_service(svc: Any) -> Any:
-    """Lists that are really maps (environment, labels, networks) as maps, so that merging
-    works per key."""
-    if not isinstance(svc, dict):
-        return svc
-    out = dict(svc)
-    if isinstance(out.get("environment"), list):
-        env: dict[str, Any] = {}
-        for item in out["environment"]:
-            k, eq, v = str(item).partition("=")
-            env[k] = v if eq else None
-        out["environment"] = env
-    if isinstance(out.get("networks"), list):
-        out["networks"] = {str(n): None for n in out["networks"]}
-    deploy = out.get("deploy")
-    if isinstance(deploy, dict) and isinstance(deploy.get("labels"), list):
-        deploy = dict(deploy)
-        deploy["labels"] = _label_map(deploy["labels"])
-        out["deploy"] = deploy
-    return out
-
-
-def _label_map(items: list[Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        k, _, v = str(item).partition("=")
-        out[k] = v
-    return out
 
 
 # -- the translation -------------------------------------------------------------------------
@@ -476,7 +234,7 @@ def _choice(ctx: _Ctx, value: Any, path: Path, choices: Sequence[str]) -> str:
 
 def _str_map(ctx: _Ctx, value: Any, path: Path) -> dict[str, str]:
     if isinstance(value, list):
-        value = _label_map(value)
+        value = label_map(value)
     out: dict[str, str] = {}
     for k, v in _mapping(ctx, value, path).items():
         out[str(k)] = "" if v is None else _text(ctx, v, (*path, k))
@@ -1003,10 +761,10 @@ def load_stack(
             raise ctx.error(
                 ("version",), f"version {version!r}: stack deploy reads compose file format 3"
             )
-        data = _interpolate_tree(data, (), env, ctx.where, ctx.warnings)
+        data = interpolate_tree(data, (), env, ctx.where, ctx.warnings)
         services = _mapping(ctx, data.get("services"), ("services",))
-        data["services"] = {k: _normalise_service(v) for k, v in services.items()}
-        merged = _merge(merged, data, ())
+        data["services"] = {k: normalise_service(v) for k, v in services.items()}
+        merged = merge(merged, data, ())
     services = _mapping(ctx, merged.get("services"), ("services",))
     if not services:
         raise ctx.error(("services",), "the stack has no services")

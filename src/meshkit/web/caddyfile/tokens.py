@@ -69,6 +69,7 @@ class Dispenser:
         self.tokens = tokens
         self.name = name or (tokens[0].text if tokens else "")
         self.cursor = -1
+        self._option = -1  # where block() last stopped on an option name
 
     # --- moving -------------------------------------------------------------------------
     def next(self) -> bool:
@@ -119,6 +120,7 @@ class Dispenser:
                 return
             if tok.text == "{" and not tok.quoted:
                 raise self.err("unexpected '{': blocks cannot be nested here")
+            self._option = self.cursor
             yield
         raise self.eof_err()
 
@@ -172,7 +174,24 @@ class Dispenser:
     # --- errors -------------------------------------------------------------------------
     def err(self, message: str) -> CaddyfileError:
         tok = self.token()
-        return CaddyfileError(tok.file, tok.line, message)
+        return CaddyfileError(tok.file, tok.line, message + self._leftover_hint())
+
+    def _leftover_hint(self) -> str:
+        """When the current token is an option name that an earlier option left unread on
+        its line, say so: `max_fails 2 3` fails on `3`, and the reason is `max_fails`."""
+        i = self.cursor
+        if i != self._option or i <= 0:
+            return ""
+        prev = self.tokens[i - 1]
+        if _brace(prev) or not same_line(prev, self.tokens[i]):
+            return ""
+        j = i - 1
+        while j > 0 and same_line(self.tokens[j - 1], self.tokens[j]) and not _brace(
+            self.tokens[j - 1]
+        ):
+            j -= 1
+        before = " ".join(t.text for t in self.tokens[j:i])
+        return f" (read as an option: it follows {before!r} on the same line)"
 
     def arg_err(self) -> CaddyfileError:
         """Wrong number or shape of arguments at the current token."""
@@ -180,7 +199,10 @@ class Dispenser:
         if tok.text == "{" and not tok.quoted:
             return CaddyfileError(tok.file, tok.line, "unexpected '{'")
         return CaddyfileError(
-            tok.file, tok.line, f"wrong argument count or unexpected line ending after {tok.text!r}"
+            tok.file,
+            tok.line,
+            f"wrong argument count or unexpected line ending after {tok.text!r}"
+            + self._leftover_hint(),
         )
 
     def syntax_err(self, expected: str) -> CaddyfileError:

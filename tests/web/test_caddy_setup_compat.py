@@ -92,8 +92,7 @@ def test_gzip_rejected(body: str) -> None:
         "proxy / localhost:8080 {\n fail_timeout 5s\n max_fails 2\n}",
         "proxy / localhost:8080 {\n health_check /health\n health_check_interval 10s\n"
         " health_check_timeout 20s\n health_check_port 8081\n}",
-        "proxy / localhost:8080 {\n header_upstream X-Custom value\n"
-        " header_downstream -Server\n}",
+        "proxy / localhost:8080 {\n header_upstream X-Custom value\n header_downstream -Server\n}",
         "proxy / localhost:8080 {\n transparent\n websocket\n insecure_skip_verify\n}",
         "proxy / localhost:8080 {\n without /api\n except /a /b\n}",
         "proxy / localhost:8080 { transparent websocket }",

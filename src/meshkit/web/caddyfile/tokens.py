@@ -186,8 +186,10 @@ class Dispenser:
         if _brace(prev) or not same_line(prev, self.tokens[i]):
             return ""
         j = i - 1
-        while j > 0 and same_line(self.tokens[j - 1], self.tokens[j]) and not _brace(
-            self.tokens[j - 1]
+        while (
+            j > 0
+            and same_line(self.tokens[j - 1], self.tokens[j])
+            and not _brace(self.tokens[j - 1])
         ):
             j -= 1
         before = " ".join(t.text for t in self.tokens[j:i])

@@ -213,12 +213,38 @@ def test_dispenser_block() -> None:
     assert not d.next()
 
 
-def test_dispenser_block_skips_unread_args() -> None:
+def test_dispenser_block_reads_unread_args_as_options() -> None:
+    # Caddy v1's NextBlock: a block is a token stream; what an option leaves unread on its
+    # line is the next option
     d = disp("h / {\n  a 1 2 3\n  b\n}\n")
     d.next()
     d.remaining_args()
     got = [d.val() for _ in d.block()]
-    assert got == ["a", "b"]
+    assert got == ["a", "1", "2", "3", "b"]
+
+
+def test_dispenser_block_on_one_line_and_brace_on_option_line() -> None:
+    for src in ("g { level 9 }\n", "g {\n level 9 }\n", "g {\n level 9\n}\n"):
+        d = disp(src)
+        d.next()
+        got = []
+        for _ in d.block():
+            got.append((d.val(), d.arg()))
+        assert got == [("level", "9")], src
+        assert not d.next()
+
+
+def test_dispenser_arg_stops_at_braces() -> None:
+    d = disp("g {\n level }\n")
+    d.next()
+    for _ in d.block():
+        with pytest.raises(CaddyfileError, match="after 'level'"):
+            d.arg()
+        assert d.remaining_args() == []
+    d = disp("g { }\n")
+    d.next()
+    assert list(d.block()) == []
+    assert not d.next()
 
 
 def test_dispenser_block_errors() -> None:

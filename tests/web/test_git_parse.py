@@ -136,7 +136,13 @@ def test_local_repo_path_made_absolute(tmp_path: Path) -> None:
         ("    git r {\n        hook_type gitlab\n    }", 4, "unknown hook_type 'gitlab'"),
         ("    git r {\n        hook_type generic\n    }", 5, "hook_type without a hook"),
         ("    git r {\n        branch -x\n    }", 4, "invalid branch name '-x'"),
-        ("    git r {\n        branch a b\n    }", 4, "branch takes exactly one value"),
+        (
+            "    git r {\n        branch a b\n    }",
+            4,
+            "unknown git property 'b' (expecting repo, path, branch, key, interval, hook, "
+            "hook_type, then or then_long) (read as an option: it follows 'branch a' on the "
+            "same line)",
+        ),
         ("    git r {\n        then\n    }", 4, "wrong argument count"),
         ('    git r {\n        then "echo \'oops"\n    }', 4, "cannot split command"),
         ("    git r {\n        key /nonexistent/key\n    }", 5, "key file /nonexistent/key not"),

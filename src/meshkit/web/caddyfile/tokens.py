@@ -48,6 +48,10 @@ def same_line(cur: Token, nxt: Token) -> bool:
     )
 
 
+def _brace(tok: Token, which: str = "{}") -> bool:
+    return not tok.quoted and tok.text in which and len(tok.text) == 1
+
+
 class CaddyfileError(MeshkitError):
     """A Caddyfile mistake: the message names the file, the line and the token."""
 
@@ -65,7 +69,7 @@ class Dispenser:
         self.tokens = tokens
         self.name = name or (tokens[0].text if tokens else "")
         self.cursor = -1
-        self._nesting = 0
+        self._option = -1  # where block() last stopped on an option name
 
     # --- moving -------------------------------------------------------------------------
     def next(self) -> bool:
@@ -76,16 +80,15 @@ class Dispenser:
         return False
 
     def next_arg(self) -> bool:
-        """Move to the next token only if it is on the same line (and is not an opening
-        brace); False at the end of the line."""
+        """Move to the next token only if it is on the same line and is an argument (not an
+        unquoted brace); False at the end of the line. Caddy v1's NextArg also stepped onto
+        braces, which made `level }` read `}` as the level: here a brace is never an argument."""
         if self.cursor < 0:
             return self.next()
         if self.cursor >= len(self.tokens) - 1:
             return False
         cur, nxt = self.tokens[self.cursor], self.tokens[self.cursor + 1]
-        if not same_line(cur, nxt):
-            return False
-        if nxt.text == "{" and not nxt.quoted:
+        if not same_line(cur, nxt) or _brace(nxt):
             return False
         self.cursor += 1
         return True
@@ -103,8 +106,12 @@ class Dispenser:
         return False
 
     def block(self) -> Iterator[None]:
-        """Iterate the lines of a `{ ... }` block that opens at the end of the current line,
-        leaving the cursor on the first token of each block line. No block: no iterations."""
+        """Caddy v1's NextBlock as an iterator: when a `{` follows on the current line, enter
+        the block and stop on each option name until the matching `}`. A block is a stream
+        of tokens, not of lines: `gzip { level 9 }` is one block, a `}` may end an option's
+        line, and whatever an option leaves unread on its line is read as the next option
+        (`health_check / health_check_port 9002` is two options; `max_fails 2 3` reads `3`
+        as an option, which is then unknown). No block, or `{ }`: no iterations."""
         if not self._open_block():
             return
         while self.next():
@@ -113,19 +120,15 @@ class Dispenser:
                 return
             if tok.text == "{" and not tok.quoted:
                 raise self.err("unexpected '{': blocks cannot be nested here")
+            self._option = self.cursor
             yield
-            # skip whatever the directive left unread on this block line
-            while self.next_arg():
-                pass
         raise self.eof_err()
 
     def _open_block(self) -> bool:
         if self.cursor >= len(self.tokens) - 1:
             return False
         cur, nxt = self.tokens[self.cursor], self.tokens[self.cursor + 1]
-        if nxt.text != "{" or nxt.quoted:
-            return False
-        if not same_line(cur, nxt):
+        if not _brace(nxt, "{") or not same_line(cur, nxt):
             return False
         self.cursor += 1
         return True
@@ -155,7 +158,14 @@ class Dispenser:
             out.append(self.val())
         return out
 
+    def arg(self) -> str:
+        """The next argument on this line (Caddy's `if !NextArg() { return ArgErr() }`)."""
+        if not self.next_arg():
+            raise self.arg_err()
+        return self.val()
+
     def remaining_args(self) -> list[str]:
+        """Every argument left on this line, up to a brace or the end of the line."""
         out: list[str] = []
         while self.next_arg():
             out.append(self.val())
@@ -164,7 +174,26 @@ class Dispenser:
     # --- errors -------------------------------------------------------------------------
     def err(self, message: str) -> CaddyfileError:
         tok = self.token()
-        return CaddyfileError(tok.file, tok.line, message)
+        return CaddyfileError(tok.file, tok.line, message + self._leftover_hint())
+
+    def _leftover_hint(self) -> str:
+        """When the current token is an option name that an earlier option left unread on
+        its line, say so: `max_fails 2 3` fails on `3`, and the reason is `max_fails`."""
+        i = self.cursor
+        if i != self._option or i <= 0:
+            return ""
+        prev = self.tokens[i - 1]
+        if _brace(prev) or not same_line(prev, self.tokens[i]):
+            return ""
+        j = i - 1
+        while (
+            j > 0
+            and same_line(self.tokens[j - 1], self.tokens[j])
+            and not _brace(self.tokens[j - 1])
+        ):
+            j -= 1
+        before = " ".join(t.text for t in self.tokens[j:i])
+        return f" (read as an option: it follows {before!r} on the same line)"
 
     def arg_err(self) -> CaddyfileError:
         """Wrong number or shape of arguments at the current token."""
@@ -172,7 +201,10 @@ class Dispenser:
         if tok.text == "{" and not tok.quoted:
             return CaddyfileError(tok.file, tok.line, "unexpected '{'")
         return CaddyfileError(
-            tok.file, tok.line, f"wrong argument count or unexpected line ending after {tok.text!r}"
+            tok.file,
+            tok.line,
+            f"wrong argument count or unexpected line ending after {tok.text!r}"
+            + self._leftover_hint(),
         )
 
     def syntax_err(self, expected: str) -> CaddyfileError:

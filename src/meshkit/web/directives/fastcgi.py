@@ -131,11 +131,13 @@ def parse(d: Dispenser, site: Site) -> FastCGIConfig:
             rule.index = ["index.php"]
         for _ in d.block():
             name = d.val()
-            more = d.remaining_args()
+            # one-value options read one token (Caddy's NextArg); the others the whole line
+            one = name in ("root", "ext", "connect_timeout", "read_timeout", "send_timeout")
+            more = [] if one else d.remaining_args()
             if name == "root":
-                rule.root = _one(d, more)
+                rule.root = d.arg()
             elif name == "ext":
-                rule.ext = _extension(d, _one(d, more), "ext")
+                rule.ext = _extension(d, d.arg(), "ext")
             elif name == "split":
                 if not more:
                     raise d.arg_err()
@@ -158,7 +160,7 @@ def parse(d: Dispenser, site: Site) -> FastCGIConfig:
             elif name == "upstream":
                 rule.endpoints.append(_endpoint(d, _one(d, more)))
             elif name in ("connect_timeout", "read_timeout", "send_timeout"):
-                text = _one(d, more)
+                text = d.arg()
                 try:
                     seconds = parse_duration(text, name)
                 except DurationError as exc:

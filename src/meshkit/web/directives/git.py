@@ -107,7 +107,16 @@ def _one(d: Dispenser, name: str, args: list[str]) -> str:
 
 def _read_block_line(d: Dispenser, draft: _Draft) -> None:
     name = d.val()
-    args = d.remaining_args()
+    # one-value options read one token, as Caddy's git plugin does (NextArg): what follows on
+    # the line is the next option
+    if name in ("repo", "path", "branch", "key", "interval", "hook_type"):
+        args = [d.arg()]
+    elif name == "hook":
+        args = [d.arg()]
+        if d.next_arg():
+            args.append(d.val())
+    else:
+        args = d.remaining_args()
     if name == "repo":
         draft.repo = _one(d, name, args)
     elif name == "path":

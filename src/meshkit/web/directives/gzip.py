@@ -113,7 +113,7 @@ def parse(d: Dispenser, site: Site) -> GzipConfig:
         rule = GzipRule()
         for _ in d.block():
             name = d.val()
-            more = d.remaining_args()
+            more = d.remaining_args() if name in ("ext", "not") else []
             if name == "ext":
                 if not more:
                     raise d.arg_err()
@@ -132,8 +132,7 @@ def parse(d: Dispenser, site: Site) -> GzipConfig:
                         raise d.err(f"gzip: invalid path {path!r} (must start with /)")
                     rule.not_paths.append(path)
             elif name == "level":
-                if len(more) != 1:
-                    raise d.arg_err()
+                more = [d.arg()]
                 try:
                     level = int(more[0])
                 except ValueError:
@@ -142,8 +141,7 @@ def parse(d: Dispenser, site: Site) -> GzipConfig:
                     raise d.err(f"gzip: level must be 1-9, not {more[0]!r}")
                 rule.level = level
             elif name == "min_length":
-                if len(more) != 1:
-                    raise d.arg_err()
+                more = [d.arg()]
                 try:
                     length = int(more[0])
                 except ValueError:

@@ -37,10 +37,7 @@ def parse(d: Dispenser, site: Site) -> dict[str, str]:
         for _ in d.block():
             seen = True
             ext = d.val()
-            rest = d.remaining_args()
-            if len(rest) != 1:
-                raise d.arg_err()
-            _add(d, out, ext, rest[0])
+            _add(d, out, ext, d.arg())  # one value: `.a x/a .b x/b` is two entries
         if not seen:
             raise d.arg_err()
     site.mime.update(out)

@@ -122,10 +122,12 @@ def _block_line(d: Dispenser, site: Site, rule: ProxyRule) -> None:
         if policy not in POLICIES:
             raise d.err(f"unknown policy {policy!r} (expecting one of {', '.join(POLICIES)})")
         rule.policy = policy
+        # Caddy v1 reads one optional argument after any policy (the header policy's name)
+        arg = d.val() if d.next_arg() else None
         if policy == "header":
-            rule.policy_header = _one(d)
-        elif d.next_arg():
-            raise d.arg_err()
+            if arg is None:
+                raise d.arg_err()
+            rule.policy_header = arg
     elif name in ("fail_timeout", "try_duration", "try_interval", "timeout"):
         setattr(rule, name, parse_duration(d, name, _one(d)))
     elif name in ("health_check_interval", "health_check_timeout"):
@@ -163,8 +165,7 @@ def _block_line(d: Dispenser, site: Site, rule: ProxyRule) -> None:
             raise d.arg_err()
         _add_upstreams(d, site, rule, texts)
     elif name in ("transparent", "websocket", "insecure_skip_verify"):
-        if d.next_arg():
-            raise d.arg_err()
+        # no arguments: a token after one on its line is the next option, as in Caddy
         setattr(rule, name, True)
     else:
         raise d.err(f"unknown proxy property {name!r}")

@@ -97,10 +97,9 @@ def parse(d: Dispenser, site: Site) -> RewriteConfig:
         rule = RewriteRule(base=args[0] if args else "/")
         for _ in d.block():
             name = d.val()
-            more = d.remaining_args()
+            one = name in ("r", "regexp", "if_op")  # one value (Caddy: NextArg)
+            more = [d.arg()] if one else d.remaining_args()
             if name in ("r", "regexp"):
-                if len(more) != 1:
-                    raise d.arg_err()
                 rule.regexp = _regexp(d, more[0])
             elif name == "to":
                 if not more:

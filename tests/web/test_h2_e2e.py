@@ -196,6 +196,14 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_POST(self) -> None:
+        data = self.rfile.read(int(self.headers["Content-Length"]))
+        body = f"got {len(data)} {hashlib.sha256(data).hexdigest()}\n".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def log_message(self, format: str, *args: object) -> None:
         pass
 
@@ -269,6 +277,12 @@ def test_proxy_to_http11_upstream_and_basicauth_canonical_path(
     try:
         r = curl(port, ca, "/api/x?y=1", "--http2", "-w", " %{http_version}")
         assert r.stdout == f"proto=https host=a.test:{port} path=/api/x?y=1\n 2".encode(), r.stderr
+        # a request body bigger than the stream's window: credit given back as it is read
+        upload = tmp_path / "upload.bin"
+        upload.write_bytes(os.urandom(300_000))
+        r = curl(port, ca, "/api/up", "--http2", "--data-binary", f"@{upload}")
+        digest = hashlib.sha256(upload.read_bytes()).hexdigest()
+        assert r.stdout == f"got 300000 {digest}\n".encode(), r.stderr
         r = curl(port, ca, "//secret/s.txt", "--http2", "--path-as-is", "-w", "%{http_code}")
         assert r.stdout.endswith(b"401"), r.stdout
         r = curl(port, ca, "/secret/s.txt", "--http2", "-u", "bob:hunter2")

@@ -437,6 +437,7 @@ class H2Connection:
         )
         st = _Stream(sid, request, body)
         self._streams[sid] = st
+        self._active_since = server._now
         self.requests += 1
         if status:
             self._respond(st, Response.error(status))
@@ -792,6 +793,8 @@ class H2Connection:
     reloaded = begin_shutdown  # a reload: clients reconnect to the new configuration
 
     def _maybe_done(self) -> None:
+        if not self._streams:
+            self._active_since = self._server._now  # idle from the last stream's end
         if self._goaway_at is not None and not self._streams and not self._closing:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self._goaway_at)

@@ -22,6 +22,9 @@ from meshkit.base.errors import FlagError
 web_app = typer.Typer()
 
 
+_BOOLS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
+
+
 def _port(value: str, flag: str = "-port") -> int:
     if not value.isdigit() or not 0 < int(value) < 65536:
         raise FlagError(flag, value, "expected a port number from 1 to 65535")
@@ -153,6 +156,15 @@ def web(
             help="No ACME TLS-ALPN-01.",
         ),
     ] = False,
+    http2: Annotated[
+        str,
+        typer.Option(
+            "-http2",
+            "--http2",
+            metavar="BOOL",
+            help="Offer HTTP/2 (h2 by ALPN) on HTTPS ports: true or false, as in -http2=false.",
+        ),
+    ] = "true",
 ) -> None:
     """Serve sites from a Caddyfile."""
     from meshkit.base.durations import parse_duration
@@ -169,6 +181,8 @@ def web(
     ca_timeout = parse_duration(catimeout, "-catimeout")
     if ca_timeout <= 0:
         raise FlagError("-catimeout", catimeout, "must be more than 0")
+    if http2.lower() not in _BOOLS:
+        raise FlagError("-http2", http2, "expected true or false")
     from meshkit.web import app
 
     options = app.WebOptions(
@@ -184,6 +198,7 @@ def web(
         ),
         pidfile=pidfile,
         grace=parse_duration(grace, "-grace"),
+        http2=_BOOLS[http2.lower()],
     )
     if not validate:
         app.configure_logging(log)

@@ -75,6 +75,7 @@ class WebOptions:
     # and the challenge answers go; None: ACME sites are an error at plan()
     issuer: Issuer | None = None
     hub: CertHub | None = None
+    http2: bool = True  # `-http2`: offer h2 by ALPN on HTTPS ports
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -135,6 +136,7 @@ def plan(
     config: Config,
     build: Callable[[Site], Handler] = build_chain,
     hub: CertHub | None = None,
+    http2: bool = True,
 ) -> dict[int, PortPlan]:
     """port -> the routes (each site's chain, built now) and the header limit of that port.
     Raises MeshkitError when a site's handlers cannot be built. `hub`: where automatic-HTTPS
@@ -176,7 +178,7 @@ def plan(
                         lines.get(address.port, limits.header_line), limits.header_line
                     )
     for port, sites in secure.items():
-        ports[port].tls = build_listener(sites, hub)
+        ports[port].tls = build_listener(sites, hub, http2=http2)
     _add_https_redirects(config, ports)
     if hub is not None and hub.http_challenge and any(p.tls and p.tls.auto for p in ports.values()):
         http = ports.setdefault(config.http_port, PortPlan(config.http_port, [], 0))
@@ -351,7 +353,7 @@ class WebApp:
             config = await loop.run_in_executor(None, self.load)
             for w in config.warnings:
                 log.warning("%s", w)
-            ports = plan(config, hub=self.options.hub)
+            ports = plan(config, hub=self.options.hub, http2=self.options.http2)
         except CaddyfileErrors as exc:
             for e in exc.errors:
                 log.error("reload failed, keeping the running configuration: %s", e)
@@ -445,7 +447,7 @@ def remove_pidfile(path: str) -> None:
 
 async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> int:
     """Run until a signal ends the process; returns the exit code."""
-    ports = plan(config, hub=options.hub)
+    ports = plan(config, hub=options.hub, http2=options.http2)
     app = WebApp(options)
     loop = asyncio.get_running_loop()
     reloads: set[asyncio.Task[bool]] = set()

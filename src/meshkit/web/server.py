@@ -34,13 +34,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import logging
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from meshkit.base.errors import MeshkitError
 from meshkit.web.connection import Connection
+from meshkit.web.h2conn import H2Connection
 from meshkit.web.message import Handler
 from meshkit.web.reqbody import BadRequestBody
 from meshkit.web.respcache import ResponseCache
@@ -102,7 +105,7 @@ class HttpServer:
         self._cache = ResponseCache()
         self._caching = bool(getattr(handler, "validated_responses", False))
         self._listeners: list[socket.socket] = []
-        self._conns: set[Connection] = set()
+        self._conns: set[Connection | H2Connection] = set()
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._sweeper: asyncio.TimerHandle | None = None
         self._shutting = False
@@ -173,6 +176,9 @@ class HttpServer:
         self._handler = handler
         self._caching = bool(getattr(handler, "validated_responses", False))
         self._cache.clear()
+        for conn in list(self._conns):
+            if isinstance(conn, H2Connection):
+                conn.reloaded()  # GOAWAY: its client reconnects to the new configuration
 
     async def listen(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
         """Accept connections on host:port ("" or "0.0.0.0" for every IPv4 address, "::" for
@@ -261,8 +267,21 @@ class HttpServer:
                 tsock = TlsSocket(sock, self._tls)
                 conn = Connection(self, self._loop, tsock, tsock, remote, local)  # type: ignore[arg-type]
                 conn._scheme = "https"
+                tsock.on_h2 = functools.partial(self._take_h2, conn)
             self._conns.add(conn)
             conn.start()
+
+    def _take_h2(self, conn: Connection, tsock: TlsSocket) -> Callable[[bytes], None]:
+        """ALPN chose h2 on conn's socket: an H2Connection (meshkit.web.h2conn) takes it over;
+        conn is dropped without closing the socket."""
+        conn._unwatch()
+        self._conns.discard(conn)
+        remote = (conn._remote_addr, conn._remote_port)
+        local = (conn._local_addr, conn._local_port)
+        h2c = H2Connection(self, self._loop, tsock, remote, local)
+        self._conns.add(h2c)
+        h2c.start()
+        return h2c.data_received
 
     def _pause_accepting(self, delay: float) -> None:
         for lsock in self._listeners:

@@ -60,13 +60,14 @@ class TlsListener:
     auto: set[str] = field(default_factory=set)
     auto_cfg: TLSConfig | None = None
     challenges: dict[str, object] = field(default_factory=dict)
+    http2: bool = True  # offer h2 by ALPN (`-http2`)
 
     def __hash__(self) -> int:  # held in a WeakSet by the hub
         return id(self)
 
     def put(self, name: str, cert_pem: bytes, key_pem: bytes) -> None:
         """Serve this pair for `name` from the next handshake on (any thread)."""
-        ctx = _context(self.auto_cfg or TLSConfig())
+        ctx = _context(self.auto_cfg or TLSConfig(), self.http2)
         _load(ctx, cert_pem, key_pem)
         self.by_name[name] = ctx
 
@@ -139,7 +140,7 @@ def challenge_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     return ctx
 
 
-def _context(cfg: TLSConfig) -> ssl.SSLContext:
+def _context(cfg: TLSConfig, http2: bool = True) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = PROTOCOLS[cfg.min_version]
     ctx.maximum_version = PROTOCOLS[cfg.max_version]
@@ -148,7 +149,7 @@ def _context(cfg: TLSConfig) -> ssl.SSLContext:
         ctx.set_ciphers(":".join(cfg.ciphers))
     if cfg.curve:
         ctx.set_ecdh_curve(cfg.curve)
-    ctx.set_alpn_protocols(cfg.alpn)
+    ctx.set_alpn_protocols(cfg.alpn if http2 else [p for p in cfg.alpn if p != "h2"])
     if cfg.client_mode:
         # Python's ssl verifies a client certificate whenever it asks for one: `request`
         # and `verify_if_given` both verify a certificate that is given
@@ -192,11 +193,15 @@ class CertSource(Protocol):
 
 
 def build_listener(
-    sites: list[tuple[list[str], TLSConfig]], hub: CertSource | None = None
+    sites: list[tuple[list[str], TLSConfig]],
+    hub: CertSource | None = None,
+    *,
+    http2: bool = True,
 ) -> TlsListener:
     """The contexts of one HTTPS port from its sites (their host names and `tls` configs),
     in order. Raises MeshkitError when a certificate cannot be loaded. ACME sites' names
-    are left to `hub` (meshkit.web.autotls), which must be given when there are any."""
+    are left to `hub` (meshkit.web.autotls), which must be given when there are any.
+    `http2`: offer h2 by ALPN where a site's `alpn` lists it (the default does)."""
     contexts: list[ssl.SSLContext] = []
     by_name: dict[str, ssl.SSLContext] = {}
     auto: set[str] = set()
@@ -209,14 +214,14 @@ def build_listener(
         try:
             mine: list[tuple[ssl.SSLContext, list[str]]] = []
             for cert, key in cfg.pairs:
-                ctx = _context(cfg)
+                ctx = _context(cfg, http2)
                 ctx.load_cert_chain(cert, key)
                 own = _names_of(cert)
                 # `tls CERT KEY` serves the site's names whatever the certificate says
                 names = own if (cert, key) != (cfg.cert, cfg.key) else [*hosts, *own]
                 mine.append((ctx, names))
             if cfg.self_signed:
-                ctx = _context(cfg)
+                ctx = _context(cfg, http2)
                 _load(ctx, *self_signed_pair(hosts, cfg.key_type))
                 mine.append((ctx, list(hosts)))
         except (ssl.SSLError, OSError) as exc:
@@ -230,8 +235,8 @@ def build_listener(
     if not contexts:
         if auto_cfg is None:
             raise MeshkitError("an HTTPS port without a certificate")
-        contexts.append(_context(auto_cfg))  # no certificate: a TLS alert until one comes
-    listener = TlsListener(contexts[0], by_name, auto, auto_cfg)
+        contexts.append(_context(auto_cfg, http2))  # no certificate: a TLS alert until one comes
+    listener = TlsListener(contexts[0], by_name, auto, auto_cfg, http2=http2)
 
     def on_sni(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         ctx = listener.pick(name)

@@ -14,6 +14,10 @@ the plain path pays nothing for TLS:
   TLS). Ciphertext the socket does not take waits in `_pending`, and SEND_AGAIN is returned
   until it has gone, so the output path's write jobs finish only once their bytes are out;
 - shutdown(how): close_notify, then the socket's own shutdown; close(), fileno().
+
+When the handshake chose `h2` by ALPN and `on_h2` is set, recv() calls it once (the server
+moves the connection to meshkit.web.h2conn), hands the plaintext of that read to the feed it
+returns and raises BlockingIOError to the HTTP/1.1 connection that had been reading.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import logging
 import os
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from meshkit.web.sendfile import SEND_AGAIN, SEND_DONE, SEND_TRUNCATED
@@ -43,7 +48,7 @@ class TlsSocket:
     compiled = False
     tls = True
 
-    __slots__ = ("_in", "_obj", "_out", "_pending", "_raw", "_ready", "_wclosed")
+    __slots__ = ("_in", "_obj", "_out", "_pending", "_raw", "_ready", "_wclosed", "on_h2")
 
     def __init__(self, raw: socket.socket, ctx: ssl.SSLContext) -> None:
         self._raw = raw
@@ -53,6 +58,9 @@ class TlsSocket:
         self._pending = b""  # ciphertext the socket has not taken yet
         self._ready = False  # the handshake is done
         self._wclosed = False  # close_notify sent: what arrives now is discarded by the caller
+        # called once when ALPN chose h2: takes the connection over, returns where the
+        # plaintext goes from then on (see the module)
+        self.on_h2: Callable[[TlsSocket], Callable[[bytes], None]] | None = None
 
     def fileno(self) -> int:
         return self._raw.fileno()
@@ -68,6 +76,7 @@ class TlsSocket:
         if not data or self._wclosed:
             return data
         obj = self._obj
+        taker = None
         if not self._ready:
             if data[:5] in _HTTP_STARTS and self._obj.pending() == 0 and not self._in.pending:
                 self._answer_plain_http()
@@ -83,6 +92,8 @@ class TlsSocket:
                 log.debug("TLS handshake failed: %s", exc)
                 raise ConnectionAbortedError(f"TLS handshake failed: {exc}") from None
             self._ready = True
+            if self.on_h2 is not None and obj.selected_alpn_protocol() == "h2":
+                taker = self.on_h2(self)
         else:
             self._in.write(data)
         parts = []
@@ -100,6 +111,10 @@ class TlsSocket:
                 break
             parts.append(chunk)
         self._flush()  # TLS 1.3 session tickets, alerts
+        if taker is not None:
+            if parts:
+                taker(b"".join(parts))
+            raise BlockingIOError
         if not parts:
             raise BlockingIOError
         return parts[0] if len(parts) == 1 else b"".join(parts)

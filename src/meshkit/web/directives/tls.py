@@ -10,7 +10,7 @@
         curves NAME                 # one of x25519 p256 p384 p521 (Python's ssl sets one)
         key_type p256|p384|rsa2048|rsa4096   # for self_signed (default p256)
         clients [request|require|verify_if_given] CA_FILE...
-        alpn PROTO...               # default http/1.1 (HTTP/2 is not available yet)
+        alpn PROTO...               # default h2 http/1.1 (h2 only while -http2 is on)
         load DIR                    # every certificate/key pair found in the folder
         ca URL                      # the ACME directory (automatic HTTPS)
     }
@@ -80,7 +80,8 @@ class TLSConfig:
     key_type: str = "p256"
     client_mode: str = ""  # "" (no client certificates), request, require, verify_if_given
     client_cas: list[str] = field(default_factory=list)
-    alpn: list[str] = field(default_factory=lambda: ["http/1.1"])
+    # offered in this order; "h2" is dropped when `meshkit web -http2=false`
+    alpn: list[str] = field(default_factory=lambda: ["h2", "http/1.1"])
     where: str = ""  # file:line of the first tls line, for messages about the port
     # automatic HTTPS: certificates from an ACME CA (meshkit.web.autotls)
     acme: bool = False
@@ -251,8 +252,6 @@ def _option(d: Dispenser, cfg: TLSConfig) -> None:
     elif name == "alpn":
         if not args:
             raise d.arg_err()
-        if "h2" in args:
-            raise d.err("tls: alpn h2: HTTP/2 is not available yet (offer http/1.1)")
         cfg.alpn = args
     elif name == "load":
         if not args:

@@ -1,0 +1,913 @@
+"""HTTP/2 over TLS (h2, chosen by ALPN): one connection, an I/O shell around the sans-IO `h2`
+library (python-hyper), which does the framing, HPACK, SETTINGS, flow-control accounting and
+stream states. This module reads and writes the TLS socket (meshkit.web.tlssock), turns each
+stream into a Request for the same handlers as HTTP/1.1, and writes Responses back as HEADERS
+and DATA within the peer's flow-control windows.
+
+- Requests: the path goes through the same canonical parsing as HTTP/1.1
+  (http1.parse_target), so matchers and the file server see one form; the head limits are the
+  server's (fields, field line, total), answered with 431 on that stream; `cookie` fields are
+  joined as RFC 9113 8.2.3 says; `Host` comes from `:authority`; version "2.0" (`{proto}` is
+  HTTP/2.0). Bodies are read through H2Body, which returns flow-control credit as the handler
+  reads (so a slow handler slows its client down, not the server's memory).
+- Responses: bytes, files (read with pread in 64 KiB pieces: no sendfile under TLS) and
+  streams, sent round-robin across streams as the windows allow; HEAD, 204 and 304 get HEADERS
+  only. Trailers a client sends are ignored.
+- Limits: MAX_STREAMS concurrent streams (more are refused with RST_STREAM REFUSED_STREAM);
+  MAX_HEADER_LIST bytes of header list (431; a block past _HPACK_CAP is a connection error);
+  rapid reset (CVE-2023-44487) and SETTINGS/PING floods: each has a token bucket of
+  FLOOD_BURST events refilled at FLOOD_RATE a second (at most 200 in any 10 s); a client
+  past it gets GOAWAY ENHANCE_YOUR_CALM and the connection closes.
+- Shutdown and reload: GOAWAY (graceful: streams already open finish, newer ones are refused),
+  then the final GOAWAY and close once they have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import re
+import socket
+import time
+from collections import deque
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
+
+from meshkit.web import http1
+from meshkit.web.http1 import HttpError
+from meshkit.web.message import (
+    BodyTooLarge,
+    EmptyBody,
+    FileBody,
+    Headers,
+    Request,
+    Response,
+)
+from meshkit.web.output import _cancel, _complete, _discard_body, _release, _server_error
+from meshkit.web.reqbody import BadRequestBody
+from meshkit.web.sendfile import SEND_AGAIN
+
+__all__ = ["FLOOD_BURST", "FLOOD_RATE", "MAX_HEADER_LIST", "MAX_STREAMS", "H2Connection"]
+
+log = logging.getLogger("meshkit.web")
+
+MAX_STREAMS = 250  # SETTINGS_MAX_CONCURRENT_STREAMS
+_H2_STREAM_CAP = 1000  # h2's own bound (a connection error); we refuse past MAX_STREAMS
+MAX_HEADER_LIST = 65536  # SETTINGS_MAX_HEADER_LIST_SIZE (bytes as RFC 9113 counts them)
+_HPACK_CAP = 4 * MAX_HEADER_LIST  # a header block past this is a connection error
+FLOOD_BURST = 100  # resets (or SETTINGS, or PINGs) a client may send at once...
+FLOOD_RATE = 10.0  # ...and then per second
+_WINDOW = 1 << 20  # our connection receive window (streams keep the 64 KiB default)
+_RECV = 65536
+_CHUNK = 65536  # file bytes per pread
+_OUT_HIGH = 256 * 1024  # plaintext waiting for the socket before streams stop producing
+_STREAM_BUF = 256 * 1024  # bytes a streamed body may queue before its producer waits
+_LINGER = 1.0  # seconds to read and drop input after the last GOAWAY, before closing
+_BAD = re.compile("[\r\n\0]")
+_BAD_NAME = re.compile("[^!#$%&'*+.^_`|~0-9a-z-]")  # a token (RFC 9110), lower-case
+_HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te"}
+)
+
+
+class _Bucket:
+    """A token bucket: `take()` is False once more than the burst was taken faster than the
+    rate gives back."""
+
+    __slots__ = ("_at", "_tokens")
+
+    def __init__(self) -> None:
+        self._tokens = float(FLOOD_BURST)
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(FLOOD_BURST, self._tokens + (now - self._at) * FLOOD_RATE)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class H2Body:
+    """A request body arriving as DATA frames (meshkit.web.message.Body)."""
+
+    def __init__(self, conn: H2Connection, stream_id: int, length: int | None) -> None:
+        self.limit: int | None = None
+        self._conn = conn
+        self._sid = stream_id
+        self._length = length
+        self._chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self._read = 0
+        self._done = False
+        self._exc: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+
+    @property
+    def length(self) -> int | None:
+        return self._length
+
+    @property
+    def done(self) -> bool:
+        return self._done or self._exc is not None
+
+    async def read(self, max_bytes: int = 65536) -> bytes:
+        if self.limit is not None and self._length is not None and self._length > self.limit:
+            raise BodyTooLarge(self.limit)
+        while not self._chunks and not self._done:
+            if self._exc is not None:
+                raise self._exc
+            fut = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(fut, self._conn._server._read_timeout)
+            except asyncio.TimeoutError:
+                self._conn._reset(self._sid, ErrorCodes.CANCEL)
+                raise ConnectionResetError("the client sent no body bytes in time") from None
+            finally:
+                self._waiter = None
+        if not self._chunks:
+            return b""
+        chunk = self._chunks[0]
+        if len(chunk) > max_bytes:
+            self._chunks[0] = chunk[max_bytes:]
+            chunk = chunk[:max_bytes]
+        else:
+            self._chunks.popleft()
+        n = len(chunk)
+        self.buffered -= n
+        self._read += n
+        if self.limit is not None and self._read > self.limit:
+            raise BodyTooLarge(self.limit)
+        self._conn._consumed(self._sid, n)
+        return chunk
+
+    async def read_all(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            chunk = await self.read()
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+
+    def feed(self, data: bytes) -> None:
+        if data:
+            self._chunks.append(data)
+            self.buffered += len(data)
+            self._wake()
+
+    def finish(self) -> None:
+        self._done = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        if not self._done:
+            self._exc = exc
+            self._wake()
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+
+class _Stream:
+    """One request and its response's progress."""
+
+    __slots__ = (
+        "body",
+        "chunks",
+        "closed",
+        "eof",
+        "file",
+        "id",
+        "queued",
+        "release",
+        "request",
+        "response",
+        "sent",
+        "source",
+        "task",
+        "waiter",
+    )
+
+    def __init__(self, sid: int, request: Request, body: H2Body | None) -> None:
+        self.id = sid
+        self.request = request
+        self.body = body
+        self.response: Response | None = None
+        self.task: asyncio.Future[Any] | None = None  # the handler's
+        self.source: asyncio.Task[None] | None = None  # pulling a streamed response body
+        self.chunks: deque[bytes] = deque()  # response bytes not framed yet
+        self.queued = 0
+        self.file: list[int] | None = None  # [fd, offset, left] of a file body
+        self.release: Any = None
+        self.eof = False  # nothing more will be queued
+        self.sent = 0
+        self.closed = False
+        self.waiter: asyncio.Future[None] | None = None
+
+
+class H2Connection:
+    """One HTTP/2 connection on a TLS socket the server owns (see the module)."""
+
+    def __init__(
+        self,
+        server: Any,
+        loop: asyncio.AbstractEventLoop,
+        tsock: Any,
+        remote: tuple[str, int],
+        local: tuple[str, int],
+    ) -> None:
+        self._server = server
+        self._loop = loop
+        self._sock = tsock
+        self._fd = tsock.fileno()
+        self._remote = remote
+        self._local = local
+        config = h2.config.H2Configuration(
+            client_side=False,
+            header_encoding=None,
+            # _fields() already makes response fields lower-case, trimmed and free of CR,
+            # LF and NUL, and drops connection-specific ones: h2's own pass over them costs a
+            # fifth of a small response (inbound fields are still validated by h2)
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
+        conn = self._h2 = h2.connection.H2Connection(config)
+        values = {
+            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            SettingCodes.ENABLE_PUSH: 0,
+        }
+        conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
+        self._streams: dict[int, _Stream] = {}
+        self._sending: dict[int, _Stream] = {}  # streams with bytes to frame, in turn
+        self._wbuf = b""
+        self._reading = False
+        self._writing = False
+        self._write_since = 0.0
+        self._closing = False  # final GOAWAY written: input is discarded until close
+        self._closed = False
+        self._goaway_at: int | None = None  # last stream id of a graceful GOAWAY sent
+        self._resets = _Bucket()
+        self._settings = _Bucket()
+        self._pings = _Bucket()
+        self._active_since = loop.time()
+        self._seen_frames = False
+        self.requests = 0
+
+    # ------------------------------------------------------------------ start, read
+
+    def start(self) -> None:
+        conn = self._h2
+        conn.initiate_connection()  # our SETTINGS, as advertised above
+        # What h2 enforces itself: past these it is a connection error; we refuse streams
+        # past MAX_STREAMS (RST_STREAM) and answer 431 past MAX_HEADER_LIST before that.
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                SettingCodes.MAX_CONCURRENT_STREAMS: _H2_STREAM_CAP,
+                SettingCodes.MAX_HEADER_LIST_SIZE: _HPACK_CAP,
+                SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        conn.decoder.max_header_list_size = _HPACK_CAP
+        conn.increment_flow_control_window(_WINDOW - 65535)
+        self._reading = True
+        self._loop.add_reader(self._fd, self._on_readable)
+        self._write()
+
+    def _on_readable(self) -> None:
+        try:
+            data = self._sock.recv(_RECV)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._abort()
+            return
+        if not data:
+            self._abort() if self._closing or self._streams else self._close()
+            return
+        if not self._closing:
+            self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        self._seen_frames = True
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued the GOAWAY with the error's code
+            log.debug("HTTP/2 protocol error from %s: %s", self._remote[0], exc)
+            self._fail_streams()
+            self._write()
+            self._close()
+            return
+        for event in events:
+            if self._closing:
+                break
+            self._on_event(event)
+        if not self._closing:
+            self._pump()
+            self._write()
+            self._update_reading()
+
+    def _on_event(self, ev: Any) -> None:
+        t = type(ev)
+        if t is h2.events.RequestReceived:
+            self._on_request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+        elif t is h2.events.DataReceived:
+            st = self._streams.get(ev.stream_id)
+            flow = ev.flow_controlled_length or 0
+            if st is not None and st.body is not None and not st.body.done:
+                st.body.feed(ev.data)
+                pad = flow - len(ev.data)
+                if pad > 0:
+                    self._consumed(ev.stream_id, pad)
+            elif flow:
+                self._consumed(ev.stream_id, flow)
+        elif t is h2.events.StreamEnded:
+            st = self._streams.get(ev.stream_id)
+            if st is not None and st.body is not None:
+                st.body.finish()
+        elif t is h2.events.StreamReset:
+            if not self._resets.take():
+                self._calm("rapid reset")
+                return
+            st = self._streams.get(ev.stream_id)
+            if st is not None:
+                self._drop(st, ConnectionResetError("the client reset the stream"))
+        elif t is h2.events.RemoteSettingsChanged:
+            if not self._settings.take():
+                self._calm("SETTINGS flood")
+        elif t is h2.events.PingReceived:
+            if not self._pings.take():
+                self._calm("PING flood")
+        elif t is h2.events.ConnectionTerminated:
+            # the client's GOAWAY: h2 sends nothing more on this connection
+            self._fail_streams()
+            self._close()
+        # WindowUpdated, PriorityUpdated, TrailersReceived, SettingsAcknowledged: the pump
+        # that follows every read covers what they change
+
+    def _update_reading(self) -> None:
+        want = not self._closed and not (self._writing and len(self._wbuf) >= _OUT_HIGH)
+        if want and not self._reading:
+            self._reading = True
+            self._loop.add_reader(self._fd, self._on_readable)
+        elif not want and self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    # ------------------------------------------------------------------ requests
+
+    def _on_request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
+        if self._goaway_at is not None and sid > self._goaway_at:
+            self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            return
+        if len(self._streams) >= MAX_STREAMS:
+            self._refuse(sid)
+            return
+        server = self._server
+        method = path = authority = b""
+        items: list[tuple[str, str]] = []
+        cookies: list[str] = []
+        size = 0
+        status = 0
+        line_max = server._max_field_line
+        for name, value in raw:
+            size += len(name) + len(value) + 32
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                continue
+            if len(name) + len(value) + 2 > line_max:
+                status = 431
+            if name == b"cookie":
+                cookies.append(value.decode("latin-1"))
+                continue
+            items.append((name.decode("latin-1"), value.decode("latin-1")))
+        if cookies:
+            items.append(("cookie", "; ".join(cookies)))
+        if len(items) > server._max_fields or size > min(MAX_HEADER_LIST, server._header_limit):
+            status = 431
+        mname = method.decode("latin-1")
+        host = authority.decode("latin-1")
+        headers = Headers(items)
+        if host:
+            if "host" not in headers:
+                headers.add("host", host)
+        else:
+            host = headers.get("host") or ""
+        length: int | None = None
+        cl = headers.get("content-length")
+        if cl is not None:
+            length = int(cl) if cl.isdigit() else None  # h2 checks it against the DATA
+        body = None if ended else H2Body(self, sid, length)
+        st: _Stream
+        target_path = query = ""
+        if not status:
+            try:
+                if mname == "CONNECT":
+                    raise HttpError(405, "CONNECT over HTTP/2")
+                target = http1.parse_target(path, mname)
+                target_path, query = target.path, target.query
+            except HttpError as exc:
+                status = exc.status
+        request = Request(
+            mname,
+            path.decode("latin-1"),
+            target_path,
+            query,
+            "2.0",
+            headers,
+            body if body is not None else EmptyBody(),
+            "https",
+            host,
+            str(self._remote[0]),
+            int(self._remote[1]),
+            str(self._local[0]),
+            int(self._local[1]),
+            time.time(),
+        )
+        st = _Stream(sid, request, body)
+        self._streams[sid] = st
+        self._active_since = server._now
+        self.requests += 1
+        if status:
+            self._respond(st, Response.error(status))
+            return
+        try:
+            result = server._handler(request)
+        except Exception as exc:
+            result = _answer_for(exc, request)
+        if isinstance(result, Response):
+            self._respond(st, result)
+        elif isinstance(result, asyncio.Future):
+            st.task = result
+            result.add_done_callback(functools.partial(self._result_done, st))
+        else:
+            task = st.task = self._loop.create_task(_await(result))
+            task.add_done_callback(functools.partial(self._result_done, st))
+
+    def _refuse(self, sid: int) -> None:
+        self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+        if not self._resets.take():  # a client that keeps opening past the limit
+            self._calm("streams past the limit")
+
+    def _result_done(self, st: _Stream, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or st.closed:
+            if not fut.cancelled() and fut.exception() is None:
+                result = fut.result()
+                if isinstance(result, Response):
+                    _discard_body(result.body)
+            return
+        exc = fut.exception()
+        if exc is None:
+            result = fut.result()
+            if isinstance(result, Response):
+                response = result
+            else:
+                log.error("handler returned %s, not a Response", type(result).__name__)
+                response = _server_error()
+        else:
+            response = _answer_for(exc, st.request)
+        self._respond(st, response)
+        self._pump()
+        self._write()
+
+    # ------------------------------------------------------------------ responses
+
+    def _respond(self, st: _Stream, response: Response) -> None:
+        st.response = response
+        if st.closed:
+            _discard_body(response.body)
+            return
+        request = st.request
+        status = response.status
+        body = response.body
+        if response.upgrade is not None or status == 101:
+            _discard_body(body)
+            response = st.response = Response.error(501)
+            status, body = 501, response.body
+        send_body = request.method != "HEAD" and status >= 200 and status not in (204, 304)
+        length: int | None
+        if isinstance(body, bytes | bytearray | memoryview):
+            length = len(body)
+        elif isinstance(body, FileBody):
+            length = body.length
+        else:
+            cl = getattr(body, "content_length", None)
+            length = cl if type(cl) is int and cl >= 0 else None
+        try:
+            fields = _fields(status, response.headers, length)
+        except ValueError:
+            log.error("response to %s %s has CR/LF in a header", request.method, request.uri)
+            _discard_body(body)
+            self._respond(st, _server_error())
+            return
+        conn = self._h2
+        try:
+            if not send_body or length == 0:
+                _discard_body(body)
+                conn.send_headers(st.id, fields, end_stream=True)
+                self._finish(st)
+                return
+            conn.send_headers(st.id, fields)
+        except h2.exceptions.ProtocolError as exc:  # the stream closed under us
+            log.debug("HTTP/2 stream %d: %s", st.id, exc)
+            _discard_body(body)
+            self._drop(st, None)
+            return
+        if isinstance(body, bytes | bytearray | memoryview):
+            st.chunks.append(bytes(body))
+            st.queued = len(body)
+            st.eof = True
+        elif isinstance(body, FileBody):
+            st.release = body.release
+            if body.data is not None:
+                st.chunks.append(body.data)
+                st.queued = len(body.data)
+            else:
+                st.file = [body.fd, body.offset, body.length]
+            st.eof = True
+        else:
+            st.source = self._loop.create_task(self._pull(st, body, length))
+        self._sending[st.id] = st
+
+    async def _pull(self, st: _Stream, body: Any, length: int | None) -> None:
+        """Queue a streamed response body's pieces for the pump."""
+        total = 0
+        ok = False
+        try:
+            async for chunk in body:
+                if st.closed:
+                    break
+                if not chunk:
+                    continue
+                total += len(chunk)
+                if length is not None and total > length:
+                    break
+                st.chunks.append(bytes(chunk))
+                st.queued += len(chunk)
+                self._sending[st.id] = st
+                self._pump()
+                self._write()
+                while st.queued > _STREAM_BUF and not st.closed:
+                    st.waiter = self._loop.create_future()
+                    await st.waiter
+            else:
+                ok = length is None or total == length
+        except asyncio.CancelledError:
+            if not st.closed:
+                raise
+        except Exception:
+            if not st.closed:
+                log.exception("response body of %s %s failed", st.request.method, st.request.uri)
+        finally:
+            st.waiter = None
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None and not ok:
+                with contextlib.suppress(Exception):
+                    await aclose()
+        st.source = None
+        if st.closed:
+            return
+        if not ok:
+            self._reset(st.id, ErrorCodes.INTERNAL_ERROR)
+        else:
+            st.eof = True
+            self._sending[st.id] = st
+        self._pump()
+        self._write()
+
+    def _pump(self) -> None:
+        """Frame queued response bytes, round-robin over the streams, within the windows."""
+        conn = self._h2
+        produced = 0
+        while self._sending and not self._writing and not self._closing:
+            progress = False
+            for st in list(self._sending.values()):
+                if st.closed:
+                    self._sending.pop(st.id, None)
+                    continue
+                try:
+                    window = conn.local_flow_control_window(st.id)
+                except h2.exceptions.ProtocolError:
+                    self._drop(st, None)
+                    continue
+                n = min(window, conn.max_outbound_frame_size)
+                piece = b""
+                if n > 0:
+                    if not st.chunks and st.file is not None and not self._read_file(st):
+                        continue
+                    if st.chunks:
+                        head = st.chunks[0]
+                        if len(head) <= n:
+                            piece = st.chunks.popleft()
+                        else:
+                            piece = head[:n]
+                            st.chunks[0] = head[n:]
+                        st.queued -= len(piece)
+                last = st.eof and not st.chunks and st.file is None
+                if piece or last:
+                    try:
+                        conn.send_data(st.id, piece, end_stream=last)
+                    except h2.exceptions.ProtocolError:
+                        self._drop(st, None)
+                        continue
+                    st.sent += len(piece)
+                    produced += len(piece)
+                    progress = True
+                    w = st.waiter
+                    if w is not None and st.queued <= _STREAM_BUF // 2 and not w.done():
+                        w.set_result(None)
+                if last:
+                    self._sending.pop(st.id, None)
+                    self._finish(st)
+                elif not st.chunks and st.file is None:
+                    self._sending.pop(st.id, None)  # a stream waiting for its producer
+            if not progress:
+                break
+            if produced >= _OUT_HIGH:
+                produced = 0
+                self._write()
+
+    def _read_file(self, st: _Stream) -> bool:
+        fd, off, left = st.file  # type: ignore[misc]
+        try:
+            chunk = os.pread(fd, min(left, _CHUNK), off)
+        except OSError:
+            chunk = b""
+        if not chunk:  # the file got shorter than its Content-Length
+            self._reset(st.id, ErrorCodes.INTERNAL_ERROR)
+            return False
+        n = len(chunk)
+        st.chunks.append(chunk)
+        st.queued += n
+        if left - n <= 0:
+            st.file = None
+        else:
+            st.file = [fd, off + n, left - n]
+        return True
+
+    def _finish(self, st: _Stream) -> None:
+        """The response went out whole (framed: the bytes follow through _write)."""
+        st.closed = True
+        self._streams.pop(st.id, None)
+        self._sending.pop(st.id, None)
+        self._let_go(st)
+        body = st.body
+        if body is not None and not body.done:
+            # the client is still sending a body nobody reads: stop it (RFC 9113 8.1)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.reset_stream(st.id, ErrorCodes.NO_ERROR)
+            body.fail(ConnectionResetError("response sent before the body was read"))
+        if st.response is not None:
+            _complete(st.request, st.response, st.sent)
+        self._maybe_done()
+
+    def _let_go(self, st: _Stream) -> None:
+        body = st.body
+        if body is not None and body.buffered:
+            self._consumed(st.id, body.buffered)  # credit for what nobody will read
+            body.buffered = 0
+        if st.release is not None:
+            _release(FileBody(-1, 0, 0, 0, release=st.release))
+            st.release = None
+        st.file = None
+        st.chunks.clear()
+        w = st.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _drop(self, st: _Stream, exc: BaseException | None) -> None:
+        """The stream ended before its response did (a reset from either side)."""
+        if st.closed:
+            return
+        st.closed = True
+        self._streams.pop(st.id, None)
+        self._sending.pop(st.id, None)
+        if st.task is not None and not st.task.done():
+            _cancel(self._loop, st.task)
+        if st.source is not None and not st.source.done():
+            _cancel(self._loop, st.source)
+        if st.body is not None:
+            st.body.fail(exc or ConnectionResetError("stream closed"))
+        self._let_go(st)
+        if st.response is not None:
+            _complete(st.request, st.response, st.sent)
+        self._maybe_done()
+
+    def _reset(self, sid: int, code: ErrorCodes) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.reset_stream(sid, code)
+        st = self._streams.get(sid)
+        if st is not None:
+            self._drop(st, ConnectionResetError("stream reset"))
+        self._write()
+
+    def _consumed(self, sid: int, n: int) -> None:
+        if n <= 0 or self._closing:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
+            self._h2.acknowledge_received_data(n, sid)
+        if not self._writing:
+            self._write()  # the WINDOW_UPDATE
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self) -> None:
+        data = self._h2.data_to_send()
+        if data:
+            self._wbuf = self._wbuf + data if self._wbuf else data
+        if self._writing or self._closed or not self._wbuf:
+            return
+        self._send()
+
+    def _send(self) -> None:
+        try:
+            sent, status = self._sock.send_bytes(self._fd, self._wbuf, 0)
+        except OSError:
+            self._abort()
+            return
+        self._wbuf = self._wbuf[sent:] if sent < len(self._wbuf) else b""
+        if status == SEND_AGAIN or self._wbuf:
+            if not self._writing:
+                self._writing = True
+                self._write_since = self._loop.time()
+                self._loop.add_writer(self._fd, self._on_writable)
+                self._update_reading()
+        elif self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+            self._update_reading()
+
+    def _on_writable(self) -> None:
+        self._write_since = self._loop.time()
+        self._send()
+        if not self._writing and not self._closed:
+            if self._closing:
+                self._finish_close()
+                return
+            self._pump()
+            self._write()
+
+    # ------------------------------------------------------------------ ending
+
+    def _calm(self, what: str) -> None:
+        log.warning(
+            "HTTP/2 client %s:%s cut off (%s): GOAWAY ENHANCE_YOUR_CALM",
+            self._remote[0],
+            self._remote[1],
+            what,
+        )
+        self._fail_streams()
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
+        self._close()
+
+    def _fail_streams(self) -> None:
+        for st in list(self._streams.values()):
+            self._drop(st, ConnectionResetError("connection closed"))
+
+    def begin_shutdown(self) -> None:
+        """Graceful GOAWAY: open streams finish, new ones are refused; then close."""
+        if self._closing or self._closed:
+            return
+        if self._goaway_at is None:
+            last = self._h2.highest_inbound_stream_id
+            self._goaway_at = last
+            self._write()  # what h2 has queued goes first
+            frame = GoAwayFrame(0, last_stream_id=last, error_code=ErrorCodes.NO_ERROR)
+            self._wbuf += frame.serialize()
+            if not self._writing:
+                self._send()
+        self._maybe_done()
+
+    reloaded = begin_shutdown  # a reload: clients reconnect to the new configuration
+
+    def _maybe_done(self) -> None:
+        if not self._streams:
+            self._active_since = self._server._now  # idle from the last stream's end
+        if self._goaway_at is not None and not self._streams and not self._closing:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.close_connection(ErrorCodes.NO_ERROR, last_stream_id=self._goaway_at)
+            self._close()
+
+    def _close(self) -> None:
+        """Write what is queued (the final GOAWAY), then close after a short linger."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self._write()
+        if not self._writing:
+            self._finish_close()
+
+    def _finish_close(self) -> None:
+        if self._closed:
+            return
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_WR)
+        # keep reading (and dropping) for a moment, so the client reads the GOAWAY rather
+        # than a reset
+        self._loop.call_later(_LINGER, self._abort)
+
+    def check_deadline(self, now: float) -> None:
+        if self._closed:
+            return
+        server = self._server
+        if self._writing:
+            if now - self._write_since > server._idle_timeout:
+                self._abort()
+            return
+        if self._streams:
+            self._active_since = now
+            return
+        limit = server._idle_timeout if self._seen_frames else server._header_timeout
+        if now - self._active_since > limit:
+            if self._closing:
+                self._abort()
+            else:
+                self.begin_shutdown()
+
+    def _abort(self) -> None:
+        if self._closed:
+            return
+        self._fail_streams()
+        self._closed = True
+        self._closing = True
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        self._server._conn_closed(self)
+
+
+async def _await(result: Any) -> Any:
+    return await result
+
+
+def _answer_for(exc: BaseException, request: Request) -> Response:
+    if isinstance(exc, BodyTooLarge):
+        response = Response.error(413)
+        return response
+    if isinstance(exc, BadRequestBody):
+        return Response.error(400)
+    if isinstance(exc, ConnectionResetError):
+        return Response.error(400)
+    log.error(
+        "handler failed for %s %s", request.method, request.uri, exc_info=(type(exc), exc, None)
+    )
+    return _server_error()
+
+
+def _fields(status: int, headers: Headers, length: int | None) -> list[tuple[bytes, bytes]]:
+    """The response's HEADERS: `:status`, the handler's fields (lower-case, without the
+    connection-specific ones), Server and Date unless set, Content-Length when known."""
+    out = [(b":status", str(status).encode())]
+    has_server = has_date = has_length = False
+    for name, value in headers:
+        low = name.lower()
+        if low in _HOP:
+            continue
+        if low == "server":
+            has_server = True
+            if not value:
+                continue
+        elif low == "date":
+            has_date = True
+        elif low == "content-length":
+            has_length = True
+        if _BAD.search(value) or _BAD_NAME.search(low) or not low:
+            raise ValueError("CR, LF or NUL inside a response header")
+        out.append(
+            (low.encode("latin-1", "replace"), value.strip(" \t").encode("latin-1", "replace"))
+        )
+    if not has_server:
+        out.append((b"server", b"meshkit"))
+    if not has_date:
+        out.append((b"date", http1.http_date().encode()))
+    if length is not None and not has_length and http1.length_header_allowed(status):
+        out.append((b"content-length", str(length).encode()))
+    return out

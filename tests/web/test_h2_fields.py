@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshkit.web.h2conn import _fields
+from meshkit.web.h2stream import response_fields as _fields
 from meshkit.web.message import Headers
 
 

@@ -29,10 +29,8 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import socket
 import time
-from collections import deque
 from typing import Any
 
 import h2.config
@@ -45,9 +43,17 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
 from meshkit.web import http1
+from meshkit.web.h2stream import (
+    FLOOD_BURST,
+    FLOOD_RATE,
+    Bucket,
+    H2Body,
+    Stream,
+    answer_for,
+    response_fields,
+)
 from meshkit.web.http1 import HttpError
 from meshkit.web.message import (
-    BodyTooLarge,
     EmptyBody,
     FileBody,
     Headers,
@@ -55,7 +61,6 @@ from meshkit.web.message import (
     Response,
 )
 from meshkit.web.output import _cancel, _complete, _discard_body, _release, _server_error
-from meshkit.web.reqbody import BadRequestBody
 from meshkit.web.sendfile import SEND_AGAIN
 
 __all__ = ["FLOOD_BURST", "FLOOD_RATE", "MAX_HEADER_LIST", "MAX_STREAMS", "H2Connection"]
@@ -66,158 +71,12 @@ MAX_STREAMS = 250  # SETTINGS_MAX_CONCURRENT_STREAMS
 _H2_STREAM_CAP = 1000  # h2's own bound (a connection error); we refuse past MAX_STREAMS
 MAX_HEADER_LIST = 65536  # SETTINGS_MAX_HEADER_LIST_SIZE (bytes as RFC 9113 counts them)
 _HPACK_CAP = 4 * MAX_HEADER_LIST  # a header block past this is a connection error
-FLOOD_BURST = 100  # resets (or SETTINGS, or PINGs) a client may send at once...
-FLOOD_RATE = 10.0  # ...and then per second
 _WINDOW = 1 << 20  # our connection receive window (streams keep the 64 KiB default)
 _RECV = 65536
 _CHUNK = 65536  # file bytes per pread
 _OUT_HIGH = 256 * 1024  # plaintext waiting for the socket before streams stop producing
 _STREAM_BUF = 256 * 1024  # bytes a streamed body may queue before its producer waits
 _LINGER = 1.0  # seconds to read and drop input after the last GOAWAY, before closing
-_BAD = re.compile("[\r\n\0]")
-_BAD_NAME = re.compile("[^!#$%&'*+.^_`|~0-9a-z-]")  # a token (RFC 9110), lower-case
-_HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te"}
-)
-
-
-class _Bucket:
-    """A token bucket: `take()` is False once more than the burst was taken faster than the
-    rate gives back."""
-
-    __slots__ = ("_at", "_tokens")
-
-    def __init__(self) -> None:
-        self._tokens = float(FLOOD_BURST)
-        self._at = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(FLOOD_BURST, self._tokens + (now - self._at) * FLOOD_RATE)
-        self._at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
-
-
-class H2Body:
-    """A request body arriving as DATA frames (meshkit.web.message.Body)."""
-
-    def __init__(self, conn: H2Connection, stream_id: int, length: int | None) -> None:
-        self.limit: int | None = None
-        self._conn = conn
-        self._sid = stream_id
-        self._length = length
-        self._chunks: deque[bytes] = deque()
-        self.buffered = 0
-        self._read = 0
-        self._done = False
-        self._exc: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    @property
-    def length(self) -> int | None:
-        return self._length
-
-    @property
-    def done(self) -> bool:
-        return self._done or self._exc is not None
-
-    async def read(self, max_bytes: int = 65536) -> bytes:
-        if self.limit is not None and self._length is not None and self._length > self.limit:
-            raise BodyTooLarge(self.limit)
-        while not self._chunks and not self._done:
-            if self._exc is not None:
-                raise self._exc
-            fut = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(fut, self._conn._server._read_timeout)
-            except asyncio.TimeoutError:
-                self._conn._reset(self._sid, ErrorCodes.CANCEL)
-                raise ConnectionResetError("the client sent no body bytes in time") from None
-            finally:
-                self._waiter = None
-        if not self._chunks:
-            return b""
-        chunk = self._chunks[0]
-        if len(chunk) > max_bytes:
-            self._chunks[0] = chunk[max_bytes:]
-            chunk = chunk[:max_bytes]
-        else:
-            self._chunks.popleft()
-        n = len(chunk)
-        self.buffered -= n
-        self._read += n
-        if self.limit is not None and self._read > self.limit:
-            raise BodyTooLarge(self.limit)
-        self._conn._consumed(self._sid, n)
-        return chunk
-
-    async def read_all(self) -> bytes:
-        parts: list[bytes] = []
-        while True:
-            chunk = await self.read()
-            if not chunk:
-                return b"".join(parts)
-            parts.append(chunk)
-
-    def feed(self, data: bytes) -> None:
-        if data:
-            self._chunks.append(data)
-            self.buffered += len(data)
-            self._wake()
-
-    def finish(self) -> None:
-        self._done = True
-        self._wake()
-
-    def fail(self, exc: BaseException) -> None:
-        if not self._done:
-            self._exc = exc
-            self._wake()
-
-    def _wake(self) -> None:
-        w = self._waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-
-class _Stream:
-    """One request and its response's progress."""
-
-    __slots__ = (
-        "body",
-        "chunks",
-        "closed",
-        "eof",
-        "file",
-        "id",
-        "queued",
-        "release",
-        "request",
-        "response",
-        "sent",
-        "source",
-        "task",
-        "waiter",
-    )
-
-    def __init__(self, sid: int, request: Request, body: H2Body | None) -> None:
-        self.id = sid
-        self.request = request
-        self.body = body
-        self.response: Response | None = None
-        self.task: asyncio.Future[Any] | None = None  # the handler's
-        self.source: asyncio.Task[None] | None = None  # pulling a streamed response body
-        self.chunks: deque[bytes] = deque()  # response bytes not framed yet
-        self.queued = 0
-        self.file: list[int] | None = None  # [fd, offset, left] of a file body
-        self.release: Any = None
-        self.eof = False  # nothing more will be queued
-        self.sent = 0
-        self.closed = False
-        self.waiter: asyncio.Future[None] | None = None
 
 
 class H2Connection:
@@ -240,7 +99,7 @@ class H2Connection:
         config = h2.config.H2Configuration(
             client_side=False,
             header_encoding=None,
-            # _fields() already makes response fields lower-case, trimmed and free of CR,
+            # response_fields() already makes response fields lower-case, trimmed and free of CR,
             # LF and NUL, and drops connection-specific ones: h2's own pass over them costs a
             # fifth of a small response (inbound fields are still validated by h2)
             validate_outbound_headers=False,
@@ -253,8 +112,8 @@ class H2Connection:
             SettingCodes.ENABLE_PUSH: 0,
         }
         conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
-        self._streams: dict[int, _Stream] = {}
-        self._sending: dict[int, _Stream] = {}  # streams with bytes to frame, in turn
+        self._streams: dict[int, Stream] = {}
+        self._sending: dict[int, Stream] = {}  # streams with bytes to frame, in turn
         self._wbuf = b""
         self._reading = False
         self._writing = False
@@ -262,14 +121,18 @@ class H2Connection:
         self._closing = False  # final GOAWAY written: input is discarded until close
         self._closed = False
         self._goaway_at: int | None = None  # last stream id of a graceful GOAWAY sent
-        self._resets = _Bucket()
-        self._settings = _Bucket()
-        self._pings = _Bucket()
+        self._resets = Bucket()
+        self._settings = Bucket()
+        self._pings = Bucket()
         self._active_since = loop.time()
         self._seen_frames = False
         self.requests = 0
 
     # ------------------------------------------------------------------ start, read
+
+    @property
+    def read_timeout(self) -> float:
+        return float(self._server._read_timeout)
 
     def start(self) -> None:
         conn = self._h2
@@ -420,7 +283,7 @@ class H2Connection:
         if cl is not None:
             length = int(cl) if cl.isdigit() else None  # h2 checks it against the DATA
         body = None if ended else H2Body(self, sid, length)
-        st: _Stream
+        st: Stream
         target_path = query = ""
         if not status:
             try:
@@ -446,7 +309,7 @@ class H2Connection:
             int(self._local[1]),
             time.time(),
         )
-        st = _Stream(sid, request, body)
+        st = Stream(sid, request, body)
         self._streams[sid] = st
         self._active_since = server._now
         self.requests += 1
@@ -456,7 +319,7 @@ class H2Connection:
         try:
             result = server._handler(request)
         except Exception as exc:
-            result = _answer_for(exc, request)
+            result = answer_for(exc, request)
         if isinstance(result, Response):
             self._respond(st, result)
         elif isinstance(result, asyncio.Future):
@@ -471,7 +334,7 @@ class H2Connection:
         if not self._resets.take():  # a client that keeps opening past the limit
             self._calm("streams past the limit")
 
-    def _result_done(self, st: _Stream, fut: asyncio.Future[Any]) -> None:
+    def _result_done(self, st: Stream, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or st.closed:
             if not fut.cancelled() and fut.exception() is None:
                 result = fut.result()
@@ -487,14 +350,14 @@ class H2Connection:
                 log.error("handler returned %s, not a Response", type(result).__name__)
                 response = _server_error()
         else:
-            response = _answer_for(exc, st.request)
+            response = answer_for(exc, st.request)
         self._respond(st, response)
         self._pump()
         self._write()
 
     # ------------------------------------------------------------------ responses
 
-    def _respond(self, st: _Stream, response: Response) -> None:
+    def _respond(self, st: Stream, response: Response) -> None:
         st.response = response
         if st.closed:
             _discard_body(response.body)
@@ -516,7 +379,7 @@ class H2Connection:
             cl = getattr(body, "content_length", None)
             length = cl if type(cl) is int and cl >= 0 else None
         try:
-            fields = _fields(status, response.headers, length)
+            fields = response_fields(status, response.headers, length)
         except ValueError:
             log.error("response to %s %s has CR/LF in a header", request.method, request.uri)
             _discard_body(body)
@@ -551,7 +414,7 @@ class H2Connection:
             st.source = self._loop.create_task(self._pull(st, body, length))
         self._sending[st.id] = st
 
-    async def _pull(self, st: _Stream, body: Any, length: int | None) -> None:
+    async def _pull(self, st: Stream, body: Any, length: int | None) -> None:
         """Queue a streamed response body's pieces for the pump."""
         total = 0
         ok = False
@@ -649,7 +512,7 @@ class H2Connection:
                 produced = 0
                 self._write()
 
-    def _read_file(self, st: _Stream) -> bool:
+    def _read_file(self, st: Stream) -> bool:
         fd, off, left = st.file  # type: ignore[misc]
         try:
             chunk = os.pread(fd, min(left, _CHUNK), off)
@@ -667,7 +530,7 @@ class H2Connection:
             st.file = [fd, off + n, left - n]
         return True
 
-    def _finish(self, st: _Stream) -> None:
+    def _finish(self, st: Stream) -> None:
         """The response went out whole (framed: the bytes follow through _write)."""
         st.closed = True
         self._streams.pop(st.id, None)
@@ -683,7 +546,7 @@ class H2Connection:
             _complete(st.request, st.response, st.sent)
         self._maybe_done()
 
-    def _let_go(self, st: _Stream) -> None:
+    def _let_go(self, st: Stream) -> None:
         body = st.body
         if body is not None and body.buffered:
             self._consumed(st.id, body.buffered)  # credit for what nobody will read
@@ -697,7 +560,7 @@ class H2Connection:
         if w is not None and not w.done():
             w.set_result(None)
 
-    def _drop(self, st: _Stream, exc: BaseException | None) -> None:
+    def _drop(self, st: Stream, exc: BaseException | None) -> None:
         """The stream ended before its response did (a reset from either side)."""
         if st.closed:
             return
@@ -866,48 +729,3 @@ class H2Connection:
 
 async def _await(result: Any) -> Any:
     return await result
-
-
-def _answer_for(exc: BaseException, request: Request) -> Response:
-    if isinstance(exc, BodyTooLarge):
-        response = Response.error(413)
-        return response
-    if isinstance(exc, BadRequestBody):
-        return Response.error(400)
-    if isinstance(exc, ConnectionResetError):
-        return Response.error(400)
-    log.error(
-        "handler failed for %s %s", request.method, request.uri, exc_info=(type(exc), exc, None)
-    )
-    return _server_error()
-
-
-def _fields(status: int, headers: Headers, length: int | None) -> list[tuple[bytes, bytes]]:
-    """The response's HEADERS: `:status`, the handler's fields (lower-case, without the
-    connection-specific ones), Server and Date unless set, Content-Length when known."""
-    out = [(b":status", str(status).encode())]
-    has_server = has_date = has_length = False
-    for name, value in headers:
-        low = name.lower()
-        if low in _HOP:
-            continue
-        if low == "server":
-            has_server = True
-            if not value:
-                continue
-        elif low == "date":
-            has_date = True
-        elif low == "content-length":
-            has_length = True
-        if _BAD.search(value) or _BAD_NAME.search(low) or not low:
-            raise ValueError("CR, LF or NUL inside a response header")
-        out.append(
-            (low.encode("latin-1", "replace"), value.strip(" \t").encode("latin-1", "replace"))
-        )
-    if not has_server:
-        out.append((b"server", b"meshkit"))
-    if not has_date:
-        out.append((b"date", http1.http_date().encode()))
-    if length is not None and not has_length and http1.length_header_allowed(status):
-        out.append((b"content-length", str(length).encode()))
-    return out

@@ -19,15 +19,32 @@
  *   the same writable flag then serves the relaying. Connect deadlines share the idle scan.
  *   A connect that fails at once is queued like a pair carried over, so that the next poll
  *   reports it: the caller sees every connect failure the same way.
+ * - Bulk directions of TCP pairs move their bytes with splice(2), socket -> pipe -> socket,
+ *   through a pipe from a pool with a cap (relay_pipe.c). As HAProxy's splice-auto does, a
+ *   direction turns bulk once it has moved RELAY_SPLICE_AFTER bytes in full reads without
+ *   its source running dry, and back when a spliced burst ends below that, so
+ *   request/response exchanges stay on the copy path, where one recv and one send cost less
+ *   than two splices and a pipe. A pipe is filled only when empty (at most
+ *   bufsize bytes, the same backpressure as the buffer), drained before the source is read
+ *   again or its FIN passed on, and given back once drained. Bytes to inject (a preamble)
+ *   go through the buffer, which is always drained before a pipe is filled. When splice
+ *   cannot serve a direction (EINVAL, ENOSYS) it goes back to the copy path for good, bytes
+ *   already in its pipe included; when no pipe is to be had (cap, EMFILE) that read copies.
+ *   MESHKIT_RELAY_SPLICE=0 turns splicing off, MESHKIT_RELAY_PIPES caps the pipes (default
+ *   RELAY_PIPES_DEFAULT); both are read by relay_create(). splice(2) into a socket raises
+ *   SIGPIPE on EPIPE (it has no MSG_NOSIGNAL), so splicing is off in a process that has
+ *   SIGPIPE at SIG_DFL (Python ignores it).
  */
 #define _GNU_SOURCE
 #include "relay.h"
+#include "relay_pipe.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -40,6 +57,8 @@
 #define RELAY_POOL_MAX 64
 #define RELAY_WAKE_TOKEN UINT64_MAX
 #define RELAY_IDLE_SLACK 1e-6 /* scan a little early rather than miss a deadline to rounding */
+#define RELAY_SPLICE_AFTER 65536 /* bytes a direction moves by copy before it splices */
+#define RELAY_PIPES_DEFAULT 64   /* pipes at most, unless MESHKIT_RELAY_PIPES says otherwise */
 
 typedef struct relay_dir {
     char *buf;     /* bytes the destination has not taken yet; NULL when none */
@@ -49,6 +68,12 @@ typedef struct relay_dir {
     uint8_t eof;    /* the source sent FIN */
     uint8_t shut;   /* FIN passed on to the destination */
     uint8_t waited; /* the FIN waited one poll for the other way's (see pump_direction) */
+    uint8_t bulk;     /* splices: a burst of RELAY_SPLICE_AFTER bytes (see note_burst) */
+    uint8_t nosplice; /* splice failed with EINVAL/ENOSYS here: copy for good */
+    uint8_t piped;    /* pipe[] is lent from the pool */
+    int pipe[2];
+    uint32_t inpipe;  /* bytes in the pipe, not yet sent on */
+    uint32_t run;     /* bytes of the current burst (capped at RELAY_SPLICE_AFTER) */
 } relay_dir_t;
 
 typedef struct relay_pair {
@@ -61,6 +86,7 @@ typedef struct relay_pair {
     uint8_t readable[2];
     uint8_t writable[2];
     uint8_t hup[2]; /* the peer's FIN (or an error) is queued behind the data */
+    uint8_t tcp;    /* both fds are TCP sockets: 0 not asked yet, 1 yes, 2 no */
     uint32_t pre_left; /* preamble bytes still at the front of dir[0] */
     int conn_err;      /* CONNECTING: a failure not yet reported; FAILED: the failure */
     double conn_deadline;
@@ -103,6 +129,8 @@ struct relay {
     relay_finished_t *fin; /* cap */
     uint32_t nfin;
     double next_idle_check;
+    uint8_t splice;       /* bulk directions of TCP pairs may splice */
+    relay_pipes_t pipes;
     relay_tab_t *tabs; /* tables of served pairs */
     uint32_t ntabs;
     uint64_t tab_epoch;
@@ -139,6 +167,16 @@ static void release_dir(relay_t *r, relay_dir_t *dir)
     dir->off = dir->len = 0;
 }
 
+/* A direction's pipe goes back to the pool (closed if bytes are left in it). */
+static void drop_pipe(relay_t *r, relay_dir_t *dir)
+{
+    if (dir->piped) {
+        give_pipe(&r->pipes, dir->pipe, dir->inpipe != 0);
+        dir->piped = 0;
+    }
+    dir->inpipe = 0;
+}
+
 static ssize_t send_bytes(int fd, const char *buf, size_t len)
 {
     ssize_t n;
@@ -172,6 +210,146 @@ static void count_sent(relay_pair_t *p, int d, size_t n)
     p->dir[d].bytes += n;
 }
 
+/* The splice-auto heuristic (as HAProxy's): a copy read of n bytes, full when it filled the
+ * buffer. A direction turns bulk once RELAY_SPLICE_AFTER bytes came in full reads without
+ * the source running dry in between, so ping-pong messages, however many, never splice. */
+static void note_burst(relay_dir_t *dir, size_t n, int full)
+{
+    if (!full) {
+        dir->run = 0;
+        return;
+    }
+    dir->run += n < RELAY_SPLICE_AFTER ? (uint32_t)n : RELAY_SPLICE_AFTER;
+    if (dir->run >= RELAY_SPLICE_AFTER)
+        dir->bulk = 1;
+}
+
+static int is_tcp(int fd)
+{
+    int proto = 0;
+    socklen_t sl = sizeof proto;
+    return getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &sl) == 0 && proto == IPPROTO_TCP;
+}
+
+/* Whether direction d's next read should splice into a pipe. */
+static int use_splice(const relay_t *r, relay_pair_t *p, int d)
+{
+    if (!r->splice || !p->dir[d].bulk || p->dir[d].nosplice)
+        return 0;
+    if (!p->tcp)
+        p->tcp = is_tcp(p->fd[0]) && is_tcp(p->fd[1]) ? 1 : 2;
+    return p->tcp == 1;
+}
+
+/* Splice cannot serve direction d (EINVAL, ENOSYS): the bytes in its pipe move to the
+ * buffer, the pipe goes back and the direction copies from now on. 0, or -1 (errno set). */
+static int unpipe_dir(relay_t *r, relay_pair_t *p, int d, int err)
+{
+    relay_dir_t *dir = &p->dir[d];
+    dir->nosplice = 1;
+    if (err == ENOSYS)
+        r->splice = 0;
+    if (dir->inpipe) {
+        dir->buf = take_buffer(r);
+        if (!dir->buf) {
+            errno = ENOMEM;
+            return -1;
+        }
+        dir->off = dir->len = 0;
+        while (dir->len < dir->inpipe) {
+            ssize_t n = read(dir->pipe[0], dir->buf + dir->len, dir->inpipe - dir->len);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n <= 0) {
+                if (n == 0)
+                    errno = EIO;
+                return -1;
+            }
+            dir->len += (uint32_t)n;
+        }
+        dir->inpipe = 0;
+    }
+    drop_pipe(r, dir);
+    return 0;
+}
+
+/* Sends direction d's pipe on. Returns 1 (drained, pipe given back), 0 (waiting for room)
+ * or -1 (socket error). */
+static int flush_pipe(relay_t *r, relay_pair_t *p, int d, int *progressed)
+{
+    relay_dir_t *dir = &p->dir[d];
+    int dst = p->fd[1 - d];
+    while (dir->inpipe) {
+        if (!p->writable[1 - d])
+            return 0;
+        ssize_t n = splice_out(dir->pipe[0], dst, dir->inpipe);
+        if (n < 0) {
+            int err = errno;
+            if (is_again(err)) {
+                p->writable[1 - d] = 0;
+                return 0;
+            }
+            if (err == EINVAL || err == ENOSYS)
+                return unpipe_dir(r, p, d, err) < 0 ? -1 : 1;
+            return -1;
+        }
+        if (n == 0) { /* cannot happen with bytes in the pipe and its write end open */
+            errno = EIO;
+            return -1;
+        }
+        /* A short splice may still leave room (it stops at a pipe buffer's edge): go on
+         * until EAGAIN says the socket is full, which promises an EPOLLOUT edge. */
+        *progressed = 1;
+        count_sent(p, d, (size_t)n);
+        dir->inpipe -= (uint32_t)n;
+    }
+    drop_pipe(r, dir);
+    return 1;
+}
+
+/* Reads direction d's source into an empty pipe. Returns 1 (bytes in the pipe, or EOF
+ * noted), 0 (the source is drained), 2 (no pipe or no splice here: copy this read) or -1
+ * (socket error). */
+static int fill_pipe(relay_t *r, relay_pair_t *p, int d, int *progressed)
+{
+    relay_dir_t *dir = &p->dir[d];
+    if (!dir->piped) {
+        if (take_pipe(&r->pipes, dir->pipe) < 0)
+            return 2; /* the cap, EMFILE, ENFILE: this read copies, a later one may splice */
+        dir->piped = 1;
+    }
+    /* Never more than bufsize: bytes in the pipe are bytes in flight, as in the buffer. */
+    ssize_t n = splice_in(p->fd[d], dir->pipe[1], r->bufsize);
+    if (n < 0) {
+        int err = errno;
+        drop_pipe(r, dir); /* empty: a pipe is filled only once drained */
+        if (is_again(err)) {
+            /* The burst is over: one that stayed small goes back to the copy path. */
+            p->readable[d] = 0;
+            if (dir->run < RELAY_SPLICE_AFTER)
+                dir->bulk = 0;
+            dir->run = 0;
+            return 0;
+        }
+        if (err == EINVAL || err == ENOSYS)
+            return unpipe_dir(r, p, d, err) < 0 ? -1 : 2;
+        errno = err;
+        return -1;
+    }
+    *progressed = 1;
+    if (n == 0) {
+        drop_pipe(r, dir);
+        dir->eof = 1;
+        return 1;
+    }
+    /* Unlike recv, a short splice does not say the socket is drained (the pipe's slots may
+     * have run out first), so readable stays set until EAGAIN. */
+    dir->inpipe = (uint32_t)n;
+    if (dir->run < RELAY_SPLICE_AFTER)
+        dir->run += (uint32_t)n;
+    return 1;
+}
+
 /* Moves bytes in direction d until EAGAIN, EOF, a full buffer or the budget.
  * Returns 0 (waiting on the kernel), 1 (budget used up, more to do) or -1 (socket error). */
 static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
@@ -203,6 +381,12 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
             release_dir(r, dir);
             continue;
         }
+        if (dir->piped) {
+            int rc = flush_pipe(r, p, d, progressed);
+            if (rc <= 0)
+                return rc;
+            continue;
+        }
         if (dir->eof) {
             if (!dir->shut) {
                 const relay_dir_t *other = &p->dir[1 - d];
@@ -226,11 +410,21 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
             return 0;
         if (budget-- == 0)
             return 1;
+        if (use_splice(r, p, d)) {
+            int rc = fill_pipe(r, p, d, progressed);
+            if (rc < 0)
+                return -1;
+            if (rc == 0)
+                return 0;
+            if (rc == 1)
+                continue;
+        }
         ssize_t n = recv_bytes(src, r->scratch, r->bufsize);
         if (n < 0) {
             if (!is_again(errno))
                 return -1;
             p->readable[d] = 0;
+            dir->run = 0;
             return 0;
         }
         *progressed = 1;
@@ -243,6 +437,7 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
          * is queued: recv stops in front of it and no new edge will come for it. */
         if ((size_t)n < r->bufsize && !p->hup[d])
             p->readable[d] = 0;
+        note_burst(dir, (size_t)n, (size_t)n == r->bufsize);
         size_t sent = 0;
         if (p->writable[1 - d]) {
             ssize_t m = send_bytes(dst, r->scratch, (size_t)n);
@@ -326,6 +521,8 @@ static void finish_pair(relay_t *r, uint32_t idx, int reason, relay_finished_t *
         close_socket(r, p->fd[1], reason == RELAY_RESET);
     release_dir(r, &p->dir[0]);
     release_dir(r, &p->dir[1]);
+    drop_pipe(r, &p->dir[0]);
+    drop_pipe(r, &p->dir[1]);
     rec->pair_id = (int32_t)idx;
     rec->reason = reason;
     rec->bytes_c2b = p->dir[0].bytes;
@@ -355,6 +552,7 @@ static void connect_failed(relay_t *r, uint32_t idx, int err)
         p->fd[1] = -1;
     }
     release_dir(r, &p->dir[0]);
+    drop_pipe(r, &p->dir[0]);
     p->pre_left = 0;
     p->readable[1] = p->writable[1] = p->hup[1] = 0;
     p->state = RELAY_ST_FAILED;
@@ -520,6 +718,27 @@ static int grow_slots(relay_t *r)
     return 0;
 }
 
+/* MESHKIT_RELAY_SPLICE ("0": off) and MESHKIT_RELAY_PIPES (the cap; 0 is off too) into
+ * *on; returns the cap. Off as well while SIGPIPE would kill the process (see the top). */
+static uint32_t read_splice_setting(uint8_t *on)
+{
+    const char *s = getenv("MESHKIT_RELAY_SPLICE");
+    const char *c = getenv("MESHKIT_RELAY_PIPES");
+    uint32_t cap = RELAY_PIPES_DEFAULT;
+    struct sigaction sa;
+    if (c && *c) {
+        char *end;
+        unsigned long v = strtoul(c, &end, 10);
+        if (!*end && v <= 65536)
+            cap = (uint32_t)v;
+    }
+    *on = !(s && strcmp(s, "0") == 0) && cap > 0;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO) &&
+        sa.sa_handler == SIG_DFL)
+        *on = 0;
+    return *on ? cap : 0;
+}
+
 relay_t *relay_create(size_t bufsize)
 {
     if (bufsize == 0 || bufsize > UINT32_MAX / 2) {
@@ -535,6 +754,9 @@ relay_t *relay_create(size_t bufsize)
     r->scratch = malloc(bufsize);
     r->pool = calloc(RELAY_POOL_MAX, sizeof *r->pool);
     if (!r->scratch || !r->pool || grow_slots(r) < 0)
+        goto fail;
+    uint32_t npipes = read_splice_setting(&r->splice);
+    if (init_pipes(&r->pipes, npipes, bufsize) < 0)
         goto fail;
     r->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (r->epfd < 0)
@@ -566,8 +788,11 @@ void relay_destroy(relay_t *r)
                 close(p->fd[1]);
             free(p->dir[0].buf);
             free(p->dir[1].buf);
+            drop_pipe(r, &p->dir[0]);
+            drop_pipe(r, &p->dir[1]);
         }
     }
+    destroy_pipes(&r->pipes);
     for (uint32_t i = 0; i < r->npool; i++)
         free(r->pool[i]);
     if (r->epfd >= 0)

@@ -8,6 +8,11 @@
  * and relay_poll() touches no Python object, so a wrapper may run it without the GIL.
  * One relay_t must not be used from two threads at once.
  *
+ * Bulk directions of TCP pairs move by splice(2) through pipes from a pool (relay_pipe.h);
+ * relay_create() reads MESHKIT_RELAY_SPLICE ("0": copy only) and MESHKIT_RELAY_PIPES (the
+ * pool's cap, default 64). A process with SIGPIPE at SIG_DFL gets no splicing, as splice(2)
+ * into a reset socket raises SIGPIPE.
+ *
  * The pure-Python twin with identical behaviour is meshkit/l4/relay.py.
  */
 #ifndef MESHKIT_RELAY_H

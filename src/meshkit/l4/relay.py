@@ -21,6 +21,10 @@ How it works (both implementations):
 - Bytes are sent on as soon as they are read; only what the destination did not take waits
   in a per-direction buffer, and while it waits the source is not read (at most ``bufsize``
   bytes per direction).
+- The C engine alone moves bulk directions of TCP pairs with splice(2) through a pool of
+  pipes (a pipe holds at most ``bufsize`` bytes, so the same bound holds); the bytes on the
+  wire, the counts, half-close and errors are the same as here, where every byte is copied.
+  ``MESHKIT_RELAY_SPLICE=0`` turns it off (see csrc/relay.c).
 - A pair that used its read budget in one poll is carried to the next one, and an eventfd in
   the epoll set keeps ``fileno()`` readable until then, so one busy pair cannot starve the loop.
 - ``connect`` registers the connecting backend socket like any other: its first EPOLLOUT (or

@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import socket
 import time
 from typing import Any
@@ -43,6 +42,7 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
 from meshkit.web import http1
+from meshkit.web.h2send import OUT_HIGH, H2Sending
 from meshkit.web.h2stream import (
     FLOOD_BURST,
     FLOOD_RATE,
@@ -50,18 +50,15 @@ from meshkit.web.h2stream import (
     H2Body,
     Stream,
     answer_for,
-    response_fields,
 )
 from meshkit.web.http1 import HttpError
 from meshkit.web.message import (
     EmptyBody,
-    FileBody,
     Headers,
     Request,
     Response,
 )
-from meshkit.web.output import _cancel, _complete, _discard_body, _release, _server_error
-from meshkit.web.sendfile import SEND_AGAIN
+from meshkit.web.output import _discard_body, _server_error
 
 __all__ = ["FLOOD_BURST", "FLOOD_RATE", "MAX_HEADER_LIST", "MAX_STREAMS", "H2Connection"]
 
@@ -73,13 +70,10 @@ MAX_HEADER_LIST = 65536  # SETTINGS_MAX_HEADER_LIST_SIZE (bytes as RFC 9113 coun
 _HPACK_CAP = 4 * MAX_HEADER_LIST  # a header block past this is a connection error
 _WINDOW = 1 << 20  # our connection receive window (streams keep the 64 KiB default)
 _RECV = 65536
-_CHUNK = 65536  # file bytes per pread
-_OUT_HIGH = 256 * 1024  # plaintext waiting for the socket before streams stop producing
-_STREAM_BUF = 256 * 1024  # bytes a streamed body may queue before its producer waits
 _LINGER = 1.0  # seconds to read and drop input after the last GOAWAY, before closing
 
 
-class H2Connection:
+class H2Connection(H2Sending):
     """One HTTP/2 connection on a TLS socket the server owns (see the module)."""
 
     def __init__(
@@ -226,7 +220,7 @@ class H2Connection:
         # that follows every read covers what they change
 
     def _update_reading(self) -> None:
-        want = not self._closed and not (self._writing and len(self._wbuf) >= _OUT_HIGH)
+        want = not self._closed and not (self._writing and len(self._wbuf) >= OUT_HIGH)
         if want and not self._reading:
             self._reading = True
             self._loop.add_reader(self._fd, self._on_readable)
@@ -356,283 +350,6 @@ class H2Connection:
         self._write()
 
     # ------------------------------------------------------------------ responses
-
-    def _respond(self, st: Stream, response: Response) -> None:
-        st.response = response
-        if st.closed:
-            _discard_body(response.body)
-            return
-        request = st.request
-        status = response.status
-        body = response.body
-        if response.upgrade is not None or status == 101:
-            _discard_body(body)
-            response = st.response = Response.error(501)
-            status, body = 501, response.body
-        send_body = request.method != "HEAD" and status >= 200 and status not in (204, 304)
-        length: int | None
-        if isinstance(body, bytes | bytearray | memoryview):
-            length = len(body)
-        elif isinstance(body, FileBody):
-            length = body.length
-        else:
-            cl = getattr(body, "content_length", None)
-            length = cl if type(cl) is int and cl >= 0 else None
-        try:
-            fields = response_fields(status, response.headers, length)
-        except ValueError:
-            log.error("response to %s %s has CR/LF in a header", request.method, request.uri)
-            _discard_body(body)
-            self._respond(st, _server_error())
-            return
-        conn = self._h2
-        try:
-            if not send_body or length == 0:
-                _discard_body(body)
-                conn.send_headers(st.id, fields, end_stream=True)
-                self._finish(st)
-                return
-            conn.send_headers(st.id, fields)
-        except h2.exceptions.ProtocolError as exc:  # the stream closed under us
-            log.debug("HTTP/2 stream %d: %s", st.id, exc)
-            _discard_body(body)
-            self._drop(st, None)
-            return
-        if isinstance(body, bytes | bytearray | memoryview):
-            st.chunks.append(bytes(body))
-            st.queued = len(body)
-            st.eof = True
-        elif isinstance(body, FileBody):
-            st.release = body.release
-            if body.data is not None:
-                st.chunks.append(body.data)
-                st.queued = len(body.data)
-            else:
-                st.file = [body.fd, body.offset, body.length]
-            st.eof = True
-        else:
-            st.source = self._loop.create_task(self._pull(st, body, length))
-        self._sending[st.id] = st
-
-    async def _pull(self, st: Stream, body: Any, length: int | None) -> None:
-        """Queue a streamed response body's pieces for the pump."""
-        total = 0
-        ok = False
-        try:
-            async for chunk in body:
-                if st.closed:
-                    break
-                if not chunk:
-                    continue
-                total += len(chunk)
-                if length is not None and total > length:
-                    break
-                st.chunks.append(bytes(chunk))
-                st.queued += len(chunk)
-                self._sending[st.id] = st
-                self._pump()
-                self._write()
-                while st.queued > _STREAM_BUF and not st.closed:
-                    st.waiter = self._loop.create_future()
-                    await st.waiter
-            else:
-                ok = length is None or total == length
-        except asyncio.CancelledError:
-            if not st.closed:
-                raise
-        except Exception:
-            if not st.closed:
-                log.exception("response body of %s %s failed", st.request.method, st.request.uri)
-        finally:
-            st.waiter = None
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None and not ok:
-                with contextlib.suppress(Exception):
-                    await aclose()
-        st.source = None
-        if st.closed:
-            return
-        if not ok:
-            self._reset(st.id, ErrorCodes.INTERNAL_ERROR)
-        else:
-            st.eof = True
-            self._sending[st.id] = st
-        self._pump()
-        self._write()
-
-    def _pump(self) -> None:
-        """Frame queued response bytes, round-robin over the streams, within the windows."""
-        conn = self._h2
-        produced = 0
-        while self._sending and not self._writing and not self._closing:
-            progress = False
-            for st in list(self._sending.values()):
-                if st.closed:
-                    self._sending.pop(st.id, None)
-                    continue
-                try:
-                    window = conn.local_flow_control_window(st.id)
-                except h2.exceptions.ProtocolError:
-                    self._drop(st, None)
-                    continue
-                n = min(window, conn.max_outbound_frame_size)
-                piece = b""
-                if n > 0:
-                    if not st.chunks and st.file is not None and not self._read_file(st):
-                        continue
-                    if st.chunks:
-                        head = st.chunks[0]
-                        if len(head) <= n:
-                            piece = st.chunks.popleft()
-                        else:
-                            piece = head[:n]
-                            st.chunks[0] = head[n:]
-                        st.queued -= len(piece)
-                last = st.eof and not st.chunks and st.file is None
-                if piece or last:
-                    try:
-                        conn.send_data(st.id, piece, end_stream=last)
-                    except h2.exceptions.ProtocolError:
-                        self._drop(st, None)
-                        continue
-                    st.sent += len(piece)
-                    produced += len(piece)
-                    progress = True
-                    w = st.waiter
-                    if w is not None and st.queued <= _STREAM_BUF // 2 and not w.done():
-                        w.set_result(None)
-                if last:
-                    self._sending.pop(st.id, None)
-                    self._finish(st)
-                elif not st.chunks and st.file is None:
-                    self._sending.pop(st.id, None)  # a stream waiting for its producer
-            if not progress:
-                break
-            if produced >= _OUT_HIGH:
-                produced = 0
-                self._write()
-
-    def _read_file(self, st: Stream) -> bool:
-        fd, off, left = st.file  # type: ignore[misc]
-        try:
-            chunk = os.pread(fd, min(left, _CHUNK), off)
-        except OSError:
-            chunk = b""
-        if not chunk:  # the file got shorter than its Content-Length
-            self._reset(st.id, ErrorCodes.INTERNAL_ERROR)
-            return False
-        n = len(chunk)
-        st.chunks.append(chunk)
-        st.queued += n
-        if left - n <= 0:
-            st.file = None
-        else:
-            st.file = [fd, off + n, left - n]
-        return True
-
-    def _finish(self, st: Stream) -> None:
-        """The response went out whole (framed: the bytes follow through _write)."""
-        st.closed = True
-        self._streams.pop(st.id, None)
-        self._sending.pop(st.id, None)
-        self._let_go(st)
-        body = st.body
-        if body is not None and not body.done:
-            # the client is still sending a body nobody reads: stop it (RFC 9113 8.1)
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.reset_stream(st.id, ErrorCodes.NO_ERROR)
-            body.fail(ConnectionResetError("response sent before the body was read"))
-        if st.response is not None:
-            _complete(st.request, st.response, st.sent)
-        self._maybe_done()
-
-    def _let_go(self, st: Stream) -> None:
-        body = st.body
-        if body is not None and body.buffered:
-            self._consumed(st.id, body.buffered)  # credit for what nobody will read
-            body.buffered = 0
-        if st.release is not None:
-            _release(FileBody(-1, 0, 0, 0, release=st.release))
-            st.release = None
-        st.file = None
-        st.chunks.clear()
-        w = st.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def _drop(self, st: Stream, exc: BaseException | None) -> None:
-        """The stream ended before its response did (a reset from either side)."""
-        if st.closed:
-            return
-        st.closed = True
-        self._streams.pop(st.id, None)
-        self._sending.pop(st.id, None)
-        if st.task is not None and not st.task.done():
-            _cancel(self._loop, st.task)
-        if st.source is not None and not st.source.done():
-            _cancel(self._loop, st.source)
-        if st.body is not None:
-            st.body.fail(exc or ConnectionResetError("stream closed"))
-        self._let_go(st)
-        if st.response is not None:
-            _complete(st.request, st.response, st.sent)
-        self._maybe_done()
-
-    def _reset(self, sid: int, code: ErrorCodes) -> None:
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self._h2.reset_stream(sid, code)
-        st = self._streams.get(sid)
-        if st is not None:
-            self._drop(st, ConnectionResetError("stream reset"))
-        self._write()
-
-    def _consumed(self, sid: int, n: int) -> None:
-        if n <= 0 or self._closing:
-            return
-        with contextlib.suppress(h2.exceptions.ProtocolError, KeyError):
-            self._h2.acknowledge_received_data(n, sid)
-        if not self._writing:
-            self._write()  # the WINDOW_UPDATE
-
-    # ------------------------------------------------------------------ writing
-
-    def _write(self) -> None:
-        data = self._h2.data_to_send()
-        if data:
-            self._wbuf = self._wbuf + data if self._wbuf else data
-        if self._writing or self._closed or not self._wbuf:
-            return
-        self._send()
-
-    def _send(self) -> None:
-        try:
-            sent, status = self._sock.send_bytes(self._fd, self._wbuf, 0)
-        except OSError:
-            self._abort()
-            return
-        self._wbuf = self._wbuf[sent:] if sent < len(self._wbuf) else b""
-        if status == SEND_AGAIN or self._wbuf:
-            if not self._writing:
-                self._writing = True
-                self._write_since = self._loop.time()
-                self._loop.add_writer(self._fd, self._on_writable)
-                self._update_reading()
-        elif self._writing:
-            self._writing = False
-            self._loop.remove_writer(self._fd)
-            self._update_reading()
-
-    def _on_writable(self) -> None:
-        self._write_since = self._loop.time()
-        self._send()
-        if not self._writing and not self._closed:
-            if self._closing:
-                self._finish_close()
-                return
-            self._pump()
-            self._write()
-
-    # ------------------------------------------------------------------ ending
 
     def _calm(self, what: str) -> None:
         log.warning(

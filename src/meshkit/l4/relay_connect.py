@@ -73,15 +73,7 @@ class Connector(PairBook):
                 _close_fd(fd)
             raise
         pair = _Pair([socks[0], socks[1]], idle_timeout, now)
-        if preamble:
-            pair.dirs[0].buf = memoryview(bytes(preamble))
-            pair.pre_left = len(preamble)
-        if self._free:
-            pid = self._free.pop()
-            self._pairs[pid] = pair
-        else:
-            pid = len(self._pairs)
-            self._pairs.append(pair)
+        pid = self._store(pair, preamble)
         self._by_fd[client_fd] = (pid, 0)
         self._by_fd[backend_fd] = (pid, 1)
         self._open += 1
@@ -143,6 +135,15 @@ class Connector(PairBook):
             client.detach()
             raise
         pair = _Pair([client, _NO_SOCKET], idle_timeout, now)
+        pid = self._store(pair, preamble)
+        self._by_fd[client_fd] = (pid, 0)
+        self._open += 1
+        self._start_connect(pid, pair, family, addr, now, connect_timeout)
+        return pid
+
+    def _store(self, pair: _Pair, preamble: bytes) -> int:
+        """Give `pair` an id (a freed one first), with the PROXY `preamble` queued to go to
+        the backend before anything the client sends."""
         if preamble:
             pair.dirs[0].buf = memoryview(bytes(preamble))
             pair.pre_left = len(preamble)
@@ -152,9 +153,6 @@ class Connector(PairBook):
         else:
             pid = len(self._pairs)
             self._pairs.append(pair)
-        self._by_fd[client_fd] = (pid, 0)
-        self._open += 1
-        self._start_connect(pid, pair, family, addr, now, connect_timeout)
         return pid
 
     def retry(

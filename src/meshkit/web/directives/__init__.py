@@ -27,6 +27,14 @@ ORDER = [
     "tls",  # configuration only (the listener's certificates and options)
     "root",
     "index",
+    "bind",  # listener options (configuration only)
+    "timeouts",
+    "startup",  # process events (configuration only)
+    "shutdown",
+    "on",
+    "request_id",
+    "proxyprotocol",  # listener middleware: the real client before anything logs it
+    "realip",
     "log",  # outside limits (unlike Caddy): the requests limits refuses are logged too
     # before basicauth, rewrite and redir: a site's own protections must not answer its
     # deploy webhook (which checks its secret itself)
@@ -42,8 +50,13 @@ ORDER = [
     "status",
     "mime",
     "internal",
+    "expvar",
+    "push",
+    "templates",
     "proxy",
     "fastcgi",
+    "websocket",
+    "markdown",
     "browse",
 ]
 

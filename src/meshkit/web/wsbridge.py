@@ -31,6 +31,7 @@ from wsproto.events import CloseConnection, Message, Ping, TextMessage
 from wsproto.utilities import generate_accept_token
 
 from meshkit import __version__
+from meshkit.web.counters import WEBSOCKETS
 from meshkit.web.message import Headers, Request, Response
 
 log = logging.getLogger("meshkit.web")
@@ -353,9 +354,12 @@ class Bridge:
             self.from_client(rest)
         pump = loop.create_task(self.pump_stdout())
         watch = loop.create_task(self._watch())
+        WEBSOCKETS.active += 1
+        WEBSOCKETS.total += 1
         try:
             await self.done
         finally:
+            WEBSOCKETS.active -= 1
             watch.cancel()
             await self._end_process()
             pump.cancel()
@@ -391,4 +395,3 @@ def resolve(argv: tuple[str, ...], search_path: str | None = None) -> str | None
     if os.sep in cmd:
         return cmd if os.access(cmd, os.X_OK) and os.path.isfile(cmd) else None
     return shutil.which(cmd, path=search_path)
-

@@ -83,9 +83,7 @@ def parse(d: Dispenser, site: Site) -> WebSocketConfig:
 
 class WebSocketHandler:
     def __init__(self, config: WebSocketConfig, next: Handler) -> None:
-        self.rules = [
-            (clamp_path(s.path), (s.command, *s.arguments)) for s in config.sockets
-        ]
+        self.rules = [(clamp_path(s.path), (s.command, *s.arguments)) for s in config.sockets]
         self.next = next
 
     def __call__(self, request: Request) -> HandlerResult:

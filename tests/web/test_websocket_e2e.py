@@ -4,6 +4,7 @@ commands (cat, env, echo, yes), curl for the requests that are no handshake."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -273,3 +274,49 @@ def test_requests_that_are_no_handshake(server: tuple[int, Proc]) -> None:
         check=True,
     )  # fmt: skip
     assert out.stdout == "502"
+
+
+def test_server_shutdown_says_going_away_and_ends_the_command(tmp_path: Path) -> None:
+    port = free_port()
+    conf = tmp_path / "Caddyfile"
+    conf.write_text(f'127.0.0.1:{port} {{\n    root {tmp_path}\n    websocket "sleep 300"\n}}\n')
+    proc = Proc([sys.executable, "-m", "meshkit", "web", "-conf", str(conf)])
+    try:
+        wait_tcp(port, proc)
+        c = Client(port, "/")
+        sleeper = _child(proc.pid, "sleep")
+        proc.signal(signal.SIGTERM)
+        assert c.wait_close().code == 1001
+        c.close()
+        assert proc.wait(20) == 0
+        assert _gone(sleeper)
+    finally:
+        proc.stop()
+
+
+def test_over_https_the_upgrade_is_refused_with_501(tmp_path: Path) -> None:
+    """Documented limit: the bridge works on the raw socket, so HTTPS answers 501."""
+    port = free_port()
+    conf = tmp_path / "Caddyfile"
+    conf.write_text(
+        f"https://127.0.0.1:{port} {{\n    tls self_signed\n    root {tmp_path}\n"
+        "    websocket cat\n}\n"
+    )
+    proc = Proc([sys.executable, "-m", "meshkit", "web", "-conf", str(conf)])
+    try:
+        wait_tcp(port, proc)
+        out = subprocess.run(
+            [
+                "curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", "--http1.1",
+                f"https://127.0.0.1:{port}/", "-H", "Connection: Upgrade",
+                "-H", "Upgrade: websocket", "-H", "Sec-WebSocket-Version: 13",
+                "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )  # fmt: skip
+        assert out.stdout == "501"
+        assert _children(proc.pid) == []  # no command was started for it
+    finally:
+        proc.stop()

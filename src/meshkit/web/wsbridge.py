@@ -358,6 +358,9 @@ class Bridge:
         WEBSOCKETS.total += 1
         try:
             await self.done
+        except asyncio.CancelledError:
+            self._close(1001, "server shutting down")  # the loop is ending (SIGTERM)
+            raise
         finally:
             WEBSOCKETS.active -= 1
             watch.cancel()

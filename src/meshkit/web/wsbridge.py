@@ -226,10 +226,12 @@ class Bridge:
 
     def _to_stdin(self, data: bytes) -> None:
         proc = self.proc
-        if proc is None or proc.stdin is None or not self.stdin_open:
+        if proc is None or proc.stdin is None or not self.stdin_open or self.closing:
+            return  # a message that crossed our close frame: the command has ended
+        transport = proc.stdin.transport
+        if transport.is_closing():
             return
         proc.stdin.write(data)
-        transport = proc.stdin.transport
         if transport.get_write_buffer_size() > STDIN_HIGH and self._drain is None:
             # the command does not keep up: stop reading the client until it has
             if self.side.transport is not None:

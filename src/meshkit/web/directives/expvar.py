@@ -8,8 +8,9 @@ A request under PATH gets a JSON object, one member per line as Go's expvar wrot
     tasks      asyncio tasks running in the server's loop (v1 published Goroutines)
     meshkit    the server's counters: open client connections and listening servers of the
                whole process; websockets bridged now and in all; and for this site, the
-               requests it received and the responses it completed by status class and
-               the body bytes those sent
+               requests that reached expvar (those basicauth, redir, status... answered
+               before it are not counted), the responses to them by status class and the
+               body bytes those sent
 
 Anyone who can reach PATH reads these: protect it (basicauth) or keep it on a private site.
 """

@@ -189,7 +189,9 @@ def test_internal_parse() -> None:
     cfg, site = parse(internal_d, "internal /private\ninternal /a /b")
     assert cfg == ["/private", "/a", "/b"] and site.internal == cfg
     assert "must start with '/'" in str(parse_err(internal_d, "internal private"))
-    assert "wrong argument count" in str(parse_err(internal_d, "internal"))
+    # no path (v1): nothing hidden, X-Accel-Redirect still followed
+    cfg, site = parse(internal_d, "internal")
+    assert cfg == [] and site.internal == []
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@
     meshkit web -conf /etc/Caddyfile     # or -conf stdin (a pipe)
     meshkit web -port 8080 browse "log access.log"   # directive lines for the default site
     meshkit web -validate                # "Caddyfile is valid", or every error (exit 1)
+    meshkit web -envfile prod.env -cpu 50% -log web.log -pidfile web.pid
+    meshkit web -version | -plugins      # print and exit
 
 click accepts single-dash long options once they are declared by that name, so each flag is
 declared as both `-name` and `--name`; no argv rewriting is needed.
@@ -165,10 +167,48 @@ def web(
             help="Offer HTTP/2 (h2 by ALPN) on HTTPS ports: true or false, as in -http2=false.",
         ),
     ] = "true",
+    envfile: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-envfile",
+            "--envfile",
+            metavar="FILE",
+            help="KEY=VALUE lines set as environment variables before the Caddyfile is read "
+            "(repeatable).",
+        ),
+    ] = None,
+    cpu: Annotated[
+        str,
+        typer.Option(
+            "-cpu",
+            "--cpu",
+            metavar="N|N%",
+            help="CPUs the process may run on: a number or a percentage of those it has.",
+        ),
+    ] = "100%",
+    version: Annotated[
+        bool, typer.Option("-version", "--version", help="Print the version and exit.")
+    ] = False,
+    plugins: Annotated[
+        bool,
+        typer.Option("-plugins", "--plugins", help="List the directives available and exit."),
+    ] = False,
 ) -> None:
     """Serve sites from a Caddyfile."""
     from meshkit.base.durations import parse_duration
+    from meshkit.cli import webflags
     from meshkit.web.caddyfile.load import Defaults, site_to_dict
+
+    # Caddy v1's order: the environment files first (even -version fails on a bad one),
+    # then the one-time actions, then the CPU cap, then everything else
+    webflags.load_envfiles(list(envfile or []))
+    if version:
+        print(webflags.version_text())
+        return
+    if plugins:
+        print(webflags.plugins_text(), end="")
+        return
+    webflags.set_cpu(cpu)
 
     if root == "":
         raise FlagError("-root", root, "must not be empty")

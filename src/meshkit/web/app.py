@@ -31,6 +31,7 @@ from typing import TextIO
 
 from meshkit.base.errors import FlagError, MeshkitError
 from meshkit.base.runtime import Signals, setup_logging
+from meshkit.web import counters
 from meshkit.web.autotls import CertHub, ChallengeFront, Issuer, wanted
 from meshkit.web.caddyfile.load import (
     CaddyfileErrors,
@@ -328,6 +329,7 @@ class WebApp:
             server.close_now()
             raise
         self.servers.add(server)
+        counters.track(server)  # for expvar's figures
         return _Listener(p.port, server, p.header_limit)
 
     async def reload(self) -> bool:

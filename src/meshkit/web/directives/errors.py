@@ -5,6 +5,9 @@
         CODE PAGE                  # e.g. 404 404.html (relative to the site root)
         * PAGE                     # every other error code
         log FILE|visible           # the error log (stdout, stderr, syslog or a file)
+        log FILE {                 # ... with its rotation (rotate_* or v0.9's size/age/keep)
+            rotate_size MB
+        }
         rotate_size MB             # rotation of a log file (as in the log directive)
         rotate_age DAYS
         rotate_keep N
@@ -88,7 +91,10 @@ def parse(d: Dispenser, site: Site) -> ErrorsConfig:
                 else:
                     config.log = more[0]
                     where = d.token()
+                _log_block(d, config)
             elif what == "*":
+                if "*" in config.pages:
+                    raise d.err("duplicate status code entry: *")
                 config.pages["*"] = more[0]
             else:
                 try:
@@ -97,6 +103,8 @@ def parse(d: Dispenser, site: Site) -> ErrorsConfig:
                     raise d.err(f"expecting a numeric status code or *, got {what!r}") from None
                 if not 400 <= code <= 599:
                     raise d.err(f"error pages are for codes 400-599, not {code}")
+                if str(code) in config.pages:
+                    raise d.err(f"duplicate status code entry: {what}")
                 config.pages[str(code)] = more[0]
     if where is not None:
         problem = check_writable(config.log)
@@ -104,6 +112,29 @@ def parse(d: Dispenser, site: Site) -> ErrorsConfig:
             raise CaddyfileError(where.file, where.line, f"cannot open error log: {problem}")
         config.__dict__["_where"] = (where.file, where.line)
     return config
+
+
+# inside `log FILE { ... }`: the rotate_* options, or the names Caddy 0.9 used there
+_NESTED_ROLLER = {"size": "rotate_size", "age": "rotate_age", "keep": "rotate_keep",
+                  "compress": "rotate_compress"}  # fmt: skip
+
+
+def _log_block(d: Dispenser, config: ErrorsConfig) -> None:
+    """The rotation block of `log FILE { rotate_size 50 ... }` inside errors' block."""
+    for _ in d.block():
+        what = d.val()
+        name = _NESTED_ROLLER.get(what, what)
+        if name not in ROLLER_OPTIONS:
+            raise d.err(
+                f"unknown option {what!r} in the error log's block (expecting rotate_size, "
+                "rotate_age, rotate_keep or rotate_compress)"
+            )
+        # one value each, read as tokens: `{ size 5 age 3 keep 4 }` on one line is three
+        # options (v1's ParseRoller took one NextArg per option)
+        args = [] if name == "rotate_compress" else [d.arg()]
+        problem = roller_option_error(config.roller, name, args)
+        if problem:
+            raise d.err(problem)
 
 
 def _page_path(root: str, page: str) -> str:

@@ -1,6 +1,7 @@
 """header: set, add or remove response header fields (Caddy v1).
 
     header PATH NAME VALUE          # set NAME (replacing what the response had)
+    header PATH NAME                # set NAME to an empty value (as v1)
     header PATH +NAME VALUE         # add a field, keeping the others
     header PATH -NAME               # remove NAME
     header PATH {
@@ -54,11 +55,12 @@ def _op(d: Dispenser, name: str, values: list[str]) -> HeaderOp:
     bare = name[1:] if name.startswith("+") else name
     if not bare:
         raise d.err("header +NAME needs a field name")
-    if len(values) != 1:
-        raise d.err(f"header {name} needs exactly one value")
+    if len(values) > 1:
+        raise d.err(f"header {name} takes one value (quote a value with spaces)")
     if any(ch in bare for ch in " \t:\r\n"):
         raise d.err(f"invalid header field name {bare!r}")
-    return HeaderOp(name, values[0])
+    # no value: the field is sent with an empty value, as v1 did
+    return HeaderOp(name, values[0] if values else "")
 
 
 def parse(d: Dispenser, site: Site) -> HeaderConfig:

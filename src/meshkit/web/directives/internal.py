@@ -1,4 +1,4 @@
-"""internal PATH...: paths only reachable through an internal redirect.
+"""internal [PATH...]: paths only reachable through an internal redirect.
 
 A request from outside whose path starts with one of the PATHs (plain prefixes, `/` first)
 gets 404. A response from a later handler (proxy, fastcgi...) carrying `X-Accel-Redirect: URI`
@@ -27,10 +27,8 @@ HEADER = "X-Accel-Redirect"
 def parse(d: Dispenser, site: Site) -> list[str]:
     paths: list[str] = []
     while d.next():
-        args = d.remaining_args()
-        if not args:
-            raise d.arg_err()
-        for p in args:
+        # no PATH (as v1): nothing is hidden, but X-Accel-Redirect is still followed
+        for p in d.remaining_args():
             if not p.startswith("/"):
                 raise d.err(f"internal path {p!r} must start with '/'")
             if p not in paths:

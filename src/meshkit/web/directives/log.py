@@ -8,7 +8,7 @@
         rotate_age DAYS             # 14
         rotate_keep N               # 10
         rotate_compress
-        ipmask V4MASK [V6MASK]      # e.g. 255.255.255.0 ffff:ffff:ffff::
+        ipmask V4MASK [V6MASK]      # e.g. 255.255.255.0 ffff:ffff:ffff:: ("" V6MASK: v6 only)
         except PATH...              # base paths not logged
     }
 
@@ -106,6 +106,8 @@ def parse(d: Dispenser, site: Site) -> LogConfig:
                 if not 1 <= len(more) <= 2:
                     raise d.arg_err()
                 for text in more:
+                    if not text:
+                        continue  # `ipmask "" V6MASK`: no IPv4 mask (as v1)
                     try:
                         version = ipaddress.ip_address(text).version
                     except ValueError:

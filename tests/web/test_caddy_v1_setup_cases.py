@@ -297,6 +297,13 @@ ERRORS = [
     ),
     Case("errors TestErrorsParse#12", "errors /path error.txt {\n 404 \n}", False),
     Case("errors TestErrorsParse#13", "errors /path error.txt", False),
+    Case(
+        "errors setup.go (Atoi, no range check)",
+        "errors {\n 99 x.html\n}",
+        True,
+        diff="a status code outside 100-599 can never select an error page: meshkit refuses it"
+        " where v1 took it and never used it",
+    ),
 ]
 
 # --- ext (caddyhttp/extensions/setup_test.go) --------------------------------------------------
@@ -1213,7 +1220,55 @@ TLS = [
     ),
 ]
 
-ALL = GZIP + HEADER + BASICAUTH + BROWSE + ERRORS + EXT + FASTCGI + INTERNAL + INDEX + LIMITS
+# --- a `}` on an option's line (caddyfile/dispenser.go RemainingArgs) --------------------------
+#
+# v1's RemainingArgs took a `}` on the same line as one more argument; options read with NextArg
+# did not see it. So `gzip { level 9 }` worked in v1 but `header / { X-A a }` failed (the field
+# got two values, `a` and `}`), and `rewrite { ... to /b }` rewrote to "/b }". meshkit never
+# reads a brace as an argument: the three mean what their multi-line forms mean.
+
+BRACE_ARG = (
+    "v1's RemainingArgs read a `}` on the option's line as an argument; meshkit never reads a"
+    " brace as an argument, so the one-line block means what the multi-line one does"
+)
+
+DISPENSER = [
+    Case("dispenser RemainingArgs (header)", "header / { X-A a }", False, diff=BRACE_ARG),
+    Case(
+        "dispenser RemainingArgs (errors)",
+        "errors {\n 404 404.html\n 500 500.html }",
+        False,
+        diff=BRACE_ARG,
+    ),
+    Case(
+        # accepted by both, but v1 rewrote to "/b }"
+        "dispenser RemainingArgs (rewrite)",
+        "rewrite { regexp ^/a to /b }",
+        True,
+        _rw(regexp="^/a", to=["/b"]),
+    ),
+    Case(
+        "dispenser NextArg (gzip)",
+        "gzip {\n level 9 }",
+        True,
+        lambda d: _eq(d["gzip"].rules[0].level, 9),
+    ),
+    Case("dispenser NextArg (mime)", "mime { .a text/a .b text/b }", True),
+]
+
+ALL = (
+    DISPENSER
+    + GZIP
+    + HEADER
+    + BASICAUTH
+    + BROWSE
+    + ERRORS
+    + EXT
+    + FASTCGI
+    + INTERNAL
+    + INDEX
+    + LIMITS
+)
 ALL += LOG + MIME + PROXY + REDIR + REWRITE + ROOT + STATUS + TLS
 
 

@@ -938,6 +938,103 @@ PROXY = [
         "proxy / srv+https://bogus.service {\n health_check_port 96\n}",
         False,
     ),
+    # parseBlock itself (caddyhttp/proxy/upstream.go), for the options no table covers
+    Case(
+        "proxy parseBlock policy header (no name)",
+        "proxy / localhost:8080 {\n policy header\n}",
+        True,
+        diff="v1 took `policy header` without a field name and then picked no upstream for any"
+        " request (502 always); meshkit refuses it",
+    ),
+    Case("proxy parseBlock policy cookie", "proxy / localhost:8080 {\n policy cookie\n}", False),
+    Case(
+        "proxy parseBlock policy uri_hash",
+        "proxy / localhost:8080 {\n policy uri_hash\n}",
+        True,
+        lambda d: _eq(d["proxy"].rules[0].policy, "uri_hash"),
+    ),
+    Case("proxy parseBlock keepalive -1", "proxy / localhost:8080 {\n keepalive -1\n}", False),
+    Case(
+        "proxy parseBlock keepalive 0",
+        "proxy / localhost:8080 {\n keepalive 0\n}",
+        True,
+        lambda d: _eq(d["proxy"].rules[0].keepalive, 0),
+    ),
+    Case("proxy parseBlock timeout", "proxy / localhost:8080 {\n timeout 5x\n}", False),
+    Case(
+        "proxy parseBlock timeout 5s",
+        "proxy / localhost:8080 {\n timeout 5s\n}",
+        True,
+        lambda d: _eq(d["proxy"].rules[0].timeout, 5.0),
+    ),
+    Case(
+        "proxy parseBlock fallback_delay",
+        "proxy / localhost:8080 {\n fallback_delay 150ms\n}",
+        True,
+        lambda d: _eq(d["proxy"].rules[0].fallback_delay, 0.15),
+    ),
+    Case(
+        "proxy parseBlock fallback_delay (none)",
+        "proxy / localhost:8080 {\n fallback_delay\n}",
+        False,
+    ),
+    Case(
+        "proxy parseBlock header_upstream replace",
+        'proxy / localhost:8080 {\n header_upstream X-A "^(.*)$" "v=$1"\n}',
+        True,
+        lambda d: _eq(
+            [(h.op, h.name, h.regex, h.value) for h in d["proxy"].rules[0].header_upstream],
+            [("replace", "X-A", "^(.*)$", "v=$1")],
+        ),
+    ),
+    Case(
+        "proxy parseBlock header_upstream replace +",
+        "proxy / localhost:8080 {\n header_upstream +X a b\n}",
+        False,
+    ),
+    Case(
+        "proxy parseBlock header_downstream bad regexp",
+        "proxy / localhost:8080 {\n header_downstream X ( b\n}",
+        False,
+    ),
+    Case(
+        "proxy parseBlock header_upstream -NAME VALUE",
+        "proxy / localhost:8080 {\n header_upstream -X ignored\n}",
+        True,
+        lambda d: _eq(
+            [(h.op, h.name) for h in d["proxy"].rules[0].header_upstream], [("del", "X")]
+        ),
+    ),
+    Case(
+        "proxy parseBlock ca_certificates",
+        "proxy / https://localhost {\n ca_certificates @T@/ca.crt\n}",
+        True,
+        lambda d: _eq(d["proxy"].rules[0].ca_certificates, ["@T@/ca.crt"]),
+    ),
+    Case(
+        "proxy parseBlock ca_certificates (none)",
+        "proxy / https://localhost {\n ca_certificates\n}",
+        False,
+    ),
+    Case(
+        "proxy parseBlock ca_certificates (not PEM)",
+        "proxy / https://localhost {\n ca_certificates @T@/404.html\n}",
+        False,
+    ),
+    Case(
+        "proxy parseBlock ca_certificates + insecure_skip_verify",
+        "proxy / https://localhost {\n insecure_skip_verify\n ca_certificates @T@/ca.crt\n}",
+        False,
+    ),
+    Case("proxy parseBlock upstream (two on a line)", "proxy / {\n upstream a:1 b:2\n}", False),
+    Case(
+        "proxy parseUpstream range 8080-8080",
+        "proxy / localhost:8080-8080",
+        False,
+        diff="a range of one port is that port: meshkit takes it (v1's `pEnd <= pIni` refused"
+        " it); a backwards range is refused by both",
+    ),
+    Case("proxy parseUpstream range 1-2-3", "proxy / localhost:1-2-3", False),
     Case(
         "proxy TestStop (config)",
         "proxy / http://127.0.0.1:9 {\n health_check /healthcheck \nhealth_check_interval 5ms \n}",

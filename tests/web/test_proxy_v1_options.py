@@ -317,7 +317,7 @@ needs_unshare = pytest.mark.skipif(shutil.which("unshare") is None, reason="need
 
 @needs_unshare
 @pytest.mark.root
-def test_srv_upstream_follows_the_records(tmp_path: Path) -> None:
+def test_srv_upstream_follows_the_records(tmp_path: Path, tls_backend) -> None:  # type: ignore[no-untyped-def]
     import os
 
     if os.geteuid() != 0:
@@ -332,8 +332,18 @@ def test_srv_upstream_follows_the_records(tmp_path: Path) -> None:
             dns.a["b2.srv.test"] = ["127.0.0.1"]
             port = free_port()
             conf = tmp_path / "Caddyfile"
+            tls_port, ca = tls_backend
+            dns.srv["_tls._tcp.srv.test"] = [(1, 1, "b1.srv.test", tls_port)]
+            # health checks probe every target (v1): the locator is up while one is
+            dns.srv["_hc._tcp.srv.test"] = [
+                (1, 0, "gone.srv.test", closed),
+                (2, 0, "b2.srv.test", b2.port),
+            ]
             conf.write_text(
-                f"127.0.0.1:{port} {{\n proxy / srv://{name} {{\n  keepalive 0\n }}\n}}\n"
+                f"127.0.0.1:{port} {{\n proxy / srv://{name} {{\n  keepalive 0\n }}\n"
+                f" proxy /tls srv+https://_tls._tcp.srv.test {{\n  ca_certificates {ca}\n }}\n"
+                " proxy /hc srv://_hc._tcp.srv.test {\n  health_check /health\n"
+                "  health_check_interval 1h\n }\n}\n"
             )
             argv = [sys.executable, "-m", "meshkit", "web", "-conf", str(conf)]
             proc = Proc(resolv_argv(dns, tmp_path, argv))
@@ -344,6 +354,15 @@ def test_srv_upstream_follows_the_records(tmp_path: Path) -> None:
                 f = _fields(r.body)
                 assert f["backend"] == "b1"
                 assert f["host"] == name  # v1 sends the locator's name
+                # srv+https: TLS to the target, its certificate checked against the target's
+                # name (b1.srv.test) and the block's own CA
+                r = curl(port, "/tls/x", tmp=tmp_path)
+                assert (r.status, r.body) == (200, b"tls backend saw /tls/x\n"), proc.stderr()
+                assert wait_until(lambda: any(u == "/health" for u, _ in b2.seen), 10), (
+                    proc.stderr()
+                )
+                r = curl(port, "/hc/y", tmp=tmp_path)
+                assert (r.status, _fields(r.body)["backend"]) == (200, "b2"), proc.stderr()
                 # the records change: seen once their TTL (1 s) has run out
                 dns.srv[name] = [(10, 0, "b2.srv.test", b2.port)]
                 deadline = time.monotonic() + 15

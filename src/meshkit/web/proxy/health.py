@@ -14,6 +14,9 @@ A probe carries what the block's requests carry where it can be known without a 
 fields whose values are literal or use only `{host}`, and the block's TLS settings
 (`insecure_skip_verify`, `ca_certificates`) for https upstreams.
 
+An SRV locator is checked as v1 checked it: each target its records name is probed, and the
+locator is healthy while any target is.
+
 The upstreams checked are the block's as they are at each round: those of a service follow
 its tasks, and a change starts a round at once (a task that joins is probed without waiting
 out the interval; the state of one that left is forgotten).
@@ -32,6 +35,7 @@ from typing import Protocol
 
 from meshkit.lb.health import HealthState
 from meshkit.web.proxy.client import Pool, UpstreamError, exchange
+from meshkit.web.proxy.dial import SrvError, lookup_srv
 from meshkit.web.proxy.rules import ProxyRule
 from meshkit.web.proxy.upstream import Upstream
 
@@ -158,27 +162,10 @@ class HealthChecker:
         """Probe one upstream now and apply the result; whether it was healthy."""
         pool = self._pool(upstream)
         up = pool.upstream
-        head = (
-            f"GET {up.base.rstrip('/')}{self.path} HTTP/1.1\r\n"
-            f"Host: {self.host or up.host_header}\r\n{self.fields}"
-            "User-Agent: meshkit-health-check\r\nConnection: close\r\n\r\n"
-        ).encode("latin-1", "replace")
-        ok = False
-        why = ""
-        try:
-            reply = await exchange(pool, head, None, False, False, self.timeout, _ignore)
-            body = reply.body
-            if not isinstance(body, bytes):
-                pieces = []
-                async for piece in body:
-                    pieces.append(piece)
-                body = b"".join(pieces)
-            ok = 200 <= reply.status < 400 and (not self.contains or self.contains in body)
-            why = f"status {reply.status}" if ok or reply.status >= 400 else "body lacks the text"
-        except UpstreamError as exc:
-            why = str(exc)
-        except Exception as exc:  # a broken probe must not end the checks
-            why = f"{type(exc).__name__}: {exc}"
+        if up.is_srv:
+            ok, why = await self._probe_srv(up)
+        else:
+            ok, why = await self._probe(pool)
         state = self.states.get(upstream)
         if state is None:  # left while it was being probed
             return ok
@@ -188,6 +175,58 @@ class HealthChecker:
             verdict = "up" if flip else "down"
             log.warning("proxy health check: %s is %s (%s)", up.name, verdict, why)
         return ok
+
+    async def _probe(self, pool: Pool) -> tuple[bool, str]:
+        """One GET on a fresh connection: (healthy, why)."""
+        up = pool.upstream
+        head = (
+            f"GET {up.base.rstrip('/')}{self.path} HTTP/1.1\r\n"
+            f"Host: {self.host or up.host_header}\r\n{self.fields}"
+            "User-Agent: meshkit-health-check\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1", "replace")
+        try:
+            reply = await exchange(pool, head, None, False, False, self.timeout, _ignore)
+            body = reply.body
+            if not isinstance(body, bytes):
+                pieces = []
+                async for piece in body:
+                    pieces.append(piece)
+                body = b"".join(pieces)
+            ok = 200 <= reply.status < 400 and (not self.contains or self.contains in body)
+            return (
+                ok,
+                f"status {reply.status}" if ok or reply.status >= 400 else "body lacks the text",
+            )
+        except UpstreamError as exc:
+            return False, str(exc)
+        except Exception as exc:  # a broken probe must not end the checks
+            return False, f"{type(exc).__name__}: {exc}"
+
+    async def _probe_srv(self, up: Upstream) -> tuple[bool, str]:
+        """An SRV locator, as v1 checked it: every target of its records is probed, and it
+        is healthy while any of them is (its records not found: unhealthy)."""
+        try:
+            records = await lookup_srv(up.host)
+        except SrvError as exc:
+            return False, str(exc)
+        scheme = "https" if up.tls else "http"
+        pools = [
+            Pool(
+                Upstream(scheme, r.target, r.port, base=up.base),
+                0,
+                self.timeout,
+                self.ssl_context,
+                fallback_delay=self.fallback_delay,
+            )
+            for r in records
+        ]
+        results = await asyncio.gather(*(self._probe(p) for p in pools))
+        good = [p.upstream.name for p, (ok, _) in zip(pools, results, strict=True) if ok]
+        if good:
+            return True, "healthy: " + ", ".join(good)
+        return False, "; ".join(
+            f"{p.upstream.name}: {why}" for p, (_, why) in zip(pools, results, strict=True)
+        )
 
 
 def _ignore(ok: bool) -> None:

@@ -40,6 +40,10 @@ class Case:
     acme: bool = False  # load with automatic HTTPS on (a `tls` block naming no certificate)
 
 
+NEGATIVE = (
+    "a negative duration or count meant the same as 0 (off, or no limit) in v1; meshkit asks"
+    " for the 0"
+)
 BROWSE_DOT = (
     "a path scope that is not a URL path (`.`) can never match a request: meshkit refuses it"
     " where v1 took it and never used it"
@@ -952,6 +956,30 @@ PROXY = [
         "proxy / localhost:8080 {\n policy uri_hash\n}",
         True,
         lambda d: _eq(d["proxy"].rules[0].policy, "uri_hash"),
+    ),
+    Case(
+        "proxy parseBlock fail_timeout -1s (ParseDuration)",
+        "proxy / localhost:8080 {\n fail_timeout -1s\n}",
+        True,
+        diff=NEGATIVE,
+    ),
+    Case(
+        "proxy parseBlock max_conns -1 (ParseInt)",
+        "proxy / localhost:8080 {\n max_conns -1\n}",
+        True,
+        diff=NEGATIVE,
+    ),
+    Case(
+        "proxy parseBlock health_check_port 0 (n < 0 only)",
+        "proxy / localhost:8080 {\n health_check / \n health_check_port 0\n}",
+        True,
+        diff="port 0 can never be probed (v1 then marked every upstream down); meshkit refuses it",
+    ),
+    Case(
+        "proxy parseBlock policy random extra (one optional argument)",
+        "proxy / localhost:8080 {\n policy random extra\n}",
+        True,
+        lambda d: _eq(d["proxy"].rules[0].policy, "random"),
     ),
     Case("proxy parseBlock keepalive -1", "proxy / localhost:8080 {\n keepalive -1\n}", False),
     Case(

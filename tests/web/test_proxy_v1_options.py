@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import shutil
+import socket
 import ssl
 import sys
 import threading
@@ -143,6 +144,56 @@ def test_upgrade_passes_only_with_websocket(echo, make_proxy, tmp_path: Path) ->
     assert r.status == 200  # an ordinary exchange: v1 drops Connection and Upgrade
     f = _fields(r.body)
     assert "upgrade" not in f and f.get("connection", "") != "Upgrade"
+
+
+def _upgrading_backend() -> tuple[socket.socket, threading.Thread]:
+    """A backend that switches protocols and then echoes in upper case."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen()
+
+    def serve() -> None:
+        conn, _ = lsock.accept()
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(4096)
+            conn.sendall(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\n\r\n"
+            )
+            while data := conn.recv(4096):
+                conn.sendall(data.upper())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return lsock, thread
+
+
+def test_upgrade_rules_written_out_act_as_websocket(make_proxy) -> None:  # type: ignore[no-untyped-def]
+    """v1's `websocket` is two header_upstream rules; a block that writes them itself upgrades."""
+    lsock, thread = _upgrading_backend()
+    try:
+        p = make_proxy(
+            f":2015\nproxy / 127.0.0.1:{lsock.getsockname()[1]} {{\n"
+            " header_upstream Connection {>Connection}\n header_upstream Upgrade {>Upgrade}\n}\n"
+        )
+        with socket.create_connection(("127.0.0.1", p.port), timeout=5) as c:
+            c.sendall(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+            )
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += c.recv(4096)
+            assert head.startswith(b"HTTP/1.1 101"), head
+            c.sendall(b"hello")
+            got = b""
+            while len(got) < 5:
+                got += c.recv(100)
+            assert got == b"HELLO"
+    finally:
+        lsock.close()
+        thread.join(5)
 
 
 # --- health checks ----------------------------------------------------------------------------

@@ -146,7 +146,11 @@ class Heads:
         self.transparent = rule.transparent
         # Caddy v1 drops Connection and Upgrade like every hop-by-hop field; `websocket`
         # passes them on, so only a block with it lets a client upgrade (to anything)
-        self.websocket = rule.websocket
+        # (v1's `websocket` is `header_upstream Connection {>Connection}` and `Upgrade
+        # {>Upgrade}`: a block that writes an Upgrade rule itself passes upgrades on too)
+        self.websocket = rule.websocket or any(
+            o.op in ("set", "add") and o.name.lower() == "upgrade" for o in rule.header_upstream
+        )
         self.close_upstream = rule.keepalive <= 0
         # the client's fields for each upstream head seen lately (see response_for)
         self.filtered: dict[int, tuple[list[tuple[str, str]], list[tuple[str, str]], str | None]]

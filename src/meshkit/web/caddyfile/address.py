@@ -47,6 +47,8 @@ def parse_address(
         rest = text[m.end() :]
     elif "://" in text:
         raise AddressError(f"site address {original!r}: malformed scheme")
+    elif text.startswith("//"):
+        rest = text[2:]  # scheme-relative, as v1 read it (`//host` is the host `host`)
     if any(c in rest for c in "?#"):
         raise AddressError(f"site address {original!r}: a query or fragment has no place here")
     if any(c.isspace() for c in rest):

@@ -77,7 +77,8 @@ def lex(text: str, file: str = "Caddyfile", *, splice: int = 0) -> list[Token]:
 
 # --- environment variables -------------------------------------------------------------
 
-_ENV_RE = re.compile(r"\{\$([^{}$]+)\}|\{%([^{}%]+)%\}")
+# `{$NAME}` runs to the next `}` as in v1 (so `{$PORT$}` names the unset `PORT$`)
+_ENV_RE = re.compile(r"\{\$([^{}]+)\}|\{%([^{}%]+)%\}")
 
 
 def expand_env(text: str, environ: Mapping[str, str]) -> str:

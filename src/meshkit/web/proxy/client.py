@@ -46,6 +46,7 @@ import httptools
 
 from meshkit.web.message import Body, BodyTooLarge
 from meshkit.web.proxy.deadlines import Deadlines
+from meshkit.web.proxy.dial import SrvError, dial, lookup_srv
 from meshkit.web.proxy.upstream import Upstream
 
 __all__ = [
@@ -318,8 +319,7 @@ class _Conn(asyncio.Protocol):
             self.head_size += len(name) + len(value) + 4
             if len(headers) > MAX_FIELDS or self.head_size > MAX_HEAD:
                 self.error = UpstreamBroken(
-                    f"the upstream's response head is over {MAX_HEAD} bytes"
-                    f" or {MAX_FIELDS} fields"
+                    f"the upstream's response head is over {MAX_HEAD} bytes or {MAX_FIELDS} fields"
                 )
                 raise _HeadTooLarge  # stops the parser (data_received closes)
 
@@ -415,8 +415,10 @@ class Pool:
         ssl_context: ssl.SSLContext | None = None,
         deadlines: Deadlines | None = None,
         socket_for: Callable[[str, int], socket.socket] | None = None,
+        fallback_delay: float = 0.0,
     ) -> None:
         self.upstream = upstream
+        self.fallback_delay = fallback_delay  # happy eyeballs (meshkit.web.proxy.dial)
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout
         self.timeout = connect_timeout  # for start(): the block's `timeout`
@@ -451,21 +453,45 @@ class Pool:
         loop = asyncio.get_running_loop()
         try:
             if up.scheme == "unix":
-                coro = loop.create_unix_connection(lambda: _Conn(self), up.path)
-            else:
-                coro = loop.create_connection(
-                    lambda: _Conn(self),
-                    up.host,
-                    up.port,
-                    ssl=self.ssl_context if up.scheme == "https" else None,
-                    server_hostname=up.host if up.scheme == "https" else None,
-                )
-            _, conn = await asyncio.wait_for(coro, self.connect_timeout)
+                coro: Awaitable[Any] = loop.create_unix_connection(lambda: _Conn(self), up.path)
+                _, conn = await asyncio.wait_for(coro, self.connect_timeout)
+                return conn  # type: ignore[no-any-return]
+            if up.is_srv:
+                return await asyncio.wait_for(self._connect_srv(), self.connect_timeout)
+            proto = await asyncio.wait_for(self._dial(up.host, up.port), self.connect_timeout)
         except asyncio.TimeoutError:
             raise ConnectFailed(f"connecting to {up.name} timed out") from None
         except (OSError, ssl.SSLError) as exc:
             raise ConnectFailed(f"cannot connect to {up.name}: {exc}") from None
-        return conn
+        assert isinstance(proto, _Conn)
+        return proto
+
+    def _dial(self, host: str, port: int) -> Awaitable[asyncio.Protocol]:
+        return dial(
+            lambda: _Conn(self),
+            host,
+            port,
+            tls=self.ssl_context if self.upstream.tls else None,
+            fallback_delay=self.fallback_delay,
+        )
+
+    async def _connect_srv(self) -> _Conn:
+        """An SRV locator: its targets in RFC 2782 order, the first reachable one."""
+        up = self.upstream
+        try:
+            records = await lookup_srv(up.host)
+        except SrvError as exc:
+            raise ConnectFailed(f"{up.name}: {exc}") from None
+        problems = []
+        for r in records:
+            try:
+                proto = await self._dial(r.target, r.port)
+            except (OSError, ssl.SSLError) as exc:
+                problems.append(f"{r.target}:{r.port}: {exc}")
+                continue
+            assert isinstance(proto, _Conn)
+            return proto
+        raise ConnectFailed(f"cannot connect to {up.name}: " + "; ".join(problems))
 
     async def _connect_service(self) -> _Conn:
         """Dial a service's task on a socket from the directory (made in the namespace the

@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from meshkit.web.message import Headers, Request, Response
-from meshkit.web.placeholders import Template, compile_template
 from meshkit.web.proxy.client import Reply, Stream
-from meshkit.web.proxy.rules import HeaderOp, ProxyRule, scope
+from meshkit.web.proxy.headerops import HeaderOps
+from meshkit.web.proxy.rules import ProxyRule, scope
 from meshkit.web.proxy.upstream import Upstream
 
 
@@ -52,26 +52,6 @@ HOP = frozenset(
         "upgrade",
     )
 )
-
-
-class HeaderOps:
-    """Compiled header_upstream / header_downstream operations."""
-
-    __slots__ = ("ops",)
-
-    def __init__(self, ops: list[HeaderOp]) -> None:
-        self.ops: list[tuple[str, str, Template]] = [
-            (o.op, o.name, compile_template(o.value)) for o in ops
-        ]
-
-    def apply(self, headers: Headers, request: Request) -> None:
-        for op, name, value in self.ops:
-            if op == "del":
-                headers.remove(name)
-            elif op == "add":
-                headers.add(name, value.render(request))
-            else:
-                headers.set(name, value.render(request))
 
 
 # What stays unencoded in the path sent upstream: unreserved characters (quote keeps
@@ -149,13 +129,28 @@ class Heads:
     """The header rules of one block, compiled, and the heads and field lists made by them
     lately."""
 
-    __slots__ = ("close_upstream", "down_ops", "filtered", "transparent", "up_ops", "without")
+    __slots__ = (
+        "close_upstream",
+        "down_ops",
+        "filtered",
+        "transparent",
+        "up_ops",
+        "websocket",
+        "without",
+    )
 
     def __init__(self, rule: ProxyRule) -> None:
         self.up_ops = HeaderOps(rule.header_upstream) if rule.header_upstream else None
         self.down_ops = HeaderOps(rule.header_downstream) if rule.header_downstream else None
         self.without = scope(rule.without) if rule.without else ""
         self.transparent = rule.transparent
+        # Caddy v1 drops Connection and Upgrade like every hop-by-hop field; `websocket`
+        # passes them on, so only a block with it lets a client upgrade (to anything)
+        # (v1's `websocket` is `header_upstream Connection {>Connection}` and `Upgrade
+        # {>Upgrade}`: a block that writes an Upgrade rule itself passes upgrades on too)
+        self.websocket = rule.websocket or any(
+            o.op in ("set", "add") and o.name.lower() == "upgrade" for o in rule.header_upstream
+        )
         self.close_upstream = rule.keepalive <= 0
         # the client's fields for each upstream head seen lately (see response_for)
         self.filtered: dict[int, tuple[list[tuple[str, str]], list[tuple[str, str]], str | None]]
@@ -200,7 +195,15 @@ class Heads:
             path = path[len(self.without) :]
             if not path.startswith("/"):
                 path = "/" + path
-        uri = _encoded(path) + ("?" + request.query if request.query else "")
+        uri = _encoded(path)
+        query = request.query
+        up = uset.upstreams[index]
+        if up.base:
+            # v1's singleJoiningSlash: the base path, then the request's with one `/` between
+            uri = up.base.rstrip("/") + uri if up.base.endswith("/") else up.base + uri
+        if up.query:
+            query = f"{up.query}&{query}" if query else up.query
+        uri += "?" + query if query else ""
         kept, xff, connection, upgrade_to = _copied(request.headers, _SKIP)
         if connection:
             # the fields the client's Connection names are hop-by-hop too (rare: scan again)
@@ -208,7 +211,7 @@ class Heads:
             if named:
                 kept = _copied(request.headers, _SKIP | named)[0]
         upgrade = None
-        if upgrade_to is not None and "upgrade" in connection.lower():
+        if self.websocket and upgrade_to is not None and "upgrade" in connection.lower():
             upgrade = upgrade_to
         remote = request.remote_addr
         forwarded = f"{xff}, {remote}" if xff else remote
@@ -297,5 +300,6 @@ class Heads:
         if isinstance(body, Stream) and length is not None and length.isdigit():
             body.content_length = int(length)
         if self.down_ops is not None:
-            self.down_ops.apply(headers, request)
+            # `{<Name}` reads the upstream's answer as it came, before these rules
+            self.down_ops.apply(headers, request, Response(reply.status, Headers(raw)))
         return Response(reply.status, headers, body)

@@ -25,7 +25,14 @@ __all__ = ["Route", "UpstreamSet", "make_route"]
 log = logging.getLogger(__name__)
 
 
-def _ssl_context(insecure: bool) -> ssl.SSLContext:
+def _ssl_context(insecure: bool, ca_files: list[str] | None = None) -> ssl.SSLContext:
+    """The TLS client context of a block's https upstreams: the system's CAs, or only those
+    of `ca_certificates` (as v1's own CA pool replaced the system's)."""
+    if ca_files:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies, checks names; no system CAs
+        for path in ca_files:
+            ctx.load_verify_locations(cafile=path)
+        return ctx
     ctx = ssl.create_default_context()
     if insecure:
         ctx.check_hostname = False
@@ -71,8 +78,8 @@ class Route:
                 " inside a node agent (meshkit node init --web)"
             )
         self.ssl_context = None
-        if any(u.scheme == "https" for u in rule.upstreams):
-            self.ssl_context = _ssl_context(rule.insecure_skip_verify)
+        if any(u.tls for u in rule.upstreams):
+            self.ssl_context = _ssl_context(rule.insecure_skip_verify, rule.ca_certificates)
         self.deadlines = Deadlines()
         self.socket_for = directory.socket_for if directory is not None else None
         # what the health check said of upstreams now down, and the expiry times of the
@@ -115,6 +122,7 @@ class Route:
                     self.ssl_context,
                     self.deadlines,
                     self.socket_for,
+                    rule.fallback_delay,
                 )
             pools.append(pool)
         for gone in kept.values():

@@ -11,11 +11,13 @@ from meshkit.web.proxy.upstream import Upstream
 
 @dataclass
 class HeaderOp:
-    """`NAME VALUE` sets, `+NAME VALUE` adds, `-NAME` removes."""
+    """`NAME VALUE` sets, `+NAME VALUE` adds, `-NAME` removes, and `NAME REGEX REPLACEMENT`
+    (Caddy v1's three-argument form) replaces what REGEX matches in the field's value."""
 
-    op: str  # "set", "add", "del"
+    op: str  # "set", "add", "del", "replace"
     name: str
-    value: str = ""
+    value: str = ""  # the value, or the replacement (Go's `$1`, `${name}` expand)
+    regex: str = ""  # for "replace"
 
 
 @dataclass
@@ -45,6 +47,8 @@ class ProxyRule:
     transparent: bool = False
     websocket: bool = False
     insecure_skip_verify: bool = False
+    ca_certificates: list[str] = field(default_factory=list)  # PEM files trusted (only these)
+    fallback_delay: float = 0.0  # happy eyeballs: 0 = Go's 300ms, negative = off
 
 
 def scope(path: str) -> str:

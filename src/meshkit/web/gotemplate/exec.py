@@ -14,7 +14,7 @@ with the command's arguments.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,9 +218,9 @@ class _State:
         pipe = node.pipe
         val = self.eval_pipeline(dot, pipe)
         del self.vars[mark:]  # the range variables are set per item below
-        items: list[tuple[Any, Any]]
+        items: Iterable[tuple[Any, Any]]
         if val is None or val is NO_VALUE:
-            items = []
+            items = ()
         elif isinstance(val, dict):
             items = [(k, val[k]) for k in sort_keys(val)]
         elif isinstance(val, (list, tuple)):
@@ -228,10 +228,11 @@ class _State:
         elif isinstance(val, int) and not isinstance(val, bool):
             if len(pipe.decl) > 1:
                 raise _Fail(f"can't use {val} to iterate over more than one variable", node)
-            items = [(i, i) for i in range(val)]
+            items = ((i, i) for i in range(val))  # lazily: the step limit may stop it
         else:
             raise _Fail(f"range can't iterate over {go_str(val)}", node)
-        if not items:
+        empty = (isinstance(val, int) and val <= 0) or (not isinstance(val, int) and not items)
+        if empty:
             if node.else_ is not None:
                 self.walk(dot, node.else_)
             return

@@ -235,6 +235,8 @@ def _one(verb: str, flags: str, width: int | None, prec: int | None, v: Any) -> 
             s = "'" + quote(chr(v))[1:-1].replace("'", "\\'").replace('\\"', '"') + "'"
         else:
             return _bad(verb, v)
+    elif verb == "T":
+        s = go_type(v)
     elif verb == "t":
         if not isinstance(v, bool):
             return _bad(verb, v)

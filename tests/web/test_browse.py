@@ -206,12 +206,69 @@ def test_listing_traversal_refused(root: Path) -> None:
 
 def test_custom_template(root: Path, tmp_path: Path) -> None:
     tpl = tmp_path / "list.tpl"
-    tpl.write_text("<title>$name at $path</title>\n<table>$up$rows</table>\n$numdirs/$numfiles $$5")
+    tpl.write_text(
+        "<title>{{.Name}} at {{.Path}}</title>{{if .CanGoUp}}<a href=\"../\">up</a>{{end}}\n"
+        "{{range .Items}}<a href=\"{{html .URL}}\">{{.Name}}</a> {{.Size}} {{.HumanSize}} "
+        "{{.IsDir}} {{.Mode}} {{.HumanModTime \"2006\"}}\n{{end}}"
+        "{{.NumDirs}}/{{.NumFiles}} {{.Sort}} {{.Order}} {{.ItemsLimitedTo}} $5"
+    )
     chain = chain_for(root, f"browse / {tpl}")
     page = body_of(call(chain, req("/adir/"))).decode()
-    assert page.startswith("<title>adir at /adir/</title>")
-    assert "inner.txt" in page and 'href="../"' in page
-    assert page.endswith("0/1 $5")
+    assert page.startswith('<title>adir at /adir/</title><a href="../">up</a>')
+    assert '<a href="./inner.txt">inner.txt</a> 5 5 B false -rw-' in page
+    assert page.endswith("0/1 namedirfirst asc 0 $5")
+    top = body_of(call(chain, req("/", query="sort=size&limit=2"))).decode()
+    assert '<a href="../">' not in top
+    assert top.endswith("2/0 size asc 2 $5")
+
+
+def test_custom_template_crumbs_and_context(root: Path, tmp_path: Path) -> None:
+    tpl = tmp_path / "crumbs.tpl"
+    tpl.write_text(
+        "{{range $k, $v := .BreadcrumbMap}}[{{$k}}={{$v}}]{{end}} "
+        "{{range .Breadcrumbs}}<{{.Link}}|{{.Text}}>{{end}} {{.Header \"X-A\"}}"
+    )
+    (root / "adir" / "deeper").mkdir()
+    chain = chain_for(root, f"browse / {tpl}")
+    page = body_of(call(chain, req("/adir/deeper/", headers=[("X-A", "1")]))).decode()
+    assert page == (
+        "[/=/][/adir=adir][/adir/deeper=deeper] </|/></adir/|adir></adir/deeper/|deeper> 1"
+    )
+    # it read the request: rendered again, not kept
+    again = body_of(call(chain, req("/adir/deeper/", headers=[("X-A", "2")]))).decode()
+    assert again.endswith(" 2")
+
+
+def test_custom_template_errors(
+    root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "bad.tpl"
+    bad.write_text("ok\n{{if}}")
+    with pytest.raises(CaddyfileError, match=r"browse template: template: .*bad.tpl:2: "):
+        browse_d.parse(Dispenser(tokens(f"browse / {bad}")), site_from("127.0.0.1:2015\n"))
+    failing = tmp_path / "failing.tpl"
+    failing.write_text("a\n{{range .Items}}{{.Nope}}{{end}}")
+    chain = chain_for(root, f"browse / {failing}")
+    assert call(chain, req("/adir/")).status == 500
+    assert "failing.tpl:2:" in caplog.text and "can't evaluate field Nope" in caplog.text
+
+
+def test_listing_rendered_once_per_version(root: Path) -> None:
+    chain = chain_for(root)
+    handler = chain
+    while not isinstance(handler, browse_d.BrowseHandler):
+        handler = handler.next  # type: ignore[attr-defined]
+    first = body_of(call(chain, req("/adir/"))).decode()
+    assert len(handler.rendered.items) == 1
+    assert body_of(call(chain, req("/adir/"))).decode() == first
+    assert len(handler.rendered.items) == 1  # the same version: served from what was kept
+    call(chain, req("/adir/", query="order=desc"))
+    assert len(handler.rendered.items) == 2  # other options: another rendering
+    (root / "adir" / "inner.txt").write_text("longer contents now")  # size changes
+    page = body_of(call(chain, req("/adir/"))).decode()
+    assert page != first and 'data-size="19"' in page
+    (root / "adir" / "new.txt").write_text("n")
+    assert "new.txt" in body_of(call(chain, req("/adir/"))).decode()
 
 
 def test_head_and_post(root: Path) -> None:

@@ -80,5 +80,9 @@ class OutputCache:
             return None
         return body
 
+    def deps(self, key: Hashable) -> tuple[Validator, ...] | None:
+        hit = self.lru.items.get(key)
+        return hit[0] if hit is not None else None
+
     def put(self, key: Hashable, deps: list[Validator], body: bytes) -> None:
         self.lru.put(key, (tuple(dict.fromkeys(deps)), body))

@@ -17,6 +17,7 @@ import os
 import posixpath
 import secrets
 import string
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
@@ -29,6 +30,7 @@ from meshkit.web.mdrender import render_markdown
 from meshkit.web.message import Request, Validator
 
 MAX_INCLUDE_DEPTH = 16
+_RACY_NS = 1_000_000_000
 _RANDOM_CHARS = string.ascii_letters + string.digits
 
 
@@ -205,6 +207,8 @@ class TemplateContext:
         e = files.lookup(fs.rstrip("/") or "/")
         if not isinstance(e, Entry):
             raise FuncError(f"{what} {name!r}: no such file")
+        if e.is_dir and time.time_ns() - max(e.mtime_ns, e.ctime_ns) <= _RACY_NS:
+            self.dynamic = True  # a folder changed within the last tick may change unseen
         self.deps.append(e.sig)
         return e
 

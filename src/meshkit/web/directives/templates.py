@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
@@ -56,6 +57,9 @@ class TemplatesRule:
 @dataclass
 class TemplatesConfig:
     rules: list[TemplatesRule] = field(default_factory=list)
+    # pages that use nothing from the request carry validators (the files they read), so
+    # the server may answer repeats from its response cache; the others carry none
+    keeps_static: ClassVar[bool] = True
 
 
 def _ext(d: Dispenser, ext: str) -> str:
@@ -160,7 +164,10 @@ class TemplatesHandler:
     ) -> Response:
         key = (fpath, e.sig, tuple(rule.delims))
         body = self.outputs.get(key)
-        if body is None:
+        validators: tuple[Validator, ...] | None = None
+        if body is not None:
+            validators = self.outputs.deps(key)
+        else:
             ctx = TemplateContext(req, self.files, self._include)
             try:
                 body = self._execute(rule, fpath, e, ctx)
@@ -172,9 +179,10 @@ class TemplatesHandler:
                 return Response.error(403 if isinstance(exc, PermissionError) else 500)
             if not ctx.dynamic:
                 self.outputs.put(key, [e.sig, *deps, *ctx.deps], body)
+                validators = self.outputs.deps(key)
         ctype = type_by_extension(fpath, self.files.mime) or sniff(body[:512])
         h = Headers([("Content-Type", with_charset(ctype)), ("Last-Modified", e.last_modified)])
-        return Response(200, h, body)
+        return Response(200, h, body, validators=validators)
 
     def _execute(self, rule: TemplatesRule, fpath: str, e: Entry, ctx: TemplateContext) -> bytes:
         left, right = (rule.delims[0], rule.delims[1]) if rule.delims else ("{{", "}}")

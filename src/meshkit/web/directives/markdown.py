@@ -94,8 +94,10 @@ def _load(d: Dispenser, t: Template, name: str, path: str) -> None:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise d.err(f"cannot read markdown template {path!r}: {exc}") from None
+    except OSError as exc:
+        raise d.err(f"cannot read markdown template {path!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise d.err(f"markdown template {path!r} is not UTF-8 text") from None
     try:
         t.parse(text, name=name, parse_name=path)
     except TemplateError as exc:

@@ -190,9 +190,11 @@ def test_real_server_with_curl(tmp_path: Path, root: Path) -> None:
         '<p>{{.Header "X-Who"}} {{.Include "nav.html" "a"}}</p>\n{{.Markdown "doc.md"}}'
     )
     (root / "forever.html").write_text("x\n{{range 1000000000}}{{.}}{{end}}")
+    listing = tmp_path / "listing.tpl"
+    listing.write_text("{{.Path}}:{{range .Items}} {{.Name}}={{.Size}}{{end}}")
     port = free_port()
     conf = tmp_path / "Caddyfile"
-    conf.write_text(f"127.0.0.1:{port} {{\n root {root}\n templates\n}}\n")
+    conf.write_text(f"127.0.0.1:{port} {{\n root {root}\n templates\n browse /sub {listing}\n}}\n")
     proc = Proc([sys.executable, "-m", "meshkit", "web", "-conf", str(conf)])
     try:
         wait_tcp(port, proc)
@@ -221,6 +223,7 @@ def test_real_server_with_curl(tmp_path: Path, root: Path) -> None:
         assert code == 200
         assert body.startswith("<p>curl <nav>a GET</nav></p>")
         assert "<th>a</th>" in body
+        assert curl("/sub/") == (200, "/sub/: a.txt=1 b.txt=1")
         code, _ = curl("/forever.html")
         assert code == 500
         assert curl("/")[0] == 200  # still answering

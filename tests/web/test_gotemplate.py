@@ -49,6 +49,7 @@ class T:
 
 
 TVAL = T()
+TVAL.Inst = None  # type: ignore[attr-defined]
 
 
 def run(src: str, data: Any = TVAL, funcs: dict[str, Any] | None = None, **kw: Any) -> str:
@@ -69,6 +70,7 @@ EXEC_CASES = [
     ("map print", "{{.MSI}}", "map[one:1 three:3 two:2]"),
     ("slice print", "{{.SI}}", "[3 4 5]"),
     ("nil field", "{{.Empty}}", "<nil>"),
+    ("nil instance field", "{{.Copy.Inst}}", "<nil>"),
     # methods
     (".Method0", "-{{.Method0}}-", "-M0-"),
     (".Method1(1234)", "-{{.Method1 1234}}-", "-1234-"),
@@ -194,6 +196,8 @@ EXEC_CASES = [
     ("ne", '{{ne 1 1}} {{ne 1 2}} {{ne "a" "b"}}', "false true true"),
     ("lt le gt ge", '{{lt 1 2}} {{le 2 2}} {{gt 1.5 2.5}} {{ge "b" "a"}}', "true true false true"),
     ("eq nil", "{{eq .NilPtr nil}}", "true"),
+    ("eq missing key", '{{eq .MSI.nope "x"}} {{ne .MSI.nope 1}}', "false true"),
+    ("chain on parens", "{{(index .SI 1)}} {{(.Copy).X}} {{(.MSI).two}}", "4 x 2"),
     ("call", '{{call .BinaryFunc "1" "2"}}', "[1=2]"),
     ("call func", '{{call $.Fn "x"}}', None),
     # constants

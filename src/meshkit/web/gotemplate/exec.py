@@ -50,6 +50,7 @@ class _Fail(Exception):
 
 
 _SIGS: dict[int, inspect.Signature | None] = {}
+_MISSING = object()
 
 
 def _check_arity(name: str, fn: Callable[..., Any], args: list[Any]) -> None:
@@ -398,12 +399,10 @@ class _State:
             if has_args:
                 raise _Fail(f"{name} is not a method but has arguments", node)
             return recv.get(name, NO_VALUE)
-        attr = None
+        attr: Any = _MISSING
         if name[:1].isupper() and not isinstance(recv, (str, int, float, list, tuple, bytes)):
-            attr = getattr(recv, name, None)
-        if attr is None:
-            if name[:1].isupper() and hasattr(type(recv), name):
-                return None  # a field holding nil
+            attr = getattr(recv, name, _MISSING)
+        if attr is _MISSING:
             raise _Fail(f"can't evaluate field {name} in type {go_type(recv)}", node)
         # a method is called; a field holding a function is a value (for `call`), as in Go
         if inspect.ismethod(attr) or inspect.isbuiltin(attr):

@@ -54,10 +54,9 @@ def eq(arg1: Any, *args: Any) -> bool:
     for a in args:
         k = _basic_kind(a)
         if arg1 is None or a is None or arg1 is NO_VALUE or a is NO_VALUE:
+            # Go: a nil (or missing) operand compares unequal to any value, without error
             if (arg1 is None or arg1 is NO_VALUE) and (a is None or a is NO_VALUE):
                 return True
-            if k1 is not None or k is not None:
-                raise FuncError("incompatible types for comparison")
             continue
         if k1 is None or k is None:
             if k1 != k:

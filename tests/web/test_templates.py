@@ -165,6 +165,17 @@ def test_runtime_errors_answer_500_with_file_line(
     assert "template: sub/err.html:2:4:" in caplog.text
 
 
+def test_include_errors(root: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (root / "self.html").write_text('x{{.Include "self.html"}}')
+    (root / "inc-bad.html").write_text('{{.Include "broken.part"}}')
+    (root / "broken.part").write_text("a\n{{end}}")
+    h = chain(root)
+    assert get(h, "/self.html")[0] == 500
+    assert "includes nested more than 16 deep" in caplog.text
+    assert get(h, "/inc-bad.html")[0] == 500
+    assert "template: broken.part:2: unexpected {{end}}" in caplog.text
+
+
 def test_parsed_and_rendered_caches_follow_file_versions(root: Path) -> None:
     page = root / "static.html"
     page.write_text('v1 {{.Include "nav2.html"}}')

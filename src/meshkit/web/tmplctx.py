@@ -28,8 +28,17 @@ from meshkit.web.gotemplate import FuncError, Template, TemplateError
 from meshkit.web.gotemplate.gotime import GoTime
 from meshkit.web.mdrender import render_markdown
 from meshkit.web.message import Request, Validator
+from meshkit.web.tmplcache import ParseCache
 
 MAX_INCLUDE_DEPTH = 16
+# included files parsed once per file version (keys hold the file's absolute path), for
+# contexts made without a cache of their own (markdown pages, browse templates)
+_INCLUDED: ParseCache[Template] = ParseCache()
+
+
+def _parse_included(name: str, sig: Validator, text: str) -> Template:
+    return _INCLUDED.get(name, sig, lambda: Template(name).parse(text))
+
 _RACY_NS = 1_000_000_000
 _RANDOM_CHARS = string.ascii_letters + string.digits
 
@@ -101,7 +110,7 @@ class TemplateContext:
     ) -> None:
         self._req = req
         self._files = files
-        self._parse_cache = parse_cache
+        self._parse_cache = parse_cache or _parse_included
         self._include_depth = 0
         self.dynamic = False
         self.deps: list[Validator] = []
@@ -225,11 +234,7 @@ class TemplateContext:
             raise FuncError(
                 f"Include {filename!r}: includes nested more than {MAX_INCLUDE_DEPTH} deep"
             )
-        name = str(filename)
-        if self._parse_cache is not None:
-            tmpl = self._parse_cache(name, e.sig, text)
-        else:
-            tmpl = Template(name).parse(text)
+        tmpl = self._parse_cache(str(filename), e.sig, text)
         saved = self.Args
         self.Args = list(args)
         self._include_depth += 1

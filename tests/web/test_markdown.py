@@ -148,6 +148,12 @@ def test_named_templates_and_index_files(root: Path) -> None:
     assert status == 200
     assert body == "<h1>Blog</h1><p>intro</p>\n[index.md][post.md]map[] intro"
     assert "<title>Post</title>" in get(h, "/blog/post.md")[2]
+    (root / "s.html").write_text("{{range .Files}}{{.Name}}: {{.Summarize 2}};{{end}}")
+    h2 = chain(root, "{\n template list s.html\n}")
+    assert get(h2, "/blog/")[2] == "index.md: intro;post.md: text;"
+    time.sleep(0.01)
+    (root / "blog" / "post.md").write_text('{"title": "Post"}\nnew words here')
+    assert get(h2, "/blog/")[2] == "index.md: intro;post.md: new words;"
 
 
 def test_errors_and_passthrough(root: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -44,7 +44,7 @@ from meshkit.web.mdrender import render_markdown
 from meshkit.web.message import Handler, HandlerResult, Headers, Request, Response, Validator
 from meshkit.web.site import Site
 from meshkit.web.tmplcache import OutputCache, ParseCache
-from meshkit.web.tmplctx import TemplateContext
+from meshkit.web.tmplctx import TemplateContext, strip_html
 
 log = logging.getLogger("meshkit.web")
 
@@ -160,14 +160,39 @@ def parse(d: Dispenser, site: Site) -> MarkdownConfig:
 
 
 class DirEntry:
-    """An os.FileInfo of the folder of an index page (.Files)."""
+    """An os.FileInfo of the folder of an index page (.Files), with v1's .Summarize N."""
 
-    def __init__(self, name: str, st: os.stat_result) -> None:
+    def __init__(self, path: str, name: str, st: os.stat_result) -> None:
+        self._path = path
+        self._sig: Validator = (
+            path,
+            st.st_ino,
+            st.st_dev,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+        )
+        self._deps: list[Validator] | None = None  # the page's, once it is being rendered
         self.Name = name
         self.Size = st.st_size
         self.ModTime = GoTime(dt.datetime.fromtimestamp(st.st_mtime, tz=dt.timezone.utc))
         self.IsDir = stat_mod.S_ISDIR(st.st_mode)
         self.Mode = st.st_mode
+
+    def Summarize(self, words: Any) -> str:
+        """The first `words` words of the page's text (its Markdown without front matter,
+        rendered, tags stripped)."""
+        if self.IsDir or isinstance(words, bool) or not isinstance(words, int):
+            return ""
+        if self._deps is not None:
+            self._deps.append(self._sig)  # the page now depends on this file too
+        with open(self._path, encoding="utf-8", errors="replace") as f:
+            text = f.read(1 << 20)
+        try:
+            body = parse_page(text).body
+        except FrontMatterError:
+            body = text
+        return " ".join(strip_html(render_markdown(body)).split()[: max(words, 0)])
 
 
 class MarkdownData(TemplateContext):
@@ -264,6 +289,8 @@ class MarkdownHandler:
                 name = fpath.rsplit("/", 1)[-1]
                 title = name[: name.rfind(".")] if "." in name else name
                 data = MarkdownData(req, self.files, rule, page, html, title, entries)
+                for entry in entries:
+                    entry._deps = data.deps
                 assert rule.template_set is not None
                 tname = page.meta.get("template")
                 tname = tname if isinstance(tname, str) else ""
@@ -301,7 +328,7 @@ class MarkdownHandler:
                     if os.path.join(folder.real, de.name) in hidden:
                         continue
                     try:
-                        out.append(DirEntry(de.name, de.stat()))
+                        out.append(DirEntry(de.path, de.name, de.stat()))
                     except OSError:
                         continue
         except OSError:

@@ -127,6 +127,15 @@ def test_extensions_index_and_passthrough(root: Path) -> None:
     assert get(h2, "/page.txt")[2] == 'plain {{.ToUpper "x"}}'  # outside the path
 
 
+def test_internal_paths_only_through_include(root: Path) -> None:
+    (root / "private").mkdir()
+    (root / "private" / "part.html").write_text("{{.Method}} part")
+    (root / "uses.html").write_text('{{.Include "private/part.html"}}')
+    h = chain(root, "templates\ninternal /private")
+    assert get(h, "/private/part.html")[0] == 404  # not from outside
+    assert get(h, "/uses.html")[2] == "GET part"  # server-side include, as v1
+
+
 def test_delimiters(root: Path) -> None:
     (root / "d.html").write_text("[[.Method]] {{.Method}}")
     h = chain(root, "templates {\n between [[ ]]\n}")

@@ -219,7 +219,7 @@ def test_custom_template(root: Path, tmp_path: Path) -> None:
     assert page.endswith("0/1 namedirfirst asc 0 $5")
     top = body_of(call(chain, req("/", query="sort=size&limit=2"))).decode()
     assert '<a href="../">' not in top
-    assert top.endswith("2/0 size asc 2 $5")
+    assert top.endswith("3/4 size asc 2 $5")  # counts of the whole folder, as v1
 
 
 def test_custom_template_crumbs_and_context(root: Path, tmp_path: Path) -> None:
@@ -232,11 +232,51 @@ def test_custom_template_crumbs_and_context(root: Path, tmp_path: Path) -> None:
     chain = chain_for(root, f"browse / {tpl}")
     page = body_of(call(chain, req("/adir/deeper/", headers=[("X-A", "1")]))).decode()
     assert page == (
-        "[/=/][/adir=adir][/adir/deeper=deeper] </|/></adir/|adir></adir/deeper/|deeper> 1"
+        "[/=/][/adir=adir][/adir/deeper=deeper] <../../|/><../|adir><|deeper> 1"
     )
     # it read the request: rendered again, not kept
     again = body_of(call(chain, req("/adir/deeper/", headers=[("X-A", "2")]))).decode()
     assert again.endswith(" 2")
+
+
+V1_STYLE = """<h1>{{range $i, $c := .Breadcrumbs}}<a href="{{html $c.Link}}">{{html $c.Text}}</a>\
+{{if ne $i 0}}/{{end}}{{end}}</h1>
+<b>{{.NumDirs}}</b> director{{if eq 1 .NumDirs}}y{{else}}ies{{end}}
+<b>{{.NumFiles}}</b> file{{if ne 1 .NumFiles}}s{{end}}
+{{- if ne 0 .ItemsLimitedTo}} (only {{.ItemsLimitedTo}}){{end}}
+{{- if and (eq .Sort "namedirfirst") (ne .Order "desc")}}
+<a href="?sort=namedirfirst&order=desc">up</a>
+{{- else if and (eq .Sort "namedirfirst") (ne .Order "asc")}}
+<a href="?sort=namedirfirst&order=asc">down</a>
+{{- else}}
+<a href="?sort=namedirfirst&order=asc">none</a>
+{{- end}}
+{{- if .CanGoUp}}
+<a href="..">Go up</a>
+{{- end}}
+{{- range .Items}}
+<a href="{{html .URL}}">{{if .IsDir}}D{{else}}F{{end}}{{if .IsSymlink}}-shortcut{{end}} \
+{{html .Name}}</a> {{if .IsDir}}&mdash;{{else}}{{.HumanSize}}{{end}} \
+<time datetime="{{.HumanModTime "2006-01-02T15:04:05Z"}}">\
+{{.HumanModTime "01/02/2006 03:04:05 PM -07:00"}}</time>
+{{- end}}
+"""
+
+
+def test_v1_style_template(root: Path, tmp_path: Path) -> None:
+    """The constructs of Caddy v1's own default listing template."""
+    tpl = tmp_path / "v1.tpl"
+    tpl.write_text(V1_STYLE)
+    chain = chain_for(root, f"browse / {tpl}")
+    page = body_of(call(chain, req("/", query="order=desc&limit=3"))).decode()
+    assert page.startswith('<h1><a href="">/</a></h1>\n<b>3</b> directories\n<b>4</b> files')
+    assert "(only 3)" in page and '<a href="?sort=namedirfirst&order=asc">down</a>' in page
+    assert "Go up" not in page
+    assert '<a href="./with%20space%20%26%20%3Ctag%3E.txt">F with space &amp; &lt;tag&gt;.txt</a>' in page
+    page = body_of(call(chain, req("/adir/", headers=[("Cookie", "limit=-1")]))).decode()
+    assert '<a href="../">/</a><a href="">adir</a>/' in page
+    assert "<b>0</b> directories\n<b>1</b> file\n<a" in page and "Go up" in page
+    assert '<a href="./inner.txt">F inner.txt</a> 5 B <time datetime="' in page
 
 
 def test_custom_template_errors(

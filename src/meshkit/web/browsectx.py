@@ -96,6 +96,7 @@ class Listing(TemplateContext):
         order: str,
         limit: int,
         can_go_up: bool,
+        counts: tuple[int, int],
     ) -> None:
         super().__init__(req, files)
         path = req.path
@@ -103,8 +104,7 @@ class Listing(TemplateContext):
         self.Path = path
         self.CanGoUp = can_go_up
         self.Items = [FileInfo(i) for i in items]
-        self.NumDirs = sum(1 for i in items if i.is_dir)
-        self.NumFiles = len(items) - self.NumDirs
+        self.NumDirs, self.NumFiles = counts  # of the whole folder, before any limit
         self.Sort = sort
         self.Order = order
         self.ItemsLimitedTo = limit if limit >= 0 else 0
@@ -124,11 +124,12 @@ class Listing(TemplateContext):
         return result
 
     def Breadcrumbs(self) -> list[Crumb]:
-        """Caddy v1.0's crumbs, root first: Link ends in a slash."""
-        out: list[Crumb] = []
-        lpath = self.Path.rstrip("/")
-        parts = lpath.split("/") if lpath else [""]
-        for i, part in enumerate(parts):
-            link = "/".join(parts[: i + 1]) + "/"
-            out.append(Crumb(link, part if part else "/"))
-        return out
+        """Caddy v1.0's crumbs, root first, with relative links (`../../`, `../`, ``)."""
+        if not self.Path:
+            return []
+        lpath = self.Path[:-1] if self.Path.endswith("/") else self.Path
+        parts = lpath.split("/")
+        return [
+            Crumb("../" * (len(parts) - i - 1), "/" if i == 0 and part == "" else part)
+            for i, part in enumerate(parts)
+        ]

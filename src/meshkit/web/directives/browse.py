@@ -315,6 +315,9 @@ class BrowseHandler:
         body = self.rendered.get(key)
         if body is None:
             sort_items(items, sort, order)
+            # the counts are of the whole folder, as Caddy v1 showed them, even when limited
+            numdirs = sum(1 for i in items if i.is_dir)
+            counts = (numdirs, len(items) - numdirs)
             if limit >= 0:
                 items = items[:limit]
             if as_json:
@@ -322,7 +325,7 @@ class BrowseHandler:
                 self.rendered.put(key, body)
             else:
                 try:
-                    body, keep = self.html(req, rule, items, sort, order, limit)
+                    body, keep = self.html(req, rule, items, sort, order, limit, counts)
                 except gotemplate.TemplateError as exc:
                     log.error("browse: %s (%s %s)", exc, req.method, req.path)
                     return Response.error(500)
@@ -336,27 +339,33 @@ class BrowseHandler:
         return Response(200, h, body)
 
     def html(
-        self, req: Request, rule: Rule, items: list[Item], sort: str, order: str, limit: int
+        self,
+        req: Request,
+        rule: Rule,
+        items: list[Item],
+        sort: str,
+        order: str,
+        limit: int,
+        counts: tuple[int, int],
     ) -> tuple[bytes, bool]:
         """The page, and whether it may be kept (it used nothing from the request but the
         path and the listing options)."""
         path = req.path
         custom = self.templates.get(rule.path)
         if custom is not None:
-            listing = Listing(req, self.files, items, sort, order, limit, path != "/")
+            listing = Listing(req, self.files, items, sort, order, limit, path != "/", counts)
             out = custom.execute(listing).encode("utf-8")
             return out, not listing.dynamic
         name = path.rstrip("/").rsplit("/", 1)[-1] or "/"
         rows = "\n".join(_row(i) for i in items)
         up = "" if path == "/" else _UP_ROW
-        numdirs = sum(1 for i in items if i.is_dir)
         values = {
             "name": escape(name),
             "path": escape(path),
             "rows": rows,
             "up": up,
-            "numdirs": str(numdirs),
-            "numfiles": str(len(items) - numdirs),
+            "numdirs": str(counts[0]),
+            "numfiles": str(counts[1]),
             "sort": sort,
             "order": order,
             "limit": str(limit) if limit >= 0 else "",

@@ -272,7 +272,8 @@ def test_v1_style_template(root: Path, tmp_path: Path) -> None:
     assert page.startswith('<h1><a href="">/</a></h1>\n<b>3</b> directories\n<b>4</b> files')
     assert "(only 3)" in page and '<a href="?sort=namedirfirst&order=asc">down</a>' in page
     assert "Go up" not in page
-    assert '<a href="./with%20space%20%26%20%3Ctag%3E.txt">F with space &amp; &lt;tag&gt;.txt</a>' in page
+    odd = '<a href="./with%20space%20%26%20%3Ctag%3E.txt">F with space &amp; &lt;tag&gt;.txt</a>'
+    assert odd in page
     page = body_of(call(chain, req("/adir/", headers=[("Cookie", "limit=-1")]))).decode()
     assert '<a href="../">/</a><a href="">adir</a>/' in page
     assert "<b>0</b> directories\n<b>1</b> file\n<a" in page and "Go up" in page

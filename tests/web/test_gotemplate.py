@@ -287,6 +287,15 @@ def test_error_location_names_file_line_col() -> None:
     assert info.value.name == "index.html" and info.value.line == 3
 
 
+def test_function_errors_name_the_command() -> None:
+    with pytest.raises(TemplateError) as info:
+        run("{{index .SI 10}}")
+    assert str(info.value) == (
+        'template: test:1:2: executing "test" at <index .SI 10>: '
+        "error calling index: index out of range: 10"
+    )
+
+
 def test_error_in_called_template_names_its_line() -> None:
     src = '{{define "inner"}}\n\n{{.Nope}}{{end}}\n{{template "inner" .}}'
     with pytest.raises(TemplateError) as info:

@@ -322,7 +322,7 @@ class _State:
             recv = self.eval_arg(dot, first.node)
             return self.eval_field_chain(dot, recv, first, first.names, cmd.args, final, has_final)
         if isinstance(first, n.Identifier):
-            return self.eval_function(dot, first, cmd.args, final, has_final)
+            return self.eval_function(dot, first, cmd.args, final, has_final, cmd)
         if isinstance(first, n.Variable):
             value = self.var(first.names[0])
             if len(first.names) == 1:
@@ -363,7 +363,7 @@ class _State:
             recv = self.eval_arg(dot, node.node)
             return self.eval_field_chain(dot, recv, node, node.names, [node], NO_VALUE, False)
         if isinstance(node, n.Identifier):
-            return self.eval_function(dot, node, [node], NO_VALUE, False)
+            return self.eval_function(dot, node, [node], NO_VALUE, False, node)
         raise _Fail(f"can't handle {node} as argument", node)
 
     def eval_field_chain(
@@ -415,7 +415,13 @@ class _State:
         return attr
 
     def eval_function(
-        self, dot: Any, ident: n.Identifier, args: list[n.Node], final: Any, has_final: bool
+        self,
+        dot: Any,
+        ident: n.Identifier,
+        args: list[n.Node],
+        final: Any,
+        has_final: bool,
+        where: n.Node,
     ) -> Any:
         name = ident.name
         fn = self.tmpl.funcs.get(name)
@@ -437,7 +443,8 @@ class _State:
         values = [self.eval_arg(dot, a) for a in args[1:]]
         if has_final:
             values.append(final)
-        return self.call(name, fn, values, ident)
+        # Go names the whole command in the error (`at <index .SI 10>`)
+        return self.call(name, fn, values, where)
 
     def call(self, name: str, fn: Callable[..., Any], values: list[Any], node: n.Node) -> Any:
         values = [None if v is NO_VALUE else v for v in values]

@@ -367,6 +367,16 @@ def test_output_limit() -> None:
         t.execute(None)
 
 
+def test_values_cannot_outgrow_memory() -> None:
+    t = Template("grow", limits=Limits(max_output=1 << 16)).parse(
+        '{{$s := "ab"}}{{range 100}}{{$s = print $s $s}}{{end}}{{len $s}}'
+    )
+    with pytest.raises(TemplateError, match="error calling print: result larger than 65536"):
+        t.execute(None)
+    huge = run('{{printf "%2000000d" 1}}')  # Go's fmt refuses widths over 1e6 too
+    assert huge.startswith("%!(") and len(huge) < 100
+
+
 def test_redefinition_and_empty_definition() -> None:
     t = Template("t").parse('{{define "a"}}one{{end}}{{template "a"}}')
     t.parse('{{define "a"}}two{{end}}', name="other")

@@ -196,8 +196,8 @@ class TemplateContext:
     def RandomString(self, minlen: Any, maxlen: Any) -> str:
         self.dynamic = True
         lo, hi = _int(minlen, "RandomString"), _int(maxlen, "RandomString")
-        if lo < 0 or hi < lo:
-            raise FuncError("RandomString: need 0 <= min <= max")
+        if lo < 0 or hi < lo or hi > 1 << 20:
+            raise FuncError("RandomString: need 0 <= min <= max <= 1048576")
         n = lo + secrets.randbelow(hi - lo + 1)
         return "".join(secrets.choice(_RANDOM_CHARS) for _ in range(n))
 

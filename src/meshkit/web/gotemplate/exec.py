@@ -451,7 +451,7 @@ class _State:
         _check_arity(name, fn, values)
         self.node = node
         try:
-            return fn(*values)
+            result = fn(*values)
         except (_Fail, _Break, _Continue):
             raise
         except RecursionError:
@@ -460,6 +460,13 @@ class _State:
             raise _Fail(f"error calling {name}: {exc}", node) from None
         except Exception as exc:
             raise _Fail(f"error calling {name}: {exc}", node) from None
+        # a value built up step by step (print $s $s in a loop) could outgrow memory long
+        # before the step limit: nothing a function returns may exceed the output limit
+        if isinstance(result, (str, bytes, list, tuple, dict)):
+            limit = self.tmpl.limits.max_output
+            if len(result) > limit:
+                raise _Fail(f"error calling {name}: result larger than {limit}", node)
+        return result
 
 
 class _Located(_Fail):

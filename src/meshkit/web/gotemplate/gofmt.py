@@ -187,6 +187,8 @@ _QUOTE_ESC = {
     "\v": "\\v",
 }
 
+_TOO_LARGE = 1_000_000  # Go's fmt refuses wider widths and precisions
+
 _SPEC = re.compile(r"%([-+# 0]*)(\*|\d+)?(?:\.(\*|\d*))?([a-zA-Z%])")
 
 
@@ -312,16 +314,22 @@ def sprintf(fmt: str, args: list[Any] | tuple[Any, ...]) -> str:
         prec: int | None = None
         if width_s == "*":
             if argi < len(args) and isinstance(args[argi], int):
-                width = args[argi]
+                width = min(args[argi], _TOO_LARGE)
             argi += 1
         elif width_s:
             width = int(width_s)
+            if width > _TOO_LARGE:
+                out.append("%!(BADWIDTH)")
+                continue
         if prec_s == "*":
             if argi < len(args) and isinstance(args[argi], int):
-                prec = args[argi]
+                prec = min(args[argi], _TOO_LARGE)
             argi += 1
         elif prec_s is not None:
             prec = int(prec_s) if prec_s else 0
+            if prec > _TOO_LARGE:
+                out.append("%!(BADPREC)")
+                continue
         if argi >= len(args):
             out.append(f"%!{verb}(MISSING)")
             continue

@@ -9,6 +9,10 @@ to the server core; wrk (``-t1 -c64``) runs alone on the client core. Cases:
 2. large   ``GET /1mib.bin``, a 1 MiB file                   GB/s         goal >= 0.9x nginx
 3. gzip    ``GET /page.html`` (64 KiB of HTML) with ``Accept-Encoding: gzip``   requests/s
 4. browse  ``GET /dir/``, a listing of 200 files             requests/s
+5. markdown ``GET /md/doc.md``, a 20 KB Markdown page (front matter, tables, code) that
+   meshkit renders (``markdown /md``) against nginx serving the same page pre-rendered to
+   HTML                                                       requests/s   goal >= 0.8x nginx
+   (Caddy 2 has no markdown directive: not run for this case)
 
 Rounds interleave nginx, caddy, meshkit per case; the table shows medians and ratios.
 GB/s is requests/s x body bytes / 1e9.
@@ -94,6 +98,7 @@ class Case:
     goal: float | None  # minimum meshkit/nginx ratio, None: reported only
     headers: tuple[str, ...] = ()
     needs_directives: bool = False
+    only: tuple[str, ...] = ()  # when set, the targets this case runs against
 
 
 CASES = (
@@ -109,7 +114,18 @@ CASES = (
         True,
     ),
     Case("browse", f"browse, {BROWSE_FILES} files", "/dir/", "req/s", None, (), True),
+    Case(
+        "markdown",
+        "markdown, 20 KB .md (nginx: pre-rendered)",
+        "/md/doc.md",
+        "req/s",
+        0.8,
+        (),
+        True,
+        ("nginx", "meshkit"),
+    ),
 )
+MARKDOWN_SIZE = 20 * 1024
 
 
 # --------------------------------------------------------------------------- content
@@ -130,6 +146,38 @@ def make_site(root: Path) -> None:
     d.mkdir(exist_ok=True)
     for i in range(BROWSE_FILES):
         (d / f"file-{i:04d}.txt").write_bytes(b"x" * (i * 37 % 5000))
+    make_markdown(root)
+
+
+def make_markdown(root: Path) -> None:
+    """md/doc.md (20 KB of Markdown with YAML front matter) for meshkit, and the same page
+    rendered by meshkit's own pipeline into md-rendered/doc.html for nginx."""
+    parts = ["---\ntitle: The markdown bench page\nauthor: meshkit\n---\n"]
+    i = 0
+    while sum(map(len, parts)) < MARKDOWN_SIZE - 600:
+        i += 1
+        parts.append(
+            f"## Section {i}\n\nSome *emphasis*, some **strong text**, `inline code` and a "
+            f"[link](https://example.com/{i}). " * 3 + "\n\n"
+            "| name | value | note |\n|---|---:|---|\n"
+            + "".join(f"| row {j} | {j * i} | ~~old~~ new |\n" for j in range(4))
+            + "\n```python\ndef f(x):\n    return x * 2\n```\n\n- one\n- two\n  - nested\n\n"
+        )
+    text = "".join(parts)
+    (root / "md").mkdir(exist_ok=True)
+    (root / "md" / "doc.md").write_text(text)
+    if str(SRC_DIR) not in sys.path:
+        sys.path.insert(0, str(SRC_DIR))
+    from meshkit.web.directives.markdown import DEFAULT_TEMPLATE
+    from meshkit.web.frontmatter import parse_page
+    from meshkit.web.gotemplate import Template
+    from meshkit.web.mdrender import render_markdown
+
+    page = parse_page(text)
+    doc = {**page.meta, "body": render_markdown(page.body), "raw": page.body}
+    html = Template("").parse(DEFAULT_TEMPLATE).execute({"Doc": doc, "Styles": [], "Scripts": []})
+    (root / "md-rendered").mkdir(exist_ok=True)
+    (root / "md-rendered" / "doc.html").write_text(html)
 
 
 # --------------------------------------------------------------------------- servers
@@ -151,6 +199,7 @@ def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
         listen {HOST}:{port} backlog=4096;
         root {root};
         location / {{ autoindex on; }}
+        location = /md/doc.md {{ default_type text/html; alias {root}/md-rendered/doc.html; }}
     }}
 """,
     )
@@ -188,7 +237,9 @@ def meshkit_command(args: argparse.Namespace, port: int, root: Path, tmp: Path) 
     if args.meshkit_mode == "server":
         return [sys.executable, os.path.abspath(__file__), "--serve", str(port), str(root)]
     conf = tmp / "Caddyfile"
-    conf.write_text(f"{HOST}:{port} {{\n    root {root}\n    gzip\n    browse /dir\n}}\n")
+    conf.write_text(
+        f"{HOST}:{port} {{\n    root {root}\n    gzip\n    browse /dir\n    markdown /md\n}}\n"
+    )
     return [*prefix, "web", "-conf", str(conf), "-quiet"]
 
 
@@ -224,6 +275,8 @@ def check(port: int, name: str, case: Case) -> None:
         problem = f"Content-Encoding {encoding!r}, expected gzip"
     elif case.key == "browse" and b"file-0199.txt" not in body:
         problem = "the listing lacks file-0199.txt"
+    elif case.key == "markdown" and b"<title>The markdown bench page</title>" not in body:
+        problem = "the page is not the rendered Markdown"
     if problem:
         raise BenchError(f"GET {case.path} via {name} on {HOST}:{port}: {problem}")
 
@@ -276,11 +329,12 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             ports["meshkit"] = start_meshkit(procs, args.server_core, root, args)
         log(f"servers: {ports} (server CPU {args.server_core}, wrk CPU {args.client_core})")
         for case in cases:
-            for name, port in ports.items():
+            case_ports = {n: p for n, p in ports.items() if not case.only or n in case.only}
+            for name, port in case_ports.items():
                 check(port, name, case)
                 run_case(port, case, 1, args.client_core, args.connections)  # warm-up
             for r in range(1, args.rounds + 1):
-                for name, port in ports.items():
+                for name, port in case_ports.items():
                     busy = background_busy(cores)
                     sample = run_case(port, case, args.duration, args.client_core, args.connections)
                     sample.background = busy

@@ -206,12 +206,110 @@ def test_listing_traversal_refused(root: Path) -> None:
 
 def test_custom_template(root: Path, tmp_path: Path) -> None:
     tpl = tmp_path / "list.tpl"
-    tpl.write_text("<title>$name at $path</title>\n<table>$up$rows</table>\n$numdirs/$numfiles $$5")
+    tpl.write_text(
+        "<title>{{.Name}} at {{.Path}}</title>{{if .CanGoUp}}<a href=\"../\">up</a>{{end}}\n"
+        "{{range .Items}}<a href=\"{{html .URL}}\">{{.Name}}</a> {{.Size}} {{.HumanSize}} "
+        "{{.IsDir}} {{.Mode}} {{.HumanModTime \"2006\"}}\n{{end}}"
+        "{{.NumDirs}}/{{.NumFiles}} {{.Sort}} {{.Order}} {{.ItemsLimitedTo}} $5"
+    )
     chain = chain_for(root, f"browse / {tpl}")
     page = body_of(call(chain, req("/adir/"))).decode()
-    assert page.startswith("<title>adir at /adir/</title>")
-    assert "inner.txt" in page and 'href="../"' in page
-    assert page.endswith("0/1 $5")
+    assert page.startswith('<title>adir at /adir/</title><a href="../">up</a>')
+    assert '<a href="./inner.txt">inner.txt</a> 5 5 B false -rw-' in page
+    assert page.endswith("0/1 namedirfirst asc 0 $5")
+    top = body_of(call(chain, req("/", query="sort=size&limit=2"))).decode()
+    assert '<a href="../">' not in top
+    assert top.endswith("3/4 size asc 2 $5")  # counts of the whole folder, as v1
+
+
+def test_custom_template_crumbs_and_context(root: Path, tmp_path: Path) -> None:
+    tpl = tmp_path / "crumbs.tpl"
+    tpl.write_text(
+        "{{range $k, $v := .BreadcrumbMap}}[{{$k}}={{$v}}]{{end}} "
+        "{{range .Breadcrumbs}}<{{.Link}}|{{.Text}}>{{end}} {{.Header \"X-A\"}}"
+    )
+    (root / "adir" / "deeper").mkdir()
+    chain = chain_for(root, f"browse / {tpl}")
+    page = body_of(call(chain, req("/adir/deeper/", headers=[("X-A", "1")]))).decode()
+    assert page == (
+        "[/=/][/adir=adir][/adir/deeper=deeper] <../../|/><../|adir><|deeper> 1"
+    )
+    # it read the request: rendered again, not kept
+    again = body_of(call(chain, req("/adir/deeper/", headers=[("X-A", "2")]))).decode()
+    assert again.endswith(" 2")
+
+
+V1_STYLE = """<h1>{{range $i, $c := .Breadcrumbs}}<a href="{{html $c.Link}}">{{html $c.Text}}</a>\
+{{if ne $i 0}}/{{end}}{{end}}</h1>
+<b>{{.NumDirs}}</b> director{{if eq 1 .NumDirs}}y{{else}}ies{{end}}
+<b>{{.NumFiles}}</b> file{{if ne 1 .NumFiles}}s{{end}}
+{{- if ne 0 .ItemsLimitedTo}} (only {{.ItemsLimitedTo}}){{end}}
+{{- if and (eq .Sort "namedirfirst") (ne .Order "desc")}}
+<a href="?sort=namedirfirst&order=desc">up</a>
+{{- else if and (eq .Sort "namedirfirst") (ne .Order "asc")}}
+<a href="?sort=namedirfirst&order=asc">down</a>
+{{- else}}
+<a href="?sort=namedirfirst&order=asc">none</a>
+{{- end}}
+{{- if .CanGoUp}}
+<a href="..">Go up</a>
+{{- end}}
+{{- range .Items}}
+<a href="{{html .URL}}">{{if .IsDir}}D{{else}}F{{end}}{{if .IsSymlink}}-shortcut{{end}} \
+{{html .Name}}</a> {{if .IsDir}}&mdash;{{else}}{{.HumanSize}}{{end}} \
+<time datetime="{{.HumanModTime "2006-01-02T15:04:05Z"}}">\
+{{.HumanModTime "01/02/2006 03:04:05 PM -07:00"}}</time>
+{{- end}}
+"""
+
+
+def test_v1_style_template(root: Path, tmp_path: Path) -> None:
+    """The constructs of Caddy v1's own default listing template."""
+    tpl = tmp_path / "v1.tpl"
+    tpl.write_text(V1_STYLE)
+    chain = chain_for(root, f"browse / {tpl}")
+    page = body_of(call(chain, req("/", query="order=desc&limit=3"))).decode()
+    assert page.startswith('<h1><a href="">/</a></h1>\n<b>3</b> directories\n<b>4</b> files')
+    assert "(only 3)" in page and '<a href="?sort=namedirfirst&order=asc">down</a>' in page
+    assert "Go up" not in page
+    odd = '<a href="./with%20space%20%26%20%3Ctag%3E.txt">F with space &amp; &lt;tag&gt;.txt</a>'
+    assert odd in page
+    page = body_of(call(chain, req("/adir/", headers=[("Cookie", "limit=-1")]))).decode()
+    assert '<a href="../">/</a><a href="">adir</a>/' in page
+    assert "<b>0</b> directories\n<b>1</b> file\n<a" in page and "Go up" in page
+    assert '<a href="./inner.txt">F inner.txt</a> 5 B <time datetime="' in page
+
+
+def test_custom_template_errors(
+    root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = tmp_path / "bad.tpl"
+    bad.write_text("ok\n{{if}}")
+    with pytest.raises(CaddyfileError, match=r"browse template: template: .*bad.tpl:2: "):
+        browse_d.parse(Dispenser(tokens(f"browse / {bad}")), site_from("127.0.0.1:2015\n"))
+    failing = tmp_path / "failing.tpl"
+    failing.write_text("a\n{{range .Items}}{{.Nope}}{{end}}")
+    chain = chain_for(root, f"browse / {failing}")
+    assert call(chain, req("/adir/")).status == 500
+    assert "failing.tpl:2:" in caplog.text and "can't evaluate field Nope" in caplog.text
+
+
+def test_listing_rendered_once_per_version(root: Path) -> None:
+    chain = chain_for(root)
+    handler = chain
+    while not isinstance(handler, browse_d.BrowseHandler):
+        handler = handler.next  # type: ignore[attr-defined]
+    first = body_of(call(chain, req("/adir/"))).decode()
+    assert len(handler.rendered.items) == 1
+    assert body_of(call(chain, req("/adir/"))).decode() == first
+    assert len(handler.rendered.items) == 1  # the same version: served from what was kept
+    call(chain, req("/adir/", query="order=desc"))
+    assert len(handler.rendered.items) == 2  # other options: another rendering
+    (root / "adir" / "inner.txt").write_text("longer contents now")  # size changes
+    page = body_of(call(chain, req("/adir/"))).decode()
+    assert page != first and 'data-size="19"' in page
+    (root / "adir" / "new.txt").write_text("n")
+    assert "new.txt" in body_of(call(chain, req("/adir/"))).decode()
 
 
 def test_head_and_post(root: Path) -> None:

@@ -11,11 +11,17 @@ and used when the query leaves it out. A bad `limit` is a 400.
 
 With `Accept: application/json` the answer is a JSON array of
 `{Name, Size, URL, ModTime, Mode, IsDir, IsSymlink}` (Mode is Go's os.FileMode number, ModTime
-RFC 3339 in UTC), as Caddy v1 gave. Otherwise HTML: the built-in page, or TEMPLATE, a file
-read when the server starts, in which these `$names` are replaced (string.Template syntax;
-`$$` is a dollar sign): `$name` (the folder's name), `$path` (its URL path), `$rows` (the table
-rows, `<tr>` elements), `$up` (a row linking to the parent, or nothing), `$numdirs`,
-`$numfiles`, `$sort`, `$order`, `$limit`. Values are HTML-escaped.
+RFC 3339 in UTC), as Caddy v1 gave. Otherwise HTML: the built-in page, or TEMPLATE, a Go
+text/template file read and parsed when the server starts (relative paths: to the working
+directory), run with Caddy v1's Listing (meshkit.web.browsectx: .Name, .Path, .CanGoUp,
+.Items with .Name .URL .Size .HumanSize .ModTime .HumanModTime .IsDir .IsSymlink .Mode,
+.NumDirs, .NumFiles, .Sort, .Order, .ItemsLimitedTo, .BreadcrumbMap, .Breadcrumbs, and the
+templates context functions). A template that fails answers 500 and logs its file:line.
+
+Each answer is rendered once per version of the listing: the body is kept under the folder's
+entries (name, size, mtime, mode), the sort, order and limit, and the kind of answer, so a
+repeat asks only for the folder scan. A custom template that reads the request (.Header...)
+is run every time.
 
 Entries the file server would not serve are left out of listings: the Caddyfile and hidden
 files, `internal` paths, symlinks whose target is outside the root (or missing).
@@ -24,6 +30,7 @@ files, `internal` paths, symlinks whose target is outside the root (or missing).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat as stat_mod
 import time
@@ -32,6 +39,8 @@ from html import escape
 from string import Template
 from urllib.parse import parse_qs, quote
 
+from meshkit.web import gotemplate
+from meshkit.web.browsectx import Listing
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.filecache import Entry, is_within
@@ -39,6 +48,9 @@ from meshkit.web.fileserver import INTERNAL_VAR, FileServer, clean_path, fileser
 from meshkit.web.message import Handler, HandlerResult, Headers, Request, Response
 from meshkit.web.paths import clamp_path
 from meshkit.web.site import Site
+from meshkit.web.tmplcache import LRU
+
+log = logging.getLogger("meshkit.web")
 
 SORTS = ("name", "namedirfirst", "size", "time")
 ORDERS = ("asc", "desc")
@@ -153,10 +165,11 @@ def parse(d: Dispenser, site: Site) -> list[dict[str, str | None]]:
             if not os.path.isfile(template):
                 raise d.err(f"browse template {template!r} is not a file")
             try:
-                with open(template, encoding="utf-8") as f:
-                    Template(f.read())
+                load_template(template)
             except (OSError, UnicodeDecodeError) as exc:
                 raise d.err(f"cannot read browse template {args[1]!r}: {exc}") from None
+            except gotemplate.TemplateError as exc:
+                raise d.err(f"browse template: {exc}") from None
         for _ in d.block():
             raise d.err("browse takes no block")
         if any(r["path"] == path for r in rules):
@@ -166,6 +179,13 @@ def parse(d: Dispenser, site: Site) -> list[dict[str, str | None]]:
     return rules
 
 
+def load_template(path: str) -> gotemplate.Template:
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    name = os.path.basename(path)
+    return gotemplate.Template(name).parse(text, parse_name=path)
+
+
 class BrowseHandler:
     def __init__(self, rules: list[Rule], next: Handler, files: FileServer) -> None:
         # longest path first, so the most specific browse wins
@@ -173,11 +193,12 @@ class BrowseHandler:
         self.rules = sorted(rules, key=lambda r: len(r.path), reverse=True)
         self.next = next
         self.files = files
-        self.templates: dict[str, Template] = {}
+        self.templates: dict[str, gotemplate.Template] = {}
         for r in rules:
             if r.template is not None:
-                with open(r.template, encoding="utf-8") as f:
-                    self.templates[r.path] = Template(f.read())
+                self.templates[r.path] = load_template(r.template)
+        # rendered bodies, keyed on everything they are made from (see the module doc)
+        self.rendered: LRU[bytes] = LRU(256)
 
     def __call__(self, req: Request) -> HandlerResult:
         if req.method != "GET" and req.method != "HEAD":
@@ -280,46 +301,77 @@ class BrowseHandler:
             return Response.error(403)
         except OSError:
             return Response.error(404)
-        sort_items(items, sort, order)
-        if limit >= 0:
-            items = items[:limit]
-
         accept = req.headers.get("Accept") or ""
-        if "application/json" in accept:
-            body = json.dumps([i.json() for i in items]).encode()
-            h = Headers([("Content-Type", "application/json; charset=utf-8")])
-        else:
-            body = self.html(req, rule, items, sort, order, limit)
-            h = Headers([("Content-Type", "text/html; charset=utf-8")])
+        as_json = "application/json" in accept
+        key = (
+            rule.path,
+            req.path,
+            as_json,
+            sort,
+            order,
+            limit,
+            tuple(sorted((i.name, i.size, i.mtime_ns, i.mode) for i in items)),
+        )
+        body = self.rendered.get(key)
+        if body is None:
+            sort_items(items, sort, order)
+            # the counts are of the whole folder, as Caddy v1 showed them, even when limited
+            numdirs = sum(1 for i in items if i.is_dir)
+            counts = (numdirs, len(items) - numdirs)
+            if limit >= 0:
+                items = items[:limit]
+            if as_json:
+                body = json.dumps([i.json() for i in items]).encode()
+                self.rendered.put(key, body)
+            else:
+                try:
+                    body, keep = self.html(req, rule, items, sort, order, limit, counts)
+                except gotemplate.TemplateError as exc:
+                    log.error("browse: %s (%s %s)", exc, req.method, req.path)
+                    return Response.error(500)
+                if keep:
+                    self.rendered.put(key, body)
+        ctype = "application/json" if as_json else "text/html"
+        h = Headers([("Content-Type", ctype + "; charset=utf-8")])
         h.add("Vary", "Accept")
         for c in set_cookies:
             h.add("Set-Cookie", c)
         return Response(200, h, body)
 
     def html(
-        self, req: Request, rule: Rule, items: list[Item], sort: str, order: str, limit: int
-    ) -> bytes:
+        self,
+        req: Request,
+        rule: Rule,
+        items: list[Item],
+        sort: str,
+        order: str,
+        limit: int,
+        counts: tuple[int, int],
+    ) -> tuple[bytes, bool]:
+        """The page, and whether it may be kept (it used nothing from the request but the
+        path and the listing options)."""
         path = req.path
+        custom = self.templates.get(rule.path)
+        if custom is not None:
+            listing = Listing(req, self.files, items, sort, order, limit, path != "/", counts)
+            out = custom.execute(listing).encode("utf-8")
+            return out, not listing.dynamic
         name = path.rstrip("/").rsplit("/", 1)[-1] or "/"
         rows = "\n".join(_row(i) for i in items)
         up = "" if path == "/" else _UP_ROW
-        numdirs = sum(1 for i in items if i.is_dir)
         values = {
             "name": escape(name),
             "path": escape(path),
             "rows": rows,
             "up": up,
-            "numdirs": str(numdirs),
-            "numfiles": str(len(items) - numdirs),
+            "numdirs": str(counts[0]),
+            "numfiles": str(counts[1]),
             "sort": sort,
             "order": order,
             "limit": str(limit) if limit >= 0 else "",
         }
-        template = self.templates.get(rule.path)
-        if template is None:
-            values["head"] = _head_links(sort, order)
-            return _DEFAULT.substitute(values).encode("utf-8")
-        return template.safe_substitute(values).encode("utf-8")
+        values["head"] = _head_links(sort, order)
+        return _DEFAULT.substitute(values).encode("utf-8"), True
 
 
 _UP_ROW = '<tr class="up"><td><a href="../">../</a></td><td>&mdash;</td><td></td></tr>'

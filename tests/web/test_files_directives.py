@@ -186,8 +186,10 @@ def test_ext_rewrites_the_request_path(ext_root: Path) -> None:
 
 
 def test_internal_parse() -> None:
-    cfg, site = parse(internal_d, "internal /private\ninternal /a /b")
+    cfg, site = parse(internal_d, "internal /private\ninternal /a\ninternal /b")
     assert cfg == ["/private", "/a", "/b"] and site.internal == cfg
+    # one path per line, as v1
+    assert "one path per line" in str(parse_err(internal_d, "internal /a /b"))
     assert "must start with '/'" in str(parse_err(internal_d, "internal private"))
     # no path (v1): nothing hidden, X-Accel-Redirect still followed
     cfg, site = parse(internal_d, "internal")

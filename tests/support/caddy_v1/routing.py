@@ -88,7 +88,6 @@ LOG = [
         "log TestLogParse#14",
         'log access1.log {\n ipmask "" ffff:ffff:ffff:ff00::\n}',
         True,
-        xfail="log.py (another change, issue 22): an empty IPv4 ipmask is refused",
     ),
     Case(
         "log TestLogParse#15",

@@ -92,15 +92,9 @@ def passthrough(config: Any, next: Handler, site: Site) -> Handler:
 # a clear "not available" rather than "unknown".
 NOT_IN_MESHKIT = {
     "bind",
-    "templates",
-    "markdown",
     "timeouts",
-    "realip",
     "push",
-    "websocket",
     "pprof",
-    "expvar",
-    "request_id",
     "on",
     "startup",
     "shutdown",

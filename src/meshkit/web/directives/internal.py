@@ -1,6 +1,7 @@
-"""internal [PATH...]: paths only reachable through an internal redirect.
+"""internal [PATH]: paths only reachable through an internal redirect.
 
-A request from outside whose path starts with one of the PATHs (plain prefixes, `/` first)
+One PATH per line, as Caddy v1 (`internal /a /b` is refused; write two lines). A request from
+outside whose path starts with one of the PATHs (plain prefixes, `/` first)
 gets 404. A response from a later handler (proxy, fastcgi...) carrying `X-Accel-Redirect: URI`
 is dropped and the rest of the chain runs again for URI, marked internal (so it may reach the
 internal paths), at most 10 times; one more redirect is answered with 500. The X-Accel-Redirect
@@ -28,9 +29,15 @@ def parse(d: Dispenser, site: Site) -> list[str]:
     paths: list[str] = []
     while d.next():
         # no PATH (as v1): nothing is hidden, but X-Accel-Redirect is still followed
-        for p in d.remaining_args():
+        if d.next_arg():
+            p = d.val()
             if not p.startswith("/"):
                 raise d.err(f"internal path {p!r} must start with '/'")
+            if d.next_arg():
+                raise d.err(
+                    f"internal takes one path per line (as Caddy v1): {d.val()!r} follows"
+                    f" {p!r}; write `internal {d.val()}` on a line of its own"
+                )
             if p not in paths:
                 paths.append(p)
         for _ in d.block():

@@ -320,6 +320,22 @@ def init(
         str | None, typer.Option(help="Name shown in `node ls` (default: the host name).")
     ] = None,
     web: WebOpt = None,
+    force_new_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--force-new-cluster",
+            help="Recover after quorum is lost for good: a single-manager cluster from the "
+            "state in this manager's --data-dir (its agent stopped).",
+        ),
+    ] = False,
+    autolock: Annotated[
+        bool,
+        typer.Option(
+            "--autolock",
+            help="Encrypt the managers' keys at rest; a restarted manager waits for "
+            "`meshkit node unlock` (the unlock key is printed once).",
+        ),
+    ] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     host: HostOpt = None,
     log_level: LogLevelOpt = "info",
@@ -328,6 +344,26 @@ def init(
     from meshkit.base.durations import parse_duration
     from meshkit.cluster.node import agent as ag
     from meshkit.cluster.node import bootstrap
+
+    if force_new_cluster:
+        _check_log_level(log_level)
+        given = [
+            flag
+            for flag, value in (
+                ("--advertise-addr", advertise_addr),
+                ("--default-addr-pool", default_addr_pool),
+                ("--raft-port", raft_port),
+                ("--hostname", hostname),
+                ("--autolock", autolock or None),
+            )
+            if value
+        ]
+        if given:
+            raise FlagError(
+                given[0], "", "--force-new-cluster keeps the node and cluster settings it has"
+            )
+        _force_new_cluster(Path(data_dir), host, web, detach, log_level)
+        return
 
     listen_host, listen_port = _listen("--listen-addr", listen_addr)
     if advertise_addr is not None:
@@ -394,6 +430,43 @@ def init(
         return ag.Agent(opts.data_dir, cfg, identity, init_cluster=cluster, on_ready=on_ready)
 
     _run_agent(make, ready_text, opts.data_dir, detach, log_level)
+
+
+def _force_new_cluster(
+    data_dir: Path, host: str | None, web: str | None, detach: bool, log_level: str
+) -> None:
+    from meshkit.cluster.node import agent as ag
+    from meshkit.cluster.node import bootstrap
+    from meshkit.cluster.rpc.transport import RpcError
+
+    cfg, _ = bootstrap.load_node(data_dir)
+    if host is not None or os.environ.get("MESHKIT_HOST"):
+        cfg.socket = _socket_for(host)
+    try:
+        agent_call(cfg.socket, "info")
+    except RpcError:
+        pass
+    else:
+        raise MeshkitError(
+            f"the agent of {data_dir} is running (socket {cfg.socket}): stop it first"
+        )
+    cfg, identity, first = bootstrap.force_new_cluster(data_dir)
+    if host is not None or os.environ.get("MESHKIT_HOST"):
+        cfg.socket = _socket_for(host)
+    if web is not None:
+        cfg.web = _web_file(web)
+
+    def ready_text(agent: Any) -> str:
+        return (
+            f"Forced a new cluster: node {agent.node_id} is its only manager, with the "
+            "cluster's state. Former managers are Down workers: remove them with "
+            "`meshkit node rm`, then add managers with `meshkit node join-token manager`.\n"
+        )
+
+    def make(on_ready: Callable[[Any], None]) -> Any:
+        return ag.Agent(data_dir, cfg, identity, init_cluster=first, on_ready=on_ready)
+
+    _run_agent(make, ready_text, data_dir, detach, log_level)
 
 
 @node_app.command()

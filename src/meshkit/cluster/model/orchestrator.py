@@ -148,6 +148,7 @@ class _ServicePlanner:
     ) -> None:
         self.r = r
         self.nodes = state.nodes
+        self.history = int(getattr(state, "task_history_limit", sv.HISTORY_PER_SLOT))
         self.svc = svc
         self.spec = svc["spec"]
         self.is_global = self.spec["mode"] == "global"
@@ -489,7 +490,7 @@ class _ServicePlanner:
                 if (
                     r.terminal(t)
                     and desired != "running"
-                    and (kept >= sv.HISTORY_PER_SLOT or gone_node)
+                    and (kept >= self.history or gone_node)
                 ):
                     r.remove.append(t["id"])
                     continue

@@ -52,6 +52,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model import services as sv
@@ -126,7 +127,7 @@ def apply(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     handler = _HANDLERS.get(str(op))
     if handler is None:
         raise CommandError(f"unknown command {op!r}")
-    if op != "init" and not state.initialized:
+    if op not in ("init", "force_new_cluster") and not state.initialized:
         raise CommandError("this cluster is not initialized")
     result = handler(state, cmd)
     state.index += 1
@@ -548,6 +549,7 @@ _HANDLERS = {
     "set_overlay": _net(netstate.set_overlay),
     "secret_create": _secret_op(secretrules.op_create),
     "secret_rm": _secret_op(secretrules.op_rm),
+    **clusterops.HANDLERS,
 }
 
 COMMANDS = tuple(_HANDLERS)
@@ -565,6 +567,7 @@ IDEMPOTENT = frozenset(
         "tasks_write",
         "task_status",
         "set_overlay",
+        "cluster_update",
     }
 )
 

@@ -217,6 +217,35 @@ async def join_node(
     return cfg, identity, peers
 
 
+def force_new_cluster(data_dir: Path) -> tuple[NodeConfig, NodeIdentity, dict[str, Any]]:
+    """A single-manager cluster from the state in a manager's data dir (quorum lost for good).
+
+    The state is read from the raft files (meshkit.cluster.raft.recovery), which are then set
+    aside; the agent starts a one-member raft and commits `force_new_cluster` with that state
+    (meshkit.cluster.model.clusterops). The node keeps its id, addresses, certificate, raft
+    secret and data key; the cluster keeps its id, CA, tokens, services, networks and secrets.
+    """
+    from meshkit.cluster.raft import recovery
+
+    cfg, identity = load_node(data_dir)
+    if cfg.role != "manager" or identity.role != "manager":
+        raise MeshkitError(
+            f"{data_dir} holds a worker: --force-new-cluster needs the data dir of a manager "
+            "(it holds the cluster state)"
+        )
+    raft_dir = Path(data_dir) / RAFT_DIR
+    state, applied = recovery.read_state(raft_dir)
+    if state.cluster_id != cfg.cluster_id or cfg.node_id not in state.nodes:
+        raise MeshkitError(
+            f"the raft state in {raft_dir} is not that of this node's cluster "
+            f"({cfg.cluster_id}) or does not hold this node"
+        )
+    recovery.set_aside(raft_dir)
+    cfg.managers = [f"{cfg.advertise_addr}:{cfg.listen_port}"]
+    cfg.save(data_dir)
+    return cfg, identity, {"force_new_cluster": state.to_dict(), "journal_commands": applied}
+
+
 def load_node(data_dir: Path) -> tuple[NodeConfig, NodeIdentity]:
     cfg = NodeConfig.load(data_dir)
     identity = NodeIdentity.load(Path(data_dir) / CERT_DIR)

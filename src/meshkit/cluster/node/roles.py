@@ -100,7 +100,8 @@ class Roles:
         return self._sealer
 
     async def bootstrap(self, cluster: dict[str, Any]) -> None:
-        """The first manager: wait to lead the one-member raft, then commit `init`."""
+        """The first manager: wait to lead the one-member raft, then commit `init` (or, for
+        `node init --force-new-cluster`, `force_new_cluster` with the state it kept)."""
         assert self.store is not None
         deadline = time.monotonic() + 30
         while not self.store.is_leader:
@@ -108,6 +109,23 @@ class Roles:
                 raise MeshkitError("the new cluster's raft did not elect this node leader")
             await asyncio.sleep(0.05)
         now = time.time()
+        if "force_new_cluster" in cluster:
+            result = await self.store.submit(
+                {
+                    "op": "force_new_cluster",
+                    "state": cluster["force_new_cluster"],
+                    "node_id": self.node.node_id,
+                    "now": now,
+                }
+            )
+            log.warning(
+                "forced a new cluster from this manager's state: it is the only manager; "
+                "former managers %s are now Down workers (remove them with `meshkit node rm`)",
+                ", ".join(result.get("demoted") or []) or "(none)",
+            )
+            self.cfg.managers = [self.node.api_addr]
+            self.cfg.save(self.node.data_dir)
+            return
         record = cstate.NodeRecord(
             id=self.node.node_id,
             hostname=self.cfg.hostname,

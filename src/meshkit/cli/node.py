@@ -144,6 +144,33 @@ def agent_call(host: str | None, method: str, params: dict[str, Any] | None = No
 
 _call = agent_call
 
+RETRY_CODES = ("unknown_outcome", "unavailable")
+"""Errors after which an idempotent write is sent again (it may or may not have applied)."""
+
+
+def agent_call_idempotent(
+    host: str | None,
+    method: str,
+    params: dict[str, Any],
+    attempts: int = 3,
+    call: Callable[..., Any] | None = None,
+) -> Any:
+    """A write that may be sent twice (a create carrying a request id: the state returns the
+    object the first one made), sent again when its outcome is unknown."""
+    import secrets as _secrets
+
+    from meshkit.cluster.rpc.transport import RpcError
+
+    params = {"request_id": _secrets.token_hex(16), **params}
+    for attempt in range(attempts):
+        try:
+            return (call or agent_call)(host, method, params)
+        except RpcError as exc:
+            if exc.code not in RETRY_CODES or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
 
 def join_command(token: str, addr: str) -> str:
     return f"meshkit node join --token {token} {addr}"

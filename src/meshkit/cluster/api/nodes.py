@@ -66,7 +66,8 @@ bad_request and a message naming it, e.g. ``invalid join parameter api_port: 100
 a port (1-65535)``.
 
 Error codes (RpcError.code): unauthenticated, forbidden, not_manager, not_found,
-bad_request, conflict, no_quorum, token, unavailable (plus rpc's own).
+bad_request, conflict, no_quorum, unknown_outcome (raft took a write it could not confirm: it
+may or may not have been applied), token, unavailable, locked (plus rpc's own).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ from meshkit.cluster.api.services import (
 )
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft.sealing import SealError
-from meshkit.cluster.raft.store import NoQuorum, StoreError
+from meshkit.cluster.raft.store import NoQuorum, StoreError, UnknownOutcome
 from meshkit.cluster.rpc.pki import ClusterCA, PkiError
 from meshkit.cluster.rpc.tokens import (
     TokenError,
@@ -144,6 +145,8 @@ def _translate(exc: Exception) -> RpcError:
         return exc
     if isinstance(exc, ParamError):
         return RpcError("bad_request", str(exc))
+    if isinstance(exc, UnknownOutcome):
+        return RpcError("unknown_outcome", str(exc))
     if isinstance(exc, NoQuorum):
         return RpcError("no_quorum", str(exc))
     if isinstance(exc, cstate.NodeNotFound):

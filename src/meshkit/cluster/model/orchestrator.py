@@ -487,11 +487,7 @@ class _ServicePlanner:
                 if desired == "remove" and ended:
                     r.remove.append(t["id"])
                     continue
-                if (
-                    r.terminal(t)
-                    and desired != "running"
-                    and (kept >= self.history or gone_node)
-                ):
+                if r.terminal(t) and desired != "running" and (kept >= self.history or gone_node):
                     r.remove.append(t["id"])
                     continue
                 kept += 1

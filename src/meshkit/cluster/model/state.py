@@ -300,6 +300,10 @@ def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
         raise CommandError("service_create needs a service record with an id")
     spec = _spec(record.get("spec"))
     service_id = str(record["id"])
+    request_id = str(cmd.get("request_id") or "")
+    for svc in state.services.values() if request_id else ():
+        if svc.get("request_id") == request_id:  # a retried create: the service it made
+            return {"service_id": svc["id"], "name": svc["spec"]["name"], "replayed": True}
     if service_id in state.services:
         raise CommandError(f"service {service_id} already exists")
     if _name_taken(state, spec["name"]):
@@ -316,6 +320,8 @@ def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
         "update_status": None,
         "vips": {},
     }
+    if request_id:
+        svc["request_id"] = request_id
     _endpoints(state, svc, cmd)
     state.services[service_id] = svc
     return {"service_id": service_id, "name": spec["name"]}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import select
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,8 @@ from typing import Annotated, Any
 import typer
 
 from meshkit.base.errors import FlagError, MeshkitError
+from meshkit.cli.agentrun import run_agent
+from meshkit.cli.nodefilter import node_filters, node_matches
 
 node_app = typer.Typer(
     name="node",
@@ -172,6 +173,12 @@ def agent_call_idempotent(
     raise AssertionError("unreachable")
 
 
+def unlock_text(key: str) -> str:
+    from meshkit.cli.cluster import unlock_text as text
+
+    return text(key)
+
+
 def join_command(token: str, addr: str) -> str:
     return f"meshkit node join --token {token} {addr}"
 
@@ -184,99 +191,6 @@ def _join_text(role: str, token: str, addr: str) -> str:
 
 
 # -- running the agent -------------------------------------------------------------------------
-
-
-def _run_agent(
-    make_agent: Callable[[Callable[[Any], None]], Any],
-    ready_text: Callable[[Any], str],
-    data_dir: Path,
-    detach: bool,
-    log_level: str,
-) -> None:
-    """Run the agent in the foreground, or detached with a pid and a log file."""
-    from meshkit.base.files import write_private
-    from meshkit.cli import run_loop, setup_logging
-
-    if not detach:
-        setup_logging(log_level)
-
-        def on_ready(agent: Any) -> None:
-            sys.stdout.write(ready_text(agent))
-            sys.stdout.flush()
-
-        run_loop(make_agent(on_ready).run())
-        return
-
-    log_path = data_dir / "agent.log"
-    pid_path = data_dir / "agent.pid"
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid > 0:
-        os.close(wfd)
-        os.waitpid(pid, 0)
-        chunks: list[bytes] = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([rfd], [], [], 1.0)
-            if ready:
-                data = os.read(rfd, 65536)
-                if not data:
-                    break
-                chunks.append(data)
-        os.close(rfd)
-        text = b"".join(chunks).decode(errors="replace")
-        if text.startswith("ok\n"):
-            sys.stdout.write(text[3:])
-            sys.stdout.flush()
-            return
-        raise MeshkitError(
-            (text[len("error\n") :].strip() if text.startswith("error\n") else "")
-            or f"the agent did not start; see {log_path}"
-        )
-    # First child: a new session, then the agent in a grandchild nobody waits for.
-    os.close(rfd)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    code = 0
-    try:
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(logfd, 1)
-        os.dup2(logfd, 2)
-        write_private(pid_path, f"{os.getpid()}\n")
-        setup_logging(log_level)
-        sent = False
-
-        def on_ready(agent: Any) -> None:
-            nonlocal sent
-            os.write(wfd, ("ok\n" + ready_text(agent)).encode())
-            os.close(wfd)
-            sent = True
-
-        try:
-            run_loop(make_agent(on_ready).run())
-        except BaseException as exc:
-            code = 1
-            if not sent:
-                os.write(wfd, f"error\n{exc}".encode())
-                os.close(wfd)
-            raise
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        code = code or 1
-    finally:
-        try:
-            if pid_path.read_text().strip() == str(os.getpid()):
-                pid_path.unlink()
-        except OSError:
-            pass
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
 
 
 # -- init / join / run -------------------------------------------------------------------------
@@ -431,6 +345,9 @@ def init(
         hostname=hostname or "",
         web=_web_file(web),
     )
+    from meshkit.cluster.raft.autolock import new_unlock_key
+
+    key = new_unlock_key() if autolock else ""
     cfg, identity, cluster = bootstrap.init_node(
         opts,
         default_addr_pool=pools,
@@ -438,6 +355,7 @@ def init(
         data_path_port=data_path_port,
         heartbeat_period=period,
         cert_lifetime=lifetime,
+        unlock_key=key,
     )
 
     def ready_text(agent: Any) -> str:
@@ -450,13 +368,13 @@ def init(
             f"Swarm initialized: current node ({agent.node_id}) is now a manager.\n\n"
             + _join_text("worker", token, agent.api_addr)
             + "\nTo add a manager to this swarm, run 'meshkit node join-token manager' "
-            "and follow the instructions.\n\n"
+            "and follow the instructions.\n\n" + (unlock_text(key) if key else "")
         )
 
     def make(on_ready: Callable[[Any], None]) -> Any:
         return ag.Agent(opts.data_dir, cfg, identity, init_cluster=cluster, on_ready=on_ready)
 
-    _run_agent(make, ready_text, opts.data_dir, detach, log_level)
+    run_agent(make, ready_text, opts.data_dir, detach, log_level)
 
 
 def _force_new_cluster(
@@ -493,7 +411,7 @@ def _force_new_cluster(
     def make(on_ready: Callable[[Any], None]) -> Any:
         return ag.Agent(data_dir, cfg, identity, init_cluster=first, on_ready=on_ready)
 
-    _run_agent(make, ready_text, data_dir, detach, log_level)
+    run_agent(make, ready_text, data_dir, detach, log_level)
 
 
 @node_app.command()
@@ -556,7 +474,7 @@ def join(
     def make(on_ready: Callable[[Any], None]) -> Any:
         return ag.Agent(opts.data_dir, cfg, identity, raft_peers=peers, on_ready=on_ready)
 
-    _run_agent(make, ready_text, opts.data_dir, detach, log_level)
+    run_agent(make, ready_text, opts.data_dir, detach, log_level)
 
 
 @node_app.command()
@@ -586,7 +504,7 @@ def run(
     def make(on_ready: Callable[[Any], None]) -> Any:
         return ag.Agent(Path(data_dir), cfg, identity, on_ready=on_ready)
 
-    _run_agent(make, ready_text, Path(data_dir), detach, log_level)
+    run_agent(make, ready_text, Path(data_dir), detach, log_level)
 
 
 # -- talking to the agent ----------------------------------------------------------------------
@@ -638,12 +556,17 @@ NODE_HEADERS = [
 def ls(
     fmt: FormatOpt = "table",
     quiet: IdsOnlyOpt = False,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option("--filter", "-f", help="id=, name=, role=, membership=, node.label=K[=V]"),
+    ] = None,
     host: HostOpt = None,
 ) -> None:
     """List the nodes of the cluster (on a manager)."""
     check_format(fmt)
+    wanted = node_filters(filters or [])
     reply = _call(host, "node_ls")
-    nodes = reply["nodes"]
+    nodes = [n for n in reply["nodes"] if node_matches(n, wanted)]
     if quiet:
         for n in nodes:
             typer.echo(n["ID"])
@@ -663,6 +586,49 @@ def inspect(
     if fmt != "json":
         raise FlagError("--format", fmt, "expected json")
     _print_json([_call(host, "node_inspect", {"node": n}) for n in nodes])
+
+
+@node_app.command()
+def ps(
+    nodes: Annotated[list[str] | None, typer.Argument(help="Nodes (default: self).")] = None,
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Whole ids and errors.")] = False,
+    fmt: FormatOpt = "table",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the task IDs.")] = False,
+    host: HostOpt = None,
+) -> None:
+    """List the tasks on nodes, with their history."""
+    import shutil
+
+    from meshkit.cli.service import ps_rows
+
+    check_format(fmt)
+    tasks: list[dict[str, Any]] = []
+    for ref in nodes or ["self"]:
+        tasks += _call(host, "node_ps", {"node": ref})["tasks"]
+    if quiet:
+        for t in tasks:
+            typer.echo(t["ID"] if no_trunc else t["ID"][:12])
+    elif fmt == "json":
+        _print_json(tasks)
+    else:
+        width = shutil.get_terminal_size((0, 0)).columns if sys.stdout.isatty() else None
+        headers, rows = ps_rows(tasks, time.time(), no_trunc, width or None)
+        typer.echo(table(headers, rows))
+
+
+@node_app.command()
+def unlock(host: HostOpt = None) -> None:
+    """Unlock a manager that autolock keeps locked after a restart (the key from the
+    terminal, or a line of stdin)."""
+    if sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("Enter unlock key: ")
+    else:
+        key = sys.stdin.readline()
+    if not key.strip():
+        raise FlagError("unlock key", "", "no key given")
+    _call(host, "unlock", {"key": key.strip()})
 
 
 @node_app.command()

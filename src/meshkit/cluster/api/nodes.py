@@ -40,6 +40,8 @@ Authorization on the TCP port, by method:
     cluster_status {}                                  -> raft status of the answering manager
     service_*     see meshkit.cluster.api.services
     network_*, overlay_pairs, netmap_watch   see meshkit.cluster.api.networks
+    cluster_inspect, cluster_update, unlock_key, node_ps, events
+                  see meshkit.cluster.api.cluster
     secret_*, config_*, task_secrets         see meshkit.cluster.api.secrets (task_secrets:
                   any node certificate, only for a task assigned to that node)
 
@@ -53,9 +55,12 @@ code "not_manager" and swarm's "This node is not a swarm manager..." text), plus
     info   {}            -> {"node_id", "role", "cluster_id", "hostname", "addr", "api_addr",
                              "managers", "initialized", "version", "raft", "overlay",
                              "overlay_nodes", "overlay_stats", "mesh", "cert_not_after",
-                             "secrets": {name: [task id]} (what this node holds)}
+                             "secrets": {name: [task id]} (what this node holds),
+                             "locked" (autolock: waiting for `node unlock`)}
     leave  {"force"}     -> {"left": true, "node_id"}   this node leaves the cluster; the agent
                              stops and removes its certificate and state from the data dir
+    unlock {"key"}       -> {"unlocked": true}   a locked manager (autolock) starts its replica;
+                             while it waits every other method but info answers code "locked"
     mesh_watch {"service", "version"?, "wait"?}
                          -> {"version", "known", "netns", "backends": [ip], "agent_pid"}
                              a long poll for `meshkit ingress --service` (meshkit.mesh.node)
@@ -79,6 +84,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from meshkit.base.errors import FlagError
+from meshkit.cluster.api.cluster import CLUSTER_METHODS, ClusterMethods
 from meshkit.cluster.api.common import caller, loaded_state, new_node_id, str_param
 from meshkit.cluster.api.context import NodeContext
 from meshkit.cluster.api.networks import (
@@ -96,6 +102,7 @@ from meshkit.cluster.api.services import (
     ServiceMethods,
 )
 from meshkit.cluster.model import state as cstate
+from meshkit.cluster.raft import autolock
 from meshkit.cluster.raft.sealing import SealError
 from meshkit.cluster.raft.store import NoQuorum, StoreError, UnknownOutcome
 from meshkit.cluster.rpc.pki import ClusterCA, PkiError
@@ -136,8 +143,9 @@ MANAGER_METHODS = (
     | SERVICE_METHODS
     | NETWORK_METHODS
     | SECRET_METHODS
+    | CLUSTER_METHODS
 )
-LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"})
+LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch", "unlock"})
 
 
 def _translate(exc: Exception) -> RpcError:
@@ -201,6 +209,10 @@ class Api:
         self.secrets = SecretMethods(node)
         for name in SECRET_METHODS | NODE_SECRET_METHODS:
             self._handlers[name] = getattr(self.secrets, name)
+        self.cluster = ClusterMethods(node)
+        for name in CLUSTER_METHODS:
+            self._handlers[name] = getattr(self.cluster, name)
+        self.events = self.cluster.events_log  # the agent records every applied command
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -269,8 +281,13 @@ class Api:
             raise RpcError("forbidden", "local methods only on the agent's Unix socket")
         try:
             check_params(method, params, local=True)
+            locked = autolock.node_gate(self.node.data_dir).locked
             if method == "info":
-                return self.node.info()
+                return {**self.node.info(), "locked": locked}
+            if method == "unlock":
+                return self.cluster.unlock(params)
+            if locked:
+                raise RpcError("locked", autolock.LOCKED_TEXT)
             if method == "leave":
                 return await self.node.leave(bool(params.get("force")))
             if method == "mesh_watch":

@@ -24,6 +24,7 @@ from meshkit.cluster.node.config import (
     wipe_node,
     write_secret,
 )
+from meshkit.cluster.raft import autolock
 from meshkit.cluster.raft.sealing import DATA_KEY_FILE, Sealer, new_data_key, save_data_key
 from meshkit.cluster.rpc.local import DEFAULT_SOCKET
 from meshkit.cluster.rpc.pki import NodeIdentity, client_ssl_context, new_node_key_and_csr
@@ -89,8 +90,10 @@ def init_node(
     data_path_port: int,
     heartbeat_period: float,
     cert_lifetime: float,
+    unlock_key: str = "",
 ) -> tuple[NodeConfig, NodeIdentity, dict[str, Any]]:
-    """Make the cluster's CA, secrets and the first manager's identity in the data dir.
+    """Make the cluster's CA, secrets and the first manager's identity in the data dir (with
+    `unlock_key`: autolock on, the raft secret and the data key kept locked with it).
 
     node.json is written only once the agent has committed the `init` command, so a failed
     start leaves a data dir that `init` may use again.
@@ -109,9 +112,13 @@ def init_node(
     identity = ca.issue_identity(node_id, "manager", cert_lifetime)
     identity.save(opts.data_dir / CERT_DIR)
     raft_secret = new_raft_secret()
-    write_secret(opts.data_dir / RAFT_DIR / SECRET_FILE, raft_secret)
     data_key = new_data_key()
-    save_data_key(opts.data_dir / RAFT_DIR / DATA_KEY_FILE, data_key)
+    raft_dir = opts.data_dir / RAFT_DIR
+    write_secret(raft_dir / SECRET_FILE, raft_secret)
+    save_data_key(raft_dir / DATA_KEY_FILE, data_key)
+    if unlock_key:
+        autolock.relock(raft_dir, None, unlock_key)
+        autolock.gate_for(raft_dir).key = unlock_key  # this process runs the new manager
     cluster = cstate.ClusterState(
         cluster_id=cluster_id,
         created_at=time.time(),
@@ -125,6 +132,8 @@ def init_node(
         data_path_port=data_path_port,
         heartbeat_period=heartbeat_period,
         cert_lifetime=cert_lifetime,
+        autolock=bool(unlock_key),
+        unlock_key=unlock_key,
     ).to_dict()
     del cluster["nodes"]
     # The journal's first entry is this dict: its secrets go in sealed (see sealing.py).

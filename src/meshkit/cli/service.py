@@ -398,16 +398,10 @@ def inspect(
         svc["tasks"] = _call(host, "service_ps", {"service": ref})["tasks"]
         out.append(svc)
     if pretty:
+        from meshkit.cli.servicepretty import pretty_service
+
         for svc in out:
-            spec = svc["spec"]
-            typer.echo(f"ID:\t\t{svc['id']}\nName:\t\t{spec['name']}")
-            typer.echo(f"Mode:\t\t{spec['mode'].capitalize()}")
-            if spec["mode"] == "replicated":
-                typer.echo(f" Replicas:\t{spec.get('replicas')}")
-            typer.echo(f"Command:\t{' '.join(spec['command'])}")
-            for t in svc["tasks"]:
-                if t["Error"]:
-                    typer.echo(f"Task {t['Name']} ({t['ID'][:12]}): {t['Error']}")
+            typer.echo(pretty_service(svc))
         return
     typer.echo(json.dumps(out, indent=4))
 

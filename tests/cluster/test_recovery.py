@@ -58,6 +58,7 @@ def test_force_new_cluster_after_quorum_lost_for_good() -> None:
             shutil.rmtree(m.data)
         until(lambda: not m3.info()["raft"]["has_quorum"], 20, "quorum lost")
         m3.stop()
+        old_secret = (m3.data / "raft" / "secret").read_text()
         # the recovery
         m3.start("init", "--force-new-cluster", "--data-dir", str(m3.data), "--host", m3.sock)
         m3.wait_up()
@@ -67,6 +68,8 @@ def test_force_new_cluster_after_quorum_lost_for_good() -> None:
             assert nodes[gone]["Role"] == "worker" and nodes[gone]["ManagerStatus"] == ""
             until(lambda g=gone: by_name(m3)[g]["Status"] == "Down", 15, f"{gone} down")
         assert m3.info()["raft"]["members"] == [f"{m3.ip}:2378"]
+        assert (m3.data / "raft" / "secret").read_text() != old_secret  # the old raft is shut out
+        assert list((m3.data / "raft" / "before-force-new-cluster").glob("*/journal"))
         assert [t["ID"] for t in running(m3, "keep")] == [pid]  # the task was never restarted
         # a new manager joins with the token from before the disaster
         assert token(m3, "manager") == mt

@@ -3,7 +3,7 @@
 
     cluster_update      settings {heartbeat_period?, task_history_limit?, cert_lifetime?,
                         autolock?, unlock_key? (sealed), encryption_key_rotation?}, now
-    force_new_cluster   state {...the whole ClusterState...}, node_id, now
+    force_new_cluster   state {...the whole ClusterState...}, node_id, raft_secret?, now
 
 `force_new_cluster` makes the old state the new cluster's, with `node_id` its only manager:
 every other manager becomes a worker marked Down (their raft replicas are gone; the leader's
@@ -82,6 +82,8 @@ def op_force_new_cluster(state: ClusterState, cmd: Mapping[str, Any]) -> dict[st
             node.status = DOWN
             node.updated_at = now
             demoted.append(node.id)
+    if cmd.get("raft_secret"):  # a new one (sealed): the old managers' cannot join this raft
+        new.raft_secret = str(cmd["raft_secret"])
     me.role = "manager"
     me.status = READY
     me.updated_at = now

@@ -250,9 +250,19 @@ def force_new_cluster(data_dir: Path) -> tuple[NodeConfig, NodeIdentity, dict[st
             f"({cfg.cluster_id}) or does not hold this node"
         )
     recovery.set_aside(raft_dir)
+    # A new raft secret: a former manager started again from its old data dir cannot reach
+    # this raft (its higher term would make the new leader step down, again and again).
+    # Written in clear even when autolock is on (there is no unlock key here): the manager
+    # locks it again once it is unlocked (Roles.sync_lock).
+    from meshkit.cluster.rpc.tokens import new_raft_secret
+
+    raft_secret = new_raft_secret()
+    write_secret(raft_dir / SECRET_FILE, raft_secret)
+    (raft_dir / (SECRET_FILE + autolock.SUFFIX)).unlink(missing_ok=True)
     cfg.managers = [f"{cfg.advertise_addr}:{cfg.listen_port}"]
     cfg.save(data_dir)
-    return cfg, identity, {"force_new_cluster": state.to_dict(), "journal_commands": applied}
+    first = {"force_new_cluster": state.to_dict(), "raft_secret": raft_secret}
+    return cfg, identity, {**first, "journal_commands": applied}
 
 
 def load_node(data_dir: Path) -> tuple[NodeConfig, NodeIdentity]:

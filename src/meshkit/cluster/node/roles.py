@@ -167,6 +167,7 @@ class Roles:
                     "op": "force_new_cluster",
                     "state": cluster["force_new_cluster"],
                     "node_id": self.node.node_id,
+                    "raft_secret": self.sealer.seal(str(cluster["raft_secret"])),
                     "now": now,
                 }
             )

@@ -188,3 +188,20 @@ def test_cluster_update_sets_and_reports_changes() -> None:
     cs.apply(st, {"op": "cluster_update", "settings": {"autolock": True, "unlock_key": "x"}})
     cs.apply(st, {"op": "cluster_update", "settings": {"autolock": False}})
     assert st.unlock_key == "" and not st.autolock
+
+
+def test_retime_liveness_keeps_down_nodes_down_and_gives_alive_ones_an_old_period() -> None:
+    from meshkit.cluster.model.clusterops import retime_liveness
+
+    old = cs.Liveness(5.0)  # grace 15 s
+    old.start(0.0)
+    old.beat("up", 100.0)
+    old.beat("gone", 80.0)  # 20 s ago: Down
+    new = retime_liveness(old, 1.0, ["up", "gone"], 100.0)  # grace 3 s
+    assert new.period == 1.0
+    assert new.alive("up", 104.9) and not new.alive("up", 105.1)  # one old period
+    longer = retime_liveness(old, 30.0, ["up", "gone"], 100.0)  # grace 90 s
+    assert not longer.alive("gone", 100.0)  # a longer grace does not bring it back
+    assert longer.alive("up", 185.0)
+    longer.beat("gone", 101.0)
+    assert longer.alive("gone", 101.0)

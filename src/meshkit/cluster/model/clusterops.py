@@ -14,10 +14,13 @@ through its unchanged address and beat again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from meshkit.cluster.model.records import DOWN, READY, ClusterState, CommandError
+
+if TYPE_CHECKING:
+    from meshkit.cluster.model.state import Liveness
 
 SETTINGS = (
     "heartbeat_period",
@@ -90,6 +93,21 @@ def op_force_new_cluster(state: ClusterState, cmd: Mapping[str, Any]) -> dict[st
     new.index = state.index
     state.__dict__.update(new.__dict__)
     return {"cluster_id": state.cluster_id, "node_id": node_id, "demoted": sorted(demoted)}
+
+
+def retime_liveness(old: Liveness, period: float, node_ids: Iterable[str], now: float) -> Liveness:
+    """The leader's beat tracker for a new heartbeat period. A node alive now stays alive at
+    least one old period more (it learns the new period only at its next beat); a node that is
+    Down stays Down until it beats again (a longer grace must not bring it back)."""
+    new = type(old)(period, old.misses)  # (state.py imports this module)
+    new.started_at = old.started_at
+    for node_id in node_ids:
+        if old.alive(node_id, now):
+            seen = old.last_seen.get(node_id, old.started_at)
+            new.last_seen[node_id] = max(seen, now + old.period - new.grace)
+        else:
+            new.last_seen[node_id] = float("-inf")
+    return new
 
 
 HANDLERS = {

@@ -145,7 +145,10 @@ class Roles:
             return
         want = self.sealer.open(st.unlock_key) if st.autolock and st.unlock_key else None
         gate = autolock.gate_for(self.raft_dir)
-        if want == gate.key and bool(want) == autolock.is_locked(self.raft_dir):
+        locked_as_wanted = (
+            not autolock.in_clear(self.raft_dir) if want else not autolock.is_locked(self.raft_dir)
+        )
+        if want == gate.key and locked_as_wanted:
             return
         autolock.relock(self.raft_dir, gate.key, want)
         gate.key = want

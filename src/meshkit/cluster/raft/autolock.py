@@ -88,7 +88,14 @@ def decrypt(text: str, key: str, name: str) -> bytes:
 
 
 def is_locked(raft_dir: Path) -> bool:
+    """Some of the raft dir's secret files are locked (a start must wait for the key)."""
     return any((Path(raft_dir) / (n + SUFFIX)).exists() for n in LOCKED_FILES)
+
+
+def in_clear(raft_dir: Path) -> list[str]:
+    """The raft dir's secret files that are in clear (after force-new-cluster's new raft
+    secret, or a promotion: to be locked once the manager runs)."""
+    return [n for n in LOCKED_FILES if (Path(raft_dir) / n).exists()]
 
 
 def read_file(path: Path, key: str | None) -> str:

@@ -55,7 +55,7 @@ def files_holding(root: Any, needle: bytes) -> list[str]:
 def cluster() -> Iterator[Cluster]:
     c = Cluster()
     try:
-        m1 = c.init("m1", 1, "--autolock")
+        m1 = c.init("m1", 1, "--autolock", "--task-history-limit", "4")
         c.join("w1", 2, token(m1, "worker"), m1)
         until(lambda: len([n for n in m1.ls() if n["Status"] == "Ready"]) == 2, 30, "2 nodes")
         yield c
@@ -68,6 +68,7 @@ def test_settings_replicated_and_honoured(cluster: Cluster) -> None:
     view = json.loads(mk(m1, "cluster", "inspect"))[0]
     assert view["Spec"]["EncryptionConfig"]["AutoLockManagers"] is True
     assert view["Spec"]["Overlay"]["EncryptionKeyRotation"] == 43200.0
+    assert view["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"] == 4  # from init
     r = run(m1, "cluster", "update", "--task-history-limit", "-1")
     assert r.returncode == 2 and "--task-history-limit" in r.stderr
     mk(m1, "cluster", "update", "--dispatcher-heartbeat", "2s", "--task-history-limit", "2",

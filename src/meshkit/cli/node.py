@@ -257,6 +257,9 @@ def init(
     cert_expiry: Annotated[
         str, typer.Option(help="Lifetime of node certificates (renewed at 50-80% of it).")
     ] = "2160h",
+    task_history_limit: Annotated[
+        int, typer.Option(help="Tasks kept per slot, the running one included.")
+    ] = 5,
     hostname: Annotated[
         str | None, typer.Option(help="Name shown in `node ls` (default: the host name).")
     ] = None,
@@ -295,6 +298,7 @@ def init(
                 ("--default-addr-pool", default_addr_pool),
                 ("--raft-port", raft_port),
                 ("--hostname", hostname),
+                ("--task-history-limit", task_history_limit != 5 or None),
                 ("--autolock", autolock or None),
             )
             if value
@@ -334,6 +338,8 @@ def init(
     lifetime = parse_duration(cert_expiry, "--cert-expiry")
     if lifetime < 1:
         raise FlagError("--cert-expiry", cert_expiry, "must be at least 1s")
+    if task_history_limit < 0:
+        raise FlagError("--task-history-limit", str(task_history_limit), "must be 0 or more")
     _check_log_level(log_level)
     opts = bootstrap.NodeOptions(
         data_dir=Path(data_dir),
@@ -356,6 +362,7 @@ def init(
         heartbeat_period=period,
         cert_lifetime=lifetime,
         unlock_key=key,
+        task_history_limit=task_history_limit,
     )
 
     def ready_text(agent: Any) -> str:

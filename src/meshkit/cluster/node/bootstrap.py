@@ -91,6 +91,7 @@ def init_node(
     heartbeat_period: float,
     cert_lifetime: float,
     unlock_key: str = "",
+    task_history_limit: int = 5,
 ) -> tuple[NodeConfig, NodeIdentity, dict[str, Any]]:
     """Make the cluster's CA, secrets and the first manager's identity in the data dir (with
     `unlock_key`: autolock on, the raft secret and the data key kept locked with it).
@@ -132,6 +133,7 @@ def init_node(
         data_path_port=data_path_port,
         heartbeat_period=heartbeat_period,
         cert_lifetime=cert_lifetime,
+        task_history_limit=task_history_limit,
         autolock=bool(unlock_key),
         unlock_key=unlock_key,
     ).to_dict()

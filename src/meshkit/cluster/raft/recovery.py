@@ -38,7 +38,8 @@ _HEADER = 24 + 8 + 4 + 4  # app name, version, format version, last record offse
 
 
 def _journal_entries(path: Path) -> Iterator[tuple[bytes, int, int]]:
-    """(command, index, term) of each record of a pysyncobj FileJournal."""
+    """(command, index, term) of each record of a pysyncobj FileJournal (read here rather than
+    through pysyncobj's FileJournal, which would create a missing file and its meta)."""
     data = path.read_bytes()
     if len(data) < _HEADER:
         return
@@ -56,7 +57,7 @@ def _journal_entries(path: Path) -> Iterator[tuple[bytes, int, int]]:
 
 def _command(entry: bytes) -> dict[str, Any] | None:
     """The cluster command a journal entry carries (None for raft's own entries)."""
-    from pysyncobj import pickle
+    from meshkit.cluster.raft.lib import pickle
 
     if not entry or entry[0] != _REGULAR:
         return None
@@ -69,7 +70,7 @@ def _command(entry: bytes) -> dict[str, Any] | None:
 
 def read_state(raft_dir: Path) -> tuple[cstate.ClusterState, int]:
     """The state the raft files in `raft_dir` hold, and the number of journal commands applied."""
-    from pysyncobj import pickle
+    from meshkit.cluster.raft.lib import pickle
 
     raft_dir = Path(raft_dir)
     state = cstate.ClusterState()

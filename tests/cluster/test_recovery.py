@@ -1,7 +1,7 @@
 """Disaster recovery with real agents on 127.0.0.0/8: three managers, two destroyed (SIGKILL and
 their data dirs removed), `node init --force-new-cluster` on the third: it is the only manager,
 with the cluster's state (nodes, services, tokens); the worker's task kept running through it
-all and the worker is Ready again; then a new manager joins and both replicate."""
+all and the worker is Ready again; then two new managers join and the three replicate."""
 
 from __future__ import annotations
 
@@ -77,8 +77,10 @@ def test_force_new_cluster_after_quorum_lost_for_good() -> None:
         until(lambda: len(m3.info()["raft"]["members"]) == 2, 30, "two raft members")
         mk(m4, "node", "update", "--label-add", "after=recovery", "w1")
         until(lambda: by_name(m3)["w1"]["Labels"].get("after") == "recovery", 10, "replicated")
+        m5 = c.join("m5", 6, mt, m4)  # a second one, through the first newcomer
+        until(lambda: len(m5.info()["raft"]["members"]) == 3, 30, "three raft members again")
         m3.ok("rm", "m1")
-        assert "m1" not in by_name(m4)
+        until(lambda: "m1" not in by_name(m5), 10, "m1 removed everywhere")
         assert [t["ID"] for t in running(m4, "keep")] == [pid]
     finally:
         c.close()

@@ -79,6 +79,8 @@ def run_agent(
 
         def on_ready(agent: Any) -> None:
             nonlocal sent
+            if sent:  # a locked manager said so first; its later start is in the log
+                return
             os.write(wfd, ("ok\n" + ready_text(agent)).encode())
             os.close(wfd)
             sent = True

@@ -505,11 +505,22 @@ def run(
     elif cfg.web:
         _web_file(cfg.web)
 
+    from meshkit.cluster.raft import autolock
+
+    gate = autolock.node_gate(Path(data_dir))
+
     def ready_text(agent: Any) -> str:
+        if gate.locked:
+            return (
+                f"Node {agent.node_id} is running as a manager, locked: unlock it with "
+                "`meshkit node unlock`.\n"
+            )
         return f"Node {agent.node_id} is running as a {agent.identity.role}.\n"
 
     def make(on_ready: Callable[[Any], None]) -> Any:
-        return ag.Agent(Path(data_dir), cfg, identity, on_ready=on_ready)
+        agent = ag.Agent(Path(data_dir), cfg, identity, on_ready=on_ready)
+        gate.on_wait = lambda: on_ready(agent)  # a locked manager is up, waiting: say so
+        return agent
 
     run_agent(make, ready_text, Path(data_dir), detach, log_level)
 

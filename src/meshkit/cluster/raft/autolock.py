@@ -25,6 +25,7 @@ import asyncio
 import base64
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -137,6 +138,7 @@ class Gate:
         self.raft_dir = Path(raft_dir)
         self.key: str | None = None
         self.waiting = False
+        self.on_wait: Callable[[], None] | None = None  # `node run`: tell the user at once
         self._event = asyncio.Event()
 
     @property
@@ -156,6 +158,8 @@ class Gate:
 
     async def wait(self) -> str:
         self.waiting = True
+        if self.on_wait is not None:
+            self.on_wait()
         try:
             await self._event.wait()
         finally:

@@ -167,6 +167,7 @@ def test_autolock_locks_keys_and_waits_for_unlock(cluster: Cluster) -> None:
     r = m1.node("ls")
     assert r.returncode == 1 and "locked" in r.stderr and "meshkit node unlock" in r.stderr
     assert "This manager is locked" in m1.log.read_text()
+    assert "is running as a manager, locked: unlock it with" in m1.log.read_text()  # stdout
     r = run(m1, "node", "unlock", stdin="MKKEY-1-" + "A" * 43 + "\n")
     assert r.returncode == 1 and "invalid unlock key" in r.stderr
     mk(m1, "node", "unlock", stdin=key + "\n")

@@ -16,6 +16,9 @@
 And on the local socket only, answered while the manager is locked (raft/autolock.py):
 
     unlock          {"key"}            -> {"unlocked": true}   wrong key: code "locked"
+
+While a manager waits for its unlock key, `info` says ``"locked": true`` and every other method
+on its socket answers code "locked" (dispatched in meshkit.cluster.api.nodes).
 """
 
 from __future__ import annotations

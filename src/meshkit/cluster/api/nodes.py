@@ -55,12 +55,9 @@ code "not_manager" and swarm's "This node is not a swarm manager..." text), plus
     info   {}            -> {"node_id", "role", "cluster_id", "hostname", "addr", "api_addr",
                              "managers", "initialized", "version", "raft", "overlay",
                              "overlay_nodes", "overlay_stats", "mesh", "cert_not_after",
-                             "secrets": {name: [task id]} (what this node holds),
-                             "locked" (autolock: waiting for `node unlock`)}
+                             "secrets": {name: [task id]} (what this node holds)}
     leave  {"force"}     -> {"left": true, "node_id"}   this node leaves the cluster; the agent
                              stops and removes its certificate and state from the data dir
-    unlock {"key"}       -> {"unlocked": true}   a locked manager (autolock) starts its replica;
-                             while it waits every other method but info answers code "locked"
     mesh_watch {"service", "version"?, "wait"?}
                          -> {"version", "known", "netns", "backends": [ip], "agent_pid"}
                              a long poll for `meshkit ingress --service` (meshkit.mesh.node)
@@ -145,7 +142,7 @@ MANAGER_METHODS = (
     | SECRET_METHODS
     | CLUSTER_METHODS
 )
-LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch", "unlock"})
+LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"})
 
 
 def _translate(exc: Exception) -> RpcError:

@@ -110,6 +110,10 @@ def retime_liveness(old: Liveness, period: float, node_ids: Iterable[str], now: 
     return new
 
 
+IDEMPOTENT = frozenset({"cluster_update"})
+"""Of these commands, those applying twice does what applying once does (the store may
+resend them when their outcome is unknown)."""
+
 HANDLERS = {
     "cluster_update": op_cluster_update,
     "force_new_cluster": op_force_new_cluster,

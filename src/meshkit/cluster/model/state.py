@@ -19,6 +19,7 @@ Commands (``op``, then fields):
     set_status    statuses {node_id: "ready"|"down"}, left?, now  (left: the node said so)
     set_addr      node_id, addr, api_port, raft_port, version, hostname, now
     rotate_token  role, secret, now
+    cluster_update, force_new_cluster   see meshkit.cluster.model.clusterops
     service_create         service: {...service record...}, now   (names are unique)
     service_update         service_id, spec, rollback?, now   (version += 1, update starts)
     service_rm             service_id, now   (its tasks get desired state "remove")
@@ -52,10 +53,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model import services as sv
+from meshkit.cluster.model.clusterops import HANDLERS as CLUSTER_HANDLERS
 from meshkit.cluster.model.records import (
     AVAILABILITIES,
     DOWN,
@@ -555,8 +556,8 @@ _HANDLERS = {
     "set_overlay": _net(netstate.set_overlay),
     "secret_create": _secret_op(secretrules.op_create),
     "secret_rm": _secret_op(secretrules.op_rm),
-    **clusterops.HANDLERS,
 }
+_HANDLERS.update(CLUSTER_HANDLERS)  # cluster_update, force_new_cluster
 
 COMMANDS = tuple(_HANDLERS)
 
@@ -573,7 +574,6 @@ IDEMPOTENT = frozenset(
         "tasks_write",
         "task_status",
         "set_overlay",
-        "cluster_update",
     }
 )
 

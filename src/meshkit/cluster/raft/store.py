@@ -37,6 +37,7 @@ from typing import Any
 
 from meshkit.base.errors import MeshkitError
 from meshkit.base.files import make_private_dir, secure_tree, write_private
+from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft.lib import (
     FAIL_REASON,
@@ -405,7 +406,12 @@ class RaftStore:
                 self._by_cid.pop(cmd["cid"], None)
             if err == FAIL_REASON.SUCCESS:
                 break
-            idempotent = cmd.get("op") in cstate.IDEMPOTENT or bool(cmd.get("request_id"))
+            op = cmd.get("op")
+            idempotent = (
+                op in cstate.IDEMPOTENT
+                or op in clusterops.IDEMPOTENT
+                or bool(cmd.get("request_id"))
+            )
             retry = err in _RETRY or (err in _RETRY_IF_IDEMPOTENT and idempotent)
             if retry and time.monotonic() + 0.2 < deadline:
                 await asyncio.sleep(0.2)

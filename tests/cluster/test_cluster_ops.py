@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -119,6 +120,8 @@ def test_events(cluster: Cluster) -> None:
         time.sleep(1.0)
         mk(m1, "service", "rm", "ev")
         assert follower.stdout is not None
+        ready, _, _ = select.select([follower.stdout], [], [], 20)
+        assert ready, "no event followed within 20 s"
         ev = json.loads(follower.stdout.readline())
         assert (ev["Action"], ev["Actor"]["Attributes"]["name"]) == ("remove", "ev")
     finally:

@@ -156,6 +156,8 @@ def test_autolock_locks_keys_and_waits_for_unlock(cluster: Cluster) -> None:
     assert key.startswith("MKKEY-1-") and key in m1.log.read_text()  # printed once, by init
     assert not (raft / "secret").exists() and not (raft / "datakey").exists()
     assert (raft / "secret.locked").exists() and (raft / "datakey.locked").exists()
+    certs = m1.data / "certs"
+    assert (certs / "node.key.locked").exists() and not (certs / "node.key").exists()
     assert files_holding(m1.data, key.encode()) == []
     m1.stop()
     m1.start("run", "--data-dir", str(m1.data), "--host", m1.sock)
@@ -191,5 +193,6 @@ def test_autolock_locks_keys_and_waits_for_unlock(cluster: Cluster) -> None:
     assert not opens_with(key)
     mk(m1, "cluster", "update", "--autolock=false")
     until(lambda: (raft / "secret").exists() and not (raft / "secret.locked").exists(), 10, "clear")
+    assert (certs / "node.key").exists() and not (certs / "node.key.locked").exists()
     r = run(m1, "cluster", "unlock-key")
     assert r.returncode == 1 and "autolock is off" in r.stderr

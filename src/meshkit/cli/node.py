@@ -389,9 +389,11 @@ def _force_new_cluster(
 ) -> None:
     from meshkit.cluster.node import agent as ag
     from meshkit.cluster.node import bootstrap
+    from meshkit.cluster.node.config import NodeConfig
+    from meshkit.cluster.raft import autolock
     from meshkit.cluster.rpc.transport import RpcError
 
-    cfg, _ = bootstrap.load_node(data_dir)
+    cfg = NodeConfig.load(data_dir)
     if host is not None or os.environ.get("MESHKIT_HOST"):
         cfg.socket = _socket_for(host)
     try:
@@ -402,7 +404,14 @@ def _force_new_cluster(
         raise MeshkitError(
             f"the agent of {data_dir} is running (socket {cfg.socket}): stop it first"
         )
-    cfg, identity, first = bootstrap.force_new_cluster(data_dir)
+    key = None
+    if autolock.is_locked(data_dir / "raft"):  # autolock: the manager's keys need it now
+        key = read_unlock_key()
+        try:
+            autolock.node_gate(data_dir).unlock(key)
+        except autolock.LockError as exc:
+            raise FlagError("unlock key", "", str(exc)) from None
+    cfg, identity, first = bootstrap.force_new_cluster(data_dir, key)
     if host is not None or os.environ.get("MESHKIT_HOST"):
         cfg.socket = _socket_for(host)
     if web is not None:
@@ -495,17 +504,21 @@ def run(
     """Start the agent of a node that already joined (after a reboot or a stop)."""
     from meshkit.cluster.node import agent as ag
     from meshkit.cluster.node import bootstrap
+    from meshkit.cluster.node.config import NodeConfig
+    from meshkit.cluster.raft import autolock
 
     _check_log_level(log_level)
-    cfg, identity = bootstrap.load_node(Path(data_dir))
+    locked = autolock.node_key_locked(Path(data_dir))
+    if locked:  # its identity loads once `node unlock` brings the key (LockedStart)
+        cfg, identity = NodeConfig.load(Path(data_dir)), None
+    else:
+        cfg, identity = bootstrap.load_node(Path(data_dir))
     if host is not None or os.environ.get("MESHKIT_HOST"):
         cfg.socket = _socket_for(host)
     if web is not None:
         cfg.web = _web_file(web)
     elif cfg.web:
         _web_file(cfg.web)
-
-    from meshkit.cluster.raft import autolock
 
     gate = autolock.node_gate(Path(data_dir))
 
@@ -518,9 +531,13 @@ def run(
         return f"Node {agent.node_id} is running as a {agent.identity.role}.\n"
 
     def make(on_ready: Callable[[Any], None]) -> Any:
-        agent = ag.Agent(Path(data_dir), cfg, identity, on_ready=on_ready)
-        gate.on_wait = lambda: on_ready(agent)  # a locked manager is up, waiting: say so
-        return agent
+        def agent_for(identity: Any) -> Any:
+            return ag.Agent(Path(data_dir), cfg, identity, on_ready=on_ready)
+
+        first = bootstrap.LockedStart(Path(data_dir), cfg, agent_for) if locked else None
+        runner = first or agent_for(identity)
+        gate.on_wait = lambda: on_ready(runner)  # a locked manager is up, waiting: say so
+        return runner
 
     run_agent(make, ready_text, Path(data_dir), detach, log_level)
 
@@ -638,6 +655,11 @@ def ps(
 def unlock(host: HostOpt = None) -> None:
     """Unlock a manager that autolock keeps locked after a restart (the key from the
     terminal, or a line of stdin)."""
+    _call(host, "unlock", {"key": read_unlock_key()})
+
+
+def read_unlock_key() -> str:
+    """The unlock key from the terminal (not echoed), or a line of stdin."""
     if sys.stdin.isatty():
         import getpass
 
@@ -646,7 +668,7 @@ def unlock(host: HostOpt = None) -> None:
         key = sys.stdin.readline()
     if not key.strip():
         raise FlagError("unlock key", "", "no key given")
-    _call(host, "unlock", {"key": key.strip()})
+    return key.strip()
 
 
 @node_app.command()

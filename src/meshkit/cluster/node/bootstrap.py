@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,9 @@ from meshkit.cluster.raft import autolock
 from meshkit.cluster.raft.sealing import DATA_KEY_FILE, Sealer, new_data_key, save_data_key
 from meshkit.cluster.rpc.local import DEFAULT_SOCKET
 from meshkit.cluster.rpc.pki import NodeIdentity, client_ssl_context, new_node_key_and_csr
-from meshkit.cluster.rpc.transport import RpcClient, RpcError
+from meshkit.cluster.rpc.transport import Peer, RpcClient, RpcError, RpcServer
+
+log = logging.getLogger(__name__)
 
 
 def default_advertise_addr(listen_host: str) -> str:
@@ -228,7 +234,9 @@ async def join_node(
     return cfg, identity, peers
 
 
-def force_new_cluster(data_dir: Path) -> tuple[NodeConfig, NodeIdentity, dict[str, Any]]:
+def force_new_cluster(
+    data_dir: Path, unlock_key: str | None = None
+) -> tuple[NodeConfig, NodeIdentity, dict[str, Any]]:
     """A single-manager cluster from the state in a manager's data dir (quorum lost for good).
 
     The state is read from the raft files (meshkit.cluster.raft.recovery), which are then set
@@ -238,7 +246,7 @@ def force_new_cluster(data_dir: Path) -> tuple[NodeConfig, NodeIdentity, dict[st
     """
     from meshkit.cluster.raft import recovery
 
-    cfg, identity = load_node(data_dir)
+    cfg, identity = load_node(data_dir, unlock_key)
     if cfg.role != "manager" or identity.role != "manager":
         raise MeshkitError(
             f"{data_dir} holds a worker: --force-new-cluster needs the data dir of a manager "
@@ -267,7 +275,72 @@ def force_new_cluster(data_dir: Path) -> tuple[NodeConfig, NodeIdentity, dict[st
     return cfg, identity, {**first, "journal_commands": applied}
 
 
-def load_node(data_dir: Path) -> tuple[NodeConfig, NodeIdentity]:
+def load_node(data_dir: Path, unlock_key: str | None = None) -> tuple[NodeConfig, NodeIdentity]:
+    """The node a data dir holds; a manager whose TLS key autolock keeps locked needs
+    `unlock_key` (else MeshkitError saying so)."""
+    from meshkit.cluster.rpc.pki import NODE_CA_FILE, NODE_CERT_FILE, NODE_KEY_FILE
+
     cfg = NodeConfig.load(data_dir)
-    identity = NodeIdentity.load(Path(data_dir) / CERT_DIR)
-    return cfg, identity
+    certs = Path(data_dir) / CERT_DIR
+    if not autolock.node_key_locked(Path(data_dir)):
+        return cfg, NodeIdentity.load(certs)
+    if not unlock_key:
+        raise MeshkitError(autolock.LOCKED_TEXT)
+    key_pem = autolock.read_file(certs / NODE_KEY_FILE, unlock_key).encode() + b"\n"
+    try:
+        cert, ca = (certs / NODE_CERT_FILE).read_bytes(), (certs / NODE_CA_FILE).read_bytes()
+    except OSError as exc:
+        raise MeshkitError(f"cannot read the node certificate in {certs}: {exc}") from None
+    return cfg, NodeIdentity.from_cert(cert, key_pem, ca)
+
+
+class LockedStart:
+    """`node run` of a manager whose TLS key autolock keeps locked: until `meshkit node
+    unlock` brings the key, serve the local socket alone (`info` says locked, `unlock` checks
+    the key, anything else answers "locked"), then load the identity and run the agent."""
+
+    def __init__(
+        self, data_dir: Path, cfg: NodeConfig, make_agent: Callable[[NodeIdentity], Any]
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.cfg = cfg
+        self.node_id = cfg.node_id
+        self._make_agent = make_agent
+        self._gate = autolock.node_gate(self.data_dir)
+
+    async def _dispatch(self, peer: Peer, method: str, params: dict[str, Any]) -> Any:
+        if not peer.local:
+            raise RpcError("forbidden", "local methods only on the agent's Unix socket")
+        if method == "info":
+            return {"node_id": self.node_id, "role": "manager", "cluster_id": self.cfg.cluster_id,
+                    "initialized": False, "locked": self._gate.locked}  # fmt: skip
+        if method == "unlock" and self._gate.locked:
+            try:
+                self._gate.unlock(str(params.get("key") or ""))
+            except autolock.LockError as exc:
+                raise RpcError("locked", str(exc)) from None
+            return {"unlocked": True}
+        raise RpcError("locked", autolock.LOCKED_TEXT)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        server = RpcServer(self._dispatch)
+        await server.listen_unix(self.cfg.socket, 0o660)
+        log.warning("%s (data dir %s)", autolock.LOCKED_TEXT, self.data_dir)
+        waiter = asyncio.ensure_future(self._gate.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            await server.close()
+        if not waiter.done():
+            waiter.cancel()
+            return
+        log.info("manager unlocked")
+        _, identity = load_node(self.data_dir, waiter.result())
+        await self._make_agent(identity).run()

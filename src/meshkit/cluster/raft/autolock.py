@@ -6,6 +6,8 @@ the files that open the cluster's secrets encrypted under the cluster's unlock k
     raft/secret   the raft secret (pysyncobj's password: who may take part in raft)
     raft/datakey  the cluster data key, which seals the CA key, the join secrets, the raft
                   secret and every secret value in the replicated state (sealing.py)
+    certs/node.key  the manager's TLS key (a renewal writes the new one in clear; the
+                  manager locks it within half a second)
 
 as ``<name>.locked`` (no clear copy is kept): ``mklock1:`` + base64(12-byte nonce + AES-256-GCM
 ciphertext and tag), the key derived from the unlock key with HKDF-SHA256 (info ``meshkit
@@ -39,8 +41,9 @@ from meshkit.base.files import write_private
 KEY_PREFIX = "MKKEY-1-"
 FILE_PREFIX = "mklock1:"
 SUFFIX = ".locked"
-LOCKED_FILES = ("secret", "datakey")
-"""The files of the raft dir kept encrypted."""
+LOCKED_FILES = ("secret", "datakey", "../certs/node.key")
+"""The files kept encrypted, relative to the raft dir: the raft secret, the data key, and the
+manager's TLS key."""
 _INFO = b"meshkit autolock v1"
 
 LOCKED_TEXT = (
@@ -88,22 +91,38 @@ def decrypt(text: str, key: str, name: str) -> bytes:
         raise LockError("invalid unlock key: it does not open this manager's keys") from None
 
 
+def _locked(path: Path) -> Path:
+    return path.with_name(path.name + SUFFIX)
+
+
+def _paths(raft_dir: Path) -> list[Path]:
+    return [Path(os.path.normpath(Path(raft_dir) / n)) for n in LOCKED_FILES]
+
+
 def is_locked(raft_dir: Path) -> bool:
-    """Some of the raft dir's secret files are locked (a start must wait for the key)."""
-    return any((Path(raft_dir) / (n + SUFFIX)).exists() for n in LOCKED_FILES)
+    """Some of the manager's secret files are locked (a start must wait for the key)."""
+    return any(_locked(p).exists() for p in _paths(raft_dir))
 
 
 def in_clear(raft_dir: Path) -> list[str]:
-    """The raft dir's secret files that are in clear (after force-new-cluster's new raft
-    secret, or a promotion: to be locked once the manager runs)."""
-    return [n for n in LOCKED_FILES if (Path(raft_dir) / n).exists()]
+    """The manager's secret files that are in clear (a renewed TLS key, force-new-cluster's new
+    raft secret, a promotion: to be locked while the manager runs)."""
+    return [p.name for p in _paths(raft_dir) if p.exists()]
+
+
+def node_key_locked(data_dir: Path) -> bool:
+    """The TLS key of the node in `data_dir` is only there locked (its agent needs the unlock
+    key before it can even load its identity)."""
+    key = Path(data_dir) / "certs" / "node.key"
+    return _locked(key).exists() and not key.exists()
 
 
 def read_file(path: Path, key: str | None) -> str:
-    """A raft-dir secret file's text: the clear file, else the locked one opened with `key`."""
+    """A secret file's text: the clear file (when both are there it is the newer: a renewal
+    wrote it and the lock loop has not locked it yet), else the locked one opened with `key`."""
     path = Path(path)
-    locked = path.with_name(path.name + SUFFIX)
-    if locked.exists():
+    locked = _locked(path)
+    if locked.exists() and not path.exists():
         if not key:
             raise LockError(f"{path} is locked: {LOCKED_TEXT}")
         return decrypt(locked.read_text(), key, path.name).decode()
@@ -124,11 +143,11 @@ def write_file(path: Path, text: str, key: str | None) -> None:
 
 
 def relock(raft_dir: Path, old_key: str | None, new_key: str | None) -> None:
-    """Re-encrypt the raft dir's secret files from `old_key` to `new_key` (None: clear)."""
-    for name in LOCKED_FILES:
-        path = Path(raft_dir) / name
-        if path.exists() or path.with_name(name + SUFFIX).exists():
-            write_file(path, read_file(path, old_key), new_key)
+    """Re-encrypt the manager's secret files from `old_key` to `new_key` (None: clear)."""
+    for path in _paths(raft_dir):
+        if path.exists() or _locked(path).exists():
+            text = read_file(path, old_key)
+            write_file(path, text + "\n" if path.suffix == ".key" else text, new_key)
 
 
 class Gate:
@@ -149,10 +168,9 @@ class Gate:
     def unlock(self, key: str) -> None:
         """Check `key` against the locked files (LockError if it does not open them)."""
         key = key.strip()
-        for name in LOCKED_FILES:
-            locked = self.raft_dir / (name + SUFFIX)
-            if locked.exists():
-                decrypt(locked.read_text(), key, name)
+        for path in _paths(self.raft_dir):
+            if _locked(path).exists() and not path.exists():
+                decrypt(_locked(path).read_text(), key, path.name)
         self.key = key
         self._event.set()
 

@@ -80,8 +80,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import meshkit.cluster.api.cluster as cluster_api
 from meshkit.base.errors import FlagError
-from meshkit.cluster.api.cluster import CLUSTER_METHODS, ClusterMethods
 from meshkit.cluster.api.common import caller, loaded_state, new_node_id, str_param
 from meshkit.cluster.api.context import NodeContext
 from meshkit.cluster.api.networks import (
@@ -140,7 +140,7 @@ MANAGER_METHODS = (
     | SERVICE_METHODS
     | NETWORK_METHODS
     | SECRET_METHODS
-    | CLUSTER_METHODS
+    | cluster_api.CLUSTER_METHODS
 )
 LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"})
 
@@ -203,13 +203,13 @@ class Api:
         self.networks = NetworkMethods(node)
         for name in NETWORK_METHODS | NODE_NET_METHODS:
             self._handlers[name] = getattr(self.networks, name)
+        self.cluster = cluster_api.ClusterMethods(node)
+        for name in cluster_api.CLUSTER_METHODS:
+            self._handlers[name] = getattr(self.cluster, name)
+        self.events = self.cluster.events_log  # the agent records every applied command
         self.secrets = SecretMethods(node)
         for name in SECRET_METHODS | NODE_SECRET_METHODS:
             self._handlers[name] = getattr(self.secrets, name)
-        self.cluster = ClusterMethods(node)
-        for name in CLUSTER_METHODS:
-            self._handlers[name] = getattr(self.cluster, name)
-        self.events = self.cluster.events_log  # the agent records every applied command
 
     # -- dispatch ------------------------------------------------------------------------------
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import select
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,8 @@ from typing import Annotated, Any
 import typer
 
 from meshkit.base.errors import FlagError, MeshkitError
+from meshkit.cli.agentrun import run_agent
+from meshkit.cli.nodefilter import node_filters, node_matches
 
 node_app = typer.Typer(
     name="node",
@@ -144,6 +145,39 @@ def agent_call(host: str | None, method: str, params: dict[str, Any] | None = No
 
 _call = agent_call
 
+RETRY_CODES = ("unknown_outcome", "unavailable")
+"""Errors after which an idempotent write is sent again (it may or may not have applied)."""
+
+
+def agent_call_idempotent(
+    host: str | None,
+    method: str,
+    params: dict[str, Any],
+    attempts: int = 3,
+    call: Callable[..., Any] | None = None,
+) -> Any:
+    """A write that may be sent twice (a create carrying a request id: the state returns the
+    object the first one made), sent again when its outcome is unknown."""
+    import secrets as _secrets
+
+    from meshkit.cluster.rpc.transport import RpcError
+
+    params = {"request_id": _secrets.token_hex(16), **params}
+    for attempt in range(attempts):
+        try:
+            return (call or agent_call)(host, method, params)
+        except RpcError as exc:
+            if exc.code not in RETRY_CODES or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def unlock_text(key: str) -> str:
+    from meshkit.cli.cluster import unlock_text as text
+
+    return text(key)
+
 
 def join_command(token: str, addr: str) -> str:
     return f"meshkit node join --token {token} {addr}"
@@ -157,99 +191,6 @@ def _join_text(role: str, token: str, addr: str) -> str:
 
 
 # -- running the agent -------------------------------------------------------------------------
-
-
-def _run_agent(
-    make_agent: Callable[[Callable[[Any], None]], Any],
-    ready_text: Callable[[Any], str],
-    data_dir: Path,
-    detach: bool,
-    log_level: str,
-) -> None:
-    """Run the agent in the foreground, or detached with a pid and a log file."""
-    from meshkit.base.files import write_private
-    from meshkit.cli import run_loop, setup_logging
-
-    if not detach:
-        setup_logging(log_level)
-
-        def on_ready(agent: Any) -> None:
-            sys.stdout.write(ready_text(agent))
-            sys.stdout.flush()
-
-        run_loop(make_agent(on_ready).run())
-        return
-
-    log_path = data_dir / "agent.log"
-    pid_path = data_dir / "agent.pid"
-    rfd, wfd = os.pipe()
-    pid = os.fork()
-    if pid > 0:
-        os.close(wfd)
-        os.waitpid(pid, 0)
-        chunks: list[bytes] = []
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([rfd], [], [], 1.0)
-            if ready:
-                data = os.read(rfd, 65536)
-                if not data:
-                    break
-                chunks.append(data)
-        os.close(rfd)
-        text = b"".join(chunks).decode(errors="replace")
-        if text.startswith("ok\n"):
-            sys.stdout.write(text[3:])
-            sys.stdout.flush()
-            return
-        raise MeshkitError(
-            (text[len("error\n") :].strip() if text.startswith("error\n") else "")
-            or f"the agent did not start; see {log_path}"
-        )
-    # First child: a new session, then the agent in a grandchild nobody waits for.
-    os.close(rfd)
-    os.setsid()
-    if os.fork() > 0:
-        os._exit(0)
-    code = 0
-    try:
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
-        logfd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.dup2(logfd, 1)
-        os.dup2(logfd, 2)
-        write_private(pid_path, f"{os.getpid()}\n")
-        setup_logging(log_level)
-        sent = False
-
-        def on_ready(agent: Any) -> None:
-            nonlocal sent
-            os.write(wfd, ("ok\n" + ready_text(agent)).encode())
-            os.close(wfd)
-            sent = True
-
-        try:
-            run_loop(make_agent(on_ready).run())
-        except BaseException as exc:
-            code = 1
-            if not sent:
-                os.write(wfd, f"error\n{exc}".encode())
-                os.close(wfd)
-            raise
-    except BaseException:
-        import traceback
-
-        traceback.print_exc()
-        code = code or 1
-    finally:
-        try:
-            if pid_path.read_text().strip() == str(os.getpid()):
-                pid_path.unlink()
-        except OSError:
-            pass
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
 
 
 # -- init / join / run -------------------------------------------------------------------------
@@ -316,10 +257,29 @@ def init(
     cert_expiry: Annotated[
         str, typer.Option(help="Lifetime of node certificates (renewed at 50-80% of it).")
     ] = "2160h",
+    task_history_limit: Annotated[
+        int, typer.Option(help="Tasks kept per slot, the running one included.")
+    ] = 5,
     hostname: Annotated[
         str | None, typer.Option(help="Name shown in `node ls` (default: the host name).")
     ] = None,
     web: WebOpt = None,
+    force_new_cluster: Annotated[
+        bool,
+        typer.Option(
+            "--force-new-cluster",
+            help="Recover after quorum is lost for good: a single-manager cluster from the "
+            "state in this manager's --data-dir (its agent stopped).",
+        ),
+    ] = False,
+    autolock: Annotated[
+        bool,
+        typer.Option(
+            "--autolock",
+            help="Encrypt the managers' keys at rest; a restarted manager waits for "
+            "`meshkit node unlock` (the unlock key is printed once).",
+        ),
+    ] = False,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     host: HostOpt = None,
     log_level: LogLevelOpt = "info",
@@ -328,6 +288,27 @@ def init(
     from meshkit.base.durations import parse_duration
     from meshkit.cluster.node import agent as ag
     from meshkit.cluster.node import bootstrap
+
+    if force_new_cluster:
+        _check_log_level(log_level)
+        given = [
+            flag
+            for flag, value in (
+                ("--advertise-addr", advertise_addr),
+                ("--default-addr-pool", default_addr_pool),
+                ("--raft-port", raft_port),
+                ("--hostname", hostname),
+                ("--task-history-limit", task_history_limit != 5 or None),
+                ("--autolock", autolock or None),
+            )
+            if value
+        ]
+        if given:
+            raise FlagError(
+                given[0], "", "--force-new-cluster keeps the node and cluster settings it has"
+            )
+        _force_new_cluster(Path(data_dir), host, web, detach, log_level)
+        return
 
     listen_host, listen_port = _listen("--listen-addr", listen_addr)
     if advertise_addr is not None:
@@ -357,6 +338,8 @@ def init(
     lifetime = parse_duration(cert_expiry, "--cert-expiry")
     if lifetime < 1:
         raise FlagError("--cert-expiry", cert_expiry, "must be at least 1s")
+    if task_history_limit < 0:
+        raise FlagError("--task-history-limit", str(task_history_limit), "must be 0 or more")
     _check_log_level(log_level)
     opts = bootstrap.NodeOptions(
         data_dir=Path(data_dir),
@@ -368,6 +351,9 @@ def init(
         hostname=hostname or "",
         web=_web_file(web),
     )
+    from meshkit.cluster.raft.autolock import new_unlock_key
+
+    key = new_unlock_key() if autolock else ""
     cfg, identity, cluster = bootstrap.init_node(
         opts,
         default_addr_pool=pools,
@@ -375,6 +361,8 @@ def init(
         data_path_port=data_path_port,
         heartbeat_period=period,
         cert_lifetime=lifetime,
+        unlock_key=key,
+        task_history_limit=task_history_limit,
     )
 
     def ready_text(agent: Any) -> str:
@@ -387,13 +375,59 @@ def init(
             f"Swarm initialized: current node ({agent.node_id}) is now a manager.\n\n"
             + _join_text("worker", token, agent.api_addr)
             + "\nTo add a manager to this swarm, run 'meshkit node join-token manager' "
-            "and follow the instructions.\n\n"
+            "and follow the instructions.\n\n" + (unlock_text(key) if key else "")
         )
 
     def make(on_ready: Callable[[Any], None]) -> Any:
         return ag.Agent(opts.data_dir, cfg, identity, init_cluster=cluster, on_ready=on_ready)
 
-    _run_agent(make, ready_text, opts.data_dir, detach, log_level)
+    run_agent(make, ready_text, opts.data_dir, detach, log_level)
+
+
+def _force_new_cluster(
+    data_dir: Path, host: str | None, web: str | None, detach: bool, log_level: str
+) -> None:
+    from meshkit.cluster.node import agent as ag
+    from meshkit.cluster.node import bootstrap
+    from meshkit.cluster.node.config import NodeConfig
+    from meshkit.cluster.raft import autolock
+    from meshkit.cluster.rpc.transport import RpcError
+
+    cfg = NodeConfig.load(data_dir)
+    if host is not None or os.environ.get("MESHKIT_HOST"):
+        cfg.socket = _socket_for(host)
+    try:
+        agent_call(cfg.socket, "info")
+    except RpcError:
+        pass
+    else:
+        raise MeshkitError(
+            f"the agent of {data_dir} is running (socket {cfg.socket}): stop it first"
+        )
+    key = None
+    if autolock.is_locked(data_dir / "raft"):  # autolock: the manager's keys need it now
+        key = read_unlock_key()
+        try:
+            autolock.node_gate(data_dir).unlock(key)
+        except autolock.LockError as exc:
+            raise FlagError("unlock key", "", str(exc)) from None
+    cfg, identity, first = bootstrap.force_new_cluster(data_dir, key)
+    if host is not None or os.environ.get("MESHKIT_HOST"):
+        cfg.socket = _socket_for(host)
+    if web is not None:
+        cfg.web = _web_file(web)
+
+    def ready_text(agent: Any) -> str:
+        return (
+            f"Forced a new cluster: node {agent.node_id} is its only manager, with the "
+            "cluster's state. Former managers are Down workers: remove them with "
+            "`meshkit node rm`, then add managers with `meshkit node join-token manager`.\n"
+        )
+
+    def make(on_ready: Callable[[Any], None]) -> Any:
+        return ag.Agent(data_dir, cfg, identity, init_cluster=first, on_ready=on_ready)
+
+    run_agent(make, ready_text, data_dir, detach, log_level)
 
 
 @node_app.command()
@@ -456,7 +490,7 @@ def join(
     def make(on_ready: Callable[[Any], None]) -> Any:
         return ag.Agent(opts.data_dir, cfg, identity, raft_peers=peers, on_ready=on_ready)
 
-    _run_agent(make, ready_text, opts.data_dir, detach, log_level)
+    run_agent(make, ready_text, opts.data_dir, detach, log_level)
 
 
 @node_app.command()
@@ -470,9 +504,15 @@ def run(
     """Start the agent of a node that already joined (after a reboot or a stop)."""
     from meshkit.cluster.node import agent as ag
     from meshkit.cluster.node import bootstrap
+    from meshkit.cluster.node.config import NodeConfig
+    from meshkit.cluster.raft import autolock
 
     _check_log_level(log_level)
-    cfg, identity = bootstrap.load_node(Path(data_dir))
+    locked = autolock.node_key_locked(Path(data_dir))
+    if locked:  # its identity loads once `node unlock` brings the key (LockedStart)
+        cfg, identity = NodeConfig.load(Path(data_dir)), None
+    else:
+        cfg, identity = bootstrap.load_node(Path(data_dir))
     if host is not None or os.environ.get("MESHKIT_HOST"):
         cfg.socket = _socket_for(host)
     if web is not None:
@@ -480,13 +520,26 @@ def run(
     elif cfg.web:
         _web_file(cfg.web)
 
+    gate = autolock.node_gate(Path(data_dir))
+
     def ready_text(agent: Any) -> str:
+        if gate.locked:
+            return (
+                f"Node {agent.node_id} is running as a manager, locked: unlock it with "
+                "`meshkit node unlock`.\n"
+            )
         return f"Node {agent.node_id} is running as a {agent.identity.role}.\n"
 
     def make(on_ready: Callable[[Any], None]) -> Any:
-        return ag.Agent(Path(data_dir), cfg, identity, on_ready=on_ready)
+        def agent_for(identity: Any) -> Any:
+            return ag.Agent(Path(data_dir), cfg, identity, on_ready=on_ready)
 
-    _run_agent(make, ready_text, Path(data_dir), detach, log_level)
+        first = bootstrap.LockedStart(Path(data_dir), cfg, agent_for) if locked else None
+        runner = first or agent_for(identity)
+        gate.on_wait = lambda: on_ready(runner)  # a locked manager is up, waiting: say so
+        return runner
+
+    run_agent(make, ready_text, Path(data_dir), detach, log_level)
 
 
 # -- talking to the agent ----------------------------------------------------------------------
@@ -538,12 +591,17 @@ NODE_HEADERS = [
 def ls(
     fmt: FormatOpt = "table",
     quiet: IdsOnlyOpt = False,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option("--filter", "-f", help="id=, name=, role=, membership=, node.label=K[=V]"),
+    ] = None,
     host: HostOpt = None,
 ) -> None:
     """List the nodes of the cluster (on a manager)."""
     check_format(fmt)
+    wanted = node_filters(filters or [])
     reply = _call(host, "node_ls")
-    nodes = reply["nodes"]
+    nodes = [n for n in reply["nodes"] if node_matches(n, wanted)]
     if quiet:
         for n in nodes:
             typer.echo(n["ID"])
@@ -563,6 +621,54 @@ def inspect(
     if fmt != "json":
         raise FlagError("--format", fmt, "expected json")
     _print_json([_call(host, "node_inspect", {"node": n}) for n in nodes])
+
+
+@node_app.command()
+def ps(
+    nodes: Annotated[list[str] | None, typer.Argument(help="Nodes (default: self).")] = None,
+    no_trunc: Annotated[bool, typer.Option("--no-trunc", help="Whole ids and errors.")] = False,
+    fmt: FormatOpt = "table",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only the task IDs.")] = False,
+    host: HostOpt = None,
+) -> None:
+    """List the tasks on nodes, with their history."""
+    import shutil
+
+    from meshkit.cli.service import ps_rows
+
+    check_format(fmt)
+    tasks: list[dict[str, Any]] = []
+    for ref in nodes or ["self"]:
+        tasks += _call(host, "node_ps", {"node": ref})["tasks"]
+    if quiet:
+        for t in tasks:
+            typer.echo(t["ID"] if no_trunc else t["ID"][:12])
+    elif fmt == "json":
+        _print_json(tasks)
+    else:
+        width = shutil.get_terminal_size((0, 0)).columns if sys.stdout.isatty() else None
+        headers, rows = ps_rows(tasks, time.time(), no_trunc, width or None)
+        typer.echo(table(headers, rows))
+
+
+@node_app.command()
+def unlock(host: HostOpt = None) -> None:
+    """Unlock a manager that autolock keeps locked after a restart (the key from the
+    terminal, or a line of stdin)."""
+    _call(host, "unlock", {"key": read_unlock_key()})
+
+
+def read_unlock_key() -> str:
+    """The unlock key from the terminal (not echoed), or a line of stdin."""
+    if sys.stdin.isatty():
+        import getpass
+
+        key = getpass.getpass("Enter unlock key: ")
+    else:
+        key = sys.stdin.readline()
+    if not key.strip():
+        raise FlagError("unlock key", "", "no key given")
+    return key.strip()
 
 
 @node_app.command()

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from meshkit.base.errors import FlagError, MeshkitError
-from meshkit.cli.node import FormatOpt, HostOpt, IdsOnlyOpt
+from meshkit.cli.node import FormatOpt, HostOpt, IdsOnlyOpt, agent_call_idempotent
 from meshkit.cli.node import agent_call as _call
 
 service_app = typer.Typer(
@@ -294,7 +294,7 @@ def create(
     """Create a service: `meshkit service create --name web --replicas 2 -- CMD ARGS...`."""
     flags = _spec_flags(locals())
     spec = _spec_from(flags)
-    reply = _call(host, "service_create", {"spec": spec})
+    reply = agent_call_idempotent(host, "service_create", {"spec": spec}, call=_call)
     typer.echo(reply["id"])
     if not detach:
         follow(host, reply["id"], 1, quiet)
@@ -398,16 +398,10 @@ def inspect(
         svc["tasks"] = _call(host, "service_ps", {"service": ref})["tasks"]
         out.append(svc)
     if pretty:
+        from meshkit.cli.servicepretty import pretty_service
+
         for svc in out:
-            spec = svc["spec"]
-            typer.echo(f"ID:\t\t{svc['id']}\nName:\t\t{spec['name']}")
-            typer.echo(f"Mode:\t\t{spec['mode'].capitalize()}")
-            if spec["mode"] == "replicated":
-                typer.echo(f" Replicas:\t{spec.get('replicas')}")
-            typer.echo(f"Command:\t{' '.join(spec['command'])}")
-            for t in svc["tasks"]:
-                if t["Error"]:
-                    typer.echo(f"Task {t['Name']} ({t['ID'][:12]}): {t['Error']}")
+            typer.echo(pretty_service(svc))
         return
     typer.echo(json.dumps(out, indent=4))
 

@@ -40,6 +40,8 @@ Authorization on the TCP port, by method:
     cluster_status {}                                  -> raft status of the answering manager
     service_*     see meshkit.cluster.api.services
     network_*, overlay_pairs, netmap_watch   see meshkit.cluster.api.networks
+    cluster_inspect, cluster_update, unlock_key, node_ps, events
+                  see meshkit.cluster.api.cluster
     secret_*, config_*, task_secrets         see meshkit.cluster.api.secrets (task_secrets:
                   any node certificate, only for a task assigned to that node)
 
@@ -66,7 +68,8 @@ bad_request and a message naming it, e.g. ``invalid join parameter api_port: 100
 a port (1-65535)``.
 
 Error codes (RpcError.code): unauthenticated, forbidden, not_manager, not_found,
-bad_request, conflict, no_quorum, token, unavailable (plus rpc's own).
+bad_request, conflict, no_quorum, unknown_outcome (raft took a write it could not confirm: it
+may or may not have been applied), token, unavailable, locked (plus rpc's own).
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import meshkit.cluster.api.cluster as cluster_api
 from meshkit.base.errors import FlagError
 from meshkit.cluster.api.common import caller, loaded_state, new_node_id, str_param
 from meshkit.cluster.api.context import NodeContext
@@ -95,8 +99,9 @@ from meshkit.cluster.api.services import (
     ServiceMethods,
 )
 from meshkit.cluster.model import state as cstate
+from meshkit.cluster.raft import autolock
 from meshkit.cluster.raft.sealing import SealError
-from meshkit.cluster.raft.store import NoQuorum, StoreError
+from meshkit.cluster.raft.store import NoQuorum, StoreError, UnknownOutcome
 from meshkit.cluster.rpc.pki import ClusterCA, PkiError
 from meshkit.cluster.rpc.tokens import (
     TokenError,
@@ -135,6 +140,7 @@ MANAGER_METHODS = (
     | SERVICE_METHODS
     | NETWORK_METHODS
     | SECRET_METHODS
+    | cluster_api.CLUSTER_METHODS
 )
 LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"})
 
@@ -144,6 +150,8 @@ def _translate(exc: Exception) -> RpcError:
         return exc
     if isinstance(exc, ParamError):
         return RpcError("bad_request", str(exc))
+    if isinstance(exc, UnknownOutcome):
+        return RpcError("unknown_outcome", str(exc))
     if isinstance(exc, NoQuorum):
         return RpcError("no_quorum", str(exc))
     if isinstance(exc, cstate.NodeNotFound):
@@ -195,6 +203,10 @@ class Api:
         self.networks = NetworkMethods(node)
         for name in NETWORK_METHODS | NODE_NET_METHODS:
             self._handlers[name] = getattr(self.networks, name)
+        self.cluster = cluster_api.ClusterMethods(node)
+        for name in cluster_api.CLUSTER_METHODS:
+            self._handlers[name] = getattr(self.cluster, name)
+        self.events = self.cluster.events_log  # the agent records every applied command
         self.secrets = SecretMethods(node)
         for name in SECRET_METHODS | NODE_SECRET_METHODS:
             self._handlers[name] = getattr(self.secrets, name)
@@ -266,8 +278,13 @@ class Api:
             raise RpcError("forbidden", "local methods only on the agent's Unix socket")
         try:
             check_params(method, params, local=True)
+            locked = autolock.node_gate(self.node.data_dir).locked
             if method == "info":
-                return self.node.info()
+                return {**self.node.info(), "locked": locked}
+            if method == "unlock":
+                return self.cluster.unlock(params)
+            if locked:
+                raise RpcError("locked", autolock.LOCKED_TEXT)
             if method == "leave":
                 return await self.node.leave(bool(params.get("force")))
             if method == "mesh_watch":

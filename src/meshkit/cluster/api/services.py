@@ -232,8 +232,11 @@ class ServiceMethods:
         self._check_networks(st, spec)
         now = time.time()
         record = new_service(new_node_id(), spec, now)
-        await self.node.submit({"op": "service_create", "service": record, "now": now})
-        return {"id": record["id"], "name": spec["name"]}
+        cmd = {"op": "service_create", "service": record, "now": now}
+        if params.get("request_id"):  # a retry with the same id cannot create twice
+            cmd["request_id"] = str(params["request_id"])
+        result = await self.node.submit(cmd)
+        return {"id": result.get("service_id", record["id"]), "name": spec["name"]}
 
     def _check_networks(self, st: cstate.ClusterState, spec: Mapping[str, Any]) -> None:
         networks = getattr(st, "networks", {}) or {}

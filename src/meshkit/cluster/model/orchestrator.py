@@ -148,6 +148,7 @@ class _ServicePlanner:
     ) -> None:
         self.r = r
         self.nodes = state.nodes
+        self.history = int(getattr(state, "task_history_limit", sv.HISTORY_PER_SLOT))
         self.svc = svc
         self.spec = svc["spec"]
         self.is_global = self.spec["mode"] == "global"
@@ -486,11 +487,7 @@ class _ServicePlanner:
                 if desired == "remove" and ended:
                     r.remove.append(t["id"])
                     continue
-                if (
-                    r.terminal(t)
-                    and desired != "running"
-                    and (kept >= sv.HISTORY_PER_SLOT or gone_node)
-                ):
+                if r.terminal(t) and desired != "running" and (kept >= self.history or gone_node):
                     r.remove.append(t["id"])
                     continue
                 kept += 1

@@ -86,6 +86,11 @@ class ClusterState:
     data_path_port: int = 4789
     heartbeat_period: float = 5.0
     cert_lifetime: float = 90 * 86400.0
+    # `cluster update` settings (meshkit.cluster.model.clusterops); unlock_key is sealed
+    task_history_limit: int = 5
+    autolock: bool = False
+    unlock_key: str = ""
+    encryption_key_rotation: float = 12 * 3600.0
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -19,6 +19,7 @@ Commands (``op``, then fields):
     set_status    statuses {node_id: "ready"|"down"}, left?, now  (left: the node said so)
     set_addr      node_id, addr, api_port, raft_port, version, hostname, now
     rotate_token  role, secret, now
+    cluster_update, force_new_cluster   see meshkit.cluster.model.clusterops
     service_create         service: {...service record...}, now   (names are unique)
     service_update         service_id, spec, rollback?, now   (version += 1, update starts)
     service_rm             service_id, now   (its tasks get desired state "remove")
@@ -55,6 +56,7 @@ from typing import Any
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model import services as sv
+from meshkit.cluster.model.clusterops import HANDLERS as CLUSTER_HANDLERS
 from meshkit.cluster.model.records import (
     AVAILABILITIES,
     DOWN,
@@ -126,7 +128,7 @@ def apply(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     handler = _HANDLERS.get(str(op))
     if handler is None:
         raise CommandError(f"unknown command {op!r}")
-    if op != "init" and not state.initialized:
+    if op not in ("init", "force_new_cluster") and not state.initialized:
         raise CommandError("this cluster is not initialized")
     result = handler(state, cmd)
     state.index += 1
@@ -299,6 +301,10 @@ def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
         raise CommandError("service_create needs a service record with an id")
     spec = _spec(record.get("spec"))
     service_id = str(record["id"])
+    request_id = str(cmd.get("request_id") or "")
+    for svc in state.services.values() if request_id else ():
+        if svc.get("request_id") == request_id:  # a retried create: the service it made
+            return {"service_id": svc["id"], "name": svc["spec"]["name"], "replayed": True}
     if service_id in state.services:
         raise CommandError(f"service {service_id} already exists")
     if _name_taken(state, spec["name"]):
@@ -315,6 +321,8 @@ def _op_service_create(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str,
         "update_status": None,
         "vips": {},
     }
+    if request_id:
+        svc["request_id"] = request_id
     _endpoints(state, svc, cmd)
     state.services[service_id] = svc
     return {"service_id": service_id, "name": spec["name"]}
@@ -549,6 +557,7 @@ _HANDLERS = {
     "secret_create": _secret_op(secretrules.op_create),
     "secret_rm": _secret_op(secretrules.op_rm),
 }
+_HANDLERS.update(CLUSTER_HANDLERS)  # cluster_update, force_new_cluster
 
 COMMANDS = tuple(_HANDLERS)
 

@@ -283,6 +283,7 @@ class Agent:
     def _on_applied(self, cmd: Any, result: dict[str, Any]) -> None:
         """Every command the replica applies, fanned out to the parts that follow the state."""
         op = cmd.get("op")
+        self.api.events.record(cmd, result, self.state)
         self.api.networks.applied(cmd)
         if op != "set_addr":
             self.api.services.applied(cmd)

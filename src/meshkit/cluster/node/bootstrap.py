@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +28,13 @@ from meshkit.cluster.node.config import (
     wipe_node,
     write_secret,
 )
+from meshkit.cluster.raft import autolock
 from meshkit.cluster.raft.sealing import DATA_KEY_FILE, Sealer, new_data_key, save_data_key
 from meshkit.cluster.rpc.local import DEFAULT_SOCKET
 from meshkit.cluster.rpc.pki import NodeIdentity, client_ssl_context, new_node_key_and_csr
-from meshkit.cluster.rpc.transport import RpcClient, RpcError
+from meshkit.cluster.rpc.transport import Peer, RpcClient, RpcError, RpcServer
+
+log = logging.getLogger(__name__)
 
 
 def default_advertise_addr(listen_host: str) -> str:
@@ -89,8 +96,11 @@ def init_node(
     data_path_port: int,
     heartbeat_period: float,
     cert_lifetime: float,
+    unlock_key: str = "",
+    task_history_limit: int = 5,
 ) -> tuple[NodeConfig, NodeIdentity, dict[str, Any]]:
-    """Make the cluster's CA, secrets and the first manager's identity in the data dir.
+    """Make the cluster's CA, secrets and the first manager's identity in the data dir (with
+    `unlock_key`: autolock on, the raft secret and the data key kept locked with it).
 
     node.json is written only once the agent has committed the `init` command, so a failed
     start leaves a data dir that `init` may use again.
@@ -109,9 +119,13 @@ def init_node(
     identity = ca.issue_identity(node_id, "manager", cert_lifetime)
     identity.save(opts.data_dir / CERT_DIR)
     raft_secret = new_raft_secret()
-    write_secret(opts.data_dir / RAFT_DIR / SECRET_FILE, raft_secret)
     data_key = new_data_key()
-    save_data_key(opts.data_dir / RAFT_DIR / DATA_KEY_FILE, data_key)
+    raft_dir = opts.data_dir / RAFT_DIR
+    write_secret(raft_dir / SECRET_FILE, raft_secret)
+    save_data_key(raft_dir / DATA_KEY_FILE, data_key)
+    if unlock_key:
+        autolock.relock(raft_dir, None, unlock_key)
+        autolock.gate_for(raft_dir).key = unlock_key  # this process runs the new manager
     cluster = cstate.ClusterState(
         cluster_id=cluster_id,
         created_at=time.time(),
@@ -125,6 +139,9 @@ def init_node(
         data_path_port=data_path_port,
         heartbeat_period=heartbeat_period,
         cert_lifetime=cert_lifetime,
+        task_history_limit=task_history_limit,
+        autolock=bool(unlock_key),
+        unlock_key=unlock_key,
     ).to_dict()
     del cluster["nodes"]
     # The journal's first entry is this dict: its secrets go in sealed (see sealing.py).
@@ -217,7 +234,113 @@ async def join_node(
     return cfg, identity, peers
 
 
-def load_node(data_dir: Path) -> tuple[NodeConfig, NodeIdentity]:
+def force_new_cluster(
+    data_dir: Path, unlock_key: str | None = None
+) -> tuple[NodeConfig, NodeIdentity, dict[str, Any]]:
+    """A single-manager cluster from the state in a manager's data dir (quorum lost for good).
+
+    The state is read from the raft files (meshkit.cluster.raft.recovery), which are then set
+    aside; the agent starts a one-member raft and commits `force_new_cluster` with that state
+    (meshkit.cluster.model.clusterops). The node keeps its id, addresses, certificate, raft
+    secret and data key; the cluster keeps its id, CA, tokens, services, networks and secrets.
+    """
+    from meshkit.cluster.raft import recovery
+
+    cfg, identity = load_node(data_dir, unlock_key)
+    if cfg.role != "manager" or identity.role != "manager":
+        raise MeshkitError(
+            f"{data_dir} holds a worker: --force-new-cluster needs the data dir of a manager "
+            "(it holds the cluster state)"
+        )
+    raft_dir = Path(data_dir) / RAFT_DIR
+    state, applied = recovery.read_state(raft_dir)
+    if state.cluster_id != cfg.cluster_id or cfg.node_id not in state.nodes:
+        raise MeshkitError(
+            f"the raft state in {raft_dir} is not that of this node's cluster "
+            f"({cfg.cluster_id}) or does not hold this node"
+        )
+    recovery.set_aside(raft_dir)
+    # A new raft secret: a former manager started again from its old data dir cannot reach
+    # this raft (its higher term would make the new leader step down, again and again).
+    # Written in clear even when autolock is on (there is no unlock key here): the manager
+    # locks it again once it is unlocked (Roles.sync_lock).
+    from meshkit.cluster.rpc.tokens import new_raft_secret
+
+    raft_secret = new_raft_secret()
+    write_secret(raft_dir / SECRET_FILE, raft_secret)
+    (raft_dir / (SECRET_FILE + autolock.SUFFIX)).unlink(missing_ok=True)
+    cfg.managers = [f"{cfg.advertise_addr}:{cfg.listen_port}"]
+    cfg.save(data_dir)
+    first = {"force_new_cluster": state.to_dict(), "raft_secret": raft_secret}
+    return cfg, identity, {**first, "journal_commands": applied}
+
+
+def load_node(data_dir: Path, unlock_key: str | None = None) -> tuple[NodeConfig, NodeIdentity]:
+    """The node a data dir holds; a manager whose TLS key autolock keeps locked needs
+    `unlock_key` (else MeshkitError saying so)."""
+    from meshkit.cluster.rpc.pki import NODE_CA_FILE, NODE_CERT_FILE, NODE_KEY_FILE
+
     cfg = NodeConfig.load(data_dir)
-    identity = NodeIdentity.load(Path(data_dir) / CERT_DIR)
-    return cfg, identity
+    certs = Path(data_dir) / CERT_DIR
+    if not autolock.node_key_locked(Path(data_dir)):
+        return cfg, NodeIdentity.load(certs)
+    if not unlock_key:
+        raise MeshkitError(autolock.LOCKED_TEXT)
+    key_pem = autolock.read_file(certs / NODE_KEY_FILE, unlock_key).encode() + b"\n"
+    try:
+        cert, ca = (certs / NODE_CERT_FILE).read_bytes(), (certs / NODE_CA_FILE).read_bytes()
+    except OSError as exc:
+        raise MeshkitError(f"cannot read the node certificate in {certs}: {exc}") from None
+    return cfg, NodeIdentity.from_cert(cert, key_pem, ca)
+
+
+class LockedStart:
+    """`node run` of a manager whose TLS key autolock keeps locked: until `meshkit node
+    unlock` brings the key, serve the local socket alone (`info` says locked, `unlock` checks
+    the key, anything else answers "locked"), then load the identity and run the agent."""
+
+    def __init__(
+        self, data_dir: Path, cfg: NodeConfig, make_agent: Callable[[NodeIdentity], Any]
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.cfg = cfg
+        self.node_id = cfg.node_id
+        self._make_agent = make_agent
+        self._gate = autolock.node_gate(self.data_dir)
+
+    async def _dispatch(self, peer: Peer, method: str, params: dict[str, Any]) -> Any:
+        if not peer.local:
+            raise RpcError("forbidden", "local methods only on the agent's Unix socket")
+        if method == "info":
+            return {"node_id": self.node_id, "role": "manager", "cluster_id": self.cfg.cluster_id,
+                    "initialized": False, "locked": self._gate.locked}  # fmt: skip
+        if method == "unlock" and self._gate.locked:
+            try:
+                self._gate.unlock(str(params.get("key") or ""))
+            except autolock.LockError as exc:
+                raise RpcError("locked", str(exc)) from None
+            return {"unlocked": True}
+        raise RpcError("locked", autolock.LOCKED_TEXT)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        server = RpcServer(self._dispatch)
+        await server.listen_unix(self.cfg.socket, 0o660)
+        log.warning("%s (data dir %s)", autolock.LOCKED_TEXT, self.data_dir)
+        waiter = asyncio.ensure_future(self._gate.wait())
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({waiter, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            await server.close()
+        if not waiter.done():
+            waiter.cancel()
+            return
+        log.info("manager unlocked")
+        _, identity = load_node(self.data_dir, waiter.result())
+        await self._make_agent(identity).run()

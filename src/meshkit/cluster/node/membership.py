@@ -18,6 +18,7 @@ from typing import Any
 from meshkit.base.errors import MeshkitError
 from meshkit.cluster.api.context import NodeContext
 from meshkit.cluster.model import state as cstate
+from meshkit.cluster.model.clusterops import retime_liveness
 from meshkit.cluster.node.config import NodeConfig
 from meshkit.cluster.node.managers import ManagerClient
 from meshkit.cluster.node.roles import Roles
@@ -109,6 +110,10 @@ class Membership:
             self._was_leader = store.is_leader
             if not store.is_leader:
                 continue
+            if self.liveness.period != st.heartbeat_period:  # `cluster update`
+                self.liveness = retime_liveness(
+                    self.liveness, st.heartbeat_period, st.nodes, time.monotonic()
+                )
             self.liveness.beat(self.node.node_id, time.monotonic())
             store.reconcile_members({m.raft_addr for m in st.managers()})
             changes = self.liveness.changes(

@@ -22,6 +22,7 @@ from meshkit.cluster.api.context import NodeContext
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.node.config import RAFT_DIR, SECRET_FILE, NodeConfig, write_secret
 from meshkit.cluster.node.renewal import Renewal
+from meshkit.cluster.raft import autolock
 from meshkit.cluster.raft.sealing import DATA_KEY_FILE, Sealer, load_data_key, save_data_key
 from meshkit.cluster.raft.store import RaftStore, RaftTimings
 from meshkit.cluster.rpc.transport import RpcError
@@ -69,14 +70,18 @@ class Roles:
 
     async def start_manager(self, peers: list[str]) -> None:
         secret_path = self.raft_dir / SECRET_FILE
+        gate = autolock.gate_for(self.raft_dir)
+        if autolock.is_locked(self.raft_dir) and gate.key is None:
+            await self._wait_unlock(gate)
         try:
-            secret = secret_path.read_text().strip()
+            secret = autolock.read_file(secret_path, gate.key)
         except OSError as exc:
             raise MeshkitError(f"cannot read the raft secret {secret_path}: {exc}") from None
         store = RaftStore(self.raft_addr, peers, self.raft_dir, secret, self.timings)
         store.on_applied = self._on_applied
         await store.start()
         self.store = store
+        self._spawn(self._lock_loop(store))
         try:
             await self._on_started()
         except MeshkitError:
@@ -90,17 +95,68 @@ class Roles:
             self.store = None
         if wipe:
             shutil.rmtree(self.raft_dir, ignore_errors=True)
+            autolock.gate_for(self.raft_dir).key = None
 
     @property
     def sealer(self) -> Sealer:
         """Opens and seals the state's secrets with this manager's cluster data key (read
-        from raft/datakey; a node without it can open only plain values)."""
+        from raft/datakey, or its locked form with the unlock key; a node without it can
+        open only plain values)."""
         if self._sealer is None or not self._sealer.key:
-            self._sealer = Sealer(load_data_key(self.raft_dir / DATA_KEY_FILE))
+            path = self.raft_dir / DATA_KEY_FILE
+            key = autolock.gate_for(self.raft_dir).key
+            try:
+                self._sealer = Sealer(autolock.read_file(path, key))
+            except FileNotFoundError:
+                self._sealer = Sealer(load_data_key(path))
+            except autolock.LockError:
+                self._sealer = Sealer("")
         return self._sealer
 
+    # -- autolock ------------------------------------------------------------------------------
+
+    async def _wait_unlock(self, gate: autolock.Gate) -> None:
+        """A locked manager: wait for `meshkit node unlock` (or the agent's stop)."""
+        log.warning("%s (data dir %s)", autolock.LOCKED_TEXT, self.node.data_dir)
+        waiter = asyncio.ensure_future(gate.wait())
+        try:
+            while not waiter.done():
+                if self.node.stopping:
+                    raise MeshkitError("the agent stopped while this manager was locked")
+                await asyncio.wait({waiter}, timeout=0.2)
+        finally:
+            waiter.cancel()
+        log.info("manager unlocked")
+
+    async def _lock_loop(self, store: RaftStore) -> None:
+        """Keep this manager's raft-dir secrets locked as the state says (autolock on/off, a
+        rotated unlock key), once the replica has applied what its journal held."""
+        while self.store is store and not self.node.stopping:
+            try:
+                self.sync_lock(store)
+            except (MeshkitError, OSError) as exc:
+                log.warning("autolock: cannot update this manager's locked keys: %s", exc)
+            await asyncio.sleep(0.5)
+
+    def sync_lock(self, store: RaftStore) -> None:
+        st = store.state
+        status = store.status()
+        if not st.initialized or status["last_applied"] < status["commit_index"]:
+            return
+        want = self.sealer.open(st.unlock_key) if st.autolock and st.unlock_key else None
+        gate = autolock.gate_for(self.raft_dir)
+        locked_as_wanted = (
+            not autolock.in_clear(self.raft_dir) if want else not autolock.is_locked(self.raft_dir)
+        )
+        if want == gate.key and locked_as_wanted:
+            return
+        autolock.relock(self.raft_dir, gate.key, want)
+        gate.key = want
+        log.info("autolock: this manager's keys are %s", "locked" if want else "in clear")
+
     async def bootstrap(self, cluster: dict[str, Any]) -> None:
-        """The first manager: wait to lead the one-member raft, then commit `init`."""
+        """The first manager: wait to lead the one-member raft, then commit `init` (or, for
+        `node init --force-new-cluster`, `force_new_cluster` with the state it kept)."""
         assert self.store is not None
         deadline = time.monotonic() + 30
         while not self.store.is_leader:
@@ -108,6 +164,24 @@ class Roles:
                 raise MeshkitError("the new cluster's raft did not elect this node leader")
             await asyncio.sleep(0.05)
         now = time.time()
+        if "force_new_cluster" in cluster:
+            result = await self.store.submit(
+                {
+                    "op": "force_new_cluster",
+                    "state": cluster["force_new_cluster"],
+                    "node_id": self.node.node_id,
+                    "raft_secret": self.sealer.seal(str(cluster["raft_secret"])),
+                    "now": now,
+                }
+            )
+            log.warning(
+                "forced a new cluster from this manager's state: it is the only manager; "
+                "former managers %s are now Down workers (remove them with `meshkit node rm`)",
+                ", ".join(result.get("demoted") or []) or "(none)",
+            )
+            self.cfg.managers = [self.node.api_addr]
+            self.cfg.save(self.node.data_dir)
+            return
         record = cstate.NodeRecord(
             id=self.node.node_id,
             hostname=self.cfg.hostname,

@@ -34,6 +34,7 @@ from pysyncobj import (  # noqa: E402  (must come after saving the socket functi
     SyncObjConf,
     SyncObjConsumer,
     journal,
+    pickle,
     replicated,
     serializer,
     tcp_connection,
@@ -77,5 +78,6 @@ __all__ = [
     "SyncObj",
     "SyncObjConf",
     "SyncObjConsumer",
+    "pickle",
     "replicated",
 ]

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from meshkit.base.errors import MeshkitError
 from meshkit.base.files import write_private
 
-SEALED_FIELDS = ("ca_key_pem", "worker_secret", "manager_secret", "raft_secret")
+SEALED_FIELDS = ("ca_key_pem", "worker_secret", "manager_secret", "raft_secret", "unlock_key")
 """ClusterState fields stored sealed."""
 
 PREFIX = "sealed1:"

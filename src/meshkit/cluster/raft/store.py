@@ -8,7 +8,11 @@ the store ticks it from the asyncio loop with ``doTick(0)`` (its poller never wa
   when it is committed and applied locally. A follower's command goes to the leader over
   pysyncobj's own connection (leader forwarding), so any manager accepts writes.
 - Reads (`state`) answer from the local replica, also without quorum.
-- Without quorum a write fails at once with "no quorum: N of M managers reachable".
+- Without quorum a write fails at once with "no quorum: N of M managers reachable". A write
+  raft already took fails within `QUORUM_CHECK` of this manager seeing the quorum go (not at
+  the commit deadline) with `UnknownOutcome`: "... the write may or may not have been applied:
+  check with `meshkit service ls`", as it may have committed; so does a leader change under it
+  (unless the command is idempotent or carries a ``request_id``, which make a resend safe).
 - On disk, in the store's directory: ``journal`` (the raft log, with term and vote), ``dump``
   (the full-state snapshot pysyncobj writes on log compaction) and ``peers.json`` (the raft
   members last seen, so a restarted manager knows its partners before it replays the log).
@@ -33,6 +37,7 @@ from typing import Any
 
 from meshkit.base.errors import MeshkitError
 from meshkit.base.files import make_private_dir, secure_tree, write_private
+from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft.lib import (
     FAIL_REASON,
@@ -57,6 +62,33 @@ class NoQuorum(StoreError):
     pass
 
 
+class UnknownOutcome(StoreError):
+    """A write raft took but could not confirm: it may or may not have been applied."""
+
+
+def check_hint(op: str) -> str:
+    """Where the user sees whether a write of `op` was applied."""
+    for prefix, command in (
+        ("service", "meshkit service ls"),
+        ("task", "meshkit service ps"),
+        ("network", "meshkit network ls"),
+        ("secret", "meshkit secret ls"),
+        ("cluster", "meshkit cluster inspect"),
+    ):
+        if op.startswith(prefix):
+            return command
+    return "meshkit node ls"
+
+
+def unknown_text(why: str, op: str) -> str:
+    return f"{why}: the write may or may not have been applied: check with `{check_hint(op)}`"
+
+
+QUORUM_CHECK = 0.1
+"""How often (seconds) a write waiting for its commit looks at the quorum: a manager that
+knows it is cut off answers within this, not at the commit deadline."""
+
+
 @dataclass(frozen=True)
 class RaftTimings:
     """pysyncobj timings; the defaults elect a new leader in 1-2 s."""
@@ -78,12 +110,14 @@ _FAIL_TEXT = {
     FAIL_REASON.QUEUE_FULL: "the raft command queue is full",
     FAIL_REASON.MISSING_LEADER: "no raft leader is known yet (an election is under way)",
     FAIL_REASON.DISCARDED: "the raft leader changed and the write was discarded; try again",
-    FAIL_REASON.NOT_LEADER: "the raft leader changed before the write was committed; try again",
-    FAIL_REASON.LEADER_CHANGED: "the raft leader changed before the write was committed; try again",
+    FAIL_REASON.NOT_LEADER: "this manager lost the raft leadership before it took the write; "
+    "try again",
+    FAIL_REASON.LEADER_CHANGED: "the raft leader changed while the write was in flight",
     FAIL_REASON.REQUEST_DENIED: "the raft leader refused the request",
-    FAIL_REASON.UNKNOWN_OUTCOME: "the outcome of the write is unknown (the raft leader "
-    "restarted); check the state and try again",
+    FAIL_REASON.UNKNOWN_OUTCOME: "the raft leader restarted while the write was in flight",
 }
+# Raft took the write but cannot say whether it committed.
+_UNKNOWN = (FAIL_REASON.LEADER_CHANGED, FAIL_REASON.UNKNOWN_OUTCOME)
 # Never committed: safe to send again.
 _RETRY = (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER)
 # Maybe committed: sent again only when applying twice does what applying once does.
@@ -363,35 +397,56 @@ class RaftStore:
 
             self._machine.apply_command(cmd, callback=done)
             self.kick()
-            remaining = deadline - time.monotonic()
             self._waiting.add(fut)
             self._by_cid[cmd["cid"]] = fut
             try:
-                res, err = await asyncio.wait_for(fut, max(remaining, 0.01))
-            except asyncio.TimeoutError:
-                if not self.has_quorum:
-                    raise self.no_quorum() from None
-                raise StoreError(
-                    f"timed out waiting for the raft leader to commit {cmd.get('op')}"
-                ) from None
+                res, err = await self._wait_commit(fut, cmd, deadline)
             finally:
                 self._waiting.discard(fut)
                 self._by_cid.pop(cmd["cid"], None)
             if err == FAIL_REASON.SUCCESS:
                 break
-            retry = err in _RETRY or (
-                err in _RETRY_IF_IDEMPOTENT and cmd.get("op") in cstate.IDEMPOTENT
+            op = cmd.get("op")
+            idempotent = (
+                op in cstate.IDEMPOTENT
+                or op in clusterops.IDEMPOTENT
+                or bool(cmd.get("request_id"))
             )
+            retry = err in _RETRY or (err in _RETRY_IF_IDEMPOTENT and idempotent)
             if retry and time.monotonic() + 0.2 < deadline:
                 await asyncio.sleep(0.2)
                 continue
-            raise StoreError(_FAIL_TEXT.get(err, f"raft write failed (reason {err})"))
+            text = _FAIL_TEXT.get(err, f"raft write failed (reason {err})")
+            if err in _UNKNOWN:
+                raise UnknownOutcome(unknown_text(text, str(cmd.get("op"))))
+            raise StoreError(text)
         result = dict(res or {})
         if "error" in result:
             if result.get("kind") == "NodeNotFound":
                 raise cstate.NodeNotFound(result["error"])
             raise cstate.CommandError(result["error"])
         return dict(result.get("ok") or {})
+
+    async def _wait_commit(
+        self, fut: asyncio.Future[tuple[Any, int]], cmd: dict[str, Any], deadline: float
+    ) -> tuple[Any, int]:
+        """Raft's answer to a write it took; UnknownOutcome when quorum is lost meanwhile (seen
+        within QUORUM_CHECK) or the deadline passes, as the write may have committed."""
+        op = str(cmd.get("op"))
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise UnknownOutcome(
+                    unknown_text(f"timed out waiting for the raft leader to commit {op}", op)
+                )
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut), min(remaining, QUORUM_CHECK))
+            except asyncio.TimeoutError:
+                pass
+            if self._obj is None:
+                raise StoreError("the raft store stopped (this node is no longer a manager)")
+            if not self.has_quorum:
+                raise UnknownOutcome(unknown_text(str(self.no_quorum()), op))
 
     def _applied(self, cmd: Mapping[str, Any], result: dict[str, Any]) -> None:
         fut = self._by_cid.get(str(cmd.get("cid")))

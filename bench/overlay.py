@@ -81,6 +81,9 @@ def runner_main(argv: list[str]) -> int:
     ap.add_argument("--udp-no-check", action="store_true",
                     help="send UDP without checksums (SO_NO_CHECK), which makes the kernel "
                          "refuse UDP_SEGMENT: exercises the one-datagram-per-segment path")
+    ap.add_argument("--keys-file",
+                    help='encrypt: JSON {"keys": [{"id", "key": base64 of 36 bytes}], "tx": id, '
+                         '"cipher": 1|2 (optional)}, re-read whenever it changes (rotation)')
     args = ap.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -98,9 +101,11 @@ def runner_main(argv: list[str]) -> int:
         try:
             plane.add_network(args.vni, tap)
             plane.set_peers(args.vni, json.loads(args.fdb), json.loads(args.neigh))
+            seen_keys = load_keys(plane, args.vni, args.keys_file, None)
             plane.start()
             dump(plane)
             while not stop.wait(0.2):
+                seen_keys = load_keys(plane, args.vni, args.keys_file, seen_keys)
                 dump(plane)
             plane.remove_network(args.vni)
             dump(plane)
@@ -108,6 +113,31 @@ def runner_main(argv: list[str]) -> int:
             plane.close()  # its threads stop before the fd they read may be reused
             os.close(tap)
     return 0
+
+
+def load_keys(plane: Any, vni: int, path: str | None, seen: str | None) -> str | None:
+    """Give the plane the keys of ``path`` when its text changed since ``seen``."""
+    if not path:
+        return None
+    text = Path(path).read_text()
+    if text != seen:
+        from meshkit.net.vxlan.seal import key_from_wire
+
+        spec = json.loads(text)
+        keys = [key_from_wire(k) for k in spec["keys"]]
+        plane.set_keys(vni, keys, int(spec["tx"]), spec.get("cipher"))
+    return text
+
+
+def write_keys(path: Path, keys: list[tuple[int, bytes]], tx: int, cipher: int | None) -> None:
+    """The runner's --keys-file: (id, 36 bytes of key + salt) pairs, written atomically."""
+    import base64
+
+    spec = {"keys": [{"id": i, "key": base64.b64encode(raw).decode()} for i, raw in keys],
+            "tx": tx, "cipher": cipher}  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec))
+    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------- topology
@@ -154,6 +184,8 @@ class Overlay:
     # a kernel port facing a userspace one gets TX checksum offload off (see tx_checksum_off);
     # False keeps it on, which a C runner with a vnet TAP copes with (DATA_VALID on receive)
     kernel_csum_off: bool = True
+    # encrypted: the runners seal with the keys of these files (side i: keys_files[i])
+    keys_files: tuple[Path, Path] | None = None
     namespaces: list[str] = field(default_factory=list)
     runners: list[Any] = field(default_factory=list)
     stats_files: list[Path] = field(default_factory=list)
@@ -193,6 +225,7 @@ class Overlay:
                     "--neigh", json.dumps({peer_ip: peer_mac}),
                     "--stats", str(stats),
                     *(["--plain-tap"] if self.plain_tap else []),
+                    *(["--keys-file", str(self.keys_files[i])] if self.keys_files else []),
                     *(["--udp-no-check"] if self.udp_no_check else [])]))  # fmt: skip
                 deadline = time.monotonic() + 20
                 while not stats.exists():

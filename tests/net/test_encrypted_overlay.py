@@ -137,7 +137,7 @@ def test_marker_never_on_the_wire_and_replays_dropped(
     netns_lab.add_host("h1")
     raw = os.urandom(36)
     files = (key_spec(tmp_path, 0, [(1, raw)], 1), key_spec(tmp_path, 1, [(1, raw)], 1))
-    ov = overlay.Overlay(netns_lab, kinds, 4096, PORT, 1450, "e", keys_files=files)
+    ov = overlay.Overlay(netns_lab, kinds, 4096, PORT, 1422, "e", keys_files=files)
     try:
         ov.build()
         pcap = exchange_marker(netns_lab, ov, tmp_path)
@@ -199,7 +199,7 @@ def test_rotation_during_iperf_and_removed_node(netns_lab: Any, tmp_path: Path) 
     netns_lab.add_host("h1")
     k1, k2, k3, k4 = (os.urandom(36) for _ in range(4))
     files = (key_spec(tmp_path, 0, [(1, k1)], 1), key_spec(tmp_path, 1, [(1, k1)], 1))
-    ov = overlay.Overlay(netns_lab, ("c", "c"), 4096, PORT, 1450, "r", keys_files=files)
+    ov = overlay.Overlay(netns_lab, ("c", "c"), 4096, PORT, 1422, "r", keys_files=files)
     try:
         ov.build()
         ping(ov, 0)
@@ -236,6 +236,7 @@ def test_rotation_during_iperf_and_removed_node(netns_lab: Any, tmp_path: Path) 
         for side in (0, 1):
             drops = fresh_stats(ov, side)["drops"]
             assert drops["bad_tag"] == drops["unknown_key"] == drops["no_key"] == 0, drops
+            assert drops["too_big"] == drops["replay"] == 0, drops  # MTU = underlay - 78
         # side 1 is "removed": side 0 rotates to key 4 and side 1 never gets it
         overlay.write_keys(files[0], [(4, k4)], 4, None)
         time.sleep(0.5)

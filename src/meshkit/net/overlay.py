@@ -16,7 +16,8 @@ Probes (``meshkit.net.probe_io``) run over each network between the nodes' endpo
 plus a TCP connect to each peer's API port for the control plane; `report()` gives the
 summary that rides on the heartbeats and ends up in `node ls` and `meshkit doctor`.
 
-An encrypted network (``--opt encrypted``) always runs on the userspace plane, whatever the
+An encrypted network (``--opt encrypted``, overlay MTU = underlay - 78: sealing adds 28
+bytes to VXLAN's 50) always runs on the userspace plane, whatever the
 network or the kernel offer: its frames are sealed (meshkit.net.vxlan.seal) with the keys the
 managers hand this node with its map (``apply``'s ``netkeys``), kept in memory only. A new key
 is taken for receiving at once and for sending TX_SWITCH_DELAY later, so that every node
@@ -208,6 +209,12 @@ class NodeOverlay:
         try:
             ifname, underlay_mtu = await asyncio.to_thread(links.underlay_for, self.addr)
             mtu = ipam.overlay_mtu(underlay_mtu, int(net.get("mtu") or 0))
+            if net.get("encrypted"):
+                from meshkit.net.vxlan.seal import OVERHEAD
+
+                # a sealed frame carries 28 more bytes (key id, counter, tag): a full-size
+                # inner frame must still fit the underlay without fragments
+                mtu = max(min(mtu, underlay_mtu - ipam.OVERHEAD - OVERHEAD), ipam.MIN_MTU)
             await asyncio.to_thread(links.ensure_netns, ns)
 
             def bridge() -> None:

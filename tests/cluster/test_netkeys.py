@@ -148,6 +148,9 @@ def test_removed_node_gets_no_new_key_and_cannot_open_later_traffic() -> None:
     assert seal.open_frame(before[0], ip, relabeled) == "bad_tag"
     assert seal.open_frame(newest, ip, data) == frame
     assert rules.plan(node.state, 30.0, DAY, 600.0) == []  # nothing due right after it
+    # the removed node holds key 1: it stays accepted for REMOVAL_GRACE only, not 10 minutes
+    assert tick(node, 20.0 + rules.REMOVAL_GRACE + 1) == 1
+    assert [k["id"] for k in node.state.networks[NID]["keys"]] == [2]
 
 
 def test_members_only_get_the_keys() -> None:

@@ -61,7 +61,15 @@ async def _apply(node: NodeContext, st: ClusterState, step: rules.Plan, now: flo
         net = st.networks[step.net_id]
         sealed = node.sealer.seal_bytes(os.urandom(KEY_BYTES), rules.aad(step.net_id, step.new_id))
         members = rules.members(net, st)
-        keys.append({"id": step.new_id, "sealed": sealed, "created_at": now, "members": members})
+        keys.append(
+            {
+                "id": step.new_id,
+                "sealed": sealed,
+                "created_at": now,
+                "members": members,
+                "grace": step.grace,
+            }
+        )
     result = await node.submit(
         {"op": "netkeys_set", "network_id": step.net_id, "keys": keys, "seen": step.seen}
     )
@@ -95,10 +103,8 @@ async def rotate(node: NodeContext, net_id: str) -> dict[str, Any]:
     now = time.time()
     seen = [int(k["id"]) for k in net.get("keys") or []]
     grace = grace_window()
-    keys = net.get("keys") or []
-    keep = [k for i, k in enumerate(keys) if i == len(keys) - 1 or
-            now - float(keys[i + 1]["created_at"]) < grace]  # fmt: skip
-    step = rules.Plan(net_id, keep, (max(seen) + 1) if seen else 1, seen, "asked for")
+    keep = rules.retained(list(net.get("keys") or []), now, grace)[-1:]
+    step = rules.Plan(net_id, keep, (max(seen) + 1) if seen else 1, seen, "asked for", grace)
     ids = await _apply(node, st, step, now)
     return {"network_id": net_id, "key_ids": ids}
 

@@ -2,18 +2,20 @@
 makes a new one, which old ones stay, and which node may have which.
 
 An encrypted network record holds ``keys``: a list of ``{"id", "sealed", "created_at",
-"members"}``, oldest first. ``id`` is the key's generation (1, 2, ...; it travels in every
+"members", "grace"}``, oldest first. ``id`` is the key's generation (1, 2, ...; it travels in every
 sealed frame), ``sealed`` the 36 bytes of key and salt sealed with the cluster data key
 (AES-256-GCM, AAD ``netkey:<network id>:<id>``: meshkit.cluster.raft.sealing.seal_bytes), so the
 journal and snapshots never hold a key in clear; ``members`` the node ids that were members
-of the network (had an endpoint on it) when the key was made.
+of the network (had an endpoint on it) when the key was made; ``grace`` how long the key
+before it stays accepted once this one is made (seconds).
 
 Rules (``plan``): a network gets a new key when it has none, when its newest key is older
 than the rotation interval (12 hours unless the cluster says otherwise), or when a member of
 its newest key has left the cluster (so a removed node never sees a key made after it went,
 and traffic sealed after the rotation is closed to it). A key stays while it is the newest
 or while its successor is younger than the grace window, so frames sealed with it by nodes
-that have not switched yet still open.
+that have not switched yet still open. After a removal the window is REMOVAL_GRACE only: the
+removed node holds the old key, which should not open (or seal) anything for long.
 
 Command (applied by meshkit.cluster.model.state):
 
@@ -33,6 +35,7 @@ from meshkit.cluster.model.records import ClusterState
 DEFAULT_ROTATION = 12 * 3600.0
 DEFAULT_GRACE = 600.0
 MIN_ROTATION = 10.0
+REMOVAL_GRACE = 30.0
 
 
 class NetKeyError(ValueError):
@@ -59,6 +62,7 @@ class Plan:
     new_id: int | None  # the id of the key to make, None: only old keys leave
     seen: list[int]
     why: str
+    grace: float = DEFAULT_GRACE  # how long the keys before the new one stay accepted
 
 
 def plan(state: ClusterState, now: float, rotation: float, grace: float) -> list[Plan]:
@@ -70,6 +74,7 @@ def plan(state: ClusterState, now: float, rotation: float, grace: float) -> list
         keys = list(net.get("keys") or [])
         seen = [int(k["id"]) for k in keys]
         why = ""
+        new_grace = grace
         if not keys:
             why = "first key"
         else:
@@ -77,14 +82,27 @@ def plan(state: ClusterState, now: float, rotation: float, grace: float) -> list
             gone = set(newest.get("members") or []) - set(state.nodes)
             if gone:
                 why = f"node(s) {', '.join(sorted(gone))} left the cluster"
+                new_grace = min(grace, REMOVAL_GRACE)
             elif now - float(newest["created_at"]) >= rotation:
                 why = "rotation interval"
         # a key leaves once its successor is older than the grace window
-        keep = [k for i, k in enumerate(keys) if i == len(keys) - 1 or
-                now - float(keys[i + 1]["created_at"]) < grace]  # fmt: skip
+        keep = retained(keys, now, grace)
+        if why == "rotation interval" or why.startswith("node("):
+            keep = [keep[-1]]  # the newest stays accepted beside the new key, older ones go
         if why or len(keep) != len(keys):
             new_id = (max(seen) + 1) if why and seen else (1 if why else None)
-            out.append(Plan(net["id"], keep, new_id, seen, why or "grace window over"))
+            out.append(Plan(net["id"], keep, new_id, seen, why or "grace window over", new_grace))
+    return out
+
+
+def retained(keys: list[dict[str, Any]], now: float, grace: float) -> list[dict[str, Any]]:
+    """The keys still accepted: the newest, and each one whose successor is younger than the
+    successor's grace (``grace`` for records without one)."""
+    out = []
+    for i, key in enumerate(keys):
+        after = keys[i + 1] if i + 1 < len(keys) else None
+        if after is None or now - float(after["created_at"]) < float(after.get("grace", grace)):
+            out.append(key)
     return out
 
 
@@ -107,6 +125,7 @@ def op_netkeys_set(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any
                 "sealed": str(rec["sealed"]),
                 "created_at": float(rec["created_at"]),
                 "members": [str(m) for m in rec.get("members") or []],
+                "grace": float(rec.get("grace", DEFAULT_GRACE)),
             }
         )
     ids = [int(rec["id"]) for rec in keys]

@@ -498,7 +498,9 @@ def network_view(state: ClusterState, net: Mapping[str, Any]) -> dict[str, Any]:
         "IPAM": {"Config": [{"Subnet": net["subnet"], "Gateway": net["gateway"]}]},
         "Options": {
             "vni": str(net["vni"]),
-            "mtu": str(net["mtu"]) if net["mtu"] else "auto (underlay - 50)",
+            "mtu": str(net["mtu"])
+            if net["mtu"]
+            else f"auto (underlay - {78 if net.get('encrypted') else 50})",
             "dataplane": net["dataplane"],
             **({"encrypted": "true"} if net.get("encrypted") else {}),
         },

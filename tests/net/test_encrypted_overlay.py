@@ -164,9 +164,22 @@ def test_marker_never_on_the_wire_and_replays_dropped(
         plain = bytearray(replay)
         plain[28 + 3] = 0  # claims to be a plain frame on an encrypted network
         netns_lab.run("h0", [sys.executable, "-c", RAW_SEND, plain.hex(), h1])
+        short = bytearray(replay[: 28 + 40])  # a VXLAN header, but too short to be sealed
+        short[24:26] = (8 + 40).to_bytes(2, "big")  # the UDP length
+        netns_lab.run("h0", [sys.executable, "-c", RAW_SEND, short.hex(), h1])
+        future = bytearray(replay)
+        future[28 + 12 : 28 + 20] = (1 << 63).to_bytes(8, "big")  # far past the clock
+        netns_lab.run("h0", [sys.executable, "-c", RAW_SEND, future.hex(), h1])
+        stranger = bytearray(replay)
+        stranger[12:16] = bytes([198, 18, 0, 99])  # a source no FDB names
+        netns_lab.run("h0", [sys.executable, "-c", RAW_SEND, stranger.hex(), h1])
+        other_vni = bytearray(replay)
+        other_vni[28 + 4 : 28 + 7] = (4095).to_bytes(3, "big")
+        netns_lab.run("h0", [sys.executable, "-c", RAW_SEND, other_vni.hex(), h1])
         time.sleep(0.3)
         after = fresh_stats(ov, 1)["drops"]
-        for reason in ("replay", "bad_tag", "unknown_key", "not_sealed"):
+        for reason in ("replay", "bad_tag", "unknown_key", "not_sealed", "short", "too_new",
+                       "unknown_peer", "unknown_vni"):  # fmt: skip
             assert after[reason] == before[reason] + 1, (reason, before, after)
         assert after["tap_write_error"] == 0
     finally:

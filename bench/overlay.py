@@ -85,6 +85,8 @@ def runner_main(argv: list[str]) -> int:
     ap.add_argument("--udp-no-check", action="store_true",
                     help="send UDP without checksums (SO_NO_CHECK), which makes the kernel "
                          "refuse UDP_SEGMENT: exercises the one-datagram-per-segment path")
+    ap.add_argument("--sockbuf", type=int, default=0,
+                    help="UDP socket buffer bytes (default: the plane's own)")
     ap.add_argument("--keys-file",
                     help='encrypt: JSON {"keys": [{"id", "key": base64 of 36 bytes}], "tx": id, '
                          '"cipher": 1|2 (optional)}, re-read whenever it changes (rotation)')
@@ -98,7 +100,8 @@ def runner_main(argv: list[str]) -> int:
         tmp.write_text(json.dumps(plane.stats()))
         tmp.replace(stats_path)
 
-    with UserspaceDataplane(args.bind, args.port, args.impl) as plane:
+    extra = {"socket_buffer": args.sockbuf} if args.sockbuf else {}
+    with UserspaceDataplane(args.bind, args.port, args.impl, **extra) as plane:
         if args.udp_no_check:  # a test hook on the plane's own socket, before it runs
             plane._sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         tap = open_tap(args.tap) if args.plain_tap else plane.open_tap(args.tap)
@@ -190,6 +193,7 @@ class Overlay:
     kernel_csum_off: bool = True
     # encrypted: the runners seal with the keys of these files (side i: keys_files[i])
     keys_files: tuple[Path, Path] | None = None
+    sockbuf: int = 0  # the runners' UDP socket buffers (0: the plane's default)
     namespaces: list[str] = field(default_factory=list)
     runners: list[Any] = field(default_factory=list)
     stats_files: list[Path] = field(default_factory=list)
@@ -230,6 +234,7 @@ class Overlay:
                     "--stats", str(stats),
                     *(["--plain-tap"] if self.plain_tap else []),
                     *(["--keys-file", str(self.keys_files[i])] if self.keys_files else []),
+                    *(["--sockbuf", str(self.sockbuf)] if self.sockbuf else []),
                     *(["--udp-no-check"] if self.udp_no_check else [])]))  # fmt: skip
                 deadline = time.monotonic() + 20
                 while not stats.exists():

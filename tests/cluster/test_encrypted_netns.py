@@ -102,6 +102,27 @@ def test_encrypted_overlay_hides_the_marker(cluster: Lab, tmp_path: Path) -> Non
         assert enc["drops"]["bad_tag"] == 0
         text = cluster.cli_ok("doctor", host="w1")
         assert "Encrypted networks" in text and "sec: keys" in text
+        # a rotation asked of the managers: both nodes get key 2, send with it 2 s later,
+        # and the tasks keep talking
+        from meshkit.cluster.rpc.local import call
+
+        ids = call(cluster.sock("m1"), "network_rotate_key", {"network": "sec"})["key_ids"]
+        assert ids[-1] == enc["networks"]["sec"]["key_ids"][-1] + 1
+
+        def sending_with_new_key() -> bool:
+            for host in HOSTS:
+                got = json.loads(cluster.cli_ok("doctor", "--json", host=host))["encryption"]
+                if got["networks"]["sec"]["tx_key"] != ids[-1]:
+                    return False
+            return True
+
+        assert until(sending_with_new_key, 30, "both nodes sending with the new key")
+        a, b = sorted(cluster.running("sec-web"), key=lambda t: t["Node"])
+        url = f"http://{addr(b)}:8000/m.txt"
+        r = in_ns(cluster, a["Node"], f"mk-{a['ID']}", "curl", "-sf", "--max-time", "5", url)
+        assert r.stdout == MARKER * 3, r.stderr
+        drops = json.loads(cluster.cli_ok("doctor", "--json", host="w1"))["encryption"]["drops"]
+        assert drops["bad_tag"] == drops["no_key"] == 0, drops
         # the plain network on the same nodes and the same data-path port: readable
         plain, _ = exchange(cluster, "clear", served, tmp_path, "clear-web")
         assert MARKER.encode() in plain

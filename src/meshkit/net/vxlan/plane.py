@@ -187,9 +187,16 @@ class UserspaceDataplane:
 
     implementation: str
 
-    def __init__(self, bind: str, port: int, implementation: str | None = None) -> None:
+    def __init__(
+        self,
+        bind: str,
+        port: int,
+        implementation: str | None = None,
+        socket_buffer: int = SOCKET_BUFFER,
+    ) -> None:
         """Bind the UDP socket to ``bind:port`` in the caller's namespace. ``implementation``
-        ("c" or "python") overrides the automatic choice (benches and tests use it)."""
+        ("c" or "python") overrides the automatic choice (benches and tests use it);
+        ``socket_buffer``: SO_RCVBUF/SO_SNDBUF bytes (bench/overlay.py compares sizes)."""
         try:
             wire.ip_to_bytes(bind)
         except wire.WireError as exc:
@@ -205,9 +212,9 @@ class UserspaceDataplane:
         try:
             for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
                 try:  # SO_RCVBUFFORCE/SO_SNDBUFFORCE pass net.core.*mem_max as root
-                    self._sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+                    self._sock.setsockopt(socket.SOL_SOCKET, force, socket_buffer)
                 except OSError:
-                    self._sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                    self._sock.setsockopt(socket.SOL_SOCKET, opt, socket_buffer)
             self._sock.bind((bind, port))
         except OSError as exc:
             self._sock.close()

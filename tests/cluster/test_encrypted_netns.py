@@ -3,8 +3,10 @@
 marker exchanged over HTTP between the tasks while tcpdump captures the underlay; the marker is
 not in the capture, the datagrams carry the cipher byte, every node runs the userspace plane
 for it (also where `auto` would pick the kernel's), `network inspect` and `doctor --json` say
-so, and the keys the nodes hold are the cluster's, by id only. The same exchange on a plain
-network of the same nodes (same data-path port) is readable on the wire."""
+so, and the keys the nodes hold are the cluster's, by id only; a rotation asked of the
+managers goes through without stopping the tasks' traffic. The same exchange on a plain network
+of the same nodes (left to `auto`, it shares the data-path port on the userspace plane) is
+readable on the wire."""
 
 from __future__ import annotations
 
@@ -80,7 +82,8 @@ def test_encrypted_overlay_hides_the_marker(cluster: Lab, tmp_path: Path) -> Non
     out = cluster.cli("network", "create", "--opt", "encrypted", "--dataplane", "kernel", "bad")
     assert out.returncode != 0 and "--dataplane" in out.stderr and "encrypted" in out.stderr
     cluster.cli_ok("network", "create", "-d", "overlay", "--opt", "encrypted", "sec")
-    cluster.cli_ok("network", "create", "-d", "overlay", "--dataplane", "userspace", "clear")
+    # left to `auto`, a plain network shares the port with the encrypted one (userspace)
+    cluster.cli_ok("network", "create", "-d", "overlay", "clear")
     try:
         view = json.loads(cluster.cli_ok("network", "inspect", "sec"))[0]
         assert view["Options"]["encrypted"] == "true"
@@ -126,6 +129,8 @@ def test_encrypted_overlay_hides_the_marker(cluster: Lab, tmp_path: Path) -> Non
         # the plain network on the same nodes and the same data-path port: readable
         plain, _ = exchange(cluster, "clear", served, tmp_path, "clear-web")
         assert MARKER.encode() in plain
+        view = json.loads(cluster.cli_ok("network", "inspect", "clear"))[0]
+        assert set(view["DataPlanes"].values()) == {"userspace"}, view["DataPlanes"]
     finally:
         for svc in ("sec-web", "clear-web"):
             cluster.rm_service(svc)

@@ -187,8 +187,13 @@ class NodeOverlay:
         # one data plane per data-path port on a node: the kernel's VXLAN socket and meshkit's
         # cannot share it, so `auto` follows what this node already runs
         running = {n.plane: n.name for n in self._nets.values()}
+        sealed_here = any(n.get("encrypted") for n in (self._map.get("networks") or {}).values())
         if net.get("encrypted"):
             plane = "userspace"  # only meshkit's plane seals: forced on every node
+        elif asked == "auto" and sealed_here and "kernel" not in running:
+            # an encrypted network needs the userspace plane on this port: plain networks
+            # left to choose share it rather than take the port for the kernel's
+            plane = "userspace"
         elif asked == "auto" and len(running) == 1:
             plane = next(iter(running))
         else:

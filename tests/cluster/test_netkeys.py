@@ -153,6 +153,24 @@ def test_removed_node_gets_no_new_key_and_cannot_open_later_traffic() -> None:
     assert [k["id"] for k in node.state.networks[NID]["keys"]] == [2]
 
 
+def test_a_node_that_joined_later_is_rotated_away_when_removed() -> None:
+    node = Leader()
+    encrypted_net(node)
+    tick(node, 10.0)
+    late = "y" * 25
+    rec = cs.NodeRecord(id=late, hostname="late", role="worker", addr="198.18.0.4")
+    node.apply({"op": "add_node", "node": rec.to_dict()})
+    assert [k.id for k in opened(node, late)] == [1]  # the key in use, at once
+    assert tick(node, 20.0) == 1  # and a new one that lists it as a member
+    keys = node.state.networks[NID]["keys"]
+    assert [k["id"] for k in keys] == [1, 2] and late in keys[-1]["members"]
+    node.apply({"op": "set_status", "statuses": {late: "down"}})
+    node.apply({"op": "remove_node", "node_id": late})
+    assert tick(node, 30.0) == 1
+    keys = node.state.networks[NID]["keys"]
+    assert [k["id"] for k in keys] == [2, 3] and late not in keys[-1]["members"]
+
+
 def test_members_only_get_the_keys() -> None:
     node = Leader()
     encrypted_net(node)

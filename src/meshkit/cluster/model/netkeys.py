@@ -10,7 +10,8 @@ of the network (had an endpoint on it) when the key was made; ``grace`` how long
 before it stays accepted once this one is made (seconds).
 
 Rules (``plan``): a network gets a new key when it has none, when its newest key is older
-than the rotation interval (12 hours unless the cluster says otherwise), or when a member of
+than the rotation interval (12 hours unless the cluster says otherwise), when a node joined
+the network since (so the newest key's members are all who hold it), or when a member of
 its newest key has left the cluster (so a removed node never sees a key made after it went,
 and traffic sealed after the rotation is closed to it). A key stays while it is the newest
 or while its successor is younger than the grace window, so frames sealed with it by nodes
@@ -83,11 +84,15 @@ def plan(state: ClusterState, now: float, rotation: float, grace: float) -> list
             if gone:
                 why = f"node(s) {', '.join(sorted(gone))} left the cluster"
                 new_grace = min(grace, REMOVAL_GRACE)
+            elif set(members(net, state)) - set(newest.get("members") or []):
+                # a joining node gets the keys in use; a new one lists it as a member, so
+                # that its removal later is seen (and rotated away) like anyone's
+                why = "node(s) joined"
             elif now - float(newest["created_at"]) >= rotation:
                 why = "rotation interval"
         # a key leaves once its successor is older than the grace window
         keep = retained(keys, now, grace)
-        if why == "rotation interval" or why.startswith("node("):
+        if why and why != "first key":
             keep = [keep[-1]]  # the newest stays accepted beside the new key, older ones go
         if why or len(keep) != len(keys):
             new_id = (max(seen) + 1) if why and seen else (1 if why else None)

@@ -80,16 +80,23 @@ class NetKey:
     def chacha_key(self) -> bytes:
         return hmac.new(self.key, b"meshkit vxlan chacha20-poly1305", hashlib.sha256).digest()
 
-    def aead(self, cipher: int) -> Any:
-        """The ``cryptography`` AEAD object (imported here: only encrypted networks load it,
-        and the import-linter contract light-proxies names this one exception)."""
+    @functools.cached_property
+    def _aeads(self) -> dict[int, Any]:
+        # the ``cryptography`` AEAD objects, made once per key (imported here: only encrypted
+        # networks load it, and the import-linter contract light-proxies names this exception)
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
-        if cipher == AES256GCM:
-            return AESGCM(self.aes_key)
-        if cipher == CHACHA20POLY1305:
-            return ChaCha20Poly1305(self.chacha_key)
-        raise SealError(f"unknown cipher {cipher}")
+        return {
+            AES256GCM: AESGCM(self.aes_key),
+            CHACHA20POLY1305: ChaCha20Poly1305(self.chacha_key),
+        }
+
+    def aead(self, cipher: int) -> Any:
+        """The AEAD object of ``cipher`` under this key; SealError for an unknown cipher."""
+        try:
+            return self._aeads[cipher]
+        except KeyError:
+            raise SealError(f"unknown cipher {cipher}") from None
 
 
 def preferred_cipher(cpuinfo: str | None = None) -> int:

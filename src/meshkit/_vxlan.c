@@ -1323,11 +1323,11 @@ static void queue_tso(vx_plane_t *p, struct net *net, const uint8_t *f, size_t l
         }
         int k = b->n++;
         size_t count = total - first < per ? total - first : per;
-        size_t bytes = 0;
+        size_t bytes = 0, queued = 0;
         for (size_t s = 0; s < count; s++) {
-            uint8_t *h = b->hdrs[k] + s * SEG_HDR_ROOM;
+            uint8_t *h = b->hdrs[k] + queued * SEG_HDR_ROOM;
             size_t seg = tso_seg_len(&t, mss, first + s);
-            struct iovec *v = &b->iov[k][IOV_PER_SEG * s];
+            struct iovec *v = &b->iov[k][IOV_PER_SEG * queued];
             vx_encode_header(h, net->vni);
             tso_seg_header(f, &t, mss, first + s, h + pre);
             v[0] = (struct iovec){.iov_base = h, .iov_len = pre + t.hdr};
@@ -1340,14 +1340,20 @@ static void queue_tso(vx_plane_t *p, struct net *net, const uint8_t *f, size_t l
                 int drop = 0;
                 if (vx_seal_iov(net->keys, p->self_ip, h, pieces, 2, h + pre + t.hdr, &drop) <
                     0) {
-                    count_drop(p, drop); /* a crypto failure: the train goes without it */
-                    v[0].iov_len = v[1].iov_len = v[2].iov_len = 0;
+                    /* a crypto failure: the train goes without this segment (all but the
+                     * last are full-size, so the rest keep their UDP_SEGMENT boundaries) */
+                    count_drop(p, drop);
                     continue;
                 }
             }
             bytes += t.hdr + seg;
+            queued++;
         }
-        queue_slot(p, k, hit, IOV_PER_SEG * count, bytes, (uint32_t)count, stride, pre + post);
+        if (queued == 0) {
+            b->n--; /* nothing of this train is left: give the slot back */
+            continue;
+        }
+        queue_slot(p, k, hit, IOV_PER_SEG * queued, bytes, (uint32_t)queued, stride, pre + post);
     }
     /* trains queued after a flush point into f's slot, which the next reads would reuse
      * before the batch is sent again */

@@ -10,11 +10,15 @@ learning, no flooding); every overlay has its own VNI and UDP port, so all are b
 measured interleaved (underlay, kernel, c, underlay, ...), ``--rounds`` times; medians and the
 ratio userspace/kernel are printed.
 
-Measurements: ``iperf3 -c TASK -t D --json`` TCP Gbit/s (receiver side), and small frames
-``iperf3 -u -l 64 -b 0`` received packets/s.
+Measurements: ``iperf3 -c TASK -t D --json`` TCP Gbit/s (receiver side) with the CPU it cost
+(busy cores of the whole machine from /proc/stat during the run, per Gbit/s: the kernel
+plane's work is softirq time no process owns), small frames ``iperf3 -u -l 64 -b 0``
+received packets/s, and a TCP_RR-style ping-pong (1-byte request, 1-byte response, one
+connection, TCP_NODELAY) whose median round trip is printed in microseconds. The ``sealed``
+row is the C plane on an encrypted overlay (AES-256-GCM or ChaCha20-Poly1305 by the CPU).
 
     python bench/overlay.py                  # 3 rounds x 5 s, underlay/kernel/c
-    python bench/overlay.py --quick          # smoke: 1 round x 2 s (about 20 s in all)
+    python bench/overlay.py --quick          # smoke: 1 round x 2 s (about 30 s in all)
     python bench/overlay.py --python         # also the pure-Python twin (slow)
     python bench/overlay.py --mtu 1400       # underlay MTU (overlay = MTU - 50)
 
@@ -81,6 +85,11 @@ def runner_main(argv: list[str]) -> int:
     ap.add_argument("--udp-no-check", action="store_true",
                     help="send UDP without checksums (SO_NO_CHECK), which makes the kernel "
                          "refuse UDP_SEGMENT: exercises the one-datagram-per-segment path")
+    ap.add_argument("--sockbuf", type=int, default=0,
+                    help="UDP socket buffer bytes (default: the plane's own)")
+    ap.add_argument("--keys-file",
+                    help='encrypt: JSON {"keys": [{"id", "key": base64 of 36 bytes}], "tx": id, '
+                         '"cipher": 1|2 (optional)}, re-read whenever it changes (rotation)')
     args = ap.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -91,16 +100,19 @@ def runner_main(argv: list[str]) -> int:
         tmp.write_text(json.dumps(plane.stats()))
         tmp.replace(stats_path)
 
-    with UserspaceDataplane(args.bind, args.port, args.impl) as plane:
+    extra = {"socket_buffer": args.sockbuf} if args.sockbuf else {}
+    with UserspaceDataplane(args.bind, args.port, args.impl, **extra) as plane:
         if args.udp_no_check:  # a test hook on the plane's own socket, before it runs
             plane._sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         tap = open_tap(args.tap) if args.plain_tap else plane.open_tap(args.tap)
         try:
             plane.add_network(args.vni, tap)
             plane.set_peers(args.vni, json.loads(args.fdb), json.loads(args.neigh))
+            seen_keys = load_keys(plane, args.vni, args.keys_file, None)
             plane.start()
             dump(plane)
             while not stop.wait(0.2):
+                seen_keys = load_keys(plane, args.vni, args.keys_file, seen_keys)
                 dump(plane)
             plane.remove_network(args.vni)
             dump(plane)
@@ -108,6 +120,31 @@ def runner_main(argv: list[str]) -> int:
             plane.close()  # its threads stop before the fd they read may be reused
             os.close(tap)
     return 0
+
+
+def load_keys(plane: Any, vni: int, path: str | None, seen: str | None) -> str | None:
+    """Give the plane the keys of ``path`` when its text changed since ``seen``."""
+    if not path:
+        return None
+    text = Path(path).read_text()
+    if text != seen:
+        from meshkit.net.vxlan.seal import key_from_wire
+
+        spec = json.loads(text)
+        keys = [key_from_wire(k) for k in spec["keys"]]
+        plane.set_keys(vni, keys, int(spec["tx"]), spec.get("cipher"))
+    return text
+
+
+def write_keys(path: Path, keys: list[tuple[int, bytes]], tx: int, cipher: int | None) -> None:
+    """The runner's --keys-file: (id, 36 bytes of key + salt) pairs, written atomically."""
+    import base64
+
+    spec = {"keys": [{"id": i, "key": base64.b64encode(raw).decode()} for i, raw in keys],
+            "tx": tx, "cipher": cipher}  # fmt: skip
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec))
+    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------- topology
@@ -154,6 +191,9 @@ class Overlay:
     # a kernel port facing a userspace one gets TX checksum offload off (see tx_checksum_off);
     # False keeps it on, which a C runner with a vnet TAP copes with (DATA_VALID on receive)
     kernel_csum_off: bool = True
+    # encrypted: the runners seal with the keys of these files (side i: keys_files[i])
+    keys_files: tuple[Path, Path] | None = None
+    sockbuf: int = 0  # the runners' UDP socket buffers (0: the plane's default)
     namespaces: list[str] = field(default_factory=list)
     runners: list[Any] = field(default_factory=list)
     stats_files: list[Path] = field(default_factory=list)
@@ -193,6 +233,8 @@ class Overlay:
                     "--neigh", json.dumps({peer_ip: peer_mac}),
                     "--stats", str(stats),
                     *(["--plain-tap"] if self.plain_tap else []),
+                    *(["--keys-file", str(self.keys_files[i])] if self.keys_files else []),
+                    *(["--sockbuf", str(self.sockbuf)] if self.sockbuf else []),
                     *(["--udp-no-check"] if self.udp_no_check else [])]))  # fmt: skip
                 deadline = time.monotonic() + 20
                 while not stats.exists():
@@ -281,6 +323,53 @@ def iperf(server_ns: str, client_ns: str, dst: str, seconds: float, udp: bool) -
             server.wait()
 
 
+def cpu_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+PINGPONG_SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5202)); s.listen(1); print("listening", flush=True)
+c, _ = s.accept(); c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while c.recv(1):
+    c.sendall(b"y")
+"""
+PINGPONG_CLIENT = """
+import socket, statistics, sys, time
+n = int(sys.argv[2])
+c = socket.create_connection((sys.argv[1], 5202), timeout=10)
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+for _ in range(50):  # warm up (ARP, the first frames through the planes)
+    c.sendall(b"x"); c.recv(1)
+rtts = []
+for _ in range(n):
+    t = time.perf_counter_ns(); c.sendall(b"x"); c.recv(1); rtts.append(time.perf_counter_ns() - t)
+print(statistics.median(rtts) / 1000)
+"""
+
+
+def pingpong(server_ns: str, client_ns: str, dst: str, count: int) -> float:
+    """Median microseconds of ``count`` 1-byte TCP request/response round trips."""
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_ns, sys.executable, "-c", PINGPONG_SERVER, dst],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        server.stdout.readline()
+        out = sh("ip", "netns", "exec", client_ns, sys.executable, "-c", PINGPONG_CLIENT, dst,
+                 str(count), timeout=120)  # fmt: skip
+        return float(out.strip())
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+
+
 def bench_main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -289,16 +378,28 @@ def bench_main(argv: list[str]) -> int:
     ap.add_argument("--python", action="store_true", help="also the pure-Python twin (slow)")
     ap.add_argument("--mtu", type=int, default=1500, help="underlay MTU (overlay = MTU - 50)")
     ap.add_argument("--json", help="write the samples here")
+    ap.add_argument("--no-sealed", action="store_true", help="leave out the encrypted overlay")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2.0
-    kinds = ["kernel", "c"] + (["python"] if args.python else [])
+    rr_count = 500 if args.quick else 3000
+    kinds = ["kernel", "c"] + ([] if args.no_sealed else ["sealed"])
+    kinds += ["python"] if args.python else []
     samples: dict[tuple[str, str], list[float]] = {}
     with two_hosts(args.mtu) as lab:
         overlays: dict[str, Overlay] = {}
         try:
             for n, kind in enumerate(kinds):
-                ov = Overlay(lab, (kind, kind), 4096 + n, 4789 + n, args.mtu - 50, kind[0])
+                plane = "c" if kind == "sealed" else kind
+                files = None
+                if kind == "sealed":
+                    files = (lab._tmp / "keys0.json", lab._tmp / "keys1.json")
+                    raw = os.urandom(36)
+                    for f in files:
+                        write_keys(f, [(1, raw)], 1, None)
+                mtu = args.mtu - 50 - (28 if kind == "sealed" else 0)  # sealing: 28 bytes
+                ov = Overlay(lab, (plane, plane), 4096 + n, 4789 + n, mtu, kind[0],
+                             keys_files=files)  # fmt: skip
                 overlays[kind] = ov
                 ov.build()
             targets: list[tuple[str, str, str, str]] = [
@@ -309,22 +410,37 @@ def bench_main(argv: list[str]) -> int:
                     for metric, udp in (("tcp_gbps", False), ("udp64_pps", True)):
                         if name == "python" and udp:
                             continue
+                        busy0, total0 = cpu_busy()
                         value = iperf(srv, cli, dst, args.duration, udp)
+                        busy1, total1 = cpu_busy()
                         samples.setdefault((name, metric), []).append(value)
-                        print(f"round {rnd + 1} {name:8} {metric:9} {value:,.2f}", flush=True)
+                        print(f"round {rnd + 1} {name:8} {metric:12} {value:,.2f}", flush=True)
+                        if not udp and value > 0:
+                            # busy cores of the machine during the run, per Gbit/s
+                            cores = (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
+                            samples.setdefault((name, "cpu_per_gbps"), []).append(cores / value)
+                    if name != "python":
+                        rtt = pingpong(srv, cli, dst, rr_count)
+                        samples.setdefault((name, "rr_p50_us"), []).append(rtt)
+                        print(f"round {rnd + 1} {name:8} {'rr_p50_us':12} {rtt:,.1f}", flush=True)
         finally:
             for ov in overlays.values():
                 ov.close()
     med = {key: statistics.median(v) for key, v in samples.items()}
     print(f"\nmedians of {args.rounds} round(s) x {args.duration:g} s, underlay MTU {args.mtu}:")
     for (name, metric), value in sorted(med.items()):
-        print(f"  {name:8} {metric:9} {value:>14,.2f}")
-    for metric in ("tcp_gbps", "udp64_pps"):
-        kern = med.get(("kernel", metric))
-        for user in ("c", "python"):
-            val = med.get((user, metric))
-            if kern and val is not None:
-                print(f"ratio {user}/kernel {metric}: {val / kern:.2f}x")
+        print(f"  {name:8} {metric:12} {value:>14,.2f}")
+    for metric in ("tcp_gbps", "udp64_pps", "rr_p50_us", "cpu_per_gbps"):
+        kern = samples.get(("kernel", metric))
+        for user in ("c", "sealed", "python"):
+            vals = samples.get((user, metric))
+            if not kern or not vals:
+                continue
+            # per round: both measured back to back, so machine noise hits both alike
+            ratios = [v / k for v, k in zip(vals, kern, strict=False) if k]
+            per_round = " ".join(f"{r:.2f}" for r in ratios)
+            print(f"ratio {user}/kernel {metric}: median {statistics.median(ratios):.2f}x "
+                  f"(rounds: {per_round})")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps({f"{k[0]}/{k[1]}": v for k, v in samples.items()}))
     return 0

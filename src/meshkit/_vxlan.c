@@ -8,6 +8,7 @@
  */
 #define _GNU_SOURCE
 #include "vxlan.h"
+#include "vxseal.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,10 +31,11 @@
 #define SEND_RETRY_MS 10      /* how long a full socket buffer may stall a batch */
 #define TAP_RETRY_MS 5
 #define TX_ROUND_FRAMES 256   /* frames read from one TAP per wakeup, so TAPs share the thread */
-/* TX buffers: the frame at FRAME_OFF, its VXLAN header just before, and for a vnet TAP the
- * virtio header read just before that (it is copied out before the VXLAN header is written) */
-#define FRAME_OFF 16
-#define BUF_SIZE (FRAME_OFF + VX_MAX_FRAME + 1)
+/* TX buffers: the frame at FRAME_OFF, its VXLAN header (sealed: + key id + counter) just
+ * before, and for a vnet TAP the virtio header read just before that (it is copied out before
+ * the VXLAN header is written); room after the frame for a tag */
+#define FRAME_OFF 32
+#define BUF_SIZE (FRAME_OFF + VX_MAX_FRAME + 1 + VX_TAG_LEN)
 #define MAX_UDP_PAYLOAD 65507 /* the most one IPv4 UDP datagram (or UDP_SEGMENT train) holds */
 #define RX_PENDING 512        /* inner frames gathered per received buffer before writing */
 #define TUN_OFFLOADS (TUN_F_CSUM | TUN_F_TSO4)
@@ -44,7 +46,8 @@
 static const char *const drop_names[VX_DROP_COUNT] = {
     "short", "bad_flags", "unknown_vni", "unknown_peer", "no_fdb", "broadcast",
     "arp_no_neigh", "tap_write_error", "tap_read_error", "send_error", "too_big", "recv_error",
-    "bad_gso",
+    "bad_gso", "not_sealed", "unknown_key", "bad_tag", "replay", "too_old", "too_new",
+    "no_key",
 };
 
 /* ------------------------------------------------------------------ hash tables */
@@ -716,10 +719,13 @@ struct net {
     int vnet; /* the TAP was opened with IFF_VNET_HDR: frames carry a virtio_net_hdr */
     struct fdb *fdb;
     struct neigh *neigh;
+    int encrypted;            /* set for good by vx_plane_set_keys */
+    struct vx_netkeys *keys; /* NULL until the first key set */
 };
 
 /* Room for the VXLAN + Ethernet + IPv4 + TCP headers of one TSO segment. */
-#define SEG_HDR_ROOM (VX_HEADER_LEN + VX_ETH_HLEN + 60 + 60)
+#define SEG_HDR_ROOM (VX_SEAL_HLEN + VX_ETH_HLEN + 60 + 60 + VX_TAG_LEN)
+#define IOV_PER_SEG 3 /* headers, payload, tag (empty for plain networks) */
 
 /* One thread's preallocated batch, so the packet path never mallocs. A TX slot holds one
  * datagram (iov[k][0]) or a UDP_SEGMENT train of a TSO frame's segments: per segment its
@@ -728,7 +734,7 @@ struct batch {
     uint8_t *mem; /* VX_BATCH buffers of BUF_SIZE */
     uint8_t *bufs[VX_BATCH];
     uint8_t (*hdrs)[VX_GSO_MAX_SEGS * SEG_HDR_ROOM]; /* TX only */
-    struct iovec iov[VX_BATCH][2 * VX_GSO_MAX_SEGS];
+    struct iovec iov[VX_BATCH][IOV_PER_SEG * VX_GSO_MAX_SEGS];
     struct mmsghdr msgs[VX_BATCH];
     struct sockaddr_in addrs[VX_BATCH];
     /* UDP_SEGMENT (TX) or UDP_GRO (RX) cmsg space; both carry at most an int */
@@ -740,11 +746,13 @@ struct batch {
     size_t frame_len[VX_BATCH]; /* inner bytes, all segments */
     uint32_t segs[VX_BATCH];    /* inner frames in the datagram (train) */
     uint16_t gso[VX_BATCH];     /* UDP_SEGMENT size when segs > 1 */
+    uint16_t over[VX_BATCH];    /* bytes per datagram that are not inner frame */
     int n;
 };
 
 struct vx_plane {
     int udp_fd;
+    uint32_t self_ip; /* the socket's address, host order: mixed into sealing nonces */
     uint16_t port_be; /* the socket's own port, network order: where peers listen */
     int epfd;
     int evfd;
@@ -883,6 +891,7 @@ vx_plane_t *vx_plane_new(int udp_fd)
         return NULL;
     p->udp_fd = udp_fd;
     p->port_be = self.sin_port;
+    p->self_ip = ntohl(self.sin_addr.s_addr);
     p->epfd = epoll_create1(EPOLL_CLOEXEC);
     p->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     pthread_rwlockattr_t attr;
@@ -1017,6 +1026,7 @@ int vx_plane_remove_network(vx_plane_t *p, uint32_t vni)
     }
     free_fdb(gone->fdb);
     free_neigh(gone->neigh);
+    vx_netkeys_free(gone->keys);
     free(gone);
     return 0;
 }
@@ -1076,12 +1086,49 @@ int vx_plane_set_peers(vx_plane_t *p, uint32_t vni, const uint8_t *fdb, size_t n
         ft = old_fdb;
         nt = old_neigh;
         mark_active_peers(p);
+        /* new peers get empty replay windows in every encrypted network; without memory
+         * their sealed datagrams are dropped as unknown_peer until the next change */
+        for (size_t k = 0; k < p->n_nets; k++)
+            vx_netkeys_fit(p->nets[k]->keys, p->n_peers);
     }
     pthread_rwlock_unlock(&p->lock);
     /* the old tables (or the unused new ones on error); no reader holds them now */
     free_fdb(ft);
     free_neigh(nt);
     if (err) {
+        errno = err;
+        return -1;
+    }
+    return 0;
+}
+
+int vx_plane_set_keys(vx_plane_t *p, uint32_t vni, const vx_key_t *keys, size_t n,
+                      uint32_t tx_id, int cipher)
+{
+    if (p->self_ip == 0 || (cipher != VX_CIPHER_AES256GCM && cipher != VX_CIPHER_CHACHA20POLY1305)) {
+        errno = EINVAL; /* the nonce needs the sender's own address */
+        return -1;
+    }
+    /* contexts are keyed outside the lock; the old set only lends its counters and windows,
+     * read under the write lock where no thread changes them */
+    pthread_rwlock_wrlock(&p->lock);
+    struct net *net = find_net(p, vni);
+    if (!net) {
+        pthread_rwlock_unlock(&p->lock);
+        errno = ENOENT;
+        return -1;
+    }
+    struct vx_netkeys *fresh = vx_netkeys_new(keys, n, tx_id, cipher, net->keys, p->n_peers);
+    int err = errno;
+    struct vx_netkeys *old = NULL;
+    if (fresh) {
+        old = net->keys;
+        net->keys = fresh;
+        net->encrypted = 1;
+    }
+    pthread_rwlock_unlock(&p->lock);
+    vx_netkeys_free(old);
+    if (!fresh) {
         errno = err;
         return -1;
     }
@@ -1146,7 +1193,7 @@ static void send_split(vx_plane_t *p, int k)
     for (int s = 0; s < n; s++)
         msgs[s].msg_hdr = (struct msghdr){
             .msg_name = &b->addrs[k], .msg_namelen = sizeof(b->addrs[k]),
-            .msg_iov = &b->iov[k][2 * s], .msg_iovlen = 2};
+            .msg_iov = &b->iov[k][IOV_PER_SEG * s], .msg_iovlen = IOV_PER_SEG};
     struct peer *peer = &p->peers[b->peer[k]];
     int i = 0, stalls = 0;
     while (i < n) {
@@ -1154,8 +1201,9 @@ static void send_split(vx_plane_t *p, int k)
         if (sent > 0) {
             for (int s = i; s < i + sent; s++) {
                 add_counter(&peer->tx_frames, 1);
-                add_counter(&peer->tx_bytes, b->iov[k][2 * s].iov_len +
-                                                 b->iov[k][2 * s + 1].iov_len - VX_HEADER_LEN);
+                const struct iovec *v = &b->iov[k][IOV_PER_SEG * s];
+                add_counter(&peer->tx_bytes,
+                            v[0].iov_len + v[1].iov_len + v[2].iov_len - b->over[k]);
             }
             i += sent;
             continue;
@@ -1216,9 +1264,10 @@ static void flush_tx(vx_plane_t *p)
 /* Address slot k (its iov[k][0..iovcnt) filled) to peer; a train of segs > 1 datagrams of
  * gso bytes (the last maybe shorter) gets a UDP_SEGMENT cmsg. */
 static void queue_slot(vx_plane_t *p, int k, const struct fdb_slot *hit, size_t iovcnt,
-                       size_t frame_bytes, uint32_t segs, size_t gso)
+                       size_t frame_bytes, uint32_t segs, size_t gso, size_t over)
 {
     struct batch *b = &p->tx;
+    b->over[k] = (uint16_t)over;
     b->addrs[k] = (struct sockaddr_in){
         .sin_family = AF_INET, .sin_port = p->port_be, .sin_addr.s_addr = htonl(hit->ip)};
     b->msgs[k].msg_hdr = (struct msghdr){
@@ -1248,13 +1297,20 @@ static void queue_tso(vx_plane_t *p, struct net *net, const uint8_t *f, size_t l
 {
     struct batch *b = &p->tx;
     struct tcp4 t;
-    if (mss == 0 || parse_tcp4(f, len, &t) < 0 || t.hdr + mss + VX_HEADER_LEN > MAX_UDP_PAYLOAD ||
-        t.hdr + VX_HEADER_LEN > SEG_HDR_ROOM) {
+    /* a sealed segment: VXLAN header + key id + counter, headers and payload sealed, tag */
+    size_t pre = net->encrypted ? VX_SEAL_HLEN : VX_HEADER_LEN;
+    size_t post = net->encrypted ? VX_TAG_LEN : 0;
+    if (mss == 0 || parse_tcp4(f, len, &t) < 0 || t.hdr + mss + pre + post > MAX_UDP_PAYLOAD ||
+        pre + t.hdr + post > SEG_HDR_ROOM) {
         count_drop(p, VX_DROP_BAD_GSO);
         return;
     }
+    if (net->encrypted && (!net->keys || net->keys->tx < 0)) {
+        count_drop(p, VX_DROP_NO_KEY);
+        return;
+    }
     add_counter(&p->tso_frames, 1);
-    size_t stride = VX_HEADER_LEN + t.hdr + mss;
+    size_t stride = pre + t.hdr + mss + post;
     size_t per = __atomic_load_n(&p->udp_gso, __ATOMIC_RELAXED) ? MAX_UDP_PAYLOAD / stride : 1;
     if (per > VX_GSO_MAX_SEGS)
         per = VX_GSO_MAX_SEGS;
@@ -1267,18 +1323,37 @@ static void queue_tso(vx_plane_t *p, struct net *net, const uint8_t *f, size_t l
         }
         int k = b->n++;
         size_t count = total - first < per ? total - first : per;
-        size_t bytes = 0;
+        size_t bytes = 0, queued = 0;
         for (size_t s = 0; s < count; s++) {
-            uint8_t *h = b->hdrs[k] + s * SEG_HDR_ROOM;
+            uint8_t *h = b->hdrs[k] + queued * SEG_HDR_ROOM;
             size_t seg = tso_seg_len(&t, mss, first + s);
+            struct iovec *v = &b->iov[k][IOV_PER_SEG * queued];
             vx_encode_header(h, net->vni);
-            tso_seg_header(f, &t, mss, first + s, h + VX_HEADER_LEN);
-            b->iov[k][2 * s] = (struct iovec){.iov_base = h, .iov_len = VX_HEADER_LEN + t.hdr};
-            b->iov[k][2 * s + 1] = (struct iovec){
-                .iov_base = (void *)(f + t.hdr + (first + s) * mss), .iov_len = seg};
+            tso_seg_header(f, &t, mss, first + s, h + pre);
+            v[0] = (struct iovec){.iov_base = h, .iov_len = pre + t.hdr};
+            v[1] = (struct iovec){.iov_base = (void *)(f + t.hdr + (first + s) * mss),
+                                  .iov_len = seg};
+            v[2] = (struct iovec){.iov_base = h + pre + t.hdr, .iov_len = post};
+            if (net->encrypted) {
+                /* the payload slices of f are disjoint: each is sealed in place */
+                struct iovec pieces[2] = {{.iov_base = h + pre, .iov_len = t.hdr}, v[1]};
+                int drop = 0;
+                if (vx_seal_iov(net->keys, p->self_ip, h, pieces, 2, h + pre + t.hdr, &drop) <
+                    0) {
+                    /* a crypto failure: the train goes without this segment (all but the
+                     * last are full-size, so the rest keep their UDP_SEGMENT boundaries) */
+                    count_drop(p, drop);
+                    continue;
+                }
+            }
             bytes += t.hdr + seg;
+            queued++;
         }
-        queue_slot(p, k, hit, 2 * count, bytes, (uint32_t)count, stride);
+        if (queued == 0) {
+            b->n--; /* nothing of this train is left: give the slot back */
+            continue;
+        }
+        queue_slot(p, k, hit, IOV_PER_SEG * queued, bytes, (uint32_t)queued, stride, pre + post);
     }
     /* trains queued after a flush point into f's slot, which the next reads would reuse
      * before the batch is sent again */
@@ -1342,15 +1417,27 @@ static void drain_tap(vx_plane_t *p, struct net *net)
             queue_tso(p, net, frame, len, vh.gso_size, hit);
             continue;
         }
-        if (len + VX_HEADER_LEN > MAX_UDP_PAYLOAD) {
+        size_t over = net->encrypted ? VX_SEAL_HLEN + VX_TAG_LEN : VX_HEADER_LEN;
+        if (len + over > MAX_UDP_PAYLOAD) {
             count_drop(p, VX_DROP_TOO_BIG);
             continue;
         }
+        uint8_t *start = frame - (net->encrypted ? VX_SEAL_HLEN : VX_HEADER_LEN);
+        vx_encode_header(start, net->vni);
+        if (net->encrypted) {
+            struct iovec piece = {.iov_base = frame, .iov_len = len};
+            if (!net->keys) {
+                count_drop(p, VX_DROP_NO_KEY);
+                continue;
+            }
+            if (vx_seal_iov(net->keys, p->self_ip, start, &piece, 1, frame + len, &drop) < 0) {
+                count_drop(p, drop);
+                continue;
+            }
+        }
         int k = b->n++;
-        vx_encode_header(frame - VX_HEADER_LEN, net->vni);
-        b->iov[k][0] = (struct iovec){.iov_base = frame - VX_HEADER_LEN,
-                                      .iov_len = VX_HEADER_LEN + len};
-        queue_slot(p, k, hit, 1, len, 1, 0);
+        b->iov[k][0] = (struct iovec){.iov_base = start, .iov_len = over + len};
+        queue_slot(p, k, hit, 1, len, 1, 0, over);
     }
 }
 
@@ -1452,6 +1539,7 @@ static size_t gro_size(const struct mmsghdr *m)
 static void deliver_rx(vx_plane_t *p, int n, struct pending *q)
 {
     struct batch *b = &p->rx;
+    uint64_t now = 0; /* the clock, read once per batch when a sealed datagram comes */
     for (int k = 0; k < n; k++) {
         uint8_t *msg = b->bufs[k];
         size_t msg_len = b->msgs[k].msg_len;
@@ -1491,6 +1579,25 @@ static void deliver_rx(vx_plane_t *p, int n, struct pending *q)
             }
             uint8_t *frame = buf + VX_HEADER_LEN;
             size_t flen = len - VX_HEADER_LEN;
+            if (net->encrypted != (buf[3] != 0)) {
+                count_drop(p, VX_DROP_NOT_SEALED);
+                continue;
+            }
+            if (net->encrypted) {
+                if (!net->keys) {
+                    count_drop(p, VX_DROP_UNKNOWN_KEY);
+                    continue;
+                }
+                if (!now)
+                    now = vx_now_ns();
+                drop = vx_open_in_place(net->keys, peer, p->peers[peer].ip, buf, len, now);
+                if (drop >= 0) {
+                    count_drop(p, drop);
+                    continue;
+                }
+                frame = buf + VX_SEAL_HLEN;
+                flen = len - VX_SEAL_HLEN - VX_TAG_LEN;
+            }
             if (net->vnet) {
                 if (q->n && (q->net != net || q->peer != peer || q->n == RX_PENDING))
                     flush_pending(p, q);
@@ -1608,6 +1715,7 @@ void vx_plane_free(vx_plane_t *p)
     for (size_t k = 0; k < p->n_nets; k++) {
         free_fdb(p->nets[k]->fdb);
         free_neigh(p->nets[k]->neigh);
+        vx_netkeys_free(p->nets[k]->keys);
         free(p->nets[k]);
     }
     free(p->nets);

@@ -25,13 +25,21 @@ LS_HEADERS = ["NETWORK ID", "NAME", "DRIVER", "SCOPE"]
 
 
 def parse_opts(opts: list[str]) -> dict[str, Any]:
-    """`--opt K=V` driver options: only `mtu` is known (Docker's
-    com.docker.network.driver.mtu is taken as the same)."""
+    """`--opt K=V` driver options: `mtu` (Docker's com.docker.network.driver.mtu is taken as
+    the same) and `encrypted` (Docker's spelling, alone or =true/false: frames between nodes
+    sealed with AES-256-GCM or ChaCha20-Poly1305 by the userspace data plane)."""
     out: dict[str, Any] = {}
     for text in opts:
         key, sep, value = text.partition("=")
+        if key == "encrypted":
+            if value.lower() not in ("", "true", "1", "yes", "false", "0", "no") or (
+                sep and not value
+            ):
+                raise FlagError("--opt", text, "encrypted takes no value, or true/false")
+            out["encrypted"] = value.lower() in ("", "true", "1", "yes")
+            continue
         if not sep:
-            raise FlagError("--opt", text, "expected KEY=VALUE")
+            raise FlagError("--opt", text, "expected KEY=VALUE (or encrypted)")
         if key in ("mtu", "com.docker.network.driver.mtu"):
             try:
                 out["mtu"] = int(value)
@@ -40,7 +48,9 @@ def parse_opts(opts: list[str]) -> dict[str, Any]:
             if not 576 <= out["mtu"] <= 65485:
                 raise FlagError("--opt", text, "mtu must be from 576 to 65485")
         else:
-            raise FlagError("--opt", text, f"unknown option {key!r}: the overlay driver knows mtu")
+            raise FlagError(
+                "--opt", text, f"unknown option {key!r}: the overlay driver knows mtu, encrypted"
+            )
     return out
 
 
@@ -63,7 +73,8 @@ def create(
     ] = None,
     gateway: Annotated[str | None, typer.Option(help="Gateway address in the subnet.")] = None,
     opt: Annotated[
-        list[str] | None, typer.Option("--opt", "-o", help="Driver option: mtu=N.")
+        list[str] | None,
+        typer.Option("--opt", "-o", help="Driver option: mtu=N, encrypted (userspace plane)."),
     ] = None,
     dataplane: Annotated[
         str, typer.Option(help="auto, kernel or userspace: who carries the VXLAN packets.")
@@ -104,6 +115,9 @@ def create(
         "labels": parse_labels(label or []),
         **parse_opts(opt or []),
     }
+    if params.get("encrypted") and dataplane == "kernel":
+        why = "an encrypted network runs on the userspace data plane (the kernel's VXLAN "
+        raise FlagError("--dataplane", dataplane, why + "cannot seal): use auto or userspace")
     if internal:
         params["internal"] = True
     reply = _call(host, "network_create", params)
@@ -197,6 +211,7 @@ def doctor(
         out["ok"] = out["ok"] and all(gw is None or gw.get("ok") for _n, gw in gateways)
         if info is not None:
             out["stats"] = info.get("overlay_stats") or {}
+            out["encryption"] = doctor_report.encryption_report(out["stats"])
             out["mesh"] = info.get("mesh") or {}
             out["ok"] = bool(out["ok"]) and not mesh_problems(out["mesh"])
         if note:
@@ -212,6 +227,7 @@ def doctor(
         text += "\nGateway (tasks' outbound access):\n" + doctor_report.gateway_table(gateways)
         text += "\n"
     if info is not None:
+        text += doctor_report.encryption_text(info.get("overlay_stats") or {})
         text += mesh_text(info.get("mesh") or {})
     if note:
         text += "\n" + note + "\n"

@@ -63,8 +63,41 @@ enum vx_drop {
     VX_DROP_TOO_BIG = 10,       /* the datagram would exceed what UDP carries (EMSGSIZE) */
     VX_DROP_RECV = 11,          /* recvmmsg reported an error */
     VX_DROP_BAD_GSO = 12,       /* a TAP frame with a virtio header we cannot honour */
-    VX_DROP_COUNT = 13,
+    /* encrypted networks (vx_plane_set_keys; the wire format is below) */
+    VX_DROP_NOT_SEALED = 13,    /* plain datagram for an encrypted network, sealed one for a
+                                   plain network, or an unknown cipher byte */
+    VX_DROP_UNKNOWN_KEY = 14,   /* sealed with a key id this node does not hold */
+    VX_DROP_BAD_TAG = 15,       /* the AEAD tag does not verify (forged or corrupted) */
+    VX_DROP_REPLAY = 16,        /* counter already seen inside the replay window */
+    VX_DROP_TOO_OLD = 17,       /* counter below the replay window */
+    VX_DROP_TOO_NEW = 18,       /* counter past the receiver's clock + VX_MAX_SKEW_NS */
+    VX_DROP_NO_KEY = 19,        /* TX: an encrypted network holds no key to send with yet */
+    VX_DROP_COUNT = 20,
 };
+
+/* ---- encrypted networks ----
+ * A sealed datagram: the VXLAN header with the cipher id in byte 3 (a reserved byte: 1 =
+ * AES-256-GCM, 2 = ChaCha20-Poly1305; 0 = plain), then the key id (4 bytes) and the counter
+ * (8 bytes), both big-endian, then the inner frame sealed, then the 16-byte tag. AAD = the
+ * first 20 bytes; nonce = (salt XOR sender IPv4) (4 bytes) || counter (8 bytes). */
+#define VX_SEAL_HLEN 20 /* VXLAN header + key id + counter */
+#define VX_TAG_LEN 16
+#define VX_SEAL_OVERHEAD 28 /* key id + counter + tag */
+#define VX_CIPHER_AES256GCM 1
+#define VX_CIPHER_CHACHA20POLY1305 2
+#define VX_REPLAY_WORDS 32 /* the replay bitmap: 2048 bits, of which 1984 are the window */
+#define VX_REPLAY_WINDOW 1984
+#define VX_MAX_SKEW_S 600 /* counters start at the sender's clock in ns: a counter more
+                           than this ahead of ours is too_new */
+
+/* One key of a network: its id (generation), the AES-256-GCM and ChaCha20-Poly1305 keys
+ * derived from the cluster's key (HMAC-SHA256, done in Python), and the 4-byte salt. */
+typedef struct {
+    uint32_t id;
+    uint8_t aes[32];
+    uint8_t chacha[32];
+    uint8_t salt[4];
+} vx_key_t;
 
 /* What the TX path decided for one frame read from a TAP (vx_route_frame). */
 enum vx_action {
@@ -126,6 +159,22 @@ int vx_tso_segment(const uint8_t *frame, size_t len, size_t mss, uint8_t *out, s
 int vx_gro_coalesce(const uint8_t *frames, const size_t *lens, size_t n, uint8_t *out,
                     size_t cap, size_t *out_lens);
 
+/* Seal one inner frame: out gets VX_SEAL_HLEN + len + VX_TAG_LEN bytes (returned), or -1
+ * for an unknown cipher or a crypto failure. sender_ip in host order. (Tests; the threads seal
+ * with per-key contexts.) */
+int vx_seal(int cipher, const vx_key_t *key, uint32_t sender_ip, uint64_t counter, uint32_t vni,
+            const uint8_t *frame, size_t len, uint8_t *out);
+
+/* Open a sealed datagram (buf, len) from sender_ip with key: the inner frame into out (its
+ * length returned), or -1 - the vx_drop reason (short, not_sealed, unknown_key when the key id
+ * differs, bad_tag). */
+int vx_open(const vx_key_t *key, uint32_t sender_ip, const uint8_t *buf, size_t len,
+            uint8_t *out);
+
+/* Run the anti-replay window over n counters as the RX path does (each one checked against
+ * now_ns, and recorded when it passes): verdicts[i] = -1 (accepted) or the vx_drop reason. */
+void vx_replay_run(const uint64_t *counters, size_t n, uint64_t now_ns, int *verdicts);
+
 /* ---- the plane ---- */
 
 /* A new, stopped plane using udp_fd (a bound IPv4 UDP socket; made non-blocking here; never
@@ -145,6 +194,14 @@ int vx_plane_remove_network(vx_plane_t *p, uint32_t vni);
  * vx_route_frame). -1 with errno ENOENT (unknown VNI) or ENOMEM; on error nothing changed. */
 int vx_plane_set_peers(vx_plane_t *p, uint32_t vni, const uint8_t *fdb, size_t n_fdb,
                        const uint8_t *neigh, size_t n_neigh);
+
+/* Make network vni encrypted (for good) with these keys: RX accepts any of them, TX seals with
+ * key tx_id using cipher (VX_CIPHER_*). Keys whose id was held before keep their TX counter and
+ * replay windows; with n = 0 (or an unknown tx_id) TX drops frames as no_key. -1 with errno
+ * ENOENT (unknown VNI), EINVAL (cipher, or a socket bound to no address), ENOMEM or EIO (the
+ * crypto library refused a key). */
+int vx_plane_set_keys(vx_plane_t *p, uint32_t vni, const vx_key_t *keys, size_t n,
+                      uint32_t tx_id, int cipher);
 
 /* Start the TX and RX threads. -1 with errno EALREADY when started, or pthread's error. */
 int vx_plane_start(vx_plane_t *p);

@@ -213,3 +213,33 @@ def gateway_table(gateways: Sequence[tuple[str, Mapping[str, Any] | None]]) -> s
             ]
         )
     return table(GATEWAY_HEADERS, rows)
+
+
+# the drop reasons of sealed traffic, as the data planes count them (meshkit.net.vxlan.wire)
+SEALING_DROPS = ("not_sealed", "unknown_key", "bad_tag", "replay", "too_old", "too_new", "no_key")
+
+
+def encryption_report(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """This node's encrypted networks and the sealed-traffic drops, from its overlay stats
+    (meshkit.net.overlay.NodeOverlay.stats): {"networks": {name: {key_ids, tx_key,
+    dataplane}}, "drops": {reason: n}}; empty when the node has no encrypted network."""
+    nets = dict(stats.get("encrypted") or {})
+    if not nets:
+        return {}
+    drops = stats.get("drops") or {}
+    return {"networks": nets, "drops": {r: int(drops.get(r, 0)) for r in SEALING_DROPS}}
+
+
+def encryption_text(stats: Mapping[str, Any]) -> str:
+    """The doctor's lines about encrypted networks ("" when there are none)."""
+    report = encryption_report(stats)
+    if not report:
+        return ""
+    lines = ["", "Encrypted networks (sealed by the userspace data plane, forced on every node):"]
+    for name, facts in sorted(report["networks"].items()):
+        ids = ", ".join(str(i) for i in facts.get("key_ids") or []) or "none yet"
+        tx = facts.get("tx_key")
+        lines.append(f"  {name}: keys {ids}; sending with {tx if tx else 'no key yet'}")
+    counted = ", ".join(f"{r} {n}" for r, n in report["drops"].items())
+    lines.append(f"  dropped: {counted}")
+    return "\n".join(lines) + "\n"

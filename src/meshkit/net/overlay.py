@@ -16,6 +16,13 @@ Probes (``meshkit.net.probe_io``) run over each network between the nodes' endpo
 plus a TCP connect to each peer's API port for the control plane; `report()` gives the
 summary that rides on the heartbeats and ends up in `node ls` and `meshkit doctor`.
 
+An encrypted network (``--opt encrypted``, overlay MTU = underlay - 78: sealing adds 28
+bytes to VXLAN's 50) always runs on the userspace plane, whatever the
+network or the kernel offer: its frames are sealed (meshkit.net.vxlan.seal) with the keys the
+managers hand this node with its map (``apply``'s ``netkeys``), kept in memory only. A new key
+is taken for receiving at once and for sending TX_SWITCH_DELAY later, so that every node
+holds it before frames sealed with it arrive; until the first key comes, nothing is sent.
+
 A task with a network that is not internal also gets ``gw0`` on the node's gateway bridge
 (``meshkit.net.gateway``: its default route, masqueraded by the node); the gateway is built
 from the map's ``gateways`` entry for this node and removed when the node leaves.
@@ -43,6 +50,7 @@ NS_PREFIX = "mkn-"
 RESOLV_DIR = Path("/etc/netns")
 RESOLV_CONF = "nameserver 127.0.0.11\noptions ndots:0\n"
 CONTROL_EVERY = 5.0
+TX_SWITCH_DELAY = 2.0  # seconds between receiving with a new key and sending with it
 ATTACH_WAIT = 15.0
 
 
@@ -94,6 +102,10 @@ class _Net:
     probe: Any = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     tables: tuple[dict[str, str], dict[str, str]] = field(default_factory=lambda: ({}, {}))
+    encrypted: bool = False
+    keys: list[Any] = field(default_factory=list)  # seal.NetKey, in memory only
+    tx_id: int | None = None
+    switch: asyncio.TimerHandle | None = None
 
 
 class NodeOverlay:
@@ -114,14 +126,19 @@ class NodeOverlay:
         self._control: dict[str, bool] = {}
         self._control_task: asyncio.Task[None] | None = None
         self._closed = False
+        self._netkeys: dict[str, list[dict[str, Any]]] = {}
 
     # -- the map -------------------------------------------------------------------------------
 
-    async def apply(self, netmap: Mapping[str, Any]) -> None:
+    async def apply(
+        self, netmap: Mapping[str, Any], netkeys: Mapping[str, list[dict[str, Any]]] | None = None
+    ) -> None:
         """Make this node's overlay what `netmap` says (idempotent; errors are kept per network
-        and reported, so one broken network does not stop the others)."""
+        and reported, so one broken network does not stop the others). ``netkeys``: the keys
+        of the encrypted networks ({network id: [{"id", "key"}]}, from the managers)."""
         async with self._lock:
             self._map = dict(netmap)
+            self._netkeys = dict(netkeys or {})
             if self._control_task is None and not self._closed:
                 self._control_task = asyncio.get_running_loop().create_task(self._control_loop())
             gw_subnet = (netmap.get("gateways") or {}).get(self.node_id)
@@ -170,7 +187,14 @@ class NodeOverlay:
         # one data plane per data-path port on a node: the kernel's VXLAN socket and meshkit's
         # cannot share it, so `auto` follows what this node already runs
         running = {n.plane: n.name for n in self._nets.values()}
-        if asked == "auto" and len(running) == 1:
+        sealed_here = any(n.get("encrypted") for n in (self._map.get("networks") or {}).values())
+        if net.get("encrypted"):
+            plane = "userspace"  # only meshkit's plane seals: forced on every node
+        elif asked == "auto" and sealed_here and "kernel" not in running:
+            # an encrypted network needs the userspace plane on this port: plain networks
+            # left to choose share it rather than take the port for the kernel's
+            plane = "userspace"
+        elif asked == "auto" and len(running) == 1:
             plane = next(iter(running))
         else:
             try:
@@ -190,6 +214,12 @@ class NodeOverlay:
         try:
             ifname, underlay_mtu = await asyncio.to_thread(links.underlay_for, self.addr)
             mtu = ipam.overlay_mtu(underlay_mtu, int(net.get("mtu") or 0))
+            if net.get("encrypted"):
+                from meshkit.net.vxlan.seal import OVERHEAD
+
+                # a sealed frame carries 28 more bytes (key id, counter, tag): a full-size
+                # inner frame must still fit the underlay without fragments
+                mtu = max(min(mtu, underlay_mtu - ipam.OVERHEAD - OVERHEAD), ipam.MIN_MTU)
             await asyncio.to_thread(links.ensure_netns, ns)
 
             def bridge() -> None:
@@ -213,6 +243,7 @@ class NodeOverlay:
                 mtu=mtu,
                 endpoint=endpoint,
                 dev=f"vx-{vni}" if plane == "kernel" else f"tap-{vni}",
+                encrypted=bool(net.get("encrypted")),
             )
             if plane == "kernel":
                 await asyncio.to_thread(
@@ -276,11 +307,15 @@ class NodeOverlay:
 
         built.tap_fd = await asyncio.to_thread(fresh_tap)
         self._dataplane.add_network(built.vni, built.tap_fd)
+        if built.encrypted:  # sealed from the first frame: with no key yet, nothing leaves
+            self._dataplane.set_keys(built.vni, [], 0)
 
     async def _program(self, built: _Net, net: Mapping[str, Any]) -> None:
         from meshkit.net import links
 
         nodes = self._map.get("nodes") or {}
+        if built.encrypted:
+            self._take_keys(built, self._netkeys.get(built.id) or [])
         tables = peer_tables(net, self.node_id, nodes)
         if tables != built.tables:
             fdb, neigh = tables
@@ -310,9 +345,53 @@ class NodeOverlay:
             }
             built.probe.set_peers(peers)
 
+    def _take_keys(self, built: _Net, entries: list[dict[str, Any]]) -> None:
+        """Give the plane an encrypted network's keys: receive with all of them now, send
+        with the newest one now when there is no usable sending key yet, else after
+        TX_SWITCH_DELAY (see the module docstring)."""
+        from meshkit.net.vxlan import seal
+        from meshkit.net.vxlan.plane import DataplaneError
+
+        try:
+            keys = sorted((seal.key_from_wire(e) for e in entries), key=lambda k: k.id)
+        except seal.SealError as exc:
+            raise OverlayError(f"network {built.name}: {exc}") from None
+        ids = [k.id for k in keys]
+        if keys == built.keys:
+            return
+        newest = ids[-1] if ids else None
+        tx = built.tx_id if built.tx_id in ids else newest
+        try:
+            self._dataplane.set_keys(built.vni, keys, tx or 0)
+        except DataplaneError as exc:
+            raise OverlayError(f"userspace data plane: {exc}") from None
+        built.keys, built.tx_id = keys, tx
+        if built.switch is not None:
+            built.switch.cancel()
+            built.switch = None
+        if newest is not None and tx != newest:
+            built.switch = asyncio.get_running_loop().call_later(
+                TX_SWITCH_DELAY, self._switch_tx, built, newest
+            )
+        log.info("overlay network %s: keys %s, sending with %s", built.name, ids, tx)
+
+    def _switch_tx(self, built: _Net, key_id: int) -> None:
+        built.switch = None
+        if self._nets.get(built.id) is not built or key_id not in [k.id for k in built.keys]:
+            return
+        try:
+            self._dataplane.set_keys(built.vni, built.keys, key_id)
+            built.tx_id = key_id
+            log.info("overlay network %s: sending with key %s", built.name, key_id)
+        except Exception as exc:  # the plane is gone (closing): nothing to send with
+            log.warning("overlay network %s: key %s not taken: %s", built.name, key_id, exc)
+
     async def _remove(self, built: _Net) -> None:
         from meshkit.net import links
 
+        if built.switch is not None:
+            built.switch.cancel()
+        built.keys = []
         if built.probe is not None:
             built.probe.close()
         if built.plane == "userspace" and self._dataplane is not None:
@@ -467,10 +546,21 @@ class NodeOverlay:
         return dict(self._map.get("nodes") or {})
 
     def stats(self) -> dict[str, Any]:
-        """Data-plane counters (userspace) for `meshkit doctor --json`."""
+        """Data-plane counters (userspace) for `meshkit doctor --json`, and the encrypted
+        networks: name -> {"key_ids", "tx_key", "dataplane"} (key ids only, never keys)."""
         if self._dataplane is None:
             return {}
-        return dict(self._dataplane.stats())
+        out = dict(self._dataplane.stats())
+        out["encrypted"] = {
+            b.name: {
+                "key_ids": [k.id for k in b.keys],
+                "tx_key": b.tx_id,
+                "dataplane": "userspace (forced: encrypted network)",
+            }
+            for b in self._nets.values()
+            if b.encrypted
+        }
+        return out
 
     async def close(self, remove: bool) -> None:
         """Stop probing; with `remove`, also take this node's networks down (leaving the

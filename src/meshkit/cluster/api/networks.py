@@ -4,19 +4,24 @@ every node's overlay follows.
 Manager methods (a manager certificate, or the local socket of a manager):
 
     network_create   {"name", "driver"?, "subnet"?, "gateway"?, "mtu"?, "dataplane"?, "labels"?,
-                      "internal"?}
+                      "internal"?, "encrypted"?}
                      -> {"id", "name", "subnet", "vni"}
     network_ls       {"label"?}         -> {"networks": [network view]}  (label: KEY or KEY=VALUE)
     network_inspect  {"network"}        -> network view
     network_rm       {"network"}        -> {"id", "name"}
+    network_rotate_key {"network"}      -> {"network_id", "key_ids"}  (encrypted networks:
+                                            meshkit.cluster.api.netkeys)
     overlay_pairs    {}                 -> {"pairs": [pair row], "nodes": {id: {hostname, addr,
                                             status, overlay}}}   what `meshkit doctor` prints
 
 Node methods (any node certificate whose CN is the node asked about):
 
-    netmap_watch     {"node_id", "epoch"?, "version"?, "wait"?} -> {"netmap", "version", "epoch"}
+    netmap_watch     {"node_id", "epoch"?, "version"?, "wait"?} -> {"netmap", "version", "epoch",
+                     "netkeys"}
                      a long poll, like tasks_watch: answered at once when the caller's version
-                     is not the current one, else when the map changes or after `wait` seconds
+                     is not the current one, else when the map changes or after `wait` seconds;
+                     ``netkeys``: the keys of the encrypted networks the caller is a member of
+                     ({network id: [{"id", "key"}]}, see meshkit.cluster.api.netkeys)
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.rpc.transport import Peer, RpcError
 
 NETWORK_METHODS = frozenset(
-    {"network_create", "network_ls", "network_inspect", "network_rm", "overlay_pairs"}
+    {
+        "network_create",
+        "network_ls",
+        "network_inspect",
+        "network_rm",
+        "network_rotate_key",
+        "overlay_pairs",
+    }
 )
 NODE_NET_METHODS = frozenset({"netmap_watch"})
 
@@ -55,8 +67,11 @@ _MAP_OPS = frozenset(
         "service_create",
         "service_update",
         "service_rm",
+        "netkeys_set",
     }
 )
+# commands after which the leader looks at the networks' keys at once (not at its next tick)
+_KEY_OPS = frozenset({"network_create", "remove_node", "leave", "add_node"})
 
 
 def pair_rows(st: Any) -> list[dict[str, Any]]:
@@ -122,10 +137,13 @@ class NetworkMethods:
         self.version = 0
         self._map: dict[str, Any] | None = None
         self._changed = asyncio.Condition()
+        self.keys_due = asyncio.Event()  # meshkit.cluster.node.netkeys waits on it
 
     # -- change notification -------------------------------------------------------------------
 
     def applied(self, cmd: Mapping[str, Any]) -> None:
+        if cmd.get("op") in _KEY_OPS:
+            self.keys_due.set()
         if cmd.get("op") not in _MAP_OPS:
             return
         st = self.node.state
@@ -187,6 +205,11 @@ class NetworkMethods:
         net = self._find(params)
         return await self.node.submit({"op": "network_rm", "network_id": net["id"]})
 
+    async def network_rotate_key(self, peer: Peer, params: dict[str, Any]) -> Any:
+        from meshkit.cluster.api import netkeys
+
+        return await netkeys.rotate(self.node, self._find(params)["id"])
+
     async def overlay_pairs(self, peer: Peer, params: dict[str, Any]) -> Any:
         st = loaded_state(self.node)
         nodes = {
@@ -203,7 +226,9 @@ class NetworkMethods:
     # -- nodes ---------------------------------------------------------------------------------
 
     async def netmap_watch(self, peer: Peer, params: dict[str, Any]) -> Any:
-        caller(self.node, peer, params)
+        from meshkit.cluster.api import netkeys
+
+        node = caller(self.node, peer, params)
         wait = min(float(params.get("wait") or WATCH_WAIT), 60.0)
         if params.get("epoch") == self.epoch and params.get("version") == self.version:
             version = self.version
@@ -212,4 +237,11 @@ class NetworkMethods:
                     await asyncio.wait_for(
                         self._changed.wait_for(lambda: self.version != version), wait
                     )
-        return {"netmap": self.current(), "version": self.version, "epoch": self.epoch}
+        # keys only for the networks the caller is a member of, read after the wait so a
+        # node removed meanwhile gets none
+        return {
+            "netmap": self.current(),
+            "version": self.version,
+            "epoch": self.epoch,
+            "netkeys": netkeys.keys_for(self.node, node.id),
+        }

@@ -6,6 +6,8 @@ A network record (``state.networks[id]``)::
 
     {"id", "name", "driver": "overlay", "subnet", "gateway", "vni", "mtu" (0 = underlay - 50),
      "dataplane": "auto"|"kernel"|"userspace", "labels", "created_at",
+     "encrypted": bool,                            # sealed between nodes: userspace plane
+     "keys": [sealed key record],                  # encrypted only: meshkit.cluster.model.netkeys
      "ipam": {"next", "addrs": {ip: owner}},      # see meshkit.net.ipam
      "endpoints": {node_id: ip}}                   # each node's own address on the network
 
@@ -80,6 +82,14 @@ def check_request(req: Mapping[str, Any]) -> dict[str, Any]:
     dataplane = str(req.get("dataplane") or "auto")
     if dataplane not in DATAPLANES:
         raise NetError(f"invalid data plane {dataplane!r}: expected auto, kernel or userspace")
+    encrypted = bool(req.get("encrypted"))
+    if encrypted and dataplane == "kernel":
+        raise NetError(
+            "an encrypted network needs the userspace data plane (this kernel path has no "
+            "AEAD to seal VXLAN with): drop --dataplane kernel"
+        )
+    if encrypted:
+        dataplane = "userspace"  # every node of it: the kernel plane cannot seal
     mtu = int(req.get("mtu") or 0)
     if mtu and not ipam.MIN_MTU <= mtu <= 65535 - ipam.OVERHEAD:
         raise NetError(f"invalid mtu {mtu}: expected {ipam.MIN_MTU} to {65535 - ipam.OVERHEAD}")
@@ -93,6 +103,7 @@ def check_request(req: Mapping[str, Any]) -> dict[str, Any]:
         "dataplane": dataplane,
         "labels": {str(k): str(v) for k, v in dict(req.get("labels") or {}).items()},
         "internal": bool(req.get("internal")),
+        "encrypted": encrypted,
     }
     try:
         if out["subnet"]:
@@ -395,6 +406,10 @@ def netmap(state: ClusterState) -> dict[str, Any]:
             "endpoints": endpoints,
             "ingress": bool(net.get("ingress")),
             "internal": bool(net.get("internal")),
+            "encrypted": bool(net.get("encrypted")),
+            # which key generations exist (never the keys): a rotation changes the map, so
+            # the nodes' long polls wake and fetch their keys with it
+            "key_ids": [int(k["id"]) for k in net.get("keys") or []],
         }
     if nets:
         for task in state.tasks.values():
@@ -483,8 +498,11 @@ def network_view(state: ClusterState, net: Mapping[str, Any]) -> dict[str, Any]:
         "IPAM": {"Config": [{"Subnet": net["subnet"], "Gateway": net["gateway"]}]},
         "Options": {
             "vni": str(net["vni"]),
-            "mtu": str(net["mtu"]) if net["mtu"] else "auto (underlay - 50)",
+            "mtu": str(net["mtu"])
+            if net["mtu"]
+            else f"auto (underlay - {78 if net.get('encrypted') else 50})",
             "dataplane": net["dataplane"],
+            **({"encrypted": "true"} if net.get("encrypted") else {}),
         },
         "DataPlanes": planes,
         "Labels": dict(net.get("labels") or {}),

@@ -53,6 +53,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from meshkit.cluster.model import netkeys
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model import services as sv
@@ -554,6 +555,7 @@ _HANDLERS = {
     "network_create": _net(netstate.op_network_create),
     "network_rm": _net(netstate.op_network_rm),
     "set_overlay": _net(netstate.set_overlay),
+    "netkeys_set": _net(netkeys.op_netkeys_set),
     "secret_create": _secret_op(secretrules.op_create),
     "secret_rm": _secret_op(secretrules.op_rm),
 }

@@ -280,6 +280,12 @@ class Agent:
         self.membership.reset()
         await self._listen_tcp()
 
+    async def _netkeys_loop(self) -> None:
+        """The leader's keys of encrypted networks (meshkit.cluster.node.netkeys)."""
+        from meshkit.cluster.node import netkeys
+
+        await netkeys.leader_loop(self, self.api.networks.keys_due, lambda: self.stopping)
+
     def _on_applied(self, cmd: Any, result: dict[str, Any]) -> None:
         """Every command the replica applies, fanned out to the parts that follow the state."""
         op = cmd.get("op")
@@ -333,6 +339,7 @@ class Agent:
                 ("manager", self.membership.leader_loop),
                 ("beats", self.membership.flush_loop),
                 ("lag", self._lag_loop),
+                ("netkeys", self._netkeys_loop),
             ]
             self._tasks = [asyncio.create_task(fn(), name=name) for name, fn in parts]
             self._tasks += [asyncio.create_task(fn(), name=name) for name, fn in self.loops.loops()]

@@ -243,7 +243,7 @@ class ServiceLoops:
             # the mesh lets go of networks that leave (its sockets would keep their
             # namespaces), the overlay follows the map, then the mesh builds on what is up
             await mesh.apply(netmap, overlay.built() & set(netmap.get("networks") or {}))
-            await overlay.apply(netmap)
+            await overlay.apply(netmap, reply.get("netkeys") or {})  # keys: in memory only
             await mesh.apply(netmap, overlay.built())
 
         await self._follow("netmap_watch", "network map", take)

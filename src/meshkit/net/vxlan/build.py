@@ -33,8 +33,9 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "meshkit._vxlan_ffi",
     '#include "vxlan.h"',
-    sources=[os.path.join(_PKG, "_vxlan.c")],
+    # seal.c: AEAD sealing for encrypted networks, with OpenSSL's libcrypto (libssl-dev)
+    sources=[os.path.join(_PKG, "_vxlan.c"), os.path.join(_PKG, "csrc", "vxlan", "seal.c")],
     include_dirs=[os.path.join(_PKG, "includes")],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
-    libraries=["pthread"],
+    libraries=["pthread", "crypto"],
 )

@@ -28,7 +28,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from meshkit._ext import extensions_disabled
-from meshkit.net.vxlan import wire
+from meshkit.net.vxlan import seal, wire
 from meshkit.net.vxlan.plane_py import DataplaneError, PyDataplane
 
 __all__ = ["DataplaneError", "UserspaceDataplane", "load_vxlan_ffi", "open_tap"]
@@ -80,6 +80,7 @@ class _Plane(Protocol):
     def add_network(self, vni: int, tap_fd: int) -> None: ...
     def remove_network(self, vni: int) -> None: ...
     def set_peers(self, vni: int, tables: wire.Tables) -> None: ...
+    def set_keys(self, vni: int, keys: list[seal.NetKey], tx_id: int, cipher: int) -> None: ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def close(self) -> None: ...
@@ -133,6 +134,19 @@ class _CPlane:
                 raise DataplaneError(f"no network with VNI {vni}")
             raise DataplaneError(f"cannot set peers of VNI {vni}: {self._strerror()}")
 
+    def set_keys(self, vni: int, keys: list[seal.NetKey], tx_id: int, cipher: int) -> None:
+        arr = self._ffi.new("vx_key_t[]", max(len(keys), 1))
+        for i, key in enumerate(keys):
+            arr[i].id = key.id
+            arr[i].aes = key.aes_key
+            arr[i].chacha = key.chacha_key
+            arr[i].salt = key.salt
+        if self._lib.vx_plane_set_keys(self._p, vni, arr, len(keys), tx_id, cipher) < 0:
+            why = self._ffi.errno
+            if why == 2:  # ENOENT
+                raise DataplaneError(f"no network with VNI {vni}")
+            raise DataplaneError(f"cannot set the keys of VNI {vni}: {os.strerror(why)}")
+
     def start(self) -> None:
         if self._lib.vx_plane_start(self._p) < 0:
             raise DataplaneError(f"cannot start the data plane: {self._strerror()}")
@@ -173,9 +187,16 @@ class UserspaceDataplane:
 
     implementation: str
 
-    def __init__(self, bind: str, port: int, implementation: str | None = None) -> None:
+    def __init__(
+        self,
+        bind: str,
+        port: int,
+        implementation: str | None = None,
+        socket_buffer: int = SOCKET_BUFFER,
+    ) -> None:
         """Bind the UDP socket to ``bind:port`` in the caller's namespace. ``implementation``
-        ("c" or "python") overrides the automatic choice (benches and tests use it)."""
+        ("c" or "python") overrides the automatic choice (benches and tests use it);
+        ``socket_buffer``: SO_RCVBUF/SO_SNDBUF bytes (bench/overlay.py compares sizes)."""
         try:
             wire.ip_to_bytes(bind)
         except wire.WireError as exc:
@@ -191,9 +212,9 @@ class UserspaceDataplane:
         try:
             for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):
                 try:  # SO_RCVBUFFORCE/SO_SNDBUFFORCE pass net.core.*mem_max as root
-                    self._sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+                    self._sock.setsockopt(socket.SOL_SOCKET, force, socket_buffer)
                 except OSError:
-                    self._sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+                    self._sock.setsockopt(socket.SOL_SOCKET, opt, socket_buffer)
             self._sock.bind((bind, port))
         except OSError as exc:
             self._sock.close()
@@ -237,6 +258,15 @@ class UserspaceDataplane:
         except wire.WireError as exc:
             raise DataplaneError(f"peers of VNI {vni}: {exc}") from None
         self._plane.set_peers(vni, tables)
+
+    def set_keys(
+        self, vni: int, keys: list[seal.NetKey], tx_id: int, cipher: int | None = None
+    ) -> None:
+        """Make network ``vni`` encrypted, for good: datagrams are sealed with key ``tx_id``
+        (none: frames are dropped as no_key) and ``cipher`` (default: AES-256-GCM where the CPU
+        has AES instructions, else ChaCha20-Poly1305), and opened with any of ``keys``. Call it
+        again with the new list to rotate."""
+        self._plane.set_keys(vni, list(keys), tx_id, cipher or seal.preferred_cipher())
 
     def start(self) -> None:
         """Start the packet threads."""

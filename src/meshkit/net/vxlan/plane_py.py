@@ -19,9 +19,10 @@ import selectors
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 
-from meshkit.net.vxlan import wire
+from meshkit.net.vxlan import seal, wire
 
 BATCH = 64
 MAX_FRAME = 65535
@@ -58,6 +59,18 @@ class _Net:
     vni: int
     fd: int
     tables: wire.Tables = field(default_factory=lambda: wire.Tables({}, {}))
+    keys: _Keys | None = None  # set for good by set_keys: the network is encrypted
+
+
+@dataclass
+class _Keys:
+    """An encrypted network's keys: TX state (TX thread) and replay windows (RX thread)."""
+
+    cipher: int
+    by_id: dict[int, seal.NetKey]
+    tx: seal.NetKey | None
+    counters: dict[int, int]  # key id -> last TX counter
+    windows: dict[tuple[int, str], seal.ReplayWindow]  # (key id, peer) -> window
 
 
 class PyDataplane:
@@ -69,6 +82,7 @@ class PyDataplane:
         self._sock = sock
         sock.setblocking(False)
         self._port = sock.getsockname()[1]
+        self._self_ip = wire.ip_to_bytes(sock.getsockname()[0])
         self._lock = threading.Lock()
         self._nets: dict[int, _Net] = {}
         self._peers: dict[str, _Peer] = {}
@@ -134,6 +148,32 @@ class PyDataplane:
             for ip in tables.fdb.values():
                 self._peers.setdefault(ip, _Peer())
             self._active = self._active_peers()
+
+    def set_keys(self, vni: int, keys: list[seal.NetKey], tx_id: int, cipher: int) -> None:
+        """Make network ``vni`` encrypted (for good) with ``keys``; TX seals with key
+        ``tx_id`` and ``cipher``. Kept key ids keep their counters and replay windows."""
+        if cipher not in seal.CIPHER_NAMES:
+            raise DataplaneError(f"unknown cipher {cipher} for VNI {vni}")
+        if self._self_ip == bytes(4):
+            raise DataplaneError("an encrypted network needs the socket bound to an address")
+        start = time.time_ns()
+        with self._lock:
+            net = self._nets.get(vni)
+            if net is None:
+                raise DataplaneError(f"no network with VNI {vni}")
+            old = net.keys
+            by_id = {k.id: k for k in keys}
+            counters = {k.id: start for k in keys}
+            windows: dict[tuple[int, str], seal.ReplayWindow] = {}
+            if old is not None:
+                for key_id, key in by_id.items():
+                    if old.by_id.get(key_id) != key:
+                        continue
+                    counters[key_id] = max(old.counters[key_id], start)
+                    for (kid, peer), win in old.windows.items():
+                        if kid == key_id:
+                            windows[(kid, peer)] = win.copy()
+            net.keys = _Keys(cipher, by_id, by_id.get(tx_id), counters, windows)
 
     def _active_peers(self) -> frozenset[str]:
         return frozenset(ip for net in self._nets.values() for ip in net.tables.fdb.values())
@@ -248,8 +288,18 @@ class PyDataplane:
                     self._drops["tap_write_error"] += 1
             elif isinstance(action, wire.Drop):
                 self._drops[action.reason] += 1
-            elif len(frame) + wire.HEADER_LEN > wire.MAX_UDP_PAYLOAD:
+            elif len(frame) + wire.HEADER_LEN + (seal.OVERHEAD if net.keys else 0) > (
+                wire.MAX_UDP_PAYLOAD
+            ):
                 self._drops["too_big"] += 1
+            elif net.keys is not None:
+                keys = net.keys
+                if keys.tx is None:
+                    self._drops["no_key"] += 1
+                    continue
+                ctr = keys.counters[keys.tx.id] = keys.counters[keys.tx.id] + 1
+                datagram = seal.seal(keys.cipher, keys.tx, self._self_ip, ctr, net.vni, frame)
+                out.append((datagram, action.peer, len(frame)))
             else:
                 out.append((wire.encode_header(net.vni) + frame, action.peer, len(frame)))
                 if len(out) == BATCH:
@@ -315,9 +365,37 @@ class PyDataplane:
             if source not in self._active:
                 self._drops["unknown_peer"] += 1
                 continue
+            if (net.keys is not None) != (data[3] != 0):
+                self._drops["not_sealed"] += 1
+                continue
+            if net.keys is not None:
+                opened = self._open(net.keys, source, data)
+                if isinstance(opened, str):
+                    self._drops[opened] += 1
+                    continue
+                frame = opened
             if not self._write_tap(net.fd, frame):
                 self._drops["tap_write_error"] += 1
                 continue
             counters = self._peers[source]
             counters.rx_frames += 1
             counters.rx_bytes += len(frame)
+
+    @staticmethod
+    def _open(keys: _Keys, source: str, data: bytes) -> bytes | str:
+        """The inner frame of a sealed datagram from ``source``, or the drop reason; the
+        window moves only for a frame that opened (as vx_open_in_place)."""
+        head = seal.parse(data)
+        if isinstance(head, str):
+            return head
+        key = keys.by_id.get(head.key_id)
+        if key is None:
+            return "unknown_key"
+        win = keys.windows.setdefault((key.id, source), seal.ReplayWindow())
+        verdict = win.check(head.counter, time.time_ns())
+        if verdict is not None:
+            return verdict
+        frame = seal.open_frame(key, wire.ip_to_bytes(source), data)
+        if isinstance(frame, bytes):
+            win.update(head.counter)
+        return frame

@@ -39,6 +39,14 @@ DROP_REASONS: tuple[str, ...] = (
     "too_big",
     "recv_error",
     "bad_gso",  # a TAP frame whose virtio header asks for what we cannot do
+    # encrypted networks (meshkit.net.vxlan.seal)
+    "not_sealed",  # plain datagram on an encrypted network, sealed one on a plain network
+    "unknown_key",  # sealed with a key id this node does not hold
+    "bad_tag",  # the AEAD tag does not verify: forged or corrupted
+    "replay",  # counter already seen inside the replay window
+    "too_old",  # counter below the replay window
+    "too_new",  # counter far past the receiver's clock
+    "no_key",  # TX: an encrypted network holds no key to send with yet
 )
 
 

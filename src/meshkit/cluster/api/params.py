@@ -356,6 +356,7 @@ TCP_PARAMS: dict[str, Schema] = {
         "labels": opt(map_of(name, short_text, 1000)),
         "mtu": opt(integer(0, 65535)),
         "internal": opt(boolean),
+        "attachable": opt(boolean),
     },
     "network_ls": {"label": opt(string(MAX_TEXT))},
     "network_inspect": _NETWORK_REF,

@@ -13,6 +13,9 @@ refused with Docker's words.
 from __future__ import annotations
 
 import json
+import os
+import pty
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -58,10 +61,41 @@ def node_of(answer: str) -> str:
 def meshkit_run(c: Cluster, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "meshkit", "run", "--host", c.sock("m1"), *args]
     return subprocess.run(
-        argv, input=stdin, capture_output=True, text=True, timeout=90, env={**ENV, "PATH":
-        "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": str(Path(ECHO).parents[2]
-        / "src")},
-    )  # fmt: skip
+        argv, input=stdin, capture_output=True, text=True, timeout=90, env=run_env()
+    )
+
+
+def meshkit_popen(c: Cluster, *args: str) -> subprocess.Popen[str]:
+    argv = [sys.executable, "-m", "meshkit", "run", "--host", c.sock("m1"), *args]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=run_env())
+
+
+def run_env() -> dict[str, str]:
+    src = str(Path(ECHO).parents[2] / "src")
+    return {**ENV, "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": src}
+
+
+def run_on_pty(c: Cluster, *args: str) -> tuple[str, int]:
+    """`meshkit run ARGS` on a new pseudo-terminal: (what it wrote there, its exit code)."""
+    argv = [sys.executable, "-m", "meshkit", "run", "--host", c.sock("m1"), *args]
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(argv[0], argv, run_env())
+    out = b""
+    try:
+        while chunk := os.read(fd, 4096):
+            out += chunk
+    except OSError:  # EIO: the other side closed
+        pass
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return out.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+def attached(c: Cluster, name: str) -> str:
+    view = json.loads(c.cli_ok("network", "inspect", "vnet"))[0]
+    return next((a["State"] for a in view["Attached"] if a["Name"] == name), "")
 
 
 def test_a_vip_answers_every_port_and_run_reaches_services(
@@ -139,9 +173,30 @@ def test_a_vip_answers_every_port_and_run_reaches_services(
         ls = c.cli_ok("network", "ls")
         assert any(line.split()[1:] == ["vnet", "overlay", "swarm", "true"]
                    for line in ls.splitlines()), ls  # fmt: skip
+        # -t: on the terminal (a pty here); -t without one is refused as Docker does
+        out, status = run_on_pty(c, "--network", "vnet", "--rm", "-t", "--", "sh", "-c",
+                                 "test -t 0 && test -t 1 && echo on-a-tty")  # fmt: skip
+        assert status == 0 and "on-a-tty" in out, out
+        r = meshkit_run(c, "--network", "vnet", "--rm", "-t", "--", "true")
+        assert r.returncode == 1 and "the input device is not a TTY" in r.stderr, r.stderr
+        # Ctrl-C (SIGINT to meshkit run) reaches the command, whose exit code comes back
+        p = meshkit_popen(c, "--network", "vnet", "--rm", "--", "sh", "-c",
+                          'trap "echo got-int; exit 5" INT; echo ready; '
+                          "while :; do sleep 0.2; done")  # fmt: skip
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        p.send_signal(signal.SIGINT)
+        assert p.wait(20) == 5 and p.stdout.read() == "got-int\n"
+        # a meshkit run killed outright: its agent detaches it (and ends what it left running)
+        p = meshkit_popen(c, "--network", "vnet", "--name", "orphan", "--", "sh", "-c",
+                          "echo ready; exec sleep 60")  # fmt: skip
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        p.kill()
+        p.wait(10)
+        until(lambda: attached(c, "orphan") == "exited", 20, "orphan detached by the agent")
+        view = json.loads(c.cli_ok("network", "inspect", "vnet"))[0]
         # nothing of the runs is left on m1: no namespace of theirs
         nss = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert not any(a["ID"] in nss for a in view["Attached"]), nss
+        assert view["Attached"] and not any(a["ID"] in nss for a in view["Attached"]), nss
     finally:
         for name in ("db", "client", "web"):
             c.rm_service(name)

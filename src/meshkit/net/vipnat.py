@@ -189,11 +189,13 @@ def delete_document() -> dict[str, Any]:
 
 
 def dnat_targets(listing: Mapping[str, Any]) -> dict[str, list[str]]:
-    """From ``nft -j list table ip meshkit_vip``: VIP -> the task addresses its DNAT rule
-    spreads new flows over (what tests and ``doctor --json`` look at)."""
+    """From ``nft -j list table ip meshkit_vip`` (or a document): VIP -> the task addresses
+    its DNAT rule spreads new flows over (what the tests look at)."""
     out: dict[str, list[str]] = {}
     for item in listing.get("nftables") or []:
-        rule = item.get("rule") if isinstance(item, Mapping) else None
+        if not isinstance(item, Mapping):
+            continue
+        rule = item.get("rule") or (item.get("add") or {}).get("rule")  # a listing or a document
         if not rule or rule.get("chain") != "prerouting":
             continue
         vip = ""

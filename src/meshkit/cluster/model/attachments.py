@@ -96,9 +96,10 @@ def _end(net: dict[str, Any], aid: str, exit_code: Any, now: float, rm: bool) ->
     if att["state"] == "running":
         att.update(state="exited", exit_code=exit_code, ended_at=now)
     ended = sorted(
-        (a for a in attached.values() if a["state"] != "running"), key=lambda a: a["ended_at"]
+        (a for a in attached.values() if a["state"] != "running" and a["id"] != aid),
+        key=lambda a: a["ended_at"],
     )
-    for old in ended[: max(0, len(ended) - KEEP_ENDED)]:
+    for old in ended[: max(0, len(ended) + 1 - KEEP_ENDED)]:  # (+1: the one just ended)
         del attached[old["id"]]
 
 

@@ -7,8 +7,9 @@ minimal environment plus ``--env``, the namespace entered and resolv.conf bound 
 it runs in the CLI's process group on the CLI's terminal (the terminal's Ctrl-C reaches it);
 without, it gets a process group of its own and the CLI forwards SIGINT, SIGTERM, SIGHUP and
 SIGQUIT to it, and its output goes through pipes when the CLI's is a terminal (so the command
-sees no terminal, as with `docker run` without -t). ``-i`` gives it the CLI's stdin, else
-/dev/null. The exit code is the command's (128 + N for signal N).
+sees no terminal, as with `docker run` without -t). ``-i`` (or ``-t``: the terminal is all
+three of its streams, as Docker's pty is) gives it the CLI's stdin, else /dev/null. The exit
+code is the command's (128 + N for signal N).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def run(
         child = subprocess.Popen(
             launch.argv,
             executable=launch.executable,
-            stdin=None if interactive else subprocess.DEVNULL,
+            stdin=None if interactive or tty else subprocess.DEVNULL,
             stdout=subprocess.PIPE if pipes[1] else None,
             stderr=subprocess.PIPE if pipes[2] else None,
             cwd=launch.cwd,

@@ -93,6 +93,37 @@ def run_on_pty(c: Cluster, *args: str) -> tuple[str, int]:
     return out.decode(errors="replace"), os.waitstatus_to_exitcode(status)
 
 
+UDP_FLOWS = """
+import socket, sys
+socks = []
+for _ in range(2):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    socks.append(s)
+def ask(s):
+    try:
+        s.send(b"hi")
+        return s.recv(200).decode().split()[1]
+    except ConnectionRefusedError:
+        return "refused"
+    except TimeoutError:
+        return "timeout"
+print(" ".join(ask(s) for s in socks), flush=True)
+sys.stdin.readline()
+print(" ".join(ask(s) for s in socks), flush=True)
+"""
+
+
+def open_udp_flows(c: Cluster, task: dict[str, Any], host: str, port: int) -> Any:
+    """Two UDP flows from the task to host:port, kept open: prints where each went, then,
+    after a line on stdin, where each goes now (or "refused")."""
+    pid = c.procs[task["Node"]].popen.pid
+    argv = ["nsenter", "-t", str(pid), "-m", "ip", "netns", "exec", f"mk-{task['ID']}",
+            sys.executable, "-c", UDP_FLOWS, host, str(port)]  # fmt: skip
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
 def attached(c: Cluster, name: str) -> str:
     view = json.loads(c.cli_ok("network", "inspect", "vnet"))[0]
     return next((a["State"] for a in view["Attached"] if a["Name"] == name), "")
@@ -140,7 +171,11 @@ def test_a_vip_answers_every_port_and_run_reaches_services(
         assert info["mesh"]["vip_ports"]["path"] == "nft", info["mesh"]
         assert "VIPs on every port" in c.cli_ok("doctor")
 
-        # a task that leaves gets no new flow
+        # a task that leaves gets no new flow, and an open UDP flow to it is refused
+        flows = open_udp_flows(c, client, "db", 7001)
+        assert flows.stdout is not None
+        before = flows.stdout.readline().split()
+        assert sorted(before) == ["w1", "w2"], before  # two flows, one per task
         c.cli_ok("service", "scale", "db=1")
         left = until(lambda: (r := c.running("db")) and len(r) == 1 and r[0], 60, "db=1")
         until(
@@ -149,6 +184,10 @@ def test_a_vip_answers_every_port_and_run_reaches_services(
             "only the remaining task answers",
         )
         assert {node_of(ask(c, client, "db", 5432)) for _ in range(6)} == {left["Node"]}
+        out, _ = flows.communicate("again\n", timeout=30)
+        after = dict(zip(before, out.split(), strict=True))
+        gone = ({"w1", "w2"} - {left["Node"]}).pop()
+        assert after == {left["Node"]: left["Node"], gone: "refused"}, (before, out)
 
         # meshkit run on m1: web (on w1) by name, exit codes, stdin
         r = meshkit_run(c, "--network", "vnet", "--rm", "--", "curl", "-sS", "--max-time", "5",

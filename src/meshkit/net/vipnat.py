@@ -145,6 +145,7 @@ def nat_ruleset(entries: Iterable[VipEntry], src: str = "", bridge: str = "br0")
         _chain("postrouting", "nat", "postrouting", 100),
         _chain("forward", "filter", "forward", 0),
         {"add": {"set": _base() | {"name": "live", "type": "ipv4_addr"}}},
+        {"flush": {"set": _base() | {"name": "live"}}},  # (flush table keeps set elements)
     ]
     if live:
         doc.append({"add": {"element": _base() | {"name": "live", "elem": live}}})

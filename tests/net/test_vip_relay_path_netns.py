@@ -4,8 +4,9 @@ nodes on namespace hosts (198.18.0.0/24).
 
 `db` (on w1) declares no port; from a client task on m1, two undeclared TCP ports answer
 through the VIP: nftables redirects them to m1's relay, which reads the port the client asked
-for with SO_ORIGINAL_DST and connects to the task on it. A declared port still has its own
-relay. doctor names the path per node; when the task leaves, new connections are refused.
+for with SO_ORIGINAL_DST and connects to the task on it; UDP is handed to it by tproxy. A
+declared port still has its own relay. doctor names the path per node; when the task leaves,
+new connections are refused.
 """
 
 from __future__ import annotations
@@ -27,8 +28,13 @@ pytestmark = pytest.mark.root
 ECHO = str(Path(__file__).with_name("mesh_echo.py"))
 ASK = """
 import socket, sys
-s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)
-print(s.makefile().readline().strip())
+host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if proto == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+    s.connect((host, port)); s.send(b"hi"); print(s.recv(200).decode())
+else:
+    s = socket.create_connection((host, port), timeout=3)
+    print(s.makefile().readline().strip())
 """
 
 
@@ -42,8 +48,8 @@ def cluster() -> Iterator[Cluster]:
         del labutil.ENV["MESHKIT_VIP_PATH"]
 
 
-def ask(c: Cluster, task: dict[str, Any], host: str, port: int) -> str:
-    r = c.in_task(task, sys.executable, "-c", ASK, host, str(port))
+def ask(c: Cluster, task: dict[str, Any], host: str, port: int, proto: str = "tcp") -> str:
+    r = c.in_task(task, sys.executable, "-c", ASK, host, str(port), proto)
     return r.stdout.strip() if r.returncode == 0 else f"FAILED: {r.stderr.strip()[-300:]}"
 
 
@@ -68,6 +74,9 @@ def test_undeclared_ports_through_the_so_original_dst_relay(cluster: Cluster) ->
                     "db:5432 through the relay")  # fmt: skip
         assert ask(c, client, "db", 7001).startswith("node w1 from ")
         assert ask(c, client, "db", 7002).startswith("node w1 from ")  # the declared port
+        # UDP on an undeclared port: tproxy to the relay, which answers from the VIP and port
+        assert ask(c, client, "db", 7001, "udp") == "node w1"
+        assert ask(c, client, "db", 5432, "udp") == "node w1"
         info = json.loads(c.cli_ok("doctor", "--json"))
         assert info["mesh"]["vip_ports"]["path"] == "relay", info["mesh"]
         assert "SO_ORIGINAL_DST" in info["mesh"]["vip_ports"]["why"]

@@ -48,6 +48,11 @@ def test_redirect_ruleset_and_the_setting() -> None:
     assert pre[-1]["expr"][-1] == {"redirect": {"port": 40001}}
     assert pre[-1]["expr"][1]["match"]["right"] == "tcp"
     assert len(pre) == 3
+    rules = _rules(vipnat.redirect_ruleset([WEB, IDLE], 40001, 40002))
+    tproxy = [r for r in rules if r["chain"] == "tproxy"]
+    # UDP: the declared 53/udp returns, every other port is handed to the relay by tproxy
+    assert [r["expr"][-1] for r in tproxy] == [{"return": None}, {"tproxy": {"port": 40002}}]
+    assert tproxy[0]["expr"][1]["match"]["right"] == 53
     assert vipnat.wanted_path({}) == "auto"
     assert vipnat.wanted_path({"MESHKIT_VIP_PATH": "Relay"}) == "relay"
     with pytest.raises(ValueError, match="MESHKIT_VIP_PATH='fast': expected auto, nft"):
@@ -77,7 +82,7 @@ def test_nft_takes_both_documents_in_a_namespace() -> None:
         assert vipnat.dnat_targets(listing) == {"198.19.0.11": ["198.19.0.5"]}
         live = [i["set"] for i in listing["nftables"] if "set" in i]
         assert live[0]["elem"] == ["198.19.0.5"], live  # the tasks that left are out of it
-        vipnat.apply_in(ns, vipnat.redirect_ruleset([WEB], 40001))
+        vipnat.apply_in(ns, vipnat.redirect_ruleset([WEB], 40001, 40002), routed_only=True)
         vipnat.remove_in(ns)
         assert vipnat.list_in(ns) == {}
     finally:

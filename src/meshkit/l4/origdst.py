@@ -10,6 +10,12 @@ moves the bytes. A task that leaves is taken out of its table and its open flows
 
 Reading the original destination is one getsockopt per new connection, in Python for both
 engines: the bytes themselves never pass through Python with the C relay.
+
+UDP has no SO_ORIGINAL_DST: nftables ``tproxy`` hands the datagrams to one transparent UDP
+socket (IP_TRANSPARENT), whose ``recvmsg`` says where each was going (IP_RECVORIGDSTADDR).
+Each client flow (client, VIP, port) gets a connected socket to its task and a reply socket
+bound to the VIP and port (a local address of the namespace), so the client hears back from
+the address it asked; flows idle for UDP_IDLE seconds are let go.
 """
 
 from __future__ import annotations
@@ -30,8 +36,13 @@ from meshkit.lb import ConnTable, PyConnTable
 log = logging.getLogger("meshkit.l4.origdst")
 
 SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h
-TCP = 6
+IP_TRANSPARENT = 19  # linux/in.h
+IP_RECVORIGDSTADDR = 20
+TCP, UDP = 6, 17
 ACCEPT_BATCH = 64
+UDP_BATCH = 64
+UDP_MAX = 65535
+UDP_IDLE = 60.0
 
 
 def original_dst(fd: int) -> tuple[str, int]:
@@ -43,6 +54,60 @@ def original_dst(fd: int) -> tuple[str, int]:
         s.detach()
     port = struct.unpack_from("!H", raw, 2)[0]
     return socket.inet_ntoa(raw[4:8]), port
+
+
+def _sockaddr_in(raw: bytes) -> tuple[str, int]:
+    return socket.inet_ntoa(raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+
+
+class _UdpFlow:
+    """One client's datagrams to one task: a socket connected to the task, and one bound to
+    the VIP and port the client asked, to answer from."""
+
+    def __init__(self, relay: OrigDstRelay, key: tuple[int, str, int, str, int], ip: str) -> None:
+        self.relay = relay
+        self.key = key
+        self.client = (key[1], key[2])
+        self.last = relay.loop.time()
+        with entered(relay.ns):
+            up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            up.setblocking(False)
+            up.connect((ip, key[4]))
+            back.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            back.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            back.bind((key[3], key[4]))
+            back.setblocking(False)
+        except OSError:
+            up.close()
+            back.close()
+            raise
+        self.up, self.back = up, back
+        relay.loop.add_reader(up.fileno(), self.on_reply)
+
+    def send(self, data: bytes) -> None:
+        self.last = self.relay.loop.time()
+        with contextlib.suppress(OSError):  # a refused datagram: the task's ICMP, UDP's way
+            self.up.send(data)
+
+    def on_reply(self) -> None:
+        for _ in range(UDP_BATCH):
+            try:
+                data = self.up.recv(UDP_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            self.last = self.relay.loop.time()
+            with contextlib.suppress(OSError):
+                self.back.sendto(data, self.client)
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self.relay.loop.remove_reader(self.up.fileno())
+        self.up.close()
+        self.back.close()
 
 
 @dataclass
@@ -73,27 +138,39 @@ class OrigDstRelay:
         self.vips: dict[str, _Vip] = {}
         self.pairs: dict[int, tuple[str, tuple[int, str, int, str, int]]] = {}
         self.sock: socket.socket | None = None
+        self.udp: socket.socket | None = None
+        self.udp_flows: dict[tuple[int, str, int, str, int], _UdpFlow] = {}
+        self._sweep: asyncio.TimerHandle | None = None
         self.port = 0
+        self.udp_port = 0
         self.accepted = 0
         self.no_backend = 0
 
-    def start(self, port: int = 0) -> int:
-        """Listen (on ``port``, 0: any free one) in the namespace; the port."""
+    def start(self) -> tuple[int, int]:
+        """Listen in the namespace, TCP and (transparent) UDP, on free ports: the ports."""
         with entered(self.ns):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(("0.0.0.0", port))
+            sock.bind(("0.0.0.0", 0))
             sock.listen(4096)
             sock.setblocking(False)
+            udp.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            udp.setsockopt(socket.SOL_IP, IP_RECVORIGDSTADDR, 1)
+            udp.bind(("0.0.0.0", 0))
+            udp.setblocking(False)
         except OSError:
             sock.close()
+            udp.close()
             raise
-        self.sock = sock
-        self.port = sock.getsockname()[1]
+        self.sock, self.udp = sock, udp
+        self.port, self.udp_port = sock.getsockname()[1], udp.getsockname()[1]
         self.loop.add_reader(sock.fileno(), self._on_accept)
+        self.loop.add_reader(udp.fileno(), self._on_datagrams)
         self.loop.add_reader(self.relay.fileno(), self._on_relay)
-        return self.port
+        self._sweep = self.loop.call_later(UDP_IDLE / 4, self._expire)
+        return self.port, self.udp_port
 
     # -- backends ----------------------------------------------------------------------------
 
@@ -122,6 +199,8 @@ class OrigDstRelay:
             if key in keys:
                 self.relay.close(pair)
                 del self.pairs[pair]
+        for key in keys & set(self.udp_flows):
+            self.udp_flows.pop(key).close()
         ip = state.ips.pop(bid, "")
         state.ids.pop(ip, None)
 
@@ -163,6 +242,47 @@ class OrigDstRelay:
                 continue
             self.pairs[pair] = (vip, key)
 
+    def _on_datagrams(self) -> None:
+        if self.udp is None:
+            return
+        now = self.loop.time()
+        for _ in range(UDP_BATCH):
+            try:
+                data, anc, _flags, addr = self.udp.recvmsg(UDP_MAX, 64)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                continue
+            dst = next((d for lvl, t, d in anc if t == IP_RECVORIGDSTADDR), None)
+            if dst is None:
+                continue
+            vip, port = _sockaddr_in(dst)
+            key = (UDP, addr[0], addr[1], vip, port)
+            flow = self.udp_flows.get(key)
+            if flow is None:
+                state = self.vips.get(vip)
+                bid = None if state is None else state.table.lookup(*key, now)
+                if state is None or bid is None:
+                    self.no_backend += 1
+                    continue
+                try:
+                    flow = self.udp_flows[key] = _UdpFlow(self, key, state.ips[bid])
+                except OSError as exc:
+                    log.error("VIP relay: UDP client %s: %s", fmt_addr(addr[0], addr[1]), exc)
+                    state.table.release(*key)
+                    continue
+            flow.send(data)
+
+    def _expire(self) -> None:
+        now = self.loop.time()
+        for key, flow in list(self.udp_flows.items()):
+            if now - flow.last > UDP_IDLE:
+                self.udp_flows.pop(key).close()
+                state = self.vips.get(key[3])
+                if state is not None:
+                    state.table.release(*key)
+        self._sweep = self.loop.call_later(UDP_IDLE / 4, self._expire)
+
     def _on_relay(self) -> None:
         for pair, _up, _down, _reason in self.relay.poll(self.loop.time()):
             entry = self.pairs.pop(pair, None)
@@ -173,14 +293,21 @@ class OrigDstRelay:
                 state.table.release(*entry[1])
 
     def open_flows(self) -> int:
-        return len(self.relay)
+        return len(self.relay) + len(self.udp_flows)
 
     def close(self) -> None:
-        if self.sock is not None:
-            with contextlib.suppress(ValueError, OSError):
-                self.loop.remove_reader(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for lsock in (self.sock, self.udp):
+            if lsock is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    self.loop.remove_reader(lsock.fileno())
+                lsock.close()
+        self.sock = self.udp = None
+        for flow in self.udp_flows.values():
+            flow.close()
+        self.udp_flows.clear()
         with contextlib.suppress(ValueError, OSError):
             self.loop.remove_reader(self.relay.fileno())
         self.relay.close_all()

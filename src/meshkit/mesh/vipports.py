@@ -7,9 +7,10 @@ the kernel takes:
 
 - ``nft``: the namespace's table DNATs every other TCP/UDP port to the tasks (kernel fast
   path, flows pinned by conntrack);
-- ``relay``: nft only redirects TCP to one SO_ORIGINAL_DST relay per namespace
-  (meshkit.l4.origdst), for kernels whose nf_tables lacks the NAT/numgen expressions the
-  first needs, or when asked for (policies of the connection table, flow counts in doctor);
+- ``relay``: nft only redirects TCP (and hands UDP over by tproxy) to one relay per namespace
+  (meshkit.l4.origdst: SO_ORIGINAL_DST, IP_RECVORIGDSTADDR), for kernels whose nf_tables
+  lacks the NAT/numgen expressions the first needs, or when asked for (policies of the
+  connection table, flow counts in doctor);
 - ``ports``: no nft at all: a VIP answers on its declared ports only, as before, and
   ``meshkit doctor`` says why.
 
@@ -32,7 +33,7 @@ log = logging.getLogger("meshkit.mesh")
 
 WHY = {
     "nft": "nftables DNAT (kernel, round robin, flows pinned by conntrack)",
-    "relay": "nftables redirect to the L4 relay (SO_ORIGINAL_DST)",
+    "relay": "nftables redirect (TCP, SO_ORIGINAL_DST) and tproxy (UDP) to the L4 relay",
     "ports": "declared ports only",
 }
 
@@ -131,7 +132,10 @@ class VipPorts:
         relay = have[0]
         try:
             await asyncio.to_thread(
-                vipnat.apply_in, ns, vipnat.redirect_ruleset(entries[1], relay.port)
+                vipnat.apply_in,
+                ns,
+                vipnat.redirect_ruleset(entries[1], relay.port, relay.udp_port),
+                routed_only=True,
             )
         except GatewayError:
             self._close_relay(ns)

@@ -170,10 +170,16 @@ def nat_ruleset(entries: Iterable[VipEntry], src: str = "", bridge: str = "br0")
     return {"nftables": doc}
 
 
-def redirect_ruleset(entries: Iterable[VipEntry], tcp_port: int) -> dict[str, Any]:
+def redirect_ruleset(
+    entries: Iterable[VipEntry], tcp_port: int, udp_port: int = 0
+) -> dict[str, Any]:
     """The ``relay`` path's table: TCP to a VIP on an undeclared port goes to the relay on
-    ``tcp_port`` of this namespace, which finds the port asked for with SO_ORIGINAL_DST."""
+    ``tcp_port`` of this namespace, which finds the port asked for with SO_ORIGINAL_DST; UDP
+    (``udp_port``) is handed to the relay's transparent socket by TPROXY (the VIP is a local
+    address here, so no policy routing is needed), which reads it with IP_RECVORIGDSTADDR."""
     doc = _head()
+    if udp_port:
+        doc.append(_chain("tproxy", "filter", "prerouting", -150))
     for e in sorted(entries, key=lambda e: e.vip):
         if not e.backends:
             continue
@@ -182,6 +188,16 @@ def redirect_ruleset(entries: Iterable[VipEntry], tcp_port: int) -> dict[str, An
             _rule("prerouting", _daddr(e.vip), _l4(["tcp"]), {"redirect": {"port": tcp_port}},
                   comment=f"vip {e.service}")
         )  # fmt: skip
+        if udp_port:
+            doc += [
+                {"add": {"rule": dict(r["add"]["rule"], chain="tproxy")}}
+                for r in _skip_declared(e)
+                if r["add"]["rule"]["expr"][1]["match"]["left"]["payload"]["protocol"] == "udp"
+            ]
+            doc.append(
+                _rule("tproxy", _daddr(e.vip), _l4(["udp"]), {"tproxy": {"port": udp_port}},
+                      comment=f"vip {e.service}")
+            )  # fmt: skip
     return {"nftables": doc}
 
 
@@ -230,9 +246,13 @@ def _sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
-def apply_in(ns: str, document: Mapping[str, Any], bridge: str = "br0") -> None:
+def apply_in(
+    ns: str, document: Mapping[str, Any], bridge: str = "br0", *, routed_only: bool = False
+) -> None:
     """Load ``document`` into namespace ``ns`` (forwarding on, redirects off first: the
-    DNATed packets go back out of the bridge they came in by). GatewayError says why not."""
+    DNATed packets go back out of the bridge they came in by). ``routed_only``: frames the
+    bridge forwards stop passing the IP hooks (bridge-nf-call-iptables 0, per namespace), as
+    tproxy needs: br_netfilter loses the socket tproxy assigns. GatewayError says why not."""
     from meshkit.base.netns import NetnsError, NetnsRef, entered
 
     try:
@@ -245,6 +265,8 @@ def apply_in(ns: str, document: Mapping[str, Any], bridge: str = "br0") -> None:
             _sysctl("/proc/sys/net/ipv4/ip_forward", "1\n")
             _sysctl("/proc/sys/net/ipv4/conf/all/send_redirects", "0\n")
             _sysctl(f"/proc/sys/net/ipv4/conf/{bridge}/send_redirects", "0\n")
+            if routed_only:
+                _sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables", "0\n")
             run_nft(document)  # forked from this thread: nft runs in the namespace
     finally:
         ref.close()

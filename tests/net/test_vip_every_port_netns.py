@@ -58,8 +58,10 @@ def node_of(answer: str) -> str:
     return answer.split()[1] if answer.startswith("node ") else answer
 
 
-def meshkit_run(c: Cluster, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "meshkit", "run", "--host", c.sock("m1"), *args]
+def meshkit_run(
+    c: Cluster, *args: str, stdin: str = "", host: str = "m1"
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "meshkit", "run", "--host", c.sock(host), *args]
     return subprocess.run(
         argv, input=stdin, capture_output=True, text=True, timeout=90, env=run_env()
     )
@@ -192,6 +194,10 @@ def test_a_vip_answers_every_port_and_run_reaches_services(
         # meshkit run on m1: web (on w1) by name, exit codes, stdin
         r = meshkit_run(c, "--network", "vnet", "--rm", "--", "curl", "-sS", "--max-time", "5",
                         "http://web/")  # fmt: skip
+        assert r.returncode == 0 and r.stdout == "the web page\n", (r.stdout, r.stderr)
+        # ... also from a worker (its agent asks a manager for the address)
+        r = meshkit_run(c, "--network", "vnet", "--rm", "--", "curl", "-sS", "--max-time", "5",
+                        "http://web/", host="w2")  # fmt: skip
         assert r.returncode == 0 and r.stdout == "the web page\n", (r.stdout, r.stderr)
         r = meshkit_run(c, "--network", "vnet", "--rm", "--", "sh", "-c", "exit 7")
         assert r.returncode == 7, r.stderr

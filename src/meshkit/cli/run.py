@@ -76,6 +76,8 @@ def run(
     code = EXIT_CANNOT_RUN
     try:
         agent = int(reply["agent_pid"])
+        # as the agent sees it: its bind mount may not reach our mount namespace (a plain file
+        # of the same name then stands here)
         ns = oneoff.agent_path(agent, f"/run/netns/{reply['netns']}")
         with oneoff.resolv_conf(agent, str(reply["netns"])) as resolv:
             try:

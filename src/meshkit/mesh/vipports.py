@@ -104,8 +104,8 @@ class VipPorts:
                         )
                     else:
                         await self._apply_relay(ns, entries)
-                except (GatewayError, OSError) as exc:
-                    tried.append(f"{path}: {exc}")
+                except GatewayError as exc:  # nft or the kernel said no (an OSError, e.g.
+                    tried.append(f"{path}: {exc}")  # the namespace gone, decides nothing)
                     continue
                 self.path = path
                 self.why = WHY[path] + (f" ({'; '.join(tried)})" if tried else "")

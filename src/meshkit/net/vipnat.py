@@ -253,12 +253,9 @@ def apply_in(
     DNATed packets go back out of the bridge they came in by). ``routed_only``: frames the
     bridge forwards stop passing the IP hooks (bridge-nf-call-iptables 0, per namespace), as
     tproxy needs: br_netfilter loses the socket tproxy assigns. GatewayError says why not."""
-    from meshkit.base.netns import NetnsError, NetnsRef, entered
+    from meshkit.base.netns import NetnsRef, entered
 
-    try:
-        ref = NetnsRef.open_name(ns)
-    except NetnsError as exc:
-        raise GatewayError(str(exc)) from None
+    ref = NetnsRef.open_name(ns)  # NetnsError (an OSError) when it is gone
     try:
         with entered(ref):
             # /proc/sys/net is the opening thread's namespace's

@@ -61,7 +61,7 @@ def test_attach_detach_and_the_network_map() -> None:
     nm = netstate.netmap(st)
     eps = [e for e in nm["networks"][NID]["endpoints"] if e["task_id"] == "a" * 25]
     assert eps == [{"ip": "198.19.0.4", "mac": "02:4d:c6:13:00:04", "node_id": W1,
-                    "task_id": "a" * 25}]  # fmt: skip
+                    "task_id": "a" * 25, "run": True}]  # fmt: skip
     assert Directory.from_netmap(nm).networks_of("a" * 25) == frozenset({NID})
     with pytest.raises(cs.CommandError, match="in use by 1 one-off task"):
         cs.apply(st, {"op": "network_rm", "network_id": NID})

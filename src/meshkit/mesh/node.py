@@ -238,6 +238,20 @@ class NodeMesh:
         if task_id not in self._dns and not self._closed:
             await self._open_dns(task_id, ns)
 
+    def runs_here(self) -> list[str] | None:
+        """The one-off tasks (`meshkit run`) the map places on this node; None before the
+        first map."""
+        if not self._map:
+            return None
+        return sorted(
+            {
+                str(ep["task_id"])
+                for net in (self._map.get("networks") or {}).values()
+                for ep in net.get("endpoints") or []
+                if ep.get("run") and ep.get("node_id") == self.node_id
+            }
+        )
+
     def knows_task(self, task_id: str) -> bool:
         """Whether the last map names the task (its DNS server then answers for its networks)."""
         return self._directory.networks_of(task_id) is not None

@@ -84,18 +84,22 @@ class RunMethods:
         if not isinstance(pid, int) or pid <= 0:
             raise RpcError("bad_request", "parameter 'pid' must be the CLI's process id")
         aid = new_node_id()
-        reply = await self._ask(
-            "network_attach",
-            {
-                "node_id": self.node.node_id,
-                "network": network,
-                "id": aid,
-                "name": str(params.get("name") or ""),
-                "command": [str(a) for a in params.get("command") or []],
-            },
-        )
         run = _Run(aid, tasknetns.netns_name(aid), bool(params.get("rm")))
-        self.runs[aid] = run
+        self.runs[aid] = run  # before the managers hear of it: reap_loop leaves it alone
+        try:
+            reply = await self._ask(
+                "network_attach",
+                {
+                    "node_id": self.node.node_id,
+                    "network": network,
+                    "id": aid,
+                    "name": str(params.get("name") or ""),
+                    "command": [str(a) for a in params.get("command") or []],
+                },
+            )
+        except BaseException:
+            self.runs.pop(aid, None)
+            raise
         try:
             await tasknetns.create(run.netns)
             attachment = {
@@ -172,6 +176,24 @@ class RunMethods:
             await self._ask("network_detach", params)
         except RpcError as exc:
             log.error("run %s: could not tell a manager it ended: %s", aid[:12], exc)
+
+    async def reap_loop(self) -> None:
+        """Once the first network map is here: one-off tasks it places on this node that no
+        `meshkit run` of this agent holds, with nothing left running in their namespace (an
+        agent that stopped meanwhile could not see them end), are detached. Those still
+        running are left to their `meshkit run`, whose detach reaches this agent."""
+        here: list[str] | None = None
+        while here is None and not self.node.stopping:
+            here = self.node.mesh.runs_here()
+            if here is None:
+                await asyncio.sleep(1.0)
+        for aid in here or []:
+            if aid in self.runs:
+                continue
+            if await asyncio.to_thread(tasknetns.pids_inside, tasknetns.netns_name(aid)):
+                continue
+            log.warning("run %s: ended while no agent watched it; detaching it", aid[:12])
+            await self._end(aid, None, False)
 
     async def close(self) -> None:
         for aid in list(self.runs):

@@ -411,7 +411,7 @@ def netmap(state: ClusterState) -> dict[str, Any]:
             if att.get("state") == "running" and att["node_id"] in nodes and net["id"] in nets:
                 nets[net["id"]]["endpoints"].append(
                     {"ip": att["addr"].split("/")[0], "mac": att["mac"],
-                     "node_id": att["node_id"], "task_id": att["id"]}
+                     "node_id": att["node_id"], "task_id": att["id"], "run": True}
                 )  # fmt: skip
     if nets:
         for task in state.tasks.values():

@@ -332,6 +332,7 @@ class Agent:
                 ("manager", self.membership.leader_loop),
                 ("beats", self.membership.flush_loop),
                 ("lag", self._lag_loop),
+                ("runs", self.api.runs.reap_loop),  # `meshkit run`s left by a stopped agent
             ]
             self._tasks = [asyncio.create_task(fn(), name=name) for name, fn in parts]
             self._tasks += [asyncio.create_task(fn(), name=name) for name, fn in self.loops.loops()]

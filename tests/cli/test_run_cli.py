@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,38 @@ def test_bad_flags_and_missing_programs_are_named() -> None:
     r = run("--network", "net", "--", "true")
     assert r.returncode == 125 and "Error response from daemon" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def on_pty(*args: str, ctrl_c_after: bytes = b"") -> tuple[str, int]:
+    """`meshkit run ARGS` on a new pseudo-terminal: (what it wrote there, its exit code); with
+    ``ctrl_c_after``, the terminal's Ctrl-C once that text has appeared."""
+    argv = [sys.executable, "-m", "meshkit", "run", *args]
+    env = {**os.environ, "PYTHONPATH": SRC, "MESHKIT_HOST": "/nonexistent/meshkit.sock"}
+    pid, fd = pty.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.execve(argv[0], argv, env)
+    out = b""
+    sent = False
+    try:
+        while chunk := os.read(fd, 4096):
+            out += chunk
+            if ctrl_c_after and not sent and ctrl_c_after in out:
+                os.write(fd, b"\x03")  # the terminal's INTR character
+                sent = True
+    except OSError:  # EIO: the other side closed
+        pass
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return out.decode(errors="replace"), os.waitstatus_to_exitcode(status)
+
+
+def test_the_terminal_with_and_without_t() -> None:
+    out, code = on_pty("--", "sh", "-c", "test -t 1 || echo not-a-tty")
+    assert code == 0 and "not-a-tty" in out, out  # no -t: output through a pipe, copied here
+    out, code = on_pty("-t", "--", "sh", "-c", "test -t 0 && test -t 1 && echo on-a-tty")
+    assert code == 0 and "on-a-tty" in out, out
+    # -t: the terminal's Ctrl-C reaches the command (meshkit run itself ignores it)
+    script = 'trap "echo got-int; exit 6" INT; echo ready; while :; do sleep 0.2; done'
+    out, code = on_pty("-t", "--", "sh", "-c", script, ctrl_c_after=b"ready")
+    assert code == 6 and "got-int" in out, out

@@ -68,6 +68,9 @@ def test_attach_detach_and_the_network_map() -> None:
     view = netstate.network_view(st, st.networks[NID])
     assert view["Attachable"] is True and view["Attached"][0]["State"] == "running"
 
+    # only its own node may end it
+    with pytest.raises(cs.CommandError, match="runs on another node"):
+        cs.apply(st, {"op": "network_detach", "id": "a" * 25, "node_id": M1, "now": 6.0})
     # ended without --rm: kept with its exit code, address free, no endpoint
     cs.apply(st, {"op": "network_detach", "id": "a" * 25, "exit_code": 3, "now": 6.0})
     att = st.networks[NID]["attached"]["a" * 25]

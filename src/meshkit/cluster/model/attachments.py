@@ -75,6 +75,8 @@ def op_network_attach(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, 
             "ended_at": 0.0,
         }
     att = attached[aid]
+    if att["node_id"] != node_id:
+        raise NetError(f"one-off task {aid[:12]} runs on another node")
     return {
         "id": aid,
         "name": att["name"],
@@ -108,6 +110,9 @@ def op_network_detach(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, 
     code = cmd.get("exit_code")
     for net in state.networks.values():
         if aid in (net.get("attached") or {}):
+            owner = net["attached"][aid]["node_id"]
+            if cmd.get("node_id") and cmd["node_id"] != owner:
+                raise NetError(f"one-off task {aid[:12]} runs on another node")
             _end(net, aid, None if code is None else int(code), float(cmd.get("now", 0.0)),
                  bool(cmd.get("rm")))  # fmt: skip
             return {"id": aid, "network": net["name"]}

@@ -81,6 +81,8 @@ def _saying(setup: Callable[[], None], own_group: bool) -> Callable[[], None]:
     ``own_group`` the child leads a process group of its own first."""
 
     def run() -> None:
+        for sig in FORWARDED:  # ignored here (with -t) would stay ignored across exec
+            signal.signal(sig, signal.SIG_DFL)
         try:
             if own_group:
                 os.setpgid(0, 0)
@@ -104,33 +106,13 @@ def run(
     fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC) if netns else None
     resolv_b = os.fsencode(resolv) if resolv and os.path.isfile(resolv) else None
     pipes = {n: not tty and os.isatty(n) for n in (1, 2)}
-    try:
-        child = subprocess.Popen(
-            launch.argv,
-            executable=launch.executable,
-            stdin=None if interactive or tty else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if pipes[1] else None,
-            stderr=subprocess.PIPE if pipes[2] else None,
-            cwd=launch.cwd,
-            env=launch.env,
-            close_fds=True,
-            preexec_fn=_saying(taskproc._child_setup(fd, launch.identity, resolv_b), not tty),
-        )
-    except OSError as exc:
-        raise taskproc.LaunchError(f"exec: {launch.argv[0]!r}: {exc.strerror or exc}") from None
-    except subprocess.SubprocessError as exc:
-        raise taskproc.LaunchError(f"could not enter the task's network namespace: {exc}") from None
-    finally:
-        if fd is not None:
-            os.close(fd)
-    copiers = []
-    for n, stream in ((1, child.stdout), (2, child.stderr)):
-        if stream is not None:
-            t = threading.Thread(target=_copy, args=(stream, n), daemon=True)
-            t.start()
-            copiers.append(t)
+    child: subprocess.Popen[bytes] | None = None
+    pending: list[int] = []  # signals that came before the command existed
 
     def forward(signum: int, _frame: FrameType | None) -> None:
+        if child is None:
+            pending.append(signum)
+            return
         try:
             if tty:
                 os.kill(child.pid, signum)
@@ -139,12 +121,42 @@ def run(
         except ProcessLookupError:
             pass
 
+    # installed before the command starts, so that a signal right after it did is not lost
     before = {}
     for sig in FORWARDED:
         # with -t the terminal signals the command's group (ours) itself: only forward TERM
         handler = forward if (not tty or sig == signal.SIGTERM) else signal.SIG_IGN
         before[sig] = signal.signal(sig, handler)
     try:
+        try:
+            child = subprocess.Popen(
+                launch.argv,
+                executable=launch.executable,
+                stdin=None if interactive or tty else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if pipes[1] else None,
+                stderr=subprocess.PIPE if pipes[2] else None,
+                cwd=launch.cwd,
+                env=launch.env,
+                close_fds=True,
+                preexec_fn=_saying(taskproc._child_setup(fd, launch.identity, resolv_b), not tty),
+            )
+        except OSError as exc:
+            raise taskproc.LaunchError(f"exec: {launch.argv[0]!r}: {exc.strerror or exc}") from None
+        except subprocess.SubprocessError as exc:
+            raise taskproc.LaunchError(
+                f"could not enter the task's network namespace: {exc}"
+            ) from None
+        finally:
+            if fd is not None:
+                os.close(fd)
+        copiers = []
+        for n, stream in ((1, child.stdout), (2, child.stderr)):
+            if stream is not None:
+                t = threading.Thread(target=_copy, args=(stream, n), daemon=True)
+                t.start()
+                copiers.append(t)
+        for signum in pending:
+            forward(signum, None)
         code = child.wait()
     finally:
         for sig, old in before.items():

@@ -72,6 +72,7 @@ NETWORK = "meshbench"
 SERVICE = "web"
 CLIENT = "client"
 TARGET_PORT = 8080
+UNDECLARED_PORT = 8081  # the backends listen here too; the service does not declare it
 MESH_PORT = 8091
 HAPROXY_PORT = 8092
 SMALL_SIZE = 100
@@ -111,6 +112,22 @@ COMPARISONS = (
     ),
     Comparison("vip_large", "VIP vs direct, Gbit/s (1 MiB)", "direct", "vip", "large", 0.8),
     Comparison(
+        "vipany_small",
+        "context: VIP on an undeclared port (nft DNAT) vs direct, req/s (100 B)",
+        "direct",
+        "vip-any",
+        "small",
+        None,
+    ),
+    Comparison(
+        "vipany_large",
+        "context: VIP on an undeclared port (nft DNAT) vs direct, Gbit/s (1 MiB)",
+        "direct",
+        "vip-any",
+        "large",
+        None,
+    ),
+    Comparison(
         "hapvip_small",
         "context: HAProxy as the VIP vs direct, req/s (100 B)",
         "direct",
@@ -134,7 +151,7 @@ COMPARISONS = (
 
 
 # the order of the measurements within a round, for each file
-TARGETS = ("direct", "vip", "haproxy-vip", "haproxy", "mesh")
+TARGETS = ("direct", "vip", "vip-any", "haproxy-vip", "haproxy", "mesh")
 
 
 @dataclass
@@ -227,7 +244,7 @@ def haproxy_config(
     return "\n".join(lines) + "\n"
 
 
-def nginx_config(root: Path, port: int) -> str:
+def nginx_config(root: Path, port: int, also: int = UNDECLARED_PORT) -> str:
     """nginx for a task: one process in the foreground, keep-alive without limits, `root`
     served on `port` of every address of the task's namespace."""
     user = "user root;\n" if os.geteuid() == 0 else ""
@@ -251,6 +268,7 @@ http {{
     scgi_temp_path {root.parent}/tmp;
     server {{
         listen {port} backlog=4096;
+        listen {also} backlog=4096;
         root {root};
     }}
 }}
@@ -422,17 +440,9 @@ class MeshLab:
             conf = www.parent / "nginx.conf"
             conf.write_text(nginx_config(www, TARGET_PORT))
             return ["nginx", "-p", str(www.parent), "-e", "stderr", "-c", str(conf)]
-        return [
-            sys.executable,
-            "-m",
-            "meshkit",
-            "web",
-            "-port",
-            str(TARGET_PORT),
-            "-root",
-            str(www),
-            "-quiet",
-        ]
+        web = f"{shlex.quote(sys.executable)} -m meshkit web -root {shlex.quote(str(www))} -quiet"
+        # the same server on the undeclared port too (VIP on every port: the nft DNAT path)
+        return ["/bin/sh", "-c", f"{web} -port {UNDECLARED_PORT} & exec {web} -port {TARGET_PORT}"]
 
     def deploy(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The network, the backend service and the client task; (backend tasks, client)."""
@@ -755,6 +765,15 @@ def bench(args: argparse.Namespace, tmp: Path) -> Results:
                 targets.cmds["vip"] = lambda path: [
                     ml.in_task(client, wrk_argv(th, cs, d, f"http://{vip}:{TARGET_PORT}/{path}"))
                 ]
+                why = wait_answer(ml, ml.in_task(client, []), vip, UNDECLARED_PORT, args.wait)
+                if why:
+                    results.missing["vip-any"] = f"the VIP {vip} on port {UNDECLARED_PORT}: {why}"
+                else:
+                    targets.cmds["vip-any"] = lambda path: [
+                        ml.in_task(
+                            client, wrk_argv(th, cs, d, f"http://{vip}:{UNDECLARED_PORT}/{path}")
+                        )
+                    ]
 
         # context: HAProxy doing the VIP's hop, in m1's namespace of the service network
         # (listening on the network's gateway address, which the client task reaches there)

@@ -21,7 +21,7 @@ network_app = typer.Typer(
     no_args_is_help=True,
 )
 
-LS_HEADERS = ["NETWORK ID", "NAME", "DRIVER", "SCOPE"]
+LS_HEADERS = ["NETWORK ID", "NAME", "DRIVER", "SCOPE", "ATTACHABLE"]
 
 
 def parse_opts(opts: list[str]) -> dict[str, Any]:
@@ -87,6 +87,12 @@ def create(
             help="No way out: tasks get no gateway interface for this network (as Docker's).",
         ),
     ] = False,
+    attachable: Annotated[
+        bool,
+        typer.Option(
+            "--attachable", help="One-off tasks may join it: `meshkit run --network NAME`."
+        ),
+    ] = False,
     host: HostOpt = None,
 ) -> None:
     """Create an overlay network (prints its ID)."""
@@ -120,6 +126,8 @@ def create(
         raise FlagError("--dataplane", dataplane, why + "cannot seal): use auto or userspace")
     if internal:
         params["internal"] = True
+    if attachable:
+        params["attachable"] = True
     reply = _call(host, "network_create", params)
     typer.echo(reply["id"])
 
@@ -134,7 +142,17 @@ def ls(
     check_format(fmt)  # before asking the agent
     nets = _call(host, "network_ls")["networks"]
     print_listing(
-        nets, fmt, quiet, LS_HEADERS, lambda n: [n["ID"][:12], n["Name"], n["Driver"], n["Scope"]]
+        nets,
+        fmt,
+        quiet,
+        LS_HEADERS,
+        lambda n: [
+            n["ID"][:12],
+            n["Name"],
+            n["Driver"],
+            n["Scope"],
+            str(bool(n.get("Attachable"))).lower(),
+        ],
     )
 
 
@@ -177,6 +195,7 @@ def doctor(
     pairs: list[dict[str, Any]] = []
     errors: list[str] = []
     gateways: list[tuple[str, dict[str, Any] | None]] = []
+    vip_paths: list[str] = []  # node: nft | relay | ports (meshkit.mesh.vipports)
     note = ""
     try:
         info = _call(host, "info")
@@ -193,6 +212,8 @@ def doctor(
                 gateways.append(
                     (node["hostname"] or node["addr"], (node["overlay"] or {}).get("gateway"))
                 )
+                path = (node["overlay"] or {}).get("vip_ports", "-")
+                vip_paths.append(f"{node['hostname'] or node['addr']}: {path}")
         else:
             pairs = own_pairs(info)
             for _net_id, error in sorted(((info.get("overlay") or {}).get("errors") or {}).items()):
@@ -207,6 +228,7 @@ def doctor(
         out["missing"] = missing
         out["network_errors"] = errors
         out["gateways"] = {name: gw for name, gw in gateways}
+        out["vip_ports_by_node"] = vip_paths
         out["ok"] = bool(out["ok"]) and not errors
         out["ok"] = out["ok"] and all(gw is None or gw.get("ok") for _n, gw in gateways)
         if info is not None:
@@ -229,6 +251,8 @@ def doctor(
     if info is not None:
         text += doctor_report.encryption_text(info.get("overlay_stats") or {})
         text += mesh_text(info.get("mesh") or {})
+    if vip_paths:
+        text += "\nVIPs on every port, by node: " + ", ".join(vip_paths) + "\n"
     if note:
         text += "\n" + note + "\n"
     typer.echo(text, nl=False)
@@ -239,6 +263,8 @@ def mesh_problems(mesh: dict[str, Any]) -> list[str]:
     out = [f"{r['key']}: {r['error']}" for r in mesh.get("relays") or [] if r.get("error")]
     out += [f"DNS of task {t}: {e}" for t, e in sorted((mesh.get("dns_errors") or {}).items())]
     out += list((mesh.get("conflicts") or {}).values())
+    out += [f"VIPs on every port in {ns}: {e}" for ns, e in
+            sorted(((mesh.get("vip_ports") or {}).get("errors") or {}).items())]  # fmt: skip
     return out
 
 
@@ -261,6 +287,9 @@ def mesh_text(mesh: dict[str, Any]) -> str:
         ]
         text += "\nService mesh on this node:\n"
         text += table(["SERVICE", "KIND", "LISTEN", "TASKS UP", "FLOWS"], rows) + "\n"
+    vp = mesh.get("vip_ports") or {}
+    if vp:
+        text += f"\nVIPs on every port on this node: {vp.get('path')} ({vp.get('why') or '-'})\n"
     problems = mesh_problems(mesh)
     if problems:
         text += "\nService mesh problems:\n" + "\n".join(problems) + "\n"

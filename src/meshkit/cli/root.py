@@ -68,6 +68,7 @@ LAZY: dict[str, tuple[str, str, str]] = {
     "node": ("meshkit.cli.node", "node_app", "group"),
     "service": ("meshkit.cli.service", "service_app", "group"),
     "network": ("meshkit.cli.network", "network_app", "group"),
+    "run": ("meshkit.cli.run", "run", "command"),
     "stack": ("meshkit.cli.stack", "stack_app", "group"),
     "secret": ("meshkit.cli.secret", "secret_app", "group"),
     "config": ("meshkit.cli.secret", "config_app", "group"),

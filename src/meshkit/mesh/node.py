@@ -28,6 +28,7 @@ from meshkit.l4.errors import IngressError
 from meshkit.l4.ingress import Ingress, IngressConfig
 from meshkit.l4.spec import BackendSpec, Publish
 from meshkit.mesh import plan as meshplan
+from meshkit.mesh.vipports import VipPorts
 from meshkit.net import nsock
 from meshkit.net.dnsnames import Directory
 from meshkit.net.dnsserver import DnsServer, Forwarder
@@ -77,6 +78,7 @@ class NodeMesh:
         self._relays: dict[str, _Relay] = {}
         self._relay_errors: dict[str, str] = {}
         self._vips: dict[str, frozenset[str]] = {}
+        self.vip_ports = VipPorts()
         self._dns: dict[str, DnsServer] = {}
         self._dns_errors: dict[str, str] = {}
         self._conflicts: dict[str, str] = {}
@@ -119,6 +121,7 @@ class NodeMesh:
             for key in [k for k in self._relay_errors if k not in plan.relays]:
                 del self._relay_errors[key]
             await self._sync_vips(plan.vips)
+            await self.vip_ports.sync(plan.vip_ports)
             for rp in plan.relays.values():
                 await self._sync_relay(rp)
             for ns in [n for n in self._refs if n not in plan.vips]:
@@ -235,6 +238,24 @@ class NodeMesh:
         if task_id not in self._dns and not self._closed:
             await self._open_dns(task_id, ns)
 
+    def runs_here(self) -> list[str] | None:
+        """The one-off tasks (`meshkit run`) the map places on this node; None before the
+        first map."""
+        if not self._map:
+            return None
+        return sorted(
+            {
+                str(ep["task_id"])
+                for net in (self._map.get("networks") or {}).values()
+                for ep in net.get("endpoints") or []
+                if ep.get("run") and ep.get("node_id") == self.node_id
+            }
+        )
+
+    def knows_task(self, task_id: str) -> bool:
+        """Whether the last map names the task (its DNS server then answers for its networks)."""
+        return self._directory.networks_of(task_id) is not None
+
     def task_detached(self, task_id: str) -> None:
         """A task's namespace is about to go: let go of it (open sockets would keep it)."""
         self._close_dns(task_id)
@@ -335,7 +356,7 @@ class NodeMesh:
                 row["error"] = self._relay_errors[key]
             relays.append(row)
         dns = {t: s.counters.as_dict() for t, s in self._dns.items()}
-        out: dict[str, Any] = {"relays": relays, "dns": dns}
+        out: dict[str, Any] = {"relays": relays, "dns": dns, "vip_ports": self.vip_ports.report()}
         if self._dns_errors:
             out["dns_errors"] = dict(self._dns_errors)
         if self._conflicts:
@@ -350,6 +371,7 @@ class NodeMesh:
             self._closed = True
             for key in list(self._relays):
                 await self._close_relay(key)
+            await self.vip_ports.close()
             for task_id in list(self._dns):
                 self._close_dns(task_id)
             for ref in self._refs.values():

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshkit.net.overlay import netns_for as overlay_ns
+from meshkit.net.vipnat import NsVips, VipEntry
 
 HOST = ""  # the namespace the agent runs in
 
@@ -55,6 +56,9 @@ class MeshPlan:
     vips: dict[str, frozenset[str]] = field(default_factory=dict)
     # published ports two services ask for: "8091/tcp" -> why it is not served
     conflicts: dict[str, str] = field(default_factory=dict)
+    # overlay namespace -> (this node's endpoint address there, its VIPs on every port)
+    # (meshkit.mesh.vipports)
+    vip_ports: dict[str, NsVips] = field(default_factory=dict)
 
 
 def _up_addrs(svc: Mapping[str, Any], net_id: str) -> tuple[str, ...]:
@@ -65,6 +69,14 @@ def _up_addrs(svc: Mapping[str, Any], net_id: str) -> tuple[str, ...]:
             if t.get("up") and net_id in (t.get("addrs") or {})
         )
     )
+
+
+def _endpoint(net: Mapping[str, Any], node_id: str) -> str:
+    """This node's own address on a network ("" when the map gives none)."""
+    for ep in net.get("endpoints") or []:
+        if ep.get("node_id") == node_id and not ep.get("task_id"):
+            return str(ep["ip"])
+    return ""
 
 
 def _ports(svc: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -82,17 +94,21 @@ def plan(netmap: Mapping[str, Any], node_id: str, built: set[str] | None = None)
     vips: dict[str, set[str]] = {overlay_ns(nid, node_id): set() for nid in have}
     conflicts: dict[str, str] = {}
     published: dict[str, str] = {}  # "8091/tcp" -> service name holding it
+    every_port: dict[str, list[VipEntry]] = {ns: [] for ns in vips}
+    sources = {overlay_ns(nid, node_id): _endpoint(networks[nid], node_id) for nid in have}
 
     for sid in sorted(services):
         svc = services[sid]
         name = str(svc.get("name") or sid)
-        # the VIPs: one relay per network, listening on the VIP for every port of the service
+        # the VIPs: one relay per network, listening on the VIP for every declared port of
+        # the service; every other port of the VIP is the namespace table's (vip_ports)
         targets = sorted({(int(p["target"]), str(p["protocol"])) for p in _ports(svc)})
         for net_id, vip in sorted((svc.get("vips") or {}).items()):
             if net_id not in have:
                 continue
             ns = overlay_ns(net_id, node_id)
             vips[ns].add(vip)
+            every_port[ns].append(VipEntry(vip, name, _up_addrs(svc, net_id), tuple(targets)))
             if not targets:
                 continue  # a VIP with no port answers ARP and ping only
             relays[f"vip/{sid}/{net_id}"] = RelayPlan(
@@ -143,6 +159,9 @@ def plan(netmap: Mapping[str, Any], node_id: str, built: set[str] | None = None)
         relays=relays,
         vips={ns: frozenset(v) for ns, v in vips.items()},
         conflicts=conflicts,
+        vip_ports={
+            ns: (sources[ns], tuple(sorted(e, key=lambda v: v.vip))) for ns, e in every_port.items()
+        },
     )
 
 

@@ -199,6 +199,12 @@ class Directory:
         for net in networks.values() if isinstance(networks, Mapping) else []:
             if not isinstance(net, Mapping):
                 continue
+            # a task's networks also come from the endpoints: a one-off task attached to a
+            # network (`meshkit run`) belongs to no service
+            for ep in net.get("endpoints") or []:
+                if isinstance(ep, Mapping) and ep.get("task_id") and isinstance(net.get("id"), str):
+                    tid = str(ep["task_id"])
+                    task_nets[tid] = task_nets.get(tid, frozenset()) | {net["id"]}
             try:
                 subnets.append(ipaddress.IPv4Network(str(net.get("subnet")), strict=False))
             except ValueError:

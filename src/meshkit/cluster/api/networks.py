@@ -22,6 +22,10 @@ Node methods (any node certificate whose CN is the node asked about):
                      is not the current one, else when the map changes or after `wait` seconds;
                      ``netkeys``: the keys of the encrypted networks the caller is a member of
                      ({network id: [{"id", "key"}]}, see meshkit.cluster.api.netkeys)
+    network_attach   {"node_id", "network", "id", "name"?, "command"?} -> {"id", "name",
+                     "network_id", "network", "addr", "mac", "internal"}: a one-off task of
+                     `meshkit run` on the caller (meshkit.cluster.api.runs)
+    network_detach   {"node_id", "id", "exit_code"?, "rm"?} -> {"id", "network"}
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from meshkit.cluster.api.common import caller, loaded_state, new_node_id
+from meshkit.cluster.api.common import caller, loaded_state, new_node_id, str_param
 from meshkit.cluster.api.context import NodeContext
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.rpc.transport import Peer, RpcError
@@ -48,7 +52,7 @@ NETWORK_METHODS = frozenset(
         "overlay_pairs",
     }
 )
-NODE_NET_METHODS = frozenset({"netmap_watch"})
+NODE_NET_METHODS = frozenset({"netmap_watch", "network_attach", "network_detach"})
 
 WATCH_WAIT = 20.0
 
@@ -64,6 +68,8 @@ _MAP_OPS = frozenset(
         "task_status",
         "network_create",
         "network_rm",
+        "network_attach",
+        "network_detach",
         "service_create",
         "service_update",
         "service_rm",
@@ -224,6 +230,37 @@ class NetworkMethods:
         return {"pairs": pair_rows(st), "nodes": nodes, "data_path_port": st.data_path_port}
 
     # -- nodes ---------------------------------------------------------------------------------
+
+    async def network_attach(self, peer: Peer, params: dict[str, Any]) -> Any:
+        node = caller(self.node, peer, params)
+        command = params.get("command") or []
+        if not isinstance(command, list):
+            raise RpcError("bad_request", "parameter 'command' must be a list")
+        return await self.node.submit(
+            {
+                "op": "network_attach",
+                "network": str_param(params, "network"),
+                "id": str_param(params, "id"),
+                "node_id": node.id,
+                "name": str_param(params, "name", required=False),
+                "command": [str(a) for a in command],
+                "now": time.time(),
+            }
+        )
+
+    async def network_detach(self, peer: Peer, params: dict[str, Any]) -> Any:
+        node = caller(self.node, peer, params)
+        code = params.get("exit_code")
+        return await self.node.submit(
+            {
+                "op": "network_detach",
+                "id": str_param(params, "id"),
+                "node_id": node.id,
+                "exit_code": code if isinstance(code, int) else None,
+                "rm": bool(params.get("rm")),
+                "now": time.time(),
+            }
+        )
 
     async def netmap_watch(self, peer: Peer, params: dict[str, Any]) -> Any:
         from meshkit.cluster.api import netkeys

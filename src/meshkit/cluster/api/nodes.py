@@ -91,6 +91,7 @@ from meshkit.cluster.api.networks import (
     pair_rows,
 )
 from meshkit.cluster.api.params import ParamError, check_params, printable
+from meshkit.cluster.api.runs import RUN_LOCAL_METHODS, RunMethods
 from meshkit.cluster.api.secrets import NODE_SECRET_METHODS, SECRET_METHODS, SecretMethods
 from meshkit.cluster.api.services import (
     NODE_SERVED_METHODS,
@@ -142,7 +143,7 @@ MANAGER_METHODS = (
     | SECRET_METHODS
     | cluster_api.CLUSTER_METHODS
 )
-LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"})
+LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"}) | RUN_LOCAL_METHODS
 
 
 def _translate(exc: Exception) -> RpcError:
@@ -208,6 +209,7 @@ class Api:
             self._handlers[name] = getattr(self.cluster, name)
         self.events = self.cluster.events_log  # the agent records every applied command
         self.secrets = SecretMethods(node)
+        self.runs = RunMethods(node)  # `meshkit run` (meshkit.cluster.api.runs)
         for name in SECRET_METHODS | NODE_SECRET_METHODS:
             self._handlers[name] = getattr(self.secrets, name)
 
@@ -295,6 +297,8 @@ class Api:
                 )
             if method in NODE_SERVED_METHODS:
                 return await self._handlers[method](peer, params)
+            if method in RUN_LOCAL_METHODS:
+                return await self.runs.call(method, params)
             if method in MANAGER_METHODS or method == "join_token":
                 await self.node.wait_state()
                 if not self.node.is_manager:

@@ -368,6 +368,7 @@ TCP_PARAMS: dict[str, Schema] = {
         "mtu": opt(integer(0, 65535)),
         "internal": opt(boolean),
         "encrypted": opt(boolean),
+        "attachable": opt(boolean),
     },
     "network_rotate_key": _NETWORK_REF,
     "network_ls": {"label": opt(string(MAX_TEXT))},

@@ -104,6 +104,7 @@ def check_request(req: Mapping[str, Any]) -> dict[str, Any]:
         "labels": {str(k): str(v) for k, v in dict(req.get("labels") or {}).items()},
         "internal": bool(req.get("internal")),
         "encrypted": encrypted,
+        "attachable": bool(req.get("attachable")),
     }
     try:
         if out["subnet"]:
@@ -232,6 +233,12 @@ def op_network_rm(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]
             f"network {net['name']} is in use by {len(tasks)} task(s) still holding an address "
             f"({', '.join(t[:12] for t in tasks[:5])}); wait for them to end"
         )
+    runs = ipam.owners(net["ipam"], "attach:")
+    if runs:
+        raise NetError(
+            f"network {net['name']} is in use by {len(runs)} one-off task(s) of `meshkit run` "
+            f"({', '.join(sorted(str(r) for r in runs.values())[:5])}); wait for them to end"
+        )
     del state.networks[net["id"]]
     return {"id": net["id"], "name": net["name"]}
 
@@ -270,6 +277,9 @@ def ensure_gateway_subnet(state: ClusterState, node_id: str) -> str:
 
 
 def node_removed(state: ClusterState, node_id: str) -> None:
+    from meshkit.cluster.model.attachments import node_gone
+
+    node_gone(state, node_id)
     state.gateway_subnets.pop(node_id, None)
     for net in state.networks.values():
         net["endpoints"].pop(node_id, None)
@@ -411,6 +421,13 @@ def netmap(state: ClusterState) -> dict[str, Any]:
             # the nodes' long polls wake and fetch their keys with it
             "key_ids": [int(k["id"]) for k in net.get("keys") or []],
         }
+    for net in state.networks.values():  # one-off tasks of `meshkit run` (model.attachments)
+        for att in (net.get("attached") or {}).values():
+            if att.get("state") == "running" and att["node_id"] in nodes and net["id"] in nets:
+                nets[net["id"]]["endpoints"].append(
+                    {"ip": att["addr"].split("/")[0], "mac": att["mac"],
+                     "node_id": att["node_id"], "task_id": att["id"], "run": True}
+                )  # fmt: skip
     if nets:
         for task in state.tasks.values():
             if not task.get("networks") or not task.get("node_id"):
@@ -494,6 +511,7 @@ def network_view(state: ClusterState, net: Mapping[str, Any]) -> dict[str, Any]:
         "Driver": net["driver"],
         "Scope": "swarm",
         "Internal": bool(net.get("internal")),
+        "Attachable": bool(net.get("attachable")),
         "Created": net["created_at"],
         "IPAM": {"Config": [{"Subnet": net["subnet"], "Gateway": net["gateway"]}]},
         "Options": {
@@ -519,4 +537,11 @@ def network_view(state: ClusterState, net: Mapping[str, Any]) -> dict[str, Any]:
         "Services": services,
         "Tasks": len(tasks),
         "AddressesInUse": len(net["ipam"]["addrs"]),
+        "Attached": _attached_views(net, state),
     }
+
+
+def _attached_views(net: Mapping[str, Any], state: ClusterState) -> list[dict[str, Any]]:
+    from meshkit.cluster.model.attachments import views
+
+    return views(net, state)

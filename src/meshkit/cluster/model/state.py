@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from meshkit.cluster.model import netkeys
+from meshkit.cluster.model import attachments
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model import services as sv
@@ -554,6 +555,8 @@ _HANDLERS = {
     "task_status": _op_task_status,
     "network_create": _net(netstate.op_network_create),
     "network_rm": _net(netstate.op_network_rm),
+    "network_attach": _net(attachments.op_network_attach),
+    "network_detach": _net(attachments.op_network_detach),
     "set_overlay": _net(netstate.set_overlay),
     "netkeys_set": _net(netkeys.op_netkeys_set),
     "secret_create": _secret_op(secretrules.op_create),
@@ -576,6 +579,8 @@ IDEMPOTENT = frozenset(
         "tasks_write",
         "task_status",
         "set_overlay",
+        "network_attach",
+        "network_detach",
     }
 )
 

@@ -340,6 +340,7 @@ class Agent:
                 ("beats", self.membership.flush_loop),
                 ("lag", self._lag_loop),
                 ("netkeys", self._netkeys_loop),
+                ("runs", self.api.runs.reap_loop),  # `meshkit run`s left by a stopped agent
             ]
             self._tasks = [asyncio.create_task(fn(), name=name) for name, fn in parts]
             self._tasks += [asyncio.create_task(fn(), name=name) for name, fn in self.loops.loops()]

@@ -53,6 +53,8 @@ class Heartbeat:
     async def beat(self) -> dict[str, Any] | None:
         node = self.node
         status: dict[str, Any] = {"version": __version__, "overlay": node.overlay.report()}
+        if status["overlay"] and node.mesh.vip_ports.path:  # doctor: each node's VIP path
+            status["overlay"]["vip_ports"] = node.mesh.vip_ports.path
         params = {"node_id": node.node_id, "status": status}
         if node.is_manager and node.is_leader:
             return dict(await node.call_self("heartbeat", params))

@@ -53,8 +53,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from meshkit.cluster.model import netkeys
-from meshkit.cluster.model import attachments
+from meshkit.cluster.model import attachments, netkeys
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model import services as sv

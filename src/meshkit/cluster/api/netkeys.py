@@ -8,10 +8,10 @@ A key is 32 random bytes plus a 4-byte salt (os.urandom on the leader), sealed w
 data key before it is proposed to raft; nodes get it opened, base64, in the reply of
 ``netmap_watch`` (``netkeys``: {network id: [{"id", "key"}]}) and keep it in memory only.
 
-Settings: the rotation interval is the cluster's ``encryption_key_rotation`` (seconds) when
-the state has that field (``meshkit cluster update --encryption-key-rotation``), else
-MESHKIT_NETKEY_ROTATION, else 12 h; the grace window for old keys MESHKIT_NETKEY_GRACE, else
-10 min.
+Settings: the rotation interval is MESHKIT_NETKEY_ROTATION on the leader when set (an
+override for tests and emergencies), else the cluster's ``encryption_key_rotation`` (seconds,
+``meshkit cluster update --encryption-key-rotation``, 12 h by default); the grace window for
+old keys MESHKIT_NETKEY_GRACE, else 10 min.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ def _env_seconds(name: str, default: float) -> float:
 def rotation_interval(state: ClusterState) -> float:
     """Seconds between rotations (see the module docstring)."""
     configured = float(getattr(state, "encryption_key_rotation", 0) or 0)
-    if configured > 0:
-        return max(configured, rules.MIN_ROTATION)
-    return _env_seconds("MESHKIT_NETKEY_ROTATION", rules.DEFAULT_ROTATION)
+    default = configured if configured > 0 else rules.DEFAULT_ROTATION
+    if os.environ.get("MESHKIT_NETKEY_ROTATION"):
+        return _env_seconds("MESHKIT_NETKEY_ROTATION", default)
+    return max(default, rules.MIN_ROTATION)
 
 
 def grace_window() -> float:

@@ -314,7 +314,8 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                     if busy > BUSY_WARN:
                         notes.append(f"CPU already {busy:.0f}% busy before the run")
                     extra = f"  ({'; '.join(notes)})" if notes else ""
-                    log(f"  round {r} {case.key:<9} {name:<8} {fmt(sample.value, case.unit)}{extra}")
+                    value = fmt(sample.value, case.unit)
+                    log(f"  round {r} {case.key:<9} {name:<8} {value}{extra}")
     finally:
         procs.stop_all()
     return results

@@ -42,6 +42,7 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
 from meshkit.web import http1
+from meshkit.web.h2hpack import MemoDecoder, MemoEncoder
 from meshkit.web.h2send import OUT_HIGH, H2Sending
 from meshkit.web.h2stream import (
     FLOOD_BURST,
@@ -98,8 +99,13 @@ class H2Connection(H2Sending):
             # fifth of a small response (inbound fields are still validated by h2)
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            # h2's inbound normalization only joins cookie fields, which _on_request does
+            normalize_inbound_headers=False,
         )
         conn = self._h2 = h2.connection.H2Connection(config)
+        # HPACK that remembers repeated blocks (meshkit.web.h2hpack), before any is coded
+        conn.encoder = MemoEncoder()
+        conn.decoder = MemoDecoder(conn.DEFAULT_MAX_HEADER_LIST_SIZE, config)
         values = {
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,

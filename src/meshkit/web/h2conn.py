@@ -420,7 +420,7 @@ class H2Connection(H2Sending):
             return
         server = self._server
         if self._writing:
-            if now - self._write_since > server._idle_timeout:
+            if now - self._write_since > server._write_timeout:
                 self._abort()
             return
         if self._streams:

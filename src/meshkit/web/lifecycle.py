@@ -114,7 +114,7 @@ class Lifecycle(Pipeline):
         self._update_reading()
 
     def check_deadline(self, now: float) -> None:
-        if self._out and now - self._write_since > self._server._idle_timeout:
+        if self._out and now - self._write_since > self._server._write_timeout:
             log.debug("client %s:%s stopped reading; closing", self._remote_addr, self._remote_port)
             self._abort()
             return

@@ -101,6 +101,7 @@ class ServerSide(Protocol):
     _header_timeout: float
     _idle_timeout: float
     _read_timeout: float
+    _write_timeout: float
     _max_discard: int
     _caching: bool
     _cache: ResponseCache

@@ -168,6 +168,7 @@ class AcmeManager:
                     w.name,
                     end.isoformat(),
                 )
+                hub.renewed(w.name)
             wait = max(1.0, min(self.check_every, not_after - self.renew_before - time.time()))
             await asyncio.sleep(wait)
 

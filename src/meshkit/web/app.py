@@ -44,10 +44,12 @@ from meshkit.web.caddyfile.load import (
 from meshkit.web.directives import build_chain
 from meshkit.web.directives.bind import BindConfig
 from meshkit.web.directives.limits import LimitsConfig
+from meshkit.web.directives.on import HooksConfig
 from meshkit.web.directives.proxyprotocol import ProxyProtocolConfig
 from meshkit.web.directives.timeouts import TimeoutsConfig
 from meshkit.web.directives.timeouts import merge as merge_timeouts
 from meshkit.web.directives.tls import TLSConfig
+from meshkit.web.hooks import Command, Hooks
 from meshkit.web.message import Handler, Headers, Request, Response
 from meshkit.web.proxy.services import ServiceDirectory
 from meshkit.web.proxyhdr import ProxyPolicy
@@ -272,6 +274,17 @@ def _add_https_redirects(config: Config, ports: dict[int, PortPlan]) -> None:
         plain.routes.append(Route(address, handler, False))
 
 
+def hook_commands(config: Config) -> list[Command]:
+    """The configuration's startup/shutdown/on commands, in the Caddyfile's order."""
+    out: list[Command] = []
+    for site in config.sites:
+        for name in ("startup", "shutdown", "on"):
+            hooks = site.directives.get(name)
+            if isinstance(hooks, HooksConfig):
+                out.extend(hooks.commands)
+    return out
+
+
 def site_urls(config: Config) -> list[str]:
     out = []
     for site in config.sites:
@@ -335,6 +348,7 @@ class WebApp:
         self.reloading = False
         self.background: list[Background] = []  # started, of the configuration in use
         self.ipv6: bool | None = None  # whether the host has IPv6 (asked once)
+        self.hooks = Hooks()  # startup/shutdown/on commands of the configuration in use
 
     async def _start_background(self, ports: dict[int, PortPlan]) -> None:
         started = [b for p in sorted(ports.values(), key=lambda p: p.port) for b in p.background]
@@ -480,6 +494,7 @@ class WebApp:
         await self._stop_background(old)
         if self.options.issuer is not None:
             self.options.issuer.update(wanted(config))
+        self.hooks.commands = hook_commands(config)  # startup does not run again
         log.info("reload: done (%d site(s) on %d port(s))", len(config.sites), len(ports))
         return True
 
@@ -573,8 +588,14 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
     signals.install()
     # The handlers are in place before the ports open: a signal sent as soon as a port
     # answers must not find Python's default SIGINT/SIGTERM behaviour.
+    app.hooks.commands = hook_commands(config)
+    if options.hub is not None:
+        options.hub.on_renewed = lambda name: app.hooks.fire_soon(
+            "certrenew", {"MESHKIT_CERT_NAME": name}
+        )
     try:
         await app.start(ports)
+        await app.hooks.fire("startup")
         if options.issuer is not None and options.hub is not None:
             options.issuer.start(options.hub, wanted(config))
         if not quiet:
@@ -595,6 +616,8 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
         if options.issuer is not None:
             await options.issuer.stop()
         await app.shutdown(options.grace)
+        await app.hooks.fire("shutdown")
+        await app.hooks.stop()
         log.info("stopped")
         return 0
     finally:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -101,6 +101,8 @@ class CertHub:
         self.tokens: dict[str, str] = {}  # HTTP-01 token -> key authorization
         self.alpn: dict[str, object] = {}  # name -> ssl.SSLContext of its TLS-ALPN-01 answer
         self.certs: dict[str, tuple[bytes, bytes]] = {}  # name -> (chain PEM, key PEM)
+        # called on the loop when a certificate from the CA is installed (`on certrenew`)
+        self.on_renewed: Callable[[str], None] | None = None
         self._listeners: weakref.WeakSet[TlsListener] = weakref.WeakSet()
 
     # --- listeners (the loop thread) ---
@@ -125,6 +127,14 @@ class CertHub:
                     listener.put(name, cert_pem, key_pem)
         for name in names:
             self.certs[name] = (cert_pem, key_pem)
+
+    def renewed(self, name: str) -> None:
+        """A certificate for `name` came from the CA and is served (on the loop thread)."""
+        if self.on_renewed is not None:
+            try:
+                self.on_renewed(name)
+            except Exception:  # a hook's trouble is not the certificate's
+                log.exception("certrenew hooks for %s failed", name)
 
     def set_token(self, token: str, key_authorization: str) -> None:
         self.tokens[token] = key_authorization

@@ -144,6 +144,8 @@ class PortPlan:
     timeouts: dict[str, float] = field(default_factory=dict)
     # `proxyprotocol`: who may send PROXY headers on this port (None: nobody)
     proxy: ProxyPolicy | None = None
+    # `tls off h2c` on a plain port (with -http2): HTTP/2 by prior knowledge
+    h2c: bool = False
 
     def router(self) -> Handler:
         router = Router(self.routes)
@@ -167,6 +169,7 @@ def plan(
     binds: dict[int, list[str | None]] = {}  # None: a site without `bind`
     timeouts: dict[int, list[TimeoutsConfig]] = {}
     proxies: dict[int, list[ProxyProtocolConfig]] = {}
+    h2c_ports: set[int] = set()
     for site in config.sites:
         bind = site.directives.get("bind")
         tmo = site.directives.get("timeouts")
@@ -178,6 +181,11 @@ def plan(
             if isinstance(tmo, TimeoutsConfig):
                 timeouts.setdefault(a.port, []).append(tmo)
         tls = site.directives.get("tls")
+        if isinstance(tls, TLSConfig) and tls.h2c:
+            if http2:
+                h2c_ports.update(a.port for a in site.addresses)
+            else:
+                log.warning("%s: h2c is off with -http2=false", tls.where)
         if isinstance(tls, TLSConfig) and not tls.off:
             by_port: dict[int, list[str]] = {}
             for a in site.addresses:
@@ -222,6 +230,7 @@ def plan(
         p.binds = [] if None in bound else list(dict.fromkeys(h for h in bound if h))
         p.timeouts = merge_timeouts(timeouts.get(port, []))
         p.proxy = _proxy_policy(proxies.get(port, []))
+        p.h2c = port in h2c_ports and p.tls is None
     return ports
 
 
@@ -392,6 +401,7 @@ class WebApp:
         )
         _set_timeouts(server, p)
         server.set_proxy_protocol(p.proxy)
+        server.set_h2c(p.h2c)
         try:
             for host in self.listen_hosts(p):
                 try:
@@ -477,6 +487,7 @@ class WebApp:
                 lst.server.set_limits(max_fields=p2.max_fields, max_field_line=p2.max_field_line)
                 _set_timeouts(lst.server, p2)
                 lst.server.set_proxy_protocol(p2.proxy)
+                lst.server.set_h2c(p2.h2c)
                 if p2.binds != lst.binds:
                     log.warning(
                         "reload: port %d keeps listening where it did; a changed `bind` "

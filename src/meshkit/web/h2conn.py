@@ -61,7 +61,14 @@ from meshkit.web.message import (
 )
 from meshkit.web.output import _discard_body, _server_error
 
-__all__ = ["FLOOD_BURST", "FLOOD_RATE", "MAX_HEADER_LIST", "MAX_STREAMS", "H2Connection"]
+__all__ = [
+    "FLOOD_BURST",
+    "FLOOD_RATE",
+    "MAX_HEADER_LIST",
+    "MAX_STREAMS",
+    "H2Connection",
+    "PlainH2Socket",
+]
 
 log = logging.getLogger("meshkit.web")
 
@@ -84,8 +91,10 @@ class H2Connection(H2Sending):
         tsock: Any,
         remote: tuple[str, int],
         local: tuple[str, int],
+        scheme: str = "https",
     ) -> None:
         self._server = server
+        self._scheme = scheme  # "http" for h2c (cleartext, prior knowledge)
         self._loop = loop
         self._sock = tsock
         self._fd = tsock.fileno()
@@ -301,7 +310,7 @@ class H2Connection(H2Sending):
             "2.0",
             headers,
             body if body is not None else EmptyBody(),
-            "https",
+            self._scheme,
             host,
             str(self._remote[0]),
             int(self._remote[1]),
@@ -452,3 +461,30 @@ class H2Connection(H2Sending):
 
 async def _await(result: Any) -> Any:
     return await result
+
+
+class PlainH2Socket:
+    """A plain TCP socket with TlsSocket's face, for h2c (HTTP/2 without TLS): recv, the
+    send path's send_bytes, shutdown, close."""
+
+    __slots__ = ("_send", "_sock")
+
+    def __init__(self, sock: socket.socket, send_bytes: Any) -> None:
+        self._sock = sock
+        self._send = send_bytes
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def recv(self, n: int) -> bytes:
+        return self._sock.recv(n)
+
+    def send_bytes(self, fd: int, data: Any, off: int) -> tuple[int, int]:
+        result: tuple[int, int] = self._send(fd, data, off)
+        return result
+
+    def shutdown(self, how: int) -> None:
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        self._sock.close()

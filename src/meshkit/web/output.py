@@ -107,8 +107,11 @@ class ServerSide(Protocol):
     _cache: ResponseCache
     _shutting: bool
     _now: float
+    _h2c: bool
 
     def _conn_closed(self, conn: Any) -> None: ...
+
+    def _take_h2c(self, conn: Any, data: bytes) -> None: ...
 
 
 class OutputPath:

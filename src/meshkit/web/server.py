@@ -43,7 +43,7 @@ from typing import Any
 
 from meshkit.base.errors import MeshkitError
 from meshkit.web.connection import Connection
-from meshkit.web.h2conn import H2Connection
+from meshkit.web.h2conn import H2Connection, PlainH2Socket
 from meshkit.web.message import Handler
 from meshkit.web.proxyhdr import ProxyPolicy, ProxyStage
 from meshkit.web.reqbody import BadRequestBody
@@ -118,6 +118,7 @@ class HttpServer:
         self._listeners: list[socket.socket] = []
         self._conns: set[Connection | H2Connection | ProxyStage] = set()
         self._proxy: ProxyPolicy | None = None  # `proxyprotocol`
+        self._h2c = False  # `tls off h2c`: plain connections may start with the h2 preface
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._sweeper: asyncio.TimerHandle | None = None
         self._shutting = False
@@ -295,6 +296,24 @@ class HttpServer:
             tsock.on_h2 = functools.partial(self._take_h2, conn)
         self._conns.add(conn)
         conn.start()
+
+    def set_h2c(self, on: bool) -> None:
+        """Whether plain connections accepted from now on may speak HTTP/2 by prior
+        knowledge (h2c; a TLS port ignores this: h2 is chosen by ALPN there)."""
+        self._h2c = on
+
+    def _take_h2c(self, conn: Connection, data: bytes) -> None:
+        """A plain connection began with the HTTP/2 preface: an H2Connection on the same
+        socket takes it over, starting with what was read."""
+        conn._unwatch()
+        self._conns.discard(conn)
+        remote = (conn._remote_addr, conn._remote_port)
+        local = (conn._local_addr, conn._local_port)
+        sock = PlainH2Socket(conn._sock, self._send.send_bytes)  # type: ignore[arg-type]
+        h2c = H2Connection(self, self._loop, sock, remote, local, scheme="http")
+        self._conns.add(h2c)
+        h2c.start()
+        h2c.data_received(data)
 
     def set_proxy_protocol(self, policy: ProxyPolicy | None) -> None:
         """Expect PROXY headers from these sources on connections accepted from now on

@@ -1,6 +1,7 @@
 """tls: how a site is served over HTTPS (Caddy v1's forms).
 
     tls off                         # plain HTTP, even on an https:// address's port
+    tls off h2c                     # plain HTTP, and cleartext HTTP/2 with prior knowledge
     tls CERT_FILE KEY_FILE          # this certificate (PEM chain) and key
     tls self_signed                 # an in-memory certificate for the site's names, 7 days
     tls EMAIL                       # automatic HTTPS (ACME) with this account email
@@ -68,6 +69,9 @@ class TLSConfig:
 
     keeps_static: ClassVar[bool] = True  # configuration only: no per-request work
     off: bool = False
+    # `tls off h2c`: the plain port also speaks HTTP/2 to clients that start with its
+    # preface (prior knowledge, RFC 9113 3.3; never the Upgrade: h2c dance), with -http2 on
+    h2c: bool = False
     cert: str = ""
     key: str = ""
     self_signed: bool = False
@@ -157,6 +161,8 @@ def parse(d: Dispenser, site: Site) -> TLSConfig:
         args = d.remaining_args()
         if len(args) == 1 and args[0] == "off":
             cfg.off = True
+        elif args == ["off", "h2c"]:
+            cfg.off = cfg.h2c = True
         elif len(args) == 1 and args[0] == "self_signed":
             cfg.self_signed = True
         elif len(args) == 1 and "@" in args[0]:

@@ -47,10 +47,12 @@ from meshkit.web.h2send import OUT_HIGH, H2Sending
 from meshkit.web.h2stream import (
     FLOOD_BURST,
     FLOOD_RATE,
+    PUSHED_VAR,
     Bucket,
     H2Body,
     Stream,
     answer_for,
+    set_pusher,
 )
 from meshkit.web.http1 import HttpError
 from meshkit.web.message import (
@@ -325,10 +327,18 @@ class H2Connection(H2Sending):
         if status:
             self._respond(st, Response.error(status))
             return
+        self._dispatch(st)
+
+    def _dispatch(self, st: Stream) -> None:
+        """Run the handler for the stream's request; respond now or when it is done."""
+        request = st.request
+        set_pusher((self, st.id, request.host))
         try:
-            result = server._handler(request)
+            result = self._server._handler(request)
         except Exception as exc:
             result = answer_for(exc, request)
+        finally:
+            set_pusher(None)
         if isinstance(result, Response):
             self._respond(st, result)
         elif isinstance(result, asyncio.Future):
@@ -337,6 +347,55 @@ class H2Connection(H2Sending):
         else:
             task = st.task = self._loop.create_task(_await(result))
             task.add_done_callback(functools.partial(self._result_done, st))
+
+    def push(self, parent: int, host: str, path: str, method: str, fields: list[Any]) -> bool:
+        """Server push (the `push` directive): promise `method path` on the parent stream
+        and answer it like a request; False when it cannot be (and no more should be)."""
+        conn = self._h2
+        if (
+            self._closing
+            or parent not in self._streams
+            or not conn.remote_settings.enable_push
+            or len(self._streams) >= MAX_STREAMS
+        ):
+            return False
+        try:
+            target = http1.parse_target(path.encode("latin-1"), method)
+        except (HttpError, UnicodeEncodeError):
+            return True  # this one cannot be pushed; others may
+        sid = conn.get_next_available_stream_id()
+        head = [(":method", method), (":path", path), (":scheme", self._scheme)]
+        head.append((":authority", host))
+        head += [(k.lower(), v) for k, v in fields if k.lower() != "host"]
+        try:
+            conn.push_stream(parent, sid, [(k.encode(), v.encode("latin-1")) for k, v in head])
+        except (h2.exceptions.ProtocolError, UnicodeEncodeError) as exc:
+            log.debug("HTTP/2 push of %s refused: %s", path, exc)
+            return False
+        headers = Headers([(k, v) for k, v in fields if k.lower() != "host"])
+        headers.add("host", host)
+        request = Request(
+            method,
+            path,
+            target.path,
+            target.query,
+            "2.0",
+            headers,
+            EmptyBody(),
+            self._scheme,
+            host,
+            str(self._remote[0]),
+            int(self._remote[1]),
+            str(self._local[0]),
+            int(self._local[1]),
+            time.time(),
+        )
+        request.vars[PUSHED_VAR] = "1"
+        st = Stream(sid, request, None)
+        self._streams[sid] = st
+        self.requests += 1
+        self._dispatch(st)
+        return True
 
     def _refuse(self, sid: int) -> None:
         self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)

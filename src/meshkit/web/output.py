@@ -466,15 +466,8 @@ class ResponseWriter(OutputPath):
 
     def _write_upgrade(self, request: Request, response: Response) -> None:
         """A 101 with a taker: write the head (with Connection/Upgrade), then hand over."""
-        if getattr(self._sock, "tls", False):
-            # the taker works on the raw socket; under TLS it would see ciphertext
-            log.warning(
-                "%s %s: protocol upgrades (websocket) over HTTPS are not available yet",
-                request.method,
-                request.uri,
-            )
-            self._write_response(request, Response.error(501), False)
-            return
+        # (under TLS the taker gets a plain socket bridged to the TLS one: lifecycle's
+        # _hand_over and meshkit.web.tlssock.bridge)
         if self._upgrade_rest is None:
             # the request did not ask to upgrade (or the parser went on reading HTTP)
             log.error(

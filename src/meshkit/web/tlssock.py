@@ -203,3 +203,93 @@ class TlsSocket:
 
     def close(self) -> None:
         self._raw.close()
+
+
+# -- an upgraded connection (websocket) over TLS
+
+
+async def _wait_fd(loop: Any, fd: int, writing: bool) -> None:
+    fut = loop.create_future()
+    if writing:
+        add, remove = loop.add_writer, loop.remove_writer
+    else:
+        add, remove = loop.add_reader, loop.remove_reader
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    add(fd, ready)
+    try:
+        await fut
+    finally:
+        remove(fd)
+
+
+async def _tls_to_plain(loop: Any, tsock: TlsSocket, inner: socket.socket) -> None:
+    fd = tsock.fileno()
+    try:
+        while True:
+            await _wait_fd(loop, fd, False)
+            try:
+                data = tsock.recv(_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                continue  # a TLS record not whole yet, or a ticket: no plaintext
+            if not data:
+                break
+            await loop.sock_sendall(inner, data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        inner.shutdown(socket.SHUT_WR)
+
+
+async def _plain_to_tls(loop: Any, tsock: TlsSocket, inner: socket.socket) -> None:
+    fd = tsock.fileno()
+    try:
+        while True:
+            data = await loop.sock_recv(inner, _CHUNK)
+            if not data:
+                break
+            off = 0
+            while True:
+                sent, status = tsock.send_bytes(fd, data, off)
+                off += sent
+                if status == SEND_DONE:
+                    break
+                await _wait_fd(loop, fd, True)
+        while not tsock._flush():
+            await _wait_fd(loop, fd, True)
+        tsock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def bridge(tsock: TlsSocket) -> socket.socket:
+    """A plain socket standing in for a TLS connection after an upgrade (a websocket the
+    proxy relays): a socketpair whose other end this module keeps encrypting into and
+    decrypting from `tsock`, until both directions have ended (then both are closed). The
+    upgrade taker gets a real socket, so it relays the same way over TLS as over plain TCP."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    outer, inner = socket.socketpair()
+    inner.setblocking(False)
+    outer.setblocking(False)
+
+    async def run() -> None:
+        try:
+            await asyncio.gather(
+                _tls_to_plain(loop, tsock, inner), _plain_to_tls(loop, tsock, inner)
+            )
+        finally:
+            inner.close()
+            tsock.close()
+
+    task = loop.create_task(run())
+    _bridges.add(task)
+    task.add_done_callback(_bridges.discard)
+    return outer
+
+
+_bridges: set[Any] = set()  # running bridges (held until done)

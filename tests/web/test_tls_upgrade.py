@@ -59,8 +59,7 @@ def _site(tmp: Path, extra: str, upstream: int) -> tuple[Proc, int, ssl.SSLConte
 
 def _talk(c: ssl.SSLSocket) -> None:
     c.sendall(
-        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
     )
     head = b""
     while b"\r\n\r\n" not in head:

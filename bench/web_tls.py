@@ -175,7 +175,7 @@ def meshkit_command(args: argparse.Namespace, port: int, root: Path, cert: Path,
     )
     conf = tmp / "Caddyfile"
     conf.write_text(
-        f"https://{HOST}:{port} {{\n    root {root}\n"
+        f"https://{HOST}:{port} {{\n    bind {HOST}\n    root {root}\n"
         f"    tls {cert} {key} {{\n        protocols tls1.3\n    }}\n}}\n"
     )
     return [*prefix, "web", "-conf", str(conf), "-quiet"]

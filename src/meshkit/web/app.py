@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -218,7 +219,11 @@ def plan(
     for port, sites in secure.items():
         ports[port].tls = build_listener(sites, hub, http2=http2)
     _add_https_redirects(config, ports)
-    if hub is not None and hub.http_challenge and any(p.tls and p.tls.auto for p in ports.values()):
+    if (
+        hub is not None
+        and hub.http_challenge
+        and any(p.tls and (p.tls.auto or p.tls.on_demand) for p in ports.values())
+    ):
         http = ports.setdefault(config.http_port, PortPlan(config.http_port, [], 0))
         if http.tls is None:
             http.challenges = hub
@@ -327,6 +332,13 @@ def _where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _on_demand(p: PortPlan, hub: CertHub | None) -> Callable[[str], object] | None:
+    """The port's on-demand TLS hook (None when no site of it asks for on-demand)."""
+    if p.tls is None or not p.tls.on_demand or hub is None:
+        return None
+    return functools.partial(hub.on_demand, p.tls)
+
+
 def _set_timeouts(server: HttpServer, p: PortPlan) -> None:
     t = p.timeouts
     if t:
@@ -402,6 +414,7 @@ class WebApp:
         _set_timeouts(server, p)
         server.set_proxy_protocol(p.proxy)
         server.set_h2c(p.h2c)
+        server.set_on_demand(_on_demand(p, self.options.hub))
         try:
             for host in self.listen_hosts(p):
                 try:
@@ -488,6 +501,7 @@ class WebApp:
                 _set_timeouts(lst.server, p2)
                 lst.server.set_proxy_protocol(p2.proxy)
                 lst.server.set_h2c(p2.h2c)
+                lst.server.set_on_demand(_on_demand(p2, self.options.hub))
                 if p2.binds != lst.binds:
                     log.warning(
                         "reload: port %d keeps listening where it did; a changed `bind` "
@@ -601,6 +615,7 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
     # answers must not find Python's default SIGINT/SIGTERM behaviour.
     app.hooks.commands = hook_commands(config)
     if options.hub is not None:
+        options.hub.issuer = options.issuer
         options.hub.on_renewed = lambda name: app.hooks.fire_soon(
             "certrenew", {"MESHKIT_CERT_NAME": name}
         )

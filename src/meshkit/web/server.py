@@ -119,6 +119,8 @@ class HttpServer:
         self._conns: set[Connection | H2Connection | ProxyStage] = set()
         self._proxy: ProxyPolicy | None = None  # `proxyprotocol`
         self._h2c = False  # `tls off h2c`: plain connections may start with the h2 preface
+        # on-demand TLS: asked with each ClientHello's SNI (meshkit.web.autotls)
+        self._on_demand: Callable[[str], Any] | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._sweeper: asyncio.TimerHandle | None = None
         self._shutting = False
@@ -294,8 +296,16 @@ class HttpServer:
             conn = Connection(self, self._loop, tsock, tsock, remote, local)  # type: ignore[arg-type]
             conn._scheme = "https"
             tsock.on_h2 = functools.partial(self._take_h2, conn)
+            if self._on_demand is not None:
+                tsock.on_demand = self._on_demand
+                tsock.on_resume = conn._on_readable
         self._conns.add(conn)
         conn.start()
+
+    def set_on_demand(self, ask: Callable[[str], Any] | None) -> None:
+        """On-demand TLS for connections accepted from now on: ask(sni) before each
+        handshake, None or a future to wait for (meshkit.web.autotls.CertHub.on_demand)."""
+        self._on_demand = ask
 
     def set_h2c(self, on: bool) -> None:
         """Whether plain connections accepted from now on may speak HTTP/2 by prior

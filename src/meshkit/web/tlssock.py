@@ -39,6 +39,7 @@ log = logging.getLogger("meshkit.web")
 _CHUNK = 65536  # plaintext per TLS write (four 16 KiB records); file bytes per pread
 # What Go's net/http answers plain HTTP sent to an HTTPS port with.
 HTTP_TO_HTTPS = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+_HELLO_MAX = 16384 + 5  # a ClientHello in one record (whose SNI we read) is no longer
 _HTTP_STARTS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO", b"DELET", b"PATCH", b"CONNE")
 
 
@@ -48,7 +49,20 @@ class TlsSocket:
     compiled = False
     tls = True
 
-    __slots__ = ("_in", "_obj", "_out", "_pending", "_raw", "_ready", "_wclosed", "on_h2")
+    __slots__ = (
+        "_held",
+        "_hello",
+        "_in",
+        "_obj",
+        "_out",
+        "_pending",
+        "_raw",
+        "_ready",
+        "_wclosed",
+        "on_demand",
+        "on_h2",
+        "on_resume",
+    )
 
     def __init__(self, raw: socket.socket, ctx: ssl.SSLContext) -> None:
         self._raw = raw
@@ -61,6 +75,13 @@ class TlsSocket:
         # called once when ALPN chose h2: takes the connection over, returns where the
         # plaintext goes from then on (see the module)
         self.on_h2: Callable[[TlsSocket], Callable[[bytes], None]] | None = None
+        # on-demand TLS: asked with the ClientHello's SNI before the handshake; a future
+        # means "wait": the ClientHello is held until it is done, then on_resume() is called
+        # (the connection reads again, and recv() goes on with what was held)
+        self.on_demand: Callable[[str], Any] | None = None
+        self.on_resume: Callable[[], None] | None = None
+        self._hello = b""  # ClientHello bytes read before its SNI could be seen
+        self._held: bytes | None = None  # held while an on-demand certificate is obtained
 
     def fileno(self) -> int:
         return self._raw.fileno()
@@ -72,11 +93,18 @@ class TlsSocket:
     # -- reading
 
     def recv(self, n: int) -> bytes:
-        data = self._raw.recv(n)  # BlockingIOError and OSError go to the caller as they are
+        if self._held is not None:
+            data, self._held = self._held, None  # the wait for a certificate is over
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                data += self._raw.recv(n)
+        else:
+            data = self._raw.recv(n)  # BlockingIOError and OSError go to the caller as they are
         if not data or self._wclosed:
             return data
         obj = self._obj
         taker = None
+        if self.on_demand is not None and not self._ready:
+            data = self._on_demand_hello(data)
         if not self._ready:
             if data[:5] in _HTTP_STARTS and self._obj.pending() == 0 and not self._in.pending:
                 self._answer_plain_http()
@@ -118,6 +146,26 @@ class TlsSocket:
         if not parts:
             raise BlockingIOError
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _on_demand_hello(self, data: bytes) -> bytes:
+        """Look at the ClientHello's SNI before OpenSSL does (on-demand TLS); the bytes to
+        go on with, or BlockingIOError while they wait (see __init__)."""
+        hello = self._hello + data
+        name = client_hello_sni(hello)
+        if name is None and len(hello) < _HELLO_MAX:
+            self._hello = hello  # not whole yet
+            raise BlockingIOError
+        self._hello = b""
+        ask = self.on_demand
+        self.on_demand = None  # once per connection
+        fut = ask(name) if ask is not None and name else None
+        if fut is None or fut.done():
+            return hello
+        self._held = hello
+        resume = self.on_resume
+        if resume is not None:
+            fut.add_done_callback(lambda _f: resume())
+        raise BlockingIOError
 
     def _answer_plain_http(self) -> None:
         try:
@@ -293,3 +341,39 @@ def bridge(tsock: TlsSocket) -> socket.socket:
 
 
 _bridges: set[Any] = set()  # running bridges (held until done)
+
+
+def client_hello_sni(data: bytes) -> str | None:
+    """The server name of a TLS ClientHello at the start of `data`: None while the first
+    record is not whole, "" when there is none (or the bytes are no ClientHello)."""
+    if len(data) < 5:
+        return None if data[:1] in (b"", b"\x16") else ""
+    if data[0] != 0x16:
+        return ""
+    end = 5 + int.from_bytes(data[3:5], "big")
+    if len(data) < end:
+        return None
+    p = 5
+    try:
+        if data[p] != 1:  # handshake type ClientHello
+            return ""
+        p += 4 + 2 + 32  # handshake header, client_version, random
+        p += 1 + data[p]  # session id
+        p += 2 + int.from_bytes(data[p : p + 2], "big")  # cipher suites
+        p += 1 + data[p]  # compression methods
+        ext_end = p + 2 + int.from_bytes(data[p : p + 2], "big")
+        p += 2
+        while p + 4 <= min(ext_end, end):
+            kind = int.from_bytes(data[p : p + 2], "big")
+            size = int.from_bytes(data[p + 2 : p + 4], "big")
+            p += 4
+            if kind == 0:  # server_name: list length, type 0 (host_name), length, name
+                q = p + 2
+                if data[q] == 0:
+                    length = int.from_bytes(data[q + 1 : q + 3], "big")
+                    return data[q + 3 : q + 3 + length].decode("ascii", "replace")
+                return ""
+            p += size
+    except IndexError:
+        return ""
+    return ""

@@ -43,11 +43,11 @@ from hyperframe.frame import GoAwayFrame
 
 from meshkit.web import http1
 from meshkit.web.h2hpack import MemoDecoder, MemoEncoder
+from meshkit.web.h2push import MAX_STREAMS, H2Pushing
 from meshkit.web.h2send import OUT_HIGH, H2Sending
 from meshkit.web.h2stream import (
     FLOOD_BURST,
     FLOOD_RATE,
-    PUSHED_VAR,
     Bucket,
     H2Body,
     Stream,
@@ -74,7 +74,6 @@ __all__ = [
 
 log = logging.getLogger("meshkit.web")
 
-MAX_STREAMS = 250  # SETTINGS_MAX_CONCURRENT_STREAMS
 _H2_STREAM_CAP = 1000  # h2's own bound (a connection error); we refuse past MAX_STREAMS
 MAX_HEADER_LIST = 65536  # SETTINGS_MAX_HEADER_LIST_SIZE (bytes as RFC 9113 counts them)
 _HPACK_CAP = 4 * MAX_HEADER_LIST  # a header block past this is a connection error
@@ -83,7 +82,7 @@ _RECV = 65536
 _LINGER = 1.0  # seconds to read and drop input after the last GOAWAY, before closing
 
 
-class H2Connection(H2Sending):
+class H2Connection(H2Sending, H2Pushing):
     """One HTTP/2 connection on a TLS socket the server owns (see the module)."""
 
     def __init__(
@@ -347,55 +346,6 @@ class H2Connection(H2Sending):
         else:
             task = st.task = self._loop.create_task(_await(result))
             task.add_done_callback(functools.partial(self._result_done, st))
-
-    def push(self, parent: int, host: str, path: str, method: str, fields: list[Any]) -> bool:
-        """Server push (the `push` directive): promise `method path` on the parent stream
-        and answer it like a request; False when it cannot be (and no more should be)."""
-        conn = self._h2
-        if (
-            self._closing
-            or parent not in self._streams
-            or not conn.remote_settings.enable_push
-            or len(self._streams) >= MAX_STREAMS
-        ):
-            return False
-        try:
-            target = http1.parse_target(path.encode("latin-1"), method)
-        except (HttpError, UnicodeEncodeError):
-            return True  # this one cannot be pushed; others may
-        sid = conn.get_next_available_stream_id()
-        head = [(":method", method), (":path", path), (":scheme", self._scheme)]
-        head.append((":authority", host))
-        head += [(k.lower(), v) for k, v in fields if k.lower() != "host"]
-        try:
-            conn.push_stream(parent, sid, [(k.encode(), v.encode("latin-1")) for k, v in head])
-        except (h2.exceptions.ProtocolError, UnicodeEncodeError) as exc:
-            log.debug("HTTP/2 push of %s refused: %s", path, exc)
-            return False
-        headers = Headers([(k, v) for k, v in fields if k.lower() != "host"])
-        headers.add("host", host)
-        request = Request(
-            method,
-            path,
-            target.path,
-            target.query,
-            "2.0",
-            headers,
-            EmptyBody(),
-            self._scheme,
-            host,
-            str(self._remote[0]),
-            int(self._remote[1]),
-            str(self._local[0]),
-            int(self._local[1]),
-            time.time(),
-        )
-        request.vars[PUSHED_VAR] = "1"
-        st = Stream(sid, request, None)
-        self._streams[sid] = st
-        self.requests += 1
-        self._dispatch(st)
-        return True
 
     def _refuse(self, sid: int) -> None:
         self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)

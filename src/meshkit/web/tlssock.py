@@ -58,6 +58,7 @@ class TlsSocket:
         "_pending",
         "_raw",
         "_ready",
+        "_waiting",
         "_wclosed",
         "on_demand",
         "on_h2",
@@ -82,6 +83,7 @@ class TlsSocket:
         self.on_resume: Callable[[], None] | None = None
         self._hello = b""  # ClientHello bytes read before its SNI could be seen
         self._held: bytes | None = None  # held while an on-demand certificate is obtained
+        self._waiting = False  # ...and the wait is not over
 
     def fileno(self) -> int:
         return self._raw.fileno()
@@ -94,6 +96,12 @@ class TlsSocket:
 
     def recv(self, n: int) -> bytes:
         if self._held is not None:
+            if self._waiting:  # what else the client sends waits behind its ClientHello
+                more = self._raw.recv(n)
+                if not more:
+                    return more
+                self._held += more
+                raise BlockingIOError
             data, self._held = self._held, None  # the wait for a certificate is over
             with contextlib.suppress(BlockingIOError, InterruptedError):
                 data += self._raw.recv(n)
@@ -162,9 +170,15 @@ class TlsSocket:
         if fut is None or fut.done():
             return hello
         self._held = hello
+        self._waiting = True
         resume = self.on_resume
-        if resume is not None:
-            fut.add_done_callback(lambda _f: resume())
+
+        def done(_f: Any) -> None:
+            self._waiting = False
+            if resume is not None and self._raw.fileno() != -1:  # (not closed meanwhile)
+                resume()
+
+        fut.add_done_callback(done)
         raise BlockingIOError
 
     def _answer_plain_http(self) -> None:

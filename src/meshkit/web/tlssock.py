@@ -133,6 +133,7 @@ class TlsSocket:
         else:
             self._in.write(data)
         parts = []
+        inbio = self._in
         while True:
             try:
                 chunk = obj.read(n)
@@ -146,7 +147,10 @@ class TlsSocket:
             if not chunk:
                 break
             parts.append(chunk)
-        self._flush()  # TLS 1.3 session tickets, alerts
+            if not inbio.pending and not obj.pending():
+                break  # all read: another read would only raise SSLWantReadError
+        if self._out.pending or self._pending:
+            self._flush()  # TLS 1.3 session tickets, alerts
         if taker is not None:
             if parts:
                 taker(b"".join(parts))

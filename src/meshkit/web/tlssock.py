@@ -215,7 +215,7 @@ class TlsSocket:
             self._flush()
 
     def send_bytes(self, fd: int, data: Any, off: int) -> tuple[int, int]:
-        if not self._flush():
+        if (self._pending or self._out.pending) and not self._flush():
             return 0, SEND_AGAIN
         total = len(data)
         pos = off

@@ -458,8 +458,6 @@ def test_validate_names_a_missing_file_and_a_mismatched_key(tmp_path: Path, cert
     "tls",
     [
         "tls self_signed {\n    must_staple\n  }",
-        "tls self_signed {\n    max_certs 10\n  }",
-        "tls self_signed {\n    ask http://127.0.0.1:1/ok\n  }",
         "tls {\n    dns cloudflare\n  }",
     ],
 )

@@ -88,13 +88,21 @@ class AcmeManager:
         self.retry_first = _env("MESHKIT_ACME_RETRY", RETRY_FIRST)
         self.hub: CertHub | None = None
         self.tasks: dict[Wanted, asyncio.Task[None]] = {}
+        self.extra: set[Wanted] = set()  # on-demand names (add()), kept across update()
 
     def start(self, hub: CertHub, names: Sequence[Wanted]) -> None:
         self.hub = hub
         self.update(names)
 
+    def add(self, name: Wanted) -> None:
+        """One more name to obtain (or load from storage) and renew: on-demand TLS."""
+        self.extra.add(name)
+        if name not in self.tasks:
+            loop = asyncio.get_running_loop()
+            self.tasks[name] = loop.create_task(self._keep(name), name=f"acme {name.name}")
+
     def update(self, names: Sequence[Wanted]) -> None:
-        want = set(names)
+        want = set(names) | self.extra
         for w, task in list(self.tasks.items()):
             if w not in want:
                 task.cancel()
@@ -168,6 +176,7 @@ class AcmeManager:
                     w.name,
                     end.isoformat(),
                 )
+                hub.renewed(w.name)
             wait = max(1.0, min(self.check_every, not_after - self.renew_before - time.time()))
             await asyncio.sleep(wait)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -43,12 +44,24 @@ from meshkit.web.caddyfile.load import (
     load_text,
 )
 from meshkit.web.directives import build_chain
+from meshkit.web.directives.bind import BindConfig
 from meshkit.web.directives.limits import LimitsConfig
+from meshkit.web.directives.on import HooksConfig
+from meshkit.web.directives.proxyprotocol import ProxyProtocolConfig
+from meshkit.web.directives.timeouts import TimeoutsConfig
+from meshkit.web.directives.timeouts import merge as merge_timeouts
 from meshkit.web.directives.tls import TLSConfig
+from meshkit.web.hooks import Command, Hooks
 from meshkit.web.message import Handler, Headers, Request, Response
 from meshkit.web.proxy.services import ServiceDirectory
+from meshkit.web.proxyhdr import ProxyPolicy
 from meshkit.web.router import Route, Router, site_is_static
-from meshkit.web.server import DEFAULT_MAX_FIELD_LINE, DEFAULT_MAX_FIELDS, HttpServer
+from meshkit.web.server import (
+    DEFAULT_MAX_FIELD_LINE,
+    DEFAULT_MAX_FIELDS,
+    HttpServer,
+    host_has_ipv6,
+)
 from meshkit.web.site import Address, Background, Site
 from meshkit.web.tlsctx import TlsListener, build_listener
 
@@ -127,6 +140,14 @@ class PortPlan:
     tls: TlsListener | None = None
     # the http port under automatic HTTPS: ACME HTTP-01 answers come before the sites
     challenges: CertHub | None = None
+    # `bind`: the addresses to listen on ([] : every address, as without `bind`)
+    binds: list[str] = field(default_factory=list)
+    # `timeouts`: seconds per kind (header, read, write, idle; math.inf: none)
+    timeouts: dict[str, float] = field(default_factory=dict)
+    # `proxyprotocol`: who may send PROXY headers on this port (None: nobody)
+    proxy: ProxyPolicy | None = None
+    # `tls off h2c` on a plain port (with -http2): HTTP/2 by prior knowledge
+    h2c: bool = False
 
     def router(self) -> Handler:
         router = Router(self.routes)
@@ -147,8 +168,26 @@ def plan(
     fields: dict[int, int] = {}
     lines: dict[int, int] = {}
     secure: dict[int, list[tuple[list[str], TLSConfig]]] = {}
+    binds: dict[int, list[str | None]] = {}  # None: a site without `bind`
+    timeouts: dict[int, list[TimeoutsConfig]] = {}
+    proxies: dict[int, list[ProxyProtocolConfig]] = {}
+    h2c_ports: set[int] = set()
     for site in config.sites:
+        bind = site.directives.get("bind")
+        tmo = site.directives.get("timeouts")
+        pp = site.directives.get("proxyprotocol")
+        for a in site.addresses:
+            if isinstance(pp, ProxyProtocolConfig):
+                proxies.setdefault(a.port, []).append(pp)
+            binds.setdefault(a.port, []).append(bind.host if isinstance(bind, BindConfig) else None)
+            if isinstance(tmo, TimeoutsConfig):
+                timeouts.setdefault(a.port, []).append(tmo)
         tls = site.directives.get("tls")
+        if isinstance(tls, TLSConfig) and tls.h2c:
+            if http2:
+                h2c_ports.update(a.port for a in site.addresses)
+            else:
+                log.warning("%s: h2c is off with -http2=false", tls.where)
         if isinstance(tls, TLSConfig) and not tls.off:
             by_port: dict[int, list[str]] = {}
             for a in site.addresses:
@@ -181,7 +220,11 @@ def plan(
     for port, sites in secure.items():
         ports[port].tls = build_listener(sites, hub, http2=http2)
     _add_https_redirects(config, ports)
-    if hub is not None and hub.http_challenge and any(p.tls and p.tls.auto for p in ports.values()):
+    if (
+        hub is not None
+        and hub.http_challenge
+        and any(p.tls and (p.tls.auto or p.tls.on_demand) for p in ports.values())
+    ):
         http = ports.setdefault(config.http_port, PortPlan(config.http_port, [], 0))
         if http.tls is None:
             http.challenges = hub
@@ -189,7 +232,21 @@ def plan(
         p.header_limit = p.header_limit or DEFAULT_HEADER_LIMIT
         p.max_fields = fields.get(port, DEFAULT_MAX_FIELDS)
         p.max_field_line = lines.get(port, DEFAULT_MAX_FIELD_LINE)
+        bound = binds.get(port, [None])
+        p.binds = [] if None in bound else list(dict.fromkeys(h for h in bound if h))
+        p.timeouts = merge_timeouts(timeouts.get(port, []))
+        p.proxy = _proxy_policy(proxies.get(port, []))
+        p.h2c = port in h2c_ports and p.tls is None
     return ports
+
+
+def _proxy_policy(configs: list[ProxyProtocolConfig]) -> ProxyPolicy | None:
+    """One port's PROXY protocol sources: every site's; the shortest timeout (0: none)."""
+    if not configs:
+        return None
+    nets = list(dict.fromkeys(n for c in configs for n in c.networks()))
+    timeout = min(c.timeout for c in configs)
+    return ProxyPolicy(nets, timeout if timeout > 0 else float("inf"))
 
 
 class HttpsRedirect:
@@ -232,6 +289,17 @@ def _add_https_redirects(config: Config, ports: dict[int, PortPlan]) -> None:
         plain.routes.append(Route(address, handler, False))
 
 
+def hook_commands(config: Config) -> list[Command]:
+    """The configuration's startup/shutdown/on commands, in the Caddyfile's order."""
+    out: list[Command] = []
+    for site in config.sites:
+        for name in ("startup", "shutdown", "on"):
+            hooks = site.directives.get(name)
+            if isinstance(hooks, HooksConfig):
+                out.extend(hooks.commands)
+    return out
+
+
 def site_urls(config: Config) -> list[str]:
     out = []
     for site in config.sites:
@@ -254,10 +322,28 @@ def configure_logging(dest: str | None, level: int = logging.INFO) -> None:
 class _Listener:
     """One port and the server accepting on it."""
 
-    def __init__(self, port: int, server: HttpServer, limit: int) -> None:
+    def __init__(self, port: int, server: HttpServer, limit: int, binds: list[str]) -> None:
         self.port = port
         self.server = server
         self.header_limit = limit
+        self.binds = binds
+
+
+def _where(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _on_demand(p: PortPlan, hub: CertHub | None) -> Callable[[str], object] | None:
+    """The port's on-demand TLS hook (None when no site of it asks for on-demand)."""
+    if p.tls is None or not p.tls.on_demand or hub is None:
+        return None
+    return functools.partial(hub.on_demand, p.tls)
+
+
+def _set_timeouts(server: HttpServer, p: PortPlan) -> None:
+    t = p.timeouts
+    if t:
+        server.set_timeouts(header=t["header"], read=t["read"], write=t["write"], idle=t["idle"])
 
 
 def set_header_limit(server: HttpServer, limit: int) -> None:
@@ -283,6 +369,8 @@ class WebApp:
         self.stopping = False
         self.reloading = False
         self.background: list[Background] = []  # started, of the configuration in use
+        self.ipv6: bool | None = None  # whether the host has IPv6 (asked once)
+        self.hooks = Hooks()  # startup/shutdown/on commands of the configuration in use
 
     async def _start_background(self, ports: dict[int, PortPlan]) -> None:
         started = [b for p in sorted(ports.values(), key=lambda p: p.port) for b in p.background]
@@ -312,7 +400,8 @@ class WebApp:
         for lst in opened:
             self.listeners[lst.port] = lst
             scheme = "https" if lst.server.tls else "http"
-            log.info("listening on %s:%d (%s)", self.options.listen_host, lst.port, scheme)
+            for host, port in lst.server.addresses():
+                log.info("listening on %s (%s)", _where(host, port), scheme)
         await self._start_background(ports)
 
     async def _open(self, p: PortPlan) -> _Listener:
@@ -323,14 +412,39 @@ class WebApp:
             max_field_line=p.max_field_line,
             tls=p.tls.context if p.tls is not None else None,
         )
+        _set_timeouts(server, p)
+        server.set_proxy_protocol(p.proxy)
+        server.set_h2c(p.h2c)
+        server.set_on_demand(_on_demand(p, self.options.hub))
         try:
-            await server.listen(self.options.listen_host, p.port)
+            for host in self.listen_hosts(p):
+                try:
+                    await server.listen(host, p.port)
+                except MeshkitError as exc:
+                    if p.binds or host != "::":
+                        raise
+                    # IPv6 beside IPv4 by default: best effort (IPv4 clients are served)
+                    log.warning("%s; serving port %d over IPv4 only", exc, p.port)
         except BaseException:
             server.close_now()
             raise
         self.servers.add(server)
         counters.track(server)  # for expvar's figures
-        return _Listener(p.port, server, p.header_limit)
+        return _Listener(p.port, server, p.header_limit, p.binds)
+
+    def listen_hosts(self, p: PortPlan) -> list[str]:
+        """Where port p listens: its `bind` addresses (`::` is dual stack: both wildcards),
+        else every IPv4 address and, where the host has IPv6, every IPv6 address."""
+        hosts = p.binds or [self.options.listen_host]
+        out: list[str] = []
+        for host in hosts:
+            if host in ("::", "0.0.0.0") and not p.binds and self.ipv6 is None:
+                self.ipv6 = host_has_ipv6()
+            if host == "::" or (host == "0.0.0.0" and not p.binds and self.ipv6):
+                out += ["0.0.0.0", "::"]
+            else:
+                out.append(host)
+        return list(dict.fromkeys(out))
 
     async def reload(self) -> bool:
         """Swap in the configuration as it is now; False (old one kept) when it is broken."""
@@ -386,16 +500,28 @@ class WebApp:
                     set_header_limit(lst.server, p2.header_limit)
                     lst.header_limit = p2.header_limit
                 lst.server.set_limits(max_fields=p2.max_fields, max_field_line=p2.max_field_line)
+                _set_timeouts(lst.server, p2)
+                lst.server.set_proxy_protocol(p2.proxy)
+                lst.server.set_h2c(p2.h2c)
+                lst.server.set_on_demand(_on_demand(p2, self.options.hub))
+                if p2.binds != lst.binds:
+                    log.warning(
+                        "reload: port %d keeps listening where it did; a changed `bind` "
+                        "applies after a restart",
+                        port,
+                    )
                 lst.server.set_tls(p2.tls.context if p2.tls is not None else None)
                 lst.server.set_handler(p2.router())
         for port, lst in new.items():
             self.listeners[port] = lst
-            log.info("listening on %s:%d", self.options.listen_host, port)
+            for host, bound in lst.server.addresses():
+                log.info("listening on %s", _where(host, bound))
         old = self.background
         await self._start_background(ports)
         await self._stop_background(old)
         if self.options.issuer is not None:
             self.options.issuer.update(wanted(config))
+        self.hooks.commands = hook_commands(config)  # startup does not run again
         log.info("reload: done (%d site(s) on %d port(s))", len(config.sites), len(ports))
         return True
 
@@ -489,8 +615,15 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
     signals.install()
     # The handlers are in place before the ports open: a signal sent as soon as a port
     # answers must not find Python's default SIGINT/SIGTERM behaviour.
+    app.hooks.commands = hook_commands(config)
+    if options.hub is not None:
+        options.hub.issuer = options.issuer
+        options.hub.on_renewed = lambda name: app.hooks.fire_soon(
+            "certrenew", {"MESHKIT_CERT_NAME": name}
+        )
     try:
         await app.start(ports)
+        await app.hooks.fire("startup")
         if options.issuer is not None and options.hub is not None:
             options.issuer.start(options.hub, wanted(config))
         if not quiet:
@@ -511,6 +644,8 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
         if options.issuer is not None:
             await options.issuer.stop()
         await app.shutdown(options.grace)
+        await app.hooks.fire("shutdown")
+        await app.hooks.stop()
         log.info("stopped")
         return 0
     finally:

@@ -182,6 +182,9 @@ class Connection(Lifecycle):
                     self._abort()
             return
         server = self._server
+        if state == _NEW and data[:4] == b"PRI " and server._h2c:
+            server._take_h2c(self, data)  # the HTTP/2 preface (prior knowledge)
+            return
         if (
             server._caching
             and state <= _IDLE

@@ -42,6 +42,8 @@ from h2.settings import SettingCodes
 from hyperframe.frame import GoAwayFrame
 
 from meshkit.web import http1
+from meshkit.web.h2hpack import MemoDecoder, MemoEncoder
+from meshkit.web.h2push import MAX_STREAMS, H2Pushing
 from meshkit.web.h2send import OUT_HIGH, H2Sending
 from meshkit.web.h2stream import (
     FLOOD_BURST,
@@ -50,6 +52,7 @@ from meshkit.web.h2stream import (
     H2Body,
     Stream,
     answer_for,
+    set_pusher,
 )
 from meshkit.web.http1 import HttpError
 from meshkit.web.message import (
@@ -60,11 +63,17 @@ from meshkit.web.message import (
 )
 from meshkit.web.output import _discard_body, _server_error
 
-__all__ = ["FLOOD_BURST", "FLOOD_RATE", "MAX_HEADER_LIST", "MAX_STREAMS", "H2Connection"]
+__all__ = [
+    "FLOOD_BURST",
+    "FLOOD_RATE",
+    "MAX_HEADER_LIST",
+    "MAX_STREAMS",
+    "H2Connection",
+    "PlainH2Socket",
+]
 
 log = logging.getLogger("meshkit.web")
 
-MAX_STREAMS = 250  # SETTINGS_MAX_CONCURRENT_STREAMS
 _H2_STREAM_CAP = 1000  # h2's own bound (a connection error); we refuse past MAX_STREAMS
 MAX_HEADER_LIST = 65536  # SETTINGS_MAX_HEADER_LIST_SIZE (bytes as RFC 9113 counts them)
 _HPACK_CAP = 4 * MAX_HEADER_LIST  # a header block past this is a connection error
@@ -73,7 +82,7 @@ _RECV = 65536
 _LINGER = 1.0  # seconds to read and drop input after the last GOAWAY, before closing
 
 
-class H2Connection(H2Sending):
+class H2Connection(H2Sending, H2Pushing):
     """One HTTP/2 connection on a TLS socket the server owns (see the module)."""
 
     def __init__(
@@ -83,8 +92,10 @@ class H2Connection(H2Sending):
         tsock: Any,
         remote: tuple[str, int],
         local: tuple[str, int],
+        scheme: str = "https",
     ) -> None:
         self._server = server
+        self._scheme = scheme  # "http" for h2c (cleartext, prior knowledge)
         self._loop = loop
         self._sock = tsock
         self._fd = tsock.fileno()
@@ -98,8 +109,13 @@ class H2Connection(H2Sending):
             # fifth of a small response (inbound fields are still validated by h2)
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
+            # h2's inbound normalization only joins cookie fields, which _on_request does
+            normalize_inbound_headers=False,
         )
         conn = self._h2 = h2.connection.H2Connection(config)
+        # HPACK that remembers repeated blocks (meshkit.web.h2hpack), before any is coded
+        conn.encoder = MemoEncoder()
+        conn.decoder = MemoDecoder(conn.DEFAULT_MAX_HEADER_LIST_SIZE, config)
         values = {
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
             SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
@@ -295,7 +311,7 @@ class H2Connection(H2Sending):
             "2.0",
             headers,
             body if body is not None else EmptyBody(),
-            "https",
+            self._scheme,
             host,
             str(self._remote[0]),
             int(self._remote[1]),
@@ -310,10 +326,18 @@ class H2Connection(H2Sending):
         if status:
             self._respond(st, Response.error(status))
             return
+        self._dispatch(st)
+
+    def _dispatch(self, st: Stream) -> None:
+        """Run the handler for the stream's request; respond now or when it is done."""
+        request = st.request
+        set_pusher((self, st.id, request.host))
         try:
-            result = server._handler(request)
+            result = self._server._handler(request)
         except Exception as exc:
             result = answer_for(exc, request)
+        finally:
+            set_pusher(None)
         if isinstance(result, Response):
             self._respond(st, result)
         elif isinstance(result, asyncio.Future):
@@ -414,7 +438,7 @@ class H2Connection(H2Sending):
             return
         server = self._server
         if self._writing:
-            if now - self._write_since > server._idle_timeout:
+            if now - self._write_since > server._write_timeout:
                 self._abort()
             return
         if self._streams:
@@ -446,3 +470,30 @@ class H2Connection(H2Sending):
 
 async def _await(result: Any) -> Any:
     return await result
+
+
+class PlainH2Socket:
+    """A plain TCP socket with TlsSocket's face, for h2c (HTTP/2 without TLS): recv, the
+    send path's send_bytes, shutdown, close."""
+
+    __slots__ = ("_send", "_sock")
+
+    def __init__(self, sock: socket.socket, send_bytes: Any) -> None:
+        self._sock = sock
+        self._send = send_bytes
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def recv(self, n: int) -> bytes:
+        return self._sock.recv(n)
+
+    def send_bytes(self, fd: int, data: Any, off: int) -> tuple[int, int]:
+        result: tuple[int, int] = self._send(fd, data, off)
+        return result
+
+    def shutdown(self, how: int) -> None:
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        self._sock.close()

@@ -7,10 +7,12 @@ refused)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from h2.errors import ErrorCodes
@@ -40,6 +42,30 @@ _BAD_NAME = re.compile("[^!#$%&'*+.^_`|~0-9a-z-]")  # a token (RFC 9110), lower-
 _HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te"}
 )
+
+
+# Server push (the `push` directive): while a handler runs synchronously for an HTTP/2
+# request, the function that pushes on its connection: push(path, method, headers) -> False
+# once nothing more can be pushed (the client refused push, streams are full, the stream is
+# gone). None over HTTP/1.1 (and h2c without push).
+Pusher = Callable[[str, str, list[tuple[str, str]]], bool]
+# (connection, stream id, host) of the running handler's request: a tuple is cheaper to set
+# for every request than a bound function, and only the push directive asks for one
+_current: list[tuple[Any, int, str] | None] = [None]
+PUSHED_VAR = "http2.pushed"  # request.vars of a pushed request: push rules skip it
+
+
+def current_pusher() -> Pusher | None:
+    """The pusher of the HTTP/2 request whose handler is running now (see above)."""
+    cur = _current[0]
+    if cur is None:
+        return None
+    conn, sid, host = cur
+    return functools.partial(conn.push, sid, host)  # type: ignore[no-any-return]
+
+
+def set_pusher(current: tuple[Any, int, str] | None) -> None:
+    _current[0] = current
 
 
 class BodyOwner(Protocol):

@@ -26,6 +26,7 @@ from meshkit.web.output import (
 )
 from meshkit.web.pipeline import Pipeline
 from meshkit.web.reqbody import RequestBody
+from meshkit.web.tlssock import TlsSocket, bridge
 
 log = logging.getLogger("meshkit.web")
 
@@ -114,7 +115,7 @@ class Lifecycle(Pipeline):
         self._update_reading()
 
     def check_deadline(self, now: float) -> None:
-        if self._out and now - self._write_since > self._server._idle_timeout:
+        if self._out and now - self._write_since > self._server._write_timeout:
             log.debug("client %s:%s stopped reading; closing", self._remote_addr, self._remote_port)
             self._abort()
             return
@@ -158,6 +159,8 @@ class Lifecycle(Pipeline):
         self._fire(Event.HAND_OVER)
         self._drop_slots()
         sock = self._sock
+        if isinstance(sock, TlsSocket):  # the taker relays a plain socket: bridge the TLS
+            sock = bridge(sock)
         self._server._conn_closed(self)
         self._loop.create_task(_run_upgrade(upgrade, sock, rest))
 

@@ -101,13 +101,17 @@ class ServerSide(Protocol):
     _header_timeout: float
     _idle_timeout: float
     _read_timeout: float
+    _write_timeout: float
     _max_discard: int
     _caching: bool
     _cache: ResponseCache
     _shutting: bool
     _now: float
+    _h2c: bool
 
     def _conn_closed(self, conn: Any) -> None: ...
+
+    def _take_h2c(self, conn: Any, data: bytes) -> None: ...
 
 
 class OutputPath:
@@ -462,15 +466,8 @@ class ResponseWriter(OutputPath):
 
     def _write_upgrade(self, request: Request, response: Response) -> None:
         """A 101 with a taker: write the head (with Connection/Upgrade), then hand over."""
-        if getattr(self._sock, "tls", False):
-            # the taker works on the raw socket; under TLS it would see ciphertext
-            log.warning(
-                "%s %s: protocol upgrades (websocket) over HTTPS are not available yet",
-                request.method,
-                request.uri,
-            )
-            self._write_response(request, Response.error(501), False)
-            return
+        # (under TLS the taker gets a plain socket bridged to the TLS one: lifecycle's
+        # _hand_over and meshkit.web.tlssock.bridge)
         if self._upgrade_rest is None:
             # the request did not ask to upgrade (or the parser went on reading HTTP)
             log.error(

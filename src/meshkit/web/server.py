@@ -43,14 +43,21 @@ from typing import Any
 
 from meshkit.base.errors import MeshkitError
 from meshkit.web.connection import Connection
-from meshkit.web.h2conn import H2Connection
+from meshkit.web.h2conn import H2Connection, PlainH2Socket
 from meshkit.web.message import Handler
+from meshkit.web.proxyhdr import ProxyPolicy, ProxyStage
 from meshkit.web.reqbody import BadRequestBody
 from meshkit.web.respcache import ResponseCache
 from meshkit.web.sendfile import SendPath, load_send_path
 from meshkit.web.tlssock import TlsSocket
 
-__all__ = ["DEFAULT_MAX_FIELDS", "DEFAULT_MAX_FIELD_LINE", "BadRequestBody", "HttpServer"]
+__all__ = [
+    "DEFAULT_MAX_FIELDS",
+    "DEFAULT_MAX_FIELD_LINE",
+    "BadRequestBody",
+    "HttpServer",
+    "host_has_ipv6",
+]
 
 log = logging.getLogger("meshkit.web")
 
@@ -70,8 +77,10 @@ class HttpServer:
     large_client_header_buffers and Apache's LimitRequestFields do);
     header_timeout: seconds a request head may take before 408 (and close); a new connection
     that sends nothing in that time is closed; idle_timeout: seconds a keep-alive connection
-    may stay idle (and a blocked response may make no progress); read_timeout: seconds a
-    handler waits for request body bytes before the connection is closed; max_discard: bytes
+    may stay idle; write_timeout: seconds a blocked response may make no progress before the
+    connection is closed (None: idle_timeout); read_timeout: seconds a
+    handler waits for request body bytes before the connection is closed (math.inf for any
+    of them: no timeout); max_discard: bytes
     of an unread request body the server reads and drops to keep the connection (more closes
     it after the response).
     """
@@ -86,6 +95,7 @@ class HttpServer:
         header_timeout: float = 10.0,
         idle_timeout: float = 120.0,
         read_timeout: float = 60.0,
+        write_timeout: float | None = None,
         max_discard: int = 1 << 20,
         tls: ssl.SSLContext | None = None,
     ) -> None:
@@ -99,13 +109,18 @@ class HttpServer:
         self._header_timeout = header_timeout
         self._idle_timeout = idle_timeout
         self._read_timeout = read_timeout
+        self._write_timeout = idle_timeout if write_timeout is None else write_timeout
         self._max_discard = max_discard
         self._send: SendPath = load_send_path()
         # responses remembered by request head (handlers that mark theirs as such only)
         self._cache = ResponseCache()
         self._caching = bool(getattr(handler, "validated_responses", False))
         self._listeners: list[socket.socket] = []
-        self._conns: set[Connection | H2Connection] = set()
+        self._conns: set[Connection | H2Connection | ProxyStage] = set()
+        self._proxy: ProxyPolicy | None = None  # `proxyprotocol`
+        self._h2c = False  # `tls off h2c`: plain connections may start with the h2 preface
+        # on-demand TLS: asked with each ClientHello's SNI (meshkit.web.autotls)
+        self._on_demand: Callable[[str], Any] | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._sweeper: asyncio.TimerHandle | None = None
         self._shutting = False
@@ -114,8 +129,7 @@ class HttpServer:
         # loop.time() as of the last timeout sweep: deadlines on the hot path use this
         # coarse clock (they are checked only by the sweep anyway).
         self._now = 0.0
-        tick = min(header_timeout, idle_timeout, read_timeout) / 4
-        self._tick = max(0.01, min(1.0, tick))
+        self._tick = _tick(header_timeout, idle_timeout, read_timeout, self._write_timeout)
 
     def set_header_limit(self, limit: int) -> None:
         """Change the header limit; request heads read from now on are held to it."""
@@ -145,17 +159,21 @@ class HttpServer:
         header: float | None = None,
         idle: float | None = None,
         read: float | None = None,
+        write: float | None = None,
     ) -> None:
-        """Change the timeouts given (seconds; see the class); connections pick them up as
-        their deadlines are next set."""
+        """Change the timeouts given (seconds, math.inf for none; see the class);
+        connections pick them up as their deadlines are next set."""
         if header is not None:
             self._header_timeout = header
         if idle is not None:
             self._idle_timeout = idle
         if read is not None:
             self._read_timeout = read
-        tick = min(self._header_timeout, self._idle_timeout, self._read_timeout) / 4
-        self._tick = max(0.01, min(1.0, tick))
+        if write is not None:
+            self._write_timeout = write
+        self._tick = _tick(
+            self._header_timeout, self._idle_timeout, self._read_timeout, self._write_timeout
+        )
 
     def set_tls(self, tls: ssl.SSLContext | None) -> None:
         """Serve connections accepted from now on with this context (None: plain HTTP)."""
@@ -182,8 +200,9 @@ class HttpServer:
 
     async def listen(self, host: str, port: int, *, sock: socket.socket | None = None) -> None:
         """Accept connections on host:port ("" or "0.0.0.0" for every IPv4 address, "::" for
-        IPv6), or on `sock` (a bound stream socket; it is put in listening mode if needed and
-        owned by the server from then on). May be called several times. Failures such as
+        every IPv6 address, IPv6 only: listen on both for dual stack), or on `sock` (a bound
+        stream socket; it is put in listening mode if needed and owned by the server from then
+        on). May be called several times. Failures such as
         EADDRINUSE raise MeshkitError naming host:port."""
         self._loop = asyncio.get_running_loop()
         if self._shutting:
@@ -261,15 +280,55 @@ class HttpServer:
             except OSError:
                 sock.close()
                 continue
-            if self._tls is None:
-                conn = Connection(self, self._loop, self._send, sock, remote, local)
-            else:
-                tsock = TlsSocket(sock, self._tls)
-                conn = Connection(self, self._loop, tsock, tsock, remote, local)  # type: ignore[arg-type]
-                conn._scheme = "https"
-                tsock.on_h2 = functools.partial(self._take_h2, conn)
-            self._conns.add(conn)
-            conn.start()
+            if self._proxy is not None:  # `proxyprotocol`: the header first
+                stage = ProxyStage(self, sock, remote, local, self._proxy)
+                self._conns.add(stage)
+                stage.start()
+                continue
+            self._start_conn(sock, remote, local)
+
+    def _start_conn(self, sock: socket.socket, remote: Any, local: Any) -> None:
+        """Serve an accepted socket (HTTP/1.1, or TLS and then HTTP/1.1 or h2)."""
+        if self._tls is None:
+            conn = Connection(self, self._loop, self._send, sock, remote, local)
+        else:
+            tsock = TlsSocket(sock, self._tls)
+            conn = Connection(self, self._loop, tsock, tsock, remote, local)  # type: ignore[arg-type]
+            conn._scheme = "https"
+            tsock.on_h2 = functools.partial(self._take_h2, conn)
+            if self._on_demand is not None:
+                tsock.on_demand = self._on_demand
+                tsock.on_resume = conn._on_readable
+        self._conns.add(conn)
+        conn.start()
+
+    def set_on_demand(self, ask: Callable[[str], Any] | None) -> None:
+        """On-demand TLS for connections accepted from now on: ask(sni) before each
+        handshake, None or a future to wait for (meshkit.web.autotls.CertHub.on_demand)."""
+        self._on_demand = ask
+
+    def set_h2c(self, on: bool) -> None:
+        """Whether plain connections accepted from now on may speak HTTP/2 by prior
+        knowledge (h2c; a TLS port ignores this: h2 is chosen by ALPN there)."""
+        self._h2c = on
+
+    def _take_h2c(self, conn: Connection, data: bytes) -> None:
+        """A plain connection began with the HTTP/2 preface: an H2Connection on the same
+        socket takes it over, starting with what was read."""
+        conn._unwatch()
+        self._conns.discard(conn)
+        remote = (conn._remote_addr, conn._remote_port)
+        local = (conn._local_addr, conn._local_port)
+        sock = PlainH2Socket(conn._sock, self._send.send_bytes)  # type: ignore[arg-type]
+        h2c = H2Connection(self, self._loop, sock, remote, local, scheme="http")
+        self._conns.add(h2c)
+        h2c.start()
+        h2c.data_received(data)
+
+    def set_proxy_protocol(self, policy: ProxyPolicy | None) -> None:
+        """Expect PROXY headers from these sources on connections accepted from now on
+        (meshkit.web.proxyhdr); None: none."""
+        self._proxy = policy
 
     def _take_h2(self, conn: Connection, tsock: TlsSocket) -> Callable[[bytes], None]:
         """ALPN chose h2 on conn's socket: an H2Connection (meshkit.web.h2conn) takes it over;
@@ -347,3 +406,20 @@ class HttpServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+
+def _tick(*timeouts: float) -> float:
+    """How often the sweep checks deadlines: a quarter of the shortest timeout, 10 ms..1 s."""
+    return max(0.01, min(1.0, min(timeouts) / 4))
+
+
+def host_has_ipv6() -> bool:
+    """Whether this host can listen on IPv6 (a socket bound to [::1] works)."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True

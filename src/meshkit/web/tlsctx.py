@@ -61,6 +61,20 @@ class TlsListener:
     auto_cfg: TLSConfig | None = None
     challenges: dict[str, object] = field(default_factory=dict)
     http2: bool = True  # offer h2 by ALPN (`-http2`)
+    # on-demand TLS: (host pattern of the site: "" any, "*.domain", a name; its tls config)
+    on_demand: list[tuple[str, TLSConfig]] = field(default_factory=list)
+    on_demand_count: int = 0  # names taken on (counted against each config's max_certs)
+
+    def on_demand_for(self, name: str) -> TLSConfig | None:
+        """The on-demand config that covers `name` (lower-case, no trailing dot), if any."""
+        for pattern, cfg in self.on_demand:
+            if not pattern or pattern == name:
+                return cfg
+            if pattern.startswith("*."):
+                label, dot, rest = name.partition(".")
+                if dot and label and rest == pattern[2:]:
+                    return cfg
+        return None
 
     def __hash__(self) -> int:  # held in a WeakSet by the hub
         return id(self)
@@ -206,7 +220,12 @@ def build_listener(
     by_name: dict[str, ssl.SSLContext] = {}
     auto: set[str] = set()
     auto_cfg: TLSConfig | None = None
+    on_demand: list[tuple[str, TLSConfig]] = []
     for hosts, cfg in sites:
+        if cfg.acme and cfg.on_demand:
+            on_demand += [(h.lower(), cfg) for h in hosts]
+            auto_cfg = auto_cfg or cfg
+            continue
         if cfg.acme:
             auto.update(h.lower() for h in hosts)
             auto_cfg = auto_cfg or cfg
@@ -230,13 +249,14 @@ def build_listener(
             contexts.append(ctx)
             for n in names:
                 by_name.setdefault(n.lower().rstrip("."), ctx)
-    if auto and hub is None:
+    if (auto or on_demand) and hub is None:
         raise MeshkitError("automatic HTTPS sites but no ACME client to get their certificates")
     if not contexts:
         if auto_cfg is None:
             raise MeshkitError("an HTTPS port without a certificate")
         contexts.append(_context(auto_cfg, http2))  # no certificate: a TLS alert until one comes
     listener = TlsListener(contexts[0], by_name, auto, auto_cfg, http2=http2)
+    listener.on_demand = on_demand
 
     def on_sni(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         ctx = listener.pick(name)
@@ -245,6 +265,6 @@ def build_listener(
         return None
 
     contexts[0].sni_callback = on_sni  # type: ignore[assignment]
-    if hub is not None and auto:
+    if hub is not None and (auto or on_demand):
         hub.attach(listener)
     return listener

@@ -39,6 +39,7 @@ log = logging.getLogger("meshkit.web")
 _CHUNK = 65536  # plaintext per TLS write (four 16 KiB records); file bytes per pread
 # What Go's net/http answers plain HTTP sent to an HTTPS port with.
 HTTP_TO_HTTPS = b"HTTP/1.0 400 Bad Request\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+_HELLO_MAX = 16384 + 5  # a ClientHello in one record (whose SNI we read) is no longer
 _HTTP_STARTS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO", b"DELET", b"PATCH", b"CONNE")
 
 
@@ -48,7 +49,21 @@ class TlsSocket:
     compiled = False
     tls = True
 
-    __slots__ = ("_in", "_obj", "_out", "_pending", "_raw", "_ready", "_wclosed", "on_h2")
+    __slots__ = (
+        "_held",
+        "_hello",
+        "_in",
+        "_obj",
+        "_out",
+        "_pending",
+        "_raw",
+        "_ready",
+        "_waiting",
+        "_wclosed",
+        "on_demand",
+        "on_h2",
+        "on_resume",
+    )
 
     def __init__(self, raw: socket.socket, ctx: ssl.SSLContext) -> None:
         self._raw = raw
@@ -61,6 +76,14 @@ class TlsSocket:
         # called once when ALPN chose h2: takes the connection over, returns where the
         # plaintext goes from then on (see the module)
         self.on_h2: Callable[[TlsSocket], Callable[[bytes], None]] | None = None
+        # on-demand TLS: asked with the ClientHello's SNI before the handshake; a future
+        # means "wait": the ClientHello is held until it is done, then on_resume() is called
+        # (the connection reads again, and recv() goes on with what was held)
+        self.on_demand: Callable[[str], Any] | None = None
+        self.on_resume: Callable[[], None] | None = None
+        self._hello = b""  # ClientHello bytes read before its SNI could be seen
+        self._held: bytes | None = None  # held while an on-demand certificate is obtained
+        self._waiting = False  # ...and the wait is not over
 
     def fileno(self) -> int:
         return self._raw.fileno()
@@ -72,11 +95,24 @@ class TlsSocket:
     # -- reading
 
     def recv(self, n: int) -> bytes:
-        data = self._raw.recv(n)  # BlockingIOError and OSError go to the caller as they are
+        if self._held is not None:
+            if self._waiting:  # what else the client sends waits behind its ClientHello
+                more = self._raw.recv(n)
+                if not more:
+                    return more
+                self._held += more
+                raise BlockingIOError
+            data, self._held = self._held, None  # the wait for a certificate is over
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                data += self._raw.recv(n)
+        else:
+            data = self._raw.recv(n)  # BlockingIOError and OSError go to the caller as they are
         if not data or self._wclosed:
             return data
         obj = self._obj
         taker = None
+        if self.on_demand is not None and not self._ready:
+            data = self._on_demand_hello(data)
         if not self._ready:
             if data[:5] in _HTTP_STARTS and self._obj.pending() == 0 and not self._in.pending:
                 self._answer_plain_http()
@@ -97,6 +133,7 @@ class TlsSocket:
         else:
             self._in.write(data)
         parts = []
+        inbio = self._in
         while True:
             try:
                 chunk = obj.read(n)
@@ -110,7 +147,10 @@ class TlsSocket:
             if not chunk:
                 break
             parts.append(chunk)
-        self._flush()  # TLS 1.3 session tickets, alerts
+            if not inbio.pending and not obj.pending():
+                break  # all read: another read would only raise SSLWantReadError
+        if self._out.pending or self._pending:
+            self._flush()  # TLS 1.3 session tickets, alerts
         if taker is not None:
             if parts:
                 taker(b"".join(parts))
@@ -118,6 +158,32 @@ class TlsSocket:
         if not parts:
             raise BlockingIOError
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _on_demand_hello(self, data: bytes) -> bytes:
+        """Look at the ClientHello's SNI before OpenSSL does (on-demand TLS); the bytes to
+        go on with, or BlockingIOError while they wait (see __init__)."""
+        hello = self._hello + data
+        name = client_hello_sni(hello)
+        if name is None and len(hello) < _HELLO_MAX:
+            self._hello = hello  # not whole yet
+            raise BlockingIOError
+        self._hello = b""
+        ask = self.on_demand
+        self.on_demand = None  # once per connection
+        fut = ask(name) if ask is not None and name else None
+        if fut is None or fut.done():
+            return hello
+        self._held = hello
+        self._waiting = True
+        resume = self.on_resume
+
+        def done(_f: Any) -> None:
+            self._waiting = False
+            if resume is not None and self._raw.fileno() != -1:  # (not closed meanwhile)
+                resume()
+
+        fut.add_done_callback(done)
+        raise BlockingIOError
 
     def _answer_plain_http(self) -> None:
         try:
@@ -149,7 +215,7 @@ class TlsSocket:
             self._flush()
 
     def send_bytes(self, fd: int, data: Any, off: int) -> tuple[int, int]:
-        if not self._flush():
+        if (self._pending or self._out.pending) and not self._flush():
             return 0, SEND_AGAIN
         total = len(data)
         pos = off
@@ -203,3 +269,129 @@ class TlsSocket:
 
     def close(self) -> None:
         self._raw.close()
+
+
+# -- an upgraded connection (websocket) over TLS
+
+
+async def _wait_fd(loop: Any, fd: int, writing: bool) -> None:
+    fut = loop.create_future()
+    if writing:
+        add, remove = loop.add_writer, loop.remove_writer
+    else:
+        add, remove = loop.add_reader, loop.remove_reader
+
+    def ready() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    add(fd, ready)
+    try:
+        await fut
+    finally:
+        remove(fd)
+
+
+async def _tls_to_plain(loop: Any, tsock: TlsSocket, inner: socket.socket) -> None:
+    fd = tsock.fileno()
+    try:
+        while True:
+            await _wait_fd(loop, fd, False)
+            try:
+                data = tsock.recv(_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                continue  # a TLS record not whole yet, or a ticket: no plaintext
+            if not data:
+                break
+            await loop.sock_sendall(inner, data)
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        inner.shutdown(socket.SHUT_WR)
+
+
+async def _plain_to_tls(loop: Any, tsock: TlsSocket, inner: socket.socket) -> None:
+    fd = tsock.fileno()
+    try:
+        while True:
+            data = await loop.sock_recv(inner, _CHUNK)
+            if not data:
+                break
+            off = 0
+            while True:
+                sent, status = tsock.send_bytes(fd, data, off)
+                off += sent
+                if status == SEND_DONE:
+                    break
+                await _wait_fd(loop, fd, True)
+        while not tsock._flush():
+            await _wait_fd(loop, fd, True)
+        tsock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def bridge(tsock: TlsSocket) -> socket.socket:
+    """A plain socket standing in for a TLS connection after an upgrade (a websocket the
+    proxy relays): a socketpair whose other end this module keeps encrypting into and
+    decrypting from `tsock`, until both directions have ended (then both are closed). The
+    upgrade taker gets a real socket, so it relays the same way over TLS as over plain TCP."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    outer, inner = socket.socketpair()
+    inner.setblocking(False)
+    outer.setblocking(False)
+
+    async def run() -> None:
+        try:
+            await asyncio.gather(
+                _tls_to_plain(loop, tsock, inner), _plain_to_tls(loop, tsock, inner)
+            )
+        finally:
+            inner.close()
+            tsock.close()
+
+    task = loop.create_task(run())
+    _bridges.add(task)
+    task.add_done_callback(_bridges.discard)
+    return outer
+
+
+_bridges: set[Any] = set()  # running bridges (held until done)
+
+
+def client_hello_sni(data: bytes) -> str | None:
+    """The server name of a TLS ClientHello at the start of `data`: None while the first
+    record is not whole, "" when there is none (or the bytes are no ClientHello)."""
+    if len(data) < 5:
+        return None if data[:1] in (b"", b"\x16") else ""
+    if data[0] != 0x16:
+        return ""
+    end = 5 + int.from_bytes(data[3:5], "big")
+    if len(data) < end:
+        return None
+    p = 5
+    try:
+        if data[p] != 1:  # handshake type ClientHello
+            return ""
+        p += 4 + 2 + 32  # handshake header, client_version, random
+        p += 1 + data[p]  # session id
+        p += 2 + int.from_bytes(data[p : p + 2], "big")  # cipher suites
+        p += 1 + data[p]  # compression methods
+        ext_end = p + 2 + int.from_bytes(data[p : p + 2], "big")
+        p += 2
+        while p + 4 <= min(ext_end, end):
+            kind = int.from_bytes(data[p : p + 2], "big")
+            size = int.from_bytes(data[p + 2 : p + 4], "big")
+            p += 4
+            if kind == 0:  # server_name: list length, type 0 (host_name), length, name
+                q = p + 2
+                if data[q] == 0:
+                    length = int.from_bytes(data[q + 1 : q + 3], "big")
+                    return data[q + 3 : q + 3 + length].decode("ascii", "replace")
+                return ""
+            p += size
+    except IndexError:
+        return ""
+    return ""

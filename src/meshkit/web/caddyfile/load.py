@@ -385,7 +385,7 @@ def _apply_tls(
                         "directive (write https:// or drop the scheme)",
                     )
                 )
-            elif cfg.acme and not _real_name(addr.host):
+            elif cfg.acme and not cfg.on_demand and not _real_name(addr.host):
                 config.errors.append(
                     CaddyfileError(
                         key.file,

@@ -1,6 +1,7 @@
 """tls: how a site is served over HTTPS (Caddy v1's forms).
 
     tls off                         # plain HTTP, even on an https:// address's port
+    tls off h2c                     # plain HTTP, and cleartext HTTP/2 with prior knowledge
     tls CERT_FILE KEY_FILE          # this certificate (PEM chain) and key
     tls self_signed                 # an in-memory certificate for the site's names, 7 days
     tls EMAIL                       # automatic HTTPS (ACME) with this account email
@@ -13,14 +14,20 @@
         alpn PROTO...               # default h2 http/1.1 (h2 only while -http2 is on)
         load DIR                    # every certificate/key pair found in the folder
         ca URL                      # the ACME directory (automatic HTTPS)
+        max_certs N                 # on-demand: obtain certificates at handshake time, at
+                                    # most N (for a `*.domain` or host-less site)
+        ask URL                     # on-demand: GET URL?domain=NAME must answer 2xx first
     }
 
 The certificate and key files are checked here, so that `meshkit web -validate` names a
 missing file or a key that does not belong to its certificate with Caddyfile:LINE. A `tls`
 that names no certificate (`tls EMAIL`, `tls { ca URL }`) asks for automatic HTTPS: the site's
 certificates come from an ACME CA (meshkit.acme, wired by `meshkit web`; see
-meshkit.web.autotls). `must_staple`, `max_certs`, `ask`, `dns` and `wildcard` are read and
-refused (not available yet). Building the SSL contexts is meshkit.web.tlsctx's job.
+meshkit.web.autotls). On-demand TLS (`max_certs`, `ask`): a handshake for a name the site
+covers but has no certificate for waits while one is obtained (meshkit.web.autotls's
+CertHub.on_demand). `must_staple`, `dns` and `wildcard` are read and refused (not available
+yet: Python's ssl cannot staple OCSP responses). Building the SSL contexts is
+meshkit.web.tlsctx's job.
 """
 
 from __future__ import annotations
@@ -68,6 +75,9 @@ class TLSConfig:
 
     keeps_static: ClassVar[bool] = True  # configuration only: no per-request work
     off: bool = False
+    # `tls off h2c`: the plain port also speaks HTTP/2 to clients that start with its
+    # preface (prior knowledge, RFC 9113 3.3; never the Upgrade: h2c dance), with -http2 on
+    h2c: bool = False
     cert: str = ""
     key: str = ""
     self_signed: bool = False
@@ -87,6 +97,10 @@ class TLSConfig:
     acme: bool = False
     email: str = ""  # `tls EMAIL`: the ACME account's email ("" : -email, or none)
     ca: str = ""  # `ca URL`: the ACME directory ("" : -ca, or the default CA)
+    # on-demand TLS: certificates obtained at handshake time (`max_certs N`, `ask URL`)
+    on_demand: bool = False
+    max_certs: int = 0  # 0: no limit (only with `ask`)
+    ask: str = ""
 
     def options(self) -> tuple[object, ...]:
         """What must be the same for every site of one port (one handshake serves them)."""
@@ -157,6 +171,8 @@ def parse(d: Dispenser, site: Site) -> TLSConfig:
         args = d.remaining_args()
         if len(args) == 1 and args[0] == "off":
             cfg.off = True
+        elif args == ["off", "h2c"]:
+            cfg.off = cfg.h2c = True
         elif len(args) == 1 and args[0] == "self_signed":
             cfg.self_signed = True
         elif len(args) == 1 and "@" in args[0]:
@@ -172,6 +188,9 @@ def parse(d: Dispenser, site: Site) -> TLSConfig:
             _option(d, cfg)
     if cfg.off:
         return cfg
+    if cfg.on_demand and (cfg.pairs or cfg.self_signed):
+        raise d.err("tls: max_certs and ask are for automatic HTTPS (on-demand), but this tls "
+                    "names its certificate")  # fmt: skip
     if not (cfg.pairs or cfg.self_signed):
         cfg.acme = True  # no certificate named: automatic HTTPS (the loader checks the rest)
     elif cfg.email or cfg.ca:
@@ -267,7 +286,21 @@ def _option(d: Dispenser, cfg: TLSConfig) -> None:
         if not args[0].startswith(("https://", "http://")):
             raise d.err(f"tls: ca {args[0]!r}: expected the ACME directory's URL")
         cfg.ca = args[0]
-    elif name in ("must_staple", "max_certs", "ask", "dns", "wildcard", "email"):
+    elif name == "max_certs":
+        if len(args) != 1:
+            raise d.arg_err()
+        if not args[0].isdigit() or int(args[0]) < 1:
+            raise d.err(f"tls: max_certs {args[0]!r} must be a whole number above 0")
+        cfg.max_certs = int(args[0])
+        cfg.on_demand = True
+    elif name == "ask":
+        if len(args) != 1:
+            raise d.arg_err()
+        if not args[0].startswith(("https://", "http://")):
+            raise d.err(f"tls: ask {args[0]!r}: expected a URL (http:// or https://)")
+        cfg.ask = args[0]
+        cfg.on_demand = True
+    elif name in ("must_staple", "dns", "wildcard", "email"):
         raise d.err(f"tls: {name} {NOT_YET}")
     else:
         raise d.err(f"tls: unknown option {name!r}")

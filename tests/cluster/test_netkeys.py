@@ -189,7 +189,7 @@ def test_cluster_setting_sets_the_interval_and_the_env_overrides_it(
     monkeypatch.delenv("MESHKIT_NETKEY_ROTATION", raising=False)
     node = Leader()
     assert rotation_interval(node.state) == DAY / 2  # the 12-hour default
-    node.state.encryption_key_rotation = 3600.0  # `meshkit cluster update --encryption-key-rotation 1h`
+    node.state.encryption_key_rotation = 3600.0  # `cluster update --encryption-key-rotation 1h`
     assert rotation_interval(node.state) == 3600.0
     monkeypatch.setenv("MESHKIT_NETKEY_ROTATION", "120")
     assert rotation_interval(node.state) == 120.0

@@ -304,7 +304,9 @@ TCP_PARAMS: dict[str, Schema] = {
     # any node certificate
     "heartbeat": {
         "node_id": req(node_id),
-        "status": opt(record({"version": opt(version), "overlay": opt(obj)})),
+        "status": opt(
+            record({"version": opt(version), "overlay": opt(obj), "resources": opt(obj)})
+        ),
     },
     "renew": {"node_id": req(node_id), "csr": req(text(MAX_CSR))},
     "leave": {"node_id": req(node_id)},

@@ -30,6 +30,7 @@ Commands (``op``, then fields):
                            labels}, now   (subnet, VNI and node endpoints allocated here)
     network_rm             network_id   (refused while a service or task uses it)
     set_overlay            node_id, overlay   (a node's overlay report, from its heartbeat)
+    set_resources          node_id, resources {NanoCPUs, MemoryBytes}   (from its heartbeat)
     secret_create          kind (secret|config), record {id, name, labels, size, data}, now
     secret_rm              kind, id   (refused while a service uses it, naming the services)
 
@@ -255,6 +256,17 @@ def _op_set_addr(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
             setattr(node, key, int(cmd[key]))
     node.updated_at = _now(cmd)
     return {"node_id": node.id}
+
+
+def _op_set_resources(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    node = state.nodes.get(str(cmd["node_id"]))
+    if node is None:
+        return {"changed": False}
+    raw = cmd.get("resources") or {}
+    resources = {k: int(raw.get(k) or 0) for k in ("NanoCPUs", "MemoryBytes")}
+    changed = node.resources != resources
+    node.resources = resources
+    return {"changed": changed}
 
 
 def _op_rotate_token(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
@@ -546,6 +558,7 @@ _HANDLERS = {
     "network_create": _net(netstate.op_network_create),
     "network_rm": _net(netstate.op_network_rm),
     "set_overlay": _net(netstate.set_overlay),
+    "set_resources": _op_set_resources,
     "secret_create": _secret_op(secretrules.op_create),
     "secret_rm": _secret_op(secretrules.op_rm),
 }
@@ -565,6 +578,7 @@ IDEMPOTENT = frozenset(
         "tasks_write",
         "task_status",
         "set_overlay",
+        "set_resources",
     }
 )
 
@@ -587,6 +601,8 @@ def node_view(node: NodeRecord, *, self_id: str = "", manager_status: str = "") 
         "RaftPort": node.raft_port,
         "Labels": dict(sorted(node.labels.items())),
         "EngineVersion": node.version,
+        # Docker's Description.Resources: what the node offers tasks ({} until it reported)
+        "Resources": dict(node.resources),
         "CreatedAt": node.created_at,
         "UpdatedAt": node.updated_at,
     }

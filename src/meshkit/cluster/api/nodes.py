@@ -54,6 +54,8 @@ code "not_manager" and swarm's "This node is not a swarm manager..." text), plus
                              "managers", "initialized", "version", "raft", "overlay",
                              "overlay_nodes", "overlay_stats", "mesh", "cert_not_after",
                              "secrets": {name: [task id]} (what this node holds)}
+    volume_ls {}         -> {"volumes": [{"Driver", "Name", "Mountpoint", "UsedBy"}]}
+    volume_rm {"name"}   -> {"name"}   refused (conflict) while a task here uses it
     leave  {"force"}     -> {"left": true, "node_id"}   this node leaves the cluster; the agent
                              stops and removes its certificate and state from the data dir
     mesh_watch {"service", "version"?, "wait"?}
@@ -95,6 +97,7 @@ from meshkit.cluster.api.services import (
     SERVICE_METHODS,
     ServiceMethods,
 )
+from meshkit.cluster.api.volumes import VOLUME_METHODS, volume_call
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft.sealing import SealError
 from meshkit.cluster.raft.store import NoQuorum, StoreError
@@ -281,6 +284,8 @@ class Api:
                 )
             if method in NODE_SERVED_METHODS:
                 return await self._handlers[method](peer, params)
+            if method in VOLUME_METHODS:  # this node's own volumes
+                return await volume_call(self.node, method, params)
             if method in MANAGER_METHODS or method == "join_token":
                 await self.node.wait_state()
                 if not self.node.is_manager:

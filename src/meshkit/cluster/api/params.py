@@ -393,6 +393,8 @@ LOCAL_PARAMS: dict[str, Schema] = {
         "version": opt(anything),
         "wait": opt(number(0, 3600)),
     },
+    "volume_ls": {},
+    "volume_rm": {"name": req(name)},
 }
 """Parameters of the methods on the local Unix socket (`leave` differs: it is this node's)."""
 

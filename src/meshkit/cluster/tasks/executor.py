@@ -197,6 +197,16 @@ class Executor:
                     held.setdefault(str(ref.get("source")), []).append(task_id)
         return held
 
+    def volume_users(self) -> dict[str, list[str]]:
+        """Volumes the tasks of this node that have not ended mount: name -> task ids."""
+        users: dict[str, list[str]] = {}
+        for task_id, t in sorted(self._tasks.items()):
+            if t.final is None:
+                for m in t.spec.get("mounts") or []:
+                    if m.get("type") == "volume":
+                        users.setdefault(str(m.get("source")), []).append(task_id)
+        return users
+
     def running(self) -> list[str]:
         """Ids of the tasks whose process is alive."""
         return [task_id for task_id, t in self._tasks.items() if t.live]

@@ -333,3 +333,32 @@ def test_groups_are_added(lab: Lab) -> None:
         assert "4242" in out[0].split()
 
     run(ex, body)
+
+
+@needs_cgroups
+def test_cgroup_of_a_task_that_died_while_the_agent_was_down_is_removed(lab: Lab) -> None:
+    first = lab.executor()
+    rec = lab.record(["sleep", "60"], resources=limits(memory_bytes=32 << 20))
+    dirs: list[str] = []
+
+    async def start_then_leave() -> None:
+        await first.start()
+        first.sync([rec])
+        await lab.reaches(rec["id"], "running")
+        cg = first._tasks[rec["id"]].cgroup
+        assert cg is not None
+        dirs.extend(cg.dirs)
+        await first.close(stop_tasks=False)  # the agent goes; the task keeps running
+
+    uvloop.run(start_then_leave())
+    pid = lab.pids[-1][0]
+    os.kill(pid, signal.SIGKILL)  # dies while no agent watches
+    lab.reports.clear()
+    second = lab.executor()
+
+    async def body() -> None:
+        final = await lab.ended(rec["id"])
+        assert final["state"] == "failed"
+        assert not any(os.path.exists(d) for d in dirs)
+
+    run(second, body)

@@ -318,6 +318,18 @@ class TaskCgroup:
         return cls(str(data["version"]), dirs, lim)
 
 
+def of_task(task_id: str, setup: CgroupSetup | None = None) -> TaskCgroup | None:
+    """The cgroup a task would have, by name (for a task whose state file is lost)."""
+    setup = setup or host_setup()
+    parent = parent_name()
+    if setup.version == "v2":
+        dirs = [str(Path(setup.v2_root, parent, task_id))]
+    else:
+        dirs = [str(Path(p, parent, task_id)) for p in dict.fromkeys(setup.v1.values())]
+    dirs = [d for d in dirs if os.path.isdir(d)]
+    return TaskCgroup(setup.version, dirs) if dirs else None
+
+
 def _enable_v2(path: Path) -> None:
     """Let the children of ``path`` use cpu, memory and pids (v2's subtree_control)."""
     control = path / "cgroup.subtree_control"

@@ -268,6 +268,9 @@ class Executor:
             log.warning("executor: dropping task dir %s: %s", task_dir, exc)
             with contextlib.suppress(tasknetns.NetnsError):
                 await tasknetns.delete(tasknetns.netns_name(task_dir.name))
+            leftover = taskcgroups.of_task(task_dir.name)
+            if leftover is not None:
+                await asyncio.to_thread(leftover.remove)
             await asyncio.to_thread(shutil.rmtree, task_dir, True)
             return None
         t = TaskRun(id=task_dir.name, record=record, dir=task_dir)

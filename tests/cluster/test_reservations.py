@@ -144,3 +144,20 @@ def test_hostname_templates() -> None:
     assert name == "web-2.w1"
     with pytest.raises(FlagError, match="unknown placeholder"):
         servicespec.build_spec({"name": "a", "command": ["x"], "hostname": "{{.Nope}}"})
+
+
+def test_task_resolv_conf_keeps_the_task_dns_server_first() -> None:
+    from meshkit.cluster.tasks.mounts import resolv_conf
+
+    overlay = "nameserver 127.0.0.11\noptions ndots:0\n"
+    text = resolv_conf(overlay, {"nameservers": ["192.0.2.53"], "search": ["corp.test"],
+                                 "options": ["ndots:2", "timeout:1"]})  # fmt: skip
+    lines = text.splitlines()[1:]
+    assert lines == [
+        "nameserver 127.0.0.11", "nameserver 192.0.2.53", "search corp.test",
+        "options ndots:2 timeout:1",
+    ]  # fmt: skip
+    host = "nameserver 198.51.100.1\nsearch lan.test\n"
+    assert resolv_conf(host, {"options": ["rotate"]}).splitlines()[1:] == [
+        "nameserver 198.51.100.1", "search lan.test", "options rotate",
+    ]  # fmt: skip

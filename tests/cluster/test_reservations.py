@@ -161,3 +161,13 @@ def test_task_resolv_conf_keeps_the_task_dns_server_first() -> None:
     assert resolv_conf(host, {"options": ["rotate"]}).splitlines()[1:] == [
         "nameserver 198.51.100.1", "search lan.test", "options rotate",
     ]  # fmt: skip
+
+
+def test_global_service_skips_nodes_without_room() -> None:
+    sim = Sim()
+    offer(sim, 2, 4 * GIB)
+    roomy = {"NanoCPUs": 2 * 10**9, "MemoryBytes": 16 * GIB}
+    sim.do({"op": "set_resources", "node_id": W1, "resources": roomy})
+    sid = sim.create(name="agent", mode="global", reserve_memory="8G")
+    sim.converge()
+    assert [t["node_id"] for t in tasks_of(sim, sid)] == [W1]

@@ -403,6 +403,8 @@ class _ServicePlanner:
                 node = self.nodes.get(str(key))
                 if node is None or not self.eligible(node):
                     continue
+                if _short_of(self.r, node, taskrt.reservation(self.spec)):
+                    continue  # no room for its reservations: that node gets no task
             if self.stopping_here(key):
                 continue
             self.new_task(key, self.carried_restarts(key))
@@ -417,6 +419,10 @@ class _ServicePlanner:
             self.r.node[task["id"]] = str(key)
             task["node_id"] = ""  # assigned by the write's "node" part
             self.r.load[str(key)] = self.r.load.get(str(key), 0) + 1
+            cpu, mem = taskrt.reservation(self.spec)
+            held = self.r.reserved.setdefault(str(key), [0, 0])
+            held[0] += cpu
+            held[1] += mem
 
     def schedule(self) -> None:
         r = self.r

@@ -362,3 +362,28 @@ def test_cgroup_of_a_task_that_died_while_the_agent_was_down_is_removed(lab: Lab
         assert not any(os.path.exists(d) for d in dirs)
 
     run(second, body)
+
+
+@needs_cgroups
+def test_health_check_runs_in_the_tasks_mounts_hostname_and_cgroup(
+    lab: Lab, tmp_path: Path
+) -> None:
+    ex = lab.executor()
+    t = tmp_path / "t"
+    check = (
+        f'test "$(cat {t}/ok)" = yes && test "$(hostname)" = probe-me && '
+        "grep -q meshkit-test /proc/self/cgroup"
+    )
+    health = {"cmd": check, "interval": 0.05, "timeout": 5, "retries": 1}
+    rec = lab.record(
+        ["sh", "-c", f"echo yes > {t}/ok; exec sleep 60"], health=health, hostname="probe-me",
+        mounts=[{"type": "tmpfs", "target": str(t)}], resources=limits(pids=50),
+    )  # fmt: skip
+
+    async def body() -> None:
+        ex.sync([rec])
+        await lab.reaches(rec["id"], "running")
+        await lab.until(lambda: any(r.get("healthy") is True for r in lab.of(rec["id"])), "ok")
+        assert not list(t.iterdir())  # the file is on the task's tmpfs only
+
+    run(ex, body)

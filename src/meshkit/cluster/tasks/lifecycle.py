@@ -295,7 +295,12 @@ class TaskLifecycle:
                 # e.g. the user was removed after an agent restart: the check cannot run
                 result = ProbeResult(False, f"could not run the check: {exc}")
             else:
-                result = await run_probe(config, plan, t.netns)
+                # as `docker exec` would: in the task's cgroup, mounts, hostname
+                extras = taskproc.ChildExtras(
+                    cgroup_procs=t.cgroup.procs_files if t.cgroup is not None else [],
+                    enter_pid=t.pid,
+                )
+                result = await run_probe(config, plan, t.netns, extras)
             verdict = tracker.feed(result, loop.time())
             if verdict is None:
                 continue

@@ -26,6 +26,7 @@ from typing import Any
 VOLUMES_DIR = "volumes"
 VOLUME_DATA = "_data"
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWNS = 0x00020000
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -148,6 +149,19 @@ def set_hostname(name: bytes) -> None:
     if _libc.sethostname(name, len(name)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"sethostname {name.decode(errors='replace')}: {os.strerror(err)}")
+
+
+def enter_namespaces(pid: int) -> None:
+    """In a child (a health check): join the mount and UTS namespaces of the task whose
+    process is ``pid``, so that it sees the task's mounts, secrets, resolv.conf and hostname."""
+    for ns, flag in (("mnt", CLONE_NEWNS), ("uts", CLONE_NEWUTS)):
+        fd = os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, flag) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns {ns} of pid {pid}: {os.strerror(err)}")
+        finally:
+            os.close(fd)
 
 
 def resolv_conf(base: str, dns: Mapping[str, Any]) -> str:

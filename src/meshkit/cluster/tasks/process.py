@@ -189,6 +189,7 @@ class ChildExtras:
     mounts: list[taskmounts.MountPlan] = field(default_factory=list)
     hostname: bytes | None = None
     resolv: bytes | None = None
+    enter_pid: int | None = None  # join that task process's mount and UTS namespaces instead
 
 
 def _child_setup(
@@ -227,9 +228,12 @@ def _child_setup(
             if netns_fd is not None:
                 tasknetns.setns(netns_fd)
             step = "cannot make the task's mount namespace"
-            if resolv is not None or files or extras.mounts:
+            if extras.enter_pid is not None:
+                step = "cannot enter the task's mount namespace"
+                taskmounts.enter_namespaces(extras.enter_pid)
+            elif resolv is not None or files or extras.mounts:
                 tasknetns.private_mounts()
-            if resolv is not None:
+            if resolv is not None and extras.enter_pid is None:
                 step = "cannot bind the task's resolv.conf"
                 tasknetns.bind_resolv_conf(resolv)
             if files:

@@ -114,3 +114,19 @@ def test_v1_old_kernel_counts_failcnt_with_a_sigkill(tmp_path: Path) -> None:
 def test_node_resources_are_this_hosts() -> None:
     res = cgroups.node_resources()
     assert res["NanoCPUs"] >= 10**9 and res["MemoryBytes"] > 1 << 20
+
+
+def test_hierarchies_from_proc_cgroups() -> None:
+    text = (
+        "#subsys_name\thierarchy\tnum_cgroups\tenabled\n"
+        "cpuset\t3\t1\t1\ncpu\t1\t1\t1\ncpuacct\t1\t1\t1\nmemory\t4\t80\t1\n"
+        "hugetlb\t0\t1\t1\npids\t8\t1\t1\nrdma\t0\t1\t0\n"
+    )
+    v1, v2 = cgroups.hierarchies(text)
+    assert v1 == [["cpu", "cpuacct"], ["cpuset"], ["memory"], ["pids"]]
+    assert v2 == ["hugetlb"]  # rdma is disabled
+
+
+def test_mount_own_leaves_a_populated_root_alone(tmp_path: Path) -> None:
+    (tmp_path / "something").mkdir()
+    assert cgroups.mount_own(str(tmp_path)) is False

@@ -34,6 +34,8 @@ DEFAULT_PARENT = "meshkit"
 PARENT_ENV = "MESHKIT_CGROUP_PARENT"
 CFS_PERIOD = 100_000  # µs, the kernel's default period, as Docker uses
 MOUNTINFO = "/proc/self/mountinfo"
+PROC_CGROUPS = "/proc/cgroups"
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 class CgroupError(OSError):
@@ -95,14 +97,24 @@ def parse_mountinfo(text: str) -> tuple[list[str], dict[str, str]]:
     return v2, v1
 
 
-def detect(mountinfo: str | None = None) -> CgroupSetup:
-    """This host's cgroup setup (see the module docstring)."""
+def detect(mountinfo: str | None = None, prefix: str = "") -> CgroupSetup:
+    """This host's cgroup setup (see the module docstring). A process whose mount namespace
+    has no cgroup filesystem at all (``ip netns exec`` mounts a fresh /sys without them)
+    mounts the kernel's hierarchies itself (``mount_own``)."""
     if mountinfo is None:
         try:
             mountinfo = Path(MOUNTINFO).read_text()
         except OSError:
             mountinfo = ""
+        found = detect(mountinfo)
+        if found.version != "none" or os.geteuid() != 0 or not mount_own():
+            return found
+        with contextlib.suppress(OSError):
+            return detect(Path(MOUNTINFO).read_text())
+        return found
     v2_points, v1 = parse_mountinfo(mountinfo)
+    v2_points = [prefix + p for p in v2_points]
+    v1 = {c: prefix + p for c, p in v1.items()}
     v2_root = v2_points[0] if v2_points else ""
     offered: tuple[str, ...] = ()
     if v2_root:
@@ -113,6 +125,49 @@ def detect(mountinfo: str | None = None) -> CgroupSetup:
     if all(c in v1 for c in CONTROLLERS):
         return CgroupSetup("v1", v2_root, v1, offered)
     return CgroupSetup("none", v2_root, v1, offered)
+
+
+def hierarchies(proc_cgroups: str) -> tuple[list[list[str]], list[str]]:
+    """/proc/cgroups -> the v1 hierarchies (their controllers, mounted together) and the
+    enabled controllers that are on no v1 hierarchy (v2's)."""
+    by_id: dict[int, list[str]] = {}
+    v2: list[str] = []
+    for line in proc_cgroups.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or line.startswith("#") or fields[3] != "1":
+            continue
+        if fields[1] == "0":
+            v2.append(fields[0])
+        else:
+            by_id.setdefault(int(fields[1]), []).append(fields[0])
+    return [by_id[k] for k in sorted(by_id)], v2
+
+
+def mount_own(root: str = CGROUP_ROOT) -> bool:
+    """Mount the kernel's cgroup hierarchies (the ones holding cpu, cpuacct, memory, pids;
+    or cgroup2) under ``root``, as the host has them, in this process's mount namespace; only
+    when nothing is mounted there (a fresh sysfs of ``ip netns exec``). False when it did not."""
+    try:
+        if os.listdir(root) or not os.path.isdir(root):
+            return False
+        v1, v2 = hierarchies(Path(PROC_CGROUPS).read_text())
+    except OSError:
+        return False
+    from meshkit.cluster.tasks.mounts import mount_fs
+
+    wanted = [h for h in v1 if any(c in h for c in (*CONTROLLERS, *V1_EXTRA))]
+    try:
+        mount_fs(b"tmpfs", root.encode(), b"tmpfs", b"mode=755")
+        for group in wanted:
+            point = os.path.join(root, ",".join(group))
+            os.mkdir(point)
+            mount_fs(b"cgroup", point.encode(), b"cgroup", ",".join(group).encode())
+        if all(c in v2 for c in CONTROLLERS):
+            os.mkdir(os.path.join(root, "unified"))
+            mount_fs(b"cgroup2", os.path.join(root, "unified").encode(), b"cgroup2", None)
+    except OSError:
+        return False
+    return True
 
 
 _setup: CgroupSetup | None = None

@@ -129,6 +129,11 @@ def _mount(src: bytes, dst: bytes, fstype: bytes | None, flags: int, data: bytes
         raise OSError(err, f"mount {dst.decode(errors='replace')}: {os.strerror(err)}")
 
 
+def mount_fs(source: bytes, target: bytes, fstype: bytes, data: bytes | None) -> None:
+    """mount(2) a filesystem (OSError naming the target when refused)."""
+    _mount(source, target, fstype, MS_NOSUID | MS_NODEV, data)
+
+
 def apply(plans: Iterable[MountPlan]) -> None:
     """In the child, in its own mount namespace: make each mount (OSError names it)."""
     for p in plans:

@@ -171,3 +171,20 @@ def test_global_service_skips_nodes_without_room() -> None:
     sid = sim.create(name="agent", mode="global", reserve_memory="8G")
     sim.converge()
     assert [t["node_id"] for t in tasks_of(sim, sid)] == [W1]
+
+
+def test_a_waiting_tasks_reason_follows_the_nodes() -> None:
+    sim = Sim()
+    sid = sim.create(name="big", reserve_memory="64G", constraint=["node.labels.x==y"])
+    sim.converge()
+    (t,) = tasks_of(sim, sid)
+    assert "not satisfying the constraints" in t["error"]
+    sim.do({"op": "update_node", "node_id": W1, "label_add": {"x": "y"}})
+    offer(sim, 2, 4 * GIB)
+    sim.converge()
+    (t,) = tasks_of(sim, sid)
+    assert t["state"] == "pending"
+    assert t["error"] == (
+        "no suitable node (2 nodes not satisfying the constraints node.labels.x==y; "
+        "insufficient memory on 1 node)"
+    )

@@ -466,8 +466,12 @@ class _ServicePlanner:
             for item in skipped:
                 heapq.heappush(heap, item)
             if chosen is None:
-                if t in r.create and not t["error"]:
-                    t["error"] = self.no_node_reason(need)
+                reason = self.no_node_reason(need)
+                if t in r.create:
+                    t["error"] = t["error"] or reason
+                elif t["error"] != reason and r.state_of(t) == "pending":
+                    # the reason changed while it waits (a node left, another filled up)
+                    r.status.append({"id": t["id"], "state": "pending", "error": reason})
                 continue
             bad, count, load, node_id = chosen
             r.node[t["id"]] = node_id

@@ -4,7 +4,8 @@
 cpu, memory and pids means v2; otherwise the v1 hierarchies that hold cpu, cpuacct, memory and
 pids are used (a host may mount both, with an empty v2, as this project's CI does: then v1).
 ``TaskCgroup.create`` makes one cgroup per task (``<hierarchy>/<parent>/<task id>``, the parent
-being ``meshkit`` as Docker's is ``docker``) and writes its limits:
+being ``meshkit`` as Docker's is ``docker``; on v1 only in the hierarchies of the limits asked
+for, cpuacct going with cpu) and writes its limits:
 
     v2  cpu.max "QUOTA 100000", memory.max, memory.swap.max 0, pids.max
     v1  cpu.cfs_period_us 100000 + cpu.cfs_quota_us, memory.limit_in_bytes
@@ -249,11 +250,20 @@ class TaskCgroup:
             _enable_v2(here)
             cg = cls("v2", [str(here / task_id)], dict(limits))
         else:
+            # only the hierarchies of the limits asked for: each one the process joins costs
+            # the kernel a cgroup migration (cpuacct goes with cpu, for the usage counter)
+            needed = {
+                "cpu": bool(limits.get("nano_cpus")),
+                "cpuacct": bool(limits.get("nano_cpus")),
+                "memory": bool(limits.get("memory_bytes")),
+                "pids": bool(limits.get("pids")),
+            }
             dirs = []
             for ctrl in (*CONTROLLERS, *V1_EXTRA):
                 point = setup.v1.get(ctrl)
-                if point is not None and str(Path(point, parent, task_id)) not in dirs:
-                    dirs.append(str(Path(point, parent, task_id)))
+                path = str(Path(point, parent, task_id)) if point is not None else ""
+                if needed[ctrl] and path and path not in dirs:
+                    dirs.append(path)
             cg = cls("v1", dirs, dict(limits))
         try:
             for d in cg.dirs:

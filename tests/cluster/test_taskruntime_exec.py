@@ -387,3 +387,37 @@ def test_health_check_runs_in_the_tasks_mounts_hostname_and_cgroup(
         assert not list(t.iterdir())  # the file is on the task's tmpfs only
 
     run(ex, body)
+
+
+@needs_cgroups
+def test_agent_stopping_while_a_limited_task_spawns_loses_no_process(lab: Lab) -> None:
+    first = lab.executor()
+    recs = [lab.record(["sleep", "60"], resources=limits(pids=20)) for _ in range(4)]
+    dirs: list[str] = []
+
+    async def start_and_leave_at_once() -> None:
+        await first.start()
+        first.sync(recs)
+
+        def spawning() -> bool:  # its cgroup made, its process not known yet
+            return any(t.cgroup and t.pid is None for t in first._tasks.values())
+
+        while not spawning():
+            await asyncio.sleep(0)
+        dirs.extend(d for t in first._tasks.values() if t.cgroup for d in t.cgroup.dirs)
+        await first.close(stop_tasks=False)  # cancels the launches in the middle
+
+    uvloop.run(start_and_leave_at_once())
+    lab.reports.clear()
+    second = lab.executor()
+
+    async def body() -> None:
+        await second.start()
+        for rec in recs:  # each one started, recorded, and adopted by the next agent
+            await lab.until(lambda r=rec: lab.of(r["id"]), "a report")
+            assert lab.of(rec["id"])[0]["state"] == "running", lab.of(rec["id"])
+            lab.pids.append((lab.of(rec["id"])[0]["pid"], None))
+        await second.close(stop_tasks=True)
+        assert not any(os.path.isdir(d) for d in dirs)  # every cgroup, and what it held, gone
+
+    uvloop.run(body())

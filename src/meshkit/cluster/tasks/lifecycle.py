@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -168,15 +169,22 @@ class TaskLifecycle:
         self.reporter.save(t)  # the cgroup is on record before a process is in it
         self.reporter.emit([{"id": t.id, "state": "starting", "message": "starting"}])
         fds = tasklogs.open_streams(t.dir)
+        spawn = functools.partial(
+            taskproc.spawn,
+            prepared.plan,
+            stdout=fds["stdout"],
+            stderr=fds["stderr"],
+            netns=t.netns,
+            files=files,
+            extras=prepared.extras,
+        )
         try:
-            t.popen = taskproc.spawn(
-                prepared.plan,
-                stdout=fds["stdout"],
-                stderr=fds["stderr"],
-                netns=t.netns,
-                files=files,
-                extras=prepared.extras,
-            )
+            if t.cgroup is None:
+                t.popen = spawn()
+            else:
+                # joining a cgroup can make the child wait for the kernel (an RCU grace
+                # period per migration): the loop goes on meanwhile, and launches overlap
+                t.popen = await self.spawn_off_loop(t, spawn)
         except taskproc.LaunchError as exc:
             await self.release(t)
             self.reporter.finish(t, {"state": "rejected", "message": "rejected", "error": str(exc)})
@@ -201,6 +209,24 @@ class TaskLifecycle:
             ]
         )
         return True
+
+    async def spawn_off_loop(
+        self, t: TaskRun, spawn: Callable[[], subprocess.Popen[bytes]]
+    ) -> subprocess.Popen[bytes]:
+        """``spawn()`` in a worker thread. Cancelled meanwhile (the agent stops), the process
+        starts anyway: it is put on record before the cancellation goes on, so that the next
+        agent adopts it instead of losing it."""
+        job = asyncio.get_running_loop().run_in_executor(None, spawn)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                t.popen = await job
+                t.pid = t.popen.pid
+                t.start_ticks = taskproc.start_time(t.pid)
+                t.started_at = time.time()
+                self.reporter.save(t)
+            raise
 
     async def supervise(self, t: TaskRun) -> None:
         """Wait for the end (exit, stop request, unhealthy), then clean up and report it."""

@@ -13,7 +13,7 @@ import pytest
 
 from meshkit.cluster.tasks import cgroups
 from support.labutil import lab_cluster
-from support.meshlab import Cluster
+from support.meshlab import Cluster as MeshCluster
 from support.polling import until
 
 pytestmark = [
@@ -21,6 +21,16 @@ pytestmark = [
     pytest.mark.skipif(cgroups.host_setup().version == "none", reason="no cgroup controllers"),
 ]
 PARENT = f"meshkit-nstest-{os.getpid()}"
+
+
+class Cluster(MeshCluster):
+    def remove(self, service: str) -> None:
+        """Remove ``service`` and wait until its tasks' namespaces are gone too."""
+        r = self.cli("service", "ps", service, "--format", "json")
+        ids = [t["ID"] for t in self.tasks(service)] if r.returncode == 0 else []
+        self.cli("service", "rm", service)
+        until(lambda: self.cli("service", "ps", service).returncode != 0, 30, "removed")
+        until(lambda: not any(Path(f"/run/netns/mk-{i}").exists() for i in ids), 30, "ns gone")
 
 
 def parent_dirs() -> list[Path]:
@@ -49,6 +59,14 @@ def cluster() -> Iterator[Cluster]:
 
 def test_dns_hostname_limits_and_tmpfs_on_an_overlay(cluster: Cluster, tmp_path: Path) -> None:
     cluster.cli_ok("network", "create", "-d", "overlay", "rtnet")
+    try:
+        check_task_runtime(cluster, tmp_path)
+    finally:  # the agents take down the task (its namespace, its cgroup) while they run
+        cluster.remove("rtweb")
+        cluster.rm_network("rtnet")
+
+
+def check_task_runtime(cluster: Cluster, tmp_path: Path) -> None:
     scratch = tmp_path / "scratch"
     script = (
         "cat /etc/resolv.conf; echo host=$(hostname); getent hosts rtweb && echo resolved; "
@@ -80,6 +98,5 @@ def test_dns_hostname_limits_and_tmpfs_on_an_overlay(cluster: Cluster, tmp_path:
     dirs = [d / task["ID"] for d in parent_dirs() if (d / task["ID"]).is_dir()]
     assert dirs  # (v1: the hierarchies of its limits, memory and cpu)
     assert all(str(task["Pid"]) in (d / "cgroup.procs").read_text().split() for d in dirs)
-    cluster.rm_service("rtweb")
+    cluster.remove("rtweb")
     until(lambda: not any(d.exists() for d in dirs), 30, "the task's cgroup removed")
-    cluster.rm_network("rtnet")

@@ -45,6 +45,13 @@ def cluster() -> Iterator[Cluster]:
         until(lambda: len([n for n in m1.ls() if n["Status"] == "Ready"]) == 2, 30, "2 nodes")
         yield c
     finally:
+        m1 = c.agents.get("m1")
+        if m1 is not None:  # a failed test's services: their tasks end before the agents do
+            names = [s["Name"] for s in json.loads(mk(m1, "service", "ls", "--format", "json"))]
+            pids = [t["Pid"] for n in names for t in ps(m1, n) if t.get("Pid")]
+            if names:
+                run(m1, "service", "rm", *names)
+                until(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 30, "ended")
         c.close()
         if old is None:
             os.environ.pop(cgroups.PARENT_ENV, None)

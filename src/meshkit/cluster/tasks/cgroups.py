@@ -307,7 +307,8 @@ class TaskCgroup:
     def _name(self) -> str:
         return os.path.basename(self.dirs[0].rstrip("/"))
 
-    def _file(self, v1_controller: str, name: str) -> Path | None:
+    def _file(self, name: str) -> Path | None:
+        """The control file ``name`` of this cgroup (v1: in whichever hierarchy has it)."""
         if self.version == "v2":
             return Path(self.dirs[0], name) if self.dirs else None
         for d in self.dirs:
@@ -322,24 +323,24 @@ class TaskCgroup:
         if not self.limits.get("memory_bytes"):
             return 0
         if self.version == "v2":
-            path = self._file("memory", "memory.events")
+            path = self._file("memory.events")
             count = _keyed(path, "oom_kill") if path is not None else None
             return count or 0
-        path = self._file("memory", "memory.oom_control")
+        path = self._file("memory.oom_control")
         count = _keyed(path, "oom_kill") if path is not None else None
         if count is not None:
             return count
-        failcnt = self._file("memory", "memory.failcnt")
+        failcnt = self._file("memory.failcnt")
         fails = _read_int(failcnt) if failcnt is not None else None
         return 1 if killed_by_sigkill and fails else 0  # an old kernel: no oom_kill counter
 
     def cpu_usage_ns(self) -> int | None:
         """CPU time used by the task's processes so far, in ns."""
         if self.version == "v2":
-            path = self._file("cpu", "cpu.stat")
+            path = self._file("cpu.stat")
             usec = _keyed(path, "usage_usec") if path is not None else None
             return None if usec is None else usec * 1000
-        path = self._file("cpuacct", "cpuacct.usage")
+        path = self._file("cpuacct.usage")
         return _read_int(path) if path is not None else None
 
     def pids(self) -> list[int]:

@@ -188,3 +188,12 @@ def test_a_waiting_tasks_reason_follows_the_nodes() -> None:
         "no suitable node (2 nodes not satisfying the constraints node.labels.x==y; "
         "insufficient memory on 1 node)"
     )
+
+
+def test_a_bad_resource_report_is_refused_the_same_way_everywhere() -> None:
+    from meshkit.cluster.model.state import CommandError
+
+    sim = Sim()
+    with pytest.raises(CommandError, match="expected whole numbers"):
+        sim.do({"op": "set_resources", "node_id": W1, "resources": {"NanoCPUs": "lots"}})
+    assert sim.st.nodes[W1].resources == {}

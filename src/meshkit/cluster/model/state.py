@@ -263,7 +263,10 @@ def _op_set_resources(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, 
     if node is None:
         return {"changed": False}
     raw = cmd.get("resources") or {}
-    resources = {k: int(raw.get(k) or 0) for k in ("NanoCPUs", "MemoryBytes")}
+    try:
+        resources = {k: max(0, int(raw.get(k) or 0)) for k in ("NanoCPUs", "MemoryBytes")}
+    except (TypeError, ValueError, AttributeError):
+        raise CommandError(f"resources of node {node.id}: expected whole numbers") from None
     changed = node.resources != resources
     node.resources = resources
     return {"changed": changed}

@@ -198,10 +198,12 @@ class Executor:
         return held
 
     def volume_users(self) -> dict[str, list[str]]:
-        """Volumes the tasks of this node that have not ended mount: name -> task ids."""
+        """Volumes the tasks this node knows mount: name -> task ids. Ended tasks count until
+        the cluster forgets them (as Docker counts stopped containers), so that a volume is
+        not removed under a service whose next task would want it."""
         users: dict[str, list[str]] = {}
         for task_id, t in sorted(self._tasks.items()):
-            if t.final is None:
+            if not t.forget:
                 for m in t.spec.get("mounts") or []:
                     if m.get("type") == "volume":
                         users.setdefault(str(m.get("source")), []).append(task_id)

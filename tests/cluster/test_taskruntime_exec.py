@@ -260,12 +260,13 @@ def test_hostname_stop_signal_dns_and_init(lab: Lab) -> None:
     script = (
         "hostname; echo HOSTNAME=$HOSTNAME; cat /etc/resolv.conf; "
         "(sleep 30 &); "  # an orphan: re-parented to the task's init, not the node's
-        "trap 'echo got-INT; exit 0' INT; echo ready; while :; do sleep 0.05; done"
+        "trap 'echo got-INT' INT; echo ready; while :; do sleep 0.05; done"
     )
     rec = lab.record(
         ["sh", "-c", script],
         hostname="{{.Service.Name}}-{{.Task.Slot}}",
         stop_signal="SIGINT",
+        stop_grace_period=1.0,
         dns={"nameservers": ["192.0.2.53"], "search": ["corp.test"], "options": ["ndots:2"]},
         init=True,
     )
@@ -297,7 +298,9 @@ def test_hostname_stop_signal_dns_and_init(lab: Lab) -> None:
         ex.sync([{**rec, "desired_state": "shutdown"}])
         final = await lab.ended(rec["id"])
         assert final["state"] == "shutdown"
-        assert "got-INT" in lines()  # the stop signal, not SIGTERM
+        # the stop signal, not SIGTERM, and once: the init passes nothing on
+        assert lines().count("got-INT") == 1
+        assert final["exit_code"] == 128 + signal.SIGKILL  # it ignored it: killed after grace
 
     run(ex, body)
 

@@ -4,21 +4,21 @@ Run as ``python -I -S taskinit.py EXECUTABLE ARGV0 ARGS...`` (standalone: only t
 library, so it starts in a few ms without meshkit on the path). It makes itself a child
 subreaper (prctl PR_SET_CHILD_SUBREAPER), so processes orphaned inside the task are re-parented
 to it rather than to the node's init, starts the command, reaps every child that ends, and ends
-the way the command ended: the same exit code, or the same signal. Signals sent to the task's
-process group reach the command directly; the init only stays alive for them (a handler, not
-SIG_IGN, which exec would pass on) until the command has ended.
+the way the command ended: the same exit code, or the same signal. The agent signals a task's
+whole process group, so the command gets each signal once, directly; the init passes none on
+(a second SIGINT or SIGTERM means "now" to many programs) and only stays alive through them
+(a handler that does nothing, not SIG_IGN, which exec would pass on) until the command ended.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
 import sys
 
 PR_SET_CHILD_SUBREAPER = 36
-FORWARDED = (
+STAYED = (
     signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
     signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
 )  # fmt: skip
@@ -30,20 +30,16 @@ def main(argv: list[str]) -> int:
         return 127
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    main_pid = 0
 
-    def forward(signum: int, _frame: object) -> None:
-        # a signal sent to this process alone (not to the group) is passed to the command
-        if main_pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(main_pid, signum)
+    def stay(_signum: int, _frame: object) -> None:
+        """The group's signal reached the command as well: nothing to do here."""
 
-    for sig in FORWARDED:
-        signal.signal(sig, forward)
+    for sig in STAYED:
+        signal.signal(sig, stay)
     executable, args = argv[0], argv[1:]
     main_pid = os.fork()
     if main_pid == 0:
-        for sig in FORWARDED:
+        for sig in STAYED:
             signal.signal(sig, signal.SIG_DFL)
         try:
             os.execv(executable, args)

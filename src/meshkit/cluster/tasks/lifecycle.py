@@ -21,6 +21,7 @@ from typing import Any
 from meshkit.base import netns as tasknetns
 from meshkit.base.procwatch import open_pidfd, wait_pidfd
 from meshkit.cluster.tasks import logs as tasklogs
+from meshkit.cluster.tasks import mounts as taskmounts
 from meshkit.cluster.tasks import process as taskproc
 from meshkit.cluster.tasks import runtime as taskruntime
 from meshkit.cluster.tasks.health import (
@@ -322,9 +323,10 @@ class TaskLifecycle:
                 result = ProbeResult(False, f"could not run the check: {exc}")
             else:
                 # as `docker exec` would: in the task's cgroup, mounts, hostname
+                own = t.pid is not None and taskmounts.has_own_namespaces(t.pid)
                 extras = taskproc.ChildExtras(
                     cgroup_procs=t.cgroup.procs_files if t.cgroup is not None else [],
-                    enter_pid=t.pid,
+                    enter_pid=t.pid if own else None,
                 )
                 result = await run_probe(config, plan, t.netns, extras)
             verdict = tracker.feed(result, loop.time())

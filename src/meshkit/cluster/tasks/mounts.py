@@ -156,6 +156,17 @@ def set_hostname(name: bytes) -> None:
         raise OSError(err, f"sethostname {name.decode(errors='replace')}: {os.strerror(err)}")
 
 
+def has_own_namespaces(pid: int) -> bool:
+    """Whether process ``pid`` has a mount or UTS namespace other than this process's."""
+    try:
+        return any(
+            os.stat(f"/proc/{pid}/ns/{ns}").st_ino != os.stat(f"/proc/self/ns/{ns}").st_ino
+            for ns in ("mnt", "uts")
+        )
+    except OSError:
+        return False
+
+
 def enter_namespaces(pid: int) -> None:
     """In a child (a health check): join the mount and UTS namespaces of the task whose
     process is ``pid``, so that it sees the task's mounts, secrets, resolv.conf and hostname."""

@@ -9,12 +9,19 @@ from the request (``service_create`` / ``service_scale`` on the manager's socket
 CPU share of each agent over that time (utime + stime from /proc/<pid>/stat; 100 % = one core).
 Then ``service rm`` and the time until every task process has exited.
 
+``--variants plain,limits`` (the default) runs the steps twice: tasks as they are, and tasks
+with a task runtime (``--limit-cpu 0.5 --limit-memory 64M --limit-pids 100``: a cgroup per
+task, written before its exec; a tmpfs and a local volume mount in its mount namespace), so
+that the start cost of limits and mounts shows as tasks per second side by side. The agents'
+cgroups go under a parent of the bench's own, removed at the end.
+
 There is no anchor on this machine (no Docker engine to run swarm's own scheduler side by
 side); the figures stand alone. Docker's documentation gives none to compare with either.
 
     python bench/service_converge.py               # 100 then 500 tasks
     python bench/service_converge.py --quick       # smoke run: 10 then 30 tasks
     python bench/service_converge.py --replicas 200,1000
+    python bench/service_converge.py --variants limits
 
 Everything started here is stopped by pid when the run ends (also on failures); task
 processes left by a failed run are killed by the pids the manager reported; the temporary
@@ -51,6 +58,34 @@ from meshkit.cli.servicespec import build_spec  # noqa: E402
 from meshkit.cluster.rpc.transport import RpcClient, RpcError  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+CGROUP_ENV = "MESHKIT_CGROUP_PARENT"
+CGROUP_PARENT = f"mk-bench-{os.getpid()}"
+
+
+def runtime_flags(variant: str, tmp: Path) -> dict[str, Any]:
+    """The spec flags of a variant: none, or limits plus a tmpfs and a volume mount."""
+    if variant == "plain":
+        return {}
+    return {
+        "limit_cpu": "0.5",
+        "limit_memory": "64M",
+        "limit_pids": "100",
+        "mount": [
+            f"type=tmpfs,dst={tmp}/mnt/t,tmpfs-size=1M",
+            f"type=volume,src=bv,dst={tmp}/mnt/v",
+        ],
+    }
+
+
+def remove_cgroup_parent() -> None:
+    """The bench's own cgroup parent folders (each task's cgroup went with the task)."""
+    from meshkit.cluster.tasks.cgroups import host_setup
+
+    setup = host_setup()
+    roots = [setup.v2_root] if setup.version == "v2" else list(set(setup.v1.values()))
+    for root in roots:
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.join(root, CGROUP_PARENT))
 
 
 class BenchError(Exception):
@@ -98,6 +133,7 @@ class Agent:
         else:
             sub = ["join", "--token", join[0], *common, join[1]]
         env = dict(os.environ) if INSTALLED else {**os.environ, "PYTHONPATH": str(SRC_DIR)}
+        env[CGROUP_ENV] = CGROUP_PARENT
         with self.logfile.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshkit", "node", *sub],
@@ -181,12 +217,13 @@ def alive(pid: int) -> bool:
 
 
 async def step(
-    mgr: Agent, agents: list[Agent], name: str, n: int, before: int, timeout: float
-) -> dict[str, float]:
+    mgr: Agent, agents: list[Agent], name: str, n: int, before: int, timeout: float,
+    flags: dict[str, Any],
+) -> dict[str, float]:  # fmt: skip
     cpu0 = {a.name: proc_cpu_seconds(a.pid) for a in agents}
     t0 = time.monotonic()
     if before == 0:
-        spec = build_spec({"name": name, "replicas": str(n), "command": ["sleep", "3600"]})
+        spec = build_spec({"name": name, "replicas": str(n), "command": ["sleep", "3600"], **flags})
         await mgr.call("service_create", {"spec": spec})
     else:
         await mgr.call("service_scale", {"service": name, "replicas": n})
@@ -215,19 +252,26 @@ async def run(args: argparse.Namespace, tmp: Path, agents: list[Agent]) -> int:
         if time.monotonic() > deadline:
             raise BenchError("the workers did not join")
         await asyncio.sleep(0.1)
-    name = "bench"
+    for variant in args.variants.split(","):
+        await run_variant(args, tmp, agents, mgr, variant)
+    return 0
+
+
+async def run_variant(
+    args: argparse.Namespace, tmp: Path, agents: list[Agent], mgr: Agent, variant: str
+) -> None:
+    name = f"bench-{variant}"
+    flags = runtime_flags(variant, tmp)
     counts = [int(x) for x in args.replicas.split(",")]
-    results = []
     before = 0
     try:
         for n in counts:
-            r = await step(mgr, agents, name, n, before, args.timeout)
+            r = await step(mgr, agents, name, n, before, args.timeout, flags)
             what = "create" if before == 0 else f"scale {before} ->"
-            results.append((n, before, r))
             before = n
             cpu = ", ".join(f"{a.name} {r['cpu_' + a.name]:.0f}%" for a in agents)
             print(
-                f"{what} {n} tasks: running in {r['seconds']:.2f} s, "
+                f"[{variant}] {what} {n} tasks: running in {r['seconds']:.2f} s, "
                 f"{r['tasks_per_s']:.0f} tasks/s; agent CPU {cpu} (m1 is the manager)",
                 flush=True,
             )
@@ -239,12 +283,12 @@ async def run(args: argparse.Namespace, tmp: Path, agents: list[Agent]) -> int:
             if time.monotonic() > deadline:
                 raise BenchError("tasks still running after service rm")
             await asyncio.sleep(0.05)
-        print(f"service rm: all {len(pids)} task processes gone in {time.monotonic() - t0:.2f} s")
+        gone = time.monotonic() - t0
+        print(f"[{variant}] service rm: all {len(pids)} task processes gone in {gone:.2f} s")
     finally:
         for p in await task_pids(mgr, name):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -252,6 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--replicas", default="100,500", help="task counts, in order (create, scale)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 10 then 30 tasks")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per step")
+    ap.add_argument(
+        "--variants", default="plain,limits", help="plain and/or limits (cgroups and mounts)"
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.replicas, args.timeout = "10,30", 60.0
@@ -267,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for a in reversed(agents):
             a.stop()
+        remove_cgroup_parent()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

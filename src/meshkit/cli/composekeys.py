@@ -32,16 +32,16 @@ SERVICE_KEYS: dict[str, str] = {
     "command": USE, "entrypoint": USE, "environment": USE, "env_file": USE, "working_dir": USE,
     "user": USE, "deploy": USE, "ports": USE, "expose": USE, "networks": USE,
     "healthcheck": USE, "stop_grace_period": USE, "stop_signal": USE, "image": USE,
-    "secrets": USE, "configs": USE,
+    "secrets": USE, "configs": USE, "volumes": USE, "hostname": USE, "dns": USE,
+    "dns_search": USE, "tmpfs": USE, "init": USE,
     # what runs would differ from the file: refused by name
-    "volumes": NOT_YET, "hostname": NOT_YET, "dns": NOT_YET, "dns_search": NOT_YET,
     "network_mode": NOT_YET, "devices": NOT_YET, "extra_hosts": NOT_YET, "ulimits": NOT_YET,
-    "tmpfs": NOT_YET, "sysctls": NOT_YET, "userns_mode": NOT_YET, "pid": NOT_YET,
+    "sysctls": NOT_YET, "userns_mode": NOT_YET, "pid": NOT_YET,
     "ipc": NOT_YET, "privileged": NOT_YET, "read_only": NOT_YET, "shm_size": NOT_YET,
     # container settings with no meaning for a process (Docker ignores several in stacks)
     "build": IGNORED, "cap_add": IGNORED, "cap_drop": IGNORED, "cgroup_parent": IGNORED,
     "container_name": IGNORED, "credential_spec": IGNORED, "depends_on": IGNORED,
-    "domainname": IGNORED, "external_links": IGNORED, "init": IGNORED, "isolation": IGNORED,
+    "domainname": IGNORED, "external_links": IGNORED, "isolation": IGNORED,
     "labels": IGNORED, "links": IGNORED, "logging": IGNORED, "mac_address": IGNORED,
     "restart": IGNORED, "security_opt": IGNORED, "stdin_open": IGNORED, "tty": IGNORED,
 }  # fmt: skip

@@ -238,6 +238,7 @@ def doctor(
             out["ok"] = bool(out["ok"]) and not mesh_problems(out["mesh"])
         if note:
             out["note"] = note
+        out["cgroups"] = _cgroups().to_dict()  # task resource limits (v1 or v2, controllers)
         typer.echo(json.dumps(out, indent=4))
         return
     text = doctor_report.render_doctor(pairs, checks, dataplane=dataplane)
@@ -253,9 +254,17 @@ def doctor(
         text += mesh_text(info.get("mesh") or {})
     if vip_paths:
         text += "\nVIPs on every port, by node: " + ", ".join(vip_paths) + "\n"
+    text += f"\nTask resource limits: {_cgroups().describe()}\n"
     if note:
         text += "\n" + note + "\n"
     typer.echo(text, nl=False)
+
+
+def _cgroups() -> Any:
+    """This host's cgroup setup (meshkit.cluster.tasks.cgroups.CgroupSetup)."""
+    from meshkit.cluster.tasks.cgroups import host_setup
+
+    return host_setup()
 
 
 def mesh_problems(mesh: dict[str, Any]) -> list[str]:

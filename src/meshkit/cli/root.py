@@ -72,6 +72,7 @@ LAZY: dict[str, tuple[str, str, str]] = {
     "stack": ("meshkit.cli.stack", "stack_app", "group"),
     "secret": ("meshkit.cli.secret", "secret_app", "group"),
     "config": ("meshkit.cli.secret", "config_app", "group"),
+    "volume": ("meshkit.cli.volume", "volume_app", "group"),
     "web": ("meshkit.cli.web", "web_app", "app"),
     "cluster": ("meshkit.cli.cluster", "cluster_app", "group"),
     "events": ("meshkit.cli.events", "events", "command"),

@@ -50,6 +50,16 @@ UpdateMonitorOpt = Annotated[str | None, typer.Option("--update-monitor")]
 UpdateMaxFailureRatioOpt = Annotated[str | None, typer.Option("--update-max-failure-ratio")]
 UpdateOrderOpt = Annotated[str | None, typer.Option("--update-order")]
 StopGracePeriodOpt = Annotated[str | None, typer.Option("--stop-grace-period")]
+# the task runtime (cli/taskflags.py): Docker's names and units
+LimitCpuOpt = Annotated[str | None, typer.Option("--limit-cpu", help="CPUs, e.g. 0.5.")]
+LimitMemoryOpt = Annotated[str | None, typer.Option("--limit-memory", help="e.g. 256M.")]
+LimitPidsOpt = Annotated[str | None, typer.Option("--limit-pids", help="Max processes.")]
+ReserveCpuOpt = Annotated[str | None, typer.Option("--reserve-cpu", help="CPUs to reserve.")]
+ReserveMemoryOpt = Annotated[str | None, typer.Option("--reserve-memory", help="e.g. 1G.")]
+HostnameOpt = Annotated[
+    str | None, typer.Option("--hostname", help="Task hostname ({{.Task.Slot}}...).")
+]
+StopSignalOpt = Annotated[str | None, typer.Option("--stop-signal", help="e.g. SIGINT.")]
 
 CONVERGE_STABLE = 1.0
 """Seconds every task must keep running before the service counts as converged."""
@@ -287,6 +297,27 @@ def create(
             "at /path in each task (default /run/configs/NAME).",
         ),
     ] = None,
+    limit_cpu: LimitCpuOpt = None,
+    limit_memory: LimitMemoryOpt = None,
+    limit_pids: LimitPidsOpt = None,
+    reserve_cpu: ReserveCpuOpt = None,
+    reserve_memory: ReserveMemoryOpt = None,
+    mount: Annotated[
+        ListOpt,
+        typer.Option(
+            "--mount",
+            help="type=bind|volume|tmpfs,src=...,dst=/path[,readonly][,tmpfs-size=64M]",
+        ),
+    ] = None,
+    hostname: HostnameOpt = None,
+    stop_signal: StopSignalOpt = None,
+    env_file: Annotated[ListOpt, typer.Option("--env-file", help="KEY=VALUE lines.")] = None,
+    label: Annotated[ListOpt, typer.Option("--label", "-l", help="Service label K=V.")] = None,
+    group: Annotated[ListOpt, typer.Option("--group", help="Supplementary group.")] = None,
+    dns: Annotated[ListOpt, typer.Option("--dns", help="DNS server (resolv.conf).")] = None,
+    dns_search: Annotated[ListOpt, typer.Option("--dns-search")] = None,
+    dns_option: Annotated[ListOpt, typer.Option("--dns-option")] = None,
+    init: Annotated[bool, typer.Option("--init", help="Reap orphans with a tiny init.")] = False,
     detach: DetachOpt = False,
     quiet: QuietOpt = False,
     host: HostOpt = None,
@@ -459,6 +490,26 @@ def update(
     update_max_failure_ratio: UpdateMaxFailureRatioOpt = None,
     update_order: UpdateOrderOpt = None,
     stop_grace_period: StopGracePeriodOpt = None,
+    limit_cpu: LimitCpuOpt = None,
+    limit_memory: LimitMemoryOpt = None,
+    limit_pids: LimitPidsOpt = None,
+    reserve_cpu: ReserveCpuOpt = None,
+    reserve_memory: ReserveMemoryOpt = None,
+    mount_add: Annotated[ListOpt, typer.Option("--mount-add", help="As --mount.")] = None,
+    mount_rm: Annotated[ListOpt, typer.Option("--mount-rm", help="A mount's target.")] = None,
+    hostname: HostnameOpt = None,
+    stop_signal: StopSignalOpt = None,
+    label_add: Annotated[ListOpt, typer.Option("--label-add")] = None,
+    label_rm: Annotated[ListOpt, typer.Option("--label-rm")] = None,
+    group_add: Annotated[ListOpt, typer.Option("--group-add")] = None,
+    group_rm: Annotated[ListOpt, typer.Option("--group-rm")] = None,
+    dns_add: Annotated[ListOpt, typer.Option("--dns-add")] = None,
+    dns_rm: Annotated[ListOpt, typer.Option("--dns-rm")] = None,
+    dns_search_add: Annotated[ListOpt, typer.Option("--dns-search-add")] = None,
+    dns_search_rm: Annotated[ListOpt, typer.Option("--dns-search-rm")] = None,
+    dns_option_add: Annotated[ListOpt, typer.Option("--dns-option-add")] = None,
+    dns_option_rm: Annotated[ListOpt, typer.Option("--dns-option-rm")] = None,
+    init: Annotated[bool | None, typer.Option("--init/--no-init")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the tasks even unchanged.")] = (
         False
     ),
@@ -468,6 +519,8 @@ def update(
 ) -> None:
     """Change a service; its tasks are replaced by a rolling update."""
     flags = _spec_flags(locals())  # first: nothing but the parameters in locals() yet
+    if init is False:
+        flags["init"] = False  # --no-init (_spec_flags drops false values)
     import shlex
 
     from meshkit.cli.servicespec import update_spec

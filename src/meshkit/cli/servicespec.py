@@ -294,6 +294,10 @@ def _checked(spec: dict[str, Any]) -> dict[str, Any]:
             "command": "COMMAND",
             "secrets": "--secret",
             "configs": "--config",
+            "mounts": "--mount",
+            "resources": "--reserve-memory" if "memory" in str(exc) else "--reserve-cpu",
+            "dns": "--dns",
+            "groups": "--group",
         }.get(field, _flag_name(field))
         raise FlagError(flag, "", str(exc)) from None
 
@@ -318,7 +322,9 @@ def build_spec(flags: Mapping[str, Any]) -> dict[str, Any]:
     spec["command"] = _list(flags, "command")
     if not spec["command"]:
         raise FlagError("COMMAND", "", "a service needs a command to run (after --)")
-    spec["env"] = _merge_env([], _env_items(flags, "env"))
+    from meshkit.cli import taskflags
+
+    spec["env"] = _merge_env(taskflags.env_from_files(flags), _env_items(flags, "env"))
     spec["constraints"] = _constraints(flags, "constraint")
     spec["networks"] = list(dict.fromkeys(_list(flags, "network")))
     spec["ports"] = [parse_publish(p) for p in _list(flags, "publish")]
@@ -333,6 +339,7 @@ def build_spec(flags: Mapping[str, Any]) -> dict[str, Any]:
             spec["ports"].append(port)
     spec["secrets"] = _refs(flags, "secret", "secret")
     spec["configs"] = _refs(flags, "config", "config")
+    taskflags.apply(spec, flags, create=True)
     _apply_common(spec, flags, create=True)
     return _checked(spec)
 
@@ -377,6 +384,9 @@ def update_spec(spec: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, 
     out["ports"] = ports
     _update_refs(out, flags, "secret")
     _update_refs(out, flags, "config")
+    from meshkit.cli import taskflags
+
+    taskflags.apply(out, flags, create=False)
     _apply_common(out, flags, create=False)
     if flags.get("force"):
         out["force_update"] = int(out["force_update"]) + 1

@@ -33,6 +33,7 @@ from typing import Any
 
 from meshkit.base.durations import DurationError, parse_duration
 from meshkit.base.errors import InvalidValue
+from meshkit.cli import composeruntime
 from meshkit.cli.composefile import (
     Doc,
     Path,
@@ -438,7 +439,7 @@ def _deploy(ctx: _Ctx, value: Any, path: Path, spec: dict[str, Any]) -> None:
             raise ctx.error((*path, "replicas"), "replicas can only be used with replicated mode")
         spec["replicas"] = _int(ctx, d["replicas"], (*path, "replicas"))
     if d.get("resources"):
-        raise ctx.error((*path, "resources"), f"{NOT_YET}: meshkit sets no CPU or memory limits")
+        composeruntime.resources(ctx, d["resources"], (*path, "resources"), spec)
     if "endpoint_mode" in d:
         spec["endpoint_mode"] = _choice(
             ctx, d["endpoint_mode"], (*path, "endpoint_mode"), ENDPOINT_MODES
@@ -626,12 +627,8 @@ def _service(
         spec["stop_grace_period"] = _duration(
             ctx, svc["stop_grace_period"], (*path, "stop_grace_period")
         )
-    if svc.get("stop_signal") is not None:
-        sig = _text(ctx, svc["stop_signal"], (*path, "stop_signal")).upper()
-        if sig not in ("SIGTERM", "TERM", "15"):
-            raise ctx.error(
-                (*path, "stop_signal"), f"{NOT_YET}: tasks are stopped with SIGTERM, then SIGKILL"
-            )
+    # volumes, tmpfs, hostname, dns, dns_search, init, stop_signal
+    composeruntime.apply(ctx, svc, path, spec, file_names["volumes"], base_dir)
     if svc.get("healthcheck") is not None:
         spec["health"] = _health(ctx, svc["healthcheck"], (*path, "healthcheck"))
     _deploy(ctx, svc.get("deploy"), (*path, "deploy"), spec)
@@ -770,8 +767,7 @@ def load_stack(
         raise ctx.error(("services",), "the stack has no services")
     for what in ("volumes", "secrets", "configs"):
         _mapping(ctx, merged.get(what), (what,))
-    if merged.get("volumes"):
-        ctx.warn(("volumes",), "ignored: meshkit has no volumes; services using one are refused")
+    file_names = {"volumes": composeruntime.volume_names(ctx, stack, merged.get("volumes"))}
     used: set[str] = set()
     for v in services.values():
         nets = v.get("networks") if isinstance(v, dict) else None
@@ -780,7 +776,6 @@ def load_stack(
     reader = read if read is not None else _no_reader
     base_dir = os.path.dirname(sources[0][0])
     files: dict[str, list[FilePlan]] = {}
-    file_names: dict[str, dict[str, str]] = {}
     for what in ("secrets", "configs"):
         refs_used = {
             str(r.get("source") if isinstance(r, dict) else r)

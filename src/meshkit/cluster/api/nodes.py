@@ -56,6 +56,8 @@ code "not_manager" and swarm's "This node is not a swarm manager..." text), plus
                              "managers", "initialized", "version", "raft", "overlay",
                              "overlay_nodes", "overlay_stats", "mesh", "cert_not_after",
                              "secrets": {name: [task id]} (what this node holds)}
+    volume_ls {}         -> {"volumes": [{"Driver", "Name", "Mountpoint", "UsedBy"}]}
+    volume_rm {"name"}   -> {"name"}   refused (conflict) while a task here uses it
     leave  {"force"}     -> {"left": true, "node_id"}   this node leaves the cluster; the agent
                              stops and removes its certificate and state from the data dir
     mesh_watch {"service", "version"?, "wait"?}
@@ -74,6 +76,7 @@ may or may not have been applied), token, unavailable, locked (plus rpc's own).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -99,6 +102,7 @@ from meshkit.cluster.api.services import (
     SERVICE_METHODS,
     ServiceMethods,
 )
+from meshkit.cluster.api.volumes import VOLUME_METHODS, volume_call
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft import autolock
 from meshkit.cluster.raft.sealing import SealError
@@ -183,6 +187,8 @@ class Api:
         # beat made a beat cost grow with the cluster, so it is kept until the state changes.
         self._managers_key: tuple[int, int] = (0, -1)
         self._managers_list: list[str] = []
+        self._resource_commits: set[tuple[str, str]] = set()
+        self._resource_jobs: set[asyncio.Task[None]] = set()
         self.services = ServiceMethods(node)
         self._handlers: dict[str, Callable[[Peer, dict[str, Any]], Awaitable[Any]]] = {
             "ca_bundle": self.ca_bundle,
@@ -299,6 +305,8 @@ class Api:
                 return await self._handlers[method](peer, params)
             if method in RUN_LOCAL_METHODS:
                 return await self.runs.call(method, params)
+            if method in VOLUME_METHODS:  # this node's own volumes
+                return await volume_call(self.node, method, params)
             if method in MANAGER_METHODS or method == "join_token":
                 await self.node.wait_state()
                 if not self.node.is_manager:
@@ -429,6 +437,9 @@ class Api:
         overlay = status.get("overlay") if isinstance(status, dict) else None
         if isinstance(overlay, dict) and overlay != node.overlay:
             self.node.note_overlay(node.id, overlay)
+        resources = status.get("resources") if isinstance(status, dict) else None
+        if isinstance(resources, dict) and resources != node.resources:
+            self._commit_resources(node.id, resources)
         st = self.state
         return {
             "period": st.heartbeat_period,
@@ -437,6 +448,27 @@ class Api:
             "role": node.role,
             "availability": node.availability,
         }
+
+    def _commit_resources(self, node_id: str, resources: dict[str, Any]) -> None:
+        """A node's CPUs and memory changed (or were never reported): commit them, once per
+        distinct report in flight; the next beat that still differs tries again."""
+        key = (node_id, repr(sorted(resources.items())))
+        if key in self._resource_commits:
+            return
+        self._resource_commits.add(key)
+
+        async def commit() -> None:
+            try:
+                cmd = {"op": "set_resources", "node_id": node_id, "resources": resources}
+                await self.node.submit(cmd)
+            except Exception as exc:
+                log.debug("resources of %s not committed: %s", node_id, exc)
+            finally:
+                self._resource_commits.discard(key)
+
+        job = asyncio.get_running_loop().create_task(commit())
+        self._resource_jobs.add(job)
+        job.add_done_callback(self._resource_jobs.discard)
 
     async def renew(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = caller(self.node, peer, params)

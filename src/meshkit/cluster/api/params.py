@@ -304,7 +304,9 @@ TCP_PARAMS: dict[str, Schema] = {
     # any node certificate
     "heartbeat": {
         "node_id": req(node_id),
-        "status": opt(record({"version": opt(version), "overlay": opt(obj)})),
+        "status": opt(
+            record({"version": opt(version), "overlay": opt(obj), "resources": opt(obj)})
+        ),
     },
     "renew": {"node_id": req(node_id), "csr": req(text(MAX_CSR))},
     "leave": {"node_id": req(node_id)},
@@ -406,6 +408,8 @@ LOCAL_PARAMS: dict[str, Schema] = {
         "version": opt(anything),
         "wait": opt(number(0, 3600)),
     },
+    "volume_ls": {},
+    "volume_rm": {"name": req(name)},
 }
 """Parameters of the methods on the local Unix socket (`leave` differs: it is this node's)."""
 

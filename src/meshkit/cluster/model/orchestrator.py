@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meshkit.cluster.model import services as sv
+from meshkit.cluster.model import taskrt
 from meshkit.cluster.model.state import DOWN, READY, ClusterState, NodeRecord
 
 FAILURE_WINDOW = 300.0
@@ -53,6 +54,8 @@ class _Round:
     now: float
     new_id: Callable[[], str]
     load: dict[str, int]
+    # node id -> [nano CPUs, memory bytes] reserved by the tasks it holds (all services)
+    reserved: dict[str, list[int]] = field(default_factory=dict)
     create: list[Task] = field(default_factory=list)
     desired: dict[str, str] = field(default_factory=dict)
     node: dict[str, str] = field(default_factory=dict)
@@ -115,12 +118,18 @@ class _Round:
 def plan(state: ClusterState, now: float, new_id: Callable[[], str]) -> Plan:
     """The commands that move `state` towards its services' specs, and when to plan again."""
     load: dict[str, int] = {}
+    reserved: dict[str, list[int]] = {}
     by_service: dict[str, list[Task]] = {}
     for t in state.tasks.values():
         by_service.setdefault(t["service_id"], []).append(t)
         if t["node_id"] and t["state"] not in sv.TERMINAL and t["desired_state"] == "running":
             load[t["node_id"]] = load.get(t["node_id"], 0) + 1
-    r = _Round(now=now, new_id=new_id, load=load)
+            cpu, mem = taskrt.reservation(t.get("spec") or {})
+            if cpu or mem:
+                held = reserved.setdefault(t["node_id"], [0, 0])
+                held[0] += cpu
+                held[1] += mem
+    r = _Round(now=now, new_id=new_id, load=load, reserved=reserved)
     for service_id in sorted(by_service):
         if service_id not in state.services:
             _drop_removed(r, by_service[service_id], state.nodes)
@@ -395,6 +404,8 @@ class _ServicePlanner:
                 node = self.nodes.get(str(key))
                 if node is None or not self.eligible(node):
                     continue
+                if _short_of(self.r, node, taskrt.reservation(self.spec)):
+                    continue  # no room for its reservations: that node gets no task
             if self.stopping_here(key):
                 continue
             self.new_task(key, self.carried_restarts(key))
@@ -409,6 +420,10 @@ class _ServicePlanner:
             self.r.node[task["id"]] = str(key)
             task["node_id"] = ""  # assigned by the write's "node" part
             self.r.load[str(key)] = self.r.load.get(str(key), 0) + 1
+            cpu, mem = taskrt.reservation(self.spec)
+            held = self.r.reserved.setdefault(str(key), [0, 0])
+            held[0] += cpu
+            held[1] += mem
 
     def schedule(self) -> None:
         r = self.r
@@ -439,17 +454,36 @@ class _ServicePlanner:
             if self.eligible(n)
         ]
         heapq.heapify(heap)
+        need = taskrt.reservation(self.spec)
         for t in sorted(pending, key=lambda t: (t["slot"], t["created_at"], t["id"])):
-            if not heap:
-                if t in r.create and not t["error"]:
-                    t["error"] = self.no_node_reason()
+            chosen = None
+            skipped = []
+            while heap:
+                item = heapq.heappop(heap)
+                if not _short_of(r, self.nodes.get(item[3]), need):
+                    chosen = item
+                    break
+                skipped.append(item)  # no room for this task's reservations
+            for item in skipped:
+                heapq.heappush(heap, item)
+            if chosen is None:
+                reason = self.no_node_reason(need)
+                if t in r.create:
+                    t["error"] = t["error"] or reason
+                elif t["error"] != reason and r.state_of(t) == "pending":
+                    # the reason changed while it waits (a node left, another filled up)
+                    r.status.append({"id": t["id"], "state": "pending", "error": reason})
                 continue
-            bad, count, load, node_id = heapq.heappop(heap)
+            bad, count, load, node_id = chosen
             r.node[t["id"]] = node_id
             r.load[node_id] = load + 1
+            if need != (0, 0):
+                held = r.reserved.setdefault(node_id, [0, 0])
+                held[0] += need[0]
+                held[1] += need[1]
             heapq.heappush(heap, (bad, count + 1, load + 1, node_id))
 
-    def no_node_reason(self) -> str:
+    def no_node_reason(self, need: tuple[int, int] = (0, 0)) -> str:
         """Swarm's "no suitable node (...)" with the reasons counted."""
         down = sum(1 for n in self.nodes.values() if n.status != READY)
         inactive = sum(
@@ -462,6 +496,12 @@ class _ServicePlanner:
             and n.availability == "active"
             and not sv.node_matches(n, self.constraints)
         )
+        short: dict[str, int] = {}
+        for n in self.nodes.values():
+            if self.eligible(n):
+                what = _short_of(self.r, n, need)
+                if what:
+                    short[what] = short.get(what, 0) + 1
         parts = []
         if down:
             parts.append(f"{down} node{'s' if down > 1 else ''} down")
@@ -474,6 +514,8 @@ class _ServicePlanner:
                 f"{unmatched} node{'s' if unmatched > 1 else ''} not satisfying the "
                 f"constraints {', '.join(self.spec['constraints'])}"
             )
+        for what, count in sorted(short.items(), key=lambda kv: kv[0] != "memory"):
+            parts.append(f"insufficient {what} on {count} node{'s' if count > 1 else ''}")
         return f"no suitable node ({'; '.join(parts) or 'no nodes'})"
 
     def prune(self) -> None:
@@ -491,6 +533,20 @@ class _ServicePlanner:
                     r.remove.append(t["id"])
                     continue
                 kept += 1
+
+
+def _short_of(r: _Round, node: NodeRecord | None, need: tuple[int, int]) -> str:
+    """What ``node`` lacks for reservations ``need``: "", "CPU" or "memory". A node that has
+    not reported its resources yet is not filtered."""
+    offered = node.resources if node is not None else {}
+    if need == (0, 0) or node is None or not offered:
+        return ""
+    held = r.reserved.get(node.id, [0, 0])
+    if need[1] and held[1] + need[1] > int(offered.get("MemoryBytes") or 0):
+        return "memory"
+    if need[0] and held[0] + need[0] > int(offered.get("NanoCPUs") or 0):
+        return "CPU"
+    return ""
 
 
 def _may_restart(policy: Mapping[str, Any], task: Task) -> bool:

@@ -52,6 +52,8 @@ class NodeRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     overlay: dict[str, Any] = field(default_factory=dict)  # the node's last overlay report
+    # what the node offers tasks, from its heartbeat: {"NanoCPUs", "MemoryBytes"} ({}: unknown)
+    resources: dict[str, int] = field(default_factory=dict)
 
     @property
     def api_addr(self) -> str:

@@ -17,6 +17,7 @@ from typing import Any
 
 from meshkit.base.errors import MeshkitError
 from meshkit.cluster.model import secrets as secretrules
+from meshkit.cluster.model import taskrt
 from meshkit.cluster.model.records import NodeRecord
 
 TASK_STATES = (
@@ -70,6 +71,7 @@ TASK_SPEC_KEYS = (
     "force_update",
     "secrets",
     "configs",
+    *taskrt.defaults(),  # resources, mounts, hostname, stop_signal, groups, dns, init
 )
 
 # Service names are DNS labels: tasks find each other by them. '_' is allowed inside, as
@@ -130,6 +132,7 @@ def default_spec() -> dict[str, Any]:
         "labels": {},
         "secrets": [],
         "configs": [],
+        **taskrt.defaults(),
     }
 
 
@@ -286,6 +289,10 @@ def check_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
             out[kind + "s"] = secretrules.check_refs(kind, out[kind + "s"])
         except secretrules.RefError as exc:
             raise SpecError(str(exc)) from None
+    try:
+        taskrt.check_runtime(out)
+    except taskrt.RuntimeSpecError as exc:
+        raise SpecError(str(exc)) from None
     return out
 
 

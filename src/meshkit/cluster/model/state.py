@@ -31,6 +31,7 @@ Commands (``op``, then fields):
                            labels}, now   (subnet, VNI and node endpoints allocated here)
     network_rm             network_id   (refused while a service or task uses it)
     set_overlay            node_id, overlay   (a node's overlay report, from its heartbeat)
+    set_resources          node_id, resources {NanoCPUs, MemoryBytes}   (from its heartbeat)
     secret_create          kind (secret|config), record {id, name, labels, size, data}, now
     secret_rm              kind, id   (refused while a service uses it, naming the services)
 
@@ -258,6 +259,20 @@ def _op_set_addr(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
             setattr(node, key, int(cmd[key]))
     node.updated_at = _now(cmd)
     return {"node_id": node.id}
+
+
+def _op_set_resources(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    node = state.nodes.get(str(cmd["node_id"]))
+    if node is None:
+        return {"changed": False}
+    raw = cmd.get("resources") or {}
+    try:
+        resources = {k: max(0, int(raw.get(k) or 0)) for k in ("NanoCPUs", "MemoryBytes")}
+    except (TypeError, ValueError, AttributeError):
+        raise CommandError(f"resources of node {node.id}: expected whole numbers") from None
+    changed = node.resources != resources
+    node.resources = resources
+    return {"changed": changed}
 
 
 def _op_rotate_token(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
@@ -558,6 +573,7 @@ _HANDLERS = {
     "network_detach": _net(attachments.op_network_detach),
     "set_overlay": _net(netstate.set_overlay),
     "netkeys_set": _net(netkeys.op_netkeys_set),
+    "set_resources": _op_set_resources,
     "secret_create": _secret_op(secretrules.op_create),
     "secret_rm": _secret_op(secretrules.op_rm),
 }
@@ -580,6 +596,7 @@ IDEMPOTENT = frozenset(
         "set_overlay",
         "network_attach",
         "network_detach",
+        "set_resources",
     }
 )
 
@@ -602,6 +619,8 @@ def node_view(node: NodeRecord, *, self_id: str = "", manager_status: str = "") 
         "RaftPort": node.raft_port,
         "Labels": dict(sorted(node.labels.items())),
         "EngineVersion": node.version,
+        # Docker's Description.Resources: what the node offers tasks ({} until it reported)
+        "Resources": dict(node.resources),
         "CreatedAt": node.created_at,
         "UpdatedAt": node.updated_at,
     }

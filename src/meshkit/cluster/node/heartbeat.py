@@ -14,6 +14,7 @@ from meshkit.cluster.model import state as cstate
 from meshkit.cluster.node.config import NodeConfig
 from meshkit.cluster.node.managers import ManagerClient
 from meshkit.cluster.rpc.transport import RpcError
+from meshkit.cluster.tasks.cgroups import node_resources
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,11 @@ class Heartbeat:
 
     async def beat(self) -> dict[str, Any] | None:
         node = self.node
-        status: dict[str, Any] = {"version": __version__, "overlay": node.overlay.report()}
+        status: dict[str, Any] = {
+            "version": __version__,
+            "overlay": node.overlay.report(),
+            "resources": node_resources(),  # CPUs and memory, for reservations
+        }
         if status["overlay"] and node.mesh.vip_ports.path:  # doctor: each node's VIP path
             status["overlay"]["vip_ports"] = node.mesh.vip_ports.path
         params = {"node_id": node.node_id, "status": status}

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from meshkit.base import netns as tasknetns
+from meshkit.cluster.tasks import cgroups as taskcgroups
 from meshkit.cluster.tasks import logs as tasklogs
 from meshkit.cluster.tasks import process as taskproc
 from meshkit.cluster.tasks.lifecycle import ERR_UNSUPERVISED, FetchFiles, TaskLifecycle, reap
@@ -100,7 +101,9 @@ class Executor:
         self.tasks_dir = self.data_dir / TASKS_DIR
         self.node_id = node_id
         self._reporter = Reporter(report)
-        self._life = TaskLifecycle(hostname, self._reporter, overlay, mesh, fetch_files)
+        self._life = TaskLifecycle(
+            hostname, self._reporter, overlay, mesh, fetch_files, self.data_dir, node_id
+        )
         self._tasks: dict[str, TaskRun] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._rotator: asyncio.Task[None] | None = None
@@ -194,6 +197,18 @@ class Executor:
                     held.setdefault(str(ref.get("source")), []).append(task_id)
         return held
 
+    def volume_users(self) -> dict[str, list[str]]:
+        """Volumes the tasks this node knows mount: name -> task ids. Ended tasks count until
+        the cluster forgets them (as Docker counts stopped containers), so that a volume is
+        not removed under a service whose next task would want it."""
+        users: dict[str, list[str]] = {}
+        for task_id, t in sorted(self._tasks.items()):
+            if not t.forget:
+                for m in t.spec.get("mounts") or []:
+                    if m.get("type") == "volume":
+                        users.setdefault(str(m.get("source")), []).append(task_id)
+        return users
+
     def running(self) -> list[str]:
         """Ids of the tasks whose process is alive."""
         return [task_id for task_id, t in self._tasks.items() if t.live]
@@ -212,7 +227,7 @@ class Executor:
                 t.stop.set()
             await asyncio.gather(*supervisors, return_exceptions=True)
             for t in self._tasks.values():
-                await self._life.remove_netns(t)
+                await self._life.release(t)
         else:
             for sup in supervisors:
                 sup.cancel()
@@ -255,6 +270,9 @@ class Executor:
             log.warning("executor: dropping task dir %s: %s", task_dir, exc)
             with contextlib.suppress(tasknetns.NetnsError):
                 await tasknetns.delete(tasknetns.netns_name(task_dir.name))
+            leftover = taskcgroups.of_task(task_dir.name)
+            if leftover is not None:
+                await asyncio.to_thread(leftover.remove)
             await asyncio.to_thread(shutil.rmtree, task_dir, True)
             return None
         t = TaskRun(id=task_dir.name, record=record, dir=task_dir)
@@ -262,6 +280,7 @@ class Executor:
         t.pid = data.get("pid")
         t.start_ticks = data.get("start_ticks")
         t.started_at = data.get("started_at")
+        t.cgroup = taskcgroups.TaskCgroup.from_dict(data.get("cgroup"))
         self._tasks[t.id] = t
         final = data.get("final")
         if isinstance(final, dict):
@@ -294,7 +313,7 @@ class Executor:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(t.pid, signal.SIGKILL)
             status = reap(t.pid)
-        await self._life.remove_netns(t)
+        await self._life.release(t)
         if status is not None:
             outcome = self._life.exit_outcome(t, status)
         elif t.pid is None:
@@ -323,7 +342,7 @@ class Executor:
                     if t.popen is not None:
                         t.popen.wait()
                     t.exited = True
-                await self._life.remove_netns(t)
+                await self._life.release(t)
                 self._reporter.finish(
                     t, {"state": "failed", "message": "failed", "error": f"executor error: {exc}"}
                 )

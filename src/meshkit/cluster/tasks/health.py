@@ -106,13 +106,17 @@ async def run_probe(
     config: HealthConfig,
     plan: taskproc.LaunchPlan,
     netns: str | None,
+    extras: taskproc.ChildExtras | None = None,
 ) -> ProbeResult:
-    """Run the check once with ``plan`` (from ``taskproc.plan_shell``) in ``netns``; never
-    raises for the check's own failure."""
+    """Run the check once with ``plan`` (from ``taskproc.plan_shell``) in ``netns`` (and, with
+    ``extras``, in the task's cgroup and mount namespace); never raises for the check's own
+    failure."""
     read_fd, write_fd = os.pipe()
     try:
         try:
-            proc = taskproc.spawn(plan, stdout=write_fd, stderr=write_fd, netns=netns)
+            proc = taskproc.spawn(
+                plan, stdout=write_fd, stderr=write_fd, netns=netns, extras=extras
+            )
         except taskproc.LaunchError as exc:
             return ProbeResult(False, f"could not run the check: {exc}")
     finally:

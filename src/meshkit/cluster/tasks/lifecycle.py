@@ -8,18 +8,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from meshkit.base import netns as tasknetns
 from meshkit.base.procwatch import open_pidfd, wait_pidfd
 from meshkit.cluster.tasks import logs as tasklogs
+from meshkit.cluster.tasks import mounts as taskmounts
 from meshkit.cluster.tasks import process as taskproc
+from meshkit.cluster.tasks import runtime as taskruntime
 from meshkit.cluster.tasks.health import (
     HealthConfig,
     HealthTracker,
@@ -51,8 +55,12 @@ class TaskLifecycle:
         overlay: Any,
         mesh: Any,
         fetch_files: FetchFiles | None = None,
+        data_dir: Path | None = None,
+        node_id: str = "",
     ) -> None:
         self.hostname = hostname
+        self.data_dir = data_dir or Path("/var/lib/meshkit")
+        self.node_id = node_id
         self.reporter = reporter
         self.overlay = overlay
         self.mesh = mesh
@@ -104,7 +112,7 @@ class TaskLifecycle:
             try:
                 await tasknetns.create(t.netns)
             except tasknetns.NetnsError as exc:
-                await self.remove_netns(t)
+                await self.release(t)
                 self.reporter.finish(
                     t,
                     {
@@ -123,7 +131,7 @@ class TaskLifecycle:
                     if self.mesh is not None:
                         await self.mesh.task_attached(t.id, t.netns)
                 except OverlayError as exc:
-                    await self.remove_netns(t)
+                    await self.release(t)
                     self.reporter.finish(
                         t,
                         {
@@ -134,13 +142,13 @@ class TaskLifecycle:
                     )
                     return False
             if t.stop.is_set():
-                await self.remove_netns(t)
+                await self.release(t)
                 self.reporter.finish(t, {"state": "shutdown", "message": "shutdown"})
                 return False
         try:
             files = await self.task_files(t)
         except Exception as exc:
-            await self.remove_netns(t)
+            await self.release(t)
             message = getattr(exc, "message", None) or str(exc)
             self.reporter.finish(
                 t,
@@ -151,14 +159,35 @@ class TaskLifecycle:
                 },
             )
             return False
-        self.reporter.emit([{"id": t.id, "state": "starting", "message": "starting"}])
-        fds = tasklogs.open_streams(t.dir)
         try:
-            t.popen = taskproc.spawn(
-                plan, stdout=fds["stdout"], stderr=fds["stderr"], netns=t.netns, files=files
+            prepared = taskruntime.prepare(
+                t, plan, data_dir=self.data_dir, node_id=self.node_id, node_hostname=self.hostname
             )
         except taskproc.LaunchError as exc:
-            await self.remove_netns(t)
+            await self.release(t)
+            self.reporter.finish(t, {"state": "rejected", "message": "rejected", "error": str(exc)})
+            return False
+        self.reporter.save(t)  # the cgroup is on record before a process is in it
+        self.reporter.emit([{"id": t.id, "state": "starting", "message": "starting"}])
+        fds = tasklogs.open_streams(t.dir)
+        spawn = functools.partial(
+            taskproc.spawn,
+            prepared.plan,
+            stdout=fds["stdout"],
+            stderr=fds["stderr"],
+            netns=t.netns,
+            files=files,
+            extras=prepared.extras,
+        )
+        try:
+            if t.cgroup is None:
+                t.popen = spawn()
+            else:
+                # joining a cgroup can make the child wait for the kernel (an RCU grace
+                # period per migration): the loop goes on meanwhile, and launches overlap
+                t.popen = await self.spawn_off_loop(t, spawn)
+        except taskproc.LaunchError as exc:
+            await self.release(t)
             self.reporter.finish(t, {"state": "rejected", "message": "rejected", "error": str(exc)})
             return False
         finally:
@@ -181,6 +210,24 @@ class TaskLifecycle:
             ]
         )
         return True
+
+    async def spawn_off_loop(
+        self, t: TaskRun, spawn: Callable[[], subprocess.Popen[bytes]]
+    ) -> subprocess.Popen[bytes]:
+        """``spawn()`` in a worker thread. Cancelled meanwhile (the agent stops), the process
+        starts anyway: it is put on record before the cancellation goes on, so that the next
+        agent adopts it instead of losing it."""
+        job = asyncio.get_running_loop().run_in_executor(None, spawn)
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                t.popen = await job
+                t.pid = t.popen.pid
+                t.start_ticks = taskproc.start_time(t.pid)
+                t.started_at = time.time()
+                self.reporter.save(t)
+            raise
 
     async def supervise(self, t: TaskRun) -> None:
         """Wait for the end (exit, stop request, unhealthy), then clean up and report it."""
@@ -227,7 +274,7 @@ class TaskLifecycle:
                         await job
             if pidfd is not None:
                 os.close(pidfd)
-        await self.remove_netns(t)
+        await self.release(t)
         code = None if status is None else taskproc.exit_code_of(status)
         if verdict is not None:
             self.reporter.finish(
@@ -250,10 +297,11 @@ class TaskLifecycle:
             self.reporter.finish(t, self.exit_outcome(t, status))
 
     async def terminate(self, t: TaskRun, exit_wait: asyncio.Future[None]) -> None:
-        """SIGTERM to the group, SIGKILL after the grace period; returns once the leader ended."""
+        """The stop signal (SIGTERM unless the spec names one) to the group, SIGKILL after the
+        grace period; returns once the leader ended."""
         assert t.pid is not None
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(t.pid, signal.SIGTERM)
+            os.killpg(t.pid, t.stop_signal)
         await asyncio.wait({exit_wait}, timeout=t.grace)
         if not exit_wait.done():
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -274,7 +322,13 @@ class TaskLifecycle:
                 # e.g. the user was removed after an agent restart: the check cannot run
                 result = ProbeResult(False, f"could not run the check: {exc}")
             else:
-                result = await run_probe(config, plan, t.netns)
+                # as `docker exec` would: in the task's cgroup, mounts, hostname
+                own = t.pid is not None and taskmounts.has_own_namespaces(t.pid)
+                extras = taskproc.ChildExtras(
+                    cgroup_procs=t.cgroup.procs_files if t.cgroup is not None else [],
+                    enter_pid=t.pid if own else None,
+                )
+                result = await run_probe(config, plan, t.netns, extras)
             verdict = tracker.feed(result, loop.time())
             if verdict is None:
                 continue
@@ -287,6 +341,9 @@ class TaskLifecycle:
         code = taskproc.exit_code_of(status)
         if status == 0:
             return {"state": "complete", "message": "finished", "exit_code": 0}
+        if t.oom_killed:
+            error = taskruntime.oom_error(t)
+            return {"state": "failed", "message": "failed", "error": error, "exit_code": code}
         data = tasklogs.read_tail_bytes(t.dir, "stderr", taskproc.STDERR_TAIL_BYTES * 4)
         error = taskproc.describe_exit(status, taskproc.tail_text(data))
         return {"state": "failed", "message": "failed", "error": error, "exit_code": code}
@@ -296,7 +353,14 @@ class TaskLifecycle:
         if self.mesh is not None:
             self.mesh.task_detached(t.id)
 
-    async def remove_netns(self, t: TaskRun) -> None:
+    async def release(self, t: TaskRun) -> None:
+        """What a task holds on this node once it ended: its cgroup (the OOM count read
+        first) and its namespace."""
+        if t.cgroup is not None:
+            cg, t.cgroup = t.cgroup, None
+            t.oom_killed = t.oom_killed or cg.oom_kills(killed_by_sigkill=True) > 0
+            if not await asyncio.to_thread(cg.remove):
+                log.warning("executor: task %s: cgroup %s not removed", t.id, cg.dirs)
         if t.netns is None:
             return
         self.let_go(t)

@@ -17,10 +17,12 @@ import pwd
 import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshkit.base import netns as tasknetns
+from meshkit.cluster.tasks import cgroups
+from meshkit.cluster.tasks import mounts as taskmounts
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STDERR_TAIL_LINES = 5
@@ -96,6 +98,24 @@ def resolve_user(user: str) -> Identity:
     return Identity(uid, gid, groups, home)
 
 
+def add_groups(identity: Identity, names: Sequence[str]) -> Identity:
+    """``--group``: supplementary groups (names or gids) on top of the user's own."""
+    if not names:
+        return identity
+    extra = []
+    for name in names:
+        if str(name).isdigit():
+            extra.append(int(name))
+            continue
+        try:
+            extra.append(grp.getgrnam(str(name)).gr_gid)
+        except KeyError:
+            raise LaunchError(f"group {name!r}: no such group on this node") from None
+    base = identity.groups if identity.groups is not None else tuple(os.getgroups())
+    groups = tuple(sorted(set(base) | set(extra)))
+    return Identity(identity.uid, identity.gid, groups, identity.home)
+
+
 def build_env(spec_env: Sequence[str], hostname: str, home: str) -> dict[str, str]:
     """spec.env over the minimal base (PATH, HOSTNAME, HOME)."""
     env = {"PATH": DEFAULT_PATH, "HOSTNAME": hostname, "HOME": home}
@@ -138,7 +158,7 @@ def _context(spec: Mapping[str, Any], hostname: str) -> tuple[str, Identity, dic
         raise LaunchError(f"workdir {cwd!r}: not an absolute path")
     if not os.path.isdir(cwd):
         raise LaunchError(f"workdir {cwd!r}: no such directory")
-    identity = resolve_user(str(spec.get("user") or ""))
+    identity = add_groups(resolve_user(str(spec.get("user") or "")), spec.get("groups") or [])
     env = build_env([str(e) for e in (spec.get("env") or [])], hostname, identity.home)
     return cwd, identity, env
 
@@ -159,40 +179,83 @@ def plan_shell(spec: Mapping[str, Any], hostname: str, command: str) -> LaunchPl
     return LaunchPlan(["/bin/sh", "-c", command], "/bin/sh", env, cwd, identity)
 
 
+@dataclass
+class ChildExtras:
+    """What else the child sets up before exec (all prepared by the agent, see ``lifecycle``):
+    the cgroup.procs files to join, mounts, a hostname (UTS namespace), a resolv.conf of the
+    task's own (a path, bound over /etc/resolv.conf)."""
+
+    cgroup_procs: list[bytes] = field(default_factory=list)
+    mounts: list[taskmounts.MountPlan] = field(default_factory=list)
+    hostname: bytes | None = None
+    resolv: bytes | None = None
+    enter_pid: int | None = None  # join that task process's mount and UTS namespaces instead
+
+
 def _child_setup(
     netns_fd: int | None,
     identity: Identity,
     resolv: bytes | None = None,
     files: list[tasknetns.TaskFile] | None = None,
+    extras: ChildExtras | None = None,
+    err_fd: int | None = None,
 ) -> Callable[[], None]:
-    """The preexec_fn: enter the namespace while still root, then drop to the task's user.
+    """The preexec_fn: join the cgroup, enter the namespace while still root, make the mount
+    namespace, then drop to the task's user.
 
-    Popen's own user/group switch happens before preexec_fn, which would leave the child
-    without the right to setns(2); so both happen here, in that order. With `resolv` (the
-    path of the namespace's resolv.conf), the child gets a mount namespace of its own where
-    that file is bound over /etc/resolv.conf, as `ip netns exec` does. With `files` (secrets
-    and configs) it gets one in any case, with a tmpfs over /run holding them
-    (`tasknetns.place_files`)."""
+    The cgroup comes first, so that nothing the task runs is outside its limits. Popen's own
+    user/group switch happens before preexec_fn, which would leave the child without the right
+    to setns(2); so both happen here, in that order. With `resolv` (the path of the
+    namespace's resolv.conf, or the task's own), the child gets a mount namespace of its own
+    where that file is bound over /etc/resolv.conf, as `ip netns exec` does. With `files`
+    (secrets and configs) it gets one in any case, with a tmpfs over /run holding them
+    (`tasknetns.place_files`); mounts are made after them. A step that fails writes what
+    failed to `err_fd`, which the agent reads back as the task's error."""
+    extras = extras or ChildExtras()
+    resolv = extras.resolv or resolv
+
+    def fail(what: str, exc: BaseException) -> None:
+        if err_fd is not None:
+            os.write(err_fd, f"{what}: {exc}".encode(errors="replace"))
 
     def setup() -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, set())
-        if netns_fd is not None:
-            tasknetns.setns(netns_fd)
-        if resolv is not None or files:
-            tasknetns.private_mounts()
-        if resolv is not None:
-            tasknetns.bind_resolv_conf(resolv)
-        if files:
-            try:
+        step = "cannot join the task's cgroup"
+        try:
+            if extras.cgroup_procs:
+                cgroups.join(extras.cgroup_procs)
+            step = "cannot enter the task's network namespace"
+            if netns_fd is not None:
+                tasknetns.setns(netns_fd)
+            step = "cannot make the task's mount namespace"
+            if extras.enter_pid is not None:
+                step = "cannot enter the task's mount namespace"
+                taskmounts.enter_namespaces(extras.enter_pid)
+            elif resolv is not None or files or extras.mounts:
+                tasknetns.private_mounts()
+            if resolv is not None and extras.enter_pid is None:
+                step = "cannot bind the task's resolv.conf"
+                tasknetns.bind_resolv_conf(resolv)
+            if files:
+                step = "cannot place the task's secrets"
                 tasknetns.place_files(files)
-            except OSError as exc:  # the task's stderr log says why
-                os.write(2, f"meshkit: cannot place the task's secrets: {exc}\n".encode())
-                raise
-        if identity.gid is not None:
-            os.setgroups(list(identity.groups or (identity.gid,)))
-            os.setgid(identity.gid)
-        if identity.uid is not None:
-            os.setuid(identity.uid)
+            if extras.mounts:
+                step = "cannot make the task's mounts"
+                taskmounts.apply(extras.mounts)
+            if extras.hostname is not None:
+                step = "cannot set the task's hostname"
+                taskmounts.set_hostname(extras.hostname)
+            step = "cannot switch to the task's user"
+            if identity.gid is not None:
+                os.setgroups(list(identity.groups or (identity.gid,)))
+                os.setgid(identity.gid)
+            elif identity.groups:
+                os.setgroups(list(identity.groups))
+            if identity.uid is not None:
+                os.setuid(identity.uid)
+        except BaseException as exc:
+            fail(step, exc)
+            raise
 
     return setup
 
@@ -204,10 +267,13 @@ def spawn(
     stderr: int,
     netns: str | None = None,
     files: list[tasknetns.TaskFile] | None = None,
+    extras: ChildExtras | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``plan`` as a new session leader; LaunchError when exec or the setup fails."""
+    """Start ``plan`` as a new session leader; LaunchError when exec or the setup fails (with
+    the words of the step that failed)."""
     netns_fd = os.open(tasknetns.netns_path(netns), os.O_RDONLY) if netns else None
     resolv = tasknetns.resolv_conf_for(netns) if netns else None
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         return subprocess.Popen(
             plan.argv,
@@ -219,17 +285,21 @@ def spawn(
             env=plan.env,
             start_new_session=True,
             close_fds=True,
-            preexec_fn=_child_setup(netns_fd, plan.identity, resolv, files),
+            preexec_fn=_child_setup(netns_fd, plan.identity, resolv, files, extras, err_w),
         )
     except OSError as exc:
         raise LaunchError(f"exec: {plan.argv[0]!r}: {exc.strerror or exc}") from None
     except subprocess.SubprocessError as exc:
-        raise LaunchError(
-            f"could not enter the task's network namespace or switch to its user: {exc}"
-        ) from None
+        os.close(err_w)
+        err_w = -1
+        said = os.read(err_r, 4096).decode(errors="replace").strip()
+        raise LaunchError(said or f"the task's setup failed: {exc}") from None
     finally:
         if netns_fd is not None:
             os.close(netns_fd)
+        os.close(err_r)
+        if err_w >= 0:
+            os.close(err_w)
 
 
 def start_time(pid: int) -> int | None:

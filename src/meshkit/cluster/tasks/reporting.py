@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from meshkit.base.files import write_private
+from meshkit.cluster.model.taskrt import parse_signal
+from meshkit.cluster.tasks.cgroups import TaskCgroup
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class TaskRun:
     forget: bool = False
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     supervisor: asyncio.Task[None] | None = None
+    cgroup: TaskCgroup | None = None  # its limits (None: no limits, no cgroup)
+    oom_killed: bool = False  # the OOM killer acted in its cgroup (read before removal)
 
     @property
     def spec(self) -> dict[str, Any]:
@@ -50,6 +54,14 @@ class TaskRun:
     def grace(self) -> float:
         value = self.spec.get("stop_grace_period")
         return DEFAULT_STOP_GRACE if value is None else max(0.0, float(value))
+
+    @property
+    def stop_signal(self) -> int:
+        """What stopping sends first (``--stop-signal``; SIGTERM by default)."""
+        try:
+            return parse_signal(str(self.spec.get("stop_signal") or "SIGTERM"))
+        except ValueError:
+            return 15
 
     @property
     def live(self) -> bool:
@@ -79,6 +91,7 @@ class Reporter:
             "start_ticks": t.start_ticks,
             "started_at": t.started_at,
             "netns": t.netns,
+            "cgroup": None if t.cgroup is None else t.cgroup.to_dict(),
             "record": t.record,
             "final": t.final,
         }

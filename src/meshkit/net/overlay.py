@@ -37,11 +37,15 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshkit.net import ipam
+from meshkit.net.overlay_keys import TX_SWITCH_DELAY as TX_SWITCH_DELAY
+from meshkit.net.overlay_keys import OverlayKeys
+from meshkit.net.overlay_net import BuiltNet as _Net
+from meshkit.net.overlay_net import OverlayError as OverlayError
+from meshkit.net.overlay_report import OverlayReport
 
 log = logging.getLogger("meshkit.net.overlay")
 
@@ -50,12 +54,7 @@ NS_PREFIX = "mkn-"
 RESOLV_DIR = Path("/etc/netns")
 RESOLV_CONF = "nameserver 127.0.0.11\noptions ndots:0\n"
 CONTROL_EVERY = 5.0
-TX_SWITCH_DELAY = 2.0  # seconds between receiving with a new key and sending with it
 ATTACH_WAIT = 15.0
-
-
-class OverlayError(Exception):
-    """A network could not be built or a task not plugged in; the message says which and why."""
 
 
 def netns_for(net_id: str, node_id: str) -> str:
@@ -85,30 +84,7 @@ def my_endpoint(net: Mapping[str, Any], node_id: str) -> str | None:
     return None
 
 
-@dataclass
-class _Net:
-    """What this node built for one network."""
-
-    id: str
-    name: str
-    vni: int
-    subnet: str
-    ns: str
-    plane: str
-    mtu: int
-    endpoint: str
-    dev: str
-    tap_fd: int | None = None
-    probe: Any = None
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    tables: tuple[dict[str, str], dict[str, str]] = field(default_factory=lambda: ({}, {}))
-    encrypted: bool = False
-    keys: list[Any] = field(default_factory=list)  # seal.NetKey, in memory only
-    tx_id: int | None = None
-    switch: asyncio.TimerHandle | None = None
-
-
-class NodeOverlay:
+class NodeOverlay(OverlayKeys, OverlayReport):
     """The overlay of one node, driven by the network map the agent receives."""
 
     def __init__(self, node_id: str, addr: str, gateway: Any = None) -> None:
@@ -345,47 +321,6 @@ class NodeOverlay:
             }
             built.probe.set_peers(peers)
 
-    def _take_keys(self, built: _Net, entries: list[dict[str, Any]]) -> None:
-        """Give the plane an encrypted network's keys: receive with all of them now, send
-        with the newest one now when there is no usable sending key yet, else after
-        TX_SWITCH_DELAY (see the module docstring)."""
-        from meshkit.net.vxlan import seal
-        from meshkit.net.vxlan.plane import DataplaneError
-
-        try:
-            keys = sorted((seal.key_from_wire(e) for e in entries), key=lambda k: k.id)
-        except seal.SealError as exc:
-            raise OverlayError(f"network {built.name}: {exc}") from None
-        ids = [k.id for k in keys]
-        if keys == built.keys:
-            return
-        newest = ids[-1] if ids else None
-        tx = built.tx_id if built.tx_id in ids else newest
-        try:
-            self._dataplane.set_keys(built.vni, keys, tx or 0)
-        except DataplaneError as exc:
-            raise OverlayError(f"userspace data plane: {exc}") from None
-        built.keys, built.tx_id = keys, tx
-        if built.switch is not None:
-            built.switch.cancel()
-            built.switch = None
-        if newest is not None and tx != newest:
-            built.switch = asyncio.get_running_loop().call_later(
-                TX_SWITCH_DELAY, self._switch_tx, built, newest
-            )
-        log.info("overlay network %s: keys %s, sending with %s", built.name, ids, tx)
-
-    def _switch_tx(self, built: _Net, key_id: int) -> None:
-        built.switch = None
-        if self._nets.get(built.id) is not built or key_id not in [k.id for k in built.keys]:
-            return
-        try:
-            self._dataplane.set_keys(built.vni, built.keys, key_id)
-            built.tx_id = key_id
-            log.info("overlay network %s: sending with key %s", built.name, key_id)
-        except Exception as exc:  # the plane is gone (closing): nothing to send with
-            log.warning("overlay network %s: key %s not taken: %s", built.name, key_id, exc)
-
     async def _remove(self, built: _Net) -> None:
         from meshkit.net import links
 
@@ -494,73 +429,6 @@ class NodeOverlay:
             if self.gateway is not None:
                 await self.gateway.check()
             await asyncio.sleep(CONTROL_EVERY)
-
-    def report(self) -> dict[str, Any]:
-        """This node's overlay in a few stable facts (no timings, so that it changes, and is
-        committed, only when something flips)."""
-        planes = {net_id: b.plane for net_id, b in self._nets.items()}
-        distinct = sorted(set(planes.values()))
-        peers: dict[str, dict[str, Any]] = {}
-        for built in self._nets.values():
-            if built.probe is None:
-                continue
-            for peer_id, res in built.probe.results().items():
-                facts = {
-                    "control": self._control.get(peer_id),
-                    "vxlan": res.reachable,
-                    "mtu": res.path_mtu,
-                    "overlay_mtu": built.mtu,
-                    "network": built.name,
-                }
-                old = peers.get(peer_id)
-                # across networks: a peer counts as reachable when any network reaches it
-                if old is None or (old["vxlan"] is not True and res.reachable is True):
-                    peers[peer_id] = facts
-        for peer_id, ok in self._control.items():
-            peers.setdefault(
-                peer_id,
-                {"control": ok, "vxlan": None, "mtu": None, "overlay_mtu": None, "network": ""},
-            )
-        gateway = self.gateway.status() if self.gateway is not None else None
-        if gateway is not None and not gateway["subnet"] and not self._map.get("gateways"):
-            gateway = None  # no network map yet (or a cluster without gateway subnets)
-        if not planes and not peers and not self._errors and gateway is None:
-            return {}  # no overlay here: nothing to commit on every node's first beat
-        out: dict[str, Any] = {
-            "dataplane": "/".join(distinct),
-            "dataplanes": planes,
-            "peers": peers,
-        }
-        if gateway is not None:
-            out["gateway"] = gateway
-        if self._errors:
-            out["errors"] = dict(self._errors)
-        return out
-
-    def built(self) -> set[str]:
-        """The networks whose namespace, bridge and VXLAN port are up on this node."""
-        return {net_id for net_id, n in self._nets.items() if n.ready.is_set()}
-
-    def nodes(self) -> dict[str, Any]:
-        """The nodes of the last network map: id -> {addr, api_port, hostname}."""
-        return dict(self._map.get("nodes") or {})
-
-    def stats(self) -> dict[str, Any]:
-        """Data-plane counters (userspace) for `meshkit doctor --json`, and the encrypted
-        networks: name -> {"key_ids", "tx_key", "dataplane"} (key ids only, never keys)."""
-        if self._dataplane is None:
-            return {}
-        out = dict(self._dataplane.stats())
-        out["encrypted"] = {
-            b.name: {
-                "key_ids": [k.id for k in b.keys],
-                "tx_key": b.tx_id,
-                "dataplane": "userspace (forced: encrypted network)",
-            }
-            for b in self._nets.values()
-            if b.encrypted
-        }
-        return out
 
     async def close(self, remove: bool) -> None:
         """Stop probing; with `remove`, also take this node's networks down (leaving the

@@ -67,7 +67,7 @@ def events(
         str | None, typer.Option("--until", help="Events up to this time, then stop.")
     ] = None,
     filters: Annotated[
-        list[str] | None, typer.Option("--filter", "-f", help="type=service|node|network|task")
+        list[str] | None, typer.Option("--filter", "-f", help="type=" + "|".join(TYPES))
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
     host: HostOpt = None,

@@ -11,7 +11,7 @@ every message from the client goes to its stdin followed by a newline, every lin
 becomes a text message (see meshkit.web.wsbridge). The command's environment is v1's CGI-style
 set (REMOTE_ADDR, QUERY_STRING, HTTP_* ...) and nothing else, no PATH either; COMMAND itself is
 looked up on the server's PATH. A request to PATH that is no websocket handshake gets 400.
-Over HTTPS and HTTP/2 the upgrade is not available: the server answers 501.
+Over HTTPS (HTTP/1.1) it works the same; over HTTP/2 the upgrade is not available (501).
 """
 
 from __future__ import annotations

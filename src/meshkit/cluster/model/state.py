@@ -52,6 +52,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from meshkit.cluster.model import certs as certrules
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model import services as sv
@@ -548,6 +549,7 @@ _HANDLERS = {
     "set_overlay": _net(netstate.set_overlay),
     "secret_create": _secret_op(secretrules.op_create),
     "secret_rm": _secret_op(secretrules.op_rm),
+    **certrules.HANDLERS,  # cert_*: the --web nodes' certificates (meshkit.cluster.model.certs)
 }
 
 COMMANDS = tuple(_HANDLERS)
@@ -566,6 +568,7 @@ IDEMPOTENT = frozenset(
         "task_status",
         "set_overlay",
     }
+    | certrules.IDEMPOTENT
 )
 
 

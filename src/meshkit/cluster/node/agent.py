@@ -105,7 +105,7 @@ class Agent:
             self, cfg, self.managers, lambda role: self._spawn(self.roles.change_role(role))
         )
         self.loops = ServiceLoops(self)
-        self.web = NodeWeb(cfg.web, self._mesh)
+        self.web = NodeWeb(cfg.web, self._mesh, self)
 
     # -- NodeContext ---------------------------------------------------------------------------
 
@@ -284,6 +284,7 @@ class Agent:
         """Every command the replica applies, fanned out to the parts that follow the state."""
         op = cmd.get("op")
         self.api.networks.applied(cmd)
+        self.api.certs.applied(cmd)
         if op != "set_addr":
             self.api.services.applied(cmd)
             self.loops.applied(cmd)

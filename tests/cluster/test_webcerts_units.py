@@ -1,0 +1,195 @@
+"""The --web nodes' certificates in the cluster state, sans-IO: the order lease (compare-and-set,
+expiry, takeover), fencing of a holder whose lease was taken over, challenges, the state's
+round trip, and the API's sealing of private keys."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import pytest
+
+from meshkit.cluster.api.certs import CertMethods
+from meshkit.cluster.model import certs as rules
+from meshkit.cluster.model import state as cs
+from meshkit.cluster.raft.sealing import Sealer, new_data_key
+from meshkit.cluster.rpc.pki import PeerIdentity
+from meshkit.cluster.rpc.transport import Peer, RpcError
+
+M1, W1, W2 = "m" * 25, "w" * 25, "v" * 25
+NAME = "site.test"
+
+
+def _state() -> cs.ClusterState:
+    st = cs.ClusterState()
+    node = cs.NodeRecord(id=M1, hostname="m1", role="manager", addr="198.18.0.1").to_dict()
+    cs.apply(st, {"op": "init", "cluster": {"cluster_id": "c" * 25}, "node": node, "now": 1.0})
+    for nid in (W1, W2):
+        rec = cs.NodeRecord(id=nid, hostname=nid[:2], role="worker", addr="198.18.0.2")
+        cs.apply(st, {"op": "add_node", "node": rec.to_dict()})
+    return st
+
+
+def lease(st: cs.ClusterState, holder: str, now: float, ttl: float = 60.0) -> dict[str, Any]:
+    return cs.apply(
+        st, {"op": "cert_lease", "name": NAME, "holder": holder, "ttl": ttl, "now": now}
+    )
+
+
+def site(chain: str = "CHAIN") -> dict[str, Any]:
+    return {"name": NAME, "ca": "https://ca.test/dir", "chain": chain, "key": "sealed"}
+
+
+def test_one_holder_at_a_time_until_the_lease_expires() -> None:
+    st = _state()
+    got = lease(st, W1, now=100.0)
+    assert got["taken"] and got["holder"] == W1 and got["expires"] == 160.0
+    refused = lease(st, W2, now=159.9)
+    assert not refused["taken"] and refused["holder"] == W1 and refused["expires"] == 160.0
+    assert rules.lease_holder(st, NAME, 159.9) == W1
+    # the holder may take it again: its lease is extended
+    assert lease(st, W1, now=150.0)["expires"] == 210.0
+    assert not lease(st, W2, now=209.0)["taken"]
+    # the holder died: at expiry another node takes over
+    assert rules.lease_holder(st, NAME, 210.0) == ""
+    over = lease(st, W2, now=210.0)
+    assert over["taken"] and over["holder"] == W2
+    assert not lease(st, W1, now=211.0)["taken"]
+
+
+def test_release_frees_the_name_only_for_its_holder() -> None:
+    st = _state()
+    lease(st, W1, now=10.0)
+    assert cs.apply(st, {"op": "cert_release", "name": NAME, "holder": W2}) == {"released": False}
+    assert not lease(st, W2, now=11.0)["taken"]
+    assert cs.apply(st, {"op": "cert_release", "name": NAME, "holder": W1})["released"]
+    assert lease(st, W2, now=12.0)["taken"]
+
+
+def test_a_holder_whose_lease_was_taken_over_cannot_store() -> None:
+    st = _state()
+    lease(st, W1, now=0.0, ttl=10.0)
+    lease(st, W2, now=20.0, ttl=10.0)  # W1 went quiet; W2 orders now
+    with pytest.raises(cs.CommandError, match=f"node {W2} holds the order for {NAME}"):
+        cs.apply(st, {"op": "cert_store", "site": site("LATE"), "holder": W1, "now": 21.0})
+    cs.apply(st, {"op": "cert_store", "site": site("NEW"), "holder": W2, "now": 22.0})
+    assert rules.area(st, "sites")[NAME]["chain"] == "NEW"
+    # a lease taken afterwards carries the stored certificate (the taker sees it at once)
+    cs.apply(st, {"op": "cert_release", "name": NAME, "holder": W2})
+    got = lease(st, W1, now=30.0)
+    assert got["taken"] and got["site"]["chain"] == "NEW" and got["site"]["holder"] == W2
+
+
+def test_store_without_a_lease_and_bad_commands() -> None:
+    st = _state()
+    cs.apply(st, {"op": "cert_store", "site": site(), "holder": W1, "now": 1.0})
+    with pytest.raises(cs.CommandError, match="cert_store site needs chain"):
+        cs.apply(st, {"op": "cert_store", "site": {"name": NAME, "key": "k"}, "holder": W1})
+    with pytest.raises(cs.CommandError, match="ttl 0 is not between"):
+        lease(st, W1, now=1.0, ttl=0.0)
+    with pytest.raises(cs.CommandError, match="unknown kind 'dns-01'"):
+        cs.apply(st, {"op": "cert_challenge", "kind": "dns-01", "id": "t", "holder": W1})
+
+
+def test_a_takeover_drops_the_dead_holders_challenges() -> None:
+    st = _state()
+    lease(st, W1, now=0.0, ttl=10.0)
+    for token in ("t1", "t2"):
+        value = {"keyauth": f"{token}.thumb", "name": NAME}
+        cs.apply(
+            st,
+            {"op": "cert_challenge", "kind": "http-01", "id": token, "value": value, "holder": W1},
+        )
+    cs.apply(
+        st,
+        {
+            "op": "cert_challenge",
+            "kind": "tls-alpn-01",
+            "id": NAME,
+            "value": {"cert": "C", "key": "K"},
+            "holder": W1,
+        },
+    )
+    other = {"keyauth": "x.thumb", "name": "other.test"}
+    cs.apply(
+        st, {"op": "cert_challenge", "kind": "http-01", "id": "t3", "value": other, "holder": W1}
+    )
+    assert set(rules.feed(st)["tokens"]) == {"t1", "t2", "t3"}
+    assert rules.feed(st)["alpn"][NAME]["cert"] == "C"
+    lease(st, W2, now=11.0)
+    feed = rules.feed(st)
+    assert set(feed["tokens"]) == {"t3"} and feed["alpn"] == {}  # other names keep theirs
+    # a challenge removed by its holder
+    cs.apply(
+        st, {"op": "cert_challenge", "kind": "http-01", "id": "t3", "value": None, "holder": W1}
+    )
+    assert rules.feed(st)["tokens"] == {}
+
+
+def test_the_state_round_trips_and_replays_the_same() -> None:
+    cmds = [
+        {"op": "cert_lease", "name": NAME, "holder": W1, "ttl": 60.0, "now": 5.0},
+        {"op": "cert_store", "site": site(), "holder": W1, "now": 6.0},
+        {"op": "cert_account", "account": {"ca": "https://ca.test/dir", "key": "s", "regr": "{}"}},
+        {"op": "cert_release", "name": NAME, "holder": W1},
+    ]
+    a, b = _state(), _state()
+    for cmd in cmds:
+        cs.apply(a, cmd)
+        cs.apply(b, cmd)
+        assert cmd["op"] in cs.IDEMPOTENT
+    assert a.to_dict() == b.to_dict()
+    again = cs.ClusterState.from_dict(json.loads(json.dumps(a.to_dict())))
+    assert again.to_dict() == a.to_dict()
+    assert "https://ca.test/dir/default" in rules.area(again, "accounts")
+    assert rules.feed(again)["sites"][NAME]["holder"] == W1
+    assert "leases" not in rules.feed(again)
+
+
+class _Node:
+    """The little of a NodeContext the certificate methods use."""
+
+    def __init__(self, st: cs.ClusterState) -> None:
+        self.state = st
+        self.sealer = Sealer(new_data_key())
+
+    async def submit(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        return cs.apply(self.state, cmd)
+
+
+def test_the_api_seals_keys_and_opens_them_for_nodes_only() -> None:
+    st = _state()
+
+    async def run() -> None:
+        api = CertMethods(_Node(st))  # type: ignore[arg-type]
+        w1 = Peer(identity=PeerIdentity(W1, "worker", "c" * 25), address="x")
+        w2 = Peer(identity=PeerIdentity(W2, "worker", "c" * 25), address="y")
+        key = b"-----BEGIN PRIVATE KEY-----\nsecret-key-bytes\n-----END PRIVATE KEY-----\n"
+        b64 = base64.b64encode
+        got = await api.webcert_lease(w1, {"node_id": W1, "name": NAME, "ttl": 30})
+        assert got["taken"] and "site" not in got
+        await api.webcert_store(
+            w1,
+            {
+                "node_id": W1,
+                "name": NAME,
+                "ca": "https://ca.test/dir",
+                "chain": b64(b"CHAIN").decode(),
+                "key": b64(key).decode(),
+            },
+        )
+        stored = rules.area(st, "sites")[NAME]
+        assert stored["key"].startswith("aesgcm1:")
+        assert b"secret-key-bytes" not in json.dumps(st.to_dict()).encode()
+        with pytest.raises(RpcError, match="cannot speak for node"):
+            await api.webcert_watch(w2, {"node_id": W1})
+        feed = await api.webcert_watch(w2, {"node_id": W2})
+        assert base64.b64decode(feed["sites"][NAME]["key"]) == key
+        refused = await api.webcert_lease(w2, {"node_id": W2, "name": NAME, "ttl": 30})
+        assert not refused["taken"] and base64.b64decode(refused["site"]["key"]) == key
+        with pytest.raises(RpcError, match="'key' is not base64"):
+            await api.webcert_store(w1, {"node_id": W1, "name": NAME, "chain": "Q0g=", "key": "!!"})
+
+    asyncio.run(run())

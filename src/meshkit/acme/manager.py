@@ -163,19 +163,7 @@ class AcmeManager:
                     continue
                 log.info("ACME: %s %s; asking %s", w.name, why, settings.ca)
                 try:
-                    # the order is ours now: a certificate stored meanwhile may make it moot
-                    found = await loop.run_in_executor(
-                        None, self._load_stored, storage, w.name, hub
-                    )
-                    if found is not None and time.time() < found - self.renew_before:
-                        not_after = found
-                        continue
-                    chain, key, end = await in_daemon_thread(
-                        obtain, settings, storage, w.name, w.key_type, storage.hooks(hub)
-                    )
-                    await loop.run_in_executor(
-                        None, self._store, storage, w, settings, chain, key, end
-                    )
+                    not_after = await self._order(storage, w, settings, hub)
                 except Problem as exc:
                     wait = RETRY_MAX if exc.rate_limited else delay
                     log.error(
@@ -188,17 +176,34 @@ class AcmeManager:
                     await asyncio.sleep(wait)
                     delay = min(delay * 2, RETRY_MAX)
                     continue
-                finally:
-                    await loop.run_in_executor(None, storage.end_order, w.name)
-                not_after = end.timestamp()
                 delay = self.retry_first
-                log.info(
-                    "ACME: certificate for %s obtained, valid until %s; serving it",
-                    w.name,
-                    end.isoformat(),
-                )
             wait = max(1.0, min(self.check_every, not_after - self.renew_before - time.time()))
             await asyncio.sleep(wait)
+
+    async def _order(
+        self, storage: CertStore, w: Wanted, settings: Settings, hub: CertHub
+    ) -> float:
+        """Obtain and store a certificate for `w` while holding its order (given back before
+        a retry waits, so that another node may try); its end of validity. Raises Problem."""
+        loop = asyncio.get_running_loop()
+        try:
+            # the order is ours now: a certificate stored meanwhile (by another node) may make
+            # it moot
+            found = await loop.run_in_executor(None, self._load_stored, storage, w.name, hub)
+            if found is not None and time.time() < found - self.renew_before:
+                return found
+            chain, key, end = await in_daemon_thread(
+                obtain, settings, storage, w.name, w.key_type, storage.hooks(hub)
+            )
+            await loop.run_in_executor(None, self._store, storage, w, settings, chain, key, end)
+        finally:
+            await loop.run_in_executor(None, storage.end_order, w.name)
+        log.info(
+            "ACME: certificate for %s obtained, valid until %s; serving it",
+            w.name,
+            end.isoformat(),
+        )
+        return end.timestamp()
 
     def _load_stored(self, storage: CertStore, name: str, hub: CertHub) -> float | None:
         found = storage.load_site(name)

@@ -1,0 +1,279 @@
+"""Certificates in a cluster, end to end: three namespace hosts run agents with `--web` of one
+Caddyfile naming site.test, pebble (the ACME test CA) runs on a fourth. One node takes the order
+lease and places the only order; the CA's DNS (a small responder in this test) sends the
+validation to ANOTHER node, which answers the HTTP-01 challenge from the cluster state; every
+node then serves HTTPS for site.test with the same certificate, and no node wrote its key to
+disk."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from meshkit.net.nsock import NetnsRef, socket_in
+from support import netns
+from support.labutil import ENV, Lab
+from support.polling import until
+
+pytestmark = pytest.mark.root
+
+NAME = "site.test"
+NODES = ("m1", "w1", "w2")
+CA_PORT, MGMT_PORT, DNS_PORT = 14000, 15000, 8053
+
+
+class WebLab(Lab):
+    """Agents started with `--web` and the test's ACME settings."""
+
+    caddyfile = ""
+    env: dict[str, str] = {}
+
+    def start(self, host: str, *args: str) -> None:
+        argv = [sys.executable, "-m", "meshkit", "node", *args, "--web", self.caddyfile]
+        argv += ["--data-dir", str(self.data(host)), "--host", self.sock(host)]
+        self.procs[host] = self.lab.spawn(host, argv, env={**ENV, **self.env})
+        self.wait_up(host)
+
+    def log(self, host: str) -> str:
+        return self.procs[host].output()
+
+
+def dns_answer(query: bytes, answer: Callable[[], str]) -> bytes | None:
+    """The reply to one DNS query: an A record for NAME (the address `answer` picks), no
+    records for anything else."""
+    if len(query) < 17:
+        return None
+    qid, flags = struct.unpack("!HH", query[:4])
+    pos, labels = 12, []
+    while pos < len(query) and query[pos]:
+        n = query[pos]
+        labels.append(query[pos + 1 : pos + 1 + n].decode("ascii", "replace"))
+        pos += 1 + n
+    end = pos + 5
+    if end > len(query):
+        return None
+    qtype = struct.unpack("!H", query[pos + 1 : pos + 3])[0]
+    question = query[12:end]
+    records = b""
+    count = 0
+    if ".".join(labels).lower() == NAME and qtype == 1:
+        addr = socket.inet_aton(answer())
+        records = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + addr
+        count = 1
+    header = struct.pack("!HHHHHH", qid, 0x8180 | (flags & 0x0100), 1, count, 0, 0)
+    return header + question + records
+
+
+@contextlib.contextmanager
+def dns_responder(lab: netns.NetnsLab, host: str, answer: Callable[[], str]) -> Iterator[None]:
+    """A UDP DNS server on `host`'s address (a thread of this process, its socket made in the
+    host's namespace)."""
+    ref = NetnsRef.open_path(f"/run/netns/{lab.hosts[host].netns}", host)
+    sock = socket_in(ref, socket.AF_INET, socket.SOCK_DGRAM)
+    ref.close()
+    sock.setblocking(True)
+    sock.settimeout(0.2)
+    sock.bind((lab.addr(host), DNS_PORT))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                query, peer = sock.recvfrom(4096)
+            except OSError:
+                continue
+            reply = dns_answer(query, answer)
+            if reply is not None:
+                sock.sendto(reply, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(5)
+        sock.close()
+
+
+def pebble_cert(c: WebLab, host: str) -> Path:
+    """The certificate of pebble's own HTTPS on `host` (what the nodes trust for the CA)."""
+    ip = c.lab.addr(host)
+    cert, key = c.root / "pebble.crt", c.root / "pebble.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-nodes", "-days", "2", "-newkey", "ec",
+            "-pkeyopt", "ec_paramgen_curve:prime256v1", "-keyout", str(key), "-out", str(cert),
+            "-subj", "/CN=pebble test", "-addext", f"subjectAltName=IP:{ip}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    return cert
+
+
+def start_pebble(c: WebLab, host: str, cert: Path) -> None:
+    """pebble on `host`, its DNS the test's responder."""
+    ip = c.lab.addr(host)
+    config = {
+        "pebble": {
+            "listenAddress": f"{ip}:{CA_PORT}",
+            "managementListenAddress": f"{ip}:{MGMT_PORT}",
+            "certificate": str(cert),
+            "privateKey": str(cert.with_suffix(".key")),
+            "httpPort": 80,
+            "tlsPort": 443,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+        }
+    }
+    (c.root / "pebble.json").write_text(json.dumps(config))
+    c.procs[host] = c.lab.spawn(
+        host,
+        ["pebble", "-config", str(c.root / "pebble.json"), "-dnsserver", f"{ip}:{DNS_PORT}"],
+        env={
+            "PEBBLE_VA_NOSLEEP": "1",
+            "PEBBLE_VA_ALWAYS_VALID": "0",
+            "PEBBLE_WFE_NONCEREJECT": "0",
+            "PEBBLE_AUTHZREUSE": "0",
+        },
+    )
+
+    def up() -> bool:
+        r = c.lab.run(host, ["curl", "-sf", "--cacert", str(cert), f"https://{ip}:{CA_PORT}/dir"],
+                      check=False)  # fmt: skip
+        return r.returncode == 0
+
+    until(up, 20, "pebble up")
+
+
+SERVED = """
+import hashlib, socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+for ip in sys.argv[2:]:
+    try:
+        with socket.create_connection((ip, 443), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="site.test") as tls:
+                der = tls.getpeercert(binary_form=True)
+                tls.sendall(b"GET / HTTP/1.1\\r\\nHost: site.test\\r\\n"
+                            b"Connection: close\\r\\n\\r\\n")
+                body = b""
+                while chunk := tls.recv(65536):
+                    body += chunk
+        page = body.split(b"\\r\\n\\r\\n", 1)[-1].decode().strip()
+        print(ip, hashlib.sha256(der).hexdigest(), page)
+    except Exception as exc:
+        print(ip, "FAILED", type(exc).__name__, exc)
+"""
+
+
+def test_one_order_and_every_node_serves_the_same_certificate(tmp_path: Path) -> None:
+    reason = netns.available()
+    if reason is not None:
+        pytest.skip(reason)
+    if not Path("/usr/bin/pebble").exists():
+        pytest.skip("needs Debian's pebble")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("same site everywhere\n")
+    tmp_path.chmod(0o755)
+    with netns.NetnsLab() as nl:
+        c = WebLab(nl)
+        try:
+            for h in (*NODES, "ca"):
+                nl.add_host(h)
+            ca_url = f"https://{nl.addr('ca')}:{CA_PORT}/dir"
+            caddyfile = tmp_path / "Caddyfile"
+            caddyfile.write_text(
+                f"https://{NAME} {{\n    root {www}\n    tls admin@{NAME} {{\n"
+                f"        ca {ca_url}\n    }}\n}}\n"
+            )
+            c.caddyfile = str(caddyfile)
+            c.env = {
+                "MESHKIT_ACME_CA_ROOTS": str(pebble_cert(c, "ca")),
+                "MESHKIT_ACME_RETRY": "1s",
+                "MESHKIT_DATA": str(c.root / "acmedata"),
+            }
+
+            def holder() -> str:
+                return next(
+                    (h for h in NODES if f"ordered a certificate for {NAME}" in c.log(h)), ""
+                )
+
+            answered: list[str] = []
+
+            def answer() -> str:
+                # the CA validates at a node that does NOT hold the order
+                pick = next(h for h in NODES if h != holder())
+                answered.append(pick)
+                return nl.addr(pick)
+
+            with dns_responder(nl, "ca", answer):
+                # the agents come up before the CA: their first tries find no CA (no order),
+                # so every node is there when the order is placed
+                c.start_cluster("m1", ("w1", "w2"))
+                start_pebble(c, "ca", c.root / "pebble.crt")
+                until(holder, 30, "an order")
+                root = c.root / "root.pem"
+
+                last: list[str] = []
+
+                def served() -> list[str] | None:
+                    got = c.lab.run(
+                        "ca", ["curl", "-sSf", "--cacert", str(c.root / "pebble.crt"),
+                               "-o", str(root), f"https://{nl.addr('ca')}:{MGMT_PORT}/roots/0"],
+                        check=False,
+                    )  # fmt: skip
+                    if got.returncode != 0:
+                        last[:] = [got.stderr]
+                        return None
+                    r = c.lab.run(
+                        "ca",
+                        [sys.executable, "-c", SERVED, str(root), *(nl.addr(h) for h in NODES)],
+                        check=False,
+                    )
+                    last[:] = [r.stdout, r.stderr]
+                    lines = r.stdout.splitlines()
+                    ok = len(lines) == 3 and all("FAILED" not in line for line in lines)
+                    return lines if ok else None
+
+                try:
+                    lines = until(served, 30, "HTTPS with the CA's certificate on every node")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}: {last}") from None
+            fingerprints = {line.split()[1] for line in lines}
+            assert len(fingerprints) == 1, lines
+            assert all(line.endswith("same site everywhere") for line in lines), lines
+            ordering = holder()
+            assert sum(f"ordered a certificate for {NAME}" in c.log(h) for h in NODES) == 1
+            assert c.log("ca").count("POST /order-plz") == 1, c.log("ca")[-3000:]
+            # the challenge was answered by another node, from the cluster's state
+            assert answered and ordering not in answered, (ordering, answered)
+            validator = answered[-1]
+            assert f"answering the HTTP-01 challenge for {NAME}" in c.log(validator)
+            # no node wrote a certificate or key to the ACME data folder (standalone
+            # `meshkit web` keeps them there); nor in its data dir
+            assert not (c.root / "acmedata").exists()
+            for h in NODES:  # keys in clear: the node's own identity only (the raft journal
+                # and snapshots hold the certificate's key sealed)
+                found = subprocess.run(
+                    ["grep", "-rla", "PRIVATE KEY", str(c.data(h))], capture_output=True, text=True
+                )
+                keys = [Path(f).relative_to(c.data(h)).as_posix() for f in found.stdout.split()]
+                assert all(k.startswith("certs/") for k in keys), (h, keys)
+        except BaseException:
+            for h in c.procs:  # what each agent and the CA said, for the failure's report
+                print(f"--- {h}:\n{c.log(h)[-6000:]}")
+            raise
+        finally:
+            c.close()

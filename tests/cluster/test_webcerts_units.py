@@ -193,3 +193,80 @@ def test_the_api_seals_keys_and_opens_them_for_nodes_only() -> None:
             await api.webcert_store(w1, {"node_id": W1, "name": NAME, "chain": "Q0g=", "key": "!!"})
 
     asyncio.run(run())
+
+
+class _Member:
+    """Two nodes' NodeContext over one state: what NodeCerts uses (its own API, as on a
+    manager)."""
+
+    def __init__(self, node_id: str, st: cs.ClusterState, api: CertMethods) -> None:
+        self.node_id = node_id
+        self.state = st
+        self.is_manager = True
+        self.stopping = False
+        self.api = api
+
+    async def call_self(self, method: str, params: dict[str, Any]) -> Any:
+        peer = Peer(identity=PeerIdentity(self.node_id, "manager", "c" * 25), address="self")
+        return await getattr(self.api, method)(peer, params)
+
+
+def test_nodes_follow_certificates_and_challenges_through_the_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from meshkit.acme.client import alpn_certificate
+    from meshkit.cluster.node.webcerts import NodeCerts
+    from meshkit.web.autotls import CertHub
+
+    monkeypatch.setenv("MESHKIT_ACME_PROPAGATE", "1ms")
+    st = _state()
+    shared = _Node(st)
+
+    async def submit(cmd: dict[str, Any]) -> dict[str, Any]:
+        result = cs.apply(st, cmd)
+        api.applied(cmd)  # as the agent's on_applied does
+        return result
+
+    shared.submit = submit  # type: ignore[method-assign]
+    api = CertMethods(shared)  # type: ignore[arg-type]
+    hub_a, hub_b = CertHub(), CertHub()
+    a = NodeCerts(_Member(W1, st, api), hub_a)  # type: ignore[arg-type]
+    b = NodeCerts(_Member(W2, st, api), hub_b)  # type: ignore[arg-type]
+    ca = "https://ca.test/dir"
+    chain, key = alpn_certificate(NAME, "not-a-real-order")
+
+    async def soon(check: Any) -> None:
+        for _ in range(200):
+            if check():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("the follower did not get there")
+
+    async def run() -> None:
+        tasks = [asyncio.create_task(a.follow()), asyncio.create_task(b.follow())]
+        try:
+            store_a = a.issuer().stores(ca)
+            store_b = b.issuer().stores(ca)
+            assert await asyncio.to_thread(store_a.load_site, NAME) is None
+            assert await asyncio.to_thread(store_a.take_order, NAME)
+            assert not await asyncio.to_thread(store_b.take_order, NAME)
+            hooks = store_a.hooks(hub_a)
+            await asyncio.to_thread(hooks.set_token, "tok", "tok.thumb")
+            await soon(lambda: hub_b.tokens.get("tok") == "tok.thumb")
+            assert hub_a.tokens == {"tok": "tok.thumb"}  # its own: not dropped by following
+            await asyncio.to_thread(hooks.drop_token, "tok")
+            await soon(lambda: "tok" not in hub_b.tokens)
+            meta = {"not_after": "2031-01-01T00:00:00+00:00"}
+            await asyncio.to_thread(store_a.save_site, NAME, chain, key, meta)
+            await soon(lambda: hub_b.certs.get(NAME) == (chain, key))
+            got = await asyncio.to_thread(store_b.load_site, NAME)
+            assert got is not None and got[:2] == (chain, key) and got[2]["holder"] == W1
+            await asyncio.to_thread(store_a.end_order, NAME)
+            assert await asyncio.to_thread(store_b.take_order, NAME)
+            assert await asyncio.to_thread(store_b.load_site, "other.test") is None
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())

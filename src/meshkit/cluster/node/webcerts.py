@@ -261,9 +261,8 @@ class ClusterStore:
     def save_account(self, email: str, key: bytes, regr: str) -> None:
         self.certs.accounts[account_key(self.ca, email)] = (key, regr)
         try:
-            self.certs.call(
-                "webcert_account", {"ca": self.ca, "email": email, "key": _b64(key), "regr": regr}
-            )
+            params = {"ca": self.ca, "email": email, "key": _b64(key), "regr": regr or None}
+            self.certs.call("webcert_account", params)
         except CallError as exc:
             # the account works anyway; the next order may register again
             log.warning("ACME: the account for %s is not in the cluster's state: %s", self.ca, exc)

@@ -256,6 +256,13 @@ def test_nodes_follow_certificates_and_challenges_through_the_state(
             assert hub_a.tokens == {"tok": "tok.thumb"}  # its own: not dropped by following
             await asyncio.to_thread(hooks.drop_token, "tok")
             await soon(lambda: "tok" not in hub_b.tokens)
+            # TLS-ALPN-01 the same way: the challenge certificate reaches every node
+            await asyncio.to_thread(hooks.set_alpn, NAME, chain, key)
+            await soon(lambda: NAME in hub_b.alpn)
+            assert NAME in hub_a.alpn
+            await asyncio.to_thread(hooks.drop_alpn, NAME)
+            await soon(lambda: NAME not in hub_b.alpn)
+            assert NAME not in hub_a.alpn
             meta = {"not_after": "2031-01-01T00:00:00+00:00"}
             await asyncio.to_thread(store_a.save_site, NAME, chain, key, meta)
             await soon(lambda: hub_b.certs.get(NAME) == (chain, key))

@@ -126,6 +126,15 @@ def test_a_takeover_drops_the_dead_holders_challenges() -> None:
         st, {"op": "cert_challenge", "kind": "http-01", "id": "t3", "value": None, "holder": W1}
     )
     assert rules.feed(st)["tokens"] == {}
+    # the end of an order (its lease given back) takes what it left behind with it
+    left = {"keyauth": "t4.thumb", "name": NAME}
+    cs.apply(
+        st, {"op": "cert_challenge", "kind": "http-01", "id": "t4", "value": left, "holder": W2}
+    )
+    cs.apply(st, {"op": "cert_release", "name": NAME, "holder": W1})  # not W1's: stays
+    assert set(rules.feed(st)["tokens"]) == {"t4"}
+    cs.apply(st, {"op": "cert_release", "name": NAME, "holder": W2})
+    assert rules.feed(st)["tokens"] == {}
 
 
 def test_the_state_round_trips_and_replays_the_same() -> None:
@@ -268,7 +277,11 @@ def test_nodes_follow_certificates_and_challenges_through_the_state(
             await soon(lambda: hub_b.certs.get(NAME) == (chain, key))
             got = await asyncio.to_thread(store_b.load_site, NAME)
             assert got is not None and got[:2] == (chain, key) and got[2]["holder"] == W1
+            # an answer left behind goes when the order ends (its lease is given back)
+            await asyncio.to_thread(hooks.set_token, "tok2", "tok2.thumb")
+            await soon(lambda: "tok2" in hub_b.tokens)
             await asyncio.to_thread(store_a.end_order, NAME)
+            await soon(lambda: "tok2" not in hub_b.tokens)
             assert await asyncio.to_thread(store_b.take_order, NAME)
             assert await asyncio.to_thread(store_b.load_site, "other.test") is None
         finally:

@@ -80,13 +80,22 @@ class CertMethods:
         self.epoch = os.urandom(6).hex()
         self.version = 0
         self._changed = asyncio.Condition()
+        self._pending: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     # -- change notification (every applied command) -------------------------------------------
 
     def applied(self, cmd: Mapping[str, Any]) -> None:
         op = str(cmd.get("op"))
-        if op not in certrules.HANDLERS or op in ("cert_lease", "cert_release"):
-            return  # leases are not followed
+        if op not in certrules.HANDLERS:
+            return
+        st = self.node.state
+        if st is None:
+            return
+        # leases are not followed, but ending or taking over an order drops challenges
+        pending = (tuple(certrules.area(st, "tokens")), tuple(certrules.area(st, "alpn")))
+        changed, self._pending = pending != self._pending, pending
+        if op in ("cert_lease", "cert_release") and not changed:
+            return
         self.version += 1
         asyncio.get_running_loop().create_task(self._notify())
 

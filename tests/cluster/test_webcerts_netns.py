@@ -2,8 +2,8 @@
 Caddyfile naming site.test, pebble (the ACME test CA) runs on a fourth. One node takes the order
 lease and places the only order; the CA's DNS (a small responder in this test) sends the
 validation to ANOTHER node, which answers the HTTP-01 challenge from the cluster state; every
-node then serves HTTPS for site.test with the same certificate, and no node wrote its key to
-disk."""
+node then serves HTTPS for site.test with the same certificate, no node wrote its key to disk,
+and a worker started again serves it at once without a new order."""
 
 from __future__ import annotations
 
@@ -253,6 +253,7 @@ def test_one_order_and_every_node_serves_the_same_certificate(tmp_path: Path) ->
                     raise AssertionError(f"{exc}: {last}") from None
             fingerprints = {line.split()[1] for line in lines}
             assert len(fingerprints) == 1, lines
+            fingerprint = fingerprints.pop()
             assert all(line.endswith("same site everywhere") for line in lines), lines
             ordering = holder()
             assert sum(f"ordered a certificate for {NAME}" in c.log(h) for h in NODES) == 1
@@ -271,6 +272,18 @@ def test_one_order_and_every_node_serves_the_same_certificate(tmp_path: Path) ->
                 )
                 keys = [Path(f).relative_to(c.data(h)).as_posix() for f in found.stdout.split()]
                 assert all(k.startswith("certs/") for k in keys), (h, keys)
+            # a worker started again serves the cluster's certificate at once: no new order
+            again = next(h for h in ("w1", "w2") if h != ordering)
+            c.kill(again)
+            c.start(again, "run")
+            try:
+                relines = until(served, 30, f"HTTPS on {again} after its restart")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {last}") from None
+            assert {line.split()[1] for line in relines} == {fingerprint}, relines
+            assert f"serving the cluster's certificate of {NAME}" in c.log(again)
+            assert "ordered a certificate" not in c.log(again)
+            assert c.log("ca").count("POST /order-plz") == 1
         except BaseException:
             for h in c.procs:  # what each agent and the CA said, for the failure's report
                 print(f"--- {h}:\n{c.log(h)[-6000:]}")

@@ -228,6 +228,7 @@ def test_nodes_follow_certificates_and_challenges_through_the_state(
     from meshkit.web.autotls import CertHub
 
     monkeypatch.setenv("MESHKIT_ACME_PROPAGATE", "1ms")
+    monkeypatch.setenv("MESHKIT_ACME_LEASE", "300ms")
     st = _state()
     shared = _Node(st)
 
@@ -258,6 +259,8 @@ def test_nodes_follow_certificates_and_challenges_through_the_state(
             store_b = b.issuer().stores(ca)
             assert await asyncio.to_thread(store_a.load_site, NAME) is None
             assert await asyncio.to_thread(store_a.take_order, NAME)
+            assert not await asyncio.to_thread(store_b.take_order, NAME)
+            await asyncio.sleep(0.5)  # past the first lease: the holder has extended it
             assert not await asyncio.to_thread(store_b.take_order, NAME)
             hooks = store_a.hooks(hub_a)
             await asyncio.to_thread(hooks.set_token, "tok", "tok.thumb")

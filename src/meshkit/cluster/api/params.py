@@ -294,7 +294,7 @@ _WEBCERT: dict[str, Schema] = {  # meshkit.cluster.api.certs
     "webcert_lease": {
         "node_id": req(node_id),
         "name": req(hostname),
-        "ttl": req(number(1, 86400)),
+        "ttl": req(number(0.1, 86400)),
     },
     "webcert_release": {"node_id": req(node_id), "name": req(hostname)},
     "webcert_store": {

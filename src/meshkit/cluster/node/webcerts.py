@@ -11,9 +11,10 @@
   installed into the hub at once, so each node serves what any node obtained.
 - Ordering: `ClusterStore` is the ACME manager's store (meshkit.acme.storage.CertStore). Before
   it orders a name, a node takes the name's lease (`webcert_lease`, a compare-and-set in raft);
-  the other nodes wait for the holder's certificate. A holder that dies loses its lease after
-  MESHKIT_ACME_LEASE (default 10 minutes: longer than an order may take) and another node takes
-  over. Renewals (30 days before expiry) go through the same lease.
+  the other nodes wait for the holder's certificate. The holder extends its lease every third of
+  MESHKIT_ACME_LEASE (default 2 minutes) while its order runs; a holder that dies loses it when
+  it runs out, and another node takes over. Renewals (30 days before expiry) go through the
+  same lease.
 - Challenges: the CA may reach any node behind the name, so the holder publishes its HTTP-01
   key authorizations and TLS-ALPN-01 certificates (`webcert_challenge`: not secrets) and waits
   MESHKIT_ACME_PROPAGATE (default 1 s) for the other nodes to follow them before it tells the CA
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import datetime
 import logging
 import os
@@ -44,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("meshkit.acme")
 
-LEASE = 600.0
+LEASE = 120.0
 PROPAGATE = 1.0
 SYNC_WAIT = 30.0
 CALL_TIMEOUT = 15.0
@@ -117,6 +119,27 @@ class NodeCerts:
             raise CallError(
                 getattr(exc, "message", None) or str(exc) or type(exc).__name__
             ) from None
+
+    def keep_lease(self, name: str) -> concurrent.futures.Future[None] | None:
+        """Extend `name`'s lease every third of its length until the future is cancelled (the
+        order ended) or the lease is lost."""
+        if self.loop is None:
+            return None
+        return asyncio.run_coroutine_threadsafe(self._keep_lease(name), self.loop)
+
+    async def _keep_lease(self, name: str) -> None:
+        while not self.node.stopping:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                reply = await self.ask("webcert_lease", {"name": name, "ttl": self.lease}, 10.0)
+            except Exception as exc:  # the next try may reach a manager
+                log.warning("ACME: cannot extend the order lease of %s: %s", name, exc)
+                continue
+            if not reply.get("taken"):
+                log.warning(
+                    "ACME: the order lease of %s went to node %s", name, reply.get("holder")
+                )
+                return
 
     # -- following the state -------------------------------------------------------------------
 
@@ -216,6 +239,7 @@ class ClusterStore:
         self.certs = certs
         self.ca = ca
         self.ordering = ""  # the name whose lease this store holds
+        self._keeping: concurrent.futures.Future[None] | None = None
 
     def where(self, name: str) -> str:
         return "the cluster's state"
@@ -289,10 +313,14 @@ class ClusterStore:
             return False
         log.info("ACME: this node holds the order for %s", name)
         self.ordering = name
+        self._keeping = self.certs.keep_lease(name)
         return True
 
     def end_order(self, name: str) -> None:
         self.ordering = ""
+        if self._keeping is not None:
+            self._keeping.cancel()
+            self._keeping = None
         try:
             self.certs.call("webcert_release", {"name": name})
         except CallError as exc:

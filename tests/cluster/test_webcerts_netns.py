@@ -3,12 +3,14 @@ Caddyfile naming site.test, pebble (the ACME test CA) runs on a fourth. One node
 lease and places the only order; the CA's DNS (a small responder in this test) sends the
 validation to ANOTHER node, which answers the HTTP-01 challenge from the cluster state; every
 node then serves HTTPS for site.test with the same certificate, no node wrote its key to disk,
-and a worker started again serves it at once without a new order."""
+and a worker started again serves it at once without a new order. Then a node that holds an
+order dies: its lease runs out and another node takes the order over."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import struct
 import subprocess
@@ -32,10 +34,11 @@ CA_PORT, MGMT_PORT, DNS_PORT = 14000, 15000, 8053
 
 
 class WebLab(Lab):
-    """Agents started with `--web` and the test's ACME settings."""
+    """Agents started with `--web` and the test's ACME settings; pebble on host "ca"."""
 
     caddyfile = ""
     env: dict[str, str] = {}
+    last: list[str] = []  # what the last look at the served certificates gave
 
     def start(self, host: str, *args: str) -> None:
         argv = [sys.executable, "-m", "meshkit", "node", *args, "--web", self.caddyfile]
@@ -46,10 +49,53 @@ class WebLab(Lab):
     def log(self, host: str) -> str:
         return self.procs[host].output()
 
+    def ordered(self, name: str, hosts: tuple[str, ...] = NODES) -> str:
+        """The node that placed an order for `name` ("" : none yet)."""
+        return next((h for h in hosts if f"ordered a certificate for {name}" in self.log(h)), "")
 
-def dns_answer(query: bytes, answer: Callable[[], str]) -> bytes | None:
-    """The reply to one DNS query: an A record for NAME (the address `answer` picks), no
-    records for anything else."""
+    def orders(self) -> int:
+        """Orders placed with pebble (its "POST /order-plz" log lines)."""
+        return self.log("ca").count("POST /order-plz")
+
+    def served(self, name: str, hosts: tuple[str, ...] = NODES) -> list[str] | None:
+        """`IP SHA256 PAGE` of each host's HTTPS for `name`, verified with pebble's root; None
+        until every host serves such a certificate."""
+        ca, trust, root = self.lab.addr("ca"), self.root / "pebble.crt", self.root / "root.pem"
+        got = self.lab.run(
+            "ca",
+            ["curl", "-sSf", "--cacert", str(trust), "-o", str(root),
+             f"https://{ca}:{MGMT_PORT}/roots/0"],
+            check=False,
+        )  # fmt: skip
+        if got.returncode != 0:
+            self.last = [got.stderr]
+            return None
+        addrs = [self.lab.addr(h) for h in hosts]
+        r = self.lab.run("ca", [sys.executable, "-c", SERVED, str(root), name, *addrs], check=False)
+        self.last = [r.stdout, r.stderr]
+        lines = r.stdout.splitlines()
+        ok = len(lines) == len(hosts) and all("FAILED" not in line for line in lines)
+        return lines if ok else None
+
+    def wait_served(self, name: str, hosts: tuple[str, ...] = NODES) -> list[str]:
+        try:
+            return list(until(lambda: self.served(name, hosts), 30, f"HTTPS for {name}"))
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.last}") from None
+
+
+def site_block(name: str, www: Path, ca_url: str) -> str:
+    tls = f"    tls admin@{name} {{\n        ca {ca_url}\n    }}\n"
+    return f"https://{name} {{\n    root {www}\n{tls}}}\n"
+
+
+Answers = dict[str, Callable[[], "str | None"]]
+"""Name -> what its A query gets now: an address, or None (no reply: the CA's lookup stalls)."""
+
+
+def dns_answer(query: bytes, answers: Answers) -> bytes | None:
+    """The reply to one DNS query: an A record for the names in `answers`, no records for
+    anything else."""
     if len(query) < 17:
         return None
     qid, flags = struct.unpack("!HH", query[:4])
@@ -65,16 +111,19 @@ def dns_answer(query: bytes, answer: Callable[[], str]) -> bytes | None:
     question = query[12:end]
     records = b""
     count = 0
-    if ".".join(labels).lower() == NAME and qtype == 1:
-        addr = socket.inet_aton(answer())
-        records = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + addr
+    pick = answers.get(".".join(labels).lower())
+    if pick is not None and qtype == 1:
+        addr = pick()
+        if addr is None:
+            return None
+        records = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 0, 4) + socket.inet_aton(addr)
         count = 1
     header = struct.pack("!HHHHHH", qid, 0x8180 | (flags & 0x0100), 1, count, 0, 0)
     return header + question + records
 
 
 @contextlib.contextmanager
-def dns_responder(lab: netns.NetnsLab, host: str, answer: Callable[[], str]) -> Iterator[None]:
+def dns_responder(lab: netns.NetnsLab, host: str, answers: Answers) -> Iterator[None]:
     """A UDP DNS server on `host`'s address (a thread of this process, its socket made in the
     host's namespace)."""
     ref = NetnsRef.open_path(f"/run/netns/{lab.hosts[host].netns}", host)
@@ -91,7 +140,7 @@ def dns_responder(lab: netns.NetnsLab, host: str, answer: Callable[[], str]) -> 
                 query, peer = sock.recvfrom(4096)
             except OSError:
                 continue
-            reply = dns_answer(query, answer)
+            reply = dns_answer(query, answers)
             if reply is not None:
                 sock.sendto(reply, peer)
 
@@ -160,13 +209,14 @@ def start_pebble(c: WebLab, host: str, cert: Path) -> None:
 SERVED = """
 import hashlib, socket, ssl, sys
 ctx = ssl.create_default_context(cafile=sys.argv[1])
-for ip in sys.argv[2:]:
+name = sys.argv[2]
+for ip in sys.argv[3:]:
     try:
         with socket.create_connection((ip, 443), timeout=5) as raw:
-            with ctx.wrap_socket(raw, server_hostname="site.test") as tls:
+            with ctx.wrap_socket(raw, server_hostname=name) as tls:
                 der = tls.getpeercert(binary_form=True)
-                tls.sendall(b"GET / HTTP/1.1\\r\\nHost: site.test\\r\\n"
-                            b"Connection: close\\r\\n\\r\\n")
+                tls.sendall(f"GET / HTTP/1.1\\r\\nHost: {name}\\r\\n".encode()
+                            + b"Connection: close\\r\\n\\r\\n")
                 body = b""
                 while chunk := tls.recv(65536):
                     body += chunk
@@ -194,99 +244,96 @@ def test_one_order_and_every_node_serves_the_same_certificate(tmp_path: Path) ->
                 nl.add_host(h)
             ca_url = f"https://{nl.addr('ca')}:{CA_PORT}/dir"
             caddyfile = tmp_path / "Caddyfile"
-            caddyfile.write_text(
-                f"https://{NAME} {{\n    root {www}\n    tls admin@{NAME} {{\n"
-                f"        ca {ca_url}\n    }}\n}}\n"
-            )
+            caddyfile.write_text(site_block(NAME, www, ca_url))
             c.caddyfile = str(caddyfile)
             c.env = {
                 "MESHKIT_ACME_CA_ROOTS": str(pebble_cert(c, "ca")),
                 "MESHKIT_ACME_RETRY": "1s",
+                "MESHKIT_ACME_LEASE": "6s",  # extended every 2 s while its holder lives
                 "MESHKIT_DATA": str(c.root / "acmedata"),
             }
-
-            def holder() -> str:
-                return next(
-                    (h for h in NODES if f"ordered a certificate for {NAME}" in c.log(h)), ""
-                )
-
             answered: list[str] = []
 
-            def answer() -> str:
+            def at_another_node() -> str:
                 # the CA validates at a node that does NOT hold the order
-                pick = next(h for h in NODES if h != holder())
+                pick = next(h for h in NODES if h != c.ordered(NAME))
                 answered.append(pick)
                 return nl.addr(pick)
 
-            with dns_responder(nl, "ca", answer):
+            answers: Answers = {NAME: at_another_node}
+            with dns_responder(nl, "ca", answers):
                 # the agents come up before the CA: their first tries find no CA (no order),
                 # so every node is there when the order is placed
                 c.start_cluster("m1", ("w1", "w2"))
                 start_pebble(c, "ca", c.root / "pebble.crt")
-                until(holder, 30, "an order")
-                root = c.root / "root.pem"
-
-                last: list[str] = []
-
-                def served() -> list[str] | None:
-                    got = c.lab.run(
-                        "ca", ["curl", "-sSf", "--cacert", str(c.root / "pebble.crt"),
-                               "-o", str(root), f"https://{nl.addr('ca')}:{MGMT_PORT}/roots/0"],
-                        check=False,
-                    )  # fmt: skip
-                    if got.returncode != 0:
-                        last[:] = [got.stderr]
-                        return None
-                    r = c.lab.run(
-                        "ca",
-                        [sys.executable, "-c", SERVED, str(root), *(nl.addr(h) for h in NODES)],
-                        check=False,
-                    )
-                    last[:] = [r.stdout, r.stderr]
-                    lines = r.stdout.splitlines()
-                    ok = len(lines) == 3 and all("FAILED" not in line for line in lines)
-                    return lines if ok else None
-
-                try:
-                    lines = until(served, 30, "HTTPS with the CA's certificate on every node")
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}: {last}") from None
-            fingerprints = {line.split()[1] for line in lines}
-            assert len(fingerprints) == 1, lines
-            fingerprint = fingerprints.pop()
-            assert all(line.endswith("same site everywhere") for line in lines), lines
-            ordering = holder()
-            assert sum(f"ordered a certificate for {NAME}" in c.log(h) for h in NODES) == 1
-            assert c.log("ca").count("POST /order-plz") == 1, c.log("ca")[-3000:]
-            # the challenge was answered by another node, from the cluster's state
-            assert answered and ordering not in answered, (ordering, answered)
-            validator = answered[-1]
-            assert f"answering the HTTP-01 challenge for {NAME}" in c.log(validator)
-            # no node wrote a certificate or key to the ACME data folder (standalone
-            # `meshkit web` keeps them there); nor in its data dir
-            assert not (c.root / "acmedata").exists()
-            for h in NODES:  # keys in clear: the node's own identity only (the raft journal
-                # and snapshots hold the certificate's key sealed)
-                found = subprocess.run(
-                    ["grep", "-rla", "PRIVATE KEY", str(c.data(h))], capture_output=True, text=True
-                )
-                keys = [Path(f).relative_to(c.data(h)).as_posix() for f in found.stdout.split()]
-                assert all(k.startswith("certs/") for k in keys), (h, keys)
-            # a worker started again serves the cluster's certificate at once: no new order
-            again = next(h for h in ("w1", "w2") if h != ordering)
-            c.kill(again)
-            c.start(again, "run")
-            try:
-                relines = until(served, 30, f"HTTPS on {again} after its restart")
-            except AssertionError as exc:
-                raise AssertionError(f"{exc}: {last}") from None
-            assert {line.split()[1] for line in relines} == {fingerprint}, relines
-            assert f"serving the cluster's certificate of {NAME}" in c.log(again)
-            assert "ordered a certificate" not in c.log(again)
-            assert c.log("ca").count("POST /order-plz") == 1
+                until(lambda: c.ordered(NAME), 30, "an order")
+                lines = c.wait_served(NAME)
+                fingerprints = {line.split()[1] for line in lines}
+                assert len(fingerprints) == 1, lines
+                assert all(line.endswith("same site everywhere") for line in lines), lines
+                holder = c.ordered(NAME)
+                assert sum(f"ordered a certificate for {NAME}" in c.log(h) for h in NODES) == 1
+                assert c.orders() == 1, c.log("ca")[-3000:]
+                # the challenge was answered by another node, from the cluster's state
+                assert answered and holder not in answered, (holder, answered)
+                assert f"answering the HTTP-01 challenge for {NAME}" in c.log(answered[-1])
+                no_key_on_disk(c)
+                restarted_worker_needs_no_order(c, holder, fingerprints.pop())
+                a_dead_holders_order_is_taken_over(c, answers, caddyfile, www, ca_url)
         except BaseException:
             for h in c.procs:  # what each agent and the CA said, for the failure's report
                 print(f"--- {h}:\n{c.log(h)[-6000:]}")
             raise
         finally:
             c.close()
+
+
+def no_key_on_disk(c: WebLab) -> None:
+    """No node wrote a certificate or key to the ACME data folder (standalone `meshkit web`
+    keeps them there); the only keys in clear in a node's data dir are its own identity's (the
+    raft journal and snapshots hold the certificate's key sealed)."""
+    assert not (c.root / "acmedata").exists()
+    for h in NODES:
+        found = subprocess.run(
+            ["grep", "-rla", "PRIVATE KEY", str(c.data(h))], capture_output=True, text=True
+        )
+        keys = [Path(f).relative_to(c.data(h)).as_posix() for f in found.stdout.split()]
+        assert all(k.startswith("certs/") for k in keys), (h, keys)
+
+
+def restarted_worker_needs_no_order(c: WebLab, holder: str, fingerprint: str) -> None:
+    """A worker started again serves the cluster's certificate at once: no new order."""
+    again = next(h for h in ("w1", "w2") if h != holder)
+    c.kill(again)
+    c.start(again, "run")
+    lines = c.wait_served(NAME)
+    assert {line.split()[1] for line in lines} == {fingerprint}, lines
+    assert f"serving the cluster's certificate of {NAME}" in c.log(again)
+    assert "ordered a certificate" not in c.log(again)
+    assert c.orders() == 1
+
+
+def a_dead_holders_order_is_taken_over(
+    c: WebLab, answers: Answers, caddyfile: Path, www: Path, ca_url: str
+) -> None:
+    """The workers add a name (SIGHUP); the one that orders it dies while the CA's lookup
+    stalls; its lease runs out and the other worker takes the order over."""
+    two = "two.test"
+    stall = threading.Event()
+    stall.set()
+    survivor: list[str] = []
+    answers[two] = lambda: None if stall.is_set() else c.lab.addr(survivor[0])
+    caddyfile.write_text(caddyfile.read_text() + site_block(two, www, ca_url))
+    for h in ("w1", "w2"):
+        c.procs[h].popen.send_signal(signal.SIGHUP)
+    dead = until(lambda: c.ordered(two, ("w1", "w2")), 30, f"an order for {two}")
+    survivor.append("w2" if dead == "w1" else "w1")
+    c.kill(dead)
+    stall.clear()
+    lines = c.wait_served(two, (survivor[0],))
+    log = c.log(survivor[0])
+    waited = log.index(f"holds the order for {two}; waiting for its certificate")
+    assert waited < log.index(f"this node holds the order for {two}"), log[-3000:]
+    assert f"certificate for {two} obtained" in log
+    assert lines[0].endswith("same site everywhere"), lines
+    assert c.orders() == 3  # site.test, the dead holder's, the survivor's

@@ -54,6 +54,7 @@ class LeasedStore:
         self.free = False
         self.taken = 0
         self.ended = 0
+        self.retry_in = -1.0
         self.accounts_read = 0  # an order that started reads the account first
         self.lock = threading.Lock()
 
@@ -79,8 +80,9 @@ class LeasedStore:
                 self.taken += 1
             return self.free
 
-    def end_order(self, name: str) -> None:
+    def end_order(self, name: str, retry_in: float = 0.0) -> None:
         self.ended += 1
+        self.retry_in = retry_in
 
     def hooks(self, local: Hooks) -> Hooks:
         return local
@@ -145,7 +147,7 @@ def test_a_certificate_stored_before_the_lease_makes_the_order_moot() -> None:
         try:
             await _until(lambda: hub.certs.get(NAME) == pair)
             await _until(lambda: store.ended == 1)  # the lease is given back
-            assert store.taken == 1 and racing.accounts_read == 0
+            assert store.taken == 1 and racing.accounts_read == 0 and store.retry_in == 0.0
         finally:
             await mgr.stop()
 
@@ -166,6 +168,9 @@ def test_a_failed_order_gives_the_lease_back_before_it_retries() -> None:
         try:
             await _until(lambda: store.ended == 1)
             assert store.taken == 1 and store.accounts_read == 1
+            # the store is told when this process tries again (the cluster's keeps the lease
+            # until then, so that the other nodes do not try the CA meanwhile)
+            assert store.retry_in == 30.0
         finally:
             await mgr.stop()
 

@@ -244,7 +244,7 @@ def test_one_order_and_every_node_serves_the_same_certificate(tmp_path: Path) ->
                 nl.add_host(h)
             ca_url = f"https://{nl.addr('ca')}:{CA_PORT}/dir"
             caddyfile = tmp_path / "Caddyfile"
-            caddyfile.write_text(site_block(NAME, www, ca_url))
+            caddyfile.write_text(f":8080 {{\n    root {www}\n}}\n")  # no HTTPS yet
             c.caddyfile = str(caddyfile)
             c.env = {
                 "MESHKIT_ACME_CA_ROOTS": str(pebble_cert(c, "ca")),
@@ -262,10 +262,12 @@ def test_one_order_and_every_node_serves_the_same_certificate(tmp_path: Path) ->
 
             answers: Answers = {NAME: at_another_node}
             with dns_responder(nl, "ca", answers):
-                # the agents come up before the CA: their first tries find no CA (no order),
-                # so every node is there when the order is placed
+                # every node and the CA are up when the site asks for HTTPS (a reload)
                 c.start_cluster("m1", ("w1", "w2"))
                 start_pebble(c, "ca", c.root / "pebble.crt")
+                caddyfile.write_text(site_block(NAME, www, ca_url))
+                for h in NODES:
+                    c.procs[h].popen.send_signal(signal.SIGHUP)
                 until(lambda: c.ordered(NAME), 30, "an order")
                 lines = c.wait_served(NAME)
                 fingerprints = {line.split()[1] for line in lines}

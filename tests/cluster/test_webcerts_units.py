@@ -82,6 +82,17 @@ def test_a_holder_whose_lease_was_taken_over_cannot_store() -> None:
     assert got["taken"] and got["site"]["chain"] == "NEW" and got["site"]["holder"] == W2
 
 
+def test_a_failed_order_keeps_the_lease_for_its_backoff() -> None:
+    st = _state()
+    lease(st, W1, now=0.0)
+    release = {"op": "cert_release", "name": NAME, "holder": W1, "hold": 30.0, "now": 5.0}
+    assert cs.apply(st, release)["released"]
+    assert not lease(st, W2, now=34.9)["taken"]  # the other nodes wait out the backoff
+    assert lease(st, W1, now=20.0)["taken"]  # the holder tries again when it wants
+    cs.apply(st, dict(release, now=21.0))
+    assert lease(st, W2, now=51.0)["taken"]  # a holder that died meanwhile loses it
+
+
 def test_store_without_a_lease_and_bad_commands() -> None:
     st = _state()
     cs.apply(st, {"op": "cert_store", "site": site(), "holder": W1, "now": 1.0})

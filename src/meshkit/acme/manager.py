@@ -79,6 +79,11 @@ async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
     return await fut
 
 
+def _retry_in(exc: Problem, delay: float) -> float:
+    """Seconds before a failed order is tried again: rate limits wait the longest."""
+    return RETRY_MAX if exc.rate_limited else delay
+
+
 def _env(name: str, default: float) -> float:
     value = os.environ.get(name)
     return parse_duration(value, name) if value else default
@@ -163,9 +168,9 @@ class AcmeManager:
                     continue
                 log.info("ACME: %s %s; asking %s", w.name, why, settings.ca)
                 try:
-                    not_after = await self._order(storage, w, settings, hub)
+                    not_after = await self._order(storage, w, settings, hub, delay)
                 except Problem as exc:
-                    wait = RETRY_MAX if exc.rate_limited else delay
+                    wait = _retry_in(exc, delay)
                     log.error(
                         "ACME: no certificate for %s: %s; retrying in %gs%s",
                         w.name,
@@ -181,11 +186,13 @@ class AcmeManager:
             await asyncio.sleep(wait)
 
     async def _order(
-        self, storage: CertStore, w: Wanted, settings: Settings, hub: CertHub
+        self, storage: CertStore, w: Wanted, settings: Settings, hub: CertHub, delay: float
     ) -> float:
-        """Obtain and store a certificate for `w` while holding its order (given back before
-        a retry waits, so that another node may try); its end of validity. Raises Problem."""
+        """Obtain and store a certificate for `w` while holding its order; its end of
+        validity. Raises Problem (the order is ended with the wait before the retry, `delay`
+        or longer, so that the store can keep other nodes from trying meanwhile)."""
         loop = asyncio.get_running_loop()
+        retry_in = 0.0
         try:
             # the order is ours now: a certificate stored meanwhile (by another node) may make
             # it moot
@@ -196,8 +203,11 @@ class AcmeManager:
                 obtain, settings, storage, w.name, w.key_type, storage.hooks(hub)
             )
             await loop.run_in_executor(None, self._store, storage, w, settings, chain, key, end)
+        except Problem as exc:
+            retry_in = _retry_in(exc, delay)
+            raise
         finally:
-            await loop.run_in_executor(None, storage.end_order, w.name)
+            await loop.run_in_executor(None, storage.end_order, w.name, retry_in)
         log.info(
             "ACME: certificate for %s obtained, valid until %s; serving it",
             w.name,

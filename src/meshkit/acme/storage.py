@@ -51,7 +51,11 @@ class CertStore(Protocol):
         does (or nobody can say), its certificate will be in the store."""
         ...
 
-    def end_order(self, name: str) -> None: ...
+    def end_order(self, name: str, retry_in: float = 0.0) -> None:
+        """The order is over; `retry_in` > 0: it failed and is tried again in that many
+        seconds (by this process: the others keep waiting, so that N nodes do not try N
+        times as often)."""
+        ...
 
     def hooks(self, local: Hooks) -> Hooks:
         """Where an order's challenge answers go, given this process's own (the CertHub)."""
@@ -94,7 +98,7 @@ class Storage:
     def take_order(self, name: str) -> bool:
         return True  # one process: nobody else orders
 
-    def end_order(self, name: str) -> None:
+    def end_order(self, name: str, retry_in: float = 0.0) -> None:
         pass
 
     def hooks(self, local: Hooks) -> Hooks:

@@ -8,7 +8,8 @@ managers:
                       the order lease for a name (compare-and-set); "site" is the certificate
                       stored for it, key opened: {"name", "ca", "chain", "key" (base64 PEM),
                       "not_after", ...}
-    webcert_release   {"node_id", "name"}          -> {"released"}
+    webcert_release   {"node_id", "name", "hold"?}  -> {"released"}   hold: seconds the lease
+                      stays the caller's (its failed order's backoff)
     webcert_store     {"node_id", "name", "ca", "chain", "key" (base64 PEM), "not_after",
                        "obtained"}                 -> {"name"}
     webcert_account   {"node_id", "ca", "email", "key" (base64 PEM), "regr"} -> {"account"}
@@ -148,8 +149,17 @@ class CertMethods:
 
     async def webcert_release(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = caller(self.node, peer, params)
+        hold = params.get("hold")
+        if hold is not None and (isinstance(hold, bool) or not isinstance(hold, (int, float))):
+            raise RpcError("bad_request", "parameter 'hold' must be a number of seconds")
         return await self.node.submit(
-            {"op": "cert_release", "name": str_param(params, "name"), "holder": node.id}
+            {
+                "op": "cert_release",
+                "name": str_param(params, "name"),
+                "holder": node.id,
+                "hold": float(hold or 0.0),
+                "now": time.time(),
+            }
         )
 
     async def webcert_store(self, peer: Peer, params: dict[str, Any]) -> Any:

@@ -296,7 +296,11 @@ _WEBCERT: dict[str, Schema] = {  # meshkit.cluster.api.certs
         "name": req(hostname),
         "ttl": req(number(0.1, 86400)),
     },
-    "webcert_release": {"node_id": req(node_id), "name": req(hostname)},
+    "webcert_release": {
+        "node_id": req(node_id),
+        "name": req(hostname),
+        "hold": opt(number(0, 86400)),
+    },
     "webcert_store": {
         "node_id": req(node_id),
         "name": req(hostname),

@@ -20,8 +20,10 @@ Commands (applied by meshkit.cluster.model.state; `now` is stamped by the propos
                    its lease has expired, or the holder already has it (then extended); the
                    result says who holds it and carries the stored site (if any), so a node
                    that takes over sees a certificate committed just before
-    cert_release   name, holder             drops the lease if the holder still has it, and the
-                   holder's pending challenges for the name (its order is over)
+    cert_release   name, holder, hold?, now  drops the lease if the holder still has it, and the
+                   holder's pending challenges for the name (its order is over); with hold > 0
+                   (a failed order's backoff) the lease stays the holder's until now + hold, so
+                   the other nodes do not try the CA meanwhile
     cert_store     site {...}, holder, now  refused while another node holds an unexpired lease
                    on the name (a holder whose lease ran out and was taken over is fenced off)
     cert_account   account {...}            an ACME account key (the last one written wins)
@@ -98,7 +100,11 @@ def op_release(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     leases = area(state, "leases")
     lease = leases.get(name)
     if lease is not None and lease["holder"] == holder:
-        del leases[name]
+        hold = min(float(cmd.get("hold") or 0.0), MAX_TTL)
+        if hold > 0:
+            leases[name] = {"holder": holder, "expires": _now(cmd) + hold}
+        else:
+            del leases[name]
         _drop_challenges(state, name, holder)  # the order is over: its answers are moot
         return {"released": True}
     return {"released": False}

@@ -316,13 +316,13 @@ class ClusterStore:
         self._keeping = self.certs.keep_lease(name)
         return True
 
-    def end_order(self, name: str) -> None:
+    def end_order(self, name: str, retry_in: float = 0.0) -> None:
         self.ordering = ""
         if self._keeping is not None:
             self._keeping.cancel()
             self._keeping = None
-        try:
-            self.certs.call("webcert_release", {"name": name})
+        try:  # after a failure the lease stays ours until we try again: one try per backoff
+            self.certs.call("webcert_release", {"name": name, "hold": retry_in or None})
         except CallError as exc:
             log.warning("ACME: the order lease of %s is left to expire: %s", name, exc)
 

@@ -32,6 +32,8 @@ Commands (``op``, then fields):
     set_overlay            node_id, overlay   (a node's overlay report, from its heartbeat)
     secret_create          kind (secret|config), record {id, name, labels, size, data}, now
     secret_rm              kind, id   (refused while a service uses it, naming the services)
+    cert_lease, cert_release, cert_store, cert_account, cert_challenge
+                           the --web nodes' certificates: see meshkit.cluster.model.certs
 
 Secrets and configs, and the rules of the references services make to them, live in
 meshkit.cluster.model.secrets: a service naming one that does not exist is refused.

@@ -240,6 +240,7 @@ class ClusterStore:
         self.ca = ca
         self.ordering = ""  # the name whose lease this store holds
         self._keeping: concurrent.futures.Future[None] | None = None
+        self._waiting_for = ""  # the other holder last named in the log
 
     def where(self, name: str) -> str:
         return "the cluster's state"
@@ -305,12 +306,16 @@ class ClusterStore:
                 "key": base64.b64decode(str(site.get("key") or "")),
             }
         if not reply.get("taken"):
-            log.info(
-                "ACME: node %s holds the order for %s; waiting for its certificate",
-                reply.get("holder"),
-                name,
-            )
+            holder = str(reply.get("holder") or "")
+            if holder != self._waiting_for:  # once per holder, not every look
+                log.info(
+                    "ACME: node %s holds the order for %s; waiting for its certificate",
+                    holder,
+                    name,
+                )
+                self._waiting_for = holder
             return False
+        self._waiting_for = ""
         log.info("ACME: this node holds the order for %s", name)
         self.ordering = name
         self._keeping = self.certs.keep_lease(name)

@@ -27,7 +27,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 from josepy.jwk import JWK, JWKRSA
 
 from acme import challenges, client, crypto_util, errors, messages
-from meshkit.acme.storage import Storage
+from meshkit.acme.storage import CertStore
 
 __all__ = [
     "DEFAULT_CA",
@@ -136,7 +136,7 @@ _accounts: dict[tuple[str, str], tuple[client.ClientV2, JWK]] = {}
 _lock = threading.Lock()  # one order at a time: one account, one nonce pool
 
 
-def _client(settings: Settings, storage: Storage) -> tuple[client.ClientV2, JWK]:
+def _client(settings: Settings, storage: CertStore) -> tuple[client.ClientV2, JWK]:
     key_ = (settings.ca, settings.email)
     found = _accounts.get(key_)
     if found is not None:
@@ -195,7 +195,7 @@ def alpn_certificate(name: str, key_authorization: str) -> tuple[bytes, bytes]:
 
 
 def obtain(
-    settings: Settings, storage: Storage, name: str, key_type: str, hooks: Hooks
+    settings: Settings, storage: CertStore, name: str, key_type: str, hooks: Hooks
 ) -> tuple[bytes, bytes, datetime.datetime]:
     """A new certificate for `name`: (chain PEM, key PEM, not after). Raises Problem."""
     with _lock:
@@ -234,7 +234,7 @@ def _validation_problem(name: str, exc: errors.ValidationError) -> str:
 
 
 def _obtain(
-    settings: Settings, storage: Storage, name: str, key_type: str, hooks: Hooks
+    settings: Settings, storage: CertStore, name: str, key_type: str, hooks: Hooks
 ) -> tuple[bytes, bytes, datetime.datetime]:
     acme, jwk = _client(settings, storage)
     key_pem = _pem(make_key(key_type))

@@ -8,6 +8,11 @@
    the name, so renewals need no restart;
 3. then it sleeps until the next check (every 12 hours, or the renewal time if sooner).
 
+Where certificates live and who may order is the store's (meshkit.acme.storage.CertStore):
+files for `meshkit web`; for nodes with `--web`, the cluster's state, where one node at a time
+holds the order for a name (`take_order`) and the others wait for its certificate
+(meshkit.cluster.node.webcerts).
+
 A failure (the CA unreachable, a rejected order, a failed challenge) is logged with what the
 CA said and retried with backoff (1 minute doubling to 1 hour; rate limits wait the hour);
 other names go on. Tests shorten the clocks with MESHKIT_ACME_RENEW_BEFORE,
@@ -28,7 +33,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from meshkit.acme.client import Problem, Settings, check_pair, obtain
-from meshkit.acme.storage import Storage
+from meshkit.acme.storage import CertStore, Storage
 from meshkit.base.durations import parse_duration
 from meshkit.web.autotls import CertHub, Wanted
 
@@ -74,15 +79,27 @@ async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
     return await fut
 
 
+def _retry_in(exc: Problem, delay: float) -> float:
+    """Seconds before a failed order is tried again: rate limits wait the longest."""
+    return RETRY_MAX if exc.rate_limited else delay
+
+
 def _env(name: str, default: float) -> float:
     value = os.environ.get(name)
     return parse_duration(value, name) if value else default
 
 
 class AcmeManager:
-    def __init__(self, settings: Settings, root: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        root: Path | None = None,
+        stores: Callable[[str], CertStore] | None = None,
+    ) -> None:
         self.settings = settings
         self.root = root
+        # the store of a CA (its directory URL): files under `root` unless told otherwise
+        self.stores = stores or (lambda ca: Storage(ca, root))
         self.renew_before = _env("MESHKIT_ACME_RENEW_BEFORE", RENEW_BEFORE)
         self.check_every = _env("MESHKIT_ACME_CHECK_EVERY", CHECK_EVERY)
         self.retry_first = _env("MESHKIT_ACME_RETRY", RETRY_FIRST)
@@ -142,23 +159,26 @@ class AcmeManager:
         hub = self.hub
         loop = asyncio.get_running_loop()
         settings = self._settings(w)
-        storage = Storage(settings.ca, self.root)
+        storage = self.stores(settings.ca)
         not_after = await loop.run_in_executor(None, self._load_stored, storage, w.name, hub)
         delay = self.retry_first
         while True:
             now = time.time()
             if not_after is None or now >= not_after - self.renew_before:
                 why = "has none" if not_after is None else "is due for renewal"
+                if not await loop.run_in_executor(None, storage.take_order, w.name):
+                    # another node orders it: its certificate comes through the store
+                    await asyncio.sleep(self.retry_first)
+                    found = await loop.run_in_executor(
+                        None, self._load_stored, storage, w.name, hub
+                    )
+                    not_after = found or not_after
+                    continue
                 log.info("ACME: %s %s; asking %s", w.name, why, settings.ca)
                 try:
-                    chain, key, end = await in_daemon_thread(
-                        obtain, settings, storage, w.name, w.key_type, hub
-                    )
-                    await loop.run_in_executor(
-                        None, self._store, storage, w, settings, chain, key, end
-                    )
+                    not_after = await self._order(storage, w, settings, hub, delay)
                 except Problem as exc:
-                    wait = RETRY_MAX if exc.rate_limited else delay
+                    wait = _retry_in(exc, delay)
                     log.error(
                         "ACME: no certificate for %s: %s; retrying in %gs%s",
                         w.name,
@@ -169,18 +189,42 @@ class AcmeManager:
                     await asyncio.sleep(wait)
                     delay = min(delay * 2, RETRY_MAX)
                     continue
-                not_after = end.timestamp()
                 delay = self.retry_first
-                log.info(
-                    "ACME: certificate for %s obtained, valid until %s; serving it",
-                    w.name,
-                    end.isoformat(),
-                )
-                hub.renewed(w.name)
+                hub.renewed(w.name)  # `on certrenew` hooks (meshkit.web.hooks)
             wait = max(1.0, min(self.check_every, not_after - self.renew_before - time.time()))
             await asyncio.sleep(wait)
 
-    def _load_stored(self, storage: Storage, name: str, hub: CertHub) -> float | None:
+    async def _order(
+        self, storage: CertStore, w: Wanted, settings: Settings, hub: CertHub, delay: float
+    ) -> float:
+        """Obtain and store a certificate for `w` while holding its order; its end of
+        validity. Raises Problem (the order is ended with the wait before the retry, `delay`
+        or longer, so that the store can keep other nodes from trying meanwhile)."""
+        loop = asyncio.get_running_loop()
+        retry_in = 0.0
+        try:
+            # the order is ours now: a certificate stored meanwhile (by another node) may make
+            # it moot
+            found = await loop.run_in_executor(None, self._load_stored, storage, w.name, hub)
+            if found is not None and time.time() < found - self.renew_before:
+                return found
+            chain, key, end = await in_daemon_thread(
+                obtain, settings, storage, w.name, w.key_type, storage.hooks(hub)
+            )
+            await loop.run_in_executor(None, self._store, storage, w, settings, chain, key, end)
+        except Problem as exc:
+            retry_in = _retry_in(exc, delay)
+            raise
+        finally:
+            await loop.run_in_executor(None, storage.end_order, w.name, retry_in)
+        log.info(
+            "ACME: certificate for %s obtained, valid until %s; serving it",
+            w.name,
+            end.isoformat(),
+        )
+        return end.timestamp()
+
+    def _load_stored(self, storage: CertStore, name: str, hub: CertHub) -> float | None:
         found = storage.load_site(name)
         if found is None:
             return None
@@ -197,6 +241,8 @@ class AcmeManager:
                 end.isoformat(),
             )
             return None
+        if hub.certs.get(name) == (chain, key):
+            return end.timestamp()  # served already (a look while another node orders)
         try:
             hub.install([name], chain, key)
         except Exception as exc:
@@ -206,13 +252,13 @@ class AcmeManager:
             "ACME: serving the stored certificate of %s (valid until %s, %s)",
             name,
             end.isoformat(),
-            storage.site_dir(name),
+            storage.where(name),
         )
         return end.timestamp()
 
     def _store(
         self,
-        storage: Storage,
+        storage: CertStore,
         w: Wanted,
         settings: Settings,
         chain: bytes,

@@ -9,6 +9,11 @@
 As Caddy v1's `$CADDYPATH/acme/<ca>/sites/<host>/`, with the data folder chosen the XDG way
 (it does not depend on -root or the working directory). Folders are 0700, files 0600,
 written atomically (a crash never leaves half a key).
+
+`CertStore` is what the manager (meshkit.acme.manager) needs of a store: `Storage` (this
+process alone: `meshkit web`), or the cluster's replicated state for nodes with `--web`
+(meshkit.cluster.node.webcerts), where one node at a time may order a name (`take_order`) and
+challenge answers are published to every node (`hooks`).
 """
 
 from __future__ import annotations
@@ -17,12 +22,44 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from meshkit.base.files import make_private_dir, write_private
 
-__all__ = ["Storage", "data_dir"]
+if TYPE_CHECKING:
+    from meshkit.acme.client import Hooks
+
+__all__ = ["CertStore", "Storage", "data_dir"]
+
+
+class CertStore(Protocol):
+    """Where certificates and accounts of one CA live, and who may order a name. Called from
+    worker threads (never the event loop's)."""
+
+    def where(self, name: str) -> str:
+        """Where `name`'s certificate is kept, for the log."""
+        ...
+
+    def load_site(self, name: str) -> tuple[bytes, bytes, dict[str, Any]] | None: ...
+    def save_site(self, name: str, cert: bytes, key: bytes, meta: dict[str, Any]) -> None: ...
+    def load_account(self, email: str) -> tuple[bytes, str] | None: ...
+    def save_account(self, email: str, key: bytes, regr: str) -> None: ...
+
+    def take_order(self, name: str) -> bool:
+        """True: this process may order `name` now (until end_order); False: another one
+        does (or nobody can say), its certificate will be in the store."""
+        ...
+
+    def end_order(self, name: str, retry_in: float = 0.0) -> None:
+        """The order is over; `retry_in` > 0: it failed and is tried again in that many
+        seconds (by this process: the others keep waiting, so that N nodes do not try N
+        times as often)."""
+        ...
+
+    def hooks(self, local: Hooks) -> Hooks:
+        """Where an order's challenge answers go, given this process's own (the CertHub)."""
+        ...
 
 
 def data_dir(environ: dict[str, str] | None = None) -> Path:
@@ -54,6 +91,18 @@ class Storage:
 
     def site_dir(self, name: str) -> Path:
         return self.base / "sites" / _safe(name)
+
+    def where(self, name: str) -> str:
+        return str(self.site_dir(name))
+
+    def take_order(self, name: str) -> bool:
+        return True  # one process: nobody else orders
+
+    def end_order(self, name: str, retry_in: float = 0.0) -> None:
+        pass
+
+    def hooks(self, local: Hooks) -> Hooks:
+        return local
 
     def load_site(self, name: str) -> tuple[bytes, bytes, dict[str, Any]] | None:
         d = self.site_dir(name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 
 from meshkit.web.app import WebApp, WebOptions, log, plan
+from meshkit.web.autotls import CertHub, Issuer, wanted
 from meshkit.web.caddyfile.load import Config, Defaults, load_file
 from meshkit.web.proxy.services import ServiceDirectory
 
@@ -25,8 +26,9 @@ __all__ = ["EmbeddedWeb", "start_embedded"]
 class EmbeddedWeb:
     """A running embedded web server (see start_embedded)."""
 
-    def __init__(self, app: WebApp, conf: str) -> None:
+    def __init__(self, app: WebApp, conf: str, issuer: Issuer | None = None) -> None:
         self._app = app
+        self._issuer = issuer
         self.conf = conf
         self._stopped = False
 
@@ -50,6 +52,8 @@ class EmbeddedWeb:
             return
         self._stopped = True
         try:
+            if self._issuer is not None:
+                await self._issuer.stop()
             await self._app.shutdown(grace)
         finally:
             self._app.close_now()
@@ -57,13 +61,22 @@ class EmbeddedWeb:
 
 
 async def start_embedded(
-    conf: str, directory: ServiceDirectory, defaults: Defaults | None = None
+    conf: str,
+    directory: ServiceDirectory,
+    defaults: Defaults | None = None,
+    *,
+    hub: CertHub | None = None,
+    issuer: Issuer | None = None,
 ) -> EmbeddedWeb:
-    """Load the Caddyfile at `conf` and serve it on the running loop.
+    """Load the Caddyfile at `conf` and serve it on the running loop. `hub` and `issuer`:
+    automatic HTTPS (the node's, meshkit.cluster.node.webcerts); without them an ACME site is
+    an error.
 
     Raises a MeshkitError before anything listens when the Caddyfile cannot be read or has
     mistakes (CaddyfileErrors: each names file:line), or a port cannot be opened."""
-    options = WebOptions(conf=conf, defaults=defaults or Defaults(), directory=directory)
+    options = WebOptions(
+        conf=conf, defaults=defaults or Defaults(), directory=directory, hub=hub, issuer=issuer
+    )
 
     def load() -> Config:
         return load_file(conf, defaults=options.defaults, directory=directory)
@@ -72,11 +85,13 @@ async def start_embedded(
     config = await loop.run_in_executor(None, load)
     for warning in config.warnings:
         log.warning("%s", warning)
-    ports = plan(config)  # raises CaddyfileErrors naming file:line
+    ports = plan(config, hub=hub)  # raises CaddyfileErrors naming file:line
     app = WebApp(options, load)
     try:
         await app.start(ports)
     except BaseException:
         app.close_now()
         raise
-    return EmbeddedWeb(app, conf)
+    if issuer is not None and hub is not None:
+        issuer.start(hub, wanted(config))
+    return EmbeddedWeb(app, conf, issuer)

@@ -44,6 +44,7 @@ Authorization on the TCP port, by method:
                   see meshkit.cluster.api.cluster
     secret_*, config_*, task_secrets         see meshkit.cluster.api.secrets (task_secrets:
                   any node certificate, only for a task assigned to that node)
+    webcert_*     the --web nodes' certificates: see meshkit.cluster.api.certs
 
 Services and tasks (meshkit.cluster.api.services): the service_* methods are manager methods;
 tasks_watch and task_report take any node certificate whose CN is the node asked about;
@@ -85,6 +86,7 @@ from typing import Any
 
 import meshkit.cluster.api.cluster as cluster_api
 from meshkit.base.errors import FlagError
+from meshkit.cluster.api.certs import NODE_CERT_METHODS, CertMethods
 from meshkit.cluster.api.common import caller, loaded_state, new_node_id, str_param
 from meshkit.cluster.api.context import NodeContext
 from meshkit.cluster.api.networks import (
@@ -127,6 +129,7 @@ NODE_METHODS = (
     | NODE_TASK_METHODS
     | NODE_NET_METHODS
     | NODE_SECRET_METHODS
+    | NODE_CERT_METHODS
 )
 MANAGER_METHODS = (
     frozenset(
@@ -218,6 +221,9 @@ class Api:
         self.runs = RunMethods(node)  # `meshkit run` (meshkit.cluster.api.runs)
         for name in SECRET_METHODS | NODE_SECRET_METHODS:
             self._handlers[name] = getattr(self.secrets, name)
+        self.certs = CertMethods(node)  # webcert_*: the --web nodes' certificates
+        for name in NODE_CERT_METHODS:
+            self._handlers[name] = getattr(self.certs, name)
 
     # -- dispatch ------------------------------------------------------------------------------
 

@@ -289,6 +289,52 @@ _SERVICE_REF: Schema = {"service": req(name)}
 _NETWORK_REF: Schema = {"network": req(name)}
 _SINCE = map_of(string(MAX_NAME), anything)
 
+_PEM64 = string(128 * 1024)  # base64 PEM (api.certs checks it decodes)
+_WEBCERT: dict[str, Schema] = {  # meshkit.cluster.api.certs
+    "webcert_lease": {
+        "node_id": req(node_id),
+        "name": req(hostname),
+        "ttl": req(number(0.1, 86400)),
+    },
+    "webcert_release": {
+        "node_id": req(node_id),
+        "name": req(hostname),
+        "hold": opt(number(0, 86400)),
+    },
+    "webcert_store": {
+        "node_id": req(node_id),
+        "name": req(hostname),
+        "ca": opt(string(MAX_TEXT, allow_empty=True)),
+        "chain": req(_PEM64),
+        "key": req(_PEM64),
+        "not_after": opt(string(64, allow_empty=True)),
+        "obtained": opt(string(64, allow_empty=True)),
+    },
+    "webcert_account": {
+        "node_id": req(node_id),
+        "ca": req(string(MAX_TEXT)),
+        "email": opt(string(MAX_NAME, allow_empty=True)),
+        "key": req(_PEM64),
+        "regr": opt(text(64 * 1024)),  # JSON, newlines and all
+    },
+    "webcert_challenge": {
+        "node_id": req(node_id),
+        "kind": req(string(16, choices=("http-01", "tls-alpn-01"))),
+        "id": req(string(MAX_NAME)),
+        "value": opt(
+            record(
+                {
+                    "keyauth": opt(short_text),
+                    "name": opt(short_text),
+                    "cert": opt(text(16 * 1024)),
+                    "key": opt(text(16 * 1024)),
+                }
+            )
+        ),
+    },
+    "webcert_watch": _WATCH,
+}
+
 TCP_PARAMS: dict[str, Schema] = {
     # no certificate needed
     "ca_bundle": {},
@@ -378,6 +424,7 @@ TCP_PARAMS: dict[str, Schema] = {
     "network_rm": _NETWORK_REF,
     "overlay_pairs": {},
     "task_secrets": {"node_id": req(node_id), "task_id": req(name)},
+    **_WEBCERT,
     **{
         f"{kind}_{verb}": schema
         for kind in ("secret", "config")

@@ -103,6 +103,8 @@ class ClusterState:
     # secrets (values sealed) and configs by id (meshkit.cluster.model.secrets)
     secrets: dict[str, dict[str, Any]] = field(default_factory=dict)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the --web nodes' certificates, ACME accounts, order leases, challenges (model.certs)
+    webcerts: dict[str, dict[str, Any]] = field(default_factory=dict)
     index: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -34,6 +34,8 @@ Commands (``op``, then fields):
     set_resources          node_id, resources {NanoCPUs, MemoryBytes}   (from its heartbeat)
     secret_create          kind (secret|config), record {id, name, labels, size, data}, now
     secret_rm              kind, id   (refused while a service uses it, naming the services)
+    cert_lease, cert_release, cert_store, cert_account, cert_challenge
+                           the --web nodes' certificates: see meshkit.cluster.model.certs
 
 Secrets and configs, and the rules of the references services make to them, live in
 meshkit.cluster.model.secrets: a service naming one that does not exist is refused.
@@ -55,6 +57,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from meshkit.cluster.model import attachments, netkeys
+from meshkit.cluster.model import certs as certrules
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.model import secrets as secretrules
 from meshkit.cluster.model import services as sv
@@ -576,6 +579,7 @@ _HANDLERS = {
     "set_resources": _op_set_resources,
     "secret_create": _secret_op(secretrules.op_create),
     "secret_rm": _secret_op(secretrules.op_rm),
+    **certrules.HANDLERS,  # cert_*: the --web nodes' certificates (meshkit.cluster.model.certs)
 }
 _HANDLERS.update(CLUSTER_HANDLERS)  # cluster_update, force_new_cluster
 
@@ -598,6 +602,7 @@ IDEMPOTENT = frozenset(
         "network_detach",
         "set_resources",
     }
+    | certrules.IDEMPOTENT
 )
 
 

@@ -105,7 +105,7 @@ class Agent:
             self, cfg, self.managers, lambda role: self._spawn(self.roles.change_role(role))
         )
         self.loops = ServiceLoops(self)
-        self.web = NodeWeb(cfg.web, self._mesh)
+        self.web = NodeWeb(cfg.web, self._mesh, self)
 
     # -- NodeContext ---------------------------------------------------------------------------
 
@@ -291,6 +291,7 @@ class Agent:
         op = cmd.get("op")
         self.api.events.record(cmd, result, self.state)
         self.api.networks.applied(cmd)
+        self.api.certs.applied(cmd)
         if op != "set_addr":
             self.api.services.applied(cmd)
             self.loops.applied(cmd)

@@ -1,4 +1,8 @@
-"""`NodeWeb`: the Caddyfile of `--web`, served on the agent's loop; SIGHUP re-reads it."""
+"""`NodeWeb`: the Caddyfile of `--web`, served on the agent's loop; SIGHUP re-reads it.
+
+Automatic HTTPS sites get their certificates through the cluster (meshkit.cluster.node
+.webcerts): one node orders a name, every node serves the certificate, which lives in the
+replicated state (its key sealed) and in this process's memory, never on this node's disk."""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from meshkit.cluster.api.context import NodeContext
+    from meshkit.cluster.node.webcerts import NodeCerts
     from meshkit.mesh.node import NodeMesh
     from meshkit.web.embedded import EmbeddedWeb
 
@@ -19,10 +25,13 @@ log = logging.getLogger(__name__)
 class NodeWeb:
     """The node's embedded web server, when node.json names a Caddyfile."""
 
-    def __init__(self, caddyfile: str, mesh: NodeMesh) -> None:
+    def __init__(self, caddyfile: str, mesh: NodeMesh, node: NodeContext | None = None) -> None:
         self.caddyfile = caddyfile
         self.mesh = mesh
+        self.node = node  # None: no automatic HTTPS (ACME sites are refused)
         self.server: EmbeddedWeb | None = None
+        self.certs: NodeCerts | None = None
+        self._follow: asyncio.Task[None] | None = None
 
     async def start(self, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         """Serve the Caddyfile. One broken since the node was made stops the agent with the
@@ -31,7 +40,22 @@ class NodeWeb:
             return
         from meshkit.web.embedded import start_embedded  # only nodes with --web load web/
 
-        self.server = await start_embedded(self.caddyfile, self.mesh)
+        hub = issuer = None
+        if self.node is not None:
+            from meshkit.cluster.node.webcerts import NodeCerts
+            from meshkit.web.autotls import CertHub
+
+            hub = CertHub()
+            self.certs = NodeCerts(self.node, hub)
+            self._follow = asyncio.get_running_loop().create_task(
+                self.certs.follow(), name="webcerts"
+            )
+            issuer = self.certs.issuer()
+        try:
+            self.server = await start_embedded(self.caddyfile, self.mesh, hub=hub, issuer=issuer)
+        except BaseException:
+            await self._stop_follow()
+            raise
         log.info(
             "web server: %s on port(s) %s",
             self.caddyfile,
@@ -46,6 +70,13 @@ class NodeWeb:
         if self.server is not None and await self.server.reload():
             log.info("web server: %s reloaded", self.caddyfile)
 
+    async def _stop_follow(self) -> None:
+        task, self._follow = self._follow, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
     async def stop(self) -> None:
         if self.server is not None:
             try:
@@ -53,3 +84,4 @@ class NodeWeb:
             except Exception:
                 log.exception("stopping the web server failed")
             self.server = None
+        await self._stop_follow()

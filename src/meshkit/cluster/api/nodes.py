@@ -77,7 +77,6 @@ may or may not have been applied), token, unavailable, locked (plus rpc's own).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -96,6 +95,7 @@ from meshkit.cluster.api.networks import (
     pair_rows,
 )
 from meshkit.cluster.api.params import ParamError, check_params, printable
+from meshkit.cluster.api.resources import ResourceCommits
 from meshkit.cluster.api.runs import RUN_LOCAL_METHODS, RunMethods
 from meshkit.cluster.api.secrets import NODE_SECRET_METHODS, SECRET_METHODS, SecretMethods
 from meshkit.cluster.api.services import (
@@ -190,8 +190,7 @@ class Api:
         # beat made a beat cost grow with the cluster, so it is kept until the state changes.
         self._managers_key: tuple[int, int] = (0, -1)
         self._managers_list: list[str] = []
-        self._resource_commits: set[tuple[str, str]] = set()
-        self._resource_jobs: set[asyncio.Task[None]] = set()
+        self.resources = ResourceCommits(node)
         self.services = ServiceMethods(node)
         self._handlers: dict[str, Callable[[Peer, dict[str, Any]], Awaitable[Any]]] = {
             "ca_bundle": self.ca_bundle,
@@ -445,7 +444,7 @@ class Api:
             self.node.note_overlay(node.id, overlay)
         resources = status.get("resources") if isinstance(status, dict) else None
         if isinstance(resources, dict) and resources != node.resources:
-            self._commit_resources(node.id, resources)
+            self.resources.commit(node.id, resources)
         st = self.state
         return {
             "period": st.heartbeat_period,
@@ -454,27 +453,6 @@ class Api:
             "role": node.role,
             "availability": node.availability,
         }
-
-    def _commit_resources(self, node_id: str, resources: dict[str, Any]) -> None:
-        """A node's CPUs and memory changed (or were never reported): commit them, once per
-        distinct report in flight; the next beat that still differs tries again."""
-        key = (node_id, repr(sorted(resources.items())))
-        if key in self._resource_commits:
-            return
-        self._resource_commits.add(key)
-
-        async def commit() -> None:
-            try:
-                cmd = {"op": "set_resources", "node_id": node_id, "resources": resources}
-                await self.node.submit(cmd)
-            except Exception as exc:
-                log.debug("resources of %s not committed: %s", node_id, exc)
-            finally:
-                self._resource_commits.discard(key)
-
-        job = asyncio.get_running_loop().create_task(commit())
-        self._resource_jobs.add(job)
-        job.add_done_callback(self._resource_jobs.discard)
 
     async def renew(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = caller(self.node, peer, params)

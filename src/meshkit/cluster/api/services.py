@@ -131,7 +131,8 @@ def task_view(
 ) -> dict[str, Any]:
     """One row of `service ps` (JSON form); the error is whole. `current` is the task spec of
     the service as it is now: a task with another spec is one a rolling update replaces."""
-    node = st.nodes.get(task.get("node_id") or "")
+    # a global task waiting for room on its node (want_node) shows that node, as swarm's does
+    node = st.nodes.get(task.get("node_id") or task.get("want_node") or "")
     spec = task.get("spec") or {}
     return {
         "ID": task["id"],

@@ -11,9 +11,7 @@ from meshkit.cluster.model.orchestrator import plan
 
 
 def _pending(sim: Sim, sid: str) -> list[dict]:
-    return [
-        t for t in tasks_of(sim, sid) if not t["node_id"] and t["desired_state"] == "running"
-    ]
+    return [t for t in tasks_of(sim, sid) if not t["node_id"] and t["desired_state"] == "running"]
 
 
 def test_each_node_without_room_holds_a_pending_task_and_the_plan_settles() -> None:

@@ -162,3 +162,43 @@ def test_rotation_prunes_the_records_and_since_still_cuts(lab: Lab, tmp_path: Pa
         assert len(ex.logs(tid, until_ns=mid)["lines"]) == 60  # the mid lines still kept
 
     run(lambda: _with(ex, body))
+
+
+def test_an_adopted_task_keeps_its_times_across_an_agent_restart(lab: Lab, tmp_path: Path) -> None:
+    tid = lab.new_id()
+    script = _gated(tmp_path, "echo before", "echo while-down", "echo after; exec sleep 60")
+    record = lab.record(tid, ["sh", "-c", script])
+
+    async def body() -> None:
+        first = lab.executor()
+        await first.start()
+        try:
+            first.sync([record])
+            await lab.reaches(tid, "running")
+            lab.pid(tid)
+            await lab.until(lambda: first.logs(tid)["lines"], "the first line")
+            before = first.logs(tid, timestamps=True)["lines"]
+        finally:
+            await first.close(stop_tasks=False)
+        await asyncio.sleep(0.05)
+        down = time.time_ns()
+        await asyncio.sleep(0.05)
+        (tmp_path / "g1").touch()  # the task writes while no agent watches
+        task_dir = lab.root / "data" / "tasks" / tid
+        await lab.until(lambda: b"while-down" in (task_dir / "stdout.log").read_bytes(), "down")
+        second = lab.executor()
+        await second.start()
+        try:
+            (tmp_path / "g2").touch()
+            await lab.until(lambda: len(second.logs(tid)["lines"]) == 3, "all three lines")
+            got = second.logs(tid, timestamps=True)["lines"]
+            assert got[0] == before[0]  # recorded by the first agent, kept
+            assert [t for _, t, _ in got] == ["before", "while-down", "after"]
+            assert got[1][2] > down  # the file's time of that write, not the restart's
+            assert [t for _, t, _ in second.logs(tid, since_ns=down)["lines"]] == [
+                "while-down", "after",
+            ]  # fmt: skip
+        finally:
+            await second.close(stop_tasks=True)
+
+    run(body)

@@ -12,11 +12,12 @@ the time it holds). Positions are absolute, as ``logs`` counts them across rotat
 
 A line's time is that of the first record whose end is past the line's first byte; a line
 written after the last record gets the live file's mtime. Times rise with the position, so
-``--since T`` is a cut: the end of the last record older than T. Resolution: the agent looks
-at most every ``THROTTLE`` seconds, so the lines of one look share the time of its last
-write (in a flood, 10 ms batches); lines written while the agent is down share the time of
-the last write before it came back. The kernel's file times tick with the scheduler clock
-(a few ms), so a time can read up to one tick early.
+``--since T`` is a cut: the end of the last record older than T. Resolution: each watch is
+one-shot and re-armed ``THROTTLE`` seconds after it fired (until then the file carries no
+inotify mark, so the task's writes cost nothing extra), so the lines of one look share the
+time of its last write (in a flood, 10 ms batches); lines written while the agent is down
+share the time of the last write before it came back. The kernel's file times tick with the
+scheduler clock (a few ms), so a time can read up to one tick early.
 
 The .times file stays bounded: records of bytes rotated out are dropped at each rotation,
 and past ``MAX_RECORDS`` the older half is thinned (every other record goes), which only
@@ -47,6 +48,8 @@ POLL_INTERVAL = 0.2  # without inotify
 
 _IN_MODIFY = 0x2
 _IN_Q_OVERFLOW = 0x4000
+_IN_IGNORED = 0x8000
+_IN_ONESHOT = 0x80000000
 _IN_NONBLOCK = os.O_NONBLOCK
 _IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")
@@ -189,6 +192,7 @@ class _Stream:
     count: int = 0
     fd: int = -1
     wd: int = -1
+    paused: bool = False
 
     def observe(self) -> None:
         try:
@@ -222,7 +226,8 @@ class _Inotify:
         self.fd = fd
 
     def add(self, path: Path) -> int:
-        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(path), _IN_MODIFY))
+        mask = ctypes.c_uint32(_IN_MODIFY | _IN_ONESHOT)
+        wd = int(self._libc.inotify_add_watch(self.fd, os.fsencode(path), mask))
         if wd < 0:
             raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
         return wd
@@ -247,7 +252,7 @@ class _Inotify:
                 pos += _EVENT.size + length
                 if mask & _IN_Q_OVERFLOW:
                     overflow = True
-                else:
+                elif not mask & _IN_IGNORED:  # IGNORED: the one-shot watch went, as asked
                     wds.add(wd)
 
     def close(self) -> None:
@@ -264,6 +269,7 @@ class Stamper:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._notify: _Inotify | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._disarmed: list[_Stream] = []  # fired one-shot watches, re-armed by a timer
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -297,11 +303,7 @@ class Stamper:
             task.streams[stream] = s
             self._open(s)
             if self._notify is not None:
-                try:
-                    s.wd = self._notify.add(s.live)
-                    self._by_wd[s.wd] = s
-                except OSError as exc:
-                    log.warning("task logs: cannot watch %s: %s", s.live, exc)
+                self._arm(s)
             s.observe()
 
     def unwatch(self, task_id: str) -> None:
@@ -320,6 +322,7 @@ class Stamper:
         if task is not None:
             task.paused = True
             for s in task.streams.values():
+                s.paused = True
                 self._close_fd(s)
 
     def resume(self, task_id: str) -> None:
@@ -328,6 +331,7 @@ class Stamper:
             return
         task.paused = False
         for s in task.streams.values():
+            s.paused = False
             self._open(s)
             s.observe()
 
@@ -375,6 +379,17 @@ class Stamper:
             if self._notify is not None:
                 self._notify.remove(s.wd)  # gone already when the file was removed: harmless
             s.wd = -1
+        if s in self._disarmed:
+            self._disarmed.remove(s)
+
+    def _arm(self, s: _Stream) -> None:
+        assert self._notify is not None
+        try:
+            s.wd = self._notify.add(s.live)
+        except OSError as exc:
+            log.warning("task logs: cannot watch %s: %s", s.live, exc)
+            return
+        self._by_wd[s.wd] = s
 
     def _observe_all(self) -> None:
         for task in self._tasks.values():
@@ -392,22 +407,38 @@ class Stamper:
         assert self._notify is not None and self._loop is not None
         wds, overflow = self._notify.drain()
         if overflow:
+            # events were lost, one-shot watches among them: arm every stream again (a watch
+            # still armed keeps its wd) and look at them all
+            for task in self._tasks.values():
+                for s in task.streams.values():
+                    if s.wd >= 0:
+                        self._by_wd.pop(s.wd, None)
+                    if s not in self._disarmed:
+                        self._arm(s)
             self._observe_all()
-        else:
-            paused = {id(s) for t in self._tasks.values() if t.paused for s in t.streams.values()}
-            for wd in wds:
-                s = self._by_wd.get(wd)
-                if s is not None and id(s) not in paused:
-                    self._observe(s)
-        # a flood of writes wakes us at most every THROTTLE seconds: the events queue (and
-        # coalesce) meanwhile, and the next look records them all at once
-        self._loop.remove_reader(self._notify.fd)
-        self._timer = self._loop.call_later(THROTTLE, self._rearm)
+        for wd in wds:
+            found = self._by_wd.pop(wd, None)
+            if found is None:
+                continue
+            s = found
+            # the watch was one-shot: until it is re-armed the task's writes cost it nothing
+            # (no inotify mark on the file), so a flood pays one event per THROTTLE seconds
+            s.wd = -1
+            self._disarmed.append(s)
+            if not s.paused:
+                self._observe(s)
+        if self._disarmed and self._timer is None:
+            self._timer = self._loop.call_later(THROTTLE, self._rearm)
 
     def _rearm(self) -> None:
         self._timer = None
-        if self._notify is not None and self._loop is not None:
-            self._loop.add_reader(self._notify.fd, self._readable)
+        if self._notify is None:
+            return
+        streams, self._disarmed = self._disarmed, []
+        for s in streams:
+            self._arm(s)
+            if not s.paused:
+                self._observe(s)  # what was written while no watch was armed
 
     def _poll(self) -> None:
         self._observe_all()

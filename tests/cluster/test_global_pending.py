@@ -60,3 +60,21 @@ def test_a_waiting_task_goes_when_its_node_is_drained_or_removed() -> None:
     sim.do({"op": "update_node", "node_id": W1, "availability": "active"})
     sim.converge()
     assert sorted(t["want_node"] for t in _pending(sim, sid)) == sorted([M1, W1, W2])
+
+
+def test_an_update_replaces_waiting_tasks_without_piling_them_up() -> None:
+    from cluster.test_orchestrator import _update
+
+    for order in ("stop-first", "start-first"):
+        sim = Sim()
+        offer(sim, 2, 4 * GIB)
+        flags = {"update_parallelism": "0", "update_monitor": "0s", "update_order": order}
+        sid = sim.create(name="agent", mode="global", reserve_memory="6G", **flags)
+        sim.converge()
+        _update(sim, sid, env_add=["V=2"])
+        sim.converge()
+        waiting = _pending(sim, sid)
+        assert sorted(t["want_node"] for t in waiting) == sorted([M1, W1, W2]), order
+        assert all(t["spec"]["env"] == ["V=2"] for t in waiting), order
+        old = [t for t in tasks_of(sim, sid) if t["spec"]["env"] == []]
+        assert old and all(t["state"] == "shutdown" for t in old), order

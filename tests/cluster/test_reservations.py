@@ -170,7 +170,16 @@ def test_global_service_skips_nodes_without_room() -> None:
     sim.do({"op": "set_resources", "node_id": W1, "resources": roomy})
     sid = sim.create(name="agent", mode="global", reserve_memory="8G")
     sim.converge()
-    assert [t["node_id"] for t in tasks_of(sim, sid)] == [W1]
+    tasks = tasks_of(sim, sid)
+    assert [t["node_id"] for t in tasks if t["node_id"]] == [W1]
+    # as swarm: each node without room holds one pending task that says why
+    waiting = sorted(t["want_node"] for t in tasks if not t["node_id"])
+    assert waiting == sorted([M1, W2])
+    assert all(
+        t["state"] == "pending" and t["error"] == "no suitable node (insufficient memory on 1 node)"
+        for t in tasks
+        if not t["node_id"]
+    )
 
 
 def test_a_waiting_tasks_reason_follows_the_nodes() -> None:

@@ -1,7 +1,8 @@
 """Compose keys of a task's runtime -> spec fields, for `meshkit stack deploy` (cli/stackfile.py):
 ``deploy.resources`` (limits: cpus, memory, pids; reservations: cpus, memory), ``volumes``
 (short ``SRC:DST[:ro]`` and long form; bind, volume, tmpfs), ``tmpfs``, ``hostname``,
-``dns``, ``dns_search``, ``init`` and ``stop_signal``. Named volumes are the stack's
+``dns``, ``dns_search``, ``init`` and ``stop_signal``; a network's ``internal`` and
+``attachable`` (``network create --internal|--attachable``). Named volumes are the stack's
 (``STACK_NAME``, as Docker names them) unless declared ``external`` or given a ``name``.
 Errors are the stack file's: file:line, the key, and why (``ctx.error``)."""
 
@@ -152,3 +153,18 @@ def apply(
             check(spec[key])
         except taskrt.RuntimeSpecError as exc:
             raise ctx.error((*path, key), str(exc).partition(": ")[2] or str(exc)) from None
+
+
+def network_flags(
+    ctx: Any, cfg: Mapping[str, Any], path: tuple[Any, ...], request: dict[str, Any]
+) -> None:
+    """A top-level network's ``internal`` (no way out) and ``attachable`` (``meshkit run
+    --network`` may join it): true or false, as Compose takes them."""
+    for key in ("internal", "attachable"):
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, bool):
+            raise ctx.error((*path, key), f"expected true or false, not {value!r}")
+        if value:
+            request[key] = True

@@ -580,35 +580,76 @@ def logs(
     service: Annotated[str, typer.Argument(help="Service name or id.")],
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing.")] = False,
     tail: Annotated[str, typer.Option("--tail", help="Last lines of each task, or all.")] = ("all"),
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since", help="Lines written from this time: RFC 3339, Unix seconds or 10m/1h ago."
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", help="Lines written up to this time (same forms as --since)."),
+    ] = None,
+    timestamps: Annotated[
+        bool, typer.Option("--timestamps", "-t", help="Show when each line was written.")
+    ] = False,
     no_task_ids: Annotated[bool, typer.Option("--no-task-ids")] = False,
     host: HostOpt = None,
 ) -> None:
     """Print the output of every task of a service, from every node."""
+    from meshkit.cli.events import parse_time
+
     n: int | None = None
     if tail != "all":
         if not tail.isdigit():
             raise FlagError("--tail", tail, "expected a number of lines or all")
         n = int(tail)
-    since: dict[str, Any] = {}
+    now = time.time()
+    times: dict[str, Any] = {}
+    if since is not None:
+        times["since_ns"] = _ns("--since", since, parse_time("--since", since, now))
+    if until is not None:
+        times["until_ns"] = _ns("--until", until, parse_time("--until", until, now))
+    if timestamps:
+        times["timestamps"] = True
+    offsets: dict[str, Any] = {}
     first = True
     try:
         while True:
-            reply = _call(
-                host,
-                "service_logs",
-                {"service": service, "tail": n if first else None, "since": since},
-            )
+            params = {"service": service, "tail": n if first else None, "since": offsets}
+            if first or "until_ns" in times:
+                # --since picks the first lines; later rounds go on from the offsets
+                params.update(
+                    times if first else {k: v for k, v in times.items() if k != "since_ns"}
+                )
+            elif timestamps:
+                params["timestamps"] = True
+            reply = _call(host, "service_logs", params)
             first = False
             for err in reply.get("errors") or []:
                 typer.echo(f"error: {err}", err=True)
-            for name, stream, text in reply["lines"]:
+            for name, stream, text, *when in reply["lines"]:
                 label = name.split("@")[0] if not no_task_ids else name.split(".")[0]
                 node = name.split("@")[1] if "@" in name else ""
                 line = f"{label}@{node}    | {text}"
+                if timestamps and when:
+                    line = f"{rfc3339_nano(int(when[0]))} {line}"
                 typer.echo(line, err=stream == "stderr")
-            since = reply.get("since") or since
-            if not follow_:
+            offsets = reply.get("since") or offsets
+            if not follow_ or ("until_ns" in times and time.time_ns() > times["until_ns"]):
                 return
             time.sleep(0.5)
     except KeyboardInterrupt:
         return
+
+
+def _ns(flag: str, text: str, seconds: float) -> int:
+    if seconds < 0:
+        raise FlagError(flag, text, "a time before 1970")
+    return round(seconds * 1e9)
+
+
+def rfc3339_nano(ns: int) -> str:
+    """Docker's --timestamps form: UTC, nine fraction digits (RFC3339NanoFixed)."""
+    secs, frac = divmod(ns, 10**9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{frac:09d}Z"

@@ -699,8 +699,6 @@ def _networks(
                 )
             if cfg.get("driver_opts"):
                 raise ctx.error((*path, "driver_opts"), NOT_YET)
-            if cfg.get("attachable"):
-                ctx.warn((*path, "attachable"), IGNORED)
             ipam = _mapping(ctx, cfg.get("ipam"), (*path, "ipam"), frozenset({"driver", "config"}))
             request = {"name": name, "driver": "overlay"}
             if ipam.get("driver") not in (None, "default"):
@@ -714,8 +712,7 @@ def _networks(
                     request["subnet"] = _text(
                         ctx, c["subnet"], (*path, "ipam", "config", 0, "subnet")
                     )
-            if cfg.get("internal"):
-                request["internal"] = True
+            composeruntime.network_flags(ctx, cfg, path, request)
             labels = _str_map(ctx, cfg.get("labels"), (*path, "labels"))
             labels.update(stack_labels(stack))
             request["labels"] = labels

@@ -288,6 +288,12 @@ _NODE_REF: Schema = {"node": req(name)}
 _SERVICE_REF: Schema = {"service": req(name)}
 _NETWORK_REF: Schema = {"network": req(name)}
 _SINCE = map_of(string(MAX_NAME), anything)
+# service logs --since/--until (ns of the Unix clock) and --timestamps
+_LOG_TIMES = {
+    "since_ns": opt(integer(0, 2**62)),
+    "until_ns": opt(integer(0, 2**62)),
+    "timestamps": opt(boolean),
+}
 
 _PEM64 = string(128 * 1024)  # base64 PEM (api.certs checks it decodes)
 _WEBCERT: dict[str, Schema] = {  # meshkit.cluster.api.certs
@@ -363,6 +369,7 @@ TCP_PARAMS: dict[str, Schema] = {
         "tasks": opt(list_of(string(MAX_NAME))),
         "tail": opt(integer(0, 10**9)),
         "since": opt(_SINCE),
+        **_LOG_TIMES,
     },
     # managers
     "node_ls": {},
@@ -394,6 +401,7 @@ TCP_PARAMS: dict[str, Schema] = {
         "service": req(name),
         "tail": opt(integer(0, 10**9)),
         "since": opt(_SINCE),
+        **_LOG_TIMES,
     },
     "node_ps": {"node": req(name)},
     "cluster_inspect": {},

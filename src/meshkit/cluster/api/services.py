@@ -11,8 +11,9 @@ Managers (manager certificate on TCP, or the local Unix socket of a manager):
     service_scale    {"service", "replicas"}           -> {"id", "version"}
     service_rollback {"service"}                       -> {"id", "version"}
     service_rm       {"service"}                       -> {"id", "name"}
-    service_logs     {"service", "tail"?, "since"?}    -> {"lines": [[task name, stream, text]],
-                                                           "since": {...}, "errors": [str]}
+    service_logs     {"service", "tail"?, "since"?, "since_ns"?, "until_ns"?, "timestamps"?}
+                     -> {"lines": [[task name, stream, text(, time ns)]], "since": {...},
+                         "errors": [str]}   with times asked for, lines are in time order
 
 Nodes (any node certificate of the cluster; the CN must be the node the call is about):
 
@@ -23,7 +24,8 @@ Nodes (any node certificate of the cluster; the CN must be the node the call is 
 
 Served by every node, for managers only (the logs of the tasks it runs):
 
-    task_logs    {"tasks": [task id], "tail"?, "since"?: {task id: offsets}}
+    task_logs    {"tasks": [task id], "tail"?, "since"?: {task id: offsets}, "since_ns"?,
+                  "until_ns"?, "timestamps"?}   (the time filters run here, on the node)
                  -> {"logs": {task id: {"lines", "since"}}, "missing": [task id]}
 
 `service` parameters take an id, a unique id prefix or a name, as Docker does.
@@ -131,7 +133,8 @@ def task_view(
 ) -> dict[str, Any]:
     """One row of `service ps` (JSON form); the error is whole. `current` is the task spec of
     the service as it is now: a task with another spec is one a rolling update replaces."""
-    node = st.nodes.get(task.get("node_id") or "")
+    # a global task waiting for room on its node (want_node) shows that node, as swarm's does
+    node = st.nodes.get(task.get("node_id") or task.get("want_node") or "")
     spec = task.get("spec") or {}
     return {
         "ID": task["id"],
@@ -350,6 +353,10 @@ class ServiceMethods:
         svc = find_service(st, _ref(params))
         tail = params.get("tail")
         since: dict[str, Any] = params.get("since") or {}
+        times: dict[str, Any] = {
+            k: params[k] for k in ("since_ns", "until_ns", "timestamps") if k in params
+        }
+        timed = any(v is not None and v is not False for v in times.values())
         by_node: dict[str, list[dict[str, Any]]] = {}
         for t in sorted(tasks_of(st, svc["id"]), key=lambda t: t.get("created_at", 0.0)):
             if t.get("node_id") and t["state"] not in ("new", "pending", "assigned"):
@@ -363,10 +370,11 @@ class ServiceMethods:
             if node is None:
                 errors.append(f"node {node_id} is gone: logs of {len(tasks)} task(s) lost")
                 return
-            req = {
+            req: dict[str, Any] = {
                 "tasks": [t["id"] for t in tasks],
                 "tail": tail,
                 "since": {t["id"]: since[t["id"]] for t in tasks if t["id"] in since},
+                **times,
             }
             try:
                 reply = await self.node.call_node(node, "task_logs", req)
@@ -381,11 +389,13 @@ class ServiceMethods:
                 if got is None:
                     continue
                 name = f"{task_name(t)}.{t['id'][:12]}@{node.hostname}"
-                for stream, text in got["lines"]:
-                    lines.append([name, stream, text])
+                for stream, text, *when in got["lines"]:
+                    lines.append([name, stream, text, *when])
                 new_since[t["id"]] = got["since"]
 
         await asyncio.gather(*(one(n, ts) for n, ts in by_node.items()))
+        if timed:
+            lines.sort(key=lambda line: line[3] if len(line) > 3 else 0)
         return {"lines": lines, "since": new_since, "errors": errors}
 
     # -- nodes ---------------------------------------------------------------------------------
@@ -435,12 +445,18 @@ class ServiceMethods:
         ids = params.get("tasks") or []
         tail = params.get("tail")
         since = params.get("since") or {}
+        since_ns, until_ns = params.get("since_ns"), params.get("until_ns")
         logs: dict[str, Any] = {}
         missing: list[str] = []
         for tid in ids:
             try:
                 logs[tid] = executor.logs(
-                    str(tid), tail=None if tail is None else int(tail), since=since.get(tid)
+                    str(tid),
+                    tail=None if tail is None else int(tail),
+                    since=since.get(tid),
+                    since_ns=None if since_ns is None else int(since_ns),
+                    until_ns=None if until_ns is None else int(until_ns),
+                    timestamps=bool(params.get("timestamps")),
                 )
             except KeyError:
                 missing.append(str(tid))

@@ -172,7 +172,8 @@ class _ServicePlanner:
     # -- helpers --------------------------------------------------------------------------------
 
     def _key(self, t: Task) -> SlotKey:
-        return str(t["node_id"]) if self.is_global else int(t["slot"])
+        # a global task waiting for room on its node is keyed by that node (``want_node``)
+        return str(t["node_id"] or t.get("want_node") or "") if self.is_global else int(t["slot"])
 
     def eligible(self, node: NodeRecord) -> bool:
         """May get new tasks of this service."""
@@ -181,6 +182,10 @@ class _ServicePlanner:
             and node.availability == "active"
             and sv.node_matches(node, self.constraints)
         )
+
+    def eligible_node(self, node_id: str) -> bool:
+        node = self.nodes.get(node_id)
+        return node is not None and self.eligible(node)
 
     def keeps(self, node: NodeRecord | None) -> bool:
         """May keep running the tasks it has."""
@@ -222,6 +227,9 @@ class _ServicePlanner:
             if r.terminal(t):
                 continue
             if not t["node_id"]:
+                want = t.get("want_node")
+                if want and not self.eligible_node(str(want)):
+                    r.set_desired(t, "shutdown")  # its node left or may not take it any more
                 if r.desired_of(t) != "running":
                     r.set_state(t, "shutdown", "shut down before it was assigned")
                 continue
@@ -404,8 +412,6 @@ class _ServicePlanner:
                 node = self.nodes.get(str(key))
                 if node is None or not self.eligible(node):
                     continue
-                if _short_of(self.r, node, taskrt.reservation(self.spec)):
-                    continue  # no room for its reservations: that node gets no task
             if self.stopping_here(key):
                 continue
             self.new_task(key, self.carried_restarts(key))
@@ -417,15 +423,49 @@ class _ServicePlanner:
         self.groups.setdefault(key, []).append(task)
         self.tasks.append(task)
         if self.is_global:
-            self.r.node[task["id"]] = str(key)
             task["node_id"] = ""  # assigned by the write's "node" part
-            self.r.load[str(key)] = self.r.load.get(str(key), 0) + 1
-            cpu, mem = taskrt.reservation(self.spec)
-            held = self.r.reserved.setdefault(str(key), [0, 0])
-            held[0] += cpu
-            held[1] += mem
+            task["want_node"] = str(key)
+            short = _short_of(self.r, self.nodes.get(str(key)), taskrt.reservation(self.spec))
+            if short:
+                # as swarm: the node's task stays pending and says why, until room frees up
+                task["error"] = _global_reason(short)
+            else:
+                self.assign_global(task)
+
+    def assign_global(self, task: Task) -> None:
+        key = str(task["want_node"])
+        self.r.node[task["id"]] = key
+        self.r.load[key] = self.r.load.get(key, 0) + 1
+        cpu, mem = taskrt.reservation(self.spec)
+        held = self.r.reserved.setdefault(key, [0, 0])
+        held[0] += cpu
+        held[1] += mem
+
+    def schedule_global(self) -> None:
+        """Global tasks waiting on their own node: placed there once it has room."""
+        r = self.r
+        need = taskrt.reservation(self.spec)
+        for t in sorted(self.tasks, key=lambda t: (str(t.get("want_node")), t["created_at"])):
+            if (
+                t["node_id"]
+                or not t.get("want_node")
+                or t["id"] in r.node
+                or r.terminal(t)
+                or r.desired_of(t) != "running"
+            ):
+                continue
+            short = _short_of(r, self.nodes.get(str(t["want_node"])), need)
+            if not short:
+                self.assign_global(t)
+                continue
+            reason = _global_reason(short)
+            if t not in r.create and t["error"] != reason and r.state_of(t) == "pending":
+                r.status.append({"id": t["id"], "state": "pending", "error": reason})
 
     def schedule(self) -> None:
+        if self.is_global:
+            self.schedule_global()
+            return
         r = self.r
         pending = [
             t
@@ -547,6 +587,11 @@ def _short_of(r: _Round, node: NodeRecord | None, need: tuple[int, int]) -> str:
     if need[0] and held[0] + need[0] > int(offered.get("NanoCPUs") or 0):
         return "CPU"
     return ""
+
+
+def _global_reason(short: str) -> str:
+    """A global task's pending reason: only its own node counts (swarm's words)."""
+    return f"no suitable node (insufficient {short} on 1 node)"
 
 
 def _may_restart(policy: Mapping[str, Any], task: Task) -> bool:

@@ -420,7 +420,7 @@ def task_name(task: Mapping[str, Any]) -> str:
     """`svc.slot` for replicated services, `svc.nodeid` for global ones (Docker's names)."""
     if task.get("slot"):
         return f"{task['service_name']}.{task['slot']}"
-    return f"{task['service_name']}.{task.get('node_id') or '?'}"
+    return f"{task['service_name']}.{task.get('node_id') or task.get('want_node') or '?'}"
 
 
 def task_is_up(task: Mapping[str, Any]) -> bool:

@@ -24,6 +24,8 @@ State dir per task, ``DATA_DIR/tasks/<task id>/``:
                      the final status report
     stdout.log ...   the task's output, rotated copy-truncate (10 MiB x 3 files per stream)
     positions.json   bytes rotated out per stream, for ``logs(since=...)`` offsets
+    stdout.times ... when each part of the output was written (``logtimes``), recorded
+                     while the process runs from the files' sizes and mtimes
 
 An executor started on a data dir that holds tasks (an agent restart) adopts each task whose
 process still runs (same pid and start time; watched through a pidfd, since it is no longer
@@ -48,6 +50,7 @@ from typing import Any
 from meshkit.base import netns as tasknetns
 from meshkit.cluster.tasks import cgroups as taskcgroups
 from meshkit.cluster.tasks import logs as tasklogs
+from meshkit.cluster.tasks import logtimes
 from meshkit.cluster.tasks import process as taskproc
 from meshkit.cluster.tasks.lifecycle import ERR_UNSUPERVISED, FetchFiles, TaskLifecycle, reap
 from meshkit.cluster.tasks.reconcile import (
@@ -107,6 +110,7 @@ class Executor:
         self._tasks: dict[str, TaskRun] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._rotator: asyncio.Task[None] | None = None
+        self._stamper = logtimes.Stamper()
         # log rotation: copy-truncate when a live file passes log_max_bytes, log_keep files
         # per stream in all; checked every rotate_interval seconds
         self.log_max_bytes = tasklogs.MAX_BYTES
@@ -133,6 +137,8 @@ class Executor:
     async def start(self) -> None:
         """Adopt the live tasks the data dir holds, reap the dead ones, report them all."""
         self.tasks_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self._rotator is None:
+            self._stamper.start()
         updates: list[dict[str, Any]] = []
         for task_dir in sorted(self.tasks_dir.iterdir()):
             if task_dir.is_dir() and task_dir.name not in self._tasks:
@@ -171,11 +177,22 @@ class Executor:
         self._reporter.emit(updates)
 
     def logs(
-        self, task_id: str, tail: int | None = None, since: dict[str, int] | None = None
+        self,
+        task_id: str,
+        tail: int | None = None,
+        since: dict[str, int] | None = None,
+        *,
+        since_ns: int | None = None,
+        until_ns: int | None = None,
+        timestamps: bool = False,
     ) -> dict[str, Any]:
         """The task's output: all kept lines, the last ``tail`` per stream, or those after the
-        ``since`` of an earlier call. KeyError for a task not known here."""
+        ``since`` of an earlier call. KeyError for a task not known here. With times asked
+        for (written from ``since_ns``, up to ``until_ns``, or ``timestamps``), the streams
+        come merged in time order and each line is [stream, text, time ns]."""
         t = self._tasks[task_id]
+        if since_ns is not None or until_ns is not None or timestamps:
+            return self._timed_logs(t, tail, since, since_ns, until_ns)
         lines: list[list[str]] = []
         positions: dict[str, int] = {}
         for stream in tasklogs.STREAMS:
@@ -186,6 +203,37 @@ class Executor:
             lines.extend([stream, line] for line in got)
             positions[stream] = end
         return {"lines": lines, "since": positions}
+
+    def _timed_logs(
+        self,
+        t: TaskRun,
+        tail: int | None,
+        since: dict[str, int] | None,
+        since_ns: int | None,
+        until_ns: int | None,
+    ) -> dict[str, Any]:
+        lines: list[tuple[int, int, str, str]] = []
+        positions: dict[str, int] = {}
+        for order, stream in enumerate(tasklogs.STREAMS):
+            got = logtimes.read_timed(
+                t.dir,
+                stream,
+                tail=tail,
+                since=None if since is None else int(since.get(stream, 0)),
+                complete_only=t.live,
+                since_ns=None if since is not None else since_ns,
+                until_ns=until_ns,
+            )
+            lines.extend((when, order, stream, text) for when, text in got.lines)
+            positions[stream] = got.end
+        lines.sort(key=lambda x: (x[0], x[1]))  # stable: a stream's own order is kept
+        if tail is not None:
+            # the task's last lines, both streams together (each stream read only its last)
+            lines = lines[-tail:] if tail else []
+        return {
+            "lines": [[stream, text, when] for when, _, stream, text in lines],
+            "since": positions,
+        }
 
     def secrets_held(self) -> dict[str, list[str]]:
         """The secrets this node holds: those of its live tasks (each on the task's own
@@ -221,6 +269,7 @@ class Executor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._rotator
             self._rotator = None
+            self._stamper.close()
         supervisors = [t.supervisor for t in self._tasks.values() if t.supervisor is not None]
         if stop_tasks:
             for t in self._tasks.values():
@@ -240,12 +289,29 @@ class Executor:
         """Rotate the logs of running tasks that are over the size now; (task id, stream)s."""
         done: list[tuple[str, str]] = []
         for t in list(self._tasks.values()):
-            if t.live:
-                for stream in await asyncio.to_thread(
-                    tasklogs.rotate, t.dir, self.log_max_bytes, self.log_keep
-                ):
-                    done.append((t.id, stream))
+            if t.live and (self._over_size(t) or self._stamper.needs_prune(t.id)):
+                # the times' base moves with a rotation: their records wait for it
+                self._stamper.pause(t.id)
+                try:
+                    rotated = await asyncio.to_thread(self._rotate_one, t)
+                finally:
+                    self._stamper.resume(t.id)
+                done.extend((t.id, stream) for stream in rotated)
         return done
+
+    def _over_size(self, t: TaskRun) -> bool:
+        for stream in tasklogs.STREAMS:
+            with contextlib.suppress(OSError):
+                if tasklogs.log_path(t.dir, stream).stat().st_size > self.log_max_bytes:
+                    return True
+        return False
+
+    def _rotate_one(self, t: TaskRun) -> list[str]:
+        rotated = tasklogs.rotate(t.dir, self.log_max_bytes, self.log_keep)
+        for stream in tasklogs.STREAMS:
+            if stream in rotated or self._stamper.needs_prune(t.id):
+                logtimes.Stamper.prune(t.dir, stream)
+        return rotated
 
     # -- forgetting -------------------------------------------------------------------------
 
@@ -330,7 +396,11 @@ class Executor:
     async def _run(self, t: TaskRun, adopted: bool) -> None:
         try:
             if adopted or await self._life.launch(t):
-                await self._life.supervise(t)
+                self._stamper.watch(t.id, t.dir)
+                try:
+                    await self._life.supervise(t)
+                finally:
+                    self._stamper.unwatch(t.id)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

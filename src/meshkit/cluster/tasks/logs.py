@@ -189,7 +189,13 @@ def read_stream(
     if tail is None:
         data, begin = _read_range(segs, 0)
         return _split(data, begin, complete_only)
-    # tail: read backwards from the end until enough lines are in hand
+    data, begin = _read_last(segs, tail)
+    lines, end = _split(data, begin, complete_only)
+    return (lines[-tail:] if tail > 0 else []), end
+
+
+def _read_last(segs: list[_Segment], tail: int) -> tuple[bytes, int]:
+    """Read backwards from the end until more than ``tail`` newlines are in hand."""
     end_pos = segs[-1].start + segs[-1].size if segs else 0
     begin = end_pos
     oldest = segs[0].start if segs else 0
@@ -199,8 +205,29 @@ def read_stream(
         data, begin = _read_range(segs, begin)
         if data.count(b"\n") > tail:
             break
-    lines, end = _split(data, begin, complete_only)
-    return (lines[-tail:] if tail > 0 else []), end
+    return data, begin
+
+
+def read_from(task_dir: Path, stream: str, begin: int) -> tuple[bytes, int]:
+    """The stream's bytes from absolute ``begin`` (or its oldest kept byte), and where they
+    start (``logtimes`` splits them itself, keeping each line's position)."""
+    return _read_range(_segments(task_dir, stream), begin)
+
+
+def read_last_lines(task_dir: Path, stream: str, tail: int) -> tuple[bytes, int]:
+    """The stream's last bytes, enough to hold its last ``tail`` lines, and where they start."""
+    return _read_last(_segments(task_dir, stream), tail)
+
+
+def rotated_bytes(task_dir: Path, stream: str) -> int:
+    """The bytes of the stream rotated out of its live file so far."""
+    return _read_positions(task_dir).get(stream, 0)
+
+
+def oldest_position(task_dir: Path, stream: str) -> int:
+    """The absolute position of the oldest byte of the stream still kept."""
+    segs = _segments(task_dir, stream)
+    return segs[0].start if segs else 0
 
 
 def read_tail_bytes(task_dir: Path, stream: str, limit: int) -> bytes:

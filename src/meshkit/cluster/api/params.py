@@ -364,6 +364,20 @@ TCP_PARAMS: dict[str, Schema] = {
     "leave": {"node_id": req(node_id)},
     "tasks_watch": _WATCH,
     "netmap_watch": _WATCH,
+    # a `meshkit run` on the caller's node (meshkit.cluster.api.runs)
+    "network_attach": {
+        "node_id": req(node_id),
+        "network": req(name),
+        "id": req(node_id),
+        "name": opt(string(MAX_NAME, allow_empty=True)),
+        "command": opt(list_of(string(MAX_TEXT, allow_empty=True), 1024)),
+    },
+    "network_detach": {
+        "node_id": req(node_id),
+        "id": req(node_id),
+        "exit_code": opt(integer(-(2**31), 2**31)),
+        "rm": opt(boolean),
+    },
     "task_report": {"node_id": req(node_id), "updates": req(list_of(obj))},
     "task_logs": {
         "tasks": opt(list_of(string(MAX_NAME))),
@@ -465,6 +479,18 @@ LOCAL_PARAMS: dict[str, Schema] = {
     },
     "volume_ls": {},
     "volume_rm": {"name": req(name)},
+    "run_attach": {
+        "network": req(name),
+        "pid": req(integer(1, 2**22)),
+        "rm": opt(boolean),
+        "name": opt(string(MAX_NAME, allow_empty=True)),
+        "command": opt(list_of(string(MAX_TEXT, allow_empty=True), 1024)),
+    },
+    "run_detach": {
+        "id": req(node_id),
+        "exit_code": opt(integer(-(2**31), 2**31)),
+        "rm": opt(boolean),
+    },
 }
 """Parameters of the methods on the local Unix socket (`leave` differs: it is this node's)."""
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat as stat_mod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +36,6 @@ from typing import Any
 from meshkit.base.durations import DurationError, parse_duration
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
-from meshkit.web.fastcgi import records
 from meshkit.web.fastcgi.client import (
     Client,
     FastCGIError,
@@ -54,6 +52,7 @@ from meshkit.web.fastcgi.env import (
     route,
     static_env,
 )
+from meshkit.web.fastcgi.fast import encode_pairs, is_regular_file
 from meshkit.web.fileserver import clean_path
 from meshkit.web.message import Handler, HandlerResult, Request, Response
 from meshkit.web.paths import clamp_path
@@ -221,8 +220,8 @@ class _Rule:
             Timeouts(rule.connect_timeout, rule.read_timeout, rule.send_timeout),
         )
         # PARAMS encoded once: the same for every request of this rule
-        self.params_prefix = records.encode_pairs(static_env(self.document_root))
-        self.params_suffix = b"" if self.env_dynamic else records.encode_pairs(self.env_static)
+        self.params_prefix = encode_pairs(static_env(self.document_root))
+        self.params_suffix = b"" if self.env_dynamic else encode_pairs(self.env_static)
         self.known: dict[tuple[Any, ...], bytes] = {}  # see params()
         self.remotes: dict[tuple[str, int], bytes] = {}  # a client's encoded REMOTE_*
 
@@ -231,11 +230,7 @@ class _Rule:
         # gone, which is what the safe split is there to prevent
         root = self.site_root
         path = url_path.lstrip("/")
-        try:
-            st = os.stat(root + path if root.endswith("/") else root + "/" + path)
-        except (OSError, ValueError):
-            return False
-        return stat_mod.S_ISREG(st.st_mode)
+        return is_regular_file(root + path if root.endswith("/") else root + "/" + path)
 
     def extra_env(self, request: Request) -> list[tuple[bytes, bytes]]:
         if not self.env_dynamic:
@@ -253,22 +248,20 @@ class _Rule:
         work."""
         remote = self.remotes.get((request.remote_addr, request.remote_port))
         if remote is None:
-            remote = records.encode_pairs(remote_env(request))
+            remote = encode_pairs(remote_env(request))
             if len(self.remotes) >= PARAMS_REMEMBERED:
                 self.remotes.clear()
             self.remotes[(request.remote_addr, request.remote_port)] = remote
         if self.env_dynamic:
-            rest = records.encode_pairs(
+            rest = encode_pairs(
                 request_env(request, target, self.document_root, content_length)
-            ) + records.encode_pairs(self.extra_env(request))
+            ) + encode_pairs(self.extra_env(request))
             return self.params_prefix + remote + rest
         key = request_key(request, target, content_length)
         known = self.known.get(key)
         if known is None:
             known = (
-                records.encode_pairs(
-                    request_env(request, target, self.document_root, content_length)
-                )
+                encode_pairs(request_env(request, target, self.document_root, content_length))
                 + self.params_suffix
             )
             # the key holds the request's fields: remember small requests only

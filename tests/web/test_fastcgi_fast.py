@@ -209,3 +209,56 @@ def test_is_regular_file_both_ways(tmp_path: Path) -> None:
         assert not is_reg(str(tmp_path / "f.php\0x"))
         assert not is_reg("\ud800")
         assert not is_reg(str(tmp_path / "f.php" / "x"))
+
+
+# --- the remembered route plans against route() ------------------------------------------------
+
+_SEGMENT = st.sampled_from(
+    ["", ".", "..", "a", "b.php", "B.PHP", "x.php.txt", "dir", "upload.jpg", "index.php",
+     "gone.php", "skip", "p\\q", "n\0"]
+)  # fmt: skip
+
+
+@given(st.lists(_SEGMENT, min_size=1, max_size=4), st.booleans(), st.data())
+@settings(max_examples=100, deadline=None)
+def test_rule_target_agrees_with_route(
+    tmp_path_factory: pytest.TempPathFactory, segs: list[str], trailing: bool, data: st.DataObject
+) -> None:
+    """_Rule.target (plans remembered by path, is_file asked each time) answers as route()
+    on clean_path's output, asked twice (the second time from the remembered plan), also
+    after the script went away."""
+    from meshkit.web.directives.fastcgi import _REFUSED, FastCGIRule, _Rule
+    from meshkit.web.fastcgi.env import route
+    from meshkit.web.fileserver import clean_path
+    from meshkit.web.site import Site
+
+    root = tmp_path_factory.mktemp("www")
+    for name in ("b.php", "B.PHP", "index.php", "dir/index.php", "dir/b.php", "upload.jpg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("<?php")
+    base = data.draw(st.sampled_from(["/", "/dir"]))
+    split = data.draw(st.sampled_from([[".php"], [], [".php", ".jpg"]]))
+    rule = _Rule(
+        FastCGIRule(base, ["127.0.0.1:9"], ext=".php", split=split, index=["index.php"],
+                    except_paths=data.draw(st.sampled_from([[], ["/skip"]]))),
+        Site(addresses=[], root=str(root)),
+    )  # fmt: skip
+    path = "/" + "/".join(segs) + ("/" if trailing else "")
+
+    def want() -> object:
+        clean = clean_path(path)
+        if clean is None:
+            return _REFUSED
+        return route(
+            clean, base=rule.base, ext=rule.ext, splits=rule.split, index_files=rule.index,
+            except_paths=rule.except_paths, is_file=rule.is_file,
+        )  # fmt: skip
+
+    try:
+        for _ in range(2):
+            assert rule.target(path) == want()
+        for name in ("b.php", "dir/b.php"):
+            (root / name).unlink()
+        assert rule.target(path) == want()
+    finally:
+        rule.client.close()

@@ -61,7 +61,8 @@ def fcgi_encode_request(unsigned int request_id, bytes params not None, stdin=b"
     if request_id > 0xFFFF:
         raise ValueError(f"FastCGI request id {request_id} out of range")
     if stdin is not None:
-        stdin_bytes = bytes(stdin)
+        # any bytes-like body, as the twin takes (memoryview refuses ints, unlike bytes())
+        stdin_bytes = stdin if type(stdin) is bytes else bytes(memoryview(stdin))
         stdin_len = PyBytes_GET_SIZE(stdin_bytes)
         stdin_buf = <const unsigned char *>PyBytes_AS_STRING(stdin_bytes)
     size = cfc.fcgi_request_size(<size_t>PyBytes_GET_SIZE(params), stdin_len)
@@ -74,13 +75,17 @@ def fcgi_encode_request(unsigned int request_id, bytes params not None, stdin=b"
 
 def fcgi_encode_pairs(pairs):
     """records.encode_pairs's bytes: each (name, value) as len(name) len(value) name value."""
-    cdef list seq = list(pairs)
+    cdef list seq = []
     cdef Py_ssize_t size = 0
     cdef Py_ssize_t nl, vl
     cdef bytes name, value, out
     cdef unsigned char *p
-    for pair in seq:
-        name, value = pair
+    for pair in pairs:
+        n, v = pair
+        # bytes-like pairs become bytes (the twin joins them); None is refused, not read
+        name = n if type(n) is bytes else bytes(memoryview(n))
+        value = v if type(v) is bytes else bytes(memoryview(v))
+        seq.append((name, value))
         nl = PyBytes_GET_SIZE(name)
         vl = PyBytes_GET_SIZE(value)
         if nl > 0x7FFFFFFF or vl > 0x7FFFFFFF:

@@ -262,3 +262,19 @@ def test_rule_target_agrees_with_route(
         assert rule.target(path) == want()
     finally:
         rule.client.close()
+
+
+@compiled
+def test_encoders_take_bytes_like_and_refuse_the_rest() -> None:
+    assert _fp is not None
+    pairs: Any = [(b"A", bytearray(b"b")), (memoryview(b"C"), b"d" * 200)]
+    assert _fp.fcgi_encode_pairs(pairs) == records.encode_pairs(pairs)
+    body: Any = bytearray(b"x" * 70000)
+    assert _fp.fcgi_encode_request(1, b"p", body) == records.encode_request(1, b"p", body)
+    for bad in ([(None, b"")], [(5, b"")]):
+        with pytest.raises(TypeError):
+            _fp.fcgi_encode_pairs(bad)
+    with pytest.raises(TypeError):
+        _fp.fcgi_encode_request(1, b"p", 5)
+    with pytest.raises(ValueError, match="out of range"):
+        _fp.fcgi_encode_request(0x10000, b"p")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat as stat_mod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +36,6 @@ from typing import Any
 from meshkit.base.durations import DurationError, parse_duration
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
-from meshkit.web.fastcgi import records
 from meshkit.web.fastcgi.client import (
     Client,
     FastCGIError,
@@ -52,8 +50,10 @@ from meshkit.web.fastcgi.env import (
     request_env,
     request_key,
     route,
+    split_script,
     static_env,
 )
+from meshkit.web.fastcgi.fast import encode_pairs, is_regular_file
 from meshkit.web.fileserver import clean_path
 from meshkit.web.message import Handler, HandlerResult, Request, Response
 from meshkit.web.paths import clamp_path
@@ -64,6 +64,9 @@ DEFAULT_TIMEOUT = 60.0
 SMALL_BODY = 65536  # request bodies up to this are read first and sent in the same write
 PARAMS_REMEMBERED = 1024  # encoded request PARAMS kept (see _Rule.params)
 PARAMS_REMEMBER_BELOW = 4096  # bytes: PARAMS of bigger requests are encoded every time
+# _Rule.target's plans: what is left to do for a request path
+_CHECK, _ROUTE, _FIXED = 0, 1, 2
+_REFUSED = object()  # a path clean_path refuses: no rule serves it
 PHP_PRESET = {"ext": ".php", "split": [".php"], "index": ["index.php"]}
 
 
@@ -193,6 +196,7 @@ class _Rule:
         "known",
         "params_prefix",
         "params_suffix",
+        "plans",
         "remotes",
         "site_root",
         "split",
@@ -221,21 +225,63 @@ class _Rule:
             Timeouts(rule.connect_timeout, rule.read_timeout, rule.send_timeout),
         )
         # PARAMS encoded once: the same for every request of this rule
-        self.params_prefix = records.encode_pairs(static_env(self.document_root))
-        self.params_suffix = b"" if self.env_dynamic else records.encode_pairs(self.env_static)
+        self.params_prefix = encode_pairs(static_env(self.document_root))
+        self.params_suffix = b"" if self.env_dynamic else encode_pairs(self.env_static)
         self.known: dict[tuple[Any, ...], bytes] = {}  # see params()
         self.remotes: dict[tuple[str, int], bytes] = {}  # a client's encoded REMOTE_*
+        self.plans: dict[str, tuple[int, str, Target | object | None]] = {}  # see target()
 
     def is_file(self, url_path: str) -> bool:
         # asked afresh each time: a remembered answer could send php-fpm a script that is
         # gone, which is what the safe split is there to prevent
         root = self.site_root
         path = url_path.lstrip("/")
-        try:
-            st = os.stat(root + path if root.endswith("/") else root + "/" + path)
-        except (OSError, ValueError):
-            return False
-        return stat_mod.S_ISREG(st.st_mode)
+        return is_regular_file(root + path if root.endswith("/") else root + "/" + path)
+
+    def target(self, path: str) -> Target | object | None:
+        """route() of the request path (clean_path'ed first; _REFUSED when it cannot be).
+
+        What route() decides from the path alone is remembered by path (see _plan); the
+        script's is_file() is still asked for every request."""
+        plan = self.plans.get(path)
+        if plan is None:
+            plan = self._plan(path)
+            if len(self.plans) >= PARAMS_REMEMBERED:
+                self.plans.clear()
+            self.plans[path] = plan
+        kind, value, target = plan
+        if kind == _CHECK:
+            return target if self.is_file(value) else None
+        if kind == _ROUTE:
+            return route(
+                value,
+                base=self.base,
+                ext=self.ext,
+                splits=self.split,
+                index_files=self.index,
+                except_paths=self.except_paths,
+                is_file=self.is_file,
+            )
+        return target  # _FIXED: None, _REFUSED or a Target without a script to check
+
+    def _plan(self, path: str) -> tuple[int, str, Target | object | None]:
+        """route()'s decision for `path` up to its I/O, in route()'s order: (_CHECK, script,
+        target) when only is_file(script) is left to ask, (_ROUTE, clean path, None) for
+        folder paths (their index files are looked up by route()), (_FIXED, "", answer)."""
+        clean = clean_path(path)
+        if clean is None:
+            return _FIXED, "", _REFUSED
+        if not self.split or clean.endswith("/"):
+            return _ROUTE, clean, None  # no split: route() answers without I/O anyway
+        if not clean.startswith(self.base) or any(clean.startswith(p) for p in self.except_paths):
+            return _FIXED, "", None
+        parts = split_script(clean, self.split)
+        if parts is None:
+            return _FIXED, "", None
+        script, info = parts
+        if info or clean.endswith(self.ext):
+            return _CHECK, script, Target(script, info)
+        return _FIXED, "", None  # route() would stat the script, then answer None anyway
 
     def extra_env(self, request: Request) -> list[tuple[bytes, bytes]]:
         if not self.env_dynamic:
@@ -253,22 +299,20 @@ class _Rule:
         work."""
         remote = self.remotes.get((request.remote_addr, request.remote_port))
         if remote is None:
-            remote = records.encode_pairs(remote_env(request))
+            remote = encode_pairs(remote_env(request))
             if len(self.remotes) >= PARAMS_REMEMBERED:
                 self.remotes.clear()
             self.remotes[(request.remote_addr, request.remote_port)] = remote
         if self.env_dynamic:
-            rest = records.encode_pairs(
+            rest = encode_pairs(
                 request_env(request, target, self.document_root, content_length)
-            ) + records.encode_pairs(self.extra_env(request))
+            ) + encode_pairs(self.extra_env(request))
             return self.params_prefix + remote + rest
         key = request_key(request, target, content_length)
         known = self.known.get(key)
         if known is None:
             known = (
-                records.encode_pairs(
-                    request_env(request, target, self.document_root, content_length)
-                )
+                encode_pairs(request_env(request, target, self.document_root, content_length))
                 + self.params_suffix
             )
             # the key holds the request's fields: remember small requests only
@@ -304,19 +348,11 @@ class FastCGIHandler:
         for rule in self.rules:
             if not path.startswith(rule.base):
                 continue
-            clean = clean_path(path)
-            if clean is None:
+            target = rule.target(path)
+            if target is _REFUSED:
                 break  # the file server refuses it
-            target = route(
-                clean,
-                base=rule.base,
-                ext=rule.ext,
-                splits=rule.split,
-                index_files=rule.index,
-                except_paths=rule.except_paths,
-                is_file=rule.is_file,
-            )
             if target is not None:
+                assert isinstance(target, Target)
                 if request.body.length == 0:
                     return self._start(rule, request, target)
                 return self._serve(rule, request, target)

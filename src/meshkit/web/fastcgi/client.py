@@ -38,6 +38,7 @@ from meshkit.lb import ConnTable
 from meshkit.web.fastcgi import records
 from meshkit.web.fastcgi.connection import REQUEST_ID, Connection, FastCGIError, StreamBody
 from meshkit.web.fastcgi.endpoint import Endpoint, Timeouts, parse_endpoint
+from meshkit.web.fastcgi.fast import encode_request
 from meshkit.web.fastcgi.pool import Upstream
 from meshkit.web.message import Body, Headers
 from meshkit.web.proxy.deadlines import Deadlines
@@ -224,9 +225,9 @@ class Client:
                     502, f"FastCGI connection to {up.endpoint.text} closed at once"
                 )
             if stdin is not None or body is None:
-                conn.send(records.encode_request(REQUEST_ID, params, stdin or b""))
+                conn.send(encode_request(REQUEST_ID, params, stdin or b""))
             else:
-                conn.send(records.encode_request(REQUEST_ID, params, None))
+                conn.send(encode_request(REQUEST_ID, params, None))
                 streamed = True
                 await self._send_body(conn, body)
             while conn.head is None and not conn.ended and conn.error is None:
@@ -292,7 +293,7 @@ class Client:
             return
         conn.on_ready = ready
         up.deadlines.watch(conn, self.timeouts.read)
-        conn.send(records.encode_request(REQUEST_ID, params, b""))
+        conn.send(encode_request(REQUEST_ID, params, b""))
 
     async def _send_body(self, conn: Connection, body: Body) -> None:
         send_timeout = self.timeouts.send

@@ -20,14 +20,17 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from meshkit.web.fastcgi import records
+from meshkit.web.fastcgi.fast import QuickReply, quick_reply
 from meshkit.web.fastcgi.pool import MAX_IDLE, PROBE_EVERY, Upstream
 from meshkit.web.fastcgi.response import Head, HeadError, parse_head
+from meshkit.web.message import Headers
 
 log = logging.getLogger(__name__)
 
 REQUEST_ID = 1
 HIGH_WATER = 256 * 1024  # bytes of STDOUT queued for a slow client before we stop reading
 LOW_WATER = 64 * 1024
+_new_tuple = tuple.__new__  # a NamedTuple without its Python __new__
 _TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)  # Linux
 
 
@@ -89,8 +92,9 @@ class Connection(asyncio.Protocol):
             self.got_data = True
             self._not_fresh()
         if self.head is None and not self.buf and not self.decoder.pending:
-            whole = records.whole_reply(data)
-            if whole is not None and self._take_whole(*whole):
+            quick = quick_reply(data)
+            if quick is not None:
+                self._take_quick(quick)
                 return
         try:
             recs = self.decoder.feed(data)
@@ -156,24 +160,17 @@ class Connection(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.pause_reading()
 
-    def _take_whole(self, stdout: bytes, end: records.EndRequest) -> bool:
-        """A whole reply in one read (records.whole_reply); False leaves it to the Decoder
-        (a head that is not whole or not valid: the general path reports it)."""
-        try:
-            head = parse_head(stdout)
-        except HeadError:
-            return False
-        if head is None:
-            return False
-        self.head = head
-        rest = stdout[head.body_start :]
-        if rest:
-            self.chunks.append(rest)
-            self.queued = len(rest)
-        self.end = end
+    def _take_quick(self, quick: QuickReply) -> None:
+        """A whole reply in one read, its head parsed (meshkit.web.fastcgi.fast.quick_reply;
+        anything it declines goes through the Decoder, which reports what is wrong)."""
+        status, items, length, body, app, proto = quick
+        self.head = Head(status, Headers(items), 0, length)
+        if body:
+            self.chunks.append(body)
+            self.queued = len(body)
+        self.end = _new_tuple(records.EndRequest, (app, proto))
         self.ended = True
         self._notify()
-        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._gone()

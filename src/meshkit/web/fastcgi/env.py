@@ -157,7 +157,8 @@ def remote_env(request: Request) -> list[tuple[bytes, bytes]]:
 def request_key(request: Request, target: Target, content_length: int | None) -> tuple[Any, ...]:
     """Everything request_env() reads: equal keys give equal PARAMS (for memoizing)."""
     return (
-        target,
+        target.script_name,  # not the Target: its dataclass __hash__ runs in Python
+        target.path_info,
         request.method,
         request.uri,
         request.original_uri,

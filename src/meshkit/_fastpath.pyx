@@ -9,3 +9,4 @@ meshkit.l4.relay; tests run both and compare them.
 include "_ctable.pxi"
 include "_relay.pxi"
 include "_sendfile.pxi"
+include "_http_head.pxi"

@@ -3,7 +3,8 @@
 
 Each part lives in its own .pxi (the Python-facing class) over a C file in csrc/ whose
 declarations are in includes/*.pxd. The pure-Python twins are meshkit.lb.conntable and
-meshkit.l4.relay; tests run both and compare them.
+meshkit.l4.relay; tests run both and compare them. The HTTP request-head scanner
+(_http_head.pxi, csrc/http_head.c) has its twin in meshkit.web.headparse.
 """
 
 include "_ctable.pxi"

@@ -221,6 +221,10 @@ LIMITED: dict[str, tuple[bytes, tuple[int, int, int]]] = {
         (1 << 20, 1, 8192),
     ),
     "field_then_fold": (b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n z\r\n\r\n", (1 << 20, 1, 8192)),
+    "known_name_then_space": (
+        b"GET / HTTP/1.1\r\nHost: h.example\r\nContent-Length :\r\n\r\n",
+        (1 << 20, 100, 10),
+    ),
     "limit_then_505": (b"GET / HTTP/2.0\r\nHost: a\r\nX: y\r\n\r\n", (1 << 20, 1, 8192)),
 }
 
@@ -351,7 +355,19 @@ _SPECIAL_VALUES = {
 }  # fmt: skip
 _NAMES = st.sampled_from(
     [n for name in _SPECIAL_VALUES for n in (name, name.lower(), name.upper())]
-    + ["X-A", "x_b", "X!#$%&'*+-.^_`|~", "", "X A", "X\x01", "X@", "\xe9", "A" * 30]
+    + [
+        "X-A",
+        "x_b",
+        "Proxy-Connection",
+        "Keep-Alive",
+        "X!#$%&'*+-.^_`|~",
+        "",
+        "X A",
+        "X\x01",
+        "X@",
+        "\xe9",
+        "A" * 30,
+    ]
 )
 _FREE_VALUE = st.text(alphabet="ab 1,\t\x00\x01\x7f\xa0\x85\xe9:/[]@%\r\n", max_size=10)
 

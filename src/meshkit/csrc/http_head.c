@@ -80,6 +80,13 @@ static void trim_ows(const unsigned char *s, size_t *a, size_t *b)
         (*b)--;
 }
 
+/* the names llhttp matches itself, whose span a space ends */
+static int space_ended(const unsigned char *s, size_t n)
+{
+    return ieq(s, n, "content-length") || ieq(s, n, "transfer-encoding") ||
+           ieq(s, n, "connection") || ieq(s, n, "proxy-connection") || ieq(s, n, "upgrade");
+}
+
 /* llhttp's request methods (HTTP mode) but CONNECT and PRI (deferred to httptools) */
 static const char *const methods[] = {
     "DELETE", "GET", "HEAD", "POST", "PUT", "OPTIONS", "TRACE", "COPY", "LOCK", "MKCOL",
@@ -289,8 +296,14 @@ int hh_scan(const char *buf, size_t len, size_t start, const struct hh_limits *l
         size_t c = pos;
         while (cls[s[c]] & CLASS_TOKEN)
             c++;
-        if (c == pos || s[c] != ':')
+        if (c == pos || s[c] != ':') {
+            /* llhttp ends a name it knows at a space (and then refuses the space), so the
+             * previous field reaches on_header first */
+            if (c > pos && s[c] == ' ' && nf && space_ended(s + pos, c - pos) &&
+                (nf > lim->max_fields || prev > lim->max_field_line))
+                return 431;
             return 400;
+        }
         /* the previous field reaches the connection's on_header once this name is read */
         if (nf && (nf > lim->max_fields || prev > lim->max_field_line))
             return 431;

@@ -34,6 +34,8 @@ against the httptools path on generated heads.
 
 from __future__ import annotations
 
+import re
+
 from meshkit.web.http1 import BODY_NONE, HttpError, check_framing, valid_host, wants_keep_alive
 
 __all__ = ["DEFER", "INCOMPLETE", "METHODS", "scan_head"]
@@ -47,10 +49,16 @@ _METHOD_LIST = """DELETE GET HEAD POST PUT OPTIONS TRACE COPY LOCK MKCOL MOVE PR
 SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY SUBSCRIBE
 UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY"""
 METHODS = frozenset(_METHOD_LIST.split())
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_TARGET = frozenset(range(0x21, 0x7F))
-_VALUE = frozenset((9, *range(0x20, 0x7F), *range(0x80, 0x100)))
+# a target's bytes (what llhttp takes in origin form); a field name (tchar), then its value
+# (leading whitespace skipped; HTAB, SP, VCHAR, obs-text) and CRLF
+_TARGET = re.compile(rb"[\x21-\x7e]*")
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# (unambiguous, so that a failing match backtracks in linear time)
+_VALUE = re.compile(rb"[ \t]*((?:[\x21-\x7e\x80-\xff][\t\x20-\x7e\x80-\xff]*)?)\r\n")
 _DIGITS = frozenset(b"0123456789")
+_SPACE_ENDED = frozenset(
+    (b"content-length", b"transfer-encoding", b"connection", b"proxy-connection", b"upgrade")
+)
 # what str.strip() removes from a latin-1 string (http1.wants_keep_alive strips with it)
 _STR_SPACE = " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0"
 _U64_MAX = (1 << 64) - 1
@@ -76,9 +84,7 @@ def scan_head(
     pos = sp + 1
     if data[pos] != 0x2F:  # "/": other forms (and extra spaces) go to httptools
         return DEFER
-    sp = pos
-    while sp < line_end and data[sp] in _TARGET:
-        sp += 1
+    sp = min(_TARGET.match(data, pos).end(), line_end)  # type: ignore[union-attr]
     if sp == line_end:
         return 400  # no version (HTTP/0.9)
     if data[sp] != 0x20:
@@ -133,24 +139,26 @@ def _fields(
         first = data[pos]
         if first == 0x20 or first == 9:
             return 400  # obs-fold, or whitespace before a field name
-        colon = pos
-        while data[colon] in _TOKEN:
-            colon += 1
-        if colon == pos or data[colon] != 0x3A:
+        named = _NAME.match(data, pos)
+        if named is None:
+            return 400
+        colon = named.end()
+        if data[colon] != 0x3A:
+            # llhttp ends a name it knows at a space (and then refuses the space), so the
+            # previous field reaches on_header first
+            if data[colon] == 0x20 and data[pos:colon].lower() in _SPACE_ENDED and raw:
+                if len(raw) > max_fields or prev > max_field_line:
+                    return 431
             return 400
         # the previous field reaches on_header once this name is read
         if raw and (len(raw) > max_fields or prev > max_field_line):
             return 431
         name = data[pos:colon]
-        v = colon + 1
-        while data[v] == 0x20 or data[v] == 9:
-            v += 1
-        line_end = v
-        while data[line_end] in _VALUE:
-            line_end += 1
-        if data[line_end] != 13 or data[line_end + 1] != 10:
+        valued = _VALUE.match(data, colon + 1)
+        if valued is None:
             return 400  # a control byte, a bare CR or a bare LF in the value
-        value = data[v:line_end]
+        value = valued.group(1)
+        line_end = valued.end() - 2
         low = name.lower()
         if low == b"content-length":
             if cl_seen or te_seen:

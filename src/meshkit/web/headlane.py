@@ -12,8 +12,10 @@ through the httptools path, so their status, log line and closing stay what they
 scanner's own statuses are the same; tests/web/test_headparse_diff.py checks that).
 
 ``load_scan(compiled)`` picks the scanner: the compiled one unless MESHKIT_NO_EXTENSIONS=1 or
-it is not built; MESHKIT_HEAD_LANE=0 turns the lane off (every byte goes to httptools, as
-before the lane: the benches compare both).
+it is not built (then the twin, which remembers the heads it accepted, as http1.scan_head
+does). MESHKIT_HEAD_LANE=0 turns the lane off (every byte goes to httptools, as before the
+lane: the benches compare both); MESHKIT_HEAD_LANE=python uses the twin with the extension
+built (to run the server tests over it).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from meshkit.web import headparse
 from meshkit.web.connstate import ConnState
 from meshkit.web.http1 import NO_BODY, HttpError, parse_target
 
-__all__ = ["SCAN", "ScanHead", "feed", "lane_enabled", "load_scan"]
+__all__ = ["SCAN", "ScanHead", "feed", "load_scan"]
 
 log = logging.getLogger("meshkit.web")
 
@@ -38,8 +40,11 @@ _IDLE = ConnState.IDLE
 _CLOSING_BODY = ConnState.CLOSING_BODY
 
 
-def lane_enabled() -> bool:
-    return os.environ.get("MESHKIT_HEAD_LANE", "1") not in ("0", "")
+def _from_env() -> ScanHead | None:
+    choice = os.environ.get("MESHKIT_HEAD_LANE", "").strip().lower()
+    if choice in ("0", "off", "no", "false"):
+        return None
+    return load_scan(False if choice == "python" else None)
 
 
 def load_scan(compiled: bool | None = None) -> ScanHead:
@@ -55,7 +60,7 @@ def load_scan(compiled: bool | None = None) -> ScanHead:
 
 
 # what connections use (None: the lane is off); tests swap it
-SCAN: ScanHead | None = load_scan() if lane_enabled() else None
+SCAN: ScanHead | None = _from_env()
 
 
 def feed(conn: Any, data: bytes, stop: type[BaseException]) -> int:

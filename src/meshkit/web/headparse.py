@@ -64,6 +64,16 @@ _STR_SPACE = " \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0"
 _U64_MAX = (1 << 64) - 1
 
 
+# heads accepted before, by their bytes: (limits, method, target, version, items, host, keep)
+# (a client sends the same head request after request; the compiled scanner needs no memo)
+_SEEN: dict[
+    bytes, tuple[tuple[int, int, int], str, bytes, str, tuple[tuple[str, str], ...], str, bool]
+]
+_SEEN = {}
+_SEEN_MAX = 1024
+_SEEN_SIZE = 4096
+
+
 def scan_head(
     data: bytes, start: int, header_limit: int, max_fields: int, max_field_line: int
 ) -> tuple[int, str, bytes, str, list[tuple[str, str]], str, bool] | int:
@@ -72,6 +82,28 @@ def scan_head(
     if head_end < 0:
         return INCOMPLETE
     end = head_end + 4
+    key = data if start == 0 and end == len(data) else data[start:end]
+    limits = (header_limit, max_fields, max_field_line)
+    seen = _SEEN.get(key)
+    if seen is not None and seen[0] == limits:
+        return end, seen[1], seen[2], seen[3], [*seen[4]], seen[5], seen[6]
+    res = _scan(data, start, head_end, end, header_limit, max_fields, max_field_line)
+    if type(res) is tuple and end - start <= _SEEN_SIZE:
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[key] = (limits, res[1], res[2], res[3], tuple(res[4]), res[5], res[6])
+    return res
+
+
+def _scan(
+    data: bytes,
+    start: int,
+    head_end: int,
+    end: int,
+    header_limit: int,
+    max_fields: int,
+    max_field_line: int,
+) -> tuple[int, str, bytes, str, list[tuple[str, str]], str, bool] | int:
     if data[start] in (13, 10):
         return DEFER  # empty lines before the request line: llhttp skips them
     line_end = data.find(b"\r\n", start)
@@ -146,9 +178,13 @@ def _fields(
         if data[colon] != 0x3A:
             # llhttp ends a name it knows at a space (and then refuses the space), so the
             # previous field reaches on_header first
-            if data[colon] == 0x20 and data[pos:colon].lower() in _SPACE_ENDED and raw:
-                if len(raw) > max_fields or prev > max_field_line:
-                    return 431
+            if (
+                data[colon] == 0x20
+                and raw
+                and data[pos:colon].lower() in _SPACE_ENDED
+                and (len(raw) > max_fields or prev > max_field_line)
+            ):
+                return 431
             return 400
         # the previous field reaches on_header once this name is read
         if raw and (len(raw) > max_fields or prev > max_field_line):

@@ -49,7 +49,7 @@ def _record(seen: list[tuple[object, ...]]) -> Callable[[Request], Response]:
 class _Servers:
     """One server per scanner (the lane under test, and the lane off), recording requests."""
 
-    def __init__(self, lane: str, monkeypatch: pytest.MonkeyPatch, **kwargs: object) -> None:
+    def __init__(self, lane: str, monkeypatch: pytest.MonkeyPatch, **kwargs: Any) -> None:
         self.threads: dict[str, ServerThread] = {}
         self.taken = 0  # heads the lane dispatched
         self.seen: dict[str, list[tuple[object, ...]]] = {}

@@ -11,11 +11,11 @@ of the bytes left for httptools, which then answers them exactly as before: refu
 through the httptools path, so their status, log line and closing stay what they were (the
 scanner's own statuses are the same; tests/web/test_headparse_diff.py checks that).
 
-``load_scan(compiled)`` picks the scanner: the compiled one unless MESHKIT_NO_EXTENSIONS=1 or
-it is not built (then the twin, which remembers the heads it accepted, as http1.scan_head
-does). MESHKIT_HEAD_LANE=0 turns the lane off (every byte goes to httptools, as before the
-lane: the benches compare both); MESHKIT_HEAD_LANE=python uses the twin with the extension
-built (to run the server tests over it).
+Connections use the compiled scanner when it is built and MESHKIT_NO_EXTENSIONS is not set;
+otherwise no lane (httptools, itself compiled, reads every head as before: the twin is the
+specification and the tests' reference, and costs more than httptools on heads it has not
+seen). MESHKIT_HEAD_LANE=0 turns the lane off (the benches compare both);
+MESHKIT_HEAD_LANE=python makes connections use the twin (to run the server tests over it).
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ def _from_env() -> ScanHead | None:
     choice = os.environ.get("MESHKIT_HEAD_LANE", "").strip().lower()
     if choice in ("0", "off", "no", "false"):
         return None
-    return load_scan(False if choice == "python" else None)
+    if choice == "python":
+        return headparse.scan_head
+    scan = load_scan()
+    return None if scan is headparse.scan_head else scan
 
 
 def load_scan(compiled: bool | None = None) -> ScanHead:

@@ -167,3 +167,18 @@ def test_refusals_answer_alike(servers: _Servers, index: int) -> None:
         assert servers.taken >= 1 or step
         assert status in (b"400", b"417", b"431", b"505"), got
     assert servers.seen[lane] == servers.seen["off"]
+
+
+def test_lane_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled scanner by default, none without the extension, the twin when asked."""
+    monkeypatch.delenv("MESHKIT_NO_EXTENSIONS", raising=False)
+    monkeypatch.setenv("MESHKIT_HEAD_LANE", "")
+    built = load_fastpath()  # the extension, now that MESHKIT_NO_EXTENSIONS is unset
+    assert headlane._from_env() is getattr(built, "scan_head", None)  # None: not built
+    monkeypatch.setenv("MESHKIT_HEAD_LANE", "0")
+    assert headlane._from_env() is None
+    monkeypatch.setenv("MESHKIT_HEAD_LANE", "python")
+    assert headlane._from_env() is headparse.scan_head
+    monkeypatch.setenv("MESHKIT_HEAD_LANE", "")
+    monkeypatch.setenv("MESHKIT_NO_EXTENSIONS", "1")
+    assert headlane._from_env() is None

@@ -3,10 +3,13 @@
 
 Each part lives in its own .pxi (the Python-facing class) over a C file in csrc/ whose
 declarations are in includes/*.pxd. The pure-Python twins are meshkit.lb.conntable and
-meshkit.l4.relay; tests run both and compare them.
+meshkit.l4.relay; tests run both and compare them. The HTTP request-head scanner
+(_http_head.pxi, csrc/http_head.c) has its twin in meshkit.web.headparse; the FastCGI
+record layer (_fcgi.pxi, csrc/fcgi_records.c) its twins in meshkit.web.fastcgi.records.
 """
 
 include "_ctable.pxi"
 include "_relay.pxi"
 include "_sendfile.pxi"
 include "_fcgi.pxi"
+include "_http_head.pxi"

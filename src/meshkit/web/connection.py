@@ -19,7 +19,7 @@ from typing import Any
 
 import httptools
 
-from meshkit.web import http1
+from meshkit.web import headlane, http1
 from meshkit.web.connstate import (
     ABORT_IF_IDLE,
     CLOSE_IF_IDLE,
@@ -107,6 +107,7 @@ class Connection(Lifecycle):
         self._local_addr = str(local[0]) if isinstance(local, tuple) else ""
         self._local_port = int(local[1]) if isinstance(local, tuple) else 0
         self._parser = httptools.HttpRequestParser(self)
+        self._scan = headlane.SCAN  # the head lane's scanner, None when it is off
         self._state = _NEW
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -205,6 +206,15 @@ class Connection(Lifecycle):
             self._key = None
         self._feed_msgs = 0
         self._began_in_feed = False
+        if self._scan is not None and state <= _IDLE:
+            # bodyless requests whose whole head is in this read (meshkit.web.headlane)
+            done = headlane.feed(self, data, _Refused)
+            if done < 0 or done == len(data):
+                cand, self._cand = self._cand, None
+                if cand is not None:
+                    self._remember(data, cand)
+                return
+            data = data[done:] if done else data
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -313,6 +323,19 @@ class Connection(Lifecycle):
         except HttpError as exc:
             self._refuse = exc.status
             raise _Refused from None
+        self._head_done(method, version, items, host, keep, framing, target)
+
+    def _head_done(
+        self,
+        method: str,
+        version: str,
+        items: list[tuple[str, str]],
+        host: str,
+        keep: bool,
+        framing: http1.Framing,
+        target: http1.Target,
+    ) -> None:
+        """Dispatch a request whose head was read (by httptools or by the head lane)."""
         self._headers = []
         # a request that does not keep the connection is its last: later ones are not read
         step = (_ON_HEAD_KEEP if keep else _ON_HEAD_LAST)[self._state]

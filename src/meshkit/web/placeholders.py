@@ -229,6 +229,43 @@ BUILTINS: dict[str, Getter] = {
 
 _LABEL = re.compile(r"label([1-9][0-9]*)")
 
+# Built-ins whose value is a function of the request head bytes alone (plus the server's
+# configuration): a response that depends on nothing else may be answered again from a copy
+# for the same head (meshkit.web.respcache). Not here: the client's address and port, the
+# time, a fresh request id, the response, and values directives set in request.vars.
+HEAD_BUILTINS = frozenset(
+    {
+        "method",
+        "scheme",
+        "host",
+        "hostonly",
+        "hostname",
+        "path",
+        "path_escaped",
+        "rewrite_path",
+        "rewrite_path_escaped",
+        "query",
+        "query_escaped",
+        "fragment",
+        "uri",
+        "uri_escaped",
+        "rewrite_uri",
+        "rewrite_uri_escaped",
+        "proto",
+        "file",
+        "dir",
+    }
+)
+
+
+def head_only(name: str) -> bool:
+    """Whether `{name}` renders from the request head alone (see HEAD_BUILTINS): request
+    headers, cookies, query arguments, host labels, regexp groups and head built-ins; a
+    name a directive may set in request.vars ({user}, {upstream}...) is not."""
+    if name in HEAD_BUILTINS or name.isdigit() or bool(_LABEL.fullmatch(name)):
+        return True
+    return len(name) > 1 and name[0] in ">~?"
+
 
 def _label_getter(n: int) -> Getter:
     def get(r: Request, c: RenderContext) -> str:
@@ -303,7 +340,7 @@ def parse_parts(fmt: str) -> list[tuple[bool, str]]:
 class Template:
     """A format string compiled into literal and placeholder parts."""
 
-    __slots__ = ("empty", "escape", "fmt", "names", "parts", "static")
+    __slots__ = ("empty", "escape", "fmt", "head_only", "names", "parts", "static")
 
     def __init__(self, fmt: str, empty: str = "", escape: bool = False) -> None:
         self.fmt = fmt
@@ -324,6 +361,8 @@ class Template:
         self.static: str | None = None
         if not names:
             self.static = "".join(p for p in parts if isinstance(p, str))
+        # every placeholder renders from the request head alone (see head_only)
+        self.head_only = all(head_only(n) for n in names)
 
     def render(
         self,
@@ -444,6 +483,15 @@ class CompiledConditions:
 
     def __bool__(self) -> bool:
         return bool(self.checks)
+
+    @staticmethod
+    def head_only(conditions: Conditions) -> bool:
+        """Whether each `if` of `conditions` compares values of the request head alone."""
+        return all(
+            compile_template(c.a).head_only
+            and (c.op.endswith("match") or compile_template(c.b).head_only)
+            for c in conditions.ifs
+        )
 
     def match(self, request: Request) -> bool:
         if not self.checks:

@@ -57,6 +57,15 @@ class BasicAuthRule:
 class BasicAuthConfig:
     rules: list[BasicAuthRule] = field(default_factory=list)
 
+    @property
+    def keeps_static(self) -> bool:
+        """Passwords given in the Caddyfile make the decision a function of the request
+        head (its Authorization field) alone, and only answers that pass carry file
+        validators: the site may still answer from remembered responses, which a later
+        request gets only with the very same head bytes. An htpasswd file may change under
+        a remembered answer: not then."""
+        return not any(r.password.startswith(HTPASSWD_PREFIX) for r in self.rules)
+
 
 def htpasswd_path(site: Site, password: str) -> str:
     return os.path.abspath(os.path.join(site.root, password[len(HTPASSWD_PREFIX) :]))

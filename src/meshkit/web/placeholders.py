@@ -299,8 +299,16 @@ def getter_for(name: str) -> Getter:
 
 # --- templates ------------------------------------------------------------------------------
 
-# A part is a literal string or (name, getter, overridable by request.vars)
-Part = str | tuple[str, Getter, bool]
+# A part is a literal string or (name, getter, overridable by request.vars, escape its value)
+Part = str | tuple[str, Getter, bool, bool]
+
+# Built-ins whose own values are digits, a formatted time or a duration: never anything
+# log_escape would change, so a log line does not scan them (a value a directive put in
+# request.vars, or an `extra`, under the same name is escaped all the same).
+LOG_SAFE = frozenset(
+    {"status", "size", "when", "when_iso", "when_unix", "latency", "latency_ms", "port"}
+    | {"server_port"}
+)
 _VAR_NAMES_FIRST = frozenset(BUILTINS)  # built-ins a directive may still override through vars
 
 
@@ -351,7 +359,8 @@ class Template:
         for is_ph, text in parse_parts(fmt):
             if is_ph:
                 names.append(text)
-                parts.append((text, getter_for(text), text in _VAR_NAMES_FIRST))
+                esc = escape and text not in LOG_SAFE
+                parts.append((text, getter_for(text), text in _VAR_NAMES_FIRST, esc))
             elif parts and isinstance(parts[-1], str):
                 parts[-1] = parts[-1] + text
             else:
@@ -386,16 +395,18 @@ class Template:
             if isinstance(part, str):
                 append(part)
                 continue
-            name, get, overridable = part
+            name, get, overridable, esc = part
             if extra is not None and name in extra:
                 value = extra[name]
+                esc = escape
             elif overridable and variables and name in variables:
                 value = variables[name]
+                esc = escape
             else:
                 value = get(request, ctx)
             if not value:
                 append(empty)
-            elif escape:
+            elif esc:
                 append(log_escape(value))
             else:
                 append(value)

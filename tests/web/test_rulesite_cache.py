@@ -165,6 +165,7 @@ def test_rule_site_is_static_and_answers_like_the_handlers(
         (" redir /y /a.txt\n", True),
         (" redir {\n  if {port} is 1\n  /y /a.txt\n }\n", False),
         (" basicauth /p u pw\n", True),
+        (" status 404 /hidden\n status 200 /health\n", True),
     ],
 )
 def test_which_rules_keep_a_site_static(tmp_path: Path, rules: str, static: bool) -> None:

@@ -348,7 +348,7 @@ def parse_parts(fmt: str) -> list[tuple[bool, str]]:
 class Template:
     """A format string compiled into literal and placeholder parts."""
 
-    __slots__ = ("empty", "escape", "fmt", "head_only", "names", "parts", "static")
+    __slots__ = ("empty", "escape", "fmt", "head_only", "names", "overridable", "parts", "static")
 
     def __init__(self, fmt: str, empty: str = "", escape: bool = False) -> None:
         self.fmt = fmt
@@ -367,6 +367,8 @@ class Template:
                 parts.append(text)
         self.parts: tuple[Part, ...] = tuple(parts)
         self.names: tuple[str, ...] = tuple(names)
+        # the built-in names of this template that request.vars may override
+        self.overridable = frozenset(n for n in names if n in _VAR_NAMES_FIRST)
         self.static: str | None = None
         if not names:
             self.static = "".join(p for p in parts if isinstance(p, str))
@@ -391,6 +393,21 @@ class Template:
         variables = request.vars
         out: list[str] = []
         append = out.append
+        if extra is None and (not variables or variables.keys().isdisjoint(self.overridable)):
+            # the usual case: nothing overrides a getter, so no per-part lookups
+            for part in self.parts:
+                if isinstance(part, str):
+                    append(part)
+                    continue
+                _, get, _, esc = part
+                value = get(request, ctx)
+                if not value:
+                    append(empty)
+                elif esc:
+                    append(log_escape(value))
+                else:
+                    append(value)
+            return "".join(out)
         for part in self.parts:
             if isinstance(part, str):
                 append(part)

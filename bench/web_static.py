@@ -224,7 +224,8 @@ def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
         location / {{ autoindex on; }}
         location = /md/doc.md {{ default_type text/html; alias {root}/md-rendered/doc.html; }}
     }}
-    log_format common '$remote_addr - $remote_user [$time_local] "$request" $status $body_bytes_sent';
+    log_format common '$remote_addr - $remote_user [$time_local] "$request" '
+                      '$status $body_bytes_sent';
     server {{
         listen {HOST}:{rules} backlog=4096;
         root {root};

@@ -13,6 +13,16 @@ to the server core; wrk (``-t1 -c64``) runs alone on the client core. Cases:
    meshkit renders (``markdown /md``) against nginx serving the same page pre-rendered to
    HTML                                                       requests/s   goal >= 0.8x nginx
    (Caddy 2 has no markdown directive: not run for this case)
+6. rules   ``GET /page`` with Basic credentials on a second site whose rules do nginx's work:
+   meshkit ``header`` x2 + ``redir`` + ``rewrite /page -> /index.html`` + ``basicauth`` +
+   ``log`` (common format) against nginx ``add_header`` x2 + ``return 301`` + ``rewrite`` +
+   ``auth_basic`` ({PLAIN} user file) + ``access_log ... buffer=64k`` (meshkit's log is
+   flushed once per loop turn)                                requests/s   goal >= 1.0x nginx
+   (Caddy 2 not run for this case)
+
+``--no-respcache`` starts meshkit with MESHKIT_NO_RESPCACHE=1: every request runs the
+handlers (what a client that never repeats its exact request head gets), so the handler
+path alone is measured.
 
 Rounds interleave nginx, caddy, meshkit per case; the table shows medians and ratios.
 GB/s is requests/s x body bytes / 1e9.
@@ -124,8 +134,20 @@ CASES = (
         True,
         ("nginx", "meshkit"),
     ),
+    Case(
+        "rules",
+        "rules: header+redir+rewrite+basicauth+log",
+        "/page",
+        "req/s",
+        1.0,
+        ("Authorization: Basic YmVuY2g6czNjcmV0",),  # bench:s3cret
+        True,
+        ("nginx", "meshkit"),
+    ),
 )
 MARKDOWN_SIZE = 20 * 1024
+# the rule site of the "rules" case: a second server block / site, on its own port per target
+RULE_PORTS: dict[str, int] = {}
 
 
 # --------------------------------------------------------------------------- content
@@ -187,6 +209,7 @@ def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
     prefix = procs.tmp / "nginx"
     (prefix / "logs").mkdir(parents=True)
     port = free_port()
+    rules = RULE_PORTS["nginx"] = free_port()
     conf = write_nginx_conf(
         prefix,
         f"""    sendfile on;
@@ -201,8 +224,24 @@ def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
         location / {{ autoindex on; }}
         location = /md/doc.md {{ default_type text/html; alias {root}/md-rendered/doc.html; }}
     }}
+    log_format common '$remote_addr - $remote_user [$time_local] "$request" '
+                      '$status $body_bytes_sent';
+    server {{
+        listen {HOST}:{rules} backlog=4096;
+        root {root};
+        access_log {prefix}/logs/rules.log common buffer=64k flush=1s;
+        add_header X-Frame-Options DENY always;
+        add_header X-Content-Type-Options nosniff always;
+        location = /old {{ return 301 /new; }}
+        location / {{
+            auth_basic "Restricted";
+            auth_basic_user_file {prefix}/htpasswd;
+            rewrite ^/page$ /index.html break;
+        }}
+    }}
 """,
     )
+    (prefix / "htpasswd").write_text("bench:{PLAIN}s3cret\n")
     cmd = nginx_argv(prefix, conf)
     proc, logfile = procs.start("nginx", cmd, core)
     wait_port(port, proc, "nginx", logfile)
@@ -237,8 +276,13 @@ def meshkit_command(args: argparse.Namespace, port: int, root: Path, tmp: Path) 
     if args.meshkit_mode == "server":
         return [sys.executable, os.path.abspath(__file__), "--serve", str(port), str(root)]
     conf = tmp / "Caddyfile"
+    rules = RULE_PORTS["meshkit"] = free_port()
     conf.write_text(
         f"{HOST}:{port} {{\n    root {root}\n    gzip\n    browse /dir\n    markdown /md\n}}\n"
+        f"{HOST}:{rules} {{\n    root {root}\n"
+        "    header / X-Frame-Options DENY\n    header / X-Content-Type-Options nosniff\n"
+        "    redir /old /new 301\n    rewrite ^/page$ /index.html\n"
+        f"    basicauth / bench s3cret\n    log / {tmp / 'rules.log'}\n}}\n"
     )
     return [*prefix, "web", "-conf", str(conf), "-quiet"]
 
@@ -247,6 +291,8 @@ def start_meshkit(procs: Procs, core: int | None, root: Path, args: argparse.Nam
     port = free_port()
     cmd = meshkit_command(args, port, root, procs.tmp)
     env = meshkit_env(args.no_extensions)
+    if args.no_respcache:
+        env["MESHKIT_NO_RESPCACHE"] = "1"
     proc, logfile = procs.start("meshkit", cmd, core, env=env)
     wait_port(port, proc, "meshkit (" + shlex.join(cmd) + ")", logfile, timeout=30)
     return port
@@ -261,6 +307,7 @@ def check(port: int, name: str, case: Case) -> None:
         resp = conn.getresponse()
         body = resp.read()
         encoding = resp.getheader("Content-Encoding")
+        frame = resp.getheader("X-Frame-Options")
         conn.close()
     except (OSError, http.client.HTTPException) as exc:
         raise BenchError(f"GET {case.path} via {name} on {HOST}:{port} failed: {exc!r}") from exc
@@ -277,6 +324,8 @@ def check(port: int, name: str, case: Case) -> None:
         problem = "the listing lacks file-0199.txt"
     elif case.key == "markdown" and b"<title>The markdown bench page</title>" not in body:
         problem = "the page is not the rendered Markdown"
+    elif case.key == "rules" and (len(body) != SMALL_SIZE or frame != "DENY"):
+        problem = f"{len(body)} bytes and X-Frame-Options {frame!r}: the rules did not run"
     if problem:
         raise BenchError(f"GET {case.path} via {name} on {HOST}:{port}: {problem}")
 
@@ -330,6 +379,8 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
         log(f"servers: {ports} (server CPU {args.server_core}, wrk CPU {args.client_core})")
         for case in cases:
             case_ports = {n: p for n, p in ports.items() if not case.only or n in case.only}
+            if case.key == "rules":
+                case_ports = {n: RULE_PORTS[n] for n in case_ports}
             for name, port in case_ports.items():
                 check(port, name, case)
                 run_case(port, case, 1, args.client_core, args.connections)  # warm-up
@@ -396,6 +447,7 @@ def report(results: Results, args: argparse.Namespace) -> bool:
         f"static files: {args.rounds} round(s) x {args.duration:g} s, wrk -t1 -c{args.connections},"
         f" medians; servers on CPU {args.server_core}, wrk on CPU {args.client_core}"
         + (", MESHKIT_NO_EXTENSIONS=1" if args.no_extensions else "")
+        + (", MESHKIT_NO_RESPCACHE=1" if args.no_respcache else "")
     )
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print("-+-".join("-" * w for w in widths))
@@ -513,6 +565,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--meshkit-cmd", default=None, help="command prefix (default python -m meshkit)")
     p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
+    p.add_argument(
+        "--no-respcache",
+        action="store_true",
+        help="MESHKIT_NO_RESPCACHE=1: every request runs meshkit's handlers",
+    )
     p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
     p.add_argument("--server-core", type=int, default=None, help="CPU for the servers")
     p.add_argument("--client-core", type=int, default=None, help="CPU for wrk")

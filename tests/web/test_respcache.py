@@ -260,7 +260,7 @@ def test_plan_marks_static_sites(tmp_path: Path) -> None:
     text = (
         f"127.0.0.1:8001 {{\n root {tmp_path}\n gzip\n browse /d\n}}\n"
         f"127.0.0.1:8002 {{\n root {tmp_path}\n log stdout\n}}\n"
-        f"127.0.0.1:8003 {{\n root {tmp_path}\n log stdout\n header / X-A b\n}}\n"
+        f"127.0.0.1:8003 {{\n root {tmp_path}\n log stdout\n header / X-A {{remote}}\n}}\n"
     )
     ports = plan(load_text(text, "Caddyfile"))
     assert [r.static for r in ports[8001].routes] == [True]
@@ -528,7 +528,13 @@ def test_logged_site_reload_drops_old_log(
 
 @pytest.mark.parametrize(
     "extra",
-    ["header / X-A b\n", "basicauth /nope u p\n", "rewrite /x /a.txt\n", "redir /y /a.txt\n"],
+    # directives whose work depends on more than the request head (the client address, a
+    # file tried); their head-only forms keep a site cached (tests/web/test_rulesite_cache.py)
+    [
+        "header / X-A {remote}\n",
+        "rewrite /x /b.txt /a.txt\n",
+        "redir {\n  if {remote} is 192.0.2.9\n  /y /a.txt\n }\n",
+    ],
 )
 def test_logged_site_with_other_directives_is_not_cached(
     serve: Callable[..., ServerThread], tmp_path: Path, extra: str

@@ -68,18 +68,15 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every field called `name` with one (kept at the first one's place)."""
         low = name.lower()
-        out: list[tuple[str, str]] = []
-        placed = False
-        for k, v in self._items:
+        items = self._items  # this object's own list (__init__ copies): changed in place
+        for i, (k, _) in enumerate(items):
             if k.lower() == low:
-                if not placed:
-                    out.append((name, value))
-                    placed = True
-            else:
-                out.append((k, v))
-        if not placed:
-            out.append((name, value))
-        self._items = out
+                items[i] = (name, value)
+                rest = items[i + 1 :]
+                if any(k2.lower() == low for k2, _ in rest):
+                    items[i + 1 :] = [kv for kv in rest if kv[0].lower() != low]
+                return
+        items.append((name, value))
 
     __setitem__ = set
 

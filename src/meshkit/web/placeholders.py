@@ -229,6 +229,43 @@ BUILTINS: dict[str, Getter] = {
 
 _LABEL = re.compile(r"label([1-9][0-9]*)")
 
+# Built-ins whose value is a function of the request head bytes alone (plus the server's
+# configuration): a response that depends on nothing else may be answered again from a copy
+# for the same head (meshkit.web.respcache). Not here: the client's address and port, the
+# time, a fresh request id, the response, and values directives set in request.vars.
+HEAD_BUILTINS = frozenset(
+    {
+        "method",
+        "scheme",
+        "host",
+        "hostonly",
+        "hostname",
+        "path",
+        "path_escaped",
+        "rewrite_path",
+        "rewrite_path_escaped",
+        "query",
+        "query_escaped",
+        "fragment",
+        "uri",
+        "uri_escaped",
+        "rewrite_uri",
+        "rewrite_uri_escaped",
+        "proto",
+        "file",
+        "dir",
+    }
+)
+
+
+def head_only(name: str) -> bool:
+    """Whether `{name}` renders from the request head alone (see HEAD_BUILTINS): request
+    headers, cookies, query arguments, host labels, regexp groups and head built-ins; a
+    name a directive may set in request.vars ({user}, {upstream}...) is not."""
+    if name in HEAD_BUILTINS or name.isdigit() or bool(_LABEL.fullmatch(name)):
+        return True
+    return len(name) > 1 and name[0] in ">~?"
+
 
 def _label_getter(n: int) -> Getter:
     def get(r: Request, c: RenderContext) -> str:
@@ -262,8 +299,16 @@ def getter_for(name: str) -> Getter:
 
 # --- templates ------------------------------------------------------------------------------
 
-# A part is a literal string or (name, getter, overridable by request.vars)
-Part = str | tuple[str, Getter, bool]
+# A part is a literal string or (name, getter, overridable by request.vars, escape its value)
+Part = str | tuple[str, Getter, bool, bool]
+
+# Built-ins whose own values are digits, a formatted time or a duration: never anything
+# log_escape would change, so a log line does not scan them (a value a directive put in
+# request.vars, or an `extra`, under the same name is escaped all the same).
+LOG_SAFE = frozenset(
+    {"status", "size", "when", "when_iso", "when_unix", "latency", "latency_ms", "port"}
+    | {"server_port"}
+)
 _VAR_NAMES_FIRST = frozenset(BUILTINS)  # built-ins a directive may still override through vars
 
 
@@ -303,7 +348,7 @@ def parse_parts(fmt: str) -> list[tuple[bool, str]]:
 class Template:
     """A format string compiled into literal and placeholder parts."""
 
-    __slots__ = ("empty", "escape", "fmt", "names", "parts", "static")
+    __slots__ = ("empty", "escape", "fmt", "head_only", "names", "overridable", "parts", "static")
 
     def __init__(self, fmt: str, empty: str = "", escape: bool = False) -> None:
         self.fmt = fmt
@@ -314,16 +359,21 @@ class Template:
         for is_ph, text in parse_parts(fmt):
             if is_ph:
                 names.append(text)
-                parts.append((text, getter_for(text), text in _VAR_NAMES_FIRST))
+                esc = escape and text not in LOG_SAFE
+                parts.append((text, getter_for(text), text in _VAR_NAMES_FIRST, esc))
             elif parts and isinstance(parts[-1], str):
                 parts[-1] = parts[-1] + text
             else:
                 parts.append(text)
         self.parts: tuple[Part, ...] = tuple(parts)
         self.names: tuple[str, ...] = tuple(names)
+        # the built-in names of this template that request.vars may override
+        self.overridable = frozenset(n for n in names if n in _VAR_NAMES_FIRST)
         self.static: str | None = None
         if not names:
             self.static = "".join(p for p in parts if isinstance(p, str))
+        # every placeholder renders from the request head alone (see head_only)
+        self.head_only = all(head_only(n) for n in names)
 
     def render(
         self,
@@ -343,20 +393,37 @@ class Template:
         variables = request.vars
         out: list[str] = []
         append = out.append
+        if extra is None and (not variables or variables.keys().isdisjoint(self.overridable)):
+            # the usual case: nothing overrides a getter, so no per-part lookups
+            for part in self.parts:
+                if isinstance(part, str):
+                    append(part)
+                    continue
+                _, get, _, esc = part
+                value = get(request, ctx)
+                if not value:
+                    append(empty)
+                elif esc:
+                    append(log_escape(value))
+                else:
+                    append(value)
+            return "".join(out)
         for part in self.parts:
             if isinstance(part, str):
                 append(part)
                 continue
-            name, get, overridable = part
+            name, get, overridable, esc = part
             if extra is not None and name in extra:
                 value = extra[name]
+                esc = escape
             elif overridable and variables and name in variables:
                 value = variables[name]
+                esc = escape
             else:
                 value = get(request, ctx)
             if not value:
                 append(empty)
-            elif escape:
+            elif esc:
                 append(log_escape(value))
             else:
                 append(value)
@@ -444,6 +511,15 @@ class CompiledConditions:
 
     def __bool__(self) -> bool:
         return bool(self.checks)
+
+    @staticmethod
+    def head_only(conditions: Conditions) -> bool:
+        """Whether each `if` of `conditions` compares values of the request head alone."""
+        return all(
+            compile_template(c.a).head_only
+            and (c.op.endswith("match") or compile_template(c.b).head_only)
+            for c in conditions.ifs
+        )
 
     def match(self, request: Request) -> bool:
         if not self.checks:

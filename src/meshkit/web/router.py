@@ -10,6 +10,7 @@ that host has a matching path, the next candidate host is tried. No site at all:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -82,10 +83,13 @@ def host_candidates(host: str) -> list[str]:
 class Router:
     """Pick a route for a request; calling the router runs the chosen site's handler."""
 
-    # Responses keep validators only from routes that are `static` (see Route).
+    # Responses keep validators only from routes that are `static` (see Route). The server
+    # answers repeated request heads from remembered responses only for a handler that says
+    # so; MESHKIT_NO_RESPCACHE=1 turns that off (benchmarks measure the handlers that way).
     validated_responses = True
 
     def __init__(self, routes: Iterable[Route] = ()) -> None:
+        self.validated_responses = os.environ.get("MESHKIT_NO_RESPCACHE", "") in ("", "0")
         self._hosts: dict[str, list[Route]] = {}
         self._only: Route | None = None  # one site for every host and path: no lookup
         # Host header as received -> the candidate hosts' routes, in order (memoised: a

@@ -44,6 +44,15 @@ class HeaderRule:
 class HeaderConfig:
     rules: list[HeaderRule] = field(default_factory=list)
 
+    @property
+    def keeps_static(self) -> bool:
+        """Values rendered from the request head alone (or literal) leave a response a
+        function of the head: the site may still answer from remembered responses
+        (meshkit.web.router.site_is_static)."""
+        return all(
+            compile_template(op.value).head_only for rule in self.rules for op in rule.headers
+        )
+
 
 def _op(d: Dispenser, name: str, values: list[str]) -> HeaderOp:
     if name.startswith("-"):
@@ -90,44 +99,59 @@ def parse(d: Dispenser, site: Site) -> HeaderConfig:
 
 
 class _Op:
-    __slots__ = ("kind", "name", "value")
+    """One operation compiled at load time (as nginx compiles add_header): its kind, the
+    field name, and the value as a literal (`static`) or a template to render."""
+
+    __slots__ = ("kind", "name", "static", "value")
 
     def __init__(self, op: HeaderOp) -> None:
         if op.name[0] in "+-":
             self.kind, self.name = op.name[0], op.name[1:]
         else:
             self.kind, self.name = "=", op.name
+        if self.kind == "-" and self.name.lower() == "server":
+            # the server adds Server: meshkit to responses without one; an empty value is
+            # its sign to send none
+            self.kind, self.name = "=", "Server"
+            op = HeaderOp(op.name, "")
         self.value: Template = compile_template(op.value)
+        self.static: str | None = self.value.static
+
+
+def _apply(ops: list[_Op], request: Request, response: Response) -> Response:
+    headers = response.headers
+    for op in ops:
+        kind = op.kind
+        if kind == "-":
+            headers.remove(op.name)
+            continue
+        value = op.static
+        if value is None:
+            value = op.value.render(request, response)
+        if kind == "+":
+            headers.add(op.name, value)
+        else:
+            headers.set(op.name, value)
+    return response
 
 
 def build(config: HeaderConfig, next: Handler, site: Site) -> Handler:
     rules = [(clamp_path(r.path), [_Op(op) for op in r.headers]) for r in config.rules]
+    # the rules every path matches ("/"), in file order, when they are all there is: no
+    # per-request selection at all
+    everywhere = [op for _, ops in rules for op in ops] if all(b == "/" for b, _ in rules) else None
 
     def header_handler(request: Request) -> HandlerResult:
-        path = request.path
-        ops = [op for base, rule_ops in rules if path.startswith(base) for op in rule_ops]
-        if not ops:
-            return next(request)
-
-        def apply(response: Response) -> Response:
-            headers = response.headers
-            for op in ops:
-                if op.kind == "-":
-                    if op.name.lower() == "server":
-                        # the server adds Server: meshkit to responses without one; an empty
-                        # value is its sign to send none
-                        headers.set("Server", "")
-                    else:
-                        headers.remove(op.name)
-                    continue
-                value = op.value.render(request, response)
-                if op.kind == "+":
-                    headers.add(op.name, value)
-                else:
-                    headers.set(op.name, value)
-            return response
-
-        return then(next(request), apply)
+        ops = everywhere
+        if ops is None:
+            path = request.path
+            ops = [op for base, rule_ops in rules if path.startswith(base) for op in rule_ops]
+            if not ops:
+                return next(request)
+        result = next(request)
+        if type(result) is Response:
+            return _apply(ops, request, result)
+        return then(result, lambda response: _apply(ops, request, response))
 
     return header_handler
 

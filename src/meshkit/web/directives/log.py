@@ -145,7 +145,7 @@ def parse(d: Dispenser, site: Site) -> LogConfig:
 class _Writer:
     """One log entry ready to write: template, sink, exceptions and masks."""
 
-    __slots__ = ("exceptions", "sink", "template", "v4", "v6")
+    __slots__ = ("exceptions", "masking", "sink", "template", "v4", "v6")
 
     def __init__(self, entry: LogEntry, sink: LogSink) -> None:
         # escape=True: a value (a decoded `%0a` in {path}, a `"` in {>User-Agent}) must not
@@ -155,6 +155,7 @@ class _Writer:
         self.exceptions = tuple(clamp_path(p) for p in entry.exceptions)
         self.v4 = ipaddress.IPv4Address(entry.ipmask_v4) if entry.ipmask_v4 else None
         self.v6 = ipaddress.IPv6Address(entry.ipmask_v6) if entry.ipmask_v6 else None
+        self.masking = self.v4 is not None or self.v6 is not None
 
     def mask(self, remote: str) -> str | None:
         if self.v4 is None and self.v6 is None:
@@ -206,8 +207,10 @@ def build(config: LogConfig, next: Handler, site: Site) -> Handler:
             for w in writers:
                 if w.exceptions and path.startswith(w.exceptions):
                     continue
-                masked = w.mask(req.remote_addr)
-                extra = {"remote": masked} if masked is not None else None
+                extra = None
+                if w.masking:
+                    masked = w.mask(req.remote_addr)
+                    extra = {"remote": masked} if masked is not None else None
                 w.sink.write(w.template.render(req, response, size=sent, now=now, extra=extra))
 
         request.on_complete.append(complete)

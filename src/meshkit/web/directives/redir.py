@@ -56,6 +56,13 @@ class RedirRule:
 class RedirConfig:
     rules: list[RedirRule] = field(default_factory=list)
 
+    @property
+    def keeps_static(self) -> bool:
+        """Which request passes through is decided by the head alone when the conditions
+        compare head values only (redirects themselves are never remembered: they carry no
+        file validators), so the site may still answer from remembered responses."""
+        return all(CompiledConditions.head_only(r.conditions) for r in self.rules)
+
 
 def _is_code(text: str) -> bool:
     return text == "meta" or text in CODES
@@ -146,12 +153,17 @@ def location(request: Request, to: str) -> str:
 
 def redirect_response(request: Request, to: str, code: int) -> Response:
     target = location(request, to)
-    headers = Headers([("Location", target)])
-    body = b""
     if request.method in ("GET", "HEAD") and code != 304:
-        headers.set("Content-Type", "text/html; charset=utf-8")
-        body = f'<a href="{html.escape(target)}">{status_text(code)}</a>.\n\n'.encode()
-    return Response(status=code, headers=headers, body=body)
+        return Response(code, Headers(_with_body(target)), _redirect_body(target, code))
+    return Response(code, Headers([("Location", target)]), b"")
+
+
+def _with_body(target: str) -> list[tuple[str, str]]:
+    return [("Location", target), ("Content-Type", "text/html; charset=utf-8")]
+
+
+def _redirect_body(target: str, code: int) -> bytes:
+    return f'<a href="{html.escape(target)}">{status_text(code)}</a>.\n\n'.encode()
 
 
 def meta_response(to: str) -> Response:
@@ -160,7 +172,7 @@ def meta_response(to: str) -> Response:
 
 
 class _Rule:
-    __slots__ = ("code", "conditions", "from_path", "meta", "to")
+    __slots__ = ("body", "code", "conditions", "from_path", "meta", "target", "to")
 
     def __init__(self, rule: RedirRule) -> None:
         # `/` means every path; any other FROM is matched exactly, on the canonical path
@@ -169,6 +181,24 @@ class _Rule:
         self.code = rule.code
         self.meta = rule.meta
         self.conditions = CompiledConditions(rule.conditions)
+        # a literal absolute target: the Location and the GET/HEAD body, made once
+        to = self.to.static
+        self.target: str | None = None
+        self.body = b""
+        if to is not None and not self.meta and ("://" in to.split("?", 1)[0] or to[:1] == "/"):
+            self.target = to
+            self.body = _redirect_body(to, self.code)
+
+    def answer(self, request: Request) -> Response:
+        target = self.target
+        if target is None:
+            to = self.to.render(request)
+            if self.meta:
+                return meta_response(to)
+            return redirect_response(request, to, self.code)
+        if self.code != 304 and request.method in ("GET", "HEAD"):
+            return Response(self.code, Headers(_with_body(target)), self.body)
+        return Response(self.code, Headers([("Location", target)]), b"")
 
 
 def build(config: RedirConfig, next: Handler, site: Site) -> Handler:
@@ -181,10 +211,7 @@ def build(config: RedirConfig, next: Handler, site: Site) -> Handler:
                 continue
             if rule.conditions and not rule.conditions.match(request):
                 continue
-            to = rule.to.render(request)
-            if rule.meta:
-                return meta_response(to)
-            return redirect_response(request, to, rule.code)
+            return rule.answer(request)
         return next(request)
 
     return redir_handler

@@ -56,6 +56,19 @@ class RewriteRule:
 class RewriteConfig:
     rules: list[RewriteRule] = field(default_factory=list)
 
+    @property
+    def keeps_static(self) -> bool:
+        """A rewrite decided by the request head alone (one destination per rule, so no
+        file is tried; placeholders and conditions of the head only) leaves the file
+        response a function of the head and of the file it names, which the file server
+        validates: the site may still answer from remembered responses."""
+        return all(
+            len(r.to) == 1
+            and compile_template(r.to[0]).head_only
+            and CompiledConditions.head_only(r.conditions)
+            for r in self.rules
+        )
+
 
 def parse_condition(d: Dispenser, conditions: Conditions, name: str, more: list[str]) -> None:
     """Read an `if A OP B` or `if_op and|or` block line into `conditions`."""
@@ -135,7 +148,17 @@ def _ext_of(path: str) -> str:
 
 
 class _Compiled:
-    __slots__ = ("base", "conditions", "exts", "must_use", "negate", "regexp", "start", "to")
+    __slots__ = (
+        "base",
+        "conditions",
+        "exts",
+        "fixed",
+        "must_use",
+        "negate",
+        "regexp",
+        "start",
+        "to",
+    )
 
     def __init__(self, rule: RewriteRule) -> None:
         self.base = clamp_path(rule.base)
@@ -145,6 +168,11 @@ class _Compiled:
             (compile_template(t), t.endswith("/")) for t in rule.to
         ]
         self.conditions = CompiledConditions(rule.conditions)
+        # one literal destination: where it points is worked out once, at load time
+        self.fixed: tuple[str, str, str | None] | None = None
+        if len(self.to) == 1 and self.to[0][0].static is not None:
+            path, query = clean_destination(self.to[0][0].static, self.to[0][1])
+            self.fixed = (*_canonical(path), query)
         self.exts: list[tuple[str, bool]] = [
             (e[1:], False) if e.startswith("!") else (e, True) for e in rule.ext
         ]
@@ -199,15 +227,23 @@ def _exists(root: str, path: str, folder: bool) -> bool:
     return stat_mod.S_ISDIR(st.st_mode) if folder else not stat_mod.S_ISDIR(st.st_mode)
 
 
-def apply_rewrite(request: Request, path: str, query: str | None) -> None:
-    """Point `request` at `path` (encoded form, as rendered) and maybe a new query."""
+def _canonical(path: str) -> tuple[str, str]:
+    """(decoded canonical path, its encoded form) of a rendered destination path."""
     # decoding may reveal `%2e%2e` or `%2f`: fold again so that later matchers and the file
     # server see the canonical path (meshkit.web.paths)
     decoded = clamp_path(unquote(path))
+    return decoded, quote(decoded, safe="/:@!$&'()*+,;=-._~")
+
+
+def apply_rewrite(request: Request, path: str, query: str | None) -> None:
+    """Point `request` at `path` (encoded form, as rendered) and maybe a new query."""
+    _point(request, *_canonical(path), query)
+
+
+def _point(request: Request, decoded: str, encoded: str, query: str | None) -> None:
     request.path = decoded
     if query is not None:
         request.query = query
-    encoded = quote(decoded, safe="/:@!$&'()*+,;=-._~")
     request.uri = encoded + ("?" + request.query if request.query else "")
 
 
@@ -232,6 +268,10 @@ def build(config: RewriteConfig, next: Handler, site: Site) -> Handler:
                 continue
             best, best_match, best_len = rule, m, base_len
         if best is not None:
+            fixed = best.fixed
+            if fixed is not None:
+                _point(request, *fixed)
+                return next(request)
             extra: dict[str, str] | None = None
             if isinstance(best_match, re.Match):
                 extra = {
@@ -239,9 +279,11 @@ def build(config: RewriteConfig, next: Handler, site: Site) -> Handler:
                 }
                 extra["0"] = _escape_group(best_match.group(0))
             dest: tuple[str, str | None] | None = None
-            for template, slash in best.to:
+            last = len(best.to) - 1
+            for i, (template, slash) in enumerate(best.to):
                 dest = clean_destination(template.render(request, extra=extra), slash)
-                if _exists(root, dest[0], dest[0].endswith("/")):
+                # the last destination is taken whether it exists or not: no stat for it
+                if i == last or _exists(root, dest[0], dest[0].endswith("/")):
                     break
             if dest is not None:
                 apply_rewrite(request, dest[0], dest[1])

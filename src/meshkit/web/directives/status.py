@@ -14,6 +14,7 @@ with an empty body.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
@@ -31,6 +32,9 @@ class StatusRule:
 @dataclass
 class StatusConfig:
     rules: list[StatusRule] = field(default_factory=list)
+    # the path decides, and its answers carry no file validators (never remembered): a
+    # site with it may still answer other paths from remembered responses
+    keeps_static: ClassVar[bool] = True
 
 
 def _code(d: Dispenser, text: str) -> int:

@@ -115,6 +115,17 @@ def _simple_head(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | N
     """(status, fields, Content-Length, keep-alive) of a plain HTTP/1.1 response head (no
     CR/LF), or None for anything the parser must judge: interim and bodiless statuses,
     no or a bad Content-Length, Transfer-Encoding, malformed or folded lines."""
+    return _plain_head(raw, False)
+
+
+def _head_reply(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | None:
+    """The same for the answer to a HEAD request, which never has a body whatever its
+    Content-Length or Transfer-Encoding say (RFC 9112 6.3): the response ends with its
+    head, so the connection stays usable without the parser (which cannot be told so)."""
+    return _plain_head(raw, True)
+
+
+def _plain_head(raw: bytes, bodiless: bool) -> tuple[int, list[tuple[str, str]], int, bool] | None:
     if not raw.startswith(b"HTTP/1.1 ") or len(raw) > MAX_HEAD:
         return None
     text = raw.decode("latin-1")
@@ -126,7 +137,7 @@ def _simple_head(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | N
     if (
         not code.isdigit()
         or code[0] == "1"
-        or code in ("204", "304")
+        or (code in ("204", "304") and not bodiless)
         or (len(first) > 12 and first[12] != " ")
         or text.count("\n") != len(lines) - 1
         or text.count("\r") != len(lines) - 1
@@ -134,6 +145,7 @@ def _simple_head(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | N
         return None
     length = -1
     keep = True
+    chunked = False
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:
         if _CTL.search(line) is not None:
@@ -148,10 +160,15 @@ def _simple_head(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | N
                 return None
             length = int(value)
         elif low == "transfer-encoding":
-            return None
+            if not bodiless:
+                return None
+            chunked = True
         elif low == "connection" and "close" in value.lower():
             keep = False
         headers.append((name, value))
+    if bodiless:
+        # both framings at once is a smuggling shape the parser refuses: leave it to it
+        return None if chunked and length >= 0 else (int(code), headers, 0, keep)
     if length < 0:
         return None
     return int(code), headers, length, keep
@@ -223,7 +240,7 @@ class _Conn(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
-        if not self.fed and self._whole(data):
+        if not self.fed and (self._head_whole(data) if self.head_only else self._whole(data)):
             self._wake()
             return
         self.fed = True
@@ -279,6 +296,23 @@ class _Conn(asyncio.Protocol):
         if length:
             self.body.append(data[body_start:])
             self.buffered = length
+        return True
+
+    def _head_whole(self, data: bytes) -> bool:
+        """Take `data` as the whole answer to a HEAD request (a plain HTTP/1.1 head in one
+        read): the connection stays kept unless more bytes came after it or the upstream
+        said close. False leaves anything else to the parser (which then closes)."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        known = _head_reply(data[:end])
+        if known is None:
+            return False
+        self.status, self.headers, _, keep = known
+        self.head_done = self.done = True
+        self.framed = True
+        # bytes after the head answer nothing we asked: do not reuse the connection
+        self.keep = self.keep and keep and len(data) == end + 4
         return True
 
     def eof_received(self) -> bool | None:

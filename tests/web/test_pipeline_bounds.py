@@ -231,18 +231,22 @@ def _slow_round(web: Web, clients: int, pipelined: int) -> None:
 
 
 def test_slow_pipelining_readers_do_not_grow_memory(web: Web) -> None:
-    """5 rounds of 40 slow readers pipelining 20 proxied GETs of 256 KiB each: no upstream
+    """6 rounds of 40 slow readers pipelining 20 proxied GETs of 256 KiB each: no upstream
     connection outlives its client, and the server's RSS after the last round is within
     10% (plus 8 MiB of allocator slack: glibc keeps some freed 256 KiB buffers) of what
-    it was after the first round."""
-    _slow_round(web, 40, 20)
+    it was after two warm-up rounds. (Measured over 14 rounds: RSS climbs for one or two
+    rounds, as the allocator's arenas fill, then stays flat; a baseline after the first
+    round alone sometimes sits below that plateau. A leak grows every round: the
+    pentest's server went from 85 to 544 MiB.)"""
+    for _ in range(2):
+        _slow_round(web, 40, 20)
     time.sleep(0.2)
     first = web.rss_kib()
     for _ in range(4):
         _slow_round(web, 40, 20)
     time.sleep(0.2)
     last = web.rss_kib()
-    assert last <= first * 1.10 + 8192, f"RSS {first} KiB after round 1, {last} KiB after 5"
+    assert last <= first * 1.10 + 8192, f"RSS {first} KiB after round 2, {last} KiB after 6"
     # and the server still answers
     with socket.create_connection(("127.0.0.1", web.port), timeout=30) as sock:
         sock.sendall(_pipeline(1, web.port))

@@ -131,11 +131,12 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds, from /proc/<pid>/stat."""
+    """utime + stime of a process (all its threads) and of its children it waited for (the
+    raft dump writers a manager forks), in seconds, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state): utime is field 14, stime field 15
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    # fields[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK
 
 
 def self_cpu_seconds() -> float:
@@ -697,6 +698,8 @@ class ManagerLoad:
     leader: bool
     cpu_pct: float
     beats_per_s: float  # heartbeats it answered itself (followers pass theirs on in batches)
+    stall_ms: float = float("nan")  # worst event-loop stall over the level (growth + window)
+    window_stall_ms: float = float("nan")  # ... within the CPU window only
 
 
 @dataclass
@@ -740,10 +743,26 @@ class Failover:
     ready_nodes: int  # simulated nodes Ready in the leader's node ls afterwards
 
 
+async def loop_stalls(m: Manager) -> list[tuple[float, float]]:
+    """The manager's recent event-loop stalls: (monotonic time, ms), from ``cluster_status``
+    (the raft store's tick timer, which fires late by as long as the loop was held)."""
+    try:
+        st = await m.call("cluster_status")
+    except RpcError:
+        return []
+    return [(float(t), float(ms)) for t, ms in st.get("loop_stalls") or []]
+
+
+def worst_stall(stalls: list[tuple[float, float]], since: float, until: float) -> float:
+    """The longest stall that ended within [since, until] (0 when none over 20 ms)."""
+    return max((ms for t, ms in stalls if since <= t <= until), default=0.0)
+
+
 async def measure_level(
     args: argparse.Namespace, cluster: Cluster, fleet: Fleet, count: int
 ) -> Level:
     log(f"growing the fleet to {count} nodes ...")
+    level_began = time.monotonic()
     join_rate = await fleet.grow_to(count)
     cluster.check_alive()
     await asyncio.sleep(fleet.period + 1.0)  # every node beating at steady state
@@ -760,6 +779,7 @@ async def measure_level(
     cluster.check_alive()
     leader1 = await cluster.leader()
     elapsed = t1 - t0
+    stalls = {m.name: await loop_stalls(m) for m in live}
     loads = [
         ManagerLoad(
             name=m.name,
@@ -767,6 +787,8 @@ async def measure_level(
             leader=m is leader1,
             cpu_pct=100.0 * (cpu1[m.name] - cpu0[m.name]) / elapsed,
             beats_per_s=stats.by_manager.get(m.api_addr, 0) / elapsed,
+            stall_ms=worst_stall(stalls[m.name], level_began, t1),
+            window_stall_ms=worst_stall(stalls[m.name], t0, t1),
         )
         for m in live
     ]
@@ -794,7 +816,10 @@ async def measure_level(
         join_rate=join_rate,
         ready=ready,
     )
-    cpus = ", ".join(f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_pct:.1f}%" for lo in loads)
+    cpus = ", ".join(
+        f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_pct:.1f}% (stall {lo.stall_ms:.0f} ms)"
+        for lo in loads
+    )
     follower = level.ready_median("follower_s")
     log(
         f"  {count} nodes: CPU {cpus} (* leader), {level.beats_per_s:.1f} beats/s, "
@@ -932,6 +957,7 @@ def print_report(
     )
     head = [f"{'nodes':>6}"]
     head += [f"{n + ' CPU':>9}" for n in names]
+    head += [f"{n + ' stall':>9}" for n in names]
     if len(names) > 1:
         head.append(f"{'sum':>7}")
     head += [
@@ -957,6 +983,10 @@ def print_report(
             lo = loads.get(n)
             cell = "-" if lo is None else f"{lo.cpu_pct:.1f}%" + ("L" if lo.leader else " ")
             row.append(f"{cell:>9}")
+        for n in names:
+            lo = loads.get(n)
+            cell = "-" if lo is None else _num(lo.stall_ms, "ms", 0)
+            row.append(f"{cell:>9}")
         if len(names) > 1:
             row.append(f"{lv.managers_cpu_pct:>6.1f}%")
         per_beat = "-"
@@ -977,6 +1007,9 @@ def print_report(
             row.append(f"{_num(lv.ready_median('follower_s'), 's', 2):>7}")
         print(" ".join(row))
     print(
+        "CPU = the manager process and the raft dump writers it forks; stall = its worst "
+        "event-loop stall (its raft tick timer late by that much, or a raft tick that long) "
+        "from the start of the fleet's growth to the end of the window; "
         "per beat = all managers' CPU above the idle (0-node) baseline per heartbeat answered; "
         "clients = this process (the simulated nodes); join = a new node's join call; "
         "Ready L / Ready F = from that join's start until node ls on the leader / on the "

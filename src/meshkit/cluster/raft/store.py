@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,31 @@ log = logging.getLogger(__name__)
 
 SLOW_TICK = 0.05
 """A raft tick longer than this (seconds) is logged: ticks must never block the loop."""
+
+
+class StallLog:
+    """The longest event-loop stalls seen (each a time on the monotonic clock, which every
+    process of the host shares, and a length), so that a bench can ask a manager for the worst
+    stall within its own window."""
+
+    KEEP = 512
+    OVER = 0.02  # seconds; shorter holds are not stalls worth keeping
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.recent: deque[tuple[float, float]] = deque(maxlen=self.KEEP)
+
+    def note(self, held: float, now: float | None = None) -> None:
+        if held <= self.OVER:
+            return
+        self.worst = max(self.worst, held)
+        self.recent.append((time.monotonic() if now is None else now, held))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "loop_stall_max_ms": round(self.worst * 1000, 1),
+            "loop_stalls": [[round(t, 3), round(h * 1000, 1)] for t, h in self.recent],
+        }
 
 
 class StoreError(MeshkitError):
@@ -128,6 +154,20 @@ _RETRY_IF_IDEMPOTENT = (
 )
 
 
+class _Snapshot:
+    """The state as raft's dump holds it, made when pickled (so in the forked child that writes
+    the dump, never on the event loop): it unpickles as the plain dict of `to_dict()`, the dump
+    format replicas load, whatever the version that wrote it."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: cstate.ClusterState) -> None:
+        self.state = state
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return dict, (self.state.to_dict(),)
+
+
 class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
     """The replicated object: one ClusterState, changed only by `apply_command`."""
 
@@ -152,8 +192,11 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
                 log.exception("state change hook failed")
         return result
 
-    def _serialize(self) -> dict[str, Any]:
-        return self.state.to_dict()
+    def _serialize(self) -> _Snapshot:
+        # Called on the loop when raft compacts its log; the dump itself is written by a forked
+        # child (pysyncobj's useFork), which pickles what this returns: a copy-on-write view of
+        # the state at this very index, turned into its dict form only in the child.
+        return _Snapshot(self.state)
 
     def _deserialize(self, data: dict[str, Any]) -> None:
         self.state = cstate.ClusterState.from_dict(data)
@@ -190,6 +233,8 @@ class RaftStore:
         # this node stop being a manager (a manager demoting itself)
         self._by_cid: dict[str, asyncio.Future[tuple[Any, int]]] = {}
         self.slowest_tick = 0.0
+        self.stalls = StallLog()
+        self._tick_due = 0.0
         self._closed = False
         self.on_applied: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
         self._machine.on_applied = self._applied
@@ -221,7 +266,7 @@ class RaftStore:
             password=self._secret,
             bindAddress=self.self_addr,
             maxBindRetries=1,
-            useFork=False,
+            useFork=True,  # log compaction: the dump is written by a forked child
             appendEntriesUseBatch=False,
             commandsWaitLeader=False,  # no leader: fail now (and retry here), never apply late
             raftMinTimeout=t.election_min,
@@ -279,9 +324,13 @@ class RaftStore:
     def _schedule(self) -> None:
         assert self._loop is not None
         if not self._closed:
+            self._tick_due = time.monotonic() + self.timings.tick
             self._tick_handle = self._loop.call_later(self.timings.tick, self._tick)
 
     def _tick(self) -> None:
+        # How late the timer fired is how long the loop was held by whatever ran before it
+        # (raft's own tick, a reply built, a plan made): the manager's loop-stall probe.
+        self.stalls.note(time.monotonic() - self._tick_due)
         self._tick_once()
         self._schedule()
 
@@ -296,6 +345,7 @@ class RaftStore:
             log.exception("raft tick failed")
         took = time.monotonic() - started
         self.slowest_tick = max(self.slowest_tick, took)
+        self.stalls.note(took)
         if took > SLOW_TICK:
             log.warning("a raft tick held the event loop for %.0f ms", took * 1000)
         self._save_peers()
@@ -374,6 +424,7 @@ class RaftStore:
             "last_applied": 0 if self._obj is None else self._obj.raftLastApplied,
             "term": 0 if self._obj is None else self._obj.raftCurrentTerm,
             "slowest_tick_ms": round(self.slowest_tick * 1000, 3),
+            **self.stalls.status(),
         }
 
     # -- writes --------------------------------------------------------------------------------

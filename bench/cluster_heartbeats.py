@@ -77,6 +77,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SRC_DIR = REPO_ROOT / "src"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+TO_START = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting")
+SERVICE = "bench-global"
 CALL_TIMEOUT = 5.0  # ManagerClient.ask's default, for connects and heartbeats
 GOAL_NODES = 1000
 GOAL_PCT = 50.0
@@ -453,6 +455,7 @@ class SimNode:
     manager_idx: int  # as ManagerClient._rotation: random start, moved on when a manager fails
     clients: dict[str, RpcClient] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    watch: asyncio.Task[None] | None = None  # --services: its tasks_watch loop
 
 
 class Fleet:
@@ -473,6 +476,9 @@ class Fleet:
         self._join_ctx = client_ssl_context(None, bundle)
         self._joins = 0
         self.closing = False
+        self.services = args.services
+        self.reported = 0  # --services: tasks reported running
+        self.watch_errors: dict[str, int] = {}
 
     def join_target(self) -> Manager:
         """Joins go through the live managers in turn."""
@@ -517,8 +523,7 @@ class Fleet:
     def picked(self, node: SimNode) -> str:
         return node.managers[node.manager_idx % len(node.managers)]
 
-    async def _call(self, node: SimNode, addr: str, params: dict[str, Any]) -> Any:
-        """As ManagerClient: one connection per manager, dropped when it fails."""
+    async def _client(self, node: SimNode, addr: str) -> RpcClient:
         client = node.clients.get(addr)
         if client is None or client.closed:
             host, port = split_addr(addr)
@@ -531,6 +536,11 @@ class Fleet:
                 expect_cluster=self.cluster_id,
             )
             node.clients[addr] = client
+        return client
+
+    async def _call(self, node: SimNode, addr: str, params: dict[str, Any]) -> Any:
+        """As ManagerClient: one connection per manager, dropped when it fails."""
+        client = await self._client(node, addr)
         try:
             return await client.call("heartbeat", params, CALL_TIMEOUT)
         except RpcError as exc:
@@ -575,6 +585,39 @@ class Fleet:
 
     def start_beating(self, node: SimNode, phase: float) -> None:
         node.task = asyncio.create_task(self._beat_loop(node, phase))
+        if self.services:
+            node.watch = asyncio.create_task(self._watch_loop(node))
+
+    async def _watch_loop(self, node: SimNode) -> None:
+        """--services: as the agent's task loop, a ``tasks_watch`` long poll, and every task
+        the node is given to run reported running (``task_report``) at once."""
+        version: Any = None
+        epoch: Any = None
+        while not self.closing:
+            addr = self.picked(node)
+            try:
+                client = await self._client(node, addr)
+                reply = await client.call(
+                    "tasks_watch",
+                    {"node_id": node.node_id, "version": version, "epoch": epoch, "wait": 20},
+                    30,
+                )
+                version, epoch = reply.get("version"), reply.get("epoch")
+                updates = [
+                    {"id": t["id"], "state": "running", "message": "started", "pid": 1}
+                    for t in reply.get("tasks") or []
+                    if t.get("desired_state") == "running" and t.get("state") in TO_START
+                ]
+                if updates:
+                    await client.call(
+                        "task_report", {"node_id": node.node_id, "updates": updates}, 30
+                    )
+                    self.reported += len(updates)
+            except RpcError as exc:
+                self.watch_errors[exc.code] = self.watch_errors.get(exc.code, 0) + 1
+                if exc.code in FAILOVER_CODES:
+                    node.clients.pop(addr, None)
+                await asyncio.sleep(1.0)
 
     async def _beat_loop(self, node: SimNode, phase: float) -> None:
         loop = asyncio.get_running_loop()
@@ -613,7 +656,7 @@ class Fleet:
         loop iteration, and the beat loop runs on. So the loops also check ``closing``, and
         any still running is cancelled again until it stops."""
         self.closing = True
-        pending = {n.task for n in self.nodes if n.task is not None}
+        pending = {t for n in self.nodes for t in (n.task, n.watch) if t is not None}
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
             for task in pending:
@@ -723,6 +766,9 @@ class Level:
     rtt_p99_ms: float
     join_rate: float
     ready: list[ReadySample]
+    tasks_running: int = -1  # --services: the global service's tasks running, of tasks_total
+    tasks_total: int = -1
+    watch_errors: dict[str, int] = field(default_factory=dict)
 
     def ready_median(self, attr: str) -> float:
         return median([getattr(s, attr) for s in self.ready if not math.isnan(getattr(s, attr))])
@@ -741,6 +787,21 @@ class Failover:
     rtt_p99_ms: float
     by_manager: dict[str, int]
     ready_nodes: int  # simulated nodes Ready in the leader's node ls afterwards
+
+
+async def service_tasks(leader: Manager, nodes: int) -> tuple[int, int]:
+    """--services: (running, all) tasks of the global service on the leader, once every node
+    has its task running or 60 s have passed (as many as there are nodes, each reported)."""
+    deadline = time.monotonic() + 60
+    while True:
+        reply = await leader.call("service_ps", {"service": SERVICE})
+        tasks = reply.get("tasks") or []
+        running = sum(
+            1 for t in tasks if t.get("State") == "running" and t.get("DesiredState") == "running"
+        )
+        if running >= nodes or time.monotonic() > deadline:
+            return running, len(tasks)
+        await asyncio.sleep(1.0)
 
 
 async def loop_stalls(m: Manager) -> list[tuple[float, float]]:
@@ -816,6 +877,9 @@ async def measure_level(
         join_rate=join_rate,
         ready=ready,
     )
+    if fleet.services:
+        level.tasks_running, level.tasks_total = await service_tasks(leader1, count)
+        level.watch_errors, fleet.watch_errors = fleet.watch_errors, {}
     cpus = ", ".join(
         f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_pct:.1f}% (stall {lo.stall_ms:.0f} ms)"
         for lo in loads
@@ -892,6 +956,15 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> tuple[list[Level], 
     bundle = await fetch_ca_bundle(first.host, first.port, timeout=10)
     check_ca_bundle(bundle, parse_token(token))
     fleet = Fleet(cluster, token, bundle, str(info["cluster_id"]), args)
+    if args.services:  # one task per worker: the managers' own agents would run real ones
+        spec = {
+            "name": SERVICE,
+            "mode": "global",
+            "command": ["sleep", "infinity"],
+            "constraints": ["node.role==worker"],
+        }
+        await first.call("service_create", {"spec": spec})
+        log(f"global service {SERVICE} created (a task per simulated node)")
     levels: list[Level] = []
     failover: Failover | None = None
     try:
@@ -1026,6 +1099,10 @@ def print_report(
             notes.append(f"{lv.failed_over} beats failed over to another manager")
         if lv.errors:
             notes.append(f"errors: {lv.errors}")
+        if lv.tasks_total >= 0:
+            notes.append(f"global service: {lv.tasks_running} of {lv.tasks_total} tasks running")
+        if lv.watch_errors:
+            notes.append(f"task watch/report errors: {lv.watch_errors}")
         if notes:
             print(f"  {lv.nodes} nodes: " + "; ".join(notes))
     busy = [lv for lv in levels if not math.isnan(lv.manager_core_busy_pct)]
@@ -1099,6 +1176,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="failover",
         action="store_false",
         help="skip stopping a follower at the end (done with 3 or more managers)",
+    )
+    parser.add_argument(
+        "--services",
+        action="store_true",
+        help="also run a global service (one task per simulated node) that the nodes watch "
+        "and report running, as agents do",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: 10 and 30 nodes")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")

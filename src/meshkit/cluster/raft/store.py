@@ -42,6 +42,7 @@ from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft.lib import (
     FAIL_REASON,
+    DumpWriter,
     SyncObj,
     SyncObjConf,
     SyncObjConsumer,
@@ -315,6 +316,9 @@ class RaftStore:
         if self._soon is not None:
             self._soon.cancel()
         if self._obj is not None:
+            writer = getattr(self._obj, "_SyncObj__serializer", None)
+            if isinstance(writer, DumpWriter):
+                writer.abandon()  # its dump is not renamed into place: the journal stays whole
             try:
                 self._obj.destroy()
             except Exception:

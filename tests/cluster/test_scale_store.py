@@ -232,3 +232,28 @@ def test_network_map_is_built_once_per_burst_of_commands(monkeypatch: pytest.Mon
         assert methods.version == 2
 
     asyncio.run(main())
+
+
+def test_a_follower_back_from_a_stall_reads_before_it_calls_an_election(tmp_path: Path) -> None:
+    me, gone = _addr(64), _addr(65)
+
+    async def main() -> None:
+        store = RaftStore(me, [me, gone], tmp_path, SECRET, TIMINGS)
+        await store.start()
+        try:
+            assert store._obj is not None
+            store._tick_once()
+            past = time.monotonic() - 5.0
+            store._obj._SyncObj__raftElectionDeadline = past  # due long ago
+            store._last_tick_end = past  # and the loop could not tick since
+            store._tick_once()
+            assert store._obj._SyncObj__raftElectionDeadline > time.monotonic()
+            # a replica that ticked on time keeps its deadline
+            store._obj._SyncObj__raftElectionDeadline = past
+            store._last_tick_end = time.monotonic()
+            store._tick_once()
+            assert store._obj._SyncObj__raftElectionDeadline == past
+        finally:
+            store.close()
+
+    asyncio.run(main())

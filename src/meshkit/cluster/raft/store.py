@@ -236,6 +236,7 @@ class RaftStore:
         self.slowest_tick = 0.0
         self.stalls = StallLog()
         self._tick_due = 0.0
+        self._last_tick_end = float("inf")  # no tick yet: nothing to make up for
         self._closed = False
         self.on_applied: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
         self._machine.on_applied = self._applied
@@ -343,16 +344,30 @@ class RaftStore:
         if self._obj is None:
             return
         started = time.monotonic()
+        if started - self._last_tick_end > self.timings.election_min / 2:
+            self._hold_election(started + 2 * self.timings.append_period)
         try:
             self._obj.doTick(0.0)
         except Exception:
             log.exception("raft tick failed")
-        took = time.monotonic() - started
+        self._last_tick_end = time.monotonic()
+        took = self._last_tick_end - started
         self.slowest_tick = max(self.slowest_tick, took)
         self.stalls.note(took)
         if took > SLOW_TICK:
             log.warning("a raft tick held the event loop for %.0f ms", took * 1000)
         self._save_peers()
+
+    def _hold_election(self, until: float) -> None:
+        """This replica could not listen for a while (its loop was held, or the host starved
+        it): the leader's heartbeats may be waiting in its sockets. pysyncobj checks the
+        election deadline before it reads them, so a follower back from a stall longer than the
+        election timeout would start an election against a live leader. Time it could not
+        listen is not the leader's silence: the deadline moves past this tick's reads."""
+        assert self._obj is not None
+        name = "_SyncObj__raftElectionDeadline"
+        if getattr(self._obj, name, until) < until:
+            setattr(self._obj, name, until)
 
     def kick(self) -> None:
         """Tick at the next loop iteration (after a write, so it leaves at once)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import gc
 import gzip
 import os
 import signal
@@ -99,6 +100,10 @@ class DumpWriter(serializer.Serializer):  # type: ignore[misc]
             return
         self._Serializer__currentID = id
         tmp = self._Serializer__fileName + ".tmp"
+        # The replicated state is long-lived: out of the cyclic collector's way from now on.
+        # A full collection walks every object, and with thousands of nodes and tasks that
+        # held the loop for hundreds of ms; in the child it would also copy every page.
+        gc.freeze()
         pid = os.fork()
         if pid != 0:
             self._Serializer__pid = pid

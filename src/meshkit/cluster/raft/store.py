@@ -26,6 +26,7 @@ the store ticks it from the asyncio loop with ``doTick(0)`` (its poller never wa
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -302,6 +303,7 @@ class RaftStore:
             why = "cannot bind (is the raft port in use?)" if "Bind" in str(exc) else str(exc)
             raise StoreError(f"cannot start raft on {self.self_addr}: {why}") from exc
         self._save_peers()
+        gc.freeze()  # the state just loaded lives long: no full collection walks it again
         self._schedule()
 
     def close(self) -> None:

@@ -398,7 +398,7 @@ class Cluster:
             f"({last}); their output:\n{logs}"
         )
 
-    async def leader(self, timeout: float = 10.0) -> Manager:
+    async def leader(self, timeout: float = 30.0) -> Manager:
         """The manager that says it is the raft leader (and that the others agree on)."""
         deadline = time.monotonic() + timeout
         last = ""
@@ -743,6 +743,7 @@ class ManagerLoad:
     beats_per_s: float  # heartbeats it answered itself (followers pass theirs on in batches)
     stall_ms: float = float("nan")  # worst event-loop stall over the level (growth + window)
     window_stall_ms: float = float("nan")  # ... within the CPU window only
+    stall_cpu_ms: float = float("nan")  # CPU the manager used during its worst stall
 
 
 @dataclass
@@ -804,19 +805,26 @@ async def service_tasks(leader: Manager, nodes: int) -> tuple[int, int]:
         await asyncio.sleep(1.0)
 
 
-async def loop_stalls(m: Manager) -> list[tuple[float, float]]:
-    """The manager's recent event-loop stalls: (monotonic time, ms), from ``cluster_status``
-    (the raft store's tick timer, which fires late by as long as the loop was held)."""
+async def loop_stalls(m: Manager) -> list[tuple[float, float, float]]:
+    """The manager's recent event-loop stalls: (monotonic time, ms, CPU ms the process used
+    meanwhile), from ``cluster_status`` (the raft store's tick timer, which fires late by as
+    long as the loop was held)."""
     try:
         st = await m.call("cluster_status")
     except RpcError:
         return []
-    return [(float(t), float(ms)) for t, ms in st.get("loop_stalls") or []]
+    return [(float(e[0]), float(e[1]), float(e[2])) for e in st.get("loop_stalls") or []]
 
 
-def worst_stall(stalls: list[tuple[float, float]], since: float, until: float) -> float:
+def worst_stall(stalls: list[tuple[float, float, float]], since: float, until: float) -> float:
     """The longest stall that ended within [since, until] (0 when none over 20 ms)."""
-    return max((ms for t, ms in stalls if since <= t <= until), default=0.0)
+    return max((ms for t, ms, _cpu in stalls if since <= t <= until), default=0.0)
+
+
+def worst_stall_cpu(stalls: list[tuple[float, float, float]], since: float, until: float) -> float:
+    """The CPU the process used during that longest stall (far below it: the host starved it)."""
+    inside = [(ms, cpu) for t, ms, cpu in stalls if since <= t <= until]
+    return max(inside)[1] if inside else 0.0
 
 
 async def measure_level(
@@ -849,6 +857,7 @@ async def measure_level(
             cpu_pct=100.0 * (cpu1[m.name] - cpu0[m.name]) / elapsed,
             beats_per_s=stats.by_manager.get(m.api_addr, 0) / elapsed,
             stall_ms=worst_stall(stalls[m.name], level_began, t1),
+            stall_cpu_ms=worst_stall_cpu(stalls[m.name], level_began, t1),
             window_stall_ms=worst_stall(stalls[m.name], t0, t1),
         )
         for m in live
@@ -881,7 +890,8 @@ async def measure_level(
         level.tasks_running, level.tasks_total = await service_tasks(leader1, count)
         level.watch_errors, fleet.watch_errors = fleet.watch_errors, {}
     cpus = ", ".join(
-        f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_pct:.1f}% (stall {lo.stall_ms:.0f} ms)"
+        f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_pct:.1f}% "
+        f"(stall {lo.stall_ms:.0f} ms, {lo.stall_cpu_ms:.0f} ms of it on CPU)"
         for lo in loads
     )
     follower = level.ready_median("follower_s")

@@ -131,14 +131,14 @@ def test_compaction_dump_is_written_by_a_forked_child_and_reloaded(
 
 def test_stall_log_keeps_the_worst_and_the_recent_ones() -> None:
     log = StallLog()
-    log.note(0.001, now=1.0)  # not a stall
-    log.note(0.25, now=2.0)
-    log.note(0.05, now=3.0)
+    log.note(0.001, 0.001, now=1.0)  # not a stall
+    log.note(0.25, 0.2, now=2.0)
+    log.note(0.05, 0.0, now=3.0)  # the host ran something else
     status = log.status()
     assert status["loop_stall_max_ms"] == 250.0
-    assert status["loop_stalls"] == [[2.0, 250.0], [3.0, 50.0]]
+    assert status["loop_stalls"] == [[2.0, 250.0, 200.0], [3.0, 50.0, 0.0]]
     for i in range(StallLog.KEEP + 5):
-        log.note(0.03, now=10.0 + i)
+        log.note(0.03, 0.03, now=10.0 + i)
     assert len(log.status()["loop_stalls"]) == StallLog.KEEP
     assert log.status()["loop_stall_max_ms"] == 250.0
 

@@ -67,18 +67,22 @@ class StallLog:
 
     def __init__(self) -> None:
         self.worst = 0.0
-        self.recent: deque[tuple[float, float]] = deque(maxlen=self.KEEP)
+        self.recent: deque[tuple[float, float, float]] = deque(maxlen=self.KEEP)
 
-    def note(self, held: float, now: float | None = None) -> None:
+    def note(self, held: float, cpu: float, now: float | None = None) -> None:
+        """A hold of `held` seconds during which this process used `cpu` seconds of CPU: a
+        stall with little CPU is the host starving the process, not work on the loop."""
         if held <= self.OVER:
             return
         self.worst = max(self.worst, held)
-        self.recent.append((time.monotonic() if now is None else now, held))
+        self.recent.append((time.monotonic() if now is None else now, held, cpu))
 
     def status(self) -> dict[str, Any]:
         return {
             "loop_stall_max_ms": round(self.worst * 1000, 1),
-            "loop_stalls": [[round(t, 3), round(h * 1000, 1)] for t, h in self.recent],
+            "loop_stalls": [
+                [round(t, 3), round(h * 1000, 1), round(c * 1000, 1)] for t, h, c in self.recent
+            ],
         }
 
 
@@ -237,6 +241,7 @@ class RaftStore:
         self.slowest_tick = 0.0
         self.stalls = StallLog()
         self._tick_due = 0.0
+        self._tick_cpu = 0.0
         self._last_tick_end = float("inf")  # no tick yet: nothing to make up for
         self._closed = False
         self.on_applied: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
@@ -332,12 +337,13 @@ class RaftStore:
         assert self._loop is not None
         if not self._closed:
             self._tick_due = time.monotonic() + self.timings.tick
+            self._tick_cpu = time.process_time()
             self._tick_handle = self._loop.call_later(self.timings.tick, self._tick)
 
     def _tick(self) -> None:
         # How late the timer fired is how long the loop was held by whatever ran before it
         # (raft's own tick, a reply built, a plan made): the manager's loop-stall probe.
-        self.stalls.note(time.monotonic() - self._tick_due)
+        self.stalls.note(time.monotonic() - self._tick_due, time.process_time() - self._tick_cpu)
         self._tick_once()
         self._schedule()
 
@@ -345,7 +351,7 @@ class RaftStore:
         self._soon = None
         if self._obj is None:
             return
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         if started - self._last_tick_end > self.timings.election_min / 2:
             self._hold_election(started + 2 * self.timings.append_period)
         try:
@@ -355,7 +361,7 @@ class RaftStore:
         self._last_tick_end = time.monotonic()
         took = self._last_tick_end - started
         self.slowest_tick = max(self.slowest_tick, took)
-        self.stalls.note(took)
+        self.stalls.note(took, time.process_time() - cpu)
         if took > SLOW_TICK:
             log.warning("a raft tick held the event loop for %.0f ms", took * 1000)
         self._save_peers()

@@ -791,17 +791,15 @@ class Failover:
 
 
 async def service_tasks(leader: Manager, nodes: int) -> tuple[int, int]:
-    """--services: (running, all) tasks of the global service on the leader, once every node
-    has its task running or 60 s have passed (as many as there are nodes, each reported)."""
+    """--services: (running, wanted) tasks of the global service on the leader (wanted: those
+    whose desired state is running), once `nodes` of them run or 60 s have passed."""
     deadline = time.monotonic() + 60
     while True:
         reply = await leader.call("service_ps", {"service": SERVICE})
-        tasks = reply.get("tasks") or []
-        running = sum(
-            1 for t in tasks if t.get("State") == "running" and t.get("DesiredState") == "running"
-        )
+        wanted = [t for t in reply.get("tasks") or [] if t.get("DesiredState") == "running"]
+        running = sum(1 for t in wanted if t.get("State") == "running")
         if running >= nodes or time.monotonic() > deadline:
-            return running, len(tasks)
+            return running, len(wanted)
         await asyncio.sleep(1.0)
 
 
@@ -887,7 +885,7 @@ async def measure_level(
         ready=ready,
     )
     if fleet.services:
-        level.tasks_running, level.tasks_total = await service_tasks(leader1, count)
+        level.tasks_running, level.tasks_total = await service_tasks(leader1, len(fleet.nodes))
         level.watch_errors, fleet.watch_errors = fleet.watch_errors, {}
     cpus = ", ".join(
         f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_pct:.1f}% "
@@ -1110,7 +1108,10 @@ def print_report(
         if lv.errors:
             notes.append(f"errors: {lv.errors}")
         if lv.tasks_total >= 0:
-            notes.append(f"global service: {lv.tasks_running} of {lv.tasks_total} tasks running")
+            notes.append(
+                f"global service: {lv.tasks_running} of {lv.tasks_total} tasks running "
+                "(one per simulated node)"
+            )
         if lv.watch_errors:
             notes.append(f"task watch/report errors: {lv.watch_errors}")
         if notes:

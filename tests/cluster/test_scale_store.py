@@ -257,3 +257,22 @@ def test_a_follower_back_from_a_stall_reads_before_it_calls_an_election(tmp_path
             store.close()
 
     asyncio.run(main())
+
+
+def test_node_assignment_is_indexed_per_state_version() -> None:
+    from meshkit.cluster.api.services import node_assignment
+    from meshkit.cluster.model import services as sv
+
+    st = _state_with_nodes(3)
+    spec = {"name": "g", "mode": "global", "command": ["sleep", "1"]}
+    cs.apply(st, {"op": "service_create", "service": {"id": "s" * 25, "spec": spec}, "now": 1.0})
+    svc = st.services["s" * 25]
+    tasks = [sv.new_task(f"t{i:024d}", svc, 0, 1.0) for i in range(3)]
+    nodes = {f"t{i:024d}": f"{i:025d}" for i in range(3)}
+    cs.apply(st, {"op": "tasks_write", "create": tasks, "node": nodes, "now": 2.0})
+    for i in range(3):
+        assert [t["id"] for t in node_assignment(st, f"{i:025d}")] == [f"t{i:024d}"]
+    assert node_assignment(st, "a" * 25) == []
+    more = [sv.new_task("u" * 25, svc, 0, 3.0)]
+    cs.apply(st, {"op": "tasks_write", "create": more, "node": {"u" * 25: "a" * 25}, "now": 3.0})
+    assert [t["id"] for t in node_assignment(st, "a" * 25)] == ["u" * 25]  # a new version

@@ -586,13 +586,14 @@ class Fleet:
     def start_beating(self, node: SimNode, phase: float) -> None:
         node.task = asyncio.create_task(self._beat_loop(node, phase))
         if self.services:
-            node.watch = asyncio.create_task(self._watch_loop(node))
+            node.watch = asyncio.create_task(self._watch_loop(node, phase))
 
-    async def _watch_loop(self, node: SimNode) -> None:
+    async def _watch_loop(self, node: SimNode, phase: float) -> None:
         """--services: as the agent's task loop, a ``tasks_watch`` long poll, and every task
         the node is given to run reported running (``task_report``) at once."""
         version: Any = None
         epoch: Any = None
+        await asyncio.sleep(phase)  # its first beat opens the connection
         while not self.closing:
             addr = self.picked(node)
             try:
@@ -637,16 +638,16 @@ class Fleet:
         start = len(self.nodes)
         began = time.perf_counter()
 
-        async def one(i: int) -> SimNode:
+        async def one(i: int) -> None:
             async with gate:
-                return await self.join_one(i, self.join_target())
-
-        new = await asyncio.gather(*(one(start + i) for i in range(missing)))
-        rate = missing / (time.perf_counter() - began)
-        for node in new:
+                node = await self.join_one(i, self.join_target())
+            # beating from its join on, as an agent does (not the whole fleet at once at the
+            # end: thousands of TLS connections in the same second are no steady state)
             self.nodes.append(node)
             self.start_beating(node, self.rng.uniform(0, self.period))
-        return rate
+
+        await asyncio.gather(*(one(start + i) for i in range(missing)))
+        return missing / (time.perf_counter() - began)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop the beat loops and close the connections, each step bounded in time.

@@ -41,7 +41,7 @@ NODE_NET_METHODS = frozenset({"netmap_watch"})
 WATCH_WAIT = 20.0
 
 # commands that can change the network map
-MAP_COALESCE = 0.2  # seconds between two builds of the network map in a burst of changes
+MAP_COALESCE = 1.0  # seconds between two builds of the network map in a burst of changes
 
 _MAP_OPS = frozenset(
     {

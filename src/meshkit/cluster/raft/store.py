@@ -14,8 +14,10 @@ the store ticks it from the asyncio loop with ``doTick(0)`` (its poller never wa
   check with `meshkit service ls`", as it may have committed; so does a leader change under it
   (unless the command is idempotent or carries a ``request_id``, which make a resend safe).
 - On disk, in the store's directory: ``journal`` (the raft log, with term and vote), ``dump``
-  (the full-state snapshot pysyncobj writes on log compaction) and ``peers.json`` (the raft
-  members last seen, so a restarted manager knows its partners before it replays the log).
+  (the full-state snapshot pysyncobj writes on log compaction: a forked child pickles a
+  copy-on-write view of the state, `lib.DumpWriter`, so nothing O(state) runs on the loop)
+  and ``peers.json`` (the raft members last seen, so a restarted manager knows its partners
+  before it replays the log).
 - Membership is dynamic: the leader's `reconcile_members()` adds or removes one raft member at
   a time until the members match the managers in the state; a leader that must go transfers
   its leadership first.
@@ -200,7 +202,7 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
 
     def _serialize(self) -> _Snapshot:
         # Called on the loop when raft compacts its log; the dump itself is written by a forked
-        # child (pysyncobj's useFork), which pickles what this returns: a copy-on-write view of
+        # child (lib.DumpWriter), which pickles what this returns: a copy-on-write view of
         # the state at this very index, turned into its dict form only in the child.
         return _Snapshot(self.state)
 

@@ -77,6 +77,8 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SRC_DIR = REPO_ROOT / "src"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+TO_START = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting")
+SERVICE = "bench-global"
 CALL_TIMEOUT = 5.0  # ManagerClient.ask's default, for connects and heartbeats
 GOAL_NODES = 1000
 GOAL_PCT = 50.0
@@ -131,11 +133,12 @@ def tail(path: Path, lines: int = 20) -> str:
 
 
 def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds, from /proc/<pid>/stat."""
+    """utime + stime of a process (all its threads) and of its children it waited for (the
+    raft dump writers a manager forks), in seconds, from /proc/<pid>/stat."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state): utime is field 14, stime field 15
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    # fields[0] is field 3 (state): utime is field 14, stime 15, cutime 16, cstime 17
+    return sum(int(x) for x in fields[11:15]) / CLK_TCK
 
 
 def self_cpu_seconds() -> float:
@@ -395,7 +398,7 @@ class Cluster:
             f"({last}); their output:\n{logs}"
         )
 
-    async def leader(self, timeout: float = 10.0) -> Manager:
+    async def leader(self, timeout: float = 30.0) -> Manager:
         """The manager that says it is the raft leader (and that the others agree on)."""
         deadline = time.monotonic() + timeout
         last = ""
@@ -452,6 +455,7 @@ class SimNode:
     manager_idx: int  # as ManagerClient._rotation: random start, moved on when a manager fails
     clients: dict[str, RpcClient] = field(default_factory=dict)
     task: asyncio.Task[None] | None = None
+    watch: asyncio.Task[None] | None = None  # --services: its tasks_watch loop
 
 
 class Fleet:
@@ -472,6 +476,9 @@ class Fleet:
         self._join_ctx = client_ssl_context(None, bundle)
         self._joins = 0
         self.closing = False
+        self.services = args.services
+        self.reported = 0  # --services: tasks reported running
+        self.watch_errors: dict[str, int] = {}
 
     def join_target(self) -> Manager:
         """Joins go through the live managers in turn."""
@@ -516,8 +523,7 @@ class Fleet:
     def picked(self, node: SimNode) -> str:
         return node.managers[node.manager_idx % len(node.managers)]
 
-    async def _call(self, node: SimNode, addr: str, params: dict[str, Any]) -> Any:
-        """As ManagerClient: one connection per manager, dropped when it fails."""
+    async def _client(self, node: SimNode, addr: str) -> RpcClient:
         client = node.clients.get(addr)
         if client is None or client.closed:
             host, port = split_addr(addr)
@@ -530,6 +536,11 @@ class Fleet:
                 expect_cluster=self.cluster_id,
             )
             node.clients[addr] = client
+        return client
+
+    async def _call(self, node: SimNode, addr: str, params: dict[str, Any]) -> Any:
+        """As ManagerClient: one connection per manager, dropped when it fails."""
+        client = await self._client(node, addr)
         try:
             return await client.call("heartbeat", params, CALL_TIMEOUT)
         except RpcError as exc:
@@ -574,6 +585,40 @@ class Fleet:
 
     def start_beating(self, node: SimNode, phase: float) -> None:
         node.task = asyncio.create_task(self._beat_loop(node, phase))
+        if self.services:
+            node.watch = asyncio.create_task(self._watch_loop(node, phase))
+
+    async def _watch_loop(self, node: SimNode, phase: float) -> None:
+        """--services: as the agent's task loop, a ``tasks_watch`` long poll, and every task
+        the node is given to run reported running (``task_report``) at once."""
+        version: Any = None
+        epoch: Any = None
+        await asyncio.sleep(phase)  # its first beat opens the connection
+        while not self.closing:
+            addr = self.picked(node)
+            try:
+                client = await self._client(node, addr)
+                reply = await client.call(
+                    "tasks_watch",
+                    {"node_id": node.node_id, "version": version, "epoch": epoch, "wait": 20},
+                    30,
+                )
+                version, epoch = reply.get("version"), reply.get("epoch")
+                updates = [
+                    {"id": t["id"], "state": "running", "message": "started", "pid": 1}
+                    for t in reply.get("tasks") or []
+                    if t.get("desired_state") == "running" and t.get("state") in TO_START
+                ]
+                if updates:
+                    await client.call(
+                        "task_report", {"node_id": node.node_id, "updates": updates}, 30
+                    )
+                    self.reported += len(updates)
+            except RpcError as exc:
+                self.watch_errors[exc.code] = self.watch_errors.get(exc.code, 0) + 1
+                if exc.code in FAILOVER_CODES:
+                    node.clients.pop(addr, None)
+                await asyncio.sleep(1.0)
 
     async def _beat_loop(self, node: SimNode, phase: float) -> None:
         loop = asyncio.get_running_loop()
@@ -593,16 +638,16 @@ class Fleet:
         start = len(self.nodes)
         began = time.perf_counter()
 
-        async def one(i: int) -> SimNode:
+        async def one(i: int) -> None:
             async with gate:
-                return await self.join_one(i, self.join_target())
-
-        new = await asyncio.gather(*(one(start + i) for i in range(missing)))
-        rate = missing / (time.perf_counter() - began)
-        for node in new:
+                node = await self.join_one(i, self.join_target())
+            # beating from its join on, as an agent does (not the whole fleet at once at the
+            # end: thousands of TLS connections in the same second are no steady state)
             self.nodes.append(node)
             self.start_beating(node, self.rng.uniform(0, self.period))
-        return rate
+
+        await asyncio.gather(*(one(start + i) for i in range(missing)))
+        return missing / (time.perf_counter() - began)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Stop the beat loops and close the connections, each step bounded in time.
@@ -612,7 +657,7 @@ class Fleet:
         loop iteration, and the beat loop runs on. So the loops also check ``closing``, and
         any still running is cancelled again until it stops."""
         self.closing = True
-        pending = {n.task for n in self.nodes if n.task is not None}
+        pending = {t for n in self.nodes for t in (n.task, n.watch) if t is not None}
         deadline = time.monotonic() + timeout
         while pending and time.monotonic() < deadline:
             for task in pending:
@@ -697,6 +742,9 @@ class ManagerLoad:
     leader: bool
     cpu_pct: float
     beats_per_s: float  # heartbeats it answered itself (followers pass theirs on in batches)
+    stall_ms: float = float("nan")  # worst event-loop stall over the level (growth + window)
+    window_stall_ms: float = float("nan")  # ... within the CPU window only
+    stall_cpu_ms: float = float("nan")  # CPU the manager used during its worst stall
 
 
 @dataclass
@@ -720,6 +768,9 @@ class Level:
     rtt_p99_ms: float
     join_rate: float
     ready: list[ReadySample]
+    tasks_running: int = -1  # --services: the global service's tasks running, of tasks_total
+    tasks_total: int = -1
+    watch_errors: dict[str, int] = field(default_factory=dict)
 
     def ready_median(self, attr: str) -> float:
         return median([getattr(s, attr) for s in self.ready if not math.isnan(getattr(s, attr))])
@@ -740,10 +791,46 @@ class Failover:
     ready_nodes: int  # simulated nodes Ready in the leader's node ls afterwards
 
 
+async def service_tasks(leader: Manager, nodes: int) -> tuple[int, int]:
+    """--services: (running, wanted) tasks of the global service on the leader (wanted: those
+    whose desired state is running), once `nodes` of them run or 60 s have passed."""
+    deadline = time.monotonic() + 60
+    while True:
+        reply = await leader.call("service_ps", {"service": SERVICE})
+        wanted = [t for t in reply.get("tasks") or [] if t.get("DesiredState") == "running"]
+        running = sum(1 for t in wanted if t.get("State") == "running")
+        if running >= nodes or time.monotonic() > deadline:
+            return running, len(wanted)
+        await asyncio.sleep(1.0)
+
+
+async def loop_stalls(m: Manager) -> list[tuple[float, float, float]]:
+    """The manager's recent event-loop stalls: (monotonic time, ms, CPU ms the process used
+    meanwhile), from ``cluster_status`` (the raft store's tick timer, which fires late by as
+    long as the loop was held)."""
+    try:
+        st = await m.call("cluster_status")
+    except RpcError:
+        return []
+    return [(float(e[0]), float(e[1]), float(e[2])) for e in st.get("loop_stalls") or []]
+
+
+def worst_stall(stalls: list[tuple[float, float, float]], since: float, until: float) -> float:
+    """The longest stall that ended within [since, until] (0 when none over 20 ms)."""
+    return max((ms for t, ms, _cpu in stalls if since <= t <= until), default=0.0)
+
+
+def worst_stall_cpu(stalls: list[tuple[float, float, float]], since: float, until: float) -> float:
+    """The CPU the process used during that longest stall (far below it: the host starved it)."""
+    inside = [(ms, cpu) for t, ms, cpu in stalls if since <= t <= until]
+    return max(inside)[1] if inside else 0.0
+
+
 async def measure_level(
     args: argparse.Namespace, cluster: Cluster, fleet: Fleet, count: int
 ) -> Level:
     log(f"growing the fleet to {count} nodes ...")
+    level_began = time.monotonic()
     join_rate = await fleet.grow_to(count)
     cluster.check_alive()
     await asyncio.sleep(fleet.period + 1.0)  # every node beating at steady state
@@ -760,6 +847,7 @@ async def measure_level(
     cluster.check_alive()
     leader1 = await cluster.leader()
     elapsed = t1 - t0
+    stalls = {m.name: await loop_stalls(m) for m in live}
     loads = [
         ManagerLoad(
             name=m.name,
@@ -767,6 +855,9 @@ async def measure_level(
             leader=m is leader1,
             cpu_pct=100.0 * (cpu1[m.name] - cpu0[m.name]) / elapsed,
             beats_per_s=stats.by_manager.get(m.api_addr, 0) / elapsed,
+            stall_ms=worst_stall(stalls[m.name], level_began, t1),
+            stall_cpu_ms=worst_stall_cpu(stalls[m.name], level_began, t1),
+            window_stall_ms=worst_stall(stalls[m.name], t0, t1),
         )
         for m in live
     ]
@@ -794,7 +885,14 @@ async def measure_level(
         join_rate=join_rate,
         ready=ready,
     )
-    cpus = ", ".join(f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_pct:.1f}%" for lo in loads)
+    if fleet.services:
+        level.tasks_running, level.tasks_total = await service_tasks(leader1, len(fleet.nodes))
+        level.watch_errors, fleet.watch_errors = fleet.watch_errors, {}
+    cpus = ", ".join(
+        f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_pct:.1f}% "
+        f"(stall {lo.stall_ms:.0f} ms, {lo.stall_cpu_ms:.0f} ms of it on CPU)"
+        for lo in loads
+    )
     follower = level.ready_median("follower_s")
     log(
         f"  {count} nodes: CPU {cpus} (* leader), {level.beats_per_s:.1f} beats/s, "
@@ -867,6 +965,15 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> tuple[list[Level], 
     bundle = await fetch_ca_bundle(first.host, first.port, timeout=10)
     check_ca_bundle(bundle, parse_token(token))
     fleet = Fleet(cluster, token, bundle, str(info["cluster_id"]), args)
+    if args.services:  # one task per worker: the managers' own agents would run real ones
+        spec = {
+            "name": SERVICE,
+            "mode": "global",
+            "command": ["sleep", "infinity"],
+            "constraints": ["node.role==worker"],
+        }
+        await first.call("service_create", {"spec": spec})
+        log(f"global service {SERVICE} created (a task per simulated node)")
     levels: list[Level] = []
     failover: Failover | None = None
     try:
@@ -932,6 +1039,7 @@ def print_report(
     )
     head = [f"{'nodes':>6}"]
     head += [f"{n + ' CPU':>9}" for n in names]
+    head += [f"{n + ' stall':>9}" for n in names]
     if len(names) > 1:
         head.append(f"{'sum':>7}")
     head += [
@@ -957,6 +1065,10 @@ def print_report(
             lo = loads.get(n)
             cell = "-" if lo is None else f"{lo.cpu_pct:.1f}%" + ("L" if lo.leader else " ")
             row.append(f"{cell:>9}")
+        for n in names:
+            lo = loads.get(n)
+            cell = "-" if lo is None else _num(lo.stall_ms, "ms", 0)
+            row.append(f"{cell:>9}")
         if len(names) > 1:
             row.append(f"{lv.managers_cpu_pct:>6.1f}%")
         per_beat = "-"
@@ -977,6 +1089,9 @@ def print_report(
             row.append(f"{_num(lv.ready_median('follower_s'), 's', 2):>7}")
         print(" ".join(row))
     print(
+        "CPU = the manager process and the raft dump writers it forks; stall = its worst "
+        "event-loop stall (its raft tick timer late by that much, or a raft tick that long) "
+        "from the start of the fleet's growth to the end of the window; "
         "per beat = all managers' CPU above the idle (0-node) baseline per heartbeat answered; "
         "clients = this process (the simulated nodes); join = a new node's join call; "
         "Ready L / Ready F = from that join's start until node ls on the leader / on the "
@@ -993,6 +1108,13 @@ def print_report(
             notes.append(f"{lv.failed_over} beats failed over to another manager")
         if lv.errors:
             notes.append(f"errors: {lv.errors}")
+        if lv.tasks_total >= 0:
+            notes.append(
+                f"global service: {lv.tasks_running} of {lv.tasks_total} tasks running "
+                "(one per simulated node)"
+            )
+        if lv.watch_errors:
+            notes.append(f"task watch/report errors: {lv.watch_errors}")
         if notes:
             print(f"  {lv.nodes} nodes: " + "; ".join(notes))
     busy = [lv for lv in levels if not math.isnan(lv.manager_core_busy_pct)]
@@ -1066,6 +1188,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="failover",
         action="store_false",
         help="skip stopping a follower at the end (done with 3 or more managers)",
+    )
+    parser.add_argument(
+        "--services",
+        action="store_true",
+        help="also run a global service (one task per simulated node) that the nodes watch "
+        "and report running, as agents do",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test: 10 and 30 nodes")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")

@@ -57,6 +57,8 @@ NODE_NET_METHODS = frozenset({"netmap_watch", "network_attach", "network_detach"
 WATCH_WAIT = 20.0
 
 # commands that can change the network map
+MAP_COALESCE = 1.0  # seconds between two builds of the network map in a burst of changes
+
 _MAP_OPS = frozenset(
     {
         "init",
@@ -142,6 +144,9 @@ class NetworkMethods:
         self.epoch = os.urandom(6).hex()
         self.version = 0
         self._map: dict[str, Any] | None = None
+        self._dirty = False  # a command changed what the map is built from
+        self._built_at = float("-inf")
+        self._rebuild_handle: asyncio.TimerHandle | None = None
         self._changed = asyncio.Condition()
         self.keys_due = asyncio.Event()  # meshkit.cluster.node.netkeys waits on it
 
@@ -150,11 +155,26 @@ class NetworkMethods:
     def applied(self, cmd: Mapping[str, Any]) -> None:
         if cmd.get("op") in _KEY_OPS:
             self.keys_due.set()
+        # The map is O(nodes + tasks): built once per burst of commands (a raft tick applies
+        # many; thousands of joins come in a row), at most every MAP_COALESCE seconds, not once
+        # per command on the loop. `current()` builds it at once when a change is pending.
         if cmd.get("op") not in _MAP_OPS:
             return
+        self._dirty = True
+        if self._rebuild_handle is None:
+            loop = asyncio.get_running_loop()
+            wait = max(0.0, self._built_at + MAP_COALESCE - time.monotonic())
+            self._rebuild_handle = loop.call_later(wait, self._rebuild)
+
+    def _rebuild(self) -> None:
+        if self._rebuild_handle is not None:
+            self._rebuild_handle.cancel()
+            self._rebuild_handle = None
+        self._dirty = False
         st = self.node.state
         if st is None or not st.initialized:
             return
+        self._built_at = time.monotonic()
         new = netstate.netmap(st)
         if new == self._map:
             return
@@ -167,6 +187,8 @@ class NetworkMethods:
             self._changed.notify_all()
 
     def current(self) -> dict[str, Any]:
+        if self._dirty:
+            self._rebuild()
         if self._map is None:
             self._map = netstate.netmap(loaded_state(self.node))
         return self._map

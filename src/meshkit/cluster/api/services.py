@@ -163,8 +163,25 @@ def task_view(
 
 
 def node_assignment(st: cstate.ClusterState, node_id: str) -> list[dict[str, Any]]:
-    tasks: dict[str, dict[str, Any]] = st.tasks  # type: ignore[attr-defined]
-    return [t for t in tasks.values() if t.get("node_id") == node_id]
+    return list(_tasks_by_node(st).get(node_id, ()))
+
+
+# The tasks of every node, indexed once per state version: a change that wakes thousands of
+# nodes' tasks_watch would otherwise scan every task once per node, on the loop.
+_BY_NODE: tuple[int, int, dict[str, list[dict[str, Any]]]] = (0, -1, {})
+
+
+def _tasks_by_node(st: cstate.ClusterState) -> dict[str, list[dict[str, Any]]]:
+    global _BY_NODE
+    state_id, index, by_node = _BY_NODE
+    if state_id != id(st) or index != st.index:
+        by_node = {}
+        tasks: dict[str, dict[str, Any]] = st.tasks  # type: ignore[attr-defined]
+        for t in tasks.values():
+            if t.get("node_id"):
+                by_node.setdefault(t["node_id"], []).append(t)
+        _BY_NODE = (id(st), st.index, by_node)
+    return by_node
 
 
 def touched_nodes(st: cstate.ClusterState, cmd: Mapping[str, Any]) -> set[str] | None:

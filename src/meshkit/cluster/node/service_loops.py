@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 PLAN_COALESCE = 0.02
 """Seconds the orchestrator waits after a change for more changes before planning."""
 
+PLAN_GAP = 0.5
+"""Seconds at least between two plans while changes keep coming: a plan is O(state), and
+with thousands of nodes joining and reporting it held the leader's loop most of the time."""
+
 PLAN_TICK = 1.0
 """Seconds between plans when nothing changes (timers: restart delays, update monitors)."""
 
@@ -147,13 +151,15 @@ class ServiceLoops:
 
         node = self.node
         wake_at: float | None = None
+        planned_at = float("-inf")
         while not node.stopping:
             timeout = PLAN_TICK
             if wake_at is not None:
                 timeout = min(timeout, max(0.0, wake_at - time.time()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.plan_now.wait(), timeout)
-            await asyncio.sleep(PLAN_COALESCE)
+            await asyncio.sleep(max(PLAN_COALESCE, planned_at + PLAN_GAP - time.monotonic()))
+            planned_at = time.monotonic()
             self.plan_now.clear()
             st = node.state
             if not (node.is_manager and node.is_leader and node.has_quorum) or st is None:

@@ -19,6 +19,11 @@ far below the cap: log entries go in batches of 64 KiB and snapshots in parts.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import gc
+import gzip
+import os
+import signal
 import socket
 import struct
 from typing import Any
@@ -39,6 +44,8 @@ from pysyncobj import (  # noqa: E402  (must come after saving the socket functi
     serializer,
     tcp_connection,
 )
+from pysyncobj import syncobj as syncobj_module  # noqa: E402
+from pysyncobj.config import SERIALIZER_STATE  # noqa: E402
 
 socket.inet_ntop = _inet_ntop
 socket.inet_pton = _inet_pton
@@ -72,9 +79,71 @@ def _private_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
 journal.open = _private_open  # type: ignore[attr-defined]
 serializer.open = _private_open  # type: ignore[attr-defined]
 
+
+class DumpWriter(serializer.Serializer):  # type: ignore[misc]
+    """pysyncobj's serializer, with its forked dump written so that a crash cannot lose writes.
+
+    pysyncobj's forked child writes the dump and renames it into place itself; the parent
+    drops the journal entries the dump holds when it next sees the child gone. A manager that
+    stops (or dies) in between leaves a dump newer than the journal's start, and pysyncobj
+    then throws the whole journal away on load: every entry after the dump is lost. Here the
+    child only writes ``dump.tmp``; the parent renames it in the same tick as it drops the
+    entries. The child also leaves the parent's signal wake-up fd alone, and a store that
+    closes stops a child still writing.
+    """
+
+    def serialize(self, data: Any, id: Any) -> None:
+        if self._Serializer__pid != 0:  # type: ignore[has-type]
+            return
+        if not self._Serializer__useFork:
+            super().serialize(data, id)
+            return
+        self._Serializer__currentID = id
+        tmp = self._Serializer__fileName + ".tmp"
+        # The replicated state is long-lived: out of the cyclic collector's way from now on.
+        # A full collection walks every object, and with thousands of nodes and tasks that
+        # held the loop for hundreds of ms; in the child it would also copy every page.
+        gc.freeze()
+        pid = os.fork()
+        if pid != 0:
+            self._Serializer__pid = pid
+            return
+        code = 1
+        try:
+            with contextlib.suppress(ValueError, OSError):
+                signal.set_wakeup_fd(-1)
+            with _private_open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb") as g:
+                pickle.dump(data, g)
+            code = 0
+        finally:
+            os._exit(code)
+
+    def checkSerializing(self) -> Any:
+        state, sid = super().checkSerializing()
+        if state == SERIALIZER_STATE.SUCCESS and self._Serializer__useFork:
+            name = self._Serializer__fileName
+            try:
+                os.replace(name + ".tmp", name)
+            except OSError:
+                return SERIALIZER_STATE.FAILED, sid
+        return state, sid
+
+    def abandon(self) -> None:
+        """Stop and reap a child still writing a dump (the store is closing)."""
+        pid = self._Serializer__pid
+        if pid > 0:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            self._Serializer__pid = 0
+
+
+syncobj_module.Serializer = DumpWriter  # what SyncObj builds its serializer from
+
 __all__ = [
     "FAIL_REASON",
     "MAX_RAFT_FRAME",
+    "DumpWriter",
     "SyncObj",
     "SyncObjConf",
     "SyncObjConsumer",

@@ -14,8 +14,10 @@ the store ticks it from the asyncio loop with ``doTick(0)`` (its poller never wa
   check with `meshkit service ls`", as it may have committed; so does a leader change under it
   (unless the command is idempotent or carries a ``request_id``, which make a resend safe).
 - On disk, in the store's directory: ``journal`` (the raft log, with term and vote), ``dump``
-  (the full-state snapshot pysyncobj writes on log compaction) and ``peers.json`` (the raft
-  members last seen, so a restarted manager knows its partners before it replays the log).
+  (the full-state snapshot pysyncobj writes on log compaction: a forked child pickles a
+  copy-on-write view of the state, `lib.DumpWriter`, so nothing O(state) runs on the loop)
+  and ``peers.json`` (the raft members last seen, so a restarted manager knows its partners
+  before it replays the log).
 - Membership is dynamic: the leader's `reconcile_members()` adds or removes one raft member at
   a time until the members match the managers in the state; a leader that must go transfers
   its leadership first.
@@ -26,10 +28,12 @@ the store ticks it from the asyncio loop with ``doTick(0)`` (its poller never wa
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,7 @@ from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft.lib import (
     FAIL_REASON,
+    DumpWriter,
     SyncObj,
     SyncObjConf,
     SyncObjConsumer,
@@ -52,6 +57,35 @@ log = logging.getLogger(__name__)
 
 SLOW_TICK = 0.05
 """A raft tick longer than this (seconds) is logged: ticks must never block the loop."""
+
+
+class StallLog:
+    """The longest event-loop stalls seen (each a time on the monotonic clock, which every
+    process of the host shares, and a length), so that a bench can ask a manager for the worst
+    stall within its own window."""
+
+    KEEP = 512
+    OVER = 0.02  # seconds; shorter holds are not stalls worth keeping
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.recent: deque[tuple[float, float, float]] = deque(maxlen=self.KEEP)
+
+    def note(self, held: float, cpu: float, now: float | None = None) -> None:
+        """A hold of `held` seconds during which this process used `cpu` seconds of CPU: a
+        stall with little CPU is the host starving the process, not work on the loop."""
+        if held <= self.OVER:
+            return
+        self.worst = max(self.worst, held)
+        self.recent.append((time.monotonic() if now is None else now, held, cpu))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "loop_stall_max_ms": round(self.worst * 1000, 1),
+            "loop_stalls": [
+                [round(t, 3), round(h * 1000, 1), round(c * 1000, 1)] for t, h, c in self.recent
+            ],
+        }
 
 
 class StoreError(MeshkitError):
@@ -128,6 +162,20 @@ _RETRY_IF_IDEMPOTENT = (
 )
 
 
+class _Snapshot:
+    """The state as raft's dump holds it, made when pickled (so in the forked child that writes
+    the dump, never on the event loop): it unpickles as the plain dict of `to_dict()`, the dump
+    format replicas load, whatever the version that wrote it."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: cstate.ClusterState) -> None:
+        self.state = state
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return dict, (self.state.to_dict(),)
+
+
 class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
     """The replicated object: one ClusterState, changed only by `apply_command`."""
 
@@ -152,8 +200,11 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
                 log.exception("state change hook failed")
         return result
 
-    def _serialize(self) -> dict[str, Any]:
-        return self.state.to_dict()
+    def _serialize(self) -> _Snapshot:
+        # Called on the loop when raft compacts its log; the dump itself is written by a forked
+        # child (lib.DumpWriter), which pickles what this returns: a copy-on-write view of
+        # the state at this very index, turned into its dict form only in the child.
+        return _Snapshot(self.state)
 
     def _deserialize(self, data: dict[str, Any]) -> None:
         self.state = cstate.ClusterState.from_dict(data)
@@ -190,6 +241,10 @@ class RaftStore:
         # this node stop being a manager (a manager demoting itself)
         self._by_cid: dict[str, asyncio.Future[tuple[Any, int]]] = {}
         self.slowest_tick = 0.0
+        self.stalls = StallLog()
+        self._tick_due = 0.0
+        self._tick_cpu = 0.0
+        self._last_tick_end = float("inf")  # no tick yet: nothing to make up for
         self._closed = False
         self.on_applied: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
         self._machine.on_applied = self._applied
@@ -221,7 +276,7 @@ class RaftStore:
             password=self._secret,
             bindAddress=self.self_addr,
             maxBindRetries=1,
-            useFork=False,
+            useFork=True,  # log compaction: the dump is written by a forked child
             appendEntriesUseBatch=False,
             commandsWaitLeader=False,  # no leader: fail now (and retry here), never apply late
             raftMinTimeout=t.election_min,
@@ -255,6 +310,7 @@ class RaftStore:
             why = "cannot bind (is the raft port in use?)" if "Bind" in str(exc) else str(exc)
             raise StoreError(f"cannot start raft on {self.self_addr}: {why}") from exc
         self._save_peers()
+        gc.freeze()  # the state just loaded lives long: no full collection walks it again
         self._schedule()
 
     def close(self) -> None:
@@ -270,6 +326,9 @@ class RaftStore:
         if self._soon is not None:
             self._soon.cancel()
         if self._obj is not None:
+            writer = getattr(self._obj, "_SyncObj__serializer", None)
+            if isinstance(writer, DumpWriter):
+                writer.abandon()  # its dump is not renamed into place: the journal stays whole
             try:
                 self._obj.destroy()
             except Exception:
@@ -279,9 +338,14 @@ class RaftStore:
     def _schedule(self) -> None:
         assert self._loop is not None
         if not self._closed:
+            self._tick_due = time.monotonic() + self.timings.tick
+            self._tick_cpu = time.process_time()
             self._tick_handle = self._loop.call_later(self.timings.tick, self._tick)
 
     def _tick(self) -> None:
+        # How late the timer fired is how long the loop was held by whatever ran before it
+        # (raft's own tick, a reply built, a plan made): the manager's loop-stall probe.
+        self.stalls.note(time.monotonic() - self._tick_due, time.process_time() - self._tick_cpu)
         self._tick_once()
         self._schedule()
 
@@ -289,16 +353,31 @@ class RaftStore:
         self._soon = None
         if self._obj is None:
             return
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
+        if started - self._last_tick_end > self.timings.election_min / 2:
+            self._hold_election(started + 2 * self.timings.append_period)
         try:
             self._obj.doTick(0.0)
         except Exception:
             log.exception("raft tick failed")
-        took = time.monotonic() - started
+        self._last_tick_end = time.monotonic()
+        took = self._last_tick_end - started
         self.slowest_tick = max(self.slowest_tick, took)
+        self.stalls.note(took, time.process_time() - cpu)
         if took > SLOW_TICK:
             log.warning("a raft tick held the event loop for %.0f ms", took * 1000)
         self._save_peers()
+
+    def _hold_election(self, until: float) -> None:
+        """This replica could not listen for a while (its loop was held, or the host starved
+        it): the leader's heartbeats may be waiting in its sockets. pysyncobj checks the
+        election deadline before it reads them, so a follower back from a stall longer than the
+        election timeout would start an election against a live leader. Time it could not
+        listen is not the leader's silence: the deadline moves past this tick's reads."""
+        assert self._obj is not None
+        name = "_SyncObj__raftElectionDeadline"
+        if getattr(self._obj, name, until) < until:
+            setattr(self._obj, name, until)
 
     def kick(self) -> None:
         """Tick at the next loop iteration (after a write, so it leaves at once)."""
@@ -374,6 +453,7 @@ class RaftStore:
             "last_applied": 0 if self._obj is None else self._obj.raftLastApplied,
             "term": 0 if self._obj is None else self._obj.raftCurrentTerm,
             "slowest_tick_ms": round(self.slowest_tick * 1000, 3),
+            **self.stalls.status(),
         }
 
     # -- writes --------------------------------------------------------------------------------

@@ -27,6 +27,14 @@ keep-alive requests/s) and a 1 MiB file (Gbit/s of bodies); medians and ratios a
    (HAProxy's ``namespace`` server keyword), connecting to the tasks' ``ingress`` addresses:
    the same hop meshkit's mesh makes. Goal mesh/HAProxy >= 1.0.
 
+3. The gateway (outbound access, issue 19): ``iperf3 -c 203.0.113.10 -t D --json`` (TCP,
+   receiver rate) from the client task, whose default route is ``gw0`` on m1's gateway bridge
+   ``meshkit_gwbr`` (nftables masquerade), against the same from m1's own namespace; host
+   ``cl`` holds 203.0.113.10 (TEST-NET-3) on its loopback and the nodes route 203.0.113.0/24
+   through cl's underlay address, as tests/cluster/test_gateway_netns.py does. Goal task/node
+   >= 0.9; the reverse direction (``-R``, the outside sending) is shown for context.
+   ``--gateway off`` skips it, ``--gateway only`` measures nothing else.
+
 The VIP and the mesh are checked before measuring (the VIP resolves and answers, 8091 answers);
 when one does not, the baselines are still measured and the run ends with status 1 naming what
 did not answer. Every namespace, service and process the run made is removed at the end, also
@@ -35,6 +43,7 @@ on Ctrl-C, SIGTERM or a failure.
     python bench/mesh.py                        # 3 rounds x 5 s per measurement
     python bench/mesh.py --quick                # 1 round x 2 s, the CI smoke test (~1 min)
     python bench/mesh.py --dataplane userspace --backend web --replicas 3 --json /tmp/mesh.json
+    python bench/mesh.py --gateway only         # the gateway's iperf3 case alone (~40 s)
 """
 
 from __future__ import annotations
@@ -80,6 +89,9 @@ LARGE_SIZE = 1024 * 1024
 FILES = {"small": ("file", SMALL_SIZE), "large": ("1mb", LARGE_SIZE)}
 REQUIRED = ("ip", "nsenter", "wrk", "haproxy", "dig", "curl")
 MANAGER, WORKER, CLIENT_HOST = "m1", "w1", "cl"
+OUTSIDE_IP = "203.0.113.10"  # on cl's loopback: the outside world for the gateway case
+IPERF_PORT = 5201
+GW = "gw"  # the Results "file" of the gateway case (Gbit/s like the large file)
 AGENT_ENV = {"MESHKIT_RAFT_TICK": "0.02"}
 
 
@@ -147,11 +159,23 @@ COMPARISONS = (
         "mesh_small", "mesh vs HAProxy, keep-alive req/s (100 B)", "haproxy", "mesh", "small", 1.0
     ),
     Comparison("mesh_large", "mesh vs HAProxy, Gbit/s (1 MiB)", "haproxy", "mesh", "large", 1.0),
+    Comparison(
+        "gw_out", "gateway: task vs node to the outside, iperf3 Gbit/s", "node", "task", GW, 0.9
+    ),
+    Comparison(
+        "gw_in",
+        "context: gateway reverse (-R, outside to task vs to node), Gbit/s",
+        "node-R",
+        "task-R",
+        GW,
+        None,
+    ),
 )
 
 
 # the order of the measurements within a round, for each file
 TARGETS = ("direct", "vip", "vip-any", "haproxy-vip", "haproxy", "mesh")
+GW_TARGETS = ("node", "task", "node-R", "task-R")
 
 
 @dataclass
@@ -200,6 +224,21 @@ def split_load(threads: int, conns: int, parts: int) -> list[tuple[int, int]]:
         c = max(t, conns // parts + (1 if i < conns % parts else 0))
         out.append((t, c))
     return out
+
+
+def parse_iperf(out: str) -> float:
+    """Gbit/s the receiver counted, from `iperf3 --json`; ValueError naming iperf3's own error
+    (or the missing field) otherwise."""
+    try:
+        doc = json.loads(out)
+    except json.JSONDecodeError:
+        raise ValueError(f"iperf3 printed no JSON: {out.strip()[:200]!r}") from None
+    if doc.get("error"):
+        raise ValueError(f"iperf3: {doc['error']}")
+    try:
+        return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("iperf3's JSON has no end.sum_received.bits_per_second") from None
 
 
 def value_of(rate: float, file: str) -> float:
@@ -293,12 +332,21 @@ def fmt(value: float | None, file: str) -> str:
     return f"{value / 1000:.1f}k req/s" if file == "small" else f"{value:.2f} Gbit/s"
 
 
+def shown(args: argparse.Namespace) -> list[Comparison]:
+    """The comparisons this run measures (`--gateway off|only` leaves out one part)."""
+    return [
+        c
+        for c in COMPARISONS
+        if (c.file == GW and args.gateway != "off") or (c.file != GW and args.gateway != "only")
+    ]
+
+
 def table(results: Results, args: argparse.Namespace) -> tuple[str, bool]:
     """The medians table and whether every measured goal was met."""
     header = ("comparison", "anchor median", "meshkit median", "ratio", "goal")
     rows = []
     met_all = True
-    for comp in COMPARISONS:
+    for comp in shown(args):
         ratio = results.ratio(comp)
         if comp.goal is None:
             verdict = "context"
@@ -320,7 +368,8 @@ def table(results: Results, args: argparse.Namespace) -> tuple[str, bool]:
         )
     widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
     lines = [
-        f"meshkit VIP and routing mesh: {args.rounds} round(s) x {args.duration:g} s, medians; "
+        f"meshkit VIP, routing mesh and gateway: {args.rounds} round(s) x {args.duration:g} s, "
+        "medians; "
         f"{args.replicas} x {args.backend} backend, {args.dataplane} data plane, "
         f"direct = {args.direct}, HAProxy {'with' if args.haproxy_splice else 'without'} "
         "splice",
@@ -328,7 +377,7 @@ def table(results: Results, args: argparse.Namespace) -> tuple[str, bool]:
         "-+-".join("-" * w for w in widths),
         *(" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows),
     ]
-    for comp in COMPARISONS:
+    for comp in shown(args):
         per = results.samples.get(comp.file, {})
         paired = [
             s.value / a.value
@@ -393,7 +442,7 @@ class MeshLab:
         self.lab = Lab(self.nl)
         self.task_pids: set[int] = set()
         self.task_ids: set[str] = set()
-        self.haproxies: list[subprocess.Popen[bytes]] = []
+        self.daemons: list[subprocess.Popen[bytes]] = []  # HAProxy, iperf3 -s
 
     # -- cluster -----------------------------------------------------------------------
 
@@ -562,6 +611,27 @@ class MeshLab:
         node = self.lab.node_ids()[host]
         return f"mkn-{str(net['ID'])[:8]}-{node[:8]}"
 
+    def start_outside(self) -> None:
+        """cl plays the outside world: OUTSIDE_IP on its loopback, an iperf3 server bound to
+        it; m1 and w1 route 203.0.113.0/24 through cl's underlay address. cl has no route to
+        the gateway subnets, so only masqueraded traffic comes back."""
+        self.nl.run(CLIENT_HOST, ["ip", "addr", "add", f"{OUTSIDE_IP}/32", "dev", "lo"])
+        for h in (MANAGER, WORKER):
+            self.nl.run(
+                h, ["ip", "route", "add", "203.0.113.0/24", "via", self.nl.addr(CLIENT_HOST)]
+            )
+        self.daemons.append(
+            subprocess.Popen(
+                self.on_host(
+                    CLIENT_HOST, ["iperf3", "-s", "-B", OUTSIDE_IP, "-p", str(IPERF_PORT)]
+                ),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+
     def start_haproxy(self, name: str, config: str) -> Path:
         """HAProxy with `config`, run from the agent of m1's mount namespace (where its
         /run/netns mounts are, for the `namespace` keywords) and in m1's host network
@@ -581,7 +651,7 @@ class MeshLab:
             str(conf),
         ]
         with logfile.open("wb") as out:
-            self.haproxies.append(
+            self.daemons.append(
                 subprocess.Popen(
                     argv,
                     stdin=subprocess.DEVNULL,
@@ -596,7 +666,7 @@ class MeshLab:
 
     def close(self) -> None:
         errors: list[str] = []
-        for proc in self.haproxies:
+        for proc in self.daemons:
             stop_popen(proc)
         with contextlib.suppress(Exception):
             self.tasks(SERVICE)  # the newest pids, should a task have restarted
@@ -710,6 +780,167 @@ class Targets:
     cmds: dict[str, Callable[[str], list[list[str]]]] = field(default_factory=dict)
 
 
+def http_targets(
+    ml: MeshLab,
+    args: argparse.Namespace,
+    backends: list[dict[str, Any]],
+    client: dict[str, Any],
+    results: Results,
+) -> Targets:
+    """The wrk command lines of the VIP, direct, HAProxy and mesh targets, each checked to
+    answer first (what does not goes to results.missing)."""
+    targets = Targets()
+    d, th, cs = args.duration, args.threads, args.connections
+
+    # direct: the tasks' addresses on the service network, from the client task
+    ips = [task_addr(t, NETWORK) for t in backends]
+    if None in ips:
+        raise BenchError(f"a task of {SERVICE} has no address on {NETWORK}: {backends}")
+    direct_ips = [str(ip) for ip in ips][: 1 if args.direct == "one" else None]
+    for ip in direct_ips:
+        for name, size in FILES.values():
+            why = ml.http_ok(ml.in_task(client, []), f"http://{ip}:{TARGET_PORT}/{name}", size)
+            if why:
+                raise BenchError(f"a task does not answer directly: {why}")
+    loads = split_load(th, cs, len(direct_ips))
+    targets.cmds["direct"] = lambda path: [
+        ml.in_task(client, wrk_argv(t, c, d, f"http://{ip}:{TARGET_PORT}/{path}"))
+        for ip, (t, c) in zip(direct_ips, loads, strict=True)
+    ]
+
+    # the VIP: resolved in the client task, then it must serve both files
+    vip, said = None, ""
+    deadline = time.monotonic() + args.wait
+    while vip is None and time.monotonic() < deadline:
+        vip, said = ml.resolve_vip(client)
+        if vip is None:
+            time.sleep(0.5)
+    if vip is None:
+        results.missing["vip"] = (
+            f"`dig @127.0.0.11 {SERVICE}` in the client task gave no "
+            f"single address within {args.wait:g} s: {said}"
+        )
+    else:
+        why = wait_answer(ml, ml.in_task(client, []), vip, TARGET_PORT, args.wait)
+        if why:
+            results.missing["vip"] = f"the VIP {vip} resolves but does not serve: {why}"
+        else:
+            log(f"VIP {vip} answers")
+            targets.cmds["vip"] = lambda path: [
+                ml.in_task(client, wrk_argv(th, cs, d, f"http://{vip}:{TARGET_PORT}/{path}"))
+            ]
+            why = wait_answer(ml, ml.in_task(client, []), vip, UNDECLARED_PORT, args.wait)
+            if why:
+                results.missing["vip-any"] = f"the VIP {vip} on port {UNDECLARED_PORT}: {why}"
+            else:
+                targets.cmds["vip-any"] = lambda path: [
+                    ml.in_task(
+                        client, wrk_argv(th, cs, d, f"http://{vip}:{UNDECLARED_PORT}/{path}")
+                    )
+                ]
+
+    # context: HAProxy doing the VIP's hop, in m1's namespace of the service network
+    # (listening on the network's gateway address, which the client task reaches there)
+    net_ns = ml.network_ns(NETWORK, MANAGER)
+    gateway = ml.gateway(NETWORK)
+    config = haproxy_config(
+        f"{gateway}:{HAPROXY_PORT}",
+        [f"{ip}:{TARGET_PORT}" for ip in ips],
+        net_ns,
+        listen_netns=net_ns,
+        splice=args.haproxy_splice,
+    )
+    logfile = ml.start_haproxy("haproxy-vip", config)
+    why = wait_answer(ml, ml.in_task(client, []), gateway, HAPROXY_PORT, 15)
+    if why:
+        raise BenchError(f"HAProxy as the VIP ({net_ns}) does not serve: {why}\n{tail(logfile)}")
+    targets.cmds["haproxy-vip"] = lambda path: [
+        ml.in_task(client, wrk_argv(th, cs, d, f"http://{gateway}:{HAPROXY_PORT}/{path}"))
+    ]
+
+    # HAProxy on m1 doing the mesh's hop: host namespace in, the ingress overlay out
+    m1 = ml.nl.addr(MANAGER)
+    from_cl = ml.on_host(CLIENT_HOST, [])
+    ingress_ips = [task_addr(t, "ingress") for t in backends]
+    if None not in ingress_ips:
+        hop_net, hop_ips = "ingress", [str(ip) for ip in ingress_ips]
+    else:  # no ingress addresses (yet): the service network is the same kind of hop
+        hop_net, hop_ips = NETWORK, [str(ip) for ip in ips]
+        log(f"note: the tasks have no ingress address; HAProxy relays over {NETWORK}")
+    hop_ns = ml.network_ns(hop_net, MANAGER)
+    config = haproxy_config(
+        f"{m1}:{HAPROXY_PORT}",
+        [f"{ip}:{TARGET_PORT}" for ip in hop_ips],
+        hop_ns,
+        splice=args.haproxy_splice,
+    )
+    logfile = ml.start_haproxy("haproxy-mesh", config)
+    why = wait_answer(ml, from_cl, m1, HAPROXY_PORT, 15)
+    if why:
+        raise BenchError(f"HAProxy (servers in {hop_ns}) does not serve: {why}\n{tail(logfile)}")
+    log(f"HAProxy on {m1}:{HAPROXY_PORT} answers (servers in {hop_ns}: {hop_ips})")
+    targets.cmds["haproxy"] = lambda path: [
+        ml.on_host(CLIENT_HOST, wrk_argv(th, cs, d, f"http://{m1}:{HAPROXY_PORT}/{path}"))
+    ]
+    why = wait_answer(ml, from_cl, m1, MESH_PORT, args.wait)
+    if why:
+        results.missing["mesh"] = f"the published port {m1}:{MESH_PORT} does not serve: {why}"
+    else:
+        log(f"routing mesh on {m1}:{MESH_PORT} answers")
+        targets.cmds["mesh"] = lambda path: [
+            ml.on_host(CLIENT_HOST, wrk_argv(th, cs, d, f"http://{m1}:{MESH_PORT}/{path}"))
+        ]
+
+    return targets
+
+
+def iperf_argv(seconds: float, reverse: bool) -> list[str]:
+    argv = ["iperf3", "-c", OUTSIDE_IP, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "--json"]
+    return [*argv, "-R"] if reverse else argv
+
+
+def run_iperf(where: list[str], seconds: float, reverse: bool = False) -> float:
+    """Gbit/s of one iperf3 run to the outside from `where` (a namespace prefix); BenchError
+    when it fails."""
+    argv = [*where, *iperf_argv(seconds, reverse)]
+    r = sh(argv, timeout=seconds + 30)
+    try:
+        return parse_iperf(r.stdout)
+    except ValueError as exc:
+        raise BenchError(
+            f"{shlex.join(argv)} (status {r.returncode}): {exc} {r.stderr.strip()}"
+        ) from None
+
+
+def gateway_targets(
+    ml: MeshLab, args: argparse.Namespace, client: dict[str, Any], results: Results
+) -> dict[str, tuple[list[str], bool]]:
+    """The outside host and its iperf3 server, checked from both ends with a one-second run;
+    per target, where iperf3 runs and whether in reverse (-R)."""
+    ml.start_outside()
+    task = ml.in_task(client, [])
+    node = ml.on_host(MANAGER, [])
+    route = " ".join(sh([*task, "ip", "route", "get", OUTSIDE_IP]).stdout.split())
+    log(f"gateway: the client task reaches {OUTSIDE_IP} by: {route or '(no route)'}")
+    why = ""
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        try:
+            run_iperf(node, 1)
+            run_iperf(task, 1)
+            run_iperf(task, 1, reverse=True)
+            why = ""
+            break
+        except BenchError as exc:
+            why = str(exc)
+            time.sleep(0.5)
+    if why:
+        results.missing["gateway"] = why
+        return {}
+    return {"node": (node, False), "task": (task, False), "node-R": (node, True),
+            "task-R": (task, True)}  # fmt: skip
+
+
 def bench(args: argparse.Namespace, tmp: Path) -> Results:
     results = Results()
     ml = MeshLab(args, tmp)
@@ -726,110 +957,11 @@ def bench(args: argparse.Namespace, tmp: Path) -> Results:
             + ", ".join(f"{t['Name']} on {t['Node']} (pid {t['Pid']})" for t in [*backends, client])
         )
         targets = Targets()
-        d, th, cs = args.duration, args.threads, args.connections
-
-        # direct: the tasks' addresses on the service network, from the client task
-        ips = [task_addr(t, NETWORK) for t in backends]
-        if None in ips:
-            raise BenchError(f"a task of {SERVICE} has no address on {NETWORK}: {backends}")
-        direct_ips = [str(ip) for ip in ips][: 1 if args.direct == "one" else None]
-        for ip in direct_ips:
-            for name, size in FILES.values():
-                why = ml.http_ok(ml.in_task(client, []), f"http://{ip}:{TARGET_PORT}/{name}", size)
-                if why:
-                    raise BenchError(f"a task does not answer directly: {why}")
-        loads = split_load(th, cs, len(direct_ips))
-        targets.cmds["direct"] = lambda path: [
-            ml.in_task(client, wrk_argv(t, c, d, f"http://{ip}:{TARGET_PORT}/{path}"))
-            for ip, (t, c) in zip(direct_ips, loads, strict=True)
-        ]
-
-        # the VIP: resolved in the client task, then it must serve both files
-        vip, said = None, ""
-        deadline = time.monotonic() + args.wait
-        while vip is None and time.monotonic() < deadline:
-            vip, said = ml.resolve_vip(client)
-            if vip is None:
-                time.sleep(0.5)
-        if vip is None:
-            results.missing["vip"] = (
-                f"`dig @127.0.0.11 {SERVICE}` in the client task gave no "
-                f"single address within {args.wait:g} s: {said}"
-            )
-        else:
-            why = wait_answer(ml, ml.in_task(client, []), vip, TARGET_PORT, args.wait)
-            if why:
-                results.missing["vip"] = f"the VIP {vip} resolves but does not serve: {why}"
-            else:
-                log(f"VIP {vip} answers")
-                targets.cmds["vip"] = lambda path: [
-                    ml.in_task(client, wrk_argv(th, cs, d, f"http://{vip}:{TARGET_PORT}/{path}"))
-                ]
-                why = wait_answer(ml, ml.in_task(client, []), vip, UNDECLARED_PORT, args.wait)
-                if why:
-                    results.missing["vip-any"] = f"the VIP {vip} on port {UNDECLARED_PORT}: {why}"
-                else:
-                    targets.cmds["vip-any"] = lambda path: [
-                        ml.in_task(
-                            client, wrk_argv(th, cs, d, f"http://{vip}:{UNDECLARED_PORT}/{path}")
-                        )
-                    ]
-
-        # context: HAProxy doing the VIP's hop, in m1's namespace of the service network
-        # (listening on the network's gateway address, which the client task reaches there)
-        net_ns = ml.network_ns(NETWORK, MANAGER)
-        gateway = ml.gateway(NETWORK)
-        config = haproxy_config(
-            f"{gateway}:{HAPROXY_PORT}",
-            [f"{ip}:{TARGET_PORT}" for ip in ips],
-            net_ns,
-            listen_netns=net_ns,
-            splice=args.haproxy_splice,
-        )
-        logfile = ml.start_haproxy("haproxy-vip", config)
-        why = wait_answer(ml, ml.in_task(client, []), gateway, HAPROXY_PORT, 15)
-        if why:
-            raise BenchError(
-                f"HAProxy as the VIP ({net_ns}) does not serve: {why}\n{tail(logfile)}"
-            )
-        targets.cmds["haproxy-vip"] = lambda path: [
-            ml.in_task(client, wrk_argv(th, cs, d, f"http://{gateway}:{HAPROXY_PORT}/{path}"))
-        ]
-
-        # HAProxy on m1 doing the mesh's hop: host namespace in, the ingress overlay out
-        m1 = ml.nl.addr(MANAGER)
-        from_cl = ml.on_host(CLIENT_HOST, [])
-        ingress_ips = [task_addr(t, "ingress") for t in backends]
-        if None not in ingress_ips:
-            hop_net, hop_ips = "ingress", [str(ip) for ip in ingress_ips]
-        else:  # no ingress addresses (yet): the service network is the same kind of hop
-            hop_net, hop_ips = NETWORK, [str(ip) for ip in ips]
-            log(f"note: the tasks have no ingress address; HAProxy relays over {NETWORK}")
-        hop_ns = ml.network_ns(hop_net, MANAGER)
-        config = haproxy_config(
-            f"{m1}:{HAPROXY_PORT}",
-            [f"{ip}:{TARGET_PORT}" for ip in hop_ips],
-            hop_ns,
-            splice=args.haproxy_splice,
-        )
-        logfile = ml.start_haproxy("haproxy-mesh", config)
-        why = wait_answer(ml, from_cl, m1, HAPROXY_PORT, 15)
-        if why:
-            raise BenchError(
-                f"HAProxy (servers in {hop_ns}) does not serve: {why}\n{tail(logfile)}"
-            )
-        log(f"HAProxy on {m1}:{HAPROXY_PORT} answers (servers in {hop_ns}: {hop_ips})")
-        targets.cmds["haproxy"] = lambda path: [
-            ml.on_host(CLIENT_HOST, wrk_argv(th, cs, d, f"http://{m1}:{HAPROXY_PORT}/{path}"))
-        ]
-        why = wait_answer(ml, from_cl, m1, MESH_PORT, args.wait)
-        if why:
-            results.missing["mesh"] = f"the published port {m1}:{MESH_PORT} does not serve: {why}"
-        else:
-            log(f"routing mesh on {m1}:{MESH_PORT} answers")
-            targets.cmds["mesh"] = lambda path: [
-                ml.on_host(CLIENT_HOST, wrk_argv(th, cs, d, f"http://{m1}:{MESH_PORT}/{path}"))
-            ]
+        if args.gateway != "only":
+            targets = http_targets(ml, args, backends, client, results)
+        gw_cmds: dict[str, tuple[list[str], bool]] = {}
+        if args.gateway != "off":
+            gw_cmds = gateway_targets(ml, args, client, results)
 
         # warm-up: a second of each (connection tables, caches, Python code paths)
         for make in targets.cmds.values() if args.warmup else ():
@@ -840,11 +972,17 @@ def bench(args: argparse.Namespace, tmp: Path) -> Results:
                 for target in TARGETS:
                     if target not in targets.cmds:
                         continue
-                    rate, errors = run_wrks(targets.cmds[target](path), d)
+                    rate, errors = run_wrks(targets.cmds[target](path), args.duration)
                     sample = Sample(value_of(rate, file), errors)
                     results.add(file, target, sample)
                     extra = f"  ({errors})" if errors else ""
                     log(f"  round {rnd} {file:<5} {target:<11} {fmt(sample.value, file)}{extra}")
+            for target in GW_TARGETS:
+                if target in gw_cmds:
+                    where, reverse = gw_cmds[target]
+                    sample = Sample(run_iperf(where, args.duration, reverse))
+                    results.add(GW, target, sample)
+                    log(f"  round {rnd} {GW:<5} {target:<11} {fmt(sample.value, GW)}")
         log(f"done ({time.monotonic() - t0:.0f} s)")
     finally:
         ml.close()
@@ -883,11 +1021,12 @@ def write_json(results: Results, args: argparse.Namespace, path: Path) -> None:
         "direct": args.direct,
         "threads": args.threads,
         "haproxy_splice": args.haproxy_splice,
+        "gateway": args.gateway,
         "connections": args.connections,
         "not_measured": results.missing,
         "comparisons": {},
     }
-    for comp in COMPARISONS:
+    for comp in shown(args):
         per = results.samples.get(comp.file, {})
         entry: dict[str, Any] = {
             "unit": "req/s" if comp.file == "small" else "Gbit/s",
@@ -953,6 +1092,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="skip the one-second warm-up run of each target (--quick skips it)",
     )
+    p.add_argument(
+        "--gateway",
+        choices=("on", "off", "only"),
+        default="on",
+        help="the gateway case (iperf3 from a task to the outside vs from the node): measured "
+        "with the rest (on, the default), skipped (off) or alone (only)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write the samples to FILE")
     p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
     args = p.parse_args(argv)
@@ -983,11 +1129,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     tools = REQUIRED + (("nginx",) if args.backend == "nginx" else ())
+    tools += ("iperf3",) if args.gateway != "off" else ()
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         log(
             f"error: required tool(s) not found on PATH: {', '.join(missing)} (Debian: apt-get "
-            "install iproute2 util-linux wrk haproxy bind9-dnsutils curl nginx-light)"
+            "install iproute2 util-linux wrk haproxy bind9-dnsutils curl nginx-light iperf3)"
         )
         return 2
 

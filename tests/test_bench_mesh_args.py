@@ -9,6 +9,7 @@ import importlib.util
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -253,3 +254,72 @@ def test_task_addresses_by_network_name() -> None:
     assert mesh.task_addr(task, "other") is None
     ended = {**task, "DesiredState": "shutdown"}
     assert mesh.running([task, ended]) == [task]
+
+
+# ------------------------------------------------------------------------------- gateway case
+
+
+@pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 is not installed")
+def test_parse_iperf_reads_a_real_iperf3_run_and_names_its_errors() -> None:
+    # iperf3 cannot be asked for a free port: take one, then retry the client until it listens
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        ["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        out = ""
+        for _ in range(50):
+            r = subprocess.run(
+                ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", "1", "--json"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            out = r.stdout
+            if r.returncode == 0:
+                break
+            threading.Event().wait(0.1)
+        assert mesh.parse_iperf(out) > 0.01
+    finally:
+        server.kill()
+        server.wait()
+    refused = subprocess.run(
+        ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", "1", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    with pytest.raises(ValueError, match="iperf3: unable to connect"):
+        mesh.parse_iperf(refused.stdout)
+    with pytest.raises(ValueError, match="no JSON"):
+        mesh.parse_iperf("iperf3: error - something\n")
+    with pytest.raises(ValueError, match="sum_received"):
+        mesh.parse_iperf('{"end": {}}')
+
+
+def test_gateway_rows_follow_the_gateway_option() -> None:
+    res = mesh.Results()
+    for node, task in ((10.0, 8.0), (9.0, 9.0), (8.0, 7.6)):
+        res.add(mesh.GW, "node", mesh.Sample(node))
+        res.add(mesh.GW, "task", mesh.Sample(task))
+    text, met = mesh.table(res, _args(rounds=3, gateway="only"))
+    rows = {line.split("|")[0].strip(): line for line in text.splitlines() if "|" in line}
+    assert set(rows) == {
+        "comparison",
+        "gateway: task vs node to the outside, iperf3 Gbit/s",
+        "context: gateway reverse (-R, outside to task vs to node), Gbit/s",
+    }
+    # medians 8.0 / 9.0 = 0.888...: truncated, a miss
+    out = rows["gateway: task vs node to the outside, iperf3 Gbit/s"]
+    assert "9.00 Gbit/s" in out and "8.00 Gbit/s" in out and "0.88x" in out and "MISSED" in out
+    assert "gw_out task/node per round: 0.80 1.00 0.95 (median 0.95)" in text
+    assert met is False
+    text, _ = mesh.table(res, _args(gateway="off"))
+    assert "gateway" not in text.split("\n", 1)[1]
+    assert mesh.parse_args(["--quick"]).gateway == "on"

@@ -1,7 +1,8 @@
 """Caddy v1's own setup tests, ported case by case: every Caddyfile input of the setup tests of
 each core directive meshkit has (caddyhttp/*/setup_test.go, caddyhttp/proxy/upstream_test.go,
 caddyhttp/index/index_test.go, caddyhttp/root/root_test.go, caddytls/setup_test.go; templates,
-markdown, websocket, expvar and request_id in support/caddy_v1/content.py), with
+markdown, websocket, expvar, request_id and push in support/caddy_v1/content.py; bind, timeouts
+and the plugin proxyprotocol in listener.py; on, startup and shutdown in hooks.py), with
 whether Caddy v1 accepts it, and for accepted ones the values its test reads where meshkit has
 the same concept. Each case names the Go test it comes from (`TestName#N`: the N-th input of
 its table, from 0, as the Go tests count).
@@ -25,7 +26,7 @@ import pytest
 
 from meshkit.web.caddyfile.load import Defaults, load_text
 from support.caddy_v1 import Case
-from support.caddy_v1.content import EXPVAR, MARKDOWN, REQUEST_ID, TEMPLATES, WEBSOCKET
+from support.caddy_v1.content import EXPVAR, MARKDOWN, PUSH, REQUEST_ID, TEMPLATES, WEBSOCKET
 from support.caddy_v1.core import (
     BASICAUTH,
     BROWSE,
@@ -38,6 +39,8 @@ from support.caddy_v1.core import (
     INTERNAL,
     LIMITS,
 )
+from support.caddy_v1.hooks import ON, SHUTDOWN, STARTUP
+from support.caddy_v1.listener import BIND, PROXYPROTOCOL, TIMEOUTS
 from support.caddy_v1.proxy import PROXY
 from support.caddy_v1.routing import DISPENSER, LOG, MIME, REDIR, REWRITE, ROOT, STATUS
 from support.caddy_v1.tlscases import TLS
@@ -57,7 +60,8 @@ ALL = (
     + LIMITS
 )
 ALL += LOG + MIME + PROXY + REDIR + REWRITE + ROOT + STATUS + TLS
-ALL += TEMPLATES + MARKDOWN + WEBSOCKET + EXPVAR + REQUEST_ID
+ALL += TEMPLATES + MARKDOWN + WEBSOCKET + EXPVAR + REQUEST_ID + PUSH
+ALL += BIND + TIMEOUTS + PROXYPROTOCOL + ON + STARTUP + SHUTDOWN
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +151,8 @@ def test_every_core_directive_meshkit_has_is_covered() -> None:
     covered = {c.body.split()[0] for c in ALL if c.body.split()}
     # plugins in v1, not core: http.git (no setup tests in caddyserver/caddy) and
     # captncraig/caddy-realip (its only test, realip_test.go, runs the handler, not the
-    # parser); tests/web/test_caddymisc_units.py and golden/realip.caddyfile parse realip
+    # parser); tests/web/test_caddymisc_units.py and golden/realip.caddyfile parse realip.
+    # (The plugin mastercactapus/caddy-proxyprotocol's setup tests are ported: listener.py.)
     not_v1 = {"git", "realip"}
     missing = set(REGISTRY) - covered - not_v1
     assert not missing, f"directives without ported v1 setup cases: {sorted(missing)}"

@@ -38,7 +38,7 @@ def _errors(text: str) -> list[str]:
         ("timeouts 10x", "Caddyfile:2"),
         ("timeouts {\n  body 5s\n }", "unknown timeouts option 'body'"),
         ("timeouts {\n  read -1s\n }", "Caddyfile:3"),
-        ("proxyprotocol", "Caddyfile:2"),
+        ("proxyprotocol {\n  timeout\n }", "Caddyfile:3"),
         ("proxyprotocol 10.0.0.300/8", "not an address range"),
         ("proxyprotocol 127.0.0.1 {\n  wait 1s\n }", "unknown proxyprotocol option 'wait'"),
     ],

@@ -18,12 +18,14 @@ from support.tlscerts import issue, make_ca
 @pytest.mark.parametrize(
     ("block", "needle"),
     [
-        ("push /index.html", "needs the resources"),
+        ("push /a /b {\n  header :path /x\n }", "':path' is not a header field name"),
+        ("push /a /b {\n  header Content-Length 1\n }", "cannot carry Content-Length"),
+        ("push /a {\n  /b /c\n }", "one resource per line"),
         ("push /a style.css", "must be a path starting with /"),
         ("push /a /b {\n  method POST\n }", "method 'POST'"),
         ("push /a /b {\n  header X\n }", "Caddyfile:3"),
         ("push /a /b {\n  weight 3\n }", "unknown push option 'weight'"),
-        ("push {\n  method GET\n }", "push without a path takes no block"),
+        ("push {\n  method\n }", "Caddyfile:3"),
     ],
 )
 def test_bad_lines(block: str, needle: str) -> None:
@@ -42,7 +44,8 @@ def test_rules_merge_by_path() -> None:
             PushRule(
                 "/index.html",
                 [PushResource("/a.css", "GET", [("N", "v")]), PushResource("/b.css", "HEAD")],
-            )
+            ),
+            PushRule("/"),  # a bare `push`, as Caddy v1
         ]
     )
 

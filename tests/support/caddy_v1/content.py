@@ -176,3 +176,93 @@ REQUEST_ID = [
     ),
     Case("request_id TestSetupWithTooManyArgs", "request_id foo bar", False),
 ]
+
+# --- push (caddyhttp/push/setup_test.go; TestConfigParse's cases by name) -------------------
+
+
+def _push(*want: tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]) -> Check:
+    """(path, [(resource, method, fields)]) per rule. v1's X-Push field marks a pushed
+    request inside the server; meshkit marks it out of band, so it is not among the fields.
+    Field names compare lowercased (v1 wrote them canonical, meshkit as given)."""
+    return lambda d: _eq(
+        [
+            (
+                r.path,
+                [(x.path, x.method, [(k.lower(), v) for k, v in x.headers]) for x in r.resources],
+            )
+            for r in d["push"].rules
+        ],
+        list(want),
+    )
+
+
+_BLOCK = "push /index.html /index.css {\n\t\t\t\t%s\n\t\t\t}"
+_TWO = [("/style.css", "GET", []), ("/style2.css", "GET", [])]
+PUSH = [
+    Case("push TestPushAvailable", "push /index.html /available.css", True),
+    Case("push TestConfigParse#ParseInvalidEmptyConfig", "push", True, _push(("/", []))),
+    Case(
+        "push TestConfigParse#ParseInvalidConfig",
+        "push /index.html",
+        True,
+        _push(("/index.html", [])),
+    ),
+    Case("push TestConfigParse#ParseInvalidConfigBlock", _BLOCK % "method", False),
+    Case("push TestConfigParse#ParseInvalidHeaderFormat", _BLOCK % "header :invalid value", False),
+    Case("push TestConfigParse#ParseForbiddenHeader", _BLOCK % "header Content-Length 1000", False),
+    Case("push TestConfigParse#ParseInvalidMethod", _BLOCK % "method POST", False),
+    Case("push TestConfigParse#ParseInvalidHeaderBlock", _BLOCK % "header", False),
+    Case("push TestConfigParse#ParseInvalidHeaderBlock2", _BLOCK % "header name", False),
+    Case(
+        "push TestConfigParse#ParseProperConfig",
+        "push /index.html /style.css /style2.css",
+        True,
+        _push(("/index.html", _TWO)),
+    ),
+    Case(
+        "push TestConfigParse#ParseSimpleInlinePush",
+        "push /index.html {\n\t\t\t\t/style.css\n\t\t\t\t/style2.css\n\t\t\t}",
+        True,
+        _push(("/index.html", _TWO)),
+    ),
+    Case(
+        "push TestConfigParse#ParseSimpleInlinePushWithOps",
+        "push /index.html {\n\t\t\t\t/style.css\n\t\t\t\t/style2.css\n"
+        "\t\t\t\theader Test Value\n\t\t\t}",
+        True,
+        _push(("/index.html", [(p, m, [("test", "Value")]) for p, m, _ in _TWO])),
+    ),
+    Case(
+        "push TestConfigParse#ParseProperConfigWithBlock",
+        "push /index.html /style.css /style2.css {\n\t\t\t\tmethod HEAD\n"
+        "\t\t\t\theader Own-Header Value\n\t\t\t\theader Own-Header2 Value2\n\t\t\t}",
+        True,
+        _push(
+            (
+                "/index.html",
+                [
+                    (p, "HEAD", [("own-header", "Value"), ("own-header2", "Value2")])
+                    for p, _, _ in _TWO
+                ],
+            )
+        ),
+    ),
+    Case(
+        "push TestConfigParse#ParseMergesRules",
+        "push /index.html /index.css {\n\t\t\t\theader name value\n\t\t\t}\n\n"
+        "\t\t\tpush /index.html /index2.css {\n\t\t\t\theader name2 value2\n"
+        "\t\t\t\tmethod HEAD\n\t\t\t}\n\t\t\t",
+        True,
+        _push(
+            (
+                "/index.html",
+                [
+                    ("/index.css", "GET", [("name", "value")]),
+                    ("/index2.css", "HEAD", [("name2", "value2")]),
+                ],
+            )
+        ),
+    ),
+    Case("push TestSetupInstalledMiddleware", "push /index.html /test.js", True),
+    Case("push TestSetupWithError", "push {\nmethod\n}", False),
+]

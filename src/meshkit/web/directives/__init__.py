@@ -91,13 +91,7 @@ def passthrough(config: Any, next: Handler, site: Site) -> Handler:
 # Directives of Caddy v1 (and its popular plugins) that meshkit does not have: naming one is
 # a clear "not available" rather than "unknown".
 NOT_IN_MESHKIT = {
-    "bind",
-    "timeouts",
-    "push",
     "pprof",
-    "on",
-    "startup",
-    "shutdown",
     "maxrequestbody",
     "cors",
     "ipfilter",

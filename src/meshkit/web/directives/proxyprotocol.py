@@ -2,6 +2,7 @@
 mastercactapus/caddy-proxyprotocol).
 
     proxyprotocol 127.0.0.1/32 198.51.100.0/24
+    proxyprotocol                 # no range: every source (0.0.0.0/0 ::/0), as the plugin
     proxyprotocol 0.0.0.0/0 ::/0 {
         timeout 5s              # how long the header may take (default 5s; 0 or none: no limit)
     }
@@ -16,7 +17,8 @@ connection closes) and logged: anyone could otherwise claim any address. The hea
 before TLS on an HTTPS port, as load balancers send it.
 
 It belongs to the listener (the port): the sources of every site on a port are trusted on
-that port, and the shortest `timeout` applies.
+that port, and the shortest `timeout` applies (also among the lines of one site: the plugin
+kept one timeout per range, a port here has one).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from meshkit.web.directives import passthrough, register
 from meshkit.web.site import Site
 
 DEFAULT_TIMEOUT = 5.0
+EVERYONE = ("0.0.0.0/0", "::/0")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -58,14 +61,15 @@ def _cidr(d: Dispenser, text: str) -> str:
 
 def parse(d: Dispenser, site: Site) -> ProxyProtocolConfig:
     config = ProxyProtocolConfig()
+    line_timeouts: list[float] = []
     while d.next():
-        args = d.remaining_args()
-        if not args:
-            raise d.arg_err()
+        # no range: every source, as the plugin (0.0.0.0/0 and ::/0)
+        args = d.remaining_args() or list(EVERYONE)
         for a in args:
             cidr = _cidr(d, a)
             if cidr not in config.sources:
                 config.sources.append(cidr)
+        timeout = DEFAULT_TIMEOUT
         for _ in d.block():
             option = d.val()
             more = d.remaining_args()
@@ -73,16 +77,23 @@ def parse(d: Dispenser, site: Site) -> ProxyProtocolConfig:
                 raise d.err(f"unknown proxyprotocol option {option!r} (expecting timeout)")
             if len(more) != 1:
                 raise d.arg_err()
-            if more[0] == "none":
-                config.timeout = 0.0
-                continue
-            try:
-                config.timeout = durations.parse_duration(more[0], "proxyprotocol timeout")
-            except durations.DurationError as exc:
-                raise d.err(str(exc)) from None
-            if config.timeout < 0:
-                raise d.err(f"proxyprotocol: timeout {more[0]!r} is negative")
+            timeout = _timeout(d, more[0])
+        line_timeouts.append(timeout)
+    # the plugin kept a timeout per range; one listener has one, the shortest (0: none)
+    config.timeout = min(line_timeouts, default=DEFAULT_TIMEOUT)
     return config
+
+
+def _timeout(d: Dispenser, text: str) -> float:
+    if text == "none":
+        return 0.0
+    try:
+        value = durations.parse_duration(text, "proxyprotocol timeout")
+    except durations.DurationError as exc:
+        raise d.err(str(exc)) from None
+    if value < 0:
+        raise d.err(f"proxyprotocol: timeout {text!r} is negative")
+    return value
 
 
 register("proxyprotocol", parse, passthrough)

@@ -3,6 +3,7 @@
     push                                    # push what responses name in Link: rel=preload
     push /index.html /style.css /app.js     # with /index.html (or /), push these too
     push /index.html /style.css {
+        /app.js                             # more resources, one a line
         method HEAD                         # the pushed request's method (GET, default, or HEAD)
         header X-Pushed yes                 # fields of the pushed request (more lines: more)
     }
@@ -64,20 +65,33 @@ def _resource_path(d: Dispenser, text: str) -> str:
     return text
 
 
+# fields a pushed request may not carry (Caddy v1's validateHeader, after Go's http2 rules)
+FORBIDDEN = ("content-length", "content-encoding", "trailer", "te", "expect", "host")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _header_name(d: Dispenser, name: str) -> str:
+    if name.startswith(":") or not _TOKEN.match(name):
+        raise d.err(f"push: {name!r} is not a header field name")
+    if name.lower() in FORBIDDEN:
+        raise d.err(f"push: a pushed request cannot carry {name}")
+    return name
+
+
 def parse(d: Dispenser, site: Site) -> PushConfig:
+    """As Caddy v1: `push` alone is a rule for / (push only what Link headers name), a PATH
+    alone a rule with no resources of its own; resources come after the PATH or one per line
+    of the block, and `method` / `header` in the block apply to every resource of the line."""
     config = PushConfig()
     by_path: dict[str, PushRule] = {}
     while d.next():
         args = d.remaining_args()
-        if len(args) == 1:
-            raise d.err("push PATH needs the resources to push after it")
+        resources = [_resource_path(d, res) for res in args[1:]]
         method = "GET"
         headers: list[tuple[str, str]] = []
         for _ in d.block():
             option = d.val()
             more = d.remaining_args()
-            if not args:
-                raise d.err("push without a path takes no block")
             if option == "method":
                 if len(more) != 1:
                     raise d.arg_err()
@@ -87,18 +101,21 @@ def parse(d: Dispenser, site: Site) -> PushConfig:
             elif option == "header":
                 if len(more) != 2:
                     raise d.arg_err()
-                headers.append((more[0], more[1]))
+                headers.append((_header_name(d, more[0]), more[1]))
+            elif option.startswith("/"):
+                if more:
+                    raise d.err("push: one resource per line in the block")
+                resources.append(_resource_path(d, option))
             else:
-                raise d.err(f"unknown push option {option!r} (expecting method or header)")
-        if not args:
-            continue
-        path = clamp_path(args[0])
+                raise d.err(
+                    f"unknown push option {option!r} (expecting method, header or a resource path)"
+                )
+        path = clamp_path(args[0]) if args else "/"
         rule = by_path.get(path)
         if rule is None:
             rule = by_path[path] = PushRule(path)
             config.rules.append(rule)
-        for res in args[1:]:
-            rule.resources.append(PushResource(_resource_path(d, res), method, list(headers)))
+        rule.resources.extend(PushResource(res, method, list(headers)) for res in resources)
     return config
 
 

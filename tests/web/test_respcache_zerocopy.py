@@ -80,12 +80,12 @@ def test_entry_sizes_choose_bytes_memfd_or_the_file(tmp_path: Path) -> None:
     cache = ResponseCache()
     cache.put(b"k", made)
     fd = made.fd
-    release = made.release
-    assert made.acquire is not None and release is not None
+    drop = made.release
+    assert made.acquire is not None and drop is not None
     made.acquire()  # a response still sending keeps it open past the entry
     cache.clear()
     assert _is_memfd(fd)
-    release()
+    drop()
     assert not _is_memfd(fd)
 
     # a file body read into memory: its own fd is used (one reference more), not a memfd

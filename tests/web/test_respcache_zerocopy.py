@@ -64,6 +64,11 @@ def _is_memfd(fd: int) -> bool:
         return False
 
 
+def _memfds() -> int:
+    """How many response memfds this process has open."""
+    return sum(_is_memfd(int(fd)) for fd in os.listdir("/proc/self/fd"))
+
+
 def test_entry_sizes_choose_bytes_memfd_or_the_file(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"v")
     sig = _sig(tmp_path / "f")
@@ -108,7 +113,9 @@ def test_entry_sizes_choose_bytes_memfd_or_the_file(tmp_path: Path) -> None:
         assert refs[0] == 1
     finally:
         os.close(ffd)
-    assert MemFile.of(b"x") is not None  # this kernel has memfds: the tests above ran them
+    probe = MemFile.of(b"x")
+    assert probe is not None  # this kernel has memfds: the tests above ran them
+    probe.release()
 
 
 class Rendered:
@@ -208,3 +215,23 @@ def test_tls_hits_send_the_bytes(tmp_path: Path) -> None:
             assert len(page) > ZERO_COPY_FROM and b"<h1>Title</h1>" in page
     finally:
         proc.stop()
+
+
+def test_too_many_files_drop_the_file_range_not_the_entry(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"v")
+    sig = _sig(tmp_path / "f")
+    cache = ResponseCache(max_files=2)
+    bodies = [os.urandom(ZERO_COPY_FROM) for _ in range(4)]
+    base = _memfds()
+    for i, body in enumerate(bodies):
+        entry = ResponseCache.make(Response(200, Headers(), body, validators=(sig,)), "1.1", "GET")
+        assert entry is not None and _is_memfd(entry.fd)
+        cache.put(b"k%d" % i, entry)
+    assert len(cache) == 4 and cache.files == 2  # all remembered, two with their memfd
+    kept = [cache.entries[b"k%d" % i] for i in range(4)]
+    assert [e.fd >= 0 for e in kept] == [False, False, True, True]
+    assert [e.body for e in kept] == bodies
+    assert _memfds() == base + 2
+    used = cache.used
+    cache.clear()
+    assert cache.used == 0 and used > 0 and _memfds() == base

@@ -95,6 +95,7 @@ class CachedResponse:
         "head",
         "headers",
         "length",
+        "memfd",
         "release",
         "request",
         "response",
@@ -128,6 +129,7 @@ class CachedResponse:
         self.file_left = 0
         self.acquire: Callable[[], None] | None = None
         self.release: Callable[[], None] | None = None
+        self.memfd = isinstance(file, MemFile)
         if isinstance(file, MemFile):  # its first reference is ours, dropped by close()
             self.fd = file.fd
             self.file_left = len(body)
@@ -233,6 +235,18 @@ class CachedResponse:
         if release is not None:
             release()
 
+    def drop_file(self) -> int:
+        """Forget the file range of an entry that keeps its bytes too (answered by send(2)
+        from now on); the bytes of accounted size this frees (a memfd's pages)."""
+        freed = self.file_left if self.memfd else 0
+        self.close()
+        self.fd = -1
+        self.file_off = self.file_left = 0
+        self.acquire = None
+        self.memfd = False
+        self.size -= freed
+        return freed
+
 
 class ResponseCache:
     """Request head bytes -> CachedResponse, bounded in entries, bytes and open files kept
@@ -304,7 +318,7 @@ class ResponseCache:
         entry = CachedResponse(
             status, headers, version, data, len(data), validators, file or MemFile.of(data)
         )
-        if file is None and entry.fd >= 0:
+        if entry.memfd:
             entry.size += len(data)  # the memfd's pages
         return entry
 
@@ -321,12 +335,26 @@ class ResponseCache:
         self.used += entry.size + len(key)
         if entry.fd >= 0:
             self.files += 1
-        while entries and (
-            len(entries) > self.max_entries
-            or self.used > self.max_bytes
-            or self.files > self.max_files
-        ):
+        while entries and (len(entries) > self.max_entries or self.used > self.max_bytes):
             self.drop(next(iter(entries)))
+        if self.files > self.max_files:
+            self._shed_files()
+
+    def _shed_files(self) -> None:
+        """Too many open files held: the oldest entries give theirs up, those that keep their
+        bytes by forgetting only the file range (a busy site with many mid-sized pages keeps
+        them all remembered), the others by going."""
+        for key in list(self.entries):
+            if self.files <= self.max_files:
+                return
+            e = self.entries[key]
+            if e.fd < 0:
+                continue
+            if e.body:
+                self.used -= e.drop_file()
+                self.files -= 1
+            else:
+                self.drop(key)
 
     def drop(self, key: bytes) -> None:
         e = self.entries.pop(key, None)

@@ -377,11 +377,10 @@ listen ingress
 
 def meshkit_env(no_extensions: bool) -> dict[str, str]:
     env = dict(os.environ)
-    probe = subprocess.run(
-        [sys.executable, "-c", "import meshkit"], env=env, capture_output=True, check=False
-    )
-    if probe.returncode != 0:
-        old = env.get("PYTHONPATH")
+    # this tree's meshkit first, even when another one is installed (an installed snapshot
+    # would be measured instead, silently); a PYTHONPATH given to the bench still comes after
+    old = env.get("PYTHONPATH")
+    if not old or old.split(os.pathsep)[0] != str(SRC_DIR):
         env["PYTHONPATH"] = f"{SRC_DIR}{os.pathsep}{old}" if old else str(SRC_DIR)
     if no_extensions:
         env["MESHKIT_NO_EXTENSIONS"] = "1"

@@ -25,7 +25,10 @@ handlers (what a client that never repeats its exact request head gets), so the 
 path alone is measured.
 
 Rounds interleave nginx, caddy, meshkit per case; the table shows medians and ratios.
-GB/s is requests/s x body bytes / 1e9.
+GB/s is requests/s x body bytes / 1e9. Each run also counts the CPU time of the server's
+processes (its session: nginx's master and worker) per request: on a machine busy with other
+work, where requests/s mostly says how much CPU a server was given, "us of server CPU per
+request" still compares the servers' own costs.
 
 How meshkit runs (``--meshkit-mode``):
 
@@ -333,6 +336,26 @@ def check(port: int, name: str, case: Case) -> None:
 # --------------------------------------------------------------------------- client
 
 
+def session_cpu(sid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of session `sid`."""
+    ticks = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_key(case: Case) -> str:
+    return f"{case.key}/cpu"  # Results metric: us of server CPU per request
+
+
 def run_case(port: int, case: Case, duration: float, core: int | None, conns: int) -> Sample:
     sample = run_wrk(port, duration, False, core, path=case.path, headers=case.headers, conns=conns)
     if case.unit == "GB/s":
@@ -376,6 +399,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             ports["caddy"] = start_caddy(procs, args.server_core, root)
         if "meshkit" in args.targets:
             ports["meshkit"] = start_meshkit(procs, args.server_core, root, args)
+        sids = {name: proc.pid for name, proc, _ in procs.running}  # each leads a session
         log(f"servers: {ports} (server CPU {args.server_core}, wrk CPU {args.client_core})")
         for case in cases:
             case_ports = {n: p for n, p in ports.items() if not case.only or n in case.only}
@@ -387,9 +411,15 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             for r in range(1, args.rounds + 1):
                 for name, port in case_ports.items():
                     busy = background_busy(cores)
+                    cpu = session_cpu(sids[name]) if name in sids else 0.0
                     sample = run_case(port, case, args.duration, args.client_core, args.connections)
+                    cpu = session_cpu(sids[name]) - cpu if name in sids else 0.0
                     sample.background = busy
                     results.add(case.key, name, sample)
+                    rate = sample.value * 1e9 / LARGE_SIZE if case.unit == "GB/s" else sample.value
+                    requests = rate * max(1, round(args.duration))
+                    if requests and name in sids:
+                        results.add(cpu_key(case), name, Sample(cpu / requests * 1e6))
                     notes = [sample.errors] if sample.errors else []
                     if busy > BUSY_WARN:
                         notes.append(f"CPU already {busy:.0f}% busy before the run")
@@ -462,11 +492,17 @@ def report(results: Results, args: argparse.Namespace) -> bool:
         ]
         if len(paired) > 1:
             print(f"{case.key} meshkit/nginx per round: {' '.join(paired)}")
+    print("server CPU per request (median us; nginx/meshkit = meshkit's CPU efficiency):")
+    for case in selected_cases(args):
+        us = {t: results.median(cpu_key(case), t) for t in TARGETS}
+        shown = ", ".join(f"{t} {v:.1f}" for t, v in us.items() if v is not None)
+        eff = ratio(us["nginx"], us["meshkit"])
+        print(f"  {case.key:<8} {shown}  nginx/meshkit {fmt_ratio(eff)}")
     print(
         "(issue author's reference machine: small nginx 33.0k, Caddy 8.9k req/s; "
         "1 MiB nginx 2.63, Caddy 1.58 GB/s)"
     )
-    report_errors_and_noise(results)
+    report_errors_and_noise(results, skip=[cpu_key(c) for c in CASES])
     return all_met
 
 
@@ -487,6 +523,9 @@ def write_json(results: Results, args: argparse.Namespace, path: Path) -> None:
                 "samples": [s.value for s in samples],
                 "errors": [s.errors for s in samples if s.errors],
             }
+        entry["cpu_us_per_request"] = {
+            t: results.median(cpu_key(case), t) for t in TARGETS if cpu_key(case) in results.samples
+        }
         entry["ratio_nginx"] = ratio(
             results.median(case.key, "meshkit"), results.median(case.key, "nginx")
         )

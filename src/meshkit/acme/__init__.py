@@ -7,6 +7,7 @@
                  (certbot's `acme` package with `josepy` and `cryptography`)
     manager.py   AcmeManager, the web server's Issuer (meshkit.web.autotls): serves what is
                  stored, obtains what is missing, renews in the background, backs off
+    revoke.py    `meshkit web -revoke HOST`: revoke the stored certificate at the CA, delete it
 
 This package sits above web/ (it fills web's CertHub) and below cli/; web/ never imports it,
 so the web server and the proxies keep away from `cryptography` (docs/ARCHITECTURE.md).

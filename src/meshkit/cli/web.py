@@ -6,6 +6,7 @@
     meshkit web -validate                # "Caddyfile is valid", or every error (exit 1)
     meshkit web -envfile prod.env -cpu 50% -log web.log -pidfile web.pid
     meshkit web -version | -plugins      # print and exit
+    meshkit web -revoke a.example [-ca URL] [-email E]   # revoke its stored certificate, exit
 
 click accepts single-dash long options once they are declared by that name, so each flag is
 declared as both `-name` and `--name`; no argv rewriting is needed.
@@ -193,6 +194,15 @@ def web(
         bool,
         typer.Option("-plugins", "--plugins", help="List the directives available and exit."),
     ] = False,
+    revoke: Annotated[
+        str,
+        typer.Option(
+            "-revoke",
+            "--revoke",
+            metavar="HOST",
+            help="Revoke HOST's stored ACME certificate at the CA (-ca), delete it, and exit.",
+        ),
+    ] = "",
 ) -> None:
     """Serve sites from a Caddyfile."""
     from meshkit.base.durations import parse_duration
@@ -209,6 +219,9 @@ def web(
         print(webflags.plugins_text(), end="")
         return
     webflags.set_cpu(cpu)
+    if revoke:
+        print(webflags.revoke_cert(revoke, ca=ca, email=email, catimeout=catimeout))
+        return
 
     if root == "":
         raise FlagError("-root", root, "must not be empty")

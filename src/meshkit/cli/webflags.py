@@ -1,4 +1,4 @@
-"""The Caddy v1 one-time flags of `meshkit web`: -envfile, -cpu, -version and -plugins.
+"""The Caddy v1 one-time flags of `meshkit web`: -envfile, -cpu, -version, -plugins, -revoke.
 
 Each error names its flag (FlagError); none of these needs the web server's modules except
 -plugins, which lists the directives this meshkit has.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from meshkit import __version__
-from meshkit.base.errors import FlagError
+from meshkit.base.errors import FlagError, MeshkitError
 
 
 def parse_envfile(path: str) -> dict[str, str]:
@@ -88,3 +88,34 @@ def plugins_text() -> str:
     lines += ["  short", "  flag", "  default", "", "Other plugins:"]
     lines += [f"  {n}" for n in names]
     return "\n".join(lines) + "\n"
+
+
+def revoke_cert(host: str, *, ca: str, email: str, catimeout: str) -> str:
+    """-revoke HOST (v1's caddytls.Revoke): revoke the certificate stored for HOST under the
+    -ca's storage folder, signed by the -email account (or the certificate's key), delete it;
+    the line to print. -agree is not needed: no new account is registered."""
+    import os
+
+    from meshkit.acme.client import DEFAULT_CA, Problem, Settings
+    from meshkit.acme.revoke import revoke
+    from meshkit.acme.storage import Storage
+    from meshkit.base.durations import parse_duration
+
+    if not host or "/" in host or host.startswith("."):
+        raise FlagError("-revoke", host, "expected a host name")
+    if ca and not ca.startswith(("https://", "http://")):
+        raise FlagError("-ca", ca, "expected the ACME directory's URL")
+    if email and "@" not in email:
+        raise FlagError("-email", email, "expected an email address")
+    timeout = parse_duration(catimeout, "-catimeout")
+    settings = Settings(
+        ca=ca or DEFAULT_CA,
+        email=email,
+        timeout=timeout if timeout > 0 else 30.0,
+        ca_roots=os.environ.get("MESHKIT_ACME_CA_ROOTS", ""),
+    )
+    try:
+        what = revoke(settings, Storage(settings.ca), host.lower())
+    except Problem as exc:  # not a usage error: one line, exit 1 (v1 logged it fatally)
+        raise MeshkitError(f"-revoke {host}: {exc}") from None
+    return f"Revoked certificate for {host} ({what})"

@@ -27,7 +27,7 @@ from meshkit.web import http1
 from meshkit.web.connstate import ConnState, Event
 from meshkit.web.message import FileBody, Handler, Request, Response
 from meshkit.web.reqbody import RequestBody
-from meshkit.web.respcache import CachedResponse, ResponseCache
+from meshkit.web.respcache import ZERO_COPY_FROM, CachedResponse, ResponseCache
 from meshkit.web.sendfile import SEND_AGAIN, SEND_DONE
 
 log = logging.getLogger("meshkit.web")
@@ -124,6 +124,7 @@ class OutputPath:
     _fd: int
     _send_bytes: Any
     _send_file: Any
+    _scheme: str  # "http": plain, sendfile(2) reaches the socket; "https": TLS
     _remote_addr: str
     _remote_port: int
     _local_addr: str
@@ -347,7 +348,7 @@ class OutputPath:
             request = hit.for_hit(
                 self._remote_addr, self._remote_port, self._local_addr, self._local_port, now
             )
-        if hit.fd < 0:
+        if hit.fd < 0 or (hit.body and self._scheme != "http"):
             head_len = len(wire) - len(hit.body)
             try:
                 sent, state = self._send_bytes(self._fd, wire, 0)
@@ -377,18 +378,60 @@ class OutputPath:
                 self._writing = True
                 self._loop.add_writer(self._fd, self._on_writable)
             return
+        head = hit.head
+        if hit.file_left <= _FILE_BUDGET:
+            # head and file range at once (sendfile, zero-copy); a job only for what the
+            # socket did not take
+            try:
+                sent, state = self._send_file(self._fd, head, hit.fd, hit.file_off, hit.file_left)
+            except OSError:
+                if request is not None:
+                    assert hit.response is not None
+                    _complete(request, hit.response, 0)
+                self._abort()
+                return
+            if state == SEND_DONE:
+                self._deadline = server._now + server._idle_timeout
+                self._dkind = DL_IDLE
+                if request is not None:
+                    assert hit.response is not None
+                    _complete(request, hit.response, sent - len(head))
+                return
+        else:  # a large file: the job sends it in _FILE_BUDGET steps
+            sent, state = -1, SEND_AGAIN
         assert hit.acquire is not None
         hit.acquire()
-        job = Job(wire)
-        job.head_len = len(wire)
+        job = Job(head)
+        job.head_len = len(head)
         job.fd = hit.fd
-        job.file_off = hit.file_off
-        job.file_left = hit.file_left
+        tried = sent >= 0
+        sent = max(sent, 0)
+        head_part = min(sent, len(head))
+        job.off = head_part
+        job.sent = sent
+        job.file_off = hit.file_off + sent - head_part
+        job.file_left = hit.file_left - (sent - head_part)
         job.release = hit.release
         job.request = request
         job.response = hit.response
         job.finishes = True
         self._dkind = DL_NONE
+        if state != SEND_AGAIN:  # the file shrank under its Content-Length
+            log.warning(
+                "file shrank while sending it to %s:%s; closing the connection",
+                self._remote_addr,
+                self._remote_port,
+            )
+            self._job_done(job, False)
+            self._abort()
+            return
+        if tried:  # the socket is full: wait until it is writable
+            self._out.append(job)
+            self._write_since = self._loop.time()
+            if not self._writing:
+                self._writing = True
+                self._loop.add_writer(self._fd, self._on_writable)
+            return
         self._emit(job)
         if self._state < _UPGRADED and not self._busy():
             self._went_idle()
@@ -444,10 +487,14 @@ class ResponseWriter(OutputPath):
             if not send_body or body.length == 0:
                 job = Job(head)
                 job.head_len = len(head)
-            elif body.data is not None and len(body.data) <= _SMALL_BODY:
-                self._send_small(head + body.data, len(head), request, response, keep, body)
-                return
-            elif body.data is not None:
+            elif body.data is not None and (
+                body.fd < 0 or self._scheme != "http" or len(body.data) < ZERO_COPY_FROM
+            ):
+                # in memory: one send with the head (sendfile below for mid-sized bodies on
+                # plain connections, which saves copying them twice)
+                if len(body.data) <= _SMALL_BODY:
+                    self._send_small(head + body.data, len(head), request, response, keep, body)
+                    return
                 job = Job(head + body.data)
                 job.head_len = len(head)
             else:

@@ -15,6 +15,13 @@ from and that request's on_complete callbacks, and each answer from the copy cal
 a fresh copy of that request carrying the new client address, port and start time (the
 request head bytes being the same, everything else about the request is too).
 
+A body of ZERO_COPY_FROM bytes or more is kept twice: as bytes (for TLS connections, which
+encrypt it anyway) and as a file range that plain connections send with sendfile(2) — the
+file server's own open file, or for a body made in memory (a rendered Markdown page, a
+template) a memfd written once. A write(2) of a 25 KB body copies it into the socket buffer
+on every answer; sendfile hands the kernel the page references instead (for a body of that
+size the copy was a fifth of the server's CPU time per request).
+
 This module is the bookkeeping (no sockets): what is remembered, how it is checked, and the
 bounds; meshkit.web.server decides when a request may be answered from it.
 """
@@ -27,17 +34,56 @@ from collections.abc import Callable
 from meshkit.web import http1
 from meshkit.web.message import FileBody, Headers, Request, Response, Validator
 
-__all__ = ["MAX_BODY", "MAX_HEAD", "CachedResponse", "ResponseCache"]
+__all__ = ["MAX_BODY", "MAX_HEAD", "ZERO_COPY_FROM", "CachedResponse", "ResponseCache"]
 
 MAX_HEAD = 4096  # request heads longer than this are not remembered
 MAX_BODY = 65536  # in-memory bodies up to this size are remembered (files: any size)
+# In-memory bodies from this size also get a file range for sendfile(2). Below it, one
+# send(2) of head and body costs less than send + sendfile and the Python around them.
+ZERO_COPY_FROM = 16384
 _stat = os.stat
+
+
+class MemFile:
+    """A body made in memory, in a memfd written once, for sendfile(2): the fd closes when
+    the last reference (the entry's own, and one per response sending it) is released."""
+
+    __slots__ = ("fd", "refs")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = 1
+
+    @classmethod
+    def of(cls, data: bytes) -> MemFile | None:
+        """data in a new memfd; None where memfds are missing or the write fails."""
+        try:
+            fd = os.memfd_create("meshkit-response", os.MFD_CLOEXEC)
+        except (AttributeError, OSError):
+            return None
+        try:
+            view = memoryview(data)
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, view[done:], done)
+        except OSError:
+            os.close(fd)
+            return None
+        return cls(fd)
+
+    def acquire(self) -> None:
+        self.refs += 1
+
+    def release(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            os.close(self.fd)
 
 
 class CachedResponse:
     """One remembered response: its head (re-serialised once per second for Date), its body
-    (bytes, or a file range sent with sendfile whose fd stays referenced while remembered)
-    and the files it depends on."""
+    (bytes, a file range sent with sendfile whose fd stays referenced while remembered, or
+    both: see ZERO_COPY_FROM) and the files it depends on."""
 
     __slots__ = (
         "acquire",
@@ -46,8 +92,10 @@ class CachedResponse:
         "fd",
         "file_left",
         "file_off",
+        "head",
         "headers",
         "length",
+        "memfd",
         "release",
         "request",
         "response",
@@ -68,7 +116,7 @@ class CachedResponse:
         body: bytes,
         length: int,
         validators: tuple[Validator, ...],
-        file: FileBody | None = None,
+        file: FileBody | MemFile | None = None,
     ) -> None:
         self.status = status
         self.headers = headers
@@ -81,7 +129,13 @@ class CachedResponse:
         self.file_left = 0
         self.acquire: Callable[[], None] | None = None
         self.release: Callable[[], None] | None = None
-        if file is not None:
+        self.memfd = isinstance(file, MemFile)
+        if isinstance(file, MemFile):  # its first reference is ours, dropped by close()
+            self.fd = file.fd
+            self.file_left = len(body)
+            self.acquire = file.acquire
+            self.release = file.release
+        elif file is not None:
             # one reference of our own, dropped by close()
             assert file.acquire is not None
             file.acquire()
@@ -91,6 +145,7 @@ class CachedResponse:
             self.acquire = file.acquire
             self.release = file.release
         self.second = -1
+        self.head = b""  # the head for `second`
         self.wire = b""  # head + body for `second`
         self.size = 2 * len(body) + 1024  # the body may be shared; the wire copy is not
         # Completion callbacks to call for each answer (see attach): the request the entry
@@ -170,7 +225,8 @@ class CachedResponse:
             version=self.version,
             date=http1.http_date(second),
         )
-        self.wire = head + self.body
+        self.head = head
+        self.wire = head + self.body if self.body else head
         self.second = second
         return self.wire
 
@@ -178,6 +234,18 @@ class CachedResponse:
         release, self.release = self.release, None
         if release is not None:
             release()
+
+    def drop_file(self) -> int:
+        """Forget the file range of an entry that keeps its bytes too (answered by send(2)
+        from now on); the bytes of accounted size this frees (a memfd's pages)."""
+        freed = self.file_left if self.memfd else 0
+        self.close()
+        self.fd = -1
+        self.file_off = self.file_left = 0
+        self.acquire = None
+        self.memfd = False
+        self.size -= freed
+        return freed
 
 
 class ResponseCache:
@@ -221,6 +289,7 @@ class ResponseCache:
         body = response.body
         send_body = http1.body_allowed(status, method)
         headers = Headers(response.headers.items())
+        file: FileBody | None = None
         if type(body) is bytes:
             data = body
         elif isinstance(body, FileBody):
@@ -235,13 +304,23 @@ class ResponseCache:
             data = body.data
             if len(data) != body.length:
                 return None
+            if body.acquire is not None and body.fd >= 0:
+                file = body
         else:
             return None
         if len(data) > MAX_BODY:
             return None
-        return CachedResponse(
-            status, headers, version, data if send_body else b"", len(data), validators
+        if not send_body:
+            return CachedResponse(status, headers, version, b"", len(data), validators)
+        if len(data) < ZERO_COPY_FROM:
+            return CachedResponse(status, headers, version, data, len(data), validators)
+        # both ways: bytes for TLS, a file range for sendfile on plain connections
+        entry = CachedResponse(
+            status, headers, version, data, len(data), validators, file or MemFile.of(data)
         )
+        if entry.memfd:
+            entry.size += len(data)  # the memfd's pages
+        return entry
 
     def get(self, key: bytes) -> CachedResponse | None:
         return self.entries.get(key)
@@ -256,12 +335,26 @@ class ResponseCache:
         self.used += entry.size + len(key)
         if entry.fd >= 0:
             self.files += 1
-        while entries and (
-            len(entries) > self.max_entries
-            or self.used > self.max_bytes
-            or self.files > self.max_files
-        ):
+        while entries and (len(entries) > self.max_entries or self.used > self.max_bytes):
             self.drop(next(iter(entries)))
+        if self.files > self.max_files:
+            self._shed_files()
+
+    def _shed_files(self) -> None:
+        """Too many open files held: the oldest entries give theirs up, those that keep their
+        bytes by forgetting only the file range (a busy site with many mid-sized pages keeps
+        them all remembered), the others by going."""
+        for key in list(self.entries):
+            if self.files <= self.max_files:
+                return
+            e = self.entries[key]
+            if e.fd < 0:
+                continue
+            if e.body:
+                self.used -= e.drop_file()
+                self.files -= 1
+            else:
+                self.drop(key)
 
     def drop(self, key: bytes) -> None:
         e = self.entries.pop(key, None)

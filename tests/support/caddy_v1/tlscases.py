@@ -124,7 +124,18 @@ TLS = [
         True,
         lambda d: _eq((d["tls"].min_version, d["tls"].max_version), ("tls1.2", "tls1.2")),
         acme=True,
-        xfail="tls.py (another change, issue 22): `protocols X` alone sets only the minimum"
-        " (the maximum stays tls1.3); v1 set both to X",
+    ),
+    Case("tls TestSetupParseCertificateTransparencyOff", "tls {\n ct off\n}", True, acme=True),
+    Case("tls TestSetupParseCertificateTransparencyOff (ct on)", "tls {\n ct on\n}", False),
+    Case(
+        "tls protocols min above max (setup.go)",
+        "tls @T@/cert.pem @T@/key.pem {\n protocols tls1.3 tls1.2\n}",
+        False,
+    ),
+    Case(
+        "tls protocols names ignore case (setup.go ToLower)",
+        "tls @T@/cert.pem @T@/key.pem {\n protocols TLS1.3\n}",
+        True,
+        lambda d: _eq((d["tls"].min_version, d["tls"].max_version), ("tls1.3", "tls1.3")),
     ),
 ]

@@ -6,7 +6,7 @@
     tls self_signed                 # an in-memory certificate for the site's names, 7 days
     tls EMAIL                       # automatic HTTPS (ACME) with this account email
     tls [CERT KEY | EMAIL] {
-        protocols MIN [MAX]         # tls1.2 (default min) | tls1.3
+        protocols MIN [MAX]         # tls1.2 (default min) | tls1.3; one = only that one
         ciphers NAME...             # Caddy's TLS 1.2 suite names (TLS 1.3 suites are fixed)
         curves NAME                 # one of x25519 p256 p384 p521 (Python's ssl sets one)
         key_type p256|p384|rsa2048|rsa4096   # for self_signed (default p256)
@@ -17,6 +17,7 @@
         max_certs N                 # on-demand: obtain certificates at handshake time, at
                                     # most N (for a `*.domain` or host-less site)
         ask URL                     # on-demand: GET URL?domain=NAME must answer 2xx first
+        ct off                      # accepted (v1): meshkit never staples SCTs anyway
     }
 
 The certificate and key files are checked here, so that `meshkit web -validate` names a
@@ -207,6 +208,7 @@ def _option(d: Dispenser, cfg: TLSConfig) -> None:
     name = d.val()
     args = d.remaining_args()
     if name == "protocols":
+        args = [a.lower() for a in args]  # v1 matches protocol names case-insensitively
         if not 1 <= len(args) <= 2:
             raise d.arg_err()
         for a in args:
@@ -214,8 +216,9 @@ def _option(d: Dispenser, cfg: TLSConfig) -> None:
                 raise d.err(f"tls: protocol {a} is not offered (insecure); use tls1.2 or tls1.3")
             if a not in PROTOCOLS:
                 raise d.err(f"tls: unknown protocol {a!r} (expected tls1.2 or tls1.3)")
+        # v1 (caddytls/setup.go): one protocol pins both ends, two give the range
         cfg.min_version = args[0]
-        cfg.max_version = args[1] if len(args) == 2 else "tls1.3"
+        cfg.max_version = args[-1]
     elif name == "ciphers":
         if not args:
             raise d.arg_err()
@@ -300,6 +303,10 @@ def _option(d: Dispenser, cfg: TLSConfig) -> None:
             raise d.err(f"tls: ask {args[0]!r}: expected a URL (http:// or https://)")
         cfg.ask = args[0]
         cfg.on_demand = True
+    elif name == "ct":
+        # v1 stapled SCTs unless `ct off`; meshkit never staples them, so `off` is what it does
+        if args != ["off"]:
+            raise d.arg_err()
     elif name in ("must_staple", "dns", "wildcard", "email"):
         raise d.err(f"tls: {name} {NOT_YET}")
     else:

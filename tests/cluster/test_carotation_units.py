@@ -142,3 +142,25 @@ def test_ack_of_an_unknown_node_is_refused() -> None:
     start(st, old, new)
     with pytest.raises(CommandError, match="not in this cluster"):
         carotation.op_ca_rotate_ack(st, {"id": "r1", "phase": "trust", "node_id": "nope"})
+
+
+def test_phase_moves_on_when_the_missing_node_went_down() -> None:
+    old, new = pki.ClusterCA.create("c1"), pki.ClusterCA.create("c1", path_length=1)
+    st = state_with_nodes(old)
+    start(st, old, new)
+    assert ack_all(st, "trust", ("m1", "w1")) == ["trust", "trust"]
+    st.nodes["w2"].status = DOWN
+    # what ca_status submits then: an ack of a node already done re-checks the phase
+    assert ack_all(st, "trust", ("m1",)) == ["sign"]
+
+
+def test_cli_detach_needs_rotate() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "meshkit", "cluster", "ca", "--detach"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode != 0 and "--detach" in r.stderr and "only with --rotate" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -1,8 +1,9 @@
-"""`meshkit cluster ca --rotate` with real agents on 127.0.0.0/8: a manager and a worker
-running a task; after the rotation both node certificates chain to the new root (and trust
-only it), the task was not restarted (same id, same pid), the old worker token is refused
-saying the CA was rotated while the new one joins a node, and the nodes still talk (node ls
-shows them Ready, a new service reaches the worker)."""
+"""`meshkit cluster ca --rotate` with real agents on 127.0.0.0/8: a manager (autolock on) and
+a worker running a task. After the rotation both node certificates chain to the new root (and
+trust only it), the task was not restarted (same id, same pid), the manager restarted locked
+opens the new root's key once unlocked, the old worker token is refused saying a CA rotation
+may be why while the new one joins a node, and the nodes still talk (node ls shows them Ready,
+a new service reaches the worker)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from meshkit.cluster.raft import autolock
 from meshkit.cluster.rpc import pki
+from meshkit.cluster.rpc.transport import RpcError
 from support.agents import ENV, Agent, Cluster, token
 from support.polling import until
 
@@ -45,7 +48,7 @@ def cluster() -> Iterator[Cluster]:
     c = Cluster()
     pids: list[int] = []
     try:
-        m1 = c.init("m1", 1)
+        m1 = c.init("m1", 1, "--autolock")  # the new root's key is kept like the first's
         c.join("w1", 2, token(m1, "worker"), m1)
         until(lambda: len([n for n in m1.ls() if n["Status"] == "Ready"]) == 2, 30, "2 nodes")
         c.pids = pids  # type: ignore[attr-defined]
@@ -58,6 +61,13 @@ def cluster() -> Iterator[Cluster]:
                 run(m1, "service", "rm", *names)
                 until(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 30, "ended")
         c.close()
+
+
+def mkclient_locked(a: Agent) -> bool:
+    try:
+        return bool(a.info().get("locked"))
+    except RpcError:
+        return False  # not listening yet
 
 
 def roots(pem: bytes) -> list[str]:
@@ -82,13 +92,30 @@ def test_rotation_recertifies_every_node_without_restarting_a_task(cluster: Clus
     assert new_root != old_root
     assert mk(m1, "cluster", "ca").strip() + "\n" == new_root
     new_id = pki.key_id(new_root.encode())
-    for a in (m1, w1):
-        ident = a.identity
-        assert pki.issuer_key_id(ident.cert_pem) == new_id, f"{a.name} not re-certified"
-        assert roots(ident.ca_pem) == [new_id], f"{a.name} still trusts another root"
+    for a in (m1, w1):  # (m1's node.key is locked: read the certificate and bundle only)
+        cert = (a.data / "certs" / "node.crt").read_bytes()
+        assert pki.issuer_key_id(cert) == new_id, f"{a.name} not re-certified"
+        bundle = (a.data / "certs" / "ca-bundle.crt").read_bytes()
+        assert roots(bundle) == [new_id], f"{a.name} still trusts another root"
     (after,) = running(m1, "keep")
     assert (after["ID"], after["Pid"]) == (before["ID"], before["Pid"])
     assert os.path.exists(f"/proc/{before['Pid']}")
+
+    # the renewed TLS key of the manager is locked at rest again
+    until(lambda: autolock.node_key_locked(m1.data), 10, "m1's new key locked")
+    # a restarted (locked) manager opens the new root's key once unlocked: joins below sign
+    unlock_key = mk(m1, "cluster", "unlock-key", "-q").strip()
+    m1.stop()
+    m1.start("run", "--data-dir", str(m1.data), "--host", m1.sock)
+    until(lambda: mkclient_locked(m1), 20, "m1 waits locked")
+    r = subprocess.run(
+        [sys.executable, "-m", "meshkit", "node", "unlock", "--host", m1.sock],
+        input=unlock_key + "\n", capture_output=True, text=True, timeout=60,
+        env={**os.environ, **ENV},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    m1.wait_up()
+    assert mk(m1, "cluster", "ca").strip() + "\n" == new_root
 
     # the old worker token: refused, saying why; the new one works
     new_token = token(m1, "worker")

@@ -20,8 +20,9 @@ Authorization on the TCP port, by method:
 - any node certificate of this cluster (worker or manager):
 
     heartbeat  {"node_id", "status"?: {"version", "overlay"?}}  -> {"period", "managers",
-               "leader", "role", "availability"}   the certificate's CN must equal node_id; a
-               changed overlay report is committed (set_overlay) in the background
+               "leader", "role", "availability", "ca"? (during a CA rotation)}   the
+               certificate's CN must equal node_id; a changed overlay report is committed
+               (set_overlay) in the background
     renew      {"node_id", "csr"} -> {"cert", "ca", "role", "managers", "raft_secret"?,
                "raft_peers"?}    a new certificate with the role the cluster state says
     leave      {"node_id"} -> {}   a worker leaving: marked Down at once
@@ -45,6 +46,8 @@ Authorization on the TCP port, by method:
     secret_*, config_*, task_secrets         see meshkit.cluster.api.secrets (task_secrets:
                   any node certificate, only for a task assigned to that node)
     webcert_*     the --web nodes' certificates: see meshkit.cluster.api.certs
+    ca_status, ca_rotate (managers), ca_ack (any node)   `cluster ca [--rotate]`: see
+                  meshkit.cluster.api.carotation
 
 Services and tasks (meshkit.cluster.api.services): the service_* methods are manager methods;
 tasks_watch and task_report take any node certificate whose CN is the node asked about;

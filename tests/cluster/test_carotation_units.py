@@ -164,3 +164,41 @@ def test_cli_detach_needs_rotate() -> None:
     )  # fmt: skip
     assert r.returncode != 0 and "--detach" in r.stderr and "only with --rotate" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def client_handshake(server_ctx: ssl.SSLContext, client: pki.NodeIdentity) -> None:
+    """A handshake where `client` presents its certificate to a server using `server_ctx`."""
+    cctx = pki.client_ssl_context(client, None)
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    srv = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    cli = cctx.wrap_bio(c_in, c_out, server_side=False)
+    done = {"s": False, "c": False}
+    for _ in range(20):
+        for name, end in (("c", cli), ("s", srv)):
+            if not done[name]:
+                try:
+                    end.do_handshake()
+                    done[name] = True
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if all(done.values()):
+            cli.write(b"x")  # TLS 1.3: the server's verdict on the client arrives after
+            s_in.write(c_out.read())
+            srv.read(1)
+            return
+    raise AssertionError("handshake did not finish")
+
+
+def test_server_context_forgets_the_old_root_after_a_reload() -> None:
+    old = pki.ClusterCA.create("c1")
+    new = pki.ClusterCA.create("c1", path_length=1)
+    server_ctx = pki.server_ssl_context(leaf(old, b"", old.cert_pem + new.cert_pem))
+    old_client, new_client = leaf(old, b"", old.cert_pem), leaf(new, b"", new.cert_pem)
+    client_handshake(server_ctx, old_client)
+    # the drop phase: the server's identity now trusts the new root only
+    pki.reload_identity(server_ctx, leaf(new, b"", new.cert_pem))
+    client_handshake(server_ctx, new_client)
+    with pytest.raises(ssl.SSLError):
+        client_handshake(server_ctx, old_client)

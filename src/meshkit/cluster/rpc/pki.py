@@ -666,10 +666,17 @@ def _load_identity(ctx: ssl.SSLContext, identity: NodeIdentity) -> None:
 def reload_identity(ctx: ssl.SSLContext, identity: NodeIdentity) -> None:
     """Swap the certificate and key of an existing context (after a renewal or a role
     change): connections made from now on present the new certificate, open ones keep
-    theirs. The CA bundle is loaded too: during a CA rotation it gains the new root (a
-    context cannot forget a root: the old one stays trusted here until the next restart)."""
+    theirs.
+
+    The trusted roots change too (a CA rotation adds the new root, then drops the old one). A
+    context can only add roots, so a server context (``server_ssl_context``) gets a fresh
+    context that its handshakes switch to (see ``_switch_context``); any other context gains
+    the bundle's roots."""
     _load_identity(ctx, identity)
-    _load_ca(ctx, identity.ca_pem)
+    if getattr(ctx, "meshkit_server", False):
+        ctx.meshkit_current = _server_context(identity)  # type: ignore[attr-defined]
+    else:
+        _load_ca(ctx, identity.ca_pem)
 
 
 def _load_ca(ctx: ssl.SSLContext, ca_pem: bytes) -> None:
@@ -680,14 +687,32 @@ def _load_ca(ctx: ssl.SSLContext, ca_pem: bytes) -> None:
         raise PkiError(f"cannot use the CA bundle: {exc}") from exc
 
 
-def server_ssl_context(identity: NodeIdentity) -> ssl.SSLContext:
-    """The TLS context of a node's port 2377: its own certificate, client certificates
-    optional but verified against the cluster CA when presented (a bad or expired one
-    fails the handshake); a peer without one may only fetch the CA and join."""
+def _server_context(identity: NodeIdentity) -> ssl.SSLContext:
     ctx = _base_context(ssl.PROTOCOL_TLS_SERVER)
     _load_identity(ctx, identity)
     _load_ca(ctx, identity.ca_pem)
     ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def _switch_context(sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+    """At each ClientHello: hand the handshake to the context of the latest identity (what
+    `reload_identity` made), whose roots are exactly the current bundle's."""
+    current = getattr(ctx, "meshkit_current", None)
+    if current is not None:
+        sslobj.context = current
+
+
+def server_ssl_context(identity: NodeIdentity) -> ssl.SSLContext:
+    """The TLS context of a node's port 2377: its own certificate, client certificates
+    optional but verified against the cluster CA when presented (a bad or expired one
+    fails the handshake); a peer without one may only fetch the CA and join.
+
+    It can be given a new identity (``reload_identity``) while a listener uses it."""
+    ctx = _server_context(identity)
+    ctx.meshkit_server = True  # type: ignore[attr-defined]
+    ctx.meshkit_current = None  # type: ignore[attr-defined]
+    ctx.sni_callback = _switch_context  # type: ignore[assignment]
     return ctx
 
 

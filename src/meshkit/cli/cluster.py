@@ -14,7 +14,7 @@ from meshkit.cli.node import HostOpt, agent_call
 
 cluster_app = typer.Typer(
     name="cluster",
-    help="Cluster settings: inspect, update, unlock-key.",
+    help="Cluster settings: inspect, update, unlock-key, ca [--rotate].",
     no_args_is_help=True,
 )
 
@@ -149,3 +149,46 @@ def unlock_key(
     if rotate:
         typer.echo("Successfully rotated manager unlock key.\n")
     typer.echo(unlock_text(key))
+
+
+def rotation_line(status: dict[str, Any]) -> str:
+    """Docker's progress line: every node renews once per phase (trust, sign, drop)."""
+    return (
+        f"rotated CA certificates: [{status.get('nodes_done', 0)}/"
+        f"{status.get('nodes_total', 0)}] (phase {status['phase']}: "
+        f"{status['done']}/{status['total']} nodes)"
+    )
+
+
+@cluster_app.command("ca")
+def ca(
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Make a new root CA and re-certify every node.")
+    ] = False,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="Start the rotation and return at once.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines.")] = False,
+    host: HostOpt = None,
+) -> None:
+    """Print the cluster's root CA certificate, or rotate the CA (Docker's `swarm ca`)."""
+    if detach and not rotate:
+        raise FlagError("--detach", "", "only with --rotate")
+    if not rotate:
+        typer.echo(agent_call(host, "ca_status")["root"].rstrip("\n"))
+        return
+    status = agent_call(host, "ca_rotate")
+    last = ""
+    while status["phase"] and not detach:
+        line = rotation_line(status)
+        if line != last and not quiet:
+            typer.echo(line)
+            last = line
+        time.sleep(0.5)
+        status = agent_call(host, "ca_status")
+    if status["phase"]:
+        typer.echo(f"CA rotation {status['id']} started: {rotation_line(status)}")
+        return
+    if not quiet:
+        typer.echo(f"rotated CA certificates: [{status['total']}/{status['total']}] nodes")
+    typer.echo(status["root"].rstrip("\n"))

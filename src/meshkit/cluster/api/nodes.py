@@ -20,8 +20,9 @@ Authorization on the TCP port, by method:
 - any node certificate of this cluster (worker or manager):
 
     heartbeat  {"node_id", "status"?: {"version", "overlay"?}}  -> {"period", "managers",
-               "leader", "role", "availability"}   the certificate's CN must equal node_id; a
-               changed overlay report is committed (set_overlay) in the background
+               "leader", "role", "availability", "ca"? (during a CA rotation)}   the
+               certificate's CN must equal node_id; a changed overlay report is committed
+               (set_overlay) in the background
     renew      {"node_id", "csr"} -> {"cert", "ca", "role", "managers", "raft_secret"?,
                "raft_peers"?}    a new certificate with the role the cluster state says
     leave      {"node_id"} -> {}   a worker leaving: marked Down at once
@@ -45,6 +46,8 @@ Authorization on the TCP port, by method:
     secret_*, config_*, task_secrets         see meshkit.cluster.api.secrets (task_secrets:
                   any node certificate, only for a task assigned to that node)
     webcert_*     the --web nodes' certificates: see meshkit.cluster.api.certs
+    ca_status, ca_rotate (managers), ca_ack (any node)   `cluster ca [--rotate]`: see
+                  meshkit.cluster.api.carotation
 
 Services and tasks (meshkit.cluster.api.services): the service_* methods are manager methods;
 tasks_watch and task_report take any node certificate whose CN is the node asked about;
@@ -85,6 +88,7 @@ from typing import Any
 
 import meshkit.cluster.api.cluster as cluster_api
 from meshkit.base.errors import FlagError
+from meshkit.cluster.api import carotation as ca_api
 from meshkit.cluster.api.certs import NODE_CERT_METHODS, CertMethods
 from meshkit.cluster.api.common import caller, loaded_state, new_node_id, str_param
 from meshkit.cluster.api.context import NodeContext
@@ -105,6 +109,7 @@ from meshkit.cluster.api.services import (
     ServiceMethods,
 )
 from meshkit.cluster.api.volumes import VOLUME_METHODS, volume_call
+from meshkit.cluster.model import carotation
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft import autolock
 from meshkit.cluster.raft.sealing import SealError
@@ -130,6 +135,7 @@ NODE_METHODS = (
     | NODE_NET_METHODS
     | NODE_SECRET_METHODS
     | NODE_CERT_METHODS
+    | ca_api.CA_NODE_METHODS
 )
 MANAGER_METHODS = (
     frozenset(
@@ -149,6 +155,7 @@ MANAGER_METHODS = (
     | NETWORK_METHODS
     | SECRET_METHODS
     | cluster_api.CLUSTER_METHODS
+    | ca_api.CA_MANAGER_METHODS
 )
 LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"}) | RUN_LOCAL_METHODS
 
@@ -223,6 +230,9 @@ class Api:
         self.certs = CertMethods(node)  # webcert_*: the --web nodes' certificates
         for name in NODE_CERT_METHODS:
             self._handlers[name] = getattr(self.certs, name)
+        self.carotation = ca_api.CaRotationMethods(node)  # `cluster ca --rotate`
+        for name in ca_api.CA_MANAGER_METHODS | ca_api.CA_NODE_METHODS:
+            self._handlers[name] = getattr(self.carotation, name)
 
     # -- dispatch ------------------------------------------------------------------------------
 
@@ -382,11 +392,11 @@ class Api:
         token = parse_token(text)
         digest = self.digest()
         if not secrets.compare_digest(token.digest, digest):
-            raise RpcError(
-                "token",
+            other = (
                 "invalid join token: its CA digest does not match this cluster's CA "
-                "(the token belongs to another cluster)",
+                "(the token belongs to another cluster)"
             )
+            raise RpcError("token", ca_api.retired_text(st, token.digest) or other)
         # Both comparisons always run: the time taken does not say which one matched.
         as_manager = token_matches(text, format_token(digest, self.unseal(st.manager_secret)))
         as_worker = token_matches(text, format_token(digest, self.unseal(st.worker_secret)))
@@ -423,8 +433,8 @@ class Api:
             "node_id": node_id,
             "role": role,
             "addr": addr,
-            "cert": cert.decode(),
-            "ca": st.ca_cert_pem,
+            "cert": cert.decode() + carotation.chain_extra(st),
+            "ca": carotation.bundle(st),
             "cluster_id": st.cluster_id,
             "managers": self._managers(),
             "period": st.heartbeat_period,
@@ -452,6 +462,7 @@ class Api:
             "leader": self.node.leader_api_addr(),
             "role": node.role,
             "availability": node.availability,
+            **ca_api.beat_extra(st),
         }
 
     async def renew(self, peer: Peer, params: dict[str, Any]) -> Any:
@@ -461,8 +472,8 @@ class Api:
             str_param(params, "csr").encode(), node.id, node.role, st.cert_lifetime
         )
         result: dict[str, Any] = {
-            "cert": cert.decode(),
-            "ca": st.ca_cert_pem,
+            "cert": cert.decode() + carotation.chain_extra(st),
+            "ca": carotation.bundle(st),
             "role": node.role,
             "managers": self._managers(),
             "period": st.heartbeat_period,

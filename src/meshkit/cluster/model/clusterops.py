@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from meshkit.cluster.model import carotation
 from meshkit.cluster.model.records import DOWN, READY, ClusterState, CommandError
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ IDEMPOTENT = frozenset({"cluster_update"})
 resend them when their outcome is unknown)."""
 
 HANDLERS = {
+    **carotation.HANDLERS,  # ca_rotate_start, ca_rotate_ack (`cluster ca --rotate`)
     "cluster_update": op_cluster_update,
     "force_new_cluster": op_force_new_cluster,
 }

@@ -93,6 +93,8 @@ class ClusterState:
     autolock: bool = False
     unlock_key: str = ""
     encryption_key_rotation: float = 12 * 3600.0
+    # `cluster ca --rotate` in progress, keys sealed (meshkit.cluster.model.carotation)
+    ca_rotation: dict[str, Any] = field(default_factory=dict)
     nodes: dict[str, NodeRecord] = field(default_factory=dict)
     services: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -104,6 +104,7 @@ class Agent:
         self.heartbeat = Heartbeat(
             self, cfg, self.managers, lambda role: self._spawn(self.roles.change_role(role))
         )
+        self.heartbeat.on_ca = self.renewal.want  # a CA rotation asks for a renewal
         self.loops = ServiceLoops(self)
         self.web = NodeWeb(cfg.web, self._mesh, self)
 

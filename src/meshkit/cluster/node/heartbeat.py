@@ -33,6 +33,7 @@ class Heartbeat:
         self.cfg = cfg
         self.managers = managers
         self._on_role = on_role  # the state gives this node another role
+        self.on_ca: Callable[[dict[str, Any]], None] | None = None  # renewal.want
 
     async def loop(self) -> None:
         while not self.node.stopping:
@@ -86,6 +87,9 @@ class Heartbeat:
             changed = True
         if changed:
             cfg.save(self.node.data_dir)
+        ca = reply.get("ca")  # a CA rotation in progress (meshkit.cluster.api.carotation)
+        if isinstance(ca, dict) and self.on_ca is not None:
+            self.on_ca(ca)
         role = reply.get("role")
         if role in cstate.ROLES and role != self.node.identity.role:
             self._on_role(str(role))

@@ -44,7 +44,11 @@ MAX_INFLIGHT = 64
 CA_BUNDLE_METHOD = "ca_bundle"
 """The method that returns the cluster CA bundle (PEM text); no certificate needed."""
 
-MITM_MESSAGE = "the manager's CA does not match the token: possible man-in-the-middle"
+MITM_MESSAGE = (
+    "the manager's CA does not match the token: possible man-in-the-middle, or a token from "
+    "before a CA rotation (`meshkit cluster ca --rotate`): ask a manager for a new one with "
+    "`meshkit node join-token worker` or `manager`"
+)
 
 
 class RpcClient:

@@ -200,8 +200,13 @@ class ClusterCA:
         self._cluster_id = cluster_id
 
     @classmethod
-    def create(cls, cluster_id: str, lifetime: float = CA_LIFETIME) -> ClusterCA:
-        """A new root: ECDSA P-256, self-signed, CN "meshkit cluster CA", O = cluster_id."""
+    def create(
+        cls, cluster_id: str, lifetime: float = CA_LIFETIME, path_length: int = 0
+    ) -> ClusterCA:
+        """A new root: ECDSA P-256, self-signed, CN "meshkit cluster CA", O = cluster_id.
+
+        ``path_length`` 1 lets a later rotation's cross-signed root sit under this one (a
+        root made by `cluster ca --rotate` has it; the first root of older clusters has 0)."""
         if not cluster_id or not cluster_id.isprintable():
             raise PkiError(f"invalid cluster id {cluster_id!r}")
         key = ec.generate_private_key(ec.SECP256R1())
@@ -221,7 +226,7 @@ class ClusterCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(_utc(now - MAX_BACKDATE))
             .not_valid_after(_utc(now + lifetime))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
             .add_extension(
                 x509.KeyUsage(
                     digital_signature=True,
@@ -383,6 +388,35 @@ class ClusterCA:
         )
         return cert.public_bytes(serialization.Encoding.PEM)
 
+    def cross_sign(self, new_root: x509.Certificate) -> bytes:
+        """``new_root`` re-issued by this root (PEM): the same subject and key, so a node that
+        still trusts only this root can follow a chain leaf -> cross-signed root -> this root.
+
+        Like swarm's CA rotation: node certificates from the new root are sent with this
+        certificate after them while the old root is still trusted somewhere."""
+        ski = self._cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        new_ski = new_root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        basic = new_root.extensions.get_extension_for_class(x509.BasicConstraints)
+        usage = new_root.extensions.get_extension_for_class(x509.KeyUsage)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(new_root.subject)
+            .issuer_name(self._cert.subject)
+            .public_key(new_root.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(new_root.not_valid_before_utc)
+            .not_valid_after(min(new_root.not_valid_after_utc, self._cert.not_valid_after_utc))
+            .add_extension(basic.value, critical=True)
+            .add_extension(usage.value, critical=True)
+            .add_extension(new_ski.value, critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski.value),
+                critical=False,
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        return cert.public_bytes(serialization.Encoding.PEM)
+
     def issue_identity(
         self, node_id: str, role: str, lifetime: float = NODE_CERT_LIFETIME
     ) -> NodeIdentity:
@@ -390,6 +424,41 @@ class ClusterCA:
         key_pem, csr_pem = new_node_key_and_csr(node_id)
         cert_pem = self.sign_csr(csr_pem, node_id, role, lifetime)
         return NodeIdentity.from_cert(cert_pem, key_pem, self.bundle_pem)
+
+
+def certs_in(pem: bytes, what: str) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle (a CA bundle holds two roots during a rotation)."""
+    try:
+        certs = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise PkiError(f"{what} is not a PEM certificate: {exc}") from exc
+    return certs
+
+
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """True when ``issuer``'s key signed ``cert`` (and the names chain)."""
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def key_id(cert_pem: bytes) -> str:
+    """The subject key identifier of the first certificate in ``cert_pem``, in hex."""
+    cert = _load_cert(cert_pem, "the certificate")
+    return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest.hex()
+
+
+def issuer_key_id(cert_pem: bytes) -> str:
+    """The authority key identifier of the first certificate in ``cert_pem``, in hex ("" when
+    it has none): which root signed a node certificate."""
+    cert = _load_cert(cert_pem, "the certificate")
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return ""
+    return (aki.key_identifier or b"").hex()
 
 
 def new_node_key_and_csr(node_id: str) -> tuple[bytes, bytes]:
@@ -466,7 +535,7 @@ class NodeIdentity:
         certificate is not a node certificate, or it was not issued by the CA in ca_pem."""
         cert = _load_cert(cert_pem, "the node certificate")
         key = _load_key(key_pem, "the node key")
-        ca_cert = _load_cert(ca_pem, "the CA bundle")
+        roots = certs_in(ca_pem, "the CA bundle")
         if not _same_public_key(cert, key):
             raise PkiError("the node key does not belong to the node certificate")
         ident = _identity_of(cert)
@@ -475,12 +544,10 @@ class NodeIdentity:
                 "the certificate is not a meshkit node certificate "
                 "(needs CN = node id, OU = manager or worker, O = cluster id)"
             )
-        try:
-            cert.verify_directly_issued_by(ca_cert)
-        except (ValueError, TypeError, InvalidSignature) as exc:
+        if not any(issued_by(cert, root) for root in roots):
             raise PkiError(
                 f"the node certificate of {ident.node_id} was not issued by the cluster CA"
-            ) from exc
+            )
         return cls(
             node_id=ident.node_id,
             role=ident.role,
@@ -599,8 +666,17 @@ def _load_identity(ctx: ssl.SSLContext, identity: NodeIdentity) -> None:
 def reload_identity(ctx: ssl.SSLContext, identity: NodeIdentity) -> None:
     """Swap the certificate and key of an existing context (after a renewal or a role
     change): connections made from now on present the new certificate, open ones keep
-    theirs."""
+    theirs.
+
+    The trusted roots change too (a CA rotation adds the new root, then drops the old one). A
+    context can only add roots, so a server context (``server_ssl_context``) gets a fresh
+    context that its handshakes switch to (see ``_switch_context``); any other context gains
+    the bundle's roots."""
     _load_identity(ctx, identity)
+    if getattr(ctx, "meshkit_server", False):
+        ctx.meshkit_current = _server_context(identity)  # type: ignore[attr-defined]
+    else:
+        _load_ca(ctx, identity.ca_pem)
 
 
 def _load_ca(ctx: ssl.SSLContext, ca_pem: bytes) -> None:
@@ -611,14 +687,32 @@ def _load_ca(ctx: ssl.SSLContext, ca_pem: bytes) -> None:
         raise PkiError(f"cannot use the CA bundle: {exc}") from exc
 
 
-def server_ssl_context(identity: NodeIdentity) -> ssl.SSLContext:
-    """The TLS context of a node's port 2377: its own certificate, client certificates
-    optional but verified against the cluster CA when presented (a bad or expired one
-    fails the handshake); a peer without one may only fetch the CA and join."""
+def _server_context(identity: NodeIdentity) -> ssl.SSLContext:
     ctx = _base_context(ssl.PROTOCOL_TLS_SERVER)
     _load_identity(ctx, identity)
     _load_ca(ctx, identity.ca_pem)
     ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def _switch_context(sslobj: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> None:
+    """At each ClientHello: hand the handshake to the context of the latest identity (what
+    `reload_identity` made), whose roots are exactly the current bundle's."""
+    current = getattr(ctx, "meshkit_current", None)
+    if current is not None:
+        sslobj.context = current
+
+
+def server_ssl_context(identity: NodeIdentity) -> ssl.SSLContext:
+    """The TLS context of a node's port 2377: its own certificate, client certificates
+    optional but verified against the cluster CA when presented (a bad or expired one
+    fails the handshake); a peer without one may only fetch the CA and join.
+
+    It can be given a new identity (``reload_identity``) while a listener uses it."""
+    ctx = _server_context(identity)
+    ctx.meshkit_server = True  # type: ignore[attr-defined]
+    ctx.meshkit_current = None  # type: ignore[attr-defined]
+    ctx.sni_callback = _switch_context  # type: ignore[assignment]
     return ctx
 
 

@@ -19,6 +19,10 @@ to the server core; wrk (``-t1 -c64``) runs alone on the client core. Cases:
    ``auth_basic`` ({PLAIN} user file) + ``access_log ... buffer=64k`` (meshkit's log is
    flushed once per loop turn)                                requests/s   goal >= 1.0x nginx
    (Caddy 2 not run for this case)
+7. redirect ``GET /canon/index.html``: meshkit's canonical 301 to ``/canon/`` (a file server
+   redirect with no body, remembered with the index file as its validator) against nginx
+   ``location = /canon/index.html { return 301 /canon/; }``   requests/s   goal >= 1.0x nginx
+   (Caddy 2 not run for this case)
 
 ``--no-respcache`` starts meshkit with MESHKIT_NO_RESPCACHE=1: every request runs the
 handlers (what a client that never repeats its exact request head gets), so the handler
@@ -147,6 +151,16 @@ CASES = (
         True,
         ("nginx", "meshkit"),
     ),
+    Case(
+        "redirect",
+        "canonical 301 /canon/index.html -> /canon/",
+        "/canon/index.html",
+        "req/s",
+        1.0,
+        (),
+        True,  # the file server's redirect: not in --meshkit-mode server
+        ("nginx", "meshkit"),
+    ),
 )
 MARKDOWN_SIZE = 20 * 1024
 # the rule site of the "rules" case: a second server block / site, on its own port per target
@@ -172,6 +186,8 @@ def make_site(root: Path) -> None:
     for i in range(BROWSE_FILES):
         (d / f"file-{i:04d}.txt").write_bytes(b"x" * (i * 37 % 5000))
     make_markdown(root)
+    (root / "canon").mkdir(exist_ok=True)  # the "redirect" case's folder and its index file
+    (root / "canon" / "index.html").write_bytes(small[: SMALL_SIZE - 5] + b"</p>\n")
 
 
 def make_markdown(root: Path) -> None:
@@ -226,6 +242,7 @@ def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
         root {root};
         location / {{ autoindex on; }}
         location = /md/doc.md {{ default_type text/html; alias {root}/md-rendered/doc.html; }}
+        location = /canon/index.html {{ return 301 /canon/; }}
     }}
     log_format common '$remote_addr - $remote_user [$time_local] "$request" '
                       '$status $body_bytes_sent';
@@ -315,7 +332,11 @@ def check(port: int, name: str, case: Case) -> None:
     except (OSError, http.client.HTTPException) as exc:
         raise BenchError(f"GET {case.path} via {name} on {HOST}:{port} failed: {exc!r}") from exc
     problem = ""
-    if resp.status != 200:
+    if case.key == "redirect":
+        location = resp.getheader("Location") or ""
+        if resp.status != 301 or not location.endswith("/canon/"):
+            problem = f"status {resp.status}, Location {location!r}: expected a 301 to /canon/"
+    elif resp.status != 200:
         problem = f"status {resp.status}"
     elif case.key == "small" and len(body) != SMALL_SIZE:
         problem = f"{len(body)} bytes, expected {SMALL_SIZE}"

@@ -10,7 +10,8 @@ the site's FileCache) for a file, one more per index name tried for a folder, an
   outside; also for FIFOs, sockets and devices;
 - 403 when the file exists but cannot be opened;
 - 301 to add a folder's trailing slash, to remove a file's, and from `/dir/index.html` to
-  `/dir/` (only the exact index names: `test-index.html` is an ordinary file);
+  `/dir/` (only the exact index names: `test-index.html` is an ordinary file); remembered
+  like the files (validator: that folder or file), so repeats skip the handlers;
 - the welcome page at `/` when the site has no index file there and no `browse`;
 - 200 / 206 / 304 / 412 / 416 with ETag, Last-Modified, Accept-Ranges, Content-Range, and
   `.br` / `.gz` siblings (Content-Encoding, Vary: Accept-Encoding) when the client accepts them.
@@ -111,11 +112,16 @@ def _orig_raw(req: Request) -> tuple[str, str]:
     return parts.path or "/", parts.query
 
 
-def _moved(path: str, query: str) -> Response:
+def _moved(path: str, query: str, e: Entry) -> Response:
+    """The canonical 301 for entry `e` (a folder without its slash, a file with one, an index
+    file asked for by name). Its Location is a function of the request head; whether it is
+    sent at all, of `e` being there as the same file or folder: so `e` is its validator
+    (Response.validators), and a repeat of the same head is answered from the server's copy
+    until `e` changes or goes (a deleted index.html must stop redirecting at once)."""
     if path.startswith("//"):
         path = "/" + path.lstrip("/")  # never a protocol-relative redirect to another host
     loc = path + "?" + query if query else path
-    return Response(301, Headers([("Location", loc)]), b"")
+    return Response(301, Headers([("Location", loc)]), b"", validators=(e.sig,))
 
 
 def _etag_match(header: str, etag: str, weak: bool) -> bool:
@@ -343,7 +349,7 @@ class FileServer:
             if not path.endswith("/") and not internal:
                 p, q = _orig_raw(req)
                 if not p.endswith("/"):
-                    return _moved(p + "/", q)
+                    return _moved(p + "/", q, e)
             ie = self.find_index(fs)
             if ie is None:
                 if self.welcome and fs == (self.prefix or "/"):
@@ -359,13 +365,13 @@ class FileServer:
             if path.endswith("/"):
                 p, q = _orig_raw(req)
                 if p.endswith("/"):
-                    return _moved(p.rstrip("/") or "/", q)
+                    return _moved(p.rstrip("/") or "/", q, e)
             else:
                 name = path[path.rfind("/") + 1 :]
                 if name in self.index_set:
                     p, q = _orig_raw(req)
                     if p.endswith("/" + name):
-                        return _moved(p[: len(p) - len(name)], q)
+                        return _moved(p[: len(p) - len(name)], q, e)
         return self.serve(req, e)
 
     def serve(self, req: Request, e: Entry, folder: Entry | None = None) -> Response:

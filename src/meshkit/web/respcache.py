@@ -271,7 +271,7 @@ class ResponseCache:
     ) -> CachedResponse | None:
         """A CachedResponse for a keep-alive response to a request of this version and
         method, or None when it cannot be remembered (no validators, a streamed body, a
-        large in-memory body, a status other than 200/206/304). When `request` has
+        large in-memory body, a status other than 200/206/301/304). When `request` has
         on_complete callbacks, the entry keeps them (CachedResponse.attach)."""
         entry = ResponseCache._make(response, version, method)
         if entry is not None and request is not None and request.on_complete:
@@ -284,7 +284,8 @@ class ResponseCache:
         if validators is None or response.close:
             return None
         status = response.status
-        if status != 200 and status != 206 and status != 304:
+        # 301: the file server's canonical redirects (no body; validator the file or folder)
+        if status != 200 and status != 206 and status != 304 and status != 301:
             return None
         body = response.body
         send_body = http1.body_allowed(status, method)

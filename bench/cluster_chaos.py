@@ -9,13 +9,13 @@ host of its own (tests/support/netns.py: three namespaces on one bridge, 198.18.
 that a partition is a pulled cable that touches no other process's traffic.
 
 Two clients (coroutines in this process) write continuously, each through the local socket
-of one manager (client 1: the first, client 2: the second), moving to the next manager when
-theirs fails. A write is ``service_create`` of a service with no replicas (nothing runs)
-labelled with its logical id ``chaos.op=cN-SEQ`` and carrying one request id for all its
-attempts. Each attempt uses a new name (``chaos-cN-SEQ-aATTEMPT``), so name uniqueness cannot
-hide a duplicate: only the request id stops a retried write from being applied twice. A write
-is retried (same request id) until it is acknowledged; a reply with the service id is an
-acknowledgement, noted with its time.
+of one manager, moving to the next manager when theirs fails; before each fault client 1 is
+put on the manager the fault hits and client 2 on another. A write is ``service_create`` of
+a service with no replicas (nothing runs) labelled with its logical id ``chaos.op=cN-SEQ``
+and carrying one request id for all its attempts. Each attempt uses a new name
+(``chaos-cN-SEQ-aATTEMPT``), so name uniqueness cannot hide a duplicate: only the request id
+stops a retried write from being applied twice. A write is retried (same request id) until it
+is acknowledged; a reply with the service id is an acknowledgement, noted with its time.
 
 Faults, one after another, each followed by a dwell with writes going on:
 

@@ -140,6 +140,32 @@ class DumpWriter(serializer.Serializer):  # type: ignore[misc]
 
 syncobj_module.Serializer = DumpWriter  # what SyncObj builds its serializer from
 
+_send_next_node_idx = SyncObj._SyncObj__sendNextNodeIdx
+
+
+def _send_next_node_idx_from_commit(
+    self: Any, node: Any, reset: bool = False, nextNodeIdx: Any = None, success: bool = False
+) -> Any:
+    """A follower refusing an append asks for entries from no later than its commit index.
+
+    pysyncobj's follower answers a refused append with "send from prevLogIdx" when its entry
+    there has another term, but with "send from my last index + 1" when it has no entry there.
+    The leader sends a long log in several batches at once (moving on without waiting), so
+    an old leader back from a partition with an uncommitted entry of its term answered the
+    first batch "from N" and every later one "from N + 1", and the leader, taking the last
+    answer, sent from N + 1 again: a loop that never ended (bench/cluster_chaos.py: the
+    manager stayed at its old commit index for good, serving stale reads, while saying it
+    had quorum and a leader). Entries up to the commit index are the same on every manager,
+    so both answers now say "from at most commit index + 1" and agree.
+    """
+    if reset and not success:
+        committed = self._SyncObj__raftCommitIndex + 1
+        nextNodeIdx = committed if nextNodeIdx is None else min(nextNodeIdx, committed)
+    return _send_next_node_idx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
+
+
+SyncObj._SyncObj__sendNextNodeIdx = _send_next_node_idx_from_commit
+
 __all__ = [
     "FAIL_REASON",
     "MAX_RAFT_FRAME",

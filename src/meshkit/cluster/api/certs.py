@@ -26,10 +26,8 @@ opened only to answer a node (never logged).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -37,6 +35,7 @@ from typing import Any
 
 from meshkit.cluster.api.common import caller, loaded_state, str_param
 from meshkit.cluster.api.context import NodeContext
+from meshkit.cluster.api.longpoll import ChangeSignal
 from meshkit.cluster.model import certs as certrules
 from meshkit.cluster.rpc.transport import Peer, RpcError
 
@@ -80,7 +79,7 @@ class CertMethods:
         self.node = node
         self.epoch = os.urandom(6).hex()
         self.version = 0
-        self._changed = asyncio.Condition()
+        self._changed = ChangeSignal()
         self._pending: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
 
     # -- change notification (every applied command) -------------------------------------------
@@ -98,11 +97,7 @@ class CertMethods:
         if op in ("cert_lease", "cert_release") and not changed:
             return
         self.version += 1
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        self._changed.notify()
 
     # -- sealing -------------------------------------------------------------------------------
 
@@ -212,11 +207,7 @@ class CertMethods:
         wait = min(float(wait), 60.0) if isinstance(wait, (int, float)) else WATCH_WAIT
         if params.get("epoch") == self.epoch and params.get("version") == self.version:
             version = self.version
-            async with self._changed:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: self.version != version), wait
-                    )
+            await self._changed.wait_until(lambda: self.version != version, wait)
         feed = certrules.feed(loaded_state(self.node))
         return {
             "epoch": self.epoch,

@@ -31,7 +31,6 @@ Node methods (any node certificate whose CN is the node asked about):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -39,6 +38,7 @@ from typing import Any
 
 from meshkit.cluster.api.common import caller, loaded_state, new_node_id, str_param
 from meshkit.cluster.api.context import NodeContext
+from meshkit.cluster.api.longpoll import ChangeSignal
 from meshkit.cluster.model import networks as netstate
 from meshkit.cluster.rpc.transport import Peer, RpcError
 
@@ -147,7 +147,7 @@ class NetworkMethods:
         self._dirty = False  # a command changed what the map is built from
         self._built_at = float("-inf")
         self._rebuild_handle: asyncio.TimerHandle | None = None
-        self._changed = asyncio.Condition()
+        self._changed = ChangeSignal()
         self.keys_due = asyncio.Event()  # meshkit.cluster.node.netkeys waits on it
 
     # -- change notification -------------------------------------------------------------------
@@ -180,11 +180,7 @@ class NetworkMethods:
             return
         self._map = new
         self.version += 1
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        self._changed.notify()
 
     def current(self) -> dict[str, Any]:
         if self._dirty:
@@ -291,11 +287,7 @@ class NetworkMethods:
         wait = min(float(params.get("wait") or WATCH_WAIT), 60.0)
         if params.get("epoch") == self.epoch and params.get("version") == self.version:
             version = self.version
-            async with self._changed:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: self.version != version), wait
-                    )
+            await self._changed.wait_until(lambda: self.version != version, wait)
         # keys only for the networks the caller is a member of, read after the wait so a
         # node removed meanwhile gets none
         return {

@@ -34,7 +34,6 @@ Served by every node, for managers only (the logs of the tasks it runs):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -42,6 +41,7 @@ from typing import Any
 
 from meshkit.cluster.api.common import caller, loaded_state, new_node_id
 from meshkit.cluster.api.context import NodeContext
+from meshkit.cluster.api.longpoll import ChangeSignal
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.model.services import task_name
 from meshkit.cluster.rpc.transport import Peer, RpcError
@@ -214,7 +214,7 @@ class ServiceMethods:
         self.epoch = os.urandom(6).hex()  # versions below count from this process's start
         self._versions: dict[str, int] = {}
         self._all_version = 0
-        self._changed = asyncio.Condition()
+        self._changed = ChangeSignal()
 
     # -- change notification (called by the agent for every applied command) -------------------
 
@@ -230,11 +230,7 @@ class ServiceMethods:
         else:
             for n in nodes:
                 self._versions[n] = self._versions.get(n, 0) + 1
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        self._changed.notify()
 
     def version_for(self, node_id: str) -> int:
         return self._versions.get(node_id, 0) + self._all_version
@@ -422,12 +418,7 @@ class ServiceMethods:
         version = params.get("version")
         wait = min(float(params.get("wait") or WATCH_WAIT), 60.0)
         if params.get("epoch") == self.epoch and version == self.version_for(node.id):
-            async with self._changed:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(
-                        self._changed.wait_for(lambda: self.version_for(node.id) != version),
-                        wait,
-                    )
+            await self._changed.wait_until(lambda: self.version_for(node.id) != version, wait)
         st = loaded_state(self.node)
         return {
             "tasks": node_assignment(st, node.id),

@@ -135,6 +135,18 @@ def test_the_story_vip_dns_and_routing_mesh(cluster: Cluster, site: Path, plane:
         for svc in ("client", "web"):
             c.rm_service(svc)
         c.rm_network(net)
+        # ingress (an `auto` network) was built on this plane; a node runs one data plane per
+        # data-path port and an auto network does not move to the other, so the next plane's
+        # run starts once no node runs ingress any more (the managers coalesce map rebuilds:
+        # its removal and its next use can otherwise reach a node as one map)
+        until(lambda: not _ingress_planes(c), 60, "ingress gone from every node")
+
+
+def _ingress_planes(c: Cluster) -> dict[str, str]:
+    r = c.cli("network", "inspect", "ingress")
+    if r.returncode != 0:
+        return {}
+    return dict(json.loads(r.stdout)[0].get("DataPlanes") or {})
 
 
 ECHO = str(Path(__file__).with_name("mesh_echo.py"))

@@ -19,3 +19,17 @@ def test_explicit_planes_and_sealed_networks_come_before_auto() -> None:
     }
     order = [k for k, _ in sorted(nets.items(), key=lambda item: _plane_first(item[1]))]
     assert order == ["d", "c", "e", "a", "b"]  # stable within each rank: map order kept
+
+
+def test_auto_takes_the_plane_the_map_names_when_nothing_is_built() -> None:
+    from meshkit.net.overlay import _named_planes
+
+    assert _named_planes({"networks": {"a": {"dataplane": "auto"}, "b": {}}}) == set()
+    assert _named_planes(
+        {"networks": {"a": {"dataplane": "userspace"}, "b": {"dataplane": "auto"}}}
+    ) == {"userspace"}
+    assert _named_planes({"networks": {"s": {"encrypted": True, "dataplane": "auto"}}}) == {
+        "userspace"
+    }
+    both = {"networks": {"u": {"dataplane": "userspace"}, "k": {"dataplane": "kernel"}}}
+    assert _named_planes(both) == {"userspace", "kernel"}  # no single answer: auto decides

@@ -365,7 +365,12 @@ def test_one_data_plane_per_port_on_a_node(cluster: Cluster) -> None:
             view = json.loads(cluster.cli_ok("network", "inspect", net))[0]
             return set(view["DataPlanes"].values())
 
-        until(lambda: planes("user2") == {"userspace"}, 30, "auto follows userspace")
+        try:
+            until(lambda: planes("user2") == {"userspace"}, 30, "auto follows userspace")
+        except AssertionError as exc:  # say why: the nodes' network errors
+            report = json.loads(cluster.cli_ok("doctor", "--json"))
+            raise AssertionError(f"{exc}; planes {planes('user1')}/{planes('user2')}; "
+                                 f"errors {report['network_errors']}") from None  # fmt: skip
 
         def refused() -> list[str]:
             report = json.loads(cluster.cli_ok("doctor", "--json"))

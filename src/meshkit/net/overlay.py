@@ -77,6 +77,23 @@ def peer_tables(
     return fdb, neigh
 
 
+def _plane_first(net: Mapping[str, Any]) -> int:
+    """Build order within one map: encrypted, then an explicit plane, then `auto`."""
+    if net.get("encrypted"):
+        return 0
+    return 1 if str(net.get("dataplane") or "auto") != "auto" else 2
+
+
+def _named_planes(netmap: Mapping[str, Any]) -> set[str]:
+    """The data planes the map's networks ask for by name (`auto` ones aside)."""
+    out: set[str] = set()
+    for net in (netmap.get("networks") or {}).values():
+        asked = "userspace" if net.get("encrypted") else str(net.get("dataplane") or "auto")
+        if asked != "auto":
+            out.add(asked)
+    return out
+
+
 def my_endpoint(net: Mapping[str, Any], node_id: str) -> str | None:
     for ep in net["endpoints"]:
         if ep["node_id"] == node_id and not ep["task_id"]:
@@ -125,7 +142,11 @@ class NodeOverlay(OverlayKeys, OverlayReport):
                 await self._remove(self._nets.pop(net_id))
             for net_id in [n for n in self._errors if n not in wanted]:
                 del self._errors[net_id]
-            for net_id, net in wanted.items():
+            # networks that name their plane (or are sealed) first: `auto` follows what this
+            # node runs, and one map may bring several new networks at once (the managers
+            # coalesce map rebuilds), so a new auto network must not take the data-path port
+            # for the other plane before a network asking for this one is built
+            for net_id, net in sorted(wanted.items(), key=lambda item: _plane_first(item[1])):
                 try:
                     built = self._nets.get(net_id)
                     if built is None:
@@ -172,6 +193,11 @@ class NodeOverlay(OverlayKeys, OverlayReport):
             plane = "userspace"
         elif asked == "auto" and len(running) == 1:
             plane = next(iter(running))
+        elif asked == "auto" and not running and len(named := _named_planes(self._map)) == 1:
+            # nothing built yet (a network that names its plane may have failed for now, its
+            # old port still closing): do not take the port for the other plane, or that
+            # network could never be built here
+            plane = next(iter(named))
         else:
             try:
                 plane, _why = kernelcheck.choose_dataplane(checks, asked)

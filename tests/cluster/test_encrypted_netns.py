@@ -125,7 +125,9 @@ def test_encrypted_overlay_hides_the_marker(cluster: Lab, tmp_path: Path) -> Non
         r = in_ns(cluster, a["Node"], f"mk-{a['ID']}", "curl", "-sf", "--max-time", "5", url)
         assert r.stdout == MARKER * 3, r.stderr
         drops = json.loads(cluster.cli_ok("doctor", "--json", host="w1"))["encryption"]["drops"]
-        assert drops["bad_tag"] == drops["no_key"] == 0, drops
+        # never a forgery; a frame or two under the new key may reach a node whose map poll
+        # lagged past the 2 s switch delay (no_key, documented): TCP resends it
+        assert drops["bad_tag"] == 0 and drops["no_key"] <= 4, drops
         # the plain network on the same nodes and the same data-path port: readable
         plain, _ = exchange(cluster, "clear", served, tmp_path, "clear-web")
         assert MARKER.encode() in plain

@@ -246,7 +246,9 @@ def test_slow_pipelining_readers_do_not_grow_memory(web: Web) -> None:
         _slow_round(web, 40, 20)
     time.sleep(0.2)
     last = web.rss_kib()
-    assert last <= first * 1.10 + 8192, f"RSS {first} KiB after round 2, {last} KiB after 6"
+    # 10% + 24 MiB: over 14 rounds RSS settled at 60-69 MiB from baselines of 41-60 MiB (the
+    # allocator's arenas); the leak this guards against grew by about 100 MiB a round
+    assert last <= first * 1.10 + 24576, f"RSS {first} KiB after round 2, {last} KiB after 6"
     # and the server still answers
     with socket.create_connection(("127.0.0.1", web.port), timeout=30) as sock:
         sock.sendall(_pipeline(1, web.port))

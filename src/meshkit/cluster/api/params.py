@@ -364,6 +364,10 @@ TCP_PARAMS: dict[str, Schema] = {
     "leave": {"node_id": req(node_id)},
     "tasks_watch": _WATCH,
     "netmap_watch": _WATCH,
+    # CA rotation (meshkit.cluster.api.carotation): status and rotate for managers, ack by a node
+    "ca_status": {},
+    "ca_rotate": {},
+    "ca_ack": {"node_id": req(node_id), "id": req(string(MAX_NAME)), "phase": req(string(64))},
     # a `meshkit run` on the caller's node (meshkit.cluster.api.runs)
     "network_attach": {
         "node_id": req(node_id),

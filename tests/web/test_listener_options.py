@@ -39,7 +39,7 @@ def _errors(text: str) -> list[str]:
         ("timeouts {\n  body 5s\n }", "unknown timeouts option 'body'"),
         ("timeouts {\n  read -1s\n }", "Caddyfile:3"),
         ("proxyprotocol {\n  timeout\n }", "Caddyfile:3"),
-        ("proxyprotocol 10.0.0.300/8", "not an address range"),
+        ("proxyprotocol 198.18.0.300/15", "not an address range"),
         ("proxyprotocol 127.0.0.1 {\n  wait 1s\n }", "unknown proxyprotocol option 'wait'"),
     ],
 )

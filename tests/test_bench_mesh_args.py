@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -259,20 +260,33 @@ def test_task_addresses_by_network_name() -> None:
 # ------------------------------------------------------------------------------- gateway case
 
 
+def _listening(port: int) -> bool:
+    """Whether a TCP socket listens on 127.0.0.1:port (state 0A in /proc/net/tcp)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        return any(line.split()[1] == want and line.split()[3] == "0A" for line in list(f)[1:])
+
+
 @pytest.mark.skipif(shutil.which("iperf3") is None, reason="iperf3 is not installed")
 def test_parse_iperf_reads_a_real_iperf3_run_and_names_its_errors() -> None:
-    # iperf3 cannot be asked for a free port: take one, then retry the client until it listens
+    # iperf3 cannot be asked for a free port: take one, wait until the server listens on it (read
+    # from /proc/net/tcp, so no probe connection uses up the server), then run the client. No `-1`:
+    # a one-off server exits after a client that failed half-way and every retry was refused (CI).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        ["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)],
+        ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
+        deadline = time.monotonic() + 30
+        while not _listening(port) and time.monotonic() < deadline:
+            assert server.poll() is None, "iperf3 -s exited before it listened"
+            threading.Event().wait(0.05)
         out = ""
-        for _ in range(50):
+        for _ in range(5):
             r = subprocess.run(
                 ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", "1", "--json"],
                 capture_output=True,
@@ -283,7 +297,7 @@ def test_parse_iperf_reads_a_real_iperf3_run_and_names_its_errors() -> None:
             out = r.stdout
             if r.returncode == 0:
                 break
-            threading.Event().wait(0.1)
+            threading.Event().wait(0.5)
         assert mesh.parse_iperf(out) > 0.01
     finally:
         server.kill()

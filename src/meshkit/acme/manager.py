@@ -34,6 +34,7 @@ from typing import TypeVar
 
 from meshkit.acme.client import Problem, Settings, check_pair, obtain
 from meshkit.acme.storage import CertStore, Storage
+from meshkit.base.cancel import cancel_and_wait
 from meshkit.base.durations import parse_duration
 from meshkit.web.autotls import CertHub, Wanted
 
@@ -135,8 +136,7 @@ class AcmeManager:
         for t in tasks:
             t.cancel()
         for t in tasks:
-            with contextlib.suppress(BaseException):
-                await t
+            await cancel_and_wait(t)
 
     def _settings(self, w: Wanted) -> Settings:
         s = self.settings

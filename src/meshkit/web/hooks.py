@@ -22,6 +22,8 @@ import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from meshkit.base.cancel import cancel_and_wait
+
 __all__ = ["EVENTS", "Command", "Hooks"]
 
 log = logging.getLogger("meshkit.web")
@@ -103,5 +105,4 @@ class Hooks:
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+            await cancel_and_wait(task)

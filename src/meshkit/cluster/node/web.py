@@ -13,6 +13,8 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from meshkit.base.cancel import cancel_and_wait
+
 if TYPE_CHECKING:
     from meshkit.cluster.api.context import NodeContext
     from meshkit.cluster.node.webcerts import NodeCerts
@@ -72,10 +74,7 @@ class NodeWeb:
 
     async def _stop_follow(self) -> None:
         task, self._follow = self._follow, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await cancel_and_wait(task)
 
     async def stop(self) -> None:
         if self.server is not None:

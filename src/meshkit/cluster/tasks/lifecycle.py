@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from meshkit.base import netns as tasknetns
+from meshkit.base.cancel import cancel_and_wait
 from meshkit.base.procwatch import open_pidfd, wait_pidfd
 from meshkit.cluster.tasks import logs as tasklogs
 from meshkit.cluster.tasks import mounts as taskmounts
@@ -266,12 +267,7 @@ class TaskLifecycle:
             t.exited = True
         finally:
             for job in (stop_wait, checks, exit_wait):
-                if job is not None and not job.done():
-                    job.cancel()
-            for job in (stop_wait, checks, exit_wait):
-                if job is not None:
-                    with contextlib.suppress(BaseException):
-                        await job
+                await cancel_and_wait(job)
             if pidfd is not None:
                 os.close(pidfd)
         await self.release(t)

@@ -87,3 +87,30 @@ def test_nft_takes_both_documents_in_a_namespace() -> None:
         assert vipnat.list_in(ns) == {}
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_declared_ports_of_a_kernel_service_are_dnated_and_counted() -> None:
+    web = VipEntry("198.19.0.10", "web", ("198.19.0.3", "198.19.0.4"),
+                   ((80, "tcp"), (81, "tcp"), (53, "udp")), kernel=True)  # fmt: skip
+    doc = vipnat.nat_ruleset([web], "198.19.0.2")
+    counters = [i["add"]["counter"] for i in doc["nftables"] if "counter" in i.get("add", {})]
+    assert counters == [{"family": "ip", "table": "meshkit_vip", "name": "declared_198_19_0_10"}]
+    pre = [r for r in _rules(doc) if r["chain"] == "prerouting"]
+    assert len(pre) == 3 and not any({"return": None} in r["expr"] for r in pre)
+    tcp, udp, rest = pre
+    assert tcp["expr"][2]["match"]["right"] == {"set": [80, 81]}
+    assert udp["expr"][2]["match"]["right"] == 53
+    assert tcp["expr"][3] == {"counter": "declared_198_19_0_10"} == udp["expr"][3]
+    assert tcp["expr"][-1] == rest["expr"][-1]  # the same round robin over the same tasks
+    assert vipnat.dnat_targets(doc) == {"198.19.0.10": ["198.19.0.3", "198.19.0.4"]}
+    # a service that needs its relay keeps the `return` (the WEB entry above), without counter
+    kept = vipnat.nat_ruleset([WEB], "198.19.0.2")
+    assert not [i for i in kept["nftables"] if "counter" in i.get("add", {})]
+    # the counters, as `nft -j list table` shows them
+    counter = {"family": "ip", "name": "declared_198_19_0_10", "table": "meshkit_vip",
+               "packets": 7, "bytes": 420}  # fmt: skip
+    listing = {"nftables": [{"metainfo": {}}, {"counter": counter}]}
+    assert vipnat.declared_flows(listing) == {"198.19.0.10": 7}
+    # the relay path keeps every declared port on its relay
+    redirect = _rules(vipnat.redirect_ruleset([web], 40001))
+    assert [r["expr"][-1] for r in redirect][:2] == [{"return": None}, {"return": None}]

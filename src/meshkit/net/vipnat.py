@@ -7,16 +7,18 @@ namespace through the bridge, where one table, ``ip meshkit_vip``, handles it in
 ways (the *path*):
 
 ``nft`` (the kernel fast path)
-    prerouting: a packet to a VIP on a port the service declares (``--port``/``--publish``)
-    goes on to the L4 relay listening there, as before; any other TCP or UDP port is DNATed to
-    one of the service's up tasks, ``dnat to numgen inc mod N map {0: task, 1: task, ...}``:
-    round robin over new flows, each flow then pinned by conntrack. postrouting: DNATed flows
-    leaving by the bridge are SNATed to this node's endpoint address on the network (unique;
-    the bridge's first address is the gateway, the same on every node), so replies come back
-    through this namespace to be un-NATed (the client and the task share the bridge; without
-    it the task would answer the client directly from its own address). forward: a DNATed
-    flow whose task is no longer one of the live tasks (it left the map) is reset (TCP) or
-    refused (UDP) on its next packet, so nothing waits on it.
+    prerouting: a packet to a VIP on a port the service declares (``--port``/``--publish``) goes on
+    to the L4 relay listening there when the service needs the relay (``kernel`` False: see
+    meshkit.mesh.plan), else it is DNATed like the others, through a rule of its own that counts the
+    declared-port flows in a named counter (kept across rebuilds); any other TCP or UDP port is
+    DNATed to one of the service's up tasks, ``dnat to numgen inc mod N map {0: task, 1: task,
+    ...}``: round robin over new flows, each flow then pinned by conntrack. postrouting: DNATed
+    flows leaving by the bridge are SNATed to this node's endpoint address on the network (unique;
+    the bridge's first address is the gateway, the same on every node), so replies come back through
+    this namespace to be un-NATed (the client and the task share the bridge; without it the task
+    would answer the client directly from its own address). forward: a DNATed flow whose task is no
+    longer one of the live tasks (it left the map) is reset (TCP) or refused (UDP) on its next
+    packet, so nothing waits on it.
 ``relay`` (where the NAT expressions are missing, or asked for with ``MESHKIT_VIP_PATH``)
     prerouting: TCP to a VIP on an undeclared port is redirected to one L4 relay of the
     namespace (meshkit.l4.origdst), which reads the port the client asked for with
@@ -57,6 +59,9 @@ class VipEntry:
     service: str
     backends: tuple[str, ...]
     declared: tuple[tuple[int, str], ...] = field(default=())  # (port, "tcp" | "udp")
+    # the declared ports need nothing only the relay does (no PROXY protocol, a policy numgen
+    # does): on the nft path they are DNATed too and their relay is not opened
+    kernel: bool = False
 
 
 NsVips = tuple[str, tuple[VipEntry, ...]]
@@ -116,6 +121,29 @@ def _skip_declared(entry: VipEntry) -> list[dict[str, Any]]:
     return out
 
 
+def counter_name(vip: str) -> str:
+    """The named counter of the flows DNATed to ``vip``'s declared ports."""
+    return "declared_" + vip.replace(".", "_")
+
+
+def _declared_dnat(entry: VipEntry) -> list[dict[str, Any]]:
+    """`ip daddr VIP tcp dport {declared} counter name C dnat to ...`, per protocol: the
+    declared ports of a service that needs no relay, counted apart for doctor."""
+    out = []
+    for proto in PROTOS:
+        ports = sorted({p for p, pr in entry.declared if pr == proto})
+        if not ports:
+            continue
+        right: Any = ports[0] if len(ports) == 1 else {"set": ports}
+        dport = {"payload": {"protocol": proto, "field": "dport"}}
+        out.append(
+            _rule("prerouting", _daddr(entry.vip), _l4([proto]), _match(dport, right),
+                  {"counter": counter_name(entry.vip)}, _dnat_to(entry.backends),
+                  comment=f"vip {entry.service} declared")
+        )  # fmt: skip
+    return out
+
+
 def _dnat_to(backends: Sequence[str]) -> dict[str, Any]:
     if len(backends) == 1:
         return {"dnat": {"addr": backends[0]}}
@@ -152,7 +180,12 @@ def nat_ruleset(entries: Iterable[VipEntry], src: str = "", bridge: str = "br0")
     for e in entries:
         if not e.backends:
             continue  # nothing listens on the VIP's other ports: the kernel refuses the flow
-        doc += _skip_declared(e)
+        if e.kernel:
+            if e.declared:  # (an existing named counter is kept: "add" leaves it as it is)
+                doc.append({"add": {"counter": _base() | {"name": counter_name(e.vip)}}})
+            doc += _declared_dnat(e)
+        else:
+            doc += _skip_declared(e)
         doc.append(
             _rule("prerouting", _daddr(e.vip), _l4(PROTOS), _dnat_to(e.backends),
                   comment=f"vip {e.service}")
@@ -235,6 +268,20 @@ def dnat_targets(listing: Mapping[str, Any]) -> dict[str, list[str]]:
                     targets = [str(pair[1]) for pair in data]
         if vip and targets:
             out[vip] = targets
+    return out
+
+
+def declared_flows(listing: Mapping[str, Any]) -> dict[str, int]:
+    """From ``nft -j list table ip meshkit_vip``: VIP -> flows DNATed to its declared ports
+    so far (the named counters; the nat chain sees a flow's first packet only)."""
+    out: dict[str, int] = {}
+    for item in listing.get("nftables") or []:
+        counter = item.get("counter") if isinstance(item, Mapping) else None
+        if not isinstance(counter, Mapping):
+            continue
+        name = str(counter.get("name") or "")
+        if name.startswith("declared_"):
+            out[name.removeprefix("declared_").replace("_", ".")] = int(counter.get("packets", 0))
     return out
 
 

@@ -372,7 +372,7 @@ def table(results: Results, args: argparse.Namespace) -> tuple[str, bool]:
         "medians; "
         f"{args.replicas} x {args.backend} backend, {args.dataplane} data plane, "
         f"direct = {args.direct}, declared VIP ports: "
-        f"{args.vip_declared or os.environ.get('MESHKIT_VIP_DECLARED') or 'relay'}, "
+        f"{args.vip_declared or os.environ.get('MESHKIT_VIP_DECLARED') or 'auto'}, "
         f"HAProxy {'with' if args.haproxy_splice else 'without'} "
         "splice",
         " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
@@ -1023,7 +1023,7 @@ def write_json(results: Results, args: argparse.Namespace, path: Path) -> None:
         "direct": args.direct,
         "threads": args.threads,
         "haproxy_splice": args.haproxy_splice,
-        "vip_declared": args.vip_declared or os.environ.get("MESHKIT_VIP_DECLARED") or "relay",
+        "vip_declared": args.vip_declared or os.environ.get("MESHKIT_VIP_DECLARED") or "auto",
         "gateway": args.gateway,
         "connections": args.connections,
         "not_measured": results.missing,
@@ -1082,10 +1082,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--vip-declared",
-        choices=("relay", "nft"),
+        choices=("auto", "relay"),
         default=None,
-        help="the agents' MESHKIT_VIP_DECLARED: declared VIP ports through the L4 relay (the "
-        "default) or DNATed by nftables like undeclared ones (default: as the environment says)",
+        help="the agents' MESHKIT_VIP_DECLARED: declared VIP ports DNATed by nftables like "
+        "undeclared ones where the service needs no relay (auto, meshkit's default) or through "
+        "the L4 relay (default: as the environment says)",
     )
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")

@@ -40,13 +40,14 @@ def test_a_namespace_that_is_gone_decides_nothing() -> None:
     assert "mkn-other-00000000" not in vp.report().get("errors", {})
 
 
-def test_declared_ports_stay_on_the_relay_unless_asked() -> None:
-    assert VipPorts({}).declared == "relay"
-    vp = VipPorts({"MESHKIT_VIP_DECLARED": "nft"})
-    assert vp.declared == "nft"
+def test_declared_ports_go_to_the_kernel_unless_asked_not_to() -> None:
+    vp = VipPorts({})
+    assert vp.declared == "auto"
+    relay = VipPorts({"MESHKIT_VIP_DECLARED": "Relay"})
+    assert relay.declared == "relay"
     bad = VipPorts({"MESHKIT_VIP_DECLARED": "kernel"})
-    assert bad.declared == "relay"
-    assert "MESHKIT_VIP_DECLARED='kernel': expected relay or nft" in bad.report()["why"]
+    assert bad.declared == "auto"
+    assert "MESHKIT_VIP_DECLARED='kernel': expected auto or relay" in bad.report()["why"]
     # what the node's table does decides: nothing applied yet, so the relay serves
     assert not vp.kernel_serves("mkn-nosuchns-00000000", "198.19.0.10")
     kernel = VipEntry("198.19.0.10", "db", ("198.19.0.5",), ((80, "tcp"),), kernel=True)

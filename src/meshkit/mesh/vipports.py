@@ -14,14 +14,15 @@ the kernel takes:
 - ``ports``: no nft at all: a VIP answers on its declared ports only, as before, and
   ``meshkit doctor`` says why.
 
-Declared ports keep their relay (listening on the VIP) by default: the relay retries a refused
-connect on another task, so a task that just died is never seen by a client while the map
-still names it, which DNAT cannot do (the kernel sends the flow to the dead task). With
-``MESHKIT_VIP_DECLARED=nft`` on the ``nft`` path, the declared ports of a service that needs
-no relay-only feature (VipEntry.kernel: no PROXY protocol, a policy numgen does; decided once
-per service by meshkit.mesh.plan) are DNATed like its other ports and its relay is not opened
-(meshkit.mesh.node asks ``kernel_serves``); their flows are counted by nft (named counters,
-read for doctor). Docker's VIP (IPVS) behaves like the latter.
+On the ``nft`` path, the declared ports of a service that needs no relay-only feature
+(VipEntry.kernel: no PROXY protocol, a policy numgen does; decided once per service by
+meshkit.mesh.plan) are DNATed like its other ports and its relay is not opened (meshkit.mesh.node
+asks ``kernel_serves``); their flows are counted by nft (named counters, read for doctor). The
+relay's retry of a refused connect on another task is kept in kernel terms: a task's first
+refusal of a flow is held back (the client sends its SYN again) and the flows of tasks that
+leave the map are forgotten (meshkit.net.ctflush), so the SYN is DNATed to a live task.
+``MESHKIT_VIP_DECLARED=relay`` keeps every declared port on its relay, as on the ``relay``
+and ``ports`` paths.
 """
 
 from __future__ import annotations
@@ -50,11 +51,11 @@ COUNT_EVERY = 2.0  # seconds: doctor's declared-port flow counts are at most thi
 
 
 def wanted_declared(env: Mapping[str, str]) -> str:
-    """``relay`` (the default: declared ports keep their relay) or ``nft`` (those of services
-    that need no relay-only feature are DNATed on the nft path)."""
-    value = env.get(DECLARED_ENV, "").strip().lower() or "relay"
-    if value not in ("relay", "nft"):
-        raise ValueError(f"{DECLARED_ENV}={value!r}: expected relay or nft")
+    """``auto`` (the default: the declared ports of services that need no relay-only feature
+    are DNATed on the nft path) or ``relay`` (every declared port keeps its relay)."""
+    value = env.get(DECLARED_ENV, "").strip().lower() or "auto"
+    if value not in ("auto", "relay"):
+        raise ValueError(f"{DECLARED_ENV}={value!r}: expected auto or relay")
     return value
 
 
@@ -75,9 +76,9 @@ class VipPorts:
         try:
             self.declared = wanted_declared(env)
         except ValueError as exc:
-            self.declared = "relay"
+            self.declared = "auto"
             self._bad_setting += ("; " if self._bad_setting else "") + str(exc)
-            log.error("mesh: %s; using relay", exc)
+            log.error("mesh: %s; using auto", exc)
         self._counts: dict[str, int] = {}  # VIP -> flows DNATed to its declared ports
         self._counted_at = 0.0
         self._counting: asyncio.Task[None] | None = None
@@ -88,7 +89,7 @@ class VipPorts:
         self.errors: dict[str, str] = {}
 
     async def sync(self, wanted: Mapping[str, vipnat.NsVips]) -> None:
-        if self.declared != "nft":
+        if self.declared == "relay":
             wanted = {
                 ns: (src, tuple(dataclasses.replace(e, kernel=False) for e in entries))
                 for ns, (src, entries) in wanted.items()
@@ -118,7 +119,11 @@ class VipPorts:
             await self._decide(ns, entries)
             return
         if self.path == "nft":
-            await asyncio.to_thread(vipnat.apply_in, ns, vipnat.nat_ruleset(entries[1], entries[0]))
+            # the flows of tasks that left are forgotten once the new table is in (marked
+            # flows of kernel services only): their next packet is DNATed to a live task
+            forget = vipnat.gone_marks(self._applied.get(ns, ("", ()))[1], entries[1])
+            document = vipnat.nat_ruleset(entries[1], entries[0])
+            await asyncio.to_thread(vipnat.apply_in, ns, document, forget=forget)
         elif self.path == "relay":
             await self._apply_relay(ns, entries)
 
@@ -225,8 +230,8 @@ class VipPorts:
             "path": self.path or "none yet (no VIP on this node)",
             "why": self._bad_setting + ("; " if self._bad_setting else "") + self.why,
         }
-        if self.declared == "nft":  # doctor prints "why"
-            out["why"] += f"; {DECLARED_ENV}=nft: declared ports DNATed where no relay is needed"
+        if self.declared == "relay":  # doctor prints "why"
+            out["why"] += f"; {DECLARED_ENV}=relay: every declared port through its relay"
         self._count_soon()
         if self._relays:
             out["relay_flows"] = sum(r.open_flows() for r, _ in self._relays.values())

@@ -554,7 +554,12 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     try:
         nginx_port = start_nginx(procs, args.backend_core)
         log(f"nginx listening on {HOST}:{nginx_port}")
-        with proxies(procs, args, nginx_port, "http") as ports:
+        http_metrics = [m for m in ("keepalive", "newconn") if m in args.metrics]
+        with (
+            proxies(procs, args, nginx_port, "http")
+            if http_metrics
+            else contextlib.nullcontext({}) as ports
+        ):
             for name, port in ports.items():
                 http_check(port, name)
                 # Warm up (connection pools, caches, the Python proxy's code paths).
@@ -562,6 +567,8 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             log(f"proxies in front of nginx: {ports}")
             targets = {"direct": nginx_port, **ports}
             for close, metric in ((False, "keepalive"), (True, "newconn")):
+                if metric not in http_metrics:
+                    continue
                 unit = "req/s" if metric == "keepalive" else "conn/s"
                 for r in range(1, args.rounds + 1):
                     for target, port in targets.items():
@@ -574,6 +581,8 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                             unit,
                             cores,
                         )
+        if "bulk" not in args.metrics:
+            return results
         iperf_port = start_iperf3_server(procs, args.backend_core)
         log(f"iperf3 server listening on {HOST}:{iperf_port}")
         with proxies(procs, args, iperf_port, "bulk", splice=True) as ports:
@@ -662,6 +671,14 @@ def report(results: Results, args: argparse.Namespace) -> bool:
         ]
         if len(paired) > 1:
             print(f"{m.key} meshkit/haproxy per round: {' '.join(paired)}")
+    per = results.samples.get("bulk", {})
+    paired = [
+        f"{mk.value / hap.value:.2f}"
+        for hap, mk in zip(per.get(SPLICE_TARGET, []), per.get("meshkit", []), strict=False)
+        if hap.value
+    ]
+    if len(paired) > 1:
+        print(f"bulk meshkit/{SPLICE_TARGET} per round: {' '.join(paired)}")
     retrans = ", ".join(
         f"{target} {sum(s.retransmits for s in samples)}"
         for target, samples in results.samples.get("bulk", {}).items()
@@ -754,6 +771,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--check-goals", action="store_true", help="exit 3 when a meshkit goal is missed"
     )
+    p.add_argument(
+        "--metrics",
+        default="keepalive,newconn,bulk",
+        help="what to measure, comma-separated (default: keepalive,newconn,bulk)",
+    )
     p.add_argument("--proxy-core", type=int, default=None, help="CPU for both proxies")
     p.add_argument("--client-core", type=int, default=None, help="CPU for wrk / iperf3 -c")
     p.add_argument(
@@ -764,6 +786,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     settle_args(p, args)
+    args.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    bad = [m for m in args.metrics if m not in ("keepalive", "newconn", "bulk")]
+    if bad or not args.metrics:
+        p.error(f"--metrics {','.join(bad) or '(none)'}: expected keepalive, newconn, bulk")
     if args.duration < 1 or args.rounds < 1:
         p.error("--duration must be >= 1 and --rounds >= 1")
     return args

@@ -371,7 +371,9 @@ def table(results: Results, args: argparse.Namespace) -> tuple[str, bool]:
         f"meshkit VIP, routing mesh and gateway: {args.rounds} round(s) x {args.duration:g} s, "
         "medians; "
         f"{args.replicas} x {args.backend} backend, {args.dataplane} data plane, "
-        f"direct = {args.direct}, HAProxy {'with' if args.haproxy_splice else 'without'} "
+        f"direct = {args.direct}, declared VIP ports: "
+        f"{args.vip_declared or os.environ.get('MESHKIT_VIP_DECLARED') or 'auto'}, "
+        f"HAProxy {'with' if args.haproxy_splice else 'without'} "
         "splice",
         " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
         "-+-".join("-" * w for w in widths),
@@ -1021,6 +1023,7 @@ def write_json(results: Results, args: argparse.Namespace, path: Path) -> None:
         "direct": args.direct,
         "threads": args.threads,
         "haproxy_splice": args.haproxy_splice,
+        "vip_declared": args.vip_declared or os.environ.get("MESHKIT_VIP_DECLARED") or "auto",
         "gateway": args.gateway,
         "connections": args.connections,
         "not_measured": results.missing,
@@ -1076,6 +1079,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--haproxy-splice",
         action="store_true",
         help="HAProxy with `option splice-auto` (meshkit copies; default off)",
+    )
+    p.add_argument(
+        "--vip-declared",
+        choices=("auto", "relay"),
+        default=None,
+        help="the agents' MESHKIT_VIP_DECLARED: declared VIP ports DNATed by nftables like "
+        "undeclared ones where the service needs no relay (auto, meshkit's default) or through "
+        "the L4 relay (default: as the environment says)",
     )
     p.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     p.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
@@ -1142,6 +1153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    if args.vip_declared:  # the agents inherit this process's environment
+        os.environ["MESHKIT_VIP_DECLARED"] = args.vip_declared
     tmp = Path(tempfile.mkdtemp(prefix="meshkit-bench-mesh-"))
     try:
         results = bench(args, tmp)

@@ -106,3 +106,16 @@ def test_service_backends_prefer_the_services_own_network() -> None:
         ("198.19.1.5", "198.19.1.6"),
     )
     assert meshplan.service_backends(nm, N1, "nosuch") is None
+
+
+def test_a_vip_needs_no_relay_for_its_declared_ports_unless_a_feature_says_so() -> None:
+    plan = meshplan.plan(_map(s1=_web([_port(80, 8091, proxy_protocol=True)], TASKS)), N1)
+    ns = next(n for n in plan.vip_ports if FRONT[:8] in n)
+    (entry,) = plan.vip_ports[ns][1]
+    assert entry.declared == ((80, "tcp"),) and entry.kernel  # round robin, no PROXY header
+    vip = plan.relays[f"vip/s1/{FRONT}"]
+    assert vip.kernel_ok() and entry.backends == vip.backends
+    # the published port's relay writes the PROXY header: only a relay can
+    assert not plan.relays["publish/8091/tcp"].kernel_ok()
+    assert not meshplan.RelayPlan(**{**vip.__dict__, "policy": "least_conn"}).kernel_ok()
+    assert not meshplan.RelayPlan(**{**vip.__dict__, "proxy_protocol": "v2"}).kernel_ok()

@@ -87,3 +87,70 @@ def test_nft_takes_both_documents_in_a_namespace() -> None:
         assert vipnat.list_in(ns) == {}
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_declared_ports_of_a_kernel_service_are_dnated_and_counted() -> None:
+    web = VipEntry("198.19.0.10", "web", ("198.19.0.3", "198.19.0.4"),
+                   ((80, "tcp"), (81, "tcp"), (53, "udp")), kernel=True)  # fmt: skip
+    doc = vipnat.nat_ruleset([web], "198.19.0.2")
+    counters = [i["add"]["counter"] for i in doc["nftables"] if "counter" in i.get("add", {})]
+    assert counters == [{"family": "ip", "table": "meshkit_vip", "name": "declared_198_19_0_10"}]
+    pre = [r for r in _rules(doc) if r["chain"] == "prerouting"]
+    assert len(pre) == 3 and not any({"return": None} in r["expr"] for r in pre)
+    tcp, udp, rest = pre
+    assert tcp["expr"][2]["match"]["right"] == {"set": [80, 81]}
+    assert udp["expr"][2]["match"]["right"] == 53
+    assert tcp["expr"][3] == {"counter": "declared_198_19_0_10"} == udp["expr"][3]
+    assert tcp["expr"][-1] == rest["expr"][-1]  # the same round robin over the same tasks
+    assert vipnat.dnat_targets(doc) == {"198.19.0.10": ["198.19.0.3", "198.19.0.4"]}
+    # a service that needs its relay keeps the `return` (the WEB entry above), without counter
+    kept = vipnat.nat_ruleset([WEB], "198.19.0.2")
+    assert not [i for i in kept["nftables"] if "counter" in i.get("add", {})]
+    # the counters, as `nft -j list table` shows them
+    counter = {"family": "ip", "name": "declared_198_19_0_10", "table": "meshkit_vip",
+               "packets": 7, "bytes": 420}  # fmt: skip
+    listing = {"nftables": [{"metainfo": {}}, {"counter": counter}]}
+    assert vipnat.declared_flows(listing) == {"198.19.0.10": 7}
+    # the relay path keeps every declared port on its relay
+    redirect = _rules(vipnat.redirect_ruleset([web], 40001))
+    assert [r["expr"][-1] for r in redirect][:2] == [{"return": None}, {"return": None}]
+
+
+def test_kernel_flows_are_marked_by_task_and_a_first_refusal_is_held() -> None:
+    web = VipEntry("198.19.0.10", "web", ("198.19.0.3", "198.19.0.4"), ((80, "tcp"),),
+                   kernel=True)  # fmt: skip
+    one = VipEntry("198.19.0.13", "one", ("198.19.0.5",), ((81, "tcp"),), kernel=True)
+    doc = vipnat.nat_ruleset([web, one, DB], "198.19.0.2")
+    pre = [r for r in _rules(doc) if r["chain"] == "prerouting"]
+    mark = {"ct": {"key": "mark"}}
+    m3, m4 = vipnat.flow_mark("198.19.0.3"), vipnat.flow_mark("198.19.0.4")
+    assert (m3, m4) == (0x46130003, 0x46130004)  # 198.19.0.3 less the top bit
+    declared, rest = pre[0], pre[1]
+    for rule in (declared, rest):
+        setmark, dnat = rule["expr"][-2:]
+        assert setmark["mangle"]["key"] == mark
+        assert setmark["mangle"]["value"]["map"]["data"] == {"set": [[0, m3], [1, m4]]}
+        assert dnat["dnat"]["addr"]["map"]["key"] == {"&": [mark, vipnat.MARK_MASK]}
+        assert dnat["dnat"]["addr"]["map"]["data"] == {"set": [[m3, "198.19.0.3"],
+                                                               [m4, "198.19.0.4"]]}  # fmt: skip
+    single = [r for r in pre if r["expr"][0]["match"]["right"] == "198.19.0.13"]
+    assert single[-1]["expr"][-2:] == [
+        {"mangle": {"key": mark, "value": vipnat.flow_mark("198.19.0.5")}},
+        {"dnat": {"addr": "198.19.0.5"}},
+    ]
+    # a service that keeps its relay has unmarked flows (DB: no declared port, not kernel)
+    db = [r for r in pre if r["expr"][0]["match"]["right"] == "198.19.0.11"]
+    assert db[-1]["expr"][-2:] == [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}},
+                                   "right": {"set": ["tcp", "udp"]}}},
+                                   {"dnat": {"addr": "198.19.0.5"}}]  # fmt: skip
+    forward = [r for r in _rules(doc) if r["chain"] == "forward"]
+    held = forward[0]["expr"]
+    assert held[-1] == {"drop": None} and {"match": {"op": "in", "left": {"payload": {
+        "protocol": "tcp", "field": "flags"}}, "right": "rst"}} in held  # fmt: skip
+    assert len(forward) == 3
+    assert len([r for r in _rules(vipnat.nat_ruleset([WEB, DB])) if r["chain"] == "forward"]) == 2
+    assert vipnat.dnat_targets(doc)["198.19.0.10"] == ["198.19.0.3", "198.19.0.4"]
+    # the tasks kernel services no longer DNAT to: their flows are forgotten
+    after = VipEntry("198.19.0.10", "web", ("198.19.0.4",), ((80, "tcp"),), kernel=True)
+    assert vipnat.gone_marks([web, one, DB], [after, one]) == [m3]
+    assert vipnat.gone_marks([WEB], []) == []  # unmarked flows: nothing to forget

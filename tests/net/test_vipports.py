@@ -38,3 +38,22 @@ def test_a_namespace_that_is_gone_decides_nothing() -> None:
     # a namespace without VIPs that never had one needs no table at all
     asyncio.run(vp.sync({"mkn-other-00000000": ("198.19.0.2", ())}))
     assert "mkn-other-00000000" not in vp.report().get("errors", {})
+
+
+def test_declared_ports_go_to_the_kernel_unless_asked_not_to() -> None:
+    vp = VipPorts({})
+    assert vp.declared == "auto"
+    relay = VipPorts({"MESHKIT_VIP_DECLARED": "Relay"})
+    assert relay.declared == "relay"
+    bad = VipPorts({"MESHKIT_VIP_DECLARED": "kernel"})
+    assert bad.declared == "auto"
+    assert "MESHKIT_VIP_DECLARED='kernel': expected auto or relay" in bad.report()["why"]
+    # what the node's table does decides: nothing applied yet, so the relay serves
+    assert not vp.kernel_serves("mkn-nosuchns-00000000", "198.19.0.10")
+    kernel = VipEntry("198.19.0.10", "db", ("198.19.0.5",), ((80, "tcp"),), kernel=True)
+    vp.path = "nft"
+    vp._applied["mkn-x"] = ("198.19.0.2", (kernel,))
+    assert vp.kernel_serves("mkn-x", "198.19.0.10")
+    assert not vp.kernel_serves("mkn-x", "198.19.0.11")
+    vp.path = "relay"  # the redirect path leaves declared ports to their relays
+    assert not vp.kernel_serves("mkn-x", "198.19.0.10")

@@ -287,10 +287,10 @@ def mesh_text(mesh: dict[str, Any]) -> str:
         rows = [
             [
                 r.get("service", ""),
-                r.get("kind", ""),
+                r.get("kind", "") + (f" ({r['path']})" if r.get("path") else ""),
                 ", ".join(r.get("listen") or []),
                 f"{r.get('up', 0)}/{len(r.get('backends') or [])}",
-                str(r.get("flows", 0)),
+                str(r.get("flows", 0)) if "flows_total" not in r else f"{r['flows_total']} total",
             ]
             for r in relays
         ]

@@ -77,6 +77,8 @@ class NodeMesh:
         self._directory_of: Mapping[str, Any] | None = None  # the map it was built from
         self._relays: dict[str, _Relay] = {}
         self._relay_errors: dict[str, str] = {}
+        # VIP relays whose declared ports the namespace's nft table DNATs instead (no relay)
+        self._kernel: dict[str, meshplan.RelayPlan] = {}
         self._vips: dict[str, frozenset[str]] = {}
         self.vip_ports = VipPorts()
         self._dns: dict[str, DnsServer] = {}
@@ -122,7 +124,16 @@ class NodeMesh:
                 del self._relay_errors[key]
             await self._sync_vips(plan.vips)
             await self.vip_ports.sync(plan.vip_ports)
+            self._kernel = {}
             for rp in plan.relays.values():
+                if rp.kernel_ok() and self.vip_ports.kernel_serves(rp.listen_ns, rp.listens[0].ip):
+                    # the table DNATs these ports now (after sync, so the table is in before
+                    # the relay goes): a relay would see no new flow
+                    self._kernel[rp.key] = rp
+                    self._relay_errors.pop(rp.key, None)
+                    if rp.key in self._relays:
+                        await self._close_relay(rp.key)
+                    continue
                 await self._sync_relay(rp)
             for ns in [n for n in self._refs if n not in plan.vips]:
                 self._refs.pop(ns).close()
@@ -355,6 +366,17 @@ class NodeMesh:
             if key in self._relay_errors:
                 row["error"] = self._relay_errors[key]
             relays.append(row)
+        for key, rp in sorted(self._kernel.items()):
+            relays.append({
+                "key": key,
+                "service": rp.service,
+                "kind": rp.kind,
+                "path": "nft",  # DNAT in the namespace's table, no relay
+                "listen": [f"{lst.ip}:{lst.port}/{lst.proto}" for lst in rp.listens],
+                "backends": list(rp.backends),
+                "up": len(rp.backends),  # the map's up tasks: the kernel checks nothing more
+                "flows_total": self.vip_ports.declared_flows(rp.listens[0].ip),
+            })  # fmt: skip
         dns = {t: s.counters.as_dict() for t, s in self._dns.items()}
         out: dict[str, Any] = {"relays": relays, "dns": dns, "vip_ports": self.vip_ports.report()}
         if self._dns_errors:

@@ -21,6 +21,7 @@ from meshkit.net.overlay import netns_for as overlay_ns
 from meshkit.net.vipnat import NsVips, VipEntry
 
 HOST = ""  # the namespace the agent runs in
+KERNEL_POLICIES = ("round_robin",)  # what meshkit.net.vipnat's DNAT does: numgen inc
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,13 @@ class RelayPlan:
     listens: tuple[Listen, ...]
     proxy_protocol: str | None
     backends: tuple[str, ...] = ()
+    policy: str = "round_robin"  # the connection table's (meshkit.lb)
+
+    def kernel_ok(self) -> bool:
+        """Whether nftables can do this relay's work (a VIP's declared ports): no PROXY
+        protocol header to write and a policy the DNAT's numgen does. Decided once per
+        service from its plan; the node's path (meshkit.mesh.vipports) has the last word."""
+        return self.kind == "vip" and self.proxy_protocol is None and self.policy in KERNEL_POLICIES
 
     def shape(self) -> tuple[Any, ...]:
         """What cannot change without listening anew."""
@@ -108,10 +116,10 @@ def plan(netmap: Mapping[str, Any], node_id: str, built: set[str] | None = None)
                 continue
             ns = overlay_ns(net_id, node_id)
             vips[ns].add(vip)
-            every_port[ns].append(VipEntry(vip, name, _up_addrs(svc, net_id), tuple(targets)))
             if not targets:
+                every_port[ns].append(VipEntry(vip, name, _up_addrs(svc, net_id)))
                 continue  # a VIP with no port answers ARP and ping only
-            relays[f"vip/{sid}/{net_id}"] = RelayPlan(
+            rp = relays[f"vip/{sid}/{net_id}"] = RelayPlan(
                 key=f"vip/{sid}/{net_id}",
                 service=name,
                 kind="vip",
@@ -120,6 +128,9 @@ def plan(netmap: Mapping[str, Any], node_id: str, built: set[str] | None = None)
                 listens=tuple(Listen(vip, t, t, proto) for t, proto in targets),
                 proxy_protocol=None,
                 backends=_up_addrs(svc, net_id),
+            )
+            every_port[ns].append(
+                VipEntry(vip, name, rp.backends, tuple(targets), kernel=rp.kernel_ok())
             )
         # published ports
         for p in _ports(svc):

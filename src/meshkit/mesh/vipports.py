@@ -14,14 +14,24 @@ the kernel takes:
 - ``ports``: no nft at all: a VIP answers on its declared ports only, as before, and
   ``meshkit doctor`` says why.
 
-Declared ports are never touched: their relays listen on the VIP as they always did.
+On the ``nft`` path, the declared ports of a service that needs no relay-only feature
+(VipEntry.kernel: no PROXY protocol, a policy numgen does; decided once per service by
+meshkit.mesh.plan) are DNATed like its other ports and its relay is not opened (meshkit.mesh.node
+asks ``kernel_serves``); their flows are counted by nft (named counters, read for doctor). The
+relay's retry of a refused connect on another task is kept in kernel terms: a task's first
+refusal of a flow is held back (the client sends its SYN again) and the flows of tasks that
+leave the map are forgotten (meshkit.net.ctflush), so the SYN is DNATed to a live task.
+``MESHKIT_VIP_DECLARED=relay`` keeps every declared port on its relay, as on the ``relay``
+and ``ports`` paths.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,19 +46,42 @@ WHY = {
     "relay": "nftables redirect (TCP, SO_ORIGINAL_DST) and tproxy (UDP) to the L4 relay",
     "ports": "declared ports only",
 }
+DECLARED_ENV = "MESHKIT_VIP_DECLARED"
+COUNT_EVERY = 2.0  # seconds: doctor's declared-port flow counts are at most this old (+ a read)
+
+
+def wanted_declared(env: Mapping[str, str]) -> str:
+    """``auto`` (the default: the declared ports of services that need no relay-only feature
+    are DNATed on the nft path) or ``relay`` (every declared port keeps its relay)."""
+    value = env.get(DECLARED_ENV, "").strip().lower() or "auto"
+    if value not in ("auto", "relay"):
+        raise ValueError(f"{DECLARED_ENV}={value!r}: expected auto or relay")
+    return value
 
 
 class VipPorts:
     """Every overlay namespace's VIP table (and relay, on the relay path) on this node."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        import os
+
+        env = os.environ if env is None else env
+        self._bad_setting = ""
         try:
             self.setting = vipnat.wanted_path(env)
-            self._bad_setting = ""
         except ValueError as exc:
             self.setting = "auto"
             self._bad_setting = str(exc)
             log.error("mesh: %s; using auto", exc)
+        try:
+            self.declared = wanted_declared(env)
+        except ValueError as exc:
+            self.declared = "auto"
+            self._bad_setting += ("; " if self._bad_setting else "") + str(exc)
+            log.error("mesh: %s; using auto", exc)
+        self._counts: dict[str, int] = {}  # VIP -> flows DNATed to its declared ports
+        self._counted_at = 0.0
+        self._counting: asyncio.Task[None] | None = None
         self.path = ""  # decided with the first namespace that has a VIP
         self.why = ""
         self._applied: dict[str, vipnat.NsVips] = {}
@@ -56,6 +89,11 @@ class VipPorts:
         self.errors: dict[str, str] = {}
 
     async def sync(self, wanted: Mapping[str, vipnat.NsVips]) -> None:
+        if self.declared == "relay":
+            wanted = {
+                ns: (src, tuple(dataclasses.replace(e, kernel=False) for e in entries))
+                for ns, (src, entries) in wanted.items()
+            }
         for ns in [n for n in self._applied if n not in wanted]:
             self._applied.pop(ns)
             self._close_relay(ns)  # the namespace went (its table with it)
@@ -81,7 +119,11 @@ class VipPorts:
             await self._decide(ns, entries)
             return
         if self.path == "nft":
-            await asyncio.to_thread(vipnat.apply_in, ns, vipnat.nat_ruleset(entries[1], entries[0]))
+            # the flows of tasks that left are forgotten once the new table is in (marked
+            # flows of kernel services only): their next packet is DNATed to a live task
+            forget = vipnat.gone_marks(self._applied.get(ns, ("", ()))[1], entries[1])
+            document = vipnat.nat_ruleset(entries[1], entries[0])
+            await asyncio.to_thread(vipnat.apply_in, ns, document, forget=forget)
         elif self.path == "relay":
             await self._apply_relay(ns, entries)
 
@@ -142,6 +184,40 @@ class VipPorts:
             raise
         relay.set_vips({e.vip: e.backends for e in entries[1]})
 
+    def kernel_serves(self, ns: str, vip: str) -> bool:
+        """Whether the table in force in ``ns`` DNATs ``vip``'s declared ports (no relay)."""
+        if self.path != "nft" or ns not in self._applied:
+            return False
+        return any(e.vip == vip and e.kernel for e in self._applied[ns][1])
+
+    def declared_flows(self, vip: str) -> int:
+        """Flows DNATed to ``vip``'s declared ports, as last counted (see report)."""
+        return self._counts.get(vip, 0)
+
+    def _count_soon(self) -> None:
+        """Read the named counters again in a worker thread if the last read is old."""
+        if self._counting is not None and not self._counting.done():
+            return
+        if time.monotonic() - self._counted_at < COUNT_EVERY:
+            return
+        namespaces = [ns for ns, (_, es) in self._applied.items() if any(e.kernel for e in es)]
+        if self.path != "nft" or not namespaces:
+            return
+
+        def read() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for ns in namespaces:
+                with contextlib.suppress(OSError):
+                    counts.update(vipnat.declared_flows(vipnat.list_in(ns)))
+            return counts
+
+        async def count() -> None:
+            self._counts = await asyncio.to_thread(read)
+            self._counted_at = time.monotonic()
+
+        with contextlib.suppress(RuntimeError):  # no running loop: the counts stay as they are
+            self._counting = asyncio.get_running_loop().create_task(count())
+
     def _close_relay(self, ns: str) -> None:
         have = self._relays.pop(ns, None)
         if have is not None:
@@ -154,6 +230,9 @@ class VipPorts:
             "path": self.path or "none yet (no VIP on this node)",
             "why": self._bad_setting + ("; " if self._bad_setting else "") + self.why,
         }
+        if self.declared == "relay":  # doctor prints "why"
+            out["why"] += f"; {DECLARED_ENV}=relay: every declared port through its relay"
+        self._count_soon()
         if self._relays:
             out["relay_flows"] = sum(r.open_flows() for r, _ in self._relays.values())
         if self.errors:
@@ -165,6 +244,8 @@ class VipPorts:
         do, so that an agent restart keeps the kernel path's flows."""
         for ns in list(self._relays):
             self._close_relay(ns)
+        if self._counting is not None:
+            self._counting.cancel()
         if self.path == "relay":
             for ns in list(self._applied):
                 with contextlib.suppress(Exception):

@@ -7,16 +7,18 @@ namespace through the bridge, where one table, ``ip meshkit_vip``, handles it in
 ways (the *path*):
 
 ``nft`` (the kernel fast path)
-    prerouting: a packet to a VIP on a port the service declares (``--port``/``--publish``)
-    goes on to the L4 relay listening there, as before; any other TCP or UDP port is DNATed to
-    one of the service's up tasks, ``dnat to numgen inc mod N map {0: task, 1: task, ...}``:
-    round robin over new flows, each flow then pinned by conntrack. postrouting: DNATed flows
-    leaving by the bridge are SNATed to this node's endpoint address on the network (unique;
-    the bridge's first address is the gateway, the same on every node), so replies come back
-    through this namespace to be un-NATed (the client and the task share the bridge; without
-    it the task would answer the client directly from its own address). forward: a DNATed
-    flow whose task is no longer one of the live tasks (it left the map) is reset (TCP) or
-    refused (UDP) on its next packet, so nothing waits on it.
+    prerouting: a packet to a VIP on a port the service declares (``--port``/``--publish``) goes on
+    to the L4 relay listening there when the service needs the relay (``kernel`` False: see
+    meshkit.mesh.plan), else it is DNATed like the others, through a rule of its own that counts the
+    declared-port flows in a named counter (kept across rebuilds); any other TCP or UDP port is
+    DNATed to one of the service's up tasks, ``dnat to numgen inc mod N map {0: task, 1: task,
+    ...}``: round robin over new flows, each flow then pinned by conntrack. postrouting: DNATed
+    flows leaving by the bridge are SNATed to this node's endpoint address on the network (unique;
+    the bridge's first address is the gateway, the same on every node), so replies come back through
+    this namespace to be un-NATed (the client and the task share the bridge; without it the task
+    would answer the client directly from its own address). forward: a DNATed flow whose task is no
+    longer one of the live tasks (it left the map) is reset (TCP) or refused (UDP) on its next
+    packet, so nothing waits on it.
 ``relay`` (where the NAT expressions are missing, or asked for with ``MESHKIT_VIP_PATH``)
     prerouting: TCP to a VIP on an undeclared port is redirected to one L4 relay of the
     namespace (meshkit.l4.origdst), which reads the port the client asked for with
@@ -34,13 +36,17 @@ The documents are pure (tested without a kernel); ``apply_in``/``remove_in`` run
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshkit.net.gateway import GatewayError, find_nft, run_nft
+
+log = logging.getLogger("meshkit.mesh")
 
 TABLE = "meshkit_vip"
 FAMILY = "ip"
@@ -57,6 +63,9 @@ class VipEntry:
     service: str
     backends: tuple[str, ...]
     declared: tuple[tuple[int, str], ...] = field(default=())  # (port, "tcp" | "udp")
+    # the declared ports need nothing only the relay does (no PROXY protocol, a policy numgen
+    # does): on the nft path they are DNATed too and their relay is not opened
+    kernel: bool = False
 
 
 NsVips = tuple[str, tuple[VipEntry, ...]]
@@ -116,6 +125,76 @@ def _skip_declared(entry: VipEntry) -> list[dict[str, Any]]:
     return out
 
 
+def counter_name(vip: str) -> str:
+    """The named counter of the flows DNATed to ``vip``'s declared ports."""
+    return "declared_" + vip.replace(".", "_")
+
+
+def _declared_dnat(entry: VipEntry) -> list[dict[str, Any]]:
+    """`ip daddr VIP tcp dport {declared} counter name C dnat to ...`, per protocol: the
+    declared ports of a service that needs no relay, counted apart for doctor."""
+    out = []
+    for proto in PROTOS:
+        ports = sorted({p for p, pr in entry.declared if pr == proto})
+        if not ports:
+            continue
+        right: Any = ports[0] if len(ports) == 1 else {"set": ports}
+        dport = {"payload": {"protocol": proto, "field": "dport"}}
+        out.append(
+            _rule("prerouting", _daddr(entry.vip), _l4([proto]), _match(dport, right),
+                  {"counter": counter_name(entry.vip)}, *_marked_dnat_to(entry.backends),
+                  comment=f"vip {entry.service} declared")
+        )  # fmt: skip
+    return out
+
+
+MARK_MASK = 0x7FFFFFFF  # ct mark bits naming a flow's task; the top bit: "its refusal was held"
+_HELD = 0x80000000
+
+
+def flow_mark(ip: str) -> int:
+    """The ct mark of a flow DNATed to task ``ip`` (declared ports of a kernel service): its
+    address, less the top bit (tasks of one network differ below it)."""
+    return int(ipaddress.IPv4Address(ip)) & MARK_MASK
+
+
+def _marked_dnat_to(backends: Sequence[str]) -> list[dict[str, Any]]:
+    """`ct mark set <task's mark> dnat to ct mark map {mark: task}`: the same round robin as
+    _dnat_to, with each flow marked by its task so that its conntrack entry can be forgotten
+    when the task leaves (meshkit.net.ctflush)."""
+    mark = {"ct": {"key": "mark"}}
+    if len(backends) == 1:
+        return [{"mangle": {"key": mark, "value": flow_mark(backends[0])}},
+                {"dnat": {"addr": backends[0]}}]  # fmt: skip
+    pick = {"numgen": {"mode": "inc", "mod": len(backends), "offset": 0}}
+    marks = {"set": [[i, flow_mark(ip)] for i, ip in enumerate(backends)]}
+    table = {"set": [[flow_mark(ip), ip] for ip in backends]}
+    return [
+        {"mangle": {"key": mark, "value": {"map": {"key": pick, "data": marks}}}},
+        {"dnat": {"addr": {"map": {"key": {"&": [mark, MARK_MASK]}, "data": table}}}},
+    ]
+
+
+def _hold_first_refusal() -> dict[str, Any]:
+    """forward: the first RST a task answers a marked flow's SYN with (it is not listening:
+    a task that just died, still in the map) is dropped and the flow flagged, so the client
+    sends its SYN again (after about 1 s); by then the map has most often taken the task out
+    and its flows were forgotten, and the SYN goes to a live task: what the relay does with a
+    refused connect. A second RST passes (a port nobody serves is refused, a second late)."""
+    mark = {"ct": {"key": "mark"}}
+    return _rule(
+        "forward",
+        _match({"ct": {"key": "direction"}}, "reply"),
+        _match({"ct": {"key": "status"}}, "dnat", op="in"),
+        _match({"ct": {"key": "status"}}, "assured", op="!"),
+        _match({"payload": {"protocol": "tcp", "field": "flags"}}, "rst", op="in"),
+        _match({"&": [mark, MARK_MASK]}, 0, op="!="),
+        _match({"&": [mark, _HELD]}, 0),
+        {"mangle": {"key": mark, "value": {"|": [mark, _HELD]}}},
+        {"drop": None},
+    )
+
+
 def _dnat_to(backends: Sequence[str]) -> dict[str, Any]:
     if len(backends) == 1:
         return {"dnat": {"addr": backends[0]}}
@@ -152,11 +231,18 @@ def nat_ruleset(entries: Iterable[VipEntry], src: str = "", bridge: str = "br0")
     for e in entries:
         if not e.backends:
             continue  # nothing listens on the VIP's other ports: the kernel refuses the flow
-        doc += _skip_declared(e)
+        if e.kernel:
+            if e.declared:  # (an existing named counter is kept: "add" leaves it as it is)
+                doc.append({"add": {"counter": _base() | {"name": counter_name(e.vip)}}})
+            doc += _declared_dnat(e)
+        else:
+            doc += _skip_declared(e)
+        dnat_to = _marked_dnat_to(e.backends) if e.kernel else [_dnat_to(e.backends)]
         doc.append(
-            _rule("prerouting", _daddr(e.vip), _l4(PROTOS), _dnat_to(e.backends),
-                  comment=f"vip {e.service}")
-        )  # fmt: skip
+            _rule("prerouting", _daddr(e.vip), _l4(PROTOS), *dnat_to, comment=f"vip {e.service}")
+        )
+    if any(e.kernel and e.backends for e in entries):
+        doc.append(_hold_first_refusal())
     dnat = _match({"ct": {"key": "status"}}, "dnat", op="in")
     original = _match({"ct": {"key": "direction"}}, "original")
     gone = _match({"payload": {"protocol": "ip", "field": "daddr"}}, "@live", op="!=")
@@ -238,6 +324,20 @@ def dnat_targets(listing: Mapping[str, Any]) -> dict[str, list[str]]:
     return out
 
 
+def declared_flows(listing: Mapping[str, Any]) -> dict[str, int]:
+    """From ``nft -j list table ip meshkit_vip``: VIP -> flows DNATed to its declared ports
+    so far (the named counters; the nat chain sees a flow's first packet only)."""
+    out: dict[str, int] = {}
+    for item in listing.get("nftables") or []:
+        counter = item.get("counter") if isinstance(item, Mapping) else None
+        if not isinstance(counter, Mapping):
+            continue
+        name = str(counter.get("name") or "")
+        if name.startswith("declared_"):
+            out[name.removeprefix("declared_").replace("_", ".")] = int(counter.get("packets", 0))
+    return out
+
+
 # -- the system steps (blocking: run them in a worker thread) ------------------------------------
 
 
@@ -246,8 +346,21 @@ def _sysctl(path: str, value: str) -> None:
         f.write(value)
 
 
+def gone_marks(before: Iterable[VipEntry], after: Iterable[VipEntry]) -> list[int]:
+    """The marks of the tasks kernel services DNATed to before and no longer do: the flows
+    to forget once the new table is in."""
+    now = {ip for e in after if e.kernel for ip in e.backends}
+    return sorted({flow_mark(ip) for e in before if e.kernel for ip in e.backends} -
+                  {flow_mark(ip) for ip in now})  # fmt: skip
+
+
 def apply_in(
-    ns: str, document: Mapping[str, Any], bridge: str = "br0", *, routed_only: bool = False
+    ns: str,
+    document: Mapping[str, Any],
+    bridge: str = "br0",
+    *,
+    routed_only: bool = False,
+    forget: Sequence[int] = (),
 ) -> None:
     """Load ``document`` into namespace ``ns`` (forwarding on, redirects off first: the
     DNATed packets go back out of the bridge they came in by). ``routed_only``: frames the
@@ -265,6 +378,13 @@ def apply_in(
             if routed_only:
                 _sysctl("/proc/sys/net/bridge/bridge-nf-call-iptables", "0\n")
             run_nft(document)  # forked from this thread: nft runs in the namespace
+            if forget:  # after the new table: a flow's next packet meets the new map
+                from meshkit.net.ctflush import flush_marks
+
+                try:
+                    flush_marks(list(forget), MARK_MASK)
+                except OSError as exc:  # (no ctnetlink): such flows end as before, reset
+                    log.warning("%s: forgetting the flows of tasks that left: %s", ns, exc)
     finally:
         ref.close()
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import logging
+import os
 import socket
 import time
 from typing import Any
@@ -70,6 +72,8 @@ __all__ = [
     "MAX_STREAMS",
     "H2Connection",
     "PlainH2Socket",
+    "engine",
+    "load_engine",
 ]
 
 log = logging.getLogger("meshkit.web")
@@ -80,6 +84,27 @@ _HPACK_CAP = 4 * MAX_HEADER_LIST  # a header block past this is a connection err
 _WINDOW = 1 << 20  # our connection receive window (streams keep the 64 KiB default)
 _RECV = 65536
 _LINGER = 1.0  # seconds to read and drop input after the last GOAWAY, before closing
+_ENGINE: list[Any] = []  # [module or None]: meshkit._h2ng once looked for
+
+
+def load_engine() -> Any:
+    """The compiled engine (meshkit._h2ng, libnghttp2), or None: not built (no nghttp2
+    headers at build time), MESHKIT_NO_EXTENSIONS=1, or MESHKIT_H2_ENGINE=h2."""
+    if not _ENGINE:
+        mod = None
+        off = os.environ.get("MESHKIT_NO_EXTENSIONS", "") not in ("", "0")
+        if not off and os.environ.get("MESHKIT_H2_ENGINE", "") != "h2":
+            try:
+                mod = importlib.import_module("meshkit._h2ng")
+            except ImportError:
+                mod = None
+        _ENGINE.append(mod)
+    return _ENGINE[0]
+
+
+def engine() -> str:
+    """Which engine frames HTTP/2 in this process: "nghttp2" or "h2" (see load_engine)."""
+    return "nghttp2" if load_engine() is not None else "h2"
 
 
 class H2Connection(H2Sending, H2Pushing):
@@ -101,27 +126,6 @@ class H2Connection(H2Sending, H2Pushing):
         self._fd = tsock.fileno()
         self._remote = remote
         self._local = local
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            # response_fields() already makes response fields lower-case, trimmed and free of CR,
-            # LF and NUL, and drops connection-specific ones: h2's own pass over them costs a
-            # fifth of a small response (inbound fields are still validated by h2)
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            # h2's inbound normalization only joins cookie fields, which _on_request does
-            normalize_inbound_headers=False,
-        )
-        conn = self._h2 = h2.connection.H2Connection(config)
-        # HPACK that remembers repeated blocks (meshkit.web.h2hpack), before any is coded
-        conn.encoder = MemoEncoder()
-        conn.decoder = MemoDecoder(conn.DEFAULT_MAX_HEADER_LIST_SIZE, config)
-        values = {
-            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-            SettingCodes.ENABLE_PUSH: 0,
-        }
-        conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
         self._streams: dict[int, Stream] = {}
         self._sending: dict[int, Stream] = {}  # streams with bytes to frame, in turn
         self._wbuf = b""
@@ -137,6 +141,19 @@ class H2Connection(H2Sending, H2Pushing):
         self._active_since = loop.time()
         self._seen_frames = False
         self.requests = 0
+        self._init_engine()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> H2Connection:
+        # the server makes H2Connection(...): with the compiled engine built and allowed,
+        # that is meshkit.web.h2ng's NgH2Connection (libnghttp2), else this class (h2)
+        if cls is H2Connection and engine() == "nghttp2":
+            from meshkit.web.h2ng import NgH2Connection
+
+            return object.__new__(NgH2Connection)
+        return object.__new__(cls)
+
+    def _init_engine(self) -> None:
+        self._h2 = _hyper_connection()
 
     # ------------------------------------------------------------------ start, read
 
@@ -248,7 +265,7 @@ class H2Connection(H2Sending, H2Pushing):
 
     def _on_request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
         if self._goaway_at is not None and sid > self._goaway_at:
-            self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self._rst(sid, ErrorCodes.REFUSED_STREAM)
             return
         if len(self._streams) >= MAX_STREAMS:
             self._refuse(sid)
@@ -348,9 +365,14 @@ class H2Connection(H2Sending, H2Pushing):
             task.add_done_callback(functools.partial(self._result_done, st))
 
     def _refuse(self, sid: int) -> None:
-        self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+        self._rst(sid, ErrorCodes.REFUSED_STREAM)
         if not self._resets.take():  # a client that keeps opening past the limit
             self._calm("streams past the limit")
+
+    def _rst(self, sid: int, code: ErrorCodes) -> None:
+        """RST_STREAM (the engine's primitive; NgH2Connection has its own)."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.reset_stream(sid, code)
 
     def _result_done(self, st: Stream, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or st.closed:
@@ -466,6 +488,32 @@ class H2Connection(H2Sending, H2Pushing):
         with contextlib.suppress(OSError):
             self._sock.close()
         self._server._conn_closed(self)
+
+
+def _hyper_connection() -> h2.connection.H2Connection:
+    """python-hyper's h2 for a server connection, with the settings we advertise."""
+    config = h2.config.H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        # response_fields() already makes response fields lower-case, trimmed and free of CR,
+        # LF and NUL, and drops connection-specific ones: h2's own pass over them costs a
+        # fifth of a small response (inbound fields are still validated by h2)
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        # h2's inbound normalization only joins cookie fields, which _on_request does
+        normalize_inbound_headers=False,
+    )
+    conn = h2.connection.H2Connection(config)
+    # HPACK that remembers repeated blocks (meshkit.web.h2hpack), before any is coded
+    conn.encoder = MemoEncoder()
+    conn.decoder = MemoDecoder(conn.DEFAULT_MAX_HEADER_LIST_SIZE, config)
+    values = {
+        SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+        SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+        SettingCodes.ENABLE_PUSH: 0,
+    }
+    conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
+    return conn
 
 
 async def _await(result: Any) -> Any:

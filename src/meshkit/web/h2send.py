@@ -58,11 +58,16 @@ class H2Sending:
     def _abort(self) -> None:
         raise NotImplementedError
 
-    def _respond(self, st: Stream, response: Response) -> None:
+    def _rst(self, sid: int, code: ErrorCodes) -> None:
+        raise NotImplementedError
+
+    def _prepare(self, st: Stream, response: Response) -> tuple[Any, Any, bool, int | None] | None:
+        """The response's HEADERS fields, body, whether the body is sent and its length
+        (both engines); None when nothing is to be sent (stream gone, or answered 500)."""
         st.response = response
         if st.closed:
             _discard_body(response.body)
-            return
+            return None
         request = st.request
         status = response.status
         body = response.body
@@ -85,7 +90,14 @@ class H2Sending:
             log.error("response to %s %s has CR/LF in a header", request.method, request.uri)
             _discard_body(body)
             self._respond(st, _server_error())
+            return None
+        return fields, body, send_body, length
+
+    def _respond(self, st: Stream, response: Response) -> None:
+        prepared = self._prepare(st, response)
+        if prepared is None:
             return
+        fields, body, send_body, length = prepared
         conn = self._h2
         try:
             if not send_body or length == 0:
@@ -240,8 +252,7 @@ class H2Sending:
         body = st.body
         if body is not None and not body.done:
             # the client is still sending a body nobody reads: stop it (RFC 9113 8.1)
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.reset_stream(st.id, ErrorCodes.NO_ERROR)
+            self._rst(st.id, ErrorCodes.NO_ERROR)
             body.fail(ConnectionResetError("response sent before the body was read"))
         if st.response is not None:
             _complete(st.request, st.response, st.sent)
@@ -280,8 +291,7 @@ class H2Sending:
         self._maybe_done()
 
     def _reset(self, sid: int, code: ErrorCodes) -> None:
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self._h2.reset_stream(sid, code)
+        self._rst(sid, code)
         st = self._streams.get(sid)
         if st is not None:
             self._drop(st, ConnectionResetError("stream reset"))

@@ -197,6 +197,7 @@ class Stream:
         "response",
         "sent",
         "source",
+        "src",
         "task",
         "waiter",
     )
@@ -208,6 +209,7 @@ class Stream:
         self.response: Response | None = None
         self.task: asyncio.Future[Any] | None = None  # the handler's
         self.source: asyncio.Task[None] | None = None  # pulling a streamed response body
+        self.src: Any = None  # the nghttp2 engine's body Source (meshkit._h2ng)
         self.chunks: deque[bytes] = deque()  # response bytes not framed yet
         self.queued = 0
         self.file: list[int] | None = None  # [fd, offset, left] of a file body

@@ -31,6 +31,13 @@ CONTROL_GOAWAY = 3
 CONTROL_REFUSED = 4  # nghttp2 refused a stream past SETTINGS_MAX_CONCURRENT_STREAMS
 CONTROL_BIG_HEAD = 5  # a header block past the session's cap (the session is terminated)
 
+# A request's key (for meshkit.web.respcache's remembered responses): b"h2\0" and then each
+# field as name NUL value LF, up to KEY_MAX bytes (longer heads have no key). Field values
+# cannot hold NUL, CR or LF (nghttp2 refuses them), so one key is one header list.
+KEY_MAX = 4096
+cdef enum:
+    _KEY_MAX = 4096
+
 
 cdef class Source:
     """A response body for nghttp2's data provider: bytes, a file range, or streamed
@@ -131,6 +138,8 @@ cdef class Session:
     cdef Py_ssize_t cap
     cdef object error
     cdef bytes patch
+    cdef char *kbuf
+    cdef Py_ssize_t klen
     cdef public bint stopped
 
     def __cinit__(self, owner, uint32_t max_streams, uint32_t stream_cap,
@@ -147,6 +156,9 @@ cdef class Session:
         self.on_control = owner._ng_control
         self.sources = {}
         self.cap = cap
+        self.kbuf = <char *>malloc(_KEY_MAX)
+        if self.kbuf is NULL:
+            raise MemoryError()
         if nghttp2_session_callbacks_new(&cbs) != 0:
             raise MemoryError()
         nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, _begin_headers)
@@ -182,6 +194,8 @@ cdef class Session:
         nghttp2_session_set_local_window_size(self.s, NGHTTP2_FLAG_NONE, 0, window)
 
     def __dealloc__(self):
+        free(self.kbuf)
+        self.kbuf = NULL
         if self.s is not NULL:
             nghttp2_session_del(self.s)
             self.s = NULL
@@ -338,6 +352,8 @@ cdef int _begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *ud
     if frame.hd.type == NGHTTP2_HEADERS and frame.headers.cat == NGHTTP2_HCAT_REQUEST:
         self.cur_sid = frame.hd.stream_id
         self.cur = []
+        memcpy(self.kbuf, b"h2\0", 3)
+        self.klen = 3
     else:  # trailers (ignored, as the h2 engine does)
         self.cur_sid = 0
         self.cur = None
@@ -363,6 +379,16 @@ cdef int _header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *
     if self.cur is not None and frame.hd.stream_id == self.cur_sid:
         self.cur.append((PyBytes_FromStringAndSize(<const char *>name, namelen),
                          PyBytes_FromStringAndSize(<const char *>value, valuelen)))
+        if self.klen >= 0:
+            if self.klen + <Py_ssize_t>(namelen + valuelen + 2) > _KEY_MAX:
+                self.klen = -1
+            else:
+                memcpy(self.kbuf + self.klen, name, namelen)
+                self.klen += namelen
+                self.kbuf[self.klen] = 0
+                memcpy(self.kbuf + self.klen + 1, value, valuelen)
+                self.klen += valuelen + 2
+                self.kbuf[self.klen - 1] = 10
     return 0
 
 
@@ -384,7 +410,10 @@ cdef int _frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud) n
                 fields = self.cur
                 self.cur = None
                 self.cur_sid = 0
-                self.on_request(sid, fields, (fl & NGHTTP2_FLAG_END_STREAM) != 0)
+                key = (
+                    PyBytes_FromStringAndSize(self.kbuf, self.klen) if self.klen > 0 else None
+                )
+                self.on_request(sid, fields, key, (fl & NGHTTP2_FLAG_END_STREAM) != 0)
             elif fl & NGHTTP2_FLAG_END_STREAM:
                 self.on_end(sid)
         elif t == NGHTTP2_RST_STREAM:

@@ -55,6 +55,11 @@ __all__ = ["NgH2Connection"]
 
 log = logging.getLogger("meshkit.web")
 
+# nghttp2's fatal errors that are a client's abuse (answered GOAWAY ENHANCE_YOUR_CALM)
+_CALM_ERRORS = {
+    -904: "frames nghttp2 must answer (PING, SETTINGS) flooded in",  # NGHTTP2_ERR_FLOODED
+    -905: "a header block in too many CONTINUATION frames",  # NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
+}
 # Remembered responses' HEADERS fields, by request key, for the second of their Date
 _HIT_FIELDS: dict[bytes, tuple[CachedResponse, int, list[tuple[bytes, bytes]]]] = {}
 _HIT_FIELDS_MAX = 1024
@@ -94,13 +99,20 @@ class NgH2Connection(H2Connection):
         except Exception:
             log.exception("HTTP/2 connection from %s failed", self._remote[0])
             self._ng.terminate(ErrorCodes.INTERNAL_ERROR)
-            rv = -1
-        finally:
-            self._in_engine = False
-        if rv < 0:
-            log.debug("HTTP/2 error from %s: nghttp2 %d", self._remote[0], rv)
             self._fail_streams()
             self._close_pending = True
+            rv = 0
+        finally:
+            self._in_engine = False
+        if rv < 0 and not self._closing:
+            # nghttp2 stops at a fatal error without a GOAWAY of its own: ours says why
+            if rv in _CALM_ERRORS:
+                self._calm(_CALM_ERRORS[rv])
+            else:
+                log.debug("HTTP/2 error from %s: nghttp2 %d", self._remote[0], rv)
+                self._ng.terminate(ErrorCodes.PROTOCOL_ERROR)
+                self._fail_streams()
+                self._close_pending = True
         self._after_engine()
         if not self._closing:
             self._update_reading()

@@ -485,3 +485,113 @@ cdef int _stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void *ud)
         self.error = exc
         return NGHTTP2_ERR_CALLBACK_FAILURE
     return 0
+
+
+# ---------------------------------------------------------------------- per-request helpers
+# Compiled twins of meshkit.web.h2conn.split_request and meshkit.web.h2stream.response_fields
+# (tests compare them).
+
+cdef frozenset _HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te"})
+cdef dict _STATUS = {}
+
+
+def split_request(list raw, Py_ssize_t line_max):
+    """A request's header list (as nghttp2 gave it) split: (method, path, authority, fields
+    as (str, str) with cookie fields joined last, RFC 9113 size, a field line past line_max,
+    the first `host` field's value or None, the first `content-length`'s or None)."""
+    cdef bytes name, value
+    cdef Py_ssize_t size = 0, nl, vl
+    cdef bint long_line = False
+    method = path = authority = b""
+    items = []
+    cookies = None
+    host = clen = None
+    for pair in raw:
+        name = <bytes>pair[0]
+        value = <bytes>pair[1]
+        nl = PyBytes_GET_SIZE(name)
+        vl = PyBytes_GET_SIZE(value)
+        size += nl + vl + 32
+        if nl and PyBytes_AS_STRING(name)[0] == 58:  # ':'
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            continue
+        if nl + vl + 2 > line_max:
+            long_line = True
+        sval = value.decode("latin-1")
+        if name == b"cookie":
+            if cookies is None:
+                cookies = [sval]
+            else:
+                cookies.append(sval)
+            continue
+        if name == b"host":
+            if host is None:
+                host = sval
+        elif name == b"content-length":
+            if clen is None:
+                clen = sval
+        items.append((name.decode("latin-1"), sval))
+    if cookies is not None:
+        items.append(("cookie", "; ".join(cookies)))
+    return method, path, authority, items, size, long_line, host, clen
+
+
+cdef bint _bad_name(str low):
+    cdef Py_UCS4 c
+    if not low:
+        return True
+    for c in low:
+        if c >= 128 or not (
+            (c >= 97 and c <= 122) or (c >= 48 and c <= 57)
+            or c in "!#$%&'*+.^_`|~-"
+        ):
+            return True
+    return False
+
+
+cdef bint _bad_value(str value):
+    cdef Py_UCS4 c
+    for c in value:
+        if c == 13 or c == 10 or c == 0:
+            return True
+    return False
+
+
+def response_fields(int status, headers, length, str date):
+    """The response's HEADERS (see meshkit.web.h2stream.response_fields), `date` for Date."""
+    cdef bint has_server = False, has_date = False, has_length = False
+    code = _STATUS.get(status)
+    if code is None:
+        code = _STATUS[status] = str(status).encode()
+    out = [(b":status", code)]
+    for name, value in headers:
+        low = name.lower()
+        if low in _HOP:
+            continue
+        if low == "server":
+            has_server = True
+            if not value:
+                continue
+        elif low == "date":
+            has_date = True
+        elif low == "content-length":
+            has_length = True
+        if _bad_value(value) or _bad_name(low):
+            raise ValueError("CR, LF or NUL inside a response header")
+        out.append((low.encode("latin-1", "replace"),
+                    value.strip(" \t").encode("latin-1", "replace")))
+    if not has_server:
+        out.append((b"server", b"meshkit"))
+    if not has_date:
+        out.append((b"date", date.encode("latin-1")))
+    if length is not None and not has_length and status >= 200 and status != 204 and (
+        status != 304
+    ):
+        out.append((b"content-length", str(length).encode()))
+    return out

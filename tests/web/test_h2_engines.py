@@ -69,7 +69,7 @@ def _answer(client: Client, sid: int) -> tuple[int, dict[bytes, bytes], bytes]:
 
 def _requests(client: Client) -> list[Any]:
     """One connection's worth of requests, each answer as (status, fields but Date, body)."""
-    got = []
+    got: list[Any] = []
     status, headers, _ = _answer(client, client.request("/"))
     got.append((status, headers))
     modified = headers[b"last-modified"].decode()
@@ -174,13 +174,15 @@ def test_a_malformed_request_is_refused_by_both(
                 normalize_outbound_headers=False,
             )  # fmt: skip
             sid = client.request("/", extra=[("X-Upper", "1")])
-            evs = client.until(
-                lambda evs, sid=sid: any(
+
+            def refused(evs: list[Any], sid: int = sid) -> bool:
+                return any(
                     isinstance(e, h2.events.ConnectionTerminated)
                     or (isinstance(e, h2.events.StreamReset) and e.stream_id == sid)
                     for e in evs
                 )
-            )
+
+            evs = client.until(refused)
             if engine == "nghttp2":
                 reset = [e for e in evs if isinstance(e, h2.events.StreamReset)]
                 assert [e.error_code for e in reset] == [ErrorCodes.PROTOCOL_ERROR]

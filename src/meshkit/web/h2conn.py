@@ -74,6 +74,7 @@ __all__ = [
     "PlainH2Socket",
     "engine",
     "load_engine",
+    "split_request",
 ]
 
 log = logging.getLogger("meshkit.web")
@@ -107,8 +108,48 @@ def engine() -> str:
     return "nghttp2" if load_engine() is not None else "h2"
 
 
+def split_request(raw: list[tuple[bytes, bytes]], line_max: int) -> tuple[Any, ...]:
+    """A request's header list split: (method, path, authority, fields as (str, str) with
+    cookie fields joined last (RFC 9113 8.2.3), size as RFC 9113 counts it, whether a field
+    line is past line_max, the first `host` field's value or None, the first
+    `content-length`'s or None). meshkit._h2ng has the compiled twin."""
+    method = path = authority = b""
+    items: list[tuple[str, str]] = []
+    cookies: list[str] = []
+    host: str | None = None
+    clen: str | None = None
+    size = 0
+    long_line = False
+    for name, value in raw:
+        size += len(name) + len(value) + 32
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            continue
+        if len(name) + len(value) + 2 > line_max:
+            long_line = True
+        sval = value.decode("latin-1")
+        if name == b"cookie":
+            cookies.append(sval)
+            continue
+        if name == b"host":
+            host = sval if host is None else host
+        elif name == b"content-length":
+            clen = sval if clen is None else clen
+        items.append((name.decode("latin-1"), sval))
+    if cookies:
+        items.append(("cookie", "; ".join(cookies)))
+    return method, path, authority, items, size, long_line, host, clen
+
+
 class H2Connection(H2Sending, H2Pushing):
     """One HTTP/2 connection on a TLS socket the server owns (see the module)."""
+
+    _split = staticmethod(split_request)  # NgH2Connection's is the compiled twin
 
     def __init__(
         self,
@@ -271,44 +312,22 @@ class H2Connection(H2Sending, H2Pushing):
             self._refuse(sid)
             return
         server = self._server
-        method = path = authority = b""
-        items: list[tuple[str, str]] = []
-        cookies: list[str] = []
-        size = 0
-        status = 0
-        line_max = server._max_field_line
-        for name, value in raw:
-            size += len(name) + len(value) + 32
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                continue
-            if len(name) + len(value) + 2 > line_max:
-                status = 431
-            if name == b"cookie":
-                cookies.append(value.decode("latin-1"))
-                continue
-            items.append((name.decode("latin-1"), value.decode("latin-1")))
-        if cookies:
-            items.append(("cookie", "; ".join(cookies)))
+        method, path, authority, items, size, long_line, host_field, cl = self._split(
+            raw, server._max_field_line
+        )
+        status = 431 if long_line else 0
         if len(items) > server._max_fields or size > min(MAX_HEADER_LIST, server._header_limit):
             status = 431
         mname = method.decode("latin-1")
         host = authority.decode("latin-1")
         headers = Headers(items)
         if host:
-            if "host" not in headers:
+            if host_field is None:
                 headers.add("host", host)
         else:
-            host = headers.get("host") or ""
-        length: int | None = None
-        cl = headers.get("content-length")
-        if cl is not None:
-            length = int(cl) if cl.isdigit() else None  # h2 checks it against the DATA
+            host = host_field or ""
+        # (h2 and nghttp2 check a Content-Length against the DATA)
+        length = int(cl) if cl is not None and cl.isdigit() else None
         body = None if ended else H2Body(self, sid, length)
         st: Stream
         target_path = query = ""

@@ -30,6 +30,7 @@ from typing import Any
 
 from h2.errors import ErrorCodes
 
+from meshkit.web import http1
 from meshkit.web.h2conn import (
     _H2_STREAM_CAP,
     _HPACK_CAP,
@@ -44,7 +45,6 @@ from meshkit.web.h2stream import (
     Stream,
     answer_for,
     pusher_calls,
-    response_fields,
     set_pusher,
 )
 from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
@@ -79,6 +79,8 @@ class NgH2Connection(H2Connection):
         mod = load_engine()
         self._mod = mod
         self._Source = mod.Source
+        self._split = mod.split_request
+        self._c_fields = mod.response_fields
         self._ng = mod.Session(
             self, MAX_STREAMS, _H2_STREAM_CAP, MAX_HEADER_LIST, _HPACK_CAP, _WINDOW
         )
@@ -197,7 +199,7 @@ class NgH2Connection(H2Connection):
         if memo is None or memo[0] is not hit or memo[1] != second:
             if len(_HIT_FIELDS) >= _HIT_FIELDS_MAX:
                 _HIT_FIELDS.clear()
-            fields = response_fields(hit.status, hit.headers, hit.length)
+            fields = self._fields(hit.status, hit.headers, hit.length)
             _HIT_FIELDS[key] = (hit, second, fields)
         else:
             fields = memo[2]
@@ -262,6 +264,10 @@ class NgH2Connection(H2Connection):
             self._close()
 
     # ------------------------------------------------------------------ engine primitives
+
+    def _fields(self, status: int, headers: Headers, length: int | None) -> list[Any]:
+        fields: list[Any] = self._c_fields(status, headers, length, http1.http_date())
+        return fields
 
     def _rst(self, sid: int, code: ErrorCodes) -> None:
         self._ng.reset(sid, code)

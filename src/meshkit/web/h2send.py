@@ -45,6 +45,9 @@ class H2Sending:
     _closing: bool
     _closed: bool
 
+    # response_fields; NgH2Connection's is the compiled twin
+    _fields = staticmethod(response_fields)
+
     # hooks H2Connection defines
     def _update_reading(self) -> None:
         raise NotImplementedError
@@ -85,7 +88,7 @@ class H2Sending:
             cl = getattr(body, "content_length", None)
             length = cl if type(cl) is int and cl >= 0 else None
         try:
-            fields = response_fields(status, response.headers, length)
+            fields = self._fields(status, response.headers, length)
         except ValueError:
             log.error("response to %s %s has CR/LF in a header", request.method, request.uri)
             _discard_body(body)

@@ -60,9 +60,10 @@ _CALM_ERRORS = {
     -904: "frames nghttp2 must answer (PING, SETTINGS) flooded in",  # NGHTTP2_ERR_FLOODED
     -905: "a header block in too many CONTINUATION frames",  # NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
 }
-# Remembered responses' HEADERS fields, by request key, for the second of their Date
-_HIT_FIELDS: dict[bytes, tuple[CachedResponse, int, list[tuple[bytes, bytes]]]] = {}
-_HIT_FIELDS_MAX = 1024
+# Remembered responses' HEADERS fields, by request key, for the second of their Date; an
+# entry is known by its own Headers object (kept here rather than the entry and its body)
+_HIT_FIELDS: dict[bytes, tuple[Headers, int, list[tuple[bytes, bytes]]]] = {}
+_HIT_FIELDS_MAX = 512
 # The request of a stream answered from a remembered response without callbacks: nothing
 # reads it (no on_complete to call, no handler), but a Stream has one
 _HIT_REQUEST = Request(
@@ -196,11 +197,11 @@ class NgH2Connection(H2Connection):
         self.requests += 1
         second = int(now)
         memo = _HIT_FIELDS.get(key)
-        if memo is None or memo[0] is not hit or memo[1] != second:
+        if memo is None or memo[0] is not hit.headers or memo[1] != second:
             if len(_HIT_FIELDS) >= _HIT_FIELDS_MAX:
                 _HIT_FIELDS.clear()
             fields = self._fields(hit.status, hit.headers, hit.length)
-            _HIT_FIELDS[key] = (hit, second, fields)
+            _HIT_FIELDS[key] = (hit.headers, second, fields)
         else:
             fields = memo[2]
         src = None

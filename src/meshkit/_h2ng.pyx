@@ -494,6 +494,11 @@ cdef int _stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void *ud)
 cdef frozenset _HOP = frozenset(
     {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te"})
 cdef dict _STATUS = {}
+# response_fields' answers for this second's Date, by (status, length, fields): a file served
+# again has the same fields (type, ETag, Last-Modified...), so its HEADERS list is reused
+cdef dict _FIELDS = {}
+cdef str _FIELDS_DATE = ""
+_FIELDS_MAX = 256
 
 
 def split_request(list raw, Py_ssize_t line_max):
@@ -564,7 +569,27 @@ cdef bint _bad_value(str value):
 
 
 def response_fields(int status, headers, length, str date):
-    """The response's HEADERS (see meshkit.web.h2stream.response_fields), `date` for Date."""
+    """The response's HEADERS (see meshkit.web.h2stream.response_fields), `date` for Date.
+    The list may be shared with other responses: it is not to be changed."""
+    global _FIELDS_DATE
+    if date != _FIELDS_DATE:
+        _FIELDS.clear()
+        _FIELDS_DATE = date
+    try:
+        key = (status, length, tuple(headers))
+        out = _FIELDS.get(key)
+    except TypeError:  # a field that is not a (str, str) pair: no memory
+        key = out = None
+    if out is None:
+        out = _response_fields(status, headers, length, date)
+        if key is not None:
+            if len(_FIELDS) >= _FIELDS_MAX:
+                _FIELDS.clear()
+            _FIELDS[key] = out
+    return out
+
+
+cdef list _response_fields(int status, headers, length, str date):
     cdef bint has_server = False, has_date = False, has_length = False
     code = _STATUS.get(status)
     if code is None:

@@ -1,8 +1,11 @@
-"""HTTP/2 over TLS (h2, chosen by ALPN): one connection, an I/O shell around the sans-IO `h2`
-library (python-hyper), which does the framing, HPACK, SETTINGS, flow-control accounting and
-stream states. This module reads and writes the TLS socket (meshkit.web.tlssock), turns each
-stream into a Request for the same handlers as HTTP/1.1, and writes Responses back as HEADERS
-and DATA within the peer's flow-control windows.
+"""HTTP/2 over TLS (h2, chosen by ALPN): one connection, an I/O shell around a sans-IO engine
+that does the framing, HPACK, SETTINGS, flow-control accounting and stream states. Two
+engines: libnghttp2 (meshkit._h2ng, the compiled one; its connection is meshkit.web.h2ng's
+NgH2Connection, which H2Connection(...) returns when the engine is built and allowed: see
+load_engine) and python-hyper's `h2` (this class: the pure-Python twin). This module reads
+and writes the TLS socket (meshkit.web.tlssock), turns each stream into a Request for the
+same handlers as HTTP/1.1, and writes Responses back as HEADERS and DATA within the peer's
+flow-control windows.
 
 - Requests: the path goes through the same canonical parsing as HTTP/1.1
   (http1.parse_target), so matchers and the file server see one form; the head limits are the

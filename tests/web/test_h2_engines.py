@@ -7,6 +7,7 @@ says so."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from h2.errors import ErrorCodes
 
 from support.peers import Proc, free_port
+from support.php_fpm import php_fpm
 from support.tlscerts import CA, issue, make_ca
 from web.h2engines import nghttp2_built
 from web.test_h2_e2e import Client, serve, site
@@ -48,14 +50,18 @@ def www(tmp_path: Path) -> Path:
 
 
 def _start(
-    tmp: Path, www: Path, certs: tuple[CA, Path, Path], monkeypatch: pytest.MonkeyPatch
+    tmp: Path,
+    www: Path,
+    certs: tuple[CA, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    more: str = "",
 ) -> dict[str, tuple[Proc, int, Path]]:
     out = {}
     for engine in ENGINES:
         monkeypatch.setenv("MESHKIT_H2_ENGINE", engine)
         port = free_port()
         logf = tmp / f"{engine}.log"
-        extra = f"  gzip\n  basicauth /secret bob hunter2\n  log {logf}\n"
+        extra = f"  gzip\n  basicauth /secret bob hunter2\n  log {logf}\n{more}"
         (tmp / engine).mkdir()
         out[engine] = (serve(tmp / engine, site(port, certs, www, extra), port=port), port, logf)
     return out
@@ -123,6 +129,50 @@ def test_same_answers_and_log_lines(
     finally:
         for proc, _, _ in servers.values():
             proc.stop()
+
+
+def test_fastcgi_answers_agree(
+    tmp_path: Path, www: Path, certs: tuple[CA, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """php-fpm behind `fastcgi` over HTTP/2: a GET and a POST body larger than a stream's
+    window, the same answer from both engines."""
+    (www / "i.php").write_text(
+        '<?php header("X-Proto: " . $_SERVER["SERVER_PROTOCOL"]); $b = file_get_contents('
+        '"php://input"); echo $_SERVER["REQUEST_METHOD"], " ", strlen($b), " ", md5($b), "\\n";'
+    )
+    upload = bytes(range(256)) * 1200  # 300 KiB: past the 64 KiB stream window
+    with php_fpm(tmp_path / "fpm") as fpm:
+        servers = _start(tmp_path, www, certs, monkeypatch, f"  fastcgi / {fpm.tcp} php\n")
+        try:
+            answers = {}
+            for engine, (_, port, _) in servers.items():
+                client = Client(port, certs[0])
+                try:
+                    got = [_answer(client, client.request("/i.php"))]
+                    sid = client.request("/i.php", method="POST", end=False)
+                    for at in range(0, len(upload), 16384):
+                        client.until(  # the WINDOW_UPDATEs php-fpm's reading earns
+                            lambda evs, c=client, s=sid: (
+                                c.conn.local_flow_control_window(s) >= 16384
+                            )
+                        )
+                        client.conn.send_data(sid, upload[at : at + 16384])
+                        client.flush()
+                    client.conn.end_stream(sid)
+                    client.flush()
+                    got.append(_answer(client, sid))
+                    answers[engine] = got
+                finally:
+                    client.close()
+            assert answers["nghttp2"] == answers["h2"]
+            (status, headers, body), (pstatus, _, pbody) = answers["h2"]
+            assert (status, headers[b"x-proto"]) == (200, b"HTTP/2.0")
+            assert body.split() == [b"GET", b"0", hashlib.md5(b"").hexdigest().encode()]
+            digest = hashlib.md5(upload).hexdigest().encode()
+            assert pstatus == 200 and pbody.split() == [b"POST", b"%d" % len(upload), digest]
+        finally:
+            for proc, _, _ in servers.values():
+                proc.stop()
 
 
 def _goaway_code(port: int, ca: CA, abuse: str) -> int | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[CA, Path, Path]:
     return ca, crt, key
 
 
-@pytest.fixture
-def www(tmp_path: Path) -> Path:
-    root = tmp_path / "www"
+@pytest.fixture(scope="module")
+def www(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("site") / "www"
     (root / "secret").mkdir(parents=True)
     (root / "index.html").write_bytes(b"hello\n")
     (root / "big.bin").write_bytes(bytes(range(256)) * 4096)
@@ -65,6 +67,31 @@ def _start(
         (tmp / engine).mkdir()
         out[engine] = (serve(tmp / engine, site(port, certs, www, extra), port=port), port, logf)
     return out
+
+
+@pytest.fixture(scope="module")
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, www: Path, certs: tuple[CA, Path, Path]
+) -> Iterator[dict[str, tuple[Proc, int, Path]]]:
+    """One server per engine with the same site, shared by the tests below (started once:
+    the machine's start-up time is most of these tests' time)."""
+    with pytest.MonkeyPatch.context() as mp:
+        servers = _start(tmp_path_factory.mktemp("pair"), www, certs, mp)
+    try:
+        yield servers
+    finally:
+        for proc, _, _ in servers.values():
+            proc.stop()
+
+
+def _log_lines(logf: Path, skip: int, want: int) -> list[Any]:
+    """The access log's lines after the first `skip`, once there are `want` of them."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = _LOG_LINE.findall(logf.read_text())[skip:] if logf.exists() else []
+        if len(lines) >= want or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
 
 
 def _answer(client: Client, sid: int) -> tuple[int, dict[bytes, bytes], bytes]:
@@ -102,33 +129,26 @@ def _requests(client: Client) -> list[Any]:
 
 
 def test_same_answers_and_log_lines(
-    tmp_path: Path, www: Path, certs: tuple[CA, Path, Path], monkeypatch: pytest.MonkeyPatch
+    pair: dict[str, tuple[Proc, int, Path]], certs: tuple[CA, Path, Path]
 ) -> None:
-    servers = _start(tmp_path, www, certs, monkeypatch)
-    try:
-        answers = {}
-        for engine, (_, port, _) in servers.items():
-            client = Client(port, certs[0])
-            try:
-                answers[engine] = _requests(client)
-            finally:
-                client.close()
-        nghttp2, hyper = answers["nghttp2"], answers["h2"]
-        assert len(nghttp2) == len(hyper)
-        for i, (a, b) in enumerate(zip(nghttp2, hyper, strict=True)):
-            assert a == b, i
-        statuses = [a[0] for a in nghttp2]
-        assert statuses == [200, 200, 200, 206, 200, 404, 401, 200, 304, 200, 400, 431, 200, 405]
-        logs = {}
-        for engine, (proc, _, logf) in servers.items():
-            proc.stop()
-            logs[engine] = _LOG_LINE.findall(logf.read_text())
-        # (the server's own 400 and 431, answered before any handler, are not logged)
-        assert logs["nghttp2"] == logs["h2"] and len(logs["h2"]) == len(statuses) - 2
-        assert logs["h2"][1] == ("GET / HTTP/2.0", "200", "6")  # a cached answer is logged too
-    finally:
-        for proc, _, _ in servers.values():
-            proc.stop()
+    answers = {}
+    before = {e: len(_log_lines(logf, 0, 0)) for e, (_, _, logf) in pair.items()}
+    for engine, (_, port, _) in pair.items():
+        client = Client(port, certs[0])
+        try:
+            answers[engine] = _requests(client)
+        finally:
+            client.close()
+    nghttp2, hyper = answers["nghttp2"], answers["h2"]
+    assert len(nghttp2) == len(hyper)
+    for i, (a, b) in enumerate(zip(nghttp2, hyper, strict=True)):
+        assert a == b, i
+    statuses = [a[0] for a in nghttp2]
+    assert statuses == [200, 200, 200, 206, 200, 404, 401, 200, 304, 200, 400, 431, 200, 405]
+    # (the server's own 400 and 431, answered before any handler, are not logged)
+    logs = {e: _log_lines(logf, before[e], len(statuses) - 2) for e, (_, _, logf) in pair.items()}
+    assert logs["nghttp2"] == logs["h2"] and len(logs["h2"]) == len(statuses) - 2
+    assert logs["h2"][1] == ("GET / HTTP/2.0", "200", "6")  # a cached answer is logged too
 
 
 def test_fastcgi_answers_agree(
@@ -150,12 +170,12 @@ def test_fastcgi_answers_agree(
                 try:
                     got = [_answer(client, client.request("/i.php"))]
                     sid = client.request("/i.php", method="POST", end=False)
+
+                    def credit(evs: list[Any], c: Client = client, s: int = sid) -> bool:
+                        return bool(c.conn.local_flow_control_window(s) >= 16384)
+
                     for at in range(0, len(upload), 16384):
-                        client.until(  # the WINDOW_UPDATEs php-fpm's reading earns
-                            lambda evs, c=client, s=sid: (
-                                c.conn.local_flow_control_window(s) >= 16384
-                            )
-                        )
+                        client.until(credit)  # the WINDOW_UPDATEs php-fpm's reading earns
                         client.conn.send_data(sid, upload[at : at + 16384])
                         client.flush()
                     client.conn.end_stream(sid)
@@ -198,50 +218,46 @@ def _goaway_code(port: int, ca: CA, abuse: str) -> int | None:
 
 
 def test_same_goaway_on_abuse(
-    tmp_path: Path, www: Path, certs: tuple[CA, Path, Path], monkeypatch: pytest.MonkeyPatch
+    pair: dict[str, tuple[Proc, int, Path]], certs: tuple[CA, Path, Path]
 ) -> None:
-    servers = _start(tmp_path, www, certs, monkeypatch)
-    try:
-        for abuse in ("rapid reset", "settings flood", "big header block"):
-            codes = {e: _goaway_code(port, certs[0], abuse) for e, (_, port, _) in servers.items()}
-            assert codes == {e: ErrorCodes.ENHANCE_YOUR_CALM for e in ENGINES}, abuse
-    finally:
-        for proc, _, _ in servers.values():
-            proc.stop()
+    # (rapid reset and SETTINGS floods: test_h2_e2e checks each engine's GOAWAY)
+    codes = {
+        e: _goaway_code(port, certs[0], "big header block") for e, (_, port, _) in pair.items()
+    }
+    assert codes == {e: ErrorCodes.ENHANCE_YOUR_CALM for e in ENGINES}
+    for _, port, _ in pair.values():  # and the server goes on
+        client = Client(port, certs[0])
+        assert _answer(client, client.request("/"))[0] == 200
+        client.close()
 
 
 def test_a_malformed_request_is_refused_by_both(
-    tmp_path: Path, www: Path, certs: tuple[CA, Path, Path], monkeypatch: pytest.MonkeyPatch
+    pair: dict[str, tuple[Proc, int, Path]], certs: tuple[CA, Path, Path]
 ) -> None:
     """An upper-case field name (RFC 9113 8.2.1): nghttp2 resets the stream (PROTOCOL_ERROR)
     and the connection goes on; h2 ends the connection with GOAWAY PROTOCOL_ERROR."""
-    servers = _start(tmp_path, www, certs, monkeypatch)
-    try:
-        for engine, (_, port, _) in servers.items():
-            client = Client(port, certs[0])
-            client.conn.config = h2.config.H2Configuration(
-                client_side=True, header_encoding=None, validate_outbound_headers=False,
-                normalize_outbound_headers=False,
-            )  # fmt: skip
-            sid = client.request("/", extra=[("X-Upper", "1")])
+    for engine, (_, port, _) in pair.items():
+        client = Client(port, certs[0])
+        client.conn.config = h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )  # fmt: skip
+        sid = client.request("/", extra=[("X-Upper", "1")])
 
-            def refused(evs: list[Any], sid: int = sid) -> bool:
-                return any(
-                    isinstance(e, h2.events.ConnectionTerminated)
-                    or (isinstance(e, h2.events.StreamReset) and e.stream_id == sid)
-                    for e in evs
-                )
+        def refused(evs: list[Any], sid: int = sid) -> bool:
+            return any(
+                isinstance(e, h2.events.ConnectionTerminated)
+                or (isinstance(e, h2.events.StreamReset) and e.stream_id == sid)
+                for e in evs
+            )
 
-            evs = client.until(refused)
-            if engine == "nghttp2":
-                reset = [e for e in evs if isinstance(e, h2.events.StreamReset)]
-                assert [e.error_code for e in reset] == [ErrorCodes.PROTOCOL_ERROR]
-                status, _, body = client.response(client.request("/"))
-                assert (status, body) == (200, b"hello\n")
-            else:
-                ended = [e for e in evs if isinstance(e, h2.events.ConnectionTerminated)]
-                assert [e.error_code for e in ended] == [ErrorCodes.PROTOCOL_ERROR]
-            client.close()
-    finally:
-        for proc, _, _ in servers.values():
-            proc.stop()
+        evs = client.until(refused)
+        if engine == "nghttp2":
+            reset = [e for e in evs if isinstance(e, h2.events.StreamReset)]
+            assert [e.error_code for e in reset] == [ErrorCodes.PROTOCOL_ERROR]
+            status, _, body = client.response(client.request("/"))
+            assert (status, body) == (200, b"hello\n")
+        else:
+            ended = [e for e in evs if isinstance(e, h2.events.ConnectionTerminated)]
+            assert [e.error_code for e in ended] == [ErrorCodes.PROTOCOL_ERROR]
+        client.close()

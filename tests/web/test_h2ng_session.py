@@ -17,6 +17,7 @@ import pytest
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes
 
+from meshkit.web.h2remember import request_key
 from web.h2engines import nghttp2_built
 
 pytestmark = pytest.mark.skipif(not nghttp2_built(), reason="meshkit._h2ng not built or off")
@@ -94,6 +95,8 @@ def test_the_client_is_told_the_stream_limit_and_requests_arrive_as_one_list() -
     assert fields == [(b":method", b"GET"), (b":path", b"/a?b"), (b":scheme", b"https"),
                       (b":authority", b"a")]  # fmt: skip
     assert key == b"h2\0:method\0GET\n:path\0/a?b\n:scheme\0https\n:authority\0a\n"
+    assert key == request_key(fields)  # the pure twin, for the h2 engine
+    assert request_key([(b"x", b"v" * 5000)]) is None  # past MAX_HEAD: never remembered
     # the same list again (HPACK-indexed this time) has the same key
     _get(client, "/a?b")
     _exchange(session, client)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib
 import logging
 import os
@@ -49,6 +48,7 @@ from hyperframe.frame import GoAwayFrame
 from meshkit.web import http1
 from meshkit.web.h2hpack import MemoDecoder, MemoEncoder
 from meshkit.web.h2push import MAX_STREAMS, H2Pushing
+from meshkit.web.h2remember import H2Remembering, request_key
 from meshkit.web.h2send import OUT_HIGH, H2Sending
 from meshkit.web.h2stream import (
     FLOOD_BURST,
@@ -57,7 +57,6 @@ from meshkit.web.h2stream import (
     H2Body,
     Stream,
     answer_for,
-    set_pusher,
 )
 from meshkit.web.http1 import HttpError
 from meshkit.web.message import (
@@ -149,7 +148,7 @@ def split_request(raw: list[tuple[bytes, bytes]], line_max: int) -> tuple[Any, .
     return method, path, authority, items, size, long_line, host, clen
 
 
-class H2Connection(H2Sending, H2Pushing):
+class H2Connection(H2Sending, H2Remembering, H2Pushing):
     """One HTTP/2 connection on a TLS socket the server owns (see the module)."""
 
     _split = staticmethod(split_request)  # NgH2Connection's is the compiled twin
@@ -184,6 +183,7 @@ class H2Connection(H2Sending, H2Pushing):
         self._pings = Bucket()
         self._active_since = loop.time()
         self._seen_frames = False
+        self._key: bytes | None = None  # the request key while its handler may remember
         self.requests = 0
         self._init_engine()
 
@@ -261,7 +261,9 @@ class H2Connection(H2Sending, H2Pushing):
     def _on_event(self, ev: Any) -> None:
         t = type(ev)
         if t is h2.events.RequestReceived:
-            self._on_request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+            ended = ev.stream_ended is not None
+            key = request_key(ev.headers) if ended and self._server._caching else None
+            self._request(ev.stream_id, ev.headers, key, ended)
         elif t is h2.events.DataReceived:
             st = self._streams.get(ev.stream_id)
             flow = ev.flow_controlled_length or 0
@@ -366,25 +368,6 @@ class H2Connection(H2Sending, H2Pushing):
             self._respond(st, Response.error(status))
             return
         self._dispatch(st)
-
-    def _dispatch(self, st: Stream) -> None:
-        """Run the handler for the stream's request; respond now or when it is done."""
-        request = st.request
-        set_pusher((self, st.id, request.host))
-        try:
-            result = self._server._handler(request)
-        except Exception as exc:
-            result = answer_for(exc, request)
-        finally:
-            set_pusher(None)
-        if isinstance(result, Response):
-            self._respond(st, result)
-        elif isinstance(result, asyncio.Future):
-            st.task = result
-            result.add_done_callback(functools.partial(self._result_done, st))
-        else:
-            task = st.task = self._loop.create_task(_await(result))
-            task.add_done_callback(functools.partial(self._result_done, st))
 
     def _refuse(self, sid: int) -> None:
         self._rst(sid, ErrorCodes.REFUSED_STREAM)
@@ -536,10 +519,6 @@ def _hyper_connection() -> h2.connection.H2Connection:
     }
     conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
     return conn
-
-
-async def _await(result: Any) -> Any:
-    return await result
 
 
 class PlainH2Socket:

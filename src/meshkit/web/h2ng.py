@@ -7,6 +7,7 @@ What differs from the h2 engine, and why:
 - nghttp2 calls back per event (no event objects): a request's header list arrives as one
   list per stream; DATA, the client's END_STREAM, resets and control frames each call a
   method below (the `_ng_*` names).
+- Remembered answers (meshkit.web.h2remember) get their request key made in C.
 - Responses are submitted whole: HEADERS plus a body Source (bytes, a file range read with
   pread(2) into nghttp2's frame buffer, or the chunks a streamed body adds). nghttp2 frames
   DATA within the flow-control windows and takes turns between streams itself, so there is
@@ -23,9 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import time
 from typing import Any
 
 from h2.errors import ErrorCodes
@@ -41,15 +40,10 @@ from meshkit.web.h2conn import (
 )
 from meshkit.web.h2push import MAX_STREAMS
 from meshkit.web.h2send import OUT_HIGH, STREAM_BUF
-from meshkit.web.h2stream import (
-    Stream,
-    answer_for,
-    pusher_calls,
-    set_pusher,
-)
-from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
+from meshkit.web.h2stream import Stream
+from meshkit.web.message import FileBody, Headers, Response
 from meshkit.web.output import _discard_body
-from meshkit.web.respcache import CachedResponse, ResponseCache
+from meshkit.web.respcache import CachedResponse
 
 __all__ = ["NgH2Connection"]
 
@@ -60,15 +54,6 @@ _CALM_ERRORS = {
     -904: "frames nghttp2 must answer (PING, SETTINGS) flooded in",  # NGHTTP2_ERR_FLOODED
     -905: "a header block in too many CONTINUATION frames",  # NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
 }
-# Remembered responses' HEADERS fields, by request key, for the second of their Date; an
-# entry is known by its own Headers object (kept here rather than the entry and its body)
-_HIT_FIELDS: dict[bytes, tuple[Headers, int, list[tuple[bytes, bytes]]]] = {}
-_HIT_FIELDS_MAX = 512
-# The request of a stream answered from a remembered response without callbacks: nothing
-# reads it (no on_complete to call, no handler), but a Stream has one
-_HIT_REQUEST = Request(
-    "GET", "/", "/", "", "2.0", Headers([]), EmptyBody(), "https", "", "", 0, "", 0, 0.0
-)
 
 
 class NgH2Connection(H2Connection):
@@ -87,7 +72,6 @@ class NgH2Connection(H2Connection):
         )
         self._in_engine = False
         self._close_pending = False
-        self._key: bytes | None = None  # the request key while its handler may remember
 
     def start(self) -> None:
         self._reading = True
@@ -134,76 +118,10 @@ class NgH2Connection(H2Connection):
 
     # ------------------------------------------------------------------ nghttp2's calls
 
-    def _ng_request(self, sid: int, fields: list[Any], key: bytes | None, ended: bool) -> None:
-        server = self._server
-        if ended and key is not None and server._caching:
-            # a header list answered before, from files unchanged since (respcache)
-            hit = server._cache.entries.get(key)
-            if hit is not None and self._goaway_at is None and len(self._streams) < MAX_STREAMS:
-                if hit.valid():
-                    self._answer_hit(sid, key, hit)
-                    return
-                server._cache.drop(key)
-            self._key = key
-        try:
-            self._on_request(sid, fields, ended)
-        finally:
-            self._key = None
+    _ng_request = H2Connection._request
 
-    def _dispatch(self, st: Stream) -> None:
-        """H2Connection._dispatch, and a response that may be remembered is (respcache)."""
-        request = st.request
-        key, self._key = self._key, None  # (a pushed request dispatched inside has none)
-        asked = pusher_calls()
-        set_pusher((self, st.id, request.host))
-        try:
-            result = self._server._handler(request)
-        except Exception as exc:
-            result = answer_for(exc, request)
-        finally:
-            set_pusher(None)
-        if isinstance(result, Response):
-            if key is not None and result.validators is not None and asked == pusher_calls():
-                cand = ResponseCache.make(result, "2.0", request.method, request)
-                if cand is not None:
-                    self._server._cache.put(key, cand)
-            self._respond(st, result)
-        elif isinstance(result, asyncio.Future):
-            st.task = result
-            result.add_done_callback(functools.partial(self._result_done, st))
-        else:
-            task = st.task = self._loop.create_task(_await(result))
-            task.add_done_callback(functools.partial(self._result_done, st))
-
-    def _answer_hit(self, sid: int, key: bytes, hit: CachedResponse) -> None:
-        """Answer from a remembered response: its fields (with this second's Date), its
-        bytes or file range; its on_complete callbacks (an access log) get a copy of its
-        request with this connection's addresses."""
-        now = time.time()
-        request = _HIT_REQUEST
-        if hit.callbacks:
-            request = hit.for_hit(
-                str(self._remote[0]),
-                int(self._remote[1]),
-                str(self._local[0]),
-                int(self._local[1]),
-                now,
-            )
-        st = Stream(sid, request, None)
-        if hit.callbacks:
-            st.response = hit.response
-        self._streams[sid] = st
-        self._active_since = self._server._now
-        self.requests += 1
-        second = int(now)
-        memo = _HIT_FIELDS.get(key)
-        if memo is None or memo[0] is not hit.headers or memo[1] != second:
-            if len(_HIT_FIELDS) >= _HIT_FIELDS_MAX:
-                _HIT_FIELDS.clear()
-            fields = self._fields(hit.status, hit.headers, hit.length)
-            _HIT_FIELDS[key] = (hit.headers, second, fields)
-        else:
-            fields = memo[2]
+    def _send_hit(self, st: Stream, fields: list[Any], hit: CachedResponse) -> None:
+        """A remembered response (meshkit.web.h2remember): HEADERS and its body Source."""
         src = None
         if hit.body:
             src = self._Source.of_bytes(hit.body)
@@ -211,7 +129,7 @@ class NgH2Connection(H2Connection):
             hit.acquire()  # the file stays open while this stream reads it
             st.release = hit.release
             src = self._Source.of_file(hit.fd, hit.file_off, hit.file_left)
-        if self._ng.respond(sid, fields, src) != 0:
+        if self._ng.respond(st.id, fields, src) != 0:
             self._drop(st, None)
             return
         st.src = src
@@ -435,7 +353,3 @@ class NgH2Connection(H2Connection):
         if self._close_pending and not self._closed:
             self._close_pending = False
             self._close()
-
-
-async def _await(result: Any) -> Any:
-    return await result

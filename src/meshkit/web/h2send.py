@@ -18,6 +18,7 @@ from h2.errors import ErrorCodes
 from meshkit.web.h2stream import Stream, response_fields
 from meshkit.web.message import FileBody, Response
 from meshkit.web.output import _cancel, _complete, _discard_body, _release, _server_error
+from meshkit.web.respcache import CachedResponse
 from meshkit.web.sendfile import SEND_AGAIN
 
 __all__ = ["CHUNK", "OUT_HIGH", "STREAM_BUF", "H2Sending"]
@@ -128,6 +129,29 @@ class H2Sending:
             st.eof = True
         else:
             st.source = self._loop.create_task(self._pull(st, body, length))
+        self._sending[st.id] = st
+
+    def _send_hit(self, st: Stream, fields: list[Any], hit: CachedResponse) -> None:
+        """A remembered response (meshkit.web.h2remember): HEADERS, then its bytes or file
+        range through the pump."""
+        acquire = hit.acquire
+        file = hit.fd >= 0 and hit.file_left > 0 and acquire is not None
+        try:
+            self._h2.send_headers(st.id, fields, end_stream=not (hit.body or file))
+        except h2.exceptions.ProtocolError:
+            self._drop(st, None)
+            return
+        if hit.body:
+            st.chunks.append(hit.body)
+            st.queued = len(hit.body)
+        elif file and acquire is not None:
+            acquire()  # the file stays open while this stream reads it
+            st.release = hit.release
+            st.file = [hit.fd, hit.file_off, hit.file_left]
+        else:
+            self._finish(st)
+            return
+        st.eof = True
         self._sending[st.id] = st
 
     async def _pull(self, st: Stream, body: Any, length: int | None) -> None:

@@ -12,6 +12,17 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 PKG = os.path.join("src", "meshkit")
 
 
+def _has_nghttp2() -> bool:
+    """libnghttp2's headers are there (Debian: libnghttp2-dev)."""
+    if os.environ.get("MESHKIT_NO_NGHTTP2") == "1":
+        return False
+    import sysconfig
+
+    dirs = [sysconfig.get_config_var("INCLUDEDIR") or "/usr/include", "/usr/include"]
+    dirs += os.environ.get("CPATH", "").split(os.pathsep)
+    return any(os.path.exists(os.path.join(d, "nghttp2", "nghttp2.h")) for d in dirs if d)
+
+
 def extensions() -> list[Extension]:
     if os.environ.get("MESHKIT_NO_EXTENSIONS") == "1":
         return []
@@ -29,8 +40,21 @@ def extensions() -> list[Extension]:
         include_dirs=[os.path.join(PKG, "includes")],
         extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     )
+    modules = [fastpath]
+    if _has_nghttp2():
+        # HTTP/2 framing by libnghttp2 (meshkit.web.h2ng); without its headers the h2 layer
+        # uses python-hyper's h2 alone
+        modules.append(
+            Extension(
+                "meshkit._h2ng",
+                sources=[os.path.join(PKG, "_h2ng.pyx")],
+                include_dirs=[os.path.join(PKG, "includes")],
+                libraries=["nghttp2"],
+                extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+            )
+        )
     return cythonize(
-        [fastpath],
+        modules,
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
         include_path=[os.path.join(PKG, "includes"), PKG],
     )

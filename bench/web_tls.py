@@ -14,6 +14,11 @@ client (wrk or h2load) to the client core. Cases:
 3. large       ``wrk -t1 -c64 https://.../1mib.bin``                   GB/s    goal >= 0.8x nginx
 4. h2          ``h2load -c4 -m16`` (64 streams on 4 connections), the
                120-byte file over HTTP/2 (h2 by ALPN)                  req/s   goal >= 0.8x nginx
+5. h2miss      the same, to the name ``localhost``: meshkit's site for it
+               has ``ext .html`` too, a handler that keeps no response
+               remembered (meshkit.web.respcache), so every request
+               goes through the handlers as a dynamic site's would
+               (nginx serves both names alike)                         req/s   goal >= 0.8x nginx
 
 This kernel has no kTLS here, so every server encrypts in user space (nginx's sendfile
 degrades to read + SSL_write); the 1 MiB case measures AES-GCM plus copies for everyone.
@@ -88,6 +93,7 @@ CASES = (
     Case("handshake", "new TLS 1.3 handshakes (Connection: close)", "/", "req/s", 0.9, "wrk", True),
     Case("large", "1 MiB file", "/1mib.bin", "GB/s", 0.8, "wrk"),
     Case("h2", f"HTTP/2, h2load -c4 -m16, {SMALL_SIZE}-byte file", "/", "req/s", 0.8, "h2load"),
+    Case("h2miss", "HTTP/2 as h2, nothing remembered", "/", "req/s", 0.8, "h2load"),
 )
 
 
@@ -174,9 +180,15 @@ def meshkit_command(args: argparse.Namespace, port: int, root: Path, cert: Path,
         shlex.split(args.meshkit_cmd) if args.meshkit_cmd else [sys.executable, "-m", "meshkit"]
     )
     conf = tmp / "Caddyfile"
+    site = (
+        f"    bind {HOST}\n    root {root}\n"
+        f"    tls {cert} {key} {{\n        protocols tls1.3\n    }}\n"
+    )
+    # localhost (the h2miss case): `ext` is not a static directive, so no response of this
+    # site is remembered by the response cache
     conf.write_text(
-        f"https://{HOST}:{port} {{\n    bind {HOST}\n    root {root}\n"
-        f"    tls {cert} {key} {{\n        protocols tls1.3\n    }}\n}}\n"
+        f"https://{HOST}:{port} {{\n{site}}}\n"
+        f"https://localhost:{port} {{\n{site}    ext .html\n}}\n"
     )
     return [*prefix, "web", "-conf", str(conf), "-quiet"]
 
@@ -251,8 +263,10 @@ def run_wrk(port: int, case: Case, duration: float, core: int | None, conns: int
 
 
 def run_h2load(port: int, case: Case, duration: float, core: int | None) -> Sample:
-    cmd = ["h2load", "-t1", "-c4", "-m16", "-D", str(max(1, round(duration))),
-           f"https://{HOST}:{port}{case.path}"]  # fmt: skip
+    cmd = ["h2load", "-t1", "-c4", "-m16", "-D", str(max(1, round(duration)))]
+    if case.key == "h2miss":
+        cmd += ["-H", f":authority: localhost:{port}"]
+    cmd.append(f"https://{HOST}:{port}{case.path}")
     out = run_client(cmd, core, duration)
     rate, counts, proto = _H2_RATE.search(out), _H2_COUNTS.search(out), _H2_PROTO.search(out)
     if not rate or not counts:

@@ -29,6 +29,7 @@ from h2.errors import ErrorCodes
 
 from support.peers import Proc, free_port, wait_tcp
 from support.tlscerts import CA, issue, make_ca
+from web.h2engines import h2_engine  # noqa: F401  (the fixture: each test runs per engine)
 
 
 @pytest.fixture(scope="module")
@@ -229,8 +230,10 @@ def blackhole() -> Iterator[int]:
 
 
 # --- serving -----------------------------------------------------------------------------------
+# (every test but the ALPN one runs once per HTTP/2 engine: web.h2engines)
 
 
+@pytest.mark.usefixtures("h2_engine")
 def test_static_range_big_file_gzip_head_and_log_over_curl_http2(
     tmp_path: Path, www: Path, certs: tuple[CA, Path, Path]
 ) -> None:
@@ -264,6 +267,7 @@ def test_static_range_big_file_gzip_head_and_log_over_curl_http2(
         proc.stop()
 
 
+@pytest.mark.usefixtures("h2_engine")
 def test_proxy_to_http11_upstream_and_basicauth_canonical_path(
     tmp_path: Path, www: Path, certs: tuple[CA, Path, Path], upstream: Any
 ) -> None:
@@ -305,6 +309,7 @@ def test_proxy_to_http11_upstream_and_basicauth_canonical_path(
         proc.stop()
 
 
+@pytest.mark.usefixtures("h2_engine")
 def test_many_streams_on_one_connection(
     tmp_path: Path, www: Path, certs: tuple[CA, Path, Path]
 ) -> None:
@@ -326,6 +331,7 @@ def test_many_streams_on_one_connection(
 # --- limits ------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("h2_engine")
 def test_streams_past_the_limit_are_refused_and_big_heads_get_431(
     tmp_path: Path, www: Path, certs: tuple[CA, Path, Path], blackhole: int
 ) -> None:
@@ -363,6 +369,7 @@ def test_streams_past_the_limit_are_refused_and_big_heads_get_431(
         proc.stop()
 
 
+@pytest.mark.usefixtures("h2_engine")
 def test_rapid_reset_and_settings_flood_are_cut_off(
     tmp_path: Path, www: Path, certs: tuple[CA, Path, Path], blackhole: int
 ) -> None:
@@ -402,6 +409,7 @@ def test_rapid_reset_and_settings_flood_are_cut_off(
 # --- GOAWAY ------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("h2_engine")
 def test_reload_and_shutdown_send_goaway_after_open_streams_finish(
     tmp_path: Path, www: Path, certs: tuple[CA, Path, Path], upstream: Any
 ) -> None:
@@ -462,6 +470,7 @@ def test_alpn_and_the_http2_flag(tmp_path: Path, www: Path, certs: tuple[CA, Pat
 
 
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) missing")
+@pytest.mark.usefixtures("h2_engine")
 def test_h2load_completes_without_errors(
     tmp_path: Path, www: Path, certs: tuple[CA, Path, Path]
 ) -> None:

@@ -7,7 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from support.peers import Proc, free_port, wait_tcp
+from web.h2engines import h2_engine  # noqa: F401  (the fixture)
+
+pytestmark = pytest.mark.usefixtures("h2_engine")  # each test once per HTTP/2 engine
 
 
 def _curl(*args: str) -> subprocess.CompletedProcess[str]:

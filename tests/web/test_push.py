@@ -13,6 +13,7 @@ from meshkit.web.caddyfile.load import load_text
 from meshkit.web.directives.push import PushConfig, PushResource, PushRule, preload_links
 from support.peers import Proc, free_port, wait_tcp
 from support.tlscerts import issue, make_ca
+from web.h2engines import h2_engine  # noqa: F401  (the fixture)
 
 
 @pytest.mark.parametrize(
@@ -81,6 +82,7 @@ def _promised(trace: str) -> list[str]:
     return out
 
 
+@pytest.mark.usefixtures("h2_engine")  # once per HTTP/2 engine
 def test_push_over_h2(tmp_path: Path) -> None:
     ca = make_ca(tmp_path)
     cert, key = issue(ca, tmp_path, "leaf", ["127.0.0.1"])

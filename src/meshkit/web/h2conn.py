@@ -1,8 +1,11 @@
-"""HTTP/2 over TLS (h2, chosen by ALPN): one connection, an I/O shell around the sans-IO `h2`
-library (python-hyper), which does the framing, HPACK, SETTINGS, flow-control accounting and
-stream states. This module reads and writes the TLS socket (meshkit.web.tlssock), turns each
-stream into a Request for the same handlers as HTTP/1.1, and writes Responses back as HEADERS
-and DATA within the peer's flow-control windows.
+"""HTTP/2 over TLS (h2, chosen by ALPN): one connection, an I/O shell around a sans-IO engine
+that does the framing, HPACK, SETTINGS, flow-control accounting and stream states. Two
+engines: libnghttp2 (meshkit._h2ng, the compiled one; its connection is meshkit.web.h2ng's
+NgH2Connection, which H2Connection(...) returns when the engine is built and allowed: see
+load_engine) and python-hyper's `h2` (this class: the pure-Python twin). This module reads
+and writes the TLS socket (meshkit.web.tlssock), turns each stream into a Request for the
+same handlers as HTTP/1.1, and writes Responses back as HEADERS and DATA within the peer's
+flow-control windows.
 
 - Requests: the path goes through the same canonical parsing as HTTP/1.1
   (http1.parse_target), so matchers and the file server see one form; the head limits are the
@@ -26,8 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import importlib
 import logging
+import os
 import socket
 import time
 from typing import Any
@@ -44,6 +48,7 @@ from hyperframe.frame import GoAwayFrame
 from meshkit.web import http1
 from meshkit.web.h2hpack import MemoDecoder, MemoEncoder
 from meshkit.web.h2push import MAX_STREAMS, H2Pushing
+from meshkit.web.h2remember import H2Remembering, request_key
 from meshkit.web.h2send import OUT_HIGH, H2Sending
 from meshkit.web.h2stream import (
     FLOOD_BURST,
@@ -52,7 +57,6 @@ from meshkit.web.h2stream import (
     H2Body,
     Stream,
     answer_for,
-    set_pusher,
 )
 from meshkit.web.http1 import HttpError
 from meshkit.web.message import (
@@ -70,6 +74,9 @@ __all__ = [
     "MAX_STREAMS",
     "H2Connection",
     "PlainH2Socket",
+    "engine",
+    "load_engine",
+    "split_request",
 ]
 
 log = logging.getLogger("meshkit.web")
@@ -80,10 +87,71 @@ _HPACK_CAP = 4 * MAX_HEADER_LIST  # a header block past this is a connection err
 _WINDOW = 1 << 20  # our connection receive window (streams keep the 64 KiB default)
 _RECV = 65536
 _LINGER = 1.0  # seconds to read and drop input after the last GOAWAY, before closing
+_ENGINE: list[Any] = []  # [module or None]: meshkit._h2ng once looked for
 
 
-class H2Connection(H2Sending, H2Pushing):
+def load_engine() -> Any:
+    """The compiled engine (meshkit._h2ng, libnghttp2), or None: not built (no nghttp2
+    headers at build time), MESHKIT_NO_EXTENSIONS=1, or MESHKIT_H2_ENGINE=h2."""
+    if not _ENGINE:
+        mod = None
+        off = os.environ.get("MESHKIT_NO_EXTENSIONS", "") not in ("", "0")
+        if not off and os.environ.get("MESHKIT_H2_ENGINE", "") != "h2":
+            try:
+                mod = importlib.import_module("meshkit._h2ng")
+            except ImportError:
+                mod = None
+        _ENGINE.append(mod)
+    return _ENGINE[0]
+
+
+def engine() -> str:
+    """Which engine frames HTTP/2 in this process: "nghttp2" or "h2" (see load_engine)."""
+    return "nghttp2" if load_engine() is not None else "h2"
+
+
+def split_request(raw: list[tuple[bytes, bytes]], line_max: int) -> tuple[Any, ...]:
+    """A request's header list split: (method, path, authority, fields as (str, str) with
+    cookie fields joined last (RFC 9113 8.2.3), size as RFC 9113 counts it, whether a field
+    line is past line_max, the first `host` field's value or None, the first
+    `content-length`'s or None). meshkit._h2ng has the compiled twin."""
+    method = path = authority = b""
+    items: list[tuple[str, str]] = []
+    cookies: list[str] = []
+    host: str | None = None
+    clen: str | None = None
+    size = 0
+    long_line = False
+    for name, value in raw:
+        size += len(name) + len(value) + 32
+        if name[:1] == b":":
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            continue
+        if len(name) + len(value) + 2 > line_max:
+            long_line = True
+        sval = value.decode("latin-1")
+        if name == b"cookie":
+            cookies.append(sval)
+            continue
+        if name == b"host":
+            host = sval if host is None else host
+        elif name == b"content-length":
+            clen = sval if clen is None else clen
+        items.append((name.decode("latin-1"), sval))
+    if cookies:
+        items.append(("cookie", "; ".join(cookies)))
+    return method, path, authority, items, size, long_line, host, clen
+
+
+class H2Connection(H2Sending, H2Remembering, H2Pushing):
     """One HTTP/2 connection on a TLS socket the server owns (see the module)."""
+
+    _split = staticmethod(split_request)  # NgH2Connection's is the compiled twin
 
     def __init__(
         self,
@@ -101,27 +169,6 @@ class H2Connection(H2Sending, H2Pushing):
         self._fd = tsock.fileno()
         self._remote = remote
         self._local = local
-        config = h2.config.H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            # response_fields() already makes response fields lower-case, trimmed and free of CR,
-            # LF and NUL, and drops connection-specific ones: h2's own pass over them costs a
-            # fifth of a small response (inbound fields are still validated by h2)
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            # h2's inbound normalization only joins cookie fields, which _on_request does
-            normalize_inbound_headers=False,
-        )
-        conn = self._h2 = h2.connection.H2Connection(config)
-        # HPACK that remembers repeated blocks (meshkit.web.h2hpack), before any is coded
-        conn.encoder = MemoEncoder()
-        conn.decoder = MemoDecoder(conn.DEFAULT_MAX_HEADER_LIST_SIZE, config)
-        values = {
-            SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
-            SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
-            SettingCodes.ENABLE_PUSH: 0,
-        }
-        conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
         self._streams: dict[int, Stream] = {}
         self._sending: dict[int, Stream] = {}  # streams with bytes to frame, in turn
         self._wbuf = b""
@@ -136,7 +183,21 @@ class H2Connection(H2Sending, H2Pushing):
         self._pings = Bucket()
         self._active_since = loop.time()
         self._seen_frames = False
+        self._key: bytes | None = None  # the request key while its handler may remember
         self.requests = 0
+        self._init_engine()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> H2Connection:
+        # the server makes H2Connection(...): with the compiled engine built and allowed,
+        # that is meshkit.web.h2ng's NgH2Connection (libnghttp2), else this class (h2)
+        if cls is H2Connection and engine() == "nghttp2":
+            from meshkit.web.h2ng import NgH2Connection
+
+            return object.__new__(NgH2Connection)
+        return object.__new__(cls)
+
+    def _init_engine(self) -> None:
+        self._h2 = _hyper_connection()
 
     # ------------------------------------------------------------------ start, read
 
@@ -200,7 +261,9 @@ class H2Connection(H2Sending, H2Pushing):
     def _on_event(self, ev: Any) -> None:
         t = type(ev)
         if t is h2.events.RequestReceived:
-            self._on_request(ev.stream_id, ev.headers, ev.stream_ended is not None)
+            ended = ev.stream_ended is not None
+            key = request_key(ev.headers) if ended and self._server._caching else None
+            self._request(ev.stream_id, ev.headers, key, ended)
         elif t is h2.events.DataReceived:
             st = self._streams.get(ev.stream_id)
             flow = ev.flow_controlled_length or 0
@@ -248,50 +311,28 @@ class H2Connection(H2Sending, H2Pushing):
 
     def _on_request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
         if self._goaway_at is not None and sid > self._goaway_at:
-            self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+            self._rst(sid, ErrorCodes.REFUSED_STREAM)
             return
         if len(self._streams) >= MAX_STREAMS:
             self._refuse(sid)
             return
         server = self._server
-        method = path = authority = b""
-        items: list[tuple[str, str]] = []
-        cookies: list[str] = []
-        size = 0
-        status = 0
-        line_max = server._max_field_line
-        for name, value in raw:
-            size += len(name) + len(value) + 32
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                continue
-            if len(name) + len(value) + 2 > line_max:
-                status = 431
-            if name == b"cookie":
-                cookies.append(value.decode("latin-1"))
-                continue
-            items.append((name.decode("latin-1"), value.decode("latin-1")))
-        if cookies:
-            items.append(("cookie", "; ".join(cookies)))
+        method, path, authority, items, size, long_line, host_field, cl = self._split(
+            raw, server._max_field_line
+        )
+        status = 431 if long_line else 0
         if len(items) > server._max_fields or size > min(MAX_HEADER_LIST, server._header_limit):
             status = 431
         mname = method.decode("latin-1")
         host = authority.decode("latin-1")
         headers = Headers(items)
         if host:
-            if "host" not in headers:
+            if host_field is None:
                 headers.add("host", host)
         else:
-            host = headers.get("host") or ""
-        length: int | None = None
-        cl = headers.get("content-length")
-        if cl is not None:
-            length = int(cl) if cl.isdigit() else None  # h2 checks it against the DATA
+            host = host_field or ""
+        # (h2 and nghttp2 check a Content-Length against the DATA)
+        length = int(cl) if cl is not None and cl.isdigit() else None
         body = None if ended else H2Body(self, sid, length)
         st: Stream
         target_path = query = ""
@@ -328,29 +369,15 @@ class H2Connection(H2Sending, H2Pushing):
             return
         self._dispatch(st)
 
-    def _dispatch(self, st: Stream) -> None:
-        """Run the handler for the stream's request; respond now or when it is done."""
-        request = st.request
-        set_pusher((self, st.id, request.host))
-        try:
-            result = self._server._handler(request)
-        except Exception as exc:
-            result = answer_for(exc, request)
-        finally:
-            set_pusher(None)
-        if isinstance(result, Response):
-            self._respond(st, result)
-        elif isinstance(result, asyncio.Future):
-            st.task = result
-            result.add_done_callback(functools.partial(self._result_done, st))
-        else:
-            task = st.task = self._loop.create_task(_await(result))
-            task.add_done_callback(functools.partial(self._result_done, st))
-
     def _refuse(self, sid: int) -> None:
-        self._h2.reset_stream(sid, ErrorCodes.REFUSED_STREAM)
+        self._rst(sid, ErrorCodes.REFUSED_STREAM)
         if not self._resets.take():  # a client that keeps opening past the limit
             self._calm("streams past the limit")
+
+    def _rst(self, sid: int, code: ErrorCodes) -> None:
+        """RST_STREAM (the engine's primitive; NgH2Connection has its own)."""
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.reset_stream(sid, code)
 
     def _result_done(self, st: Stream, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or st.closed:
@@ -468,8 +495,30 @@ class H2Connection(H2Sending, H2Pushing):
         self._server._conn_closed(self)
 
 
-async def _await(result: Any) -> Any:
-    return await result
+def _hyper_connection() -> h2.connection.H2Connection:
+    """python-hyper's h2 for a server connection, with the settings we advertise."""
+    config = h2.config.H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        # response_fields() already makes response fields lower-case, trimmed and free of CR,
+        # LF and NUL, and drops connection-specific ones: h2's own pass over them costs a
+        # fifth of a small response (inbound fields are still validated by h2)
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+        # h2's inbound normalization only joins cookie fields, which _on_request does
+        normalize_inbound_headers=False,
+    )
+    conn = h2.connection.H2Connection(config)
+    # HPACK that remembers repeated blocks (meshkit.web.h2hpack), before any is coded
+    conn.encoder = MemoEncoder()
+    conn.decoder = MemoDecoder(conn.DEFAULT_MAX_HEADER_LIST_SIZE, config)
+    values = {
+        SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+        SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+        SettingCodes.ENABLE_PUSH: 0,
+    }
+    conn.local_settings = h2.settings.Settings(client=False, initial_values=values)
+    return conn
 
 
 class PlainH2Socket:

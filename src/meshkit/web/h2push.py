@@ -40,14 +40,28 @@ class H2Pushing:
     def _dispatch(self, st: Stream) -> None:
         raise NotImplementedError
 
+    # the engine's part (h2 here; meshkit.web.h2ng has nghttp2's)
+    def _push_enabled(self) -> bool:
+        return bool(self._h2.remote_settings.enable_push)
+
+    def _promise(self, parent: int, head: list[tuple[bytes, bytes]]) -> int | None:
+        """PUSH_PROMISE on parent: the promised stream's id, None when refused."""
+        conn = self._h2
+        sid = conn.get_next_available_stream_id()
+        try:
+            conn.push_stream(parent, sid, head)
+        except h2.exceptions.ProtocolError as exc:
+            log.debug("HTTP/2 push refused: %s", exc)
+            return None
+        return sid
+
     def push(self, parent: int, host: str, path: str, method: str, fields: list[Any]) -> bool:
         """Server push (the `push` directive): promise `method path` on the parent stream
         and answer it like a request; False when it cannot be (and no more should be)."""
-        conn = self._h2
         if (
             self._closing
             or parent not in self._streams
-            or not conn.remote_settings.enable_push
+            or not self._push_enabled()
             or len(self._streams) >= MAX_STREAMS
         ):
             return False
@@ -55,14 +69,16 @@ class H2Pushing:
             target = http1.parse_target(path.encode("latin-1"), method)
         except (HttpError, UnicodeEncodeError):
             return True  # this one cannot be pushed; others may
-        sid = conn.get_next_available_stream_id()
         head = [(":method", method), (":path", path), (":scheme", self._scheme)]
         head.append((":authority", host))
         head += [(k.lower(), v) for k, v in fields if k.lower() != "host"]
         try:
-            conn.push_stream(parent, sid, [(k.encode(), v.encode("latin-1")) for k, v in head])
-        except (h2.exceptions.ProtocolError, UnicodeEncodeError) as exc:
-            log.debug("HTTP/2 push of %s refused: %s", path, exc)
+            encoded = [(k.encode(), v.encode("latin-1")) for k, v in head]
+        except UnicodeEncodeError:
+            return False
+        sid = self._promise(parent, encoded)
+        if sid is None:
+            log.debug("HTTP/2 push of %s refused", path)
             return False
         headers = Headers([(k, v) for k, v in fields if k.lower() != "host"])
         headers.add("host", host)

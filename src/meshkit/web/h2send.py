@@ -18,6 +18,7 @@ from h2.errors import ErrorCodes
 from meshkit.web.h2stream import Stream, response_fields
 from meshkit.web.message import FileBody, Response
 from meshkit.web.output import _cancel, _complete, _discard_body, _release, _server_error
+from meshkit.web.respcache import CachedResponse
 from meshkit.web.sendfile import SEND_AGAIN
 
 __all__ = ["CHUNK", "OUT_HIGH", "STREAM_BUF", "H2Sending"]
@@ -45,6 +46,9 @@ class H2Sending:
     _closing: bool
     _closed: bool
 
+    # response_fields; NgH2Connection's is the compiled twin
+    _fields = staticmethod(response_fields)
+
     # hooks H2Connection defines
     def _update_reading(self) -> None:
         raise NotImplementedError
@@ -58,11 +62,16 @@ class H2Sending:
     def _abort(self) -> None:
         raise NotImplementedError
 
-    def _respond(self, st: Stream, response: Response) -> None:
+    def _rst(self, sid: int, code: ErrorCodes) -> None:
+        raise NotImplementedError
+
+    def _prepare(self, st: Stream, response: Response) -> tuple[Any, Any, bool, int | None] | None:
+        """The response's HEADERS fields, body, whether the body is sent and its length
+        (both engines); None when nothing is to be sent (stream gone, or answered 500)."""
         st.response = response
         if st.closed:
             _discard_body(response.body)
-            return
+            return None
         request = st.request
         status = response.status
         body = response.body
@@ -80,12 +89,19 @@ class H2Sending:
             cl = getattr(body, "content_length", None)
             length = cl if type(cl) is int and cl >= 0 else None
         try:
-            fields = response_fields(status, response.headers, length)
+            fields = self._fields(status, response.headers, length)
         except ValueError:
             log.error("response to %s %s has CR/LF in a header", request.method, request.uri)
             _discard_body(body)
             self._respond(st, _server_error())
+            return None
+        return fields, body, send_body, length
+
+    def _respond(self, st: Stream, response: Response) -> None:
+        prepared = self._prepare(st, response)
+        if prepared is None:
             return
+        fields, body, send_body, length = prepared
         conn = self._h2
         try:
             if not send_body or length == 0:
@@ -113,6 +129,29 @@ class H2Sending:
             st.eof = True
         else:
             st.source = self._loop.create_task(self._pull(st, body, length))
+        self._sending[st.id] = st
+
+    def _send_hit(self, st: Stream, fields: list[Any], hit: CachedResponse) -> None:
+        """A remembered response (meshkit.web.h2remember): HEADERS, then its bytes or file
+        range through the pump."""
+        acquire = hit.acquire
+        file = hit.fd >= 0 and hit.file_left > 0 and acquire is not None
+        try:
+            self._h2.send_headers(st.id, fields, end_stream=not (hit.body or file))
+        except h2.exceptions.ProtocolError:
+            self._drop(st, None)
+            return
+        if hit.body:
+            st.chunks.append(hit.body)
+            st.queued = len(hit.body)
+        elif file and acquire is not None:
+            acquire()  # the file stays open while this stream reads it
+            st.release = hit.release
+            st.file = [hit.fd, hit.file_off, hit.file_left]
+        else:
+            self._finish(st)
+            return
+        st.eof = True
         self._sending[st.id] = st
 
     async def _pull(self, st: Stream, body: Any, length: int | None) -> None:
@@ -240,8 +279,7 @@ class H2Sending:
         body = st.body
         if body is not None and not body.done:
             # the client is still sending a body nobody reads: stop it (RFC 9113 8.1)
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                self._h2.reset_stream(st.id, ErrorCodes.NO_ERROR)
+            self._rst(st.id, ErrorCodes.NO_ERROR)
             body.fail(ConnectionResetError("response sent before the body was read"))
         if st.response is not None:
             _complete(st.request, st.response, st.sent)
@@ -280,8 +318,7 @@ class H2Sending:
         self._maybe_done()
 
     def _reset(self, sid: int, code: ErrorCodes) -> None:
-        with contextlib.suppress(h2.exceptions.ProtocolError):
-            self._h2.reset_stream(sid, code)
+        self._rst(sid, code)
         st = self._streams.get(sid)
         if st is not None:
             self._drop(st, ConnectionResetError("stream reset"))

@@ -52,6 +52,7 @@ Pusher = Callable[[str, str, list[tuple[str, str]]], bool]
 # (connection, stream id, host) of the running handler's request: a tuple is cheaper to set
 # for every request than a bound function, and only the push directive asks for one
 _current: list[tuple[Any, int, str] | None] = [None]
+_asked = [0]  # calls of current_pusher so far (a response whose handler asked may push)
 PUSHED_VAR = "http2.pushed"  # request.vars of a pushed request: push rules skip it
 
 
@@ -60,12 +61,19 @@ def current_pusher() -> Pusher | None:
     cur = _current[0]
     if cur is None:
         return None
+    _asked[0] += 1
     conn, sid, host = cur
     return functools.partial(conn.push, sid, host)  # type: ignore[no-any-return]
 
 
 def set_pusher(current: tuple[Any, int, str] | None) -> None:
     _current[0] = current
+
+
+def pusher_calls() -> int:
+    """How many times a handler asked for its pusher: a response whose handler did (between
+    two readings) may push, and is not remembered (meshkit.web.respcache)."""
+    return _asked[0]
 
 
 class BodyOwner(Protocol):
@@ -197,6 +205,7 @@ class Stream:
         "response",
         "sent",
         "source",
+        "src",
         "task",
         "waiter",
     )
@@ -208,6 +217,7 @@ class Stream:
         self.response: Response | None = None
         self.task: asyncio.Future[Any] | None = None  # the handler's
         self.source: asyncio.Task[None] | None = None  # pulling a streamed response body
+        self.src: Any = None  # the nghttp2 engine's body Source (meshkit._h2ng)
         self.chunks: deque[bytes] = deque()  # response bytes not framed yet
         self.queued = 0
         self.file: list[int] | None = None  # [fd, offset, left] of a file body

@@ -1,0 +1,622 @@
+# cython: language_level=3
+"""HTTP/2 framing by libnghttp2 for meshkit.web.h2ng (the compiled engine; its pure-Python
+twin is python-hyper's `h2` under meshkit.web.h2conn).
+
+A Session is nghttp2's sans-IO server session: bytes in (receive), bytes out (send), and
+calls into its owner (the connection's I/O shell) for what the shell must act on: a request's
+header list, as one list of (name, value) bytes per stream; its body's DATA; the end of the
+client's half; resets, SETTINGS, PINGs and GOAWAYs (which the shell meters); the end of a
+response (its END_STREAM framed); a stream closed. Responses are submitted in one call with
+their body as a Source: a bytes object, a file range read with pread(2) straight into
+nghttp2's frame buffer, or chunks a streamed body adds over time. Flow control, HPACK,
+SETTINGS, stream states and the inbound checks of RFC 9113 8.1-8.3 are nghttp2's.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.stdint cimport int32_t, uint8_t, uint32_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
+from posix.types cimport off_t
+from posix.unistd cimport pread
+
+from nghttp2 cimport *
+
+NO_ERROR = NGHTTP2_NO_ERROR
+ENHANCE_YOUR_CALM = NGHTTP2_ENHANCE_YOUR_CALM
+
+# what Session.owner_control tells the owner of
+CONTROL_SETTINGS = 1
+CONTROL_PING = 2
+CONTROL_GOAWAY = 3
+CONTROL_REFUSED = 4  # nghttp2 refused a stream past SETTINGS_MAX_CONCURRENT_STREAMS
+CONTROL_BIG_HEAD = 5  # a header block past the session's cap (the session is terminated)
+
+# A request's key (for meshkit.web.respcache's remembered responses): b"h2\0" and then each
+# field as name NUL value LF, up to KEY_MAX bytes (longer heads have no key). Field values
+# cannot hold NUL, CR or LF (nghttp2 refuses them), so one key is one header list.
+KEY_MAX = 4096
+cdef enum:
+    _KEY_MAX = 4096
+
+
+cdef class Source:
+    """A response body for nghttp2's data provider: bytes, a file range, or streamed
+    chunks (add(), then eof)."""
+
+    cdef bytes head
+    cdef Py_ssize_t off
+    cdef list more
+    cdef int fd
+    cdef off_t foff
+    cdef off_t fleft
+    cdef public bint eof
+    cdef public bint deferred
+    cdef public Py_ssize_t sent
+    cdef public Py_ssize_t queued
+
+    def __cinit__(self):
+        self.fd = -1
+        self.more = []
+
+    @staticmethod
+    def of_bytes(bytes data):
+        cdef Source src = Source()
+        src.head = data
+        src.queued = PyBytes_GET_SIZE(data)
+        src.eof = True
+        return src
+
+    @staticmethod
+    def of_file(int fd, off_t offset, off_t length):
+        """A file range, read when nghttp2 frames it (the fd stays the caller's)."""
+        cdef Source src = Source()
+        src.fd = fd
+        src.foff = offset
+        src.fleft = length
+        src.eof = True
+        return src
+
+    def add(self, bytes chunk):
+        """A streamed body's next piece (the caller resumes the stream)."""
+        if not chunk:
+            return
+        if self.head is None:
+            self.head = chunk
+            self.off = 0
+        else:
+            self.more.append(chunk)
+        self.queued += PyBytes_GET_SIZE(chunk)
+
+
+cdef ssize_t _read_source(nghttp2_session *session, int32_t sid, uint8_t *buf, size_t length,
+                          uint32_t *flags, nghttp2_data_source *source,
+                          void *user_data) noexcept:
+    cdef Source src = <Source>source.ptr
+    cdef ssize_t n = 0
+    cdef Py_ssize_t avail
+    cdef size_t want
+    if src.head is not None:
+        avail = PyBytes_GET_SIZE(src.head) - src.off
+        n = avail if <size_t>avail < length else <ssize_t>length
+        memcpy(buf, PyBytes_AS_STRING(src.head) + src.off, n)
+        src.off += n
+        if src.off >= PyBytes_GET_SIZE(src.head):
+            src.off = 0
+            src.head = src.more.pop(0) if src.more else None
+        src.queued -= n
+    elif src.fleft > 0:
+        want = length if <off_t>length < src.fleft else <size_t>src.fleft
+        n = pread(src.fd, buf, want, src.foff)
+        if n <= 0:  # the file got shorter than its Content-Length: RST_STREAM INTERNAL_ERROR
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        src.foff += n
+        src.fleft -= n
+    elif not src.eof:
+        src.deferred = True
+        return NGHTTP2_ERR_DEFERRED
+    src.sent += n
+    if src.eof and src.head is None and src.fleft <= 0:
+        flags[0] |= NGHTTP2_DATA_FLAG_EOF
+    return n
+
+
+cdef class Session:
+    """One HTTP/2 server connection's nghttp2 session (see the module)."""
+
+    cdef nghttp2_session *s
+    cdef object on_request
+    cdef object on_data
+    cdef object on_end
+    cdef object on_reset
+    cdef object on_closed
+    cdef object on_sent_end
+    cdef object on_control
+    cdef dict sources
+    cdef int32_t cur_sid
+    cdef list cur
+    cdef Py_ssize_t cur_size
+    cdef Py_ssize_t cap
+    cdef object error
+    cdef bytes patch
+    cdef char *kbuf
+    cdef Py_ssize_t klen
+    cdef public bint stopped
+
+    def __cinit__(self, owner, uint32_t max_streams, uint32_t stream_cap,
+                  uint32_t max_header_list, Py_ssize_t cap, int32_t window):
+        cdef nghttp2_session_callbacks *cbs
+        cdef nghttp2_option *opt
+        cdef nghttp2_settings_entry iv[3]
+        self.on_request = owner._ng_request
+        self.on_data = owner._ng_data
+        self.on_end = owner._ng_end
+        self.on_reset = owner._ng_reset
+        self.on_closed = owner._ng_closed
+        self.on_sent_end = owner._ng_sent_end
+        self.on_control = owner._ng_control
+        self.sources = {}
+        self.cap = cap
+        self.kbuf = <char *>malloc(_KEY_MAX)
+        if self.kbuf is NULL:
+            raise MemoryError()
+        if nghttp2_session_callbacks_new(&cbs) != 0:
+            raise MemoryError()
+        nghttp2_session_callbacks_set_on_begin_headers_callback(cbs, _begin_headers)
+        nghttp2_session_callbacks_set_on_header_callback(cbs, _header)
+        nghttp2_session_callbacks_set_on_frame_recv_callback(cbs, _frame_recv)
+        nghttp2_session_callbacks_set_on_frame_send_callback(cbs, _frame_send)
+        nghttp2_session_callbacks_set_on_invalid_frame_recv_callback(cbs, _invalid_frame)
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cbs, _data_chunk)
+        nghttp2_session_callbacks_set_on_stream_close_callback(cbs, _stream_close)
+        if nghttp2_option_new(&opt) != 0:
+            nghttp2_session_callbacks_del(cbs)
+            raise MemoryError()
+        # credit goes back as handlers read request bodies (consume), not on arrival
+        nghttp2_option_set_no_auto_window_update(opt, 1)
+        rv = nghttp2_session_server_new2(&self.s, cbs, <void *>self, opt)
+        nghttp2_option_del(opt)
+        nghttp2_session_callbacks_del(cbs)
+        if rv != 0:
+            raise MemoryError()
+        # Streams past the advertised SETTINGS_MAX_CONCURRENT_STREAMS are refused one by one
+        # (RST_STREAM REFUSED_STREAM, RFC 9113 5.1.2), as the h2 engine does, but nghttp2 ends
+        # the connection once the client has acknowledged the limit. So nghttp2 enforces
+        # stream_cap (as its local setting) and the client is told max_streams: the value
+        # in the SETTINGS frame is replaced on its way out; the owner refuses past max_streams.
+        iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
+        iv[0].value = stream_cap
+        iv[1].settings_id = NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE
+        iv[1].value = max_header_list
+        iv[2].settings_id = NGHTTP2_SETTINGS_ENABLE_PUSH
+        iv[2].value = 0
+        nghttp2_submit_settings(self.s, NGHTTP2_FLAG_NONE, iv, 3)
+        self.patch = max_streams.to_bytes(4, "big")
+        nghttp2_session_set_local_window_size(self.s, NGHTTP2_FLAG_NONE, 0, window)
+
+    def __dealloc__(self):
+        free(self.kbuf)
+        self.kbuf = NULL
+        if self.s is not NULL:
+            nghttp2_session_del(self.s)
+            self.s = NULL
+
+    cdef _raise(self):
+        err = self.error
+        self.error = None
+        raise err
+
+    def receive(self, bytes data):
+        """Feed bytes read from the peer; a negative result is nghttp2's fatal error code
+        (the connection is over)."""
+        cdef ssize_t rv = nghttp2_session_mem_recv(
+            self.s, <const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+        if self.error is not None:
+            self._raise()
+        return rv
+
+    def send(self, Py_ssize_t limit):
+        """Frames to write, up to about `limit` bytes (b"" when nothing is due)."""
+        cdef const uint8_t *p
+        cdef ssize_t n
+        cdef Py_ssize_t total = 0
+        first = None
+        parts = None
+        while total < limit:
+            n = nghttp2_session_mem_send(self.s, &p)
+            if n <= 0:
+                break
+            chunk = PyBytes_FromStringAndSize(<const char *>p, n)
+            total += n
+            if first is None:
+                first = chunk
+            elif parts is None:
+                parts = [first, chunk]
+            else:
+                parts.append(chunk)
+        if self.error is not None:
+            self._raise()
+        if parts is not None:
+            first = b"".join(parts)
+        if first is None:
+            return b""
+        if self.patch is not None:
+            first = self._patch_settings(first)
+        return first
+
+    cdef bytes _patch_settings(self, bytes out):
+        """The advertised SETTINGS_MAX_CONCURRENT_STREAMS (see __cinit__) in the session's
+        first SETTINGS frame, which is in its first output."""
+        cdef Py_ssize_t pos = 0, size, n = len(out), at
+        self_patch = self.patch
+        self.patch = None
+        while pos + 9 <= n:
+            size = (out[pos] << 16) | (out[pos + 1] << 8) | out[pos + 2]
+            if out[pos + 3] == NGHTTP2_SETTINGS and not (out[pos + 4] & NGHTTP2_FLAG_ACK):
+                at = pos + 9
+                while at + 6 <= pos + 9 + size and at + 6 <= n:
+                    if out[at] == 0 and out[at + 1] == NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS:
+                        return out[:at + 2] + self_patch + out[at + 6:]
+                    at += 6
+                return out
+            pos += 9 + size
+        return out
+
+    def respond(self, int32_t sid, list fields, Source body=None):
+        """HEADERS (and with a body, its DATA as the windows allow) for stream sid; END_STREAM
+        on HEADERS without a body. 0, or nghttp2's negative error code."""
+        cdef Py_ssize_t n = len(fields)
+        cdef nghttp2_nv *nva = _nva(fields)
+        cdef nghttp2_data_provider prd
+        cdef int rv
+        if body is not None:
+            prd.source.ptr = <void *>body
+            prd.read_callback = _read_source
+            self.sources[sid] = body
+            rv = nghttp2_submit_response(self.s, sid, nva, n, &prd)
+        else:
+            rv = nghttp2_submit_response(self.s, sid, nva, n, NULL)
+        free(nva)
+        if rv != 0 and body is not None:
+            self.sources.pop(sid, None)
+        return rv
+
+    def push(self, int32_t parent, list fields):
+        """PUSH_PROMISE on parent: the promised stream's id, or nghttp2's negative error."""
+        cdef nghttp2_nv *nva = _nva(fields)
+        cdef int32_t rv = nghttp2_submit_push_promise(self.s, 0, parent, nva, len(fields), NULL)
+        free(nva)
+        return rv
+
+    def resume(self, int32_t sid, Source body):
+        if body.deferred:
+            body.deferred = False
+            nghttp2_session_resume_data(self.s, sid)
+
+    def reset(self, int32_t sid, uint32_t code):
+        nghttp2_submit_rst_stream(self.s, NGHTTP2_FLAG_NONE, sid, code)
+
+    def consume(self, int32_t sid, size_t n):
+        nghttp2_session_consume(self.s, sid, n)
+
+    def goaway(self, int32_t last, uint32_t code):
+        """A GOAWAY that does not end the session (graceful shutdown's first one)."""
+        nghttp2_submit_goaway(self.s, NGHTTP2_FLAG_NONE, last, code, NULL, 0)
+
+    def terminate(self, uint32_t code, int32_t last=-1):
+        """The final GOAWAY: nothing more is read; the session ends once it is sent."""
+        self.stopped = True
+        if last < 0:
+            nghttp2_session_terminate_session(self.s, code)
+        else:
+            nghttp2_session_terminate_session2(self.s, last, code)
+
+    @property
+    def last_stream_id(self):
+        return nghttp2_session_get_last_proc_stream_id(self.s)
+
+    @property
+    def push_enabled(self):
+        return nghttp2_session_get_remote_settings(self.s, NGHTTP2_SETTINGS_ENABLE_PUSH) != 0
+
+    @property
+    def alive(self):
+        """False once the session has nothing more to read or write (after a GOAWAY)."""
+        return nghttp2_session_want_read(self.s) != 0 or nghttp2_session_want_write(self.s) != 0
+
+
+cdef nghttp2_nv *_nva(list fields) except NULL:
+    cdef Py_ssize_t n = len(fields), i = 0
+    cdef nghttp2_nv *nva = <nghttp2_nv *>malloc((n if n else 1) * sizeof(nghttp2_nv))
+    cdef bytes name, value
+    if nva is NULL:
+        raise MemoryError()
+    try:
+        for pair in fields:
+            name = <bytes?>pair[0]
+            value = <bytes?>pair[1]
+            nva[i].name = <uint8_t *>PyBytes_AS_STRING(name)
+            nva[i].namelen = PyBytes_GET_SIZE(name)
+            nva[i].value = <uint8_t *>PyBytes_AS_STRING(value)
+            nva[i].valuelen = PyBytes_GET_SIZE(value)
+            nva[i].flags = NGHTTP2_NV_FLAG_NONE  # nghttp2 copies them on submit
+            i += 1
+    except BaseException:
+        free(nva)
+        raise
+    return nva
+
+
+cdef int _begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *ud) noexcept:
+    cdef Session self = <Session>ud
+    self.cur_size = 0
+    if frame.hd.type == NGHTTP2_HEADERS and frame.headers.cat == NGHTTP2_HCAT_REQUEST:
+        self.cur_sid = frame.hd.stream_id
+        self.cur = []
+        memcpy(self.kbuf, b"h2\0", 3)
+        self.klen = 3
+    else:  # trailers (ignored, as the h2 engine does)
+        self.cur_sid = 0
+        self.cur = None
+    return 0
+
+
+cdef int _header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *name,
+                 size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                 void *ud) noexcept:
+    cdef Session self = <Session>ud
+    if self.stopped:
+        return 0
+    self.cur_size += namelen + valuelen + 32
+    if self.cur_size > self.cap:
+        self.cur = None
+        self.cur_sid = 0
+        try:
+            self.on_control(CONTROL_BIG_HEAD)
+        except BaseException as exc:
+            self.error = exc
+            return NGHTTP2_ERR_CALLBACK_FAILURE
+        return 0
+    if self.cur is not None and frame.hd.stream_id == self.cur_sid:
+        self.cur.append((PyBytes_FromStringAndSize(<const char *>name, namelen),
+                         PyBytes_FromStringAndSize(<const char *>value, valuelen)))
+        if self.klen >= 0:
+            if self.klen + <Py_ssize_t>(namelen + valuelen + 2) > _KEY_MAX:
+                self.klen = -1
+            else:
+                memcpy(self.kbuf + self.klen, name, namelen)
+                self.klen += namelen
+                self.kbuf[self.klen] = 0
+                memcpy(self.kbuf + self.klen + 1, value, valuelen)
+                self.klen += valuelen + 2
+                self.kbuf[self.klen - 1] = 10
+    return 0
+
+
+cdef int _frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud) noexcept:
+    cdef Session self = <Session>ud
+    cdef uint8_t t = frame.hd.type
+    cdef int32_t sid = frame.hd.stream_id
+    cdef uint8_t fl = frame.hd.flags
+    if self.stopped:
+        return 0
+    try:
+        if t == NGHTTP2_DATA:
+            if frame.data.padlen:  # padding is flow-controlled but never read
+                nghttp2_session_consume(s, sid, frame.data.padlen)
+            if fl & NGHTTP2_FLAG_END_STREAM:
+                self.on_end(sid)
+        elif t == NGHTTP2_HEADERS:
+            if frame.headers.cat == NGHTTP2_HCAT_REQUEST and sid == self.cur_sid:
+                fields = self.cur
+                self.cur = None
+                self.cur_sid = 0
+                key = (
+                    PyBytes_FromStringAndSize(self.kbuf, self.klen) if self.klen > 0 else None
+                )
+                self.on_request(sid, fields, key, (fl & NGHTTP2_FLAG_END_STREAM) != 0)
+            elif fl & NGHTTP2_FLAG_END_STREAM:
+                self.on_end(sid)
+        elif t == NGHTTP2_RST_STREAM:
+            self.on_reset(sid)
+        elif t == NGHTTP2_SETTINGS:
+            if not (fl & NGHTTP2_FLAG_ACK):
+                self.on_control(CONTROL_SETTINGS)
+        elif t == NGHTTP2_PING:
+            if not (fl & NGHTTP2_FLAG_ACK):
+                self.on_control(CONTROL_PING)
+        elif t == NGHTTP2_GOAWAY:
+            self.on_control(CONTROL_GOAWAY)
+    except BaseException as exc:
+        self.error = exc
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _invalid_frame(nghttp2_session *s, const nghttp2_frame *frame, int lib_error_code,
+                        void *ud) noexcept:
+    cdef Session self = <Session>ud
+    if self.stopped or lib_error_code != NGHTTP2_ERR_REFUSED_STREAM:
+        return 0
+    try:
+        self.on_control(CONTROL_REFUSED)
+    except BaseException as exc:
+        self.error = exc
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const uint8_t *data,
+                     size_t n, void *ud) noexcept:
+    cdef Session self = <Session>ud
+    if self.stopped:
+        return 0
+    try:
+        self.on_data(sid, PyBytes_FromStringAndSize(<const char *>data, n))
+    except BaseException as exc:
+        self.error = exc
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *ud) noexcept:
+    cdef Session self = <Session>ud
+    cdef uint8_t t = frame.hd.type
+    cdef Source src
+    if not (frame.hd.flags & NGHTTP2_FLAG_END_STREAM) or (
+        t != NGHTTP2_DATA and t != NGHTTP2_HEADERS
+    ):
+        return 0
+    try:
+        src = self.sources.get(frame.hd.stream_id)
+        self.on_sent_end(frame.hd.stream_id, src.sent if src is not None else 0)
+    except BaseException as exc:
+        self.error = exc
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+cdef int _stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void *ud) noexcept:
+    cdef Session self = <Session>ud
+    cdef Source src
+    try:
+        src = self.sources.pop(sid, None)
+        self.on_closed(sid, src.sent if src is not None else 0)
+    except BaseException as exc:
+        self.error = exc
+        return NGHTTP2_ERR_CALLBACK_FAILURE
+    return 0
+
+
+# ---------------------------------------------------------------------- per-request helpers
+# Compiled twins of meshkit.web.h2conn.split_request and meshkit.web.h2stream.response_fields
+# (tests compare them).
+
+cdef frozenset _HOP = frozenset(
+    {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te"})
+cdef dict _STATUS = {}
+# response_fields' answers for this second's Date, by (status, length, fields): a file served
+# again has the same fields (type, ETag, Last-Modified...), so its HEADERS list is reused
+cdef dict _FIELDS = {}
+cdef str _FIELDS_DATE = ""
+_FIELDS_MAX = 256
+
+
+def split_request(list raw, Py_ssize_t line_max):
+    """A request's header list (as nghttp2 gave it) split: (method, path, authority, fields
+    as (str, str) with cookie fields joined last, RFC 9113 size, a field line past line_max,
+    the first `host` field's value or None, the first `content-length`'s or None)."""
+    cdef bytes name, value
+    cdef Py_ssize_t size = 0, nl, vl
+    cdef bint long_line = False
+    method = path = authority = b""
+    items = []
+    cookies = None
+    host = clen = None
+    for pair in raw:
+        name = <bytes>pair[0]
+        value = <bytes>pair[1]
+        nl = PyBytes_GET_SIZE(name)
+        vl = PyBytes_GET_SIZE(value)
+        size += nl + vl + 32
+        if nl and PyBytes_AS_STRING(name)[0] == 58:  # ':'
+            if name == b":method":
+                method = value
+            elif name == b":path":
+                path = value
+            elif name == b":authority":
+                authority = value
+            continue
+        if nl + vl + 2 > line_max:
+            long_line = True
+        sval = value.decode("latin-1")
+        if name == b"cookie":
+            if cookies is None:
+                cookies = [sval]
+            else:
+                cookies.append(sval)
+            continue
+        if name == b"host":
+            if host is None:
+                host = sval
+        elif name == b"content-length":
+            if clen is None:
+                clen = sval
+        items.append((name.decode("latin-1"), sval))
+    if cookies is not None:
+        items.append(("cookie", "; ".join(cookies)))
+    return method, path, authority, items, size, long_line, host, clen
+
+
+cdef bint _bad_name(str low):
+    cdef Py_UCS4 c
+    if not low:
+        return True
+    for c in low:
+        if c >= 128 or not (
+            (c >= 97 and c <= 122) or (c >= 48 and c <= 57)
+            or c in "!#$%&'*+.^_`|~-"
+        ):
+            return True
+    return False
+
+
+cdef bint _bad_value(str value):
+    cdef Py_UCS4 c
+    for c in value:
+        if c == 13 or c == 10 or c == 0:
+            return True
+    return False
+
+
+def response_fields(int status, headers, length, str date):
+    """The response's HEADERS (see meshkit.web.h2stream.response_fields), `date` for Date.
+    The list may be shared with other responses: it is not to be changed."""
+    global _FIELDS_DATE
+    if date != _FIELDS_DATE:
+        _FIELDS.clear()
+        _FIELDS_DATE = date
+    try:
+        key = (status, length, tuple(headers))
+        out = _FIELDS.get(key)
+    except TypeError:  # a field that is not a (str, str) pair: no memory
+        key = out = None
+    if out is None:
+        out = _response_fields(status, headers, length, date)
+        if key is not None:
+            if len(_FIELDS) >= _FIELDS_MAX:
+                _FIELDS.clear()
+            _FIELDS[key] = out
+    return out
+
+
+cdef list _response_fields(int status, headers, length, str date):
+    cdef bint has_server = False, has_date = False, has_length = False
+    code = _STATUS.get(status)
+    if code is None:
+        code = _STATUS[status] = str(status).encode()
+    out = [(b":status", code)]
+    for name, value in headers:
+        low = name.lower()
+        if low in _HOP:
+            continue
+        if low == "server":
+            has_server = True
+            if not value:
+                continue
+        elif low == "date":
+            has_date = True
+        elif low == "content-length":
+            has_length = True
+        if _bad_value(value) or _bad_name(low):
+            raise ValueError("CR, LF or NUL inside a response header")
+        out.append((low.encode("latin-1", "replace"),
+                    value.strip(" \t").encode("latin-1", "replace")))
+    if not has_server:
+        out.append((b"server", b"meshkit"))
+    if not has_date:
+        out.append((b"date", date.encode("latin-1")))
+    if length is not None and not has_length and status >= 200 and status != 204 and (
+        status != 304
+    ):
+        out.append((b"content-length", str(length).encode()))
+    return out

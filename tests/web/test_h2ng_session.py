@@ -1,0 +1,205 @@
+"""meshkit._h2ng.Session without sockets: python-hyper's h2 as the client, bytes passed by
+hand. What the e2e tests cannot easily reach: the advertised stream limit (the SETTINGS value
+replaced on the way out), a file body that turns out shorter than its length, a streamed body
+that waits for its producer, the request key of the response cache."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from h2.errors import ErrorCodes
+from h2.settings import SettingCodes
+
+from meshkit.web.h2remember import request_key
+from web.h2engines import nghttp2_built
+
+pytestmark = pytest.mark.skipif(not nghttp2_built(), reason="meshkit._h2ng not built or off")
+
+
+class Owner:
+    """What a Session calls back (NgH2Connection's _ng_* methods), recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def _ng_request(self, sid: int, fields: list[Any], key: bytes | None, ended: bool) -> None:
+        self.calls.append(("request", sid, fields, key, ended))
+
+    def _ng_data(self, sid: int, data: bytes) -> None:
+        self.calls.append(("data", sid, data))
+
+    def _ng_end(self, sid: int) -> None:
+        self.calls.append(("end", sid))
+
+    def _ng_reset(self, sid: int) -> None:
+        self.calls.append(("reset", sid))
+
+    def _ng_closed(self, sid: int, sent: int) -> None:
+        self.calls.append(("closed", sid, sent))
+
+    def _ng_sent_end(self, sid: int, sent: int) -> None:
+        self.calls.append(("sent_end", sid, sent))
+
+    def _ng_control(self, kind: int) -> None:
+        self.calls.append(("control", kind))
+
+
+def _pair() -> tuple[Any, Owner, h2.connection.H2Connection, list[Any]]:
+    _h2ng = importlib.import_module("meshkit._h2ng")
+
+    owner = Owner()
+    session = _h2ng.Session(owner, 250, 1000, 65536, 262144, 1 << 20)
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    client.initiate_connection()
+    events = client.receive_data(session.send(1 << 20))
+    assert session.receive(client.data_to_send()) > 0
+    return session, owner, client, events
+
+
+def _exchange(session: Any, client: h2.connection.H2Connection) -> list[Any]:
+    data = client.data_to_send()
+    if data:
+        assert session.receive(data) >= 0
+    events = client.receive_data(session.send(1 << 20))
+    rest = client.data_to_send()
+    if rest:
+        session.receive(rest)
+    return events
+
+
+def _get(client: h2.connection.H2Connection, path: str = "/") -> int:
+    sid = client.get_next_available_stream_id()
+    head = [(":method", "GET"), (":path", path), (":scheme", "https"), (":authority", "a")]
+    client.send_headers(sid, head, end_stream=True)
+    return sid
+
+
+def test_the_client_is_told_the_stream_limit_and_requests_arrive_as_one_list() -> None:
+    session, owner, client, events = _pair()
+    changed = next(e for e in events if isinstance(e, h2.events.RemoteSettingsChanged))
+    assert changed.changed_settings[SettingCodes.MAX_CONCURRENT_STREAMS].new_value == 250
+    assert changed.changed_settings[SettingCodes.MAX_HEADER_LIST_SIZE].new_value == 65536
+    sid = _get(client, "/a?b")
+    _exchange(session, client)
+    kind, got_sid, fields, key, ended = owner.calls[-1]
+    assert (kind, got_sid, ended) == ("request", sid, True)
+    assert fields == [(b":method", b"GET"), (b":path", b"/a?b"), (b":scheme", b"https"),
+                      (b":authority", b"a")]  # fmt: skip
+    assert key == b"h2\0:method\0GET\n:path\0/a?b\n:scheme\0https\n:authority\0a\n"
+    assert key == request_key(fields)  # the pure twin, for the h2 engine
+    assert request_key([(b"x", b"v" * 5000)]) is None  # past MAX_HEAD: never remembered
+    # the same list again (HPACK-indexed this time) has the same key
+    _get(client, "/a?b")
+    _exchange(session, client)
+    assert owner.calls[-1][3] == key
+
+
+def test_bytes_and_file_bodies_and_a_file_that_got_shorter(tmp_path: Path) -> None:
+    _h2ng = importlib.import_module("meshkit._h2ng")
+
+    session, owner, client, _ = _pair()
+    path = tmp_path / "f.bin"
+    path.write_bytes(os.urandom(200_000))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        a, b, c = _get(client), _get(client), _get(client)
+        _exchange(session, client)
+        fields = [(b":status", b"200")]
+        assert session.respond(a, fields, _h2ng.Source.of_bytes(b"hello")) == 0
+        assert session.respond(b, fields, _h2ng.Source.of_file(fd, 1000, 150_000)) == 0
+        assert session.respond(c, fields, _h2ng.Source.of_file(fd, 150_000, 100_000)) == 0
+        bodies: dict[int, bytes] = {a: b"", b: b"", c: b""}
+        resets = {}
+        for _ in range(40):  # the client's default windows: it acknowledges as it reads
+            for ev in _exchange(session, client):
+                if isinstance(ev, h2.events.DataReceived):
+                    bodies[ev.stream_id] += ev.data
+                    client.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                elif isinstance(ev, h2.events.StreamReset):
+                    resets[ev.stream_id] = ev.error_code
+        data = path.read_bytes()
+        assert bodies[a] == b"hello" and bodies[b] == data[1000:151_000]
+        assert resets == {c: ErrorCodes.INTERNAL_ERROR}  # 50 000 bytes short
+        sent = {call[1]: call[2] for call in owner.calls if call[0] == "sent_end"}
+        assert sent == {a: 5, b: 150_000}
+    finally:
+        os.close(fd)
+
+
+def test_a_streamed_body_waits_for_its_producer() -> None:
+    _h2ng = importlib.import_module("meshkit._h2ng")
+
+    session, owner, client, _ = _pair()
+    sid = _get(client)
+    _exchange(session, client)
+    src = _h2ng.Source()
+    assert session.respond(sid, [(b":status", b"200")], src) == 0
+    events = _exchange(session, client)
+    assert not any(isinstance(e, h2.events.DataReceived) for e in events) and src.deferred
+    src.add(b"one ")
+    src.add(b"two")
+    session.resume(sid, src)
+    events = _exchange(session, client)
+    assert b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived)) == (b"one two")
+    assert not any(isinstance(e, h2.events.StreamEnded) for e in events)
+    src.eof = True
+    session.resume(sid, src)
+    events = _exchange(session, client)
+    assert any(isinstance(e, h2.events.StreamEnded) for e in events)
+    assert ("sent_end", sid, 7) in owner.calls
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        [(b":method", b"GET"), (b":path", b"/x"), (b":authority", b"a.test"),
+         (b":scheme", b"https")],
+        [(b":method", b"POST"), (b":path", b"/"), (b"cookie", b"a=1"), (b"x-a", b"\xe9"),
+         (b"cookie", b"b=2"), (b"host", b"h1"), (b"host", b"h2"), (b"content-length", b"12"),
+         (b"content-length", b"13"), (b"x-long", b"v" * 9000)],
+        [],
+    ],
+)  # fmt: skip
+def test_split_request_twins_agree(raw: list[tuple[bytes, bytes]]) -> None:
+    _h2ng = importlib.import_module("meshkit._h2ng")
+    from meshkit.web.h2conn import split_request
+
+    assert _h2ng.split_request(raw, 8190) == split_request(raw, 8190)
+
+
+@pytest.mark.parametrize(
+    ("status", "fields", "length"),
+    [
+        (200, [("Content-Type", "text/plain"), ("ETag", ' "x" ')], 5),
+        (304, [("Server", ""), ("Date", "then"), ("Connection", "close")], 5),
+        (204, [("Content-Length", "0"), ("X-\xe9", "v")], 0),
+        (200, [("X-A", "caf\xe9"), ("Transfer-Encoding", "chunked"), ("TE", "x")], None),
+        (200, [("X-A", "a\r\nb")], 1),
+        (200, [("Bad Name", "v")], 1),
+        (200, [("", "v")], 1),
+    ],
+)
+def test_response_fields_twins_agree(
+    status: int, fields: list[tuple[str, str]], length: Any
+) -> None:
+    _h2ng = importlib.import_module("meshkit._h2ng")
+    from meshkit.web import http1
+    from meshkit.web.h2stream import response_fields
+    from meshkit.web.message import Headers
+
+    def run(f: Any, *args: Any) -> Any:
+        try:
+            return f(status, Headers(fields), length, *args)
+        except ValueError:
+            return ValueError
+
+    assert run(_h2ng.response_fields, http1.http_date()) == run(response_fields)

@@ -203,6 +203,14 @@ int vx_plane_set_peers(vx_plane_t *p, uint32_t vni, const uint8_t *fdb, size_t n
 int vx_plane_set_keys(vx_plane_t *p, uint32_t vni, const vx_key_t *keys, size_t n,
                       uint32_t tx_id, int cipher);
 
+/* Burst priority: while a thread moves a bulk stream (wake-ups of 48 KB or more) it runs
+ * SCHED_FIFO at prio (1..99), as the kernel's VXLAN runs in softirq ahead of every task;
+ * 20 ms without one returns it to SCHED_OTHER, and request/response traffic never raises it.
+ * 0 (the default) turns it off; a thread refused SCHED_FIFO (no CAP_SYS_NICE) turns it off for
+ * the plane. May be changed while the plane runs (a raised thread drops back within 20 ms of
+ * its next wake-up). */
+void vx_plane_set_burst_priority(vx_plane_t *p, int prio);
+
 /* Start the TX and RX threads. -1 with errno EALREADY when started, or pthread's error. */
 int vx_plane_start(vx_plane_t *p);
 

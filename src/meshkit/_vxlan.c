@@ -781,6 +781,10 @@ struct vx_plane {
     int burst_prio; /* SCHED_FIFO priority for bursts, 0: never (vx_plane_set_burst_priority) */
     uint64_t tx_wake_bytes; /* TAP bytes read in the TX thread's current wake-up */
     uint64_t tx_wake_frames; /* and frames */
+    /* inner frames (bytes) the RX thread delivered to TAPs since it last slept: only frames
+     * from known peers that passed every check (and opened) count towards a burst, so a
+     * flood of junk from anywhere never raises the thread's priority */
+    uint64_t rx_wake_bytes, rx_wake_frames;
     int stopping;
     int started;
     pthread_t tx_thread, rx_thread;
@@ -1567,6 +1571,8 @@ static void flush_pending(vx_plane_t *p, struct pending *q)
         if (writev_tap(q->net->fd, iov, (int)run + 1) == 0) {
             add_counter(&p->peers[q->peer].rx_frames, run);
             add_counter(&p->peers[q->peer].rx_bytes, bytes);
+            p->rx_wake_frames += run;
+            p->rx_wake_bytes += bytes;
             if (run > 1)
                 add_counter(&p->gro_writes, 1);
         } else {
@@ -1673,6 +1679,8 @@ static void deliver_rx(vx_plane_t *p, int n, struct pending *q)
             }
             add_counter(&p->peers[peer].rx_frames, 1);
             add_counter(&p->peers[peer].rx_bytes, flen);
+            p->rx_wake_frames++;
+            p->rx_wake_bytes += flen;
         }
     }
     /* the frames point into the batch's buffers, which the next recvmmsg reuses */
@@ -1692,7 +1700,7 @@ static void *rx_main(void *arg)
         b->iov[k][0] = (struct iovec){.iov_base = b->bufs[k], .iov_len = BUF_SIZE};
     }
     struct burst st = {0};
-    uint64_t wake_bytes = 0, wake_msgs = 0; /* received since the thread last slept */
+    p->rx_wake_bytes = p->rx_wake_frames = 0;
     while (!__atomic_load_n(&p->stopping, __ATOMIC_ACQUIRE)) {
         for (int k = 0; k < VX_BATCH; k++) {
             b->msgs[k].msg_hdr = (struct msghdr){
@@ -1705,8 +1713,8 @@ static void *rx_main(void *arg)
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                burst_step(p, &st, wake_bytes, wake_msgs);
-                wake_bytes = wake_msgs = 0;
+                burst_step(p, &st, p->rx_wake_bytes, p->rx_wake_frames);
+                p->rx_wake_bytes = p->rx_wake_frames = 0;
                 struct pollfd pfds[2] = {{.fd = p->udp_fd, .events = POLLIN},
                                          {.fd = p->evfd, .events = POLLIN}};
                 if (poll(pfds, 2, -1) < 0 && errno != EINTR)
@@ -1718,17 +1726,14 @@ static void *rx_main(void *arg)
             count_drop(p, VX_DROP_RECV);
             continue;
         }
-        for (int k = 0; k < n; k++)
-            wake_bytes += b->msgs[k].msg_len;
-        wake_msgs += (uint64_t)n;
-        if (wake_bytes >= BURST_BYTES || wake_msgs >= BURST_FRAMES) {
-            /* a stream that never lets the thread sleep is judged without waiting for it */
-            burst_step(p, &st, wake_bytes, wake_msgs);
-            wake_bytes = wake_msgs = 0;
-        }
         pthread_rwlock_rdlock(&p->lock);
         deliver_rx(p, n, q);
         pthread_rwlock_unlock(&p->lock);
+        if (p->rx_wake_bytes >= BURST_BYTES || p->rx_wake_frames >= BURST_FRAMES) {
+            /* a stream that never lets the thread sleep is judged without waiting for it */
+            burst_step(p, &st, p->rx_wake_bytes, p->rx_wake_frames);
+            p->rx_wake_bytes = p->rx_wake_frames = 0;
+        }
     }
     free(q);
     return NULL;

@@ -1,12 +1,15 @@
-"""Burst priority of the C plane's threads (vx_plane_set_burst_priority): a bulk stream runs
-the RX thread SCHED_FIFO, request/response traffic and a plane with the setting off never do,
-and a thread drops back to SCHED_OTHER on its first wake-up after 20 ms without bulk; plus
-the setting's parsing (argument and MESHKIT_VXLAN_BURST_PRIO)."""
+"""Burst priority of the C plane's threads (vx_plane_set_burst_priority): a bulk stream from a
+known peer runs the RX thread SCHED_FIFO; request/response traffic, a flood of datagrams from
+an unknown address and a plane with the setting off never do; a thread drops back to
+SCHED_OTHER on its first wake-up after 20 ms without bulk. Plus the setting's parsing
+(argument and MESHKIT_VXLAN_BURST_PRIO). The TAP is made (up, IPv6 off) in this namespace and
+goes with its fd."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -15,11 +18,14 @@ import pytest
 
 from meshkit.net.vxlan import plane as plane_mod
 from meshkit.net.vxlan import wire
-from meshkit.net.vxlan.plane import DataplaneError, UserspaceDataplane, load_vxlan_ffi
+from meshkit.net.vxlan.plane import DataplaneError, UserspaceDataplane, load_vxlan_ffi, open_tap
 
 needs_c = pytest.mark.skipif(load_vxlan_ffi() is None, reason="no C plane")
 FRAME = bytes.fromhex("024dcb007101024dcb007102") + b"\x08\x00" + b"x" * 50
-DATAGRAM = wire.encode_header(4242) + FRAME  # a VNI the plane does not serve: counted
+VNI = 4242
+DATAGRAM = wire.encode_header(VNI) + FRAME
+PEER = "127.0.0.2"  # in the FDB
+STRANGER = "127.0.0.3"  # in no FDB: its datagrams are dropped as unknown_peer
 
 
 def free_port() -> int:
@@ -69,20 +75,37 @@ def fifo_allowed() -> bool:
     return ok[0]
 
 
+Rig = tuple[UserspaceDataplane, dict[str, socket.socket], int]
+
+
 @pytest.fixture
-def rig(request: pytest.FixtureRequest) -> Iterator[tuple[UserspaceDataplane, socket.socket, int]]:
-    """A stopped C plane on 127.0.0.1 (burst priority = the test's param) and a sender."""
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """A stopped C plane on 127.0.0.1 (burst priority = the test's param) serving VNI 4242
+    through an up TAP, with PEER in its FDB; senders bound to PEER and STRANGER."""
     if not fifo_allowed():
         pytest.skip("this process may not use SCHED_FIFO")
     port = free_port()
+    name = f"mkb{os.getpid() % 100000}"
     plane = UserspaceDataplane("127.0.0.1", port, "c", burst_priority=request.param)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sender.bind(("127.0.0.2", 0))
+    tap = open_tap(name)
+    senders = {}
     try:
-        yield plane, sender, port
+        v6 = f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6"
+        if os.path.exists(v6):  # no router solicitations out of it
+            with open(v6, "w") as f:
+                f.write("1")
+        subprocess.run(["ip", "link", "set", name, "up"], check=True, capture_output=True)
+        plane.add_network(VNI, tap)
+        plane.set_peers(VNI, {"02:4d:cb:00:71:01": PEER}, {})
+        for ip in (PEER, STRANGER):
+            senders[ip] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            senders[ip].bind((ip, 0))
+        yield plane, senders, port
     finally:
-        plane.close()
-        sender.close()
+        plane.close()  # its threads are gone before the TAP's fd closes
+        os.close(tap)
+        for s in senders.values():
+            s.close()
 
 
 def start_and_find_rx(plane: UserspaceDataplane) -> int:
@@ -94,49 +117,66 @@ def start_and_find_rx(plane: UserspaceDataplane) -> int:
     return rx[0]
 
 
-def received(plane: UserspaceDataplane) -> int:
-    return int(plane.stats()["drops"]["unknown_vni"])
+def delivered(plane: UserspaceDataplane) -> int:
+    """Frames from PEER written to the TAP."""
+    return int(plane.stats()["peers"].get(PEER, {}).get("rx_frames", 0))
+
+
+def junk(plane: UserspaceDataplane) -> int:
+    return int(plane.stats()["drops"]["unknown_peer"])
 
 
 @needs_c
 @pytest.mark.root
 @pytest.mark.parametrize("rig", [3], indirect=True)
-def test_bulk_raises_and_idle_lowers(rig: tuple[UserspaceDataplane, socket.socket, int]) -> None:
-    plane, sender, port = rig
+def test_bulk_raises_and_idle_lowers(rig: Rig) -> None:
+    plane, senders, port = rig
     for _ in range(400):  # queued while the plane is stopped: its first wake-up is a bulk one
-        sender.sendto(DATAGRAM, ("127.0.0.1", port))
+        senders[PEER].sendto(DATAGRAM, ("127.0.0.1", port))
     rx = start_and_find_rx(plane)
-    wait_for(lambda: received(plane) == 400, "the 400 queued datagrams")
+    wait_for(lambda: delivered(plane) == 400, "the 400 queued frames")
     # it sleeps as it ended the burst: SCHED_FIFO, the priority asked for
     assert os.sched_getscheduler(rx) == os.SCHED_FIFO
     assert os.sched_getparam(rx).sched_priority == 3
     time.sleep(0.05)  # more than the 20 ms without bulk
-    sender.sendto(DATAGRAM, ("127.0.0.1", port))  # one small wake-up
-    wait_for(lambda: received(plane) == 401, "the lone datagram")
+    senders[PEER].sendto(DATAGRAM, ("127.0.0.1", port))  # one small wake-up
+    wait_for(lambda: delivered(plane) == 401, "the lone frame")
     wait_for(lambda: os.sched_getscheduler(rx) == os.SCHED_OTHER, "SCHED_OTHER again")
 
 
 @needs_c
 @pytest.mark.root
 @pytest.mark.parametrize("rig", [3], indirect=True)
-def test_request_response_stays_normal(rig: tuple[UserspaceDataplane, socket.socket, int]) -> None:
-    plane, sender, port = rig
+def test_request_response_stays_normal(rig: Rig) -> None:
+    plane, senders, port = rig
     rx = start_and_find_rx(plane)
     for i in range(1, 51):  # one datagram per wake-up, as a ping-pong makes them
-        sender.sendto(DATAGRAM, ("127.0.0.1", port))
-        wait_for(lambda i=i: received(plane) == i, f"datagram {i}")  # type: ignore[misc]
+        senders[PEER].sendto(DATAGRAM, ("127.0.0.1", port))
+        wait_for(lambda i=i: delivered(plane) == i, f"frame {i}")  # type: ignore[misc]
         assert os.sched_getscheduler(rx) == os.SCHED_OTHER
 
 
 @needs_c
 @pytest.mark.root
-@pytest.mark.parametrize("rig", [0], indirect=True)
-def test_off_never_raises(rig: tuple[UserspaceDataplane, socket.socket, int]) -> None:
-    plane, sender, port = rig
-    for _ in range(400):
-        sender.sendto(DATAGRAM, ("127.0.0.1", port))
+@pytest.mark.parametrize("rig", [3], indirect=True)
+def test_junk_flood_stays_normal(rig: Rig) -> None:
+    plane, senders, port = rig
+    for _ in range(400):  # from an address in no FDB: dropped, never a reason to rise
+        senders[STRANGER].sendto(DATAGRAM, ("127.0.0.1", port))
     rx = start_and_find_rx(plane)
-    wait_for(lambda: received(plane) == 400, "the 400 queued datagrams")
+    wait_for(lambda: junk(plane) == 400, "the 400 junk datagrams counted")
+    assert os.sched_getscheduler(rx) == os.SCHED_OTHER
+
+
+@needs_c
+@pytest.mark.root
+@pytest.mark.parametrize("rig", [0], indirect=True)
+def test_off_never_raises(rig: Rig) -> None:
+    plane, senders, port = rig
+    for _ in range(400):
+        senders[PEER].sendto(DATAGRAM, ("127.0.0.1", port))
+    rx = start_and_find_rx(plane)
+    wait_for(lambda: delivered(plane) == 400, "the 400 queued frames")
     assert os.sched_getscheduler(rx) == os.SCHED_OTHER
 
 

@@ -203,8 +203,10 @@ int vx_plane_set_peers(vx_plane_t *p, uint32_t vni, const uint8_t *fdb, size_t n
 int vx_plane_set_keys(vx_plane_t *p, uint32_t vni, const vx_key_t *keys, size_t n,
                       uint32_t tx_id, int cipher);
 
-/* Burst priority: while a thread moves a bulk stream (wake-ups of 48 KB or more) it runs
- * SCHED_FIFO at prio (1..99), as the kernel's VXLAN runs in softirq ahead of every task;
+/* Burst priority: while a thread moves a bulk stream (wake-ups of 48 KB or 64 frames or more;
+ * on RX only frames from known peers that passed every check and were written to a TAP
+ * count, so junk from anywhere never raises it) it runs SCHED_FIFO at prio (1..99), as the
+ * kernel's VXLAN runs in softirq ahead of every task;
  * 20 ms without one returns it to SCHED_OTHER, and request/response traffic never raises it.
  * 0 (the default) turns it off; a thread refused SCHED_FIFO (no CAP_SYS_NICE) turns it off for
  * the plane. May be changed while the plane runs (a raised thread drops back within 20 ms of

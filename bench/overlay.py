@@ -16,11 +16,16 @@ plane's work is softirq time no process owns), small frames ``iperf3 -u -l 64 -b
 received packets/s, and a TCP_RR-style ping-pong (1-byte request, 1-byte response, one
 connection, TCP_NODELAY) whose median round trip is printed in microseconds. The ``sealed``
 row is the C plane on an encrypted overlay (AES-256-GCM or ChaCha20-Poly1305 by the CPU).
+Userspace rows also print ``plane_s_per_gb``: CPU seconds the two runner processes used per
+GB of TCP moved (on a shared machine the busy share of the whole machine says little).
+``--extra c:0`` adds a row ``c@0``: the C plane with burst priority 0 (off), measured in the
+same rounds, so settings compare side by side.
 
     python bench/overlay.py                  # 3 rounds x 5 s, underlay/kernel/c
     python bench/overlay.py --quick          # smoke: 1 round x 2 s (about 30 s in all)
     python bench/overlay.py --python         # also the pure-Python twin (slow)
     python bench/overlay.py --mtu 1400       # underlay MTU (overlay = MTU - 50)
+    python bench/overlay.py --extra c:0 --extra sealed:0   # also the planes without burst prio
 
 ``python bench/overlay.py runner ...`` is the data-plane process one host runs (also used by
 tests/net/test_dataplane_e2e.py): it opens the TAP with ``UserspaceDataplane.open_tap`` (for
@@ -272,6 +277,16 @@ class Overlay:
         path = self.lab._tmp / f"{self.tag}{i}.json"
         return dict(json.loads(path.read_text()))
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) the runners' processes used so far: the userspace
+        plane's own cost, which the machine-wide busy share cannot isolate on a shared host."""
+        total = 0
+        for runner in self.runners:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                fields = Path(f"/proc/{runner.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (all threads)
+        return total / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         """Stop the runners, every process left in our namespaces (by pid), then the
         namespaces themselves."""
@@ -432,9 +447,16 @@ def bench_main(argv: list[str]) -> int:
                     for metric, udp in (("tcp_gbps", False), ("udp64_pps", True)):
                         if name == "python" and udp:
                             continue
+                        run_ov = overlays.get(name)
+                        plane0 = run_ov.cpu_seconds() if run_ov and run_ov.runners else 0.0
                         busy0, total0 = cpu_busy()
                         value = iperf(srv, cli, dst, args.duration, udp)
                         busy1, total1 = cpu_busy()
+                        if run_ov and run_ov.runners and not udp and value > 0:
+                            # the planes' CPU seconds per GB moved (both sides together)
+                            gb = value * args.duration / 8
+                            samples.setdefault((name, "plane_s_per_gb"), []).append(
+                                (run_ov.cpu_seconds() - plane0) / gb)
                         samples.setdefault((name, metric), []).append(value)
                         print(f"round {rnd + 1} {name:8} {metric:12} {value:,.2f}", flush=True)
                         if not udp and value > 0:
@@ -452,7 +474,7 @@ def bench_main(argv: list[str]) -> int:
     print(f"\nmedians of {args.rounds} round(s) x {args.duration:g} s, underlay MTU {args.mtu}:")
     for (name, metric), value in sorted(med.items()):
         print(f"  {name:8} {metric:12} {value:>14,.2f}")
-    for metric in ("tcp_gbps", "udp64_pps", "rr_p50_us", "cpu_per_gbps"):
+    for metric in ("tcp_gbps", "udp64_pps", "rr_p50_us", "cpu_per_gbps", "plane_s_per_gb"):
         kern = samples.get(("kernel", metric))
         for user in [name for name, _, _ in rows if name != "kernel"]:
             vals = samples.get((user, metric))

@@ -801,14 +801,15 @@ static uint64_t mono_ns(void)
 /* One packet thread's burst-priority state. */
 struct burst {
     int rt;        /* the thread runs SCHED_FIFO now */
-    uint64_t last; /* mono_ns of the last wake-up that moved BURST_BYTES */
+    uint64_t last; /* mono_ns of the last bulk wake-up */
 };
 
 /* After each wake-up that moved `bytes` in `frames`: a bulk stream (a wake-up of BURST_BYTES
- * or BURST_FRAMES or more)
- * runs the thread SCHED_FIFO, as the kernel's own VXLAN runs in softirq ahead of every task;
- * request/response traffic (small wake-ups) never does, and BURST_IDLE_NS without a bulk
- * wake-up drops it back to SCHED_OTHER, so an idle or trickling plane competes as any task.
+ * or BURST_FRAMES or more) runs the thread SCHED_FIFO, as the kernel's own VXLAN runs in
+ * softirq ahead of every task; request/response traffic (small wake-ups) never does, and
+ * BURST_IDLE_NS without a bulk wake-up drops it back to SCHED_OTHER (checked when the thread
+ * next wakes: a sleeping thread costs nothing), so an idle or trickling plane competes as
+ * any task. TX counts what it read from its TAPs (local traffic), RX what it delivered.
  * Why not always FIFO: measured, a FIFO thread woken per small frame made a 1-byte
  * ping-pong 10-200x slower on a loaded 2-CPU host. A refusal (EPERM: no CAP_SYS_NICE) turns
  * the feature off for the plane. */

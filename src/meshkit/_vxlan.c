@@ -776,6 +776,7 @@ struct vx_plane {
     uint64_t drops[VX_DROP_COUNT];
     uint64_t arp_replies;
     uint64_t tso_frames, gso_sends, gro_buffers, gro_writes;
+    uint64_t burst_raises; /* times a thread took SCHED_FIFO for a burst */
     int udp_gso; /* cleared for good when the kernel refuses UDP_SEGMENT */
     int udp_gro;
     int burst_prio; /* SCHED_FIFO priority for bursts, 0: never (vx_plane_set_burst_priority) */
@@ -830,9 +831,11 @@ static void burst_step(vx_plane_t *p, struct burst *st, uint64_t bytes, uint64_t
         return;
     struct sched_param sp = {.sched_priority = want ? prio : 0};
     int err = pthread_setschedparam(pthread_self(), want ? SCHED_FIFO : SCHED_OTHER, &sp);
-    if (err == 0)
+    if (err == 0) {
         st->rt = want;
-    else if (want)
+        if (want)
+            __atomic_fetch_add(&p->burst_raises, 1, __ATOMIC_RELAXED);
+    } else if (want)
         __atomic_store_n(&p->burst_prio, 0, __ATOMIC_RELAXED); /* not allowed: stay off */
 }
 
@@ -1852,4 +1855,6 @@ void vx_plane_offload_stats(vx_plane_t *p, uint64_t *out)
     out[3] = __atomic_load_n(&p->gro_writes, __ATOMIC_RELAXED);
     out[4] = (uint64_t)__atomic_load_n(&p->udp_gso, __ATOMIC_RELAXED);
     out[5] = (uint64_t)p->udp_gro;
+    out[6] = (uint64_t)__atomic_load_n(&p->burst_prio, __ATOMIC_RELAXED);
+    out[7] = __atomic_load_n(&p->burst_raises, __ATOMIC_RELAXED);
 }

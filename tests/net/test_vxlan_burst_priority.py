@@ -138,6 +138,8 @@ def test_bulk_raises_and_idle_lowers(rig: Rig) -> None:
     # it sleeps as it ended the burst: SCHED_FIFO, the priority asked for
     assert os.sched_getscheduler(rx) == os.SCHED_FIFO
     assert os.sched_getparam(rx).sched_priority == 3
+    offload = plane.stats()["offload"]
+    assert offload["burst_priority"] == 3 and offload["burst_raises"] >= 1, offload
     time.sleep(0.05)  # more than the 20 ms without bulk
     senders[PEER].sendto(DATAGRAM, ("127.0.0.1", port))  # one small wake-up
     wait_for(lambda: delivered(plane) == 401, "the lone frame")
@@ -154,6 +156,7 @@ def test_request_response_stays_normal(rig: Rig) -> None:
         senders[PEER].sendto(DATAGRAM, ("127.0.0.1", port))
         wait_for(lambda i=i: delivered(plane) == i, f"frame {i}")  # type: ignore[misc]
         assert os.sched_getscheduler(rx) == os.SCHED_OTHER
+    assert plane.stats()["offload"]["burst_raises"] == 0
 
 
 @needs_c
@@ -166,6 +169,7 @@ def test_junk_flood_stays_normal(rig: Rig) -> None:
     rx = start_and_find_rx(plane)
     wait_for(lambda: junk(plane) == 400, "the 400 junk datagrams counted")
     assert os.sched_getscheduler(rx) == os.SCHED_OTHER
+    assert plane.stats()["offload"]["burst_raises"] == 0
 
 
 @needs_c
@@ -178,6 +182,8 @@ def test_off_never_raises(rig: Rig) -> None:
     rx = start_and_find_rx(plane)
     wait_for(lambda: delivered(plane) == 400, "the 400 queued frames")
     assert os.sched_getscheduler(rx) == os.SCHED_OTHER
+    offload = plane.stats()["offload"]
+    assert offload["burst_priority"] == 0 and offload["burst_raises"] == 0, offload
 
 
 def test_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -198,3 +204,5 @@ def test_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         plane_mod.burst_priority_setting(-1)
     with pytest.raises(DataplaneError, match="burst_priority=-1"):
         UserspaceDataplane("127.0.0.1", free_port(), "python", burst_priority=-1)
+    with UserspaceDataplane("127.0.0.1", free_port(), "python", burst_priority=5) as twin:
+        assert twin.stats()["offload"]["burst_priority"] == 0  # the twin never raises

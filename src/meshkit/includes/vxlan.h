@@ -232,9 +232,10 @@ size_t vx_plane_read_stats(vx_plane_t *p, vx_peer_stats_t *out, size_t cap, uint
 
 /* Offload counters, VX_OFFLOAD_COUNT of them into out, in this order: TSO super-frames read
  * from TAPs, UDP_SEGMENT datagram trains sent, received datagram buffers that held more than
- * one datagram (UDP GRO), GSO super-frames written to TAPs, and whether UDP_SEGMENT and
- * UDP_GRO are in use (1/0). */
-#define VX_OFFLOAD_COUNT 6
+ * one datagram (UDP GRO), GSO super-frames written to TAPs, whether UDP_SEGMENT and UDP_GRO
+ * are in use (1/0), the burst priority in effect (0: off, or refused by the system) and how
+ * many times a thread took it. */
+#define VX_OFFLOAD_COUNT 8
 void vx_plane_offload_stats(vx_plane_t *p, uint64_t *out);
 
 #endif /* MESHKIT_VXLAN_H */

@@ -322,7 +322,8 @@ class UserspaceDataplane:
         """``{"peers": {ip: {tx_frames, tx_bytes, rx_frames, rx_bytes}}, "drops": {reason: n},
         "arp_replies": n, "implementation": "c" | "python", "offload": {name: n}}``; offload
         counts TSO frames read, UDP_SEGMENT trains sent, GRO buffers received, GSO super-frames
-        written, and whether UDP GSO/GRO are on (1/0)."""
+        written, whether UDP GSO/GRO are on (1/0), the burst priority in effect (0: off or
+        refused) and how many times a thread took it."""
         peers, drops, arp = self._plane.stats()
         return {"peers": peers, "drops": drops, "arp_replies": arp,
                 "implementation": self.implementation,

@@ -16,11 +16,16 @@ plane's work is softirq time no process owns), small frames ``iperf3 -u -l 64 -b
 received packets/s, and a TCP_RR-style ping-pong (1-byte request, 1-byte response, one
 connection, TCP_NODELAY) whose median round trip is printed in microseconds. The ``sealed``
 row is the C plane on an encrypted overlay (AES-256-GCM or ChaCha20-Poly1305 by the CPU).
+Userspace rows also print ``plane_s_per_gb``: CPU seconds the two runner processes used per
+GB of TCP moved (on a shared machine the busy share of the whole machine says little).
+``--extra c:0`` adds a row ``c@0``: the C plane with burst priority 0 (off), measured in the
+same rounds, so settings compare side by side.
 
     python bench/overlay.py                  # 3 rounds x 5 s, underlay/kernel/c
     python bench/overlay.py --quick          # smoke: 1 round x 2 s (about 30 s in all)
     python bench/overlay.py --python         # also the pure-Python twin (slow)
     python bench/overlay.py --mtu 1400       # underlay MTU (overlay = MTU - 50)
+    python bench/overlay.py --extra c:0 --extra sealed:0   # also the planes without burst prio
 
 ``python bench/overlay.py runner ...`` is the data-plane process one host runs (also used by
 tests/net/test_dataplane_e2e.py): it opens the TAP with ``UserspaceDataplane.open_tap`` (for
@@ -87,6 +92,9 @@ def runner_main(argv: list[str]) -> int:
                          "refuse UDP_SEGMENT: exercises the one-datagram-per-segment path")
     ap.add_argument("--sockbuf", type=int, default=0,
                     help="UDP socket buffer bytes (default: the plane's own)")
+    ap.add_argument("--burst-prio", type=int, default=None,
+                    help="the C threads' SCHED_FIFO priority in bulk streams, 0 off "
+                         "(default: the plane's own)")
     ap.add_argument("--keys-file",
                     help='encrypt: JSON {"keys": [{"id", "key": base64 of 36 bytes}], "tx": id, '
                          '"cipher": 1|2 (optional)}, re-read whenever it changes (rotation)')
@@ -100,7 +108,9 @@ def runner_main(argv: list[str]) -> int:
         tmp.write_text(json.dumps(plane.stats()))
         tmp.replace(stats_path)
 
-    extra = {"socket_buffer": args.sockbuf} if args.sockbuf else {}
+    extra: dict[str, int] = {"socket_buffer": args.sockbuf} if args.sockbuf else {}
+    if args.burst_prio is not None:
+        extra["burst_priority"] = args.burst_prio
     with UserspaceDataplane(args.bind, args.port, args.impl, **extra) as plane:
         if args.udp_no_check:  # a test hook on the plane's own socket, before it runs
             plane._sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
@@ -194,6 +204,7 @@ class Overlay:
     # encrypted: the runners seal with the keys of these files (side i: keys_files[i])
     keys_files: tuple[Path, Path] | None = None
     sockbuf: int = 0  # the runners' UDP socket buffers (0: the plane's default)
+    burst_prio: int | None = None  # the runners' burst priority (None: the plane's default)
     namespaces: list[str] = field(default_factory=list)
     runners: list[Any] = field(default_factory=list)
     stats_files: list[Path] = field(default_factory=list)
@@ -235,6 +246,8 @@ class Overlay:
                     *(["--plain-tap"] if self.plain_tap else []),
                     *(["--keys-file", str(self.keys_files[i])] if self.keys_files else []),
                     *(["--sockbuf", str(self.sockbuf)] if self.sockbuf else []),
+                    *(["--burst-prio", str(self.burst_prio)] if self.burst_prio is not None
+                      else []),
                     *(["--udp-no-check"] if self.udp_no_check else [])]))  # fmt: skip
                 deadline = time.monotonic() + 20
                 while not stats.exists():
@@ -263,6 +276,16 @@ class Overlay:
         """The latest stats the runner of side i wrote (userspace sides only)."""
         path = self.lab._tmp / f"{self.tag}{i}.json"
         return dict(json.loads(path.read_text()))
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user + system) the runners' processes used so far: the userspace
+        plane's own cost, which the machine-wide busy share cannot isolate on a shared host."""
+        total = 0
+        for runner in self.runners:
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                fields = Path(f"/proc/{runner.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime (all threads)
+        return total / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
         """Stop the runners, every process left in our namespaces (by pid), then the
@@ -379,40 +402,61 @@ def bench_main(argv: list[str]) -> int:
     ap.add_argument("--mtu", type=int, default=1500, help="underlay MTU (overlay = MTU - 50)")
     ap.add_argument("--json", help="write the samples here")
     ap.add_argument("--no-sealed", action="store_true", help="leave out the encrypted overlay")
+    ap.add_argument("--no-underlay", action="store_true", help="leave out the underlay row")
+    ap.add_argument("--burst-prio", type=int, default=None,
+                    help="the userspace rows' burst priority, 0 off (default: the plane's)")
+    ap.add_argument("--extra", action="append", default=[], metavar="ROW:PRIO",
+                    help="one more row: c or sealed with this burst priority, e.g. c:0 "
+                         "(named c@0); repeatable, to compare settings in one run")
     args = ap.parse_args(argv)
     if args.quick:
         args.rounds, args.duration = 1, 2.0
     rr_count = 500 if args.quick else 3000
-    kinds = ["kernel", "c"] + ([] if args.no_sealed else ["sealed"])
-    kinds += ["python"] if args.python else []
+    rows: list[tuple[str, str, int | None]] = [("kernel", "kernel", None)]
+    rows += [("c", "c", args.burst_prio)]
+    rows += [] if args.no_sealed else [("sealed", "sealed", args.burst_prio)]
+    rows += [("python", "python", None)] if args.python else []
+    for spec in args.extra:
+        kind, _, prio = spec.partition(":")
+        if kind not in ("c", "sealed") or not prio.isdigit() or int(prio) > 99:
+            ap.error(f"--extra {spec!r}: expected c:PRIO or sealed:PRIO (PRIO 0..99)")
+        rows.append((f"{kind}@{prio}", kind, int(prio)))
     samples: dict[tuple[str, str], list[float]] = {}
     with two_hosts(args.mtu) as lab:
         overlays: dict[str, Overlay] = {}
         try:
-            for n, kind in enumerate(kinds):
+            for n, (name, kind, prio) in enumerate(rows):
                 plane = "c" if kind == "sealed" else kind
                 files = None
                 if kind == "sealed":
-                    files = (lab._tmp / "keys0.json", lab._tmp / "keys1.json")
+                    files = (lab._tmp / f"keys{n}-0.json", lab._tmp / f"keys{n}-1.json")
                     raw = os.urandom(36)
                     for f in files:
                         write_keys(f, [(1, raw)], 1, None)
                 mtu = args.mtu - 50 - (28 if kind == "sealed" else 0)  # sealing: 28 bytes
-                ov = Overlay(lab, (plane, plane), 4096 + n, 4789 + n, mtu, kind[0],
-                             keys_files=files)  # fmt: skip
-                overlays[kind] = ov
+                ov = Overlay(lab, (plane, plane), 4096 + n, 4789 + n, mtu, f"o{n}",
+                             keys_files=files, burst_prio=prio)  # fmt: skip
+                overlays[name] = ov
                 ov.build()
             targets: list[tuple[str, str, str, str]] = [
                 ("underlay", lab.hosts["h1"].netns, lab.hosts["h0"].netns, lab.addr("h1"))
-            ] + [(k, o.task(1), o.task(0), TASK_IPS[1]) for k, o in overlays.items()]
+            ] if not args.no_underlay else []
+            targets += [(k, o.task(1), o.task(0), TASK_IPS[1]) for k, o in overlays.items()]
             for rnd in range(args.rounds):
                 for name, srv, cli, dst in targets:
                     for metric, udp in (("tcp_gbps", False), ("udp64_pps", True)):
                         if name == "python" and udp:
                             continue
+                        run_ov = overlays.get(name)
+                        plane0 = run_ov.cpu_seconds() if run_ov and run_ov.runners else 0.0
                         busy0, total0 = cpu_busy()
                         value = iperf(srv, cli, dst, args.duration, udp)
                         busy1, total1 = cpu_busy()
+                        if run_ov and run_ov.runners and not udp and value > 0:
+                            # the planes' CPU seconds per GB moved (both sides together)
+                            gb = value * args.duration / 8
+                            samples.setdefault((name, "plane_s_per_gb"), []).append(
+                                (run_ov.cpu_seconds() - plane0) / gb)
                         samples.setdefault((name, metric), []).append(value)
                         print(f"round {rnd + 1} {name:8} {metric:12} {value:,.2f}", flush=True)
                         if not udp and value > 0:
@@ -430,9 +474,9 @@ def bench_main(argv: list[str]) -> int:
     print(f"\nmedians of {args.rounds} round(s) x {args.duration:g} s, underlay MTU {args.mtu}:")
     for (name, metric), value in sorted(med.items()):
         print(f"  {name:8} {metric:12} {value:>14,.2f}")
-    for metric in ("tcp_gbps", "udp64_pps", "rr_p50_us", "cpu_per_gbps"):
+    for metric in ("tcp_gbps", "udp64_pps", "rr_p50_us", "cpu_per_gbps", "plane_s_per_gb"):
         kern = samples.get(("kernel", metric))
-        for user in ("c", "sealed", "python"):
+        for user in [name for name, _, _ in rows if name != "kernel"]:
             vals = samples.get((user, metric))
             if not kern or not vals:
                 continue

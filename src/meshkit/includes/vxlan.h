@@ -203,6 +203,16 @@ int vx_plane_set_peers(vx_plane_t *p, uint32_t vni, const uint8_t *fdb, size_t n
 int vx_plane_set_keys(vx_plane_t *p, uint32_t vni, const vx_key_t *keys, size_t n,
                       uint32_t tx_id, int cipher);
 
+/* Burst priority: while a thread moves a bulk stream (wake-ups of 48 KB or 64 frames or more;
+ * on RX only frames from known peers that passed every check and were written to a TAP
+ * count, so junk from anywhere never raises it) it runs SCHED_FIFO at prio (1..99), as the
+ * kernel's VXLAN runs in softirq ahead of every task;
+ * 20 ms without one returns it to SCHED_OTHER, and request/response traffic never raises it.
+ * 0 (the default) turns it off; a thread refused SCHED_FIFO (no CAP_SYS_NICE) turns it off for
+ * the plane. May be changed while the plane runs (a raised thread drops back within 20 ms of
+ * its next wake-up). */
+void vx_plane_set_burst_priority(vx_plane_t *p, int prio);
+
 /* Start the TX and RX threads. -1 with errno EALREADY when started, or pthread's error. */
 int vx_plane_start(vx_plane_t *p);
 
@@ -222,9 +232,10 @@ size_t vx_plane_read_stats(vx_plane_t *p, vx_peer_stats_t *out, size_t cap, uint
 
 /* Offload counters, VX_OFFLOAD_COUNT of them into out, in this order: TSO super-frames read
  * from TAPs, UDP_SEGMENT datagram trains sent, received datagram buffers that held more than
- * one datagram (UDP GRO), GSO super-frames written to TAPs, and whether UDP_SEGMENT and
- * UDP_GRO are in use (1/0). */
-#define VX_OFFLOAD_COUNT 6
+ * one datagram (UDP GRO), GSO super-frames written to TAPs, whether UDP_SEGMENT and UDP_GRO
+ * are in use (1/0), the burst priority in effect (0: off, or refused by the system) and how
+ * many times a thread took it. */
+#define VX_OFFLOAD_COUNT 8
 void vx_plane_offload_stats(vx_plane_t *p, uint64_t *out);
 
 #endif /* MESHKIT_VXLAN_H */

@@ -38,6 +38,11 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
 SOCKET_BUFFER = 4 << 20  # room for a few batches of full-size datagrams per direction
+# SCHED_FIFO priority the C threads take while they move a bulk stream (see
+# vx_plane_set_burst_priority in includes/vxlan.h); MESHKIT_VXLAN_BURST_PRIO overrides it,
+# 0 turns it off.
+BURST_PRIORITY = 1
+BURST_PRIORITY_ENV = "MESHKIT_VXLAN_BURST_PRIO"
 VNET_OFFLOADS = True  # UserspaceDataplane.open_tap asks for IFF_VNET_HDR for the C plane
 
 
@@ -64,6 +69,24 @@ def _open_tap(name: str, flags: int) -> int:
     return fd
 
 
+def burst_priority_setting(prio: int | None) -> int:
+    """The burst priority to use: ``prio``, else $MESHKIT_VXLAN_BURST_PRIO, else
+    BURST_PRIORITY. DataplaneError names the setting when it is not 0..99."""
+    where = "burst_priority"
+    if prio is None:
+        text = os.environ.get(BURST_PRIORITY_ENV, "").strip()
+        if not text:
+            return BURST_PRIORITY
+        where = BURST_PRIORITY_ENV
+        try:
+            prio = int(text)
+        except ValueError:
+            raise DataplaneError(f"{where}={text!r}: not a SCHED_FIFO priority (0..99)") from None
+    if not 0 <= prio <= 99:
+        raise DataplaneError(f"{where}={prio}: must be 0 (off) .. 99")
+    return prio
+
+
 def load_vxlan_ffi() -> ModuleType | None:
     """The compiled ``meshkit._vxlan_ffi`` module, or None when disabled or not built."""
     if extensions_disabled():
@@ -84,6 +107,7 @@ class _Plane(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def close(self) -> None: ...
+    def set_burst_priority(self, prio: int) -> None: ...
     def stats(self) -> tuple[dict[str, dict[str, int]], dict[str, int], int]: ...
     def offload_stats(self) -> dict[str, int]: ...
 
@@ -154,6 +178,9 @@ class _CPlane:
     def stop(self) -> None:
         self._lib.vx_plane_stop(self._p)
 
+    def set_burst_priority(self, prio: int) -> None:
+        self._lib.vx_plane_set_burst_priority(self._p, prio)
+
     def close(self) -> None:
         if self._p is not None and self._p != self._ffi.NULL:
             self._lib.vx_plane_free(self._p)
@@ -193,10 +220,14 @@ class UserspaceDataplane:
         port: int,
         implementation: str | None = None,
         socket_buffer: int = SOCKET_BUFFER,
+        burst_priority: int | None = None,
     ) -> None:
         """Bind the UDP socket to ``bind:port`` in the caller's namespace. ``implementation``
         ("c" or "python") overrides the automatic choice (benches and tests use it);
-        ``socket_buffer``: SO_RCVBUF/SO_SNDBUF bytes (bench/overlay.py compares sizes)."""
+        ``socket_buffer``: SO_RCVBUF/SO_SNDBUF bytes (bench/overlay.py compares sizes);
+        ``burst_priority``: the SCHED_FIFO priority of the C threads during bulk streams, 0 off
+        (None: $MESHKIT_VXLAN_BURST_PRIO, else BURST_PRIORITY; the Python twin ignores it)."""
+        prio = burst_priority_setting(burst_priority)
         try:
             wire.ip_to_bytes(bind)
         except wire.WireError as exc:
@@ -226,6 +257,7 @@ class UserspaceDataplane:
             self._sock.close()
             raise
         self.implementation = self._plane.implementation
+        self._plane.set_burst_priority(prio)
         self._closed = False
 
     def open_tap(self, name: str) -> int:
@@ -290,7 +322,8 @@ class UserspaceDataplane:
         """``{"peers": {ip: {tx_frames, tx_bytes, rx_frames, rx_bytes}}, "drops": {reason: n},
         "arp_replies": n, "implementation": "c" | "python", "offload": {name: n}}``; offload
         counts TSO frames read, UDP_SEGMENT trains sent, GRO buffers received, GSO super-frames
-        written, and whether UDP GSO/GRO are on (1/0)."""
+        written, whether UDP GSO/GRO are on (1/0), the burst priority in effect (0: off or
+        refused) and how many times a thread took it."""
         peers, drops, arp = self._plane.stats()
         return {"peers": peers, "drops": drops, "arp_replies": arp,
                 "implementation": self.implementation,

@@ -216,6 +216,10 @@ class PyDataplane:
         for fd in (self._wake_r, self._wake_w, self._stop_r, self._stop_w):
             os.close(fd)
 
+    def set_burst_priority(self, prio: int) -> None:
+        """Accepted for the C plane's sake: the twin's threads keep their scheduling (they hold
+        the GIL, and a real-time thread spinning on it would starve the rest)."""
+
     def stats(self) -> tuple[dict[str, dict[str, int]], dict[str, int], int]:
         """(peers, drops, ARP replies) counters, copied under the lock."""
         with self._lock:

@@ -19,7 +19,7 @@ from typing import Any
 
 import httptools
 
-from meshkit.web import headlane, http1
+from meshkit.web import headlane, http1, lane
 from meshkit.web.connstate import (
     ABORT_IF_IDLE,
     CLOSE_IF_IDLE,
@@ -138,6 +138,10 @@ class Connection(Lifecycle):
         self._feed_msgs = 0
         self._cand: CachedResponse | None = None
         self._upgrade_rest: bytes | None = None  # set once the client asked to upgrade
+        # the socket's reader: the compiled lane (meshkit.web.lane) on a plain socket when
+        # it is built, else _on_readable, its twin
+        self._lane = lane.make(self, server, sock)
+        self._reader = self._on_readable if self._lane is None else self._lane.on_readable
 
     @property
     def state(self) -> ConnState:
@@ -147,7 +151,7 @@ class Connection(Lifecycle):
 
     def start(self) -> None:
         self._reading = True
-        self._loop.add_reader(self._fd, self._on_readable)
+        self._loop.add_reader(self._fd, self._reader)
 
     def _update_reading(self) -> None:
         state = self._state
@@ -159,7 +163,7 @@ class Connection(Lifecycle):
         )
         if want and not self._reading:
             self._reading = True
-            self._loop.add_reader(self._fd, self._on_readable)
+            self._loop.add_reader(self._fd, self._reader)
         elif not want and self._reading:
             self._reading = False
             self._loop.remove_reader(self._fd)
@@ -175,6 +179,11 @@ class Connection(Lifecycle):
         if not data:
             self._on_eof()
             return
+        self._on_data(data)
+
+    def _on_data(self, data: bytes) -> None:
+        """Handle the bytes of one read (the compiled lane, meshkit.web.lane, calls this
+        with every read it does not answer itself)."""
         state = self._state
         if state > _CLOSING_BODY:
             if state == _LINGERING:

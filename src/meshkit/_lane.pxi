@@ -7,8 +7,9 @@
 # single-threaded and the bytes are copied out before it returns), and, when the read is one
 # whole request head between requests that the response cache knows, the answer without a
 # Python frame: a stat(2) per validator, the cached wire bytes (refreshed once a second for
-# Date) and one send(2), or head + sendfile(2). Everything else (a cache miss, a stale entry,
-# on_complete callbacks, a partial send, EOF, errors) goes to the connection's Python methods
+# Date) and one send(2), or head + sendfile(2), then the access log's lines when the entry
+# has them (rendered once per client and second, CachedResponse.replay_log). Everything else
+# (a cache miss, a stale entry, other on_complete callbacks, a partial send, EOF, errors) goes to the connection's Python methods
 # with the bytes read, which decide exactly as the twin does.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport EAGAIN
@@ -90,6 +91,7 @@ cdef class Lane:
         cdef int state = csend.SEND_DONE
         cdef int rc
         cdef int64_t second
+        cdef double now
         cdef int file_fd
         cdef uint64_t left
         server = self.server
@@ -102,10 +104,14 @@ cdef class Lane:
         hit = server._cache.entries.get(data)
         if hit is None or not _ln_valid(hit.validators):
             return 0  # a miss, or stale: the twin drops it and reads the head
+        replay = None
         if hit.callbacks:
-            conn._answer_cached(hit)  # an access log: the request copy is made there
-            return 1
-        second = clane.lane_now_second()
+            replay = hit.replay
+            if replay is None:
+                conn._answer_cached(hit)  # callbacks that need the request copy
+                return 1
+        now = clane.lane_now()
+        second = <int64_t>now
         wire = hit.wire if hit.second == second else hit.refresh(second)
         conn.requests += 1
         if cstate == _LN_NEW:
@@ -118,21 +124,24 @@ cdef class Lane:
             rc = csend.send_bytes(self.fd, PyBytes_AS_STRING(wire), <size_t>PyBytes_GET_SIZE(wire),
                                   &sent, &state)
             if rc < 0 or state != csend.SEND_DONE:
-                conn._cached_bytes_sent(hit, wire, None, None if rc < 0 else sent, state)
+                conn._cached_bytes_sent(hit, wire, now, None if rc < 0 else sent, state)
                 return 1
         else:
             head = hit.head
             left = hit.file_left
             if left > _LN_FILE_BUDGET:
-                conn._cached_file_sent(hit, None, -1, csend.SEND_AGAIN)
+                conn._cached_file_sent(hit, now, -1, csend.SEND_AGAIN)
                 return 1
             rc = csend.send_head_and_file(self.fd, PyBytes_AS_STRING(head),
                                           <size_t>PyBytes_GET_SIZE(head), file_fd,
                                           <int64_t>hit.file_off, left, &fsent, &state)
             if rc < 0 or state != csend.SEND_DONE:
-                conn._cached_file_sent(hit, None, None if rc < 0 else fsent, state)
+                conn._cached_file_sent(hit, now, None if rc < 0 else fsent, state)
                 return 1
         conn._deadline = server._now + server._idle_timeout
         conn._dkind = _LN_DL_IDLE
         self.hits += 1
+        if replay is not None:  # the access log's lines (CachedResponse.replay_log)
+            hit.replay_log(conn._remote_addr, conn._remote_port, conn._local_addr,
+                           conn._local_port, now)
         return 1

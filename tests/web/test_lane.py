@@ -181,9 +181,8 @@ def test_lane_answers_repeats_itself(pair: Pair) -> None:
         sock.sendall(head + head)  # pipelined: not one head, so not from the cache
         bodies += [reader.response().body, reader.response().body]
     assert bodies == [b"hello, lane"] * 6
-    # with a log, entries with callbacks are answered by the connection's Python method
-    # (the lane hands them over); without, the three repeats by the lane itself
-    assert hits == (0 if pair.logged else 3)
+    # the three repeats by the lane itself (with the log: its lines replayed)
+    assert hits == 3
 
 
 def test_lane_sends_cached_entries_without_callbacks(tmp_path: Path) -> None:
@@ -219,3 +218,29 @@ def test_lane_sends_cached_entries_without_callbacks(tmp_path: Path) -> None:
 def test_lane_limits_match_the_cache() -> None:
     assert _fastpath is not None
     assert _fastpath.LANE_MAX_HEAD == MAX_HEAD
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["lane", "twin"])
+def test_replayed_log_lines_follow_the_client(tmp_path: Path, compiled: bool) -> None:
+    """Log lines of answers from the cache are reused only for the same client address,
+    port and second: two connections each get their own port in their lines."""
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "a.txt").write_bytes(b"a")
+    logfile = tmp_path / "ports.log"
+    text = f':8000 {{\n root {www}\n log / {logfile} "{{port}} {{uri}} {{status}} {{size}}"\n}}\n'
+    router = plan(load_text(text, "Caddyfile"))[8000].router()
+    server = ServerThread(router, compiled=compiled)
+    try:
+        ports = []
+        for _ in range(2):
+            with connect(server.port) as sock:
+                ports.append(sock.getsockname()[1])
+                reader = Reader(sock)
+                for _ in range(3):
+                    sock.sendall(b"GET /a.txt HTTP/1.1\r\nHost: x\r\n\r\n")
+                    assert reader.response().body == b"a"
+        got = log_lines(logfile, 6)
+    finally:
+        server.stop()
+    assert got == [f"{p} /a.txt 200 1" for p in ports for _ in range(3)]

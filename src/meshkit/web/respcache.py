@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from meshkit.web import http1
 from meshkit.web.message import FileBody, Headers, Request, Response, Validator
@@ -96,7 +97,10 @@ class CachedResponse:
         "headers",
         "length",
         "memfd",
+        "memo_key",
+        "memo_lines",
         "release",
+        "replay",
         "request",
         "response",
         "second",
@@ -155,6 +159,12 @@ class CachedResponse:
         self.request: Request | None = None
         self.vars: dict[str, str] = {}
         self.response: Response | None = None
+        # callbacks that can render their log lines without writing them (the access log:
+        # meshkit.web.directives.log._Complete), when every callback can; the lines of the
+        # last answer and what they depend on (client address, port, second)
+        self.replay: tuple[Any, ...] | None = None
+        self.memo_key: tuple[str, int, int] | None = None
+        self.memo_lines: tuple[tuple[Any, str], ...] = ()
 
     def attach(self, request: Request, response: Response) -> None:
         """Keep `request`'s on_complete callbacks, to be called for every answer from this
@@ -165,6 +175,27 @@ class CachedResponse:
         self.vars = dict(request.vars)
         self.response = Response(response.status, response.headers, b"")
         self.size += 1024
+        if all(getattr(cb, "replayable", False) is True for cb in self.callbacks):
+            self.replay = self.callbacks
+
+    def replay_log(
+        self, remote_addr: str, remote_port: int, server_addr: str, server_port: int, now: float
+    ) -> None:
+        """Write the log lines of one answer sent whole from an entry whose callbacks are
+        all replayable: rendered for the first answer to this client address and port in
+        this second, the same strings after that (nothing else in them can differ)."""
+        key = (remote_addr, remote_port, int(now))
+        if key != self.memo_key:
+            assert self.replay is not None and self.response is not None
+            req = self.for_hit(remote_addr, remote_port, server_addr, server_port, now)
+            sent = len(self.body) if self.fd < 0 else self.file_left
+            lines: list[tuple[Any, str]] = []
+            for cb in self.replay:
+                lines.extend(cb.lines(req, self.response, sent, now))
+            self.memo_lines = tuple(lines)
+            self.memo_key = key
+        for sink, line in self.memo_lines:
+            sink.write(line)
 
     def for_hit(
         self,

@@ -175,6 +175,47 @@ class _Writer:
         return str(ipaddress.IPv6Address(int(addr) & int(self.v6)))
 
 
+# Placeholders whose value changes from one request to the next even for the same request
+# head, client and second: a line using one cannot be replayed (see _Complete.lines).
+_PER_REQUEST = frozenset({"latency", "latency_ms", "request_id"})
+
+
+class _Complete:
+    """The on_complete callback that writes a request's access-log lines. For a response
+    answered again from the response cache (meshkit.web.respcache), `lines` renders the
+    same lines without writing them, so that the cache can reuse them for every answer of
+    the same entry to the same client address and port within the same second (then
+    nothing in them differs: `replayable` says the templates read nothing else)."""
+
+    __slots__ = ("path", "replayable", "writers")
+
+    def __init__(self, writers: list[_Writer], path: str) -> None:
+        self.writers = writers
+        self.path = path
+        self.replayable = all(
+            not w.masking and _PER_REQUEST.isdisjoint(w.template.names) for w in writers
+        )
+
+    def lines(
+        self, req: Request, response: Response, sent: int, now: float
+    ) -> list[tuple[LogSink, str]]:
+        out = []
+        path = self.path
+        for w in self.writers:
+            if w.exceptions and path.startswith(w.exceptions):
+                continue
+            extra = None
+            if w.masking:
+                masked = w.mask(req.remote_addr)
+                extra = {"remote": masked} if masked is not None else None
+            out.append((w.sink, w.template.render(req, response, size=sent, now=now, extra=extra)))
+        return out
+
+    def __call__(self, req: Request, response: Response, sent: int) -> None:
+        for sink, line in self.lines(req, response, sent, time.time()):
+            sink.write(line)
+
+
 def _open(entry: LogEntry) -> LogSink:
     try:
         return open_sink(entry.output, entry.roller)
@@ -201,19 +242,7 @@ def build(config: LogConfig, next: Handler, site: Site) -> Handler:
             return
         if not request.start_time:
             request.start_time = time.time()
-
-        def complete(req: Request, response: Response, sent: int) -> None:
-            now = time.time()
-            for w in writers:
-                if w.exceptions and path.startswith(w.exceptions):
-                    continue
-                extra = None
-                if w.masking:
-                    masked = w.mask(req.remote_addr)
-                    extra = {"remote": masked} if masked is not None else None
-                w.sink.write(w.template.render(req, response, size=sent, now=now, extra=extra))
-
-        request.on_complete.append(complete)
+        request.on_complete.append(_Complete(writers, path))
 
     def log_handler(request: Request) -> HandlerResult:
         watch(request)

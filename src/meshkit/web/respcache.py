@@ -43,6 +43,7 @@ MAX_BODY = 65536  # in-memory bodies up to this size are remembered (files: any 
 # send(2) of head and body costs less than send + sendfile and the Python around them.
 ZERO_COPY_FROM = 16384
 _stat = os.stat
+_MEMO_CLIENTS = 256  # clients whose log lines an entry keeps (CachedResponse.replay_log)
 
 
 class MemFile:
@@ -97,8 +98,8 @@ class CachedResponse:
         "headers",
         "length",
         "memfd",
-        "memo_key",
-        "memo_lines",
+        "memo",
+        "memo_port",
         "release",
         "replay",
         "request",
@@ -163,8 +164,9 @@ class CachedResponse:
         # meshkit.web.directives.log._Complete), when every callback can; the lines of the
         # last answer and what they depend on (client address, port, second)
         self.replay: tuple[Any, ...] | None = None
-        self.memo_key: tuple[str, int, int] | None = None
-        self.memo_lines: tuple[tuple[Any, str], ...] = ()
+        # (client address, port or 0) -> (second, the lines of that second)
+        self.memo: dict[tuple[str, int], tuple[int, tuple[tuple[Any, str], ...]]] = {}
+        self.memo_port = False  # some line shows the client's port: part of the key
 
     def attach(self, request: Request, response: Response) -> None:
         """Keep `request`'s on_complete callbacks, to be called for every answer from this
@@ -177,24 +179,30 @@ class CachedResponse:
         self.size += 1024
         if all(getattr(cb, "replayable", False) is True for cb in self.callbacks):
             self.replay = self.callbacks
+            self.memo_port = any(getattr(cb, "uses_port", True) for cb in self.callbacks)
 
     def replay_log(
         self, remote_addr: str, remote_port: int, server_addr: str, server_port: int, now: float
     ) -> None:
         """Write the log lines of one answer sent whole from an entry whose callbacks are
-        all replayable: rendered for the first answer to this client address and port in
-        this second, the same strings after that (nothing else in them can differ)."""
-        key = (remote_addr, remote_port, int(now))
-        if key != self.memo_key:
+        all replayable: rendered for the first answer to this client address (and port,
+        when a line shows it) in this second, the same strings after that (nothing else in
+        them can differ)."""
+        key = (remote_addr, remote_port if self.memo_port else 0)
+        second = int(now)
+        memo = self.memo
+        got = memo.get(key)
+        if got is None or got[0] != second:
             assert self.replay is not None and self.response is not None
             req = self.for_hit(remote_addr, remote_port, server_addr, server_port, now)
             sent = len(self.body) if self.fd < 0 else self.file_left
             lines: list[tuple[Any, str]] = []
             for cb in self.replay:
                 lines.extend(cb.lines(req, self.response, sent, now))
-            self.memo_lines = tuple(lines)
-            self.memo_key = key
-        for sink, line in self.memo_lines:
+            if len(memo) >= _MEMO_CLIENTS:
+                memo.clear()
+            got = memo[key] = (second, tuple(lines))
+        for sink, line in got[1]:
             sink.write(line)
 
     def for_hit(

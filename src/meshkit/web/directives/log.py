@@ -187,7 +187,7 @@ class _Complete:
     the same entry to the same client address and port within the same second (then
     nothing in them differs: `replayable` says the templates read nothing else)."""
 
-    __slots__ = ("path", "replayable", "writers")
+    __slots__ = ("path", "replayable", "uses_port", "writers")
 
     def __init__(self, writers: list[_Writer], path: str) -> None:
         self.writers = writers
@@ -195,6 +195,9 @@ class _Complete:
         self.replayable = all(
             not w.masking and _PER_REQUEST.isdisjoint(w.template.names) for w in writers
         )
+        # whether a line shows the client's port (else every connection from one address
+        # shares the lines of a second)
+        self.uses_port = any("port" in w.template.names for w in writers)
 
     def lines(
         self, req: Request, response: Response, sent: int, now: float

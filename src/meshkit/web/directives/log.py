@@ -180,6 +180,22 @@ class _Writer:
 _PER_REQUEST = frozenset({"latency", "latency_ms", "request_id"})
 
 
+class _Group:
+    """The writers of one log rule's path, and what their templates read (worked out once
+    at build, not per request)."""
+
+    __slots__ = ("replayable", "uses_port", "writers")
+
+    def __init__(self, writers: list[_Writer]) -> None:
+        self.writers = writers
+        self.replayable = all(
+            not w.masking and _PER_REQUEST.isdisjoint(w.template.names) for w in writers
+        )
+        # whether a line shows the client's port (else every connection from one address
+        # shares the lines of a second)
+        self.uses_port = any("port" in w.template.names for w in writers)
+
+
 class _Complete:
     """The on_complete callback that writes a request's access-log lines. For a response
     answered again from the response cache (meshkit.web.respcache), `lines` renders the
@@ -189,15 +205,11 @@ class _Complete:
 
     __slots__ = ("path", "replayable", "uses_port", "writers")
 
-    def __init__(self, writers: list[_Writer], path: str) -> None:
-        self.writers = writers
+    def __init__(self, group: _Group, path: str) -> None:
+        self.writers = group.writers
         self.path = path
-        self.replayable = all(
-            not w.masking and _PER_REQUEST.isdisjoint(w.template.names) for w in writers
-        )
-        # whether a line shows the client's port (else every connection from one address
-        # shares the lines of a second)
-        self.uses_port = any("port" in w.template.names for w in writers)
+        self.replayable = group.replayable
+        self.uses_port = group.uses_port
 
     def lines(
         self, req: Request, response: Response, sent: int, now: float
@@ -231,21 +243,25 @@ def build(config: LogConfig, next: Handler, site: Site) -> Handler:
     groups: dict[str, list[_Writer]] = {}
     for entry in config.entries:
         groups.setdefault(clamp_path(entry.path), []).append(_Writer(entry, _open(entry)))
-    rules = sorted(groups.items(), key=lambda item: len(item[0]), reverse=True)
+    rules = sorted(
+        ((base, _Group(ws)) for base, ws in groups.items()),
+        key=lambda item: len(item[0]),
+        reverse=True,
+    )
 
     def watch(request: Request) -> None:
         """Have the request logged once it completes (if a rule covers its path)."""
         path = request.path
-        writers: list[_Writer] | None = None
+        found: _Group | None = None
         for base, group in rules:
             if path.startswith(base):
-                writers = group
+                found = group
                 break
-        if writers is None:
+        if found is None:
             return
         if not request.start_time:
             request.start_time = time.time()
-        request.on_complete.append(_Complete(writers, path))
+        request.on_complete.append(_Complete(found, path))
 
     def log_handler(request: Request) -> HandlerResult:
         watch(request)

@@ -18,6 +18,8 @@ from libc.string cimport strlen
 from meshkit.includes cimport lane as clane
 from meshkit.includes cimport sendfile as csend
 
+import os as _ln_os
+
 cdef extern from "Python.h":
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
 
@@ -145,3 +147,22 @@ cdef class Lane:
             hit.replay_log(conn._remote_addr, conn._remote_port, conn._local_addr,
                            conn._local_port, now)
         return 1
+
+
+def dir_signature(str path not None):
+    """(signature, entries) of the folder at path (csrc/lane.c lane_dir_sig): equal as long
+    as neither the folder nor any entry's name, size, times, mode, inode or symlink flag
+    changes. OSError when the folder cannot be read. The twin is
+    meshkit.web.directives.browse.dir_signature_py."""
+    cdef uint64_t sig = 0
+    cdef uint64_t count = 0
+    cdef bytes raw = _ln_os.fsencode(path)
+    cdef const char *p = raw
+    cdef int rc
+    if b"\0" in raw:
+        raise ValueError("embedded null byte")
+    with nogil:
+        rc = clane.lane_dir_sig(p, &sig, &count)
+    if rc < 0:
+        raise OSError(-rc, _ln_os.strerror(-rc), path)
+    return (sig, count)

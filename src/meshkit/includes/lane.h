@@ -29,4 +29,10 @@ int lane_ends_head(const char *buf, size_t len);
 int64_t lane_now_second(void);
 double lane_now(void);
 
+/* A signature of the folder at path: of its own stat and of every entry's name, stat (of
+ * the target for a symlink) and symlink flag, independent of the order readdir gives them.
+ * A folder listing (web/directives/browse.py) is rendered again only when it changes.
+ * Returns 0 (sig and count filled) or -errno. */
+int lane_dir_sig(const char *path, uint64_t *sig, uint64_t *count);
+
 #endif /* MESHKIT_LANE_H */

@@ -10,3 +10,4 @@ cdef extern from "lane.h" nogil:
     int lane_ends_head(const char *buf, size_t len)
     int64_t lane_now_second()
     double lane_now()
+    int lane_dir_sig(const char *path, uint64_t *sig, uint64_t *count)

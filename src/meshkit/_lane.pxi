@@ -166,3 +166,10 @@ def dir_signature(str path not None):
     if rc < 0:
         raise OSError(-rc, _ln_os.strerror(-rc), path)
     return (sig, count)
+
+
+def stat_matches(tuple sig not None):
+    """Whether the file of sig = (path, ino, dev, size, mtime_ns, ctime_ns) (a
+    message.Validator, filecache.Entry.sig) still stats the same, with one stat(2) and no
+    stat_result: True, or False (changed, gone, or a name only os.stat may judge)."""
+    return _ln_valid((sig,)) == 1

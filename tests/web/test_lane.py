@@ -244,3 +244,27 @@ def test_replayed_log_lines_follow_the_client(tmp_path: Path, compiled: bool) ->
     finally:
         server.stop()
     assert got == [f"{p} /a.txt 200 1" for p in ports for _ in range(3)]
+
+
+def test_stat_matches_follows_the_file(tmp_path: Path) -> None:
+    """The compiled check FileCache.lookup uses for a known entry: one stat, compared."""
+    assert _fastpath is not None
+    matches = _fastpath.stat_matches
+    f = tmp_path / "f.txt"
+    f.write_bytes(b"one")
+    os.utime(f, (OLD, OLD))
+
+    def sig() -> tuple[str, int, int, int, int, int]:
+        st = os.stat(f)
+        return (str(f), st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    before = sig()
+    assert matches(before)
+    f.write_bytes(b"two")  # same size, new mtime
+    assert not matches(before)
+    assert matches(sig())
+    now = sig()
+    f.unlink()
+    assert not matches(now)
+    assert not matches(("/x\0y", *now[1:]))  # os.stat refuses an embedded NUL
+    assert not matches(("/\udcff", *now[1:]))  # a surrogate escape: left to os.stat

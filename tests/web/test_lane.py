@@ -7,8 +7,10 @@ repeated heads itself (its hit count), and hands everything else to the Python p
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,8 +20,10 @@ from meshkit._ext import load_fastpath
 from meshkit.web import fileserver, lane
 from meshkit.web.app import plan
 from meshkit.web.caddyfile.load import load_text
+from meshkit.web.connection import Connection
 from meshkit.web.respcache import MAX_HEAD
 from meshkit.web.router import Router
+from meshkit.web.sendfile import SEND_AGAIN
 from support.httpserver_util import Reader, ServerThread, connect
 from support.polling import wait_until
 
@@ -268,3 +272,41 @@ def test_stat_matches_follows_the_file(tmp_path: Path) -> None:
     assert not matches(now)
     assert not matches(("/x\0y", *now[1:]))  # os.stat refuses an embedded NUL
     assert not matches(("/\udcff", *now[1:]))  # a surrogate escape: left to os.stat
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["lane", "twin"])
+def test_cached_answer_larger_than_the_socket_buffer(
+    tmp_path: Path, compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A remembered 6 MiB file the client reads late: the lane's send stops at EAGAIN and
+    the connection's job writes the rest; the log line of each answer has its full size."""
+    www = tmp_path / "www"
+    www.mkdir()
+    data = bytes(range(256)) * (6 * 4096)
+    (www / "big.bin").write_bytes(data)
+    logfile = tmp_path / "big.log"
+    text = f':8000 {{\n root {www}\n log / {logfile} "{{uri}} {{status}} {{size}}"\n}}\n'
+    router = plan(load_text(text, "Caddyfile"))[8000].router()
+    rests: list[int] = []
+    keep = Connection._cached_file_sent
+
+    def counted(self: Connection, hit: Any, now: float, sent: int | None, state: int) -> None:
+        rests.append(state)
+        keep(self, hit, now, sent, state)
+
+    monkeypatch.setattr(Connection, "_cached_file_sent", counted)
+    server = ServerThread(router, compiled=compiled)
+    try:
+        with connect(server.port) as sock:
+            reader = Reader(sock)
+            bodies = []
+            for _ in range(3):
+                sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+                time.sleep(0.2)  # the server fills the socket buffers and waits
+                bodies.append(reader.response().body)
+            got = log_lines(logfile, 3)
+    finally:
+        server.stop()
+    assert bodies == [data] * 3
+    assert got == [f"/big.bin 200 {len(data)}"] * 3
+    assert SEND_AGAIN in rests  # the socket filled up: the rest went out as a job

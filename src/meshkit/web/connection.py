@@ -139,9 +139,9 @@ class Connection(Lifecycle):
         self._cand: CachedResponse | None = None
         self._upgrade_rest: bytes | None = None  # set once the client asked to upgrade
         # the socket's reader: the compiled lane (meshkit.web.lane) on a plain socket when
-        # it is built, else _on_readable, its twin
+        # it is built, else _on_readable, its twin (the lane refers to the connection: the
+        # connection lets go of it once closed, so that neither waits for the cycle GC)
         self._lane = lane.make(self, server, sock)
-        self._reader = self._on_readable if self._lane is None else self._lane.on_readable
 
     @property
     def state(self) -> ConnState:
@@ -149,9 +149,13 @@ class Connection(Lifecycle):
 
     # ------------------------------------------------------------------ reading
 
+    def _reader(self) -> Any:
+        ln = self._lane
+        return self._on_readable if ln is None else ln.on_readable
+
     def start(self) -> None:
         self._reading = True
-        self._loop.add_reader(self._fd, self._reader)
+        self._loop.add_reader(self._fd, self._reader())
 
     def _update_reading(self) -> None:
         state = self._state
@@ -163,7 +167,7 @@ class Connection(Lifecycle):
         )
         if want and not self._reading:
             self._reading = True
-            self._loop.add_reader(self._fd, self._reader)
+            self._loop.add_reader(self._fd, self._reader())
         elif not want and self._reading:
             self._reading = False
             self._loop.remove_reader(self._fd)

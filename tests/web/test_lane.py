@@ -6,6 +6,7 @@ repeated heads itself (its hit count), and hands everything else to the Python p
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterator
@@ -31,10 +32,19 @@ _fastpath = load_fastpath()
 HAVE_LANE = _fastpath is not None and hasattr(_fastpath, "Lane")
 pytestmark = pytest.mark.skipif(not HAVE_LANE, reason="the compiled lane is not built")
 OLD = 1_600_000_000
-LOG_FORMAT = "{remote} {method} {uri} {proto} {status} {size} {>Range}"
+LOG_FORMAT = "{remote} {user} {method} {uri} {proto} {status} {size} {>Range}"
 
 
-def make_site(base: Path, logged: bool = True) -> tuple[Router, Path]:
+RULES = """ header / X-Frame-Options DENY
+ header / -Server
+ redir /old /new 301
+ rewrite ^/page$ /a.txt
+ basicauth /sub alice s3cret
+"""
+KINDS = ["logged", "unlogged", "rules"]
+
+
+def make_site(base: Path, kind: str = "logged") -> tuple[Router, Path]:
     www = base / "www"
     (www / "sub").mkdir(parents=True)
     (www / "a.txt").write_bytes(b"hello, lane")
@@ -46,8 +56,9 @@ def make_site(base: Path, logged: bool = True) -> tuple[Router, Path]:
     for p in (www / "sub", www):
         os.utime(p, (OLD, OLD))
     logfile = base / "access.log"
-    log = f' log / {logfile} "{LOG_FORMAT}"\n' if logged else ""
-    text = f":8000 {{\n root {www}\n header / X-Lane yes\n{log}}}\n"
+    log = f' log / {logfile} "{LOG_FORMAT}"\n' if kind != "unlogged" else ""
+    rules = RULES if kind == "rules" else ""
+    text = f":8000 {{\n root {www}\n header / X-Lane yes\n{rules}{log}}}\n"
     router = plan(load_text(text, "Caddyfile"))[8000].router()
     assert isinstance(router, Router)
     return router, logfile
@@ -63,12 +74,12 @@ def hits_of(server: ServerThread) -> int:
 class Pair:
     """Two servers over copies of one site: the lane's and the twin's."""
 
-    def __init__(self, base: Path, logged: bool) -> None:
+    def __init__(self, base: Path, kind: str) -> None:
         (base / "c").mkdir()
         (base / "py").mkdir()
-        self.logged = logged
-        router_c, self.log_c = make_site(base / "c", logged)
-        router_py, self.log_py = make_site(base / "py", logged)
+        self.logged = kind != "unlogged"
+        router_c, self.log_c = make_site(base / "c", kind)
+        router_py, self.log_py = make_site(base / "py", kind)
         self.c = ServerThread(router_c, compiled=True)
         self.py = ServerThread(router_py, compiled=False)
         self.lines = 0
@@ -86,17 +97,18 @@ def trust_fresh_folders(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fileserver, "_RACY_NS", 0)
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["logged", "unlogged"])
+@pytest.fixture(scope="module", params=KINDS, ids=KINDS)
 def pair(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[Pair]:
     assert lane.LANE is not None
-    p = Pair(tmp_path_factory.mktemp("lane"), bool(request.param))
+    p = Pair(tmp_path_factory.mktemp("lane"), str(request.param))
     yield p
     p.stop()
 
 
 PATHS = ["/", "/a.txt", "/sub", "/sub/", "/sub/index.html", "/missing", "/a.txt/", "/big.bin"]
+PATHS += ["/page", "/old", "/page?x=1"]  # the rule site's rewrite and redir
 EXTRAS = [
     "",
     "Range: bytes=0-3\r\n",
@@ -105,6 +117,8 @@ EXTRAS = [
     "If-Modified-Since: Sun, 06 Dec 2099 00:00:00 GMT\r\n",
     "Accept-Encoding: gzip\r\n",
     "Expect: 100-continue\r\n",
+    "Authorization: Basic " + base64.b64encode(b"alice:s3cret").decode() + "\r\n",
+    "Authorization: Basic " + base64.b64encode(b"alice:wrong").decode() + "\r\n",
 ]
 
 request_st = st.tuples(

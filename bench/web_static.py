@@ -26,7 +26,9 @@ to the server core; wrk (``-t1 -c64``) runs alone on the client core. Cases:
 
 ``--no-respcache`` starts meshkit with MESHKIT_NO_RESPCACHE=1: every request runs the
 handlers (what a client that never repeats its exact request head gets), so the handler
-path alone is measured.
+path alone is measured. ``--no-lane`` starts it with MESHKIT_LANE=0: plain connections read
+in Python (Connection._on_readable) instead of the compiled lane (meshkit.web.lane), to
+compare the two.
 
 Rounds interleave nginx, caddy, meshkit per case; the table shows medians and ratios.
 GB/s is requests/s x body bytes / 1e9. Each run also counts the CPU time of the server's
@@ -313,6 +315,8 @@ def start_meshkit(procs: Procs, core: int | None, root: Path, args: argparse.Nam
     env = meshkit_env(args.no_extensions)
     if args.no_respcache:
         env["MESHKIT_NO_RESPCACHE"] = "1"
+    if args.no_lane:
+        env["MESHKIT_LANE"] = "0"
     proc, logfile = procs.start("meshkit", cmd, core, env=env)
     wait_port(port, proc, "meshkit (" + shlex.join(cmd) + ")", logfile, timeout=30)
     return port
@@ -499,6 +503,7 @@ def report(results: Results, args: argparse.Namespace) -> bool:
         f" medians; servers on CPU {args.server_core}, wrk on CPU {args.client_core}"
         + (", MESHKIT_NO_EXTENSIONS=1" if args.no_extensions else "")
         + (", MESHKIT_NO_RESPCACHE=1" if args.no_respcache else "")
+        + (", MESHKIT_LANE=0" if args.no_lane else "")
     )
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print("-+-".join("-" * w for w in widths))
@@ -629,6 +634,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-respcache",
         action="store_true",
         help="MESHKIT_NO_RESPCACHE=1: every request runs meshkit's handlers",
+    )
+    p.add_argument(
+        "--no-lane",
+        action="store_true",
+        help="MESHKIT_LANE=0: plain connections read in Python, not in the compiled lane",
     )
     p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
     p.add_argument("--server-core", type=int, default=None, help="CPU for the servers")

@@ -19,7 +19,7 @@ from typing import Any
 
 import httptools
 
-from meshkit.web import headlane, http1
+from meshkit.web import headlane, http1, lane
 from meshkit.web.connstate import (
     ABORT_IF_IDLE,
     CLOSE_IF_IDLE,
@@ -138,6 +138,10 @@ class Connection(Lifecycle):
         self._feed_msgs = 0
         self._cand: CachedResponse | None = None
         self._upgrade_rest: bytes | None = None  # set once the client asked to upgrade
+        # the socket's reader: the compiled lane (meshkit.web.lane) on a plain socket when
+        # it is built, else _on_readable, its twin (the lane refers to the connection: the
+        # connection lets go of it once closed, so that neither waits for the cycle GC)
+        self._lane = lane.make(self, server, sock)
 
     @property
     def state(self) -> ConnState:
@@ -145,9 +149,13 @@ class Connection(Lifecycle):
 
     # ------------------------------------------------------------------ reading
 
+    def _reader(self) -> Any:
+        ln = self._lane
+        return self._on_readable if ln is None else ln.on_readable
+
     def start(self) -> None:
         self._reading = True
-        self._loop.add_reader(self._fd, self._on_readable)
+        self._loop.add_reader(self._fd, self._reader())
 
     def _update_reading(self) -> None:
         state = self._state
@@ -159,7 +167,7 @@ class Connection(Lifecycle):
         )
         if want and not self._reading:
             self._reading = True
-            self._loop.add_reader(self._fd, self._on_readable)
+            self._loop.add_reader(self._fd, self._reader())
         elif not want and self._reading:
             self._reading = False
             self._loop.remove_reader(self._fd)
@@ -175,6 +183,11 @@ class Connection(Lifecycle):
         if not data:
             self._on_eof()
             return
+        self._on_data(data)
+
+    def _on_data(self, data: bytes) -> None:
+        """Handle the bytes of one read (the compiled lane, meshkit.web.lane, calls this
+        with every read it does not answer itself)."""
         state = self._state
         if state > _CLOSING_BODY:
             if state == _LINGERING:

@@ -22,11 +22,23 @@ import email.utils
 import os
 import stat as stat_mod
 from collections import OrderedDict
+from collections.abc import Callable
+
+from meshkit._ext import load_fastpath
 
 _OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0) | os.O_NONBLOCK
 
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _close = os.close
+
+
+def _load_stat_matches() -> Callable[[tuple[str, int, int, int, int, int]], bool] | None:
+    fastpath = load_fastpath()
+    return getattr(fastpath, "stat_matches", None) if fastpath is not None else None
+
+
+# the compiled entry check (None: the twin, os.stat and Entry.same; tests swap it)
+_STAT_MATCHES = _load_stat_matches()
 
 
 def base36(n: int) -> str:
@@ -168,6 +180,14 @@ class FileCache:
     def lookup(self, path: str) -> Entry | Forbidden | None:
         """The entry for `path`; FORBIDDEN when it exists but cannot be read; None when it
         does not exist, is not a regular file or directory, or resolves outside the root."""
+        matches = _STAT_MATCHES
+        if matches is not None:
+            # the compiled check (meshkit._fastpath.stat_matches): a known entry whose file
+            # stats the same, without a stat_result; anything else takes the path below
+            e = self._entries.get(path)
+            if e is not None and matches(e.sig):
+                self._entries.move_to_end(path)
+                return e
         try:
             st = os.stat(path)
         except PermissionError:

@@ -162,6 +162,7 @@ class Lifecycle(Pipeline):
         if isinstance(sock, TlsSocket):  # the taker relays a plain socket: bridge the TLS
             sock = bridge(sock)
         self._server._conn_closed(self)
+        self._lane = None  # the lane refers to this connection (meshkit.web.lane)
         self._loop.create_task(_run_upgrade(upgrade, sock, rest))
 
     def _abort(self) -> None:
@@ -189,4 +190,5 @@ class Lifecycle(Pipeline):
         if drain is not None and not drain.done():
             drain.set_exception(ConnectionResetError("connection closed"))
             drain.exception()  # retrieved: nobody may be waiting any more
+        self._lane = None  # the lane refers to this connection (meshkit.web.lane)
         self._server._conn_closed(self)

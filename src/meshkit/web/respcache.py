@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from meshkit.web import http1
 from meshkit.web.message import FileBody, Headers, Request, Response, Validator
@@ -42,6 +43,7 @@ MAX_BODY = 65536  # in-memory bodies up to this size are remembered (files: any 
 # send(2) of head and body costs less than send + sendfile and the Python around them.
 ZERO_COPY_FROM = 16384
 _stat = os.stat
+_MEMO_CLIENTS = 256  # clients whose log lines an entry keeps (CachedResponse.replay_log)
 
 
 class MemFile:
@@ -96,7 +98,10 @@ class CachedResponse:
         "headers",
         "length",
         "memfd",
+        "memo",
+        "memo_port",
         "release",
+        "replay",
         "request",
         "response",
         "second",
@@ -155,6 +160,13 @@ class CachedResponse:
         self.request: Request | None = None
         self.vars: dict[str, str] = {}
         self.response: Response | None = None
+        # callbacks that can render their log lines without writing them (the access log:
+        # meshkit.web.directives.log._Complete), when every callback can; the lines of the
+        # last answer and what they depend on (client address, port, second)
+        self.replay: tuple[Any, ...] | None = None
+        # (client address, port or 0) -> (second, the lines of that second)
+        self.memo: dict[tuple[str, int], tuple[int, tuple[tuple[Any, str], ...]]] = {}
+        self.memo_port = False  # some line shows the client's port: part of the key
 
     def attach(self, request: Request, response: Response) -> None:
         """Keep `request`'s on_complete callbacks, to be called for every answer from this
@@ -165,6 +177,33 @@ class CachedResponse:
         self.vars = dict(request.vars)
         self.response = Response(response.status, response.headers, b"")
         self.size += 1024
+        if all(getattr(cb, "replayable", False) is True for cb in self.callbacks):
+            self.replay = self.callbacks
+            self.memo_port = any(getattr(cb, "uses_port", True) for cb in self.callbacks)
+
+    def replay_log(
+        self, remote_addr: str, remote_port: int, server_addr: str, server_port: int, now: float
+    ) -> None:
+        """Write the log lines of one answer sent whole from an entry whose callbacks are
+        all replayable: rendered for the first answer to this client address (and port,
+        when a line shows it) in this second, the same strings after that (nothing else in
+        them can differ)."""
+        key = (remote_addr, remote_port if self.memo_port else 0)
+        second = int(now)
+        memo = self.memo
+        got = memo.get(key)
+        if got is None or got[0] != second:
+            assert self.replay is not None and self.response is not None
+            req = self.for_hit(remote_addr, remote_port, server_addr, server_port, now)
+            sent = len(self.body) if self.fd < 0 else self.file_left
+            lines: list[tuple[Any, str]] = []
+            for cb in self.replay:
+                lines.extend(cb.lines(req, self.response, sent, now))
+            if len(memo) >= _MEMO_CLIENTS:
+                memo.clear()
+            got = memo[key] = (second, tuple(lines))
+        for sink, line in got[1]:
+            sink.write(line)
 
     def for_hit(
         self,

@@ -39,7 +39,7 @@ from html import escape
 from string import Template
 from urllib.parse import parse_qs, quote
 
-from meshkit.web import gotemplate
+from meshkit.web import dirsig, gotemplate
 from meshkit.web.browsectx import Listing
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
@@ -199,6 +199,10 @@ class BrowseHandler:
                 self.templates[r.path] = load_template(r.template)
         # rendered bodies, keyed on everything they are made from (see the module doc)
         self.rendered: LRU[bytes] = LRU(256)
+        # the same bodies keyed on the folder's signature (meshkit.web.dirsig) instead of
+        # its items: a repeat costs a readdir and a stat per entry, no item objects
+        self.signature: dirsig.Signature = dirsig.load_signature()
+        self.by_signature: LRU[bytes] = LRU(256)
 
     def __call__(self, req: Request) -> HandlerResult:
         if req.method != "GET" and req.method != "HEAD":
@@ -295,14 +299,25 @@ class BrowseHandler:
             if kept.lstrip("-").isdigit():
                 limit = int(kept)
 
+        accept = req.headers.get("Accept") or ""
+        as_json = "application/json" in accept
+        try:
+            sig = self.signature(fs)
+        except OSError:
+            sig = None  # the scan below answers (403, 404)
+        sig_key = None
+        if sig is not None:
+            internal_ok = bool(req.vars.get(INTERNAL_VAR))
+            sig_key = (rule.path, req.path, as_json, sort, order, limit, internal_ok, sig)
+            body = self.by_signature.get(sig_key)
+            if body is not None:
+                return _answer(body, as_json, set_cookies)
         try:
             items = self.items(req, fs, e)
         except PermissionError:
             return Response.error(403)
         except OSError:
             return Response.error(404)
-        accept = req.headers.get("Accept") or ""
-        as_json = "application/json" in accept
         key = (
             rule.path,
             req.path,
@@ -331,12 +346,9 @@ class BrowseHandler:
                     return Response.error(500)
                 if keep:
                     self.rendered.put(key, body)
-        ctype = "application/json" if as_json else "text/html"
-        h = Headers([("Content-Type", ctype + "; charset=utf-8")])
-        h.add("Vary", "Accept")
-        for c in set_cookies:
-            h.add("Set-Cookie", c)
-        return Response(200, h, body)
+        if sig_key is not None and self.rendered.get(key) is body:
+            self.by_signature.put(sig_key, body)
+        return _answer(body, as_json, set_cookies)
 
     def html(
         self,
@@ -375,6 +387,15 @@ class BrowseHandler:
 
 
 _UP_ROW = '<tr class="up"><td><a href="../">../</a></td><td>&mdash;</td><td></td></tr>'
+
+
+def _answer(body: bytes, as_json: bool, set_cookies: list[str]) -> Response:
+    ctype = "application/json" if as_json else "text/html"
+    h = Headers([("Content-Type", ctype + "; charset=utf-8")])
+    h.add("Vary", "Accept")
+    for c in set_cookies:
+        h.add("Set-Cookie", c)
+    return Response(200, h, body)
 
 
 def _row(i: Item) -> str:

@@ -175,6 +175,62 @@ class _Writer:
         return str(ipaddress.IPv6Address(int(addr) & int(self.v6)))
 
 
+# Placeholders whose value changes from one request to the next even for the same request
+# head, client and second: a line using one cannot be replayed (see _Complete.lines).
+_PER_REQUEST = frozenset({"latency", "latency_ms", "request_id"})
+
+
+class _Group:
+    """The writers of one log rule's path, and what their templates read (worked out once
+    at build, not per request)."""
+
+    __slots__ = ("replayable", "uses_port", "writers")
+
+    def __init__(self, writers: list[_Writer]) -> None:
+        self.writers = writers
+        self.replayable = all(
+            not w.masking and _PER_REQUEST.isdisjoint(w.template.names) for w in writers
+        )
+        # whether a line shows the client's port (else every connection from one address
+        # shares the lines of a second)
+        self.uses_port = any("port" in w.template.names for w in writers)
+
+
+class _Complete:
+    """The on_complete callback that writes a request's access-log lines. For a response
+    answered again from the response cache (meshkit.web.respcache), `lines` renders the
+    same lines without writing them, so that the cache can reuse them for every answer of
+    the same entry to the same client address and port within the same second (then
+    nothing in them differs: `replayable` says the templates read nothing else)."""
+
+    __slots__ = ("path", "replayable", "uses_port", "writers")
+
+    def __init__(self, group: _Group, path: str) -> None:
+        self.writers = group.writers
+        self.path = path
+        self.replayable = group.replayable
+        self.uses_port = group.uses_port
+
+    def lines(
+        self, req: Request, response: Response, sent: int, now: float
+    ) -> list[tuple[LogSink, str]]:
+        out = []
+        path = self.path
+        for w in self.writers:
+            if w.exceptions and path.startswith(w.exceptions):
+                continue
+            extra = None
+            if w.masking:
+                masked = w.mask(req.remote_addr)
+                extra = {"remote": masked} if masked is not None else None
+            out.append((w.sink, w.template.render(req, response, size=sent, now=now, extra=extra)))
+        return out
+
+    def __call__(self, req: Request, response: Response, sent: int) -> None:
+        for sink, line in self.lines(req, response, sent, time.time()):
+            sink.write(line)
+
+
 def _open(entry: LogEntry) -> LogSink:
     try:
         return open_sink(entry.output, entry.roller)
@@ -187,33 +243,25 @@ def build(config: LogConfig, next: Handler, site: Site) -> Handler:
     groups: dict[str, list[_Writer]] = {}
     for entry in config.entries:
         groups.setdefault(clamp_path(entry.path), []).append(_Writer(entry, _open(entry)))
-    rules = sorted(groups.items(), key=lambda item: len(item[0]), reverse=True)
+    rules = sorted(
+        ((base, _Group(ws)) for base, ws in groups.items()),
+        key=lambda item: len(item[0]),
+        reverse=True,
+    )
 
     def watch(request: Request) -> None:
         """Have the request logged once it completes (if a rule covers its path)."""
         path = request.path
-        writers: list[_Writer] | None = None
+        found: _Group | None = None
         for base, group in rules:
             if path.startswith(base):
-                writers = group
+                found = group
                 break
-        if writers is None:
+        if found is None:
             return
         if not request.start_time:
             request.start_time = time.time()
-
-        def complete(req: Request, response: Response, sent: int) -> None:
-            now = time.time()
-            for w in writers:
-                if w.exceptions and path.startswith(w.exceptions):
-                    continue
-                extra = None
-                if w.masking:
-                    masked = w.mask(req.remote_addr)
-                    extra = {"remote": masked} if masked is not None else None
-                w.sink.write(w.template.render(req, response, size=sent, now=now, extra=extra))
-
-        request.on_complete.append(complete)
+        request.on_complete.append(_Complete(found, path))
 
     def log_handler(request: Request) -> HandlerResult:
         watch(request)

@@ -1,0 +1,38 @@
+/* lane.h - C helpers of the client-side HTTP/1 lane (meshkit web, _lane.pxi).
+ *
+ * The lane answers a request head read between requests from the response cache without a
+ * Python call per request: it reads with lane_recv() into one static buffer, checks each
+ * validator of the remembered response with lane_stat_same() (one stat(2), as
+ * meshkit.web.respcache.CachedResponse.valid does) and writes with the send path of
+ * sendfile.h. The pure-Python twin is meshkit.web.connection.Connection._on_readable.
+ */
+#ifndef MESHKIT_LANE_H
+#define MESHKIT_LANE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* recv(2) into buf, retrying EINTR. Returns the bytes read, 0 at EOF, -EAGAIN when there is
+ * nothing to read, or -errno. */
+ssize_t lane_recv(int fd, char *buf, size_t cap);
+
+/* 1 when stat(path) succeeds and matches every field (the validator of a remembered
+ * response), else 0. */
+int lane_stat_same(const char *path, uint64_t ino, uint64_t dev, int64_t size,
+                   int64_t mtime_ns, int64_t ctime_ns);
+
+/* 1 when buf[0:len) ends with CRLF CRLF. */
+int lane_ends_head(const char *buf, size_t len);
+
+/* The current time (CLOCK_REALTIME) in whole seconds, and as a double (time.time()). */
+int64_t lane_now_second(void);
+double lane_now(void);
+
+/* A signature of the folder at path: of its own stat and of every entry's name, stat (of
+ * the target for a symlink) and symlink flag, independent of the order readdir gives them.
+ * A folder listing (web/directives/browse.py) is rendered again only when it changes.
+ * Returns 0 (sig and count filled) or -errno. */
+int lane_dir_sig(const char *path, uint64_t *sig, uint64_t *count);
+
+#endif /* MESHKIT_LANE_H */

@@ -119,7 +119,9 @@ def make_cert(folder: Path) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------- servers
 
 
-def start_nginx(procs: Procs, core: int | None, root: Path, cert: Path, key: Path) -> int:
+def start_nginx(
+    procs: Procs, core: int | None, root: Path, cert: Path, key: Path
+) -> tuple[int, int]:
     prefix = procs.tmp / "nginx"
     port = free_port()
     conf = write_nginx_conf(
@@ -140,10 +142,12 @@ def start_nginx(procs: Procs, core: int | None, root: Path, cert: Path, key: Pat
     )
     proc, logfile = procs.start("nginx", nginx_argv(prefix, conf), core)
     wait_port(port, proc, "nginx", logfile)
-    return port
+    return port, proc.pid
 
 
-def start_caddy(procs: Procs, core: int | None, root: Path, cert: Path, key: Path) -> int:
+def start_caddy(
+    procs: Procs, core: int | None, root: Path, cert: Path, key: Path
+) -> tuple[int, int]:
     home = procs.tmp / "caddy"
     home.mkdir()
     port = free_port()
@@ -164,7 +168,7 @@ def start_caddy(procs: Procs, core: int | None, root: Path, cert: Path, key: Pat
     cmd = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
     proc, logfile = procs.start("caddy", cmd, core, env=env)
     wait_port(port, proc, "caddy", logfile)
-    return port
+    return port, proc.pid
 
 
 def meshkit_command(args: argparse.Namespace, port: int, root: Path, cert: Path, key: Path,
@@ -183,12 +187,12 @@ def meshkit_command(args: argparse.Namespace, port: int, root: Path, cert: Path,
 
 def start_meshkit(
     procs: Procs, core: int | None, root: Path, cert: Path, key: Path, args: argparse.Namespace
-) -> int:
+) -> tuple[int, int]:
     port = free_port()
     cmd = meshkit_command(args, port, root, cert, key, procs.tmp)
     proc, logfile = procs.start("meshkit", cmd, core, env=meshkit_env(args.no_extensions))
     wait_port(port, proc, "meshkit (" + shlex.join(cmd) + ")", logfile, timeout=30)
-    return port
+    return port, proc.pid
 
 
 def check(port: int, name: str, case: Case, cert: Path) -> None:
@@ -215,6 +219,20 @@ def check(port: int, name: str, case: Case, cert: Path) -> None:
 # --------------------------------------------------------------------------- clients
 
 _WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
+_WRK_COUNT = re.compile(r"(\d+) requests in ")
+_H2_DONE = re.compile(r"requests: \d+ total, \d+ started, (\d+) done")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat), 0.0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 _WRK_ERRORS = re.compile(r"Socket errors:.*|Non-2xx or 3xx responses:.*")
 _H2_RATE = re.compile(r"finished in [0-9.]+\w*, ([0-9.]+) req/s")
 _H2_COUNTS = re.compile(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) "
@@ -247,7 +265,10 @@ def run_wrk(port: int, case: Case, duration: float, core: int | None, conns: int
     value = float(match.group(1))
     if case.unit == "GB/s":
         value = value * LARGE_SIZE / 1e9
-    return Sample(value, errors)
+    count = _WRK_COUNT.search(out)
+    sample = Sample(value, errors)
+    sample.requests = int(count.group(1)) if count else 0  # type: ignore[attr-defined]
+    return sample
 
 
 def run_h2load(port: int, case: Case, duration: float, core: int | None) -> Sample:
@@ -263,7 +284,9 @@ def run_h2load(port: int, case: Case, duration: float, core: int | None) -> Samp
     errors = ""
     if failed or errored or timeout or ok != done:
         errors = f"h2load: {failed} failed, {errored} errored, {timeout} timeout of {done}"
-    return Sample(float(rate.group(1)), errors)
+    sample = Sample(float(rate.group(1)), errors)
+    sample.requests = done  # type: ignore[attr-defined]
+    return sample
 
 
 def run_case(port: int, case: Case, duration: float, args: argparse.Namespace) -> Sample:
@@ -293,12 +316,15 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     cases = [c for c in CASES if c.key in args.cases]
     try:
         ports: dict[str, int] = {}
+        pids: dict[str, int] = {}
         if "nginx" in args.targets:
-            ports["nginx"] = start_nginx(procs, args.server_core, root, cert, key)
+            ports["nginx"], pids["nginx"] = start_nginx(procs, args.server_core, root, cert, key)
         if "caddy" in args.targets:
-            ports["caddy"] = start_caddy(procs, args.server_core, root, cert, key)
+            ports["caddy"], pids["caddy"] = start_caddy(procs, args.server_core, root, cert, key)
         if "meshkit" in args.targets:
-            ports["meshkit"] = start_meshkit(procs, args.server_core, root, cert, key, args)
+            ports["meshkit"], pids["meshkit"] = start_meshkit(
+                procs, args.server_core, root, cert, key, args
+            )
         log(f"servers: {ports} (server CPU {args.server_core}, client CPU {args.client_core})")
         for case in cases:
             for name, port in ports.items():
@@ -307,15 +333,24 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             for r in range(1, args.rounds + 1):
                 for name, port in ports.items():
                     busy = background_busy(cores)
+                    cpu0 = cpu_seconds(pids[name])
                     sample = run_case(port, case, args.duration, args)
+                    cpu = cpu_seconds(pids[name]) - cpu0
                     sample.background = busy
                     results.add(case.key, name, sample)
+                    done = getattr(sample, "requests", 0)
+                    if done and cpu > 0:
+                        # the server's own CPU time per request: what a shared, busy machine
+                        # disturbs least (throughput there depends on who else runs)
+                        results.add(case.key + ":cpu", name, Sample(cpu / done * 1e6))
                     notes = [sample.errors] if sample.errors else []
                     if busy > BUSY_WARN:
                         notes.append(f"CPU already {busy:.0f}% busy before the run")
                     extra = f"  ({'; '.join(notes)})" if notes else ""
                     value = fmt(sample.value, case.unit)
-                    log(f"  round {r} {case.key:<9} {name:<8} {value}{extra}")
+                    per = results.samples.get(case.key + ":cpu", {}).get(name, [])
+                    cpu_note = f", {per[-1].value:.0f} us CPU/req" if per and done else ""
+                    log(f"  round {r} {case.key:<9} {name:<8} {value}{cpu_note}{extra}")
     finally:
         procs.stop_all()
     return results
@@ -373,7 +408,16 @@ def report(results: Results, args: argparse.Namespace) -> bool:
             ]
             if paired:
                 print(f"{case.key} meshkit/{anchor} per round: {' '.join(paired)}")
-    report_errors_and_noise(results)
+    for case in cases:
+        cpu = {t: results.median(case.key + ":cpu", t) for t in TARGETS}
+        if cpu.get("meshkit") is None:
+            continue
+        parts = [f"{t} {v:.0f} us" for t, v in cpu.items() if v is not None]
+        line = f"{case.key} server CPU per request (median): {', '.join(parts)}"
+        if cpu.get("nginx"):
+            line += f"; nginx/meshkit {cpu['nginx'] / cpu['meshkit']:.2f}x"  # type: ignore[operator]
+        print(line)
+    report_errors_and_noise(results, skip=[c.key + ":cpu" for c in cases])
     return all_met
 
 
@@ -395,6 +439,8 @@ def write_json(results: Results, args: argparse.Namespace, path: Path) -> None:
                 "samples": [s.value for s in samples],
                 "errors": [s.errors for s in samples if s.errors],
             }
+        cpu = results.samples.get(case.key + ":cpu", {})
+        entry["cpu_us_per_request"] = {t: [x.value for x in v] for t, v in cpu.items()}
         mk = results.median(case.key, "meshkit")
         entry["ratio_nginx"] = ratio(mk, results.median(case.key, "nginx"))
         entry["ratio_caddy"] = ratio(mk, results.median(case.key, "caddy"))

@@ -254,8 +254,10 @@ cdef class TlsConn:
                 taker = self.on_h2(self)
         cap = <size_t>n if n < <Py_ssize_t>sizeof(_tl_buf) else sizeof(_tl_buf)
         got = <ssize_t>ctls.mk_tls_read(t, _tl_buf, cap, &status)
-        if ctls.mk_tls_pending(t):
-            self._flush_out()  # TLS 1.3 session tickets, alerts
+        if ctls.mk_tls_pending(t) and (got == 0 or taker is not None):
+            # TLS 1.3 session tickets, alerts. With a request read, they wait for its
+            # response and go in the same send (a client never waits for its tickets)
+            self._flush_out()
         if status == ctls.MKT_RD_FAILED:
             why = _tl_error()
             _tl_log.debug("TLS read failed: %s", why)
@@ -332,4 +334,8 @@ cdef class TlsConn:
 
     def close(self):
         self._t.fd = -1
+        # the server's callbacks hold the connection that holds this object: let go of
+        # them, so that both are freed by reference counting, not by a GC pass
+        self.on_h2 = self.on_demand = self.on_resume = None
+        self._fut = None
         self._raw.close()

@@ -309,15 +309,32 @@ size_t mk_tls_read(mk_tls *t, char *buf, size_t cap, int *status)
     return total;
 }
 
+/* Before an operation that writes: send what is pending first only when it is much (the
+ * session tickets of a new connection are a few hundred bytes: they go in the same send as
+ * the response). 1: go on, 0: the socket is full (state again), <0: -errno. */
+static int flush_before(mk_tls *t)
+{
+    if (mk_tls_pending(t) < FLUSH_AT)
+        return 1;
+    return mk_tls_flush(t);
+}
+
 int mk_tls_write(mk_tls *t, const char *buf, size_t len, size_t *taken, int *state)
 {
     *taken = 0;
     *state = 0;
-    int r = mk_tls_flush(t);
+    int r = flush_before(t);
     if (r < 0)
         return r;
     if (r == 0) {
         *state = 1;
+        return 0;
+    }
+    if (len == 0) {
+        r = mk_tls_flush(t);
+        if (r < 0)
+            return r;
+        *state = r == 0;
         return 0;
     }
     size_t pos = 0;
@@ -348,7 +365,7 @@ int mk_tls_write_file(mk_tls *t, const char *head, size_t head_len, int file_fd,
     static __thread char buf[FILE_STEP];
     *sent = 0;
     *state = 0;
-    int r = mk_tls_flush(t);
+    int r = flush_before(t);
     if (r < 0)
         return r;
     if (r == 0) {

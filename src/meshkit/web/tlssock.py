@@ -283,6 +283,9 @@ class PyTlsSocket:
         self._raw.shutdown(how)
 
     def close(self) -> None:
+        # the server's callbacks hold the connection that holds this object: let go of
+        # them, so that both are freed by reference counting, not by a GC pass
+        self.on_h2 = self.on_demand = self.on_resume = None
         self._raw.close()
 
 

@@ -10,7 +10,7 @@
 # context in place of the ssl module's Python-level sni_callback.
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.errno cimport EAGAIN, EPROTO
+from libc.errno cimport EAGAIN, EBADF, EPROTO
 from libc.stdint cimport int64_t, uint64_t
 from meshkit.includes cimport tls_conn as ctls
 
@@ -150,7 +150,8 @@ cdef class TlsConn:
     compiled = True
     tls = True
 
-    cdef ctls.mk_tls *_t
+    cdef ctls.mk_tls *_t  # NULL once closed (the SSL object is freed at close, not later)
+    cdef bint _in_handshake  # OpenSSL is calling back into Python: close() must not free
     cdef object _raw
     cdef object _ctx
     cdef object _fut
@@ -169,22 +170,29 @@ cdef class TlsConn:
     def __dealloc__(self):
         ctls.mk_tls_free(self._t)
 
+    cdef ctls.mk_tls *_live(self) except NULL:
+        if self._t == NULL:
+            raise _tl_oserror(EBADF)
+        return self._t
+
     def fileno(self):
         return self._raw.fileno()
 
     def selected_alpn_protocol(self):
         cdef const unsigned char *data
         cdef unsigned int n = 0
+        if self._t == NULL:
+            return None
         ctls.SSL_get0_alpn_selected(self._t.ssl, &data, &n)
         return data[:n].decode("ascii") if n else None
 
     def version(self):
-        if not self._t.flags & ctls.MKT_READY:
+        if self._t == NULL or not self._t.flags & ctls.MKT_READY:
             return None
         return ctls.SSL_get_version(self._t.ssl).decode("ascii")
 
     def session_reused(self):
-        return bool(ctls.SSL_session_reused(self._t.ssl))
+        return self._t != NULL and bool(ctls.SSL_session_reused(self._t.ssl))
 
     # -- reading
 
@@ -210,13 +218,13 @@ cdef class TlsConn:
             resume()
 
     cdef int _flush_out(self) except -1:
-        cdef int rc = ctls.mk_tls_flush(self._t)
+        cdef int rc = ctls.mk_tls_flush(self._live())
         if rc < 0:
             raise _tl_oserror(-rc)
         return rc
 
     def recv(self, Py_ssize_t n):
-        cdef ctls.mk_tls *t = self._t
+        cdef ctls.mk_tls *t = self._live()
         cdef int rc, status = 0
         cdef ssize_t got
         cdef size_t cap
@@ -234,7 +242,13 @@ cdef class TlsConn:
                 if got < 0 and got != -EAGAIN:
                     raise _tl_oserror(<int>-got)
                 raise BlockingIOError
-            rc = ctls.mk_tls_handshake(t)
+            self._in_handshake = True
+            try:
+                rc = ctls.mk_tls_handshake(t)
+            finally:
+                self._in_handshake = False
+            if t.fd < 0:  # closed by a callback meanwhile
+                raise _tl_oserror(EBADF)
             if rc != ctls.MKT_HS_DONE:
                 if rc == ctls.MKT_HS_WANT or rc == ctls.MKT_HS_HELLO_WAIT:
                     self._flush_out()
@@ -252,12 +266,20 @@ cdef class TlsConn:
                 raise ConnectionAbortedError(f"TLS handshake failed: {why}")
             if self.on_h2 is not None and self.selected_alpn_protocol() == "h2":
                 taker = self.on_h2(self)
+                if self._t == NULL:  # h2 closed it at once: its business, not this reader's
+                    raise BlockingIOError
+                t = self._t
         cap = <size_t>n if n < <Py_ssize_t>sizeof(_tl_buf) else sizeof(_tl_buf)
         got = <ssize_t>ctls.mk_tls_read(t, _tl_buf, cap, &status)
         if ctls.mk_tls_pending(t) and (got == 0 or taker is not None):
             # TLS 1.3 session tickets, alerts. With a request read, they wait for its
-            # response and go in the same send (a client never waits for its tickets)
-            self._flush_out()
+            # response and go in the same send (a client never waits for its tickets).
+            # Once h2 has taken the socket over, or at EOF, a failed send is not this
+            # reader's error (raising it would make the old reader close a socket that
+            # is not its own any more): the next write or read meets it
+            rc = ctls.mk_tls_flush(t)
+            if rc < 0 and taker is None and status == ctls.MKT_RD_OK:
+                raise _tl_oserror(-rc)
         if status == ctls.MKT_RD_FAILED:
             why = _tl_error()
             _tl_log.debug("TLS read failed: %s", why)
@@ -294,14 +316,14 @@ cdef class TlsConn:
         if type(data) is bytes:
             if off < 0 or off > PyBytes_GET_SIZE(data):
                 raise ValueError("offset out of range")
-            rc = ctls.mk_tls_write(self._t, PyBytes_AS_STRING(data) + off,
+            rc = ctls.mk_tls_write(self._live(), PyBytes_AS_STRING(data) + off,
                                    <size_t>(PyBytes_GET_SIZE(data) - off), &taken, &state)
         else:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
             try:
                 if off < 0 or off > view.len:
                     raise ValueError("offset out of range")
-                rc = ctls.mk_tls_write(self._t, (<const char *>view.buf) + off,
+                rc = ctls.mk_tls_write(self._live(), (<const char *>view.buf) + off,
                                        <size_t>(view.len - off), &taken, &state)
             finally:
                 PyBuffer_Release(&view)
@@ -317,7 +339,7 @@ cdef class TlsConn:
         cdef int state = 0, rc
         if offset < 0:
             raise ValueError("offset must not be negative")
-        rc = ctls.mk_tls_write_file(self._t, PyBytes_AS_STRING(head),
+        rc = ctls.mk_tls_write_file(self._live(), PyBytes_AS_STRING(head),
                                     <size_t>PyBytes_GET_SIZE(head), file_fd, offset, length,
                                     &sent, &state)
         if rc < 0:
@@ -329,11 +351,17 @@ cdef class TlsConn:
     # -- closing
 
     def shutdown(self, int how):
-        ctls.mk_tls_close_notify(self._t)
+        if self._t != NULL:
+            ctls.mk_tls_close_notify(self._t)
         self._raw.shutdown(how)
 
     def close(self):
-        self._t.fd = -1
+        if self._t != NULL:
+            self._t.fd = -1
+            if not self._in_handshake:
+                # freed now, while its buffers are warm, for the next connection to reuse
+                ctls.mk_tls_free(self._t)
+                self._t = NULL
         # the server's callbacks hold the connection that holds this object: let go of
         # them, so that both are freed by reference counting, not by a GC pass
         self.on_h2 = self.on_demand = self.on_resume = None

@@ -347,3 +347,34 @@ def test_after_close_the_socket_is_not_used(impl: Any, certs: Certs, clients: li
     with pytest.raises(OSError) as info:
         c.server.send_bytes(-1, b"late", 0)
     assert info.value.errno in (errno.EBADF, None) or isinstance(info.value, OSError)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_h2_takes_over_and_a_closed_client_is_not_the_old_readers_error(
+    impl: Any, certs: Certs, clients: list[Client]
+) -> None:
+    """ALPN chose h2: on_h2 is called once and gets the plaintext; when the client is gone
+    already, recv still raises BlockingIOError (the socket is h2's now: an OSError would
+    make the HTTP/1.1 reader close it under h2's feet)."""
+    taken: list[Any] = []
+    c = _client(clients, impl, _listener(certs), alpn=["h2"])
+
+    def take(tsock: Any) -> Any:
+        taken.append(tsock)
+        return taken.append
+
+    c.server.on_h2 = take
+    for _ in range(10):
+        try:
+            c.obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            c._send()
+            c.server_recv()
+            c._take()
+    c._send()  # the client's Finished...
+    c.sock.close()  # ...and it leaves at once (the server's tickets meet a closed socket)
+    with pytest.raises(BlockingIOError):
+        c.server.recv(65536)
+    assert taken == [c.server]
+    assert c.server.selected_alpn_protocol() == "h2"

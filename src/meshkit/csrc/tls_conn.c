@@ -236,6 +236,9 @@ mk_tls *mk_tls_new(SSL_CTX *ctx, int fd, void *owner)
     /* one recv() per batch of records; buffers kept for the connection's life (Python's
      * contexts release them when idle, which costs a malloc/free pair per request) */
     SSL_set_read_ahead(t->ssl, 1);
+    /* the client's EOF is an EOF (as for the twin, which sees it on the socket first), not
+     * an error with a decode_error alert written to a socket nobody reads any more */
+    SSL_set_options(t->ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
     SSL_clear_mode(t->ssl, SSL_MODE_RELEASE_BUFFERS);
     SSL_set_ex_data(t->ssl, ex_index, owner);
     return t;

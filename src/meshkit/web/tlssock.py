@@ -165,7 +165,12 @@ class PyTlsSocket:
             if not inbio.pending and not obj.pending():
                 break  # all read: another read would only raise SSLWantReadError
         if self._out.pending or self._pending:
-            self._flush()  # TLS 1.3 session tickets, alerts
+            if taker is None:
+                self._flush()  # TLS 1.3 session tickets, alerts
+            else:
+                # the socket is h2's now: a failed send is for its next write to meet (an
+                # OSError here would make the HTTP/1.1 reader close it under h2's feet)
+                self._flush_quietly()
         if taker is not None:
             if parts:
                 taker(b"".join(parts))

@@ -10,7 +10,9 @@ client (wrk or h2load) to the client core. Cases:
 
 1. keepalive   ``wrk -t1 -c64 https://.../``, a 120-byte file        req/s   goal >= 1.0x nginx
 2. handshake   the same with ``-H 'Connection: close'``: one TLS 1.3
-               handshake per request (full handshakes, no resumption)  req/s   goal >= 0.9x nginx
+               handshake per request (wrk keeps its session across
+               reconnects, SSL_clear, so these are ticket resumptions
+               with a fresh ECDHE, for every server alike)            req/s   goal >= 0.9x nginx
 3. large       ``wrk -t1 -c64 https://.../1mib.bin``                   GB/s    goal >= 0.8x nginx
 4. h2          ``h2load -c4 -m16`` (64 streams on 4 connections), the
                120-byte file over HTTP/2 (h2 by ALPN)                  req/s   goal >= 0.8x nginx
@@ -19,7 +21,9 @@ This kernel has no kTLS here, so every server encrypts in user space (nginx's se
 degrades to read + SSL_write); the 1 MiB case measures AES-GCM plus copies for everyone.
 
 Rounds interleave nginx, caddy, meshkit per case; the table shows medians and ratios, and
-each case's meshkit/nginx ratio per round.
+each case's meshkit/nginx ratio per round, then each server's own CPU time per request
+(user + system from /proc/PID/stat over the run, divided by the requests wrk or h2load
+completed): on a shared machine that moves far less than req/s does.
 
     python bench/web_tls.py                  # 5 rounds x 10 s per case and server
     python bench/web_tls.py --quick          # smoke test: 1 round x 2 s

@@ -38,6 +38,7 @@ def extensions() -> list[Extension]:
         "meshkit._fastpath",
         sources=[os.path.join(PKG, "_fastpath.pyx"), *c_files],
         include_dirs=[os.path.join(PKG, "includes")],
+        libraries=["ssl", "crypto"],  # csrc/tls_conn.c: the HTTPS server's TLS connections
         extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     )
     modules = [fastpath]

@@ -10,7 +10,9 @@ client (wrk or h2load) to the client core. Cases:
 
 1. keepalive   ``wrk -t1 -c64 https://.../``, a 120-byte file        req/s   goal >= 1.0x nginx
 2. handshake   the same with ``-H 'Connection: close'``: one TLS 1.3
-               handshake per request (full handshakes, no resumption)  req/s   goal >= 0.9x nginx
+               handshake per request (wrk keeps its session across
+               reconnects, SSL_clear, so these are ticket resumptions
+               with a fresh ECDHE, for every server alike)            req/s   goal >= 0.9x nginx
 3. large       ``wrk -t1 -c64 https://.../1mib.bin``                   GB/s    goal >= 0.8x nginx
 4. h2          ``h2load -c4 -m16`` (64 streams on 4 connections), the
                120-byte file over HTTP/2 (h2 by ALPN)                  req/s   goal >= 0.8x nginx
@@ -24,7 +26,9 @@ This kernel has no kTLS here, so every server encrypts in user space (nginx's se
 degrades to read + SSL_write); the 1 MiB case measures AES-GCM plus copies for everyone.
 
 Rounds interleave nginx, caddy, meshkit per case; the table shows medians and ratios, and
-each case's meshkit/nginx ratio per round.
+each case's meshkit/nginx ratio per round, then each server's own CPU time per request
+(user + system from /proc/PID/stat over the run, divided by the requests wrk or h2load
+completed): on a shared machine that moves far less than req/s does.
 
     python bench/web_tls.py                  # 5 rounds x 10 s per case and server
     python bench/web_tls.py --quick          # smoke test: 1 round x 2 s
@@ -125,7 +129,9 @@ def make_cert(folder: Path) -> tuple[Path, Path]:
 # --------------------------------------------------------------------------- servers
 
 
-def start_nginx(procs: Procs, core: int | None, root: Path, cert: Path, key: Path) -> int:
+def start_nginx(
+    procs: Procs, core: int | None, root: Path, cert: Path, key: Path
+) -> tuple[int, int]:
     prefix = procs.tmp / "nginx"
     port = free_port()
     conf = write_nginx_conf(
@@ -146,10 +152,12 @@ def start_nginx(procs: Procs, core: int | None, root: Path, cert: Path, key: Pat
     )
     proc, logfile = procs.start("nginx", nginx_argv(prefix, conf), core)
     wait_port(port, proc, "nginx", logfile)
-    return port
+    return port, proc.pid
 
 
-def start_caddy(procs: Procs, core: int | None, root: Path, cert: Path, key: Path) -> int:
+def start_caddy(
+    procs: Procs, core: int | None, root: Path, cert: Path, key: Path
+) -> tuple[int, int]:
     home = procs.tmp / "caddy"
     home.mkdir()
     port = free_port()
@@ -170,7 +178,7 @@ def start_caddy(procs: Procs, core: int | None, root: Path, cert: Path, key: Pat
     cmd = ["caddy", "run", "--config", str(conf), "--adapter", "caddyfile"]
     proc, logfile = procs.start("caddy", cmd, core, env=env)
     wait_port(port, proc, "caddy", logfile)
-    return port
+    return port, proc.pid
 
 
 def meshkit_command(args: argparse.Namespace, port: int, root: Path, cert: Path, key: Path,
@@ -195,12 +203,12 @@ def meshkit_command(args: argparse.Namespace, port: int, root: Path, cert: Path,
 
 def start_meshkit(
     procs: Procs, core: int | None, root: Path, cert: Path, key: Path, args: argparse.Namespace
-) -> int:
+) -> tuple[int, int]:
     port = free_port()
     cmd = meshkit_command(args, port, root, cert, key, procs.tmp)
     proc, logfile = procs.start("meshkit", cmd, core, env=meshkit_env(args.no_extensions))
     wait_port(port, proc, "meshkit (" + shlex.join(cmd) + ")", logfile, timeout=30)
-    return port
+    return port, proc.pid
 
 
 def check(port: int, name: str, case: Case, cert: Path) -> None:
@@ -227,6 +235,20 @@ def check(port: int, name: str, case: Case, cert: Path) -> None:
 # --------------------------------------------------------------------------- clients
 
 _WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
+_WRK_COUNT = re.compile(r"(\d+) requests in ")
+_H2_DONE = re.compile(r"requests: \d+ total, \d+ started, (\d+) done")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat), 0.0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 _WRK_ERRORS = re.compile(r"Socket errors:.*|Non-2xx or 3xx responses:.*")
 _H2_RATE = re.compile(r"finished in [0-9.]+\w*, ([0-9.]+) req/s")
 _H2_COUNTS = re.compile(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) "
@@ -259,7 +281,10 @@ def run_wrk(port: int, case: Case, duration: float, core: int | None, conns: int
     value = float(match.group(1))
     if case.unit == "GB/s":
         value = value * LARGE_SIZE / 1e9
-    return Sample(value, errors)
+    count = _WRK_COUNT.search(out)
+    sample = Sample(value, errors)
+    sample.requests = int(count.group(1)) if count else 0  # type: ignore[attr-defined]
+    return sample
 
 
 def run_h2load(port: int, case: Case, duration: float, core: int | None) -> Sample:
@@ -277,7 +302,9 @@ def run_h2load(port: int, case: Case, duration: float, core: int | None) -> Samp
     errors = ""
     if failed or errored or timeout or ok != done:
         errors = f"h2load: {failed} failed, {errored} errored, {timeout} timeout of {done}"
-    return Sample(float(rate.group(1)), errors)
+    sample = Sample(float(rate.group(1)), errors)
+    sample.requests = done  # type: ignore[attr-defined]
+    return sample
 
 
 def run_case(port: int, case: Case, duration: float, args: argparse.Namespace) -> Sample:
@@ -307,12 +334,15 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     cases = [c for c in CASES if c.key in args.cases]
     try:
         ports: dict[str, int] = {}
+        pids: dict[str, int] = {}
         if "nginx" in args.targets:
-            ports["nginx"] = start_nginx(procs, args.server_core, root, cert, key)
+            ports["nginx"], pids["nginx"] = start_nginx(procs, args.server_core, root, cert, key)
         if "caddy" in args.targets:
-            ports["caddy"] = start_caddy(procs, args.server_core, root, cert, key)
+            ports["caddy"], pids["caddy"] = start_caddy(procs, args.server_core, root, cert, key)
         if "meshkit" in args.targets:
-            ports["meshkit"] = start_meshkit(procs, args.server_core, root, cert, key, args)
+            ports["meshkit"], pids["meshkit"] = start_meshkit(
+                procs, args.server_core, root, cert, key, args
+            )
         log(f"servers: {ports} (server CPU {args.server_core}, client CPU {args.client_core})")
         for case in cases:
             for name, port in ports.items():
@@ -321,15 +351,24 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             for r in range(1, args.rounds + 1):
                 for name, port in ports.items():
                     busy = background_busy(cores)
+                    cpu0 = cpu_seconds(pids[name])
                     sample = run_case(port, case, args.duration, args)
+                    cpu = cpu_seconds(pids[name]) - cpu0
                     sample.background = busy
                     results.add(case.key, name, sample)
+                    done = getattr(sample, "requests", 0)
+                    if done and cpu > 0:
+                        # the server's own CPU time per request: what a shared, busy machine
+                        # disturbs least (throughput there depends on who else runs)
+                        results.add(case.key + ":cpu", name, Sample(cpu / done * 1e6))
                     notes = [sample.errors] if sample.errors else []
                     if busy > BUSY_WARN:
                         notes.append(f"CPU already {busy:.0f}% busy before the run")
                     extra = f"  ({'; '.join(notes)})" if notes else ""
                     value = fmt(sample.value, case.unit)
-                    log(f"  round {r} {case.key:<9} {name:<8} {value}{extra}")
+                    per = results.samples.get(case.key + ":cpu", {}).get(name, [])
+                    cpu_note = f", {per[-1].value:.0f} us CPU/req" if per and done else ""
+                    log(f"  round {r} {case.key:<9} {name:<8} {value}{cpu_note}{extra}")
     finally:
         procs.stop_all()
     return results
@@ -387,7 +426,16 @@ def report(results: Results, args: argparse.Namespace) -> bool:
             ]
             if paired:
                 print(f"{case.key} meshkit/{anchor} per round: {' '.join(paired)}")
-    report_errors_and_noise(results)
+    for case in cases:
+        cpu = {t: results.median(case.key + ":cpu", t) for t in TARGETS}
+        if cpu.get("meshkit") is None:
+            continue
+        parts = [f"{t} {v:.0f} us" for t, v in cpu.items() if v is not None]
+        line = f"{case.key} server CPU per request (median): {', '.join(parts)}"
+        if cpu.get("nginx"):
+            line += f"; nginx/meshkit {cpu['nginx'] / cpu['meshkit']:.2f}x"  # type: ignore[operator]
+        print(line)
+    report_errors_and_noise(results, skip=[c.key + ":cpu" for c in cases])
     return all_met
 
 
@@ -409,6 +457,8 @@ def write_json(results: Results, args: argparse.Namespace, path: Path) -> None:
                 "samples": [s.value for s in samples],
                 "errors": [s.errors for s in samples if s.errors],
             }
+        cpu = results.samples.get(case.key + ":cpu", {})
+        entry["cpu_us_per_request"] = {t: [x.value for x in v] for t, v in cpu.items()}
         mk = results.median(case.key, "meshkit")
         entry["ratio_nginx"] = ratio(mk, results.median(case.key, "nginx"))
         entry["ratio_caddy"] = ratio(mk, results.median(case.key, "caddy"))

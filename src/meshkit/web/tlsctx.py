@@ -36,6 +36,7 @@ from typing import Protocol
 
 from meshkit.base.errors import MeshkitError
 from meshkit.web.directives.tls import PROTOCOLS, TLSConfig
+from meshkit.web.tlssock import attach_listener
 
 __all__ = ["TlsListener", "build_listener", "challenge_context", "self_signed_pair"]
 
@@ -264,7 +265,7 @@ def build_listener(
             obj.context = ctx
         return None
 
-    contexts[0].sni_callback = on_sni  # type: ignore[assignment]
+    attach_listener(contexts[0], listener, on_sni)
     if hub is not None and (auto or on_demand):
         hub.attach(listener)
     return listener

@@ -1,4 +1,9 @@
-"""TLS on a socket the server owns: ssl.SSLObject over two memory BIOs.
+"""TLS on a socket the server owns: OpenSSL in C, or ssl.SSLObject over two memory BIOs.
+
+`TlsSocket` is the compiled connection of meshkit._fastpath (TlsConn: _tls.pxi over
+csrc/tls_conn.c, an SSL object reading and writing the socket itself, the SNI and on-demand
+callbacks in C) when the extension is built and MESHKIT_NO_EXTENSIONS is not set; otherwise
+its pure-Python twin here, PyTlsSocket. Both have the same face and behaviour:
 
 A TlsSocket stands in for both the connection's socket and its send path (meshkit.web.
 sendfile's interface), so the HTTP/1.1 connection code is the same over TLS and plain TCP and
@@ -28,11 +33,12 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from meshkit._ext import load_fastpath
 from meshkit.web.sendfile import SEND_AGAIN, SEND_DONE, SEND_TRUNCATED
 
-__all__ = ["HTTP_TO_HTTPS", "TlsSocket"]
+__all__ = ["COMPILED", "HTTP_TO_HTTPS", "PyTlsSocket", "TlsSocket", "attach_listener"]
 
 log = logging.getLogger("meshkit.web")
 
@@ -43,7 +49,7 @@ _HELLO_MAX = 16384 + 5  # a ClientHello in one record (whose SNI we read) is no 
 _HTTP_STARTS = (b"GET /", b"HEAD ", b"POST ", b"PUT /", b"OPTIO", b"DELET", b"PATCH", b"CONNE")
 
 
-class TlsSocket:
+class PyTlsSocket:
     """One server-side TLS connection on a non-blocking socket (see the module)."""
 
     compiled = False
@@ -75,7 +81,7 @@ class TlsSocket:
         self._wclosed = False  # close_notify sent: what arrives now is discarded by the caller
         # called once when ALPN chose h2: takes the connection over, returns where the
         # plaintext goes from then on (see the module)
-        self.on_h2: Callable[[TlsSocket], Callable[[bytes], None]] | None = None
+        self.on_h2: Callable[[PyTlsSocket], Callable[[bytes], None]] | None = None
         # on-demand TLS: asked with the ClientHello's SNI before the handshake; a future
         # means "wait": the ClientHello is held until it is done, then on_resume() is called
         # (the connection reads again, and recv() goes on with what was held)
@@ -91,6 +97,15 @@ class TlsSocket:
     @property
     def ssl_object(self) -> ssl.SSLObject:
         return self._obj
+
+    def selected_alpn_protocol(self) -> str | None:
+        return self._obj.selected_alpn_protocol()
+
+    def version(self) -> str | None:
+        return self._obj.version() if self._ready else None
+
+    def session_reused(self) -> bool:
+        return bool(self._obj.session_reused)
 
     # -- reading
 
@@ -150,7 +165,12 @@ class TlsSocket:
             if not inbio.pending and not obj.pending():
                 break  # all read: another read would only raise SSLWantReadError
         if self._out.pending or self._pending:
-            self._flush()  # TLS 1.3 session tickets, alerts
+            if taker is None:
+                self._flush()  # TLS 1.3 session tickets, alerts
+            else:
+                # the socket is h2's now: a failed send is for its next write to meet (an
+                # OSError here would make the HTTP/1.1 reader close it under h2's feet)
+                self._flush_quietly()
         if taker is not None:
             if parts:
                 taker(b"".join(parts))
@@ -268,7 +288,30 @@ class TlsSocket:
         self._raw.shutdown(how)
 
     def close(self) -> None:
+        # the server's callbacks hold the connection that holds this object: let go of
+        # them, so that both are freed by reference counting, not by a GC pass
+        self.on_h2 = self.on_demand = self.on_resume = None
         self._raw.close()
+
+
+_FAST = load_fastpath()
+_CONN = getattr(_FAST, "TlsConn", None)
+COMPILED = _CONN is not None  # TlsSocket is the compiled one
+if TYPE_CHECKING:
+    TlsSocket = PyTlsSocket
+else:
+    TlsSocket = _CONN if COMPILED else PyTlsSocket
+
+
+def attach_listener(ctx: ssl.SSLContext, listener: Any, on_sni: Callable[..., Any]) -> None:
+    """Make the port's default context choose each handshake's certificate by its server
+    name through `listener` (meshkit.web.tlsctx.TlsListener): in C for the compiled
+    TlsSocket (and on-demand TLS there), with the ssl module's sni_callback `on_sni` for the
+    twin."""
+    if COMPILED:
+        _FAST.tls_attach(ctx, listener)  # type: ignore[union-attr]
+    else:
+        ctx.sni_callback = on_sni
 
 
 # -- an upgraded connection (websocket) over TLS

@@ -123,6 +123,19 @@ cdef int _tl_hello_cb(ctls.SSL *s, int *al, void *arg) noexcept with gil:
         return ctls.SSL_CLIENT_HELLO_ERROR
 
 
+def tls_same_openssl():
+    """Whether this module's OpenSSL is the very library the ssl module uses: TlsConn takes the
+    SSL_CTX out of an ssl.SSLContext, which is only valid in the library that made it. A wheel
+    whose auditwheel copy of libssl differs from the interpreter's (or a Python built against
+    another OpenSSL) answers False, and meshkit.web.tlssock uses the pure-Python twin."""
+    if ctls.OpenSSL_version_num() != _tl_ssl.OPENSSL_VERSION_NUMBER:
+        return False
+    probe = _tl_SSLContext(_tl_ssl.PROTOCOL_TLS_SERVER)
+    cdef ctls.SSL_CTX *p = mk_ssl_ctx_of(probe)
+    # one library instance has one TLS_server_method table; a copy has its own
+    return p != NULL and ctls.SSL_CTX_get_ssl_method(p) == ctls.TLS_server_method()
+
+
 def tls_attach(ctx, listener):
     """Serve `listener`'s names (meshkit.web.tlsctx.TlsListener: by_name, challenges) from
     the port's default context `ctx`, and on-demand TLS, with this module's callbacks."""

@@ -8,6 +8,8 @@ cdef extern from "openssl/ssl.h" nogil:
         pass
     ctypedef struct SSL_CTX:
         pass
+    ctypedef struct SSL_METHOD:
+        pass
 
     enum:
         TLSEXT_NAMETYPE_host_name
@@ -31,6 +33,9 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_client_hello_get0_ext(SSL *s, unsigned int type, const unsigned char **out,
                                   size_t *outlen)
     unsigned long SSL_CTX_get_options(const SSL_CTX *ctx)
+    const SSL_METHOD *SSL_CTX_get_ssl_method(const SSL_CTX *ctx)
+    const SSL_METHOD *TLS_server_method()
+    unsigned long OpenSSL_version_num()
     void SSL_get0_alpn_selected(const SSL *ssl, const unsigned char **data, unsigned int *len)
     const char *SSL_get_version(const SSL *ssl)
     int SSL_session_reused(const SSL *ssl)

@@ -296,7 +296,9 @@ class PyTlsSocket:
 
 _FAST = load_fastpath()
 _CONN = getattr(_FAST, "TlsConn", None)
-COMPILED = _CONN is not None  # TlsSocket is the compiled one
+# TlsSocket is the compiled one, unless the extension's OpenSSL is not the interpreter's own
+# (tls_same_openssl): then the twin, whose ssl objects never leave their library
+COMPILED = _CONN is not None and bool(_FAST.tls_same_openssl())  # type: ignore[union-attr]
 if TYPE_CHECKING:
     TlsSocket = PyTlsSocket
 else:

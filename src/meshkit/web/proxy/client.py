@@ -36,6 +36,7 @@ UpstreamTimeout.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -377,7 +378,9 @@ def _conn_class() -> type[_Conn]:
     heads and bodies framed in C) or the pure-Python _Conn (MESHKIT_NO_EXTENSIONS=1, or not
     built). Both have the same attributes and methods."""
     fastpath = load_fastpath()
-    if fastpath is None or not hasattr(fastpath, "UpstreamConn"):
+    # MESHKIT_UPSTREAM_LANE=0: the twin with the other extensions on (to measure this alone)
+    off = os.environ.get("MESHKIT_UPSTREAM_LANE") == "0"
+    if fastpath is None or off or not hasattr(fastpath, "UpstreamConn"):
         return _Conn
     fastpath.upstream_setup(
         UpstreamBroken,

@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""The proxy's upstream half alone, in-process: what a request costs from the proxy handler
+to the upstream and back, without the client side (connection, pipeline, output), which
+the C client lane is replacing.
+
+One nginx backend (bench/web_proxy.py's, pinned to the client core) answers `GET /` with a
+small body. This process (pinned to the server core, uvloop) keeps `--inflight` requests
+going through one `proxy / BACKEND` block and counts its own CPU time per request, three
+ways, interleaved per round:
+
+- `lane`: meshkit.web.proxy.lane.send() with a sink (the C client lane's entry: the
+  compiled connection calls back, no Future, no coroutine per request);
+- `handler`: ProxyHandler(request), the Future the Python pipeline awaits today;
+- `twin`: the same handler over the pure-Python connection (MESHKIT_UPSTREAM_LANE=0 in a
+  child process).
+
+For scale: nginx's whole proxy path (both sides) costs about 11-12 µs of CPU per request
+on this machine (bench/web_proxy.py). `--quick` is one short round (a CI smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+
+def _pin(core: int | None) -> None:
+    if core is not None:
+        os.sched_setaffinity(0, {core})
+
+
+async def _measure(port: int, mode: str, seconds: float, inflight: int) -> float:
+    from meshkit.web.message import Headers, Request, Response
+    from meshkit.web.proxy import lane
+    from meshkit.web.proxy.handler import ProxyRule, build_handler, make_route
+    from meshkit.web.proxy.upstream import Upstream
+
+    handler: Any = build_handler(
+        [make_route(ProxyRule("/", [Upstream("http", "127.0.0.1", port)]))],
+        lambda r: Response.error(404),
+    )
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    state = {"count": 0, "stop": False, "running": 0}
+
+    def request() -> Request:
+        return Request("GET", "/", "/", headers=Headers([("Host", "bench"), ("User-Agent", "b")]))
+
+    def finished() -> None:
+        state["count"] += 1
+        if state["stop"]:
+            state["running"] -= 1
+            if not state["running"] and not done.done():
+                done.set_result(None)
+            return
+        start_one()
+
+    class Sink:
+        __slots__ = ()
+
+        def on_head(self, status: int, headers: Any, length: Any) -> None:
+            pass
+
+        def on_body(self, data: bytes) -> None:
+            pass
+
+        def on_done(self) -> None:
+            finished()
+
+        def on_fallback(self, result: Any) -> None:
+            lane.fallback_future(result).add_done_callback(lambda f: finished())
+
+        def on_broken(self) -> None:
+            finished()
+
+    sink = Sink()
+
+    def via_handler() -> None:
+        result = handler(request())
+        if isinstance(result, Response):
+            finished()
+        else:
+            asyncio.ensure_future(result).add_done_callback(lambda f: finished())
+
+    def start_one() -> None:
+        if mode == "lane" and lane.send(handler, request(), sink):
+            return
+        via_handler()
+
+    # warm up: open the kept connections through the usual path
+    await asyncio.gather(*(asyncio.ensure_future(handler(request())) for _ in range(inflight)))
+    state["running"] = inflight
+    cpu0, count0 = time.process_time(), state["count"]
+    for _ in range(inflight):
+        start_one()
+    await asyncio.sleep(seconds)
+    state["stop"] = True
+    cpu1, count1 = time.process_time(), state["count"]
+    await asyncio.wait_for(done, 10)
+    return (cpu1 - cpu0) / max(1, count1 - count0) * 1e6
+
+
+def child(args: argparse.Namespace) -> None:
+    import uvloop
+
+    _pin(args.server_core)
+    us = uvloop.run(_measure(args.port, args.mode, args.duration, args.inflight))
+    print(json.dumps({"us": us}))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="one round of 2 s (smoke test)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=4.0, help="seconds per run")
+    p.add_argument("--inflight", type=int, default=32, help="requests kept in flight")
+    p.add_argument("--server-core", type=int, default=0)
+    p.add_argument("--client-core", type=int, default=1, help="CPU for the nginx backend")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", default="lane", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args)
+        return 0
+    if args.quick:
+        args.rounds, args.duration = 1, 2.0
+    from web_proxy import Procs, start_backend
+
+    modes = ("lane", "handler", "twin")
+    got: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = Procs(Path(tmp))
+        try:
+            port = start_backend(procs, args.client_core)
+            for r in range(args.rounds):
+                for mode in modes:
+                    env = dict(os.environ)
+                    if mode == "twin":
+                        env["MESHKIT_UPSTREAM_LANE"] = "0"
+                    cmd = [sys.executable, __file__, "--child", "--mode", mode]
+                    cmd += ["--port", str(port), "--duration", str(args.duration)]
+                    cmd += ["--inflight", str(args.inflight), "--server-core"]
+                    cmd += [str(args.server_core)]
+                    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+                    if out.returncode != 0:
+                        print(out.stderr, file=sys.stderr)
+                        return 1
+                    us = json.loads(out.stdout.strip().splitlines()[-1])["us"]
+                    got[mode].append(us)
+                    print(f"  round {r + 1} {mode:<8} {us:6.1f} us CPU/request")
+        finally:
+            procs.stop_all()
+    print("\nupstream half alone, CPU per request (medians)")
+    for mode in modes:
+        print(f"{mode:<8} {statistics.median(got[mode]):6.1f} us")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,8 @@ def _pin(core: int | None) -> None:
         os.sched_setaffinity(0, {core})
 
 
-async def _measure(port: int, mode: str, seconds: float, inflight: int) -> float:
+async def _measure(port: int, mode: str, seconds: float, inflight: int) -> tuple[float, float]:
+    """(user, system) CPU microseconds per request."""
     from meshkit.web.message import Headers, Request, Response
     from meshkit.web.proxy import lane
     from meshkit.web.proxy.handler import ProxyRule, build_handler, make_route
@@ -103,22 +103,23 @@ async def _measure(port: int, mode: str, seconds: float, inflight: int) -> float
     # warm up: open the kept connections through the usual path
     await asyncio.gather(*(asyncio.ensure_future(handler(request())) for _ in range(inflight)))
     state["running"] = inflight
-    cpu0, count0 = time.process_time(), state["count"]
+    t0, count0 = os.times(), state["count"]
     for _ in range(inflight):
         start_one()
     await asyncio.sleep(seconds)
     state["stop"] = True
-    cpu1, count1 = time.process_time(), state["count"]
+    t1, count1 = os.times(), state["count"]
     await asyncio.wait_for(done, 10)
-    return (cpu1 - cpu0) / max(1, count1 - count0) * 1e6
+    n = max(1, count1 - count0)
+    return (t1.user - t0.user) / n * 1e6, (t1.system - t0.system) / n * 1e6
 
 
 def child(args: argparse.Namespace) -> None:
     import uvloop
 
     _pin(args.server_core)
-    us = uvloop.run(_measure(args.port, args.mode, args.duration, args.inflight))
-    print(json.dumps({"us": us}))
+    user, system = uvloop.run(_measure(args.port, args.mode, args.duration, args.inflight))
+    print(json.dumps({"user": user, "system": system}))
 
 
 def main() -> int:
@@ -141,7 +142,7 @@ def main() -> int:
     from web_proxy import Procs, start_backend
 
     modes = ("lane", "handler", "twin")
-    got: dict[str, list[float]] = {m: [] for m in modes}
+    got: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         procs = Procs(Path(tmp))
         try:
@@ -159,14 +160,21 @@ def main() -> int:
                     if out.returncode != 0:
                         print(out.stderr, file=sys.stderr)
                         return 1
-                    us = json.loads(out.stdout.strip().splitlines()[-1])["us"]
-                    got[mode].append(us)
-                    print(f"  round {r + 1} {mode:<8} {us:6.1f} us CPU/request")
+                    line = json.loads(out.stdout.strip().splitlines()[-1])
+                    user, system = line["user"], line["system"]
+                    got[mode].append((user, system))
+                    print(
+                        f"  round {r + 1} {mode:<8} {user + system:6.1f} us CPU/request"
+                        f" (user {user:.1f}, system {system:.1f})"
+                    )
         finally:
             procs.stop_all()
-    print("\nupstream half alone, CPU per request (medians)")
+    print("\nupstream half alone, CPU per request (medians): total, user, system")
     for mode in modes:
-        print(f"{mode:<8} {statistics.median(got[mode]):6.1f} us")
+        total = statistics.median(u + s for u, s in got[mode])
+        user = statistics.median(u for u, _ in got[mode])
+        system = statistics.median(s for _, s in got[mode])
+        print(f"{mode:<8} {total:6.1f} us  {user:6.1f}  {system:6.1f}")
     return 0
 
 

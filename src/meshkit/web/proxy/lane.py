@@ -10,6 +10,7 @@ remote address, fields: what Heads.head_for reads), `sink` any object with
 
     sink.on_head(status, headers, content_length)  # the client's fields: hop-by-hop ones
                                                    # dropped, header_downstream applied
+                                                   # (a shared list: copy to change it)
     sink.on_body(data)                             # each piece as it comes (none if empty)
     sink.on_done()                                 # the answer is whole
     sink.on_fallback(result)                       # before any on_head: answer the request
@@ -88,14 +89,17 @@ def _exchange_class() -> Any:
 
         def on_head(self, conn: Any, status: int, headers: list[tuple[str, str]]) -> None:
             self.told = True
-            response = self.route.heads.response_for(
-                self.request, Reply(status, headers, b"", None)
-            )
-            length = None
-            for name, value in response.headers._items:
-                if name.lower() == "content-length" and value.isdigit():
-                    length = int(value)
-            self.sink.on_head(response.status, response.headers._items, length)
+            heads = self.route.heads
+            if heads.down_ops is None:
+                # no header_downstream: the remembered client fields, shared (no copies)
+                items, length = heads.fields_for(headers)
+            else:
+                reply = Reply(status, headers, b"", None)
+                response = heads.response_for(self.request, reply)
+                status, items = response.status, response.headers._items
+                length = response.headers.get("Content-Length")
+            size = int(length) if length is not None and length.isdigit() else None
+            self.sink.on_head(status, items, size)
 
         def on_body(self, conn: Any, data: bytes) -> None:
             self.sink.on_body(data)

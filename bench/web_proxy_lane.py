@@ -14,6 +14,10 @@ ways, interleaved per round:
 - `twin`: the same handler over the pure-Python connection (MESHKIT_UPSTREAM_LANE=0 in a
   child process).
 
+`--inproc` leaves the sockets out: the upstream's answer is handed to the kept connection's
+data_received at once, so only the proxy's own work (routing, picking, the head, parsing
+the answer, the sink or the Future) is counted.
+
 For scale: nginx's whole proxy path (both sides) costs about 11-12 µs of CPU per request
 on this machine (bench/web_proxy.py). `--quick` is one short round (a CI smoke run).
 """
@@ -28,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +119,78 @@ async def _measure(port: int, mode: str, seconds: float, inflight: int) -> tuple
     return (t1.user - t0.user) / n * 1e6, (t1.system - t0.system) / n * 1e6
 
 
+_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 06 Dec 2026 20:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\nContent-Length: 80\r\nConnection: keep-alive\r\n\r\n" + b"x" * 80
+)
+
+
+async def _inproc(mode: str, count: int) -> float:
+    """CPU microseconds per request without sockets: the upstream's answer handed to the
+    kept connection's data_received at once (what is left: the proxy's own work)."""
+    from meshkit.web.message import Headers, Request, Response
+    from meshkit.web.proxy import lane
+    from meshkit.web.proxy.client import CONN
+    from meshkit.web.proxy.handler import ProxyRule, build_handler, make_route
+    from meshkit.web.proxy.upstream import Upstream
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    class Sink:
+        __slots__ = ()
+
+        def on_head(self, status: int, headers: Any, length: Any) -> None:
+            pass
+
+        def on_body(self, data: bytes) -> None:
+            pass
+
+        def on_done(self) -> None:
+            pass
+
+        def on_fallback(self, result: Any) -> None:
+            raise RuntimeError("the lane fell back")
+
+        def on_broken(self) -> None:
+            raise RuntimeError("the lane broke")
+
+    handler: Any = build_handler(
+        [make_route(ProxyRule("/", [Upstream("http", "127.0.0.1", 9)]))],
+        lambda r: Response.error(404),
+    )
+    pool = handler.routes[0].set.pools[0]
+    conn = CONN(pool)
+    conn.connection_made(Transport())
+    pool.idle.append(conn)
+    fields = [("Host", "bench"), ("User-Agent", "b")]
+    sink = Sink()
+    start = time.process_time()
+    for _ in range(count):
+        request = Request("GET", "/", "/", headers=Headers(fields))
+        if mode == "lane":
+            if not lane.send(handler, request, sink):
+                raise RuntimeError("the lane did not take the request")
+            conn.data_received(_RESPONSE)
+        else:
+            fut = handler(request)
+            conn.data_received(_RESPONSE)
+            fut.result()
+    return (time.process_time() - start) / count * 1e6
+
+
 def child(args: argparse.Namespace) -> None:
     import uvloop
 
     _pin(args.server_core)
+    if args.inproc:
+        us = uvloop.run(_inproc(args.mode, args.count))
+        print(json.dumps({"user": us, "system": 0.0}))
+        return
     user, system = uvloop.run(_measure(args.port, args.mode, args.duration, args.inflight))
     print(json.dumps({"user": user, "system": system}))
 
@@ -130,6 +203,10 @@ def main() -> int:
     p.add_argument("--inflight", type=int, default=32, help="requests kept in flight")
     p.add_argument("--server-core", type=int, default=0)
     p.add_argument("--client-core", type=int, default=1, help="CPU for the nginx backend")
+    p.add_argument(
+        "--inproc", action="store_true", help="without sockets: the proxy's own work only"
+    )
+    p.add_argument("--count", type=int, default=100_000, help="requests per --inproc run")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode", default="lane", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -138,7 +215,7 @@ def main() -> int:
         child(args)
         return 0
     if args.quick:
-        args.rounds, args.duration = 1, 2.0
+        args.rounds, args.duration, args.count = 1, 2.0, 5000
     from web_proxy import Procs, start_backend
 
     modes = ("lane", "handler", "twin")
@@ -146,7 +223,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         procs = Procs(Path(tmp))
         try:
-            port = start_backend(procs, args.client_core)
+            port = 0 if args.inproc else start_backend(procs, args.client_core)
             for r in range(args.rounds):
                 for mode in modes:
                     env = dict(os.environ)
@@ -155,7 +232,8 @@ def main() -> int:
                     cmd = [sys.executable, __file__, "--child", "--mode", mode]
                     cmd += ["--port", str(port), "--duration", str(args.duration)]
                     cmd += ["--inflight", str(args.inflight), "--server-core"]
-                    cmd += [str(args.server_core)]
+                    cmd += [str(args.server_core), "--count", str(args.count)]
+                    cmd += ["--inproc"] if args.inproc else []
                     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
                     if out.returncode != 0:
                         print(out.stderr, file=sys.stderr)

@@ -499,3 +499,48 @@ cdef class UpstreamConn:
         self.keep = False
         if self.transport is not None and not self.closed:
             self.transport.close()
+
+
+cdef class ProxyExchange(UpstreamSink):
+    """One request of meshkit.web.proxy.lane in flight: the UpstreamConn's sink, compiled
+    so that the connection's calls to it are C calls. It passes the answer on to the lane's
+    `sink` (Python object: on_head(status, fields, length), on_body(data), on_done());
+    failures, and heads with header_downstream rules, go to the lane's Python functions
+    `fail(exchange, error, stale)` and `shape(exchange, status, headers)`."""
+
+    cdef public object handler, route, uset, request, ticket, sink, heads, picker
+    cdef public bint told
+    cdef object fail, shape
+
+    def __init__(self, handler, route, uset, request, ticket, sink, fail, shape):
+        self.handler = handler
+        self.route = route
+        self.uset = uset
+        self.request = request
+        self.ticket = ticket
+        self.sink = sink
+        self.heads = route.heads
+        self.picker = uset.picker
+        self.told = False
+        self.fail = fail
+        self.shape = shape
+
+    cpdef on_head(self, UpstreamConn conn, int status, list headers):
+        self.told = True
+        if self.heads.down_ops is None:
+            # the remembered client fields, shared (no copy per request)
+            items, length = self.heads.fields_for(headers)
+        else:
+            status, items, length = self.shape(self, status, headers)
+        size = int(length) if length is not None and length.isdigit() else None
+        self.sink.on_head(status, items, size)
+
+    cpdef on_body(self, UpstreamConn conn, bytes data):
+        self.sink.on_body(data)
+
+    cpdef on_done(self, UpstreamConn conn):
+        self.picker.release(self.ticket)
+        self.sink.on_done()
+
+    cpdef on_error(self, UpstreamConn conn, object error, bint stale):
+        self.fail(self, error, stale)

@@ -35,6 +35,11 @@ async def _backend(drop_kept: bool = False) -> tuple[asyncio.Server, list[int]]:
                     return
                 served += 1
                 fields = b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Up: 1\r\n"
+                if path == b"/short" and served > 1:
+                    # a body that breaks off after its head
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+                    await writer.drain()
+                    return
                 if path == b"/te":
                     reply = b"HTTP/1.1 200 OK\r\n" + fields + b"Transfer-Encoding: chunked\r\n\r\n"
                     if method != b"HEAD":
@@ -145,6 +150,24 @@ def test_a_stale_kept_connection_goes_to_the_python_retry() -> None:
         events = await _through_lane(handler, "GET", "/ok")
         assert events == [("fallback",), ("answer", 200)]
         assert conns[0] == 2
+        server.close()
+
+    asyncio.run(go())
+
+
+def test_a_body_that_breaks_off_is_reported_and_counted() -> None:
+    async def go() -> None:
+        server, _ = await _backend()
+        handler = await _handler(server.sockets[0].getsockname()[1])
+        assert (await handler(_request("GET", "/short"))).status == 200  # dials, keeps
+        events = await _through_lane(handler, "GET", "/short")
+        assert events == [
+            ("head", 200, [("Content-Length", "10")], 10),
+            ("body", b"abc"),
+            ("broken",),
+        ]
+        picker = handler.routes[0].set.picker
+        assert picker is not None and picker.in_flight(0) == 0
         server.close()
 
     asyncio.run(go())

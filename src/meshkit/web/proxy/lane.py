@@ -36,6 +36,7 @@ lane and send() always returns False.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, Protocol
 
 from meshkit._ext import load_fastpath
@@ -47,6 +48,8 @@ from meshkit.web.proxy.heads import target
 from meshkit.web.proxy.route import Route, UpstreamSet
 
 __all__ = ["COMPILED", "LaneSink", "send"]
+
+log = logging.getLogger(__name__)
 
 _fastpath = load_fastpath()
 COMPILED = _fastpath is not None and hasattr(_fastpath, "UpstreamSink")
@@ -62,77 +65,41 @@ class LaneSink(Protocol):
     def on_broken(self) -> None: ...
 
 
-def _exchange_class() -> Any:
-    if not COMPILED:
-        return None
-    assert _fastpath is not None
-
-    class Exchange(_fastpath.UpstreamSink):  # type: ignore[name-defined,misc]
-        """One request in flight on the lane: the UpstreamConn's sink."""
-
-        def __init__(
-            self,
-            handler: ProxyHandler,
-            route: Route,
-            uset: UpstreamSet,
-            request: Request,
-            ticket: Ticket,
-            sink: LaneSink,
-        ) -> None:
-            self.handler = handler
-            self.route = route
-            self.uset = uset
-            self.request = request
-            self.ticket = ticket
-            self.sink = sink
-            self.told = False
-
-        def on_head(self, conn: Any, status: int, headers: list[tuple[str, str]]) -> None:
-            self.told = True
-            heads = self.route.heads
-            if heads.down_ops is None:
-                # no header_downstream: the remembered client fields, shared (no copies)
-                items, length = heads.fields_for(headers)
-            else:
-                reply = Reply(status, headers, b"", None)
-                response = heads.response_for(self.request, reply)
-                status, items = response.status, response.headers._items
-                length = response.headers.get("Content-Length")
-            size = int(length) if length is not None and length.isdigit() else None
-            self.sink.on_head(status, items, size)
-
-        def on_body(self, conn: Any, data: bytes) -> None:
-            self.sink.on_body(data)
-
-        def on_done(self, conn: Any) -> None:
-            picker = self.uset.picker
-            assert picker is not None
-            picker.release(self.ticket)
-            self.sink.on_done()
-
-        def on_error(self, conn: Any, error: Any, stale: bool) -> None:
-            route, uset, ticket, request = self.route, self.uset, self.ticket, self.request
-            loop = self.handler._loop
-            assert loop is not None
-            if self.told:
-                # the body broke off after the head went out: as _Fast.done(False)
-                assert uset.picker is not None
-                uset.picker.release(ticket)
-                route.fail(uset, ticket.index, loop.time())
-                self.sink.on_broken()
-                return
-            gone = uset.upstreams[ticket.index] not in route.set.upstreams
-            if stale or (gone and _retriable(request.method, None, error)):
-                task = loop.create_task(self.handler.serve(route, request, (uset, ticket), True))
-                self.sink.on_fallback(task)
-                return
-            status = route.failed(uset, request, ticket, error, loop.time())
-            self.sink.on_fallback(Response.error(status))
-
-    return Exchange
+def _shape(exchange: Any, status: int, headers: list[tuple[str, str]]) -> tuple[Any, ...]:
+    """(status, fields, Content-Length) for the client with header_downstream applied."""
+    response = exchange.heads.response_for(exchange.request, Reply(status, headers, b"", None))
+    fields = response.headers
+    return response.status, fields._items, fields.get("Content-Length")
 
 
-_Exchange = _exchange_class()
+def _fail(exchange: Any, error: Any, stale: bool) -> None:
+    """The exchange failed (the connection is closed): today's rules of the other paths."""
+    handler: ProxyHandler = exchange.handler
+    route: Route = exchange.route
+    uset: UpstreamSet = exchange.uset
+    ticket: Ticket = exchange.ticket
+    request: Request = exchange.request
+    sink: LaneSink = exchange.sink
+    loop = handler._loop
+    assert loop is not None and uset.picker is not None
+    if exchange.told:
+        # the body broke off after the head went out: as _Fast.done(False)
+        uset.picker.release(ticket)
+        log.error("proxy: the response body from %s broke off", uset.names[ticket.index])
+        route.fail(uset, ticket.index, loop.time())
+        sink.on_broken()
+        return
+    gone = uset.upstreams[ticket.index] not in route.set.upstreams
+    if stale or (gone and _retriable(request.method, None, error)):
+        # a stale kept connection (dialled again), or a task that left the set meanwhile
+        task = loop.create_task(handler.serve(route, request, (uset, ticket), True))
+        sink.on_fallback(task)
+        return
+    status = route.failed(uset, request, ticket, error, loop.time())
+    sink.on_fallback(Response.error(status))
+
+
+_Exchange: Any = getattr(_fastpath, "ProxyExchange", None) if COMPILED else None
 
 
 def send(handler: ProxyHandler, request: Request, sink: LaneSink) -> bool:
@@ -175,9 +142,8 @@ def send(handler: ProxyHandler, request: Request, sink: LaneSink) -> bool:
         picker.release(ticket)
         return False
     request.vars["upstream"] = uset.names[index]
-    conn.request(
-        head, request.method == "HEAD", _Exchange(handler, route, uset, request, ticket, sink)
-    )
+    exchange = _Exchange(handler, route, uset, request, ticket, sink, _fail, _shape)
+    conn.request(head, request.method == "HEAD", exchange)
     return True
 
 

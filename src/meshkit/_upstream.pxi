@@ -459,6 +459,11 @@ cdef class UpstreamConn:
             return
         if self.head_done and not self.head_told:
             self._tell_head()
+        if not self.done:
+            # the timeout runs from the last thing read, as the streamed paths' waits do
+            if self.head_done:
+                self.pool.deadlines.watch(self, self.timeout)
+            return
         if self.done:
             self.sink = None
             self.active = False

@@ -40,6 +40,11 @@ async def _backend(drop_kept: bool = False) -> tuple[asyncio.Server, list[int]]:
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
                     await writer.drain()
                     return
+                if path == b"/stall" and served > 1:
+                    # the head and part of the body, then nothing
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
+                    await asyncio.sleep(5)
+                    return
                 if path == b"/te":
                     reply = b"HTTP/1.1 200 OK\r\n" + fields + b"Transfer-Encoding: chunked\r\n\r\n"
                     if method != b"HEAD":
@@ -90,8 +95,8 @@ def _request(method: str, path: str) -> Request:
     return Request(method, path, path, headers=Headers([("Host", "t")]))
 
 
-async def _handler(port: int) -> Any:
-    rule = ProxyRule("/", [Upstream("http", "127.0.0.1", port)])
+async def _handler(port: int, timeout: float = 30.0) -> Any:
+    rule = ProxyRule("/", [Upstream("http", "127.0.0.1", port)], timeout=timeout)
     return build_handler([make_route(rule)], lambda r: Response.error(404))
 
 
@@ -168,6 +173,22 @@ def test_a_body_that_breaks_off_is_reported_and_counted() -> None:
         ]
         picker = handler.routes[0].set.picker
         assert picker is not None and picker.in_flight(0) == 0
+        server.close()
+
+    asyncio.run(go())
+
+
+def test_an_upstream_that_stalls_mid_body_times_out() -> None:
+    async def go() -> None:
+        server, _ = await _backend()
+        handler = await _handler(server.sockets[0].getsockname()[1], timeout=0.3)
+        assert (await handler(_request("GET", "/stall"))).status == 200
+        events = await _through_lane(handler, "GET", "/stall")
+        assert events == [
+            ("head", 200, [("Content-Length", "10")], 10),
+            ("body", b"ab"),
+            ("broken",),
+        ]
         server.close()
 
     asyncio.run(go())

@@ -516,6 +516,7 @@ cdef class ProxyExchange(UpstreamSink):
     cdef public object handler, route, uset, request, ticket, sink, heads, picker
     cdef public bint told
     cdef object fail, shape
+    cdef UpstreamConn paused  # reading stopped for a slow client (on_body said so)
 
     def __init__(self, handler, route, uset, request, ticket, sink, fail, shape):
         self.handler = handler
@@ -541,11 +542,23 @@ cdef class ProxyExchange(UpstreamSink):
         self.sink.on_head(status, items, size)
 
     cpdef on_body(self, UpstreamConn conn, bytes data):
-        self.sink.on_body(data)
+        if self.sink.on_body(data) and conn.transport is not None and not conn.closed:
+            # the client is slow: stop reading the upstream until resume()
+            self.paused = conn
+            conn.transport.pause_reading()
+
+    def resume(self):
+        """Read from the upstream again after on_body asked to stop."""
+        cdef UpstreamConn conn = self.paused
+        self.paused = None
+        if conn is not None and not conn.closed and conn.transport is not None:
+            conn.transport.resume_reading()
 
     cpdef on_done(self, UpstreamConn conn):
+        self.paused = None
         self.picker.release(self.ticket)
         self.sink.on_done()
 
     cpdef on_error(self, UpstreamConn conn, object error, bint stale):
+        self.paused = None
         self.fail(self, error, stale)

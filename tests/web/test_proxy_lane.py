@@ -45,6 +45,11 @@ async def _backend(drop_kept: bool = False) -> tuple[asyncio.Server, list[int]]:
                     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab")
                     await asyncio.sleep(5)
                     return
+                if path == b"/big":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+                    writer.write(b"x" * BIG)
+                    await writer.drain()
+                    continue
                 if path == b"/te":
                     reply = b"HTTP/1.1 200 OK\r\n" + fields + b"Transfer-Encoding: chunked\r\n\r\n"
                     if method != b"HEAD":
@@ -63,16 +68,25 @@ async def _backend(drop_kept: bool = False) -> tuple[asyncio.Server, list[int]]:
     return server, conns
 
 
+BIG = 4 << 20
+
+
 class Sink:
     def __init__(self) -> None:
         self.events: list[Any] = []
+        self.stop_once = False
+        self.first: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_head(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None:
         self.events.append(("head", status, headers, length))
 
-    def on_body(self, data: bytes) -> None:
+    def on_body(self, data: bytes) -> bool:
         self.events.append(("body", data))
+        if not self.first.done():
+            self.first.set_result(None)
+            return self.stop_once
+        return False
 
     def on_done(self) -> None:
         self.events.append(("done",))
@@ -189,6 +203,28 @@ def test_an_upstream_that_stalls_mid_body_times_out() -> None:
             ("body", b"ab"),
             ("broken",),
         ]
+        server.close()
+
+    asyncio.run(go())
+
+
+def test_a_slow_client_stops_the_reading_until_resumed() -> None:
+    async def go() -> None:
+        server, _ = await _backend()
+        handler = await _handler(server.sockets[0].getsockname()[1])
+        assert (await handler(_request("GET", "/ok"))).status == 200  # dials, keeps
+        sink = Sink()
+        sink.stop_once = True
+        exchange = send(handler, _request("GET", "/big"), sink)
+        assert exchange is not None
+        await asyncio.wait_for(sink.first, 5)
+        seen = len(sink.events)
+        await asyncio.sleep(0.2)
+        assert len(sink.events) == seen and not sink.ended.done()  # not read meanwhile
+        exchange.resume()
+        await asyncio.wait_for(sink.ended, 5)
+        assert sink.events[-1] == ("done",)
+        assert sum(len(e[1]) for e in sink.events if e[0] == "body") == BIG
         server.close()
 
     asyncio.run(go())

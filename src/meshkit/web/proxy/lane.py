@@ -3,7 +3,7 @@ upstream connection and its answer reported to a sink, with no Future and no cor
 request (the compiled connection, meshkit._fastpath.UpstreamConn, calls back from its
 data_received).
 
-    taken = send(handler, request, sink)
+    exchange = send(handler, request, sink)     # None: not taken
 
 `handler` is the site's ProxyHandler, `request` the lane's Request (canonical path, query,
 remote address, fields: what Heads.head_for reads), `sink` any object with
@@ -11,7 +11,9 @@ remote address, fields: what Heads.head_for reads), `sink` any object with
     sink.on_head(status, headers, content_length)  # the client's fields: hop-by-hop ones
                                                    # dropped, header_downstream applied
                                                    # (a shared list: copy to change it)
-    sink.on_body(data)                             # each piece as it comes (none if empty)
+    sink.on_body(data)                             # each piece as it comes (none if empty);
+                                                   # a true result stops reading from the
+                                                   # upstream until exchange.resume()
     sink.on_done()                                 # the answer is whole
     sink.on_fallback(result)                       # before any on_head: answer the request
                                                    # with `result` (a Response or an
@@ -21,7 +23,8 @@ remote address, fields: what Heads.head_for reads), `sink` any object with
     sink.on_broken()                               # after on_head: the body broke off
                                                    # (close the client's connection)
 
-send() returns False without doing anything when the lane does not apply (no block takes
+send() returns the exchange in flight, or None without doing anything when the lane does
+not apply (no block takes
 the path, the request has a body, no upstream can be picked at once, no kept connection to
 the one picked, an upgrade): call the handler as usual then. Failures keep today's rules:
 a stale kept connection (nothing came back, no timeout) and a task that left the set go
@@ -59,7 +62,7 @@ class LaneSink(Protocol):
     """What the client lane gives send() (see the module's doc)."""
 
     def on_head(self, status: int, headers: list[tuple[str, str]], length: int | None) -> None: ...
-    def on_body(self, data: bytes) -> None: ...
+    def on_body(self, data: bytes) -> bool | None: ...
     def on_done(self) -> None: ...
     def on_fallback(self, result: Any) -> None: ...
     def on_broken(self) -> None: ...
@@ -102,24 +105,25 @@ def _fail(exchange: Any, error: Any, stale: bool) -> None:
 _Exchange: Any = getattr(_fastpath, "ProxyExchange", None) if COMPILED else None
 
 
-def send(handler: ProxyHandler, request: Request, sink: LaneSink) -> bool:
-    """Send `request` (no body) on a kept connection and report to `sink`; False when the
-    lane does not apply (then call the handler as usual)."""
+def send(handler: ProxyHandler, request: Request, sink: LaneSink) -> Any:
+    """Send `request` (no body) on a kept connection and report to `sink`: the exchange
+    (its resume() reads on after on_body asked to stop), or None when the lane does not
+    apply (then call the handler as usual)."""
     if _Exchange is None or request.body.length != 0:
-        return False
+        return None
     path = request.path
     for route in handler.routes:
         if route.matches(path):
             break
     else:
-        return False
+        return None
     loop = handler._loop
     if loop is None or loop.is_closed():
         loop = handler._loop = asyncio.get_running_loop()
     uset = route.set
     picker = uset.picker
     if picker is None:
-        return False
+        return None
     ticket = picker.pick(
         loop.time(),
         client_ip=request.remote_addr,
@@ -127,7 +131,7 @@ def send(handler: ProxyHandler, request: Request, sink: LaneSink) -> bool:
         header_value=request.headers.get(route.header_name) if route.header_name else None,
     )
     if ticket is None:
-        return False
+        return None
     index = ticket.index
     pool = uset.pools[index]
     conn = pool.take_idle()
@@ -135,16 +139,16 @@ def send(handler: ProxyHandler, request: Request, sink: LaneSink) -> bool:
         if conn is not None:
             pool.put(conn)
         picker.release(ticket)
-        return False
+        return None
     head, upgrade = route.heads.head_for(uset, request, index)
     if upgrade is not None:
         pool.put(conn)
         picker.release(ticket)
-        return False
+        return None
     request.vars["upstream"] = uset.names[index]
     exchange = _Exchange(handler, route, uset, request, ticket, sink, _fail, _shape)
     conn.request(head, request.method == "HEAD", exchange)
-    return True
+    return exchange
 
 
 def fallback_future(result: Any) -> asyncio.Future[Response]:

@@ -70,6 +70,32 @@ def upstream_parse_head(bytes raw not None, bint head_only=False):
     return (h.status, fields, h.framing, h.content_length, bool(h.keep), bool(h.interim), hop)
 
 
+cdef tuple _up_parse(bytes raw, bint head_only):
+    """(status, headers, framing, length, keep, interim) of a head, remembered by its
+    bytes, or None when the C parser declines it."""
+    cdef dict memo = _up_head_heads if head_only else _up_heads
+    cdef tuple known = memo.get(raw)
+    cdef cup.up_head h
+    cdef const unsigned char *buf
+    cdef list headers
+    cdef int i
+    if known is not None:
+        return known
+    buf = <const unsigned char *>PyBytes_AS_STRING(raw)
+    if cup.up_parse_head(buf, <size_t>PyBytes_GET_SIZE(raw), head_only, &h) != cup.UP_OK:
+        return None
+    headers = []
+    for i in range(h.nfields):
+        headers.append((_up_text(buf, h.fields[i].name_off, h.fields[i].name_len),
+                        _up_text(buf, h.fields[i].value_off, h.fields[i].value_len)))
+    known = (h.status, headers, h.framing, h.content_length, bool(h.keep), bool(h.interim))
+    if PyBytes_GET_SIZE(raw) <= _UP_REMEMBER_BELOW and not h.interim:
+        if len(memo) >= _UP_REMEMBERED:
+            memo.clear()
+        memo[raw] = known
+    return known
+
+
 cdef class UpstreamSink:
     """What request() reports to. Override in Cython (cdef class ...(UpstreamSink)) for C
     calls, or in Python. Order: on_head once, on_body for each piece (none for an empty
@@ -204,7 +230,7 @@ cdef class UpstreamConn:
                     self.pending = data[start:] if start else data
                 return
             raw = data[start:end]
-            known = self._parse(raw)
+            known = _up_parse(raw, self.head_only)
             if known is None:
                 # an unusual head: httptools takes this response whole, as the twin does
                 self._feed_parser(data[start:] if start else data)
@@ -239,29 +265,6 @@ cdef class UpstreamConn:
             if end + 4 < n:
                 self._body(data, end + 4)
             return
-
-    cdef tuple _parse(self, bytes raw):
-        cdef dict memo = _up_head_heads if self.head_only else _up_heads
-        cdef tuple known = memo.get(raw)
-        cdef cup.up_head h
-        cdef const unsigned char *buf
-        cdef list headers
-        cdef int i
-        if known is not None:
-            return known
-        buf = <const unsigned char *>PyBytes_AS_STRING(raw)
-        if cup.up_parse_head(buf, <size_t>PyBytes_GET_SIZE(raw), self.head_only, &h) != cup.UP_OK:
-            return None
-        headers = []
-        for i in range(h.nfields):
-            headers.append((_up_text(buf, h.fields[i].name_off, h.fields[i].name_len),
-                            _up_text(buf, h.fields[i].value_off, h.fields[i].value_len)))
-        known = (h.status, headers, h.framing, h.content_length, bool(h.keep), bool(h.interim))
-        if PyBytes_GET_SIZE(raw) <= _UP_REMEMBER_BELOW and not h.interim:
-            if len(memo) >= _UP_REMEMBERED:
-                memo.clear()
-            memo[raw] = known
-        return known
 
     cdef _fail_head(self):
         self.error = _up_Broken(f"the upstream's response head is over {cup.UP_MAX_HEAD} bytes")

@@ -174,7 +174,12 @@ def _chunked(draw: Any, body: bytes) -> bytes:
     pos = 0
     while pos < len(body):
         n = draw(st.integers(1, max(1, len(body) - pos)))
-        ext = draw(st.sampled_from([b"", b"", b";a=b", b";x"]))
+        ext = draw(
+            st.sampled_from(
+                [b"", b"", b";a=b", b";x", b';a="q \\" q"', b";=b", b";a=", b";a;b=c"]
+                + [b"; a=b", b";a=b c", b";", b";a;", b';a="x', b";a=b/c"]  # refused
+            )
+        )
         size = draw(st.sampled_from([b"%x", b"%X", b"%04x"])) % n
         out += size + ext + b"\r\n" + body[pos : pos + n] + b"\r\n"
         pos += n

@@ -203,7 +203,13 @@ void up_mark_connection_tokens(const unsigned char *buf, up_head *h)
 enum {
     S_SIZE0 = 0, /* first hex digit of a size line */
     S_SIZE,      /* more digits, ';' or CR */
-    S_EXT,       /* a chunk extension, until CR */
+    S_EXT,       /* just after ';': a name or '=' */
+    S_EXT_NAME,
+    S_EXT_VALUE0, /* just after '=' */
+    S_EXT_VALUE,
+    S_EXT_QUOTED,
+    S_EXT_QUOTED_ESC,
+    S_EXT_QUOTED_END,
     S_SIZE_LF,
     S_DATA,
     S_DATA_CR,
@@ -255,10 +261,64 @@ int up_dechunk(up_chunked *st, const unsigned char *in, size_t len, unsigned cha
             pos++;
             break;
         }
+        /* chunk extensions as llhttp reads them: ;name[=token|"quoted"] with no blanks */
         case S_EXT:
-            if (c == '\r')
+            if (TCHAR[c])
+                st->state = S_EXT_NAME;
+            else if (c == '=')
+                st->state = S_EXT_VALUE0;
+            else
+                goto error;
+            pos++;
+            break;
+        case S_EXT_NAME:
+        case S_EXT_VALUE:
+            if (TCHAR[c])
+                ;
+            else if (c == '=' && st->state == S_EXT_NAME)
+                st->state = S_EXT_VALUE0;
+            else if (c == ';')
+                st->state = S_EXT;
+            else if (c == '\r')
                 st->state = S_SIZE_LF;
+            else
+                goto error;
+            pos++;
+            break;
+        case S_EXT_VALUE0:
+            if (TCHAR[c])
+                st->state = S_EXT_VALUE;
+            else if (c == '"')
+                st->state = S_EXT_QUOTED;
+            else if (c == ';')
+                st->state = S_EXT;
+            else if (c == '\r')
+                st->state = S_SIZE_LF;
+            else
+                goto error;
+            pos++;
+            break;
+        case S_EXT_QUOTED:
+            if (c == '"')
+                st->state = S_EXT_QUOTED_END;
+            else if (c == '\\')
+                st->state = S_EXT_QUOTED_ESC;
             else if (!value_byte(c))
+                goto error;
+            pos++;
+            break;
+        case S_EXT_QUOTED_ESC:
+            if (!value_byte(c))
+                goto error;
+            st->state = S_EXT_QUOTED;
+            pos++;
+            break;
+        case S_EXT_QUOTED_END:
+            if (c == ';')
+                st->state = S_EXT;
+            else if (c == '\r')
+                st->state = S_SIZE_LF;
+            else
                 goto error;
             pos++;
             break;

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meshkit.web.proxy.client import _head_reply
+from meshkit.web.proxy.client import CONN, _Conn, _head_reply
 from support.webproxy import _close, _proxy
 
 BODY = b"hello from the backend"
@@ -128,7 +128,10 @@ def test_head_left_to_the_parser_or_followed_by_bytes_closes(
         for _ in range(2):
             reply = _head(p.port, path)  # type: ignore[attr-defined]
             assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b"\r\n\r\n")
-        assert backend.connections == 2
+        # the compiled connection reads a head split over two reads itself (and keeps the
+        # connection); the twin leaves it to httptools, which cannot end a HEAD answer
+        kept = path == "/split" and CONN is not _Conn
+        assert backend.connections == (1 if kept else 2)
     finally:
         _close(p)  # type: ignore[arg-type]
 

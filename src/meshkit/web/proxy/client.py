@@ -36,17 +36,27 @@ UpstreamTimeout.
 from __future__ import annotations
 
 import asyncio
-import re
+import os
 import socket
 import ssl
 from collections.abc import AsyncGenerator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
+from meshkit._ext import load_fastpath
 from meshkit.web.message import Body, BodyTooLarge
 from meshkit.web.proxy.deadlines import Deadlines
 from meshkit.web.proxy.dial import SrvError, dial, lookup_srv
+from meshkit.web.proxy.plainhead import (  # MAX_*: bounds on an upstream's response head
+    _HEADS,
+    HEADS_REMEMBERED,
+    MAX_FIELDS,
+    MAX_HEAD,
+    REMEMBER_BELOW,
+    _head_reply,
+    _simple_head,
+)
 from meshkit.web.proxy.upstream import Upstream
 
 __all__ = [
@@ -94,86 +104,6 @@ class ClientBodyFailed(UpstreamError):
         self.status = status
 
 
-# Bounds on an upstream's response head: generous next to nginx's 4-8 KiB proxy_buffer_size,
-# small enough that an upstream cannot make the proxy hold megabytes per exchange.
-MAX_HEAD = 64 * 1024  # bytes of status line and fields
-MAX_FIELDS = 256
-
-# Control characters a field value must not hold (HTAB is allowed, RFC 9110 5.5); the
-# fast head parser leaves such a head to httptools, which refuses it.
-_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-# An upstream answers with the same few heads over and over (the Date changes each second):
-# parsed ones by their bytes. The header lists are shared: never changed in place.
-_HEADS: dict[bytes, tuple[int, list[tuple[str, str]], int, bool]] = {}
-HEADS_REMEMBERED = 256
-REMEMBER_BELOW = 2048  # bytes: longer heads are parsed every time (bounds the memory held)
-
-
-def _simple_head(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | None:
-    """(status, fields, Content-Length, keep-alive) of a plain HTTP/1.1 response head (no
-    CR/LF), or None for anything the parser must judge: interim and bodiless statuses,
-    no or a bad Content-Length, Transfer-Encoding, malformed or folded lines."""
-    return _plain_head(raw, False)
-
-
-def _head_reply(raw: bytes) -> tuple[int, list[tuple[str, str]], int, bool] | None:
-    """The same for the answer to a HEAD request, which never has a body whatever its
-    Content-Length or Transfer-Encoding say (RFC 9112 6.3): the response ends with its
-    head, so the connection stays usable without the parser (which cannot be told so)."""
-    return _plain_head(raw, True)
-
-
-def _plain_head(raw: bytes, bodiless: bool) -> tuple[int, list[tuple[str, str]], int, bool] | None:
-    if not raw.startswith(b"HTTP/1.1 ") or len(raw) > MAX_HEAD:
-        return None
-    text = raw.decode("latin-1")
-    lines = text.split("\r\n")
-    if len(lines) > MAX_FIELDS + 1:
-        return None
-    first = lines[0]
-    code = first[9:12]
-    if (
-        not code.isdigit()
-        or code[0] == "1"
-        or (code in ("204", "304") and not bodiless)
-        or (len(first) > 12 and first[12] != " ")
-        or text.count("\n") != len(lines) - 1
-        or text.count("\r") != len(lines) - 1
-    ):
-        return None
-    length = -1
-    keep = True
-    chunked = False
-    headers: list[tuple[str, str]] = []
-    for line in lines[1:]:
-        if _CTL.search(line) is not None:
-            return None  # the parser refuses it (a NUL in a value...)
-        name, sep, value = line.partition(":")
-        if not sep or not name or " " in name or "\t" in name:
-            return None
-        low = name.lower()
-        value = value.lstrip(" \t")  # trailing blanks stay, as httptools keeps them
-        if low == "content-length":
-            if length >= 0 or not value.rstrip(" \t").isdigit():
-                return None
-            length = int(value)
-        elif low == "transfer-encoding":
-            if not bodiless:
-                return None
-            chunked = True
-        elif low == "connection" and "close" in value.lower():
-            keep = False
-        headers.append((name, value))
-    if bodiless:
-        # both framings at once is a smuggling shape the parser refuses: leave it to it
-        return None if chunked and length >= 0 else (int(code), headers, 0, keep)
-    if length < 0:
-        return None
-    return int(code), headers, length, keep
-
-
 class _HeadTooLarge(Exception):
     """Raised in a parser callback to stop parsing a response head past the limits."""
 
@@ -204,6 +134,7 @@ class _Conn(asyncio.Protocol):
         self.read_paused = False
         self.write_paused = False
         self.upgrade_rest: bytes | None = None
+        self.in_head = False  # httptools is reading a head's fields
         self.error: UpstreamError | None = None
         self.framed = True  # the body has a length or is chunked (else it ends at close)
         self.deadline = 0.0
@@ -345,8 +276,11 @@ class _Conn(asyncio.Protocol):
     def on_message_begin(self) -> None:
         # a list of its own: the one _whole() left may be shared with _HEADS
         self.headers = []
+        self.in_head = True  # fields come until the head ends (later ones are trailers)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:
+            return  # a chunked body's trailer fields: dropped (never sent on as fields)
         headers = self.headers
         headers.append((name.decode("latin-1"), value.decode("latin-1")))
         if not self.head_done:
@@ -358,6 +292,7 @@ class _Conn(asyncio.Protocol):
                 raise _HeadTooLarge  # stops the parser (data_received closes)
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
         status = self.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self.interim = True  # 100 Continue and friends: wait for the real response
@@ -438,6 +373,30 @@ class _Conn(asyncio.Protocol):
             self.transport.close()
 
 
+def _conn_class() -> type[_Conn]:
+    """The connection class: the compiled one (meshkit._fastpath.UpstreamConn: response
+    heads and bodies framed in C) or the pure-Python _Conn (MESHKIT_NO_EXTENSIONS=1, or not
+    built). Both have the same attributes and methods."""
+    fastpath = load_fastpath()
+    # MESHKIT_UPSTREAM_LANE=0: the twin with the other extensions on (to measure this alone)
+    off = os.environ.get("MESHKIT_UPSTREAM_LANE") == "0"
+    if fastpath is None or off or not hasattr(fastpath, "UpstreamConn"):
+        return _Conn
+    fastpath.upstream_setup(
+        UpstreamBroken,
+        UpstreamTimeout,
+        httptools.HttpResponseParser,
+        httptools.HttpParserError,
+        httptools.HttpParserUpgrade,
+        _HeadTooLarge,
+    )
+    # duck-typed: the same attributes and methods as _Conn
+    return cast("type[_Conn]", fastpath.UpstreamConn)
+
+
+CONN = _conn_class()
+
+
 class Pool:
     """Connections to one upstream: up to `keepalive` idle ones kept for reuse (0: none)."""
 
@@ -487,7 +446,7 @@ class Pool:
         loop = asyncio.get_running_loop()
         try:
             if up.scheme == "unix":
-                coro: Awaitable[Any] = loop.create_unix_connection(lambda: _Conn(self), up.path)
+                coro: Awaitable[Any] = loop.create_unix_connection(lambda: CONN(self), up.path)
                 _, conn = await asyncio.wait_for(coro, self.connect_timeout)
                 return conn  # type: ignore[no-any-return]
             if up.is_srv:
@@ -497,12 +456,12 @@ class Pool:
             raise ConnectFailed(f"connecting to {up.name} timed out") from None
         except (OSError, ssl.SSLError) as exc:
             raise ConnectFailed(f"cannot connect to {up.name}: {exc}") from None
-        assert isinstance(proto, _Conn)
+        assert isinstance(proto, CONN)
         return proto
 
     def _dial(self, host: str, port: int) -> Awaitable[asyncio.Protocol]:
         return dial(
-            lambda: _Conn(self),
+            lambda: CONN(self),
             host,
             port,
             tls=self.ssl_context if self.upstream.tls else None,
@@ -523,7 +482,7 @@ class Pool:
             except (OSError, ssl.SSLError) as exc:
                 problems.append(f"{r.target}:{r.port}: {exc}")
                 continue
-            assert isinstance(proto, _Conn)
+            assert isinstance(proto, CONN)
             return proto
         raise ConnectFailed(f"cannot connect to {up.name}: " + "; ".join(problems))
 
@@ -545,7 +504,7 @@ class Pool:
             await asyncio.wait_for(
                 loop.sock_connect(sock, (up.host, up.port)), self.connect_timeout
             )
-            _, conn = await loop.create_connection(lambda: _Conn(self), sock=sock)
+            _, conn = await loop.create_connection(lambda: CONN(self), sock=sock)
         except asyncio.TimeoutError:
             sock.close()
             raise ConnectFailed(f"connecting to {up.name} timed out") from None

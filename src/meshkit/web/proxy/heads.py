@@ -282,20 +282,24 @@ class Heads:
         parts.append("\r\n")
         return "".join(parts).encode("latin-1", "replace")
 
-    def response_for(self, request: Request, reply: Reply) -> Response:
-        raw = reply.headers
+    def fields_for(self, raw: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], str | None]:
+        """The client's fields for an upstream head (hop-by-hop ones dropped; before
+        header_downstream) and its Content-Length. The list is shared: copy to change."""
         known = self.filtered.get(id(raw))
         if known is not None and known[0] is raw:
             # the same (shared, parsed once) upstream head as before
-            headers = Headers(known[1])
-            length = known[2]
-        else:
-            items, length = _downstream(raw)
-            if len(raw) <= _REMEMBER_FIELDS:
-                if len(self.filtered) >= _REMEMBERED:
-                    self.filtered.clear()
-                self.filtered[id(raw)] = (raw, items, length)
-            headers = Headers(items)
+            return known[1], known[2]
+        items, length = _downstream(raw)
+        if len(raw) <= _REMEMBER_FIELDS:
+            if len(self.filtered) >= _REMEMBERED:
+                self.filtered.clear()
+            self.filtered[id(raw)] = (raw, items, length)
+        return items, length
+
+    def response_for(self, request: Request, reply: Reply) -> Response:
+        raw = reply.headers
+        items, length = self.fields_for(raw)
+        headers = Headers(items)
         body = reply.body
         if isinstance(body, Stream) and length is not None and length.isdigit():
             body.content_length = int(length)

@@ -269,3 +269,34 @@ def test_plan_shell_runs_like_the_task_without_needing_its_program() -> None:
     plan = taskproc.plan_shell(spec, "h", "exit 0")
     assert plan.argv == ["/bin/sh", "-c", "exit 0"] and plan.executable == "/bin/sh"
     assert plan.env["A"] == "1" and plan.cwd == "/tmp" and plan.identity.uid == 65534
+
+
+def test_readers_never_see_half_a_rotation(tmp_path: Path) -> None:
+    # rotate() runs in a worker thread while the loop reads: every read, taken at any moment,
+    # is the whole stream so far, in order (CI once read [] just after .1 appeared)
+    import threading
+
+    fds = tasklogs.open_streams(tmp_path)
+    written: list[str] = []
+    stop = threading.Event()
+
+    def rotator() -> None:
+        while not stop.is_set():
+            tasklogs.rotate(tmp_path, max_bytes=200, keep=1000)
+
+    worker = threading.Thread(target=rotator)
+    worker.start()
+    try:
+        for i in range(400):
+            line = f"line {i:04d} " + "x" * (i % 37)
+            os.write(fds["stdout"], (line + "\n").encode())
+            written.append(line)
+            got, _ = tasklogs.read_stream(tmp_path, "stdout")
+            assert got == written, f"after line {i}: read {len(got)} of {len(written)} lines"
+    finally:
+        stop.set()
+        worker.join()
+        for fd in fds.values():
+            os.close(fd)
+    assert len(list(tmp_path.glob("stdout.log.*"))) > 5  # it did rotate, many times
+    assert not list(tmp_path.glob("*.tmp"))

@@ -9,7 +9,8 @@ reopen it: when ``<stream>.log`` is larger than ``max_bytes`` the agent shifts
 ``<stream>.log.1`` to ``.2`` (and so on, ``keep`` files per stream in all, 10 MiB x 3 by
 default), copies the live file to ``.1`` and truncates it; O_APPEND makes the process's next
 write land at the new end. The price (the same as logrotate's copytruncate): bytes written
-between the copy and the truncation are lost.
+between the copy and the truncation are lost; the copy is topped up just before the
+truncation, so that window is a few system calls long.
 
 Offsets are absolute: ``positions.json`` counts, per stream, the bytes rotated out of the live
 file so far, so position P of a stream is in the live file at P - rotated, or in a rotated file
@@ -18,11 +19,15 @@ before it. That makes ``since`` offsets of an earlier read stay meaningful acros
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from meshkit.base.files import private_opener, write_private
 
@@ -31,6 +36,8 @@ MAX_BYTES = 10 * 1024 * 1024
 KEEP_FILES = 3
 POSITIONS_FILE = "positions.json"
 _CHUNK = 64 * 1024
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def log_path(task_dir: Path, stream: str, index: int = 0) -> Path:
@@ -70,9 +77,13 @@ def _write_positions(task_dir: Path, positions: dict[str, int]) -> None:
 
 
 def rotate(task_dir: Path, max_bytes: int = MAX_BYTES, keep: int = KEEP_FILES) -> list[str]:
-    """Rotate the streams of a task whose live file is over ``max_bytes``; which ones."""
+    """Rotate the streams of a task whose live file is over ``max_bytes``; which ones.
+
+    Runs in a worker thread while the loop reads the same files: the bulk copy goes to a
+    hidden ``.1.tmp`` first, and only the short switch (shift the older files, top up the copy
+    with what was appended meanwhile, rename, truncate, new positions) holds the task's lock,
+    so a reader sees the files before or after a rotation, never half of one."""
     rotated: list[str] = []
-    positions = _read_positions(task_dir)
     for stream in STREAMS:
         live = log_path(task_dir, stream)
         try:
@@ -80,24 +91,63 @@ def rotate(task_dir: Path, max_bytes: int = MAX_BYTES, keep: int = KEEP_FILES) -
                 continue
         except FileNotFoundError:
             continue
-        for index in range(keep - 1, 1, -1):
-            older = log_path(task_dir, stream, index - 1)
-            if older.exists():
-                os.replace(older, log_path(task_dir, stream, index))
         first = log_path(task_dir, stream, 1)
+        pending = first.with_name(first.name + ".tmp")
+        copied = 0
         if keep > 1:
-            with open(live, "rb") as src, open(first, "wb", opener=private_opener) as dst:
+            with open(live, "rb") as src, open(pending, "wb", opener=private_opener) as dst:
                 shutil.copyfileobj(src, dst)
                 copied = dst.tell()
-        else:
-            copied = live.stat().st_size
-        with open(live, "r+b") as f:
-            f.truncate(0)
-        positions[stream] = positions.get(stream, 0) + copied
+        with _lock_of(task_dir):
+            if keep > 1:
+                for index in range(keep - 1, 1, -1):
+                    older = log_path(task_dir, stream, index - 1)
+                    if older.exists():
+                        os.replace(older, log_path(task_dir, stream, index))
+                with open(live, "rb") as src, open(pending, "ab") as dst:
+                    src.seek(copied)
+                    shutil.copyfileobj(src, dst)
+                    copied = dst.tell()
+                os.replace(pending, first)
+            else:
+                copied = live.stat().st_size
+            with open(live, "r+b") as f:
+                f.truncate(0)
+            positions = _read_positions(task_dir)
+            positions[stream] = positions.get(stream, 0) + copied
+            _write_positions(task_dir, positions)
         rotated.append(stream)
-    if rotated:
-        _write_positions(task_dir, positions)
     return rotated
+
+
+# One lock per task folder between rotate() (a worker thread) and the readers (the loop).
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_of(task_dir: Path) -> threading.Lock:
+    key = str(task_dir)
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(key)
+        if lock is None:
+            if len(_LOCKS) > 4096:  # folders of ended tasks: drop the idle locks
+                for k in [k for k, v in _LOCKS.items() if not v.locked()]:
+                    del _LOCKS[k]
+            lock = _LOCKS[key] = threading.Lock()
+        return lock
+
+
+def _consistent(read: Callable[P, R]) -> Callable[P, R]:
+    """Run a reader (its first argument the task folder) under the folder's rotation lock."""
+
+    @functools.wraps(read)
+    def locked(*args: P.args, **kwargs: P.kwargs) -> R:
+        task_dir = args[0]
+        assert isinstance(task_dir, Path)
+        with _lock_of(task_dir):
+            return read(*args, **kwargs)
+
+    return locked
 
 
 @dataclass(frozen=True)
@@ -170,6 +220,7 @@ def _split(data: bytes, begin: int, complete_only: bool) -> tuple[list[str], int
     return [line.decode(errors="replace") for line in lines], end
 
 
+@_consistent
 def read_stream(
     task_dir: Path,
     stream: str,
@@ -208,28 +259,33 @@ def _read_last(segs: list[_Segment], tail: int) -> tuple[bytes, int]:
     return data, begin
 
 
+@_consistent
 def read_from(task_dir: Path, stream: str, begin: int) -> tuple[bytes, int]:
     """The stream's bytes from absolute ``begin`` (or its oldest kept byte), and where they
     start (``logtimes`` splits them itself, keeping each line's position)."""
     return _read_range(_segments(task_dir, stream), begin)
 
 
+@_consistent
 def read_last_lines(task_dir: Path, stream: str, tail: int) -> tuple[bytes, int]:
     """The stream's last bytes, enough to hold its last ``tail`` lines, and where they start."""
     return _read_last(_segments(task_dir, stream), tail)
 
 
+@_consistent
 def rotated_bytes(task_dir: Path, stream: str) -> int:
     """The bytes of the stream rotated out of its live file so far."""
     return _read_positions(task_dir).get(stream, 0)
 
 
+@_consistent
 def oldest_position(task_dir: Path, stream: str) -> int:
     """The absolute position of the oldest byte of the stream still kept."""
     segs = _segments(task_dir, stream)
     return segs[0].start if segs else 0
 
 
+@_consistent
 def read_tail_bytes(task_dir: Path, stream: str, limit: int) -> bytes:
     """The last ``limit`` bytes of a stream (for the error of a failed task)."""
     segs = _segments(task_dir, stream)

@@ -7,6 +7,7 @@ keeps its stderr in a file so that a failure shows what the process said.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,8 +19,29 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
+    """A port free on every address, taken from just below the kernel's ephemeral range: a
+    port the kernel hands out (bind to 0) is soon somebody's outgoing connection's, and a
+    server started on it a moment later failed with EADDRINUSE on a busy CI machine."""
+    high = _ephemeral_low() - 1
+    low = max(1024, high - 12000)
+    for _ in range(200):
+        port = random.randint(low, high)
+        try:
+            with socket.socket(socket.AF_INET, kind) as s:
+                s.bind(("0.0.0.0", port))
+        except OSError:
+            continue
+        return port
+    with socket.socket(socket.AF_INET, kind) as s:  # the range is full: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

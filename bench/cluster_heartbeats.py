@@ -289,11 +289,13 @@ class Manager:
                 f"{self.proc.returncode}; its output:\n{tail(self.logfile)}"
             )
 
-    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = 30
+    ) -> Any:
         """One call on the manager's local socket."""
         client = await RpcClient.connect_unix(self.socket, timeout=5)
         try:
-            return await client.call(method, params or {}, timeout=30)
+            return await client.call(method, params or {}, timeout=timeout)
         finally:
             await client.close()
 
@@ -400,20 +402,22 @@ class Cluster:
             f"({last}); their output:\n{logs}"
         )
 
-    async def leader(self, timeout: float = 30.0) -> Manager:
-        """The manager that says it is the raft leader (and that the others agree on)."""
+    async def leader(self, timeout: float = 60.0) -> Manager:
+        """The manager that says it is the raft leader (the one in the highest term, when an
+        old leader has not heard of the new term yet)."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             leaders = []
             for m in self.live():
                 with contextlib.suppress(RpcError):
-                    st = await m.call("cluster_status")
+                    st = await m.call("cluster_status", timeout=5)
                     if st.get("is_leader"):
-                        leaders.append(m)
-            if len(leaders) == 1:
-                return leaders[0]
-            last = f"{len(leaders)} managers say they lead"
+                        leaders.append((int(st.get("term") or 0), m))
+            terms = sorted(t for t, _ in leaders)
+            if len(leaders) == 1 or (len(terms) > 1 and terms[-1] > terms[-2]):
+                return max(leaders, key=lambda tm: tm[0])[1]
+            last = f"{len(leaders)} managers say they lead (terms {terms})"
             await asyncio.sleep(0.1)
         raise BenchError(f"no single raft leader within {timeout:.0f} s ({last})")
 

@@ -243,3 +243,42 @@ def test_the_election_timeout_grows_while_the_leader_is_slow(
     assert lib._patient_timeout(follower) == pytest.approx(0.4)
     lib._on_message_timed(follower, None, {"type": "request_vote", "term": 2})  # not an append
     assert lib._patient_timeout(follower) == pytest.approx(0.4)
+
+
+# -- a join sent again on a real manager -------------------------------------------------------
+
+
+def test_a_join_sent_again_with_its_request_id_makes_one_node() -> None:
+    from meshkit.cluster.rpc.pki import client_ssl_context
+    from meshkit.cluster.rpc.transport import RpcClient
+    from support.agents import Cluster, token
+
+    c = Cluster()
+    try:
+        m1 = c.init("m1", 1)
+        wt = token(m1, "worker")
+        _key, csr = new_node_key_and_csr("pending")
+        _key2, csr2 = new_node_key_and_csr("pending")
+
+        async def join(csr_pem: bytes, request_id: str) -> Any:
+            anon = await RpcClient.connect_tcp(m1.ip, 2377, client_ssl_context(None, None), 10.0)
+            try:
+                params = {"token": wt, "csr": csr_pem.decode(), "hostname": "w1",
+                          "advertise_addr": "127.0.0.9", "request_id": request_id}  # fmt: skip
+                return await anon.call("join", params, timeout=30)
+            finally:
+                await anon.close()
+
+        async def calls() -> tuple[Any, Any, Any]:
+            first = await join(csr, "r" * 32)
+            again = await join(csr, "r" * 32)  # as after an unknown outcome
+            other = await join(csr2, "r" * 32)  # the same id with another key: another node
+            return first, again, other
+
+        first, again, other = asyncio.run(calls())
+        assert again["node_id"] == first["node_id"] and again["role"] == "worker"
+        assert other["node_id"] != first["node_id"]
+        ids = [n["ID"] for n in m1.ls()]
+        assert len(ids) == 3 and first["node_id"] in ids and other["node_id"] in ids
+    finally:
+        c.close()

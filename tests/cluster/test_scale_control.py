@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -282,3 +283,16 @@ def test_a_join_sent_again_with_its_request_id_makes_one_node() -> None:
         assert len(ids) == 3 and first["node_id"] in ids and other["node_id"] in ids
     finally:
         c.close()
+
+
+def test_the_planning_child_runs_at_a_lower_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshkit.cluster.model.orchestrator import Plan
+
+    def spy(state: cs.ClusterState, now: float, new_id: Callable[[], str]) -> Plan:
+        return Plan([], float(os.nice(0)))  # the child's niceness comes back as wake_at
+
+    monkeypatch.setattr(planfork, "plan", spy)
+    base = os.nice(0)
+    p = asyncio.run(planfork.plan_forked(_state(1), 1.0, _ids()))
+    assert p.wake_at == min(19, base + planfork.CHILD_NICE)
+    assert os.nice(0) == base  # the agent's own priority is untouched

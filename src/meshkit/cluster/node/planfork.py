@@ -30,6 +30,9 @@ from typing import Any
 from meshkit.cluster.model.orchestrator import Plan, plan
 from meshkit.cluster.model.state import ClusterState
 
+CHILD_NICE = 5
+"""How much lower the planning child's priority is than the agent's (nice increment)."""
+
 
 class PlanFailed(Exception):
     """The child could not make the plan (the caller plans on the loop instead)."""
@@ -42,6 +45,11 @@ def _child(state: ClusterState, now: float, new_id: Callable[[], str], out: int)
     gc.disable()
     with contextlib.suppress(ValueError, OSError):
         signal.set_wakeup_fd(-1)
+    # The child shares the leader's CPU(s): at the same priority it took its share of the core
+    # from the very loop it was forked to keep free (the leader's stalls during growth were
+    # mostly waits for the CPU). A lower priority gives the loop the core first.
+    with contextlib.suppress(OSError):
+        os.nice(CHILD_NICE)
     p = plan(state, now, new_id)
     data = memoryview(pickle.dumps((p.commands, p.wake_at), protocol=pickle.HIGHEST_PROTOCOL))
     while data:

@@ -84,6 +84,10 @@ journal.open = _private_open  # type: ignore[attr-defined]
 serializer.open = _private_open  # type: ignore[attr-defined]
 
 
+DUMP_NICE = 10
+"""How much lower the dump writer's priority is than the manager's (nice increment)."""
+
+
 class DumpWriter(serializer.Serializer):  # type: ignore[misc]
     """pysyncobj's serializer, with its forked dump written so that a crash cannot lose writes.
 
@@ -116,6 +120,8 @@ class DumpWriter(serializer.Serializer):  # type: ignore[misc]
         try:
             with contextlib.suppress(ValueError, OSError):
                 signal.set_wakeup_fd(-1)
+            with contextlib.suppress(OSError):
+                os.nice(DUMP_NICE)  # the manager's loop first: the dump can wait
             with _private_open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb") as g:
                 pickle.dump(data, g)
             code = 0

@@ -83,12 +83,14 @@ CALL_TIMEOUT = 5.0  # ManagerClient.ask's default, for connects and heartbeats
 GOAL_NODES = 1000
 GOAL_PCT = 50.0
 BUSY_WARN = 20.0  # % of the managers' core taken by other work before we warn
+JOIN_TRIES = 5  # as the agent's join: tries of one join (same request id) before it fails
 
 try:
     import meshkit  # noqa: F401
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(SRC_DIR))
 
+from meshkit.cluster.node.bootstrap import JOIN_RETRY_CODES  # noqa: E402
 from meshkit.cluster.node.managers import FAILOVER_CODES  # noqa: E402
 from meshkit.cluster.rpc.pki import (  # noqa: E402
     NodeIdentity,
@@ -287,11 +289,13 @@ class Manager:
                 f"{self.proc.returncode}; its output:\n{tail(self.logfile)}"
             )
 
-    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, timeout: float = 30
+    ) -> Any:
         """One call on the manager's local socket."""
         client = await RpcClient.connect_unix(self.socket, timeout=5)
         try:
-            return await client.call(method, params or {}, timeout=30)
+            return await client.call(method, params or {}, timeout=timeout)
         finally:
             await client.close()
 
@@ -398,20 +402,22 @@ class Cluster:
             f"({last}); their output:\n{logs}"
         )
 
-    async def leader(self, timeout: float = 30.0) -> Manager:
-        """The manager that says it is the raft leader (and that the others agree on)."""
+    async def leader(self, timeout: float = 60.0) -> Manager:
+        """The manager that says it is the raft leader (the one in the highest term, when an
+        old leader has not heard of the new term yet)."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             leaders = []
             for m in self.live():
                 with contextlib.suppress(RpcError):
-                    st = await m.call("cluster_status")
+                    st = await m.call("cluster_status", timeout=5)
                     if st.get("is_leader"):
-                        leaders.append(m)
-            if len(leaders) == 1:
-                return leaders[0]
-            last = f"{len(leaders)} managers say they lead"
+                        leaders.append((int(st.get("term") or 0), m))
+            terms = sorted(t for t, _ in leaders)
+            if len(leaders) == 1 or (len(terms) > 1 and terms[-1] > terms[-2]):
+                return max(leaders, key=lambda tm: tm[0])[1]
+            last = f"{len(leaders)} managers say they lead (terms {terms})"
             await asyncio.sleep(0.1)
         raise BenchError(f"no single raft leader within {timeout:.0f} s ({last})")
 
@@ -479,6 +485,7 @@ class Fleet:
         self.services = args.services
         self.reported = 0  # --services: tasks reported running
         self.watch_errors: dict[str, int] = {}
+        self.join_retries: dict[str, int] = {}  # joins sent again, by the first try's error
 
     def join_target(self) -> Manager:
         """Joins go through the live managers in turn."""
@@ -487,25 +494,36 @@ class Fleet:
         return live[self._joins % len(live)]
 
     async def join_one(self, index: int, via: Manager) -> SimNode:
+        """As the agent's join (meshkit.cluster.node.bootstrap.join_call): one request id and
+        CSR for every try, tried again through the next manager when the outcome is unknown
+        (a retry gets the node the first try made, never a second one)."""
         name = f"sim-{index:05d}"
         key_pem, csr_pem = new_node_key_and_csr(name)
-        client = await RpcClient.connect_tcp(
-            via.host, via.port, self._join_ctx, timeout=30, expect_role="manager"
-        )
-        try:
-            reply = await client.call(
-                "join",
-                {
-                    "token": self.token,
-                    "csr": csr_pem.decode(),
-                    "hostname": name,
-                    "advertise_addr": "127.0.0.1",
-                    "version": "bench",
-                },
-                timeout=60,
-            )
-        finally:
-            await client.close()
+        params = {
+            "token": self.token,
+            "csr": csr_pem.decode(),
+            "hostname": name,
+            "advertise_addr": "127.0.0.1",
+            "version": "bench",
+            "request_id": os.urandom(16).hex(),
+        }
+        for attempt in range(JOIN_TRIES):
+            try:
+                client = await RpcClient.connect_tcp(
+                    via.host, via.port, self._join_ctx, timeout=30, expect_role="manager"
+                )
+                try:
+                    reply = await client.call("join", params, timeout=60)
+                finally:
+                    await client.close()
+                break
+            except RpcError as exc:
+                if exc.code not in JOIN_RETRY_CODES or attempt == JOIN_TRIES - 1:
+                    raise
+                self.join_retries[exc.code] = self.join_retries.get(exc.code, 0) + 1
+                log(f"  {name}: join through {via.name}: {exc.message}; trying again")
+                await asyncio.sleep(1.0 + attempt)
+                via = self.join_target()
         identity = NodeIdentity.from_cert(reply["cert"].encode(), key_pem, reply["ca"].encode())
         if identity.role != "worker":
             raise BenchError(f"{name} joined as a {identity.role}, expected a worker")
@@ -771,6 +789,8 @@ class Level:
     tasks_running: int = -1  # --services: the global service's tasks running, of tasks_total
     tasks_total: int = -1
     watch_errors: dict[str, int] = field(default_factory=dict)
+    join_retries: dict[str, int] = field(default_factory=dict)  # joins sent again, by error
+    elections: int = 0  # raft terms begun from the start of the growth to the window's end
 
     def ready_median(self, attr: str) -> float:
         return median([getattr(s, attr) for s in self.ready if not math.isnan(getattr(s, attr))])
@@ -804,6 +824,15 @@ async def service_tasks(leader: Manager, nodes: int) -> tuple[int, int]:
         await asyncio.sleep(1.0)
 
 
+async def raft_term(cluster: Cluster) -> int:
+    """The highest raft term the live managers are in (each election begins a new term)."""
+    terms = [0]
+    for m in cluster.live():
+        with contextlib.suppress(RpcError):
+            terms.append(int((await m.call("cluster_status")).get("term") or 0))
+    return max(terms)
+
+
 async def loop_stalls(m: Manager) -> list[tuple[float, float, float]]:
     """The manager's recent event-loop stalls: (monotonic time, ms, CPU ms the process used
     meanwhile), from ``cluster_status`` (the raft store's tick timer, which fires late by as
@@ -831,6 +860,7 @@ async def measure_level(
 ) -> Level:
     log(f"growing the fleet to {count} nodes ...")
     level_began = time.monotonic()
+    term0 = await raft_term(cluster)
     join_rate = await fleet.grow_to(count)
     cluster.check_alive()
     await asyncio.sleep(fleet.period + 1.0)  # every node beating at steady state
@@ -885,6 +915,8 @@ async def measure_level(
         join_rate=join_rate,
         ready=ready,
     )
+    level.elections = max(0, await raft_term(cluster) - term0)
+    level.join_retries, fleet.join_retries = fleet.join_retries, {}
     if fleet.services:
         level.tasks_running, level.tasks_total = await service_tasks(leader1, len(fleet.nodes))
         level.watch_errors, fleet.watch_errors = fleet.watch_errors, {}
@@ -898,6 +930,8 @@ async def measure_level(
         f"  {count} nodes: CPU {cpus} (* leader), {level.beats_per_s:.1f} beats/s, "
         f"{level.failed} failed, Ready after {level.ready_median('leader_s'):.2f} s (leader)"
         + ("" if math.isnan(follower) else f" / {follower:.2f} s (follower)")
+        + f", {level.elections} election(s)"
+        + (f", {level.tasks_running}/{level.tasks_total} tasks running" if fleet.services else "")
     )
     return level
 
@@ -1115,6 +1149,10 @@ def print_report(
             )
         if lv.watch_errors:
             notes.append(f"task watch/report errors: {lv.watch_errors}")
+        if lv.join_retries:
+            notes.append(f"joins sent again (same request id) after: {lv.join_retries}")
+        if lv.elections:
+            notes.append(f"{lv.elections} raft election(s) during growth or window")
         if notes:
             print(f"  {lv.nodes} nodes: " + "; ".join(notes))
     busy = [lv for lv in levels if not math.isnan(lv.manager_core_busy_pct)]

@@ -56,13 +56,21 @@ NODE_NET_METHODS = frozenset({"netmap_watch", "network_attach", "network_detach"
 
 WATCH_WAIT = 20.0
 
-# Seconds between two builds of the network map in a burst of changes. 0: the commands one
-# loop turn applies (a raft tick applies many) share one build. A 1 s window (the 5,000-node
-# work) made nodes on namespace hosts build an `auto` network before the `--dataplane
-# userspace` one created just before it (tests/net/test_overlay_netns.py's one-plane-per-port
-# case failed after the mesh tests); until that is understood, no window.
-MAP_COALESCE = 0.0
+# Seconds between two builds of the network map in a burst of the commands that come by the
+# thousand (_BULK_OPS: joins, the orchestrator's task writes, the nodes' task reports): at
+# 5,000 nodes a build is O(nodes + tasks) (90 ms) and each manager's own agent then rebuilds
+# its DNS directory and mesh from the new map, so once per loop turn held every manager's loop
+# most of the time during growth. Every other change to the map (a network or service made,
+# changed or removed, keys, attachments) is built at the next loop turn, as with no window: a
+# 1 s window on every command made nodes on namespace hosts build an `auto` network before the
+# `--dataplane userspace` one created just before it (tests/net/test_overlay_netns.py's
+# one-plane-per-port case), and those commands are rare. Readers never see a stale map: a
+# pending change is built when the map is read (`current()`).
+MAP_COALESCE = 1.0
 
+# commands that can change the network map
+
+_BULK_OPS = frozenset({"add_node", "tasks_write", "task_status", "set_addr"})
 # commands that can change the network map
 
 _MAP_OPS = frozenset(
@@ -152,7 +160,8 @@ class NetworkMethods:
         self._map: dict[str, Any] | None = None
         self._dirty = False  # a command changed what the map is built from
         self._built_at = float("-inf")
-        self._rebuild_handle: asyncio.TimerHandle | None = None
+        self._rebuild_handle: asyncio.Handle | None = None
+        self._rebuild_due = 0.0  # when the build _rebuild_handle makes is due (monotonic)
         self._changed = ChangeSignal()
         self.keys_due = asyncio.Event()  # meshkit.cluster.node.netkeys waits on it
 
@@ -164,13 +173,22 @@ class NetworkMethods:
         # The map is O(nodes + tasks): built once per burst of commands (a raft tick applies
         # many; thousands of joins come in a row), at most every MAP_COALESCE seconds, not once
         # per command on the loop. `current()` builds it at once when a change is pending.
-        if cmd.get("op") not in _MAP_OPS:
+        op = cmd.get("op")
+        if op not in _MAP_OPS:
             return
         self._dirty = True
-        if self._rebuild_handle is None:
-            loop = asyncio.get_running_loop()
+        wait = 0.0
+        if op in _BULK_OPS:
             wait = max(0.0, self._built_at + MAP_COALESCE - time.monotonic())
-            self._rebuild_handle = loop.call_later(wait, self._rebuild)
+        due = time.monotonic() + wait
+        if self._rebuild_handle is not None:
+            if self._rebuild_due <= due:
+                return  # a build already comes as soon or sooner
+            self._rebuild_handle.cancel()
+        self._rebuild_due = due
+        # (uvloop's call_later(0) is a call_soon: its handle has no when(), so the due time
+        # is kept here)
+        self._rebuild_handle = asyncio.get_running_loop().call_later(wait, self._rebuild)
 
     def _rebuild(self) -> None:
         if self._rebuild_handle is not None:

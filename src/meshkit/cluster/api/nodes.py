@@ -160,6 +160,20 @@ MANAGER_METHODS = (
 LOCAL_METHODS = frozenset({"info", "leave", "mesh_watch"}) | RUN_LOCAL_METHODS
 
 
+def join_key(request_id: str, csr_pem: bytes) -> str:
+    """What a join's request id is kept as in the state: a digest of it and the CSR's key."""
+    import hashlib
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_csr(csr_pem).public_key()
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(request_id.encode() + b"\0" + der).hexdigest()
+
+
 def _translate(exc: Exception) -> RpcError:
     if isinstance(exc, RpcError):
         return exc
@@ -194,8 +208,10 @@ class Api:
         self.node = node
         self._ca: tuple[str, ClusterCA] | None = None
         # Every heartbeat reply carries the manager list; rebuilding it from all nodes on each
-        # beat made a beat cost grow with the cluster, so it is kept until the state changes.
-        self._managers_key: tuple[int, int] = (0, -1)
+        # beat made a beat cost grow with the cluster, so it is kept until a command changes a
+        # manager (ClusterState.manager_changes; keyed on the state's index it was rebuilt,
+        # O(nodes), after every join and task report).
+        self._managers_key: tuple[int, int, int] = (0, 0, -1)
         self._managers_list: list[str] = []
         self.resources = ResourceCommits(node)
         self.services = ServiceMethods(node)
@@ -375,7 +391,7 @@ class Api:
 
     def _managers(self) -> list[str]:
         st = self.state
-        key = (id(st), st.index)
+        key = (id(st), id(st.nodes), st.manager_changes)
         if key != self._managers_key:
             self._managers_list = [m.api_addr for m in st.managers()]
             self._managers_key = key
@@ -413,7 +429,7 @@ class Api:
         if not addr:
             addr = peer.address.rsplit(":", 1)[0].strip("[]")
         node_id = new_node_id()
-        cert = self.ca().sign_csr(csr, node_id, role, st.cert_lifetime)
+        cert = self.ca().sign_csr(csr, node_id, role, st.cert_lifetime)  # checks the CSR
         now = time.time()
         record = cstate.NodeRecord(
             id=node_id,
@@ -426,7 +442,18 @@ class Api:
             created_at=now,
             updated_at=now,
         )
-        await self.node.submit({"op": "add_node", "node": record.to_dict(), "now": now})
+        cmd: dict[str, Any] = {"op": "add_node", "node": record.to_dict(), "now": now}
+        request_id = str_param(params, "request_id", required=False)
+        if request_id:
+            # A join whose outcome was unknown (the raft leader changed under it) is sent
+            # again with the same request id and CSR: the state answers with the node the
+            # first one made. The key binds the id to the CSR's key, so knowing another
+            # node's request id alone gets nothing.
+            cmd["request_id"] = join_key(request_id, csr)
+        done = await self.node.submit(cmd)
+        if done.get("node_id") and done["node_id"] != node_id:
+            node_id = str(done["node_id"])
+            cert = self.ca().sign_csr(csr, node_id, role, st.cert_lifetime)
         self.node.note_beat(node_id)
         log.info("node %s (%s, %s) joined as a %s", node_id, printable(record.hostname), addr, role)
         result: dict[str, Any] = {

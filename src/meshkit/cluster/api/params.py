@@ -352,6 +352,7 @@ TCP_PARAMS: dict[str, Schema] = {
         "version": opt(version),
         "api_port": opt(port),
         "raft_port": opt(port),
+        "request_id": opt(string(64)),  # a retried join gets the node the first one made
     },
     # any node certificate
     "heartbeat": {

@@ -41,7 +41,7 @@ from typing import Any
 
 from meshkit.cluster.api.common import caller, loaded_state, new_node_id
 from meshkit.cluster.api.context import NodeContext
-from meshkit.cluster.api.longpoll import ChangeSignal
+from meshkit.cluster.api.longpoll import KeyedSignal
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.model.services import task_name
 from meshkit.cluster.rpc.transport import Peer, RpcError
@@ -166,22 +166,25 @@ def node_assignment(st: cstate.ClusterState, node_id: str) -> list[dict[str, Any
     return list(_tasks_by_node(st).get(node_id, ()))
 
 
-# The tasks of every node, indexed once per state version: a change that wakes thousands of
-# nodes' tasks_watch would otherwise scan every task once per node, on the loop.
-_BY_NODE: tuple[int, int, dict[str, list[dict[str, Any]]]] = (0, -1, {})
+# The tasks of every node, indexed once per placement change: a change that wakes thousands of
+# nodes' tasks_watch would otherwise scan every task once per node, on the loop; and keyed on
+# the state's index it was rebuilt for every join (each new node's first watch), O(tasks) each.
+# Only tasks_write creates, assigns or removes tasks (ClusterState.placements counts those); the
+# lists hold the task dicts themselves, so state reports show through without a rebuild.
+_BY_NODE: tuple[tuple[int, int, int, int], dict[str, list[dict[str, Any]]]] = ((0, 0, -1, -1), {})
 
 
 def _tasks_by_node(st: cstate.ClusterState) -> dict[str, list[dict[str, Any]]]:
     global _BY_NODE
-    state_id, index, by_node = _BY_NODE
-    if state_id != id(st) or index != st.index:
-        by_node = {}
-        tasks: dict[str, dict[str, Any]] = st.tasks  # type: ignore[attr-defined]
+    tasks: dict[str, dict[str, Any]] = st.tasks
+    key = (id(st), id(tasks), st.placements, len(tasks))
+    if _BY_NODE[0] != key:
+        by_node: dict[str, list[dict[str, Any]]] = {}
         for t in tasks.values():
             if t.get("node_id"):
                 by_node.setdefault(t["node_id"], []).append(t)
-        _BY_NODE = (id(st), st.index, by_node)
-    return by_node
+        _BY_NODE = (key, by_node)
+    return _BY_NODE[1]
 
 
 def touched_nodes(st: cstate.ClusterState, cmd: Mapping[str, Any]) -> set[str] | None:
@@ -214,7 +217,7 @@ class ServiceMethods:
         self.epoch = os.urandom(6).hex()  # versions below count from this process's start
         self._versions: dict[str, int] = {}
         self._all_version = 0
-        self._changed = ChangeSignal()
+        self._changed = KeyedSignal()  # tasks_watch waiters, by node id
 
     # -- change notification (called by the agent for every applied command) -------------------
 
@@ -230,7 +233,7 @@ class ServiceMethods:
         else:
             for n in nodes:
                 self._versions[n] = self._versions.get(n, 0) + 1
-        self._changed.notify()
+        self._changed.notify(nodes)  # only the watches of the nodes concerned wake
 
     def version_for(self, node_id: str) -> int:
         return self._versions.get(node_id, 0) + self._all_version
@@ -418,7 +421,9 @@ class ServiceMethods:
         version = params.get("version")
         wait = min(float(params.get("wait") or WATCH_WAIT), 60.0)
         if params.get("epoch") == self.epoch and version == self.version_for(node.id):
-            await self._changed.wait_until(lambda: self.version_for(node.id) != version, wait)
+            await self._changed.wait_until(
+                node.id, lambda: self.version_for(node.id) != version, wait
+            )
         st = loaded_state(self.node)
         return {
             "tasks": node_assignment(st, node.id),

@@ -459,8 +459,16 @@ def service_map(state: ClusterState, nodes: Mapping[str, Any]) -> dict[str, Any]
     its VIPs and its tasks placed on a node and not ended, with whether each may take traffic."""
 
     out: dict[str, Any] = {}
+    # A task on no network is in no DNS answer, VIP or ingress backend (all of them go to
+    # overlay addresses): only a port in host mode needs it (the nodes running one listen).
+    # Leaving the others out keeps the map (built on every manager and sent to every node)
+    # from growing, and changing, with every task of a service on no network: a global one
+    # on 5,000 nodes put 5,000 entries in it and a new version at each of their reports.
+    needs_all: set[str] = set()
     for svc in state.services.values():
         spec = svc["spec"]
+        if any(p.get("published") and p.get("mode") == "host" for p in spec.get("ports") or []):
+            needs_all.add(svc["id"])
         out[svc["id"]] = {
             "id": svc["id"],
             "name": spec["name"],
@@ -478,10 +486,16 @@ def service_map(state: ClusterState, nodes: Mapping[str, Any]) -> dict[str, Any]
             "vips": dict(svc.get("vips") or {}),
             "tasks": [],
         }
-    for task in sorted(state.tasks.values(), key=lambda t: (t.get("slot") or 0, t["id"])):
-        entry = out.get(task["service_id"])
-        if entry is None or task["state"] in TERMINAL or task.get("node_id") not in nodes:
-            continue
+    shown = [
+        t
+        for t in state.tasks.values()
+        if (t.get("networks") or t["service_id"] in needs_all)
+        and t["service_id"] in out
+        and t["state"] not in TERMINAL
+        and t.get("node_id") in nodes
+    ]
+    for task in sorted(shown, key=lambda t: (t.get("slot") or 0, t["id"])):
+        entry = out[task["service_id"]]
         entry["tasks"].append(
             {
                 "id": task["id"],

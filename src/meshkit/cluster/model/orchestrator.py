@@ -139,6 +139,43 @@ def plan(state: ClusterState, now: float, new_id: Callable[[], str]) -> Plan:
     return Plan(r.commands(), min(r.wakes) if r.wakes else None)
 
 
+WRITE_CREATES = 200
+"""New tasks per ``tasks_write``: a plan that fills thousands of nodes at once (a global service
+created on a big cluster) becomes several raft entries, each applied in a few ms on every
+manager, not one of megabytes that holds every replica's loop while it is applied."""
+
+
+def split_writes(
+    commands: list[dict[str, Any]], limit: int = WRITE_CREATES
+) -> list[dict[str, Any]]:
+    """The plan's commands with each ``tasks_write`` of more than `limit` new tasks cut into
+    several: the first carries the rest of the write (desired states, reports, removals), each
+    carries its new tasks and their node assignments. Applied in order they do what the one
+    write does (a task is created before it is assigned; the other parts touch existing tasks)."""
+    out: list[dict[str, Any]] = []
+    for cmd in commands:
+        create = cmd.get("create") or []
+        if cmd.get("op") != "tasks_write" or len(create) <= limit:
+            out.append(cmd)
+            continue
+        node = dict(cmd.get("node") or {})
+        new_ids = {t["id"] for t in create}
+        first = {k: v for k, v in cmd.items() if k not in ("create", "node")}
+        rest_node = {tid: nid for tid, nid in node.items() if tid not in new_ids}
+        if rest_node:
+            first["node"] = rest_node
+        if len(first) > 2:  # more than op and now
+            out.append(first)
+        for i in range(0, len(create), limit):
+            part = create[i : i + limit]
+            write: dict[str, Any] = {"op": "tasks_write", "now": cmd.get("now"), "create": part}
+            assigned = {t["id"]: node[t["id"]] for t in part if t["id"] in node}
+            if assigned:
+                write["node"] = assigned
+            out.append(write)
+    return out
+
+
 def _gone(node: NodeRecord | None) -> bool:
     return node is None or node.status == DOWN
 

@@ -107,7 +107,16 @@ class ClusterState:
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the --web nodes' certificates, ACME accounts, order leases, challenges (model.certs)
     webcerts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # joins that carried a request id: its key (a digest of the id and the CSR's key) -> the
+    # node it made, so that a join retried after an unknown outcome cannot make a second node
+    join_requests: dict[str, str] = field(default_factory=dict)
     index: int = 0
+    # tasks_write commands that created, assigned or removed a task: which node holds which
+    # task changes only then (the API's per-node task index is rebuilt when this moves)
+    placements: int = 0
+    # commands that added, removed, re-addressed or re-roled a manager: the manager list every
+    # heartbeat reply carries is rebuilt (O(nodes)) only when this moves
+    manager_changes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -11,7 +11,8 @@ that into the caller's error.
 Commands (``op``, then fields):
 
     init          cluster: {...ClusterState fields...}, node: {...NodeRecord...}
-    add_node      node: {...NodeRecord...}
+    add_node      node: {...NodeRecord...}, request_id?  (a join's: a replay returns the node
+                  the first made, {"node_id", "replayed": true})
     update_node   node_id, availability?, label_add? {k: v}, label_rm? [k], now
     set_role      node_id, role, now        (refuses to demote the last manager)
     remove_node   node_id, force, now       (a manager: demote first; Ready: needs force)
@@ -162,11 +163,27 @@ def _op_init(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
 
 def _op_add_node(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     node = NodeRecord.from_dict(cmd["node"])
+    request = str(cmd.get("request_id") or "")
+    made = state.join_requests.get(request) if request else None
+    if made is not None and made in state.nodes:  # a retried join: the node the first made
+        if state.nodes[made].role != node.role:
+            raise CommandError(f"join request {request[:12]} made a {state.nodes[made].role}")
+        return {"node_id": made, "replayed": True}
     if node.id in state.nodes:
         raise CommandError(f"node {node.id} already exists")
     state.nodes[node.id] = node
+    if request:
+        state.join_requests[request] = node.id
+    if node.role == "manager":
+        state.manager_changes += 1
     netstate.node_added(state, node.id)
     return {"node_id": node.id}
+
+
+def _forget_joins(state: ClusterState, node_id: str) -> None:
+    """A node gone: its join request id no longer names it."""
+    for key in [k for k, v in state.join_requests.items() if v == node_id]:
+        del state.join_requests[key]
 
 
 def _op_update_node(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
@@ -206,6 +223,7 @@ def _op_set_role(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
         )
     node.role = role
     node.updated_at = _now(cmd)
+    state.manager_changes += 1
     return {"node_id": node.id, "changed": True}
 
 
@@ -224,6 +242,9 @@ def _op_remove_node(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, An
         )
     del state.nodes[node.id]
     netstate.node_removed(state, node.id)
+    _forget_joins(state, node.id)
+    if node.role == "manager":
+        state.manager_changes += 1
     return {"node_id": node.id}
 
 
@@ -236,6 +257,9 @@ def _op_leave(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
         )
     del state.nodes[node.id]
     netstate.node_removed(state, node.id)
+    _forget_joins(state, node.id)
+    if node.role == "manager":
+        state.manager_changes += 1
     return {"node_id": node.id}
 
 
@@ -261,6 +285,8 @@ def _op_set_addr(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
         if cmd.get(key):
             setattr(node, key, int(cmd[key]))
     node.updated_at = _now(cmd)
+    if node.role == "manager":
+        state.manager_changes += 1
     return {"node_id": node.id}
 
 
@@ -526,6 +552,8 @@ def _op_tasks_write(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, An
         if state.tasks.pop(task_id, None) is not None:
             netstate.release_task(state, task_id)
             removed += 1
+    if created or removed or cmd.get("node"):
+        state.placements += 1
     return {"created": created, "changed": changed, "removed": removed}
 
 
@@ -678,9 +706,11 @@ class Liveness:
 
     def changes(self, statuses: Mapping[str, str], now: float) -> dict[str, str]:
         """The statuses that differ from what the beats say: {node_id: "ready"|"down"}."""
+        # (inlined `alive`: the leader runs this over every node twice a second)
+        seen, start, grace = self.last_seen, self.started_at, self.grace
         out: dict[str, str] = {}
         for node_id, status in statuses.items():
-            want = READY if self.alive(node_id, now) else DOWN
+            want = READY if now - seen.get(node_id, start) <= grace else DOWN
             if want != status:
                 out[node_id] = want
         return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import socket
 import time
@@ -163,6 +164,30 @@ def init_node(
     return cfg, identity, cluster
 
 
+JOIN_RETRY_CODES = ("unknown_outcome", "unavailable", "no_quorum", "timeout", "unreachable")
+"""Join failures worth another try with the same request id: the write may not have been
+made, or was made and its answer lost (an election under load); the retry cannot join twice."""
+
+
+async def join_call(
+    host: str, port: int, ctx: Any, params: dict[str, Any], attempts: int
+) -> dict[str, Any]:
+    """The ``join`` call, tried again (after 1, 2, 3... s) when its outcome is unknown."""
+    for attempt in range(attempts):
+        try:
+            client = await RpcClient.connect_tcp(host, port, ctx, 10.0, expect_role="manager")
+            try:
+                return dict(await client.call("join", params, timeout=20.0))
+            finally:
+                await client.close()
+        except RpcError as exc:
+            if exc.code not in JOIN_RETRY_CODES or attempt == attempts - 1:
+                raise
+            log.warning("join: %s; trying again (%d of %d)", exc.message, attempt + 2, attempts)
+            await asyncio.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
+
+
 async def join_node(
     opts: NodeOptions, token_text: str, manager: tuple[str, int], attempts: int = 5
 ) -> tuple[NodeConfig, NodeIdentity, list[str]]:
@@ -189,23 +214,19 @@ async def join_node(
     if not advertise and listen_host not in ("", "0.0.0.0", "::"):
         advertise = listen_host
     ctx = client_ssl_context(None, bundle)
-    client = await RpcClient.connect_tcp(host, port, ctx, 10.0, expect_role="manager")
-    try:
-        reply = await client.call(
-            "join",
-            {
-                "token": token_text.strip(),
-                "csr": csr_pem.decode(),
-                "hostname": opts.effective_hostname,
-                "advertise_addr": advertise,
-                "version": __version__,
-                "api_port": opts.listen_port,
-                "raft_port": opts.effective_raft_port,
-            },
-            timeout=20.0,
-        )
-    finally:
-        await client.close()
+    params = {
+        "token": token_text.strip(),
+        "csr": csr_pem.decode(),
+        "hostname": opts.effective_hostname,
+        "advertise_addr": advertise,
+        "version": __version__,
+        "api_port": opts.listen_port,
+        "raft_port": opts.effective_raft_port,
+        # the same id (and CSR) on every try: a join whose outcome was unknown, sent again,
+        # gets the node the first one made, never a second one
+        "request_id": secrets.token_hex(16),
+    }
+    reply = await join_call(host, port, ctx, params, attempts)
     identity = NodeIdentity.from_cert(reply["cert"].encode(), key_pem, bundle)
     prepare_data_dir(opts.data_dir)
     wipe_node(opts.data_dir)

@@ -47,6 +47,8 @@ class Membership:
         self._spawn = spawn
         self.liveness = cstate.Liveness(cfg.heartbeat_period, MISSED_BEATS)
         self._was_leader = False
+        self._members_key: tuple[int, int, int] = (0, 0, -1)
+        self._members: set[str] = set()
         self._pending_beats: set[str] = set()
         self._overlay_commits: dict[str, dict[str, Any]] = {}
         self.check_now = asyncio.Event()  # statuses or members may have changed: look now
@@ -90,6 +92,14 @@ class Membership:
             if self._overlay_commits.get(node_id) == overlay:
                 del self._overlay_commits[node_id]
 
+    def _raft_members(self, st: cstate.ClusterState) -> set[str]:
+        """The managers' raft addresses, kept until a manager changes (O(nodes) to make)."""
+        key = (id(st), id(st.nodes), st.manager_changes)
+        if key != self._members_key:
+            self._members = {m.raft_addr for m in st.managers()}
+            self._members_key = key
+        return set(self._members)
+
     async def leader_loop(self) -> None:
         """Leader duties: statuses from the beats, raft members from the managers."""
         while not self.node.stopping:
@@ -115,7 +125,7 @@ class Membership:
                     self.liveness, st.heartbeat_period, st.nodes, time.monotonic()
                 )
             self.liveness.beat(self.node.node_id, time.monotonic())
-            store.reconcile_members({m.raft_addr for m in st.managers()})
+            store.reconcile_members(self._raft_members(st))
             changes = self.liveness.changes(
                 {n.id: n.status for n in st.nodes.values()}, time.monotonic()
             )

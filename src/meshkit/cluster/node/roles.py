@@ -55,7 +55,7 @@ class Roles:
         self._spawn = spawn
         self.store: RaftStore | None = None
         self._sealer: Sealer | None = None
-        self._leader_api_key: tuple[int, int, str | None] = (0, -1, None)
+        self._leader_api_key: tuple[int, int, int, str | None] = (0, 0, -1, None)
         self._leader_api: str | None = None
 
     @property
@@ -206,8 +206,8 @@ class Roles:
             return None
         st, leader = self.store.state, self.store.leader
         # asked on every heartbeat: scanning all nodes each time made a beat's cost grow
-        # with the cluster, so the answer is kept until the state or the leader changes
-        key = (id(st), st.index, leader)
+        # with the cluster, so the answer is kept until a manager or the leader changes
+        key = (id(st), id(st.nodes), st.manager_changes, leader)
         if key != self._leader_api_key:
             self._leader_api = next(
                 (m.api_addr for m in st.managers() if m.raft_addr == leader), None

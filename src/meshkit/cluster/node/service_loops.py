@@ -44,7 +44,11 @@ PLAN_GAP = 0.5
 with thousands of nodes joining and reporting it held the leader's loop most of the time."""
 
 PLAN_TICK = 1.0
-"""Seconds between plans when nothing changes (timers: restart delays, update monitors)."""
+"""Seconds between looks at whether a plan is due when nothing wakes the orchestrator."""
+
+PLAN_IDLE = 30.0
+"""Seconds at most between two plans of a leader when nothing changes (a safety net: every
+change wakes the orchestrator, and timers come back as the plan's ``wake_at``)."""
 
 REPORT_BATCH = 0.05
 """Seconds reports are gathered before they are sent (node) or committed (manager)."""
@@ -147,34 +151,54 @@ class ServiceLoops:
         self.plan_now.set()
 
     async def orchestrate_loop(self) -> None:
-        from meshkit.cluster.model.orchestrator import plan
+        from meshkit.cluster.model.orchestrator import plan, split_writes
+        from meshkit.cluster.node.planfork import PlanFailed, plan_forked
 
         node = self.node
         wake_at: float | None = None
         planned_at = float("-inf")
+        leading = False  # whether the last turn planned as the leader
         while not node.stopping:
             timeout = PLAN_TICK
             if wake_at is not None:
                 timeout = min(timeout, max(0.0, wake_at - time.time()))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.plan_now.wait(), timeout)
+            st = node.state
+            if not (node.is_manager and node.is_leader and node.has_quorum) or st is None:
+                self.plan_now.clear()  # (a follower applies too: no busy loop on its flag)
+                wake_at = None
+                leading = False
+                continue
+            if not st.initialized:
+                self.plan_now.clear()
+                continue
+            # A plan is O(state): made when something changed, when the last plan asked to be
+            # woken, on becoming the leader, and at least every PLAN_IDLE seconds (not at
+            # every PLAN_TICK: an idle cluster of thousands of tasks planned once a second).
+            due = wake_at is not None and time.time() >= wake_at
+            idle = time.monotonic() - planned_at < PLAN_IDLE
+            if leading and not self.plan_now.is_set() and not due and idle:
+                continue
             await asyncio.sleep(max(PLAN_COALESCE, planned_at + PLAN_GAP - time.monotonic()))
             planned_at = time.monotonic()
             self.plan_now.clear()
-            st = node.state
-            if not (node.is_manager and node.is_leader and node.has_quorum) or st is None:
-                wake_at = None
-                continue
-            if not st.initialized:
-                continue
+            leading = True
             try:
-                p = plan(st, time.time(), new_node_id)
+                try:
+                    p = await plan_forked(st, time.time(), new_node_id)
+                except PlanFailed as exc:
+                    log.debug("orchestrator: planning on the loop (%s)", exc)
+                    p = plan(st, time.time(), new_node_id)
             except Exception:  # a planner bug must not stop the leader's other work
                 log.exception("orchestrator: planning failed")
                 await asyncio.sleep(1.0)
                 continue
             wake_at = p.wake_at
-            for cmd in p.commands:
+            if not (node.is_leader and node.state is st):
+                self.plan_now.set()  # the leadership (or the state) changed meanwhile
+                continue
+            for cmd in split_writes(p.commands):
                 try:
                     await node.submit(cmd)
                 except MeshkitError as exc:

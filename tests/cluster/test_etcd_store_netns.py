@@ -7,6 +7,7 @@ and back."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -49,8 +50,6 @@ def lab() -> Iterator[EtcdLab]:
     reason = available()
     if reason is not None:
         pytest.skip(reason)
-    import os
-
     if not os.path.exists(ETCD):
         pytest.skip(f"{ETCD} missing (Debian's etcd-server: scripts/install-test-deps)")
     nl = NetnsLab()
@@ -87,7 +86,9 @@ def test_init_join_service_restart_and_failover(lab: EtcdLab) -> None:
     until(lambda: lab.ls("m1").get("w1", {}).get("Status") == "Ready", 30, "w1 Ready")
     lab.ids = list(lab.node_ids("m1").values())
 
-    out = lab.cli_ok("service", "create", "--name", "naps", "--replicas", "2", "--", "sleep", "1000")
+    out = lab.cli_ok(
+        "service", "create", "--name", "naps", "--replicas", "2", "--", "sleep", "1000"
+    )  # fmt: skip
     assert "converged" in out
     until(lambda: len(lab.running("naps")) == 2, 30, "2 tasks running")
 

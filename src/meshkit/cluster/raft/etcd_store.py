@@ -30,99 +30,30 @@ import json
 import logging
 import os
 import time
-import zlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import state as cstate
+from meshkit.cluster.raft import etcd_keys
 from meshkit.cluster.raft.etcd_http import (
     EtcdError,
-    EtcdHttp,
     EtcdLost,
     EtcdUnreachable,
     b64,
-    prefix_end,
-    unb64,
 )
-from meshkit.cluster.raft.etcd_spec import StoreSpec
+from meshkit.cluster.raft.etcd_replica import EtcdReplica
 from meshkit.cluster.raft.store import (
     NoQuorum,
-    StallLog,
     StoreError,
     UnknownOutcome,
-    _StateMachine,
     unknown_text,
 )
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1_000_000  # bytes of snapshot per key: etcd refuses requests over 1.5 MiB by default
-TXN_OPS = 100  # etcd refuses a txn of more than 128 operations by default
 
-
-@dataclass(frozen=True)
-class EtcdTimings:
-    lease_ttl: int = 5  # seconds; a dead leader's duties move after at most this
-    keepalive: float = 1.5
-    commit_timeout: float = 8.0
-    request_timeout: float = 3.0
-    retry: float = 0.5
-    probe: float = 0.05  # the loop-stall probe's period
-    compact_entries: int = 500
-    compact_seconds: float = 600.0
-
-
-class EtcdStore:
+class EtcdStore(EtcdReplica):
     """One manager's view of the cluster state, replicated through etcd."""
-
-    def __init__(
-        self,
-        self_addr: str,
-        spec: StoreSpec,
-        cluster_id: str,
-        timings: EtcdTimings | None = None,
-    ) -> None:
-        self.self_addr = self_addr
-        self.spec = spec
-        self.timings = timings or EtcdTimings()
-        self.prefix = f"/meshkit/{cluster_id}/"
-        self.watched = self.prefix + "w/"
-        self.log_prefix = self.watched + "log/"
-        self.leader_key = self.watched + "leader"
-        self.members_prefix = self.watched + "members/"
-        self.snap_prefix = self.prefix + "snap/"
-        self.meta_key = self.snap_prefix + "meta"
-        self.trimmed_key = self.snap_prefix + "trimmed"
-        self.http = EtcdHttp(spec.endpoints, spec.ssl_context())
-        self._machine = _StateMachine()
-        self._machine.on_applied = self._applied
-        self.on_applied: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
-        self.applied = 0  # the etcd revision this replica has applied up to
-        self.commit_seen = 0  # the highest revision of our prefix known to be committed
-        self.snapshot_rev = 0
-        self._log_keys: dict[str, int] = {}  # log entries in etcd, oldest first
-        self._since_snapshot = 0
-        self._snapshot_at = time.monotonic()
-        self._leader: str | None = None
-        self._leader_lease = 0
-        self._members: set[str] = set()
-        self._lease = 0
-        self._lease_ok_at = float("-inf")
-        self._watching = False
-        self._error = ""
-        self._by_cid: dict[str, asyncio.Future[dict[str, Any]]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
-        self._wake_campaign = asyncio.Event()
-        self._watch_ready = asyncio.Event()
-        self.stalls = StallLog()
-        self.slowest_tick = 0.0
-        self._probe_due = 0.0
-        self._probe_cpu = 0.0
-        self._snapshotting = False
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -132,12 +63,12 @@ class EtcdStore:
         self._loop = asyncio.get_running_loop()
         try:
             await self._sync()
+            await self._grant()
         except EtcdError as exc:
             self.http.close()
             raise StoreError(
                 f"cannot start the cluster store on etcd {self.spec.url}: {exc}"
             ) from None
-        await self._grant_lease()
         gc.freeze()  # as the raft store: the state just loaded lives long
         self._tasks = [
             asyncio.ensure_future(self._watch_loop()),
@@ -165,297 +96,43 @@ class EtcdStore:
         self._by_cid.clear()
         for task in self._tasks:
             task.cancel()
-        lease, self._lease = self._lease, 0
+        lease, self.lease.id = self.lease.id, 0
         if lease and self._loop is not None and not self._loop.is_closed():
             # Give up the lease at once: another manager takes the leader duties without
             # waiting for it to expire. Best effort: the agent may be stopping.
-            task = self._loop.create_task(self._revoke(lease))
+            task = self._loop.create_task(self.lease.revoke(lease))
             task.add_done_callback(lambda _t: self.http.close())
         else:
             self.http.close()
 
-    async def _revoke(self, lease: int) -> None:
-        with contextlib.suppress(EtcdError):
-            await self.http.call("/v3/lease/revoke", {"ID": str(lease)}, timeout=1.0)
-
     def kick(self) -> None:
         """Nothing to tick: etcd's client calls run as they are made."""
 
-    def _schedule_probe(self) -> None:
-        if self._closed or self._loop is None:
-            return
-        self._probe_due = time.monotonic() + self.timings.probe
-        self._probe_cpu = time.process_time()
-        self._loop.call_later(self.timings.probe, self._probe)
-
-    def _probe(self) -> None:
-        # How late this timer fires is how long the loop was held (the raft store measures
-        # the same with its tick timer): the managers' loop-stall figure.
-        late = time.monotonic() - self._probe_due
-        self.stalls.note(late, time.process_time() - self._probe_cpu)
-        self.slowest_tick = max(self.slowest_tick, late)
-        self._schedule_probe()
-
-    # -- reading etcd --------------------------------------------------------------------------
-
-    def _range(self, key: str, *, prefix: bool = False, **extra: Any) -> dict[str, Any]:
-        req: dict[str, Any] = {"key": b64(key), **extra}
-        if prefix:
-            req["range_end"] = prefix_end(key)
-        return {"request_range": req}
-
-    async def _sync(self) -> None:
-        """Catch up: one consistent read of everything under the prefix, then the snapshot if
-        log entries this replica needs were trimmed. Afterwards `applied` is etcd's revision."""
-        answer = await self.http.call(
-            "/v3/kv/txn",
-            {
-                "success": [
-                    self._range(self.leader_key),
-                    self._range(self.members_prefix, prefix=True),
-                    self._range(self.meta_key),
-                    self._range(self.trimmed_key),
-                    self._range(
-                        self.log_prefix, prefix=True, sort_order="ASCEND", sort_target="MOD"
-                    ),
-                ]
-            },
-            timeout=30.0,
-        )
-        head = int(answer["header"]["revision"])
-        ranges = [r.get("response_range", {}).get("kvs", []) for r in answer["responses"]]
-        leader, members, meta, trimmed, entries = ranges
-        trimmed_rev = int(unb64(trimmed[0]["value"])) if trimmed else 0
-        meta_doc = json.loads(unb64(meta[0]["value"])) if meta else None
-        if meta_doc is not None:
-            self.snapshot_rev = max(self.snapshot_rev, int(meta_doc["rev"]))
-        if meta_doc is not None and int(meta_doc["rev"]) > self.applied:
-            if trimmed_rev > self.applied or self.applied == 0:
-                await self._load_snapshot(meta_doc, head)
-        elif trimmed_rev > self.applied:
-            raise EtcdError(f"log entries up to revision {trimmed_rev} are gone, no snapshot")
-        self._log_keys = {}
-        for kv in entries:
-            key, rev = unb64(kv["key"]).decode(), int(kv["mod_revision"])
-            self._log_keys[key] = rev
-            if rev > self.applied:
-                self._apply_entry(kv.get("value", ""), rev)
-        self._set_leader(leader[0] if leader else None)
-        self._members = {unb64(kv["key"]).decode()[len(self.members_prefix) :] for kv in members}
-        self.applied = max(self.applied, head)
-        self.commit_seen = max(self.commit_seen, self.applied)
-        self._error = ""
-
-    async def _load_snapshot(self, meta: dict[str, Any], head: int) -> None:
-        rev = int(meta["rev"])
-        answer = await self.http.call(
-            "/v3/kv/range",
-            {
-                "key": b64(f"{self.snap_prefix}{rev:020d}/"),
-                "range_end": prefix_end(f"{self.snap_prefix}{rev:020d}/"),
-                "revision": str(head),
-            },
-            timeout=60.0,
-        )
-        chunks = [unb64(kv["value"]) for kv in answer.get("kvs", [])]
-        if len(chunks) != int(meta["chunks"]):
-            raise EtcdError(f"the snapshot at revision {rev} is incomplete")
-        assert self._loop is not None
-        blob = b"".join(chunks)
-        data = await self._loop.run_in_executor(None, lambda: json.loads(zlib.decompress(blob)))
-        self._machine._deserialize(data)
-        self.applied = rev
-        self.snapshot_rev = rev
-        self._since_snapshot = 0
-        log.info("loaded the cluster state snapshot of etcd revision %d", rev)
-
-    # -- following etcd ------------------------------------------------------------------------
-
-    async def _watch_loop(self) -> None:
-        first = True
-        while not self._closed:
-            try:
-                if not first:
-                    await self._sync()
-                first = False
-                await self._watch()
-            except asyncio.CancelledError:
-                raise
-            except (EtcdError, OSError, ValueError, KeyError) as exc:
-                if self._watching or not self._error:
-                    log.warning("cluster store: lost etcd %s: %s", self.http.describe(), exc)
-                self._error = str(exc) or type(exc).__name__
-            self._watching = False
-            await asyncio.sleep(self.timings.retry)
-
-    async def _watch(self) -> None:
-        body = {
-            "create_request": {
-                "key": b64(self.watched),
-                "range_end": prefix_end(self.watched),
-                "start_revision": str(self.applied + 1),
-            }
-        }
-        async for message in self.http.stream("/v3/watch", body):
-            result = message.get("result") or {}
-            if "error" in message:
-                raise EtcdError(str(message["error"]))
-            if result.get("created"):
-                if not self._watching:
-                    log.info("cluster store: following etcd %s", self.http.describe())
-                self._watching = True
-                self._error = ""
-                self._watch_ready.set()
-                continue
-            if result.get("canceled") or result.get("compact_revision"):
-                # etcd compacted the revisions this watch needed: catch up by reading
-                raise EtcdError(
-                    f"watch canceled (compacted at {result.get('compact_revision', '?')})"
-                )
-            for event in result.get("events") or []:
-                self._event(event)
-
-    def _event(self, event: dict[str, Any]) -> None:
-        kv = event["kv"]
-        rev = int(kv["mod_revision"])
-        if rev <= self.applied:
-            return
-        key = unb64(kv["key"]).decode()
-        deleted = event.get("type") == "DELETE"
-        if key.startswith(self.log_prefix):
-            if deleted:
-                self._log_keys.pop(key, None)
-            else:
-                self._log_keys[key] = rev
-                self._apply_entry(kv.get("value", ""), rev)
-        elif key == self.leader_key:
-            self._set_leader(None if deleted else kv)
-        elif key.startswith(self.members_prefix):
-            addr = key[len(self.members_prefix) :]
-            if deleted:
-                self._members.discard(addr)
-            else:
-                self._members.add(addr)
-        self.applied = rev
-        self.commit_seen = max(self.commit_seen, rev)
-
-    def _apply_entry(self, value: str, rev: int) -> None:
-        try:
-            cmd = json.loads(unb64(value))
-        except ValueError:
-            log.error("cluster store: log entry at revision %d is not JSON: skipped", rev)
-            return
-        self._machine.apply_command(cmd, _doApply=True)
-        self._since_snapshot += 1
-
-    def _set_leader(self, kv: dict[str, Any] | None) -> None:
-        before = self._leader
-        if kv is None:
-            self._leader, self._leader_lease = None, 0
-            self._wake_campaign.set()
-        else:
-            self._leader = unb64(kv["value"]).decode()
-            self._leader_lease = int(kv.get("lease", 0) or 0)
-        if before != self._leader:
-            log.info("cluster store: leader %s", self._leader or "(none)")
-
-    def _applied(self, cmd: Mapping[str, Any], result: dict[str, Any]) -> None:
-        fut = self._by_cid.pop(str(cmd.get("cid")), None)
-        if fut is not None and not fut.done():
-            fut.set_result(result)
-        if self.on_applied is not None:
-            self.on_applied(cmd, result)
-
     # -- the lease: presence and leadership ----------------------------------------------------
 
-    async def _grant_lease(self) -> None:
-        t = self.timings
-        answer = await self.http.call(
-            "/v3/lease/grant", {"TTL": str(t.lease_ttl)}, timeout=t.request_timeout
-        )
-        started = time.monotonic()
-        self._lease = int(answer["ID"])
-        self._lease_ok_at = started
-        # A manager started again while its old lease lives: its old keys (the leader key,
-        # perhaps) would keep the duties with a lease nobody renews until it expires.
-        old = await self.http.call(
-            "/v3/kv/range",
-            {"key": b64(self.members_prefix + self.self_addr)},
-            timeout=t.request_timeout,
-        )
-        stale = {int(kv.get("lease", 0) or 0) for kv in old.get("kvs", [])}
-        if self._leader == self.self_addr:
-            stale.add(self._leader_lease)
-        for lease in stale - {0, self._lease}:
-            await self._revoke(lease)
-        await self.http.call(
-            "/v3/kv/put",
-            {
-                "key": b64(self.members_prefix + self.self_addr),
-                "value": b64(json.dumps({"since": time.time()})),
-                "lease": str(self._lease),
-            },
-            timeout=t.request_timeout,
-        )
+    async def _grant(self) -> None:
+        # this manager's earlier run may still hold the leader key with a lease of its own
+        mine = self._leader == self.self_addr and self._leader_lease != self.lease.id
+        await self.lease.grant({self._leader_lease} if mine else set())
 
     async def _lease_loop(self) -> None:
-        t = self.timings
         while not self._closed:
-            started = time.monotonic()
             try:
-                if not self._lease:
-                    await self._grant_lease()
-                else:
-                    answer = await self.http.call(
-                        "/v3/lease/keepalive", {"ID": str(self._lease)}, timeout=t.request_timeout
-                    )
-                    if int((answer.get("result") or {}).get("TTL", 0) or 0) <= 0:
-                        log.warning("cluster store: this manager's etcd lease expired")
-                        self._lease = 0
-                        continue
-                    self._lease_ok_at = started
-                if self._leader is None and self._lease:
-                    await self._campaign()
+                if not self.lease.id:
+                    await self._grant()
+                elif not await self.lease.keepalive():
+                    continue
+                if self._leader is None and self.lease.id:
+                    await self.lease.campaign()
             except asyncio.CancelledError:
                 raise
             except EtcdError as exc:
                 self._error = str(exc)
             self._wake_campaign.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake_campaign.wait(), t.keepalive)
-
-    async def _campaign(self) -> None:
-        key = b64(self.leader_key)
-        answer = await self.http.call(
-            "/v3/kv/txn",
-            {
-                "compare": [{"key": key, "target": "CREATE", "create_revision": "0"}],
-                "success": [
-                    {
-                        "request_put": {
-                            "key": key,
-                            "value": b64(self.self_addr),
-                            "lease": str(self._lease),
-                        }
-                    }
-                ],
-            },
-            timeout=self.timings.request_timeout,
-        )
-        if answer.get("succeeded"):
-            log.info("cluster store: this manager holds the leader key")
-
-    @property
-    def _lease_fresh(self) -> bool:
-        # Stop acting as leader a keep-alive period before etcd could expire the lease.
-        t = self.timings
-        return time.monotonic() - self._lease_ok_at < t.lease_ttl - t.keepalive
+                await asyncio.wait_for(self._wake_campaign.wait(), self.timings.keepalive)
 
     # -- reads ---------------------------------------------------------------------------------
-
-    @property
-    def state(self) -> cstate.ClusterState:
-        return self._machine.state
 
     @property
     def healthy(self) -> bool:
@@ -465,9 +142,8 @@ class EtcdStore:
     def is_leader(self) -> bool:
         return (
             self._leader == self.self_addr
-            and self._leader_lease == self._lease
-            and self._lease != 0
-            and self._lease_fresh
+            and self._leader_lease == self.lease.id
+            and self.lease.fresh
         )
 
     @property
@@ -541,7 +217,7 @@ class EtcdStore:
                 try:
                     answer = await self.http.call(
                         "/v3/kv/put",
-                        {"key": b64(self.log_prefix + cmd["cid"]), "value": b64(value)},
+                        {"key": b64(self.keys.log + cmd["cid"]), "value": b64(value)},
                         timeout=max(0.1, min(remaining, self.timings.request_timeout)),
                     )
                     break
@@ -583,21 +259,9 @@ class EtcdStore:
         """Membership is each manager's lease in etcd: nothing to change here. A leader that
         must go gives up the leader key so another manager takes the duties."""
         if self.is_leader and self.self_addr not in desired and self._loop is not None:
-            self._loop.create_task(self._resign())
+            self._loop.create_task(self.lease.resign())
             return "resign"
         return None
-
-    async def _resign(self) -> None:
-        key = b64(self.leader_key)
-        with contextlib.suppress(EtcdError):
-            await self.http.call(
-                "/v3/kv/txn",
-                {
-                    "compare": [{"key": key, "target": "LEASE", "lease": str(self._lease)}],
-                    "success": [{"request_delete_range": {"key": key}}],
-                },
-                timeout=self.timings.request_timeout,
-            )
 
     # -- snapshots -----------------------------------------------------------------------------
 
@@ -626,35 +290,9 @@ class EtcdStore:
         data = self._machine.state.to_dict()
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
-        blob = await self._loop.run_in_executor(
-            None, lambda: zlib.compress(json.dumps(data).encode(), 3)
-        )
-        base = f"{self.snap_prefix}{rev:020d}/"
-        chunks = [blob[i : i + CHUNK] for i in range(0, len(blob), CHUNK)] or [b""]
-        for n, chunk in enumerate(chunks):
-            await self.http.call(
-                "/v3/kv/put", {"key": b64(f"{base}{n:06d}"), "value": b64(chunk)}, timeout=30.0
-            )
-        meta = {"rev": rev, "chunks": len(chunks), "bytes": len(blob), "at": time.time()}
-        old = self.snapshot_rev
-        await self.http.call(
-            "/v3/kv/put", {"key": b64(self.meta_key), "value": b64(json.dumps(meta))}
-        )
+        blob = await self._loop.run_in_executor(None, etcd_keys.encode_state, data)
+        await etcd_keys.write_snapshot(self.http, self.keys, blob, rev, self.snapshot_rev)
         self.snapshot_rev = rev
-        if old and old != rev:
-            old_base = f"{self.snap_prefix}{old:020d}/"
-            await self.http.call(
-                "/v3/kv/deleterange", {"key": b64(old_base), "range_end": prefix_end(old_base)}
-            )
-        await self._trim(rev)
+        await etcd_keys.trim_log(self.http, self.keys, self._log_keys, rev)
         log.info("cluster store: snapshot of revision %d written (%d bytes)", rev, len(blob))
         return rev
-
-    async def _trim(self, rev: int) -> None:
-        gone = [key for key, r in self._log_keys.items() if r <= rev]
-        for i in range(0, len(gone), TXN_OPS):
-            batch = gone[i : i + TXN_OPS]
-            upto = max(self._log_keys.get(k, 0) for k in batch)
-            ops: list[dict[str, Any]] = [{"request_delete_range": {"key": b64(k)}} for k in batch]
-            ops.append({"request_put": {"key": b64(self.trimmed_key), "value": b64(str(upto))}})
-            await self.http.call("/v3/kv/txn", {"success": ops}, timeout=30.0)

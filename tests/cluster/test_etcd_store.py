@@ -160,8 +160,30 @@ def test_compacted_watch_and_etcd_lost(etcd: Etcd) -> None:
 def test_start_with_etcd_unreachable_names_it() -> None:
     async def go() -> None:
         s = EtcdStore("127.0.0.1:1", parse_store("etcd://127.0.0.1:9"), "c-none", FAST)
-        with pytest.raises(Exception, match=r"cannot start the cluster store on etcd "
-                           r"etcd://127.0.0.1:9: cannot reach etcd at http://127.0.0.1:9"):
+        with pytest.raises(
+            Exception,
+            match=r"cannot start the cluster store on etcd "
+            r"etcd://127.0.0.1:9: cannot reach etcd at http://127.0.0.1:9",
+        ):
             await s.start()
 
     run(go)
+
+
+def test_tls_to_etcd_with_a_client_certificate() -> None:
+    with running_etcd(tls=True) as e:
+
+        async def go() -> None:
+            good = parse_store(e.url, cacert=e.ca, cert=e.client_cert, key=e.client_key)
+            s = EtcdStore("127.0.0.1:1", good, "c-tls", FAST)
+            await s.start()
+            await s.submit({"op": "init", "cluster": {"cluster_id": "c-tls"}, "node": node(0)})
+            assert s.state.cluster_id == "c-tls" and s.status()["endpoints"] == e.http
+            s.close()
+            # no client certificate: etcd refuses the handshake, and the error says where
+            bare = parse_store(e.url, cacert=e.ca)
+            with pytest.raises(Exception, match=f"cannot start the cluster store on etcd {e.url}"):
+                await EtcdStore("127.0.0.1:2", bare, "c-tls", FAST).start()
+            await asyncio.sleep(0.1)
+
+        run(go)

@@ -9,12 +9,14 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +29,46 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _server_cert(ca: Any, tmp: Path, host: str) -> tuple[Path, Path]:
+    """etcd's own certificate: server and client use (its gateway dials etcd's gRPC with it,
+    and --client-cert-auth checks it as a client certificate)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), False
+        )
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .sign(ca.key, hashes.SHA256())
+    )
+    crt, pem = tmp / "server.crt", tmp / "server.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return crt, pem
+
+
 class Etcd:
     """One etcd member on `host`; `spawn` runs it (in a namespace host, say)."""
 
@@ -35,6 +77,7 @@ class Etcd:
         host: str = "127.0.0.1",
         spawn: Callable[[Sequence[str]], subprocess.Popen[bytes]] | None = None,
         probe: Callable[[str], bool] | None = None,
+        tls: bool = False,
     ) -> None:
         self.host = host
         self.dir = Path(tempfile.mkdtemp(prefix="mketcd-"))
@@ -43,18 +86,28 @@ class Etcd:
         self._spawn = spawn
         self._probe = probe  # how to ask /health from where etcd runs (a namespace host)
         self.proc: subprocess.Popen[bytes] | None = None
+        # with tls: etcd serves HTTPS and asks for a client certificate of the same CA
+        self.ca = self.cert = self.key = self.client_cert = self.client_key = ""
+        if tls:
+            from support import tlscerts
+
+            ca = tlscerts.make_ca(self.dir, "etcd test CA")
+            cert, key = _server_cert(ca, self.dir, host)
+            ccert, ckey = tlscerts.issue(ca, self.dir, "client", ["meshkit"], client=True)
+            self.ca, self.cert, self.key = str(ca.path), str(cert), str(key)
+            self.client_cert, self.client_key = str(ccert), str(ckey)
 
     @property
     def url(self) -> str:
-        return f"etcd://{self.host}:{self.client_port}"
+        return f"{'etcds' if self.ca else 'etcd'}://{self.host}:{self.client_port}"
 
     @property
     def http(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{'https' if self.ca else 'http'}://{self.host}:{self.client_port}"
 
     def argv(self) -> list[str]:
         peer = f"http://{self.host}:{self.peer_port}"
-        return [
+        argv = [
             ETCD,
             "--name", "t",
             "--data-dir", str(self.dir / "data"),
@@ -66,6 +119,12 @@ class Etcd:
             "--log-level", "error",
             "--logger", "zap",
         ]  # fmt: skip
+        if self.ca:
+            argv += [
+                "--cert-file", self.cert, "--key-file", self.key,
+                "--client-cert-auth", "--trusted-ca-file", self.ca,
+            ]  # fmt: skip
+        return argv
 
     def start(self, wait: bool = True) -> None:
         log = open(self.dir / "etcd.log", "ab")  # noqa: SIM115 - the child holds it
@@ -91,8 +150,12 @@ class Etcd:
     def healthy(self) -> bool:
         if self._probe is not None:
             return self._probe(self.http + "/health")
+        ctx = None
+        if self.ca:
+            ctx = ssl.create_default_context(cafile=self.ca)
+            ctx.load_cert_chain(self.client_cert, self.client_key)
         try:
-            with urllib.request.urlopen(self.http + "/health", timeout=1) as r:
+            with urllib.request.urlopen(self.http + "/health", timeout=1, context=ctx) as r:
                 return bool(json.load(r).get("health") == "true")
         except (OSError, ValueError):
             return False
@@ -118,10 +181,10 @@ class Etcd:
 
 
 @contextlib.contextmanager
-def running_etcd() -> Iterator[Etcd]:
+def running_etcd(tls: bool = False) -> Iterator[Etcd]:
     if not os.path.exists(ETCD):
         pytest.skip(f"{ETCD} missing (Debian's etcd-server; scripts/install-test-deps)")
-    e = Etcd()
+    e = Etcd(tls=tls)
     try:
         e.start()
         yield e

@@ -3,7 +3,9 @@ snapshot writes and reads, which are plain functions of the layout and the clien
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -79,6 +81,41 @@ async def read_snapshot(http: EtcdHttp, keys: Keys, meta: dict[str, Any], head: 
 
 def encode_state(data: dict[str, Any]) -> bytes:
     return zlib.compress(json.dumps(data).encode(), 3)
+
+
+def encode_in_child(state: Any) -> tuple[int, int]:
+    """Fork a child that encodes `state` (its `to_dict()`, O(state): never on the event loop)
+    into a pipe, from a copy-on-write view of the state at this very moment, as the raft
+    store's dump writer does. (pid, read end); `collect` gets the bytes."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no event loop, no threads; encode, write, leave
+        code = 1
+        try:
+            os.close(r)
+            gc.disable()
+            view = memoryview(encode_state(state.to_dict()))
+            while view:
+                view = view[os.write(w, view) :]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def collect(pid: int, fd: int) -> bytes:
+    """The child's bytes (blocking: run in a thread); ValueError when the child failed."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+        _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise ValueError(f"the snapshot writer (pid {pid}) failed with status {status}")
+    return b"".join(chunks)
 
 
 def decode_state(blob: bytes) -> dict[str, Any]:

@@ -287,10 +287,10 @@ class EtcdStore(EtcdReplica):
         """Write the state as of the applied revision, then trim the log up to it."""
         assert self._loop is not None
         rev = self.applied
-        data = self._machine.state.to_dict()
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
-        blob = await self._loop.run_in_executor(None, etcd_keys.encode_state, data)
+        pid, fd = etcd_keys.encode_in_child(self._machine.state)
+        blob = await self._loop.run_in_executor(None, etcd_keys.collect, pid, fd)
         await etcd_keys.write_snapshot(self.http, self.keys, blob, rev, self.snapshot_rev)
         self.snapshot_rev = rev
         await etcd_keys.trim_log(self.http, self.keys, self._log_keys, rev)

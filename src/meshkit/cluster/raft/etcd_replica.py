@@ -172,6 +172,9 @@ class EtcdReplica:
                     log.warning("cluster store: lost etcd %s: %s", self.http.describe(), exc)
                 self._error = str(exc) or type(exc).__name__
             self._watching = False
+            # kept-alive connections to an etcd that went away are dead: a write sent on one
+            # would end as "unknown outcome" although it never reached etcd
+            self.http.close()
             await asyncio.sleep(self.timings.retry)
 
     async def _watch(self) -> None:

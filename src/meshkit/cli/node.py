@@ -402,6 +402,12 @@ def _force_new_cluster(
     from meshkit.cluster.rpc.transport import RpcError
 
     cfg = NodeConfig.load(data_dir)
+    if cfg.store:
+        raise FlagError(
+            "--force-new-cluster", "", f"this manager keeps the cluster's state in etcd "
+            f"({cfg.store.get('url')}), not in its data dir: start it again with `meshkit node "
+            "run`; losing etcd's quorum is recovered with etcd's own disaster recovery"
+        )  # fmt: skip
     if host is not None or os.environ.get("MESHKIT_HOST"):
         cfg.socket = _socket_for(host)
     try:

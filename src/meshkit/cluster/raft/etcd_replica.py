@@ -35,7 +35,7 @@ class EtcdTimings:
     commit_timeout: float = 8.0
     request_timeout: float = 3.0
     retry: float = 0.5
-    probe: float = 0.05  # the loop-stall probe's period
+    probe: float = 0.1  # the loop-stall probe's period
     compact_entries: int = 500
     compact_seconds: float = 600.0
 

@@ -83,7 +83,6 @@ class EtcdReplica:
         self.slowest_tick = 0.0
         self._probe_due = 0.0
         self._probe_cpu = 0.0
-        self._snapshotting = False
 
     @property
     def state(self) -> cstate.ClusterState:

@@ -289,6 +289,9 @@ class EtcdStore(EtcdReplica):
         rev = self.applied
         self._since_snapshot = 0
         self._snapshot_at = time.monotonic()
+        # as the raft store at each dump: the state lives long, so no full collection walks
+        # it again on the loop (and the child's copy-on-write pages stay shared)
+        gc.freeze()
         pid, fd = etcd_keys.encode_in_child(self._machine.state)
         blob = await self._loop.run_in_executor(None, etcd_keys.collect, pid, fd)
         await etcd_keys.write_snapshot(self.http, self.keys, blob, rev, self.snapshot_rev)

@@ -81,7 +81,7 @@ def test_init_join_service_restart_and_failover(lab: EtcdLab) -> None:
     token = lab.ok("m1", "join-token", "-q", "worker").strip()
     lab.start(
         "w1", "join", "--token", token, f"{ip('m1')}:2377", "--advertise-addr", ip("w1"),
-        "--hostname", "w1",
+        "--hostname", "w1", "--store", url,  # kept for a promotion; a worker does not use it
     )  # fmt: skip
     until(lambda: lab.ls("m1").get("w1", {}).get("Status") == "Ready", 30, "w1 Ready")
     lab.ids = list(lab.node_ids("m1").values())
@@ -129,6 +129,11 @@ def test_init_join_service_restart_and_failover(lab: EtcdLab) -> None:
     until(lambda: lab.cli("service", "scale", "naps=1", host="m2").returncode == 0, 30,
           "writes again once etcd is back")  # fmt: skip
     until(lambda: len(lab.running_on("naps", "m2")) == 1, 30, "scaled down")
+
+    # a worker joined with --store, promoted: it starts its replica on etcd
+    lab.cli_ok("node", "promote", "w1", host="m2")
+    until(lambda: statuses("m2").get("w1") == "Reachable", 40, "w1 a manager on etcd")
+    until(lambda: "Cluster store: etcd" in lab.doctor_store("w1"), 20, "w1's store is etcd")
 
 
 def test_init_with_etcd_unreachable_names_the_endpoint(lab: EtcdLab) -> None:

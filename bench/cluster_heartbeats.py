@@ -258,6 +258,8 @@ class Manager:
             "--log-level",
             "warning",
         ]
+        if args.store_url:  # --store etcd: the managers keep the log in the bench's etcd
+            common += ["--store", args.store_url]
         if join is None:
             sub = ["init", *common, "--dispatcher-heartbeat", f"{args.period:g}s"]
         else:
@@ -1233,6 +1235,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="also run a global service (one task per simulated node) that the nodes watch "
         "and report running, as agents do",
     )
+    parser.add_argument(
+        "--store",
+        choices=("raft", "etcd"),
+        default="raft",
+        help="the managers' replicated log: the embedded raft, or an etcd this bench starts",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke test: 10 and 30 nodes")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--seed", type=int, default=1)
@@ -1303,6 +1311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.client_core is not None:
         os.sched_setaffinity(0, {args.client_core})
     tmp = Path(tempfile.mkdtemp(prefix="meshkit-bench-hb-"))
+    etcd = None
+    args.store_url = ""
+    if args.store == "etcd":
+        from etcd_server import EtcdServer
+
+        etcd = EtcdServer(tmp)
+        etcd.start()
+        args.store_url = etcd.url
+        log(f"etcd pid {etcd.proc.pid if etcd.proc else '?'} at {etcd.client}")
     cluster = Cluster(tmp, args)
     try:
         try:
@@ -1355,6 +1372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         cluster.stop_all()
+        if etcd is not None:
+            log(f"etcd used {etcd.cpu_seconds():.1f} s of CPU in all")
+            etcd.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

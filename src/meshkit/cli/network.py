@@ -202,8 +202,12 @@ def doctor(
     except Exception as exc:  # no agent here: the kernel half still helps
         info = None
         note = f"No meshkit agent answers here ({exc}); only the kernel was checked."
+    store = ""
     if info is not None:
         if info.get("role") == "manager":
+            from meshkit.cli.storeflags import store_line
+
+            store = store_line(_call(host, "cluster_status"))
             reply = _call(host, "overlay_pairs")
             pairs = list(reply["pairs"])
             for node in sorted(reply["nodes"].values(), key=lambda n: n["hostname"]):
@@ -238,6 +242,8 @@ def doctor(
             out["ok"] = bool(out["ok"]) and not mesh_problems(out["mesh"])
         if note:
             out["note"] = note
+        if store:
+            out["store"] = store
         out["cgroups"] = _cgroups().to_dict()  # task resource limits (v1 or v2, controllers)
         typer.echo(json.dumps(out, indent=4))
         return
@@ -255,6 +261,8 @@ def doctor(
     if vip_paths:
         text += "\nVIPs on every port, by node: " + ", ".join(vip_paths) + "\n"
     text += f"\nTask resource limits: {_cgroups().describe()}\n"
+    if store:
+        text += f"\n{store}\n"
     if note:
         text += "\n" + note + "\n"
     typer.echo(text, nl=False)

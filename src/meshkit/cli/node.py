@@ -22,6 +22,7 @@ import typer
 from meshkit.base.errors import FlagError, MeshkitError
 from meshkit.cli.agentrun import run_agent
 from meshkit.cli.nodefilter import node_filters, node_matches
+from meshkit.cli.storeflags import StoreCaOpt, StoreCertOpt, StoreKeyOpt, StoreOpt, store_spec
 
 node_app = typer.Typer(
     name="node",
@@ -283,6 +284,10 @@ def init(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     host: HostOpt = None,
     log_level: LogLevelOpt = "info",
+    store: StoreOpt = None,
+    store_cacert: StoreCaOpt = None,
+    store_cert: StoreCertOpt = None,
+    store_key: StoreKeyOpt = None,
 ) -> None:
     """Make a new cluster with this node as its first manager, and run its agent."""
     from meshkit.base.durations import parse_duration
@@ -300,6 +305,7 @@ def init(
                 ("--hostname", hostname),
                 ("--task-history-limit", task_history_limit != 5 or None),
                 ("--autolock", autolock or None),
+                ("--store", store),
             )
             if value
         ]
@@ -341,6 +347,7 @@ def init(
     if task_history_limit < 0:
         raise FlagError("--task-history-limit", str(task_history_limit), "must be 0 or more")
     _check_log_level(log_level)
+    store_dict = store_spec(store, store_cacert, store_cert, store_key)
     opts = bootstrap.NodeOptions(
         data_dir=Path(data_dir),
         socket=_socket_for(host),
@@ -364,6 +371,7 @@ def init(
         unlock_key=key,
         task_history_limit=task_history_limit,
     )
+    cfg.store = store_dict
 
     def ready_text(agent: Any) -> str:
         from meshkit.cluster.rpc.tokens import ca_digest, format_token
@@ -394,6 +402,12 @@ def _force_new_cluster(
     from meshkit.cluster.rpc.transport import RpcError
 
     cfg = NodeConfig.load(data_dir)
+    if cfg.store:
+        raise FlagError(
+            "--force-new-cluster", "", f"this manager keeps the cluster's state in etcd "
+            f"({cfg.store.get('url')}), not in its data dir: start it again with `meshkit node "
+            "run`; losing etcd's quorum is recovered with etcd's own disaster recovery"
+        )  # fmt: skip
     if host is not None or os.environ.get("MESHKIT_HOST"):
         cfg.socket = _socket_for(host)
     try:
@@ -454,6 +468,10 @@ def join(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Run in the background.")] = False,
     host: HostOpt = None,
     log_level: LogLevelOpt = "info",
+    store: StoreOpt = None,
+    store_cacert: StoreCaOpt = None,
+    store_cert: StoreCertOpt = None,
+    store_key: StoreKeyOpt = None,
 ) -> None:
     """Join a cluster as a worker or manager (the token decides), and run the agent."""
     from meshkit.base.hostport import parse_hostport
@@ -470,6 +488,7 @@ def join(
     _check_log_level(log_level)
     if not token.strip():
         raise FlagError("--token", token, "a join token is required")
+    store_dict = store_spec(store, store_cacert, store_cert, store_key)
     opts = bootstrap.NodeOptions(
         data_dir=Path(data_dir),
         socket=_socket_for(host),
@@ -483,6 +502,9 @@ def join(
     import asyncio
 
     cfg, identity, peers = asyncio.run(bootstrap.join_node(opts, token, (mhost, mport)))
+    if store_dict:  # a manager of a cluster on etcd reaches etcd itself
+        cfg.store = store_dict
+        cfg.save(opts.data_dir)
 
     def ready_text(agent: Any) -> str:
         return f"This node joined a swarm as a {agent.identity.role}.\n"

@@ -39,6 +39,7 @@ from meshkit.cluster.node.renewal import Renewal
 from meshkit.cluster.node.roles import Roles
 from meshkit.cluster.node.service_loops import ServiceLoops
 from meshkit.cluster.node.web import NodeWeb
+from meshkit.cluster.raft.etcd_store import EtcdStore
 from meshkit.cluster.raft.sealing import Sealer
 from meshkit.cluster.raft.store import RaftStore, RaftTimings
 from meshkit.cluster.rpc import pki
@@ -139,7 +140,7 @@ class Agent:
         return self._stop.is_set()
 
     @property
-    def store(self) -> RaftStore | None:
+    def store(self) -> RaftStore | EtcdStore | None:
         return self.roles.store
 
     @property

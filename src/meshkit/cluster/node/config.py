@@ -23,6 +23,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from meshkit.base.errors import MeshkitError
 from meshkit.base.files import make_private_dir, write_private
@@ -54,6 +55,7 @@ class NodeConfig:
     managers: list[str] = field(default_factory=list)
     heartbeat_period: float = 5.0
     web: str = ""  # a Caddyfile the agent serves on its own loop (`--web`)
+    store: dict[str, Any] = field(default_factory=dict)  # `--store etcd://`: etcd_spec.StoreSpec
 
     @classmethod
     def load(cls, data_dir: Path) -> NodeConfig:

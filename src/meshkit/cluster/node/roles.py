@@ -23,6 +23,8 @@ from meshkit.cluster.model import state as cstate
 from meshkit.cluster.node.config import RAFT_DIR, SECRET_FILE, NodeConfig, write_secret
 from meshkit.cluster.node.renewal import Renewal
 from meshkit.cluster.raft import autolock
+from meshkit.cluster.raft.etcd_spec import StoreSpec
+from meshkit.cluster.raft.etcd_store import EtcdStore
 from meshkit.cluster.raft.sealing import DATA_KEY_FILE, Sealer, load_data_key, save_data_key
 from meshkit.cluster.raft.store import RaftStore, RaftTimings
 from meshkit.cluster.rpc.transport import RpcError
@@ -53,7 +55,7 @@ class Roles:
         self._on_applied = on_applied
         self._on_started = on_started  # the replica is up: listen, reset the beat counts
         self._spawn = spawn
-        self.store: RaftStore | None = None
+        self.store: RaftStore | EtcdStore | None = None
         self._sealer: Sealer | None = None
         self._leader_api_key: tuple[int, int, int, str | None] = (0, 0, -1, None)
         self._leader_api: str | None = None
@@ -77,7 +79,12 @@ class Roles:
             secret = autolock.read_file(secret_path, gate.key)
         except OSError as exc:
             raise MeshkitError(f"cannot read the raft secret {secret_path}: {exc}") from None
-        store = RaftStore(self.raft_addr, peers, self.raft_dir, secret, self.timings)
+        store: RaftStore | EtcdStore
+        if self.cfg.store:  # the log lives in etcd (`node init --store etcd://...`)
+            spec = StoreSpec.from_dict(self.cfg.store)
+            store = EtcdStore(self.raft_addr, spec, self.cfg.cluster_id)
+        else:
+            store = RaftStore(self.raft_addr, peers, self.raft_dir, secret, self.timings)
         store.on_applied = self._on_applied
         await store.start()
         self.store = store
@@ -128,7 +135,7 @@ class Roles:
             waiter.cancel()
         log.info("manager unlocked")
 
-    async def _lock_loop(self, store: RaftStore) -> None:
+    async def _lock_loop(self, store: RaftStore | EtcdStore) -> None:
         """Keep this manager's raft-dir secrets locked as the state says (autolock on/off, a
         rotated unlock key), once the replica has applied what its journal held."""
         while self.store is store and not self.node.stopping:
@@ -138,7 +145,7 @@ class Roles:
                 log.warning("autolock: cannot update this manager's locked keys: %s", exc)
             await asyncio.sleep(0.5)
 
-    def sync_lock(self, store: RaftStore) -> None:
+    def sync_lock(self, store: RaftStore | EtcdStore) -> None:
         st = store.state
         status = store.status()
         if not st.initialized or status["last_applied"] < status["commit_index"]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -113,6 +114,41 @@ def test_log_leader_snapshot_and_catch_up(etcd: Etcd) -> None:
         assert not (other.is_leader and c.is_leader)
         for s in (other, c):
             s.close()
+        await asyncio.sleep(0.1)
+
+    run(go)
+
+
+def test_a_leader_that_lost_its_lease_cannot_write(etcd: Etcd) -> None:
+    # fencing: a leader cut off long enough for etcd to expire its lease, that has not noticed
+    # yet, must not add commands next to its successor's
+    async def go() -> None:
+        spec = parse_store(etcd.url)
+        a = EtcdStore("127.0.0.1:1", spec, "c-fence", FAST)
+        b = EtcdStore("127.0.0.1:2", spec, "c-fence", FAST)
+        await a.start()
+        await b.start()
+        await until(lambda: a.is_leader or b.is_leader, 5, "a leader")
+        leader, other = (a, b) if a.is_leader else (b, a)
+        await leader.submit({"op": "init", "cluster": {"cluster_id": "c-fence"}, "node": node(0)})
+        for task in leader._tasks:  # it hears nothing more from etcd
+            task.cancel()
+        body = json.dumps({"ID": str(leader.lease.id)}).encode()
+        req = urllib.request.Request(etcd.http + "/v3/lease/revoke", data=body, method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            r.read()
+        await until(lambda: other.is_leader, 10, "the other store takes over")
+        # what the cut-off leader still believes, a moment before its next keep-alive
+        leader._watching = True
+        leader._leader, leader._leader_lease = leader.self_addr, leader.lease.id
+        leader.lease.ok_at = time.monotonic()
+        assert leader.is_leader
+        with pytest.raises(NoQuorum, match="lost the cluster store's leader key"):
+            await leader.submit({"op": "add_node", "node": node(7)})
+        await other.submit({"op": "add_node", "node": node(8)})
+        assert "n0008" in other.state.nodes and "n0007" not in other.state.nodes
+        leader._closed = True
+        other.close()
         await asyncio.sleep(0.1)
 
     run(go)

@@ -214,12 +214,39 @@ class EtcdStore(EtcdReplica):
                 if not self.healthy:
                     raise self.no_quorum()
                 remaining = deadline - time.monotonic()
+                put = {"key": b64(self.keys.log + cmd["cid"]), "value": b64(value)}
+                # A manager that acts as leader writes only while etcd still has its lease on
+                # the leader key (fencing): a leader cut off from etcd, whose lease expired
+                # before it noticed, must not add commands (plans, say) next to its successor's.
+                fenced = self.is_leader
                 try:
-                    answer = await self.http.call(
-                        "/v3/kv/put",
-                        {"key": b64(self.keys.log + cmd["cid"]), "value": b64(value)},
-                        timeout=max(0.1, min(remaining, self.timings.request_timeout)),
-                    )
+                    if fenced:
+                        answer = await self.http.call(
+                            "/v3/kv/txn",
+                            {
+                                "compare": [
+                                    {
+                                        "key": b64(self.keys.leader),
+                                        "target": "LEASE",
+                                        "lease": str(self.lease.id),
+                                    }
+                                ],
+                                "success": [{"request_put": put}],
+                            },
+                            timeout=max(0.1, min(remaining, self.timings.request_timeout)),
+                        )
+                    else:
+                        answer = await self.http.call(
+                            "/v3/kv/put",
+                            put,
+                            timeout=max(0.1, min(remaining, self.timings.request_timeout)),
+                        )
+                    if fenced and not answer.get("succeeded"):
+                        self._leader = None
+                        raise NoQuorum(
+                            "this manager lost the cluster store's leader key before the "
+                            f"{op} write; nothing was written: try again"
+                        )
                     break
                 except EtcdUnreachable as exc:
                     self._error = str(exc)

@@ -81,7 +81,7 @@ def test_init_join_service_restart_and_failover(lab: EtcdLab) -> None:
     token = lab.ok("m1", "join-token", "-q", "worker").strip()
     lab.start(
         "w1", "join", "--token", token, f"{ip('m1')}:2377", "--advertise-addr", ip("w1"),
-        "--hostname", "w1", "--store", url,  # kept for a promotion; a worker does not use it
+        "--hostname", "w1",  # no --store: a promotion takes the URL from the managers
     )  # fmt: skip
     until(lambda: lab.ls("m1").get("w1", {}).get("Status") == "Ready", 30, "w1 Ready")
     lab.ids = list(lab.node_ids("m1").values())
@@ -102,7 +102,7 @@ def test_init_join_service_restart_and_failover(lab: EtcdLab) -> None:
     mtoken = lab.ok("m1", "join-token", "-q", "manager").strip()
     lab.start(
         "m2", "join", "--token", mtoken, f"{ip('m1')}:2377", "--advertise-addr", ip("m2"),
-        "--hostname", "m2", "--store", url,
+        "--hostname", "m2",  # no --store: the join reply says where the log is
     )  # fmt: skip
     lab.ids = list(lab.node_ids("m1").values())
 
@@ -130,7 +130,7 @@ def test_init_join_service_restart_and_failover(lab: EtcdLab) -> None:
           "writes again once etcd is back")  # fmt: skip
     until(lambda: len(lab.running_on("naps", "m2")) == 1, 30, "scaled down")
 
-    # a worker joined with --store, promoted: it starts its replica on etcd
+    # a worker joined without --store, promoted: it starts its replica on the cluster's etcd
     lab.cli_ok("node", "promote", "w1", host="m2")
     until(lambda: statuses("m2").get("w1") == "Reachable", 40, "w1 a manager on etcd")
     until(lambda: "Cluster store: etcd" in lab.doctor_store("w1"), 20, "w1's store is etcd")

@@ -80,6 +80,7 @@ may or may not have been applied), token, unavailable, locked (plus rpc's own).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
@@ -372,11 +373,18 @@ class Api:
 
     def _manager_secrets(self, st: cstate.ClusterState) -> dict[str, Any]:
         """What a manager needs to take part in raft and read the state's secrets."""
-        return {
+        out = {
             "raft_secret": self.unseal(st.raft_secret),
             "raft_peers": [m.raft_addr for m in st.managers()],
             "data_key": self.node.sealer.key,
         }
+        # a cluster whose log is in etcd: the new manager must reach the same etcd (the URL
+        # only; TLS files are the joining host's own, given with --store-cacert/-cert/-key)
+        with contextlib.suppress(RpcError):
+            status = self.node.raft_status()
+            if status.get("store") == "etcd":
+                out["store_url"] = str(status.get("store_url") or "")
+        return out
 
     def digest(self) -> str:
         return ca_digest(self.state.ca_cert_pem.encode())

@@ -237,6 +237,7 @@ async def join_node(
         if reply.get("data_key"):
             save_data_key(opts.data_dir / RAFT_DIR / DATA_KEY_FILE, str(reply["data_key"]))
         peers = [str(p) for p in reply.get("raft_peers") or []]
+    store_url = str(reply.get("store_url") or "") if identity.role == "manager" else ""
     cfg = NodeConfig(
         node_id=identity.node_id,
         cluster_id=identity.cluster_id,
@@ -251,6 +252,8 @@ async def join_node(
         heartbeat_period=float(reply.get("period") or 5.0),
         web=opts.web,
     )
+    if store_url:  # the cluster keeps its log in etcd: so does this manager (no TLS files yet)
+        cfg.store = {"url": store_url}
     cfg.save(opts.data_dir)
     return cfg, identity, peers
 

@@ -269,6 +269,9 @@ class Roles:
                 if reply.get("data_key"):
                     save_data_key(self.raft_dir / DATA_KEY_FILE, reply["data_key"])
                 self._sealer = None
+                if reply.get("store_url") and not self.cfg.store:
+                    # promoted in a cluster whose log is in etcd: reach the same etcd
+                    self.cfg.store = {"url": str(reply["store_url"])}
                 await self.start_manager([str(p) for p in reply.get("raft_peers") or []])
             elif new_role == "worker" and self.store is not None:
                 await self.stop_manager(wipe=True)

@@ -201,6 +201,16 @@ def _translate(exc: Exception) -> RpcError:
     raise exc
 
 
+def etcd_url_of(node: NodeContext) -> dict[str, str]:
+    """{"store_url": URL} when the cluster's log is in etcd: a new manager must reach the same
+    etcd (the URL only; TLS files are the joining host's own, --store-cacert/-cert/-key)."""
+    with contextlib.suppress(RpcError):
+        status = node.raft_status()
+        if status.get("store") == "etcd":
+            return {"store_url": str(status.get("store_url") or "")}
+    return {}
+
+
 class Api:
     """Every method of one node's API: the node methods here, the service and network methods
     in their areas; `dispatch_tcp` and `dispatch_local` check who may call what."""
@@ -373,18 +383,12 @@ class Api:
 
     def _manager_secrets(self, st: cstate.ClusterState) -> dict[str, Any]:
         """What a manager needs to take part in raft and read the state's secrets."""
-        out = {
+        return {
             "raft_secret": self.unseal(st.raft_secret),
             "raft_peers": [m.raft_addr for m in st.managers()],
             "data_key": self.node.sealer.key,
+            **etcd_url_of(self.node),
         }
-        # a cluster whose log is in etcd: the new manager must reach the same etcd (the URL
-        # only; TLS files are the joining host's own, given with --store-cacert/-cert/-key)
-        with contextlib.suppress(RpcError):
-            status = self.node.raft_status()
-            if status.get("store") == "etcd":
-                out["store_url"] = str(status.get("store_url") or "")
-        return out
 
     def digest(self) -> str:
         return ca_digest(self.state.ca_cert_pem.encode())

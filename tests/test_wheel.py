@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = ROOT / "pyproject.toml"
 BUILD_SOURCE_SUFFIXES = (".pyx", ".pxd", ".pxi", ".c", ".h")
 # Written by Cython at build time from _fastpath.pyx; a shipped copy could be stale.
-GENERATED = "src/meshkit/_fastpath.c"
+GENERATED = {"src/meshkit/_fastpath.c", "src/meshkit/_h2ng.c"}  # Cython output, never shipped
 
 needs_tree = pytest.mark.skipif(not (ROOT / "setup.py").exists(), reason="needs the source tree")
 
@@ -56,8 +56,12 @@ def test_cibuildwheel_builds_manylinux_cpython_310_and_newer_for_both_arches() -
     for arch in ("x86_64", "aarch64"):
         for minor in range(10, 16):
             assert _selected(config, f"cp3{minor}-manylinux_{arch}"), (minor, arch)
-        for left_out in (f"cp39-manylinux_{arch}", f"pp310-manylinux_{arch}",
-                         f"cp312-musllinux_{arch}", f"cp314t-manylinux_{arch}"):
+        for left_out in (
+            f"cp39-manylinux_{arch}",
+            f"pp310-manylinux_{arch}",
+            f"cp312-musllinux_{arch}",
+            f"cp314t-manylinux_{arch}",
+        ):
             assert not _selected(config, left_out), left_out
 
 
@@ -74,8 +78,16 @@ def test_cibuildwheel_tests_the_installed_wheel_with_the_test_extras() -> None:
 
 
 def _copy_tree(dest: Path) -> None:
-    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.egg-info", "build", "dist",
-                                    ".hypothesis", "_fastpath.c")
+    ignore = shutil.ignore_patterns(
+        "__pycache__",
+        "*.so",
+        "*.egg-info",
+        "build",
+        "dist",
+        ".hypothesis",
+        "_fastpath.c",
+        "_h2ng.c",
+    )
     for name in ("setup.py", "pyproject.toml", "MANIFEST.in", "README.md"):
         shutil.copy2(ROOT / name, dest / name)
     for name in ("src", "tests", "bench"):
@@ -90,10 +102,16 @@ def test_sdist_carries_every_build_input_and_no_binaries(tmp_path: Path) -> None
     # setuptools' PEP 517 backend, as `python -m build --sdist` calls it (no build isolation:
     # the test extras pin the same setuptools and Cython as build-system requires).
     proc = subprocess.run(
-        [sys.executable, "-c",
-         "import sys; from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))",
-         str(tmp_path / "dist")],
-        cwd=tree, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            "import sys; from setuptools import build_meta as b; print(b.build_sdist(sys.argv[1]))",
+            str(tmp_path / "dist"),
+        ],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={k: v for k, v in os.environ.items() if k != "MESHKIT_NO_EXTENSIONS"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -105,16 +123,23 @@ def test_sdist_carries_every_build_input_and_no_binaries(tmp_path: Path) -> None
     wanted = {
         str(p.relative_to(tree))
         for p in (tree / "src" / "meshkit").rglob("*")
-        if p.is_file() and (p.suffix in BUILD_SOURCE_SUFFIXES or p.suffix == ".py")
+        if p.is_file()
+        and (p.suffix in BUILD_SOURCE_SUFFIXES or p.suffix == ".py")
         and "__pycache__" not in p.parts
-    } - {GENERATED}
+    } - GENERATED
     assert "src/meshkit/_fastpath.pyx" in wanted and "src/meshkit/_vxlan.c" in wanted
     assert "src/meshkit/includes/vxlan.h" in wanted
     assert wanted - members == set()
     # The wheel's test command runs tests/ from the project; one e2e test runs bench/overlay.py.
-    assert {"tests/conftest.py", "tests/test_wheel.py", "bench/overlay.py", "MANIFEST.in",
-            "setup.py", "pyproject.toml"} <= members
-    assert GENERATED not in members
+    assert {
+        "tests/conftest.py",
+        "tests/test_wheel.py",
+        "bench/overlay.py",
+        "MANIFEST.in",
+        "setup.py",
+        "pyproject.toml",
+    } <= members
+    assert not GENERATED & members
     assert not [m for m in members if m.endswith((".so", ".pyc", ".o"))]
 
 
@@ -128,4 +153,6 @@ def test_meshkit_under_test_is_the_installed_wheel() -> None:
         module = importlib.import_module(name)
         assert module.__file__ is not None
         assert Path(module.__file__).resolve().is_relative_to(Path(site).resolve()), (
-            name, module.__file__)
+            name,
+            module.__file__,
+        )

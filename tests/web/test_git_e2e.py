@@ -244,7 +244,10 @@ def test_interval_pull_failure_and_recovery(
     finally:
         moved.rename(repo.bare)
     eventually(serves(web, b"version 3\n"), "recovery at a later interval", web.proc, timeout=20)
-    assert "sync works again" in web.proc.stderr()
+    # logged once the sync returns, which can be just after the new checkout is served
+    eventually(
+        lambda: "sync works again" in web.proc.stderr(), "the recovery logged", web.proc, timeout=10
+    )
 
 
 def test_non_empty_root_is_refused_at_startup(tmp_path: Path, repo: Repo) -> None:

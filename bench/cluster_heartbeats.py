@@ -258,8 +258,11 @@ class Manager:
             "--log-level",
             "warning",
         ]
-        if args.store_url:  # --store etcd: the managers keep the log in the bench's etcd
-            common += ["--store", args.store_url]
+        # --store etcd: the managers keep the log in the bench's etcd (other benches that
+        # start managers through this class, cluster_chaos.py, have no such option)
+        store_url = getattr(args, "store_url", "")
+        if store_url:
+            common += ["--store", store_url]
         if join is None:
             sub = ["init", *common, "--dispatcher-heartbeat", f"{args.period:g}s"]
         else:

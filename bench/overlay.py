@@ -18,14 +18,15 @@ connection, TCP_NODELAY) whose median round trip is printed in microseconds. The
 row is the C plane on an encrypted overlay (AES-256-GCM or ChaCha20-Poly1305 by the CPU).
 Userspace rows also print ``plane_s_per_gb``: CPU seconds the two runner processes used per
 GB of TCP moved (on a shared machine the busy share of the whole machine says little).
-``--extra c:0`` adds a row ``c@0``: the C plane with burst priority 0 (off), measured in the
-same rounds, so settings compare side by side.
+``--extra c:1`` adds a row ``c@1``: the C plane with burst priority 1 (SCHED_FIFO while a
+thread moves a bulk stream; off by default), measured in the same rounds, so settings compare
+side by side.
 
     python bench/overlay.py                  # 3 rounds x 5 s, underlay/kernel/c
     python bench/overlay.py --quick          # smoke: 1 round x 2 s (about 30 s in all)
     python bench/overlay.py --python         # also the pure-Python twin (slow)
     python bench/overlay.py --mtu 1400       # underlay MTU (overlay = MTU - 50)
-    python bench/overlay.py --extra c:0 --extra sealed:0   # also the planes without burst prio
+    python bench/overlay.py --extra c:1 --extra sealed:1   # also the planes with burst priority
 
 ``python bench/overlay.py runner ...`` is the data-plane process one host runs (also used by
 tests/net/test_dataplane_e2e.py): it opens the TAP with ``UserspaceDataplane.open_tap`` (for

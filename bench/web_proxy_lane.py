@@ -38,7 +38,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "src"))
+# the installed meshkit (with its compiled extension); src/ only when none is installed
+try:
+    import meshkit  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(HERE.parent / "src"))
 
 
 def _pin(core: int | None) -> None:

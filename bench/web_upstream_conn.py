@@ -18,7 +18,11 @@ import sys
 import time
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+# the installed meshkit (with its compiled extension); src/ only when none is installed
+try:
+    import meshkit  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 from meshkit.web.proxy.client import CONN, Pool, _Conn, finish
 from meshkit.web.proxy.upstream import Upstream

@@ -7,53 +7,22 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from meshkit._ext import load_fastpath
 from meshkit.web.app import plan
 from meshkit.web.caddyfile.load import load_text
-from meshkit.web.fileserver import FileServer
 from meshkit.web.message import Request, Response
 from meshkit.web.respcache import ResponseCache
 from meshkit.web.router import Router
 from meshkit.web.site import Address, Site
 from support.httpserver_util import Reader, Reply, ServerThread, connect, get
 from support.polling import wait_until
+from support.respcache_lab import Counting
 
-_fastpath = load_fastpath()
-HAVE_C = _fastpath is not None and hasattr(_fastpath, "send_head_and_file")
-IMPLS = [
-    pytest.param(True, id="c", marks=pytest.mark.skipif(not HAVE_C, reason="not built")),
-    pytest.param(False, id="py"),
-]
 OLD = 1_600_000_000  # a timestamp well in the past
-
-
-@pytest.fixture(params=IMPLS)
-def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., ServerThread]]:
-    started: list[ServerThread] = []
-
-    def start(handler: object) -> ServerThread:
-        st = ServerThread(handler, compiled=bool(request.param))  # type: ignore[arg-type]
-        started.append(st)
-        return st
-
-    yield start
-    for st in started:
-        st.stop()
-
-
-class Counting(FileServer):
-    def __init__(self, site: Site) -> None:
-        super().__init__(site)
-        self.calls = 0
-
-    def __call__(self, req: Request) -> Response:
-        self.calls += 1
-        return super().__call__(req)
 
 
 class CountingRouter:

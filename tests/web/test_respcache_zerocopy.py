@@ -9,13 +9,11 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from meshkit._ext import load_fastpath
-from meshkit.web import fileserver
 from meshkit.web.fileserver import FileServer
 from meshkit.web.message import FileBody, Headers, Request, Response, Validator
 from meshkit.web.respcache import MAX_BODY, ZERO_COPY_FROM, MemFile, ResponseCache
@@ -24,32 +22,12 @@ from support.httpserver_util import Reader, ServerThread, connect, get
 from support.peers import Proc, free_port, wait_tcp
 from support.tlscerts import issue, make_ca
 
-_fastpath = load_fastpath()
-HAVE_C = _fastpath is not None and hasattr(_fastpath, "send_head_and_file")
-IMPLS = [
-    pytest.param(True, id="c", marks=pytest.mark.skipif(not HAVE_C, reason="not built")),
-    pytest.param(False, id="py"),
-]
 OLD = 1_600_000_000
 
 
 @pytest.fixture(autouse=True)
-def trust_fresh_folders(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fileserver, "_RACY_NS", 0)
-
-
-@pytest.fixture(params=IMPLS)
-def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., ServerThread]]:
-    started: list[ServerThread] = []
-
-    def start(handler: object) -> ServerThread:
-        st = ServerThread(handler, compiled=bool(request.param))  # type: ignore[arg-type]
-        started.append(st)
-        return st
-
-    yield start
-    for st in started:
-        st.stop()
+def _fresh_folders(trust_fresh_folders: None) -> None:
+    """Every test here: see tests/web/conftest.py."""
 
 
 def _sig(path: Path) -> Validator:

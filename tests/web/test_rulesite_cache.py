@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from meshkit._ext import load_fastpath
-from meshkit.web import fileserver
 from meshkit.web.app import plan
 from meshkit.web.caddyfile.load import load_text
 from meshkit.web.message import Request, Response
@@ -22,33 +20,13 @@ from meshkit.web.router import Router
 from support.httpserver_util import Reader, ServerThread, connect, get
 from support.polling import wait_until
 
-_fastpath = load_fastpath()
-HAVE_C = _fastpath is not None and hasattr(_fastpath, "send_head_and_file")
-IMPLS = [
-    pytest.param(True, id="c", marks=pytest.mark.skipif(not HAVE_C, reason="not built")),
-    pytest.param(False, id="py"),
-]
 OLD = 1_600_000_000
 AUTH = "Authorization: Basic " + base64.b64encode(b"alice:s3cret").decode() + "\r\n"
 
 
 @pytest.fixture(autouse=True)
-def trust_fresh_folders(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fileserver, "_RACY_NS", 0)
-
-
-@pytest.fixture(params=IMPLS)
-def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., ServerThread]]:
-    started: list[ServerThread] = []
-
-    def start(handler: object) -> ServerThread:
-        st = ServerThread(handler, compiled=bool(request.param))  # type: ignore[arg-type]
-        started.append(st)
-        return st
-
-    yield start
-    for st in started:
-        st.stop()
+def _fresh_folders(trust_fresh_folders: None) -> None:
+    """Every test here: see tests/web/conftest.py."""
 
 
 class Counting:

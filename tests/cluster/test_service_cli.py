@@ -130,3 +130,21 @@ def test_progress_counts_current_running_tasks() -> None:
     assert sc.progress(reply, 1)[1] is True
     tasks[0]["Current"] = False  # an old-spec task still running: not converged
     assert sc.progress(reply, 1)[1] is False
+
+
+def test_progress_follows_the_slots_kept_not_slot_numbers() -> None:
+    # after a node loss and a scale-down to 1 the orchestrator kept slot 2 (slot 1's task
+    # was orphaned): converged, where counting slots 1..N waited for slot 1 for ever
+    tasks = [task(1, 1, "orphaned", desired="shutdown"), task(2, 1, "running")]
+    reply = {"service": {"Mode": "replicated", "Desired": 1}, "tasks": tasks}
+    lines, converged, done, total = sc.progress(reply, 1)
+    assert (done, total, converged) == (1, 1, True)
+    assert lines == [lines[0]] and lines[0].startswith("1/1: running")
+    # a replica not started yet is "waiting"; a slot still running past the replicas (a
+    # scale-down under way) keeps it from converging
+    reply["service"]["Desired"] = 2
+    lines, converged, _, _ = sc.progress(reply, 1)
+    assert lines[1] == "2/2: waiting" and not converged
+    tasks.append(task(3, 1, "running"))
+    tasks.append(task(4, 1, "running"))
+    assert sc.progress(reply, 1)[1] is False

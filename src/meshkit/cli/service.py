@@ -152,15 +152,24 @@ def progress(reply: dict[str, Any], version: int) -> tuple[list[str], bool, int,
     mode = reply["service"]["Mode"]
     lines = []
     done = 0
-    keys = sorted(slots, key=lambda k: (len(k), k))
+    ordered = sorted(slots, key=lambda k: (len(k), k))
+    keys: list[str | None] = list(ordered)
+    extra = False
     if mode == "replicated":
-        keys = [str(i) for i in range(1, desired + 1)]
+        # The slots kept are not always 1..N: a scale-down keeps the lowest slots that still
+        # have a task, so after a node loss slot 2 may be the one left. As Docker's CLI maps
+        # slots to display positions, the live slots are shown in order, then "waiting" for
+        # each replica not started yet; a slot past the replicas still running (a scale-down
+        # under way) keeps the service from counting as converged.
+        live = [k for k in ordered if any(t["DesiredState"] == "running" for t in slots[k])]
+        extra = len(live) > desired
+        keys = [*live[:desired], *[None] * max(0, desired - len(live))]
     bar_width = 50
     for i, key in enumerate(keys, 1):
-        tasks = [t for t in slots.get(key, []) if t["DesiredState"] == "running"]
+        tasks = [t for t in slots.get(key or "", []) if t["DesiredState"] == "running"]
         current = [t for t in tasks if t["Current"]]
         t = current[0] if current else (tasks[0] if tasks else None)
-        label = f"{i}/{len(keys)}" if mode == "replicated" else (key[:12] or "?")
+        label = f"{i}/{len(keys)}" if mode == "replicated" else ((key or "")[:12] or "?")
         if t is None:
             lines.append(f"{label}: waiting")
             continue
@@ -173,7 +182,7 @@ def progress(reply: dict[str, Any], version: int) -> tuple[list[str], bool, int,
         bar = "[" + "=" * max(0, filled - 1) + (">" if filled else "") + " " * (bar_width - filled)
         bar += "]"
         text = f"{label}: {state:<10} {bar}"
-        failed = [x for x in slots.get(key, []) if x["State"] in ("failed", "rejected")]
+        failed = [x for x in slots.get(key or "", []) if x["State"] in ("failed", "rejected")]
         if failed and (state != "running" or not t["Current"]):
             err = failed[0]["Error"].splitlines()
             # the last line of a failure's stderr says most (e.g. the exception)
@@ -186,7 +195,7 @@ def progress(reply: dict[str, Any], version: int) -> tuple[list[str], bool, int,
     old_running = any(
         t["State"] == "running" and not t["Current"] for tasks in slots.values() for t in tasks
     )
-    converged = done == len(keys) and not old_running
+    converged = done == len(keys) and not old_running and not extra
     return lines, converged, done, len(keys)
 
 

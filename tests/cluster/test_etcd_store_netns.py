@@ -135,6 +135,12 @@ def test_init_join_service_restart_and_failover(lab: EtcdLab) -> None:
     until(lambda: statuses("m2").get("w1") == "Reachable", 40, "w1 a manager on etcd")
     until(lambda: "Cluster store: etcd" in lab.doctor_store("w1"), 20, "w1's store is etcd")
 
+    # a manager leaves: its membership is its etcd lease, gone with it; the leader keeps going
+    lab.ok("w1", "leave")
+    until(lambda: statuses("m2").get("w1") != "Reachable", 20, "w1 no longer a reachable manager")
+    assert statuses("m2").get("m2") == "Leader"
+    lab.cli_ok("service", "scale", "naps=2", host="m2")
+
 
 def test_init_with_etcd_unreachable_names_the_endpoint(lab: EtcdLab) -> None:
     r = subprocess.run(

@@ -52,6 +52,6 @@ async def leave_cluster(
     while time.monotonic() < deadline and roles.store is not None:
         if roles.store.is_leader:
             roles.store.reconcile_members({m.raft_addr for m in others})
-        if len(roles.store.members) <= 1:
+        if roles.store.released:
             break
         await asyncio.sleep(0.1)

@@ -154,6 +154,12 @@ class EtcdStore(EtcdReplica):
     def members(self) -> list[str]:
         return sorted(self._members | {self.self_addr})
 
+    @property
+    def released(self) -> bool:
+        """A manager that committed its own leave is let go once it no longer leads: its
+        membership is its lease, revoked when the store closes, not a list the leader edits."""
+        return not self.is_leader
+
     def connected(self, addr: str) -> bool:
         return addr == self.self_addr or addr in self._members
 

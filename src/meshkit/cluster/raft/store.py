@@ -420,6 +420,12 @@ class RaftStore:
             return [self.self_addr]
         return sorted({n.id for n in self._obj.otherNodes} | {self.self_addr})
 
+    @property
+    def released(self) -> bool:
+        """A manager that committed its own leave is let go: raft no longer lists the others
+        (the leader took it out of the membership)."""
+        return len(self.members) <= 1
+
     def connected(self, addr: str) -> bool:
         if addr == self.self_addr:
             return True

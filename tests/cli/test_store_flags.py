@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from meshkit.base.durations import DurationError
 from meshkit.base.errors import FlagError
 from meshkit.cli.storeflags import store_line, store_spec
 
@@ -23,16 +24,39 @@ def test_store_spec_names_the_flag() -> None:
         store_spec(None, "/etc/hostname", None, None)
 
 
+def test_store_lease_flag() -> None:
+    from meshkit.cluster.raft.etcd_replica import EtcdTimings
+    from meshkit.cluster.raft.etcd_spec import StoreSpec
+
+    spec = store_spec("etcd://127.0.0.1:2379", None, None, None, "12s")
+    assert spec["lease_ttl"] == 12
+    back = StoreSpec.from_dict(spec)
+    assert back.lease_ttl == 12
+    timings = EtcdTimings.for_lease(back.lease_ttl)
+    assert (timings.lease_ttl, timings.keepalive) == (12, 3.6)
+    assert EtcdTimings.for_lease(0) == EtcdTimings()
+    assert store_spec("etcd://127.0.0.1:2379", None, None, None)["lease_ttl"] == 0
+    for bad in ("1s", "61s", "2500ms"):
+        with pytest.raises(FlagError, match="--store-lease"):
+            store_spec("etcd://127.0.0.1:2379", None, None, None, bad)
+    with pytest.raises(DurationError, match="--store-lease"):
+        store_spec("etcd://127.0.0.1:2379", None, None, None, "soon")
+    with pytest.raises(FlagError, match="--store-lease") as info:
+        store_spec(None, None, None, None, "10s")
+    assert "needs --store" in str(info.value)
+
+
 def test_store_line() -> None:
     etcd = {
         "store": "etcd", "store_url": "etcd://127.0.0.1:2379", "healthy": False,
         "error": "cannot reach etcd at http://127.0.0.1:2379: refused", "is_leader": False,
         "leader": "127.0.0.1:2378", "last_applied": 12, "snapshot_revision": 0, "log_entries": 3,
+        "lease_ttl": 5,
     }  # fmt: skip
     assert store_line(etcd) == (
         "Cluster store: etcd etcd://127.0.0.1:2379 (unreachable: cannot reach etcd at "
         "http://127.0.0.1:2379: refused; revision 12 applied, snapshot at 0, 3 log entries; "
-        "leader 127.0.0.1:2378)"
+        "leader 127.0.0.1:2378; lease 5s)"
     )
     raft = {"members": ["a", "b", "c"], "has_quorum": True, "reachable": 3, "leader": "a",
             "last_applied": 7}  # fmt: skip

@@ -73,10 +73,11 @@ def test_init_join_service_restart_and_failover(lab: EtcdLab) -> None:
     url = f"etcd://{ip('e1')}:2379"
     lab.start(
         "m1", "init", "--advertise-addr", ip("m1"), "--hostname", "m1",
-        "--dispatcher-heartbeat", "1s", "--store", url,
+        "--dispatcher-heartbeat", "1s", "--store", url, "--store-lease", "3s",
     )  # fmt: skip
     lab.ids = list(lab.node_ids("m1").values())
     assert f"Cluster store: etcd {url}" in lab.doctor_store("m1")
+    assert "lease 3s" in lab.doctor_store("m1")
     assert "healthy" in lab.doctor_store("m1")
     token = lab.ok("m1", "join-token", "-q", "worker").strip()
     lab.start(
@@ -96,6 +97,7 @@ def test_init_join_service_restart_and_failover(lab: EtcdLab) -> None:
     lab.kill("m1")
     lab.start("m1", "run")
     until(lambda: len(lab.running("naps")) == 2, 30, "naps back after the restart")
+    assert "lease 3s" in lab.doctor_store("m1")  # kept in node.json
     until(lambda: lab.ls("m1").get("w1", {}).get("Status") == "Ready", 30, "w1 Ready again")
 
     # a second manager on the same etcd: one leader at a time

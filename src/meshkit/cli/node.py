@@ -22,7 +22,14 @@ import typer
 from meshkit.base.errors import FlagError, MeshkitError
 from meshkit.cli.agentrun import run_agent
 from meshkit.cli.nodefilter import node_filters, node_matches
-from meshkit.cli.storeflags import StoreCaOpt, StoreCertOpt, StoreKeyOpt, StoreOpt, store_spec
+from meshkit.cli.storeflags import (
+    StoreCaOpt,
+    StoreCertOpt,
+    StoreKeyOpt,
+    StoreLeaseOpt,
+    StoreOpt,
+    store_spec,
+)
 
 node_app = typer.Typer(
     name="node",
@@ -288,6 +295,7 @@ def init(
     store_cacert: StoreCaOpt = None,
     store_cert: StoreCertOpt = None,
     store_key: StoreKeyOpt = None,
+    store_lease: StoreLeaseOpt = None,
 ) -> None:
     """Make a new cluster with this node as its first manager, and run its agent."""
     from meshkit.base.durations import parse_duration
@@ -349,7 +357,7 @@ def init(
     if task_history_limit < 0:
         raise FlagError("--task-history-limit", str(task_history_limit), "must be 0 or more")
     _check_log_level(log_level)
-    store_dict = store_spec(store, store_cacert, store_cert, store_key)
+    store_dict = store_spec(store, store_cacert, store_cert, store_key, store_lease)
     opts = bootstrap.NodeOptions(
         data_dir=Path(data_dir),
         socket=_socket_for(host),
@@ -422,6 +430,7 @@ def join(
     store_cacert: StoreCaOpt = None,
     store_cert: StoreCertOpt = None,
     store_key: StoreKeyOpt = None,
+    store_lease: StoreLeaseOpt = None,
 ) -> None:
     """Join a cluster as a worker or manager (the token decides), and run the agent."""
     from meshkit.base.hostport import parse_hostport
@@ -438,7 +447,7 @@ def join(
     _check_log_level(log_level)
     if not token.strip():
         raise FlagError("--token", token, "a join token is required")
-    store_dict = store_spec(store, store_cacert, store_cert, store_key)
+    store_dict = store_spec(store, store_cacert, store_cert, store_key, store_lease)
     opts = bootstrap.NodeOptions(
         data_dir=Path(data_dir),
         socket=_socket_for(host),

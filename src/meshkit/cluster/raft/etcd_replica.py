@@ -39,6 +39,14 @@ class EtcdTimings:
     compact_entries: int = 500
     compact_seconds: float = 600.0
 
+    @classmethod
+    def for_lease(cls, ttl: int) -> EtcdTimings:
+        """The default timings with a lease of `ttl` seconds (0: the default), kept alive at
+        the same share of it (a keep-alive every 30% of the lease)."""
+        if not ttl:
+            return cls()
+        return cls(lease_ttl=ttl, keepalive=round(ttl * 0.3, 3))
+
 
 class EtcdReplica:
     """The state, as etcd's log makes it; the etcd client and this manager's lease."""
@@ -52,7 +60,7 @@ class EtcdReplica:
     ) -> None:
         self.self_addr = self_addr
         self.spec = spec
-        self.timings = timings or EtcdTimings()
+        self.timings = timings or EtcdTimings.for_lease(spec.lease_ttl)
         self.keys = Keys.of(cluster_id)
         self.http = EtcdHttp(spec.endpoints, spec.ssl_context())
         t = self.timings

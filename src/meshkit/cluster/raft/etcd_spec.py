@@ -25,6 +25,11 @@ class StoreSpecError(MeshkitError):
     pass
 
 
+# A manager's etcd lease: below 2 s an ordinary GC pause or a busy host would hand the
+# leader duties around; above a minute a dead leader's duties wait too long to move.
+LEASE_MIN, LEASE_MAX = 2, 60
+
+
 @dataclass(frozen=True)
 class StoreSpec:
     url: str
@@ -33,6 +38,7 @@ class StoreSpec:
     cacert: str = ""
     cert: str = ""
     key: str = ""
+    lease_ttl: int = 0  # seconds; 0: the default (EtcdTimings.lease_ttl)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -46,6 +52,7 @@ class StoreSpec:
             cacert=str(data.get("cacert") or ""),
             cert=str(data.get("cert") or ""),
             key=str(data.get("key") or ""),
+            lease_ttl=int(data.get("lease_ttl") or 0),
             check_files=False,
         )
 
@@ -81,7 +88,13 @@ def _endpoint(text: str, url: str) -> tuple[str, int]:
 
 
 def parse_store(
-    url: str, *, cacert: str = "", cert: str = "", key: str = "", check_files: bool = True
+    url: str,
+    *,
+    cacert: str = "",
+    cert: str = "",
+    key: str = "",
+    lease_ttl: int = 0,
+    check_files: bool = True,
 ) -> StoreSpec:
     """`etcd://h:p,h2:p2` (or `etcds://`) and the TLS files; StoreSpecError says what is wrong."""
     scheme, sep, rest = url.partition("://")
@@ -111,7 +124,10 @@ def parse_store(
         cacert=str(Path(cacert).resolve()) if cacert else "",
         cert=str(Path(cert).resolve()) if cert else "",
         key=str(Path(key).resolve()) if key else "",
+        lease_ttl=lease_ttl,
     )
+    if lease_ttl and not LEASE_MIN <= lease_ttl <= LEASE_MAX:
+        raise StoreSpecError(f"lease of {lease_ttl}s: expected {LEASE_MIN}s to {LEASE_MAX}s")
     if check_files:
         spec.ssl_context()
     return spec

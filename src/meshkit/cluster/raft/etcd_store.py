@@ -178,6 +178,7 @@ class EtcdStore(EtcdReplica):
         return {
             "store": "etcd",
             "store_url": self.spec.url,
+            "lease_ttl": self.timings.lease_ttl,
             "endpoints": self.http.describe(),
             "healthy": self.healthy,
             "error": "" if self.healthy else (self._error or self.http.last_error),

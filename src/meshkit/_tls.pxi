@@ -244,7 +244,10 @@ cdef class TlsConn:
         cdef bytes out
         taker = None
         if t.flags & ctls.MKT_WCLOSED:
-            return self._raw.recv(n)  # closing: the caller counts and discards what comes
+            # closing: the caller counts and discards what comes (tlssock.PyTlsSocket)
+            if not t.flags & ctls.MKT_READY:
+                return self._raw.recv(n)
+            return self._recv_closing(n)
         if not t.flags & ctls.MKT_READY:
             if self._fut is not None and not self._fut.done():
                 # waiting for an on-demand certificate: what the client sends meanwhile
@@ -308,6 +311,22 @@ cdef class TlsConn:
             taker(out)
             raise BlockingIOError
         return out
+
+    cdef bytes _recv_closing(self, Py_ssize_t n):
+        """After our close_notify: the client's close_notify (or any TLS error) is its EOF.
+        A client may reset the socket right after it (wrk closes with our close_notify
+        unread: the kernel sends RST, and the event loop drops the reader without a call),
+        so waiting for the socket's own EOF would hold the connection until the linger
+        deadline."""
+        cdef ctls.mk_tls *t = self._t
+        cdef int status = 0
+        cdef size_t cap = <size_t>n if n < <Py_ssize_t>sizeof(_tl_buf) else sizeof(_tl_buf)
+        cdef size_t got = ctls.mk_tls_read(t, _tl_buf, cap, &status)
+        if status != ctls.MKT_RD_OK:
+            return b""
+        if got == 0:
+            raise BlockingIOError
+        return PyBytes_FromStringAndSize(_tl_buf, got)
 
     def _answer_plain_http(self):
         try:

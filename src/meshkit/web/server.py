@@ -316,6 +316,7 @@ class HttpServer:
         """A plain connection began with the HTTP/2 preface: an H2Connection on the same
         socket takes it over, starting with what was read."""
         conn._unwatch()
+        conn._parser = None  # (its callbacks hold conn: freed without a GC pass)
         self._conns.discard(conn)
         remote = (conn._remote_addr, conn._remote_port)
         local = (conn._local_addr, conn._local_port)
@@ -334,6 +335,7 @@ class HttpServer:
         """ALPN chose h2 on conn's socket: an H2Connection (meshkit.web.h2conn) takes it over;
         conn is dropped without closing the socket."""
         conn._unwatch()
+        conn._parser = None  # (its callbacks hold conn: freed without a GC pass)
         self._conns.discard(conn)
         remote = (conn._remote_addr, conn._remote_port)
         local = (conn._local_addr, conn._local_port)

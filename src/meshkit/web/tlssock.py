@@ -122,8 +122,10 @@ class PyTlsSocket:
                 data += self._raw.recv(n)
         else:
             data = self._raw.recv(n)  # BlockingIOError and OSError go to the caller as they are
-        if not data or self._wclosed:
+        if not data:
             return data
+        if self._wclosed:
+            return self._recv_closing(data)
         obj = self._obj
         taker = None
         if self.on_demand is not None and not self._ready:
@@ -178,6 +180,30 @@ class PyTlsSocket:
         if not parts:
             raise BlockingIOError
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _recv_closing(self, data: bytes) -> bytes:
+        """After our close_notify (the caller counts and discards what comes): the client's
+        close_notify, or any TLS error, is its EOF. A client may reset the socket right after
+        it (wrk closes with our close_notify unread: the kernel sends RST, and the event loop
+        drops the reader without a call), so waiting for the socket's own EOF would hold the
+        connection until the linger deadline."""
+        if not self._ready:
+            return data
+        self._in.write(data)
+        parts = []
+        while True:
+            try:
+                chunk = self._obj.read(_CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLError, ValueError):
+                return b""
+            if not chunk:
+                return b""
+            parts.append(chunk)
+        if not parts:
+            raise BlockingIOError
+        return b"".join(parts)
 
     def _on_demand_hello(self, data: bytes) -> bytes:
         """Look at the ClientHello's SNI before OpenSSL does (on-demand TLS); the bytes to

@@ -17,7 +17,7 @@ from h2.errors import ErrorCodes
 
 from meshkit.web.h2stream import Stream, response_fields
 from meshkit.web.message import FileBody, Response
-from meshkit.web.output import _cancel, _complete, _discard_body, _release, _server_error
+from meshkit.web.output import _cancel, _complete, _discard_body, _server_error
 from meshkit.web.respcache import CachedResponse
 from meshkit.web.sendfile import SEND_AGAIN
 
@@ -281,7 +281,7 @@ class H2Sending:
             # the client is still sending a body nobody reads: stop it (RFC 9113 8.1)
             self._rst(st.id, ErrorCodes.NO_ERROR)
             body.fail(ConnectionResetError("response sent before the body was read"))
-        if st.response is not None:
+        if st.response is not None and st.request.on_complete:
             _complete(st.request, st.response, st.sent)
         self._maybe_done()
 
@@ -290,9 +290,13 @@ class H2Sending:
         if body is not None and body.buffered:
             self._consumed(st.id, body.buffered)  # credit for what nobody will read
             body.buffered = 0
-        if st.release is not None:
-            _release(FileBody(-1, 0, 0, 0, release=st.release))
+        release = st.release
+        if release is not None:
             st.release = None
+            try:
+                release()
+            except Exception:
+                log.exception("releasing a file body failed")
         st.file = None
         st.chunks.clear()
         w = st.waiter
@@ -313,7 +317,7 @@ class H2Sending:
         if st.body is not None:
             st.body.fail(exc or ConnectionResetError("stream closed"))
         self._let_go(st)
-        if st.response is not None:
+        if st.response is not None and st.request.on_complete:
             _complete(st.request, st.response, st.sent)
         self._maybe_done()
 

@@ -43,6 +43,7 @@ class Lifecycle(Pipeline):
     """State changes, deadlines and closing of a connection."""
 
     _waiting_body: RequestBody | None
+    _parser: Any  # Connection's httptools parser, let go of once closed
 
     @property
     def state(self) -> ConnState:

@@ -36,9 +36,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from meshkit._ext import load_fastpath
+from meshkit.web import lane
 from meshkit.web.sendfile import SEND_AGAIN, SEND_DONE, SEND_TRUNCATED
 
-__all__ = ["COMPILED", "HTTP_TO_HTTPS", "PyTlsSocket", "TlsSocket", "attach_listener"]
+__all__ = [
+    "COMPILED",
+    "HTTP_TO_HTTPS",
+    "PyTlsSocket",
+    "TlsSocket",
+    "attach_listener",
+    "tls_lane",
+]
 
 log = logging.getLogger("meshkit.web")
 
@@ -329,6 +337,19 @@ if TYPE_CHECKING:
     TlsSocket = PyTlsSocket
 else:
     TlsSocket = _CONN if COMPILED else PyTlsSocket
+
+
+_TLS_LANE = getattr(_FAST, "TlsLane", None) if COMPILED else None
+
+
+def tls_lane(conn: Any, server: Any, tsock: Any) -> Any:
+    """The compiled reader of an HTTPS connection (meshkit._fastpath.TlsLane: answers
+    remembered responses without a Python frame once the handshake is done), or None: the
+    connection reads in Python (Connection._on_readable, its twin), as it does with the twin
+    TLS socket and with MESHKIT_LANE=0 (meshkit.web.lane)."""
+    if _TLS_LANE is None or type(tsock) is not _CONN or lane.LANE is None:
+        return None
+    return _TLS_LANE(conn, server, tsock)
 
 
 def attach_listener(ctx: ssl.SSLContext, listener: Any, on_sni: Callable[..., Any]) -> None:

@@ -155,7 +155,8 @@ class H2Sending:
         self._sending[st.id] = st
 
     async def _pull(self, st: Stream, body: Any, length: int | None) -> None:
-        """Queue a streamed response body's pieces for the pump."""
+        """Queue a streamed response body's pieces (both engines: _add_piece), waiting while
+        more than STREAM_BUF of it waits to be framed (the engine's _pump wakes st.waiter)."""
         total = 0
         ok = False
         try:
@@ -167,12 +168,9 @@ class H2Sending:
                 total += len(chunk)
                 if length is not None and total > length:
                     break
-                st.chunks.append(bytes(chunk))
-                st.queued += len(chunk)
-                self._sending[st.id] = st
-                self._pump()
-                self._write()
-                while st.queued > STREAM_BUF and not st.closed:
+                self._add_piece(st, bytes(chunk))
+                while self._queued(st) > STREAM_BUF and not st.closed:
+                    self._sending[st.id] = st
                     st.waiter = self._loop.create_future()
                     await st.waiter
             else:
@@ -194,7 +192,22 @@ class H2Sending:
             return
         if not ok:
             self._reset(st.id, ErrorCodes.INTERNAL_ERROR)
-        else:
+        self._end_pieces(st, ok)
+
+    # the h2 engine's ends of _pull (meshkit.web.h2ng's NgH2Connection has its own)
+
+    def _add_piece(self, st: Stream, piece: bytes) -> None:
+        st.chunks.append(piece)
+        st.queued += len(piece)
+        self._sending[st.id] = st
+        self._pump()
+        self._write()
+
+    def _queued(self, st: Stream) -> int:
+        return st.queued
+
+    def _end_pieces(self, st: Stream, ok: bool) -> None:
+        if ok:
             st.eof = True
             self._sending[st.id] = st
         self._pump()

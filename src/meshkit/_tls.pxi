@@ -238,13 +238,14 @@ cdef class TlsConn:
 
     def recv(self, Py_ssize_t n):
         cdef ctls.mk_tls *t = self._live()
-        cdef int rc, status = 0
+        cdef int rc
         cdef ssize_t got
-        cdef size_t cap
-        cdef bytes out
         taker = None
         if t.flags & ctls.MKT_WCLOSED:
-            return self._raw.recv(n)  # closing: the caller counts and discards what comes
+            # closing: the caller counts and discards what comes (tlssock.PyTlsSocket)
+            if not t.flags & ctls.MKT_READY:
+                return self._raw.recv(n)
+            return self._recv_closing(n)
         if not t.flags & ctls.MKT_READY:
             if self._fut is not None and not self._fut.done():
                 # waiting for an on-demand certificate: what the client sends meanwhile
@@ -282,6 +283,14 @@ cdef class TlsConn:
                 if self._t == NULL:  # h2 closed it at once: its business, not this reader's
                     raise BlockingIOError
                 t = self._t
+        return self._read(t, n, taker)
+
+    cdef bytes _read(self, ctls.mk_tls *t, Py_ssize_t n, object taker):
+        """recv() once the handshake is done (TlsLane reads with it too)."""
+        cdef int rc, status = 0
+        cdef ssize_t got
+        cdef size_t cap
+        cdef bytes out
         cap = <size_t>n if n < <Py_ssize_t>sizeof(_tl_buf) else sizeof(_tl_buf)
         got = <ssize_t>ctls.mk_tls_read(t, _tl_buf, cap, &status)
         if ctls.mk_tls_pending(t) and (got == 0 or taker is not None):
@@ -308,6 +317,22 @@ cdef class TlsConn:
             taker(out)
             raise BlockingIOError
         return out
+
+    cdef bytes _recv_closing(self, Py_ssize_t n):
+        """After our close_notify: the client's close_notify (or any TLS error) is its EOF.
+        A client may reset the socket right after it (wrk closes with our close_notify
+        unread: the kernel sends RST, and the event loop drops the reader without a call),
+        so waiting for the socket's own EOF would hold the connection until the linger
+        deadline."""
+        cdef ctls.mk_tls *t = self._t
+        cdef int status = 0
+        cdef size_t cap = <size_t>n if n < <Py_ssize_t>sizeof(_tl_buf) else sizeof(_tl_buf)
+        cdef size_t got = ctls.mk_tls_read(t, _tl_buf, cap, &status)
+        if status != ctls.MKT_RD_OK:
+            return b""
+        if got == 0:
+            raise BlockingIOError
+        return PyBytes_FromStringAndSize(_tl_buf, got)
 
     def _answer_plain_http(self):
         try:
@@ -380,3 +405,109 @@ cdef class TlsConn:
         self.on_h2 = self.on_demand = self.on_resume = None
         self._fut = None
         self._raw.close()
+
+
+cdef class TlsLane:
+    """The reader of one HTTPS HTTP/1 connection (meshkit.web.tlssock.tls_lane): the
+    compiled Lane's work (_lane.pxi) over a TlsConn. Once the handshake is done, it reads
+    the plaintext itself and answers a request head that the response cache knows without a
+    Python frame (SSL_read, a stat(2) per validator, one SSL_write of the cached wire
+    bytes); the handshake, a closing connection and everything else go to the connection's
+    own methods (Connection._on_readable, its twin, or _on_data with the bytes read), which
+    decide exactly as without the lane."""
+
+    cdef object conn
+    cdef object server
+    cdef TlsConn tls
+    cdef readonly Py_ssize_t hits  # requests answered here (tests check the lane ran)
+
+    def __cinit__(self, conn, server, TlsConn tls not None):
+        self.conn = conn
+        self.server = server
+        self.tls = tls
+        self.hits = 0
+
+    def on_readable(self):
+        cdef TlsConn tls = self.tls
+        cdef ctls.mk_tls *t = tls._t
+        conn = self.conn
+        if t == NULL or (t.flags & (ctls.MKT_READY | ctls.MKT_WCLOSED)) != ctls.MKT_READY:
+            conn._on_readable()  # the handshake, a closing connection, a closed socket
+            return
+        try:
+            data = tls._read(t, sizeof(_tl_buf), None)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            conn._abort()
+            return
+        if not data:
+            conn._on_eof()
+            return
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+        if n <= _LN_MAX_HEAD and clane.lane_ends_head(PyBytes_AS_STRING(data), <size_t>n):
+            if self._from_cache(tls, data):
+                return
+        conn._on_data(data)
+
+    cdef int _from_cache(self, TlsConn tls, bytes data) except -1:
+        """Lane._from_cache over TLS: 1 when answered (or handed to the connection's own
+        cached-answer methods), 0 to read data normally."""
+        global _ln_cached_event
+        cdef size_t sent = 0
+        cdef uint64_t fsent = 0
+        cdef int state = 0
+        cdef int rc
+        cdef int64_t second
+        cdef double now
+        cdef uint64_t left
+        server = self.server
+        if not server._caching or server._shutting:
+            return 0
+        conn = self.conn
+        cdef int cstate = conn._state
+        if cstate > _LN_IDLE or conn._queue or conn._out or conn._streaming:
+            return 0
+        hit = server._cache.entries.get(data)
+        if hit is None or not _ln_valid(hit.validators):
+            return 0  # a miss, or stale: the connection drops it and reads the head
+        replay = None
+        if hit.callbacks:
+            replay = hit.replay
+            if replay is None:
+                conn._answer_cached(hit)  # callbacks that need the request copy
+                return 1
+        now = clane.lane_now()
+        second = <int64_t>now
+        wire = hit.wire if hit.second == second else hit.refresh(second)
+        conn.requests += 1
+        if cstate == _LN_NEW:
+            if _ln_cached_event is None:
+                from meshkit.web.connstate import Event
+                _ln_cached_event = Event.CACHED
+            conn._fire(_ln_cached_event)
+        if hit.fd < 0 or hit.body:  # (as Connection._answer_cached does over TLS)
+            rc = ctls.mk_tls_write(tls._t, PyBytes_AS_STRING(wire),
+                                   <size_t>PyBytes_GET_SIZE(wire), &sent, &state)
+            if rc < 0 or state != csend.SEND_DONE:
+                conn._cached_bytes_sent(hit, wire, now, None if rc < 0 else sent, state)
+                return 1
+        else:
+            head = hit.head
+            left = hit.file_left
+            if left > _LN_FILE_BUDGET:
+                conn._cached_file_sent(hit, now, -1, csend.SEND_AGAIN)
+                return 1
+            rc = ctls.mk_tls_write_file(tls._t, PyBytes_AS_STRING(head),
+                                        <size_t>PyBytes_GET_SIZE(head), hit.fd,
+                                        <int64_t>hit.file_off, left, &fsent, &state)
+            if rc < 0 or state != csend.SEND_DONE:
+                conn._cached_file_sent(hit, now, None if rc < 0 else fsent, state)
+                return 1
+        conn._deadline = server._now + server._idle_timeout
+        conn._dkind = _LN_DL_IDLE
+        self.hits += 1
+        if replay is not None:  # the access log's lines (CachedResponse.replay_log)
+            hit.replay_log(conn._remote_addr, conn._remote_port, conn._local_addr,
+                           conn._local_port, now)
+        return 1

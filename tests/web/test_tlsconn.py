@@ -6,6 +6,7 @@ test on one end, a Python ssl client over memory BIOs on the other."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
 import os
 import socket
@@ -308,6 +309,26 @@ def test_close_notify_and_resumption(impl: Any, certs: Certs, clients: list[Clie
     d = _client(clients, impl, listener, session=session, ctx=ctx)
     d.handshake()
     assert d.server.session_reused() and d.obj.session_reused
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_after_our_close_notify_the_clients_is_its_eof(
+    impl: Any, certs: Certs, clients: list[Client]
+) -> None:
+    c = _client(clients, impl, _listener(certs))
+    c.handshake()
+    assert c.request(b"x") == b"x"
+    c.server.shutdown(socket.SHUT_WR)  # a lingering close
+    c.obj.write(b"late")  # what the client still sends is read (and discarded by the caller)
+    c._send()
+    assert c.server_recv() == b"late"
+    assert c.server_recv() is None  # nothing more: the socket is open
+    # the client's close_notify ends the connection at once, with no wait for the socket's
+    # EOF (a client that resets the socket right after it, as wrk does, is not heard again)
+    with contextlib.suppress(ssl.SSLWantReadError):
+        c.obj.unwrap()
+    c._send()
+    assert c.server_recv() == b""
 
 
 @pytest.mark.parametrize("impl", IMPLS)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import signal
@@ -631,6 +632,9 @@ async def serve(options: WebOptions, config: Config, *, quiet: bool = False) -> 
                 print(url, flush=True)
         if options.pidfile:
             write_pidfile(options.pidfile)
+        # what is loaded by now (modules, sites, certificates) lives as long as the process:
+        # out of the cyclic GC's way, its full passes do not walk it (bench/web_tls.py)
+        gc.freeze()
         sig = await signals.stopped()
         n = app.open_connections()
         log.info(

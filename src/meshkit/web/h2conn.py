@@ -169,6 +169,8 @@ class H2Connection(H2Sending, H2Remembering, H2Pushing):
         self._fd = tsock.fileno()
         self._remote = remote
         self._local = local
+        # every request's copy of the addresses, made once
+        self._addrs = (str(remote[0]), int(remote[1]), str(local[0]), int(local[1]))
         self._streams: dict[int, Stream] = {}
         self._sending: dict[int, Stream] = {}  # streams with bytes to frame, in turn
         self._wbuf = b""
@@ -354,10 +356,7 @@ class H2Connection(H2Sending, H2Remembering, H2Pushing):
             body if body is not None else EmptyBody(),
             self._scheme,
             host,
-            str(self._remote[0]),
-            int(self._remote[1]),
-            str(self._local[0]),
-            int(self._local[1]),
+            *self._addrs,
             time.time(),
         )
         st = Stream(sid, request, body)

@@ -22,8 +22,6 @@ What differs from the h2 engine, and why:
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -271,51 +269,24 @@ class NgH2Connection(H2Connection):
         if src is not None and not src.eof:
             st.source = self._loop.create_task(self._pull(st, body, length))
 
-    async def _pull(self, st: Stream, body: Any, length: int | None) -> None:
-        """Add a streamed response body's pieces to its Source, with backpressure."""
-        src = st.src
-        total = 0
-        ok = False
-        try:
-            async for chunk in body:
-                if st.closed:
-                    break
-                if not chunk:
-                    continue
-                total += len(chunk)
-                if length is not None and total > length:
-                    break
-                src.add(bytes(chunk))
-                self._ng.resume(st.id, src)
-                self._write()
-                while src.queued > STREAM_BUF and not st.closed:
-                    self._sending[st.id] = st
-                    st.waiter = self._loop.create_future()
-                    await st.waiter
-            else:
-                ok = length is None or total == length
-        except asyncio.CancelledError:
-            if not st.closed:
-                raise
-        except Exception:
-            if not st.closed:
-                log.exception("response body of %s %s failed", st.request.method, st.request.uri)
-        finally:
-            st.waiter = None
-            self._sending.pop(st.id, None)
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None and not ok:
-                with contextlib.suppress(Exception):
-                    await aclose()
-        st.source = None
-        if st.closed:
-            return
-        if not ok:
-            self._reset(st.id, ErrorCodes.INTERNAL_ERROR)
-            return
-        src.eof = True
-        self._ng.resume(st.id, src)
+    # the nghttp2 engine's ends of H2Sending._pull: the pieces go to the stream's Source
+
+    def _add_piece(self, st: Stream, piece: bytes) -> None:
+        st.src.add(piece)
+        self._ng.resume(st.id, st.src)
         self._write()
+
+    def _queued(self, st: Stream) -> int:
+        queued: int = st.src.queued
+        return queued
+
+    def _end_pieces(self, st: Stream, ok: bool) -> None:
+        self._sending.pop(st.id, None)
+        if ok:
+            src = st.src
+            src.eof = True
+            self._ng.resume(st.id, src)
+            self._write()
 
     def _pump(self) -> None:
         """nghttp2 frames the bodies; what is left is waking producers that waited."""

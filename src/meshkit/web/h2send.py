@@ -17,7 +17,7 @@ from h2.errors import ErrorCodes
 
 from meshkit.web.h2stream import Stream, response_fields
 from meshkit.web.message import FileBody, Response
-from meshkit.web.output import _cancel, _complete, _discard_body, _release, _server_error
+from meshkit.web.output import _cancel, _complete, _discard_body, _server_error
 from meshkit.web.respcache import CachedResponse
 from meshkit.web.sendfile import SEND_AGAIN
 
@@ -155,7 +155,8 @@ class H2Sending:
         self._sending[st.id] = st
 
     async def _pull(self, st: Stream, body: Any, length: int | None) -> None:
-        """Queue a streamed response body's pieces for the pump."""
+        """Queue a streamed response body's pieces (both engines: _add_piece), waiting while
+        more than STREAM_BUF of it waits to be framed (the engine's _pump wakes st.waiter)."""
         total = 0
         ok = False
         try:
@@ -167,12 +168,9 @@ class H2Sending:
                 total += len(chunk)
                 if length is not None and total > length:
                     break
-                st.chunks.append(bytes(chunk))
-                st.queued += len(chunk)
-                self._sending[st.id] = st
-                self._pump()
-                self._write()
-                while st.queued > STREAM_BUF and not st.closed:
+                self._add_piece(st, bytes(chunk))
+                while self._queued(st) > STREAM_BUF and not st.closed:
+                    self._sending[st.id] = st
                     st.waiter = self._loop.create_future()
                     await st.waiter
             else:
@@ -194,7 +192,22 @@ class H2Sending:
             return
         if not ok:
             self._reset(st.id, ErrorCodes.INTERNAL_ERROR)
-        else:
+        self._end_pieces(st, ok)
+
+    # the h2 engine's ends of _pull (meshkit.web.h2ng's NgH2Connection has its own)
+
+    def _add_piece(self, st: Stream, piece: bytes) -> None:
+        st.chunks.append(piece)
+        st.queued += len(piece)
+        self._sending[st.id] = st
+        self._pump()
+        self._write()
+
+    def _queued(self, st: Stream) -> int:
+        return st.queued
+
+    def _end_pieces(self, st: Stream, ok: bool) -> None:
+        if ok:
             st.eof = True
             self._sending[st.id] = st
         self._pump()
@@ -281,7 +294,7 @@ class H2Sending:
             # the client is still sending a body nobody reads: stop it (RFC 9113 8.1)
             self._rst(st.id, ErrorCodes.NO_ERROR)
             body.fail(ConnectionResetError("response sent before the body was read"))
-        if st.response is not None:
+        if st.response is not None and st.request.on_complete:
             _complete(st.request, st.response, st.sent)
         self._maybe_done()
 
@@ -290,9 +303,13 @@ class H2Sending:
         if body is not None and body.buffered:
             self._consumed(st.id, body.buffered)  # credit for what nobody will read
             body.buffered = 0
-        if st.release is not None:
-            _release(FileBody(-1, 0, 0, 0, release=st.release))
+        release = st.release
+        if release is not None:
             st.release = None
+            try:
+                release()
+            except Exception:
+                log.exception("releasing a file body failed")
         st.file = None
         st.chunks.clear()
         w = st.waiter
@@ -313,7 +330,7 @@ class H2Sending:
         if st.body is not None:
             st.body.fail(exc or ConnectionResetError("stream closed"))
         self._let_go(st)
-        if st.response is not None:
+        if st.response is not None and st.request.on_complete:
             _complete(st.request, st.response, st.sent)
         self._maybe_done()
 

@@ -43,6 +43,7 @@ class Lifecycle(Pipeline):
     """State changes, deadlines and closing of a connection."""
 
     _waiting_body: RequestBody | None
+    _parser: Any  # Connection's httptools parser, let go of once closed
 
     @property
     def state(self) -> ConnState:
@@ -163,6 +164,7 @@ class Lifecycle(Pipeline):
             sock = bridge(sock)
         self._server._conn_closed(self)
         self._lane = None  # the lane refers to this connection (meshkit.web.lane)
+        self._parser = None  # (as in _abort)
         self._loop.create_task(_run_upgrade(upgrade, sock, rest))
 
     def _abort(self) -> None:
@@ -191,4 +193,8 @@ class Lifecycle(Pipeline):
             drain.set_exception(ConnectionResetError("connection closed"))
             drain.exception()  # retrieved: nobody may be waiting any more
         self._lane = None  # the lane refers to this connection (meshkit.web.lane)
+        # so does the httptools parser (its callbacks are this connection's methods): let go
+        # of it, so that a closed connection is freed by reference counting, not by a GC pass
+        # (each pass on a busy server walks every live object; see bench/web_tls.py handshake)
+        self._parser = None
         self._server._conn_closed(self)

@@ -49,7 +49,7 @@ from meshkit.web.proxyhdr import ProxyPolicy, ProxyStage
 from meshkit.web.reqbody import BadRequestBody
 from meshkit.web.respcache import ResponseCache
 from meshkit.web.sendfile import SendPath, load_send_path
-from meshkit.web.tlssock import TlsSocket
+from meshkit.web.tlssock import TlsSocket, tls_lane
 
 __all__ = [
     "DEFAULT_MAX_FIELDS",
@@ -274,7 +274,9 @@ class HttpServer:
                 continue
             try:
                 sock.setblocking(False)
-                if sock.family != socket.AF_UNIX:
+                # TCP: a unix socket's peer is a str or bytes (sock.family would make an
+                # IntEnum per connection, ~2 % of a new TLS connection's CPU)
+                if type(remote) is tuple:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 local = sock.getsockname()
             except OSError:
@@ -295,6 +297,7 @@ class HttpServer:
             tsock = TlsSocket(sock, self._tls)
             conn = Connection(self, self._loop, tsock, tsock, remote, local)  # type: ignore[arg-type]
             conn._scheme = "https"
+            conn._lane = tls_lane(conn, self, tsock)  # (meshkit.web.lane's, over TLS)
             tsock.on_h2 = functools.partial(self._take_h2, conn)
             if self._on_demand is not None:
                 tsock.on_demand = self._on_demand
@@ -316,6 +319,7 @@ class HttpServer:
         """A plain connection began with the HTTP/2 preface: an H2Connection on the same
         socket takes it over, starting with what was read."""
         conn._unwatch()
+        conn._parser = conn._lane = None  # (they hold conn: freed without a GC pass)
         self._conns.discard(conn)
         remote = (conn._remote_addr, conn._remote_port)
         local = (conn._local_addr, conn._local_port)
@@ -334,6 +338,7 @@ class HttpServer:
         """ALPN chose h2 on conn's socket: an H2Connection (meshkit.web.h2conn) takes it over;
         conn is dropped without closing the socket."""
         conn._unwatch()
+        conn._parser = conn._lane = None  # (they hold conn: freed without a GC pass)
         self._conns.discard(conn)
         remote = (conn._remote_addr, conn._remote_port)
         local = (conn._local_addr, conn._local_port)

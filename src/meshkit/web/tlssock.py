@@ -36,9 +36,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from meshkit._ext import load_fastpath
+from meshkit.web import lane
 from meshkit.web.sendfile import SEND_AGAIN, SEND_DONE, SEND_TRUNCATED
 
-__all__ = ["COMPILED", "HTTP_TO_HTTPS", "PyTlsSocket", "TlsSocket", "attach_listener"]
+__all__ = [
+    "COMPILED",
+    "HTTP_TO_HTTPS",
+    "PyTlsSocket",
+    "TlsSocket",
+    "attach_listener",
+    "tls_lane",
+]
 
 log = logging.getLogger("meshkit.web")
 
@@ -122,8 +130,10 @@ class PyTlsSocket:
                 data += self._raw.recv(n)
         else:
             data = self._raw.recv(n)  # BlockingIOError and OSError go to the caller as they are
-        if not data or self._wclosed:
+        if not data:
             return data
+        if self._wclosed:
+            return self._recv_closing(data)
         obj = self._obj
         taker = None
         if self.on_demand is not None and not self._ready:
@@ -178,6 +188,30 @@ class PyTlsSocket:
         if not parts:
             raise BlockingIOError
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _recv_closing(self, data: bytes) -> bytes:
+        """After our close_notify (the caller counts and discards what comes): the client's
+        close_notify, or any TLS error, is its EOF. A client may reset the socket right after
+        it (wrk closes with our close_notify unread: the kernel sends RST, and the event loop
+        drops the reader without a call), so waiting for the socket's own EOF would hold the
+        connection until the linger deadline."""
+        if not self._ready:
+            return data
+        self._in.write(data)
+        parts = []
+        while True:
+            try:
+                chunk = self._obj.read(_CHUNK)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLError, ValueError):
+                return b""
+            if not chunk:
+                return b""
+            parts.append(chunk)
+        if not parts:
+            raise BlockingIOError
+        return b"".join(parts)
 
     def _on_demand_hello(self, data: bytes) -> bytes:
         """Look at the ClientHello's SNI before OpenSSL does (on-demand TLS); the bytes to
@@ -303,6 +337,19 @@ if TYPE_CHECKING:
     TlsSocket = PyTlsSocket
 else:
     TlsSocket = _CONN if COMPILED else PyTlsSocket
+
+
+_TLS_LANE = getattr(_FAST, "TlsLane", None) if COMPILED else None
+
+
+def tls_lane(conn: Any, server: Any, tsock: Any) -> Any:
+    """The compiled reader of an HTTPS connection (meshkit._fastpath.TlsLane: answers
+    remembered responses without a Python frame once the handshake is done), or None: the
+    connection reads in Python (Connection._on_readable, its twin), as it does with the twin
+    TLS socket and with MESHKIT_LANE=0 (meshkit.web.lane)."""
+    if _TLS_LANE is None or type(tsock) is not _CONN or lane.LANE is None:
+        return None
+    return _TLS_LANE(conn, server, tsock)
 
 
 def attach_listener(ctx: ssl.SSLContext, listener: Any, on_sni: Callable[..., Any]) -> None:

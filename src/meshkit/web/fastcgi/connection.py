@@ -16,8 +16,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from meshkit.web.fastcgi import records
 from meshkit.web.fastcgi.fast import QuickReply, quick_reply
@@ -49,6 +48,16 @@ def _wake(fut: asyncio.Future[None] | None) -> None:
         fut.set_result(None)
 
 
+class Ready(Protocol):
+    """What Client.start() waits with (client._Ready): called with the connection once the
+    reply head (or the end, or an error) is in; `whole` takes a reply that came whole in one
+    read, its head parsed (fast.quick_reply), without the Head and EndRequest objects."""
+
+    def __call__(self, conn: Connection) -> None: ...
+
+    def whole(self, conn: Connection, quick: QuickReply) -> None: ...
+
+
 class Connection(asyncio.Protocol):
     """One connection to a responder and the state of the exchange running on it."""
 
@@ -77,7 +86,7 @@ class Connection(asyncio.Protocol):
         self.got_data = False
         self.waiter: asyncio.Future[None] | None = None
         # the synchronous exchange waiting for its reply head (Client.start)
-        self.on_ready: Callable[[Connection], None] | None = None
+        self.on_ready: Ready | None = None
         self.read_paused = False
         self.stderr: list[bytes] = []
 
@@ -163,6 +172,13 @@ class Connection(asyncio.Protocol):
     def _take_quick(self, quick: QuickReply) -> None:
         """A whole reply in one read, its head parsed (meshkit.web.fastcgi.fast.quick_reply;
         anything it declines goes through the Decoder, which reports what is wrong)."""
+        ready = self.on_ready
+        if ready is not None and quick[5] == records.REQUEST_COMPLETE:
+            self.on_ready = None
+            self.upstream.deadlines.watched.discard(self)
+            self.ended = True
+            ready.whole(self, quick)
+            return
         status, items, length, body, app, proto = quick
         self.head = Head(status, Headers(items), 0, length)
         if body:

@@ -52,7 +52,7 @@ from meshkit.web.fastcgi.env import (
     split_script,
     static_env,
 )
-from meshkit.web.fastcgi.fast import encode_pairs, is_regular_file
+from meshkit.web.fastcgi.fast import encode_pairs, has_field, is_regular_file
 from meshkit.web.fileserver import clean_path
 from meshkit.web.message import Handler, HandlerResult, Request, Response
 from meshkit.web.paths import clamp_path
@@ -360,7 +360,7 @@ class FastCGIHandler:
     def _start(self, rule: _Rule, request: Request, target: Target) -> HandlerResult:
         """A request without a body: sent at once (on a kept connection), answered through
         a Future resolved from the connection's callbacks."""
-        content_length = 0 if "Content-Length" in request.headers else None
+        content_length = 0 if has_field(request.headers._items, "content-length") else None
         head_only = request.method == "HEAD"
         loop = self._loop
         if loop is None or loop.is_closed():

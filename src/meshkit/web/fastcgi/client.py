@@ -278,7 +278,7 @@ class Client:
         With a kept connection idle, the request is written at once and `done` is called
         from the connection's callbacks (no task); a kept connection found closed is retried
         on a fresh one, and without an idle connection the request goes through request()."""
-        order = self._order()
+        order = self.upstreams if self._table is None else self._order()
         up = order[0]
         idle = up.idle
         conn = None

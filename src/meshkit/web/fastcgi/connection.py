@@ -99,7 +99,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.got_data:
             self.got_data = True
-            self._not_fresh()
+            self.upstream.fresh.pop(self, None)  # _not_fresh(), inline: once per request
         if self.head is None and not self.buf and not self.decoder.pending:
             quick = quick_reply(data)
             if quick is not None:
@@ -266,7 +266,7 @@ class Connection(asyncio.Protocol):
         up = self.upstream
         if self.ended and self.error is None:
             up.completed += 1
-        if up.starving():
+        if up.fresh and up.starving():
             # the connections being served now are what the responder can take at once
             up.cap = max(1, up.open - len(up.fresh))
             self.close()

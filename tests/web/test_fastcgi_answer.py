@@ -41,6 +41,24 @@ def test_pending_runs_its_first_callback_at_once() -> None:
     run(main())
 
 
+def test_a_failing_callback_is_reported_not_raised() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+        fut = Pending(loop=loop)
+
+        def boom(_f: Any) -> None:
+            raise RuntimeError("writer broke")
+
+        fut.add_done_callback(boom)
+        fut.resolve(Response.text(200, "ok\n"))  # does not raise into the connection
+        assert len(reported) == 1 and isinstance(reported[0]["exception"], RuntimeError)
+        assert fut.result().status == 200
+
+    run(main())
+
+
 def test_a_cancelled_pending_drops_its_callback_and_answer() -> None:
     async def main() -> None:
         fut = Pending(loop=asyncio.get_running_loop())

@@ -44,7 +44,14 @@ class Pending(asyncio.Future):  # type: ignore[type-arg]  # Future[Response] at 
         then = self._then
         if then is not None:
             self._then = None
-            then(self)
+            try:
+                then(self)
+            except Exception as exc:
+                # as asyncio reports a failing callback: the FastCGI connection whose
+                # data_received runs this must not be torn down by the HTTP side's error
+                self.get_loop().call_exception_handler(
+                    {"message": "Pending callback failed", "exception": exc, "future": self}
+                )
 
     def cancel(self, msg: Any = None) -> bool:
         self._then = None  # a cancelled request's callback is asyncio's business

@@ -173,13 +173,23 @@ def start_nginx(
 
 
 def start_meshkit(
-    procs: Procs, core: int | None, root: Path, endpoint: str, name: str, no_ext: bool
+    procs: Procs,
+    core: int | None,
+    root: Path,
+    endpoint: str,
+    name: str,
+    no_ext: bool,
+    src: str | None = None,
 ) -> int:
     port = free_port()
     conf = procs.tmp / f"{name}.Caddyfile"
     conf.write_text(f"{HOST}:{port} {{\n    root {root}\n    fastcgi / {endpoint} php\n}}\n")
     cmd = [sys.executable, "-m", "meshkit", "web", "-conf", str(conf), "-quiet"]
-    proc, logfile = procs.start(name, cmd, core, env=meshkit_env(no_ext))
+    env = meshkit_env(no_ext)
+    if src is not None:
+        # --before: another tree's meshkit (its src/, with its own compiled extensions)
+        env["PYTHONPATH"] = src
+    proc, logfile = procs.start(name, cmd, core, env=env)
     wait_port(port, proc, name, logfile, timeout=30)
     PIDS[port] = proc.pid
     return port
@@ -225,7 +235,11 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             procs,
             args.client_core,
             args.connections,
-            [(t, u) for u in transports for t in args.targets],
+            [
+                (t, u)
+                for u in transports
+                for t in args.targets + (["before"] if args.before else [])
+            ],
         )
         ports: dict[tuple[str, bool], int] = {}
         for is_unix in transports:
@@ -248,12 +262,24 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                     "meshkit" + tag,
                     args.no_extensions,
                 )
+            if args.before:
+                ports["before", is_unix] = start_meshkit(
+                    procs,
+                    args.server_core,
+                    root,
+                    endpoints["before", is_unix],
+                    "before" + tag,
+                    args.no_extensions,
+                    args.before,
+                )
         log(
             f"servers: {ports} (server CPU {args.server_core}, php-fpm + wrk CPU "
             f"{args.client_core})"
         )
         for case in cases:
             targets = [(t, ports[t, case.unix]) for t in args.targets]
+            if args.before:
+                targets.append(("before", ports["before", case.unix]))
             for name, port in targets:
                 check(port, name, case)
                 run_wrk(port, 1, False, args.client_core, path=case.path, conns=args.connections)
@@ -316,6 +342,18 @@ def report(results: Results, args: argparse.Namespace) -> bool:
             f"{case.title:<32} {_fmt(n):>14} {_fmt(m):>14} {fmt_ratio(ratio):>8} {goal:>7}"
             f" {_us(cn):>14} {_us(cm):>8}"
         )
+        rounds = round_ratios(results, case.key, "meshkit")
+        if rounds:
+            print(f"{'':<32} per-round ratios {' '.join(fmt_ratio(r) for r in rounds)}")
+        if args.before:
+            b = results.median(case.key, "before")
+            before = round_ratios(results, case.key, "before")
+            print(
+                f"{'  before (' + args.before + ')':<32} {'':>14} {_fmt(b):>14}"
+                f" {fmt_ratio(b / n if b is not None and n else None):>8} {'':>7}"
+                f" {'':>14} {_us(results.median(CPU + case.key, 'before')):>8}"
+            )
+            print(f"{'':<32} per-round ratios {' '.join(fmt_ratio(r) for r in before)}")
     samples = [
         s.value
         for metric, per in results.samples.items()
@@ -330,6 +368,17 @@ def report(results: Results, args: argparse.Namespace) -> bool:
         )
     report_errors_and_noise(results, [m for m in results.samples if m.startswith(CPU)])
     return met
+
+
+def round_ratios(results: Results, metric: str, target: str) -> list[float]:
+    """target / nginx in each round (runs of a round follow each other: less noise than a
+    ratio of medians when the machine's load drifts)."""
+    per = results.samples.get(metric, {})
+    return [
+        t.value / n.value
+        for n, t in zip(per.get("nginx", []), per.get(target, []), strict=False)
+        if n.value
+    ]
 
 
 def _fmt(value: float | None) -> str:
@@ -351,6 +400,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     p.add_argument("--cases", default=None, help="comma-separated subset of hello,page,unix")
     p.add_argument("--targets", default=",".join(TARGETS), help="subset of nginx,meshkit")
+    p.add_argument(
+        "--before",
+        default=None,
+        metavar="SRC",
+        help="also run the meshkit of another tree's src/ (e.g. a checkout of an older "
+        "commit) in the same rounds, for before/after",
+    )
     p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
     p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
     p.add_argument("--server-core", type=int, default=None, help="CPU for nginx and meshkit")
@@ -368,6 +424,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = set(args.cases) - {c.key for c in CASES}
     if unknown:
         p.error(f"--cases: unknown {', '.join(sorted(unknown))}")
+    if args.before is not None:
+        args.before = os.path.abspath(args.before)
+        if not os.path.isfile(os.path.join(args.before, "meshkit", "__init__.py")):
+            p.error(f"--before: {args.before} has no meshkit package (give a tree's src/)")
     settle_server_args(p, args, TARGETS)
     return args
 

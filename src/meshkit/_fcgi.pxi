@@ -122,6 +122,39 @@ def fcgi_is_regular_file(str path not None):
     return _FC_S_ISREG(st.st_mode)
 
 
+def fcgi_has_field(list items not None, str lower_name not None):
+    """Is there a field named `lower_name` (given lower-case, ASCII) in `items`, a Headers'
+    list of (name, value)? fast.has_field_py's answer: an ASCII-case-insensitive match (a
+    name with a non-ASCII letter that lower() would fold is compared the twin's way)."""
+    cdef Py_ssize_t want = len(lower_name)
+    cdef Py_ssize_t i, j
+    cdef str name
+    cdef Py_UCS4 ch
+    cdef unsigned int c
+    for pair in items:
+        name = pair[0]
+        if len(name) != want:
+            if not name.isascii():
+                if name.lower() == lower_name:
+                    return True
+            continue
+        for j in range(want):
+            ch = name[j]
+            c = <unsigned int>ch
+            if c >= 0x80:
+                if name.lower() == lower_name:
+                    return True
+                break
+            if 0x41 <= c <= 0x5A:
+                c += 0x20
+            ch = lower_name[j]
+            if c != <unsigned int>ch:
+                break
+        else:
+            return True
+    return False
+
+
 cdef extern from "sys/stat.h" nogil:
     ctypedef struct _fc_stat_t "struct stat":
         unsigned int st_mode

@@ -278,3 +278,27 @@ def test_encoders_take_bytes_like_and_refuse_the_rest() -> None:
         _fp.fcgi_encode_request(1, b"p", 5)
     with pytest.raises(ValueError, match="out of range"):
         _fp.fcgi_encode_request(0x10000, b"p")
+
+
+_FIELD_NAMES = st.one_of(
+    st.sampled_from(["Content-Length", "content-length", "CONTENT-LENGTH", "Content-Lengt"]),
+    st.sampled_from(["Content-Lengthx", "Host", "\u212aey", "\u0130", "Content-Length\u00e9"]),
+    st.text(max_size=16),
+)
+
+
+@compiled
+@given(
+    st.lists(st.tuples(_FIELD_NAMES, st.text(max_size=4)), max_size=6),
+    st.sampled_from(["content-length", "key", "i\u0307", "host", ""]),
+)
+def test_has_field_agrees_with_the_twin_and_headers(
+    items: list[tuple[str, str]], name: str
+) -> None:
+    from meshkit.web.message import Headers
+
+    assert _fp is not None
+    want = fast.has_field_py(items, name)
+    assert _fp.fcgi_has_field(items, name) is want
+    if name.isascii():
+        assert want is (name in Headers(items))

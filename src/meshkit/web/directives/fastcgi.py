@@ -29,18 +29,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshkit.base.durations import DurationError, parse_duration
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
+from meshkit.web.fastcgi.answer import Answer, Pending, response_for
 from meshkit.web.fastcgi.client import (
     Client,
     FastCGIError,
     Reply,
-    StreamBody,
     Timeouts,
     parse_endpoint,
 )
@@ -53,7 +52,7 @@ from meshkit.web.fastcgi.env import (
     split_script,
     static_env,
 )
-from meshkit.web.fastcgi.fast import encode_pairs, is_regular_file
+from meshkit.web.fastcgi.fast import encode_pairs, has_field, is_regular_file
 from meshkit.web.fileserver import clean_path
 from meshkit.web.message import Handler, HandlerResult, Request, Response
 from meshkit.web.paths import clamp_path
@@ -361,15 +360,15 @@ class FastCGIHandler:
     def _start(self, rule: _Rule, request: Request, target: Target) -> HandlerResult:
         """A request without a body: sent at once (on a kept connection), answered through
         a Future resolved from the connection's callbacks."""
-        content_length = 0 if "Content-Length" in request.headers else None
+        content_length = 0 if has_field(request.headers._items, "content-length") else None
         head_only = request.method == "HEAD"
         loop = self._loop
         if loop is None or loop.is_closed():
             # asked once: get_running_loop() costs a getpid() system call each time
             loop = self._loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Response] = loop.create_future()
+        fut = Pending(loop=loop)
         rule.client.start(
-            rule.params(request, target, content_length), head_only, _Answer(fut, head_only)
+            rule.params(request, target, content_length), head_only, Answer(fut, head_only)
         )
         return fut
 
@@ -397,40 +396,8 @@ class FastCGIHandler:
         return _response(reply, head_only)
 
 
-def _response(reply: Reply | FastCGIError, head_only: bool) -> Response:
-    """What the client gets for a reply (or a failed exchange)."""
-    if isinstance(reply, FastCGIError):
-        return Response.error(reply.status)
-    if head_only and "Content-Length" not in reply.headers:
-        if isinstance(reply.body, StreamBody):
-            reply.body.close()
-        # an empty bytes body would make the server announce Content-Length: 0, which is
-        # not the length a GET would get; a stream leaves the length out
-        return Response(reply.status, reply.headers, _nothing())
-    return Response(reply.status, reply.headers, reply.body)
-
-
-class _Answer:
-    """Resolves a request's Future with the Response for its reply."""
-
-    __slots__ = ("fut", "head_only")
-
-    def __init__(self, fut: asyncio.Future[Response], head_only: bool) -> None:
-        self.fut = fut
-        self.head_only = head_only
-
-    def __call__(self, reply: Reply | FastCGIError) -> None:
-        if self.fut.done():
-            # cancelled: the client went away; a streamed reply's connection is dropped
-            if isinstance(reply, Reply) and isinstance(reply.body, StreamBody):
-                reply.body.close()
-            return
-        self.fut.set_result(_response(reply, self.head_only))
-
-
-async def _nothing() -> AsyncIterator[bytes]:
-    return
-    yield b""  # pragma: no cover - makes this an async generator
+# the name meshkit.web.fastcgi.lane (and older callers) use
+_response = response_for
 
 
 def build(config: FastCGIConfig, next: Handler, site: Site) -> Handler:

@@ -38,7 +38,7 @@ from meshkit.lb import ConnTable
 from meshkit.web.fastcgi import records
 from meshkit.web.fastcgi.connection import REQUEST_ID, Connection, FastCGIError, StreamBody
 from meshkit.web.fastcgi.endpoint import Endpoint, Timeouts, parse_endpoint
-from meshkit.web.fastcgi.fast import encode_request
+from meshkit.web.fastcgi.fast import QuickReply, encode_request
 from meshkit.web.fastcgi.pool import Upstream
 from meshkit.web.message import Body, Headers
 from meshkit.web.proxy.deadlines import Deadlines
@@ -278,7 +278,7 @@ class Client:
         With a kept connection idle, the request is written at once and `done` is called
         from the connection's callbacks (no task); a kept connection found closed is retried
         on a fresh one, and without an idle connection the request goes through request()."""
-        order = self._order()
+        order = self.upstreams if self._table is None else self._order()
         up = order[0]
         idle = up.idle
         conn = None
@@ -349,6 +349,16 @@ class _Ready:
             self.done(e)
             return
         self.done(reply)
+
+    def whole(self, conn: Connection, quick: QuickReply) -> None:
+        """A reply that came whole in one read and ended cleanly: _reply() without a Head."""
+        status, items, length, body = quick[0], quick[1], quick[2], quick[3]
+        headers = Headers(items)
+        conn.release()
+        if length is not None and length != len(body) and not (self.head_only and not body):
+            # never promise bytes that are not there: the server counts them itself
+            headers.remove("Content-Length")
+        self.done(Reply(status, headers, body))
 
     def fall_back(self, order: list[Upstream[Connection]] | None = None) -> None:
         """Run the request through Client.request() (dialling, retrying) in a task."""

@@ -16,8 +16,7 @@ import contextlib
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from meshkit.web.fastcgi import records
 from meshkit.web.fastcgi.fast import QuickReply, quick_reply
@@ -49,6 +48,16 @@ def _wake(fut: asyncio.Future[None] | None) -> None:
         fut.set_result(None)
 
 
+class Ready(Protocol):
+    """What Client.start() waits with (client._Ready): called with the connection once the
+    reply head (or the end, or an error) is in; `whole` takes a reply that came whole in one
+    read, its head parsed (fast.quick_reply), without the Head and EndRequest objects."""
+
+    def __call__(self, conn: Connection) -> None: ...
+
+    def whole(self, conn: Connection, quick: QuickReply) -> None: ...
+
+
 class Connection(asyncio.Protocol):
     """One connection to a responder and the state of the exchange running on it."""
 
@@ -77,7 +86,7 @@ class Connection(asyncio.Protocol):
         self.got_data = False
         self.waiter: asyncio.Future[None] | None = None
         # the synchronous exchange waiting for its reply head (Client.start)
-        self.on_ready: Callable[[Connection], None] | None = None
+        self.on_ready: Ready | None = None
         self.read_paused = False
         self.stderr: list[bytes] = []
 
@@ -90,7 +99,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self.got_data:
             self.got_data = True
-            self._not_fresh()
+            self.upstream.fresh.pop(self, None)  # _not_fresh(), inline: once per request
         if self.head is None and not self.buf and not self.decoder.pending:
             quick = quick_reply(data)
             if quick is not None:
@@ -163,6 +172,13 @@ class Connection(asyncio.Protocol):
     def _take_quick(self, quick: QuickReply) -> None:
         """A whole reply in one read, its head parsed (meshkit.web.fastcgi.fast.quick_reply;
         anything it declines goes through the Decoder, which reports what is wrong)."""
+        ready = self.on_ready
+        if ready is not None and quick[5] == records.REQUEST_COMPLETE:
+            self.on_ready = None
+            self.upstream.deadlines.watched.discard(self)
+            self.ended = True
+            ready.whole(self, quick)
+            return
         status, items, length, body, app, proto = quick
         self.head = Head(status, Headers(items), 0, length)
         if body:
@@ -250,7 +266,7 @@ class Connection(asyncio.Protocol):
         up = self.upstream
         if self.ended and self.error is None:
             up.completed += 1
-        if up.starving():
+        if up.fresh and up.starving():
             # the connections being served now are what the responder can take at once
             up.cap = max(1, up.open - len(up.fresh))
             self.close()

@@ -12,6 +12,9 @@ or their pure-Python twins, chosen once at import (MESHKIT_NO_EXTENSIONS=1: the 
         twin, bytes outside printable ASCII in the head for one, never with another answer)
     is_regular_file(path) -> bool
         os.stat + S_ISREG, False on any error (the safe split's check, once per request)
+    has_field(items, lower_name) -> bool
+        is there a field `lower_name` (given lower-case) in a Headers' item list: Headers
+        __contains__ without its generator (the request's Content-Length, once per request)
 """
 
 from __future__ import annotations
@@ -58,6 +61,14 @@ def is_regular_file_py(path: str) -> bool:
     return stat_mod.S_ISREG(st.st_mode)
 
 
+def has_field_py(items: list[tuple[str, str]], lower_name: str) -> bool:
+    # a loop, not any(): no generator frame per call (the twin runs once per request)
+    for name, _ in items:  # noqa: SIM110
+        if name.lower() == lower_name:
+            return True
+    return False
+
+
 _fastpath = load_fastpath()
 COMPILED = _fastpath is not None and hasattr(_fastpath, "fcgi_quick_reply")
 
@@ -65,14 +76,17 @@ encode_request: Callable[..., bytes]
 encode_pairs: Callable[[Iterable[tuple[bytes, bytes]]], bytes]
 quick_reply: Callable[[bytes], Any]
 is_regular_file: Callable[[str], bool]
+has_field: Callable[[list[tuple[str, str]], str], bool]
 if COMPILED:
     assert _fastpath is not None
     encode_request = _fastpath.fcgi_encode_request
     encode_pairs = _fastpath.fcgi_encode_pairs
     quick_reply = _fastpath.fcgi_quick_reply
     is_regular_file = _fastpath.fcgi_is_regular_file
+    has_field = _fastpath.fcgi_has_field
 else:
     encode_request = records.encode_request
     encode_pairs = records.encode_pairs
     quick_reply = quick_reply_py
     is_regular_file = is_regular_file_py
+    has_field = has_field_py

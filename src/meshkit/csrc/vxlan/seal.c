@@ -1,6 +1,6 @@
 /* seal.c - AEAD sealing of VXLAN frames for encrypted overlays (libgcrypt, or OpenSSL
- * libcrypto's EVP where the build found no libgcrypt), the
- * anti-replay window (RFC 6479 style bitmap), and the key sets of encrypted networks. The
+ * libcrypto's EVP where the build found no libgcrypt), the anti-replay window (RFC 6479
+ * style bitmap), and the key sets of encrypted networks. The
  * wire format is in includes/vxlan.h; the pure-Python twin is meshkit/net/vxlan/seal.py
  * (`cryptography`), and tests check that each opens what the other sealed.
  *

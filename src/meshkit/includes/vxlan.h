@@ -30,8 +30,9 @@
  * appear on the wire). On the wire the VXLAN header is 8 bytes: flags (0x08 = I bit), 3 reserved
  * bytes, the 24-bit VNI in network order (bytes 4..6), 1 reserved byte.
  *
- * The pure-Python twin with identical behaviour is meshkit/net/dataplane_py.py, its sans-IO
- * pieces meshkit/net/vxlan_wire.py.
+ * The pure-Python twin with identical behaviour is meshkit/net/vxlan/plane_py.py, its sans-IO
+ * pieces meshkit/net/vxlan/wire.py. The C sources: _vxlan.c (the plane's lifecycle and table
+ * changes) and csrc/vxlan/ (route.c, offload.c, datapath.c, seal.c).
  */
 #ifndef MESHKIT_VXLAN_H
 #define MESHKIT_VXLAN_H
@@ -48,7 +49,7 @@
 #define VX_GRO_MAX_SEGS 64 /* most frames coalesced into one super-frame written to a TAP */
 #define VX_GSO_MAX_SEGS 64 /* most segments sent in one UDP_SEGMENT datagram */
 
-/* Why a frame or datagram was dropped; the order matches DROP_REASONS in vxlan_wire.py. */
+/* Why a frame or datagram was dropped; the order matches DROP_REASONS in net/vxlan/wire.py. */
 enum vx_drop {
     VX_DROP_SHORT = 0,          /* datagram < 8 + 14 bytes, or TAP frame < 14 bytes */
     VX_DROP_BAD_FLAGS = 1,      /* the I bit (0x08 in byte 0) is not set */

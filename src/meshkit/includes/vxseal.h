@@ -12,7 +12,13 @@
 
 #include "vxlan.h"
 
+#ifdef VX_SEAL_GCRYPT
+#include <gcrypt.h>
+typedef gcry_cipher_hd_t vx_aead_t; /* one keyed AEAD */
+#else
 #include <openssl/evp.h>
+typedef EVP_CIPHER_CTX *vx_aead_t;
+#endif
 #include <sys/uio.h>
 
 struct vx_replay {
@@ -23,8 +29,8 @@ struct vx_replay {
 
 struct vx_keyslot {
     vx_key_t key;
-    EVP_CIPHER_CTX *enc;    /* the network's TX cipher, keyed */
-    EVP_CIPHER_CTX *dec[2]; /* AES-256-GCM, ChaCha20-Poly1305, keyed */
+    vx_aead_t enc;    /* the network's TX cipher, keyed */
+    vx_aead_t dec[2]; /* AES-256-GCM, ChaCha20-Poly1305, keyed */
     uint64_t tx_counter;
     struct vx_replay *win; /* n_win windows, one per peer index */
     size_t n_win;

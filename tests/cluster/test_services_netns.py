@@ -257,13 +257,20 @@ def test_agent_restart_adopts_its_tasks(cluster: Cluster) -> None:
                    "--constraint", "node.hostname==w1", "--", "sleep", "1000")  # fmt: skip
     before = {t["ID"]: t["Pid"] for t in cluster.running("steady")}
     assert len(before) == 2
-    cluster.lab.stop(cluster.procs["w1"])  # SIGTERM: the agent stops, its tasks go on
-    assert all(pid_alive(p) for p in before.values())
-    cluster.start("w1", "run")
-    time.sleep(3)  # a few rounds of assignments and reports
-    after = {t["ID"]: t["Pid"] for t in cluster.running("steady")}
-    assert after == before  # adopted: same tasks, same processes, no duplicates
-    assert len(cluster.tasks("steady")) == 2
+    # A restart slower than 3 missed beats would (rightly) mark w1 Down and orphan its tasks:
+    # on a loaded CI host a stop and start can take that long, so beats are 5 s meanwhile.
+    cluster.cli_ok("cluster", "update", "--dispatcher-heartbeat", "5s")
+    try:
+        cluster.lab.stop(cluster.procs["w1"])  # SIGTERM: the agent stops, its tasks go on
+        assert all(pid_alive(p) for p in before.values())
+        cluster.start("w1", "run")
+        until(lambda: cluster.ls("m1").get("w1", {}).get("Status") == "Ready", 30, "w1 Ready")
+        time.sleep(3)  # a few rounds of assignments and reports
+        after = {t["ID"]: t["Pid"] for t in cluster.running("steady")}
+        assert after == before  # adopted: same tasks, same processes, no duplicates
+        assert len(cluster.tasks("steady")) == 2
+    finally:
+        cluster.cli_ok("cluster", "update", "--dispatcher-heartbeat", "1s")
     cluster.rm("steady")
     until(lambda: not any(pid_alive(p) for p in before.values()), 20, "adopted tasks stopped")
 

@@ -60,6 +60,8 @@ cdef class Lane:
     cdef object server
     cdef int fd
     cdef readonly Py_ssize_t hits  # requests answered here (tests check the lane ran)
+    cdef readonly Py_ssize_t rule_hits  # of those, answered from the rule table
+    cdef object rtable  # the port's _LrTable (_lanerules.pxi), made on first use
 
     def __cinit__(self, conn, server, int fd):
         self.conn = conn
@@ -81,6 +83,8 @@ cdef class Lane:
         data = PyBytes_FromStringAndSize(_ln_buf, n)
         if n <= _LN_MAX_HEAD and clane.lane_ends_head(_ln_buf, <size_t>n):
             if self._from_cache(data):
+                return
+            if _lr_answer(self, data):  # the rule table (_lanerules.pxi)
                 return
         conn._on_data(data)
 

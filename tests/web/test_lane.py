@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshkit._ext import load_fastpath
-from meshkit.web import fileserver, lane
+from meshkit.web import fileserver, lane, ruletable
 from meshkit.web.app import plan
 from meshkit.web.caddyfile.load import load_text
 from meshkit.web.connection import Connection
@@ -203,7 +203,11 @@ def test_lane_answers_repeats_itself(pair: Pair) -> None:
     assert hits == 3
 
 
-def test_lane_sends_cached_entries_without_callbacks(tmp_path: Path) -> None:
+def test_lane_sends_cached_entries_without_callbacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a root-only site is one the rule table answers itself: off, to test the cache here
+    monkeypatch.setattr(ruletable, "ENABLED", False)
     www = tmp_path / "www"
     www.mkdir()
     (www / "a.txt").write_bytes(b"plain")

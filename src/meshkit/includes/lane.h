@@ -35,4 +35,21 @@ double lane_now(void);
  * Returns 0 (sig and count filled) or -errno. */
 int lane_dir_sig(const char *path, uint64_t *sig, uint64_t *count);
 
+/* The request fields the rule table's file answers depend on (_lanerules.pxi). */
+enum lane_field {
+    LANE_FIELD_NONE = 0,  /* read by nothing the lane answers */
+    LANE_FIELD_INM = 1,   /* If-None-Match */
+    LANE_FIELD_IMS = 2,   /* If-Modified-Since */
+    LANE_FIELD_OTHER = 3, /* Range, If-Range, If-Match, If-Unmodified-Since, Accept-Encoding:
+                           * the Python chain decides */
+};
+
+/* Which of those the field name[0:len) is (case-insensitive). */
+int lane_field_kind(const char *name, size_t len);
+
+/* The length of the path part of an origin-form request-target the lane may answer: printable
+ * ASCII without '%', '\\' or '#', no "/." or "//" in the path (what the chain would decode,
+ * fold or refuse). -1 for any other target. */
+ssize_t lane_plain_path(const char *target, size_t len);
+
 #endif /* MESHKIT_LANE_H */

@@ -92,6 +92,15 @@ class Pair:
         self.py.stop()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def no_rule_table() -> Iterator[None]:
+    """The lane's answers from the response cache (the rule table, which answers sites it
+    compiles before the cache learns them, has its own tests: test_lane_rules.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ruletable, "ENABLED", False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def trust_fresh_folders(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fileserver, "_RACY_NS", 0)
@@ -203,11 +212,7 @@ def test_lane_answers_repeats_itself(pair: Pair) -> None:
     assert hits == 3
 
 
-def test_lane_sends_cached_entries_without_callbacks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # a root-only site is one the rule table answers itself: off, to test the cache here
-    monkeypatch.setattr(ruletable, "ENABLED", False)
+def test_lane_sends_cached_entries_without_callbacks(tmp_path: Path) -> None:
     www = tmp_path / "www"
     www.mkdir()
     (www / "a.txt").write_bytes(b"plain")

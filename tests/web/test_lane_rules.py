@@ -7,6 +7,7 @@ switch on the router), so every answer is the table's or the chain's."""
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from meshkit.web.filecache import base36
 from meshkit.web.http1 import http_date
 from meshkit.web.router import Router
 from support.httpserver_util import Reader, ServerThread, connect
+from support.polling import wait_until
 
 _fastpath = load_fastpath()
 HAVE_LANE = _fastpath is not None and hasattr(_fastpath, "Lane")
@@ -33,11 +35,24 @@ ETAG = f'"{base36(OLD * 1_000_000_000)}{base36(len(A_TXT))}"'
 
 # site variants: the directives beside root (all compiled by the table, with the chain
 # answering the browse and markdown scopes)
+LOG_FORMAT = "{remote} {user} {method} {uri} {proto} {status} {size} {path}"
+RULES = """ header / X-Frame-Options DENY
+ header /sub +X-Sub yes
+ header / -Server
+ redir /old /new 301
+ redir /temp /elsewhere 302
+ rewrite ^/page$ /a.txt
+ rewrite ^/home$ /deep/er/index.html
+ basicauth /sub alice s3cret
+ basicauth /deep bob hunter2
+ log / LOGFILE "LOGFORMAT"
+""".replace("LOGFORMAT", LOG_FORMAT)
 SITES = {
     "plain": "",
     "gzip-browse": " gzip\n browse /sub\n",
     "index": " index home.html index.html\n",
     "markdown-mime": " markdown /md\n mime .bin application/x-lane\n",
+    "rules-log": RULES,
 }
 
 
@@ -60,6 +75,7 @@ def make_site(base: Path, extra: str) -> Router:
     for name, data in files.items():
         (www / name).write_bytes(data)
         os.utime(www / name, (OLD, OLD))
+    extra = extra.replace("LOGFILE", str(base / "access.log"))
     text = f":8000 {{\n root {www}\n{extra}}}\n"
     router = plan(load_text(text, "Caddyfile"))[8000].router()
     assert isinstance(router, Router)
@@ -73,6 +89,10 @@ class Pair:
         (base / "py").mkdir()
         self.c = ServerThread(make_site(base / "c", extra), compiled=True)
         self.py = ServerThread(make_site(base / "py", extra), compiled=False)
+        self.log_c = base / "c" / "access.log"
+        self.log_py = base / "py" / "access.log"
+        self.logged = "log /" in extra
+        self.lines = 0
 
     def rule_hits(self) -> int:
         conns = self.c.run(lambda: list(self.c.server._conns))
@@ -123,6 +143,12 @@ PATHS = [
     "//a.txt",
     "/md/doc.md",
     "/md/",
+    "/page",
+    "/page?x=1",
+    "/home",
+    "/old",
+    "/old?q=2",
+    "/temp",
 ]
 EXTRAS = [
     "",
@@ -138,6 +164,10 @@ EXTRAS = [
     f'If-None-Match: "nope"\r\nIf-Modified-Since: {http_date(OLD)}\r\n',
     "Accept-Encoding: gzip\r\n",
     "X-Other: 1\r\nUser-Agent: t\r\n",
+    "Authorization: Basic " + base64.b64encode(b"alice:s3cret").decode() + "\r\n",
+    "Authorization: Basic " + base64.b64encode(b"bob:hunter2").decode() + "\r\n",
+    "Authorization: Basic " + base64.b64encode(b"alice:wrong").decode() + "\r\n",
+    "authorization:  basic " + base64.b64encode(b"alice:s3cret").decode() + "\r\n",
 ]
 
 request_st = st.tuples(
@@ -177,6 +207,11 @@ def run(st_: ServerThread, plan_: list[tuple[bytes, str]]) -> tuple[list[Seen], 
     return seen, closed
 
 
+def log_lines(path: Path, n: int) -> list[str]:
+    assert wait_until(lambda: path.exists() and path.read_text().count("\n") >= n)
+    return path.read_text().splitlines()
+
+
 Req = tuple[str, str, str, str, int, bool]
 
 
@@ -189,18 +224,24 @@ def test_rule_table_answers_like_the_chain(pair: Pair, reqs: list[Req]) -> None:
         for t in range(times):
             closing = close and last and t == times - 1
             plan_.append((raw(method, path, version, extra, closing), method))
-    assert run(pair.c, plan_) == run(pair.py, plan_)
+    got_c = run(pair.c, plan_)
+    assert got_c == run(pair.py, plan_)
+    if pair.logged:
+        pair.lines += len(got_c[0])
+        assert log_lines(pair.log_c, pair.lines) == log_lines(pair.log_py, pair.lines)
 
 
 def test_rule_table_answers_files_redirects_and_304s(pair: Pair) -> None:
     """The table answers the common requests itself (its hit count), each as the chain."""
+    bob = "Authorization: Basic " + base64.b64encode(b"bob:hunter2").decode() + "\r\n"
     heads = [
-        raw("GET", "/a.txt", "1.1", "", False),
-        raw("HEAD", "/a.txt", "1.1", "", False),
-        raw("GET", "/big.bin", "1.1", "", False),
-        raw("GET", "/deep/er/index.html", "1.1", "", False),  # the canonical 301
-        raw("GET", "/deep/er", "1.1", "", False),  # a folder's missing slash
-        raw("GET", "/a.txt", "1.1", f"If-None-Match: {ETAG}\r\n", False),
+        raw("GET", "/a.txt", "1.1", bob, False),
+        raw("HEAD", "/a.txt", "1.1", bob, False),
+        raw("GET", "/big.bin", "1.1", bob, False),
+        raw("GET", "/deep/er/index.html", "1.1", bob, False),  # the canonical 301
+        raw("GET", "/deep/er", "1.1", bob, False),  # a folder's missing slash
+        raw("GET", "/a.txt", "1.1", f"If-None-Match: {ETAG}\r\n" + bob, False),
+        raw("GET", "/a.txt", "1.1", "User-Agent: other\r\nCookie: c=1\r\n" + bob, False),
     ]
     plan_ = [(h, "HEAD" if h.startswith(b"HEAD") else "GET") for h in heads]
     before = pair.rule_hits()
@@ -211,7 +252,7 @@ def test_rule_table_answers_files_redirects_and_304s(pair: Pair) -> None:
             sock.sendall(data)
             statuses.append(reader.response(method).status)
         hits = pair.rule_hits() - before
-    assert statuses == [200, 200, 200, 301, 301, 304]
+    assert statuses == [200, 200, 200, 301, 301, 304, 200]
     assert hits == len(plan_)
 
 
@@ -247,9 +288,16 @@ def test_changed_file_is_answered_anew(tmp_path: Path) -> None:
 def test_sites_the_table_cannot_express_stay_with_the_chain(tmp_path: Path) -> None:
     www = tmp_path / "www"
     www.mkdir()
-    text = f":8000 {{\n root {www}\n header / X-A b\n}}\n:8001 {{\n root {www}\n browse /\n}}\n"
+    text = (
+        f":8000 {{\n root {www}\n header / X-A {{host}}\n}}\n"
+        f":8001 {{\n root {www}\n browse /\n header / X-A b\n}}\n"
+        f':8002 {{\n root {www}\n log / {tmp_path / "x.log"} "{{>User-Agent}}"\n}}\n'
+        f":8003 {{\n root {www}\n redir /a /b {{\n  if {{method}} is GET\n }}\n}}\n"
+    )
     plans = plan(load_text(text, "Caddyfile"))
-    assert ruletable.compile_router(plans[8000].router()) is None
+    assert ruletable.compile_router(plans[8000].router()) is None  # a placeholder
+    assert ruletable.compile_router(plans[8002].router()) is None  # a request field
+    assert ruletable.compile_router(plans[8003].router()) is None  # a condition
     compiled = ruletable.compile_router(plans[8001].router())
     assert compiled is not None
     (rules,) = compiled.values()

@@ -137,19 +137,22 @@ int lane_field_kind(const char *name, size_t len)
 {
     switch (len) {
     case 5:
-        return strncasecmp(name, "range", 5) == 0 ? LANE_FIELD_OTHER : LANE_FIELD_NONE;
+        return strncasecmp(name, "range", 5) == 0 ? LANE_FIELD_KEY : LANE_FIELD_NONE;
     case 8:
         return (strncasecmp(name, "if-range", 8) == 0 || strncasecmp(name, "if-match", 8) == 0)
-                   ? LANE_FIELD_OTHER
+                   ? LANE_FIELD_KEY
                    : LANE_FIELD_NONE;
     case 13:
-        return strncasecmp(name, "if-none-match", 13) == 0 ? LANE_FIELD_INM : LANE_FIELD_NONE;
+        return (strncasecmp(name, "if-none-match", 13) == 0 ||
+                strncasecmp(name, "authorization", 13) == 0)
+                   ? LANE_FIELD_KEY
+                   : LANE_FIELD_NONE;
     case 15:
-        return strncasecmp(name, "accept-encoding", 15) == 0 ? LANE_FIELD_OTHER : LANE_FIELD_NONE;
+        return strncasecmp(name, "accept-encoding", 15) == 0 ? LANE_FIELD_AE : LANE_FIELD_NONE;
     case 17:
-        return strncasecmp(name, "if-modified-since", 17) == 0 ? LANE_FIELD_IMS : LANE_FIELD_NONE;
+        return strncasecmp(name, "if-modified-since", 17) == 0 ? LANE_FIELD_KEY : LANE_FIELD_NONE;
     case 19:
-        return strncasecmp(name, "if-unmodified-since", 19) == 0 ? LANE_FIELD_OTHER
+        return strncasecmp(name, "if-unmodified-since", 19) == 0 ? LANE_FIELD_KEY
                                                                  : LANE_FIELD_NONE;
     default:
         return LANE_FIELD_NONE;

@@ -35,13 +35,14 @@ double lane_now(void);
  * Returns 0 (sig and count filled) or -errno. */
 int lane_dir_sig(const char *path, uint64_t *sig, uint64_t *count);
 
-/* The request fields the rule table's file answers depend on (_lanerules.pxi). */
+/* The request fields a compiled site's answer may depend on (_lanerules.pxi): the file
+ * server's conditional and range fields and Authorization are part of the rule table's key;
+ * Accept-Encoding too, unless the site has `gzip` (then the Python chain answers). */
 enum lane_field {
-    LANE_FIELD_NONE = 0,  /* read by nothing the lane answers */
-    LANE_FIELD_INM = 1,   /* If-None-Match */
-    LANE_FIELD_IMS = 2,   /* If-Modified-Since */
-    LANE_FIELD_OTHER = 3, /* Range, If-Range, If-Match, If-Unmodified-Since, Accept-Encoding:
-                           * the Python chain decides */
+    LANE_FIELD_NONE = 0, /* read by nothing the table answers */
+    LANE_FIELD_KEY = 1,  /* Range, If-Range, If-Match, If-None-Match, If-Modified-Since,
+                          * If-Unmodified-Since, Authorization */
+    LANE_FIELD_AE = 2,   /* Accept-Encoding */
 };
 
 /* Which of those the field name[0:len) is (case-insensitive). */

@@ -13,8 +13,7 @@ cdef extern from "lane.h" nogil:
     int lane_dir_sig(const char *path, uint64_t *sig, uint64_t *count)
     enum lane_field:
         LANE_FIELD_NONE
-        LANE_FIELD_INM
-        LANE_FIELD_IMS
-        LANE_FIELD_OTHER
+        LANE_FIELD_KEY
+        LANE_FIELD_AE
     int lane_field_kind(const char *name, size_t len)
     ssize_t lane_plain_path(const char *target, size_t len)

@@ -4,21 +4,23 @@ The compiled lane (meshkit._fastpath.Lane, _lane.pxi and _lanerules.pxi) answers
 head that the response cache does not hold from this table when the request's site was
 compiled into it. The decision is made once per site, when the lane first sees the port's
 handler (a Router; again after a reload): a site is compiled when every directive it has is
-one the table can express (LANE_DIRECTIVES); `browse` and `markdown` scopes are kept as path
-prefixes the lane leaves to the handlers. Anything else (other directives, other methods,
-conditional or range requests it cannot decide, Accept-Encoding, percent-escapes, dot
-segments, a 404...) goes to the Python chain, which is the lane's twin: the lane's answers are
-the bytes the chain would send (tests/web/test_lane_rules.py compares the two).
+one the table can express (LANE_DIRECTIVES) in a form it can express (`header` with literal
+values, `redir` and `rewrite` with literal destinations and no `if`, `basicauth` with plain
+passwords, `log` formats whose placeholders are all in LOG_NAMES, no ipmask); `browse` and
+`markdown` scopes are kept as path prefixes the lane leaves to the chain.
 
-For a compiled site the lane does the file server's work (meshkit.web.fileserver) for a
-request path: the file, or a folder's first index file, with ETag, Last-Modified,
-Content-Type, an If-None-Match / If-Modified-Since 304, and the canonical 301s (a folder
-without its slash, a file with one, an index file asked for by name). `resolve()` here fills
-the lane's per-site path table on a path's first request (and after its file changed): it
-asks the site's FileServer for the entries (its FileCache: realpath checks, hidden files)
-and serialises the heads with http1.serialize_head around a Date placeholder, so that the
-bytes are the chain's by construction; the lane then answers repeats after one stat(2) of
-the answer's validator, as nginx's open_file_cache does.
+For such a site the answer to a request is a function of a few things the lane reads from
+the head in C, and of files: the method, the request-target, the Host value and the fields
+its directives read (the file server's conditional and range fields, Authorization, and
+Accept-Encoding when the site has no `gzip`). That is the table's key (anything else in the
+head, such as User-Agent or cookies, reads nothing here). The first request with a key runs
+the site's own handler chain once (`fill`, in Python), and the answer is kept as a
+respcache.CachedResponse with the validators the file server put on it (an access log's
+lines replayed per client and second, as the response cache does); later requests with the
+key are answered in C after one stat(2) per validator. A response without validators is
+kept only when it is a `redir` answer (a function of the path alone); anything else (a 404,
+a 401, an awaitable) is the chain's every time. The chain stays the twin:
+tests/web/test_lane_rules.py compares the two over generated requests and sites.
 
 MESHKIT_LANE_RULES=0 turns the table off (the lane then answers only from the response
 cache); MESHKIT_LANE=0 or MESHKIT_NO_EXTENSIONS=1 turn the whole lane off.
@@ -27,96 +29,96 @@ cache); MESHKIT_LANE=0 or MESHKIT_NO_EXTENSIONS=1 turn the whole lane off.
 from __future__ import annotations
 
 import os
+import time
 import weakref
 from typing import Any
 
 from meshkit.web import http1
-from meshkit.web.filecache import Entry
-from meshkit.web.fileserver import FileServer, fileserver_for
-from meshkit.web.message import Headers
+from meshkit.web.directives.basicauth import HTPASSWD_PREFIX
+from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
 from meshkit.web.paths import clamp_path
+from meshkit.web.placeholders import compile_template
+from meshkit.web.respcache import CachedResponse, ResponseCache
 from meshkit.web.router import Router
 
 __all__ = [
-    "DATE_MARK",
     "ENABLED",
     "LANE_DIRECTIVES",
-    "Answer",
+    "LOG_NAMES",
     "SiteRules",
     "compile_router",
-    "resolve",
+    "fill",
+    "rules_for",
     "site_rules",
 ]
 
-# Directives a compiled site may have: configuration the file server reads, or handlers
-# that leave the requests the lane takes alone (gzip: only with Accept-Encoding, which the
-# lane leaves to the chain; browse and markdown: only under their paths, kept as prefixes).
+# Directives a compiled site may have (each in the form _expressible accepts): configuration
+# the file server reads, or handlers whose answer is a function of the table's key and of
+# the files the file server validates (gzip: it reads Accept-Encoding, which the lane then
+# leaves to the chain; browse and markdown: only under their paths, kept as prefixes).
 LANE_DIRECTIVES = frozenset(
-    {"root", "index", "mime", "gzip", "browse", "markdown", "tls", "bind", "timeouts"}
+    {
+        "root",
+        "index",
+        "mime",
+        "gzip",
+        "browse",
+        "markdown",
+        "tls",
+        "bind",
+        "timeouts",
+        "header",
+        "redir",
+        "rewrite",
+        "basicauth",
+        "log",
+    }
+)
+
+# log placeholders a replayed line may hold: the key's, the client's, the response's and
+# the second's (never another request field, which the key does not hold)
+LOG_NAMES = frozenset(
+    {
+        "remote",
+        "user",
+        "when",
+        "method",
+        "uri",
+        "proto",
+        "status",
+        "size",
+        "path",
+        "query",
+        "host",
+        "port",
+        "scheme",
+    }
 )
 
 ENABLED = os.environ.get("MESHKIT_LANE_RULES", "").strip().lower() not in ("0", "off", "no")
 
-# stands for the 29 bytes of an IMF-fixdate in a serialised head (same length as one)
-DATE_MARK = "\x01" * 29
-
-KIND_FILE = 0
-KIND_REDIRECT = 1
-
-
-class Answer:
-    """What the lane sends for one request path of a compiled site, and the file whose
-    unchanged stat keeps it valid (the validator the chain's response would carry)."""
-
-    __slots__ = (
-        "data",
-        "entry",
-        "etag",
-        "fd",
-        "head",
-        "head304",
-        "kind",
-        "last_modified",
-        "size",
-        "vsig",
-    )
-
-    def __init__(
-        self,
-        kind: int,
-        vsig: tuple[str, int, int, int, int, int],
-        head: bytes,
-        head304: bytes = b"",
-        entry: Entry | None = None,
-    ) -> None:
-        self.kind = kind
-        self.vsig = vsig  # (path, ino, dev, size, mtime_ns, ctime_ns): message.Validator
-        self.head = head  # the head with DATE_MARK where the Date goes
-        self.head304 = head304
-        self.entry = entry  # the file's FileCache entry (a reference is held: its fd)
-        self.fd = entry.fd if entry is not None else -1
-        self.size = entry.size if entry is not None else 0
-        self.data = entry.data if entry is not None else None
-        self.etag = entry.etag.encode("latin-1") if entry is not None else b""
-        self.last_modified = entry.last_modified.encode("latin-1") if entry is not None else b""
-        if entry is not None:
-            entry.acquire()
-
-    def release(self) -> None:
-        """Drop the reference on the file's entry (the lane no longer keeps this answer)."""
-        e, self.entry = self.entry, None
-        if e is not None:
-            e.release()
+_REDIR_CODES = frozenset({301})  # what respcache keeps besides 200/206/304
+_MAX_ENTRIES = 512  # per site (respcache.ResponseCache's bounds)
 
 
 class SiteRules:
-    """One compiled site: its file server and the path prefixes left to the chain."""
+    """One compiled site: its chain, the path prefixes left to the chain, and the answers
+    made so far (key bytes -> respcache.CachedResponse, bounded as the response cache)."""
 
-    __slots__ = ("files", "python_prefixes")
+    __slots__ = ("answers", "gzip", "handler", "python_prefixes", "redirects")
 
-    def __init__(self, files: FileServer, python_prefixes: tuple[str, ...]) -> None:
-        self.files = files
+    def __init__(
+        self,
+        handler: Any,
+        python_prefixes: tuple[str, ...],
+        redirects: frozenset[str],
+        gzip: bool,
+    ) -> None:
+        self.handler = handler
         self.python_prefixes = python_prefixes
+        self.redirects = redirects  # the Location values of the site's redir rules
+        self.gzip = gzip  # Accept-Encoding is the chain's
+        self.answers = ResponseCache(max_entries=_MAX_ENTRIES)
 
 
 def _scopes(config: Any, attr: str | None) -> list[str] | None:
@@ -130,17 +132,53 @@ def _scopes(config: Any, attr: str | None) -> list[str] | None:
         path = item.get("path") if isinstance(item, dict) else getattr(item, attr or "", None)
         if not isinstance(path, str):
             return None
-        out.extend({path, clamp_path(path)})
+        out.extend(dict.fromkeys((path, clamp_path(path))))
     return out
 
 
-def site_rules(site: Any) -> SiteRules | None:
+def _literal(text: str) -> bool:
+    return compile_template(text).static is not None
+
+
+def _expressible(name: str, config: Any) -> bool:
+    """Whether the table can take this directive's config (see the module doc)."""
+    rules = getattr(config, "rules", None)
+    if name == "header":
+        return all(_literal(op.value) for r in rules or () for op in r.headers)
+    if name == "redir":
+        return all(
+            not r.meta and not r.conditions.ifs and _literal(r.to) and r.to.startswith("/")
+            for r in rules or ()
+        )
+    if name == "rewrite":
+        return all(
+            not r.conditions.ifs and len(r.to) == 1 and _literal(r.to[0]) for r in rules or ()
+        )
+    if name == "basicauth":
+        return all(not r.password.startswith(HTPASSWD_PREFIX) for r in rules or ())
+    if name == "log":
+        for entry in getattr(config, "entries", None) or ():
+            if entry.ipmask_v4 or entry.ipmask_v6:
+                return False
+            names = compile_template(entry.format).names
+            if not set(names) <= LOG_NAMES:
+                return False
+        return True
+    return True
+
+
+def site_rules(site: Any, handler: Any) -> SiteRules | None:
     """The site compiled for the lane, or None when the chain must answer all of it."""
     if site is None or not ENABLED:
         return None
     directives = getattr(site, "directives", None)
     if not isinstance(directives, dict) or not set(directives) <= LANE_DIRECTIVES:
         return None
+    try:
+        if not all(_expressible(n, c) for n, c in directives.items() if c is not None):
+            return None
+    except (AttributeError, TypeError):
+        return None  # a config of a shape this table does not know
     prefixes: list[str] = []
     for name, attr in (("browse", None), ("markdown", "path")):
         config = directives.get(name)
@@ -150,10 +188,11 @@ def site_rules(site: Any) -> SiteRules | None:
         if scopes is None:
             return None
         prefixes.extend(scopes)
-    files = fileserver_for(site)
-    if not files.index_files:
-        return None
-    return SiteRules(files, tuple(dict.fromkeys(prefixes)))
+    redir = directives.get("redir")
+    targets = frozenset(r.to for r in getattr(redir, "rules", None) or ())
+    return SiteRules(
+        handler, tuple(dict.fromkeys(prefixes)), targets, directives.get("gzip") is not None
+    )
 
 
 def compile_router(handler: Any) -> dict[int, SiteRules] | None:
@@ -163,7 +202,7 @@ def compile_router(handler: Any) -> dict[int, SiteRules] | None:
         return None
     out: dict[int, SiteRules] = {}
     for route in handler.routes:
-        rules = site_rules(getattr(route, "site", None))
+        rules = site_rules(getattr(route, "site", None), route.handler)
         if rules is not None:
             out[id(route)] = rules
     return out or None
@@ -184,64 +223,69 @@ def rules_for(handler: Any) -> dict[int, SiteRules] | None:
     return table
 
 
-def _head(status: int, headers: Headers, length: int) -> bytes | None:
+def _release(body: Any) -> None:
+    if isinstance(body, FileBody) and body.release is not None:
+        release, body.release = body.release, None
+        release()
+
+
+def fill(
+    rules: SiteRules,
+    key: bytes,
+    method: str,
+    url: bytes,
+    items: list[tuple[str, str]],
+    host: str,
+    conn: Any,
+) -> CachedResponse | None:
+    """Run the site's chain for a request (GET or HEAD, HTTP/1.1, keep-alive, no body) and
+    keep its answer under `key` when the answer may be kept (see the module doc); the
+    entry, or None (the connection then reads the head as before: the chain answers it)."""
     try:
-        return http1.serialize_head(
-            status,
-            headers,
-            content_length=length,
-            keep_alive=True,
-            version="1.1",
-            date=DATE_MARK,
-        )
-    except ValueError:
-        return None  # CR/LF in a value: the chain answers (with its 500)
-
-
-def _redirect(location: str, e: Entry) -> Answer | None:
-    head = _head(301, Headers([("Location", location)]), 0)
-    return None if head is None else Answer(KIND_REDIRECT, e.sig, head)
-
-
-def _file(files: FileServer, e: Entry) -> Answer | None:
-    ctype = e.ctype or files.content_type(e)
-    h = Headers(
-        [
-            ("Content-Type", ctype),
-            ("ETag", e.etag),
-            ("Last-Modified", e.last_modified),
-            ("Accept-Ranges", "bytes"),
-        ]
+        target = http1.parse_target(url, method)
+    except http1.HttpError:
+        return None
+    request = Request(
+        method,
+        url.decode("latin-1"),
+        target.path,
+        target.query,
+        "1.1",
+        Headers(items),
+        EmptyBody(),
+        "http",
+        host,
+        conn._remote_addr,
+        conn._remote_port,
+        conn._local_addr,
+        conn._local_port,
+        time.time(),
     )
-    head = _head(200, h, e.size)
-    head304 = _head(304, Headers([("ETag", e.etag), ("Last-Modified", e.last_modified)]), 0)
-    if head is None or head304 is None:
+    try:
+        result = rules.handler(request)
+    except Exception:  # the chain runs it again and answers (and logs) its failure
         return None
-    return Answer(KIND_FILE, e.sig, head, head304, e)
-
-
-def resolve(rules: SiteRules, path: str) -> Answer | None:
-    """The lane's answer to GET/HEAD of `path` (clean: no `%`, dot segment, `//`, `\\`),
-    as meshkit.web.fileserver.FileServer.__call__ decides it; None when that answer is one
-    the lane leaves to the chain (404, 403, the welcome page, an index file other than the
-    first name, an internal path)."""
-    files = rules.files
-    if files.internal and files.is_internal(path):
+    if not isinstance(result, Response):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # a coroutine never awaited: the chain runs it again for real
         return None
-    fs = (files.prefix or "/") if path == "/" else files.prefix + path.rstrip("/")
-    e = files.cache.lookup(fs)
-    if not isinstance(e, Entry) or e.real in files.hidden:
+    if result.validators is None:
+        # a redir answer is a function of the path alone: valid as long as the config is
+        if (
+            result.status not in _REDIR_CODES
+            or result.headers.get("Location") not in rules.redirects
+            or isinstance(result.body, FileBody)
+        ):
+            _release(result.body)
+            return None
+        result.validators = ()
+    entry = ResponseCache.make(result, "1.1", method, request)
+    _release(result.body)  # the entry holds its own reference
+    if entry is None:
         return None
-    if e.is_dir:
-        if not path.endswith("/"):
-            return _redirect(path + "/", e)
-        ie = files.cache.lookup(("" if fs == "/" else fs) + files.first_index)
-        if not isinstance(ie, Entry) or ie.is_dir or ie.real in files.hidden:
-            return None  # another index name, the welcome page or a 404: the chain's
-        return _file(files, ie)
-    if path.endswith("/"):
-        return _redirect(path.rstrip("/") or "/", e)
-    name = path[path.rfind("/") + 1 :]
-    if name in files.index_set:
-        return _redirect(path[: len(path) - len(name)], e)
-    return _file(files, e)
+    if entry.callbacks and entry.replay is None:
+        entry.close()
+        return None  # callbacks that need the request itself: the chain's
+    rules.answers.put(key, entry)
+    return entry

@@ -13,7 +13,7 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdint cimport int64_t, uint64_t
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 from meshkit.includes cimport http_head as chh
 from meshkit.includes cimport lane as clane
 from meshkit.includes cimport sendfile as csend
@@ -64,12 +64,20 @@ cdef class _LrTable:
         return found
 
 
-cdef _LrTable _lr_table_for(object handler):
-    global _lr_mod
+cdef _LrTable _lr_last = None  # the table made last (connections of a port share it)
+
+
+cdef _LrTable _lr_table_for(object handler, _LrTable old):
+    global _lr_mod, _lr_last
     if _lr_mod is None:
         from meshkit.web import ruletable
         _lr_mod = ruletable
-    return _LrTable(handler, _lr_mod.rules_for(handler))
+    if old is not None:
+        _lr_mod.retire(old.handler)  # a reload: the old chain's answers go now
+    if _lr_last is not None and _lr_last.handler is handler:
+        return _lr_last
+    _lr_last = _LrTable(handler, _lr_mod.rules_for(handler))
+    return _lr_last
 
 
 cdef inline bint _lr_starts(const char *p, Py_ssize_t n, bytes prefix):
@@ -117,7 +125,7 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
     handler = server._handler
     tbl = <_LrTable>lane.rtable if lane.rtable is not None else None
     if tbl is None or tbl.handler is not handler:
-        tbl = _lr_table_for(handler)
+        tbl = _lr_table_for(handler, tbl)
         lane.rtable = tbl
     if not tbl.by_route or server._shutting:
         return 0
@@ -150,18 +158,38 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
     for prefix in site.prefixes:
         if _lr_starts(target, plen, <bytes>prefix):
             return 0
-    # the key: request line up to the target's end, the Host value, the fields read
-    parts = [PyBytes_FromStringAndSize(buf + head.method,
-                                       head.target + head.target_len - head.method), host]
+    # the key: request line up to the target's end, the Host value, the fields read (one
+    # allocation: the spans are measured first, then copied)
+    cdef Py_ssize_t line_len = head.target + head.target_len - head.method
+    cdef Py_ssize_t host_len = fields[head.host].value_len
+    cdef Py_ssize_t klen = line_len + 1 + host_len
+    cdef Py_ssize_t span
+    cdef int nkey = 0
+    cdef unsigned char kinds[64]
     for i in range(<Py_ssize_t>head.nfields):
         kind = clane.lane_field_kind(buf + fields[i].name, fields[i].name_len)
+        kinds[i] = <unsigned char>kind
         if kind == clane.LANE_FIELD_NONE:
             continue
         if kind == clane.LANE_FIELD_AE and site.gzip:
             return 0
-        parts.append(PyBytes_FromStringAndSize(
-            buf + fields[i].name, fields[i].value + fields[i].value_len - fields[i].name))
-    key = b"\n".join(parts)
+        klen += 1 + fields[i].value + fields[i].value_len - fields[i].name
+        nkey += 1
+    key = PyBytes_FromStringAndSize(NULL, klen)
+    cdef char *kp = PyBytes_AS_STRING(key)
+    memcpy(kp, buf + head.method, line_len)
+    kp += line_len
+    kp[0] = 10
+    memcpy(kp + 1, buf + fields[head.host].value, host_len)
+    kp += 1 + host_len
+    if nkey:
+        for i in range(<Py_ssize_t>head.nfields):
+            if kinds[i] == clane.LANE_FIELD_NONE:
+                continue
+            span = fields[i].value + fields[i].value_len - fields[i].name
+            kp[0] = 10
+            memcpy(kp + 1, buf + fields[i].name, span)
+            kp += 1 + span
     hit = site.entries.get(key)
     if hit is None or not _ln_valid(hit.validators):
         if hit is not None:

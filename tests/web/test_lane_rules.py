@@ -302,3 +302,54 @@ def test_sites_the_table_cannot_express_stay_with_the_chain(tmp_path: Path) -> N
     assert compiled is not None
     (rules,) = compiled.values()
     assert rules.python_prefixes == ("/",)
+
+
+def test_reload_answers_from_the_new_chain(tmp_path: Path) -> None:
+    """A reload (HttpServer.set_handler) on an open connection: the next request is the new
+    chain's, and the old chain's answers are forgotten (their files closed)."""
+    old = make_site(tmp_path / "old", "")
+    new = make_site(tmp_path / "new", " header / X-New yes\n")
+    server = ServerThread(old, compiled=True)
+    try:
+        with connect(server.port) as sock:
+            reader = Reader(sock)
+            sock.sendall(raw("GET", "/a.txt", "1.1", "", False))
+            before = reader.response()
+            compiled = ruletable.rules_for(old)
+            assert compiled is not None
+            (rules,) = compiled.values()
+            assert len(rules.answers) == 1
+            server.run(lambda: server.server.set_handler(new))
+            sock.sendall(raw("GET", "/a.txt", "1.1", "", False))
+            after = reader.response()
+            hits = server.run(lambda: [c._lane.rule_hits for c in server.server._conns])
+    finally:
+        server.stop()
+    assert before.header("X-New") is None
+    assert after.header("X-New") == "yes"
+    assert after.body == A_TXT
+    assert len(rules.answers) == 0
+    assert hits == [2]
+
+
+def test_redir_answers_come_from_the_table(tmp_path: Path) -> None:
+    """A literal `redir` 301 is kept (a function of the path); a 302 is the chain's."""
+    router = make_site(tmp_path, " redir /old /new 301\n redir /temp /elsewhere 302\n")
+    server = ServerThread(router, compiled=True)
+    try:
+        with connect(server.port) as sock:
+            reader = Reader(sock)
+            got = []
+            for path in ("/old", "/old", "/temp"):
+                sock.sendall(raw("GET", path, "1.1", "", False))
+                got.append(reader.response())
+            hits = server.run(lambda: [c._lane.rule_hits for c in server.server._conns])
+    finally:
+        server.stop()
+    assert [(r.status, r.header("Location")) for r in got] == [
+        (301, "/new"),
+        (301, "/new"),
+        (302, "/elsewhere"),
+    ]
+    assert got[0].body == got[1].body != b""
+    assert hits == [2]

@@ -48,6 +48,7 @@ __all__ = [
     "SiteRules",
     "compile_router",
     "fill",
+    "retire",
     "rules_for",
     "site_rules",
 ]
@@ -221,6 +222,13 @@ def rules_for(handler: Any) -> dict[int, SiteRules] | None:
         return None  # not weak-referenceable: not a Router
     table = _COMPILED[handler] = compile_router(handler)
     return table
+
+
+def retire(handler: Any) -> None:
+    """Forget the answers kept for a handler the server no longer uses (a reload): their
+    files close now rather than when the old chain is collected."""
+    for rules in (_COMPILED.get(handler) or {}).values():
+        rules.answers.clear()
 
 
 def _release(body: Any) -> None:

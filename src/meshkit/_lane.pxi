@@ -82,9 +82,9 @@ cdef class Lane:
             return
         data = PyBytes_FromStringAndSize(_ln_buf, n)
         if n <= _LN_MAX_HEAD and clane.lane_ends_head(_ln_buf, <size_t>n):
-            if self._from_cache(data):
-                return
             if _lr_answer(self, data):  # the rule table (_lanerules.pxi)
+                return
+            if self._from_cache(data):
                 return
         conn._on_data(data)
 

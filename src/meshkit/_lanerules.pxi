@@ -1,6 +1,7 @@
 # The client lane's rule table (meshkit.web.ruletable compiles it; Lane in _lane.pxi calls
-# _lr_answer for a request head the response cache does not hold). Included by _fastpath.pyx
-# after _lane.pxi, so module-level names here carry an _lr prefix.
+# _lr_answer for each read that is one request head, before the response cache: a compiled
+# site's answers are all here, and a port without one returns at once). Included by
+# _fastpath.pyx after _lane.pxi, so module-level names here carry an _lr prefix.
 #
 # Per request, without a Python call: hh_scan (csrc/http_head.c, every rule of the head
 # lane), the method (GET, HEAD), HTTP/1.1 and keep-alive, the target (lane_plain_path), the

@@ -70,15 +70,18 @@ cdef _LrTable _lr_last = None  # the table made last (connections of a port shar
 
 cdef _LrTable _lr_table_for(object handler, _LrTable old):
     global _lr_mod, _lr_last
+    cdef _LrTable last
     if _lr_mod is None:
         from meshkit.web import ruletable
         _lr_mod = ruletable
     if old is not None:
         _lr_mod.retire(old.handler)  # a reload: the old chain's answers go now
-    if _lr_last is not None and _lr_last.handler is handler:
-        return _lr_last
-    _lr_last = _LrTable(handler, _lr_mod.rules_for(handler))
-    return _lr_last
+    last = _lr_last
+    if last is not None and last.handler is handler:
+        return last
+    last = _LrTable(handler, _lr_mod.rules_for(handler))
+    _lr_last = last  # (servers on other threads' loops may swap it: each keeps its own)
+    return last
 
 
 cdef inline bint _lr_starts(const char *p, Py_ssize_t n, bytes prefix):

@@ -169,6 +169,10 @@ EXTRAS = [
     f'If-None-Match: "nope"\r\nIf-Modified-Since: {http_date(OLD)}\r\n',
     "Accept-Encoding: gzip\r\n",
     "X-Other: 1\r\nUser-Agent: t\r\n",
+    "Expect: 100-continue\r\n",
+    "Range: bytes=0-1,5-6\r\n",
+    f"Range: bytes=2-\r\nIf-Range: {ETAG}\r\n",
+    "Accept-Encoding: br\r\n",
     "Authorization: Basic " + base64.b64encode(b"alice:s3cret").decode() + "\r\n",
     "Authorization: Basic " + base64.b64encode(b"bob:hunter2").decode() + "\r\n",
     "Authorization: Basic " + base64.b64encode(b"alice:wrong").decode() + "\r\n",
@@ -220,7 +224,7 @@ def log_lines(path: Path, n: int) -> list[str]:
 Req = tuple[str, str, str, str, int, bool]
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(request_st, min_size=1, max_size=6))
 def test_rule_table_answers_like_the_chain(pair: Pair, reqs: list[Req]) -> None:
     plan_: list[tuple[bytes, str]] = []

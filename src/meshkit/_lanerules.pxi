@@ -29,14 +29,12 @@ cdef class _LrSite:
     cdef tuple prefixes  # bytes: paths left to the chain
     cdef object answers  # rules.answers (a respcache.ResponseCache)
     cdef dict entries  # its entries dict
-    cdef bint gzip
 
     def __cinit__(self, rules):
         self.rules = rules
         self.prefixes = tuple(p.encode("latin-1") for p in rules.python_prefixes)
         self.answers = rules.answers
         self.entries = rules.answers.entries
-        self.gzip = rules.gzip
 
 
 cdef class _LrTable:
@@ -175,8 +173,6 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
         kinds[i] = <unsigned char>kind
         if kind == clane.LANE_FIELD_NONE:
             continue
-        if kind == clane.LANE_FIELD_AE and site.gzip:
-            return 0
         klen += 1 + fields[i].value + fields[i].value_len - fields[i].name
         nkey += 1
     key = PyBytes_FromStringAndSize(NULL, klen)

@@ -148,7 +148,7 @@ int lane_field_kind(const char *name, size_t len)
                    ? LANE_FIELD_KEY
                    : LANE_FIELD_NONE;
     case 15:
-        return strncasecmp(name, "accept-encoding", 15) == 0 ? LANE_FIELD_AE : LANE_FIELD_NONE;
+        return strncasecmp(name, "accept-encoding", 15) == 0 ? LANE_FIELD_KEY : LANE_FIELD_NONE;
     case 17:
         return strncasecmp(name, "if-modified-since", 17) == 0 ? LANE_FIELD_KEY : LANE_FIELD_NONE;
     case 19:

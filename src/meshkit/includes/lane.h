@@ -36,13 +36,12 @@ double lane_now(void);
 int lane_dir_sig(const char *path, uint64_t *sig, uint64_t *count);
 
 /* The request fields a compiled site's answer may depend on (_lanerules.pxi): the file
- * server's conditional and range fields and Authorization are part of the rule table's key;
- * Accept-Encoding too, unless the site has `gzip` (then the Python chain answers). */
+ * server's conditional and range fields, Authorization and Accept-Encoding (gzip, and the
+ * precompressed siblings) are part of the rule table's key. */
 enum lane_field {
     LANE_FIELD_NONE = 0, /* read by nothing the table answers */
     LANE_FIELD_KEY = 1,  /* Range, If-Range, If-Match, If-None-Match, If-Modified-Since,
-                          * If-Unmodified-Since, Authorization */
-    LANE_FIELD_AE = 2,   /* Accept-Encoding */
+                          * If-Unmodified-Since, Authorization, Accept-Encoding */
 };
 
 /* Which of those the field name[0:len) is (case-insensitive). */

@@ -14,6 +14,5 @@ cdef extern from "lane.h" nogil:
     enum lane_field:
         LANE_FIELD_NONE
         LANE_FIELD_KEY
-        LANE_FIELD_AE
     int lane_field_kind(const char *name, size_t len)
     ssize_t lane_plain_path(const char *target, size_t len)

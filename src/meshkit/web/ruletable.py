@@ -12,14 +12,15 @@ passwords, `log` formats whose placeholders are all in LOG_NAMES, no ipmask); `b
 For such a site the answer to a request is a function of a few things the lane reads from
 the head in C, and of files: the method, the request-target, the Host value and the fields
 its directives read (the file server's conditional and range fields, Authorization, and
-Accept-Encoding when the site has no `gzip`). That is the table's key (anything else in the
-head, such as User-Agent or cookies, reads nothing here). The first request with a key runs
-the site's own handler chain once (`fill`, in Python), and the answer is kept as a
-respcache.CachedResponse with the validators the file server put on it (an access log's
-lines replayed per client and second, as the response cache does); later requests with the
-key are answered in C after one stat(2) per validator. A response without validators is
-kept only when it is a `redir` answer (a function of the path alone); anything else (a 404,
-a 401, an awaitable) is the chain's every time. The chain stays the twin:
+Accept-Encoding: gzip's answer is a function of it and of the response, and keeps the file
+server's validators, as the response cache relies on too). That is the table's key
+(anything else in the head, such as User-Agent or cookies, reads nothing here). The first
+request with a key runs the site's own handler chain once (`fill`, in Python), and the
+answer is kept as a respcache.CachedResponse with the validators the file server put on it
+(an access log's lines replayed per client and second, as the response cache does); later
+requests with the key are answered in C after one stat(2) per validator. A response without
+validators is kept only when it is a `redir` 301 (a function of the path alone); anything
+else (a 404, a 401, an awaitable) is the chain's every time. The chain stays the twin:
 tests/web/test_lane_rules.py compares the two over generated requests and sites.
 
 MESHKIT_LANE_RULES=0 turns the table off (the lane then answers only from the response
@@ -55,8 +56,8 @@ __all__ = [
 
 # Directives a compiled site may have (each in the form _expressible accepts): configuration
 # the file server reads, or handlers whose answer is a function of the table's key and of
-# the files the file server validates (gzip: it reads Accept-Encoding, which the lane then
-# leaves to the chain; browse and markdown: only under their paths, kept as prefixes).
+# the files the file server validates (gzip: a function of Accept-Encoding, in the key, and
+# of the response; browse and markdown: only under their paths, kept as prefixes).
 LANE_DIRECTIVES = frozenset(
     {
         "root",
@@ -106,19 +107,14 @@ class SiteRules:
     """One compiled site: its chain, the path prefixes left to the chain, and the answers
     made so far (key bytes -> respcache.CachedResponse, bounded as the response cache)."""
 
-    __slots__ = ("answers", "gzip", "handler", "python_prefixes", "redirects")
+    __slots__ = ("answers", "handler", "python_prefixes", "redirects")
 
     def __init__(
-        self,
-        handler: Any,
-        python_prefixes: tuple[str, ...],
-        redirects: frozenset[str],
-        gzip: bool,
+        self, handler: Any, python_prefixes: tuple[str, ...], redirects: frozenset[str]
     ) -> None:
         self.handler = handler
         self.python_prefixes = python_prefixes
         self.redirects = redirects  # the Location values of the site's redir rules
-        self.gzip = gzip  # Accept-Encoding is the chain's
         self.answers = ResponseCache(max_entries=_MAX_ENTRIES)
 
 
@@ -191,9 +187,7 @@ def site_rules(site: Any, handler: Any) -> SiteRules | None:
         prefixes.extend(scopes)
     redir = directives.get("redir")
     targets = frozenset(r.to for r in getattr(redir, "rules", None) or ())
-    return SiteRules(
-        handler, tuple(dict.fromkeys(prefixes)), targets, directives.get("gzip") is not None
-    )
+    return SiteRules(handler, tuple(dict.fromkeys(prefixes)), targets)
 
 
 def compile_router(handler: Any) -> dict[int, SiteRules] | None:

@@ -11,6 +11,8 @@
 # has them (rendered once per client and second, CachedResponse.replay_log). Everything else
 # (a cache miss, a stale entry, other on_complete callbacks, a partial send, EOF, errors) goes to the connection's Python methods
 # with the bytes read, which decide exactly as the twin does.
+# Before the cache, _lr_answer (_lanerules.pxi) answers the heads of sites the rule table
+# (meshkit.web.ruletable) compiled.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport EAGAIN
 from libc.stdint cimport int64_t, uint64_t

@@ -22,19 +22,22 @@ from meshkit.includes cimport sendfile as csend
 cdef object _lr_mod = None  # meshkit.web.ruletable, imported on first use
 cdef int _LR_FIELDS = 64  # fields a head may have here (more: the chain reads it)
 cdef Py_ssize_t _LR_MAX_HOSTS = 1024
+cdef Py_ssize_t _LR_MAX_MISSES = 4096
 
 
 cdef class _LrSite:
     cdef object rules  # ruletable.SiteRules
     cdef tuple prefixes  # bytes: paths left to the chain
     cdef object answers  # rules.answers (a respcache.ResponseCache)
-    cdef dict entries  # its entries dict
+    cdef dict entries  # its entries dict (put and drop change it in place)
+    cdef dict misses  # key -> the second its answer could not be kept (no fill again then)
 
     def __cinit__(self, rules):
         self.rules = rules
         self.prefixes = tuple(p.encode("latin-1") for p in rules.python_prefixes)
         self.answers = rules.answers
         self.entries = rules.answers.entries
+        self.misses = {}
 
 
 cdef class _LrTable:
@@ -194,8 +197,17 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
     if hit is None or not _ln_valid(hit.validators):
         if hit is not None:
             site.answers.drop(key)
+        # a key whose answer could not be kept (a 404, a 401...) is tried again a second
+        # later at the soonest: the chain answers it meanwhile, run once per request
+        second = clane.lane_now_second()
+        missed = site.misses.get(key)
+        if missed is not None and <int64_t>missed == second:
+            return 0
         hit = _lr_fill(site, key, buf, &head, fields, conn)
         if hit is None:
+            if len(site.misses) >= _LR_MAX_MISSES:
+                site.misses.clear()
+            site.misses[key] = second
             return 0
     # from here on as Lane._from_cache sends a remembered response
     replay = hit.replay

@@ -362,3 +362,30 @@ def test_redir_answers_come_from_the_table(tmp_path: Path) -> None:
     ]
     assert got[0].body == got[1].body != b""
     assert hits == 2
+
+
+def test_unkept_answers_are_not_tried_again_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key whose answer cannot be kept (a 404) runs the chain for each request, and the
+    table's own run of it (ruletable.fill) at most once a second."""
+    fills: list[bytes] = []
+    keep = ruletable.fill
+
+    def counted(rules: ruletable.SiteRules, key: bytes, *args: object) -> object:
+        fills.append(key)
+        return keep(rules, key, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ruletable, "fill", counted)
+    server = ServerThread(make_site(tmp_path, ""), compiled=True)
+    try:
+        with connect(server.port) as sock:
+            reader = Reader(sock)
+            statuses = []
+            for _ in range(4):
+                sock.sendall(raw("GET", "/missing", "1.1", "", False))
+                statuses.append(reader.response().status)
+    finally:
+        server.stop()
+    assert statuses == [404] * 4
+    assert 1 <= len(fills) <= 2  # (two when the requests straddle a second)

@@ -53,6 +53,7 @@ SITES = {
     "index": " index home.html index.html\n",
     "markdown-mime": " markdown /md\n mime .bin application/x-lane\n",
     "rules-log": RULES,
+    "status-internal": " status 403 /noindex\n status 200 /deep/er/x\n internal /sub\n",
 }
 
 

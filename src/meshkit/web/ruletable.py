@@ -74,6 +74,8 @@ LANE_DIRECTIVES = frozenset(
         "rewrite",
         "basicauth",
         "log",
+        "status",  # its answers carry no validators: never kept
+        "internal",  # its 404s are never kept; a file answer has no X-Accel-Redirect
     }
 )
 

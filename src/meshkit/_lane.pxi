@@ -11,6 +11,8 @@
 # has them (rendered once per client and second, CachedResponse.replay_log). Everything else
 # (a cache miss, a stale entry, other on_complete callbacks, a partial send, EOF, errors) goes to the connection's Python methods
 # with the bytes read, which decide exactly as the twin does.
+# Before the cache, _lr_answer (_lanerules.pxi) answers the heads of sites the rule table
+# (meshkit.web.ruletable) compiled.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.errno cimport EAGAIN
 from libc.stdint cimport int64_t, uint64_t
@@ -60,6 +62,8 @@ cdef class Lane:
     cdef object server
     cdef int fd
     cdef readonly Py_ssize_t hits  # requests answered here (tests check the lane ran)
+    cdef readonly Py_ssize_t rule_hits  # of those, answered from the rule table
+    cdef object rtable  # the port's _LrTable (_lanerules.pxi), made on first use
 
     def __cinit__(self, conn, server, int fd):
         self.conn = conn
@@ -80,6 +84,8 @@ cdef class Lane:
             return
         data = PyBytes_FromStringAndSize(_ln_buf, n)
         if n <= _LN_MAX_HEAD and clane.lane_ends_head(_ln_buf, <size_t>n):
+            if _lr_answer(self, data):  # the rule table (_lanerules.pxi)
+                return
             if self._from_cache(data):
                 return
         conn._on_data(data)

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshkit._ext import load_fastpath
-from meshkit.web import fileserver, lane
+from meshkit.web import fileserver, lane, ruletable
 from meshkit.web.app import plan
 from meshkit.web.caddyfile.load import load_text
 from meshkit.web.connection import Connection
@@ -90,6 +90,15 @@ class Pair:
     def stop(self) -> None:
         self.c.stop()
         self.py.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_rule_table() -> Iterator[None]:
+    """The lane's answers from the response cache (the rule table, which answers sites it
+    compiles before the cache learns them, has its own tests: test_lane_rules.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ruletable, "ENABLED", False)
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -128,4 +129,51 @@ int lane_dir_sig(const char *path, uint64_t *sig, uint64_t *count)
     *sig = sum;
     *count = n;
     return 0;
+}
+
+/* ---- the rule table's request checks (_lanerules.pxi) ---- */
+
+int lane_field_kind(const char *name, size_t len)
+{
+    switch (len) {
+    case 5:
+        return strncasecmp(name, "range", 5) == 0 ? LANE_FIELD_KEY : LANE_FIELD_NONE;
+    case 8:
+        return (strncasecmp(name, "if-range", 8) == 0 || strncasecmp(name, "if-match", 8) == 0)
+                   ? LANE_FIELD_KEY
+                   : LANE_FIELD_NONE;
+    case 13:
+        return (strncasecmp(name, "if-none-match", 13) == 0 ||
+                strncasecmp(name, "authorization", 13) == 0)
+                   ? LANE_FIELD_KEY
+                   : LANE_FIELD_NONE;
+    case 15:
+        return strncasecmp(name, "accept-encoding", 15) == 0 ? LANE_FIELD_KEY : LANE_FIELD_NONE;
+    case 17:
+        return strncasecmp(name, "if-modified-since", 17) == 0 ? LANE_FIELD_KEY : LANE_FIELD_NONE;
+    case 19:
+        return strncasecmp(name, "if-unmodified-since", 19) == 0 ? LANE_FIELD_KEY
+                                                                 : LANE_FIELD_NONE;
+    default:
+        return LANE_FIELD_NONE;
+    }
+}
+
+ssize_t lane_plain_path(const char *target, size_t len)
+{
+    if (len == 0 || target[0] != '/')
+        return -1;
+    size_t path_end = len;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)target[i];
+        if (c <= 0x20 || c >= 0x7f || c == '%' || c == '\\' || c == '#')
+            return -1;
+        if (c == '?' && path_end == len)
+            path_end = i;
+    }
+    for (size_t i = 0; i + 1 < path_end; i++) {
+        if (target[i] == '/' && (target[i + 1] == '.' || target[i + 1] == '/'))
+            return -1;
+    }
+    return (ssize_t)path_end;
 }

@@ -35,4 +35,21 @@ double lane_now(void);
  * Returns 0 (sig and count filled) or -errno. */
 int lane_dir_sig(const char *path, uint64_t *sig, uint64_t *count);
 
+/* The request fields a compiled site's answer may depend on (_lanerules.pxi): the file
+ * server's conditional and range fields, Authorization and Accept-Encoding (gzip, and the
+ * precompressed siblings) are part of the rule table's key. */
+enum lane_field {
+    LANE_FIELD_NONE = 0, /* read by nothing the table answers */
+    LANE_FIELD_KEY = 1,  /* Range, If-Range, If-Match, If-None-Match, If-Modified-Since,
+                          * If-Unmodified-Since, Authorization, Accept-Encoding */
+};
+
+/* Which of those the field name[0:len) is (case-insensitive). */
+int lane_field_kind(const char *name, size_t len);
+
+/* The length of the path part of an origin-form request-target the lane may answer: printable
+ * ASCII without '%', '\\' or '#', no "/." or "//" in the path (what the chain would decode,
+ * fold or refuse). -1 for any other target. */
+ssize_t lane_plain_path(const char *target, size_t len);
+
 #endif /* MESHKIT_LANE_H */

@@ -11,3 +11,8 @@ cdef extern from "lane.h" nogil:
     int64_t lane_now_second()
     double lane_now()
     int lane_dir_sig(const char *path, uint64_t *sig, uint64_t *count)
+    enum lane_field:
+        LANE_FIELD_NONE
+        LANE_FIELD_KEY
+    int lane_field_kind(const char *name, size_t len)
+    ssize_t lane_plain_path(const char *target, size_t len)

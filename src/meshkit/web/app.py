@@ -202,7 +202,7 @@ def plan(
         static = site_is_static(site.directives)
         for i, address in enumerate(site.addresses):
             p = ports.setdefault(address.port, PortPlan(address.port, [], 0))
-            p.routes.append(Route(address, handler, static))
+            p.routes.append(Route(address, handler, static, site))
             if i == 0:  # a site with several addresses runs its work once
                 p.background.extend(site.background)
             if site.header_limit:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from meshkit.web.message import Handler, HandlerResult, Request, Response
 from meshkit.web.paths import clamp_path
@@ -31,6 +32,8 @@ class Route:
     address: Address
     handler: Handler
     static: bool = False
+    # the Site the chain was built from (meshkit.web.ruletable compiles it for the lane)
+    site: Any = field(default=None, compare=False, repr=False)
 
 
 # Directives that keep a site "static" (Route.static): configuration only, or handlers that

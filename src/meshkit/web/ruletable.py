@@ -1,0 +1,295 @@
+"""The rule table of the compiled lane: which requests of which sites it answers itself.
+
+The compiled lane (meshkit._fastpath.Lane, _lane.pxi and _lanerules.pxi) answers a request
+head that the response cache does not hold from this table when the request's site was
+compiled into it. The decision is made once per site, when the lane first sees the port's
+handler (a Router; again after a reload): a site is compiled when every directive it has is
+one the table can express (LANE_DIRECTIVES) in a form it can express (`header` with literal
+values, `redir` and `rewrite` with literal destinations and no `if`, `basicauth` with plain
+passwords, `log` formats whose placeholders are all in LOG_NAMES, no ipmask); `browse` and
+`markdown` scopes are kept as path prefixes the lane leaves to the chain.
+
+For such a site the answer to a request is a function of a few things the lane reads from
+the head in C, and of files: the method, the request-target, the Host value and the fields
+its directives read (the file server's conditional and range fields, Authorization, and
+Accept-Encoding: gzip's answer is a function of it and of the response, and keeps the file
+server's validators, as the response cache relies on too). That is the table's key
+(anything else in the head, such as User-Agent or cookies, reads nothing here). The first
+request with a key runs the site's own handler chain once (`fill`, in Python), and the
+answer is kept as a respcache.CachedResponse with the validators the file server put on it
+(an access log's lines replayed per client and second, as the response cache does); later
+requests with the key are answered in C after one stat(2) per validator. A response without
+validators is kept only when it is a `redir` 301 (a function of the path alone); anything
+else (a 404, a 401, an awaitable) is the chain's every time. The chain stays the twin:
+tests/web/test_lane_rules.py compares the two over generated requests and sites.
+
+MESHKIT_LANE_RULES=0 turns the table off (the lane then answers only from the response
+cache); MESHKIT_LANE=0 or MESHKIT_NO_EXTENSIONS=1 turn the whole lane off.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import weakref
+from typing import Any
+
+from meshkit.web import http1
+from meshkit.web.directives.basicauth import HTPASSWD_PREFIX
+from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
+from meshkit.web.paths import clamp_path
+from meshkit.web.placeholders import compile_template
+from meshkit.web.respcache import CachedResponse, ResponseCache
+from meshkit.web.router import Router
+
+__all__ = [
+    "ENABLED",
+    "LANE_DIRECTIVES",
+    "LOG_NAMES",
+    "SiteRules",
+    "compile_router",
+    "fill",
+    "retire",
+    "rules_for",
+    "site_rules",
+]
+
+# Directives a compiled site may have (each in the form _expressible accepts): configuration
+# the file server reads, or handlers whose answer is a function of the table's key and of
+# the files the file server validates (gzip: a function of Accept-Encoding, in the key, and
+# of the response; browse and markdown: only under their paths, kept as prefixes).
+LANE_DIRECTIVES = frozenset(
+    {
+        "root",
+        "index",
+        "mime",
+        "gzip",
+        "browse",
+        "markdown",
+        "tls",
+        "bind",
+        "timeouts",
+        "header",
+        "redir",
+        "rewrite",
+        "basicauth",
+        "log",
+        "status",  # its answers carry no validators: never kept
+        "internal",  # its 404s are never kept; a file answer has no X-Accel-Redirect
+    }
+)
+
+# log placeholders a replayed line may hold: the key's, the client's, the response's and
+# the second's (never another request field, which the key does not hold)
+LOG_NAMES = frozenset(
+    {
+        "remote",
+        "user",
+        "when",
+        "method",
+        "uri",
+        "proto",
+        "status",
+        "size",
+        "path",
+        "query",
+        "host",
+        "port",
+        "scheme",
+    }
+)
+
+ENABLED = os.environ.get("MESHKIT_LANE_RULES", "").strip().lower() not in ("0", "off", "no")
+
+_REDIR_CODES = frozenset({301})  # what respcache keeps besides 200/206/304
+_MAX_ENTRIES = 512  # per site (respcache.ResponseCache's bounds)
+
+
+class SiteRules:
+    """One compiled site: its chain, the path prefixes left to the chain, and the answers
+    made so far (key bytes -> respcache.CachedResponse, bounded as the response cache)."""
+
+    __slots__ = ("answers", "handler", "python_prefixes", "redirects")
+
+    def __init__(
+        self, handler: Any, python_prefixes: tuple[str, ...], redirects: frozenset[str]
+    ) -> None:
+        self.handler = handler
+        self.python_prefixes = python_prefixes
+        self.redirects = redirects  # the Location values of the site's redir rules
+        self.answers = ResponseCache(max_entries=_MAX_ENTRIES)
+
+
+def _scopes(config: Any, attr: str | None) -> list[str] | None:
+    """The path scopes of a browse (list of dicts) or markdown (rules) config; None when the
+    config has a shape this table does not know."""
+    out: list[str] = []
+    items = config if isinstance(config, list) else getattr(config, "rules", None)
+    if not isinstance(items, list):
+        return None
+    for item in items:
+        path = item.get("path") if isinstance(item, dict) else getattr(item, attr or "", None)
+        if not isinstance(path, str):
+            return None
+        out.extend(dict.fromkeys((path, clamp_path(path))))
+    return out
+
+
+def _literal(text: str) -> bool:
+    return compile_template(text).static is not None
+
+
+def _expressible(name: str, config: Any) -> bool:
+    """Whether the table can take this directive's config (see the module doc)."""
+    rules = getattr(config, "rules", None)
+    if name == "header":
+        return all(_literal(op.value) for r in rules or () for op in r.headers)
+    if name == "redir":
+        return all(
+            not r.meta and not r.conditions.ifs and _literal(r.to) and r.to.startswith("/")
+            for r in rules or ()
+        )
+    if name == "rewrite":
+        return all(
+            not r.conditions.ifs and len(r.to) == 1 and _literal(r.to[0]) for r in rules or ()
+        )
+    if name == "basicauth":
+        return all(not r.password.startswith(HTPASSWD_PREFIX) for r in rules or ())
+    if name == "log":
+        for entry in getattr(config, "entries", None) or ():
+            if entry.ipmask_v4 or entry.ipmask_v6:
+                return False
+            names = compile_template(entry.format).names
+            if not set(names) <= LOG_NAMES:
+                return False
+        return True
+    return True
+
+
+def site_rules(site: Any, handler: Any) -> SiteRules | None:
+    """The site compiled for the lane, or None when the chain must answer all of it."""
+    if site is None or not ENABLED:
+        return None
+    directives = getattr(site, "directives", None)
+    if not isinstance(directives, dict) or not set(directives) <= LANE_DIRECTIVES:
+        return None
+    try:
+        if not all(_expressible(n, c) for n, c in directives.items() if c is not None):
+            return None
+    except (AttributeError, TypeError):
+        return None  # a config of a shape this table does not know
+    prefixes: list[str] = []
+    for name, attr in (("browse", None), ("markdown", "path")):
+        config = directives.get(name)
+        if config is None:
+            continue
+        scopes = _scopes(config, attr)
+        if scopes is None:
+            return None
+        prefixes.extend(scopes)
+    redir = directives.get("redir")
+    targets = frozenset(r.to for r in getattr(redir, "rules", None) or ())
+    return SiteRules(handler, tuple(dict.fromkeys(prefixes)), targets)
+
+
+def compile_router(handler: Any) -> dict[int, SiteRules] | None:
+    """id(route) -> the route's compiled site, for a port whose handler is a Router (None:
+    the lane answers nothing of this port from the table)."""
+    if not ENABLED or type(handler) is not Router:
+        return None
+    out: dict[int, SiteRules] = {}
+    for route in handler.routes:
+        rules = site_rules(getattr(route, "site", None), route.handler)
+        if rules is not None:
+            out[id(route)] = rules
+    return out or None
+
+
+_COMPILED: weakref.WeakKeyDictionary[Any, dict[int, SiteRules] | None] = weakref.WeakKeyDictionary()
+
+
+def rules_for(handler: Any) -> dict[int, SiteRules] | None:
+    """compile_router(handler), once per handler."""
+    try:
+        return _COMPILED[handler]
+    except KeyError:
+        pass
+    except TypeError:
+        return None  # not weak-referenceable: not a Router
+    table = _COMPILED[handler] = compile_router(handler)
+    return table
+
+
+def retire(handler: Any) -> None:
+    """Forget the answers kept for a handler the server no longer uses (a reload): their
+    files close now rather than when the old chain is collected."""
+    for rules in (_COMPILED.get(handler) or {}).values():
+        rules.answers.clear()
+
+
+def _release(body: Any) -> None:
+    if isinstance(body, FileBody) and body.release is not None:
+        release, body.release = body.release, None
+        release()
+
+
+def fill(
+    rules: SiteRules,
+    key: bytes,
+    method: str,
+    url: bytes,
+    items: list[tuple[str, str]],
+    host: str,
+    conn: Any,
+) -> CachedResponse | None:
+    """Run the site's chain for a request (GET or HEAD, HTTP/1.1, keep-alive, no body) and
+    keep its answer under `key` when the answer may be kept (see the module doc); the
+    entry, or None (the connection then reads the head as before: the chain answers it)."""
+    try:
+        target = http1.parse_target(url, method)
+    except http1.HttpError:
+        return None
+    request = Request(
+        method,
+        url.decode("latin-1"),
+        target.path,
+        target.query,
+        "1.1",
+        Headers(items),
+        EmptyBody(),
+        "http",
+        host,
+        conn._remote_addr,
+        conn._remote_port,
+        conn._local_addr,
+        conn._local_port,
+        time.time(),
+    )
+    try:
+        result = rules.handler(request)
+    except Exception:  # the chain runs it again and answers (and logs) its failure
+        return None
+    if not isinstance(result, Response):
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()  # a coroutine never awaited: the chain runs it again for real
+        return None
+    if result.validators is None:
+        # a redir answer is a function of the path alone: valid as long as the config is
+        if (
+            result.status not in _REDIR_CODES
+            or result.headers.get("Location") not in rules.redirects
+            or isinstance(result.body, FileBody)
+        ):
+            _release(result.body)
+            return None
+        result.validators = ()
+    entry = ResponseCache.make(result, "1.1", method, request)
+    _release(result.body)  # the entry holds its own reference
+    if entry is None:
+        return None
+    if entry.callbacks and entry.replay is None:
+        entry.close()
+        return None  # callbacks that need the request itself: the chain's
+    rules.answers.put(key, entry)
+    return entry

@@ -82,6 +82,10 @@ cdef class Lane:
         if n <= _LN_MAX_HEAD and clane.lane_ends_head(_ln_buf, <size_t>n):
             if self._from_cache(data):
                 return
+            # proxy lane hook (wip-proxylane): a proxied request without a body is sent
+            # upstream from C (_proxylane.pxi); 0 when it does not apply
+            if _pl_take(conn, self.server, self.fd, data):
+                return
         conn._on_data(data)
 
     cdef int _from_cache(self, bytes data) except -1:

@@ -116,6 +116,11 @@ cdef class UpstreamSink:
     cpdef on_error(self, UpstreamConn conn, object error, bint stale):
         pass
 
+    cpdef on_pending(self, UpstreamConn conn):
+        """A read ended after on_head and before the body did (the proxy lane streams
+        from here, as the handler path streams a body that did not come with its head)."""
+        pass
+
 
 cdef class UpstreamConn:
     """One connection to an upstream and the response being read on it (the twin:
@@ -466,6 +471,8 @@ cdef class UpstreamConn:
             # the timeout runs from the last thing read, as the streamed paths' waits do
             if self.head_done:
                 self.pool.deadlines.watch(self, self.timeout)
+                if self.head_told:
+                    sink.on_pending(self)
             return
         if self.done:
             self.sink = None

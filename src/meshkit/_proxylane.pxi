@@ -21,6 +21,7 @@ cdef dict _pl_plans = {}        # request head bytes -> Plan (False: never the l
 cdef dict _pl_routers = {}      # Router -> whether any of its sites may take the lane
 cdef dict _pl_heads = {}        # (id(fields), status, length, head_only) -> (fields, head)
 cdef long long _pl_heads_second = 0
+cdef long long _pl_taken = 0    # requests the lane sent (tests check it ran)
 cdef Py_ssize_t _PL_PLANS = 4096
 cdef Py_ssize_t _PL_SMALL = 1 << 20  # answers sent from the lane in one send
 cdef int _PL_NEW = 0     # ConnState.NEW
@@ -39,8 +40,8 @@ def proxy_lane_reset(bint on=True):
 
 
 def proxy_lane_stats():
-    """(plans, routers) remembered: for tests."""
-    return len(_pl_plans), len(_pl_routers)
+    """(plans, routers) remembered and requests taken so far: for tests."""
+    return len(_pl_plans), len(_pl_routers), _pl_taken
 
 
 cdef int _pl_import() except -1:
@@ -120,6 +121,8 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     if head is None:
         picker.release(ticket)
         return 0
+    global _pl_taken
+    _pl_taken += 1
     conn.requests += 1
     if conn._state == _PL_NEW:
         conn._fire(_pl_Cached)
@@ -171,7 +174,7 @@ cdef class _PLSink(UpstreamSink):
     cdef public int fd, status
     cdef public double start
     cdef public long remote_port
-    cdef public bint head_only, told
+    cdef public bint head_only, told, gone
     cdef list pieces
     cdef Py_ssize_t size
 
@@ -186,7 +189,11 @@ cdef class _PLSink(UpstreamSink):
         feed = self.feed
         if feed is not None:
             if feed.closed:
-                conn.close()  # the client went away: as client._stream's close
+                # the client went away: as client._stream's close (not the upstream's fault)
+                if not self.gone:
+                    self.gone = True
+                    self.picker.release(self.ticket)
+                    conn.close()
                 return
             feed.push(data, conn)
             return
@@ -209,6 +216,8 @@ cdef class _PLSink(UpstreamSink):
         self._answer()
 
     cpdef on_error(self, UpstreamConn conn, object error, bint stale):
+        if self.gone:
+            return
         _pl_front.failed(self, error, stale, self.feed is not None, self.feed)
 
     cdef int _answer(self) except -1:

@@ -35,14 +35,14 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from meshkit.web import headlane
+from meshkit.web.connstate import ConnState
 from meshkit.web.http1 import HttpError, parse_target
 from meshkit.web.message import EmptyBody, Headers, Request, Response
 from meshkit.web.output import Job
 from meshkit.web.pipeline import Slot
 from meshkit.web.proxy.client import Reply, Stream, UpstreamBroken
-from meshkit.web.proxy.handler import ProxyHandler
+from meshkit.web.proxy.handler import ProxyHandler, _retriable
 from meshkit.web.proxy.heads import target
-from meshkit.web.proxy.lane import _retriable
 from meshkit.web.proxy.route import Route
 from meshkit.web.router import Router
 
@@ -51,7 +51,7 @@ __all__ = ["ENABLED", "METHODS", "Feed", "deliver", "eligible", "plan"]
 log = logging.getLogger(__name__)
 
 METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
-_UPGRADED = 7  # ConnState.UPGRADED (checked against the enum by the tests)
+_UPGRADED = ConnState.UPGRADED
 _READ_HIGH = 1 << 20  # a streamed body's bytes held before reading the upstream pauses
 
 
@@ -91,8 +91,8 @@ class Plan:
     __slots__ = (
         "client_ip",
         "handler",
-        "header_value",
         "head_only",
+        "header_value",
         "heads",
         "heads_set",
         "local_port",

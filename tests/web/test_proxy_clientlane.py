@@ -1,0 +1,333 @@
+"""The proxy lane (meshkit._fastpath, _proxylane.pxi + meshkit.web.proxy.clientlane)
+against its twin, the Python handler chain: generated request sequences on keep-alive
+connections to two servers over the same proxy site and one real backend, one server
+reading with the compiled lanes and one in Python, get the same statuses, headers (bar
+Date), bodies and access-log lines; the backend echoes the request head it got, so the
+upstream heads the two made are compared too. The answers cover Content-Length, chunked,
+a body that comes after its head (streamed), 204, a close-delimited body, a large body, a
+stale kept connection (retried on a fresh one), HEAD, and an upstream that refuses
+connections (502). Configurations: header_upstream with literal values, `without` +
+`transparent` on a second block, header_downstream (answered through the Python writer),
+and sites the lane must not take (`log`, a header_upstream placeholder)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meshkit._ext import load_fastpath
+from meshkit.web import lane
+from meshkit.web.app import plan
+from meshkit.web.caddyfile.load import load_text
+from meshkit.web.connstate import ConnState
+from meshkit.web.proxy import clientlane
+from meshkit.web.router import Router
+from support.httpserver_util import Reader, ServerThread, connect
+from support.polling import wait_until
+
+_fastpath = load_fastpath()
+HAVE_LANE = _fastpath is not None and hasattr(_fastpath, "proxy_lane_stats")
+pytestmark = pytest.mark.skipif(
+    not HAVE_LANE or lane.LANE is None or not clientlane.ENABLED,
+    reason="the compiled proxy lane is not built or is off",
+)
+
+HOST = "127.0.0.1"
+BIG = 300_000
+
+
+class Backend:
+    """An upstream on its own loop: answers by the path's first segment (see the module's
+    doc), echoing the request head it got."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _start(self) -> asyncio.Server:
+        return await asyncio.start_server(self._serve, HOST, 0)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                method, path = head.split(b" ")[:2]
+                kind = path.split(b"/")[1].split(b"?")[0] if path.count(b"/") else b""
+                served += 1
+                if kind == b"drop" and served > 1:
+                    return  # a kept connection closed unanswered: stale
+                body = b"echo:" + head
+                hop = b"Connection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Up: yes\r\n"
+                send_body = method != b"HEAD"
+                if kind == b"te":
+                    out = b"HTTP/1.1 200 OK\r\n" + hop + b"Transfer-Encoding: chunked\r\n\r\n"
+                    if send_body:
+                        half = len(body) // 2
+                        out += b"%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n" % (
+                            half,
+                            body[:half],
+                            len(body) - half,
+                            body[half:],
+                        )
+                    writer.write(out)
+                elif kind == b"later":
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\n" + hop + b"Content-Length: %d\r\n\r\n" % len(body)
+                    )
+                    await writer.drain()
+                    await asyncio.sleep(0.02)
+                    if send_body:
+                        writer.write(body)
+                elif kind == b"none":
+                    writer.write(b"HTTP/1.1 204 No Content\r\nX-Up: none\r\n\r\n")
+                elif kind == b"close":
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+                        + (body if send_body else b"")
+                    )
+                    await writer.drain()
+                    return
+                elif kind == b"big":
+                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
+                    if send_body:
+                        writer.write(b"b" * BIG)
+                else:
+                    status = b"404 Not Found" if kind == b"missing" else b"200 OK"
+                    writer.write(
+                        b"HTTP/1.1 "
+                        + status
+                        + b"\r\n"
+                        + hop
+                        + b"Content-Length: %d\r\n\r\n" % len(body)
+                        + (body if send_body else b"")
+                    )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def _refused_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+# name -> (site body, whether the lane takes it)
+CONFIGS: dict[str, tuple[str, bool]] = {
+    "literal": (
+        " proxy / {up} {{\n  header_upstream X-Lit lit\n  header_upstream -Accept\n }}\n",
+        True,
+    ),
+    "blocks": (
+        " proxy /api {up} {{\n  without /api\n  transparent\n }}\n proxy / {up} {{\n"
+        "  except /down\n }}\n proxy /down {dead}\n",
+        True,
+    ),
+    "downstream": (
+        " proxy / {up} {{\n  header_downstream X-Down yes\n  header_downstream -X-Up\n }}\n",
+        True,
+    ),
+    "logged": (
+        ' proxy / {up}\n log / {log} "{{method}} {{uri}} {{status}} {{size}} {{>X-A}}"\n',
+        False,
+    ),
+    "placeholder": (" proxy / {up} {{\n  header_upstream X-Host {{host}}\n }}\n", False),
+}
+
+
+def make_router(base: Path, name: str, up: int, dead: int) -> tuple[Router, Path]:
+    body, _ = CONFIGS[name]
+    logfile = base / "access.log"
+    site = body.format(up=f"{HOST}:{up}", dead=f"{HOST}:{dead}", log=logfile)
+    router = plan(load_text(f":8000 {{\n{site}}}\n", "Caddyfile"))[8000].router()
+    assert isinstance(router, Router)
+    return router, logfile
+
+
+class Pair:
+    def __init__(self, base: Path, name: str, backend: Backend) -> None:
+        dead = _refused_port()
+        (base / "c").mkdir()
+        (base / "py").mkdir()
+        router_c, self.log_c = make_router(base / "c", name, backend.port, dead)
+        router_py, self.log_py = make_router(base / "py", name, backend.port, dead)
+        self.c = ServerThread(router_c, compiled=True)
+        self.py = ServerThread(router_py, compiled=False)
+        self.takes = CONFIGS[name][1]
+        self.logged = name == "logged"
+        self.lines = 0
+
+    def stop(self) -> None:
+        self.c.stop()
+        self.py.stop()
+
+
+@pytest.fixture(scope="module")
+def backend() -> Iterator[Backend]:
+    b = Backend()
+    yield b
+    b.stop()
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS), ids=list(CONFIGS))
+def pair(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, backend: Backend
+) -> Iterator[Pair]:
+    p = Pair(tmp_path_factory.mktemp("plane"), str(request.param), backend)
+    yield p
+    p.stop()
+
+
+PATHS = [
+    "/",
+    "/x/y",
+    "/te/a",
+    "/later/b",
+    "/none",
+    "/close/c",
+    "/big/",
+    "/drop/d",
+    "/missing/m",
+    "/api/v?q=1",
+    "/api",
+    "/down/z",
+    "/a%20b/c",
+    "/x/../y",
+]
+EXTRAS = [
+    "",
+    "X-A: 1\r\n",
+    "X-Forwarded-For: 198.51.100.7\r\n",
+    "Connection: X-Gone\r\nX-Gone: 1\r\n",
+    "Accept: */*\r\nX-Lit: client\r\n",
+    "Host: other.example\r\n",
+]
+
+request_st = st.tuples(
+    st.sampled_from(["GET", "HEAD", "OPTIONS", "DELETE"]),
+    st.sampled_from(PATHS),
+    st.sampled_from(EXTRAS),
+    st.integers(min_value=1, max_value=2),  # how many times it is sent, one by one
+)
+
+Seen = tuple[int, list[tuple[str, str]], bytes]
+
+
+def raw(method: str, path: str, extra: str) -> bytes:
+    host = "" if extra.startswith("Host:") else "Host: t.example\r\n"
+    return f"{method} {path} HTTP/1.1\r\n{host}{extra}\r\n".encode()
+
+
+def run(st_: ServerThread, plan_: list[tuple[bytes, str]]) -> list[Seen]:
+    seen: list[Seen] = []
+    with connect(st_.port) as sock:
+        reader = Reader(sock)
+        for data, method in plan_:
+            sock.sendall(data)
+            reply = reader.response(method)
+            heads = [(k, v) for k, v in reply.headers if k.lower() != "date"]
+            # the server's own port (X-Forwarded-Port under transparent) differs by design
+            body = reply.body.replace(b"Port: %d" % st_.port, b"Port: PORT")
+            seen.append((reply.status, heads, body))
+            if reply.header("Connection") == "close" or reader.eof:
+                break
+    return seen
+
+
+def taken() -> int:
+    return int(_fastpath.proxy_lane_stats()[2])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(request_st, min_size=1, max_size=5))
+def test_lane_answers_like_its_twin(pair: Pair, reqs: list[tuple[str, str, str, int]]) -> None:
+    plan_ = [(raw(m, p, e), m) for m, p, e, times in reqs for _ in range(times)]
+    before = taken()
+    got_c = run(pair.c, plan_)
+    got_py = run(pair.py, plan_)
+    assert got_c == got_py
+    if not pair.takes:
+        assert taken() == before
+    if pair.logged:
+        pair.lines += len(got_c)
+        assert wait_until(
+            lambda: pair.log_c.exists() and pair.log_c.read_text().count("\n") >= pair.lines
+        )
+        assert wait_until(
+            lambda: pair.log_py.exists() and pair.log_py.read_text().count("\n") >= pair.lines
+        )
+        lines_c = pair.log_c.read_text().splitlines()
+        assert lines_c == pair.log_py.read_text().splitlines()
+
+
+def test_lane_takes_repeats(pair: Pair) -> None:
+    """An eligible site's requests are sent by the lane (its count grows by one per
+    request), pipelined heads queue behind the one in flight in order, and the connection
+    is idle after each answer."""
+    head = raw("GET", "/x/rep", "X-A: 2\r\n")
+    before = taken()
+    with connect(pair.c.port) as sock:
+        reader = Reader(sock)
+        bodies = []
+        for _ in range(4):
+            sock.sendall(head)
+            bodies.append(reader.response().body)
+        sock.sendall(head + raw("GET", "/later/p", "") + head)  # pipelined
+        bodies += [reader.response().body for _ in range(3)]
+    assert len(set(bodies[:4])) == 1 and bodies[4] == bodies[0] == bodies[6]
+    assert bodies[5].startswith(b"echo:GET /")
+    assert (taken() - before >= 4) is pair.takes
+
+
+def test_lane_client_gone_mid_answer(pair: Pair) -> None:
+    """The client closes while the answer is on its way (streamed and whole): the server
+    keeps serving others, and the connection is gone."""
+    for path in ("/later/g", "/x/g"):
+        with connect(pair.c.port) as sock:
+            sock.sendall(raw("GET", path, ""))
+        with connect(pair.c.port) as sock:
+            reader = Reader(sock)
+            sock.sendall(raw("GET", "/x/after", ""))
+            assert reader.response().status == 200
+    assert wait_until(
+        lambda: (
+            not pair.c.run(
+                lambda: [
+                    c for c in pair.c.server._conns if c._state < ConnState.CLOSED and c._streaming
+                ]
+            )
+        )
+    )
+
+
+def test_plan_declines(pair: Pair) -> None:
+    """Heads the lane never takes: a body, HTTP/1.0, a method it does not send, two heads
+    in one read. They are answered by the Python path."""
+    before = taken()
+    for data in (
+        b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nab",
+        b"GET /x HTTP/1.0\r\nHost: t\r\n\r\n",
+        b"PUT /x HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+    ):
+        with connect(pair.c.port) as sock:
+            sock.sendall(data)
+            assert Reader(sock).response().status in (200, 404)
+    assert taken() == before

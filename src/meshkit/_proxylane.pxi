@@ -117,7 +117,11 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     if ticket is None:
         return 0  # nothing to pick now: serve() waits out try_duration (picks again)
     index = ticket.index
-    head = plan.head(uset, index)
+    head = None
+    if plan.heads_set is uset:
+        head = plan.heads[index]
+    if head is None:
+        head = plan.head(uset, index)
     if head is None:
         picker.release(ticket)
         return 0
@@ -149,21 +153,23 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     return 1
 
 
-cdef bytes _pl_client_head(int status, list items, Py_ssize_t length):
-    """http1.cached_head for the lane's answers, remembered by the (shared) field list."""
+cdef bytes _pl_client_head(object heads, int status, list raw, Py_ssize_t length):
+    """http1.cached_head of the client's fields for the upstream's `raw` ones (Heads.fields_for:
+    hop-by-hop dropped), remembered for the second by the (shared, remembered) raw list."""
     global _pl_heads_second
     cdef long long second = clane.lane_now_second()
     if second != _pl_heads_second:
         _pl_heads.clear()
         _pl_heads_second = second
-    key = (id(items), status, length)
+    key = (id(raw), status, length)
     known = _pl_heads.get(key)
-    if known is not None and (<tuple>known)[0] is items:
-        return <bytes>(<tuple>known)[1]
+    if known is not None and (<tuple>known)[0] is raw and (<tuple>known)[1] is heads:
+        return <bytes>(<tuple>known)[2]
+    items, _ = heads.fields_for(raw)
     head = _pl_cached_head(status, _pl_Headers(items), length, True, "1.1")
     if len(_pl_heads) >= 1024:
         _pl_heads.clear()
-    _pl_heads[key] = (items, head)
+    _pl_heads[key] = (raw, heads, head)
     return head
 
 
@@ -238,9 +244,8 @@ cdef class _PLSink(UpstreamSink):
                 or conn._out or self.size > _PL_SMALL):
             _pl_front.answered(self, self.status, self.items, body)
             return 0
-        items, length = heads.fields_for(self.items)
-        head = _pl_client_head(self.status, items, PyBytes_GET_SIZE(body))
         status = self.status
+        head = _pl_client_head(heads, status, self.items, PyBytes_GET_SIZE(body))
         if self.head_only or status < 200 or status == 204 or status == 304 or not body:
             wire = head
         else:
@@ -252,7 +257,7 @@ cdef class _PLSink(UpstreamSink):
             conn._abort()
             return 0
         if state != csend.SEND_DONE:
-            _pl_front.partial(self, wire, PyBytes_GET_SIZE(head), sent, status, items)
+            _pl_front.partial(self, wire, PyBytes_GET_SIZE(head), sent, status, self.items)
             return 0
         conn._streaming = False
         if conn._queue or conn._deferred:

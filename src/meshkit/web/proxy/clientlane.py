@@ -337,11 +337,13 @@ def deliver(conn: Any, request: Request, result: Any) -> None:
         conn._await_result(slot, result)
 
 
-def partial(sink: Any, wire: bytes, head_len: int, sent: int, status: int, items: Any) -> None:
-    """The client's socket took only `sent` bytes of the answer: the rest as a Job."""
+def partial(sink: Any, wire: bytes, head_len: int, sent: int, status: int, raw: Any) -> None:
+    """The client's socket took only `sent` bytes of the answer: the rest as a Job (its
+    Response, with the client's fields of the upstream's `raw` ones, for on_complete)."""
     conn = sink.conn
     request = sink.plan.fresh(sink.remote_port, sink.start)
-    response = Response(status, Headers(items), wire[head_len:])
+    items = sink.plan.proute.heads.fields_for(raw)[0]
+    response = Response(status, Headers(list(items)), wire[head_len:])
     job = Job(wire)
     job.head_len = head_len
     job.off = job.sent = sent

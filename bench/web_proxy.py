@@ -104,6 +104,8 @@ def start_meshkit(procs: Procs, core: int | None, backend: int, args: argparse.N
     env["PYTHONPATH"] = f"{SRC_DIR}{os.pathsep}{old}" if old else str(SRC_DIR)
     if args.no_extensions:
         env["MESHKIT_NO_EXTENSIONS"] = "1"
+    if args.no_proxy_lane:
+        env["MESHKIT_PROXY_LANE"] = "0"  # the handler chain (the lane's twin) with the C parts
     cmd = [sys.executable, "-m", "meshkit", "web", "-conf", str(conf), "-quiet"]
     proc, logfile = procs.start("meshkit", cmd, core, env=env)
     wait_port(port, proc, "meshkit web", logfile, timeout=30)
@@ -206,6 +208,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     p.add_argument("--targets", default=",".join(TARGETS), help="subset of nginx,caddy,meshkit")
     p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
+    p.add_argument(
+        "--no-proxy-lane",
+        action="store_true",
+        help="MESHKIT_PROXY_LANE=0: the handler chain instead of the proxy lane",
+    )
     p.add_argument("--check-goals", action="store_true", help="exit 3 when the goal is missed")
     p.add_argument("--server-core", type=int, default=None, help="CPU for the proxies")
     p.add_argument("--client-core", type=int, default=None, help="CPU for wrk and the backend")

@@ -77,6 +77,30 @@ cdef bint _pl_router_may(object router):
     return ok
 
 
+cdef class _PLPlan:
+    """A clientlane.Plan's fields for C reads (the Plan itself is `py`)."""
+
+    cdef object py, router, remote_addr, proute, handler, client_ip, uri, header_value
+    cdef object heads_set
+    cdef list heads
+    cdef long local_port
+    cdef bint head_only
+
+    def __init__(self, py):
+        self.py = py
+        self.router = py.router
+        self.remote_addr = py.remote_addr
+        self.local_port = py.local_port
+        self.proute = py.proute
+        self.handler = py.handler
+        self.client_ip = py.client_ip
+        self.uri = py.uri
+        self.header_value = py.header_value
+        self.head_only = py.head_only
+        self.heads_set = None
+        self.heads = None
+
+
 cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     """1 when the lane took the request head `data` read on conn (answered or in flight),
     0 to read it normally."""
@@ -89,20 +113,29 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     if conn._state > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
         return 0
     router = server._handler
-    plan = _pl_plans.get(data)
-    if plan is router:
+    known = _pl_plans.get(data)
+    if known is router:
         return 0  # this head never takes the lane on this router
-    if (plan is None or type(plan) is type(router) or plan.router is not router
-            or plan.remote_addr != conn._remote_addr or plan.local_port != conn._local_port):
+    cdef _PLPlan plan
+    if type(known) is _PLPlan:
+        plan = <_PLPlan>known
+        if (plan.router is not router or plan.remote_addr != conn._remote_addr
+                or plan.local_port != conn._local_port):
+            plan = None
+    else:
+        plan = None
+    if plan is None:
         if not _pl_router_may(router):
             return 0
-        plan = _pl_front.plan(server, conn, data)
+        made = _pl_front.plan(server, conn, data)
         if len(_pl_plans) >= _PL_PLANS:
             _pl_plans.clear()
-        # a refusal is remembered as the router it was made for (a reload makes another)
-        _pl_plans[data] = plan if plan is not None else router
-        if plan is None:
+        if made is None:
+            # a refusal is remembered as the router it was made for (a reload makes another)
+            _pl_plans[data] = router
             return 0
+        plan = _PLPlan(made)
+        _pl_plans[data] = plan
     proute = plan.proute
     uset = proute.set
     picker = uset.picker
@@ -121,7 +154,9 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     if plan.heads_set is uset:
         head = plan.heads[index]
     if head is None:
-        head = plan.head(uset, index)
+        head = plan.py.head(uset, index)
+        plan.heads_set = plan.py.heads_set
+        plan.heads = plan.py.heads
     if head is None:
         picker.release(ticket)
         return 0
@@ -136,10 +171,11 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     if type(up) is not UpstreamConn:
         if up is not None:
             uset.pools[index].put(up)
-        _pl_front.no_kept(conn, plan, uset, ticket, start)
+        _pl_front.no_kept(conn, plan.py, uset, ticket, start)
         return 1
     cdef _PLSink sink = _PLSink.__new__(_PLSink)
-    sink.plan = plan
+    sink.plan = plan.py
+    sink.proute = proute
     sink.conn = conn
     sink.server = server
     sink.fd = fd
@@ -176,7 +212,7 @@ cdef bytes _pl_client_head(object heads, int status, list raw, Py_ssize_t length
 cdef class _PLSink(UpstreamSink):
     """One request of the proxy lane in flight (the UpstreamConn's sink)."""
 
-    cdef public object plan, conn, server, uset, ticket, picker, items, feed
+    cdef public object plan, proute, conn, server, uset, ticket, picker, items, feed
     cdef public int fd, status
     cdef public double start
     cdef public long remote_port
@@ -239,7 +275,7 @@ cdef class _PLSink(UpstreamSink):
         if pieces is None:  # no head: cannot happen (on_done follows on_head)
             pieces = []
         body = b"".join(pieces) if len(pieces) != 1 else <bytes>pieces[0]
-        heads = self.plan.proute.heads
+        heads = self.proute.heads
         if (conn._state != _PL_IDLE or server._shutting or heads.down_ops is not None
                 or conn._out or self.size > _PL_SMALL):
             _pl_front.answered(self, self.status, self.items, body)

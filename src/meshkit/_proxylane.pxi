@@ -17,7 +17,8 @@ cdef object _pl_cached_head = None  # meshkit.web.http1.cached_head
 cdef object _pl_Headers = None
 cdef object _pl_Cached = None   # connstate.Event.CACHED
 cdef bint _pl_on = True
-cdef dict _pl_plans = {}        # request head bytes -> Plan (False: never the lane)
+cdef dict _pl_plans = {}        # (head bytes, client address, local port) -> _PLPlan, or
+                                # the Router for which that head never takes the lane
 cdef dict _pl_routers = {}      # Router -> whether any of its sites may take the lane
 cdef dict _pl_heads = {}        # (id(fields), status, length, head_only) -> (fields, head)
 cdef long long _pl_heads_second = 0
@@ -113,17 +114,15 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     if conn._state > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
         return 0
     router = server._handler
-    known = _pl_plans.get(data)
+    # the upstream head depends on the client's address (X-Forwarded-For) and the local
+    # port (transparent's X-Forwarded-Port) besides the request head
+    key = (data, conn._remote_addr, conn._local_port)
+    known = _pl_plans.get(key)
     if known is router:
         return 0  # this head never takes the lane on this router
-    cdef _PLPlan plan
-    if type(known) is _PLPlan:
+    cdef _PLPlan plan = None
+    if type(known) is _PLPlan and (<_PLPlan>known).router is router:
         plan = <_PLPlan>known
-        if (plan.router is not router or plan.remote_addr != conn._remote_addr
-                or plan.local_port != conn._local_port):
-            plan = None
-    else:
-        plan = None
     if plan is None:
         if not _pl_router_may(router):
             return 0
@@ -132,10 +131,10 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
             _pl_plans.clear()
         if made is None:
             # a refusal is remembered as the router it was made for (a reload makes another)
-            _pl_plans[data] = router
+            _pl_plans[key] = router
             return 0
         plan = _PLPlan(made)
-        _pl_plans[data] = plan
+        _pl_plans[key] = plan
     proute = plan.proute
     uset = proute.set
     picker = uset.picker

@@ -13,6 +13,7 @@ and sites the lane must not take (`log`, a header_upstream placeholder)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import threading
 from collections.abc import Iterator
@@ -53,6 +54,9 @@ class Backend:
         self.thread.start()
         self.server = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
         self.port = self.server.sockets[0].getsockname()[1]
+        # a second address of the same backend, for the blocks with two upstreams
+        self.server2 = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        self.port2 = self.server2.sockets[0].getsockname()[1]
 
     async def _start(self) -> asyncio.Server:
         return await asyncio.start_server(self._serve, HOST, 0)
@@ -120,6 +124,7 @@ class Backend:
 
     async def _shutdown(self) -> None:
         self.server.close()
+        self.server2.close()
         me = asyncio.current_task()
         tasks = [t for t in asyncio.all_tasks() if t is not me]
         for t in tasks:
@@ -154,6 +159,10 @@ CONFIGS: dict[str, tuple[str, bool]] = {
         " proxy / {up} {{\n  header_downstream X-Down yes\n  header_downstream -X-Up\n }}\n",
         True,
     ),
+    "two_upstreams": (
+        " proxy / {up} {up2} {{\n  policy round_robin\n  header_upstream X-Two 2\n }}\n",
+        True,
+    ),
     "logged": (
         ' proxy / {up}\n log / {log} "{{method}} {{uri}} {{status}} {{size}} {{>X-A}}"\n',
         False,
@@ -162,10 +171,10 @@ CONFIGS: dict[str, tuple[str, bool]] = {
 }
 
 
-def make_router(base: Path, name: str, up: int, dead: int) -> tuple[Router, Path]:
+def make_router(base: Path, name: str, up: int, up2: int, dead: int) -> tuple[Router, Path]:
     body, _ = CONFIGS[name]
     logfile = base / "access.log"
-    site = body.format(up=f"{HOST}:{up}", dead=f"{HOST}:{dead}", log=logfile)
+    site = body.format(up=f"{HOST}:{up}", up2=f"{HOST}:{up2}", dead=f"{HOST}:{dead}", log=logfile)
     router = plan(load_text(f":8000 {{\n{site}}}\n", "Caddyfile"))[8000].router()
     assert isinstance(router, Router)
     return router, logfile
@@ -176,8 +185,8 @@ class Pair:
         dead = _refused_port()
         (base / "c").mkdir()
         (base / "py").mkdir()
-        router_c, self.log_c = make_router(base / "c", name, backend.port, dead)
-        router_py, self.log_py = make_router(base / "py", name, backend.port, dead)
+        router_c, self.log_c = make_router(base / "c", name, backend.port, backend.port2, dead)
+        router_py, self.log_py = make_router(base / "py", name, backend.port, backend.port2, dead)
         self.c = ServerThread(router_c, compiled=True)
         self.py = ServerThread(router_py, compiled=False)
         self.takes = CONFIGS[name][1]
@@ -302,6 +311,8 @@ def test_lane_takes_repeats(pair: Pair) -> None:
             bodies.append(reader.response().body)
         sock.sendall(head + raw("GET", "/later/p", "") + head)  # pipelined
         bodies += [reader.response().body for _ in range(3)]
+    # (which upstream answered differs under round robin)
+    bodies = [re.sub(rb"Host: [^\r]*\r\n", b"", b) for b in bodies]
     assert len(set(bodies[:4])) == 1 and bodies[4] == bodies[0] == bodies[6]
     assert bodies[5].startswith(b"echo:GET /")
     assert (taken() - before >= 4) is pair.takes

@@ -69,6 +69,8 @@ class Backend:
                 method, path = head.split(b" ")[:2]
                 kind = path.split(b"/")[1].split(b"?")[0] if path.count(b"/") else b""
                 served += 1
+                if kind == b"slow":
+                    await asyncio.sleep(1.0)  # past the block's timeout
                 if kind == b"drop" and served > 1:
                     return  # a kept connection closed unanswered: stale
                 body = b"echo:" + head
@@ -348,3 +350,29 @@ def test_plan_declines(pair: Pair) -> None:
             sock.sendall(data)
             assert Reader(sock).response().status in (200, 404)
     assert taken() == before
+
+
+def test_timeout_and_reload(tmp_path: Path, backend: Backend) -> None:
+    """An upstream that does not answer within the block's timeout: 504 from the lane as
+    from the twin (and the connection keeps serving); a reload's new configuration is
+    used by the next request (plans are made for one router)."""
+    CONFIGS["timeout"] = (" proxy / {up} {{\n  timeout 300ms\n }}\n", True)
+    p = Pair(tmp_path, "timeout", backend)
+    try:
+        slow = raw("GET", "/slow/s", "")
+        fast = raw("GET", "/x/t", "")
+        before = taken()
+        got_c = run(p.c, [(fast, "GET"), (slow, "GET"), (fast, "GET")])
+        got_py = run(p.py, [(fast, "GET"), (slow, "GET"), (fast, "GET")])
+        assert [g[0] for g in got_c] == [200, 504, 200]
+        assert got_c == got_py
+        assert taken() - before >= 2
+        CONFIGS["timeout"] = (" proxy / {up} {{\n  header_upstream X-New 1\n }}\n", True)
+        (tmp_path / "new").mkdir()
+        router, _ = make_router(tmp_path / "new", "timeout", backend.port, backend.port2, 1)
+        p.c.run(lambda: p.c.server.set_handler(router))
+        (status, _, body), *_ = run(p.c, [(fast, "GET")])
+        assert status == 200 and b"X-New: 1" in body
+    finally:
+        CONFIGS.pop("timeout", None)
+        p.stop()

@@ -166,10 +166,18 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
         conn._fire(_pl_Cached)
     conn._streaming = True  # the connection's pipeline waits for this answer
     conn._dkind = _PL_DL_NONE
-    up = uset.pools[index].take_idle()
-    if type(up) is not UpstreamConn:
-        if up is not None:
-            uset.pools[index].put(up)
+    # Pool.take_idle inline: the newest kept connection that is still open
+    up = None
+    idle = uset.pools[index].idle
+    while idle:
+        c = idle.pop()
+        if type(c) is not UpstreamConn:
+            idle.append(c)  # the twin's connection (MESHKIT_UPSTREAM_LANE=0): serve() uses it
+            break
+        if not (<UpstreamConn>c).closed:
+            up = c
+            break
+    if up is None:
         _pl_front.no_kept(conn, plan.py, uset, ticket, start)
         return 1
     cdef _PLSink sink = _PLSink.__new__(_PLSink)

@@ -194,7 +194,16 @@ cdef class UpstreamConn:
         connection (Pool.take_idle()) and report the response to `sink`."""
         self.begin(head_only)
         self.sink = sink
-        self.pool.deadlines.watch(self, self.pool.timeout)
+        pool = self.pool
+        deadlines = pool.deadlines
+        loop = deadlines._loop
+        if loop is not None and deadlines._handle is not None:
+            # Deadlines.watch inline while its sweep is scheduled (the loop is running)
+            self.timeout = pool.timeout
+            self.deadline = loop.time() + self.timeout
+            deadlines.watched.add(self)
+        else:
+            deadlines.watch(self, pool.timeout)
         self.transport.write(head)
 
     # -- asyncio.Protocol
@@ -481,7 +490,7 @@ cdef class UpstreamConn:
             if self.status == 101:
                 self.close()  # no upgrade through a sink
             else:
-                self.pool.put(self)
+                self._put()
             sink.on_done(self)
 
     def take_body(self):
@@ -509,6 +518,19 @@ cdef class UpstreamConn:
         if self.write_paused and not self.closed:
             self.drain_waiter = _up_asyncio.get_running_loop().create_future()
             await self.drain_waiter
+
+    cdef _put(self):
+        """Pool.put(self) inline (client.Pool: kept idle, or closed)."""
+        if self.closed:
+            return
+        pool = self.pool
+        idle = pool.idle
+        if not self.keep or len(idle) >= pool.keepalive:
+            self.close()
+            return
+        self.waiter = self.body_waiter = None
+        self.on_ready = None
+        idle.append(self)
 
     def close(self):
         self.keep = False

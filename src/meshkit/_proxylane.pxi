@@ -61,19 +61,13 @@ cdef int _pl_import() except -1:
 
 
 cdef bint _pl_router_may(object router):
-    """Whether any site of this router is a ProxyHandler (else the lane never looks)."""
+    """Whether any site of this router may take the lane (else the lane never looks)."""
     known = _pl_routers.get(router)
     if known is not None:
         return known
     if len(_pl_routers) >= 64:
         _pl_routers.clear()
-    ok = False
-    try:
-        for route in router.routes:
-            if type(route.handler).__name__ == "ProxyHandler":
-                ok = True
-    except AttributeError:
-        ok = False
+    ok = bool(_pl_front.router_may(router))
     _pl_routers[router] = ok
     return ok
 
@@ -85,7 +79,7 @@ cdef class _PLPlan:
     cdef object heads_set
     cdef list heads
     cdef long local_port
-    cdef bint head_only
+    cdef bint head_only, logged
 
     def __init__(self, py):
         self.py = py
@@ -98,6 +92,7 @@ cdef class _PLPlan:
         self.uri = py.uri
         self.header_value = py.header_value
         self.head_only = py.head_only
+        self.logged = py.watch is not None
         self.heads_set = None
         self.heads = None
 
@@ -192,6 +187,7 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     sink.start = start
     sink.remote_port = conn._remote_port
     sink.head_only = plan.head_only
+    sink.logged = plan.logged
     (<UpstreamConn>up).request(head, plan.head_only, sink)
     return 1
 
@@ -223,7 +219,7 @@ cdef class _PLSink(UpstreamSink):
     cdef public int fd, status
     cdef public double start
     cdef public long remote_port
-    cdef public bint head_only, told, gone
+    cdef public bint head_only, told, gone, logged
     cdef list pieces
     cdef Py_ssize_t size
 
@@ -303,6 +299,9 @@ cdef class _PLSink(UpstreamSink):
             _pl_front.partial(self, wire, PyBytes_GET_SIZE(head), sent, status, self.items)
             return 0
         conn._streaming = False
+        if self.logged:  # the site's access log: its lines, as the writer would call them
+            _pl_front.logged(self, status, self.items, body,
+                             PyBytes_GET_SIZE(wire) - PyBytes_GET_SIZE(head))
         if conn._queue or conn._deferred:
             conn._flush_queue()
         else:

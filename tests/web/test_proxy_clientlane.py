@@ -8,7 +8,8 @@ a body that comes after its head (streamed), 204, a close-delimited body, a larg
 stale kept connection (retried on a fresh one), HEAD, and an upstream that refuses
 connections (502). Configurations: header_upstream with literal values, `without` +
 `transparent` on a second block, header_downstream (answered through the Python writer),
-and sites the lane must not take (`log`, a header_upstream placeholder)."""
+`log` (the lane writes its lines), and a site the lane must not take (a header_upstream
+placeholder)."""
 
 from __future__ import annotations
 
@@ -121,6 +122,8 @@ class Backend:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
+        except asyncio.CancelledError:
+            pass  # the backend's shutdown (ends the task quietly)
         finally:
             writer.close()
 
@@ -166,8 +169,9 @@ CONFIGS: dict[str, tuple[str, bool]] = {
         True,
     ),
     "logged": (
-        ' proxy / {up}\n log / {log} "{{method}} {{uri}} {{status}} {{size}} {{>X-A}}"\n',
-        False,
+        " proxy / {up}\n log / {log}"
+        ' "{{method}} {{uri}} {{status}} {{size}} {{>X-A}} {{upstream}} {{remote}}"\n',
+        True,
     ),
     "placeholder": (" proxy / {up} {{\n  header_upstream X-Host {{host}}\n }}\n", False),
 }

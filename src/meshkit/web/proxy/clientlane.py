@@ -30,8 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from meshkit.web import headlane
@@ -101,10 +100,19 @@ class Plan:
         "request",
         "router",
         "uri",
+        "watch",
     )
 
-    def __init__(self, router: Router, request: Request, handler: ProxyHandler, proute: Route):
+    def __init__(
+        self,
+        router: Router,
+        request: Request,
+        handler: ProxyHandler,
+        proute: Route,
+        watch: Callable[[Request], None] | None = None,
+    ) -> None:
         self.router = router
+        self.watch = watch  # the site's `log` (adds the request's on_complete callback)
         self.request = request  # the template: copied for the rare paths (see fresh())
         self.handler = handler
         self.proute = proute
@@ -133,9 +141,10 @@ class Plan:
         return head
 
     def fresh(self, remote_port: int, start: float) -> Request:
-        """A Request of this shape for the Python path (its own vars and on_complete)."""
+        """A Request of this shape for the Python path (its own vars and on_complete, the
+        site's log callback added as the log directive adds it)."""
         t = self.request
-        return Request(
+        request = Request(
             t.method,
             t.uri,
             t.path,
@@ -151,6 +160,50 @@ class Plan:
             t.server_port,
             start,
         )
+        if self.watch is not None:
+            self.watch(request)
+        return request
+
+
+def _log_code() -> Any:
+    from meshkit.web.directives import log as logdir
+
+    for const in logdir.build.__code__.co_consts:
+        if getattr(const, "co_name", "") == "log_handler":
+            return const
+    return None
+
+
+_LOG_CODE = _log_code()
+
+
+def unwrap_log(handler: Any) -> tuple[Any, Callable[[Request], None]] | None:
+    """(the handler it wraps, its `watch`) for a `log` directive's handler, else None: a
+    site with `log` and `proxy` only is taken, its lines written per answer by the same
+    callbacks (the code object identifies the directive's handler, so anything else,
+    wrapped or not, is left to the chain)."""
+    code = getattr(handler, "__code__", None)
+    if code is None or code is not _LOG_CODE or handler.__closure__ is None:
+        return None
+    cells = dict(zip(code.co_freevars, handler.__closure__, strict=True))
+    try:
+        return cells["next"].cell_contents, cells["watch"].cell_contents
+    except (KeyError, ValueError):
+        return None
+
+
+def router_may(router: Any) -> bool:
+    """Whether any site of this router may take the lane (asked once per router)."""
+    if type(router) is not Router:
+        return False
+    for site in router.routes:
+        handler = site.handler
+        logged = unwrap_log(handler)
+        if logged is not None:
+            handler = logged[0]
+        if type(handler) is ProxyHandler:
+            return True
+    return False
 
 
 def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
@@ -194,11 +247,15 @@ def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
     if site is None:
         return None
     handler = site.handler
+    watch = None
+    logged = unwrap_log(handler)
+    if logged is not None:
+        handler, watch = logged
     if type(handler) is not ProxyHandler or not eligible(handler):
         return None
     for proute in handler.routes:
         if proute.matches(tgt.path):
-            return Plan(router, request, handler, proute)
+            return Plan(router, request, handler, proute, watch)
     return None
 
 
@@ -359,5 +416,13 @@ def partial(sink: Any, wire: bytes, head_len: int, sent: int, status: int, raw: 
     conn._update_reading()
 
 
-def now() -> float:
-    return time.time()
+def logged(sink: Any, status: int, raw: Any, body: bytes, sent: int) -> None:
+    """The lane wrote a whole answer (`sent` body bytes) of a logged site: its lines."""
+    request = sink.plan.fresh(sink.remote_port, sink.start)
+    request.vars["upstream"] = sink.uset.names[sink.ticket.index]
+    response = sink.plan.proute.heads.response_for(request, Reply(status, raw, body, None))
+    for callback in request.on_complete:
+        try:
+            callback(request, response, sent)
+        except Exception:
+            log.exception("on_complete callback failed for %s %s", request.method, request.uri)

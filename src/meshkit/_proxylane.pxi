@@ -79,6 +79,7 @@ cdef class _PLPlan:
     cdef object heads_set
     cdef list heads
     cdef long local_port
+    cdef long header_limit, max_fields, max_field_line  # the server's, when it was made
     cdef bint head_only, logged
 
     def __init__(self, py):
@@ -118,6 +119,9 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     cdef _PLPlan plan = None
     if type(known) is _PLPlan and (<_PLPlan>known).router is router:
         plan = <_PLPlan>known
+        if (plan.header_limit != server._header_limit or plan.max_fields != server._max_fields
+                or plan.max_field_line != server._max_field_line):
+            plan = None  # the head limits changed (a reload): judge the head again
     if plan is None:
         if not _pl_router_may(router):
             return 0
@@ -129,6 +133,9 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
             _pl_plans[key] = router
             return 0
         plan = _PLPlan(made)
+        plan.header_limit = server._header_limit
+        plan.max_fields = server._max_fields
+        plan.max_field_line = server._max_field_line
         _pl_plans[key] = plan
     proute = plan.proute
     uset = proute.set

@@ -359,7 +359,8 @@ def test_plan_declines(pair: Pair) -> None:
 def test_timeout_and_reload(tmp_path: Path, backend: Backend) -> None:
     """An upstream that does not answer within the block's timeout: 504 from the lane as
     from the twin (and the connection keeps serving); a reload's new configuration is
-    used by the next request (plans are made for one router)."""
+    used by the next request (plans are made for one router), and so are new head
+    limits."""
     CONFIGS["timeout"] = (" proxy / {up} {{\n  timeout 300ms\n }}\n", True)
     p = Pair(tmp_path, "timeout", backend)
     try:
@@ -377,6 +378,11 @@ def test_timeout_and_reload(tmp_path: Path, backend: Backend) -> None:
         p.c.run(lambda: p.c.server.set_handler(router))
         (status, _, body), *_ = run(p.c, [(fast, "GET")])
         assert status == 200 and b"X-New: 1" in body
+        # lower head limits (a reload's set_limits): the remembered head is judged again
+        for server in (p.c, p.py):
+            server.run(lambda s=server: s.server.set_limits(header_limit=20))  # type: ignore[misc]
+        assert run(p.c, [(fast, "GET")]) == run(p.py, [(fast, "GET")])
+        assert run(p.c, [(fast, "GET")])[0][0] == 431
     finally:
         CONFIGS.pop("timeout", None)
         p.stop()

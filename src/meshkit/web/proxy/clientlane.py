@@ -30,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from meshkit.web import headlane
 from meshkit.web.connstate import ConnState
+from meshkit.web.directives.log import _Complete
 from meshkit.web.http1 import HttpError, parse_target
 from meshkit.web.message import EmptyBody, Headers, Request, Response
 from meshkit.web.output import Job
@@ -95,6 +97,8 @@ class Plan:
         "heads",
         "heads_set",
         "local_port",
+        "log_memo",
+        "log_second",
         "proute",
         "remote_addr",
         "request",
@@ -113,6 +117,8 @@ class Plan:
     ) -> None:
         self.router = router
         self.watch = watch  # the site's `log` (adds the request's on_complete callback)
+        self.log_memo: dict[tuple[Any, ...], tuple[Any, tuple[tuple[Any, str], ...]]] = {}
+        self.log_second = 0
         self.request = request  # the template: copied for the rare paths (see fresh())
         self.handler = handler
         self.proute = proute
@@ -417,12 +423,42 @@ def partial(sink: Any, wire: bytes, head_len: int, sent: int, status: int, raw: 
 
 
 def logged(sink: Any, status: int, raw: Any, body: bytes, sent: int) -> None:
-    """The lane wrote a whole answer (`sent` body bytes) of a logged site: its lines."""
-    request = sink.plan.fresh(sink.remote_port, sink.start)
-    request.vars["upstream"] = sink.uset.names[sink.ticket.index]
-    response = sink.plan.proute.heads.response_for(request, Reply(status, raw, body, None))
+    """The lane wrote a whole answer (`sent` body bytes) of a logged site: its lines.
+    Lines that read nothing per request (the log directive's `replayable`: no latency, no
+    request id) are rendered once per answer shape, upstream, client port (when a line
+    shows it) and second, as the response cache replays them (respcache.replay_log); the
+    same strings after that, since nothing else in them can differ."""
+    plan_: Plan = sink.plan
+    index = sink.ticket.index
+    now = time.time()  # as the log callback's own call reads it
+    second = int(now)
+    memo = plan_.log_memo
+    if plan_.log_second != second:
+        memo.clear()
+        plan_.log_second = second
+    key = (status, id(raw), sent, index, sink.remote_port)
+    got = memo.get(key)
+    if got is not None and got[0] is raw:
+        for out, line in got[1]:
+            out.write(line)
+        return
+    request = plan_.fresh(sink.remote_port, sink.start)
+    request.vars["upstream"] = sink.uset.names[index]
+    response = plan_.proute.heads.response_for(request, Reply(status, raw, body, None))
+    lines: list[tuple[Any, str]] = []
+    replayable = True
     for callback in request.on_complete:
         try:
-            callback(request, response, sent)
+            if type(callback) is _Complete and callback.replayable:
+                lines.extend(callback.lines(request, response, sent, now))
+            else:
+                replayable = False
+                callback(request, response, sent)
         except Exception:
             log.exception("on_complete callback failed for %s %s", request.method, request.uri)
+    for out, line in lines:
+        out.write(line)
+    if replayable:
+        if len(memo) >= 64:
+            memo.clear()
+        memo[key] = (raw, tuple(lines))

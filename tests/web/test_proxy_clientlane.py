@@ -17,6 +17,7 @@ import asyncio
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ pytestmark = pytest.mark.skipif(
 
 HOST = "127.0.0.1"
 BIG = 300_000
+MID = 250_000  # under uvloop's 256 KiB read: usually whole in one read, sent by the lane
 
 
 class Backend:
@@ -105,10 +107,12 @@ class Backend:
                     )
                     await writer.drain()
                     return
-                elif kind == b"big":
-                    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % BIG)
-                    if send_body:
-                        writer.write(b"b" * BIG)
+                elif kind in (b"big", b"mid"):
+                    size = BIG if kind == b"big" else MID
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size
+                        + (b"b" * size if send_body else b"")
+                    )
                 else:
                     status = b"404 Not Found" if kind == b"missing" else b"200 OK"
                     writer.write(
@@ -386,3 +390,60 @@ def test_timeout_and_reload(tmp_path: Path, backend: Backend) -> None:
     finally:
         CONFIGS.pop("timeout", None)
         p.stop()
+
+
+def test_slow_client_gets_the_rest(
+    tmp_path: Path, backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client whose socket takes only part of a whole answer: the lane hands the rest to
+    the connection's writer (clientlane.partial), and the bytes are the twin's. (The
+    answer must come in one read from the upstream to be sent by the lane: a few tries.)"""
+    calls: list[int] = []
+    real = clientlane.partial
+
+    def counting(*args: Any) -> None:
+        calls.append(1)
+        real(*args)
+
+    monkeypatch.setattr(clientlane, "partial", counting)
+    p = Pair(tmp_path, "literal", backend)
+    try:
+        for _ in range(5):
+            got = _slow_pair(p)
+            assert got[0] == got[1]
+            assert got[0][1] == MID
+            if calls:
+                break
+        assert calls
+    finally:
+        p.stop()
+
+
+def _slow_pair(p: Pair) -> list[tuple[int, int, int, bytes]]:
+    got = []
+    for server in (p.c, p.py):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect((HOST, server.port))
+        with sock:
+            local = sock.getsockname()
+
+            def shrink(st_: ServerThread = server, local: Any = local) -> bool:
+                # the server's end of this connection takes 4 KiB at a time
+                for c in st_.server._conns:
+                    s = getattr(c, "_sock", None)
+                    if s is not None and s.getpeername() == local:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+                        return True
+                return False
+
+            assert wait_until(lambda st_=server: st_.run(shrink))  # type: ignore[misc]
+            sock.sendall(raw("GET", "/mid/s", ""))
+            time.sleep(0.2)  # the server's send fills the small window meanwhile
+            reader = Reader(sock)
+            reply = reader.response()
+            sock.sendall(raw("GET", "/x/next", ""))
+            after = reader.response()
+            got.append((reply.status, len(reply.body), after.status, after.body))
+    return got

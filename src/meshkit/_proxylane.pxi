@@ -265,6 +265,10 @@ cdef class _PLSink(UpstreamSink):
         if feed is not None:
             feed.finish()
             return
+        if self.status == 101:
+            # an upgrade nobody asked for (the connection is closed): 502, as _Fast answers
+            _pl_front.bad_upgrade(self)
+            return
         self._answer()
 
     cpdef on_error(self, UpstreamConn conn, object error, bint stale):

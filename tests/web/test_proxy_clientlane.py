@@ -98,6 +98,13 @@ class Backend:
                     await asyncio.sleep(0.02)
                     if send_body:
                         writer.write(body)
+                elif kind == b"switch":
+                    writer.write(
+                        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                        b"Upgrade: x\r\n\r\n"
+                    )
+                    await writer.drain()
+                    return
                 elif kind == b"none":
                     writer.write(b"HTTP/1.1 204 No Content\r\nX-Up: none\r\n\r\n")
                 elif kind == b"close":
@@ -239,6 +246,7 @@ PATHS = [
     "/down/z",
     "/a%20b/c",
     "/x/../y",
+    "/switch/w",
 ]
 EXTRAS = [
     "",

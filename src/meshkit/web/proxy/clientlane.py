@@ -343,6 +343,13 @@ def answered(sink: Any, status: int, headers: list[tuple[str, str]], body: bytes
     deliver(sink.conn, request, sink.plan.proute.heads.response_for(request, reply))
 
 
+def bad_upgrade(sink: Any) -> None:
+    """The upstream switched protocols on a request that asked for no upgrade: 502."""
+    request = sink.plan.fresh(sink.remote_port, sink.start)
+    request.vars["upstream"] = sink.uset.names[sink.ticket.index]
+    deliver(sink.conn, request, Response.error(502))
+
+
 def failed(sink: Any, error: Any, stale: bool, told: bool, feed: Feed | None) -> None:
     """The exchange failed (its UpstreamConn is closed): lane.py's rules."""
     plan_: Plan = sink.plan

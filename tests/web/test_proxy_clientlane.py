@@ -255,6 +255,9 @@ EXTRAS = [
     "Connection: X-Gone\r\nX-Gone: 1\r\n",
     "Accept: */*\r\nX-Lit: client\r\n",
     "Host: other.example\r\n",
+    "Expect: 100-continue\r\n",
+    "Connection: close\r\n",
+    "Cookie: a=b; c=d\r\nUser-Agent: " + "u" * 300 + "\r\n",
 ]
 
 request_st = st.tuples(
@@ -293,7 +296,7 @@ def taken() -> int:
     return int(_fastpath.proxy_lane_stats()[2])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(request_st, min_size=1, max_size=5))
 def test_lane_answers_like_its_twin(pair: Pair, reqs: list[tuple[str, str, str, int]]) -> None:
     plan_ = [(raw(m, p, e), m) for m, p, e, times in reqs for _ in range(times)]

@@ -166,7 +166,7 @@ cdef class UpstreamConn:
         self.active = False
         self.pending = None
 
-    def begin(self, bint head_only):
+    cpdef begin(self, bint head_only):
         self.status = 0
         self.headers = []
         self.body = []
@@ -189,9 +189,11 @@ cdef class UpstreamConn:
         self.pool.deadlines.watch(self, self.pool.timeout)
         self.transport.write(head)
 
-    def request(self, bytes head, bint head_only, UpstreamSink sink not None):
+    cpdef request(self, bytes head, bint head_only, UpstreamSink sink):
         """Send a request without a body (its head already made, one buffer) on this kept
         connection (Pool.take_idle()) and report the response to `sink`."""
+        if sink is None:
+            raise TypeError("request() needs a sink")
         self.begin(head_only)
         self.sink = sink
         pool = self.pool

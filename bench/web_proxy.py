@@ -68,11 +68,18 @@ def start_backend(procs: Procs, core: int | None) -> int:
     return port
 
 
-def start_nginx_proxy(procs: Procs, core: int | None, backend: int) -> int:
+def start_nginx_proxy(procs: Procs, core: int | None, backend: int, log: bool = False) -> int:
     port = free_port()
-    server = f"""    upstream backend {{ server {HOST}:{backend}; keepalive 64; }}
+    # --log: the access log in both (nginx buffers its lines as meshkit's log sink does)
+    access = f"access_log {procs.tmp / 'nginx-access.log'} common buffer=64k;" if log else ""
+    # Caddy v1's default line (common log format), which meshkit's `log` writes
+    fmt = """log_format common '$remote_addr - $remote_user [$time_local] "$request" """
+    fmt += """$status $body_bytes_sent';"""
+    server = f"""    {fmt if log else ""}
+    upstream backend {{ server {HOST}:{backend}; keepalive 64; }}
     server {{
         listen {HOST}:{port} backlog=4096;
+        {access}
         location / {{
             proxy_pass http://backend;
             proxy_http_version 1.1;
@@ -97,13 +104,16 @@ def start_caddy(procs: Procs, core: int | None, backend: int) -> int:
 def start_meshkit(procs: Procs, core: int | None, backend: int, args: argparse.Namespace) -> int:
     port = free_port()
     conf = procs.tmp / "Caddyfile"
-    conf.write_text(f"{HOST}:{port} {{\n    proxy / {HOST}:{backend}\n}}\n")
+    log = f"    log / {procs.tmp / 'meshkit-access.log'}\n" if args.log else ""
+    conf.write_text(f"{HOST}:{port} {{\n    proxy / {HOST}:{backend}\n{log}}}\n")
     env = dict(os.environ)
     # this tree's meshkit, also when an older one is installed
     old = env.get("PYTHONPATH")
     env["PYTHONPATH"] = f"{SRC_DIR}{os.pathsep}{old}" if old else str(SRC_DIR)
     if args.no_extensions:
         env["MESHKIT_NO_EXTENSIONS"] = "1"
+    if args.no_proxy_lane:
+        env["MESHKIT_PROXY_LANE"] = "0"  # the handler chain (the lane's twin) with the C parts
     cmd = [sys.executable, "-m", "meshkit", "web", "-conf", str(conf), "-quiet"]
     proc, logfile = procs.start("meshkit", cmd, core, env=env)
     wait_port(port, proc, "meshkit web", logfile, timeout=30)
@@ -136,7 +146,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
         backend = start_backend(procs, args.client_core)
         ports: dict[str, int] = {}
         if "nginx" in args.targets:
-            ports["nginx"] = start_nginx_proxy(procs, args.server_core, backend)
+            ports["nginx"] = start_nginx_proxy(procs, args.server_core, backend, args.log)
         if "caddy" in args.targets:
             ports["caddy"] = start_caddy(procs, args.server_core, backend)
         if "meshkit" in args.targets:
@@ -206,6 +216,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     p.add_argument("--targets", default=",".join(TARGETS), help="subset of nginx,caddy,meshkit")
     p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
+    p.add_argument("--log", action="store_true", help="an access log in nginx and meshkit")
+    p.add_argument(
+        "--no-proxy-lane",
+        action="store_true",
+        help="MESHKIT_PROXY_LANE=0: the handler chain instead of the proxy lane",
+    )
     p.add_argument("--check-goals", action="store_true", help="exit 3 when the goal is missed")
     p.add_argument("--server-core", type=int, default=None, help="CPU for the proxies")
     p.add_argument("--client-core", type=int, default=None, help="CPU for wrk and the backend")

@@ -88,6 +88,10 @@ cdef class Lane:
                 return
             if self._from_cache(data):
                 return
+            # proxy lane hook (wip-proxylane): a proxied request without a body is sent
+            # upstream from C (_proxylane.pxi); 0 when it does not apply
+            if _pl_take(conn, self.server, self.fd, data):
+                return
         conn._on_data(data)
 
     cdef int _from_cache(self, bytes data) except -1:

@@ -116,6 +116,11 @@ cdef class UpstreamSink:
     cpdef on_error(self, UpstreamConn conn, object error, bint stale):
         pass
 
+    cpdef on_pending(self, UpstreamConn conn):
+        """A read ended after on_head and before the body did (the proxy lane streams
+        from here, as the handler path streams a body that did not come with its head)."""
+        pass
+
 
 cdef class UpstreamConn:
     """One connection to an upstream and the response being read on it (the twin:
@@ -161,7 +166,7 @@ cdef class UpstreamConn:
         self.active = False
         self.pending = None
 
-    def begin(self, bint head_only):
+    cpdef begin(self, bint head_only):
         self.status = 0
         self.headers = []
         self.body = []
@@ -184,12 +189,23 @@ cdef class UpstreamConn:
         self.pool.deadlines.watch(self, self.pool.timeout)
         self.transport.write(head)
 
-    def request(self, bytes head, bint head_only, UpstreamSink sink not None):
+    cpdef request(self, bytes head, bint head_only, UpstreamSink sink):
         """Send a request without a body (its head already made, one buffer) on this kept
         connection (Pool.take_idle()) and report the response to `sink`."""
+        if sink is None:
+            raise TypeError("request() needs a sink")
         self.begin(head_only)
         self.sink = sink
-        self.pool.deadlines.watch(self, self.pool.timeout)
+        pool = self.pool
+        deadlines = pool.deadlines
+        loop = deadlines._loop
+        if loop is not None and deadlines._handle is not None:
+            # Deadlines.watch inline while its sweep is scheduled (the loop is running)
+            self.timeout = pool.timeout
+            self.deadline = loop.time() + self.timeout
+            deadlines.watched.add(self)
+        else:
+            deadlines.watch(self, pool.timeout)
         self.transport.write(head)
 
     # -- asyncio.Protocol
@@ -466,6 +482,8 @@ cdef class UpstreamConn:
             # the timeout runs from the last thing read, as the streamed paths' waits do
             if self.head_done:
                 self.pool.deadlines.watch(self, self.timeout)
+                if self.head_told:
+                    sink.on_pending(self)
             return
         if self.done:
             self.sink = None
@@ -474,7 +492,7 @@ cdef class UpstreamConn:
             if self.status == 101:
                 self.close()  # no upgrade through a sink
             else:
-                self.pool.put(self)
+                self._put()
             sink.on_done(self)
 
     def take_body(self):
@@ -502,6 +520,19 @@ cdef class UpstreamConn:
         if self.write_paused and not self.closed:
             self.drain_waiter = _up_asyncio.get_running_loop().create_future()
             await self.drain_waiter
+
+    cdef _put(self):
+        """Pool.put(self) inline (client.Pool: kept idle, or closed)."""
+        if self.closed:
+            return
+        pool = self.pool
+        idle = pool.idle
+        if not self.keep or len(idle) >= pool.keepalive:
+            self.close()
+            return
+        self.waiter = self.body_waiter = None
+        self.on_ready = None
+        idle.append(self)
 
     def close(self):
         self.keep = False

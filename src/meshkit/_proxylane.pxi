@@ -1,0 +1,321 @@
+# The proxy lane (issue 21): a plain HTTP/1.1 request without a body to a `proxy` site,
+# from the client's read to the upstream and back, without a Python frame per request.
+# Called by the client lane (_lane.pxi, Lane.on_readable) with a read that is one whole
+# request head; the plans (one per request shape, made once by
+# meshkit.web.proxy.clientlane.plan) give the proxy block and the upstream head per
+# upstream. Per request: the block's picker, a kept UpstreamConn (_upstream.pxi), one
+# write of the head; the answer comes to _PLSink (C calls from the connection's
+# data_received) and goes to the client in one send(2) when it came whole with its head.
+# Everything else goes to clientlane's Python functions (the handler path's rules).
+# Included by _fastpath.pyx after _upstream.pxi: module-level names carry a _pl prefix.
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from meshkit.includes cimport lane as clane
+from meshkit.includes cimport sendfile as csend
+
+cdef object _pl_front = None   # meshkit.web.proxy.clientlane, imported at first use
+cdef object _pl_cached_head = None  # meshkit.web.http1.cached_head
+cdef object _pl_Headers = None
+cdef object _pl_Cached = None   # connstate.Event.CACHED
+cdef bint _pl_on = True
+cdef dict _pl_plans = {}        # (head bytes, client address, local port) -> _PLPlan, or
+                                # the Router for which that head never takes the lane
+cdef dict _pl_routers = {}      # Router -> whether any of its sites may take the lane
+cdef dict _pl_heads = {}        # (id(fields), status, length, head_only) -> (fields, head)
+cdef long long _pl_heads_second = 0
+cdef long long _pl_taken = 0    # requests the lane sent (tests check it ran)
+cdef Py_ssize_t _PL_PLANS = 4096
+cdef Py_ssize_t _PL_SMALL = 1 << 20  # answers sent from the lane in one send
+cdef int _PL_NEW = 0     # ConnState.NEW
+cdef int _PL_IDLE = 1    # ConnState.IDLE
+cdef int _PL_DL_NONE = 0  # meshkit.web.output.DL_NONE
+cdef int _PL_DL_IDLE = 3  # meshkit.web.output.DL_IDLE
+
+
+def proxy_lane_reset(bint on=True):
+    """Forget every plan (a reload, tests) and turn the lane on or off."""
+    global _pl_on
+    _pl_on = on
+    _pl_plans.clear()
+    _pl_routers.clear()
+    _pl_heads.clear()
+
+
+def proxy_lane_stats():
+    """(plans, routers) remembered and requests taken so far: for tests."""
+    return len(_pl_plans), len(_pl_routers), _pl_taken
+
+
+cdef int _pl_import() except -1:
+    global _pl_front, _pl_cached_head, _pl_Headers, _pl_Cached, _pl_on
+    from meshkit.web.proxy import clientlane
+    from meshkit.web.http1 import cached_head
+    from meshkit.web.message import Headers
+    from meshkit.web.connstate import Event
+    _pl_front = clientlane
+    _pl_cached_head = cached_head
+    _pl_Headers = Headers
+    _pl_Cached = Event.CACHED
+    if not clientlane.ENABLED:
+        _pl_on = False
+    return 0
+
+
+cdef bint _pl_router_may(object router):
+    """Whether any site of this router may take the lane (else the lane never looks)."""
+    known = _pl_routers.get(router)
+    if known is not None:
+        return known
+    if len(_pl_routers) >= 64:
+        _pl_routers.clear()
+    ok = bool(_pl_front.router_may(router))
+    _pl_routers[router] = ok
+    return ok
+
+
+cdef class _PLPlan:
+    """A clientlane.Plan's fields for C reads (the Plan itself is `py`)."""
+
+    cdef object py, router, remote_addr, proute, handler, client_ip, uri, header_value
+    cdef object heads_set
+    cdef list heads
+    cdef long local_port
+    cdef long header_limit, max_fields, max_field_line  # the server's, when it was made
+    cdef bint head_only, logged
+
+    def __init__(self, py):
+        self.py = py
+        self.router = py.router
+        self.remote_addr = py.remote_addr
+        self.local_port = py.local_port
+        self.proute = py.proute
+        self.handler = py.handler
+        self.client_ip = py.client_ip
+        self.uri = py.uri
+        self.header_value = py.header_value
+        self.head_only = py.head_only
+        self.logged = py.watch is not None
+        self.heads_set = None
+        self.heads = None
+
+
+cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
+    """1 when the lane took the request head `data` read on conn (answered or in flight),
+    0 to read it normally."""
+    if not _pl_on:
+        return 0
+    if _pl_front is None:
+        _pl_import()
+        if not _pl_on:
+            return 0
+    if conn._state > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
+        return 0
+    router = server._handler
+    # the upstream head depends on the client's address (X-Forwarded-For) and the local
+    # port (transparent's X-Forwarded-Port) besides the request head
+    key = (data, conn._remote_addr, conn._local_port)
+    known = _pl_plans.get(key)
+    if known is router:
+        return 0  # this head never takes the lane on this router
+    cdef _PLPlan plan = None
+    if type(known) is _PLPlan and (<_PLPlan>known).router is router:
+        plan = <_PLPlan>known
+        if (plan.header_limit != server._header_limit or plan.max_fields != server._max_fields
+                or plan.max_field_line != server._max_field_line):
+            plan = None  # the head limits changed (a reload): judge the head again
+    if plan is None:
+        if not _pl_router_may(router):
+            return 0
+        made = _pl_front.plan(server, conn, data)
+        if len(_pl_plans) >= _PL_PLANS:
+            _pl_plans.clear()
+        if made is None:
+            # a refusal is remembered as the router it was made for (a reload makes another)
+            _pl_plans[key] = router
+            return 0
+        plan = _PLPlan(made)
+        plan.header_limit = server._header_limit
+        plan.max_fields = server._max_fields
+        plan.max_field_line = server._max_field_line
+        _pl_plans[key] = plan
+    proute = plan.proute
+    uset = proute.set
+    picker = uset.picker
+    if picker is None:
+        return 0
+    handler = plan.handler
+    loop = handler._loop
+    if loop is None:
+        loop = handler._loop = server._loop
+    start = clane.lane_now()
+    ticket = picker.pick(loop.time(), plan.client_ip, plan.uri, plan.header_value)
+    if ticket is None:
+        return 0  # nothing to pick now: serve() waits out try_duration (picks again)
+    index = ticket.index
+    head = None
+    if plan.heads_set is uset:
+        head = plan.heads[index]
+    if head is None:
+        head = plan.py.head(uset, index)
+        plan.heads_set = plan.py.heads_set
+        plan.heads = plan.py.heads
+    if head is None:
+        picker.release(ticket)
+        return 0
+    global _pl_taken
+    _pl_taken += 1
+    conn.requests += 1
+    if conn._state == _PL_NEW:
+        conn._fire(_pl_Cached)
+    conn._streaming = True  # the connection's pipeline waits for this answer
+    conn._dkind = _PL_DL_NONE
+    # Pool.take_idle inline: the newest kept connection that is still open
+    up = None
+    idle = uset.pools[index].idle
+    while idle:
+        c = idle.pop()
+        if type(c) is not UpstreamConn:
+            idle.append(c)  # the twin's connection (MESHKIT_UPSTREAM_LANE=0): serve() uses it
+            break
+        if not (<UpstreamConn>c).closed:
+            up = c
+            break
+    if up is None:
+        _pl_front.no_kept(conn, plan.py, uset, ticket, start)
+        return 1
+    cdef _PLSink sink = _PLSink.__new__(_PLSink)
+    sink.plan = plan.py
+    sink.proute = proute
+    sink.conn = conn
+    sink.server = server
+    sink.fd = fd
+    sink.uset = uset
+    sink.ticket = ticket
+    sink.picker = picker
+    sink.start = start
+    sink.remote_port = conn._remote_port
+    sink.head_only = plan.head_only
+    sink.logged = plan.logged
+    (<UpstreamConn>up).request(head, plan.head_only, sink)
+    return 1
+
+
+cdef bytes _pl_client_head(object heads, int status, list raw, Py_ssize_t length):
+    """http1.cached_head of the client's fields for the upstream's `raw` ones (Heads.fields_for:
+    hop-by-hop dropped), remembered for the second by the (shared, remembered) raw list."""
+    global _pl_heads_second
+    cdef long long second = clane.lane_now_second()
+    if second != _pl_heads_second:
+        _pl_heads.clear()
+        _pl_heads_second = second
+    key = (id(raw), status, length)
+    known = _pl_heads.get(key)
+    if known is not None and (<tuple>known)[0] is raw and (<tuple>known)[1] is heads:
+        return <bytes>(<tuple>known)[2]
+    items, _ = heads.fields_for(raw)
+    head = _pl_cached_head(status, _pl_Headers(items), length, True, "1.1")
+    if len(_pl_heads) >= 1024:
+        _pl_heads.clear()
+    _pl_heads[key] = (raw, heads, head)
+    return head
+
+
+cdef class _PLSink(UpstreamSink):
+    """One request of the proxy lane in flight (the UpstreamConn's sink)."""
+
+    cdef public object plan, proute, conn, server, uset, ticket, picker, items, feed
+    cdef public int fd, status
+    cdef public double start
+    cdef public long remote_port
+    cdef public bint head_only, told, gone, logged
+    cdef list pieces
+    cdef Py_ssize_t size
+
+    cpdef on_head(self, UpstreamConn conn, int status, list headers):
+        self.told = True
+        self.status = status
+        self.items = headers  # the upstream's fields, shared and remembered by the conn
+        self.pieces = []
+        self.size = 0
+
+    cpdef on_body(self, UpstreamConn conn, bytes data):
+        feed = self.feed
+        if feed is not None:
+            if feed.closed:
+                # the client went away: as client._stream's close (not the upstream's fault)
+                if not self.gone:
+                    self.gone = True
+                    self.picker.release(self.ticket)
+                    conn.close()
+                return
+            feed.push(data, conn)
+            return
+        self.pieces.append(data)
+        self.size += PyBytes_GET_SIZE(data)
+
+    cpdef on_pending(self, UpstreamConn conn):
+        # the first read with the head ended before the body did: stream it, as the
+        # handler path streams a body that did not come whole with its head
+        if self.feed is None:
+            pieces, self.pieces = self.pieces, []
+            self.feed = _pl_front.streamed(self, self.status, self.items, pieces)
+
+    cpdef on_done(self, UpstreamConn conn):
+        self.picker.release(self.ticket)
+        feed = self.feed
+        if feed is not None:
+            feed.finish()
+            return
+        if self.status == 101:
+            # an upgrade nobody asked for (the connection is closed): 502, as _Fast answers
+            _pl_front.bad_upgrade(self)
+            return
+        self._answer()
+
+    cpdef on_error(self, UpstreamConn conn, object error, bint stale):
+        if self.gone:
+            return
+        _pl_front.failed(self, error, stale, self.feed is not None, self.feed)
+
+    cdef int _answer(self) except -1:
+        cdef list pieces = self.pieces
+        cdef bytes body
+        cdef bytes head
+        cdef bytes wire
+        cdef size_t sent = 0
+        cdef int state = csend.SEND_DONE
+        cdef int rc
+        conn = self.conn
+        server = self.server
+        if pieces is None:  # no head: cannot happen (on_done follows on_head)
+            pieces = []
+        body = b"".join(pieces) if len(pieces) != 1 else <bytes>pieces[0]
+        heads = self.proute.heads
+        if (conn._state != _PL_IDLE or server._shutting or heads.down_ops is not None
+                or conn._out or self.size > _PL_SMALL):
+            _pl_front.answered(self, self.status, self.items, body)
+            return 0
+        status = self.status
+        head = _pl_client_head(heads, status, self.items, PyBytes_GET_SIZE(body))
+        if self.head_only or status < 200 or status == 204 or status == 304 or not body:
+            wire = head
+        else:
+            wire = head + body
+        rc = csend.send_bytes(self.fd, PyBytes_AS_STRING(wire), <size_t>PyBytes_GET_SIZE(wire),
+                              &sent, &state)
+        if rc < 0:
+            conn._streaming = False
+            conn._abort()
+            return 0
+        if state != csend.SEND_DONE:
+            _pl_front.partial(self, wire, PyBytes_GET_SIZE(head), sent, status, self.items)
+            return 0
+        conn._streaming = False
+        if self.logged:  # the site's access log: its lines, as the writer would call them
+            _pl_front.logged(self, status, self.items, body,
+                             PyBytes_GET_SIZE(wire) - PyBytes_GET_SIZE(head))
+        if conn._queue or conn._deferred:
+            conn._flush_queue()
+        else:
+            conn._deadline = server._now + server._idle_timeout
+            conn._dkind = _PL_DL_IDLE
+        return 0

@@ -59,6 +59,17 @@ SLOW_TICK = 0.05
 """A raft tick longer than this (seconds) is logged: ticks must never block the loop."""
 
 
+def runq_wait() -> float:
+    """Seconds this thread has waited on the run queue for a CPU since it started (the second
+    field of /proc/thread-self/schedstat), 0.0 where the kernel does not say. A stall in which
+    the loop's thread waited this long was the host's doing, not work on the loop."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class StallLog:
     """The longest event-loop stalls seen (each a time on the monotonic clock, which every
     process of the host shares, and a length), so that a bench can ask a manager for the worst
@@ -69,21 +80,24 @@ class StallLog:
 
     def __init__(self) -> None:
         self.worst = 0.0
-        self.recent: deque[tuple[float, float, float]] = deque(maxlen=self.KEEP)
+        self.recent: deque[tuple[float, float, float, float]] = deque(maxlen=self.KEEP)
 
-    def note(self, held: float, cpu: float, now: float | None = None) -> None:
-        """A hold of `held` seconds during which this process used `cpu` seconds of CPU: a
-        stall with little CPU is the host starving the process, not work on the loop."""
+    def note(self, held: float, cpu: float, now: float | None = None, waited: float = 0.0) -> None:
+        """A hold of `held` seconds during which this process used `cpu` seconds of CPU (all
+        its threads) and the loop's thread `waited` seconds on the run queue for a CPU: a
+        stall mostly waited is the host starving the process, not work on the loop."""
         if held <= self.OVER:
             return
         self.worst = max(self.worst, held)
-        self.recent.append((time.monotonic() if now is None else now, held, cpu))
+        self.recent.append((time.monotonic() if now is None else now, held, cpu, waited))
 
     def status(self) -> dict[str, Any]:
         return {
             "loop_stall_max_ms": round(self.worst * 1000, 1),
+            # [monotonic time, ms held, CPU ms of the process, ms the loop waited for a CPU]
             "loop_stalls": [
-                [round(t, 3), round(h * 1000, 1), round(c * 1000, 1)] for t, h, c in self.recent
+                [round(t, 3), round(h * 1000, 1), round(c * 1000, 1), round(w * 1000, 1)]
+                for t, h, c, w in self.recent
             ],
         }
 
@@ -244,6 +258,7 @@ class RaftStore:
         self.stalls = StallLog()
         self._tick_due = 0.0
         self._tick_cpu = 0.0
+        self._tick_wait = 0.0
         self._last_tick_end = float("inf")  # no tick yet: nothing to make up for
         self._closed = False
         self.on_applied: Callable[[Mapping[str, Any], dict[str, Any]], None] | None = None
@@ -340,12 +355,17 @@ class RaftStore:
         if not self._closed:
             self._tick_due = time.monotonic() + self.timings.tick
             self._tick_cpu = time.process_time()
+            self._tick_wait = runq_wait()
             self._tick_handle = self._loop.call_later(self.timings.tick, self._tick)
 
     def _tick(self) -> None:
         # How late the timer fired is how long the loop was held by whatever ran before it
         # (raft's own tick, a reply built, a plan made): the manager's loop-stall probe.
-        self.stalls.note(time.monotonic() - self._tick_due, time.process_time() - self._tick_cpu)
+        self.stalls.note(
+            time.monotonic() - self._tick_due,
+            time.process_time() - self._tick_cpu,
+            waited=runq_wait() - self._tick_wait,
+        )
         self._tick_once()
         self._schedule()
 
@@ -353,7 +373,7 @@ class RaftStore:
         self._soon = None
         if self._obj is None:
             return
-        started, cpu = time.monotonic(), time.process_time()
+        started, cpu, wait0 = time.monotonic(), time.process_time(), runq_wait()
         if started - self._last_tick_end > self.timings.election_min / 2:
             self._hold_election(started + 2 * self.timings.append_period)
         try:
@@ -363,7 +383,7 @@ class RaftStore:
         self._last_tick_end = time.monotonic()
         took = self._last_tick_end - started
         self.slowest_tick = max(self.slowest_tick, took)
-        self.stalls.note(took, time.process_time() - cpu)
+        self.stalls.note(took, time.process_time() - cpu, waited=runq_wait() - wait0)
         if took > SLOW_TICK:
             log.warning("a raft tick held the event loop for %.0f ms", took * 1000)
         self._save_peers()

@@ -195,7 +195,12 @@ def raise_fd_limit(needed: int) -> None:
 
 def pin(core: int | None, nice: int = 0) -> Any:
     """The child's CPU and niceness (negative: a higher priority than the host's other work,
-    to tell stalls the host causes from ours: --manager-nice)."""
+    to tell stalls the host causes from ours: --manager-nice).
+
+    The child runs in a session of its own (start_new_session; setsid comes before this
+    function). With the kernel's autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled)
+    each session is a group that gets an equal share of a CPU whatever its processes' nice
+    values, so the niceness goes to the session's autogroup (/proc/self/autogroup) as well."""
     if core is None and not nice:
         return None
 
@@ -204,6 +209,8 @@ def pin(core: int | None, nice: int = 0) -> Any:
             os.sched_setaffinity(0, {core})
         if nice:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
+            with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+                f.write(str(nice))
 
     return _pin
 

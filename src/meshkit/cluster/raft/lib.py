@@ -25,7 +25,9 @@ import builtins
 import contextlib
 import gc
 import gzip
+import logging
 import os
+import random
 import signal
 import socket
 import struct
@@ -183,15 +185,32 @@ SLOW_LEADER_CAP = 3.0
 
 _on_message = SyncObj._SyncObj__onMessageReceived
 _raft_timeout = SyncObj._SyncObj__generateRaftTimeout
+_on_node_disconnected = SyncObj._SyncObj__onNodeDisconnected
+_set_state = SyncObj._SyncObj__setState
+
+DEAD_LEADER_TIMEOUT = (0.05, 0.3)
+"""Seconds (random in this range) a follower waits before it calls an election once its
+connection to the leader has closed: the leader's process is gone (a crash, a SIGKILL, a
+stop), its kernel closed the socket. A leader that is merely slow keeps its connections."""
+
+log = logging.getLogger("meshkit.cluster.raft")
+_FOLLOWER = syncobj_module._RAFT_STATE.FOLLOWER
+_CANDIDATE = syncobj_module._RAFT_STATE.CANDIDATE
+_LEADER = syncobj_module._RAFT_STATE.LEADER
 
 
 def _on_message_timed(self: Any, node: Any, message: Any) -> Any:
-    """Note how long the leader was silent before each of its appends (see _patient_timeout)."""
+    """Note how long the leader was silent before each of its appends (see _patient_timeout).
+
+    Only gaps between two appends of the same leader count: the gap across a leader change is
+    the election, not a slow leader."""
     if isinstance(message, dict) and message.get("type") == "append_entries":
         now = time.monotonic()
         last = getattr(self, "_mk_last_append", None)
+        same = getattr(self, "_mk_last_from", None) is node
         self._mk_last_append = now
-        if last is not None:
+        self._mk_last_from = node
+        if last is not None and same:
             gap = now - last
             slow, at = getattr(self, "_mk_slow", (0.0, 0.0))
             if gap >= slow or now - at > SLOW_LEADER_MEMORY:
@@ -203,23 +222,64 @@ def _patient_timeout(self: Any) -> float:
     """The election timeout, longer while the leader has lately been slow to send appends.
 
     A leader whose loop was held (or whose host starved it: three managers sharing a loaded
-    core, 5,000 nodes joining) goes silent for longer than the 0.4-1.4 s election timeout
-    while it is alive and still leading; the followers then called elections, and each one
-    failed the writes in flight (bench/cluster_heartbeats.py --services). A follower that has
-    seen its leader silent for `slow` seconds within the last minute waits up to twice that
-    longer (at most SLOW_LEADER_CAP). A leader that was prompt until it died (a crash, a
-    SIGKILL, a partition) is replaced as fast as before.
+    core, 5,000 nodes joining) goes silent for longer than the election timeout while it is
+    alive and still leading; the followers then called elections, and each one failed the
+    writes in flight (bench/cluster_heartbeats.py --services). A follower that has seen its
+    leader silent for `slow` seconds within the last minute waits up to twice that longer (at
+    most SLOW_LEADER_CAP). A leader that was prompt until it died (a crash, a SIGKILL, a
+    partition) is replaced as fast as before, and one whose process died whatever its
+    pace (its connection closes: _on_node_disconnected_fast).
     """
     base = float(_raft_timeout(self))
+    self._mk_timeout = base
     slow, at = getattr(self, "_mk_slow", (0.0, 0.0))
     conf = self._SyncObj__conf
     if time.monotonic() - at > SLOW_LEADER_MEMORY or slow <= 3 * conf.appendEntriesPeriod:
         return base
-    return base + min(SLOW_LEADER_CAP, 2 * slow)
+    self._mk_timeout = base + min(SLOW_LEADER_CAP, 2 * slow)
+    return float(self._mk_timeout)
+
+
+def _on_node_disconnected_fast(self: Any, node: Any) -> None:
+    """A follower whose connection to its leader closed calls an election soon (see
+    DEAD_LEADER_TIMEOUT), not after the whole (possibly grown) election timeout: the election
+    timeout is there for a leader that went silent, and can be long for one that was slow."""
+    _on_node_disconnected(self, node)
+    if node is not None and node is self._SyncObj__raftLeader and not self._isLeader():
+        soon = time.monotonic() + random.uniform(*DEAD_LEADER_TIMEOUT)
+        if self._SyncObj__raftElectionDeadline > soon:
+            self._SyncObj__raftElectionDeadline = soon
+            self._mk_leader_gone = True
+
+
+def _set_state_logged(self: Any, new_state: int) -> None:
+    """pysyncobj's state change, logged with why: a follower calling an election says how long
+    its leader was silent and its timeout; a leader stepping down says so (the 5,000-node bench
+    needs to tell an election a starved leader caused from one a dead leader did)."""
+    old = self._SyncObj__raftState
+    _set_state(self, new_state)
+    if new_state == old:
+        return
+    now = time.monotonic()
+    if new_state == _CANDIDATE and old == _FOLLOWER:
+        last = getattr(self, "_mk_last_append", None)
+        silent = "never heard" if last is None else f"silent for {now - last:.2f} s"
+        why = "its connection closed" if getattr(self, "_mk_leader_gone", False) else silent
+        log.warning(
+            "raft: calling an election (term %d): the leader %s (timeout %.2f s)",
+            self._SyncObj__raftCurrentTerm + 1,
+            why,
+            getattr(self, "_mk_timeout", float("nan")),
+        )
+    elif old == _LEADER:
+        log.warning("raft: no longer the leader (term %d)", self._SyncObj__raftCurrentTerm)
+    self._mk_leader_gone = False
 
 
 SyncObj._SyncObj__onMessageReceived = _on_message_timed
 SyncObj._SyncObj__generateRaftTimeout = _patient_timeout
+SyncObj._SyncObj__onNodeDisconnected = _on_node_disconnected_fast
+SyncObj._SyncObj__setState = _set_state_logged
 
 __all__ = [
     "FAIL_REASON",

@@ -33,18 +33,30 @@ from typing import Any
 STALL_MS = 100.0  # the issue's goal: no stall over this on a manager
 
 
-def sched_ms(pid: int) -> tuple[float, float]:
-    """(ms on a CPU, ms waiting on the run queue) summed over the process's threads; threads
-    that ended are not counted (compare two readings of a long-lived process only)."""
-    run = wait = 0
+def sched_ms(pid: int) -> dict[str, tuple[float, float]]:
+    """Per thread id: (ms on a CPU, ms waiting on the run queue) since the thread began."""
+    out: dict[str, tuple[float, float]] = {}
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
                     fields = f.read().split()
-                run += int(fields[0])
-                wait += int(fields[1])
-    return run / 1e6, wait / 1e6
+                out[tid] = (int(fields[0]) / 1e6, int(fields[1]) / 1e6)
+    return out
+
+
+def sched_delta(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> tuple[float, float]:
+    """(run ms, wait ms) of a process between two `sched_ms` readings: threads in both only
+    (a thread's figures count from its start, so a new one would add time before `before`)."""
+    run = wait = 0.0
+    for tid, (r1, w1) in after.items():
+        if tid in before:
+            r0, w0 = before[tid]
+            run += r1 - r0
+            wait += w1 - w0
+    return run, wait
 
 
 Stall = tuple[float, float, float, float]  # monotonic time, ms held, CPU ms, ms waited
@@ -129,6 +141,9 @@ class ProbeTotals:
 class GrowthMonitor:
     """Polls the managers while the fleet grows; `stop()` returns the totals."""
 
+    _last: float
+    _sched: dict[str, dict[str, tuple[float, float]]]
+
     def __init__(
         self,
         managers: Callable[[], Sequence[Any]],  # live Manager objects (name, pid, call)
@@ -160,7 +175,6 @@ class GrowthMonitor:
     async def _run(self) -> None:
         self._last = time.monotonic()
         self._sched = {m.name: sched_ms(m.pid) for m in self._managers()}
-        self._start_sched = dict(self._sched)
         while True:
             await asyncio.sleep(self._every)
             await self._sample()
@@ -183,16 +197,22 @@ class GrowthMonitor:
             for s in stalls:
                 if self._last <= s[0] <= now:
                     total.add(s)
-            run, wait = sched_ms(m.pid)
-            run0, wait0 = self._sched.get(m.name, (run, wait))
-            self._sched[m.name] = (run, wait)
-            first = self._start_sched.get(m.name, (run, wait))
-            self.totals.run_ms[m.name] = run - first[0]
-            self.totals.wait_ms[m.name] = wait - first[1]
+            now_sched = sched_ms(m.pid)
+            before = self._sched.get(m.name, now_sched)
+            run, wait = sched_delta(before, now_sched)
+            loop_pair = str(m.pid)  # the main thread, the event loop's
+            loop_wait = sched_delta(
+                {loop_pair: before.get(loop_pair, (0.0, 0.0))},
+                {loop_pair: now_sched.get(loop_pair, (0.0, 0.0))},
+            )[1]
+            self._sched[m.name] = now_sched
+            self.totals.run_ms[m.name] = self.totals.run_ms.get(m.name, 0.0) + run
+            self.totals.wait_ms[m.name] = self.totals.wait_ms.get(m.name, 0.0) + wait
             lead = "*" if st.get("is_leader") else ""
             parts.append(
-                f"{m.name}{lead} t{st.get('term')} run {(run - run0) / span:.0f}/wait "
-                f"{(wait - wait0) / span:.0f} ms/s, {recent.text()}"
+                f"{m.name}{lead} t{st.get('term')} run {run / span:.0f}/wait "
+                f"{wait / span:.0f} ms/s (loop thread waited {loop_wait / span:.0f}), "
+                f"{recent.text()}"
             )
         self._last = now
         if not final:
@@ -211,8 +231,19 @@ class PySpy:
             print("py-spy not found: no profile", file=sys.stderr)
             return
         self.proc = subprocess.Popen(
-            [exe, "record", "--nonblocking", "--format", "raw", "--rate", "50",
-             "--pid", str(pid), "--output", str(out)],
+            [
+                exe,
+                "record",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--rate",
+                "50",
+                "--pid",
+                str(pid),
+                "--output",
+                str(out),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -126,9 +126,7 @@ class Membership:
                 )
             self.liveness.beat(self.node.node_id, time.monotonic())
             store.reconcile_members(self._raft_members(st))
-            changes = self.liveness.changes(
-                {n.id: n.status for n in st.nodes.values()}, time.monotonic()
-            )
+            changes = self.liveness.node_changes(st.nodes, time.monotonic())
             if changes and store.has_quorum:
                 try:
                     await store.submit(

@@ -1301,6 +1301,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "the host causes from ours)",
     )
     parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="this process's niceness (the simulated nodes; also its session's autogroup): "
+        "a starved client makes late beats and failed joins of its own",
+    )
+    parser.add_argument(
         "--probe-every",
         type=float,
         default=10.0,
@@ -1344,6 +1351,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--window and --period must be positive, --ready-samples at least 1")
     if not 1 <= args.managers <= 254:
         parser.error("--managers: 1 to 254 (one per address 127.0.0.N)")
+    if args.client_nice:
+        pin(None, args.client_nice)()
     cpus = sorted(os.sched_getaffinity(0))
     if args.no_pin:
         args.manager_core = args.client_core = None

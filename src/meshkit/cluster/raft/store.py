@@ -32,6 +32,7 @@ import gc
 import json
 import logging
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -59,15 +60,28 @@ SLOW_TICK = 0.05
 """A raft tick longer than this (seconds) is logged: ticks must never block the loop."""
 
 
+_SCHEDSTAT_FDS: dict[int, int] = {}  # native thread id -> its open schedstat (read with pread)
+
+
 def runq_wait() -> float:
     """Seconds this thread has waited on the run queue for a CPU since it started (the second
     field of /proc/thread-self/schedstat), 0.0 where the kernel does not say. A stall in which
-    the loop's thread waited this long was the host's doing, not work on the loop."""
-    try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return 0.0
+    the loop's thread waited this long was the host's doing, not work on the loop. The file
+    stays open (one pread per call: the raft tick asks several times per tick)."""
+    tid = threading.get_native_id()
+    for _ in range(2):  # a second try with a fresh fd: a reused thread id's old file is gone
+        fd = _SCHEDSTAT_FDS.pop(tid, None)
+        try:
+            if fd is None:
+                fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+            value = int(os.pread(fd, 128, 0).split()[1]) / 1e9
+        except (OSError, ValueError, IndexError):
+            if fd is not None:
+                os.close(fd)
+            continue
+        _SCHEDSTAT_FDS[tid] = fd
+        return value
+    return 0.0
 
 
 class StallLog:

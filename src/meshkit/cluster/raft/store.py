@@ -451,6 +451,12 @@ class RaftStore:
         return self._machine.state
 
     @property
+    def caught_up(self) -> bool:
+        """Every entry this replica knows committed is applied (cheap: no status dict)."""
+        obj = self._obj
+        return obj is None or obj.raftLastApplied >= obj.raftCommitIndex
+
+    @property
     def is_leader(self) -> bool:
         return self._obj is not None and bool(self._obj._isLeader())
 

@@ -125,3 +125,44 @@ def test_a_stopped_leader_is_replaced_by_a_follower_that_saw_its_connection_clos
                 s.close()
 
     asyncio.run(main())
+
+
+def test_an_idle_link_is_not_a_dead_one_but_an_unanswered_one_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two followers' link is idle while a leader lives: the first vote request on it must go
+    out (pysyncobj dropped the link instead); a link whose sends get no answer still drops."""
+    clock = [100.0]
+    monkeypatch.setattr(lib.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(lib, "_tcp_send", lambda conn, message: lib._timeout_if_unanswered(conn))
+    dropped: list[str] = []
+
+    def link() -> SimpleNamespace:
+        conn = SimpleNamespace(
+            state=lib._CONNECTED, _TcpConnection__lastReadTime=clock[0], _TcpConnection__timeout=3.5
+        )
+        conn.disconnect = lambda: dropped.append("x")
+        return conn
+
+    follower_link = link()
+    lib._send_noting_wait(follower_link, "handshake")  # never answered
+    clock[0] += 60.0  # a minute of a live leader: nothing on this link
+    lib._timeout_if_unanswered(follower_link)  # a read event (the other's vote request)
+    lib._send_noting_wait(follower_link, "request_vote")
+    assert dropped == []
+    clock[0] += 1.0
+    follower_link._TcpConnection__lastReadTime = clock[0]  # the vote came back
+
+    leader_link = link()
+    for _ in range(30):  # appends every 0.1 s, the follower answers
+        clock[0] += 0.1
+        lib._send_noting_wait(leader_link, "append")
+        leader_link._TcpConnection__lastReadTime = clock[0]
+    for _ in range(30):  # the follower is cut off: 3 s of unanswered appends, not yet dropped
+        clock[0] += 0.1
+        lib._send_noting_wait(leader_link, "append")
+    assert dropped == []
+    for _ in range(8):
+        clock[0] += 0.1
+        lib._send_noting_wait(leader_link, "append")
+    assert dropped  # over the 3.5 s connection timeout with every send unanswered

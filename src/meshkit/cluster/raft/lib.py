@@ -73,6 +73,53 @@ def _parse_capped_message(conn: Any) -> Any:
 
 tcp_connection.TcpConnection._TcpConnection__processParseMessage = _parse_capped_message
 
+_tcp_send = tcp_connection.TcpConnection.send
+_tcp_timeout_check = tcp_connection.TcpConnection._TcpConnection__processConnectionTimeout
+_CONNECTED = tcp_connection.CONNECTION_STATE.CONNECTED
+
+
+def _send_noting_wait(conn: Any, message: Any) -> Any:
+    """pysyncobj's send, noting when this side began to wait for an answer: the first send
+    since the last read, or the first after the link was idle (no send for the timeout:
+    a connection's handshake is never answered, an idle link's last send is old news)."""
+    now = time.monotonic()
+    waiting = getattr(conn, "_mk_waiting_since", None)
+    last = getattr(conn, "_mk_last_send", None)
+    idle = last is None or now - last > conn._TcpConnection__timeout
+    if waiting is None or idle or conn._TcpConnection__lastReadTime >= waiting:
+        conn._mk_waiting_since = now
+    conn._mk_last_send = now
+    return _tcp_send(conn, message)
+
+
+def _timeout_if_unanswered(conn: Any) -> None:
+    """An established connection times out when what this side sent got no answer for the
+    connection timeout, not merely when nothing was read for that long.
+
+    pysyncobj dropped any connection with nothing read for `connectionTimeout` (3.5 s) at its
+    next send or read event. Two followers never talk while a leader lives, so their link was
+    always "timed out": the candidate's vote request, the first message in seconds, closed the
+    link instead of going out (and the other follower, seeing it arrive, closed its end before
+    reading it). Every election after a leader died then failed once and waited out a second
+    election timeout (bench/cluster_chaos.py: 1.3-2.1 s from a SIGKILL to a new leader instead
+    of a few hundred ms). A leader's link to a silent follower still times out as before: the
+    leader sends to it every append period. Links still connecting keep pysyncobj's rule."""
+    if conn.state != _CONNECTED:
+        _tcp_timeout_check(conn)
+        return
+    waiting = getattr(conn, "_mk_waiting_since", None)
+    if waiting is None or conn._TcpConnection__lastReadTime >= waiting:
+        return  # everything sent was answered
+    now, timeout = time.monotonic(), conn._TcpConnection__timeout
+    if now - getattr(conn, "_mk_last_send", waiting) > timeout:
+        return  # nothing sent lately: an idle link (a follower's to a follower), not a dead one
+    if now - waiting > timeout:
+        conn.disconnect()
+
+
+tcp_connection.TcpConnection.send = _send_noting_wait
+tcp_connection.TcpConnection._TcpConnection__processConnectionTimeout = _timeout_if_unanswered
+
 
 def _private_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
     """``open`` for pysyncobj's file modules: new files are 0600."""

@@ -74,16 +74,17 @@ def test_a_stopped_leader_is_replaced_by_a_follower_that_saw_its_connection_clos
 ) -> None:
     """Real stores: the leader stops (its sockets close); the followers' election is called
     because the connection closed, not at the end of their (long) election timeout."""
-    # An election timeout far longer than the test: only the closed connection can elect.
+    # An election timeout of 4-5 s: an election called sooner can only be the closed
+    # connection's (the log says which); a split vote is retried after it.
     timings = RaftTimings(
         tick=0.01, election_min=0.3, election_max=0.5, append_period=0.05, retry=0.3
     )
     slow = RaftTimings(
         tick=0.01,
-        election_min=30.0,
-        election_max=31.0,
+        election_min=4.0,
+        election_max=5.0,
         append_period=0.05,
-        connection_timeout=31.0,
+        connection_timeout=5.0,
     )
 
     async def until(what: object, timeout: float = 20.0) -> None:
@@ -166,3 +167,21 @@ def test_an_idle_link_is_not_a_dead_one_but_an_unanswered_one_is(
         clock[0] += 0.1
         lib._send_noting_wait(leader_link, "append")
     assert dropped  # over the 3.5 s connection timeout with every send unanswered
+
+
+def test_no_patience_once_the_leader_is_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lib, "_on_message", lambda *_args: None)
+    conf = SimpleNamespace(raftMinTimeout=0.8, raftMaxTimeout=0.8, appendEntriesPeriod=0.1)
+    follower = SimpleNamespace(_SyncObj__conf=conf, _SyncObj__raftState=lib._FOLLOWER)
+    clock = [100.0]
+    monkeypatch.setattr(lib.time, "monotonic", lambda: clock[0])
+    leader = object()
+    for gap in (0.1, 1.0):  # a leader seen slow: patience
+        clock[0] += gap
+        lib._on_message_timed(follower, leader, {"type": "append_entries", "term": 1})
+    assert lib._patient_timeout(follower) == pytest.approx(0.8 + 2.0)
+    follower._mk_leader_gone = True  # its connection closed
+    assert lib._patient_timeout(follower) == pytest.approx(0.8)
+    follower._mk_leader_gone = False
+    follower._SyncObj__raftState = lib._CANDIDATE  # a split vote: the next round
+    assert lib._patient_timeout(follower) == pytest.approx(0.8)

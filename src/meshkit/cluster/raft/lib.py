@@ -235,10 +235,12 @@ _raft_timeout = SyncObj._SyncObj__generateRaftTimeout
 _on_node_disconnected = SyncObj._SyncObj__onNodeDisconnected
 _set_state = SyncObj._SyncObj__setState
 
-DEAD_LEADER_TIMEOUT = (0.05, 0.3)
+DEAD_LEADER_TIMEOUT = (0.05, 0.5)
 """Seconds (random in this range) a follower waits before it calls an election once its
 connection to the leader has closed: the leader's process is gone (a crash, a SIGKILL, a
-stop), its kernel closed the socket. A leader that is merely slow keeps its connections."""
+stop), its kernel closed the socket. A leader that is merely slow keeps its connections.
+Both followers see the close at once: the range is wide enough that one usually asks for
+votes before the other's deadline (a split vote costs a whole election timeout)."""
 
 log = logging.getLogger("meshkit.cluster.raft")
 _FOLLOWER = syncobj_module._RAFT_STATE.FOLLOWER
@@ -279,6 +281,14 @@ def _patient_timeout(self: Any) -> float:
     """
     base = float(_raft_timeout(self))
     self._mk_timeout = base
+    if (
+        getattr(self, "_mk_leader_gone", False)
+        or getattr(self, "_SyncObj__raftState", 0) == _CANDIDATE
+    ):
+        # no leader to be patient with: its connection closed, or this replica is already
+        # a candidate (a split vote after a leader died is retried at the usual pace, not
+        # after a timeout grown for a leader that was slow under load)
+        return base
     slow, at = getattr(self, "_mk_slow", (0.0, 0.0))
     conf = self._SyncObj__conf
     if time.monotonic() - at > SLOW_LEADER_MEMORY or slow <= 3 * conf.appendEntriesPeriod:

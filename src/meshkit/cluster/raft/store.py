@@ -165,7 +165,7 @@ class RaftTimings:
 
     The election timeout (0.8-1.6 s) is for a leader gone silent (a partition, a hung host);
     a follower whose connection to the leader closes (its process died) calls an election in
-    0.05-0.3 s (`lib.DEAD_LEADER_TIMEOUT`). It was 0.4-1.4 s: at 5,000 nodes on a shared core
+    0.05-0.5 s (`lib.DEAD_LEADER_TIMEOUT`). It was 0.4-1.4 s: at 5,000 nodes on a shared core
     a live leader starved by its host for 0.5-0.9 s (its loop's thread runnable, waiting for
     a CPU: bench/cluster_heartbeats.py's stall probe) lost its leadership to it."""
 

@@ -259,6 +259,7 @@ def _on_message_timed(self: Any, node: Any, message: Any) -> Any:
         same = getattr(self, "_mk_last_from", None) is node
         self._mk_last_append = now
         self._mk_last_from = node
+        self._mk_leader_gone = False  # a leader speaks (back after a dropped link, or new)
         if last is not None and same:
             gap = now - last
             slow, at = getattr(self, "_mk_slow", (0.0, 0.0))

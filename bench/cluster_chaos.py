@@ -557,6 +557,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="smoke test: one kill, no partition")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument(
+        "--keep-logs",
+        metavar="DIR",
+        default="",
+        help="copy the managers' logs here at the end (their elections, with why)",
+    )
+    parser.add_argument(
         "--check-goals", action="store_true", help="exit 3 when the stretch goal is missed"
     )
     parser.add_argument(
@@ -648,6 +654,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         cluster.stop_all()
         lab.close()  # the namespaces, their links, anything left in them
+        if args.keep_logs:
+            Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+            for f in Path(tmp).glob("*.log"):
+                shutil.copy(f, Path(args.keep_logs) / f.name)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -89,7 +89,10 @@ try:
     import meshkit  # noqa: F401
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(SRC_DIR))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cluster_probe as probe  # noqa: E402  (the stall classes, run-queue waits, py-spy)
 from meshkit.cluster.node.bootstrap import JOIN_RETRY_CODES  # noqa: E402
 from meshkit.cluster.node.managers import FAILOVER_CODES  # noqa: E402
 from meshkit.cluster.rpc.pki import (  # noqa: E402
@@ -190,12 +193,24 @@ def raise_fd_limit(needed: int) -> None:
         log(f"warning: only {want} file descriptors allowed; {needed} wanted")
 
 
-def pin(core: int | None) -> Any:
-    if core is None:
+def pin(core: int | None, nice: int = 0) -> Any:
+    """The child's CPU and niceness (negative: a higher priority than the host's other work,
+    to tell stalls the host causes from ours: --manager-nice).
+
+    The child runs in a session of its own (start_new_session; setsid comes before this
+    function). With the kernel's autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled)
+    each session is a group that gets an equal share of a CPU whatever its processes' nice
+    values, so the niceness goes to the session's autogroup (/proc/self/autogroup) as well."""
+    if core is None and not nice:
         return None
 
     def _pin() -> None:
-        os.sched_setaffinity(0, {core})
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
+            with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as f:
+                f.write(str(nice))
 
     return _pin
 
@@ -276,7 +291,7 @@ class Manager:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C reaches us only; we stop it by pid
-                preexec_fn=pin(args.manager_core),
+                preexec_fn=pin(args.manager_core, getattr(args, "manager_nice", 0)),
                 env=env,
             )
         shown = [("<manager token>" if c == join[0] else c) for c in self.cmd] if join else self.cmd
@@ -768,6 +783,10 @@ class ManagerLoad:
     stall_ms: float = float("nan")  # worst event-loop stall over the level (growth + window)
     window_stall_ms: float = float("nan")  # ... within the CPU window only
     stall_cpu_ms: float = float("nan")  # CPU the manager used during its worst stall
+    stalls_over: int = 0  # stalls over 100 ms, growth + window (cluster_probe.GrowthMonitor)
+    stalls_starved: int = 0  # ... in which the loop's thread waited for a CPU over half
+    stalls_busy: int = 0  # ... the others: work on the loop (ours)
+    wait_ms_per_s: float = float("nan")  # run-queue wait of its threads, growth + window
 
 
 @dataclass
@@ -838,25 +857,25 @@ async def raft_term(cluster: Cluster) -> int:
     return max(terms)
 
 
-async def loop_stalls(m: Manager) -> list[tuple[float, float, float]]:
+async def loop_stalls(m: Manager) -> list[probe.Stall]:
     """The manager's recent event-loop stalls: (monotonic time, ms, CPU ms the process used
-    meanwhile), from ``cluster_status`` (the raft store's tick timer, which fires late by as
-    long as the loop was held)."""
+    meanwhile, ms its loop's thread waited for a CPU), from ``cluster_status`` (the raft
+    store's tick timer, which fires late by as long as the loop was held)."""
     try:
         st = await m.call("cluster_status")
     except RpcError:
         return []
-    return [(float(e[0]), float(e[1]), float(e[2])) for e in st.get("loop_stalls") or []]
+    return probe.parse_stalls(st)
 
 
-def worst_stall(stalls: list[tuple[float, float, float]], since: float, until: float) -> float:
+def worst_stall(stalls: list[probe.Stall], since: float, until: float) -> float:
     """The longest stall that ended within [since, until] (0 when none over 20 ms)."""
-    return max((ms for t, ms, _cpu in stalls if since <= t <= until), default=0.0)
+    return max((s[1] for s in stalls if since <= s[0] <= until), default=0.0)
 
 
-def worst_stall_cpu(stalls: list[tuple[float, float, float]], since: float, until: float) -> float:
+def worst_stall_cpu(stalls: list[probe.Stall], since: float, until: float) -> float:
     """The CPU the process used during that longest stall (far below it: the host starved it)."""
-    inside = [(ms, cpu) for t, ms, cpu in stalls if since <= t <= until]
+    inside = [(s[1], s[2]) for s in stalls if since <= s[0] <= until]
     return max(inside)[1] if inside else 0.0
 
 
@@ -866,7 +885,17 @@ async def measure_level(
     log(f"growing the fleet to {count} nodes ...")
     level_began = time.monotonic()
     term0 = await raft_term(cluster)
-    join_rate = await fleet.grow_to(count)
+    monitor = probe.GrowthMonitor(cluster.live, lambda: len(fleet.nodes), log, args.probe_every)
+    monitor.start()
+    spy = None
+    if args.profile_leader and count == args.nodes[-1]:
+        spy = probe.PySpy((await cluster.leader()).pid, Path(args.profile_leader), args.client_core)
+    try:
+        join_rate = await fleet.grow_to(count)
+    finally:
+        if spy is not None:
+            spy.stop()
+            log(f"py-spy profile of the leader during the growth: {args.profile_leader}")
     cluster.check_alive()
     await asyncio.sleep(fleet.period + 1.0)  # every node beating at steady state
     leader0 = await cluster.leader()
@@ -879,6 +908,9 @@ async def measure_level(
     core1, self1, t1 = core_jiffies(args.manager_core), self_cpu_seconds(), time.monotonic()
     stats = fleet.stats
     fleet.stats = BeatStats()  # the new nodes timed below count in no window
+    totals = await monitor.stop()
+    for m in live:
+        log(f"  growth + window, {totals.text(m.name)}")
     cluster.check_alive()
     leader1 = await cluster.leader()
     elapsed = t1 - t0
@@ -893,6 +925,10 @@ async def measure_level(
             stall_ms=worst_stall(stalls[m.name], level_began, t1),
             stall_cpu_ms=worst_stall_cpu(stalls[m.name], level_began, t1),
             window_stall_ms=worst_stall(stalls[m.name], t0, t1),
+            stalls_over=totals.classes.get(m.name, probe.StallClasses()).over,
+            stalls_starved=totals.classes.get(m.name, probe.StallClasses()).starved,
+            stalls_busy=totals.classes.get(m.name, probe.StallClasses()).busy,
+            wait_ms_per_s=totals.wait_ms.get(m.name, 0.0) / max(totals.seconds, 1e-9),
         )
         for m in live
     ]
@@ -1258,6 +1294,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-pin", action="store_true", help="pin nothing")
     parser.add_argument(
+        "--manager-nice",
+        type=int,
+        default=0,
+        help="the managers' niceness (e.g. -10: before the host's other work; tells stalls "
+        "the host causes from ours)",
+    )
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        help="this process's niceness (the simulated nodes; also its session's autogroup): "
+        "a starved client makes late beats and failed joins of its own",
+    )
+    parser.add_argument(
+        "--probe-every",
+        type=float,
+        default=10.0,
+        help="seconds between the growth monitor's lines (stalls, run/wait per manager)",
+    )
+    parser.add_argument(
+        "--profile-leader",
+        metavar="FILE",
+        default="",
+        help="py-spy record (raw stacks) of the leader during the last size's growth",
+    )
+    parser.add_argument(
         "--check-goals", action="store_true", help="exit 3 when the 1,000-node goal is missed"
     )
     parser.add_argument(
@@ -1289,6 +1351,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--window and --period must be positive, --ready-samples at least 1")
     if not 1 <= args.managers <= 254:
         parser.error("--managers: 1 to 254 (one per address 127.0.0.N)")
+    if args.client_nice:
+        pin(None, args.client_nice)()
     cpus = sorted(os.sched_getaffinity(0))
     if args.no_pin:
         args.manager_core = args.client_core = None

@@ -133,14 +133,42 @@ def test_stall_log_keeps_the_worst_and_the_recent_ones() -> None:
     log = StallLog()
     log.note(0.001, 0.001, now=1.0)  # not a stall
     log.note(0.25, 0.2, now=2.0)
-    log.note(0.05, 0.0, now=3.0)  # the host ran something else
+    log.note(0.05, 0.0, now=3.0, waited=0.045)  # the host ran something else
     status = log.status()
     assert status["loop_stall_max_ms"] == 250.0
-    assert status["loop_stalls"] == [[2.0, 250.0, 200.0], [3.0, 50.0, 0.0]]
+    assert status["loop_stalls"] == [[2.0, 250.0, 200.0, 0.0], [3.0, 50.0, 0.0, 45.0]]
     for i in range(StallLog.KEEP + 5):
         log.note(0.03, 0.03, now=10.0 + i)
     assert len(log.status()["loop_stalls"]) == StallLog.KEEP
     assert log.status()["loop_stall_max_ms"] == 250.0
+
+
+def test_run_queue_wait_grows_while_a_busy_thread_shares_the_cpu() -> None:
+    """runq_wait() reads the kernel's per-thread run-queue wait: two busy processes pinned on
+    one CPU must each wait for it (the figure that tells a starved loop from a busy one)."""
+    import subprocess
+    import sys
+
+    from meshkit.cluster.raft.store import runq_wait
+
+    if not os.path.exists("/proc/thread-self/schedstat"):
+        pytest.skip("the kernel keeps no schedstat")
+    cpu = min(os.sched_getaffinity(0))
+    spin = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    mine = os.sched_getaffinity(0)
+    rival = subprocess.Popen(
+        [sys.executable, "-c", spin], preexec_fn=lambda: os.sched_setaffinity(0, {cpu})
+    )
+    try:
+        os.sched_setaffinity(0, {cpu})
+        before = runq_wait()
+        end = time.process_time() + 0.2
+        while time.process_time() < end:
+            pass
+        assert runq_wait() - before > 0.02
+    finally:
+        os.sched_setaffinity(0, mine)
+        rival.wait()
 
 
 def test_a_late_tick_timer_counts_as_a_loop_stall(tmp_path: Path) -> None:

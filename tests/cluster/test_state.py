@@ -150,3 +150,20 @@ def test_liveness_down_after_three_missed_beats_and_ready_at_next() -> None:
     assert lv.changes({W1: "down"}, 117.0) == {}
     with pytest.raises(ValueError):
         cs.Liveness(period=0)
+
+
+def test_liveness_node_changes_agree_with_changes() -> None:
+    """The leader's scan over the node records gives what `changes` gives for their statuses."""
+    from types import SimpleNamespace
+
+    lv = cs.Liveness(period=5.0, misses=3)
+    lv.start(100.0)
+    lv.beat(M1, 110.0)
+    for now, statuses in (
+        (114.9, {M1: "ready", W1: "ready"}),
+        (115.1, {M1: "ready", W1: "ready"}),
+        (115.1, {M1: "down", W1: "down"}),
+    ):
+        nodes = {k: SimpleNamespace(status=v) for k, v in statuses.items()}
+        assert lv.node_changes(nodes, now) == lv.changes(statuses, now)
+    assert lv.node_changes({W1: SimpleNamespace(status="ready")}, 115.1) == {W1: "down"}

@@ -303,9 +303,9 @@ class Agent:
         if op in ("set_role", "leave", "remove_node") and "ok" in result:
             if result["ok"].get("node_id") == self.node_id and op == "set_role":
                 asyncio.get_running_loop().call_soon(self.roles.check_own_role)
-            self.membership.check_now.set()
+            self.membership.check_all()
         if op == "set_status":
-            self.membership.check_now.set()
+            self.membership.check_nodes(cmd.get("statuses") or ())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)

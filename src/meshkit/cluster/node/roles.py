@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 Applied = Callable[[Any, dict[str, Any]], None]
 
 
+def store_caught_up(store: RaftStore | EtcdStore) -> bool:
+    """The replica has applied every entry it knows committed. Asked twice a second: a raft
+    store answers from two counters, not its whole status (which renders the stall list)."""
+    if isinstance(store, RaftStore):
+        return store.caught_up
+    status = store.status()
+    return bool(status["last_applied"] >= status["commit_index"])
+
+
 class Roles:
     """This node's raft replica, and its moves between the worker and manager roles."""
 
@@ -147,8 +156,7 @@ class Roles:
 
     def sync_lock(self, store: RaftStore | EtcdStore) -> None:
         st = store.state
-        status = store.status()
-        if not st.initialized or status["last_applied"] < status["commit_index"]:
+        if not st.initialized or not store_caught_up(store):
             return
         want = self.sealer.open(st.unlock_key) if st.autolock and st.unlock_key else None
         gate = autolock.gate_for(self.raft_dir)

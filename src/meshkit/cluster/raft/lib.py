@@ -25,7 +25,9 @@ import builtins
 import contextlib
 import gc
 import gzip
+import logging
 import os
+import random
 import signal
 import socket
 import struct
@@ -70,6 +72,53 @@ def _parse_capped_message(conn: Any) -> Any:
 
 
 tcp_connection.TcpConnection._TcpConnection__processParseMessage = _parse_capped_message
+
+_tcp_send = tcp_connection.TcpConnection.send
+_tcp_timeout_check = tcp_connection.TcpConnection._TcpConnection__processConnectionTimeout
+_CONNECTED = tcp_connection.CONNECTION_STATE.CONNECTED
+
+
+def _send_noting_wait(conn: Any, message: Any) -> Any:
+    """pysyncobj's send, noting when this side began to wait for an answer: the first send
+    since the last read, or the first after the link was idle (no send for the timeout:
+    a connection's handshake is never answered, an idle link's last send is old news)."""
+    now = time.monotonic()
+    waiting = getattr(conn, "_mk_waiting_since", None)
+    last = getattr(conn, "_mk_last_send", None)
+    idle = last is None or now - last > conn._TcpConnection__timeout
+    if waiting is None or idle or conn._TcpConnection__lastReadTime >= waiting:
+        conn._mk_waiting_since = now
+    conn._mk_last_send = now
+    return _tcp_send(conn, message)
+
+
+def _timeout_if_unanswered(conn: Any) -> None:
+    """An established connection times out when what this side sent got no answer for the
+    connection timeout, not merely when nothing was read for that long.
+
+    pysyncobj dropped any connection with nothing read for `connectionTimeout` (3.5 s) at its
+    next send or read event. Two followers never talk while a leader lives, so their link was
+    always "timed out": the candidate's vote request, the first message in seconds, closed the
+    link instead of going out (and the other follower, seeing it arrive, closed its end before
+    reading it). Every election after a leader died then failed once and waited out a second
+    election timeout (bench/cluster_chaos.py: 1.3-2.1 s from a SIGKILL to a new leader instead
+    of a few hundred ms). A leader's link to a silent follower still times out as before: the
+    leader sends to it every append period. Links still connecting keep pysyncobj's rule."""
+    if conn.state != _CONNECTED:
+        _tcp_timeout_check(conn)
+        return
+    waiting = getattr(conn, "_mk_waiting_since", None)
+    if waiting is None or conn._TcpConnection__lastReadTime >= waiting:
+        return  # everything sent was answered
+    now, timeout = time.monotonic(), conn._TcpConnection__timeout
+    if now - getattr(conn, "_mk_last_send", waiting) > timeout:
+        return  # nothing sent lately: an idle link (a follower's to a follower), not a dead one
+    if now - waiting > timeout:
+        conn.disconnect()
+
+
+tcp_connection.TcpConnection.send = _send_noting_wait
+tcp_connection.TcpConnection._TcpConnection__processConnectionTimeout = _timeout_if_unanswered
 
 
 def _private_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
@@ -183,15 +232,35 @@ SLOW_LEADER_CAP = 3.0
 
 _on_message = SyncObj._SyncObj__onMessageReceived
 _raft_timeout = SyncObj._SyncObj__generateRaftTimeout
+_on_node_disconnected = SyncObj._SyncObj__onNodeDisconnected
+_set_state = SyncObj._SyncObj__setState
+
+DEAD_LEADER_TIMEOUT = (0.05, 0.5)
+"""Seconds (random in this range) a follower waits before it calls an election once its
+connection to the leader has closed: the leader's process is gone (a crash, a SIGKILL, a
+stop), its kernel closed the socket. A leader that is merely slow keeps its connections.
+Both followers see the close at once: the range is wide enough that one usually asks for
+votes before the other's deadline (a split vote costs a whole election timeout)."""
+
+log = logging.getLogger("meshkit.cluster.raft")
+_FOLLOWER = syncobj_module._RAFT_STATE.FOLLOWER
+_CANDIDATE = syncobj_module._RAFT_STATE.CANDIDATE
+_LEADER = syncobj_module._RAFT_STATE.LEADER
 
 
 def _on_message_timed(self: Any, node: Any, message: Any) -> Any:
-    """Note how long the leader was silent before each of its appends (see _patient_timeout)."""
+    """Note how long the leader was silent before each of its appends (see _patient_timeout).
+
+    Only gaps between two appends of the same leader count: the gap across a leader change is
+    the election, not a slow leader."""
     if isinstance(message, dict) and message.get("type") == "append_entries":
         now = time.monotonic()
         last = getattr(self, "_mk_last_append", None)
+        same = getattr(self, "_mk_last_from", None) is node
         self._mk_last_append = now
-        if last is not None:
+        self._mk_last_from = node
+        self._mk_leader_gone = False  # a leader speaks (back after a dropped link, or new)
+        if last is not None and same:
             gap = now - last
             slow, at = getattr(self, "_mk_slow", (0.0, 0.0))
             if gap >= slow or now - at > SLOW_LEADER_MEMORY:
@@ -203,23 +272,72 @@ def _patient_timeout(self: Any) -> float:
     """The election timeout, longer while the leader has lately been slow to send appends.
 
     A leader whose loop was held (or whose host starved it: three managers sharing a loaded
-    core, 5,000 nodes joining) goes silent for longer than the 0.4-1.4 s election timeout
-    while it is alive and still leading; the followers then called elections, and each one
-    failed the writes in flight (bench/cluster_heartbeats.py --services). A follower that has
-    seen its leader silent for `slow` seconds within the last minute waits up to twice that
-    longer (at most SLOW_LEADER_CAP). A leader that was prompt until it died (a crash, a
-    SIGKILL, a partition) is replaced as fast as before.
+    core, 5,000 nodes joining) goes silent for longer than the election timeout while it is
+    alive and still leading; the followers then called elections, and each one failed the
+    writes in flight (bench/cluster_heartbeats.py --services). A follower that has seen its
+    leader silent for `slow` seconds within the last minute waits up to twice that longer (at
+    most SLOW_LEADER_CAP). A leader that was prompt until it died (a crash, a SIGKILL, a
+    partition) is replaced as fast as before, and one whose process died whatever its
+    pace (its connection closes: _on_node_disconnected_fast).
     """
     base = float(_raft_timeout(self))
+    self._mk_timeout = base
+    if (
+        getattr(self, "_mk_leader_gone", False)
+        or getattr(self, "_SyncObj__raftState", 0) == _CANDIDATE
+    ):
+        # no leader to be patient with: its connection closed, or this replica is already
+        # a candidate (a split vote after a leader died is retried at the usual pace, not
+        # after a timeout grown for a leader that was slow under load)
+        return base
     slow, at = getattr(self, "_mk_slow", (0.0, 0.0))
     conf = self._SyncObj__conf
     if time.monotonic() - at > SLOW_LEADER_MEMORY or slow <= 3 * conf.appendEntriesPeriod:
         return base
-    return base + min(SLOW_LEADER_CAP, 2 * slow)
+    self._mk_timeout = base + min(SLOW_LEADER_CAP, 2 * slow)
+    return float(self._mk_timeout)
+
+
+def _on_node_disconnected_fast(self: Any, node: Any) -> None:
+    """A follower whose connection to its leader closed calls an election soon (see
+    DEAD_LEADER_TIMEOUT), not after the whole (possibly grown) election timeout: the election
+    timeout is there for a leader that went silent, and can be long for one that was slow."""
+    _on_node_disconnected(self, node)
+    if node is not None and node is self._SyncObj__raftLeader and not self._isLeader():
+        soon = time.monotonic() + random.uniform(*DEAD_LEADER_TIMEOUT)
+        if self._SyncObj__raftElectionDeadline > soon:
+            self._SyncObj__raftElectionDeadline = soon
+            self._mk_leader_gone = True
+
+
+def _set_state_logged(self: Any, new_state: int) -> None:
+    """pysyncobj's state change, logged with why: a follower calling an election says how long
+    its leader was silent and its timeout; a leader stepping down says so (the 5,000-node bench
+    needs to tell an election a starved leader caused from one a dead leader did)."""
+    old = self._SyncObj__raftState
+    _set_state(self, new_state)
+    if new_state == old:
+        return
+    now = time.monotonic()
+    if new_state == _CANDIDATE and old == _FOLLOWER:
+        last = getattr(self, "_mk_last_append", None)
+        silent = "never heard" if last is None else f"silent for {now - last:.2f} s"
+        why = "its connection closed" if getattr(self, "_mk_leader_gone", False) else silent
+        log.warning(
+            "raft: calling an election (term %d): the leader %s (timeout %.2f s)",
+            self._SyncObj__raftCurrentTerm + 1,
+            why,
+            getattr(self, "_mk_timeout", float("nan")),
+        )
+    elif old == _LEADER:
+        log.warning("raft: no longer the leader (term %d)", self._SyncObj__raftCurrentTerm)
+    self._mk_leader_gone = False
 
 
 SyncObj._SyncObj__onMessageReceived = _on_message_timed
 SyncObj._SyncObj__generateRaftTimeout = _patient_timeout
+SyncObj._SyncObj__onNodeDisconnected = _on_node_disconnected_fast
+SyncObj._SyncObj__setState = _set_state_logged
 
 __all__ = [
     "FAIL_REASON",

@@ -1,0 +1,261 @@
+"""What a manager's loop stalls are: the host's or ours (used by bench/cluster_heartbeats.py).
+
+A stall is a late raft tick timer (the store's `StallLog`): the loop was busy, or its thread
+was runnable but the host ran something else. Each stall carries the CPU the manager used and
+the time its loop's thread waited on the run queue meanwhile (kernel schedstat). Here:
+
+- `sched_ms(pid)`: run and run-queue-wait milliseconds of all a process's threads, from
+  /proc/PID/task/*/schedstat (how starved a manager was over an interval);
+- `classify(stalls)`: stalls over 100 ms split into *starved* (the loop's thread waited for
+  a CPU for more than half of the stall) and *busy* (the rest: work of ours on the loop, or a
+  blocking call);
+- `GrowthMonitor`: every few seconds of a fleet's growth, one log line per manager (stalls
+  over 100 ms since the last line, starved/busy, the worst with its CPU and wait, run/wait ms
+  per second, raft term), and totals for the report;
+- `PySpy`: `py-spy record --nonblocking` of one manager (the leader) for the growth, pinned
+  on the simulated nodes' CPU; the raw (collapsed) stacks go to a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STALL_MS = 100.0  # the issue's goal: no stall over this on a manager
+
+
+def sched_ms(pid: int) -> dict[str, tuple[float, float]]:
+    """Per thread id: (ms on a CPU, ms waiting on the run queue) since the thread began."""
+    out: dict[str, tuple[float, float]] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    fields = f.read().split()
+                out[tid] = (int(fields[0]) / 1e6, int(fields[1]) / 1e6)
+    return out
+
+
+def sched_delta(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> tuple[float, float]:
+    """(run ms, wait ms) of a process between two `sched_ms` readings: threads in both only
+    (a thread's figures count from its start, so a new one would add time before `before`)."""
+    run = wait = 0.0
+    for tid, (r1, w1) in after.items():
+        if tid in before:
+            r0, w0 = before[tid]
+            run += r1 - r0
+            wait += w1 - w0
+    return run, wait
+
+
+Stall = tuple[float, float, float, float]  # monotonic time, ms held, CPU ms, ms waited
+
+
+def parse_stalls(status: dict[str, Any]) -> list[Stall]:
+    """`loop_stalls` of a manager's cluster_status; a manager without the wait figure (older
+    code, the etcd replica) gives NaN for it."""
+    out: list[Stall] = []
+    for e in status.get("loop_stalls") or []:
+        waited = float(e[3]) if len(e) > 3 else float("nan")
+        out.append((float(e[0]), float(e[1]), float(e[2]), waited))
+    return out
+
+
+@dataclass
+class StallClasses:
+    over: int = 0  # stalls over STALL_MS
+    starved: int = 0  # ... of which the loop's thread waited for a CPU more than half
+    busy: int = 0  # ... the others
+    unknown: int = 0  # ... without a wait figure
+    worst: Stall | None = None
+    worst_busy: Stall | None = None
+
+    def add(self, s: Stall) -> None:
+        if s[1] <= STALL_MS:
+            return
+        self.over += 1
+        if s[3] != s[3]:  # NaN
+            self.unknown += 1
+        elif s[3] > s[1] / 2:
+            self.starved += 1
+        else:
+            self.busy += 1
+            if self.worst_busy is None or s[1] > self.worst_busy[1]:
+                self.worst_busy = s
+        if self.worst is None or s[1] > self.worst[1]:
+            self.worst = s
+
+    def text(self) -> str:
+        if not self.over:
+            return f"no stall over {STALL_MS:.0f} ms"
+        w = self.worst
+        assert w is not None
+        out = (
+            f"{self.over} stalls > {STALL_MS:.0f} ms ({self.starved} starved, {self.busy} busy"
+            + (f", {self.unknown} unknown" if self.unknown else "")
+            + f"), worst {w[1]:.0f} ms ({w[2]:.0f} CPU, {w[3]:.0f} waited)"
+        )
+        b = self.worst_busy
+        if b is not None and b is not w:
+            out += f", worst busy {b[1]:.0f} ms ({b[2]:.0f} CPU, {b[3]:.0f} waited)"
+        return out
+
+
+def classify(stalls: Sequence[Stall], since: float, until: float) -> StallClasses:
+    classes = StallClasses()
+    for s in stalls:
+        if since <= s[0] <= until:
+            classes.add(s)
+    return classes
+
+
+@dataclass
+class ProbeTotals:
+    """Per manager over the growth: the stall classes and run/wait ms."""
+
+    classes: dict[str, StallClasses] = field(default_factory=dict)
+    run_ms: dict[str, float] = field(default_factory=dict)
+    wait_ms: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def text(self, name: str) -> str:
+        per_s = max(self.seconds, 1e-9)
+        return (
+            f"{name}: {self.classes.get(name, StallClasses()).text()}; "
+            f"ran {self.run_ms.get(name, 0.0) / per_s:.0f} ms/s, "
+            f"waited {self.wait_ms.get(name, 0.0) / per_s:.0f} ms/s for a CPU"
+        )
+
+
+class GrowthMonitor:
+    """Polls the managers while the fleet grows; `stop()` returns the totals."""
+
+    _last: float
+    _sched: dict[str, dict[str, tuple[float, float]]]
+
+    def __init__(
+        self,
+        managers: Callable[[], Sequence[Any]],  # live Manager objects (name, pid, call)
+        size: Callable[[], int],
+        log: Callable[[str], None],
+        every: float = 10.0,
+    ) -> None:
+        self._managers = managers
+        self._size = size
+        self._log = log
+        self._every = every
+        self._task: asyncio.Task[None] | None = None
+        self.totals = ProbeTotals()
+        self._began = 0.0
+
+    def start(self) -> None:
+        self._began = time.monotonic()
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> ProbeTotals:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._sample(final=True)
+        self.totals.seconds = time.monotonic() - self._began
+        return self.totals
+
+    async def _run(self) -> None:
+        self._last = time.monotonic()
+        self._sched = {m.name: sched_ms(m.pid) for m in self._managers()}
+        while True:
+            await asyncio.sleep(self._every)
+            await self._sample()
+
+    async def _sample(self, final: bool = False) -> None:
+        if not hasattr(self, "_last"):
+            return
+        now = time.monotonic()
+        span = max(now - self._last, 1e-9)
+        parts = []
+        for m in self._managers():
+            try:
+                st = await m.call("cluster_status", timeout=5)
+            except Exception:  # a manager too starved to answer is itself a finding
+                parts.append(f"{m.name} no answer")
+                continue
+            stalls = parse_stalls(st)
+            recent = classify(stalls, self._last, now)
+            total = self.totals.classes.setdefault(m.name, StallClasses())
+            for s in stalls:
+                if self._last <= s[0] <= now:
+                    total.add(s)
+            now_sched = sched_ms(m.pid)
+            before = self._sched.get(m.name, now_sched)
+            run, wait = sched_delta(before, now_sched)
+            loop_pair = str(m.pid)  # the main thread, the event loop's
+            loop_wait = sched_delta(
+                {loop_pair: before.get(loop_pair, (0.0, 0.0))},
+                {loop_pair: now_sched.get(loop_pair, (0.0, 0.0))},
+            )[1]
+            self._sched[m.name] = now_sched
+            self.totals.run_ms[m.name] = self.totals.run_ms.get(m.name, 0.0) + run
+            self.totals.wait_ms[m.name] = self.totals.wait_ms.get(m.name, 0.0) + wait
+            lead = "*" if st.get("is_leader") else ""
+            parts.append(
+                f"{m.name}{lead} t{st.get('term')} run {run / span:.0f}/wait "
+                f"{wait / span:.0f} ms/s (loop thread waited {loop_wait / span:.0f}), "
+                f"{recent.text()}"
+            )
+        self._last = now
+        if not final:
+            self._log(f"  growth {self._size()} nodes: " + "; ".join(parts))
+
+
+class PySpy:
+    """`py-spy record --nonblocking --format raw` of one process (py-spy never pauses it:
+    a paused manager would stall for the profiler)."""
+
+    def __init__(self, pid: int, out: Path, core: int | None) -> None:
+        self.out = out
+        exe = shutil.which("py-spy")
+        self.proc: subprocess.Popen[bytes] | None = None
+        if exe is None:
+            print("py-spy not found: no profile", file=sys.stderr)
+            return
+        self.proc = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--rate",
+                "50",
+                "--pid",
+                str(pid),
+                "--output",
+                str(out),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=(lambda: os.sched_setaffinity(0, {core})) if core is not None else None,
+        )
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(2)  # SIGINT: py-spy writes what it has and exits
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

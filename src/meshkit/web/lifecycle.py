@@ -51,6 +51,7 @@ class Lifecycle(Pipeline):
 
     _waiting_body: RequestBody | None
     _parser: Any  # Connection's httptools parser, let go of once closed
+    _raw: socket.socket  # the plain socket (under the TLS wrapper on HTTPS): probe peeks it
 
     @property
     def state(self) -> ConnState:
@@ -167,7 +168,7 @@ class Lifecycle(Pipeline):
         reading = self._reading
         if reading and self._dkind not in _WAITING:
             return
-        seen = peer_state(self._fd)
+        seen = peer_state(self._raw)
         if seen == PEER_ALIVE:
             return
         if reading:
@@ -240,18 +241,25 @@ class Lifecycle(Pipeline):
         self._server._conn_closed(self)
 
 
-def peer_state(fd: int) -> int:
+def peer_state(sock: socket.socket) -> int:
     """What a socket's peer did, without taking any input: PEER_RESET (an error is pending:
     a reset, or the connection timed out), PEER_EOF (it closed its side) or PEER_ALIVE
-    (input waits, or nothing yet). One non-blocking recv(MSG_PEEK) on the socket's fd: the
-    connection's socket may be a TLS wrapper, whose recv would read."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    (input waits, or nothing yet): one non-blocking recv(MSG_PEEK), about 1 us. `sock` is
+    the plain socket under any TLS wrapper (whose recv would read)."""
     try:
         data = sock.recv(1, _PEEK)
     except (BlockingIOError, InterruptedError):
         return PEER_ALIVE
     except OSError as exc:
-        return PEER_ALIVE if exc.errno == errno.ENOTSOCK else PEER_RESET
+        return PEER_ALIVE if exc.errno in (errno.ENOTSOCK, errno.EBADF) else PEER_RESET
+    return PEER_ALIVE if data else PEER_EOF
+
+
+def peer_state_fd(fd: int) -> int:
+    """peer_state for a connection that keeps no plain socket at hand (an HTTP/2 one): the
+    same recv on its fd (a few us more for the socket object, not closed: detached)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    try:
+        return peer_state(sock)
     finally:
         sock.detach()  # the fd stays the connection's
-    return PEER_ALIVE if data else PEER_EOF

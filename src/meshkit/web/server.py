@@ -44,7 +44,7 @@ from typing import Any
 from meshkit.base.errors import MeshkitError
 from meshkit.web.connection import Connection
 from meshkit.web.h2conn import H2Connection, PlainH2Socket
-from meshkit.web.lifecycle import PEER_ALIVE, PEER_RESET, peer_state
+from meshkit.web.lifecycle import PEER_ALIVE, PEER_RESET, peer_state_fd
 from meshkit.web.message import Handler
 from meshkit.web.proxyhdr import ProxyPolicy, ProxyStage
 from meshkit.web.reqbody import BadRequestBody
@@ -302,6 +302,7 @@ class HttpServer:
             tsock = TlsSocket(sock, self._tls)
             conn = Connection(self, self._loop, tsock, tsock, remote, local)  # type: ignore[arg-type]
             conn._scheme = "https"
+            conn._raw = sock  # (probed under the TLS: Lifecycle.probe)
             conn._lane = tls_lane(conn, self, tsock)  # (meshkit.web.lane's, over TLS)
             tsock.on_h2 = functools.partial(self._take_h2, conn)
             if self._on_demand is not None:
@@ -431,7 +432,7 @@ def _probe_h2(conn: H2Connection) -> None:
     one that stopped watching (its close is lingering) is aborted on a reset."""
     if conn._closed:
         return
-    seen = peer_state(conn._fd)
+    seen = peer_state_fd(conn._fd)
     if seen == PEER_ALIVE:
         return
     if conn._reading:

@@ -172,3 +172,28 @@ def test_a_half_closed_client_still_gets_its_response(site: tuple) -> None:
         sock.close()
     assert reply.status == 200 and reply.body == b"answered"
     assert wait_until(lambda: _open(srv) == 0, timeout=10)
+
+
+def test_a_reset_the_loop_did_not_report_still_closes_the_connection(site: tuple) -> None:
+    """Where libuv stops a poll handle on POLLERR without calling the reader (uvloop then
+    drops the watch), the connection still believes it reads: that state is made here by
+    taking the loop's watch off the socket behind the connection's back; the probe runs the
+    reader, which sees the reset."""
+    srv, _, dial = site
+    socks = [dial() for _ in range(N)]
+    for sock in socks:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert Reader(sock).response().body == b"hi"
+    assert wait_until(lambda: _open(srv) == N)
+
+    def unwatch() -> int:
+        conns = list(srv.server._conns)
+        for conn in conns:
+            assert conn._reading
+            srv.loop.remove_reader(conn._fd)
+        return len(conns)
+
+    assert srv.run(unwatch) == N
+    for sock in socks:
+        _reset(sock)
+    assert wait_until(lambda: _open(srv) == 0, timeout=10), f"{_open(srv)} still open"

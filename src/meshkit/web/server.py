@@ -372,10 +372,13 @@ class HttpServer:
         if now >= self._next_probe:
             self._next_probe = now + _PROBE_EVERY
             for conn in list(self._conns):
-                if type(conn) is Connection:
-                    conn.probe()
-                elif type(conn) is H2Connection:
-                    _probe_h2(conn)
+                try:
+                    if type(conn) is Connection:
+                        conn.probe()
+                    elif type(conn) is H2Connection:
+                        _probe_h2(conn)
+                except Exception:  # a reader run by the probe failed: the sweep goes on
+                    log.exception("probing connection %r failed", conn)
         if self._listeners or self._conns:
             self._sweeper = self._loop.call_later(self._tick, self._sweep)
         else:

@@ -99,6 +99,7 @@ class Connection(Lifecycle):
         self._server = server
         self._loop = loop
         self._sock = sock
+        self._raw = sock  # the server sets the plain socket when `sock` is a TLS wrapper
         self._fd = sock.fileno()
         self._send_bytes = send.send_bytes
         self._send_file = send.send_head_and_file

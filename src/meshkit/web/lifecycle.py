@@ -9,6 +9,7 @@ hot path); the decisions themselves are in connstate's table.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import socket
 from collections import deque
@@ -17,6 +18,7 @@ from typing import Any
 from meshkit.web.connstate import CLOSE_IF_IDLE, ConnState, Event, transition
 from meshkit.web.output import (
     DL_BODY,
+    DL_FIRST,
     DL_HEAD,
     DL_IDLE,
     DL_LINGER,
@@ -33,6 +35,11 @@ log = logging.getLogger("meshkit.web")
 _LINGER = 2.0  # seconds to discard input after a closing response
 
 _HEAD = ConnState.HEAD
+# what the timeout sweep probes on a connection that watches its socket: those waiting for
+# input (see Lifecycle.probe)
+_WAITING = (DL_IDLE, DL_FIRST, DL_HEAD)
+_PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+PEER_ALIVE, PEER_EOF, PEER_RESET = 0, 1, 2
 _CLOSING_BODY = ConnState.CLOSING_BODY
 _CLOSING = ConnState.CLOSING
 _LINGERING = ConnState.LINGERING
@@ -44,10 +51,15 @@ class Lifecycle(Pipeline):
 
     _waiting_body: RequestBody | None
     _parser: Any  # Connection's httptools parser, let go of once closed
+    _raw: socket.socket  # the plain socket (under the TLS wrapper on HTTPS): probe peeks it
 
     @property
     def state(self) -> ConnState:
         return self._state
+
+    def _reader(self) -> Any:
+        """The socket's reader callback (provided by Connection)."""
+        raise NotImplementedError
 
     def _fire(self, event: Event) -> int:
         """Move to the state that `event` leads to; the actions to take (connstate)."""
@@ -136,6 +148,35 @@ class Lifecycle(Pipeline):
         else:
             self._abort()
 
+    def probe(self) -> None:
+        """Called by the server's sweep (about once a second): has the client gone away
+        while the loop could not tell us?
+
+        A connection that does not watch its socket (the last request of the connection is
+        being answered, pipelining or body buffering paused reading) never sees the client's
+        reset, so it would stay (fd, memory, the handler and its upstream) until the
+        response is done or a timeout ends it; a reset there aborts the connection now (an
+        EOF alone does not: a client may half-close and still read the response). One
+        waiting for input (idle, a head arriving) runs its reader on a reset or EOF the
+        reader has not been called for, the way the loop would have (an event loop may drop
+        the watch on a socket error without calling the reader: libuv's poll handles stop
+        on POLLERR).
+        """
+        state = self._state
+        if state >= _LINGERING:
+            return  # the linger deadline (at most _LINGER s) ends it
+        reading = self._reading
+        if reading and self._dkind not in _WAITING:
+            return
+        seen = peer_state(self._raw)
+        if seen == PEER_ALIVE:
+            return
+        if reading:
+            self._reader()()
+        elif seen == PEER_RESET:
+            log.debug("client %s:%s reset the connection", self._remote_addr, self._remote_port)
+            self._abort()
+
     def begin_shutdown(self) -> None:
         if self._state >= _LINGERING:
             return
@@ -198,3 +239,27 @@ class Lifecycle(Pipeline):
         # (each pass on a busy server walks every live object; see bench/web_tls.py handshake)
         self._parser = None
         self._server._conn_closed(self)
+
+
+def peer_state(sock: socket.socket) -> int:
+    """What a socket's peer did, without taking any input: PEER_RESET (an error is pending:
+    a reset, or the connection timed out), PEER_EOF (it closed its side) or PEER_ALIVE
+    (input waits, or nothing yet): one non-blocking recv(MSG_PEEK), about 1 us. `sock` is
+    the plain socket under any TLS wrapper (whose recv would read)."""
+    try:
+        data = sock.recv(1, _PEEK)
+    except (BlockingIOError, InterruptedError):
+        return PEER_ALIVE
+    except OSError as exc:
+        return PEER_ALIVE if exc.errno in (errno.ENOTSOCK, errno.EBADF) else PEER_RESET
+    return PEER_ALIVE if data else PEER_EOF
+
+
+def peer_state_fd(fd: int) -> int:
+    """peer_state for a connection that keeps no plain socket at hand (an HTTP/2 one): the
+    same recv on its fd (a few us more for the socket object, not closed: detached)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    try:
+        return peer_state(sock)
+    finally:
+        sock.detach()  # the fd stays the connection's

@@ -44,6 +44,7 @@ from typing import Any
 from meshkit.base.errors import MeshkitError
 from meshkit.web.connection import Connection
 from meshkit.web.h2conn import H2Connection, PlainH2Socket
+from meshkit.web.lifecycle import PEER_ALIVE, PEER_RESET, peer_state_fd
 from meshkit.web.message import Handler
 from meshkit.web.proxyhdr import ProxyPolicy, ProxyStage
 from meshkit.web.reqbody import BadRequestBody
@@ -62,6 +63,9 @@ __all__ = [
 log = logging.getLogger("meshkit.web")
 
 _ACCEPT_BATCH = 64
+# seconds between the sweeps that also probe connections for a client gone away unseen
+# (Lifecycle.probe): one recv(MSG_PEEK) per connection probed
+_PROBE_EVERY = 1.0
 # Request head limits besides the total size: fields per head (Apache's LimitRequestFields
 # and Go's default) and bytes per field line (nginx's large_client_header_buffers 8k).
 DEFAULT_MAX_FIELDS = 100
@@ -129,6 +133,7 @@ class HttpServer:
         # loop.time() as of the last timeout sweep: deadlines on the hot path use this
         # coarse clock (they are checked only by the sweep anyway).
         self._now = 0.0
+        self._next_probe = 0.0
         self._tick = _tick(header_timeout, idle_timeout, read_timeout, self._write_timeout)
 
     def set_header_limit(self, limit: int) -> None:
@@ -297,6 +302,7 @@ class HttpServer:
             tsock = TlsSocket(sock, self._tls)
             conn = Connection(self, self._loop, tsock, tsock, remote, local)  # type: ignore[arg-type]
             conn._scheme = "https"
+            conn._raw = sock  # (probed under the TLS: Lifecycle.probe)
             conn._lane = tls_lane(conn, self, tsock)  # (meshkit.web.lane's, over TLS)
             tsock.on_h2 = functools.partial(self._take_h2, conn)
             if self._on_demand is not None:
@@ -363,6 +369,16 @@ class HttpServer:
         now = self._now = self._loop.time()
         for conn in list(self._conns):
             conn.check_deadline(now)
+        if now >= self._next_probe:
+            self._next_probe = now + _PROBE_EVERY
+            for conn in list(self._conns):
+                try:
+                    if type(conn) is Connection:
+                        conn.probe()
+                    elif type(conn) is H2Connection:
+                        _probe_h2(conn)
+                except Exception:  # a reader run by the probe failed: the sweep goes on
+                    log.exception("probing connection %r failed", conn)
         if self._listeners or self._conns:
             self._sweeper = self._loop.call_later(self._tick, self._sweep)
         else:
@@ -411,6 +427,21 @@ class HttpServer:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+
+
+def _probe_h2(conn: H2Connection) -> None:
+    """Lifecycle.probe for an HTTP/2 connection: it watches its socket while open, so a
+    reset or EOF its reader was not called for (the loop dropped the watch) runs the reader;
+    one that stopped watching (its close is lingering) is aborted on a reset."""
+    if conn._closed:
+        return
+    seen = peer_state_fd(conn._fd)
+    if seen == PEER_ALIVE:
+        return
+    if conn._reading:
+        conn._on_readable()
+    elif seen == PEER_RESET:
+        conn._abort()
 
 
 def _tick(*timeouts: float) -> float:

@@ -24,7 +24,7 @@ from meshkit.web.filecache import base36
 from meshkit.web.http1 import http_date
 from meshkit.web.router import Router
 from support.httpserver_util import Reader, ServerThread, connect
-from support.polling import wait_until
+from support.lanediff import Req, log_lines, run
 
 _fastpath = load_fastpath()
 HAVE_LANE = _fastpath is not None and hasattr(_fastpath, "Lane")
@@ -197,32 +197,6 @@ def raw(method: str, path: str, version: str, extra: str, close: bool) -> bytes:
     return (
         f"{method} {path} HTTP/{version}\r\nHost: t.example\r\n{extra}{length}{keep}{closing}\r\n"
     ).encode()
-
-
-Seen = tuple[int, list[tuple[str, str]], bytes]
-
-
-def run(st_: ServerThread, plan_: list[tuple[bytes, str]]) -> tuple[list[Seen], bool]:
-    seen: list[Seen] = []
-    with connect(st_.port) as sock:
-        reader = Reader(sock)
-        for data, method in plan_:
-            sock.sendall(data)
-            reply = reader.response(method)
-            heads = [(k, v) for k, v in reply.headers if k.lower() != "date"]
-            seen.append((reply.status, heads, reply.body))
-            if reply.header("Connection") == "close":
-                break
-        closed = reader.closed(3.0) if seen and ("Connection", "close") in seen[-1][1] else False
-    return seen, closed
-
-
-def log_lines(path: Path, n: int) -> list[str]:
-    assert wait_until(lambda: path.exists() and path.read_text().count("\n") >= n)
-    return path.read_text().splitlines()
-
-
-Req = tuple[str, str, str, str, int, bool]
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))

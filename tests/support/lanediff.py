@@ -4,6 +4,7 @@ and whether the server closed after a `Connection: close` answer; a log file's l
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from support.httpserver_util import Reader, ServerThread, connect
@@ -11,6 +12,20 @@ from support.polling import wait_until
 
 Seen = tuple[int, list[tuple[str, str]], bytes]
 Req = tuple[str, str, str, str, int, bool]
+
+
+def plan_of(
+    reqs: list[Req], raw: Callable[[str, str, str, str, bool], bytes]
+) -> list[tuple[bytes, str]]:
+    """Generated requests as one connection's plan: each sent `times` times, the last one
+    closing when it asks to."""
+    plan_: list[tuple[bytes, str]] = []
+    for i, (method, path, version, extra, times, close) in enumerate(reqs):
+        last = i == len(reqs) - 1
+        for t in range(times):
+            closing = close and last and t == times - 1
+            plan_.append((raw(method, path, version, extra, closing), method))
+    return plan_
 
 
 def run(st_: ServerThread, plan_: list[tuple[bytes, str]]) -> tuple[list[Seen], bool]:

@@ -26,7 +26,7 @@ from meshkit.web.respcache import MAX_HEAD
 from meshkit.web.router import Router
 from meshkit.web.sendfile import SEND_AGAIN
 from support.httpserver_util import Reader, ServerThread, connect
-from support.lanediff import Req, log_lines, run
+from support.lanediff import Req, log_lines, plan_of, run
 
 _fastpath = load_fastpath()
 HAVE_LANE = _fastpath is not None and hasattr(_fastpath, "Lane")
@@ -151,12 +151,7 @@ def raw(method: str, path: str, version: str, extra: str, close: bool) -> bytes:
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(request_st, min_size=1, max_size=5))
 def test_lane_answers_like_its_twin(pair: Pair, reqs: list[Req]) -> None:
-    plan_: list[tuple[bytes, str]] = []
-    for i, (method, path, version, extra, times, close) in enumerate(reqs):
-        last = i == len(reqs) - 1
-        for t in range(times):
-            closing = close and last and t == times - 1
-            plan_.append((raw(method, path, version, extra, closing), method))
+    plan_ = plan_of(reqs, raw)
     got_c = run(pair.c, plan_)
     got_py = run(pair.py, plan_)
     assert got_c == got_py

@@ -24,7 +24,7 @@ from meshkit.web.filecache import base36
 from meshkit.web.http1 import http_date
 from meshkit.web.router import Router
 from support.httpserver_util import Reader, ServerThread, connect
-from support.lanediff import Req, log_lines, run
+from support.lanediff import Req, log_lines, plan_of, run
 
 _fastpath = load_fastpath()
 HAVE_LANE = _fastpath is not None and hasattr(_fastpath, "Lane")
@@ -202,12 +202,7 @@ def raw(method: str, path: str, version: str, extra: str, close: bool) -> bytes:
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(request_st, min_size=1, max_size=6))
 def test_rule_table_answers_like_the_chain(pair: Pair, reqs: list[Req]) -> None:
-    plan_: list[tuple[bytes, str]] = []
-    for i, (method, path, version, extra, times, close) in enumerate(reqs):
-        last = i == len(reqs) - 1
-        for t in range(times):
-            closing = close and last and t == times - 1
-            plan_.append((raw(method, path, version, extra, closing), method))
+    plan_ = plan_of(reqs, raw)
     got_c = run(pair.c, plan_)
     assert got_c == run(pair.py, plan_)
     if pair.logged:

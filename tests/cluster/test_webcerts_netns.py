@@ -49,6 +49,12 @@ class WebLab(Lab):
     def log(self, host: str) -> str:
         return self.procs[host].output()
 
+    def wait_logged(self, host: str, *lines: str) -> str:
+        """The host's log once it holds one of `lines`: a certificate is installed (and so
+        served) just before the line saying so is written."""
+        until(lambda: any(line in self.log(host) for line in lines), 10, f"{lines} in {host}'s log")
+        return self.log(host)
+
     def ordered(self, name: str, hosts: tuple[str, ...] = NODES) -> str:
         """The node that placed an order for `name` ("" : none yet)."""
         return next((h for h in hosts if f"ordered a certificate for {name}" in self.log(h)), "")
@@ -310,7 +316,7 @@ def restarted_worker_needs_no_order(c: WebLab, holder: str, fingerprint: str) ->
     c.start(again, "run")
     lines = c.wait_served(NAME)
     assert {line.split()[1] for line in lines} == {fingerprint}, lines
-    assert f"serving the cluster's certificate of {NAME}" in c.log(again)
+    c.wait_logged(again, f"serving the cluster's certificate of {NAME}")
     assert "ordered a certificate" not in c.log(again)
     assert c.orders() == 1
 
@@ -333,14 +339,14 @@ def a_dead_holders_order_is_taken_over(
     c.kill(dead)
     stall.clear()
     lines = c.wait_served(two, (survivor[0],))
-    log = c.log(survivor[0])
-    waited = log.index(f"holds the order for {two}; waiting for its certificate")
-    assert waited < log.index(f"this node holds the order for {two}"), log[-3000:]
     # the survivor ordered it, or found it stored when the dead holder's order had already
     # been committed just before the kill (the store is checked under the lease)
-    assert (
-        f"certificate for {two} obtained" in log
-        or f"serving the cluster's certificate of {two}" in log
-    ), log[-3000:]
+    log = c.wait_logged(
+        survivor[0],
+        f"certificate for {two} obtained",
+        f"serving the cluster's certificate of {two}",
+    )
+    waited = log.index(f"holds the order for {two}; waiting for its certificate")
+    assert waited < log.index(f"this node holds the order for {two}"), log[-3000:]
     assert lines[0].endswith("same site everywhere"), lines
     assert c.orders() == 3  # site.test, the dead holder's, the survivor's

@@ -1,0 +1,268 @@
+"""OCSP stapling (Caddy v1: every served certificate with a responder gets its response
+stapled) and `tls { must_staple }`: a real OCSP responder (http.server + cryptography's
+OCSPResponseBuilder on 127.0.0.1) for a test CA whose certificates name it in their AIA, a
+real `meshkit web`, and `openssl s_client -status` reading what is stapled."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from meshkit.acme.ocsp import OcspError, chain_of, must_staple, request_der, responders, verify
+from meshkit.web import staple
+from support.ocspresponder import issue_with_aia, make_issuer, ocsp_responder
+from support.peers import Proc, free_port, wait_tcp
+
+needs_stapling = pytest.mark.skipif(
+    not staple.available(), reason=f"no OCSP stapling here: {staple.unavailable_reason()}"
+)
+
+
+# --- verify(): what a response must be before it is stapled (no processes) ---
+
+
+def _leaf(tmp: Path, url: str = "http://127.0.0.1:9/", must: bool = False):  # type: ignore[no-untyped-def]
+    ca = make_issuer(tmp)
+    crt, _ = issue_with_aia(ca, tmp, "leaf", "a.test", url, must_staple=must)
+    leaf, issuer = chain_of(crt.read_bytes())
+    assert issuer is not None
+    return ca, leaf, issuer
+
+
+def test_verify_good_revoked_and_what_is_refused(tmp_path: Path) -> None:
+    ca, leaf, issuer = _leaf(tmp_path, must=True)
+    assert responders(leaf) == ["http://127.0.0.1:9/"]
+    assert must_staple(leaf)
+    req = request_der(leaf, issuer)
+    with ocsp_responder(ca.cert, ca.key) as r:
+        good = verify(r.answer(req), leaf, issuer)
+        assert good.status == "good"
+        assert good.this_update < good.refresh_at() < good.next_update
+        r.status = "revoked"
+        bad = verify(r.answer(req), leaf, issuer)
+        assert (bad.status, bad.reason) == ("revoked", "key_compromise")
+        r.status = "unknown"
+        with pytest.raises(OcspError, match="status unknown"):
+            verify(r.answer(req), leaf, issuer)
+        r.status = "error"
+        with pytest.raises(OcspError, match="TRY_LATER"):
+            verify(r.answer(req), leaf, issuer)
+        r.status = "garbage"
+        with pytest.raises(OcspError, match="not an OCSP response"):
+            verify(r.answer(req), leaf, issuer)
+        r.status = "good"
+        der = r.answer(req)
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=2)
+        with pytest.raises(OcspError, match="expired"):
+            verify(der, leaf, issuer, now=later)
+        # a response about another certificate of the same CA
+        other_crt, _ = issue_with_aia(ca, tmp_path, "other", "b.test", r.url)
+        other, _ = chain_of(other_crt.read_bytes())
+        with pytest.raises(OcspError, match="another certificate"):
+            verify(r.answer(request_der(other, issuer)), leaf, issuer)
+        # a signature that is not the CA's (its last byte changed)
+        der = r.answer(req)
+        with pytest.raises(OcspError, match="signature does not verify"):
+            verify(der[:-1] + bytes([der[-1] ^ 1]), leaf, issuer)
+
+
+def test_verify_delegated_responder(tmp_path: Path) -> None:
+    ca, leaf, issuer = _leaf(tmp_path)
+    with ocsp_responder(ca.cert, ca.key, delegate=True) as r:
+        assert verify(r.answer(request_der(leaf, issuer)), leaf, issuer).status == "good"
+    # a "responder" that the CA did not issue
+    (tmp_path / "other").mkdir()
+    other = make_issuer(tmp_path / "other")
+    with (
+        ocsp_responder(other.cert, other.key, delegate=True) as r,
+        pytest.raises(OcspError, match="not issued by the CA"),
+    ):
+        verify(r.answer(request_der(leaf, issuer)), leaf, issuer)
+
+
+# --- `tls { must_staple }` at load ---
+
+
+def _validate(tmp: Path, text: str, **env: str) -> subprocess.CompletedProcess[str]:
+    conf = tmp / "Caddyfile"
+    conf.write_text(text)
+    return subprocess.run(
+        [sys.executable, "-m", "meshkit", "web", "-validate", "-conf", str(conf)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **env},
+    )
+
+
+def test_must_staple_refused_without_the_extension(tmp_path: Path) -> None:
+    text = "https://a.test {\n    tls ops@a.test {\n        must_staple\n    }\n}\n"
+    out = _validate(tmp_path, text, MESHKIT_NO_EXTENSIONS="1")
+    assert out.returncode == 1
+    assert f"{tmp_path / 'Caddyfile'}:3" in out.stderr
+    assert "must_staple needs OCSP stapling" in out.stderr
+    assert "MESHKIT_NO_EXTENSIONS=1" in out.stderr
+
+
+@needs_stapling
+def test_must_staple_parse(tmp_path: Path) -> None:
+    out = _validate(
+        tmp_path, "https://a.test {\n    tls ops@a.test {\n        must_staple\n    }\n}\n"
+    )
+    assert out.returncode == 0, out.stderr
+    ca = make_issuer(tmp_path)
+    crt, key = issue_with_aia(ca, tmp_path, "leaf", "a.test", "http://127.0.0.1:9/")
+    own = f"https://a.test {{\n    tls {crt} {key} {{\n        must_staple\n    }}\n}}\n"
+    out = _validate(tmp_path, own)
+    assert out.returncode == 1
+    assert "must_staple is for automatic HTTPS" in out.stderr
+    out = _validate(
+        tmp_path, "https://a.test {\n    tls ops@a.test {\n        must_staple now\n    }\n}\n"
+    )
+    assert out.returncode == 1 and ":3" in out.stderr
+
+
+# --- end to end: meshkit web + the responder + openssl s_client -status ---
+
+
+def _serve(tmp: Path, crt: Path, key: Path, **env: str) -> tuple[Proc, int]:
+    port = free_port()
+    www = tmp / "www"
+    www.mkdir(exist_ok=True)
+    (www / "index.html").write_text("stapled\n")
+    conf = tmp / "Caddyfile"
+    conf.write_text(f"https://a.test:{port} {{\n    root {www}\n    tls {crt} {key}\n}}\n")
+    proc = Proc(
+        [sys.executable, "-m", "meshkit", "web", "-quiet", "-conf", str(conf)],
+        {"MESHKIT_DATA": str(tmp / "data"), **env},
+    )
+    wait_tcp(port, proc)
+    return proc, port
+
+
+def s_client(port: int, *, status: bool = True) -> subprocess.CompletedProcess[str]:
+    argv = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "a.test"]
+    return subprocess.run(
+        [*argv, *(["-status"] if status else [])],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def wait_for(check, what: str, timeout: float = 30.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"never {what}: {last!r}")
+
+
+def _stapled(port: int) -> str:
+    out = s_client(port).stdout
+    return out if "OCSP Response Status: successful" in out else ""
+
+
+@needs_stapling
+def test_staples_a_good_response_and_keeps_it_on_disk(tmp_path: Path) -> None:
+    ca = make_issuer(tmp_path)
+    with ocsp_responder(ca.cert, ca.key) as r:
+        crt, key = issue_with_aia(ca, tmp_path, "a", "a.test", r.url)
+        proc, port = _serve(tmp_path, crt, key)
+        try:
+            out = wait_for(lambda: _stapled(port), "stapled")
+            assert re.search(r"Cert Status: good", out), out
+            assert "Response Type: Basic OCSP Response" in out
+            assert r.requests == 1
+            # the TLS 1.2 form too (status_request in ServerHello + CertificateStatus)
+            tls12 = subprocess.run(
+                ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
+                 "a.test", "-status", "-tls1_2"],
+                input="", capture_output=True, text=True, timeout=30,
+            ).stdout  # fmt: skip
+            assert "Cert Status: good" in tls12
+            # a client that does not ask gets no staple (and the handshake still works)
+            plain = s_client(port, status=False)
+            assert "Verify return code" in plain.stdout and "OCSP Response" not in plain.stdout
+            files = list((tmp_path / "data" / "ocsp").iterdir())
+            assert len(files) == 1 and files[0].name.startswith("a.test-")
+            assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+            assert "stapling a good response for a.test" in proc.stderr()
+        finally:
+            proc.stop()
+        # a restart staples the stored response without asking the responder
+        proc, port = _serve(tmp_path, crt, key)
+        try:
+            assert "Cert Status: good" in wait_for(lambda: _stapled(port), "stapled again")
+            assert "stapling the stored good response for a.test" in proc.stderr()
+            assert r.requests == 1
+        finally:
+            proc.stop()
+
+
+@needs_stapling
+def test_revoked_is_logged_loudly_and_stapled(tmp_path: Path) -> None:
+    ca = make_issuer(tmp_path)
+    with ocsp_responder(ca.cert, ca.key, delegate=True) as r:
+        r.status = "revoked"
+        crt, key = issue_with_aia(ca, tmp_path, "a", "a.test", r.url)
+        proc, port = _serve(tmp_path, crt, key)
+        try:
+            out = wait_for(lambda: _stapled(port), "stapled")
+            assert "Cert Status: revoked" in out
+            assert "Revocation Reason: keyCompromise" in out
+            err = proc.stderr()
+            assert "ERROR" in err and "a.test" in err and "is REVOKED" in err, err
+        finally:
+            proc.stop()
+
+
+@needs_stapling
+def test_responder_down_at_start_then_up(tmp_path: Path) -> None:
+    ca = make_issuer(tmp_path)
+    port_ocsp = free_port()
+    crt, key = issue_with_aia(ca, tmp_path, "a", "a.test", f"http://127.0.0.1:{port_ocsp}/")
+    proc, port = _serve(tmp_path, crt, key, MESHKIT_OCSP_RETRY="1s")
+    try:
+        first = s_client(port)
+        assert "Verify return code" in first.stdout  # served, without a staple
+        assert "OCSP response: no response sent" in first.stdout
+        wait_for(lambda: "no response for a.test" in proc.stderr(), "logged the failure")
+        assert "retrying in 1s" in proc.stderr()
+        with ocsp_responder(ca.cert, ca.key, port=port_ocsp):
+            out = wait_for(lambda: _stapled(port), "stapled once the responder is up", 20)
+            assert "Cert Status: good" in out
+    finally:
+        proc.stop()
+
+
+@needs_stapling
+def test_must_staple_certificate_only_served_with_a_staple(tmp_path: Path) -> None:
+    ca = make_issuer(tmp_path)
+    port_ocsp = free_port()
+    url = f"http://127.0.0.1:{port_ocsp}/"
+    crt, key = issue_with_aia(ca, tmp_path, "a", "a.test", url, must_staple=True)
+    proc, port = _serve(tmp_path, crt, key, MESHKIT_OCSP_RETRY="1s")
+    try:
+        # a client that asks for the status gets an alert, never the certificate alone
+        refused = s_client(port)
+        assert "no peer certificate available" in refused.stdout
+        assert "alert internal error" in refused.stderr
+        assert "must-staple: clients asking for its status are refused" in proc.stderr()
+        with ocsp_responder(ca.cert, ca.key, port=port_ocsp):
+            out = wait_for(lambda: _stapled(port), "stapled", 20)
+            assert "Cert Status: good" in out
+    finally:
+        proc.stop()

@@ -40,8 +40,10 @@ class Responder:
     signer: x509.Certificate  # the issuer, or a delegated responder certificate
     status: str = "good"  # good | revoked | unknown | error (tryLater) | garbage
     lifetime: float = 3600.0  # seconds from thisUpdate to nextUpdate
+    backdate: float = 60.0  # thisUpdate is this many seconds ago
     requests: int = 0
     served: list[int] = field(default_factory=list)  # serial numbers asked about
+    revoked_serials: set[int] = field(default_factory=set)  # revoked whatever `status` says
 
     @property
     def url(self) -> str:
@@ -58,12 +60,13 @@ class Responder:
         if self.status == "garbage":
             return b"not an OCSP response"
         now = datetime.datetime.now(datetime.timezone.utc)
+        name = "revoked" if req.serial_number in self.revoked_serials else self.status
         status = {
             "good": ocsp.OCSPCertStatus.GOOD,
             "revoked": ocsp.OCSPCertStatus.REVOKED,
             "unknown": ocsp.OCSPCertStatus.UNKNOWN,
-        }[self.status]
-        revoked = self.status == "revoked"
+        }[name]
+        revoked = name == "revoked"
         builder = (
             ocsp.OCSPResponseBuilder()
             .add_response_by_hash(
@@ -72,8 +75,8 @@ class Responder:
                 serial_number=req.serial_number,
                 algorithm=req.hash_algorithm,
                 cert_status=status,
-                this_update=now - datetime.timedelta(seconds=60),
-                next_update=now + datetime.timedelta(seconds=self.lifetime),
+                this_update=now - datetime.timedelta(seconds=self.backdate),
+                next_update=now + datetime.timedelta(seconds=self.lifetime - self.backdate),
                 revocation_time=now - datetime.timedelta(hours=1) if revoked else None,
                 revocation_reason=x509.ReasonFlags.key_compromise if revoked else None,
             )

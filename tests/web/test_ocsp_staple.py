@@ -19,6 +19,7 @@ import pytest
 from meshkit.acme.ocsp import OcspError, chain_of, must_staple, request_der, responders, verify
 from meshkit.web import staple
 from support.ocspresponder import issue_with_aia, make_issuer, ocsp_responder
+from support.pebble import have_pebble, run_pebble
 from support.peers import Proc, free_port, wait_tcp
 
 needs_stapling = pytest.mark.skipif(
@@ -86,6 +87,23 @@ def test_verify_delegated_responder(tmp_path: Path) -> None:
         pytest.raises(OcspError, match="not issued by the CA"),
     ):
         verify(r.answer(request_der(leaf, issuer)), leaf, issuer)
+
+
+def test_csr_asks_for_must_staple() -> None:
+    from cryptography import x509
+
+    from meshkit.acme.client import _pem, make_csr, make_key
+
+    key = _pem(make_key("p256"))
+    for must in (True, False):
+        csr = x509.load_pem_x509_csr(make_csr(key, "a.test", must))
+        try:
+            ext = csr.extensions.get_extension_for_class(x509.TLSFeature).value
+        except x509.ExtensionNotFound:
+            ext = None
+        assert (ext is not None) is must
+        if must:
+            assert list(ext) == [x509.TLSFeatureType.status_request]
 
 
 # --- `tls { must_staple }` at load ---
@@ -266,3 +284,74 @@ def test_must_staple_certificate_only_served_with_a_staple(tmp_path: Path) -> No
             assert "Cert Status: good" in out
     finally:
         proc.stop()
+
+
+# --- must_staple through ACME (pebble), and a revoked certificate renewed ---
+
+
+@needs_stapling
+@pytest.mark.peers
+@pytest.mark.skipif(not have_pebble(), reason="pebble is not installed")
+def test_must_staple_from_pebble_and_revoked_renewed(tmp_path: Path) -> None:
+    """Pebble has no OCSP responder: it names ours in the AIA (ocspResponderURL), and ours
+    signs with pebble's intermediate key (its management API)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    http, https, port_ocsp = free_port(), free_port(), free_port()
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("must staple\n")
+    url = f"http://127.0.0.1:{port_ocsp}/"
+    with run_pebble(tmp_path / "pebble", http_port=http, tls_port=https, ocsp_url=url) as ca:
+        inter_pem, inter_key = ca.intermediate()
+        inter = x509.load_pem_x509_certificate(inter_pem)
+        key = serialization.load_pem_private_key(inter_key, None)
+        with ocsp_responder(inter, key, port=port_ocsp) as r:
+            # short-lived answers: refreshed every ~2 s (halfway), so a revocation shows soon
+            r.lifetime, r.backdate = 4.0, 0.0
+            conf = tmp_path / "Caddyfile"
+            conf.write_text(f"a.test {{\n  root {www}\n  tls {{\n    must_staple\n  }}\n}}\n")
+            argv = [
+                sys.executable, "-m", "meshkit", "web", "-quiet", "-conf", str(conf), "-agree",
+                "-ca", ca.directory, "-http-port", str(http), "-https-port", str(https),
+            ]  # fmt: skip
+            env = {
+                "MESHKIT_DATA": str(tmp_path / "data"),
+                "MESHKIT_ACME_CA_ROOTS": str(ca.trust),
+                "MESHKIT_OCSP_RETRY": "1s",
+            }
+            proc = Proc(argv, env)
+            try:
+                wait_tcp(https, proc)
+                wait_for(lambda: "certificate for a.test obtained" in proc.stderr(), "issued", 60)
+                out = wait_for(lambda: _stapled(https), "stapled", 30)
+                assert "Cert Status: good" in out
+                # what pebble issued names our responder; Debian's pebble 2.4.0 leaves the
+                # CSR's TLS Feature extension out (test_csr_asks_for_must_staple checks the
+                # CSR), so whether the certificate is must-staple is pebble's choice
+                site = next((tmp_path / "data" / "acme").glob("*/sites/a.test"))
+                leaf = x509.load_pem_x509_certificates((site / "a.test.crt").read_bytes())[0]
+                assert responders(leaf) == [url]
+                assert leaf.serial_number in r.served
+                # the responder says revoked: logged, stapled, and the certificate renewed
+                r.revoked_serials.add(leaf.serial_number)
+                wait_for(lambda: "is REVOKED" in proc.stderr(), "saw the revocation", 30)
+                wait_for(lambda: ca.orders() == 2, "ordered again", 60)
+                assert "renewing the certificate of a.test now: it is revoked" in proc.stderr()
+
+                def renewed() -> str:
+                    out = _stapled(https)
+                    return out if "Cert Status: good" in out else ""
+
+                wait_for(renewed, "served the new certificate with a good staple", 60)
+
+                def stored() -> x509.Certificate | None:
+                    c = x509.load_pem_x509_certificates((site / "a.test.crt").read_bytes())[0]
+                    return c if c.serial_number != leaf.serial_number else None
+
+                new = wait_for(stored, "stored the new certificate")
+                assert new.serial_number in r.served
+            finally:
+                print(proc.stderr())  # (shown when the test fails)
+                proc.stop()

@@ -240,6 +240,12 @@ def _validation_problem(name: str, exc: errors.ValidationError) -> str:
     return f"validation of {name} failed: {what}"
 
 
+def make_csr(key_pem: bytes, name: str, must_staple: bool = False) -> bytes:
+    """The order's CSR (PEM) for `name`; `must_staple` adds RFC 7633's TLS Feature
+    extension (status_request), asking the CA for an OCSP Must-Staple certificate."""
+    return bytes(crypto_util.make_csr(key_pem, [name], must_staple=must_staple))
+
+
 def _obtain(
     settings: Settings,
     storage: CertStore,
@@ -250,7 +256,7 @@ def _obtain(
 ) -> tuple[bytes, bytes, datetime.datetime]:
     acme, jwk = _client(settings, storage)
     key_pem = _pem(make_key(key_type))
-    csr = crypto_util.make_csr(key_pem, [name], must_staple=must_staple)
+    csr = make_csr(key_pem, name, must_staple)
     order = acme.new_order(csr)
     log.info("ACME: ordered a certificate for %s from %s (%s)", name, settings.ca, order.uri)
     prefs = (("http-01", settings.http01), ("tls-alpn-01", settings.alpn01))

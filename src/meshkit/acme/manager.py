@@ -75,6 +75,7 @@ class AcmeManager:
         self.check_every = _env("MESHKIT_ACME_CHECK_EVERY", CHECK_EVERY)
         self.retry_first = _env("MESHKIT_ACME_RETRY", RETRY_FIRST)
         self.hub: CertHub | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: dict[Wanted, asyncio.Task[None]] = {}
         self.extra: set[Wanted] = set()  # on-demand names (add()), kept across update()
         # names whose certificate was found revoked: renewed at the next wake-up, now
@@ -82,12 +83,18 @@ class AcmeManager:
 
     def start(self, hub: CertHub, names: Sequence[Wanted]) -> None:
         self.hub = hub
+        self.loop = asyncio.get_running_loop()
         staple.on_revoked(self.renew_now)
         self.update(names)
 
     def renew_now(self, names: list[str]) -> None:
-        """The OCSP responder says the certificate of `names` is revoked (the loop thread):
-        those this manager keeps get a new certificate at once."""
+        """The OCSP responder says the certificate of `names` is revoked (any thread: the
+        stapler's): those this manager keeps get a new certificate at once."""
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to renew
+                self.loop.call_soon_threadsafe(self._renew_now, names)
+
+    def _renew_now(self, names: list[str]) -> None:
         for w in self.tasks:
             if w.name in names:
                 log.warning("ACME: renewing the certificate of %s now: it is revoked", w.name)

@@ -19,6 +19,9 @@ For each certificate (keyed by its SHA-256), one task on the event loop:
    certificate's names are reported to meshkit.web.staple.revoked: AcmeManager renews
    what it manages at once (Caddy v1 does the same).
 
+The tasks run on an event loop of the stapler's own, in a daemon thread: the server's loop
+never waits for it, and the certificate may come from any thread.
+
 The task ends when no SSL context serves the certificate any more (a renewal or a reload
 replaced it; contexts are held weakly) or the certificate has expired.
 """
@@ -97,9 +100,13 @@ class OcspStapler:
         self.dir = (root or data_dir()) / "ocsp"
         value = os.environ.get("MESHKIT_OCSP_RETRY")
         self.retry_first = parse_duration(value, "MESHKIT_OCSP_RETRY") if value else RETRY_FIRST
-        self.loop = asyncio.get_running_loop()  # made on the loop (the first certificate)
         self.certs: dict[bytes, _Cert] = {}
-        self._lock = threading.Lock()  # watch() also runs in the ACME client's threads
+        self._lock = threading.Lock()  # watch() runs on the server's loop and ACME threads
+        # the responses are kept by a loop of their own, in a daemon thread: the stapler
+        # is made wherever the first certificate is loaded (the server's loop, or the ACME
+        # client's thread) and never holds the server's loop; staple.put is thread-safe
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name="meshkit-ocsp", daemon=True).start()
 
     # --- meshkit.web.staple.Stapler (any thread) ---
 
@@ -145,15 +152,7 @@ class OcspStapler:
         def begin() -> None:
             cert.task = self.loop.create_task(self._keep(digest, cert), name="ocsp")
 
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
-            begin()
-        else:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to serve
-                self.loop.call_soon_threadsafe(begin)
+        self.loop.call_soon_threadsafe(begin)
 
     # --- the task of one certificate (the loop) ---
 

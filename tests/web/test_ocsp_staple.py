@@ -355,3 +355,60 @@ def test_must_staple_from_pebble_and_revoked_renewed(tmp_path: Path) -> None:
             finally:
                 print(proc.stderr())  # (shown when the test fails)
                 proc.stop()
+
+
+# --- the C callback itself, on a plain ssl.SSLContext (Python's own server socket) ---
+
+
+@needs_stapling
+def test_callback_staples_until_next_update_and_refuses_must_staple(tmp_path: Path) -> None:
+    import socket
+    import ssl
+    import threading
+
+    ca = make_issuer(tmp_path)
+    crt, key = issue_with_aia(ca, tmp_path, "a", "a.test", "http://127.0.0.1:9/")
+    leaf, issuer = chain_of(crt.read_bytes())
+    assert issuer is not None
+    with ocsp_responder(ca.cert, ca.key) as r:
+        der = r.answer(request_der(leaf, issuer))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(crt), str(key))
+    lsock = socket.create_server(("127.0.0.1", 0))
+    port = lsock.getsockname()[1]
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = lsock.accept()
+            except OSError:
+                return
+            try:
+                with ctx.wrap_socket(raw, server_side=True) as tls:
+                    tls.recv(1)
+            except (OSError, ssl.SSLError):
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert staple.counts(ctx) == (0, 0, 0)
+        staple.put(ctx, der, time.time() + 3600, False)
+        assert "Cert Status: good" in s_client(port).stdout
+        assert staple.counts(ctx) == (1, 0, 0)
+        # past its nextUpdate: never stapled any more
+        staple.put(ctx, der, time.time() - 1, False)
+        assert "OCSP response: no response sent" in s_client(port).stdout
+        assert staple.counts(ctx) == (1, 1, 0)
+        # must-staple without a response: an alert, no certificate
+        staple.put(ctx, b"", 0.0, True)
+        refused = s_client(port)
+        assert "no peer certificate available" in refused.stdout
+        assert staple.counts(ctx) == (1, 1, 1)
+        # a client that does not ask is not refused (it would not check the staple)
+        assert "Verify return code" in s_client(port, status=False).stdout
+        assert staple.counts(ctx) == (1, 1, 1)
+    finally:
+        lsock.shutdown(socket.SHUT_RDWR)  # (wakes the accept())
+        lsock.close()
+        thread.join(10)

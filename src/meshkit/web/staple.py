@@ -89,9 +89,12 @@ def watch(ctx: ssl.SSLContext, chain_pem: bytes, where: str) -> None:
     global _stapler
     if _REASON or _factory is None:
         return
-    if _stapler is None:
-        _stapler = _factory()
-    _stapler.watch(ctx, chain_pem, where)
+    try:
+        if _stapler is None:
+            _stapler = _factory()
+        _stapler.watch(ctx, chain_pem, where)
+    except Exception:  # stapling never keeps a certificate from being served
+        log.exception("OCSP: cannot staple the certificate of %s", where)
 
 
 def watch_file(ctx: ssl.SSLContext, path: str, where: str) -> None:

@@ -5,13 +5,18 @@ real `meshkit web`, and `openssl s_client -status` reading what is stapled."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import re
+import socket
+import ssl
 import stat
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -360,22 +365,10 @@ def test_must_staple_from_pebble_and_revoked_renewed(tmp_path: Path) -> None:
 # --- the C callback itself, on a plain ssl.SSLContext (Python's own server socket) ---
 
 
-@needs_stapling
-def test_callback_staples_until_next_update_and_refuses_must_staple(tmp_path: Path) -> None:
-    import socket
-    import ssl
-    import threading
-
-    ca = make_issuer(tmp_path)
-    crt, key = issue_with_aia(ca, tmp_path, "a", "a.test", "http://127.0.0.1:9/")
-    leaf, issuer = chain_of(crt.read_bytes())
-    assert issuer is not None
-    with ocsp_responder(ca.cert, ca.key) as r:
-        der = r.answer(request_der(leaf, issuer))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(str(crt), str(key))
+@contextlib.contextmanager
+def tls_server(ctx: ssl.SSLContext) -> Iterator[int]:
+    """Python's own blocking TLS server on 127.0.0.1 (a thread) with `ctx`; its port."""
     lsock = socket.create_server(("127.0.0.1", 0))
-    port = lsock.getsockname()[1]
 
     def serve() -> None:
         while True:
@@ -392,6 +385,24 @@ def test_callback_staples_until_next_update_and_refuses_must_staple(tmp_path: Pa
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
+        yield lsock.getsockname()[1]
+    finally:
+        lsock.shutdown(socket.SHUT_RDWR)  # (wakes the accept())
+        lsock.close()
+        thread.join(10)
+
+
+@needs_stapling
+def test_callback_staples_until_next_update_and_refuses_must_staple(tmp_path: Path) -> None:
+    ca = make_issuer(tmp_path)
+    crt, key = issue_with_aia(ca, tmp_path, "a", "a.test", "http://127.0.0.1:9/")
+    leaf, issuer = chain_of(crt.read_bytes())
+    assert issuer is not None
+    with ocsp_responder(ca.cert, ca.key) as r:
+        der = r.answer(request_der(leaf, issuer))
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(crt), str(key))
+    with tls_server(ctx) as port:
         assert staple.counts(ctx) == (0, 0, 0)
         staple.put(ctx, der, time.time() + 3600, False)
         assert "Cert Status: good" in s_client(port).stdout
@@ -408,7 +419,34 @@ def test_callback_staples_until_next_update_and_refuses_must_staple(tmp_path: Pa
         # a client that does not ask is not refused (it would not check the staple)
         assert "Verify return code" in s_client(port, status=False).stdout
         assert staple.counts(ctx) == (1, 1, 1)
+
+
+@needs_stapling
+def test_ready_fetches_before_a_must_staple_certificate_is_served(tmp_path: Path) -> None:
+    """AcmeManager asks ready() before it swaps a new must-staple certificate in: the first
+    handshake already gets the staple."""
+    from meshkit.acme.stapler import OcspStapler
+
+    ca = make_issuer(tmp_path)
+    port_ocsp = free_port()
+    url = f"http://127.0.0.1:{port_ocsp}/"
+    crt, key = issue_with_aia(ca, tmp_path, "a", "a.test", url, must_staple=True)
+    plain, _ = issue_with_aia(ca, tmp_path, "b", "a.test", url)
+    stapler = OcspStapler(tmp_path / "data")
+    try:
+        assert stapler.ready(plain.read_bytes(), "test")  # not must-staple: nothing to wait for
+        assert not stapler.ready(crt.read_bytes(), "test")  # the responder is down
+        with ocsp_responder(ca.cert, ca.key, port=port_ocsp) as r:
+            assert stapler.ready(crt.read_bytes(), "test")
+            assert r.requests == 1
+            assert stapler.ready(crt.read_bytes(), "test")  # (kept: not asked again)
+            assert r.requests == 1
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(crt), str(key))
+            stapler.watch(ctx, crt.read_bytes(), "test")
+            with tls_server(ctx) as port:
+                assert "Cert Status: good" in s_client(port).stdout
+            assert staple.counts(ctx) == (1, 0, 0)
+        assert len(list((tmp_path / "data" / "ocsp").iterdir())) == 1
     finally:
-        lsock.shutdown(socket.SHUT_RDWR)  # (wakes the accept())
-        lsock.close()
-        thread.join(10)
+        stapler.close()

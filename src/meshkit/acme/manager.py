@@ -283,6 +283,15 @@ class AcmeManager:
         end: datetime.datetime,
     ) -> None:
         assert self.hub is not None
+        # a must-staple certificate is served with a staple from its first handshake: the
+        # response is fetched before the swap (without one, status-asking clients are
+        # refused until it comes: meshkit.acme.stapler keeps asking)
+        if not staple.ready(chain, f"automatic HTTPS for {w.name}"):
+            log.warning(
+                "ACME: the new certificate of %s is must-staple and has no OCSP response "
+                "yet; serving it (clients asking for its status are refused until one comes)",
+                w.name,
+            )
         self.hub.install([w.name], chain, key)
         meta = {
             "names": [w.name],

@@ -129,14 +129,8 @@ class OcspStapler:
                 )
                 staple.put(ctx, b"", 0.0, True)
             return
-        digest = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).digest()
+        digest, cert = self._entry(leaf, issuer, urls, where)
         with self._lock:
-            cert = self.certs.get(digest)
-            if cert is None:
-                names = _names(leaf)
-                stem = f"{_safe(names[0])}-{digest[:8].hex()}"
-                cert = _Cert(leaf, issuer, urls, names, must, where, self.dir / stem)
-                self.certs[digest] = cert
             cert.contexts.add(ctx)
             answer = cert.answer
             start = not cert.started
@@ -147,6 +141,47 @@ class OcspStapler:
             staple.put(ctx, b"", 0.0, True)  # refused to status askers until a response comes
         if start:
             self._start(digest, cert)
+
+    def _entry(
+        self, leaf: x509.Certificate, issuer: x509.Certificate, urls: list[str], where: str
+    ) -> tuple[bytes, _Cert]:
+        digest = hashlib.sha256(leaf.public_bytes(serialization.Encoding.DER)).digest()
+        with self._lock:
+            cert = self.certs.get(digest)
+            if cert is None:
+                names = _names(leaf)
+                stem = f"{_safe(names[0])}-{digest[:8].hex()}"
+                must = must_staple(leaf)
+                cert = _Cert(leaf, issuer, urls, names, must, where, self.dir / stem)
+                self.certs[digest] = cert
+        return digest, cert
+
+    def ready(self, chain_pem: bytes, where: str) -> bool:
+        """Blocking (a worker thread): make sure a must-staple certificate that is about to
+        be served has a current response in memory (stored, or asked for now), so that it
+        is stapled from its first handshake on. True when it has one, or needs none."""
+        leaf, issuer = chain_of(chain_pem)
+        urls = responders_of(leaf)
+        if not must_staple(leaf) or not urls or issuer is None:
+            return True
+        _, cert = self._entry(leaf, issuer, urls, where)
+        current = cert.answer
+        if current is not None and current.next_update > time.time():
+            return True
+        answer = self._load(cert)
+        if answer is None:
+            try:
+                answer = self._fetch(cert)
+            except OcspError as exc:
+                log.warning("OCSP: no response yet for %s (%s): %s", cert.names[0], where, exc)
+                return False
+            self._save(cert, answer)
+        cert.answer = answer
+        return True
+
+    def close(self) -> None:
+        """Stop the stapler's loop (its tasks end with it; tests)."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
 
     def _start(self, digest: bytes, cert: _Cert) -> None:
         def begin() -> None:

@@ -69,6 +69,10 @@ class Stapler(Protocol):
         """`ctx` serves the certificate chain `chain_pem` (leaf first): staple its
         responses on it from now on (any thread; never blocks on the network)."""
 
+    def ready(self, chain_pem: bytes, where: str) -> bool:
+        """Blocking (a worker thread): a must-staple certificate gets a current response
+        before it is served; False when none could be had."""
+
 
 _factory: Callable[[], Stapler] | None = None
 _stapler: Stapler | None = None
@@ -108,6 +112,22 @@ def watch_file(ctx: ssl.SSLContext, path: str, where: str) -> None:
         log.warning("OCSP: cannot read %s again for stapling: %s", path, exc.strerror)
         return
     watch(ctx, chain_pem, where)
+
+
+def ready(chain_pem: bytes, where: str) -> bool:
+    """Blocking, from a worker thread: a must-staple certificate about to be served gets a
+    current response first (see meshkit.acme.stapler.OcspStapler.ready). True when it has
+    one or needs none (also when this process does not staple)."""
+    global _stapler
+    if _REASON or _factory is None:
+        return True
+    try:
+        if _stapler is None:
+            _stapler = _factory()
+        return _stapler.ready(chain_pem, where)
+    except Exception:  # stapling never keeps a certificate from being served
+        log.exception("OCSP: cannot get a response for the certificate of %s", where)
+        return False
 
 
 def put(ctx: ssl.SSLContext, der: bytes, next_update: float, must: bool) -> None:

@@ -450,3 +450,21 @@ def test_ready_fetches_before_a_must_staple_certificate_is_served(tmp_path: Path
         assert len(list((tmp_path / "data" / "ocsp").iterdir())) == 1
     finally:
         stapler.close()
+
+
+def test_sweep_deletes_expired_and_unreadable_responses(tmp_path: Path) -> None:
+    from meshkit.acme.stapler import sweep
+
+    ca, leaf, issuer = _leaf(tmp_path)
+    folder = tmp_path / "ocsp"
+    folder.mkdir()
+    with ocsp_responder(ca.cert, ca.key) as r:
+        (folder / "current").write_bytes(r.answer(request_der(leaf, issuer)))
+        r.status = "error"
+        (folder / "trylater").write_bytes(r.answer(request_der(leaf, issuer)))
+    (folder / "garbage").write_bytes(b"not OCSP")
+    (folder / "x.tmp").write_bytes(b"being written")
+    assert sorted(sweep(folder)) == ["garbage", "trylater"]
+    assert sorted(os.listdir(folder)) == ["current", "x.tmp"]
+    assert sweep(folder, now=time.time() + 7200) == ["current"]  # (past its nextUpdate)
+    assert sweep(tmp_path / "none") == []

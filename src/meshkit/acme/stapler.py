@@ -43,6 +43,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import ocsp
 
 from meshkit.acme.ocsp import Answer, OcspError, chain_of, fetch, must_staple, request_der, verify
 from meshkit.acme.ocsp import responders as responders_of
@@ -95,6 +96,34 @@ def _when(t: float) -> str:
     return datetime.datetime.fromtimestamp(t, datetime.timezone.utc).isoformat(timespec="seconds")
 
 
+def sweep(folder: Path, now: float | None = None) -> list[str]:
+    """Delete the stored responses of `folder` whose nextUpdate has passed or that are not
+    successful OCSP responses; the names deleted."""
+    now = time.time() if now is None else now
+    gone: list[str] = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return gone  # nothing stored yet
+    for name in names:
+        path = folder / name
+        if name.endswith(".tmp") or not path.is_file():
+            continue  # (a write in progress)
+        try:
+            resp = ocsp.load_der_ocsp_response(path.read_bytes())
+            ok = resp.response_status == ocsp.OCSPResponseStatus.SUCCESSFUL
+            end = resp.next_update_utc if ok else None
+        except (OSError, ValueError):
+            end = None
+        if end is None or end.timestamp() <= now:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                gone.append(name)
+    if gone:
+        log.info("OCSP: deleted %d expired or unreadable stored responses in %s", len(gone), folder)
+    return gone
+
+
 class OcspStapler:
     def __init__(self, root: Path | None = None) -> None:
         self.dir = (root or data_dir()) / "ocsp"
@@ -107,6 +136,17 @@ class OcspStapler:
         # client's thread) and never holds the server's loop; staple.put is thread-safe
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name="meshkit-ocsp", daemon=True).start()
+        self.loop.call_soon_threadsafe(self._start_sweeper)
+
+    def _start_sweeper(self) -> None:
+        self._sweeper = self.loop.create_task(self._sweep_every(CHECK_EVERY), name="ocsp sweep")
+
+    async def _sweep_every(self, seconds: float) -> None:
+        """Caddy v1's DeleteOldStapleFiles: stored responses that expired or cannot be read
+        are deleted, at start and then every hour."""
+        while True:
+            await self.loop.run_in_executor(None, sweep, self.dir)
+            await asyncio.sleep(seconds)
 
     # --- meshkit.web.staple.Stapler (any thread) ---
 

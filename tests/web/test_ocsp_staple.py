@@ -9,6 +9,7 @@ import contextlib
 import datetime
 import os
 import re
+import signal
 import socket
 import ssl
 import stat
@@ -223,6 +224,11 @@ def test_staples_a_good_response_and_keeps_it_on_disk(tmp_path: Path) -> None:
             assert len(files) == 1 and files[0].name.startswith("a.test-")
             assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
             assert "stapling a good response for a.test" in proc.stderr()
+            # a reload's new contexts get the response kept in memory at once
+            proc.signal(signal.SIGUSR1)
+            wait_for(lambda: "reload: done" in proc.stderr(), "reloaded")
+            assert "Cert Status: good" in s_client(port).stdout
+            assert r.requests == 1
         finally:
             proc.stop()
         # a restart staples the stored response without asking the responder

@@ -54,6 +54,17 @@ class Pebble:
             dest.write_bytes(r.read())
         return dest
 
+    def intermediate(self) -> tuple[bytes, bytes]:
+        """(certificate PEM, private key PEM) of the intermediate that signs the certificates
+        pebble issues (management API), to sign OCSP answers as the issuer."""
+        ctx = ssl.create_default_context(cafile=str(self.trust))
+        out = []
+        for what in ("intermediates", "intermediate-keys"):
+            url = f"https://127.0.0.1:{self.mgmt}/{what}/0"
+            with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+                out.append(r.read())
+        return out[0], out[1]
+
     def log(self) -> str:
         return self.out.read_text(errors="replace") + self.proc.stderr()
 
@@ -64,8 +75,15 @@ class Pebble:
 
 @contextmanager
 def run_pebble(
-    tmp: Path, *, http_port: int, tls_port: int, env: dict[str, str] | None = None
+    tmp: Path,
+    *,
+    http_port: int,
+    tls_port: int,
+    env: dict[str, str] | None = None,
+    ocsp_url: str = "",
 ) -> Iterator[Pebble]:
+    """`ocsp_url`: the OCSP responder pebble names in its certificates' AIA (it has none of
+    its own; a test answers with the intermediate's key, Pebble.intermediate())."""
     tmp.mkdir(parents=True, exist_ok=True)
     cert, key = tmp / "pebble.crt", tmp / "pebble.key"
     subprocess.run(
@@ -87,7 +105,7 @@ def run_pebble(
             "privateKey": str(key),
             "httpPort": http_port,
             "tlsPort": tls_port,
-            "ocspResponderURL": "",
+            "ocspResponderURL": ocsp_url,
             "externalAccountBindingRequired": False,
         }
     }

@@ -33,7 +33,7 @@ def test_parse_on_demand() -> None:
     for bad, needle in (
         ("max_certs 0", "must be a whole number above 0"),
         ("ask ftp://x", "expected a URL"),
-        ("must_staple", "must_staple is not available yet"),
+        ("dns cloudflare", "dns is not available yet"),
         ("max_certs 2\n }\n tls self_signed {\n  ask http://x/", "but this tls names its"),
     ):
         text = f":8443 {{\n tls {{\n  {bad}\n }}\n}}\n"

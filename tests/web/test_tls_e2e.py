@@ -457,8 +457,8 @@ def test_validate_names_a_missing_file_and_a_mismatched_key(tmp_path: Path, cert
 @pytest.mark.parametrize(
     "tls",
     [
-        "tls self_signed {\n    must_staple\n  }",
         "tls {\n    dns cloudflare\n  }",
+        "tls {\n    wildcard\n  }",
     ],
 )
 def test_acme_options_not_there_yet_are_refused(tmp_path: Path, tls: str) -> None:

@@ -195,12 +195,19 @@ def alpn_certificate(name: str, key_authorization: str) -> tuple[bytes, bytes]:
 
 
 def obtain(
-    settings: Settings, storage: CertStore, name: str, key_type: str, hooks: Hooks
+    settings: Settings,
+    storage: CertStore,
+    name: str,
+    key_type: str,
+    hooks: Hooks,
+    must_staple: bool = False,
 ) -> tuple[bytes, bytes, datetime.datetime]:
-    """A new certificate for `name`: (chain PEM, key PEM, not after). Raises Problem."""
+    """A new certificate for `name`: (chain PEM, key PEM, not after). Raises Problem.
+    `must_staple`: the CSR asks for RFC 7633's TLS Feature status_request (`tls {
+    must_staple }`); whether the certificate has it is the CA's choice."""
     with _lock:
         try:
-            return _obtain(settings, storage, name, key_type, hooks)
+            return _obtain(settings, storage, name, key_type, hooks, must_staple)
         except Problem:
             raise
         except errors.ValidationError as exc:
@@ -233,12 +240,23 @@ def _validation_problem(name: str, exc: errors.ValidationError) -> str:
     return f"validation of {name} failed: {what}"
 
 
+def make_csr(key_pem: bytes, name: str, must_staple: bool = False) -> bytes:
+    """The order's CSR (PEM) for `name`; `must_staple` adds RFC 7633's TLS Feature
+    extension (status_request), asking the CA for an OCSP Must-Staple certificate."""
+    return bytes(crypto_util.make_csr(key_pem, [name], must_staple=must_staple))
+
+
 def _obtain(
-    settings: Settings, storage: CertStore, name: str, key_type: str, hooks: Hooks
+    settings: Settings,
+    storage: CertStore,
+    name: str,
+    key_type: str,
+    hooks: Hooks,
+    must_staple: bool,
 ) -> tuple[bytes, bytes, datetime.datetime]:
     acme, jwk = _client(settings, storage)
     key_pem = _pem(make_key(key_type))
-    csr = crypto_util.make_csr(key_pem, [name])
+    csr = make_csr(key_pem, name, must_staple)
     order = acme.new_order(csr)
     log.info("ACME: ordered a certificate for %s from %s (%s)", name, settings.ca, order.uri)
     prefs = (("http-01", settings.http01), ("tls-alpn-01", settings.alpn01))

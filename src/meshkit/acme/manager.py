@@ -6,7 +6,9 @@
    gets a new certificate from the CA: the order runs in an executor thread (the `acme`
    package blocks), the result is stored (0600) and swapped into every listener serving
    the name, so renewals need no restart;
-3. then it sleeps until the next check (every 12 hours, or the renewal time if sooner).
+3. then it sleeps until the next check (every 12 hours, or the renewal time if sooner);
+   a certificate that its OCSP responder says is revoked (meshkit.acme.stapler, through
+   meshkit.web.staple.revoked) is renewed at once, as Caddy v1 does.
 
 Where certificates live and who may order is the store's (meshkit.acme.storage.CertStore):
 files for `meshkit web`; for nodes with `--web`, the cluster's state, where one node at a time
@@ -26,16 +28,16 @@ import contextlib
 import datetime
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from meshkit.acme.client import Problem, Settings, check_pair, obtain
 from meshkit.acme.storage import CertStore, Storage
+from meshkit.acme.threads import in_daemon_thread
 from meshkit.base.cancel import cancel_and_wait
 from meshkit.base.durations import parse_duration
+from meshkit.web import staple
 from meshkit.web.autotls import CertHub, Wanted
 
 __all__ = ["AcmeManager"]
@@ -46,38 +48,6 @@ RENEW_BEFORE = 30 * 86400.0
 CHECK_EVERY = 12 * 3600.0
 RETRY_FIRST = 60.0
 RETRY_MAX = 3600.0
-
-
-T = TypeVar("T")
-
-
-async def in_daemon_thread(fn: Callable[..., T], *args: object) -> T:
-    """fn(*args) in a daemon thread of its own: an order waiting on a silent CA (up to
-    -catimeout per request) neither holds the loop nor keeps the process from exiting on
-    SIGTERM, as a thread of the default executor would (it is joined at exit)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[T] = loop.create_future()
-
-    def done(result: T | None, exc: BaseException | None) -> None:
-        if fut.done():
-            return
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result = fn(*args)
-        except BaseException as exc:
-            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(done, None, exc)
-            return
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(done, result, None)
-
-    threading.Thread(target=run, name="meshkit-acme", daemon=True).start()
-    return await fut
 
 
 def _retry_in(exc: Problem, delay: float) -> float:
@@ -105,12 +75,41 @@ class AcmeManager:
         self.check_every = _env("MESHKIT_ACME_CHECK_EVERY", CHECK_EVERY)
         self.retry_first = _env("MESHKIT_ACME_RETRY", RETRY_FIRST)
         self.hub: CertHub | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.tasks: dict[Wanted, asyncio.Task[None]] = {}
         self.extra: set[Wanted] = set()  # on-demand names (add()), kept across update()
+        # names whose certificate was found revoked: renewed at the next wake-up, now
+        self.revoked: dict[str, asyncio.Event] = {}
 
     def start(self, hub: CertHub, names: Sequence[Wanted]) -> None:
         self.hub = hub
+        self.loop = asyncio.get_running_loop()
+        staple.on_revoked(self.renew_now)
         self.update(names)
+
+    def renew_now(self, names: list[str]) -> None:
+        """The OCSP responder says the certificate of `names` is revoked (any thread: the
+        stapler's): those this manager keeps get a new certificate at once."""
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nothing to renew
+                self.loop.call_soon_threadsafe(self._renew_now, names)
+
+    def _renew_now(self, names: list[str]) -> None:
+        for w in self.tasks:
+            if w.name in names:
+                log.warning("ACME: renewing the certificate of %s now: it is revoked", w.name)
+                self._revoked(w.name).set()
+
+    def _revoked(self, name: str) -> asyncio.Event:
+        ev = self.revoked.get(name)
+        if ev is None:
+            ev = self.revoked[name] = asyncio.Event()
+        return ev
+
+    async def _nap(self, name: str, seconds: float) -> None:
+        """Sleep `seconds`, or less when the certificate of `name` is found revoked."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._revoked(name).wait(), seconds)
 
     def add(self, name: Wanted) -> None:
         """One more name to obtain (or load from storage) and renew: on-demand TLS."""
@@ -162,10 +161,14 @@ class AcmeManager:
         storage = self.stores(settings.ca)
         not_after = await loop.run_in_executor(None, self._load_stored, storage, w.name, hub)
         delay = self.retry_first
+        revoked = self._revoked(w.name)
         while True:
             now = time.time()
-            if not_after is None or now >= not_after - self.renew_before:
+            forced = revoked.is_set()
+            if not_after is None or now >= not_after - self.renew_before or forced:
                 why = "has none" if not_after is None else "is due for renewal"
+                if forced:
+                    why = "is revoked"
                 if not await loop.run_in_executor(None, storage.take_order, w.name):
                     # another node orders it: its certificate comes through the store
                     await asyncio.sleep(self.retry_first)
@@ -176,7 +179,7 @@ class AcmeManager:
                     continue
                 log.info("ACME: %s %s; asking %s", w.name, why, settings.ca)
                 try:
-                    not_after = await self._order(storage, w, settings, hub, delay)
+                    not_after = await self._order(storage, w, settings, hub, delay, forced)
                 except Problem as exc:
                     wait = _retry_in(exc, delay)
                     log.error(
@@ -190,12 +193,19 @@ class AcmeManager:
                     delay = min(delay * 2, RETRY_MAX)
                     continue
                 delay = self.retry_first
+                revoked.clear()
                 hub.renewed(w.name)  # `on certrenew` hooks (meshkit.web.hooks)
             wait = max(1.0, min(self.check_every, not_after - self.renew_before - time.time()))
-            await asyncio.sleep(wait)
+            await self._nap(w.name, wait)
 
     async def _order(
-        self, storage: CertStore, w: Wanted, settings: Settings, hub: CertHub, delay: float
+        self,
+        storage: CertStore,
+        w: Wanted,
+        settings: Settings,
+        hub: CertHub,
+        delay: float,
+        forced: bool = False,
     ) -> float:
         """Obtain and store a certificate for `w` while holding its order; its end of
         validity. Raises Problem (the order is ended with the wait before the retry, `delay`
@@ -205,11 +215,18 @@ class AcmeManager:
         try:
             # the order is ours now: a certificate stored meanwhile (by another node) may make
             # it moot
+            # (not when the stored one is the revoked one)
             found = await loop.run_in_executor(None, self._load_stored, storage, w.name, hub)
-            if found is not None and time.time() < found - self.renew_before:
+            if found is not None and time.time() < found - self.renew_before and not forced:
                 return found
             chain, key, end = await in_daemon_thread(
-                obtain, settings, storage, w.name, w.key_type, storage.hooks(hub)
+                obtain,
+                settings,
+                storage,
+                w.name,
+                w.key_type,
+                storage.hooks(hub),
+                w.must_staple,
             )
             await loop.run_in_executor(None, self._store, storage, w, settings, chain, key, end)
         except Problem as exc:
@@ -266,6 +283,15 @@ class AcmeManager:
         end: datetime.datetime,
     ) -> None:
         assert self.hub is not None
+        # a must-staple certificate is served with a staple from its first handshake: the
+        # response is fetched before the swap (without one, status-asking clients are
+        # refused until it comes: meshkit.acme.stapler keeps asking)
+        if not staple.ready(chain, f"automatic HTTPS for {w.name}"):
+            log.warning(
+                "ACME: the new certificate of %s is must-staple and has no OCSP response "
+                "yet; serving it (clients asking for its status are refused until one comes)",
+                w.name,
+            )
         self.hub.install([w.name], chain, key)
         meta = {
             "names": [w.name],

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from meshkit.base.errors import FlagError
+
+if TYPE_CHECKING:
+    from meshkit.web.staple import Stapler
 
 web_app = typer.Typer()
 
@@ -283,6 +286,9 @@ def web(
             alpn01=not disable_tls_alpn_challenge,
         )
     from meshkit.cli import run_loop
+    from meshkit.web import staple
+
+    staple.use(_ocsp_stapler)  # OCSP stapling of every served certificate with a responder
 
     async def main() -> None:
         code = await app.serve(options, config, quiet=quiet)
@@ -290,6 +296,13 @@ def web(
             raise typer.Exit(code)
 
     run_loop(main())
+
+
+def _ocsp_stapler() -> Stapler:
+    """meshkit.acme's OcspStapler, made (and `cryptography` loaded) at the first certificate."""
+    from meshkit.acme.stapler import OcspStapler
+
+    return OcspStapler()
 
 
 def _with_acme(

@@ -68,6 +68,7 @@ class Wanted:
     email: str = ""  # `tls EMAIL`; "" : the -email flag (or no email)
     ca: str = ""  # `ca URL`; "" : the -ca flag (or the default CA)
     key_type: str = "p256"
+    must_staple: bool = False  # `tls { must_staple }`: the CSR asks for OCSP Must-Staple
 
 
 def wanted(config: Config) -> list[Wanted]:
@@ -79,7 +80,7 @@ def wanted(config: Config) -> list[Wanted]:
             continue  # (on-demand names are asked for at handshake time)
         for a in site.addresses:
             if a.scheme == "https" and a.host and a.host not in out:
-                out[a.host] = Wanted(a.host, tls.email, tls.ca, tls.key_type)
+                out[a.host] = Wanted(a.host, tls.email, tls.ca, tls.key_type, tls.must_staple)
     return list(out.values())
 
 
@@ -215,7 +216,7 @@ class CertHub:
             log.info("on-demand TLS: obtaining a certificate for %s", name)
             listener.auto.add(name)
             assert self.issuer is not None
-            self.issuer.add(Wanted(name, cfg.email, cfg.ca, cfg.key_type))
+            self.issuer.add(Wanted(name, cfg.email, cfg.ca, cfg.key_type, cfg.must_staple))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(fut), ON_DEMAND_WAIT)
             if not fut.done():

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from meshkit.base.errors import MeshkitError
+from meshkit.web import staple
 from meshkit.web.directives.tls import PROTOCOLS, TLSConfig
 from meshkit.web.tlssock import attach_listener
 
@@ -84,6 +85,7 @@ class TlsListener:
         """Serve this pair for `name` from the next handshake on (any thread)."""
         ctx = _context(self.auto_cfg or TLSConfig(), self.http2)
         _load(ctx, cert_pem, key_pem)
+        staple.watch(ctx, cert_pem, f"automatic HTTPS for {name}")  # OCSP (web/staple.py)
         self.by_name[name] = ctx
 
     def pick(self, name: str | None) -> ssl.SSLContext | None:
@@ -236,6 +238,7 @@ def build_listener(
             for cert, key in cfg.pairs:
                 ctx = _context(cfg, http2)
                 ctx.load_cert_chain(cert, key)
+                staple.watch_file(ctx, cert, f"{cfg.where}, {cert}")  # OCSP (web/staple.py)
                 own = _names_of(cert)
                 # `tls CERT KEY` serves the site's names whatever the certificate says
                 names = own if (cert, key) != (cfg.cert, cfg.key) else [*hosts, *own]

@@ -18,6 +18,7 @@
                                     # most N (for a `*.domain` or host-less site)
         ask URL                     # on-demand: GET URL?domain=NAME must answer 2xx first
         ct off                      # accepted (v1): meshkit never staples SCTs anyway
+        must_staple                 # automatic HTTPS: ask the CA for OCSP Must-Staple
     }
 
 The certificate and key files are checked here, so that `meshkit web -validate` names a
@@ -26,9 +27,14 @@ that names no certificate (`tls EMAIL`, `tls { ca URL }`) asks for automatic HTT
 certificates come from an ACME CA (meshkit.acme, wired by `meshkit web`; see
 meshkit.web.autotls). On-demand TLS (`max_certs`, `ask`): a handshake for a name the site
 covers but has no certificate for waits while one is obtained (meshkit.web.autotls's
-CertHub.on_demand). `must_staple`, `dns` and `wildcard` are read and refused (not available
-yet: Python's ssl cannot staple OCSP responses). Building the SSL contexts is
-meshkit.web.tlsctx's job.
+CertHub.on_demand). `dns` and `wildcard` are read and refused (not available yet). Building
+the SSL contexts is meshkit.web.tlsctx's job.
+
+OCSP stapling needs no line: every served certificate that names an OCSP responder gets
+its response stapled (meshkit.web.staple). `must_staple` (automatic HTTPS only) puts RFC
+7633's TLS Feature extension into the CSR; such a certificate is only served with a staple.
+Stapling needs meshkit's compiled extension (Python's ssl module cannot staple): without it
+(MESHKIT_NO_EXTENSIONS=1) `must_staple` is refused here, with Caddyfile:LINE.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import ssl
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from meshkit.web import staple
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import passthrough, register
 from meshkit.web.site import Site
@@ -102,6 +109,8 @@ class TLSConfig:
     on_demand: bool = False
     max_certs: int = 0  # 0: no limit (only with `ask`)
     ask: str = ""
+    # `must_staple`: the ACME CSR asks for RFC 7633's TLS Feature (status_request)
+    must_staple: bool = False
 
     def options(self) -> tuple[object, ...]:
         """What must be the same for every site of one port (one handshake serves them)."""
@@ -194,6 +203,12 @@ def parse(d: Dispenser, site: Site) -> TLSConfig:
                     "names its certificate")  # fmt: skip
     if not (cfg.pairs or cfg.self_signed):
         cfg.acme = True  # no certificate named: automatic HTTPS (the loader checks the rest)
+    elif cfg.must_staple:
+        raise d.err(
+            "tls: must_staple is for automatic HTTPS (it asks the CA for the extension), but "
+            "this tls names its certificate (one of your own that has the extension is only "
+            "served with a staple anyway)"
+        )
     elif cfg.email or cfg.ca:
         raise d.err(
             f"tls: {'an email' if cfg.email else 'ca'} is for automatic HTTPS, but this tls "
@@ -307,7 +322,16 @@ def _option(d: Dispenser, cfg: TLSConfig) -> None:
         # v1 stapled SCTs unless `ct off`; meshkit never staples them, so `off` is what it does
         if args != ["off"]:
             raise d.arg_err()
-    elif name in ("must_staple", "dns", "wildcard", "email"):
+    elif name == "must_staple":
+        if args:
+            raise d.arg_err()
+        if not staple.available():
+            raise d.err(
+                "tls: must_staple needs OCSP stapling, which is not available: "
+                f"{staple.unavailable_reason()}; Python's ssl module cannot staple"
+            )
+        cfg.must_staple = True
+    elif name in ("dns", "wildcard", "email"):
         raise d.err(f"tls: {name} {NOT_YET}")
     else:
         raise d.err(f"tls: unknown option {name!r}")

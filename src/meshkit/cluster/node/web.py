@@ -53,6 +53,7 @@ class NodeWeb:
                 self.certs.follow(), name="webcerts"
             )
             issuer = self.certs.issuer()
+        self._use_stapler()
         try:
             self.server = await start_embedded(self.caddyfile, self.mesh, hub=hub, issuer=issuer)
         except BaseException:
@@ -67,6 +68,15 @@ class NodeWeb:
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, lambda: spawn(self.reload())
             )
+
+    def _use_stapler(self) -> None:
+        """OCSP stapling of every served certificate with a responder, as `meshkit web` does;
+        the responses are kept under the node's data directory."""
+        from meshkit.acme.stapler import OcspStapler
+        from meshkit.web import staple
+
+        root = self.node.data_dir if self.node is not None else None
+        staple.use(lambda: OcspStapler(root))
 
     async def reload(self) -> None:
         if self.server is not None and await self.server.reload():

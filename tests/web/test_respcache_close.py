@@ -23,10 +23,12 @@ from meshkit.web.message import Request
 from meshkit.web.tlsctx import build_listener
 from support.httpserver_util import Reader, ServerThread, connect
 from support.polling import wait_until
+from support.respcache_lab import HAVE_C
 from support.tlscerts import issue, make_ca
 
 OLD = 1_600_000_000
 TLS_MODES = ["lane", "twin"] if tlssock._TLS_LANE is not None else ["twin"]
+MODES = [*(["plain-c"] if HAVE_C else []), "plain-py", *(f"tls-{m}" for m in TLS_MODES)]
 CLOSE = b"GET /a.txt HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
 OLD_HTTP = b"GET /a.txt HTTP/1.0\r\nHost: a.test\r\n\r\n"
 
@@ -71,7 +73,7 @@ def _site(tmp_path: Path, extra: str = "") -> tuple[Counting, Path]:
 Start = Callable[[Counting], ServerThread]
 
 
-@pytest.fixture(params=["plain-c", "plain-py", *(f"tls-{m}" for m in TLS_MODES)])
+@pytest.fixture(params=MODES)
 def start(
     request: pytest.FixtureRequest, tls_context: ssl.SSLContext, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[Start, Callable[[int], socket.socket]]]:
@@ -167,11 +169,10 @@ def test_closing_hits_write_the_same_log_line(start: Any, tmp_path: Path) -> Non
     assert logfile.read_text().splitlines() == ["GET /a.txt 200 5"] * 3
 
 
-def test_a_closing_head_with_a_pipelined_one_is_answered_once(
-    start: Any, tmp_path: Path
-) -> None:
+def test_a_closing_head_with_a_pipelined_one_is_answered_once(start: Any, tmp_path: Path) -> None:
     """A closing request with another one behind it in the same read: the first is
-    answered, the second never (as without the cache), however often it is sent."""
+    answered and the connection closed, the second never answered (as without the cache),
+    however often the same bytes are sent."""
     go, client = start
     router, _ = _site(tmp_path)
     st = go(router)
@@ -182,4 +183,5 @@ def test_a_closing_head_with_a_pipelined_one_is_answered_once(
             reader = Reader(sock)
             assert reader.response().body == b"plain"
             assert reader.closed()
-    assert router.calls <= 3
+    # the same bytes ask the same: remembered with the first answer, like a lone head
+    assert router.calls == 1

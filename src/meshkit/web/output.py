@@ -341,10 +341,8 @@ class OutputPath:
         second = int(now)
         wire = hit.wire if hit.second == second else hit.refresh(second)
         self.requests += 1
-        if hit.closes:
-            self._fire(_LAST_RESPONSE)  # the request asked to close: no later one is read
-        elif self._state == _NEW:
-            self._fire(Event.CACHED)
+        if hit.closes or self._state == _NEW:  # (one that asked to close is the last read)
+            self._fire(_LAST_RESPONSE if hit.closes else Event.CACHED)
         sent: int | None
         if hit.fd < 0 or (hit.body and self._scheme != "http"):
             try:

@@ -33,6 +33,8 @@ completed): on a shared machine that moves far less than req/s does.
     python bench/web_tls.py                  # 5 rounds x 10 s per case and server
     python bench/web_tls.py --quick          # smoke test: 1 round x 2 s
     python bench/web_tls.py --cases h2 --targets nginx,meshkit
+    python bench/web_tls.py --cases handshake --targets nginx,meshkit \
+        --baseline-src /tmp/old/src      # A/B: another build as "base", same rounds
 """
 
 from __future__ import annotations
@@ -202,12 +204,26 @@ def meshkit_command(args: argparse.Namespace, port: int, root: Path, cert: Path,
 
 
 def start_meshkit(
-    procs: Procs, core: int | None, root: Path, cert: Path, key: Path, args: argparse.Namespace
+    procs: Procs,
+    core: int | None,
+    root: Path,
+    cert: Path,
+    key: Path,
+    args: argparse.Namespace,
+    src: Path | None = None,
 ) -> tuple[int, int]:
+    """meshkit web; with `src`, the meshkit package found there (--baseline-src: an older
+    build measured in the same rounds, so that a change is judged against it)."""
     port = free_port()
-    cmd = meshkit_command(args, port, root, cert, key, procs.tmp)
-    proc, logfile = procs.start("meshkit", cmd, core, env=meshkit_env(args.no_extensions))
-    wait_port(port, proc, "meshkit (" + shlex.join(cmd) + ")", logfile, timeout=30)
+    name = "meshkit" if src is None else "base"
+    conf_dir = procs.tmp / name
+    conf_dir.mkdir(exist_ok=True)
+    cmd = meshkit_command(args, port, root, cert, key, conf_dir)
+    env = meshkit_env(args.no_extensions)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    proc, logfile = procs.start(name, cmd, core, env=env)
+    wait_port(port, proc, f"{name} ({shlex.join(cmd)})", logfile, timeout=30)
     return port, proc.pid
 
 
@@ -343,6 +359,10 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             ports["meshkit"], pids["meshkit"] = start_meshkit(
                 procs, args.server_core, root, cert, key, args
             )
+        if args.baseline_src is not None:
+            ports["base"], pids["base"] = start_meshkit(
+                procs, args.server_core, root, cert, key, args, args.baseline_src
+            )
         log(f"servers: {ports} (server CPU {args.server_core}, client CPU {args.client_core})")
         for case in cases:
             for name, port in ports.items():
@@ -427,7 +447,21 @@ def report(results: Results, args: argparse.Namespace) -> bool:
             if paired:
                 print(f"{case.key} meshkit/{anchor} per round: {' '.join(paired)}")
     for case in cases:
-        cpu = {t: results.median(case.key + ":cpu", t) for t in TARGETS}
+        base = results.median(case.key, "base")
+        if base is not None:
+            mk = results.median(case.key, "meshkit")
+            per = results.samples.get(case.key, {})
+            paired = [
+                f"{m.value / b.value:.2f}"
+                for b, m in zip(per.get("base", []), per.get("meshkit", []), strict=False)
+                if b.value
+            ]
+            print(
+                f"{case.key} base (--baseline-src) {fmt(base, case.unit)}; meshkit/base "
+                f"{fmt_ratio(ratio(mk, base))}; per round: {' '.join(paired)}"
+            )
+    for case in cases:
+        cpu = {t: results.median(case.key + ":cpu", t) for t in (*TARGETS, "base")}
         if cpu.get("meshkit") is None:
             continue
         parts = [f"{t} {v:.0f} us" for t, v in cpu.items() if v is not None]
@@ -486,6 +520,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--meshkit-cmd", default=None, help="command prefix (default python -m meshkit)")
     p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
+    p.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="also run the meshkit package in DIR (a src folder of another build, its .so "
+        "files built) as target 'base', interleaved in the same rounds (A/B)",
+    )
     p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
     p.add_argument("--server-core", type=int, default=None, help="CPU for the servers")
     p.add_argument("--client-core", type=int, default=None, help="CPU for wrk and h2load")
@@ -501,6 +542,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"--cases: unknown {', '.join(sorted(unknown))}")
     settle_server_args(p, args, TARGETS)
+    if args.baseline_src is not None and not (args.baseline_src / "meshkit").is_dir():
+        p.error(f"--baseline-src {args.baseline_src}: no meshkit package in that folder")
     return args
 
 

@@ -116,6 +116,9 @@ cdef class Lane:
         hit = server._cache.entries.get(data)
         if hit is None or not _ln_valid(hit.validators):
             return 0  # a miss, or stale: the twin drops it and reads the head
+        if hit.closes:  # the request asked to close: the connection's own method closes
+            conn._answer_cached(hit)
+            return 1
         replay = None
         if hit.callbacks:
             replay = hit.replay

@@ -36,6 +36,7 @@ TLS_HTTP_TO_HTTPS = (b"HTTP/1.0 400 Bad Request\r\n\r\n"
 
 cdef object _tl_log = _tl_logging.getLogger("meshkit.web")
 cdef object _tl_SSLContext = _tl_ssl.SSLContext
+cdef object _tl_last_event = None  # connstate.Event.LAST_RESPONSE, set on first use
 cdef char _tl_buf[65536]  # plaintext of one recv (the GIL is held: one user at a time)
 
 if ctls.mk_tls_global_init() < 0:
@@ -409,12 +410,15 @@ cdef class TlsConn:
 
 cdef class TlsLane:
     """The reader of one HTTPS HTTP/1 connection (meshkit.web.tlssock.tls_lane): the
-    compiled Lane's work (_lane.pxi) over a TlsConn. Once the handshake is done, it reads
-    the plaintext itself and answers a request head that the response cache knows without a
-    Python frame (SSL_read, a stat(2) per validator, one SSL_write of the cached wire
-    bytes); the handshake, a closing connection and everything else go to the connection's
-    own methods (Connection._on_readable, its twin, or _on_data with the bytes read), which
-    decide exactly as without the lane."""
+    compiled Lane's work (_lane.pxi) over a TlsConn. It drives the handshake (TlsConn.recv)
+    and reads the plaintext itself, and answers a request head that the response cache
+    knows without a Python frame (SSL_read, a stat(2) per validator, one SSL_write of the
+    cached wire bytes), also the first request of a connection, which often arrives with
+    the handshake's last flight, and one that asked to close (a new connection per request:
+    the answer says Connection: close, then Connection._close_gracefully). What comes after
+    our close_notify is read here too. Everything else goes to the connection's own methods
+    (Connection._on_readable, its twin, on_eof, _abort, or _on_data with the bytes read),
+    which decide exactly as without the lane."""
 
     cdef object conn
     cdef object server
@@ -430,20 +434,52 @@ cdef class TlsLane:
     def on_readable(self):
         cdef TlsConn tls = self.tls
         cdef ctls.mk_tls *t = tls._t
+        cdef int flags
         conn = self.conn
-        if t == NULL or (t.flags & (ctls.MKT_READY | ctls.MKT_WCLOSED)) != ctls.MKT_READY:
-            conn._on_readable()  # the handshake, a closing connection, a closed socket
+        if t == NULL:
+            conn._on_readable()  # a closed socket: the connection's own reader decides
             return
-        try:
-            data = tls._read(t, sizeof(_tl_buf), None)
-        except (BlockingIOError, InterruptedError):
+        flags = t.flags
+        if flags & ctls.MKT_WCLOSED:
+            if not flags & ctls.MKT_READY:
+                conn._on_readable()
+                return
+            # after our close_notify (Connection._on_readable's work over TlsConn.recv,
+            # without the two Python calls): the client's close_notify or EOF ends it
+            try:
+                data = tls._recv_closing(sizeof(_tl_buf))
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                conn._on_eof()
+            else:
+                conn._on_data(data)
             return
-        except OSError:
-            conn._abort()
-            return
-        if not data:
-            conn._on_eof()
-            return
+        if not flags & ctls.MKT_READY:
+            # the handshake, and the request that often comes with the client's last
+            # flight (a new connection per request): TlsConn.recv, then that request may
+            # be answered from the cache below, as on a connection already open
+            try:
+                data = tls.recv(sizeof(_tl_buf))
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                conn._abort()
+                return
+            if not data:
+                conn._on_eof()
+                return
+        else:
+            try:
+                data = tls._read(t, sizeof(_tl_buf), None)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                conn._abort()
+                return
+            if not data:
+                conn._on_eof()
+                return
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
         if n <= _LN_MAX_HEAD and clane.lane_ends_head(PyBytes_AS_STRING(data), <size_t>n):
             if self._from_cache(tls, data):
@@ -453,7 +489,7 @@ cdef class TlsLane:
     cdef int _from_cache(self, TlsConn tls, bytes data) except -1:
         """Lane._from_cache over TLS: 1 when answered (or handed to the connection's own
         cached-answer methods), 0 to read data normally."""
-        global _ln_cached_event
+        global _ln_cached_event, _tl_last_event
         cdef size_t sent = 0
         cdef uint64_t fsent = 0
         cdef int state = 0
@@ -471,6 +507,8 @@ cdef class TlsLane:
         hit = server._cache.entries.get(data)
         if hit is None or not _ln_valid(hit.validators):
             return 0  # a miss, or stale: the connection drops it and reads the head
+        if tls._t == NULL:
+            return 0
         replay = None
         if hit.callbacks:
             replay = hit.replay
@@ -481,7 +519,13 @@ cdef class TlsLane:
         second = <int64_t>now
         wire = hit.wire if hit.second == second else hit.refresh(second)
         conn.requests += 1
-        if cstate == _LN_NEW:
+        closes = hit.closes  # the request asked to close (OutputPath._answer_cached)
+        if closes:
+            if _tl_last_event is None:
+                from meshkit.web.connstate import Event
+                _tl_last_event = Event.LAST_RESPONSE
+            conn._fire(_tl_last_event)
+        elif cstate == _LN_NEW:
             if _ln_cached_event is None:
                 from meshkit.web.connstate import Event
                 _ln_cached_event = Event.CACHED
@@ -510,4 +554,6 @@ cdef class TlsLane:
         if replay is not None:  # the access log's lines (CachedResponse.replay_log)
             hit.replay_log(conn._remote_addr, conn._remote_port, conn._local_addr,
                            conn._local_port, now)
+        if closes:
+            conn._close_gracefully()  # close_notify, then the linger (as the handlers' path)
         return 1

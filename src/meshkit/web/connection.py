@@ -400,14 +400,14 @@ class Connection(Lifecycle):
             if (
                 result.validators is not None
                 and self._key is not None
-                and keep
                 and self._feed_msgs == 1
                 and framing.kind == BODY_NONE
             ):
                 # maybe remembered, once the read turns out to hold just this request (with
                 # its on_complete callbacks, e.g. an access log: only routes whose every
-                # directive is static or replayable keep validators; see Router)
-                self._cand = ResponseCache.make(result, version, method, request)
+                # directive is static or replayable keep validators; see Router). A request
+                # that closes (a new TLS handshake per request) is answered from it too.
+                self._cand = ResponseCache.make(result, version, method, request, not keep)
             if not self._queue and not self._streaming:
                 self._write_response(request, result, keep)
             else:

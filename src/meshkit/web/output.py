@@ -341,8 +341,8 @@ class OutputPath:
         second = int(now)
         wire = hit.wire if hit.second == second else hit.refresh(second)
         self.requests += 1
-        if self._state == _NEW:
-            self._fire(Event.CACHED)
+        if hit.closes or self._state == _NEW:  # (one that asked to close is the last read)
+            self._fire(_LAST_RESPONSE if hit.closes else Event.CACHED)
         sent: int | None
         if hit.fd < 0 or (hit.body and self._scheme != "http"):
             try:
@@ -393,8 +393,11 @@ class OutputPath:
                 hit.replay_log(
                     self._remote_addr, self._remote_port, self._local_addr, self._local_port, now
                 )
+            if hit.closes:
+                self._close_gracefully()
             return
         job = Job(wire)
+        job.close_after = hit.closes
         job.off = job.sent = sent
         job.head_len = head_len
         job.request = request
@@ -441,10 +444,13 @@ class OutputPath:
                 hit.replay_log(
                     self._remote_addr, self._remote_port, self._local_addr, self._local_port, now
                 )
+            if hit.closes:
+                self._close_gracefully()
             return
         assert hit.acquire is not None
         hit.acquire()
         job = Job(head)
+        job.close_after = hit.closes
         job.head_len = len(head)
         job.fd = hit.fd
         tried = sent >= 0

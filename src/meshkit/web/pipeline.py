@@ -275,7 +275,7 @@ class Pipeline(ResponseWriter):
         if (
             self._key is data
             and self._feed_msgs == 1
-            and self._state <= _IDLE
+            and (self._state <= _IDLE or cand.closes)  # (a closing one ended the reading)
             and self._server._caching
         ):
             self._server._cache.put(data, cand)

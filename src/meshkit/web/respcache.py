@@ -91,6 +91,7 @@ class CachedResponse:
         "acquire",
         "body",
         "callbacks",
+        "closes",
         "fd",
         "file_left",
         "file_off",
@@ -149,6 +150,9 @@ class CachedResponse:
             self.file_left = file.length
             self.acquire = file.acquire
             self.release = file.release
+        # the answer to a request that asked to close (Connection: close, or HTTP/1.0
+        # without keep-alive): its head says so, and the connection closes after it
+        self.closes = False
         self.second = -1
         self.head = b""  # the head for `second`
         self.wire = b""  # head + body for `second`
@@ -260,7 +264,7 @@ class CachedResponse:
             self.status,
             self.headers,
             content_length=self.length,
-            keep_alive=True,
+            keep_alive=not self.closes,
             version=self.version,
             date=http1.http_date(second),
         )
@@ -306,15 +310,22 @@ class ResponseCache:
 
     @staticmethod
     def make(
-        response: Response, version: str, method: str, request: Request | None = None
+        response: Response,
+        version: str,
+        method: str,
+        request: Request | None = None,
+        close: bool = False,
     ) -> CachedResponse | None:
-        """A CachedResponse for a keep-alive response to a request of this version and
-        method, or None when it cannot be remembered (no validators, a streamed body, a
-        large in-memory body, a status other than 200/206/301/304). When `request` has
-        on_complete callbacks, the entry keeps them (CachedResponse.attach)."""
+        """A CachedResponse for a response to a request of this version and method (one
+        that keeps the connection, or with `close` one whose request asked to close it),
+        or None when it cannot be remembered (no validators, a handler that closes, a
+        streamed body, a large in-memory body, a status other than 200/206/301/304). When
+        `request` has on_complete callbacks, the entry keeps them (CachedResponse.attach)."""
         entry = ResponseCache._make(response, version, method)
-        if entry is not None and request is not None and request.on_complete:
-            entry.attach(request, response)
+        if entry is not None:
+            entry.closes = close
+            if request is not None and request.on_complete:
+                entry.attach(request, response)
         return entry
 
     @staticmethod

@@ -63,6 +63,10 @@ __all__ = [
 log = logging.getLogger("meshkit.web")
 
 _ACCEPT_BATCH = 64
+# the listening socket's family and protocol as plain ints (socket.socket.accept reads them
+# through properties that make an IntEnum per connection, ~1.5 % of a new TLS connection)
+_RAW_FAMILY = socket.socket.__mro__[1].family.__get__  # type: ignore[attr-defined]
+_RAW_PROTO = socket.socket.__mro__[1].proto.__get__  # type: ignore[attr-defined]
 # seconds between the sweeps that also probe connections for a client gone away unseen
 # (Lifecycle.probe): one recv(MSG_PEEK) per connection probed
 _PROBE_EVERY = 1.0
@@ -120,6 +124,9 @@ class HttpServer:
         self._cache = ResponseCache()
         self._caching = bool(getattr(handler, "validated_responses", False))
         self._listeners: list[socket.socket] = []
+        # a listener bound to one address (made here): every socket it accepts has that
+        # local address, so accepting asks no getsockname(2) of its own
+        self._bound_to: dict[socket.socket, Any] = {}
         self._conns: set[Connection | H2Connection | ProxyStage] = set()
         self._proxy: ProxyPolicy | None = None  # `proxyprotocol`
         self._h2c = False  # `tls off h2c`: plain connections may start with the h2 preface
@@ -231,6 +238,8 @@ class HttpServer:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind(addr)
                 sock.listen(1024)
+                if addr[0] not in ("0.0.0.0", "::"):
+                    self._bound_to[sock] = sock.getsockname()
             except OSError as exc:
                 sock.close()
                 raise MeshkitError(f"cannot listen on {where}: {exc.strerror or exc}") from None
@@ -261,9 +270,13 @@ class HttpServer:
         return len(self._conns)
 
     def _on_accept(self, lsock: socket.socket) -> None:
+        accept = lsock._accept  # type: ignore[attr-defined]
+        family, proto = _RAW_FAMILY(lsock), _RAW_PROTO(lsock)
+        bound = self._bound_to.get(lsock)
         for _ in range(_ACCEPT_BATCH):
             try:
-                sock, remote = lsock.accept()
+                fd, remote = accept()
+                sock = socket.socket(family, socket.SOCK_STREAM, proto, fd)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -283,7 +296,7 @@ class HttpServer:
                 # IntEnum per connection, ~2 % of a new TLS connection's CPU)
                 if type(remote) is tuple:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                local = sock.getsockname()
+                local = bound if bound is not None else sock.getsockname()
             except OSError:
                 sock.close()
                 continue
@@ -398,6 +411,7 @@ class HttpServer:
                 self._loop.remove_reader(lsock.fileno())
             lsock.close()
         self._listeners = []
+        self._bound_to.clear()
 
     async def shutdown(self, grace: float) -> None:
         """Stop accepting, close idle keep-alive connections at once, let responses in flight

@@ -428,22 +428,34 @@ static void flush_pending(vx_plane_t *p, struct pending *q)
 {
     struct iovec iov[VX_GRO_MAX_SEGS + 1];
     for (size_t i = 0; i < q->n;) {
-        size_t run = VX_RX_COALESCE ? gro_run((const uint8_t *const *)q->f, q->len, q->n, i) : 1;
-        struct tcp4 t = {0};
-        if (run > 1)
-            parse_tcp4(q->f[i], q->len[i], &t);
-        size_t total = t.payload, bytes = q->len[i];
+        int uso = __atomic_load_n(&p->tap_uso, __ATOMIC_RELAXED);
+        size_t run = VX_RX_COALESCE ? gro_run((const uint8_t *const *)q->f, q->len, q->n, i, uso)
+                                    : 1;
+        size_t hdr = run > 1 ? gro_hdr_len(q->f[i], q->len[i]) : q->len[i];
+        size_t total = q->len[i] - hdr, bytes = q->len[i];
         iov[1] = (struct iovec){.iov_base = q->f[i], .iov_len = q->len[i]};
         for (size_t k = i + 1; k < i + run; k++) {
-            size_t pay = q->len[k] - t.hdr;
-            iov[1 + k - i] = (struct iovec){.iov_base = q->f[k] + t.hdr, .iov_len = pay};
+            size_t pay = q->len[k] - hdr;
+            iov[1 + k - i] = (struct iovec){.iov_base = q->f[k] + hdr, .iov_len = pay};
             total += pay;
             bytes += q->len[k];
         }
         struct virtio_net_hdr vh;
+        uint8_t saved[VX_ETH_HLEN + 60 + 8]; /* a UDP run's head before it became the USO's */
+        if (run > 1 && hdr <= sizeof(saved))
+            memcpy(saved, q->f[i], hdr);
         gro_fix_head(q->f[i], q->len[i], q->f[i + run - 1], run, total, &vh);
         iov[0] = (struct iovec){.iov_base = &vh, .iov_len = VX_VNET_HDR_LEN};
-        if (writev_tap(q->net->fd, iov, (int)run + 1) == 0) {
+        int wrote = writev_tap(q->net->fd, iov, (int)run + 1);
+        if (wrote < 0 && errno == EINVAL && vh.gso_type == VIRTIO_NET_HDR_GSO_UDP_L4 &&
+            hdr <= sizeof(saved)) {
+            /* a kernel before 6.2 takes no USO from a TAP writer: from now on UDP goes one
+             * datagram per write, starting with this run (its head restored) */
+            __atomic_store_n(&p->tap_uso, 0, __ATOMIC_RELAXED);
+            memcpy(q->f[i], saved, hdr);
+            continue;
+        }
+        if (wrote == 0) {
             add_counter(&p->peers[q->peer].rx_frames, run);
             add_counter(&p->peers[q->peer].rx_bytes, bytes);
             p->rx_wake_frames += run;

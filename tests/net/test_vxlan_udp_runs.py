@@ -1,7 +1,9 @@
-"""Runs of UDP datagrams through the C plane: the receiving plane writes a batch's
-equal-sized datagrams of one flow into its TAP as one UDP GSO (USO) super-frame, and the
-task must still get every datagram whole, with its own length and bytes (no datagram merged
-with the next or cut), on plain and encrypted overlays."""
+"""Runs of small UDP datagrams through the C plane: the sending plane sends equal-sized
+frames to one peer as UDP_SEGMENT trains, the receiving plane writes a batch's equal-sized
+datagrams of one flow into its TAP as one UDP GSO (USO) super-frame, and the task must still
+get every datagram whole, with its own length and bytes (no datagram merged with the next or
+cut), on plain and encrypted overlays, and where the kernel refuses UDP_SEGMENT (a socket
+without UDP checksums): then the plane sends one datagram per frame."""
 
 from __future__ import annotations
 
@@ -57,8 +59,10 @@ print(n, flush=True)
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("sealed", [False, True], ids=["plain", "sealed"])
-def test_udp_runs_arrive_whole(netns_lab: Any, tmp_path: Path, sealed: bool) -> None:
+@pytest.mark.parametrize(("sealed", "no_check"), [(False, False), (True, False), (False, True)],
+                         ids=["plain", "sealed", "no-udp-gso"])  # fmt: skip
+def test_udp_runs_arrive_whole(netns_lab: Any, tmp_path: Path, sealed: bool,
+                               no_check: bool) -> None:  # fmt: skip
     if load_vxlan_ffi() is None:
         pytest.skip("meshkit._vxlan_ffi not built or disabled")
     netns_lab.add_host("h0")
@@ -70,7 +74,8 @@ def test_udp_runs_arrive_whole(netns_lab: Any, tmp_path: Path, sealed: bool) -> 
         for f in files:
             overlay.write_keys(f, [(1, raw)], 1, None)
     mtu = 1450 - (28 if sealed else 0)
-    ov = overlay.Overlay(netns_lab, ("c", "c"), 4096, 4789, mtu, "u", keys_files=files)
+    ov = overlay.Overlay(netns_lab, ("c", "c"), 4096, 4789, mtu, "u", keys_files=files,
+                         udp_no_check=no_check)  # fmt: skip
     try:
         ov.build()
         rx = subprocess.Popen(["ip", "netns", "exec", ov.task(1), sys.executable, "-c", RECEIVER,
@@ -93,8 +98,13 @@ def test_udp_runs_arrive_whole(netns_lab: Any, tmp_path: Path, sealed: bool) -> 
         # a shared CI host may lose a few to a full TAP queue; boundaries are what is tested
         assert got >= bursts * per * 0.8, (got, bursts * per)
         time.sleep(0.5)  # the runner's next stats write
-        receiver = ov.stats(1)
+        sender, receiver = ov.stats(0), ov.stats(1)
         assert receiver["offload"]["gro_writes"] > 0, receiver  # runs went as super-frames
+        if no_check:
+            assert sender["offload"]["udp_gso"] == 0, sender  # refused: one datagram each
+        else:
+            assert sender["offload"]["gso_sends"] > 0, sender  # runs went as trains
+        assert sender["drops"]["send_error"] == 0, sender
         drops = receiver["drops"]
         assert drops["tap_write_error"] == drops["bad_tag"] == drops["short"] == 0, receiver
     finally:

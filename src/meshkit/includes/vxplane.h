@@ -127,7 +127,11 @@ struct batch {
     uint32_t segs[VX_BATCH];    /* inner frames in the datagram (train) */
     uint16_t gso[VX_BATCH];     /* UDP_SEGMENT size when segs > 1 */
     uint16_t over[VX_BATCH];    /* bytes per datagram that are not inner frame */
+    /* TX: the slot is a train of whole small datagrams (one frame each, its own buffer) that
+     * later frames of the same size to the same peer may join; 2 once a shorter one ended it */
+    uint8_t small[VX_BATCH];
     int n;
+    int nbuf; /* TX: buffers in use by queued slots (a small train holds several) */
 };
 
 struct vx_plane {

@@ -17,7 +17,8 @@ received packets/s, and a TCP_RR-style ping-pong (1-byte request, 1-byte respons
 connection, TCP_NODELAY) whose median round trip is printed in microseconds. The ``sealed``
 row is the C plane on an encrypted overlay (AES-256-GCM or ChaCha20-Poly1305 by the CPU).
 Userspace rows also print ``plane_s_per_gb``: CPU seconds the two runner processes used per
-GB of TCP moved (on a shared machine the busy share of the whole machine says little).
+GB of TCP moved (on a shared machine the busy share of the whole machine says little), and
+``plane_us_per_frame``: their CPU microseconds per inner frame sent in the 64-byte run.
 ``--extra c:1`` adds a row ``c@1``: the C plane with burst priority 1 (SCHED_FIFO while a
 thread moves a bulk stream; off by default), measured in the same rounds, so settings compare
 side by side.
@@ -27,6 +28,8 @@ side by side.
     python bench/overlay.py --python         # also the pure-Python twin (slow)
     python bench/overlay.py --mtu 1400       # underlay MTU (overlay = MTU - 50)
     python bench/overlay.py --extra c:1 --extra sealed:1   # also the planes with burst priority
+    python bench/overlay.py --only rr --rr-count 5000       # only the ping-pong, more samples
+    python bench/overlay.py --extra c:0:NAME=VALUE          # a row whose planes run with NAME=VALUE
 
 ``python bench/overlay.py runner ...`` is the data-plane process one host runs (also used by
 tests/net/test_dataplane_e2e.py): it opens the TAP with ``UserspaceDataplane.open_tap`` (for
@@ -99,7 +102,13 @@ def runner_main(argv: list[str]) -> int:
     ap.add_argument("--keys-file",
                     help='encrypt: JSON {"keys": [{"id", "key": base64 of 36 bytes}], "tx": id, '
                          '"cipher": 1|2 (optional)}, re-read whenever it changes (rotation)')
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="set in this process's environment before the plane starts (the "
+                         "plane's MESHKIT_VXLAN_* settings)")
     args = ap.parse_args(argv)
+    for assignment in args.env:
+        name, _, value = assignment.partition("=")
+        os.environ[name] = value
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     stats_path = Path(args.stats)
@@ -206,6 +215,7 @@ class Overlay:
     keys_files: tuple[Path, Path] | None = None
     sockbuf: int = 0  # the runners' UDP socket buffers (0: the plane's default)
     burst_prio: int | None = None  # the runners' burst priority (None: the plane's default)
+    env: tuple[str, ...] = ()  # NAME=VALUE settings for the runners' environment
     namespaces: list[str] = field(default_factory=list)
     runners: list[Any] = field(default_factory=list)
     stats_files: list[Path] = field(default_factory=list)
@@ -249,6 +259,7 @@ class Overlay:
                     *(["--sockbuf", str(self.sockbuf)] if self.sockbuf else []),
                     *(["--burst-prio", str(self.burst_prio)] if self.burst_prio is not None
                       else []),
+                    *[a for e in self.env for a in ("--env", e)],
                     *(["--udp-no-check"] if self.udp_no_check else [])]))  # fmt: skip
                 deadline = time.monotonic() + 20
                 while not stats.exists():
@@ -277,6 +288,15 @@ class Overlay:
         """The latest stats the runner of side i wrote (userspace sides only)."""
         path = self.lab._tmp / f"{self.tag}{i}.json"
         return dict(json.loads(path.read_text()))
+
+    def frames_moved(self) -> int:
+        """Inner frames both runners sent to their peers so far (from their stats files,
+        written every 0.2 s)."""
+        total = 0
+        for i in range(len(self.runners)):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                total += sum(int(p["tx_frames"]) for p in self.stats(i)["peers"].values())
+        return total
 
     def cpu_seconds(self) -> float:
         """CPU seconds (user + system) the runners' processes used so far: the userspace
@@ -409,24 +429,33 @@ def bench_main(argv: list[str]) -> int:
     ap.add_argument("--extra", action="append", default=[], metavar="ROW:PRIO",
                     help="one more row: c or sealed with this burst priority, e.g. c:0 "
                          "(named c@0); repeatable, to compare settings in one run")
+    ap.add_argument("--only", action="append", default=[], choices=("tcp", "udp64", "rr"),
+                    help="measure only these cases (repeatable; default all), e.g. --only rr "
+                         "to iterate on the ping-pong")
+    ap.add_argument("--rr-count", type=int, default=None,
+                    help="ping-pong round trips per round (default 3000, --quick 500)")
     args = ap.parse_args(argv)
+    only = set(args.only) or {"tcp", "udp64", "rr"}
     if args.quick:
         args.rounds, args.duration = 1, 2.0
-    rr_count = 500 if args.quick else 3000
-    rows: list[tuple[str, str, int | None]] = [("kernel", "kernel", None)]
-    rows += [("c", "c", args.burst_prio)]
-    rows += [] if args.no_sealed else [("sealed", "sealed", args.burst_prio)]
-    rows += [("python", "python", None)] if args.python else []
+    rr_count = args.rr_count or (500 if args.quick else 3000)
+    rows: list[tuple[str, str, int | None, tuple[str, ...]]] = [("kernel", "kernel", None, ())]
+    rows += [("c", "c", args.burst_prio, ())]
+    rows += [] if args.no_sealed else [("sealed", "sealed", args.burst_prio, ())]
+    rows += [("python", "python", None, ())] if args.python else []
     for spec in args.extra:
-        kind, _, prio = spec.partition(":")
-        if kind not in ("c", "sealed") or not prio.isdigit() or int(prio) > 99:
-            ap.error(f"--extra {spec!r}: expected c:PRIO or sealed:PRIO (PRIO 0..99)")
-        rows.append((f"{kind}@{prio}", kind, int(prio)))
+        kind, _, rest = spec.partition(":")
+        prio, *env = rest.split(":")
+        if (kind not in ("c", "sealed") or not prio.isdigit() or int(prio) > 99
+                or any("=" not in e for e in env)):
+            ap.error(f"--extra {spec!r}: expected c:PRIO or sealed:PRIO (PRIO 0..99), then "
+                     f"optionally :NAME=VALUE settings for the planes' environment")
+        rows.append((f"{kind}@{rest}", kind, int(prio), tuple(env)))
     samples: dict[tuple[str, str], list[float]] = {}
     with two_hosts(args.mtu) as lab:
         overlays: dict[str, Overlay] = {}
         try:
-            for n, (name, kind, prio) in enumerate(rows):
+            for n, (name, kind, prio, env) in enumerate(rows):
                 plane = "c" if kind == "sealed" else kind
                 files = None
                 if kind == "sealed":
@@ -436,7 +465,7 @@ def bench_main(argv: list[str]) -> int:
                         write_keys(f, [(1, raw)], 1, None)
                 mtu = args.mtu - 50 - (28 if kind == "sealed" else 0)  # sealing: 28 bytes
                 ov = Overlay(lab, (plane, plane), 4096 + n, 4789 + n, mtu, f"o{n}",
-                             keys_files=files, burst_prio=prio)  # fmt: skip
+                             keys_files=files, burst_prio=prio, env=env)  # fmt: skip
                 overlays[name] = ov
                 ov.build()
             targets: list[tuple[str, str, str, str]] = [
@@ -446,10 +475,11 @@ def bench_main(argv: list[str]) -> int:
             for rnd in range(args.rounds):
                 for name, srv, cli, dst in targets:
                     for metric, udp in (("tcp_gbps", False), ("udp64_pps", True)):
-                        if name == "python" and udp:
+                        if (name == "python" and udp) or ("udp64" if udp else "tcp") not in only:
                             continue
                         run_ov = overlays.get(name)
                         plane0 = run_ov.cpu_seconds() if run_ov and run_ov.runners else 0.0
+                        moved0 = run_ov.frames_moved() if run_ov and run_ov.runners else 0
                         busy0, total0 = cpu_busy()
                         value = iperf(srv, cli, dst, args.duration, udp)
                         busy1, total1 = cpu_busy()
@@ -458,13 +488,20 @@ def bench_main(argv: list[str]) -> int:
                             gb = value * args.duration / 8
                             samples.setdefault((name, "plane_s_per_gb"), []).append(
                                 (run_ov.cpu_seconds() - plane0) / gb)
+                        if run_ov and run_ov.runners and udp:
+                            # the planes' CPU per inner frame they sent (both sides)
+                            time.sleep(0.3)  # the runners' next stats write
+                            moved = run_ov.frames_moved() - moved0
+                            if moved > 0:
+                                samples.setdefault((name, "plane_us_per_frame"), []).append(
+                                    (run_ov.cpu_seconds() - plane0) * 1e6 / moved)
                         samples.setdefault((name, metric), []).append(value)
                         print(f"round {rnd + 1} {name:8} {metric:12} {value:,.2f}", flush=True)
                         if not udp and value > 0:
                             # busy cores of the machine during the run, per Gbit/s
                             cores = (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
                             samples.setdefault((name, "cpu_per_gbps"), []).append(cores / value)
-                    if name != "python":
+                    if name != "python" and "rr" in only:
                         rtt = pingpong(srv, cli, dst, rr_count)
                         samples.setdefault((name, "rr_p50_us"), []).append(rtt)
                         print(f"round {rnd + 1} {name:8} {'rr_p50_us':12} {rtt:,.1f}", flush=True)
@@ -475,9 +512,10 @@ def bench_main(argv: list[str]) -> int:
     print(f"\nmedians of {args.rounds} round(s) x {args.duration:g} s, underlay MTU {args.mtu}:")
     for (name, metric), value in sorted(med.items()):
         print(f"  {name:8} {metric:12} {value:>14,.2f}")
-    for metric in ("tcp_gbps", "udp64_pps", "rr_p50_us", "cpu_per_gbps", "plane_s_per_gb"):
+    for metric in ("tcp_gbps", "udp64_pps", "rr_p50_us", "cpu_per_gbps", "plane_s_per_gb",
+                   "plane_us_per_frame"):
         kern = samples.get(("kernel", metric))
-        for user in [name for name, _, _ in rows if name != "kernel"]:
+        for user in [row[0] for row in rows if row[0] != "kernel"]:
             vals = samples.get((user, metric))
             if not kern or not vals:
                 continue

@@ -160,6 +160,7 @@ vx_plane_t *vx_plane_new(int udp_fd)
     }
     int one = 1;
     p->udp_gso = 1; /* tried on the first TSO frame; a refusal turns it off */
+    p->tap_uso = 1; /* tried on the first run of UDP datagrams; a refusal turns it off */
     p->udp_gro = setsockopt(udp_fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0;
     return p;
 }

@@ -9,9 +9,12 @@
  * TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4). TX then reads a virtio_net_hdr before each frame:
  * NEEDS_CSUM is finished in userspace, a GSO_TCPV4 super-frame is cut into MSS-sized TCP
  * segments, each with its own VXLAN header, sent as ONE datagram train with a UDP_SEGMENT
- * cmsg (or one datagram each when the kernel refuses UDP_SEGMENT, remembered). RX asks for
- * UDP_GRO, splits what arrives at the cmsg's gso_size, and writes to such a TAP runs of
- * consecutive segments of one TCP flow as one GSO_TCPV4 super-frame (NEEDS_CSUM), a lone
+ * cmsg (or one datagram each when the kernel refuses UDP_SEGMENT, remembered); consecutive
+ * small frames of equal size read for one peer (on any TAP) join one such train too, as
+ * whole datagrams. RX asks for UDP_GRO, splits what arrives at the cmsg's gso_size, and
+ * writes to such a TAP runs of consecutive segments of one TCP flow as one GSO_TCPV4
+ * super-frame (NEEDS_CSUM), runs of equal-sized UDP datagrams of one flow as one GSO_UDP_L4
+ * super-frame (one datagram per write from the first refusal on: kernels before 6.2), a lone
  * TCP/UDP datagram as NEEDS_CSUM too (the outer UDP checksum covered it; tun ignores
  * DATA_VALID on write), anything else with no flags. Plain TAPs get plain frames. Counters
  * count segments (inner frames), never super-frames.
@@ -232,8 +235,9 @@ size_t vx_plane_read_stats(vx_plane_t *p, vx_peer_stats_t *out, size_t cap, uint
                            uint64_t *arp_replies);
 
 /* Offload counters, VX_OFFLOAD_COUNT of them into out, in this order: TSO super-frames read
- * from TAPs, UDP_SEGMENT datagram trains sent, received datagram buffers that held more than
- * one datagram (UDP GRO), GSO super-frames written to TAPs, whether UDP_SEGMENT and UDP_GRO
+ * from TAPs, UDP_SEGMENT datagram trains sent (TSO segments or joined small frames),
+ * received datagram buffers that held more than one datagram (UDP GRO), GSO super-frames
+ * (TCP or UDP) written to TAPs, whether UDP_SEGMENT and UDP_GRO
  * are in use (1/0), the burst priority in effect (0: off, or refused by the system) and how
  * many times a thread took it. */
 #define VX_OFFLOAD_COUNT 8

@@ -38,6 +38,9 @@
 #define BURST_BYTES (48 * 1024)
 #define BURST_FRAMES 64
 #define BURST_IDLE_NS 20000000ULL
+#ifndef VIRTIO_NET_HDR_GSO_UDP_L4
+#define VIRTIO_NET_HDR_GSO_UDP_L4 5 /* linux/virtio_net.h of Linux 4.18+; tun takes it since 6.2 */
+#endif
 #ifndef VX_RX_COALESCE
 #define VX_RX_COALESCE 1 /* 0: every received frame goes to a vnet TAP alone (no GSO) */
 #endif
@@ -124,7 +127,11 @@ struct batch {
     uint32_t segs[VX_BATCH];    /* inner frames in the datagram (train) */
     uint16_t gso[VX_BATCH];     /* UDP_SEGMENT size when segs > 1 */
     uint16_t over[VX_BATCH];    /* bytes per datagram that are not inner frame */
+    /* TX: the slot is a train of whole small datagrams (one frame each, its own buffer) that
+     * later frames of the same size to the same peer may join; 2 once a shorter one ended it */
+    uint8_t small[VX_BATCH];
     int n;
+    int nbuf; /* TX: buffers in use by queued slots (a small train holds several) */
 };
 
 struct vx_plane {
@@ -148,6 +155,7 @@ struct vx_plane {
     uint64_t burst_raises; /* times a thread took SCHED_FIFO for a burst */
     int udp_gso; /* cleared for good when the kernel refuses UDP_SEGMENT */
     int udp_gro;
+    int tap_uso; /* cleared for good when a TAP refuses a UDP GSO (USO) super-frame */
     int burst_prio; /* SCHED_FIFO priority for bursts, 0: never (vx_plane_set_burst_priority) */
     uint64_t tx_wake_bytes; /* TAP bytes read in the TX thread's current wake-up */
     uint64_t tx_wake_frames; /* and frames */
@@ -182,7 +190,9 @@ VX_HIDDEN size_t tso_count(const struct tcp4 *t, size_t mss);
 VX_HIDDEN size_t tso_seg_len(const struct tcp4 *t, size_t mss, size_t k);
 VX_HIDDEN void tso_seg_header(const uint8_t *f, const struct tcp4 *t, size_t mss, size_t k,
                               uint8_t *o);
-VX_HIDDEN size_t gro_run(const uint8_t *const *f, const size_t *len, size_t n, size_t i);
+VX_HIDDEN size_t gro_hdr_len(const uint8_t *f, size_t len);
+VX_HIDDEN size_t gro_run(const uint8_t *const *f, const size_t *len, size_t n, size_t i,
+                         int udp);
 VX_HIDDEN void gro_fix_head(uint8_t *head, size_t head_len, const uint8_t *last, size_t count,
                             size_t total, struct virtio_net_hdr *vh);
 

@@ -193,6 +193,7 @@ static void flush_tx(vx_plane_t *p)
         i++; /* ENOBUFS, EHOSTUNREACH, ...: lose this datagram, keep the rest */
     }
     b->n = 0;
+    b->nbuf = 0;
 }
 
 /* Address slot k (its iov[k][0..iovcnt) filled) to peer; a train of segs > 1 datagrams of
@@ -208,6 +209,7 @@ static void queue_slot(vx_plane_t *p, int k, const struct fdb_slot *hit, size_t 
         .msg_name = &b->addrs[k], .msg_namelen = sizeof(b->addrs[k]),
         .msg_iov = b->iov[k], .msg_iovlen = iovcnt};
     b->peer[k] = hit->peer;
+    b->small[k] = 0;
     b->frame_len[k] = frame_bytes;
     b->segs[k] = segs;
     b->gso[k] = (uint16_t)gso;
@@ -222,6 +224,34 @@ static void queue_slot(vx_plane_t *p, int k, const struct fdb_slot *hit, size_t 
         uint16_t size = (uint16_t)gso;
         memcpy(CMSG_DATA(cm), &size, sizeof(size));
     }
+}
+
+/* Add one whole datagram (dgram bytes at start, its inner frame frame_bytes) to the last
+ * slot when that is a small train to the same peer that it can join: UDP_SEGMENT on, every
+ * datagram so far as long as the first, this one no longer (a shorter one ends the train),
+ * room for it. Why: a run of small frames to one peer (pure TCP ACKs of a bulk stream, a
+ * stream of small UDP messages) then costs one pass through the UDP send path and the
+ * underlay, not one per frame; the receiving plane's UDP_GRO gets it back as one buffer, and
+ * a kernel VXLAN peer gets single datagrams (GSO cuts the train where it must). 1: joined. */
+static int join_small(vx_plane_t *p, const struct fdb_slot *hit, uint8_t *start, size_t dgram,
+                      size_t frame_bytes)
+{
+    struct batch *b = &p->tx;
+    if (b->n == 0 || !__atomic_load_n(&p->udp_gso, __ATOMIC_RELAXED))
+        return 0;
+    int k = b->n - 1;
+    uint32_t segs = b->segs[k];
+    size_t size = b->iov[k][0].iov_len; /* the train's segment size: its first datagram's */
+    if (b->small[k] != 1 || b->addrs[k].sin_addr.s_addr != htonl(hit->ip) || dgram > size ||
+        segs >= VX_GSO_MAX_SEGS || size * segs + dgram > MAX_UDP_PAYLOAD)
+        return 0;
+    struct iovec *v = &b->iov[k][IOV_PER_SEG * segs];
+    v[0] = (struct iovec){.iov_base = start, .iov_len = dgram};
+    v[1] = v[2] = (struct iovec){.iov_base = NULL, .iov_len = 0};
+    queue_slot(p, k, hit, IOV_PER_SEG * (segs + 1), b->frame_len[k] + frame_bytes, segs + 1,
+               size, b->over[k]);
+    b->small[k] = dgram < size ? 2 : 1;
+    return 1;
 }
 
 /* Queue the segments of TSO frame f (read into slot b->n) as trains in this and the
@@ -303,7 +333,9 @@ static void drain_tap(vx_plane_t *p, struct net *net)
     for (int round = 0; round < TX_ROUND_FRAMES; round++) {
         if (b->n == VX_BATCH)
             flush_tx(p);
-        uint8_t *buf = b->bufs[b->n];
+        if (b->nbuf == VX_BATCH)
+            flush_tx(p);
+        uint8_t *buf = b->bufs[b->nbuf];
         ssize_t got = read(net->fd, buf + FRAME_OFF - vlen, vlen + VX_MAX_FRAME);
         if (got < 0) {
             if (errno == EINTR)
@@ -350,6 +382,7 @@ static void drain_tap(vx_plane_t *p, struct net *net)
                 count_drop(p, VX_DROP_BAD_GSO);
                 continue;
             }
+            b->nbuf++; /* the frame stays in its buffer: its trains are sent from it */
             queue_tso(p, net, frame, len, vh.gso_size, hit);
             continue;
         }
@@ -371,9 +404,14 @@ static void drain_tap(vx_plane_t *p, struct net *net)
                 continue;
             }
         }
+        b->nbuf++;
+        if (join_small(p, hit, start, over + len, len))
+            continue;
         int k = b->n++;
         b->iov[k][0] = (struct iovec){.iov_base = start, .iov_len = over + len};
-        queue_slot(p, k, hit, 1, len, 1, 0, over);
+        b->iov[k][1] = b->iov[k][2] = (struct iovec){.iov_base = NULL, .iov_len = 0};
+        queue_slot(p, k, hit, IOV_PER_SEG, len, 1, 0, over);
+        b->small[k] = 1;
     }
 }
 
@@ -428,22 +466,34 @@ static void flush_pending(vx_plane_t *p, struct pending *q)
 {
     struct iovec iov[VX_GRO_MAX_SEGS + 1];
     for (size_t i = 0; i < q->n;) {
-        size_t run = VX_RX_COALESCE ? gro_run((const uint8_t *const *)q->f, q->len, q->n, i) : 1;
-        struct tcp4 t = {0};
-        if (run > 1)
-            parse_tcp4(q->f[i], q->len[i], &t);
-        size_t total = t.payload, bytes = q->len[i];
+        int uso = __atomic_load_n(&p->tap_uso, __ATOMIC_RELAXED);
+        size_t run = VX_RX_COALESCE ? gro_run((const uint8_t *const *)q->f, q->len, q->n, i, uso)
+                                    : 1;
+        size_t hdr = run > 1 ? gro_hdr_len(q->f[i], q->len[i]) : q->len[i];
+        size_t total = q->len[i] - hdr, bytes = q->len[i];
         iov[1] = (struct iovec){.iov_base = q->f[i], .iov_len = q->len[i]};
         for (size_t k = i + 1; k < i + run; k++) {
-            size_t pay = q->len[k] - t.hdr;
-            iov[1 + k - i] = (struct iovec){.iov_base = q->f[k] + t.hdr, .iov_len = pay};
+            size_t pay = q->len[k] - hdr;
+            iov[1 + k - i] = (struct iovec){.iov_base = q->f[k] + hdr, .iov_len = pay};
             total += pay;
             bytes += q->len[k];
         }
         struct virtio_net_hdr vh;
+        uint8_t saved[VX_ETH_HLEN + 60 + 8]; /* a UDP run's head before it became the USO's */
+        if (run > 1 && hdr <= sizeof(saved))
+            memcpy(saved, q->f[i], hdr);
         gro_fix_head(q->f[i], q->len[i], q->f[i + run - 1], run, total, &vh);
         iov[0] = (struct iovec){.iov_base = &vh, .iov_len = VX_VNET_HDR_LEN};
-        if (writev_tap(q->net->fd, iov, (int)run + 1) == 0) {
+        int wrote = writev_tap(q->net->fd, iov, (int)run + 1);
+        if (wrote < 0 && errno == EINVAL && vh.gso_type == VIRTIO_NET_HDR_GSO_UDP_L4 &&
+            hdr <= sizeof(saved)) {
+            /* a kernel before 6.2 takes no USO from a TAP writer: from now on UDP goes one
+             * datagram per write, starting with this run (its head restored) */
+            __atomic_store_n(&p->tap_uso, 0, __ATOMIC_RELAXED);
+            memcpy(q->f[i], saved, hdr);
+            continue;
+        }
+        if (wrote == 0) {
             add_counter(&p->peers[q->peer].rx_frames, run);
             add_counter(&p->peers[q->peer].rx_bytes, bytes);
             p->rx_wake_frames += run;

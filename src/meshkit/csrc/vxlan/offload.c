@@ -242,9 +242,69 @@ static int gro_eligible(const uint8_t *f, size_t len, struct tcp4 *t)
  * 12 on (data offset, flags but PSH, window, urgent pointer, options), a payload no larger
  * than the head's; a shorter payload or a PSH ends the run, as do VX_GRO_MAX_SEGS frames or
  * 64 KB of IPv4 datagram. */
-size_t gro_run(const uint8_t *const *f, const size_t *len, size_t n, size_t i)
+/* The IPv4 header bytes of an unfragmented UDP/IPv4 datagram with a checksum and a
+ * payload, whose lengths cover the frame exactly; 0 when f is not one. */
+static size_t udp_eligible(const uint8_t *f, size_t len)
+{
+    if (len < VX_ETH_HLEN + 20 + 8 || f[12] != 0x08 || f[13] != 0x00)
+        return 0;
+    const uint8_t *ip = f + VX_ETH_HLEN;
+    size_t ihl = (size_t)(ip[0] & 15) * 4;
+    if ((ip[0] >> 4) != 4 || ihl < 20 || ip[9] != 17 || get16(ip + 2) != len - VX_ETH_HLEN ||
+        (get16(ip + 6) & 0x3fff) || len < VX_ETH_HLEN + ihl + 8 + 1)
+        return 0;
+    const uint8_t *udp = ip + ihl;
+    if (get16(udp + 4) != len - VX_ETH_HLEN - ihl || get16(udp + 6) == 0)
+        return 0;
+    return ihl;
+}
+
+/* A run of UDP datagrams of one flow: same Ethernet header, IPv4 header except total length,
+ * id and checksum, same ports, every payload as large as the head's but the last, which may
+ * be shorter and ends the run; at most VX_GRO_MAX_SEGS datagrams and 64 KB of IPv4. The TAP
+ * gets them as one UDP GSO (USO) super-frame, which the stack cuts back into the same
+ * datagrams (payloads and boundaries) where it must: at the receiving socket at the latest.
+ * Why: small datagrams cost one TAP write, bridge, veth and IP pass each otherwise. */
+static size_t udp_run(const uint8_t *const *f, const size_t *len, size_t n, size_t i,
+                      size_t ihl)
+{
+    const uint8_t *hip = f[i] + VX_ETH_HLEN;
+    size_t seg = len[i] - VX_ETH_HLEN - ihl - 8;
+    size_t total = seg;
+    size_t k = i + 1;
+    for (; k < n && k - i < VX_GRO_MAX_SEGS; k++) {
+        if (len[k] > len[i] || udp_eligible(f[k], len[k]) != ihl)
+            break;
+        size_t pay = len[k] - VX_ETH_HLEN - ihl - 8;
+        const uint8_t *ip = f[k] + VX_ETH_HLEN;
+        if (ihl + 8 + total + pay > 65535 || memcmp(f[k], f[i], VX_ETH_HLEN) != 0 ||
+            memcmp(ip, hip, 2) != 0 || memcmp(ip + 6, hip + 6, 4) != 0 ||
+            memcmp(ip + 12, hip + 12, ihl - 12) != 0 || memcmp(ip + ihl, hip + ihl, 4) != 0)
+            break;
+        total += pay;
+        if (pay < seg) {
+            k++;
+            break;
+        }
+    }
+    return k - i;
+}
+
+size_t gro_hdr_len(const uint8_t *f, size_t len)
+{
+    size_t ihl = udp_eligible(f, len);
+    if (ihl)
+        return VX_ETH_HLEN + ihl + 8;
+    struct tcp4 t;
+    return parse_tcp4(f, len, &t) < 0 ? len : t.hdr;
+}
+
+size_t gro_run(const uint8_t *const *f, const size_t *len, size_t n, size_t i, int udp)
 {
     struct tcp4 h, t;
+    size_t ihl = udp_eligible(f[i], len[i]);
+    if (ihl)
+        return udp ? udp_run(f, len, n, i, ihl) : 1;
     if (!gro_eligible(f[i], len[i], &h))
         return 1;
     const uint8_t *hip = f[i] + h.ip_off;
@@ -310,14 +370,32 @@ static void lone_partial(uint8_t *f, size_t len, struct virtio_net_hdr *vh)
 /* Turn head (the first frame of a run of `count` frames carrying `total` payload bytes)
  * into the header of the super-frame, and fill its virtio header: the IPv4 total length and
  * checksum, PSH when the run's last frame had it, the TCP checksum field holding the
- * pseudo-header sum (CHECKSUM_PARTIAL, as the kernel expects of NEEDS_CSUM), gso TCPV4. A
- * run of one goes as lone_partial says. */
+ * pseudo-header sum (CHECKSUM_PARTIAL, as the kernel expects of NEEDS_CSUM), gso TCPV4; for
+ * a UDP run (udp_run) the IPv4 total length and checksum, the UDP length of the run and its
+ * pseudo-header sum, gso UDP_L4 with gso_size = the head's payload. A run of one goes as
+ * lone_partial says. */
 void gro_fix_head(uint8_t *head, size_t head_len, const uint8_t *last, size_t count,
                          size_t total, struct virtio_net_hdr *vh)
 {
     memset(vh, 0, sizeof(*vh));
     if (count == 1) {
         lone_partial(head, head_len, vh);
+        return;
+    }
+    size_t ihl = udp_eligible(head, head_len);
+    if (ihl) {
+        uint8_t *ip = head + VX_ETH_HLEN;
+        size_t l4 = 8 + total;
+        put16(ip + 2, (uint16_t)(ihl + l4));
+        ip_fix_csum(ip, ihl);
+        put16(ip + ihl + 4, (uint16_t)l4);
+        put16(ip + ihl + 6, csum_fold(l4_pseudo(ip, 17, l4)));
+        vh->flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+        vh->gso_type = VIRTIO_NET_HDR_GSO_UDP_L4;
+        vh->hdr_len = (uint16_t)(VX_ETH_HLEN + ihl + 8);
+        vh->gso_size = (uint16_t)(head_len - VX_ETH_HLEN - ihl - 8);
+        vh->csum_start = (uint16_t)(VX_ETH_HLEN + ihl);
+        vh->csum_offset = 6;
         return;
     }
     struct tcp4 t;
@@ -351,14 +429,12 @@ int vx_gro_coalesce(const uint8_t *frames, const size_t *lens, size_t n, uint8_t
     }
     size_t items = 0, used = 0;
     for (size_t i = 0; i < n;) {
-        size_t run = gro_run(f, lens, n, i);
-        struct tcp4 t = {0};
-        if (run > 1)
-            parse_tcp4(f[i], lens[i], &t);
-        size_t bytes = VX_VNET_HDR_LEN + lens[i], total = t.payload;
+        size_t run = gro_run(f, lens, n, i, 1);
+        size_t hdr = run > 1 ? gro_hdr_len(f[i], lens[i]) : lens[i];
+        size_t bytes = VX_VNET_HDR_LEN + lens[i], total = lens[i] - hdr;
         for (size_t k = i + 1; k < i + run; k++) {
-            bytes += lens[k] - t.hdr;
-            total += lens[k] - t.hdr;
+            bytes += lens[k] - hdr;
+            total += lens[k] - hdr;
         }
         if (bytes > cap - used) {
             free(f);
@@ -369,8 +445,8 @@ int vx_gro_coalesce(const uint8_t *frames, const size_t *lens, size_t n, uint8_t
         memcpy(o + VX_VNET_HDR_LEN, f[i], lens[i]);
         size_t at = VX_VNET_HDR_LEN + lens[i];
         for (size_t k = i + 1; k < i + run; k++) {
-            memcpy(o + at, f[k] + t.hdr, lens[k] - t.hdr);
-            at += lens[k] - t.hdr;
+            memcpy(o + at, f[k] + hdr, lens[k] - hdr);
+            at += lens[k] - hdr;
         }
         struct virtio_net_hdr vh;
         gro_fix_head(o + VX_VNET_HDR_LEN, lens[i], f[i + run - 1], run, total, &vh);

@@ -202,6 +202,7 @@ VNET_HDR_LEN = 10
 VNET_F_NEEDS_CSUM = 1
 GSO_NONE = 0
 GSO_TCPV4 = 1
+GSO_UDP_L4 = 5
 GRO_MAX_SEGS = 64
 # what UserspaceDataplane.stats()["offload"] holds, in the order of vx_plane_offload_stats
 OFFLOAD_STATS = ("tso_frames", "gso_sends", "gro_buffers", "gro_writes", "udp_gso", "udp_gro",
@@ -343,9 +344,67 @@ def _gro_eligible(frame: bytes) -> _Tcp4 | None:
     return t
 
 
+def _udp_eligible(frame: bytes) -> int:
+    """The IPv4 header bytes of an unfragmented UDP/IPv4 datagram with a checksum and a
+    payload whose lengths cover the frame exactly; 0 when ``frame`` is not one."""
+    if len(frame) < ETH_HLEN + 28 or frame[12:14] != b"\x08\x00":
+        return 0
+    ip = frame[ETH_HLEN:]
+    ihl = (ip[0] & 15) * 4
+    total, frag = struct.unpack("!H2xH", ip[2:8])
+    if ip[0] >> 4 != 4 or ihl < 20 or ip[9] != 17 or total != len(ip) or frag & 0x3FFF:
+        return 0
+    if len(ip) < ihl + 9:
+        return 0
+    udp_len, udp_sum = struct.unpack("!HH", ip[ihl + 4 : ihl + 8])
+    return ihl if udp_len == len(ip) - ihl and udp_sum else 0
+
+
+def _udp_run(frames: list[bytes], i: int, ihl: int) -> int:
+    """How many UDP datagrams from ``frames[i]`` coalesce (see coalesce_frames)."""
+    head = frames[i]
+    hip = head[ETH_HLEN:]
+    seg = len(head) - ETH_HLEN - ihl - 8
+    total = seg
+    k = i + 1
+    while k < len(frames) and k - i < GRO_MAX_SEGS:
+        f = frames[k]
+        if len(f) > len(head) or _udp_eligible(f) != ihl:
+            break
+        pay = len(f) - ETH_HLEN - ihl - 8
+        ip = f[ETH_HLEN:]
+        if (ihl + 8 + total + pay > 65535 or f[:ETH_HLEN] != head[:ETH_HLEN]
+                or ip[:2] != hip[:2] or ip[6:10] != hip[6:10] or ip[12:ihl] != hip[12:ihl]
+                or ip[ihl : ihl + 4] != hip[ihl : ihl + 4]):  # fmt: skip
+            break
+        total += pay
+        k += 1
+        if pay < seg:
+            break
+    return k - i
+
+
+def _udp_super(frames: list[bytes]) -> tuple[bytes, bytes]:
+    """The USO super-frame of a run of UDP datagrams (see coalesce_frames)."""
+    head = frames[0]
+    ihl = _udp_eligible(head)
+    hdr = ETH_HLEN + ihl + 8
+    payload = b"".join(f[hdr:] for f in frames)
+    ip = bytearray(head[ETH_HLEN : ETH_HLEN + ihl])
+    ip[2:4] = (ihl + 8 + len(payload)).to_bytes(2, "big")
+    ip_bytes = _ip_header(bytes(ip))
+    udp = head[ETH_HLEN + ihl : ETH_HLEN + ihl + 4] + struct.pack("!H", 8 + len(payload))
+    udp += _pseudo(ip_bytes, 8 + len(payload), 17).to_bytes(2, "big")
+    vh = vnet_header(VNET_F_NEEDS_CSUM, GSO_UDP_L4, hdr, len(head) - hdr, ETH_HLEN + ihl, 6)
+    return vh, head[:ETH_HLEN] + ip_bytes + udp + payload
+
+
 def _gro_run(frames: list[bytes], i: int) -> int:
     """How many frames from ``frames[i]`` coalesce (see coalesce_frames)."""
     head = frames[i]
+    ihl = _udp_eligible(head)
+    if ihl:
+        return _udp_run(frames, i, ihl)
     h = _gro_eligible(head)
     if h is None:
         return 1
@@ -387,7 +446,13 @@ def coalesce_frames(frames: list[bytes]) -> list[tuple[bytes, bytes]]:
     last, a PSH ending the run; at most GRO_MAX_SEGS frames and 64 KB of IPv4) become one
     super-frame: the first frame's headers with the total length, IPv4 checksum and PSH of
     the run, the TCP checksum field holding the pseudo-header sum, NEEDS_CSUM and GSO_TCPV4
-    with gso_size = the first payload. A frame alone goes as ``_lone`` says."""
+    with gso_size = the first payload. Consecutive UDP/IPv4 datagrams of one flow (same
+    Ethernet header, IPv4 header but total length/id/checksum, ports; a checksum; every
+    payload as large as the first but the last, which may be shorter and ends the run; at
+    most GRO_MAX_SEGS and 64 KB of IPv4) become one USO super-frame: the first datagram's
+    headers with the run's IPv4 total length and checksum, UDP length and pseudo-header sum,
+    NEEDS_CSUM and GSO_UDP_L4 with gso_size = the first payload (the stack cuts it back into
+    the same datagrams). A frame alone goes as ``_lone`` says."""
     out: list[tuple[bytes, bytes]] = []
     i = 0
     while i < len(frames):
@@ -396,6 +461,10 @@ def coalesce_frames(frames: list[bytes]) -> list[tuple[bytes, bytes]]:
         if run == 1:
             out.append(_lone(head))
             i += 1
+            continue
+        if _udp_eligible(head):
+            out.append(_udp_super(frames[i : i + run]))
+            i += run
             continue
         t = _parse_tcp4(head)
         assert t is not None

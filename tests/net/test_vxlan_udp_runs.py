@@ -1,0 +1,111 @@
+"""Runs of small UDP datagrams through the C plane: the sending plane sends equal-sized
+frames to one peer as UDP_SEGMENT trains, the receiving plane writes a batch's equal-sized
+datagrams of one flow into its TAP as one UDP GSO (USO) super-frame, and the task must still
+get every datagram whole, with its own length and bytes (no datagram merged with the next or
+cut), on plain and encrypted overlays, and where the kernel refuses UDP_SEGMENT (a socket
+without UDP checksums): then the plane sends one datagram per frame."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshkit.net.vxlan.plane import load_vxlan_ffi
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import overlay  # noqa: E402
+
+# Datagram k of a burst carries its number and a byte pattern of its own; the last of each
+# burst is shorter (a run ends there). The receiver checks every one it gets.
+RECEIVER = """
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE: keep what arrives
+s.bind((sys.argv[1], 5300)); s.settimeout(3); print("listening", flush=True)
+got = bad = 0
+try:
+    while True:
+        d = s.recv(65535)
+        if d == b"done":
+            break
+        n, size = struct.unpack("!II", d[:8])
+        if len(d) != size or d[8:] != bytes([n & 255]) * (size - 8):
+            bad += 1
+        got += 1
+except socket.timeout:
+    pass
+print(got, bad, flush=True)
+"""
+SENDER = """
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dst = (sys.argv[1], 5300); bursts, per, size = map(int, sys.argv[2:5]); n = 0
+for _ in range(bursts):
+    for k in range(per):
+        length = size if k + 1 < per else size // 2
+        s.sendto(struct.pack("!II", n, length) + bytes([n & 255]) * (length - 8), dst); n += 1
+    time.sleep(0.004)  # the TAP's queue holds a burst; the planes drain it meanwhile
+time.sleep(0.2); s.sendto(b"done", dst)
+print(n, flush=True)
+"""
+
+
+@pytest.mark.root
+@pytest.mark.parametrize(("sealed", "no_check"), [(False, False), (True, False), (False, True)],
+                         ids=["plain", "sealed", "no-udp-gso"])  # fmt: skip
+def test_udp_runs_arrive_whole(netns_lab: Any, tmp_path: Path, sealed: bool,
+                               no_check: bool) -> None:  # fmt: skip
+    if load_vxlan_ffi() is None:
+        pytest.skip("meshkit._vxlan_ffi not built or disabled")
+    netns_lab.add_host("h0")
+    netns_lab.add_host("h1")
+    files = None
+    if sealed:
+        files = (tmp_path / "k0.json", tmp_path / "k1.json")
+        raw = os.urandom(36)
+        for f in files:
+            overlay.write_keys(f, [(1, raw)], 1, None)
+    mtu = 1450 - (28 if sealed else 0)
+    ov = overlay.Overlay(netns_lab, ("c", "c"), 4096, 4789, mtu, "u", keys_files=files,
+                         udp_no_check=no_check)  # fmt: skip
+    try:
+        ov.build()
+        rx = subprocess.Popen(["ip", "netns", "exec", ov.task(1), sys.executable, "-c", RECEIVER,
+                               overlay.TASK_IPS[1]], stdout=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            assert rx.stdout is not None
+            assert rx.stdout.readline().strip() == "listening"
+            bursts, per, size = 60, 40, 300
+            sent = subprocess.run(["ip", "netns", "exec", ov.task(0), sys.executable, "-c",
+                                   SENDER, overlay.TASK_IPS[1], str(bursts), str(per),
+                                   str(size)], capture_output=True, text=True, timeout=60,
+                                  check=True)  # fmt: skip
+            assert int(sent.stdout) == bursts * per
+            got, bad = map(int, rx.stdout.readline().split())
+        finally:
+            if rx.poll() is None:
+                rx.kill()
+            rx.wait()
+        assert bad == 0
+        # a shared CI host may lose a few to a full TAP queue; boundaries are what is tested
+        assert got >= bursts * per * 0.8, (got, bursts * per)
+        time.sleep(0.5)  # the runner's next stats write
+        sender, receiver = ov.stats(0), ov.stats(1)
+        assert receiver["offload"]["gro_writes"] > 0, receiver  # runs went as super-frames
+        if no_check:
+            assert sender["offload"]["udp_gso"] == 0, sender  # refused: one datagram each
+        else:
+            assert sender["offload"]["gso_sends"] > 0, sender  # runs went as trains
+        assert sender["drops"]["send_error"] == 0, sender
+        drops = receiver["drops"]
+        assert drops["tap_write_error"] == drops["bad_tag"] == drops["short"] == 0, receiver
+    finally:
+        ov.close()

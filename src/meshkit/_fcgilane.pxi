@@ -1,0 +1,265 @@
+# The FastCGI lane (issue 21): a plain HTTP/1.1 GET or HEAD without a body to a `fastcgi`
+# site, from the client's read to php-fpm and back, without the HTTP handler chain.
+# Called by the client lane (_lane.pxi, Lane.on_readable) with a read that is one whole
+# request head; the plans (one per request shape, made once by
+# meshkit.web.fastcgi.clientlane.plan) hold the rule, its upstream, the script to stat and
+# the encoded PARAMS bar the client's REMOTE_* (the whole request, one buffer per client
+# port). Per request: one stat(2) of the script (the safe split, as the handler asks it), a
+# kept connection of the rule's pool (the handler's own: meshkit.web.fastcgi.connection),
+# one write. The reply, when it comes whole in one read, is decoded by the C record layer
+# (fcgi_quick_reply, called from the connection's data_received) and handed to _FLSink.whole,
+# which writes status line, fields and body to the client in one send(2). Everything else
+# goes to clientlane's Python functions (the handler path's rules and Response).
+# Included by _fastpath.pyx after _fcgi.pxi and _lane.pxi: module-level names carry _fl.
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from meshkit.includes cimport lane as clane
+from meshkit.includes cimport sendfile as csend
+
+cdef object _fl_front = None     # meshkit.web.fastcgi.clientlane, imported at first use
+cdef object _fl_cached_head = None  # meshkit.web.http1.cached_head
+cdef object _fl_Headers = None
+cdef object _fl_Cached = None    # connstate.Event.CACHED
+cdef bint _fl_on = True
+cdef dict _fl_plans = {}         # (head bytes, client address, local port) -> _FLPlan, or
+                                 # the Router for which that head never takes the lane
+cdef dict _fl_routers = {}       # Router -> whether any of its sites may take the lane
+cdef dict _fl_heads = {}         # (status, length, *fields) -> the client's response head
+cdef long long _fl_heads_second = 0
+cdef long long _fl_taken = 0     # requests the lane sent (tests check it ran)
+cdef long long _fl_written = 0   # of those, answers the lane wrote itself
+cdef Py_ssize_t _FL_PLANS = 4096
+cdef Py_ssize_t _FL_SMALL = 65536  # meshkit.web.output._SMALL_BODY: one send with the head
+cdef int _FL_NEW = 0     # ConnState.NEW
+cdef int _FL_IDLE = 1    # ConnState.IDLE
+cdef int _FL_DL_NONE = 0  # meshkit.web.output.DL_NONE
+cdef int _FL_DL_IDLE = 3  # meshkit.web.output.DL_IDLE
+
+
+def fcgi_lane_reset(bint on=True):
+    """Forget every plan (a reload, tests) and turn the lane on or off."""
+    global _fl_on
+    _fl_on = on
+    _fl_plans.clear()
+    _fl_routers.clear()
+    _fl_heads.clear()
+
+
+def fcgi_lane_stats():
+    """(plans, routers, requests taken, answers written by the lane): for tests."""
+    return len(_fl_plans), len(_fl_routers), _fl_taken, _fl_written
+
+
+cdef int _fl_import() except -1:
+    global _fl_front, _fl_cached_head, _fl_Headers, _fl_Cached, _fl_on
+    from meshkit.web.fastcgi import clientlane
+    from meshkit.web.http1 import cached_head
+    from meshkit.web.message import Headers
+    from meshkit.web.connstate import Event
+    _fl_front = clientlane
+    _fl_cached_head = cached_head
+    _fl_Headers = Headers
+    _fl_Cached = Event.CACHED
+    if not clientlane.ENABLED:
+        _fl_on = False
+    return 0
+
+
+cdef bint _fl_router_may(object router):
+    known = _fl_routers.get(router)
+    if known is not None:
+        return known
+    if len(_fl_routers) >= 64:
+        _fl_routers.clear()
+    ok = bool(_fl_front.router_may(router))
+    _fl_routers[router] = ok
+    return ok
+
+
+cdef class _FLPlan:
+    """A clientlane.Plan's fields for C reads (the Plan itself is `py`)."""
+
+    cdef object py, router, upstream, deadlines
+    cdef dict wires
+    cdef bytes script  # the file name to stat, UTF-8 (None: the twin's os.stat decides)
+    cdef double timeout
+    cdef long header_limit, max_fields, max_field_line  # the server's, when it was made
+    cdef bint head_only, logged
+
+    def __init__(self, py):
+        self.py = py
+        self.router = py.router
+        self.upstream = py.upstream
+        self.deadlines = py.upstream.deadlines
+        self.wires = py.wires
+        self.timeout = py.timeout
+        self.head_only = py.head_only
+        self.logged = py.watch is not None
+        name = _fl_front.script_file(py)
+        try:
+            raw = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = None
+        self.script = None if raw is None or b"\0" in raw else raw
+
+
+cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
+    """1 when the lane took the request head `data` read on conn (answered or in flight),
+    0 to read it normally (nothing done)."""
+    if not _fl_on:
+        return 0
+    if _fl_front is None:
+        _fl_import()
+        if not _fl_on:
+            return 0
+    if conn._state > _FL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
+        return 0
+    router = server._handler
+    # the PARAMS depend on the client's address (REMOTE_ADDR) and the local port
+    # (SERVER_PORT) besides the request head
+    key = (data, conn._remote_addr, conn._local_port)
+    known = _fl_plans.get(key)
+    if known is router:
+        return 0  # this head never takes the lane on this router
+    cdef _FLPlan plan = None
+    if type(known) is _FLPlan and (<_FLPlan>known).router is router:
+        plan = <_FLPlan>known
+        if (plan.header_limit != server._header_limit or plan.max_fields != server._max_fields
+                or plan.max_field_line != server._max_field_line):
+            plan = None  # the head limits changed (a reload): judge the head again
+    if plan is None:
+        if not _fl_router_may(router):
+            return 0
+        made = _fl_front.plan(server, conn, data)
+        if len(_fl_plans) >= _FL_PLANS:
+            _fl_plans.clear()
+        if made is None:
+            _fl_plans[key] = router
+            return 0
+        plan = _FLPlan(made)
+        plan.header_limit = server._header_limit
+        plan.max_fields = server._max_fields
+        plan.max_field_line = server._max_field_line
+        _fl_plans[key] = plan
+    # the safe split: the script must be a regular file now (asked for every request)
+    cdef _fc_stat_t st
+    if plan.script is None or _fc_stat(PyBytes_AS_STRING(plan.script), &st) != 0 \
+            or not _FC_S_ISREG(st.st_mode):
+        return 0
+    # Client.start inline: the newest kept connection that is still open
+    up = None
+    idle = plan.upstream.idle
+    while idle:
+        c = idle.pop()
+        if not c.closed:
+            up = c
+            break
+    if up is None:
+        return 0  # nothing kept: the handler dials (and keeps what it dialled)
+    remote_port = conn._remote_port
+    wire = plan.wires.get(remote_port)
+    if wire is None:
+        wire = plan.py.wire(remote_port)
+    global _fl_taken
+    _fl_taken += 1
+    conn.requests += 1
+    if conn._state == _FL_NEW:
+        conn._fire(_fl_Cached)
+    conn._streaming = True  # the connection's pipeline waits for this answer
+    conn._dkind = _FL_DL_NONE
+    cdef _FLSink sink = _FLSink.__new__(_FLSink)
+    sink.plan = plan.py
+    sink.conn = conn
+    sink.server = server
+    sink.fd = fd
+    sink.start = clane.lane_now()
+    sink.remote_port = remote_port
+    sink.head_only = plan.head_only
+    sink.logged = plan.logged
+    up.on_ready = sink
+    plan.deadlines.watch(up, plan.timeout)
+    up.transport.write(wire)
+    return 1
+
+
+cdef object _fl_client_head(int status, list items, Py_ssize_t length):
+    """http1.cached_head of a reply's fields (keep-alive, HTTP/1.1), remembered for the
+    second by status, length and fields; None when a field holds CR or LF (the Python
+    writer answers that)."""
+    global _fl_heads_second
+    cdef long long second = clane.lane_now_second()
+    if second != _fl_heads_second:
+        _fl_heads.clear()
+        _fl_heads_second = second
+    key = (status, length, *items)
+    head = _fl_heads.get(key)
+    if head is not None:
+        return head
+    try:
+        head = _fl_cached_head(status, _fl_Headers(items), length, True, "1.1")
+    except ValueError:
+        return None
+    if len(_fl_heads) >= 1024:
+        _fl_heads.clear()
+    _fl_heads[key] = head
+    return head
+
+
+cdef class _FLSink:
+    """One request of the FastCGI lane in flight: the FastCGI connection's on_ready (see
+    meshkit.web.fastcgi.connection.Ready)."""
+
+    cdef public object plan, conn, server
+    cdef public int fd
+    cdef public double start
+    cdef public long remote_port
+    cdef public bint head_only, logged
+
+    def __call__(self, upconn):
+        # the head without the whole reply, an end without a head, or an error
+        _fl_front.ready(self, upconn)
+
+    def whole(self, upconn, tuple quick):
+        """A reply that came whole in one read and ended cleanly (fast.quick_reply)."""
+        global _fl_written
+        cdef int status = quick[0]
+        cdef list items = quick[1]
+        length = quick[2]
+        cdef bytes body = quick[3]
+        cdef Py_ssize_t blen = PyBytes_GET_SIZE(body)
+        cdef size_t sent = 0
+        cdef int state = csend.SEND_DONE
+        cdef int rc
+        upconn.release()
+        conn = self.conn
+        server = self.server
+        if (self.head_only or (length is not None and length != blen)
+                or conn._state != _FL_IDLE or server._shutting or conn._out or blen > _FL_SMALL):
+            _fl_front.answered(self, status, items, length, body)
+            return
+        head = _fl_client_head(status, items, blen)
+        if head is None:
+            _fl_front.answered(self, status, items, length, body)
+            return
+        if status < 200 or status == 204 or status == 304 or not blen:
+            wire = head
+        else:
+            wire = head + body
+        rc = csend.send_bytes(self.fd, PyBytes_AS_STRING(wire), <size_t>PyBytes_GET_SIZE(wire),
+                              &sent, &state)
+        if rc < 0:
+            conn._streaming = False
+            conn._abort()
+            return
+        if state != csend.SEND_DONE:
+            _fl_front.partial(self, wire, PyBytes_GET_SIZE(head), sent, status, items)
+            return
+        _fl_written += 1
+        conn._streaming = False
+        if self.logged:  # the site's access log: its lines, as the writer would call them
+            _fl_front.logged(self, status, items, body,
+                             PyBytes_GET_SIZE(wire) - PyBytes_GET_SIZE(head))
+        if conn._queue or conn._deferred:
+            conn._flush_queue()
+        else:
+            conn._deadline = server._now + server._idle_timeout
+            conn._dkind = _FL_DL_IDLE

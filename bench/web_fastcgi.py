@@ -180,6 +180,7 @@ def start_meshkit(
     name: str,
     no_ext: bool,
     src: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> int:
     port = free_port()
     conf = procs.tmp / f"{name}.Caddyfile"
@@ -189,6 +190,7 @@ def start_meshkit(
     if src is not None:
         # --before: another tree's meshkit (its src/, with its own compiled extensions)
         env["PYTHONPATH"] = src
+    env.update(extra_env or {})
     proc, logfile = procs.start(name, cmd, core, env=env)
     wait_port(port, proc, name, logfile, timeout=30)
     PIDS[port] = proc.pid
@@ -238,7 +240,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             [
                 (t, u)
                 for u in transports
-                for t in args.targets + (["before"] if args.before else [])
+                for t in args.targets + extra_targets(args)
             ],
         )
         ports: dict[tuple[str, bool], int] = {}
@@ -272,14 +274,24 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                     args.no_extensions,
                     args.before,
                 )
+            if args.nolane:
+                ports["nolane", is_unix] = start_meshkit(
+                    procs,
+                    args.server_core,
+                    root,
+                    endpoints["nolane", is_unix],
+                    "nolane" + tag,
+                    args.no_extensions,
+                    extra_env={"MESHKIT_FCGI_LANE": "0"},
+                )
         log(
             f"servers: {ports} (server CPU {args.server_core}, php-fpm + wrk CPU "
             f"{args.client_core})"
         )
         for case in cases:
             targets = [(t, ports[t, case.unix]) for t in args.targets]
-            if args.before:
-                targets.append(("before", ports["before", case.unix]))
+            for extra in extra_targets(args):
+                targets.append((extra, ports[extra, case.unix]))
             for name, port in targets:
                 check(port, name, case)
                 run_wrk(port, 1, False, args.client_core, path=case.path, conns=args.connections)
@@ -345,13 +357,14 @@ def report(results: Results, args: argparse.Namespace) -> bool:
         rounds = round_ratios(results, case.key, "meshkit")
         if rounds:
             print(f"{'':<32} per-round ratios {' '.join(fmt_ratio(r) for r in rounds)}")
-        if args.before:
-            b = results.median(case.key, "before")
-            before = round_ratios(results, case.key, "before")
+        for extra in extra_targets(args):
+            label = f"  before ({args.before})" if extra == "before" else "  MESHKIT_FCGI_LANE=0"
+            b = results.median(case.key, extra)
+            before = round_ratios(results, case.key, extra)
             print(
-                f"{'  before (' + args.before + ')':<32} {'':>14} {_fmt(b):>14}"
+                f"{label:<32} {'':>14} {_fmt(b):>14}"
                 f" {fmt_ratio(b / n if b is not None and n else None):>8} {'':>7}"
-                f" {'':>14} {_us(results.median(CPU + case.key, 'before')):>8}"
+                f" {'':>14} {_us(results.median(CPU + case.key, extra)):>8}"
             )
             print(f"{'':<32} per-round ratios {' '.join(fmt_ratio(r) for r in before)}")
     samples = [
@@ -381,6 +394,11 @@ def round_ratios(results: Results, metric: str, target: str) -> list[float]:
     ]
 
 
+def extra_targets(args: argparse.Namespace) -> list[str]:
+    """The meshkit variants run beside nginx and meshkit: --before, --nolane."""
+    return (["before"] if args.before else []) + (["nolane"] if args.nolane else [])
+
+
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value / 1000:.1f}k req/s"
 
@@ -406,6 +424,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="SRC",
         help="also run the meshkit of another tree's src/ (e.g. a checkout of an older "
         "commit) in the same rounds, for before/after",
+    )
+    p.add_argument(
+        "--nolane",
+        action="store_true",
+        help="also run meshkit with MESHKIT_FCGI_LANE=0 (the handler chain) in the same "
+        "rounds, for the FastCGI lane's A/B",
     )
     p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
     p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")

@@ -15,6 +15,9 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from meshkit.includes cimport lane as clane
 from meshkit.includes cimport sendfile as csend
 
+cdef class _FLWait
+cdef class _FLSink
+
 cdef object _fl_front = None     # meshkit.web.fastcgi.clientlane, imported at first use
 cdef object _fl_cached_head = None  # meshkit.web.http1.cached_head
 cdef object _fl_Headers = None
@@ -27,6 +30,10 @@ cdef dict _fl_heads = {}         # (status, length, *fields) -> the client's res
 cdef long long _fl_heads_second = 0
 cdef long long _fl_taken = 0     # requests the lane sent (tests check it ran)
 cdef long long _fl_written = 0   # of those, answers the lane wrote itself
+cdef long long _fl_busy = 0      # heads left to the connection: a request in flight or queued
+cdef long long _fl_no_file = 0   # heads left to the handler: the script is not a file now
+cdef long long _fl_no_kept = 0   # heads left to the handler: no kept connection idle
+cdef long long _fl_waited = 0    # requests that waited in the pool's queue (it was full)
 cdef Py_ssize_t _FL_PLANS = 4096
 cdef Py_ssize_t _FL_SMALL = 65536  # meshkit.web.output._SMALL_BODY: one send with the head
 cdef int _FL_NEW = 0     # ConnState.NEW
@@ -45,8 +52,11 @@ def fcgi_lane_reset(bint on=True):
 
 
 def fcgi_lane_stats():
-    """(plans, routers, requests taken, answers written by the lane): for tests."""
-    return len(_fl_plans), len(_fl_routers), _fl_taken, _fl_written
+    """(plans, routers, requests taken, answers written by the lane, and heads of planned
+    shapes left to the Python path: busy connection, script not a file, no kept
+    connection): for tests and the bench's diagnosis."""
+    return (len(_fl_plans), len(_fl_routers), _fl_taken, _fl_written, _fl_busy, _fl_no_file,
+            _fl_no_kept, _fl_waited)
 
 
 cdef int _fl_import() except -1:
@@ -78,7 +88,7 @@ cdef bint _fl_router_may(object router):
 cdef class _FLPlan:
     """A clientlane.Plan's fields for C reads (the Plan itself is `py`)."""
 
-    cdef object py, router, upstream, deadlines
+    cdef public object py, router, upstream, deadlines
     cdef dict wires
     cdef bytes script  # the file name to stat, UTF-8 (None: the twin's os.stat decides)
     cdef double timeout
@@ -111,7 +121,9 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
         _fl_import()
         if not _fl_on:
             return 0
+    global _fl_busy, _fl_no_file, _fl_no_kept, _fl_waited
     if conn._state > _FL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
+        _fl_busy += 1
         return 0
     router = server._handler
     # the PARAMS depend on the client's address (REMOTE_ADDR) and the local port
@@ -144,6 +156,7 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
     cdef _fc_stat_t st
     if plan.script is None or _fc_stat(PyBytes_AS_STRING(plan.script), &st) != 0 \
             or not _FC_S_ISREG(st.st_mode):
+        _fl_no_file += 1
         return 0
     # Client.start inline: the newest kept connection that is still open
     up = None
@@ -153,8 +166,14 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
         if not c.closed:
             up = c
             break
+    cdef bint wait = False
     if up is None:
-        return 0  # nothing kept: the handler dials (and keeps what it dialled)
+        if not plan.upstream.full():
+            _fl_no_kept += 1
+            return 0  # nothing kept and room to dial: the handler dials (and keeps it)
+        # the pool is at the cap it learnt: wait in its queue for a kept connection, as
+        # Client._wait_for_conn waits (without a Future: _FLWait is called back)
+        wait = True
     remote_port = conn._remote_port
     wire = plan.wires.get(remote_port)
     if wire is None:
@@ -175,10 +194,59 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
     sink.remote_port = remote_port
     sink.head_only = plan.head_only
     sink.logged = plan.logged
+    cdef _FLWait waiter
+    if wait:
+        _fl_waited += 1
+        waiter = _FLWait.__new__(_FLWait)
+        waiter.plan = plan
+        waiter.sink = sink
+        waiter.wire = wire
+        plan.upstream.waiters.append(waiter)
+        plan.deadlines.watch(waiter, plan.py.client.timeouts.connect)
+        return 1
+    _fl_send(plan, sink, up, wire)
+    return 1
+
+
+cdef inline int _fl_send(_FLPlan plan, object sink, object up, bytes wire) except -1:
     up.on_ready = sink
     plan.deadlines.watch(up, plan.timeout)
     up.transport.write(wire)
-    return 1
+    return 0
+
+
+cdef class _FLWait:
+    """A lane request waiting for a kept connection in the pool's queue (Upstream.waiters):
+    duck-typed as the Future Client._wait_for_conn waits on (done, set_result), and timed by
+    the pool's Deadlines with the connect timeout, after which it dials anyway."""
+
+    cdef public _FLPlan plan
+    cdef public object sink
+    cdef public bytes wire
+    cdef public double deadline, timeout
+    cdef bint finished
+
+    def done(self):
+        return self.finished
+
+    def cancelled(self):
+        return False
+
+    def set_result(self, upconn):
+        if self.finished:
+            return
+        self.finished = True
+        self.plan.deadlines.unwatch(self)
+        if upconn is None:
+            _fl_front.fall_back(self.sink)  # room to dial again: the client's own path
+            return
+        _fl_send(self.plan, self.sink, upconn, self.wire)
+
+    def time_out(self):
+        if self.finished:
+            return
+        self.finished = True
+        _fl_front.dial(self.sink)  # as _wait_for_conn: past the connect timeout, dial
 
 
 cdef object _fl_client_head(int status, list items, Py_ssize_t length):

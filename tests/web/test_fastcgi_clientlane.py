@@ -12,6 +12,7 @@ which both recover from."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -233,3 +234,42 @@ def test_plan_declines(pair: Pair) -> None:
         got = pair.both([(data, method)] * 2)
         assert got[0][0] in (200, 404)
     assert taken()[0] == before
+
+
+def test_full_pool_queue(tmp_path: Path) -> None:
+    """More clients at once than php-fpm has children (2): the pool learns its cap and the
+    lane's requests wait in its queue for a kept connection (no dial past the cap, no
+    Future); every answer is right, and the lane answered most of them."""
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "hello.php").write_text(SCRIPTS["hello.php"])
+    with php_fpm(tmp_path / "fpm", children=2) as f:
+        router, _ = make_router(tmp_path, root, f.tcp)
+        server = ServerThread(router, compiled=True)
+        try:
+            head = raw("GET", "/hello.php", "")
+            bodies: list[bytes] = []
+            lock = threading.Lock()
+
+            def client() -> None:
+                with connect(server.port) as sock:
+                    reader = Reader(sock)
+                    for _ in range(40):
+                        sock.sendall(head)
+                        reply = reader.response()
+                        with lock:
+                            bodies.append(reply.body if reply.status == 200 else b"")
+
+            assert _fastpath is not None
+            before = taken()
+            waited = _fastpath.fcgi_lane_stats()[7]
+            threads = [threading.Thread(target=client) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert bodies == [b"Hello World\n"] * 320
+            assert taken()[0] - before[0] >= 200
+            assert _fastpath.fcgi_lane_stats()[7] > waited  # some waited in the pool's queue
+        finally:
+            server.stop()

@@ -28,6 +28,7 @@ MESHKIT_FCGI_LANE=0 (or MESHKIT_LANE=0, MESHKIT_NO_EXTENSIONS=1) turns it off.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -259,6 +260,38 @@ def ready(sink: Any, upconn: Connection) -> None:
     p: Plan = sink.plan
     r = _Ready(p.client, p.params(sink.remote_port), p.head_only, _done(sink))
     r(upconn)
+
+
+def fall_back(sink: Any) -> None:
+    """The lane's request waited in the full pool's queue and was told to dial (a connection
+    closed): Client.request() as the handler's fall-back runs it."""
+    p: Plan = sink.plan
+    r = _Ready(p.client, p.params(sink.remote_port), p.head_only, _done(sink))
+    r.fall_back([p.upstream])
+
+
+async def _dial_anyway(plan_: Plan, params: bytes) -> Reply:
+    """Client._on_upstream after _wait_for_conn timed out: a new connection, one exchange."""
+    client = plan_.client
+    up = plan_.upstream
+    try:
+        up.dialling += 1
+        try:
+            conn = await client._dial(up)
+        finally:
+            up.dialling -= 1
+        return await client._exchange(conn, params, None, b"", False, plan_.head_only)
+    except FastCGIError as e:
+        log.error("%s", e.message)  # as Client.request logs it
+        raise
+
+
+def dial(sink: Any) -> None:
+    """The lane's request waited the connect timeout in the full pool's queue: dial."""
+    p: Plan = sink.plan
+    r = _Ready(p.client, p.params(sink.remote_port), p.head_only, _done(sink))
+    task = asyncio.get_running_loop().create_task(_dial_anyway(p, r.params))
+    task.add_done_callback(r._retried)
 
 
 def answered(sink: Any, status: int, items: list[tuple[str, str]], length: Any, body: bytes) -> None:

@@ -237,11 +237,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             procs,
             args.client_core,
             args.connections,
-            [
-                (t, u)
-                for u in transports
-                for t in args.targets + extra_targets(args)
-            ],
+            [(t, u) for u in transports for t in args.targets + extra_targets(args)],
         )
         ports: dict[tuple[str, bool], int] = {}
         for is_unix in transports:

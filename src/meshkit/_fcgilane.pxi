@@ -90,6 +90,7 @@ cdef class _FLPlan:
 
     cdef public object py, router, upstream, deadlines
     cdef dict wires
+    cdef set watched  # the pool's Deadlines.watched (never replaced, only cleared)
     cdef bytes script  # the file name to stat, UTF-8 (None: the twin's os.stat decides)
     cdef double timeout
     cdef long header_limit, max_fields, max_field_line  # the server's, when it was made
@@ -100,6 +101,7 @@ cdef class _FLPlan:
         self.router = py.router
         self.upstream = py.upstream
         self.deadlines = py.upstream.deadlines
+        self.watched = self.deadlines.watched
         self.wires = py.wires
         self.timeout = py.timeout
         self.head_only = py.head_only
@@ -208,10 +210,29 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
     return 1
 
 
-cdef inline int _fl_send(_FLPlan plan, object sink, object up, bytes wire) except -1:
+cdef inline int _fl_send(_FLPlan plan, _FLSink sink, object up, bytes wire) except -1:
+    """Write the request on the kept connection `up`; its reply comes to the sink: the
+    sink stands in as the transport's protocol for the next read (see _FLSink)."""
+    transport = up.transport
+    sink.upconn = up
+    sink.transport = transport
+    sink.watched = plan.watched
     up.on_ready = sink
-    plan.deadlines.watch(up, plan.timeout)
-    up.transport.write(wire)
+    _fl_watch(plan.deadlines, up, plan.timeout)
+    transport.set_protocol(sink)
+    transport.write(wire)
+    return 0
+
+
+cdef inline int _fl_watch(object dl, object item, double timeout) except -1:
+    """Deadlines.watch without its frame while its sweep is running (else the method)."""
+    loop = dl._loop
+    if dl._handle is None or loop is None:
+        dl.watch(item, timeout)
+        return 0
+    item.deadline = loop.time() + timeout
+    item.timeout = timeout
+    (<set>dl.watched).add(item)
     return 0
 
 
@@ -277,10 +298,46 @@ cdef class _FLSink:
     meshkit.web.fastcgi.connection.Ready)."""
 
     cdef public object plan, conn, server
+    cdef object upconn, transport  # the FastCGI Connection and its transport
+    cdef set watched  # the pool's Deadlines.watched
     cdef public int fd
     cdef public double start
     cdef public long remote_port
     cdef public bint head_only, logged
+
+    # The transport's protocol from the request's write to the reply's first read: a reply
+    # that came whole in that read (the C record layer's quick reply, complete) is taken
+    # here, with what Connection.data_received and _take_quick do for it; anything else
+    # (and every later callback) goes to the Connection, the protocol again.
+    def data_received(self, bytes data):
+        upconn = self.upconn
+        self.transport.set_protocol(upconn)
+        if (upconn.on_ready is self and upconn.head is None and not upconn.buf
+                and not upconn.got_data and not upconn.decoder._buf):
+            quick = _fc_quick(data)
+            if quick is not None and (<tuple>quick)[5] == 0:  # FCGI_REQUEST_COMPLETE
+                upconn.got_data = True
+                fresh = upconn.upstream.fresh
+                if fresh:
+                    fresh.pop(upconn, None)
+                upconn.on_ready = None
+                self.watched.discard(upconn)
+                upconn.ended = True
+                self.whole(upconn, quick)
+                return
+        upconn.data_received(data)
+
+    def eof_received(self):
+        return self.upconn.eof_received()
+
+    def connection_lost(self, exc):
+        self.upconn.connection_lost(exc)
+
+    def pause_writing(self):
+        self.upconn.pause_writing()
+
+    def resume_writing(self):
+        self.upconn.resume_writing()
 
     def __call__(self, upconn):
         # the head without the whole reply, an end without a head, or an error

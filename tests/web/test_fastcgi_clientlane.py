@@ -214,7 +214,7 @@ def test_php_fpm_restart(pair: Pair, fpm: tuple[PhpFpm, Path]) -> None:
     plan_ = [(raw("GET", "/hello.php", ""), "GET")] * 3
     pair.both(plan_)
     fpm[0].restart()
-    got = pair.both(plan_ + [(raw("GET", "/env.php", ""), "GET")])
+    got = pair.both([*plan_, (raw("GET", "/env.php", ""), "GET")])
     assert [g[0] for g in got] == [200] * 4
     before, _ = taken()
     pair.both(plan_)

@@ -294,7 +294,9 @@ def dial(sink: Any) -> None:
     task.add_done_callback(r._retried)
 
 
-def answered(sink: Any, status: int, items: list[tuple[str, str]], length: Any, body: bytes) -> None:
+def answered(
+    sink: Any, status: int, items: list[tuple[str, str]], length: Any, body: bytes
+) -> None:
     """A whole reply the compiled lane does not write itself (the upstream connection is
     already released): _Ready.whole's Reply, answered through the Python writer."""
     headers = Headers(items)

@@ -202,9 +202,15 @@ PIDS: dict[int, int] = {}  # server port -> the pid serving it (one process each
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds the process has used so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def check(port: int, name: str, case: Case) -> None:
@@ -294,7 +300,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             for r in range(1, args.rounds + 1):
                 for name, port in targets:
                     busy = background_busy(cores)
-                    cpu0 = cpu_seconds(PIDS[port])
+                    user0, sys0 = cpu_split(PIDS[port])
                     sample: Sample = run_wrk(
                         port,
                         args.duration,
@@ -303,12 +309,15 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                         path=case.path,
                         conns=args.connections,
                     )
-                    cpu = cpu_seconds(PIDS[port]) - cpu0
+                    user1, sys1 = cpu_split(PIDS[port])
+                    cpu = user1 - user0 + sys1 - sys0
                     sample.background = busy
                     results.add(case.key, name, sample)
                     served = sample.value * args.duration
                     if served:
                         results.add(CPU + case.key, name, Sample(cpu / served * 1e6))
+                        user = (user1 - user0) / served * 1e6
+                        results.add(USER + case.key, name, Sample(user))
                     notes = [sample.errors] if sample.errors else []
                     if busy > BUSY_WARN:
                         notes.append(f"CPU already {busy:.0f}% busy before the run")
@@ -325,6 +334,7 @@ def fmt_ratio(value: float | None) -> str:
 
 
 CPU = "cpu:"  # metric prefix: CPU microseconds per request
+USER = "user:"  # the user-space part of it
 
 
 def report(results: Results, args: argparse.Namespace) -> bool:
@@ -350,6 +360,9 @@ def report(results: Results, args: argparse.Namespace) -> bool:
             f"{case.title:<32} {_fmt(n):>14} {_fmt(m):>14} {fmt_ratio(ratio):>8} {goal:>7}"
             f" {_us(cn):>14} {_us(cm):>8}"
         )
+        un = results.median(USER + case.key, "nginx")
+        um = results.median(USER + case.key, "meshkit")
+        print(f"{'':<32} {'of which user space':>38} {'':>7} {_us(un):>14} {_us(um):>8}")
         rounds = round_ratios(results, case.key, "meshkit")
         if rounds:
             print(f"{'':<32} per-round ratios {' '.join(fmt_ratio(r) for r in rounds)}")
@@ -361,12 +374,13 @@ def report(results: Results, args: argparse.Namespace) -> bool:
                 f"{label:<32} {'':>14} {_fmt(b):>14}"
                 f" {fmt_ratio(b / n if b is not None and n else None):>8} {'':>7}"
                 f" {'':>14} {_us(results.median(CPU + case.key, extra)):>8}"
+                f" (user {_us(results.median(USER + case.key, extra))})"
             )
             print(f"{'':<32} per-round ratios {' '.join(fmt_ratio(r) for r in before)}")
     samples = [
         s.value
         for metric, per in results.samples.items()
-        if not metric.startswith(CPU)
+        if not metric.startswith((CPU, USER))
         for ss in per.values()
         for s in ss
     ]
@@ -375,7 +389,7 @@ def report(results: Results, args: argparse.Namespace) -> bool:
             f"(medians of {args.rounds} round(s) x {args.duration:g} s, wrk -t1 "
             f"-c{args.connections}; spread of all runs: {statistics.pstdev(samples):,.0f})"
         )
-    report_errors_and_noise(results, [m for m in results.samples if m.startswith(CPU)])
+    report_errors_and_noise(results, [m for m in results.samples if m.startswith((CPU, USER))])
     return met
 
 

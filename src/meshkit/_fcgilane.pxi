@@ -35,6 +35,8 @@ cdef long long _fl_no_file = 0   # heads left to the handler: the script is not 
 cdef long long _fl_no_kept = 0   # heads left to the handler: no kept connection idle
 cdef long long _fl_waited = 0    # requests that waited in the pool's queue (it was full)
 cdef Py_ssize_t _FL_PLANS = 4096
+cdef Py_ssize_t _FL_MAX_IDLE = 256  # meshkit.web.fastcgi.pool.MAX_IDLE (read at import)
+cdef long long _FL_PROBE_EVERY = 1024  # pool.PROBE_EVERY (read at import)
 cdef Py_ssize_t _FL_SMALL = 65536  # meshkit.web.output._SMALL_BODY: one send with the head
 cdef int _FL_NEW = 0     # ConnState.NEW
 cdef int _FL_IDLE = 1    # ConnState.IDLE
@@ -61,7 +63,10 @@ def fcgi_lane_stats():
 
 cdef int _fl_import() except -1:
     global _fl_front, _fl_cached_head, _fl_Headers, _fl_Cached, _fl_on
-    from meshkit.web.fastcgi import clientlane
+    global _FL_MAX_IDLE, _FL_PROBE_EVERY
+    from meshkit.web.fastcgi import clientlane, pool
+    _FL_MAX_IDLE = pool.MAX_IDLE
+    _FL_PROBE_EVERY = pool.PROBE_EVERY
     from meshkit.web.http1 import cached_head
     from meshkit.web.message import Headers
     from meshkit.web.connstate import Event
@@ -170,7 +175,9 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
             break
     cdef bint wait = False
     if up is None:
-        if not plan.upstream.full():
+        upstream = plan.upstream
+        cap = upstream.cap  # Upstream.full(), inline
+        if not cap or upstream.open + upstream.dialling < cap:
             _fl_no_kept += 1
             return 0  # nothing kept and room to dial: the handler dials (and keeps it)
         # the pool is at the cap it learnt: wait in its queue for a kept connection, as
@@ -204,7 +211,7 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
         waiter.sink = sink
         waiter.wire = wire
         plan.upstream.waiters.append(waiter)
-        plan.deadlines.watch(waiter, plan.py.client.timeouts.connect)
+        _fl_watch(plan.deadlines, waiter, plan.py.client.timeouts.connect)
         return 1
     _fl_send(plan, sink, up, wire)
     return 1
@@ -242,7 +249,7 @@ cdef class _FLWait:
     the pool's Deadlines with the connect timeout, after which it dials anyway."""
 
     cdef public _FLPlan plan
-    cdef public object sink
+    cdef public _FLSink sink
     cdef public bytes wire
     cdef public double deadline, timeout
     cdef bint finished
@@ -257,7 +264,7 @@ cdef class _FLWait:
         if self.finished:
             return
         self.finished = True
-        self.plan.deadlines.unwatch(self)
+        self.plan.watched.discard(self)  # Deadlines.unwatch
         if upconn is None:
             _fl_front.fall_back(self.sink)  # room to dial again: the client's own path
             return
@@ -268,6 +275,38 @@ cdef class _FLWait:
             return
         self.finished = True
         _fl_front.dial(self.sink)  # as _wait_for_conn: past the connect timeout, dial
+
+
+cdef int _fl_release(object upconn) except -1:
+    """Connection.release() of a connection whose reply ended cleanly: its common path
+    (nothing fresh, kept) inline, handing it to the first waiter as Upstream.hand_over
+    does; anything else through release() itself."""
+    up = upconn.upstream
+    idle = up.idle
+    if (up.fresh or upconn.closed or upconn.read_paused or upconn.error is not None
+            or len(idle) >= _FL_MAX_IDLE):
+        upconn.release()
+        return 0
+    completed = up.completed + 1
+    up.completed = completed
+    upconn.served += 1
+    upconn._reset()
+    waiters = up.waiters
+    if waiters:
+        cap = up.cap
+        if cap and not completed % _FL_PROBE_EVERY:
+            up.cap = cap + 1  # the responder may have grown (or the cap was learnt low)
+        while waiters:
+            fut = waiters.popleft()
+            if type(fut) is _FLWait:
+                if not (<_FLWait>fut).finished:
+                    fut.set_result(upconn)
+                    return 0
+            elif not fut.done():
+                fut.set_result(upconn)
+                return 0
+    idle.append(upconn)
+    return 0
 
 
 cdef object _fl_client_head(int status, list items, Py_ssize_t length):
@@ -354,7 +393,7 @@ cdef class _FLSink:
         cdef size_t sent = 0
         cdef int state = csend.SEND_DONE
         cdef int rc
-        upconn.release()
+        _fl_release(upconn)
         conn = self.conn
         server = self.server
         if (self.head_only or (length is not None and length != blen)

@@ -262,7 +262,10 @@ class Connection(asyncio.Protocol):
                 self.transport.abort()
 
     def release(self) -> None:
-        """The exchange is over: keep the connection for the next request, or close it."""
+        """The exchange is over: keep the connection for the next request, or close it.
+
+        The FastCGI lane (_fcgilane.pxi, _fl_release) runs the kept path below inline for a
+        reply that ended cleanly: change both together."""
         up = self.upstream
         if self.ended and self.error is None:
             up.completed += 1

@@ -13,6 +13,7 @@ which both recover from."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -145,8 +146,11 @@ class Pair:
                     break
         return seen
 
-    def both(self, plan_: list[tuple[bytes, str]]) -> list[Seen]:
-        got_c = self.run(self.c, plan_)
+    def both(self, plan_: list[tuple[bytes, str]], got_c: list[Seen] | None = None) -> list[Seen]:
+        """Send the plan to both servers (to the Python one only when the compiled one's
+        answers are given) and compare answers and log lines."""
+        if got_c is None:
+            got_c = self.run(self.c, plan_)
         got_py = self.run(self.py, plan_)
         assert got_c == got_py
         self.lines += len(got_c)
@@ -219,6 +223,32 @@ def test_php_fpm_restart(pair: Pair, fpm: tuple[PhpFpm, Path]) -> None:
     before, _ = taken()
     pair.both(plan_)
     assert taken()[0] > before
+    # again with the lane's loop held while a request arrives and php-fpm restarts: the
+    # request is read before the kept connections' closes, so the lane writes it on a
+    # closed (stale) connection, and it is sent again on a fresh one (the client's rules)
+    calls: list[object] = []
+    ready = clientlane.ready
+
+    def counted(sink: object, upconn: object) -> None:
+        calls.append(upconn)
+        ready(sink, upconn)
+
+    held = threading.Event()
+    seen: list[list[Seen]] = []
+    clientlane.ready = counted  # type: ignore[assignment]
+    try:
+        pair.c.loop.call_soon_threadsafe(held.wait, 30.0)
+        t = threading.Thread(target=lambda: seen.append(pair.run(pair.c, plan_)))
+        t.start()
+        time.sleep(0.3)
+        fpm[0].restart()
+        held.set()
+        t.join(30)
+    finally:
+        clientlane.ready = ready  # type: ignore[assignment]
+    pair.both(plan_, seen[0])
+    assert [g[2] for g in seen[0]] == [b"Hello World\n"] * 3
+    assert calls  # the stale connection's error came to the lane's sink
 
 
 def test_plan_declines(pair: Pair) -> None:

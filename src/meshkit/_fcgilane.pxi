@@ -17,6 +17,7 @@ from meshkit.includes cimport sendfile as csend
 
 cdef class _FLWait
 cdef class _FLSink
+cdef class _FLFront
 
 cdef object _fl_front = None     # meshkit.web.fastcgi.clientlane, imported at first use
 cdef object _fl_cached_head = None  # meshkit.web.http1.cached_head
@@ -218,17 +219,55 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
 
 
 cdef inline int _fl_send(_FLPlan plan, _FLSink sink, object up, bytes wire) except -1:
-    """Write the request on the kept connection `up`; its reply comes to the sink: the
-    sink stands in as the transport's protocol for the next read (see _FLSink)."""
+    """Write the request on the kept connection `up`; the reply's first read comes to the
+    sink through the connection's _FLFront (the transport's protocol from the first time
+    the lane used the connection)."""
     transport = up.transport
     sink.upconn = up
-    sink.transport = transport
     sink.watched = plan.watched
     up.on_ready = sink
     _fl_watch(plan.deadlines, up, plan.timeout)
-    transport.set_protocol(sink)
+    front = up.front
+    if front is None:
+        front = _FLFront(up)
+        up.front = front
+        transport.set_protocol(front)
+    (<_FLFront>front).sink = sink
     transport.write(wire)
     return 0
+
+
+cdef class _FLFront:
+    """The transport's protocol of a FastCGI Connection the lane has used: the first read
+    after a lane request's write goes to its sink (_FLSink.first_read); every other
+    callback, and every read of the handler's own exchanges, to the Connection."""
+
+    cdef object upconn
+    cdef _FLSink sink
+
+    def __init__(self, upconn):
+        self.upconn = upconn
+
+    def data_received(self, bytes data):
+        cdef _FLSink sink = self.sink
+        if sink is None:
+            self.upconn.data_received(data)
+            return
+        self.sink = None
+        sink.first_read(self.upconn, data)
+
+    def eof_received(self):
+        return self.upconn.eof_received()
+
+    def connection_lost(self, exc):
+        self.sink = None
+        self.upconn.connection_lost(exc)
+
+    def pause_writing(self):
+        self.upconn.pause_writing()
+
+    def resume_writing(self):
+        self.upconn.resume_writing()
 
 
 cdef inline int _fl_watch(object dl, object item, double timeout) except -1:
@@ -337,20 +376,18 @@ cdef class _FLSink:
     meshkit.web.fastcgi.connection.Ready)."""
 
     cdef public object plan, conn, server
-    cdef object upconn, transport  # the FastCGI Connection and its transport
+    cdef object upconn  # the FastCGI Connection
     cdef set watched  # the pool's Deadlines.watched
     cdef public int fd
     cdef public double start
     cdef public long remote_port
     cdef public bint head_only, logged
 
-    # The transport's protocol from the request's write to the reply's first read: a reply
-    # that came whole in that read (the C record layer's quick reply, complete) is taken
-    # here, with what Connection.data_received and _take_quick do for it; anything else
-    # (and every later callback) goes to the Connection, the protocol again.
-    def data_received(self, bytes data):
-        upconn = self.upconn
-        self.transport.set_protocol(upconn)
+    # The reply's first read (from the connection's _FLFront): a reply that came whole in
+    # it (the C record layer's quick reply, complete) is taken here, with what
+    # Connection.data_received and _take_quick do for it; anything else goes to the
+    # Connection's data_received.
+    cdef int first_read(self, object upconn, bytes data) except -1:
         if (upconn.on_ready is self and upconn.head is None and not upconn.buf
                 and not upconn.got_data and not upconn.decoder._buf):
             quick = _fc_quick(data)
@@ -363,20 +400,9 @@ cdef class _FLSink:
                 self.watched.discard(upconn)
                 upconn.ended = True
                 self.whole(upconn, quick)
-                return
+                return 0
         upconn.data_received(data)
-
-    def eof_received(self):
-        return self.upconn.eof_received()
-
-    def connection_lost(self, exc):
-        self.upconn.connection_lost(exc)
-
-    def pause_writing(self):
-        self.upconn.pause_writing()
-
-    def resume_writing(self):
-        self.upconn.resume_writing()
+        return 0
 
     def __call__(self, upconn):
         # the head without the whole reply, an end without a head, or an error

@@ -74,6 +74,8 @@ class Connection(asyncio.Protocol):
         self.sock: Any = None  # the TCP socket (None for unix sockets)
         self.deadline = 0.0
         self.timeout = 0.0
+        # the FastCGI lane's stand-in protocol on this transport (_fcgilane.pxi _FLFront)
+        self.front: Any = None
 
     def _reset(self) -> None:
         self.buf = b""  # STDOUT before the end of the head

@@ -180,6 +180,7 @@ def start_meshkit(
     name: str,
     no_ext: bool,
     src: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> int:
     port = free_port()
     conf = procs.tmp / f"{name}.Caddyfile"
@@ -189,6 +190,7 @@ def start_meshkit(
     if src is not None:
         # --before: another tree's meshkit (its src/, with its own compiled extensions)
         env["PYTHONPATH"] = src
+    env.update(extra_env or {})
     proc, logfile = procs.start(name, cmd, core, env=env)
     wait_port(port, proc, name, logfile, timeout=30)
     PIDS[port] = proc.pid
@@ -200,9 +202,15 @@ PIDS: dict[int, int] = {}  # server port -> the pid serving it (one process each
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far."""
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds the process has used so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def check(port: int, name: str, case: Case) -> None:
@@ -235,11 +243,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             procs,
             args.client_core,
             args.connections,
-            [
-                (t, u)
-                for u in transports
-                for t in args.targets + (["before"] if args.before else [])
-            ],
+            [(t, u) for u in transports for t in args.targets + extra_targets(args)],
         )
         ports: dict[tuple[str, bool], int] = {}
         for is_unix in transports:
@@ -272,21 +276,31 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                     args.no_extensions,
                     args.before,
                 )
+            if args.nolane:
+                ports["nolane", is_unix] = start_meshkit(
+                    procs,
+                    args.server_core,
+                    root,
+                    endpoints["nolane", is_unix],
+                    "nolane" + tag,
+                    args.no_extensions,
+                    extra_env={"MESHKIT_FCGI_LANE": "0"},
+                )
         log(
             f"servers: {ports} (server CPU {args.server_core}, php-fpm + wrk CPU "
             f"{args.client_core})"
         )
         for case in cases:
             targets = [(t, ports[t, case.unix]) for t in args.targets]
-            if args.before:
-                targets.append(("before", ports["before", case.unix]))
+            for extra in extra_targets(args):
+                targets.append((extra, ports[extra, case.unix]))
             for name, port in targets:
                 check(port, name, case)
                 run_wrk(port, 1, False, args.client_core, path=case.path, conns=args.connections)
             for r in range(1, args.rounds + 1):
                 for name, port in targets:
                     busy = background_busy(cores)
-                    cpu0 = cpu_seconds(PIDS[port])
+                    user0, sys0 = cpu_split(PIDS[port])
                     sample: Sample = run_wrk(
                         port,
                         args.duration,
@@ -295,12 +309,15 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                         path=case.path,
                         conns=args.connections,
                     )
-                    cpu = cpu_seconds(PIDS[port]) - cpu0
+                    user1, sys1 = cpu_split(PIDS[port])
+                    cpu = user1 - user0 + sys1 - sys0
                     sample.background = busy
                     results.add(case.key, name, sample)
                     served = sample.value * args.duration
                     if served:
                         results.add(CPU + case.key, name, Sample(cpu / served * 1e6))
+                        user = (user1 - user0) / served * 1e6
+                        results.add(USER + case.key, name, Sample(user))
                     notes = [sample.errors] if sample.errors else []
                     if busy > BUSY_WARN:
                         notes.append(f"CPU already {busy:.0f}% busy before the run")
@@ -317,6 +334,7 @@ def fmt_ratio(value: float | None) -> str:
 
 
 CPU = "cpu:"  # metric prefix: CPU microseconds per request
+USER = "user:"  # the user-space part of it
 
 
 def report(results: Results, args: argparse.Namespace) -> bool:
@@ -342,22 +360,27 @@ def report(results: Results, args: argparse.Namespace) -> bool:
             f"{case.title:<32} {_fmt(n):>14} {_fmt(m):>14} {fmt_ratio(ratio):>8} {goal:>7}"
             f" {_us(cn):>14} {_us(cm):>8}"
         )
+        un = results.median(USER + case.key, "nginx")
+        um = results.median(USER + case.key, "meshkit")
+        print(f"{'':<32} {'of which user space':>38} {'':>7} {_us(un):>14} {_us(um):>8}")
         rounds = round_ratios(results, case.key, "meshkit")
         if rounds:
             print(f"{'':<32} per-round ratios {' '.join(fmt_ratio(r) for r in rounds)}")
-        if args.before:
-            b = results.median(case.key, "before")
-            before = round_ratios(results, case.key, "before")
+        for extra in extra_targets(args):
+            label = f"  before ({args.before})" if extra == "before" else "  MESHKIT_FCGI_LANE=0"
+            b = results.median(case.key, extra)
+            before = round_ratios(results, case.key, extra)
             print(
-                f"{'  before (' + args.before + ')':<32} {'':>14} {_fmt(b):>14}"
+                f"{label:<32} {'':>14} {_fmt(b):>14}"
                 f" {fmt_ratio(b / n if b is not None and n else None):>8} {'':>7}"
-                f" {'':>14} {_us(results.median(CPU + case.key, 'before')):>8}"
+                f" {'':>14} {_us(results.median(CPU + case.key, extra)):>8}"
+                f" (user {_us(results.median(USER + case.key, extra))})"
             )
             print(f"{'':<32} per-round ratios {' '.join(fmt_ratio(r) for r in before)}")
     samples = [
         s.value
         for metric, per in results.samples.items()
-        if not metric.startswith(CPU)
+        if not metric.startswith((CPU, USER))
         for ss in per.values()
         for s in ss
     ]
@@ -366,7 +389,7 @@ def report(results: Results, args: argparse.Namespace) -> bool:
             f"(medians of {args.rounds} round(s) x {args.duration:g} s, wrk -t1 "
             f"-c{args.connections}; spread of all runs: {statistics.pstdev(samples):,.0f})"
         )
-    report_errors_and_noise(results, [m for m in results.samples if m.startswith(CPU)])
+    report_errors_and_noise(results, [m for m in results.samples if m.startswith((CPU, USER))])
     return met
 
 
@@ -379,6 +402,11 @@ def round_ratios(results: Results, metric: str, target: str) -> list[float]:
         for n, t in zip(per.get("nginx", []), per.get(target, []), strict=False)
         if n.value
     ]
+
+
+def extra_targets(args: argparse.Namespace) -> list[str]:
+    """The meshkit variants run beside nginx and meshkit: --before, --nolane."""
+    return (["before"] if args.before else []) + (["nolane"] if args.nolane else [])
 
 
 def _fmt(value: float | None) -> str:
@@ -406,6 +434,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="SRC",
         help="also run the meshkit of another tree's src/ (e.g. a checkout of an older "
         "commit) in the same rounds, for before/after",
+    )
+    p.add_argument(
+        "--nolane",
+        action="store_true",
+        help="also run meshkit with MESHKIT_FCGI_LANE=0 (the handler chain) in the same "
+        "rounds, for the FastCGI lane's A/B",
     )
     p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
     p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")

@@ -20,6 +20,11 @@ def fcgi_quick_reply(bytes data not None):
     `data`) with a plain CGI head: (status, [(name, value)...], content_length or None,
     body, app_status, protocol_status). None for anything else, which the record Decoder
     and response.parse_head then take (and report), exactly as without this function."""
+    return _fc_quick(data)
+
+
+cdef object _fc_quick(bytes data):
+    """fcgi_quick_reply's body (the FastCGI lane calls it without a Python call)."""
     cdef const unsigned char *buf = <const unsigned char *>PyBytes_AS_STRING(data)
     cdef size_t n = <size_t>PyBytes_GET_SIZE(data)
     cdef uint32_t app = 0

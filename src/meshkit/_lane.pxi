@@ -92,6 +92,10 @@ cdef class Lane:
             # upstream from C (_proxylane.pxi); 0 when it does not apply
             if _pl_take(conn, self.server, self.fd, data):
                 return
+            # FastCGI lane hook (wip-fcgilane): a GET/HEAD to a `fastcgi` site is sent to
+            # php-fpm from C (_fcgilane.pxi); 0 when it does not apply
+            if _fl_take(conn, self.server, self.fd, data):
+                return
         conn._on_data(data)
 
     cdef int _from_cache(self, bytes data) except -1:

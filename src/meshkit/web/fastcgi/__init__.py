@@ -8,6 +8,7 @@ the connection pool that talks to php-fpm and other FastCGI responders.
     pool.py      one responder's kept connections and the cap it learns
     connection.py one connection and the exchange on it (asyncio.Protocol), streamed bodies
     client.py    the I/O shell: picks an upstream, dials, sends, retries a stale connection
+    clientlane.py the compiled FastCGI lane's plans (once per request shape) and rare paths
 
 The `fastcgi` Caddyfile directive (meshkit.web.directives.fastcgi) puts them together.
 """

@@ -74,6 +74,8 @@ class Connection(asyncio.Protocol):
         self.sock: Any = None  # the TCP socket (None for unix sockets)
         self.deadline = 0.0
         self.timeout = 0.0
+        # the FastCGI lane's stand-in protocol on this transport (_fcgilane.pxi _FLFront)
+        self.front: Any = None
 
     def _reset(self) -> None:
         self.buf = b""  # STDOUT before the end of the head
@@ -262,7 +264,10 @@ class Connection(asyncio.Protocol):
                 self.transport.abort()
 
     def release(self) -> None:
-        """The exchange is over: keep the connection for the next request, or close it."""
+        """The exchange is over: keep the connection for the next request, or close it.
+
+        The FastCGI lane (_fcgilane.pxi, _fl_release) runs the kept path below inline for a
+        reply that ended cleanly: change both together."""
         up = self.upstream
         if self.ended and self.error is None:
             up.completed += 1

@@ -1,0 +1,455 @@
+# The FastCGI lane (issue 21): a plain HTTP/1.1 GET or HEAD without a body to a `fastcgi`
+# site, from the client's read to php-fpm and back, without the HTTP handler chain.
+# Called by the client lane (_lane.pxi, Lane.on_readable) with a read that is one whole
+# request head; the plans (one per request shape, made once by
+# meshkit.web.fastcgi.clientlane.plan) hold the rule, its upstream, the script to stat and
+# the encoded PARAMS bar the client's REMOTE_* (the whole request, one buffer per client
+# port). Per request: one stat(2) of the script (the safe split, as the handler asks it), a
+# kept connection of the rule's pool (the handler's own: meshkit.web.fastcgi.connection),
+# one write. The reply, when it comes whole in one read, is decoded by the C record layer
+# (fcgi_quick_reply, called from the connection's data_received) and handed to _FLSink.whole,
+# which writes status line, fields and body to the client in one send(2). Everything else
+# goes to clientlane's Python functions (the handler path's rules and Response).
+# Included by _fastpath.pyx after _fcgi.pxi and _lane.pxi: module-level names carry _fl.
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from meshkit.includes cimport lane as clane
+from meshkit.includes cimport sendfile as csend
+
+cdef class _FLWait
+cdef class _FLSink
+cdef class _FLFront
+
+cdef object _fl_front = None     # meshkit.web.fastcgi.clientlane, imported at first use
+cdef object _fl_cached_head = None  # meshkit.web.http1.cached_head
+cdef object _fl_Headers = None
+cdef object _fl_Cached = None    # connstate.Event.CACHED
+cdef bint _fl_on = True
+cdef dict _fl_plans = {}         # (head bytes, client address, local port) -> _FLPlan, or
+                                 # the Router for which that head never takes the lane
+cdef dict _fl_routers = {}       # Router -> whether any of its sites may take the lane
+cdef dict _fl_heads = {}         # (status, length, *fields) -> the client's response head
+cdef long long _fl_heads_second = 0
+cdef long long _fl_taken = 0     # requests the lane sent (tests check it ran)
+cdef long long _fl_written = 0   # of those, answers the lane wrote itself
+cdef long long _fl_busy = 0      # heads left to the connection: a request in flight or queued
+cdef long long _fl_no_file = 0   # heads left to the handler: the script is not a file now
+cdef long long _fl_no_kept = 0   # heads left to the handler: no kept connection idle
+cdef long long _fl_waited = 0    # requests that waited in the pool's queue (it was full)
+cdef Py_ssize_t _FL_PLANS = 4096
+cdef Py_ssize_t _FL_MAX_IDLE = 256  # meshkit.web.fastcgi.pool.MAX_IDLE (read at import)
+cdef long long _FL_PROBE_EVERY = 1024  # pool.PROBE_EVERY (read at import)
+cdef Py_ssize_t _FL_SMALL = 65536  # meshkit.web.output._SMALL_BODY: one send with the head
+cdef int _FL_NEW = 0     # ConnState.NEW
+cdef int _FL_IDLE = 1    # ConnState.IDLE
+cdef int _FL_DL_NONE = 0  # meshkit.web.output.DL_NONE
+cdef int _FL_DL_IDLE = 3  # meshkit.web.output.DL_IDLE
+
+
+def fcgi_lane_reset(bint on=True):
+    """Forget every plan (a reload, tests) and turn the lane on or off."""
+    global _fl_on
+    _fl_on = on
+    _fl_plans.clear()
+    _fl_routers.clear()
+    _fl_heads.clear()
+
+
+def fcgi_lane_stats():
+    """(plans, routers, requests taken, answers written by the lane, and heads of planned
+    shapes left to the Python path: busy connection, script not a file, no kept
+    connection): for tests and the bench's diagnosis."""
+    return (len(_fl_plans), len(_fl_routers), _fl_taken, _fl_written, _fl_busy, _fl_no_file,
+            _fl_no_kept, _fl_waited)
+
+
+cdef int _fl_import() except -1:
+    global _fl_front, _fl_cached_head, _fl_Headers, _fl_Cached, _fl_on
+    global _FL_MAX_IDLE, _FL_PROBE_EVERY
+    from meshkit.web.fastcgi import clientlane, pool
+    _FL_MAX_IDLE = pool.MAX_IDLE
+    _FL_PROBE_EVERY = pool.PROBE_EVERY
+    from meshkit.web.http1 import cached_head
+    from meshkit.web.message import Headers
+    from meshkit.web.connstate import Event
+    _fl_front = clientlane
+    _fl_cached_head = cached_head
+    _fl_Headers = Headers
+    _fl_Cached = Event.CACHED
+    if not clientlane.ENABLED:
+        _fl_on = False
+    return 0
+
+
+cdef bint _fl_router_may(object router):
+    known = _fl_routers.get(router)
+    if known is not None:
+        return known
+    if len(_fl_routers) >= 64:
+        _fl_routers.clear()
+    ok = bool(_fl_front.router_may(router))
+    _fl_routers[router] = ok
+    return ok
+
+
+cdef class _FLPlan:
+    """A clientlane.Plan's fields for C reads (the Plan itself is `py`)."""
+
+    cdef public object py, router, upstream, deadlines
+    cdef dict wires
+    cdef set watched  # the pool's Deadlines.watched (never replaced, only cleared)
+    cdef bytes script  # the file name to stat, UTF-8 (None: the twin's os.stat decides)
+    cdef double timeout
+    cdef long header_limit, max_fields, max_field_line  # the server's, when it was made
+    cdef bint head_only, logged
+
+    def __init__(self, py):
+        self.py = py
+        self.router = py.router
+        self.upstream = py.upstream
+        self.deadlines = py.upstream.deadlines
+        self.watched = self.deadlines.watched
+        self.wires = py.wires
+        self.timeout = py.timeout
+        self.head_only = py.head_only
+        self.logged = py.watch is not None
+        name = _fl_front.script_file(py)
+        try:
+            raw = name.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raw = None
+        self.script = None if raw is None or b"\0" in raw else raw
+
+
+cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
+    """1 when the lane took the request head `data` read on conn (answered or in flight),
+    0 to read it normally (nothing done)."""
+    if not _fl_on:
+        return 0
+    if _fl_front is None:
+        _fl_import()
+        if not _fl_on:
+            return 0
+    global _fl_busy, _fl_no_file, _fl_no_kept, _fl_waited
+    if conn._state > _FL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
+        _fl_busy += 1
+        return 0
+    router = server._handler
+    # the PARAMS depend on the client's address (REMOTE_ADDR) and the local port
+    # (SERVER_PORT) besides the request head
+    key = (data, conn._remote_addr, conn._local_port)
+    known = _fl_plans.get(key)
+    if known is router:
+        return 0  # this head never takes the lane on this router
+    cdef _FLPlan plan = None
+    if type(known) is _FLPlan and (<_FLPlan>known).router is router:
+        plan = <_FLPlan>known
+        if (plan.header_limit != server._header_limit or plan.max_fields != server._max_fields
+                or plan.max_field_line != server._max_field_line):
+            plan = None  # the head limits changed (a reload): judge the head again
+    if plan is None:
+        if not _fl_router_may(router):
+            return 0
+        made = _fl_front.plan(server, conn, data)
+        if len(_fl_plans) >= _FL_PLANS:
+            _fl_plans.clear()
+        if made is None:
+            _fl_plans[key] = router
+            return 0
+        plan = _FLPlan(made)
+        plan.header_limit = server._header_limit
+        plan.max_fields = server._max_fields
+        plan.max_field_line = server._max_field_line
+        _fl_plans[key] = plan
+    # the safe split: the script must be a regular file now (asked for every request)
+    cdef _fc_stat_t st
+    if plan.script is None or _fc_stat(PyBytes_AS_STRING(plan.script), &st) != 0 \
+            or not _FC_S_ISREG(st.st_mode):
+        _fl_no_file += 1
+        return 0
+    # Client.start inline: the newest kept connection that is still open
+    up = None
+    idle = plan.upstream.idle
+    while idle:
+        c = idle.pop()
+        if not c.closed:
+            up = c
+            break
+    cdef bint wait = False
+    if up is None:
+        upstream = plan.upstream
+        cap = upstream.cap  # Upstream.full(), inline
+        if not cap or upstream.open + upstream.dialling < cap:
+            _fl_no_kept += 1
+            return 0  # nothing kept and room to dial: the handler dials (and keeps it)
+        # the pool is at the cap it learnt: wait in its queue for a kept connection, as
+        # Client._wait_for_conn waits (without a Future: _FLWait is called back)
+        wait = True
+    remote_port = conn._remote_port
+    wire = plan.wires.get(remote_port)
+    if wire is None:
+        wire = plan.py.wire(remote_port)
+    global _fl_taken
+    _fl_taken += 1
+    conn.requests += 1
+    if conn._state == _FL_NEW:
+        conn._fire(_fl_Cached)
+    conn._streaming = True  # the connection's pipeline waits for this answer
+    conn._dkind = _FL_DL_NONE
+    cdef _FLSink sink = _FLSink.__new__(_FLSink)
+    sink.plan = plan.py
+    sink.conn = conn
+    sink.server = server
+    sink.fd = fd
+    sink.start = clane.lane_now()
+    sink.remote_port = remote_port
+    sink.head_only = plan.head_only
+    sink.logged = plan.logged
+    cdef _FLWait waiter
+    if wait:
+        _fl_waited += 1
+        waiter = _FLWait.__new__(_FLWait)
+        waiter.plan = plan
+        waiter.sink = sink
+        waiter.wire = wire
+        plan.upstream.waiters.append(waiter)
+        _fl_watch(plan.deadlines, waiter, plan.py.client.timeouts.connect)
+        return 1
+    _fl_send(plan, sink, up, wire)
+    return 1
+
+
+cdef inline int _fl_send(_FLPlan plan, _FLSink sink, object up, bytes wire) except -1:
+    """Write the request on the kept connection `up`; the reply's first read comes to the
+    sink through the connection's _FLFront (the transport's protocol from the first time
+    the lane used the connection)."""
+    transport = up.transport
+    sink.upconn = up
+    sink.watched = plan.watched
+    up.on_ready = sink
+    _fl_watch(plan.deadlines, up, plan.timeout)
+    front = up.front
+    if front is None:
+        front = _FLFront(up)
+        up.front = front
+        transport.set_protocol(front)
+    (<_FLFront>front).sink = sink
+    transport.write(wire)
+    return 0
+
+
+cdef class _FLFront:
+    """The transport's protocol of a FastCGI Connection the lane has used: the first read
+    after a lane request's write goes to its sink (_FLSink.first_read); every other
+    callback, and every read of the handler's own exchanges, to the Connection."""
+
+    cdef object upconn
+    cdef _FLSink sink
+
+    def __init__(self, upconn):
+        self.upconn = upconn
+
+    def data_received(self, bytes data):
+        cdef _FLSink sink = self.sink
+        if sink is None:
+            self.upconn.data_received(data)
+            return
+        self.sink = None
+        sink.first_read(self.upconn, data)
+
+    def eof_received(self):
+        return self.upconn.eof_received()
+
+    def connection_lost(self, exc):
+        self.sink = None
+        self.upconn.connection_lost(exc)
+
+    def pause_writing(self):
+        self.upconn.pause_writing()
+
+    def resume_writing(self):
+        self.upconn.resume_writing()
+
+
+cdef inline int _fl_watch(object dl, object item, double timeout) except -1:
+    """Deadlines.watch without its frame while its sweep is running (else the method)."""
+    loop = dl._loop
+    if dl._handle is None or loop is None:
+        dl.watch(item, timeout)
+        return 0
+    item.deadline = loop.time() + timeout
+    item.timeout = timeout
+    (<set>dl.watched).add(item)
+    return 0
+
+
+cdef class _FLWait:
+    """A lane request waiting for a kept connection in the pool's queue (Upstream.waiters):
+    duck-typed as the Future Client._wait_for_conn waits on (done, set_result), and timed by
+    the pool's Deadlines with the connect timeout, after which it dials anyway."""
+
+    cdef public _FLPlan plan
+    cdef public _FLSink sink
+    cdef public bytes wire
+    cdef public double deadline, timeout
+    cdef bint finished
+
+    def done(self):
+        return self.finished
+
+    def cancelled(self):
+        return False
+
+    def set_result(self, upconn):
+        if self.finished:
+            return
+        self.finished = True
+        self.plan.watched.discard(self)  # Deadlines.unwatch
+        if upconn is None:
+            _fl_front.fall_back(self.sink)  # room to dial again: the client's own path
+            return
+        _fl_send(self.plan, self.sink, upconn, self.wire)
+
+    def time_out(self):
+        if self.finished:
+            return
+        self.finished = True
+        _fl_front.dial(self.sink)  # as _wait_for_conn: past the connect timeout, dial
+
+
+cdef int _fl_release(object upconn) except -1:
+    """Connection.release() of a connection whose reply ended cleanly: its common path
+    (nothing fresh, kept) inline, handing it to the first waiter as Upstream.hand_over
+    does; anything else through release() itself."""
+    up = upconn.upstream
+    idle = up.idle
+    if (up.fresh or upconn.closed or upconn.read_paused or upconn.error is not None
+            or len(idle) >= _FL_MAX_IDLE):
+        upconn.release()
+        return 0
+    completed = up.completed + 1
+    up.completed = completed
+    upconn.served += 1
+    upconn._reset()
+    waiters = up.waiters
+    if waiters:
+        cap = up.cap
+        if cap and not completed % _FL_PROBE_EVERY:
+            up.cap = cap + 1  # the responder may have grown (or the cap was learnt low)
+        while waiters:
+            fut = waiters.popleft()
+            if type(fut) is _FLWait:
+                if not (<_FLWait>fut).finished:
+                    fut.set_result(upconn)
+                    return 0
+            elif not fut.done():
+                fut.set_result(upconn)
+                return 0
+    idle.append(upconn)
+    return 0
+
+
+cdef object _fl_client_head(int status, list items, Py_ssize_t length):
+    """http1.cached_head of a reply's fields (keep-alive, HTTP/1.1), remembered for the
+    second by status, length and fields; None when a field holds CR or LF (the Python
+    writer answers that)."""
+    global _fl_heads_second
+    cdef long long second = clane.lane_now_second()
+    if second != _fl_heads_second:
+        _fl_heads.clear()
+        _fl_heads_second = second
+    key = (status, length, *items)
+    head = _fl_heads.get(key)
+    if head is not None:
+        return head
+    try:
+        head = _fl_cached_head(status, _fl_Headers(items), length, True, "1.1")
+    except ValueError:
+        return None
+    if len(_fl_heads) >= 1024:
+        _fl_heads.clear()
+    _fl_heads[key] = head
+    return head
+
+
+cdef class _FLSink:
+    """One request of the FastCGI lane in flight: the FastCGI connection's on_ready (see
+    meshkit.web.fastcgi.connection.Ready)."""
+
+    cdef public object plan, conn, server
+    cdef object upconn  # the FastCGI Connection
+    cdef set watched  # the pool's Deadlines.watched
+    cdef public int fd
+    cdef public double start
+    cdef public long remote_port
+    cdef public bint head_only, logged
+
+    # The reply's first read (from the connection's _FLFront): a reply that came whole in
+    # it (the C record layer's quick reply, complete) is taken here, with what
+    # Connection.data_received and _take_quick do for it; anything else goes to the
+    # Connection's data_received.
+    cdef int first_read(self, object upconn, bytes data) except -1:
+        if (upconn.on_ready is self and upconn.head is None and not upconn.buf
+                and not upconn.got_data and not upconn.decoder._buf):
+            quick = _fc_quick(data)
+            if quick is not None and (<tuple>quick)[5] == 0:  # FCGI_REQUEST_COMPLETE
+                upconn.got_data = True
+                fresh = upconn.upstream.fresh
+                if fresh:
+                    fresh.pop(upconn, None)
+                upconn.on_ready = None
+                self.watched.discard(upconn)
+                upconn.ended = True
+                self.whole(upconn, quick)
+                return 0
+        upconn.data_received(data)
+        return 0
+
+    def __call__(self, upconn):
+        # the head without the whole reply, an end without a head, or an error
+        _fl_front.ready(self, upconn)
+
+    def whole(self, upconn, tuple quick):
+        """A reply that came whole in one read and ended cleanly (fast.quick_reply)."""
+        global _fl_written
+        cdef int status = quick[0]
+        cdef list items = quick[1]
+        length = quick[2]
+        cdef bytes body = quick[3]
+        cdef Py_ssize_t blen = PyBytes_GET_SIZE(body)
+        cdef size_t sent = 0
+        cdef int state = csend.SEND_DONE
+        cdef int rc
+        _fl_release(upconn)
+        conn = self.conn
+        server = self.server
+        if (self.head_only or (length is not None and length != blen)
+                or conn._state != _FL_IDLE or server._shutting or conn._out or blen > _FL_SMALL):
+            _fl_front.answered(self, status, items, length, body)
+            return
+        head = _fl_client_head(status, items, blen)
+        if head is None:
+            _fl_front.answered(self, status, items, length, body)
+            return
+        if status < 200 or status == 204 or status == 304 or not blen:
+            wire = head
+        else:
+            wire = head + body
+        rc = csend.send_bytes(self.fd, PyBytes_AS_STRING(wire), <size_t>PyBytes_GET_SIZE(wire),
+                              &sent, &state)
+        if rc < 0:
+            conn._streaming = False
+            conn._abort()
+            return
+        if state != csend.SEND_DONE:
+            _fl_front.partial(self, wire, PyBytes_GET_SIZE(head), sent, status, items)
+            return
+        _fl_written += 1
+        conn._streaming = False
+        if self.logged:  # the site's access log: its lines, as the writer would call them
+            _fl_front.logged(self, status, items, body,
+                             PyBytes_GET_SIZE(wire) - PyBytes_GET_SIZE(head))
+        if conn._queue or conn._deferred:
+            conn._flush_queue()
+        else:
+            conn._deadline = server._now + server._idle_timeout
+            conn._dkind = _FL_DL_IDLE

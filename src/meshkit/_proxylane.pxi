@@ -16,6 +16,9 @@ cdef object _pl_front = None   # meshkit.web.proxy.clientlane, imported at first
 cdef object _pl_cached_head = None  # meshkit.web.http1.cached_head
 cdef object _pl_Headers = None
 cdef object _pl_Cached = None   # connstate.Event.CACHED
+cdef object _pl_Picker = None   # meshkit.lb.pick.Picker (its one-upstream pick is inlined)
+cdef object _pl_Ticket = None   # meshkit.lb.pick.Ticket
+cdef double _PL_INF = float("inf")
 cdef bint _pl_on = True
 cdef dict _pl_plans = {}        # (head bytes, client address, local port) -> _PLPlan, or
                                 # the Router for which that head never takes the lane
@@ -46,8 +49,11 @@ def proxy_lane_stats():
 
 
 cdef int _pl_import() except -1:
-    global _pl_front, _pl_cached_head, _pl_Headers, _pl_Cached, _pl_on
+    global _pl_front, _pl_cached_head, _pl_Headers, _pl_Cached, _pl_on, _pl_Picker, _pl_Ticket
     from meshkit.web.proxy import clientlane
+    from meshkit.lb.pick import Picker, Ticket
+    _pl_Picker = Picker
+    _pl_Ticket = Ticket
     from meshkit.web.http1 import cached_head
     from meshkit.web.message import Headers
     from meshkit.web.connstate import Event
@@ -81,6 +87,13 @@ cdef class _PLPlan:
     cdef long local_port
     cdef long header_limit, max_fields, max_field_line  # the server's, when it was made
     cdef bint head_only, logged
+    # the last client head made for an answer of this shape (_pl_client_head's memo, no
+    # dict or tuple per request): for these raw fields, status, length, heads and second
+    cdef object ch_raw, ch_heads
+    cdef bytes ch_head
+    cdef int ch_status
+    cdef Py_ssize_t ch_length
+    cdef long long ch_second
 
     def __init__(self, py):
         self.py = py
@@ -147,10 +160,16 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     if loop is None:
         loop = handler._loop = server._loop
     start = clane.lane_now()
-    ticket = picker.pick(loop.time(), plan.client_ip, plan.uri, plan.header_value)
-    if ticket is None:
+    cdef Py_ssize_t index = 0
+    ticket = None
+    cdef int picked = _pl_pick_one(picker)
+    if picked == 0:
         return 0  # nothing to pick now: serve() waits out try_duration (picks again)
-    index = ticket.index
+    if picked < 0:
+        ticket = picker.pick(loop.time(), plan.client_ip, plan.uri, plan.header_value)
+        if ticket is None:
+            return 0  # as above
+        index = ticket.index
     head = None
     if plan.heads_set is uset:
         head = plan.heads[index]
@@ -159,7 +178,10 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
         plan.heads_set = plan.py.heads_set
         plan.heads = plan.py.heads
     if head is None:
-        picker.release(ticket)
+        if ticket is None:
+            _pl_unpick(picker, index)
+        else:
+            picker.release(ticket)
         return 0
     global _pl_taken
     _pl_taken += 1
@@ -180,16 +202,20 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
             up = c
             break
     if up is None:
+        if ticket is None:
+            ticket = _pl_Ticket(index, "", 0, None)
         _pl_front.no_kept(conn, plan.py, uset, ticket, start)
         return 1
     cdef _PLSink sink = _PLSink.__new__(_PLSink)
     sink.plan = plan.py
+    sink.cplan = plan
     sink.proute = proute
     sink.conn = conn
     sink.server = server
     sink.fd = fd
     sink.uset = uset
-    sink.ticket = ticket
+    sink._ticket = ticket
+    sink.index = index
     sink.picker = picker
     sink.start = start
     sink.remote_port = conn._remote_port
@@ -199,11 +225,67 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     return 1
 
 
-cdef bytes _pl_client_head(object heads, int status, list raw, Py_ssize_t length):
+cdef int _pl_pick_one(object picker) except -2:
+    """Picker.pick inline for a picker of one upstream (no table, no flow: the up/down
+    state and max_conns only): 1 when upstream 0 was taken (its in-flight count raised),
+    0 when it is not available now (pick() would answer None), -1 to ask pick() itself
+    (several upstreams, passive failures to expire, another picker or table class)."""
+    cdef const c.ct_backend *b
+    cdef long max_conns
+    cdef list active
+    if type(picker) is not _pl_Picker or picker.count != 1:
+        return -1
+    cdef double expiry = picker._next_expiry
+    if expiry != _PL_INF:
+        return -1  # failures to forget first (tick)
+    table = picker._table
+    if type(table) is not ConnTable:
+        return -1
+    b = c.ct_get_backend((<ConnTable>table)._t, 0)
+    if b == NULL:
+        return -1
+    if not b.up:
+        return 0
+    max_conns = picker.max_conns
+    active = picker._active
+    count = active[0]
+    if max_conns > 0 and count >= max_conns:
+        return 0
+    active[0] = count + 1
+    return 1
+
+
+cdef int _pl_unpick(object picker, Py_ssize_t index) except -1:
+    """Picker.release of a ticket without a table (what _pl_pick_one took)."""
+    cdef list active = picker._active
+    count = active[index]
+    if count > 0:
+        active[index] = count - 1
+    return 0
+
+
+cdef bytes _pl_client_head(_PLPlan plan, object heads, int status, list raw,
+                           Py_ssize_t length):
     """http1.cached_head of the client's fields for the upstream's `raw` ones (Heads.fields_for:
-    hop-by-hop dropped), remembered for the second by the (shared, remembered) raw list."""
-    global _pl_heads_second
+    hop-by-hop dropped), remembered for the second by the (shared, remembered) raw list:
+    the plan's last one first, then a table shared by the plans."""
     cdef long long second = clane.lane_now_second()
+    if (plan.ch_raw is raw and plan.ch_second == second and plan.ch_status == status
+            and plan.ch_length == length and plan.ch_heads is heads):
+        return plan.ch_head
+    head = _pl_client_head_shared(heads, status, raw, length, second)
+    plan.ch_raw = raw
+    plan.ch_heads = heads
+    plan.ch_head = head
+    plan.ch_status = status
+    plan.ch_length = length
+    plan.ch_second = second
+    return head
+
+
+cdef bytes _pl_client_head_shared(object heads, int status, list raw, Py_ssize_t length,
+                                  long long second):
+    global _pl_heads_second
     if second != _pl_heads_second:
         _pl_heads.clear()
         _pl_heads_second = second
@@ -222,13 +304,35 @@ cdef bytes _pl_client_head(object heads, int status, list raw, Py_ssize_t length
 cdef class _PLSink(UpstreamSink):
     """One request of the proxy lane in flight (the UpstreamConn's sink)."""
 
-    cdef public object plan, proute, conn, server, uset, ticket, picker, items, feed
+    cdef public object plan, proute, conn, server, uset, picker, items, feed
     cdef public int fd, status
     cdef public double start
     cdef public long remote_port
     cdef public bint head_only, told, gone, logged
+    cdef public Py_ssize_t index  # the upstream picked (the ticket's index)
+    cdef _PLPlan cplan
+    cdef object _ticket  # None while the pick was _pl_pick_one's (made when asked for)
+    cdef bint released   # _pl_pick_one's pick was given back
     cdef list pieces
     cdef Py_ssize_t size
+
+    @property
+    def ticket(self):
+        """The request's lb.pick.Ticket (made here for a pick _pl_pick_one did in C)."""
+        if self._ticket is None:
+            t = _pl_Ticket(self.index, "", 0, None)
+            t.done = self.released
+            self._ticket = t
+        return self._ticket
+
+    cdef int _release(self) except -1:
+        """picker.release(ticket), idempotent."""
+        if self._ticket is not None:
+            self.picker.release(self._ticket)
+        elif not self.released:
+            self.released = True
+            _pl_unpick(self.picker, self.index)
+        return 0
 
     cpdef on_head(self, UpstreamConn conn, int status, list headers):
         self.told = True
@@ -244,7 +348,7 @@ cdef class _PLSink(UpstreamSink):
                 # the client went away: as client._stream's close (not the upstream's fault)
                 if not self.gone:
                     self.gone = True
-                    self.picker.release(self.ticket)
+                    self._release()
                     conn.close()
                 return
             feed.push(data, conn)
@@ -260,7 +364,7 @@ cdef class _PLSink(UpstreamSink):
             self.feed = _pl_front.streamed(self, self.status, self.items, pieces)
 
     cpdef on_done(self, UpstreamConn conn):
-        self.picker.release(self.ticket)
+        self._release()
         feed = self.feed
         if feed is not None:
             feed.finish()
@@ -295,7 +399,7 @@ cdef class _PLSink(UpstreamSink):
             _pl_front.answered(self, self.status, self.items, body)
             return 0
         status = self.status
-        head = _pl_client_head(heads, status, self.items, PyBytes_GET_SIZE(body))
+        head = _pl_client_head(self.cplan, heads, status, self.items, PyBytes_GET_SIZE(body))
         if self.head_only or status < 200 or status == 204 or status == 304 or not body:
             wire = head
         else:

@@ -17,9 +17,21 @@
 #   on_error; no Future, no coroutine. That is the API of the C client lane.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.errno cimport errno
+from libc.string cimport memcmp
 from meshkit.includes cimport upstream_resp as cup
 
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t _up_send "send" (int fd, const void *buf, size_t n, int flags)
+    int _UP_MSG_NOSIGNAL "MSG_NOSIGNAL"
+    int _UP_MSG_DONTWAIT "MSG_DONTWAIT"
+
 import asyncio as _up_asyncio
+
+try:
+    from uvloop.loop import TCPTransport as _up_TCPTransport
+except ImportError:  # no uvloop: the transport writes (the tests' plain asyncio loops)
+    _up_TCPTransport = None
 
 cdef object _up_Broken = None
 cdef object _up_Timeout = None
@@ -141,6 +153,10 @@ cdef class UpstreamConn:
     cdef long long left       # body bytes still due (Content-Length)
     cdef object pending       # bytes of a head not yet whole
     cdef cup.up_chunked chunk
+    cdef int fd               # the socket's, for request()'s own send(2) (-1: none)
+    cdef bytes memo_raw       # the last response head (without its CRLFCRLF) and what
+    cdef tuple memo_known     # _up_parse made of it: the next one is compared, not parsed
+    cdef bint memo_head_only
 
     def __init__(self, pool):
         self.pool = pool
@@ -165,6 +181,7 @@ cdef class UpstreamConn:
         self.sink = None
         self.active = False
         self.pending = None
+        self.fd = -1
 
     cpdef begin(self, bint head_only):
         self.status = 0
@@ -206,12 +223,40 @@ cdef class UpstreamConn:
             deadlines.watched.add(self)
         else:
             deadlines.watch(self, pool.timeout)
-        self.transport.write(head)
+        self._send(head)
+
+    cdef _send(self, bytes head):
+        """transport.write(head), with one send(2) of our own when the transport holds
+        nothing unsent (the head, a few hundred bytes, nearly always goes whole): what is
+        left, or the whole on EAGAIN or an error, goes to the transport, which reports
+        errors as it always does (connection_lost)."""
+        cdef ssize_t n = -1
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(head)
+        transport = self.transport
+        # not while closing: the fd may already be closed (and its number reused)
+        if (self.fd >= 0 and not self.closed and not transport.is_closing()
+                and transport.get_write_buffer_size() == 0):
+            n = _up_send(self.fd, PyBytes_AS_STRING(head), <size_t>size,
+                         _UP_MSG_NOSIGNAL | _UP_MSG_DONTWAIT)
+            if n == size:
+                return
+        if n > 0:
+            transport.write(head[n:])
+        else:
+            transport.write(head)
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport):
         self.transport = transport
+        self.fd = -1
+        # a plain TCP transport only (over TLS the socket carries records, not the head)
+        sock = transport.get_extra_info("socket") if type(transport) is _up_TCPTransport else None
+        if sock is not None:
+            try:
+                self.fd = sock.fileno()
+            except (OSError, ValueError):
+                self.fd = -1
 
     def data_received(self, bytes data):
         self.got_bytes = True
@@ -237,7 +282,25 @@ cdef class UpstreamConn:
         cdef Py_ssize_t start = 0, end, n = PyBytes_GET_SIZE(data)
         cdef tuple known
         cdef bytes raw
+        cdef bytes memo
+        cdef Py_ssize_t m
+        cdef const char *p
         while True:
+            # the same head as the last one on this connection (the usual case: only Date
+            # changes, once a second): compared in place, no slice, no hash, no lookup. Its
+            # bytes hold no CRLFCRLF, so one right after them is the first in data.
+            memo = self.memo_raw
+            if memo is not None and self.memo_head_only == self.head_only:
+                m = PyBytes_GET_SIZE(memo)
+                p = PyBytes_AS_STRING(data) + start
+                if (n - start >= m + 4 and memcmp(p, PyBytes_AS_STRING(memo), m) == 0
+                        and memcmp(p + m, b"\r\n\r\n", 4) == 0):
+                    end = start + m
+                    known = self.memo_known
+                    start = self._got_head(data, known, end, n)
+                    if start < 0:
+                        return
+                    continue
             end = data.find(b"\r\n\r\n", start)
             if end < 0:
                 if n - start > cup.UP_MAX_HEAD:
@@ -251,36 +314,47 @@ cdef class UpstreamConn:
                 # an unusual head: httptools takes this response whole, as the twin does
                 self._feed_parser(data[start:] if start else data)
                 return
-            status, headers, framing, length, keep, interim = known
-            if interim:
-                start = end + 4
-                continue
-            self.status = status
-            self.headers = headers
-            self.head_done = True
-            self.framing = framing
-            self.framed = framing != cup.UP_BODY_CLOSE
-            self.keep = self.keep and keep
-            if framing == cup.UP_BODY_NONE:
+            if not known[5] and PyBytes_GET_SIZE(raw) <= _UP_REMEMBER_BELOW:
+                self.memo_raw = raw
+                self.memo_known = known
+                self.memo_head_only = self.head_only
+            start = self._got_head(data, known, end, n)
+            if start < 0:
+                return
+
+    cdef Py_ssize_t _got_head(self, bytes data, tuple known, Py_ssize_t end,
+                              Py_ssize_t n) except -2:
+        """Take the parsed head `known` that ends (before its CRLFCRLF) at `end`: -1 when
+        the head is the response's, else where the next head starts (an interim answer)."""
+        status, headers, framing, length, keep, interim = known
+        if interim:
+            return end + 4
+        self.status = status
+        self.headers = headers
+        self.head_done = True
+        self.framing = framing
+        self.framed = framing != cup.UP_BODY_CLOSE
+        self.keep = self.keep and keep
+        if framing == cup.UP_BODY_NONE:
+            self.done = True
+            if end + 4 != n:
+                self.keep = False  # bytes after the head answer nothing we asked
+            return -1
+        if framing == cup.UP_BODY_LENGTH:
+            self.left = length
+            if length == 0:
                 self.done = True
                 if end + 4 != n:
-                    self.keep = False  # bytes after the head answer nothing we asked
-                return
-            if framing == cup.UP_BODY_LENGTH:
-                self.left = length
-                if length == 0:
-                    self.done = True
-                    if end + 4 != n:
-                        self.keep = False
-                    return
-            elif framing == cup.UP_BODY_CHUNKED:
-                self.chunk.state = 0
-                self.chunk.left = 0
-                self.chunk.digits = 0
-                self.chunk.trailer = 0
-            if end + 4 < n:
-                self._body(data, end + 4)
-            return
+                    self.keep = False
+                return -1
+        elif framing == cup.UP_BODY_CHUNKED:
+            self.chunk.state = 0
+            self.chunk.left = 0
+            self.chunk.digits = 0
+            self.chunk.trailer = 0
+        if end + 4 < n:
+            self._body(data, end + 4)
+        return -1
 
     cdef _fail_head(self):
         self.error = _up_Broken(f"the upstream's response head is over {cup.UP_MAX_HEAD} bytes")

@@ -9,6 +9,7 @@
 # Everything else goes to clientlane's Python functions (the handler path's rules).
 # Included by _fastpath.pyx after _upstream.pxi: module-level names carry a _pl prefix.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcmp
 from meshkit.includes cimport lane as clane
 from meshkit.includes cimport sendfile as csend
 
@@ -38,9 +39,11 @@ def proxy_lane_reset(bint on=True):
     """Forget every plan (a reload, tests) and turn the lane on or off."""
     global _pl_on
     _pl_on = on
+    global _pl_last_router
     _pl_plans.clear()
     _pl_routers.clear()
     _pl_heads.clear()
+    _pl_last_router = None
 
 
 def proxy_lane_stats():
@@ -83,6 +86,8 @@ cdef class _PLPlan:
 
     cdef object py, router, remote_addr, proute, handler, client_ip, uri, header_value
     cdef object heads_set
+    cdef object rheads  # proute.heads (a Route's Heads, made with it and never replaced)
+    cdef bint down_plain  # rheads.down_ops is None: no header_downstream rule
     cdef list heads
     cdef long local_port
     cdef long header_limit, max_fields, max_field_line  # the server's, when it was made
@@ -101,6 +106,8 @@ cdef class _PLPlan:
         self.remote_addr = py.remote_addr
         self.local_port = py.local_port
         self.proute = py.proute
+        self.rheads = py.proute.heads
+        self.down_plain = self.rheads.down_ops is None
         self.handler = py.handler
         self.client_ip = py.client_ip
         self.uri = py.uri
@@ -111,22 +118,60 @@ cdef class _PLPlan:
         self.heads = None
 
 
-cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
-    """1 when the lane took the request head `data` read on conn (answered or in flight),
-    0 to read it normally."""
+cdef class _PLConn:
+    """What the lane keeps per client connection (Lane.pl): the address and ports, fixed
+    for the connection, and the last head judged there with what _pl_plans said of it (a
+    client sends the same head over and over: compared, not hashed and looked up)."""
+
+    cdef object remote_addr
+    cdef long local_port, remote_port
+    cdef bytes data
+    cdef object known  # data's _PLPlan, or the router that refused it
+
+
+cdef object _pl_last_router = None  # the router _pl_last_may was asked for
+cdef bint _pl_last_may = False
+
+
+cdef int _pl_take(Lane lane, bytes data) except -1:
+    """1 when the lane took the request head `data` read on the lane's connection (answered
+    or in flight), 0 to read it normally. Called before the response cache, which never
+    holds the answer to a head this takes (only a static site's answers are kept)."""
+    global _pl_last_router, _pl_last_may
     if not _pl_on:
         return 0
     if _pl_front is None:
         _pl_import()
         if not _pl_on:
             return 0
+    server = lane.server
+    router = server._handler
+    if router is not _pl_last_router:
+        _pl_last_may = _pl_router_may(router)
+        _pl_last_router = router
+    if not _pl_last_may:
+        return 0  # no site of this router may take the lane
+    conn = lane.conn
     if conn._state > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
         return 0
-    router = server._handler
-    # the upstream head depends on the client's address (X-Forwarded-For) and the local
-    # port (transparent's X-Forwarded-Port) besides the request head
-    key = (data, conn._remote_addr, conn._local_port)
-    known = _pl_plans.get(key)
+    cdef _PLConn memo = <_PLConn>lane.pl
+    if memo is None:
+        memo = _PLConn.__new__(_PLConn)
+        memo.remote_addr = conn._remote_addr
+        memo.local_port = conn._local_port
+        memo.remote_port = conn._remote_port
+        lane.pl = memo
+    cdef bytes last = memo.data
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    if (last is not None and PyBytes_GET_SIZE(last) == size
+            and memcmp(PyBytes_AS_STRING(last), PyBytes_AS_STRING(data), <size_t>size) == 0):
+        known = memo.known
+    else:
+        # the upstream head depends on the client's address (X-Forwarded-For) and the
+        # local port (transparent's X-Forwarded-Port) besides the request head
+        known = _pl_plans.get((data, memo.remote_addr, memo.local_port))
+        memo.data = data
+        memo.known = known
     if known is router:
         return 0  # this head never takes the lane on this router
     cdef _PLPlan plan = None
@@ -136,20 +181,23 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
                 or plan.max_field_line != server._max_field_line):
             plan = None  # the head limits changed (a reload): judge the head again
     if plan is None:
-        if not _pl_router_may(router):
-            return 0
+        key = (data, memo.remote_addr, memo.local_port)
         made = _pl_front.plan(server, conn, data)
         if len(_pl_plans) >= _PL_PLANS:
             _pl_plans.clear()
+        memo.data = data
         if made is None:
             # a refusal is remembered as the router it was made for (a reload makes another)
             _pl_plans[key] = router
+            memo.known = router
             return 0
         plan = _PLPlan(made)
         plan.header_limit = server._header_limit
         plan.max_fields = server._max_fields
         plan.max_field_line = server._max_field_line
         _pl_plans[key] = plan
+        memo.known = plan
+    cdef int fd = lane.fd
     proute = plan.proute
     uset = proute.set
     picker = uset.picker
@@ -218,7 +266,7 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     sink.index = index
     sink.picker = picker
     sink.start = start
-    sink.remote_port = conn._remote_port
+    sink.remote_port = memo.remote_port
     sink.head_only = plan.head_only
     sink.logged = plan.logged
     (<UpstreamConn>up).request(head, plan.head_only, sink)
@@ -393,13 +441,13 @@ cdef class _PLSink(UpstreamSink):
         if pieces is None:  # no head: cannot happen (on_done follows on_head)
             pieces = []
         body = b"".join(pieces) if len(pieces) != 1 else <bytes>pieces[0]
-        heads = self.proute.heads
-        if (conn._state != _PL_IDLE or server._shutting or heads.down_ops is not None
-                or conn._out or self.size > _PL_SMALL):
+        cdef _PLPlan plan = self.cplan
+        if (not plan.down_plain or self.size > _PL_SMALL or conn._state != _PL_IDLE
+                or server._shutting or conn._out):
             _pl_front.answered(self, self.status, self.items, body)
             return 0
         status = self.status
-        head = _pl_client_head(self.cplan, heads, status, self.items, PyBytes_GET_SIZE(body))
+        head = _pl_client_head(plan, plan.rheads, status, self.items, PyBytes_GET_SIZE(body))
         if self.head_only or status < 200 or status == 204 or status == 304 or not body:
             wire = head
         else:

@@ -157,9 +157,11 @@ cdef class UpstreamConn:
     cdef bytes memo_raw       # the last response head (without its CRLFCRLF) and what
     cdef tuple memo_known     # _up_parse made of it: the next one is compared, not parsed
     cdef bint memo_head_only
+    cdef object deadlines     # pool.deadlines (made with the pool, never replaced)
 
     def __init__(self, pool):
         self.pool = pool
+        self.deadlines = pool.deadlines
         self.transport = None
         self.parser = None
         self.waiter = self.body_waiter = self.drain_waiter = None
@@ -214,7 +216,7 @@ cdef class UpstreamConn:
         self.begin(head_only)
         self.sink = sink
         pool = self.pool
-        deadlines = pool.deadlines
+        deadlines = self.deadlines
         loop = deadlines._loop
         if loop is not None and deadlines._handle is not None:
             # Deadlines.watch inline while its sweep is scheduled (the loop is running)
@@ -526,7 +528,7 @@ cdef class UpstreamConn:
         if ready is not None:
             if self.head_done or self.error is not None:
                 self.on_ready = None
-                self.pool.deadlines.watched.discard(self)
+                self.deadlines.watched.discard(self)
                 ready(self)
             return
         w = self.waiter
@@ -544,7 +546,7 @@ cdef class UpstreamConn:
         if self.error is not None:
             self.sink = None
             self.active = False
-            self.pool.deadlines.watched.discard(self)
+            self.deadlines.watched.discard(self)
             error = self.error
             stale = not self.got_bytes and not isinstance(error, _up_Timeout)
             self.close()
@@ -555,14 +557,14 @@ cdef class UpstreamConn:
         if not self.done:
             # the timeout runs from the last thing read, as the streamed paths' waits do
             if self.head_done:
-                self.pool.deadlines.watch(self, self.timeout)
+                self.deadlines.watch(self, self.timeout)
                 if self.head_told:
                     sink.on_pending(self)
             return
         if self.done:
             self.sink = None
             self.active = False
-            self.pool.deadlines.watched.discard(self)
+            self.deadlines.watched.discard(self)
             if self.status == 101:
                 self.close()  # no upgrade through a sink
             else:

@@ -152,7 +152,8 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     if not _pl_last_may:
         return 0  # no site of this router may take the lane
     conn = lane.conn
-    if conn._state > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
+    cdef int cstate = conn._state
+    if cstate > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
         return 0
     cdef _PLConn memo = <_PLConn>lane.pl
     if memo is None:
@@ -207,7 +208,7 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     loop = handler._loop
     if loop is None:
         loop = handler._loop = server._loop
-    start = clane.lane_now()
+    cdef double start = clane.lane_now()
     cdef Py_ssize_t index = 0
     ticket = None
     cdef int picked = _pl_pick_one(picker)
@@ -234,7 +235,7 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     global _pl_taken
     _pl_taken += 1
     conn.requests += 1
-    if conn._state == _PL_NEW:
+    if cstate == _PL_NEW:  # (nothing since the check above changes the state)
         conn._fire(_pl_Cached)
     conn._streaming = True  # the connection's pipeline waits for this answer
     conn._dkind = _PL_DL_NONE

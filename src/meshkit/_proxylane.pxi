@@ -350,6 +350,22 @@ cdef bytes _pl_client_head_shared(object heads, int status, list raw, Py_ssize_t
     return head
 
 
+cdef int _pl_log(_PLSink sink, int status, bytes body, Py_ssize_t sent) except -1:
+    """The access-log lines of a whole answer the lane wrote: the lines clientlane.logged
+    remembered for this answer shape, upstream, client port and second written again from
+    here (no Python frame), else clientlane.logged renders (and remembers) them."""
+    py = sink.plan
+    raw = sink.items
+    if py.log_second == clane.lane_now_second():  # logged() reads time.time(): same clock
+        got = py.log_memo.get((status, id(raw), sent, sink.index, sink.remote_port))
+        if got is not None and (<tuple>got)[0] is raw:
+            for out, line in <tuple>(<tuple>got)[1]:
+                out.write(line)
+            return 0
+    _pl_front.logged(sink, status, raw, body, sent)
+    return 0
+
+
 cdef class _PLSink(UpstreamSink):
     """One request of the proxy lane in flight (the UpstreamConn's sink)."""
 
@@ -464,8 +480,7 @@ cdef class _PLSink(UpstreamSink):
             return 0
         conn._streaming = False
         if self.logged:  # the site's access log: its lines, as the writer would call them
-            _pl_front.logged(self, status, self.items, body,
-                             PyBytes_GET_SIZE(wire) - PyBytes_GET_SIZE(head))
+            _pl_log(self, status, body, PyBytes_GET_SIZE(wire) - PyBytes_GET_SIZE(head))
         if conn._queue or conn._deferred:
             conn._flush_queue()
         else:

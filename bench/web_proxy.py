@@ -123,13 +123,17 @@ def start_meshkit(procs: Procs, core: int | None, backend: int, args: argparse.N
 
 PIDS: dict[int, int] = {}  # proxy port -> the pid serving it (one process each)
 CPU = "cpu"  # the metric of CPU microseconds per request
+USER = "user"  # of which in user space (the proxy's own code; the kernel's share is alike)
+RATIO = "ratio"  # meshkit / nginx requests/s in one round
+CPU_RATIO = "cpu-ratio"  # nginx / meshkit CPU per request in one round (>= 1: meshkit cheaper)
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds the process has used so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def check(port: int, name: str) -> None:
@@ -159,20 +163,34 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             check(port, name)
             run_wrk(port, 1, False, args.client_core, conns=args.connections)  # warm-up
         for r in range(1, args.rounds + 1):
+            got: dict[str, tuple[float, float]] = {}
             for name, port in ports.items():
-                cpu0 = cpu_seconds(PIDS[port])
+                user0, sys0 = cpu_split(PIDS[port])
                 sample = run_wrk(
                     port, args.duration, False, args.client_core, conns=args.connections
                 )
-                cpu = cpu_seconds(PIDS[port]) - cpu0
+                user1, sys1 = cpu_split(PIDS[port])
                 results.add("small", name, sample)
-                per = cpu / (sample.value * args.duration) * 1e6 if sample.value else 0.0
+                count = sample.value * args.duration
+                per = (user1 - user0 + sys1 - sys0) / count * 1e6 if count else 0.0
+                user = (user1 - user0) / count * 1e6 if count else 0.0
                 results.add(CPU, name, Sample(per))
+                results.add(USER, name, Sample(user))
+                got[name] = (sample.value, per)
                 extra = f"  ({sample.errors})" if sample.errors else ""
                 log(
                     f"  round {r} small  {name:<8} {sample.value:>10.0f} req/s"
-                    f" {per:>6.0f} us CPU/request{extra}"
+                    f" {per:>6.1f} us CPU/request ({user:.1f} user){extra}"
                 )
+            if "nginx" in got and "meshkit" in got:
+                (m_rps, m_cpu), (n_rps, n_cpu) = got["meshkit"], got["nginx"]
+                if n_rps and m_cpu:
+                    results.add(RATIO, "meshkit", Sample(m_rps / n_rps))
+                    results.add(CPU_RATIO, "meshkit", Sample(n_cpu / m_cpu))
+                    log(
+                        f"  round {r} meshkit/nginx {m_rps / n_rps:.2f}x req/s,"
+                        f" nginx/meshkit CPU per request {n_cpu / m_cpu:.2f}x"
+                    )
     finally:
         procs.stop_all()
     return results
@@ -187,18 +205,27 @@ def _ratio(a: float | None, b: float | None) -> str:
 def report(results: Results, args: argparse.Namespace) -> bool:
     med = {t: results.median("small", t) for t in TARGETS}
     cpu = {t: results.median(CPU, t) for t in TARGETS}
+    user = {t: results.median(USER, t) for t in TARGETS}
     print(
         "\nproxy, small GET through one upstream (requests/s, medians of "
         f"{args.rounds} x {args.duration:g}s)"
     )
-    print(f"{'target':<10}{'req/s':>12}{'vs nginx':>10}{'vs caddy':>10}{'CPU/req':>10}")
+    print(f"{'target':<10}{'req/s':>12}{'vs nginx':>10}{'vs caddy':>10}{'CPU/req':>10}{'user':>9}")
     for t in TARGETS:
         if med[t] is None:
             continue
-        us = cpu[t]
+        us, uu = cpu[t], user[t]
         print(
             f"{t:<10}{med[t]:>12.0f}{_ratio(med[t], med['nginx']):>10}"
-            f"{_ratio(med[t], med['caddy']):>10}{'-' if us is None else f'{us:.0f} us':>10}"
+            f"{_ratio(med[t], med['caddy']):>10}{'-' if us is None else f'{us:.1f} us':>10}"
+            f"{'-' if uu is None else f'{uu:.1f} us':>9}"
+        )
+    per_round = results.median(RATIO, "meshkit")
+    per_cpu = results.median(CPU_RATIO, "meshkit")
+    if per_round is not None and per_cpu is not None:
+        print(
+            f"meshkit vs nginx, median of the per-round ratios: {per_round:.2f}x req/s,"
+            f" {per_cpu:.2f}x by CPU per request (nginx's / meshkit's)"
         )
     print(
         f"(measured before: nginx {ISSUE['nginx']:.0f}, caddy {ISSUE['caddy']:.0f}; "

@@ -64,6 +64,7 @@ cdef class Lane:
     cdef readonly Py_ssize_t hits  # requests answered here (tests check the lane ran)
     cdef readonly Py_ssize_t rule_hits  # of those, answered from the rule table
     cdef object rtable  # the port's _LrTable (_lanerules.pxi), made on first use
+    cdef object pl  # the proxy lane's memo of this connection (_proxylane.pxi _PLConn)
 
     def __cinit__(self, conn, server, int fd):
         self.conn = conn
@@ -86,11 +87,12 @@ cdef class Lane:
         if n <= _LN_MAX_HEAD and clane.lane_ends_head(_ln_buf, <size_t>n):
             if _lr_answer(self, data):  # the rule table (_lanerules.pxi)
                 return
-            if self._from_cache(data):
-                return
             # proxy lane hook (wip-proxylane): a proxied request without a body is sent
-            # upstream from C (_proxylane.pxi); 0 when it does not apply
-            if _pl_take(conn, self.server, self.fd, data):
+            # upstream from C (_proxylane.pxi); 0 when it does not apply. Before the cache,
+            # which never holds a proxied answer (one identity check for other routers).
+            if _pl_take(self, data):
+                return
+            if self._from_cache(data):
                 return
             # FastCGI lane hook (wip-fcgilane): a GET/HEAD to a `fastcgi` site is sent to
             # php-fpm from C (_fcgilane.pxi); 0 when it does not apply

@@ -3,12 +3,17 @@
 # Called by the client lane (_lane.pxi, Lane.on_readable) with a read that is one whole
 # request head; the plans (one per request shape, made once by
 # meshkit.web.proxy.clientlane.plan) give the proxy block and the upstream head per
-# upstream. Per request: the block's picker, a kept UpstreamConn (_upstream.pxi), one
-# write of the head; the answer comes to _PLSink (C calls from the connection's
-# data_received) and goes to the client in one send(2) when it came whole with its head.
-# Everything else goes to clientlane's Python functions (the handler path's rules).
+# upstream; each client connection keeps its last head and plan (_PLConn, Lane.pl), so a
+# repeated head is compared, not looked up. Per request: the block's pick (in C for a block
+# of one upstream, else its Picker), a kept UpstreamConn (_upstream.pxi), one send of the
+# head; the answer comes to _PLSink (C calls from the connection's data_received) and goes
+# to the client in one send(2) when it came whole with its head, then the access log's
+# remembered lines (_pl_log). Everything else goes to clientlane's Python functions (the
+# handler path's rules). What a request costs is measured by bench/web_proxy.py as CPU
+# time per request against nginx: each attribute read on a Python object here counts.
 # Included by _fastpath.pyx after _upstream.pxi: module-level names carry a _pl prefix.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memcmp
 from meshkit.includes cimport lane as clane
 from meshkit.includes cimport sendfile as csend
 
@@ -16,6 +21,9 @@ cdef object _pl_front = None   # meshkit.web.proxy.clientlane, imported at first
 cdef object _pl_cached_head = None  # meshkit.web.http1.cached_head
 cdef object _pl_Headers = None
 cdef object _pl_Cached = None   # connstate.Event.CACHED
+cdef object _pl_Picker = None   # meshkit.lb.pick.Picker (its one-upstream pick is inlined)
+cdef object _pl_Ticket = None   # meshkit.lb.pick.Ticket
+cdef double _PL_INF = float("inf")
 cdef bint _pl_on = True
 cdef dict _pl_plans = {}        # (head bytes, client address, local port) -> _PLPlan, or
                                 # the Router for which that head never takes the lane
@@ -35,9 +43,11 @@ def proxy_lane_reset(bint on=True):
     """Forget every plan (a reload, tests) and turn the lane on or off."""
     global _pl_on
     _pl_on = on
+    global _pl_last_router
     _pl_plans.clear()
     _pl_routers.clear()
     _pl_heads.clear()
+    _pl_last_router = None
 
 
 def proxy_lane_stats():
@@ -46,8 +56,11 @@ def proxy_lane_stats():
 
 
 cdef int _pl_import() except -1:
-    global _pl_front, _pl_cached_head, _pl_Headers, _pl_Cached, _pl_on
+    global _pl_front, _pl_cached_head, _pl_Headers, _pl_Cached, _pl_on, _pl_Picker, _pl_Ticket
     from meshkit.web.proxy import clientlane
+    from meshkit.lb.pick import Picker, Ticket
+    _pl_Picker = Picker
+    _pl_Ticket = Ticket
     from meshkit.web.http1 import cached_head
     from meshkit.web.message import Headers
     from meshkit.web.connstate import Event
@@ -77,10 +90,19 @@ cdef class _PLPlan:
 
     cdef object py, router, remote_addr, proute, handler, client_ip, uri, header_value
     cdef object heads_set
+    cdef object rheads  # proute.heads (a Route's Heads, made with it and never replaced)
+    cdef bint down_plain  # rheads.down_ops is None: no header_downstream rule
     cdef list heads
     cdef long local_port
     cdef long header_limit, max_fields, max_field_line  # the server's, when it was made
     cdef bint head_only, logged
+    # the last client head made for an answer of this shape (_pl_client_head's memo, no
+    # dict or tuple per request): for these raw fields, status, length, heads and second
+    cdef object ch_raw, ch_heads
+    cdef bytes ch_head
+    cdef int ch_status
+    cdef Py_ssize_t ch_length
+    cdef long long ch_second
 
     def __init__(self, py):
         self.py = py
@@ -88,6 +110,8 @@ cdef class _PLPlan:
         self.remote_addr = py.remote_addr
         self.local_port = py.local_port
         self.proute = py.proute
+        self.rheads = py.proute.heads
+        self.down_plain = self.rheads.down_ops is None
         self.handler = py.handler
         self.client_ip = py.client_ip
         self.uri = py.uri
@@ -98,22 +122,61 @@ cdef class _PLPlan:
         self.heads = None
 
 
-cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
-    """1 when the lane took the request head `data` read on conn (answered or in flight),
-    0 to read it normally."""
+cdef class _PLConn:
+    """What the lane keeps per client connection (Lane.pl): the address and ports, fixed
+    for the connection, and the last head judged there with what _pl_plans said of it (a
+    client sends the same head over and over: compared, not hashed and looked up)."""
+
+    cdef object remote_addr
+    cdef long local_port, remote_port
+    cdef bytes data
+    cdef object known  # data's _PLPlan, or the router that refused it
+
+
+cdef object _pl_last_router = None  # the router _pl_last_may was asked for
+cdef bint _pl_last_may = False
+
+
+cdef int _pl_take(Lane lane, bytes data) except -1:
+    """1 when the lane took the request head `data` read on the lane's connection (answered
+    or in flight), 0 to read it normally. Called before the response cache, which never
+    holds the answer to a head this takes (only a static site's answers are kept)."""
+    global _pl_last_router, _pl_last_may
     if not _pl_on:
         return 0
     if _pl_front is None:
         _pl_import()
         if not _pl_on:
             return 0
-    if conn._state > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
-        return 0
+    server = lane.server
     router = server._handler
-    # the upstream head depends on the client's address (X-Forwarded-For) and the local
-    # port (transparent's X-Forwarded-Port) besides the request head
-    key = (data, conn._remote_addr, conn._local_port)
-    known = _pl_plans.get(key)
+    if router is not _pl_last_router:
+        _pl_last_may = _pl_router_may(router)
+        _pl_last_router = router
+    if not _pl_last_may:
+        return 0  # no site of this router may take the lane
+    conn = lane.conn
+    cdef int cstate = conn._state
+    if cstate > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
+        return 0
+    cdef _PLConn memo = <_PLConn>lane.pl
+    if memo is None:
+        memo = _PLConn.__new__(_PLConn)
+        memo.remote_addr = conn._remote_addr
+        memo.local_port = conn._local_port
+        memo.remote_port = conn._remote_port
+        lane.pl = memo
+    cdef bytes last = memo.data
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
+    if (last is not None and PyBytes_GET_SIZE(last) == size
+            and memcmp(PyBytes_AS_STRING(last), PyBytes_AS_STRING(data), <size_t>size) == 0):
+        known = memo.known
+    else:
+        # the upstream head depends on the client's address (X-Forwarded-For) and the
+        # local port (transparent's X-Forwarded-Port) besides the request head
+        known = _pl_plans.get((data, memo.remote_addr, memo.local_port))
+        memo.data = data
+        memo.known = known
     if known is router:
         return 0  # this head never takes the lane on this router
     cdef _PLPlan plan = None
@@ -123,20 +186,23 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
                 or plan.max_field_line != server._max_field_line):
             plan = None  # the head limits changed (a reload): judge the head again
     if plan is None:
-        if not _pl_router_may(router):
-            return 0
+        key = (data, memo.remote_addr, memo.local_port)
         made = _pl_front.plan(server, conn, data)
         if len(_pl_plans) >= _PL_PLANS:
             _pl_plans.clear()
+        memo.data = data
         if made is None:
             # a refusal is remembered as the router it was made for (a reload makes another)
             _pl_plans[key] = router
+            memo.known = router
             return 0
         plan = _PLPlan(made)
         plan.header_limit = server._header_limit
         plan.max_fields = server._max_fields
         plan.max_field_line = server._max_field_line
         _pl_plans[key] = plan
+        memo.known = plan
+    cdef int fd = lane.fd
     proute = plan.proute
     uset = proute.set
     picker = uset.picker
@@ -146,11 +212,17 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
     loop = handler._loop
     if loop is None:
         loop = handler._loop = server._loop
-    start = clane.lane_now()
-    ticket = picker.pick(loop.time(), plan.client_ip, plan.uri, plan.header_value)
-    if ticket is None:
+    cdef double start = clane.lane_now()
+    cdef Py_ssize_t index = 0
+    ticket = None
+    cdef int picked = _pl_pick_one(picker)
+    if picked == 0:
         return 0  # nothing to pick now: serve() waits out try_duration (picks again)
-    index = ticket.index
+    if picked < 0:
+        ticket = picker.pick(loop.time(), plan.client_ip, plan.uri, plan.header_value)
+        if ticket is None:
+            return 0  # as above
+        index = ticket.index
     head = None
     if plan.heads_set is uset:
         head = plan.heads[index]
@@ -159,12 +231,15 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
         plan.heads_set = plan.py.heads_set
         plan.heads = plan.py.heads
     if head is None:
-        picker.release(ticket)
+        if ticket is None:
+            _pl_unpick(picker, index)
+        else:
+            picker.release(ticket)
         return 0
     global _pl_taken
     _pl_taken += 1
     conn.requests += 1
-    if conn._state == _PL_NEW:
+    if cstate == _PL_NEW:  # (nothing since the check above changes the state)
         conn._fire(_pl_Cached)
     conn._streaming = True  # the connection's pipeline waits for this answer
     conn._dkind = _PL_DL_NONE
@@ -180,30 +255,90 @@ cdef int _pl_take(object conn, object server, int fd, bytes data) except -1:
             up = c
             break
     if up is None:
+        if ticket is None:
+            ticket = _pl_Ticket(index, "", 0, None)
         _pl_front.no_kept(conn, plan.py, uset, ticket, start)
         return 1
     cdef _PLSink sink = _PLSink.__new__(_PLSink)
     sink.plan = plan.py
+    sink.cplan = plan
     sink.proute = proute
     sink.conn = conn
     sink.server = server
     sink.fd = fd
     sink.uset = uset
-    sink.ticket = ticket
+    sink._ticket = ticket
+    sink.index = index
     sink.picker = picker
     sink.start = start
-    sink.remote_port = conn._remote_port
+    sink.remote_port = memo.remote_port
     sink.head_only = plan.head_only
     sink.logged = plan.logged
     (<UpstreamConn>up).request(head, plan.head_only, sink)
     return 1
 
 
-cdef bytes _pl_client_head(object heads, int status, list raw, Py_ssize_t length):
+cdef int _pl_pick_one(object picker) except -2:
+    """Picker.pick inline for a picker of one upstream (no table, no flow: the up/down
+    state and max_conns only): 1 when upstream 0 was taken (its in-flight count raised),
+    0 when it is not available now (pick() would answer None), -1 to ask pick() itself
+    (several upstreams, passive failures to expire, another picker or table class)."""
+    cdef const c.ct_backend *b
+    cdef long max_conns
+    cdef list active
+    if type(picker) is not _pl_Picker or picker.count != 1:
+        return -1
+    cdef double expiry = picker._next_expiry
+    if expiry != _PL_INF:
+        return -1  # failures to forget first (tick)
+    table = picker._table
+    if type(table) is not ConnTable:
+        return -1
+    b = c.ct_get_backend((<ConnTable>table)._t, 0)
+    if b == NULL:
+        return -1
+    if not b.up:
+        return 0
+    max_conns = picker.max_conns
+    active = picker._active
+    count = active[0]
+    if max_conns > 0 and count >= max_conns:
+        return 0
+    active[0] = count + 1
+    return 1
+
+
+cdef int _pl_unpick(object picker, Py_ssize_t index) except -1:
+    """Picker.release of a ticket without a table (what _pl_pick_one took)."""
+    cdef list active = picker._active
+    count = active[index]
+    if count > 0:
+        active[index] = count - 1
+    return 0
+
+
+cdef bytes _pl_client_head(_PLPlan plan, object heads, int status, list raw,
+                           Py_ssize_t length):
     """http1.cached_head of the client's fields for the upstream's `raw` ones (Heads.fields_for:
-    hop-by-hop dropped), remembered for the second by the (shared, remembered) raw list."""
-    global _pl_heads_second
+    hop-by-hop dropped), remembered for the second by the (shared, remembered) raw list:
+    the plan's last one first, then a table shared by the plans."""
     cdef long long second = clane.lane_now_second()
+    if (plan.ch_raw is raw and plan.ch_second == second and plan.ch_status == status
+            and plan.ch_length == length and plan.ch_heads is heads):
+        return plan.ch_head
+    head = _pl_client_head_shared(heads, status, raw, length, second)
+    plan.ch_raw = raw
+    plan.ch_heads = heads
+    plan.ch_head = head
+    plan.ch_status = status
+    plan.ch_length = length
+    plan.ch_second = second
+    return head
+
+
+cdef bytes _pl_client_head_shared(object heads, int status, list raw, Py_ssize_t length,
+                                  long long second):
+    global _pl_heads_second
     if second != _pl_heads_second:
         _pl_heads.clear()
         _pl_heads_second = second
@@ -219,16 +354,54 @@ cdef bytes _pl_client_head(object heads, int status, list raw, Py_ssize_t length
     return head
 
 
+cdef int _pl_log(_PLSink sink, int status, bytes body, Py_ssize_t sent) except -1:
+    """The access-log lines of a whole answer the lane wrote: the lines clientlane.logged
+    remembered for this answer shape, upstream, client port and second written again from
+    here (no Python frame), else clientlane.logged renders (and remembers) them."""
+    py = sink.plan
+    raw = sink.items
+    if py.log_second == clane.lane_now_second():  # logged() reads time.time(): same clock
+        got = py.log_memo.get((status, id(raw), sent, sink.index, sink.remote_port))
+        if got is not None and (<tuple>got)[0] is raw:
+            for out, line in <tuple>(<tuple>got)[1]:
+                out.write(line)
+            return 0
+    _pl_front.logged(sink, status, raw, body, sent)
+    return 0
+
+
 cdef class _PLSink(UpstreamSink):
     """One request of the proxy lane in flight (the UpstreamConn's sink)."""
 
-    cdef public object plan, proute, conn, server, uset, ticket, picker, items, feed
+    cdef public object plan, proute, conn, server, uset, picker, items, feed
     cdef public int fd, status
     cdef public double start
     cdef public long remote_port
     cdef public bint head_only, told, gone, logged
+    cdef public Py_ssize_t index  # the upstream picked (the ticket's index)
+    cdef _PLPlan cplan
+    cdef object _ticket  # None while the pick was _pl_pick_one's (made when asked for)
+    cdef bint released   # _pl_pick_one's pick was given back
     cdef list pieces
     cdef Py_ssize_t size
+
+    @property
+    def ticket(self):
+        """The request's lb.pick.Ticket (made here for a pick _pl_pick_one did in C)."""
+        if self._ticket is None:
+            t = _pl_Ticket(self.index, "", 0, None)
+            t.done = self.released
+            self._ticket = t
+        return self._ticket
+
+    cdef int _release(self) except -1:
+        """picker.release(ticket), idempotent."""
+        if self._ticket is not None:
+            self.picker.release(self._ticket)
+        elif not self.released:
+            self.released = True
+            _pl_unpick(self.picker, self.index)
+        return 0
 
     cpdef on_head(self, UpstreamConn conn, int status, list headers):
         self.told = True
@@ -244,7 +417,7 @@ cdef class _PLSink(UpstreamSink):
                 # the client went away: as client._stream's close (not the upstream's fault)
                 if not self.gone:
                     self.gone = True
-                    self.picker.release(self.ticket)
+                    self._release()
                     conn.close()
                 return
             feed.push(data, conn)
@@ -260,7 +433,7 @@ cdef class _PLSink(UpstreamSink):
             self.feed = _pl_front.streamed(self, self.status, self.items, pieces)
 
     cpdef on_done(self, UpstreamConn conn):
-        self.picker.release(self.ticket)
+        self._release()
         feed = self.feed
         if feed is not None:
             feed.finish()
@@ -289,13 +462,13 @@ cdef class _PLSink(UpstreamSink):
         if pieces is None:  # no head: cannot happen (on_done follows on_head)
             pieces = []
         body = b"".join(pieces) if len(pieces) != 1 else <bytes>pieces[0]
-        heads = self.proute.heads
-        if (conn._state != _PL_IDLE or server._shutting or heads.down_ops is not None
-                or conn._out or self.size > _PL_SMALL):
+        cdef _PLPlan plan = self.cplan
+        if (not plan.down_plain or self.size > _PL_SMALL or conn._state != _PL_IDLE
+                or server._shutting or conn._out):
             _pl_front.answered(self, self.status, self.items, body)
             return 0
         status = self.status
-        head = _pl_client_head(heads, status, self.items, PyBytes_GET_SIZE(body))
+        head = _pl_client_head(plan, plan.rheads, status, self.items, PyBytes_GET_SIZE(body))
         if self.head_only or status < 200 or status == 204 or status == 304 or not body:
             wire = head
         else:
@@ -311,8 +484,7 @@ cdef class _PLSink(UpstreamSink):
             return 0
         conn._streaming = False
         if self.logged:  # the site's access log: its lines, as the writer would call them
-            _pl_front.logged(self, status, self.items, body,
-                             PyBytes_GET_SIZE(wire) - PyBytes_GET_SIZE(head))
+            _pl_log(self, status, body, PyBytes_GET_SIZE(wire) - PyBytes_GET_SIZE(head))
         if conn._queue or conn._deferred:
             conn._flush_queue()
         else:

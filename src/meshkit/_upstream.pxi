@@ -17,9 +17,21 @@
 #   on_error; no Future, no coroutine. That is the API of the C client lane.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.unicode cimport PyUnicode_DecodeLatin1
+from libc.errno cimport errno
+from libc.string cimport memcmp
 from meshkit.includes cimport upstream_resp as cup
 
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t _up_send "send" (int fd, const void *buf, size_t n, int flags)
+    int _UP_MSG_NOSIGNAL "MSG_NOSIGNAL"
+    int _UP_MSG_DONTWAIT "MSG_DONTWAIT"
+
 import asyncio as _up_asyncio
+
+try:
+    from uvloop.loop import TCPTransport as _up_TCPTransport
+except ImportError:  # no uvloop: the transport writes (the tests' plain asyncio loops)
+    _up_TCPTransport = None
 
 cdef object _up_Broken = None
 cdef object _up_Timeout = None
@@ -141,9 +153,15 @@ cdef class UpstreamConn:
     cdef long long left       # body bytes still due (Content-Length)
     cdef object pending       # bytes of a head not yet whole
     cdef cup.up_chunked chunk
+    cdef int fd               # the socket's, for request()'s own send(2) (-1: none)
+    cdef bytes memo_raw       # the last response head (without its CRLFCRLF) and what
+    cdef tuple memo_known     # _up_parse made of it: the next one is compared, not parsed
+    cdef bint memo_head_only
+    cdef object deadlines     # pool.deadlines (made with the pool, never replaced)
 
     def __init__(self, pool):
         self.pool = pool
+        self.deadlines = pool.deadlines
         self.transport = None
         self.parser = None
         self.waiter = self.body_waiter = self.drain_waiter = None
@@ -165,6 +183,7 @@ cdef class UpstreamConn:
         self.sink = None
         self.active = False
         self.pending = None
+        self.fd = -1
 
     cpdef begin(self, bint head_only):
         self.status = 0
@@ -197,7 +216,7 @@ cdef class UpstreamConn:
         self.begin(head_only)
         self.sink = sink
         pool = self.pool
-        deadlines = pool.deadlines
+        deadlines = self.deadlines
         loop = deadlines._loop
         if loop is not None and deadlines._handle is not None:
             # Deadlines.watch inline while its sweep is scheduled (the loop is running)
@@ -206,12 +225,20 @@ cdef class UpstreamConn:
             deadlines.watched.add(self)
         else:
             deadlines.watch(self, pool.timeout)
-        self.transport.write(head)
+        _up_write_head(self, head)
 
     # -- asyncio.Protocol
 
     def connection_made(self, transport):
         self.transport = transport
+        self.fd = -1
+        # a plain TCP transport only (over TLS the socket carries records, not the head)
+        sock = transport.get_extra_info("socket") if type(transport) is _up_TCPTransport else None
+        if sock is not None:
+            try:
+                self.fd = sock.fileno()
+            except (OSError, ValueError):
+                self.fd = -1
 
     def data_received(self, bytes data):
         self.got_bytes = True
@@ -228,104 +255,15 @@ cdef class UpstreamConn:
             if self.pending is not None:
                 data = self.pending + data
                 self.pending = None
-            self._head(data)
+            _up_head(self, data)
         else:
-            self._body(data, 0)
+            _up_body(self, data, 0)
         self.wake()
-
-    cdef _head(self, bytes data):
-        cdef Py_ssize_t start = 0, end, n = PyBytes_GET_SIZE(data)
-        cdef tuple known
-        cdef bytes raw
-        while True:
-            end = data.find(b"\r\n\r\n", start)
-            if end < 0:
-                if n - start > cup.UP_MAX_HEAD:
-                    self._fail_head()
-                else:
-                    self.pending = data[start:] if start else data
-                return
-            raw = data[start:end]
-            known = _up_parse(raw, self.head_only)
-            if known is None:
-                # an unusual head: httptools takes this response whole, as the twin does
-                self._feed_parser(data[start:] if start else data)
-                return
-            status, headers, framing, length, keep, interim = known
-            if interim:
-                start = end + 4
-                continue
-            self.status = status
-            self.headers = headers
-            self.head_done = True
-            self.framing = framing
-            self.framed = framing != cup.UP_BODY_CLOSE
-            self.keep = self.keep and keep
-            if framing == cup.UP_BODY_NONE:
-                self.done = True
-                if end + 4 != n:
-                    self.keep = False  # bytes after the head answer nothing we asked
-                return
-            if framing == cup.UP_BODY_LENGTH:
-                self.left = length
-                if length == 0:
-                    self.done = True
-                    if end + 4 != n:
-                        self.keep = False
-                    return
-            elif framing == cup.UP_BODY_CHUNKED:
-                self.chunk.state = 0
-                self.chunk.left = 0
-                self.chunk.digits = 0
-                self.chunk.trailer = 0
-            if end + 4 < n:
-                self._body(data, end + 4)
-            return
 
     cdef _fail_head(self):
         self.error = _up_Broken(f"the upstream's response head is over {cup.UP_MAX_HEAD} bytes")
         self.keep = False
         self.close()
-
-    cdef _body(self, bytes data, Py_ssize_t start):
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(data) - start
-        cdef size_t used = 0, made = 0
-        cdef int rc
-        cdef bytes out
-        cdef bytes piece
-        if n <= 0:
-            return
-        if self.framing == cup.UP_BODY_LENGTH:
-            if n <= self.left:
-                piece = data[start:] if start else data
-                self.left -= n
-            else:
-                piece = data[start:start + self.left]
-                self.left = 0
-                self.keep = False  # more than the response: do not reuse the connection
-            if self.left == 0:
-                self.done = True
-            self._take(piece)
-        elif self.framing == cup.UP_BODY_CHUNKED:
-            out = PyBytes_FromStringAndSize(NULL, n)
-            rc = cup.up_dechunk(&self.chunk,
-                                <const unsigned char *>PyBytes_AS_STRING(data) + start,
-                                <size_t>n, <unsigned char *>PyBytes_AS_STRING(out),
-                                &used, &made)
-            if made:
-                self._take(out[:made] if <Py_ssize_t>made != n else out)
-            if rc == cup.UP_CHUNK_ERROR:
-                if self.error is None:
-                    self.error = _up_Broken(
-                        "bad HTTP from the upstream: Invalid character in chunked encoding")
-                self.keep = False
-                self.close()
-            elif rc == cup.UP_CHUNK_DONE:
-                self.done = True
-                if <Py_ssize_t>used != n:
-                    self.keep = False
-        else:  # until the close
-            self._take(data[start:] if start else data)
 
     cdef _take(self, bytes piece):
         if not PyBytes_GET_SIZE(piece):
@@ -452,7 +390,7 @@ cdef class UpstreamConn:
         if ready is not None:
             if self.head_done or self.error is not None:
                 self.on_ready = None
-                self.pool.deadlines.watched.discard(self)
+                self.deadlines.watched.discard(self)
                 ready(self)
             return
         w = self.waiter
@@ -470,7 +408,7 @@ cdef class UpstreamConn:
         if self.error is not None:
             self.sink = None
             self.active = False
-            self.pool.deadlines.watched.discard(self)
+            self.deadlines.watched.discard(self)
             error = self.error
             stale = not self.got_bytes and not isinstance(error, _up_Timeout)
             self.close()
@@ -481,14 +419,14 @@ cdef class UpstreamConn:
         if not self.done:
             # the timeout runs from the last thing read, as the streamed paths' waits do
             if self.head_done:
-                self.pool.deadlines.watch(self, self.timeout)
+                self.deadlines.watch(self, self.timeout)
                 if self.head_told:
                     sink.on_pending(self)
             return
         if self.done:
             self.sink = None
             self.active = False
-            self.pool.deadlines.watched.discard(self)
+            self.deadlines.watched.discard(self)
             if self.status == 101:
                 self.close()  # no upgrade through a sink
             else:
@@ -538,6 +476,154 @@ cdef class UpstreamConn:
         self.keep = False
         if self.transport is not None and not self.closed:
             self.transport.close()
+
+
+# -- UpstreamConn's reading and writing of an exchange, out of the class body
+
+
+cdef _up_write_head(UpstreamConn conn, bytes head):
+    """transport.write(head), with one send(2) of our own when the transport holds
+    nothing unsent (the head, a few hundred bytes, nearly always goes whole): what is
+    left, or the whole on EAGAIN or an error, goes to the transport, which reports
+    errors as it always does (connection_lost)."""
+    cdef ssize_t n = -1
+    cdef Py_ssize_t size = PyBytes_GET_SIZE(head)
+    transport = conn.transport
+    # not while closing: the fd may already be closed (and its number reused)
+    if (conn.fd >= 0 and not conn.closed and not transport.is_closing()
+            and transport.get_write_buffer_size() == 0):
+        n = _up_send(conn.fd, PyBytes_AS_STRING(head), <size_t>size,
+                     _UP_MSG_NOSIGNAL | _UP_MSG_DONTWAIT)
+        if n == size:
+            return
+    if n > 0:
+        transport.write(head[n:])
+    else:
+        transport.write(head)
+
+
+cdef _up_head(UpstreamConn conn, bytes data):
+    """A read while the response head is not in yet: its head(s) (interim answers skipped;
+    heads the C parser declines go whole to httptools), then the body bytes after it."""
+    cdef Py_ssize_t start = 0, end, n = PyBytes_GET_SIZE(data)
+    cdef tuple known
+    cdef bytes raw
+    cdef bytes memo
+    cdef Py_ssize_t m
+    cdef const char *p
+    while True:
+        # the same head as the last one on this connection (the usual case: only Date
+        # changes, once a second): compared in place, no slice, no hash, no lookup. Its
+        # bytes hold no CRLFCRLF, so one right after them is the first in data.
+        memo = conn.memo_raw
+        if memo is not None and conn.memo_head_only == conn.head_only:
+            m = PyBytes_GET_SIZE(memo)
+            p = PyBytes_AS_STRING(data) + start
+            if (n - start >= m + 4 and memcmp(p, PyBytes_AS_STRING(memo), m) == 0
+                    and memcmp(p + m, b"\r\n\r\n", 4) == 0):
+                end = start + m
+                known = conn.memo_known
+                start = _up_got_head(conn, data, known, end, n)
+                if start < 0:
+                    return
+                continue
+        end = data.find(b"\r\n\r\n", start)
+        if end < 0:
+            if n - start > cup.UP_MAX_HEAD:
+                conn._fail_head()
+            else:
+                conn.pending = data[start:] if start else data
+            return
+        raw = data[start:end]
+        known = _up_parse(raw, conn.head_only)
+        if known is None:
+            # an unusual head: httptools takes this response whole, as the twin does
+            conn._feed_parser(data[start:] if start else data)
+            return
+        if not known[5] and PyBytes_GET_SIZE(raw) <= _UP_REMEMBER_BELOW:
+            conn.memo_raw = raw
+            conn.memo_known = known
+            conn.memo_head_only = conn.head_only
+        start = _up_got_head(conn, data, known, end, n)
+        if start < 0:
+            return
+
+
+cdef Py_ssize_t _up_got_head(UpstreamConn conn, bytes data, tuple known, Py_ssize_t end,
+                             Py_ssize_t n) except -2:
+    """Take the parsed head `known` that ends (before its CRLFCRLF) at `end`: -1 when
+    the head is the response's, else where the next head starts (an interim answer)."""
+    status, headers, framing, length, keep, interim = known
+    if interim:
+        return end + 4
+    conn.status = status
+    conn.headers = headers
+    conn.head_done = True
+    conn.framing = framing
+    conn.framed = framing != cup.UP_BODY_CLOSE
+    conn.keep = conn.keep and keep
+    if framing == cup.UP_BODY_NONE:
+        conn.done = True
+        if end + 4 != n:
+            conn.keep = False  # bytes after the head answer nothing we asked
+        return -1
+    if framing == cup.UP_BODY_LENGTH:
+        conn.left = length
+        if length == 0:
+            conn.done = True
+            if end + 4 != n:
+                conn.keep = False
+            return -1
+    elif framing == cup.UP_BODY_CHUNKED:
+        conn.chunk.state = 0
+        conn.chunk.left = 0
+        conn.chunk.digits = 0
+        conn.chunk.trailer = 0
+    if end + 4 < n:
+        _up_body(conn, data, end + 4)
+    return -1
+
+
+cdef _up_body(UpstreamConn conn, bytes data, Py_ssize_t start):
+    """Body bytes of data from `start`, by the response's framing."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data) - start
+    cdef size_t used = 0, made = 0
+    cdef int rc
+    cdef bytes out
+    cdef bytes piece
+    if n <= 0:
+        return
+    if conn.framing == cup.UP_BODY_LENGTH:
+        if n <= conn.left:
+            piece = data[start:] if start else data
+            conn.left -= n
+        else:
+            piece = data[start:start + conn.left]
+            conn.left = 0
+            conn.keep = False  # more than the response: do not reuse the connection
+        if conn.left == 0:
+            conn.done = True
+        conn._take(piece)
+    elif conn.framing == cup.UP_BODY_CHUNKED:
+        out = PyBytes_FromStringAndSize(NULL, n)
+        rc = cup.up_dechunk(&conn.chunk,
+                            <const unsigned char *>PyBytes_AS_STRING(data) + start,
+                            <size_t>n, <unsigned char *>PyBytes_AS_STRING(out),
+                            &used, &made)
+        if made:
+            conn._take(out[:made] if <Py_ssize_t>made != n else out)
+        if rc == cup.UP_CHUNK_ERROR:
+            if conn.error is None:
+                conn.error = _up_Broken(
+                    "bad HTTP from the upstream: Invalid character in chunked encoding")
+            conn.keep = False
+            conn.close()
+        elif rc == cup.UP_CHUNK_DONE:
+            conn.done = True
+            if <Py_ssize_t>used != n:
+                conn.keep = False
+    else:  # until the close
+        conn._take(data[start:] if start else data)
 
 
 cdef class ProxyExchange(UpstreamSink):

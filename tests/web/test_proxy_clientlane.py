@@ -185,6 +185,10 @@ CONFIGS: dict[str, tuple[str, bool]] = {
         True,
     ),
     "placeholder": (" proxy / {up} {{\n  header_upstream X-Host {{host}}\n }}\n", False),
+    # one upstream, few requests at a time (pipelined ones are dispatched together): the
+    # lane's own pick (no Picker call) must give every pick back, or later requests find
+    # the upstream full (502)
+    "few_at_a_time": (" proxy / {up} {{\n  max_conns 3\n }}\n", True),
 }
 
 
@@ -354,6 +358,35 @@ def test_lane_client_gone_mid_answer(pair: Pair) -> None:
         return [c for c in pair.c.server._conns if getattr(c, "_streaming", False)]
 
     assert wait_until(lambda: not pair.c.run(streaming))
+
+
+def _in_flight(router: Any) -> list[int]:
+    counts = []
+    for site in router.routes:
+        handler = site.handler
+        unwrapped = clientlane.unwrap_log(handler)
+        if unwrapped is not None:
+            handler = unwrapped[0]
+        for route in getattr(handler, "routes", ()):
+            picker = route.set.picker
+            if picker is not None:
+                counts += [picker.in_flight(i) for i in range(picker.count)]
+    return counts
+
+
+def test_lane_gives_every_pick_back(pair: Pair) -> None:
+    """After answers of every kind (whole, streamed, stale and retried, refused, a client
+    gone), no upstream is left with a request in flight."""
+    with connect(pair.c.port) as sock:
+        reader = Reader(sock)
+        for path in ("/x/1", "/later/2", "/drop/3", "/drop/4", "/down/5", "/none", "/x/1"):
+            sock.sendall(raw("GET", path, ""))
+            reader.response("GET")
+    with connect(pair.c.port) as sock:
+        sock.sendall(raw("GET", "/later/gone", ""))
+    router = pair.c.server._handler
+    assert pair.c.run(lambda: _in_flight(router))  # the pickers were found
+    assert wait_until(lambda: not any(pair.c.run(lambda: _in_flight(router))))
 
 
 def test_plan_declines(pair: Pair) -> None:

@@ -236,6 +236,54 @@ def test_compiled_connection_agrees_with_the_twin(
     _compare(twin, compiled, flags)
 
 
+# Heads that repeat on one connection (the compiled one compares a head with the last one
+# it parsed instead of parsing it again) and heads that begin like another one: a longer
+# head, a value cut short, a head the C parser declines, an interim answer.
+_SAME = b"HTTP/1.1 200 OK\r\nContent-Length: 3"
+_REPEATS = [
+    _SAME + b"\r\n\r\nabc",
+    _SAME + b"\r\nX-More: 1\r\n\r\nabc",
+    _SAME + b"0\r\n\r\n" + b"x" * 30,
+    _SAME[:-1] + b"\r\n\r\nab",
+    b"HTTP/1.1 100 Continue\r\n\r\n" + _SAME + b"\r\n\r\nabc",
+    b"HTTP/1.1 204 No Content\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc",
+    _SAME + b"\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+]
+
+
+def _head_of(response: bytes) -> bytes:
+    """The response's head(s) alone (an interim answer's and the final one): its answer to
+    HEAD, with no body after it."""
+    end = response.index(b"\r\n\r\n") + 4
+    if response.startswith(b"HTTP/1.1 1"):
+        end = response.index(b"\r\n\r\n", end) + 4
+    return response[:end]
+
+
+_HEAD_REPEATS = [_head_of(r) for r in _REPEATS]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.sampled_from(_REPEATS), st.just(False)),
+            st.tuples(st.sampled_from(_HEAD_REPEATS), st.just(True)),
+        ),
+        min_size=2,
+        max_size=6,
+    ),
+    st.lists(st.integers(0, 120), max_size=3),
+)
+def test_repeated_heads_on_one_connection_agree_with_the_twin(
+    responses: list[tuple[bytes, bool]], cuts: list[int]
+) -> None:
+    twin = _run(_Conn, responses, cuts, False)
+    compiled = _run(COMPILED, responses, cuts, False)
+    _compare(twin, compiled, [head_only for _, head_only in responses])
+
+
 def test_the_proxy_uses_the_compiled_connection_unless_disabled() -> None:
     assert client.CONN is COMPILED
 

@@ -328,7 +328,7 @@ def streamed(sink: Any, status: int, headers: list[tuple[str, str]], pieces: lis
     the Python writer with a Stream fed from the sink (the handler path's shape)."""
     feed = Feed(pieces)
     request = sink.plan.fresh(sink.remote_port, sink.start)
-    request.vars["upstream"] = sink.uset.names[sink.ticket.index]
+    request.vars["upstream"] = sink.uset.names[sink.index]
     reply = Reply(status, headers, Stream(feed.gen()), None)
     deliver(sink.conn, request, sink.plan.proute.heads.response_for(request, reply))
     return feed
@@ -338,7 +338,7 @@ def answered(sink: Any, status: int, headers: list[tuple[str, str]], body: bytes
     """A whole answer the compiled lane does not write itself (header_downstream rules, a
     closing connection, a shutdown): through the Python writer, as the handler path."""
     request = sink.plan.fresh(sink.remote_port, sink.start)
-    request.vars["upstream"] = sink.uset.names[sink.ticket.index]
+    request.vars["upstream"] = sink.uset.names[sink.index]
     reply = Reply(status, headers, body, None)
     deliver(sink.conn, request, sink.plan.proute.heads.response_for(request, reply))
 
@@ -346,7 +346,7 @@ def answered(sink: Any, status: int, headers: list[tuple[str, str]], body: bytes
 def bad_upgrade(sink: Any) -> None:
     """The upstream switched protocols on a request that asked for no upgrade: 502."""
     request = sink.plan.fresh(sink.remote_port, sink.start)
-    request.vars["upstream"] = sink.uset.names[sink.ticket.index]
+    request.vars["upstream"] = sink.uset.names[sink.index]
     deliver(sink.conn, request, Response.error(502))
 
 
@@ -436,7 +436,7 @@ def logged(sink: Any, status: int, raw: Any, body: bytes, sent: int) -> None:
     shows it) and second, as the response cache replays them (respcache.replay_log); the
     same strings after that, since nothing else in them can differ."""
     plan_: Plan = sink.plan
-    index = sink.ticket.index
+    index = sink.index  # (not sink.ticket: no Ticket made for the lane's own pick)
     now = time.time()  # as the log callback's own call reads it
     second = int(now)
     memo = plan_.log_memo

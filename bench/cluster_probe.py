@@ -127,15 +127,25 @@ class ProbeTotals:
     classes: dict[str, StallClasses] = field(default_factory=dict)
     run_ms: dict[str, float] = field(default_factory=dict)
     wait_ms: dict[str, float] = field(default_factory=dict)
+    loop_run_ms: dict[str, float] = field(default_factory=dict)  # the loop's thread alone
+    joined: int = 0  # nodes added while the monitor ran
     seconds: float = 0.0
 
     def text(self, name: str) -> str:
         per_s = max(self.seconds, 1e-9)
+        loop_ms = self.loop_run_ms.get(name, 0.0)
         return (
             f"{name}: {self.classes.get(name, StallClasses()).text()}; "
-            f"ran {self.run_ms.get(name, 0.0) / per_s:.0f} ms/s, "
+            f"ran {self.run_ms.get(name, 0.0) / per_s:.0f} ms/s "
+            f"(loop thread {loop_ms / per_s:.0f}{per_join(loop_ms, self.joined)}), "
             f"waited {self.wait_ms.get(name, 0.0) / per_s:.0f} ms/s for a CPU"
         )
+
+
+def per_join(loop_ms: float, joined: int) -> str:
+    """The loop thread's CPU per node that joined, as text (empty when none joined): everything
+    the loop did meanwhile (beats included) charged to the joins, so an upper bound."""
+    return f", {loop_ms / joined:.2f} ms per join" if joined > 0 else ""
 
 
 class GrowthMonitor:
@@ -143,6 +153,8 @@ class GrowthMonitor:
 
     _last: float
     _sched: dict[str, dict[str, tuple[float, float]]]
+    _size_then: int  # fleet size at start()
+    _size_last: int  # at the last sample
 
     def __init__(
         self,
@@ -161,6 +173,7 @@ class GrowthMonitor:
 
     def start(self) -> None:
         self._began = time.monotonic()
+        self._size_then = self._size_last = self._size()
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> ProbeTotals:
@@ -184,6 +197,10 @@ class GrowthMonitor:
             return
         now = time.monotonic()
         span = max(now - self._last, 1e-9)
+        size = self._size()
+        joined = size - self._size_last
+        self._size_last = size
+        self.totals.joined = size - self._size_then
         parts = []
         for m in self._managers():
             try:
@@ -201,17 +218,19 @@ class GrowthMonitor:
             before = self._sched.get(m.name, now_sched)
             run, wait = sched_delta(before, now_sched)
             loop_pair = str(m.pid)  # the main thread, the event loop's
-            loop_wait = sched_delta(
+            loop_run, loop_wait = sched_delta(
                 {loop_pair: before.get(loop_pair, (0.0, 0.0))},
                 {loop_pair: now_sched.get(loop_pair, (0.0, 0.0))},
-            )[1]
+            )
+            self.totals.loop_run_ms[m.name] = self.totals.loop_run_ms.get(m.name, 0.0) + loop_run
             self._sched[m.name] = now_sched
             self.totals.run_ms[m.name] = self.totals.run_ms.get(m.name, 0.0) + run
             self.totals.wait_ms[m.name] = self.totals.wait_ms.get(m.name, 0.0) + wait
             lead = "*" if st.get("is_leader") else ""
             parts.append(
                 f"{m.name}{lead} t{st.get('term')} run {run / span:.0f}/wait "
-                f"{wait / span:.0f} ms/s (loop thread waited {loop_wait / span:.0f}), "
+                f"{wait / span:.0f} ms/s (loop thread ran {loop_run / span:.0f}"
+                f"{per_join(loop_run, joined)}, waited {loop_wait / span:.0f}), "
                 f"{recent.text()}"
             )
         self._last = now

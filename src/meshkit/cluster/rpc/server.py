@@ -48,6 +48,7 @@ from meshkit.cluster.rpc.framing import (
     error_reply,
     format_address,
 )
+from meshkit.cluster.rpc.tlsaccept import accept_tls
 
 if TYPE_CHECKING:
     from meshkit.cluster.rpc.pki import PeerIdentity
@@ -210,16 +211,15 @@ class RpcServer:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=READ_SIZE)
         protocol = asyncio.StreamReaderProtocol(reader)
+        transport: asyncio.Transport
         try:
-            transport, _ = await asyncio.wait_for(
-                loop.connect_accepted_socket(
-                    lambda: protocol,
-                    conn,
-                    ssl=ssl_ctx,
-                    ssl_handshake_timeout=self.handshake_timeout if ssl_ctx is not None else None,
-                ),
-                self.handshake_timeout + 1.0,
-            )
+            if ssl_ctx is None:
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, conn)
+            else:
+                # The handshake runs in a thread, not on the loop (tlsaccept's module doc).
+                transport = await accept_tls(
+                    conn, ssl_ctx, lambda: protocol, self.handshake_timeout
+                )
         except (OSError, asyncio.TimeoutError, EOFError) as exc:
             log.info("refused connection from %s: %s", address, _tls_failure(exc))
             conn.close()

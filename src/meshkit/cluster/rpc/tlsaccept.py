@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 import threading
 from collections.abc import Callable
@@ -26,6 +27,13 @@ from typing import Any, cast
 
 HANDSHAKE_THREADS = 2
 """Threads doing handshakes for the whole process (the machine's cores do the rest)."""
+
+HANDSHAKE_NICE = 10
+"""How much nicer than the process the handshake threads are. On a busy core the kernel shares
+the CPU fairly between runnable threads: at the same niceness two threads busy with a burst of
+handshakes took two thirds of the core from the loop's thread, and the loop fell further behind
+than when it did the handshakes itself. Ten steps nicer, the loop's thread gets about 90 % of a
+contended core and the handshakes the rest (and all of an idle one)."""
 
 _READ_SIZE = 256 * 1024
 
@@ -39,8 +47,18 @@ def handshake_executor() -> ThreadPoolExecutor:
     global _executor
     with _executor_lock:
         if _executor is None:
-            _executor = ThreadPoolExecutor(HANDSHAKE_THREADS, thread_name_prefix="tls-handshake")
+            _executor = ThreadPoolExecutor(
+                HANDSHAKE_THREADS, thread_name_prefix="tls-handshake", initializer=_be_nicer
+            )
         return _executor
+
+
+def _be_nicer() -> None:
+    """In a new handshake thread: lower its priority (Linux: niceness is per thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        now = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(now + HANDSHAKE_NICE, 19))
 
 
 def handshake_step(sslobj: ssl.SSLObject) -> bool:

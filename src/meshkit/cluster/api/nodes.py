@@ -224,6 +224,8 @@ class Api:
         # O(nodes), after every join and task report).
         self._managers_key: tuple[int, int, int] = (0, 0, -1)
         self._managers_list: list[str] = []
+        self._tokens_key: tuple[str, str, str] = ("", "", "")  # see _join_tokens
+        self._tokens: tuple[str, str] = ("", "")
         self.resources = ResourceCommits(node)
         self.services = ServiceMethods(node)
         self._handlers: dict[str, Callable[[Peer, dict[str, Any]], Awaitable[Any]]] = {
@@ -390,6 +392,18 @@ class Api:
             **etcd_url_of(self.node),
         }
 
+    def _join_tokens(self, st: cstate.ClusterState, digest: str) -> tuple[str, str]:
+        """The current manager and worker tokens, unsealed once per change of the secrets (or
+        the CA) instead of twice per join."""
+        key = (digest, st.manager_secret, st.worker_secret)
+        if self._tokens_key != key:
+            self._tokens = (
+                format_token(digest, self.unseal(st.manager_secret)),
+                format_token(digest, self.unseal(st.worker_secret)),
+            )
+            self._tokens_key = key
+        return self._tokens
+
     def digest(self) -> str:
         return ca_digest(self.state.ca_cert_pem.encode())
 
@@ -426,8 +440,9 @@ class Api:
             )
             raise RpcError("token", ca_api.retired_text(st, token.digest) or other)
         # Both comparisons always run: the time taken does not say which one matched.
-        as_manager = token_matches(text, format_token(digest, self.unseal(st.manager_secret)))
-        as_worker = token_matches(text, format_token(digest, self.unseal(st.worker_secret)))
+        manager_token, worker_token = self._join_tokens(st, digest)
+        as_manager = token_matches(text, manager_token)
+        as_worker = token_matches(text, worker_token)
         if not (as_manager or as_worker):
             raise RpcError(
                 "token",

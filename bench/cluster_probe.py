@@ -129,6 +129,7 @@ class ProbeTotals:
     wait_ms: dict[str, float] = field(default_factory=dict)
     loop_run_ms: dict[str, float] = field(default_factory=dict)  # the loop's thread alone
     joined: int = 0  # nodes added while the monitor ran
+    gc_worst_ms: dict[str, float] = field(default_factory=dict)  # longest collection seen
     seconds: float = 0.0
 
     def text(self, name: str) -> str:
@@ -139,7 +140,19 @@ class ProbeTotals:
             f"ran {self.run_ms.get(name, 0.0) / per_s:.0f} ms/s "
             f"(loop thread {loop_ms / per_s:.0f}{per_join(loop_ms, self.joined)}), "
             f"waited {self.wait_ms.get(name, 0.0) / per_s:.0f} ms/s for a CPU"
+            + (f"; longest GC {self.gc_worst_ms[name]:.0f} ms" if name in self.gc_worst_ms else "")
         )
+
+
+def gc_in(status: dict[str, Any], since: float, until: float) -> list[float]:
+    """ms of each garbage collection over 20 ms between `since` and `until` (a manager's
+    `gc_pauses`: [monotonic time, ms, generation, freed]; none from an older manager)."""
+    out = []
+    for e in status.get("gc_pauses") or []:
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            if since <= float(e[0]) <= until:
+                out.append(float(e[1]))
+    return out
 
 
 def per_join(loop_ms: float, joined: int) -> str:
@@ -227,11 +240,20 @@ class GrowthMonitor:
             self.totals.run_ms[m.name] = self.totals.run_ms.get(m.name, 0.0) + run
             self.totals.wait_ms[m.name] = self.totals.wait_ms.get(m.name, 0.0) + wait
             lead = "*" if st.get("is_leader") else ""
+            gcs = gc_in(st, self._last, now)
+            if gcs:
+                worst_gc = max(gcs)
+                self.totals.gc_worst_ms[m.name] = max(
+                    self.totals.gc_worst_ms.get(m.name, 0.0), worst_gc
+                )
+                recent_text = f"{recent.text()}; GC {len(gcs)} over 20 ms, worst {worst_gc:.0f} ms"
+            else:
+                recent_text = recent.text()
             parts.append(
                 f"{m.name}{lead} t{st.get('term')} run {run / span:.0f}/wait "
                 f"{wait / span:.0f} ms/s (loop thread ran {loop_run / span:.0f}"
                 f"{per_join(loop_run, joined)}, waited {loop_wait / span:.0f}), "
-                f"{recent.text()}"
+                f"{recent_text}"
             )
         self._last = now
         if not final:

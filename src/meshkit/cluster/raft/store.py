@@ -44,6 +44,7 @@ from meshkit.base.errors import MeshkitError
 from meshkit.base.files import make_private_dir, secure_tree, write_private
 from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import state as cstate
+from meshkit.cluster.raft import gcpauses
 from meshkit.cluster.raft.lib import (
     FAIL_REASON,
     DumpWriter,
@@ -354,6 +355,7 @@ class RaftStore:
             raise StoreError(f"cannot start raft on {self.self_addr}: {why}") from exc
         self._save_peers()
         gc.freeze()  # the state just loaded lives long: no full collection walks it again
+        gcpauses.install()  # cluster_status says how long collections held the loop
         self._schedule()
 
     def close(self) -> None:
@@ -514,6 +516,7 @@ class RaftStore:
             "term": 0 if self._obj is None else self._obj.raftCurrentTerm,
             "slowest_tick_ms": round(self.slowest_tick * 1000, 3),
             **self.stalls.status(),
+            **gcpauses.install().status(),
         }
 
     # -- writes --------------------------------------------------------------------------------

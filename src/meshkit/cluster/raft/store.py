@@ -284,6 +284,7 @@ class RaftStore:
         # this node stop being a manager (a manager demoting itself)
         self._by_cid: dict[str, asyncio.Future[tuple[Any, int]]] = {}
         self.slowest_tick = 0.0
+        self._gc_pacer: gcpauses.GcPacer | None = None  # made at start()
         self.stalls = StallLog()
         self._tick_due = 0.0
         self._tick_cpu = 0.0
@@ -356,6 +357,7 @@ class RaftStore:
         self._save_peers()
         gc.freeze()  # the state just loaded lives long: no full collection walks it again
         gcpauses.install()  # cluster_status says how long collections held the loop
+        self._gc_pacer = gcpauses.GcPacer(time.monotonic())
         self._schedule()
 
     def close(self) -> None:
@@ -410,6 +412,8 @@ class RaftStore:
             self._obj.doTick(0.0)
         except Exception:
             log.exception("raft tick failed")
+        if self._gc_pacer is not None:
+            self._gc_pacer.tick(started)  # full collections kept short (gcpauses.py)
         self._last_tick_end = time.monotonic()
         took = self._last_tick_end - started
         self.slowest_tick = max(self.slowest_tick, took)

@@ -227,6 +227,8 @@ class TlsServerProtocol(asyncio.Protocol):
             self._incoming.write(chunk)
         self._pending.clear()
         self._stepping = True
+        if self._raw is not None:
+            self._raw.pause_reading()  # what arrives meanwhile waits in the kernel, not here
         fut = self._loop.run_in_executor(self._executor, handshake_step, self._sslobj)
         fut.add_done_callback(self._stepped)
 
@@ -234,6 +236,8 @@ class TlsServerProtocol(asyncio.Protocol):
         self._stepping = False
         if self._lost or self.done.done():
             return  # timed out, or the client went away, while the step ran
+        if self._raw is not None and not self._raw.is_closing():
+            self._raw.resume_reading()
         exc = fut.exception()
         if exc is not None:
             self._flush_raw()  # the alert that says why

@@ -381,6 +381,11 @@ class RaftStore:
             except Exception:
                 log.exception("closing raft")
             self._obj = None
+        if self._gc_pacer is not None:
+            # No pacer ticks any more (a demoted manager): what it froze, garbage included,
+            # goes back to the collector instead of staying frozen for the process's life.
+            self._gc_pacer = None
+            gc.unfreeze()
 
     def _schedule(self) -> None:
         assert self._loop is not None

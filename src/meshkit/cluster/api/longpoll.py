@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections.abc import Callable, Iterable
 
 WAKE_BATCH = 64
@@ -39,6 +40,13 @@ def wake(futs: list[asyncio.Future[None]]) -> None:
         loop.call_soon(wake, rest)
 
 
+TIMEOUT_GRAIN = 0.25
+"""Long polls time out on multiples of this many seconds of the loop's clock (up to this much
+late): with thousands of nodes polling, the timeouts that fall in the same quarter second
+are answered in one loop wake-up instead of one wake-up each (a wake-up, not the reply, was
+most of a poll's cost on a manager)."""
+
+
 async def wait_for_future(fut: asyncio.Future[None], timeout: float) -> None:
     """Wait until `fut` is done or `timeout` passes, never cancelling `fut` (others share it).
 
@@ -55,7 +63,8 @@ async def wait_for_future(fut: asyncio.Future[None], timeout: float) -> None:
             waiter.set_result(None)
 
     fut.add_done_callback(release)
-    timer = loop.call_later(timeout, release)
+    due = math.ceil((loop.time() + timeout) / TIMEOUT_GRAIN) * TIMEOUT_GRAIN
+    timer = loop.call_at(due, release)
     try:
         await waiter
     finally:

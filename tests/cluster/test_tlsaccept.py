@@ -99,6 +99,12 @@ def test_handshake_runs_off_the_loop_thread_and_the_connection_carries_big_frame
                 HOST, port, client_ssl_context(None, ca.bundle_pem)
             ) as anon:
                 assert await anon.call("whoami") is None
+            # both clients closed (close_notify, then FIN): the server's side ends too
+            for _ in range(200):
+                if server.connections == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.connections == 0
         finally:
             await server.close()
 

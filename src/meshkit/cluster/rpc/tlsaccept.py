@@ -202,6 +202,7 @@ class TlsServerProtocol(asyncio.Protocol):
         self._pending: list[bytes] = []  # bytes that came while a handshake step ran
         self._stepping = False
         self._lost = False
+        self._eof = False  # the client's close_notify was read
         self._timer: asyncio.TimerHandle | None = None
 
     # -- handshake ---------------------------------------------------------------------------
@@ -281,7 +282,7 @@ class TlsServerProtocol(asyncio.Protocol):
     def read_records(self) -> None:
         """Decrypt what has arrived and hand it to the application (unless it paused us)."""
         tls, app = self._tls, self.app
-        if tls is None or app is None or self._lost:
+        if tls is None or app is None or self._lost or self._eof:
             return
         while not self.paused:
             try:
@@ -296,10 +297,11 @@ class TlsServerProtocol(asyncio.Protocol):
                 tls.abort()
                 app.connection_lost(exc)
                 return
-            if not chunk:
+            if not chunk:  # the client's close_notify: the end of its data, said once
                 tls.flush()
+                self._eof = True
                 if not app.eof_received():
-                    tls.close()
+                    tls.close()  # connection_lost follows from the TCP side
                 return
             app.data_received(chunk)
         tls.flush()
@@ -308,7 +310,8 @@ class TlsServerProtocol(asyncio.Protocol):
         if self._tls is None:
             self._fail(ConnectionResetError("the client closed the connection in the handshake"))
             return False
-        if self.app is not None and not self._lost:
+        if self.app is not None and not self._lost and not self._eof:
+            self._eof = True
             return self.app.eof_received()
         return False
 

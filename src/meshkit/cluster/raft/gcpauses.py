@@ -78,6 +78,7 @@ class GcPacer:
     `tick(now)` is called from the loop (the raft tick) and is a comparison most of the time."""
 
     def __init__(self, now: float) -> None:
+        install()  # cluster_status says how long collections held the loop
         self.next_freeze = now + FREEZE_EVERY
         self.next_reclaim = now + RECLAIM_EVERY
         self.reclaims = 0
@@ -112,3 +113,12 @@ def install() -> GcPauses:
         _installed = GcPauses()
         gc.callbacks.append(_installed.callback)
     return _installed
+
+
+def release(pacer: GcPacer | None) -> GcPacer | None:
+    """A manager's store closed (a demoted manager): no pacer ticks any more, so what it froze,
+    garbage included, goes back to the collector instead of staying frozen for the process's
+    life. Returns None, the caller's pacer from now on."""
+    if pacer is not None:
+        gc.unfreeze()
+    return None

@@ -253,6 +253,15 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
         self.state = cstate.ClusterState.from_dict(data)
 
 
+def saved_peers(directory: Path) -> list[str] | None:
+    """The raft peers a store in `directory` last saw (peers.json), None when unknown."""
+    try:
+        data = json.loads((Path(directory) / "peers.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return [str(p) for p in data.get("peers", [])]
+
+
 class RaftStore:
     """One manager's raft replica of the cluster state."""
 
@@ -296,13 +305,7 @@ class RaftStore:
 
     # -- life cycle ----------------------------------------------------------------------------
 
-    @staticmethod
-    def saved_peers(directory: Path) -> list[str] | None:
-        try:
-            data = json.loads((Path(directory) / "peers.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return [str(p) for p in data.get("peers", [])]
+    saved_peers = staticmethod(saved_peers)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -356,8 +359,7 @@ class RaftStore:
             raise StoreError(f"cannot start raft on {self.self_addr}: {why}") from exc
         self._save_peers()
         gc.freeze()  # the state just loaded lives long: no full collection walks it again
-        gcpauses.install()  # cluster_status says how long collections held the loop
-        self._gc_pacer = gcpauses.GcPacer(time.monotonic())
+        self._gc_pacer = gcpauses.GcPacer(time.monotonic())  # and full collections short
         self._schedule()
 
     def close(self) -> None:
@@ -381,11 +383,7 @@ class RaftStore:
             except Exception:
                 log.exception("closing raft")
             self._obj = None
-        if self._gc_pacer is not None:
-            # No pacer ticks any more (a demoted manager): what it froze, garbage included,
-            # goes back to the collector instead of staying frozen for the process's life.
-            self._gc_pacer = None
-            gc.unfreeze()
+        self._gc_pacer = gcpauses.release(self._gc_pacer)  # nothing left frozen
 
     def _schedule(self) -> None:
         assert self._loop is not None

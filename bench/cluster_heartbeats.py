@@ -787,6 +787,7 @@ class ManagerLoad:
     stalls_starved: int = 0  # ... in which the loop's thread waited for a CPU over half
     stalls_busy: int = 0  # ... the others: work on the loop (ours)
     wait_ms_per_s: float = float("nan")  # run-queue wait of its threads, growth + window
+    loop_ms_per_join: float = float("nan")  # the loop thread's CPU over the growth per join
 
 
 @dataclass
@@ -929,6 +930,11 @@ async def measure_level(
             stalls_starved=totals.classes.get(m.name, probe.StallClasses()).starved,
             stalls_busy=totals.classes.get(m.name, probe.StallClasses()).busy,
             wait_ms_per_s=totals.wait_ms.get(m.name, 0.0) / max(totals.seconds, 1e-9),
+            loop_ms_per_join=(
+                totals.loop_run_ms.get(m.name, 0.0) / totals.joined
+                if totals.joined > 0
+                else float("nan")
+            ),
         )
         for m in live
     ]

@@ -127,15 +127,40 @@ class ProbeTotals:
     classes: dict[str, StallClasses] = field(default_factory=dict)
     run_ms: dict[str, float] = field(default_factory=dict)
     wait_ms: dict[str, float] = field(default_factory=dict)
+    loop_run_ms: dict[str, float] = field(default_factory=dict)  # the loop's thread alone
+    joined: int = 0  # nodes added while the monitor ran
+    gc_worst_ms: dict[str, float] = field(default_factory=dict)  # longest collection seen
     seconds: float = 0.0
 
     def text(self, name: str) -> str:
         per_s = max(self.seconds, 1e-9)
+        loop_ms = self.loop_run_ms.get(name, 0.0)
         return (
             f"{name}: {self.classes.get(name, StallClasses()).text()}; "
-            f"ran {self.run_ms.get(name, 0.0) / per_s:.0f} ms/s, "
+            f"ran {self.run_ms.get(name, 0.0) / per_s:.0f} ms/s "
+            f"(loop thread {loop_ms / per_s:.0f}{per_join(loop_ms, self.joined)}), "
             f"waited {self.wait_ms.get(name, 0.0) / per_s:.0f} ms/s for a CPU"
+            + (f"; longest GC {self.gc_worst_ms[name]:.0f} ms" if name in self.gc_worst_ms else "")
         )
+
+
+def gc_in(status: dict[str, Any], since: float, until: float) -> list[float]:
+    """CPU ms of each garbage collection over 20 ms (wall) between `since` and `until` (a
+    manager's `gc_pauses`: [monotonic time, ms, generation, freed, CPU ms]; the wall ms when
+    the CPU figure is missing; none from an older manager). CPU, because on a loaded host a
+    collection's wall time includes waits for a CPU."""
+    out = []
+    for e in status.get("gc_pauses") or []:
+        with contextlib.suppress(TypeError, ValueError, IndexError):
+            if since <= float(e[0]) <= until:
+                out.append(float(e[4]) if len(e) > 4 else float(e[1]))
+    return out
+
+
+def per_join(loop_ms: float, joined: int) -> str:
+    """The loop thread's CPU per node that joined, as text (empty when none joined): everything
+    the loop did meanwhile (beats included) charged to the joins, so an upper bound."""
+    return f", {loop_ms / joined:.2f} ms per join" if joined > 0 else ""
 
 
 class GrowthMonitor:
@@ -143,6 +168,8 @@ class GrowthMonitor:
 
     _last: float
     _sched: dict[str, dict[str, tuple[float, float]]]
+    _size_then: int  # fleet size at start()
+    _size_last: int  # at the last sample
 
     def __init__(
         self,
@@ -161,6 +188,7 @@ class GrowthMonitor:
 
     def start(self) -> None:
         self._began = time.monotonic()
+        self._size_then = self._size_last = self._size()
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> ProbeTotals:
@@ -184,6 +212,10 @@ class GrowthMonitor:
             return
         now = time.monotonic()
         span = max(now - self._last, 1e-9)
+        size = self._size()
+        joined = size - self._size_last
+        self._size_last = size
+        self.totals.joined = size - self._size_then
         parts = []
         for m in self._managers():
             try:
@@ -201,18 +233,31 @@ class GrowthMonitor:
             before = self._sched.get(m.name, now_sched)
             run, wait = sched_delta(before, now_sched)
             loop_pair = str(m.pid)  # the main thread, the event loop's
-            loop_wait = sched_delta(
+            loop_run, loop_wait = sched_delta(
                 {loop_pair: before.get(loop_pair, (0.0, 0.0))},
                 {loop_pair: now_sched.get(loop_pair, (0.0, 0.0))},
-            )[1]
+            )
+            self.totals.loop_run_ms[m.name] = self.totals.loop_run_ms.get(m.name, 0.0) + loop_run
             self._sched[m.name] = now_sched
             self.totals.run_ms[m.name] = self.totals.run_ms.get(m.name, 0.0) + run
             self.totals.wait_ms[m.name] = self.totals.wait_ms.get(m.name, 0.0) + wait
             lead = "*" if st.get("is_leader") else ""
+            gcs = gc_in(st, self._last, now)
+            if gcs:
+                worst_gc = max(gcs)
+                self.totals.gc_worst_ms[m.name] = max(
+                    self.totals.gc_worst_ms.get(m.name, 0.0), worst_gc
+                )
+                recent_text = (
+                    f"{recent.text()}; GC {len(gcs)} over 20 ms, worst {worst_gc:.0f} ms CPU"
+                )
+            else:
+                recent_text = recent.text()
             parts.append(
                 f"{m.name}{lead} t{st.get('term')} run {run / span:.0f}/wait "
-                f"{wait / span:.0f} ms/s (loop thread waited {loop_wait / span:.0f}), "
-                f"{recent.text()}"
+                f"{wait / span:.0f} ms/s (loop thread ran {loop_run / span:.0f}"
+                f"{per_join(loop_run, joined)}, waited {loop_wait / span:.0f}), "
+                f"{recent_text}"
             )
         self._last = now
         if not final:
@@ -259,3 +304,123 @@ class PySpy:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+# --------------------------------------------------------------------------- tls-accept bench
+#
+#   python bench/cluster_probe.py tls-accept [--conns 600] [--concurrency 32] [--quick]
+#
+# The manager's RPC server alone, in this process, while a forked client opens --conns mutual-
+# TLS connections (--concurrency at once), each making one call: the server's loop-thread CPU
+# per connection, the process's CPU per connection and the worst loop lag (a 5 ms ticker), with
+# the handshakes in meshkit's pool (`pool`, rpc/tlsaccept.py) and with asyncio's TLS on the
+# loop (`loop`, as before it). Rounds alternate; medians are printed.
+
+
+def _tls_accept_round(mode: str, conns: int, concurrency: int) -> tuple[float, float, float]:
+    import multiprocessing
+
+    import uvloop
+
+    from meshkit.cluster.rpc import pki
+    from meshkit.cluster.rpc import server as rpc_server
+    from meshkit.cluster.rpc.transport import RpcClient, RpcServer
+
+    ca = pki.ClusterCA.create("bench-tls")
+    mgr = ca.issue_identity("mgr-1", "manager")
+    ids = [ca.issue_identity(f"n-{i}", "worker") for i in range(concurrency)]
+
+    async def on_loop(conn: Any, ctx: Any, factory: Any, timeout: float) -> Any:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.connect_accepted_socket(
+            factory, conn, ssl=ctx, ssl_handshake_timeout=timeout
+        )
+        return transport
+
+    original = rpc_server.accept_tls
+    if mode == "loop":
+        rpc_server.accept_tls = on_loop  # type: ignore[assignment]
+
+    def clients(port: int) -> None:
+        async def main() -> None:
+            gate = asyncio.Semaphore(concurrency)
+            ctxs = [pki.client_ssl_context(i, ca.bundle_pem) for i in ids]
+
+            async def one(k: int) -> None:
+                async with gate:
+                    c = await RpcClient.connect_tcp("127.0.0.1", port, ctxs[k % concurrency])
+                    async with c:
+                        await c.call("ping")
+
+            await asyncio.gather(*(one(k) for k in range(conns)))
+
+        uvloop.run(main())
+
+    async def serve() -> tuple[float, float, float]:
+        async def dispatch(peer: Any, method: str, params: Any) -> Any:
+            return "pong"
+
+        server = RpcServer(dispatch)
+        _, port = await server.listen_tcp("127.0.0.1", 0, pki.server_ssl_context(mgr))
+        lag = 0.0
+        done = False
+
+        async def ticker() -> None:
+            nonlocal lag
+            loop = asyncio.get_running_loop()
+            while not done:
+                t = loop.time()
+                await asyncio.sleep(0.005)
+                lag = max(lag, loop.time() - t - 0.005)
+
+        tick = asyncio.ensure_future(ticker())
+        t0, p0 = time.thread_time(), time.process_time()
+        proc = multiprocessing.get_context("fork").Process(target=clients, args=(port,))
+        proc.start()
+        while proc.is_alive():
+            await asyncio.sleep(0.05)
+        t1, p1 = time.thread_time(), time.process_time()
+        done = True
+        await tick
+        await server.close()
+        if proc.exitcode != 0:
+            raise SystemExit(f"the client process failed ({proc.exitcode})")
+        return 1000 * (t1 - t0) / conns, 1000 * (p1 - p0) / conns, 1000 * lag
+
+    try:
+        result: tuple[float, float, float] = uvloop.run(serve())
+    finally:
+        rpc_server.accept_tls = original  # type: ignore[assignment]
+    return result
+
+
+def tls_accept_main(argv: Sequence[str]) -> int:
+    import argparse
+    import statistics
+
+    ap = argparse.ArgumentParser(prog="cluster_probe.py tls-accept")
+    ap.add_argument("--conns", type=int, default=600)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="smoke test: 40 connections, 1 round")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.conns, args.concurrency, args.rounds = 40, 8, 1
+    rows: dict[str, list[tuple[float, float, float]]] = {"loop": [], "pool": []}
+    for _ in range(args.rounds):
+        for mode in ("loop", "pool"):
+            rows[mode].append(_tls_accept_round(mode, args.conns, args.concurrency))
+    print(f"{args.conns} mTLS connections, {args.concurrency} at once, {args.rounds} round(s):")
+    for mode, got in rows.items():
+        med = [statistics.median(x[i] for x in got) for i in range(3)]
+        print(
+            f"  handshakes on the {mode:4}: loop thread {med[0]:.2f} ms/conn, process "
+            f"{med[1]:.2f} ms/conn, worst loop lag {med[2]:.0f} ms"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["tls-accept"]:
+        raise SystemExit("usage: python bench/cluster_probe.py tls-accept [--quick] ...")
+    raise SystemExit(tls_accept_main(sys.argv[2:]))

@@ -40,3 +40,13 @@ def test_sched_delta_counts_threads_seen_twice_only() -> None:
     assert probe.sched_delta(before, after) == (50.0, 30.0)
     mine = probe.sched_ms(os.getpid())
     assert str(os.getpid()) in mine or not os.path.exists("/proc/self/task")
+
+
+def test_loop_cpu_per_join_and_totals_text() -> None:
+    assert probe.per_join(120.0, 0) == ""  # no node joined: no figure, not a division by 0
+    assert probe.per_join(120.0, 40) == ", 3.00 ms per join"
+    totals = probe.ProbeTotals(
+        run_ms={"m1": 900.0}, wait_ms={"m1": 100.0}, loop_run_ms={"m1": 600.0}, joined=200
+    )
+    totals.seconds = 3.0
+    assert "ran 300 ms/s (loop thread 200, 3.00 ms per join)" in totals.text("m1")

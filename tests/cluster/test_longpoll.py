@@ -7,6 +7,7 @@ taken so that later watches hung."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import Any
 
@@ -98,3 +99,43 @@ def test_a_storm_of_timing_out_and_cancelled_watches_breaks_nothing() -> None:
         loop.run_until_complete(run())
     finally:
         loop.close()
+
+
+def test_a_change_wakes_its_waiters_a_batch_per_loop_turn() -> None:
+    """Thousands of watchers woken by one change answer over several loop turns, so the loop
+    reads other sockets between batches (a raft entry of 200 tasks woke 200 at once)."""
+    from meshkit.cluster.api.longpoll import WAKE_BATCH, KeyedSignal, wake
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[None]] = [loop.create_future() for _ in range(2 * WAKE_BATCH + 5)]
+        wake(futs)
+        assert sum(f.done() for f in futs) == WAKE_BATCH
+        await asyncio.sleep(0)
+        assert sum(f.done() for f in futs) == 2 * WAKE_BATCH
+        await asyncio.sleep(0)
+        assert all(f.done() for f in futs)
+        # through the signals: every waiter is answered, none left registered
+        keyed, plain = KeyedSignal(), ChangeSignal()
+        moved = {"v": False}
+        keys = [f"n{i}" for i in range(3 * WAKE_BATCH)]
+        waiters = [
+            asyncio.create_task(keyed.wait_until(k, lambda: moved["v"], 30.0)) for k in keys
+        ] + [asyncio.create_task(plain.wait_until(lambda: moved["v"], 30.0)) for _ in keys]
+        await asyncio.sleep(0)
+        moved["v"] = True
+        keyed.notify(keys)
+        plain.notify()
+        assert all(await asyncio.wait_for(asyncio.gather(*waiters), 10))
+        assert plain._futs == set() and keyed._futs == {}
+        # a waiter that times out or is cancelled takes its future out again
+        assert not await plain.wait_until(lambda: False, 0.01)
+        t = asyncio.create_task(plain.wait_until(lambda: False, 30.0))
+        await asyncio.sleep(0)
+        assert len(plain._futs) == 1
+        t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+        assert plain._futs == set()
+
+    asyncio.run(run())

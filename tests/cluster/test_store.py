@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -117,7 +118,9 @@ def test_restart_replays_the_journal(tmp_path: Path) -> None:
         await store.submit(_init_cmd())
         for i in range(5):
             await store.submit(_rotate(f"s{i}"))
+        assert gc.get_freeze_count() > 0  # the loaded state is out of the collector's way
         store.close()
+        assert gc.get_freeze_count() == 0  # ... and handed back when the store closes
         again = RaftStore(addr, [], tmp_path, SECRET, TIMINGS)
         await again.start()
         try:

@@ -44,6 +44,7 @@ from meshkit.base.errors import MeshkitError
 from meshkit.base.files import make_private_dir, secure_tree, write_private
 from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import state as cstate
+from meshkit.cluster.raft import gcpauses
 from meshkit.cluster.raft.lib import (
     FAIL_REASON,
     DumpWriter,
@@ -252,6 +253,15 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
         self.state = cstate.ClusterState.from_dict(data)
 
 
+def saved_peers(directory: Path) -> list[str] | None:
+    """The raft peers a store in `directory` last saw (peers.json), None when unknown."""
+    try:
+        data = json.loads((Path(directory) / "peers.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return [str(p) for p in data.get("peers", [])]
+
+
 class RaftStore:
     """One manager's raft replica of the cluster state."""
 
@@ -283,6 +293,7 @@ class RaftStore:
         # this node stop being a manager (a manager demoting itself)
         self._by_cid: dict[str, asyncio.Future[tuple[Any, int]]] = {}
         self.slowest_tick = 0.0
+        self._gc_pacer: gcpauses.GcPacer | None = None  # made at start()
         self.stalls = StallLog()
         self._tick_due = 0.0
         self._tick_cpu = 0.0
@@ -294,13 +305,7 @@ class RaftStore:
 
     # -- life cycle ----------------------------------------------------------------------------
 
-    @staticmethod
-    def saved_peers(directory: Path) -> list[str] | None:
-        try:
-            data = json.loads((Path(directory) / "peers.json").read_text())
-        except (OSError, ValueError):
-            return None
-        return [str(p) for p in data.get("peers", [])]
+    saved_peers = staticmethod(saved_peers)
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -354,6 +359,7 @@ class RaftStore:
             raise StoreError(f"cannot start raft on {self.self_addr}: {why}") from exc
         self._save_peers()
         gc.freeze()  # the state just loaded lives long: no full collection walks it again
+        self._gc_pacer = gcpauses.GcPacer(time.monotonic())  # and full collections short
         self._schedule()
 
     def close(self) -> None:
@@ -377,6 +383,7 @@ class RaftStore:
             except Exception:
                 log.exception("closing raft")
             self._obj = None
+        self._gc_pacer = gcpauses.release(self._gc_pacer)  # nothing left frozen
 
     def _schedule(self) -> None:
         assert self._loop is not None
@@ -408,6 +415,8 @@ class RaftStore:
             self._obj.doTick(0.0)
         except Exception:
             log.exception("raft tick failed")
+        if self._gc_pacer is not None:
+            self._gc_pacer.tick(started)  # full collections kept short (gcpauses.py)
         self._last_tick_end = time.monotonic()
         took = self._last_tick_end - started
         self.slowest_tick = max(self.slowest_tick, took)
@@ -514,6 +523,7 @@ class RaftStore:
             "term": 0 if self._obj is None else self._obj.raftCurrentTerm,
             "slowest_tick_ms": round(self.slowest_tick * 1000, 3),
             **self.stalls.status(),
+            **gcpauses.install().status(),
         }
 
     # -- writes --------------------------------------------------------------------------------

@@ -23,6 +23,15 @@ cdef object _lr_mod = None  # meshkit.web.ruletable, imported on first use
 cdef int _LR_FIELDS = 64  # fields a head may have here (more: the chain reads it)
 cdef Py_ssize_t _LR_MAX_HOSTS = 1024
 cdef Py_ssize_t _LR_MAX_MISSES = 4096
+cdef Py_ssize_t _LR_KEY_MAX = 8192  # a key longer than this (never: heads are <= 4096) reads
+# the file watches (meshkit.web.filewatch): the shared FileWatch, its private epoll and
+# inotify fds (-1: none, every answer stats its validators), and the drains that cleared a
+# ticket so far (a memo checked at another count reads its ticket again)
+cdef object _lr_watch = None
+cdef bint _lr_watch_made = False
+cdef int _lr_watch_ep = -1
+cdef int _lr_watch_in = -1
+cdef Py_ssize_t _lr_drains = 0
 
 
 cdef class _LrSite:
@@ -30,25 +39,42 @@ cdef class _LrSite:
     cdef tuple prefixes  # bytes: paths left to the chain
     cdef object answers  # rules.answers (a respcache.ResponseCache)
     cdef dict entries  # its entries dict (put and drop change it in place)
+    cdef dict tickets  # rules.tickets: key -> (entry, filewatch.Ticket or None)
     cdef dict misses  # key -> the second its answer could not be kept (no fill again then)
+    cdef Py_ssize_t gen  # bumped by each fill and drop here: the memo below checks it
+    # The last answer given (a client, or many, repeating one head): its key, the entry,
+    # its ticket, and the gen and watch drains it was checked at. A hit on it costs no key
+    # object, hash or dict lookup.
+    cdef bytes m_key
+    cdef object m_hit
+    cdef object m_ticket
+    cdef Py_ssize_t m_gen
+    cdef Py_ssize_t m_drains
 
     def __cinit__(self, rules):
         self.rules = rules
         self.prefixes = tuple(p.encode("latin-1") for p in rules.python_prefixes)
         self.answers = rules.answers
         self.entries = rules.answers.entries
+        self.tickets = rules.tickets
         self.misses = {}
+        self.gen = 0
+        self.m_key = None
+        self.m_gen = -1
 
 
 cdef class _LrTable:
     cdef object handler
     cdef dict by_route  # id(route) -> _LrSite
     cdef dict by_host  # Host value bytes -> [(route path bytes, _LrSite or None)]
+    cdef bytes m_host  # the last Host value looked up, and its routes
+    cdef list m_routes
 
     def __cinit__(self, handler, compiled):
         self.handler = handler
         self.by_route = {}
         self.by_host = {}
+        self.m_host = None
         if compiled:
             for key, rules in compiled.items():
                 self.by_route[key] = _LrSite(rules)
@@ -63,6 +89,18 @@ cdef class _LrTable:
                 found.append((route.address.path.encode("utf-8"),
                               self.by_route.get(id(route))))
             self.by_host[host] = found
+        return found
+
+    cdef list routes_at(self, const char *p, Py_ssize_t n):
+        """routes() of the Host value p[0:n], without a bytes object when it is the last."""
+        cdef bytes last = self.m_host
+        if (last is not None and PyBytes_GET_SIZE(last) == n and
+                memcmp(PyBytes_AS_STRING(last), p, n) == 0):
+            return self.m_routes
+        host = PyBytes_FromStringAndSize(p, n)
+        found = self.routes(host)
+        self.m_host = host
+        self.m_routes = found
         return found
 
 
@@ -103,6 +141,93 @@ cdef object _lr_fill(_LrSite site, bytes key, const char *buf, chh.hh_head *head
     host = PyUnicode_DecodeLatin1(buf + fields[head.host].value, fields[head.host].value_len,
                                   NULL)
     return _lr_mod.fill(site.rules, key, method, url, items, host, conn)
+
+
+cdef object _lr_watch_get():
+    """The shared filewatch.FileWatch (None: watches off or not possible)."""
+    global _lr_watch, _lr_watch_made, _lr_watch_ep, _lr_watch_in
+    if not _lr_watch_made:
+        _lr_watch_made = True
+        from meshkit.web import filewatch
+        watch = filewatch.shared()
+        if watch is not None:
+            _lr_watch = watch
+            _lr_watch_ep = watch.pending_fd
+            _lr_watch_in = watch.fd
+    return _lr_watch
+
+
+cdef int _lr_events() except -1:
+    """Clear the tickets whatever the watches queued touches, before an answer is trusted:
+    a change made before this request arrived was queued by the call that made it."""
+    global _lr_drains
+    cdef int flags
+    if _lr_watch_ep < 0:
+        return 0
+    flags = clane.lane_watch_pending(_lr_watch_ep, _lr_watch_in)
+    if flags:
+        before = _lr_watch.generation
+        _lr_watch.drain(flags)
+        if _lr_watch.generation != before:
+            _lr_drains += 1
+    return 0
+
+
+cdef inline void _lr_remember(_LrSite site, bytes key, object hit, object ticket):
+    site.m_key = key
+    site.m_hit = hit
+    site.m_ticket = ticket
+    site.m_gen = site.gen
+    site.m_drains = _lr_drains
+
+
+cdef int _lr_checked(_LrSite site, bytes key, object hit) except -1:
+    """Arm the watches of hit's files (ruletable.arm), then stat them once: 1 when hit is
+    current (remembered as the memo), 0 when it changed (dropped: the chain answers)."""
+    _lr_watch_get()
+    ticket = _lr_mod.arm(site.rules, key, hit)
+    if _ln_valid(hit.validators):
+        _lr_remember(site, key, hit, ticket)
+        return 1
+    _lr_mod.forget(site.rules, key)
+    site.answers.drop(key)
+    site.gen += 1
+    return 0
+
+
+cdef object _lr_current(_LrSite site, const char *kbuf, Py_ssize_t klen):
+    """The answer kept under the key kbuf[0:klen) when it is current, else None (a stale
+    one is dropped). Current: its ticket (filewatch) not cleared, or for an answer whose
+    files cannot be watched, one stat(2) per validator as before."""
+    cdef bytes key = site.m_key
+    _lr_events()
+    if (key is not None and site.m_gen == site.gen and PyBytes_GET_SIZE(key) == klen and
+            memcmp(PyBytes_AS_STRING(key), kbuf, klen) == 0):
+        hit = site.m_hit
+        ticket = site.m_ticket
+        if ticket is None:
+            if _ln_valid(hit.validators):
+                return hit
+        elif site.m_drains == _lr_drains or ticket.ok:
+            site.m_drains = _lr_drains
+            return hit
+    else:
+        key = PyBytes_FromStringAndSize(kbuf, klen)
+        hit = site.entries.get(key)
+        if hit is None:
+            return None
+        got = site.tickets.get(key)
+        if got is not None and (<tuple>got)[0] is hit:
+            ticket = (<tuple>got)[1]
+            if ticket is None:
+                if _ln_valid(hit.validators):
+                    _lr_remember(site, key, hit, ticket)
+                    return hit
+            elif ticket.ok:
+                _lr_remember(site, key, hit, ticket)
+                return hit
+    # not armed yet, cleared by an event, or its stat differed: arm again and stat once
+    return hit if _lr_checked(site, key, hit) else None
 
 
 cdef int _lr_answer(Lane lane, bytes data) except -1:
@@ -153,8 +278,7 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
     plen = clane.lane_plain_path(target, head.target_len)
     if plen < 0:
         return 0
-    host = PyBytes_FromStringAndSize(buf + fields[head.host].value, fields[head.host].value_len)
-    for prefix, s in tbl.routes(host):
+    for prefix, s in tbl.routes_at(buf + fields[head.host].value, fields[head.host].value_len):
         if _lr_starts(target, plen, <bytes>prefix):
             site = s
             break
@@ -178,8 +302,10 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
             continue
         klen += 1 + fields[i].value + fields[i].value_len - fields[i].name
         nkey += 1
-    key = PyBytes_FromStringAndSize(NULL, klen)
-    cdef char *kp = PyBytes_AS_STRING(key)
+    if klen > _LR_KEY_MAX:
+        return 0
+    cdef char kbuf[8192]
+    cdef char *kp = kbuf
     memcpy(kp, buf + head.method, line_len)
     kp += line_len
     kp[0] = 10
@@ -193,22 +319,24 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
             kp[0] = 10
             memcpy(kp + 1, buf + fields[i].name, span)
             kp += 1 + span
-    hit = site.entries.get(key)
-    if hit is None or not _ln_valid(hit.validators):
-        if hit is not None:
-            site.answers.drop(key)
+    hit = _lr_current(site, kbuf, klen)
+    if hit is None:
         # a key whose answer could not be kept (a 404, a 401...) is tried again a second
         # later at the soonest: the chain answers it meanwhile, run once per request
+        key = PyBytes_FromStringAndSize(kbuf, klen)
         second = clane.lane_now_second()
         missed = site.misses.get(key)
         if missed is not None and <int64_t>missed == second:
             return 0
+        site.gen += 1  # the fill may let other answers go (the cache's bounds)
         hit = _lr_fill(site, key, buf, &head, fields, conn)
         if hit is None:
             if len(site.misses) >= _LR_MAX_MISSES:
                 site.misses.clear()
             site.misses[key] = second
             return 0
+        if _lr_checked(site, key, hit) == 0:
+            return 0  # changed already: the chain answers, and the next request fills
     # from here on as Lane._from_cache sends a remembered response
     replay = hit.replay
     now = clane.lane_now()

@@ -12,12 +12,17 @@
 # runs the site's chain once (ruletable.fill); anything else returns 0 and the connection
 # reads the head as before.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcmp, memcpy
 from meshkit.includes cimport http_head as chh
 from meshkit.includes cimport lane as clane
 from meshkit.includes cimport sendfile as csend
+
+cdef extern from "Python.h":
+    object PyObject_GenericGetDict(object o, void *context)
 
 cdef object _lr_mod = None  # meshkit.web.ruletable, imported on first use
 cdef int _LR_FIELDS = 64  # fields a head may have here (more: the chain reads it)
@@ -50,6 +55,11 @@ cdef class _LrSite:
     cdef object m_ticket
     cdef Py_ssize_t m_gen
     cdef Py_ssize_t m_drains
+    cdef object m_replay  # and its fields the send reads (hit.fd changes only in a fill)
+    cdef int m_fd
+    cdef int64_t m_second  # the second m_wire and m_head carry the Date of (-1: none yet)
+    cdef bytes m_wire
+    cdef bytes m_head
 
     def __cinit__(self, rules):
         self.rules = rules
@@ -69,12 +79,15 @@ cdef class _LrTable:
     cdef dict by_host  # Host value bytes -> [(route path bytes, _LrSite or None)]
     cdef bytes m_host  # the last Host value looked up, and its routes
     cdef list m_routes
+    cdef object server  # the server whose __dict__ sdict is (read without getattr)
+    cdef dict sdict
 
     def __cinit__(self, handler, compiled):
         self.handler = handler
         self.by_route = {}
         self.by_host = {}
         self.m_host = None
+        self.server = None
         if compiled:
             for key, rules in compiled.items():
                 self.by_route[key] = _LrSite(rules)
@@ -102,6 +115,16 @@ cdef class _LrTable:
         self.m_host = host
         self.m_routes = found
         return found
+
+
+cdef inline object _lr_get(dict d, object obj, str name):
+    """obj.name read from its instance dict d (what getattr finds for a plain instance
+    attribute, without the type lookup that costs more than the read); getattr when the
+    dict does not hold it."""
+    cdef PyObject *v = PyDict_GetItem(d, name)
+    if v is NULL:
+        return getattr(obj, name)
+    return <object>v
 
 
 cdef _LrTable _lr_last = None  # the table made last (connections of a port share it)
@@ -173,12 +196,18 @@ cdef int _lr_events() except -1:
     return 0
 
 
-cdef inline void _lr_remember(_LrSite site, bytes key, object hit, object ticket):
+cdef int _lr_remember(_LrSite site, bytes key, object hit, object ticket) except -1:
     site.m_key = key
     site.m_hit = hit
     site.m_ticket = ticket
     site.m_gen = site.gen
     site.m_drains = _lr_drains
+    site.m_replay = hit.replay
+    site.m_fd = hit.fd
+    site.m_second = hit.second
+    site.m_wire = hit.wire
+    site.m_head = hit.head
+    return 0
 
 
 cdef int _lr_checked(_LrSite site, bytes key, object hit) except -1:
@@ -252,20 +281,29 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
     cdef double now
     cdef int64_t second
     server = lane.server
-    handler = server._handler
     tbl = <_LrTable>lane.rtable if lane.rtable is not None else None
+    if tbl is None or tbl.server is not server:
+        handler = server._handler
+    else:
+        handler = _lr_get(tbl.sdict, server, "_handler")
     if tbl is None or tbl.handler is not handler:
         tbl = _lr_table_for(handler, tbl)
         lane.rtable = tbl
-    if not tbl.by_route or server._shutting:
+    if tbl.server is not server:
+        tbl.server = server
+        tbl.sdict = PyObject_GenericGetDict(server, NULL)
+    cdef dict sd = tbl.sdict
+    if not tbl.by_route or _lr_get(sd, server, "_shutting"):
         return 0
     conn = lane.conn
-    cdef int cstate = conn._state
-    if cstate > _LN_IDLE or conn._queue or conn._out or conn._streaming:
+    cdef dict cd = PyObject_GenericGetDict(conn, NULL)
+    cdef int cstate = _lr_get(cd, conn, "_state")
+    if (cstate > _LN_IDLE or _lr_get(cd, conn, "_queue") or _lr_get(cd, conn, "_out") or
+            _lr_get(cd, conn, "_streaming")):
         return 0
-    lim.header_limit = <size_t>server._header_limit
-    lim.max_fields = <size_t>min(<Py_ssize_t>server._max_fields, _LR_FIELDS - 1)
-    lim.max_field_line = <size_t>server._max_field_line
+    lim.header_limit = <size_t>_lr_get(sd, server, "_header_limit")
+    lim.max_fields = <size_t>min(<Py_ssize_t>_lr_get(sd, server, "_max_fields"), _LR_FIELDS - 1)
+    lim.max_field_line = <size_t>_lr_get(sd, server, "_max_field_line")
     rc = chh.hh_scan(buf, <size_t>n, 0, &lim, &head, fields)
     if rc != chh.HH_ACCEPT or <Py_ssize_t>head.end != n:
         return 0
@@ -337,18 +375,23 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
             return 0
         if _lr_checked(site, key, hit) == 0:
             return 0  # changed already: the chain answers, and the next request fills
-    # from here on as Lane._from_cache sends a remembered response
-    replay = hit.replay
+    # from here on as Lane._from_cache sends a remembered response (the hit's fields as
+    # the site's memo holds them: _lr_current and _lr_checked leave it on hit)
+    replay = site.m_replay
     now = clane.lane_now()
     second = <int64_t>now
-    wire = hit.wire if hit.second == second else hit.refresh(second)
-    conn.requests += 1
+    if site.m_second != second:
+        site.m_wire = hit.refresh(second)
+        site.m_head = hit.head
+        site.m_second = second
+    wire = site.m_wire
+    PyDict_SetItem(cd, "requests", _lr_get(cd, conn, "requests") + 1)
     if cstate == _LN_NEW:
         if _ln_cached_event is None:
             from meshkit.web.connstate import Event
             _ln_cached_event = Event.CACHED
         conn._fire(_ln_cached_event)
-    file_fd = hit.fd
+    file_fd = site.m_fd
     if file_fd < 0:
         rc = csend.send_bytes(lane.fd, PyBytes_AS_STRING(wire), <size_t>PyBytes_GET_SIZE(wire),
                               &sent, &state)
@@ -356,7 +399,7 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
             conn._cached_bytes_sent(hit, wire, now, None if rc < 0 else sent, state)
             return 1
     else:
-        head_bytes = hit.head
+        head_bytes = site.m_head
         left = hit.file_left
         if left > _LN_FILE_BUDGET:
             conn._cached_file_sent(hit, now, -1, csend.SEND_AGAIN)
@@ -367,8 +410,9 @@ cdef int _lr_answer(Lane lane, bytes data) except -1:
         if rc < 0 or state != csend.SEND_DONE:
             conn._cached_file_sent(hit, now, None if rc < 0 else fsent, state)
             return 1
-    conn._deadline = server._now + server._idle_timeout
-    conn._dkind = _LN_DL_IDLE
+    PyDict_SetItem(cd, "_deadline",
+                   _lr_get(sd, server, "_now") + _lr_get(sd, server, "_idle_timeout"))
+    PyDict_SetItem(cd, "_dkind", _LN_DL_IDLE)
     lane.hits += 1
     lane.rule_hits += 1
     if replay is not None:  # the access log's lines (CachedResponse.replay_log)

@@ -193,6 +193,28 @@ def test_removed_then_added_back_redirects_again(client: Client, tree: Path) -> 
     assert reply.status == 301 and reply.header("Location") == "/canon/index.html/"
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts need root")
+def test_a_mount_over_a_folder_shows_and_others_do_not(client: Client, tree: Path) -> None:
+    warm(client)
+    elsewhere = tree / "elsewhere"
+    elsewhere.mkdir()
+    canon = tree / "v1" / "canon"
+    mounted: list[Path] = []
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(elsewhere)], check=True)
+        mounted.append(elsewhere)
+        assert redirects(client.get("/canon/index.html"))  # a mount elsewhere: no change
+        subprocess.run(["mount", "-t", "tmpfs", "none", str(canon)], check=True)
+        mounted.append(canon)
+        assert client.get("/canon/index.html").status == 404  # an empty folder over it
+        subprocess.run(["umount", str(canon)], check=True)
+        mounted.remove(canon)
+        assert redirects(client.get("/canon/index.html"))
+    finally:
+        for path in reversed(mounted):
+            subprocess.run(["umount", str(path)], check=False)
+
+
 # ---------------------------------------------------------------- FileWatch itself
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import re
 import select
 import stat as st_mod
 import struct
@@ -96,12 +97,13 @@ _LIST = b"/"
 class Ticket:
     """One answer's armed validators: `ok` until an event clears it."""
 
-    __slots__ = ("keys", "ok", "wds")
+    __slots__ = ("keys", "ok", "paths", "wds")
 
     def __init__(self) -> None:
         self.ok = True
         self.keys: list[tuple[int, bytes]] = []
         self.wds: list[int] = []
+        self.paths: set[bytes] = set()  # the folders and files resolved: mount points that matter
 
 
 class _Libc:
@@ -129,6 +131,8 @@ class FileWatch:
         self._ep.register(fd, select.EPOLLIN)
         self._ep.register(self._mounts, select.EPOLLPRI)
         self._ep.poll(0)  # the mount table as it is now
+        self._mount_table = self._read_mounts()
+        self._tickets: set[Ticket] = set()  # armed and not cleared
         self.pending_fd = self._ep.fileno()  # readable-or-priority: something to drain
         self._by_key: dict[tuple[int, bytes], set[Ticket]] = {}
         self._by_wd: dict[int, set[tuple[int, bytes]]] = {}
@@ -161,6 +165,7 @@ class FileWatch:
         except (OSError, ValueError):
             self.release(ticket)
             return None
+        self._tickets.add(ticket)
         return ticket
 
     def _watch(self, ticket: Ticket, path: bytes, mask: int, st: os.stat_result) -> int:
@@ -180,6 +185,7 @@ class FileWatch:
             raise OSError(err, "inotify_add_watch")
         self._wd_refs[wd] = self._wd_refs.get(wd, 0) + 1
         ticket.wds.append(wd)
+        ticket.paths.add(path)
         return wd
 
     def _dep(self, ticket: Ticket, wd: int, name: bytes) -> None:
@@ -242,6 +248,7 @@ class FileWatch:
     def release(self, ticket: Ticket) -> None:
         """Forget a ticket (its answer went): its watches go once nothing else needs them."""
         ticket.ok = False
+        self._tickets.discard(ticket)
         by_key = self._by_key
         for key in ticket.keys:
             tickets = by_key.get(key)
@@ -277,7 +284,7 @@ class FileWatch:
         """Clear the tickets the queued events touch (flags: 1 inotify, 2 the mount table)."""
         cleared = False
         if flags & 2:
-            cleared = self._clear_all()
+            cleared = self._mounts_changed()
         while True:
             try:
                 data = os.read(self.fd, 65536)
@@ -318,10 +325,48 @@ class FileWatch:
         return cleared
 
     def _clear_all(self) -> bool:
-        tickets = {t for ts in self._by_key.values() for t in ts}
+        tickets = list(self._tickets)
         for t in tickets:
             self.release(t)
         return bool(tickets)
+
+    def _read_mounts(self) -> set[tuple[bytes, bytes]]:
+        """(mount id, mount point) of each mount of this process's namespace."""
+        os.lseek(self._mounts, 0, os.SEEK_SET)
+        chunks = []
+        while True:
+            chunk = os.read(self._mounts, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        out = set()
+        for line in b"".join(chunks).splitlines():
+            fields = line.split(b" ", 5)
+            if len(fields) > 4:
+                out.add((fields[0], _unescape(fields[4])))
+        return out
+
+    def _mounts_changed(self) -> bool:
+        """Clear the tickets that resolved a path something was mounted on or unmounted
+        from (other mounts, such as a container's or a network namespace's elsewhere, leave
+        them alone); everything when the table cannot be read."""
+        try:
+            table = self._read_mounts()
+        except OSError:
+            return self._clear_all()
+        changed = {point for _, point in table ^ self._mount_table}
+        self._mount_table = table
+        hit = [t for t in self._tickets if not changed.isdisjoint(t.paths)]
+        for t in hit:
+            self.release(t)
+        return bool(hit)
+
+
+def _unescape(point: bytes) -> bytes:
+    """A mountinfo path field with its octal escapes (space, tab, newline, backslash)."""
+    if b"\\" not in point:
+        return point
+    return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), point)
 
 
 _SHARED: list[FileWatch | None] = []

@@ -259,15 +259,14 @@ cdef object _lr_current(_LrSite site, const char *kbuf, Py_ssize_t klen):
     return hit if _lr_checked(site, key, hit) else None
 
 
-cdef int _lr_answer(Lane lane, bytes data) except -1:
-    """Answer data (one request head) from the rule table: 1 when answered (or handed to
-    the connection's send-completion methods), 0 to read it normally."""
+cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
+    """Answer buf[0:n) (one request head, in the lane's read buffer: no bytes object is
+    made unless the chain must fill an answer) from the rule table: 1 when answered (or
+    handed to the connection's send-completion methods), 0 to read it normally."""
     global _ln_cached_event
     cdef chh.hh_field fields[64]
     cdef chh.hh_limits lim
     cdef chh.hh_head head
-    cdef const char *buf = PyBytes_AS_STRING(data)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef const char *target
     cdef Py_ssize_t plen, i
     cdef int kind, rc

@@ -37,6 +37,7 @@ cdef bint _lr_watch_made = False
 cdef int _lr_watch_ep = -1
 cdef int _lr_watch_in = -1
 cdef Py_ssize_t _lr_drains = 0
+cdef int _lr_draining = 0  # drains in progress (servers on several threads' loops)
 
 
 cdef class _LrSite:
@@ -183,16 +184,22 @@ cdef object _lr_watch_get():
 cdef int _lr_events() except -1:
     """Clear the tickets whatever the watches queued touches, before an answer is trusted:
     a change made before this request arrived was queued by the call that made it."""
-    global _lr_drains
+    global _lr_drains, _lr_draining
     cdef int flags
     if _lr_watch_ep < 0:
         return 0
     flags = clane.lane_watch_pending(_lr_watch_ep, _lr_watch_in)
-    if flags:
-        before = _lr_watch.generation
-        _lr_watch.drain(flags)
-        if _lr_watch.generation != before:
-            _lr_drains += 1
+    if flags or _lr_draining:
+        # (_lr_draining: a server on another thread's loop took these events and is
+        # clearing their tickets; drain() waits for it to finish)
+        _lr_draining += 1
+        try:
+            before = _lr_watch.generation
+            _lr_watch.drain(flags)
+            if _lr_watch.generation != before:
+                _lr_drains += 1
+        finally:
+            _lr_draining -= 1
     return 0
 
 

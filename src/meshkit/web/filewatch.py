@@ -34,6 +34,7 @@ import re
 import select
 import stat as st_mod
 import struct
+import threading
 from typing import Any
 
 __all__ = ["ENABLED", "LOCAL_FS_TYPES", "FileWatch", "Ticket", "shared"]
@@ -141,6 +142,8 @@ class FileWatch:
         self.generation = 0  # bumped by each drain that cleared a ticket
         self.limited = False  # a watch could not be set (ENOSPC): callers stat instead
         self._buf = ctypes.create_string_buffer(256)
+        # servers on loops of other threads (tests, embedding) share this: one at a time
+        self._lock = threading.RLock()
 
     def close(self) -> None:
         self._ep.close()
@@ -156,6 +159,10 @@ class FileWatch:
         """A ticket for these absolute paths (watches set before the caller's one stat(2)
         of each, so that no change can fall between), or None when one of them cannot be
         watched exactly (the caller then stats per request)."""
+        with self._lock:
+            return self._arm(paths)
+
+    def _arm(self, paths: Any) -> Ticket | None:
         ticket = Ticket()
         try:
             for path in paths:
@@ -247,6 +254,10 @@ class FileWatch:
 
     def release(self, ticket: Ticket) -> None:
         """Forget a ticket (its answer went): its watches go once nothing else needs them."""
+        with self._lock:
+            self._release(ticket)
+
+    def _release(self, ticket: Ticket) -> None:
         ticket.ok = False
         self._tickets.discard(ticket)
         by_key = self._by_key
@@ -282,6 +293,10 @@ class FileWatch:
 
     def drain(self, flags: int = 1) -> None:
         """Clear the tickets the queued events touch (flags: 1 inotify, 2 the mount table)."""
+        with self._lock:
+            self._drain(flags)
+
+    def _drain(self, flags: int) -> None:
         cleared = False
         if flags & 2:
             cleared = self._mounts_changed()

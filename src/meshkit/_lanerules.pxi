@@ -7,10 +7,13 @@
 # lane), the method (GET, HEAD), HTTP/1.1 and keep-alive, the target (lane_plain_path), the
 # site by Host and path prefix (memoised per Host value), the prefixes left to the chain
 # (browse, markdown), the fields the site's answer depends on (lane_field_kind) into the
-# key, the answer (a respcache.CachedResponse) and one stat(2) per validator, then one
-# send(2) or head + sendfile(2), and the access log's replayed lines. A key's first request
-# runs the site's chain once (ruletable.fill); anything else returns 0 and the connection
-# reads the head as before.
+# key (a stack buffer; compared with the site's memo of its last answer before any bytes
+# object, hash or dict lookup), the answer (a respcache.CachedResponse) known current from
+# its file watches (web/filewatch.py: one epoll_wait(2) with no timeout for queued events;
+# one stat(2) per validator where it has none), then one send(2) or head + sendfile(2), and
+# the access log's replayed lines. The server's and the connection's fields are read from
+# their instance dicts (_lr_get). A key's first request runs the site's chain once
+# (ruletable.fill); anything else returns 0 and the connection reads the head as before.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject

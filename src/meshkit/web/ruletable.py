@@ -18,7 +18,12 @@ server's validators, as the response cache relies on too). That is the table's k
 request with a key runs the site's own handler chain once (`fill`, in Python), and the
 answer is kept as a respcache.CachedResponse with the validators the file server put on it
 (an access log's lines replayed per client and second, as the response cache does); later
-requests with the key are answered in C after one stat(2) per validator. A response without
+requests with the key are answered in C. Whether the answer is still current is known from
+inotify watches on what its validators' paths resolve through (meshkit.web.filewatch; `arm`
+sets them, then the lane stats each validator once): the lane looks for queued events
+before each answer, and an event that touches one of them sends it back to a stat and a new
+arming; where watches cannot be set or trusted, one stat(2) per validator per request as
+before (MESHKIT_FILE_WATCH=0 forces that). A response without
 validators is kept only when it is a `redir` 301 (a function of the path alone); anything
 else (a 404, a 401, an awaitable) is the chain's every time. The chain stays the twin:
 tests/web/test_lane_rules.py compares the two over generated requests and sites.

@@ -15,7 +15,7 @@
 # their instance dicts (_lr_get). A key's first request runs the site's chain once
 # (ruletable.fill); anything else returns 0 and the connection reads the head as before.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem
 from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeLatin1
 from libc.stdint cimport int64_t, uint64_t
@@ -125,7 +125,7 @@ cdef inline object _lr_get(dict d, object obj, str name):
     """obj.name read from its instance dict d (what getattr finds for a plain instance
     attribute, without the type lookup that costs more than the read); getattr when the
     dict does not hold it."""
-    cdef PyObject *v = PyDict_GetItem(d, name)
+    cdef PyObject *v = PyDict_GetItemWithError(d, name)  # (no error state saved and restored)
     if v is NULL:
         return getattr(obj, name)
     return <object>v
@@ -287,7 +287,7 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
     cdef int file_fd
     cdef _LrTable tbl
     cdef _LrSite site = None
-    cdef double now
+    cdef double now, deadline
     cdef int64_t second
     server = lane.server
     tbl = <_LrTable>lane.rtable if lane.rtable is not None else None
@@ -419,9 +419,13 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
         if rc < 0 or state != csend.SEND_DONE:
             conn._cached_file_sent(hit, now, None if rc < 0 else fsent, state)
             return 1
-    PyDict_SetItem(cd, "_deadline",
-                   _lr_get(sd, server, "_now") + _lr_get(sd, server, "_idle_timeout"))
-    PyDict_SetItem(cd, "_dkind", _LN_DL_IDLE)
+    # the idle deadline (unchanged while the server's clock is: no float made or stored)
+    deadline = <double>_lr_get(sd, server, "_now") + <double>_lr_get(sd, server, "_idle_timeout")
+    old = _lr_get(cd, conn, "_deadline")
+    if type(old) is not float or <double>old != deadline:
+        PyDict_SetItem(cd, "_deadline", deadline)
+    if _lr_get(cd, conn, "_dkind") != _LN_DL_IDLE:
+        PyDict_SetItem(cd, "_dkind", _LN_DL_IDLE)
     lane.hits += 1
     lane.rule_hits += 1
     if replay is not None:  # the access log's lines (CachedResponse.replay_log)

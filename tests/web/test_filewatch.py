@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meshkit._ext import load_fastpath
 from meshkit.web import filewatch, lane, ruletable
@@ -320,3 +322,121 @@ def test_the_watch_limit_reached_falls_back_to_stat(tmp_path: Path) -> None:
         check=False,
     )
     assert run.returncode == 0 and "fell back" in run.stdout, run.stderr[-3000:]
+
+
+# ---------------------------------------------------------------- generated, against the twin
+
+OPS = ["write", "rm-index", "add-index", "index-dir", "swap", "recreate", "gz", "rm-gz"]
+ASKS = [
+    ("/canon/index.html", ""),
+    ("/canon/", ""),
+    ("/canon", ""),
+    ("/a.txt", ""),
+    ("/a.txt", "Accept-Encoding: gzip\r\n"),
+    ("/canon/index.html/", ""),
+]
+
+
+def apply_op(base: Path, op: str, n: int) -> None:
+    """One change to the tree under base (current -> v1 or v2), valid in any state."""
+    www = (base / "current").resolve()
+    canon = www / "canon"
+    index = canon / "index.html"
+    if op == "write":
+        (www / "a.txt").write_bytes(b"v%d" % n * (n % 3 + 1))
+    elif op == "rm-index" and index.is_file():
+        index.unlink()
+    elif op == "add-index" and canon.is_dir() and not index.exists():
+        index.write_bytes(b"<p>%d</p>" % n)
+    elif op == "index-dir" and index.is_file():
+        index.unlink()
+        index.mkdir()
+    elif op == "index-dir" and index.is_dir():
+        index.rmdir()
+        index.write_bytes(b"<p>back</p>")
+    elif op == "swap":
+        other = "v2" if www.name == "v1" else "v1"
+        (base / "next").symlink_to(other)
+        os.replace(base / "next", base / "current")
+    elif op == "recreate":
+        shutil.rmtree(canon, ignore_errors=True)
+        canon.mkdir()
+    elif op == "gz":
+        (www / "a.txt.gz").write_bytes(b"\x1f\x8b not really gzip %d" % n)
+    elif op == "rm-gz" and (www / "a.txt.gz").exists():
+        (www / "a.txt.gz").unlink()
+    for p in [www, *www.rglob("*")]:
+        os.utime(p, (OLD, OLD), follow_symlinks=False)  # the same validators in both trees
+
+
+class Twins:
+    def __init__(self, base: Path) -> None:
+        self.bases = [base / "c", base / "py"]
+        for b in self.bases:
+            make_tree(b, "v1", b"one!")
+            make_tree(b, "v2", b"two!!", index=False)
+            (b / "current").symlink_to("v1")
+        text = " gzip\n"
+        self.servers = [
+            ServerThread(router_for_extra(b / "current", text), compiled=c)
+            for b, c in zip(self.bases, (True, False), strict=True)
+        ]
+        self.socks = [connect(s.port) for s in self.servers]
+        self.readers = [Reader(s) for s in self.socks]
+
+    def ask(self, path: str, extra: str) -> list[tuple[int, list[tuple[str, str]], bytes]]:
+        out = []
+        for sock, reader in zip(self.socks, self.readers, strict=True):
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t.example\r\n{extra}\r\n".encode())
+            r = reader.response("GET")
+            out.append((r.status, [h for h in r.headers if h[0] != "Date"], r.body))
+        return out
+
+    def stop(self) -> None:
+        for sock in self.socks:
+            sock.close()
+        for s in self.servers:
+            s.stop()
+
+
+def router_for_extra(root: Path, extra: str) -> Router:
+    router = plan(load_text(f":8000 {{\n root {root}\n{extra}}}\n", "Caddyfile"))[8000].router()
+    assert isinstance(router, Router)
+    router.validated_responses = False
+    return router
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Twins]:
+    t = Twins(tmp_path_factory.mktemp("twins"))
+    yield t
+    t.stop()
+
+
+@pytest.mark.skipif(not HAVE_LANE, reason="the compiled lane is not built")
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from([*OPS, "none", "none"]),
+            st.integers(0, 9),
+            st.lists(st.sampled_from(ASKS), min_size=1, max_size=3),
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_changes_between_requests_answer_as_the_twin(
+    twins: Twins, steps: list[tuple[str, int, list[tuple[str, str]]]]
+) -> None:
+    for op, n, asks in steps:
+        for base in twins.bases:
+            apply_op(base, op, n)
+        for path, extra in asks:
+            compiled, python = twins.ask(path, extra)
+            assert compiled == python, (op, path, extra)
+    assert rule_hits(twins.servers[0]) > 0  # the compiled side answered from its table

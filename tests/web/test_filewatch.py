@@ -253,6 +253,15 @@ def test_a_folder_validator_sees_names_come_and_go(watch: filewatch.FileWatch, t
     assert not ticket.ok
 
 
+def test_a_folder_reached_through_a_symlink_or_dots(watch: filewatch.FileWatch, tree: Path) -> None:
+    for path in (tree / "current", tree / "v1" / "canon" / ".."):
+        ticket = watch.arm([str(path)])
+        assert ticket is not None
+        (tree / "v1" / f"new-{path.name}").mkdir()  # a name comes: the folder's stat changes
+        watch.poll()
+        assert not ticket.ok
+
+
 def test_paths_that_cannot_be_armed(watch: filewatch.FileWatch, tree: Path) -> None:
     assert watch.arm([str(tree / "missing")]) is None
     assert watch.arm(["relative/path"]) is None

@@ -250,7 +250,9 @@ class FileWatch:
             cur = full
             wd_cur = self._watch(ticket, cur, _DIR_MASK, st)
             self._dep(ticket, wd_cur, _SELF)
-        return True  # "/" itself
+        # the path ended on a folder reached by "/", ".", ".." or a symlink: that folder
+        self._dep(ticket, wd_cur, _LIST)
+        return True
 
     def release(self, ticket: Ticket) -> None:
         """Forget a ticket (its answer went): its watches go once nothing else needs them."""

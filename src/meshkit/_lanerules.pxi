@@ -27,6 +27,21 @@ from meshkit.includes cimport sendfile as csend
 cdef extern from "Python.h":
     object PyObject_GenericGetDict(object o, void *context)
 
+cdef extern from *:
+    """
+    /* a dict's version tag (PEP 509): changed by every change to the dict; deprecated
+     * from 3.12 on, so there the server's fields are read every time */
+    #if PY_VERSION_HEX < 0x030C0000
+    #define LR_DICT_VERSIONED 1
+    #define LR_DICT_VERSION(d) ((unsigned long long)((PyDictObject *)(d))->ma_version_tag)
+    #else
+    #define LR_DICT_VERSIONED 0
+    #define LR_DICT_VERSION(d) 0ULL
+    #endif
+    """
+    const int LR_DICT_VERSIONED
+    unsigned long long LR_DICT_VERSION(dict d)
+
 cdef object _lr_mod = None  # meshkit.web.ruletable, imported on first use
 cdef int _LR_FIELDS = 64  # fields a head may have here (more: the chain reads it)
 cdef Py_ssize_t _LR_MAX_HOSTS = 1024
@@ -85,6 +100,16 @@ cdef class _LrTable:
     cdef list m_routes
     cdef object server  # the server whose __dict__ sdict is (read without getattr)
     cdef dict sdict
+    # the server's fields the lane reads, as of sdict's version (_lr_server_state)
+    cdef bint s_valid
+    cdef unsigned long long s_version
+    cdef object s_handler
+    cdef bint s_shutting
+    cdef size_t s_header_limit
+    cdef size_t s_max_fields
+    cdef size_t s_max_field_line
+    cdef double s_now
+    cdef double s_idle
 
     def __cinit__(self, handler, compiled):
         self.handler = handler
@@ -129,6 +154,32 @@ cdef inline object _lr_get(dict d, object obj, str name):
     if v is NULL:
         return getattr(obj, name)
     return <object>v
+
+
+cdef int _lr_server_state(_LrTable tbl, object server) except -1:
+    """The server's fields the lane reads (its handler, whether it is shutting down, the
+    head limits, its clock and idle timeout) into tbl: read again only when its instance
+    dict changed (the dict's version tag, PEP 509, on the Pythons that keep it; on others
+    every time)."""
+    cdef dict sd
+    if tbl.server is not server:
+        tbl.server = server
+        tbl.sdict = PyObject_GenericGetDict(server, NULL)
+        tbl.s_valid = False
+    sd = tbl.sdict
+    if LR_DICT_VERSIONED and tbl.s_valid and LR_DICT_VERSION(sd) == tbl.s_version:
+        return 0
+    tbl.s_handler = _lr_get(sd, server, "_handler")
+    tbl.s_shutting = bool(_lr_get(sd, server, "_shutting"))
+    tbl.s_header_limit = <size_t>_lr_get(sd, server, "_header_limit")
+    tbl.s_max_fields = <size_t>min(<Py_ssize_t>_lr_get(sd, server, "_max_fields"),
+                                   _LR_FIELDS - 1)
+    tbl.s_max_field_line = <size_t>_lr_get(sd, server, "_max_field_line")
+    tbl.s_now = <double>_lr_get(sd, server, "_now")
+    tbl.s_idle = <double>_lr_get(sd, server, "_idle_timeout")
+    tbl.s_version = LR_DICT_VERSION(sd)
+    tbl.s_valid = True
+    return 0
 
 
 cdef _LrTable _lr_last = None  # the table made last (connections of a port share it)
@@ -291,18 +342,15 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
     cdef int64_t second
     server = lane.server
     tbl = <_LrTable>lane.rtable if lane.rtable is not None else None
-    if tbl is None or tbl.server is not server:
-        handler = server._handler
-    else:
-        handler = _lr_get(tbl.sdict, server, "_handler")
-    if tbl is None or tbl.handler is not handler:
-        tbl = _lr_table_for(handler, tbl)
+    if tbl is None:
+        tbl = _lr_table_for(server._handler, None)
         lane.rtable = tbl
-    if tbl.server is not server:
-        tbl.server = server
-        tbl.sdict = PyObject_GenericGetDict(server, NULL)
-    cdef dict sd = tbl.sdict
-    if not tbl.by_route or _lr_get(sd, server, "_shutting"):
+    _lr_server_state(tbl, server)
+    if tbl.s_handler is not tbl.handler:  # a reload: the new handler's table
+        tbl = _lr_table_for(tbl.s_handler, tbl)
+        lane.rtable = tbl
+        _lr_server_state(tbl, server)
+    if not tbl.by_route or tbl.s_shutting:
         return 0
     conn = lane.conn
     cdef dict cd = PyObject_GenericGetDict(conn, NULL)
@@ -310,9 +358,9 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
     if (cstate > _LN_IDLE or _lr_get(cd, conn, "_queue") or _lr_get(cd, conn, "_out") or
             _lr_get(cd, conn, "_streaming")):
         return 0
-    lim.header_limit = <size_t>_lr_get(sd, server, "_header_limit")
-    lim.max_fields = <size_t>min(<Py_ssize_t>_lr_get(sd, server, "_max_fields"), _LR_FIELDS - 1)
-    lim.max_field_line = <size_t>_lr_get(sd, server, "_max_field_line")
+    lim.header_limit = tbl.s_header_limit
+    lim.max_fields = tbl.s_max_fields
+    lim.max_field_line = tbl.s_max_field_line
     rc = chh.hh_scan(buf, <size_t>n, 0, &lim, &head, fields)
     if rc != chh.HH_ACCEPT or <Py_ssize_t>head.end != n:
         return 0
@@ -420,7 +468,7 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
             conn._cached_file_sent(hit, now, None if rc < 0 else fsent, state)
             return 1
     # the idle deadline (unchanged while the server's clock is: no float made or stored)
-    deadline = <double>_lr_get(sd, server, "_now") + <double>_lr_get(sd, server, "_idle_timeout")
+    deadline = tbl.s_now + tbl.s_idle
     old = _lr_get(cd, conn, "_deadline")
     if type(old) is not float or <double>old != deadline:
         PyDict_SetItem(cd, "_deadline", deadline)

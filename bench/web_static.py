@@ -30,7 +30,9 @@ path alone is measured. ``--no-lane`` starts it with MESHKIT_LANE=0: plain conne
 in Python (Connection._on_readable) instead of the compiled lane (meshkit.web.lane), to
 compare the two. ``--no-lane-rules`` starts it with MESHKIT_LANE_RULES=0: the lane answers
 from the response cache only, not from its rule table (meshkit.web.ruletable: the sites
-whose directives it can express, answered in C on a cache miss).
+whose directives it can express, answered in C on a cache miss). ``--no-file-watch``
+starts it with MESHKIT_FILE_WATCH=0: the rule table's answers are checked with one stat(2)
+per validator per request instead of inotify watches (meshkit.web.filewatch).
 
 Rounds interleave nginx, caddy, meshkit per case; the table shows medians and ratios.
 GB/s is requests/s x body bytes / 1e9. Each run also counts the CPU time of the server's
@@ -321,6 +323,8 @@ def start_meshkit(procs: Procs, core: int | None, root: Path, args: argparse.Nam
         env["MESHKIT_LANE"] = "0"
     if args.no_lane_rules:
         env["MESHKIT_LANE_RULES"] = "0"
+    if args.no_file_watch:
+        env["MESHKIT_FILE_WATCH"] = "0"
     proc, logfile = procs.start("meshkit", cmd, core, env=env)
     wait_port(port, proc, "meshkit (" + shlex.join(cmd) + ")", logfile, timeout=30)
     return port
@@ -509,6 +513,7 @@ def report(results: Results, args: argparse.Namespace) -> bool:
         + (", MESHKIT_NO_RESPCACHE=1" if args.no_respcache else "")
         + (", MESHKIT_LANE=0" if args.no_lane else "")
         + (", MESHKIT_LANE_RULES=0" if args.no_lane_rules else "")
+        + (", MESHKIT_FILE_WATCH=0" if args.no_file_watch else "")
     )
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print("-+-".join("-" * w for w in widths))
@@ -650,6 +655,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="MESHKIT_LANE_RULES=0: the lane answers only from the response cache, not from "
         "its rule table (meshkit.web.ruletable)",
+    )
+    p.add_argument(
+        "--no-file-watch",
+        action="store_true",
+        help="MESHKIT_FILE_WATCH=0: the rule table stats each validator per request instead "
+        "of watching the files with inotify (meshkit.web.filewatch)",
     )
     p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
     p.add_argument("--server-core", type=int, default=None, help="CPU for the servers")

@@ -83,10 +83,10 @@ cdef class Lane:
         if n == 0:
             conn._on_eof()
             return
-        data = PyBytes_FromStringAndSize(_ln_buf, n)
         if n <= _LN_MAX_HEAD and clane.lane_ends_head(_ln_buf, <size_t>n):
-            if _lr_answer(self, data):  # the rule table (_lanerules.pxi)
+            if _lr_answer(self, _ln_buf, n):  # the rule table (_lanerules.pxi), no copy
                 return
+            data = PyBytes_FromStringAndSize(_ln_buf, n)
             # proxy lane hook (wip-proxylane): a proxied request without a body is sent
             # upstream from C (_proxylane.pxi); 0 when it does not apply. Before the cache,
             # which never holds a proxied answer (one identity check for other routers).
@@ -98,6 +98,8 @@ cdef class Lane:
             # php-fpm from C (_fcgilane.pxi); 0 when it does not apply
             if _fl_take(conn, self.server, self.fd, data):
                 return
+        else:
+            data = PyBytes_FromStringAndSize(_ln_buf, n)
         conn._on_data(data)
 
     cdef int _from_cache(self, bytes data) except -1:

@@ -52,4 +52,10 @@ int lane_field_kind(const char *name, size_t len);
  * fold or refuse). -1 for any other target. */
 ssize_t lane_plain_path(const char *target, size_t len);
 
+/* What the rule table's file watches (meshkit.web.filewatch) have queued: epoll_wait(2) with
+ * no timeout on their private epoll `epfd` (the inotify fd `inotify_fd` and
+ * /proc/self/mountinfo). 0: nothing; else a mask for FileWatch.drain (1: inotify events,
+ * 2: the mount table changed; 3 when epoll_wait fails: assume both). */
+int lane_watch_pending(int epfd, int inotify_fd);
+
 #endif /* MESHKIT_LANE_H */

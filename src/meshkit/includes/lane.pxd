@@ -16,3 +16,4 @@ cdef extern from "lane.h" nogil:
         LANE_FIELD_KEY
     int lane_field_kind(const char *name, size_t len)
     ssize_t lane_plain_path(const char *target, size_t len)
+    int lane_watch_pending(int epfd, int inotify_fd)

@@ -18,7 +18,12 @@ server's validators, as the response cache relies on too). That is the table's k
 request with a key runs the site's own handler chain once (`fill`, in Python), and the
 answer is kept as a respcache.CachedResponse with the validators the file server put on it
 (an access log's lines replayed per client and second, as the response cache does); later
-requests with the key are answered in C after one stat(2) per validator. A response without
+requests with the key are answered in C. Whether the answer is still current is known from
+inotify watches on what its validators' paths resolve through (meshkit.web.filewatch; `arm`
+sets them, then the lane stats each validator once): the lane looks for queued events
+before each answer, and an event that touches one of them sends it back to a stat and a new
+arming; where watches cannot be set or trusted, one stat(2) per validator per request as
+before (MESHKIT_FILE_WATCH=0 forces that). A response without
 validators is kept only when it is a `redir` 301 (a function of the path alone); anything
 else (a 404, a 401, an awaitable) is the chain's every time. The chain stays the twin:
 tests/web/test_lane_rules.py compares the two over generated requests and sites.
@@ -34,7 +39,7 @@ import time
 import weakref
 from typing import Any
 
-from meshkit.web import http1
+from meshkit.web import filewatch, http1
 from meshkit.web.directives.basicauth import HTPASSWD_PREFIX
 from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
 from meshkit.web.paths import clamp_path
@@ -47,8 +52,10 @@ __all__ = [
     "LANE_DIRECTIVES",
     "LOG_NAMES",
     "SiteRules",
+    "arm",
     "compile_router",
     "fill",
+    "forget",
     "retire",
     "rules_for",
     "site_rules",
@@ -103,13 +110,16 @@ ENABLED = os.environ.get("MESHKIT_LANE_RULES", "").strip().lower() not in ("0", 
 
 _REDIR_CODES = frozenset({301})  # what respcache keeps besides 200/206/304
 _MAX_ENTRIES = 512  # per site (respcache.ResponseCache's bounds)
+_SLACK = 64  # tickets of answers gone kept before a sweep (SiteRules.tickets)
 
 
 class SiteRules:
-    """One compiled site: its chain, the path prefixes left to the chain, and the answers
-    made so far (key bytes -> respcache.CachedResponse, bounded as the response cache)."""
+    """One compiled site: its chain, the path prefixes left to the chain, the answers made
+    so far (key bytes -> respcache.CachedResponse, bounded as the response cache) and how
+    each is known to be current (key -> (the answer, its filewatch.Ticket or None: a stat
+    per request))."""
 
-    __slots__ = ("answers", "handler", "python_prefixes", "redirects")
+    __slots__ = ("answers", "handler", "python_prefixes", "redirects", "tickets")
 
     def __init__(
         self, handler: Any, python_prefixes: tuple[str, ...], redirects: frozenset[str]
@@ -118,6 +128,7 @@ class SiteRules:
         self.python_prefixes = python_prefixes
         self.redirects = redirects  # the Location values of the site's redir rules
         self.answers = ResponseCache(max_entries=_MAX_ENTRIES)
+        self.tickets: dict[bytes, tuple[CachedResponse, filewatch.Ticket | None]] = {}
 
 
 def _scopes(config: Any, attr: str | None) -> list[str] | None:
@@ -222,9 +233,40 @@ def rules_for(handler: Any) -> dict[int, SiteRules] | None:
 
 def retire(handler: Any) -> None:
     """Forget the answers kept for a handler the server no longer uses (a reload): their
-    files close now rather than when the old chain is collected."""
+    files close now rather than when the old chain is collected (and their watches go)."""
     for rules in (_COMPILED.get(handler) or {}).values():
         rules.answers.clear()
+        for key in list(rules.tickets):
+            forget(rules, key)
+
+
+def forget(rules: SiteRules, key: bytes) -> None:
+    """Let go of how the answer under `key` was known to be current (it went, or changed)."""
+    old = rules.tickets.pop(key, None)
+    if old is not None and old[1] is not None:
+        watch = filewatch.shared()
+        if watch is not None:
+            watch.release(old[1])
+
+
+def arm(rules: SiteRules, key: bytes, entry: CachedResponse) -> filewatch.Ticket | None:
+    """Watch the files `entry` (the answer under `key`) depends on (filewatch): its ticket,
+    or None when they cannot be watched exactly (the lane then stats them per request). The
+    caller stats each validator once after this: a change before the watches were set is
+    seen by that stat, any later one by the watches."""
+    forget(rules, key)
+    watch = filewatch.shared()
+    ticket = None
+    if watch is not None:
+        ticket = watch.arm([v[0] for v in entry.validators])
+    tickets = rules.tickets
+    tickets[key] = (entry, ticket)
+    if len(tickets) > len(rules.answers.entries) + _SLACK:
+        # answers the bounded cache let go of meanwhile: their watches go too
+        entries = rules.answers.entries
+        for k in [k for k, (e, _) in tickets.items() if entries.get(k) is not e]:
+            forget(rules, k)
+    return ticket
 
 
 def _release(body: Any) -> None:

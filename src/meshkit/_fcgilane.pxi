@@ -443,7 +443,7 @@ cdef class _FLSink:
         cdef bytes wire
         cdef char *w
         conn = self.conn
-        if (self.head_only or (head.content_length >= 0 and head.content_length != blen)
+        if (_fl_length_lies(self.head_only, head.content_length, blen)
                 or self.logged or blen > _FL_SMALL):
             self.whole(upconn, _fl_quick_tuple(out, total, head, app))
             return 0
@@ -464,7 +464,7 @@ cdef class _FLSink:
         _fl_release(upconn)
         status = (<tuple>known)[0]
         hlen = PyBytes_GET_SIZE(<bytes>client_head)
-        if status < 200 or status == 204 or status == 304 or not blen:
+        if self.head_only or status < 200 or status == 204 or status == 304 or not blen:
             wire = <bytes>client_head
         else:
             wire = PyBytes_FromStringAndSize(NULL, hlen + blen)
@@ -520,7 +520,7 @@ cdef class _FLSink:
         _fl_release(upconn)
         conn = self.conn
         server = self.server
-        if (self.head_only or (length is not None and length != blen)
+        if (_fl_length_lies(self.head_only, -1 if length is None else length, blen)
                 or conn._state != _FL_IDLE or server._shutting or conn._out or blen > _FL_SMALL):
             _fl_front.answered(self, status, items, length, body)
             return
@@ -528,11 +528,22 @@ cdef class _FLSink:
         if head is None:
             _fl_front.answered(self, status, items, length, body)
             return
-        if status < 200 or status == 204 or status == 304 or not blen:
+        if self.head_only or status < 200 or status == 204 or status == 304 or not blen:
             wire = head
         else:
             wire = head + body
         self._send(status, wire, PyBytes_GET_SIZE(head), items, body, NULL, NULL)
+
+
+cdef inline bint _fl_length_lies(bint head_only, long long declared, Py_ssize_t blen):
+    """Whether the Python writer answers the reply (True) rather than the lane: a script
+    Content-Length (`declared`, -1 if none) that is not the body's, as _Ready.whole drops it.
+    A HEAD answer is the lane's only with the script's own Content-Length and no body or that
+    body (clientlane.answered keeps the field then): without one, response_for answers with
+    a stream that leaves the length out."""
+    if head_only:
+        return declared < 0 or (blen != 0 and declared != blen)
+    return declared >= 0 and declared != blen
 
 
 cdef tuple _fl_quick_tuple(const unsigned char *out, Py_ssize_t total, cfc.fcgi_head *head,

@@ -319,7 +319,7 @@ cdef class _FLWait:
         _fl_front.dial(self.sink)  # as _wait_for_conn: past the connect timeout, dial
 
 
-cdef int _fl_release(object upconn) except -1:
+cdef int _fl_release(object upconn, bint marked=True) except -1:
     """Connection.release() of a connection whose reply ended cleanly: its common path
     (nothing fresh, kept) inline, handing it to the first waiter as Upstream.hand_over
     does; anything else through release() itself."""
@@ -327,6 +327,9 @@ cdef int _fl_release(object upconn) except -1:
     idle = up.idle
     if (up.fresh or upconn.closed or upconn.read_paused or upconn.error is not None
             or len(idle) >= _FL_MAX_IDLE):
+        if not marked:  # release() reads `ended`: mark it as data_received would have
+            upconn.got_data = True
+            upconn.ended = True
         upconn.release()
         return 0
     completed = up.completed + 1
@@ -334,10 +337,12 @@ cdef int _fl_release(object upconn) except -1:
     upconn.served += 1
     # Connection._reset() for the lane's exchange: _FLSink.first_read took the reply whole
     # from the connection's first read (nothing in buf/head/chunks/stderr/end/queued, no
-    # waiter), set on_ready to None and got_data/ended; only these two differ from a fresh
-    # state, so the reset's new deque and list are not made for every request
-    upconn.got_data = False
-    upconn.ended = False
+    # waiter) and set on_ready to None; got_data/ended (`marked`: set by the caller) are
+    # the only fields that differ from a fresh state, so the reset's new deque and list
+    # are not made for every request
+    if marked:  # else _FLSink._raw never set them: still False from the last reset
+        upconn.got_data = False
+        upconn.ended = False
     waiters = up.waiters
     if waiters:
         cap = up.cap
@@ -418,13 +423,14 @@ cdef class _FLSink:
                 out = <const unsigned char *>PyBytes_AS_STRING(stdout)
                 cfc.fcgi_copy_stdout(buf, n, <unsigned char *>out)
                 if cfc.fcgi_parse_head(out, <size_t>total, &head) == 0:
-                    upconn.got_data = True
+                    # what data_received and _take_quick do for a whole reply, except
+                    # got_data/ended: _raw marks them only when its answer is not the
+                    # lane's own (the kept path would reset them at once)
                     fresh = upconn.upstream.fresh
                     if fresh:
                         fresh.pop(upconn, None)
                     upconn.on_ready = None
                     self.watched.discard(upconn)
-                    upconn.ended = True
                     self._raw(upconn, stdout, &head, app)
                     return 0
         upconn.data_received(data)
@@ -445,6 +451,8 @@ cdef class _FLSink:
         conn = self.conn
         if (_fl_length_lies(self.head_only, head.content_length, blen)
                 or self.logged or blen > _FL_SMALL):
+            upconn.got_data = True
+            upconn.ended = True
             self.whole(upconn, _fl_quick_tuple(out, total, head, app))
             return 0
         key = (PyBytes_FromStringAndSize(<const char *>out, bstart), blen)
@@ -459,9 +467,11 @@ cdef class _FLSink:
             _fl_raw_heads[key] = known
         client_head = (<tuple>known)[1]
         if client_head is None or conn._state != _FL_IDLE or self.server._shutting or conn._out:
+            upconn.got_data = True
+            upconn.ended = True
             self.whole(upconn, _fl_quick_tuple(out, total, head, app))
             return 0
-        _fl_release(upconn)
+        _fl_release(upconn, False)
         status = (<tuple>known)[0]
         hlen = PyBytes_GET_SIZE(<bytes>client_head)
         if self.head_only or status < 200 or status == 204 or status == 304 or not blen:

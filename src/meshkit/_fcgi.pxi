@@ -15,6 +15,18 @@ cdef inline str _fc_text(const unsigned char *buf, uint32_t off, uint32_t n):
     return PyUnicode_DecodeLatin1(<const char *>buf + off, n, NULL)
 
 
+cdef list _fc_items(const unsigned char *out, cfc.fcgi_head *head):
+    """The CGI head's fields as (name, value) str pairs (Latin-1)."""
+    cdef list items = []
+    cdef int i
+    for i in range(head.nfields):
+        items.append((
+            _fc_text(out, head.fields[i].name_off, head.fields[i].name_len),
+            _fc_text(out, head.fields[i].value_off, head.fields[i].value_len),
+        ))
+    return items
+
+
 def fcgi_quick_reply(bytes data not None):
     """A whole small reply to request 1 in `data` (STDOUT records, then END_REQUEST ending
     `data`) with a plain CGI head: (status, [(name, value)...], content_length or None,
@@ -42,12 +54,7 @@ cdef object _fc_quick(bytes data):
     out = <const unsigned char *>PyBytes_AS_STRING(stdout)
     if cfc.fcgi_parse_head(out, <size_t>total, &head) < 0:
         return None
-    items = []
-    for i in range(head.nfields):
-        items.append((
-            _fc_text(out, head.fields[i].name_off, head.fields[i].name_len),
-            _fc_text(out, head.fields[i].value_off, head.fields[i].value_len),
-        ))
+    items = _fc_items(out, &head)
     body = PyBytes_FromStringAndSize(<const char *>out + head.body_start,
                                      total - <long>head.body_start)
     length = None if head.content_length < 0 else head.content_length

@@ -28,6 +28,8 @@ cdef dict _fl_plans = {}         # (head bytes, client address, local port) -> _
                                  # the Router for which that head never takes the lane
 cdef dict _fl_routers = {}       # Router -> whether any of its sites may take the lane
 cdef dict _fl_heads = {}         # (status, length, *fields) -> the client's response head
+cdef dict _fl_raw_heads = {}     # (php-fpm's CGI head bytes, body length) -> (status, the
+                                 # client's response head or None); same second as _fl_heads
 cdef long long _fl_heads_second = 0
 cdef long long _fl_taken = 0     # requests the lane sent (tests check it ran)
 cdef long long _fl_written = 0   # of those, answers the lane wrote itself
@@ -52,6 +54,7 @@ def fcgi_lane_reset(bint on=True):
     _fl_plans.clear()
     _fl_routers.clear()
     _fl_heads.clear()
+    _fl_raw_heads.clear()
 
 
 def fcgi_lane_stats():
@@ -316,7 +319,7 @@ cdef class _FLWait:
         _fl_front.dial(self.sink)  # as _wait_for_conn: past the connect timeout, dial
 
 
-cdef int _fl_release(object upconn) except -1:
+cdef int _fl_release(object upconn, bint marked=True) except -1:
     """Connection.release() of a connection whose reply ended cleanly: its common path
     (nothing fresh, kept) inline, handing it to the first waiter as Upstream.hand_over
     does; anything else through release() itself."""
@@ -324,12 +327,22 @@ cdef int _fl_release(object upconn) except -1:
     idle = up.idle
     if (up.fresh or upconn.closed or upconn.read_paused or upconn.error is not None
             or len(idle) >= _FL_MAX_IDLE):
+        if not marked:  # release() reads `ended`: mark it as data_received would have
+            upconn.got_data = True
+            upconn.ended = True
         upconn.release()
         return 0
     completed = up.completed + 1
     up.completed = completed
     upconn.served += 1
-    upconn._reset()
+    # Connection._reset() for the lane's exchange: _FLSink.first_read took the reply whole
+    # from the connection's first read (nothing in buf/head/chunks/stderr/end/queued, no
+    # waiter) and set on_ready to None; got_data/ended (`marked`: set by the caller) are
+    # the only fields that differ from a fresh state, so the reset's new deque and list
+    # are not made for every request
+    if marked:  # else _FLSink._raw never set them: still False from the last reset
+        upconn.got_data = False
+        upconn.ended = False
     waiters = up.waiters
     if waiters:
         cap = up.cap
@@ -356,6 +369,7 @@ cdef object _fl_client_head(int status, list items, Py_ssize_t length):
     cdef long long second = clane.lane_now_second()
     if second != _fl_heads_second:
         _fl_heads.clear()
+        _fl_raw_heads.clear()
         _fl_heads_second = second
     key = (status, length, *items)
     head = _fl_heads.get(key)
@@ -387,21 +401,119 @@ cdef class _FLSink:
     # it (the C record layer's quick reply, complete) is taken here, with what
     # Connection.data_received and _take_quick do for it; anything else goes to the
     # Connection's data_received.
+    # _fc_quick's work is done here without its tuple: the client's response head is
+    # looked up by php-fpm's CGI head bytes (_fl_raw_heads), so a known reply shape costs no
+    # field decoding, and head and body are copied into the one buffer that is sent.
     cdef int first_read(self, object upconn, bytes data) except -1:
+        cdef const unsigned char *buf
+        cdef size_t n
+        cdef uint32_t app = 0
+        cdef uint8_t proto = 0
+        cdef long total
+        cdef cfc.fcgi_head head
+        cdef bytes stdout
+        cdef const unsigned char *out
         if (upconn.on_ready is self and upconn.head is None and not upconn.buf
                 and not upconn.got_data and not upconn.decoder._buf):
-            quick = _fc_quick(data)
-            if quick is not None and (<tuple>quick)[5] == 0:  # FCGI_REQUEST_COMPLETE
-                upconn.got_data = True
-                fresh = upconn.upstream.fresh
-                if fresh:
-                    fresh.pop(upconn, None)
-                upconn.on_ready = None
-                self.watched.discard(upconn)
-                upconn.ended = True
-                self.whole(upconn, quick)
-                return 0
+            buf = <const unsigned char *>PyBytes_AS_STRING(data)
+            n = <size_t>PyBytes_GET_SIZE(data)
+            total = cfc.fcgi_scan_whole(buf, n, &app, &proto)
+            if total >= 0 and proto == 0:  # FCGI_REQUEST_COMPLETE
+                stdout = PyBytes_FromStringAndSize(NULL, total)
+                out = <const unsigned char *>PyBytes_AS_STRING(stdout)
+                cfc.fcgi_copy_stdout(buf, n, <unsigned char *>out)
+                if cfc.fcgi_parse_head(out, <size_t>total, &head) == 0:
+                    # what data_received and _take_quick do for a whole reply, except
+                    # got_data/ended: _raw marks them only when its answer is not the
+                    # lane's own (the kept path would reset them at once)
+                    fresh = upconn.upstream.fresh
+                    if fresh:
+                        fresh.pop(upconn, None)
+                    upconn.on_ready = None
+                    self.watched.discard(upconn)
+                    self._raw(upconn, stdout, &head, app)
+                    return 0
         upconn.data_received(data)
+        return 0
+
+    cdef int _raw(self, object upconn, bytes stdout, cfc.fcgi_head *head,
+                  uint32_t app) except -1:
+        """A whole reply (php-fpm's stdout, its CGI head parsed) that ended cleanly."""
+        global _fl_written
+        cdef const unsigned char *out = <const unsigned char *>PyBytes_AS_STRING(stdout)
+        cdef Py_ssize_t total = PyBytes_GET_SIZE(stdout)
+        cdef Py_ssize_t bstart = <Py_ssize_t>head.body_start
+        cdef Py_ssize_t blen = total - bstart
+        cdef Py_ssize_t hlen
+        cdef int status
+        cdef bytes wire
+        cdef char *w
+        conn = self.conn
+        if (_fl_length_lies(self.head_only, head.content_length, blen)
+                or self.logged or blen > _FL_SMALL):
+            upconn.got_data = True
+            upconn.ended = True
+            self.whole(upconn, _fl_quick_tuple(out, total, head, app))
+            return 0
+        key = (PyBytes_FromStringAndSize(<const char *>out, bstart), blen)
+        known = _fl_raw_heads.get(key)
+        if known is None:
+            status = head.status
+            client_head = _fl_client_head(status, _fc_items(out, head), blen)
+            # _fl_client_head may have cleared the caches at a new second: store after it
+            known = (status, client_head)
+            if len(_fl_raw_heads) >= 1024:
+                _fl_raw_heads.clear()
+            _fl_raw_heads[key] = known
+        client_head = (<tuple>known)[1]
+        if client_head is None or conn._state != _FL_IDLE or self.server._shutting or conn._out:
+            upconn.got_data = True
+            upconn.ended = True
+            self.whole(upconn, _fl_quick_tuple(out, total, head, app))
+            return 0
+        _fl_release(upconn, False)
+        status = (<tuple>known)[0]
+        hlen = PyBytes_GET_SIZE(<bytes>client_head)
+        if self.head_only or status < 200 or status == 204 or status == 304 or not blen:
+            wire = <bytes>client_head
+        else:
+            wire = PyBytes_FromStringAndSize(NULL, hlen + blen)
+            w = PyBytes_AS_STRING(wire)
+            memcpy(w, PyBytes_AS_STRING(<bytes>client_head), hlen)
+            memcpy(w + hlen, out + bstart, blen)
+        self._send(status, wire, hlen, None, None, out, head)
+        return 0
+
+    cdef int _send(self, int status, bytes wire, Py_ssize_t hlen, object items, object body,
+                   const unsigned char *out, cfc.fcgi_head *head) except -1:
+        """One send(2) of the client's answer (head, or head and body), then the client
+        connection's next request."""
+        global _fl_written
+        cdef size_t sent = 0
+        cdef int state = csend.SEND_DONE
+        cdef int rc
+        conn = self.conn
+        rc = csend.send_bytes(self.fd, PyBytes_AS_STRING(wire), <size_t>PyBytes_GET_SIZE(wire),
+                              &sent, &state)
+        if rc < 0:
+            conn._streaming = False
+            conn._abort()
+            return 0
+        if state != csend.SEND_DONE:
+            if items is None:  # the raw path: the fields for the Python writer's rest
+                items = _fc_items(out, head)
+            _fl_front.partial(self, wire, hlen, sent, status, items)
+            return 0
+        _fl_written += 1
+        conn._streaming = False
+        if self.logged:  # the site's access log: its lines, as the writer would call them
+            _fl_front.logged(self, status, items, body, PyBytes_GET_SIZE(wire) - hlen)
+        if conn._queue or conn._deferred:
+            conn._flush_queue()
+        else:
+            server = self.server
+            conn._deadline = server._now + server._idle_timeout
+            conn._dkind = _FL_DL_IDLE
         return 0
 
     def __call__(self, upconn):
@@ -410,19 +522,15 @@ cdef class _FLSink:
 
     def whole(self, upconn, tuple quick):
         """A reply that came whole in one read and ended cleanly (fast.quick_reply)."""
-        global _fl_written
         cdef int status = quick[0]
         cdef list items = quick[1]
         length = quick[2]
         cdef bytes body = quick[3]
         cdef Py_ssize_t blen = PyBytes_GET_SIZE(body)
-        cdef size_t sent = 0
-        cdef int state = csend.SEND_DONE
-        cdef int rc
         _fl_release(upconn)
         conn = self.conn
         server = self.server
-        if (self.head_only or (length is not None and length != blen)
+        if (_fl_length_lies(self.head_only, -1 if length is None else length, blen)
                 or conn._state != _FL_IDLE or server._shutting or conn._out or blen > _FL_SMALL):
             _fl_front.answered(self, status, items, length, body)
             return
@@ -430,26 +538,28 @@ cdef class _FLSink:
         if head is None:
             _fl_front.answered(self, status, items, length, body)
             return
-        if status < 200 or status == 204 or status == 304 or not blen:
+        if self.head_only or status < 200 or status == 204 or status == 304 or not blen:
             wire = head
         else:
             wire = head + body
-        rc = csend.send_bytes(self.fd, PyBytes_AS_STRING(wire), <size_t>PyBytes_GET_SIZE(wire),
-                              &sent, &state)
-        if rc < 0:
-            conn._streaming = False
-            conn._abort()
-            return
-        if state != csend.SEND_DONE:
-            _fl_front.partial(self, wire, PyBytes_GET_SIZE(head), sent, status, items)
-            return
-        _fl_written += 1
-        conn._streaming = False
-        if self.logged:  # the site's access log: its lines, as the writer would call them
-            _fl_front.logged(self, status, items, body,
-                             PyBytes_GET_SIZE(wire) - PyBytes_GET_SIZE(head))
-        if conn._queue or conn._deferred:
-            conn._flush_queue()
-        else:
-            conn._deadline = server._now + server._idle_timeout
-            conn._dkind = _FL_DL_IDLE
+        self._send(status, wire, PyBytes_GET_SIZE(head), items, body, NULL, NULL)
+
+
+cdef inline bint _fl_length_lies(bint head_only, long long declared, Py_ssize_t blen):
+    """Whether the Python writer answers the reply (True) rather than the lane: a script
+    Content-Length (`declared`, -1 if none) that is not the body's, as _Ready.whole drops it.
+    A HEAD answer is the lane's only with the script's own Content-Length and no body or that
+    body (clientlane.answered keeps the field then): without one, response_for answers with
+    a stream that leaves the length out."""
+    if head_only:
+        return declared < 0 or (blen != 0 and declared != blen)
+    return declared >= 0 and declared != blen
+
+
+cdef tuple _fl_quick_tuple(const unsigned char *out, Py_ssize_t total, cfc.fcgi_head *head,
+                           uint32_t app):
+    """_fc_quick's tuple of a parsed whole reply (protocol status 0: complete)."""
+    length = None if head.content_length < 0 else head.content_length
+    body = PyBytes_FromStringAndSize(<const char *>out + head.body_start,
+                                     total - <Py_ssize_t>head.body_start)
+    return (head.status, _fc_items(out, head), length, body, app, 0)

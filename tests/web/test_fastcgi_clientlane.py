@@ -112,23 +112,25 @@ def taken() -> tuple[int, int]:
     return int(stats[2]), int(stats[3])
 
 
-def make_router(base: Path, root: Path, endpoint: str) -> tuple[Router, Path]:
+def make_router(base: Path, root: Path, endpoint: str, logged: bool = True) -> tuple[Router, Path]:
     logfile = base / "access.log"
-    site = (
-        f" root {root}\n fastcgi / {endpoint} php\n"
-        f' log / {logfile} "{{method}} {{uri}} {{status}} {{size}} {{>X-A}} {{remote}}"\n'
-    )
+    site = f" root {root}\n fastcgi / {endpoint} php\n"
+    if logged:
+        site += f' log / {logfile} "{{method}} {{uri}} {{status}} {{size}} {{>X-A}} {{remote}}"\n'
+    else:
+        logfile.write_text("")  # no log: the lane's own answer path (not the logged one)
     router = plan(load_text(f":8000 {{\n{site}}}\n", "Caddyfile"))[8000].router()
     assert isinstance(router, Router)
     return router, logfile
 
 
 class Pair:
-    def __init__(self, base: Path, root: Path, endpoint: str) -> None:
+    def __init__(self, base: Path, root: Path, endpoint: str, logged: bool = True) -> None:
         (base / "c").mkdir()
         (base / "py").mkdir()
-        router_c, self.log_c = make_router(base / "c", root, endpoint)
-        router_py, self.log_py = make_router(base / "py", root, endpoint)
+        router_c, self.log_c = make_router(base / "c", root, endpoint, logged)
+        router_py, self.log_py = make_router(base / "py", root, endpoint, logged)
+        self.logged = logged
         self.c = ServerThread(router_c, compiled=True)
         self.py = ServerThread(router_py, compiled=False)
         self.lines = 0
@@ -157,6 +159,8 @@ class Pair:
             got_c = self.run(self.c, plan_)
         got_py = self.run(self.py, plan_)
         assert got_c == got_py
+        if not self.logged:
+            return got_c
         self.lines += len(got_c)
         assert wait_until(
             lambda: self.log_c.exists() and self.log_c.read_text().count("\n") >= self.lines
@@ -213,6 +217,53 @@ def test_lane_takes_hello(pair: Pair) -> None:
     body = env[-1][2].decode()
     assert "SCRIPT_NAME=/env.php\n" in body and "PATH_INFO=/i\n" in body
     assert "REQUEST_URI=/env.php/i?q=1\n" in body and "REMOTE_ADDR=127.0.0.1\n" in body
+
+
+def test_lane_answers_head(pair: Pair) -> None:
+    """A HEAD whose script sends its own Content-Length is answered by the lane (head only,
+    the script's length); without one it goes to the Python writer (a stream, no length)."""
+    head = raw("HEAD", "/status.php?len=3", "X-A: 3\r\n")
+    pair.both([(head, "HEAD")])  # the first one may dial
+    before_taken, before_written = taken()
+    got = pair.both([(head, "HEAD"), (raw("GET", "/status.php?len=3", ""), "GET"), (head, "HEAD")])
+    assert [g[2] for g in got] == [b"", b"zzz", b""]
+    assert ("Content-Length", "3") in got[0][1]
+    assert taken()[1] - before_written == 3
+    before_taken, before_written = taken()
+    got = pair.both([(raw("HEAD", "/hello.php", ""), "HEAD")] * 2)
+    assert all(not any(k.lower() == "content-length" for k, _ in g[1]) for g in got)
+    after_taken, after_written = taken()
+    assert after_taken - before_taken == 2 and after_written == before_written
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(request_st, min_size=1, max_size=5))
+def test_lane_without_log(
+    fpm: tuple[PhpFpm, Path], tmp_path_factory: pytest.TempPathFactory, reqs: Any
+) -> None:
+    """A site without `log`: the lane answers known reply shapes from php-fpm's raw CGI head
+    (_FLSink._raw), byte for byte as the Python path."""
+    global _UNLOGGED
+    f, root = fpm
+    if _UNLOGGED is None:
+        _UNLOGGED = Pair(tmp_path_factory.mktemp("fcginolog"), root, f.tcp, logged=False)
+    before_written = taken()[1]
+    plan_ = [(raw(m, p, e), m) for m, p, e, times in reqs for _ in range(times)]
+    _UNLOGGED.both(plan_)
+    _UNLOGGED.both([(raw("GET", "/hello.php", ""), "GET")] * 3)
+    assert taken()[1] - before_written >= 2  # the last two Hello Worlds at least
+
+
+_UNLOGGED: Pair | None = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_unlogged() -> Iterator[None]:
+    yield
+    global _UNLOGGED
+    if _UNLOGGED is not None:
+        _UNLOGGED.stop()
+        _UNLOGGED = None
 
 
 def test_php_fpm_restart(pair: Pair, fpm: tuple[PhpFpm, Path]) -> None:

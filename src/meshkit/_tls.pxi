@@ -555,5 +555,6 @@ cdef class TlsLane:
             hit.replay_log(conn._remote_addr, conn._remote_port, conn._local_addr,
                            conn._local_port, now)
         if closes:
-            conn._close_gracefully()  # close_notify, then the linger (as the handlers' path)
+            # close_notify; closed at once unless more input waits (Lifecycle)
+            conn._close_gracefully(True)
         return 1

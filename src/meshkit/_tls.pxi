@@ -531,6 +531,8 @@ cdef class TlsLane:
                 _ln_cached_event = Event.CACHED
             conn._fire(_ln_cached_event)
         if hit.fd < 0 or hit.body:  # (as Connection._answer_cached does over TLS)
+            if closes:  # its close_notify in the same send (Lifecycle sends none after)
+                tls._t.flags |= ctls.MKT_SHUT_AFTER
             rc = ctls.mk_tls_write(tls._t, PyBytes_AS_STRING(wire),
                                    <size_t>PyBytes_GET_SIZE(wire), &sent, &state)
             if rc < 0 or state != csend.SEND_DONE:

@@ -531,6 +531,8 @@ cdef class TlsLane:
                 _ln_cached_event = Event.CACHED
             conn._fire(_ln_cached_event)
         if hit.fd < 0 or hit.body:  # (as Connection._answer_cached does over TLS)
+            if closes:  # its close_notify in the same send (Lifecycle sends none after)
+                tls._t.flags |= ctls.MKT_SHUT_AFTER
             rc = ctls.mk_tls_write(tls._t, PyBytes_AS_STRING(wire),
                                    <size_t>PyBytes_GET_SIZE(wire), &sent, &state)
             if rc < 0 or state != csend.SEND_DONE:
@@ -555,5 +557,6 @@ cdef class TlsLane:
             hit.replay_log(conn._remote_addr, conn._remote_port, conn._local_addr,
                            conn._local_port, now)
         if closes:
-            conn._close_gracefully()  # close_notify, then the linger (as the handlers' path)
+            # close_notify; closed at once unless more input waits (Lifecycle)
+            conn._close_gracefully(True)
         return 1

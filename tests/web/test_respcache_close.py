@@ -6,6 +6,7 @@ same access log line), over plain TCP and TLS, with the compiled readers and the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -185,3 +186,41 @@ def test_a_closing_head_with_a_pipelined_one_is_answered_once(start: Any, tmp_pa
             assert reader.closed()
     # the same bytes ask the same: remembered with the first answer, like a lone head
     assert router.calls == 1
+
+
+def test_a_closing_hit_closes_without_waiting_for_the_client(start: Any, tmp_path: Path) -> None:
+    """nginx's `lingering_close on`: a closing request read whole (a cache hit: the read
+    was exactly its head) with no input behind it is closed right after the shutdown (or
+    close_notify), not kept until the client closes its side or the linger ends."""
+    go, client = start
+    router, _ = _site(tmp_path)
+    st = go(router)
+    _one(client, st.port, CLOSE)  # remembered
+    with client(st.port) as sock:
+        sock.sendall(CLOSE)
+        reader = Reader(sock)
+        assert reader.response().body == b"plain"
+        assert reader.closed()
+        # the client still holds its side open: the server is done with it regardless
+        assert wait_until(lambda: st.server.open_connections == 0, timeout=1.5)
+    assert router.calls == 1
+
+
+def test_a_closing_answer_with_input_behind_it_lingers(start: Any, tmp_path: Path) -> None:
+    """A closing request with more input behind it (here a pipelined head in the same
+    read): the connection lingers, discarding input, so that a reset does not destroy the
+    answer at the client (RFC 9112 9.6); it goes once the client closes."""
+    go, client = start
+    router, _ = _site(tmp_path)
+    st = go(router)
+    raw = CLOSE + b"GET /b.txt HTTP/1.1\r\nHost: a.test\r\n\r\n"
+    with client(st.port) as sock:
+        sock.sendall(raw)
+        reader = Reader(sock)
+        assert reader.response().body == b"plain"
+        assert reader.closed()
+        assert st.server.open_connections == 1  # lingering (2 s at most)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"more input is discarded, not answered with a reset")
+        assert st.server.open_connections == 1
+    assert wait_until(lambda: st.server.open_connections == 0)

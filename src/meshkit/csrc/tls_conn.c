@@ -351,6 +351,16 @@ int mk_tls_write(mk_tls *t, const char *buf, size_t len, size_t *taken, int *sta
         }
         pos += w;
         *taken = pos;
+        if (pos == len && (t->flags & MKT_SHUT_AFTER)) {
+            /* the last answer's close_notify: one send with it, not a second one */
+            t->flags &= ~MKT_SHUT_AFTER;
+            t->flags |= MKT_WCLOSED;
+            if ((t->flags & MKT_READY) && !t->err) {
+                ERR_clear_error();
+                SSL_shutdown(t->ssl);
+                ERR_clear_error();
+            }
+        }
         r = mk_tls_flush(t);
         if (r < 0)
             return r;

@@ -30,6 +30,8 @@ enum {
     MKT_WCLOSED = 2,    /* close_notify sent (or the write side shut) */
     MKT_PLAIN_HTTP = 4, /* the first bytes were a plain HTTP request */
     MKT_EOF = 8,        /* the socket read returned 0 */
+    MKT_SHUT_AFTER = 16, /* the answer being written is the last: its close_notify goes
+                          * out in the same send (mk_tls_write) */
 };
 
 /* What mk_tls_handshake returns. */

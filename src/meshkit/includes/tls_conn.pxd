@@ -47,6 +47,7 @@ cdef extern from "tls_conn.h" nogil:
         MKT_WCLOSED
         MKT_PLAIN_HTTP
         MKT_EOF
+        MKT_SHUT_AFTER
         MKT_HS_DONE
         MKT_HS_WANT
         MKT_HS_HELLO_WAIT

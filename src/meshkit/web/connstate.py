@@ -177,3 +177,10 @@ def closing(state: int) -> bool:
 def gone(state: int) -> bool:
     """Whether the socket is no longer the connection's (closed or handed over)."""
     return state >= S.UPGRADED
+
+
+# `__slots__ = PARTS` on the parts of a connection (meshkit.web.output, pipeline,
+# lifecycle): no fields of their own, so that Connection, which lists them all in its
+# __slots__, has no instance dict. A name rather than a literal `()`: mypy would check each
+# part's assignments against its own (empty) slots, not the whole Connection's.
+PARTS: tuple[str, ...] = ()

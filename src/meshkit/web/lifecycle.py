@@ -15,7 +15,7 @@ import socket
 from collections import deque
 from typing import Any
 
-from meshkit.web.connstate import CLOSE_IF_IDLE, ConnState, Event, transition
+from meshkit.web.connstate import CLOSE_IF_IDLE, PARTS, ConnState, Event, transition
 from meshkit.web.output import (
     DL_BODY,
     DL_FIRST,
@@ -24,7 +24,6 @@ from meshkit.web.output import (
     DL_LINGER,
     DL_NONE,
     _cancel,
-    _run_upgrade,
 )
 from meshkit.web.pipeline import Pipeline
 from meshkit.web.reqbody import RequestBody
@@ -48,6 +47,8 @@ _UPGRADED = ConnState.UPGRADED
 
 class Lifecycle(Pipeline):
     """State changes, deadlines and closing of a connection."""
+
+    __slots__ = PARTS  # the fields are Connection's
 
     _waiting_body: RequestBody | None
     _parser: Any  # Connection's httptools parser, let go of once closed
@@ -108,9 +109,16 @@ class Lifecycle(Pipeline):
         else:
             self._update_reading()
 
-    def _close_gracefully(self) -> None:
+    def _close_gracefully(self, whole: bool = False) -> None:
         """Shut down our side, then discard input for a moment before closing (so that the
-        client reads the response rather than a reset)."""
+        client reads the response rather than a reset: RFC 9112 9.6).
+
+        `whole`: the request just answered was the last and was read whole, with nothing
+        after it in our buffers (a cache hit: the read was exactly its head). Then, as
+        nginx's `lingering_close on`, the socket is closed right after the shutdown unless
+        the kernel already holds more input from the client (closing over unread input
+        sends the reset that lingering avoids): no wait for the client's close, no second
+        wake-up per connection."""
         if self._state >= _LINGERING:
             return
         self._drop_slots()
@@ -123,6 +131,14 @@ class Lifecycle(Pipeline):
         except OSError:
             self._abort()
             return
+        if whole and not self._out:
+            try:
+                more = self._raw.recv(1, _PEEK)  # b"": the client has closed already
+            except OSError:  # nothing yet (EAGAIN), or a reset: nothing to protect
+                more = b""
+            if not more:
+                self._abort()
+                return
         self._deadline = self._loop.time() + min(_LINGER, self._server._idle_timeout)
         self._dkind = DL_LINGER
         self._update_reading()
@@ -239,6 +255,15 @@ class Lifecycle(Pipeline):
         # (each pass on a busy server walks every live object; see bench/web_tls.py handshake)
         self._parser = None
         self._server._conn_closed(self)
+
+
+async def _run_upgrade(upgrade: Any, sock: socket.socket, rest: bytes) -> None:
+    try:
+        await upgrade(sock, rest)
+    except Exception:
+        log.exception("upgraded connection failed")
+        with contextlib.suppress(OSError):
+            sock.close()
 
 
 def peer_state(sock: socket.socket) -> int:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 from meshkit.web import http1
-from meshkit.web.connstate import ConnState, Event
+from meshkit.web.connstate import PARTS, ConnState, Event
 from meshkit.web.message import FileBody, Handler, Request, Response
 from meshkit.web.reqbody import RequestBody
 from meshkit.web.respcache import ZERO_COPY_FROM, CachedResponse, ResponseCache
@@ -117,7 +117,7 @@ class ServerSide(Protocol):
 class OutputPath:
     """Writing jobs to the socket, in order; the fields every part of a connection shares."""
 
-    # set by Connection.__init__ (declared here for the parts that read them)
+    __slots__ = PARTS  # fields: Connection's (set by its __init__, declared here for the parts)
     _server: ServerSide
     _loop: asyncio.AbstractEventLoop
     _sock: socket.socket
@@ -164,7 +164,7 @@ class OutputPath:
     def _went_idle(self) -> None:
         raise NotImplementedError
 
-    def _close_gracefully(self) -> None:
+    def _close_gracefully(self, whole: bool = False) -> None:
         raise NotImplementedError
 
     def _abort(self) -> None:
@@ -394,7 +394,7 @@ class OutputPath:
                     self._remote_addr, self._remote_port, self._local_addr, self._local_port, now
                 )
             if hit.closes:
-                self._close_gracefully()
+                self._close_gracefully(True)
             return
         job = Job(wire)
         job.close_after = hit.closes
@@ -445,7 +445,7 @@ class OutputPath:
                     self._remote_addr, self._remote_port, self._local_addr, self._local_port, now
                 )
             if hit.closes:
-                self._close_gracefully()
+                self._close_gracefully(True)
             return
         assert hit.acquire is not None
         hit.acquire()
@@ -488,6 +488,8 @@ class OutputPath:
 
 class ResponseWriter(OutputPath):
     """A Response turned into jobs: head and body, a file range, a stream, a 101."""
+
+    __slots__ = PARTS
 
     def _write_response(self, request: Request, response: Response, keep: bool) -> None:
         body = response.body
@@ -774,15 +776,6 @@ def _complete(request: Request, response: Response, body_sent: int) -> None:
             callback(request, response, body_sent)
         except Exception:
             log.exception("on_complete callback failed for %s %s", request.method, request.uri)
-
-
-async def _run_upgrade(upgrade: Any, sock: socket.socket, rest: bytes) -> None:
-    try:
-        await upgrade(sock, rest)
-    except Exception:
-        log.exception("upgraded connection failed")
-        with contextlib.suppress(OSError):
-            sock.close()
 
 
 def _bad_gateway() -> Response:

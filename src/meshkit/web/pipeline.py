@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Awaitable
 from typing import Any
 
-from meshkit.web.connstate import ConnState, Event
+from meshkit.web.connstate import PARTS, ConnState, Event
 from meshkit.web.http1 import CONTINUE_BYTES
 from meshkit.web.message import BodyTooLarge, Request, Response
 from meshkit.web.output import (
@@ -58,6 +58,8 @@ class Slot:
 
 class Pipeline(ResponseWriter):
     """The response slots of a connection, in request order, and who fills them."""
+
+    __slots__ = PARTS  # the fields are Connection's
 
     _queue: deque[Slot]
     # requests of _queue not handed to the handler yet (in order), and how many slots of

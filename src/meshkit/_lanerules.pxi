@@ -11,9 +11,9 @@
 # object, hash or dict lookup), the answer (a respcache.CachedResponse) known current from
 # its file watches (web/filewatch.py: one epoll_wait(2) with no timeout for queued events;
 # one stat(2) per validator where it has none), then one send(2) or head + sendfile(2), and
-# the access log's replayed lines. The server's and the connection's fields are read from
-# their instance dicts (_lr_get). A key's first request runs the site's chain once
-# (ruletable.fill); anything else returns 0 and the connection reads the head as before.
+# the access log's replayed lines. The server's fields are read from its instance dict
+# (_lr_get), the connection's through its __slots__. A key's first request runs the site's
+# chain once (ruletable.fill); anything else returns 0 and the connection reads the head as before.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem
 from cpython.object cimport PyObject
@@ -353,10 +353,9 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
     if not tbl.by_route or tbl.s_shutting:
         return 0
     conn = lane.conn
-    cdef dict cd = PyObject_GenericGetDict(conn, NULL)
-    cdef int cstate = _lr_get(cd, conn, "_state")
-    if (cstate > _LN_IDLE or _lr_get(cd, conn, "_queue") or _lr_get(cd, conn, "_out") or
-            _lr_get(cd, conn, "_streaming")):
+    # Connection has __slots__: its fields are read through their member descriptors
+    cdef int cstate = conn._state
+    if cstate > _LN_IDLE or conn._queue or conn._out or conn._streaming:
         return 0
     lim.header_limit = tbl.s_header_limit
     lim.max_fields = tbl.s_max_fields
@@ -442,7 +441,7 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
         site.m_head = hit.head
         site.m_second = second
     wire = site.m_wire
-    PyDict_SetItem(cd, "requests", _lr_get(cd, conn, "requests") + 1)
+    conn.requests += 1
     if cstate == _LN_NEW:
         if _ln_cached_event is None:
             from meshkit.web.connstate import Event
@@ -469,11 +468,11 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
             return 1
     # the idle deadline (unchanged while the server's clock is: no float made or stored)
     deadline = tbl.s_now + tbl.s_idle
-    old = _lr_get(cd, conn, "_deadline")
+    old = conn._deadline
     if type(old) is not float or <double>old != deadline:
-        PyDict_SetItem(cd, "_deadline", deadline)
-    if _lr_get(cd, conn, "_dkind") != _LN_DL_IDLE:
-        PyDict_SetItem(cd, "_dkind", _LN_DL_IDLE)
+        conn._deadline = deadline
+    if conn._dkind != _LN_DL_IDLE:
+        conn._dkind = _LN_DL_IDLE
     lane.hits += 1
     lane.rule_hits += 1
     if replay is not None:  # the access log's lines (CachedResponse.replay_log)

@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from meshkit.web import headlane
 from meshkit.web.directives.fastcgi import _CHECK, FastCGIHandler, _Rule
 from meshkit.web.directives.log import _Complete
 from meshkit.web.fastcgi.answer import response_for
@@ -43,7 +42,7 @@ from meshkit.web.fastcgi.client import FastCGIError, Reply, _Ready
 from meshkit.web.fastcgi.connection import REQUEST_ID, Connection
 from meshkit.web.fastcgi.env import Target, remote_env, request_env
 from meshkit.web.fastcgi.fast import encode_pairs, encode_request
-from meshkit.web.http1 import HttpError, parse_target
+from meshkit.web.lanerequest import head_request
 from meshkit.web.message import EmptyBody, Headers, Request, Response
 from meshkit.web.output import Job
 from meshkit.web.proxy.clientlane import deliver, unwrap_log
@@ -176,49 +175,16 @@ def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
     `conn`, or None when the lane does not take it (then the connection reads it)."""
     if not ENABLED:
         return None
-    router = server._handler
-    if type(router) is not Router:
+    found = head_request(server, conn, data, METHODS)
+    if found is None:
         return None
-    scan = headlane.SCAN or headlane.load_scan()
-    res = scan(data, 0, server._header_limit, server._max_fields, server._max_field_line)
-    if type(res) is int:
-        return None  # incomplete, a body, an upgrade, a rare form or refused
-    stop_at, method, url, version, items, host, keep = res
-    if stop_at != len(data) or not keep or version != "1.1" or method not in METHODS:
-        return None
-    for name, _ in items:
-        low = name.lower()
-        if low in ("content-length", "transfer-encoding", "expect"):
-            return None
-    try:
-        tgt = parse_target(url, method)
-    except HttpError:
-        return None
-    if tgt.authority:
-        host = tgt.authority
-    request = Request(
-        method,
-        url.decode("latin-1"),
-        tgt.path,
-        tgt.query,
-        version,
-        Headers(items),
-        EmptyBody(),
-        "http",
-        host,
-        conn._remote_addr,
-        conn._remote_port,
-        conn._local_addr,
-        conn._local_port,
-        0.0,
-    )
-    site = router._only or router.match(host, tgt.path)
-    if site is None:
+    router, request, site = found
+    if any(name in request.headers for name in ("content-length", "transfer-encoding", "expect")):
         return None
     handler, watch = _handler_of(site.handler)
     if type(handler) is not FastCGIHandler:
         return None
-    path = tgt.path
+    path = request.path
     for rule in handler.rules:
         if not path.startswith(rule.base):
             continue

@@ -34,10 +34,9 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from meshkit.web import headlane
 from meshkit.web.connstate import ConnState
 from meshkit.web.directives.log import _Complete
-from meshkit.web.http1 import HttpError, parse_target
+from meshkit.web.lanerequest import head_request
 from meshkit.web.message import EmptyBody, Headers, Request, Response
 from meshkit.web.output import Job
 from meshkit.web.pipeline import Slot
@@ -217,41 +216,10 @@ def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
     `conn`, or None when the lane does not take it (then the connection reads it)."""
     if not ENABLED:
         return None
-    router = server._handler
-    if type(router) is not Router:
+    found = head_request(server, conn, data, METHODS)
+    if found is None:
         return None
-    scan = headlane.SCAN or headlane.load_scan()
-    res = scan(data, 0, server._header_limit, server._max_fields, server._max_field_line)
-    if type(res) is int:
-        return None  # incomplete, a body, an upgrade, a rare form or refused
-    stop_at, method, url, version, items, host, keep = res
-    if stop_at != len(data) or not keep or version != "1.1" or method not in METHODS:
-        return None
-    try:
-        tgt = parse_target(url, method)
-    except HttpError:
-        return None
-    if tgt.authority:
-        host = tgt.authority
-    request = Request(
-        method,
-        url.decode("latin-1"),
-        tgt.path,
-        tgt.query,
-        version,
-        Headers(items),
-        EmptyBody(),
-        "http",
-        host,
-        conn._remote_addr,
-        conn._remote_port,
-        conn._local_addr,
-        conn._local_port,
-        0.0,
-    )
-    site = router._only or router.match(host, tgt.path)
-    if site is None:
-        return None
+    router, request, site = found
     handler = site.handler
     watch = None
     logged = unwrap_log(handler)
@@ -260,7 +228,7 @@ def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
     if type(handler) is not ProxyHandler or not eligible(handler):
         return None
     for proute in handler.routes:
-        if proute.matches(tgt.path):
+        if proute.matches(request.path):
             return Plan(router, request, handler, proute, watch)
     return None
 

@@ -1,0 +1,64 @@
+"""The Request a client lane plans from: one whole request head without a body.
+
+The proxy lane (meshkit.web.proxy.clientlane) and the FastCGI lane
+(meshkit.web.fastcgi.clientlane) make a plan once per request shape. Both start the same way:
+the head is scanned with the head lane's scanner (the limits of the server that read it), it
+must be the whole read, HTTP/1.1 with keep-alive and one of the lane's methods; then the
+Request the handler chain would have built and the site the router gives it. Anything else
+is None: the connection reads the head as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from typing import Any
+
+from meshkit.web import headlane
+from meshkit.web.http1 import HttpError, parse_target
+from meshkit.web.message import EmptyBody, Headers, Request
+from meshkit.web.router import Router
+
+__all__ = ["head_request"]
+
+
+def head_request(
+    server: Any, conn: Any, data: bytes, methods: Collection[str]
+) -> tuple[Router, Request, Any] | None:
+    """(router, request, site) for the head `data` read on `conn` by `server`, or None when a
+    lane cannot take it."""
+    router = server._handler
+    if type(router) is not Router:
+        return None
+    scan = headlane.SCAN or headlane.load_scan()
+    res = scan(data, 0, server._header_limit, server._max_fields, server._max_field_line)
+    if type(res) is int:
+        return None  # incomplete, a body, an upgrade, a rare form or refused
+    stop_at, method, url, version, items, host, keep = res
+    if stop_at != len(data) or not keep or version != "1.1" or method not in methods:
+        return None
+    try:
+        tgt = parse_target(url, method)
+    except HttpError:
+        return None
+    if tgt.authority:
+        host = tgt.authority
+    request = Request(
+        method,
+        url.decode("latin-1"),
+        tgt.path,
+        tgt.query,
+        version,
+        Headers(items),
+        EmptyBody(),
+        "http",
+        host,
+        conn._remote_addr,
+        conn._remote_port,
+        conn._local_addr,
+        conn._local_port,
+        0.0,
+    )
+    site = router._only or router.match(host, tgt.path)
+    if site is None:
+        return None
+    return router, request, site

@@ -18,7 +18,7 @@ from meshkit.web.http1 import HttpError, parse_target
 from meshkit.web.message import EmptyBody, Headers, Request
 from meshkit.web.router import Router
 
-__all__ = ["head_request"]
+__all__ = ["copy_request", "head_request"]
 
 
 def head_request(
@@ -62,3 +62,24 @@ def head_request(
     if site is None:
         return None
     return router, request, site
+
+
+def copy_request(t: Request, remote_port: int, start: float) -> Request:
+    """A fresh Request of a plan's shape `t` (its own headers, vars and on_complete) for one
+    request from `remote_port` that takes the Python path."""
+    return Request(
+        t.method,
+        t.uri,
+        t.path,
+        t.query,
+        t.version,
+        Headers(list(t.headers._items)),
+        EmptyBody(),
+        t.scheme,
+        t.host,
+        t.remote_addr,
+        remote_port,
+        t.server_addr,
+        t.server_port,
+        start,
+    )

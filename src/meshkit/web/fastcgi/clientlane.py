@@ -42,8 +42,8 @@ from meshkit.web.fastcgi.client import FastCGIError, Reply, _Ready
 from meshkit.web.fastcgi.connection import REQUEST_ID, Connection
 from meshkit.web.fastcgi.env import Target, remote_env, request_env
 from meshkit.web.fastcgi.fast import encode_pairs, encode_request
-from meshkit.web.lanerequest import head_request
-from meshkit.web.message import EmptyBody, Headers, Request, Response
+from meshkit.web.lanerequest import copy_request, head_request
+from meshkit.web.message import Headers, Request, Response
 from meshkit.web.output import Job
 from meshkit.web.proxy.clientlane import deliver, unwrap_log
 from meshkit.web.router import Router
@@ -134,23 +134,7 @@ class Plan:
     def fresh(self, remote_port: int, start: float, watched: bool = True) -> Request:
         """A Request of this shape for the Python path (its own vars and on_complete, the
         site's log callback added as the log directive adds it)."""
-        t = self.request
-        request = Request(
-            t.method,
-            t.uri,
-            t.path,
-            t.query,
-            t.version,
-            Headers(list(t.headers._items)),
-            EmptyBody(),
-            t.scheme,
-            t.host,
-            t.remote_addr,
-            remote_port,
-            t.server_addr,
-            t.server_port,
-            start,
-        )
+        request = copy_request(self.request, remote_port, start)
         if watched and self.watch is not None:
             self.watch(request)
         return request

@@ -36,8 +36,8 @@ from typing import Any
 
 from meshkit.web.connstate import ConnState
 from meshkit.web.directives.log import _Complete
-from meshkit.web.lanerequest import head_request
-from meshkit.web.message import EmptyBody, Headers, Request, Response
+from meshkit.web.lanerequest import copy_request, head_request
+from meshkit.web.message import Headers, Request, Response
 from meshkit.web.output import Job
 from meshkit.web.pipeline import Slot
 from meshkit.web.proxy.client import Reply, Stream, UpstreamBroken
@@ -148,23 +148,7 @@ class Plan:
     def fresh(self, remote_port: int, start: float) -> Request:
         """A Request of this shape for the Python path (its own vars and on_complete, the
         site's log callback added as the log directive adds it)."""
-        t = self.request
-        request = Request(
-            t.method,
-            t.uri,
-            t.path,
-            t.query,
-            t.version,
-            Headers(list(t.headers._items)),
-            EmptyBody(),
-            t.scheme,
-            t.host,
-            t.remote_addr,
-            remote_port,
-            t.server_addr,
-            t.server_port,
-            start,
-        )
+        request = copy_request(self.request, remote_port, start)
         if self.watch is not None:
             self.watch(request)
         return request

@@ -10,15 +10,19 @@ is None: the connection reads the head as before.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from typing import Any
 
 from meshkit.web import headlane
+from meshkit.web.directives.log import _Complete
 from meshkit.web.http1 import HttpError, parse_target
-from meshkit.web.message import EmptyBody, Headers, Request
+from meshkit.web.message import EmptyBody, Headers, Request, Response
 from meshkit.web.router import Router
 
-__all__ = ["copy_request", "head_request"]
+__all__ = ["complete", "copy_request", "head_request"]
+
+log = logging.getLogger("meshkit.web")
 
 
 def head_request(
@@ -83,3 +87,26 @@ def copy_request(t: Request, remote_port: int, start: float) -> Request:
         t.server_port,
         start,
     )
+
+
+def complete(
+    request: Request, response: Response, sent: int, now: float
+) -> tuple[tuple[tuple[Any, str], ...], bool]:
+    """Run the request's on_complete callbacks for an answer a lane sent (as the pipeline
+    runs them), the access log's lines rendered and written here. (lines, replayable):
+    replayable when every callback was such a log line, so the lane may write the same lines
+    again for the same answer shape within the second."""
+    lines: list[tuple[Any, str]] = []
+    replayable = True
+    for callback in request.on_complete:
+        try:
+            if type(callback) is _Complete and callback.replayable:
+                lines.extend(callback.lines(request, response, sent, now))
+            else:
+                replayable = False
+                callback(request, response, sent)
+        except Exception:
+            log.exception("on_complete callback failed for %s %s", request.method, request.uri)
+    for out, line in lines:
+        out.write(line)
+    return tuple(lines), replayable

@@ -36,13 +36,12 @@ from collections.abc import Callable
 from typing import Any
 
 from meshkit.web.directives.fastcgi import _CHECK, FastCGIHandler, _Rule
-from meshkit.web.directives.log import _Complete
 from meshkit.web.fastcgi.answer import response_for
 from meshkit.web.fastcgi.client import FastCGIError, Reply, _Ready
 from meshkit.web.fastcgi.connection import REQUEST_ID, Connection
 from meshkit.web.fastcgi.env import Target, remote_env, request_env
 from meshkit.web.fastcgi.fast import encode_pairs, encode_request
-from meshkit.web.lanerequest import copy_request, head_request
+from meshkit.web.lanerequest import complete, copy_request, head_request
 from meshkit.web.message import Headers, Request, Response
 from meshkit.web.output import Job
 from meshkit.web.proxy.clientlane import deliver, unwrap_log
@@ -295,20 +294,8 @@ def logged(sink: Any, status: int, items: list[tuple[str, str]], body: bytes, se
         return
     request = p.fresh(sink.remote_port, sink.start)
     response = Response(status, Headers(list(items)), body)
-    lines: list[tuple[Any, str]] = []
-    replayable = True
-    for callback in request.on_complete:
-        try:
-            if type(callback) is _Complete and callback.replayable:
-                lines.extend(callback.lines(request, response, sent, now))
-            else:
-                replayable = False
-                callback(request, response, sent)
-        except Exception:
-            log.exception("on_complete callback failed for %s %s", request.method, request.uri)
-    for out, line in lines:
-        out.write(line)
+    lines, replayable = complete(request, response, sent, now)
     if replayable:
         if len(memo) >= 64:
             memo.clear()
-        memo[key] = (None, tuple(lines))
+        memo[key] = (None, lines)

@@ -35,8 +35,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from meshkit.web.connstate import ConnState
-from meshkit.web.directives.log import _Complete
-from meshkit.web.lanerequest import copy_request, head_request
+from meshkit.web.lanerequest import complete, copy_request, head_request
 from meshkit.web.message import Headers, Request, Response
 from meshkit.web.output import Job
 from meshkit.web.pipeline import Slot
@@ -404,20 +403,8 @@ def logged(sink: Any, status: int, raw: Any, body: bytes, sent: int) -> None:
     request = plan_.fresh(sink.remote_port, sink.start)
     request.vars["upstream"] = sink.uset.names[index]
     response = plan_.proute.heads.response_for(request, Reply(status, raw, body, None))
-    lines: list[tuple[Any, str]] = []
-    replayable = True
-    for callback in request.on_complete:
-        try:
-            if type(callback) is _Complete and callback.replayable:
-                lines.extend(callback.lines(request, response, sent, now))
-            else:
-                replayable = False
-                callback(request, response, sent)
-        except Exception:
-            log.exception("on_complete callback failed for %s %s", request.method, request.uri)
-    for out, line in lines:
-        out.write(line)
+    lines, replayable = complete(request, response, sent, now)
     if replayable:
         if len(memo) >= 64:
             memo.clear()
-        memo[key] = (raw, tuple(lines))
+        memo[key] = (raw, lines)

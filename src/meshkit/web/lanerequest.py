@@ -18,9 +18,10 @@ from meshkit.web import headlane
 from meshkit.web.directives.log import _Complete
 from meshkit.web.http1 import HttpError, parse_target
 from meshkit.web.message import EmptyBody, Headers, Request, Response
+from meshkit.web.output import Job
 from meshkit.web.router import Router
 
-__all__ = ["complete", "copy_request", "head_request"]
+__all__ = ["complete", "copy_request", "head_request", "queue_rest"]
 
 log = logging.getLogger("meshkit.web")
 
@@ -110,3 +111,23 @@ def complete(
     for out, line in lines:
         out.write(line)
     return tuple(lines), replayable
+
+
+def queue_rest(
+    conn: Any, request: Request, response: Response, wire: bytes, head_len: int, sent: int
+) -> None:
+    """The client's socket took only `sent` bytes of a lane's answer `wire`: the rest goes
+    out as the connection's Job (its on_complete callbacks run when it is written)."""
+    job = Job(wire)
+    job.head_len = head_len
+    job.off = job.sent = sent
+    job.finishes = True
+    job.request = request
+    job.response = response
+    conn._streaming = False
+    conn._out.append(job)
+    conn._write_since = conn._loop.time()
+    if not conn._writing:
+        conn._writing = True
+        conn._loop.add_writer(conn._fd, conn._on_writable)
+    conn._update_reading()

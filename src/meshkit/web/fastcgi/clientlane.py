@@ -41,9 +41,8 @@ from meshkit.web.fastcgi.client import FastCGIError, Reply, _Ready
 from meshkit.web.fastcgi.connection import REQUEST_ID, Connection
 from meshkit.web.fastcgi.env import Target, remote_env, request_env
 from meshkit.web.fastcgi.fast import encode_pairs, encode_request
-from meshkit.web.lanerequest import complete, copy_request, head_request
+from meshkit.web.lanerequest import complete, copy_request, head_request, queue_rest
 from meshkit.web.message import Headers, Request, Response
-from meshkit.web.output import Job
 from meshkit.web.proxy.clientlane import deliver, unwrap_log
 from meshkit.web.router import Router
 
@@ -256,22 +255,9 @@ def answered(
 
 def partial(sink: Any, wire: bytes, head_len: int, sent: int, status: int, items: Any) -> None:
     """The client's socket took only `sent` bytes of the answer: the rest as a Job."""
-    conn = sink.conn
     request = sink.plan.fresh(sink.remote_port, sink.start)
     response = Response(status, Headers(list(items)), wire[head_len:])
-    job = Job(wire)
-    job.head_len = head_len
-    job.off = job.sent = sent
-    job.finishes = True
-    job.request = request
-    job.response = response
-    conn._streaming = False
-    conn._out.append(job)
-    conn._write_since = conn._loop.time()
-    if not conn._writing:
-        conn._writing = True
-        conn._loop.add_writer(conn._fd, conn._on_writable)
-    conn._update_reading()
+    queue_rest(sink.conn, request, response, wire, head_len, sent)
 
 
 def logged(sink: Any, status: int, items: list[tuple[str, str]], body: bytes, sent: int) -> None:

@@ -35,9 +35,8 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from meshkit.web.connstate import ConnState
-from meshkit.web.lanerequest import complete, copy_request, head_request
+from meshkit.web.lanerequest import complete, copy_request, head_request, queue_rest
 from meshkit.web.message import Headers, Request, Response
-from meshkit.web.output import Job
 from meshkit.web.pipeline import Slot
 from meshkit.web.proxy.client import Reply, Stream, UpstreamBroken
 from meshkit.web.proxy.handler import ProxyHandler, _retriable
@@ -361,23 +360,10 @@ def deliver(conn: Any, request: Request, result: Any) -> None:
 def partial(sink: Any, wire: bytes, head_len: int, sent: int, status: int, raw: Any) -> None:
     """The client's socket took only `sent` bytes of the answer: the rest as a Job (its
     Response, with the client's fields of the upstream's `raw` ones, for on_complete)."""
-    conn = sink.conn
     request = sink.plan.fresh(sink.remote_port, sink.start)
     items = sink.plan.proute.heads.fields_for(raw)[0]
     response = Response(status, Headers(list(items)), wire[head_len:])
-    job = Job(wire)
-    job.head_len = head_len
-    job.off = job.sent = sent
-    job.finishes = True
-    job.request = request
-    job.response = response
-    conn._streaming = False
-    conn._out.append(job)
-    conn._write_since = conn._loop.time()
-    if not conn._writing:
-        conn._writing = True
-        conn._loop.add_writer(conn._fd, conn._on_writable)
-    conn._update_reading()
+    queue_rest(sink.conn, request, response, wire, head_len, sent)
 
 
 def logged(sink: Any, status: int, raw: Any, body: bytes, sent: int) -> None:

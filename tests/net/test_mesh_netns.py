@@ -117,6 +117,9 @@ def test_the_story_vip_dns_and_routing_mesh(cluster: Cluster, site: Path, plane:
         # kill one replica's process: every following request is still answered
         victim = next(t for t in webs if t["Node"] == "w1")
         os.kill(int(victim["Pid"]), signal.SIGKILL)
+        # a request already queued on the dying process's listener is reset when its sockets
+        # close, as with any server killed: the ones that follow must all be answered
+        until(lambda: _exited(int(victim["Pid"])), 10, "the killed replica's sockets closed")
         deadline = time.monotonic() + 8
         answers = []
         while time.monotonic() < deadline:
@@ -337,3 +340,12 @@ def test_the_agents_web_server_follows_a_service(cluster: Cluster, site: Path) -
         # w2 goes back to its agent without a web server
         c.kill("w2")
         c.start("w2", "run")
+
+
+def _exited(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie has closed its files, and so its sockets)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True

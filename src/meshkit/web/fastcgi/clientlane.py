@@ -43,7 +43,7 @@ from meshkit.web.fastcgi.env import Target, remote_env, request_env
 from meshkit.web.fastcgi.fast import encode_pairs, encode_request
 from meshkit.web.lanerequest import complete, copy_request, head_request, queue_rest
 from meshkit.web.message import Headers, Request, Response
-from meshkit.web.proxy.clientlane import deliver, unwrap_log
+from meshkit.web.proxy.clientlane import deliver, handler_of
 from meshkit.web.router import Router
 
 __all__ = ["ENABLED", "METHODS", "Plan", "plan", "router_may"]
@@ -138,18 +138,11 @@ class Plan:
         return request
 
 
-def _handler_of(site_handler: Any) -> tuple[Any, Callable[[Request], None] | None]:
-    logged = unwrap_log(site_handler)
-    if logged is not None:
-        return logged[0], logged[1]
-    return site_handler, None
-
-
 def router_may(router: Any) -> bool:
     """Whether any site of this router may take the lane (asked once per router)."""
     if not ENABLED or type(router) is not Router:
         return False
-    return any(type(_handler_of(site.handler)[0]) is FastCGIHandler for site in router.routes)
+    return any(type(handler_of(site.handler)[0]) is FastCGIHandler for site in router.routes)
 
 
 def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
@@ -163,7 +156,7 @@ def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
     router, request, site = found
     if any(name in request.headers for name in ("content-length", "transfer-encoding", "expect")):
         return None
-    handler, watch = _handler_of(site.handler)
+    handler, watch = handler_of(site.handler)
     if type(handler) is not FastCGIHandler:
         return None
     path = request.path

@@ -179,18 +179,20 @@ def unwrap_log(handler: Any) -> tuple[Any, Callable[[Request], None]] | None:
         return None
 
 
+def handler_of(site_handler: Any) -> tuple[Any, Callable[[Request], None] | None]:
+    """(the handler a site runs, the `log` directive's watch or None): through the log
+    wrapper when there is one (unwrap_log)."""
+    logged = unwrap_log(site_handler)
+    if logged is not None:
+        return logged
+    return site_handler, None
+
+
 def router_may(router: Any) -> bool:
     """Whether any site of this router may take the lane (asked once per router)."""
     if type(router) is not Router:
         return False
-    for site in router.routes:
-        handler = site.handler
-        logged = unwrap_log(handler)
-        if logged is not None:
-            handler = logged[0]
-        if type(handler) is ProxyHandler:
-            return True
-    return False
+    return any(type(handler_of(site.handler)[0]) is ProxyHandler for site in router.routes)
 
 
 def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
@@ -202,11 +204,7 @@ def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
     if found is None:
         return None
     router, request, site = found
-    handler = site.handler
-    watch = None
-    logged = unwrap_log(handler)
-    if logged is not None:
-        handler, watch = logged
+    handler, watch = handler_of(site.handler)
     if type(handler) is not ProxyHandler or not eligible(handler):
         return None
     for proute in handler.routes:

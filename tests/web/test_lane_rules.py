@@ -47,8 +47,25 @@ RULES = """ header / X-Frame-Options DENY
  basicauth /deep bob hunter2
  log / LOGFILE "LOGFORMAT"
 """.replace("LOGFORMAT", LOG_FORMAT)
+# placeholders whose values are functions of the key (the target and Host): compiled
+KEYED = """ header / X-Uri "{uri} {path} {query} {?x}"
+ header /sub X-Host "{host} {hostonly} {label1} {file} {dir}"
+ rewrite ^/p/(.*)$ /deep/{1}
+ rewrite {
+  if {query} has swap
+  r ^/q$
+  to /a.txt
+ }
+ redir /go /new{uri} 301
+ redir 301 {
+  if {path} is /cond
+  if {host} starts_with h2.
+  /cond /a.txt
+ }
+"""
 SITES = {
     "plain": "",
+    "keyed": KEYED,
     "gzip-browse": " gzip\n browse /sub\n",
     "index": " index home.html index.html\n",
     "markdown-mime": " markdown /md\n mime .bin application/x-lane\n",
@@ -155,7 +172,17 @@ PATHS = [
     "/old",
     "/old?q=2",
     "/temp",
+    "/p/er/",
+    "/p/er/index.html",
+    "/p/nothing",
+    "/go",
+    "/go?x=1",
+    "/cond",
+    "/q?swap",
+    "/q",
+    "/a.txt?x=y&swap=1",
 ]
+HOSTS = ["t.example", "h2.example:8000", "T.EXAMPLE"]
 EXTRAS = [
     "",
     "Range: bytes=0-3\r\n",
@@ -184,7 +211,10 @@ request_st = st.tuples(
     st.sampled_from(["GET", "HEAD", "POST"]),
     st.sampled_from(PATHS),
     st.sampled_from(["1.1", "1.0"]),
-    st.sampled_from(EXTRAS),
+    st.one_of(
+        st.sampled_from(EXTRAS),
+        st.sampled_from(HOSTS[1:]).map(lambda h: f"Host: {h}\r\n"),
+    ),
     st.integers(min_value=1, max_value=2),  # how many times it is sent, one by one
     st.booleans(),  # the last request asks to close
 )
@@ -194,9 +224,10 @@ def raw(method: str, path: str, version: str, extra: str, close: bool) -> bytes:
     keep = "Connection: keep-alive\r\n" if version == "1.0" and not close else ""
     closing = "Connection: close\r\n" if close else ""
     length = "Content-Length: 0\r\n" if method == "POST" else ""
-    return (
-        f"{method} {path} HTTP/{version}\r\nHost: t.example\r\n{extra}{length}{keep}{closing}\r\n"
-    ).encode()
+    host = "Host: t.example\r\n"
+    if extra.startswith("Host: "):  # another Host value instead
+        host, extra = extra, ""
+    return (f"{method} {path} HTTP/{version}\r\n{host}{extra}{length}{keep}{closing}\r\n").encode()
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
@@ -268,15 +299,15 @@ def test_sites_the_table_cannot_express_stay_with_the_chain(tmp_path: Path) -> N
     www = tmp_path / "www"
     www.mkdir()
     text = (
-        f":8000 {{\n root {www}\n header / X-A {{host}}\n}}\n"
+        f":8000 {{\n root {www}\n header / X-A {{remote}}\n}}\n"
         f":8001 {{\n root {www}\n browse /\n header / X-A b\n}}\n"
         f':8002 {{\n root {www}\n log / {tmp_path / "x.log"} "{{>User-Agent}}"\n}}\n'
-        f":8003 {{\n root {www}\n redir /a /b {{\n  if {{method}} is GET\n }}\n}}\n"
+        f":8003 {{\n root {www}\n redir /a /b {{\n  if {{>User-Agent}} is x\n }}\n}}\n"
     )
     plans = plan(load_text(text, "Caddyfile"))
-    assert ruletable.compile_router(plans[8000].router()) is None  # a placeholder
+    assert ruletable.compile_router(plans[8000].router()) is None  # not in the key
     assert ruletable.compile_router(plans[8002].router()) is None  # a request field
-    assert ruletable.compile_router(plans[8003].router()) is None  # a condition
+    assert ruletable.compile_router(plans[8003].router()) is None  # a condition on a field
     compiled = ruletable.compile_router(plans[8001].router())
     assert compiled is not None
     (rules,) = compiled.values()
@@ -332,6 +363,52 @@ def test_redir_answers_come_from_the_table(tmp_path: Path) -> None:
     ]
     assert got[0].body == got[1].body != b""
     assert hits == 2
+
+
+def test_placeholders_of_the_key_are_answered_from_the_table(tmp_path: Path) -> None:
+    """`header`, `rewrite` and `redir` with placeholders of the target and Host (and `if`s on
+    them) compile; each key gets its own answer, repeated from the table."""
+    router = make_site(tmp_path, KEYED)
+    assert ruletable.compile_router(router) is not None
+    server = ServerThread(router, compiled=True)
+    heads = [
+        raw("GET", "/sub/?x=1", "1.1", "", False),
+        raw("GET", "/sub/?x=1", "1.1", "Host: h2.example:8000\r\n", False),
+        raw("GET", "/sub/?x=2", "1.1", "", False),
+        raw("GET", "/p/er/index.html", "1.1", "", False),  # {1}: the canonical 301
+        raw("GET", "/go?x=1", "1.1", "", False),
+        raw("GET", "/cond", "1.1", "Host: h2.example:8000\r\n", False),
+        raw("GET", "/cond", "1.1", "", False),
+    ]
+    try:
+        with connect(server.port) as sock:
+            reader = Reader(sock)
+            got = []
+            for data in heads + heads:
+                sock.sendall(data)
+                got.append(reader.response())
+            hits = rule_hits_of(server)
+    finally:
+        server.stop()
+    first, again = got[: len(heads)], got[len(heads) :]
+    assert [(r.status, r.body) for r in first] == [(r.status, r.body) for r in again]
+    assert [r.header("X-Host") for r in first[:3]] == [
+        "t.example t.example t  /sub/",
+        "h2.example:8000 h2.example h2  /sub/",
+        "t.example t.example t  /sub/",
+    ]
+    assert [r.header("X-Uri") for r in first[:3]] == [
+        "/sub/?x=1 /sub/ x=1 1",
+        "/sub/?x=1 /sub/ x=1 1",
+        "/sub/?x=2 /sub/ x=2 2",
+    ]
+    assert [(r.status, r.header("Location")) for r in first[3:]] == [
+        (301, "/p/er/"),
+        (301, "/new/go?x=1"),
+        (301, "/a.txt"),
+        (404, None),
+    ]
+    assert hits >= len(heads) - 1  # every repeat but the 404 (a 404 is never kept)
 
 
 def test_unkept_answers_are_not_tried_again_at_once(

@@ -4,10 +4,11 @@ The compiled lane (meshkit._fastpath.Lane, _lane.pxi and _lanerules.pxi) answers
 head that the response cache does not hold from this table when the request's site was
 compiled into it. The decision is made once per site, when the lane first sees the port's
 handler (a Router; again after a reload): a site is compiled when every directive it has is
-one the table can express (LANE_DIRECTIVES) in a form it can express (`header` with literal
-values, `redir` and `rewrite` with literal destinations and no `if`, `basicauth` with plain
-passwords, `log` formats whose placeholders are all in LOG_NAMES, no ipmask); `browse` and
-`markdown` scopes are kept as path prefixes the lane leaves to the chain.
+one the table can express (LANE_DIRECTIVES) in a form it can express (`header` values,
+`redir` and `rewrite` destinations and their `if`s whose placeholders are all functions of
+the key: the target's, the Host's, regexp groups, {user}; see _KEY_BUILTINS; `basicauth`
+with plain passwords, `log` formats whose placeholders are all in LOG_NAMES, no ipmask);
+`browse` and `markdown` scopes are kept as path prefixes the lane leaves to the chain.
 
 For such a site the answer to a request is a function of a few things the lane reads from
 the head in C, and of files: the method, the request-target, the Host value and the fields
@@ -41,9 +42,10 @@ from typing import Any
 
 from meshkit.web import filewatch, http1
 from meshkit.web.directives.basicauth import HTPASSWD_PREFIX
+from meshkit.web.directives.redir import location
 from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
 from meshkit.web.paths import clamp_path
-from meshkit.web.placeholders import compile_template
+from meshkit.web.placeholders import HEAD_BUILTINS, Conditions, Template, compile_template
 from meshkit.web.respcache import CachedResponse, ResponseCache
 from meshkit.web.router import Router
 
@@ -119,14 +121,26 @@ class SiteRules:
     each is known to be current (key -> (the answer, its filewatch.Ticket or None: a stat
     per request))."""
 
-    __slots__ = ("answers", "handler", "python_prefixes", "redirects", "tickets")
+    __slots__ = (
+        "answers",
+        "handler",
+        "python_prefixes",
+        "redirect_templates",
+        "redirects",
+        "tickets",
+    )
 
     def __init__(
-        self, handler: Any, python_prefixes: tuple[str, ...], redirects: frozenset[str]
+        self,
+        handler: Any,
+        python_prefixes: tuple[str, ...],
+        redirects: frozenset[str],
+        redirect_templates: tuple[Template, ...] = (),
     ) -> None:
         self.handler = handler
         self.python_prefixes = python_prefixes
-        self.redirects = redirects  # the Location values of the site's redir rules
+        self.redirects = redirects  # the Location values of the site's literal redir rules
+        self.redirect_templates = redirect_templates  # and of those with placeholders
         self.answers = ResponseCache(max_entries=_MAX_ENTRIES)
         self.tickets: dict[bytes, tuple[CachedResponse, filewatch.Ticket | None]] = {}
 
@@ -146,23 +160,46 @@ def _scopes(config: Any, attr: str | None) -> list[str] | None:
     return out
 
 
-def _literal(text: str) -> bool:
-    return compile_template(text).static is not None
+# Placeholders whose value is a function of the table's key (the request line's method and
+# target, the Host value, the fields read: see the module doc) and of the site's config, so
+# an answer rendered with them once is the answer for every request with that key, as nginx
+# evaluates `add_header $uri` per request to the same result. Not {scheme} or {proto} (the
+# key holds neither: fill renders one request's), {server_port}, {remote}, {port}, times,
+# ids, other request fields ({>Name}, {~cookie}) or response fields ({<Name}).
+_KEY_BUILTINS = (HEAD_BUILTINS - {"scheme", "proto"}) | {"user"}  # {user}: Authorization
+
+
+def _key_name(name: str) -> bool:
+    if name in _KEY_BUILTINS or name.isdigit():  # digits: a rewrite's regexp groups (path)
+        return True
+    if name.startswith("?") and len(name) > 1:  # a query argument: the target
+        return True
+    return name.startswith("label") and name[5:].isdigit() and name[5:6] != "0"  # Host
+
+
+def _keyed(text: str) -> bool:
+    """Whether `text` renders the same for every request with one key (see _KEY_BUILTINS)."""
+    return all(_key_name(n) for n in compile_template(text).names)
+
+
+def _keyed_ifs(conditions: Conditions) -> bool:
+    """Whether each `if` compares values of the key alone (`match`'s B is a regexp)."""
+    return all(_keyed(c.a) and (c.op.endswith("match") or _keyed(c.b)) for c in conditions.ifs)
 
 
 def _expressible(name: str, config: Any) -> bool:
     """Whether the table can take this directive's config (see the module doc)."""
     rules = getattr(config, "rules", None)
     if name == "header":
-        return all(_literal(op.value) for r in rules or () for op in r.headers)
+        return all(_keyed(op.value) for r in rules or () for op in r.headers)
     if name == "redir":
         return all(
-            not r.meta and not r.conditions.ifs and _literal(r.to) and r.to.startswith("/")
+            not r.meta and _keyed_ifs(r.conditions) and _keyed(r.to) and r.to.startswith("/")
             for r in rules or ()
         )
     if name == "rewrite":
         return all(
-            not r.conditions.ifs and len(r.to) == 1 and _literal(r.to[0]) for r in rules or ()
+            _keyed_ifs(r.conditions) and len(r.to) == 1 and _keyed(r.to[0]) for r in rules or ()
         )
     if name == "basicauth":
         return all(not r.password.startswith(HTPASSWD_PREFIX) for r in rules or ())
@@ -199,8 +236,20 @@ def site_rules(site: Any, handler: Any) -> SiteRules | None:
             return None
         prefixes.extend(scopes)
     redir = directives.get("redir")
-    targets = frozenset(r.to for r in getattr(redir, "rules", None) or ())
-    return SiteRules(handler, tuple(dict.fromkeys(prefixes)), targets)
+    tos = [compile_template(r.to) for r in getattr(redir, "rules", None) or ()]
+    targets = frozenset(t.static for t in tos if t.static is not None)
+    templated = tuple(t for t in tos if t.static is None)
+    return SiteRules(handler, tuple(dict.fromkeys(prefixes)), targets, templated)
+
+
+def _is_redirect(rules: SiteRules, request: Request, response: Response) -> bool:
+    """Whether `response` is a `redir` rule's 301 (a function of the key and the config)."""
+    if response.status not in _REDIR_CODES or isinstance(response.body, FileBody):
+        return False
+    got = response.headers.get("Location")
+    if got in rules.redirects:
+        return True
+    return any(got == location(request, t.render(request)) for t in rules.redirect_templates)
 
 
 def compile_router(handler: Any) -> dict[int, SiteRules] | None:
@@ -317,12 +366,8 @@ def fill(
             close()  # a coroutine never awaited: the chain runs it again for real
         return None
     if result.validators is None:
-        # a redir answer is a function of the path alone: valid as long as the config is
-        if (
-            result.status not in _REDIR_CODES
-            or result.headers.get("Location") not in rules.redirects
-            or isinstance(result.body, FileBody)
-        ):
+        # a redir answer is a function of the key alone: valid as long as the config is
+        if not _is_redirect(rules, request, result):
             _release(result.body)
             return None
         result.validators = ()

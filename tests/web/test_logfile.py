@@ -57,6 +57,59 @@ def test_buffered_in_a_loop_and_flushed_by_it(tmp_path: Path) -> None:
     assert after.splitlines() == [f"line {i}" for i in range(100)]
 
 
+def test_flushes_are_spaced_while_lines_keep_coming(tmp_path: Path) -> None:
+    """A line after a flush of one line is written in its own loop turn; a line within
+    FLUSH_EVERY of a busy flush (FLUSH_BUSY bytes) waits for it (one write(2) for a busy
+    server's lines), and close() writes what waits."""
+    path = tmp_path / "a.log"
+    sink = RotatingFile(str(path))
+    many = ["x" * 99] * (logfile.FLUSH_BUSY // 100 + 1)
+    before = "".join(line + "\n" for line in many)
+
+    async def main() -> tuple[str, str, str]:
+        sink.write("one")
+        await asyncio.sleep(0)
+        assert path.read_text() == "one\n"
+        sink.write("first")
+        await asyncio.sleep(0)
+        first = path.read_text()
+        for line in many:
+            sink.write(line)
+        await asyncio.sleep(0)
+        sink.write("second")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        waiting = path.read_text()
+        await asyncio.sleep(logfile.FLUSH_EVERY * 3)
+        spaced = path.read_text()
+        sink.write("third")
+        sink.close()  # (the scheduled flush then finds nothing to write)
+        return first, waiting, spaced
+
+    first, waiting, spaced = asyncio.run(main())
+    assert first == "one\nfirst\n"
+    assert waiting == "one\nfirst\n" + before
+    assert spaced == waiting + "second\n"
+    assert path.read_text() == spaced + "third\n"
+
+
+def test_append_of_encode_is_write(tmp_path: Path) -> None:
+    """The bytes a lane appends (RotatingFile.encode) are the ones write() puts in the
+    file: control characters escaped, a lone surrogate backslash-escaped."""
+    lines = ["plain", "tab\there", "bell\x07 and \u2028", "caf\u00e9 \ud800 x"]
+    a = RotatingFile(str(tmp_path / "a.log"))
+    b = RotatingFile(str(tmp_path / "b.log"))
+    for line in lines:
+        a.write(line)
+        b.append(RotatingFile.encode(line))
+    a.close()
+    b.close()
+    raw = (tmp_path / "a.log").read_bytes()
+    assert raw == (tmp_path / "b.log").read_bytes()
+    assert raw.splitlines()[2] == b"bell\\x07 and \\u2028"
+    assert b"\\ud800" in raw
+
+
 def test_big_buffer_flushes_early(tmp_path: Path) -> None:
     path = tmp_path / "a.log"
     sink = RotatingFile(str(path))

@@ -108,6 +108,13 @@ cdef class _PLPlan:
     cdef int ch_status
     cdef Py_ssize_t ch_length
     cdef long long ch_second
+    # the upstream set last picked from and what of it and its picker never changes (an
+    # UpstreamSet's picker and pools, a Picker's count, table, max_conns and in-flight
+    # list are set when they are made): read once per set, not per request
+    cdef object us_set, us_picker
+    cdef list us_pools, us_active
+    cdef ConnTable us_table  # None: the picker is not one _pl_pick_one may inline
+    cdef long us_max_conns
 
     def __init__(self, py):
         self.py = py
@@ -218,20 +225,22 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     cdef int fd = lane.fd
     proute = plan.proute
     uset = proute.set
-    picker = uset.picker
+    if uset is not plan.us_set:
+        _pl_use_set(plan, uset)
+    picker = plan.us_picker
     if picker is None:
         return 0
-    handler = plan.handler
-    loop = handler._loop
-    if loop is None:
-        loop = handler._loop = server._loop
     cdef double start = clane.lane_now()
     cdef Py_ssize_t index = 0
     ticket = None
-    cdef int picked = _pl_pick_one(picker)
+    cdef int picked = _pl_pick_one(plan, picker)
     if picked == 0:
         return 0  # nothing to pick now: serve() waits out try_duration (picks again)
     if picked < 0:
+        handler = plan.handler
+        loop = handler._loop
+        if loop is None:
+            loop = handler._loop = server._loop
         ticket = picker.pick(loop.time(), plan.client_ip, plan.uri, plan.header_value)
         if ticket is None:
             return 0  # as above
@@ -258,7 +267,7 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     conn._dkind = _PL_DL_NONE
     # Pool.take_idle inline: the newest kept connection that is still open
     up = None
-    idle = uset.pools[index].idle
+    idle = plan.us_pools[index].idle
     while idle:
         c = idle.pop()
         if type(c) is not UpstreamConn:
@@ -292,31 +301,44 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     return 1
 
 
-cdef int _pl_pick_one(object picker) except -2:
+cdef int _pl_use_set(_PLPlan plan, object uset) except -1:
+    """Remember the upstream set `uset` and what of it _pl_take reads per request."""
+    picker = uset.picker
+    plan.us_set = uset
+    plan.us_picker = picker
+    plan.us_pools = uset.pools
+    plan.us_table = None
+    plan.us_active = None
+    plan.us_max_conns = 0
+    if type(picker) is _pl_Picker and picker.count == 1:
+        table = picker._table
+        if type(table) is ConnTable:
+            plan.us_table = <ConnTable>table
+            plan.us_active = picker._active
+            plan.us_max_conns = picker.max_conns
+    return 0
+
+
+cdef int _pl_pick_one(_PLPlan plan, object picker) except -2:
     """Picker.pick inline for a picker of one upstream (no table, no flow: the up/down
     state and max_conns only): 1 when upstream 0 was taken (its in-flight count raised),
     0 when it is not available now (pick() would answer None), -1 to ask pick() itself
-    (several upstreams, passive failures to expire, another picker or table class)."""
+    (several upstreams, passive failures to expire, another picker or table class). The
+    picker's fixed parts are the plan's (_pl_use_set)."""
     cdef const c.ct_backend *b
-    cdef long max_conns
-    cdef list active
-    if type(picker) is not _pl_Picker or picker.count != 1:
+    cdef list active = plan.us_active
+    if active is None:
         return -1
     cdef double expiry = picker._next_expiry
     if expiry != _PL_INF:
         return -1  # failures to forget first (tick)
-    table = picker._table
-    if type(table) is not ConnTable:
-        return -1
-    b = c.ct_get_backend((<ConnTable>table)._t, 0)
+    b = c.ct_get_backend(plan.us_table._t, 0)
     if b == NULL:
         return -1
     if not b.up:
         return 0
-    max_conns = picker.max_conns
-    active = picker._active
     count = active[0]
-    if max_conns > 0 and count >= max_conns:
+    if plan.us_max_conns > 0 and count >= plan.us_max_conns:
         return 0
     active[0] = count + 1
     return 1

@@ -57,6 +57,13 @@ def proxy_lane_stats():
     return len(_pl_plans), len(_pl_routers), _pl_taken
 
 
+def proxy_lane_write_lines(tuple entries):
+    """_pl_write_lines for tests (against lanerequest.write_entries, its twin)."""
+    if _pl_front is None:
+        _pl_import()
+    _pl_write_lines(entries)
+
+
 cdef int _pl_import() except -1:
     global _pl_front, _pl_cached_head, _pl_Headers, _pl_Cached, _pl_on, _pl_Picker, _pl_Ticket
     from meshkit.web.proxy import clientlane

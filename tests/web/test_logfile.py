@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,3 +218,64 @@ def test_roller_options() -> None:
     assert logfile.roller_option_error(r, "rotate_size", ["x"]) is not None
     assert logfile.roller_option_error(r, "rotate_size", []) is not None
     assert logfile.roller_option_error(r, "rotate_compress", ["1"]) is not None
+
+
+def _fastpath_write_lines() -> Any:
+    from meshkit._ext import load_fastpath
+
+    fp = load_fastpath()
+    return getattr(fp, "proxy_lane_write_lines", None) if fp is not None else None
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "c"])
+def test_replayed_entries_write_as_write_does(tmp_path: Path, compiled: bool) -> None:
+    """Remembered lines written again (lanerequest.write_entries, and the proxy lane's C
+    twin of it) put the bytes write() would into the file: buffered within a loop turn,
+    flushed at once when the buffer passes FLUSH_AT, nothing lost at close; a stream
+    sink's line goes through its write()."""
+    from meshkit.web.lanerequest import log_entries, write_entries
+
+    write: Any = write_entries
+    if compiled:
+        write = _fastpath_write_lines()
+        if write is None:
+            pytest.skip("the compiled proxy lane is not built")
+    path = tmp_path / "a.log"
+    sink = RotatingFile(str(path))
+    other = RotatingFile(str(tmp_path / "b.log"))
+    line = '127.0.0.1 - [07/Dec/2026:05:00:00 +0000] "GET /caf\u00e9\x07 HTTP/1.1" 200 81'
+    entries = log_entries(((sink, line), (other, line + " other")))
+    assert entries[0][2] is sink.pending and entries[0][3] == RotatingFile.encode(line)
+    times = logfile.FLUSH_AT // len(entries[0][3]) + 5
+
+    async def main() -> tuple[int, int, int]:
+        write(entries)
+        first = path.stat().st_size  # buffered: the flush waits for the loop
+        for _ in range(times - 1):
+            write(entries)
+        full = path.stat().st_size
+        await asyncio.sleep(logfile.FLUSH_EVERY * 3)  # the rest: by the flush scheduled
+        return first, full, path.stat().st_size
+
+    first, full, later = asyncio.run(main())
+    assert first == 0
+    assert full >= logfile.FLUSH_AT  # flushed when the buffer filled, before the loop turned
+    assert later == len(RotatingFile.encode(line)) * times
+    sink.close()
+    other.close()
+    assert path.read_bytes() == RotatingFile.encode(line) * times
+    assert (tmp_path / "b.log").read_bytes() == RotatingFile.encode(line + " other") * times
+
+
+def test_replayed_entries_of_a_stream_sink(capsys: pytest.CaptureFixture[str]) -> None:
+    from meshkit.web.lanerequest import log_entries, write_entries
+
+    sink = open_sink("stdout")
+    entries = log_entries(((sink, "to stdout"),))
+    assert entries[0][2] is None
+    write_entries(entries)
+    fp = _fastpath_write_lines()
+    if fp is not None:
+        fp(entries)
+    sink.flush()
+    assert capsys.readouterr().out == "to stdout\n" * (2 if fp is not None else 1)

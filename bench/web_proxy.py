@@ -45,7 +45,7 @@ from ingress import (
     write_nginx_conf,
 )
 
-TARGETS = ("nginx", "caddy", "meshkit")
+TARGETS = ("nginx", "caddy", "meshkit", "base")  # base: --baseline's tree (an A/B)
 BODY = "hello from the backend, a small body of about one hundred bytes................"
 ISSUE = {"nginx": 22_900.0, "caddy": 4_300.0}
 
@@ -101,22 +101,25 @@ def start_caddy(procs: Procs, core: int | None, backend: int) -> int:
     return port
 
 
-def start_meshkit(procs: Procs, core: int | None, backend: int, args: argparse.Namespace) -> int:
+def start_meshkit(
+    procs: Procs, core: int | None, backend: int, args: argparse.Namespace, name: str = "meshkit"
+) -> int:
     port = free_port()
-    conf = procs.tmp / "Caddyfile"
-    log = f"    log / {procs.tmp / 'meshkit-access.log'}\n" if args.log else ""
+    conf = procs.tmp / f"Caddyfile-{name}"
+    log = f"    log / {procs.tmp / (name + '-access.log')}\n" if args.log else ""
     conf.write_text(f"{HOST}:{port} {{\n    proxy / {HOST}:{backend}\n{log}}}\n")
     env = dict(os.environ)
-    # this tree's meshkit, also when an older one is installed
+    # this tree's meshkit (or --baseline's for the target base), also when one is installed
+    src = str(Path(args.baseline) / "src") if name == "base" else str(SRC_DIR)
     old = env.get("PYTHONPATH")
-    env["PYTHONPATH"] = f"{SRC_DIR}{os.pathsep}{old}" if old else str(SRC_DIR)
+    env["PYTHONPATH"] = f"{src}{os.pathsep}{old}" if old else src
     if args.no_extensions:
         env["MESHKIT_NO_EXTENSIONS"] = "1"
     if args.no_proxy_lane:
         env["MESHKIT_PROXY_LANE"] = "0"  # the handler chain (the lane's twin) with the C parts
     cmd = [sys.executable, "-m", "meshkit", "web", "-conf", str(conf), "-quiet"]
-    proc, logfile = procs.start("meshkit", cmd, core, env=env)
-    wait_port(port, proc, "meshkit web", logfile, timeout=30)
+    proc, logfile = procs.start(name, cmd, core, env=env)
+    wait_port(port, proc, f"meshkit web ({name})", logfile, timeout=30)
     PIDS[port] = proc.pid
     return port
 
@@ -126,6 +129,7 @@ CPU = "cpu"  # the metric of CPU microseconds per request
 USER = "user"  # of which in user space (the proxy's own code; the kernel's share is alike)
 RATIO = "ratio"  # meshkit / nginx requests/s in one round
 CPU_RATIO = "cpu-ratio"  # nginx / meshkit CPU per request in one round (>= 1: meshkit cheaper)
+BASE_RATIO = "base-ratio"  # base / meshkit CPU per request in one round (>= 1: this tree cheaper)
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
@@ -155,6 +159,8 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             ports["caddy"] = start_caddy(procs, args.server_core, backend)
         if "meshkit" in args.targets:
             ports["meshkit"] = start_meshkit(procs, args.server_core, backend, args)
+        if "base" in args.targets:
+            ports["base"] = start_meshkit(procs, args.server_core, backend, args, "base")
         log(
             f"proxies: {ports}, backend {backend} (proxy CPU {args.server_core}, "
             f"wrk+backend CPU {args.client_core})"
@@ -182,6 +188,11 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                     f"  round {r} small  {name:<8} {sample.value:>10.0f} req/s"
                     f" {per:>6.1f} us CPU/request ({user:.1f} user){extra}"
                 )
+            if "base" in got and "meshkit" in got:
+                m_cpu, b_cpu = got["meshkit"][1], got["base"][1]
+                if m_cpu:
+                    results.add(BASE_RATIO, "meshkit", Sample(b_cpu / m_cpu))
+                    log(f"  round {r} base/meshkit CPU per request {b_cpu / m_cpu:.3f}x")
             if "nginx" in got and "meshkit" in got:
                 (m_rps, m_cpu), (n_rps, n_cpu) = got["meshkit"], got["nginx"]
                 if n_rps and m_cpu:
@@ -227,6 +238,12 @@ def report(results: Results, args: argparse.Namespace) -> bool:
             f"meshkit vs nginx, median of the per-round ratios: {per_round:.2f}x req/s,"
             f" {per_cpu:.2f}x by CPU per request (nginx's / meshkit's)"
         )
+    per_base = results.median(BASE_RATIO, "meshkit")
+    if per_base is not None:
+        print(
+            f"this tree vs --baseline, median of the per-round ratios: {per_base:.3f}x by CPU"
+            " per request (base's / this tree's)"
+        )
     print(
         f"(measured before: nginx {ISSUE['nginx']:.0f}, caddy {ISSUE['caddy']:.0f}; "
         "goal meshkit >= 1.0x nginx)"
@@ -241,13 +258,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=None, help="seconds per run (default 10)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
-    p.add_argument("--targets", default=",".join(TARGETS), help="subset of nginx,caddy,meshkit")
+    p.add_argument(
+        "--targets", default="nginx,caddy,meshkit", help="subset of nginx,caddy,meshkit,base"
+    )
     p.add_argument("--no-extensions", action="store_true", help="MESHKIT_NO_EXTENSIONS=1")
     p.add_argument("--log", action="store_true", help="an access log in nginx and meshkit")
     p.add_argument(
         "--no-proxy-lane",
         action="store_true",
         help="MESHKIT_PROXY_LANE=0: the handler chain instead of the proxy lane",
+    )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        help="another meshkit tree (built) run as the target base, interleaved: an A/B",
     )
     p.add_argument("--check-goals", action="store_true", help="exit 3 when the goal is missed")
     p.add_argument("--server-core", type=int, default=None, help="CPU for the proxies")
@@ -260,6 +284,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.duration < 1 or args.rounds < 1:
         p.error("--duration must be >= 1 and --rounds >= 1")
     settle_server_args(p, args, TARGETS)
+    if ("base" in args.targets) != (args.baseline is not None):
+        p.error("--baseline DIR and the target base go together")
+    if args.baseline is not None and not (Path(args.baseline) / "src" / "meshkit").is_dir():
+        p.error(f"--baseline {args.baseline}: no src/meshkit there")
     return args
 
 

@@ -13,7 +13,8 @@
 # time per request against nginx: each attribute read on a Python object here counts.
 # Included by _fastpath.pyx after _upstream.pxi: module-level names carry a _pl prefix.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.string cimport memcmp
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
+from libc.string cimport memcmp, memcpy
 from meshkit.includes cimport lane as clane
 from meshkit.includes cimport sendfile as csend
 
@@ -23,6 +24,7 @@ cdef object _pl_Headers = None
 cdef object _pl_Cached = None   # connstate.Event.CACHED
 cdef object _pl_Picker = None   # meshkit.lb.pick.Picker (its one-upstream pick is inlined)
 cdef object _pl_Ticket = None   # meshkit.lb.pick.Ticket
+cdef Py_ssize_t _pl_flush_at = 65536  # meshkit.web.logfile.FLUSH_AT (read at import)
 cdef double _PL_INF = float("inf")
 cdef bint _pl_on = True
 cdef dict _pl_plans = {}        # (head bytes, client address, local port) -> _PLPlan, or
@@ -55,6 +57,13 @@ def proxy_lane_stats():
     return len(_pl_plans), len(_pl_routers), _pl_taken
 
 
+def proxy_lane_write_lines(tuple entries):
+    """_pl_write_lines for tests (against lanerequest.write_entries, its twin)."""
+    if _pl_front is None:
+        _pl_import()
+    _pl_write_lines(entries)
+
+
 cdef int _pl_import() except -1:
     global _pl_front, _pl_cached_head, _pl_Headers, _pl_Cached, _pl_on, _pl_Picker, _pl_Ticket
     from meshkit.web.proxy import clientlane
@@ -64,6 +73,9 @@ cdef int _pl_import() except -1:
     from meshkit.web.http1 import cached_head
     from meshkit.web.message import Headers
     from meshkit.web.connstate import Event
+    from meshkit.web import logfile
+    global _pl_flush_at
+    _pl_flush_at = logfile.FLUSH_AT
     _pl_front = clientlane
     _pl_cached_head = cached_head
     _pl_Headers = Headers
@@ -103,6 +115,13 @@ cdef class _PLPlan:
     cdef int ch_status
     cdef Py_ssize_t ch_length
     cdef long long ch_second
+    # the upstream set last picked from and what of it and its picker never changes (an
+    # UpstreamSet's picker and pools, a Picker's count, table, max_conns and in-flight
+    # list are set when they are made): read once per set, not per request
+    cdef object us_set, us_picker
+    cdef list us_pools, us_active
+    cdef ConnTable us_table  # None: the picker is not one _pl_pick_one may inline
+    cdef long us_max_conns
 
     def __init__(self, py):
         self.py = py
@@ -131,6 +150,14 @@ cdef class _PLConn:
     cdef long local_port, remote_port
     cdef bytes data
     cdef object known  # data's _PLPlan, or the router that refused it
+    # the access-log lines of the last logged answer on this connection (_pl_log): written
+    # again for the same plan, upstream fields, status, size and upstream within the second
+    cdef _PLPlan log_plan
+    cdef object log_raw
+    cdef tuple log_entries
+    cdef int log_status
+    cdef Py_ssize_t log_sent, log_index
+    cdef long long log_second
 
 
 cdef object _pl_last_router = None  # the router _pl_last_may was asked for
@@ -205,20 +232,22 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     cdef int fd = lane.fd
     proute = plan.proute
     uset = proute.set
-    picker = uset.picker
+    if uset is not plan.us_set:
+        _pl_use_set(plan, uset)
+    picker = plan.us_picker
     if picker is None:
         return 0
-    handler = plan.handler
-    loop = handler._loop
-    if loop is None:
-        loop = handler._loop = server._loop
     cdef double start = clane.lane_now()
     cdef Py_ssize_t index = 0
     ticket = None
-    cdef int picked = _pl_pick_one(picker)
+    cdef int picked = _pl_pick_one(plan, picker)
     if picked == 0:
         return 0  # nothing to pick now: serve() waits out try_duration (picks again)
     if picked < 0:
+        handler = plan.handler
+        loop = handler._loop
+        if loop is None:
+            loop = handler._loop = server._loop
         ticket = picker.pick(loop.time(), plan.client_ip, plan.uri, plan.header_value)
         if ticket is None:
             return 0  # as above
@@ -245,7 +274,7 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     conn._dkind = _PL_DL_NONE
     # Pool.take_idle inline: the newest kept connection that is still open
     up = None
-    idle = uset.pools[index].idle
+    idle = plan.us_pools[index].idle
     while idle:
         c = idle.pop()
         if type(c) is not UpstreamConn:
@@ -262,6 +291,7 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     cdef _PLSink sink = _PLSink.__new__(_PLSink)
     sink.plan = plan.py
     sink.cplan = plan
+    sink.pconn = memo
     sink.proute = proute
     sink.conn = conn
     sink.server = server
@@ -278,31 +308,44 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     return 1
 
 
-cdef int _pl_pick_one(object picker) except -2:
+cdef int _pl_use_set(_PLPlan plan, object uset) except -1:
+    """Remember the upstream set `uset` and what of it _pl_take reads per request."""
+    picker = uset.picker
+    plan.us_set = uset
+    plan.us_picker = picker
+    plan.us_pools = uset.pools
+    plan.us_table = None
+    plan.us_active = None
+    plan.us_max_conns = 0
+    if type(picker) is _pl_Picker and picker.count == 1:
+        table = picker._table
+        if type(table) is ConnTable:
+            plan.us_table = <ConnTable>table
+            plan.us_active = picker._active
+            plan.us_max_conns = picker.max_conns
+    return 0
+
+
+cdef int _pl_pick_one(_PLPlan plan, object picker) except -2:
     """Picker.pick inline for a picker of one upstream (no table, no flow: the up/down
     state and max_conns only): 1 when upstream 0 was taken (its in-flight count raised),
     0 when it is not available now (pick() would answer None), -1 to ask pick() itself
-    (several upstreams, passive failures to expire, another picker or table class)."""
+    (several upstreams, passive failures to expire, another picker or table class). The
+    picker's fixed parts are the plan's (_pl_use_set)."""
     cdef const c.ct_backend *b
-    cdef long max_conns
-    cdef list active
-    if type(picker) is not _pl_Picker or picker.count != 1:
+    cdef list active = plan.us_active
+    if active is None:
         return -1
     cdef double expiry = picker._next_expiry
     if expiry != _PL_INF:
         return -1  # failures to forget first (tick)
-    table = picker._table
-    if type(table) is not ConnTable:
-        return -1
-    b = c.ct_get_backend((<ConnTable>table)._t, 0)
+    b = c.ct_get_backend(plan.us_table._t, 0)
     if b == NULL:
         return -1
     if not b.up:
         return 0
-    max_conns = picker.max_conns
-    active = picker._active
     count = active[0]
-    if max_conns > 0 and count >= max_conns:
+    if plan.us_max_conns > 0 and count >= plan.us_max_conns:
         return 0
     active[0] = count + 1
     return 1
@@ -355,18 +398,51 @@ cdef bytes _pl_client_head_shared(object heads, int status, list raw, Py_ssize_t
 
 
 cdef int _pl_log(_PLSink sink, int status, bytes body, Py_ssize_t sent) except -1:
-    """The access-log lines of a whole answer the lane wrote: the lines clientlane.logged
-    remembered for this answer shape, upstream, client port and second written again from
-    here (no Python frame), else clientlane.logged renders (and remembers) them."""
-    py = sink.plan
+    """The access-log lines of a whole answer the lane wrote: the connection's last lines
+    when this answer is of the same shape (plan, upstream fields, status, size, upstream)
+    within the second clientlane.logged rendered them for, written again from here (no
+    Python frame, no key made); else clientlane.logged writes (and renders or recalls)
+    them and says which to remember."""
+    cdef _PLConn memo = sink.pconn
     raw = sink.items
-    if py.log_second == clane.lane_now_second():  # logged() reads time.time(): same clock
-        got = py.log_memo.get((status, id(raw), sent, sink.index, sink.remote_port))
-        if got is not None and (<tuple>got)[0] is raw:
-            for out, line in <tuple>(<tuple>got)[1]:
-                out.write(line)
-            return 0
-    _pl_front.logged(sink, status, raw, body, sent)
+    if (memo.log_plan is sink.cplan and memo.log_raw is raw and memo.log_status == status
+            and memo.log_sent == sent and memo.log_index == sink.index
+            and memo.log_second == clane.lane_now_second()):
+        _pl_write_lines(memo.log_entries)
+        return 0
+    got = _pl_front.logged(sink, status, raw, body, sent)
+    if got is None:
+        memo.log_plan = None
+        return 0
+    memo.log_second = <long long>(<tuple>got)[0]
+    memo.log_entries = <tuple>(<tuple>got)[1]
+    memo.log_plan = sink.cplan
+    memo.log_raw = raw
+    memo.log_status = status
+    memo.log_sent = sent
+    memo.log_index = sink.index
+    return 0
+
+
+cdef int _pl_write_lines(tuple entries) except -1:
+    """lanerequest.write_entries in C: a file sink's line appended to its buffer
+    (RotatingFile.append: flushed when full, a flush scheduled when it was empty)."""
+    cdef Py_ssize_t n, m
+    cdef bytes raw
+    for entry in entries:
+        pending = (<tuple>entry)[2]
+        if pending is None:
+            (<tuple>entry)[0].write((<tuple>entry)[1])
+            continue
+        raw = <bytes>(<tuple>entry)[3]
+        n = PyByteArray_GET_SIZE(pending)
+        m = PyBytes_GET_SIZE(raw)
+        PyByteArray_Resize(pending, n + m)
+        memcpy(PyByteArray_AS_STRING(pending) + n, PyBytes_AS_STRING(raw), <size_t>m)
+        if n + m >= _pl_flush_at:
+            (<tuple>entry)[0].flush()
+        elif n == 0:
+            (<tuple>entry)[0].schedule()
     return 0
 
 
@@ -380,6 +456,7 @@ cdef class _PLSink(UpstreamSink):
     cdef public bint head_only, told, gone, logged
     cdef public Py_ssize_t index  # the upstream picked (the ticket's index)
     cdef _PLPlan cplan
+    cdef _PLConn pconn  # the client connection's memo (its last logged lines)
     cdef object _ticket  # None while the pick was _pl_pick_one's (made when asked for)
     cdef bint released   # _pl_pick_one's pick was given back
     cdef list pieces

@@ -158,10 +158,14 @@ cdef class UpstreamConn:
     cdef tuple memo_known     # _up_parse made of it: the next one is compared, not parsed
     cdef bint memo_head_only
     cdef object deadlines     # pool.deadlines (made with the pool, never replaced)
+    cdef set watched          # deadlines.watched (made with it, never replaced)
+    cdef double pool_timeout  # pool.timeout (the block's, set when the pool is made)
 
     def __init__(self, pool):
         self.pool = pool
         self.deadlines = pool.deadlines
+        self.watched = self.deadlines.watched
+        self.pool_timeout = pool.timeout
         self.transport = None
         self.parser = None
         self.waiter = self.body_waiter = self.drain_waiter = None
@@ -215,16 +219,15 @@ cdef class UpstreamConn:
             raise TypeError("request() needs a sink")
         self.begin(head_only)
         self.sink = sink
-        pool = self.pool
         deadlines = self.deadlines
         loop = deadlines._loop
         if loop is not None and deadlines._handle is not None:
             # Deadlines.watch inline while its sweep is scheduled (the loop is running)
-            self.timeout = pool.timeout
+            self.timeout = self.pool_timeout
             self.deadline = loop.time() + self.timeout
-            deadlines.watched.add(self)
+            self.watched.add(self)
         else:
-            deadlines.watch(self, pool.timeout)
+            deadlines.watch(self, self.pool_timeout)
         _up_write_head(self, head)
 
     # -- asyncio.Protocol
@@ -390,7 +393,7 @@ cdef class UpstreamConn:
         if ready is not None:
             if self.head_done or self.error is not None:
                 self.on_ready = None
-                self.deadlines.watched.discard(self)
+                self.watched.discard(self)
                 ready(self)
             return
         w = self.waiter
@@ -408,7 +411,7 @@ cdef class UpstreamConn:
         if self.error is not None:
             self.sink = None
             self.active = False
-            self.deadlines.watched.discard(self)
+            self.watched.discard(self)
             error = self.error
             stale = not self.got_bytes and not isinstance(error, _up_Timeout)
             self.close()
@@ -426,7 +429,7 @@ cdef class UpstreamConn:
         if self.done:
             self.sink = None
             self.active = False
-            self.deadlines.watched.discard(self)
+            self.watched.discard(self)
             if self.status == 101:
                 self.close()  # no upgrade through a sink
             else:

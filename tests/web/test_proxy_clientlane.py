@@ -491,3 +491,33 @@ def _slow_pair(p: Pair) -> list[tuple[int, int, int, bytes]]:
             after = reader.response()
             got.append((reply.status, len(reply.body), after.status, after.body))
     return got
+
+
+@pytest.mark.parametrize("fmt", ["{uri} {status} {port}", "{uri} {status} {remote}"])
+def test_lane_log_lines_per_connection(tmp_path: Path, backend: Backend, fmt: str) -> None:
+    """Two connections of one client take turns sending the same head: each answer's line
+    is its own connection's (the lane remembers a connection's last lines, and a plan's
+    lines by client port only when a line shows it), in the order they were answered, in
+    both servers alike."""
+    body = fmt.replace("{", "{{").replace("}", "}}")  # (make_router formats the site)
+    CONFIGS["logged_fmt"] = (f' proxy / {{up}}\n log / {{log}} "{body}"\n', True)
+    p = Pair(tmp_path, "logged_fmt", backend)
+    try:
+        head = raw("GET", "/x/log", "")
+        for server, logf in ((p.c, p.log_c), (p.py, p.log_py)):
+            with connect(server.port) as one, connect(server.port) as two:
+                readers = {one: Reader(one), two: Reader(two)}
+                order = [one, two, two, one, one, two]
+                for sock in order:
+                    sock.sendall(head)
+                    assert readers[sock].response().status == 200
+                ports = [str(s.getsockname()[1]) for s in order]
+                assert wait_until(lambda f=logf: f.exists() and f.read_text().count("\n") >= 6)
+            lines = logf.read_text().splitlines()
+            if "{port}" in fmt:
+                assert lines == [f"/x/log 200 {port}" for port in ports]
+            else:
+                assert lines == ["/x/log 200 127.0.0.1"] * 6
+    finally:
+        p.stop()
+        del CONFIGS["logged_fmt"]

@@ -17,11 +17,23 @@ from typing import Any
 from meshkit.web import headlane
 from meshkit.web.directives.log import _Complete
 from meshkit.web.http1 import HttpError, parse_target
+from meshkit.web.logfile import RotatingFile
 from meshkit.web.message import EmptyBody, Headers, Request, Response
 from meshkit.web.output import Job
 from meshkit.web.router import Router
 
-__all__ = ["complete", "copy_request", "head_request", "queue_rest"]
+__all__ = [
+    "complete",
+    "copy_request",
+    "head_request",
+    "log_entries",
+    "queue_rest",
+    "write_entries",
+]
+
+# A remembered access-log line as a lane writes it again: (sink, line, the file sink's
+# buffer, the line's bytes in it) or (sink, line, None, None) for the other sinks.
+LogEntry = tuple[Any, str, "bytearray | None", "bytes | None"]
 
 log = logging.getLogger("meshkit.web")
 
@@ -111,6 +123,28 @@ def complete(
     for out, line in lines:
         out.write(line)
     return tuple(lines), replayable
+
+
+def log_entries(lines: tuple[tuple[Any, str], ...]) -> tuple[LogEntry, ...]:
+    """The lines `complete` wrote, as entries to write again (write_entries): a file sink's
+    line encoded once (RotatingFile.encode), so that writing it again is appending bytes to
+    the sink's buffer (RotatingFile.append; the proxy lane does it in C)."""
+    out: list[LogEntry] = []
+    for sink, line in lines:
+        if type(sink) is RotatingFile:
+            out.append((sink, line, sink.pending, sink.encode(line)))
+        else:
+            out.append((sink, line, None, None))
+    return tuple(out)
+
+
+def write_entries(entries: tuple[LogEntry, ...]) -> None:
+    """Write remembered lines again (the Python twin of the proxy lane's _pl_write_lines)."""
+    for sink, line, _, raw in entries:
+        if raw is None:
+            sink.write(line)
+        else:
+            sink.append(raw)
 
 
 def queue_rest(

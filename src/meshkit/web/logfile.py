@@ -2,8 +2,14 @@
 
 Writes never wait on the disk from the event loop for long: a line goes into a buffer, and the
 buffer is written with one write(2) when the loop gets to the flush scheduled by the first line
-(or at once when there is no running loop, or the buffer passes 64 KiB). Rotation follows
-lumberjack, which Caddy v1 used:
+(or at once when there is no running loop, or the buffer passes 64 KiB). After a flush of many
+lines (FLUSH_BUSY bytes) the next one waits until FLUSH_EVERY has passed (as nginx's
+`access_log ... buffer= flush=`): a busy server's lines go out in one write(2) per FLUSH_EVERY
+(or per 64 KiB), while a line that follows a flush of a few lines is written in its own loop
+turn, as before. Every sink is flushed when it is closed, at exit and on SIGQUIT. A file's
+buffer holds encoded bytes (RotatingFile.pending): the proxy lane appends the lines it
+replays there from C (RotatingFile.encode made them: the bytes write() appends). Rotation
+follows lumberjack, which Caddy v1 used:
 
 - rotate_size MB (100): when a write would take the file past it, the file is renamed to
   `NAME-<local time 2006-01-02T15-04-05.000>.EXT` and a fresh file opened;
@@ -38,6 +44,8 @@ _log = logging.getLogger("meshkit.web")
 
 MEGABYTE = 1024 * 1024
 FLUSH_AT = 64 * 1024
+FLUSH_EVERY = 0.05  # seconds from a busy flush to the next one, at least (see above)
+FLUSH_BUSY = 1024  # bytes in one flush that make the next one wait for FLUSH_EVERY
 BACKUP_TIME_FORMAT = "%Y-%m-%dT%H-%M-%S"
 
 ROLLER_OPTIONS = ("rotate_size", "rotate_age", "rotate_keep", "rotate_compress")
@@ -190,6 +198,10 @@ class RotatingFile(_Buffered):
         self.max_bytes = (self.roller.size_mb or 100) * MEGABYTE
         self._fd = -1
         self._size = 0
+        # the lines not written yet, encoded; never replaced (cleared in place), so that the
+        # proxy lane may keep it (a flush is scheduled when it stops being empty)
+        self.pending = bytearray()
+        self._next_flush = 0.0  # time.monotonic() before which a flush waits (FLUSH_BUSY)
         self._mill_lock = threading.Lock()
         self._mill_thread: threading.Thread | None = None
         self.errors: list[str] = []  # write failures, for diagnosis (last few)
@@ -205,8 +217,52 @@ class RotatingFile(_Buffered):
         self._fd = fd
         self._size = os.fstat(fd).st_size
 
-    def _emit(self, data: str) -> None:
-        raw = data.encode("utf-8", "backslashreplace")
+    @staticmethod
+    def encode(line: str) -> bytes:
+        """The bytes write(line) appends to the file (its newline included)."""
+        if _LINE_BREAKERS.search(line) is not None:
+            line = _LINE_BREAKERS.sub(_hex, line)
+        return (line + "\n").encode("utf-8", "backslashreplace")
+
+    def write(self, line: str) -> None:
+        self.append(self.encode(line))
+
+    def append(self, raw: bytes) -> None:
+        """Queue encoded lines (what encode() made)."""
+        pending = self.pending
+        was_empty = not pending
+        pending += raw
+        if len(pending) >= FLUSH_AT:
+            self.flush()
+        elif was_empty:
+            self.schedule()
+
+    def schedule(self) -> None:
+        """Have the buffer flushed: in this loop turn, or once FLUSH_EVERY has passed
+        since the last flush when that one was busy (at once without a running loop).
+        Called when the buffer stops being empty (by append, and by the proxy lane)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        wait = self._next_flush - time.monotonic()
+        if wait > 0:
+            loop.call_later(wait, self.flush)
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        pending = self.pending
+        if not pending:
+            return
+        data = bytes(pending)
+        self._next_flush = time.monotonic() + FLUSH_EVERY if len(data) >= FLUSH_BUSY else 0.0
+        pending.clear()
+        with self._lock:
+            self._write(data)
+
+    def _write(self, raw: bytes) -> None:
         try:
             if self._fd < 0:
                 self.open()

@@ -35,7 +35,15 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from meshkit.web.connstate import ConnState
-from meshkit.web.lanerequest import complete, copy_request, head_request, queue_rest
+from meshkit.web.lanerequest import (
+    LogEntry,
+    complete,
+    copy_request,
+    head_request,
+    log_entries,
+    queue_rest,
+    write_entries,
+)
 from meshkit.web.message import Headers, Request, Response
 from meshkit.web.pipeline import Slot
 from meshkit.web.proxy.client import Reply, Stream, UpstreamBroken
@@ -95,6 +103,7 @@ class Plan:
         "heads_set",
         "local_port",
         "log_memo",
+        "log_port",
         "log_second",
         "proute",
         "remote_addr",
@@ -114,8 +123,9 @@ class Plan:
     ) -> None:
         self.router = router
         self.watch = watch  # the site's `log` (adds the request's on_complete callback)
-        self.log_memo: dict[tuple[Any, ...], tuple[Any, tuple[tuple[Any, str], ...]]] = {}
+        self.log_memo: dict[tuple[Any, ...], tuple[Any, tuple[LogEntry, ...]]] = {}
         self.log_second = 0
+        self.log_port = True  # whether a line shows the client's port (known once rendered)
         self.request = request  # the template: copied for the rare paths (see fresh())
         self.handler = handler
         self.proute = proute
@@ -364,12 +374,14 @@ def partial(sink: Any, wire: bytes, head_len: int, sent: int, status: int, raw: 
     queue_rest(sink.conn, request, response, wire, head_len, sent)
 
 
-def logged(sink: Any, status: int, raw: Any, body: bytes, sent: int) -> None:
+def logged(sink: Any, status: int, raw: Any, body: bytes, sent: int) -> tuple[int, Any] | None:
     """The lane wrote a whole answer (`sent` body bytes) of a logged site: its lines.
     Lines that read nothing per request (the log directive's `replayable`: no latency, no
     request id) are rendered once per answer shape, upstream, client port (when a line
     shows it) and second, as the response cache replays them (respcache.replay_log); the
-    same strings after that, since nothing else in them can differ."""
+    same strings after that, since nothing else in them can differ. (second, entries) for
+    such lines (lanerequest.log_entries: what the compiled lane writes again for the same
+    answer on the same connection within that second), else None."""
     plan_: Plan = sink.plan
     index = sink.index  # (not sink.ticket: no Ticket made for the lane's own pick)
     now = time.time()  # as the log callback's own call reads it
@@ -378,17 +390,23 @@ def logged(sink: Any, status: int, raw: Any, body: bytes, sent: int) -> None:
     if plan_.log_second != second:
         memo.clear()
         plan_.log_second = second
-    key = (status, id(raw), sent, index, sink.remote_port)
+    key = (status, id(raw), sent, index, sink.remote_port if plan_.log_port else 0)
     got = memo.get(key)
     if got is not None and got[0] is raw:
-        for out, line in got[1]:
-            out.write(line)
-        return
+        entries = got[1]
+        write_entries(entries)
+        return second, entries
     request = plan_.fresh(sink.remote_port, sink.start)
     request.vars["upstream"] = sink.uset.names[index]
     response = plan_.proute.heads.response_for(request, Reply(status, raw, body, None))
     lines, replayable = complete(request, response, sent, now)
-    if replayable:
-        if len(memo) >= 64:
-            memo.clear()
-        memo[key] = (raw, lines)
+    if not replayable:
+        return None
+    # a line without the client's port is the same for every connection of the client
+    plan_.log_port = any(getattr(cb, "uses_port", True) for cb in request.on_complete)
+    if len(memo) >= 64:
+        memo.clear()
+    entries = log_entries(lines)
+    key = (status, id(raw), sent, index, sink.remote_port if plan_.log_port else 0)
+    memo[key] = (raw, entries)
+    return second, entries

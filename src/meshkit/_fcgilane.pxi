@@ -138,6 +138,8 @@ cdef class _FLPlan:
 cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
     """1 when the lane took the request head `data` read on conn (answered or in flight),
     0 to read it normally (nothing done)."""
+    if PyBytes_AS_STRING(data)[0] == c'P':  # POST, PUT, PATCH: the body may follow
+        return _fl_take_body(conn, server, fd, data)
     return _fl_go(conn, server, fd, data, _fl_plans, None, 0)
 
 
@@ -146,10 +148,11 @@ cdef extern from "string.h" nogil:
 
 
 cdef int _fl_take_body(object conn, object server, int fd, bytes data) except -1:
-    """1 when the lane took the read `data` on conn, one whole request head and the whole
-    body its Content-Length announces (answered or in flight), 0 to read it normally
-    (nothing done). Cheap for every other read: only a read that begins with a P (POST, PUT,
-    PATCH) and holds a head end within the lane's head size is looked up."""
+    """1 when the lane took the read `data` on conn, one whole request head and the body
+    its Content-Length announces (answered or in flight; the body's rest read here when the
+    client sent it right behind), 0 to read it normally (nothing done). Cheap for every
+    other read: only a read that begins with a P (POST, PUT, PATCH) and holds a head end
+    within the lane's head size is looked up."""
     cdef const char *p = PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
     cdef const char *e
@@ -157,7 +160,7 @@ cdef int _fl_take_body(object conn, object server, int fd, bytes data) except -1
         return 0
     e = <const char *>memmem(p, <size_t>(n if n < _LN_MAX_HEAD else _LN_MAX_HEAD),
                              b"\r\n\r\n", 4)
-    if e == NULL or e + 4 - p >= n:
+    if e == NULL:
         return 0
     cdef Py_ssize_t at = e + 4 - p
     return _fl_go(conn, server, fd, data[:at], _fl_body_plans, data, at)
@@ -205,14 +208,24 @@ cdef int _fl_go(object conn, object server, int fd, bytes data, dict plans, byte
         plan.max_field_line = server._max_field_line
         plans[key] = plan
     cdef Py_ssize_t blen = 0 if whole is None else PyBytes_GET_SIZE(whole) - body_at
-    if blen != plan.body_len:
-        return 0  # a body cut short by the read, or more after it (a pipelined request)
+    if blen > plan.body_len:
+        return 0  # more after the body (a pipelined request): the chain reads them
     # the safe split: the script must be a regular file now (asked for every request)
     cdef _fc_stat_t st
     if plan.script is None or _fc_stat(PyBytes_AS_STRING(plan.script), &st) != 0 \
             or not _FC_S_ISREG(st.st_mode):
         _fl_no_file += 1
         return 0
+    cdef bint extra = False
+    if blen < plan.body_len:
+        # the body's rest, when the client wrote it right behind the head: read it now (at
+        # most the body's bytes, so a pipelined request stays in the socket)
+        whole = _fl_rest(fd, whole, plan.body_len - blen)
+        if PyBytes_GET_SIZE(whole) - body_at != plan.body_len:
+            conn._on_data(whole)  # all that was read, as one read: the chain goes on
+            return 1
+        blen = plan.body_len
+        extra = True
     # Client.start inline: the newest kept connection that is still open
     up = None
     idle = plan.upstream.idle
@@ -227,6 +240,9 @@ cdef int _fl_go(object conn, object server, int fd, bytes data, dict plans, byte
         cap = upstream.cap  # Upstream.full(), inline
         if not cap or upstream.open + upstream.dialling < cap:
             _fl_no_kept += 1
+            if extra:  # the bytes read here go to the connection as one read
+                conn._on_data(whole)
+                return 1
             return 0  # nothing kept and room to dial: the handler dials (and keeps it)
         # the pool is at the cap it learnt: wait in its queue for a kept connection, as
         # Client._wait_for_conn waits (without a Future: _FLWait is called back)
@@ -269,6 +285,25 @@ cdef int _fl_go(object conn, object server, int fd, bytes data, dict plans, byte
         return 1
     _fl_send(plan, sink, up, wire)
     return 1
+
+
+cdef bytes _fl_rest(int fd, bytes whole, Py_ssize_t need):
+    """whole and up to `need` more bytes from the client's socket, read without waiting
+    (a few reads, to EAGAIN, EOF or an error: the loop's next read sees those again)."""
+    cdef bytes rest = PyBytes_FromStringAndSize(NULL, need)
+    cdef char *r = PyBytes_AS_STRING(rest)
+    cdef Py_ssize_t got = 0
+    cdef ssize_t k
+    cdef int tries = 0
+    while got < need and tries < 4:
+        k = clane.lane_recv(fd, r + got, <size_t>(need - got))
+        if k <= 0:
+            break
+        got += k
+        tries += 1
+    if not got:
+        return whole
+    return whole + rest[:got]
 
 
 cdef bytes _fl_with_body(bytes prefix, bytes whole, Py_ssize_t at):

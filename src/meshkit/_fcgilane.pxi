@@ -158,6 +158,12 @@ cdef int _fl_take_body(object conn, object server, int fd, bytes data) except -1
     cdef const char *e
     if n < 20 or p[0] != c'P' or not _fl_on:
         return 0
+    if _fl_front is None:
+        _fl_import()
+        if not _fl_on:
+            return 0
+    if not _fl_router_may(server._handler):
+        return 0  # no `fastcgi` site here: nothing more for any read of this server
     e = <const char *>memmem(p, <size_t>(n if n < _LN_MAX_HEAD else _LN_MAX_HEAD),
                              b"\r\n\r\n", 4)
     if e == NULL:

@@ -4,10 +4,11 @@ PUT and PATCH requests with bodies of many sizes (1 byte to 64 KiB, across the 6
 STDIN record cut) on keep-alive connections to two servers over the same `fastcgi` site in
 front of one real php-fpm, one server reading with the compiled lanes and one in Python,
 get the same statuses, headers (bar Date), bodies and access-log lines. The scripts echo the
-body php read, its length and md5, $_POST and the CONTENT_* PARAMS php saw. Heads the lane
-must leave to the chain (chunked, Expect, two Content-Lengths, Content-Length with
-Transfer-Encoding, an invalid length, a body cut short by the read, a body over 64 KiB)
-are answered the same by both, and not taken."""
+body php read, its length and md5, $_POST and every PARAM php saw (CONTENT_LENGTH and
+CONTENT_TYPE among them). Heads the lane must leave to the chain (chunked, Expect, two
+Content-Lengths, Content-Length with Transfer-Encoding, an invalid length, a body that
+comes in a later read, a pipelined request, a body over 64 KiB) are answered the same by
+both, and not taken; a body read behind the first 64 KiB read is taken."""
 
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ SCRIPTS = {
     "form.php": "<?php ksort($_POST); $j = json_encode($_POST);"
     ' echo strlen($j) <= 4096 ? $j : md5($j), "\\n";'
     " echo $_SERVER['CONTENT_LENGTH'] ?? '-', ' ', $_SERVER['HTTP_X_A'] ?? '-';",
+    # every PARAM php saw, bar what differs per connection and server
+    "env.php": "<?php $s = $_SERVER; foreach (['REMOTE_PORT', 'SERVER_PORT', 'REQUEST_TIME',"
+    " 'REQUEST_TIME_FLOAT'] as $k) { unset($s[$k]); } ksort($s);"
+    " foreach ($s as $k => $v) { echo $k, '=', is_string($v) ? $v : json_encode($v), \"\\n\"; }",
     "code.php": "<?php http_response_code(201); header('Location: /made');"
     " echo strlen(file_get_contents('php://input'));",
 }
@@ -164,7 +169,7 @@ body_st = st.one_of(
 )
 request_st = st.tuples(
     st.sampled_from(["POST", "PUT", "PATCH"]),
-    st.sampled_from(["/echo.php", "/form.php", "/code.php", "/echo.php/more?q=1"]),
+    st.sampled_from(["/echo.php", "/form.php", "/code.php", "/echo.php/more?q=1", "/env.php"]),
     st.sampled_from(TYPES),
     body_st,
     st.integers(min_value=1, max_value=2),  # how many times it is sent, one by one

@@ -12,6 +12,8 @@ children the other one waits for. Cases:
 1. hello  ``GET /hello.php``  -> ``Hello World\\n``                     goal >= 1.0x nginx
 2. page   ``GET /page.php``   -> 16 KiB of HTML from str_repeat          reported
 3. unix   ``GET /hello.php`` over php-fpm's unix socket                 reported
+4. post   ``POST /form.php`` with a 1 KiB urlencoded form (40 fields);
+          the script parses $_POST and answers ``40 fields, 1024 bytes``   reported
 
 Rounds interleave nginx and meshkit per case; the table shows medians and ratios, and each
 server's CPU time per request (user + system, from /proc/PID/stat around each run): the number
@@ -19,7 +21,8 @@ to compare when other work on the machine makes the request rates noisy.
 Everything started here lives in a temporary directory and is stopped by pid.
 
     python bench/web_fastcgi.py              # 5 rounds x 10 s per case and server
-    python bench/web_fastcgi.py --quick      # smoke test: 1 round x 2 s, hello only
+    python bench/web_fastcgi.py --quick      # smoke test: 1 round x 2 s, hello and post
+    python bench/web_fastcgi.py --cases post --before /work/base/src   # A/B of a change
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -39,6 +43,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ingress import (
+    _WRK_ERRORS,
+    _WRK_RATE,
     BUSY_WARN,
     HOST,
     BenchError,
@@ -50,6 +56,7 @@ from ingress import (
     log,
     meshkit_env,
     nginx_argv,
+    pin,
     report_errors_and_noise,
     run_guarded,
     run_wrk,
@@ -70,19 +77,64 @@ class Case:
     path: str
     unix: bool
     goal: float | None  # minimum meshkit/nginx ratio; None: reported only
+    form: bytes = b""  # a request body: POSTed as application/x-www-form-urlencoded
 
 
+def _form() -> bytes:
+    """A 1 KiB urlencoded form of 40 fields (a login or comment form with some state)."""
+    fields = [f"field{i:02d}=" + "v" * 16 for i in range(40)]
+    body = "&".join(fields)
+    return (body + "&pad=" + "p" * (1024 - len(body) - 5)).encode()
+
+
+FORM = _form()
 CASES = (
     Case("hello", "Hello World (TCP 127.0.0.1)", "/hello.php", False, 1.0),
     Case("page", f"{PAGE_SIZE // 1024} KiB page (TCP)", "/page.php", False, None),
     Case("unix", "Hello World (unix socket)", "/hello.php", True, None),
+    Case("post", "form POST, 1 KiB (TCP)", "/form.php", False, None, FORM),
 )
+FORM_ANSWER = b"41 fields, 1024 bytes\n"
 
 
 def make_site(root: Path) -> None:
     root.mkdir(parents=True)
     (root / "hello.php").write_text('<?php echo "Hello World\\n"; ?>')
     (root / "page.php").write_text(f"<?php echo str_repeat('x', {PAGE_SIZE});")
+    (root / "form.php").write_text(
+        "<?php echo count($_POST), ' fields, ', $_SERVER['CONTENT_LENGTH'], \" bytes\\n\";"
+    )
+
+
+def wrk_script(tmp: Path, case: Case) -> Path | None:
+    """wrk's Lua script for a case with a body (None: a plain GET)."""
+    if not case.form:
+        return None
+    script = tmp / f"{case.key}.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"\n'
+        f'wrk.body = "{case.form.decode()}"\n'
+    )
+    return script
+
+
+def run_wrk_case(
+    port: int, duration: float, core: int | None, case: Case, conns: int, script: Path | None
+) -> Sample:
+    """ingress.run_wrk, with wrk's -s script for a case with a body."""
+    if script is None:
+        return run_wrk(port, duration, False, core, path=case.path, conns=conns)
+    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "--timeout", "5s"]
+    cmd += ["-s", str(script), f"http://{HOST}:{port}{case.path}"]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, preexec_fn=pin(core), timeout=duration + 60
+    )
+    match = _WRK_RATE.search(proc.stdout)
+    if proc.returncode != 0 or not match:
+        raise BenchError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    errors = "; ".join(m.group(0).strip() for m in _WRK_ERRORS.finditer(proc.stdout))
+    return Sample(float(match.group(1)), errors)
 
 
 def start_php_fpm(
@@ -216,13 +268,19 @@ def cpu_split(pid: int) -> tuple[float, float]:
 def check(port: int, name: str, case: Case) -> None:
     try:
         conn = http.client.HTTPConnection(HOST, port, timeout=10)
-        conn.request("GET", case.path)
+        if case.form:
+            kind = {"Content-Type": "application/x-www-form-urlencoded"}
+            conn.request("POST", case.path, case.form, kind)
+        else:
+            conn.request("GET", case.path)
         resp = conn.getresponse()
         body = resp.read()
         conn.close()
     except (OSError, http.client.HTTPException) as exc:
         raise BenchError(f"GET {case.path} via {name} on {HOST}:{port} failed: {exc!r}") from exc
     want = b"x" * PAGE_SIZE if case.key == "page" else b"Hello World\n"
+    if case.form:
+        want = FORM_ANSWER
     if resp.status != 200 or body != want:
         raise BenchError(
             f"GET {case.path} via {name} on {HOST}:{port}: status {resp.status}, "
@@ -294,20 +352,16 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             targets = [(t, ports[t, case.unix]) for t in args.targets]
             for extra in extra_targets(args):
                 targets.append((extra, ports[extra, case.unix]))
+            script = wrk_script(tmp, case)
             for name, port in targets:
                 check(port, name, case)
-                run_wrk(port, 1, False, args.client_core, path=case.path, conns=args.connections)
+                run_wrk_case(port, 1, args.client_core, case, args.connections, script)
             for r in range(1, args.rounds + 1):
                 for name, port in targets:
                     busy = background_busy(cores)
                     user0, sys0 = cpu_split(PIDS[port])
-                    sample: Sample = run_wrk(
-                        port,
-                        args.duration,
-                        False,
-                        args.client_core,
-                        path=case.path,
-                        conns=args.connections,
+                    sample: Sample = run_wrk_case(
+                        port, args.duration, args.client_core, case, args.connections, script
                     )
                     user1, sys1 = cpu_split(PIDS[port])
                     cpu = user1 - user0 + sys1 - sys0
@@ -422,11 +476,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="FastCGI: meshkit web vs nginx fastcgi_pass to one php-fpm (each server "
         "on the same core, php-fpm and wrk on another): medians and ratios."
     )
-    p.add_argument("--quick", action="store_true", help="one round of 2 s, hello only")
+    p.add_argument("--quick", action="store_true", help="one round of 2 s, hello and post only")
     p.add_argument("--duration", type=float, default=None, help="seconds per run (default 10)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
     p.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
-    p.add_argument("--cases", default=None, help="comma-separated subset of hello,page,unix")
+    p.add_argument("--cases", default=None, help="comma-separated subset of hello,page,unix,post")
     p.add_argument("--targets", default=",".join(TARGETS), help="subset of nginx,meshkit")
     p.add_argument(
         "--before",
@@ -451,7 +505,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.rounds is None:
         args.rounds = 1 if args.quick else 5
     if args.cases is None:
-        args.cases = "hello" if args.quick else ",".join(c.key for c in CASES)
+        args.cases = "hello,post" if args.quick else ",".join(c.key for c in CASES)
     if args.duration < 1 or args.rounds < 1 or args.connections < 2:
         p.error("--duration must be >= 1, --rounds >= 1 and --connections >= 2")
     args.cases = [c.strip() for c in args.cases.split(",") if c.strip()]

@@ -10,6 +10,10 @@
 # (fcgi_quick_reply, called from the connection's data_received) and handed to _FLSink.whole,
 # which writes status line, fields and body to the client in one send(2). Everything else
 # goes to clientlane's Python functions (the handler path's rules and Response).
+# A POST/PUT/PATCH whose head and whole small body (one Content-Length, up to 64 KiB) are the
+# one read comes through _fl_take_body (the client lane's other hook): its plan is made by
+# the head (meshkit.web.fastcgi.bodyhead), and the body goes out as STDIN records after the
+# plan's BEGIN_REQUEST + PARAMS, in the same one write (fcgi_put_stdin).
 # Included by _fastpath.pyx after _fcgi.pxi and _lane.pxi: module-level names carry _fl.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from meshkit.includes cimport lane as clane
@@ -26,6 +30,7 @@ cdef object _fl_Cached = None    # connstate.Event.CACHED
 cdef bint _fl_on = True
 cdef dict _fl_plans = {}         # (head bytes, client address, local port) -> _FLPlan, or
                                  # the Router for which that head never takes the lane
+cdef dict _fl_body_plans = {}    # the same for heads whose body follows them in the read
 cdef dict _fl_routers = {}       # Router -> whether any of its sites may take the lane
 cdef dict _fl_heads = {}         # (status, length, *fields) -> the client's response head
 cdef dict _fl_raw_heads = {}     # (php-fpm's CGI head bytes, body length) -> (status, the
@@ -37,10 +42,12 @@ cdef long long _fl_busy = 0      # heads left to the connection: a request in fl
 cdef long long _fl_no_file = 0   # heads left to the handler: the script is not a file now
 cdef long long _fl_no_kept = 0   # heads left to the handler: no kept connection idle
 cdef long long _fl_waited = 0    # requests that waited in the pool's queue (it was full)
+cdef long long _fl_bodies = 0    # of the requests taken, those with a body
 cdef Py_ssize_t _FL_PLANS = 4096
 cdef Py_ssize_t _FL_MAX_IDLE = 256  # meshkit.web.fastcgi.pool.MAX_IDLE (read at import)
 cdef long long _FL_PROBE_EVERY = 1024  # pool.PROBE_EVERY (read at import)
 cdef Py_ssize_t _FL_SMALL = 65536  # meshkit.web.output._SMALL_BODY: one send with the head
+cdef unsigned _FL_REQUEST_ID = 1  # meshkit.web.fastcgi.connection.REQUEST_ID (read at import)
 cdef int _FL_NEW = 0     # ConnState.NEW
 cdef int _FL_IDLE = 1    # ConnState.IDLE
 cdef int _FL_DL_NONE = 0  # meshkit.web.output.DL_NONE
@@ -52,6 +59,7 @@ def fcgi_lane_reset(bint on=True):
     global _fl_on
     _fl_on = on
     _fl_plans.clear()
+    _fl_body_plans.clear()
     _fl_routers.clear()
     _fl_heads.clear()
     _fl_raw_heads.clear()
@@ -60,15 +68,17 @@ def fcgi_lane_reset(bint on=True):
 def fcgi_lane_stats():
     """(plans, routers, requests taken, answers written by the lane, and heads of planned
     shapes left to the Python path: busy connection, script not a file, no kept
-    connection): for tests and the bench's diagnosis."""
-    return (len(_fl_plans), len(_fl_routers), _fl_taken, _fl_written, _fl_busy, _fl_no_file,
-            _fl_no_kept, _fl_waited)
+    connection; requests that waited for a kept connection, requests with a body taken):
+    for tests and the bench's diagnosis."""
+    return (len(_fl_plans) + len(_fl_body_plans), len(_fl_routers), _fl_taken, _fl_written,
+            _fl_busy, _fl_no_file, _fl_no_kept, _fl_waited, _fl_bodies)
 
 
 cdef int _fl_import() except -1:
     global _fl_front, _fl_cached_head, _fl_Headers, _fl_Cached, _fl_on
-    global _FL_MAX_IDLE, _FL_PROBE_EVERY
-    from meshkit.web.fastcgi import clientlane, pool
+    global _FL_MAX_IDLE, _FL_PROBE_EVERY, _FL_REQUEST_ID
+    from meshkit.web.fastcgi import clientlane, connection, pool
+    _FL_REQUEST_ID = connection.REQUEST_ID
     _FL_MAX_IDLE = pool.MAX_IDLE
     _FL_PROBE_EVERY = pool.PROBE_EVERY
     from meshkit.web.http1 import cached_head
@@ -103,6 +113,7 @@ cdef class _FLPlan:
     cdef bytes script  # the file name to stat, UTF-8 (None: the twin's os.stat decides)
     cdef double timeout
     cdef long header_limit, max_fields, max_field_line  # the server's, when it was made
+    cdef Py_ssize_t body_len  # the Content-Length of a body plan (0: no body)
     cdef bint head_only, logged
 
     def __init__(self, py):
@@ -114,6 +125,7 @@ cdef class _FLPlan:
         self.wires = py.wires
         self.timeout = py.timeout
         self.head_only = py.head_only
+        self.body_len = py.body_length
         self.logged = py.watch is not None
         name = _fl_front.script_file(py)
         try:
@@ -126,6 +138,44 @@ cdef class _FLPlan:
 cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
     """1 when the lane took the request head `data` read on conn (answered or in flight),
     0 to read it normally (nothing done)."""
+    if PyBytes_AS_STRING(data)[0] == c'P':  # POST, PUT, PATCH: the body may follow
+        return _fl_take_body(conn, server, fd, data)
+    return _fl_go(conn, server, fd, data, _fl_plans, None, 0)
+
+
+cdef extern from "string.h" nogil:
+    void *memmem(const void *haystack, size_t hlen, const void *needle, size_t nlen)
+
+
+cdef int _fl_take_body(object conn, object server, int fd, bytes data) except -1:
+    """1 when the lane took the read `data` on conn, one whole request head and the body
+    its Content-Length announces (answered or in flight; the body's rest read here when the
+    client sent it right behind), 0 to read it normally (nothing done). Cheap for every
+    other read: only a read that begins with a P (POST, PUT, PATCH) and holds a head end
+    within the lane's head size is looked up."""
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef const char *e
+    if n < 20 or p[0] != c'P' or not _fl_on:
+        return 0
+    if _fl_front is None:
+        _fl_import()
+        if not _fl_on:
+            return 0
+    if not _fl_router_may(server._handler):
+        return 0  # no `fastcgi` site here: nothing more for any read of this server
+    e = <const char *>memmem(p, <size_t>(n if n < _LN_MAX_HEAD else _LN_MAX_HEAD),
+                             b"\r\n\r\n", 4)
+    if e == NULL:
+        return 0
+    cdef Py_ssize_t at = e + 4 - p
+    return _fl_go(conn, server, fd, data[:at], _fl_body_plans, data, at)
+
+
+cdef int _fl_go(object conn, object server, int fd, bytes data, dict plans, bytes whole,
+                Py_ssize_t body_at) except -1:
+    """_fl_take for the head `data` (its plans in `plans`), with its body at whole[body_at:]
+    when `whole` is not None."""
     if not _fl_on:
         return 0
     if _fl_front is None:
@@ -140,7 +190,7 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
     # the PARAMS depend on the client's address (REMOTE_ADDR) and the local port
     # (SERVER_PORT) besides the request head
     key = (data, conn._remote_addr, conn._local_port)
-    known = _fl_plans.get(key)
+    known = plans.get(key)
     if known is router:
         return 0  # this head never takes the lane on this router
     cdef _FLPlan plan = None
@@ -152,23 +202,36 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
     if plan is None:
         if not _fl_router_may(router):
             return 0
-        made = _fl_front.plan(server, conn, data)
-        if len(_fl_plans) >= _FL_PLANS:
-            _fl_plans.clear()
+        made = _fl_front.plan(server, conn, data, whole is not None)
+        if len(plans) >= _FL_PLANS:
+            plans.clear()
         if made is None:
-            _fl_plans[key] = router
+            plans[key] = router
             return 0
         plan = _FLPlan(made)
         plan.header_limit = server._header_limit
         plan.max_fields = server._max_fields
         plan.max_field_line = server._max_field_line
-        _fl_plans[key] = plan
+        plans[key] = plan
+    cdef Py_ssize_t blen = 0 if whole is None else PyBytes_GET_SIZE(whole) - body_at
+    if blen > plan.body_len:
+        return 0  # more after the body (a pipelined request): the chain reads them
     # the safe split: the script must be a regular file now (asked for every request)
     cdef _fc_stat_t st
     if plan.script is None or _fc_stat(PyBytes_AS_STRING(plan.script), &st) != 0 \
             or not _FC_S_ISREG(st.st_mode):
         _fl_no_file += 1
         return 0
+    cdef bint extra = False
+    if blen < plan.body_len:
+        # the body's rest, when the client wrote it right behind the head: read it now (at
+        # most the body's bytes, so a pipelined request stays in the socket)
+        whole = _fl_rest(fd, whole, plan.body_len - blen)
+        if PyBytes_GET_SIZE(whole) - body_at != plan.body_len:
+            conn._on_data(whole)  # all that was read, as one read: the chain goes on
+            return 1
+        blen = plan.body_len
+        extra = True
     # Client.start inline: the newest kept connection that is still open
     up = None
     idle = plan.upstream.idle
@@ -183,6 +246,9 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
         cap = upstream.cap  # Upstream.full(), inline
         if not cap or upstream.open + upstream.dialling < cap:
             _fl_no_kept += 1
+            if extra:  # the bytes read here go to the connection as one read
+                conn._on_data(whole)
+                return 1
             return 0  # nothing kept and room to dial: the handler dials (and keeps it)
         # the pool is at the cap it learnt: wait in its queue for a kept connection, as
         # Client._wait_for_conn waits (without a Future: _FLWait is called back)
@@ -191,7 +257,10 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
     wire = plan.wires.get(remote_port)
     if wire is None:
         wire = plan.py.wire(remote_port)
-    global _fl_taken
+    global _fl_taken, _fl_bodies
+    if blen:  # BEGIN_REQUEST + PARAMS, then the body's STDIN records
+        wire = _fl_with_body(wire, whole, body_at)
+        _fl_bodies += 1
     _fl_taken += 1
     conn.requests += 1
     if conn._state == _FL_NEW:
@@ -207,6 +276,9 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
     sink.remote_port = remote_port
     sink.head_only = plan.head_only
     sink.logged = plan.logged
+    if blen:
+        sink.read = whole
+        sink.body_at = body_at
     cdef _FLWait waiter
     if wait:
         _fl_waited += 1
@@ -219,6 +291,38 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
         return 1
     _fl_send(plan, sink, up, wire)
     return 1
+
+
+cdef bytes _fl_rest(int fd, bytes whole, Py_ssize_t need):
+    """whole and up to `need` more bytes from the client's socket, read without waiting
+    (a few reads, to EAGAIN, EOF or an error: the loop's next read sees those again)."""
+    cdef bytes rest = PyBytes_FromStringAndSize(NULL, need)
+    cdef char *r = PyBytes_AS_STRING(rest)
+    cdef Py_ssize_t got = 0
+    cdef ssize_t k
+    cdef int tries = 0
+    while got < need and tries < 4:
+        k = clane.lane_recv(fd, r + got, <size_t>(need - got))
+        if k <= 0:
+            break
+        got += k
+        tries += 1
+    if not got:
+        return whole
+    return whole + rest[:got]
+
+
+cdef bytes _fl_with_body(bytes prefix, bytes whole, Py_ssize_t at):
+    """The request's one write: `prefix` (BEGIN_REQUEST + PARAMS) and the STDIN stream of
+    whole[at:]."""
+    cdef Py_ssize_t plen = PyBytes_GET_SIZE(prefix)
+    cdef size_t blen = <size_t>(PyBytes_GET_SIZE(whole) - at)
+    cdef bytes wire = PyBytes_FromStringAndSize(NULL, plen + <Py_ssize_t>cfc.fcgi_stdin_size(blen))
+    cdef unsigned char *w = <unsigned char *>PyBytes_AS_STRING(wire)
+    memcpy(w, PyBytes_AS_STRING(prefix), plen)
+    cfc.fcgi_put_stdin(w + plen, _FL_REQUEST_ID,
+                       <const unsigned char *>PyBytes_AS_STRING(whole) + at, blen)
+    return wire
 
 
 cdef inline int _fl_send(_FLPlan plan, _FLSink sink, object up, bytes wire) except -1:
@@ -396,6 +500,14 @@ cdef class _FLSink:
     cdef public double start
     cdef public long remote_port
     cdef public bint head_only, logged
+    cdef object read  # a request with a body: the read that held it, the body at body_at
+    cdef Py_ssize_t body_at
+
+    def stdin(self):
+        """The request's body (b"" without one), for the Python path's retries."""
+        if self.read is None:
+            return b""
+        return self.read[self.body_at:]
 
     # The reply's first read (from the connection's _FLFront): a reply that came whole in
     # it (the C record layer's quick reply, complete) is taken here, with what

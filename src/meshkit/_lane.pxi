@@ -100,6 +100,12 @@ cdef class Lane:
                 return
         else:
             data = PyBytes_FromStringAndSize(_ln_buf, n)
+            # FastCGI lane hook for a request with a body (wip-body): a POST/PUT/PATCH head
+            # and its whole small Content-Length body in this read go to php-fpm from C
+            # (_fcgilane.pxi _fl_take_body); 0 when it does not apply (one byte compared
+            # for most reads)
+            if _fl_take_body(conn, self.server, self.fd, data):
+                return
         conn._on_data(data)
 
     cdef int _from_cache(self, bytes data) except -1:

@@ -257,6 +257,17 @@ size_t fcgi_encode_request(unsigned char *out, unsigned request_id, int keep_con
     return (size_t)(p - out);
 }
 
+size_t fcgi_stdin_size(size_t stdin_len)
+{
+    return stream_size(stdin_len);
+}
+
+size_t fcgi_put_stdin(unsigned char *out, unsigned request_id, const unsigned char *data,
+                      size_t n)
+{
+    return (size_t)(put_stream(out, T_STDIN, request_id, data, n) - out);
+}
+
 size_t fcgi_put_length(unsigned char *out, uint32_t n)
 {
     if (n < 0x80) {

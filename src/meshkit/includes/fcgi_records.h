@@ -48,6 +48,13 @@ size_t fcgi_encode_request(unsigned char *out, unsigned request_id, int keep_con
                            const unsigned char *params, size_t params_len,
                            const unsigned char *stdin_buf, long long stdin_len);
 
+/* The STDIN stream of a body of n bytes (records cut at 65535, padded to 8, then the empty
+ * record): the bytes fcgi_put_stdin writes, and the writer. A request whose BEGIN_REQUEST
+ * and PARAMS are encoded once (fcgi_encode_request with stdin_len -1) gets its body so. */
+size_t fcgi_stdin_size(size_t stdin_len);
+size_t fcgi_put_stdin(unsigned char *out, unsigned request_id, const unsigned char *data,
+                      size_t n);
+
 /* Length prefix of a name or value in a PARAMS pair: 1 or 4 bytes written to out. */
 size_t fcgi_put_length(unsigned char *out, uint32_t n);
 

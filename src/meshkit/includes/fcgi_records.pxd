@@ -28,4 +28,7 @@ cdef extern from "fcgi_records.h" nogil:
     size_t fcgi_encode_request(unsigned char *out, unsigned request_id, int keep_conn,
                                const unsigned char *params, size_t params_len,
                                const unsigned char *stdin_buf, long long stdin_len)
+    size_t fcgi_stdin_size(size_t stdin_len)
+    size_t fcgi_put_stdin(unsigned char *out, unsigned request_id, const unsigned char *data,
+                          size_t n)
     size_t fcgi_put_length(unsigned char *out, uint32_t n)

@@ -318,7 +318,7 @@ def _stale(conn: Connection, reused: bool) -> bool:
 class _Ready:
     """What Client.start() does once its connection has the reply head or failed."""
 
-    __slots__ = ("client", "done", "head_only", "params")
+    __slots__ = ("client", "done", "head_only", "params", "stdin")
 
     def __init__(
         self,
@@ -326,11 +326,13 @@ class _Ready:
         params: bytes,
         head_only: bool,
         done: Callable[[Reply | FastCGIError], None],
+        stdin: bytes = b"",
     ) -> None:
         self.client = client
         self.params = params
         self.head_only = head_only
         self.done = done
+        self.stdin = stdin  # the request body (the FastCGI lane's small bodies), sent again
 
     def __call__(self, conn: Connection) -> None:
         error = conn.error
@@ -364,7 +366,7 @@ class _Ready:
         """Run the request through Client.request() (dialling, retrying) in a task."""
         client = self.client
         task = asyncio.get_running_loop().create_task(
-            client.request(self.params, None, b"", self.head_only, order)
+            client.request(self.params, None, self.stdin, self.head_only, order)
         )
         task.add_done_callback(self._retried)
 

@@ -14,7 +14,13 @@ BEGIN_REQUEST + PARAMS + empty STDIN in one write and, when the reply comes whol
 read (the C record layer's quick_reply), writes status line, fields and body to the client
 in one send(2).
 
-Declined (the Python path serves the request as today): other methods, bodies, HTTP/1.0,
+A POST, PUT or PATCH with a small body (one plain Content-Length up to 64 KiB, head and
+whole body in the one read; meshkit.web.fastcgi.bodyhead) is planned by its head: the
+PARAMS carry CONTENT_LENGTH (and CONTENT_TYPE) as the handler's _serve sets them, the plan's
+wire is BEGIN_REQUEST + PARAMS, and the lane appends the body's STDIN records per request.
+
+Declined (the Python path serves the request as today): other methods, chunked bodies,
+Expect, bodies larger than 64 KiB or not whole in the read, HTTP/1.0,
 `Connection: close`, folder paths (index files), paths the split does not give a script,
 `except` paths, `env` lines with placeholders, rules with several upstreams (round robin),
 no kept connection idle (the handler dials), and sites with any other directive. Answers the
@@ -37,6 +43,7 @@ from typing import Any
 
 from meshkit.web.directives.fastcgi import _CHECK, FastCGIHandler, _Rule
 from meshkit.web.fastcgi.answer import response_for
+from meshkit.web.fastcgi.bodyhead import body_request
 from meshkit.web.fastcgi.client import FastCGIError, Reply, _Ready
 from meshkit.web.fastcgi.connection import REQUEST_ID, Connection
 from meshkit.web.fastcgi.env import Target, remote_env, request_env
@@ -46,11 +53,12 @@ from meshkit.web.message import Headers, Request, Response
 from meshkit.web.proxy.clientlane import deliver, handler_of
 from meshkit.web.router import Router
 
-__all__ = ["ENABLED", "METHODS", "Plan", "plan", "router_may"]
+__all__ = ["BODY_METHODS", "ENABLED", "METHODS", "Plan", "plan", "router_may"]
 
 log = logging.getLogger(__name__)
 
 METHODS = frozenset({"GET", "HEAD"})
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _WIRES = 256  # encoded requests remembered per plan (one per client port)
 
 
@@ -67,6 +75,7 @@ class Plan:
     needs to send it to php-fpm, made once."""
 
     __slots__ = (
+        "body_length",
         "client",
         "head_only",
         "local_port",
@@ -93,8 +102,10 @@ class Plan:
         target: Target,
         script: str,
         watch: Callable[[Request], None] | None,
+        body_length: int = 0,
     ) -> None:
         self.router = router
+        self.body_length = body_length  # the Content-Length of a body plan (0: none)
         self.request = request  # the template, copied for the rare paths (fresh())
         self.rule = rule
         self.client = rule.client
@@ -111,15 +122,17 @@ class Plan:
         # remote_env, then request_env and the rule's literal `env` lines
         self.pre = rule.params_prefix
         self.post = (
-            encode_pairs(request_env(request, target, rule.document_root, None))
+            encode_pairs(request_env(request, target, rule.document_root, body_length or None))
             + rule.params_suffix
         )
         self.wires: dict[int, bytes] = {}
 
     def wire(self, remote_port: int) -> bytes:
-        """The whole FastCGI request (one write) for a client on `remote_port`."""
+        """The whole FastCGI request (one write) for a client on `remote_port`; for a body
+        plan, BEGIN_REQUEST and PARAMS only (the lane appends the STDIN records)."""
         remote = encode_pairs(remote_env(self.fresh(remote_port, 0.0, False)))
-        wire = encode_request(REQUEST_ID, self.pre + remote + self.post, b"")
+        stdin = None if self.body_length else b""
+        wire = encode_request(REQUEST_ID, self.pre + remote + self.post, stdin)
         if len(self.wires) >= _WIRES:
             self.wires.clear()
         self.wires[remote_port] = wire
@@ -145,17 +158,25 @@ def router_may(router: Any) -> bool:
     return any(type(handler_of(site.handler)[0]) is FastCGIHandler for site in router.routes)
 
 
-def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
-    """The plan of the request head `data` (one whole head, nothing after it) read on
-    `conn`, or None when the lane does not take it (then the connection reads it)."""
+def plan(server: Any, conn: Any, data: bytes, body: bool = False) -> Plan | None:
+    """The plan of the request head `data` (one whole head) read on `conn`, or None when the
+    lane does not take it (then the connection reads it). Without `body` nothing follows
+    the head; with it, its Content-Length body follows (bodyhead.body_request)."""
     if not ENABLED:
         return None
-    found = head_request(server, conn, data, METHODS)
-    if found is None:
-        return None
-    router, request, site = found
-    if any(name in request.headers for name in ("content-length", "transfer-encoding", "expect")):
-        return None
+    length = 0
+    if body:
+        got = body_request(server, conn, data, BODY_METHODS)
+        if got is None:
+            return None
+        router, request, site, length = got
+    else:
+        found = head_request(server, conn, data, METHODS)
+        if found is None:
+            return None
+        router, request, site = found
+        if any(n in request.headers for n in ("content-length", "transfer-encoding", "expect")):
+            return None
     handler, watch = handler_of(site.handler)
     if type(handler) is not FastCGIHandler:
         return None
@@ -170,7 +191,7 @@ def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
         kind, script, target = rule._plan(path)
         if kind != _CHECK or not isinstance(target, Target):
             return None
-        return Plan(router, request, rule, target, script, watch)
+        return Plan(router, request, rule, target, script, watch, length)
     return None
 
 
@@ -199,7 +220,7 @@ def ready(sink: Any, upconn: Connection) -> None:
     """The FastCGI connection has the reply head (not whole in one read), the end, or an
     error (the lane's sink was its on_ready): Client.start()'s rules from here on."""
     p: Plan = sink.plan
-    r = _Ready(p.client, p.params(sink.remote_port), p.head_only, _done(sink))
+    r = _Ready(p.client, p.params(sink.remote_port), p.head_only, _done(sink), sink.stdin())
     r(upconn)
 
 
@@ -207,11 +228,11 @@ def fall_back(sink: Any) -> None:
     """The lane's request waited in the full pool's queue and was told to dial (a connection
     closed): Client.request() as the handler's fall-back runs it."""
     p: Plan = sink.plan
-    r = _Ready(p.client, p.params(sink.remote_port), p.head_only, _done(sink))
+    r = _Ready(p.client, p.params(sink.remote_port), p.head_only, _done(sink), sink.stdin())
     r.fall_back([p.upstream])
 
 
-async def _dial_anyway(plan_: Plan, params: bytes) -> Reply:
+async def _dial_anyway(plan_: Plan, params: bytes, stdin: bytes) -> Reply:
     """Client._on_upstream after _wait_for_conn timed out: a new connection, one exchange."""
     client = plan_.client
     up = plan_.upstream
@@ -221,7 +242,7 @@ async def _dial_anyway(plan_: Plan, params: bytes) -> Reply:
             conn = await client._dial(up)
         finally:
             up.dialling -= 1
-        return await client._exchange(conn, params, None, b"", False, plan_.head_only)
+        return await client._exchange(conn, params, None, stdin, False, plan_.head_only)
     except FastCGIError as e:
         log.error("%s", e.message)  # as Client.request logs it
         raise
@@ -230,8 +251,8 @@ async def _dial_anyway(plan_: Plan, params: bytes) -> Reply:
 def dial(sink: Any) -> None:
     """The lane's request waited the connect timeout in the full pool's queue: dial."""
     p: Plan = sink.plan
-    r = _Ready(p.client, p.params(sink.remote_port), p.head_only, _done(sink))
-    task = asyncio.get_running_loop().create_task(_dial_anyway(p, r.params))
+    r = _Ready(p.client, p.params(sink.remote_port), p.head_only, _done(sink), sink.stdin())
+    task = asyncio.get_running_loop().create_task(_dial_anyway(p, r.params, r.stdin))
     task.add_done_callback(r._retried)
 
 

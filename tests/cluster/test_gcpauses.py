@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
 from meshkit.cluster.raft import gcpauses
 
@@ -34,7 +35,22 @@ class _Cyclic:
         self.me = self
 
 
-def test_the_pacer_freezes_survivors_and_frees_frozen_garbage_at_reclaim() -> None:
+def _audit(pacer: gcpauses.GcPacer, now: float) -> dict[str, Any]:
+    """Tick the pacer at `now` (an audit is due) until the forked child has answered."""
+    import time
+
+    pacer.tick(now)
+    assert pacer.audit is not None
+    for _ in range(1000):
+        if pacer.audit is None:
+            break
+        time.sleep(0.01)
+        pacer.tick(now)
+    assert pacer.audit is None and pacer.last is not None
+    return pacer.last
+
+
+def test_the_pacer_freezes_survivors_and_audits_frozen_garbage_without_collecting_it() -> None:
     import weakref
 
     pacer = gcpauses.GcPacer(0.0)
@@ -42,15 +58,40 @@ def test_the_pacer_freezes_survivors_and_frees_frozen_garbage_at_reclaim() -> No
         gc.unfreeze()
         pacer.tick(gcpauses.FREEZE_EVERY / 2)  # nothing due
         assert gc.get_freeze_count() == 0
-        obj = _Cyclic()
-        ref = weakref.ref(obj)
+        objs = [_Cyclic() for _ in range(50)]
+        ref = weakref.ref(objs[0])
         pacer.tick(gcpauses.FREEZE_EVERY)  # survivors frozen: out of every collection
         assert gc.get_freeze_count() > 0
-        del obj
+        del objs
         gc.collect()
         assert ref() is not None  # frozen cyclic garbage: a full collection cannot see it
-        pacer.tick(gcpauses.RECLAIM_EVERY)  # everything put back and collected once
-        assert ref() is None
-        assert pacer.reclaims == 1
+        found = _audit(pacer, gcpauses.AUDIT_EVERY)  # a child counts it; this process keeps it
+        assert found["garbage"] >= 50 and found["types"]["_Cyclic"] >= 50
+        assert found["frozen"] >= 50
+        assert ref() is not None and pacer.reclaims == 0  # under the bound: no stall here
+        assert pacer.status()["gc_audit"] is found
     finally:
+        pacer.close()
+        gc.unfreeze()
+
+
+def test_frozen_garbage_over_the_bound_is_collected_once(monkeypatch: object) -> None:
+    import weakref
+
+    import pytest
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    monkeypatch.setattr(gcpauses, "RECLAIM_OVER", 10)
+    pacer = gcpauses.GcPacer(0.0)
+    try:
+        gc.unfreeze()
+        monkeypatch.setattr(pacer, "reclaim_over", lambda: 10)
+        objs = [_Cyclic() for _ in range(50)]
+        ref = weakref.ref(objs[0])
+        pacer.tick(gcpauses.FREEZE_EVERY)
+        del objs
+        _audit(pacer, gcpauses.AUDIT_EVERY)  # 50 > 10: a leak, paid for with one collection
+        assert ref() is None and pacer.reclaims == 1
+    finally:
+        pacer.close()
         gc.unfreeze()

@@ -80,6 +80,7 @@ may or may not have been applied), token, unavailable, locked (plus rpc's own).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
@@ -116,6 +117,7 @@ from meshkit.cluster.raft import autolock
 from meshkit.cluster.raft.sealing import SealError
 from meshkit.cluster.raft.store import NoQuorum, StoreError, UnknownOutcome
 from meshkit.cluster.rpc.pki import ClusterCA, PkiError
+from meshkit.cluster.rpc.tlsaccept import handshake_executor
 from meshkit.cluster.rpc.tokens import (
     TokenError,
     ca_digest,
@@ -464,7 +466,7 @@ class Api:
         if not addr:
             addr = peer.address.rsplit(":", 1)[0].strip("[]")
         node_id = new_node_id()
-        cert = self.ca().sign_csr(csr, node_id, role, st.cert_lifetime)  # checks the CSR
+        cert = await self._sign(csr, node_id, role, st.cert_lifetime)  # checks the CSR
         now = time.time()
         record = cstate.NodeRecord(
             id=node_id,
@@ -488,7 +490,7 @@ class Api:
         done = await self.node.submit(cmd)
         if done.get("node_id") and done["node_id"] != node_id:
             node_id = str(done["node_id"])
-            cert = self.ca().sign_csr(csr, node_id, role, st.cert_lifetime)
+            cert = await self._sign(csr, node_id, role, st.cert_lifetime)
         self.node.note_beat(node_id)
         log.info("node %s (%s, %s) joined as a %s", node_id, printable(record.hostname), addr, role)
         result: dict[str, Any] = {
@@ -504,6 +506,14 @@ class Api:
         if role == "manager":
             result.update(self._manager_secrets(st))
         return result
+
+    async def _sign(self, csr: bytes, node_id: str, role: str, lifetime: float) -> bytes:
+        """`sign_csr` in the TLS handshake pool: loading, checking and signing a CSR is 0.3 ms
+        of CPU per join or renewal that the manager's loop need not pay (5,000 joins: 1.5 s)."""
+        ca = self.ca()
+        return await asyncio.get_running_loop().run_in_executor(
+            handshake_executor(), ca.sign_csr, csr, node_id, role, lifetime
+        )
 
     # -- any node ------------------------------------------------------------------------------
 
@@ -530,7 +540,7 @@ class Api:
     async def renew(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = caller(self.node, peer, params)
         st = self.state
-        cert = self.ca().sign_csr(
+        cert = await self._sign(
             str_param(params, "csr").encode(), node.id, node.role, st.cert_lifetime
         )
         result: dict[str, Any] = {

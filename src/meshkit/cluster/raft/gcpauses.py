@@ -10,9 +10,13 @@ at 3,000 and 250-350 ms at 5,000: the busy loop stalls over 100 ms were these.
 
 `GcPacer`: every `FREEZE_EVERY` seconds the young generations are collected and whatever
 survives is moved out of the collector's way (`gc.freeze()`), so an automatic full collection
-only walks what was made since (short); every `RECLAIM_EVERY` seconds everything is put back
-and collected once (`gc.unfreeze(); gc.collect()`), which frees the cyclic garbage that was
-frozen meanwhile (without this it would leak) at the price of one full collection then.
+only walks what was made since (short). A full collection of everything never runs on the loop:
+what becomes cyclic garbage after it was frozen would stay (a leak), so every `AUDIT_EVERY`
+seconds a forked child (`GcAudit`) collects everything on a copy-on-write view of the process
+and says how many objects it would free, by type; the manager logs it and shows it in
+`cluster_status` (``gc_audit``, with the resident memory), so a cycle that leaks is named and
+fixed where it is made. Only past `RECLAIM_OVER` objects of frozen garbage does the loop pay for
+one full collection (a stall, logged as a warning): memory stays bounded whatever leaks.
 
 Installed once per process by the raft store; `cluster_status` carries the figures
 (`gc_max_ms`, `gc_pauses`; a reclaim is logged with its length).
@@ -21,9 +25,12 @@ Installed once per process by the raft store; `cluster_status` carries the figur
 from __future__ import annotations
 
 import gc
+import json
 import logging
+import os
+import signal
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -33,8 +40,15 @@ OVER = 0.02  # seconds: shorter collections are not worth keeping
 FREEZE_EVERY = 10.0
 """Seconds between two freezes of what survived the young collections."""
 
-RECLAIM_EVERY = 300.0
-"""Seconds between two full collections of everything (frozen garbage is freed then)."""
+AUDIT_EVERY = 60.0
+"""Seconds between two audits of the frozen set (`GcAudit`: a forked child collects)."""
+
+AUDIT_TIMEOUT = 60.0
+"""An audit child that has not answered by then is killed (and the audit noted as failed)."""
+
+RECLAIM_OVER = 200_000
+"""Frozen cyclic garbage (objects, about 30 MB) past which the loop pays for a full collection
+(or a tenth of the frozen set, if more): memory stays bounded even if a cycle leaks."""
 
 
 class GcPauses:
@@ -74,33 +88,168 @@ class GcPauses:
 
 
 class GcPacer:
-    """Freezes survivors every `FREEZE_EVERY` s, reclaims everything every `RECLAIM_EVERY` s;
+    """Freezes survivors every `FREEZE_EVERY` s and audits the frozen set every `AUDIT_EVERY` s
+    in a forked child (`GcAudit`); never runs a full collection on the loop unless an audit
+    finds more frozen garbage than `reclaim_over()` (a leak: memory first, then the stall).
     `tick(now)` is called from the loop (the raft tick) and is a comparison most of the time."""
 
     def __init__(self, now: float) -> None:
         install()  # cluster_status says how long collections held the loop
         self.next_freeze = now + FREEZE_EVERY
-        self.next_reclaim = now + RECLAIM_EVERY
+        self.next_audit = now + AUDIT_EVERY
         self.reclaims = 0
+        self.audit: GcAudit | None = None  # the one running
+        self.last: dict[str, Any] | None = None  # the last audit's figures
 
     def tick(self, now: float) -> None:
-        if now >= self.next_reclaim:
-            self.next_reclaim = now + RECLAIM_EVERY
+        if self.audit is not None:
+            found = self.audit.poll(now)
+            if found is not None:
+                self.audit = None
+                self._audited(found)
+        if now >= self.next_audit and self.audit is None:
+            self.next_audit = now + AUDIT_EVERY
+            self.audit = GcAudit.start(now)
+        elif now >= self.next_freeze:
             self.next_freeze = now + FREEZE_EVERY
+            gc.collect(1)  # the young ones (a few ms): what dies young is not frozen
+            gc.freeze()
+
+    def reclaim_over(self) -> int:
+        """Frozen garbage (objects) past which a full collection is worth its stall."""
+        return max(RECLAIM_OVER, gc.get_freeze_count() // 10)
+
+    def _audited(self, found: dict[str, Any]) -> None:
+        found["rss_mb"] = round(rss_mb(), 1)
+        found["at"] = round(time.monotonic(), 3)
+        self.last = found
+        garbage = int(found.get("garbage", -1))
+        if garbage < 0:
+            log.warning("garbage audit failed: %s", found.get("error", "no answer"))
+            return
+        log.info(
+            "garbage audit: %d frozen objects, %d of them cyclic garbage (%s); rss %.0f MB",
+            found.get("frozen", 0),
+            garbage,
+            ", ".join(f"{k} {v}" for k, v in list(found.get("types", {}).items())[:6]),
+            found["rss_mb"],
+        )
+        if garbage > self.reclaim_over():
             began = time.perf_counter()
             gc.unfreeze()
             freed = gc.collect()
             gc.freeze()
             self.reclaims += 1
-            log.info(
-                "garbage collection of everything: %d objects freed in %.0f ms",
+            log.warning(
+                "frozen cyclic garbage over %d objects: collected everything (%d freed) in %.0f "
+                "ms on the event loop; the types above make cycles that should not be",
+                self.reclaim_over(),
                 freed,
                 (time.perf_counter() - began) * 1000,
             )
-        elif now >= self.next_freeze:
-            self.next_freeze = now + FREEZE_EVERY
-            gc.collect(1)  # the young ones (a few ms): what dies young is not frozen
-            gc.freeze()
+
+    def close(self) -> None:
+        if self.audit is not None:
+            self.audit.abandon()
+            self.audit = None
+
+    def status(self) -> dict[str, Any]:
+        return {"gc_audit": self.last, "gc_reclaims": self.reclaims}
+
+
+class GcAudit:
+    """One forked child that puts the frozen objects back, collects everything with
+    ``DEBUG_SAVEALL`` and writes back how much was cyclic garbage, by type: what a full
+    collection would free in this process, found without stalling it. The child's collection
+    runs the garbage's finalizers, so it first closes every descriptor but its pipe (a
+    finalizer in the child cannot write to a connection or file the manager shares) and logs
+    nothing; it leaves with ``os._exit``."""
+
+    def __init__(self, pid: int, rfd: int, began: float) -> None:
+        self.pid, self.rfd, self.began = pid, rfd, began
+        self.data = b""
+
+    @classmethod
+    def start(cls, now: float) -> GcAudit | None:
+        rfd, wfd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            os.close(rfd)
+            os.close(wfd)
+            log.warning("garbage audit: cannot fork: %s", exc)
+            return None
+        if pid == 0:  # pragma: no cover - the child (its result is what the tests check)
+            _audit_child(wfd)
+        os.close(wfd)
+        os.set_blocking(rfd, False)
+        return cls(pid, rfd, now)
+
+    def poll(self, now: float) -> dict[str, Any] | None:
+        """The child's figures once it has exited (None while it runs)."""
+        try:
+            while chunk := os.read(self.rfd, 65536):
+                self.data += chunk
+        except BlockingIOError:
+            pass
+        pid, _ = os.waitpid(self.pid, os.WNOHANG)
+        if pid == 0:
+            if now - self.began > AUDIT_TIMEOUT:
+                self.abandon()
+                return {"garbage": -1, "error": f"no answer within {AUDIT_TIMEOUT:.0f} s"}
+            return None
+        try:
+            while chunk := os.read(self.rfd, 65536):
+                self.data += chunk
+        except BlockingIOError:
+            pass
+        os.close(self.rfd)
+        try:
+            found: dict[str, Any] = json.loads(self.data)
+        except ValueError:
+            return {"garbage": -1, "error": "the audit child died"}
+        return found
+
+    def abandon(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(self.rfd)
+
+
+def _audit_child(wfd: int) -> None:  # pragma: no cover - runs in the forked child
+    try:
+        logging.disable(logging.CRITICAL)
+        os.closerange(3, wfd)
+        os.closerange(wfd + 1, 1 << 20)
+        gc.callbacks.clear()
+        frozen = gc.get_freeze_count()
+        began = time.perf_counter()
+        gc.unfreeze()
+        gc.set_debug(gc.DEBUG_SAVEALL)  # kept in gc.garbage (so counted by type), not freed
+        garbage = gc.collect()
+        took = time.perf_counter() - began
+        types = Counter(type(o).__qualname__ for o in gc.garbage)
+        out = {
+            "garbage": garbage,
+            "frozen": frozen,
+            "full_ms": round(took * 1000, 1),
+            "types": dict(types.most_common(12)),
+        }
+        os.write(wfd, json.dumps(out).encode())
+    finally:
+        os._exit(0)
+
+
+def rss_mb() -> float:
+    """This process's resident memory in MB (0.0 where /proc does not say)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 _installed: GcPauses | None = None
@@ -120,5 +269,6 @@ def release(pacer: GcPacer | None) -> GcPacer | None:
     garbage included, goes back to the collector instead of staying frozen for the process's
     life. Returns None, the caller's pacer from now on."""
     if pacer is not None:
+        pacer.close()
         gc.unfreeze()
     return None

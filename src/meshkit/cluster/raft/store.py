@@ -524,6 +524,7 @@ class RaftStore:
             "slowest_tick_ms": round(self.slowest_tick * 1000, 3),
             **self.stalls.status(),
             **gcpauses.install().status(),
+            **(self._gc_pacer.status() if self._gc_pacer is not None else {}),
         }
 
     # -- writes --------------------------------------------------------------------------------

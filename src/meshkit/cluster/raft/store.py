@@ -205,6 +205,20 @@ _RETRY_IF_IDEMPOTENT = (
 )
 
 
+BATCH_OP = "batch"
+"""A raft entry holding several commands (``cmds``, each with its own ``cid``), applied one by
+one as if each were its own entry (each its own result and state hook): `RaftStore.submit`
+gathers the `BATCHED` writes of one tick into one. Every manager must run a version that
+knows it (as for any new command)."""
+
+BATCHED = frozenset({"add_node"})
+"""Writes gathered per tick: joins come by the thousand when a fleet starts, and each raft entry
+costs the leader an append, a journal write, a send to every follower and a commit round."""
+
+BATCH_MAX = 256
+"""Commands in one batch entry at most (5,000 joins at 32 at a time: a few dozen a tick)."""
+
+
 class _Snapshot:
     """The state as raft's dump holds it, made when pickled (so in the forked child that writes
     the dump, never on the event loop): it unpickles as the plain dict of `to_dict()`, the dump
@@ -229,6 +243,11 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
 
     @replicated  # type: ignore[misc,untyped-decorator]
     def apply_command(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd.get("op") == BATCH_OP:  # writes of one tick in one entry: each applied alone
+            return {"batch": [self._apply_one(c) for c in cmd.get("cmds") or ()]}
+        return self._apply_one(cmd)
+
+    def _apply_one(self, cmd: dict[str, Any]) -> dict[str, Any]:
         try:
             result: dict[str, Any] = {"ok": cstate.apply(self.state, cmd)}
         except cstate.CommandError as exc:
@@ -292,6 +311,7 @@ class RaftStore:
         # follower waits for the leader's word) never comes because the command itself made
         # this node stop being a manager (a manager demoting itself)
         self._by_cid: dict[str, asyncio.Future[tuple[Any, int]]] = {}
+        self._batch: list[tuple[dict[str, Any], Callable[[Any, int], None]]] = []
         self.slowest_tick = 0.0
         self._gc_pacer: gcpauses.GcPacer | None = None  # made at start()
         self.stalls = StallLog()
@@ -370,6 +390,7 @@ class RaftStore:
                     StoreError("the raft store stopped (this node is no longer a manager)")
                 )
         self._waiting.clear()
+        self._batch.clear()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         if self._soon is not None:
@@ -411,6 +432,8 @@ class RaftStore:
         started, cpu, wait0 = time.monotonic(), time.process_time(), runq_wait()
         if started - self._last_tick_end > self.timings.election_min / 2:
             self._hold_election(started + 2 * self.timings.append_period)
+        if self._batch:
+            self._send_batch()
         try:
             self._obj.doTick(0.0)
         except Exception:
@@ -424,6 +447,26 @@ class RaftStore:
         if took > SLOW_TICK:
             log.warning("a raft tick held the event loop for %.0f ms", took * 1000)
         self._save_peers()
+
+    def _send_batch(self) -> None:
+        """The `BATCHED` writes submitted since the last tick, in raft entries of up to
+        `BATCH_MAX` commands; each submit gets its own command's result (or raft's failure)."""
+        assert self._obj is not None
+        pending, self._batch = self._batch, []
+        for at in range(0, len(pending), BATCH_MAX):
+            part = pending[at : at + BATCH_MAX]
+            if len(part) == 1:
+                self._machine.apply_command(part[0][0], callback=part[0][1])
+                continue
+            cmds = [c for c, _ in part]
+
+            def done(res: Any, err: int, part: list[Any] = part) -> None:
+                results = ((res or {}).get("batch") or []) if err == FAIL_REASON.SUCCESS else []
+                for i, (_, each) in enumerate(part):
+                    each(results[i] if i < len(results) else None, err)
+
+            batch = {"op": BATCH_OP, "cmds": cmds, "cid": os.urandom(8).hex()}
+            self._machine.apply_command(batch, callback=done)
 
     def _hold_election(self, until: float) -> None:
         """This replica could not listen for a while (its loop was held, or the host starved
@@ -546,8 +589,11 @@ class RaftStore:
                 if not fut.done():
                     fut.set_result((res, err))
 
-            self._machine.apply_command(cmd, callback=done)
-            self.kick()
+            if cmd.get("op") in BATCHED:
+                self._batch.append((cmd, done))  # sent by the next tick, with its fellows
+            else:
+                self._machine.apply_command(cmd, callback=done)
+                self.kick()
             self._waiting.add(fut)
             self._by_cid[cmd["cid"]] = fut
             try:

@@ -70,9 +70,11 @@ def test_the_pacer_freezes_survivors_and_audits_frozen_garbage_without_collectin
         assert found["frozen"] >= 50
         assert ref() is not None and pacer.reclaims == 0  # under the bound: no stall here
         assert pacer.status()["gc_audit"] is found
+        assert gc.get_threshold()[2] == gcpauses.NEVER  # no automatic full collection
     finally:
         pacer.close()
         gc.unfreeze()
+    assert gc.get_threshold()[2] != gcpauses.NEVER  # the interpreter's own pacing again
 
 
 def test_frozen_garbage_over_the_bound_is_collected_once(monkeypatch: object) -> None:

@@ -86,6 +86,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import meshkit.cluster.api.cluster as cluster_api
@@ -117,7 +118,6 @@ from meshkit.cluster.raft import autolock
 from meshkit.cluster.raft.sealing import SealError
 from meshkit.cluster.raft.store import NoQuorum, StoreError, UnknownOutcome
 from meshkit.cluster.rpc.pki import ClusterCA, PkiError
-from meshkit.cluster.rpc.tlsaccept import handshake_executor
 from meshkit.cluster.rpc.tokens import (
     TokenError,
     ca_digest,
@@ -130,6 +130,22 @@ from meshkit.cluster.rpc.transport import Peer, RpcError
 from meshkit.net.doctor_report import overlay_column
 
 log = logging.getLogger(__name__)
+
+_signer: ThreadPoolExecutor | None = None  # made at the first join
+
+
+async def sign_off_loop(ca: Any, csr: bytes, node_id: str, role: str, lifetime: float) -> bytes:
+    """`ca.sign_csr` in a thread of its own: loading, checking and signing a CSR is 0.3 ms of
+    CPU per join or renewal that the manager's loop need not pay (5,000 joins: 1.5 s). Not in
+    the TLS handshake pool: its threads are niced, and signing holds the GIL, so a signing
+    thread the scheduler preempted would hold the loop up (a priority inversion); this one
+    runs at the manager's own priority."""
+    global _signer
+    if _signer is None:
+        _signer = ThreadPoolExecutor(1, thread_name_prefix="csr-sign")
+    return await asyncio.get_running_loop().run_in_executor(
+        _signer, ca.sign_csr, csr, node_id, role, lifetime
+    )
 
 UNAUTHENTICATED = frozenset({"ca_bundle", "join"})
 NODE_METHODS = (
@@ -466,7 +482,7 @@ class Api:
         if not addr:
             addr = peer.address.rsplit(":", 1)[0].strip("[]")
         node_id = new_node_id()
-        cert = await self._sign(csr, node_id, role, st.cert_lifetime)  # checks the CSR
+        cert = await sign_off_loop(self.ca(), csr, node_id, role, st.cert_lifetime)  # checks it
         now = time.time()
         record = cstate.NodeRecord(
             id=node_id,
@@ -490,7 +506,7 @@ class Api:
         done = await self.node.submit(cmd)
         if done.get("node_id") and done["node_id"] != node_id:
             node_id = str(done["node_id"])
-            cert = await self._sign(csr, node_id, role, st.cert_lifetime)
+            cert = await sign_off_loop(self.ca(), csr, node_id, role, st.cert_lifetime)
         self.node.note_beat(node_id)
         log.info("node %s (%s, %s) joined as a %s", node_id, printable(record.hostname), addr, role)
         result: dict[str, Any] = {
@@ -506,14 +522,6 @@ class Api:
         if role == "manager":
             result.update(self._manager_secrets(st))
         return result
-
-    async def _sign(self, csr: bytes, node_id: str, role: str, lifetime: float) -> bytes:
-        """`sign_csr` in the TLS handshake pool: loading, checking and signing a CSR is 0.3 ms
-        of CPU per join or renewal that the manager's loop need not pay (5,000 joins: 1.5 s)."""
-        ca = self.ca()
-        return await asyncio.get_running_loop().run_in_executor(
-            handshake_executor(), ca.sign_csr, csr, node_id, role, lifetime
-        )
 
     # -- any node ------------------------------------------------------------------------------
 
@@ -540,8 +548,8 @@ class Api:
     async def renew(self, peer: Peer, params: dict[str, Any]) -> Any:
         node = caller(self.node, peer, params)
         st = self.state
-        cert = await self._sign(
-            str_param(params, "csr").encode(), node.id, node.role, st.cert_lifetime
+        cert = await sign_off_loop(
+            self.ca(), str_param(params, "csr").encode(), node.id, node.role, st.cert_lifetime
         )
         result: dict[str, Any] = {
             "cert": cert.decode() + carotation.chain_extra(st),

@@ -87,7 +87,7 @@ def test_frozen_garbage_over_the_bound_is_collected_once(monkeypatch: object) ->
     pacer = gcpauses.GcPacer(0.0)
     try:
         gc.unfreeze()
-        monkeypatch.setattr(pacer, "reclaim_over", lambda: 10)
+        monkeypatch.setattr(pacer, "reclaim_over", lambda frozen: 10)
         objs = [_Cyclic() for _ in range(50)]
         ref = weakref.ref(objs[0])
         pacer.tick(gcpauses.FREEZE_EVERY)

@@ -97,3 +97,35 @@ def test_frozen_garbage_over_the_bound_is_collected_once(monkeypatch: object) ->
     finally:
         pacer.close()
         gc.unfreeze()
+
+
+def test_the_pacer_takes_the_audit_a_dump_writer_child_left(tmp_path: Any) -> None:
+    """The raft dump writer's child (forked anyway) audits after the dump; the pacer reads it
+    at its next freeze and puts its own forked audit off."""
+    import os
+    import time
+
+    path = str(tmp_path / ("dump" + ".gc-audit.json"))
+    pacer = gcpauses.GcPacer(0.0, audit_file=path)
+    try:
+        gc.unfreeze()
+        objs = [_Cyclic() for _ in range(30)]
+        pacer.tick(gcpauses.FREEZE_EVERY)  # frozen
+        del objs
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child, as lib.DumpWriter's after its dump
+            try:
+                gcpauses.audit_to_file(path)
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        time.sleep(0.01)
+        pacer.tick(2 * gcpauses.FREEZE_EVERY)
+        assert pacer.last is not None and pacer.last["garbage"] >= 30
+        assert pacer.last["types"]["_Cyclic"] >= 30 and pacer.last["fork_ms"] == "dump"
+        assert pacer.next_audit == 2 * gcpauses.FREEZE_EVERY + gcpauses.AUDIT_EVERY
+        assert pacer.audit is None  # no fork of its own
+    finally:
+        pacer.close()
+        gc.unfreeze()

@@ -11,13 +11,17 @@ at 3,000 and 250-350 ms at 5,000: the busy loop stalls over 100 ms were these.
 `GcPacer`: CPython never starts a full collection by itself while it runs; every
 `FREEZE_EVERY` seconds it collects what is not frozen (only what was made since the last
 freeze: short) and moves whatever survives out of the collector's way (`gc.freeze()`). A full
-collection of everything never runs on the loop:
-what becomes cyclic garbage after it was frozen would stay (a leak), so every `AUDIT_EVERY`
-seconds a forked child (`GcAudit`) collects everything on a copy-on-write view of the process
-and says how many objects it would free, by type; the manager logs it and shows it in
-`cluster_status` (``gc_audit``, with the resident memory), so a cycle that leaks is named and
-fixed where it is made. Only past `RECLAIM_OVER` objects of frozen garbage does the loop pay for
-one full collection (a stall, logged as a warning): memory stays bounded whatever leaks.
+collection of everything never runs on the loop: what becomes cyclic garbage after it was
+frozen stays (a leak). So the frozen set is audited in a forked child, which collects
+everything on a copy-on-write view of the process and says how many objects it would free, by
+type and by the functions that made them: the raft dump writer's child does it after writing
+its dump (`audit_to_file`, at most every `AUDIT_GAP` seconds; the fork is paid anyway), and the
+pacer forks one of its own (`GcAudit`) only after `AUDIT_EVERY` seconds without one. The
+manager logs each audit and shows it in `cluster_status` (``gc_audit``, with the resident
+memory), so a cycle that leaks is named and fixed where it is made (closed RPC connections
+were: rpc/tlsaccept.py, rpc/server.py). Only past `RECLAIM_OVER` objects of frozen garbage
+does the loop pay for one full collection (a stall, logged as a warning): memory stays
+bounded whatever leaks.
 
 Installed once per process by the raft store; `cluster_status` carries the figures
 (`gc_max_ms`, `gc_pauses`; a reclaim is logged with its length).
@@ -48,8 +52,24 @@ NEVER = 1 << 30
 """The oldest generation's threshold while a pacer runs: CPython never starts a full
 collection by itself."""
 
-AUDIT_EVERY = 60.0
-"""Seconds between two audits of the frozen set (`GcAudit`: a forked child collects)."""
+AUDIT_EVERY = 1800.0
+"""Seconds without an audit after which the pacer forks one of its own (`GcAudit`). Audits
+come with the raft log's compactions (every 500 entries or 10 minutes): the dump writer's
+child, forked anyway, audits after writing the dump. A fork of its own costs the manager
+about 100 ms of loop stalls at 5,000 nodes (copy-on-write faults on every page it then
+writes), so it is only the fallback for a store that compacts nothing."""
+
+AUDIT_GAP = 300.0
+"""Seconds between two audits in dump writers' children at least (an audit costs the child
+1-1.5 s of CPU at 5,000 nodes, counted as the manager's; dumps may come every minute)."""
+
+_last_audit = -AUDIT_GAP  # monotonic time of the last audit this process took in
+
+
+def audit_due() -> bool:
+    """Whether the next raft dump's child should audit (`AUDIT_GAP` since the last)."""
+    return time.monotonic() - _last_audit >= AUDIT_GAP
+
 
 AUDIT_TIMEOUT = 300.0
 """An audit child that has not answered by then is killed (and the audit noted as failed)."""
@@ -101,10 +121,12 @@ class GcPacer:
     finds more frozen garbage than `reclaim_over()` (a leak: memory first, then the stall).
     `tick(now)` is called from the loop (the raft tick) and is a comparison most of the time."""
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, audit_file: str | None = None) -> None:
         install()  # cluster_status says how long collections held the loop
         self.next_freeze = now + FREEZE_EVERY
         self.next_audit = now + AUDIT_EVERY
+        self.audit_file = audit_file  # where the raft dump writer's child leaves its audit
+        self._audit_seen = _mtime(audit_file)
         self.reclaims = 0
         self.audit: GcAudit | None = None  # the one running
         self.last: dict[str, Any] | None = None  # the last audit's figures
@@ -127,6 +149,23 @@ class GcPacer:
             self.next_freeze = now + FREEZE_EVERY
             gc.collect()  # what is not frozen: made in the last second or so (a few ms)
             gc.freeze()
+            self._dump_audit(now)
+
+    def _dump_audit(self, now: float) -> None:
+        """The audit a raft dump's child left (once a second: one stat); it stands for one of
+        ours, which waits `AUDIT_EVERY` from now."""
+        seen = _mtime(self.audit_file)
+        if seen == self._audit_seen or self.audit_file is None:
+            return
+        self._audit_seen = seen
+        try:
+            with open(self.audit_file, "rb") as f:
+                found: dict[str, Any] = json.loads(f.read())
+        except (OSError, ValueError):
+            return
+        found["fork_ms"] = "dump"
+        self.next_audit = now + AUDIT_EVERY
+        self._audited(found)
 
     @staticmethod
     def reclaim_over(frozen: int) -> int:
@@ -136,6 +175,8 @@ class GcPacer:
         return max(RECLAIM_OVER, frozen // 10)
 
     def _audited(self, found: dict[str, Any]) -> None:
+        global _last_audit
+        _last_audit = time.monotonic()
         found["rss_mb"] = round(rss_mb(), 1)
         found["at"] = round(time.monotonic(), 3)
         self.last = found
@@ -243,41 +284,70 @@ class GcAudit:
 
 def _audit_child(wfd: int) -> None:  # pragma: no cover - runs in the forked child
     try:
-        # the child must not take the CPU from the manager it audits (at the manager's own
-        # priority, on the same core, an audit starved its loop for 400 ms); nice 19, not
-        # SCHED_IDLE, which on a busy core never got to run
-        with contextlib.suppress(OSError):
-            os.nice(19)
-        logging.disable(logging.CRITICAL)
-        os.closerange(3, wfd)
-        os.closerange(wfd + 1, 1 << 20)
-        gc.callbacks.clear()
-        frozen = gc.get_freeze_count()
-        began = time.perf_counter()
-        gc.unfreeze()
-        gc.set_debug(gc.DEBUG_SAVEALL)  # kept in gc.garbage (so counted by type), not freed
-        garbage = gc.collect()
-        took = time.perf_counter() - began
-        types = Counter(type(o).__qualname__ for o in gc.garbage)
-        # which code made the cycles: the functions (closures) and coroutines among them, and
-        # what a few of the garbage futures were waiting for
-        funcs = Counter(
-            getattr(o, "__qualname__", "?")
-            for o in gc.garbage
-            if isinstance(o, types_mod.FunctionType | types_mod.CoroutineType)
-        )
-        futures = [repr(o)[:300] for o in gc.garbage if type(o).__name__ == "Future"][:3]
-        out = {
-            "garbage": garbage,
-            "frozen": frozen,
-            "full_ms": round(took * 1000, 1),
-            "types": dict(types.most_common(12)),
-            "functions": dict(funcs.most_common(8)),
-            "futures": futures,
-        }
-        os.write(wfd, json.dumps(out).encode())
+        os.write(wfd, json.dumps(audit_figures(keep=wfd)).encode())
     finally:
         os._exit(0)
+
+
+def audit_to_file(path: str) -> None:
+    """In a forked child about to exit (the raft dump writer's, `lib.DumpWriter`, which has
+    paid for the fork and the copied pages already): the audit, written to `path` (0600,
+    atomically), where the manager's pacer picks it up (`GcPacer`'s ``audit_file``)."""
+    data = json.dumps(audit_figures()).encode()
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def audit_figures(keep: int = -1) -> dict[str, Any]:
+    """What a full collection would free in this process, by type (see `GcAudit`). Only in a
+    forked child that exits next: it closes every descriptor above 2 but `keep` first (the
+    collection runs the garbage's finalizers, which must not touch the parent's connections
+    or files), logs nothing, and collects everything, frozen objects included."""
+    # the child must not take the CPU from the manager it audits (at the manager's own
+    # priority, on the same core, an audit starved its loop for 400 ms); nice 19, not
+    # SCHED_IDLE, which on a busy core never got to run
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    logging.disable(logging.CRITICAL)
+    if keep >= 3:
+        os.closerange(3, keep)
+    os.closerange(max(keep + 1, 3), 1 << 20)
+    gc.callbacks.clear()
+    frozen = gc.get_freeze_count()
+    began = time.perf_counter()
+    gc.unfreeze()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # kept in gc.garbage (so counted by type), not freed
+    garbage = gc.collect()
+    took = time.perf_counter() - began
+    types = Counter(type(o).__qualname__ for o in gc.garbage)
+    # which code made the cycles: the functions (closures) and coroutines among them, and
+    # what a few of the garbage futures were waiting for
+    funcs = Counter(
+        getattr(o, "__qualname__", "?")
+        for o in gc.garbage
+        if isinstance(o, types_mod.FunctionType | types_mod.CoroutineType)
+    )
+    futures = [repr(o)[:300] for o in gc.garbage if type(o).__name__ == "Future"][:3]
+    return {
+        "garbage": garbage,
+        "frozen": frozen,
+        "full_ms": round(took * 1000, 1),
+        "types": dict(types.most_common(12)),
+        "functions": dict(funcs.most_common(8)),
+        "futures": futures,
+    }
+
+
+def _mtime(path: str | None) -> int:
+    try:
+        return 0 if path is None else os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
 
 
 def rss_mb() -> float:

@@ -46,6 +46,7 @@ from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft import gcpauses
 from meshkit.cluster.raft.lib import (
+    AUDIT_SUFFIX,
     FAIL_REASON,
     DumpWriter,
     SyncObj,
@@ -379,7 +380,9 @@ class RaftStore:
             raise StoreError(f"cannot start raft on {self.self_addr}: {why}") from exc
         self._save_peers()
         gc.freeze()  # the state just loaded lives long: no full collection walks it again
-        self._gc_pacer = gcpauses.GcPacer(time.monotonic())  # and full collections short
+        self._gc_pacer = gcpauses.GcPacer(  # no full collection on the loop; audits
+            time.monotonic(), audit_file=str(self.directory / ("dump" + AUDIT_SUFFIX))
+        )
         self._schedule()
 
     def close(self) -> None:

@@ -160,7 +160,12 @@ def audit_text(status: dict[str, Any]) -> tuple[float, str] | None:
     types = ", ".join(f"{k} {v}" for k, v in list((a.get("types") or {}).items())[:4])
     return float(a["at"]), (
         f"garbage {a.get('garbage')} of {a.get('frozen')} frozen ({types}), "
-        f"rss {float(a.get('rss_mb', 0.0)):.0f} MB, fork {a.get('fork_ms', '?')} ms"
+        f"rss {float(a.get('rss_mb', 0.0)):.0f} MB"
+        + (
+            ", in a raft dump's child"
+            if a.get("fork_ms") == "dump"
+            else f", its fork {a.get('fork_ms', '?')} ms"
+        )
     )
 
 

@@ -147,6 +147,7 @@ async def sign_off_loop(ca: Any, csr: bytes, node_id: str, role: str, lifetime: 
         _signer, ca.sign_csr, csr, node_id, role, lifetime
     )
 
+
 UNAUTHENTICATED = frozenset({"ca_bundle", "join"})
 NODE_METHODS = (
     frozenset({"heartbeat", "renew", "leave"})

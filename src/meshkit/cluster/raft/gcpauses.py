@@ -64,6 +64,8 @@ AUDIT_GAP = 300.0
 1-1.5 s of CPU at 5,000 nodes, counted as the manager's; dumps may come every minute)."""
 
 _last_audit = -AUDIT_GAP  # monotonic time of the last audit this process took in
+_pacers = 0  # pacers running in this process (a test runs several stores in one)
+_thresholds = gc.get_threshold()  # CPython's own, put back when the last pacer closes
 
 
 def audit_due() -> bool:
@@ -130,11 +132,15 @@ class GcPacer:
         self.reclaims = 0
         self.audit: GcAudit | None = None  # the one running
         self.last: dict[str, Any] | None = None  # the last audit's figures
-        self._thresholds = gc.get_threshold()
         # no automatic full collection: it would walk what is not frozen yet, all of it made
         # since the last freeze (80-170 ms of CPU at 10 s between freezes while 5,000 nodes
         # joined); the pacer collects that part itself, a second's worth at a time
-        gc.set_threshold(self._thresholds[0], self._thresholds[1], NEVER)
+        global _pacers, _thresholds
+        if _pacers == 0:
+            _thresholds = gc.get_threshold()
+            gc.set_threshold(_thresholds[0], _thresholds[1], NEVER)
+        _pacers += 1
+        self._closed = False
 
     def tick(self, now: float) -> None:
         if self.audit is not None:
@@ -207,7 +213,12 @@ class GcPacer:
             )
 
     def close(self) -> None:
-        gc.set_threshold(*self._thresholds)
+        global _pacers
+        if not self._closed:
+            self._closed = True
+            _pacers -= 1
+            if _pacers == 0:  # the last pacer of the process: CPython paces itself again
+                gc.set_threshold(*_thresholds)
         if self.audit is not None:
             self.audit.abandon()
             self.audit = None

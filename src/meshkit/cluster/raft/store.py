@@ -282,6 +282,38 @@ def saved_peers(directory: Path) -> list[str] | None:
     return [str(p) for p in data.get("peers", [])]
 
 
+def send_batched(
+    machine: _StateMachine, pending: list[tuple[dict[str, Any], Callable[[Any, int], None]]]
+) -> None:
+    """The `BATCHED` writes submitted since the last tick, in raft entries of up to
+    `BATCH_MAX` commands; each submit gets its own command's result (or raft's failure)."""
+    for at in range(0, len(pending), BATCH_MAX):
+        part = pending[at : at + BATCH_MAX]
+        if len(part) == 1:
+            machine.apply_command(part[0][0], callback=part[0][1])
+            continue
+        cmds = [c for c, _ in part]
+
+        def done(res: Any, err: int, part: list[Any] = part) -> None:
+            results = ((res or {}).get("batch") or []) if err == FAIL_REASON.SUCCESS else []
+            for i, (_, each) in enumerate(part):
+                each(results[i] if i < len(results) else None, err)
+
+        batch = {"op": BATCH_OP, "cmds": cmds, "cid": os.urandom(8).hex()}
+        machine.apply_command(batch, callback=done)
+
+
+def hold_election(obj: SyncObj, until: float) -> None:
+    """A replica that could not listen for a while (its loop was held, or the host starved
+    it): the leader's heartbeats may be waiting in its sockets. pysyncobj checks the election
+    deadline before it reads them, so a follower back from a stall longer than the election
+    timeout would start an election against a live leader. Time it could not listen is not
+    the leader's silence: the deadline moves past this tick's reads."""
+    name = "_SyncObj__raftElectionDeadline"
+    if getattr(obj, name, until) < until:
+        setattr(obj, name, until)
+
+
 class RaftStore:
     """One manager's raft replica of the cluster state."""
 
@@ -434,9 +466,10 @@ class RaftStore:
             return
         started, cpu, wait0 = time.monotonic(), time.process_time(), runq_wait()
         if started - self._last_tick_end > self.timings.election_min / 2:
-            self._hold_election(started + 2 * self.timings.append_period)
+            hold_election(self._obj, started + 2 * self.timings.append_period)
         if self._batch:
-            self._send_batch()
+            pending, self._batch = self._batch, []
+            send_batched(self._machine, pending)
         try:
             self._obj.doTick(0.0)
         except Exception:
@@ -450,37 +483,6 @@ class RaftStore:
         if took > SLOW_TICK:
             log.warning("a raft tick held the event loop for %.0f ms", took * 1000)
         self._save_peers()
-
-    def _send_batch(self) -> None:
-        """The `BATCHED` writes submitted since the last tick, in raft entries of up to
-        `BATCH_MAX` commands; each submit gets its own command's result (or raft's failure)."""
-        assert self._obj is not None
-        pending, self._batch = self._batch, []
-        for at in range(0, len(pending), BATCH_MAX):
-            part = pending[at : at + BATCH_MAX]
-            if len(part) == 1:
-                self._machine.apply_command(part[0][0], callback=part[0][1])
-                continue
-            cmds = [c for c, _ in part]
-
-            def done(res: Any, err: int, part: list[Any] = part) -> None:
-                results = ((res or {}).get("batch") or []) if err == FAIL_REASON.SUCCESS else []
-                for i, (_, each) in enumerate(part):
-                    each(results[i] if i < len(results) else None, err)
-
-            batch = {"op": BATCH_OP, "cmds": cmds, "cid": os.urandom(8).hex()}
-            self._machine.apply_command(batch, callback=done)
-
-    def _hold_election(self, until: float) -> None:
-        """This replica could not listen for a while (its loop was held, or the host starved
-        it): the leader's heartbeats may be waiting in its sockets. pysyncobj checks the
-        election deadline before it reads them, so a follower back from a stall longer than the
-        election timeout would start an election against a live leader. Time it could not
-        listen is not the leader's silence: the deadline moves past this tick's reads."""
-        assert self._obj is not None
-        name = "_SyncObj__raftElectionDeadline"
-        if getattr(self._obj, name, until) < until:
-            setattr(self._obj, name, until)
 
     def kick(self) -> None:
         """Tick at the next loop iteration (after a write, so it leaves at once)."""

@@ -228,6 +228,7 @@ class GrowthMonitor:
     async def _run(self) -> None:
         self._last = time.monotonic()
         self._sched = {m.name: sched_ms(m.pid) for m in self._managers()}
+        self._gc_cpu: dict[str, float] = {}  # each manager's gc_cpu_ms at the last look
         while True:
             await asyncio.sleep(self._every)
             await self._sample()
@@ -278,6 +279,11 @@ class GrowthMonitor:
                 )
             else:
                 recent_text = recent.text()
+            gc_cpu = float(st.get("gc_cpu_ms", 0.0))
+            before_gc = self._gc_cpu.get(m.name, gc_cpu)
+            self._gc_cpu[m.name] = gc_cpu
+            if gc_cpu > before_gc:  # all collections, CPU: the collector's share of the loop
+                recent_text += f"; GC CPU {(gc_cpu - before_gc) / span:.0f} ms/s"
             audit = audit_text(st)
             if audit is not None and self._last <= audit[0] <= now:
                 self.totals.audits.setdefault(m.name, []).append(audit[1])

@@ -93,6 +93,7 @@ class GcPauses:
         self.recent: deque[tuple[float, float, int, int, float]] = deque(maxlen=self.KEEP)
         self._began = 0.0
         self._began_cpu = 0.0
+        self.total_cpu = 0.0  # seconds of CPU in every collection (the collector's share)
 
     def callback(self, phase: str, info: dict[str, Any]) -> None:
         if phase == "start":
@@ -100,8 +101,9 @@ class GcPauses:
             self._began_cpu = time.thread_time()
             return
         took = time.perf_counter() - self._began
+        cpu = time.thread_time() - self._began_cpu
+        self.total_cpu += cpu
         if took > OVER:
-            cpu = time.thread_time() - self._began_cpu
             self.worst = max(self.worst, took)
             gen = int(info.get("generation", -1))
             freed = int(info.get("collected", 0))
@@ -110,6 +112,7 @@ class GcPauses:
     def status(self) -> dict[str, Any]:
         return {
             "gc_max_ms": round(self.worst * 1000, 1),
+            "gc_cpu_ms": round(self.total_cpu * 1000, 1),
             "gc_pauses": [
                 [round(t, 3), round(s * 1000, 1), g, n, round(c * 1000, 1)]
                 for t, s, g, n, c in self.recent

@@ -130,6 +130,7 @@ class ProbeTotals:
     loop_run_ms: dict[str, float] = field(default_factory=dict)  # the loop's thread alone
     joined: int = 0  # nodes added while the monitor ran
     gc_worst_ms: dict[str, float] = field(default_factory=dict)  # longest collection seen
+    audits: dict[str, list[str]] = field(default_factory=dict)  # frozen-garbage audits seen
     seconds: float = 0.0
 
     def text(self, name: str) -> str:
@@ -141,7 +142,31 @@ class ProbeTotals:
             f"(loop thread {loop_ms / per_s:.0f}{per_join(loop_ms, self.joined)}), "
             f"waited {self.wait_ms.get(name, 0.0) / per_s:.0f} ms/s for a CPU"
             + (f"; longest GC {self.gc_worst_ms[name]:.0f} ms" if name in self.gc_worst_ms else "")
+            + (
+                f"; {len(self.audits[name])} GC audits, first/last: {self.audits[name][0]} / "
+                f"{self.audits[name][-1]}"
+                if self.audits.get(name)
+                else ""
+            )
         )
+
+
+def audit_text(status: dict[str, Any]) -> tuple[float, str] | None:
+    """A manager's last frozen-garbage audit (`gc_audit`: what a full collection would free,
+    counted in a forked child) as (monotonic time, text); None from an older manager."""
+    a = status.get("gc_audit")
+    if not isinstance(a, dict) or "at" not in a:
+        return None
+    types = ", ".join(f"{k} {v}" for k, v in list((a.get("types") or {}).items())[:4])
+    return float(a["at"]), (
+        f"garbage {a.get('garbage')} of {a.get('frozen')} frozen ({types}), "
+        f"rss {float(a.get('rss_mb', 0.0)):.0f} MB"
+        + (
+            ", in a raft dump's child"
+            if a.get("fork_ms") == "dump"
+            else f", its fork {a.get('fork_ms', '?')} ms"
+        )
+    )
 
 
 def gc_in(status: dict[str, Any], since: float, until: float) -> list[float]:
@@ -203,6 +228,7 @@ class GrowthMonitor:
     async def _run(self) -> None:
         self._last = time.monotonic()
         self._sched = {m.name: sched_ms(m.pid) for m in self._managers()}
+        self._gc_cpu: dict[str, float] = {}  # each manager's gc_cpu_ms at the last look
         while True:
             await asyncio.sleep(self._every)
             await self._sample()
@@ -253,6 +279,15 @@ class GrowthMonitor:
                 )
             else:
                 recent_text = recent.text()
+            gc_cpu = float(st.get("gc_cpu_ms", 0.0))
+            before_gc = self._gc_cpu.get(m.name, gc_cpu)
+            self._gc_cpu[m.name] = gc_cpu
+            if gc_cpu > before_gc:  # all collections, CPU: the collector's share of the loop
+                recent_text += f"; GC CPU {(gc_cpu - before_gc) / span:.0f} ms/s"
+            audit = audit_text(st)
+            if audit is not None and self._last <= audit[0] <= now:
+                self.totals.audits.setdefault(m.name, []).append(audit[1])
+                recent_text += f"; GC audit: {audit[1]}"
             parts.append(
                 f"{m.name}{lead} t{st.get('term')} run {run / span:.0f}/wait "
                 f"{wait / span:.0f} ms/s (loop thread ran {loop_run / span:.0f}"

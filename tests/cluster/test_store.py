@@ -213,3 +213,72 @@ def test_snapshot_catches_up_a_new_member_and_survives_restart(tmp_path: Path) -
             second.close()
 
     _run(main)
+
+
+def _join(i: int, request: str = "") -> dict[str, object]:
+    node = cs.NodeRecord(id=f"n{i:024d}", hostname=f"w{i}", role="worker", addr="")
+    # a request id, as real joins carry: a write caught by a leader change (a loaded test
+    # host) is sent again instead of failing with an unknown outcome
+    return {"op": "add_node", "node": node.to_dict(), "now": 2.0, "request_id": request or f"r{i}"}
+
+
+def test_joins_of_one_tick_go_in_one_entry_each_with_its_own_result(tmp_path: Path) -> None:
+    async def main() -> None:
+        addrs = [_addr(61), _addr(62), _addr(63)]
+        stores = [
+            RaftStore(a, addrs, tmp_path / str(i), SECRET, TIMINGS) for i, a in enumerate(addrs)
+        ]
+        seen: list[list[str]] = [[], [], []]
+        for i, s in enumerate(stores):
+            s.on_applied = lambda cmd, res, i=i: seen[i].append(str(cmd["op"]))  # type: ignore[misc]
+        try:
+            for s in stores:
+                await s.start()
+            await _until(lambda: sum(s.is_leader for s in stores) == 1, msg="a leader")
+            leader = next(s for s in stores if s.is_leader)
+            follower = next(s for s in stores if not s.is_leader)
+            await leader.submit(_init_cmd())
+            before = leader.status()["commit_index"]
+            writes = [(leader if i % 2 else follower).submit(_join(i)) for i in range(40)]
+            results = await asyncio.gather(*writes)
+            assert [r["node_id"] for r in results] == [f"n{i:024d}" for i in range(40)]
+            entries = max(s.status()["commit_index"] for s in stores) - before
+            assert 0 < entries < 20, entries  # batched: far fewer entries than the 40 writes
+            # in one batch from the follower: a duplicate id refused alone, its fellow applied
+            both: list[object] = await asyncio.gather(
+                follower.submit(_join(0, "another")),
+                follower.submit(_join(40)),
+                return_exceptions=True,
+            )
+            dup, fresh = both
+            assert isinstance(dup, cs.CommandError) and "already exists" in str(dup)
+            assert fresh == {"node_id": f"n{40:024d}"}
+            await _until(lambda: all(s.count("add_node") == 42 for s in seen), msg="replication")
+            assert all(len(s.state.nodes) == 42 for s in stores)  # each hook saw each join
+            assert "batch" not in seen[0]
+        finally:
+            for s in stores:
+                s.close()
+
+    _run(main)
+
+
+def test_a_batch_entry_replays_from_the_journal(tmp_path: Path) -> None:
+    async def main() -> None:
+        addr = _addr(64)
+        store = RaftStore(addr, [], tmp_path, SECRET, TIMINGS)
+        await store.start()
+        await _until(lambda: store.is_leader, msg="leader")
+        await store.submit(_init_cmd())
+        await asyncio.gather(*(store.submit(_join(i)) for i in range(10)))
+        assert store.status()["commit_index"] < 10
+        store.close()
+        again = RaftStore(addr, [], tmp_path, SECRET, TIMINGS)
+        await again.start()
+        try:
+            await _until(lambda: len(again.state.nodes) == 11, msg="journal replay")
+            assert again.state.nodes[f"n{9:024d}"].hostname == "w9"
+        finally:
+            again.close()
+
+    _run(main)

@@ -149,3 +149,45 @@ def test_a_client_that_leaves_mid_handshake_and_a_bad_certificate(
     with caplog.at_level(logging.INFO, logger="meshkit.cluster.rpc.transport"):
         run(body())
     assert "client certificate refused" in caplog.text or "TLS handshake failed" in caplog.text
+
+
+def test_a_closed_connection_leaves_no_cyclic_garbage_on_the_server(
+    run: Any, ca: ClusterCA, manager: NodeIdentity, worker: NodeIdentity
+) -> None:
+    """A manager never runs a full collection (raft/gcpauses.py): what a closed connection
+    leaves in a cycle would be kept for good, so the server side must leave none."""
+    import gc
+
+    from meshkit.cluster.rpc import tlsaccept
+
+    server_side = (tlsaccept.TlsServerProtocol, tlsaccept.TlsTransport, asyncio.StreamReader)
+
+    async def body() -> None:
+        server = RpcServer(dispatch)
+        _, port = await server.listen_tcp(HOST, 0, server_ssl_context(manager))
+        try:
+            for ident in (worker, None):  # with a certificate, and a join's (without)
+                for _ in range(5):
+                    ctx = client_ssl_context(ident, ca.bundle_pem)
+                    async with await RpcClient.connect_tcp(HOST, port, ctx) as client:
+                        await client.call("whoami")
+            for _ in range(200):
+                if server.connections == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert server.connections == 0
+        finally:
+            await server.close()
+
+    gc.collect()
+    gc.disable()  # nothing collected behind the test's back
+    try:
+        run(body())
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kept = [type(o).__name__ for o in gc.garbage if isinstance(o, server_side)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert kept == []

@@ -35,6 +35,7 @@ import time
 from typing import Any
 
 from meshkit.base.files import private_opener
+from meshkit.cluster.raft import gcpauses
 
 _inet_ntop = socket.inet_ntop
 _inet_pton = socket.inet_pton
@@ -133,6 +134,9 @@ journal.open = _private_open  # type: ignore[attr-defined]
 serializer.open = _private_open  # type: ignore[attr-defined]
 
 
+AUDIT_SUFFIX = ".gc-audit.json"
+"""The dump writer's garbage audit: next to the dump, read by the manager's GcPacer."""
+
 DUMP_NICE = 10
 """How much lower the dump writer's priority is than the manager's (nice increment)."""
 
@@ -161,6 +165,7 @@ class DumpWriter(serializer.Serializer):  # type: ignore[misc]
         # A full collection walks every object, and with thousands of nodes and tasks that
         # held the loop for hundreds of ms; in the child it would also copy every page.
         gc.freeze()
+        audit = gcpauses.audit_due()  # the child also counts the garbage, now and then
         pid = os.fork()
         if pid != 0:
             self._Serializer__pid = pid
@@ -174,6 +179,9 @@ class DumpWriter(serializer.Serializer):  # type: ignore[misc]
             with _private_open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb") as g:
                 pickle.dump(data, g)
             code = 0
+            if audit:  # the frozen set's garbage, counted here: no fork of its own
+                with contextlib.suppress(Exception):
+                    gcpauses.audit_to_file(self._Serializer__fileName + AUDIT_SUFFIX)
         finally:
             os._exit(code)
 

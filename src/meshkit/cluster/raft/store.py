@@ -46,6 +46,7 @@ from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft import gcpauses
 from meshkit.cluster.raft.lib import (
+    AUDIT_SUFFIX,
     FAIL_REASON,
     DumpWriter,
     SyncObj,
@@ -205,6 +206,20 @@ _RETRY_IF_IDEMPOTENT = (
 )
 
 
+BATCH_OP = "batch"
+"""A raft entry holding several commands (``cmds``, each with its own ``cid``), applied one by
+one as if each were its own entry (each its own result and state hook): `RaftStore.submit`
+gathers the `BATCHED` writes of one tick into one. Every manager must run a version that
+knows it (as for any new command)."""
+
+BATCHED = frozenset({"add_node"})
+"""Writes gathered per tick: joins come by the thousand when a fleet starts, and each raft entry
+costs the leader an append, a journal write, a send to every follower and a commit round."""
+
+BATCH_MAX = 256
+"""Commands in one batch entry at most (5,000 joins at 32 at a time: a few dozen a tick)."""
+
+
 class _Snapshot:
     """The state as raft's dump holds it, made when pickled (so in the forked child that writes
     the dump, never on the event loop): it unpickles as the plain dict of `to_dict()`, the dump
@@ -229,6 +244,11 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
 
     @replicated  # type: ignore[misc,untyped-decorator]
     def apply_command(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        if cmd.get("op") == BATCH_OP:  # writes of one tick in one entry: each applied alone
+            return {"batch": [self._apply_one(c) for c in cmd.get("cmds") or ()]}
+        return self._apply_one(cmd)
+
+    def _apply_one(self, cmd: dict[str, Any]) -> dict[str, Any]:
         try:
             result: dict[str, Any] = {"ok": cstate.apply(self.state, cmd)}
         except cstate.CommandError as exc:
@@ -262,6 +282,38 @@ def saved_peers(directory: Path) -> list[str] | None:
     return [str(p) for p in data.get("peers", [])]
 
 
+def send_batched(
+    machine: _StateMachine, pending: list[tuple[dict[str, Any], Callable[[Any, int], None]]]
+) -> None:
+    """The `BATCHED` writes submitted since the last tick, in raft entries of up to
+    `BATCH_MAX` commands; each submit gets its own command's result (or raft's failure)."""
+    for at in range(0, len(pending), BATCH_MAX):
+        part = pending[at : at + BATCH_MAX]
+        if len(part) == 1:
+            machine.apply_command(part[0][0], callback=part[0][1])
+            continue
+        cmds = [c for c, _ in part]
+
+        def done(res: Any, err: int, part: list[Any] = part) -> None:
+            results = ((res or {}).get("batch") or []) if err == FAIL_REASON.SUCCESS else []
+            for i, (_, each) in enumerate(part):
+                each(results[i] if i < len(results) else None, err)
+
+        batch = {"op": BATCH_OP, "cmds": cmds, "cid": os.urandom(8).hex()}
+        machine.apply_command(batch, callback=done)
+
+
+def hold_election(obj: SyncObj, until: float) -> None:
+    """A replica that could not listen for a while (its loop was held, or the host starved
+    it): the leader's heartbeats may be waiting in its sockets. pysyncobj checks the election
+    deadline before it reads them, so a follower back from a stall longer than the election
+    timeout would start an election against a live leader. Time it could not listen is not
+    the leader's silence: the deadline moves past this tick's reads."""
+    name = "_SyncObj__raftElectionDeadline"
+    if getattr(obj, name, until) < until:
+        setattr(obj, name, until)
+
+
 class RaftStore:
     """One manager's raft replica of the cluster state."""
 
@@ -292,6 +344,7 @@ class RaftStore:
         # follower waits for the leader's word) never comes because the command itself made
         # this node stop being a manager (a manager demoting itself)
         self._by_cid: dict[str, asyncio.Future[tuple[Any, int]]] = {}
+        self._batch: list[tuple[dict[str, Any], Callable[[Any, int], None]]] = []
         self.slowest_tick = 0.0
         self._gc_pacer: gcpauses.GcPacer | None = None  # made at start()
         self.stalls = StallLog()
@@ -359,7 +412,9 @@ class RaftStore:
             raise StoreError(f"cannot start raft on {self.self_addr}: {why}") from exc
         self._save_peers()
         gc.freeze()  # the state just loaded lives long: no full collection walks it again
-        self._gc_pacer = gcpauses.GcPacer(time.monotonic())  # and full collections short
+        self._gc_pacer = gcpauses.GcPacer(  # no full collection on the loop; audits
+            time.monotonic(), audit_file=str(self.directory / ("dump" + AUDIT_SUFFIX))
+        )
         self._schedule()
 
     def close(self) -> None:
@@ -370,6 +425,7 @@ class RaftStore:
                     StoreError("the raft store stopped (this node is no longer a manager)")
                 )
         self._waiting.clear()
+        self._batch.clear()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         if self._soon is not None:
@@ -410,7 +466,10 @@ class RaftStore:
             return
         started, cpu, wait0 = time.monotonic(), time.process_time(), runq_wait()
         if started - self._last_tick_end > self.timings.election_min / 2:
-            self._hold_election(started + 2 * self.timings.append_period)
+            hold_election(self._obj, started + 2 * self.timings.append_period)
+        if self._batch:
+            pending, self._batch = self._batch, []
+            send_batched(self._machine, pending)
         try:
             self._obj.doTick(0.0)
         except Exception:
@@ -424,17 +483,6 @@ class RaftStore:
         if took > SLOW_TICK:
             log.warning("a raft tick held the event loop for %.0f ms", took * 1000)
         self._save_peers()
-
-    def _hold_election(self, until: float) -> None:
-        """This replica could not listen for a while (its loop was held, or the host starved
-        it): the leader's heartbeats may be waiting in its sockets. pysyncobj checks the
-        election deadline before it reads them, so a follower back from a stall longer than the
-        election timeout would start an election against a live leader. Time it could not
-        listen is not the leader's silence: the deadline moves past this tick's reads."""
-        assert self._obj is not None
-        name = "_SyncObj__raftElectionDeadline"
-        if getattr(self._obj, name, until) < until:
-            setattr(self._obj, name, until)
 
     def kick(self) -> None:
         """Tick at the next loop iteration (after a write, so it leaves at once)."""
@@ -524,6 +572,7 @@ class RaftStore:
             "slowest_tick_ms": round(self.slowest_tick * 1000, 3),
             **self.stalls.status(),
             **gcpauses.install().status(),
+            **(self._gc_pacer.status() if self._gc_pacer is not None else {}),
         }
 
     # -- writes --------------------------------------------------------------------------------
@@ -545,8 +594,11 @@ class RaftStore:
                 if not fut.done():
                     fut.set_result((res, err))
 
-            self._machine.apply_command(cmd, callback=done)
-            self.kick()
+            if cmd.get("op") in BATCHED:
+                self._batch.append((cmd, done))  # sent by the next tick, with its fellows
+            else:
+                self._machine.apply_command(cmd, callback=done)
+                self.kick()
             self._waiting.add(fut)
             self._by_cid[cmd["cid"]] = fut
             try:

@@ -385,12 +385,14 @@ class RpcServer:
             nonlocal last_activity
             last_activity = loop.time()
 
-        def check_idle() -> None:
+        def check_idle(again: Callable[..., None]) -> None:
+            # re-armed through its argument, not its own name: a closure naming itself is a
+            # cycle (function -> cell -> function) that only a full collection frees
             nonlocal timer, idle
             due = last_activity + idle_timeout
             now = loop.time()
             if inflight or now < due:
-                timer = loop.call_later(max(due - now, 0.0) or idle_timeout, check_idle)
+                timer = loop.call_later(max(due - now, 0.0) or idle_timeout, again, again)
                 return
             idle = True
             if whole_frames and decoder.buffered:
@@ -408,7 +410,7 @@ class RpcServer:
             slots.release()
             touch()
 
-        timer = loop.call_later(idle_timeout, check_idle)
+        timer = loop.call_later(idle_timeout, check_idle, check_idle)
         try:
             while True:
                 try:
@@ -445,6 +447,10 @@ class RpcServer:
         finally:
             if timer is not None:
                 timer.cancel()
+                # the handle holds check_idle, whose closure holds the handle (and the
+                # writer): a cycle that only a full collection would free, and managers
+                # never run one (raft/gcpauses.py)
+                timer = None
             for t in inflight:
                 t.cancel()
             if inflight:

@@ -159,6 +159,18 @@ def pair() -> Iterator[Cluster]:
         c.close()
 
 
+def test_each_manager_records_the_raft_entry_kinds_it_applies(pair: Cluster) -> None:
+    """A manager's agent says its build applies batch entries (RAFT_OPS), so the leader may
+    put a tick's joins in one; both managers' records carry it."""
+    m1 = pair.agents["m1"]
+
+    def recorded() -> bool:
+        ops = m1.info().get("raft_ops") or {}
+        return len(ops) == 2 and all(v == ["batch"] for v in ops.values())
+
+    until(recorded, 20, "both managers' raft_ops")
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from meshkit.cluster.model import state as cs
-from meshkit.cluster.raft.store import NoQuorum, RaftStore, RaftTimings
+from meshkit.cluster.raft.store import BATCH_CHECK, NoQuorum, RaftStore, RaftTimings
 
 TIMINGS = RaftTimings(tick=0.01, election_min=0.3, election_max=0.8, append_period=0.05, retry=0.3)
 SECRET = "test-raft-secret"
@@ -40,6 +40,11 @@ def _run(coro: Callable[[], Awaitable[None]]) -> None:
 def _init_cmd() -> dict[str, object]:
     node = cs.NodeRecord(id="a" * 25, hostname="m1", role="manager", addr="127.0.0.1")
     return {"op": "init", "cluster": {"cluster_id": "c" * 25}, "node": node.to_dict(), "now": 1.0}
+
+
+def _batching() -> dict[str, object]:
+    """The init's manager says its build applies batch entries (as a manager's agent does)."""
+    return {"op": "set_raft_ops", "node_id": "a" * 25, "ops": ["batch"], "now": 1.5}
 
 
 def _rotate(secret: str) -> dict[str, object]:
@@ -238,6 +243,8 @@ def test_joins_of_one_tick_go_in_one_entry_each_with_its_own_result(tmp_path: Pa
             leader = next(s for s in stores if s.is_leader)
             follower = next(s for s in stores if not s.is_leader)
             await leader.submit(_init_cmd())
+            await leader.submit(_batching())
+            await asyncio.sleep(BATCH_CHECK)  # the leader's last look at the managers expires
             before = leader.status()["commit_index"]
             writes = [(leader if i % 2 else follower).submit(_join(i)) for i in range(40)]
             results = await asyncio.gather(*writes)
@@ -270,6 +277,8 @@ def test_a_batch_entry_replays_from_the_journal(tmp_path: Path) -> None:
         await store.start()
         await _until(lambda: store.is_leader, msg="leader")
         await store.submit(_init_cmd())
+        await store.submit(_batching())
+        await asyncio.sleep(BATCH_CHECK)
         await asyncio.gather(*(store.submit(_join(i)) for i in range(10)))
         assert store.status()["commit_index"] < 10
         store.close()
@@ -280,5 +289,33 @@ def test_a_batch_entry_replays_from_the_journal(tmp_path: Path) -> None:
             assert again.state.nodes[f"n{9:024d}"].hostname == "w9"
         finally:
             again.close()
+
+    _run(main)
+
+
+def test_joins_go_one_entry_each_until_every_manager_knows_batches(tmp_path: Path) -> None:
+    """A manager whose build never said it applies batch entries (an older build in a
+    rolling upgrade) gets every join as its own entry; once each manager has said so, a
+    tick's joins share one."""
+
+    async def main() -> None:
+        store = RaftStore(_addr(65), [], tmp_path, SECRET, TIMINGS)
+        await store.start()
+        try:
+            await _until(lambda: store.is_leader, msg="leader")
+            await store.submit(_init_cmd())
+            await asyncio.sleep(BATCH_CHECK)
+            before = store.status()["commit_index"]
+            await asyncio.gather(*(store.submit(_join(i)) for i in range(10)))
+            assert store.status()["commit_index"] - before == 10  # one entry per join
+            await store.submit(_batching())
+            assert store.state.nodes["a" * 25].raft_ops == ["batch"]
+            await asyncio.sleep(BATCH_CHECK)
+            before = store.status()["commit_index"]
+            await asyncio.gather(*(store.submit(_join(i)) for i in range(10, 20)))
+            assert store.status()["commit_index"] - before < 10
+            assert len(store.state.nodes) == 21
+        finally:
+            store.close()
 
     _run(main)

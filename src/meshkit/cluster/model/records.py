@@ -54,6 +54,10 @@ class NodeRecord:
     overlay: dict[str, Any] = field(default_factory=dict)  # the node's last overlay report
     # what the node offers tasks, from its heartbeat: {"NanoCPUs", "MemoryBytes"} ({}: unknown)
     resources: dict[str, int] = field(default_factory=dict)
+    # the raft entry kinds a manager's build applies beyond single commands (set_raft_ops;
+    # meshkit.cluster.raft.store.RAFT_OPS): [] for a build that never said, which is how an
+    # older build's manager looks, so the leader sends it nothing it would not know
+    raft_ops: list[str] = field(default_factory=list)
 
     @property
     def api_addr(self) -> str:

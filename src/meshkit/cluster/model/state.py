@@ -19,6 +19,7 @@ Commands (``op``, then fields):
     leave         node_id, force, now       (a node leaving on its own: managers too)
     set_status    statuses {node_id: "ready"|"down"}, left?, now  (left: the node said so)
     set_addr      node_id, addr, api_port, raft_port, version, hostname, now
+    set_raft_ops  node_id, ops [str], now  (a manager's build: the raft entry kinds it applies)
     rotate_token  role, secret, now
     cluster_update, force_new_cluster   see meshkit.cluster.model.clusterops
     service_create         service: {...service record...}, now   (names are unique)
@@ -287,6 +288,16 @@ def _op_set_addr(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
     node.updated_at = _now(cmd)
     if node.role == "manager":
         state.manager_changes += 1
+    return {"node_id": node.id}
+
+
+def _op_set_raft_ops(state: ClusterState, cmd: Mapping[str, Any]) -> dict[str, Any]:
+    node = resolve_node(state, str(cmd["node_id"]))
+    ops = cmd.get("ops")
+    if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
+        raise CommandError(f"set_raft_ops: ops must be a list of names, got {ops!r}")
+    node.raft_ops = sorted(set(ops))
+    node.updated_at = _now(cmd)
     return {"node_id": node.id}
 
 
@@ -591,6 +602,7 @@ _HANDLERS = {
     "leave": _op_leave,
     "set_status": _op_set_status,
     "set_addr": _op_set_addr,
+    "set_raft_ops": _op_set_raft_ops,
     "rotate_token": _op_rotate_token,
     "service_create": _op_service_create,
     "service_update": _op_service_update,
@@ -621,6 +633,7 @@ IDEMPOTENT = frozenset(
         "set_role",
         "set_status",
         "set_addr",
+        "set_raft_ops",
         "rotate_token",
         "service_update_status",
         "tasks_write",

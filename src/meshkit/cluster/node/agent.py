@@ -41,7 +41,7 @@ from meshkit.cluster.node.service_loops import ServiceLoops
 from meshkit.cluster.node.web import NodeWeb
 from meshkit.cluster.raft.etcd_store import EtcdStore
 from meshkit.cluster.raft.sealing import Sealer
-from meshkit.cluster.raft.store import RaftStore, RaftTimings
+from meshkit.cluster.raft.store import RAFT_OPS, RaftStore, RaftTimings
 from meshkit.cluster.rpc import pki
 from meshkit.cluster.rpc.pki import NodeIdentity, server_ssl_context
 from meshkit.cluster.rpc.transport import Peer, RpcError, RpcServer
@@ -239,6 +239,8 @@ class Agent:
             or self._identity.role == "worker",
             "version": __version__,
             "raft": None if store is None else store.status(),
+            # each manager's raft entry kinds (RAFT_OPS): batches go out once all have them
+            "raft_ops": None if st is None else {m.id: m.raft_ops for m in st.managers()},
             "overlay": self._overlay.report(),
             "overlay_nodes": self._overlay.nodes(),
             "overlay_stats": self._overlay.stats(),
@@ -281,6 +283,7 @@ class Agent:
     async def _manager_started(self) -> None:
         self.membership.reset()
         await self._listen_tcp()
+        self._spawn(announce_raft_ops(self))
 
     async def _netkeys_loop(self) -> None:
         """The leader's keys of encrypted networks (meshkit.cluster.node.netkeys)."""
@@ -430,3 +433,27 @@ class Agent:
         if self._leaving:
             wipe_node(self.data_dir)
             log.info("node %s left the cluster; its state is removed", self.node_id)
+
+
+ANNOUNCE_RETRY = 2.0
+"""Seconds between a manager's tries at recording its RAFT_OPS (no quorum yet, a leader
+change)."""
+
+
+async def announce_raft_ops(node: Agent) -> None:
+    """Record in this manager's node record the raft entry kinds its build applies
+    (meshkit.cluster.raft.store.RAFT_OPS), once per start: the leader batches writes only
+    while every manager has."""
+    wanted = sorted(RAFT_OPS)
+    while not node.stopping and node.is_manager:
+        st = node.state
+        record = st.nodes.get(node.node_id) if st is not None else None
+        if record is not None and record.raft_ops == wanted:
+            return
+        if record is not None:
+            try:
+                await node.submit({"op": "set_raft_ops", "node_id": node.node_id, "ops": wanted})
+                continue
+            except (MeshkitError, RpcError) as exc:
+                log.debug("recording this manager's raft entry kinds: %s", exc)
+        await asyncio.sleep(ANNOUNCE_RETRY)

@@ -212,6 +212,16 @@ one as if each were its own entry (each its own result and state hook): `RaftSto
 gathers the `BATCHED` writes of one tick into one. Every manager must run a version that
 knows it (as for any new command)."""
 
+RAFT_OPS = (BATCH_OP,)
+"""The raft entry kinds this build applies beyond single commands. Each manager records them
+in its node record once it runs (`set_raft_ops`), and the leader gathers writes into a batch
+only while every manager has: a manager of an older build would refuse an entry it does not
+know, and its state would go without the commands inside it (a rolling upgrade). Downgrading
+a manager in place is not covered: demote it first."""
+
+BATCH_CHECK = 1.0
+"""How long (seconds) the leader trusts its look at the managers' RAFT_OPS."""
+
 BATCHED = frozenset({"add_node"})
 """Writes gathered per tick: joins come by the thousand when a fleet starts, and each raft entry
 costs the leader an append, a journal write, a send to every follower and a commit round."""
@@ -282,13 +292,35 @@ def saved_peers(directory: Path) -> list[str] | None:
     return [str(p) for p in data.get("peers", [])]
 
 
+class BatchGate:
+    """Whether every manager's build applies batch entries (see RAFT_OPS), looked at once
+    per BATCH_CHECK: the managers are a handful among thousands of nodes."""
+
+    __slots__ = ("answer", "looked")
+
+    def __init__(self) -> None:
+        self.looked = -BATCH_CHECK
+        self.answer = False
+
+    def allows(self, state: cstate.ClusterState, now: float) -> bool:
+        if now - self.looked >= BATCH_CHECK:
+            managers = state.managers()
+            self.answer = bool(managers) and all(BATCH_OP in m.raft_ops for m in managers)
+            self.looked = now
+        return self.answer
+
+
 def send_batched(
-    machine: _StateMachine, pending: list[tuple[dict[str, Any], Callable[[Any, int], None]]]
+    machine: _StateMachine,
+    pending: list[tuple[dict[str, Any], Callable[[Any, int], None]]],
+    batch: bool = True,
 ) -> None:
     """The `BATCHED` writes submitted since the last tick, in raft entries of up to
-    `BATCH_MAX` commands; each submit gets its own command's result (or raft's failure)."""
-    for at in range(0, len(pending), BATCH_MAX):
-        part = pending[at : at + BATCH_MAX]
+    `BATCH_MAX` commands (one entry each when not `batch`: see RAFT_OPS); each submit gets
+    its own command's result (or raft's failure)."""
+    most = BATCH_MAX if batch else 1
+    for at in range(0, len(pending), most):
+        part = pending[at : at + most]
         if len(part) == 1:
             machine.apply_command(part[0][0], callback=part[0][1])
             continue
@@ -299,8 +331,8 @@ def send_batched(
             for i, (_, each) in enumerate(part):
                 each(results[i] if i < len(results) else None, err)
 
-        batch = {"op": BATCH_OP, "cmds": cmds, "cid": os.urandom(8).hex()}
-        machine.apply_command(batch, callback=done)
+        entry = {"op": BATCH_OP, "cmds": cmds, "cid": os.urandom(8).hex()}
+        machine.apply_command(entry, callback=done)
 
 
 def hold_election(obj: SyncObj, until: float) -> None:
@@ -339,12 +371,12 @@ class RaftStore:
         self._member_change: str | None = None
         self._leaving: dict[str, float] = {}
         self._waiting: set[asyncio.Future[tuple[Any, int]]] = set()
-        # submit()s in flight by their command id: a command this replica has applied is
-        # committed, so its submit is answered then, even if raft's own callback (which on a
-        # follower waits for the leader's word) never comes because the command itself made
-        # this node stop being a manager (a manager demoting itself)
+        # submit()s in flight by their command id: a command this replica applied is committed,
+        # so its submit is answered then, even if raft's own callback (on a follower: the
+        # leader's word) never comes because the command made this node stop being a manager
         self._by_cid: dict[str, asyncio.Future[tuple[Any, int]]] = {}
         self._batch: list[tuple[dict[str, Any], Callable[[Any, int], None]]] = []
+        self._gate = BatchGate()  # may the joins of a tick go in one entry (RAFT_OPS)
         self.slowest_tick = 0.0
         self._gc_pacer: gcpauses.GcPacer | None = None  # made at start()
         self.stalls = StallLog()
@@ -469,7 +501,7 @@ class RaftStore:
             hold_election(self._obj, started + 2 * self.timings.append_period)
         if self._batch:
             pending, self._batch = self._batch, []
-            send_batched(self._machine, pending)
+            send_batched(self._machine, pending, self._gate.allows(self.state, started))
         try:
             self._obj.doTick(0.0)
         except Exception:

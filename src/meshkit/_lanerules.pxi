@@ -9,8 +9,9 @@
 # (browse, markdown), the fields the site's answer depends on (lane_field_kind) into the
 # key (a stack buffer; compared with the site's memo of its last answer before any bytes
 # object, hash or dict lookup), the answer (a respcache.CachedResponse) known current from
-# its file watches (web/filewatch.py: one epoll_wait(2) with no timeout for queued events;
-# one stat(2) per validator where it has none), then one send(2) or head + sendfile(2), and
+# its file watches (web/filewatch.py: a read of csrc/watch_ring.c's completion ring for
+# queued events, or one epoll_wait(2) with no timeout; one stat(2) per validator where it has
+# none), then one send(2) or head + sendfile(2), and
 # the access log's replayed lines. The server's fields are read from its instance dict
 # (_lr_get), the connection's through its __slots__. A key's first request runs the site's
 # chain once (ruletable.fill); anything else returns 0 and the connection reads the head as before.
@@ -232,7 +233,27 @@ cdef object _lr_watch_get():
             _lr_watch = watch
             _lr_watch_ep = watch.pending_fd
             _lr_watch_in = watch.fd
+            if filewatch.RING:
+                # this thread's checks become a memory read (csrc/watch_ring.c); when the
+                # ring cannot be had, the epoll_wait per request stays
+                clane.lane_watch_ring_open(watch.fd)
     return _lr_watch
+
+
+def watch_ring(bint on):
+    """Arm the file watches' ring for the calling thread (on; closing one armed before) or
+    close it (off): True when this thread's checks now read the ring. The lane arms it on
+    the thread of its first answer; tests arm it on their server's loop thread."""
+    watch = _lr_watch_get()
+    if not on or watch is None:
+        clane.lane_watch_ring_close()
+        return False
+    return clane.lane_watch_ring_open(_lr_watch_in) == 0 and clane.lane_watch_ring_owned() == 1
+
+
+def watch_ring_owned():
+    """Whether the calling thread's checks read the watches' ring (not after a fork)."""
+    return clane.lane_watch_ring_owned() == 1
 
 
 cdef int _lr_events() except -1:

@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -177,20 +176,4 @@ ssize_t lane_plain_path(const char *target, size_t len)
             return -1;
     }
     return (ssize_t)path_end;
-}
-
-/* ---- the rule table's file watches (web/filewatch.py) ---- */
-
-int lane_watch_pending(int epfd, int inotify_fd)
-{
-    struct epoll_event ev[4];
-    int n = epoll_wait(epfd, ev, 4, 0);
-    if (n == 0)
-        return 0;
-    if (n < 0)
-        return 3; /* cannot tell: everything may have changed */
-    int flags = 0;
-    for (int i = 0; i < n; i++)
-        flags |= ev[i].data.fd == inotify_fd ? 1 : 2;
-    return flags;
 }

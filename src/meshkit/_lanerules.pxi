@@ -43,6 +43,38 @@ cdef extern from *:
     const int LR_DICT_VERSIONED
     unsigned long long LR_DICT_VERSION(dict d)
 
+cdef extern from *:
+    """
+    #include <structmember.h>
+    /* The offset of a plain object slot (__slots__: a member descriptor of T_OBJECT_EX,
+     * writable) in its instances, or -1 for any other attribute. */
+    static Py_ssize_t lr_slot_offset(PyObject *descr)
+    {
+        if (Py_TYPE(descr) != &PyMemberDescr_Type)
+            return -1;
+        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY))
+            return -1;
+        return m->offset;
+    }
+    /* what the member descriptor's get and set do for such a slot (NULL: unset) */
+    static inline PyObject *lr_slot_get(PyObject *o, Py_ssize_t off)
+    {
+        return *(PyObject **)((char *)o + off);
+    }
+    static inline void lr_slot_set(PyObject *o, Py_ssize_t off, PyObject *v)
+    {
+        PyObject **p = (PyObject **)((char *)o + off);
+        PyObject *old = *p;
+        Py_INCREF(v);
+        *p = v;
+        Py_XDECREF(old);
+    }
+    """
+    Py_ssize_t lr_slot_offset(object descr)
+    PyObject *lr_slot_get(object o, Py_ssize_t off)
+    void lr_slot_set(object o, Py_ssize_t off, object v)
+
 cdef object _lr_mod = None  # meshkit.web.ruletable, imported on first use
 cdef int _LR_FIELDS = 64  # fields a head may have here (more: the chain reads it)
 cdef Py_ssize_t _LR_MAX_HOSTS = 1024
@@ -180,6 +212,70 @@ cdef int _lr_server_state(_LrTable tbl, object server) except -1:
     tbl.s_idle = <double>_lr_get(sd, server, "_idle_timeout")
     tbl.s_version = LR_DICT_VERSION(sd)
     tbl.s_valid = True
+    return 0
+
+
+# The connection's slots the lane reads and writes per answer, read at their offsets (what
+# their member descriptors do, without the attribute lookup that costs more than the read):
+# for one connection type, known to have plain object slots by these names and no
+# __getattribute__ or __setattr__ of its own. Other types go through getattr and setattr.
+_LR_SLOTS = ("_state", "_queue", "_out", "_streaming", "requests", "_deadline", "_dkind")
+cdef object _lr_ctype = None
+cdef bint _lr_ctype_tried = False
+cdef Py_ssize_t _lr_o_state, _lr_o_queue, _lr_o_out, _lr_o_streaming
+cdef Py_ssize_t _lr_o_requests, _lr_o_deadline, _lr_o_dkind
+
+
+cdef bint _lr_fast_slots(object conn) except -1:
+    """Whether conn's slots may be read at their offsets (learnt from its type's first
+    connection)."""
+    global _lr_ctype, _lr_ctype_tried, _lr_o_state, _lr_o_queue, _lr_o_out
+    global _lr_o_streaming, _lr_o_requests, _lr_o_deadline, _lr_o_dkind
+    cdef Py_ssize_t off
+    t = type(conn)
+    if t is _lr_ctype:
+        return True
+    if _lr_ctype_tried:
+        return False
+    _lr_ctype_tried = True
+    if (t.__getattribute__ is not object.__getattribute__ or
+            t.__setattr__ is not object.__setattr__):
+        return False
+    offs = []
+    for name in _LR_SLOTS:
+        descr = None
+        for k in t.__mro__:
+            descr = k.__dict__.get(name)
+            if descr is not None:
+                break
+        if descr is None:
+            return False
+        off = lr_slot_offset(descr)
+        if off < 0:
+            return False
+        offs.append(off)
+    (_lr_o_state, _lr_o_queue, _lr_o_out, _lr_o_streaming, _lr_o_requests, _lr_o_deadline,
+     _lr_o_dkind) = offs
+    _lr_ctype = t
+    return True
+
+
+cdef inline object _lr_cget(object conn, bint fast, Py_ssize_t off, str name):
+    """conn.name, at its slot's offset when fast (getattr for an unset slot: its error)."""
+    cdef PyObject *v
+    if fast:
+        v = lr_slot_get(conn, off)
+        if v is not NULL:
+            return <object>v
+    return getattr(conn, name)
+
+
+cdef inline int _lr_cset(object conn, bint fast, Py_ssize_t off, str name,
+                         object value) except -1:
+    if fast:
+        lr_slot_set(conn, off, value)
+    else:
+        setattr(conn, name, value)
     return 0
 
 
@@ -374,9 +470,12 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
     if not tbl.by_route or tbl.s_shutting:
         return 0
     conn = lane.conn
-    # Connection has __slots__: its fields are read through their member descriptors
-    cdef int cstate = conn._state
-    if cstate > _LN_IDLE or conn._queue or conn._out or conn._streaming:
+    # Connection has __slots__: its fields are read at their offsets (_lr_fast_slots)
+    cdef bint fast = _lr_fast_slots(conn)
+    cdef int cstate = _lr_cget(conn, fast, _lr_o_state, "_state")
+    if (cstate > _LN_IDLE or _lr_cget(conn, fast, _lr_o_queue, "_queue") or
+            _lr_cget(conn, fast, _lr_o_out, "_out") or
+            _lr_cget(conn, fast, _lr_o_streaming, "_streaming")):
         return 0
     lim.header_limit = tbl.s_header_limit
     lim.max_fields = tbl.s_max_fields
@@ -462,7 +561,8 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
         site.m_head = hit.head
         site.m_second = second
     wire = site.m_wire
-    conn.requests += 1
+    _lr_cset(conn, fast, _lr_o_requests, "requests",
+             _lr_cget(conn, fast, _lr_o_requests, "requests") + 1)
     if cstate == _LN_NEW:
         if _ln_cached_event is None:
             from meshkit.web.connstate import Event
@@ -489,11 +589,11 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
             return 1
     # the idle deadline (unchanged while the server's clock is: no float made or stored)
     deadline = tbl.s_now + tbl.s_idle
-    old = conn._deadline
+    old = _lr_cget(conn, fast, _lr_o_deadline, "_deadline")
     if type(old) is not float or <double>old != deadline:
-        conn._deadline = deadline
-    if conn._dkind != _LN_DL_IDLE:
-        conn._dkind = _LN_DL_IDLE
+        _lr_cset(conn, fast, _lr_o_deadline, "_deadline", deadline)
+    if _lr_cget(conn, fast, _lr_o_dkind, "_dkind") != _LN_DL_IDLE:
+        _lr_cset(conn, fast, _lr_o_dkind, "_dkind", _LN_DL_IDLE)
     lane.hits += 1
     lane.rule_hits += 1
     if replay is not None:  # the access log's lines (CachedResponse.replay_log)

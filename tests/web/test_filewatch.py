@@ -281,6 +281,86 @@ def test_a_forked_child_does_not_read_the_ring() -> None:
     assert not _fastpath.watch_ring_owned()
 
 
+RING_E2E = textwrap.dedent(
+    """
+    import os, socket, subprocess, sys, time
+    from pathlib import Path
+    www = Path(sys.argv[1])
+    index = www / "canon" / "index.html"
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    (www.parent / "Caddyfile").write_text(f"127.0.0.1:{port} {{\\n root {www}\\n}}\\n")
+    env = dict(os.environ, MESHKIT_NO_RESPCACHE="1")
+    p = subprocess.Popen([sys.executable, "-m", "meshkit", "web", "-quiet", "-conf",
+                          str(www.parent / "Caddyfile")], env=env)
+    try:
+        for _ in range(300):
+            try:
+                c = socket.create_connection(("127.0.0.1", port), 10); break
+            except OSError:
+                time.sleep(0.05)
+        head = b"GET /canon/index.html HTTP/1.1\\r\\nHost: 127.0.0.1:%d\\r\\n\\r\\n" % port
+        def ask():
+            c.sendall(head)
+            data = b""
+            while b"\\r\\n\\r\\n" not in data:
+                data += c.recv(65536)
+            top, _, body = data.partition(b"\\r\\n\\r\\n")
+            n = [int(x.split(b":")[1]) for x in top.split(b"\\r\\n")
+                 if x.lower().startswith(b"content-length:")]
+            while n and len(body) < n[0]:
+                body += c.recv(65536)
+            return int(top.split()[1])
+        got = []
+        for _ in range(50):
+            got += [ask(), ask()]
+            index.unlink()
+            got.append(ask())
+            index.write_bytes(b"x")
+        rings = sum("io_uring" in os.readlink(f"/proc/{p.pid}/fd/{f}")
+                    for f in os.listdir(f"/proc/{p.pid}/fd"))
+        print(got.count(301), got.count(404), len(got), rings)
+    finally:
+        p.terminate(); p.wait(10)
+    """
+)
+
+
+@pytest.mark.skipif(not HAVE_LANE, reason="the compiled lane is not built")
+@pytest.mark.parametrize("ring", ["1", "0"])
+def test_meshkit_web_sees_each_change_at_once(tmp_path: Path, ring: str) -> None:
+    """`meshkit web` itself (the ring armed on its loop thread by its first table answer,
+    or MESHKIT_WATCH_RING=0): an index.html removed between two requests is a 404 at once,
+    put back a 301 at once, fifty times over one connection."""
+    www = make_tree(tmp_path, "www", b"one!")
+    env = dict(os.environ, MESHKIT_WATCH_RING=ring, PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run(
+        [sys.executable, "-c", RING_E2E, str(www)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    n301, n404, total, rings = (int(x) for x in run.stdout.split())
+    assert (n301, n404, total) == (100, 50, 150)
+    # libuv may hold a ring of its own: the lane's is one more when armed
+    env0 = dict(env, MESHKIT_WATCH_RING="0")
+    if ring == "1":
+        base = subprocess.run(
+            [sys.executable, "-c", RING_E2E, str(make_tree(tmp_path, "www0", b"one!"))],
+            capture_output=True,
+            text=True,
+            env=env0,
+            timeout=90,
+            check=False,
+        )
+        assert base.returncode == 0, base.stderr[-3000:]
+        if rings == int(base.stdout.split()[3]):
+            pytest.skip("io_uring is not available here: the lane kept its epoll_wait")
+        assert rings == int(base.stdout.split()[3]) + 1
+
+
 # ---------------------------------------------------------------- FileWatch itself
 
 

@@ -57,23 +57,36 @@ cdef extern from *:
             return -1;
         return m->offset;
     }
-    /* what the member descriptor's get and set do for such a slot (NULL: unset) */
-    static inline PyObject *lr_slot_get(PyObject *o, Py_ssize_t off)
+    /* what the member descriptor's get and set do for such a slot (getattr when not fast or
+     * unset: its AttributeError); always inlined, one load on the lane's path */
+    static inline __attribute__((always_inline)) PyObject *
+    lr_slot_fetch(PyObject *o, int fast, Py_ssize_t off, PyObject *name)
     {
-        return *(PyObject **)((char *)o + off);
+        if (fast) {
+            PyObject *v = *(PyObject **)((char *)o + off);
+            if (v != NULL) {
+                Py_INCREF(v);
+                return v;
+            }
+        }
+        return PyObject_GetAttr(o, name);
     }
-    static inline void lr_slot_set(PyObject *o, Py_ssize_t off, PyObject *v)
+    static inline __attribute__((always_inline)) int
+    lr_slot_store(PyObject *o, int fast, Py_ssize_t off, PyObject *name, PyObject *v)
     {
+        if (!fast)
+            return PyObject_SetAttr(o, name, v);
         PyObject **p = (PyObject **)((char *)o + off);
         PyObject *old = *p;
         Py_INCREF(v);
         *p = v;
         Py_XDECREF(old);
+        return 0;
     }
     """
     Py_ssize_t lr_slot_offset(object descr)
-    PyObject *lr_slot_get(object o, Py_ssize_t off)
-    void lr_slot_set(object o, Py_ssize_t off, object v)
+    object lr_slot_fetch(object o, bint fast, Py_ssize_t off, object name)
+    int lr_slot_store(object o, bint fast, Py_ssize_t off, object name, object v) except -1
 
 cdef object _lr_mod = None  # meshkit.web.ruletable, imported on first use
 cdef int _LR_FIELDS = 64  # fields a head may have here (more: the chain reads it)
@@ -258,25 +271,6 @@ cdef bint _lr_fast_slots(object conn) except -1:
      _lr_o_dkind) = offs
     _lr_ctype = t
     return True
-
-
-cdef inline object _lr_cget(object conn, bint fast, Py_ssize_t off, str name):
-    """conn.name, at its slot's offset when fast (getattr for an unset slot: its error)."""
-    cdef PyObject *v
-    if fast:
-        v = lr_slot_get(conn, off)
-        if v is not NULL:
-            return <object>v
-    return getattr(conn, name)
-
-
-cdef inline int _lr_cset(object conn, bint fast, Py_ssize_t off, str name,
-                         object value) except -1:
-    if fast:
-        lr_slot_set(conn, off, value)
-    else:
-        setattr(conn, name, value)
-    return 0
 
 
 cdef _LrTable _lr_last = None  # the table made last (connections of a port share it)
@@ -472,10 +466,10 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
     conn = lane.conn
     # Connection has __slots__: its fields are read at their offsets (_lr_fast_slots)
     cdef bint fast = _lr_fast_slots(conn)
-    cdef int cstate = _lr_cget(conn, fast, _lr_o_state, "_state")
-    if (cstate > _LN_IDLE or _lr_cget(conn, fast, _lr_o_queue, "_queue") or
-            _lr_cget(conn, fast, _lr_o_out, "_out") or
-            _lr_cget(conn, fast, _lr_o_streaming, "_streaming")):
+    cdef int cstate = lr_slot_fetch(conn, fast, _lr_o_state, "_state")
+    if (cstate > _LN_IDLE or lr_slot_fetch(conn, fast, _lr_o_queue, "_queue") or
+            lr_slot_fetch(conn, fast, _lr_o_out, "_out") or
+            lr_slot_fetch(conn, fast, _lr_o_streaming, "_streaming")):
         return 0
     lim.header_limit = tbl.s_header_limit
     lim.max_fields = tbl.s_max_fields
@@ -561,8 +555,8 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
         site.m_head = hit.head
         site.m_second = second
     wire = site.m_wire
-    _lr_cset(conn, fast, _lr_o_requests, "requests",
-             _lr_cget(conn, fast, _lr_o_requests, "requests") + 1)
+    lr_slot_store(conn, fast, _lr_o_requests, "requests",
+                  lr_slot_fetch(conn, fast, _lr_o_requests, "requests") + 1)
     if cstate == _LN_NEW:
         if _ln_cached_event is None:
             from meshkit.web.connstate import Event
@@ -589,11 +583,11 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
             return 1
     # the idle deadline (unchanged while the server's clock is: no float made or stored)
     deadline = tbl.s_now + tbl.s_idle
-    old = _lr_cget(conn, fast, _lr_o_deadline, "_deadline")
+    old = lr_slot_fetch(conn, fast, _lr_o_deadline, "_deadline")
     if type(old) is not float or <double>old != deadline:
-        _lr_cset(conn, fast, _lr_o_deadline, "_deadline", deadline)
-    if _lr_cget(conn, fast, _lr_o_dkind, "_dkind") != _LN_DL_IDLE:
-        _lr_cset(conn, fast, _lr_o_dkind, "_dkind", _LN_DL_IDLE)
+        lr_slot_store(conn, fast, _lr_o_deadline, "_deadline", deadline)
+    if lr_slot_fetch(conn, fast, _lr_o_dkind, "_dkind") != _LN_DL_IDLE:
+        lr_slot_store(conn, fast, _lr_o_dkind, "_dkind", _LN_DL_IDLE)
     lane.hits += 1
     lane.rule_hits += 1
     if replay is not None:  # the access log's lines (CachedResponse.replay_log)

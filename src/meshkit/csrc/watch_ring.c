@@ -22,7 +22,6 @@
 #include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/io_uring.h>
 #include <poll.h>
 #include <pthread.h>
 #include <string.h>
@@ -30,6 +29,21 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#if defined(__has_include)
+#if __has_include(<linux/io_uring.h>)
+#include <linux/io_uring.h>
+#endif
+#endif
+/* headers older than Linux 5.13 lack multishot polls: the ring is not built, the epoll stays */
+#if defined(IORING_POLL_ADD_MULTI) && defined(IORING_CQE_F_MORE) && \
+    defined(IORING_FEAT_NODROP) && defined(IORING_SQ_CQ_OVERFLOW) && defined(__NR_io_uring_setup)
+#define LANE_HAVE_RING 1
+#else
+#define LANE_HAVE_RING 0
+#endif
+
+#if LANE_HAVE_RING
 
 #define TAG_INOTIFY 1 /* user_data of each poll = the FileWatch.drain flag it stands for */
 #define TAG_MOUNTS 2
@@ -234,6 +248,25 @@ static int ring_reap(void)
     return flags;
 }
 
+#else /* !LANE_HAVE_RING */
+
+int lane_watch_ring_open(int inotify_fd)
+{
+    (void)inotify_fd;
+    return -ENOTSUP;
+}
+
+void lane_watch_ring_close(void)
+{
+}
+
+int lane_watch_ring_owned(void)
+{
+    return 0;
+}
+
+#endif /* LANE_HAVE_RING */
+
 static int epoll_pending(int epfd, int inotify_fd)
 {
     struct epoll_event ev[4];
@@ -250,6 +283,7 @@ static int epoll_pending(int epfd, int inotify_fd)
 
 int lane_watch_pending(int epfd, int inotify_fd)
 {
+#if LANE_HAVE_RING
     if (ur.on && inotify_fd == ur.inotify && pthread_equal(pthread_self(), ur.owner)) {
         if (__atomic_load_n(ur.cq_tail, __ATOMIC_ACQUIRE) == *ur.cq_head &&
             !(__atomic_load_n(ur.sq_flags, __ATOMIC_RELAXED) & IORING_SQ_CQ_OVERFLOW) &&
@@ -262,5 +296,6 @@ int lane_watch_pending(int epfd, int inotify_fd)
         }
         return flags;
     }
+#endif
     return epoll_pending(epfd, inotify_fd);
 }

@@ -33,6 +33,9 @@ from the response cache only, not from its rule table (meshkit.web.ruletable: th
 whose directives it can express, answered in C on a cache miss). ``--no-file-watch``
 starts it with MESHKIT_FILE_WATCH=0: the rule table's answers are checked with one stat(2)
 per validator per request instead of inotify watches (meshkit.web.filewatch).
+``--no-watch-ring`` starts it with MESHKIT_WATCH_RING=0: the watches are checked with one
+epoll_wait(2) per request instead of a read of an io_uring's completion ring
+(csrc/watch_ring.c).
 
 Rounds interleave nginx, caddy, meshkit per case; the table shows medians and ratios.
 GB/s is requests/s x body bytes / 1e9. Each run also counts the CPU time of the server's
@@ -325,6 +328,8 @@ def start_meshkit(procs: Procs, core: int | None, root: Path, args: argparse.Nam
         env["MESHKIT_LANE_RULES"] = "0"
     if args.no_file_watch:
         env["MESHKIT_FILE_WATCH"] = "0"
+    if args.no_watch_ring:
+        env["MESHKIT_WATCH_RING"] = "0"
     proc, logfile = procs.start("meshkit", cmd, core, env=env)
     wait_port(port, proc, "meshkit (" + shlex.join(cmd) + ")", logfile, timeout=30)
     return port
@@ -514,6 +519,7 @@ def report(results: Results, args: argparse.Namespace) -> bool:
         + (", MESHKIT_LANE=0" if args.no_lane else "")
         + (", MESHKIT_LANE_RULES=0" if args.no_lane_rules else "")
         + (", MESHKIT_FILE_WATCH=0" if args.no_file_watch else "")
+        + (", MESHKIT_WATCH_RING=0" if args.no_watch_ring else "")
     )
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print("-+-".join("-" * w for w in widths))
@@ -661,6 +667,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="MESHKIT_FILE_WATCH=0: the rule table stats each validator per request instead "
         "of watching the files with inotify (meshkit.web.filewatch)",
+    )
+    p.add_argument(
+        "--no-watch-ring",
+        action="store_true",
+        help="MESHKIT_WATCH_RING=0: the file watches are checked with an epoll_wait per "
+        "request instead of a read of an io_uring completion ring (csrc/watch_ring.c)",
     )
     p.add_argument("--check-goals", action="store_true", help="exit 3 when a goal is missed")
     p.add_argument("--server-core", type=int, default=None, help="CPU for the servers")

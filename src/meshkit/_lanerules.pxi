@@ -9,8 +9,9 @@
 # (browse, markdown), the fields the site's answer depends on (lane_field_kind) into the
 # key (a stack buffer; compared with the site's memo of its last answer before any bytes
 # object, hash or dict lookup), the answer (a respcache.CachedResponse) known current from
-# its file watches (web/filewatch.py: one epoll_wait(2) with no timeout for queued events;
-# one stat(2) per validator where it has none), then one send(2) or head + sendfile(2), and
+# its file watches (web/filewatch.py: a read of csrc/watch_ring.c's completion ring for
+# queued events, or one epoll_wait(2) with no timeout; one stat(2) per validator where it has
+# none), then one send(2) or head + sendfile(2), and
 # the access log's replayed lines. The server's fields are read from its instance dict
 # (_lr_get), the connection's through its __slots__. A key's first request runs the site's
 # chain once (ruletable.fill); anything else returns 0 and the connection reads the head as before.
@@ -41,6 +42,51 @@ cdef extern from *:
     """
     const int LR_DICT_VERSIONED
     unsigned long long LR_DICT_VERSION(dict d)
+
+cdef extern from *:
+    """
+    #include <structmember.h>
+    /* The offset of a plain object slot (__slots__: a member descriptor of T_OBJECT_EX,
+     * writable) in its instances, or -1 for any other attribute. */
+    static Py_ssize_t lr_slot_offset(PyObject *descr)
+    {
+        if (Py_TYPE(descr) != &PyMemberDescr_Type)
+            return -1;
+        PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY))
+            return -1;
+        return m->offset;
+    }
+    /* what the member descriptor's get and set do for such a slot (getattr when not fast or
+     * unset: its AttributeError); always inlined, one load on the lane's path */
+    static inline __attribute__((always_inline)) PyObject *
+    lr_slot_fetch(PyObject *o, int fast, Py_ssize_t off, PyObject *name)
+    {
+        if (fast) {
+            PyObject *v = *(PyObject **)((char *)o + off);
+            if (v != NULL) {
+                Py_INCREF(v);
+                return v;
+            }
+        }
+        return PyObject_GetAttr(o, name);
+    }
+    static inline __attribute__((always_inline)) int
+    lr_slot_store(PyObject *o, int fast, Py_ssize_t off, PyObject *name, PyObject *v)
+    {
+        if (!fast)
+            return PyObject_SetAttr(o, name, v);
+        PyObject **p = (PyObject **)((char *)o + off);
+        PyObject *old = *p;
+        Py_INCREF(v);
+        *p = v;
+        Py_XDECREF(old);
+        return 0;
+    }
+    """
+    Py_ssize_t lr_slot_offset(object descr)
+    object lr_slot_fetch(object o, bint fast, Py_ssize_t off, object name)
+    int lr_slot_store(object o, bint fast, Py_ssize_t off, object name, object v) except -1
 
 cdef object _lr_mod = None  # meshkit.web.ruletable, imported on first use
 cdef int _LR_FIELDS = 64  # fields a head may have here (more: the chain reads it)
@@ -182,6 +228,51 @@ cdef int _lr_server_state(_LrTable tbl, object server) except -1:
     return 0
 
 
+# The connection's slots the lane reads and writes per answer, read at their offsets (what
+# their member descriptors do, without the attribute lookup that costs more than the read):
+# for one connection type, known to have plain object slots by these names and no
+# __getattribute__ or __setattr__ of its own. Other types go through getattr and setattr.
+_LR_SLOTS = ("_state", "_queue", "_out", "_streaming", "requests", "_deadline", "_dkind")
+cdef object _lr_ctype = None
+cdef bint _lr_ctype_tried = False
+cdef Py_ssize_t _lr_o_state, _lr_o_queue, _lr_o_out, _lr_o_streaming
+cdef Py_ssize_t _lr_o_requests, _lr_o_deadline, _lr_o_dkind
+
+
+cdef bint _lr_fast_slots(object conn) except -1:
+    """Whether conn's slots may be read at their offsets (learnt from its type's first
+    connection)."""
+    global _lr_ctype, _lr_ctype_tried, _lr_o_state, _lr_o_queue, _lr_o_out
+    global _lr_o_streaming, _lr_o_requests, _lr_o_deadline, _lr_o_dkind
+    cdef Py_ssize_t off
+    t = type(conn)
+    if t is _lr_ctype:
+        return True
+    if _lr_ctype_tried:
+        return False
+    _lr_ctype_tried = True
+    if (t.__getattribute__ is not object.__getattribute__ or
+            t.__setattr__ is not object.__setattr__):
+        return False
+    offs = []
+    for name in _LR_SLOTS:
+        descr = None
+        for k in t.__mro__:
+            descr = k.__dict__.get(name)
+            if descr is not None:
+                break
+        if descr is None:
+            return False
+        off = lr_slot_offset(descr)
+        if off < 0:
+            return False
+        offs.append(off)
+    (_lr_o_state, _lr_o_queue, _lr_o_out, _lr_o_streaming, _lr_o_requests, _lr_o_deadline,
+     _lr_o_dkind) = offs
+    _lr_ctype = t
+    return True
+
+
 cdef _LrTable _lr_last = None  # the table made last (connections of a port share it)
 
 
@@ -232,7 +323,27 @@ cdef object _lr_watch_get():
             _lr_watch = watch
             _lr_watch_ep = watch.pending_fd
             _lr_watch_in = watch.fd
+            if filewatch.RING:
+                # this thread's checks become a memory read (csrc/watch_ring.c); when the
+                # ring cannot be had, the epoll_wait per request stays
+                clane.lane_watch_ring_open(watch.fd)
     return _lr_watch
+
+
+def watch_ring(bint on):
+    """Arm the file watches' ring for the calling thread (on; closing one armed before) or
+    close it (off): True when this thread's checks now read the ring. The lane arms it on
+    the thread of its first answer; tests arm it on their server's loop thread."""
+    watch = _lr_watch_get()
+    if not on or watch is None:
+        clane.lane_watch_ring_close()
+        return False
+    return clane.lane_watch_ring_open(_lr_watch_in) == 0 and clane.lane_watch_ring_owned() == 1
+
+
+def watch_ring_owned():
+    """Whether the calling thread's checks read the watches' ring (not after a fork)."""
+    return clane.lane_watch_ring_owned() == 1
 
 
 cdef int _lr_events() except -1:
@@ -353,9 +464,12 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
     if not tbl.by_route or tbl.s_shutting:
         return 0
     conn = lane.conn
-    # Connection has __slots__: its fields are read through their member descriptors
-    cdef int cstate = conn._state
-    if cstate > _LN_IDLE or conn._queue or conn._out or conn._streaming:
+    # Connection has __slots__: its fields are read at their offsets (_lr_fast_slots)
+    cdef bint fast = _lr_fast_slots(conn)
+    cdef int cstate = lr_slot_fetch(conn, fast, _lr_o_state, "_state")
+    if (cstate > _LN_IDLE or lr_slot_fetch(conn, fast, _lr_o_queue, "_queue") or
+            lr_slot_fetch(conn, fast, _lr_o_out, "_out") or
+            lr_slot_fetch(conn, fast, _lr_o_streaming, "_streaming")):
         return 0
     lim.header_limit = tbl.s_header_limit
     lim.max_fields = tbl.s_max_fields
@@ -441,7 +555,8 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
         site.m_head = hit.head
         site.m_second = second
     wire = site.m_wire
-    conn.requests += 1
+    lr_slot_store(conn, fast, _lr_o_requests, "requests",
+                  lr_slot_fetch(conn, fast, _lr_o_requests, "requests") + 1)
     if cstate == _LN_NEW:
         if _ln_cached_event is None:
             from meshkit.web.connstate import Event
@@ -468,11 +583,11 @@ cdef int _lr_answer(Lane lane, const char *buf, Py_ssize_t n) except -1:
             return 1
     # the idle deadline (unchanged while the server's clock is: no float made or stored)
     deadline = tbl.s_now + tbl.s_idle
-    old = conn._deadline
+    old = lr_slot_fetch(conn, fast, _lr_o_deadline, "_deadline")
     if type(old) is not float or <double>old != deadline:
-        conn._deadline = deadline
-    if conn._dkind != _LN_DL_IDLE:
-        conn._dkind = _LN_DL_IDLE
+        lr_slot_store(conn, fast, _lr_o_deadline, "_deadline", deadline)
+    if lr_slot_fetch(conn, fast, _lr_o_dkind, "_dkind") != _LN_DL_IDLE:
+        lr_slot_store(conn, fast, _lr_o_dkind, "_dkind", _LN_DL_IDLE)
     lane.hits += 1
     lane.rule_hits += 1
     if replay is not None:  # the access log's lines (CachedResponse.replay_log)

@@ -29,14 +29,31 @@ from support.httpserver_util import Reader, Reply, ServerThread, connect
 _fastpath = load_fastpath()
 HAVE_LANE = _fastpath is not None and hasattr(_fastpath, "Lane") and lane.LANE is not None
 OLD = 1_600_000_000
+# the compiled lane checks for queued events with an epoll_wait(2) per request ("compiled")
+# or by reading its io_uring's completion ring on the thread that armed it ("ring",
+# csrc/watch_ring.c); the twin reads in Python
 MODES = [
     pytest.param(
-        True,
+        "epoll",
         id="compiled",
         marks=pytest.mark.skipif(not HAVE_LANE, reason="the compiled lane is not built"),
     ),
-    pytest.param(False, id="python"),
+    pytest.param(
+        "ring",
+        id="compiled-ring",
+        marks=pytest.mark.skipif(not HAVE_LANE, reason="the compiled lane is not built"),
+    ),
+    pytest.param("", id="python"),
 ]
+
+
+def arm_ring(server: ServerThread, on: bool) -> None:
+    """Arm (or close) the watches' ring for the server's loop thread; skip when this kernel
+    refuses io_uring (kernel.io_uring_disabled, a seccomp filter)."""
+    assert _fastpath is not None
+    owned = server.run(lambda: _fastpath.watch_ring(on))
+    if on and not owned:
+        pytest.skip("io_uring is not available here: the lane keeps its epoll_wait")
 
 
 def make_tree(base: Path, name: str, a_txt: bytes, index: bool = True) -> Path:
@@ -90,6 +107,8 @@ def tree(tmp_path: Path) -> Path:
 def client(request: pytest.FixtureRequest, tree: Path) -> Iterator[Client]:
     compiled = bool(request.param)
     server = ServerThread(router_for(tree / "current"), compiled=compiled)
+    if compiled and filewatch.shared() is not None:
+        arm_ring(server, request.param == "ring")
     c = Client(server, compiled)
     yield c
     c.close()
@@ -215,6 +234,131 @@ def test_a_mount_over_a_folder_shows_and_others_do_not(client: Client, tree: Pat
     finally:
         for path in reversed(mounted):
             subprocess.run(["umount", str(path)], check=False)
+
+
+@pytest.mark.skipif(not HAVE_LANE, reason="the compiled lane is not built")
+def test_a_full_ring_is_armed_again(tree: Path) -> None:
+    """More completions than the ring holds (a thousand names made beside index.html while
+    the server idles): its polls end, are armed again, and later changes still show."""
+    server = ServerThread(router_for(tree / "current"), compiled=True)
+    c = Client(server, True)
+    try:
+        if filewatch.shared() is None:
+            pytest.skip("no inotify here")
+        arm_ring(server, True)
+        warm(c)
+        canon = tree / "v1" / "canon"
+        for i in range(1000):
+            (canon / f"junk{i}").touch()
+        assert redirects(c.get("/canon/index.html"))  # nothing it depends on changed
+        assert _fastpath is not None and server.run(_fastpath.watch_ring_owned)
+        (canon / "index.html").unlink()
+        assert c.get("/canon/index.html").status == 404
+        (tree / "v1" / "a.txt").write_bytes(b"two!")
+        assert c.get("/a.txt").body == b"two!"
+        assert server.run(_fastpath.watch_ring_owned)
+    finally:
+        c.close()
+        server.stop()
+
+
+@pytest.mark.skipif(not HAVE_LANE, reason="the compiled lane is not built")
+def test_a_forked_child_does_not_read_the_ring() -> None:
+    """The child of a fork shares the parent's ring memory: it asks the epoll instead."""
+    assert _fastpath is not None
+    if filewatch.shared() is None or not _fastpath.watch_ring(True):
+        pytest.skip("no inotify or no io_uring here")
+    try:
+        assert _fastpath.watch_ring_owned()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(1 if _fastpath.watch_ring_owned() else 0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert _fastpath.watch_ring_owned()
+    finally:
+        _fastpath.watch_ring(False)
+    assert not _fastpath.watch_ring_owned()
+
+
+RING_E2E = textwrap.dedent(
+    """
+    import os, socket, subprocess, sys, time
+    from pathlib import Path
+    www = Path(sys.argv[1])
+    index = www / "canon" / "index.html"
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    (www.parent / "Caddyfile").write_text(f"127.0.0.1:{port} {{\\n root {www}\\n}}\\n")
+    env = dict(os.environ, MESHKIT_NO_RESPCACHE="1")
+    p = subprocess.Popen([sys.executable, "-m", "meshkit", "web", "-quiet", "-conf",
+                          str(www.parent / "Caddyfile")], env=env)
+    try:
+        for _ in range(300):
+            try:
+                c = socket.create_connection(("127.0.0.1", port), 10); break
+            except OSError:
+                time.sleep(0.05)
+        head = b"GET /canon/index.html HTTP/1.1\\r\\nHost: 127.0.0.1:%d\\r\\n\\r\\n" % port
+        def ask():
+            c.sendall(head)
+            data = b""
+            while b"\\r\\n\\r\\n" not in data:
+                data += c.recv(65536)
+            top, _, body = data.partition(b"\\r\\n\\r\\n")
+            n = [int(x.split(b":")[1]) for x in top.split(b"\\r\\n")
+                 if x.lower().startswith(b"content-length:")]
+            while n and len(body) < n[0]:
+                body += c.recv(65536)
+            return int(top.split()[1])
+        got = []
+        for _ in range(50):
+            got += [ask(), ask()]
+            index.unlink()
+            got.append(ask())
+            index.write_bytes(b"x")
+        rings = sum("io_uring" in os.readlink(f"/proc/{p.pid}/fd/{f}")
+                    for f in os.listdir(f"/proc/{p.pid}/fd"))
+        print(got.count(301), got.count(404), len(got), rings)
+    finally:
+        p.terminate(); p.wait(10)
+    """
+)
+
+
+@pytest.mark.skipif(not HAVE_LANE, reason="the compiled lane is not built")
+@pytest.mark.parametrize("ring", ["1", "0"])
+def test_meshkit_web_sees_each_change_at_once(tmp_path: Path, ring: str) -> None:
+    """`meshkit web` itself (the ring armed on its loop thread by its first table answer,
+    or MESHKIT_WATCH_RING=0): an index.html removed between two requests is a 404 at once,
+    put back a 301 at once, fifty times over one connection."""
+    www = make_tree(tmp_path, "www", b"one!")
+    env = dict(os.environ, MESHKIT_WATCH_RING=ring, PYTHONPATH=os.pathsep.join(sys.path))
+    run = subprocess.run(
+        [sys.executable, "-c", RING_E2E, str(www)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    n301, n404, total, rings = (int(x) for x in run.stdout.split())
+    assert (n301, n404, total) == (100, 50, 150)
+    # libuv may hold a ring of its own: the lane's is one more when armed
+    env0 = dict(env, MESHKIT_WATCH_RING="0")
+    if ring == "1":
+        base = subprocess.run(
+            [sys.executable, "-c", RING_E2E, str(make_tree(tmp_path, "www0", b"one!"))],
+            capture_output=True,
+            text=True,
+            env=env0,
+            timeout=90,
+            check=False,
+        )
+        assert base.returncode == 0, base.stderr[-3000:]
+        if rings == int(base.stdout.split()[3]):
+            pytest.skip("io_uring is not available here: the lane kept its epoll_wait")
+        assert rings == int(base.stdout.split()[3]) + 1
 
 
 # ---------------------------------------------------------------- FileWatch itself
@@ -390,6 +534,9 @@ class Twins:
             ServerThread(router_for_extra(b / "current", text), compiled=c)
             for b, c in zip(self.bases, (True, False), strict=True)
         ]
+        if HAVE_LANE and filewatch.shared() is not None:
+            assert _fastpath is not None  # the compiled side reads the ring where there is one
+            self.servers[0].run(lambda: _fastpath.watch_ring(True))
         self.socks = [connect(s.port) for s in self.servers]
         self.readers = [Reader(s) for s in self.socks]
 

@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -165,32 +164,18 @@ ssize_t lane_plain_path(const char *target, size_t len)
     if (len == 0 || target[0] != '/')
         return -1;
     size_t path_end = len;
+    unsigned char prev = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)target[i];
         if (c <= 0x20 || c >= 0x7f || c == '%' || c == '\\' || c == '#')
             return -1;
-        if (c == '?' && path_end == len)
-            path_end = i;
-    }
-    for (size_t i = 0; i + 1 < path_end; i++) {
-        if (target[i] == '/' && (target[i + 1] == '.' || target[i + 1] == '/'))
-            return -1;
+        if (path_end == len) { /* in the path: "/." or "//" is the chain's to fold */
+            if (c == '?')
+                path_end = i;
+            else if (prev == '/' && (c == '.' || c == '/'))
+                return -1;
+        }
+        prev = c;
     }
     return (ssize_t)path_end;
-}
-
-/* ---- the rule table's file watches (web/filewatch.py) ---- */
-
-int lane_watch_pending(int epfd, int inotify_fd)
-{
-    struct epoll_event ev[4];
-    int n = epoll_wait(epfd, ev, 4, 0);
-    if (n == 0)
-        return 0;
-    if (n < 0)
-        return 3; /* cannot tell: everything may have changed */
-    int flags = 0;
-    for (int i = 0; i < n; i++)
-        flags |= ev[i].data.fd == inotify_fd ? 1 : 2;
-    return flags;
 }

@@ -52,10 +52,25 @@ int lane_field_kind(const char *name, size_t len);
  * fold or refuse). -1 for any other target. */
 ssize_t lane_plain_path(const char *target, size_t len);
 
-/* What the rule table's file watches (meshkit.web.filewatch) have queued: epoll_wait(2) with
- * no timeout on their private epoll `epfd` (the inotify fd `inotify_fd` and
- * /proc/self/mountinfo). 0: nothing; else a mask for FileWatch.drain (1: inotify events,
- * 2: the mount table changed; 3 when epoll_wait fails: assume both). */
+/* What the rule table's file watches (meshkit.web.filewatch) have queued, for the thread
+ * that asks (csrc/watch_ring.c): on the thread that armed the ring (lane_watch_ring_open), a
+ * read of its completion ring; elsewhere (or with no ring) epoll_wait(2) with no timeout on
+ * their private epoll `epfd` (the inotify fd `inotify_fd` and /proc/self/mountinfo). Either
+ * way a change whose system call returned before the request was read is reported. 0:
+ * nothing; else a mask for FileWatch.drain (1: inotify events, 2: the mount table changed;
+ * 3 when it cannot tell: assume both). */
 int lane_watch_pending(int epfd, int inotify_fd);
+
+/* Arm the ring for the calling thread: an io_uring with multishot polls of inotify_fd and of
+ * its own /proc/self/mountinfo fd, so that lane_watch_pending costs no system call there (a
+ * ring armed before, by any thread, is closed first). 0, or -errno (no io_uring: the epoll
+ * stays). */
+int lane_watch_ring_open(int inotify_fd);
+
+/* Close the ring: every thread asks the epoll again. */
+void lane_watch_ring_close(void);
+
+/* 1 when the calling thread's checks read the ring. */
+int lane_watch_ring_owned(void);
 
 #endif /* MESHKIT_LANE_H */

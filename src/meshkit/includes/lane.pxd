@@ -17,3 +17,6 @@ cdef extern from "lane.h" nogil:
     int lane_field_kind(const char *name, size_t len)
     ssize_t lane_plain_path(const char *target, size_t len)
     int lane_watch_pending(int epfd, int inotify_fd)
+    int lane_watch_ring_open(int inotify_fd)
+    void lane_watch_ring_close()
+    int lane_watch_ring_owned()

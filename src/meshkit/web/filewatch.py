@@ -12,7 +12,9 @@ clears the ticket, and the lane goes back to stat(2) and arms again. Nothing is 
 time, as nginx's open_file_cache is: events are queued by the very system call that makes the
 change, and the lane looks for queued events before each answer (one epoll_wait(2) with no
 timeout on a private epoll holding the inotify fd and /proc/self/mountinfo, cheaper than the
-path walk of a stat), so a change that completed before a request arrived is seen by it.
+path walk of a stat; on the thread that armed it, a read of an io_uring's completion ring
+whose polls the changing system call fills before the request's recv(2) returns:
+csrc/watch_ring.c), so a change that completed before a request arrived is seen by it.
 
 Where a watch cannot be set (the inotify watch limit, no inotify, a path that is not plain)
 or cannot be trusted (network and FUSE filesystems, where another host's changes raise no
@@ -37,9 +39,14 @@ import struct
 import threading
 from typing import Any
 
-__all__ = ["ENABLED", "LOCAL_FS_TYPES", "FileWatch", "Ticket", "shared"]
+__all__ = ["ENABLED", "LOCAL_FS_TYPES", "RING", "FileWatch", "Ticket", "shared"]
 
 ENABLED = os.environ.get("MESHKIT_FILE_WATCH", "").strip().lower() not in ("0", "off", "no")
+# The compiled lane's check for queued events: a read of an io_uring's completion ring
+# (csrc/watch_ring.c) on the thread that armed it, instead of an epoll_wait(2) per request;
+# MESHKIT_WATCH_RING=0 keeps the epoll_wait (A/B measurements, kernels that refuse io_uring
+# fall back by themselves).
+RING = os.environ.get("MESHKIT_WATCH_RING", "").strip().lower() not in ("0", "off", "no")
 
 _IN_MODIFY = 0x002
 _IN_ATTRIB = 0x004

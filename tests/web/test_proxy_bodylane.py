@@ -1,5 +1,5 @@
 """Requests with a small body on the proxy lane (_proxylane.pxi _pl_take_body +
-meshkit.web.fastcgi.bodyhead) against its twin, the Python handler chain
+meshkit.web.bodyhead) against its twin, the Python handler chain
 (MESHKIT_PROXY_LANE=0 takes the same path): generated POST, PUT and PATCH requests with
 bodies of many sizes (1 byte to 64 KiB) on keep-alive connections to two servers over the
 same `proxy` + `log` site in front of one real upstream, one server reading with the
@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 from meshkit._ext import load_fastpath
 from meshkit.web import lane
 from meshkit.web.app import plan
+from meshkit.web.bodyhead import MAX_BODY
 from meshkit.web.caddyfile.load import load_text
-from meshkit.web.fastcgi.bodyhead import MAX_BODY
 from meshkit.web.proxy import clientlane
 from meshkit.web.router import Router
 from support.httpserver_util import Reader, ServerThread, connect

@@ -34,8 +34,8 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from meshkit.web.bodyhead import body_request
 from meshkit.web.connstate import ConnState
-from meshkit.web.fastcgi.bodyhead import body_request
 from meshkit.web.lanerequest import (
     LogEntry,
     complete,

@@ -1,5 +1,6 @@
-# The proxy lane (issue 21): a plain HTTP/1.1 request without a body to a `proxy` site,
-# from the client's read to the upstream and back, without a Python frame per request.
+# The proxy lane (issue 21): a plain HTTP/1.1 request to a `proxy` site without a body
+# (or with a small one, below), from the client's read to the upstream and back, without a
+# Python frame per request.
 # Called by the client lane (_lane.pxi, Lane.on_readable) with a read that is one whole
 # request head; the plans (one per request shape, made once by
 # meshkit.web.proxy.clientlane.plan) give the proxy block and the upstream head per
@@ -9,8 +10,13 @@
 # head; the answer comes to _PLSink (C calls from the connection's data_received) and goes
 # to the client in one send(2) when it came whole with its head, then the access log's
 # remembered lines (_pl_log). Everything else goes to clientlane's Python functions (the
-# handler path's rules). What a request costs is measured by bench/web_proxy.py as CPU
-# time per request against nginx: each attribute read on a Python object here counts.
+# handler path's rules). A POST, PUT or PATCH with one plain Content-Length body of 1 B to
+# 64 KiB, whole in the read (or waiting right behind it in the socket), comes through
+# _pl_take_body: planned by its head (meshkit.web.bodyhead, plans of its own), sent as the
+# rewritten head and the body in one write; the Python paths get the body back as bytes
+# (_PLSink.body) and, as the handler path, never send a request with a body twice. What a
+# request costs is measured by bench/web_proxy.py as CPU time per request against nginx:
+# each attribute read on a Python object here counts.
 # Included by _fastpath.pyx after _upstream.pxi: module-level names carry a _pl prefix.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize

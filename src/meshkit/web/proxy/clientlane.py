@@ -11,6 +11,13 @@ transparent, without). Per request the lane picks (the block's Picker, same poli
 connection table), takes a kept UpstreamConn, writes the head and, once the answer is
 whole, writes head and body to the client in one send(2).
 
+A POST, PUT or PATCH with a small body (one plain Content-Length of 1 B to 64 KiB, head and
+whole body in the read; meshkit.web.bodyhead) is planned by its head (`plan(..., body=True)`)
+and sent as the upstream head (Content-Length kept) followed by the body, in one write. On
+the Python paths the request carries the body as bytes (`Plan.fresh`): serve() dials and
+sends it when nothing is kept, and a failed exchange is never sent again, whatever the
+method (client.may_retry, handler._retriable: the handler path's rules for a body).
+
 `plan()` here makes a plan the first time a request shape is seen (None: this shape never
 takes the lane; the decision for a site, `eligible()`, is made once per ProxyHandler).
 Everything unusual goes to today's Python path through `deliver()`: no kept connection

@@ -329,3 +329,14 @@ def test_stale_kept_connection_is_not_retried(pair: Pair) -> None:
     else:  # round robin: a request finds a kept connection to its upstream or dials
         assert statuses[:4] == [200, 200, 200, 502]
     assert bodies() - before >= 3
+
+
+def test_body_past_the_first_read_is_taken(pair: Pair) -> None:
+    """A 64 KiB body behind its head does not fit the lane's 64 KiB read: its rest, waiting
+    in the socket, is read by the lane (at most the body's bytes) and the request taken."""
+    body = bytes(i % 241 for i in range(MAX_BODY))
+    before = bodies()
+    got = pair.both([raw("PUT", "/full", TYPES[2], body)] * 3)
+    assert bodies() - before >= 1
+    sha = hashlib.sha256(body).hexdigest().encode()
+    assert all(g[2].endswith(b"len=%d sha256=%s\n" % (MAX_BODY, sha)) for g in got)

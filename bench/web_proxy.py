@@ -10,7 +10,9 @@ proxy's CPU time per request (user + system, from /proc/PID/stat around each run
 to compare when other work on the machine makes the request rates noisy.
 
 Goal: meshkit >= 1.0x nginx (measured here before: nginx 22.9k requests/s, Caddy 4.3k).
-`--quick` is one short round (a CI smoke run).
+`--quick` is one short round (a CI smoke run). `--case post` sends `POST /` with a 1 KiB
+body (Content-Length, through a wrk Lua script) instead of the small GET: the proxy lane's
+small-body path.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import argparse
 import math
 import os
 import shutil
+import subprocess
 import sys
 import urllib.request
 from collections.abc import Sequence
@@ -28,6 +31,8 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from ingress import (
+    _WRK_ERRORS,
+    _WRK_RATE,
     HOST,
     SRC_DIR,
     BenchError,
@@ -37,6 +42,7 @@ from ingress import (
     free_port,
     log,
     nginx_argv,
+    pin,
     run_guarded,
     run_wrk,
     settle_server_args,
@@ -48,6 +54,7 @@ from ingress import (
 TARGETS = ("nginx", "caddy", "meshkit", "base")  # base: --baseline's tree (an A/B)
 BODY = "hello from the backend, a small body of about one hundred bytes................"
 ISSUE = {"nginx": 22_900.0, "caddy": 4_300.0}
+POST_BODY = b"p" * 1024  # --case post: the request body (1 KiB, one Content-Length)
 
 
 def _nginx_conf(prefix: Path, server: str) -> Path:
@@ -140,8 +147,9 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / tick, int(fields[12]) / tick
 
 
-def check(port: int, name: str) -> None:
-    with urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=5) as reply:
+def check(port: int, name: str, case: str = "get") -> None:
+    data = POST_BODY if case == "post" else None
+    with urllib.request.urlopen(f"http://{HOST}:{port}/", data, timeout=5) as reply:
         body = reply.read().decode()
     if body != BODY:
         raise BenchError(f"{name} answered {body[:80]!r} instead of the backend's body")
@@ -165,16 +173,15 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             f"proxies: {ports}, backend {backend} (proxy CPU {args.server_core}, "
             f"wrk+backend CPU {args.client_core})"
         )
+        wrk = partial(_wrk, args, tmp)
         for name, port in ports.items():
-            check(port, name)
-            run_wrk(port, 1, False, args.client_core, conns=args.connections)  # warm-up
+            check(port, name, args.case)
+            wrk(port, 1)  # warm-up
         for r in range(1, args.rounds + 1):
             got: dict[str, tuple[float, float]] = {}
             for name, port in ports.items():
                 user0, sys0 = cpu_split(PIDS[port])
-                sample = run_wrk(
-                    port, args.duration, False, args.client_core, conns=args.connections
-                )
+                sample = wrk(port, args.duration)
                 user1, sys1 = cpu_split(PIDS[port])
                 results.add("small", name, sample)
                 count = sample.value * args.duration
@@ -185,7 +192,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                 got[name] = (sample.value, per)
                 extra = f"  ({sample.errors})" if sample.errors else ""
                 log(
-                    f"  round {r} small  {name:<8} {sample.value:>10.0f} req/s"
+                    f"  round {r} {args.case:<5}  {name:<8} {sample.value:>10.0f} req/s"
                     f" {per:>6.1f} us CPU/request ({user:.1f} user){extra}"
                 )
             if "base" in got and "meshkit" in got:
@@ -207,6 +214,34 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
     return results
 
 
+def _wrk(args: argparse.Namespace, tmp: Path, port: int, duration: float) -> Sample:
+    """One wrk run of the bench's case: ingress.run_wrk for the GET; for the POST, wrk
+    with a Lua script that sets the method and the 1 KiB body."""
+    if args.case == "get":
+        return run_wrk(port, duration, False, args.client_core, conns=args.connections)
+    script = tmp / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\n'
+        f'wrk.body = string.rep("p", {len(POST_BODY)})\n'
+        'wrk.headers["Content-Type"] = "application/octet-stream"\n'
+    )
+    cmd = ["wrk", "-t1", f"-c{args.connections}", f"-d{max(1, round(duration))}s"]
+    cmd += ["--timeout", "5s", "-s", str(script), f"http://{HOST}:{port}/"]
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        preexec_fn=pin(args.client_core),
+        timeout=duration + 60,
+        check=False,
+    )
+    match = _WRK_RATE.search(proc.stdout)
+    if proc.returncode != 0 or not match:
+        raise BenchError(f"{cmd} failed (status {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    errors = "; ".join(m.group(0).strip() for m in _WRK_ERRORS.finditer(proc.stdout))
+    return Sample(float(match.group(1)), errors)
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     if a is None or not b:
         return "-"
@@ -217,8 +252,9 @@ def report(results: Results, args: argparse.Namespace) -> bool:
     med = {t: results.median("small", t) for t in TARGETS}
     cpu = {t: results.median(CPU, t) for t in TARGETS}
     user = {t: results.median(USER, t) for t in TARGETS}
+    what = "small GET" if args.case == "get" else f"POST of {len(POST_BODY)} bytes"
     print(
-        "\nproxy, small GET through one upstream (requests/s, medians of "
+        f"\nproxy, {what} through one upstream (requests/s, medians of "
         f"{args.rounds} x {args.duration:g}s)"
     )
     print(f"{'target':<10}{'req/s':>12}{'vs nginx':>10}{'vs caddy':>10}{'CPU/req':>10}{'user':>9}")
@@ -258,6 +294,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=None, help="seconds per run (default 10)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 5)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
+    p.add_argument(
+        "--case",
+        choices=("get", "post"),
+        default="get",
+        help="get: the small GET (default); post: POST / with a 1 KiB body",
+    )
     p.add_argument(
         "--targets", default="nginx,caddy,meshkit", help="subset of nginx,caddy,meshkit,base"
     )

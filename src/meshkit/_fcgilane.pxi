@@ -12,7 +12,7 @@
 # goes to clientlane's Python functions (the handler path's rules and Response).
 # A POST/PUT/PATCH whose head and whole small body (one Content-Length, up to 64 KiB) are the
 # one read comes through _fl_take_body (the client lane's other hook): its plan is made by
-# the head (meshkit.web.fastcgi.bodyhead), and the body goes out as STDIN records after the
+# the head (meshkit.web.bodyhead), and the body goes out as STDIN records after the
 # plan's BEGIN_REQUEST + PARAMS, in the same one write (fcgi_put_stdin).
 # Included by _fastpath.pyx after _fcgi.pxi and _lane.pxi: module-level names carry _fl.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE

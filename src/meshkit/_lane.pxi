@@ -104,7 +104,7 @@ cdef class Lane:
             # and its whole small Content-Length body in this read go to php-fpm from C
             # (_fcgilane.pxi _fl_take_body); 0 when it does not apply (one byte compared
             # for most reads)
-            if _fl_take_body(conn, self.server, self.fd, data):
+            if _pl_take_body(self, data) or _fl_take_body(conn, self.server, self.fd, data):
                 return
         conn._on_data(data)
 

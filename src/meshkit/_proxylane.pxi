@@ -1,5 +1,6 @@
-# The proxy lane (issue 21): a plain HTTP/1.1 request without a body to a `proxy` site,
-# from the client's read to the upstream and back, without a Python frame per request.
+# The proxy lane (issue 21): a plain HTTP/1.1 request to a `proxy` site without a body
+# (or with a small one, below), from the client's read to the upstream and back, without a
+# Python frame per request.
 # Called by the client lane (_lane.pxi, Lane.on_readable) with a read that is one whole
 # request head; the plans (one per request shape, made once by
 # meshkit.web.proxy.clientlane.plan) give the proxy block and the upstream head per
@@ -9,10 +10,15 @@
 # head; the answer comes to _PLSink (C calls from the connection's data_received) and goes
 # to the client in one send(2) when it came whole with its head, then the access log's
 # remembered lines (_pl_log). Everything else goes to clientlane's Python functions (the
-# handler path's rules). What a request costs is measured by bench/web_proxy.py as CPU
-# time per request against nginx: each attribute read on a Python object here counts.
+# handler path's rules). A POST, PUT or PATCH with one plain Content-Length body of 1 B to
+# 64 KiB, whole in the read (or waiting right behind it in the socket), comes through
+# _pl_take_body: planned by its head (meshkit.web.bodyhead, plans of its own), sent as the
+# rewritten head and the body in one write; the Python paths get the body back as bytes
+# (_PLSink.body) and, as the handler path, never send a request with a body twice. What a
+# request costs is measured by bench/web_proxy.py as CPU time per request against nginx:
+# each attribute read on a Python object here counts.
 # Included by _fastpath.pyx after _upstream.pxi: module-level names carry a _pl prefix.
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE, PyByteArray_Resize
 from libc.string cimport memcmp, memcpy
 from meshkit.includes cimport lane as clane
@@ -33,6 +39,8 @@ cdef dict _pl_routers = {}      # Router -> whether any of its sites may take th
 cdef dict _pl_heads = {}        # (id(fields), status, length, head_only) -> (fields, head)
 cdef long long _pl_heads_second = 0
 cdef long long _pl_taken = 0    # requests the lane sent (tests check it ran)
+cdef long long _pl_bodies = 0   # of those, requests with a body (tests check it ran)
+cdef dict _pl_body_plans = {}   # as _pl_plans, for heads whose body follows them in the read
 cdef Py_ssize_t _PL_PLANS = 4096
 cdef Py_ssize_t _PL_SMALL = 1 << 20  # answers sent from the lane in one send
 cdef int _PL_NEW = 0     # ConnState.NEW
@@ -47,6 +55,7 @@ def proxy_lane_reset(bint on=True):
     _pl_on = on
     global _pl_last_router
     _pl_plans.clear()
+    _pl_body_plans.clear()
     _pl_routers.clear()
     _pl_heads.clear()
     _pl_last_router = None
@@ -54,7 +63,12 @@ def proxy_lane_reset(bint on=True):
 
 def proxy_lane_stats():
     """(plans, routers) remembered and requests taken so far: for tests."""
-    return len(_pl_plans), len(_pl_routers), _pl_taken
+    return len(_pl_plans) + len(_pl_body_plans), len(_pl_routers), _pl_taken
+
+
+def proxy_lane_bodies():
+    """Requests with a body the lane sent so far (_pl_take_body): for tests."""
+    return _pl_bodies
 
 
 def proxy_lane_write_lines(tuple entries):
@@ -108,6 +122,7 @@ cdef class _PLPlan:
     cdef long local_port
     cdef long header_limit, max_fields, max_field_line  # the server's, when it was made
     cdef bint head_only, logged
+    cdef Py_ssize_t body_len  # a body plan's Content-Length (0: a head without a body)
     # the last client head made for an answer of this shape (_pl_client_head's memo, no
     # dict or tuple per request): for these raw fields, status, length, heads and second
     cdef object ch_raw, ch_heads
@@ -137,6 +152,7 @@ cdef class _PLPlan:
         self.header_value = py.header_value
         self.head_only = py.head_only
         self.logged = py.watch is not None
+        self.body_len = py.body_length
         self.heads_set = None
         self.heads = None
 
@@ -171,6 +187,8 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     global _pl_last_router, _pl_last_may
     if not _pl_on:
         return 0
+    if PyBytes_AS_STRING(data)[0] == c'P':  # POST, PUT, PATCH: a body may follow the head
+        return _pl_take_body(lane, data)
     if _pl_front is None:
         _pl_import()
         if not _pl_on:
@@ -186,13 +204,7 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     cdef int cstate = conn._state
     if cstate > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
         return 0
-    cdef _PLConn memo = <_PLConn>lane.pl
-    if memo is None:
-        memo = _PLConn.__new__(_PLConn)
-        memo.remote_addr = conn._remote_addr
-        memo.local_port = conn._local_port
-        memo.remote_port = conn._remote_port
-        lane.pl = memo
+    cdef _PLConn memo = _pl_memo(lane, conn)
     cdef bytes last = memo.data
     cdef Py_ssize_t size = PyBytes_GET_SIZE(data)
     if (last is not None and PyBytes_GET_SIZE(last) == size
@@ -206,30 +218,135 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
         memo.known = known
     if known is router:
         return 0  # this head never takes the lane on this router
-    cdef _PLPlan plan = None
-    if type(known) is _PLPlan and (<_PLPlan>known).router is router:
-        plan = <_PLPlan>known
-        if (plan.header_limit != server._header_limit or plan.max_fields != server._max_fields
-                or plan.max_field_line != server._max_field_line):
-            plan = None  # the head limits changed (a reload): judge the head again
+    cdef _PLPlan plan = _pl_plan_of(known, router, server)
     if plan is None:
-        key = (data, memo.remote_addr, memo.local_port)
-        made = _pl_front.plan(server, conn, data)
-        if len(_pl_plans) >= _PL_PLANS:
-            _pl_plans.clear()
         memo.data = data
-        if made is None:
-            # a refusal is remembered as the router it was made for (a reload makes another)
-            _pl_plans[key] = router
-            memo.known = router
+        plan = _pl_make(server, conn, router, data, _pl_plans, memo, False)
+        memo.known = router if plan is None else plan
+        if plan is None:
             return 0
-        plan = _PLPlan(made)
-        plan.header_limit = server._header_limit
-        plan.max_fields = server._max_fields
-        plan.max_field_line = server._max_field_line
-        _pl_plans[key] = plan
-        memo.known = plan
+    return _pl_go(lane, conn, server, plan, memo, data, None, 0)
+
+
+cdef inline _PLConn _pl_memo(Lane lane, object conn):
+    cdef _PLConn memo = <_PLConn>lane.pl
+    if memo is None:
+        memo = _PLConn.__new__(_PLConn)
+        memo.remote_addr = conn._remote_addr
+        memo.local_port = conn._local_port
+        memo.remote_port = conn._remote_port
+        lane.pl = memo
+    return memo
+
+
+cdef inline _PLPlan _pl_plan_of(object known, object router, object server):
+    """`known` (what a plans dict holds) as a plan still good for router and server, or None."""
+    cdef _PLPlan plan
+    if type(known) is not _PLPlan or (<_PLPlan>known).router is not router:
+        return None
+    plan = <_PLPlan>known
+    if (plan.header_limit != server._header_limit or plan.max_fields != server._max_fields
+            or plan.max_field_line != server._max_field_line):
+        return None  # the head limits changed (a reload): judge the head again
+    return plan
+
+
+cdef _PLPlan _pl_make(object server, object conn, object router, bytes head, dict plans,
+                      _PLConn memo, bint body):
+    """The plan of `head` made (clientlane.plan) and remembered in `plans`, or None (the
+    refusal remembered as the router it was made for: a reload makes another)."""
+    key = (head, memo.remote_addr, memo.local_port)
+    made = _pl_front.plan(server, conn, head, body)
+    if len(plans) >= _PL_PLANS:
+        plans.clear()
+    if made is None:
+        plans[key] = router
+        return None
+    cdef _PLPlan plan = _PLPlan(made)
+    plan.header_limit = server._header_limit
+    plan.max_fields = server._max_fields
+    plan.max_field_line = server._max_field_line
+    plans[key] = plan
+    return plan
+
+
+# memmem (string.h) and _fl_rest are _fcgilane.pxi's (the same module, included after)
+
+
+cdef int _pl_take_body(Lane lane, bytes data) except -1:
+    """1 when the lane took the read `data`: one whole request head of a POST, PUT or PATCH
+    and the small body its one Content-Length announces (bodyhead.body_request), the
+    body's rest read here when the client sent it right behind (answered, in flight, or
+    handed to the connection as one read), 0 to read it normally (nothing done). Cheap for
+    every other read: only a read that begins with a P and holds a head end within the
+    lane's head size is looked up. The plans are _pl_body_plans (keyed by the head alone):
+    a head read without its body never shadows the same head with it."""
+    global _pl_last_router, _pl_last_may
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef const char *e
+    if n < 20 or p[0] != c'P' or not _pl_on:
+        return 0
+    if _pl_front is None:
+        _pl_import()
+        if not _pl_on:
+            return 0
+    server = lane.server
+    router = server._handler
+    if router is not _pl_last_router:
+        _pl_last_may = _pl_router_may(router)
+        _pl_last_router = router
+    if not _pl_last_may:
+        return 0  # no `proxy` site here: nothing more for any read of this server
+    conn = lane.conn
+    if conn._state > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
+        return 0
+    e = <const char *>memmem(p, <size_t>(n if n < _LN_MAX_HEAD else _LN_MAX_HEAD),
+                             b"\r\n\r\n", 4)
+    if e == NULL:
+        return 0
+    cdef Py_ssize_t at = e + 4 - p
+    head = data[:at]
+    cdef _PLConn memo = _pl_memo(lane, conn)
+    cdef _PLPlan plan = _pl_plan_of(
+        _pl_body_plans.get((head, memo.remote_addr, memo.local_port)), router, server)
+    if plan is None:
+        plan = _pl_make(server, conn, router, head, _pl_body_plans, memo, True)
+        if plan is None:
+            return 0
+    cdef Py_ssize_t blen = n - at
+    if blen > plan.body_len:
+        return 0  # more after the body (a pipelined request): the chain reads them
+    cdef bytes whole = data
+    if blen < plan.body_len:
+        # the body's rest, when the client wrote it right behind the head: read it now (at
+        # most the body's bytes, so a pipelined request stays in the socket)
+        whole = _fl_rest(lane.fd, data, plan.body_len - blen)
+        if PyBytes_GET_SIZE(whole) - at != plan.body_len or not _pl_go(
+                lane, conn, server, plan, memo, head, whole, at):
+            conn._on_data(whole)  # all that was read, as one read: the chain goes on
+        return 1
+    return _pl_go(lane, conn, server, plan, memo, head, whole, at)
+
+
+cdef bytes _pl_with_body(bytes head, bytes whole, Py_ssize_t at):
+    """The upstream request in one buffer: the rewritten head (its Content-Length kept)
+    and the body, whole[at:]."""
+    cdef Py_ssize_t hlen = PyBytes_GET_SIZE(head)
+    cdef Py_ssize_t blen = PyBytes_GET_SIZE(whole) - at
+    cdef bytes wire = PyBytes_FromStringAndSize(NULL, hlen + blen)
+    cdef char *w = PyBytes_AS_STRING(wire)
+    memcpy(w, PyBytes_AS_STRING(head), <size_t>hlen)
+    memcpy(w + hlen, PyBytes_AS_STRING(whole) + at, <size_t>blen)
+    return wire
+
+
+cdef int _pl_go(Lane lane, object conn, object server, _PLPlan plan, _PLConn memo,
+                bytes data, bytes whole, Py_ssize_t body_at) except -1:
+    """Send the request of `plan` (its body whole[body_at:] when `whole` is not None):
+    1 when taken, 0 when not (nothing done)."""
     cdef int fd = lane.fd
+    cdef int cstate = conn._state
     proute = plan.proute
     uset = proute.set
     if uset is not plan.us_set:
@@ -265,8 +382,10 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
         else:
             picker.release(ticket)
         return 0
-    global _pl_taken
+    global _pl_taken, _pl_bodies
     _pl_taken += 1
+    if whole is not None:
+        _pl_bodies += 1
     conn.requests += 1
     if cstate == _PL_NEW:  # (nothing since the check above changes the state)
         conn._fire(_pl_Cached)
@@ -286,7 +405,10 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     if up is None:
         if ticket is None:
             ticket = _pl_Ticket(index, "", 0, None)
-        _pl_front.no_kept(conn, plan.py, uset, ticket, start)
+        if whole is None:
+            _pl_front.no_kept(conn, plan.py, uset, ticket, start)
+        else:  # serve() dials and sends the body (bytes) as the handler path does
+            _pl_front.no_kept(conn, plan.py, uset, ticket, start, whole[body_at:])
         return 1
     cdef _PLSink sink = _PLSink.__new__(_PLSink)
     sink.plan = plan.py
@@ -304,6 +426,10 @@ cdef int _pl_take(Lane lane, bytes data) except -1:
     sink.remote_port = memo.remote_port
     sink.head_only = plan.head_only
     sink.logged = plan.logged
+    if whole is not None:
+        sink.read = whole
+        sink.body_at = body_at
+        head = _pl_with_body(head, whole, body_at)
     (<UpstreamConn>up).request(head, plan.head_only, sink)
     return 1
 
@@ -461,6 +587,15 @@ cdef class _PLSink(UpstreamSink):
     cdef bint released   # _pl_pick_one's pick was given back
     cdef list pieces
     cdef Py_ssize_t size
+    cdef bytes read  # a request with a body: the read that held it, the body at body_at
+    cdef Py_ssize_t body_at
+
+    def body(self):
+        """The request's body (b"" without one), for the Python paths (a failure, an
+        answer the lane does not write itself): bytes, as the handler path's request has."""
+        if self.read is None:
+            return b""
+        return self.read[self.body_at:]
 
     @property
     def ticket(self):

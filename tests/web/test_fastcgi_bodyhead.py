@@ -1,4 +1,4 @@
-"""meshkit.web.fastcgi.bodyhead against the rules the Python chain applies to the same head
+"""meshkit.web.bodyhead against the rules the Python chain applies to the same head
 (meshkit.web.http1.check_framing, the head scanner, http1.parse_target): generated request
 heads with every Content-Length / Transfer-Encoding / Expect shape the smuggling rules know
 are planned by body_request only when the chain would read exactly one plain Content-Length
@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from meshkit.web import headparse
 from meshkit.web.app import plan
+from meshkit.web.bodyhead import MAX_BODY, body_request
 from meshkit.web.caddyfile.load import load_text
-from meshkit.web.fastcgi.bodyhead import MAX_BODY, body_request
 from meshkit.web.http1 import BODY_LENGTH, HttpError, check_framing
 from meshkit.web.router import Router
 from meshkit.web.server import HttpServer

@@ -1,5 +1,5 @@
 """Requests with a small body on the FastCGI lane (_fcgilane.pxi _fl_take_body +
-meshkit.web.fastcgi.bodyhead) against its twin, the Python handler chain: generated POST,
+meshkit.web.bodyhead) against its twin, the Python handler chain: generated POST,
 PUT and PATCH requests with bodies of many sizes (1 byte to 64 KiB, across the 65535-byte
 STDIN record cut) on keep-alive connections to two servers over the same `fastcgi` site in
 front of one real php-fpm, one server reading with the compiled lanes and one in Python,
@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from meshkit._ext import load_fastpath
 from meshkit.web import lane
 from meshkit.web.app import plan
+from meshkit.web.bodyhead import MAX_BODY
 from meshkit.web.caddyfile.load import load_text
 from meshkit.web.fastcgi import clientlane
-from meshkit.web.fastcgi.bodyhead import MAX_BODY
 from meshkit.web.router import Router
 from support.httpserver_util import Reader, ServerThread, connect
 from support.php_fpm import php_fpm, php_fpm_binary

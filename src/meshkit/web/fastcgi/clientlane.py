@@ -15,7 +15,7 @@ read (the C record layer's quick_reply), writes status line, fields and body to 
 in one send(2).
 
 A POST, PUT or PATCH with a small body (one plain Content-Length up to 64 KiB, head and
-whole body in the one read; meshkit.web.fastcgi.bodyhead) is planned by its head: the
+whole body in the one read; meshkit.web.bodyhead) is planned by its head: the
 PARAMS carry CONTENT_LENGTH (and CONTENT_TYPE) as the handler's _serve sets them, the plan's
 wire is BEGIN_REQUEST + PARAMS, and the lane appends the body's STDIN records per request.
 
@@ -41,9 +41,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from meshkit.web.bodyhead import body_request
 from meshkit.web.directives.fastcgi import _CHECK, FastCGIHandler, _Rule
 from meshkit.web.fastcgi.answer import response_for
-from meshkit.web.fastcgi.bodyhead import body_request
 from meshkit.web.fastcgi.client import FastCGIError, Reply, _Ready
 from meshkit.web.fastcgi.connection import REQUEST_ID, Connection
 from meshkit.web.fastcgi.env import Target, remote_env, request_env

@@ -11,6 +11,13 @@ transparent, without). Per request the lane picks (the block's Picker, same poli
 connection table), takes a kept UpstreamConn, writes the head and, once the answer is
 whole, writes head and body to the client in one send(2).
 
+A POST, PUT or PATCH with a small body (one plain Content-Length of 1 B to 64 KiB, head and
+whole body in the read; meshkit.web.bodyhead) is planned by its head (`plan(..., body=True)`)
+and sent as the upstream head (Content-Length kept) followed by the body, in one write. On
+the Python paths the request carries the body as bytes (`Plan.fresh`): serve() dials and
+sends it when nothing is kept, and a failed exchange is never sent again, whatever the
+method (client.may_retry, handler._retriable: the handler path's rules for a body).
+
 `plan()` here makes a plan the first time a request shape is seen (None: this shape never
 takes the lane; the decision for a site, `eligible()`, is made once per ProxyHandler).
 Everything unusual goes to today's Python path through `deliver()`: no kept connection
@@ -34,6 +41,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
+from meshkit.web.bodyhead import body_request
 from meshkit.web.connstate import ConnState
 from meshkit.web.lanerequest import (
     LogEntry,
@@ -44,7 +52,7 @@ from meshkit.web.lanerequest import (
     queue_rest,
     write_entries,
 )
-from meshkit.web.message import Headers, Request, Response
+from meshkit.web.message import EmptyBody, Headers, Request, Response
 from meshkit.web.pipeline import Slot
 from meshkit.web.proxy.client import Reply, Stream, UpstreamBroken
 from meshkit.web.proxy.handler import ProxyHandler, _retriable
@@ -52,11 +60,13 @@ from meshkit.web.proxy.heads import target
 from meshkit.web.proxy.route import Route
 from meshkit.web.router import Router
 
-__all__ = ["ENABLED", "METHODS", "Feed", "deliver", "eligible", "plan"]
+__all__ = ["BODY_METHODS", "ENABLED", "METHODS", "Feed", "deliver", "eligible", "plan"]
 
 log = logging.getLogger(__name__)
 
 METHODS = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+# heads with one plain Content-Length body (1 B .. bodyhead.MAX_BODY, whole in the read)
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _UPGRADED = ConnState.UPGRADED
 _READ_HIGH = 1 << 20  # a streamed body's bytes held before reading the upstream pauses
 
@@ -95,6 +105,7 @@ class Plan:
     lane needs to send it, made once."""
 
     __slots__ = (
+        "body_length",
         "client_ip",
         "handler",
         "head_only",
@@ -120,8 +131,10 @@ class Plan:
         handler: ProxyHandler,
         proute: Route,
         watch: Callable[[Request], None] | None = None,
+        body_length: int = 0,
     ) -> None:
         self.router = router
+        self.body_length = body_length  # the Content-Length of a body plan (0: none)
         self.watch = watch  # the site's `log` (adds the request's on_complete callback)
         self.log_memo: dict[tuple[Any, ...], tuple[Any, tuple[LogEntry, ...]]] = {}
         self.log_second = 0
@@ -153,10 +166,13 @@ class Plan:
             head = self.heads[index] = made
         return head
 
-    def fresh(self, remote_port: int, start: float) -> Request:
+    def fresh(self, remote_port: int, start: float, body: bytes = b"") -> Request:
         """A Request of this shape for the Python path (its own vars and on_complete, the
-        site's log callback added as the log directive adds it)."""
+        site's log callback added as the log directive adds it), with `body` (a body
+        plan's bytes, as the handler path's request holds them)."""
         request = copy_request(self.request, remote_port, start)
+        if body:
+            request.body = EmptyBody(body)
         if self.watch is not None:
             self.watch(request)
         return request
@@ -205,21 +221,29 @@ def router_may(router: Any) -> bool:
     return any(type(handler_of(site.handler)[0]) is ProxyHandler for site in router.routes)
 
 
-def plan(server: Any, conn: Any, data: bytes) -> Plan | None:
-    """The plan of the request head `data` (one whole head, nothing after it) read on
-    `conn`, or None when the lane does not take it (then the connection reads it)."""
+def plan(server: Any, conn: Any, data: bytes, body: bool = False) -> Plan | None:
+    """The plan of the request head `data` (one whole head) read on `conn`, or None when
+    the lane does not take it (then the connection reads it). Without `body` nothing
+    follows the head; with it, its Content-Length body does (bodyhead.body_request)."""
     if not ENABLED:
         return None
-    found = head_request(server, conn, data, METHODS)
-    if found is None:
-        return None
-    router, request, site = found
+    length = 0
+    if body:
+        got = body_request(server, conn, data, BODY_METHODS)
+        if got is None:
+            return None
+        router, request, site, length = got
+    else:
+        found = head_request(server, conn, data, METHODS)
+        if found is None:
+            return None
+        router, request, site = found
     handler, watch = handler_of(site.handler)
     if type(handler) is not ProxyHandler or not eligible(handler):
         return None
     for proute in handler.routes:
         if proute.matches(request.path):
-            return Plan(router, request, handler, proute, watch)
+            return Plan(router, request, handler, proute, watch, length)
     return None
 
 
@@ -285,7 +309,7 @@ def streamed(sink: Any, status: int, headers: list[tuple[str, str]], pieces: lis
     """The answer's head is in and its body is still coming: answer the client through
     the Python writer with a Stream fed from the sink (the handler path's shape)."""
     feed = Feed(pieces)
-    request = sink.plan.fresh(sink.remote_port, sink.start)
+    request = sink.plan.fresh(sink.remote_port, sink.start, sink.body())
     request.vars["upstream"] = sink.uset.names[sink.index]
     reply = Reply(status, headers, Stream(feed.gen()), None)
     deliver(sink.conn, request, sink.plan.proute.heads.response_for(request, reply))
@@ -295,7 +319,7 @@ def streamed(sink: Any, status: int, headers: list[tuple[str, str]], pieces: lis
 def answered(sink: Any, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
     """A whole answer the compiled lane does not write itself (header_downstream rules, a
     closing connection, a shutdown): through the Python writer, as the handler path."""
-    request = sink.plan.fresh(sink.remote_port, sink.start)
+    request = sink.plan.fresh(sink.remote_port, sink.start, sink.body())
     request.vars["upstream"] = sink.uset.names[sink.index]
     reply = Reply(status, headers, body, None)
     deliver(sink.conn, request, sink.plan.proute.heads.response_for(request, reply))
@@ -303,7 +327,7 @@ def answered(sink: Any, status: int, headers: list[tuple[str, str]], body: bytes
 
 def bad_upgrade(sink: Any) -> None:
     """The upstream switched protocols on a request that asked for no upgrade: 502."""
-    request = sink.plan.fresh(sink.remote_port, sink.start)
+    request = sink.plan.fresh(sink.remote_port, sink.start, sink.body())
     request.vars["upstream"] = sink.uset.names[sink.index]
     deliver(sink.conn, request, Response.error(502))
 
@@ -329,10 +353,13 @@ def failed(sink: Any, error: Any, stale: bool, told: bool, feed: Feed | None) ->
             conn._streaming = False
             conn._abort()
         return
-    request = plan_.fresh(sink.remote_port, sink.start)
+    body = sink.body()
+    request = plan_.fresh(sink.remote_port, sink.start, body)
     request.vars["upstream"] = uset.names[ticket.index]
     gone = uset.upstreams[ticket.index] not in route.set.upstreams
-    if stale or (gone and _retriable(request.method, None, error)):
+    # the handler path's rules (client.may_retry, handler._retriable): a request with a
+    # body is never sent again, whatever its method (ProxyHandler.serve answers 502)
+    if (stale and not body) or (gone and _retriable(request.method, body or None, error)):
         task = loop.create_task(handler.serve(route, request, (uset, ticket), True))
         deliver(sink.conn, request, task)
         return
@@ -340,9 +367,12 @@ def failed(sink: Any, error: Any, stale: bool, told: bool, feed: Feed | None) ->
     deliver(sink.conn, request, Response.error(status))
 
 
-def no_kept(conn: Any, plan_: Plan, uset: Any, ticket: Any, start: float) -> None:
-    """Picked, but no kept connection to that upstream: serve() dials with the ticket."""
-    request = plan_.fresh(conn._remote_port, start)
+def no_kept(
+    conn: Any, plan_: Plan, uset: Any, ticket: Any, start: float, body: bytes = b""
+) -> None:
+    """Picked, but no kept connection to that upstream: serve() dials with the ticket (and
+    sends the request's `body`, when it has one, as the handler path sends it)."""
+    request = plan_.fresh(conn._remote_port, start, body)
     deliver(conn, request, plan_.handler.serve(plan_.proute, request, (uset, ticket)))
 
 
@@ -368,7 +398,7 @@ def deliver(conn: Any, request: Request, result: Any) -> None:
 def partial(sink: Any, wire: bytes, head_len: int, sent: int, status: int, raw: Any) -> None:
     """The client's socket took only `sent` bytes of the answer: the rest as a Job (its
     Response, with the client's fields of the upstream's `raw` ones, for on_complete)."""
-    request = sink.plan.fresh(sink.remote_port, sink.start)
+    request = sink.plan.fresh(sink.remote_port, sink.start, sink.body())
     items = sink.plan.proute.heads.fields_for(raw)[0]
     response = Response(status, Headers(list(items)), wire[head_len:])
     queue_rest(sink.conn, request, response, wire, head_len, sent)
@@ -396,7 +426,7 @@ def logged(sink: Any, status: int, raw: Any, body: bytes, sent: int) -> tuple[in
         entries = got[1]
         write_entries(entries)
         return second, entries
-    request = plan_.fresh(sink.remote_port, sink.start)
+    request = plan_.fresh(sink.remote_port, sink.start, sink.body())
     request.vars["upstream"] = sink.uset.names[index]
     response = plan_.proute.heads.response_for(request, Reply(status, raw, body, None))
     lines, replayable = complete(request, response, sent, now)

@@ -1,4 +1,5 @@
-"""The Request of a head that announces a small body (the FastCGI lane's POST plans).
+"""The Request of a head that announces a small body (the body plans of the FastCGI and
+proxy lanes).
 
 meshkit.web.lanerequest.head_request builds a lane's Request from a head without a body:
 the head scanner (meshkit.web.headlane, its compiled form or the twin headparse) leaves any

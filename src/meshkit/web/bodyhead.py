@@ -21,8 +21,8 @@ from collections.abc import Collection
 from typing import Any
 
 from meshkit.web import headlane, headparse
-from meshkit.web.http1 import HttpError, parse_target
-from meshkit.web.message import EmptyBody, Headers, Request
+from meshkit.web.lanerequest import scanned_request
+from meshkit.web.message import Request
 from meshkit.web.router import Router
 
 __all__ = ["MAX_BODY", "body_request"]
@@ -81,29 +81,7 @@ def body_request(
         return None  # the fields did not line up with the lines: leave it to the chain
     # the value as the scanner gives it (leading blanks dropped), with its own digits
     items[at] = (field_name, zero_value.replace("0" * len(number), number.decode(), 1))
-    try:
-        tgt = parse_target(url, method)
-    except HttpError:
+    got = scanned_request(router, conn, method, url, version, items, host)
+    if got is None:
         return None
-    if tgt.authority:
-        host = tgt.authority
-    request = Request(
-        method,
-        url.decode("latin-1"),
-        tgt.path,
-        tgt.query,
-        version,
-        Headers(items),
-        EmptyBody(),
-        "http",
-        host,
-        conn._remote_addr,
-        conn._remote_port,
-        conn._local_addr,
-        conn._local_port,
-        0.0,
-    )
-    site = router._only or router.match(host, tgt.path)
-    if site is None:
-        return None
-    return router, request, site, length
+    return router, got[0], got[1], length

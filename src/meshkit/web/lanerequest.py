@@ -28,6 +28,7 @@ __all__ = [
     "head_request",
     "log_entries",
     "queue_rest",
+    "scanned_request",
     "write_entries",
 ]
 
@@ -53,6 +54,21 @@ def head_request(
     stop_at, method, url, version, items, host, keep = res
     if stop_at != len(data) or not keep or version != "1.1" or method not in methods:
         return None
+    got = scanned_request(router, conn, method, url, version, items, host)
+    return None if got is None else (router, *got)
+
+
+def scanned_request(
+    router: Router,
+    conn: Any,
+    method: str,
+    url: bytes,
+    version: str,
+    items: list[tuple[str, str]],
+    host: str,
+) -> tuple[Request, Any] | None:
+    """The Request the handler chain would build from a scanned head read on `conn`, and the
+    site the router gives it (None: a target the chain refuses, or no site)."""
     try:
         tgt = parse_target(url, method)
     except HttpError:
@@ -78,7 +94,7 @@ def head_request(
     site = router._only or router.match(host, tgt.path)
     if site is None:
         return None
-    return router, request, site
+    return request, site
 
 
 def copy_request(t: Request, remote_port: int, start: float) -> Request:

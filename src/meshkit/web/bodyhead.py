@@ -21,11 +21,11 @@ from collections.abc import Collection
 from typing import Any
 
 from meshkit.web import headlane, headparse
-from meshkit.web.lanerequest import scanned_request
+from meshkit.web.lanerequest import head_request, scanned_request
 from meshkit.web.message import Request
 from meshkit.web.router import Router
 
-__all__ = ["MAX_BODY", "body_request"]
+__all__ = ["MAX_BODY", "body_request", "lane_request"]
 
 MAX_BODY = 65536  # directives.fastcgi.SMALL_BODY: bodies up to this are sent in one write
 _DIGITS = frozenset(b"0123456789")
@@ -85,3 +85,20 @@ def body_request(
     if got is None:
         return None
     return router, got[0], got[1], length
+
+
+def lane_request(
+    server: Any,
+    conn: Any,
+    head: bytes,
+    body: bool,
+    methods: Collection[str],
+    body_methods: Collection[str],
+) -> tuple[Router, Request, Any, int] | None:
+    """A client lane's plan start: (router, request, site, body length) for a head without a
+    body (`head_request`, one of `methods`) or, with `body`, one announcing a small body (one
+    of `body_methods`); None when the lane cannot take it."""
+    if body:
+        return body_request(server, conn, head, body_methods)
+    found = head_request(server, conn, head, methods)
+    return None if found is None else (*found, 0)

@@ -41,14 +41,14 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from meshkit.web.bodyhead import body_request
+from meshkit.web.bodyhead import lane_request
 from meshkit.web.directives.fastcgi import _CHECK, FastCGIHandler, _Rule
 from meshkit.web.fastcgi.answer import response_for
 from meshkit.web.fastcgi.client import FastCGIError, Reply, _Ready
 from meshkit.web.fastcgi.connection import REQUEST_ID, Connection
 from meshkit.web.fastcgi.env import Target, remote_env, request_env
 from meshkit.web.fastcgi.fast import encode_pairs, encode_request
-from meshkit.web.lanerequest import complete, copy_request, head_request, queue_rest
+from meshkit.web.lanerequest import complete, copy_request, queue_rest
 from meshkit.web.message import Headers, Request, Response
 from meshkit.web.proxy.clientlane import deliver, handler_of
 from meshkit.web.router import Router
@@ -164,19 +164,14 @@ def plan(server: Any, conn: Any, data: bytes, body: bool = False) -> Plan | None
     the head; with it, its Content-Length body follows (bodyhead.body_request)."""
     if not ENABLED:
         return None
-    length = 0
-    if body:
-        got = body_request(server, conn, data, BODY_METHODS)
-        if got is None:
-            return None
-        router, request, site, length = got
-    else:
-        found = head_request(server, conn, data, METHODS)
-        if found is None:
-            return None
-        router, request, site = found
-        if any(n in request.headers for n in ("content-length", "transfer-encoding", "expect")):
-            return None
+    got = lane_request(server, conn, data, body, METHODS, BODY_METHODS)
+    if got is None:
+        return None
+    router, request, site, length = got
+    if not body and any(
+        n in request.headers for n in ("content-length", "transfer-encoding", "expect")
+    ):
+        return None
     handler, watch = handler_of(site.handler)
     if type(handler) is not FastCGIHandler:
         return None

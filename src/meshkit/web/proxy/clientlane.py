@@ -41,13 +41,12 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
-from meshkit.web.bodyhead import body_request
+from meshkit.web.bodyhead import lane_request
 from meshkit.web.connstate import ConnState
 from meshkit.web.lanerequest import (
     LogEntry,
     complete,
     copy_request,
-    head_request,
     log_entries,
     queue_rest,
     write_entries,
@@ -227,17 +226,10 @@ def plan(server: Any, conn: Any, data: bytes, body: bool = False) -> Plan | None
     follows the head; with it, its Content-Length body does (bodyhead.body_request)."""
     if not ENABLED:
         return None
-    length = 0
-    if body:
-        got = body_request(server, conn, data, BODY_METHODS)
-        if got is None:
-            return None
-        router, request, site, length = got
-    else:
-        found = head_request(server, conn, data, METHODS)
-        if found is None:
-            return None
-        router, request, site = found
+    got = lane_request(server, conn, data, body, METHODS, BODY_METHODS)
+    if got is None:
+        return None
+    router, request, site, length = got
     handler, watch = handler_of(site.handler)
     if type(handler) is not ProxyHandler or not eligible(handler):
         return None

@@ -102,6 +102,10 @@ def runner_main(argv: list[str]) -> int:
     ap.add_argument("--keys-file",
                     help='encrypt: JSON {"keys": [{"id", "key": base64 of 36 bytes}], "tx": id, '
                          '"cipher": 1|2 (optional)}, re-read whenever it changes (rotation)')
+    ap.add_argument("--test-refuse-uso-after", type=int, default=None, metavar="N",
+                    help="TEST HOOK (C plane): after N USO super-frames into the TAP, the next "
+                         "fails as a kernel before 6.2 fails it (EINVAL): exercises the "
+                         "one-datagram-per-write fallback")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="set in this process's environment before the plane starts (the "
                          "plane's MESHKIT_VXLAN_* settings)")
@@ -124,6 +128,8 @@ def runner_main(argv: list[str]) -> int:
     with UserspaceDataplane(args.bind, args.port, args.impl, **extra) as plane:
         if args.udp_no_check:  # a test hook on the plane's own socket, before it runs
             plane._sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        if args.test_refuse_uso_after is not None and plane.implementation == "c":
+            plane._plane.test_refuse_uso(args.test_refuse_uso_after)  # type: ignore[attr-defined]
         tap = open_tap(args.tap) if args.plain_tap else plane.open_tap(args.tap)
         try:
             plane.add_network(args.vni, tap)
@@ -216,6 +222,7 @@ class Overlay:
     sockbuf: int = 0  # the runners' UDP socket buffers (0: the plane's default)
     burst_prio: int | None = None  # the runners' burst priority (None: the plane's default)
     env: tuple[str, ...] = ()  # NAME=VALUE settings for the runners' environment
+    refuse_uso_after: int | None = None  # C runners: the USO write after N fails (test hook)
     namespaces: list[str] = field(default_factory=list)
     runners: list[Any] = field(default_factory=list)
     stats_files: list[Path] = field(default_factory=list)
@@ -260,6 +267,8 @@ class Overlay:
                     *(["--burst-prio", str(self.burst_prio)] if self.burst_prio is not None
                       else []),
                     *[a for e in self.env for a in ("--env", e)],
+                    *(["--test-refuse-uso-after", str(self.refuse_uso_after)]
+                      if self.refuse_uso_after is not None else []),
                     *(["--udp-no-check"] if self.udp_no_check else [])]))  # fmt: skip
                 deadline = time.monotonic() + 20
                 while not stats.exists():

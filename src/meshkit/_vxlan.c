@@ -161,6 +161,7 @@ vx_plane_t *vx_plane_new(int udp_fd)
     int one = 1;
     p->udp_gso = 1; /* tried on the first TSO frame; a refusal turns it off */
     p->tap_uso = 1; /* tried on the first run of UDP datagrams; a refusal turns it off */
+    p->uso_refuse_after = -1;
     p->udp_gro = setsockopt(udp_fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0;
     return p;
 }
@@ -483,6 +484,16 @@ void vx_plane_set_burst_priority(vx_plane_t *p, int prio)
     __atomic_store_n(&p->burst_prio, prio, __ATOMIC_RELAXED);
 }
 
+void vx_plane_set_tap_uso(vx_plane_t *p, int on)
+{
+    __atomic_store_n(&p->tap_uso, on ? 1 : 0, __ATOMIC_RELAXED);
+}
+
+void vx_plane_test_refuse_uso(vx_plane_t *p, long after)
+{
+    __atomic_store_n(&p->uso_refuse_after, after < 0 ? -1 : after, __ATOMIC_RELAXED);
+}
+
 void vx_plane_offload_stats(vx_plane_t *p, uint64_t *out)
 {
     out[0] = __atomic_load_n(&p->tso_frames, __ATOMIC_RELAXED);
@@ -493,5 +504,6 @@ void vx_plane_offload_stats(vx_plane_t *p, uint64_t *out)
     out[5] = (uint64_t)p->udp_gro;
     out[6] = (uint64_t)__atomic_load_n(&p->burst_prio, __ATOMIC_RELAXED);
     out[7] = __atomic_load_n(&p->burst_raises, __ATOMIC_RELAXED);
+    out[8] = (uint64_t)__atomic_load_n(&p->tap_uso, __ATOMIC_RELAXED);
 }
 

@@ -217,6 +217,17 @@ int vx_plane_set_keys(vx_plane_t *p, uint32_t vni, const vx_key_t *keys, size_t 
  * its next wake-up). */
 void vx_plane_set_burst_priority(vx_plane_t *p, int prio);
 
+/* Whether the plane may write runs of equal-sized UDP datagrams into vnet TAPs as one UDP GSO
+ * (USO) super-frame: 1 (the default) tries it and turns it off for good when the TAP refuses
+ * (a kernel before 6.2), 0 writes one datagram per write from the start. Set it before start. */
+void vx_plane_set_tap_uso(vx_plane_t *p, int on);
+
+/* TEST HOOK (tests and bench/overlay.py's runner only): after `after` more USO super-frames
+ * written to TAPs, the next one fails as a kernel before 6.2 fails it (writev -> EINVAL,
+ * nothing written), which exercises the one-datagram-per-write fallback on kernels that take
+ * USO. -1 (the default) never. Set it before start. */
+void vx_plane_test_refuse_uso(vx_plane_t *p, long after);
+
 /* Start the TX and RX threads. -1 with errno EALREADY when started, or pthread's error. */
 int vx_plane_start(vx_plane_t *p);
 
@@ -238,9 +249,9 @@ size_t vx_plane_read_stats(vx_plane_t *p, vx_peer_stats_t *out, size_t cap, uint
  * from TAPs, UDP_SEGMENT datagram trains sent (TSO segments or joined small frames),
  * received datagram buffers that held more than one datagram (UDP GRO), GSO super-frames
  * (TCP or UDP) written to TAPs, whether UDP_SEGMENT and UDP_GRO
- * are in use (1/0), the burst priority in effect (0: off, or refused by the system) and how
- * many times a thread took it. */
-#define VX_OFFLOAD_COUNT 8
+ * are in use (1/0), the burst priority in effect (0: off, or refused by the system), how
+ * many times a thread took it, and whether USO super-frames into TAPs are in use (1/0). */
+#define VX_OFFLOAD_COUNT 9
 void vx_plane_offload_stats(vx_plane_t *p, uint64_t *out);
 
 #endif /* MESHKIT_VXLAN_H */

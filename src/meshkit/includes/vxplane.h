@@ -156,6 +156,7 @@ struct vx_plane {
     int udp_gso; /* cleared for good when the kernel refuses UDP_SEGMENT */
     int udp_gro;
     int tap_uso; /* cleared for good when a TAP refuses a UDP GSO (USO) super-frame */
+    long uso_refuse_after; /* test hook: USO writes left before one fails as EINVAL; -1 never */
     int burst_prio; /* SCHED_FIFO priority for bursts, 0: never (vx_plane_set_burst_priority) */
     uint64_t tx_wake_bytes; /* TAP bytes read in the TX thread's current wake-up */
     uint64_t tx_wake_frames; /* and frames */

@@ -461,6 +461,17 @@ struct pending {
     size_t len[RX_PENDING];
 };
 
+/* The test hook of vx_plane_test_refuse_uso: whether this USO write is the one to fail.
+ * Only the RX thread counts down; the setter runs before start. */
+static int uso_refused(vx_plane_t *p)
+{
+    long left = __atomic_load_n(&p->uso_refuse_after, __ATOMIC_RELAXED);
+    if (left < 0)
+        return 0;
+    __atomic_store_n(&p->uso_refuse_after, left ? left - 1 : -1, __ATOMIC_RELAXED);
+    return left == 0;
+}
+
 /* Write the pending frames to their TAP, runs of one TCP flow as GSO super-frames. */
 static void flush_pending(vx_plane_t *p, struct pending *q)
 {
@@ -484,7 +495,12 @@ static void flush_pending(vx_plane_t *p, struct pending *q)
             memcpy(saved, q->f[i], hdr);
         gro_fix_head(q->f[i], q->len[i], q->f[i + run - 1], run, total, &vh);
         iov[0] = (struct iovec){.iov_base = &vh, .iov_len = VX_VNET_HDR_LEN};
-        int wrote = writev_tap(q->net->fd, iov, (int)run + 1);
+        int wrote;
+        if (vh.gso_type == VIRTIO_NET_HDR_GSO_UDP_L4 && uso_refused(p)) {
+            wrote = -1; /* the test hook: as a kernel before 6.2 answers */
+            errno = EINVAL;
+        } else
+            wrote = writev_tap(q->net->fd, iov, (int)run + 1);
         if (wrote < 0 && errno == EINVAL && vh.gso_type == VIRTIO_NET_HDR_GSO_UDP_L4 &&
             hdr <= sizeof(saved)) {
             /* a kernel before 6.2 takes no USO from a TAP writer: from now on UDP goes one

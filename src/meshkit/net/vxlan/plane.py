@@ -46,6 +46,10 @@ SOCKET_BUFFER = 4 << 20  # room for a few batches of full-size datagrams per dir
 BURST_PRIORITY = 0
 BURST_PRIORITY_ENV = "MESHKIT_VXLAN_BURST_PRIO"
 VNET_OFFLOADS = True  # UserspaceDataplane.open_tap asks for IFF_VNET_HDR for the C plane
+# MESHKIT_VXLAN_TAP_USO=0: the C plane never writes UDP GSO (USO) super-frames into its TAPs
+# (one datagram per write); read once when a plane is made. Unset or 1: it tries USO and turns
+# it off for good when a TAP refuses it (kernels before 6.2).
+TAP_USO_ENV = "MESHKIT_VXLAN_TAP_USO"
 
 
 def open_tap(name: str) -> int:
@@ -69,6 +73,15 @@ def _open_tap(name: str, flags: int) -> int:
         os.close(fd)
         raise DataplaneError(f"cannot create TAP {name}: {exc.strerror}") from None
     return fd
+
+
+def tap_uso_setting() -> bool:
+    """Whether the C plane may try USO super-frames into TAPs: $MESHKIT_VXLAN_TAP_USO, 1
+    (default) or 0. DataplaneError names the setting when it is neither."""
+    text = os.environ.get(TAP_USO_ENV, "").strip()
+    if text not in ("", "0", "1"):
+        raise DataplaneError(f"{TAP_USO_ENV}={text!r}: expected 0 (off) or 1 (on)")
+    return text != "0"
 
 
 def burst_priority_setting(prio: int | None) -> int:
@@ -110,6 +123,7 @@ class _Plane(Protocol):
     def stop(self) -> None: ...
     def close(self) -> None: ...
     def set_burst_priority(self, prio: int) -> None: ...
+    def set_tap_uso(self, on: bool) -> None: ...
     def stats(self) -> tuple[dict[str, dict[str, int]], dict[str, int], int]: ...
     def offload_stats(self) -> dict[str, int]: ...
 
@@ -183,6 +197,14 @@ class _CPlane:
     def set_burst_priority(self, prio: int) -> None:
         self._lib.vx_plane_set_burst_priority(self._p, prio)
 
+    def set_tap_uso(self, on: bool) -> None:
+        self._lib.vx_plane_set_tap_uso(self._p, int(on))
+
+    def test_refuse_uso(self, after: int) -> None:
+        """TEST HOOK (tests, bench/overlay.py's runner): after ``after`` more USO super-frames
+        into TAPs, the next fails as on a kernel before 6.2 (EINVAL); -1 never."""
+        self._lib.vx_plane_test_refuse_uso(self._p, after)
+
     def close(self) -> None:
         if self._p is not None and self._p != self._ffi.NULL:
             self._lib.vx_plane_free(self._p)
@@ -230,6 +252,7 @@ class UserspaceDataplane:
         ``burst_priority``: the SCHED_FIFO priority of the C threads during bulk streams, 0 off
         (None: $MESHKIT_VXLAN_BURST_PRIO, else BURST_PRIORITY; the Python twin ignores it)."""
         prio = burst_priority_setting(burst_priority)
+        tap_uso = tap_uso_setting()
         try:
             wire.ip_to_bytes(bind)
         except wire.WireError as exc:
@@ -260,6 +283,7 @@ class UserspaceDataplane:
             raise
         self.implementation = self._plane.implementation
         self._plane.set_burst_priority(prio)
+        self._plane.set_tap_uso(tap_uso)
         self._closed = False
 
     def open_tap(self, name: str) -> int:
@@ -325,7 +349,8 @@ class UserspaceDataplane:
         "arp_replies": n, "implementation": "c" | "python", "offload": {name: n}}``; offload
         counts TSO frames read, UDP_SEGMENT trains sent, GRO buffers received, GSO super-frames
         written, whether UDP GSO/GRO are on (1/0), the burst priority in effect (0: off or
-        refused) and how many times a thread took it."""
+        refused), how many times a thread took it, and whether USO super-frames into TAPs are in
+        use (1/0: off by $MESHKIT_VXLAN_TAP_USO=0 or refused by the kernel; 0 for the twin)."""
         peers, drops, arp = self._plane.stats()
         return {"peers": peers, "drops": drops, "arp_replies": arp,
                 "implementation": self.implementation,

@@ -220,6 +220,10 @@ class PyDataplane:
         """Accepted for the C plane's sake: the twin's threads keep their scheduling (they hold
         the GIL, and a real-time thread spinning on it would starve the rest)."""
 
+    def set_tap_uso(self, on: bool) -> None:
+        """Accepted for the C plane's sake: the twin writes one plain frame per TAP write and
+        never a USO super-frame (it refuses vnet TAPs), so there is nothing to turn off."""
+
     def stats(self) -> tuple[dict[str, dict[str, int]], dict[str, int], int]:
         """(peers, drops, ARP replies) counters, copied under the lock."""
         with self._lock:

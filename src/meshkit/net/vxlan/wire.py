@@ -206,7 +206,7 @@ GSO_UDP_L4 = 5
 GRO_MAX_SEGS = 64
 # what UserspaceDataplane.stats()["offload"] holds, in the order of vx_plane_offload_stats
 OFFLOAD_STATS = ("tso_frames", "gso_sends", "gro_buffers", "gro_writes", "udp_gso", "udp_gro",
-                 "burst_priority", "burst_raises")
+                 "burst_priority", "burst_raises", "tap_uso")
 _FIN, _SYN, _RST, _PSH, _URG, _CWR = 0x01, 0x02, 0x04, 0x08, 0x20, 0x80
 
 

@@ -27,19 +27,29 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+_GIVEN: list[int] = []  # the ports handed out lately, never handed out again meanwhile
+_GIVEN_KEEP = 2048
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A port free on every address, taken from just below the kernel's ephemeral range: a
     port the kernel hands out (bind to 0) is soon somebody's outgoing connection's, and a
-    server started on it a moment later failed with EADDRINUSE on a busy CI machine."""
+    server started on it a moment later failed with EADDRINUSE on a busy CI machine. A port
+    handed out lately is not handed out again: a test takes several before it starts what
+    listens on them (pebble's four and the server's own), and two equal draws collided."""
     high = _ephemeral_low() - 1
     low = max(1024, high - 12000)
     for _ in range(200):
         port = random.randint(low, high)
+        if port in _GIVEN:
+            continue
         try:
             with socket.socket(socket.AF_INET, kind) as s:
                 s.bind(("0.0.0.0", port))
         except OSError:
             continue
+        _GIVEN.append(port)
+        del _GIVEN[:-_GIVEN_KEEP]
         return port
     with socket.socket(socket.AF_INET, kind) as s:  # the range is full: the kernel's choice
         s.bind(("127.0.0.1", 0))

@@ -143,20 +143,13 @@ cdef int _fl_take(object conn, object server, int fd, bytes data) except -1:
     return _fl_go(conn, server, fd, data, _fl_plans, None, 0)
 
 
-cdef extern from "string.h" nogil:
-    void *memmem(const void *haystack, size_t hlen, const void *needle, size_t nlen)
-
-
 cdef int _fl_take_body(object conn, object server, int fd, bytes data) except -1:
     """1 when the lane took the read `data` on conn, one whole request head and the body
     its Content-Length announces (answered or in flight; the body's rest read here when the
     client sent it right behind), 0 to read it normally (nothing done). Cheap for every
     other read: only a read that begins with a P (POST, PUT, PATCH) and holds a head end
     within the lane's head size is looked up."""
-    cdef const char *p = PyBytes_AS_STRING(data)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    cdef const char *e
-    if n < 20 or p[0] != c'P' or not _fl_on:
+    if PyBytes_GET_SIZE(data) < 20 or PyBytes_AS_STRING(data)[0] != c'P' or not _fl_on:
         return 0
     if _fl_front is None:
         _fl_import()
@@ -164,11 +157,9 @@ cdef int _fl_take_body(object conn, object server, int fd, bytes data) except -1
             return 0
     if not _fl_router_may(server._handler):
         return 0  # no `fastcgi` site here: nothing more for any read of this server
-    e = <const char *>memmem(p, <size_t>(n if n < _LN_MAX_HEAD else _LN_MAX_HEAD),
-                             b"\r\n\r\n", 4)
-    if e == NULL:
+    cdef Py_ssize_t at = _ln_body_head_end(data)
+    if not at:
         return 0
-    cdef Py_ssize_t at = e + 4 - p
     return _fl_go(conn, server, fd, data[:at], _fl_body_plans, data, at)
 
 

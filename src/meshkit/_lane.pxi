@@ -55,6 +55,23 @@ cdef int _ln_valid(object validators) except -1:
     return 1
 
 
+cdef extern from "string.h" nogil:
+    void *memmem(const void *haystack, size_t hlen, const void *needle, size_t nlen)
+
+
+cdef Py_ssize_t _ln_body_head_end(bytes data):
+    """Where the request head of a read that may carry a small body ends (the offset just
+    past its blank line), for the client lanes' body hooks; 0 when the read does not begin
+    with a P (POST, PUT, PATCH) or holds no head end within the lane's head size."""
+    cdef const char *p = PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    if n < 20 or p[0] != c'P':
+        return 0
+    cdef const char *e = <const char *>memmem(
+        p, <size_t>(n if n < _LN_MAX_HEAD else _LN_MAX_HEAD), b"\r\n\r\n", 4)
+    return 0 if e == NULL else e + 4 - p
+
+
 cdef class Lane:
     """The reader of one plain HTTP/1 connection (meshkit.web.connection.Connection)."""
 
@@ -100,10 +117,10 @@ cdef class Lane:
                 return
         else:
             data = PyBytes_FromStringAndSize(_ln_buf, n)
-            # FastCGI lane hook for a request with a body (wip-body): a POST/PUT/PATCH head
-            # and its whole small Content-Length body in this read go to php-fpm from C
-            # (_fcgilane.pxi _fl_take_body); 0 when it does not apply (one byte compared
-            # for most reads)
+            # the client lanes' hooks for a request with a body: a POST/PUT/PATCH head and
+            # its whole small Content-Length body in this read go upstream or to php-fpm
+            # from C (_pl_take_body, _fl_take_body); 0 when they do not apply (one byte
+            # compared for most reads)
             if _pl_take_body(self, data) or _fl_take_body(conn, self.server, self.fd, data):
                 return
         conn._on_data(data)

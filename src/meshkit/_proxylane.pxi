@@ -270,7 +270,7 @@ cdef _PLPlan _pl_make(object server, object conn, object router, bytes head, dic
     return plan
 
 
-# memmem (string.h) and _fl_rest are _fcgilane.pxi's (the same module, included after)
+# _fl_rest is _fcgilane.pxi's (the same module, included after)
 
 
 cdef int _pl_take_body(Lane lane, bytes data) except -1:
@@ -282,10 +282,8 @@ cdef int _pl_take_body(Lane lane, bytes data) except -1:
     lane's head size is looked up. The plans are _pl_body_plans (keyed by the head alone):
     a head read without its body never shadows the same head with it."""
     global _pl_last_router, _pl_last_may
-    cdef const char *p = PyBytes_AS_STRING(data)
     cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
-    cdef const char *e
-    if n < 20 or p[0] != c'P' or not _pl_on:
+    if n < 20 or PyBytes_AS_STRING(data)[0] != c'P' or not _pl_on:
         return 0
     if _pl_front is None:
         _pl_import()
@@ -301,11 +299,9 @@ cdef int _pl_take_body(Lane lane, bytes data) except -1:
     conn = lane.conn
     if conn._state > _PL_IDLE or conn._queue or conn._out or conn._streaming or server._shutting:
         return 0
-    e = <const char *>memmem(p, <size_t>(n if n < _LN_MAX_HEAD else _LN_MAX_HEAD),
-                             b"\r\n\r\n", 4)
-    if e == NULL:
+    cdef Py_ssize_t at = _ln_body_head_end(data)
+    if not at:
         return 0
-    cdef Py_ssize_t at = e + 4 - p
     head = data[:at]
     cdef _PLConn memo = _pl_memo(lane, conn)
     cdef _PLPlan plan = _pl_plan_of(

@@ -9,17 +9,12 @@ import socket
 import pytest
 
 from meshkit.net.vxlan.plane import DataplaneError, UserspaceDataplane, load_vxlan_ffi
+from support.peers import free_port
 
 IMPLS = [
     pytest.param("c", marks=pytest.mark.skipif(load_vxlan_ffi() is None, reason="no C plane")),
     "python",
 ]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -29,7 +24,7 @@ def test_tap_uso_setting(impl: str, setting: str | None, monkeypatch: pytest.Mon
         monkeypatch.delenv("MESHKIT_VXLAN_TAP_USO", raising=False)
     else:
         monkeypatch.setenv("MESHKIT_VXLAN_TAP_USO", setting)
-    with UserspaceDataplane("127.0.0.1", free_port(), impl) as plane:
+    with UserspaceDataplane("127.0.0.1", free_port(socket.SOCK_DGRAM), impl) as plane:
         monkeypatch.setenv("MESHKIT_VXLAN_TAP_USO", "0")  # read once: a later change is not seen
         want = 1 if impl == "c" and setting != "0" else 0
         assert plane.stats()["offload"]["tap_uso"] == want
@@ -39,4 +34,4 @@ def test_tap_uso_setting(impl: str, setting: str | None, monkeypatch: pytest.Mon
 def test_bad_tap_uso_setting_is_named(impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MESHKIT_VXLAN_TAP_USO", "yes")
     with pytest.raises(DataplaneError, match=r"MESHKIT_VXLAN_TAP_USO='yes': expected 0"):
-        UserspaceDataplane("127.0.0.1", free_port(), impl)
+        UserspaceDataplane("127.0.0.1", free_port(socket.SOCK_DGRAM), impl)

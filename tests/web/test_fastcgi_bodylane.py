@@ -29,8 +29,8 @@ from meshkit.web.caddyfile.load import load_text
 from meshkit.web.fastcgi import clientlane
 from meshkit.web.router import Router
 from support.httpserver_util import Reader, ServerThread, connect
+from support.lanediff import Seen, TwinServers
 from support.php_fpm import php_fpm, php_fpm_binary
-from support.polling import wait_until
 
 _fastpath = load_fastpath()
 HAVE_LANE = _fastpath is not None and hasattr(_fastpath, "fcgi_lane_stats")
@@ -68,8 +68,6 @@ TYPES = [
     "X-A: 1\r\nContent-Type: application/octet-stream\r\n",
 ]
 
-Seen = tuple[int, list[tuple[str, str]], bytes]
-
 
 def raw(method: str, path: str, extra: str, body: bytes, length: str | None = None) -> bytes:
     cl = f"Content-Length: {len(body) if length is None else length}\r\n"
@@ -93,52 +91,11 @@ def make_router(base: Path, root: Path, endpoint: str) -> tuple[Router, Path]:
     return router, logfile
 
 
-class Pair:
+class Pair(TwinServers):
     """The same site on a compiled server and a Python one."""
 
     def __init__(self, base: Path, root: Path, endpoint: str) -> None:
-        (base / "c").mkdir()
-        (base / "py").mkdir()
-        router_c, self.log_c = make_router(base / "c", root, endpoint)
-        router_py, self.log_py = make_router(base / "py", root, endpoint)
-        self.c = ServerThread(router_c, compiled=True)
-        self.py = ServerThread(router_py, compiled=False)
-        self.lines = 0
-
-    def stop(self) -> None:
-        self.c.stop()
-        self.py.stop()
-
-    def run(self, st_: ServerThread, reqs: list[bytes]) -> list[Seen]:
-        seen: list[Seen] = []
-        with connect(st_.port) as sock:
-            reader = Reader(sock)
-            for data in reqs:
-                sock.sendall(data)
-                for _ in range(data.count(b" HTTP/1.")):  # pipelined requests: each answer
-                    reply = reader.response()
-                    heads = [(k, v) for k, v in reply.headers if k.lower() != "date"]
-                    seen.append((reply.status, heads, reply.body))
-                    if reply.header("Connection") == "close" or reader.eof:
-                        return seen
-        return seen
-
-    def both(self, reqs: list[bytes], refusals: bool = False) -> list[Seen]:
-        """Send reqs to both servers; the same answers, and the same log lines (one per
-        answer; with `refusals`, statuses from 400 on are the connection's refusals, which
-        never reach the site's log)."""
-        got_c = self.run(self.c, reqs)
-        got_py = self.run(self.py, reqs)
-        assert got_c == got_py
-        self.lines += sum(1 for g in got_c if g[0] < 400) if refusals else len(got_c)
-        lines = self.lines
-        assert wait_until(lambda: _count(self.log_c) >= lines and _count(self.log_py) >= lines)
-        assert self.log_c.read_text().splitlines() == self.log_py.read_text().splitlines()
-        return got_c
-
-
-def _count(log: Path) -> int:
-    return log.read_text().count("\n") if log.exists() else 0
+        super().__init__(base, lambda d: make_router(d, root, endpoint))
 
 
 @pytest.fixture(scope="module", params=["tcp", "unix"])

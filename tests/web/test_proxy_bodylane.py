@@ -31,8 +31,8 @@ from meshkit.web.bodyhead import MAX_BODY
 from meshkit.web.caddyfile.load import load_text
 from meshkit.web.proxy import clientlane
 from meshkit.web.router import Router
-from support.httpserver_util import Reader, ServerThread, connect
-from support.polling import wait_until
+from support.httpserver_util import Reader, connect
+from support.lanediff import Seen, TwinServers
 
 _fastpath = load_fastpath()
 HAVE_LANE = _fastpath is not None and hasattr(_fastpath, "proxy_lane_bodies")
@@ -119,9 +119,6 @@ class Echo:
         self.loop.close()
 
 
-Seen = tuple[int, list[tuple[str, str]], bytes]
-
-
 # name -> the proxy block (one upstream: the lane's own pick; two: the Picker's)
 CONFIGS = {
     "one": " proxy / {up} {{\n  header_upstream X-Lit lit\n }}\n",
@@ -138,55 +135,12 @@ def make_router(base: Path, name: str, echo: Echo) -> tuple[Router, Path]:
     return router, logfile
 
 
-def _count(log: Path) -> int:
-    return log.read_text().count("\n") if log.exists() else 0
-
-
-class Pair:
+class Pair(TwinServers):
     """The same site on a compiled server and a Python one."""
 
     def __init__(self, base: Path, name: str, echo: Echo) -> None:
-        (base / "c").mkdir()
-        (base / "py").mkdir()
-        router_c, self.log_c = make_router(base / "c", name, echo)
-        router_py, self.log_py = make_router(base / "py", name, echo)
-        self.c = ServerThread(router_c, compiled=True)
-        self.py = ServerThread(router_py, compiled=False)
+        super().__init__(base, lambda d: make_router(d, name, echo))
         self.name = name
-        self.lines = 0
-
-    def stop(self) -> None:
-        self.c.stop()
-        self.py.stop()
-
-    def run(self, st_: ServerThread, reqs: list[bytes]) -> list[Seen]:
-        seen: list[Seen] = []
-        with connect(st_.port) as sock:
-            reader = Reader(sock)
-            for data in reqs:
-                sock.sendall(data)
-                for _ in range(data.count(b" HTTP/1.")):  # pipelined requests: each answer
-                    reply = reader.response()
-                    heads = [(k, v) for k, v in reply.headers if k.lower() != "date"]
-                    # the upstream echoes the server's own port (X-Forwarded-Port) no more
-                    # than Host; its head differs by nothing else between the two servers
-                    seen.append((reply.status, heads, reply.body))
-                    if reply.header("Connection") == "close" or reader.eof:
-                        return seen
-        return seen
-
-    def both(self, reqs: list[bytes], refusals: bool = False) -> list[Seen]:
-        """Send reqs to both servers: the same answers and the same log lines (with
-        `refusals`, statuses from 400 on may be the connection's own refusals, which never
-        reach the site's log)."""
-        got_c = self.run(self.c, reqs)
-        got_py = self.run(self.py, reqs)
-        assert got_c == got_py
-        self.lines += sum(1 for g in got_c if g[0] < 400) if refusals else len(got_c)
-        lines = self.lines
-        assert wait_until(lambda: _count(self.log_c) >= lines and _count(self.log_py) >= lines)
-        assert self.log_c.read_text().splitlines() == self.log_py.read_text().splitlines()
-        return got_c
 
 
 @pytest.fixture(scope="module")

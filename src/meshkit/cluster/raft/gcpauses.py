@@ -262,22 +262,14 @@ class GcAudit:
 
     def poll(self, now: float) -> dict[str, Any] | None:
         """The child's figures once it has exited (None while it runs)."""
-        try:
-            while chunk := os.read(self.rfd, 65536):
-                self.data += chunk
-        except BlockingIOError:
-            pass
+        self._drain()
         pid, _ = os.waitpid(self.pid, os.WNOHANG)
         if pid == 0:
             if now - self.began > AUDIT_TIMEOUT:
                 self.abandon()
                 return {"garbage": -1, "error": f"no answer within {AUDIT_TIMEOUT:.0f} s"}
             return None
-        try:
-            while chunk := os.read(self.rfd, 65536):
-                self.data += chunk
-        except BlockingIOError:
-            pass
+        self._drain()
         os.close(self.rfd)
         try:
             found: dict[str, Any] = json.loads(self.data)
@@ -286,6 +278,12 @@ class GcAudit:
         found["fork_ms"] = self.fork_ms
         found["took_s"] = round(now - self.began, 1)
         return found
+
+    def _drain(self) -> None:
+        """Read what the child wrote so far (its pipe never blocks the loop)."""
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(self.rfd, 65536):
+                self.data += chunk
 
     def abandon(self) -> None:
         try:

@@ -23,6 +23,8 @@ import pytest
 from meshkit.cli.node import table
 from meshkit.cluster.api import params as cparams
 from meshkit.cluster.api.nodes import Api
+from meshkit.cluster.model import opgate
+from meshkit.cluster.model import state as cs
 from meshkit.cluster.raft.sealing import PREFIX, Sealer, SealError, new_data_key
 from meshkit.cluster.rpc.pki import NodeIdentity, client_ssl_context, new_node_key_and_csr
 from meshkit.cluster.rpc.tokens import parse_token
@@ -160,13 +162,15 @@ def pair() -> Iterator[Cluster]:
 
 
 def test_each_manager_records_the_raft_entry_kinds_it_applies(pair: Cluster) -> None:
-    """A manager's agent says its build applies batch entries (RAFT_OPS), so the leader may
-    put a tick's joins in one; both managers' records carry it."""
+    """A manager's agent says its build applies batch entries (RAFT_OPS) and every command
+    (meshkit.cluster.model.opgate), so the leader may put a tick's joins in one and commit
+    commands past the gate's baseline; both managers' records carry it."""
     m1 = pair.agents["m1"]
+    wanted = opgate.announced_ops(cs.COMMANDS, ["batch"])
 
     def recorded() -> bool:
         ops = m1.info().get("raft_ops") or {}
-        return len(ops) == 2 and all(v == ["batch"] for v in ops.values())
+        return len(ops) == 2 and all(v == wanted for v in ops.values())
 
     until(recorded, 20, "both managers' raft_ops")
 

@@ -29,6 +29,7 @@ from meshkit import __version__
 from meshkit.base.errors import MeshkitError
 from meshkit.base.files import secure_tree
 from meshkit.cluster.api.nodes import Api
+from meshkit.cluster.model import opgate
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.node.config import NodeConfig, raft_timings_from_env, wipe_node
 from meshkit.cluster.node.heartbeat import Heartbeat
@@ -441,10 +442,11 @@ change)."""
 
 
 async def announce_raft_ops(node: Agent) -> None:
-    """Record in this manager's node record the raft entry kinds its build applies
-    (meshkit.cluster.raft.store.RAFT_OPS), once per start: the leader batches writes only
-    while every manager has."""
-    wanted = sorted(RAFT_OPS)
+    """Record in this manager's node record the commands and raft entry kinds its build
+    applies (meshkit.cluster.model.opgate, meshkit.cluster.raft.store.RAFT_OPS), once per
+    start: the leader batches writes, and commits commands newer than the gate's baseline,
+    only while every manager has."""
+    wanted = opgate.announced_ops(cstate.COMMANDS, RAFT_OPS)
     while not node.stopping and node.is_manager:
         st = node.state
         record = st.nodes.get(node.node_id) if st is not None else None

@@ -32,7 +32,6 @@ import os
 import time
 from typing import Any
 
-from meshkit.cluster.model import clusterops
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft import etcd_keys
 from meshkit.cluster.raft.etcd_http import (
@@ -46,6 +45,8 @@ from meshkit.cluster.raft.store import (
     NoQuorum,
     StoreError,
     UnknownOutcome,
+    check_gate,
+    resendable,
     unknown_text,
 )
 
@@ -205,15 +206,14 @@ class EtcdStore(EtcdReplica):
         if self._closed or self._loop is None:
             raise StoreError("the cluster store is not running")
         deadline = time.monotonic() + (timeout or self.timings.commit_timeout)
+        check_gate(self.state, cmd)
         cmd = {**cmd, "cid": os.urandom(8).hex()}
         op = str(cmd.get("op"))
         try:
             value = json.dumps(cmd)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"cannot store the {op} command: {exc}") from None
-        idempotent = (
-            op in cstate.IDEMPOTENT or op in clusterops.IDEMPOTENT or bool(cmd.get("request_id"))
-        )
+        idempotent = resendable(cmd)
         fut: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         self._by_cid[cmd["cid"]] = fut
         try:

@@ -42,7 +42,7 @@ from typing import Any
 
 from meshkit.base.errors import MeshkitError
 from meshkit.base.files import make_private_dir, secure_tree, write_private
-from meshkit.cluster.model import clusterops
+from meshkit.cluster.model import clusterops, opgate
 from meshkit.cluster.model import state as cstate
 from meshkit.cluster.raft import gcpauses
 from meshkit.cluster.raft.lib import (
@@ -228,6 +228,21 @@ costs the leader an append, a journal write, a send to every follower and a comm
 
 BATCH_MAX = 256
 """Commands in one batch entry at most (5,000 joins at 32 at a time: a few dozen a tick)."""
+
+
+def resendable(cmd: Mapping[str, Any]) -> bool:
+    """Whether a command may be sent again after raft lost track of it: an idempotent one, or
+    one carrying a ``request_id`` (the state applies such a request once)."""
+    op = cmd.get("op")
+    return op in cstate.IDEMPOTENT or op in clusterops.IDEMPOTENT or bool(cmd.get("request_id"))
+
+
+def check_gate(state: cstate.ClusterState, cmd: Mapping[str, Any]) -> None:
+    """CommandError, before the command enters the log, when some manager's build cannot apply
+    it (meshkit.cluster.model.opgate): its state would silently part from the others'."""
+    refused = opgate.refusal(state, str(cmd.get("op")), cstate.COMMANDS)
+    if refused is not None:
+        raise cstate.CommandError(refused)
 
 
 class _Snapshot:
@@ -614,6 +629,7 @@ class RaftStore:
         if self._obj is None or self._loop is None:
             raise StoreError("the raft store is not running")
         deadline = time.monotonic() + (timeout or self.timings.commit_timeout)
+        check_gate(self.state, cmd)
         cmd = {**cmd, "cid": os.urandom(8).hex()}
         while True:
             if self._obj is None:
@@ -640,13 +656,7 @@ class RaftStore:
                 self._by_cid.pop(cmd["cid"], None)
             if err == FAIL_REASON.SUCCESS:
                 break
-            op = cmd.get("op")
-            idempotent = (
-                op in cstate.IDEMPOTENT
-                or op in clusterops.IDEMPOTENT
-                or bool(cmd.get("request_id"))
-            )
-            retry = err in _RETRY or (err in _RETRY_IF_IDEMPOTENT and idempotent)
+            retry = err in _RETRY or (err in _RETRY_IF_IDEMPOTENT and resendable(cmd))
             if retry and time.monotonic() + 0.2 < deadline:
                 await asyncio.sleep(0.2)
                 continue

@@ -54,6 +54,8 @@ def _resolv_signature(path: str) -> tuple[int, int, int] | None:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 UPSTREAM_TIMEOUT = 2.0
 # A TCP client that sends nothing for this long is dropped (RFC 7766 suggests some seconds).
 TCP_IDLE_TIMEOUT = 10.0

@@ -378,11 +378,7 @@ class NodeGateway:
         if not isinstance(data, dict):
             return {}
         # a task whose namespace is gone holds nothing any more
-        return {
-            str(k): str(v)
-            for k, v in data.items()
-            if (TASK_NETNS_DIR / f"mk-{k}").exists()
-        }
+        return {str(k): str(v) for k, v in data.items() if (TASK_NETNS_DIR / f"mk-{k}").exists()}
 
     def _save_book(self) -> None:
         if self._book_path is None:

@@ -39,6 +39,7 @@ _INCLUDED: ParseCache[Template] = ParseCache()
 def _parse_included(name: str, sig: Validator, text: str) -> Template:
     return _INCLUDED.get(name, sig, lambda: Template(name).parse(text))
 
+
 _RACY_NS = 1_000_000_000
 _RANDOM_CHARS = string.ascii_letters + string.digits
 

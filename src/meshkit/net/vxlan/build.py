@@ -81,8 +81,10 @@ ffibuilder.set_source(
     # threads, seal.c AEAD sealing for encrypted networks with libgcrypt (libgcrypt20-dev)
     # where the build finds it, else OpenSSL's libcrypto (libssl-dev)
     sources=[os.path.join(_PKG, "_vxlan.c")]
-    + [os.path.join(_PKG, "csrc", "vxlan", f"{name}.c")
-       for name in ("route", "offload", "datapath", "seal")],
+    + [
+        os.path.join(_PKG, "csrc", "vxlan", f"{name}.c")
+        for name in ("route", "offload", "datapath", "seal")
+    ],
     include_dirs=[os.path.join(_PKG, "includes")],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-Wno-unused-parameter"],
     define_macros=[("VX_SEAL_GCRYPT", "1")] if CRYPTO_LIB == "gcrypt" else [],

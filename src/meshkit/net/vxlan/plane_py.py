@@ -106,8 +106,10 @@ class PyDataplane:
         """Serve ``tap_fd`` as network ``vni``; the fd is made non-blocking, never closed."""
         wire.check_vni(vni)
         if _tap_flags(tap_fd) & IFF_VNET_HDR:
-            raise DataplaneError(f"TAP fd {tap_fd} for VNI {vni} was opened with IFF_VNET_HDR, "
-                                 "which the Python data plane does not read; open it plain")
+            raise DataplaneError(
+                f"TAP fd {tap_fd} for VNI {vni} was opened with IFF_VNET_HDR, "
+                "which the Python data plane does not read; open it plain"
+            )
         with self._lock:
             for net in self._nets.values():
                 if net.vni == vni:

@@ -205,8 +205,17 @@ GSO_TCPV4 = 1
 GSO_UDP_L4 = 5
 GRO_MAX_SEGS = 64
 # what UserspaceDataplane.stats()["offload"] holds, in the order of vx_plane_offload_stats
-OFFLOAD_STATS = ("tso_frames", "gso_sends", "gro_buffers", "gro_writes", "udp_gso", "udp_gro",
-                 "burst_priority", "burst_raises", "tap_uso")
+OFFLOAD_STATS = (
+    "tso_frames",
+    "gso_sends",
+    "gro_buffers",
+    "gro_writes",
+    "udp_gso",
+    "udp_gro",
+    "burst_priority",
+    "burst_raises",
+    "tap_uso",
+)
 _FIN, _SYN, _RST, _PSH, _URG, _CWR = 0x01, 0x02, 0x04, 0x08, 0x20, 0x80
 
 
@@ -284,8 +293,11 @@ def _lone(frame: bytes) -> tuple[bytes, bytes]:
     l4 = len(ip) - ihl
     if ip[9] == 6 and l4 >= 20 and 20 <= (ip[ihl + 12] >> 4) * 4 <= l4:
         at = 16
-    elif ip[9] == 17 and l4 >= 8 and struct.unpack("!HH", ip[ihl + 4 : ihl + 8])[0] == l4 and (
-        ip[ihl + 6 : ihl + 8] != b"\x00\x00"
+    elif (
+        ip[9] == 17
+        and l4 >= 8
+        and struct.unpack("!HH", ip[ihl + 4 : ihl + 8])[0] == l4
+        and (ip[ihl + 6 : ihl + 8] != b"\x00\x00")
     ):
         at = 6
     else:

@@ -33,6 +33,7 @@ import time
 import weakref
 from urllib.parse import urlsplit
 
+from meshkit.web import lanedeps
 from meshkit.web.filecache import Entry, FileCache, Forbidden
 from meshkit.web.message import FileBody, Headers, Request, Response, Validator
 from meshkit.web.mimetypes import DEFAULT_TYPE, sniff, type_by_extension, with_charset
@@ -339,7 +340,11 @@ class FileServer:
             return Response.error(404)
         e = self.cache.lookup(fs)
         if e is None:
-            return Response.error(404)
+            # pinned by the folder that would change if it appeared (lanedeps.missing): the
+            # lane's rule table may keep the 404 (respcache keeps no 404s)
+            missed = Response.error(404)
+            missed.validators = lanedeps.missing(fs, self.prefix, _RACY_NS)
+            return missed
         if not isinstance(e, Entry):
             return Response.error(403)
         if e.real in self.hidden:

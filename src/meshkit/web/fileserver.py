@@ -340,10 +340,11 @@ class FileServer:
             return Response.error(404)
         e = self.cache.lookup(fs)
         if e is None:
-            # pinned by the folder that would change if it appeared (lanedeps.missing): the
-            # lane's rule table may keep the 404 (respcache keeps no 404s)
             missed = Response.error(404)
-            missed.validators = lanedeps.missing(fs, self.prefix, _RACY_NS)
+            if lanedeps.LANE_FILL in req.vars:
+                # for the lane's rule table (respcache keeps no 404s): pinned by the folder
+                # that would change if the file appeared (lanedeps.missing)
+                missed.validators = lanedeps.missing(fs, self.prefix, _RACY_NS)
             return missed
         if not isinstance(e, Entry):
             return Response.error(403)

@@ -18,7 +18,16 @@ import time
 
 from meshkit.web.message import Validator
 
-__all__ = ["merge", "missing", "pin", "sig"]
+__all__ = ["LANE_FILL", "LANE_FILL_LOGGED", "LANE_FILL_TRYING", "merge", "missing", "pin", "sig"]
+
+# request.vars' mark of a run by the lane's rule table (ruletable.fill): the pins here are
+# made only then (the chain's own answers would pay a failing lstat(2) or two per 404 for
+# validators nothing else keeps: respcache keeps no 404s, and the router clears validators
+# on `ext` sites), and an error log line is not written then but marks the run LOGGED (its
+# answer is not kept; the chain runs the request again and writes the line)
+LANE_FILL = "lane.fill"
+LANE_FILL_TRYING = "trying"
+LANE_FILL_LOGGED = "logged"
 
 
 def sig(path: str, racy_ns: int, st: os.stat_result | None = None) -> Validator | None:

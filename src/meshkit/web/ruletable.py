@@ -36,7 +36,7 @@ a `basicauth` pass by an htpasswd entry adds the file as last read (htpasswd.Htp
 so a bcrypt check, which the chain runs in a thread, is never run here: the key's answer is
 kept once basicauth remembers the credentials, a second later at the soonest). An answer
 whose run would write an error-log line (a missing errors page, a failure) is never kept:
-`fill` marks its request (errors.LANE_FILL), the errors handler then writes nothing, and
+`fill` marks its request (lanedeps.LANE_FILL), the errors handler then writes nothing, and
 the chain runs the request again and writes the line. The chain stays the twin:
 tests/web/test_lane_rules.py and test_rule_coverage.py compare the two over generated
 requests, sites and file changes.
@@ -54,8 +54,8 @@ from typing import Any
 
 from meshkit.web import filewatch, http1
 from meshkit.web.directives.basicauth import HTPASSWD_PREFIX
-from meshkit.web.directives.errors import LANE_FILL, LANE_FILL_TRYING
 from meshkit.web.directives.redir import location
+from meshkit.web.lanedeps import LANE_FILL, LANE_FILL_TRYING
 from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
 from meshkit.web.paths import clamp_path
 from meshkit.web.placeholders import HEAD_BUILTINS, Conditions, Template, compile_template

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from meshkit.web import fileserver, lanedeps
 from meshkit.web.caddyfile.tokens import CaddyfileError, Dispenser
 from meshkit.web.directives import register
+from meshkit.web.lanedeps import LANE_FILL, LANE_FILL_LOGGED
 from meshkit.web.logfile import (
     ROLLER_OPTIONS,
     LogSink,
@@ -56,11 +57,6 @@ from meshkit.web.placeholders import format_when
 from meshkit.web.site import Site
 
 MAX_PAGE = 1024 * 1024
-# request.vars' mark of a run by the lane's rule table (ruletable.fill), and its value once
-# the run had an error log line to write (then dropped, see log_error)
-LANE_FILL = "lane.fill"
-LANE_FILL_TRYING = "trying"
-LANE_FILL_LOGGED = "logged"
 
 
 @dataclass

@@ -47,16 +47,20 @@ def build(config: list[str], next: Handler, site: Site) -> Handler:
             return next(req)
         # what the extensions tried before the one taken are (missing, a folder...): the
         # answer depends on their staying so (lanedeps), besides the file server's own
+        # (made only for the table: see lanedeps.LANE_FILL)
+        pins = lanedeps.LANE_FILL in req.vars
         deps: tuple[Validator, ...] | None = ()
         for ext in exts:
             e = files.lookup(base + ext)
             if isinstance(e, Entry) and not e.is_dir:
                 req.path = p + ext
                 break
-            deps = lanedeps.merge(deps, lanedeps.pin(base + ext, files.prefix, _racy_ns()))
+            if pins:
+                deps = lanedeps.merge(deps, lanedeps.pin(base + ext, files.prefix, _racy_ns()))
         result = next(req)
         if isinstance(result, Response) and result.validators is not None:
-            result.validators = lanedeps.merge(result.validators, deps)
+            # without pins: not an answer for the table, and the router clears them anyway
+            result.validators = lanedeps.merge(result.validators, deps if pins else None)
         return result
 
     return ext_handler

@@ -28,6 +28,9 @@ to the server core; wrk (``-t1 -c64``) runs alone on the client core. Cases:
    (the 120-byte about.html)                                  requests/s   goal >= 1.0x nginx
 9. errpage ``GET /nope`` on that site: the 404 page (a 404 with 404.html's bytes)
                                                               requests/s   (Caddy 2 not run)
+10. authfile ``GET /priv/page`` with Basic credentials on that site: meshkit ``basicauth /priv
+   bench htpasswd=.htpasswd`` (a {SHA} entry) + ``ext`` against nginx ``auth_basic_user_file``
+   (the same file) + ``try_files``                          requests/s   (Caddy 2 not run)
 
 ``--no-respcache`` starts meshkit with MESHKIT_NO_RESPCACHE=1: every request runs the
 handlers (what a client that never repeats its exact request head gets), so the handler
@@ -72,6 +75,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import http.client
 import json
 import math
@@ -186,6 +191,16 @@ CASES = (
         ("nginx", "meshkit"),
     ),
     Case(
+        "authfile",
+        "basicauth htpasswd= + ext: /priv/page",
+        "/priv/page",
+        "req/s",
+        None,
+        ("Authorization: Basic YmVuY2g6czNjcmV0",),  # bench:s3cret
+        True,
+        ("nginx", "meshkit"),
+    ),
+    Case(
         "errpage",
         "ext .html + errors: 404 page",
         "/nope",
@@ -201,7 +216,7 @@ MARKDOWN_SIZE = 20 * 1024
 RULE_PORTS: dict[str, int] = {}
 # the ext/errors site of the "extsite" and "errpage" cases: a third one, on its own port
 EXT_PORTS: dict[str, int] = {}
-EXT_CASES = ("extsite", "errpage")
+EXT_CASES = ("extsite", "errpage", "authfile")
 ERROR_PAGE = b"<!doctype html><title>not here</title><p>no such page</p>\n"
 
 
@@ -230,6 +245,10 @@ def make_site(root: Path) -> None:
     ext.mkdir(exist_ok=True)
     (ext / "about.html").write_bytes(small[: SMALL_SIZE - 5] + b"</p>\n")
     (ext / "404.html").write_bytes(ERROR_PAGE)
+    (ext / "priv").mkdir(exist_ok=True)
+    (ext / "priv" / "page.html").write_bytes(small[: SMALL_SIZE - 5] + b"</p>\n")
+    sha = base64.b64encode(hashlib.sha1(b"s3cret").digest()).decode()
+    (ext / ".htpasswd").write_text(f"bench:{{SHA}}{sha}\n")
 
 
 def make_markdown(root: Path) -> None:
@@ -307,6 +326,11 @@ def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
         root {root}/extsite;
         error_page 404 /404.html;
         location / {{ try_files $uri $uri.html =404; }}
+        location /priv/ {{
+            auth_basic "Restricted";
+            auth_basic_user_file {root}/extsite/.htpasswd;
+            try_files $uri $uri.html =404;
+        }}
     }}
 """,
     )
@@ -354,7 +378,8 @@ def meshkit_command(args: argparse.Namespace, port: int, root: Path, tmp: Path) 
         "    redir /old /new 301\n    rewrite ^/page$ /index.html\n"
         f"    basicauth / bench s3cret\n    log / {tmp / 'rules.log'}\n}}\n"
         f"{HOST}:{ext} {{\n    root {root / 'extsite'}\n    ext .html\n"
-        "    errors {\n        404 404.html\n    }\n}\n"
+        "    errors {\n        404 404.html\n    }\n"
+        "    basicauth /priv bench htpasswd=.htpasswd\n}\n"
     )
     return [*prefix, "web", "-conf", str(conf), "-quiet"]
 
@@ -411,7 +436,7 @@ def check(port: int, name: str, case: Case) -> None:
         problem = "the listing lacks file-0199.txt"
     elif case.key == "markdown" and b"<title>The markdown bench page</title>" not in body:
         problem = "the page is not the rendered Markdown"
-    elif case.key == "extsite" and len(body) != SMALL_SIZE:
+    elif case.key in ("extsite", "authfile") and len(body) != SMALL_SIZE:
         problem = f"{len(body)} bytes, expected about.html's {SMALL_SIZE}"
     elif case.key == "rules" and (len(body) != SMALL_SIZE or frame != "DENY"):
         problem = f"{len(body)} bytes and X-Frame-Options {frame!r}: the rules did not run"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import bcrypt
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from meshkit._ext import load_fastpath
@@ -224,9 +224,19 @@ def raw(method: str, path: str, version: str, extra: str, close: bool) -> bytes:
     return f"{method} {path} HTTP/{version}\r\nHost: t.example\r\n{more}\r\n".encode()
 
 
+def _get(path: str, extra: str = "") -> list[Req]:
+    return [("GET", path, "1.1", extra, 2, False)]
+
+
 @needs_lane
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(step_st, min_size=1, max_size=6))
+# what each pin is for: a missed extension appearing, a missing file appearing, the page
+# going, a protected file appearing
+@example([_get("/guide"), "guide.html", _get("/guide"), "guide.html", _get("/guide")])
+@example([_get("/missing"), "missing.html", _get("/missing"), "missing.html", _get("/missing")])
+@example([_get("/nope"), "404.html", _get("/nope"), "404.html", _get("/nope")])
+@example([_get("/priv/x.html", basic("alice", "wonder")), "priv/x.html"] * 2)
 def test_table_answers_like_the_chain(pair: Pair, steps: list[list[Req] | str]) -> None:
     for step in steps:
         if isinstance(step, str):

@@ -27,6 +27,7 @@ from meshkit.web.caddyfile.load import load_text
 from meshkit.web.router import Router
 from support.httpserver_util import Reader, ServerThread, connect
 from support.lanediff import Req, log_lines, plan_of, run
+from support.polling import wait_until
 
 _fastpath = load_fastpath()
 HAVE_LANE = _fastpath is not None and hasattr(_fastpath, "Lane") and lane.LANE is not None
@@ -248,9 +249,10 @@ def test_table_answers_like_the_chain(pair: Pair, steps: list[list[Req] | str]) 
         pair.lines += len(got_c[0])
         log_c = log_lines(pair.base / "c" / "access.log", pair.lines)
         assert log_c == log_lines(pair.base / "py" / "access.log", pair.lines)
-    assert _error_lines(pair.base / "c" / "error.log") == _error_lines(
-        pair.base / "py" / "error.log"
-    )
+    # (lines are flushed from each server's loop after the answer: wait for both)
+    err_c, err_py = pair.base / "c" / "error.log", pair.base / "py" / "error.log"
+    wait_until(lambda: _error_lines(err_c) == _error_lines(err_py), timeout=3.0)
+    assert _error_lines(err_c) == _error_lines(err_py)
 
 
 def _answers(server: ServerThread, heads: list[bytes]) -> list[tuple[int, bytes]]:
@@ -325,8 +327,8 @@ def test_a_missing_error_page_logs_each_time(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert got == [(404, b"404 Not Found\n")] * 3
+    wait_until(lambda: len(_error_lines(tmp_path / "error.log")) >= 3, timeout=3.0)
     lines = _error_lines(tmp_path / "error.log")
-    assert len(lines) == 3
     assert lines == ["[ERROR 404 /missing] cannot read error page BASE/www/nope.html"] * 3
 
 

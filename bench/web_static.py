@@ -137,6 +137,7 @@ class Case:
     only: tuple[str, ...] = ()  # when set, the targets this case runs against
 
 
+_NM = ("nginx", "meshkit")  # cases run against these two only
 CASES = (
     Case("small", f"{SMALL_SIZE}-byte index.html (GET /)", "/", "req/s", 1.0),
     Case("large", "1 MiB file", "/1mib.bin", "GB/s", 0.9),
@@ -180,16 +181,8 @@ CASES = (
         True,  # the file server's redirect: not in --meshkit-mode server
         ("nginx", "meshkit"),
     ),
-    Case(
-        "extsite",
-        "ext .html + errors: /about",
-        "/about",
-        "req/s",
-        1.0,
-        (),
-        True,
-        ("nginx", "meshkit"),
-    ),
+    # a third site per target (EXT_PORTS): ext + errors + basicauth with an htpasswd file
+    Case("extsite", "ext .html + errors: /about", "/about", "req/s", 1.0, (), True, _NM),
     Case(
         "authfile",
         "basicauth htpasswd= + ext: /priv/page",
@@ -198,18 +191,9 @@ CASES = (
         None,
         ("Authorization: Basic YmVuY2g6czNjcmV0",),  # bench:s3cret
         True,
-        ("nginx", "meshkit"),
+        _NM,
     ),
-    Case(
-        "errpage",
-        "ext .html + errors: 404 page",
-        "/nope",
-        "req/s",
-        None,
-        (),
-        True,
-        ("nginx", "meshkit"),
-    ),
+    Case("errpage", "ext .html + errors: 404 page", "/nope", "req/s", None, (), True, _NM),
 )
 MARKDOWN_SIZE = 20 * 1024
 # the rule site of the "rules" case: a second server block / site, on its own port per target

@@ -23,6 +23,14 @@ to the server core; wrk (``-t1 -c64``) runs alone on the client core. Cases:
    redirect with no body, remembered with the index file as its validator) against nginx
    ``location = /canon/index.html { return 301 /canon/; }``   requests/s   goal >= 1.0x nginx
    (Caddy 2 not run for this case)
+8. extsite ``GET /about`` on a third site: meshkit ``ext .html`` + ``errors { 404 404.html }``
+   against nginx ``try_files $uri $uri.html =404`` + ``error_page 404 /404.html``
+   (the 120-byte about.html)                                  requests/s   goal >= 1.0x nginx
+9. errpage ``GET /nope`` on that site: the 404 page (a 404 with 404.html's bytes)
+                                                              requests/s   (Caddy 2 not run)
+10. authfile ``GET /priv/page`` with Basic credentials on that site: meshkit ``basicauth /priv
+   bench htpasswd=.htpasswd`` (a {SHA} entry) + ``ext`` against nginx ``auth_basic_user_file``
+   (the same file) + ``try_files``                          requests/s   (Caddy 2 not run)
 
 ``--no-respcache`` starts meshkit with MESHKIT_NO_RESPCACHE=1: every request runs the
 handlers (what a client that never repeats its exact request head gets), so the handler
@@ -67,6 +75,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import http.client
 import json
 import math
@@ -127,6 +137,7 @@ class Case:
     only: tuple[str, ...] = ()  # when set, the targets this case runs against
 
 
+_NM = ("nginx", "meshkit")  # cases run against these two only
 CASES = (
     Case("small", f"{SMALL_SIZE}-byte index.html (GET /)", "/", "req/s", 1.0),
     Case("large", "1 MiB file", "/1mib.bin", "GB/s", 0.9),
@@ -170,10 +181,27 @@ CASES = (
         True,  # the file server's redirect: not in --meshkit-mode server
         ("nginx", "meshkit"),
     ),
+    # a third site per target (EXT_PORTS): ext + errors + basicauth with an htpasswd file
+    Case("extsite", "ext .html + errors: /about", "/about", "req/s", 1.0, (), True, _NM),
+    Case(
+        "authfile",
+        "basicauth htpasswd= + ext: /priv/page",
+        "/priv/page",
+        "req/s",
+        None,
+        ("Authorization: Basic YmVuY2g6czNjcmV0",),  # bench:s3cret
+        True,
+        _NM,
+    ),
+    Case("errpage", "ext .html + errors: 404 page", "/nope", "req/s", None, (), True, _NM),
 )
 MARKDOWN_SIZE = 20 * 1024
 # the rule site of the "rules" case: a second server block / site, on its own port per target
 RULE_PORTS: dict[str, int] = {}
+# the ext/errors site of the "extsite" and "errpage" cases: a third one, on its own port
+EXT_PORTS: dict[str, int] = {}
+EXT_CASES = ("extsite", "errpage", "authfile")
+ERROR_PAGE = b"<!doctype html><title>not here</title><p>no such page</p>\n"
 
 
 # --------------------------------------------------------------------------- content
@@ -197,6 +225,14 @@ def make_site(root: Path) -> None:
     make_markdown(root)
     (root / "canon").mkdir(exist_ok=True)  # the "redirect" case's folder and its index file
     (root / "canon" / "index.html").write_bytes(small[: SMALL_SIZE - 5] + b"</p>\n")
+    ext = root / "extsite"  # the "extsite" and "errpage" cases' root
+    ext.mkdir(exist_ok=True)
+    (ext / "about.html").write_bytes(small[: SMALL_SIZE - 5] + b"</p>\n")
+    (ext / "404.html").write_bytes(ERROR_PAGE)
+    (ext / "priv").mkdir(exist_ok=True)
+    (ext / "priv" / "page.html").write_bytes(small[: SMALL_SIZE - 5] + b"</p>\n")
+    sha = base64.b64encode(hashlib.sha1(b"s3cret").digest()).decode()
+    (ext / ".htpasswd").write_text(f"bench:{{SHA}}{sha}\n")
 
 
 def make_markdown(root: Path) -> None:
@@ -238,6 +274,7 @@ def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
     (prefix / "logs").mkdir(parents=True)
     port = free_port()
     rules = RULE_PORTS["nginx"] = free_port()
+    ext = EXT_PORTS["nginx"] = free_port()
     conf = write_nginx_conf(
         prefix,
         f"""    sendfile on;
@@ -266,6 +303,17 @@ def start_nginx(procs: Procs, core: int | None, root: Path) -> int:
             auth_basic "Restricted";
             auth_basic_user_file {prefix}/htpasswd;
             rewrite ^/page$ /index.html break;
+        }}
+    }}
+    server {{
+        listen {HOST}:{ext} backlog=4096;
+        root {root}/extsite;
+        error_page 404 /404.html;
+        location / {{ try_files $uri $uri.html =404; }}
+        location /priv/ {{
+            auth_basic "Restricted";
+            auth_basic_user_file {root}/extsite/.htpasswd;
+            try_files $uri $uri.html =404;
         }}
     }}
 """,
@@ -306,12 +354,16 @@ def meshkit_command(args: argparse.Namespace, port: int, root: Path, tmp: Path) 
         return [sys.executable, os.path.abspath(__file__), "--serve", str(port), str(root)]
     conf = tmp / "Caddyfile"
     rules = RULE_PORTS["meshkit"] = free_port()
+    ext = EXT_PORTS["meshkit"] = free_port()
     conf.write_text(
         f"{HOST}:{port} {{\n    root {root}\n    gzip\n    browse /dir\n    markdown /md\n}}\n"
         f"{HOST}:{rules} {{\n    root {root}\n"
         "    header / X-Frame-Options DENY\n    header / X-Content-Type-Options nosniff\n"
         "    redir /old /new 301\n    rewrite ^/page$ /index.html\n"
         f"    basicauth / bench s3cret\n    log / {tmp / 'rules.log'}\n}}\n"
+        f"{HOST}:{ext} {{\n    root {root / 'extsite'}\n    ext .html\n"
+        "    errors {\n        404 404.html\n    }\n"
+        "    basicauth /priv bench htpasswd=.htpasswd\n}\n"
     )
     return [*prefix, "web", "-conf", str(conf), "-quiet"]
 
@@ -349,7 +401,10 @@ def check(port: int, name: str, case: Case) -> None:
     except (OSError, http.client.HTTPException) as exc:
         raise BenchError(f"GET {case.path} via {name} on {HOST}:{port} failed: {exc!r}") from exc
     problem = ""
-    if case.key == "redirect":
+    if case.key == "errpage":
+        if resp.status != 404 or body != ERROR_PAGE:
+            problem = f"status {resp.status}, {len(body)} bytes: expected 404.html's 404"
+    elif case.key == "redirect":
         location = resp.getheader("Location") or ""
         if resp.status != 301 or not location.endswith("/canon/"):
             problem = f"status {resp.status}, Location {location!r}: expected a 301 to /canon/"
@@ -365,6 +420,8 @@ def check(port: int, name: str, case: Case) -> None:
         problem = "the listing lacks file-0199.txt"
     elif case.key == "markdown" and b"<title>The markdown bench page</title>" not in body:
         problem = "the page is not the rendered Markdown"
+    elif case.key in ("extsite", "authfile") and len(body) != SMALL_SIZE:
+        problem = f"{len(body)} bytes, expected about.html's {SMALL_SIZE}"
     elif case.key == "rules" and (len(body) != SMALL_SIZE or frame != "DENY"):
         problem = f"{len(body)} bytes and X-Frame-Options {frame!r}: the rules did not run"
     if problem:
@@ -443,6 +500,8 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
             case_ports = {n: p for n, p in ports.items() if not case.only or n in case.only}
             if case.key == "rules":
                 case_ports = {n: RULE_PORTS[n] for n in case_ports}
+            elif case.key in EXT_CASES:
+                case_ports = {n: EXT_PORTS[n] for n in case_ports}
             for name, port in case_ports.items():
                 check(port, name, case)
                 run_case(port, case, 1, args.client_core, args.connections)  # warm-up

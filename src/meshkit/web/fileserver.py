@@ -33,6 +33,7 @@ import time
 import weakref
 from urllib.parse import urlsplit
 
+from meshkit.web import lanedeps
 from meshkit.web.filecache import Entry, FileCache, Forbidden
 from meshkit.web.message import FileBody, Headers, Request, Response, Validator
 from meshkit.web.mimetypes import DEFAULT_TYPE, sniff, type_by_extension, with_charset
@@ -339,7 +340,12 @@ class FileServer:
             return Response.error(404)
         e = self.cache.lookup(fs)
         if e is None:
-            return Response.error(404)
+            missed = Response.error(404)
+            if lanedeps.LANE_FILL in req.vars:
+                # for the lane's rule table (respcache keeps no 404s): pinned by the folder
+                # that would change if the file appeared (lanedeps.missing)
+                missed.validators = lanedeps.missing(fs, self.prefix, _RACY_NS)
+            return missed
         if not isinstance(e, Entry):
             return Response.error(403)
         if e.real in self.hidden:

@@ -207,6 +207,9 @@ class _Loaded:
     mtime_ns: int
     size: int
     users: dict[str, str]
+    # (path, st_ino, st_dev, st_size, st_mtime_ns, st_ctime_ns) of the stat taken before
+    # the read: the users above are what the file held while it stats so (a message.Validator)
+    sig: tuple[str, int, int, int, int, int] | None = None
 
 
 class HtpasswdFile:
@@ -227,8 +230,20 @@ class HtpasswdFile:
             # callers catch OSError (and keep the users they had)
             raise OSError(exc.reason) from None
         users = parse(data.decode("utf-8", "surrogateescape"), self.path)
-        self._loaded = _Loaded(st.st_mtime_ns, st.st_size, users)
+        sig = (self.path, st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        self._loaded = _Loaded(st.st_mtime_ns, st.st_size, users, sig)
         return users
+
+    def validator(self, racy_ns: int) -> tuple[str, int, int, int, int, int] | None:
+        """The file as a response validator for the users read last: an answer decided by
+        them holds while the file stats the same (the lane's rule table keeps it so); None
+        when nothing was read or the file had changed within `racy_ns` of now."""
+        loaded = self._loaded
+        if loaded is None or loaded.sig is None:
+            return None
+        if time.time_ns() - max(loaded.sig[4], loaded.sig[5]) <= racy_ns:
+            return None
+        return loaded.sig
 
     def users(self, now: float | None = None) -> dict[str, str]:
         t = time.monotonic() if now is None else now

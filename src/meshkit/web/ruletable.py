@@ -6,8 +6,9 @@ compiled into it. The decision is made once per site, when the lane first sees t
 handler (a Router; again after a reload): a site is compiled when every directive it has is
 one the table can express (LANE_DIRECTIVES) in a form it can express (`header` values,
 `redir` and `rewrite` destinations and their `if`s whose placeholders are all functions of
-the key: the target's, the Host's, regexp groups, {user}; see _KEY_BUILTINS; `basicauth`
-with plain passwords, `log` formats whose placeholders are all in LOG_NAMES, no ipmask);
+the key: the target's, the Host's, regexp groups, {user}; see _KEY_BUILTINS; `log` formats
+whose placeholders are all in LOG_NAMES, no ipmask; `basicauth` with passwords or htpasswd
+files, `ext` and `errors` as they are);
 `browse` and `markdown` scopes are kept as path prefixes the lane leaves to the chain.
 
 For such a site the answer to a request is a function of a few things the lane reads from
@@ -25,9 +26,20 @@ sets them, then the lane stats each validator once): the lane looks for queued e
 before each answer, and an event that touches one of them sends it back to a stat and a new
 arming; where watches cannot be set or trusted, one stat(2) per validator per request as
 before (MESHKIT_FILE_WATCH=0 forces that). A response without
-validators is kept only when it is a `redir` 301 (a function of the path alone); anything
-else (a 404, a 401, an awaitable) is the chain's every time. The chain stays the twin:
-tests/web/test_lane_rules.py compares the two over generated requests and sites.
+validators is kept only when it is a `redir` 301 (a function of the path alone, and not
+behind an htpasswd file); anything else (a 401, an awaitable) is the chain's every time.
+
+What the validators pin besides the file served (meshkit.web.lanedeps): a 404 of a missing
+file is pinned by the deepest folder on its way (kept here, _ERROR_CODES, though respcache
+keeps none); `ext` adds the extensions it tried and missed; an `errors` page adds the page;
+a `basicauth` pass by an htpasswd entry adds the file as last read (htpasswd.HtpasswdFile:
+so a bcrypt check, which the chain runs in a thread, is never run here: the key's answer is
+kept once basicauth remembers the credentials, a second later at the soonest). An answer
+whose run would write an error-log line (a missing errors page, a failure) is never kept:
+`fill` marks its request (lanedeps.LANE_FILL), the errors handler then writes nothing, and
+the chain runs the request again and writes the line. The chain stays the twin:
+tests/web/test_lane_rules.py and test_rule_coverage.py compare the two over generated
+requests, sites and file changes.
 
 MESHKIT_LANE_RULES=0 turns the table off (the lane then answers only from the response
 cache); MESHKIT_LANE=0 or MESHKIT_NO_EXTENSIONS=1 turn the whole lane off.
@@ -43,6 +55,7 @@ from typing import Any
 from meshkit.web import filewatch, http1
 from meshkit.web.directives.basicauth import HTPASSWD_PREFIX
 from meshkit.web.directives.redir import location
+from meshkit.web.lanedeps import LANE_FILL, LANE_FILL_TRYING
 from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
 from meshkit.web.paths import clamp_path
 from meshkit.web.placeholders import HEAD_BUILTINS, Conditions, Template, compile_template
@@ -85,6 +98,9 @@ LANE_DIRECTIVES = frozenset(
         "log",
         "status",  # its answers carry no validators: never kept
         "internal",  # its 404s are never kept; a file answer has no X-Accel-Redirect
+        "ext",  # pins the extensions it tried and missed (lanedeps)
+        "errors",  # a page replacing a pinned 404 is pinned to the page too; error log
+        # lines are never replayed (an answer that wrote one is never kept)
     }
 )
 
@@ -111,6 +127,10 @@ LOG_NAMES = frozenset(
 ENABLED = os.environ.get("MESHKIT_LANE_RULES", "").strip().lower() not in ("0", "off", "no")
 
 _REDIR_CODES = frozenset({301})  # what respcache keeps besides 200/206/304
+# error answers kept here (respcache keeps none): the file server's 404 of a missing file,
+# pinned by lanedeps.missing, or the errors page that replaced it (pinned to the page too)
+_ERROR_CODES = frozenset({404})
+_MAX_ERROR_BODY = 256 << 10  # an errors page kept in memory (a larger one: the chain's)
 _MAX_ENTRIES = 512  # per site (respcache.ResponseCache's bounds)
 _SLACK = 64  # tickets of answers gone kept before a sweep (SiteRules.tickets)
 
@@ -127,6 +147,7 @@ class SiteRules:
         "python_prefixes",
         "redirect_templates",
         "redirects",
+        "redirects_kept",
         "tickets",
     )
 
@@ -136,11 +157,15 @@ class SiteRules:
         python_prefixes: tuple[str, ...],
         redirects: frozenset[str],
         redirect_templates: tuple[Template, ...] = (),
+        redirects_kept: bool = True,
     ) -> None:
         self.handler = handler
         self.python_prefixes = python_prefixes
         self.redirects = redirects  # the Location values of the site's literal redir rules
         self.redirect_templates = redirect_templates  # and of those with placeholders
+        # whether a redir answer (no validators) is a function of the key and config alone:
+        # not behind a basicauth whose htpasswd file may change
+        self.redirects_kept = redirects_kept
         self.answers = ResponseCache(max_entries=_MAX_ENTRIES)
         self.tickets: dict[bytes, tuple[CachedResponse, filewatch.Ticket | None]] = {}
 
@@ -201,8 +226,6 @@ def _expressible(name: str, config: Any) -> bool:
         return all(
             _keyed_ifs(r.conditions) and len(r.to) == 1 and _keyed(r.to[0]) for r in rules or ()
         )
-    if name == "basicauth":
-        return all(not r.password.startswith(HTPASSWD_PREFIX) for r in rules or ())
     if name == "log":
         for entry in getattr(config, "entries", None) or ():
             if entry.ipmask_v4 or entry.ipmask_v6:
@@ -239,11 +262,15 @@ def site_rules(site: Any, handler: Any) -> SiteRules | None:
     tos = [compile_template(r.to) for r in getattr(redir, "rules", None) or ()]
     targets = frozenset(t.static for t in tos if t.static is not None)
     templated = tuple(t for t in tos if t.static is None)
-    return SiteRules(handler, tuple(dict.fromkeys(prefixes)), targets, templated)
+    auth = directives.get("basicauth")
+    files = any(r.password.startswith(HTPASSWD_PREFIX) for r in getattr(auth, "rules", None) or ())
+    return SiteRules(handler, tuple(dict.fromkeys(prefixes)), targets, templated, not files)
 
 
 def _is_redirect(rules: SiteRules, request: Request, response: Response) -> bool:
     """Whether `response` is a `redir` rule's 301 (a function of the key and the config)."""
+    if not rules.redirects_kept:
+        return False
     if response.status not in _REDIR_CODES or isinstance(response.body, FileBody):
         return False
     got = response.headers.get("Location")
@@ -324,6 +351,24 @@ def _release(body: Any) -> None:
         release()
 
 
+def _error_entry(response: Response, method: str, request: Request) -> CachedResponse | None:
+    """A kept error answer (_ERROR_CODES; an in-memory body, the default page or the errors
+    directive's), as ResponseCache.make keeps the statuses it takes."""
+    body = response.body
+    if type(body) is not bytes or response.close or response.validators is None:
+        return None
+    if len(body) > _MAX_ERROR_BODY:
+        return None
+    send = http1.body_allowed(response.status, method)
+    headers = Headers(response.headers.items())
+    entry = CachedResponse(
+        response.status, headers, "1.1", body if send else b"", len(body), response.validators
+    )
+    if request.on_complete:
+        entry.attach(request, response)
+    return entry
+
+
 def fill(
     rules: SiteRules,
     key: bytes,
@@ -356,6 +401,7 @@ def fill(
         conn._local_port,
         time.time(),
     )
+    request.vars[LANE_FILL] = LANE_FILL_TRYING  # (an error log line is not written: see errors)
     try:
         result = rules.handler(request)
     except Exception:  # the chain runs it again and answers (and logs) its failure
@@ -365,13 +411,19 @@ def fill(
         if close is not None:
             close()  # a coroutine never awaited: the chain runs it again for real
         return None
+    if request.vars.pop(LANE_FILL, None) != LANE_FILL_TRYING:
+        _release(result.body)
+        return None  # an error log line to write: the chain's run writes it
     if result.validators is None:
         # a redir answer is a function of the key alone: valid as long as the config is
         if not _is_redirect(rules, request, result):
             _release(result.body)
             return None
         result.validators = ()
-    entry = ResponseCache.make(result, "1.1", method, request)
+    if result.status in _ERROR_CODES:
+        entry = _error_entry(result, method, request)
+    else:
+        entry = ResponseCache.make(result, "1.1", method, request)
     _release(result.body)  # the entry holds its own reference
     if entry is None:
         return None

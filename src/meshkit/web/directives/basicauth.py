@@ -33,7 +33,7 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from meshkit.web import htpasswd
+from meshkit.web import fileserver, htpasswd
 from meshkit.web.caddyfile.tokens import Dispenser
 from meshkit.web.directives import register
 from meshkit.web.message import Handler, HandlerResult, Headers, Request, Response
@@ -201,7 +201,7 @@ class BasicAuth:
             seen = _digest(raw)
             for rule in matching:
                 if rule.header_digest is not None and hmac.compare_digest(seen, rule.header_digest):
-                    return self._pass(request, rule.username)
+                    return self._pass(request, rule.username, rule)
         given = credentials(request)
         if given is None:
             return self._deny(matching)
@@ -215,7 +215,7 @@ class BasicAuth:
             if rule.file is None:
                 checked = True
                 if hmac.compare_digest(_digest(password), rule.password_digest):
-                    return self._pass(request, user)
+                    return self._pass(request, user, rule)
                 continue
             entry = rule.entry()
             if entry is None:
@@ -223,10 +223,10 @@ class BasicAuth:
             checked = True
             if htpasswd.is_slow(entry):
                 if self._remembered(rule, entry, password):
-                    return self._pass(request, user)
+                    return self._pass(request, user, rule)
                 slow.append((rule, entry))
             elif htpasswd.verify(entry, password):
-                return self._pass(request, user)
+                return self._pass(request, user, rule)
         if slow:
             return self._check_later(request, matching, user, password, slow)
         if not checked:
@@ -283,15 +283,21 @@ class BasicAuth:
             ok = await loop.run_in_executor(None, htpasswd.verify, entry, password)
             if ok:
                 self._remember(rule, entry, password)
-                result = self._pass(request, user)
+                result = self._pass(request, user, rule)
                 if isinstance(result, Response):
                     return result
                 return await result
         return self._deny(matching)
 
-    def _pass(self, request: Request, user: str) -> HandlerResult:
+    def _pass(self, request: Request, user: str, rule: _Rule) -> HandlerResult:
         request.vars["user"] = user
-        return self.next(request)
+        result = self.next(request)
+        if rule.file is not None and isinstance(result, Response) and result.validators:
+            # passed by the file's entry as last read: the answer holds while the file
+            # stats the same (the lane's rule table keeps it per Authorization value)
+            sig = rule.file.validator(fileserver._RACY_NS)
+            result.validators = None if sig is None else (*result.validators, sig)
+        return result
 
     def _deny(self, matching: list[_Rule]) -> Response:
         realm = matching[-1].realm

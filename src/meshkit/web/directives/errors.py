@@ -16,7 +16,9 @@
 
 Responses made by Response.error() (default_error=True) are replaced by the page for their
 code (or `*`), served from the site root with the original status and the original headers
-(WWW-Authenticate, Allow...). A handler that raises is answered 500 and the error goes to the
+(WWW-Authenticate, Allow...). A replaced answer pinned to files (the file server's 404 of a
+missing file) keeps its validators with the page's own: the lane's rule table keeps it.
+A handler that raises is answered 500 and the error goes to the
 error log (stderr unless a FILE is given) as `<time> [ERROR 500 /path] <error>`; with
 `visible` the traceback is also the body of the response (for development only).
 """
@@ -29,8 +31,10 @@ import traceback
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
+from meshkit.web import fileserver, lanedeps
 from meshkit.web.caddyfile.tokens import CaddyfileError, Dispenser
 from meshkit.web.directives import register
+from meshkit.web.lanedeps import LANE_FILL, LANE_FILL_LOGGED
 from meshkit.web.logfile import (
     ROLLER_OPTIONS,
     LogSink,
@@ -46,6 +50,7 @@ from meshkit.web.message import (
     Headers,
     Request,
     Response,
+    Validator,
 )
 from meshkit.web.mimetypes import type_by_extension
 from meshkit.web.placeholders import format_when
@@ -186,6 +191,11 @@ class ErrorHandler:
         return self.replace(request, Response.error(500))
 
     def log_error(self, request: Request, status: int, error: BaseException | str) -> None:
+        if LANE_FILL in request.vars:
+            # the lane's rule table trying the request (ruletable.fill): that answer is not
+            # kept, and the chain runs the request again and writes the line then
+            request.vars[LANE_FILL] = LANE_FILL_LOGGED
+            return
         message = str(error) if isinstance(error, str) else f"{type(error).__name__}: {error}"
         message = message.replace("\n", "\\n")
         self.log.write(f"{format_when(time.time())} [ERROR {status} {request.path}] {message}")
@@ -195,23 +205,37 @@ class ErrorHandler:
         page = self.pages.get(str(response.status), self.default_page)
         if page is None:
             return response
-        body = self._read(page)
-        if body is None:
+        got = self._read(page)
+        if got is None:
             self.log_error(request, response.status, f"cannot read error page {page}")
+            response.validators = None  # its log line is written each time: never kept
             return response
+        body, page_sig = got
         headers = response.headers.copy()
         for name in ("Content-Type", "Content-Length", "X-Content-Type-Options", "ETag"):
             headers.remove(name)
         ctype = type_by_extension(page, self.mime) or "text/html; charset=utf-8"
         headers.set("Content-Type", ctype)
-        return Response(status=response.status, headers=headers, body=body, close=response.close)
+        # an answer pinned to files (a 404 of a missing file) stays pinned, to the page too
+        validators = response.validators
+        if validators is not None:
+            validators = lanedeps.merge(validators, None if page_sig is None else (page_sig,))
+        return Response(
+            status=response.status,
+            headers=headers,
+            body=body,
+            close=response.close,
+            validators=validators,
+        )
 
-    def _read(self, path: str) -> bytes | None:
+    def _read(self, path: str) -> tuple[bytes, Validator | None] | None:
+        """The page's bytes and its validator (None: changed too lately to be trusted),
+        or None when it cannot be read."""
         try:
             st = os.stat(path)
             cached = self._cache.get(path)
             if cached is not None and cached[:2] == (st.st_mtime_ns, st.st_size):
-                return cached[2]
+                return cached[2], lanedeps.sig(path, fileserver._RACY_NS, st)
             if st.st_size > MAX_PAGE:
                 return None
             with open(path, "rb") as f:
@@ -219,7 +243,7 @@ class ErrorHandler:
         except OSError:
             return None
         self._cache[path] = (st.st_mtime_ns, st.st_size, data)
-        return data
+        return data, lanedeps.sig(path, fileserver._RACY_NS, st)
 
 
 def build(config: ErrorsConfig, next: Handler, site: Site) -> Handler:

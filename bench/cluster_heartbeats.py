@@ -146,6 +146,14 @@ def proc_cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / CLK_TCK
 
 
+def children_cpu_seconds(pid: int) -> float:
+    """cutime + cstime alone: the children a manager forked and waited for (raft dump
+    writers, the orchestrator's planning children), part of proc_cpu_seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[13:15]) / CLK_TCK
+
+
 def self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -788,6 +796,8 @@ class ManagerLoad:
     stalls_busy: int = 0  # ... the others: work on the loop (ours)
     wait_ms_per_s: float = float("nan")  # run-queue wait of its threads, growth + window
     loop_ms_per_join: float = float("nan")  # the loop thread's CPU over the growth per join
+    forked_pct: float = 0.0  # of cpu_pct: its forked children (dump writers, plans) in the window
+    raft_entries: int = -1  # raft entries it committed in the window (-1: unknown)
 
 
 @dataclass
@@ -858,6 +868,14 @@ async def raft_term(cluster: Cluster) -> int:
     return max(terms)
 
 
+async def commit_index(m: Manager) -> int:
+    """The manager's raft commit index (-1 when it does not answer)."""
+    try:
+        return int((await m.call("cluster_status")).get("commit_index") or 0)
+    except RpcError:
+        return -1
+
+
 async def loop_stalls(m: Manager) -> list[probe.Stall]:
     """The manager's recent event-loop stalls: (monotonic time, ms, CPU ms the process used
     meanwhile, ms its loop's thread waited for a CPU), from ``cluster_status`` (the raft
@@ -902,10 +920,29 @@ async def measure_level(
     leader0 = await cluster.leader()
     fleet.stats = BeatStats()
     live = cluster.live()
+    spies = []
+    if args.profile_window and count == args.nodes[-1]:
+        # every manager, so that the leader's extra work shows against a follower's
+        spies = [
+            probe.PySpy(
+                m.pid,
+                Path(f"{args.profile_window}.{m.name}{'-leader' if m is leader0 else ''}"),
+                args.client_core,
+            )
+            for m in live
+        ]
+    index0 = {m.name: await commit_index(m) for m in live}
     cpu0 = {m.name: proc_cpu_seconds(m.pid) for m in live}
+    kids0 = {m.name: children_cpu_seconds(m.pid) for m in live}
     core0, self0, t0 = core_jiffies(args.manager_core), self_cpu_seconds(), time.monotonic()
     await asyncio.sleep(args.window)
     cpu1 = {m.name: proc_cpu_seconds(m.pid) for m in live}
+    kids1 = {m.name: children_cpu_seconds(m.pid) for m in live}
+    index1 = {m.name: await commit_index(m) for m in live}
+    for spy_w in spies:
+        spy_w.stop()
+    if spies:
+        log(f"py-spy profiles of the managers during the window: {args.profile_window}.*")
     core1, self1, t1 = core_jiffies(args.manager_core), self_cpu_seconds(), time.monotonic()
     stats = fleet.stats
     fleet.stats = BeatStats()  # the new nodes timed below count in no window
@@ -922,6 +959,12 @@ async def measure_level(
             addr=m.api_addr,
             leader=m is leader1,
             cpu_pct=100.0 * (cpu1[m.name] - cpu0[m.name]) / elapsed,
+            forked_pct=100.0 * (kids1[m.name] - kids0[m.name]) / elapsed,
+            raft_entries=(
+                index1[m.name] - index0[m.name]
+                if index0[m.name] >= 0 and index1[m.name] >= 0
+                else -1
+            ),
             beats_per_s=stats.by_manager.get(m.api_addr, 0) / elapsed,
             stall_ms=worst_stall(stalls[m.name], level_began, t1),
             stall_cpu_ms=worst_stall_cpu(stalls[m.name], level_began, t1),
@@ -969,7 +1012,8 @@ async def measure_level(
         level.watch_errors, fleet.watch_errors = fleet.watch_errors, {}
     cpus = ", ".join(
         f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_pct:.1f}% "
-        f"(stall {lo.stall_ms:.0f} ms, {lo.stall_cpu_ms:.0f} ms of it on CPU)"
+        f"(forked children {lo.forked_pct:.1f}%, {lo.raft_entries} raft entries; "
+        f"stall {lo.stall_ms:.0f} ms, {lo.stall_cpu_ms:.0f} ms of it on CPU)"
         for lo in loads
     )
     follower = level.ready_median("follower_s")
@@ -1324,6 +1368,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         default="",
         help="py-spy record (raw stacks) of the leader during the last size's growth",
+    )
+    parser.add_argument(
+        "--profile-window",
+        metavar="PREFIX",
+        default="",
+        help="py-spy record (raw stacks) of every manager during the last size's window, "
+        "to PREFIX.NAME (the leader's ends in -leader); the profiler's CPU falls on the "
+        "client's core, but sampling adds to the managers' figures: not for the README",
     )
     parser.add_argument(
         "--check-goals", action="store_true", help="exit 3 when the 1,000-node goal is missed"

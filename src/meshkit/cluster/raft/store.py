@@ -233,7 +233,8 @@ BATCH_MAX = 256
 class _Snapshot:
     """The state as raft's dump holds it, made when pickled (so in the forked child that writes
     the dump, never on the event loop): it unpickles as the plain dict of `to_dict()`, the dump
-    format replicas load, whatever the version that wrote it."""
+    format replicas load, whatever the version that wrote it. Pickled from the state's own
+    containers (`dump_dict`, no copy): the child's view of them never changes."""
 
     __slots__ = ("state",)
 
@@ -241,7 +242,7 @@ class _Snapshot:
         self.state = state
 
     def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
-        return dict, (self.state.to_dict(),)
+        return dict, (self.state.dump_dict(),)
 
 
 class _StateMachine(SyncObjConsumer):  # type: ignore[misc]

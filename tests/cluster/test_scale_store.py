@@ -107,6 +107,16 @@ def test_dump_dict_is_to_dict_without_the_copies() -> None:
     next(iter(again.tasks.values()))["state"] = "failed"
     assert st.nodes["1".zfill(25)].labels["zone"] == "b"
     assert st.to_dict() == loaded
+    # a dump just unpickled is taken as it is (a follower loads a snapshot on its loop)
+    owned = cs.ClusterState.from_dict(loaded, owned=True)
+    assert owned.to_dict() == st.to_dict() and owned.tasks is loaded["tasks"]
+    machine = raftstore._StateMachine()
+    machine._deserialize(pickle.loads(pickle.dumps(raftstore._Snapshot(st))))
+    assert machine.state.to_dict() == st.to_dict()
+    with pytest.raises(cs.CommandError, match="invalid role"):
+        bad = st.dump_dict()
+        bad["nodes"] = {k: {**v, "role": "boss"} for k, v in bad["nodes"].items()}
+        cs.ClusterState.from_dict(bad, owned=True)  # still checked
 
 
 def test_compaction_dump_is_written_by_a_forked_child_and_reloaded(

@@ -281,7 +281,9 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
         return _Snapshot(self.state)
 
     def _deserialize(self, data: dict[str, Any]) -> None:
-        self.state = cstate.ClusterState.from_dict(data)
+        # raft's dump, just unpickled (a snapshot sent by the leader is loaded on the loop):
+        # nobody else holds it, so no copies
+        self.state = cstate.ClusterState.from_dict(data, owned=True)
 
 
 def saved_peers(directory: Path) -> list[str] | None:

@@ -223,6 +223,18 @@ def pin(core: int | None, nice: int = 0) -> Any:
     return _pin
 
 
+def move_to_core(pid: int, core: int) -> int:
+    """Every thread of a running process onto one CPU (a thread's affinity is its own; new
+    threads take their creator's); how many threads were moved."""
+    moved = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), {core})
+                moved += 1
+    return moved
+
+
 def split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
@@ -1084,6 +1096,11 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> tuple[list[Level], 
         f"{len(cluster.managers)} manager(s) up in {time.monotonic() - began:.1f} s; "
         f"leader {leader.name}"
     )
+    if args.leader_alone and args.manager_core is not None and args.client_core is not None:
+        for m in cluster.live():
+            core = args.manager_core if m is leader else args.client_core
+            moved = move_to_core(m.pid, core)
+            log(f"  --leader-alone: {m.name} ({moved} threads) on CPU {core}")
     first = cluster.first
     token = (await first.call("join_token", {"role": "worker", "rotate": False}))["token"]
     info = await first.call("info")
@@ -1150,6 +1167,9 @@ def print_report(
         "not pinned"
         if args.manager_core is None
         else f"managers on CPU {args.manager_core}, simulated nodes on CPU {args.client_core}"
+        if not args.leader_alone
+        else f"the first leader alone on CPU {args.manager_core}, the other managers with the "
+        f"simulated nodes on CPU {args.client_core} (--leader-alone)"
     )
     print(
         f"heartbeat load on {len(names)} manager(s) (period {args.period:g} s, window "
@@ -1291,7 +1311,11 @@ def write_json(
         "period": args.period,
         "window": args.window,
         "cpus": os.cpu_count(),
-        "cores": {"managers": args.manager_core, "clients": args.client_core},
+        "cores": {
+            "managers": args.manager_core,
+            "clients": args.client_core,
+            "leader_alone": args.leader_alone,
+        },
         "managers": [{"name": m.name, "addr": m.api_addr} for m in cluster.managers],
         "levels": [asdict(lv) for lv in levels],
         "failover": None if failover is None else asdict(failover),
@@ -1368,6 +1392,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         default="",
         help="py-spy record (raw stacks) of the leader during the last size's growth",
+    )
+    parser.add_argument(
+        "--leader-alone",
+        action="store_true",
+        help="placement: once the managers are up, the leader alone on the managers' CPU and "
+        "the other managers on the simulated nodes' CPU (default: all managers share one CPU; "
+        "the figures quoted in the README are of the default)",
     )
     parser.add_argument(
         "--profile-window",

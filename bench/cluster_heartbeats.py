@@ -146,6 +146,14 @@ def proc_cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / CLK_TCK
 
 
+def children_cpu_seconds(pid: int) -> float:
+    """cutime + cstime alone: the children a manager forked and waited for (raft dump
+    writers, the orchestrator's planning children), part of proc_cpu_seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return sum(int(x) for x in fields[13:15]) / CLK_TCK
+
+
 def self_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -213,6 +221,18 @@ def pin(core: int | None, nice: int = 0) -> Any:
                 f.write(str(nice))
 
     return _pin
+
+
+def move_to_core(pid: int, core: int) -> int:
+    """Every thread of a running process onto one CPU (a thread's affinity is its own; new
+    threads take their creator's); how many threads were moved."""
+    moved = 0
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(tid), {core})
+                moved += 1
+    return moved
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -788,6 +808,8 @@ class ManagerLoad:
     stalls_busy: int = 0  # ... the others: work on the loop (ours)
     wait_ms_per_s: float = float("nan")  # run-queue wait of its threads, growth + window
     loop_ms_per_join: float = float("nan")  # the loop thread's CPU over the growth per join
+    forked_pct: float = 0.0  # of cpu_pct: its forked children (dump writers, plans) in the window
+    raft_entries: int = -1  # raft entries it committed in the window (-1: unknown)
 
 
 @dataclass
@@ -858,6 +880,14 @@ async def raft_term(cluster: Cluster) -> int:
     return max(terms)
 
 
+async def commit_index(m: Manager) -> int:
+    """The manager's raft commit index (-1 when it does not answer)."""
+    try:
+        return int((await m.call("cluster_status")).get("commit_index") or 0)
+    except RpcError:
+        return -1
+
+
 async def loop_stalls(m: Manager) -> list[probe.Stall]:
     """The manager's recent event-loop stalls: (monotonic time, ms, CPU ms the process used
     meanwhile, ms its loop's thread waited for a CPU), from ``cluster_status`` (the raft
@@ -902,10 +932,29 @@ async def measure_level(
     leader0 = await cluster.leader()
     fleet.stats = BeatStats()
     live = cluster.live()
+    spies = []
+    if args.profile_window and count == args.nodes[-1]:
+        # every manager, so that the leader's extra work shows against a follower's
+        spies = [
+            probe.PySpy(
+                m.pid,
+                Path(f"{args.profile_window}.{m.name}{'-leader' if m is leader0 else ''}"),
+                args.client_core,
+            )
+            for m in live
+        ]
+    index0 = {m.name: await commit_index(m) for m in live}
     cpu0 = {m.name: proc_cpu_seconds(m.pid) for m in live}
+    kids0 = {m.name: children_cpu_seconds(m.pid) for m in live}
     core0, self0, t0 = core_jiffies(args.manager_core), self_cpu_seconds(), time.monotonic()
     await asyncio.sleep(args.window)
     cpu1 = {m.name: proc_cpu_seconds(m.pid) for m in live}
+    kids1 = {m.name: children_cpu_seconds(m.pid) for m in live}
+    index1 = {m.name: await commit_index(m) for m in live}
+    for spy_w in spies:
+        spy_w.stop()
+    if spies:
+        log(f"py-spy profiles of the managers during the window: {args.profile_window}.*")
     core1, self1, t1 = core_jiffies(args.manager_core), self_cpu_seconds(), time.monotonic()
     stats = fleet.stats
     fleet.stats = BeatStats()  # the new nodes timed below count in no window
@@ -922,6 +971,12 @@ async def measure_level(
             addr=m.api_addr,
             leader=m is leader1,
             cpu_pct=100.0 * (cpu1[m.name] - cpu0[m.name]) / elapsed,
+            forked_pct=100.0 * (kids1[m.name] - kids0[m.name]) / elapsed,
+            raft_entries=(
+                index1[m.name] - index0[m.name]
+                if index0[m.name] >= 0 and index1[m.name] >= 0
+                else -1
+            ),
             beats_per_s=stats.by_manager.get(m.api_addr, 0) / elapsed,
             stall_ms=worst_stall(stalls[m.name], level_began, t1),
             stall_cpu_ms=worst_stall_cpu(stalls[m.name], level_began, t1),
@@ -969,7 +1024,8 @@ async def measure_level(
         level.watch_errors, fleet.watch_errors = fleet.watch_errors, {}
     cpus = ", ".join(
         f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_pct:.1f}% "
-        f"(stall {lo.stall_ms:.0f} ms, {lo.stall_cpu_ms:.0f} ms of it on CPU)"
+        f"(forked children {lo.forked_pct:.1f}%, {lo.raft_entries} raft entries; "
+        f"stall {lo.stall_ms:.0f} ms, {lo.stall_cpu_ms:.0f} ms of it on CPU)"
         for lo in loads
     )
     follower = level.ready_median("follower_s")
@@ -1040,6 +1096,11 @@ async def run(args: argparse.Namespace, cluster: Cluster) -> tuple[list[Level], 
         f"{len(cluster.managers)} manager(s) up in {time.monotonic() - began:.1f} s; "
         f"leader {leader.name}"
     )
+    if args.leader_alone and args.manager_core is not None and args.client_core is not None:
+        for m in cluster.live():
+            core = args.manager_core if m is leader else args.client_core
+            moved = move_to_core(m.pid, core)
+            log(f"  --leader-alone: {m.name} ({moved} threads) on CPU {core}")
     first = cluster.first
     token = (await first.call("join_token", {"role": "worker", "rotate": False}))["token"]
     info = await first.call("info")
@@ -1106,6 +1167,9 @@ def print_report(
         "not pinned"
         if args.manager_core is None
         else f"managers on CPU {args.manager_core}, simulated nodes on CPU {args.client_core}"
+        if not args.leader_alone
+        else f"the first leader alone on CPU {args.manager_core}, the other managers with the "
+        f"simulated nodes on CPU {args.client_core} (--leader-alone)"
     )
     print(
         f"heartbeat load on {len(names)} manager(s) (period {args.period:g} s, window "
@@ -1247,7 +1311,11 @@ def write_json(
         "period": args.period,
         "window": args.window,
         "cpus": os.cpu_count(),
-        "cores": {"managers": args.manager_core, "clients": args.client_core},
+        "cores": {
+            "managers": args.manager_core,
+            "clients": args.client_core,
+            "leader_alone": args.leader_alone,
+        },
         "managers": [{"name": m.name, "addr": m.api_addr} for m in cluster.managers],
         "levels": [asdict(lv) for lv in levels],
         "failover": None if failover is None else asdict(failover),
@@ -1324,6 +1392,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         default="",
         help="py-spy record (raw stacks) of the leader during the last size's growth",
+    )
+    parser.add_argument(
+        "--leader-alone",
+        action="store_true",
+        help="placement: once the managers are up, the leader alone on the managers' CPU and "
+        "the other managers on the simulated nodes' CPU (default: all managers share one CPU; "
+        "the figures quoted in the README are of the default)",
+    )
+    parser.add_argument(
+        "--profile-window",
+        metavar="PREFIX",
+        default="",
+        help="py-spy record (raw stacks) of every manager during the last size's window, "
+        "to PREFIX.NAME (the leader's ends in -leader); the profiler's CPU falls on the "
+        "client's core, but sampling adds to the managers' figures: not for the README",
     )
     parser.add_argument(
         "--check-goals", action="store_true", help="exit 3 when the 1,000-node goal is missed"

@@ -71,9 +71,11 @@ class NodeRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> NodeRecord:
-        names = {f.name for f in fields(cls)}
-        rec = cls(**{k: copy.deepcopy(v) for k, v in data.items() if k in names})
+    def from_dict(cls, data: Mapping[str, Any], owned: bool = False) -> NodeRecord:
+        """`owned`: `data` is the caller's to give away (freshly unpickled), not copied."""
+        names = _NODE_NAMES
+        take = _own if owned else copy.deepcopy
+        rec = cls(**{k: take(v) for k, v in data.items() if k in names})
         check_node(rec)
         return rec
 
@@ -127,11 +129,27 @@ class ClusterState:
         data["nodes"] = {k: v.to_dict() for k, v in self.nodes.items()}
         return data
 
+    def dump_dict(self) -> dict[str, Any]:
+        """`to_dict()`'s value without its copies: the state's own containers, for a pickle
+        (the raft dump) made while nothing changes them (in a forked child, or at once).
+        `asdict()` rebuilds every task, service and node (and the nodes twice): at 5,000
+        nodes with a task each that was 450 ms of a dump's 560 ms of CPU; pickling walks
+        the same containers anyway and writes the same bytes a copy would."""
+        data = {name: getattr(self, name) for name in _STATE_FIELDS}
+        data["nodes"] = {
+            k: {name: getattr(v, name) for name in _NODE_FIELDS} for k, v in self.nodes.items()
+        }
+        return data
+
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ClusterState:
-        names = {f.name for f in fields(cls)} - {"nodes"}
-        state = cls(**{k: copy.deepcopy(v) for k, v in data.items() if k in names})
-        state.nodes = {k: NodeRecord.from_dict(v) for k, v in data.get("nodes", {}).items()}
+    def from_dict(cls, data: Mapping[str, Any], owned: bool = False) -> ClusterState:
+        """The state of a `to_dict()` value, copied (commands keep theirs); `owned`: the
+        caller gives `data` away (a raft dump just unpickled): taken as it is, which at
+        5,000 nodes with a task each is 12 ms instead of 190 ms of copies."""
+        names = _STATE_NAMES
+        take = _own if owned else copy.deepcopy
+        state = cls(**{k: take(v) for k, v in data.items() if k in names})
+        state.nodes = {k: NodeRecord.from_dict(v, owned) for k, v in data.get("nodes", {}).items()}
         return state
 
     @property
@@ -143,6 +161,16 @@ class ClusterState:
 
     def secret_for(self, role: str) -> str:
         return self.manager_secret if role == "manager" else self.worker_secret
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(ClusterState))
+_NODE_FIELDS = tuple(f.name for f in fields(NodeRecord))
+_STATE_NAMES = frozenset(_STATE_FIELDS) - {"nodes"}
+_NODE_NAMES = frozenset(_NODE_FIELDS)
+
+
+def _own(value: Any) -> Any:
+    return value
 
 
 def check_node(rec: NodeRecord) -> None:

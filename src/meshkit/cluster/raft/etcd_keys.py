@@ -84,9 +84,10 @@ def encode_state(data: dict[str, Any]) -> bytes:
 
 
 def encode_in_child(state: Any) -> tuple[int, int]:
-    """Fork a child that encodes `state` (its `to_dict()`, O(state): never on the event loop)
-    into a pipe, from a copy-on-write view of the state at this very moment, as the raft
-    store's dump writer does. (pid, read end); `collect` gets the bytes."""
+    """Fork a child that encodes `state` (its `to_dict()` value, O(state): never on the event
+    loop) into a pipe, from a copy-on-write view of the state at this very moment, as the raft
+    store's dump writer does; from the state's own containers (`dump_dict()`: the view never
+    changes, a copy bought nothing). (pid, read end); `collect` gets the bytes."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: no event loop, no threads; encode, write, leave
@@ -94,7 +95,7 @@ def encode_in_child(state: Any) -> tuple[int, int]:
         try:
             os.close(r)
             gc.disable()
-            view = memoryview(encode_state(state.to_dict()))
+            view = memoryview(encode_state(state.dump_dict()))
             while view:
                 view = view[os.write(w, view) :]
             code = 0

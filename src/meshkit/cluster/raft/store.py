@@ -248,7 +248,8 @@ def check_gate(state: cstate.ClusterState, cmd: Mapping[str, Any]) -> None:
 class _Snapshot:
     """The state as raft's dump holds it, made when pickled (so in the forked child that writes
     the dump, never on the event loop): it unpickles as the plain dict of `to_dict()`, the dump
-    format replicas load, whatever the version that wrote it."""
+    format replicas load, whatever the version that wrote it. Pickled from the state's own
+    containers (`dump_dict`, no copy): the child's view of them never changes."""
 
     __slots__ = ("state",)
 
@@ -256,7 +257,7 @@ class _Snapshot:
         self.state = state
 
     def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
-        return dict, (self.state.to_dict(),)
+        return dict, (self.state.dump_dict(),)
 
 
 class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
@@ -295,7 +296,9 @@ class _StateMachine(SyncObjConsumer):  # type: ignore[misc]
         return _Snapshot(self.state)
 
     def _deserialize(self, data: dict[str, Any]) -> None:
-        self.state = cstate.ClusterState.from_dict(data)
+        # raft's dump, just unpickled (a snapshot sent by the leader is loaded on the loop):
+        # nobody else holds it, so no copies
+        self.state = cstate.ClusterState.from_dict(data, owned=True)
 
 
 def saved_peers(directory: Path) -> list[str] | None:

@@ -4,7 +4,9 @@ twin is python-hyper's `h2` under meshkit.web.h2conn).
 
 A Session is nghttp2's sans-IO server session: bytes in (receive), bytes out (send), and
 calls into its owner (the connection's I/O shell) for what the shell must act on: a request's
-header list, as one list of (name, value) bytes per stream; its body's DATA; the end of the
+header list, split as it is decoded into split_request's form (method, path, authority, the
+fields as (str, str) with cookies joined, size, ...: no list of bytes pairs made and split
+again in Python); its body's DATA; the end of the
 client's half; resets, SETTINGS, PINGs and GOAWAYs (which the shell meters); the end of a
 response (its END_STREAM framed); a stream closed. Responses are submitted in one call with
 their body as a Source: a bytes object, a file range read with pread(2) straight into
@@ -14,10 +16,19 @@ SETTINGS, stream states and the inbound checks of RFC 9113 8.1-8.3 are nghttp2's
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, uint8_t, uint32_t
-from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy
 from posix.types cimport off_t
 from posix.unistd cimport pread
+
+from email.utils import formatdate as _formatdate
+
+cdef extern from "time.h" nogil:
+    ctypedef long time_t
+    time_t c_time "time"(time_t *t)
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeLatin1(const char *s, Py_ssize_t size, const char *errors)
 
 from nghttp2 cimport *
 
@@ -133,8 +144,19 @@ cdef class Session:
     cdef object on_control
     cdef dict sources
     cdef int32_t cur_sid
-    cdef list cur
+    cdef list cur  # the request's fields as (str, str), cookies apart (split_request's form)
     cdef Py_ssize_t cur_size
+    cdef bytes cur_method
+    cdef bytes cur_path
+    cdef bytes cur_authority
+    cdef list cur_cookies
+    cdef object cur_host
+    cdef object cur_clen
+    cdef bint cur_long
+    cdef Py_ssize_t line_max
+    cdef int32_t ended_sid  # the stream whose END_STREAM the owner was just told of
+    cdef char *obuf  # send()'s frames gathered into one buffer
+    cdef Py_ssize_t ocap
     cdef Py_ssize_t cap
     cdef object error
     cdef bytes patch
@@ -143,7 +165,8 @@ cdef class Session:
     cdef public bint stopped
 
     def __cinit__(self, owner, uint32_t max_streams, uint32_t stream_cap,
-                  uint32_t max_header_list, Py_ssize_t cap, int32_t window):
+                  uint32_t max_header_list, Py_ssize_t cap, int32_t window,
+                  Py_ssize_t line_max=8190):
         cdef nghttp2_session_callbacks *cbs
         cdef nghttp2_option *opt
         cdef nghttp2_settings_entry iv[3]
@@ -156,6 +179,7 @@ cdef class Session:
         self.on_control = owner._ng_control
         self.sources = {}
         self.cap = cap
+        self.line_max = line_max
         self.kbuf = <char *>malloc(_KEY_MAX)
         if self.kbuf is NULL:
             raise MemoryError()
@@ -196,6 +220,8 @@ cdef class Session:
     def __dealloc__(self):
         free(self.kbuf)
         self.kbuf = NULL
+        free(self.obuf)
+        self.obuf = NULL
         if self.s is not NULL:
             nghttp2_session_del(self.s)
             self.s = NULL
@@ -218,27 +244,31 @@ cdef class Session:
         """Frames to write, up to about `limit` bytes (b"" when nothing is due)."""
         cdef const uint8_t *p
         cdef ssize_t n
-        cdef Py_ssize_t total = 0
+        cdef Py_ssize_t total = 0, cap
+        cdef char *grown
         first = None
-        parts = None
         while total < limit:
             n = nghttp2_session_mem_send(self.s, &p)
             if n <= 0:
                 break
-            chunk = PyBytes_FromStringAndSize(<const char *>p, n)
+            if total + n > self.ocap:  # frames are gathered in one buffer, one bytes made
+                cap = max(total + n, 2 * self.ocap, 16384)
+                grown = <char *>realloc(self.obuf, cap)
+                if grown is NULL:
+                    raise MemoryError()
+                self.obuf = grown
+                self.ocap = cap
+            memcpy(self.obuf + total, p, n)
             total += n
-            if first is None:
-                first = chunk
-            elif parts is None:
-                parts = [first, chunk]
-            else:
-                parts.append(chunk)
         if self.error is not None:
             self._raise()
-        if parts is not None:
-            first = b"".join(parts)
-        if first is None:
+        if total == 0:
             return b""
+        first = PyBytes_FromStringAndSize(self.obuf, total)
+        if self.ocap > 65536:  # a big body's burst: do not keep its buffer
+            free(self.obuf)
+            self.obuf = NULL
+            self.ocap = 0
         if self.patch is not None:
             first = self._patch_settings(first)
         return first
@@ -352,6 +382,10 @@ cdef int _begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *ud
     if frame.hd.type == NGHTTP2_HEADERS and frame.headers.cat == NGHTTP2_HCAT_REQUEST:
         self.cur_sid = frame.hd.stream_id
         self.cur = []
+        self.cur_method = self.cur_path = self.cur_authority = b""
+        self.cur_cookies = None
+        self.cur_host = self.cur_clen = None
+        self.cur_long = False
         memcpy(self.kbuf, b"h2\0", 3)
         self.klen = 3
     else:  # trailers (ignored, as the h2 engine does)
@@ -377,8 +411,11 @@ cdef int _header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *
             return NGHTTP2_ERR_CALLBACK_FAILURE
         return 0
     if self.cur is not None and frame.hd.stream_id == self.cur_sid:
-        self.cur.append((PyBytes_FromStringAndSize(<const char *>name, namelen),
-                         PyBytes_FromStringAndSize(<const char *>value, valuelen)))
+        try:
+            _split_field(self, name, namelen, value, valuelen)
+        except BaseException as exc:
+            self.error = exc
+            return NGHTTP2_ERR_CALLBACK_FAILURE
         if self.klen >= 0:
             if self.klen + <Py_ssize_t>(namelen + valuelen + 2) > _KEY_MAX:
                 self.klen = -1
@@ -389,6 +426,41 @@ cdef int _header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *
                 memcpy(self.kbuf + self.klen + 1, value, valuelen)
                 self.klen += valuelen + 2
                 self.kbuf[self.klen - 1] = 10
+    return 0
+
+
+cdef inline bint _is(const uint8_t *name, size_t namelen, const char *lit, size_t n) noexcept:
+    return namelen == n and memcmp(name, lit, n) == 0
+
+
+cdef int _split_field(Session self, const uint8_t *name, size_t namelen, const uint8_t *value,
+                      size_t valuelen) except -1:
+    """One field of the request's header list into split_request's form as it arrives (the
+    size is counted by _header): no (bytes, bytes) list made and split again."""
+    if namelen and name[0] == 58:  # ':'
+        if _is(name, namelen, b":method", 7):
+            self.cur_method = PyBytes_FromStringAndSize(<const char *>value, valuelen)
+        elif _is(name, namelen, b":path", 5):
+            self.cur_path = PyBytes_FromStringAndSize(<const char *>value, valuelen)
+        elif _is(name, namelen, b":authority", 10):
+            self.cur_authority = PyBytes_FromStringAndSize(<const char *>value, valuelen)
+        return 0
+    if <Py_ssize_t>(namelen + valuelen + 2) > self.line_max:
+        self.cur_long = True
+    sval = PyUnicode_DecodeLatin1(<const char *>value, valuelen, NULL)
+    if _is(name, namelen, b"cookie", 6):
+        if self.cur_cookies is None:
+            self.cur_cookies = [sval]
+        else:
+            self.cur_cookies.append(sval)
+        return 0
+    if _is(name, namelen, b"host", 4):
+        if self.cur_host is None:
+            self.cur_host = sval
+    elif _is(name, namelen, b"content-length", 14):
+        if self.cur_clen is None:
+            self.cur_clen = sval
+    self.cur.append((PyUnicode_DecodeLatin1(<const char *>name, namelen, NULL), sval))
     return 0
 
 
@@ -407,9 +479,13 @@ cdef int _frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud) n
                 self.on_end(sid)
         elif t == NGHTTP2_HEADERS:
             if frame.headers.cat == NGHTTP2_HCAT_REQUEST and sid == self.cur_sid:
-                fields = self.cur
+                items = self.cur
                 self.cur = None
                 self.cur_sid = 0
+                if self.cur_cookies is not None:
+                    items.append(("cookie", "; ".join(self.cur_cookies)))
+                fields = (self.cur_method, self.cur_path, self.cur_authority, items,
+                          self.cur_size, self.cur_long, self.cur_host, self.cur_clen)
                 key = (
                     PyBytes_FromStringAndSize(self.kbuf, self.klen) if self.klen > 0 else None
                 )
@@ -469,6 +545,7 @@ cdef int _frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *ud) n
     try:
         src = self.sources.get(frame.hd.stream_id)
         self.on_sent_end(frame.hd.stream_id, src.sent if src is not None else 0)
+        self.ended_sid = frame.hd.stream_id
     except BaseException as exc:
         self.error = exc
         return NGHTTP2_ERR_CALLBACK_FAILURE
@@ -480,6 +557,11 @@ cdef int _stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void *ud)
     cdef Source src
     try:
         src = self.sources.pop(sid, None)
+        if sid == self.ended_sid and code == NGHTTP2_NO_ERROR:
+            # nghttp2 closes a stream right after its END_STREAM is framed: the owner was
+            # told (on_sent_end) and has let the stream go, so this call would find nothing
+            self.ended_sid = 0
+            return 0
         self.on_closed(sid, src.sent if src is not None else 0)
     except BaseException as exc:
         self.error = exc
@@ -566,6 +648,21 @@ cdef bint _bad_value(str value):
         if c == 13 or c == 10 or c == 0:
             return True
     return False
+
+
+cdef long _now_second = -1
+cdef str _now_date = ""
+
+
+def response_fields_now(int status, headers, length):
+    """response_fields with this second's Date (meshkit.web.http1.http_date's form, made
+    here once a second), for the connection's _fields without a Python frame."""
+    global _now_second, _now_date
+    cdef long sec = <long>c_time(NULL)
+    if sec != _now_second:
+        _now_date = _formatdate(sec, usegmt=True)
+        _now_second = sec
+    return response_fields(status, headers, length, _now_date)
 
 
 def response_fields(int status, headers, length, str date):

@@ -83,19 +83,23 @@ def _get(client: h2.connection.H2Connection, path: str = "/") -> int:
     return sid
 
 
-def test_the_client_is_told_the_stream_limit_and_requests_arrive_as_one_list() -> None:
+def test_the_client_is_told_the_stream_limit_and_requests_arrive_split() -> None:
+    from meshkit.web.h2conn import split_request
+
     session, owner, client, events = _pair()
     changed = next(e for e in events if isinstance(e, h2.events.RemoteSettingsChanged))
     assert changed.changed_settings[SettingCodes.MAX_CONCURRENT_STREAMS].new_value == 250
     assert changed.changed_settings[SettingCodes.MAX_HEADER_LIST_SIZE].new_value == 65536
     sid = _get(client, "/a?b")
     _exchange(session, client)
-    kind, got_sid, fields, key, ended = owner.calls[-1]
+    kind, got_sid, split, key, ended = owner.calls[-1]
     assert (kind, got_sid, ended) == ("request", sid, True)
-    assert fields == [(b":method", b"GET"), (b":path", b"/a?b"), (b":scheme", b"https"),
-                      (b":authority", b"a")]  # fmt: skip
+    raw = [(b":method", b"GET"), (b":path", b"/a?b"), (b":scheme", b"https"),
+           (b":authority", b"a")]  # fmt: skip
+    assert split == (b"GET", b"/a?b", b"a", [], 170, False, None, None)
+    assert split == split_request(raw, 8190)  # the pure twin, for the h2 engine
     assert key == b"h2\0:method\0GET\n:path\0/a?b\n:scheme\0https\n:authority\0a\n"
-    assert key == request_key(fields)  # the pure twin, for the h2 engine
+    assert key == request_key(raw)  # the pure twin, for the h2 engine
     assert request_key([(b"x", b"v" * 5000)]) is None  # past MAX_HEAD: never remembered
     # the same list again (HPACK-indexed this time) has the same key
     _get(client, "/a?b")
@@ -131,6 +135,9 @@ def test_bytes_and_file_bodies_and_a_file_that_got_shorter(tmp_path: Path) -> No
         assert resets == {c: ErrorCodes.INTERNAL_ERROR}  # 50 000 bytes short
         sent = {call[1]: call[2] for call in owner.calls if call[0] == "sent_end"}
         assert sent == {a: 5, b: 150_000}
+        # a stream's close is told only when its end was not (the reset one)
+        closed = {call[1] for call in owner.calls if call[0] == "closed"}
+        assert closed == {c}
     finally:
         os.close(fd)
 
@@ -174,6 +181,34 @@ def test_split_request_twins_agree(raw: list[tuple[bytes, bytes]]) -> None:
     from meshkit.web.h2conn import split_request
 
     assert _h2ng.split_request(raw, 8190) == split_request(raw, 8190)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [],
+        [("cookie", "a=1"), ("x-a", "\xe9t\xe9"), ("cookie", "b=2"), ("host", "a"),
+         ("user-agent", "u"), ("accept", "*/*"), ("cookie", "c=3")],
+        [("x-long", "v" * 9000), ("content-length", "0"), ("host", "a"), ("x-b", "")],
+    ],
+)  # fmt: skip
+def test_requests_split_while_decoded_match_the_pure_split(fields: list[tuple[str, str]]) -> None:
+    """The split nghttp2's engine makes while HPACK decodes equals split_request's (the h2
+    engine's) of the same header list, twice (the second time HPACK-indexed)."""
+    from meshkit.web.h2conn import split_request
+
+    session, owner, client, _ = _pair()
+    head = [(":method", "GET"), (":path", "/p?q"), (":scheme", "https"), (":authority", "a")]
+    head += fields
+    raw = [(k.encode(), v.encode("latin-1")) for k, v in head]
+    for _ in range(2):
+        sid = client.get_next_available_stream_id()
+        client.send_headers(sid, raw, end_stream=True)
+        _exchange(session, client)
+        kind, got_sid, split, key, ended = owner.calls[-1]
+        assert (kind, got_sid, ended) == ("request", sid, True)
+        assert split == split_request(raw, 8190)
+        assert key == request_key(raw)
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,10 @@ python-hyper's `h2` state machine. H2Connection(...) makes one of these when the
 built with nghttp2 and allowed (meshkit.web.h2conn.engine); `h2` stays the pure-Python twin.
 
 What differs from the h2 engine, and why:
-- nghttp2 calls back per event (no event objects): a request's header list arrives as one
-  list per stream; DATA, the client's END_STREAM, resets and control frames each call a
-  method below (the `_ng_*` names).
+- nghttp2 calls back per event (no event objects): a request's header list arrives split
+  (split_request's tuple, made in C while HPACK decodes it); DATA, the client's
+  END_STREAM, resets and control frames each call a method below (the `_ng_*` names); a
+  stream's close after its END_STREAM went out is not reported (_ng_sent_end was).
 - Remembered answers (meshkit.web.h2remember) get their request key made in C.
 - Responses are submitted whole: HEADERS plus a body Source (bytes, a file range read with
   pread(2) into nghttp2's frame buffer, or the chunks a streamed body adds). nghttp2 frames
@@ -27,7 +28,6 @@ from typing import Any
 
 from h2.errors import ErrorCodes
 
-from meshkit.web import http1
 from meshkit.web.h2conn import (
     _H2_STREAM_CAP,
     _HPACK_CAP,
@@ -39,7 +39,7 @@ from meshkit.web.h2conn import (
 from meshkit.web.h2push import MAX_STREAMS
 from meshkit.web.h2send import OUT_HIGH, STREAM_BUF
 from meshkit.web.h2stream import Stream
-from meshkit.web.message import FileBody, Headers, Response
+from meshkit.web.message import FileBody, Response
 from meshkit.web.output import _discard_body
 from meshkit.web.respcache import CachedResponse
 
@@ -58,15 +58,22 @@ class NgH2Connection(H2Connection):
     """One HTTP/2 connection framed by nghttp2 (see the module)."""
 
     _ng: Any  # meshkit._h2ng.Session
+    _presplit = True  # requests arrive in split_request's form, split while decoded
 
     def _init_engine(self) -> None:
         mod = load_engine()
         self._mod = mod
         self._Source = mod.Source
-        self._split = mod.split_request
-        self._c_fields = mod.response_fields
+        # response_fields with this second's Date, made in C: no Python frame per response
+        self._fields = mod.response_fields_now  # type: ignore[method-assign]
         self._ng = mod.Session(
-            self, MAX_STREAMS, _H2_STREAM_CAP, MAX_HEADER_LIST, _HPACK_CAP, _WINDOW
+            self,
+            MAX_STREAMS,
+            _H2_STREAM_CAP,
+            MAX_HEADER_LIST,
+            _HPACK_CAP,
+            _WINDOW,
+            self._server._max_field_line,
         )
         self._in_engine = False
         self._close_pending = False
@@ -181,10 +188,6 @@ class NgH2Connection(H2Connection):
             self._close()
 
     # ------------------------------------------------------------------ engine primitives
-
-    def _fields(self, status: int, headers: Headers, length: int | None) -> list[Any]:
-        fields: list[Any] = self._c_fields(status, headers, length, http1.http_date())
-        return fields
 
     def _rst(self, sid: int, code: ErrorCodes) -> None:
         self._ng.reset(sid, code)

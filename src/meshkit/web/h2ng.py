@@ -164,9 +164,28 @@ class NgH2Connection(H2Connection):
 
     def _ng_sent_end(self, sid: int, sent: int) -> None:
         st = self._streams.get(sid)
-        if st is not None and not st.closed:
-            st.sent = sent
+        if st is None or st.closed:
+            return
+        st.sent = sent
+        if st.body is not None or st.waiter is not None or st.request.on_complete:
             self._finish(st)
+            return
+        # the common end (no request body, no producer waiting, no on_complete such as an
+        # access log): what _finish, _let_go and _maybe_done do then, without their frames
+        st.closed = True
+        del self._streams[sid]
+        self._sending.pop(sid, None)
+        release = st.release
+        if release is not None:
+            st.release = None
+            try:
+                release()
+            except Exception:
+                log.exception("releasing a file body failed")
+        if not self._streams:
+            self._active_since = self._server._now
+            if self._goaway_at is not None:
+                self._maybe_done()
 
     def _ng_control(self, kind: int) -> None:
         mod = self._mod

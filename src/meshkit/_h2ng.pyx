@@ -163,6 +163,8 @@ cdef class Session:
     cdef char *kbuf
     cdef Py_ssize_t klen
     cdef public bint stopped
+    cdef object owner  # the connection, for the compiled stream path (set_stream_path)
+    cdef bint fast
 
     def __cinit__(self, owner, uint32_t max_streams, uint32_t stream_cap,
                   uint32_t max_header_list, Py_ssize_t cap, int32_t window,
@@ -177,6 +179,8 @@ cdef class Session:
         self.on_closed = owner._ng_closed
         self.on_sent_end = owner._ng_sent_end
         self.on_control = owner._ng_control
+        self.owner = owner
+        self.fast = _SP_READY and getattr(owner, "_ng_fast", False)
         self.sources = {}
         self.cap = cap
         self.line_max = line_max
@@ -489,6 +493,10 @@ cdef int _frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud) n
                 key = (
                     PyBytes_FromStringAndSize(self.kbuf, self.klen) if self.klen > 0 else None
                 )
+                if self.fast and (fl & NGHTTP2_FLAG_END_STREAM) and _fast_request(
+                    self, self.owner, sid, fields, key
+                ):
+                    return 0
                 self.on_request(sid, fields, key, (fl & NGHTTP2_FLAG_END_STREAM) != 0)
             elif fl & NGHTTP2_FLAG_END_STREAM:
                 self.on_end(sid)
@@ -506,6 +514,138 @@ cdef int _frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud) n
         self.error = exc
         return NGHTTP2_ERR_CALLBACK_FAILURE
     return 0
+
+
+# ---------------------------------------------------------------------- the stream path
+# A request without a body, compiled: what H2Remembering._request, H2Connection._on_request
+# and H2Remembering._dispatch do for it (the Request, the Stream, the handler, then the
+# connection's _respond), without their Python frames. Anything else goes to those methods
+# (the twin, and the h2 engine's only path): a remembered answer for its key, a GOAWAY sent,
+# streams full, a head over the limits (431), CONNECT or a target parse_target refuses, a
+# handler's awaitable result. meshkit.web.h2ng hands the classes and limits over once
+# (set_stream_path): this module imports nothing of meshkit.web.
+cdef bint _SP_READY = False
+cdef object _SP_Request, _SP_Headers, _SP_EmptyBody, _SP_Stream, _SP_Response
+cdef object _SP_parse_target, _SP_HttpError, _SP_answer_for, _SP_time, _SP_FileBody
+cdef list _SP_current, _SP_asked
+cdef Py_ssize_t _SP_max_streams, _SP_max_header_list
+
+
+def set_stream_path(request, headers, empty_body, stream, response, file_body, parse_target,
+                    http_error, answer_for, list current, list asked,
+                    Py_ssize_t max_streams, Py_ssize_t max_header_list):
+    """The objects of meshkit.web the compiled stream path builds and calls (see above)."""
+    global _SP_READY, _SP_Request, _SP_Headers, _SP_EmptyBody, _SP_Stream, _SP_Response
+    global _SP_parse_target, _SP_HttpError, _SP_answer_for, _SP_current, _SP_asked
+    global _SP_max_streams, _SP_max_header_list, _SP_time, _SP_FileBody
+    import time
+    _SP_Request, _SP_Headers, _SP_EmptyBody = request, headers, empty_body
+    _SP_Stream, _SP_Response, _SP_FileBody = stream, response, file_body
+    _SP_parse_target, _SP_HttpError, _SP_answer_for = parse_target, http_error, answer_for
+    _SP_current, _SP_asked = current, asked
+    _SP_max_streams, _SP_max_header_list = max_streams, max_header_list
+    _SP_time = time.time
+    _SP_READY = True
+
+
+cdef bint _fast_request(Session self, conn, int32_t sid, tuple parts, key) except? True:
+    """True when the request was taken here (see above), False: the owner's _ng_request
+    takes it, nothing was changed."""
+    server = conn._server
+    if key is not None:
+        if not server._caching:
+            key = None
+        elif key in server._cache.entries:
+            return False  # a remembered answer (or a stale one to drop): _request's
+    streams = conn._streams
+    if conn._goaway_at is not None or len(streams) >= _SP_max_streams:
+        return False
+    method, path, authority, items, size, long_line, host_field, cl = parts
+    if long_line or len(<list>items) > server._max_fields or (
+        size > min(_SP_max_header_list, server._header_limit)
+    ):
+        return False
+    if method == b"CONNECT":
+        return False
+    mname = (<bytes>method).decode("latin-1")
+    try:
+        target = _SP_parse_target(path, mname)
+    except _SP_HttpError:
+        return False
+    headers = _SP_Headers(items)
+    host = (<bytes>authority).decode("latin-1")
+    if host:
+        if host_field is None:
+            headers.add("host", host)
+    else:
+        host = host_field or ""
+    a0, a1, a2, a3 = conn._addrs
+    request = _SP_Request(mname, (<bytes>path).decode("latin-1"), target.path, target.query,
+                          "2.0", headers, _SP_EmptyBody(), conn._scheme, host, a0, a1, a2, a3,
+                          _SP_time())
+    st = _SP_Stream(sid, request, None)
+    streams[sid] = st
+    conn._active_since = server._now
+    conn.requests += 1
+    asked = _SP_asked[0]
+    _SP_current[0] = (conn, sid, host)
+    try:
+        result = server._handler(request)
+    except Exception as exc:
+        result = _SP_answer_for(exc, request)
+    finally:
+        _SP_current[0] = None
+    if isinstance(result, _SP_Response):
+        if key is not None and result.validators is not None and asked == _SP_asked[0]:
+            conn._remember(key, result, request)
+        if not _fast_respond(self, conn, sid, st, result, mname):
+            conn._respond(st, result)
+    else:
+        conn._later(st, result)
+    return True
+
+
+cdef bint _fast_respond(Session self, conn, int32_t sid, st, response, str method) except? True:
+    """NgH2Connection._respond for the common answer: a status with a body, the body bytes
+    or a file (its bytes read already, or a range to pread), fields the compiled
+    response_fields accepts. False: nothing done, the connection's _respond does it (HEAD,
+    1xx/204/304, an upgrade, an empty or streamed body, a field with CR/LF...)."""
+    cdef int status = response.status
+    cdef Source src
+    if response.upgrade is not None or st.closed or method == "HEAD" or status < 200 or (
+        status == 204 or status == 304
+    ):
+        return False
+    body = response.body
+    if type(body) is bytes:
+        if not PyBytes_GET_SIZE(body):
+            return False
+        length = PyBytes_GET_SIZE(body)
+    elif type(body) is _SP_FileBody:
+        length = body.length
+        if type(length) is not int or length <= 0:
+            return False
+    else:
+        return False
+    try:
+        fields = response_fields_now(status, response.headers, length)
+    except ValueError:
+        return False
+    st.response = response
+    if type(body) is bytes:
+        src = Source.of_bytes(body)
+    else:
+        st.release = body.release
+        data = body.data
+        if data is not None:
+            src = Source.of_bytes(bytes(data))
+        else:
+            src = Source.of_file(body.fd, body.offset, length)
+    if self.respond(sid, fields, src) != 0:
+        conn._respond_failed(st, body)
+        return True
+    st.src = src
+    return True
 
 
 cdef int _invalid_frame(nghttp2_session *s, const nghttp2_frame *frame, int lib_error_code,

@@ -28,6 +28,7 @@ from typing import Any
 
 from h2.errors import ErrorCodes
 
+from meshkit.web import http1
 from meshkit.web.h2conn import (
     _H2_STREAM_CAP,
     _HPACK_CAP,
@@ -38,14 +39,17 @@ from meshkit.web.h2conn import (
 )
 from meshkit.web.h2push import MAX_STREAMS
 from meshkit.web.h2send import OUT_HIGH, STREAM_BUF
-from meshkit.web.h2stream import Stream
-from meshkit.web.message import FileBody, Response
+from meshkit.web.h2stream import Stream, _asked, _current, answer_for
+from meshkit.web.http1 import HttpError
+from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
 from meshkit.web.output import _discard_body
 from meshkit.web.respcache import CachedResponse
 
 __all__ = ["NgH2Connection"]
 
 log = logging.getLogger("meshkit.web")
+
+_STREAM_PATH: list[bool] = []  # [True] once meshkit._h2ng.set_stream_path was called
 
 # nghttp2's fatal errors that are a client's abuse (answered GOAWAY ENHANCE_YOUR_CALM)
 _CALM_ERRORS = {
@@ -59,9 +63,31 @@ class NgH2Connection(H2Connection):
 
     _ng: Any  # meshkit._h2ng.Session
     _presplit = True  # requests arrive in split_request's form, split while decoded
+    # requests without a body go through meshkit._h2ng's compiled stream path (the Request,
+    # the handler, then _respond), the methods below and H2Connection's for anything else
+    _ng_fast = True
 
     def _init_engine(self) -> None:
         mod = load_engine()
+        if not _STREAM_PATH:
+            # the compiled stream path's classes and limits (meshkit._h2ng imports nothing
+            # of meshkit.web)
+            mod.set_stream_path(
+                Request,
+                Headers,
+                EmptyBody,
+                Stream,
+                Response,
+                FileBody,
+                http1.parse_target,
+                HttpError,
+                answer_for,
+                _current,
+                _asked,
+                MAX_STREAMS,
+                MAX_HEADER_LIST,
+            )
+            _STREAM_PATH.append(True)
         self._mod = mod
         self._Source = mod.Source
         # response_fields with this second's Date, made in C: no Python frame per response
@@ -283,13 +309,18 @@ class NgH2Connection(H2Connection):
                 src = self._Source.of_file(body.fd, body.offset, body.length)
         else:
             src = self._Source()
-        if self._ng.respond(st.id, fields, src) != 0:  # the stream closed under us
-            _discard_body(body)
-            self._drop(st, None)
+        if self._ng.respond(st.id, fields, src) != 0:
+            self._respond_failed(st, body)
             return
         st.src = src
         if src is not None and not src.eof:
             st.source = self._loop.create_task(self._pull(st, body, length))
+
+    def _respond_failed(self, st: Stream, body: Any) -> None:
+        """nghttp2 refused the response: the stream closed under us (meshkit._h2ng's
+        stream path calls this too)."""
+        _discard_body(body)
+        self._drop(st, None)
 
     # the nghttp2 engine's ends of H2Sending._pull: the pieces go to the stream's Source
 

@@ -107,11 +107,20 @@ class H2Remembering:
             _current[0] = None
         if isinstance(result, Response):
             if key is not None and result.validators is not None and asked == _asked[0]:
-                cand = ResponseCache.make(result, "2.0", request.method, request)
-                if cand is not None:
-                    self._server._cache.put(key, cand)
+                self._remember(key, result, request)
             self._respond(st, result)
-        elif isinstance(result, asyncio.Future):
+        else:
+            self._later(st, result)
+
+    def _remember(self, key: bytes, result: Response, request: Request) -> None:
+        """Keep a response the handler answered at once with validators, by request key."""
+        cand = ResponseCache.make(result, "2.0", request.method, request)
+        if cand is not None:
+            self._server._cache.put(key, cand)
+
+    def _later(self, st: Stream, result: Any) -> None:
+        """A handler's awaitable result: the response follows when it is done."""
+        if isinstance(result, asyncio.Future):
             st.task = result
             result.add_done_callback(functools.partial(self._result_done, st))
         else:

@@ -21,6 +21,7 @@ from libc.string cimport memcmp, memcpy
 from posix.types cimport off_t
 from posix.unistd cimport pread
 
+import logging
 from email.utils import formatdate as _formatdate
 
 cdef extern from "time.h" nogil:
@@ -525,6 +526,7 @@ cdef int _frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud) n
 # handler's awaitable result. meshkit.web.h2ng hands the classes and limits over once
 # (set_stream_path): this module imports nothing of meshkit.web.
 cdef bint _SP_READY = False
+_log = logging.getLogger("meshkit.web")
 cdef object _SP_Request, _SP_Headers, _SP_EmptyBody, _SP_Stream, _SP_Response
 cdef object _SP_parse_target, _SP_HttpError, _SP_answer_for, _SP_time, _SP_FileBody
 cdef list _SP_current, _SP_asked
@@ -602,6 +604,33 @@ cdef bint _fast_request(Session self, conn, int32_t sid, tuple parts, key) excep
             conn._respond(st, result)
     else:
         conn._later(st, result)
+    return True
+
+
+cdef bint _fast_end(conn, int32_t sid, Py_ssize_t sent) except? True:
+    """NgH2Connection._ng_sent_end for a plain stream (no request body, no producer waiting,
+    no on_complete such as an access log): let it go here. False: the owner's method ends it."""
+    streams = conn._streams
+    st = streams.get(sid)
+    if st is None or st.closed:
+        return True  # already let go (a reset, or the connection's end)
+    if st.body is not None or st.waiter is not None or st.request.on_complete:
+        return False
+    st.sent = sent
+    st.closed = True
+    del streams[sid]
+    conn._sending.pop(sid, None)
+    release = st.release
+    if release is not None:
+        st.release = None
+        try:
+            release()
+        except Exception:
+            _log.exception("releasing a file body failed")
+    if not streams:
+        conn._active_since = conn._server._now
+        if conn._goaway_at is not None:
+            conn._maybe_done()
     return True
 
 
@@ -684,7 +713,9 @@ cdef int _frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *ud) n
         return 0
     try:
         src = self.sources.get(frame.hd.stream_id)
-        self.on_sent_end(frame.hd.stream_id, src.sent if src is not None else 0)
+        sent = src.sent if src is not None else 0
+        if not (self.fast and _fast_end(self.owner, frame.hd.stream_id, sent)):
+            self.on_sent_end(frame.hd.stream_id, sent)
         self.ended_sid = frame.hd.stream_id
     except BaseException as exc:
         self.error = exc

@@ -9,6 +9,11 @@ What differs from the h2 engine, and why:
   END_STREAM, resets and control frames each call a method below (the `_ng_*` names); a
   stream's close after its END_STREAM went out is not reported (_ng_sent_end was).
 - Remembered answers (meshkit.web.h2remember) get their request key made in C.
+- A request without a body takes meshkit._h2ng's compiled stream path (_h2stream.pxi): the
+  Request and Stream built, the handler called, a bytes or file answer submitted and a plain
+  stream let go in C, what _request, _on_request, _dispatch, _respond and _ng_sent_end do
+  for it; everything else (a remembered key, 431, CONNECT, a body, an awaitable result,
+  HEAD/1xx/204/304, an upgrade, an access log's on_complete) goes to those methods.
 - Responses are submitted whole: HEADERS plus a body Source (bytes, a file range read with
   pread(2) into nghttp2's frame buffer, or the chunks a streamed body adds). nghttp2 frames
   DATA within the flow-control windows and takes turns between streams itself, so there is

@@ -4,7 +4,9 @@ twin is python-hyper's `h2` under meshkit.web.h2conn).
 
 A Session is nghttp2's sans-IO server session: bytes in (receive), bytes out (send), and
 calls into its owner (the connection's I/O shell) for what the shell must act on: a request's
-header list, as one list of (name, value) bytes per stream; its body's DATA; the end of the
+header list, split as it is decoded into split_request's form (method, path, authority, the
+fields as (str, str) with cookies joined, size, ...: no list of bytes pairs made and split
+again in Python); its body's DATA; the end of the
 client's half; resets, SETTINGS, PINGs and GOAWAYs (which the shell meters); the end of a
 response (its END_STREAM framed); a stream closed. Responses are submitted in one call with
 their body as a Source: a bytes object, a file range read with pread(2) straight into
@@ -14,10 +16,20 @@ SETTINGS, stream states and the inbound checks of RFC 9113 8.1-8.3 are nghttp2's
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport int32_t, uint8_t, uint32_t
-from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy
 from posix.types cimport off_t
 from posix.unistd cimport pread
+
+import logging
+from email.utils import formatdate as _formatdate
+
+cdef extern from "time.h" nogil:
+    ctypedef long time_t
+    time_t c_time "time"(time_t *t)
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeLatin1(const char *s, Py_ssize_t size, const char *errors)
 
 from nghttp2 cimport *
 
@@ -133,17 +145,31 @@ cdef class Session:
     cdef object on_control
     cdef dict sources
     cdef int32_t cur_sid
-    cdef list cur
+    cdef list cur  # the request's fields as (str, str), cookies apart (split_request's form)
     cdef Py_ssize_t cur_size
+    cdef bytes cur_method
+    cdef bytes cur_path
+    cdef bytes cur_authority
+    cdef list cur_cookies
+    cdef object cur_host
+    cdef object cur_clen
+    cdef bint cur_long
+    cdef Py_ssize_t line_max
+    cdef int32_t ended_sid  # the stream whose END_STREAM the owner was just told of
+    cdef char *obuf  # send()'s frames gathered into one buffer
+    cdef Py_ssize_t ocap
     cdef Py_ssize_t cap
     cdef object error
     cdef bytes patch
     cdef char *kbuf
     cdef Py_ssize_t klen
     cdef public bint stopped
+    cdef object owner  # the connection, for the compiled stream path (set_stream_path)
+    cdef bint fast
 
     def __cinit__(self, owner, uint32_t max_streams, uint32_t stream_cap,
-                  uint32_t max_header_list, Py_ssize_t cap, int32_t window):
+                  uint32_t max_header_list, Py_ssize_t cap, int32_t window,
+                  Py_ssize_t line_max=8190):
         cdef nghttp2_session_callbacks *cbs
         cdef nghttp2_option *opt
         cdef nghttp2_settings_entry iv[3]
@@ -154,8 +180,11 @@ cdef class Session:
         self.on_closed = owner._ng_closed
         self.on_sent_end = owner._ng_sent_end
         self.on_control = owner._ng_control
+        self.owner = owner
+        self.fast = _SP_READY and getattr(owner, "_ng_fast", False)
         self.sources = {}
         self.cap = cap
+        self.line_max = line_max
         self.kbuf = <char *>malloc(_KEY_MAX)
         if self.kbuf is NULL:
             raise MemoryError()
@@ -196,6 +225,8 @@ cdef class Session:
     def __dealloc__(self):
         free(self.kbuf)
         self.kbuf = NULL
+        free(self.obuf)
+        self.obuf = NULL
         if self.s is not NULL:
             nghttp2_session_del(self.s)
             self.s = NULL
@@ -218,27 +249,31 @@ cdef class Session:
         """Frames to write, up to about `limit` bytes (b"" when nothing is due)."""
         cdef const uint8_t *p
         cdef ssize_t n
-        cdef Py_ssize_t total = 0
+        cdef Py_ssize_t total = 0, cap
+        cdef char *grown
         first = None
-        parts = None
         while total < limit:
             n = nghttp2_session_mem_send(self.s, &p)
             if n <= 0:
                 break
-            chunk = PyBytes_FromStringAndSize(<const char *>p, n)
+            if total + n > self.ocap:  # frames are gathered in one buffer, one bytes made
+                cap = max(total + n, 2 * self.ocap, 16384)
+                grown = <char *>realloc(self.obuf, cap)
+                if grown is NULL:
+                    raise MemoryError()
+                self.obuf = grown
+                self.ocap = cap
+            memcpy(self.obuf + total, p, n)
             total += n
-            if first is None:
-                first = chunk
-            elif parts is None:
-                parts = [first, chunk]
-            else:
-                parts.append(chunk)
         if self.error is not None:
             self._raise()
-        if parts is not None:
-            first = b"".join(parts)
-        if first is None:
+        if total == 0:
             return b""
+        first = PyBytes_FromStringAndSize(self.obuf, total)
+        if self.ocap > 65536:  # a big body's burst: do not keep its buffer
+            free(self.obuf)
+            self.obuf = NULL
+            self.ocap = 0
         if self.patch is not None:
             first = self._patch_settings(first)
         return first
@@ -352,6 +387,10 @@ cdef int _begin_headers(nghttp2_session *s, const nghttp2_frame *frame, void *ud
     if frame.hd.type == NGHTTP2_HEADERS and frame.headers.cat == NGHTTP2_HCAT_REQUEST:
         self.cur_sid = frame.hd.stream_id
         self.cur = []
+        self.cur_method = self.cur_path = self.cur_authority = b""
+        self.cur_cookies = None
+        self.cur_host = self.cur_clen = None
+        self.cur_long = False
         memcpy(self.kbuf, b"h2\0", 3)
         self.klen = 3
     else:  # trailers (ignored, as the h2 engine does)
@@ -377,8 +416,11 @@ cdef int _header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *
             return NGHTTP2_ERR_CALLBACK_FAILURE
         return 0
     if self.cur is not None and frame.hd.stream_id == self.cur_sid:
-        self.cur.append((PyBytes_FromStringAndSize(<const char *>name, namelen),
-                         PyBytes_FromStringAndSize(<const char *>value, valuelen)))
+        try:
+            _split_field(self, name, namelen, value, valuelen)
+        except BaseException as exc:
+            self.error = exc
+            return NGHTTP2_ERR_CALLBACK_FAILURE
         if self.klen >= 0:
             if self.klen + <Py_ssize_t>(namelen + valuelen + 2) > _KEY_MAX:
                 self.klen = -1
@@ -389,6 +431,41 @@ cdef int _header(nghttp2_session *s, const nghttp2_frame *frame, const uint8_t *
                 memcpy(self.kbuf + self.klen + 1, value, valuelen)
                 self.klen += valuelen + 2
                 self.kbuf[self.klen - 1] = 10
+    return 0
+
+
+cdef inline bint _is(const uint8_t *name, size_t namelen, const char *lit, size_t n) noexcept:
+    return namelen == n and memcmp(name, lit, n) == 0
+
+
+cdef int _split_field(Session self, const uint8_t *name, size_t namelen, const uint8_t *value,
+                      size_t valuelen) except -1:
+    """One field of the request's header list into split_request's form as it arrives (the
+    size is counted by _header): no (bytes, bytes) list made and split again."""
+    if namelen and name[0] == 58:  # ':'
+        if _is(name, namelen, b":method", 7):
+            self.cur_method = PyBytes_FromStringAndSize(<const char *>value, valuelen)
+        elif _is(name, namelen, b":path", 5):
+            self.cur_path = PyBytes_FromStringAndSize(<const char *>value, valuelen)
+        elif _is(name, namelen, b":authority", 10):
+            self.cur_authority = PyBytes_FromStringAndSize(<const char *>value, valuelen)
+        return 0
+    if <Py_ssize_t>(namelen + valuelen + 2) > self.line_max:
+        self.cur_long = True
+    sval = PyUnicode_DecodeLatin1(<const char *>value, valuelen, NULL)
+    if _is(name, namelen, b"cookie", 6):
+        if self.cur_cookies is None:
+            self.cur_cookies = [sval]
+        else:
+            self.cur_cookies.append(sval)
+        return 0
+    if _is(name, namelen, b"host", 4):
+        if self.cur_host is None:
+            self.cur_host = sval
+    elif _is(name, namelen, b"content-length", 14):
+        if self.cur_clen is None:
+            self.cur_clen = sval
+    self.cur.append((PyUnicode_DecodeLatin1(<const char *>name, namelen, NULL), sval))
     return 0
 
 
@@ -407,12 +484,20 @@ cdef int _frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud) n
                 self.on_end(sid)
         elif t == NGHTTP2_HEADERS:
             if frame.headers.cat == NGHTTP2_HCAT_REQUEST and sid == self.cur_sid:
-                fields = self.cur
+                items = self.cur
                 self.cur = None
                 self.cur_sid = 0
+                if self.cur_cookies is not None:
+                    items.append(("cookie", "; ".join(self.cur_cookies)))
+                fields = (self.cur_method, self.cur_path, self.cur_authority, items,
+                          self.cur_size, self.cur_long, self.cur_host, self.cur_clen)
                 key = (
                     PyBytes_FromStringAndSize(self.kbuf, self.klen) if self.klen > 0 else None
                 )
+                if self.fast and (fl & NGHTTP2_FLAG_END_STREAM) and _fast_request(
+                    self, self.owner, sid, fields, key
+                ):
+                    return 0
                 self.on_request(sid, fields, key, (fl & NGHTTP2_FLAG_END_STREAM) != 0)
             elif fl & NGHTTP2_FLAG_END_STREAM:
                 self.on_end(sid)
@@ -468,7 +553,10 @@ cdef int _frame_send(nghttp2_session *s, const nghttp2_frame *frame, void *ud) n
         return 0
     try:
         src = self.sources.get(frame.hd.stream_id)
-        self.on_sent_end(frame.hd.stream_id, src.sent if src is not None else 0)
+        sent = src.sent if src is not None else 0
+        if not (self.fast and _fast_end(self.owner, frame.hd.stream_id, sent)):
+            self.on_sent_end(frame.hd.stream_id, sent)
+        self.ended_sid = frame.hd.stream_id
     except BaseException as exc:
         self.error = exc
         return NGHTTP2_ERR_CALLBACK_FAILURE
@@ -480,6 +568,11 @@ cdef int _stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void *ud)
     cdef Source src
     try:
         src = self.sources.pop(sid, None)
+        if sid == self.ended_sid and code == NGHTTP2_NO_ERROR:
+            # nghttp2 closes a stream right after its END_STREAM is framed: the owner was
+            # told (on_sent_end) and has let the stream go, so this call would find nothing
+            self.ended_sid = 0
+            return 0
         self.on_closed(sid, src.sent if src is not None else 0)
     except BaseException as exc:
         self.error = exc
@@ -487,136 +580,5 @@ cdef int _stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void *ud)
     return 0
 
 
-# ---------------------------------------------------------------------- per-request helpers
-# Compiled twins of meshkit.web.h2conn.split_request and meshkit.web.h2stream.response_fields
-# (tests compare them).
-
-cdef frozenset _HOP = frozenset(
-    {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection", "te"})
-cdef dict _STATUS = {}
-# response_fields' answers for this second's Date, by (status, length, fields): a file served
-# again has the same fields (type, ETag, Last-Modified...), so its HEADERS list is reused
-cdef dict _FIELDS = {}
-cdef str _FIELDS_DATE = ""
-_FIELDS_MAX = 256
-
-
-def split_request(list raw, Py_ssize_t line_max):
-    """A request's header list (as nghttp2 gave it) split: (method, path, authority, fields
-    as (str, str) with cookie fields joined last, RFC 9113 size, a field line past line_max,
-    the first `host` field's value or None, the first `content-length`'s or None)."""
-    cdef bytes name, value
-    cdef Py_ssize_t size = 0, nl, vl
-    cdef bint long_line = False
-    method = path = authority = b""
-    items = []
-    cookies = None
-    host = clen = None
-    for pair in raw:
-        name = <bytes>pair[0]
-        value = <bytes>pair[1]
-        nl = PyBytes_GET_SIZE(name)
-        vl = PyBytes_GET_SIZE(value)
-        size += nl + vl + 32
-        if nl and PyBytes_AS_STRING(name)[0] == 58:  # ':'
-            if name == b":method":
-                method = value
-            elif name == b":path":
-                path = value
-            elif name == b":authority":
-                authority = value
-            continue
-        if nl + vl + 2 > line_max:
-            long_line = True
-        sval = value.decode("latin-1")
-        if name == b"cookie":
-            if cookies is None:
-                cookies = [sval]
-            else:
-                cookies.append(sval)
-            continue
-        if name == b"host":
-            if host is None:
-                host = sval
-        elif name == b"content-length":
-            if clen is None:
-                clen = sval
-        items.append((name.decode("latin-1"), sval))
-    if cookies is not None:
-        items.append(("cookie", "; ".join(cookies)))
-    return method, path, authority, items, size, long_line, host, clen
-
-
-cdef bint _bad_name(str low):
-    cdef Py_UCS4 c
-    if not low:
-        return True
-    for c in low:
-        if c >= 128 or not (
-            (c >= 97 and c <= 122) or (c >= 48 and c <= 57)
-            or c in "!#$%&'*+.^_`|~-"
-        ):
-            return True
-    return False
-
-
-cdef bint _bad_value(str value):
-    cdef Py_UCS4 c
-    for c in value:
-        if c == 13 or c == 10 or c == 0:
-            return True
-    return False
-
-
-def response_fields(int status, headers, length, str date):
-    """The response's HEADERS (see meshkit.web.h2stream.response_fields), `date` for Date.
-    The list may be shared with other responses: it is not to be changed."""
-    global _FIELDS_DATE
-    if date != _FIELDS_DATE:
-        _FIELDS.clear()
-        _FIELDS_DATE = date
-    try:
-        key = (status, length, tuple(headers))
-        out = _FIELDS.get(key)
-    except TypeError:  # a field that is not a (str, str) pair: no memory
-        key = out = None
-    if out is None:
-        out = _response_fields(status, headers, length, date)
-        if key is not None:
-            if len(_FIELDS) >= _FIELDS_MAX:
-                _FIELDS.clear()
-            _FIELDS[key] = out
-    return out
-
-
-cdef list _response_fields(int status, headers, length, str date):
-    cdef bint has_server = False, has_date = False, has_length = False
-    code = _STATUS.get(status)
-    if code is None:
-        code = _STATUS[status] = str(status).encode()
-    out = [(b":status", code)]
-    for name, value in headers:
-        low = name.lower()
-        if low in _HOP:
-            continue
-        if low == "server":
-            has_server = True
-            if not value:
-                continue
-        elif low == "date":
-            has_date = True
-        elif low == "content-length":
-            has_length = True
-        if _bad_value(value) or _bad_name(low):
-            raise ValueError("CR, LF or NUL inside a response header")
-        out.append((low.encode("latin-1", "replace"),
-                    value.strip(" \t").encode("latin-1", "replace")))
-    if not has_server:
-        out.append((b"server", b"meshkit"))
-    if not has_date:
-        out.append((b"date", date.encode("latin-1")))
-    if length is not None and not has_length and status >= 200 and status != 204 and (
-        status != 304
-    ):
-        out.append((b"content-length", str(length).encode()))
-    return out
+# the stream path and the per-request helpers (split_request, response_fields)
+include "_h2stream.pxi"

@@ -151,7 +151,8 @@ def split_request(raw: list[tuple[bytes, bytes]], line_max: int) -> tuple[Any, .
 class H2Connection(H2Sending, H2Remembering, H2Pushing):
     """One HTTP/2 connection on a TLS socket the server owns (see the module)."""
 
-    _split = staticmethod(split_request)  # NgH2Connection's is the compiled twin
+    _split = staticmethod(split_request)
+    _presplit = False  # NgH2Connection's requests arrive split (meshkit._h2ng)
 
     def __init__(
         self,
@@ -311,7 +312,8 @@ class H2Connection(H2Sending, H2Remembering, H2Pushing):
 
     # ------------------------------------------------------------------ requests
 
-    def _on_request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
+    def _on_request(self, sid: int, raw: Any, ended: bool) -> None:
+        # raw: the header list as h2 decoded it, or split_request's tuple (_presplit)
         if self._goaway_at is not None and sid > self._goaway_at:
             self._rst(sid, ErrorCodes.REFUSED_STREAM)
             return
@@ -319,8 +321,9 @@ class H2Connection(H2Sending, H2Remembering, H2Pushing):
             self._refuse(sid)
             return
         server = self._server
-        method, path, authority, items, size, long_line, host_field, cl = self._split(
-            raw, server._max_field_line
+        # nghttp2 hands the list over split already (meshkit._h2ng splits while decoding)
+        method, path, authority, items, size, long_line, host_field, cl = (
+            raw if self._presplit else self._split(raw, server._max_field_line)
         )
         status = 431 if long_line else 0
         if len(items) > server._max_fields or size > min(MAX_HEADER_LIST, server._header_limit):

@@ -4,10 +4,16 @@ python-hyper's `h2` state machine. H2Connection(...) makes one of these when the
 built with nghttp2 and allowed (meshkit.web.h2conn.engine); `h2` stays the pure-Python twin.
 
 What differs from the h2 engine, and why:
-- nghttp2 calls back per event (no event objects): a request's header list arrives as one
-  list per stream; DATA, the client's END_STREAM, resets and control frames each call a
-  method below (the `_ng_*` names).
+- nghttp2 calls back per event (no event objects): a request's header list arrives split
+  (split_request's tuple, made in C while HPACK decodes it); DATA, the client's
+  END_STREAM, resets and control frames each call a method below (the `_ng_*` names); a
+  stream's close after its END_STREAM went out is not reported (_ng_sent_end was).
 - Remembered answers (meshkit.web.h2remember) get their request key made in C.
+- A request without a body takes meshkit._h2ng's compiled stream path (_h2stream.pxi): the
+  Request and Stream built, the handler called, a bytes or file answer submitted and a plain
+  stream let go in C, what _request, _on_request, _dispatch, _respond and _ng_sent_end do
+  for it; everything else (a remembered key, 431, CONNECT, a body, an awaitable result,
+  HEAD/1xx/204/304, an upgrade, an access log's on_complete) goes to those methods.
 - Responses are submitted whole: HEADERS plus a body Source (bytes, a file range read with
   pread(2) into nghttp2's frame buffer, or the chunks a streamed body adds). nghttp2 frames
   DATA within the flow-control windows and takes turns between streams itself, so there is
@@ -38,14 +44,17 @@ from meshkit.web.h2conn import (
 )
 from meshkit.web.h2push import MAX_STREAMS
 from meshkit.web.h2send import OUT_HIGH, STREAM_BUF
-from meshkit.web.h2stream import Stream
-from meshkit.web.message import FileBody, Headers, Response
+from meshkit.web.h2stream import Stream, _asked, _current, answer_for
+from meshkit.web.http1 import HttpError
+from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
 from meshkit.web.output import _discard_body
 from meshkit.web.respcache import CachedResponse
 
 __all__ = ["NgH2Connection"]
 
 log = logging.getLogger("meshkit.web")
+
+_STREAM_PATH: list[bool] = []  # [True] once meshkit._h2ng.set_stream_path was called
 
 # nghttp2's fatal errors that are a client's abuse (answered GOAWAY ENHANCE_YOUR_CALM)
 _CALM_ERRORS = {
@@ -58,15 +67,44 @@ class NgH2Connection(H2Connection):
     """One HTTP/2 connection framed by nghttp2 (see the module)."""
 
     _ng: Any  # meshkit._h2ng.Session
+    _presplit = True  # requests arrive in split_request's form, split while decoded
+    # requests without a body go through meshkit._h2ng's compiled stream path (the Request,
+    # the handler, then _respond), the methods below and H2Connection's for anything else
+    _ng_fast = True
 
     def _init_engine(self) -> None:
         mod = load_engine()
+        if not _STREAM_PATH:
+            # the compiled stream path's classes and limits (meshkit._h2ng imports nothing
+            # of meshkit.web)
+            mod.set_stream_path(
+                Request,
+                Headers,
+                EmptyBody,
+                Stream,
+                Response,
+                FileBody,
+                http1.parse_target,
+                HttpError,
+                answer_for,
+                _current,
+                _asked,
+                MAX_STREAMS,
+                MAX_HEADER_LIST,
+            )
+            _STREAM_PATH.append(True)
         self._mod = mod
         self._Source = mod.Source
-        self._split = mod.split_request
-        self._c_fields = mod.response_fields
+        # response_fields with this second's Date, made in C: no Python frame per response
+        self._fields = mod.response_fields_now  # type: ignore[method-assign]
         self._ng = mod.Session(
-            self, MAX_STREAMS, _H2_STREAM_CAP, MAX_HEADER_LIST, _HPACK_CAP, _WINDOW
+            self,
+            MAX_STREAMS,
+            _H2_STREAM_CAP,
+            MAX_HEADER_LIST,
+            _HPACK_CAP,
+            _WINDOW,
+            self._server._max_field_line,
         )
         self._in_engine = False
         self._close_pending = False
@@ -157,9 +195,28 @@ class NgH2Connection(H2Connection):
 
     def _ng_sent_end(self, sid: int, sent: int) -> None:
         st = self._streams.get(sid)
-        if st is not None and not st.closed:
-            st.sent = sent
+        if st is None or st.closed:
+            return
+        st.sent = sent
+        if st.body is not None or st.waiter is not None or st.request.on_complete:
             self._finish(st)
+            return
+        # the common end (no request body, no producer waiting, no on_complete such as an
+        # access log): what _finish, _let_go and _maybe_done do then, without their frames
+        st.closed = True
+        del self._streams[sid]
+        self._sending.pop(sid, None)
+        release = st.release
+        if release is not None:
+            st.release = None
+            try:
+                release()
+            except Exception:
+                log.exception("releasing a file body failed")
+        if not self._streams:
+            self._active_since = self._server._now
+            if self._goaway_at is not None:
+                self._maybe_done()
 
     def _ng_control(self, kind: int) -> None:
         mod = self._mod
@@ -181,10 +238,6 @@ class NgH2Connection(H2Connection):
             self._close()
 
     # ------------------------------------------------------------------ engine primitives
-
-    def _fields(self, status: int, headers: Headers, length: int | None) -> list[Any]:
-        fields: list[Any] = self._c_fields(status, headers, length, http1.http_date())
-        return fields
 
     def _rst(self, sid: int, code: ErrorCodes) -> None:
         self._ng.reset(sid, code)
@@ -261,13 +314,18 @@ class NgH2Connection(H2Connection):
                 src = self._Source.of_file(body.fd, body.offset, body.length)
         else:
             src = self._Source()
-        if self._ng.respond(st.id, fields, src) != 0:  # the stream closed under us
-            _discard_body(body)
-            self._drop(st, None)
+        if self._ng.respond(st.id, fields, src) != 0:
+            self._respond_failed(st, body)
             return
         st.src = src
         if src is not None and not src.eof:
             st.source = self._loop.create_task(self._pull(st, body, length))
+
+    def _respond_failed(self, st: Stream, body: Any) -> None:
+        """nghttp2 refused the response: the stream closed under us (meshkit._h2ng's
+        stream path calls this too)."""
+        _discard_body(body)
+        self._drop(st, None)
 
     # the nghttp2 engine's ends of H2Sending._pull: the pieces go to the stream's Source
 

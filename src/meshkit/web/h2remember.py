@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from meshkit.web.h2push import MAX_STREAMS
-from meshkit.web.h2stream import Stream, answer_for, pusher_calls, set_pusher
+from meshkit.web.h2stream import Stream, _asked, _current, answer_for
 from meshkit.web.message import EmptyBody, Headers, Request, Response
 from meshkit.web.respcache import MAX_HEAD, CachedResponse, ResponseCache
 
@@ -58,7 +58,7 @@ class H2Remembering:
     requests: int
 
     # H2Connection's and the engines'
-    def _on_request(self, sid: int, raw: list[tuple[bytes, bytes]], ended: bool) -> None:
+    def _on_request(self, sid: int, raw: Any, ended: bool) -> None:
         raise NotImplementedError
 
     def _respond(self, st: Stream, response: Response) -> None:
@@ -74,10 +74,9 @@ class H2Remembering:
         """HEADERS and the remembered body (bytes or file range) on st's stream."""
         raise NotImplementedError
 
-    def _request(
-        self, sid: int, raw: list[tuple[bytes, bytes]], key: bytes | None, ended: bool
-    ) -> None:
-        """A request's header list arrived (key: its request_key, or None)."""
+    def _request(self, sid: int, raw: Any, key: bytes | None, ended: bool) -> None:
+        """A request's header list arrived (raw: as h2 decoded it, or split by nghttp2's
+        engine; key: its request_key, or None)."""
         server = self._server
         if ended and key is not None and server._caching:
             hit = server._cache.entries.get(key)
@@ -97,21 +96,31 @@ class H2Remembering:
         response that may be remembered is (see the module)."""
         request = st.request
         key, self._key = self._key, None  # (a pushed request dispatched inside has none)
-        asked = pusher_calls()
-        set_pusher((self, st.id, request.host))
+        # h2stream's set_pusher and pusher_calls, without their calls (every request)
+        asked = _asked[0]
+        _current[0] = (self, st.id, request.host)
         try:
             result = self._server._handler(request)
         except Exception as exc:
             result = answer_for(exc, request)
         finally:
-            set_pusher(None)
+            _current[0] = None
         if isinstance(result, Response):
-            if key is not None and result.validators is not None and asked == pusher_calls():
-                cand = ResponseCache.make(result, "2.0", request.method, request)
-                if cand is not None:
-                    self._server._cache.put(key, cand)
+            if key is not None and result.validators is not None and asked == _asked[0]:
+                self._remember(key, result, request)
             self._respond(st, result)
-        elif isinstance(result, asyncio.Future):
+        else:
+            self._later(st, result)
+
+    def _remember(self, key: bytes, result: Response, request: Request) -> None:
+        """Keep a response the handler answered at once with validators, by request key."""
+        cand = ResponseCache.make(result, "2.0", request.method, request)
+        if cand is not None:
+            self._server._cache.put(key, cand)
+
+    def _later(self, st: Stream, result: Any) -> None:
+        """A handler's awaitable result: the response follows when it is done."""
+        if isinstance(result, asyncio.Future):
             st.task = result
             result.add_done_callback(functools.partial(self._result_done, st))
         else:

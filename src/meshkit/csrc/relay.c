@@ -9,7 +9,8 @@
  *   one recv and one send per message and no epoll_ctl at all.
  * - Bytes are read into one shared scratch buffer and sent on at once. Only what the
  *   destination did not take is copied into a per-direction buffer (from a small pool), and
- *   while that is non-empty the source is not read: at most bufsize bytes wait per direction.
+ *   while that is non-empty the source is not read: at most bufsize bytes wait per direction
+ *   (a bulk direction that copies reads up to RELAY_BULK_READ at once, so up to that many).
  * - A pair that used its read budget in one poll is carried over to the next poll and an
  *   eventfd in the epoll set is made readable, so the owner's loop calls poll() again after
  *   serving everything else.
@@ -30,8 +31,13 @@
  *   go through the buffer, which is always drained before a pipe is filled. When splice
  *   cannot serve a direction (EINVAL, ENOSYS) it goes back to the copy path for good, bytes
  *   already in its pipe included; when no pipe is to be had (cap, EMFILE) that read copies.
- *   MESHKIT_RELAY_SPLICE=0 turns splicing off, MESHKIT_RELAY_PIPES caps the pipes (default
- *   RELAY_PIPES_DEFAULT); both are read by relay_create(). splice(2) into a socket raises
+ *   A pair with a leg over the loopback device (its peer a loopback address or the socket's
+ *   own) copies: there the spliced pages are the local sender's, and the receiver at the
+ *   far end paid more per byte for them than the relay saved (iperf3 through the relay on
+ *   one core: see docs/notes/wip-relaybulk.md; over veth splicing paid). Unset or "auto",
+ *   MESHKIT_RELAY_SPLICE decides so; "1" splices on loopback too, "0" never splices.
+ *   MESHKIT_RELAY_PIPES caps the pipes (default RELAY_PIPES_DEFAULT); both are read by
+ *   relay_create(). splice(2) into a socket raises
  *   SIGPIPE on EPIPE (it has no MSG_NOSIGNAL), so splicing is off in a process that has
  *   SIGPIPE at SIG_DFL (Python ignores it).
  */
@@ -59,9 +65,11 @@
 #define RELAY_IDLE_SLACK 1e-6 /* scan a little early rather than miss a deadline to rounding */
 #define RELAY_SPLICE_AFTER 65536 /* bytes a direction moves by copy before it splices */
 #define RELAY_PIPES_DEFAULT 64   /* pipes at most, unless MESHKIT_RELAY_PIPES says otherwise */
+#define RELAY_BULK_READ 262144   /* a copying bulk direction's reads (see pump_direction) */
 
 typedef struct relay_dir {
     char *buf;     /* bytes the destination has not taken yet; NULL when none */
+    uint8_t bigbuf; /* buf was malloc'ed for a bulk read's rest (larger than bufsize) */
     uint32_t off;
     uint32_t len;
     uint64_t bytes; /* delivered to the destination, preamble excluded */
@@ -113,7 +121,8 @@ struct relay {
     int wakefd;
     uint8_t wake_armed;
     size_t bufsize;
-    char *scratch;
+    size_t bulkread;  /* read size of copying bulk directions: max(bufsize, RELAY_BULK_READ) */
+    char *scratch;    /* bulkread bytes */
     relay_pair_t *pairs;
     uint32_t cap;    /* allocated slots */
     uint32_t used;   /* slots ever handed out; ids below this exist */
@@ -129,7 +138,7 @@ struct relay {
     relay_finished_t *fin; /* cap */
     uint32_t nfin;
     double next_idle_check;
-    uint8_t splice;       /* bulk directions of TCP pairs may splice */
+    uint8_t splice;       /* enum relay_splice_mode: may bulk directions of TCP pairs splice */
     relay_pipes_t pipes;
     relay_tab_t *tabs; /* tables of served pairs */
     uint32_t ntabs;
@@ -137,6 +146,7 @@ struct relay {
 };
 
 enum { PUMP_IDLE, PUMP_MORE, PUMP_DONE, PUMP_RESET };
+enum relay_splice_mode { RELAY_SPLICE_OFF = 0, RELAY_SPLICE_ALWAYS = 1, RELAY_SPLICE_AUTO = 2 };
 
 static uint64_t make_token(uint32_t idx, uint32_t gen, int side)
 {
@@ -161,8 +171,12 @@ static void give_buffer(relay_t *r, char *buf)
 static void release_dir(relay_t *r, relay_dir_t *dir)
 {
     if (dir->buf) {
-        give_buffer(r, dir->buf);
+        if (dir->bigbuf)
+            free(dir->buf);
+        else
+            give_buffer(r, dir->buf);
         dir->buf = NULL;
+        dir->bigbuf = 0;
     }
     dir->off = dir->len = 0;
 }
@@ -231,13 +245,42 @@ static int is_tcp(int fd)
     return getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &sl) == 0 && proto == IPPROTO_TCP;
 }
 
+/* Whether the TCP connection on fd runs over the loopback device: its peer is a loopback
+ * address, or the socket's own address (a connection from this host to itself). */
+static int over_loopback(int fd)
+{
+    struct sockaddr_storage me, peer;
+    socklen_t ml = sizeof me, pl = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &pl) < 0 ||
+        getsockname(fd, (struct sockaddr *)&me, &ml) < 0 || me.ss_family != peer.ss_family)
+        return 0;
+    if (peer.ss_family == AF_INET) {
+        const struct in_addr *a = &((const struct sockaddr_in *)&peer)->sin_addr;
+        const struct in_addr *b = &((const struct sockaddr_in *)&me)->sin_addr;
+        return (ntohl(a->s_addr) >> 24) == 127 || a->s_addr == b->s_addr;
+    }
+    if (peer.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)&peer)->sin6_addr;
+        const struct in6_addr *b = &((const struct sockaddr_in6 *)&me)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a) || memcmp(a, b, sizeof *a) == 0)
+            return 1;
+        return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+    }
+    return 0;
+}
+
 /* Whether direction d's next read should splice into a pipe. */
 static int use_splice(const relay_t *r, relay_pair_t *p, int d)
 {
     if (!r->splice || !p->dir[d].bulk || p->dir[d].nosplice)
         return 0;
-    if (!p->tcp)
+    if (!p->tcp) {
+        /* Asked once per pair, when a direction first turns bulk (short flows never ask). */
         p->tcp = is_tcp(p->fd[0]) && is_tcp(p->fd[1]) ? 1 : 2;
+        if (p->tcp == 1 && r->splice == RELAY_SPLICE_AUTO &&
+            (over_loopback(p->fd[0]) || over_loopback(p->fd[1])))
+            p->tcp = 2;
+    }
     return p->tcp == 1;
 }
 
@@ -419,7 +462,13 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
             if (rc == 1)
                 continue;
         }
-        ssize_t n = recv_bytes(src, r->scratch, r->bufsize);
+        /* A bulk direction that copies (splice off, or not worth it here) reads up to
+         * bulkread bytes while its destination takes bytes: a quarter of the syscalls and of
+         * the wake-ups of the reader at the far end. On loopback this cut the relay's CPU
+         * per GB by about a tenth. Its rest, if the destination takes less, waits in a
+         * buffer of its own size, so a bulk direction holds at most bulkread bytes. */
+        size_t want = dir->bulk && p->writable[1 - d] ? r->bulkread : r->bufsize;
+        ssize_t n = recv_bytes(src, r->scratch, want);
         if (n < 0) {
             if (!is_again(errno))
                 return -1;
@@ -432,12 +481,18 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
             dir->eof = 1;
             continue;
         }
+        /* A big read counts for as many reads of bufsize against the budget. */
+        if (want > r->bufsize) {
+            budget -= (int)(want / r->bufsize) - 1;
+            if (budget < 0)
+                budget = 0;
+        }
         /* A short stream read drained the socket; later data raises a new edge. This saves
          * the recv that would only say EAGAIN on every ping-pong message. Not so when a FIN
          * is queued: recv stops in front of it and no new edge will come for it. */
-        if ((size_t)n < r->bufsize && !p->hup[d])
+        if ((size_t)n < want && !p->hup[d])
             p->readable[d] = 0;
-        note_burst(dir, (size_t)n, (size_t)n == r->bufsize);
+        note_burst(dir, (size_t)n, (size_t)n >= r->bufsize);
         size_t sent = 0;
         if (p->writable[1 - d]) {
             ssize_t m = send_bytes(dst, r->scratch, (size_t)n);
@@ -452,14 +507,16 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
                 p->writable[1 - d] = 0;
         }
         if (sent < (size_t)n) {
-            dir->buf = take_buffer(r);
+            size_t rest = (size_t)n - sent;
+            dir->bigbuf = rest > r->bufsize;
+            dir->buf = dir->bigbuf ? malloc(rest) : take_buffer(r);
             if (!dir->buf) {
                 errno = ENOMEM;
                 return -1;
             }
-            memcpy(dir->buf, r->scratch + sent, (size_t)n - sent);
+            memcpy(dir->buf, r->scratch + sent, rest);
             dir->off = 0;
-            dir->len = (uint32_t)((size_t)n - sent);
+            dir->len = (uint32_t)rest;
             return 0;
         }
     }
@@ -718,8 +775,9 @@ static int grow_slots(relay_t *r)
     return 0;
 }
 
-/* MESHKIT_RELAY_SPLICE ("0": off) and MESHKIT_RELAY_PIPES (the cap; 0 is off too) into
- * *on; returns the cap. Off as well while SIGPIPE would kill the process (see the top). */
+/* MESHKIT_RELAY_SPLICE ("0": off, "1": on every TCP pair, else auto: not over loopback)
+ * and MESHKIT_RELAY_PIPES (the cap; 0 is off too) into *on; returns the cap. Off as well
+ * while SIGPIPE would kill the process (see the top). */
 static uint32_t read_splice_setting(uint8_t *on)
 {
     const char *s = getenv("MESHKIT_RELAY_SPLICE");
@@ -732,7 +790,11 @@ static uint32_t read_splice_setting(uint8_t *on)
         if (!*end && v <= 65536)
             cap = (uint32_t)v;
     }
-    *on = !(s && strcmp(s, "0") == 0) && cap > 0;
+    *on = s && strcmp(s, "0") == 0   ? RELAY_SPLICE_OFF
+          : s && strcmp(s, "1") == 0 ? RELAY_SPLICE_ALWAYS
+                                     : RELAY_SPLICE_AUTO;
+    if (cap == 0)
+        *on = RELAY_SPLICE_OFF;
     if (sigaction(SIGPIPE, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO) &&
         sa.sa_handler == SIG_DFL)
         *on = 0;
@@ -751,7 +813,8 @@ relay_t *relay_create(size_t bufsize)
     r->epfd = r->wakefd = -1;
     r->bufsize = bufsize;
     r->next_idle_check = INFINITY;
-    r->scratch = malloc(bufsize);
+    r->bulkread = bufsize > RELAY_BULK_READ ? bufsize : RELAY_BULK_READ;
+    r->scratch = malloc(r->bulkread);
     r->pool = calloc(RELAY_POOL_MAX, sizeof *r->pool);
     if (!r->scratch || !r->pool || grow_slots(r) < 0)
         goto fail;
@@ -985,11 +1048,22 @@ int relay_close_all(relay_t *r, const relay_finished_t **out)
     return (int)r->nfin;
 }
 
+/* Whether connections accepted from listen_fd come with TCP_NODELAY already: a TCP child
+ * socket inherits it from its listener (set before listen(), as meshkit's listeners do), so
+ * one getsockopt per batch saves a setsockopt per connection. */
+static int nodelay_inherited(int listen_fd)
+{
+    int on = 0;
+    socklen_t sl = sizeof on;
+    return getsockopt(listen_fd, IPPROTO_TCP, TCP_NODELAY, &on, &sl) == 0 && on;
+}
+
 /* The next connection: its fd (non-blocking, close-on-exec, TCP_NODELAY) and peer address;
  * -EAGAIN when none is pending or max_tries is used up (skipped connections count as tries,
  * so a socket that fails every accept the same way cannot keep the caller here); -errno for
  * an error that concerns the listener (EMFILE, ENFILE, ENOBUFS, ENOMEM, EBADF, ...). */
-static int accept_next(int listen_fd, struct sockaddr_storage *ss, int *tries, int max_tries)
+static int accept_next(int listen_fd, struct sockaddr_storage *ss, int *tries, int max_tries,
+                       int inherited)
 {
     while (*tries < max_tries) {
         socklen_t sl = sizeof *ss;
@@ -999,7 +1073,8 @@ static int accept_next(int listen_fd, struct sockaddr_storage *ss, int *tries, i
             (*tries)++;
             if (sl < sizeof ss->ss_family)
                 ss->ss_family = AF_UNSPEC;
-            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+            if (!inherited)
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
             return fd;
         }
         int err = errno;
@@ -1030,10 +1105,10 @@ static int accept_next(int listen_fd, struct sockaddr_storage *ss, int *tries, i
 
 int relay_accept(int listen_fd, relay_accepted_t *out, int max_count)
 {
-    int n = 0, tries = 0;
+    int n = 0, tries = 0, inherit = nodelay_inherited(listen_fd);
     while (n < max_count) {
         struct sockaddr_storage ss;
-        int fd = accept_next(listen_fd, &ss, &tries, max_count);
+        int fd = accept_next(listen_fd, &ss, &tries, max_count, inherit);
         if (fd == -EAGAIN)
             break;
         if (fd < 0)
@@ -1222,14 +1297,14 @@ static int key_from_peer(ct_key *key, const struct sockaddr_storage *ss)
 int relay_serve(relay_t *r, int listen_fd, ct_table *t, const ct_key *dst, double idle_timeout,
                 double connect_timeout, double now, int max_count, int *refused)
 {
-    int n = 0, tries = 0;
+    int n = 0, tries = 0, inherit = nodelay_inherited(listen_fd);
     ct_key key = *dst;
     key.proto = 6;
     key.pad = 0;
     *refused = 0;
     while (n < max_count) {
         struct sockaddr_storage ss;
-        int fd = accept_next(listen_fd, &ss, &tries, max_count);
+        int fd = accept_next(listen_fd, &ss, &tries, max_count, inherit);
         if (fd == -EAGAIN)
             break;
         if (fd < 0)

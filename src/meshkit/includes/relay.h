@@ -10,9 +10,9 @@
  *
  * Bulk directions of TCP pairs move by splice(2) through pipes from a pool (relay_pipe.h);
  * relay_create() reads MESHKIT_RELAY_SPLICE ("0": copy only; "1": every TCP pair; else, the
- * default, pairs with no leg over loopback) and MESHKIT_RELAY_PIPES (the pool's cap,
- * default 64). A process with SIGPIPE at SIG_DFL gets no splicing, as splice(2) into a
- * reset socket raises SIGPIPE.
+ * default, pairs whose legs both run through NICs, not loopback or veth) and
+ * MESHKIT_RELAY_PIPES (the pool's cap, default 64). A process with SIGPIPE at SIG_DFL gets
+ * no splicing, as splice(2) into a reset socket raises SIGPIPE.
  *
  * The pure-Python twin with identical behaviour is meshkit/l4/relay.py.
  */

@@ -685,10 +685,36 @@ def report(results: Results, args: argparse.Namespace) -> bool:
     )
     if retrans:
         print(f"iperf3 retransmits (sum over rounds): {retrans}")
+    for note in goal_context(results):
+        print(note)
     issue = ", ".join(fmt(ISSUE_HAPROXY[m.key], m.unit) for m in METRICS)
     print(f"(issue author's HAProxy 2.6 numbers on the reference machine: {issue})")
     report_errors_and_noise(results)
     return all_met
+
+
+def goal_context(results: Results) -> list[str]:
+    """One line per measured metric: the goal in absolute terms beside the direct path's
+    figure, so a reader sees when a goal (bulk's 1.5x HAProxy) is above what the backend
+    reaches with no proxy at all, and how far meshkit is from the direct path."""
+    lines = []
+    for m in METRICS:
+        direct = results.median(m.key, "direct")
+        hap = results.median(m.key, "haproxy")
+        if direct is None or not hap:
+            continue
+        need = m.goal * hap
+        line = (
+            f"{m.key} goal: {m.goal:.1f}x HAProxy = {fmt(need, m.unit)}; "
+            f"direct (no proxy) {fmt(direct, m.unit)} = {direct / hap:.2f}x HAProxy"
+        )
+        if need > direct:
+            line += " (the goal is above the direct path: no proxy can meet it here)"
+        mk = results.median(m.key, "meshkit")
+        if mk is not None and direct:
+            line += f"; meshkit = {mk / direct:.2f}x direct"
+        lines.append(line)
+    return lines
 
 
 def report_errors_and_noise(results: Results, skip: Sequence[str] = ()) -> None:

@@ -35,7 +35,7 @@
  *   sockets report a NAPI id; where the kernel has no NAPI ids, pairs with no leg over
  *   loopback). Over loopback and veth the receiver at the far end is on this host and paid
  *   more per byte for spliced pages than the relay saved: iperf3 through the relay on one
- *   core, relay + receiver CPU per GB about 0.8 s spliced vs 0.6 s copied in 256 KiB reads,
+ *   core, relay + receiver CPU per GB about 0.8 s spliced vs 0.5-0.6 s copied (256 KiB reads)
  *   on both (docs/notes/wip-relaybulk.md). HAProxy does not splice at all by default.
  *   MESHKIT_RELAY_SPLICE=1 splices every TCP pair, "0" none.
  *   MESHKIT_RELAY_PIPES caps the pipes (default RELAY_PIPES_DEFAULT); both are read by
@@ -68,10 +68,11 @@
 #define RELAY_SPLICE_AFTER 65536 /* bytes a direction moves by copy before it splices */
 #define RELAY_PIPES_DEFAULT 64   /* pipes at most, unless MESHKIT_RELAY_PIPES says otherwise */
 #define RELAY_BULK_READ 262144   /* a copying bulk direction's reads (see pump_direction) */
+#define RELAY_BIG_POOL_MAX 8     /* idle bulk-read buffers kept for reuse */
 
 typedef struct relay_dir {
     char *buf;     /* bytes the destination has not taken yet; NULL when none */
-    uint8_t bigbuf; /* buf was malloc'ed for a bulk read's rest (larger than bufsize) */
+    uint8_t bigbuf; /* buf is a bulk-read buffer (bulkread bytes, from r->bigpool) */
     uint32_t off;
     uint32_t len;
     uint64_t bytes; /* delivered to the destination, preamble excluded */
@@ -124,7 +125,9 @@ struct relay {
     uint8_t wake_armed;
     size_t bufsize;
     size_t bulkread;  /* read size of copying bulk directions: max(bufsize, RELAY_BULK_READ) */
-    char *scratch;    /* bulkread bytes */
+    char *scratch;
+    char *bigpool[RELAY_BIG_POOL_MAX]; /* idle bulk-read buffers */
+    uint32_t nbig;
     relay_pair_t *pairs;
     uint32_t cap;    /* allocated slots */
     uint32_t used;   /* slots ever handed out; ids below this exist */
@@ -170,11 +173,26 @@ static void give_buffer(relay_t *r, char *buf)
         free(buf);
 }
 
+static char *take_big(relay_t *r)
+{
+    if (r->nbig)
+        return r->bigpool[--r->nbig];
+    return malloc(r->bulkread);
+}
+
+static void give_big(relay_t *r, char *buf)
+{
+    if (r->nbig < RELAY_BIG_POOL_MAX)
+        r->bigpool[r->nbig++] = buf;
+    else
+        free(buf);
+}
+
 static void release_dir(relay_t *r, relay_dir_t *dir)
 {
     if (dir->buf) {
         if (dir->bigbuf)
-            free(dir->buf);
+            give_big(r, dir->buf);
         else
             give_buffer(r, dir->buf);
         dir->buf = NULL;
@@ -494,10 +512,24 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
         /* A bulk direction that copies (splice off, or not worth it here) reads up to
          * bulkread bytes while its destination takes bytes: a quarter of the syscalls and of
          * the wake-ups of the reader at the far end. On loopback this cut the relay's CPU
-         * per GB by about a tenth. Its rest, if the destination takes less, waits in a
-         * buffer of its own size, so a bulk direction holds at most bulkread bytes. */
-        size_t want = dir->bulk && p->writable[1 - d] ? r->bulkread : r->bufsize;
-        ssize_t n = recv_bytes(src, r->scratch, want);
+         * per GB by about a tenth. It reads into a buffer of its own (from a small pool),
+         * so that a rest the destination did not take stays where it is, with no copy; a
+         * bulk direction so holds at most bulkread bytes. */
+        size_t want = r->bufsize;
+        char *in = r->scratch;
+        if (dir->bulk && p->writable[1 - d]) {
+            if (!(in = take_big(r))) {
+                errno = ENOMEM;
+                return -1;
+            }
+            want = r->bulkread;
+        }
+        ssize_t n = recv_bytes(src, in, want);
+        if (n <= 0 && in != r->scratch) {
+            int err = errno;
+            give_big(r, in);
+            errno = err;
+        }
         if (n < 0) {
             if (!is_again(errno))
                 return -1;
@@ -524,10 +556,13 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
         note_burst(dir, (size_t)n, (size_t)n >= r->bufsize);
         size_t sent = 0;
         if (p->writable[1 - d]) {
-            ssize_t m = send_bytes(dst, r->scratch, (size_t)n);
+            ssize_t m = send_bytes(dst, in, (size_t)n);
             if (m < 0) {
-                if (!is_again(errno))
+                if (!is_again(errno)) {
+                    if (in != r->scratch)
+                        give_big(r, in);
                     return -1;
+                }
                 m = 0;
             }
             sent = (size_t)m;
@@ -537,8 +572,14 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
         }
         if (sent < (size_t)n) {
             size_t rest = (size_t)n - sent;
-            dir->bigbuf = rest > r->bufsize;
-            dir->buf = dir->bigbuf ? malloc(rest) : take_buffer(r);
+            if (in != r->scratch) { /* the rest stays in the bulk buffer, which dir now holds */
+                dir->buf = in;
+                dir->bigbuf = 1;
+                dir->off = (uint32_t)sent;
+                dir->len = (uint32_t)rest;
+                return 0;
+            }
+            dir->buf = take_buffer(r);
             if (!dir->buf) {
                 errno = ENOMEM;
                 return -1;
@@ -548,6 +589,8 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
             dir->len = (uint32_t)rest;
             return 0;
         }
+        if (in != r->scratch)
+            give_big(r, in);
     }
 }
 
@@ -843,7 +886,7 @@ relay_t *relay_create(size_t bufsize)
     r->bufsize = bufsize;
     r->next_idle_check = INFINITY;
     r->bulkread = bufsize > RELAY_BULK_READ ? bufsize : RELAY_BULK_READ;
-    r->scratch = malloc(r->bulkread);
+    r->scratch = malloc(bufsize);
     r->pool = calloc(RELAY_POOL_MAX, sizeof *r->pool);
     if (!r->scratch || !r->pool || grow_slots(r) < 0)
         goto fail;
@@ -887,6 +930,8 @@ void relay_destroy(relay_t *r)
     destroy_pipes(&r->pipes);
     for (uint32_t i = 0; i < r->npool; i++)
         free(r->pool[i]);
+    for (uint32_t i = 0; i < r->nbig; i++)
+        free(r->bigpool[i]);
     if (r->epfd >= 0)
         close(r->epfd);
     if (r->wakefd >= 0)

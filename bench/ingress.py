@@ -94,6 +94,8 @@ class Sample:
     errors: str = ""
     retransmits: int = 0  # iperf3's sender retransmits (not errors; shown in a summary line)
     background: float = 0.0  # busiest used CPU's % busy just before the run (foreign load)
+    amount: float = 0.0  # what the run moved: requests (wrk) or GB (iperf3); 0: not known
+    cpu: float = 0.0  # CPU seconds the proxy process used during the run (0: not measured)
 
 
 @dataclass
@@ -106,6 +108,15 @@ class Results:
 
     def median(self, metric: str, target: str) -> float | None:
         values = [s.value for s in self.samples.get(metric, {}).get(target, [])]
+        return statistics.median(values) if values else None
+
+    def cpu_per_unit(self, metric: str, target: str) -> float | None:
+        """Median CPU seconds of the proxy per request or per GB (None: not measured)."""
+        values = [
+            s.cpu / s.amount
+            for s in self.samples.get(metric, {}).get(target, [])
+            if s.cpu > 0 and s.amount > 0
+        ]
         return statistics.median(values) if values else None
 
 
@@ -171,12 +182,25 @@ def background_busy(cores: set[int], interval: float = 0.3) -> float:
     return busiest
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) process pid has used so far; 0.0 when it cannot be read.
+    Softirq time (the kernel's TCP receive work) is not in it where the kernel accounts IRQ
+    time apart, so this is the proxy's own share, comparable between proxies."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 class Procs:
     """Processes started by this run; all stopped by pid in stop_all()."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.running: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+        self.pids: dict[str, int] = {}  # measured target -> its proxy's pid (for CPU time)
 
     def start(
         self,
@@ -431,6 +455,7 @@ def start_meshkit(
 
 _WRK_RATE = re.compile(r"Requests/sec:\s+([0-9.]+)")
 _WRK_ERRORS = re.compile(r"Socket errors:.*|Non-2xx or 3xx responses:.*")
+_WRK_COUNT = re.compile(r"(\d+) requests in ")
 
 
 def run_wrk(
@@ -462,7 +487,8 @@ def run_wrk(
             f"{shlex.join(cmd)} failed (status {proc.returncode}):\n{proc.stdout}{proc.stderr}"
         )
     errors = "; ".join(m.group(0).strip() for m in _WRK_ERRORS.finditer(proc.stdout))
-    return Sample(float(match.group(1)), errors)
+    done = _WRK_COUNT.search(proc.stdout)
+    return Sample(float(match.group(1)), errors, amount=float(done.group(1)) if done else 0.0)
 
 
 def run_iperf3(port: int, duration: float, core: int | None) -> Sample:
@@ -483,8 +509,9 @@ def run_iperf3(port: int, duration: float, core: int | None) -> Sample:
             report = {"error": (proc.stdout + proc.stderr).strip() or "no output"}
         if "error" not in report and proc.returncode == 0:
             bps = float(report["end"]["sum_received"]["bits_per_second"])
+            gb = float(report["end"]["sum_received"].get("bytes", 0)) / 1e9
             retrans = int(report["end"].get("sum_sent", {}).get("retransmits", 0))
-            return Sample(bps / 1e9, retransmits=retrans)
+            return Sample(bps / 1e9, retransmits=retrans, amount=gb)
         last = str(report.get("error"))
         # The server serves one test at a time and needs a moment between tests.
         if "busy" not in last and "Connection refused" not in last:
@@ -512,9 +539,13 @@ def measure(
     round_no: int,
     unit: str,
     cores: set[int],
+    pid: int | None = None,
 ) -> None:
     busy = background_busy(cores)
+    cpu0 = process_cpu(pid) if pid else 0.0
     sample = fn()
+    if pid:
+        sample.cpu = process_cpu(pid) - cpu0
     sample.background = busy
     results.add(metric, target, sample)
     notes = [sample.errors] if sample.errors else []
@@ -534,12 +565,15 @@ def proxies(
     ports: dict[str, int] = {}
     try:
         ports["haproxy"] = start_haproxy(procs, args.proxy_core, backend_port, tag)
+        procs.pids["haproxy"] = procs.running[-1][1].pid
         if splice:
             ports[SPLICE_TARGET] = start_haproxy(
                 procs, args.proxy_core, backend_port, f"{tag}-splice", splice=True
             )
+            procs.pids[SPLICE_TARGET] = procs.running[-1][1].pid
         if not args.no_meshkit:
             ports["meshkit"] = start_meshkit(procs, args.proxy_core, backend_port, tag, args)
+            procs.pids["meshkit"] = procs.running[-1][1].pid
         yield ports
     finally:
         for _, proc, _ in list(procs.running[before:]):
@@ -580,6 +614,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                             r,
                             unit,
                             cores,
+                            procs.pids.get(target),
                         )
         if "bulk" not in args.metrics:
             return results
@@ -598,6 +633,7 @@ def run(args: argparse.Namespace, tmp: Path) -> Results:
                         r,
                         "Gbit/s",
                         cores,
+                        procs.pids.get(target),
                     )
     finally:
         procs.stop_all()
@@ -685,10 +721,58 @@ def report(results: Results, args: argparse.Namespace) -> bool:
     )
     if retrans:
         print(f"iperf3 retransmits (sum over rounds): {retrans}")
+    for note in goal_context(results):
+        print(note)
+    for note in cpu_lines(results):
+        print(note)
     issue = ", ".join(fmt(ISSUE_HAPROXY[m.key], m.unit) for m in METRICS)
     print(f"(issue author's HAProxy 2.6 numbers on the reference machine: {issue})")
     report_errors_and_noise(results)
     return all_met
+
+
+def goal_context(results: Results) -> list[str]:
+    """One line per measured metric: the goal in absolute terms beside the direct path's
+    figure, so a reader sees when a goal (bulk's 1.5x HAProxy) is above what the backend
+    reaches with no proxy at all, and how far meshkit is from the direct path."""
+    lines = []
+    for m in METRICS:
+        direct = results.median(m.key, "direct")
+        hap = results.median(m.key, "haproxy")
+        if direct is None or not hap:
+            continue
+        need = m.goal * hap
+        line = (
+            f"{m.key} goal: {m.goal:.1f}x HAProxy = {fmt(need, m.unit)}; "
+            f"direct (no proxy) {fmt(direct, m.unit)} = {direct / hap:.2f}x HAProxy"
+        )
+        if need > direct:
+            line += " (the goal is above the direct path)"
+        mk = results.median(m.key, "meshkit")
+        if mk is not None and direct:
+            line += f"; meshkit = {mk / direct:.2f}x direct"
+        lines.append(line)
+    return lines
+
+
+def cpu_lines(results: Results) -> list[str]:
+    """The proxies' own CPU per request / per GB (medians): on a shared machine throughput
+    swings with other people's load, CPU per unit of work much less, so this is the figure
+    to compare between builds (softirq time not included, see process_cpu)."""
+    lines = []
+    for m in METRICS:
+        per = {t: results.cpu_per_unit(m.key, t) for t in ("haproxy", SPLICE_TARGET, "meshkit")}
+        got = {t: v for t, v in per.items() if v is not None}
+        if not got:
+            continue
+        if m.unit == "Gbit/s":
+            text = ", ".join(f"{t} {v:.3f} s/GB" for t, v in got.items())
+        else:
+            text = ", ".join(f"{t} {v * 1e6:.1f} µs/req" for t, v in got.items())
+        hap, mk = got.get("haproxy"), got.get("meshkit")
+        ratio = f" (meshkit/haproxy {mk / hap:.2f}x)" if hap and mk else ""
+        lines.append(f"{m.key} proxy CPU (own process, medians): {text}{ratio}")
+    return lines
 
 
 def report_errors_and_noise(results: Results, skip: Sequence[str] = ()) -> None:
@@ -739,6 +823,8 @@ def write_json(results: Results, args: argparse.Namespace, path: Path) -> None:
                 "errors": [s.errors for s in samples if s.errors],
                 "retransmits": [s.retransmits for s in samples],
                 "background_busy_pct": [round(s.background, 1) for s in samples],
+                "proxy_cpu_s": [round(s.cpu, 3) for s in samples],
+                "amount": [s.amount for s in samples],
             }
         hap = results.median(m.key, "haproxy")
         mk = results.median(m.key, "meshkit")

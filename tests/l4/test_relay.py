@@ -611,6 +611,31 @@ def _listen(host: str = "127.0.0.1", backlog: int = 128) -> socket.socket:
     return lsock
 
 
+@pytest.mark.parametrize("on_listener", [True, False], ids=["inherited", "set-per-fd"])
+def test_accepted_fds_have_nodelay(new_relay: RelayFactory, on_listener: bool) -> None:
+    # The C relay skips the per-connection setsockopt when the listener has TCP_NODELAY
+    # (children inherit it); either way every accepted fd must have it.
+    relay = new_relay()
+    lsock = socket.socket()
+    if on_listener:
+        lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    lsock.setblocking(False)
+    clients = [socket.create_connection(lsock.getsockname()) for _ in range(3)]
+    got: list[tuple[int, str, int]] = []
+    deadline = time.monotonic() + 5
+    while len(got) < 3 and time.monotonic() < deadline:
+        select.select([lsock], [], [], 0.05)
+        got += relay.accept(lsock.fileno())
+    assert len(got) == 3
+    for fd, _ip, _port in got:
+        _check_accepted(fd).close()
+    for c in clients:
+        c.close()
+    lsock.close()
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as s:

@@ -9,9 +9,10 @@
  * One relay_t must not be used from two threads at once.
  *
  * Bulk directions of TCP pairs move by splice(2) through pipes from a pool (relay_pipe.h);
- * relay_create() reads MESHKIT_RELAY_SPLICE ("0": copy only) and MESHKIT_RELAY_PIPES (the
- * pool's cap, default 64). A process with SIGPIPE at SIG_DFL gets no splicing, as splice(2)
- * into a reset socket raises SIGPIPE.
+ * relay_create() reads MESHKIT_RELAY_SPLICE ("0": copy only; "1": every TCP pair; else, the
+ * default, pairs whose legs both run through NICs, not loopback or veth) and
+ * MESHKIT_RELAY_PIPES (the pool's cap, default 64). A process with SIGPIPE at SIG_DFL gets
+ * no splicing, as splice(2) into a reset socket raises SIGPIPE.
  *
  * The pure-Python twin with identical behaviour is meshkit/l4/relay.py.
  */
@@ -60,7 +61,8 @@ typedef struct relay_finished {
 
 typedef struct relay relay_t;
 
-/* A relay with per-direction buffers of bufsize bytes; NULL with errno set on failure. */
+/* A relay with per-direction buffers of bufsize bytes (a copying bulk direction reads and
+ * may hold up to max(bufsize, 256 KiB)); NULL with errno set on failure. */
 relay_t *relay_create(size_t bufsize);
 
 /* Closes every open pair's fds and the epoll fd, then frees the relay. */

@@ -24,7 +24,10 @@ How it works (both implementations):
 - The C engine alone moves bulk directions of TCP pairs with splice(2) through a pool of
   pipes (a pipe holds at most ``bufsize`` bytes, so the same bound holds); the bytes on the
   wire, the counts, half-close and errors are the same as here, where every byte is copied.
-  ``MESHKIT_RELAY_SPLICE=0`` turns it off (see csrc/relay.c).
+  By default only pairs whose legs both run through NICs: over loopback and veth splicing
+  costs the receivers on this host more than it saves the relay, so there (and with
+  ``MESHKIT_RELAY_SPLICE=0``) it copies a bulk direction in reads of up to 256 KiB;
+  ``MESHKIT_RELAY_SPLICE=1`` splices every TCP pair (see csrc/relay.c).
 - A pair that used its read budget in one poll is carried to the next one, and an eventfd in
   the epoll set keeps ``fileno()`` readable until then, so one busy pair cannot starve the loop.
 - ``connect`` registers the connecting backend socket like any other: its first EPOLLOUT (or

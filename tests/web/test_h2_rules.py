@@ -11,6 +11,7 @@ a site's real chain and show the table answering a kept answer without the chain
 from __future__ import annotations
 
 import base64
+import gc
 import os
 import time
 from collections.abc import Iterator
@@ -148,6 +149,23 @@ def test_kept_answer_served_without_the_chain_and_changes_seen(
     assert not h2rules.answer(conn, 19, (b"GET", b"/page", b"", [], 10, False, None, None))
     conn._goaway_at = 1
     assert not h2rules.answer(conn, 21, _parts(b"/page"))
+
+
+def test_answers_go_with_their_handler(tmp_path: Path) -> None:
+    """A reload's old handler, once collected, takes its HTTP/2 answers and watches along
+    (the table holds no reference to it)."""
+    root = _www(tmp_path / "www")
+    text = f"a.test:8443 {{\n  root {root}\n{_extra(root, tmp_path / 'log')}}}\n"
+    handler = plan(load_text(text, "Caddyfile"))[8443].router()
+    conn = _Conn(handler)
+    assert h2rules.answer(conn, 1, _parts(b"/page"))
+    table = h2rules._TABLES[handler]
+    assert table is not None
+    (site,) = table.by_route.values()
+    assert site.rules.answers.entries and site.rules.tickets
+    del conn, handler, table
+    gc.collect()
+    assert not site.rules.answers.entries and not site.rules.tickets
 
 
 def test_key_holds_the_fields_answers_read() -> None:

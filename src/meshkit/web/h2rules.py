@@ -67,29 +67,38 @@ class _Site:
 
 
 class _Table:
-    """A handler's compiled sites for HTTP/2 (by route) and its routes by Host value."""
+    """A handler's compiled sites for HTTP/2 (by route) and its routes by Host value. (It
+    holds no reference to the handler: _TABLES is keyed by it weakly.)"""
 
-    __slots__ = ("by_host", "by_route", "handler")
+    __slots__ = ("by_host", "by_route")
 
-    def __init__(self, handler: Any, compiled: dict[int, ruletable.SiteRules]) -> None:
-        self.handler = handler
+    def __init__(self, compiled: dict[int, ruletable.SiteRules]) -> None:
         self.by_route = {k: _Site(v) for k, v in compiled.items()}
         self.by_host: dict[str, list[tuple[bytes, _Site | None]]] = {}
 
-    def routes(self, host: str) -> list[tuple[bytes, _Site | None]]:
+    def routes(self, handler: Any, host: str) -> list[tuple[bytes, _Site | None]]:
         found = self.by_host.get(host)
         if found is None:
             if len(self.by_host) >= _MAX_HOSTS:
                 self.by_host.clear()
             found = [
                 (r.address.path.encode("utf-8"), self.by_route.get(id(r)))
-                for r in self.handler._candidates(host)
+                for r in handler._candidates(host)
             ]
             self.by_host[host] = found
         return found
 
 
 _TABLES: weakref.WeakKeyDictionary[Any, _Table | None] = weakref.WeakKeyDictionary()
+
+
+def _retire(sites: list[_Site]) -> None:
+    """A handler the server no longer uses is gone (a reload): its answers' files close and
+    their watches go now, as ruletable.retire does for the lane's."""
+    for site in sites:
+        site.rules.answers.clear()
+        for key in list(site.rules.tickets):
+            ruletable.forget(site.rules, key)
 
 
 def _table(handler: Any) -> _Table | None:
@@ -100,7 +109,9 @@ def _table(handler: Any) -> _Table | None:
     except TypeError:
         return None
     compiled = ruletable.rules_for(handler)
-    table = _TABLES[handler] = _Table(handler, compiled) if compiled else None
+    table = _TABLES[handler] = _Table(compiled) if compiled else None
+    if table is not None:
+        weakref.finalize(handler, _retire, list(table.by_route.values()))
     return table
 
 
@@ -200,7 +211,7 @@ def answer(conn: Any, sid: int, parts: tuple[Any, ...]) -> bool:
     if plen < 0:
         return False
     site = None
-    for prefix, s in table.routes(host):
+    for prefix, s in table.routes(server._handler, host):
         if path[:plen].startswith(prefix):
             site = s
             break

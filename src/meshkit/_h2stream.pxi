@@ -15,6 +15,21 @@ cdef object _SP_Request, _SP_Headers, _SP_EmptyBody, _SP_Stream, _SP_Response
 cdef object _SP_parse_target, _SP_HttpError, _SP_answer_for, _SP_time, _SP_FileBody
 cdef list _SP_current, _SP_asked
 cdef Py_ssize_t _SP_max_streams, _SP_max_header_list
+# the rule table of compiled sites (meshkit.web.h2rules: compiled(handler), answer(conn,
+# sid, parts)) and the handler last asked about (one Python call per handler, not request)
+cdef object _SP_rules_compiled = None
+cdef object _SP_rules_answer = None
+cdef object _SP_rules_handler = None
+cdef bint _SP_rules_on = False
+
+
+def set_rules_path(compiled, answer):
+    """meshkit.web.h2rules' compiled and answer: a stream of a compiled site is offered to
+    the rule table before the stream path takes it (None, None: never)."""
+    global _SP_rules_compiled, _SP_rules_answer, _SP_rules_handler, _SP_rules_on
+    _SP_rules_compiled, _SP_rules_answer = compiled, answer
+    _SP_rules_handler = None
+    _SP_rules_on = False
 
 
 def set_stream_path(request, headers, empty_body, stream, response, file_body, parse_target,
@@ -37,12 +52,20 @@ def set_stream_path(request, headers, empty_body, stream, response, file_body, p
 cdef bint _fast_request(Session self, conn, int32_t sid, tuple parts, key) except? True:
     """True when the request was taken here (see above), False: the owner's _ng_request
     takes it, nothing was changed."""
+    global _SP_rules_handler, _SP_rules_on
     server = conn._server
     if key is not None:
         if not server._caching:
             key = None
         elif key in server._cache.entries:
             return False  # a remembered answer (or a stale one to drop): _request's
+    if _SP_rules_answer is not None:
+        handler = server._handler
+        if handler is not _SP_rules_handler:
+            _SP_rules_on = bool(_SP_rules_compiled(handler))
+            _SP_rules_handler = handler
+        if _SP_rules_on and _SP_rules_answer(conn, sid, parts):
+            return True
     streams = conn._streams
     if conn._goaway_at is not None or len(streams) >= _SP_max_streams:
         return False

@@ -33,7 +33,7 @@ from typing import Any
 
 from h2.errors import ErrorCodes
 
-from meshkit.web import http1
+from meshkit.web import h2rules, http1
 from meshkit.web.h2conn import (
     _H2_STREAM_CAP,
     _HPACK_CAP,
@@ -92,6 +92,8 @@ class NgH2Connection(H2Connection):
                 MAX_STREAMS,
                 MAX_HEADER_LIST,
             )
+            # a compiled site's streams: the rule table first (web/h2rules.py)
+            mod.set_rules_path(h2rules.compiled, h2rules.answer)
             _STREAM_PATH.append(True)
         self._mod = mod
         self._Source = mod.Source

@@ -17,6 +17,7 @@ import functools
 import time
 from typing import Any
 
+from meshkit.web import h2rules
 from meshkit.web.h2push import MAX_STREAMS
 from meshkit.web.h2stream import Stream, _asked, _current, answer_for
 from meshkit.web.message import EmptyBody, Headers, Request, Response
@@ -55,7 +56,10 @@ class H2Remembering:
     _local: tuple[str, int]
     _active_since: float
     _key: bytes | None
+    _presplit: bool
     requests: int
+
+    _split: Any  # split_request (h2conn)
 
     # H2Connection's and the engines'
     def _on_request(self, sid: int, raw: Any, ended: bool) -> None:
@@ -86,6 +90,10 @@ class H2Remembering:
                     return
                 server._cache.drop(key)
             self._key = key
+        if ended and h2rules.compiled(server._handler):
+            parts = raw if self._presplit else self._split(raw, server._max_field_line)
+            if h2rules.answer(self, sid, parts):
+                return
         try:
             self._on_request(sid, raw, ended)
         finally:

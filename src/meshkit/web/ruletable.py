@@ -351,7 +351,9 @@ def _release(body: Any) -> None:
         release()
 
 
-def _error_entry(response: Response, method: str, request: Request) -> CachedResponse | None:
+def _error_entry(
+    response: Response, method: str, request: Request, version: str = "1.1"
+) -> CachedResponse | None:
     """A kept error answer (_ERROR_CODES; an in-memory body, the default page or the errors
     directive's), as ResponseCache.make keeps the statuses it takes."""
     body = response.body
@@ -362,7 +364,7 @@ def _error_entry(response: Response, method: str, request: Request) -> CachedRes
     send = http1.body_allowed(response.status, method)
     headers = Headers(response.headers.items())
     entry = CachedResponse(
-        response.status, headers, "1.1", body if send else b"", len(body), response.validators
+        response.status, headers, version, body if send else b"", len(body), response.validators
     )
     if request.on_complete:
         entry.attach(request, response)
@@ -377,10 +379,13 @@ def fill(
     items: list[tuple[str, str]],
     host: str,
     conn: Any,
+    version: str = "1.1",
+    scheme: str = "http",
 ) -> CachedResponse | None:
-    """Run the site's chain for a request (GET or HEAD, HTTP/1.1, keep-alive, no body) and
-    keep its answer under `key` when the answer may be kept (see the module doc); the
-    entry, or None (the connection then reads the head as before: the chain answers it)."""
+    """Run the site's chain for a request (GET or HEAD, HTTP/1.1, keep-alive, no body; or
+    an HTTP/2 stream without a body: version "2.0", web/h2rules.py) and keep its answer
+    under `key` when the answer may be kept (see the module doc); the entry, or None (the
+    connection then reads the head as before: the chain answers it)."""
     try:
         target = http1.parse_target(url, method)
     except http1.HttpError:
@@ -390,10 +395,10 @@ def fill(
         url.decode("latin-1"),
         target.path,
         target.query,
-        "1.1",
+        version,
         Headers(items),
         EmptyBody(),
-        "http",
+        scheme,
         host,
         conn._remote_addr,
         conn._remote_port,
@@ -421,9 +426,9 @@ def fill(
             return None
         result.validators = ()
     if result.status in _ERROR_CODES:
-        entry = _error_entry(result, method, request)
+        entry = _error_entry(result, method, request, version)
     else:
-        entry = ResponseCache.make(result, "1.1", method, request)
+        entry = ResponseCache.make(result, version, method, request)
     _release(result.body)  # the entry holds its own reference
     if entry is None:
         return None

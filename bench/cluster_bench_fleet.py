@@ -83,6 +83,7 @@ class Fleet:
         # TLS connections opened to managers (each a handshake on a manager): join calls (no
         # client certificate) and the nodes' own (mutual TLS), for "handshakes per join"
         self.join_connects = 0
+        self.connect_per_loop = args.connect_per_loop
         self.node_connects = 0
         self.closing = False
         self.services = args.services
@@ -150,6 +151,23 @@ class Fleet:
         loops (beats, tasks_watch) want it at the same time."""
         client = node.clients.get(addr)
         if client is not None and not client.closed:
+            return client
+        if self.connect_per_loop:  # as ManagerClient before the shared connect
+            self.node_connects += 1
+            host, port = split_addr(addr)
+            client = await RpcClient.connect_tcp(
+                host,
+                port,
+                node.ctx,
+                CALL_TIMEOUT,
+                expect_role="manager",
+                expect_cluster=self.cluster_id,
+            )
+            other = node.clients.get(addr)
+            if other is not None and not other.closed:  # another loop connected meanwhile
+                await client.close()
+                return other
+            node.clients[addr] = client
             return client
         pending = node.connecting.get(addr)
         if pending is None:

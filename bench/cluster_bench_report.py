@@ -47,6 +47,7 @@ class ManagerLoad:
     stalls_busy: int = 0  # ... the others: work on the loop (ours)
     wait_ms_per_s: float = float("nan")  # run-queue wait of its threads, growth + window
     loop_ms_per_join: float = float("nan")  # the loop thread's CPU over the growth per join
+    cpu_ms_per_join: float = float("nan")  # the whole process's CPU over the growth per join
     forked_pct: float = 0.0  # of cpu_pct: its forked children (dump writers, plans) in the window
     raft_entries: int = -1  # raft entries it committed in the window (-1: unknown)
 
@@ -230,6 +231,14 @@ def print_report(
             )
         if lv.watch_errors:
             notes.append(f"task watch/report errors: {lv.watch_errors}")
+        if any(not math.isnan(lo.cpu_ms_per_join) for lo in lv.managers):
+            per_join = ", ".join(
+                f"{lo.name}{'*' if lo.leader else ''} {lo.cpu_ms_per_join:.2f} ms "
+                f"({lo.stalls_over} stalls > 100 ms: {lo.stalls_starved} starved, "
+                f"{lo.stalls_busy} busy)"
+                for lo in lv.managers
+            )
+            notes.append(f"growth: CPU per join {per_join}")
         if not math.isnan(lv.tls_join_per_join):
             notes.append(
                 f"TLS connections to managers per joined node: {lv.tls_join_per_join:.2f} join "

@@ -234,8 +234,15 @@ async def measure_level(
     if args.profile_leader and count == args.nodes[-1]:
         spy = probe.PySpy((await cluster.leader()).pid, Path(args.profile_leader), args.client_core)
     connects0 = (fleet.join_connects, fleet.node_connects, len(fleet.nodes))
+    grow_cpu0 = {m.name: proc_cpu_seconds(m.pid) for m in cluster.live()}
     try:
         join_rate = await fleet.grow_to(count)
+        # each manager's whole CPU (loop, handshake threads, reaped children) over the growth
+        grow_cpu = {
+            m.name: proc_cpu_seconds(m.pid) - grow_cpu0[m.name]
+            for m in cluster.live()
+            if m.name in grow_cpu0
+        }
     finally:
         if spy is not None:
             spy.stop()
@@ -304,6 +311,11 @@ async def measure_level(
             stalls_starved=totals.classes.get(m.name, probe.StallClasses()).starved,
             stalls_busy=totals.classes.get(m.name, probe.StallClasses()).busy,
             wait_ms_per_s=totals.wait_ms.get(m.name, 0.0) / max(totals.seconds, 1e-9),
+            cpu_ms_per_join=(
+                1000.0 * grow_cpu[m.name] / joined
+                if joined > 0 and m.name in grow_cpu
+                else float("nan")
+            ),
             loop_ms_per_join=(
                 totals.loop_run_ms.get(m.name, 0.0) / totals.joined
                 if totals.joined > 0
@@ -465,6 +477,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--period", type=float, default=5.0, help="heartbeat period in seconds")
     parser.add_argument("--ready-samples", type=int, default=3, help="new nodes timed per size")
     parser.add_argument("--join-concurrency", type=int, default=16)
+    parser.add_argument(
+        "--connect-per-loop",
+        action="store_true",
+        help="the simulated nodes connect as agents did before the shared connect: each of a "
+        "node's loops (beats, tasks_watch) that finds no connection makes its own and closes "
+        "it again if another got there first (the A of an A/B; a handshake each on a manager)",
+    )
     parser.add_argument(
         "--no-failover",
         dest="failover",

@@ -75,6 +75,7 @@ class Fleet:
         self.cluster_id = cluster_id
         self.period = args.period
         self.join_concurrency = args.join_concurrency
+        self.join_rate = args.join_rate
         self.nodes: list[SimNode] = []
         self.stats = BeatStats()
         self.rng = random.Random(args.seed)
@@ -291,6 +292,8 @@ class Fleet:
         began = time.perf_counter()
 
         async def one(i: int) -> None:
+            if self.join_rate > 0:  # an open loop: join i starts at i / rate, not when a slot frees
+                await asyncio.sleep(max(0.0, began + i / self.join_rate - time.perf_counter()))
             async with gate:
                 node = await self.join_one(i, self.join_target())
             # beating from its join on, as an agent does (not the whole fleet at once at the

@@ -478,6 +478,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-samples", type=int, default=3, help="new nodes timed per size")
     parser.add_argument("--join-concurrency", type=int, default=16)
     parser.add_argument(
+        "--join-rate",
+        type=float,
+        default=0.0,
+        help="joins started per second during the growth (still at most --join-concurrency "
+        "at once); 0 (default): as fast as the managers answer. A fixed rate compares two "
+        "builds at the same load instead of letting the cheaper one go faster",
+    )
+    parser.add_argument(
         "--connect-per-loop",
         action="store_true",
         help="the simulated nodes connect as agents did before the shared connect: each of a "

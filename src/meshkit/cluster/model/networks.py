@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from meshkit.base.errors import MeshkitError
+from meshkit.cluster.model import gwcarve
 from meshkit.cluster.model.records import ClusterState
 from meshkit.cluster.model.services import TERMINAL, task_is_up, task_name
 from meshkit.net import ipam
@@ -264,23 +265,18 @@ def ensure_gateway_subnet(state: ClusterState, node_id: str) -> str:
     if node_id in state.gateway_subnets:
         return state.gateway_subnets[node_id]
     try:
-        subnet = ipam.carve_subnet(
-            state.default_addr_pool,
-            state.default_addr_pool_mask_length,
-            taken_subnets(state),
-            from_top=True,
-        )
+        # kept taken ranges: ipam.carve_subnet re-read all of them, O(nodes) per join
+        return gwcarve.carve_gateway_subnet(state, node_id)
     except ipam.IpamError:
         return ""
-    state.gateway_subnets[node_id] = subnet
-    return subnet
 
 
 def node_removed(state: ClusterState, node_id: str) -> None:
     from meshkit.cluster.model.attachments import node_gone
 
     node_gone(state, node_id)
-    state.gateway_subnets.pop(node_id, None)
+    if state.gateway_subnets.pop(node_id, None) is not None:
+        gwcarve.forget()
     for net in state.networks.values():
         net["endpoints"].pop(node_id, None)
         ipam.release(net["ipam"], f"node:{node_id}")

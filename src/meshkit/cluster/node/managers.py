@@ -13,6 +13,7 @@ Connections are made on first use and dropped when the peer is unreachable or a 
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -39,6 +40,7 @@ class ManagerClient:
         self.identity = identity
         self._directory = directory
         self._clients: dict[str, RpcClient] = {}
+        self._connecting: dict[str, asyncio.Future[RpcClient]] = {}
         self._rotation = random.randrange(1 << 16)  # spread workers over the managers
 
     async def use_identity(self, identity: NodeIdentity) -> None:
@@ -90,6 +92,44 @@ class ManagerClient:
         key = f"node:{host}:{port}"  # apart from the manager clients: no role expected
         return await self._call(key, host, port, None, method, params, timeout)
 
+    async def _connection(
+        self, key: str, host: str, port: int, role: str | None, timeout: float
+    ) -> RpcClient:
+        """The kept connection to `key`, made once however many calls want it at the same time.
+
+        A node's heartbeat, task and network-map loops start together: without the shared
+        connect each made its own mutual-TLS connection (and all but one were closed again), a
+        full handshake each on the manager, most of its CPU per joining node."""
+        client = self._clients.get(key)
+        if client is not None and not client.closed:
+            return client
+        pending = self._connecting.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._connect(key, host, port, role, timeout))
+            self._connecting[key] = pending
+            pending.add_done_callback(lambda f: self._connected(key, f))
+        # shielded: one caller's cancel (its own timeout) must not fail the others' connect
+        return await asyncio.shield(pending)
+
+    def _connected(self, key: str, fut: asyncio.Future[RpcClient]) -> None:
+        self._connecting.pop(key, None)
+        if not fut.cancelled():
+            fut.exception()  # retrieved here: every caller may have given up on it
+
+    async def _connect(
+        self, key: str, host: str, port: int, role: str | None, timeout: float
+    ) -> RpcClient:
+        while True:
+            identity = self.identity
+            ctx = client_ssl_context(identity, identity.ca_pem)
+            client = await RpcClient.connect_tcp(
+                host, port, ctx, timeout, expect_role=role, expect_cluster=identity.cluster_id
+            )
+            if identity is self.identity:
+                self._clients[key] = client
+                return client
+            await client.close()  # renewed meanwhile: connect again with the new certificate
+
     async def _call(
         self,
         key: str,
@@ -100,23 +140,7 @@ class ManagerClient:
         params: dict[str, Any],
         timeout: float,
     ) -> Any:
-        client = self._clients.get(key)
-        if client is None or client.closed:
-            ctx = client_ssl_context(self.identity, self.identity.ca_pem)
-            client = await RpcClient.connect_tcp(
-                host,
-                port,
-                ctx,
-                timeout,
-                expect_role=role,
-                expect_cluster=self.identity.cluster_id,
-            )
-            other = self._clients.get(key)
-            if other is not None and not other.closed:  # another call connected meanwhile
-                await client.close()
-                client = other
-            else:
-                self._clients[key] = client
+        client = await self._connection(key, host, port, role, timeout)
         try:
             return await client.call(method, params, timeout)
         except RpcError as exc:

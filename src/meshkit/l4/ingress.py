@@ -177,8 +177,11 @@ class Ingress(BackendHealth, IngressMetrics):
             ep.users.clear()
             ep.removed = True
             del self.endpoints[addr]
-            log.info("backend %s removed; its open flows %s", ep.name,
-                     "are closed" if close_removed else "drain")
+            log.info(
+                "backend %s removed; its open flows %s",
+                ep.name,
+                "are closed" if close_removed else "drain",
+            )
 
     async def start(self) -> None:
         cfg = self.config
@@ -270,21 +273,33 @@ class Ingress(BackendHealth, IngressMetrics):
                 # The policy chose a backend that just failed (Maglev always would): take the
                 # next untried up backend instead, so that the retry means something.
                 lst.table.release(*flow.key)
-                bid = next((b for b in lst.table.backends()
-                            if b not in flow.tried and lst.table.is_up(b)), None)
+                bid = next(
+                    (b for b in lst.table.backends() if b not in flow.tried and lst.table.is_up(b)),
+                    None,
+                )
                 if bid is not None:
                     lst.table.assign(*flow.key, bid, now)
             if bid is not None:
                 ep = lst.by_id[bid]
                 flow.bid, flow.tries = bid, flow.tries + 1
                 with entered(self.backend_ns):
-                    self.relay.retry(pair, ep.ip, ep.port, now, flow.preamble,
-                                     self.config.connect_timeout, backend_id=bid)
+                    self.relay.retry(
+                        pair,
+                        ep.ip,
+                        ep.port,
+                        now,
+                        flow.preamble,
+                        self.config.connect_timeout,
+                        backend_id=bid,
+                    )
                 return True
         log.warning(
             "%s: client %s: no backend answered after %d tries (last: %s: %s)",
-            lst.name, fmt_addr(flow.key[1], flow.key[2]), flow.tries + 1,
-            failed.name if failed else "?", reason,
+            lst.name,
+            fmt_addr(flow.key[1], flow.key[2]),
+            flow.tries + 1,
+            failed.name if failed else "?",
+            reason,
         )
         # Keep the flow's books straight: the table no longer holds it, the relay still does.
         flow.bid = -1

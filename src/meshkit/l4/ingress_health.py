@@ -55,8 +55,9 @@ class BackendHealth:
                 # Nothing would ever bring it back: give it another chance after a while, as
                 # Caddy's fail_timeout does; a backend still refusing goes down again.
                 delay = self.config.fail_timeout
-                log.info("backend %s gets another try in %gs (no active health check)",
-                         ep.name, delay)
+                log.info(
+                    "backend %s gets another try in %gs (no active health check)", ep.name, delay
+                )
                 self.loop.call_later(delay, self.revive, ep)
         self.set_endpoint_up(ep, flipped)
 

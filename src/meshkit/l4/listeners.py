@@ -153,8 +153,14 @@ class Listener:
                 # Python work per connection unless its connect fails.
                 with entered(ing.backend_ns):  # the backend sockets the relay makes
                     _accepted, refused = ing.relay.serve(
-                        sock.fileno(), self.table, self.local_ip, self.publish.published,
-                        ing.idle_timeout, ing.connect_timeout, now, budget,
+                        sock.fileno(),
+                        self.table,
+                        self.local_ip,
+                        self.publish.published,
+                        ing.idle_timeout,
+                        ing.connect_timeout,
+                        now,
+                        budget,
                     )
                 if refused:
                     ing.count_no_backend(self, refused)
@@ -183,11 +189,16 @@ class Listener:
         flow = TcpFlow(self, key, bid, self.preamble(fd, cip, cport))
         try:
             with entered(ing.backend_ns):
-                pair = ing.relay.connect(fd, ep.ip, ep.port, ing.idle_timeout, now,
-                                         flow.preamble, ing.connect_timeout)
+                pair = ing.relay.connect(
+                    fd, ep.ip, ep.port, ing.idle_timeout, now, flow.preamble, ing.connect_timeout
+                )
         except OSError as exc:  # out of memory or descriptors: this client only
-            log.error("%s: cannot relay client %s: %s", self.name, fmt_addr(cip, cport),
-                      exc.strerror or exc)
+            log.error(
+                "%s: cannot relay client %s: %s",
+                self.name,
+                fmt_addr(cip, cport),
+                exc.strerror or exc,
+            )
             self.table.release(*key)
             os.close(fd)
             return

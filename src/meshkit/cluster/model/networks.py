@@ -186,9 +186,7 @@ def _create(state: ClusterState, req: dict[str, Any], cmd: Mapping[str, Any]) ->
 
 def publishes_ingress(spec: Mapping[str, Any]) -> bool:
     """Whether a service (or task) spec publishes a port through the routing mesh."""
-    return any(
-        p.get("mode") == "ingress" and p.get("published") for p in spec.get("ports") or []
-    )
+    return any(p.get("mode") == "ingress" and p.get("published") for p in spec.get("ports") or [])
 
 
 def spec_networks(state: ClusterState, spec: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -138,6 +138,7 @@ def check_directive(name: str) -> str | None:
 
 # --- the chain ------------------------------------------------------------------------------
 
+
 def build_chain(site: Site, last: Handler | None = None) -> Handler:
     """The site's handler: each configured directive's handler wrapped around the file server
     (or `last`) in ORDER, the first in ORDER outermost, whatever order the file used."""

@@ -143,6 +143,7 @@ def build(config: LimitsConfig, next: Handler, site: Site) -> Handler:
     )
     if not limits:
         return next
+
     def limits_handler(request: Request) -> HandlerResult:
         limit = body_limit(limits, request.path)
         if limit is not None:

@@ -239,6 +239,11 @@ cdef class Relay:
             return None
         return (c2b, b2c)
 
+    def big_in_use(self) -> int:
+        """Bulk-read buffers held now (the relay's memory bound for stalled bulk flows)."""
+        self._enter()
+        return crelay.relay_big_in_use(self._r)
+
     def __len__(self) -> int:
         return crelay.relay_count_pairs(self._r)
 

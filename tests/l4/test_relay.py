@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import os
@@ -1464,3 +1465,57 @@ def test_c_and_python_agree_on_serve(dead_port: int) -> None:
     results = [_serve_script(impl.values[0], dead_port) for impl in SERVE_IMPLS]
     assert results[0] == results[1]
     assert ("failed", 4) in results[0]
+
+
+@pytest.mark.skipif(_fastpath is None, reason="meshkit._fastpath not built")
+def test_stalled_bulk_flows_hold_a_bounded_number_of_big_reads() -> None:
+    """A copying bulk direction reads 256 KiB at once and keeps what its destination did not
+    take; with many slow receivers that would pin 256 KiB each, so at most 64 directions hold
+    such a buffer (16 MiB) and the rest read 64 KiB, as before. 100 flows whose backends never
+    read: every one stalls with a rest, and the count of big buffers stays at the cap. Then
+    the backends drain everything, byte for byte, and the buffers all come back."""
+    relay = _c_relay(65536)
+    drv = Driver(relay)
+    flows = []
+    for _ in range(100):
+        client, relay_client = socket.socketpair()
+        relay_backend, backend = socket.socketpair()
+        relay_client.setblocking(False)
+        relay_backend.setblocking(False)
+        client.setblocking(False)
+        backend.setblocking(False)
+        pid = relay.add(relay_client.detach(), relay_backend.detach(), 0.0, time.monotonic(), b"")
+        flows.append((pid, client, backend))
+    chunk = os.urandom(1 << 16)
+    sent = [0] * len(flows)
+    peak = 0
+    try:
+        for _ in range(40):  # every client pushes until its socket is full, the relay moves it
+            for i, (_, client, _) in enumerate(flows):
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        sent[i] += client.send(chunk[sent[i] % len(chunk) :])
+            for _ in range(3):
+                drv.step(0.001)
+            peak = max(peak, relay.big_in_use())  # type: ignore[attr-defined]
+        assert peak == 64, peak
+        got = [bytearray() for _ in flows]
+        for _, client, _ in flows:
+            client.shutdown(socket.SHUT_WR)
+
+        def drained() -> bool:
+            for i, (_, _, backend) in enumerate(flows):
+                with contextlib.suppress(BlockingIOError):
+                    while chunk_in := backend.recv(1 << 20):
+                        got[i].extend(chunk_in)
+            return all(len(g) == n for g, n in zip(got, sent, strict=True))
+
+        drv.until(drained, timeout=60)
+        for g, n in zip(got, sent, strict=True):
+            assert g == (chunk * (n // len(chunk) + 1))[:n]
+        assert relay.big_in_use() == 0  # type: ignore[attr-defined]
+    finally:
+        relay.close_all()
+        for _, client, backend in flows:
+            client.close()
+            backend.close()

@@ -69,6 +69,7 @@
 #define RELAY_PIPES_DEFAULT 64   /* pipes at most, unless MESHKIT_RELAY_PIPES says otherwise */
 #define RELAY_BULK_READ 262144   /* a copying bulk direction's reads (see pump_direction) */
 #define RELAY_BIG_POOL_MAX 8     /* idle bulk-read buffers kept for reuse */
+#define RELAY_BIG_MAX 64         /* bulk-read buffers in use at most (16 MiB); past it bufsize */
 
 typedef struct relay_dir {
     char *buf;     /* bytes the destination has not taken yet; NULL when none */
@@ -128,6 +129,7 @@ struct relay {
     char *scratch;
     char *bigpool[RELAY_BIG_POOL_MAX]; /* idle bulk-read buffers */
     uint32_t nbig;
+    uint32_t big_used; /* bulk-read buffers handed out and not given back */
     relay_pair_t *pairs;
     uint32_t cap;    /* allocated slots */
     uint32_t used;   /* slots ever handed out; ids below this exist */
@@ -173,15 +175,23 @@ static void give_buffer(relay_t *r, char *buf)
         free(buf);
 }
 
+/* A bulk-read buffer, or NULL when RELAY_BIG_MAX are in use (or malloc fails): the caller
+ * then reads bufsize into the scratch buffer as any direction does. The cap bounds what
+ * many slow receivers can make the relay hold: each keeps the rest of a big read it did not
+ * take, so without it 10,000 stalled bulk flows could pin 2.5 GB instead of 16 MiB. */
 static char *take_big(relay_t *r)
 {
-    if (r->nbig)
-        return r->bigpool[--r->nbig];
-    return malloc(r->bulkread);
+    if (r->big_used >= RELAY_BIG_MAX)
+        return NULL;
+    char *buf = r->nbig ? r->bigpool[--r->nbig] : malloc(r->bulkread);
+    if (buf)
+        r->big_used++;
+    return buf;
 }
 
 static void give_big(relay_t *r, char *buf)
 {
+    r->big_used--;
     if (r->nbig < RELAY_BIG_POOL_MAX)
         r->bigpool[r->nbig++] = buf;
     else
@@ -514,15 +524,16 @@ static int pump_direction(relay_t *r, relay_pair_t *p, int d, int *progressed)
          * the wake-ups of the reader at the far end. On loopback this cut the relay's CPU
          * per GB by about a tenth. It reads into a buffer of its own (from a small pool),
          * so that a rest the destination did not take stays where it is, with no copy; a
-         * bulk direction so holds at most bulkread bytes. */
+         * bulk direction so holds at most bulkread bytes, and at most RELAY_BIG_MAX
+         * directions hold one (take_big). */
         size_t want = r->bufsize;
         char *in = r->scratch;
         if (dir->bulk && p->writable[1 - d]) {
-            if (!(in = take_big(r))) {
-                errno = ENOMEM;
-                return -1;
+            char *big = take_big(r);
+            if (big) {
+                in = big;
+                want = r->bulkread;
             }
-            want = r->bulkread;
         }
         ssize_t n = recv_bytes(src, in, want);
         if (n <= 0 && in != r->scratch) {
@@ -1307,6 +1318,11 @@ int relay_connect_error(const relay_t *r, int pair_id)
         r->pairs[pair_id].state != RELAY_ST_FAILED)
         return 0;
     return r->pairs[pair_id].conn_err;
+}
+
+uint32_t relay_big_in_use(const relay_t *r)
+{
+    return r->big_used;
 }
 
 int relay_get_stats(const relay_t *r, int pair_id, uint64_t *c2b, uint64_t *b2c)

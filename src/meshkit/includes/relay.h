@@ -118,6 +118,10 @@ int relay_close_all(relay_t *r, const relay_finished_t **out);
 /* Live byte counts of a pair (0 before it relays): 1 and the counts, or 0 if pair_id is unknown. */
 int relay_get_stats(const relay_t *r, int pair_id, uint64_t *c2b, uint64_t *b2c);
 
+/* Bulk-read buffers (RELAY_BULK_READ bytes each) held by directions or in flight, at most
+ * RELAY_BIG_MAX: what the relay's memory for stalled bulk flows is bounded by. */
+uint32_t relay_big_in_use(const relay_t *r);
+
 /* The fast lane: accepts up to max_count clients as relay_accept() does (same errno rules)
  * and, for each, without leaving C: builds the flow key (proto 6, the peer's address and port,
  * then dst's address and port; dst is a template whose src/sport are ignored), places it with

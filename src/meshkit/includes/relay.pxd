@@ -45,6 +45,7 @@ cdef extern from "relay.h" nogil:
     int relay_close_pair(relay_t *r, int pair_id, int reason, relay_finished_t *out)
     int relay_close_all(relay_t *r, const relay_finished_t **out)
     int relay_get_stats(const relay_t *r, int pair_id, uint64_t *c2b, uint64_t *b2c)
+    uint32_t relay_big_in_use(const relay_t *r)
     size_t relay_count_pairs(const relay_t *r)
     int relay_serve(relay_t *r, int listen_fd, ct_table *t, const ct_key *dst,
                     double idle_timeout, double connect_timeout, double now, int max_count,

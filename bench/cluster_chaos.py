@@ -67,6 +67,7 @@ for extra in (HERE, HERE.parent / "tests"):  # cluster_heartbeats; tests/support
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 import cluster_heartbeats as hb  # noqa: E402  (its managers, helpers, and the src path)
+from cluster_bench_util import median  # noqa: E402
 from meshkit.cluster.rpc.transport import RpcClient, RpcError  # noqa: E402
 
 API_PORT = 2377
@@ -519,10 +520,10 @@ def print_report(out: Outcome) -> None:
         print(f"  {line}")
     print(f"longest gap, no fault      {out.baseline_gap_s:.2f}s (the warm-up)")
     if gaps:
-        print(f"longest gap after a fault  median {hb.median(gaps):.2f}s, max {max(gaps):.2f}s")
+        print(f"longest gap after a fault  median {median(gaps):.2f}s, max {max(gaps):.2f}s")
         worst = [f.client_gap_s for f in out.faults]
         print(
-            f"  client on the hit manager median {hb.median(worst):.2f}s, max {max(worst):.2f}s "
+            f"  client on the hit manager median {median(worst):.2f}s, max {max(worst):.2f}s "
             "(it waits for its manager to fail the write, then moves on)"
         )
     print(

@@ -26,7 +26,8 @@ from meshkit.web.app import plan
 from meshkit.web.caddyfile.load import load_text
 from meshkit.web.respcache import CachedResponse
 from support.peers import Proc, free_port
-from support.tlscerts import CA, issue, make_ca
+from support.tlscerts import CA
+from web import test_h2_e2e
 from web.h2engines import nghttp2_built
 from web.test_h2_e2e import Client, serve, site
 from web.test_h2_engines import _log_lines
@@ -181,15 +182,9 @@ def test_key_holds_the_fields_answers_read() -> None:
 
 # ----------------------------------------------------------------------- end to end
 
+certs = test_h2_e2e.certs  # the module-scoped fixture: a CA and a certificate for a.test
+
 _VARIANTS = [(engine, rules) for engine in ("nghttp2", "h2") for rules in ("1", "0")]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[CA, Path, Path]:
-    tmp = tmp_path_factory.mktemp("certs")
-    ca = make_ca(tmp)
-    crt, key = issue(ca, tmp, "a", ["a.test", "127.0.0.1"])
-    return ca, crt, key
 
 
 def _round(client: Client, password: str) -> list[Any]:

@@ -43,7 +43,7 @@ from meshkit.web.h2conn import (
     load_engine,
 )
 from meshkit.web.h2push import MAX_STREAMS
-from meshkit.web.h2send import OUT_HIGH, STREAM_BUF
+from meshkit.web.h2send import OUT_HIGH, STREAM_BUF, release_file
 from meshkit.web.h2stream import Stream, _asked, _current, answer_for
 from meshkit.web.http1 import HttpError
 from meshkit.web.message import EmptyBody, FileBody, Headers, Request, Response
@@ -208,13 +208,7 @@ class NgH2Connection(H2Connection):
         st.closed = True
         del self._streams[sid]
         self._sending.pop(sid, None)
-        release = st.release
-        if release is not None:
-            st.release = None
-            try:
-                release()
-            except Exception:
-                log.exception("releasing a file body failed")
+        release_file(st)
         if not self._streams:
             self._active_since = self._server._now
             if self._goaway_at is not None:

@@ -30,6 +30,17 @@ OUT_HIGH = 256 * 1024  # plaintext waiting for the socket before streams stop pr
 STREAM_BUF = 256 * 1024  # bytes a streamed body may queue before its producer waits
 
 
+def release_file(st: Stream) -> None:
+    """Run a stream's file release once (its file body is done with), logging a failure."""
+    release = st.release
+    if release is not None:
+        st.release = None
+        try:
+            release()
+        except Exception:
+            log.exception("releasing a file body failed")
+
+
 class H2Sending:
     """Responses out, for H2Connection (which sets these attributes and defines the hooks)."""
 
@@ -303,13 +314,7 @@ class H2Sending:
         if body is not None and body.buffered:
             self._consumed(st.id, body.buffered)  # credit for what nobody will read
             body.buffered = 0
-        release = st.release
-        if release is not None:
-            st.release = None
-            try:
-                release()
-            except Exception:
-                log.exception("releasing a file body failed")
+        release_file(st)
         st.file = None
         st.chunks.clear()
         w = st.waiter

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -287,12 +288,18 @@ def test_readers_never_see_half_a_rotation(tmp_path: Path) -> None:
     worker = threading.Thread(target=rotator)
     worker.start()
     try:
-        for i in range(400):
+        i = 0
+        # at least 400 lines, and on until the rotator has rotated a few times: on a busy CI
+        # host the thread may get the GIL rarely (once it had rotated 4 times in 400 lines)
+        while i < 400 or (len(list(tmp_path.glob("stdout.log.*"))) <= 5 and i < 4000):
             line = f"line {i:04d} " + "x" * (i % 37)
             os.write(fds["stdout"], (line + "\n").encode())
             written.append(line)
             got, _ = tasklogs.read_stream(tmp_path, "stdout")
             assert got == written, f"after line {i}: read {len(got)} of {len(written)} lines"
+            if i % 8 == 0:
+                time.sleep(0.0005)  # let the rotator in between reads too
+            i += 1
     finally:
         stop.set()
         worker.join()

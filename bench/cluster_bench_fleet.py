@@ -154,16 +154,7 @@ class Fleet:
         if client is not None and not client.closed:
             return client
         if self.connect_per_loop:  # as ManagerClient before the shared connect
-            self.node_connects += 1
-            host, port = split_addr(addr)
-            client = await RpcClient.connect_tcp(
-                host,
-                port,
-                node.ctx,
-                CALL_TIMEOUT,
-                expect_role="manager",
-                expect_cluster=self.cluster_id,
-            )
+            client = await self._dial(node, addr)
             other = node.clients.get(addr)
             if other is not None and not other.closed:  # another loop connected meanwhile
                 await client.close()
@@ -177,10 +168,11 @@ class Fleet:
             pending.add_done_callback(lambda f: _connected(node, addr, f))
         return await asyncio.shield(pending)
 
-    async def _connect(self, node: SimNode, addr: str) -> RpcClient:
+    async def _dial(self, node: SimNode, addr: str) -> RpcClient:
+        """A new mutual-TLS connection of `node` to the manager at `addr` (counted)."""
         host, port = split_addr(addr)
         self.node_connects += 1
-        client = await RpcClient.connect_tcp(
+        return await RpcClient.connect_tcp(
             host,
             port,
             node.ctx,
@@ -188,6 +180,9 @@ class Fleet:
             expect_role="manager",
             expect_cluster=self.cluster_id,
         )
+
+    async def _connect(self, node: SimNode, addr: str) -> RpcClient:
+        client = await self._dial(node, addr)
         node.clients[addr] = client
         return client
 
